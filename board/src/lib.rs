@@ -1,0 +1,1 @@
+//! Outpost's front panel: LCD, buttons, LEDs and watchdog over embedded-hal.

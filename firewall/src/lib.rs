@@ -1,0 +1,1 @@
+//! Outpost's SIP-aware firewall: detection (pure) and nftables enforcement.

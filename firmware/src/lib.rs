@@ -1,0 +1,1 @@
+//! Outpost firmware: the daemon's driver, store, config and admin plane.
