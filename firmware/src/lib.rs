@@ -1,1 +1,5 @@
 //! Outpost firmware: the daemon's driver, store, config and admin plane.
+
+pub mod admin;
+pub mod config;
+pub mod store;

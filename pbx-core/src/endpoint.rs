@@ -1,1 +1,1734 @@
-//! (being written)
+//! The call core: one sans-IO endpoint that owns transactions, authentication, the registrar
+//! and the B2BUA.
+//!
+//! Inputs are [`Endpoint::handle`] (bytes from a peer), [`Endpoint::handle_timeout`] and the
+//! admin methods; outputs are drained in this order after every input:
+//! [`Endpoint::poll_event`] (things to persist: a driver that acknowledges durably commits
+//! them before it sends), then [`Endpoint::poll_transmit`], then [`Endpoint::poll_timeout`].
+//!
+//! Calls are bridged as a back-to-back user agent: the caller's dialog (leg A) ends at
+//! Outpost, and Outpost places a new INVITE (leg B, its own Call-ID) to every registered
+//! contact of the callee in parallel. The first 2xx wins and the other forks are cancelled.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::cdr::{Cdr, Disposition};
+use crate::registrar::{Binding, BindingChange, Registrar, RegistrarConfig};
+use crate::sip::auth::{
+    parse_credentials, AuthError, Authenticator, DigestCredentials, NonceConfig, StoredSecret,
+};
+use crate::sip::transaction::{
+    build_cancel, ClientInput, ServerInput, TimerConfig, Transactions, Transmit, TxEvent, TxKey,
+};
+use crate::sip::wire;
+use crate::sip::{
+    CSeq, Contact, Headers, Message, Method, NameAddr, Params, Peer, Request, Response, Transport,
+    Uri, Via,
+};
+use crate::Millis;
+
+/// Methods we answer, for Allow headers.
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+/// Upper bound on simultaneous calls; beyond it new calls get 503 (bounded memory).
+const MAX_CALLS: usize = 20_000;
+
+/// Settings of the call core.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Digest realm.
+    pub realm: String,
+    /// Value of our Server / User-Agent headers.
+    pub user_agent: String,
+    /// Our own addresses, used in Via and Contact of what we send (one per family is enough).
+    pub local: Vec<SocketAddr>,
+    pub registrar: RegistrarConfig,
+    pub nonce: NonceConfig,
+    pub timers: TimerConfig,
+    /// How long the callee's phones ring before the caller gets 480.
+    pub ring_timeout_ms: u64,
+    /// Key for nonces (persisted by the driver so nonces outlive a restart).
+    pub secret_key: [u8; 32],
+    /// Seed for tags, branches and Call-IDs.
+    pub seed: u64,
+}
+
+/// Something the driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Registration state changed: persist before sending what follows.
+    Bindings(Vec<BindingChange>),
+    /// A call ended: persist its record.
+    CallEnded(Cdr),
+    /// A request failed authentication (for the firewall's detectors).
+    AuthFailed {
+        src: Peer,
+        user: String,
+        method: Method,
+    },
+}
+
+/// A live call, for `outpostctl calls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSummary {
+    pub call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub answered: bool,
+    pub start: Millis,
+    pub answer: Option<Millis>,
+}
+
+/// Plain counters for `status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub received: u64,
+    pub malformed: u64,
+    pub auth_failures: u64,
+    pub calls_started: u64,
+    pub calls_answered: u64,
+}
+
+/// Why an admin operation on the endpoint was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("extension {0} does not exist")]
+    NoSuchExtension(String),
+}
+
+/// State of the caller's leg.
+#[derive(Debug)]
+struct LegA {
+    call_id: String,
+    /// The caller's From tag.
+    remote_tag: String,
+    /// Our To tag towards the caller.
+    local_tag: String,
+    remote_uri: NameAddr,
+    local_uri: NameAddr,
+    /// Where requests to the caller go (its Contact).
+    target: Uri,
+    peer: Peer,
+    invite_key: TxKey,
+    invite: Request,
+    /// Our CSeq for requests we send to the caller.
+    local_cseq: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForkState {
+    Calling,
+    Ringing,
+    Answered,
+    /// CANCEL requested; sent once a provisional arrives.
+    CancelPending,
+    Cancelled,
+    Failed,
+}
+
+/// One INVITE towards one contact of the callee.
+#[derive(Debug)]
+struct Fork {
+    call_id: String,
+    local_tag: String,
+    remote_tag: Option<String>,
+    local_uri: NameAddr,
+    remote_uri: NameAddr,
+    /// Request-URI of the INVITE: the registered contact; later the 2xx Contact.
+    target: Uri,
+    peer: Peer,
+    invite_key: TxKey,
+    invite_cseq: u32,
+    local_cseq: u32,
+    state: ForkState,
+    /// The ACK we sent for its 2xx, re-sent when the 2xx is retransmitted.
+    ack: Option<Request>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    Ringing,
+    Answered,
+}
+
+/// A relayed in-dialog request waiting for the other leg's answer.
+#[derive(Debug)]
+struct Relay {
+    call: u64,
+    /// Server transaction on the leg the request came from.
+    server_key: TxKey,
+    server_req: Request,
+    /// True when the request came from leg A (so it went out on leg B).
+    from_a: bool,
+}
+
+#[derive(Debug)]
+struct Call {
+    caller: String,
+    callee: String,
+    state: CallState,
+    start: Millis,
+    answer: Option<Millis>,
+    a: LegA,
+    forks: Vec<Fork>,
+    winner: Option<usize>,
+    /// Best final response seen from failed forks.
+    best_failure: Option<u16>,
+    /// Ring deadline.
+    ring_deadline: Millis,
+    /// The caller's INVITE had no SDP: the 2xx ACK to leg B waits for the caller's ACK.
+    late_offer: bool,
+    /// A 2xx for a re-INVITE relayed to the other leg awaits that leg's ACK
+    /// (value: the fork-side or A-side that must get the ACK; true = send to B).
+    pending_reinvite_ack: Option<(bool, u32)>,
+}
+
+/// What a client transaction belongs to.
+#[derive(Debug, Clone)]
+enum ClientRole {
+    Invite { call: u64, fork: usize },
+    Cancel,
+    Bye,
+    Relay { call: u64, relay: u64 },
+}
+
+/// The SIP endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    tx: Transactions,
+    auth: Authenticator,
+    registrar: Registrar,
+    users: HashMap<String, StoredSecret>,
+    /// Stands in for an unknown user's secret so the work and the answer are the same.
+    decoy: StoredSecret,
+    calls: HashMap<u64, Call>,
+    next_call: u64,
+    by_a_call_id: HashMap<String, u64>,
+    by_b_call_id: HashMap<String, (u64, usize)>,
+    by_server_key: HashMap<TxKey, u64>,
+    clients: HashMap<TxKey, ClientRole>,
+    relays: HashMap<u64, Relay>,
+    next_relay: u64,
+    ring_timers: BTreeSet<(Millis, u64)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    rng: StdRng,
+    counters: Counters,
+}
+
+impl Endpoint {
+    /// A new endpoint with no users and no registrations.
+    pub fn new(cfg: EndpointConfig) -> Self {
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let decoy_password: String = (0..24)
+            .map(|_| char::from(rng.gen_range(b'a'..=b'z')))
+            .collect();
+        let decoy = StoredSecret::new("decoy", &cfg.realm, &decoy_password);
+        let auth = Authenticator::new(&cfg.realm, cfg.secret_key, rng.gen(), cfg.nonce.clone());
+        Endpoint {
+            tx: Transactions::new(cfg.timers.clone()),
+            registrar: Registrar::new(cfg.registrar.clone()),
+            auth,
+            users: HashMap::new(),
+            decoy,
+            calls: HashMap::new(),
+            next_call: 1,
+            by_a_call_id: HashMap::new(),
+            by_b_call_id: HashMap::new(),
+            by_server_key: HashMap::new(),
+            clients: HashMap::new(),
+            relays: HashMap::new(),
+            next_relay: 1,
+            ring_timers: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            rng,
+            counters: Counters::default(),
+            cfg,
+        }
+    }
+
+    /// The digest realm.
+    pub fn realm(&self) -> &str {
+        &self.cfg.realm
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Admin
+    // ---------------------------------------------------------------------------------------
+
+    /// Adds or replaces an extension's secret.
+    pub fn set_user(&mut self, ext: &str, secret: StoredSecret) {
+        self.users.insert(ext.to_string(), secret);
+    }
+
+    /// Removes an extension and its registrations (an `Event::Bindings` follows).
+    pub fn remove_user(&mut self, ext: &str) -> Result<(), EndpointError> {
+        if self.users.remove(ext).is_none() {
+            return Err(EndpointError::NoSuchExtension(ext.to_string()));
+        }
+        let changes = self.registrar.remove_ext(ext);
+        if !changes.is_empty() {
+            self.events.push_back(Event::Bindings(changes));
+        }
+        Ok(())
+    }
+
+    /// True when `ext` exists.
+    pub fn has_user(&self, ext: &str) -> bool {
+        self.users.contains_key(ext)
+    }
+
+    /// Number of extensions.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Loads registrations saved before a restart.
+    pub fn restore_bindings(&mut self, bindings: Vec<Binding>, now: Millis) {
+        self.registrar.restore(bindings, now);
+    }
+
+    /// The registrar, for listings.
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    /// Live calls.
+    pub fn calls(&self) -> Vec<CallSummary> {
+        let mut out: Vec<CallSummary> = self
+            .calls
+            .values()
+            .map(|c| CallSummary {
+                call_id: c.a.call_id.clone(),
+                caller: c.caller.clone(),
+                callee: c.callee.clone(),
+                answered: c.state == CallState::Answered,
+                start: c.start,
+                answer: c.answer,
+            })
+            .collect();
+        out.sort_by_key(|c| c.start);
+        out
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Number of live transactions.
+    pub fn transactions(&self) -> usize {
+        self.tx.len()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Inputs and outputs
+    // ---------------------------------------------------------------------------------------
+
+    /// Handles one datagram or stream frame from `src`.
+    pub fn handle(&mut self, now: Millis, src: Peer, bytes: &[u8]) {
+        self.counters.received += 1;
+        if wire::is_keepalive(bytes) {
+            return;
+        }
+        match wire::parse(bytes) {
+            Ok(Message::Request(req)) => self.on_request(now, src, req),
+            Ok(Message::Response(resp)) => self.on_response(now, src, resp),
+            Err(err) => {
+                self.counters.malformed += 1;
+                tracing::debug!(%err, peer = %src.addr, "malformed SIP message");
+                if let Some(reply) = wire::reply_to_malformed(bytes, &err) {
+                    self.transmits.push_back(Transmit {
+                        dest: src,
+                        bytes: reply,
+                    });
+                }
+            }
+        }
+        self.drain_tx_events(now);
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.tx.handle_timeout(now);
+        self.drain_tx_events(now);
+        let changes = self.registrar.expire(now);
+        if !changes.is_empty() {
+            self.events.push_back(Event::Bindings(changes));
+        }
+        while let Some(&(deadline, call)) = self.ring_timers.first() {
+            if deadline > now {
+                break;
+            }
+            self.ring_timers.remove(&(deadline, call));
+            self.ring_timeout(now, call);
+        }
+        self.drain_tx_events(now);
+    }
+
+    /// The next instant `handle_timeout` must be called.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        [
+            self.tx.poll_timeout(),
+            self.registrar.next_expiry(),
+            self.ring_timers.first().map(|&(d, _)| d),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next datagram or stream message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits
+            .pop_front()
+            .or_else(|| self.tx.poll_transmit())
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Requests
+    // ---------------------------------------------------------------------------------------
+
+    fn on_request(&mut self, now: Millis, src: Peer, req: Request) {
+        let key = match self.tx.receive_request(now, &req, src) {
+            ServerInput::New(key) => key,
+            ServerInput::Ack2xx(key) => {
+                self.on_ack_2xx(now, &key, &req);
+                return;
+            }
+            ServerInput::AckUnmatched => {
+                self.on_stray_ack(now, &req);
+                return;
+            }
+            ServerInput::Retransmission | ServerInput::AckAbsorbed => return,
+        };
+        if req.headers.max_forwards == Some(0) && req.method != Method::Ack {
+            self.reply(now, &key, &req, src, 483, None);
+            return;
+        }
+        if req.headers.to.tag().is_some() {
+            self.in_dialog(now, key, req, src);
+            return;
+        }
+        match req.method {
+            Method::Register => self.on_register(now, key, req, src),
+            Method::Invite => self.on_invite(now, key, req, src),
+            Method::Options => {
+                let tag = self.new_tag();
+                let mut resp = Response::to_request(&req, 200, Some(&tag));
+                resp.headers.push("Allow", ALLOW);
+                resp.headers.push("Accept", "application/sdp");
+                self.send(now, &key, resp, src);
+            }
+            Method::Cancel => self.on_cancel(now, key, req, src),
+            Method::Bye | Method::Prack | Method::Update | Method::Info => {
+                self.reply(now, &key, &req, src, 481, None)
+            }
+            Method::Subscribe | Method::Publish => {
+                // No event packages yet: RFC 6665 §3.2.2 asks for 489 for unknown events.
+                let mut resp = Response::to_request(&req, 489, Some(&self.new_tag()));
+                resp.reason = "Bad Event".to_string();
+                self.send(now, &key, resp, src);
+            }
+            Method::Other(_) => {
+                let mut resp = Response::to_request(&req, 501, Some(&self.new_tag()));
+                resp.headers.push("Allow", ALLOW);
+                self.send(now, &key, resp, src);
+            }
+            _ => {
+                let mut resp = Response::to_request(&req, 405, Some(&self.new_tag()));
+                resp.headers.push("Allow", ALLOW);
+                self.send(now, &key, resp, src);
+            }
+        }
+    }
+
+    /// Challenges or checks the credentials of `req`. Returns the authenticated user, or
+    /// `None` after answering the request itself.
+    ///
+    /// Known and unknown users walk the same path (challenge first, look up afterwards, and
+    /// a decoy secret for unknown names), so responses cannot be used to enumerate users.
+    fn authenticate(
+        &mut self,
+        now: Millis,
+        key: &TxKey,
+        req: &Request,
+        src: Peer,
+    ) -> Option<String> {
+        let proxy = req.method != Method::Register;
+        let (header, status) = if proxy {
+            ("Proxy-Authorization", 407)
+        } else {
+            ("Authorization", 401)
+        };
+        let creds: Option<DigestCredentials> = req
+            .headers
+            .get_all(header)
+            .filter_map(|v| parse_credentials(v).ok())
+            .find(|c| c.realm == self.cfg.realm);
+        let Some(creds) = creds else {
+            let malformed = req.headers.get(header).is_some()
+                && req
+                    .headers
+                    .get_all(header)
+                    .all(|v| parse_credentials(v).is_err());
+            if malformed {
+                self.reply(now, key, req, src, 400, None);
+            } else {
+                self.challenge(now, key, req, src, status, false);
+            }
+            return None;
+        };
+        let known = self.users.get(&creds.username);
+        let ha1 = known
+            .unwrap_or(&self.decoy)
+            .ha1(creds.algorithm)
+            .to_string();
+        let known = known.is_some();
+        let result = self.auth.verify(now, &creds, req.method.as_str(), &ha1);
+        match result {
+            Ok(()) if known => Some(creds.username),
+            Err(AuthError::Stale) if known => {
+                self.challenge(now, key, req, src, status, true);
+                None
+            }
+            Err(AuthError::InvalidNonce) | Err(AuthError::Replay) => {
+                self.challenge(now, key, req, src, status, false);
+                None
+            }
+            Err(AuthError::Malformed(_)) => {
+                self.reply(now, key, req, src, 400, None);
+                None
+            }
+            _ => {
+                self.counters.auth_failures += 1;
+                self.events.push_back(Event::AuthFailed {
+                    src,
+                    user: creds.username.chars().take(64).collect(),
+                    method: req.method.clone(),
+                });
+                self.reply(now, key, req, src, 403, None);
+                None
+            }
+        }
+    }
+
+    fn challenge(
+        &mut self,
+        now: Millis,
+        key: &TxKey,
+        req: &Request,
+        src: Peer,
+        status: u16,
+        stale: bool,
+    ) {
+        let name = if status == 407 {
+            "Proxy-Authenticate"
+        } else {
+            "WWW-Authenticate"
+        };
+        let tag = self.new_tag();
+        let mut resp = Response::to_request(req, status, Some(&tag));
+        for value in self.auth.challenge(now, stale) {
+            resp.headers.push(name, value);
+        }
+        self.send(now, key, resp, src);
+    }
+
+    fn on_register(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
+        let Some(user) = self.authenticate(now, &key, &req, src) else {
+            return;
+        };
+        // The address-of-record must be the authenticated extension's own.
+        if req.headers.to.uri.user() != Some(user.as_str()) {
+            self.counters.auth_failures += 1;
+            self.reply(now, &key, &req, src, 403, None);
+            return;
+        }
+        let tag = self.new_tag();
+        let outcome = self.registrar.register(now, &user, &req, src, &tag);
+        if !outcome.changes.is_empty() {
+            self.events.push_back(Event::Bindings(outcome.changes));
+        }
+        self.send(now, &key, outcome.response, src);
+    }
+
+    fn on_invite(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
+        let Some(caller) = self.authenticate(now, &key, &req, src) else {
+            return;
+        };
+        if req.headers.from.uri.user() != Some(caller.as_str()) {
+            // An extension may only call as itself.
+            self.counters.auth_failures += 1;
+            self.reply(now, &key, &req, src, 403, None);
+            return;
+        }
+        self.reply(now, &key, &req, src, 100, None);
+        let callee = req
+            .uri
+            .user()
+            .map(str::to_string)
+            .or_else(|| wire::tel_number(&req.uri).map(str::to_string))
+            .unwrap_or_default();
+        let local_tag = self.new_tag();
+        if !self.users.contains_key(&callee) {
+            self.reply(now, &key, &req, src, 404, Some(&local_tag));
+            self.record_failed(now, &req, &caller, &callee, 404, Disposition::NotFound);
+            return;
+        }
+        let contacts: Vec<Binding> = self
+            .registrar
+            .lookup(&callee, now)
+            .into_iter()
+            .cloned()
+            .collect();
+        if contacts.is_empty() {
+            self.reply(now, &key, &req, src, 480, Some(&local_tag));
+            self.record_failed(now, &req, &caller, &callee, 480, Disposition::Unavailable);
+            return;
+        }
+        if self.calls.len() >= MAX_CALLS || self.by_a_call_id.contains_key(&req.headers.call_id) {
+            self.reply(now, &key, &req, src, 503, Some(&local_tag));
+            return;
+        }
+        let target =
+            first_contact_uri(&req.headers).unwrap_or_else(|| req.headers.from.uri.clone());
+        let mut local_uri = req.headers.to.clone();
+        local_uri.params = Params::default();
+        let mut remote_uri = req.headers.from.clone();
+        remote_uri.params.remove("tag");
+        let id = self.next_call;
+        self.next_call += 1;
+        self.counters.calls_started += 1;
+        let late_offer = req.body.is_empty();
+        let mut call = Call {
+            caller: caller.clone(),
+            callee: callee.clone(),
+            state: CallState::Ringing,
+            start: now,
+            answer: None,
+            a: LegA {
+                call_id: req.headers.call_id.clone(),
+                remote_tag: req.headers.from.tag().unwrap_or_default().to_string(),
+                local_tag,
+                remote_uri,
+                local_uri,
+                target,
+                peer: src,
+                invite_key: key.clone(),
+                invite: req.clone(),
+                local_cseq: 0,
+            },
+            forks: Vec::new(),
+            winner: None,
+            best_failure: None,
+            ring_deadline: now + self.cfg.ring_timeout_ms,
+            late_offer,
+            pending_reinvite_ack: None,
+        };
+        let max_forwards = req.headers.max_forwards.unwrap_or(70).saturating_sub(1);
+        for binding in &contacts {
+            let Ok(target) = wire::parse_uri(&binding.contact) else {
+                continue;
+            };
+            let idx = call.forks.len();
+            let fork = self.start_fork(
+                now,
+                id,
+                idx,
+                &call,
+                &req,
+                target,
+                binding.source,
+                max_forwards,
+            );
+            call.forks.push(fork);
+        }
+        if call.forks.is_empty() {
+            self.reply(now, &key, &req, src, 480, Some(&call.a.local_tag));
+            self.record_failed(now, &req, &caller, &callee, 480, Disposition::Unavailable);
+            return;
+        }
+        self.ring_timers.insert((call.ring_deadline, id));
+        self.by_a_call_id.insert(call.a.call_id.clone(), id);
+        self.by_server_key.insert(key, id);
+        self.calls.insert(id, call);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_fork(
+        &mut self,
+        now: Millis,
+        call_id: u64,
+        idx: usize,
+        call: &Call,
+        a_invite: &Request,
+        target: Uri,
+        peer: Peer,
+        max_forwards: u32,
+    ) -> Fork {
+        let b_call_id = self.new_call_id();
+        let local_tag = self.new_tag();
+        // Leg B shows the caller's identity (its extension) and the dialled number.
+        let mut local_uri = call.a.remote_uri.clone();
+        local_uri.params = Params::default();
+        let mut from = local_uri.clone();
+        from.params.set("tag", Some(local_tag.clone()));
+        let remote_uri = NameAddr::new(target.clone());
+        let mut to = call.a.local_uri.clone();
+        to.params = Params::default();
+        let mut headers =
+            self.request_headers(peer, from, to, b_call_id.clone(), 1, Method::Invite);
+        headers.max_forwards = Some(max_forwards);
+        headers.contact = vec![Contact::Addr(self.our_contact(peer, Some(&call.caller)))];
+        headers.content_type = a_invite.headers.content_type.clone();
+        headers.push("Allow", ALLOW);
+        for name in ["Supported", "Accept", "Allow-Events"] {
+            if let Some(v) = a_invite.headers.get(name) {
+                headers.push(name, v);
+            }
+        }
+        let req = Request {
+            method: Method::Invite,
+            uri: target.clone(),
+            headers,
+            body: a_invite.body.clone(),
+        };
+        let key = self.tx.send_request(now, req, peer);
+        self.clients.insert(
+            key.clone(),
+            ClientRole::Invite {
+                call: call_id,
+                fork: idx,
+            },
+        );
+        self.by_b_call_id.insert(b_call_id.clone(), (call_id, idx));
+        Fork {
+            call_id: b_call_id,
+            local_tag,
+            remote_tag: None,
+            local_uri,
+            remote_uri: NameAddr::new(target.clone()),
+            target,
+            peer,
+            invite_key: key,
+            invite_cseq: 1,
+            local_cseq: 1,
+            state: ForkState::Calling,
+            ack: None,
+        }
+        .with_remote(remote_uri)
+    }
+
+    fn on_cancel(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
+        let invite_key = self.tx.find_invite_for_cancel(&req);
+        let call = invite_key
+            .as_ref()
+            .and_then(|k| self.by_server_key.get(k).copied());
+        let Some(invite_key) = invite_key else {
+            self.reply(now, &key, &req, src, 481, None);
+            return;
+        };
+        self.reply(now, &key, &req, src, 200, None);
+        let Some(id) = call else {
+            return;
+        };
+        let ringing = self
+            .calls
+            .get(&id)
+            .is_some_and(|c| c.state == CallState::Ringing);
+        if !ringing {
+            return;
+        }
+        if let Some(call) = self.calls.get(&id) {
+            let local_tag = call.a.local_tag.clone();
+            let invite = call.a.invite.clone();
+            self.reply(
+                now,
+                &invite_key,
+                &invite,
+                call.a.peer,
+                487,
+                Some(&local_tag),
+            );
+        }
+        self.cancel_forks(now, id, None);
+        self.end_call(now, id, Disposition::Cancelled, 487);
+    }
+
+    /// A request with a To tag: find its dialog.
+    fn in_dialog(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
+        let call_id = &req.headers.call_id;
+        let to_tag = req.headers.to.tag().unwrap_or_default();
+        if let Some(&id) = self.by_a_call_id.get(call_id) {
+            let matches = self.calls.get(&id).is_some_and(|c| c.a.local_tag == to_tag);
+            if matches {
+                self.in_dialog_from_a(now, id, key, req, src);
+                return;
+            }
+        } else if let Some(&(id, fork)) = self.by_b_call_id.get(call_id) {
+            let matches = self.calls.get(&id).is_some_and(|c| {
+                c.winner == Some(fork) && c.forks.get(fork).is_some_and(|f| f.local_tag == to_tag)
+            });
+            if matches {
+                self.in_dialog_from_b(now, id, fork, key, req, src);
+                return;
+            }
+        }
+        if req.method != Method::Ack {
+            self.reply(now, &key, &req, src, 481, None);
+        }
+    }
+
+    fn in_dialog_from_a(&mut self, now: Millis, id: u64, key: TxKey, req: Request, src: Peer) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        // Refresh the caller's target on target-refresh requests.
+        if req.method == Method::Invite || req.method == Method::Update {
+            if let Some(uri) = first_contact_uri(&req.headers) {
+                call.a.target = uri;
+            }
+        }
+        let winner = call.winner;
+        match (req.method.clone(), winner) {
+            (Method::Bye, Some(fork)) => {
+                self.reply(now, &key, &req, src, 200, None);
+                self.send_bye_b(now, id, fork);
+                self.end_call(now, id, Disposition::Answered, 200);
+            }
+            (_, Some(fork)) => self.relay_to_b(now, id, fork, key, req),
+            (Method::Bye, None) => {
+                // BYE before the call was answered ends it like a CANCEL would.
+                self.reply(now, &key, &req, src, 200, None);
+                self.cancel_forks(now, id, None);
+                if let Some(call) = self.calls.get(&id) {
+                    let (ikey, invite, tag, peer) = (
+                        call.a.invite_key.clone(),
+                        call.a.invite.clone(),
+                        call.a.local_tag.clone(),
+                        call.a.peer,
+                    );
+                    self.reply(now, &ikey, &invite, peer, 487, Some(&tag));
+                }
+                self.end_call(now, id, Disposition::Cancelled, 487);
+            }
+            (_, None) => self.reply(now, &key, &req, src, 491, None),
+        }
+    }
+
+    fn in_dialog_from_b(
+        &mut self,
+        now: Millis,
+        id: u64,
+        fork: usize,
+        key: TxKey,
+        req: Request,
+        src: Peer,
+    ) {
+        if let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) {
+            if req.method == Method::Invite || req.method == Method::Update {
+                if let Some(uri) = first_contact_uri(&req.headers) {
+                    f.target = uri;
+                }
+            }
+        }
+        if req.method == Method::Bye {
+            self.reply(now, &key, &req, src, 200, None);
+            self.send_bye_a(now, id);
+            self.end_call(now, id, Disposition::Answered, 200);
+            return;
+        }
+        self.relay_to_a(now, id, key, req);
+    }
+
+    fn on_ack_2xx(&mut self, now: Millis, key: &TxKey, ack: &Request) {
+        let Some(&id) = self.by_server_key.get(key) else {
+            // ACK for a relayed re-INVITE's 2xx.
+            self.on_stray_ack(now, ack);
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.late_offer {
+            call.late_offer = false;
+            if let Some(fork) = call.winner {
+                self.send_ack_b(id, fork, ack.body.clone(), ack.headers.content_type.clone());
+            }
+        }
+    }
+
+    /// An ACK outside any transaction: the ACK for a relayed re-INVITE's 2xx.
+    fn on_stray_ack(&mut self, _now: Millis, ack: &Request) {
+        let call_id = &ack.headers.call_id;
+        let (id, from_a) = if let Some(&id) = self.by_a_call_id.get(call_id) {
+            (id, true)
+        } else if let Some(&(id, _)) = self.by_b_call_id.get(call_id) {
+            (id, false)
+        } else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some((to_b, cseq)) = call.pending_reinvite_ack else {
+            return;
+        };
+        if to_b != from_a {
+            return;
+        }
+        call.pending_reinvite_ack = None;
+        if to_b {
+            if let Some(fork) = call.winner {
+                self.send_in_dialog_ack_b(
+                    id,
+                    fork,
+                    cseq,
+                    ack.body.clone(),
+                    ack.headers.content_type.clone(),
+                );
+            }
+        } else {
+            self.send_in_dialog_ack_a(id, cseq, ack.body.clone(), ack.headers.content_type.clone());
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Responses
+    // ---------------------------------------------------------------------------------------
+
+    fn on_response(&mut self, now: Millis, src: Peer, resp: Response) {
+        match self.tx.receive_response(now, &resp, src) {
+            ClientInput::Deliver(key) => {
+                let role = self.clients.get(&key).cloned();
+                if resp.status >= 200 {
+                    self.clients.remove(&key);
+                }
+                match role {
+                    Some(ClientRole::Invite { call, fork }) => {
+                        self.on_fork_response(now, call, fork, &resp)
+                    }
+                    Some(ClientRole::Relay { call, relay }) => {
+                        self.on_relay_response(now, call, relay, &resp)
+                    }
+                    Some(ClientRole::Cancel) | Some(ClientRole::Bye) | None => {}
+                }
+            }
+            ClientInput::Retransmitted2xx(_) => {
+                self.on_retransmitted_2xx(now, &resp);
+            }
+            ClientInput::Absorb | ClientInput::Unmatched => {}
+        }
+    }
+
+    fn on_fork_response(&mut self, now: Millis, id: u64, fork: usize, resp: &Response) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            // The call ended meanwhile: a late 2xx gets ACK + BYE.
+            if resp.is_success() {
+                self.reject_late_2xx(now, resp);
+            }
+            return;
+        };
+        let Some(f) = call.forks.get_mut(fork) else {
+            return;
+        };
+        if resp.status > 100 && f.remote_tag.is_none() {
+            f.remote_tag = resp.headers.to.tag().map(str::to_string);
+        }
+        if resp.is_provisional() {
+            if resp.status == 100 {
+                return;
+            }
+            match f.state {
+                ForkState::Calling => f.state = ForkState::Ringing,
+                ForkState::CancelPending => {
+                    f.state = ForkState::Cancelled;
+                    let key = f.invite_key.clone();
+                    self.send_cancel(now, &key);
+                    return;
+                }
+                _ => {}
+            }
+            if call.state == CallState::Ringing && call.winner.is_none() {
+                // Relay 180/183 (with early media SDP) to the caller.
+                let mut out =
+                    Response::to_request(&call.a.invite, resp.status, Some(&call.a.local_tag));
+                out.reason = resp.reason.clone();
+                out.body = resp.body.clone();
+                out.headers.content_type = resp.headers.content_type.clone();
+                let peer = call.a.peer;
+                out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+                let key = self.calls.get(&id).map(|c| c.a.invite_key.clone());
+                if let Some(key) = key {
+                    self.send(now, &key, out, peer);
+                }
+            }
+            return;
+        }
+        if resp.is_success() {
+            if call.winner.is_some() || call.state != CallState::Ringing {
+                // A second fork answered: end that dialog.
+                f.state = ForkState::Cancelled;
+                self.reject_late_2xx(now, resp);
+                return;
+            }
+            f.state = ForkState::Answered;
+            if let Some(uri) = first_contact_uri(&resp.headers) {
+                f.target = uri;
+            }
+            call.winner = Some(fork);
+            call.state = CallState::Answered;
+            call.answer = Some(now);
+            self.counters.calls_answered += 1;
+            self.ring_timers.remove(&(call.ring_deadline, id));
+            let late_offer = call.late_offer;
+            let mut out = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
+            out.reason = resp.reason.clone();
+            out.body = resp.body.clone();
+            out.headers.content_type = resp.headers.content_type.clone();
+            out.headers.push("Allow", ALLOW);
+            let peer = call.a.peer;
+            let key = call.a.invite_key.clone();
+            out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+            if !late_offer {
+                self.send_ack_b(id, fork, Vec::new(), None);
+            }
+            self.send(now, &key, out, peer);
+            self.cancel_forks(now, id, Some(fork));
+            return;
+        }
+        // Final failure of one fork.
+        f.state = ForkState::Failed;
+        call.best_failure = Some(better_failure(call.best_failure, resp.status));
+        self.fork_done(now, id);
+    }
+
+    /// After a fork failed: when no fork is left ringing, fail the call.
+    fn fork_done(&mut self, now: Millis, id: u64) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if call.winner.is_some() || call.state != CallState::Ringing {
+            return;
+        }
+        let pending = call.forks.iter().any(|f| {
+            matches!(
+                f.state,
+                ForkState::Calling | ForkState::Ringing | ForkState::CancelPending
+            )
+        });
+        if pending {
+            return;
+        }
+        let status = match call.best_failure {
+            Some(408) | None => 480,
+            Some(s) => s,
+        };
+        let disposition = match status {
+            486 | 600 => Disposition::Busy,
+            480 | 408 => Disposition::NoAnswer,
+            487 => Disposition::Cancelled,
+            _ => Disposition::Failed,
+        };
+        let (key, invite, tag, peer) = (
+            call.a.invite_key.clone(),
+            call.a.invite.clone(),
+            call.a.local_tag.clone(),
+            call.a.peer,
+        );
+        self.reply(now, &key, &invite, peer, status, Some(&tag));
+        self.end_call(now, id, disposition, status);
+    }
+
+    fn on_retransmitted_2xx(&mut self, now: Millis, resp: &Response) {
+        let Some(&(id, fork)) = self.by_b_call_id.get(&resp.headers.call_id) else {
+            self.reject_late_2xx(now, resp);
+            return;
+        };
+        let ack = self
+            .calls
+            .get(&id)
+            .and_then(|c| c.forks.get(fork))
+            .filter(|f| f.state == ForkState::Answered)
+            .and_then(|f| f.ack.clone().map(|a| (a, f.peer)));
+        match ack {
+            Some((ack, peer)) => self.tx.send_stateless_request(&ack, peer),
+            None => {
+                let answered_elsewhere =
+                    self.calls.get(&id).is_some_and(|c| c.winner != Some(fork));
+                if answered_elsewhere {
+                    self.reject_late_2xx(now, resp);
+                }
+            }
+        }
+    }
+
+    /// ACKs and hangs up a 2xx that arrived for a fork that lost (or a call already gone).
+    fn reject_late_2xx(&mut self, now: Millis, resp: &Response) {
+        let Some(&(id, fork)) = self.by_b_call_id.get(&resp.headers.call_id) else {
+            return;
+        };
+        let Some(f) = self.calls.get(&id).and_then(|c| c.forks.get(fork)) else {
+            return;
+        };
+        let target = first_contact_uri(&resp.headers).unwrap_or_else(|| f.target.clone());
+        let peer = f.peer;
+        let mut from = f.local_uri.clone();
+        from.params.set("tag", Some(f.local_tag.clone()));
+        let mut to = f.remote_uri.clone();
+        if let Some(tag) = resp.headers.to.tag() {
+            to.params.set("tag", Some(tag.to_string()));
+        }
+        let call_id = f.call_id.clone();
+        let cseq = f.invite_cseq;
+        let headers = self.request_headers(
+            peer,
+            from.clone(),
+            to.clone(),
+            call_id.clone(),
+            cseq,
+            Method::Ack,
+        );
+        let ack = Request {
+            method: Method::Ack,
+            uri: target.clone(),
+            headers,
+            body: Vec::new(),
+        };
+        self.tx.send_stateless_request(&ack, peer);
+        let headers = self.request_headers(peer, from, to, call_id, cseq + 1, Method::Bye);
+        let bye = Request {
+            method: Method::Bye,
+            uri: target,
+            headers,
+            body: Vec::new(),
+        };
+        let key = self.tx.send_request(now, bye, peer);
+        self.clients.insert(key, ClientRole::Bye);
+    }
+
+    fn on_relay_response(&mut self, now: Millis, id: u64, relay_id: u64, resp: &Response) {
+        if resp.is_provisional() {
+            // Provisional answers to relayed requests stay on their leg.
+            return;
+        }
+        let Some(relay) = self.relays.remove(&relay_id) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let (peer, tag) = if relay.from_a {
+            (call.a.peer, Some(call.a.local_tag.clone()))
+        } else {
+            let fork = call.winner.and_then(|w| call.forks.get(w));
+            match fork {
+                Some(f) => (f.peer, None),
+                None => return,
+            }
+        };
+        if resp.is_success() && relay.server_req.method == Method::Invite {
+            // The 2xx of a relayed re-INVITE: its ACK comes from the requester and goes
+            // to the other leg (with the SDP answer when the re-INVITE had no offer).
+            let cseq = resp.headers.cseq.seq;
+            call.pending_reinvite_ack = Some((relay.from_a, cseq));
+        }
+        let mut out = Response::to_request(&relay.server_req, resp.status, tag.as_deref());
+        out.reason = resp.reason.clone();
+        out.body = resp.body.clone();
+        out.headers.content_type = resp.headers.content_type.clone();
+        if resp.is_success() {
+            out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+        }
+        for name in ["WWW-Authenticate", "Proxy-Authenticate"] {
+            // Never pass a phone's own challenges through.
+            out.headers.remove(name);
+        }
+        self.send(now, &relay.server_key, out, peer);
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Sending on the legs
+    // ---------------------------------------------------------------------------------------
+
+    fn relay_to_b(&mut self, now: Millis, id: u64, fork: usize, key: TxKey, req: Request) {
+        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
+            return;
+        };
+        f.local_cseq += 1;
+        let cseq = f.local_cseq;
+        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
+        let mut from = f.local_uri.clone();
+        from.params.set("tag", Some(f.local_tag.clone()));
+        let mut to = f.remote_uri.clone();
+        if let Some(tag) = &f.remote_tag {
+            to.params.set("tag", Some(tag.clone()));
+        }
+        self.relay_out(
+            now, id, key, req, true, peer, target, from, to, call_id, cseq,
+        );
+    }
+
+    fn relay_to_a(&mut self, now: Millis, id: u64, key: TxKey, req: Request) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.a.local_cseq += 1;
+        let cseq = call.a.local_cseq;
+        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
+        let mut from = call.a.local_uri.clone();
+        from.params.set("tag", Some(call.a.local_tag.clone()));
+        let mut to = call.a.remote_uri.clone();
+        to.params.set("tag", Some(call.a.remote_tag.clone()));
+        self.relay_out(
+            now, id, key, req, false, peer, target, from, to, call_id, cseq,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn relay_out(
+        &mut self,
+        now: Millis,
+        id: u64,
+        server_key: TxKey,
+        req: Request,
+        from_a: bool,
+        peer: Peer,
+        target: Uri,
+        from: NameAddr,
+        to: NameAddr,
+        call_id: String,
+        cseq: u32,
+    ) {
+        let mut headers = self.request_headers(peer, from, to, call_id, cseq, req.method.clone());
+        headers.content_type = req.headers.content_type.clone();
+        if matches!(req.method, Method::Invite | Method::Update) {
+            headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+        }
+        for (name, value) in &req.headers.other {
+            // Pass end-to-end content headers; hop-by-hop and identity headers stay behind.
+            if matches!(
+                name.as_str(),
+                "Content-Disposition"
+                    | "Event"
+                    | "Subscription-State"
+                    | "Supported"
+                    | "Require"
+                    | "Session-Expires"
+                    | "Min-SE"
+                    | "Info-Package"
+                    | "Recv-Info"
+            ) {
+                headers.push(name, value.clone());
+            }
+        }
+        let out = Request {
+            method: req.method.clone(),
+            uri: target,
+            headers,
+            body: req.body.clone(),
+        };
+        let relay_id = self.next_relay;
+        self.next_relay += 1;
+        self.relays.insert(
+            relay_id,
+            Relay {
+                call: id,
+                server_key,
+                server_req: req,
+                from_a,
+            },
+        );
+        let key = self.tx.send_request(now, out, peer);
+        self.clients.insert(
+            key,
+            ClientRole::Relay {
+                call: id,
+                relay: relay_id,
+            },
+        );
+    }
+
+    fn send_ack_b(&mut self, id: u64, fork: usize, body: Vec<u8>, content_type: Option<String>) {
+        let Some(f) = self.calls.get(&id).and_then(|c| c.forks.get(fork)) else {
+            return;
+        };
+        let cseq = f.invite_cseq;
+        self.send_in_dialog_ack_b(id, fork, cseq, body, content_type);
+    }
+
+    fn send_in_dialog_ack_b(
+        &mut self,
+        id: u64,
+        fork: usize,
+        cseq: u32,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) {
+        let Some(f) = self.calls.get(&id).and_then(|c| c.forks.get(fork)) else {
+            return;
+        };
+        let mut from = f.local_uri.clone();
+        from.params.set("tag", Some(f.local_tag.clone()));
+        let mut to = f.remote_uri.clone();
+        if let Some(tag) = &f.remote_tag {
+            to.params.set("tag", Some(tag.clone()));
+        }
+        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
+        let invite_cseq = f.invite_cseq;
+        let mut headers = self.request_headers(peer, from, to, call_id, cseq, Method::Ack);
+        headers.content_type = content_type;
+        let ack = Request {
+            method: Method::Ack,
+            uri: target,
+            headers,
+            body,
+        };
+        self.tx.send_stateless_request(&ack, peer);
+        if cseq == invite_cseq {
+            if let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) {
+                f.ack = Some(ack);
+            }
+        }
+    }
+
+    fn send_in_dialog_ack_a(
+        &mut self,
+        id: u64,
+        cseq: u32,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let mut from = call.a.local_uri.clone();
+        from.params.set("tag", Some(call.a.local_tag.clone()));
+        let mut to = call.a.remote_uri.clone();
+        to.params.set("tag", Some(call.a.remote_tag.clone()));
+        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
+        let mut headers = self.request_headers(peer, from, to, call_id, cseq, Method::Ack);
+        headers.content_type = content_type;
+        let ack = Request {
+            method: Method::Ack,
+            uri: target,
+            headers,
+            body,
+        };
+        self.tx.send_stateless_request(&ack, peer);
+    }
+
+    fn send_bye_b(&mut self, now: Millis, id: u64, fork: usize) {
+        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
+            return;
+        };
+        f.local_cseq += 1;
+        let cseq = f.local_cseq;
+        let mut from = f.local_uri.clone();
+        from.params.set("tag", Some(f.local_tag.clone()));
+        let mut to = f.remote_uri.clone();
+        if let Some(tag) = &f.remote_tag {
+            to.params.set("tag", Some(tag.clone()));
+        }
+        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
+        let headers = self.request_headers(peer, from, to, call_id, cseq, Method::Bye);
+        let bye = Request {
+            method: Method::Bye,
+            uri: target,
+            headers,
+            body: Vec::new(),
+        };
+        let key = self.tx.send_request(now, bye, peer);
+        self.clients.insert(key, ClientRole::Bye);
+    }
+
+    fn send_bye_a(&mut self, now: Millis, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.a.local_cseq += 1;
+        let cseq = call.a.local_cseq;
+        let mut from = call.a.local_uri.clone();
+        from.params.set("tag", Some(call.a.local_tag.clone()));
+        let mut to = call.a.remote_uri.clone();
+        to.params.set("tag", Some(call.a.remote_tag.clone()));
+        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
+        let headers = self.request_headers(peer, from, to, call_id, cseq, Method::Bye);
+        let bye = Request {
+            method: Method::Bye,
+            uri: target,
+            headers,
+            body: Vec::new(),
+        };
+        let key = self.tx.send_request(now, bye, peer);
+        self.clients.insert(key, ClientRole::Bye);
+    }
+
+    /// Cancels every fork still ringing, except `keep`.
+    fn cancel_forks(&mut self, now: Millis, id: u64, keep: Option<usize>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let mut to_cancel = Vec::new();
+        for (i, f) in call.forks.iter_mut().enumerate() {
+            if Some(i) == keep {
+                continue;
+            }
+            match f.state {
+                ForkState::Ringing => {
+                    f.state = ForkState::Cancelled;
+                    to_cancel.push(f.invite_key.clone());
+                }
+                ForkState::Calling => f.state = ForkState::CancelPending,
+                _ => {}
+            }
+        }
+        for key in to_cancel {
+            self.send_cancel(now, &key);
+        }
+    }
+
+    fn send_cancel(&mut self, now: Millis, invite_key: &TxKey) {
+        let Some(invite) = self.tx.client_request(invite_key) else {
+            return;
+        };
+        if !self.tx.awaiting_final(invite_key) {
+            return;
+        }
+        let cancel = build_cancel(invite);
+        let dest = self.clients.get(invite_key).and_then(|role| match role {
+            ClientRole::Invite { call, fork } => self
+                .calls
+                .get(call)
+                .and_then(|c| c.forks.get(*fork))
+                .map(|f| f.peer),
+            _ => None,
+        });
+        let Some(dest) = dest else {
+            return;
+        };
+        let key = self.tx.send_request(now, cancel, dest);
+        self.clients.insert(key, ClientRole::Cancel);
+    }
+
+    fn ring_timeout(&mut self, now: Millis, id: u64) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if call.state != CallState::Ringing {
+            return;
+        }
+        let (key, invite, tag, peer) = (
+            call.a.invite_key.clone(),
+            call.a.invite.clone(),
+            call.a.local_tag.clone(),
+            call.a.peer,
+        );
+        self.reply(now, &key, &invite, peer, 480, Some(&tag));
+        self.cancel_forks(now, id, None);
+        self.end_call(now, id, Disposition::NoAnswer, 480);
+    }
+
+    fn end_call(&mut self, now: Millis, id: u64, disposition: Disposition, status: u16) {
+        let Some(call) = self.calls.remove(&id) else {
+            return;
+        };
+        self.ring_timers.remove(&(call.ring_deadline, id));
+        self.by_a_call_id.remove(&call.a.call_id);
+        self.by_server_key.remove(&call.a.invite_key);
+        for f in &call.forks {
+            // Keep the fork index while its INVITE can still draw a 2xx (to ACK + BYE it).
+            if f.state != ForkState::CancelPending && f.state != ForkState::Cancelled {
+                self.by_b_call_id.remove(&f.call_id);
+            }
+        }
+        self.relays.retain(|_, r| r.call != id);
+        let disposition = if call.answer.is_some() {
+            Disposition::Answered
+        } else {
+            disposition
+        };
+        self.events.push_back(Event::CallEnded(Cdr {
+            call_id: call.a.call_id,
+            caller: call.caller,
+            callee: call.callee,
+            start: call.start,
+            answer: call.answer,
+            end: now,
+            disposition,
+            status: if call.answer.is_some() { 200 } else { status },
+        }));
+    }
+
+    fn record_failed(
+        &mut self,
+        now: Millis,
+        req: &Request,
+        caller: &str,
+        callee: &str,
+        status: u16,
+        disposition: Disposition,
+    ) {
+        self.events.push_back(Event::CallEnded(Cdr {
+            call_id: req.headers.call_id.clone(),
+            caller: caller.to_string(),
+            callee: callee.chars().take(64).collect(),
+            start: now,
+            answer: None,
+            end: now,
+            disposition,
+            status,
+        }));
+    }
+
+    fn drain_tx_events(&mut self, now: Millis) {
+        while let Some(event) = self.tx.poll_event() {
+            match event {
+                TxEvent::Timeout(key) => self.on_tx_timeout(now, key),
+                TxEvent::Terminated(key) => {
+                    if let Some(ClientRole::Invite { call, fork }) = self.clients.remove(&key) {
+                        // A cancelled fork is finished: forget its Call-ID.
+                        let gone = self
+                            .calls
+                            .get(&call)
+                            .and_then(|c| c.forks.get(fork))
+                            .map(|f| f.call_id.clone());
+                        if self.calls.get(&call).is_none() {
+                            self.by_b_call_id.retain(|_, v| v.0 != call);
+                        } else if let Some(cid) = gone {
+                            let _ = cid;
+                        }
+                    }
+                    if key.server {
+                        self.by_server_key.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_tx_timeout(&mut self, now: Millis, key: TxKey) {
+        if key.server {
+            // No ACK for our 2xx: the caller is gone; hang up both legs.
+            if let Some(&id) = self.by_server_key.get(&key) {
+                if let Some(call) = self.calls.get(&id) {
+                    if let Some(fork) = call.winner {
+                        self.send_bye_b(now, id, fork);
+                        self.send_bye_a(now, id);
+                        self.end_call(now, id, Disposition::Answered, 200);
+                    }
+                }
+            }
+            return;
+        }
+        match self.clients.remove(&key) {
+            Some(ClientRole::Invite { call, fork }) => {
+                if let Some(f) = self
+                    .calls
+                    .get_mut(&call)
+                    .and_then(|c| c.forks.get_mut(fork))
+                {
+                    if matches!(
+                        f.state,
+                        ForkState::Calling | ForkState::Ringing | ForkState::CancelPending
+                    ) {
+                        f.state = ForkState::Failed;
+                    }
+                }
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.best_failure = Some(better_failure(c.best_failure, 408));
+                }
+                self.fork_done(now, call);
+            }
+            Some(ClientRole::Relay { call, relay }) => {
+                // The other leg did not answer an in-dialog request: answer 408 upstream.
+                if let Some(r) = self.relays.remove(&relay) {
+                    let tag = self
+                        .calls
+                        .get(&call)
+                        .filter(|_| r.from_a)
+                        .map(|c| c.a.local_tag.clone());
+                    let peer = self.calls.get(&call).map(|c| {
+                        if r.from_a {
+                            c.a.peer
+                        } else {
+                            c.winner
+                                .and_then(|w| c.forks.get(w))
+                                .map(|f| f.peer)
+                                .unwrap_or(c.a.peer)
+                        }
+                    });
+                    if let Some(peer) = peer {
+                        self.reply(now, &r.server_key, &r.server_req, peer, 408, tag.as_deref());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Helpers
+    // ---------------------------------------------------------------------------------------
+
+    fn reply(
+        &mut self,
+        now: Millis,
+        key: &TxKey,
+        req: &Request,
+        dest: Peer,
+        status: u16,
+        to_tag: Option<&str>,
+    ) {
+        let tag = match to_tag {
+            Some(t) => t.to_string(),
+            None => self.new_tag(),
+        };
+        let resp = Response::to_request(req, status, Some(&tag));
+        self.send(now, key, resp, dest);
+    }
+
+    fn send(&mut self, now: Millis, key: &TxKey, mut resp: Response, dest: Peer) {
+        if let Some(via) = resp.headers.via.first_mut() {
+            // RFC 3581: tell the sender where its request came from.
+            if dest.transport == Transport::Udp {
+                via.params.set("received", Some(dest.addr.ip().to_string()));
+                if via.params.get("rport").is_some() {
+                    via.params.set("rport", Some(dest.addr.port().to_string()));
+                }
+            }
+        }
+        resp.headers.push("Server", self.cfg.user_agent.clone());
+        if let Err(err) = self.tx.send_response(now, key, resp, dest) {
+            tracing::debug!(%err, "response not sent");
+        }
+    }
+
+    /// Via, From, To, Call-ID, CSeq and Max-Forwards of a request we originate.
+    fn request_headers(
+        &mut self,
+        peer: Peer,
+        from: NameAddr,
+        to: NameAddr,
+        call_id: String,
+        seq: u32,
+        method: Method,
+    ) -> Headers {
+        let local = self.local_for(peer);
+        let mut params = Params::default();
+        params.set(
+            "branch",
+            Some(format!("z9hG4bK{:016x}", self.rng.gen::<u64>())),
+        );
+        params.set("rport", None);
+        let via = Via {
+            transport: peer.transport.as_str().to_string(),
+            host: host_text(local),
+            port: Some(local.port()),
+            params,
+        };
+        let mut headers = Headers {
+            via: vec![via],
+            from,
+            to,
+            call_id,
+            cseq: CSeq { seq, method },
+            max_forwards: Some(70),
+            contact: Vec::new(),
+            expires: None,
+            route: Vec::new(),
+            record_route: Vec::new(),
+            content_type: None,
+            other: Vec::new(),
+        };
+        headers.push("User-Agent", self.cfg.user_agent.clone());
+        headers
+    }
+
+    fn our_contact(&self, peer: Peer, user: Option<&str>) -> NameAddr {
+        let local = self.local_for(peer);
+        let user = user.unwrap_or("outpost");
+        let transport = match peer.transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+        };
+        let text = format!(
+            "sip:{user}@{}:{}{transport}",
+            host_text(local),
+            local.port()
+        );
+        let uri = wire::parse_uri(&text).unwrap_or_default();
+        NameAddr::new(uri)
+    }
+
+    fn local_for(&self, peer: Peer) -> SocketAddr {
+        self.cfg
+            .local
+            .iter()
+            .find(|a| a.is_ipv4() == peer.addr.is_ipv4())
+            .or(self.cfg.local.first())
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
+    }
+
+    fn new_tag(&mut self) -> String {
+        format!("{:016x}", self.rng.gen::<u64>())
+    }
+
+    fn new_call_id(&mut self) -> String {
+        format!(
+            "{:016x}{:016x}@outpost",
+            self.rng.gen::<u64>(),
+            self.rng.gen::<u64>()
+        )
+    }
+}
+
+impl Fork {
+    fn with_remote(mut self, remote: NameAddr) -> Self {
+        self.remote_uri = remote;
+        self
+    }
+}
+
+/// The host part for Via/Contact: IPv6 addresses in brackets.
+fn host_text(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    }
+}
+
+fn first_contact_uri(headers: &Headers) -> Option<Uri> {
+    headers.contact.iter().find_map(|c| match c {
+        Contact::Addr(a) => Some(a.uri.clone()),
+        Contact::Star => None,
+    })
+}
+
+/// Response aggregation across forks (RFC 3261 §16.7 step 6, simplified): busy beats other
+/// failures so the caller hears busy when any phone was busy; otherwise the lowest class wins.
+fn better_failure(current: Option<u16>, new: u16) -> u16 {
+    let rank = |s: u16| match s {
+        600..=699 => 0,
+        486 => 1,
+        487 => 5,
+        408 => 6,
+        _ => 2 + u32::from(s >= 500) as u16,
+    };
+    match current {
+        Some(c) if rank(c) <= rank(new) => c,
+        _ => new,
+    }
+}

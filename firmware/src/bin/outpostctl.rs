@@ -1,1 +1,911 @@
-fn main() {}
+//! `outpostctl`: the admin CLI. Talks to a running `outpostd` over its Unix control socket.
+//!
+//! Exit codes: 0 success, 1 the daemon refused the command, 2 usage or input error (nothing
+//! was sent), 3 the daemon could not be reached or the connection broke.
+
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde::Serialize;
+
+use firmware::admin::proto::{
+    validate_ext, validate_name, validate_password, CallInfo, Command, ExtImportRow, ExtensionInfo,
+    RegistrationInfo, Reply, StatusInfo, MAX_LINE,
+};
+use firmware::admin::Client;
+use firmware::config::default_socket_path;
+use pbx_core::cdr::{Cdr, Disposition};
+
+/// How long to wait for the daemon to answer one request (an import of thousands of
+/// extensions takes a while on slow flash).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Length of generated passwords.
+const GENERATED_PASSWORD_LEN: usize = 16;
+/// Rows per request when an import is too large for one request line.
+const IMPORT_CHUNK: usize = 2_000;
+/// Import errors listed before the rest are summarised.
+const MAX_LISTED_ERRORS: usize = 20;
+
+/// Administer a running outpostd over its control socket.
+#[derive(Debug, Parser)]
+#[command(name = "outpostctl", version)]
+struct Cli {
+    /// The daemon's admin socket [default: $OUTPOST_SOCKET, else /run/outpost/admin.sock if
+    /// it exists, else ./outpost-data/outpostd.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the daemon's reply as JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show the daemon's state at a glance.
+    Status,
+    /// Manage extensions.
+    #[command(subcommand)]
+    Ext(ExtCmd),
+    /// Show registrations.
+    #[command(subcommand)]
+    Reg(RegCmd),
+    /// Show calls in progress.
+    Calls,
+    /// Show call detail records.
+    #[command(subcommand)]
+    Cdr(CdrCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ExtCmd {
+    /// List extensions and how many phones each has registered.
+    List,
+    /// Create an extension (a random password is generated and shown once if none is given).
+    Add {
+        /// Extension number: 1-16 letters or digits.
+        ext: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Delete an extension and its registrations.
+    Del {
+        /// Extension number.
+        ext: String,
+    },
+    /// Set a new password (a random one is generated and shown once if none is given).
+    Passwd {
+        /// Extension number.
+        ext: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Create or replace extensions from a CSV file: `ext,password[,name]` per line, `#`
+    /// comments; `-` reads standard input. Every row is checked before anything is sent.
+    Import {
+        /// The CSV file, or `-` for standard input.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PasswordArgs {
+    /// The password (visible to other users in `ps`; prefer --password-stdin).
+    #[arg(long, value_name = "PW", conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum RegCmd {
+    /// List registered contacts.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum CdrCmd {
+    /// List the most recent calls, newest first.
+    List {
+        /// How many records to show.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
+    },
+}
+
+/// Why the command failed, mapped to the exit code.
+#[derive(Debug)]
+enum Failure {
+    /// The daemon replied with an error (or an unexpected reply): exit 1.
+    Refused(String),
+    /// Bad input detected before anything was sent: exit 2.
+    Usage(String),
+    /// The daemon could not be reached: exit 3.
+    Unreachable(String),
+}
+
+/// What to print for a `Done` reply when the CLI generated a password.
+#[derive(Debug)]
+struct Generated {
+    human: String,
+    password: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let (code, message) = match failure {
+                Failure::Refused(m) => (1, m),
+                Failure::Usage(m) => (2, m),
+                Failure::Unreachable(m) => (3, m),
+            };
+            eprintln!("outpostctl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
+    let (commands, generated) = plan(cli.command)?;
+    let mut client = Client::connect(&socket, REPLY_TIMEOUT).map_err(|e| {
+        Failure::Unreachable(format!(
+            "cannot connect to outpostd at {}: {e} (is outpostd running? \
+             use --socket PATH or set OUTPOST_SOCKET)",
+            socket.display()
+        ))
+    })?;
+    for command in &commands {
+        let reply = client.request(command).map_err(|e| {
+            Failure::Unreachable(format!("talking to outpostd at {}: {e}", socket.display()))
+        })?;
+        show(&reply, cli.json, generated.as_ref())?;
+    }
+    Ok(())
+}
+
+/// Turns the command line into the requests to send, checking all input first.
+fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
+    let one = |c| Ok((vec![c], None));
+    match cmd {
+        Cmd::Status => one(Command::Status),
+        Cmd::Ext(ExtCmd::List) => one(Command::ExtList),
+        Cmd::Reg(RegCmd::List) => one(Command::RegList),
+        Cmd::Calls => one(Command::Calls),
+        Cmd::Cdr(CdrCmd::List { limit }) => one(Command::CdrList {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        }),
+        Cmd::Ext(ExtCmd::Del { ext }) => {
+            validate_ext(&ext).map_err(Failure::Usage)?;
+            one(Command::ExtDel { ext })
+        }
+        Cmd::Ext(ExtCmd::Add {
+            ext,
+            name,
+            password,
+        }) => {
+            validate_ext(&ext).map_err(Failure::Usage)?;
+            if let Some(name) = &name {
+                validate_name(name).map_err(Failure::Usage)?;
+            }
+            let (password, generated) = obtain_password(&ext, &password)?;
+            let generated = generated.then(|| Generated {
+                human: format!("extension {ext} created, password: {password}"),
+                password: password.clone(),
+            });
+            Ok((
+                vec![Command::ExtAdd {
+                    ext,
+                    name,
+                    password,
+                }],
+                generated,
+            ))
+        }
+        Cmd::Ext(ExtCmd::Passwd { ext, password }) => {
+            validate_ext(&ext).map_err(Failure::Usage)?;
+            let (password, generated) = obtain_password(&ext, &password)?;
+            let generated = generated.then(|| Generated {
+                human: format!("password of extension {ext} changed, new password: {password}"),
+                password: password.clone(),
+            });
+            Ok((vec![Command::ExtPasswd { ext, password }], generated))
+        }
+        Cmd::Ext(ExtCmd::Import { file }) => {
+            let text = read_input(&file)?;
+            let shown = if file.as_os_str() == "-" {
+                Path::new("<stdin>")
+            } else {
+                file.as_path()
+            };
+            let rows = parse_import(&text)
+                .map_err(|errors| Failure::Usage(import_error_report(shown, &errors)))?;
+            if rows.is_empty() {
+                return Err(Failure::Usage(format!(
+                    "{}: no extensions to import",
+                    shown.display()
+                )));
+            }
+            Ok((import_requests(rows), None))
+        }
+    }
+}
+
+/// The password from the flags, or a fresh random one (second value true when generated).
+fn obtain_password(ext: &str, args: &PasswordArgs) -> Result<(String, bool), Failure> {
+    let (password, generated) = if let Some(pw) = &args.password {
+        (pw.clone(), false)
+    } else if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::Usage(format!("cannot read the password from stdin: {e}")))?;
+        let line = line.trim_end_matches(['\n', '\r']).to_owned();
+        (line, false)
+    } else {
+        (generate_password(ext), true)
+    };
+    validate_password(ext, &password).map_err(Failure::Usage)?;
+    Ok((password, generated))
+}
+
+/// A random password of letters and digits that passes [`validate_password`].
+fn generate_password(ext: &str) -> String {
+    let mut rng = rand::thread_rng();
+    loop {
+        let pw: String = (&mut rng)
+            .sample_iter(&Alphanumeric)
+            .take(GENERATED_PASSWORD_LEN)
+            .map(char::from)
+            .collect();
+        if validate_password(ext, &pw).is_ok() {
+            return pw;
+        }
+    }
+}
+
+fn read_input(file: &Path) -> Result<String, Failure> {
+    let mut text = String::new();
+    let result = if file.as_os_str() == "-" {
+        std::io::stdin()
+            .lock()
+            .read_to_string(&mut text)
+            .map(|_| ())
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text).map(|_| ()))
+    };
+    result.map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+    Ok(text)
+}
+
+/// Parses an import file: `ext,password[,name]` per line, fields trimmed, blank lines and
+/// `#` comments skipped, an optional `ext,password[,name]` header. Returns every problem
+/// with its 1-based line number, or the rows when there are none.
+fn parse_import(text: &str) -> Result<Vec<ExtImportRow>, Vec<String>> {
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    let mut first_line_of: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::new();
+    let mut seen_data = false;
+    for (idx, raw) in text.lines().enumerate() {
+        let line_no = idx + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if !seen_data {
+            seen_data = true;
+            let lower: Vec<String> = fields.iter().map(|f| f.to_ascii_lowercase()).collect();
+            if lower == ["ext", "password"] || lower == ["ext", "password", "name"] {
+                continue;
+            }
+        }
+        if !(2..=3).contains(&fields.len()) {
+            errors.push(format!(
+                "line {line_no}: expected `ext,password[,name]`, found {} fields",
+                fields.len()
+            ));
+            continue;
+        }
+        let (ext, password) = (fields[0], fields[1]);
+        let name = fields
+            .get(2)
+            .filter(|n| !n.is_empty())
+            .map(|n| n.to_string());
+        let mut problems = Vec::new();
+        if let Err(e) = validate_ext(ext) {
+            problems.push(e);
+        }
+        if let Err(e) = validate_password(ext, password) {
+            problems.push(e);
+        }
+        if let Some(Err(e)) = name.as_deref().map(validate_name) {
+            problems.push(e);
+        }
+        if let Some(first) = first_line_of.get(ext) {
+            problems.push(format!("extension {ext} already appears on line {first}"));
+        } else {
+            first_line_of.insert(ext.to_owned(), line_no);
+        }
+        if problems.is_empty() {
+            rows.push(ExtImportRow {
+                ext: ext.to_owned(),
+                password: password.to_owned(),
+                name,
+            });
+        } else {
+            errors.push(format!("line {line_no}: {}", problems.join("; ")));
+        }
+    }
+    if errors.is_empty() {
+        Ok(rows)
+    } else {
+        Err(errors)
+    }
+}
+
+fn import_error_report(file: &Path, errors: &[String]) -> String {
+    let mut out = format!(
+        "{}: {} bad row(s), nothing imported",
+        file.display(),
+        errors.len()
+    );
+    for e in errors.iter().take(MAX_LISTED_ERRORS) {
+        out.push_str("\n  ");
+        out.push_str(e);
+    }
+    if errors.len() > MAX_LISTED_ERRORS {
+        out.push_str(&format!(
+            "\n  ... and {} more",
+            errors.len() - MAX_LISTED_ERRORS
+        ));
+    }
+    out
+}
+
+/// One request, or several when the rows would not fit in one request line.
+fn import_requests(rows: Vec<ExtImportRow>) -> Vec<Command> {
+    let whole = Command::ExtImport { rows };
+    let fits = serde_json::to_vec(&whole)
+        .map(|v| v.len() < MAX_LINE)
+        .unwrap_or(false);
+    let Command::ExtImport { rows } = whole else {
+        unreachable!("constructed just above")
+    };
+    if fits {
+        return vec![Command::ExtImport { rows }];
+    }
+    rows.chunks(IMPORT_CHUNK)
+        .map(|c| Command::ExtImport { rows: c.to_vec() })
+        .collect()
+}
+
+/// Prints one reply; a daemon error becomes [`Failure::Refused`].
+fn show(reply: &Reply, json: bool, generated: Option<&Generated>) -> Result<(), Failure> {
+    if json {
+        let line = match (reply, generated) {
+            (Reply::Done { message }, Some(g)) => to_json(&serde_json::json!({
+                "message": message,
+                "password": g.password,
+            })),
+            _ => payload_json(reply),
+        };
+        println!("{line}");
+    } else if !matches!(reply, Reply::Error { .. }) {
+        print!("{}", render(reply, generated));
+    }
+    match reply {
+        Reply::Error { message } => Err(Failure::Refused(sanitize(message))),
+        _ => Ok(()),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// The reply's payload without the tag, as one JSON line.
+fn payload_json(reply: &Reply) -> String {
+    match reply {
+        Reply::Status(s) => to_json(s),
+        Reply::Extensions(v) => to_json(v),
+        Reply::Registrations(v) => to_json(v),
+        Reply::Calls(v) => to_json(v),
+        Reply::Cdrs(v) => to_json(v),
+        Reply::Done { message } | Reply::Error { message } => {
+            to_json(&serde_json::json!({ "message": message }))
+        }
+    }
+}
+
+/// Human output for a reply, ending in a newline.
+fn render(reply: &Reply, generated: Option<&Generated>) -> String {
+    match reply {
+        Reply::Status(s) => render_status(s),
+        Reply::Extensions(v) => render_extensions(v),
+        Reply::Registrations(v) => render_registrations(v),
+        Reply::Calls(v) => render_calls(v),
+        Reply::Cdrs(v) => render_cdrs(v),
+        Reply::Done { message } => match generated {
+            Some(g) => format!("{}\n", g.human),
+            None => format!("{}\n", sanitize(message)),
+        },
+        Reply::Error { message } => format!("error: {}\n", sanitize(message)),
+    }
+}
+
+fn render_status(s: &StatusInfo) -> String {
+    let rows = vec![
+        vec!["version".to_owned(), s.version.clone()],
+        vec!["uptime".to_owned(), fmt_duration(s.uptime_secs)],
+        vec!["listen".to_owned(), s.listen.join(", ")],
+        vec!["realm".to_owned(), s.realm.clone()],
+        vec!["data dir".to_owned(), s.data_dir.clone()],
+        vec!["extensions".to_owned(), s.extensions.to_string()],
+        vec!["registrations".to_owned(), s.registrations.to_string()],
+        vec!["active calls".to_owned(), s.active_calls.to_string()],
+        vec!["call records".to_owned(), s.cdrs.to_string()],
+    ];
+    format_table(None, &rows)
+}
+
+fn render_extensions(v: &[ExtensionInfo]) -> String {
+    if v.is_empty() {
+        return "no extensions\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|e| {
+            vec![
+                e.ext.clone(),
+                e.name.clone().unwrap_or_else(|| "-".to_owned()),
+                e.registered.to_string(),
+            ]
+        })
+        .collect();
+    format_table(Some(&["EXT", "NAME", "REGISTERED"]), &rows)
+}
+
+fn render_registrations(v: &[RegistrationInfo]) -> String {
+    if v.is_empty() {
+        return "no registrations\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|r| {
+            vec![
+                r.ext.clone(),
+                r.contact.clone(),
+                r.source.clone(),
+                r.transport.clone(),
+                fmt_duration(r.expires_in_secs),
+                r.user_agent.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    format_table(
+        Some(&[
+            "EXT",
+            "CONTACT",
+            "SOURCE",
+            "TRANSPORT",
+            "EXPIRES IN",
+            "USER-AGENT",
+        ]),
+        &rows,
+    )
+}
+
+fn render_calls(v: &[CallInfo]) -> String {
+    if v.is_empty() {
+        return "no calls in progress\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|c| {
+            vec![
+                c.caller.clone(),
+                c.callee.clone(),
+                c.state.clone(),
+                fmt_time(c.started_ms),
+                fmt_duration(c.duration_secs),
+                c.call_id.clone(),
+            ]
+        })
+        .collect();
+    format_table(
+        Some(&[
+            "CALLER",
+            "CALLEE",
+            "STATE",
+            "STARTED (UTC)",
+            "DURATION",
+            "CALL-ID",
+        ]),
+        &rows,
+    )
+}
+
+fn render_cdrs(v: &[Cdr]) -> String {
+    if v.is_empty() {
+        return "no call records\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|c| {
+            vec![
+                fmt_time(c.start),
+                c.caller.clone(),
+                c.callee.clone(),
+                disposition_name(c.disposition).to_owned(),
+                c.status.to_string(),
+                match c.answer {
+                    Some(_) => fmt_duration(c.billsec()),
+                    None => "-".to_owned(),
+                },
+                c.call_id.clone(),
+            ]
+        })
+        .collect();
+    format_table(
+        Some(&[
+            "START (UTC)",
+            "CALLER",
+            "CALLEE",
+            "RESULT",
+            "STATUS",
+            "TALK",
+            "CALL-ID",
+        ]),
+        &rows,
+    )
+}
+
+fn disposition_name(d: Disposition) -> &'static str {
+    match d {
+        Disposition::Answered => "answered",
+        Disposition::Busy => "busy",
+        Disposition::Cancelled => "cancelled",
+        Disposition::NoAnswer => "no answer",
+        Disposition::NotFound => "not found",
+        Disposition::Unavailable => "unavailable",
+        Disposition::Failed => "failed",
+    }
+}
+
+/// Left-aligned columns separated by two spaces, no trailing whitespace. Cells are
+/// sanitised: User-Agents and contacts come from the network and must not reach the
+/// admin's terminal as escape sequences.
+fn format_table(headers: Option<&[&str]>, rows: &[Vec<String>]) -> String {
+    let mut all: Vec<Vec<String>> = Vec::with_capacity(rows.len() + 1);
+    if let Some(h) = headers {
+        all.push(h.iter().map(|s| s.to_string()).collect());
+    }
+    all.extend(
+        rows.iter()
+            .map(|r| r.iter().map(|c| sanitize(c)).collect::<Vec<_>>()),
+    );
+    let columns = all.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; columns];
+    for row in &all {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &all {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Replaces control characters (escape sequences, newlines) with `?`.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// `2026-11-26 17:03:05` (UTC) from milliseconds since the epoch.
+fn fmt_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let t = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm, unsigned form).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// `45s`, `1m05s`, `2h03m04s`, `3d04h05m`.
+fn fmt_duration(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    if d > 0 {
+        format!("{d}d{h:02}h{m:02}m")
+    } else if h > 0 {
+        format!("{h}h{m:02}m{s:02}s")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_subcommands() {
+        let cli = Cli::try_parse_from([
+            "outpostctl",
+            "ext",
+            "list",
+            "--json",
+            "--socket",
+            "/tmp/x.sock",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.socket, Some(PathBuf::from("/tmp/x.sock")));
+        let cli = Cli::try_parse_from(["outpostctl", "cdr", "list"]).unwrap();
+        assert!(matches!(cli.command, Cmd::Cdr(CdrCmd::List { limit: 50 })));
+    }
+
+    #[test]
+    fn password_and_password_stdin_conflict() {
+        let err = Cli::try_parse_from([
+            "outpostctl",
+            "ext",
+            "add",
+            "104",
+            "--password",
+            "abcdefgh1",
+            "--password-stdin",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(Cli::try_parse_from(["outpostctl", "cdr", "list", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn bad_extension_is_a_usage_error_before_connecting() {
+        let cli = Cli::try_parse_from(["outpostctl", "ext", "del", "10 0"]).unwrap();
+        assert!(matches!(plan(cli.command), Err(Failure::Usage(_))));
+        let cli =
+            Cli::try_parse_from(["outpostctl", "ext", "add", "104", "--password", "104"]).unwrap();
+        match plan(cli.command) {
+            Err(Failure::Usage(m)) => assert!(m.contains("at least 8"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn add_without_password_generates_one_and_reports_it() {
+        let cli =
+            Cli::try_parse_from(["outpostctl", "ext", "add", "104", "--name", "Lab"]).unwrap();
+        let (cmds, generated) = plan(cli.command).unwrap();
+        let Command::ExtAdd {
+            ext,
+            name,
+            password,
+        } = &cmds[0]
+        else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!((ext.as_str(), name.as_deref()), ("104", Some("Lab")));
+        assert_eq!(password.len(), GENERATED_PASSWORD_LEN);
+        assert!(password.chars().all(|c| c.is_ascii_alphanumeric()));
+        let g = generated.unwrap();
+        assert_eq!(
+            g.human,
+            format!("extension 104 created, password: {password}")
+        );
+        assert_eq!(
+            render(&Reply::done("extension 104 added"), Some(&g)),
+            format!("extension 104 created, password: {password}\n")
+        );
+        assert_ne!(generate_password("1"), generate_password("1"));
+    }
+
+    #[test]
+    fn import_accepts_comments_header_and_optional_name() {
+        let text = "# office phones\next,password,name\n\n100, s3cret-100 ,Front desk\n\
+                    101,s3cret-101\r\n102,s3cret-102,\n";
+        let rows = parse_import(text).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ExtImportRow {
+                    ext: "100".into(),
+                    password: "s3cret-100".into(),
+                    name: Some("Front desk".into())
+                },
+                ExtImportRow {
+                    ext: "101".into(),
+                    password: "s3cret-101".into(),
+                    name: None
+                },
+                ExtImportRow {
+                    ext: "102".into(),
+                    password: "s3cret-102".into(),
+                    name: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn import_reports_every_bad_row_with_its_line() {
+        let text = "100,good-pass-1\n\
+                    10 1,good-pass-2\n\
+                    102,short\n\
+                    # comment\n\
+                    103\n\
+                    100,good-pass-3\n\
+                    104,aaaaaaaaaa,Name,extra\n";
+        let errors = parse_import(text).unwrap_err();
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert!(errors[0].starts_with("line 2:") && errors[0].contains("letters and digits"));
+        assert!(errors[1].starts_with("line 3:") && errors[1].contains("at least 8"));
+        assert!(errors[2].starts_with("line 5:") && errors[2].contains("1 fields"));
+        assert!(errors[3].starts_with("line 6:") && errors[3].contains("line 1"));
+        assert!(errors[4].starts_with("line 7:") && errors[4].contains("4 fields"));
+        let report = import_error_report(Path::new("phones.csv"), &errors);
+        assert!(report.starts_with("phones.csv: 5 bad row(s), nothing imported"));
+    }
+
+    #[test]
+    fn import_of_10000_rows_is_one_request_and_huge_imports_are_chunked() {
+        let small: Vec<ExtImportRow> = (0..10_000)
+            .map(|i| ExtImportRow {
+                ext: format!("{}", 20_000 + i),
+                password: format!("pw-{i:08}-xyz"),
+                name: Some(format!("User {i}")),
+            })
+            .collect();
+        assert_eq!(import_requests(small).len(), 1);
+        let huge: Vec<ExtImportRow> = (0..20_000)
+            .map(|i| ExtImportRow {
+                ext: format!("{}", 20_000 + i),
+                password: "p".repeat(128),
+                name: Some("\u{1d11e}".repeat(64)),
+            })
+            .collect();
+        let reqs = import_requests(huge);
+        assert_eq!(reqs.len(), 10);
+        for r in &reqs {
+            assert!(serde_json::to_vec(r).unwrap().len() < MAX_LINE);
+        }
+    }
+
+    #[test]
+    fn table_is_aligned_without_trailing_spaces() {
+        let rows = vec![
+            vec!["100".to_owned(), "Front desk".to_owned(), "2".to_owned()],
+            vec!["1001".to_owned(), "-".to_owned(), "0".to_owned()],
+        ];
+        let t = format_table(Some(&["EXT", "NAME", "REGISTERED"]), &rows);
+        assert_eq!(
+            t,
+            "EXT   NAME        REGISTERED\n\
+             100   Front desk  2\n\
+             1001  -           0\n"
+        );
+    }
+
+    #[test]
+    fn network_strings_cannot_inject_terminal_escapes() {
+        let regs = vec![RegistrationInfo {
+            ext: "100".into(),
+            contact: "sip:100@10.0.0.5".into(),
+            source: "10.0.0.5:5060".into(),
+            transport: "UDP".into(),
+            expires_in_secs: 65,
+            user_agent: Some("evil\u{1b}[2J\nphone".into()),
+        }];
+        let out = render_registrations(&regs);
+        assert!(!out.contains('\u{1b}'));
+        assert_eq!(out.lines().count(), 2);
+        assert!(out.contains("evil?[2J?phone"));
+        assert!(out.contains("1m05s"));
+    }
+
+    #[test]
+    fn times_and_durations() {
+        assert_eq!(fmt_time(0), "1970-01-01 00:00:00");
+        assert_eq!(fmt_time(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(fmt_time(1_795_712_585_999), "2026-11-26 17:03:05");
+        assert_eq!(fmt_duration(0), "0s");
+        assert_eq!(fmt_duration(65), "1m05s");
+        assert_eq!(fmt_duration(3_600 + 3 * 60 + 4), "1h03m04s");
+        assert_eq!(fmt_duration(2 * 86_400 + 4 * 3_600 + 5 * 60), "2d04h05m");
+    }
+
+    #[test]
+    fn cdr_table_and_json_payload() {
+        let cdrs = vec![Cdr {
+            call_id: "abc".into(),
+            caller: "100".into(),
+            callee: "101".into(),
+            start: 1_795_712_585_000,
+            answer: Some(1_795_712_590_000),
+            end: 1_795_712_655_000,
+            disposition: Disposition::Answered,
+            status: 200,
+        }];
+        let out = render_cdrs(&cdrs);
+        let mut lines = out.lines();
+        let header = lines.next().unwrap();
+        assert!(header.starts_with("START (UTC)  ") && header.contains("  CALLER  "));
+        let row = lines.next().unwrap();
+        assert!(row.starts_with("2026-11-26 17:03:05  100"), "{row}");
+        assert!(row.contains("answered") && row.contains("1m05s"), "{row}");
+        assert_eq!(
+            payload_json(&Reply::Extensions(vec![])),
+            "[]",
+            "--json prints the payload without the tag"
+        );
+        assert_eq!(payload_json(&Reply::done("ok")), r#"{"message":"ok"}"#);
+    }
+
+    #[test]
+    fn daemon_error_maps_to_refused() {
+        match show(&Reply::error("extension 104 exists"), false, None) {
+            Err(Failure::Refused(m)) => assert_eq!(m, "extension 104 exists"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -128,7 +128,11 @@ impl Params {
 
     /// Sets (replacing) parameter `name`.
     pub fn set(&mut self, name: &str, value: Option<String>) {
-        if let Some(slot) = self.0.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        if let Some(slot) = self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
             slot.1 = value;
         } else {
             self.0.push((name.to_string(), value));
@@ -223,6 +227,8 @@ impl fmt::Display for NameAddr {
 }
 
 /// A Contact header value: `*` (only valid in an un-REGISTER) or an address.
+// `Star` is rare and short-lived; boxing every address would cost an allocation per contact.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Contact {
     Star,

@@ -1,1 +1,1833 @@
-//! (being written)
+//! RFC 3261 §17 transactions, with the RFC 6026 "Accepted" state for INVITE 2xx, sans-IO.
+//!
+//! Inputs are `receive_*`, `send_*` and [`Transactions::handle_timeout`]; outputs are drained
+//! with [`Transactions::poll_transmit`] (bytes to send), [`Transactions::poll_event`]
+//! (timeouts and terminations) and [`Transactions::poll_timeout`] (when to call
+//! `handle_timeout` next). After every input the driver drains transmits, then events, then
+//! asks for the next deadline.
+//!
+//! Timers are data: every armed RFC 3261 timer of every transaction is one entry
+//! `(deadline, transaction id, Timer)` in an ordered set, so arming, cancelling and finding
+//! the earliest deadline are O(log n) and the set never holds stale entries. Transactions are
+//! found by [`TxKey`] in a hash map; a terminated transaction is removed at once.
+//!
+//! Zero-length timers (Timer D, I, J, K on reliable transports) are armed at `now` rather
+//! than terminating on the spot, so the TU can still read the request of a transaction that
+//! has just delivered its final response; it disappears on the next `handle_timeout`.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use thiserror::Error;
+
+use crate::sip::message::{CSeq, Headers, Method, Peer, Request, Response};
+use crate::sip::wire::{emit_request, emit_response};
+use crate::Millis;
+
+/// The RFC 3261 magic cookie that marks a branch as globally unique (§8.1.1.7).
+const MAGIC_COOKIE: &str = "z9hG4bK";
+/// Prefix of the synthetic branch built for requests without an RFC 3261 branch.
+const FALLBACK_PREFIX: &str = "rfc2543;";
+/// Timer D on unreliable transports: "at least 32 seconds" (RFC 3261 §17.1.1.2).
+pub const TIMER_D_UNRELIABLE: u64 = 32_000;
+/// Default sent-by port when a Via has none (RFC 3261 §18.1).
+const DEFAULT_PORT: u16 = 5060;
+
+/// RFC 3261 timer base values in milliseconds (Table 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerConfig {
+    /// RTT estimate; retransmission intervals start here.
+    pub t1: u64,
+    /// Retransmission interval cap for non-INVITE requests and INVITE responses.
+    pub t2: u64,
+    /// Maximum time a message stays in the network.
+    pub t4: u64,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        TimerConfig {
+            t1: 500,
+            t2: 4_000,
+            t4: 5_000,
+        }
+    }
+}
+
+impl TimerConfig {
+    /// 64*T1: Timers B, F, H, J (unreliable), L and M.
+    fn t64(&self) -> u64 {
+        self.t1.saturating_mul(64)
+    }
+}
+
+/// The timers of RFC 3261 §17 (A–K) and RFC 6026 (L, M).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// INVITE client: request retransmission (unreliable only), doubling from T1.
+    A,
+    /// INVITE client: transaction timeout in Calling (64*T1); also armed by a CANCEL.
+    B,
+    /// INVITE client: wait for final-response retransmissions in Completed.
+    D,
+    /// Non-INVITE client: request retransmission (unreliable only), doubling to T2.
+    E,
+    /// Non-INVITE client: transaction timeout (64*T1).
+    F,
+    /// INVITE server: final-response retransmission (unreliable only), doubling to T2;
+    /// in Accepted it retransmits the 2xx (RFC 3261 §13.3.1.4) until the ACK arrives.
+    G,
+    /// INVITE server: wait for the ACK of a non-2xx final response (64*T1).
+    H,
+    /// INVITE server: absorb ACK retransmissions in Confirmed.
+    I,
+    /// Non-INVITE server: absorb request retransmissions in Completed; before the final
+    /// response it bounds a request the TU never answers (64*T1 after arrival).
+    J,
+    /// Non-INVITE client: absorb response retransmissions in Completed.
+    K,
+    /// INVITE server: lifetime of the Accepted state (64*T1, RFC 6026).
+    L,
+    /// INVITE client: lifetime of the Accepted state (64*T1, RFC 6026).
+    M,
+}
+
+impl Timer {
+    /// Number of timers, the size of a transaction's timer table.
+    const COUNT: usize = 12;
+
+    /// Slot in a transaction's timer table.
+    fn index(self) -> usize {
+        match self {
+            Timer::A => 0,
+            Timer::B => 1,
+            Timer::D => 2,
+            Timer::E => 3,
+            Timer::F => 4,
+            Timer::G => 5,
+            Timer::H => 6,
+            Timer::I => 7,
+            Timer::J => 8,
+            Timer::K => 9,
+            Timer::L => 10,
+            Timer::M => 11,
+        }
+    }
+
+    /// Every timer, in table order.
+    const ALL: [Timer; Timer::COUNT] = [
+        Timer::A,
+        Timer::B,
+        Timer::D,
+        Timer::E,
+        Timer::F,
+        Timer::G,
+        Timer::H,
+        Timer::I,
+        Timer::J,
+        Timer::K,
+        Timer::L,
+        Timer::M,
+    ];
+}
+
+/// The state of a live transaction (Terminated transactions are removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxState {
+    /// INVITE client: request sent, nothing received.
+    Calling,
+    /// Non-INVITE client or server: nothing received / no response sent yet.
+    Trying,
+    /// A provisional response was received (client) or sent (server).
+    Proceeding,
+    /// A final response (non-2xx for INVITE) was received or sent.
+    Completed,
+    /// INVITE server: the ACK for the non-2xx final response arrived.
+    Confirmed,
+    /// INVITE (RFC 6026): a 2xx was received (client) or sent (server).
+    Accepted,
+}
+
+/// Identifies a transaction: the top-Via branch, the method (ACK maps to INVITE on the
+/// server side) and which side we are.
+///
+/// For requests whose branch lacks the RFC 3261 magic cookie the server builds a synthetic
+/// branch `rfc2543;<Call-ID>;<CSeq number>;<From tag>;<sent-by host>:<port>` (RFC 2543
+/// matching, simplified). When a request reuses the branch of a live server transaction
+/// from a different sent-by, it is a different transaction and its branch becomes
+/// `<branch>;sent-by=<host>:<port>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TxKey {
+    /// Top-Via branch (or the synthetic branch described above).
+    pub branch: String,
+    /// The request method; ACK is folded into INVITE for server matching.
+    pub method: Method,
+    /// True for server transactions.
+    pub server: bool,
+}
+
+/// Bytes to send to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Transport and address to send to.
+    pub dest: Peer,
+    /// The serialized message.
+    pub bytes: Vec<u8>,
+}
+
+/// What became of a received request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ServerInput {
+    /// A new server transaction was created (INVITE: Proceeding; others: Trying); the TU
+    /// must respond with [`Transactions::send_response`] (or [`Transactions::abandon`] it).
+    /// An unanswered non-INVITE ends silently after 64*T1; an INVITE waits for the TU.
+    New(TxKey),
+    /// A retransmission, absorbed; the last response (if any) was re-sent.
+    Retransmission,
+    /// ACK for a non-2xx final response we sent (Completed → Confirmed), or a repeat of it.
+    AckAbsorbed,
+    /// ACK for the 2xx of an INVITE server transaction in Accepted: 2xx retransmission has
+    /// stopped; the TU gets the ACK (it may carry the SDP answer).
+    Ack2xx(TxKey),
+    /// ACK matching nothing: the TU decides (usually drop).
+    AckUnmatched,
+}
+
+/// What became of a received response.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientInput {
+    /// Pass the response to the TU.
+    Deliver(TxKey),
+    /// A further 2xx for an INVITE in Accepted (a retransmission or another fork's 2xx):
+    /// the TU re-sends its ACK (or ACKs and BYEs the extra dialog).
+    Retransmitted2xx(TxKey),
+    /// A retransmission handled here (the ACK for a non-2xx was re-sent if needed).
+    Absorb,
+    /// No client transaction matches (stray or late response).
+    Unmatched,
+}
+
+/// Something the TU must learn about.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TxEvent {
+    /// Client: Timer B/F fired (act as if 408 arrived). Server INVITE: Timer H fired (no ACK
+    /// for our non-2xx) or Timer L fired in Accepted without any ACK (end the call).
+    Timeout(TxKey),
+    /// The transaction is gone.
+    Terminated(TxKey),
+}
+
+/// Why the TU's request to a transaction was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TransactionError {
+    /// No live server transaction has that key.
+    #[error("no such transaction")]
+    NoSuchTransaction,
+    /// The transaction already sent its final response.
+    #[error("final response already sent")]
+    FinalResponseAlreadySent,
+    /// Status codes are 100..=699.
+    #[error("invalid status code {0}")]
+    InvalidStatus(u16),
+}
+
+/// Internal handle of a transaction; never reused.
+type TxId = u64;
+
+/// The sent-by of a top Via, normalised for comparison (RFC 3261 §17.2.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SentBy {
+    host: String,
+    port: u16,
+}
+
+/// Secondary index for the ACK of a 2xx, which carries a new branch (RFC 3261 §17.1.1.3):
+/// Call-ID, CSeq number and the To tag we put into the 2xx.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AckKey {
+    call_id: String,
+    seq: u32,
+    to_tag: String,
+}
+
+/// How a received request identifies its server transaction.
+#[derive(Debug)]
+struct ServerIdent {
+    key: TxKey,
+    sent_by: SentBy,
+}
+
+impl ServerIdent {
+    /// Matching data of `req`; ACK and CANCEL callers pick the method to match against.
+    fn of(req: &Request, method: Method) -> ServerIdent {
+        let via = req.headers.top_via();
+        let sent_by = SentBy {
+            host: via.map(|v| v.host.to_ascii_lowercase()).unwrap_or_default(),
+            port: via.and_then(|v| v.port).unwrap_or(DEFAULT_PORT),
+        };
+        let branch = match via.and_then(|v| v.branch()) {
+            Some(b) if b.starts_with(MAGIC_COOKIE) => b.to_string(),
+            _ => format!(
+                "{FALLBACK_PREFIX}{};{};{};{}:{}",
+                req.headers.call_id,
+                req.headers.cseq.seq,
+                req.headers.from.tag().unwrap_or(""),
+                sent_by.host,
+                sent_by.port
+            ),
+        };
+        ServerIdent {
+            key: TxKey {
+                branch,
+                method,
+                server: true,
+            },
+            sent_by,
+        }
+    }
+
+    /// The key used when the plain key is taken by a transaction from another sent-by.
+    fn alt_key(&self) -> TxKey {
+        TxKey {
+            branch: format!(
+                "{};sent-by={}:{}",
+                self.key.branch, self.sent_by.host, self.sent_by.port
+            ),
+            method: self.key.method.clone(),
+            server: true,
+        }
+    }
+}
+
+/// One live transaction.
+#[derive(Debug)]
+struct Tx {
+    key: TxKey,
+    invite: bool,
+    state: TxState,
+    request: Request,
+    /// Client: where the request goes. Server: where responses go (the request's source
+    /// until the TU names a destination).
+    dest: Peer,
+    /// Client: the request bytes. Server: the last response bytes.
+    last: Option<Vec<u8>>,
+    /// INVITE client: the ACK for the non-2xx final response.
+    ack: Option<Vec<u8>>,
+    /// Current retransmission interval (Timers A, E, G).
+    interval: u64,
+    /// Deadline of each armed timer, indexed by `Timer::index`.
+    timers: [Option<Millis>; Timer::COUNT],
+    /// Server: sent-by of the request's top Via.
+    sent_by: Option<SentBy>,
+    /// INVITE server in Accepted: its entry in the 2xx-ACK index.
+    ack_key: Option<AckKey>,
+    /// INVITE server in Accepted: an ACK for the 2xx arrived.
+    ack_seen: bool,
+}
+
+impl Tx {
+    /// True when the transport towards the peer is reliable (no retransmissions).
+    fn reliable(&self) -> bool {
+        self.dest.transport.is_reliable()
+    }
+}
+
+/// Arms `timer` of transaction `id` at `at`, replacing an earlier arming.
+fn arm(set: &mut BTreeSet<(Millis, TxId, Timer)>, id: TxId, tx: &mut Tx, timer: Timer, at: Millis) {
+    disarm(set, id, tx, timer);
+    tx.timers[timer.index()] = Some(at);
+    set.insert((at, id, timer));
+}
+
+/// Cancels `timer` of transaction `id` if armed.
+fn disarm(set: &mut BTreeSet<(Millis, TxId, Timer)>, id: TxId, tx: &mut Tx, timer: Timer) {
+    if let Some(at) = tx.timers[timer.index()].take() {
+        set.remove(&(at, id, timer));
+    }
+}
+
+/// All client and server transactions of one endpoint.
+#[derive(Debug)]
+pub struct Transactions {
+    cfg: TimerConfig,
+    next_id: TxId,
+    ids: HashMap<TxKey, TxId>,
+    txs: HashMap<TxId, Tx>,
+    ack_index: HashMap<AckKey, TxId>,
+    timers: BTreeSet<(Millis, TxId, Timer)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<TxEvent>,
+}
+
+impl Transactions {
+    /// An empty transaction table.
+    pub fn new(cfg: TimerConfig) -> Self {
+        Transactions {
+            cfg,
+            next_id: 0,
+            ids: HashMap::new(),
+            txs: HashMap::new(),
+            ack_index: HashMap::new(),
+            timers: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Matches a received request against the server transactions (RFC 3261 §17.2.3).
+    pub fn receive_request(&mut self, now: Millis, req: &Request, src: Peer) -> ServerInput {
+        if req.method == Method::Ack {
+            return self.receive_ack(now, req);
+        }
+        let ident = ServerIdent::of(req, req.method.clone());
+        if let Some(id) = self.find_server(&ident) {
+            let tx = self.txs.get(&id).expect("found ids are live");
+            if tx.state != TxState::Confirmed {
+                if let Some(bytes) = &tx.last {
+                    self.transmits.push_back(Transmit {
+                        dest: tx.dest,
+                        bytes: bytes.clone(),
+                    });
+                }
+            }
+            return ServerInput::Retransmission;
+        }
+        let key = if self.ids.contains_key(&ident.key) {
+            ident.alt_key()
+        } else {
+            ident.key.clone()
+        };
+        let invite = req.method == Method::Invite;
+        let mut tx = Tx {
+            key: key.clone(),
+            invite,
+            state: if invite {
+                TxState::Proceeding
+            } else {
+                TxState::Trying
+            },
+            request: req.clone(),
+            dest: src,
+            last: None,
+            ack: None,
+            interval: self.cfg.t1,
+            timers: [None; Timer::COUNT],
+            sent_by: Some(ident.sent_by),
+            ack_key: None,
+            ack_seen: false,
+        };
+        let id = self.alloc_id();
+        if !invite {
+            // Bounds a request the TU never answers: by 64*T1 the client's Timer F has
+            // fired, so no response could matter any more.
+            let guard = now.saturating_add(self.cfg.t64());
+            arm(&mut self.timers, id, &mut tx, Timer::J, guard);
+        }
+        self.insert(id, tx);
+        ServerInput::New(key)
+    }
+
+    /// Sends a response in server transaction `key` to `dest` (computed by the caller from
+    /// the top Via's received/rport); later retransmissions go to the same place.
+    pub fn send_response(
+        &mut self,
+        now: Millis,
+        key: &TxKey,
+        resp: Response,
+        dest: Peer,
+    ) -> Result<(), TransactionError> {
+        if !key.server {
+            return Err(TransactionError::NoSuchTransaction);
+        }
+        if !(100..=699).contains(&resp.status) {
+            return Err(TransactionError::InvalidStatus(resp.status));
+        }
+        let id = *self
+            .ids
+            .get(key)
+            .ok_or(TransactionError::NoSuchTransaction)?;
+        let tx = self.txs.get_mut(&id).expect("indexed ids are live");
+        if !matches!(tx.state, TxState::Trying | TxState::Proceeding) {
+            return Err(TransactionError::FinalResponseAlreadySent);
+        }
+        let bytes = emit_response(&resp);
+        self.transmits.push_back(Transmit {
+            dest,
+            bytes: bytes.clone(),
+        });
+        tx.last = Some(bytes);
+        tx.dest = dest;
+        let reliable = tx.reliable();
+        let t64 = self.cfg.t64();
+        let set = &mut self.timers;
+        if resp.is_provisional() {
+            tx.state = TxState::Proceeding;
+        } else if !tx.invite {
+            tx.state = TxState::Completed;
+            let wait = if reliable { 0 } else { t64 };
+            arm(set, id, tx, Timer::J, now.saturating_add(wait));
+        } else {
+            tx.state = if resp.is_success() {
+                TxState::Accepted
+            } else {
+                TxState::Completed
+            };
+            if !reliable {
+                tx.interval = self.cfg.t1;
+                arm(set, id, tx, Timer::G, now.saturating_add(self.cfg.t1));
+            }
+            if resp.is_success() {
+                arm(set, id, tx, Timer::L, now.saturating_add(t64));
+                if let Some(tag) = resp.headers.to.tag() {
+                    let ack_key = AckKey {
+                        call_id: resp.headers.call_id.clone(),
+                        seq: resp.headers.cseq.seq,
+                        to_tag: tag.to_string(),
+                    };
+                    self.ack_index.insert(ack_key.clone(), id);
+                    tx.ack_key = Some(ack_key);
+                }
+            } else {
+                arm(set, id, tx, Timer::H, now.saturating_add(t64));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a client transaction for `req` (the caller sets a unique z9hG4bK branch in the
+    /// top Via) and sends it to `dest`.
+    ///
+    /// An ACK creates no transaction: it is sent once and its key returned. A CANCEL arms
+    /// Timer B (64*T1) on the INVITE it cancels if that has none, so an INVITE whose
+    /// server never answers the CANCEL is destroyed (RFC 3261 §9.1). A key collision with
+    /// a live client transaction terminates the old one.
+    pub fn send_request(&mut self, now: Millis, req: Request, dest: Peer) -> TxKey {
+        let key = TxKey {
+            branch: req
+                .headers
+                .top_via()
+                .and_then(|v| v.branch())
+                .unwrap_or("")
+                .to_string(),
+            method: req.method.clone(),
+            server: false,
+        };
+        let bytes = emit_request(&req);
+        self.transmits.push_back(Transmit {
+            dest,
+            bytes: bytes.clone(),
+        });
+        if req.method == Method::Ack {
+            return key;
+        }
+        if let Some(&old) = self.ids.get(&key) {
+            tracing::warn!(branch = %key.branch, "client transaction key reused; old one ended");
+            self.terminate(old, false);
+        }
+        let t64 = self.cfg.t64();
+        if req.method == Method::Cancel {
+            let invite_key = TxKey {
+                method: Method::Invite,
+                ..key.clone()
+            };
+            if let Some(&inv) = self.ids.get(&invite_key) {
+                let tx = self.txs.get_mut(&inv).expect("indexed ids are live");
+                if matches!(tx.state, TxState::Calling | TxState::Proceeding)
+                    && tx.timers[Timer::B.index()].is_none()
+                {
+                    arm(&mut self.timers, inv, tx, Timer::B, now.saturating_add(t64));
+                }
+            }
+        }
+        let invite = req.method == Method::Invite;
+        let mut tx = Tx {
+            key: key.clone(),
+            invite,
+            state: if invite {
+                TxState::Calling
+            } else {
+                TxState::Trying
+            },
+            request: req,
+            dest,
+            last: Some(bytes),
+            ack: None,
+            interval: self.cfg.t1,
+            timers: [None; Timer::COUNT],
+            sent_by: None,
+            ack_key: None,
+            ack_seen: false,
+        };
+        let id = self.alloc_id();
+        let (retransmit, timeout) = if invite {
+            (Timer::A, Timer::B)
+        } else {
+            (Timer::E, Timer::F)
+        };
+        if !dest.transport.is_reliable() {
+            let first = if invite {
+                self.cfg.t1
+            } else {
+                self.cfg.t1.min(self.cfg.t2)
+            };
+            tx.interval = first;
+            arm(
+                &mut self.timers,
+                id,
+                &mut tx,
+                retransmit,
+                now.saturating_add(first),
+            );
+        }
+        arm(
+            &mut self.timers,
+            id,
+            &mut tx,
+            timeout,
+            now.saturating_add(t64),
+        );
+        self.insert(id, tx);
+        key
+    }
+
+    /// Matches a received response to a client transaction by top-Via branch and CSeq
+    /// method (RFC 3261 §17.1.3) and runs the state machine.
+    pub fn receive_response(&mut self, now: Millis, resp: &Response, _src: Peer) -> ClientInput {
+        let Some(branch) = resp.headers.top_via().and_then(|v| v.branch()) else {
+            return ClientInput::Unmatched;
+        };
+        if !(100..=699).contains(&resp.status) {
+            return ClientInput::Unmatched;
+        }
+        let key = TxKey {
+            branch: branch.to_string(),
+            method: resp.headers.cseq.method.clone(),
+            server: false,
+        };
+        let Some(&id) = self.ids.get(&key) else {
+            return ClientInput::Unmatched;
+        };
+        let tx = self.txs.get_mut(&id).expect("indexed ids are live");
+        let set = &mut self.timers;
+        let reliable = tx.reliable();
+        let status = resp.status;
+        if tx.invite {
+            match (tx.state, status) {
+                (TxState::Calling | TxState::Proceeding, 100..=199) => {
+                    tx.state = TxState::Proceeding;
+                    disarm(set, id, tx, Timer::A);
+                    // Timer B only guards Calling; a CANCEL re-arms it (see send_request).
+                    if !self.cancel_pending(&key) {
+                        let tx = self.txs.get_mut(&id).expect("indexed ids are live");
+                        disarm(&mut self.timers, id, tx, Timer::B);
+                    }
+                    ClientInput::Deliver(key)
+                }
+                (TxState::Calling | TxState::Proceeding, 200..=299) => {
+                    tx.state = TxState::Accepted;
+                    disarm(set, id, tx, Timer::A);
+                    disarm(set, id, tx, Timer::B);
+                    arm(set, id, tx, Timer::M, now.saturating_add(self.cfg.t64()));
+                    ClientInput::Deliver(key)
+                }
+                (TxState::Calling | TxState::Proceeding, _) => {
+                    tx.state = TxState::Completed;
+                    disarm(set, id, tx, Timer::A);
+                    disarm(set, id, tx, Timer::B);
+                    let wait = if reliable { 0 } else { TIMER_D_UNRELIABLE };
+                    arm(set, id, tx, Timer::D, now.saturating_add(wait));
+                    let ack = emit_request(&build_ack_non2xx(&tx.request, resp));
+                    self.transmits.push_back(Transmit {
+                        dest: tx.dest,
+                        bytes: ack.clone(),
+                    });
+                    tx.ack = Some(ack);
+                    ClientInput::Deliver(key)
+                }
+                (TxState::Completed, 300..=699) => {
+                    if let Some(ack) = &tx.ack {
+                        self.transmits.push_back(Transmit {
+                            dest: tx.dest,
+                            bytes: ack.clone(),
+                        });
+                    }
+                    ClientInput::Absorb
+                }
+                (TxState::Accepted, 200..=299) => ClientInput::Retransmitted2xx(key),
+                _ => ClientInput::Absorb,
+            }
+        } else {
+            match (tx.state, status) {
+                (TxState::Trying | TxState::Proceeding, 100..=199) => {
+                    tx.state = TxState::Proceeding;
+                    ClientInput::Deliver(key)
+                }
+                (TxState::Trying | TxState::Proceeding, _) => {
+                    tx.state = TxState::Completed;
+                    disarm(set, id, tx, Timer::E);
+                    disarm(set, id, tx, Timer::F);
+                    let wait = if reliable { 0 } else { self.cfg.t4 };
+                    arm(set, id, tx, Timer::K, now.saturating_add(wait));
+                    ClientInput::Deliver(key)
+                }
+                _ => ClientInput::Absorb,
+            }
+        }
+    }
+
+    /// Fires every timer whose deadline is at or before `now`.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        while let Some(&(at, id, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(tx) = self.txs.get_mut(&id) else {
+                continue;
+            };
+            tx.timers[timer.index()] = None;
+            self.fire(now, id, timer);
+        }
+    }
+
+    /// The earliest armed timer deadline; call `handle_timeout` when it is reached.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.timers.first().map(|&(at, _, _)| at)
+    }
+
+    /// The next message to put on the wire.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<TxEvent> {
+        self.events.pop_front()
+    }
+
+    /// The request a client transaction sent (to build a CANCEL or an authenticated retry).
+    pub fn client_request(&self, key: &TxKey) -> Option<&Request> {
+        if key.server {
+            return None;
+        }
+        self.tx(key).map(|tx| &tx.request)
+    }
+
+    /// The request that created a server transaction.
+    pub fn server_request(&self, key: &TxKey) -> Option<&Request> {
+        if !key.server {
+            return None;
+        }
+        self.tx(key).map(|tx| &tx.request)
+    }
+
+    /// The INVITE server transaction a received CANCEL targets (RFC 3261 §9.2: same
+    /// top-Via branch and sent-by, method INVITE), in whatever state it is.
+    pub fn find_invite_for_cancel(&self, cancel: &Request) -> Option<TxKey> {
+        let ident = ServerIdent::of(cancel, Method::Invite);
+        self.find_server(&ident)
+            .and_then(|id| self.txs.get(&id))
+            .map(|tx| tx.key.clone())
+    }
+
+    /// True when a client INVITE has received a provisional but no final response: the
+    /// state in which RFC 3261 §9.1 allows a CANCEL. In Calling (nothing received yet) the
+    /// CANCEL must wait for a provisional; see [`Transactions::awaiting_final`].
+    pub fn is_proceeding(&self, key: &TxKey) -> bool {
+        !key.server
+            && self
+                .tx(key)
+                .is_some_and(|tx| tx.invite && tx.state == TxState::Proceeding)
+    }
+
+    /// True when a client INVITE has no final response yet (Calling or Proceeding).
+    pub fn awaiting_final(&self, key: &TxKey) -> bool {
+        !key.server
+            && self.tx(key).is_some_and(|tx| {
+                tx.invite && matches!(tx.state, TxState::Calling | TxState::Proceeding)
+            })
+    }
+
+    /// The state of a live transaction.
+    pub fn state(&self, key: &TxKey) -> Option<TxState> {
+        self.tx(key).map(|tx| tx.state)
+    }
+
+    /// When `timer` of transaction `key` fires, if armed.
+    pub fn timer_deadline(&self, key: &TxKey, timer: Timer) -> Option<Millis> {
+        self.tx(key).and_then(|tx| tx.timers[timer.index()])
+    }
+
+    /// Drops a transaction at once (e.g. a server transaction the TU will not answer);
+    /// a `Terminated` event follows. Unknown keys are ignored.
+    pub fn abandon(&mut self, key: &TxKey) {
+        if let Some(&id) = self.ids.get(key) {
+            self.terminate(id, false);
+        }
+    }
+
+    /// Queues a request outside any transaction (the ACK for a 2xx, a re-ACK).
+    pub fn send_stateless_request(&mut self, req: &Request, dest: Peer) {
+        self.transmits.push_back(Transmit {
+            dest,
+            bytes: emit_request(req),
+        });
+    }
+
+    /// Queues a response outside any transaction (e.g. to a request the TU answers
+    /// statelessly).
+    pub fn send_stateless_response(&mut self, resp: &Response, dest: Peer) {
+        self.transmits.push_back(Transmit {
+            dest,
+            bytes: emit_response(resp),
+        });
+    }
+
+    /// Number of live transactions.
+    pub fn len(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// True when no transaction is live.
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
+    // --- internals ---
+
+    fn tx(&self, key: &TxKey) -> Option<&Tx> {
+        self.ids.get(key).and_then(|id| self.txs.get(id))
+    }
+
+    /// A fresh transaction id.
+    fn alloc_id(&mut self) -> TxId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Adds transaction `id` under its key.
+    fn insert(&mut self, id: TxId, tx: Tx) {
+        self.ids.insert(tx.key.clone(), id);
+        self.txs.insert(id, tx);
+    }
+
+    /// The server transaction matching `ident` (branch, method and sent-by).
+    fn find_server(&self, ident: &ServerIdent) -> Option<TxId> {
+        if let Some(&id) = self.ids.get(&ident.key) {
+            let tx = self.txs.get(&id)?;
+            if tx.sent_by.as_ref() == Some(&ident.sent_by) {
+                return Some(id);
+            }
+            return self.ids.get(&ident.alt_key()).copied();
+        }
+        None
+    }
+
+    /// True when a CANCEL client transaction for INVITE `key` is live.
+    fn cancel_pending(&self, key: &TxKey) -> bool {
+        let cancel = TxKey {
+            method: Method::Cancel,
+            ..key.clone()
+        };
+        self.ids.contains_key(&cancel)
+    }
+
+    /// Handles an ACK: non-2xx ACKs match the INVITE's key; 2xx ACKs (new branch) are found
+    /// through the Call-ID/CSeq/To-tag index.
+    fn receive_ack(&mut self, now: Millis, req: &Request) -> ServerInput {
+        let ident = ServerIdent::of(req, Method::Invite);
+        if let Some(id) = self.find_server(&ident) {
+            let tx = self.txs.get_mut(&id).expect("found ids are live");
+            match tx.state {
+                TxState::Completed => {
+                    tx.state = TxState::Confirmed;
+                    let set = &mut self.timers;
+                    disarm(set, id, tx, Timer::G);
+                    disarm(set, id, tx, Timer::H);
+                    let wait = if tx.reliable() { 0 } else { self.cfg.t4 };
+                    arm(set, id, tx, Timer::I, now.saturating_add(wait));
+                    return ServerInput::AckAbsorbed;
+                }
+                TxState::Confirmed => return ServerInput::AckAbsorbed,
+                TxState::Accepted => return self.ack_2xx(id),
+                _ => {}
+            }
+        }
+        if let Some(tag) = req.headers.to.tag() {
+            let ack_key = AckKey {
+                call_id: req.headers.call_id.clone(),
+                seq: req.headers.cseq.seq,
+                to_tag: tag.to_string(),
+            };
+            if let Some(&id) = self.ack_index.get(&ack_key) {
+                return self.ack_2xx(id);
+            }
+        }
+        ServerInput::AckUnmatched
+    }
+
+    /// An ACK for our 2xx: stop retransmitting it; stay Accepted until Timer L.
+    fn ack_2xx(&mut self, id: TxId) -> ServerInput {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return ServerInput::AckUnmatched;
+        };
+        if tx.state != TxState::Accepted {
+            return ServerInput::AckUnmatched;
+        }
+        tx.ack_seen = true;
+        disarm(&mut self.timers, id, tx, Timer::G);
+        ServerInput::Ack2xx(tx.key.clone())
+    }
+
+    /// Runs the expiry of `timer` on transaction `id`.
+    fn fire(&mut self, now: Millis, id: TxId, timer: Timer) {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
+        let cfg = self.cfg;
+        let set = &mut self.timers;
+        match timer {
+            Timer::A | Timer::E | Timer::G => {
+                let live = match timer {
+                    Timer::A => tx.state == TxState::Calling,
+                    Timer::E => matches!(tx.state, TxState::Trying | TxState::Proceeding),
+                    _ => {
+                        tx.state == TxState::Completed
+                            || (tx.state == TxState::Accepted && !tx.ack_seen)
+                    }
+                };
+                if !live {
+                    return;
+                }
+                if let Some(bytes) = &tx.last {
+                    self.transmits.push_back(Transmit {
+                        dest: tx.dest,
+                        bytes: bytes.clone(),
+                    });
+                }
+                tx.interval = match timer {
+                    // INVITE requests double without a cap (RFC 3261 §17.1.1.2).
+                    Timer::A => tx.interval.saturating_mul(2),
+                    Timer::E if tx.state == TxState::Proceeding => cfg.t2,
+                    _ => tx.interval.saturating_mul(2).min(cfg.t2),
+                };
+                let next = now.saturating_add(tx.interval);
+                arm(set, id, tx, timer, next);
+            }
+            Timer::B => {
+                if matches!(tx.state, TxState::Calling | TxState::Proceeding) {
+                    self.terminate(id, true);
+                }
+            }
+            Timer::F => {
+                if matches!(tx.state, TxState::Trying | TxState::Proceeding) {
+                    self.terminate(id, true);
+                }
+            }
+            Timer::H => {
+                if tx.state == TxState::Completed {
+                    self.terminate(id, true);
+                }
+            }
+            Timer::L => {
+                let timeout = !tx.ack_seen;
+                self.terminate(id, timeout);
+            }
+            Timer::D | Timer::I | Timer::J | Timer::K | Timer::M => self.terminate(id, false),
+        }
+    }
+
+    /// Removes transaction `id` with its timers and index entries and tells the TU.
+    fn terminate(&mut self, id: TxId, timeout: bool) {
+        let Some(tx) = self.txs.remove(&id) else {
+            return;
+        };
+        for timer in Timer::ALL {
+            if let Some(at) = tx.timers[timer.index()] {
+                self.timers.remove(&(at, id, timer));
+            }
+        }
+        if self.ids.get(&tx.key) == Some(&id) {
+            self.ids.remove(&tx.key);
+        }
+        if let Some(ack_key) = &tx.ack_key {
+            if self.ack_index.get(ack_key) == Some(&id) {
+                self.ack_index.remove(ack_key);
+            }
+        }
+        if timeout {
+            self.events.push_back(TxEvent::Timeout(tx.key.clone()));
+        }
+        self.events.push_back(TxEvent::Terminated(tx.key));
+    }
+}
+
+/// Builds the CANCEL for `invite` (RFC 3261 §9.1): same Request-URI, Call-ID, From, To (no
+/// tag added) and CSeq number; a single Via identical to the INVITE's top Via; Route copied.
+pub fn build_cancel(invite: &Request) -> Request {
+    Request {
+        method: Method::Cancel,
+        uri: invite.uri.clone(),
+        headers: hop_headers(invite, invite.headers.to.clone(), Method::Cancel),
+        body: Vec::new(),
+    }
+}
+
+/// Builds the ACK for a non-2xx final response to `invite` (RFC 3261 §17.1.1.3): same
+/// Request-URI, Call-ID, From and CSeq number; To from the response (with its tag); the
+/// INVITE's top Via only; Route copied.
+pub fn build_ack_non2xx(invite: &Request, resp: &Response) -> Request {
+    Request {
+        method: Method::Ack,
+        uri: invite.uri.clone(),
+        headers: hop_headers(invite, resp.headers.to.clone(), Method::Ack),
+        body: Vec::new(),
+    }
+}
+
+/// Headers shared by CANCEL and non-2xx ACK: everything that identifies the INVITE's hop.
+fn hop_headers(invite: &Request, to: crate::sip::message::NameAddr, method: Method) -> Headers {
+    Headers {
+        via: invite.headers.via.iter().take(1).cloned().collect(),
+        from: invite.headers.from.clone(),
+        to,
+        call_id: invite.headers.call_id.clone(),
+        cseq: CSeq {
+            seq: invite.headers.cseq.seq,
+            method,
+        },
+        max_forwards: Some(70),
+        contact: Vec::new(),
+        expires: None,
+        route: invite.headers.route.clone(),
+        record_route: Vec::new(),
+        content_type: None,
+        other: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{NameAddr, Params, Transport, Uri, Via};
+
+    const T64: u64 = 32_000;
+
+    fn peer(transport: Transport, port: u16) -> Peer {
+        Peer {
+            transport,
+            addr: format!("192.0.2.10:{port}")
+                .parse()
+                .expect("literal address"),
+        }
+    }
+
+    fn uri(s: &str) -> Uri {
+        Uri::try_from(s).expect("literal URI")
+    }
+
+    fn via(branch: &str, host: &str) -> Via {
+        Via {
+            transport: "UDP".to_string(),
+            host: host.to_string(),
+            port: Some(5060),
+            params: Params(vec![("branch".to_string(), Some(branch.to_string()))]),
+        }
+    }
+
+    fn request(method: Method, branch: &str, call_id: &str) -> Request {
+        let mut from = NameAddr::new(uri("sip:alice@example.com"));
+        from.params.set("tag", Some("fromtag".to_string()));
+        Request {
+            method: method.clone(),
+            uri: uri("sip:bob@example.com"),
+            headers: Headers {
+                via: vec![
+                    via(branch, "pc33.example.com"),
+                    via("z9hG4bKlower", "proxy"),
+                ],
+                from,
+                to: NameAddr::new(uri("sip:bob@example.com")),
+                call_id: call_id.to_string(),
+                cseq: CSeq { seq: 1, method },
+                max_forwards: Some(70),
+                contact: Vec::new(),
+                expires: None,
+                route: vec![NameAddr::new(uri("sip:proxy.example.com;lr"))],
+                record_route: Vec::new(),
+                content_type: None,
+                other: Vec::new(),
+            },
+            body: Vec::new(),
+        }
+    }
+
+    /// The ACK a UAC sends for our 2xx: same Call-ID/CSeq number, our To tag, a new branch.
+    fn ack_2xx(invite: &Request, to_tag: &str, branch: &str) -> Request {
+        let mut ack = request(Method::Ack, branch, &invite.headers.call_id);
+        ack.headers.to.params.set("tag", Some(to_tag.to_string()));
+        ack
+    }
+
+    fn drain(tx: &mut Transactions) -> (Vec<Transmit>, Vec<TxEvent>) {
+        let mut sent = Vec::new();
+        while let Some(t) = tx.poll_transmit() {
+            sent.push(t);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = tx.poll_event() {
+            events.push(e);
+        }
+        (sent, events)
+    }
+
+    /// Things that happened, stamped with the virtual time.
+    type Log<T> = Vec<(Millis, T)>;
+
+    /// Jumps the virtual clock from deadline to deadline until nothing is armed or
+    /// `until` is passed; returns (time, transmit) and (time, event) logs.
+    fn run(txs: &mut Transactions, until: Millis) -> (Log<Transmit>, Log<TxEvent>) {
+        let mut sent = Vec::new();
+        let mut events = Vec::new();
+        while let Some(at) = txs.poll_timeout() {
+            if at > until {
+                break;
+            }
+            txs.handle_timeout(at);
+            let (s, e) = drain(txs);
+            sent.extend(s.into_iter().map(|t| (at, t)));
+            events.extend(e.into_iter().map(|e| (at, e)));
+        }
+        (sent, events)
+    }
+
+    fn times(sent: &[(Millis, Transmit)]) -> Vec<Millis> {
+        sent.iter().map(|(at, _)| *at).collect()
+    }
+
+    #[test]
+    fn invite_client_udp_retransmits_then_times_out() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let dest = peer(Transport::Udp, 5060);
+        let invite = request(Method::Invite, "z9hG4bKinv1", "call1");
+        let key = txs.send_request(0, invite.clone(), dest);
+        assert_eq!(key.method, Method::Invite);
+        assert!(!key.server);
+        let (first, _) = drain(&mut txs);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].bytes, emit_request(&invite));
+        assert_eq!(txs.state(&key), Some(TxState::Calling));
+        assert!(!txs.is_proceeding(&key));
+        assert!(txs.awaiting_final(&key));
+
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert_eq!(times(&sent), vec![500, 1500, 3500, 7500, 15500, 31500]);
+        assert!(sent.iter().all(|(_, t)| t.dest == dest));
+        assert_eq!(
+            events,
+            vec![
+                (T64, TxEvent::Timeout(key.clone())),
+                (T64, TxEvent::Terminated(key.clone()))
+            ]
+        );
+        assert!(txs.is_empty());
+        assert_eq!(txs.poll_timeout(), None);
+    }
+
+    #[test]
+    fn invite_client_tcp_never_retransmits() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let key = txs.send_request(
+            0,
+            request(Method::Invite, "z9hG4bKtcp", "c"),
+            peer(Transport::Tcp, 5060),
+        );
+        assert_eq!(drain(&mut txs).0.len(), 1);
+        assert_eq!(txs.poll_timeout(), Some(T64));
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert!(sent.is_empty());
+        assert_eq!(events[0], (T64, TxEvent::Timeout(key)));
+    }
+
+    #[test]
+    fn non_invite_client_e_schedule_caps_at_t2() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let key = txs.send_request(
+            0,
+            request(Method::Options, "z9hG4bKopt", "c"),
+            peer(Transport::Udp, 5060),
+        );
+        drain(&mut txs);
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert_eq!(
+            times(&sent),
+            vec![500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+        );
+        assert_eq!(
+            events,
+            vec![
+                (T64, TxEvent::Timeout(key.clone())),
+                (T64, TxEvent::Terminated(key))
+            ]
+        );
+    }
+
+    #[test]
+    fn non_invite_client_provisional_switches_e_to_t2_and_final_completes() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let dest = peer(Transport::Udp, 5060);
+        let req = request(Method::Register, "z9hG4bKreg", "c");
+        let key = txs.send_request(0, req.clone(), dest);
+        drain(&mut txs);
+        let trying = Response::to_request(&req, 100, None);
+        assert_eq!(
+            txs.receive_response(100, &trying, dest),
+            ClientInput::Deliver(key.clone())
+        );
+        assert_eq!(txs.state(&key), Some(TxState::Proceeding));
+        let (sent, _) = run(&mut txs, 9_000);
+        assert_eq!(times(&sent), vec![500, 4500, 8500]);
+
+        let ok = Response::to_request(&req, 200, Some("srv"));
+        assert_eq!(
+            txs.receive_response(9_000, &ok, dest),
+            ClientInput::Deliver(key.clone())
+        );
+        assert_eq!(txs.state(&key), Some(TxState::Completed));
+        assert_eq!(txs.receive_response(9_100, &ok, dest), ClientInput::Absorb);
+        assert_eq!(txs.poll_timeout(), Some(14_000), "Timer K = T4");
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert!(sent.is_empty());
+        assert_eq!(events, vec![(14_000, TxEvent::Terminated(key))]);
+    }
+
+    #[test]
+    fn non_invite_client_over_tcp_ends_right_after_final() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let dest = peer(Transport::Tcp, 5060);
+        let req = request(Method::Bye, "z9hG4bKbye", "c");
+        let key = txs.send_request(0, req.clone(), dest);
+        drain(&mut txs);
+        let ok = Response::to_request(&req, 200, Some("t"));
+        assert_eq!(
+            txs.receive_response(40, &ok, dest),
+            ClientInput::Deliver(key.clone())
+        );
+        // Still readable until the zero-length Timer K fires.
+        assert_eq!(txs.client_request(&key), Some(&req));
+        assert_eq!(txs.poll_timeout(), Some(40));
+        txs.handle_timeout(40);
+        assert_eq!(drain(&mut txs).1, vec![TxEvent::Terminated(key)]);
+        assert!(txs.is_empty());
+    }
+
+    #[test]
+    fn unmatched_responses_are_reported() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let dest = peer(Transport::Udp, 5060);
+        let req = request(Method::Invite, "z9hG4bKx", "c");
+        let key = txs.send_request(0, req.clone(), dest);
+        let other_branch =
+            Response::to_request(&request(Method::Invite, "z9hG4bKy", "c"), 180, None);
+        assert_eq!(
+            txs.receive_response(1, &other_branch, dest),
+            ClientInput::Unmatched
+        );
+        let mut bogus = Response::to_request(&req, 200, None);
+        bogus.status = 799;
+        assert_eq!(
+            txs.receive_response(1, &bogus, dest),
+            ClientInput::Unmatched
+        );
+        assert_eq!(txs.state(&key), Some(TxState::Calling));
+        // Same branch, other CSeq method: a different transaction.
+        let mut wrong_method = Response::to_request(&req, 200, None);
+        wrong_method.headers.cseq.method = Method::Bye;
+        assert_eq!(
+            txs.receive_response(1, &wrong_method, dest),
+            ClientInput::Unmatched
+        );
+    }
+
+    #[test]
+    fn server_absorbs_invite_retransmission_and_resends_180() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let reply_to = peer(Transport::Udp, 5080);
+        let invite = request(Method::Invite, "z9hG4bKsrv", "c");
+        let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
+            panic!("first INVITE creates a transaction");
+        };
+        assert_eq!(key.branch, "z9hG4bKsrv");
+        assert!(key.server);
+        assert_eq!(txs.state(&key), Some(TxState::Proceeding));
+        assert_eq!(txs.server_request(&key), Some(&invite));
+        // Before any response a retransmission is absorbed silently.
+        assert_eq!(
+            txs.receive_request(100, &invite, src),
+            ServerInput::Retransmission
+        );
+        assert!(drain(&mut txs).0.is_empty());
+
+        let ringing = Response::to_request(&invite, 180, Some("uas"));
+        txs.send_response(200, &key, ringing.clone(), reply_to)
+            .expect("live transaction");
+        assert_eq!(drain(&mut txs).0.len(), 1);
+        assert_eq!(
+            txs.receive_request(700, &invite, src),
+            ServerInput::Retransmission
+        );
+        let (sent, _) = drain(&mut txs);
+        assert_eq!(
+            sent,
+            vec![Transmit {
+                dest: reply_to,
+                bytes: emit_response(&ringing)
+            }]
+        );
+        assert_eq!(txs.poll_timeout(), None, "no timers while Proceeding");
+    }
+
+    #[test]
+    fn server_486_retransmits_until_ack_then_timer_i() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let invite = request(Method::Invite, "z9hG4bKbusy", "c");
+        let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
+            panic!("new transaction");
+        };
+        let busy = Response::to_request(&invite, 486, Some("uas"));
+        txs.send_response(0, &key, busy.clone(), src)
+            .expect("live transaction");
+        drain(&mut txs);
+        assert_eq!(txs.state(&key), Some(TxState::Completed));
+        let (sent, _) = run(&mut txs, 4_000);
+        assert_eq!(times(&sent), vec![500, 1500, 3500]);
+        assert!(sent.iter().all(|(_, t)| t.bytes == emit_response(&busy)));
+
+        let ack = build_ack_non2xx(&invite, &busy);
+        assert_eq!(
+            txs.receive_request(4_000, &ack, src),
+            ServerInput::AckAbsorbed
+        );
+        assert_eq!(txs.state(&key), Some(TxState::Confirmed));
+        assert_eq!(
+            txs.receive_request(4_100, &ack, src),
+            ServerInput::AckAbsorbed
+        );
+        assert_eq!(
+            txs.receive_request(4_200, &invite, src),
+            ServerInput::Retransmission
+        );
+        assert_eq!(txs.timer_deadline(&key, Timer::G), None);
+        assert_eq!(txs.poll_timeout(), Some(9_000), "Timer I = T4");
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert!(sent.is_empty());
+        assert_eq!(events, vec![(9_000, TxEvent::Terminated(key))]);
+    }
+
+    #[test]
+    fn server_486_without_ack_times_out_with_timer_h() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let invite = request(Method::Invite, "z9hG4bKnoack", "c");
+        let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
+            panic!("new transaction");
+        };
+        txs.send_response(0, &key, Response::to_request(&invite, 486, Some("t")), src)
+            .expect("live transaction");
+        assert_eq!(drain(&mut txs).0.len(), 1);
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert_eq!(
+            times(&sent),
+            vec![500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+        );
+        assert_eq!(
+            events,
+            vec![
+                (T64, TxEvent::Timeout(key.clone())),
+                (T64, TxEvent::Terminated(key))
+            ]
+        );
+        assert!(txs.is_empty());
+    }
+
+    #[test]
+    fn server_2xx_retransmits_until_ack_with_new_branch() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let invite = request(Method::Invite, "z9hG4bKok", "c");
+        let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
+            panic!("new transaction");
+        };
+        let ok = Response::to_request(&invite, 200, Some("uas"));
+        txs.send_response(0, &key, ok, src)
+            .expect("live transaction");
+        drain(&mut txs);
+        assert_eq!(txs.state(&key), Some(TxState::Accepted));
+        let (sent, _) = run(&mut txs, 2_000);
+        assert_eq!(times(&sent), vec![500, 1500]);
+
+        // An ACK with the wrong To tag matches nothing.
+        let stray = ack_2xx(&invite, "other", "z9hG4bKack");
+        assert_eq!(
+            txs.receive_request(2_000, &stray, src),
+            ServerInput::AckUnmatched
+        );
+        let ack = ack_2xx(&invite, "uas", "z9hG4bKack");
+        assert_eq!(
+            txs.receive_request(2_000, &ack, src),
+            ServerInput::Ack2xx(key.clone())
+        );
+        // A retransmitted ACK still reaches the TU; no more 2xx retransmissions.
+        assert_eq!(
+            txs.receive_request(2_100, &ack, src),
+            ServerInput::Ack2xx(key.clone())
+        );
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert!(sent.is_empty());
+        assert_eq!(
+            events,
+            vec![(T64, TxEvent::Terminated(key))],
+            "Timer L, no timeout"
+        );
+        assert_eq!(
+            txs.receive_request(40_000, &ack, src),
+            ServerInput::AckUnmatched
+        );
+    }
+
+    #[test]
+    fn server_2xx_without_ack_times_out_at_timer_l() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let invite = request(Method::Invite, "z9hG4bKlost", "c");
+        let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
+            panic!("new transaction");
+        };
+        txs.send_response(0, &key, Response::to_request(&invite, 200, Some("t")), src)
+            .expect("live transaction");
+        drain(&mut txs);
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert_eq!(sent.len(), 10, "2xx retransmitted at T1 doubling to T2");
+        assert_eq!(
+            events,
+            vec![
+                (T64, TxEvent::Timeout(key.clone())),
+                (T64, TxEvent::Terminated(key))
+            ]
+        );
+    }
+
+    #[test]
+    fn server_2xx_over_tcp_is_not_retransmitted() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Tcp, 5070);
+        let invite = request(Method::Invite, "z9hG4bKtcpok", "c");
+        let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
+            panic!("new transaction");
+        };
+        txs.send_response(0, &key, Response::to_request(&invite, 200, Some("t")), src)
+            .expect("live transaction");
+        drain(&mut txs);
+        assert_eq!(txs.poll_timeout(), Some(T64));
+        let (sent, _) = run(&mut txs, u64::MAX);
+        assert!(sent.is_empty());
+    }
+
+    #[test]
+    fn send_response_errors() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let invite = request(Method::Invite, "z9hG4bKerr", "c");
+        let unknown = TxKey {
+            branch: "z9hG4bKnone".to_string(),
+            method: Method::Invite,
+            server: true,
+        };
+        let resp = Response::to_request(&invite, 486, Some("t"));
+        assert_eq!(
+            txs.send_response(0, &unknown, resp.clone(), src),
+            Err(TransactionError::NoSuchTransaction)
+        );
+        let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
+            panic!("new transaction");
+        };
+        let mut bad = resp.clone();
+        bad.status = 99;
+        assert_eq!(
+            txs.send_response(0, &key, bad, src),
+            Err(TransactionError::InvalidStatus(99))
+        );
+        txs.send_response(0, &key, resp.clone(), src)
+            .expect("first final");
+        assert_eq!(
+            txs.send_response(0, &key, resp, src),
+            Err(TransactionError::FinalResponseAlreadySent)
+        );
+    }
+
+    #[test]
+    fn non_invite_server_resends_last_response_until_timer_j() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let reg = request(Method::Register, "z9hG4bKsreg", "c");
+        let ServerInput::New(key) = txs.receive_request(0, &reg, src) else {
+            panic!("new transaction");
+        };
+        assert_eq!(txs.state(&key), Some(TxState::Trying));
+        assert_eq!(
+            txs.receive_request(10, &reg, src),
+            ServerInput::Retransmission
+        );
+        assert!(drain(&mut txs).0.is_empty());
+        let ok = Response::to_request(&reg, 200, Some("t"));
+        txs.send_response(20, &key, ok.clone(), src)
+            .expect("live transaction");
+        drain(&mut txs);
+        assert_eq!(
+            txs.receive_request(30, &reg, src),
+            ServerInput::Retransmission
+        );
+        assert_eq!(drain(&mut txs).0[0].bytes, emit_response(&ok));
+        assert_eq!(txs.poll_timeout(), Some(20 + T64));
+        let (_, events) = run(&mut txs, u64::MAX);
+        assert_eq!(events, vec![(20 + T64, TxEvent::Terminated(key))]);
+        assert!(matches!(
+            txs.receive_request(40_000, &reg, src),
+            ServerInput::New(_)
+        ));
+    }
+
+    #[test]
+    fn unanswered_server_transactions_are_bounded() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let ServerInput::New(opt) =
+            txs.receive_request(0, &request(Method::Options, "z9hG4bKo", "c"), src)
+        else {
+            panic!("new transaction");
+        };
+        let ServerInput::New(inv) =
+            txs.receive_request(0, &request(Method::Invite, "z9hG4bKi", "c"), src)
+        else {
+            panic!("new transaction");
+        };
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert!(sent.is_empty());
+        assert_eq!(events, vec![(T64, TxEvent::Terminated(opt))]);
+        assert_eq!(
+            txs.state(&inv),
+            Some(TxState::Proceeding),
+            "INVITE waits for the TU"
+        );
+        txs.abandon(&inv);
+        assert_eq!(drain(&mut txs).1, vec![TxEvent::Terminated(inv)]);
+        assert!(txs.is_empty());
+    }
+
+    #[test]
+    fn client_acks_486_and_reacks_its_retransmission() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let dest = peer(Transport::Udp, 5060);
+        let invite = request(Method::Invite, "z9hG4bKcli", "c");
+        let key = txs.send_request(0, invite.clone(), dest);
+        drain(&mut txs);
+        let ringing = Response::to_request(&invite, 180, Some("uas"));
+        assert_eq!(
+            txs.receive_response(100, &ringing, dest),
+            ClientInput::Deliver(key.clone())
+        );
+        assert!(txs.is_proceeding(&key));
+        assert_eq!(txs.timer_deadline(&key, Timer::A), None);
+        assert_eq!(txs.timer_deadline(&key, Timer::B), None);
+        assert!(
+            drain(&mut txs).0.is_empty(),
+            "no retransmission in Proceeding"
+        );
+
+        let busy = Response::to_request(&invite, 486, Some("uas"));
+        assert_eq!(
+            txs.receive_response(200, &busy, dest),
+            ClientInput::Deliver(key.clone())
+        );
+        assert!(!txs.is_proceeding(&key));
+        let expected_ack = Transmit {
+            dest,
+            bytes: emit_request(&build_ack_non2xx(&invite, &busy)),
+        };
+        assert_eq!(drain(&mut txs).0, vec![expected_ack.clone()]);
+        assert_eq!(txs.receive_response(300, &busy, dest), ClientInput::Absorb);
+        assert_eq!(drain(&mut txs).0, vec![expected_ack]);
+        assert_eq!(txs.poll_timeout(), Some(200 + TIMER_D_UNRELIABLE));
+        let (_, events) = run(&mut txs, u64::MAX);
+        assert_eq!(
+            events,
+            vec![(200 + TIMER_D_UNRELIABLE, TxEvent::Terminated(key))]
+        );
+    }
+
+    #[test]
+    fn auto_ack_on_the_wire_follows_rfc_3261_17_1_1_3() {
+        use crate::sip::message::Message;
+        use crate::sip::wire::parse;
+
+        let invite_text = "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
+            Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n\
+            Max-Forwards: 70\r\n\
+            Route: <sip:proxy.atlanta.example.com;lr>\r\n\
+            To: Bob <sip:bob@biloxi.example.com>\r\n\
+            From: Alice <sip:alice@atlanta.example.com>;tag=1928301774\r\n\
+            Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n\
+            CSeq: 314159 INVITE\r\n\
+            Contact: <sip:alice@pc33.atlanta.example.com>\r\n\
+            Content-Length: 0\r\n\r\n";
+        let Ok(Message::Request(invite)) = parse(invite_text.as_bytes()) else {
+            panic!("literal INVITE parses");
+        };
+        let busy_text = "SIP/2.0 486 Busy Here\r\n\
+            Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n\
+            To: Bob <sip:bob@biloxi.example.com>;tag=a6c85cf\r\n\
+            From: Alice <sip:alice@atlanta.example.com>;tag=1928301774\r\n\
+            Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n\
+            CSeq: 314159 INVITE\r\n\
+            Content-Length: 0\r\n\r\n";
+        let Ok(Message::Response(busy)) = parse(busy_text.as_bytes()) else {
+            panic!("literal 486 parses");
+        };
+        let mut txs = Transactions::new(TimerConfig::default());
+        let dest = peer(Transport::Udp, 5060);
+        let key = txs.send_request(0, invite.clone(), dest);
+        let (sent, _) = drain(&mut txs);
+        assert_eq!(parse(&sent[0].bytes), Ok(Message::Request(invite.clone())));
+        assert_eq!(
+            txs.receive_response(80, &busy, dest),
+            ClientInput::Deliver(key)
+        );
+        let (sent, _) = drain(&mut txs);
+        let Ok(Message::Request(ack)) = parse(&sent[0].bytes) else {
+            panic!("the ACK on the wire parses");
+        };
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(ack.uri, invite.uri);
+        assert_eq!(
+            ack.headers.cseq,
+            CSeq {
+                seq: 314159,
+                method: Method::Ack
+            }
+        );
+        assert_eq!(ack.headers.to.tag(), Some("a6c85cf"));
+        assert_eq!(ack.headers.from, invite.headers.from);
+        assert_eq!(ack.headers.call_id, invite.headers.call_id);
+        assert_eq!(ack.headers.via, invite.headers.via);
+        assert_eq!(ack.headers.route, invite.headers.route);
+    }
+
+    #[test]
+    fn client_2xx_enters_accepted_and_reports_further_2xx() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let dest = peer(Transport::Udp, 5060);
+        let invite = request(Method::Invite, "z9hG4bKacc", "c");
+        let key = txs.send_request(0, invite.clone(), dest);
+        drain(&mut txs);
+        let ok = Response::to_request(&invite, 200, Some("a"));
+        assert_eq!(
+            txs.receive_response(50, &ok, dest),
+            ClientInput::Deliver(key.clone())
+        );
+        assert_eq!(txs.state(&key), Some(TxState::Accepted));
+        assert!(
+            drain(&mut txs).0.is_empty(),
+            "the TU ACKs a 2xx, not the tx"
+        );
+        assert_eq!(
+            txs.receive_response(60, &ok, dest),
+            ClientInput::Retransmitted2xx(key.clone())
+        );
+        let fork = Response::to_request(&invite, 200, Some("b"));
+        assert_eq!(
+            txs.receive_response(70, &fork, dest),
+            ClientInput::Retransmitted2xx(key.clone())
+        );
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert!(sent.is_empty());
+        assert_eq!(
+            events,
+            vec![(50 + T64, TxEvent::Terminated(key))],
+            "Timer M"
+        );
+    }
+
+    #[test]
+    fn cancel_matches_its_invite_and_builds_per_rfc() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let invite = request(Method::Invite, "z9hG4bKcan", "c");
+        let ServerInput::New(inv_key) = txs.receive_request(0, &invite, src) else {
+            panic!("new transaction");
+        };
+        let cancel = build_cancel(&invite);
+        assert_eq!(cancel.method, Method::Cancel);
+        assert_eq!(cancel.uri, invite.uri);
+        assert_eq!(cancel.headers.via, vec![invite.headers.via[0].clone()]);
+        assert_eq!(cancel.headers.to, invite.headers.to);
+        assert_eq!(cancel.headers.from, invite.headers.from);
+        assert_eq!(
+            cancel.headers.cseq,
+            CSeq {
+                seq: 1,
+                method: Method::Cancel
+            }
+        );
+        assert_eq!(cancel.headers.route, invite.headers.route);
+        assert_eq!(cancel.headers.max_forwards, Some(70));
+
+        let ServerInput::New(cancel_key) = txs.receive_request(10, &cancel, src) else {
+            panic!("a CANCEL is its own transaction");
+        };
+        assert_eq!(cancel_key.method, Method::Cancel);
+        assert_eq!(cancel_key.branch, inv_key.branch);
+        assert_eq!(txs.find_invite_for_cancel(&cancel), Some(inv_key));
+
+        let mut other = cancel.clone();
+        other.headers.via[0] = via("z9hG4bKelse", "pc33.example.com");
+        assert_eq!(txs.find_invite_for_cancel(&other), None);
+        let mut other_host = cancel;
+        other_host.headers.via[0].host = "attacker.example.net".to_string();
+        assert_eq!(txs.find_invite_for_cancel(&other_host), None);
+    }
+
+    #[test]
+    fn client_cancel_bounds_a_proceeding_invite() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let dest = peer(Transport::Udp, 5060);
+        let invite = request(Method::Invite, "z9hG4bKbound", "c");
+        let key = txs.send_request(0, invite.clone(), dest);
+        txs.receive_response(100, &Response::to_request(&invite, 180, Some("t")), dest);
+        let cancel_key = txs.send_request(1_000, build_cancel(&invite), dest);
+        assert_eq!(cancel_key.method, Method::Cancel);
+        assert_eq!(txs.timer_deadline(&key, Timer::B), Some(1_000 + T64));
+        // The CANCEL is answered, the INVITE never is.
+        let ok = Response::to_request(&build_cancel(&invite), 200, Some("t"));
+        assert_eq!(
+            txs.receive_response(1_100, &ok, dest),
+            ClientInput::Deliver(cancel_key)
+        );
+        drain(&mut txs);
+        let (_, events) = run(&mut txs, u64::MAX);
+        assert!(events.contains(&(1_000 + T64, TxEvent::Timeout(key))));
+        assert!(txs.is_empty());
+    }
+
+    #[test]
+    fn ack_request_creates_no_client_transaction() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let dest = peer(Transport::Udp, 5060);
+        txs.send_request(0, request(Method::Ack, "z9hG4bKack", "c"), dest);
+        assert_eq!(drain(&mut txs).0.len(), 1);
+        assert!(txs.is_empty());
+        assert_eq!(txs.poll_timeout(), None);
+    }
+
+    #[test]
+    fn same_branch_from_another_sent_by_is_a_new_transaction() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let invite = request(Method::Invite, "z9hG4bKdup", "c");
+        let ServerInput::New(first) = txs.receive_request(0, &invite, src) else {
+            panic!("new transaction");
+        };
+        let mut spoof = invite.clone();
+        spoof.headers.via[0].host = "other.example.net".to_string();
+        let ServerInput::New(second) = txs.receive_request(10, &spoof, src) else {
+            panic!("different sent-by is a different transaction");
+        };
+        assert_ne!(first, second);
+        assert_eq!(
+            txs.receive_request(20, &spoof, src),
+            ServerInput::Retransmission
+        );
+        assert_eq!(txs.server_request(&second), Some(&spoof));
+        assert_eq!(txs.server_request(&first), Some(&invite));
+        assert_eq!(txs.len(), 2);
+    }
+
+    #[test]
+    fn rfc2543_branches_fall_back_to_call_id_cseq_from_tag() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let mut invite = request(Method::Invite, "old-style", "c2543");
+        invite.headers.via[0].params = Params::default();
+        let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
+            panic!("new transaction");
+        };
+        assert!(key.branch.starts_with(FALLBACK_PREFIX));
+        assert_eq!(
+            txs.receive_request(5, &invite, src),
+            ServerInput::Retransmission
+        );
+        let busy = Response::to_request(&invite, 486, Some("t"));
+        txs.send_response(10, &key, busy.clone(), src)
+            .expect("live transaction");
+        let ack = build_ack_non2xx(&invite, &busy);
+        assert_eq!(txs.receive_request(20, &ack, src), ServerInput::AckAbsorbed);
+        let mut next = invite;
+        next.headers.cseq.seq = 2;
+        assert!(matches!(
+            txs.receive_request(30, &next, src),
+            ServerInput::New(_)
+        ));
+    }
+
+    #[test]
+    fn ten_thousand_concurrent_transactions_run_to_completion() {
+        const N: usize = 5_000;
+        let mut txs = Transactions::new(TimerConfig::default());
+        let dest = peer(Transport::Udp, 5060);
+        let mut sends = 0usize;
+        for i in 0..N {
+            let now = (i % 1000) as u64;
+            txs.send_request(
+                now,
+                request(Method::Invite, &format!("z9hG4bKc{i}"), &format!("cc{i}")),
+                dest,
+            );
+            let invite = request(Method::Invite, &format!("z9hG4bKs{i}"), &format!("sc{i}"));
+            let ServerInput::New(key) = txs.receive_request(now, &invite, dest) else {
+                panic!("distinct branches make new transactions");
+            };
+            txs.send_response(
+                now,
+                &key,
+                Response::to_request(&invite, 486, Some("t")),
+                dest,
+            )
+            .expect("live transaction");
+        }
+        assert_eq!(txs.len(), 2 * N);
+        let mut timeouts = 0usize;
+        let mut terminated = 0usize;
+        let mut wakeups = 0usize;
+        loop {
+            while txs.poll_transmit().is_some() {
+                sends += 1;
+            }
+            while let Some(e) = txs.poll_event() {
+                match e {
+                    TxEvent::Timeout(_) => timeouts += 1,
+                    TxEvent::Terminated(_) => terminated += 1,
+                }
+            }
+            let Some(at) = txs.poll_timeout() else { break };
+            txs.handle_timeout(at);
+            wakeups += 1;
+        }
+        // Client INVITE: 7 sends; server 486 with no ACK: 11 sends.
+        assert_eq!(sends, N * 7 + N * 11);
+        assert_eq!(timeouts, 2 * N);
+        assert_eq!(terminated, 2 * N);
+        assert!(txs.is_empty());
+        assert!(wakeups > 0);
+    }
+}

@@ -1,0 +1,394 @@
+//! The control-plane protocol: JSON lines over a Unix stream socket.
+//!
+//! The client writes one [`Command`] per line and reads one [`Reply`] per line, in order; a
+//! connection may carry several requests. Commands are internally tagged
+//! (`{"cmd":"ext_add","ext":"104",...}`); replies are adjacently tagged
+//! (`{"reply":"extensions","data":[...]}`) because serde cannot inline a list into a tag.
+
+use serde::{Deserialize, Serialize};
+
+use pbx_core::cdr::Cdr;
+
+/// Longest request or reply line accepted, newline excluded (an import of 10,000 rows fits).
+pub const MAX_LINE: usize = 4 * 1024 * 1024;
+/// Longest extension number or name.
+pub const MAX_EXT_LEN: usize = 16;
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 8;
+/// Longest password accepted.
+pub const MAX_PASSWORD_LEN: usize = 128;
+/// Longest display name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A request from `outpostctl` (or any other client) to the daemon.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Daemon overview.
+    Status,
+    /// All extensions with their live contact count.
+    ExtList,
+    /// Create an extension.
+    ExtAdd {
+        /// Extension number.
+        ext: String,
+        /// Display name.
+        name: Option<String>,
+        /// Plain password; the daemon stores only digests.
+        password: String,
+    },
+    /// Delete an extension and its registrations.
+    ExtDel {
+        /// Extension number.
+        ext: String,
+    },
+    /// Change an extension's password.
+    ExtPasswd {
+        /// Extension number.
+        ext: String,
+        /// New plain password.
+        password: String,
+    },
+    /// Create or replace many extensions at once.
+    ExtImport {
+        /// The rows, already validated by the client.
+        rows: Vec<ExtImportRow>,
+    },
+    /// Current registrations.
+    RegList,
+    /// Calls in progress.
+    Calls,
+    /// Most recent call detail records, newest first.
+    CdrList {
+        /// How many at most.
+        limit: usize,
+    },
+}
+
+impl Command {
+    /// The wire name of the command, for logs (never log the command itself: it may carry
+    /// passwords).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::ExtList => "ext_list",
+            Command::ExtAdd { .. } => "ext_add",
+            Command::ExtDel { .. } => "ext_del",
+            Command::ExtPasswd { .. } => "ext_passwd",
+            Command::ExtImport { .. } => "ext_import",
+            Command::RegList => "reg_list",
+            Command::Calls => "calls",
+            Command::CdrList { .. } => "cdr_list",
+        }
+    }
+}
+
+/// One extension in an [`Command::ExtImport`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExtImportRow {
+    /// Extension number.
+    pub ext: String,
+    /// Plain password.
+    pub password: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The daemon's answer to one [`Command`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "reply", content = "data", rename_all = "snake_case")]
+pub enum Reply {
+    /// Answer to [`Command::Status`].
+    Status(StatusInfo),
+    /// Answer to [`Command::ExtList`].
+    Extensions(Vec<ExtensionInfo>),
+    /// Answer to [`Command::RegList`].
+    Registrations(Vec<RegistrationInfo>),
+    /// Answer to [`Command::Calls`].
+    Calls(Vec<CallInfo>),
+    /// Answer to [`Command::CdrList`].
+    Cdrs(Vec<Cdr>),
+    /// A change was made.
+    Done {
+        /// What was done, for a human.
+        message: String,
+    },
+    /// The command failed; nothing was changed.
+    Error {
+        /// Why, for a human.
+        message: String,
+    },
+}
+
+impl Reply {
+    /// Shorthand for [`Reply::Error`].
+    pub fn error(message: impl Into<String>) -> Reply {
+        Reply::Error {
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Reply::Done`].
+    pub fn done(message: impl Into<String>) -> Reply {
+        Reply::Done {
+            message: message.into(),
+        }
+    }
+}
+
+/// Daemon overview.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// Daemon version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// SIP listening addresses.
+    pub listen: Vec<String>,
+    /// Configured extensions.
+    pub extensions: usize,
+    /// Live contact bindings.
+    pub registrations: usize,
+    /// Calls in progress.
+    pub active_calls: usize,
+    /// Stored call detail records.
+    pub cdrs: u64,
+    /// Data directory.
+    pub data_dir: String,
+    /// Digest realm.
+    pub realm: String,
+}
+
+/// One extension in a listing.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionInfo {
+    /// Extension number.
+    pub ext: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Live registered contacts.
+    pub registered: usize,
+}
+
+/// One contact binding in a listing.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationInfo {
+    /// Extension number.
+    pub ext: String,
+    /// Contact URI.
+    pub contact: String,
+    /// Address the REGISTER came from (`ip:port`).
+    pub source: String,
+    /// `UDP` or `TCP`.
+    pub transport: String,
+    /// Seconds until the binding expires.
+    pub expires_in_secs: u64,
+    /// The phone's User-Agent header.
+    pub user_agent: Option<String>,
+}
+
+/// One call in progress.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    /// Call-ID of the caller's leg.
+    pub call_id: String,
+    /// Calling extension.
+    pub caller: String,
+    /// Dialled number.
+    pub callee: String,
+    /// `ringing` or `answered`.
+    pub state: String,
+    /// When the INVITE arrived (ms since the epoch).
+    pub started_ms: u64,
+    /// When the call was answered (ms since the epoch).
+    pub answered_ms: Option<u64>,
+    /// Seconds since start (ringing) or answer (answered).
+    pub duration_secs: u64,
+}
+
+/// Checks an extension number: 1-16 ASCII letters or digits.
+pub fn validate_ext(ext: &str) -> Result<(), String> {
+    if ext.is_empty() {
+        return Err("extension must not be empty".to_owned());
+    }
+    if ext.len() > MAX_EXT_LEN {
+        return Err(format!(
+            "extension is {} characters long; at most {MAX_EXT_LEN} are allowed",
+            ext.chars().count()
+        ));
+    }
+    if !ext.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "extension `{}` may contain only letters and digits",
+            ext.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a password for extension `ext`: 8-128 characters, no control characters, no
+/// surrounding whitespace, not the extension itself, not one character repeated.
+pub fn validate_password(ext: &str, password: &str) -> Result<(), String> {
+    let len = password.chars().count();
+    if len < MIN_PASSWORD_LEN {
+        return Err(format!(
+            "password is {len} characters long; at least {MIN_PASSWORD_LEN} are needed"
+        ));
+    }
+    if len > MAX_PASSWORD_LEN {
+        return Err(format!(
+            "password is {len} characters long; at most {MAX_PASSWORD_LEN} are allowed"
+        ));
+    }
+    if password.chars().any(char::is_control) {
+        return Err("password must not contain control characters".to_owned());
+    }
+    if password.trim() != password {
+        return Err("password must not start or end with whitespace".to_owned());
+    }
+    if password == ext {
+        return Err("password must not be the extension number".to_owned());
+    }
+    let mut chars = password.chars();
+    if let Some(first) = chars.next() {
+        if chars.all(|c| c == first) {
+            return Err("password must not be one character repeated".to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a display name: 1-64 characters, no control characters.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let len = name.chars().count();
+    if name.trim().is_empty() {
+        return Err("name must not be empty".to_owned());
+    }
+    if len > MAX_NAME_LEN {
+        return Err(format!(
+            "name is {len} characters long; at most {MAX_NAME_LEN} are allowed"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name must not contain control characters".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_wire_format() {
+        let c: Command = serde_json::from_str(r#"{"cmd":"status"}"#).unwrap();
+        assert_eq!(c, Command::Status);
+        let c: Command =
+            serde_json::from_str(r#"{"cmd":"ext_add","ext":"104","name":null,"password":"x"}"#)
+                .unwrap();
+        assert_eq!(c.name(), "ext_add");
+        let c: Command = serde_json::from_str(r#"{"cmd":"cdr_list","limit":5}"#).unwrap();
+        assert_eq!(c, Command::CdrList { limit: 5 });
+        let s = serde_json::to_string(&Command::ExtImport {
+            rows: vec![ExtImportRow {
+                ext: "1".into(),
+                password: "p".into(),
+                name: None,
+            }],
+        })
+        .unwrap();
+        assert!(s.starts_with(r#"{"cmd":"ext_import","rows":[{"#), "{s}");
+        assert!(serde_json::from_str::<Command>(r#"{"cmd":"reboot"}"#).is_err());
+        assert!(serde_json::from_str::<Command>(r#"{"cmd":"ext_del"}"#).is_err());
+    }
+
+    #[test]
+    fn every_reply_round_trips() {
+        let replies = vec![
+            Reply::Status(StatusInfo {
+                version: "0.1.0".into(),
+                uptime_secs: 5,
+                listen: vec!["127.0.0.1:5060".into()],
+                extensions: 4,
+                registrations: 1,
+                active_calls: 0,
+                cdrs: 7,
+                data_dir: "/data".into(),
+                realm: "outpost".into(),
+            }),
+            Reply::Extensions(vec![ExtensionInfo {
+                ext: "100".into(),
+                name: Some("Front desk".into()),
+                registered: 2,
+            }]),
+            Reply::Registrations(vec![]),
+            Reply::Calls(vec![]),
+            Reply::Cdrs(vec![Cdr {
+                call_id: "c".into(),
+                caller: "100".into(),
+                callee: "101".into(),
+                start: 1,
+                answer: None,
+                end: 2,
+                disposition: pbx_core::cdr::Disposition::Busy,
+                status: 486,
+            }]),
+            Reply::done("ok"),
+            Reply::error("nope"),
+        ];
+        for r in replies {
+            let s = serde_json::to_string(&r).unwrap();
+            assert!(!s.contains('\n'));
+            let back: Reply = serde_json::from_str(&s).unwrap();
+            assert_eq!(back, r);
+        }
+        let s = serde_json::to_string(&Reply::Extensions(vec![])).unwrap();
+        assert_eq!(s, r#"{"reply":"extensions","data":[]}"#);
+    }
+
+    #[test]
+    fn extension_rules() {
+        assert!(validate_ext("100").is_ok());
+        assert!(validate_ext("sales1").is_ok());
+        assert!(validate_ext("1234567890123456").is_ok());
+        assert!(validate_ext("").is_err());
+        assert!(validate_ext("12345678901234567").is_err());
+        assert!(validate_ext("10 0").is_err());
+        assert!(validate_ext("a.b").is_err());
+        assert!(validate_ext("١٢٣").is_err(), "non-ASCII digits");
+    }
+
+    #[test]
+    fn password_rules_say_why() {
+        assert!(validate_password("100", "s3cret-pass").is_ok());
+        assert!(validate_password("100", "short")
+            .unwrap_err()
+            .contains("at least 8"));
+        assert!(validate_password("100", &"ab".repeat(65))
+            .unwrap_err()
+            .contains("at most 128"));
+        assert!(validate_password("10000000", "10000000")
+            .unwrap_err()
+            .contains("extension"));
+        assert!(validate_password("100", "aaaaaaaaaa")
+            .unwrap_err()
+            .contains("repeated"));
+        assert!(validate_password("100", "abc\ndefgh")
+            .unwrap_err()
+            .contains("control"));
+        assert!(validate_password("100", " abcdefgh")
+            .unwrap_err()
+            .contains("whitespace"));
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(validate_name("Front desk").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a\u{1b}[2J").is_err());
+        assert!(validate_name(&"x".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,610 @@
+//! The daemon's configuration file (TOML): one serde struct per subsystem.
+//!
+//! Every struct denies unknown keys, so a typo is an error that names the key and its line
+//! instead of a silently ignored setting. Every key has a default, so a file only lists what
+//! it changes.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::admin::proto::validate_ext;
+
+/// Where the production daemon puts its admin socket.
+pub const DEFAULT_SOCKET: &str = "/run/outpost/admin.sock";
+/// Where the quick-start demo (`Config::demo()`) puts its admin socket.
+pub const DEMO_SOCKET: &str = "./outpost-data/outpostd.sock";
+/// Environment variable that overrides the admin socket path for `outpostctl`.
+pub const SOCKET_ENV: &str = "OUTPOST_SOCKET";
+
+/// Longest admin socket path accepted: `sun_path` holds 107 bytes plus NUL, and the server
+/// binds `<path>.new` first and renames it into place.
+const MAX_SOCKET_PATH: usize = 103;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (unknown key, wrong type).
+    #[error("{path}: line {line}, column {column}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        path: String,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// The file parsed but a value is out of range or inconsistent.
+    #[error("invalid `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `registrar.default_expires`.
+        key: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[sip]`: listening sockets and identity.
+    pub sip: SipConfig,
+    /// `[registrar]`: registration lifetimes and limits.
+    pub registrar: RegistrarConfig,
+    /// `[auth]`: digest authentication.
+    pub auth: AuthConfig,
+    /// `[calls]`: call handling.
+    pub calls: CallsConfig,
+    /// `[store]`: persistent data.
+    pub store: StoreConfig,
+    /// `[admin]`: control socket.
+    pub admin: AdminConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+    /// `[demo]`: quick-start extras.
+    pub demo: DemoConfig,
+}
+
+/// `[sip]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// Socket addresses; each gets a UDP and a TCP listener.
+    pub listen: Vec<SocketAddr>,
+    /// Digest authentication realm.
+    pub realm: String,
+    /// Value of the Server / User-Agent header the daemon sends.
+    pub user_agent: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: vec![
+                SocketAddr::from(([127, 0, 0, 1], 5060)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5060)),
+            ],
+            realm: "outpost".to_owned(),
+            user_agent: "Outpost".to_owned(),
+        }
+    }
+}
+
+/// `[registrar]` section (all lifetimes in seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrarConfig {
+    /// Shorter requested lifetimes get 423 Interval Too Brief.
+    pub min_expires: u32,
+    /// Longer requested lifetimes are cut to this.
+    pub max_expires: u32,
+    /// Lifetime granted when the phone asks for none.
+    pub default_expires: u32,
+    /// Most contacts one extension may register at once.
+    pub max_contacts: usize,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 600,
+            max_contacts: 10,
+        }
+    }
+}
+
+/// `[auth]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How long a digest nonce stays valid.
+    pub nonce_lifetime_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            nonce_lifetime_secs: 300,
+        }
+    }
+}
+
+/// `[calls]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    /// Unanswered calls are cancelled after this long.
+    pub ring_timeout_secs: u64,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            ring_timeout_secs: 60,
+        }
+    }
+}
+
+/// `[store]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory holding `outpost.redb`; created if missing.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from("/data"),
+        }
+    }
+}
+
+/// `[admin]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Unix socket `outpostctl` talks to (mode 0600).
+    pub socket: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+        }
+    }
+}
+
+/// `[log]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A level (`error`..`trace`, `off`) or a filter such as `info,firmware=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// `[demo]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Extensions created at first start with random passwords that are printed once.
+    pub extensions: Vec<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates configuration text (errors name the source `<string>`).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, "<string>")
+    }
+
+    /// The quick-start configuration shipped in `firmware/demo.toml`.
+    pub fn demo() -> Config {
+        Self::parse(include_str!("../demo.toml"), "demo.toml")
+            .expect("demo.toml is checked by a unit test")
+    }
+
+    fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(text, path, &e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and consistency; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sip = &self.sip;
+        if sip.listen.is_empty() {
+            return Err(invalid("sip.listen", "at least one address is needed"));
+        }
+        let mut seen = HashSet::new();
+        for addr in &sip.listen {
+            if !seen.insert(addr) {
+                return Err(invalid("sip.listen", format!("{addr} is listed twice")));
+            }
+        }
+        if sip.realm.is_empty() || sip.realm.len() > 64 || !sip.realm.chars().all(is_token_char) {
+            return Err(invalid(
+                "sip.realm",
+                "must be 1-64 characters of letters, digits and -.!%*_+`'~",
+            ));
+        }
+        if sip.user_agent.is_empty()
+            || sip.user_agent.len() > 128
+            || !sip
+                .user_agent
+                .chars()
+                .all(|c| c == ' ' || c.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "sip.user_agent",
+                "must be 1-128 printable ASCII characters",
+            ));
+        }
+
+        let reg = &self.registrar;
+        if reg.min_expires == 0 {
+            return Err(invalid("registrar.min_expires", "must be at least 1"));
+        }
+        if reg.max_expires < reg.min_expires {
+            return Err(invalid(
+                "registrar.max_expires",
+                format!(
+                    "{} is less than registrar.min_expires ({})",
+                    reg.max_expires, reg.min_expires
+                ),
+            ));
+        }
+        if reg.default_expires < reg.min_expires || reg.default_expires > reg.max_expires {
+            return Err(invalid(
+                "registrar.default_expires",
+                format!(
+                    "{} is outside min_expires..max_expires ({}..{})",
+                    reg.default_expires, reg.min_expires, reg.max_expires
+                ),
+            ));
+        }
+        if !(1..=100).contains(&reg.max_contacts) {
+            return Err(invalid(
+                "registrar.max_contacts",
+                "must be between 1 and 100",
+            ));
+        }
+
+        if !(10..=3600).contains(&self.auth.nonce_lifetime_secs) {
+            return Err(invalid(
+                "auth.nonce_lifetime_secs",
+                "must be between 10 and 3600",
+            ));
+        }
+        if !(1..=600).contains(&self.calls.ring_timeout_secs) {
+            return Err(invalid(
+                "calls.ring_timeout_secs",
+                "must be between 1 and 600",
+            ));
+        }
+        if self.store.data_dir.as_os_str().is_empty() {
+            return Err(invalid("store.data_dir", "must not be empty"));
+        }
+        let socket_len = self.admin.socket.as_os_str().len();
+        if socket_len == 0 {
+            return Err(invalid("admin.socket", "must not be empty"));
+        }
+        if socket_len > MAX_SOCKET_PATH {
+            return Err(invalid(
+                "admin.socket",
+                format!("path is {socket_len} bytes; Unix sockets allow at most {MAX_SOCKET_PATH}"),
+            ));
+        }
+        validate_log_level(&self.log.level).map_err(|reason| invalid("log.level", reason))?;
+
+        let mut seen = HashSet::new();
+        for ext in &self.demo.extensions {
+            validate_ext(ext).map_err(|reason| invalid("demo.extensions", reason))?;
+            if !seen.insert(ext) {
+                return Err(invalid(
+                    "demo.extensions",
+                    format!("extension {ext} is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The admin socket `outpostctl` uses when `--socket` is not given: `$OUTPOST_SOCKET`, else
+/// the production socket if it exists, else the demo socket in the current directory.
+pub fn default_socket_path() -> PathBuf {
+    socket_path_from(
+        std::env::var_os(SOCKET_ENV).map(PathBuf::from),
+        Path::new(DEFAULT_SOCKET).exists(),
+    )
+}
+
+fn socket_path_from(env: Option<PathBuf>, production_exists: bool) -> PathBuf {
+    match env {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ if production_exists => PathBuf::from(DEFAULT_SOCKET),
+        _ => PathBuf::from(DEMO_SOCKET),
+    }
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// RFC 3261 `token` characters.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c)
+}
+
+fn validate_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let bad = || {
+        format!(
+            "`{level}` is not a level (off, error, warn, info, debug, trace) \
+             or a filter like `info,firmware=debug`"
+        )
+    };
+    if level.is_empty() {
+        return Err(bad());
+    }
+    for part in level.split(',') {
+        let lvl = match part.split_once('=') {
+            Some((target, lvl)) => {
+                let target_ok = !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+                if !target_ok {
+                    return Err(bad());
+                }
+                lvl
+            }
+            None => part,
+        };
+        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+/// Turns a toml error into one line with the line number, naming the section of an unknown key.
+fn parse_error(text: &str, path: &str, err: &toml::de::Error) -> ConfigError {
+    let span_start = err.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let before = &text.as_bytes()[..span_start];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    let mut message = err.message().trim().replace('\n', " ");
+    if message.starts_with("unknown field") {
+        if let Some(section) = section_of_line(text, line) {
+            message = format!("{message} (in section [{section}])");
+        }
+    }
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// The `[table]` header governing 1-based `line`, unless that line is itself a header.
+fn section_of_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let idx = line.checked_sub(1)?;
+    if lines.get(idx)?.trim_start().starts_with('[') {
+        return None;
+    }
+    lines[..idx].iter().rev().find_map(|l| {
+        let l = l.trim();
+        let inner = l.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        Some(
+            inner[..end]
+                .trim_matches(|c| c == '[' || c == ' ')
+                .to_owned(),
+        )
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.sip.listen.len(), 2);
+        assert_eq!(c.sip.realm, "outpost");
+        assert_eq!(c.registrar.default_expires, 600);
+        assert_eq!(c.store.data_dir, PathBuf::from("/data"));
+        assert_eq!(c.admin.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(c.demo.extensions.is_empty());
+    }
+
+    #[test]
+    fn demo_config_parses_and_validates() {
+        let c = Config::demo();
+        assert_eq!(
+            c.sip.listen,
+            vec![
+                "127.0.0.1:5060".parse::<SocketAddr>().unwrap(),
+                "[::1]:5060".parse::<SocketAddr>().unwrap()
+            ]
+        );
+        assert_eq!(c.store.data_dir, PathBuf::from("./outpost-data"));
+        assert_eq!(c.admin.socket, PathBuf::from(DEMO_SOCKET));
+        assert_eq!(c.demo.extensions, ["100", "101", "102", "103"]);
+    }
+
+    #[test]
+    fn unknown_key_names_key_line_and_section() {
+        let text = "[sip]\nrealm = \"x\"\n\n[registrar]\nmin_expires = 60\nmax_expiry = 10\n";
+        let err = Config::from_toml_str(text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 6"), "{msg}");
+        assert!(msg.contains("`max_expiry`"), "{msg}");
+        assert!(msg.contains("[registrar]"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_reported_with_line() {
+        let err = Config::from_toml_str("[sip]\nrealm = \"x\"\n[firewal]\nx = 1\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("`firewal`"), "{msg}");
+    }
+
+    #[test]
+    fn load_reports_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outpost.toml");
+        std::fs::write(&path, "[sip]\nlisten = [\"not-an-address\"]\n").unwrap();
+        let msg = Config::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("outpost.toml"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+
+        let missing = Config::load(&dir.path().join("nope.toml")).unwrap_err();
+        assert!(matches!(missing, ConfigError::Io { .. }));
+    }
+
+    #[test]
+    fn load_accepts_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outpost.toml");
+        std::fs::write(
+            &path,
+            "[sip]\nlisten = [\"0.0.0.0:5070\"]\n[registrar]\nmax_contacts = 3\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.sip.listen, vec!["0.0.0.0:5070".parse().unwrap()]);
+        assert_eq!(c.sip.realm, "outpost");
+        assert_eq!(c.registrar.max_contacts, 3);
+        assert_eq!(c.registrar.max_expires, 3600);
+    }
+
+    fn invalid_key(c: &Config) -> String {
+        match c.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validate_names_the_bad_key() {
+        let mut c = Config::default();
+        c.registrar.default_expires = 30;
+        assert_eq!(invalid_key(&c), "registrar.default_expires");
+
+        let mut c = Config::default();
+        c.registrar.max_expires = 10;
+        assert_eq!(invalid_key(&c), "registrar.max_expires");
+
+        let mut c = Config::default();
+        c.sip.listen.clear();
+        assert_eq!(invalid_key(&c), "sip.listen");
+
+        let mut c = Config::default();
+        c.sip.realm = "out post".into();
+        assert_eq!(invalid_key(&c), "sip.realm");
+
+        let mut c = Config::default();
+        c.sip.realm = String::new();
+        assert_eq!(invalid_key(&c), "sip.realm");
+
+        let mut c = Config::default();
+        c.sip.user_agent = "Outpost\r\nX-Evil: 1".into();
+        assert_eq!(invalid_key(&c), "sip.user_agent");
+
+        let mut c = Config::default();
+        c.log.level = "loud".into();
+        assert_eq!(invalid_key(&c), "log.level");
+
+        let mut c = Config::default();
+        c.admin.socket = PathBuf::from("/".repeat(200));
+        assert_eq!(invalid_key(&c), "admin.socket");
+
+        let mut c = Config::default();
+        c.demo.extensions = vec!["100".into(), "10 1".into()];
+        assert_eq!(invalid_key(&c), "demo.extensions");
+
+        let mut c = Config::default();
+        c.demo.extensions = vec!["100".into(), "100".into()];
+        assert_eq!(invalid_key(&c), "demo.extensions");
+
+        let mut c = Config::default();
+        c.log.level = "info,firmware=debug".into();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_values_in_file_are_rejected_with_key() {
+        let err = Config::from_toml_str("[registrar]\nmin_expires = 4000\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("registrar.max_expires"), "{msg}");
+    }
+
+    #[test]
+    fn socket_path_rule() {
+        assert_eq!(
+            socket_path_from(Some(PathBuf::from("/tmp/x.sock")), true),
+            PathBuf::from("/tmp/x.sock")
+        );
+        assert_eq!(
+            socket_path_from(Some(PathBuf::new()), true),
+            PathBuf::from(DEFAULT_SOCKET)
+        );
+        assert_eq!(socket_path_from(None, true), PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(socket_path_from(None, false), PathBuf::from(DEMO_SOCKET));
+    }
+}

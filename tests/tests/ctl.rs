@@ -1,0 +1,136 @@
+//! outpostctl against a live daemon: extensions, import, exit codes, JSON output.
+
+use std::process::Command;
+use std::time::Duration;
+
+use outpost_tests::{bin, json_str, run_with_timeout, Daemon, Sipp};
+
+fn ext_numbers(daemon: &Daemon) -> Vec<String> {
+    let list = daemon.ctl_json(&["ext", "list"]);
+    list.as_array()
+        .expect("ext list is an array")
+        .iter()
+        .filter_map(|e| json_str(e, "ext").map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn versions_are_printed() {
+    for name in ["outpostd", "outpostctl"] {
+        let out = run_with_timeout(
+            Command::new(bin(name)).arg("--version"),
+            Duration::from_secs(10),
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert_eq!(out.stdout.trim(), format!("{name} 0.1.0"));
+    }
+}
+
+#[test]
+fn status_reports_version_and_listen_addresses() {
+    let daemon = Daemon::start();
+    let status = daemon.ctl_json(&["status"]);
+    assert_eq!(json_str(&status, "version"), Some("0.1.0"), "{status}");
+    let listen = status["listen"].as_array().expect("listen is an array");
+    let wanted = daemon.sip_addr().to_string();
+    assert!(
+        listen.iter().any(|a| a.as_str() == Some(wanted.as_str())),
+        "{status}"
+    );
+    // The human form works too.
+    assert!(!daemon.ctl_ok(&["status"]).trim().is_empty());
+}
+
+#[test]
+fn extensions_are_added_renamed_repassworded_and_deleted() {
+    let daemon = Daemon::start();
+    daemon.ctl_ok(&[
+        "ext",
+        "add",
+        "100",
+        "--password",
+        "first-pass-1",
+        "--name",
+        "Reception",
+    ]);
+    daemon.ctl_ok(&["ext", "add", "101", "--password", "second-pass-2"]);
+    let list = daemon.ctl_json(&["ext", "list"]);
+    let reception = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|e| json_str(e, "ext") == Some("100"))
+        .cloned()
+        .expect("100 listed");
+    assert_eq!(json_str(&reception, "name"), Some("Reception"), "{list}");
+
+    // A new password takes effect for REGISTER.
+    daemon.ctl_ok(&["ext", "passwd", "100", "--password", "changed-pass-3"]);
+    Sipp::new("register_wrong.xml", &daemon)
+        .account("100", "first-pass-1")
+        .run()
+        .assert_success("old password refused");
+    Sipp::new("register.xml", &daemon)
+        .account("100", "changed-pass-3")
+        .run()
+        .assert_success("new password accepted");
+
+    daemon.ctl_ok(&["ext", "del", "101"]);
+    assert_eq!(ext_numbers(&daemon), vec!["100"]);
+}
+
+#[test]
+fn csv_import_creates_extensions() {
+    let daemon = Daemon::start();
+    let csv = daemon.dir().join("users.csv");
+    std::fs::write(
+        &csv,
+        "# ext,password,name\n300,import-pass-300,Alice\n301,import-pass-301\n302,import-pass-302,Bob\n",
+    )
+    .expect("write csv");
+    daemon.ctl_ok(&["ext", "import", csv.to_str().expect("utf-8 path")]);
+    let mut numbers = ext_numbers(&daemon);
+    numbers.sort();
+    assert_eq!(numbers, vec!["300", "301", "302"]);
+    Sipp::new("register.xml", &daemon)
+        .account("301", "import-pass-301")
+        .run()
+        .assert_success("imported extension registers");
+}
+
+#[test]
+fn exit_codes_distinguish_usage_daemon_errors_and_no_daemon() {
+    let daemon = Daemon::start();
+    // 2: usage (unknown subcommand; password too short is caught before sending).
+    assert_eq!(daemon.ctl(&["frobnicate"]).code, Some(2));
+    assert_eq!(
+        daemon
+            .ctl(&["ext", "add", "100", "--password", "short"])
+            .code,
+        Some(2)
+    );
+    // 1: the daemon refuses (no such extension).
+    let out = daemon.ctl(&["ext", "del", "4242"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    // 3: nobody listens on that socket.
+    let missing = daemon.dir().join("nobody.sock");
+    let out = run_with_timeout(
+        Command::new(bin("outpostctl"))
+            .arg("--socket")
+            .arg(&missing)
+            .arg("status"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(3), "{out:?}");
+}
+
+#[test]
+fn cdr_list_limit_is_honoured_and_empty_lists_are_arrays() {
+    let daemon = Daemon::start();
+    assert_eq!(daemon.cdrs().len(), 0);
+    assert_eq!(daemon.registrations().len(), 0);
+    let calls = daemon.ctl_json(&["calls"]);
+    assert_eq!(calls.as_array().map(Vec::len), Some(0), "{calls}");
+    let limited = daemon.ctl_json(&["cdr", "list", "--limit", "1"]);
+    assert!(limited.is_array(), "{limited}");
+}

@@ -1,0 +1,204 @@
+//! Registration over SIPp and raw sockets: digest auth, wrong passwords, unknown users,
+//! unregistration, TCP and IPv6.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use outpost_tests::{
+    has_ipv6_loopback, header_count, header_values, json_str, register_request, status_of,
+    udp_client, udp_exchange, Daemon, DaemonConfig, SipTcp, Sipp, Transport,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[test]
+fn register_with_digest_auth_creates_a_binding_from_the_phones_address() {
+    let daemon = Daemon::start();
+    daemon.add_extension("100", "secret-100");
+    let sipp = Sipp::new("register.xml", &daemon).account("100", "secret-100");
+    let port = sipp.port();
+    let outcome = sipp.run();
+    outcome.assert_success("register");
+
+    let statuses = outcome.received_statuses();
+    assert_eq!(statuses.first(), Some(&401), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+
+    let reg = daemon.wait_registered("100", WAIT);
+    assert_eq!(
+        json_str(&reg, "source"),
+        Some(format!("127.0.0.1:{port}").as_str()),
+        "{reg}"
+    );
+    assert_eq!(json_str(&reg, "transport"), Some("UDP"), "{reg}");
+    let contact = json_str(&reg, "contact").expect("contact is a string");
+    assert!(contact.contains(&format!("127.0.0.1:{port}")), "{reg}");
+    let expires = reg["expires_in_secs"]
+        .as_u64()
+        .expect("expires_in_secs is a number");
+    assert!(
+        (250..=300).contains(&expires),
+        "granted 300 s, listed {expires}: {reg}"
+    );
+    assert_eq!(
+        json_str(&reg, "user_agent"),
+        Some("SIPp outpost-tests"),
+        "{reg}"
+    );
+}
+
+#[test]
+fn the_401_offers_sha256_then_md5_with_qop_auth() {
+    let daemon = Daemon::start();
+    daemon.add_extension("100", "secret-100");
+    let sock = udp_client(daemon.sip_addr());
+    let local = sock.local_addr().expect("local addr");
+    let req = register_request(daemon.sip_addr(), Transport::Udp, local, "100", "c1@test");
+    let resp = udp_exchange(&sock, req.as_bytes(), WAIT).expect("a response to REGISTER");
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status_of(&resp), Some(401), "{text}");
+    let challenges = header_values(&text, "WWW-Authenticate");
+    assert_eq!(challenges.len(), 2, "{text}");
+    assert!(challenges[0].contains("algorithm=SHA-256"), "{text}");
+    assert!(challenges[1].contains("algorithm=MD5"), "{text}");
+    for c in &challenges {
+        assert!(c.starts_with("Digest "), "{c}");
+        assert!(c.contains("realm=\"outpost\""), "{c}");
+        assert!(c.contains("qop=\"auth\""), "{c}");
+        assert!(c.contains("nonce=\""), "{c}");
+    }
+}
+
+#[test]
+fn wrong_password_gets_403_and_no_binding() {
+    let daemon = Daemon::start();
+    daemon.add_extension("100", "secret-100");
+    let outcome = Sipp::new("register_wrong.xml", &daemon)
+        .account("100", "not-the-password")
+        .run();
+    outcome.assert_success("register with a wrong password");
+    assert_eq!(outcome.received_statuses(), vec![401, 403]);
+    assert!(daemon.registrations_of("100").is_empty());
+}
+
+#[test]
+fn unknown_user_gets_the_same_answers_as_a_known_one() {
+    let daemon = Daemon::start();
+    daemon.add_extension("100", "secret-100");
+
+    // Without credentials: the same challenge.
+    let mut answers = Vec::new();
+    for (ext, call_id) in [("100", "k1@test"), ("555", "u1@test")] {
+        let sock = udp_client(daemon.sip_addr());
+        let local = sock.local_addr().expect("local addr");
+        let req = register_request(daemon.sip_addr(), Transport::Udp, local, ext, call_id);
+        let resp = udp_exchange(&sock, req.as_bytes(), WAIT).expect("a response to REGISTER");
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        answers.push((
+            status_of(&resp),
+            header_count(&text, "WWW-Authenticate"),
+            text,
+        ));
+    }
+    assert_eq!(answers[0].0, Some(401), "{}", answers[0].2);
+    assert_eq!(
+        answers[0].0, answers[1].0,
+        "known {} / unknown {}",
+        answers[0].2, answers[1].2
+    );
+    assert_eq!(
+        answers[0].1, answers[1].1,
+        "known {} / unknown {}",
+        answers[0].2, answers[1].2
+    );
+
+    // With (wrong) credentials: 401 then 403 for both.
+    let known = Sipp::new("register_wrong.xml", &daemon)
+        .account("100", "guessed-pass")
+        .run();
+    let unknown = Sipp::new("register_wrong.xml", &daemon)
+        .account("555", "guessed-pass")
+        .run();
+    known.assert_success("wrong password for a known extension");
+    unknown.assert_success("a password for an unknown extension");
+    assert_eq!(known.received_statuses(), unknown.received_statuses());
+    let challenge_count = |o: &outpost_tests::SippOutcome| {
+        o.received()
+            .first()
+            .map(|m| header_count(m, "WWW-Authenticate"))
+    };
+    assert_eq!(challenge_count(&known), challenge_count(&unknown));
+    assert!(daemon.registrations().is_empty());
+}
+
+#[test]
+fn unregister_with_expires_zero_removes_the_binding() {
+    let daemon = Daemon::start();
+    daemon.add_extension("100", "secret-100");
+    let register = Sipp::new("register.xml", &daemon).account("100", "secret-100");
+    let port = register.port();
+    register.run().assert_success("register");
+    daemon.wait_registered("100", WAIT);
+
+    Sipp::new("unregister.xml", &daemon)
+        .account("100", "secret-100")
+        .local_port(port)
+        .run()
+        .assert_success("unregister");
+    assert!(
+        daemon.registrations_of("100").is_empty(),
+        "{:?}",
+        daemon.registrations()
+    );
+}
+
+#[test]
+fn register_over_tcp() {
+    let daemon = Daemon::start();
+    daemon.add_extension("100", "secret-100");
+    Sipp::new("register.xml", &daemon)
+        .account("100", "secret-100")
+        .transport(Transport::Tcp)
+        .run()
+        .assert_success("register over TCP");
+    let reg = daemon.wait_registered("100", WAIT);
+    assert_eq!(json_str(&reg, "transport"), Some("TCP"), "{reg}");
+}
+
+#[test]
+fn raw_tcp_register_gets_a_challenge_on_the_same_connection() {
+    let daemon = Daemon::start();
+    let mut conn = SipTcp::connect(daemon.sip_addr()).expect("connect");
+    let local = conn.stream.local_addr().expect("local addr");
+    let req = register_request(daemon.sip_addr(), Transport::Tcp, local, "100", "t1@test");
+    assert!(conn.send(req.as_bytes()));
+    let resp = conn.read_message(WAIT).expect("a response over TCP");
+    assert_eq!(status_of(resp.as_bytes()), Some(401), "{resp}");
+    assert_eq!(header_count(&resp, "WWW-Authenticate"), 2, "{resp}");
+}
+
+#[test]
+fn register_over_ipv6_loopback() {
+    if !has_ipv6_loopback() {
+        eprintln!("no ::1 on lo; IPv6 registration not tested here");
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonConfig::dual_stack());
+    daemon.add_extension("100", "secret-100");
+    let v6: SocketAddr = *daemon
+        .listen()
+        .iter()
+        .find(|a| a.is_ipv6())
+        .expect("dual stack config has ::1");
+    let sipp = Sipp::new("register.xml", &daemon)
+        .account("100", "secret-100")
+        .target(v6);
+    let port = sipp.port();
+    sipp.run().assert_success("register over IPv6");
+    let reg = daemon.wait_registered("100", WAIT);
+    assert_eq!(
+        json_str(&reg, "source"),
+        Some(format!("[::1]:{port}").as_str()),
+        "{reg}"
+    );
+}
