@@ -134,13 +134,36 @@ impl Default for RegistrarConfig {
 pub struct AuthConfig {
     /// How long a digest nonce stays valid.
     pub nonce_lifetime_secs: u64,
+    /// Digest algorithms offered ("SHA-256", "MD5"), most preferred first. Clients that
+    /// take the first challenge whatever it is (SIPp 3.6, some older phones) need "MD5" first.
+    pub algorithms: Vec<String>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             nonce_lifetime_secs: 300,
+            algorithms: vec!["SHA-256".to_string(), "MD5".to_string()],
         }
+    }
+}
+
+impl AuthConfig {
+    /// The configured algorithms, parsed (call after `validate`).
+    pub fn parsed_algorithms(&self) -> Vec<pbx_core::sip::auth::Algorithm> {
+        self.algorithms
+            .iter()
+            .filter_map(|a| parse_algorithm(a))
+            .collect()
+    }
+}
+
+fn parse_algorithm(name: &str) -> Option<pbx_core::sip::auth::Algorithm> {
+    use pbx_core::sip::auth::Algorithm;
+    match name.to_ascii_uppercase().as_str() {
+        "MD5" => Some(Algorithm::Md5),
+        "SHA-256" => Some(Algorithm::Sha256),
+        _ => None,
     }
 }
 
@@ -308,6 +331,23 @@ impl Config {
             return Err(invalid(
                 "auth.nonce_lifetime_secs",
                 "must be between 10 and 3600",
+            ));
+        }
+        if self.auth.algorithms.is_empty() {
+            return Err(invalid(
+                "auth.algorithms",
+                "must name at least one algorithm",
+            ));
+        }
+        if let Some(bad) = self
+            .auth
+            .algorithms
+            .iter()
+            .find(|a| parse_algorithm(a).is_none())
+        {
+            return Err(invalid(
+                "auth.algorithms",
+                &format!("unknown algorithm {bad:?} (use \"SHA-256\" or \"MD5\")"),
             ));
         }
         if !(1..=600).contains(&self.calls.ring_timeout_secs) {

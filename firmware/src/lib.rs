@@ -2,4 +2,6 @@
 
 pub mod admin;
 pub mod config;
+pub mod daemon;
+pub mod driver;
 pub mod store;

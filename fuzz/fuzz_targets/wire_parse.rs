@@ -10,8 +10,17 @@ fuzz_target!(|data: &[u8]| {
     match wire::parse(data) {
         Ok(msg) => {
             let bytes = wire::emit(&msg);
-            let again = wire::parse(&bytes).expect("emitted message must parse");
-            assert_eq!(again, msg, "parse(emit(parse(x))) == parse(x)");
+            match wire::parse(&bytes) {
+                Ok(again) => assert_eq!(again, msg, "parse(emit(parse(x))) == parse(x)"),
+                // Emitting expands compact names and splits comma lists into lines, so an
+                // input right at a limit may emit to something just over it.
+                Err(
+                    wire::WireError::TooLarge
+                    | wire::WireError::TooManyHeaders
+                    | wire::WireError::HeaderTooLong,
+                ) => {}
+                Err(e) => panic!("emitted message does not parse: {e}"),
+            }
         }
         Err(err) => {
             if let Some(reply) = wire::reply_to_malformed(data, &err) {

@@ -47,6 +47,8 @@ pub struct EndpointConfig {
     pub local: Vec<SocketAddr>,
     pub registrar: RegistrarConfig,
     pub nonce: NonceConfig,
+    /// Digest algorithms offered, most preferred first.
+    pub auth_algorithms: Vec<crate::sip::auth::Algorithm>,
     pub timers: TimerConfig,
     /// How long the callee's phones ring before the caller gets 480.
     pub ring_timeout_ms: u64,
@@ -90,6 +92,27 @@ pub struct Counters {
     pub auth_failures: u64,
     pub calls_started: u64,
     pub calls_answered: u64,
+}
+
+/// Sizes of the endpoint's internal tables (see [`Endpoint::debug_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DebugCounts {
+    /// Calls, including ended ones waiting for their forks' transactions to finish.
+    pub calls: usize,
+    /// Caller-leg Call-ID index.
+    pub by_a_call_id: usize,
+    /// Callee-leg Call-ID index.
+    pub by_b_call_id: usize,
+    /// Caller INVITE server transaction index.
+    pub by_server_key: usize,
+    /// Client transactions with a role.
+    pub clients: usize,
+    /// Relayed in-dialog requests awaiting an answer.
+    pub relays: usize,
+    /// Armed ring timers.
+    pub ring_timers: usize,
+    /// Live transactions.
+    pub transactions: usize,
 }
 
 /// Why an admin operation on the endpoint was refused.
@@ -146,12 +169,17 @@ struct Fork {
     state: ForkState,
     /// The ACK we sent for its 2xx, re-sent when the 2xx is retransmitted.
     ack: Option<Request>,
+    /// The INVITE client transaction still exists (responses may still arrive).
+    tx_live: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallState {
     Ringing,
     Answered,
+    /// Over (CDR written); kept only until every fork's INVITE transaction has ended, so
+    /// late provisionals still get their CANCEL and late 2xx their ACK + BYE.
+    Ended,
 }
 
 /// A relayed in-dialog request waiting for the other leg's answer.
@@ -161,6 +189,8 @@ struct Relay {
     /// Server transaction on the leg the request came from.
     server_key: TxKey,
     server_req: Request,
+    /// Where the request came from (the answer goes back there).
+    src: Peer,
     /// True when the request came from leg A (so it went out on leg B).
     from_a: bool,
 }
@@ -184,6 +214,17 @@ struct Call {
     /// A 2xx for a re-INVITE relayed to the other leg awaits that leg's ACK
     /// (value: the fork-side or A-side that must get the ACK; true = send to B).
     pending_reinvite_ack: Option<(bool, u32)>,
+}
+
+/// Where and as what a request goes out on one leg of a dialog.
+#[derive(Debug)]
+struct OutLeg {
+    peer: Peer,
+    target: Uri,
+    from: NameAddr,
+    to: NameAddr,
+    call_id: String,
+    cseq: u32,
 }
 
 /// What a client transaction belongs to.
@@ -228,7 +269,8 @@ impl Endpoint {
             .map(|_| char::from(rng.gen_range(b'a'..=b'z')))
             .collect();
         let decoy = StoredSecret::new("decoy", &cfg.realm, &decoy_password);
-        let auth = Authenticator::new(&cfg.realm, cfg.secret_key, rng.gen(), cfg.nonce.clone());
+        let mut auth = Authenticator::new(&cfg.realm, cfg.secret_key, rng.gen(), cfg.nonce.clone());
+        auth.set_algorithms(&cfg.auth_algorithms);
         Endpoint {
             tx: Transactions::new(cfg.timers.clone()),
             registrar: Registrar::new(cfg.registrar.clone()),
@@ -303,6 +345,7 @@ impl Endpoint {
         let mut out: Vec<CallSummary> = self
             .calls
             .values()
+            .filter(|c| c.state != CallState::Ended)
             .map(|c| CallSummary {
                 call_id: c.a.call_id.clone(),
                 caller: c.caller.clone(),
@@ -324,6 +367,20 @@ impl Endpoint {
     /// Number of live transactions.
     pub fn transactions(&self) -> usize {
         self.tx.len()
+    }
+
+    /// Sizes of the internal tables, to check in tests and metrics that nothing leaks.
+    pub fn debug_counts(&self) -> DebugCounts {
+        DebugCounts {
+            calls: self.calls.len(),
+            by_a_call_id: self.by_a_call_id.len(),
+            by_b_call_id: self.by_b_call_id.len(),
+            by_server_key: self.by_server_key.len(),
+            clients: self.clients.len(),
+            relays: self.relays.len(),
+            ring_timers: self.ring_timers.len(),
+            transactions: self.tx.len(),
+        }
     }
 
     // ---------------------------------------------------------------------------------------
@@ -632,7 +689,7 @@ impl Endpoint {
             forks: Vec::new(),
             winner: None,
             best_failure: None,
-            ring_deadline: now + self.cfg.ring_timeout_ms,
+            ring_deadline: now.saturating_add(self.cfg.ring_timeout_ms),
             late_offer,
             pending_reinvite_ack: None,
         };
@@ -684,11 +741,17 @@ impl Endpoint {
         local_uri.params = Params::default();
         let mut from = local_uri.clone();
         from.params.set("tag", Some(local_tag.clone()));
-        let remote_uri = NameAddr::new(target.clone());
-        let mut to = call.a.local_uri.clone();
-        to.params = Params::default();
-        let mut headers =
-            self.request_headers(peer, from, to, b_call_id.clone(), 1, Method::Invite);
+        // The dialog's remote URI is the To of the INVITE (RFC 3261 §12.1.2), not the contact.
+        let mut remote_uri = call.a.local_uri.clone();
+        remote_uri.params = Params::default();
+        let mut headers = self.request_headers(
+            peer,
+            from,
+            remote_uri.clone(),
+            b_call_id.clone(),
+            1,
+            Method::Invite,
+        );
         headers.max_forwards = Some(max_forwards);
         headers.contact = vec![Contact::Addr(self.our_contact(peer, Some(&call.caller)))];
         headers.content_type = a_invite.headers.content_type.clone();
@@ -718,7 +781,7 @@ impl Endpoint {
             local_tag,
             remote_tag: None,
             local_uri,
-            remote_uri: NameAddr::new(target.clone()),
+            remote_uri,
             target,
             peer,
             invite_key: key,
@@ -726,42 +789,29 @@ impl Endpoint {
             local_cseq: 1,
             state: ForkState::Calling,
             ack: None,
+            tx_live: true,
         }
-        .with_remote(remote_uri)
     }
 
     fn on_cancel(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
-        let invite_key = self.tx.find_invite_for_cancel(&req);
-        let call = invite_key
-            .as_ref()
-            .and_then(|k| self.by_server_key.get(k).copied());
-        let Some(invite_key) = invite_key else {
+        let Some(invite_key) = self.tx.find_invite_for_cancel(&req) else {
             self.reply(now, &key, &req, src, 481, None);
             return;
         };
-        self.reply(now, &key, &req, src, 200, None);
-        let Some(id) = call else {
+        let ringing = self
+            .by_server_key
+            .get(&invite_key)
+            .and_then(|id| self.calls.get(id).map(|c| (*id, c)))
+            .filter(|(_, c)| c.state == CallState::Ringing)
+            .map(|(id, c)| (id, c.a.local_tag.clone(), c.a.invite.clone(), c.a.peer));
+        // The 200 to the CANCEL carries the same To tag as the INVITE's responses.
+        let tag = ringing.as_ref().map(|(_, tag, _, _)| tag.clone());
+        self.reply(now, &key, &req, src, 200, tag.as_deref());
+        // After a final response the CANCEL has no effect (RFC 3261 §9.2).
+        let Some((id, tag, invite, peer)) = ringing else {
             return;
         };
-        let ringing = self
-            .calls
-            .get(&id)
-            .is_some_and(|c| c.state == CallState::Ringing);
-        if !ringing {
-            return;
-        }
-        if let Some(call) = self.calls.get(&id) {
-            let local_tag = call.a.local_tag.clone();
-            let invite = call.a.invite.clone();
-            self.reply(
-                now,
-                &invite_key,
-                &invite,
-                call.a.peer,
-                487,
-                Some(&local_tag),
-            );
-        }
+        self.reply(now, &invite_key, &invite, peer, 487, Some(&tag));
         self.cancel_forks(now, id, None);
         self.end_call(now, id, Disposition::Cancelled, 487);
     }
@@ -778,7 +828,9 @@ impl Endpoint {
             }
         } else if let Some(&(id, fork)) = self.by_b_call_id.get(call_id) {
             let matches = self.calls.get(&id).is_some_and(|c| {
-                c.winner == Some(fork) && c.forks.get(fork).is_some_and(|f| f.local_tag == to_tag)
+                c.state == CallState::Answered
+                    && c.winner == Some(fork)
+                    && c.forks.get(fork).is_some_and(|f| f.local_tag == to_tag)
             });
             if matches {
                 self.in_dialog_from_b(now, id, fork, key, req, src);
@@ -807,7 +859,7 @@ impl Endpoint {
                 self.send_bye_b(now, id, fork);
                 self.end_call(now, id, Disposition::Answered, 200);
             }
-            (_, Some(fork)) => self.relay_to_b(now, id, fork, key, req),
+            (_, Some(fork)) => self.relay_to_b(now, id, fork, key, req, src),
             (Method::Bye, None) => {
                 // BYE before the call was answered ends it like a CANCEL would.
                 self.reply(now, &key, &req, src, 200, None);
@@ -849,7 +901,7 @@ impl Endpoint {
             self.end_call(now, id, Disposition::Answered, 200);
             return;
         }
-        self.relay_to_a(now, id, key, req);
+        self.relay_to_a(now, id, key, req, src);
     }
 
     fn on_ack_2xx(&mut self, now: Millis, key: &TxKey, ack: &Request) {
@@ -910,23 +962,19 @@ impl Endpoint {
 
     fn on_response(&mut self, now: Millis, src: Peer, resp: Response) {
         match self.tx.receive_response(now, &resp, src) {
-            ClientInput::Deliver(key) => {
-                let role = self.clients.get(&key).cloned();
-                if resp.status >= 200 {
-                    self.clients.remove(&key);
+            ClientInput::Deliver(key) => match self.clients.get(&key).cloned() {
+                Some(ClientRole::Invite { call, fork }) => {
+                    self.on_fork_response(now, call, fork, &resp)
                 }
-                match role {
-                    Some(ClientRole::Invite { call, fork }) => {
-                        self.on_fork_response(now, call, fork, &resp)
-                    }
-                    Some(ClientRole::Relay { call, relay }) => {
-                        self.on_relay_response(now, call, relay, &resp)
-                    }
-                    Some(ClientRole::Cancel) | Some(ClientRole::Bye) | None => {}
+                Some(ClientRole::Relay { call, relay }) => {
+                    self.on_relay_response(now, call, relay, &resp)
                 }
-            }
-            ClientInput::Retransmitted2xx(_) => {
-                self.on_retransmitted_2xx(now, &resp);
+                Some(ClientRole::Cancel) | Some(ClientRole::Bye) | None => {}
+            },
+            ClientInput::Retransmitted2xx(key) => {
+                if let Some(ClientRole::Invite { call, fork }) = self.clients.get(&key).cloned() {
+                    self.on_retransmitted_2xx(call, fork);
+                }
             }
             ClientInput::Absorb | ClientInput::Unmatched => {}
         }
@@ -934,59 +982,54 @@ impl Endpoint {
 
     fn on_fork_response(&mut self, now: Millis, id: u64, fork: usize, resp: &Response) {
         let Some(call) = self.calls.get_mut(&id) else {
-            // The call ended meanwhile: a late 2xx gets ACK + BYE.
-            if resp.is_success() {
-                self.reject_late_2xx(now, resp);
-            }
             return;
         };
         let Some(f) = call.forks.get_mut(fork) else {
             return;
         };
-        if resp.status > 100 && f.remote_tag.is_none() {
-            f.remote_tag = resp.headers.to.tag().map(str::to_string);
-        }
         if resp.is_provisional() {
+            if f.state == ForkState::CancelPending {
+                // RFC 3261 §9.1: the CANCEL waited for this provisional.
+                f.state = ForkState::Cancelled;
+                let (key, peer) = (f.invite_key.clone(), f.peer);
+                self.send_cancel(now, &key, peer);
+                return;
+            }
             if resp.status == 100 {
                 return;
             }
-            match f.state {
-                ForkState::Calling => f.state = ForkState::Ringing,
-                ForkState::CancelPending => {
-                    f.state = ForkState::Cancelled;
-                    let key = f.invite_key.clone();
-                    self.send_cancel(now, &key);
-                    return;
-                }
-                _ => {}
+            if f.remote_tag.is_none() {
+                f.remote_tag = resp.headers.to.tag().map(str::to_string);
             }
-            if call.state == CallState::Ringing && call.winner.is_none() {
+            if f.state == ForkState::Calling {
+                f.state = ForkState::Ringing;
+            }
+            if call.state == CallState::Ringing {
                 // Relay 180/183 (with early media SDP) to the caller.
                 let mut out =
                     Response::to_request(&call.a.invite, resp.status, Some(&call.a.local_tag));
                 out.reason = resp.reason.clone();
                 out.body = resp.body.clone();
                 out.headers.content_type = resp.headers.content_type.clone();
-                let peer = call.a.peer;
+                let (peer, key) = (call.a.peer, call.a.invite_key.clone());
                 out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
-                let key = self.calls.get(&id).map(|c| c.a.invite_key.clone());
-                if let Some(key) = key {
-                    self.send(now, &key, out, peer);
-                }
+                self.send(now, &key, out, peer);
             }
             return;
         }
         if resp.is_success() {
-            if call.winner.is_some() || call.state != CallState::Ringing {
-                // A second fork answered: end that dialog.
-                f.state = ForkState::Cancelled;
-                self.reject_late_2xx(now, resp);
-                return;
-            }
-            f.state = ForkState::Answered;
+            // The 2xx names the dialog (its To tag may differ from an early dialog's).
+            f.remote_tag = resp.headers.to.tag().map(str::to_string);
             if let Some(uri) = first_contact_uri(&resp.headers) {
                 f.target = uri;
             }
+            if call.state != CallState::Ringing {
+                // Another fork won, or the call is over: end this dialog at once.
+                f.state = ForkState::Cancelled;
+                self.reject_late_2xx(now, id, fork);
+                return;
+            }
+            f.state = ForkState::Answered;
             call.winner = Some(fork);
             call.state = CallState::Answered;
             call.answer = Some(now);
@@ -1008,7 +1051,7 @@ impl Endpoint {
             self.cancel_forks(now, id, Some(fork));
             return;
         }
-        // Final failure of one fork.
+        // Final failure of one fork (the transaction layer ACKs it).
         f.state = ForkState::Failed;
         call.best_failure = Some(better_failure(call.best_failure, resp.status));
         self.fork_done(now, id);
@@ -1051,71 +1094,31 @@ impl Endpoint {
         self.end_call(now, id, disposition, status);
     }
 
-    fn on_retransmitted_2xx(&mut self, now: Millis, resp: &Response) {
-        let Some(&(id, fork)) = self.by_b_call_id.get(&resp.headers.call_id) else {
-            self.reject_late_2xx(now, resp);
-            return;
-        };
-        let ack = self
-            .calls
-            .get(&id)
-            .and_then(|c| c.forks.get(fork))
-            .filter(|f| f.state == ForkState::Answered)
-            .and_then(|f| f.ack.clone().map(|a| (a, f.peer)));
-        match ack {
-            Some((ack, peer)) => self.tx.send_stateless_request(&ack, peer),
-            None => {
-                let answered_elsewhere =
-                    self.calls.get(&id).is_some_and(|c| c.winner != Some(fork));
-                if answered_elsewhere {
-                    self.reject_late_2xx(now, resp);
-                }
-            }
-        }
-    }
-
-    /// ACKs and hangs up a 2xx that arrived for a fork that lost (or a call already gone).
-    fn reject_late_2xx(&mut self, now: Millis, resp: &Response) {
-        let Some(&(id, fork)) = self.by_b_call_id.get(&resp.headers.call_id) else {
-            return;
-        };
+    /// A retransmitted 2xx on a fork: re-send the ACK it already got. A 2xx whose ACK still
+    /// waits for the caller's answer (late offer) is ignored until that ACK exists.
+    fn on_retransmitted_2xx(&mut self, id: u64, fork: usize) {
         let Some(f) = self.calls.get(&id).and_then(|c| c.forks.get(fork)) else {
             return;
         };
-        let target = first_contact_uri(&resp.headers).unwrap_or_else(|| f.target.clone());
-        let peer = f.peer;
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = resp.headers.to.tag() {
-            to.params.set("tag", Some(tag.to_string()));
+        if let Some(ack) = f.ack.clone() {
+            let peer = f.peer;
+            self.tx.send_stateless_request(&ack, peer);
         }
-        let call_id = f.call_id.clone();
+    }
+
+    /// ACKs and hangs up the 2xx of a fork that lost (or of a call already over). The ACK is
+    /// kept so a retransmitted 2xx gets it again without a second BYE.
+    fn reject_late_2xx(&mut self, now: Millis, id: u64, fork: usize) {
+        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
+            return;
+        };
+        if f.ack.is_some() {
+            return;
+        }
+        f.state = ForkState::Cancelled;
         let cseq = f.invite_cseq;
-        let headers = self.request_headers(
-            peer,
-            from.clone(),
-            to.clone(),
-            call_id.clone(),
-            cseq,
-            Method::Ack,
-        );
-        let ack = Request {
-            method: Method::Ack,
-            uri: target.clone(),
-            headers,
-            body: Vec::new(),
-        };
-        self.tx.send_stateless_request(&ack, peer);
-        let headers = self.request_headers(peer, from, to, call_id, cseq + 1, Method::Bye);
-        let bye = Request {
-            method: Method::Bye,
-            uri: target,
-            headers,
-            body: Vec::new(),
-        };
-        let key = self.tx.send_request(now, bye, peer);
-        self.clients.insert(key, ClientRole::Bye);
+        self.send_in_dialog_ack_b(id, fork, cseq, Vec::new(), None);
+        self.send_bye_b(now, id, fork);
     }
 
     fn on_relay_response(&mut self, now: Millis, id: u64, relay_id: u64, resp: &Response) {
@@ -1129,44 +1132,48 @@ impl Endpoint {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        let (peer, tag) = if relay.from_a {
-            (call.a.peer, Some(call.a.local_tag.clone()))
-        } else {
-            let fork = call.winner.and_then(|w| call.forks.get(w));
-            match fork {
-                Some(f) => (f.peer, None),
-                None => return,
-            }
-        };
         if resp.is_success() && relay.server_req.method == Method::Invite {
             // The 2xx of a relayed re-INVITE: its ACK comes from the requester and goes
             // to the other leg (with the SDP answer when the re-INVITE had no offer).
-            let cseq = resp.headers.cseq.seq;
-            call.pending_reinvite_ack = Some((relay.from_a, cseq));
+            call.pending_reinvite_ack = Some((relay.from_a, resp.headers.cseq.seq));
         }
+        let tag = relay.from_a.then(|| call.a.local_tag.clone());
         let mut out = Response::to_request(&relay.server_req, resp.status, tag.as_deref());
         out.reason = resp.reason.clone();
         out.body = resp.body.clone();
         out.headers.content_type = resp.headers.content_type.clone();
         if resp.is_success() {
-            out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+            out.headers.contact = vec![Contact::Addr(self.our_contact(relay.src, None))];
         }
-        for name in ["WWW-Authenticate", "Proxy-Authenticate"] {
-            // Never pass a phone's own challenges through.
-            out.headers.remove(name);
+        // Never pass a phone's own challenges through: only Outpost authenticates.
+        for (name, value) in &resp.headers.other {
+            if matches!(
+                name.as_str(),
+                "Supported" | "Require" | "Session-Expires" | "Min-SE" | "Allow" | "Accept"
+            ) {
+                out.headers.push(name, value.clone());
+            }
         }
-        self.send(now, &relay.server_key, out, peer);
+        self.send(now, &relay.server_key, out, relay.src);
     }
 
     // ---------------------------------------------------------------------------------------
     // Sending on the legs
     // ---------------------------------------------------------------------------------------
 
-    fn relay_to_b(&mut self, now: Millis, id: u64, fork: usize, key: TxKey, req: Request) {
+    fn relay_to_b(
+        &mut self,
+        now: Millis,
+        id: u64,
+        fork: usize,
+        key: TxKey,
+        req: Request,
+        src: Peer,
+    ) {
         let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
             return;
         };
-        f.local_cseq += 1;
+        f.local_cseq = f.local_cseq.saturating_add(1);
         let cseq = f.local_cseq;
         let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
         let mut from = f.local_uri.clone();
@@ -1175,42 +1182,57 @@ impl Endpoint {
         if let Some(tag) = &f.remote_tag {
             to.params.set("tag", Some(tag.clone()));
         }
-        self.relay_out(
-            now, id, key, req, true, peer, target, from, to, call_id, cseq,
-        );
+        let leg = OutLeg {
+            peer,
+            target,
+            from,
+            to,
+            call_id,
+            cseq,
+        };
+        self.relay_out(now, id, key, req, src, true, leg);
     }
 
-    fn relay_to_a(&mut self, now: Millis, id: u64, key: TxKey, req: Request) {
+    fn relay_to_a(&mut self, now: Millis, id: u64, key: TxKey, req: Request, src: Peer) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        call.a.local_cseq += 1;
+        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
         let cseq = call.a.local_cseq;
         let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
         let mut from = call.a.local_uri.clone();
         from.params.set("tag", Some(call.a.local_tag.clone()));
         let mut to = call.a.remote_uri.clone();
         to.params.set("tag", Some(call.a.remote_tag.clone()));
-        self.relay_out(
-            now, id, key, req, false, peer, target, from, to, call_id, cseq,
-        );
+        let leg = OutLeg {
+            peer,
+            target,
+            from,
+            to,
+            call_id,
+            cseq,
+        };
+        self.relay_out(now, id, key, req, src, false, leg);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn relay_out(
         &mut self,
         now: Millis,
         id: u64,
         server_key: TxKey,
         req: Request,
+        src: Peer,
         from_a: bool,
-        peer: Peer,
-        target: Uri,
-        from: NameAddr,
-        to: NameAddr,
-        call_id: String,
-        cseq: u32,
+        leg: OutLeg,
     ) {
+        let OutLeg {
+            peer,
+            target,
+            from,
+            to,
+            call_id,
+            cseq,
+        } = leg;
         let mut headers = self.request_headers(peer, from, to, call_id, cseq, req.method.clone());
         headers.content_type = req.headers.content_type.clone();
         if matches!(req.method, Method::Invite | Method::Update) {
@@ -1247,6 +1269,7 @@ impl Endpoint {
                 call: id,
                 server_key,
                 server_req: req,
+                src,
                 from_a,
             },
         );
@@ -1333,7 +1356,7 @@ impl Endpoint {
         let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
             return;
         };
-        f.local_cseq += 1;
+        f.local_cseq = f.local_cseq.saturating_add(1);
         let cseq = f.local_cseq;
         let mut from = f.local_uri.clone();
         from.params.set("tag", Some(f.local_tag.clone()));
@@ -1357,7 +1380,7 @@ impl Endpoint {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        call.a.local_cseq += 1;
+        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
         let cseq = call.a.local_cseq;
         let mut from = call.a.local_uri.clone();
         from.params.set("tag", Some(call.a.local_tag.clone()));
@@ -1375,49 +1398,37 @@ impl Endpoint {
         self.clients.insert(key, ClientRole::Bye);
     }
 
-    /// Cancels every fork still ringing, except `keep`.
+    /// Cancels every fork still without a final response, except `keep`. A fork that has
+    /// heard nothing yet gets its CANCEL when its first provisional arrives (RFC 3261 §9.1).
     fn cancel_forks(&mut self, now: Millis, id: u64, keep: Option<usize>) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
         let mut to_cancel = Vec::new();
         for (i, f) in call.forks.iter_mut().enumerate() {
-            if Some(i) == keep {
+            if Some(i) == keep || !matches!(f.state, ForkState::Calling | ForkState::Ringing) {
                 continue;
             }
-            match f.state {
-                ForkState::Ringing => {
-                    f.state = ForkState::Cancelled;
-                    to_cancel.push(f.invite_key.clone());
-                }
-                ForkState::Calling => f.state = ForkState::CancelPending,
-                _ => {}
+            if self.tx.is_proceeding(&f.invite_key) {
+                f.state = ForkState::Cancelled;
+                to_cancel.push((f.invite_key.clone(), f.peer));
+            } else {
+                f.state = ForkState::CancelPending;
             }
         }
-        for key in to_cancel {
-            self.send_cancel(now, &key);
+        for (key, peer) in to_cancel {
+            self.send_cancel(now, &key, peer);
         }
     }
 
-    fn send_cancel(&mut self, now: Millis, invite_key: &TxKey) {
-        let Some(invite) = self.tx.client_request(invite_key) else {
-            return;
-        };
+    fn send_cancel(&mut self, now: Millis, invite_key: &TxKey, dest: Peer) {
         if !self.tx.awaiting_final(invite_key) {
             return;
         }
-        let cancel = build_cancel(invite);
-        let dest = self.clients.get(invite_key).and_then(|role| match role {
-            ClientRole::Invite { call, fork } => self
-                .calls
-                .get(call)
-                .and_then(|c| c.forks.get(*fork))
-                .map(|f| f.peer),
-            _ => None,
-        });
-        let Some(dest) = dest else {
+        let Some(invite) = self.tx.client_request(invite_key) else {
             return;
         };
+        let cancel = build_cancel(invite);
         let key = self.tx.send_request(now, cancel, dest);
         self.clients.insert(key, ClientRole::Cancel);
     }
@@ -1440,35 +1451,63 @@ impl Endpoint {
         self.end_call(now, id, Disposition::NoAnswer, 480);
     }
 
+    /// Ends a call: writes its CDR and forgets everything that routes new requests to it.
+    /// The call itself stays (as `Ended`) while fork INVITE transactions are alive, so their
+    /// late responses are still handled; [`Endpoint::reap`] removes it afterwards.
     fn end_call(&mut self, now: Millis, id: u64, disposition: Disposition, status: u16) {
-        let Some(call) = self.calls.remove(&id) else {
+        let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        self.ring_timers.remove(&(call.ring_deadline, id));
-        self.by_a_call_id.remove(&call.a.call_id);
-        self.by_server_key.remove(&call.a.invite_key);
-        for f in &call.forks {
-            // Keep the fork index while its INVITE can still draw a 2xx (to ACK + BYE it).
-            if f.state != ForkState::CancelPending && f.state != ForkState::Cancelled {
-                self.by_b_call_id.remove(&f.call_id);
-            }
+        if call.state == CallState::Ended {
+            return;
         }
-        self.relays.retain(|_, r| r.call != id);
-        let disposition = if call.answer.is_some() {
-            Disposition::Answered
-        } else {
-            disposition
-        };
-        self.events.push_back(Event::CallEnded(Cdr {
-            call_id: call.a.call_id,
-            caller: call.caller,
-            callee: call.callee,
+        call.state = CallState::Ended;
+        call.pending_reinvite_ack = None;
+        let deadline = call.ring_deadline;
+        let answered = call.answer.is_some();
+        let cdr = Cdr {
+            call_id: call.a.call_id.clone(),
+            caller: call.caller.clone(),
+            callee: call.callee.clone(),
             start: call.start,
             answer: call.answer,
             end: now,
-            disposition,
-            status: if call.answer.is_some() { 200 } else { status },
-        }));
+            disposition: if answered {
+                Disposition::Answered
+            } else {
+                disposition
+            },
+            status: if answered { 200 } else { status },
+        };
+        let (a_call_id, a_key) = (call.a.call_id.clone(), call.a.invite_key.clone());
+        self.ring_timers.remove(&(deadline, id));
+        if self.by_a_call_id.get(&a_call_id) == Some(&id) {
+            self.by_a_call_id.remove(&a_call_id);
+        }
+        if self.by_server_key.get(&a_key) == Some(&id) {
+            self.by_server_key.remove(&a_key);
+        }
+        self.relays.retain(|_, r| r.call != id);
+        self.events.push_back(Event::CallEnded(cdr));
+        self.reap(id);
+    }
+
+    /// Removes an ended call once none of its fork INVITE transactions is alive.
+    fn reap(&mut self, id: u64) {
+        let done = self
+            .calls
+            .get(&id)
+            .is_some_and(|c| c.state == CallState::Ended && c.forks.iter().all(|f| !f.tx_live));
+        if !done {
+            return;
+        }
+        if let Some(call) = self.calls.remove(&id) {
+            for f in &call.forks {
+                if self.by_b_call_id.get(&f.call_id).is_some_and(|v| v.0 == id) {
+                    self.by_b_call_id.remove(&f.call_id);
+                }
+            }
+        }
     }
 
     fn record_failed(
@@ -1497,21 +1536,19 @@ impl Endpoint {
             match event {
                 TxEvent::Timeout(key) => self.on_tx_timeout(now, key),
                 TxEvent::Terminated(key) => {
-                    if let Some(ClientRole::Invite { call, fork }) = self.clients.remove(&key) {
-                        // A cancelled fork is finished: forget its Call-ID.
-                        let gone = self
-                            .calls
-                            .get(&call)
-                            .and_then(|c| c.forks.get(fork))
-                            .map(|f| f.call_id.clone());
-                        if self.calls.get(&call).is_none() {
-                            self.by_b_call_id.retain(|_, v| v.0 != call);
-                        } else if let Some(cid) = gone {
-                            let _ = cid;
-                        }
-                    }
                     if key.server {
                         self.by_server_key.remove(&key);
+                    } else if let Some(ClientRole::Invite { call, fork }) =
+                        self.clients.remove(&key)
+                    {
+                        if let Some(f) = self
+                            .calls
+                            .get_mut(&call)
+                            .and_then(|c| c.forks.get_mut(fork))
+                        {
+                            f.tx_live = false;
+                        }
+                        self.reap(call);
                     }
                 }
             }
@@ -1520,25 +1557,34 @@ impl Endpoint {
 
     fn on_tx_timeout(&mut self, now: Millis, key: TxKey) {
         if key.server {
-            // No ACK for our 2xx: the caller is gone; hang up both legs.
-            if let Some(&id) = self.by_server_key.get(&key) {
-                if let Some(call) = self.calls.get(&id) {
-                    if let Some(fork) = call.winner {
-                        self.send_bye_b(now, id, fork);
-                        self.send_bye_a(now, id);
-                        self.end_call(now, id, Disposition::Answered, 200);
-                    }
-                }
+            // Timer L without an ACK for our 2xx: the caller is gone; hang up both legs.
+            let Some(&id) = self.by_server_key.get(&key) else {
+                return;
+            };
+            let Some(call) = self.calls.get(&id) else {
+                return;
+            };
+            if call.state != CallState::Answered {
+                return;
             }
+            if let Some(fork) = call.winner {
+                let unacked = call.forks.get(fork).is_some_and(|f| f.ack.is_none());
+                if unacked {
+                    // Late offer: the callee still waits for an ACK; it must come before the BYE.
+                    self.send_ack_b(id, fork, Vec::new(), None);
+                }
+                self.send_bye_b(now, id, fork);
+            }
+            self.send_bye_a(now, id);
+            self.end_call(now, id, Disposition::Answered, 200);
             return;
         }
-        match self.clients.remove(&key) {
+        match self.clients.get(&key).cloned() {
             Some(ClientRole::Invite { call, fork }) => {
-                if let Some(f) = self
-                    .calls
-                    .get_mut(&call)
-                    .and_then(|c| c.forks.get_mut(fork))
-                {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                if let Some(f) = c.forks.get_mut(fork) {
                     if matches!(
                         f.state,
                         ForkState::Calling | ForkState::Ringing | ForkState::CancelPending
@@ -1546,35 +1592,16 @@ impl Endpoint {
                         f.state = ForkState::Failed;
                     }
                 }
-                if let Some(c) = self.calls.get_mut(&call) {
-                    c.best_failure = Some(better_failure(c.best_failure, 408));
-                }
+                c.best_failure = Some(better_failure(c.best_failure, 408));
                 self.fork_done(now, call);
             }
-            Some(ClientRole::Relay { call, relay }) => {
+            Some(ClientRole::Relay { relay, .. }) => {
                 // The other leg did not answer an in-dialog request: answer 408 upstream.
                 if let Some(r) = self.relays.remove(&relay) {
-                    let tag = self
-                        .calls
-                        .get(&call)
-                        .filter(|_| r.from_a)
-                        .map(|c| c.a.local_tag.clone());
-                    let peer = self.calls.get(&call).map(|c| {
-                        if r.from_a {
-                            c.a.peer
-                        } else {
-                            c.winner
-                                .and_then(|w| c.forks.get(w))
-                                .map(|f| f.peer)
-                                .unwrap_or(c.a.peer)
-                        }
-                    });
-                    if let Some(peer) = peer {
-                        self.reply(now, &r.server_key, &r.server_req, peer, 408, tag.as_deref());
-                    }
+                    self.reply(now, &r.server_key, &r.server_req, r.src, 408, None);
                 }
             }
-            _ => {}
+            Some(ClientRole::Cancel) | Some(ClientRole::Bye) | None => {}
         }
     }
 
@@ -1601,12 +1628,10 @@ impl Endpoint {
 
     fn send(&mut self, now: Millis, key: &TxKey, mut resp: Response, dest: Peer) {
         if let Some(via) = resp.headers.via.first_mut() {
-            // RFC 3581: tell the sender where its request came from.
-            if dest.transport == Transport::Udp {
-                via.params.set("received", Some(dest.addr.ip().to_string()));
-                if via.params.get("rport").is_some() {
-                    via.params.set("rport", Some(dest.addr.port().to_string()));
-                }
+            // RFC 3261 §18.2.1 and RFC 3581 §4: tell the sender where its request came from.
+            via.params.set("received", Some(dest.addr.ip().to_string()));
+            if via.params.get("rport").is_some() {
+                via.params.set("rport", Some(dest.addr.port().to_string()));
             }
         }
         resp.headers.push("Server", self.cfg.user_agent.clone());
@@ -1692,13 +1717,6 @@ impl Endpoint {
             self.rng.gen::<u64>(),
             self.rng.gen::<u64>()
         )
-    }
-}
-
-impl Fork {
-    fn with_remote(mut self, remote: NameAddr) -> Self {
-        self.remote_uri = remote;
-        self
     }
 }
 

@@ -207,6 +207,10 @@ pub struct DaemonConfig {
     pub default_expires: u32,
     /// `[calls] ring_timeout_secs`.
     pub ring_timeout_secs: u32,
+    /// `[auth] algorithms` (offered in this order); `None` keeps the daemon's default
+    /// (SHA-256 then MD5). SIPp 3.6 (Debian 12) answers only MD5 and takes the first
+    /// challenge's `algorithm=`, so SIPp-driven tests offer MD5 alone.
+    pub digest_algorithms: Option<Vec<String>>,
 }
 
 impl DaemonConfig {
@@ -234,13 +238,27 @@ impl DaemonConfig {
             max_expires: 3600,
             default_expires: 600,
             ring_timeout_secs: 60,
+            digest_algorithms: Some(vec!["MD5".to_owned()]),
         }
+    }
+
+    /// Keeps the daemon's default digest algorithms (no `[auth] algorithms` key).
+    pub fn default_auth(mut self) -> Self {
+        self.digest_algorithms = None;
+        self
     }
 
     fn to_toml(&self, data_dir: &Path, socket: &Path) -> String {
         let listen: Vec<String> = self.listen.iter().map(|a| format!("\"{a}\"")).collect();
+        let auth = match &self.digest_algorithms {
+            Some(algs) => {
+                let algs: Vec<String> = algs.iter().map(|a| format!("\"{a}\"")).collect();
+                format!("\n[auth]\nalgorithms = [{}]\n", algs.join(", "))
+            }
+            None => String::new(),
+        };
         format!(
-            "[sip]\nlisten = [{}]\nrealm = \"{}\"\n\n[registrar]\nmin_expires = {}\nmax_expires = {}\ndefault_expires = {}\n\n[calls]\nring_timeout_secs = {}\n\n[store]\ndata_dir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[demo]\nextensions = []\n",
+            "[sip]\nlisten = [{}]\nrealm = \"{}\"\n\n[registrar]\nmin_expires = {}\nmax_expires = {}\ndefault_expires = {}\n\n[auth]\n# SIPp 3.6 answers only the first challenge and knows only MD5.\nalgorithms = [\"MD5\", \"SHA-256\"]\n\n[calls]\nring_timeout_secs = {}\n\n[store]\ndata_dir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[demo]\nextensions = []\n{}",
             listen.join(", "),
             self.realm,
             self.min_expires,
@@ -249,6 +267,7 @@ impl DaemonConfig {
             self.ring_timeout_secs,
             data_dir.display(),
             socket.display(),
+            auth,
         )
     }
 }

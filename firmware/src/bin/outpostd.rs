@@ -1,1 +1,70 @@
-fn main() {}
+//! `outpostd`: the Outpost daemon.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use firmware::config::Config;
+use firmware::daemon;
+
+/// Outpost IP-PBX daemon.
+#[derive(Debug, Parser)]
+#[command(name = "outpostd", version, about)]
+struct Args {
+    /// Configuration file (TOML). Without it: /etc/outpost/outpost.toml if present, else the
+    /// embedded demo configuration (loopback, demo extensions).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Use the embedded demo configuration even if /etc/outpost/outpost.toml exists.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
+    /// Override `store.data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("outpostd: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let (mut cfg, source) = match (&args.config, args.demo) {
+        (Some(path), _) => (Config::load(path)?, path.display().to_string()),
+        (None, false) => match daemon::default_config_path() {
+            Some(path) => (Config::load(&path)?, path.display().to_string()),
+            None => (Config::demo(), "embedded demo configuration".to_string()),
+        },
+        (None, true) => (Config::demo(), "embedded demo configuration".to_string()),
+    };
+    if let Some(dir) = args.data_dir {
+        cfg.store.data_dir = dir;
+    }
+    cfg.validate()?;
+    if args.check {
+        println!("configuration OK ({source})");
+        return Ok(());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
+        .context("bad log level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    tracing::info!("configuration: {source}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon::run(cfg))
+}

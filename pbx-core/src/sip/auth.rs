@@ -256,6 +256,8 @@ pub struct Authenticator {
     /// already, so it is answered `Stale` (the client retries with a fresh nonce) instead of
     /// being accepted again.
     evicted_through: Option<NonceKey>,
+    /// Algorithms offered, most preferred first.
+    algorithms: Vec<Algorithm>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -287,6 +289,24 @@ impl Authenticator {
             cfg,
             used: BTreeMap::new(),
             evicted_through: None,
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+        }
+    }
+
+    /// Sets the algorithms offered, most preferred first (RFC 8760 §2.4); answers with an
+    /// algorithm not in the list are refused. An empty list keeps the current one.
+    ///
+    /// SHA-256 first is the RFC's order; some clients (SIPp 3.6, older phones) take the first
+    /// challenge whatever it is, and need MD5 first.
+    pub fn set_algorithms(&mut self, algorithms: &[Algorithm]) {
+        if !algorithms.is_empty() {
+            let mut list: Vec<Algorithm> = Vec::new();
+            for alg in algorithms {
+                if !list.contains(alg) {
+                    list.push(*alg);
+                }
+            }
+            self.algorithms = list;
         }
     }
 
@@ -299,7 +319,8 @@ impl Authenticator {
     /// (RFC 8760 §2.4), each with realm, fresh nonce, opaque, qop="auth", algorithm, and
     /// `stale=true` when `stale`.
     pub fn challenge(&mut self, now: Millis, stale: bool) -> Vec<String> {
-        [Algorithm::Sha256, Algorithm::Md5]
+        self.algorithms
+            .clone()
             .into_iter()
             .map(|alg| {
                 let nonce = self.issue_nonce(now);
@@ -332,6 +353,9 @@ impl Authenticator {
     ) -> Result<(), AuthError> {
         if creds.realm != self.realm {
             return Err(AuthError::WrongRealm);
+        }
+        if !self.algorithms.contains(&creds.algorithm) {
+            return Err(AuthError::UnsupportedAlgorithm);
         }
         let qop = match creds.qop.as_deref() {
             None => None,

@@ -1967,6 +1967,17 @@ Record-Route: <sip:rr.example.com;lr;transport=tcp>\r\n";
     }
 
     #[test]
+    fn emit_brackets_ipv6_hosts_built_in_code() {
+        let mut r = req(&minimal("OPTIONS", "", ""));
+        let addr: std::net::SocketAddr = "[2001:db8::7]:5062".parse().expect("addr");
+        r.uri = Uri::from(addr);
+        r.uri.scheme = Some(Scheme::Sip);
+        let wire = emit_request(&r);
+        assert!(wire.starts_with(b"OPTIONS sip:[2001:db8::7]:5062 SIP/2.0\r\n"));
+        assert_eq!(req(std::str::from_utf8(&wire).expect("utf-8")).uri, r.uri);
+    }
+
+    #[test]
     fn emit_cannot_inject_headers() {
         let mut r = req(&minimal("MESSAGE", "", ""));
         r.headers

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Benchmark: B2BUA call setups through a release outpostd on 127.0.0.1. Not run by CI.
+# A SIPp UAS registers PAIRS callee extensions from one port and answers every INVITE the
+# PBX sends there; a SIPp UAC calls them: INVITE -> 407 -> INVITE with credentials ->
+# 100/180 -> 200 -> ACK -> (HOLD_MS) -> BYE -> 200, at increasing rates.
+#
+#   bench/calls.sh                    # 500 caller/callee pairs, rates 100 200 400 800 1600 3200
+#   PAIRS=100 RATES="100 200" STEP_SECS=5 HOLD_MS=200 bench/calls.sh
+#
+# outpostd runs on CPU 0 and both SIPp processes on CPU 1 (taskset).
+source "$(dirname "$0")/lib.sh"
+
+PAIRS=${PAIRS:-500}
+RATES=${RATES:-"100 200 400 800 1600 3200"}
+HOLD_MS=${HOLD_MS:-500}
+UAS_PORT=$((SIP_PORT + 1))
+UAC_PORT=$((SIP_PORT + 2))
+FIRST_CALLER=200000
+FIRST_CALLEE=300000
+
+build_release
+start_daemon
+
+csv=$WORK/extensions.csv
+callees=$WORK/callees.csv
+callers=$WORK/callers.csv
+echo "SEQUENTIAL" >"$callees"
+echo "SEQUENTIAL" >"$callers"
+awk -v n="$PAIRS" -v a="$FIRST_CALLER" -v b="$FIRST_CALLEE" -v csv="$csv" \
+    -v callees="$callees" -v callers="$callers" 'BEGIN {
+    for (i = 0; i < n; i++) {
+        caller = a + i; callee = b + i
+        print caller ",bench-pw-" caller > csv
+        print callee ",bench-pw-" callee > csv
+        print callee ";[authentication username=" callee " password=bench-pw-" callee "]" >> callees
+        print caller ";[authentication username=" caller " password=bench-pw-" caller "];" callee >> callers
+    }
+}'
+echo "bench: importing $((PAIRS * 2)) extensions"
+ctl ext import "$csv" >/dev/null
+
+echo "bench: registering $PAIRS callees from 127.0.0.1:$UAS_PORT"
+print_header
+run_step callee-register 500 "$PAIRS" -sf "$BENCH/register.xml" -inf "$callees" -p "$UAS_PORT" || true
+
+steps=$(echo "$RATES" | wc -w)
+(cd "$WORK" && taskset -c 1 sipp -sf "$BENCH/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -t u1 -nostdin \
+    -timeout "$((steps * (STEP_SECS * 3 + 20) + 60))s" -max_recv_loops 10000 \
+    -trace_err -error_file "$WORK/uas-errors.log" >"$WORK/uas-screen.log" 2>&1) &
+BG_PIDS+=($!)
+sleep 1
+
+echo
+echo "bench: call rate steps of ${STEP_SECS} s, calls held ${HOLD_MS} ms"
+print_header
+for rate in $RATES; do
+    run_step calls "$rate" $((rate * STEP_SECS)) -sf "$BENCH/uac_call.xml" -inf "$callers" \
+        -p "$UAC_PORT" -d "$HOLD_MS" || break
+done
+
+echo
+echo "calls: highest call rate with < 0.1 % failures: $BEST_RATE/s"
+echo "calls: outpostd VmRSS: $(rss_kib) KiB"

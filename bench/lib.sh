@@ -1,0 +1,166 @@
+# Shared helpers for bench/register.sh and bench/calls.sh (sourced, not run).
+# Everything runs on 127.0.0.1; every loop is bounded in count, and every SIPp run by -m
+# and -timeout.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+OUTPOSTD=$TARGET_DIR/release/outpostd
+OUTPOSTCTL=$TARGET_DIR/release/outpostctl
+SIP_PORT=${SIP_PORT:-15060}
+STEP_SECS=${STEP_SECS:-10}
+CLK_TCK=$(getconf CLK_TCK)
+WORK=$(mktemp -d /tmp/outpost-bench.XXXXXX)
+DAEMON_PID=""
+BG_PIDS=()
+
+need() {
+    command -v "$1" >/dev/null 2>&1 || {
+        echo "bench: $1 is missing (apt-get install -y $2)" >&2
+        exit 1
+    }
+}
+
+cleanup() {
+    local pid
+    for pid in "${BG_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    if [ -n "$DAEMON_PID" ]; then
+        kill -TERM "$DAEMON_PID" 2>/dev/null || true
+        wait "$DAEMON_PID" 2>/dev/null || true
+    fi
+    if [ -z "${KEEP_BENCH_DIR:-}" ]; then
+        rm -rf "$WORK"
+    else
+        echo "bench: files kept in $WORK"
+    fi
+}
+trap cleanup EXIT
+
+build_release() {
+    need sipp sip-tester
+    need taskset util-linux
+    echo "bench: cargo build --release -p firmware --bins"
+    (cd "$ROOT" && cargo build --release -p firmware --bins)
+}
+
+# start_daemon: release outpostd pinned to CPU 0 with a bench config in $WORK.
+start_daemon() {
+    mkdir -p "$WORK/data"
+    cat >"$WORK/outpost.toml" <<TOML
+[sip]
+listen = ["127.0.0.1:$SIP_PORT"]
+realm = "outpost"
+
+[registrar]
+min_expires = 60
+max_expires = 7200
+default_expires = 3600
+
+[auth]
+# SIPp 3.6 answers only the first challenge and knows only MD5.
+algorithms = ["MD5", "SHA-256"]
+
+[calls]
+ring_timeout_secs = 60
+
+[store]
+data_dir = "$WORK/data"
+
+[admin]
+socket = "$WORK/admin.sock"
+
+[log]
+level = "warn"
+
+[demo]
+extensions = []
+TOML
+    taskset -c 0 "$OUTPOSTD" --config "$WORK/outpost.toml" 2>"$WORK/outpostd.log" &
+    DAEMON_PID=$!
+    local i
+    for i in $(seq 1 100); do
+        if ctl status >/dev/null 2>&1; then
+            echo "bench: outpostd pid $DAEMON_PID on 127.0.0.1:$SIP_PORT (CPU 0)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "bench: outpostd did not start:" >&2
+    cat "$WORK/outpostd.log" >&2
+    exit 1
+}
+
+ctl() {
+    "$OUTPOSTCTL" --socket "$WORK/admin.sock" "$@"
+}
+
+# cpu_ticks: utime + stime of outpostd, in clock ticks.
+cpu_ticks() {
+    # Fields after the ")" of the command name: state is field 3, utime 14, stime 15.
+    local stat
+    stat=$(sed 's/^.*) //' "/proc/$DAEMON_PID/stat")
+    echo "$stat" | awk '{print $12 + $13}'
+}
+
+rss_kib() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$DAEMON_PID/status"
+}
+
+# csv_last FILE COLUMN: the value of COLUMN in the last line of a SIPp -trace_stat CSV.
+csv_last() {
+    awk -F';' -v col="$2" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
+        { last = $c }
+        END { print (last == "" ? 0 : last) }' "$1"
+}
+
+BEST_RATE=0
+print_header() {
+    printf '%-10s %-10s %-10s %-10s %-10s %-9s\n' offered achieved calls failed "failed%" "cpu%"
+}
+
+# run_step NAME RATE COUNT SIPP-ARGS...: one SIPp run on CPU 1; prints a row and updates
+# BEST_RATE. Returns 1 when the step is bad enough to stop escalating.
+run_step() {
+    local name=$1 rate=$2 count=$3
+    shift 3
+    local dir="$WORK/$name-$rate"
+    mkdir -p "$dir"
+    local t0 t1 c0 c1
+    c0=$(cpu_ticks)
+    t0=$(date +%s.%N)
+    (cd "$dir" && taskset -c 1 sipp 127.0.0.1:"$SIP_PORT" -i 127.0.0.1 -t u1 -nostdin \
+        -r "$rate" -m "$count" -l $((rate * 4 + 100)) \
+        -timeout "$((STEP_SECS * 3 + 20))s" -timeout_error -max_recv_loops 10000 \
+        -trace_stat -stf "$dir/stats.csv" -fd 1 \
+        -trace_err -error_file "$dir/errors.log" \
+        "$@" >"$dir/screen.log" 2>&1) || true
+    t1=$(date +%s.%N)
+    c1=$(cpu_ticks)
+    local ok failed row verdict
+    ok=$(csv_last "$dir/stats.csv" "SuccessfulCall(C)")
+    failed=$(csv_last "$dir/stats.csv" "FailedCall(C)")
+    # awk does the floating point: offered, achieved, calls, failed, failed%, cpu%; then
+    # "best" when failures < 0.1 %, "stop" when saturated (>= 5 % failed or < 80 % achieved).
+    row=$(awk -v r="$rate" -v ok="$ok" -v f="$failed" -v t0="$t0" -v t1="$t1" \
+        -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" 'BEGIN {
+            el = t1 - t0; if (el <= 0) el = 0.001
+            ach = ok / el
+            pct = (ok + f > 0) ? 100 * f / (ok + f) : 100
+            cpu = 100 * (c1 - c0) / hz / el
+            printf "%-10s %-10.0f %-10s %-10s %-10.3f %-9.1f", r, ach, ok, f, pct, cpu
+            v = (pct < 0.1 && ok > 0) ? "best" : "-"
+            v = v ((pct >= 5 || ach < 0.8 * r) ? " stop" : " go")
+            printf "|%s\n", v
+        }')
+    verdict=${row#*|}
+    echo "${row%%|*}"
+    if [[ "$verdict" == best* ]]; then
+        BEST_RATE=$rate
+    fi
+    [[ "$verdict" != *stop ]]
+}

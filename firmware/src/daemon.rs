@@ -1,0 +1,434 @@
+//! The daemon: one task owns the call core, the store and the transports, and serves admin
+//! commands between batches of SIP messages.
+//!
+//! Each turn of the loop handles a batch of inbound messages (and due timers), commits what
+//! the core asks to persist in one write transaction (group commit), and only then sends the
+//! responses. So a REGISTER that got its 200 OK is on disk, whatever happens next.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use pbx_core::endpoint::{Endpoint, EndpointConfig, Event};
+use pbx_core::registrar::RegistrarConfig;
+use pbx_core::sip::auth::{NonceConfig, StoredSecret};
+use pbx_core::sip::transaction::TimerConfig;
+use pbx_core::Millis;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::admin::proto::{
+    validate_ext, validate_name, validate_password, CallInfo, Command, ExtensionInfo,
+    RegistrationInfo, Reply, StatusInfo,
+};
+use crate::admin::server::{self, AdminRequest};
+use crate::config::Config;
+use crate::driver::{Inbound, Transports};
+use crate::store::{Batch, ExtensionRecord, Store};
+
+/// Inbound messages handled per turn before timers, admin commands and the commit get a go.
+const BATCH: usize = 512;
+/// Depth of the inbound queue between the socket readers and the core.
+const INBOUND_QUEUE: usize = 8192;
+/// Most CDRs returned by one listing.
+const MAX_CDR_LIST: usize = 10_000;
+
+/// A clock in [`Millis`] that never steps backwards: wall time at start plus monotonic time.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    start: Instant,
+    wall_start: Millis,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let wall_start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Clock {
+            start: Instant::now(),
+            wall_start,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.wall_start + u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+    }
+
+    fn instant_at(&self, t: Millis) -> tokio::time::Instant {
+        let offset = Duration::from_millis(t.saturating_sub(self.wall_start));
+        tokio::time::Instant::from_std(self.start + offset)
+    }
+}
+
+/// The running daemon's state.
+#[derive(Debug)]
+struct Daemon {
+    cfg: Config,
+    clock: Clock,
+    endpoint: Endpoint,
+    store: Store,
+    transports: Transports,
+    listen: Vec<String>,
+    commit_failures: u64,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let clock = Clock::new();
+    let data_dir = cfg.store.data_dir.clone();
+    let store = Store::open(&data_dir)
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let secret_key = store.secret_key().context("cannot read the nonce key")?;
+
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
+    let transports = Transports::bind(&cfg.sip.listen, in_tx)
+        .await
+        .with_context(|| format!("cannot listen on {:?}", cfg.sip.listen))?;
+    let local = transports.local_addrs();
+    let listen: Vec<String> = local
+        .iter()
+        .flat_map(|a| [format!("udp:{a}"), format!("tcp:{a}")])
+        .collect();
+
+    let endpoint_cfg = EndpointConfig {
+        realm: cfg.sip.realm.clone(),
+        user_agent: cfg.sip.user_agent.clone(),
+        local: local.clone(),
+        registrar: RegistrarConfig {
+            min_expires: cfg.registrar.min_expires,
+            max_expires: cfg.registrar.max_expires,
+            default_expires: cfg.registrar.default_expires,
+            max_contacts: cfg.registrar.max_contacts,
+        },
+        nonce: NonceConfig {
+            lifetime_ms: cfg.auth.nonce_lifetime_secs * 1000,
+            ..NonceConfig::default()
+        },
+        auth_algorithms: cfg.auth.parsed_algorithms(),
+        timers: TimerConfig::default(),
+        ring_timeout_ms: cfg.calls.ring_timeout_secs * 1000,
+        secret_key,
+        seed: rand::thread_rng().gen(),
+    };
+    let mut daemon = Daemon {
+        endpoint: Endpoint::new(endpoint_cfg),
+        clock,
+        store,
+        transports,
+        listen,
+        commit_failures: 0,
+        cfg,
+    };
+    daemon.load()?;
+    daemon.create_demo_extensions()?;
+
+    let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
+    let listener = server::bind(&daemon.cfg.admin.socket).with_context(|| {
+        format!(
+            "cannot create the admin socket {}",
+            daemon.cfg.admin.socket.display()
+        )
+    })?;
+    tokio::spawn(async move {
+        if let Err(err) = server::run(listener, admin_tx).await {
+            tracing::error!(%err, "admin socket failed");
+        }
+    });
+
+    tracing::info!(
+        listen = %daemon.listen.join(" "),
+        admin = %daemon.cfg.admin.socket.display(),
+        data = %data_dir.display(),
+        extensions = daemon.endpoint.user_count(),
+        registrations = daemon.endpoint.registrar().count(),
+        "outpostd {} ready", env!("CARGO_PKG_VERSION")
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH);
+    loop {
+        let deadline = daemon
+            .endpoint
+            .poll_timeout()
+            .map(|t| daemon.clock.instant_at(t))
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            Some((cmd, reply)) = admin_rx.recv() => daemon.admin(cmd, reply),
+            n = in_rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    anyhow::bail!("all transports stopped");
+                }
+                let now = daemon.clock.now();
+                for msg in batch.drain(..) {
+                    daemon.inbound(now, msg);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        let now = daemon.clock.now();
+        if daemon.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            daemon.endpoint.handle_timeout(now);
+        }
+        daemon.flush();
+    }
+    daemon.flush();
+    let _ = std::fs::remove_file(&daemon.cfg.admin.socket);
+    tracing::info!("outpostd stopped");
+    Ok(())
+}
+
+impl Daemon {
+    /// Loads extensions and registrations from the store.
+    fn load(&mut self) -> anyhow::Result<()> {
+        let now = self.clock.now();
+        for rec in self.store.ext_list()? {
+            if rec.realm != self.cfg.sip.realm {
+                tracing::warn!(
+                    ext = %rec.ext,
+                    "extension was created for realm {:?}, configured realm is {:?}: reset its password with `outpostctl ext passwd {}`",
+                    rec.realm, self.cfg.sip.realm, rec.ext
+                );
+            }
+            self.endpoint.set_user(&rec.ext, rec.secret);
+        }
+        let bindings = self.store.bindings_all()?;
+        self.endpoint.restore_bindings(bindings, now);
+        Ok(())
+    }
+
+    /// Creates the configured demo extensions that do not exist yet, printing their
+    /// passwords once (only their digests are stored).
+    fn create_demo_extensions(&mut self) -> anyhow::Result<()> {
+        for ext in self.cfg.demo.extensions.clone() {
+            if self.endpoint.has_user(&ext) {
+                println!("demo extension {ext}: exists (reset its password with `outpostctl ext passwd {ext}`)");
+                continue;
+            }
+            let password = generate_password();
+            self.put_extension(&ext, Some(format!("Demo {ext}")), &password)?;
+            println!("demo extension {ext}: password {password}");
+        }
+        Ok(())
+    }
+
+    fn put_extension(
+        &mut self,
+        ext: &str,
+        name: Option<String>,
+        password: &str,
+    ) -> anyhow::Result<()> {
+        let realm = self.cfg.sip.realm.clone();
+        let rec = ExtensionRecord {
+            ext: ext.to_string(),
+            name,
+            secret: StoredSecret::new(ext, &realm, password),
+            realm,
+            created_ms: self.clock.now(),
+        };
+        self.store.ext_put(&rec)?;
+        self.endpoint.set_user(ext, rec.secret);
+        Ok(())
+    }
+
+    fn inbound(&mut self, now: Millis, msg: Inbound) {
+        match msg {
+            Inbound::Message { peer, bytes } => self.endpoint.handle(now, peer, &bytes),
+            Inbound::Connected { addr, writer } => self.transports.connected(addr, writer),
+            Inbound::Closed { addr } => self.transports.closed(addr),
+        }
+    }
+
+    /// Persists what the core produced, then sends.
+    fn flush(&mut self) {
+        let mut batch = Batch::default();
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                Event::Bindings(changes) => batch.bindings.extend(changes),
+                Event::CallEnded(cdr) => {
+                    tracing::info!(
+                        caller = %cdr.caller, callee = %cdr.callee,
+                        disposition = ?cdr.disposition, billsec = cdr.billsec(),
+                        "call ended"
+                    );
+                    batch.cdrs.push(cdr);
+                }
+                Event::AuthFailed { src, method, .. } => {
+                    tracing::debug!(peer = %src.addr, %method, "authentication failed");
+                }
+            }
+        }
+        if !batch.is_empty() {
+            // The fsync blocks this task only; the socket readers keep queueing.
+            let result = tokio::task::block_in_place(|| self.store.commit(&batch));
+            if let Err(err) = result {
+                self.commit_failures += 1;
+                tracing::error!(%err, "store commit failed");
+            }
+        }
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.transports.send(t.dest, t.bytes);
+        }
+    }
+
+    fn admin(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
+        tracing::info!(command = cmd.name(), "admin command");
+        let answer = match self.execute(cmd) {
+            Ok(r) => r,
+            Err(err) => Reply::error(format!("{err:#}")),
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn execute(&mut self, cmd: Command) -> anyhow::Result<Reply> {
+        let now = self.clock.now();
+        Ok(match cmd {
+            Command::Status => Reply::Status(StatusInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                uptime_secs: self.clock.start.elapsed().as_secs(),
+                listen: self.listen.clone(),
+                extensions: self.endpoint.user_count(),
+                registrations: self
+                    .endpoint
+                    .registrar()
+                    .all()
+                    .iter()
+                    .filter(|b| b.expires_at > now)
+                    .count(),
+                active_calls: self.endpoint.calls().len(),
+                cdrs: self.store.cdr_count()?,
+                data_dir: self.cfg.store.data_dir.display().to_string(),
+                realm: self.cfg.sip.realm.clone(),
+            }),
+            Command::ExtList => {
+                let exts = self.store.ext_list()?;
+                Reply::Extensions(
+                    exts.into_iter()
+                        .map(|r| ExtensionInfo {
+                            registered: self.endpoint.registrar().lookup(&r.ext, now).len(),
+                            ext: r.ext,
+                            name: r.name,
+                        })
+                        .collect(),
+                )
+            }
+            Command::ExtAdd {
+                ext,
+                name,
+                password,
+            } => {
+                check(validate_ext(&ext))?;
+                check(validate_password(&ext, &password))?;
+                if let Some(n) = &name {
+                    check(validate_name(n))?;
+                }
+                if self.endpoint.has_user(&ext) {
+                    anyhow::bail!(
+                        "extension {ext} already exists (use `ext passwd` to change its password)"
+                    );
+                }
+                self.put_extension(&ext, name, &password)?;
+                Reply::done(format!("extension {ext} created"))
+            }
+            Command::ExtDel { ext } => {
+                if !self.store.ext_del(&ext)? {
+                    anyhow::bail!("extension {ext} does not exist");
+                }
+                let _ = self.endpoint.remove_user(&ext);
+                Reply::done(format!("extension {ext} deleted"))
+            }
+            Command::ExtPasswd { ext, password } => {
+                check(validate_password(&ext, &password))?;
+                let Some(rec) = self.store.ext_get(&ext)? else {
+                    anyhow::bail!("extension {ext} does not exist");
+                };
+                self.put_extension(&ext, rec.name, &password)?;
+                Reply::done(format!("password of extension {ext} changed"))
+            }
+            Command::ExtImport { rows } => {
+                for (i, row) in rows.iter().enumerate() {
+                    let line = i + 1;
+                    validate_ext(&row.ext).map_err(|e| anyhow::anyhow!("row {line}: {e}"))?;
+                    validate_password(&row.ext, &row.password)
+                        .map_err(|e| anyhow::anyhow!("row {line}: {e}"))?;
+                    if let Some(n) = &row.name {
+                        validate_name(n).map_err(|e| anyhow::anyhow!("row {line}: {e}"))?;
+                    }
+                }
+                let realm = self.cfg.sip.realm.clone();
+                let recs: Vec<ExtensionRecord> = rows
+                    .iter()
+                    .map(|row| ExtensionRecord {
+                        ext: row.ext.clone(),
+                        name: row.name.clone(),
+                        secret: StoredSecret::new(&row.ext, &realm, &row.password),
+                        realm: realm.clone(),
+                        created_ms: now,
+                    })
+                    .collect();
+                tokio::task::block_in_place(|| self.store.ext_put_many(&recs))?;
+                for rec in recs {
+                    self.endpoint.set_user(&rec.ext, rec.secret);
+                }
+                Reply::done(format!("{} extensions imported", rows.len()))
+            }
+            Command::RegList => Reply::Registrations(
+                self.endpoint
+                    .registrar()
+                    .all()
+                    .into_iter()
+                    .filter(|b| b.expires_at > now)
+                    .map(|b| RegistrationInfo {
+                        ext: b.ext.clone(),
+                        contact: b.contact.clone(),
+                        source: b.source.addr.to_string(),
+                        transport: b.source.transport.as_str().to_string(),
+                        expires_in_secs: b.expires_at.saturating_sub(now) / 1000,
+                        user_agent: b.user_agent.clone(),
+                    })
+                    .collect(),
+            ),
+            Command::Calls => Reply::Calls(
+                self.endpoint
+                    .calls()
+                    .into_iter()
+                    .map(|c| CallInfo {
+                        duration_secs: now.saturating_sub(c.answer.unwrap_or(c.start)) / 1000,
+                        state: if c.answered { "answered" } else { "ringing" }.to_string(),
+                        call_id: c.call_id,
+                        caller: c.caller,
+                        callee: c.callee,
+                        started_ms: c.start,
+                        answered_ms: c.answer,
+                    })
+                    .collect(),
+            ),
+            Command::CdrList { limit } => {
+                Reply::Cdrs(self.store.cdr_list(limit.min(MAX_CDR_LIST), 0)?)
+            }
+        })
+    }
+}
+
+fn check(r: Result<(), String>) -> anyhow::Result<()> {
+    r.map_err(|e| anyhow::anyhow!(e))
+}
+
+/// A random password for demo extensions: 16 characters without look-alikes.
+pub fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::thread_rng();
+    (0..16)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// Where the configuration comes from when `--config` is not given.
+pub fn default_config_path() -> Option<PathBuf> {
+    let p = PathBuf::from("/etc/outpost/outpost.toml");
+    p.exists().then_some(p)
+}
