@@ -45,10 +45,13 @@ pub struct EndpointConfig {
     pub user_agent: String,
     /// Our own addresses, used in Via and Contact of what we send (one per family is enough).
     pub local: Vec<SocketAddr>,
+    /// Registration interval limits.
     pub registrar: RegistrarConfig,
+    /// Digest nonce lifetime and replay tracking.
     pub nonce: NonceConfig,
     /// Digest algorithms offered, most preferred first.
     pub auth_algorithms: Vec<crate::sip::auth::Algorithm>,
+    /// RFC 3261 timer base values.
     pub timers: TimerConfig,
     /// How long the callee's phones ring before the caller gets 480.
     pub ring_timeout_ms: u64,
@@ -67,8 +70,11 @@ pub enum Event {
     CallEnded(Cdr),
     /// A request failed authentication (for the firewall's detectors).
     AuthFailed {
+        /// Where the request came from.
         src: Peer,
+        /// The user name it claimed (cut to 64 characters).
         user: String,
+        /// The request method.
         method: Method,
     },
 }
@@ -76,21 +82,32 @@ pub enum Event {
 /// A live call, for `outpostctl calls`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallSummary {
+    /// Call-ID of the caller's leg.
     pub call_id: String,
+    /// Calling extension.
     pub caller: String,
+    /// Dialled number.
     pub callee: String,
+    /// True once a callee answered.
     pub answered: bool,
+    /// When the INVITE arrived.
     pub start: Millis,
+    /// When the call was answered.
     pub answer: Option<Millis>,
 }
 
 /// Plain counters for `status` and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Datagrams and stream messages handled.
     pub received: u64,
+    /// Messages that did not parse.
     pub malformed: u64,
+    /// Requests refused for bad credentials or identity.
     pub auth_failures: u64,
+    /// Calls set up towards a callee.
     pub calls_started: u64,
+    /// Calls answered.
     pub calls_answered: u64,
 }
 
@@ -219,6 +236,8 @@ struct Call {
 /// Where and as what a request goes out on one leg of a dialog.
 #[derive(Debug)]
 struct OutLeg {
+    /// True when the request goes to leg B (it came from the caller).
+    to_b: bool,
     peer: Peer,
     target: Uri,
     from: NameAddr,
@@ -269,10 +288,10 @@ impl Endpoint {
             .map(|_| char::from(rng.gen_range(b'a'..=b'z')))
             .collect();
         let decoy = StoredSecret::new("decoy", &cfg.realm, &decoy_password);
-        let mut auth = Authenticator::new(&cfg.realm, cfg.secret_key, rng.gen(), cfg.nonce.clone());
+        let mut auth = Authenticator::new(&cfg.realm, cfg.secret_key, rng.gen(), cfg.nonce);
         auth.set_algorithms(&cfg.auth_algorithms);
         Endpoint {
-            tx: Transactions::new(cfg.timers.clone()),
+            tx: Transactions::new(cfg.timers),
             registrar: Registrar::new(cfg.registrar.clone()),
             auth,
             users: HashMap::new(),
@@ -1183,6 +1202,7 @@ impl Endpoint {
             to.params.set("tag", Some(tag.clone()));
         }
         let leg = OutLeg {
+            to_b: true,
             peer,
             target,
             from,
@@ -1190,7 +1210,7 @@ impl Endpoint {
             call_id,
             cseq,
         };
-        self.relay_out(now, id, key, req, src, true, leg);
+        self.relay_out(now, id, key, req, src, leg);
     }
 
     fn relay_to_a(&mut self, now: Millis, id: u64, key: TxKey, req: Request, src: Peer) {
@@ -1205,6 +1225,7 @@ impl Endpoint {
         let mut to = call.a.remote_uri.clone();
         to.params.set("tag", Some(call.a.remote_tag.clone()));
         let leg = OutLeg {
+            to_b: false,
             peer,
             target,
             from,
@@ -1212,7 +1233,7 @@ impl Endpoint {
             call_id,
             cseq,
         };
-        self.relay_out(now, id, key, req, src, false, leg);
+        self.relay_out(now, id, key, req, src, leg);
     }
 
     fn relay_out(
@@ -1222,10 +1243,10 @@ impl Endpoint {
         server_key: TxKey,
         req: Request,
         src: Peer,
-        from_a: bool,
         leg: OutLeg,
     ) {
         let OutLeg {
+            to_b: from_a,
             peer,
             target,
             from,
@@ -1743,7 +1764,7 @@ fn better_failure(current: Option<u16>, new: u16) -> u16 {
         486 => 1,
         487 => 5,
         408 => 6,
-        _ => 2 + u32::from(s >= 500) as u16,
+        _ => 2 + u16::from(s >= 500),
     };
     match current {
         Some(c) if rank(c) <= rank(new) => c,

@@ -32,11 +32,14 @@ fn status_reports_version_and_listen_addresses() {
     let status = daemon.ctl_json(&["status"]);
     assert_eq!(json_str(&status, "version"), Some("0.1.0"), "{status}");
     let listen = status["listen"].as_array().expect("listen is an array");
-    let wanted = daemon.sip_addr().to_string();
-    assert!(
-        listen.iter().any(|a| a.as_str() == Some(wanted.as_str())),
-        "{status}"
-    );
+    // Each address is listed once per transport, e.g. "udp:127.0.0.1:5060".
+    for transport in ["udp", "tcp"] {
+        let wanted = format!("{transport}:{}", daemon.sip_addr());
+        assert!(
+            listen.iter().any(|a| a.as_str() == Some(wanted.as_str())),
+            "{wanted} not in {status}"
+        );
+    }
     // The human form works too.
     assert!(!daemon.ctl_ok(&["status"]).trim().is_empty());
 }

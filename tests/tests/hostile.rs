@@ -155,6 +155,18 @@ const CASES: &[Case] = &[
 ];
 
 fn check_answer(case: &Case, answer: Option<&[u8]>, transport: Transport, daemon: &Daemon) {
+    eprintln!(
+        "{:<45} {transport:?}: {}",
+        case.name,
+        answer.map_or_else(
+            || "no answer".to_owned(),
+            |b| String::from_utf8_lossy(b)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        )
+    );
     if let Some(bytes) = answer {
         let status = status_of(bytes);
         assert!(

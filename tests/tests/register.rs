@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use outpost_tests::{
-    has_ipv6_loopback, header_count, header_values, json_str, register_request, status_of,
-    udp_client, udp_exchange, Daemon, DaemonConfig, SipTcp, Sipp, Transport,
+    challenge_param, digest_authorization, has_ipv6_loopback, header_count, header_values,
+    json_str, register_request, status_of, udp_client, udp_exchange, Daemon, DaemonConfig, SipTcp,
+    Sipp, Transport,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -49,7 +50,7 @@ fn register_with_digest_auth_creates_a_binding_from_the_phones_address() {
 
 #[test]
 fn the_401_offers_sha256_then_md5_with_qop_auth() {
-    let daemon = Daemon::start();
+    let daemon = Daemon::start_with(DaemonConfig::loopback().default_auth());
     daemon.add_extension("100", "secret-100");
     let sock = udp_client(daemon.sip_addr());
     let local = sock.local_addr().expect("local addr");
@@ -67,6 +68,54 @@ fn the_401_offers_sha256_then_md5_with_qop_auth() {
         assert!(c.contains("qop=\"auth\""), "{c}");
         assert!(c.contains("nonce=\""), "{c}");
     }
+}
+
+/// REGISTER over raw UDP answering the challenge for `algorithm` with our own digest code.
+fn register_answering(daemon: &Daemon, algorithm: &str, password: &str) -> (Option<u16>, String) {
+    let sock = udp_client(daemon.sip_addr());
+    let local = sock.local_addr().expect("local addr");
+    let call_id = format!("{algorithm}-{password}@test");
+    let first = register_request(daemon.sip_addr(), Transport::Udp, local, "100", &call_id);
+    let resp = udp_exchange(&sock, first.as_bytes(), WAIT).expect("a 401");
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    assert_eq!(status_of(&resp), Some(401), "{text}");
+    let challenge = header_values(&text, "WWW-Authenticate")
+        .into_iter()
+        .find(|c| challenge_param(c, "algorithm").as_deref() == Some(algorithm))
+        .unwrap_or_else(|| panic!("no {algorithm} challenge in {text}"));
+    let uri = format!("sip:{}", daemon.sip_addr().ip());
+    let authorization = digest_authorization(&challenge, "REGISTER", &uri, "100", password);
+    let second = first
+        .replace("CSeq: 1 REGISTER", "CSeq: 2 REGISTER")
+        .replace(";branch=z9hG4bK", ";branch=z9hG4bK2nd")
+        .replace(
+            "Content-Length: 0\r\n",
+            &format!("Authorization: {authorization}\r\nContent-Length: 0\r\n"),
+        );
+    let resp = udp_exchange(&sock, second.as_bytes(), WAIT).expect("an answer to the credentials");
+    (
+        status_of(&resp),
+        String::from_utf8_lossy(&resp).into_owned(),
+    )
+}
+
+#[test]
+fn sha256_and_md5_digests_are_both_accepted() {
+    let daemon = Daemon::start_with(DaemonConfig::loopback().default_auth());
+    daemon.add_extension("100", "secret-100");
+    for algorithm in ["SHA-256", "MD5"] {
+        let (status, text) = register_answering(&daemon, algorithm, "secret-100");
+        assert_eq!(status, Some(200), "{algorithm}: {text}");
+        let (status, text) = register_answering(&daemon, algorithm, "wrong-pass-1");
+        assert_eq!(status, Some(403), "{algorithm}: {text}");
+    }
+    // One binding per accepted REGISTER (each came from its own socket), none for the 403s.
+    assert_eq!(
+        daemon.registrations_of("100").len(),
+        2,
+        "{:?}",
+        daemon.registrations()
+    );
 }
 
 #[test]

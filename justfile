@@ -1,0 +1,33 @@
+# Outpost developer recipes. `just` lists them.
+
+default:
+    @just --list
+
+# Run the daemon on the embedded demo configuration (loopback, demo extensions 100-103)
+run:
+    cargo run --release -p firmware --bin outpostd
+
+# Every check and test, as CI runs them (installs sip-tester, qemu-user-static, the aarch64 target)
+test:
+    tests/run-all
+
+# Formatting and lints
+check:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Static aarch64 release build of the firmware, run under qemu-aarch64-static
+cross:
+    scripts/cross-check
+
+# REGISTER benchmark (not run by CI; see bench/README.md)
+bench-register:
+    bench/register.sh
+
+# Call-setup benchmark (not run by CI; see bench/README.md)
+bench-calls:
+    bench/calls.sh
+
+# Fuzz the SIP parser for 60 s (needs a nightly toolchain and cargo-fuzz)
+fuzz:
+    cd fuzz && cargo +nightly fuzz run wire_parse -- -max_total_time=60
