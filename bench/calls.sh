@@ -44,7 +44,7 @@ print_header
 run_step callee-register 500 "$PAIRS" -sf "$BENCH/register.xml" -inf "$callees" -p "$UAS_PORT" || true
 
 steps=$(echo "$RATES" | wc -w)
-(cd "$WORK" && taskset -c 1 sipp -sf "$BENCH/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -t u1 -nostdin \
+(cd "$WORK" && exec taskset -c 1 sipp -sf "$BENCH/uas.xml" -i 127.0.0.1 -p "$UAS_PORT" -t u1 -nostdin \
     -timeout "$((steps * (STEP_SECS * 3 + 20) + 60))s" -max_recv_loops 10000 \
     -trace_err -error_file "$WORK/uas-errors.log" >"$WORK/uas-screen.log" 2>&1) &
 BG_PIDS+=($!)
@@ -53,6 +53,7 @@ sleep 1
 echo
 echo "bench: call rate steps of ${STEP_SECS} s, calls held ${HOLD_MS} ms"
 print_header
+TAIL_MS=$HOLD_MS
 for rate in $RATES; do
     run_step calls "$rate" $((rate * STEP_SECS)) -sf "$BENCH/uac_call.xml" -inf "$callers" \
         -p "$UAC_PORT" -d "$HOLD_MS" || break

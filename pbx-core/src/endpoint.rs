@@ -618,7 +618,12 @@ impl Endpoint {
         for value in self.auth.challenge(now, stale) {
             resp.headers.push(name, value);
         }
-        self.send(now, key, resp, src);
+        // Challenges are answered statelessly (as Kamailio does): a retransmitted request
+        // just draws a fresh challenge, and a flood of unauthenticated requests leaves no
+        // transaction state behind for 32 s each.
+        self.stamp(&mut resp, src);
+        self.tx.send_stateless_response(&resp, src);
+        self.tx.abandon(key);
     }
 
     fn on_register(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
@@ -1647,7 +1652,8 @@ impl Endpoint {
         self.send(now, key, resp, dest);
     }
 
-    fn send(&mut self, now: Millis, key: &TxKey, mut resp: Response, dest: Peer) {
+    /// Adds what every response of ours carries: received/rport and Server.
+    fn stamp(&self, resp: &mut Response, dest: Peer) {
         if let Some(via) = resp.headers.via.first_mut() {
             // RFC 3261 §18.2.1 and RFC 3581 §4: tell the sender where its request came from.
             via.params.set("received", Some(dest.addr.ip().to_string()));
@@ -1656,6 +1662,10 @@ impl Endpoint {
             }
         }
         resp.headers.push("Server", self.cfg.user_agent.clone());
+    }
+
+    fn send(&mut self, now: Millis, key: &TxKey, mut resp: Response, dest: Peer) {
+        self.stamp(&mut resp, dest);
         if let Err(err) = self.tx.send_response(now, key, resp, dest) {
             tracing::debug!(%err, "response not sent");
         }

@@ -304,7 +304,9 @@ struct Tx {
     key: TxKey,
     invite: bool,
     state: TxState,
-    request: Request,
+    /// The request; not kept for non-INVITE server transactions, which only ever need
+    /// their last response (this keeps 10k REGISTER/s from holding 32 s of requests).
+    request: Option<Request>,
     /// Client: where the request goes. Server: where responses go (the request's source
     /// until the TU names a destination).
     dest: Peer,
@@ -405,7 +407,7 @@ impl Transactions {
             } else {
                 TxState::Trying
             },
-            request: req.clone(),
+            request: invite.then(|| req.clone()),
             dest: src,
             last: None,
             ack: None,
@@ -547,7 +549,7 @@ impl Transactions {
             } else {
                 TxState::Trying
             },
-            request: req,
+            request: Some(req),
             dest,
             last: Some(bytes),
             ack: None,
@@ -635,12 +637,15 @@ impl Transactions {
                     disarm(set, id, tx, Timer::B);
                     let wait = if reliable { 0 } else { TIMER_D_UNRELIABLE };
                     arm(set, id, tx, Timer::D, now.saturating_add(wait));
-                    let ack = emit_request(&build_ack_non2xx(&tx.request, resp));
-                    self.transmits.push_back(Transmit {
-                        dest: tx.dest,
-                        bytes: ack.clone(),
-                    });
-                    tx.ack = Some(ack);
+                    // Client transactions always keep their request.
+                    if let Some(request) = &tx.request {
+                        let ack = emit_request(&build_ack_non2xx(request, resp));
+                        self.transmits.push_back(Transmit {
+                            dest: tx.dest,
+                            bytes: ack.clone(),
+                        });
+                        tx.ack = Some(ack);
+                    }
                     ClientInput::Deliver(key)
                 }
                 (TxState::Completed, 300..=699) => {
@@ -709,7 +714,7 @@ impl Transactions {
         if key.server {
             return None;
         }
-        self.tx(key).map(|tx| &tx.request)
+        self.tx(key).and_then(|tx| tx.request.as_ref())
     }
 
     /// The request that created a server transaction.
@@ -717,7 +722,7 @@ impl Transactions {
         if !key.server {
             return None;
         }
-        self.tx(key).map(|tx| &tx.request)
+        self.tx(key).and_then(|tx| tx.request.as_ref())
     }
 
     /// The INVITE server transaction a received CANCEL targets (RFC 3261 §9.2: same
