@@ -402,7 +402,7 @@ impl Registrar {
                     let entry = Entry {
                         binding: Binding {
                             ext: ext.to_string(),
-                            contact: update.uri.to_string(),
+                            contact: crate::sip::wire::uri_to_string(&update.uri),
                             source: src,
                             expires_at: now
                                 .saturating_add(u64::from(update.expires).saturating_mul(1000)),

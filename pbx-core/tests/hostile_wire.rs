@@ -147,7 +147,7 @@ fn valid_corpus_files_parse() {
 fn named_hostile_files_fail_as_expected() {
     use WireError::*;
     let cases: &[(&str, WireError, Option<u16>)] = &[
-        ("oversized.sip", TooLarge, Some(413)),
+        ("oversized.sip", TooLarge, Some(513)),
         ("no_callid.sip", MissingHeader("Call-ID"), None),
         ("badvers.sip", Version, Some(505)),
         ("unkscm.sip", UnsupportedScheme, Some(416)),
