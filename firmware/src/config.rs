@@ -347,7 +347,7 @@ impl Config {
         {
             return Err(invalid(
                 "auth.algorithms",
-                &format!("unknown algorithm {bad:?} (use \"SHA-256\" or \"MD5\")"),
+                format!("unknown algorithm {bad:?} (use \"SHA-256\" or \"MD5\")"),
             ));
         }
         if !(1..=600).contains(&self.calls.ring_timeout_secs) {

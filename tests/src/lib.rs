@@ -180,11 +180,12 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
     }
 }
 
-/// Sends `signal` (e.g. "TERM") to a process through kill(1).
+/// Sends `signal` (e.g. "TERM") to a process with the shell's `kill` builtin (no unsafe
+/// code, and no dependency on procps being installed).
 pub fn send_signal(pid: u32, signal: &str) -> bool {
-    Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} {pid}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -854,12 +855,20 @@ impl SippOutcome {
 
     /// Every message SIPp received, in order.
     pub fn received(&self) -> Vec<String> {
+        self.traced("message received", " bytes :\n\n")
+    }
+
+    /// Every message SIPp sent, in order.
+    pub fn sent(&self) -> Vec<String> {
+        self.traced("message sent", " bytes):\n\n")
+    }
+
+    fn traced(&self, direction: &str, separator: &str) -> Vec<String> {
         self.messages
             .split("----------------------------------------------- ")
             .filter_map(|chunk| {
-                let (head, body) = chunk.split_once(" bytes :\n\n")?;
-                head.contains("message received")
-                    .then(|| body.trim().to_owned())
+                let (head, body) = chunk.split_once(separator)?;
+                head.contains(direction).then(|| body.trim().to_owned())
             })
             .collect()
     }
@@ -1205,6 +1214,7 @@ mod tests {
             actions: String::new(),
         };
         assert_eq!(outcome.received_statuses(), vec![401]);
+        assert_eq!(outcome.sent(), vec!["REGISTER x".to_owned()]);
     }
 
     #[test]

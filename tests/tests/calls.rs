@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use outpost_tests::{json_str, Daemon, Sipp, SippProcess, Transport};
+use outpost_tests::{
+    header_values, json_str, Daemon, DaemonConfig, Sipp, SippOutcome, SippProcess, Transport,
+};
 
 const WAIT: Duration = Duration::from_secs(5);
 const CALLER: (&str, &str) = ("200", "caller-pass-200");
@@ -60,7 +62,12 @@ fn answered_call(transport: Transport) {
         statuses.contains(&180),
         "ringing relayed to the caller: {statuses:?}"
     );
-    callee.wait().assert_success("callee of an answered call");
+    let callee = callee.wait();
+    callee.assert_success("callee of an answered call");
+    // A B2BUA: the callee's leg is a new dialog with its own Call-ID.
+    let a_leg = first_call_id(&outcome.sent(), "INVITE");
+    let b_leg = first_call_id(&callee.received(), "INVITE");
+    assert_ne!(a_leg, b_leg, "the B-leg reuses the caller's Call-ID");
 
     let cdr = only_cdr(&daemon);
     assert_eq!(json_str(&cdr, "disposition"), Some("answered"), "{cdr}");
@@ -83,6 +90,15 @@ fn answered_call(transport: Transport) {
     );
 }
 
+/// The Call-ID of the first `method` request among `messages`.
+fn first_call_id(messages: &[String], method: &str) -> String {
+    messages
+        .iter()
+        .find(|m| m.starts_with(&format!("{method} ")))
+        .and_then(|m| header_values(m, "Call-ID").into_iter().next())
+        .unwrap_or_else(|| panic!("no {method} with a Call-ID in {messages:#?}"))
+}
+
 #[test]
 fn answered_call_is_relayed_and_recorded() {
     answered_call(Transport::Udp);
@@ -91,6 +107,19 @@ fn answered_call_is_relayed_and_recorded() {
 #[test]
 fn answered_call_over_tcp() {
     answered_call(Transport::Tcp);
+}
+
+#[test]
+fn callee_hangs_up_and_the_bye_reaches_the_caller() {
+    let daemon = pbx();
+    let callee = callee(&daemon, "uas_answer_hangup.xml", Transport::Udp);
+    let outcome: SippOutcome =
+        caller(&daemon, "uac_call_remote_bye.xml", CALLEE.0, Transport::Udp).run();
+    outcome.assert_success("caller whose callee hangs up");
+    callee.wait().assert_success("callee that hangs up");
+    let cdr = only_cdr(&daemon);
+    assert_eq!(json_str(&cdr, "disposition"), Some("answered"), "{cdr}");
+    assert!(!cdr["answer"].is_null(), "{cdr}");
 }
 
 #[test]
@@ -121,6 +150,32 @@ fn cancel_while_ringing_gives_487_and_cancels_the_callee() {
 }
 
 #[test]
+fn unanswered_call_times_out_with_480_and_cancels_the_callee() {
+    let mut config = DaemonConfig::loopback();
+    config.ring_timeout_secs = 2;
+    let daemon = Daemon::start_with(config);
+    daemon.add_extension(CALLER.0, CALLER.1);
+    daemon.add_extension(CALLEE.0, CALLEE.1);
+    let callee = callee(&daemon, "uas_ringing.xml", Transport::Udp);
+    let outcome = caller(&daemon, "uac_no_answer.xml", CALLEE.0, Transport::Udp).run();
+    outcome.assert_success("caller nobody answers");
+    assert_eq!(outcome.received_statuses().last(), Some(&480));
+    callee
+        .wait()
+        .assert_success("ringing callee that gets the CANCEL");
+    let cdr = only_cdr(&daemon);
+    assert_eq!(json_str(&cdr, "disposition"), Some("no_answer"), "{cdr}");
+    let rang = cdr["end"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(cdr["start"].as_u64().unwrap_or(0));
+    assert!(
+        (1_900..10_000).contains(&rang),
+        "rang {rang} ms with a 2 s timeout: {cdr}"
+    );
+}
+
+#[test]
 fn unknown_number_gets_404() {
     let daemon = pbx();
     let outcome = caller(&daemon, "uac_unknown.xml", "999", Transport::Udp).run();
@@ -141,7 +196,7 @@ fn unregistered_callee_gets_480() {
 }
 
 #[test]
-fn call_without_credentials_is_challenged_not_routed() {
+fn call_with_a_wrong_password_gets_403_and_is_not_routed() {
     let daemon = pbx();
     // A wrong password must stop the call at the challenge: no routing, no 480.
     let outcome = caller(&daemon, "uac_offline.xml", CALLEE.0, Transport::Udp)
@@ -153,4 +208,5 @@ fn call_without_credentials_is_challenged_not_routed() {
     assert_eq!(statuses.first(), Some(&407), "{statuses:?}");
     assert!(!statuses.contains(&480), "{statuses:?}");
     assert!(!statuses.contains(&200), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&403), "{statuses:?}");
 }

@@ -72,10 +72,21 @@ fn the_401_offers_sha256_then_md5_with_qop_auth() {
 
 /// REGISTER over raw UDP answering the challenge for `algorithm` with our own digest code.
 fn register_answering(daemon: &Daemon, algorithm: &str, password: &str) -> (Option<u16>, String) {
+    register_answering_with(daemon, algorithm, password, 300)
+}
+
+/// As `register_answering`, asking for `expires` seconds.
+fn register_answering_with(
+    daemon: &Daemon,
+    algorithm: &str,
+    password: &str,
+    expires: u32,
+) -> (Option<u16>, String) {
     let sock = udp_client(daemon.sip_addr());
     let local = sock.local_addr().expect("local addr");
     let call_id = format!("{algorithm}-{password}@test");
-    let first = register_request(daemon.sip_addr(), Transport::Udp, local, "100", &call_id);
+    let first = register_request(daemon.sip_addr(), Transport::Udp, local, "100", &call_id)
+        .replace("Expires: 300\r\n", &format!("Expires: {expires}\r\n"));
     let resp = udp_exchange(&sock, first.as_bytes(), WAIT).expect("a 401");
     let text = String::from_utf8_lossy(&resp).into_owned();
     assert_eq!(status_of(&resp), Some(401), "{text}");
@@ -116,6 +127,27 @@ fn sha256_and_md5_digests_are_both_accepted() {
         "{:?}",
         daemon.registrations()
     );
+}
+
+#[test]
+fn lifetimes_are_held_to_the_configured_range() {
+    let daemon = Daemon::start();
+    daemon.add_extension("100", "secret-100");
+    // Below registrar.min_expires (60): 423 naming the minimum, no binding.
+    let (status, text) = register_answering_with(&daemon, "MD5", "secret-100", 30);
+    assert_eq!(status, Some(423), "{text}");
+    assert_eq!(
+        header_values(&text, "Min-Expires"),
+        vec!["60".to_owned()],
+        "{text}"
+    );
+    assert!(daemon.registrations_of("100").is_empty());
+    // Above registrar.max_expires (3600): granted, but cut to 3600.
+    let (status, text) = register_answering_with(&daemon, "MD5", "secret-100", 86_400);
+    assert_eq!(status, Some(200), "{text}");
+    let reg = daemon.wait_registered("100", WAIT);
+    let expires = reg["expires_in_secs"].as_u64().expect("a number");
+    assert!((3500..=3600).contains(&expires), "{reg}");
 }
 
 #[test]

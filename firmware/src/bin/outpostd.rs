@@ -60,6 +60,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     tracing::info!("configuration: {source}");
     let runtime = tokio::runtime::Builder::new_multi_thread()

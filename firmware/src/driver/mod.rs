@@ -117,11 +117,8 @@ impl Transports {
             Transport::Tcp => {
                 if let Some(writer) = self.tcp.get(&dest.addr) {
                     match writer.try_send(bytes) {
-                        Ok(()) => return,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            self.send_errors += 1;
-                            return;
-                        }
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => self.send_errors += 1,
                         Err(mpsc::error::TrySendError::Closed(b)) => {
                             self.tcp.remove(&dest.addr);
                             self.connect_and_send(dest.addr, b);
