@@ -157,14 +157,16 @@ run_step() {
             pct = (ok + f > 0) ? 100 * f / (ok + f) : 100
             cpu = 100 * (c1 - c0) / hz / el
             printf "%-10s %-10.0f %-10s %-10s %-10.3f %-9.1f", r, ach, ok, f, pct, cpu
-            v = (pct < 0.1 && ok > 0) ? "best" : "-"
+            # A step counts only when SIPp really delivered the offered rate.
+            v = (pct < 0.1 && ok > 0 && ach >= 0.95 * r) ? "best" : "-"
             v = v ((pct >= 5 || ach < 0.7 * r) ? " stop" : " go")
-            printf "|%s\n", v
+            printf "|%s|%.0f\n", v, ach
         }')
-    verdict=${row#*|}
+    local rest=${row#*|}
+    verdict=${rest%%|*}
     echo "${row%%|*}"
     if [[ "$verdict" == best* ]]; then
-        BEST_RATE=$rate
+        BEST_RATE=${rest##*|}
     fi
     [[ "$verdict" != *stop ]]
 }

@@ -36,6 +36,10 @@ print_header
 run_step fill 1000 "$EXTENSIONS" -sf "$BENCH/register.xml" -inf "$users" || true
 registered=$(ctl --json reg list | grep -o '"ext"' | wc -l)
 echo "bench: $registered contacts registered"
+# Non-INVITE server transactions live 32 s (Timer J) after their final response.
+sleep 35
+RSS_FILLED=$(rss_kib)
+echo "bench: outpostd VmRSS with $registered registered extensions, after 35 s idle: $RSS_FILLED KiB"
 
 echo
 echo "bench: REGISTER rate steps of ${STEP_SECS} s"
@@ -46,4 +50,5 @@ done
 
 echo
 echo "register: highest rate with < 0.1 % failures: $BEST_RATE/s"
-echo "register: outpostd VmRSS with $registered registered extensions: $(rss_kib) KiB"
+echo "register: outpostd VmRSS with $registered registered extensions (idle, before the rate steps): $RSS_FILLED KiB"
+echo "register: outpostd VmRSS after the rate steps (peak transaction state, not returned to the OS): $(rss_kib) KiB"
