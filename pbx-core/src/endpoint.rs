@@ -266,6 +266,8 @@ pub struct Endpoint {
     /// Stands in for an unknown user's secret so the work and the answer are the same.
     decoy: StoredSecret,
     calls: HashMap<u64, Call>,
+    /// Calls in `calls` that ended and wait for their forks' transactions.
+    ended_calls: usize,
     next_call: u64,
     by_a_call_id: HashMap<String, u64>,
     by_b_call_id: HashMap<String, (u64, usize)>,
@@ -297,6 +299,7 @@ impl Endpoint {
             users: HashMap::new(),
             decoy,
             calls: HashMap::new(),
+            ended_calls: 0,
             next_call: 1,
             by_a_call_id: HashMap::new(),
             by_b_call_id: HashMap::new(),
@@ -678,7 +681,8 @@ impl Endpoint {
             self.record_failed(now, &req, &caller, &callee, 480, Disposition::Unavailable);
             return;
         }
-        if self.calls.len() >= MAX_CALLS || self.by_a_call_id.contains_key(&req.headers.call_id) {
+        let live = self.calls.len().saturating_sub(self.ended_calls);
+        if live >= MAX_CALLS || self.by_a_call_id.contains_key(&req.headers.call_id) {
             self.reply(now, &key, &req, src, 503, Some(&local_tag));
             return;
         }
@@ -1488,6 +1492,7 @@ impl Endpoint {
             return;
         }
         call.state = CallState::Ended;
+        self.ended_calls += 1;
         call.pending_reinvite_ack = None;
         let deadline = call.ring_deadline;
         let answered = call.answer.is_some();
@@ -1520,14 +1525,19 @@ impl Endpoint {
 
     /// Removes an ended call once none of its fork INVITE transactions is alive.
     fn reap(&mut self, id: u64) {
-        let done = self
-            .calls
-            .get(&id)
-            .is_some_and(|c| c.state == CallState::Ended && c.forks.iter().all(|f| !f.tx_live));
+        let done = self.calls.get(&id).is_some_and(|c| {
+            // An answered fork's INVITE lingers in Accepted (Timer M, 32 s) only to
+            // absorb 2xx retransmissions; it was ACKed, so it holds nothing up.
+            c.state == CallState::Ended
+                && c.forks
+                    .iter()
+                    .all(|f| !f.tx_live || f.state == ForkState::Answered)
+        });
         if !done {
             return;
         }
         if let Some(call) = self.calls.remove(&id) {
+            self.ended_calls = self.ended_calls.saturating_sub(1);
             for f in &call.forks {
                 if self.by_b_call_id.get(&f.call_id).is_some_and(|v| v.0 == id) {
                     self.by_b_call_id.remove(&f.call_id);

@@ -468,6 +468,8 @@ impl Transactions {
             let wait = if reliable { 0 } else { t64 };
             arm(set, id, tx, Timer::J, now.saturating_add(wait));
         } else {
+            // After the final response only its bytes matter (retransmission, ACK matching).
+            tx.request = None;
             tx.state = if resp.is_success() {
                 TxState::Accepted
             } else {
@@ -629,6 +631,10 @@ impl Transactions {
                     disarm(set, id, tx, Timer::A);
                     disarm(set, id, tx, Timer::B);
                     arm(set, id, tx, Timer::M, now.saturating_add(self.cfg.t64()));
+                    // Accepted only absorbs 2xx retransmissions for 32 s: the request and
+                    // its bytes are no longer needed (memory at thousands of calls/s).
+                    tx.request = None;
+                    tx.last = None;
                     ClientInput::Deliver(key)
                 }
                 (TxState::Calling | TxState::Proceeding, _) => {
@@ -646,6 +652,8 @@ impl Transactions {
                         });
                         tx.ack = Some(ack);
                     }
+                    tx.request = None;
+                    tx.last = None;
                     ClientInput::Deliver(key)
                 }
                 (TxState::Completed, 300..=699) => {
