@@ -22,6 +22,8 @@ pub enum Disposition {
     Unavailable,
     /// Call setup failed for another reason (status code in `status`).
     Failed,
+    /// Answered, then torn down because the media stopped flowing.
+    MediaTimeout,
 }
 
 /// One call detail record, written when the call ends.

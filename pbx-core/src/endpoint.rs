@@ -11,12 +11,14 @@
 //! contact of the callee in parallel. The first 2xx wins and the other forks are cancelled.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cdr::{Cdr, Disposition};
+use crate::media::anchor::CallMedia;
+use crate::media::session::{Codec, Leg, MediaCommand, MediaEvent, PortPool, SessionId};
 use crate::registrar::{Binding, BindingChange, Registrar, RegistrarConfig};
 use crate::sip::auth::{
     parse_credentials, AuthError, Authenticator, DigestCredentials, NonceConfig, StoredSecret,
@@ -59,6 +61,19 @@ pub struct EndpointConfig {
     pub secret_key: [u8; 32],
     /// Seed for tags, branches and Call-IDs.
     pub seed: u64,
+    /// Media anchoring through the relay; `None` passes SDP through untouched.
+    pub media: Option<MediaSettings>,
+}
+
+/// Where the relay listens, as the call core advertises it in SDP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaSettings {
+    /// Our media addresses (one per family is enough); the one matching a leg's
+    /// signalling family goes into that leg's SDP.
+    pub addrs: Vec<IpAddr>,
+    /// The relay's port range (RTP on even ports, RTCP on the odd port above).
+    pub port_first: u16,
+    pub port_last: u16,
 }
 
 /// Something the driver must act on.
@@ -68,6 +83,8 @@ pub enum Event {
     Bindings(Vec<BindingChange>),
     /// A call ended: persist its record.
     CallEnded(Cdr),
+    /// Tell the relay (open, update or close a call's media).
+    Media(MediaCommand),
     /// A request failed authentication (for the firewall's detectors).
     AuthFailed {
         /// Where the request came from.
@@ -94,6 +111,10 @@ pub struct CallSummary {
     pub start: Millis,
     /// When the call was answered.
     pub answer: Option<Millis>,
+    /// Relay session, when media is anchored.
+    pub media_session: Option<SessionId>,
+    /// Codecs on legs A and B once negotiated (they differ when the relay transcodes).
+    pub codecs: Option<(Codec, Codec)>,
 }
 
 /// Plain counters for `status` and metrics.
@@ -231,6 +252,8 @@ struct Call {
     /// A 2xx for a re-INVITE relayed to the other leg awaits that leg's ACK
     /// (value: the fork-side or A-side that must get the ACK; true = send to B).
     pending_reinvite_ack: Option<(bool, u32)>,
+    /// SDP anchoring state when media runs through the relay.
+    media: Option<CallMedia>,
 }
 
 /// Where and as what a request goes out on one leg of a dialog.
@@ -266,6 +289,8 @@ pub struct Endpoint {
     /// Stands in for an unknown user's secret so the work and the answer are the same.
     decoy: StoredSecret,
     calls: HashMap<u64, Call>,
+    /// Relay ports free for new calls (when media is anchored).
+    ports: Option<PortPool>,
     /// Calls in `calls` that ended and wait for their forks' transactions.
     ended_calls: usize,
     next_call: u64,
@@ -299,6 +324,10 @@ impl Endpoint {
             users: HashMap::new(),
             decoy,
             calls: HashMap::new(),
+            ports: cfg
+                .media
+                .as_ref()
+                .map(|m| PortPool::new(m.port_first, m.port_last)),
             ended_calls: 0,
             next_call: 1,
             by_a_call_id: HashMap::new(),
@@ -375,6 +404,8 @@ impl Endpoint {
                 answered: c.state == CallState::Answered,
                 start: c.start,
                 answer: c.answer,
+                media_session: c.media.as_ref().map(CallMedia::session),
+                codecs: c.media.as_ref().and_then(CallMedia::codecs),
             })
             .collect();
         out.sort_by_key(|c| c.start);
@@ -696,6 +727,41 @@ impl Endpoint {
         self.next_call += 1;
         self.counters.calls_started += 1;
         let late_offer = req.body.is_empty();
+        let mut media = None;
+        let mut fork_body = req.body.clone();
+        if let Some(settings) = self.cfg.media.clone() {
+            let first_peer_ip = contacts
+                .first()
+                .map(|b| b.source.addr.ip())
+                .unwrap_or(src.addr.ip());
+            let Some((port_a, port_b)) = self.take_ports() else {
+                tracing::warn!("no free media ports: call refused");
+                self.reply(now, &key, &req, src, 503, Some(&local_tag));
+                return;
+            };
+            let mut m = CallMedia::new(
+                id,
+                port_a,
+                port_b,
+                media_addr(&settings, src.addr.ip()),
+                media_addr(&settings, first_peer_ip),
+                src.addr.ip(),
+                first_peer_ip,
+                self.rng.gen(),
+            );
+            if !late_offer {
+                match m.offer(Leg::A, &req.body) {
+                    Ok(body) => fork_body = body,
+                    Err(err) => {
+                        tracing::debug!(%err, "unusable SDP offer");
+                        self.give_ports((port_a, port_b));
+                        self.reply(now, &key, &req, src, 488, Some(&local_tag));
+                        return;
+                    }
+                }
+            }
+            media = Some(m);
+        }
         let mut call = Call {
             caller: caller.clone(),
             callee: callee.clone(),
@@ -720,6 +786,7 @@ impl Endpoint {
             ring_deadline: now.saturating_add(self.cfg.ring_timeout_ms),
             late_offer,
             pending_reinvite_ack: None,
+            media,
         };
         let max_forwards = req.headers.max_forwards.unwrap_or(70).saturating_sub(1);
         for binding in &contacts {
@@ -733,6 +800,7 @@ impl Endpoint {
                 idx,
                 &call,
                 &req,
+                fork_body.clone(),
                 target,
                 binding.source,
                 max_forwards,
@@ -740,6 +808,10 @@ impl Endpoint {
             call.forks.push(fork);
         }
         if call.forks.is_empty() {
+            if let Some(m) = &call.media {
+                let ports = m.ports();
+                self.give_ports(ports);
+            }
             self.reply(now, &key, &req, src, 480, Some(&call.a.local_tag));
             self.record_failed(now, &req, &caller, &callee, 480, Disposition::Unavailable);
             return;
@@ -758,6 +830,7 @@ impl Endpoint {
         idx: usize,
         call: &Call,
         a_invite: &Request,
+        body: Vec<u8>,
         target: Uri,
         peer: Peer,
         max_forwards: u32,
@@ -793,7 +866,7 @@ impl Endpoint {
             method: Method::Invite,
             uri: target.clone(),
             headers,
-            body: a_invite.body.clone(),
+            body,
         };
         let key = self.tx.send_request(now, req, peer);
         self.clients.insert(
@@ -944,7 +1017,8 @@ impl Endpoint {
         if call.late_offer {
             call.late_offer = false;
             if let Some(fork) = call.winner {
-                self.send_ack_b(id, fork, ack.body.clone(), ack.headers.content_type.clone());
+                let body = self.media_body(id, Leg::A, false, &ack.body, None);
+                self.send_ack_b(id, fork, body, ack.headers.content_type.clone());
             }
         }
     }
@@ -969,18 +1043,15 @@ impl Endpoint {
             return;
         }
         call.pending_reinvite_ack = None;
+        let winner = call.winner;
+        let from = if from_a { Leg::A } else { Leg::B };
+        let body = self.media_body(id, from, false, &ack.body, None);
         if to_b {
-            if let Some(fork) = call.winner {
-                self.send_in_dialog_ack_b(
-                    id,
-                    fork,
-                    cseq,
-                    ack.body.clone(),
-                    ack.headers.content_type.clone(),
-                );
+            if let Some(fork) = winner {
+                self.send_in_dialog_ack_b(id, fork, cseq, body, ack.headers.content_type.clone());
             }
         } else {
-            self.send_in_dialog_ack_a(id, cseq, ack.body.clone(), ack.headers.content_type.clone());
+            self.send_in_dialog_ack_a(id, cseq, body, ack.headers.content_type.clone());
         }
     }
 
@@ -1037,9 +1108,20 @@ impl Endpoint {
                 let mut out =
                     Response::to_request(&call.a.invite, resp.status, Some(&call.a.local_tag));
                 out.reason = resp.reason.clone();
-                out.body = resp.body.clone();
                 out.headers.content_type = resp.headers.content_type.clone();
                 let (peer, key) = (call.a.peer, call.a.invite_key.clone());
+                let late = call.late_offer;
+                let fork_ip = f.peer.addr.ip();
+                // Early media: the 18x answer (not in a late-offer call, where the 2xx
+                // carries the offer and the early body would be a second offer).
+                out.body = if late || resp.body.is_empty() {
+                    Vec::new()
+                } else {
+                    self.media_body(id, Leg::B, false, &resp.body, Some(fork_ip))
+                };
+                if out.body.is_empty() {
+                    out.headers.content_type = None;
+                }
                 out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
                 self.send(now, &key, out, peer);
             }
@@ -1064,13 +1146,15 @@ impl Endpoint {
             self.counters.calls_answered += 1;
             self.ring_timers.remove(&(call.ring_deadline, id));
             let late_offer = call.late_offer;
+            let fork_ip = f.peer.addr.ip();
             let mut out = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
             out.reason = resp.reason.clone();
-            out.body = resp.body.clone();
             out.headers.content_type = resp.headers.content_type.clone();
             out.headers.push("Allow", ALLOW);
             let peer = call.a.peer;
             let key = call.a.invite_key.clone();
+            // The 2xx carries the answer, or in a late-offer call the callee's offer.
+            out.body = self.media_body(id, Leg::B, late_offer, &resp.body, Some(fork_ip));
             out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
             if !late_offer {
                 self.send_ack_b(id, fork, Vec::new(), None);
@@ -1168,8 +1252,15 @@ impl Endpoint {
         let tag = relay.from_a.then(|| call.a.local_tag.clone());
         let mut out = Response::to_request(&relay.server_req, resp.status, tag.as_deref());
         out.reason = resp.reason.clone();
-        out.body = resp.body.clone();
         out.headers.content_type = resp.headers.content_type.clone();
+        // The responder answers the relayed offer, or offers itself to a body-less one.
+        let responder = if relay.from_a { Leg::B } else { Leg::A };
+        let offer = relay.server_req.body.is_empty();
+        out.body = if resp.is_success() {
+            self.media_body(id, responder, offer, &resp.body, None)
+        } else {
+            Vec::new()
+        };
         if resp.is_success() {
             out.headers.contact = vec![Contact::Addr(self.our_contact(relay.src, None))];
         }
@@ -1285,11 +1376,13 @@ impl Endpoint {
                 headers.push(name, value.clone());
             }
         }
+        let from = if from_a { Leg::A } else { Leg::B };
+        let body = self.media_body(id, from, true, &req.body, None);
         let out = Request {
             method: req.method.clone(),
             uri: target,
             headers,
-            body: req.body.clone(),
+            body,
         };
         let relay_id = self.next_relay;
         self.next_relay += 1;
@@ -1481,6 +1574,91 @@ impl Endpoint {
         self.end_call(now, id, Disposition::NoAnswer, 480);
     }
 
+    /// Rewrites a body crossing call `id` from leg `from` for the relay: an offer (`offer`)
+    /// or the answer to the other leg's offer. Without media anchoring, or for an empty
+    /// body, the body passes unchanged; an unusable SDP is passed unchanged too (and
+    /// logged), so signalling never breaks on media.
+    fn media_body(
+        &mut self,
+        id: u64,
+        from: Leg,
+        offer: bool,
+        body: &[u8],
+        b_ip: Option<IpAddr>,
+    ) -> Vec<u8> {
+        if body.is_empty() {
+            return Vec::new();
+        }
+        let Some(media) = self.calls.get_mut(&id).and_then(|c| c.media.as_mut()) else {
+            return body.to_vec();
+        };
+        if let Some(ip) = b_ip {
+            media.set_signal_b(ip);
+        }
+        let result = if offer {
+            media.offer(from, body).map(|b| (b, None))
+        } else {
+            media.answer(from, body)
+        };
+        match result {
+            Ok((out, cmd)) => {
+                if let Some(cmd) = cmd {
+                    self.events.push_back(Event::Media(cmd));
+                }
+                out
+            }
+            Err(err) => {
+                tracing::debug!(%err, "SDP not anchored");
+                body.to_vec()
+            }
+        }
+    }
+
+    fn take_ports(&mut self) -> Option<(u16, u16)> {
+        let pool = self.ports.as_mut()?;
+        let a = pool.take()?;
+        match pool.take() {
+            Some(b) => Some((a, b)),
+            None => {
+                pool.give_back(a);
+                None
+            }
+        }
+    }
+
+    fn give_ports(&mut self, (a, b): (u16, u16)) {
+        if let Some(pool) = self.ports.as_mut() {
+            pool.give_back(a);
+            pool.give_back(b);
+        }
+    }
+
+    /// Handles what the relay reports.
+    pub fn handle_media_event(&mut self, now: Millis, event: MediaEvent) {
+        match event {
+            MediaEvent::Timeout { session } => {
+                let Some(call) = self.calls.get(&session) else {
+                    return;
+                };
+                let held = call.media.as_ref().is_some_and(CallMedia::on_hold);
+                if call.state != CallState::Answered || held {
+                    return;
+                }
+                tracing::info!(caller = %call.caller, callee = %call.callee, "media timeout: hanging up");
+                if let Some(fork) = call.winner {
+                    self.send_bye_b(now, session, fork);
+                }
+                self.send_bye_a(now, session);
+                self.end_call(now, session, Disposition::MediaTimeout, 200);
+            }
+            MediaEvent::Dtmf { session, leg, digit, .. } => {
+                tracing::debug!(session, ?leg, %digit, "DTMF");
+            }
+            MediaEvent::Stats { .. } => {}
+        }
+        self.drain_tx_events(now);
+    }
+
     /// Ends a call: writes its CDR and forgets everything that routes new requests to it.
     /// The call itself stays (as `Ended`) while fork INVITE transactions are alive, so their
     /// late responses are still handled; [`Endpoint::reap`] removes it afterwards.
@@ -1494,6 +1672,19 @@ impl Endpoint {
         call.state = CallState::Ended;
         self.ended_calls += 1;
         call.pending_reinvite_ack = None;
+        if let Some(m) = call.media.take() {
+            if let Some(cmd) = m.close() {
+                self.events.push_back(Event::Media(cmd));
+            }
+            let ports = m.ports();
+            if let Some(pool) = self.ports.as_mut() {
+                pool.give_back(ports.0);
+                pool.give_back(ports.1);
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         let deadline = call.ring_deadline;
         let answered = call.answer.is_some();
         let cdr = Cdr {
@@ -1759,6 +1950,17 @@ impl Endpoint {
             self.rng.gen::<u64>()
         )
     }
+}
+
+/// Our media address for a peer: same family if we have one.
+fn media_addr(settings: &MediaSettings, peer: IpAddr) -> IpAddr {
+    settings
+        .addrs
+        .iter()
+        .find(|a| a.is_ipv4() == peer.is_ipv4())
+        .or(settings.addrs.first())
+        .copied()
+        .unwrap_or(peer)
 }
 
 /// The host part for Via/Contact: IPv6 addresses in brackets.

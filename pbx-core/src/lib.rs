@@ -6,6 +6,7 @@
 
 pub mod cdr;
 pub mod endpoint;
+pub mod media;
 pub mod registrar;
 pub mod sip;
 

@@ -44,6 +44,7 @@ pub fn config() -> EndpointConfig {
         ring_timeout_ms: RING_MS,
         secret_key: [7; 32],
         seed: 42,
+        media: None,
     }
 }
 
@@ -70,7 +71,13 @@ pub struct Sim {
 impl Sim {
     /// A PBX with extensions 100..=103 and 200..=203 (password `pw<ext>`).
     pub fn new() -> Sim {
-        let mut ep = Endpoint::new(config());
+        Sim::with_config(config())
+    }
+
+    /// Like [`Sim::new`] with another endpoint configuration.
+    #[allow(dead_code)]
+    pub fn with_config(cfg: EndpointConfig) -> Sim {
+        let mut ep = Endpoint::new(cfg);
         for ext in ["100", "101", "102", "103", "200", "201", "202", "203"] {
             ep.set_user(ext, StoredSecret::new(ext, REALM, &format!("pw{ext}")));
         }
