@@ -111,6 +111,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ring_timeout_ms: cfg.calls.ring_timeout_secs * 1000,
         secret_key,
         seed: rand::thread_rng().gen(),
+        media: None,
     };
     let mut daemon = Daemon {
         endpoint: Endpoint::new(endpoint_cfg),
@@ -256,6 +257,10 @@ impl Daemon {
                         "call ended"
                     );
                     batch.cdrs.push(cdr);
+                }
+                Event::Media(cmd) => {
+                    // Media anchoring is off in this build of the daemon (media: None).
+                    tracing::debug!(?cmd, "media command without a relay");
                 }
                 Event::AuthFailed { src, method, .. } => {
                     tracing::debug!(peer = %src.addr, %method, "authentication failed");
