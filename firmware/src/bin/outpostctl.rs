@@ -584,6 +584,7 @@ fn disposition_name(d: Disposition) -> &'static str {
         Disposition::NotFound => "not found",
         Disposition::Unavailable => "unavailable",
         Disposition::Failed => "failed",
+        Disposition::MediaTimeout => "media timeout",
     }
 }
 
