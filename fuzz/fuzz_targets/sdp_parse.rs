@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let again = Sdp::parse(&sdp.emit());
-    assert_eq!(again.as_ref(), Ok(&sdp), "parse(emit(parse(x))) == parse(x)");
+    assert_eq!(
+        again.as_ref(),
+        Ok(&sdp),
+        "parse(emit(parse(x))) == parse(x)"
+    );
 
     let _ = (sdp::is_hold(&sdp), sdp.remote_rtp(), sdp.audio());
     let v4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));

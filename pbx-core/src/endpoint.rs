@@ -1651,7 +1651,12 @@ impl Endpoint {
                 self.send_bye_a(now, session);
                 self.end_call(now, session, Disposition::MediaTimeout, 200);
             }
-            MediaEvent::Dtmf { session, leg, digit, .. } => {
+            MediaEvent::Dtmf {
+                session,
+                leg,
+                digit,
+                ..
+            } => {
                 tracing::debug!(session, ?leg, %digit, "DTMF");
             }
             MediaEvent::Stats { .. } => {}
@@ -1694,7 +1699,7 @@ impl Endpoint {
             start: call.start,
             answer: call.answer,
             end: now,
-            disposition: if answered {
+            disposition: if answered && disposition != Disposition::MediaTimeout {
                 Disposition::Answered
             } else {
                 disposition

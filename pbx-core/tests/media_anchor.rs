@@ -1,0 +1,176 @@
+//! Media anchoring in the B2BUA: SDP rewritten towards the relay on both legs, relay
+//! commands in step with the signalling, transcoding chosen when the legs share no codec.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use pbx_core::endpoint::{Event, MediaSettings};
+use pbx_core::media::sdp::Sdp;
+use pbx_core::media::session::{Codec, MediaCommand, MediaEvent};
+use pbx_core::sip::Method;
+use support::*;
+
+const A_ADDR: &str = "192.168.1.10:5060";
+const B_ADDR: &str = "192.168.1.20:5060";
+const RELAY_IP: &str = "10.0.0.1";
+
+fn sim() -> Sim {
+    let mut cfg = config();
+    cfg.media = Some(MediaSettings {
+        addrs: vec![RELAY_IP.parse().unwrap()],
+        port_first: 30000,
+        port_last: 30007,
+    });
+    Sim::with_config(cfg)
+}
+
+fn phones(sim: &mut Sim) -> (Phone, Phone) {
+    let mut a = Phone::new("100", A_ADDR);
+    let mut b = Phone::new("200", B_ADDR);
+    register(sim, &mut a, 600);
+    register(sim, &mut b, 600);
+    sim.events.clear();
+    (a, b)
+}
+
+fn media_commands(sim: &mut Sim) -> Vec<MediaCommand> {
+    let out = sim
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Media(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    sim.events.retain(|e| !matches!(e, Event::Media(_)));
+    out
+}
+
+fn rtp_of(body: &[u8]) -> std::net::SocketAddr {
+    Sdp::parse(body)
+        .expect("valid SDP")
+        .remote_rtp()
+        .expect("audio")
+}
+
+const PCMA_ONLY: &str = "v=0\r\no=b 1 1 IN IP4 192.168.1.20\r\ns=-\r\nc=IN IP4 192.168.1.20\r\nt=0 0\r\nm=audio 5000 RTP/AVP 8\r\na=sendrecv\r\n";
+
+#[test]
+fn both_legs_see_the_relay_and_the_relay_learns_both_phones() {
+    let mut sim = sim();
+    let (mut a, b) = phones(&mut sim);
+    let leg = invite(&mut sim, &mut a, "200", SDP_OFFER);
+    let _ = sim.responses(a.addr);
+    let inv = sim.requests(b.addr).remove(0);
+    let to_b = rtp_of(&inv.body);
+    assert_eq!(to_b.ip().to_string(), RELAY_IP, "B is offered the relay");
+    let sdp_b = String::from_utf8(inv.body.clone()).unwrap();
+    assert!(
+        sdp_b.contains("m=audio") && sdp_b.contains(" RTP/AVP 0 8"),
+        "PCMA (8) added so the relay can transcode: {sdp_b}"
+    );
+    assert!(
+        media_commands(&mut sim).is_empty(),
+        "nothing to relay before an answer"
+    );
+
+    sim.send(
+        b.addr,
+        &response(
+            &inv,
+            200,
+            Some("bt"),
+            &[format!("Contact: {}", b.contact())],
+            SDP_ANSWER,
+        ),
+    );
+    let ok = sim.responses(a.addr);
+    let ok = ok.iter().find(|r| r.status == 200).expect("200 to A");
+    let to_a = rtp_of(&ok.body);
+    assert_eq!(
+        to_a.ip().to_string(),
+        RELAY_IP,
+        "A is answered with the relay"
+    );
+    assert_ne!(to_a.port(), to_b.port(), "each leg has its own relay port");
+    let cmds = media_commands(&mut sim);
+    assert_eq!(cmds.len(), 1);
+    let MediaCommand::Open { a: la, b: lb, .. } = &cmds[0] else {
+        panic!("expected Open, got {cmds:?}");
+    };
+    assert_eq!(la.local_port, to_a.port());
+    assert_eq!(lb.local_port, to_b.port());
+    assert_eq!(la.remote, Some("192.168.1.10:4000".parse().unwrap()));
+    assert_eq!(lb.remote, Some("192.168.1.20:5000".parse().unwrap()));
+    assert_eq!((la.codec, lb.codec), (Codec::Pcmu, Codec::Pcmu));
+    assert!(la.allowed_ips.contains(&"192.168.1.10".parse().unwrap()));
+    let calls = sim.ep.calls();
+    assert_eq!(calls[0].codecs, Some((Codec::Pcmu, Codec::Pcmu)));
+
+    // Hang up: the relay is told to close, and the ports go back to the pool.
+    let _ = leg;
+    let session = calls[0].media_session.unwrap();
+    sim.ep
+        .handle_media_event(sim.now, MediaEvent::Timeout { session });
+    sim.pump();
+    let byes_b = sim.requests(b.addr);
+    assert!(
+        byes_b.iter().any(|r| r.method == Method::Bye),
+        "media timeout hangs up B"
+    );
+    let byes_a = sim.requests(a.addr);
+    assert!(byes_a.iter().any(|r| r.method == Method::Bye), "and A");
+    let cmds = media_commands(&mut sim);
+    assert!(cmds.iter().any(|c| matches!(c, MediaCommand::Close { .. })));
+    let cdr = sim.cdrs().pop().unwrap();
+    assert_eq!(cdr.disposition, pbx_core::cdr::Disposition::MediaTimeout);
+}
+
+#[test]
+fn legs_without_a_common_codec_are_transcoded() {
+    let mut sim = sim();
+    let (mut a, b) = phones(&mut sim);
+    let _leg = invite(&mut sim, &mut a, "200", SDP_OFFER); // PCMU only
+    let _ = sim.responses(a.addr);
+    let inv = sim.requests(b.addr).remove(0);
+    sim.send(
+        b.addr,
+        &response(
+            &inv,
+            200,
+            Some("bt"),
+            &[format!("Contact: {}", b.contact())],
+            PCMA_ONLY,
+        ),
+    );
+    let ok = sim.responses(a.addr);
+    let ok = ok.iter().find(|r| r.status == 200).unwrap();
+    let body = String::from_utf8(ok.body.clone()).unwrap();
+    assert!(
+        body.contains("m=audio") && !body.contains(" 8\r\n"),
+        "A gets its own PCMU: {body}"
+    );
+    let cmds = media_commands(&mut sim);
+    let MediaCommand::Open { a: la, b: lb, .. } = &cmds[0] else {
+        panic!("{cmds:?}");
+    };
+    assert_eq!((la.codec, lb.codec), (Codec::Pcmu, Codec::Pcma));
+    assert_eq!((la.pt, lb.pt), (0, 8));
+}
+
+#[test]
+fn ports_run_out_and_come_back() {
+    // 30000..=30007 holds four pairs: two calls.
+    let mut sim = sim();
+    let (mut a, b) = phones(&mut sim);
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        first.push(invite(&mut sim, &mut a, "200", SDP_OFFER));
+        let _ = sim.requests(b.addr);
+        let _ = sim.responses(a.addr);
+    }
+    let _third = invite(&mut sim, &mut a, "200", SDP_OFFER);
+    let st = sim.statuses(a.addr);
+    assert!(st.contains(&503), "no ports left: {st:?}");
+    assert_eq!(sim.ep.calls().len(), 2);
+}
