@@ -8,6 +8,7 @@
 
 pub mod detect;
 pub mod net;
+pub mod nft;
 pub mod policy;
 
 mod table;

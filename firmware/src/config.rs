@@ -76,6 +76,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[demo]`: quick-start extras.
     pub demo: DemoConfig,
+    /// `[media]`: the RTP relay.
+    pub media: MediaConfig,
 }
 
 /// `[sip]` section.
@@ -231,6 +233,50 @@ impl Default for LogConfig {
     }
 }
 
+/// `[media]` section: every call's audio runs through the relay on these ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Anchor media in the relay (false: SDP passes through and phones talk directly).
+    pub enabled: bool,
+    /// Relay addresses; empty = the IPs of `sip.listen` (an unspecified listen address
+    /// needs an explicit media address, because it goes into SDP).
+    pub addrs: Vec<std::net::IpAddr>,
+    /// First and last port of the relay range (each call uses two even/odd pairs).
+    pub port_first: u16,
+    pub port_last: u16,
+    /// A call whose media stops for this long is hung up.
+    pub timeout_secs: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            enabled: true,
+            addrs: Vec::new(),
+            port_first: 10000,
+            port_last: 10999,
+            timeout_secs: 60,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// The relay addresses: configured ones, else those of the SIP listeners.
+    pub fn effective_addrs(&self, listen: &[SocketAddr]) -> Vec<std::net::IpAddr> {
+        if !self.addrs.is_empty() {
+            return self.addrs.clone();
+        }
+        let mut out: Vec<std::net::IpAddr> = Vec::new();
+        for a in listen {
+            if !out.contains(&a.ip()) {
+                out.push(a.ip());
+            }
+        }
+        out
+    }
+}
+
 /// `[demo]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -349,6 +395,28 @@ impl Config {
                 "auth.algorithms",
                 format!("unknown algorithm {bad:?} (use \"SHA-256\" or \"MD5\")"),
             ));
+        }
+        let media = &self.media;
+        if media.enabled {
+            if media.port_first < 1024 || media.port_last < media.port_first.saturating_add(3) {
+                return Err(invalid(
+                    "media.port_first",
+                    "the relay range must start at 1024 or above and hold at least two port pairs",
+                ));
+            }
+            if !(5..=3600).contains(&media.timeout_secs) {
+                return Err(invalid("media.timeout_secs", "must be between 5 and 3600"));
+            }
+            if media
+                .effective_addrs(&self.sip.listen)
+                .iter()
+                .any(|ip| ip.is_unspecified())
+            {
+                return Err(invalid(
+                    "media.addrs",
+                    "sip.listen has an unspecified address: name the relay's addresses explicitly",
+                ));
+            }
         }
         if !(1..=600).contains(&self.calls.ring_timeout_secs) {
             return Err(invalid(

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use pbx_core::endpoint::{Endpoint, EndpointConfig, Event};
+use pbx_core::endpoint::{Endpoint, EndpointConfig, Event, MediaSettings};
+use pbx_core::media::session::MediaEvent;
 use pbx_core::registrar::RegistrarConfig;
 use pbx_core::sip::auth::{NonceConfig, StoredSecret};
 use pbx_core::sip::transaction::TimerConfig;
@@ -18,12 +19,13 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::proto::{
-    validate_ext, validate_name, validate_password, CallInfo, Command, ExtensionInfo,
-    RegistrationInfo, Reply, StatusInfo,
+    validate_ext, validate_name, validate_password, CallInfo, CallMediaInfo, Command,
+    ExtensionInfo, RegistrationInfo, Reply, StatusInfo,
 };
 use crate::admin::server::{self, AdminRequest};
 use crate::config::Config;
 use crate::driver::{Inbound, Transports};
+use crate::media::relay::{self, Relay, RelayConfig};
 use crate::store::{Batch, ExtensionRecord, Store};
 
 /// Inbound messages handled per turn before timers, admin commands and the commit get a go.
@@ -72,6 +74,8 @@ struct Daemon {
     transports: Transports,
     listen: Vec<String>,
     commit_failures: u64,
+    /// The RTP relay, when media is anchored.
+    relay: Option<Relay>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -113,6 +117,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         seed: rand::thread_rng().gen(),
         media: None,
     };
+    let mut endpoint_cfg = endpoint_cfg;
+    let mut relay = None;
+    let mut media_rx = None;
+    if cfg.media.enabled {
+        let addrs = cfg.media.effective_addrs(&cfg.sip.listen);
+        let mut r = relay::start(RelayConfig {
+            addrs: addrs.clone(),
+            port_first: cfg.media.port_first,
+            port_last: cfg.media.port_last,
+            media_timeout: Duration::from_secs(cfg.media.timeout_secs),
+        })
+        .with_context(|| {
+            format!(
+                "cannot start the RTP relay on ports {}-{}",
+                cfg.media.port_first, cfg.media.port_last
+            )
+        })?;
+        media_rx = r.events();
+        endpoint_cfg.media = Some(MediaSettings {
+            addrs,
+            port_first: cfg.media.port_first,
+            port_last: cfg.media.port_last,
+        });
+        relay = Some(r);
+    }
     let mut daemon = Daemon {
         endpoint: Endpoint::new(endpoint_cfg),
         clock,
@@ -120,6 +149,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         transports,
         listen,
         commit_failures: 0,
+        relay,
         cfg,
     };
     daemon.load()?;
@@ -160,6 +190,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             Some((cmd, reply)) = admin_rx.recv() => daemon.admin(cmd, reply),
+            Some(ev) = next_media_event(&mut media_rx) => {
+                let now = daemon.clock.now();
+                daemon.endpoint.handle_media_event(now, ev);
+            }
             n = in_rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
                     anyhow::bail!("all transports stopped");
@@ -259,8 +293,9 @@ impl Daemon {
                     batch.cdrs.push(cdr);
                 }
                 Event::Media(cmd) => {
-                    // Media anchoring is off in this build of the daemon (media: None).
-                    tracing::debug!(?cmd, "media command without a relay");
+                    if let Some(relay) = &self.relay {
+                        relay.command(cmd);
+                    }
                 }
                 Event::AuthFailed { src, method, .. } => {
                     tracing::debug!(peer = %src.addr, %method, "authentication failed");
@@ -402,6 +437,16 @@ impl Daemon {
                     .calls()
                     .into_iter()
                     .map(|c| CallInfo {
+                        media: c.media_session.and_then(|session| {
+                            let (a, b) = self.relay.as_ref()?.stats(session)?;
+                            let (ca, cb) = c.codecs?;
+                            Some(CallMediaInfo {
+                                codec_a: ca.name().to_string(),
+                                codec_b: cb.name().to_string(),
+                                a,
+                                b,
+                            })
+                        }),
                         duration_secs: now.saturating_sub(c.answer.unwrap_or(c.start)) / 1000,
                         state: if c.answered { "answered" } else { "ringing" }.to_string(),
                         call_id: c.call_id,
@@ -416,6 +461,14 @@ impl Daemon {
                 Reply::Cdrs(self.store.cdr_list(limit.min(MAX_CDR_LIST), 0)?)
             }
         })
+    }
+}
+
+/// The next event from the relay; pending forever when media is not anchored.
+async fn next_media_event(rx: &mut Option<mpsc::Receiver<MediaEvent>>) -> Option<MediaEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

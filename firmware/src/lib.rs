@@ -4,4 +4,5 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod driver;
+pub mod media;
 pub mod store;

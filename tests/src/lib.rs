@@ -79,6 +79,32 @@ pub fn has_ipv6_loopback() -> bool {
 }
 
 static PORT_COUNTER: AtomicU32 = AtomicU32::new(0);
+static MEDIA_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Ports per daemon for the RTP relay: four calls' worth.
+const MEDIA_BLOCK: u32 = 16;
+
+/// A block of relay ports in 10000..20000 free on 127.0.0.1 (and ::1 when present),
+/// private to one daemon of this process.
+pub fn free_media_range() -> (u16, u16) {
+    let v6 = has_ipv6_loopback();
+    let blocks = 10_000 / MEDIA_BLOCK;
+    let offset = std::process::id() % blocks;
+    for _ in 0..blocks {
+        let n = MEDIA_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let first = 10_000 + ((offset + n) % blocks) * MEDIA_BLOCK;
+        let first = u16::try_from(first).expect("below 20000");
+        let last = first + u16::try_from(MEDIA_BLOCK - 1).expect("small");
+        let free = (first..=last).all(|p| {
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, p)).is_ok()
+                && (!v6 || UdpSocket::bind((Ipv6Addr::LOCALHOST, p)).is_ok())
+        });
+        if free {
+            return (first, last);
+        }
+    }
+    panic!("no free relay port block in 10000..20000");
+}
 
 /// A port free for UDP and TCP on 127.0.0.1 (and ::1 when present), unique within this
 /// process and, through the pid, unlikely to clash with other test processes. The range
@@ -212,6 +238,10 @@ pub struct DaemonConfig {
     /// (SHA-256 then MD5). SIPp 3.6 (Debian 12) knows only MD5 and takes the first
     /// challenge's `algorithm=`, so SIPp-driven tests offer MD5 first.
     pub digest_algorithms: Option<Vec<String>>,
+    /// `[media]` relay port range (a private block per daemon, so parallel tests never
+    /// compete for relay ports) and media timeout.
+    pub media_ports: (u16, u16),
+    pub media_timeout_secs: u32,
 }
 
 impl DaemonConfig {
@@ -240,6 +270,8 @@ impl DaemonConfig {
             default_expires: 600,
             ring_timeout_secs: 60,
             digest_algorithms: Some(vec!["MD5".to_owned(), "SHA-256".to_owned()]),
+            media_ports: free_media_range(),
+            media_timeout_secs: 60,
         }
     }
 
@@ -258,8 +290,12 @@ impl DaemonConfig {
             }
             None => String::new(),
         };
+        let media = format!(
+            "\n[media]\nport_first = {}\nport_last = {}\ntimeout_secs = {}\n",
+            self.media_ports.0, self.media_ports.1, self.media_timeout_secs
+        );
         format!(
-            "[sip]\nlisten = [{}]\nrealm = \"{}\"\n\n[registrar]\nmin_expires = {}\nmax_expires = {}\ndefault_expires = {}\n\n[calls]\nring_timeout_secs = {}\n\n[store]\ndata_dir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[demo]\nextensions = []\n{}",
+            "[sip]\nlisten = [{}]\nrealm = \"{}\"\n\n[registrar]\nmin_expires = {}\nmax_expires = {}\ndefault_expires = {}\n\n[calls]\nring_timeout_secs = {}\n\n[store]\ndata_dir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[demo]\nextensions = []\n{}{}",
             listen.join(", "),
             self.realm,
             self.min_expires,
@@ -269,6 +305,7 @@ impl DaemonConfig {
             data_dir.display(),
             socket.display(),
             auth,
+            media,
         )
     }
 }

@@ -206,6 +206,22 @@ pub struct CallInfo {
     pub answered_ms: Option<u64>,
     /// Seconds since start (ringing) or answer (answered).
     pub duration_secs: u64,
+    /// Media through the relay, when anchored and negotiated.
+    #[serde(default)]
+    pub media: Option<CallMediaInfo>,
+}
+
+/// Codecs and relay counters of a call's two legs.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CallMediaInfo {
+    /// Codec on the caller's leg (`PCMU`, `PCMA`, `other`).
+    pub codec_a: String,
+    /// Codec on the callee's leg; differs from `codec_a` when the relay transcodes.
+    pub codec_b: String,
+    /// Counters of the caller's leg (in = from the caller's phone).
+    pub a: pbx_core::media::session::LegStats,
+    /// Counters of the callee's leg.
+    pub b: pbx_core::media::session::LegStats,
 }
 
 /// Checks an extension number: 1-16 ASCII letters or digits.

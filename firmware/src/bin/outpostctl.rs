@@ -527,7 +527,7 @@ fn render_calls(v: &[CallInfo]) -> String {
             ]
         })
         .collect();
-    format_table(
+    let mut out = format_table(
         Some(&[
             "CALLER",
             "CALLEE",
@@ -537,7 +537,47 @@ fn render_calls(v: &[CallInfo]) -> String {
             "CALL-ID",
         ]),
         &rows,
-    )
+    );
+    let media: Vec<Vec<String>> = v
+        .iter()
+        .filter_map(|c| {
+            let m = c.media.as_ref()?;
+            let leg = |name: &str, codec: &str, s: &pbx_core::media::session::LegStats| {
+                vec![
+                    format!("{} {name}", c.caller),
+                    codec.to_owned(),
+                    format!("{}/{}", s.packets_in, s.bytes_in),
+                    format!("{}/{}", s.packets_out, s.bytes_out),
+                    s.lost.to_string(),
+                    format!("{:.1}", s.jitter_us as f64 / 1000.0),
+                    s.rtcp_lost.map_or("-".to_owned(), |l| l.to_string()),
+                    s.rtcp_jitter_us
+                        .map_or("-".to_owned(), |j| format!("{:.1}", j as f64 / 1000.0)),
+                    s.latched.map_or("-".to_owned(), |a| a.to_string()),
+                ]
+            };
+            Some([leg("A", &m.codec_a, &m.a), leg("B", &m.codec_b, &m.b)])
+        })
+        .flatten()
+        .collect();
+    if !media.is_empty() {
+        out.push('\n');
+        out.push_str(&format_table(
+            Some(&[
+                "CALL/LEG",
+                "CODEC",
+                "PKTS/BYTES IN",
+                "PKTS/BYTES OUT",
+                "LOST",
+                "JITTER MS",
+                "RTCP LOST",
+                "RTCP JITTER MS",
+                "MEDIA FROM",
+            ]),
+            &media,
+        ));
+    }
+    out
 }
 
 fn render_cdrs(v: &[Cdr]) -> String {

@@ -1,0 +1,560 @@
+//! Kernel enforcement: the `inet outpost` nftables table and batched set updates.
+//!
+//! This is the firewall's only I/O. [`Enforcer::install`] replaces our table (and nothing
+//! else) in one transaction; [`Enforcer::apply`] turns a batch of [`SetOp`]s into one
+//! `nft -j -f -` run, whatever its size. The table (rules in this order, chain `input`,
+//! hook input, priority -5, policy accept: we drop only what we own):
+//!
+//! 1. `iifname "lo" accept`
+//! 2. `ip saddr @allow4 accept`, `ip6 saddr @allow6 accept` (interval sets: allow list and
+//!    trunk peers; so an allow-listed source is never dropped, even if it is also banned)
+//! 3. `ip saddr @ban4 counter name "banned" drop`, same for `@ban6` (timeout sets: each
+//!    element carries its own timeout)
+//! 4. on the SIP ports (TCP and UDP) a per-source meter, `limit rate over N/second burst M`
+//!    → `counter name "flood" drop`; IPv6 sources are metered per /64. A coarse safety net
+//!    far above what user space bans for, so floods never wake the daemon.
+//! 5. if `rtp_closed`: `udp dport LO-HI udp dport != @rtp_open counter name "rtp_closed" drop`
+//!
+//! RTP decision: the open set holds local *ports* (`inet_service`), not (address, port)
+//! pairs. Phones behind NAT send media from an address and port that differ from their SDP,
+//! and the media engine latches onto the real source only after the first packet; a pair
+//! set would drop exactly that packet. A port is open only while its call lives, and the
+//! engine's own latching rejects strangers on an open port.
+//!
+//! Removing something absent never fails a batch: nft 1.0.6 (Debian 12) has no `destroy`,
+//! so an unban (or a re-ban of an address the kernel may still hold, to replace its
+//! timeout) first adds the element with a 1 s timeout and deletes it in the same
+//! transaction; a ban of a new address is a plain `add` (a transaction that deletes
+//! elements costs the kernel ~10 ms more). RTP ports are added before closed ones are
+//! deleted; the allow sets are rewritten whole from our copy (small, rarely changed).
+//!
+//! Every call blocks for one nft run (a few ms; tens of ms for thousands of elements):
+//! call it from a blocking thread, not from the async runtime's workers.
+
+mod ruleset;
+mod runner;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::net::{canonical, Cidr};
+use runner::Runner;
+
+/// Longest ban the kernel is given: one year (longer bans are re-applied from the store).
+pub const MAX_BAN_SECS: u64 = 365 * 24 * 3600;
+
+/// A ban we gave the kernel counts as possibly present until this long after its expiry,
+/// so a re-ban close to the expiry takes the safe (reset) path.
+const EXPIRY_SLACK: Duration = Duration::from_secs(2);
+
+/// Why an nft operation failed; carries nft's own words where there are any.
+#[derive(Debug, Error)]
+pub enum NftError {
+    /// The program could not be started (not installed, not in PATH) or waited for.
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// nft ran and refused: its stderr says why.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// The exit status, as shown by the OS.
+        status: String,
+        /// nft's stderr, trimmed and bounded.
+        stderr: String,
+    },
+    /// nft did not finish in time and was killed.
+    #[error("`{command}` did not finish within {ms} ms and was killed")]
+    Timeout {
+        /// The command line.
+        command: String,
+        /// The deadline.
+        ms: u64,
+    },
+    /// nft's output was not what we expected (not JSON, not UTF-8, a counter missing).
+    #[error("unexpected output from `{command}`: {reason}")]
+    Output {
+        /// The command line.
+        command: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The configuration cannot be turned into a ruleset.
+    #[error("invalid nftables configuration: {0}")]
+    Config(String),
+}
+
+/// Per-source packet limit on the SIP ports, enforced by a kernel meter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloodLimit {
+    /// Sustained packets per second per source.
+    pub per_second: u32,
+    /// Packets a source may send above the rate in a burst.
+    pub burst: u32,
+}
+
+impl Default for FloodLimit {
+    fn default() -> Self {
+        FloodLimit {
+            per_second: 200,
+            burst: 400,
+        }
+    }
+}
+
+/// What the kernel table looks like and how to reach nft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NftConfig {
+    /// Name of our table in family `inet`.
+    pub table: String,
+    /// SIP ports (TCP and UDP) guarded by the flood meter.
+    pub sip_ports: Vec<u16>,
+    /// The media engine's RTP port range, inclusive.
+    pub rtp_range: (u16, u16),
+    /// Drop packets to RTP ports the media engine has not opened.
+    pub rtp_closed: bool,
+    /// Networks accepted before any ban or meter.
+    pub allow: Vec<Cidr>,
+    /// Trunk peers, accepted like `allow`.
+    pub trunk_peers: Vec<IpAddr>,
+    /// Per-source flood meter on the SIP ports; `None` turns it off.
+    pub flood_rate: Option<FloodLimit>,
+    /// Run nft inside this network namespace (`ip netns exec NS nft …`); tests use it.
+    pub netns: Option<String>,
+    /// The nft program: a name looked up in PATH, or a path.
+    pub nft: String,
+    /// Deadline for one nft run, ms; a run that takes longer is killed.
+    pub nft_timeout_ms: u64,
+}
+
+impl Default for NftConfig {
+    fn default() -> Self {
+        NftConfig {
+            table: "outpost".to_string(),
+            sip_ports: vec![5060, 5061],
+            rtp_range: (10000, 20000),
+            rtp_closed: true,
+            allow: Vec::new(),
+            trunk_peers: Vec::new(),
+            flood_rate: Some(FloodLimit::default()),
+            netns: None,
+            nft: "nft".to_string(),
+            nft_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl NftConfig {
+    fn validate(&self) -> Result<(), NftError> {
+        let t = &self.table;
+        let ok_name = !t.is_empty()
+            && t.len() <= 32
+            && t.starts_with(|c: char| c.is_ascii_alphabetic())
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok_name {
+            return Err(NftError::Config(format!(
+                "table name {t:?}: use 1-32 letters, digits or '_', starting with a letter"
+            )));
+        }
+        let (lo, hi) = self.rtp_range;
+        if self.rtp_closed && (lo == 0 || lo > hi) {
+            return Err(NftError::Config(format!("RTP range {lo}-{hi}")));
+        }
+        if let Some(f) = self.flood_rate {
+            if f.per_second == 0 {
+                return Err(NftError::Config(
+                    "flood rate 0/s would drop every SIP packet; use None to turn it off".into(),
+                ));
+            }
+        }
+        if self.nft_timeout_ms == 0 {
+            return Err(NftError::Config("nft_timeout_ms must be above 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One change to the kernel sets; a batch of them becomes one nft run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOp {
+    /// Drop everything from `addr` for `timeout_secs` (capped at [`MAX_BAN_SECS`]; 0 means
+    /// the ban has already run out, i.e. [`SetOp::Unban`]). Re-banning replaces the timeout.
+    Ban {
+        /// The source (IPv4-mapped IPv6 counts as IPv4).
+        addr: IpAddr,
+        /// Seconds from now.
+        timeout_secs: u64,
+    },
+    /// Lift a ban; fine if there is none.
+    Unban(IpAddr),
+    /// Accept a network before any ban or meter.
+    Allow(Cidr),
+    /// Remove a network from the allow list (exact match); fine if absent.
+    Disallow(Cidr),
+    /// Accept packets to this local RTP port (a call's media started).
+    RtpOpen {
+        /// Local UDP port.
+        port: u16,
+    },
+    /// Drop packets to this local RTP port again (the call ended); fine if not open.
+    RtpClose {
+        /// Local UDP port.
+        port: u16,
+    },
+}
+
+/// The kernel's own counters in our table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Packets dropped because their source is banned.
+    pub banned_packets: u64,
+    /// Bytes of those packets.
+    pub banned_bytes: u64,
+    /// Packets dropped by the per-source flood meter on the SIP ports.
+    pub meter_drops: u64,
+    /// Packets dropped on RTP ports that were not open.
+    pub rtp_drops: u64,
+}
+
+/// Owner of the `inet outpost` table: installs it, applies batches, reads counters, and
+/// restores it when something outside changed it.
+#[derive(Debug)]
+pub struct Enforcer {
+    cfg: NftConfig,
+    runner: Runner,
+    /// Our copy of the allow list (config allow + trunk peers + `Allow` ops); the kernel's
+    /// allow sets are rewritten from it.
+    allow: Vec<Cidr>,
+    /// RTP ports currently open, so a restore reopens them.
+    rtp_open: Vec<u16>,
+    /// Bans we gave the kernel and when they run out. A ban of an address not in here is a
+    /// plain `add`; one in here must first reset the element (a transaction that deletes
+    /// elements costs the kernel ~10 ms more, so new bans, the common case, avoid it).
+    bans: HashMap<IpAddr, Instant>,
+    /// What the table looked like right after we installed it.
+    fingerprint: Vec<Value>,
+}
+
+impl Enforcer {
+    /// Creates or replaces our table (only ours) atomically in one nft run; no bans yet.
+    pub fn install(cfg: NftConfig) -> Result<Enforcer, NftError> {
+        cfg.validate()?;
+        let runner = Runner::new(
+            &cfg.nft,
+            cfg.netns.as_deref(),
+            Duration::from_millis(cfg.nft_timeout_ms),
+        );
+        let mut allow: Vec<Cidr> = cfg.allow.clone();
+        allow.extend(cfg.trunk_peers.iter().map(|ip| host(*ip)));
+        let mut e = Enforcer {
+            allow: ruleset::normalize(&allow),
+            cfg,
+            runner,
+            rtp_open: Vec::new(),
+            bans: HashMap::new(),
+            fingerprint: Vec::new(),
+        };
+        e.load(&[])?;
+        Ok(e)
+    }
+
+    /// Applies a batch in one nft run (none if the batch changes nothing). Within a batch
+    /// the last op on an address or port wins. Atomic: on error nothing changed, in the
+    /// kernel or in our copies.
+    pub fn apply(&mut self, batch: &[SetOp]) -> Result<(), NftError> {
+        let mut bans: BTreeMap<IpAddr, Option<u32>> = BTreeMap::new();
+        let mut ports: BTreeMap<u16, bool> = BTreeMap::new();
+        let mut allow = self.allow.clone();
+        let mut allow_changed = false;
+        for op in batch {
+            match *op {
+                SetOp::Ban { addr, timeout_secs } => {
+                    let secs = ban_secs(timeout_secs);
+                    bans.insert(canonical(addr), secs);
+                }
+                SetOp::Unban(addr) => {
+                    bans.insert(canonical(addr), None);
+                }
+                SetOp::Allow(net) => {
+                    if !allow.contains(&net) {
+                        allow.push(net);
+                        allow_changed = true;
+                    }
+                }
+                SetOp::Disallow(net) => {
+                    let before = allow.len();
+                    allow.retain(|n| *n != net);
+                    allow_changed |= allow.len() != before;
+                }
+                SetOp::RtpOpen { port } => {
+                    ports.insert(port, true);
+                }
+                SetOp::RtpClose { port } => {
+                    ports.insert(port, false);
+                }
+            }
+        }
+        let now = Instant::now();
+        self.bans.retain(|_, until| *until + EXPIRY_SLACK > now);
+        // Unbans always reset (an admin's unban must work even if our copy is wrong);
+        // bans reset only addresses the kernel may still hold.
+        let reset: Vec<IpAddr> = bans
+            .iter()
+            .filter(|(a, secs)| secs.is_none() || self.bans.contains_key(*a))
+            .map(|(a, _)| *a)
+            .collect();
+        let add: Vec<(IpAddr, u32)> = bans
+            .iter()
+            .filter_map(|(a, secs)| secs.map(|s| (*a, s)))
+            .collect();
+        let table = self.cfg.table.as_str();
+        let mut objects = Vec::new();
+        if allow_changed {
+            objects.extend(ruleset::allow_replace(table, &allow));
+        }
+        objects.extend(ruleset::ban_commands(table, &reset, &add));
+        objects.extend(ruleset::rtp_commands(table, &ports));
+        if objects.is_empty() {
+            return Ok(());
+        }
+        self.run_batch(&nftables::schema::Nftables {
+            objects: objects.into(),
+        })?;
+        // Committed: now our copies follow the kernel.
+        self.allow = allow;
+        for (addr, secs) in bans {
+            match secs {
+                Some(s) => {
+                    self.bans
+                        .insert(addr, now + Duration::from_secs(u64::from(s)));
+                }
+                None => {
+                    self.bans.remove(&addr);
+                }
+            }
+        }
+        for (port, open) in ports {
+            match (open, self.rtp_open.binary_search(&port)) {
+                (true, Err(i)) => self.rtp_open.insert(i, port),
+                (false, Ok(i)) => {
+                    self.rtp_open.remove(i);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's counters, from `nft -j list table inet <table>`.
+    pub fn counters(&self) -> Result<Counters, NftError> {
+        let listing = self.list()?;
+        let get = |name: &str| {
+            ruleset::counter_values(&listing, name).ok_or_else(|| NftError::Output {
+                command: "nft -j -t list table".into(),
+                reason: format!("counter {name:?} missing from table {}", self.cfg.table),
+            })
+        };
+        let (banned_packets, banned_bytes) = get(ruleset::COUNTER_BANNED)?;
+        let (meter_drops, _) = get(ruleset::COUNTER_FLOOD)?;
+        let (rtp_drops, _) = get(ruleset::COUNTER_RTP)?;
+        Ok(Counters {
+            banned_packets,
+            banned_bytes,
+            meter_drops,
+            rtp_drops,
+        })
+    }
+
+    /// Whether our table is intact: present, with exactly the chains, sets, counters and
+    /// rules we installed (set contents and counter values are not compared).
+    pub fn verify(&self) -> Result<bool, NftError> {
+        let listing = match self.list() {
+            Ok(l) => l,
+            // The table is gone (deleted, or the whole ruleset flushed).
+            Err(NftError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(ruleset::fingerprint(&listing).as_ref() == Some(&self.fingerprint))
+    }
+
+    /// Reinstalls the whole table in one nft run, with our allow list and open RTP ports and
+    /// the given bans (address, remaining seconds; 0 = expired, skipped). Call it when
+    /// [`Enforcer::verify`] says the table was changed from outside, or at boot with the
+    /// stored bans.
+    pub fn restore(&mut self, bans: &[(IpAddr, u64)]) -> Result<(), NftError> {
+        let mut live = BTreeMap::new();
+        for (addr, secs) in bans {
+            if let Some(secs) = ban_secs(*secs) {
+                live.insert(canonical(*addr), secs);
+            }
+        }
+        let live: Vec<(IpAddr, u32)> = live.into_iter().collect();
+        self.load(&live)?;
+        let now = Instant::now();
+        self.bans = live
+            .iter()
+            .map(|(a, s)| (*a, now + Duration::from_secs(u64::from(*s))))
+            .collect();
+        Ok(())
+    }
+
+    /// Deletes our table (on shutdown, if configured). Fine if it is already gone.
+    pub fn remove(self) -> Result<(), NftError> {
+        self.run_batch(&ruleset::delete_table_batch(&self.cfg.table))
+    }
+
+    /// The configuration this enforcer was installed with.
+    pub fn config(&self) -> &NftConfig {
+        &self.cfg
+    }
+
+    fn load(&mut self, bans: &[(IpAddr, u32)]) -> Result<(), NftError> {
+        let batch = ruleset::table_batch(&self.cfg, &self.allow, &self.rtp_open, bans);
+        self.run_batch(&batch)?;
+        let listing = self.list()?;
+        self.fingerprint = ruleset::fingerprint(&listing).ok_or_else(|| NftError::Output {
+            command: "nft -j -t list table".into(),
+            reason: "not an nftables JSON document".into(),
+        })?;
+        Ok(())
+    }
+
+    fn run_batch(&self, batch: &nftables::schema::Nftables<'_>) -> Result<(), NftError> {
+        let payload = serde_json::to_string(batch)
+            .map_err(|e| NftError::Config(format!("cannot serialize the batch: {e}")))?;
+        self.runner.run(&["-j", "-f", "-"], Some(payload))?;
+        Ok(())
+    }
+
+    /// `nft -j -t list table inet <table>`: terse, so set elements are not listed (a table
+    /// with 10,000 bans lists as fast as an empty one).
+    fn list(&self) -> Result<Value, NftError> {
+        let args = ["-j", "-t", "list", "table", "inet", self.cfg.table.as_str()];
+        let out = self.runner.run(&args, None)?;
+        serde_json::from_str(&out).map_err(|e| NftError::Output {
+            command: format!("nft {}", args.join(" ")),
+            reason: format!("not JSON: {e}"),
+        })
+    }
+}
+
+/// Whether kernel enforcement can work here: we have CAP_NET_ADMIN (root has it) and nft
+/// runs and can read the kernel's ruleset. `Err` says why not, for the daemon to report.
+pub fn available() -> Result<(), String> {
+    const CAP_NET_ADMIN: u32 = 12;
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or("no CapEff line in /proc/self/status")?;
+    if cap_eff & (1 << CAP_NET_ADMIN) == 0 {
+        return Err("not running as root and without CAP_NET_ADMIN".to_string());
+    }
+    Runner::new("nft", None, Duration::from_secs(5))
+        .run(&["list", "tables"], None)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// A ban's kernel timeout: capped, and 0 means "already over".
+fn ban_secs(timeout_secs: u64) -> Option<u32> {
+    if timeout_secs == 0 {
+        return None;
+    }
+    let capped = timeout_secs.min(MAX_BAN_SECS);
+    Some(u32::try_from(capped).expect("MAX_BAN_SECS fits in u32"))
+}
+
+fn host(ip: IpAddr) -> Cidr {
+    let ip = canonical(ip);
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    Cidr::new(ip, bits).expect("a full-length prefix is always valid")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_timeouts_are_capped_and_zero_means_over() {
+        assert_eq!(ban_secs(0), None);
+        assert_eq!(ban_secs(2), Some(2));
+        assert_eq!(ban_secs(u64::MAX), Some(31_536_000));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_before_nft_runs() {
+        let bad_name = NftConfig {
+            table: "out post; flush ruleset".into(),
+            ..NftConfig::default()
+        };
+        assert!(matches!(
+            Enforcer::install(bad_name),
+            Err(NftError::Config(_))
+        ));
+        let bad_range = NftConfig {
+            rtp_range: (20000, 10000),
+            ..NftConfig::default()
+        };
+        assert!(matches!(
+            Enforcer::install(bad_range),
+            Err(NftError::Config(_))
+        ));
+        let zero_rate = NftConfig {
+            flood_rate: Some(FloodLimit {
+                per_second: 0,
+                burst: 1,
+            }),
+            ..NftConfig::default()
+        };
+        assert!(matches!(
+            Enforcer::install(zero_rate),
+            Err(NftError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn trunk_peers_become_host_routes_in_canonical_form() {
+        let c = host("::ffff:192.0.2.9".parse().unwrap());
+        assert_eq!(c.to_string(), "192.0.2.9/32");
+        assert_eq!(host("2001:db8::1".parse().unwrap()).prefix(), 128);
+    }
+
+    #[test]
+    fn config_reads_from_toml_with_defaults() {
+        let cfg: NftConfig = toml::from_str(
+            "allow = [\"10.0.0.0/8\"]\nrtp_range = [16384, 32767]\n[flood_rate]\nper_second = 100\nburst = 300\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.table, "outpost");
+        assert_eq!(cfg.rtp_range, (16384, 32767));
+        assert_eq!(
+            cfg.flood_rate,
+            Some(FloodLimit {
+                per_second: 100,
+                burst: 300
+            })
+        );
+        assert!(toml::from_str::<NftConfig>("tabel = \"x\"").is_err());
+    }
+}

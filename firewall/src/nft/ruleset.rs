@@ -1,0 +1,628 @@
+//! Pure builders: the `inet outpost` table and the element commands of a batch, as the
+//! `nftables` crate's JSON schema types; and the fingerprint of a listed table.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+
+use nftables::expr::{self, Elem, Expression, NamedExpression, Payload, PayloadField, SetItem};
+use nftables::schema::{
+    self, Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, SetFlag, SetType,
+    SetTypeValue, Table,
+};
+use nftables::stmt::{self, Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use serde_json::Value;
+
+use super::{FloodLimit, NftConfig};
+use crate::net::Cidr;
+
+/// Our chain: filter hook input, just before the usual `filter` priority (0) so our drops
+/// happen first, policy accept (we drop only what we own).
+pub(crate) const CHAIN: &str = "input";
+const CHAIN_PRIORITY: i32 = -5;
+pub(crate) const ALLOW4: &str = "allow4";
+pub(crate) const ALLOW6: &str = "allow6";
+pub(crate) const BAN4: &str = "ban4";
+pub(crate) const BAN6: &str = "ban6";
+pub(crate) const RTP_OPEN: &str = "rtp_open";
+/// Named counters, read by `Enforcer::counters`.
+pub(crate) const COUNTER_BANNED: &str = "banned";
+pub(crate) const COUNTER_FLOOD: &str = "flood";
+pub(crate) const COUNTER_RTP: &str = "rtp_closed";
+/// Meter names (the kernel's dynamic sets behind `meter`).
+const FLOOD4: &str = "flood4";
+const FLOOD6: &str = "flood6";
+/// A meter entry is forgotten after this long without packets, so the meter (65,535
+/// entries, nft's default size) keeps room for new sources.
+const METER_ENTRY_TIMEOUT_SECS: u32 = 60;
+/// IPv6 sources are metered per /64: one host usually owns a whole /64.
+const V6_METER_MASK: &str = "ffff:ffff:ffff:ffff::";
+
+/// The whole table, replacing any previous `inet <table>` in the same transaction
+/// (`add` + `delete` + `add`: the `add` makes the `delete` safe when the table is absent).
+pub(crate) fn table_batch(
+    cfg: &NftConfig,
+    allow: &[Cidr],
+    rtp_open: &[u16],
+    bans: &[(IpAddr, u32)],
+) -> Nftables<'static> {
+    let t = cfg.table.as_str();
+    let mut o = vec![
+        add(NfListObject::Table(table(t))),
+        NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table(t)))),
+        add(NfListObject::Table(table(t))),
+    ];
+    for name in [COUNTER_BANNED, COUNTER_FLOOD, COUNTER_RTP] {
+        o.push(add(NfListObject::Counter(schema::Counter {
+            family: NfFamily::INet,
+            table: own(t),
+            name: own(name),
+            handle: None,
+            packets: None,
+            bytes: None,
+        })));
+    }
+    o.push(add(set(
+        t,
+        ALLOW4,
+        SetType::Ipv4Addr,
+        Some(SetFlag::Interval),
+    )));
+    o.push(add(set(
+        t,
+        ALLOW6,
+        SetType::Ipv6Addr,
+        Some(SetFlag::Interval),
+    )));
+    o.push(add(set(t, BAN4, SetType::Ipv4Addr, Some(SetFlag::Timeout))));
+    o.push(add(set(t, BAN6, SetType::Ipv6Addr, Some(SetFlag::Timeout))));
+    o.push(add(set(t, RTP_OPEN, SetType::InetService, None)));
+    o.push(add(NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: own(t),
+        name: own(CHAIN),
+        _type: Some(NfChainType::Filter),
+        hook: Some(NfHook::Input),
+        prio: Some(CHAIN_PRIORITY),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    })));
+    for expr in rules(cfg) {
+        o.push(add(NfListObject::Rule(schema::Rule {
+            family: NfFamily::INet,
+            table: own(t),
+            chain: own(CHAIN),
+            expr: Cow::Owned(expr),
+            ..schema::Rule::default()
+        })));
+    }
+    o.extend(allow_elements(t, allow));
+    let ports: BTreeMap<u16, bool> = rtp_open.iter().map(|p| (*p, true)).collect();
+    o.extend(rtp_commands(t, &ports));
+    o.extend(ban_commands(t, &[], bans));
+    Nftables {
+        objects: Cow::Owned(o),
+    }
+}
+
+/// `add table` + `delete table` in one transaction: removes ours whether or not it exists.
+pub(crate) fn delete_table_batch(name: &str) -> Nftables<'static> {
+    Nftables {
+        objects: Cow::Owned(vec![
+            add(NfListObject::Table(table(name))),
+            NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table(name)))),
+        ]),
+    }
+}
+
+/// The rules of our chain, in order: loopback, allow, ban, flood meters, closed RTP range.
+fn rules(cfg: &NftConfig) -> Vec<Vec<Statement<'static>>> {
+    let mut r = vec![
+        vec![
+            eq(meta(expr::MetaKey::Iifname), Expression::String(own("lo"))),
+            accept(),
+        ],
+        vec![eq(saddr("ip"), set_ref(ALLOW4)), accept()],
+        vec![eq(saddr("ip6"), set_ref(ALLOW6)), accept()],
+        vec![
+            eq(saddr("ip"), set_ref(BAN4)),
+            counter(COUNTER_BANNED),
+            drop(),
+        ],
+        vec![
+            eq(saddr("ip6"), set_ref(BAN6)),
+            counter(COUNTER_BANNED),
+            drop(),
+        ],
+    ];
+    if let Some(limit) = cfg.flood_rate.filter(|_| !cfg.sip_ports.is_empty()) {
+        let mut ports: Vec<u16> = cfg.sip_ports.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        let port_set = Expression::Named(NamedExpression::Set(
+            ports
+                .iter()
+                .map(|p| SetItem::Element(Expression::Number(u32::from(*p))))
+                .collect(),
+        ));
+        let v6_key = Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(
+            saddr("ip6"),
+            Expression::String(own(V6_METER_MASK)),
+        )));
+        for (name, key) in [(FLOOD4, saddr("ip")), (FLOOD6, v6_key)] {
+            r.push(vec![
+                eq(
+                    meta(expr::MetaKey::L4proto),
+                    Expression::Named(NamedExpression::Set(vec![
+                        SetItem::Element(Expression::String(own("tcp"))),
+                        SetItem::Element(Expression::String(own("udp"))),
+                    ])),
+                ),
+                eq(payload("th", "dport"), port_set.clone()),
+                meter(name, key, limit),
+                counter(COUNTER_FLOOD),
+                drop(),
+            ]);
+        }
+    }
+    if cfg.rtp_closed {
+        let (lo, hi) = cfg.rtp_range;
+        r.push(vec![
+            eq(
+                payload("udp", "dport"),
+                Expression::Range(Box::new(expr::Range {
+                    range: [
+                        Expression::Number(u32::from(lo)),
+                        Expression::Number(u32::from(hi)),
+                    ],
+                })),
+            ),
+            Statement::Match(Match {
+                left: payload("udp", "dport"),
+                right: set_ref(RTP_OPEN),
+                op: Operator::NEQ,
+            }),
+            counter(COUNTER_RTP),
+            drop(),
+        ]);
+    }
+    r
+}
+
+/// Ban-set commands. Addresses in `reset` are first added with a 1 s timeout and then
+/// deleted, which makes the delete succeed whether or not the address was there (nft 1.0.6
+/// has no `destroy`) and clears an old timeout; then `ban` is added with its timeouts.
+/// (`add` of a present element keeps its old timeout, hence the reset before a re-ban.)
+pub(crate) fn ban_commands(
+    table: &str,
+    reset: &[IpAddr],
+    ban: &[(IpAddr, u32)],
+) -> Vec<NfObject<'static>> {
+    let mut o = Vec::new();
+    for (name, v4) in [(BAN4, true), (BAN6, false)] {
+        let reset: Vec<IpAddr> = reset
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4() == v4)
+            .collect();
+        if !reset.is_empty() {
+            o.push(add(element(
+                table,
+                name,
+                reset.iter().map(|a| timed(*a, 1)).collect(),
+            )));
+            o.push(NfObject::CmdObject(NfCmd::Delete(element(
+                table,
+                name,
+                reset.iter().map(|a| addr(*a)).collect(),
+            ))));
+        }
+        let banned: Vec<Expression<'static>> = ban
+            .iter()
+            .filter(|(a, _)| a.is_ipv4() == v4)
+            .map(|(a, secs)| timed(*a, *secs))
+            .collect();
+        if !banned.is_empty() {
+            o.push(add(element(table, name, banned)));
+        }
+    }
+    o
+}
+
+/// RTP-port commands for a batch's final states (`true` = open): add every touched port
+/// (a no-op where present), then delete the closed ones.
+pub(crate) fn rtp_commands(table: &str, ports: &BTreeMap<u16, bool>) -> Vec<NfObject<'static>> {
+    let mut o = Vec::new();
+    if ports.is_empty() {
+        return o;
+    }
+    o.push(add(element(
+        table,
+        RTP_OPEN,
+        ports
+            .keys()
+            .map(|p| Expression::Number(u32::from(*p)))
+            .collect(),
+    )));
+    let closed: Vec<Expression<'static>> = ports
+        .iter()
+        .filter(|(_, open)| !**open)
+        .map(|(p, _)| Expression::Number(u32::from(*p)))
+        .collect();
+    if !closed.is_empty() {
+        o.push(NfObject::CmdObject(NfCmd::Delete(element(
+            table, RTP_OPEN, closed,
+        ))));
+    }
+    o
+}
+
+/// Replaces the allow sets' contents with `allow` (flush + add, one transaction).
+pub(crate) fn allow_replace(table: &str, allow: &[Cidr]) -> Vec<NfObject<'static>> {
+    let mut o = Vec::new();
+    for (name, ty) in [(ALLOW4, SetType::Ipv4Addr), (ALLOW6, SetType::Ipv6Addr)] {
+        let NfListObject::Set(s) = set(table, name, ty, Some(SetFlag::Interval)) else {
+            unreachable!("set() builds a set")
+        };
+        o.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Set(s))));
+    }
+    o.extend(allow_elements(table, allow));
+    o
+}
+
+fn allow_elements(table: &str, allow: &[Cidr]) -> Vec<NfObject<'static>> {
+    let nets = normalize(allow);
+    let mut o = Vec::new();
+    for (name, v4) in [(ALLOW4, true), (ALLOW6, false)] {
+        let elems: Vec<Expression<'static>> = nets
+            .iter()
+            .filter(|c| c.network().is_ipv4() == v4)
+            .map(|c| cidr(*c))
+            .collect();
+        if !elems.is_empty() {
+            o.push(add(element(table, name, elems)));
+        }
+    }
+    o
+}
+
+/// Sorted, duplicates and networks covered by a wider one removed: an interval set
+/// refuses overlapping elements.
+pub(crate) fn normalize(nets: &[Cidr]) -> Vec<Cidr> {
+    let mut v: Vec<Cidr> = nets.to_vec();
+    v.sort_by_key(|c| (c.network(), c.prefix()));
+    v.dedup();
+    let all = v.clone();
+    v.retain(|c| {
+        !all.iter()
+            .any(|w| w != c && w.prefix() < c.prefix() && w.contains(c.network()))
+    });
+    v
+}
+
+/// The parts of `nft -j -t list table` that define the table: every object but the
+/// metainfo, without handles, set elements or counter values (those change by design).
+pub(crate) fn fingerprint(listing: &Value) -> Option<Vec<Value>> {
+    let objects = listing.get("nftables")?.as_array()?;
+    let mut out = Vec::with_capacity(objects.len());
+    for obj in objects {
+        let map = obj.as_object()?;
+        if map.contains_key("metainfo") {
+            continue;
+        }
+        let mut obj = obj.clone();
+        if let Some(map) = obj.as_object_mut() {
+            for inner in map.values_mut() {
+                if let Some(inner) = inner.as_object_mut() {
+                    for volatile in ["handle", "elem", "packets", "bytes"] {
+                        inner.remove(volatile);
+                    }
+                }
+            }
+        }
+        out.push(obj);
+    }
+    Some(out)
+}
+
+/// Reads a named counter's packets and bytes from `nft -j list table` output. (Parsed as
+/// plain JSON: the crate's `Counter` holds u32 values, too small for a byte counter.)
+pub(crate) fn counter_values(listing: &Value, name: &str) -> Option<(u64, u64)> {
+    listing
+        .get("nftables")?
+        .as_array()?
+        .iter()
+        .filter_map(|o| o.get("counter"))
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|c| Some((c.get("packets")?.as_u64()?, c.get("bytes")?.as_u64()?)))
+}
+
+fn add(obj: NfListObject<'static>) -> NfObject<'static> {
+    NfObject::CmdObject(NfCmd::Add(obj))
+}
+
+fn own(s: &str) -> Cow<'static, str> {
+    Cow::Owned(s.to_string())
+}
+
+fn table(name: &str) -> Table<'static> {
+    Table {
+        family: NfFamily::INet,
+        name: own(name),
+        handle: None,
+    }
+}
+
+fn set(table: &str, name: &str, ty: SetType, flag: Option<SetFlag>) -> NfListObject<'static> {
+    NfListObject::Set(Box::new(schema::Set {
+        family: NfFamily::INet,
+        table: own(table),
+        name: own(name),
+        set_type: SetTypeValue::Single(ty),
+        flags: flag.map(|f| HashSet::from([f])),
+        ..schema::Set::default()
+    }))
+}
+
+fn element(table: &str, name: &str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
+    NfListObject::Element(Element {
+        family: NfFamily::INet,
+        table: own(table),
+        name: own(name),
+        elem: Cow::Owned(elem),
+    })
+}
+
+fn addr(a: IpAddr) -> Expression<'static> {
+    Expression::String(Cow::Owned(a.to_string()))
+}
+
+fn timed(a: IpAddr, secs: u32) -> Expression<'static> {
+    Expression::Named(NamedExpression::Elem(Elem {
+        val: Box::new(addr(a)),
+        timeout: Some(secs),
+        expires: None,
+        comment: None,
+        counter: None,
+    }))
+}
+
+fn cidr(c: Cidr) -> Expression<'static> {
+    let host = match c.network() {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    if c.prefix() == host {
+        return addr(c.network());
+    }
+    Expression::Named(NamedExpression::Prefix(expr::Prefix {
+        addr: Box::new(addr(c.network())),
+        len: u32::from(c.prefix()),
+    }))
+}
+
+fn payload(protocol: &str, field: &str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: own(protocol),
+            field: own(field),
+        },
+    )))
+}
+
+fn saddr(protocol: &str) -> Expression<'static> {
+    payload(protocol, "saddr")
+}
+
+fn meta(key: expr::MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(expr::Meta { key }))
+}
+
+fn set_ref(name: &str) -> Expression<'static> {
+    Expression::String(Cow::Owned(format!("@{name}")))
+}
+
+fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+fn counter(name: &str) -> Statement<'static> {
+    Statement::Counter(stmt::Counter::Named(own(name)))
+}
+
+fn accept() -> Statement<'static> {
+    Statement::Accept(None)
+}
+
+fn drop() -> Statement<'static> {
+    Statement::Drop(None)
+}
+
+/// `meter NAME { KEY timeout 60s limit rate over N/second burst M packets }`.
+fn meter(name: &str, key: Expression<'static>, limit: FloodLimit) -> Statement<'static> {
+    Statement::Meter(stmt::Meter {
+        name: own(name),
+        key: Expression::Named(NamedExpression::Elem(Elem {
+            val: Box::new(key),
+            timeout: Some(METER_ENTRY_TIMEOUT_SECS),
+            expires: None,
+            comment: None,
+            counter: None,
+        })),
+        stmt: Box::new(Statement::Limit(stmt::Limit {
+            rate: limit.per_second,
+            rate_unit: None,
+            per: Some(own("second")),
+            burst: Some(limit.burst),
+            burst_unit: None,
+            inv: Some(true),
+        })),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    fn json(n: &Nftables<'_>) -> Value {
+        serde_json::to_value(n).unwrap()
+    }
+
+    #[test]
+    fn covered_and_duplicate_networks_are_dropped() {
+        let n = normalize(&[
+            c("10.1.0.0/16"),
+            c("10.0.0.0/8"),
+            c("10.0.0.0/8"),
+            c("192.168.1.7"),
+            c("2001:db8::/32"),
+            c("2001:db8:1::5"),
+            c("172.16.0.0/12"),
+        ]);
+        let shown: Vec<String> = n.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.1.7/32",
+                "2001:db8::/32"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_table_replaces_only_itself_and_orders_allow_before_ban() {
+        let cfg = NftConfig::default();
+        let v = json(&table_batch(&cfg, &[c("10.0.0.0/8")], &[], &[]));
+        let cmds = v["nftables"].as_array().unwrap();
+        // add, delete, add of our table and nothing else at table level.
+        assert_eq!(cmds[0]["add"]["table"]["name"], "outpost");
+        assert_eq!(cmds[1]["delete"]["table"]["name"], "outpost");
+        assert_eq!(cmds[2]["add"]["table"]["name"], "outpost");
+        for cmd in cmds {
+            let inner = cmd.as_object().unwrap().values().next().unwrap();
+            let obj = inner.as_object().unwrap().values().next().unwrap();
+            let table = obj.get("table").or(obj.get("name")).unwrap();
+            assert_eq!(obj["family"], "inet");
+            if obj.get("table").is_some() {
+                assert_eq!(table, "outpost");
+            }
+        }
+        let rules: Vec<String> = cmds
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .map(|r| r["expr"].to_string())
+            .collect();
+        let pos = |needle: &str| rules.iter().position(|r| r.contains(needle)).unwrap();
+        assert!(pos("@allow4") < pos("@ban4"));
+        assert!(pos("@allow6") < pos("@ban6"));
+        assert!(pos("@ban4") < pos("flood4"));
+        assert!(pos("flood6") < pos("@rtp_open"));
+        assert!(rules[pos("@ban4")].contains("\"counter\":\"banned\""));
+        let chain = cmds.iter().find_map(|c| c["add"].get("chain")).unwrap();
+        assert_eq!(chain["policy"], "accept");
+        assert_eq!(chain["hook"], "input");
+    }
+
+    #[test]
+    fn closed_rtp_and_flood_rules_follow_the_config() {
+        let mut cfg = NftConfig {
+            rtp_closed: false,
+            flood_rate: None,
+            ..NftConfig::default()
+        };
+        let s = json(&table_batch(&cfg, &[], &[], &[])).to_string();
+        assert!(!s.contains("rtp_closed\"},{\"drop"));
+        assert!(!s.contains("meter"));
+        cfg.rtp_closed = true;
+        cfg.rtp_range = (12000, 12999);
+        cfg.flood_rate = Some(FloodLimit {
+            per_second: 50,
+            burst: 70,
+        });
+        let s = json(&table_batch(&cfg, &[], &[], &[])).to_string();
+        assert!(s.contains("{\"range\":[12000,12999]}"), "{s}");
+        assert!(s.contains("\"rate\":50"));
+        assert!(s.contains("\"burst\":70"));
+        assert!(s.contains("\"inv\":true"));
+    }
+
+    #[test]
+    fn a_ban_batch_makes_deletes_safe_and_replaces_timeouts() {
+        let a1: IpAddr = "192.0.2.1".parse().unwrap();
+        let a2: IpAddr = "192.0.2.2".parse().unwrap();
+        let a6: IpAddr = "2001:db8::1".parse().unwrap();
+        let v = serde_json::to_value(ban_commands("outpost", &[a1, a2, a6], &[(a1, 300)])).unwrap();
+        let cmds = v.as_array().unwrap();
+        // ban4: add both (1 s), delete both, add the banned one; ban6: add, delete.
+        assert_eq!(cmds.len(), 5);
+        assert_eq!(cmds[0]["add"]["element"]["name"], "ban4");
+        assert_eq!(
+            cmds[0]["add"]["element"]["elem"].as_array().unwrap().len(),
+            2
+        );
+        assert_eq!(cmds[0]["add"]["element"]["elem"][0]["elem"]["timeout"], 1);
+        assert_eq!(cmds[1]["delete"]["element"]["elem"][0], "192.0.2.1");
+        assert_eq!(cmds[2]["add"]["element"]["elem"][0]["elem"]["timeout"], 300);
+        assert_eq!(
+            cmds[2]["add"]["element"]["elem"].as_array().unwrap().len(),
+            1
+        );
+        assert_eq!(cmds[3]["add"]["element"]["name"], "ban6");
+        assert_eq!(cmds[4]["delete"]["element"]["name"], "ban6");
+        // A new ban needs only the add.
+        let v = serde_json::to_value(ban_commands("outpost", &[], &[(a6, 60)])).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 1);
+        assert_eq!(v[0]["add"]["element"]["name"], "ban6");
+    }
+
+    #[test]
+    fn rtp_ports_are_added_then_closed_ones_deleted() {
+        let ports = BTreeMap::from([(10002, true), (10004, false)]);
+        let v = serde_json::to_value(rtp_commands("outpost", &ports)).unwrap();
+        assert_eq!(
+            v[0]["add"]["element"]["elem"],
+            serde_json::json!([10002, 10004])
+        );
+        assert_eq!(
+            v[1]["delete"]["element"]["elem"],
+            serde_json::json!([10004])
+        );
+    }
+
+    #[test]
+    fn fingerprint_ignores_handles_elements_and_counter_values() {
+        let a = serde_json::json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "outpost", "handle": 3}},
+            {"counter": {"family": "inet", "name": "banned", "table": "outpost", "handle": 4, "packets": 0, "bytes": 0}},
+            {"set": {"family": "inet", "name": "ban4", "table": "outpost", "type": "ipv4_addr", "handle": 1, "flags": ["timeout"]}},
+            {"rule": {"family": "inet", "table": "outpost", "chain": "input", "handle": 7, "expr": [{"accept": null}]}}
+        ]});
+        let b = serde_json::json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "outpost", "handle": 9}},
+            {"counter": {"family": "inet", "name": "banned", "table": "outpost", "handle": 10, "packets": 77, "bytes": 7000}},
+            {"set": {"family": "inet", "name": "ban4", "table": "outpost", "type": "ipv4_addr", "handle": 11, "flags": ["timeout"], "elem": ["1.2.3.4"]}},
+            {"rule": {"family": "inet", "table": "outpost", "chain": "input", "handle": 12, "expr": [{"accept": null}]}}
+        ]});
+        assert_eq!(fingerprint(&a).unwrap(), fingerprint(&b).unwrap());
+        // A missing rule (a flushed chain) changes it.
+        let mut c = b.clone();
+        c["nftables"].as_array_mut().unwrap().pop();
+        assert_ne!(fingerprint(&a).unwrap(), fingerprint(&c).unwrap());
+        assert_eq!(counter_values(&b, "banned"), Some((77, 7000)));
+        assert_eq!(counter_values(&b, "flood"), None);
+    }
+}
