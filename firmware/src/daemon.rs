@@ -297,6 +297,7 @@ impl Daemon {
                         relay.command(cmd);
                     }
                 }
+                Event::AuthSucceeded { .. } => {}
                 Event::AuthFailed { src, method, .. } => {
                     tracing::debug!(peer = %src.addr, %method, "authentication failed");
                 }

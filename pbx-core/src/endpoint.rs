@@ -37,6 +37,8 @@ use crate::Millis;
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
 /// Upper bound on simultaneous calls; beyond it new calls get 503 (bounded memory).
 const MAX_CALLS: usize = 20_000;
+/// Upper bound on locked accounts (there are never more than extensions).
+const MAX_LOCKS: usize = 100_000;
 
 /// Settings of the call core.
 #[derive(Debug, Clone)]
@@ -93,6 +95,15 @@ pub enum Event {
         user: String,
         /// The request method.
         method: Method,
+        /// The user exists (unknown names feed the enumeration detector).
+        known: bool,
+    },
+    /// A request authenticated (the firewall gives the source a pass).
+    AuthSucceeded {
+        /// Where the request came from.
+        src: Peer,
+        /// The authenticated extension.
+        user: String,
     },
 }
 
@@ -289,6 +300,8 @@ pub struct Endpoint {
     /// Stands in for an unknown user's secret so the work and the answer are the same.
     decoy: StoredSecret,
     calls: HashMap<u64, Call>,
+    /// Locked accounts and until when.
+    locked: HashMap<String, Millis>,
     /// Relay ports free for new calls (when media is anchored).
     ports: Option<PortPool>,
     /// Calls in `calls` that ended and wait for their forks' transactions.
@@ -324,6 +337,7 @@ impl Endpoint {
             users: HashMap::new(),
             decoy,
             calls: HashMap::new(),
+            locked: HashMap::new(),
             ports: cfg
                 .media
                 .as_ref()
@@ -357,6 +371,23 @@ impl Endpoint {
     /// Adds or replaces an extension's secret.
     pub fn set_user(&mut self, ext: &str, secret: StoredSecret) {
         self.users.insert(ext.to_string(), secret);
+    }
+
+    /// Locks an account until `until`: its requests fail authentication like a wrong
+    /// password (the firewall's per-account guessing rule).
+    pub fn lock_user(&mut self, now: Millis, ext: &str, until: Millis) {
+        if self.locked.len() >= MAX_LOCKS {
+            self.locked.retain(|_, &mut u| u > now);
+        }
+        if self.locked.len() >= MAX_LOCKS && !self.locked.contains_key(ext) {
+            return;
+        }
+        self.locked.insert(ext.to_string(), until);
+    }
+
+    /// Lifts an account lock.
+    pub fn unlock_user(&mut self, ext: &str) -> bool {
+        self.locked.remove(ext).is_some()
     }
 
     /// Removes an extension and its registrations (an `Event::Bindings` follows).
@@ -442,11 +473,25 @@ impl Endpoint {
 
     /// Handles one datagram or stream frame from `src`.
     pub fn handle(&mut self, now: Millis, src: Peer, bytes: &[u8]) {
-        self.counters.received += 1;
         if wire::is_keepalive(bytes) {
+            self.counters.received += 1;
             return;
         }
-        match wire::parse(bytes) {
+        let parsed = wire::parse(bytes);
+        self.handle_parsed(now, src, bytes, parsed);
+    }
+
+    /// Like [`Endpoint::handle`] for a message the caller already parsed (the firewall
+    /// inspects it first); `bytes` are the raw bytes, used to answer malformed requests.
+    pub fn handle_parsed(
+        &mut self,
+        now: Millis,
+        src: Peer,
+        bytes: &[u8],
+        parsed: Result<Message, wire::WireError>,
+    ) {
+        self.counters.received += 1;
+        match parsed {
             Ok(Message::Request(req)) => self.on_request(now, src, req),
             Ok(Message::Response(resp)) => self.on_response(now, src, resp),
             Err(err) => {
@@ -599,7 +644,12 @@ impl Endpoint {
             }
             return None;
         };
-        let known = self.users.get(&creds.username);
+        // A locked account fails like a wrong password (same answer as for unknown users).
+        let locked = self
+            .locked
+            .get(&creds.username)
+            .is_some_and(|&until| until > now);
+        let known = self.users.get(&creds.username).filter(|_| !locked);
         let ha1 = known
             .unwrap_or(&self.decoy)
             .ha1(creds.algorithm)
@@ -607,7 +657,13 @@ impl Endpoint {
         let known = known.is_some();
         let result = self.auth.verify(now, &creds, req.method.as_str(), &ha1);
         match result {
-            Ok(()) if known => Some(creds.username),
+            Ok(()) if known => {
+                self.events.push_back(Event::AuthSucceeded {
+                    src,
+                    user: creds.username.clone(),
+                });
+                Some(creds.username)
+            }
             Err(AuthError::Stale) if known => {
                 self.challenge(now, key, req, src, status, true);
                 None
@@ -626,6 +682,7 @@ impl Endpoint {
                     src,
                     user: creds.username.chars().take(64).collect(),
                     method: req.method.clone(),
+                    known: self.users.contains_key(&creds.username),
                 });
                 self.reply(now, key, req, src, 403, None);
                 None
