@@ -4,6 +4,7 @@
 //! The binaries are NOT built here (cargo holds the build lock while tests run): run
 //! `cargo build --workspace --bins` first, which `tests/run-all` does.
 
+use std::collections::VecDeque;
 use std::env;
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -1210,6 +1211,640 @@ impl SipTcp {
     }
 }
 
+/// Daemon accessors used by the media tests.
+impl Daemon {
+    /// The relay's private port block (`[media] port_first..=port_last`).
+    pub fn media_ports(&self) -> (u16, u16) {
+        self.config.media_ports
+    }
+
+    /// `calls --json` as an array.
+    pub fn calls(&self) -> Vec<Value> {
+        as_array(self.ctl_json(&["calls"]), "calls")
+    }
+}
+
+static SIP_IDS: AtomicU32 = AtomicU32::new(0);
+
+/// A token unique within this process (and, through the pid, across test processes).
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        SIP_IDS.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The first value of header `name` (case-insensitive, full form only).
+pub fn header_value(msg: &str, name: &str) -> Option<String> {
+    header_values(msg, name).into_iter().next()
+}
+
+/// The body of a SIP message: everything after the blank line.
+pub fn body_of(msg: &str) -> &str {
+    msg.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+/// The method of a request, `None` for a response.
+pub fn request_method(msg: &str) -> Option<&str> {
+    let line = msg.lines().next()?;
+    if line.starts_with("SIP/2.0") {
+        return None;
+    }
+    line.split_whitespace().next()
+}
+
+/// The CSeq number and method of a message.
+pub fn cseq_of(msg: &str) -> Option<(u32, String)> {
+    let value = header_value(msg, "CSeq")?;
+    let mut parts = value.split_whitespace();
+    let number = parts.next()?.parse().ok()?;
+    Some((number, parts.next()?.to_owned()))
+}
+
+/// The `tag` parameter of a From or To value.
+pub fn tag_param(value: &str) -> Option<String> {
+    let after_uri = value.rsplit_once('>').map_or(value, |(_, params)| params);
+    after_uri.split(';').find_map(|param| {
+        let (k, v) = param.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("tag")
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// The URI inside a name-addr (`"x" <sip:a@b>;p=1`) or a bare `sip:a@b;p=1` value.
+pub fn uri_in(value: &str) -> String {
+    match (value.find('<'), value.find('>')) {
+        (Some(open), Some(close)) if open < close => value[open + 1..close].to_owned(),
+        _ => value.split(';').next().unwrap_or(value).trim().to_owned(),
+    }
+}
+
+/// The audio stream of an SDP body, as far as the media tests need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdpAudio {
+    /// Connection address (media-level `c=`, else session-level).
+    pub addr: IpAddr,
+    /// RTP port of the `m=audio` line.
+    pub port: u16,
+    /// Payload type numbers of the `m=audio` line, in order.
+    pub formats: Vec<u8>,
+    /// The `a=` lines of the audio section, without the `a=`.
+    pub attributes: Vec<String>,
+}
+
+impl SdpAudio {
+    /// Where RTP for this stream goes.
+    pub fn rtp_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port)
+    }
+
+    /// Where RTCP for this stream goes (port + 1).
+    pub fn rtcp_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port.saturating_add(1))
+    }
+}
+
+/// The first `m=audio` stream of `body`; `None` when there is none or it is malformed.
+pub fn sdp_audio(body: &str) -> Option<SdpAudio> {
+    let mut session_addr = None;
+    let mut media_addr = None;
+    let mut audio: Option<(u16, Vec<u8>)> = None;
+    let mut attributes = Vec::new();
+    let mut in_other_media = false;
+    for line in body.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if audio.is_some() {
+                break;
+            }
+            let mut parts = m.split_whitespace();
+            if parts.next() == Some("audio") {
+                let port = parts.next()?.split('/').next()?.parse().ok()?;
+                let _proto = parts.next()?;
+                let formats = parts.map(|f| f.parse().ok()).collect::<Option<Vec<u8>>>()?;
+                audio = Some((port, formats));
+            } else {
+                in_other_media = true;
+            }
+        } else if let Some(c) = line.strip_prefix("c=") {
+            let addr: IpAddr = c
+                .split_whitespace()
+                .nth(2)?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()?;
+            if audio.is_some() {
+                media_addr = Some(addr);
+            } else if !in_other_media {
+                session_addr = Some(addr);
+            }
+        } else if let Some(attr) = line.strip_prefix("a=") {
+            if audio.is_some() {
+                attributes.push(attr.to_owned());
+            }
+        }
+    }
+    let (port, formats) = audio?;
+    Some(SdpAudio {
+        addr: media_addr.or(session_addr)?,
+        port,
+        formats,
+        attributes,
+    })
+}
+
+/// An SDP body for a phone receiving RTP at `rtp` with payload types `formats` (0 PCMU,
+/// 8 PCMA and 101 telephone-event get their rtpmap lines).
+pub fn sdp_body(rtp: SocketAddr, formats: &[u8]) -> String {
+    let (family, ip) = match rtp.ip() {
+        IpAddr::V4(v4) => ("IP4", v4.to_string()),
+        IpAddr::V6(v6) => ("IP6", v6.to_string()),
+    };
+    let list: Vec<String> = formats.iter().map(u8::to_string).collect();
+    let mut body = format!(
+        "v=0\r\no=- 4242 1 IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP {}\r\n",
+        rtp.port(),
+        list.join(" ")
+    );
+    for pt in formats {
+        match pt {
+            0 => body.push_str("a=rtpmap:0 PCMU/8000\r\n"),
+            8 => body.push_str("a=rtpmap:8 PCMA/8000\r\n"),
+            101 => body.push_str("a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"),
+            _ => {}
+        }
+    }
+    body.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    body
+}
+
+/// An RTP packet: version 2, no padding, extension or CSRC.
+pub fn rtp_packet(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(12 + payload.len());
+    packet.push(0x80);
+    packet.push(pt & 0x7f);
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(&ts.to_be_bytes());
+    packet.extend_from_slice(&ssrc.to_be_bytes());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// The fields of a received RTP packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpView {
+    /// Payload type.
+    pub pt: u8,
+    /// Marker bit.
+    pub marker: bool,
+    /// Sequence number.
+    pub seq: u16,
+    /// Timestamp.
+    pub ts: u32,
+    /// Synchronisation source.
+    pub ssrc: u32,
+    /// Payload (after CSRCs and extension, padding included).
+    pub payload: Vec<u8>,
+}
+
+/// Reads an RTP packet; `None` unless it is version 2 with a complete header.
+pub fn parse_rtp(buf: &[u8]) -> Option<RtpView> {
+    if buf.len() < 12 || buf[0] >> 6 != 2 {
+        return None;
+    }
+    let mut header = 12 + 4 * usize::from(buf[0] & 0x0f);
+    if buf[0] & 0x10 != 0 {
+        let ext = buf.get(header..header + 4)?;
+        header += 4 + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+    }
+    Some(RtpView {
+        pt: buf[1] & 0x7f,
+        marker: buf[1] & 0x80 != 0,
+        seq: u16::from_be_bytes([buf[2], buf[3]]),
+        ts: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+        payload: buf.get(header..)?.to_vec(),
+    })
+}
+
+/// An RTP socket on an even port of 127.0.0.1 and its RTCP socket on the next port.
+pub fn rtp_pair() -> (UdpSocket, UdpSocket) {
+    for _ in 0..200 {
+        let rtp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind RTP socket");
+        let port = rtp.local_addr().expect("local addr").port();
+        if !port.is_multiple_of(2) || port == u16::MAX {
+            continue;
+        }
+        if let Ok(rtcp) = UdpSocket::bind((Ipv4Addr::LOCALHOST, port + 1)) {
+            return (rtp, rtcp);
+        }
+    }
+    panic!("no free even/odd UDP port pair on 127.0.0.1");
+}
+
+/// Datagrams arriving on `sock` until `max` have come or `wait` has passed, with their
+/// sources.
+pub fn recv_datagrams(sock: &UdpSocket, max: usize, wait: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    while got.len() < max {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || sock.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match sock.recv_from(&mut buf) {
+            Ok((n, src)) => got.push((src, buf[..n].to_vec())),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// A dialog as one phone sees it: enough to send in-dialog requests and answer them.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    /// Call-ID.
+    pub call_id: String,
+    /// Our From value in requests we send (with our tag).
+    pub local_party: String,
+    /// Our To value in requests we send (with the peer's tag).
+    pub remote_party: String,
+    /// Request-URI of in-dialog requests (the peer's Contact).
+    pub remote_target: String,
+    /// Last CSeq number we used.
+    pub cseq: u32,
+    /// The peer's SDP (from its INVITE or its 200 OK).
+    pub remote_sdp: String,
+    /// The 200 OK we sent for an incoming INVITE (retransmitted until the ACK comes).
+    pub answer_sent: Option<String>,
+}
+
+/// An INVITE a phone sent and is waiting for the final answer to.
+#[derive(Debug, Clone)]
+pub struct OutgoingInvite {
+    /// Call-ID.
+    pub call_id: String,
+    /// Request-URI.
+    pub uri: String,
+    /// Our From value (with tag).
+    pub local_party: String,
+    /// CSeq of the (authenticated) INVITE.
+    pub cseq: u32,
+    /// Via branch of the (authenticated) INVITE.
+    pub branch: String,
+}
+
+/// Messages a phone keeps around when they did not match what it waited for.
+const INBOX_LIMIT: usize = 128;
+
+/// A SIP phone over raw UDP on 127.0.0.1: registers with digest auth, calls, answers and
+/// hangs up. Every wait is bounded; failures panic with what the phone received.
+#[derive(Debug)]
+pub struct SipPhone {
+    sock: UdpSocket,
+    local: SocketAddr,
+    server: SocketAddr,
+    ext: String,
+    password: String,
+    inbox: VecDeque<String>,
+    seen: VecDeque<String>,
+}
+
+impl SipPhone {
+    /// A phone for extension `ext` talking to the daemon's first address.
+    pub fn new(daemon: &Daemon, ext: &str, password: &str) -> Self {
+        let server = daemon.sip_addr();
+        let sock = udp_client(server);
+        let local = sock.local_addr().expect("phone local addr");
+        Self {
+            sock,
+            local,
+            server,
+            ext: ext.to_owned(),
+            password: password.to_owned(),
+            inbox: VecDeque::new(),
+            seen: VecDeque::new(),
+        }
+    }
+
+    /// The phone's SIP address (its Contact).
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The last messages the phone received, for failure messages.
+    pub fn transcript(&self) -> String {
+        self.seen
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n-----\n")
+    }
+
+    /// Sends one message to the daemon.
+    pub fn send(&self, msg: &str) {
+        self.sock.send(msg.as_bytes()).expect("send SIP over UDP");
+    }
+
+    /// The next message for which `pred` holds, within `wait`; others are kept for later
+    /// waits (the oldest are forgotten beyond a bound).
+    pub fn recv_matching(
+        &mut self,
+        wait: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        if let Some(i) = self.inbox.iter().position(|m| pred(m)) {
+            return self.inbox.remove(i);
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let bytes = udp_recv(&self.sock, left)?;
+            let msg = String::from_utf8_lossy(&bytes).into_owned();
+            if msg.trim().is_empty() {
+                continue;
+            }
+            if self.seen.len() == INBOX_LIMIT {
+                self.seen.pop_front();
+            }
+            self.seen.push_back(msg.clone());
+            if pred(&msg) {
+                return Some(msg);
+            }
+            if self.inbox.len() == INBOX_LIMIT {
+                self.inbox.pop_front();
+            }
+            self.inbox.push_back(msg);
+        }
+    }
+
+    /// The next request `method` within `wait`.
+    pub fn await_request(&mut self, method: &str, wait: Duration) -> Option<String> {
+        self.recv_matching(wait, |m| request_method(m) == Some(method))
+    }
+
+    /// The final response (>= 200) to our `method` request with this Call-ID and CSeq.
+    pub fn await_final(
+        &mut self,
+        call_id: &str,
+        cseq: u32,
+        method: &str,
+        wait: Duration,
+    ) -> Option<String> {
+        self.recv_matching(wait, |m| {
+            status_of(m.as_bytes()).is_some_and(|s| s >= 200)
+                && header_value(m, "Call-ID").as_deref() == Some(call_id)
+                && cseq_of(m).is_some_and(|(n, meth)| n == cseq && meth == method)
+        })
+    }
+
+    fn host(&self) -> String {
+        fmt_ip(self.server.ip())
+    }
+
+    fn contact(&self) -> String {
+        format!("<sip:{}@{};transport=udp>", self.ext, self.local)
+    }
+
+    /// Registers with digest auth (the first challenge offered); panics unless it gets 200.
+    pub fn register(&mut self) {
+        let call_id = unique("reg");
+        let first = register_request(self.server, Transport::Udp, self.local, &self.ext, &call_id);
+        self.send(&first);
+        let resp = self
+            .await_final(&call_id, 1, "REGISTER", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no answer to REGISTER of {}", self.ext));
+        assert_eq!(status_of(resp.as_bytes()), Some(401), "{resp}");
+        let challenge = header_value(&resp, "WWW-Authenticate").expect("401 has a challenge");
+        let uri = format!("sip:{}", self.host());
+        let authorization =
+            digest_authorization(&challenge, "REGISTER", &uri, &self.ext, &self.password);
+        let second = first
+            .replace("CSeq: 1 REGISTER", "CSeq: 2 REGISTER")
+            .replace(";branch=z9hG4bK", ";branch=z9hG4bK2nd")
+            .replace(
+                "Content-Length: 0\r\n",
+                &format!("Authorization: {authorization}\r\nContent-Length: 0\r\n"),
+            );
+        self.send(&second);
+        let resp = self
+            .await_final(&call_id, 2, "REGISTER", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no answer to the credentials of {}", self.ext));
+        assert_eq!(status_of(resp.as_bytes()), Some(200), "{resp}");
+    }
+
+    fn invite_request(&self, inv: &OutgoingInvite, sdp: &str, extra_headers: &str) -> String {
+        format!(
+            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: <{to}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: {contact}\r\nUser-Agent: outpost-tests\r\n{extra_headers}Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+            uri = inv.uri,
+            local = self.local,
+            branch = inv.branch,
+            from = inv.local_party,
+            to = inv.uri,
+            call_id = inv.call_id,
+            cseq = inv.cseq,
+            contact = self.contact(),
+            len = sdp.len(),
+        )
+    }
+
+    /// ACK for a non-2xx final response: same branch and Request-URI as the INVITE.
+    fn ack_failure(&self, inv: &OutgoingInvite, resp: &str) {
+        let to = header_value(resp, "To").unwrap_or_else(|| format!("<{}>", inv.uri));
+        let ack = format!(
+            "ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
+            uri = inv.uri,
+            local = self.local,
+            branch = inv.branch,
+            from = inv.local_party,
+            call_id = inv.call_id,
+            cseq = inv.cseq,
+        );
+        self.send(&ack);
+    }
+
+    /// Calls `callee` offering `sdp`: sends the INVITE, ACKs the 407 and sends it again with
+    /// Proxy-Authorization. Returns once the authenticated INVITE is sent.
+    pub fn invite(&mut self, callee: &str, sdp: &str) -> OutgoingInvite {
+        let mut inv = OutgoingInvite {
+            call_id: unique("call"),
+            uri: format!("sip:{callee}@{}:{}", self.host(), self.server.port()),
+            local_party: format!("<sip:{}@{}>;tag={}", self.ext, self.host(), unique("a")),
+            cseq: 1,
+            branch: format!("z9hG4bK{}", unique("b")),
+        };
+        self.send(&self.invite_request(&inv, sdp, ""));
+        let resp = self
+            .await_final(&inv.call_id, 1, "INVITE", Duration::from_secs(5))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no final answer to the INVITE; received:\n{}",
+                    self.transcript()
+                )
+            });
+        assert_eq!(status_of(resp.as_bytes()), Some(407), "{resp}");
+        self.ack_failure(&inv, &resp);
+        let challenge =
+            header_value(&resp, "Proxy-Authenticate").expect("407 has a Proxy-Authenticate");
+        let authorization =
+            digest_authorization(&challenge, "INVITE", &inv.uri, &self.ext, &self.password);
+        inv.cseq = 2;
+        inv.branch = format!("z9hG4bK{}", unique("b"));
+        let with_auth = self.invite_request(
+            &inv,
+            sdp,
+            &format!("Proxy-Authorization: {authorization}\r\n"),
+        );
+        self.send(&with_auth);
+        inv
+    }
+
+    /// Waits for the final answer to `inv`; a 2xx is ACKed and gives the dialog, anything
+    /// else is ACKed and returned as the error (`None` inside when nothing came).
+    pub fn await_answer(
+        &mut self,
+        inv: &OutgoingInvite,
+        wait: Duration,
+    ) -> Result<Dialog, Option<String>> {
+        let resp = self
+            .await_final(&inv.call_id, inv.cseq, "INVITE", wait)
+            .ok_or(None)?;
+        let status = status_of(resp.as_bytes()).unwrap_or(0);
+        if !(200..300).contains(&status) {
+            self.ack_failure(inv, &resp);
+            return Err(Some(resp));
+        }
+        let remote_party = header_value(&resp, "To").unwrap_or_default();
+        let remote_target = header_value(&resp, "Contact")
+            .map(|c| uri_in(&c))
+            .unwrap_or_else(|| inv.uri.clone());
+        let dialog = Dialog {
+            call_id: inv.call_id.clone(),
+            local_party: inv.local_party.clone(),
+            remote_party,
+            remote_target,
+            cseq: inv.cseq,
+            remote_sdp: body_of(&resp).to_owned(),
+            answer_sent: None,
+        };
+        self.send(&self.in_dialog_request(&dialog, "ACK", dialog.cseq));
+        Ok(dialog)
+    }
+
+    fn in_dialog_request(&self, dialog: &Dialog, method: &str, cseq: u32) -> String {
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+            uri = dialog.remote_target,
+            local = self.local,
+            branch = unique("d"),
+            from = dialog.local_party,
+            to = dialog.remote_party,
+            call_id = dialog.call_id,
+        )
+    }
+
+    /// Sends a response to `req`, copying Via, From, To (adding `to_tag` unless the To has
+    /// a tag), Call-ID and CSeq; a 2xx to an INVITE carries our Contact.
+    pub fn reply(&self, req: &str, status: u16, to_tag: Option<&str>, body: &str) -> String {
+        let reason = match status {
+            100 => "Trying",
+            180 => "Ringing",
+            200 => "OK",
+            486 => "Busy Here",
+            _ => "Response",
+        };
+        let mut resp = format!("SIP/2.0 {status} {reason}\r\n");
+        for via in header_values(req, "Via") {
+            let _ = write!(resp, "Via: {via}\r\n");
+        }
+        let from = header_value(req, "From").unwrap_or_default();
+        let mut to = header_value(req, "To").unwrap_or_default();
+        if let Some(tag) = to_tag {
+            if tag_param(&to).is_none() {
+                let _ = write!(to, ";tag={tag}");
+            }
+        }
+        let call_id = header_value(req, "Call-ID").unwrap_or_default();
+        let cseq = header_value(req, "CSeq").unwrap_or_default();
+        let _ = write!(
+            resp,
+            "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n"
+        );
+        if request_method(req) == Some("INVITE") && (200..300).contains(&status) {
+            let _ = write!(resp, "Contact: {}\r\n", self.contact());
+        }
+        if !body.is_empty() {
+            resp.push_str("Content-Type: application/sdp\r\n");
+        }
+        let _ = write!(resp, "Content-Length: {}\r\n\r\n{body}", body.len());
+        self.send(&resp);
+        resp
+    }
+
+    /// Answers an incoming INVITE with 200 OK and `sdp`; returns the dialog. The ACK is
+    /// awaited separately ([`SipPhone::await_ack`]).
+    pub fn answer(&mut self, invite: &str, sdp: &str) -> Dialog {
+        let tag = unique("b");
+        let ok = self.reply(invite, 200, Some(&tag), sdp);
+        let from = header_value(invite, "From").unwrap_or_default();
+        let to = header_value(&ok, "To").unwrap_or_default();
+        Dialog {
+            call_id: header_value(invite, "Call-ID").unwrap_or_default(),
+            local_party: to,
+            remote_party: from,
+            remote_target: header_value(invite, "Contact")
+                .map(|c| uri_in(&c))
+                .unwrap_or_else(|| format!("sip:{}", self.server)),
+            cseq: 0,
+            remote_sdp: body_of(invite).to_owned(),
+            answer_sent: Some(ok),
+        }
+    }
+
+    /// Waits for the ACK of our 200 OK, retransmitting it every 500 ms.
+    pub fn await_ack(&mut self, dialog: &Dialog, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let call_id = dialog.call_id.clone();
+            let ack = self.recv_matching(left.min(Duration::from_millis(500)), |m| {
+                request_method(m) == Some("ACK")
+                    && header_value(m, "Call-ID").as_deref() == Some(call_id.as_str())
+            });
+            if ack.is_some() {
+                return ack;
+            }
+            if let Some(ok) = &dialog.answer_sent {
+                self.send(ok);
+            }
+        }
+    }
+
+    /// Sends a BYE in `dialog`; returns its CSeq number (for [`SipPhone::await_final`]).
+    pub fn send_bye(&mut self, dialog: &mut Dialog) -> u32 {
+        dialog.cseq += 1;
+        let bye = self.in_dialog_request(dialog, "BYE", dialog.cseq);
+        self.send(&bye);
+        dialog.cseq
+    }
+
+    /// Waits for a BYE (any dialog) and answers it 200; returns the BYE.
+    pub fn answer_bye(&mut self, wait: Duration) -> Option<String> {
+        let bye = self.await_request("BYE", wait)?;
+        self.reply(&bye, 200, None, "");
+        Some(bye)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1277,6 +1912,55 @@ mod tests {
             challenge_param(challenge, "qop").as_deref(),
             Some("auth,auth-int")
         );
+    }
+
+    #[test]
+    fn sdp_audio_reads_the_media_level_address_and_formats() {
+        let body = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 101\r\nc=IN IP4 10.0.0.2\r\na=rtpmap:101 telephone-event/8000\r\nm=video 5000 RTP/AVP 96\r\nc=IN IP4 10.0.0.3\r\n";
+        let audio = sdp_audio(body).expect("an audio stream");
+        assert_eq!(
+            audio.rtp_addr(),
+            "10.0.0.2:4000".parse().expect("valid addr")
+        );
+        assert_eq!(audio.rtcp_addr().port(), 4001);
+        assert_eq!(audio.formats, vec![0, 8, 101]);
+        assert_eq!(audio.attributes, vec!["rtpmap:101 telephone-event/8000"]);
+        let offer = sdp_body("127.0.0.1:7000".parse().expect("valid addr"), &[0, 101]);
+        let parsed = sdp_audio(&offer).expect("our own offer parses");
+        assert_eq!(
+            parsed.rtp_addr(),
+            "127.0.0.1:7000".parse().expect("valid addr")
+        );
+        assert_eq!(parsed.formats, vec![0, 101]);
+        assert_eq!(sdp_audio("v=0\r\nm=audio x RTP/AVP 0\r\n"), None);
+    }
+
+    #[test]
+    fn rtp_packets_round_trip_and_bad_versions_are_refused() {
+        let packet = rtp_packet(8, 0xfffe, 160, 0xdead_beef, &[1, 2, 3]);
+        let view = parse_rtp(&packet).expect("version 2");
+        assert_eq!(
+            (view.pt, view.marker, view.seq, view.ts, view.ssrc),
+            (8, false, 0xfffe, 160, 0xdead_beef)
+        );
+        assert_eq!(view.payload, vec![1, 2, 3]);
+        let mut v1 = packet.clone();
+        v1[0] = 0x40;
+        assert_eq!(parse_rtp(&v1), None);
+        assert_eq!(parse_rtp(&packet[..11]), None);
+    }
+
+    #[test]
+    fn tags_and_uris_are_taken_from_header_values() {
+        let value = "\"Bob\" <sip:200@127.0.0.1:5060;transport=udp>;tag=abc;x=1";
+        assert_eq!(tag_param(value).as_deref(), Some("abc"));
+        assert_eq!(uri_in(value), "sip:200@127.0.0.1:5060;transport=udp");
+        assert_eq!(tag_param("<sip:a@b;tag=inside>"), None);
+        assert_eq!(uri_in("sip:a@b;tag=x"), "sip:a@b");
+        let msg = "BYE sip:a@b SIP/2.0\r\nCSeq: 7 BYE\r\nContent-Length: 2\r\n\r\nhi";
+        assert_eq!(request_method(msg), Some("BYE"));
+        assert_eq!(cseq_of(msg), Some((7, "BYE".to_owned())));
+        assert_eq!(body_of(msg), "hi");
     }
 
     #[test]
