@@ -78,6 +78,8 @@ pub struct Config {
     pub demo: DemoConfig,
     /// `[media]`: the RTP relay.
     pub media: MediaConfig,
+    /// `[firewall]`: inspection before the call core and kernel enforcement.
+    pub firewall: FirewallConfig,
 }
 
 /// `[sip]` section.
@@ -277,6 +279,68 @@ impl MediaConfig {
     }
 }
 
+/// `[firewall]` section; the detector's rules are the nested table `[firewall.detect]`
+/// (with `[firewall.detect.flood]`, `[firewall.detect.auth_source]`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FirewallConfig {
+    /// Kernel enforcement: `auto` uses nftables when running as root (CAP_NET_ADMIN) and
+    /// `nft` works, else inspects and drops in user space only and says why at start;
+    /// `off` never touches nftables.
+    pub enforce: EnforceMode,
+    /// Detect and alert only: nothing is dropped, banned or locked, and no nftables table is
+    /// installed (for rollout). Same as `detect.monitor`; either turns it on.
+    pub monitor: bool,
+    /// The detection rules; defaults are DESIGN.md's table.
+    pub detect: firewall::detect::DetectConfig,
+    /// Name of our nftables table in family `inet`.
+    pub table: String,
+    /// The `nft` program: a name looked up in PATH, or a path.
+    pub nft: String,
+    /// Drop packets to relay ports that no live call opened (only with `media.enabled`).
+    pub rtp_closed: bool,
+    /// Per-source packets per second on the SIP ports above which the kernel drops (a
+    /// safety net far above what the detector bans for); 0 turns the meter off.
+    pub kernel_flood_per_second: u32,
+    /// Packets a source may send above that rate in a burst.
+    pub kernel_flood_burst: u32,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        let nft = firewall::nft::NftConfig::default();
+        let flood = firewall::nft::FloodLimit::default();
+        FirewallConfig {
+            enforce: EnforceMode::Auto,
+            monitor: false,
+            detect: firewall::detect::DetectConfig::default(),
+            table: nft.table,
+            nft: nft.nft,
+            rtp_closed: true,
+            kernel_flood_per_second: flood.per_second,
+            kernel_flood_burst: flood.burst,
+        }
+    }
+}
+
+impl FirewallConfig {
+    /// Whether monitor mode is on (`monitor` or `detect.monitor`).
+    pub fn monitor_mode(&self) -> bool {
+        self.monitor || self.detect.monitor
+    }
+}
+
+/// `firewall.enforce`: whether the kernel enforces bans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforceMode {
+    /// nftables when possible, user space only otherwise (the reason is logged at start).
+    #[default]
+    Auto,
+    /// User space only.
+    Off,
+}
+
 /// `[demo]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -417,6 +481,41 @@ impl Config {
                     "sip.listen has an unspecified address: name the relay's addresses explicitly",
                 ));
             }
+        }
+        let fw = &self.firewall;
+        let table_ok = !fw.table.is_empty()
+            && fw.table.len() <= 32
+            && fw.table.starts_with(|c: char| c.is_ascii_alphabetic())
+            && fw
+                .table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !table_ok {
+            return Err(invalid(
+                "firewall.table",
+                "use 1-32 letters, digits or '_', starting with a letter",
+            ));
+        }
+        if fw.nft.is_empty() {
+            return Err(invalid("firewall.nft", "must not be empty"));
+        }
+        if fw.kernel_flood_per_second > 0 && fw.kernel_flood_burst == 0 {
+            return Err(invalid(
+                "firewall.kernel_flood_burst",
+                "must be at least 1 when the kernel flood meter is on",
+            ));
+        }
+        if fw.detect.enumeration.limit > 1024 {
+            return Err(invalid(
+                "firewall.detect.enumeration.limit",
+                "must be at most 1024",
+            ));
+        }
+        if !(1..=100_000).contains(&fw.detect.limits.max_alerts) {
+            return Err(invalid(
+                "firewall.detect.limits.max_alerts",
+                "must be between 1 and 100000",
+            ));
         }
         if !(1..=600).contains(&self.calls.ring_timeout_secs) {
             return Err(invalid(
@@ -631,7 +730,8 @@ mod tests {
         let path = dir.path().join("outpost.toml");
         std::fs::write(
             &path,
-            "[sip]\nlisten = [\"0.0.0.0:5070\"]\n[registrar]\nmax_contacts = 3\n",
+            "[sip]\nlisten = [\"0.0.0.0:5070\"]\n[registrar]\nmax_contacts = 3\n\
+             [media]\naddrs = [\"192.0.2.10\"]\n",
         )
         .unwrap();
         let c = Config::load(&path).unwrap();
@@ -700,6 +800,42 @@ mod tests {
         let err = Config::from_toml_str("[registrar]\nmin_expires = 4000\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("registrar.max_expires"), "{msg}");
+    }
+
+    #[test]
+    fn firewall_section_reads_nested_detect_tables_and_rejects_typos() {
+        let c = Config::from_toml_str(
+            "[firewall]\nenforce = \"off\"\nmonitor = true\nrtp_closed = false\n\
+             [firewall.detect]\nallow = [\"192.168.1.0/24\"]\n\
+             [firewall.detect.auth_source]\nlimit = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.firewall.enforce, EnforceMode::Off);
+        assert!(c.firewall.monitor_mode());
+        assert!(!c.firewall.rtp_closed);
+        assert_eq!(c.firewall.detect.allow.len(), 1);
+        assert_eq!(c.firewall.detect.auth_source.limit, 5);
+        assert_eq!(
+            c.firewall.detect.flood.limit, 16,
+            "untouched rules keep defaults"
+        );
+        assert_eq!(c.firewall.table, "outpost");
+
+        let d = Config::from_toml_str("").unwrap();
+        assert_eq!(d.firewall.enforce, EnforceMode::Auto);
+        assert!(!d.firewall.monitor_mode());
+
+        let msg = Config::from_toml_str("[firewall]\nenforce = \"on\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        let msg = Config::from_toml_str("[firewall.detect.flood]\nlimt = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`limt`"), "{msg}");
+        let mut bad = Config::default();
+        bad.firewall.table = "out post".into();
+        assert_eq!(invalid_key(&bad), "firewall.table");
     }
 
     #[test]

@@ -25,8 +25,10 @@ use crate::admin::proto::{
 use crate::admin::server::{self, AdminRequest};
 use crate::config::Config;
 use crate::driver::{Inbound, Transports};
+use crate::guard::Guard;
 use crate::media::relay::{self, Relay, RelayConfig};
 use crate::store::{Batch, ExtensionRecord, Store};
+use pbx_core::sip::wire;
 
 /// Inbound messages handled per turn before timers, admin commands and the commit get a go.
 const BATCH: usize = 512;
@@ -76,6 +78,8 @@ struct Daemon {
     commit_failures: u64,
     /// The RTP relay, when media is anchored.
     relay: Option<Relay>,
+    /// The SIP firewall: inspects every message before the call core.
+    guard: Guard,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -142,7 +146,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
         relay = Some(r);
     }
+    let guard = Guard::start(&cfg, &store, clock.now());
     let mut daemon = Daemon {
+        guard,
         endpoint: Endpoint::new(endpoint_cfg),
         clock,
         store,
@@ -153,6 +159,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg,
     };
     daemon.load()?;
+    let now = daemon.clock.now();
+    while let Some((user, until)) = daemon.guard.poll_lock() {
+        daemon.endpoint.lock_user(now, &user, until);
+    }
     daemon.create_demo_extensions()?;
 
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
@@ -180,9 +190,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH);
     loop {
-        let deadline = daemon
-            .endpoint
-            .poll_timeout()
+        let next = [daemon.endpoint.poll_timeout(), daemon.guard.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let deadline = next
             .map(|t| daemon.clock.instant_at(t))
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
@@ -208,6 +220,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let now = daemon.clock.now();
         if daemon.endpoint.poll_timeout().is_some_and(|t| t <= now) {
             daemon.endpoint.handle_timeout(now);
+        }
+        if daemon.guard.poll_timeout().is_some_and(|t| t <= now) {
+            daemon.guard.handle_timeout(now);
         }
         daemon.flush();
     }
@@ -272,7 +287,19 @@ impl Daemon {
 
     fn inbound(&mut self, now: Millis, msg: Inbound) {
         match msg {
-            Inbound::Message { peer, bytes } => self.endpoint.handle(now, peer, &bytes),
+            Inbound::Message { peer, bytes } => {
+                if wire::is_keepalive(&bytes) {
+                    if !self.guard.is_banned(now, peer.addr.ip()) {
+                        self.endpoint.handle(now, peer, &bytes);
+                    }
+                    return;
+                }
+                // One parse serves the firewall and the call core.
+                let parsed = wire::parse(&bytes);
+                if self.guard.inspect(now, peer, &bytes, &parsed) {
+                    self.endpoint.handle_parsed(now, peer, &bytes, parsed);
+                }
+            }
             Inbound::Connected { addr, writer } => self.transports.connected(addr, writer),
             Inbound::Closed { addr } => self.transports.closed(addr),
         }
@@ -280,8 +307,15 @@ impl Daemon {
 
     /// Persists what the core produced, then sends.
     fn flush(&mut self) {
+        let now = self.clock.now();
         let mut batch = Batch::default();
         while let Some(event) = self.endpoint.poll_event() {
+            if matches!(
+                event,
+                Event::AuthFailed { .. } | Event::AuthSucceeded { .. }
+            ) {
+                self.guard.feedback(now, &event);
+            }
             match event {
                 Event::Bindings(changes) => batch.bindings.extend(changes),
                 Event::CallEnded(cdr) => {
@@ -293,6 +327,7 @@ impl Daemon {
                     batch.cdrs.push(cdr);
                 }
                 Event::Media(cmd) => {
+                    self.guard.media(&cmd);
                     if let Some(relay) = &self.relay {
                         relay.command(cmd);
                     }
@@ -303,6 +338,13 @@ impl Daemon {
                 }
             }
         }
+        while let Some((user, until)) = self.guard.poll_lock() {
+            self.endpoint.lock_user(now, &user, until);
+        }
+        while let Some(user) = self.guard.poll_unlock() {
+            self.endpoint.unlock_user(&user);
+        }
+        self.guard.take_writes(&mut batch);
         if !batch.is_empty() {
             // The fsync blocks this task only; the socket readers keep queueing.
             let result = tokio::task::block_in_place(|| self.store.commit(&batch));
@@ -458,6 +500,9 @@ impl Daemon {
                     })
                     .collect(),
             ),
+            Command::Fw(fw) => {
+                tokio::task::block_in_place(|| self.guard.admin(now, fw, &self.store))
+            }
             Command::CdrList { limit } => {
                 Reply::Cdrs(self.store.cdr_list(limit.min(MAX_CDR_LIST), 0)?)
             }

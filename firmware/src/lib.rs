@@ -4,5 +4,6 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod driver;
+pub mod guard;
 pub mod media;
 pub mod store;

@@ -6,11 +6,16 @@
 //! acknowledges REGISTERs only after [`Store::commit`] returned (group commit: one fsync for
 //! many requests).
 //!
+//! The firewall's state lives here too: bans (with their end time, so a reboot re-applies
+//! the remaining time), account locks, and the newest [`MAX_ALERTS`] alerts. Firewall
+//! changes travel in the same [`Batch`] as the registrar's, so they share its fsync.
+//!
 //! Values are JSON. A row that no longer decodes (a bug or a disk fault) is skipped by the
 //! listing calls, logged, and counted in [`Store::corrupt_rows`]; single-row lookups return
 //! [`StoreError::Corrupt`]. Nothing panics on stored data.
 
 use std::fmt::Display;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,6 +24,8 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use firewall::detect::{Alert, Rule};
+use firewall::Millis;
 use pbx_core::cdr::Cdr;
 use pbx_core::registrar::{Binding, BindingChange};
 use pbx_core::sip::auth::StoredSecret;
@@ -33,6 +40,12 @@ const EXTENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("extension
 const REGISTRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("registrations");
 const CDRS: TableDefinition<u64, &[u8]> = TableDefinition::new("cdrs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
+const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
+const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
+
+/// Alerts kept; older ones are deleted as new ones arrive.
+pub const MAX_ALERTS: u64 = 10_000;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +114,45 @@ pub struct ExtensionRecord {
     pub created_ms: u64,
 }
 
+/// A ban as stored (keyed by the banned address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBan {
+    /// When the ban ends, ms since the epoch.
+    pub until: Millis,
+    /// The rule that banned.
+    pub rule: Rule,
+    /// Human-readable cause.
+    pub reason: String,
+    /// Bans of this address within the repeat-offender window, this one included.
+    pub count_today: u32,
+}
+
+/// An account lock as stored (keyed by the account).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLock {
+    /// When the lock ends, ms since the epoch.
+    pub until: Millis,
+    /// The rule that locked it.
+    pub rule: Rule,
+}
+
+/// One change to the firewall's persistent state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirewallChange {
+    /// Create or replace the ban of an address.
+    Ban(IpAddr, StoredBan),
+    /// Delete the ban of an address (fine if there is none).
+    Unban(IpAddr),
+    /// Create or replace an account lock.
+    Lock(String, StoredLock),
+    /// Delete an account lock (fine if there is none).
+    Unlock(String),
+    /// Append an alert (the oldest beyond [`MAX_ALERTS`] are deleted).
+    Alert(Alert),
+    /// Delete bans and locks that ended at or before this time.
+    PurgeExpired(Millis),
+}
+
 /// Everything one daemon cycle needs persisted, written in a single transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
@@ -108,12 +160,14 @@ pub struct Batch {
     pub bindings: Vec<BindingChange>,
     /// Finished calls, appended in order.
     pub cdrs: Vec<Cdr>,
+    /// Firewall bans, locks and alerts, applied in order.
+    pub firewall: Vec<FirewallChange>,
 }
 
 impl Batch {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.bindings.is_empty() && self.cdrs.is_empty()
+        self.bindings.is_empty() && self.cdrs.is_empty() && self.firewall.is_empty()
     }
 }
 
@@ -141,6 +195,9 @@ impl Store {
             txn.open_table(REGISTRATIONS)?;
             txn.open_table(CDRS)?;
             txn.open_table(META)?;
+            txn.open_table(BANS)?;
+            txn.open_table(ALERTS)?;
+            txn.open_table(LOCKS)?;
         }
         txn.commit()?;
         Ok(Store {
@@ -269,7 +326,75 @@ impl Store {
                 cdrs.insert(seq, bytes.as_slice())?;
                 seq = seq.saturating_add(1);
             }
+            if !batch.firewall.is_empty() {
+                apply_firewall(&txn, &batch.firewall)?;
+            }
         }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every stored ban, ended or not (the caller skips ended ones), by address text.
+    pub fn fw_bans(&self) -> Result<Vec<(IpAddr, StoredBan)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BANS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let Ok(addr) = k.value().parse::<IpAddr>() else {
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(table = "bans", key = %k.value(), "skipping row with a bad address");
+                continue;
+            };
+            if let Some(ban) = self.decode("bans", k.value(), v.value()) {
+                out.push((addr, ban));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored account lock, ended or not, by account.
+    pub fn fw_locks(&self) -> Result<Vec<(String, StoredLock)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOCKS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Some(lock) = self.decode("locks", k.value(), v.value()) {
+                out.push((k.value().to_owned(), lock));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` alerts, newest first.
+    pub fn fw_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ALERTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()?.rev().take(limit) {
+            let (k, v) = row?;
+            if let Some(alert) = self.decode("alerts", k.value(), v.value()) {
+                out.push(alert);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of stored alerts (at most [`MAX_ALERTS`]).
+    pub fn fw_alert_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(ALERTS)?.len()?)
+    }
+
+    /// Applies firewall changes in one durable transaction (the admin's path; the daemon's
+    /// cycle sends them in its [`Batch`]).
+    pub fn fw_apply(&self, changes: &[FirewallChange]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write()?;
+        apply_firewall(&txn, changes)?;
         txn.commit()?;
         Ok(())
     }
@@ -377,6 +502,67 @@ impl Store {
             }
         }
     }
+}
+
+/// Writes firewall changes inside `txn`, then trims the alerts to [`MAX_ALERTS`].
+fn apply_firewall(
+    txn: &redb::WriteTransaction,
+    changes: &[FirewallChange],
+) -> Result<(), StoreError> {
+    let mut bans = txn.open_table(BANS)?;
+    let mut locks = txn.open_table(LOCKS)?;
+    let mut alerts = txn.open_table(ALERTS)?;
+    let mut seq = match alerts.last()? {
+        Some((k, _)) => k.value().saturating_add(1),
+        None => 1,
+    };
+    for change in changes {
+        match change {
+            FirewallChange::Ban(addr, ban) => {
+                let bytes = encode("ban", ban)?;
+                bans.insert(ban_key(*addr).as_str(), bytes.as_slice())?;
+            }
+            FirewallChange::Unban(addr) => {
+                bans.remove(ban_key(*addr).as_str())?;
+            }
+            FirewallChange::Lock(user, lock) => {
+                let bytes = encode("lock", lock)?;
+                locks.insert(user.as_str(), bytes.as_slice())?;
+            }
+            FirewallChange::Unlock(user) => {
+                locks.remove(user.as_str())?;
+            }
+            FirewallChange::Alert(alert) => {
+                let bytes = encode("alert", alert)?;
+                alerts.insert(seq, bytes.as_slice())?;
+                seq = seq.saturating_add(1);
+            }
+            FirewallChange::PurgeExpired(now) => {
+                // A row that does not decode is deleted too: nothing could ever use it.
+                let ended = |v: &[u8]| {
+                    serde_json::from_slice::<Expiry>(v).map_or(true, |e| e.until <= *now)
+                };
+                bans.retain(|_, v| !ended(v))?;
+                locks.retain(|_, v| !ended(v))?;
+            }
+        }
+    }
+    let excess = alerts.len()?.saturating_sub(MAX_ALERTS);
+    for _ in 0..excess {
+        alerts.pop_first()?;
+    }
+    Ok(())
+}
+
+/// The end time common to stored bans and locks.
+#[derive(Deserialize)]
+struct Expiry {
+    until: Millis,
+}
+
+/// Ban key: the canonical address text (IPv4-mapped IPv6 stored as IPv4).
+fn ban_key(addr: IpAddr) -> String {
+    firewall::net::canonical(addr).to_string()
 }
 
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
@@ -495,6 +681,7 @@ mod tests {
                     BindingChange::Upsert(binding("100", "sip:100@a")),
                 ],
                 cdrs: vec![],
+                ..Batch::default()
             })
             .unwrap();
         assert!(store.ext_del("10").unwrap());
@@ -530,6 +717,7 @@ mod tests {
                     },
                 ],
                 cdrs: vec![],
+                ..Batch::default()
             })
             .unwrap();
         drop(store);
@@ -548,6 +736,7 @@ mod tests {
                     cdrs: (0..4)
                         .map(|i| cdr(&format!("c{}", batch * 4 + i), batch * 4 + i))
                         .collect(),
+                    ..Batch::default()
                 })
                 .unwrap();
         }
@@ -563,6 +752,7 @@ mod tests {
             .commit(&Batch {
                 bindings: vec![],
                 cdrs: vec![cdr("after-reopen", 99)],
+                ..Batch::default()
             })
             .unwrap();
         assert_eq!(ids(store.cdr_list(2, 0).unwrap()), ["after-reopen", "c11"]);
@@ -613,6 +803,7 @@ mod tests {
             .commit(&Batch {
                 bindings: vec![BindingChange::Upsert(binding("100", "sip:100@a"))],
                 cdrs: vec![cdr("good", 1)],
+                ..Batch::default()
             })
             .unwrap();
         {
@@ -654,6 +845,166 @@ mod tests {
         assert!(matches!(err, StoreError::Db(_)), "{err}");
     }
 
+    fn alert(n: u64) -> Alert {
+        Alert {
+            at: n,
+            rule: Rule::Scanner,
+            addr: Some("203.0.113.9".parse().unwrap()),
+            user: None,
+            message: format!("alert {n}"),
+            enforced: true,
+        }
+    }
+
+    fn stored_ban(until: u64) -> StoredBan {
+        StoredBan {
+            until,
+            rule: Rule::AuthFailures,
+            reason: "too many failures".into(),
+            count_today: 2,
+        }
+    }
+
+    #[test]
+    fn bans_and_locks_persist_replace_delete_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let v4: IpAddr = "203.0.113.9".parse().unwrap();
+        let mapped: IpAddr = "::ffff:198.51.100.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .commit(&Batch {
+                    firewall: vec![
+                        FirewallChange::Ban(v4, stored_ban(1_000)),
+                        FirewallChange::Ban(v4, stored_ban(5_000)),
+                        FirewallChange::Ban(mapped, stored_ban(9_000)),
+                        FirewallChange::Ban(v6, stored_ban(2_000)),
+                        FirewallChange::Lock(
+                            "100".into(),
+                            StoredLock {
+                                until: 3_000,
+                                rule: Rule::AccountGuessing,
+                            },
+                        ),
+                        FirewallChange::Lock(
+                            "101".into(),
+                            StoredLock {
+                                until: 8_000,
+                                rule: Rule::AccountGuessing,
+                            },
+                        ),
+                    ],
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let mut bans = store.fw_bans().unwrap();
+        bans.sort_by_key(|(_, b)| b.until);
+        let v4_plain: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            bans,
+            vec![
+                (v6, stored_ban(2_000)),
+                (v4, stored_ban(5_000)),
+                (v4_plain, stored_ban(9_000)),
+            ],
+            "re-ban replaces; mapped addresses are stored as IPv4"
+        );
+        assert_eq!(store.fw_locks().unwrap().len(), 2);
+
+        store
+            .fw_apply(&[
+                FirewallChange::Unban(v6),
+                FirewallChange::Unban("192.0.2.200".parse().unwrap()),
+                FirewallChange::Unlock("101".into()),
+            ])
+            .unwrap();
+        assert_eq!(store.fw_bans().unwrap().len(), 2);
+        assert_eq!(
+            store.fw_locks().unwrap(),
+            vec![(
+                "100".to_string(),
+                StoredLock {
+                    until: 3_000,
+                    rule: Rule::AccountGuessing
+                }
+            )]
+        );
+
+        store
+            .fw_apply(&[FirewallChange::PurgeExpired(5_000)])
+            .unwrap();
+        assert_eq!(
+            store.fw_bans().unwrap(),
+            vec![(v4_plain, stored_ban(9_000))]
+        );
+        assert!(store.fw_locks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn alerts_are_kept_newest_first_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let total = MAX_ALERTS + 25;
+        let changes: Vec<FirewallChange> = (0..total)
+            .map(|n| FirewallChange::Alert(alert(n)))
+            .collect();
+        for chunk in changes.chunks(4_000) {
+            store.fw_apply(chunk).unwrap();
+        }
+        assert_eq!(store.fw_alert_count().unwrap(), MAX_ALERTS);
+        let newest = store.fw_alerts(3).unwrap();
+        assert_eq!(
+            newest.iter().map(|a| a.at).collect::<Vec<_>>(),
+            [total - 1, total - 2, total - 3]
+        );
+        let all = store.fw_alerts(usize::MAX).unwrap();
+        assert_eq!(all.len() as u64, MAX_ALERTS);
+        assert_eq!(all.last().unwrap().at, 25, "the 25 oldest were deleted");
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .fw_apply(&[FirewallChange::Alert(alert(99_999))])
+            .unwrap();
+        assert_eq!(
+            store.fw_alerts(1).unwrap()[0].at,
+            99_999,
+            "sequence continues after reopen"
+        );
+        assert_eq!(store.fw_alert_count().unwrap(), MAX_ALERTS);
+    }
+
+    #[test]
+    fn corrupt_firewall_rows_are_skipped_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .fw_apply(&[FirewallChange::Ban(
+                "203.0.113.9".parse().unwrap(),
+                stored_ban(10_000),
+            )])
+            .unwrap();
+        {
+            let txn = store.db.begin_write().unwrap();
+            let mut bans = txn.open_table(BANS).unwrap();
+            bans.insert("not-an-ip", b"{}".as_slice()).unwrap();
+            bans.insert("192.0.2.1", b"{broken".as_slice()).unwrap();
+            drop(bans);
+            txn.commit().unwrap();
+        }
+        assert_eq!(store.fw_bans().unwrap().len(), 1);
+        assert_eq!(store.corrupt_rows(), 2);
+        store.fw_apply(&[FirewallChange::PurgeExpired(1)]).unwrap();
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(
+            txn.open_table(BANS).unwrap().len().unwrap(),
+            1,
+            "rows that do not decode are purged, the live ban stays"
+        );
+    }
+
     fn crash_batch(n: u64) -> Batch {
         Batch {
             bindings: vec![BindingChange::Upsert(binding(
@@ -661,6 +1012,7 @@ mod tests {
                 &format!("sip:100@10.0.{}.{}", n / 250, n % 250),
             ))],
             cdrs: vec![cdr(&format!("crash-{n}"), n)],
+            ..Batch::default()
         }
     }
 

@@ -1716,7 +1716,10 @@ impl Endpoint {
             } => {
                 tracing::debug!(session, ?leg, %digit, "DTMF");
             }
-            MediaEvent::Stats { .. } => {}
+            MediaEvent::Stats { .. }
+            | MediaEvent::PlayDone { .. }
+            | MediaEvent::RecordingDone { .. }
+            | MediaEvent::RecordingFailed { .. } => {}
         }
         self.drain_tx_events(now);
     }

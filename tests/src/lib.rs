@@ -243,6 +243,8 @@ pub struct DaemonConfig {
     /// compete for relay ports) and media timeout.
     pub media_ports: (u16, u16),
     pub media_timeout_secs: u32,
+    /// More TOML appended to the generated file (e.g. `[firewall]` tables); empty by default.
+    pub extra_toml: String,
 }
 
 impl DaemonConfig {
@@ -273,12 +275,21 @@ impl DaemonConfig {
             digest_algorithms: Some(vec!["MD5".to_owned(), "SHA-256".to_owned()]),
             media_ports: free_media_range(),
             media_timeout_secs: 60,
+            extra_toml: String::new(),
         }
     }
 
     /// Keeps the daemon's default digest algorithms (no `[auth] algorithms` key).
     pub fn default_auth(mut self) -> Self {
         self.digest_algorithms = None;
+        self
+    }
+
+    /// Appends `toml` (whole tables, e.g. `[firewall.detect]`) to the generated file.
+    pub fn with_toml(mut self, toml: &str) -> Self {
+        self.extra_toml.push('\n');
+        self.extra_toml.push_str(toml);
+        self.extra_toml.push('\n');
         self
     }
 
@@ -292,7 +303,7 @@ impl DaemonConfig {
             None => String::new(),
         };
         let media = format!(
-            "\n[media]\nport_first = {}\nport_last = {}\ntimeout_secs = {}\n",
+            "\n[media]\nport_first = {}\nport_last = {}\ntimeout_secs = {}\n\n[firewall]\n# Daemons of parallel tests share the host: none may own its nftables table.\nenforce = \"off\"\n",
             self.media_ports.0, self.media_ports.1, self.media_timeout_secs
         );
         format!(
@@ -307,7 +318,7 @@ impl DaemonConfig {
             socket.display(),
             auth,
             media,
-        )
+        ) + &self.extra_toml
     }
 }
 
@@ -323,6 +334,8 @@ pub struct Daemon {
     data_dir: PathBuf,
     socket: PathBuf,
     logs: Vec<PathBuf>,
+    /// The network namespace the daemon runs in (`None`: the test's own).
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -349,6 +362,7 @@ impl Daemon {
             data_dir,
             socket,
             logs: Vec::new(),
+            netns: None,
         };
         daemon.spawn();
         daemon
@@ -361,7 +375,16 @@ impl Daemon {
             .join(format!("outpostd-{}.log", self.logs.len()));
         let log = File::create(&log_path).expect("create daemon log");
         let log2 = log.try_clone().expect("clone log handle");
-        let mut cmd = Command::new(bin("outpostd"));
+        let mut cmd = match &self.netns {
+            None => Command::new(bin("outpostd")),
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                // `ip netns exec` execs outpostd in place: the child's pid is outpostd's.
+                cmd.args(["netns", "exec", ns.as_str()])
+                    .arg(bin("outpostd"));
+                cmd
+            }
+        };
         cmd.arg("--config")
             .arg(&self.config_path)
             .stdin(Stdio::null())
@@ -390,7 +413,7 @@ impl Daemon {
                 }
             }
             let out = self.ctl(&["status"]);
-            if out.code == Some(0) && options_ok(self.sip_addr(), Transport::Udp) {
+            if out.code == Some(0) && self.answers_options() {
                 return;
             }
             last = Some(out);
@@ -401,6 +424,18 @@ impl Daemon {
                 );
             }
             thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn answers_options(&self) -> bool {
+        match &self.netns {
+            None => options_ok(self.sip_addr(), Transport::Udp),
+            Some(ns) => {
+                // From the daemon's own address: over `lo`, which the kernel rules accept.
+                let target = self.sip_addr();
+                let sock = udp_socket_in(ns, SocketAddr::new(target.ip(), 0));
+                options_status_on(&sock, target, Duration::from_secs(1)) == Some(200)
+            }
         }
     }
 
@@ -634,6 +669,8 @@ pub struct Sipp {
     keys: Vec<(String, String)>,
     calls: u32,
     timeout_secs: u32,
+    /// Network namespace and local address to run in (`None`: loopback of the test's own).
+    netns: Option<(String, IpAddr)>,
 }
 
 impl Sipp {
@@ -651,6 +688,7 @@ impl Sipp {
             keys: Vec::new(),
             calls: 1,
             timeout_secs: SIPP_TIMEOUT_SECS,
+            netns: None,
         }
     }
 
@@ -714,13 +752,21 @@ impl Sipp {
         self
     }
 
+    /// Runs SIPp inside network namespace `ns`, bound to `local_ip` (an address there).
+    pub fn in_netns(mut self, ns: &Netns, local_ip: IpAddr) -> Self {
+        self.netns = Some((ns.name().to_owned(), local_ip));
+        self
+    }
+
     /// Starts SIPp in the background.
     pub fn spawn(self) -> SippProcess {
         let dir = tempfile::Builder::new()
             .prefix("outpost-sipp-")
             .tempdir()
             .expect("create sipp dir");
-        let local_ip = if self.target.is_ipv6() {
+        let local_ip = if let Some((_, ip)) = &self.netns {
+            *ip
+        } else if self.target.is_ipv6() {
             IpAddr::V6(Ipv6Addr::LOCALHOST)
         } else {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -729,7 +775,14 @@ impl Sipp {
             // Default for register scenarios; harmless for the others.
             return self.key("expires", "300").spawn();
         }
-        let mut cmd = Command::new("sipp");
+        let mut cmd = match &self.netns {
+            None => Command::new("sipp"),
+            Some((ns, _)) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns.as_str(), "sipp"]);
+                cmd
+            }
+        };
         cmd.arg(self.target.to_string())
             .arg("-sf")
             .arg(&self.scenario)
@@ -1842,6 +1895,443 @@ impl SipPhone {
         let bye = self.await_request("BYE", wait)?;
         self.reply(&bye, 200, None, "");
         Some(bye)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Network namespaces for the firewall tests: an appliance, a phone and an attacker on one
+// bridge, the real outpostd and SIPp run inside them with `ip netns exec`, raw sockets are
+// created inside them with setns(2). Root only: these helpers panic without it.
+// ---------------------------------------------------------------------------------------
+
+static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
+static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The SIP port of the appliance in a [`FwLab`].
+pub const LAB_SIP_PORT: u16 = 5060;
+
+/// Panics unless this process runs as root and `ip` and `nft` work: the firewall tests
+/// build network namespaces and read nftables. They fail with this message, never skip.
+pub fn require_root(what: &str) {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|id| id.parse::<u32>().ok());
+    assert_eq!(
+        euid,
+        Some(0),
+        "{what} must run as root (they build network namespaces and read the kernel's \
+         nftables); CI runs them as root and they never skip. Run e.g. \
+         `sudo -E cargo test -p outpost-tests --test firewall`"
+    );
+    for (tool, flag) in [("ip", "-V"), ("nft", "--version")] {
+        let ok = Command::new(tool)
+            .arg(flag)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "{what} need `{tool}` (apt-get install iproute2 nftables; tests/run-all does)"
+        );
+    }
+}
+
+/// Runs `program args` and panics with its stderr unless it succeeds; returns stdout.
+fn run_checked(program: &str, args: &[&str]) -> String {
+    let out = run_with_timeout(Command::new(program).args(args), Duration::from_secs(10));
+    assert_eq!(
+        out.code,
+        Some(0),
+        "`{program} {}` failed: {}",
+        args.join(" "),
+        out.stderr.trim()
+    );
+    out.stdout
+}
+
+/// A network namespace of this test, deleted on drop after killing whatever still runs in
+/// it (only this test's processes can: the name is unique to this process).
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `op-<role>-<pid>-<n>` with its loopback up.
+    pub fn create(role: &str) -> Self {
+        let n = NETNS_SEQ.fetch_add(1, Ordering::SeqCst);
+        let name = format!("op-{role}-{}-{n}", std::process::id());
+        run_checked("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's name (for `ip netns exec`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip netns exec <name> <program>`: add the program's arguments and run it.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.name.as_str(), program]);
+        cmd
+    }
+
+    /// `ip -n <name> args...`; panics unless it succeeds. Returns stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run_checked("ip", &full)
+    }
+
+    /// `nft args...` inside the namespace (10 s cap), whatever its outcome.
+    pub fn nft(&self, args: &[&str]) -> CmdOutput {
+        run_with_timeout(self.command("nft").args(args), Duration::from_secs(10))
+    }
+
+    /// A UDP socket bound to `bind` inside this namespace.
+    pub fn udp_socket(&self, bind: SocketAddr) -> UdpSocket {
+        udp_socket_in(&self.name, bind)
+    }
+
+    /// Elements of set `set` of table `inet outpost`: each address with the seconds left
+    /// until the kernel expires it (`None` without a timeout). `None` when the table or the
+    /// set does not exist.
+    pub fn outpost_set(&self, set: &str) -> Option<Vec<(IpAddr, Option<u64>)>> {
+        let out = self.nft(&["-j", "list", "set", "inet", "outpost", set]);
+        if out.code != Some(0) {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&out.stdout).ok()?;
+        let set = v["nftables"]
+            .as_array()?
+            .iter()
+            .find_map(|o| o.get("set"))?;
+        let Some(elems) = set.get("elem").and_then(Value::as_array) else {
+            return Some(Vec::new());
+        };
+        let parsed = elems
+            .iter()
+            .filter_map(|e| match e {
+                Value::String(s) => Some((s.parse().ok()?, None)),
+                Value::Object(_) => {
+                    let inner = e.get("elem").unwrap_or(e);
+                    let addr = inner.get("val")?.as_str()?.parse().ok()?;
+                    Some((addr, inner.get("expires").and_then(Value::as_u64)))
+                }
+                _ => None,
+            })
+            .collect();
+        Some(parsed)
+    }
+
+    /// Packets counted by the named counter `name` of table `inet outpost` (`None` when it
+    /// does not exist).
+    pub fn outpost_counter(&self, name: &str) -> Option<u64> {
+        let out = self.nft(&["-j", "list", "counter", "inet", "outpost", name]);
+        if out.code != Some(0) {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&out.stdout).ok()?;
+        v["nftables"]
+            .as_array()?
+            .iter()
+            .find_map(|o| o.get("counter"))?
+            .get("packets")?
+            .as_u64()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let pids = run_with_timeout(
+            Command::new("ip").args(["netns", "pids", self.name.as_str()]),
+            Duration::from_secs(5),
+        );
+        for pid in pids.stdout.split_whitespace() {
+            if let Ok(pid) = pid.parse::<u32>() {
+                send_signal(pid, "KILL");
+            }
+        }
+        let _ = run_with_timeout(
+            Command::new("ip").args(["netns", "del", self.name.as_str()]),
+            Duration::from_secs(5),
+        );
+    }
+}
+
+/// A UDP socket bound to `bind` inside network namespace `ns` (by name). setns(2) moves
+/// only the calling thread, and a socket keeps the namespace it was created in, so a
+/// short-lived thread creates it.
+pub fn udp_socket_in(ns: &str, bind: SocketAddr) -> UdpSocket {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
+        UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind} in {path}: {e}"))
+    })
+    .join()
+    .expect("the socket thread does not panic")
+}
+
+/// Status of an OPTIONS sent from `sock` to `target` (connects `sock` to it); `None`
+/// when nothing came back within `wait`.
+pub fn options_status_on(sock: &UdpSocket, target: SocketAddr, wait: Duration) -> Option<u16> {
+    sock.connect(target).ok()?;
+    let local = sock.local_addr().ok()?;
+    let req = sip_request(
+        "OPTIONS",
+        &format!("sip:{}", fmt_ip(target.ip())),
+        Transport::Udp,
+        local,
+        &unique("opt"),
+        "",
+    );
+    let resp = udp_exchange(sock, req.as_bytes(), wait)?;
+    status_of(&resp)
+}
+
+/// Three namespaces on one bridge: `appliance` (10.201.N.1, fd00:201:N::1, owns the
+/// bridge), `phone` (.2, ::2) and `attacker` (.3 to .6, ::3). N comes from a counter and
+/// the pid, so each lab of a test run has its own /24 and /64.
+#[derive(Debug)]
+pub struct FwLab {
+    /// Runs outpostd.
+    pub appliance: Netns,
+    /// Legitimate phones (SIPp).
+    pub phone: Netns,
+    /// The attacker.
+    pub attacker: Netns,
+    subnet: u8,
+}
+
+impl FwLab {
+    /// Builds the namespaces, the bridge and the addresses (no DAD on IPv6).
+    pub fn new() -> Self {
+        let seq = LAB_SEQ.fetch_add(1, Ordering::SeqCst);
+        let subnet = u8::try_from((std::process::id().wrapping_mul(7).wrapping_add(seq)) % 250)
+            .expect("below 250")
+            + 1;
+        let lab = Self {
+            appliance: Netns::create("app"),
+            phone: Netns::create("phone"),
+            attacker: Netns::create("atk"),
+            subnet,
+        };
+        let app = &lab.appliance;
+        app.ip(&["link", "add", "br0", "type", "bridge", "forward_delay", "0"]);
+        app.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", lab.appliance_ip()),
+            "dev",
+            "br0",
+        ]);
+        app.ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", lab.appliance_ip6()),
+            "dev",
+            "br0",
+            "nodad",
+        ]);
+        app.ip(&["link", "set", "br0", "up"]);
+        let hosts: [(&Netns, &str, Vec<Ipv4Addr>, Ipv6Addr); 2] = [
+            (&lab.phone, "vphone", vec![lab.phone_ip()], lab.phone_ip6()),
+            (
+                &lab.attacker,
+                "vatk",
+                lab.attacker_ips().to_vec(),
+                lab.attacker_ip6(),
+            ),
+        ];
+        for (ns, port, v4, v6) in hosts {
+            app.ip(&[
+                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            ]);
+            app.ip(&["link", "set", port, "master", "br0"]);
+            app.ip(&["link", "set", port, "up"]);
+            for addr in v4 {
+                ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            }
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+        }
+        lab
+    }
+
+    /// N of 10.201.N.0/24.
+    pub fn subnet(&self) -> u8 {
+        self.subnet
+    }
+
+    fn v4(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 201, self.subnet, host)
+    }
+
+    fn v6(&self, host: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x201, u16::from(self.subnet), 0, 0, 0, 0, host)
+    }
+
+    /// 10.201.N.1.
+    pub fn appliance_ip(&self) -> Ipv4Addr {
+        self.v4(1)
+    }
+
+    /// 10.201.N.2.
+    pub fn phone_ip(&self) -> Ipv4Addr {
+        self.v4(2)
+    }
+
+    /// 10.201.N.3, the attacker's first address.
+    pub fn attacker_ip(&self) -> Ipv4Addr {
+        self.v4(3)
+    }
+
+    /// The attacker's addresses: 10.201.N.3 to .6.
+    pub fn attacker_ips(&self) -> [Ipv4Addr; 4] {
+        [self.v4(3), self.v4(4), self.v4(5), self.v4(6)]
+    }
+
+    /// fd00:201:N::1.
+    pub fn appliance_ip6(&self) -> Ipv6Addr {
+        self.v6(1)
+    }
+
+    /// fd00:201:N::2.
+    pub fn phone_ip6(&self) -> Ipv6Addr {
+        self.v6(2)
+    }
+
+    /// fd00:201:N::3.
+    pub fn attacker_ip6(&self) -> Ipv6Addr {
+        self.v6(3)
+    }
+
+    /// The appliance's SIP address over IPv4.
+    pub fn sip_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.appliance_ip(), LAB_SIP_PORT))
+    }
+
+    /// The appliance's SIP address over IPv6.
+    pub fn sip_addr6(&self) -> SocketAddr {
+        SocketAddr::from((self.appliance_ip6(), LAB_SIP_PORT))
+    }
+
+    /// A daemon configuration listening on the appliance's two addresses (media relay on
+    /// them too); add `[firewall]` tables with [`DaemonConfig::with_toml`].
+    pub fn daemon_config(&self) -> DaemonConfig {
+        let mut config = DaemonConfig::on(vec![self.sip_addr(), self.sip_addr6()]);
+        // The appliance namespace is private: no need for the host-wide port blocks.
+        config.media_ports = (10_000, 10_099);
+        config
+    }
+
+    /// A UDP socket of the attacker at `src` (one of its addresses), any port.
+    pub fn attacker_socket(&self, src: IpAddr) -> UdpSocket {
+        self.attacker.udp_socket(SocketAddr::new(src, 0))
+    }
+
+    /// A UDP socket of the phone namespace at `src`, any port.
+    pub fn phone_socket(&self, src: IpAddr) -> UdpSocket {
+        self.phone.udp_socket(SocketAddr::new(src, 0))
+    }
+}
+
+impl Default for FwLab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Daemon {
+    /// Starts a daemon inside network namespace `ns` (`ip netns exec`) and waits until
+    /// `outpostctl status` answers (over the Unix socket, which crosses namespaces) and an
+    /// OPTIONS sent inside the namespace gets 200.
+    pub fn start_in(ns: &Netns, config: DaemonConfig) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("outpost-fwtest-")
+            .tempdir()
+            .expect("create temp dir");
+        let data_dir = dir.path().join("data");
+        let socket = dir.path().join("admin.sock");
+        let config_path = dir.path().join("outpost.toml");
+        // Host daemons leave nftables alone (`enforce = "off"`); one in its own namespace
+        // owns that namespace's table, as on the appliance.
+        let toml = config
+            .to_toml(&data_dir, &socket)
+            .replace("\nenforce = \"off\"\n", "\nenforce = \"auto\"\n");
+        fs::write(&config_path, toml).expect("write config");
+        let mut daemon = Self {
+            child: None,
+            dir,
+            config,
+            config_path,
+            data_dir,
+            socket,
+            logs: Vec::new(),
+            netns: Some(ns.name().to_owned()),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// The configuration file the daemon was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+}
+
+impl SipPhone {
+    /// A phone for `ext` on an existing UDP socket (e.g. one made inside a network
+    /// namespace by [`Netns::udp_socket`]), talking to `server`.
+    pub fn on_socket(sock: UdpSocket, server: SocketAddr, ext: &str, password: &str) -> Self {
+        sock.connect(server).expect("connect the phone's socket");
+        let local = sock.local_addr().expect("phone local addr");
+        Self {
+            sock,
+            local,
+            server,
+            ext: ext.to_owned(),
+            password: password.to_owned(),
+            inbox: VecDeque::new(),
+            seen: VecDeque::new(),
+        }
+    }
+
+    /// Registers with digest auth and returns the final status: of the REGISTER with
+    /// credentials when the first got a 401, else of the first. `None` when an answer did
+    /// not come within `wait` (each step). Never panics on the daemon's answers.
+    pub fn register_status(&mut self, wait: Duration) -> Option<u16> {
+        let call_id = unique("reg");
+        let first = register_request(self.server, Transport::Udp, self.local, &self.ext, &call_id);
+        self.send(&first);
+        let resp = self.await_final(&call_id, 1, "REGISTER", wait)?;
+        let status = status_of(resp.as_bytes())?;
+        if status != 401 {
+            return Some(status);
+        }
+        let challenge = header_value(&resp, "WWW-Authenticate")?;
+        let uri = format!("sip:{}", self.host());
+        let authorization =
+            digest_authorization(&challenge, "REGISTER", &uri, &self.ext, &self.password);
+        let second = first
+            .replace("CSeq: 1 REGISTER", "CSeq: 2 REGISTER")
+            .replace(";branch=z9hG4bK", ";branch=z9hG4bK2nd")
+            .replace(
+                "Content-Length: 0\r\n",
+                &format!("Authorization: {authorization}\r\nContent-Length: 0\r\n"),
+            );
+        self.send(&second);
+        let resp = self.await_final(&call_id, 2, "REGISTER", wait)?;
+        status_of(resp.as_bytes())
     }
 }
 

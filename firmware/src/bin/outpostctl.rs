@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use firmware::admin::proto::{
     validate_ext, validate_name, validate_password, CallInfo, Command, ExtImportRow, ExtensionInfo,
-    RegistrationInfo, Reply, StatusInfo, MAX_LINE,
+    FwAlertInfo, FwBansInfo, FwCommand, FwRuleInfo, FwStatusInfo, RegistrationInfo, Reply,
+    StatusInfo, MAX_LINE,
 };
 use firmware::admin::Client;
 use firmware::config::default_socket_path;
@@ -61,6 +62,41 @@ enum Cmd {
     /// Show call detail records.
     #[command(subcommand)]
     Cdr(CdrCmd),
+    /// The SIP firewall: bans, alerts, rules.
+    #[command(subcommand)]
+    Fw(FwCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum FwCmd {
+    /// Mode (enforcing, user-space, monitor), counters, kernel counters, rule hits.
+    Status,
+    /// Banned addresses and locked accounts.
+    Bans,
+    /// Lift a ban everywhere (kernel, store, counters).
+    Unban {
+        /// The address, IPv4 or IPv6.
+        addr: std::net::IpAddr,
+    },
+    /// Never drop or ban a network (until the daemon restarts; put it in
+    /// [firewall.detect] allow to keep it).
+    Allow {
+        /// A network such as 192.168.1.0/24, or one address.
+        cidr: firewall::net::Cidr,
+    },
+    /// Lift an account lock.
+    Unlock {
+        /// The account (extension).
+        user: String,
+    },
+    /// The most recent alerts, newest first.
+    Alerts {
+        /// How many alerts to show.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+    },
+    /// Every rule with its threshold, action and hit counter.
+    Rules,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +223,29 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Cdr(CdrCmd::List { limit }) => one(Command::CdrList {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
         }),
+        Cmd::Fw(fw) => one(Command::Fw(match fw {
+            FwCmd::Status => FwCommand::Status,
+            FwCmd::Bans => FwCommand::Bans,
+            FwCmd::Unban { addr } => FwCommand::Unban {
+                addr: addr.to_string(),
+            },
+            FwCmd::Allow { cidr } => FwCommand::Allow {
+                cidr: cidr.to_string(),
+            },
+            FwCmd::Unlock { user } => {
+                if user.is_empty() || user.len() > 64 || user.chars().any(char::is_control) {
+                    return Err(Failure::Usage(format!(
+                        "`{}` is not an account name",
+                        user.escape_default()
+                    )));
+                }
+                FwCommand::Unlock { user }
+            }
+            FwCmd::Alerts { limit } => FwCommand::Alerts {
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            },
+            FwCmd::Rules => FwCommand::Rules,
+        })),
         Cmd::Ext(ExtCmd::Del { ext }) => {
             validate_ext(&ext).map_err(Failure::Usage)?;
             one(Command::ExtDel { ext })
@@ -426,6 +485,10 @@ fn payload_json(reply: &Reply) -> String {
         Reply::Registrations(v) => to_json(v),
         Reply::Calls(v) => to_json(v),
         Reply::Cdrs(v) => to_json(v),
+        Reply::FwStatus(s) => to_json(s),
+        Reply::FwBans(b) => to_json(b),
+        Reply::FwAlerts(v) => to_json(v),
+        Reply::FwRules(v) => to_json(v),
         Reply::Done { message } | Reply::Error { message } => {
             to_json(&serde_json::json!({ "message": message }))
         }
@@ -440,6 +503,10 @@ fn render(reply: &Reply, generated: Option<&Generated>) -> String {
         Reply::Registrations(v) => render_registrations(v),
         Reply::Calls(v) => render_calls(v),
         Reply::Cdrs(v) => render_cdrs(v),
+        Reply::FwStatus(s) => render_fw_status(s),
+        Reply::FwBans(b) => render_fw_bans(b),
+        Reply::FwAlerts(v) => render_fw_alerts(v),
+        Reply::FwRules(v) => render_fw_rules(v),
         Reply::Done { message } => match generated {
             Some(g) => format!("{}\n", g.human),
             None => format!("{}\n", sanitize(message)),
@@ -613,6 +680,187 @@ fn render_cdrs(v: &[Cdr]) -> String {
         ]),
         &rows,
     )
+}
+
+fn render_fw_status(s: &FwStatusInfo) -> String {
+    let mode = match &s.reason {
+        Some(reason) => format!("{} (kernel enforcement off: {reason})", s.mode),
+        None => s.mode.clone(),
+    };
+    let mut rows = vec![
+        vec!["mode".to_owned(), mode],
+        vec!["bans".to_owned(), s.bans.to_string()],
+        vec!["locked accounts".to_owned(), s.locks.to_string()],
+        vec!["tracked sources".to_owned(), s.sources.to_string()],
+        vec!["authenticated sources".to_owned(), s.passes.to_string()],
+        vec!["messages inspected".to_owned(), s.inspected.to_string()],
+        vec!["dropped (banned)".to_owned(), s.dropped_banned.to_string()],
+        vec!["dropped (rules)".to_owned(), s.dropped_rule.to_string()],
+        vec!["alerts stored".to_owned(), s.alerts_stored.to_string()],
+    ];
+    if !s.runtime_allow.is_empty() {
+        rows.push(vec![
+            "allowed at runtime".to_owned(),
+            s.runtime_allow.join(", "),
+        ]);
+    }
+    if let Some(k) = &s.kernel {
+        rows.push(vec![
+            "kernel table".to_owned(),
+            format!(
+                "{} ({})",
+                k.table,
+                if k.installed {
+                    "installed"
+                } else {
+                    "NOT installed"
+                }
+            ),
+        ]);
+        if let Some(c) = &k.counters {
+            rows.push(vec![
+                "kernel: banned".to_owned(),
+                format!("{} packets, {} bytes", c.banned_packets, c.banned_bytes),
+            ]);
+            rows.push(vec![
+                "kernel: flood meter".to_owned(),
+                format!("{} packets", c.meter_drops),
+            ]);
+            rows.push(vec![
+                "kernel: closed RTP ports".to_owned(),
+                format!("{} packets", c.rtp_drops),
+            ]);
+        }
+        rows.push(vec![
+            "kernel updates".to_owned(),
+            format!(
+                "{} batches, {} set updates, {} restores, {} failures, {} dropped",
+                k.batches, k.ops, k.restores, k.failures, k.queue_drops
+            ),
+        ]);
+        if let Some(e) = &k.last_error {
+            rows.push(vec!["kernel: last error".to_owned(), e.clone()]);
+        }
+    }
+    let mut out = format_table(None, &rows);
+    let hits: Vec<Vec<String>> = s
+        .rule_hits
+        .iter()
+        .map(|h| vec![h.rule.clone(), h.hits.to_string()])
+        .collect();
+    out.push('\n');
+    out.push_str(&format_table(Some(&["RULE", "HITS"]), &hits));
+    out
+}
+
+fn render_fw_bans(b: &FwBansInfo) -> String {
+    let mut out = String::new();
+    if b.bans.is_empty() {
+        out.push_str("no bans\n");
+    } else {
+        let rows: Vec<Vec<String>> = b
+            .bans
+            .iter()
+            .map(|x| {
+                vec![
+                    x.addr.clone(),
+                    fmt_duration(x.remaining_secs),
+                    x.rule.clone(),
+                    x.count_today.to_string(),
+                    if x.enforced { "yes" } else { "no (monitor)" }.to_owned(),
+                    x.reason.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&format_table(
+            Some(&[
+                "ADDRESS",
+                "REMAINING",
+                "RULE",
+                "TODAY",
+                "ENFORCED",
+                "REASON",
+            ]),
+            &rows,
+        ));
+        if b.total_bans > b.bans.len() {
+            out.push_str(&format!(
+                "({} more not shown)\n",
+                b.total_bans - b.bans.len()
+            ));
+        }
+    }
+    if !b.locks.is_empty() {
+        let rows: Vec<Vec<String>> = b
+            .locks
+            .iter()
+            .map(|l| {
+                vec![
+                    l.user.clone(),
+                    fmt_duration(l.remaining_secs),
+                    l.rule.clone(),
+                    if l.enforced { "yes" } else { "no (monitor)" }.to_owned(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&format_table(
+            Some(&["LOCKED ACCOUNT", "REMAINING", "RULE", "ENFORCED"]),
+            &rows,
+        ));
+        if b.total_locks > b.locks.len() {
+            out.push_str(&format!(
+                "({} more not shown)\n",
+                b.total_locks - b.locks.len()
+            ));
+        }
+    }
+    out
+}
+
+fn render_fw_alerts(v: &[FwAlertInfo]) -> String {
+    if v.is_empty() {
+        return "no alerts\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|a| {
+            vec![
+                fmt_time(a.at),
+                a.rule.clone(),
+                a.addr.clone().unwrap_or_else(|| "-".to_owned()),
+                a.user.clone().unwrap_or_else(|| "-".to_owned()),
+                if a.enforced { "yes" } else { "no (monitor)" }.to_owned(),
+                a.message.clone(),
+            ]
+        })
+        .collect();
+    format_table(
+        Some(&[
+            "TIME (UTC)",
+            "RULE",
+            "ADDRESS",
+            "ACCOUNT",
+            "ENFORCED",
+            "MESSAGE",
+        ]),
+        &rows,
+    )
+}
+
+fn render_fw_rules(v: &[FwRuleInfo]) -> String {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|r| {
+            vec![
+                r.rule.clone(),
+                r.threshold.clone(),
+                r.action.clone(),
+                r.hits.to_string(),
+            ]
+        })
+        .collect();
+    format_table(Some(&["RULE", "THRESHOLD", "ACTION", "HITS"]), &rows)
 }
 
 fn disposition_name(d: Disposition) -> &'static str {
@@ -940,6 +1188,88 @@ mod tests {
             "--json prints the payload without the tag"
         );
         assert_eq!(payload_json(&Reply::done("ok")), r#"{"message":"ok"}"#);
+    }
+
+    #[test]
+    fn fw_commands_are_checked_before_sending() {
+        let plan_of = |args: &[&str]| {
+            let mut argv = vec!["outpostctl"];
+            argv.extend_from_slice(args);
+            plan(Cli::try_parse_from(argv).unwrap().command).map(|(c, _)| c)
+        };
+        assert_eq!(
+            plan_of(&["fw", "unban", "2001:db8::1"]).unwrap(),
+            vec![Command::Fw(FwCommand::Unban {
+                addr: "2001:db8::1".into()
+            })]
+        );
+        assert_eq!(
+            plan_of(&["fw", "allow", "192.168.1.77/24"]).unwrap(),
+            vec![Command::Fw(FwCommand::Allow {
+                cidr: "192.168.1.0/24".into()
+            })]
+        );
+        assert_eq!(
+            plan_of(&["fw", "alerts"]).unwrap(),
+            vec![Command::Fw(FwCommand::Alerts { limit: 50 })]
+        );
+        assert!(plan_of(&["fw", "unlock", "a\u{1b}b"]).is_err());
+        assert!(Cli::try_parse_from(["outpostctl", "fw", "unban", "1.2.3"]).is_err());
+        assert!(Cli::try_parse_from(["outpostctl", "fw", "allow", "10.0.0.0/40"]).is_err());
+        assert!(Cli::try_parse_from(["outpostctl", "fw", "alerts", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn fw_tables_and_json() {
+        let bans = Reply::FwBans(FwBansInfo {
+            total_bans: 1,
+            total_locks: 0,
+            bans: vec![firmware::admin::proto::FwBanInfo {
+                addr: "203.0.113.9".into(),
+                until: 0,
+                remaining_secs: 3_600,
+                rule: "scanner".into(),
+                reason: "scanner fingerprint\u{1b}[2J".into(),
+                count_today: 1,
+                enforced: true,
+            }],
+            locks: vec![],
+        });
+        let text = render(&bans, None);
+        assert!(text.starts_with("ADDRESS"), "{text}");
+        assert!(text.contains("203.0.113.9  1h00m00s   scanner"), "{text}");
+        assert!(!text.contains('\u{1b}'), "escape sequences are sanitised");
+        let json: serde_json::Value = serde_json::from_str(&payload_json(&bans)).unwrap();
+        assert_eq!(json["bans"][0]["addr"], "203.0.113.9");
+
+        let rules = Reply::FwRules(vec![FwRuleInfo {
+            rule: "flood".into(),
+            threshold: "16 requests / 2 s".into(),
+            action: "ban 300 s".into(),
+            hits: 3,
+        }]);
+        assert_eq!(
+            render(&rules, None),
+            "RULE   THRESHOLD          ACTION     HITS\nflood  16 requests / 2 s  ban 300 s  3\n"
+        );
+        let status = Reply::FwStatus(FwStatusInfo {
+            mode: "user-space".into(),
+            reason: Some("not running as root".into()),
+            bans: 0,
+            locks: 0,
+            sources: 0,
+            passes: 0,
+            inspected: 0,
+            dropped_banned: 0,
+            dropped_rule: 0,
+            alerts_stored: 0,
+            runtime_allow: vec![],
+            kernel: None,
+            rule_hits: vec![],
+        });
+        assert!(render(&status, None)
+            .contains("user-space (kernel enforcement off: not running as root)"));
+        assert_eq!(render(&Reply::FwAlerts(vec![]), None), "no alerts\n");
     }
 
     #[test]

@@ -12,11 +12,23 @@
 //! Source checks follow symmetric RTP: a leg latches onto the first source whose IP is
 //! allowed, and afterwards accepts only that address, unless the latched source has been
 //! silent for [`RELATCH_AFTER`] and a new allowed source appears (a NAT rebinding).
+//!
+//! Playback and recording (for the auto attendant, voicemail and music on hold) run on the
+//! same thread, with no thread per player: while anything plays, the epoll timeout is the
+//! next 20 ms frame's due time, and each wake-up sends every frame that is due (see
+//! [`super::player`]). While a leg hears a prompt, what the other leg sends is not forwarded
+//! to it; DTMF from the leg is still detected. Recordings are collected in memory (bounded
+//! by their `max_ms`) and written by the file thread ([`super::files`]), which also reads
+//! WAV files named in a playlist, so no disk access stalls the packet loop.
+//!
+//! A session may have only one phone: a leg given as [`LegMedia::absent`] (`local_port` 0)
+//! owns no ports, and a later `Update` may bring it (the caller is transferred).
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -35,6 +47,10 @@ use pbx_core::media::session::{
     Codec, Leg, LegMedia, LegStats, MediaCommand, MediaEvent, SessionId,
 };
 use pbx_core::media::{g711, rtcp, rtp};
+
+use super::files::{self, FileJob, FileWorker, Loaded, Playlist};
+use super::player::{OutStream, Player, Recorder, FRAME};
+use super::prompts::PromptStore;
 
 /// Datagrams read per `recvmmsg` call (and the most sent per `sendmmsg` call).
 const BATCH: usize = 32;
@@ -114,14 +130,22 @@ struct Shared {
 #[derive(Debug)]
 enum Control {
     Media(MediaCommand),
+    /// The file thread resolved a playlist.
+    Loaded(Loaded),
     Shutdown,
 }
 
-/// Binds every port of the range on every address and starts the relay thread.
+/// Binds every port of the range on every address and starts the relay thread, with only
+/// the built-in tones to play (see [`start_with_prompts`]).
 ///
 /// Raises the soft open-file limit to the hard limit first. Fails, naming the address and
 /// port, if any port is taken.
 pub fn start(cfg: RelayConfig) -> io::Result<Relay> {
+    start_with_prompts(cfg, PromptStore::builtin())
+}
+
+/// Like [`start`], playing the prompts of `prompts` by name.
+pub fn start_with_prompts(cfg: RelayConfig, prompts: PromptStore) -> io::Result<Relay> {
     if cfg.addrs.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -163,6 +187,15 @@ pub fn start(cfg: RelayConfig) -> io::Result<Relay> {
 
     let (control_tx, control_rx) = mpsc::channel();
     let (event_tx, event_rx) = tokio_mpsc::channel(EVENT_CAPACITY);
+    let prompts = Arc::new(prompts);
+    let files = {
+        let (control, waker) = (control_tx.clone(), Arc::clone(&waker));
+        FileWorker::start(Arc::clone(&prompts), event_tx.clone(), move |loaded| {
+            if control.send(Control::Loaded(loaded)).is_ok() {
+                let _ = waker.wake();
+            }
+        })?
+    };
     let shared = Arc::new(Shared::default());
     let thread_shared = Arc::clone(&shared);
     let (tid_tx, tid_rx) = mpsc::sync_channel(1);
@@ -191,6 +224,12 @@ pub fn start(cfg: RelayConfig) -> io::Result<Relay> {
                 pending: Vec::with_capacity(64),
                 pending_work: Vec::with_capacity(64),
                 counters: RelayCounters::default(),
+                prompts,
+                files,
+                playing: Vec::new(),
+                generation: 0,
+                play_buf: [0; rtp::HEADER_LEN + FRAME],
+                full_recordings: Vec::new(),
             };
             // The receiver waits for this; if it is gone, start() already failed.
             let _ = tid_tx.send(nix::unistd::gettid().as_raw());
@@ -426,6 +465,16 @@ struct LegState {
     jitter: JitterEstimator,
     dtmf: DtmfDetector,
     stats: LegStats,
+    /// What is being played to this leg's phone (the other leg is not heard meanwhile).
+    player: Option<Player>,
+    /// The next played frame starts a talkspurt (marker bit).
+    talkspurt: bool,
+    /// Identifies the latest `Play`/`StopPlay`, so a late file load cannot revive old ones.
+    play_generation: u64,
+    /// Numbering of the packets the relay itself sends to this leg's phone.
+    out: OutStream,
+    /// What this leg's phone sends, being recorded.
+    recorder: Option<Recorder>,
 }
 
 impl LegState {
@@ -439,11 +488,19 @@ impl LegState {
             jitter: JitterEstimator::new(8000),
             dtmf: DtmfDetector::new(),
             stats: LegStats::default(),
+            player: None,
+            talkspurt: true,
+            play_generation: 0,
+            out: OutStream::new(rand::random(), rand::random(), rand::random()),
+            recorder: None,
         }
     }
 
     /// Where RTP for this leg's phone goes: the latched source, else the SDP address.
     fn rtp_route(&self, to: Leg, layout: &Layout) -> Option<Route> {
+        if self.media.is_absent() {
+            return None;
+        }
         let (dest, via) = match self.rtp.addr {
             Some(addr) => (addr, self.rtp.via),
             None => {
@@ -462,6 +519,9 @@ impl LegState {
 
     /// Where RTCP for this leg's phone goes: like RTP if it multiplexes, else port + 1.
     fn rtcp_route(&self, to: Leg, layout: &Layout) -> Option<Route> {
+        if self.media.is_absent() {
+            return None;
+        }
         if self.rtcp_mux {
             return self
                 .rtp_route(to, layout)
@@ -501,8 +561,8 @@ impl LegState {
 struct Session {
     id: SessionId,
     legs: [LegState; 2],
-    /// Indices of the ports it owns: A RTP, A RTCP, B RTP, B RTCP.
-    ports: [usize; 4],
+    /// Indices of the ports it owns: A RTP, A RTCP, B RTP, B RTCP (`None`: absent leg).
+    ports: [Option<usize>; 4],
     last_rtp: Instant,
     timed_out: bool,
 }
@@ -596,6 +656,10 @@ impl Session {
                     duration_ms,
                 });
             }
+            // A prompt replaces what the other phone hears.
+            if other.player.is_some() {
+                return None;
+            }
             // The other phone cannot decode telephone-events it did not negotiate.
             let out_pt = other.media.dtmf_pt?;
             let route = other.rtp_route(to, layout)?;
@@ -605,6 +669,21 @@ impl Session {
         if pt == this.media.pt {
             this.jitter.update(arrival.now_us, packet.timestamp());
             this.stats.jitter_us = this.jitter.jitter_us();
+            if let Some(recorder) = this.recorder.as_mut() {
+                if is_g711(this.media.codec) {
+                    let alaw = this.media.codec == Codec::Pcma;
+                    recorder.push(
+                        packet.ssrc(),
+                        packet.timestamp(),
+                        packet.payload(),
+                        alaw,
+                        arrival.now,
+                    );
+                }
+            }
+            if other.player.is_some() {
+                return None;
+            }
             let route = other.rtp_route(to, layout)?;
             let (from_codec, to_codec) = (this.media.codec, other.media.codec);
             if from_codec != to_codec && is_g711(from_codec) && is_g711(to_codec) {
@@ -616,6 +695,9 @@ impl Session {
             return Some(route);
         }
         // Comfort noise and anything else negotiated end to end: passed through untouched.
+        if other.player.is_some() {
+            return None;
+        }
         other.rtp_route(to, layout)
     }
 
@@ -779,6 +861,16 @@ struct Engine {
     pending: Vec<usize>,
     pending_work: Vec<usize>,
     counters: RelayCounters,
+    prompts: Arc<PromptStore>,
+    files: FileWorker,
+    /// Legs with a player, as (slot, leg).
+    playing: Vec<(u32, Leg)>,
+    /// Last `Play`/`StopPlay` generation handed out.
+    generation: u64,
+    /// One played packet: RTP header and a 20 ms frame.
+    play_buf: [u8; rtp::HEADER_LEN + FRAME],
+    /// Recordings that reached their length during the last batch, as (slot, leg).
+    full_recordings: Vec<(u32, Leg)>,
 }
 
 impl Engine {
@@ -787,8 +879,11 @@ impl Engine {
         let mut next_tick = Instant::now() + TICK;
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         loop {
+            let wake = self
+                .next_play_due()
+                .map_or(next_tick, |due| due.min(next_tick));
             let timeout = if self.pending.is_empty() {
-                next_tick.saturating_duration_since(Instant::now())
+                wake.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
@@ -802,7 +897,13 @@ impl Engine {
             loop {
                 match self.control.try_recv() {
                     Ok(Control::Media(cmd)) => self.command(cmd),
-                    Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return,
+                    Ok(Control::Loaded(loaded)) => self.loaded(loaded),
+                    Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
+                        // Recordings in progress are kept; the file thread writes them
+                        // before the relay is gone (the worker is joined on drop).
+                        self.finish_all_recordings();
+                        return;
+                    }
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
@@ -819,6 +920,8 @@ impl Engine {
                 }
             }
             let now = Instant::now();
+            self.play_due(now);
+            self.finish_full_recordings();
             if now >= next_tick {
                 self.check_timeouts(now);
                 next_tick = now + TICK;
@@ -895,7 +998,14 @@ impl Engine {
                 now_us,
             };
             let data = &mut self.io.bufs[i][..meta.len];
-            let Some(route) = session.handle(&arrival, data, &self.layout, &mut self.sink) else {
+            let route = session.handle(&arrival, data, &self.layout, &mut self.sink);
+            let from = &session.legs[leg_index(owner.leg)];
+            if from.recorder.as_ref().is_some_and(Recorder::is_full)
+                && !self.full_recordings.contains(&(owner.slot, owner.leg))
+            {
+                self.full_recordings.push((owner.slot, owner.leg));
+            }
+            let Some(route) = route else {
                 continue;
             };
             let Some(socket) = self.layout.socket(route.port, route.via) else {
@@ -977,28 +1087,65 @@ impl Engine {
                 }
             }
             MediaCommand::Close { session } => self.close(session),
+            MediaCommand::Play {
+                session,
+                leg,
+                clips,
+                repeat,
+            } => self.play(session, leg, clips, repeat, now),
+            MediaCommand::StopPlay { session, leg } => {
+                if let Some(&slot) = self.index.get(&session) {
+                    self.stop_play(slot, leg);
+                }
+            }
+            MediaCommand::Record {
+                session,
+                leg,
+                path,
+                max_ms,
+            } => self.record(session, leg, path, max_ms, now),
+            MediaCommand::StopRecord { session, leg } => {
+                if let Some(&slot) = self.index.get(&session) {
+                    self.finish_recording(slot, leg);
+                }
+            }
         }
     }
 
-    /// The four port indices (A RTP, A RTCP, B RTP, B RTCP) of a pair of legs, if all lie in
-    /// the range, are distinct, and are free or already owned by `slot`.
-    fn claimable(&self, a: &LegMedia, b: &LegMedia, slot: Option<u32>) -> Option<[usize; 4]> {
-        let idx = |port: u16| self.layout.port_index(port);
-        let ports = [
-            idx(a.local_port)?,
-            idx(a.local_port.checked_add(1)?)?,
-            idx(b.local_port)?,
-            idx(b.local_port.checked_add(1)?)?,
-        ];
-        let distinct = ports[0] != ports[2] && ports[0] != ports[3] && ports[1] != ports[2];
-        let free = ports.iter().all(|&p| match self.owners[p] {
+    /// The four port indices (A RTP, A RTCP, B RTP, B RTCP) of a pair of legs, `None` for an
+    /// absent leg, if at least one leg is present, all lie in the range, are distinct, and
+    /// are free or already owned by `slot`.
+    fn claimable(
+        &self,
+        a: &LegMedia,
+        b: &LegMedia,
+        slot: Option<u32>,
+    ) -> Option<[Option<usize>; 4]> {
+        if a.is_absent() && b.is_absent() {
+            return None;
+        }
+        let pair = |m: &LegMedia| -> Option<[Option<usize>; 2]> {
+            if m.is_absent() {
+                return Some([None, None]);
+            }
+            let rtp = self.layout.port_index(m.local_port)?;
+            let rtcp = self.layout.port_index(m.local_port.checked_add(1)?)?;
+            Some([Some(rtp), Some(rtcp)])
+        };
+        let ([a0, a1], [b0, b1]) = (pair(a)?, pair(b)?);
+        let ports = [a0, a1, b0, b1];
+        let distinct = [a0, a1]
+            .iter()
+            .flatten()
+            .all(|p| b0 != Some(*p) && b1 != Some(*p));
+        let free = ports.iter().flatten().all(|&p| match self.owners[p] {
             None => true,
             Some(o) => Some(o.slot) == slot,
         });
         (distinct && free).then_some(ports)
     }
 
-    fn claim(&mut self, ports: [usize; 4], slot: u32) {
+    fn claim(&mut self, ports: [Option<usize>; 4], slot: u32) {
         let roles = [
             (Leg::A, false),
             (Leg::A, true),
@@ -1006,7 +1153,9 @@ impl Engine {
             (Leg::B, true),
         ];
         for (port, (leg, rtcp)) in ports.into_iter().zip(roles) {
-            self.owners[port] = Some(Owner { slot, leg, rtcp });
+            if let Some(port) = port {
+                self.owners[port] = Some(Owner { slot, leg, rtcp });
+            }
         }
     }
 
@@ -1015,7 +1164,7 @@ impl Engine {
         let Some(Some(session)) = self.sessions.get(slot as usize) else {
             return;
         };
-        for port in session.ports {
+        for port in session.ports.into_iter().flatten() {
             if let Some(owner) = self.owners.get_mut(port) {
                 if owner.is_some_and(|o| o.slot == slot) {
                     *owner = None;
@@ -1087,9 +1236,14 @@ impl Engine {
     }
 
     fn close(&mut self, id: SessionId) {
-        let Some(slot) = self.index.remove(&id) else {
+        let Some(&slot) = self.index.get(&id) else {
             return;
         };
+        self.finish_recording(slot, Leg::A);
+        self.finish_recording(slot, Leg::B);
+        self.playing.retain(|&(s, _)| s != slot);
+        self.full_recordings.retain(|&(s, _)| s != slot);
+        self.index.remove(&id);
         self.release(slot);
         if let Some(session) = self.sessions.get_mut(slot as usize).and_then(Option::take) {
             let (a, b) = session.stats();
@@ -1104,6 +1258,18 @@ impl Engine {
     }
 
     fn check_timeouts(&mut self, now: Instant) {
+        for (slot, session) in self.sessions.iter().enumerate() {
+            let Some(session) = session else { continue };
+            for leg in [Leg::A, Leg::B] {
+                let recorder = session.legs[leg_index(leg)].recorder.as_ref();
+                if recorder.is_some_and(|r| r.expired(now)) {
+                    if let Ok(slot) = u32::try_from(slot) {
+                        self.full_recordings.push((slot, leg));
+                    }
+                }
+            }
+        }
+        self.finish_full_recordings();
         for session in self.sessions.iter_mut().flatten() {
             if !session.timed_out
                 && now.saturating_duration_since(session.last_rtp) >= self.media_timeout
@@ -1113,6 +1279,228 @@ impl Engine {
                     session: session.id,
                 });
             }
+        }
+    }
+
+    /// The state of one leg of the session in `slot`.
+    fn leg_state(&mut self, slot: u32, leg: Leg) -> Option<&mut LegState> {
+        let session = self.sessions.get_mut(slot as usize)?.as_mut()?;
+        Some(&mut session.legs[leg_index(leg)])
+    }
+
+    /// `Play`: replaces what `leg` hears with `clips` (resolved here, or by the file thread
+    /// when a clip is a file).
+    fn play(&mut self, id: SessionId, leg: Leg, clips: Vec<String>, repeat: bool, now: Instant) {
+        let Some(&slot) = self.index.get(&id) else {
+            tracing::warn!("RTP relay: play to unknown session {id}");
+            return;
+        };
+        self.stop_play(slot, leg);
+        let generation = self.generation;
+        let Some(state) = self.leg_state(slot, leg) else {
+            return;
+        };
+        if state.media.is_absent() || !is_g711(state.media.codec) {
+            tracing::warn!(
+                "RTP relay: cannot play to leg {leg:?} of session {id} (absent or not G.711)"
+            );
+            self.sink.emit(MediaEvent::PlayDone { session: id, leg });
+            return;
+        }
+        state.play_generation = generation;
+        if clips.iter().any(|c| files::is_file_clip(c)) {
+            self.files.submit(FileJob::Load(Playlist {
+                session: id,
+                leg,
+                generation,
+                clips,
+                repeat,
+            }));
+            return;
+        }
+        let audio = files::resolve(&self.prompts, &clips);
+        self.start_player(slot, leg, audio, repeat, now);
+    }
+
+    /// A playlist came back from the file thread: play it if it is still wanted.
+    fn loaded(&mut self, loaded: Loaded) {
+        let Loaded { playlist, audio } = loaded;
+        let Some(&slot) = self.index.get(&playlist.session) else {
+            return;
+        };
+        let current = self
+            .leg_state(slot, playlist.leg)
+            .is_some_and(|s| s.play_generation == playlist.generation);
+        if current {
+            self.start_player(slot, playlist.leg, audio, playlist.repeat, Instant::now());
+        }
+    }
+
+    fn start_player(
+        &mut self,
+        slot: u32,
+        leg: Leg,
+        audio: Vec<Arc<[u8]>>,
+        repeat: bool,
+        now: Instant,
+    ) {
+        let Some(Some(session)) = self.sessions.get_mut(slot as usize) else {
+            return;
+        };
+        let id = session.id;
+        let state = &mut session.legs[leg_index(leg)];
+        match Player::new(audio, repeat, now) {
+            Some(player) => {
+                state.player = Some(player);
+                state.talkspurt = true;
+                if !self.playing.contains(&(slot, leg)) {
+                    self.playing.push((slot, leg));
+                }
+            }
+            None => {
+                tracing::warn!("RTP relay: nothing to play to session {id} leg {leg:?}");
+                self.sink.emit(MediaEvent::PlayDone { session: id, leg });
+            }
+        }
+    }
+
+    /// Stops the player of a leg (no `PlayDone`) and invalidates a pending file load.
+    fn stop_play(&mut self, slot: u32, leg: Leg) {
+        self.generation += 1;
+        let generation = self.generation;
+        if let Some(state) = self.leg_state(slot, leg) {
+            state.player = None;
+            state.play_generation = generation;
+        }
+        self.playing.retain(|&e| e != (slot, leg));
+    }
+
+    /// When the next played frame is due, if anything plays.
+    fn next_play_due(&self) -> Option<Instant> {
+        self.playing
+            .iter()
+            .filter_map(|&(slot, leg)| {
+                let session = self.sessions.get(slot as usize)?.as_ref()?;
+                session.legs[leg_index(leg)]
+                    .player
+                    .as_ref()
+                    .map(Player::next_due)
+            })
+            .min()
+    }
+
+    /// Sends every frame that is due, on every playing leg.
+    fn play_due(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.playing.len() {
+            let (slot, leg) = self.playing[i];
+            if self.play_leg(slot, leg, now) {
+                i += 1;
+            } else {
+                self.playing.swap_remove(i);
+            }
+        }
+    }
+
+    /// Sends the due frames of one leg; returns whether it still plays.
+    fn play_leg(&mut self, slot: u32, leg: Leg, now: Instant) -> bool {
+        let Some(Some(session)) = self.sessions.get_mut(slot as usize) else {
+            return false;
+        };
+        let id = session.id;
+        let state = &mut session.legs[leg_index(leg)];
+        let route = state.rtp_route(leg, &self.layout);
+        let socket = route
+            .and_then(|r| self.layout.socket(r.port, r.via))
+            .and_then(|s| self.sockets.get(s));
+        let Some(player) = state.player.as_mut() else {
+            return false;
+        };
+        let mut frame = [0u8; FRAME];
+        for _ in 0..player.frames_due(now) {
+            let due = player.next_due();
+            let Some(resynced) = player.next_frame(&mut frame) else {
+                break;
+            };
+            let talkspurt = std::mem::take(&mut state.talkspurt) || resynced;
+            let header = state.out.next(due, talkspurt, state.media.pt);
+            // Before the phone is known there is nowhere to send; the clock runs anyway.
+            let (Some(route), Some(socket)) = (route, socket) else {
+                continue;
+            };
+            if state.media.codec == Codec::Pcma {
+                g711::transcode(&mut frame, Codec::Pcmu, Codec::Pcma);
+            }
+            let Ok(len) = header.emit(&mut self.play_buf, &frame) else {
+                continue;
+            };
+            self.counters.send_calls += 1;
+            match socket.send_to(&self.play_buf[..len], route.dest) {
+                Ok(_) => {
+                    self.counters.packets_sent += 1;
+                    state.stats.packets_out += 1;
+                    state.stats.bytes_out += len as u64;
+                }
+                Err(_) => self.counters.send_errors += 1,
+            }
+        }
+        if player.is_done() {
+            state.player = None;
+            self.sink.emit(MediaEvent::PlayDone { session: id, leg });
+            return false;
+        }
+        true
+    }
+
+    /// `Record`: starts collecting what `leg`'s phone sends (a recording already running
+    /// on that leg is finished first).
+    fn record(&mut self, id: SessionId, leg: Leg, path: PathBuf, max_ms: u32, now: Instant) {
+        let Some(&slot) = self.index.get(&id) else {
+            self.sink.emit(MediaEvent::RecordingFailed {
+                session: id,
+                leg,
+                path,
+                reason: "no such media session".into(),
+            });
+            return;
+        };
+        self.finish_recording(slot, leg);
+        if let Some(state) = self.leg_state(slot, leg) {
+            state.recorder = Some(Recorder::new(path, max_ms, now));
+        }
+    }
+
+    /// Hands a leg's recording, if any, to the file thread, which writes and reports it.
+    fn finish_recording(&mut self, slot: u32, leg: Leg) {
+        let Some(Some(session)) = self.sessions.get_mut(slot as usize) else {
+            return;
+        };
+        let id = session.id;
+        let Some(recorder) = session.legs[leg_index(leg)].recorder.take() else {
+            return;
+        };
+        let (path, samples) = recorder.finish();
+        self.files.submit(FileJob::Write {
+            session: id,
+            leg,
+            path,
+            samples,
+        });
+    }
+
+    fn finish_full_recordings(&mut self) {
+        while let Some((slot, leg)) = self.full_recordings.pop() {
+            self.finish_recording(slot, leg);
+        }
+    }
+
+    fn finish_all_recordings(&mut self) {
+        for slot in 0..self.sessions.len() {
+            let Ok(slot) = u32::try_from(slot) else {
+                break;
+            };
+            self.finish_recording(slot, Leg::A);
+            self.finish_recording(slot, Leg::B);
         }
     }
 
@@ -1620,5 +2008,415 @@ mod tests {
         );
         a.send_to(&audio(4), to(23120)).expect("sent");
         assert_eq!(recv(&b), None, "the old address is no longer allowed");
+    }
+
+    // Playback, recording and single-leg sessions: port blocks from 23130 on.
+
+    /// A relay whose prompts include `ramp` (1 s: sample i is i % 200) and `short` (800
+    /// samples of 0x42) besides the built-in tones.
+    fn relay_with_prompts(first: u16) -> Relay {
+        let mut prompts = PromptStore::builtin();
+        let ramp: Vec<u8> = (0..8000u32)
+            .map(|i| u8::try_from(i % 200).expect("small"))
+            .collect();
+        assert!(prompts.insert("ramp", ramp));
+        assert!(prompts.insert("short", vec![0x42; 800]));
+        start_with_prompts(
+            RelayConfig {
+                addrs: vec![V4],
+                port_first: first,
+                port_last: first + 9,
+                media_timeout: Duration::from_secs(30),
+            },
+            prompts,
+        )
+        .expect("relay starts")
+    }
+
+    /// The next RTP packet a phone receives: header, payload, arrival time.
+    fn recv_rtp(socket: &StdUdpSocket) -> Option<(RtpRepr, Vec<u8>, Instant)> {
+        let (bytes, _) = recv(socket)?;
+        let at = Instant::now();
+        let view = RtpPacket::new_checked(&bytes[..]).expect("valid RTP");
+        Some((RtpRepr::parse(&view), view.payload().to_vec(), at))
+    }
+
+    fn play(relay: &Relay, session: SessionId, leg: Leg, clips: &[&str], repeat: bool) {
+        relay.command(MediaCommand::Play {
+            session,
+            leg,
+            clips: clips.iter().map(|c| (*c).to_owned()).collect(),
+            repeat,
+        });
+    }
+
+    /// Reads until the phone has heard nothing for a while.
+    fn drain_phone(socket: &StdUdpSocket) {
+        while recv(socket).is_some() {}
+    }
+
+    #[test]
+    fn a_one_second_prompt_arrives_as_50_paced_packets_then_play_done() {
+        let mut relay = relay_with_prompts(23130);
+        let mut events = relay.events().expect("first take");
+        let (a, b) = (phone(V4), phone(V4));
+        open(&relay, 20, pcmu(23130, &a), pcmu(23132, &b));
+        play(&relay, 20, Leg::A, &["ramp"], false);
+
+        let mut packets = Vec::new();
+        while let Some(p) = recv_rtp(&a) {
+            packets.push(p);
+        }
+        assert_eq!(packets.len(), 50, "1 s of audio in 20 ms frames");
+        let (first, _, t0) = &packets[0];
+        assert!(first.marker, "the talkspurt starts with the marker bit");
+        assert_eq!(first.payload_type, 0);
+        let mut audio = Vec::new();
+        for (i, (h, payload, _)) in packets.iter().enumerate() {
+            let i = u16::try_from(i).expect("small");
+            assert_eq!(h.sequence_number, first.sequence_number.wrapping_add(i));
+            let step = u32::from(i) * 160;
+            assert_eq!(h.timestamp, first.timestamp.wrapping_add(step));
+            assert_eq!(h.ssrc, first.ssrc);
+            assert_eq!(h.marker, i == 0);
+            audio.extend_from_slice(payload);
+        }
+        let expected: Vec<u8> = (0..8000u32)
+            .map(|i| u8::try_from(i % 200).expect("small"))
+            .collect();
+        assert_eq!(audio, expected, "the clip, byte for byte");
+        let span = packets[49].2.duration_since(*t0);
+        assert!(
+            span >= Duration::from_millis(900) && span <= Duration::from_millis(1300),
+            "paced at 20 ms: 50 packets over {span:?}"
+        );
+        let gaps_ok = packets
+            .windows(2)
+            .filter(|w| w[1].2.duration_since(w[0].2) >= Duration::from_millis(10))
+            .count();
+        assert!(gaps_ok >= 30, "most packets ~20 ms apart ({gaps_ok} of 49)");
+
+        assert_eq!(
+            next_event(&mut events, WAIT),
+            Some(MediaEvent::PlayDone {
+                session: 20,
+                leg: Leg::A
+            })
+        );
+        assert_eq!(next_event(&mut events, QUIET), None, "reported once");
+        let (sa, _) = stats_until(&relay, 20, |sa, _| sa.packets_out == 50);
+        assert_eq!(sa.bytes_out, 50 * 172);
+
+        // The next Play continues the sequence, with a fresh talkspurt.
+        play(&relay, 20, Leg::A, &["short"], false);
+        let (next, payload, _) = recv_rtp(&a).expect("plays again");
+        assert_eq!(next.sequence_number, first.sequence_number.wrapping_add(50));
+        assert!(next.marker);
+        assert!(next.timestamp.wrapping_sub(first.timestamp) >= 50 * 160);
+        assert_eq!((next.ssrc, payload), (first.ssrc, vec![0x42; 160]));
+    }
+
+    #[test]
+    fn a_pcma_leg_hears_the_prompt_in_alaw() {
+        let relay = relay_with_prompts(23140);
+        let (a, b) = (phone(V4), phone(V4));
+        open(
+            &relay,
+            21,
+            pcmu(23140, &a),
+            leg(23142, &b, Codec::Pcma, 8, None),
+        );
+        play(&relay, 21, Leg::B, &["ramp"], false);
+        let (h, payload, _) = recv_rtp(&b).expect("B hears the prompt");
+        assert_eq!(h.payload_type, 8);
+        let expected: Vec<u8> = (0..160u8).map(|i| ulaw_to_alaw(i % 200)).collect();
+        assert_eq!(payload, expected);
+        assert_eq!(recv(&a), None, "A hears nothing");
+    }
+
+    #[test]
+    fn the_other_leg_is_muted_while_playing_and_heard_again_after_stop() {
+        let relay = relay_with_prompts(23150);
+        let (a, b) = (phone(V4), phone(V4));
+        open(&relay, 22, pcmu(23150, &a), pcmu(23152, &b));
+        a.send_to(&audio(1), to(23150)).expect("sent");
+        assert_eq!(recv(&b).map(|(p, _)| p), Some(audio(1)), "relayed before");
+
+        play(&relay, 22, Leg::B, &["short"], true);
+        let (ours, _, _) = recv_rtp(&b).expect("prompt starts");
+        for seq in 2..12 {
+            a.send_to(&audio(seq), to(23150)).expect("sent");
+        }
+        for _ in 0..15 {
+            let (h, payload, _) = recv_rtp(&b).expect("prompt goes on");
+            assert_eq!(h.ssrc, ours.ssrc, "only the prompt reaches B");
+            assert_eq!(payload, vec![0x42; 160]);
+        }
+        let (sa, _) = stats_until(&relay, 22, |sa, _| sa.packets_in == 11);
+        assert_eq!(sa.packets_in, 11, "A's audio still counted");
+
+        relay.command(MediaCommand::StopPlay {
+            session: 22,
+            leg: Leg::B,
+        });
+        drain_phone(&b);
+        a.send_to(&audio(20), to(23150)).expect("sent");
+        assert_eq!(recv(&b).map(|(p, _)| p), Some(audio(20)), "relayed again");
+        assert_eq!(recv(&b), None);
+    }
+
+    #[test]
+    fn a_repeating_prompt_loops_until_stopped_without_play_done() {
+        let mut relay = relay_with_prompts(23160);
+        let mut events = relay.events().expect("first take");
+        let (a, b) = (phone(V4), phone(V4));
+        open(&relay, 23, pcmu(23160, &a), pcmu(23162, &b));
+        play(&relay, 23, Leg::A, &["short"], true); // 5 frames per loop
+        let (first, _, _) = recv_rtp(&a).expect("starts");
+        for i in 1..23u16 {
+            let (h, payload, _) = recv_rtp(&a).expect("still looping");
+            assert_eq!(h.sequence_number, first.sequence_number.wrapping_add(i));
+            assert_eq!(
+                h.timestamp,
+                first.timestamp.wrapping_add(u32::from(i) * 160)
+            );
+            assert_eq!(payload, vec![0x42; 160]);
+        }
+        relay.command(MediaCommand::StopPlay {
+            session: 23,
+            leg: Leg::A,
+        });
+        drain_phone(&a);
+        assert_eq!(recv(&a), None, "stopped");
+        assert_eq!(
+            next_event(&mut events, QUIET),
+            None,
+            "no PlayDone for a loop"
+        );
+    }
+
+    #[test]
+    fn a_recording_fills_lost_packets_with_silence_and_is_written_as_wav() {
+        let mut relay = relay_with_prompts(23170);
+        let mut events = relay.events().expect("first take");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("message.wav");
+        let (a, b) = (phone(V4), phone(V4));
+        open(
+            &relay,
+            24,
+            leg(23170, &a, Codec::Pcma, 8, None),
+            pcmu(23172, &b),
+        );
+        relay.command(MediaCommand::Record {
+            session: 24,
+            leg: Leg::A,
+            path: path.clone(),
+            max_ms: 60_000,
+        });
+        let missing = [10u16, 20, 30, 31, 77];
+        for seq in (1..=100u16).filter(|s| !missing.contains(s)) {
+            let alaw = [ulaw_to_alaw(u8::try_from(seq).expect("small")); 160];
+            let packet = rtp_packet(8, seq, u32::from(seq) * 160 + 7, seq == 1, &alaw);
+            a.send_to(&packet, to(23170)).expect("sent");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        stats_until(&relay, 24, |sa, _| sa.packets_in == 95);
+        relay.command(MediaCommand::StopRecord {
+            session: 24,
+            leg: Leg::A,
+        });
+        let Some(MediaEvent::RecordingDone {
+            session,
+            leg,
+            path: written,
+            duration_ms,
+        }) = next_event(&mut events, WAIT)
+        else {
+            panic!("RecordingDone expected");
+        };
+        assert_eq!((session, leg, duration_ms), (24, Leg::A, 2000));
+        assert_eq!(written, path);
+        let samples = crate::media::wav::read_ulaw(&path).expect("a valid WAV file");
+        assert_eq!(samples.len(), 16_000, "100 frames of 20 ms");
+        for (i, frame) in samples.chunks(160).enumerate() {
+            let seq = u16::try_from(i + 1).expect("small");
+            let want = if missing.contains(&seq) {
+                0xff
+            } else {
+                alaw_to_ulaw(ulaw_to_alaw(u8::try_from(seq).expect("small")))
+            };
+            assert_eq!(frame, &[want; 160][..], "frame {seq}");
+        }
+        assert!(!dir.path().join("message.wav.tmp").exists());
+    }
+
+    #[test]
+    fn a_recording_ends_at_max_ms_and_at_close() {
+        let mut relay = relay_with_prompts(23180);
+        let mut events = relay.events().expect("first take");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (a, b) = (phone(V4), phone(V4));
+        open(&relay, 25, pcmu(23180, &a), pcmu(23182, &b));
+        let (short, long) = (dir.path().join("short.wav"), dir.path().join("long.wav"));
+        relay.command(MediaCommand::Record {
+            session: 25,
+            leg: Leg::A,
+            path: short.clone(),
+            max_ms: 300,
+        });
+        relay.command(MediaCommand::Record {
+            session: 25,
+            leg: Leg::B,
+            path: long.clone(),
+            max_ms: 60_000,
+        });
+        for seq in 1..=30 {
+            a.send_to(&audio(seq), to(23180)).expect("sent");
+            b.send_to(&audio(seq), to(23182)).expect("sent");
+        }
+        assert_eq!(
+            next_event(&mut events, WAIT),
+            Some(MediaEvent::RecordingDone {
+                session: 25,
+                leg: Leg::A,
+                path: short.clone(),
+                duration_ms: 300
+            }),
+            "stops by itself at max_ms"
+        );
+        stats_until(&relay, 25, |_, sb| sb.packets_in == 30);
+        relay.command(MediaCommand::Close { session: 25 });
+        assert!(matches!(
+            next_event(&mut events, WAIT),
+            Some(MediaEvent::Stats { session: 25, .. })
+        ));
+        assert_eq!(
+            next_event(&mut events, WAIT),
+            Some(MediaEvent::RecordingDone {
+                session: 25,
+                leg: Leg::B,
+                path: long.clone(),
+                duration_ms: 600
+            }),
+            "finished at close"
+        );
+        assert_eq!(
+            crate::media::wav::read_ulaw(&short).map(|s| s.len()).ok(),
+            Some(2400)
+        );
+    }
+
+    #[test]
+    fn dtmf_is_reported_while_a_prompt_plays() {
+        let mut relay = relay_with_prompts(23190);
+        let mut events = relay.events().expect("first take");
+        let (a, b) = (phone(V4), phone(V4));
+        let leg_a = leg(23190, &a, Codec::Pcmu, 0, Some(101));
+        open(&relay, 26, leg_a, pcmu(23192, &b));
+        play(&relay, 26, Leg::A, &["moh"], true);
+        assert!(recv_rtp(&a).is_some(), "music plays");
+        let seven = pbx_core::media::dtmf::digit_event('7').expect("a digit");
+        for (seq, (end, duration)) in (1u16..).zip([(false, 160), (true, 640), (true, 640)]) {
+            let mut payload = [0u8; 4];
+            emit_event(&mut payload, seven, end, 10, duration);
+            let packet = rtp_packet(101, seq, 3200, seq == 1, &payload);
+            a.send_to(&packet, to(23190)).expect("sent");
+        }
+        assert_eq!(
+            next_event(&mut events, WAIT),
+            Some(MediaEvent::Dtmf {
+                session: 26,
+                leg: Leg::A,
+                digit: '7',
+                duration_ms: 80
+            })
+        );
+        assert!(recv_rtp(&a).is_some(), "the music goes on");
+    }
+
+    #[test]
+    fn a_single_leg_session_plays_and_can_gain_its_second_leg() {
+        let mut relay = relay_with_prompts(23200);
+        let mut events = relay.events().expect("first take");
+        let (a, b) = (phone(V4), phone(V4));
+        open(&relay, 27, pcmu(23200, &a), LegMedia::absent());
+        a.send_to(&audio(1), to(23200)).expect("sent");
+        let (sa, _) = stats_until(&relay, 27, |sa, _| sa.packets_in == 1);
+        assert_eq!(sa.latched, Some(addr(&a)));
+
+        play(&relay, 27, Leg::A, &["beep"], false);
+        let mut heard = 0;
+        while recv_rtp(&a).is_some() {
+            heard += 1;
+        }
+        assert_eq!(heard, 25, "500 ms beep");
+        assert_eq!(
+            next_event(&mut events, WAIT),
+            Some(MediaEvent::PlayDone {
+                session: 27,
+                leg: Leg::A
+            })
+        );
+        play(&relay, 27, Leg::B, &["beep"], false);
+        assert_eq!(
+            next_event(&mut events, WAIT),
+            Some(MediaEvent::PlayDone {
+                session: 27,
+                leg: Leg::B
+            }),
+            "nothing to play to an absent leg"
+        );
+
+        // The caller is transferred: leg B arrives with an Update.
+        relay.command(MediaCommand::Update {
+            session: 27,
+            a: pcmu(23200, &a),
+            b: pcmu(23202, &b),
+        });
+        a.send_to(&audio(2), to(23200)).expect("sent");
+        assert_eq!(recv(&b).map(|(p, _)| p), Some(audio(2)));
+        b.send_to(&audio(3), to(23202)).expect("sent");
+        assert_eq!(recv(&a).map(|(p, _)| p), Some(audio(3)));
+
+        // Two absent legs are refused.
+        relay.command(MediaCommand::Open {
+            session: 28,
+            a: LegMedia::absent(),
+            b: LegMedia::absent(),
+        });
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(relay.stats(28).is_none());
+    }
+
+    #[test]
+    fn a_wav_file_clip_plays_before_a_prompt() {
+        let mut relay = relay_with_prompts(23210);
+        let mut events = relay.events().expect("first take");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("msg.wav");
+        crate::media::wav::write_ulaw(&path, &[0x11; 320]).expect("written");
+        let (a, b) = (phone(V4), phone(V4));
+        open(&relay, 29, pcmu(23210, &a), pcmu(23212, &b));
+        let file = path.display().to_string();
+        play(
+            &relay,
+            29,
+            Leg::A,
+            &[&file, "short", "no-such-prompt"],
+            false,
+        );
+        let mut payloads = Vec::new();
+        while let Some((_, payload, _)) = recv_rtp(&a) {
+            payloads.push(payload[0]);
+        }
+        assert_eq!(payloads, [vec![0x11; 2], vec![0x42; 5]].concat());
+        assert_eq!(
+            next_event(&mut events, WAIT),
+            Some(MediaEvent::PlayDone {
+                session: 29,
+                leg: Leg::A
+            })
+        );
     }
 }

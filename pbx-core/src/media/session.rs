@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,10 +83,32 @@ pub struct LegMedia {
     pub dtmf_pt: Option<u8>,
 }
 
+impl LegMedia {
+    /// A leg that does not exist (`local_port` 0): a session whose other leg is the only
+    /// phone, e.g. a caller talking to the auto attendant or voicemail. A later `Update`
+    /// may bring the real leg (the caller is transferred to an extension).
+    pub fn absent() -> Self {
+        LegMedia {
+            local_port: 0,
+            remote: None,
+            allowed_ips: Vec::new(),
+            codec: Codec::Pcmu,
+            pt: 0,
+            dtmf_pt: None,
+        }
+    }
+
+    /// Whether this is the placeholder of a missing leg (`local_port` 0).
+    pub fn is_absent(&self) -> bool {
+        self.local_port == 0
+    }
+}
+
 /// A command from the core to the relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MediaCommand {
-    /// Start relaying between two legs (ports already reserved from the pool).
+    /// Start relaying between two legs (ports already reserved from the pool). One leg may
+    /// be [`LegMedia::absent`] (`local_port` 0): the relay then serves the other phone alone.
     Open {
         session: SessionId,
         a: LegMedia,
@@ -99,7 +122,29 @@ pub enum MediaCommand {
         b: LegMedia,
     },
     /// Stop relaying and release the session; the core returns the ports to its pool.
+    /// Playback stops (no `PlayDone`); a recording in progress is finished and reported.
     Close { session: SessionId },
+    /// Play the prompts `clips` one after the other to `leg`'s phone, replacing what the
+    /// other leg sends until it ends. A clip is a prompt name (`"beep"`, `"main-menu"`) or
+    /// an absolute path to a WAV file (G.711 or 16-bit PCM, 8 kHz mono), e.g. a voicemail
+    /// message. `repeat` loops until `StopPlay`. A new `Play` replaces the current one.
+    Play {
+        session: SessionId,
+        leg: Leg,
+        clips: Vec<String>,
+        repeat: bool,
+    },
+    /// Stop playing to `leg` (no `PlayDone`); the other leg is heard again.
+    StopPlay { session: SessionId, leg: Leg },
+    /// Record what `leg`'s phone sends (at most `max_ms`) into a µ-law WAV file at `path`.
+    Record {
+        session: SessionId,
+        leg: Leg,
+        path: PathBuf,
+        max_ms: u32,
+    },
+    /// Finish the recording of `leg`; `RecordingDone` follows once the file is written.
+    StopRecord { session: SessionId, leg: Leg },
 }
 
 /// Counters of one leg as the relay saw them, plus what the phone reported in RTCP.
@@ -144,6 +189,22 @@ pub enum MediaEvent {
         session: SessionId,
         a: LegStats,
         b: LegStats,
+    },
+    /// A non-repeating `Play` to `leg` has sent its last packet (or had nothing to play).
+    PlayDone { session: SessionId, leg: Leg },
+    /// A recording of `leg` is complete and its WAV file is at `path`.
+    RecordingDone {
+        session: SessionId,
+        leg: Leg,
+        path: PathBuf,
+        duration_ms: u32,
+    },
+    /// A recording of `leg` could not be written (disk full, bad directory).
+    RecordingFailed {
+        session: SessionId,
+        leg: Leg,
+        path: PathBuf,
+        reason: String,
     },
 }
 

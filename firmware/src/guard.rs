@@ -1,0 +1,1947 @@
+//! The firewall in the daemon: inspection before the call core, the core's feedback, the
+//! kernel enforcer thread, persistence of bans, locks and alerts, and the `fw` admin commands.
+//!
+//! [`Guard`] is sans-IO like the detector it wraps, except for two things it owns: the
+//! enforcer thread (nft runs block for milliseconds, so they never run on the daemon's task)
+//! and a queue of store writes the daemon commits with its own batch ([`Guard::take_writes`]),
+//! so a ban costs no extra fsync. Order of use per daemon turn:
+//!
+//! 1. for each inbound message: `inspect` (false = drop it), then the core;
+//! 2. for each core event: `feedback` (auth outcomes) or `media` (RTP ports);
+//! 3. drain `poll_lock` / `poll_unlock` into the endpoint;
+//! 4. `take_writes` into the turn's store batch;
+//! 5. `handle_timeout` when `poll_timeout` is due.
+//!
+//! Runtime allow-list additions (`outpostctl fw allow`) are not kept across a restart; the
+//! permanent list is `[firewall.detect] allow` in the configuration.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use firewall::detect::{
+    header_names, Alert, DetectConfig, Detector, Observation, Rule, Verdict, MAX_HEADER_NAMES,
+};
+use firewall::net::{canonical, Cidr};
+use firewall::nft::{self, Counters, Enforcer, FloodLimit, NftConfig, NftError, SetOp};
+use pbx_core::endpoint::Event;
+use pbx_core::media::session::{MediaCommand, SessionId};
+use pbx_core::sip::wire::{self, WireError};
+use pbx_core::sip::{Message, Peer};
+use pbx_core::Millis;
+
+use crate::admin::proto::{
+    FwAlertInfo, FwBanInfo, FwBansInfo, FwCommand, FwKernelInfo, FwLockInfo, FwRuleHits,
+    FwRuleInfo, FwStatusInfo, Reply,
+};
+use crate::config::{Config, EnforceMode};
+use crate::store::{Batch, FirewallChange, Store, StoreError, StoredBan, StoredLock};
+
+/// How often the kernel table is verified (and restored if changed from outside).
+const MAINTENANCE_MS: u64 = 5_000;
+/// How often ended bans and locks are deleted from the store.
+const PURGE_EVERY_MS: u64 = 3_600_000;
+/// Alert log lines per rule per window; the rest are counted and summarised.
+const ALERT_LOG_LIMIT: u32 = 10;
+/// The alert log window.
+const ALERT_LOG_WINDOW_MS: u64 = 60_000;
+/// Store writes waiting for `take_writes`; beyond this they are dropped and counted.
+const MAX_PENDING_WRITES: usize = 16_384;
+/// Account locks and unlocks waiting for the daemon.
+const MAX_QUEUED_LOCKS: usize = 4_096;
+/// Networks `fw allow` may add.
+const MAX_RUNTIME_ALLOW: usize = 256;
+/// Set updates waiting for the enforcer thread.
+const ENFORCER_QUEUE: usize = 65_536;
+/// Most set updates in one nft run.
+const MAX_OPS_PER_BATCH: usize = 20_000;
+/// Longest the daemon waits for fresh kernel counters before using the cached ones.
+const COUNTERS_WAIT: Duration = Duration::from_millis(50);
+/// Most bans, locks or alerts in one admin listing (a reply line is at most 4 MiB).
+const MAX_LISTED: usize = 10_000;
+/// Most bans the enforcer thread remembers for a restore (twice the detector's default
+/// table; beyond it a ban still reaches the kernel but a restore would not bring it back).
+const MAX_DESIRED: usize = 400_000;
+/// Longest account name accepted by `fw unlock`.
+const MAX_USER_LEN: usize = 64;
+
+/// How the firewall enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Bans reach the kernel (nftables) and user space drops meanwhile.
+    Enforcing,
+    /// User space inspects and drops; the kernel does nothing, for this reason.
+    UserSpace {
+        /// Why kernel enforcement is off.
+        reason: String,
+    },
+    /// Detect and alert only.
+    Monitor,
+}
+
+impl Mode {
+    fn name(&self) -> &'static str {
+        match self {
+            Mode::Enforcing => "enforcing",
+            Mode::UserSpace { .. } => "user-space",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
+/// Log lines of one rule within the current window.
+#[derive(Debug, Clone, Copy, Default)]
+struct LogWindow {
+    start: Millis,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// The daemon-side firewall: detector, enforcer thread, persistence and admin.
+#[derive(Debug)]
+pub struct Guard {
+    detector: Detector,
+    mode: Mode,
+    enforcer: Option<EnforcerHandle>,
+    /// `inet <table>`, for status.
+    table: String,
+    /// Whether RTP ports are opened per call in the kernel.
+    rtp_closed: bool,
+    /// Local RTP/RTCP ports opened per media session.
+    rtp_sessions: HashMap<SessionId, Vec<u16>>,
+    /// Networks added with `fw allow` (not persisted).
+    runtime_allow: Vec<Cidr>,
+    /// Store writes for the daemon's next batch.
+    pending: Vec<FirewallChange>,
+    writes_dropped: u64,
+    locks_out: VecDeque<(String, Millis)>,
+    unlocks_out: VecDeque<String>,
+    /// Bans per address within the repeat window (count, window start): the detector keeps
+    /// the same count but does not expose it per address, and the store needs it so repeat
+    /// offenders still escalate after a reboot.
+    ban_days: HashMap<IpAddr, (u32, Millis)>,
+    log_windows: [LogWindow; Rule::ALL.len()],
+    alerts_logged: u64,
+    alerts_suppressed: u64,
+    next_maintenance: Millis,
+    next_purge: Millis,
+    inspected: u64,
+    dropped_banned: u64,
+    dropped_rule: u64,
+    /// Reused buffer for header names (kept empty between messages).
+    names: Vec<&'static str>,
+}
+
+impl Guard {
+    /// Builds the firewall from the whole configuration, re-applies the stored bans (with
+    /// their remaining time) and locks, and starts kernel enforcement when possible. Logs
+    /// whether the kernel enforces and, if not, why. Never fails: a store or nft problem
+    /// is logged and the firewall runs in user space.
+    pub fn start(cfg: &Config, store: &Store, now: Millis) -> Guard {
+        let fw = &cfg.firewall;
+        let mut detect: DetectConfig = fw.detect.clone();
+        detect.monitor = fw.monitor_mode();
+        let mut guard = Guard {
+            detector: Detector::new(detect),
+            mode: Mode::Monitor,
+            enforcer: None,
+            table: format!("inet {}", fw.table),
+            rtp_closed: fw.rtp_closed && cfg.media.enabled,
+            rtp_sessions: HashMap::new(),
+            runtime_allow: Vec::new(),
+            pending: Vec::new(),
+            writes_dropped: 0,
+            locks_out: VecDeque::new(),
+            unlocks_out: VecDeque::new(),
+            ban_days: HashMap::new(),
+            log_windows: [LogWindow::default(); Rule::ALL.len()],
+            alerts_logged: 0,
+            alerts_suppressed: 0,
+            next_maintenance: now.saturating_add(MAINTENANCE_MS),
+            next_purge: now.saturating_add(PURGE_EVERY_MS),
+            inspected: 0,
+            dropped_banned: 0,
+            dropped_rule: 0,
+            names: Vec::with_capacity(MAX_HEADER_NAMES),
+        };
+        let kernel_bans = guard.restore(store, now);
+
+        guard.mode = if fw.monitor_mode() {
+            Mode::Monitor
+        } else if fw.enforce == EnforceMode::Off {
+            Mode::UserSpace {
+                reason: "firewall.enforce is \"off\"".to_string(),
+            }
+        } else {
+            match nft::available() {
+                Ok(()) => Mode::Enforcing,
+                Err(reason) => Mode::UserSpace { reason },
+            }
+        };
+        if guard.mode == Mode::Enforcing {
+            match EnforcerHandle::spawn(nft_config(cfg), kernel_bans) {
+                Ok(handle) => guard.enforcer = Some(handle),
+                Err(err) => {
+                    guard.mode = Mode::UserSpace {
+                        reason: format!("cannot start the enforcer thread: {err}"),
+                    }
+                }
+            }
+        }
+        let stats = guard.detector.stats();
+        match &guard.mode {
+            Mode::Enforcing => tracing::info!(
+                table = %guard.table, bans = stats.ban_records, locks = stats.locks,
+                "firewall: kernel enforcement on (nftables)"
+            ),
+            Mode::UserSpace { reason } => tracing::warn!(
+                bans = stats.ban_records, locks = stats.locks,
+                "firewall: kernel enforcement off ({reason}); inspecting and dropping in user space only"
+            ),
+            Mode::Monitor => tracing::warn!(
+                "firewall: monitor mode: detecting and alerting only, nothing is dropped or banned"
+            ),
+        }
+        guard
+    }
+
+    /// Judges one inbound message before the call core; true = hand it to the core.
+    /// `parsed` is the one parse of `bytes` the core gets next (`Endpoint::handle_parsed`).
+    pub fn inspect(
+        &mut self,
+        now: Millis,
+        src: Peer,
+        bytes: &[u8],
+        parsed: &Result<Message, WireError>,
+    ) -> bool {
+        let ip = canonical(src.addr.ip());
+        if self.detector.is_banned(now, ip) {
+            self.dropped_banned += 1;
+            return false;
+        }
+        if wire::is_keepalive(bytes) || self.runtime_allowed(ip) {
+            return true;
+        }
+        self.inspected += 1;
+        let msg = match parsed {
+            Err(_) => {
+                return self.observe(
+                    now,
+                    Observation::Malformed {
+                        src: ip,
+                        size: bytes.len(),
+                    },
+                )
+            }
+            Ok(msg) => msg,
+        };
+        let (method, ruri_len, headers) = match msg {
+            Message::Request(r) => (Some(r.method.as_str()), request_uri_len(bytes), &r.headers),
+            Message::Response(r) => (None, 0, &r.headers),
+        };
+        // Covariance lets the 'static buffer hold names borrowed from `bytes`.
+        let mut names: Vec<&str> = std::mem::take(&mut self.names);
+        header_names(bytes, &mut names);
+        let pass = self.observe(
+            now,
+            Observation::Message {
+                src: ip,
+                size: bytes.len(),
+                method,
+                user_agent: headers.get("User-Agent"),
+                from_user: headers.from.uri.user(),
+                to_user: headers.to.uri.user(),
+                from_tag: headers.from.tag(),
+                ruri_len,
+                header_names: &names,
+            },
+        );
+        names.clear();
+        // An empty vector's allocation is reused by the in-place collect; no element is mapped.
+        self.names = names.into_iter().map(|_| "").collect();
+        pass
+    }
+
+    /// Feeds the call core's auth outcomes to the detector (other events are ignored).
+    pub fn feedback(&mut self, now: Millis, event: &Event) {
+        match event {
+            Event::AuthFailed {
+                src, user, known, ..
+            } => {
+                let ip = canonical(src.addr.ip());
+                if self.runtime_allowed(ip) {
+                    return;
+                }
+                self.observe(now, Observation::AuthFailure { src: ip, user });
+                if !known {
+                    self.observe(now, Observation::UnknownUser { src: ip, user });
+                }
+            }
+            Event::AuthSucceeded { src, user } => {
+                let ip = canonical(src.addr.ip());
+                self.observe(now, Observation::AuthSuccess { src: ip, user });
+            }
+            _ => {}
+        }
+    }
+
+    /// Opens and closes the relay's RTP/RTCP ports in the kernel as calls start and end
+    /// (call it with every `Event::Media` before the relay gets it). No-op unless enforcing
+    /// with `rtp_closed`.
+    pub fn media(&mut self, cmd: &MediaCommand) {
+        if !self.rtp_closed || self.enforcer.is_none() {
+            return;
+        }
+        let (session, new_ports) = match cmd {
+            MediaCommand::Open { session, a, b } | MediaCommand::Update { session, a, b } => {
+                // Port 0 is a leg that does not exist (a caller alone with a prompt).
+                let mut ports: Vec<u16> = [a.local_port, b.local_port]
+                    .iter()
+                    .filter(|&&p| p != 0)
+                    .flat_map(|&p| [Some(p), p.checked_add(1)])
+                    .flatten()
+                    .collect();
+                ports.sort_unstable();
+                ports.dedup();
+                (*session, ports)
+            }
+            MediaCommand::Close { session } => (*session, Vec::new()),
+            // Prompts and recordings do not change the ports.
+            #[allow(unreachable_patterns)]
+            _ => return,
+        };
+        let old = if new_ports.is_empty() {
+            self.rtp_sessions.remove(&session).unwrap_or_default()
+        } else {
+            self.rtp_sessions
+                .insert(session, new_ports.clone())
+                .unwrap_or_default()
+        };
+        let mut ops: Vec<SetOp> = new_ports
+            .iter()
+            .filter(|p| !old.contains(p))
+            .map(|&port| SetOp::RtpOpen { port })
+            .collect();
+        ops.extend(
+            old.iter()
+                .filter(|p| !new_ports.contains(p))
+                .map(|&port| SetOp::RtpClose { port }),
+        );
+        for op in ops {
+            self.enforce(op);
+        }
+    }
+
+    /// An account to lock in the core (`Endpoint::lock_user(now, user, until)`).
+    pub fn poll_lock(&mut self) -> Option<(String, Millis)> {
+        self.locks_out.pop_front()
+    }
+
+    /// An account to unlock in the core (`Endpoint::unlock_user(user)`).
+    pub fn poll_unlock(&mut self) -> Option<String> {
+        self.unlocks_out.pop_front()
+    }
+
+    /// Moves the queued store writes (bans, locks, alerts) into the daemon's batch.
+    pub fn take_writes(&mut self, batch: &mut Batch) {
+        batch.firewall.append(&mut self.pending);
+    }
+
+    /// Writes the queued store writes now, in their own transaction.
+    pub fn persist(&mut self, store: &Store) -> Result<(), StoreError> {
+        let changes = std::mem::take(&mut self.pending);
+        store.fw_apply(&changes)
+    }
+
+    /// When `handle_timeout` next has work.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        Some(match self.detector.poll_timeout() {
+            Some(t) => t.min(self.next_maintenance),
+            None => self.next_maintenance,
+        })
+    }
+
+    /// Expires detector state; every 5 s asks the enforcer thread to verify the kernel
+    /// table (it restores it with the live bans if it was flushed or altered); hourly
+    /// deletes ended bans and locks from the store.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if self.detector.poll_timeout().is_some_and(|t| t <= now) {
+            self.detector.handle_timeout(now);
+        }
+        if now < self.next_maintenance {
+            return;
+        }
+        self.next_maintenance = now.saturating_add(MAINTENANCE_MS);
+        if let Some(e) = &mut self.enforcer {
+            e.verify();
+        }
+        for (i, w) in self.log_windows.iter_mut().enumerate() {
+            if w.suppressed > 0 && now >= w.start.saturating_add(ALERT_LOG_WINDOW_MS) {
+                tracing::warn!(
+                    rule = %Rule::ALL[i],
+                    "firewall: {} more {} alerts in the last minute were not logged (see `outpostctl fw alerts`)",
+                    w.suppressed, Rule::ALL[i]
+                );
+                *w = LogWindow::default();
+            }
+        }
+        if self.writes_dropped > 0 {
+            tracing::error!(
+                dropped = self.writes_dropped,
+                "firewall: store writes dropped because the queue was full"
+            );
+            self.writes_dropped = 0;
+        }
+        if now >= self.next_purge {
+            self.next_purge = now.saturating_add(PURGE_EVERY_MS);
+            self.write(FirewallChange::PurgeExpired(now));
+            let window = self.detector.config().repeat.window_ms;
+            self.ban_days
+                .retain(|_, (_, start)| now < start.saturating_add(window));
+        }
+    }
+
+    /// Serves one `outpostctl fw` command. Writes queued for the store are written first,
+    /// so the answer reflects what is on disk.
+    pub fn admin(&mut self, now: Millis, cmd: FwCommand, store: &Store) -> Reply {
+        if let Err(err) = self.persist(store) {
+            tracing::error!(%err, "firewall: store write failed");
+        }
+        match cmd {
+            FwCommand::Status => self.status(now, store),
+            FwCommand::Bans => self.list_bans(now),
+            FwCommand::Unban { addr } => match addr.trim().parse::<IpAddr>() {
+                Ok(ip) => self.unban(ip, store),
+                Err(_) => Reply::error(format!("`{}` is not an IP address", addr.escape_default())),
+            },
+            FwCommand::Allow { cidr } => match cidr.parse::<Cidr>() {
+                Ok(net) => self.allow(now, net, store),
+                Err(err) => Reply::error(format!("`{}`: {err}", cidr.escape_default())),
+            },
+            FwCommand::Unlock { user } => self.unlock(user, store),
+            FwCommand::Alerts { limit } => match store.fw_alerts(limit.min(MAX_LISTED)) {
+                Ok(alerts) => Reply::FwAlerts(alerts.into_iter().map(alert_info).collect()),
+                Err(err) => Reply::error(format!("cannot read the alerts: {err}")),
+            },
+            FwCommand::Rules => Reply::FwRules(self.rules()),
+        }
+    }
+
+    /// How the firewall enforces.
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// Whether `ip` is banned now (user space view).
+    pub fn is_banned(&self, now: Millis, ip: IpAddr) -> bool {
+        self.detector.is_banned(now, ip)
+    }
+
+    // -------------------------------------------------------------------------------------
+    // Internals
+    // -------------------------------------------------------------------------------------
+
+    /// Re-applies stored bans and locks; returns the bans for the kernel (remaining secs).
+    fn restore(&mut self, store: &Store, now: Millis) -> Vec<(IpAddr, u64)> {
+        let mut kernel = Vec::new();
+        let mut stale = Vec::new();
+        match store.fw_bans() {
+            Ok(rows) => {
+                for (addr, ban) in rows {
+                    self.detector
+                        .restore_ban(now, addr, ban.until, ban.rule, ban.count_today);
+                    if self.detector.is_banned(now, addr) {
+                        kernel.push((addr, ban.until.saturating_sub(now).div_ceil(1_000)));
+                        self.ban_days.insert(addr, (ban.count_today.max(1), now));
+                    } else if ban.until > now && !self.detector.config().monitor {
+                        // Trusted by now (allow list changed): the stored ban is void.
+                        stale.push(FirewallChange::Unban(addr));
+                    }
+                }
+            }
+            Err(err) => tracing::error!(%err, "firewall: cannot load the stored bans"),
+        }
+        match store.fw_locks() {
+            Ok(rows) => {
+                for (user, lock) in rows {
+                    self.detector
+                        .restore_lock(now, &user, lock.until, lock.rule);
+                    if self.detector.is_locked(now, &user)
+                        && self.locks_out.len() < MAX_QUEUED_LOCKS
+                    {
+                        self.locks_out.push_back((user, lock.until));
+                    }
+                }
+            }
+            Err(err) => tracing::error!(%err, "firewall: cannot load the stored locks"),
+        }
+        stale.push(FirewallChange::PurgeExpired(now));
+        if let Err(err) = store.fw_apply(&stale) {
+            tracing::error!(%err, "firewall: cannot delete ended bans from the store");
+        }
+        kernel
+    }
+
+    /// Observes, acts on the verdict, the queued secondary verdicts and the alerts; true
+    /// when the message may reach the core.
+    fn observe(&mut self, now: Millis, obs: Observation<'_>) -> bool {
+        let verdict = self.detector.observe(now, obs);
+        let pass = self.act(now, verdict);
+        while let Some(v) = self.detector.poll_verdict() {
+            self.act(now, v);
+        }
+        while let Some(alert) = self.detector.poll_alert() {
+            self.log_alert(now, &alert);
+            self.write(FirewallChange::Alert(alert));
+        }
+        pass
+    }
+
+    fn act(&mut self, now: Millis, verdict: Verdict) -> bool {
+        match verdict {
+            Verdict::Pass => true,
+            Verdict::Drop { .. } => {
+                self.dropped_rule += 1;
+                false
+            }
+            Verdict::Ban {
+                addr,
+                duration_ms,
+                rule,
+                reason,
+            } => {
+                self.dropped_rule += 1;
+                let count_today = self.count_ban(now, addr);
+                self.write(FirewallChange::Ban(
+                    addr,
+                    StoredBan {
+                        until: now.saturating_add(duration_ms),
+                        rule,
+                        reason,
+                        count_today,
+                    },
+                ));
+                self.enforce(SetOp::Ban {
+                    addr,
+                    timeout_secs: duration_ms.div_ceil(1_000),
+                });
+                false
+            }
+            Verdict::LockAccount {
+                user,
+                duration_ms,
+                rule,
+            } => {
+                let until = now.saturating_add(duration_ms);
+                self.write(FirewallChange::Lock(
+                    user.clone(),
+                    StoredLock { until, rule },
+                ));
+                if self.locks_out.len() >= MAX_QUEUED_LOCKS {
+                    self.locks_out.pop_front();
+                }
+                self.locks_out.push_back((user, until));
+                true
+            }
+        }
+    }
+
+    /// This address's bans within the repeat window, this one included (as the detector
+    /// counts them).
+    fn count_ban(&mut self, now: Millis, addr: IpAddr) -> u32 {
+        let window = self.detector.config().repeat.window_ms;
+        let max = self.detector.config().limits.max_bans.max(1);
+        if self.ban_days.len() >= max && !self.ban_days.contains_key(&addr) {
+            self.ban_days
+                .retain(|_, (_, start)| now < start.saturating_add(window));
+            if self.ban_days.len() >= max {
+                return 1;
+            }
+        }
+        let entry = self.ban_days.entry(addr).or_insert((0, now));
+        if now >= entry.1.saturating_add(window) {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.0
+    }
+
+    fn log_alert(&mut self, now: Millis, alert: &Alert) {
+        let i = rule_index(alert.rule);
+        let w = &mut self.log_windows[i];
+        if now >= w.start.saturating_add(ALERT_LOG_WINDOW_MS) {
+            if w.suppressed > 0 {
+                tracing::warn!(
+                    rule = %alert.rule,
+                    "firewall: {} more {} alerts in the last minute were not logged (see `outpostctl fw alerts`)",
+                    w.suppressed, alert.rule
+                );
+            }
+            *w = LogWindow {
+                start: now,
+                logged: 0,
+                suppressed: 0,
+            };
+        }
+        if w.logged >= ALERT_LOG_LIMIT {
+            w.suppressed += 1;
+            self.alerts_suppressed += 1;
+            return;
+        }
+        w.logged += 1;
+        self.alerts_logged += 1;
+        tracing::warn!(
+            rule = %alert.rule,
+            addr = ?alert.addr,
+            user = ?alert.user,
+            enforced = alert.enforced,
+            "firewall: {}",
+            alert.message.escape_debug()
+        );
+    }
+
+    fn write(&mut self, change: FirewallChange) {
+        if self.pending.len() >= MAX_PENDING_WRITES {
+            self.writes_dropped += 1;
+            return;
+        }
+        self.pending.push(change);
+    }
+
+    fn enforce(&mut self, op: SetOp) {
+        if let Some(e) = &mut self.enforcer {
+            e.send(op);
+        }
+    }
+
+    fn runtime_allowed(&self, ip: IpAddr) -> bool {
+        self.runtime_allow.iter().any(|c| c.contains(ip))
+    }
+
+    fn unban(&mut self, ip: IpAddr, store: &Store) -> Reply {
+        let ip = canonical(ip);
+        let existed = self.detector.unban(ip);
+        self.ban_days.remove(&ip);
+        self.enforce(SetOp::Unban(ip));
+        if let Err(err) = store.fw_apply(&[FirewallChange::Unban(ip)]) {
+            return Reply::error(format!(
+                "{ip} unbanned in the kernel and in memory, but the store failed: {err}"
+            ));
+        }
+        tracing::info!(addr = %ip, "firewall: unbanned by the admin");
+        if existed {
+            Reply::done(format!(
+                "{ip} unbanned (kernel, store and its counters cleared)"
+            ))
+        } else {
+            Reply::done(format!(
+                "{ip} was not banned; kernel and store entries cleared anyway"
+            ))
+        }
+    }
+
+    fn allow(&mut self, now: Millis, net: Cidr, store: &Store) -> Reply {
+        if self.runtime_allow.contains(&net) {
+            return Reply::done(format!("{net} is already allowed"));
+        }
+        if self.runtime_allow.len() >= MAX_RUNTIME_ALLOW {
+            return Reply::error(format!(
+                "at most {MAX_RUNTIME_ALLOW} networks can be allowed at runtime; put them in [firewall.detect] allow"
+            ));
+        }
+        self.runtime_allow.push(net);
+        self.enforce(SetOp::Allow(net));
+        let inside: Vec<IpAddr> = self
+            .detector
+            .bans(now)
+            .into_iter()
+            .map(|b| b.addr)
+            .filter(|a| net.contains(*a))
+            .collect();
+        for ip in &inside {
+            self.detector.unban(*ip);
+            self.ban_days.remove(ip);
+            self.enforce(SetOp::Unban(*ip));
+        }
+        let changes: Vec<FirewallChange> =
+            inside.iter().map(|ip| FirewallChange::Unban(*ip)).collect();
+        if let Err(err) = store.fw_apply(&changes) {
+            tracing::error!(%err, "firewall: cannot delete lifted bans from the store");
+        }
+        tracing::info!(net = %net, lifted = inside.len(), "firewall: network allowed by the admin");
+        Reply::done(format!(
+            "{net} allowed until the daemon restarts (add it to [firewall.detect] allow to keep it); {} bans inside it lifted",
+            inside.len()
+        ))
+    }
+
+    fn unlock(&mut self, user: String, store: &Store) -> Reply {
+        if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
+            return Reply::error("not an account name");
+        }
+        let existed = self.detector.unlock(&user);
+        if let Err(err) = store.fw_apply(&[FirewallChange::Unlock(user.clone())]) {
+            return Reply::error(format!("cannot delete the lock from the store: {err}"));
+        }
+        if self.unlocks_out.len() >= MAX_QUEUED_LOCKS {
+            self.unlocks_out.pop_front();
+        }
+        self.unlocks_out.push_back(user.clone());
+        if existed {
+            Reply::done(format!("account {user} unlocked"))
+        } else {
+            Reply::done(format!("account {user} was not locked"))
+        }
+    }
+
+    fn status(&mut self, now: Millis, store: &Store) -> Reply {
+        let stats = self.detector.stats();
+        let alerts_stored = match store.fw_alert_count() {
+            Ok(n) => n,
+            Err(err) => return Reply::error(format!("cannot read the alerts: {err}")),
+        };
+        let kernel = self.enforcer.as_mut().map(|e| {
+            let state = e.snapshot();
+            FwKernelInfo {
+                table: self.table.clone(),
+                installed: state.installed,
+                counters: state.counters,
+                batches: state.batches,
+                ops: state.ops,
+                restores: state.restores,
+                failures: state.failures,
+                queue_drops: e.queue_drops,
+                last_error: state.last_error,
+            }
+        });
+        let now_bans = self
+            .detector
+            .bans(now)
+            .iter()
+            .filter(|b| b.enforced)
+            .count();
+        Reply::FwStatus(FwStatusInfo {
+            mode: self.mode.name().to_string(),
+            reason: match &self.mode {
+                Mode::UserSpace { reason } => Some(reason.clone()),
+                _ => None,
+            },
+            bans: now_bans,
+            locks: stats.locks,
+            sources: stats.sources,
+            passes: stats.passes,
+            inspected: self.inspected,
+            dropped_banned: self.dropped_banned + stats.dropped_banned,
+            dropped_rule: self.dropped_rule,
+            alerts_stored,
+            runtime_allow: self.runtime_allow.iter().map(Cidr::to_string).collect(),
+            kernel,
+            rule_hits: self
+                .detector
+                .rule_hits()
+                .into_iter()
+                .map(|(rule, hits)| FwRuleHits {
+                    rule: rule.to_string(),
+                    hits,
+                })
+                .collect(),
+        })
+    }
+
+    fn list_bans(&self, now: Millis) -> Reply {
+        let secs = |until: Millis| until.saturating_sub(now).div_ceil(1_000);
+        let bans = self.detector.bans(now);
+        let locks = self.detector.locks(now);
+        Reply::FwBans(FwBansInfo {
+            total_bans: bans.len(),
+            total_locks: locks.len(),
+            bans: bans
+                .into_iter()
+                .take(MAX_LISTED)
+                .map(|b| FwBanInfo {
+                    addr: b.addr.to_string(),
+                    until: b.until,
+                    remaining_secs: secs(b.until),
+                    rule: b.rule.to_string(),
+                    reason: b.reason,
+                    count_today: b.count_today,
+                    enforced: b.enforced,
+                })
+                .collect(),
+            locks: locks
+                .into_iter()
+                .take(MAX_LISTED)
+                .map(|l| FwLockInfo {
+                    user: l.user,
+                    until: l.until,
+                    remaining_secs: secs(l.until),
+                    rule: l.rule.to_string(),
+                    enforced: l.enforced,
+                })
+                .collect(),
+        })
+    }
+
+    fn rules(&self) -> Vec<FwRuleInfo> {
+        let c = self.detector.config();
+        let hits: HashMap<Rule, u64> = self.detector.rule_hits().into_iter().collect();
+        let per = |n: u32, what: &str, window: u64| {
+            if n == 0 {
+                "off".to_string()
+            } else {
+                format!("{n} {what} / {}", fmt_ms(window))
+            }
+        };
+        let ban = |ms: u64| format!("ban {}", fmt_ms(ms));
+        Rule::ALL
+            .iter()
+            .map(|&rule| {
+                let (threshold, action) = match rule {
+                    Rule::Flood => (
+                        per(c.flood.limit, "requests", c.flood.window_ms),
+                        ban(c.flood.ban_ms),
+                    ),
+                    Rule::UnknownHost => (
+                        per(
+                            c.unknown_host.reject_limit,
+                            "messages before a successful auth",
+                            c.unknown_host.reject_window_ms,
+                        ),
+                        format!("drop for {}", fmt_ms(c.unknown_host.reject_ms)),
+                    ),
+                    Rule::UnknownHostFlood => (
+                        per(
+                            c.unknown_host.ban_limit,
+                            "messages before a successful auth",
+                            c.unknown_host.ban_window_ms,
+                        ),
+                        ban(c.unknown_host.ban_ms),
+                    ),
+                    Rule::AuthFailures => (
+                        per(
+                            c.auth_source.limit,
+                            "failures per source",
+                            c.auth_source.window_ms,
+                        ),
+                        ban(c.auth_source.ban_ms),
+                    ),
+                    Rule::RepeatOffender => (
+                        per(c.repeat.bans, "bans", c.repeat.window_ms),
+                        ban(c.repeat.ban_ms),
+                    ),
+                    Rule::AccountGuessing => (
+                        per(
+                            c.auth_account.limit,
+                            "failures per account",
+                            c.auth_account.window_ms,
+                        ),
+                        format!("lock account {}", fmt_ms(c.auth_account.lock_ms)),
+                    ),
+                    Rule::Enumeration => (
+                        if c.enumeration.limit == 0 {
+                            "off".to_string()
+                        } else {
+                            format!(
+                                "> {} distinct unknown users / {}",
+                                c.enumeration.limit,
+                                fmt_ms(c.enumeration.window_ms)
+                            )
+                        },
+                        ban(c.enumeration.ban_ms),
+                    ),
+                    Rule::Scanner => (
+                        format!(
+                            "{} User-Agent patterns{}",
+                            c.scanner.user_agents.len(),
+                            if c.scanner.tool_fingerprints {
+                                " + tool header fingerprints"
+                            } else {
+                                ""
+                            }
+                        ),
+                        ban(c.scanner.ban_ms),
+                    ),
+                    Rule::Malformed => (
+                        "message does not parse".to_string(),
+                        "drop, counts as a failure".to_string(),
+                    ),
+                    Rule::Oversized => (
+                        format!(
+                            "message > {} B or Request-URI > {} B",
+                            c.sanity.max_message, c.sanity.max_ruri
+                        ),
+                        "drop, counts as a failure".to_string(),
+                    ),
+                    Rule::Manual => ("admin or blocklist".to_string(), "ban".to_string()),
+                    Rule::TollFraud => (
+                        "toll-fraud policy refused a call".to_string(),
+                        "ban".to_string(),
+                    ),
+                };
+                FwRuleInfo {
+                    rule: rule.to_string(),
+                    threshold,
+                    action,
+                    hits: hits.get(&rule).copied().unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The kernel table's settings from the whole configuration.
+fn nft_config(cfg: &Config) -> NftConfig {
+    let fw = &cfg.firewall;
+    let mut sip_ports: Vec<u16> = cfg.sip.listen.iter().map(|a| a.port()).collect();
+    sip_ports.sort_unstable();
+    sip_ports.dedup();
+    let defaults = NftConfig::default();
+    NftConfig {
+        table: fw.table.clone(),
+        sip_ports,
+        rtp_range: if cfg.media.enabled {
+            (cfg.media.port_first, cfg.media.port_last)
+        } else {
+            defaults.rtp_range
+        },
+        rtp_closed: fw.rtp_closed && cfg.media.enabled,
+        allow: fw.detect.allow.clone(),
+        trunk_peers: fw.detect.trunk_peers.clone(),
+        flood_rate: (fw.kernel_flood_per_second > 0).then_some(FloodLimit {
+            per_second: fw.kernel_flood_per_second,
+            burst: fw.kernel_flood_burst,
+        }),
+        netns: None,
+        nft: fw.nft.clone(),
+        nft_timeout_ms: defaults.nft_timeout_ms,
+    }
+}
+
+/// Length of the Request-URI on the start line of a raw request.
+fn request_uri_len(bytes: &[u8]) -> usize {
+    let start = bytes
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(bytes.len());
+    let rest = &bytes[start..];
+    let line = &rest[..rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len())];
+    line.split(|&b| b == b' ')
+        .filter(|p| !p.is_empty())
+        .nth(1)
+        .map_or(0, <[u8]>::len)
+}
+
+fn rule_index(rule: Rule) -> usize {
+    Rule::ALL.iter().position(|&r| r == rule).unwrap_or(0)
+}
+
+fn alert_info(a: Alert) -> FwAlertInfo {
+    FwAlertInfo {
+        at: a.at,
+        rule: a.rule.to_string(),
+        addr: a.addr.map(|ip| ip.to_string()),
+        user: a.user,
+        message: a.message,
+        enforced: a.enforced,
+    }
+}
+
+/// A duration for humans: `300 s`, `10 min`, `24 h`, `7 d`.
+fn fmt_ms(ms: u64) -> String {
+    const S: u64 = 1_000;
+    match ms {
+        0 => "0 s".to_string(),
+        m if m % (86_400 * S) == 0 && m >= 2 * 86_400 * S => format!("{} d", m / (86_400 * S)),
+        m if m % (3_600 * S) == 0 => format!("{} h", m / (3_600 * S)),
+        m if m % (60 * S) == 0 && m >= 10 * 60 * S => format!("{} min", m / (60 * S)),
+        m if m % S == 0 => format!("{} s", m / S),
+        m => format!("{m} ms"),
+    }
+}
+
+// -----------------------------------------------------------------------------------------
+// The enforcer thread
+// -----------------------------------------------------------------------------------------
+
+/// A request to the enforcer thread.
+#[derive(Debug)]
+enum Request {
+    /// A set update, batched with everything else queued.
+    Op(SetOp),
+    /// Check the table; restore it if it was changed from outside; refresh the counters.
+    Verify,
+    /// Refresh the counters, then signal.
+    Counters(mpsc::Sender<()>),
+}
+
+/// What the enforcer thread reports (read by `fw status`).
+#[derive(Debug, Clone, Default)]
+struct KernelState {
+    installed: bool,
+    counters: Option<Counters>,
+    batches: u64,
+    ops: u64,
+    restores: u64,
+    failures: u64,
+    last_error: Option<String>,
+}
+
+/// The daemon's side of the enforcer thread. Dropping it ends the thread after its current
+/// nft run; the table stays, so the kernel keeps dropping banned sources across a restart.
+#[derive(Debug)]
+struct EnforcerHandle {
+    tx: SyncSender<Request>,
+    shared: Arc<Mutex<KernelState>>,
+    queue_drops: u64,
+}
+
+impl EnforcerHandle {
+    /// Starts the thread, which installs the table with `bans` (address, remaining secs).
+    fn spawn(cfg: NftConfig, bans: Vec<(IpAddr, u64)>) -> std::io::Result<EnforcerHandle> {
+        let (tx, rx) = mpsc::sync_channel(ENFORCER_QUEUE);
+        let shared = Arc::new(Mutex::new(KernelState::default()));
+        let thread_state = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("nft-enforcer".into())
+            .spawn(move || EnforcerThread::new(cfg, bans, thread_state).run(&rx))?;
+        Ok(EnforcerHandle {
+            tx,
+            shared,
+            queue_drops: 0,
+        })
+    }
+
+    fn send(&mut self, op: SetOp) {
+        if let Err(e) = self.tx.try_send(Request::Op(op)) {
+            self.queue_drops += 1;
+            if self.queue_drops.is_power_of_two() {
+                let why = match e {
+                    TrySendError::Full(_) => "queue full",
+                    TrySendError::Disconnected(_) => "thread gone",
+                };
+                tracing::error!(
+                    dropped = self.queue_drops,
+                    "firewall: kernel set update dropped ({why}); user space still drops"
+                );
+            }
+        }
+    }
+
+    fn verify(&mut self) {
+        let _ = self.tx.try_send(Request::Verify);
+    }
+
+    /// The thread's state with counters at most ~50 ms old, or the cached ones if it is busy.
+    fn snapshot(&self) -> KernelState {
+        let (done_tx, done_rx) = mpsc::channel();
+        if self.tx.try_send(Request::Counters(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(COUNTERS_WAIT);
+        }
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The thread's own state.
+#[derive(Debug)]
+struct EnforcerThread {
+    cfg: NftConfig,
+    enforcer: Option<Enforcer>,
+    /// The bans the kernel should hold and when they end: what a restore re-installs.
+    desired: HashMap<IpAddr, Instant>,
+    shared: Arc<Mutex<KernelState>>,
+    last_logged_error: Option<String>,
+}
+
+impl EnforcerThread {
+    fn new(cfg: NftConfig, bans: Vec<(IpAddr, u64)>, shared: Arc<Mutex<KernelState>>) -> Self {
+        let now = Instant::now();
+        let desired = bans
+            .into_iter()
+            .map(|(a, secs)| {
+                (
+                    canonical(a),
+                    now + Duration::from_secs(secs.min(nft::MAX_BAN_SECS)),
+                )
+            })
+            .collect();
+        EnforcerThread {
+            cfg,
+            enforcer: None,
+            desired,
+            shared,
+            last_logged_error: None,
+        }
+    }
+
+    fn run(mut self, rx: &Receiver<Request>) {
+        self.install();
+        while let Ok(first) = rx.recv() {
+            let mut ops = Vec::new();
+            let mut verify = false;
+            let mut waiters = Vec::new();
+            let mut next = Some(first);
+            while let Some(r) = next {
+                match r {
+                    Request::Op(op) => ops.push(op),
+                    Request::Verify => verify = true,
+                    Request::Counters(tx) => waiters.push(tx),
+                }
+                next = if ops.len() < MAX_OPS_PER_BATCH {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            self.track(&ops);
+            if self.enforcer.is_none() {
+                if verify {
+                    self.install();
+                }
+            } else {
+                self.apply(&ops, verify, !waiters.is_empty());
+            }
+            for w in waiters {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    /// Records the bans the kernel should hold, whatever happens to this batch.
+    fn track(&mut self, ops: &[SetOp]) {
+        let now = Instant::now();
+        for op in ops {
+            match *op {
+                SetOp::Ban { addr, timeout_secs } => {
+                    let until = now + Duration::from_secs(timeout_secs.min(nft::MAX_BAN_SECS));
+                    let addr = canonical(addr);
+                    if self.desired.len() >= MAX_DESIRED && !self.desired.contains_key(&addr) {
+                        self.desired.retain(|_, u| *u > now);
+                        if self.desired.len() >= MAX_DESIRED {
+                            continue;
+                        }
+                    }
+                    self.desired.insert(addr, until);
+                }
+                SetOp::Unban(addr) => {
+                    self.desired.remove(&canonical(addr));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn apply(&mut self, ops: &[SetOp], mut verify: bool, counters: bool) {
+        let Some(e) = self.enforcer.as_mut() else {
+            return;
+        };
+        let mut failed = false;
+        if !ops.is_empty() {
+            match e.apply(ops) {
+                Ok(()) => {
+                    let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+                    s.batches += 1;
+                    s.ops += ops.len() as u64;
+                }
+                Err(err) => {
+                    self.failure("applying set updates", &err);
+                    failed = true;
+                    verify = true;
+                }
+            }
+        }
+        if verify {
+            self.verify_and_restore();
+            if failed {
+                // The bans came back with the restore; the other updates are re-sent.
+                let rest: Vec<SetOp> = ops
+                    .iter()
+                    .filter(|o| !matches!(o, SetOp::Ban { .. } | SetOp::Unban(_)))
+                    .copied()
+                    .collect();
+                if let Some(e) = self.enforcer.as_mut() {
+                    if !rest.is_empty() {
+                        if let Err(err) = e.apply(&rest) {
+                            self.failure("re-applying set updates", &err);
+                        }
+                    }
+                }
+            }
+        }
+        if verify || counters {
+            self.refresh_counters();
+        }
+    }
+
+    fn verify_and_restore(&mut self) {
+        let now = Instant::now();
+        self.desired.retain(|_, until| *until > now);
+        let Some(e) = self.enforcer.as_mut() else {
+            return;
+        };
+        match e.verify() {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    table = %e.config().table,
+                    "firewall: the nftables table was changed from outside; restoring it"
+                );
+                let bans = remaining(&self.desired, now);
+                match e.restore(&bans) {
+                    Ok(()) => {
+                        let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+                        s.restores += 1;
+                        s.installed = true;
+                    }
+                    Err(err) => self.failure("restoring the table", &err),
+                }
+            }
+            Err(err) => self.failure("verifying the table", &err),
+        }
+    }
+
+    fn refresh_counters(&mut self) {
+        let Some(e) = self.enforcer.as_ref() else {
+            return;
+        };
+        match e.counters() {
+            Ok(c) => {
+                self.shared
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .counters = Some(c);
+            }
+            Err(err) => self.failure("reading the counters", &err),
+        }
+    }
+
+    fn install(&mut self) {
+        let now = Instant::now();
+        self.desired.retain(|_, until| *until > now);
+        let result = Enforcer::install(self.cfg.clone()).and_then(|mut e| {
+            let bans = remaining(&self.desired, now);
+            if !bans.is_empty() {
+                e.restore(&bans)?;
+            }
+            Ok(e)
+        });
+        match result {
+            Ok(e) => {
+                tracing::info!(
+                    table = %self.cfg.table, bans = self.desired.len(),
+                    "firewall: nftables table installed"
+                );
+                self.enforcer = Some(e);
+                self.last_logged_error = None;
+                let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+                s.installed = true;
+                s.last_error = None;
+            }
+            Err(err) => self.failure("installing the table", &err),
+        }
+    }
+
+    /// Records a failed nft run; logs it unless it is the same error as last time.
+    fn failure(&mut self, what: &str, err: &NftError) {
+        let text = format!("{what}: {err}");
+        if self.last_logged_error.as_deref() != Some(text.as_str()) {
+            tracing::error!("firewall: nftables {text}");
+            self.last_logged_error = Some(text.clone());
+        }
+        let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        s.failures += 1;
+        s.last_error = Some(text);
+        if self.enforcer.is_none() {
+            s.installed = false;
+        }
+    }
+}
+
+/// The live bans with their remaining seconds (at least 1).
+fn remaining(desired: &HashMap<IpAddr, Instant>, now: Instant) -> Vec<(IpAddr, u64)> {
+    desired
+        .iter()
+        .filter(|(_, until)| **until > now)
+        .map(|(a, until)| (*a, until.duration_since(now).as_secs().max(1)))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use pbx_core::sip::{Method, Transport};
+
+    use super::*;
+
+    const T0: Millis = 1_700_000_000_000;
+    const MIN: u64 = 60_000;
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.firewall.enforce = EnforceMode::Off;
+        c
+    }
+
+    fn peer(ip: &str) -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: std::net::SocketAddr::new(ip.parse().unwrap(), 5060),
+        }
+    }
+
+    fn options(ip: &str, ua: &str, n: u32) -> Vec<u8> {
+        format!(
+            "OPTIONS sip:100@192.0.2.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {ip}:5060;branch=z9hG4bK-{n}\r\n\
+             From: <sip:probe@{ip}>;tag=t{n}\r\n\
+             To: <sip:100@192.0.2.1>\r\n\
+             Call-ID: c{n}@{ip}\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             Max-Forwards: 70\r\n\
+             User-Agent: {ua}\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn inspect(g: &mut Guard, now: Millis, ip: &str, bytes: &[u8]) -> bool {
+        let parsed = wire::parse(bytes);
+        g.inspect(now, peer(ip), bytes, &parsed)
+    }
+
+    fn auth_failed(ip: &str, user: &str, known: bool) -> Event {
+        Event::AuthFailed {
+            src: peer(ip),
+            user: user.to_string(),
+            method: Method::Register,
+            known,
+        }
+    }
+
+    fn flush(g: &mut Guard, store: &Store) {
+        let mut batch = Batch::default();
+        g.take_writes(&mut batch);
+        store.commit(&batch).unwrap();
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn scanner_options_is_dropped_banned_and_the_ban_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        assert!(matches!(g.mode(), Mode::UserSpace { reason } if reason.contains("off")));
+
+        assert!(inspect(
+            &mut g,
+            T0,
+            "198.51.100.20",
+            &options("198.51.100.20", "Linphone/5.0", 1)
+        ));
+        assert!(!inspect(
+            &mut g,
+            T0,
+            "203.0.113.9",
+            &options("203.0.113.9", "friendly-scanner", 2)
+        ));
+        assert!(g.is_banned(T0, ip("203.0.113.9")));
+        flush(&mut g, &store);
+
+        let bans = store.fw_bans().unwrap();
+        assert_eq!(bans.len(), 1);
+        let (addr, ban) = &bans[0];
+        assert_eq!(*addr, ip("203.0.113.9"));
+        assert_eq!(ban.rule, Rule::Scanner);
+        assert_eq!(
+            ban.until,
+            T0 + 24 * 60 * MIN,
+            "scanner ban is 24 h by default"
+        );
+        assert_eq!(ban.count_today, 1);
+        let alerts = store.fw_alerts(10).unwrap();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].addr, Some(ip("203.0.113.9")));
+        assert!(alerts[0].enforced);
+    }
+
+    #[test]
+    fn ten_auth_failures_ban_the_source_and_its_messages_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        let attacker = "203.0.113.50";
+        // Different accounts, so only the per-source rule counts.
+        for i in 0..9 {
+            g.feedback(
+                T0 + i * 1_000,
+                &auth_failed(attacker, &format!("1{i:02}"), true),
+            );
+        }
+        assert!(
+            !g.is_banned(T0 + 9_000, ip(attacker)),
+            "9 failures are tolerated"
+        );
+        g.feedback(T0 + 9_000, &auth_failed(attacker, "199", true));
+        assert!(g.is_banned(T0 + 9_000, ip(attacker)));
+        assert!(g.poll_lock().is_none(), "no account failed three times");
+
+        let msg = options(attacker, "Yealink SIP-T46S", 3);
+        assert!(!inspect(&mut g, T0 + 10_000, attacker, &msg));
+        assert!(!inspect(&mut g, T0 + 11_000, attacker, &msg));
+        assert_eq!(g.dropped_banned, 2, "counted as dropped for a ban");
+        // The ban is over after 10 min.
+        assert!(inspect(&mut g, T0 + 9_000 + 10 * MIN, attacker, &msg));
+
+        flush(&mut g, &store);
+        let bans = store.fw_bans().unwrap();
+        assert_eq!(bans[0].1.rule, Rule::AuthFailures);
+        assert_eq!(bans[0].1.until, T0 + 9_000 + 10 * MIN);
+    }
+
+    #[test]
+    fn distributed_guessing_locks_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        g.feedback(T0, &auth_failed("203.0.113.1", "100", true));
+        g.feedback(T0 + 1_000, &auth_failed("203.0.113.2", "100", true));
+        assert_eq!(g.poll_lock(), None);
+        g.feedback(T0 + 2_000, &auth_failed("2001:db8::3", "100", true));
+        assert_eq!(
+            g.poll_lock(),
+            Some(("100".to_string(), T0 + 2_000 + 15 * MIN))
+        );
+        assert_eq!(g.poll_lock(), None);
+        for src in ["203.0.113.1", "203.0.113.2", "2001:db8::3"] {
+            assert!(
+                !g.is_banned(T0 + 2_000, ip(src)),
+                "one failure each bans nobody"
+            );
+        }
+        flush(&mut g, &store);
+        let locks = store.fw_locks().unwrap();
+        assert_eq!(locks.len(), 1);
+        assert_eq!(locks[0].0, "100");
+        assert_eq!(locks[0].1.rule, Rule::AccountGuessing);
+
+        // The admin unlocks: the core is told, the store forgets it.
+        let reply = g.admin(T0 + 3_000, FwCommand::Unlock { user: "100".into() }, &store);
+        assert!(matches!(reply, Reply::Done { .. }), "{reply:?}");
+        assert_eq!(g.poll_unlock(), Some("100".to_string()));
+        assert!(store.fw_locks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_users_count_as_failures_and_feed_enumeration() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        for i in 0..10 {
+            g.feedback(
+                T0 + i,
+                &auth_failed("203.0.113.77", &format!("x{i}"), false),
+            );
+        }
+        assert!(g.is_banned(T0 + 10, ip("203.0.113.77")));
+        let hits: HashMap<Rule, u64> = g.detector.rule_hits().into_iter().collect();
+        assert_eq!(hits[&Rule::AuthFailures], 1);
+    }
+
+    #[test]
+    fn unban_clears_detector_store_and_old_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        let phone = "192.0.2.44";
+        for i in 0..10 {
+            g.feedback(T0 + i, &auth_failed(phone, &format!("2{i:02}"), true));
+        }
+        assert!(g.is_banned(T0 + 10, ip(phone)));
+        let reply = g.admin(T0 + 20, FwCommand::Unban { addr: phone.into() }, &store);
+        match reply {
+            Reply::Done { message } => assert!(message.contains("unbanned"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!g.is_banned(T0 + 20, ip(phone)));
+        assert!(
+            store.fw_bans().unwrap().is_empty(),
+            "the ban was persisted, then deleted"
+        );
+        assert!(inspect(
+            &mut g,
+            T0 + 30,
+            phone,
+            &options(phone, "Yealink", 9)
+        ));
+        // Old counts are gone: one more failure does not ban again.
+        g.feedback(T0 + 40, &auth_failed(phone, "200", true));
+        assert!(!g.is_banned(T0 + 40, ip(phone)));
+
+        let bad = g.admin(
+            T0,
+            FwCommand::Unban {
+                addr: "nope".into(),
+            },
+            &store,
+        );
+        assert!(matches!(bad, Reply::Error { .. }));
+    }
+
+    #[test]
+    fn bans_and_locks_survive_a_restart_with_their_remaining_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        {
+            let mut g = Guard::start(&config(), &store, T0);
+            assert!(!inspect(
+                &mut g,
+                T0,
+                "203.0.113.9",
+                &options("203.0.113.9", "sipvicious", 1)
+            ));
+            for (i, src) in ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+                .iter()
+                .enumerate()
+            {
+                g.feedback(T0 + i as u64, &auth_failed(src, "101", true));
+            }
+            assert!(g.poll_lock().is_some());
+            flush(&mut g, &store);
+        }
+        let later = T0 + 60 * MIN;
+        let mut g = Guard::start(&config(), &store, later);
+        assert!(g.is_banned(later, ip("203.0.113.9")));
+        assert!(!inspect(
+            &mut g,
+            later,
+            "203.0.113.9",
+            &options("203.0.113.9", "x", 2)
+        ));
+        let Reply::FwBans(list) = g.admin(later, FwCommand::Bans, &store) else {
+            panic!("not a ban list")
+        };
+        assert_eq!(list.bans.len(), 1);
+        assert_eq!(
+            list.bans[0].remaining_secs,
+            23 * 3_600,
+            "24 h minus the hour that passed"
+        );
+        assert_eq!(list.bans[0].rule, "scanner");
+        // The lock (15 min) ended during the hour: not restored, and purged from the store.
+        assert!(list.locks.is_empty());
+        assert_eq!(g.poll_lock(), None);
+        assert!(store.fw_locks().unwrap().is_empty());
+
+        // A lock that is still running is handed to the core again after a restart.
+        store
+            .fw_apply(&[FirewallChange::Lock(
+                "102".into(),
+                StoredLock {
+                    until: later + 5 * MIN,
+                    rule: Rule::AccountGuessing,
+                },
+            )])
+            .unwrap();
+        let mut g = Guard::start(&config(), &store, later + MIN);
+        assert_eq!(g.poll_lock(), Some(("102".to_string(), later + 5 * MIN)));
+        // And a ban that ended while the daemon was down is gone for good.
+        let much_later = T0 + 25 * 60 * MIN;
+        let g2 = {
+            drop(g);
+            Guard::start(&config(), &store, much_later)
+        };
+        assert!(!g2.is_banned(much_later, ip("203.0.113.9")));
+        assert!(store.fw_bans().unwrap().is_empty());
+    }
+
+    #[test]
+    fn alerts_are_persisted_listed_and_their_logging_rate_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        for n in 0..25u32 {
+            let src = format!("203.0.113.{}", n + 1);
+            assert!(!inspect(
+                &mut g,
+                T0 + u64::from(n),
+                &src,
+                &options(&src, "friendly-scanner", n)
+            ));
+        }
+        assert_eq!(g.alerts_logged, 10, "at most 10 lines per rule per minute");
+        assert_eq!(g.alerts_suppressed, 15);
+        // Next minute: logging resumes.
+        let src = "198.51.100.99";
+        assert!(!inspect(
+            &mut g,
+            T0 + MIN,
+            src,
+            &options(src, "sipcli/1.8", 99)
+        ));
+        assert_eq!(g.alerts_logged, 11);
+
+        let Reply::FwAlerts(alerts) = g.admin(T0 + MIN, FwCommand::Alerts { limit: 5 }, &store)
+        else {
+            panic!("not an alert list")
+        };
+        assert_eq!(alerts.len(), 5);
+        assert_eq!(alerts[0].addr.as_deref(), Some(src), "newest first");
+        assert_eq!(alerts[0].rule, "scanner");
+        assert_eq!(store.fw_alert_count().unwrap(), 26, "every alert is stored");
+    }
+
+    #[test]
+    fn pending_writes_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        for _ in 0..MAX_PENDING_WRITES + 10 {
+            g.write(FirewallChange::PurgeExpired(T0));
+        }
+        assert_eq!(g.pending.len(), MAX_PENDING_WRITES);
+        assert_eq!(g.writes_dropped, 10);
+    }
+
+    #[test]
+    fn runtime_allow_lifts_bans_inside_and_exempts_the_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        let office = "198.51.100.7";
+        assert!(!inspect(
+            &mut g,
+            T0,
+            office,
+            &options(office, "sipsak 0.9", 1)
+        ));
+        assert!(g.is_banned(T0, ip(office)));
+        let reply = g.admin(
+            T0,
+            FwCommand::Allow {
+                cidr: "198.51.100.0/24".into(),
+            },
+            &store,
+        );
+        match reply {
+            Reply::Done { message } => {
+                assert!(message.contains("1 bans inside it lifted"), "{message}");
+                assert!(message.contains("restarts"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(inspect(
+            &mut g,
+            T0 + 1,
+            office,
+            &options(office, "sipsak 0.9", 2)
+        ));
+        assert!(store.fw_bans().unwrap().is_empty());
+        assert!(matches!(
+            g.admin(
+                T0,
+                FwCommand::Allow {
+                    cidr: "10.0.0.0/33".into()
+                },
+                &store
+            ),
+            Reply::Error { .. }
+        ));
+        let Reply::FwStatus(st) = g.admin(T0, FwCommand::Status, &store) else {
+            panic!("not a status")
+        };
+        assert_eq!(st.runtime_allow, ["198.51.100.0/24"]);
+    }
+
+    #[test]
+    fn monitor_mode_alerts_but_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut cfg = config();
+        cfg.firewall.monitor = true;
+        let mut g = Guard::start(&cfg, &store, T0);
+        assert_eq!(g.mode(), &Mode::Monitor);
+        assert!(inspect(
+            &mut g,
+            T0,
+            "203.0.113.9",
+            &options("203.0.113.9", "friendly-scanner", 1)
+        ));
+        assert!(inspect(
+            &mut g,
+            T0 + 1,
+            "203.0.113.9",
+            &options("203.0.113.9", "friendly-scanner", 2)
+        ));
+        flush(&mut g, &store);
+        assert!(store.fw_bans().unwrap().is_empty());
+        let alerts = store.fw_alerts(10).unwrap();
+        assert_eq!(alerts.len(), 1, "one alert per offender");
+        assert!(!alerts[0].enforced);
+    }
+
+    #[test]
+    fn malformed_messages_count_as_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        let junk = b"\x16\x03\x01 not sip at all\r\n\r\n";
+        for i in 0..9 {
+            assert!(
+                !inspect(&mut g, T0 + i, "203.0.113.30", junk),
+                "malformed is dropped"
+            );
+        }
+        assert!(!g.is_banned(T0 + 9, ip("203.0.113.30")));
+        inspect(&mut g, T0 + 9, "203.0.113.30", junk);
+        assert!(g.is_banned(T0 + 9, ip("203.0.113.30")));
+        // A keepalive is not a malformed message.
+        assert!(inspect(&mut g, T0, "192.0.2.1", b"\r\n\r\n"));
+    }
+
+    #[test]
+    fn status_and_rules_report_mode_counters_and_thresholds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        inspect(
+            &mut g,
+            T0,
+            "203.0.113.9",
+            &options("203.0.113.9", "friendly-scanner", 1),
+        );
+        inspect(
+            &mut g,
+            T0 + 1,
+            "203.0.113.9",
+            &options("203.0.113.9", "friendly-scanner", 2),
+        );
+        let Reply::FwStatus(st) = g.admin(T0 + 2, FwCommand::Status, &store) else {
+            panic!("not a status")
+        };
+        assert_eq!(st.mode, "user-space");
+        assert!(st.reason.unwrap().contains("enforce"));
+        assert!(st.kernel.is_none());
+        assert_eq!((st.bans, st.inspected, st.dropped_banned), (1, 1, 1));
+        assert_eq!(st.alerts_stored, 1);
+        let scanner = st.rule_hits.iter().find(|h| h.rule == "scanner").unwrap();
+        assert_eq!(scanner.hits, 1);
+
+        let Reply::FwRules(rules) = g.admin(T0, FwCommand::Rules, &store) else {
+            panic!("not rules")
+        };
+        assert_eq!(rules.len(), Rule::ALL.len());
+        let by = |name: &str| rules.iter().find(|r| r.rule == name).unwrap().clone();
+        assert_eq!(by("flood").threshold, "16 requests / 2 s");
+        assert_eq!(by("flood").action, "ban 300 s");
+        assert_eq!(
+            by("auth_failures").threshold,
+            "10 failures per source / 10 min"
+        );
+        assert_eq!(by("account_guessing").action, "lock account 15 min");
+        assert_eq!(by("repeat_offender").action, "ban 7 d");
+        assert_eq!(by("scanner").hits, 1);
+    }
+
+    #[test]
+    fn timers_run_maintenance_and_detector_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        assert_eq!(g.poll_timeout(), Some(T0 + MAINTENANCE_MS));
+        inspect(
+            &mut g,
+            T0,
+            "203.0.113.9",
+            &options("203.0.113.9", "friendly-scanner", 1),
+        );
+        let mut now = T0;
+        // Jump from deadline to deadline past the purge hour; every deadline moves forward.
+        while now < T0 + PURGE_EVERY_MS + MAINTENANCE_MS {
+            let next = g.poll_timeout().unwrap();
+            assert!(next > now || next == now && g.detector.poll_timeout().is_some());
+            now = next.max(now + 1);
+            g.handle_timeout(now);
+        }
+        assert!(g
+            .pending
+            .iter()
+            .any(|c| matches!(c, FirewallChange::PurgeExpired(_))));
+    }
+
+    #[test]
+    fn request_uri_length_and_rtp_ports() {
+        assert_eq!(request_uri_len(b"\r\nINVITE sip:1@a SIP/2.0\r\n"), 7);
+        assert_eq!(request_uri_len(b"SIP/2.0 200 OK\r\n"), 3);
+        assert_eq!(request_uri_len(b""), 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        // Without the kernel nothing is tracked.
+        g.media(&MediaCommand::Close { session: 1 });
+        assert!(g.rtp_sessions.is_empty());
+        let cfg = nft_config(&Config::default());
+        assert_eq!(cfg.sip_ports, [5060]);
+        assert_eq!(cfg.rtp_range, (10000, 10999));
+        assert!(cfg.rtp_closed);
+        assert_eq!(cfg.flood_rate.unwrap().per_second, 200);
+    }
+    #[test]
+    fn bans_unbans_and_call_ports_become_set_updates() {
+        use pbx_core::media::session::{Codec, LegMedia};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        // A stand-in for the enforcer thread: the test reads what it would be sent.
+        let (tx, rx) = mpsc::sync_channel(64);
+        g.enforcer = Some(EnforcerHandle {
+            tx,
+            shared: Arc::new(Mutex::new(KernelState::default())),
+            queue_drops: 0,
+        });
+        g.rtp_closed = true;
+        let ops = || -> Vec<SetOp> {
+            rx.try_iter()
+                .filter_map(|r| match r {
+                    Request::Op(op) => Some(op),
+                    _ => None,
+                })
+                .collect()
+        };
+        let leg = |port: u16| LegMedia {
+            local_port: port,
+            remote: None,
+            allowed_ips: Vec::new(),
+            codec: Codec::Pcmu,
+            pt: 0,
+            dtmf_pt: None,
+        };
+
+        assert!(!inspect(
+            &mut g,
+            T0,
+            "203.0.113.9",
+            &options("203.0.113.9", "friendly-scanner", 1)
+        ));
+        assert_eq!(
+            ops(),
+            [SetOp::Ban {
+                addr: ip("203.0.113.9"),
+                timeout_secs: 86_400
+            }]
+        );
+        g.admin(
+            T0,
+            FwCommand::Unban {
+                addr: "203.0.113.9".into(),
+            },
+            &store,
+        );
+        assert_eq!(ops(), [SetOp::Unban(ip("203.0.113.9"))]);
+
+        g.media(&MediaCommand::Open {
+            session: 7,
+            a: leg(10000),
+            b: leg(10002),
+        });
+        let open = |port| SetOp::RtpOpen { port };
+        let close = |port| SetOp::RtpClose { port };
+        assert_eq!(ops(), [open(10000), open(10001), open(10002), open(10003)]);
+        g.media(&MediaCommand::Update {
+            session: 7,
+            a: leg(10000),
+            b: leg(0),
+        });
+        assert_eq!(
+            ops(),
+            [close(10002), close(10003)],
+            "an absent leg has no ports"
+        );
+        g.media(&MediaCommand::Close { session: 7 });
+        assert_eq!(ops(), [close(10000), close(10001)]);
+        assert!(g.rtp_sessions.is_empty());
+        g.media(&MediaCommand::Close { session: 7 });
+        assert!(ops().is_empty());
+    }
+
+    /// Kernel enforcement end to end. Needs root and its own network namespace, so it only
+    /// runs when asked: `OUTPOST_GUARD_NETNS_TEST=1 unshare -n cargo test -p firmware --lib
+    /// guard::tests::kernel -- --ignored` (it flushes the namespace's whole ruleset).
+    #[test]
+    #[ignore = "needs root in a private network namespace"]
+    fn kernel_ban_unban_and_restore_after_a_flush() {
+        if std::env::var_os("OUTPOST_GUARD_NETNS_TEST").is_none() {
+            return;
+        }
+        let nft = |args: &[&str]| {
+            let out = std::process::Command::new("nft")
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+            for _ in 0..100 {
+                if f() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            panic!("timed out waiting for {what}");
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut cfg = Config::default();
+        cfg.firewall.table = "guardtest".into();
+        let mut g = Guard::start(&cfg, &store, T0);
+        assert_eq!(g.mode(), &Mode::Enforcing);
+        let ban4 = || nft(&["list", "set", "inet", "guardtest", "ban4"]);
+        let ban6 = || nft(&["list", "set", "inet", "guardtest", "ban6"]);
+        wait_for("the table", &|| ban4().contains("ban4"));
+
+        assert!(!inspect(
+            &mut g,
+            T0,
+            "203.0.113.9",
+            &options("203.0.113.9", "friendly-scanner", 1)
+        ));
+        assert!(!inspect(
+            &mut g,
+            T0,
+            "2001:db8::66",
+            &options("[2001:db8::66]", "sipvicious", 2)
+        ));
+        wait_for("the IPv4 ban", &|| ban4().contains("203.0.113.9"));
+        wait_for("the IPv6 ban", &|| ban6().contains("2001:db8::66"));
+
+        nft(&["flush", "ruleset"]);
+        assert!(!ban4().contains("203.0.113.9"));
+        g.handle_timeout(T0 + MAINTENANCE_MS);
+        wait_for("the restore", &|| ban4().contains("203.0.113.9"));
+        let Reply::FwStatus(st) = g.admin(T0 + MAINTENANCE_MS, FwCommand::Status, &store) else {
+            panic!("not a status")
+        };
+        let k = st.kernel.unwrap();
+        assert_eq!(k.restores, 1);
+        assert!(k.counters.is_some());
+
+        g.admin(
+            T0,
+            FwCommand::Unban {
+                addr: "203.0.113.9".into(),
+            },
+            &store,
+        );
+        wait_for("the unban", &|| !ban4().contains("203.0.113.9"));
+        assert!(ban6().contains("2001:db8::66"));
+        nft(&["delete", "table", "inet", "guardtest"]);
+    }
+}
