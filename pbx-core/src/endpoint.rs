@@ -1653,13 +1653,13 @@ impl Endpoint {
             media.set_signal_b(ip);
         }
         let result = if offer {
-            media.offer(from, body).map(|b| (b, None))
+            media.offer(from, body).map(|b| (b, Vec::new()))
         } else {
             media.answer(from, body)
         };
         match result {
-            Ok((out, cmd)) => {
-                if let Some(cmd) = cmd {
+            Ok((out, cmds)) => {
+                for cmd in cmds {
                     self.events.push_back(Event::Media(cmd));
                 }
                 out

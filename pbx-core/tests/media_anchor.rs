@@ -174,3 +174,90 @@ fn ports_run_out_and_come_back() {
     assert!(st.contains(&503), "no ports left: {st:?}");
     assert_eq!(sim.ep.calls().len(), 2);
 }
+
+const SDP_HOLD: &str = "v=0\r\no=a 1 2 IN IP4 192.168.1.10\r\ns=-\r\nc=IN IP4 192.168.1.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendonly\r\n";
+const SDP_RESUME: &str = "v=0\r\no=a 1 3 IN IP4 192.168.1.10\r\ns=-\r\nc=IN IP4 192.168.1.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n";
+const SDP_HELD_ANSWER: &str = "v=0\r\no=b 1 2 IN IP4 192.168.1.20\r\ns=-\r\nc=IN IP4 192.168.1.20\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\na=recvonly\r\n";
+
+#[test]
+fn the_held_party_hears_music_until_the_call_is_resumed() {
+    let mut sim = sim();
+    let (mut a, mut b) = phones(&mut sim);
+    let leg = invite(&mut sim, &mut a, "200", SDP_OFFER);
+    let _ = sim.responses(a.addr);
+    let inv = sim.requests(b.addr).remove(0);
+    sim.send(
+        b.addr,
+        &response(
+            &inv,
+            200,
+            Some("bt"),
+            &[format!("Contact: {}", b.contact())],
+            SDP_ANSWER,
+        ),
+    );
+    let ok = sim
+        .responses(a.addr)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .unwrap();
+    let _ = sim.requests(b.addr); // ACK
+    media_commands(&mut sim);
+    let contact = match ok.headers.contact.first() {
+        Some(pbx_core::sip::Contact::Addr(na)) => na.uri.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let to = ok.headers.to.to_string();
+    let in_a = |a: &mut Phone, method: &str, cseq: u32, body: &str| {
+        in_dialog(
+            method,
+            &contact,
+            &a.via(),
+            &leg.from,
+            &to,
+            &leg.call_id,
+            cseq,
+            body,
+        )
+    };
+    let ack = in_a(&mut a, "ACK", 2, "");
+    sim.send(a.addr, &ack);
+
+    // A holds: B's phone gets the re-INVITE and answers recvonly; B hears music.
+    let hold = in_a(&mut a, "INVITE", 3, SDP_HOLD);
+    sim.send(a.addr, &hold);
+    let re = sim.requests(b.addr).remove(0);
+    assert!(String::from_utf8_lossy(&re.body).contains("a=sendonly"));
+    sim.send(
+        b.addr,
+        &response(&re, 200, Some("bt"), &[], SDP_HELD_ANSWER),
+    );
+    let cmds = media_commands(&mut sim);
+    assert!(
+        cmds.iter().any(|c| matches!(c, MediaCommand::Play { leg: pbx_core::media::session::Leg::B, clips, repeat: true, .. } if clips == &vec!["moh".to_string()])),
+        "music to B: {cmds:?}"
+    );
+    let _ = sim.responses(a.addr);
+    let ack = in_a(&mut a, "ACK", 3, "");
+    sim.send(a.addr, &ack);
+    let _ = sim.requests(b.addr);
+
+    // A resumes: the music stops.
+    let resume = in_a(&mut a, "INVITE", 4, SDP_RESUME);
+    sim.send(a.addr, &resume);
+    let re = sim.requests(b.addr).remove(0);
+    sim.send(b.addr, &response(&re, 200, Some("bt"), &[], SDP_ANSWER));
+    let cmds = media_commands(&mut sim);
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            MediaCommand::StopPlay {
+                leg: pbx_core::media::session::Leg::B,
+                ..
+            }
+        )),
+        "music stops: {cmds:?}"
+    );
+    assert!(!cmds.iter().any(|c| matches!(c, MediaCommand::Play { .. })));
+    let _ = &mut b;
+}

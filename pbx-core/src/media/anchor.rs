@@ -35,7 +35,14 @@ pub struct CallMedia {
     leg_b: Option<LegMedia>,
     opened: bool,
     on_hold: bool,
+    /// The leg whose phone holds the call (its last offer was sendonly/inactive).
+    held_by: Option<Leg>,
+    /// Music-on-hold state the relay was last told about.
+    moh_playing_to: Option<Leg>,
 }
+
+/// The prompt played to a held party.
+pub const MOH_CLIP: &str = "moh";
 
 impl CallMedia {
     /// Media state for a call whose legs use relay ports `port_a` and `port_b`.
@@ -66,6 +73,8 @@ impl CallMedia {
             leg_b: None,
             opened: false,
             on_hold: false,
+            held_by: None,
+            moh_playing_to: None,
         }
     }
 
@@ -98,6 +107,11 @@ impl CallMedia {
     pub fn offer(&mut self, from: Leg, body: &[u8]) -> Result<Vec<u8>, SdpError> {
         let received = Sdp::parse(body)?;
         self.on_hold = sdp::is_hold(&received);
+        if self.on_hold {
+            self.held_by = Some(from);
+        } else if self.held_by == Some(from) {
+            self.held_by = None;
+        }
         let mut out = sdp::offer_for_b(&received);
         let (addr, port, origin) = self.towards(from.other());
         out.anchor(addr, port, origin);
@@ -112,7 +126,7 @@ impl CallMedia {
         &mut self,
         from: Leg,
         body: &[u8],
-    ) -> Result<(Vec<u8>, Option<MediaCommand>), SdpError> {
+    ) -> Result<(Vec<u8>, Vec<MediaCommand>), SdpError> {
         let answer = Sdp::parse(body)?;
         let Some((offerer, offer)) = self.offer.clone() else {
             return Err(SdpError::Malformed("answer without an offer"));
@@ -156,7 +170,27 @@ impl CallMedia {
                 b,
             }
         };
-        Ok((back.emit(), Some(cmd)))
+        let mut cmds = vec![cmd];
+        // Music on hold: the held party hears music while the other phone holds.
+        let moh_to = self.held_by.map(Leg::other);
+        if moh_to != self.moh_playing_to {
+            if let Some(leg) = self.moh_playing_to {
+                cmds.push(MediaCommand::StopPlay {
+                    session: self.session,
+                    leg,
+                });
+            }
+            if let Some(leg) = moh_to {
+                cmds.push(MediaCommand::Play {
+                    session: self.session,
+                    leg,
+                    clips: vec![MOH_CLIP.to_string()],
+                    repeat: true,
+                });
+            }
+            self.moh_playing_to = moh_to;
+        }
+        Ok((back.emit(), cmds))
     }
 
     /// The command that ends relaying (only if the relay was told about the call).

@@ -136,7 +136,8 @@ pub enum MediaCommand {
     },
     /// Stop playing to `leg` (no `PlayDone`); the other leg is heard again.
     StopPlay { session: SessionId, leg: Leg },
-    /// Record what `leg`'s phone sends (at most `max_ms`) into a µ-law WAV file at `path`.
+    /// Record what `leg`'s phone sends (at most `max_ms`, itself at most 10 minutes) into a
+    /// µ-law WAV file at `path`; it ends at `StopRecord`, `max_ms` or `Close`.
     Record {
         session: SessionId,
         leg: Leg,
