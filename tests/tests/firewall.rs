@@ -1,0 +1,762 @@
+//! The SIP-aware firewall end to end, as root, with real nftables: `outpostd` runs in an
+//! "appliance" network namespace; a "phone" and an "attacker" namespace reach it over a
+//! bridge (see `FwLab`). Attacks are sent with SIPp and raw sockets made inside the
+//! attacker's namespace; the tests read `outpostctl fw ...` and the kernel's own sets and
+//! counters (`nft` in the appliance namespace).
+//!
+//! These tests REQUIRE root, `ip` and `nft`: without them they fail saying so, they never
+//! skip. Each test has its own namespaces and /24 (so they run in parallel); Drop guards
+//! stop the daemon, kill SIPp and delete the namespaces, also when a test fails. Every wait
+//! is bounded.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use outpost_tests::{
+    eventually, json_str, require_root, sip_request, status_of, udp_recv, Daemon, FwLab, SipPhone,
+    Sipp, SippProcess, Transport,
+};
+
+const PHONE_A: (&str, &str) = ("200", "phone-pass-200");
+const PHONE_B: (&str, &str) = ("201", "phone-pass-201");
+const SCANNER_UA: &str = "friendly-scanner";
+/// How long an expected answer may take.
+const ANSWER: Duration = Duration::from_secs(1);
+/// How long we listen to be sure nothing comes back.
+const SILENCE: Duration = Duration::from_millis(400);
+
+/// Rules that would fire before the one under test are switched off with these.
+const NO_FLOOD: &str = "[firewall.detect.flood]\nlimit = 0\n";
+const NO_GATE: &str = "[firewall.detect.unknown_host]\nreject_limit = 0\nban_limit = 0\n";
+
+/// A running appliance with its lab. Field order matters: the daemon stops (and prints its
+/// log when the test failed) before the namespaces are deleted.
+struct Site {
+    daemon: Daemon,
+    lab: FwLab,
+}
+
+/// Builds a lab, starts outpostd in the appliance namespace with `fw_toml` appended to its
+/// configuration (`{attacker}` is replaced by the attacker's first IPv4 address), adds the
+/// two phone extensions and waits until the kernel table is installed.
+fn site(fw_toml: &str) -> Site {
+    require_root("the firewall tests");
+    let lab = FwLab::new();
+    let toml = fw_toml.replace("{attacker}", &lab.attacker_ip().to_string());
+    let daemon = Daemon::start_in(&lab.appliance, lab.daemon_config().with_toml(&toml));
+    daemon.add_extension(PHONE_A.0, PHONE_A.1);
+    daemon.add_extension(PHONE_B.0, PHONE_B.1);
+    let installed = eventually(Duration::from_secs(5), || {
+        lab.appliance.outpost_set("ban4").map(|_| ())
+    });
+    assert!(
+        installed.is_some(),
+        "outpostd (enforce = auto, as root) did not install table inet outpost with set ban4 \
+         within 5 s; nft list ruleset:\n{}\nlog:\n{}",
+        lab.appliance.nft(&["list", "ruleset"]).stdout,
+        daemon.log_text()
+    );
+    Site { daemon, lab }
+}
+
+impl Site {
+    /// `fw bans --json` as a list of entries.
+    fn bans(&self) -> Vec<Value> {
+        let v = self.daemon.ctl_json(&["fw", "bans"]);
+        match v {
+            Value::Array(items) => items,
+            Value::Object(ref o) => match o.get("bans") {
+                Some(Value::Array(items)) => items.clone(),
+                _ => panic!("outpostctl --json fw bans: neither a list nor {{bans: [...]}}: {v}"),
+            },
+            other => panic!("outpostctl --json fw bans: not a list: {other}"),
+        }
+    }
+
+    /// The `fw bans` entry of `ip`, if banned.
+    fn ban_of(&self, ip: IpAddr) -> Option<Value> {
+        self.bans().into_iter().find(|b| entry_addr(b) == Some(ip))
+    }
+
+    /// Waits up to `wait` for `ip` to be listed by `fw bans`; panics with the log if not.
+    fn wait_banned(&self, ip: IpAddr, wait: Duration) -> Value {
+        eventually(wait, || self.ban_of(ip)).unwrap_or_else(|| {
+            panic!(
+                "{ip} not listed by `outpostctl fw bans` within {wait:?}: {:?}\nlog:\n{}",
+                self.bans(),
+                self.daemon.log_text()
+            )
+        })
+    }
+
+    /// Whether the kernel set (`ban4` or `ban6` by family) holds `ip`.
+    fn in_kernel(&self, ip: IpAddr) -> bool {
+        let set = if ip.is_ipv4() { "ban4" } else { "ban6" };
+        self.lab
+            .appliance
+            .outpost_set(set)
+            .is_some_and(|elems| elems.iter().any(|(a, _)| *a == ip))
+    }
+
+    /// The kernel's seconds left on the ban of `ip` (`None`: not in the set).
+    fn kernel_expiry(&self, ip: IpAddr) -> Option<Option<u64>> {
+        let set = if ip.is_ipv4() { "ban4" } else { "ban6" };
+        self.lab
+            .appliance
+            .outpost_set(set)?
+            .into_iter()
+            .find(|(a, _)| *a == ip)
+            .map(|(_, expires)| expires)
+    }
+
+    /// Waits up to `wait` for `ip` in the kernel's ban set; panics with the ruleset if not.
+    fn wait_in_kernel(&self, ip: IpAddr, wait: Duration) -> Duration {
+        let start = Instant::now();
+        if eventually(wait, || self.in_kernel(ip).then_some(())).is_none() {
+            panic!(
+                "{ip} not in the kernel's ban set within {wait:?}; nft list table:\n{}\nlog:\n{}",
+                self.lab
+                    .appliance
+                    .nft(&["list", "table", "inet", "outpost"])
+                    .stdout,
+                self.daemon.log_text()
+            );
+        }
+        start.elapsed()
+    }
+
+    /// Whether our chain holds the rules that drop banned IPv4 and IPv6 sources.
+    fn has_ban_rules(&self) -> bool {
+        let chain = self
+            .lab
+            .appliance
+            .nft(&["list", "chain", "inet", "outpost", "input"]);
+        chain.code == Some(0) && chain.stdout.contains("@ban4") && chain.stdout.contains("@ban6")
+    }
+
+    /// Packets the kernel dropped because their source is banned (named counter `banned`).
+    fn banned_packets(&self) -> u64 {
+        self.lab
+            .appliance
+            .outpost_counter("banned")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no counter `banned` in table inet outpost:\n{}",
+                    self.lab.appliance.nft(&["list", "ruleset"]).stdout
+                )
+            })
+    }
+
+    /// `fw status --json`.
+    fn fw_status(&self) -> Value {
+        self.daemon.ctl_json(&["fw", "status"])
+    }
+
+    /// Messages of banned sources that reached outpostd and were dropped in user space, if
+    /// `fw status` reports them (a key named like `dropped_banned`, at any depth).
+    fn userspace_drops(&self) -> Option<u64> {
+        find_key(&self.fw_status(), "dropped_banned").and_then(Value::as_u64)
+    }
+
+    /// A raw SIP sender of the attacker at `src`, towards the appliance's address of the
+    /// same family.
+    fn raw(&self, src: IpAddr) -> Raw {
+        let target = if src.is_ipv4() {
+            self.lab.sip_addr()
+        } else {
+            self.lab.sip_addr6()
+        };
+        Raw::new(self.lab.attacker_socket(src), target)
+    }
+
+    /// A SIPp run inside the phone namespace, from the phone's address.
+    fn phone_sipp(&self, scenario: &str) -> Sipp {
+        Sipp::new(scenario, &self.daemon).in_netns(&self.lab.phone, self.lab.phone_ip().into())
+    }
+
+    /// A raw-socket phone for `ext` at `src` in the attacker's namespace.
+    fn attacker_phone(&self, src: IpAddr, ext: &str, password: &str) -> SipPhone {
+        SipPhone::on_socket(
+            self.lab.attacker_socket(src),
+            self.lab.sip_addr(),
+            ext,
+            password,
+        )
+    }
+
+    /// A raw-socket phone for `ext` in the phone namespace.
+    fn phone(&self, ext: &str, password: &str) -> SipPhone {
+        let sock = self.lab.phone_socket(self.lab.phone_ip().into());
+        SipPhone::on_socket(sock, self.lab.sip_addr(), ext, password)
+    }
+}
+
+/// The address of a `fw bans` entry (`addr`, `address`, `ip` or `source`, with or without
+/// a host prefix length).
+fn entry_addr(entry: &Value) -> Option<IpAddr> {
+    ["addr", "address", "ip", "source"].iter().find_map(|k| {
+        let text = json_str(entry, k)?;
+        text.split('/').next()?.parse().ok()
+    })
+}
+
+/// The first value of `key` anywhere in `v` (depth first).
+fn find_key<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    match v {
+        Value::Object(o) => o
+            .get(key)
+            .or_else(|| o.values().find_map(|inner| find_key(inner, key))),
+        Value::Array(items) => items.iter().find_map(|inner| find_key(inner, key)),
+        _ => None,
+    }
+}
+
+/// A raw UDP SIP sender inside the attacker's namespace.
+struct Raw {
+    sock: UdpSocket,
+    local: SocketAddr,
+    target: SocketAddr,
+    seq: u32,
+}
+
+impl Raw {
+    fn new(sock: UdpSocket, target: SocketAddr) -> Self {
+        sock.connect(target).expect("connect the attacker's socket");
+        let local = sock.local_addr().expect("attacker local addr");
+        Self {
+            sock,
+            local,
+            target,
+            seq: 0,
+        }
+    }
+
+    /// An OPTIONS to the appliance with `user_agent` (if any), a fresh Call-ID each time.
+    fn options(&mut self, user_agent: Option<&str>) -> String {
+        self.seq += 1;
+        let host = match self.target.ip() {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        let extra = user_agent.map_or(String::new(), |ua| format!("User-Agent: {ua}\r\n"));
+        sip_request(
+            "OPTIONS",
+            &format!("sip:{host}"),
+            Transport::Udp,
+            self.local,
+            &format!("fw{}x{}@{}", std::process::id(), self.seq, host),
+            &extra,
+        )
+    }
+
+    fn send(&self, msg: &str) {
+        // A refused send (e.g. ICMP unreachable) is not this test's concern.
+        let _ = self.sock.send(msg.as_bytes());
+    }
+
+    /// Status of the first answer within `wait`.
+    fn answer(&self, wait: Duration) -> Option<u16> {
+        udp_recv(&self.sock, wait).and_then(|m| status_of(&m))
+    }
+
+    /// Drops whatever is queued.
+    fn drain(&self) {
+        while udp_recv(&self.sock, Duration::from_millis(20)).is_some() {}
+    }
+
+    /// Sends an OPTIONS and returns the status of the answer.
+    fn exchange(&mut self, user_agent: Option<&str>, wait: Duration) -> Option<u16> {
+        self.drain();
+        let msg = self.options(user_agent);
+        self.send(&msg);
+        self.answer(wait)
+    }
+}
+
+/// Starts a SIPp callee for PHONE_B in the phone namespace (answers with `uas_answer.xml`)
+/// and waits until its registration is listed.
+fn callee(site: &Site) -> SippProcess {
+    let mut process = site
+        .phone_sipp("callee.xml")
+        .account(PHONE_B.0, PHONE_B.1)
+        .ooc("uas_answer.xml")
+        .spawn();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while site.daemon.registrations_of(PHONE_B.0).is_empty() {
+        if !process.is_running() || Instant::now() >= deadline {
+            let outcome = process.wait();
+            panic!(
+                "callee did not register:\n{}\nlog:\n{}",
+                outcome.dump(),
+                site.daemon.log_text()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    process
+}
+
+/// PHONE_A registers and calls PHONE_B (both SIPp, in the phone namespace); the call is
+/// answered and recorded.
+fn phones_register_and_call(site: &Site) {
+    site.phone_sipp("register.xml")
+        .account(PHONE_A.0, PHONE_A.1)
+        .run()
+        .assert_success("phone 200 registering");
+    let callee = callee(site);
+    site.phone_sipp("uac_call.xml")
+        .account(PHONE_A.0, PHONE_A.1)
+        .service(PHONE_B.0)
+        .run()
+        .assert_success("phone 200 calling 201");
+    callee.wait().assert_success("phone 201 answering");
+    let cdrs = site.daemon.wait_cdrs(1, Duration::from_secs(5));
+    assert_eq!(
+        json_str(&cdrs[0], "disposition"),
+        Some("answered"),
+        "{cdrs:?}"
+    );
+}
+
+#[test]
+fn scanner_is_banned_in_the_kernel_while_phones_register_and_call() {
+    let site = site("");
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let mut raw = site.raw(attacker);
+
+    let first = raw.options(Some(SCANNER_UA));
+    let sent_at = Instant::now();
+    raw.send(&first);
+    let ban = site.wait_banned(attacker, Duration::from_secs(1));
+    let listed_after = sent_at.elapsed();
+    assert_eq!(json_str(&ban, "rule"), Some("scanner"), "{ban}");
+    let in_kernel_after = site.wait_in_kernel(attacker, Duration::from_secs(2)) + listed_after;
+    println!(
+        "scanner OPTIONS -> listed by fw bans after {listed_after:?}, in the kernel set \
+         after at most {in_kernel_after:?}"
+    );
+    assert_eq!(raw.answer(SILENCE), None, "the scanner got an answer");
+
+    let kernel_before = site.banned_packets();
+    let user_before = site.userspace_drops();
+    // The attacker keeps sending while the phones register and call.
+    let flood: Vec<String> = (0..50)
+        .map(|i| raw.options(if i % 2 == 0 { Some(SCANNER_UA) } else { None }))
+        .collect();
+    let sender = {
+        let sock = raw.sock.try_clone().expect("clone the attacker's socket");
+        thread::spawn(move || {
+            for msg in flood {
+                let _ = sock.send(msg.as_bytes());
+                thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    phones_register_and_call(&site);
+    sender.join().expect("the sender thread does not panic");
+
+    let kernel_after = site.banned_packets();
+    assert!(
+        kernel_after >= kernel_before + 50,
+        "the kernel's `banned` counter rose by {} for 50 packets from the banned source",
+        kernel_after - kernel_before
+    );
+    assert_eq!(
+        raw.answer(SILENCE),
+        None,
+        "a banned source got an answer: its packets reached outpostd"
+    );
+    match (user_before, site.userspace_drops()) {
+        (Some(before), Some(after)) => assert_eq!(
+            after, before,
+            "outpostd saw (and dropped in user space) packets the kernel should have dropped"
+        ),
+        _ => println!(
+            "note: `fw status --json` has no dropped_banned counter; only silence was checked: {}",
+            site.fw_status()
+        ),
+    }
+}
+
+#[test]
+fn password_guessing_bans_the_source_at_the_tenth_failure() {
+    // The unknown-host gate and the flood rule would stop a fast guesser first.
+    let site = site(&format!("{NO_FLOOD}{NO_GATE}"));
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let guess = |calls: u32| {
+        Sipp::new("register_wrong.xml", &site.daemon)
+            .in_netns(&site.lab.attacker, attacker)
+            .account(PHONE_A.0, "not-the-password")
+            .calls(calls)
+            .timeout_secs(4)
+            .run()
+    };
+    let nine = guess(9);
+    nine.assert_success("9 wrong passwords, each refused with 403");
+    assert_eq!(
+        site.ban_of(attacker),
+        None,
+        "banned after 9 failures (the limit is 10)"
+    );
+    assert!(!site.in_kernel(attacker));
+
+    let more = guess(3);
+    let refused = more
+        .received_statuses()
+        .iter()
+        .filter(|s| **s == 403)
+        .count();
+    let ban = site.wait_banned(attacker, Duration::from_secs(1));
+    assert_eq!(json_str(&ban, "rule"), Some("auth_failures"), "{ban}");
+    site.wait_in_kernel(attacker, Duration::from_secs(2));
+    assert!(
+        refused <= 1,
+        "after the 10th failure the guesser must get no more answers; 403s in the last run: \
+         {refused}\n{}",
+        more.dump()
+    );
+    assert_ne!(more.code, Some(0), "SIPp's last guesses were answered");
+}
+
+#[test]
+fn guessing_one_account_from_three_sources_locks_it_until_unlocked_or_expired() {
+    const LOCK_MS: u64 = 3_000;
+    let site = site(&format!(
+        "[firewall.detect.auth_account]\nlimit = 3\nlock_ms = {LOCK_MS}\n"
+    ));
+    let sources = site.lab.attacker_ips();
+    let mut owner = site.phone(PHONE_B.0, PHONE_B.1);
+    for round in ["unlock", "expiry"] {
+        // Three sources, one wrong password each (the second round starts elsewhere in the
+        // address list, so two sources are new).
+        let offset = if round == "unlock" { 0 } else { 3 };
+        for i in 0..3 {
+            let src = sources[(offset + i) % sources.len()];
+            let mut guesser = site.attacker_phone(src.into(), PHONE_B.0, "wrong-guess");
+            assert_eq!(
+                guesser.register_status(ANSWER),
+                Some(403),
+                "{round} round: wrong password from {src}\nlog:\n{}",
+                site.daemon.log_text()
+            );
+        }
+        let locked_at = Instant::now();
+        let listed = site.daemon.ctl_json(&["fw", "bans"]);
+        let lock = listed["locks"]
+            .as_array()
+            .and_then(|locks| {
+                locks
+                    .iter()
+                    .find(|l| json_str(l, "user") == Some(PHONE_B.0))
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{round} round: account {} not listed as locked: {listed}",
+                    PHONE_B.0
+                )
+            });
+        assert_eq!(json_str(lock, "rule"), Some("account_guessing"), "{lock}");
+        // The right password is refused while the account is locked.
+        assert_eq!(
+            owner.register_status(ANSWER),
+            Some(403),
+            "{round} round: the right password was accepted for a locked account\nlog:\n{}",
+            site.daemon.log_text()
+        );
+        // One failure each: no source is banned.
+        for src in sources {
+            assert_eq!(site.ban_of(src.into()), None, "{src} banned for 1 failure");
+        }
+        if round == "unlock" {
+            site.daemon.ctl_ok(&["fw", "unlock", PHONE_B.0]);
+            assert_eq!(
+                owner.register_status(ANSWER),
+                Some(200),
+                "the owner cannot register after `fw unlock`\nlog:\n{}",
+                site.daemon.log_text()
+            );
+        } else {
+            // Few attempts: each refused one counts against the phone's address too.
+            let remaining = Duration::from_millis(LOCK_MS).saturating_sub(locked_at.elapsed());
+            thread::sleep(remaining + Duration::from_millis(300));
+            let mut status = None;
+            for _ in 0..3 {
+                status = owner.register_status(ANSWER);
+                if status == Some(200) {
+                    break;
+                }
+                thread::sleep(Duration::from_secs(1));
+            }
+            assert_eq!(
+                status,
+                Some(200),
+                "the owner still cannot register {:?} after the {LOCK_MS} ms lock\nlog:\n{}",
+                locked_at.elapsed(),
+                site.daemon.log_text()
+            );
+        }
+    }
+    let alerts = site.daemon.ctl_json(&["fw", "alerts"]).to_string();
+    assert!(
+        alerts.contains("account_guessing") && alerts.contains(PHONE_B.0),
+        "no account_guessing alert for {}: {alerts}",
+        PHONE_B.0
+    );
+}
+
+#[test]
+fn unban_lifts_the_kernel_ban_and_forgets_the_old_counts() {
+    let site = site(&format!("{NO_FLOOD}{NO_GATE}"));
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let mut guesser = site.attacker_phone(attacker, PHONE_A.0, "not-the-password");
+    for i in 1..=9 {
+        assert_eq!(
+            guesser.register_status(ANSWER),
+            Some(403),
+            "wrong password #{i}\nlog:\n{}",
+            site.daemon.log_text()
+        );
+    }
+    let _ = guesser.register_status(Duration::from_millis(500));
+    site.wait_banned(attacker, Duration::from_secs(1));
+    site.wait_in_kernel(attacker, Duration::from_secs(2));
+    let mut raw = site.raw(attacker);
+    assert_eq!(raw.exchange(None, SILENCE), None, "banned, yet answered");
+
+    site.daemon.ctl_ok(&["fw", "unban", &attacker.to_string()]);
+    assert_eq!(site.ban_of(attacker), None, "still listed after the unban");
+    assert!(
+        !site.in_kernel(attacker),
+        "still in the kernel set after the unban: {:?}",
+        site.lab.appliance.outpost_set("ban4")
+    );
+    assert_eq!(
+        raw.exchange(None, ANSWER),
+        Some(200),
+        "the unbanned source's OPTIONS did not reach outpostd"
+    );
+    // Ten failures were counted before; one more must not ban again.
+    assert_eq!(guesser.register_status(ANSWER), Some(403));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        site.ban_of(attacker),
+        None,
+        "re-banned by its old counts after the unban"
+    );
+    assert!(!site.in_kernel(attacker));
+    assert_eq!(raw.exchange(None, ANSWER), Some(200));
+}
+
+#[test]
+fn ban_survives_a_restart_with_its_remaining_time() {
+    const BAN_SECS: u64 = 120;
+    let mut site = site(&format!(
+        "[firewall.detect.scanner]\nban_ms = {}\n",
+        BAN_SECS * 1000
+    ));
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let mut raw = site.raw(attacker);
+    let msg = raw.options(Some(SCANNER_UA));
+    raw.send(&msg);
+    let before = site.wait_banned(attacker, Duration::from_secs(1));
+    site.wait_in_kernel(attacker, Duration::from_secs(2));
+    let banned_at = Instant::now();
+
+    thread::sleep(Duration::from_secs(3));
+    let status = site.daemon.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "outpostd did not stop cleanly on SIGTERM: {status:?}\nlog:\n{}",
+        site.daemon.log_text()
+    );
+    // A reboot empties the kernel: whatever outpostd left behind must not be what we see.
+    let _ = site
+        .lab
+        .appliance
+        .nft(&["delete", "table", "inet", "outpost"]);
+    assert!(!site.in_kernel(attacker));
+    site.daemon.restart();
+
+    let after = site.wait_banned(attacker, Duration::from_secs(2));
+    assert_eq!(json_str(&after, "rule"), Some("scanner"), "{after}");
+    if let (Some(u0), Some(u1)) = (before["until"].as_u64(), after["until"].as_u64()) {
+        assert!(
+            u0.abs_diff(u1) <= 1_000,
+            "the ban's end moved across the restart: {before} -> {after}"
+        );
+    }
+    site.wait_in_kernel(attacker, Duration::from_secs(3));
+    let elapsed = banned_at.elapsed().as_secs();
+    let expires = site
+        .kernel_expiry(attacker)
+        .flatten()
+        .expect("a restored ban has a kernel timeout");
+    assert!(
+        expires + elapsed <= BAN_SECS && expires + elapsed + 15 >= BAN_SECS,
+        "kernel timeout after the restart is {expires} s, {elapsed} s into a {BAN_SECS} s ban \
+         (the remaining time was not kept)"
+    );
+    println!("after the restart, {elapsed} s into a {BAN_SECS} s ban: kernel timeout {expires} s, {after}");
+    let counted = site.banned_packets();
+    for _ in 0..5 {
+        let msg = raw.options(None);
+        raw.send(&msg);
+    }
+    assert_eq!(raw.answer(SILENCE), None, "answered after the restart");
+    assert!(site.banned_packets() >= counted + 5);
+}
+
+#[test]
+fn flushed_or_deleted_table_is_restored_with_its_bans() {
+    let site = site("");
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let mut raw = site.raw(attacker);
+    let msg = raw.options(Some(SCANNER_UA));
+    raw.send(&msg);
+    site.wait_banned(attacker, Duration::from_secs(1));
+    site.wait_in_kernel(attacker, Duration::from_secs(2));
+
+    let restores = || {
+        find_key(&site.fw_status(), "restores")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    for how in [
+        ["flush", "table", "inet", "outpost"],
+        ["delete", "table", "inet", "outpost"],
+    ] {
+        let restored_before = restores();
+        let out = site.lab.appliance.nft(&how);
+        assert_eq!(out.code, Some(0), "nft {how:?}: {out:?}");
+        let start = Instant::now();
+        // (A flush empties the chain but keeps the sets' elements; a delete drops both.)
+        let back = eventually(Duration::from_secs(10), || {
+            (site.in_kernel(attacker) && site.has_ban_rules()).then_some(())
+        });
+        assert!(
+            back.is_some(),
+            "after `nft {}` the ban rules and element were not back within 10 s; ruleset:\n{}\nlog:\n{}",
+            how.join(" "),
+            site.lab.appliance.nft(&["list", "ruleset"]).stdout,
+            site.daemon.log_text()
+        );
+        println!(
+            "`nft {}`: ban restored after {:?}",
+            how.join(" "),
+            start.elapsed()
+        );
+        assert!(
+            restores() > restored_before,
+            "`fw status` does not count the restore: {}",
+            site.fw_status()
+        );
+        // The rules are back too, not just the set: the source is dropped and counted.
+        let counted = site.banned_packets();
+        let msg = raw.options(None);
+        raw.send(&msg);
+        assert_eq!(raw.answer(SILENCE), None, "answered after the restore");
+        assert!(
+            site.banned_packets() > counted,
+            "the restored table does not drop the banned source"
+        );
+    }
+}
+
+#[test]
+fn allow_listed_scanner_is_answered_and_never_banned() {
+    let site = site("[firewall.detect]\nallow = [\"{attacker}/32\"]\n");
+    let allowed: IpAddr = site.lab.attacker_ip().into();
+    let mut raw = site.raw(allowed);
+    // More than the flood limit (16 / 2 s) and the unknown-host gate (10 / 60 s), too.
+    for i in 0..30 {
+        assert_eq!(
+            raw.exchange(Some(SCANNER_UA), ANSWER),
+            Some(200),
+            "allow-listed scanner OPTIONS #{i} not answered\nlog:\n{}",
+            site.daemon.log_text()
+        );
+    }
+    assert_eq!(
+        site.ban_of(allowed),
+        None,
+        "an allow-listed address was banned"
+    );
+    assert!(!site.in_kernel(allowed));
+    // The rule itself works: the same probe from a neighbour is banned.
+    let other: IpAddr = site.lab.attacker_ips()[1].into();
+    let mut neighbour = site.raw(other);
+    assert_eq!(neighbour.exchange(Some(SCANNER_UA), SILENCE), None);
+    site.wait_banned(other, Duration::from_secs(1));
+    assert_eq!(site.ban_of(allowed), None);
+}
+
+#[test]
+fn ipv6_scanner_is_banned_in_ban6() {
+    let site = site("");
+    let attacker: IpAddr = site.lab.attacker_ip6().into();
+    let mut raw = site.raw(attacker);
+    // The path works (and neighbour discovery is done) before the attack.
+    assert_eq!(
+        raw.exchange(None, Duration::from_secs(2)),
+        Some(200),
+        "no answer over IPv6 before the attack\nlog:\n{}",
+        site.daemon.log_text()
+    );
+    let msg = raw.options(Some(SCANNER_UA));
+    raw.send(&msg);
+    let ban = site.wait_banned(attacker, Duration::from_secs(1));
+    assert_eq!(json_str(&ban, "rule"), Some("scanner"), "{ban}");
+    site.wait_in_kernel(attacker, Duration::from_secs(2));
+    let ban4 = site.lab.appliance.outpost_set("ban4").unwrap_or_default();
+    assert!(ban4.is_empty(), "an IPv6 ban in ban4: {ban4:?}");
+
+    let counted = site.banned_packets();
+    for _ in 0..20 {
+        let msg = raw.options(None);
+        raw.send(&msg);
+    }
+    assert_eq!(
+        raw.answer(SILENCE),
+        None,
+        "a banned IPv6 source was answered"
+    );
+    assert!(site.banned_packets() >= counted + 20);
+}
+
+#[test]
+fn enumerating_unknown_users_bans_the_source() {
+    // Only the enumeration rule: no flood, no gate, no per-source failure count.
+    let site = site(&format!(
+        "{NO_FLOOD}{NO_GATE}[firewall.detect.auth_source]\nlimit = 0\n"
+    ));
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let mut answered = 0;
+    for i in 0..25 {
+        if i == 20 {
+            assert_eq!(
+                site.ban_of(attacker),
+                None,
+                "banned after 20 distinct unknown users (the limit is > 20)"
+            );
+        }
+        let user = format!("{}", 9000 + i);
+        let mut probe = site.attacker_phone(attacker, &user, "guess-pass-1");
+        match probe.register_status(Duration::from_millis(700)) {
+            Some(status) => {
+                assert_ne!(status, 200, "unknown user {user} registered");
+                answered += 1;
+            }
+            None => break,
+        }
+    }
+    let ban = site.wait_banned(attacker, Duration::from_secs(1));
+    assert_eq!(json_str(&ban, "rule"), Some("enumeration"), "{ban}");
+    site.wait_in_kernel(attacker, Duration::from_secs(2));
+    assert!(
+        (20..=21).contains(&answered),
+        "{answered} unknown users were answered before the ban (expected the ban at the 21st)"
+    );
+}
