@@ -249,6 +249,9 @@ pub struct MediaConfig {
     pub port_last: u16,
     /// A call whose media stops for this long is hung up.
     pub timeout_secs: u64,
+    /// Spoken prompts (`.ul` files made by `scripts/make-prompts DIR`); tones (beep,
+    /// ringback, music on hold) are built in.
+    pub prompts_dir: PathBuf,
 }
 
 impl Default for MediaConfig {
@@ -259,6 +262,7 @@ impl Default for MediaConfig {
             port_first: 10000,
             port_last: 10999,
             timeout_secs: 60,
+            prompts_dir: PathBuf::from("/usr/share/outpost/prompts"),
         }
     }
 }

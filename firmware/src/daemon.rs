@@ -126,12 +126,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut media_rx = None;
     if cfg.media.enabled {
         let addrs = cfg.media.effective_addrs(&cfg.sip.listen);
-        let mut r = relay::start(RelayConfig {
-            addrs: addrs.clone(),
-            port_first: cfg.media.port_first,
-            port_last: cfg.media.port_last,
-            media_timeout: Duration::from_secs(cfg.media.timeout_secs),
-        })
+        let prompts = crate::media::PromptStore::load(&cfg.media.prompts_dir);
+        let mut r = relay::start_with_prompts(
+            RelayConfig {
+                addrs: addrs.clone(),
+                port_first: cfg.media.port_first,
+                port_last: cfg.media.port_last,
+                media_timeout: Duration::from_secs(cfg.media.timeout_secs),
+            },
+            prompts,
+        )
         .with_context(|| {
             format!(
                 "cannot start the RTP relay on ports {}-{}",

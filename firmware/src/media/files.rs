@@ -121,32 +121,46 @@ impl Drop for FileWorker {
     }
 }
 
+/// Most clips in one playlist; the rest are ignored.
+pub(crate) const MAX_CLIPS: usize = 64;
+/// Most bytes of WAV files one playlist may load (the prompts are shared, not counted).
+pub(crate) const MAX_PLAYLIST_FILE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The audio of each clip: a prompt by name, or a WAV file by absolute path. Clips that
-/// cannot be found or read are skipped with a warning.
+/// cannot be found or read, clips beyond [`MAX_CLIPS`] and files beyond
+/// [`MAX_PLAYLIST_FILE_BYTES`] are skipped with a warning.
 pub(crate) fn resolve(prompts: &PromptStore, clips: &[String]) -> Vec<Arc<[u8]>> {
-    clips
-        .iter()
-        .filter_map(|clip| {
-            if is_file_clip(clip) {
-                match wav::read_ulaw(Path::new(clip)) {
-                    Ok(samples) => Some(Arc::from(samples)),
-                    Err(e) => {
-                        tracing::warn!("playback: cannot play {clip}: {e}");
-                        None
-                    }
+    if clips.len() > MAX_CLIPS {
+        tracing::warn!(
+            "playback: {} clips, only the first {MAX_CLIPS} play",
+            clips.len()
+        );
+    }
+    let mut file_bytes = 0usize;
+    let mut audio = Vec::with_capacity(clips.len().min(MAX_CLIPS));
+    for clip in clips.iter().take(MAX_CLIPS) {
+        if is_file_clip(clip) {
+            match wav::read_ulaw(Path::new(clip)) {
+                Ok(samples) if file_bytes + samples.len() > MAX_PLAYLIST_FILE_BYTES => {
+                    tracing::warn!("playback: {clip} skipped, the playlist is too large");
                 }
-            } else {
-                let found = prompts.get(clip).cloned();
-                if found.is_none() {
-                    tracing::warn!(
-                        "playback: no prompt named {clip:?} (generate them with \
-                         scripts/make-prompts)"
-                    );
+                Ok(samples) => {
+                    file_bytes += samples.len();
+                    audio.push(Arc::from(samples));
                 }
-                found
+                Err(e) => tracing::warn!("playback: cannot play {clip}: {e}"),
             }
-        })
-        .collect()
+        } else {
+            match prompts.get(clip) {
+                Some(samples) => audio.push(Arc::clone(samples)),
+                None => tracing::warn!(
+                    "playback: no prompt named {clip:?} (generate them with \
+                     scripts/make-prompts)"
+                ),
+            }
+        }
+    }
+    audio
 }
 
 /// Whether a clip names a file (an absolute path) rather than a prompt.

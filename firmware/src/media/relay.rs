@@ -17,9 +17,11 @@
 //! same thread, with no thread per player: while anything plays, the epoll timeout is the
 //! next 20 ms frame's due time, and each wake-up sends every frame that is due (see
 //! [`super::player`]). While a leg hears a prompt, what the other leg sends is not forwarded
-//! to it; DTMF from the leg is still detected. Recordings are collected in memory (bounded
-//! by their `max_ms`) and written by the file thread ([`super::files`]), which also reads
-//! WAV files named in a playlist, so no disk access stalls the packet loop.
+//! to it (afterwards the phone hears the other leg's stream again, under that stream's own
+//! SSRC, as after any source change); DTMF from the leg is still detected. Recordings are
+//! collected in memory (bounded by their `max_ms`) and written by the file thread
+//! (`media::files`, private), which also reads WAV files named in a playlist, so no disk access
+//! stalls the packet loop.
 //!
 //! A session may have only one phone: a leg given as [`LegMedia::absent`] (`local_port` 0)
 //! owns no ports, and a later `Update` may bring it (the caller is transferred).
