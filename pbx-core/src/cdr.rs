@@ -24,6 +24,8 @@ pub enum Disposition {
     Failed,
     /// Answered, then torn down because the media stopped flowing.
     MediaTimeout,
+    /// Not answered by a phone; Outpost's voicemail took the call.
+    Voicemail,
 }
 
 /// One call detail record, written when the call ends.

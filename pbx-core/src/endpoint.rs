@@ -39,6 +39,8 @@ const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
 const MAX_CALLS: usize = 20_000;
 /// Upper bound on locked accounts (there are never more than extensions).
 const MAX_LOCKS: usize = 100_000;
+/// Upper bound on MWI subscriptions.
+const MAX_MWI: usize = 50_000;
 
 /// Settings of the call core.
 #[derive(Debug, Clone)]
@@ -65,6 +67,17 @@ pub struct EndpointConfig {
     pub seed: u64,
     /// Media anchoring through the relay; `None` passes SDP through untouched.
     pub media: Option<MediaSettings>,
+    /// Voicemail (needs media anchoring); `None` answers unreachable callees with 480/486.
+    pub voicemail: Option<VoicemailSettings>,
+}
+
+/// Where messages go and how long they may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoicemailSettings {
+    /// Messages are written to `<dir>/<mailbox>/<time>-<call>.wav`.
+    pub dir: std::path::PathBuf,
+    /// Longest message.
+    pub max_ms: u32,
 }
 
 /// Where the relay listens, as the call core advertises it in SDP.
@@ -97,6 +110,18 @@ pub enum Event {
         method: Method,
         /// The user exists (unknown names feed the enumeration detector).
         known: bool,
+    },
+    /// A voicemail message was recorded: index it and tell the mailbox's phones.
+    VoicemailStored {
+        /// The extension whose mailbox got the message.
+        mailbox: String,
+        /// Who called.
+        caller: String,
+        /// The WAV file.
+        path: std::path::PathBuf,
+        duration_ms: u32,
+        /// When the call came in.
+        at: Millis,
     },
     /// A request authenticated (the firewall gives the source a pass).
     AuthSucceeded {
@@ -265,6 +290,47 @@ struct Call {
     pending_reinvite_ack: Option<(bool, u32)>,
     /// SDP anchoring state when media runs through the relay.
     media: Option<CallMedia>,
+    /// Outpost itself answered the caller (voicemail).
+    app: Option<App>,
+}
+
+/// A call answered by Outpost itself.
+#[derive(Debug, Clone)]
+enum App {
+    /// Taking a message for `mailbox`.
+    Deposit {
+        mailbox: String,
+        path: std::path::PathBuf,
+        stage: DepositStage,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DepositStage {
+    Greeting,
+    Recording,
+    Goodbye,
+}
+
+/// A recording in progress or being written, keyed by relay session.
+#[derive(Debug, Clone)]
+struct PendingMessage {
+    mailbox: String,
+    caller: String,
+    at: Millis,
+}
+
+/// An MWI subscription (RFC 3842): a dialog in which we NOTIFY message counts.
+#[derive(Debug, Clone)]
+struct MwiSubscription {
+    mailbox: String,
+    local_tag: String,
+    local_uri: NameAddr,
+    remote_uri: NameAddr,
+    target: Uri,
+    peer: Peer,
+    expires_at: Millis,
+    cseq: u32,
 }
 
 /// Where and as what a request goes out on one leg of a dialog.
@@ -302,6 +368,12 @@ pub struct Endpoint {
     calls: HashMap<u64, Call>,
     /// Locked accounts and until when.
     locked: HashMap<String, Millis>,
+    /// Voicemail recordings not yet reported, by relay session.
+    recordings: HashMap<SessionId, PendingMessage>,
+    /// (new, old) message counts per mailbox, as the driver's index knows them.
+    mailboxes: HashMap<String, (u32, u32)>,
+    /// MWI subscriptions by Call-ID.
+    mwi: HashMap<String, MwiSubscription>,
     /// Relay ports free for new calls (when media is anchored).
     ports: Option<PortPool>,
     /// Calls in `calls` that ended and wait for their forks' transactions.
@@ -338,6 +410,9 @@ impl Endpoint {
             decoy,
             calls: HashMap::new(),
             locked: HashMap::new(),
+            recordings: HashMap::new(),
+            mailboxes: HashMap::new(),
+            mwi: HashMap::new(),
             ports: cfg
                 .media
                 .as_ref()
@@ -512,6 +587,7 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Millis) {
         self.tx.handle_timeout(now);
         self.drain_tx_events(now);
+        self.expire_mwi(now);
         let changes = self.registrar.expire(now);
         if !changes.is_empty() {
             self.events.push_back(Event::Bindings(changes));
@@ -588,6 +664,15 @@ impl Endpoint {
             Method::Cancel => self.on_cancel(now, key, req, src),
             Method::Bye | Method::Prack | Method::Update | Method::Info => {
                 self.reply(now, &key, &req, src, 481, None)
+            }
+            Method::Subscribe
+                if self.cfg.voicemail.is_some()
+                    && req
+                        .headers
+                        .get("Event")
+                        .is_some_and(|e| e.trim().starts_with("message-summary")) =>
+            {
+                self.on_mwi_subscribe(now, key, req, src)
             }
             Method::Subscribe | Method::Publish => {
                 // No event packages yet: RFC 6665 §3.2.2 asks for 489 for unknown events.
@@ -764,7 +849,9 @@ impl Endpoint {
             .into_iter()
             .cloned()
             .collect();
-        if contacts.is_empty() {
+        let voicemail_possible =
+            self.cfg.voicemail.is_some() && self.cfg.media.is_some() && !req.body.is_empty();
+        if contacts.is_empty() && !voicemail_possible {
             self.reply(now, &key, &req, src, 480, Some(&local_tag));
             self.record_failed(now, &req, &caller, &callee, 480, Disposition::Unavailable);
             return;
@@ -844,6 +931,7 @@ impl Endpoint {
             late_offer,
             pending_reinvite_ack: None,
             media,
+            app: None,
         };
         let max_forwards = req.headers.max_forwards.unwrap_or(70).saturating_sub(1);
         for binding in &contacts {
@@ -863,6 +951,18 @@ impl Endpoint {
                 max_forwards,
             );
             call.forks.push(fork);
+        }
+        if call.forks.is_empty() && voicemail_possible {
+            // Nobody to ring: straight to voicemail.
+            self.by_a_call_id.insert(call.a.call_id.clone(), id);
+            self.by_server_key.insert(key.clone(), id);
+            let tag = call.a.local_tag.clone();
+            self.calls.insert(id, call);
+            if !self.start_voicemail(now, id, "unavailable") {
+                self.reply(now, &key, &req, src, 480, Some(&tag));
+                self.end_call(now, id, Disposition::Unavailable, 480);
+            }
+            return;
         }
         if call.forks.is_empty() {
             if let Some(m) = &call.media {
@@ -978,6 +1078,12 @@ impl Endpoint {
     fn in_dialog(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
         let call_id = &req.headers.call_id;
         let to_tag = req.headers.to.tag().unwrap_or_default();
+        if req.method == Method::Subscribe
+            && self.mwi.get(call_id).is_some_and(|s| s.local_tag == to_tag)
+        {
+            self.on_mwi_subscribe(now, key, req, src);
+            return;
+        }
         if let Some(&id) = self.by_a_call_id.get(call_id) {
             let matches = self.calls.get(&id).is_some_and(|c| c.a.local_tag == to_tag);
             if matches {
@@ -1018,6 +1124,10 @@ impl Endpoint {
                 self.end_call(now, id, Disposition::Answered, 200);
             }
             (_, Some(fork)) => self.relay_to_b(now, id, fork, key, req, src),
+            (Method::Bye, None) if call.app.is_some() => {
+                self.reply(now, &key, &req, src, 200, None);
+                self.end_call(now, id, Disposition::Voicemail, 200);
+            }
             (Method::Bye, None) => {
                 // BYE before the call was answered ends it like a CANCEL would.
                 self.reply(now, &key, &req, src, 200, None);
@@ -1259,6 +1369,14 @@ impl Endpoint {
             call.a.local_tag.clone(),
             call.a.peer,
         );
+        let greeting = if matches!(status, 486 | 600) {
+            "busy"
+        } else {
+            "unavailable"
+        };
+        if matches!(status, 486 | 600 | 480 | 408) && self.start_voicemail(now, id, greeting) {
+            return;
+        }
         self.reply(now, &key, &invite, peer, status, Some(&tag));
         self.end_call(now, id, disposition, status);
     }
@@ -1626,8 +1744,11 @@ impl Endpoint {
             call.a.local_tag.clone(),
             call.a.peer,
         );
-        self.reply(now, &key, &invite, peer, 480, Some(&tag));
         self.cancel_forks(now, id, None);
+        if self.start_voicemail(now, id, "unavailable") {
+            return;
+        }
+        self.reply(now, &key, &invite, peer, 480, Some(&tag));
         self.end_call(now, id, Disposition::NoAnswer, 480);
     }
 
@@ -1690,6 +1811,189 @@ impl Endpoint {
         }
     }
 
+    /// Outpost answers the caller itself and takes a message for the callee. False when
+    /// voicemail is off, media is not anchored or the caller's offer has no G.711.
+    fn start_voicemail(&mut self, now: Millis, id: u64, greeting: &str) -> bool {
+        let Some(vm) = self.cfg.voicemail.clone() else {
+            return false;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        if call.state != CallState::Ringing || call.late_offer || call.app.is_some() {
+            return false;
+        }
+        let Some(media) = call.media.as_mut() else {
+            return false;
+        };
+        let Ok((body, open)) = media.answer_local() else {
+            return false;
+        };
+        let mailbox = call.callee.clone();
+        let path = vm.dir.join(&mailbox).join(format!("{now}-{id}.wav"));
+        call.state = CallState::Answered;
+        call.answer = Some(now);
+        call.app = Some(App::Deposit {
+            mailbox,
+            path,
+            stage: DepositStage::Greeting,
+        });
+        let deadline = call.ring_deadline;
+        let mut ok = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
+        ok.body = body;
+        ok.headers.content_type = Some("application/sdp".to_string());
+        ok.headers.push("Allow", ALLOW);
+        let (peer, key) = (call.a.peer, call.a.invite_key.clone());
+        ok.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+        self.ring_timers.remove(&(deadline, id));
+        self.counters.calls_answered += 1;
+        self.events.push_back(Event::Media(open));
+        self.events.push_back(Event::Media(MediaCommand::Play {
+            session: id,
+            leg: Leg::A,
+            clips: vec![
+                greeting.to_string(),
+                "please-leave-message".to_string(),
+                "beep".to_string(),
+            ],
+            repeat: false,
+        }));
+        self.send(now, &key, ok, peer);
+        true
+    }
+
+    /// Ends a message: "goodbye", then the PBX hangs up (on `PlayDone`).
+    fn deposit_goodbye(&mut self, session: u64) {
+        if let Some(App::Deposit { stage, .. }) =
+            self.calls.get_mut(&session).and_then(|c| c.app.as_mut())
+        {
+            *stage = DepositStage::Goodbye;
+            self.events.push_back(Event::Media(MediaCommand::Play {
+                session,
+                leg: Leg::A,
+                clips: vec!["goodbye".to_string()],
+                repeat: false,
+            }));
+        }
+    }
+
+    /// Sets a mailbox's message counts (from the driver's index); subscribed phones are
+    /// notified when they change.
+    pub fn set_mailbox(&mut self, now: Millis, mailbox: &str, new: u32, old: u32) {
+        let changed = self.mailboxes.get(mailbox) != Some(&(new, old));
+        self.mailboxes.insert(mailbox.to_string(), (new, old));
+        if changed {
+            let ids: Vec<String> = self
+                .mwi
+                .iter()
+                .filter(|(_, s)| s.mailbox == mailbox)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for id in ids {
+                self.notify_mwi(now, &id, false);
+            }
+        }
+    }
+
+    /// SUBSCRIBE for `message-summary` (RFC 3842): only to one's own mailbox.
+    fn on_mwi_subscribe(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
+        let Some(user) = self.authenticate(now, &key, &req, src) else {
+            return;
+        };
+        let mailbox = req.uri.user().unwrap_or_default().to_string();
+        if mailbox != user && req.headers.to.uri.user() != Some(user.as_str()) {
+            self.reply(now, &key, &req, src, 403, None);
+            return;
+        }
+        let expires = req.headers.expires.unwrap_or(3600).min(3600);
+        let call_id = req.headers.call_id.clone();
+        let existing_tag = self.mwi.get(&call_id).map(|s| s.local_tag.clone());
+        let local_tag = existing_tag.unwrap_or_else(|| self.new_tag());
+        let mut ok = Response::to_request(&req, 200, Some(&local_tag));
+        ok.headers.expires = Some(expires);
+        ok.headers.contact = vec![Contact::Addr(self.our_contact(src, None))];
+        self.send(now, &key, ok, src);
+        if self.mwi.len() >= MAX_MWI && !self.mwi.contains_key(&call_id) {
+            self.mwi.retain(|_, s| s.expires_at > now);
+            if self.mwi.len() >= MAX_MWI {
+                return;
+            }
+        }
+        let mut local_uri = req.headers.to.clone();
+        local_uri.params = Params::default();
+        let target =
+            first_contact_uri(&req.headers).unwrap_or_else(|| req.headers.from.uri.clone());
+        let cseq = self.mwi.get(&call_id).map_or(0, |s| s.cseq);
+        self.mwi.insert(
+            call_id.clone(),
+            MwiSubscription {
+                mailbox: user,
+                local_tag,
+                local_uri,
+                remote_uri: req.headers.from.clone(),
+                target,
+                peer: src,
+                expires_at: now.saturating_add(u64::from(expires) * 1000),
+                cseq,
+            },
+        );
+        self.notify_mwi(now, &call_id, expires == 0);
+        if expires == 0 {
+            self.mwi.remove(&call_id);
+        }
+    }
+
+    /// Sends the NOTIFY of one MWI subscription with the current counts.
+    fn notify_mwi(&mut self, now: Millis, call_id: &str, terminated: bool) {
+        let Some(sub) = self.mwi.get_mut(call_id) else {
+            return;
+        };
+        sub.cseq = sub.cseq.saturating_add(1);
+        let sub = sub.clone();
+        let (new, old) = self.mailboxes.get(&sub.mailbox).copied().unwrap_or((0, 0));
+        let mut from = sub.local_uri.clone();
+        from.params.set("tag", Some(sub.local_tag.clone()));
+        let mut headers = self.request_headers(
+            sub.peer,
+            from,
+            sub.remote_uri.clone(),
+            call_id.to_string(),
+            sub.cseq,
+            Method::Notify,
+        );
+        headers.push("Event", "message-summary");
+        let remaining = sub.expires_at.saturating_sub(now) / 1000;
+        headers.push(
+            "Subscription-State",
+            if terminated {
+                "terminated;reason=timeout".to_string()
+            } else {
+                format!("active;expires={remaining}")
+            },
+        );
+        headers.contact = vec![Contact::Addr(self.our_contact(sub.peer, None))];
+        headers.content_type = Some("application/simple-message-summary".to_string());
+        let body = format!(
+            "Messages-Waiting: {}\r\nMessage-Account: sip:{}@{}\r\nVoice-Message: {new}/{old} (0/0)\r\n",
+            if new > 0 { "yes" } else { "no" },
+            sub.mailbox,
+            self.cfg.realm
+        );
+        let notify = Request {
+            method: Method::Notify,
+            uri: sub.target.clone(),
+            headers,
+            body: body.into_bytes(),
+        };
+        let key = self.tx.send_request(now, notify, sub.peer);
+        self.clients.insert(key, ClientRole::Bye);
+    }
+
+    /// Drops expired MWI subscriptions.
+    fn expire_mwi(&mut self, now: Millis) {
+        self.mwi.retain(|_, s| s.expires_at > now);
+    }
+
     /// Handles what the relay reports.
     pub fn handle_media_event(&mut self, now: Millis, event: MediaEvent) {
         match event {
@@ -1715,11 +2019,98 @@ impl Endpoint {
                 ..
             } => {
                 tracing::debug!(session, ?leg, %digit, "DTMF");
+                let recording = self.calls.get(&session).is_some_and(|c| {
+                    matches!(
+                        c.app,
+                        Some(App::Deposit {
+                            stage: DepositStage::Recording,
+                            ..
+                        })
+                    )
+                });
+                if recording && leg == Leg::A && digit == '#' {
+                    self.events
+                        .push_back(Event::Media(MediaCommand::StopRecord {
+                            session,
+                            leg: Leg::A,
+                        }));
+                    self.deposit_goodbye(session);
+                }
             }
-            MediaEvent::Stats { .. }
-            | MediaEvent::PlayDone { .. }
-            | MediaEvent::RecordingDone { .. }
-            | MediaEvent::RecordingFailed { .. } => {}
+            MediaEvent::PlayDone {
+                session,
+                leg: Leg::A,
+            } => {
+                let stage = self.calls.get(&session).and_then(|c| match &c.app {
+                    Some(App::Deposit { stage, path, .. }) => Some((*stage, path.clone())),
+                    None => None,
+                });
+                match stage {
+                    Some((DepositStage::Greeting, path)) => {
+                        let max_ms = self.cfg.voicemail.as_ref().map_or(120_000, |v| v.max_ms);
+                        if let Some(c) = self.calls.get_mut(&session) {
+                            if let Some(App::Deposit { stage, mailbox, .. }) = &mut c.app {
+                                *stage = DepositStage::Recording;
+                                self.recordings.insert(
+                                    session,
+                                    PendingMessage {
+                                        mailbox: mailbox.clone(),
+                                        caller: c.caller.clone(),
+                                        at: c.start,
+                                    },
+                                );
+                            }
+                        }
+                        self.events.push_back(Event::Media(MediaCommand::Record {
+                            session,
+                            leg: Leg::A,
+                            path,
+                            max_ms,
+                        }));
+                    }
+                    Some((DepositStage::Goodbye, _)) => {
+                        self.send_bye_a(now, session);
+                        self.end_call(now, session, Disposition::Voicemail, 200);
+                    }
+                    _ => {}
+                }
+            }
+            MediaEvent::RecordingDone {
+                session,
+                path,
+                duration_ms,
+                ..
+            } => {
+                // The caller may still be on the line (the length limit was reached).
+                let still_recording = self.calls.get(&session).is_some_and(|c| {
+                    matches!(
+                        c.app,
+                        Some(App::Deposit {
+                            stage: DepositStage::Recording,
+                            ..
+                        })
+                    )
+                });
+                if still_recording {
+                    self.deposit_goodbye(session);
+                }
+                if let Some(p) = self.recordings.remove(&session) {
+                    self.events.push_back(Event::VoicemailStored {
+                        mailbox: p.mailbox,
+                        caller: p.caller,
+                        path,
+                        duration_ms,
+                        at: p.at,
+                    });
+                }
+            }
+            MediaEvent::RecordingFailed {
+                session, reason, ..
+            } => {
+                tracing::warn!(session, %reason, "voicemail message could not be stored");
+                self.recordings.remove(&session);
+            }
+            MediaEvent::Stats { .. } | MediaEvent::PlayDone { .. } => {}
         }
         self.drain_tx_events(now);
     }
@@ -1759,7 +2150,11 @@ impl Endpoint {
             start: call.start,
             answer: call.answer,
             end: now,
-            disposition: if answered && disposition != Disposition::MediaTimeout {
+            disposition: if answered
+                && !matches!(
+                    disposition,
+                    Disposition::MediaTimeout | Disposition::Voicemail
+                ) {
                 Disposition::Answered
             } else {
                 disposition

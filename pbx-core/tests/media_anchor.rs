@@ -261,3 +261,184 @@ fn the_held_party_hears_music_until_the_call_is_resumed() {
     assert!(!cmds.iter().any(|c| matches!(c, MediaCommand::Play { .. })));
     let _ = &mut b;
 }
+
+fn vm_sim() -> Sim {
+    let mut cfg = config();
+    cfg.media = Some(MediaSettings {
+        addrs: vec![RELAY_IP.parse().unwrap()],
+        port_first: 30000,
+        port_last: 30007,
+    });
+    cfg.voicemail = Some(pbx_core::endpoint::VoicemailSettings {
+        dir: "/data/voicemail".into(),
+        max_ms: 60_000,
+    });
+    Sim::with_config(cfg)
+}
+
+#[test]
+fn an_unanswered_call_leaves_a_message_and_the_mailbox_lights_up() {
+    use pbx_core::media::session::Leg;
+    let mut sim = vm_sim();
+    let (mut a, mut b) = phones(&mut sim);
+
+    // B subscribes to its message summary (RFC 3842).
+    let via = b.via();
+    let from = format!("<{}>;tag=mwi1", b.aor());
+    let to = format!("<{}>", b.aor());
+    let (aor, contact) = (b.aor(), b.contact());
+    let sub = |cseq: u32, extra: Vec<String>, via: &str| {
+        let mut h = vec![
+            "Event: message-summary".to_string(),
+            "Expires: 3600".to_string(),
+            format!("Contact: {contact}"),
+        ];
+        h.extend(extra);
+        request("SUBSCRIBE", &aor, via, &from, &to, "mwi-call", cseq, &h, "")
+    };
+    sim.send(b.addr, &sub(1, vec![], &via));
+    let ch = sim.responses(b.addr).remove(0);
+    assert_eq!(ch.status, 407);
+    let auth = format!(
+        "Proxy-Authorization: {}",
+        b.authorize(&ch, "SUBSCRIBE", &b.aor(), "MD5")
+    );
+    let via = b.via();
+    sim.send(b.addr, &sub(2, vec![auth], &via));
+    let got = sim.take(b.addr);
+    assert!(
+        got.iter()
+            .any(|m| matches!(m, pbx_core::sip::Message::Response(r) if r.status == 200)),
+        "{got:?}"
+    );
+    let notify: Vec<pbx_core::sip::Request> = got
+        .into_iter()
+        .filter_map(|m| match m {
+            pbx_core::sip::Message::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notify.len(), 1);
+    assert_eq!(notify[0].method, Method::Notify);
+    let body = String::from_utf8_lossy(&notify[0].body).to_string();
+    assert!(body.contains("Messages-Waiting: no"), "{body}");
+    sim.send(b.addr, &response(&notify[0], 200, None, &[], ""));
+
+    // A calls B; nobody answers; the ring timeout sends A to voicemail.
+    let _leg = invite(&mut sim, &mut a, "200", SDP_OFFER);
+    let _ = sim.responses(a.addr);
+    let inv = sim.requests(b.addr).remove(0);
+    sim.send(b.addr, &response(&inv, 180, Some("bt"), &[], ""));
+    let _ = sim.responses(a.addr);
+    media_commands(&mut sim);
+    sim.advance(RING_MS + 10);
+    let ok = sim
+        .responses(a.addr)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("voicemail answers A");
+    assert_eq!(rtp_of(&ok.body).ip().to_string(), RELAY_IP);
+    let cancel = sim.requests(b.addr);
+    assert!(
+        cancel.iter().any(|r| r.method == Method::Cancel),
+        "B stops ringing"
+    );
+    let cmds = media_commands(&mut sim);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, MediaCommand::Open { b, .. } if b.is_absent())),
+        "{cmds:?}"
+    );
+    let session = cmds
+        .iter()
+        .find_map(|c| match c {
+            MediaCommand::Play {
+                session,
+                leg: Leg::A,
+                clips,
+                ..
+            } if clips.contains(&"please-leave-message".to_string()) => Some(*session),
+            _ => None,
+        })
+        .expect("greeting played");
+
+    // Greeting done → recording; # ends it; goodbye; the PBX hangs up.
+    sim.ep.handle_media_event(
+        sim.now,
+        MediaEvent::PlayDone {
+            session,
+            leg: Leg::A,
+        },
+    );
+    sim.pump();
+    let cmds = media_commands(&mut sim);
+    let path = cmds
+        .iter()
+        .find_map(|c| match c {
+            MediaCommand::Record {
+                path, leg: Leg::A, ..
+            } => Some(path.clone()),
+            _ => None,
+        })
+        .expect("recording starts after the greeting");
+    assert!(path.starts_with("/data/voicemail/200"), "{path:?}");
+    sim.ep.handle_media_event(
+        sim.now,
+        MediaEvent::Dtmf {
+            session,
+            leg: Leg::A,
+            digit: '#',
+            duration_ms: 100,
+        },
+    );
+    sim.pump();
+    let cmds = media_commands(&mut sim);
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, MediaCommand::StopRecord { .. })));
+    sim.ep.handle_media_event(
+        sim.now,
+        MediaEvent::RecordingDone {
+            session,
+            leg: Leg::A,
+            path: path.clone(),
+            duration_ms: 4200,
+        },
+    );
+    sim.pump();
+    assert!(sim.events.iter().any(|e| matches!(
+        e,
+        Event::VoicemailStored { mailbox, caller, duration_ms: 4200, .. } if mailbox == "200" && caller == "100"
+    )));
+    sim.ep.handle_media_event(
+        sim.now,
+        MediaEvent::PlayDone {
+            session,
+            leg: Leg::A,
+        },
+    );
+    sim.pump();
+    let bye = sim.requests(a.addr);
+    assert!(
+        bye.iter().any(|r| r.method == Method::Bye),
+        "PBX hangs up after goodbye"
+    );
+    let cdr = sim.cdrs().pop().unwrap();
+    assert_eq!(cdr.disposition, pbx_core::cdr::Disposition::Voicemail);
+
+    // The index reports one new message: B's phone is told.
+    sim.ep.set_mailbox(sim.now, "200", 1, 0);
+    sim.pump();
+    let notify = sim.requests(b.addr);
+    let n = notify
+        .iter()
+        .find(|r| r.method == Method::Notify)
+        .expect("NOTIFY");
+    let body = String::from_utf8_lossy(&n.body).to_string();
+    assert!(
+        body.contains("Messages-Waiting: yes") && body.contains("Voice-Message: 1/0"),
+        "{body}"
+    );
+    assert_eq!(n.headers.call_id, "mwi-call");
+    let _ = &mut b;
+}

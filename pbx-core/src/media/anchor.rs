@@ -193,6 +193,71 @@ impl CallMedia {
         Ok((back.emit(), cmds))
     }
 
+    /// Answers the caller's offer with Outpost itself as the other end (voicemail, auto
+    /// attendant): the first G.711 codec of the offer (plus telephone-event if offered),
+    /// anchored on leg A's port. Returns the SDP for the caller and the relay command for
+    /// a one-legged session.
+    pub fn answer_local(&mut self) -> Result<(Vec<u8>, MediaCommand), SdpError> {
+        let Some((Leg::A, offer)) = self.offer.clone() else {
+            return Err(SdpError::Malformed("no offer from the caller"));
+        };
+        let (idx, audio) = offer
+            .audio()
+            .ok_or(SdpError::Malformed("no audio stream"))?;
+        let pick = audio
+            .payload_types()
+            .find_map(|pt| match audio.codec_of(pt) {
+                c @ (Codec::Pcmu | Codec::Pcma) => Some((c, pt)),
+                Codec::Other => None,
+            });
+        let (codec, pt) = pick.ok_or(SdpError::Malformed("no G.711 codec offered"))?;
+        let dtmf = audio.telephone_event_pt();
+        let keep: Vec<String> = std::iter::once(pt)
+            .chain(dtmf)
+            .map(|p| p.to_string())
+            .collect();
+        let mut answer = offer.clone();
+        if let Some(m) = answer.media.get_mut(idx) {
+            m.formats = keep.clone();
+            m.attributes.retain(|a| {
+                let name = a.name.to_ascii_lowercase();
+                if name == "rtpmap" || name == "fmtp" {
+                    let pt = a
+                        .value
+                        .as_deref()
+                        .and_then(|v| v.split_whitespace().next())
+                        .unwrap_or("");
+                    return keep.iter().any(|k| k == pt);
+                }
+                !matches!(
+                    name.as_str(),
+                    "sendonly" | "recvonly" | "inactive" | "sendrecv"
+                )
+            });
+            m.set_direction(sdp::Direction::SendRecv);
+        }
+        let (addr, port, origin) = self.towards(Leg::A);
+        answer.anchor(addr, port, origin);
+        let a = self.leg_media(Leg::A, &offer, codec, pt, dtmf);
+        self.leg_a = Some(a.clone());
+        let b = LegMedia::absent();
+        let cmd = if self.opened {
+            MediaCommand::Update {
+                session: self.session,
+                a,
+                b,
+            }
+        } else {
+            self.opened = true;
+            MediaCommand::Open {
+                session: self.session,
+                a,
+                b,
+            }
+        };
+        Ok((answer.emit(), cmd))
+    }
+
     /// The command that ends relaying (only if the relay was told about the call).
     pub fn close(&self) -> Option<MediaCommand> {
         self.opened.then_some(MediaCommand::Close {

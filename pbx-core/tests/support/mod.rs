@@ -45,6 +45,7 @@ pub fn config() -> EndpointConfig {
         secret_key: [7; 32],
         seed: 42,
         media: None,
+        voicemail: None,
     }
 }
 
