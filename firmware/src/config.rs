@@ -78,6 +78,8 @@ pub struct Config {
     pub demo: DemoConfig,
     /// `[media]`: the RTP relay.
     pub media: MediaConfig,
+    /// `[voicemail]`: messages for unanswered calls.
+    pub voicemail: VoicemailConfig,
     /// `[firewall]`: inspection before the call core and kernel enforcement.
     pub firewall: FirewallConfig,
 }
@@ -308,6 +310,9 @@ pub struct FirewallConfig {
     pub kernel_flood_per_second: u32,
     /// Packets a source may send above that rate in a burst.
     pub kernel_flood_burst: u32,
+    /// Blocklist feeds re-read on a schedule (`[[firewall.feeds]]` tables, or
+    /// `feeds = [{ source = "/path", refresh_secs = 3600, ban_secs = 86400 }]`).
+    pub feeds: Vec<FeedConfig>,
 }
 
 impl Default for FirewallConfig {
@@ -323,7 +328,91 @@ impl Default for FirewallConfig {
             rtp_closed: true,
             kernel_flood_per_second: flood.per_second,
             kernel_flood_burst: flood.burst,
+            feeds: Vec::new(),
         }
+    }
+}
+
+/// Most feeds in `[firewall] feeds`.
+pub const MAX_FEEDS: usize = 8;
+/// Longest `refresh_secs` of a feed: a week.
+const MAX_FEED_REFRESH_SECS: u64 = 7 * 24 * 3600;
+
+/// One blocklist feed: a file of addresses or networks, one per line (`#` comments) or
+/// JSON (an array of strings, or `outpostctl fw export`'s document). Its entries are
+/// banned (rule `feed`) for `ban_secs`, renewed while they stay listed, and lifted at the
+/// first refresh that no longer lists them. Allow-listed networks, trunk peers and
+/// loopback are never banned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Absolute path of the file. HTTPS URLs are refused: not supported yet.
+    pub source: String,
+    /// Seconds between two reads of the file (1 to 604800).
+    #[serde(default = "default_feed_refresh_secs")]
+    pub refresh_secs: u64,
+    /// How long a listed address stays banned after the last read that listed it; at
+    /// least `refresh_secs`, so bans do not lapse between reads.
+    #[serde(default = "default_feed_ban_secs")]
+    pub ban_secs: u64,
+}
+
+fn default_feed_refresh_secs() -> u64 {
+    3_600
+}
+
+fn default_feed_ban_secs() -> u64 {
+    86_400
+}
+
+impl FeedConfig {
+    /// Why this feed cannot be used, naming the offending key (`source`, `refresh_secs`, ...).
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let lower = self.source.trim().to_ascii_lowercase();
+        if lower.starts_with("https://") || lower.starts_with("http://") {
+            return Err((
+                "source",
+                format!(
+                    "{:?}: HTTPS feeds are not supported yet (outpostd has no HTTP client); \
+                     download the list to a file (e.g. from cron) and give its absolute path",
+                    self.source
+                ),
+            ));
+        }
+        if lower.contains("://") {
+            return Err((
+                "source",
+                format!("{:?}: only file paths are supported", self.source),
+            ));
+        }
+        if !Path::new(&self.source).is_absolute() {
+            return Err((
+                "source",
+                format!("{:?}: must be an absolute file path", self.source),
+            ));
+        }
+        if !(1..=MAX_FEED_REFRESH_SECS).contains(&self.refresh_secs) {
+            return Err((
+                "refresh_secs",
+                format!("must be between 1 and {MAX_FEED_REFRESH_SECS}"),
+            ));
+        }
+        if self.ban_secs > firewall::nft::MAX_BAN_SECS {
+            return Err((
+                "ban_secs",
+                format!("must be at most {}", firewall::nft::MAX_BAN_SECS),
+            ));
+        }
+        if self.ban_secs < self.refresh_secs {
+            return Err((
+                "ban_secs",
+                format!(
+                    "{} is shorter than refresh_secs ({}): bans would lapse between reads",
+                    self.ban_secs, self.refresh_secs
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -343,6 +432,30 @@ pub enum EnforceMode {
     Auto,
     /// User space only.
     Off,
+}
+
+/// `[voicemail]` section: callers who reach no phone (no answer, busy, offline) leave a
+/// message, stored under `<store.data_dir>/voicemail/<extension>/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VoicemailConfig {
+    /// Offer voicemail (needs `media.enabled`).
+    pub enabled: bool,
+    /// Longest message.
+    pub max_secs: u32,
+    /// What extensions dial to hear their messages (after a PIN set with
+    /// `outpostctl vm pin`).
+    pub access_number: String,
+}
+
+impl Default for VoicemailConfig {
+    fn default() -> Self {
+        VoicemailConfig {
+            enabled: true,
+            max_secs: 180,
+            access_number: "*97".to_string(),
+        }
+    }
 }
 
 /// `[demo]` section.
@@ -520,6 +633,27 @@ impl Config {
                 "firewall.detect.limits.max_alerts",
                 "must be between 1 and 100000",
             ));
+        }
+        if fw.feeds.len() > MAX_FEEDS {
+            return Err(invalid(
+                "firewall.feeds",
+                format!("at most {MAX_FEEDS} feeds"),
+            ));
+        }
+        let mut sources = HashSet::new();
+        for (i, feed) in fw.feeds.iter().enumerate() {
+            if let Err((key, reason)) = feed.check() {
+                return Err(invalid(&format!("firewall.feeds[{i}].{key}"), reason));
+            }
+            if !sources.insert(feed.source.as_str()) {
+                return Err(invalid(
+                    &format!("firewall.feeds[{i}].source"),
+                    format!("{:?} is listed twice", feed.source),
+                ));
+            }
+        }
+        if self.voicemail.enabled && !(5..=600).contains(&self.voicemail.max_secs) {
+            return Err(invalid("voicemail.max_secs", "must be between 5 and 600"));
         }
         if !(1..=600).contains(&self.calls.ring_timeout_secs) {
             return Err(invalid(
@@ -804,6 +938,73 @@ mod tests {
         let err = Config::from_toml_str("[registrar]\nmin_expires = 4000\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("registrar.max_expires"), "{msg}");
+    }
+
+    #[test]
+    fn feeds_are_files_with_sane_timers_and_https_is_refused_for_now() {
+        let c = Config::from_toml_str(
+            "[firewall]\nfeeds = [{ source = \"/etc/outpost/drop.txt\", refresh_secs = 2, ban_secs = 600 }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.firewall.feeds.len(), 1);
+        assert_eq!(c.firewall.feeds[0].refresh_secs, 2);
+        assert_eq!(c.firewall.feeds[0].ban_secs, 600);
+        let c = Config::from_toml_str(
+            "[[firewall.feeds]]\nsource = \"/var/lib/outpost/a.json\"\n\
+             [[firewall.feeds]]\nsource = \"/var/lib/outpost/b.txt\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.firewall.feeds.len(), 2);
+        assert_eq!(
+            (
+                c.firewall.feeds[1].refresh_secs,
+                c.firewall.feeds[1].ban_secs
+            ),
+            (3_600, 86_400),
+            "defaults: hourly reads, one-day bans"
+        );
+
+        let msg = Config::from_toml_str(
+            "[firewall]\nfeeds = [{ source = \"https://lists.example/drop.txt\" }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("firewall.feeds[0].source"), "{msg}");
+        assert!(msg.contains("HTTPS feeds are not supported yet"), "{msg}");
+
+        let feed = |source: &str, refresh_secs: u64, ban_secs: u64| {
+            let mut c = Config::default();
+            c.firewall.feeds = vec![FeedConfig {
+                source: source.into(),
+                refresh_secs,
+                ban_secs,
+            }];
+            c
+        };
+        assert_eq!(
+            invalid_key(&feed("drop.txt", 60, 600)),
+            "firewall.feeds[0].source"
+        );
+        assert_eq!(
+            invalid_key(&feed("ftp://x/y", 60, 600)),
+            "firewall.feeds[0].source"
+        );
+        assert_eq!(
+            invalid_key(&feed("/a", 0, 600)),
+            "firewall.feeds[0].refresh_secs"
+        );
+        assert_eq!(
+            invalid_key(&feed("/a", 3_600, 60)),
+            "firewall.feeds[0].ban_secs",
+            "bans shorter than the refresh would lapse"
+        );
+        feed("/a", 60, 60).validate().unwrap();
+        let mut twice = feed("/a", 60, 600);
+        twice.firewall.feeds.push(twice.firewall.feeds[0].clone());
+        assert_eq!(invalid_key(&twice), "firewall.feeds[1].source");
+        assert!(
+            Config::from_toml_str("[[firewall.feeds]]\nsource = \"/a\"\nrefresh = 5\n").is_err()
+        );
     }
 
     #[test]

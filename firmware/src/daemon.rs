@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use pbx_core::endpoint::{Endpoint, EndpointConfig, Event, MediaSettings};
+use pbx_core::endpoint::{
+    pin_hash, Endpoint, EndpointConfig, Event, MailboxMessage, MediaSettings, VoicemailSettings,
+};
 use pbx_core::media::session::MediaEvent;
 use pbx_core::registrar::RegistrarConfig;
 use pbx_core::sip::auth::{NonceConfig, StoredSecret};
@@ -27,7 +29,7 @@ use crate::config::Config;
 use crate::driver::{Inbound, Transports};
 use crate::guard::Guard;
 use crate::media::relay::{self, Relay, RelayConfig};
-use crate::store::{Batch, ExtensionRecord, Store};
+use crate::store::{Batch, ExtensionRecord, Store, VoicemailRecord};
 use pbx_core::sip::wire;
 
 /// Inbound messages handled per turn before timers, admin commands and the commit get a go.
@@ -120,6 +122,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         secret_key,
         seed: rand::thread_rng().gen(),
         media: None,
+        voicemail: None,
     };
     let mut endpoint_cfg = endpoint_cfg;
     let mut relay = None;
@@ -143,6 +146,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             )
         })?;
         media_rx = r.events();
+        if cfg.voicemail.enabled {
+            endpoint_cfg.voicemail = Some(VoicemailSettings {
+                dir: cfg.store.data_dir.join("voicemail"),
+                max_ms: cfg.voicemail.max_secs.saturating_mul(1000),
+                access_number: cfg.voicemail.access_number.clone(),
+            });
+        }
         endpoint_cfg.media = Some(MediaSettings {
             addrs,
             port_first: cfg.media.port_first,
@@ -250,6 +260,23 @@ impl Daemon {
             }
             self.endpoint.set_user(&rec.ext, rec.secret);
         }
+        let mut boxes: Vec<String> = self
+            .store
+            .vm_list(None)?
+            .into_iter()
+            .map(|m| m.mailbox)
+            .collect();
+        boxes.sort();
+        boxes.dedup();
+        for mailbox in boxes {
+            self.refresh_mailbox(now, &mailbox);
+        }
+        for rec in self.store.ext_list()? {
+            if let Some(hash) = self.store.meta_get(&format!("vm_pin:{}", rec.ext))? {
+                let hash = String::from_utf8_lossy(&hash).to_string();
+                self.endpoint.set_pin(&rec.ext, Some(hash));
+            }
+        }
         let bindings = self.store.bindings_all()?;
         self.endpoint.restore_bindings(bindings, now);
         Ok(())
@@ -268,6 +295,24 @@ impl Daemon {
             println!("demo extension {ext}: password {password}");
         }
         Ok(())
+    }
+
+    /// Tells the call core a mailbox's counts (it notifies subscribed phones).
+    fn refresh_mailbox(&mut self, now: Millis, mailbox: &str) {
+        match self.store.vm_list(Some(mailbox)) {
+            Ok(list) => {
+                let msgs = list
+                    .into_iter()
+                    .map(|m| MailboxMessage {
+                        id: m.id,
+                        path: m.path,
+                        new: m.new,
+                    })
+                    .collect();
+                self.endpoint.set_mailbox(now, mailbox, msgs);
+            }
+            Err(err) => tracing::error!(%err, "cannot read the voicemail index"),
+        }
     }
 
     fn put_extension(
@@ -313,6 +358,7 @@ impl Daemon {
     fn flush(&mut self) {
         let now = self.clock.now();
         let mut batch = Batch::default();
+        let mut mailboxes: Vec<String> = Vec::new();
         while let Some(event) = self.endpoint.poll_event() {
             if matches!(
                 event,
@@ -337,6 +383,37 @@ impl Daemon {
                     }
                 }
                 Event::AuthSucceeded { .. } => {}
+                Event::VoicemailHeard { id } => match self.store.vm_mark_heard(id) {
+                    Ok(Some(mailbox)) => mailboxes.push(mailbox),
+                    Ok(None) => {}
+                    Err(err) => tracing::error!(%err, "cannot update the voicemail index"),
+                },
+                Event::VoicemailDeleted { id } => match self.store.vm_delete(id) {
+                    Ok(Some(msg)) => {
+                        let _ = std::fs::remove_file(&msg.path);
+                        mailboxes.push(msg.mailbox);
+                    }
+                    Ok(None) => {}
+                    Err(err) => tracing::error!(%err, "cannot update the voicemail index"),
+                },
+                Event::VoicemailStored {
+                    mailbox,
+                    caller,
+                    path,
+                    duration_ms,
+                    at,
+                } => {
+                    tracing::info!(%mailbox, %caller, duration_ms, "voicemail message stored");
+                    batch.voicemail.push(VoicemailRecord {
+                        id: 0,
+                        mailbox,
+                        caller,
+                        at,
+                        duration_ms,
+                        path,
+                        new: true,
+                    });
+                }
                 Event::AuthFailed { src, method, .. } => {
                     tracing::debug!(peer = %src.addr, %method, "authentication failed");
                 }
@@ -356,6 +433,12 @@ impl Daemon {
                 self.commit_failures += 1;
                 tracing::error!(%err, "store commit failed");
             }
+            mailboxes.extend(batch.voicemail.iter().map(|m| m.mailbox.clone()));
+        }
+        mailboxes.sort();
+        mailboxes.dedup();
+        for mailbox in mailboxes {
+            self.refresh_mailbox(now, &mailbox);
         }
         while let Some(t) = self.endpoint.poll_transmit() {
             self.transports.send(t.dest, t.bytes);
@@ -504,6 +587,30 @@ impl Daemon {
                     })
                     .collect(),
             ),
+            Command::VmList { mailbox } => {
+                Reply::Voicemail(self.store.vm_list(mailbox.as_deref())?)
+            }
+            Command::VmPin { ext, pin } => {
+                if !self.endpoint.has_user(&ext) {
+                    anyhow::bail!("extension {ext} does not exist");
+                }
+                if !(4..=12).contains(&pin.len()) || !pin.chars().all(|c| c.is_ascii_digit()) {
+                    anyhow::bail!("a voicemail PIN is 4 to 12 digits");
+                }
+                let hash = pin_hash(&ext, &pin);
+                self.store
+                    .meta_put(&format!("vm_pin:{ext}"), hash.as_bytes())?;
+                self.endpoint.set_pin(&ext, Some(hash));
+                Reply::done(format!("voicemail PIN of extension {ext} set"))
+            }
+            Command::VmDel { id } => {
+                let Some(msg) = self.store.vm_delete(id)? else {
+                    anyhow::bail!("no voicemail message {id}");
+                };
+                let _ = std::fs::remove_file(&msg.path);
+                self.refresh_mailbox(now, &msg.mailbox);
+                Reply::done(format!("message {id} of mailbox {} deleted", msg.mailbox))
+            }
             Command::Fw(fw) => {
                 tokio::task::block_in_place(|| self.guard.admin(now, fw, &self.store))
             }

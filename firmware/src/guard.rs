@@ -14,9 +14,24 @@
 //!
 //! Runtime allow-list additions (`outpostctl fw allow`) are not kept across a restart; the
 //! permanent list is `[firewall.detect] allow` in the configuration.
+//!
+//! # Blocklist feeds
+//! Each `[firewall] feeds` file is read by the `feed-reader` thread when `handle_timeout`
+//! finds it due (at start, then every `refresh_secs`); the next `handle_timeout` (within
+//! [`FEED_POLL_MS`]) takes the result. Its addresses are banned with rule `feed` for
+//! `ban_secs` (renewed once half of that has passed, while they stay listed) and lifted at
+//! the first good read that no longer lists them. A read that fails (file missing, too
+//! large, not a feed) changes nothing: the bans of the last good read stay until they end.
+//! Allow-listed networks, trunk peers, loopback and `fw allow` networks are never banned.
+//! Feed bans are not written to the store (the file is their record and is read again at
+//! start) and are not exported. An address already banned by a rule for longer keeps that
+//! ban; one banned for less is taken over by the feed and gets its old ban back (if still
+//! running) when it leaves the feed. `outpostctl fw import` bans a list once (rule
+//! `manual`, stored like any ban); `fw export` writes our own bans in the same format.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -24,7 +39,7 @@ use std::time::{Duration, Instant};
 use firewall::detect::{
     header_names, Alert, DetectConfig, Detector, Observation, Rule, Verdict, MAX_HEADER_NAMES,
 };
-use firewall::net::{canonical, Cidr};
+use firewall::net::{canonical, is_loopback, Cidr};
 use firewall::nft::{self, Counters, Enforcer, FloodLimit, NftConfig, NftError, SetOp};
 use pbx_core::endpoint::Event;
 use pbx_core::media::session::{MediaCommand, SessionId};
@@ -33,11 +48,14 @@ use pbx_core::sip::{Message, Peer};
 use pbx_core::Millis;
 
 use crate::admin::proto::{
-    FwAlertInfo, FwBanInfo, FwBansInfo, FwCommand, FwKernelInfo, FwLockInfo, FwRuleHits,
-    FwRuleInfo, FwStatusInfo, Reply,
+    FwAlertInfo, FwBanInfo, FwBansInfo, FwCommand, FwExport, FwExportBan, FwFeedInfo, FwKernelInfo,
+    FwLockInfo, FwRuleHits, FwRuleInfo, FwStatusInfo, Reply,
 };
 use crate::config::{Config, EnforceMode};
 use crate::store::{Batch, FirewallChange, Store, StoreError, StoredBan, StoredLock};
+use feed::{FeedError, FeedReader, ParsedFeed, MAX_FEED_BYTES, MAX_FEED_ENTRIES};
+
+pub mod feed;
 
 /// How often the kernel table is verified (and restored if changed from outside).
 const MAINTENANCE_MS: u64 = 5_000;
@@ -66,6 +84,10 @@ const MAX_LISTED: usize = 10_000;
 const MAX_DESIRED: usize = 400_000;
 /// Longest account name accepted by `fw unlock`.
 const MAX_USER_LEN: usize = 64;
+/// How often a feed read in flight is looked for.
+pub const FEED_POLL_MS: u64 = 20;
+/// Reason stored with the bans of `fw import`.
+const IMPORT_REASON: &str = "imported with outpostctl fw import";
 
 /// How the firewall enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +154,29 @@ pub struct Guard {
     dropped_rule: u64,
     /// Reused buffer for header names (kept empty between messages).
     names: Vec<&'static str>,
+    /// Blocklist feeds, in configuration order.
+    feeds: Vec<FeedState>,
+    /// Reads feed files off the daemon's loop (None without feeds).
+    feed_reader: Option<FeedReader>,
+    /// When to look for a finished feed read (while one is in flight).
+    feed_poll_at: Option<Millis>,
+    /// Bans a feed took over, to give back when the address leaves the feeds.
+    feed_displaced: HashMap<IpAddr, (Rule, Millis)>,
+    /// Listed addresses past the feeds' overall limit at the last reconciliation.
+    feed_overflow: usize,
+}
+
+/// One blocklist feed: its settings, what its last good read listed, and its health.
+#[derive(Debug)]
+struct FeedState {
+    path: PathBuf,
+    refresh_ms: u64,
+    ban_ms: u64,
+    /// The addresses to ban from the last good read (trusted ones left out).
+    listed: HashSet<IpAddr>,
+    next_read: Millis,
+    in_flight: bool,
+    health: FwFeedInfo,
 }
 
 impl Guard {
@@ -165,7 +210,49 @@ impl Guard {
             dropped_banned: 0,
             dropped_rule: 0,
             names: Vec::with_capacity(MAX_HEADER_NAMES),
+            feeds: fw
+                .feeds
+                .iter()
+                .map(|f| FeedState {
+                    path: PathBuf::from(&f.source),
+                    refresh_ms: f.refresh_secs.saturating_mul(1_000),
+                    ban_ms: f.ban_secs.saturating_mul(1_000),
+                    listed: HashSet::new(),
+                    next_read: now,
+                    in_flight: false,
+                    health: FwFeedInfo {
+                        source: f.source.clone(),
+                        refresh_secs: f.refresh_secs,
+                        ban_secs: f.ban_secs,
+                        entries: 0,
+                        ignored: 0,
+                        invalid: 0,
+                        too_wide: 0,
+                        truncated: 0,
+                        last_refresh: None,
+                        reads: 0,
+                        failures: 0,
+                        last_error: None,
+                    },
+                })
+                .collect(),
+            feed_reader: None,
+            feed_poll_at: None,
+            feed_displaced: HashMap::new(),
+            feed_overflow: 0,
         };
+        if !guard.feeds.is_empty() {
+            match FeedReader::spawn(guard.feeds.len()) {
+                Ok(reader) => guard.feed_reader = Some(reader),
+                Err(err) => {
+                    tracing::error!(%err, "firewall: cannot start the feed reader thread; blocklist feeds are off");
+                    for f in &mut guard.feeds {
+                        f.health.last_error =
+                            Some(format!("cannot start the feed reader thread: {err}"));
+                    }
+                }
+            }
+        }
         let kernel_bans = guard.restore(store, now);
 
         guard.mode = if fw.monitor_mode() {
@@ -357,16 +444,27 @@ impl Guard {
 
     /// When `handle_timeout` next has work.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        Some(match self.detector.poll_timeout() {
-            Some(t) => t.min(self.next_maintenance),
-            None => self.next_maintenance,
-        })
+        let feeds = self.feed_reader.as_ref().and_then(|_| {
+            self.feeds
+                .iter()
+                .filter(|f| !f.in_flight)
+                .map(|f| f.next_read)
+                .chain(self.feed_poll_at)
+                .min()
+        });
+        [self.detector.poll_timeout(), feeds]
+            .into_iter()
+            .flatten()
+            .chain([self.next_maintenance])
+            .min()
     }
 
-    /// Expires detector state; every 5 s asks the enforcer thread to verify the kernel
-    /// table (it restores it with the live bans if it was flushed or altered); hourly
-    /// deletes ended bans and locks from the store.
+    /// Expires detector state; starts due feed reads and applies finished ones; every 5 s
+    /// asks the enforcer thread to verify the kernel table (it restores it with the live
+    /// bans if it was flushed or altered); hourly deletes ended bans and locks from the
+    /// store.
     pub fn handle_timeout(&mut self, now: Millis) {
+        self.feed_tick(now);
         if self.detector.poll_timeout().is_some_and(|t| t <= now) {
             self.detector.handle_timeout(now);
         }
@@ -426,6 +524,8 @@ impl Guard {
                 Err(err) => Reply::error(format!("cannot read the alerts: {err}")),
             },
             FwCommand::Rules => Reply::FwRules(self.rules()),
+            FwCommand::Import { text, ban_secs } => self.import(now, &text, ban_secs, store),
+            FwCommand::Export => self.export(now),
         }
     }
 
@@ -616,14 +716,376 @@ impl Guard {
         }
     }
 
+    /// Many set updates in one message to the enforcer thread (a feed, an import).
+    fn enforce_all(&mut self, ops: Vec<SetOp>) {
+        if ops.is_empty() {
+            return;
+        }
+        if let Some(e) = &mut self.enforcer {
+            e.send_all(ops);
+        }
+    }
+
     fn runtime_allowed(&self, ip: IpAddr) -> bool {
         self.runtime_allow.iter().any(|c| c.contains(ip))
+    }
+
+    /// Never banned: loopback, trunk peers, allow-listed networks (config and `fw allow`).
+    fn trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let c = self.detector.config();
+        is_loopback(ip)
+            || c.trunk_peers.iter().any(|&p| canonical(p) == ip)
+            || c.allow.iter().any(|n| n.contains(ip))
+            || self.runtime_allowed(ip)
+    }
+
+    /// Starts the feed reads that are due and applies the finished ones.
+    fn feed_tick(&mut self, now: Millis) {
+        let Some(reader) = self.feed_reader.as_ref() else {
+            return;
+        };
+        let mut done = Vec::new();
+        while let Some(result) = reader.poll() {
+            done.push(result);
+        }
+        let mut unavailable = Vec::new();
+        for (i, f) in self.feeds.iter_mut().enumerate() {
+            if f.in_flight || f.next_read > now {
+                continue;
+            }
+            f.next_read = now.saturating_add(f.refresh_ms);
+            if reader.request(i, &f.path, now) {
+                f.in_flight = true;
+            } else {
+                unavailable.push(i);
+            }
+        }
+        for i in unavailable {
+            self.feed_failed(i, "the feed reader thread is not running".to_string());
+        }
+        if !done.is_empty() {
+            for (i, result) in done {
+                self.feed_read(now, i, result);
+            }
+            self.reconcile_feeds(now);
+        }
+        self.feed_poll_at = self
+            .feeds
+            .iter()
+            .any(|f| f.in_flight)
+            .then(|| now.saturating_add(FEED_POLL_MS));
+    }
+
+    /// Records one finished read of feed `i`.
+    fn feed_read(&mut self, now: Millis, i: usize, result: Result<ParsedFeed, FeedError>) {
+        let parsed = match result {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                if let Some(f) = self.feeds.get_mut(i) {
+                    f.in_flight = false;
+                }
+                self.feed_failed(i, err.to_string());
+                return;
+            }
+        };
+        let listed: HashSet<IpAddr> = parsed
+            .addrs
+            .iter()
+            .copied()
+            .filter(|a| !self.trusted(*a))
+            .collect();
+        let Some(f) = self.feeds.get_mut(i) else {
+            return;
+        };
+        f.in_flight = false;
+        let h = &mut f.health;
+        let problems_changed = (h.invalid, h.too_wide, h.truncated)
+            != (parsed.invalid, parsed.too_wide, parsed.truncated);
+        h.reads += 1;
+        h.entries = parsed.addrs.len();
+        h.ignored = parsed.addrs.len() - listed.len();
+        h.invalid = parsed.invalid;
+        h.too_wide = parsed.too_wide;
+        h.truncated = parsed.truncated;
+        h.last_refresh = Some(now);
+        if h.last_error.take().is_some() {
+            tracing::info!(feed = %h.source, "firewall: blocklist feed readable again");
+        }
+        if problems_changed && !parsed.problems.is_empty() {
+            tracing::warn!(
+                feed = %h.source,
+                invalid = parsed.invalid,
+                too_wide = parsed.too_wide,
+                truncated = parsed.truncated,
+                "firewall: blocklist feed: entries skipped: {}",
+                parsed.problems.join("; ")
+            );
+        }
+        if problems_changed && parsed.truncated > 0 {
+            tracing::warn!(
+                feed = %h.source,
+                "firewall: blocklist feed lists more than {MAX_FEED_ENTRIES} addresses; {} skipped",
+                parsed.truncated
+            );
+        }
+        f.listed = listed;
+    }
+
+    /// Records a failed read of feed `i`; its bans stay until they end.
+    fn feed_failed(&mut self, i: usize, text: String) {
+        let Some(f) = self.feeds.get_mut(i) else {
+            return;
+        };
+        let h = &mut f.health;
+        h.reads += 1;
+        h.failures += 1;
+        if h.last_error.as_deref() != Some(text.as_str()) {
+            tracing::error!(
+                feed = %h.source,
+                "firewall: blocklist feed cannot be used: {text}; the bans of its last good read stay until they end"
+            );
+        }
+        h.last_error = Some(text);
+    }
+
+    /// Makes the bans with rule `feed` match what the feeds list now: bans the new
+    /// addresses, renews those past half their time, lifts those no feed lists any more.
+    fn reconcile_feeds(&mut self, now: Millis) {
+        let cap = MAX_FEED_ENTRIES
+            .min(self.detector.config().limits.max_bans / 2)
+            .max(1);
+        let mut desired: HashMap<IpAddr, u64> = HashMap::new();
+        let mut overflow = 0;
+        for f in &self.feeds {
+            for &addr in &f.listed {
+                let room = desired.len() < cap;
+                match desired.get_mut(&addr) {
+                    Some(ms) => *ms = (*ms).max(f.ban_ms),
+                    None if room => {
+                        desired.insert(addr, f.ban_ms);
+                    }
+                    None => overflow += 1,
+                }
+            }
+        }
+        if overflow != self.feed_overflow && overflow > 0 {
+            tracing::warn!(
+                "firewall: blocklist feeds list {overflow} addresses past the limit of {cap}; those are not banned"
+            );
+        }
+        self.feed_overflow = overflow;
+
+        let current: HashMap<IpAddr, (Rule, Millis)> = self
+            .detector
+            .bans(now)
+            .into_iter()
+            .map(|b| (b.addr, (b.rule, b.until)))
+            .collect();
+        let (mut added, mut renewed, mut lifted) = (0usize, 0usize, 0usize);
+        let mut ops = Vec::new();
+        for (&addr, &ban_ms) in &desired {
+            let until = now.saturating_add(ban_ms);
+            match current.get(&addr) {
+                Some(&(Rule::Feed, old)) => {
+                    if old.saturating_sub(now) >= ban_ms / 2 {
+                        continue;
+                    }
+                    renewed += 1;
+                }
+                Some(&(rule, old)) => {
+                    if old >= until {
+                        continue;
+                    }
+                    if self.feed_displaced.len() < cap {
+                        self.feed_displaced.insert(addr, (rule, old));
+                    }
+                    added += 1;
+                }
+                None => added += 1,
+            }
+            self.detector.restore_ban(now, addr, until, Rule::Feed, 1);
+            ops.push(SetOp::Ban {
+                addr,
+                timeout_secs: ban_ms.div_ceil(1_000),
+            });
+        }
+        for (&addr, &(rule, _)) in &current {
+            if rule != Rule::Feed || desired.contains_key(&addr) {
+                continue;
+            }
+            lifted += 1;
+            match self.feed_displaced.remove(&addr) {
+                Some((old_rule, old_until)) if old_until > now => {
+                    self.detector.restore_ban(now, addr, old_until, old_rule, 1);
+                    ops.push(SetOp::Ban {
+                        addr,
+                        timeout_secs: (old_until - now).div_ceil(1_000),
+                    });
+                }
+                _ => {
+                    self.detector.unban(addr);
+                    ops.push(SetOp::Unban(addr));
+                }
+            }
+        }
+        self.feed_displaced
+            .retain(|addr, (_, until)| *until > now && desired.contains_key(addr));
+        if added + renewed + lifted > 0 {
+            tracing::info!(
+                listed = desired.len(),
+                added,
+                renewed,
+                lifted,
+                "firewall: blocklist feeds applied"
+            );
+        }
+        self.enforce_all(ops);
+    }
+
+    /// The feeds (by source) that list `ip` now.
+    fn feeds_listing(&self, ip: IpAddr) -> Vec<&str> {
+        self.feeds
+            .iter()
+            .filter(|f| f.listed.contains(&ip))
+            .map(|f| f.health.source.as_str())
+            .collect()
+    }
+
+    /// `fw import`: bans every address of a blocklist once, stored like any ban.
+    fn import(&mut self, now: Millis, text: &str, ban_secs: u64, store: &Store) -> Reply {
+        if !(1..=nft::MAX_BAN_SECS).contains(&ban_secs) {
+            return Reply::error(format!(
+                "ban length must be between 1 and {} seconds",
+                nft::MAX_BAN_SECS
+            ));
+        }
+        if self.mode == Mode::Monitor {
+            return Reply::error("monitor mode: nothing is banned, so nothing was imported");
+        }
+        let parsed = match feed::parse(text, now) {
+            Ok(p) => p,
+            Err(err) => return Reply::error(format!("not a blocklist: {err}")),
+        };
+        let summary = |p: &ParsedFeed| {
+            let mut s = format!(
+                "{} invalid entries, {} networks wider than {} addresses, {} ended bans and {} addresses past the {MAX_FEED_ENTRIES}-address limit skipped",
+                p.invalid,
+                p.too_wide,
+                feed::MAX_NETWORK_ADDRS,
+                p.expired,
+                p.truncated
+            );
+            if !p.problems.is_empty() {
+                s.push_str(&format!(" ({})", p.problems.join("; ")));
+            }
+            s
+        };
+        if parsed.addrs.is_empty() {
+            return Reply::error(format!("no addresses to import: {}", summary(&parsed)));
+        }
+        let until = now.saturating_add(ban_secs.saturating_mul(1_000));
+        let current: HashMap<IpAddr, Millis> = self
+            .detector
+            .bans(now)
+            .into_iter()
+            .filter(|b| b.enforced)
+            .map(|b| (b.addr, b.until))
+            .collect();
+        let (mut ignored, mut already) = (0usize, 0usize);
+        let mut changes = Vec::new();
+        let mut ops = Vec::new();
+        for &addr in &parsed.addrs {
+            if self.trusted(addr) {
+                ignored += 1;
+                continue;
+            }
+            if current.get(&addr).is_some_and(|&u| u >= until) {
+                already += 1;
+                continue;
+            }
+            self.detector.restore_ban(now, addr, until, Rule::Manual, 1);
+            self.feed_displaced.remove(&addr);
+            changes.push(FirewallChange::Ban(
+                addr,
+                StoredBan {
+                    until,
+                    rule: Rule::Manual,
+                    reason: IMPORT_REASON.to_string(),
+                    count_today: 1,
+                },
+            ));
+            ops.push(SetOp::Ban {
+                addr,
+                timeout_secs: ban_secs,
+            });
+        }
+        let banned = ops.len();
+        self.enforce_all(ops);
+        let stored = store.fw_apply(&changes);
+        tracing::info!(
+            banned,
+            already,
+            ignored,
+            invalid = parsed.invalid,
+            "firewall: blocklist imported by the admin"
+        );
+        let message = format!(
+            "{banned} addresses banned for {ban_secs} s; {already} already banned as long or longer, {ignored} ignored (allow-listed, trunk peer or loopback); {}",
+            summary(&parsed)
+        );
+        match stored {
+            Ok(()) => Reply::done(message),
+            Err(err) => Reply::error(format!(
+                "{message}; but writing them to the store failed ({err}): they end at the next restart"
+            )),
+        }
+    }
+
+    /// `fw export`: our enforced bans (not the feeds'), longest-lasting first, as many as
+    /// fit in an importable document.
+    fn export(&self, now: Millis) -> Reply {
+        let mut bans: Vec<_> = self
+            .detector
+            .bans(now)
+            .into_iter()
+            .filter(|b| b.enforced && b.rule != Rule::Feed)
+            .collect();
+        bans.sort_by_key(|b| std::cmp::Reverse((b.until, b.addr)));
+        // `{"generated":<ms>,"bans":[` ... `]}` and a newline per ban (see outpostctl).
+        let mut size: usize = 48;
+        let mut out = Vec::new();
+        let mut omitted = 0;
+        for b in bans {
+            let ban = FwExportBan {
+                addr: b.addr.to_string(),
+                until: b.until,
+                rule: b.rule.to_string(),
+                reason: b.reason,
+            };
+            let len = serde_json::to_string(&ban).map_or(usize::MAX, |s| s.len().saturating_add(2));
+            if omitted > 0
+                || out.len() >= MAX_FEED_ENTRIES
+                || size.saturating_add(len) > MAX_FEED_BYTES
+            {
+                omitted += 1;
+                continue;
+            }
+            size += len;
+            out.push(ban);
+        }
+        Reply::FwExport(FwExport {
+            generated: now,
+            bans: out,
+            omitted,
+        })
     }
 
     fn unban(&mut self, ip: IpAddr, store: &Store) -> Reply {
         let ip = canonical(ip);
         let existed = self.detector.unban(ip);
         self.ban_days.remove(&ip);
+        self.feed_displaced.remove(&ip);
         self.enforce(SetOp::Unban(ip));
         if let Err(err) = store.fw_apply(&[FirewallChange::Unban(ip)]) {
             return Reply::error(format!(
@@ -631,13 +1093,22 @@ impl Guard {
             ));
         }
         tracing::info!(addr = %ip, "firewall: unbanned by the admin");
+        let listing = self.feeds_listing(ip);
+        let feed_note = if listing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; blocklist feed {} still lists it, so it is banned again at the feed's next refresh (use `fw allow` to exempt it)",
+                listing.join(", ")
+            )
+        };
         if existed {
             Reply::done(format!(
-                "{ip} unbanned (kernel, store and its counters cleared)"
+                "{ip} unbanned (kernel, store and its counters cleared){feed_note}"
             ))
         } else {
             Reply::done(format!(
-                "{ip} was not banned; kernel and store entries cleared anyway"
+                "{ip} was not banned; kernel and store entries cleared anyway{feed_note}"
             ))
         }
     }
@@ -663,7 +1134,12 @@ impl Guard {
         for ip in &inside {
             self.detector.unban(*ip);
             self.ban_days.remove(ip);
+            self.feed_displaced.remove(ip);
             self.enforce(SetOp::Unban(*ip));
+        }
+        // The feeds' next reconciliation must not ban them again.
+        for f in &mut self.feeds {
+            f.listed.retain(|a| !net.contains(*a));
         }
         let changes: Vec<FirewallChange> =
             inside.iter().map(|ip| FirewallChange::Unban(*ip)).collect();
@@ -747,6 +1223,7 @@ impl Guard {
                     hits,
                 })
                 .collect(),
+            feeds: self.feeds.iter().map(|f| f.health.clone()).collect(),
         })
     }
 
@@ -874,7 +1351,11 @@ impl Guard {
                         ),
                         "drop, counts as a failure".to_string(),
                     ),
-                    Rule::Manual => ("admin or blocklist".to_string(), "ban".to_string()),
+                    Rule::Manual => ("admin (`fw import`)".to_string(), "ban".to_string()),
+                    Rule::Feed => (
+                        format!("listed by one of {} blocklist feeds", self.feeds.len()),
+                        "ban while listed".to_string(),
+                    ),
                     Rule::TollFraud => (
                         "toll-fraud policy refused a call".to_string(),
                         "ban".to_string(),
@@ -970,6 +1451,9 @@ fn fmt_ms(ms: u64) -> String {
 enum Request {
     /// A set update, batched with everything else queued.
     Op(SetOp),
+    /// Many set updates (a feed, an import), applied in runs of at most
+    /// [`MAX_OPS_PER_BATCH`].
+    Ops(Vec<SetOp>),
     /// Check the table; restore it if it was changed from outside; refresh the counters.
     Verify,
     /// Refresh the counters, then signal.
@@ -1026,6 +1510,21 @@ impl EnforcerHandle {
                     "firewall: kernel set update dropped ({why}); user space still drops"
                 );
             }
+        }
+    }
+
+    fn send_all(&mut self, ops: Vec<SetOp>) {
+        let n = ops.len() as u64;
+        if let Err(e) = self.tx.try_send(Request::Ops(ops)) {
+            self.queue_drops += n;
+            let why = match e {
+                TrySendError::Full(_) => "queue full",
+                TrySendError::Disconnected(_) => "thread gone",
+            };
+            tracing::error!(
+                dropped = n,
+                "firewall: {n} kernel set updates dropped ({why}); user space still drops"
+            );
         }
     }
 
@@ -1088,6 +1587,7 @@ impl EnforcerThread {
             while let Some(r) = next {
                 match r {
                     Request::Op(op) => ops.push(op),
+                    Request::Ops(many) => ops.extend(many),
                     Request::Verify => verify = true,
                     Request::Counters(tx) => waiters.push(tx),
                 }
@@ -1103,7 +1603,15 @@ impl EnforcerThread {
                     self.install();
                 }
             } else {
-                self.apply(&ops, verify, !waiters.is_empty());
+                let runs: Vec<&[SetOp]> = if ops.is_empty() {
+                    vec![&[]]
+                } else {
+                    ops.chunks(MAX_OPS_PER_BATCH).collect()
+                };
+                let last = runs.len() - 1;
+                for (i, run) in runs.into_iter().enumerate() {
+                    self.apply(run, verify && i == last, !waiters.is_empty() && i == last);
+                }
             }
             for w in waiters {
                 let _ = w.send(());
@@ -1870,6 +2378,344 @@ mod tests {
         assert!(g.rtp_sessions.is_empty());
         g.media(&MediaCommand::Close { session: 7 });
         assert!(ops().is_empty());
+    }
+
+    /// A stand-in for the enforcer thread: the test reads what it would be sent.
+    fn capture_ops(g: &mut Guard) -> Receiver<Request> {
+        let (tx, rx) = mpsc::sync_channel(64);
+        g.enforcer = Some(EnforcerHandle {
+            tx,
+            shared: Arc::new(Mutex::new(KernelState::default())),
+            queue_drops: 0,
+        });
+        rx
+    }
+
+    fn sent_ops(rx: &Receiver<Request>) -> Vec<SetOp> {
+        let mut out = Vec::new();
+        for r in rx.try_iter() {
+            match r {
+                Request::Op(op) => out.push(op),
+                Request::Ops(ops) => out.extend(ops),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Runs `handle_timeout(now)` until the feed reads it starts have been applied (the
+    /// reader is a real thread; the virtual clock stands still meanwhile).
+    fn refresh_feeds(g: &mut Guard, now: Millis) {
+        g.handle_timeout(now);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while g.feeds.iter().any(|f| f.in_flight) {
+            assert!(Instant::now() < deadline, "the feed read did not finish");
+            std::thread::sleep(Duration::from_millis(2));
+            g.handle_timeout(now);
+        }
+    }
+
+    fn feed_config(path: &std::path::Path, refresh_secs: u64, ban_secs: u64) -> Config {
+        let mut c = config();
+        c.firewall.detect.allow = vec!["192.0.2.0/24".parse().unwrap()];
+        c.firewall.detect.trunk_peers = vec![ip("198.51.100.200")];
+        c.firewall.feeds = vec![crate::config::FeedConfig {
+            source: path.to_str().unwrap().to_string(),
+            refresh_secs,
+            ban_secs,
+        }];
+        c
+    }
+
+    fn ban_rule(g: &mut Guard, store: &Store, now: Millis, addr: &str) -> Option<(String, u64)> {
+        let Reply::FwBans(list) = g.admin(now, FwCommand::Bans, store) else {
+            panic!("not a ban list")
+        };
+        list.bans
+            .into_iter()
+            .find(|b| b.addr == addr)
+            .map(|b| (b.rule, b.until))
+    }
+
+    fn feed_health(g: &mut Guard, store: &Store, now: Millis) -> FwFeedInfo {
+        let Reply::FwStatus(st) = g.admin(now, FwCommand::Status, store) else {
+            panic!("not a status")
+        };
+        st.feeds[0].clone()
+    }
+
+    #[test]
+    fn feed_entries_are_banned_renewed_and_lifted_when_they_leave_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let path = dir.path().join("drop.txt");
+        std::fs::write(
+            &path,
+            "# a blocklist\n203.0.113.9\n203.0.113.64/30 ; four\nbogus line\n\
+             192.0.2.5\n198.51.100.200\n127.0.0.1\n10.0.0.0/8\n",
+        )
+        .unwrap();
+        let mut g = Guard::start(&feed_config(&path, 2, 600), &store, T0);
+        let ops = capture_ops(&mut g);
+        assert_eq!(g.poll_timeout(), Some(T0), "the first read is due at start");
+        refresh_feeds(&mut g, T0);
+
+        for a in ["203.0.113.9", "203.0.113.64", "203.0.113.67"] {
+            assert!(g.is_banned(T0, ip(a)), "{a}");
+            assert_eq!(
+                ban_rule(&mut g, &store, T0, a),
+                Some(("feed".to_string(), T0 + 600_000))
+            );
+        }
+        for trusted in ["192.0.2.5", "198.51.100.200", "127.0.0.1"] {
+            assert!(!g.is_banned(T0, ip(trusted)), "{trusted} is never banned");
+        }
+        let mut sent = sent_ops(&ops);
+        sent.sort_by_key(|op| format!("{op:?}"));
+        assert_eq!(sent.len(), 5, "{sent:?}");
+        assert!(sent.contains(&SetOp::Ban {
+            addr: ip("203.0.113.9"),
+            timeout_secs: 600
+        }));
+        let h = feed_health(&mut g, &store, T0);
+        assert_eq!(
+            (h.entries, h.ignored, h.invalid, h.too_wide, h.failures, h.reads),
+            (8, 3, 1, 1, 0, 1),
+            "{h:?}"
+        );
+        assert_eq!(h.last_refresh, Some(T0));
+        // Feed bans are the feed's: not stored, not exported.
+        flush(&mut g, &store);
+        assert!(store.fw_bans().unwrap().is_empty());
+        let Reply::FwExport(doc) = g.admin(T0, FwCommand::Export, &store) else {
+            panic!("not an export")
+        };
+        assert!(doc.bans.is_empty(), "{doc:?}");
+
+        // Nothing changed, nothing is sent; the next read is 2 s later.
+        assert_eq!(g.poll_timeout(), Some(T0 + 2_000));
+        refresh_feeds(&mut g, T0 + 2_000);
+        assert!(sent_ops(&ops).is_empty());
+
+        // Listed past half the ban: renewed.
+        refresh_feeds(&mut g, T0 + 301_000);
+        assert_eq!(sent_ops(&ops).len(), 5, "renewed in the kernel");
+        assert_eq!(
+            ban_rule(&mut g, &store, T0 + 301_000, "203.0.113.9"),
+            Some(("feed".to_string(), T0 + 901_000))
+        );
+
+        // It leaves the feed: lifted at the next read.
+        std::fs::write(&path, "203.0.113.64/30\n").unwrap();
+        refresh_feeds(&mut g, T0 + 303_000);
+        assert!(!g.is_banned(T0 + 303_000, ip("203.0.113.9")));
+        assert!(g.is_banned(T0 + 303_000, ip("203.0.113.65")));
+        assert_eq!(sent_ops(&ops), [SetOp::Unban(ip("203.0.113.9"))]);
+
+        // A broken feed changes nothing: its bans stay until they end.
+        std::fs::remove_file(&path).unwrap();
+        refresh_feeds(&mut g, T0 + 305_000);
+        assert!(g.is_banned(T0 + 305_000, ip("203.0.113.65")));
+        let h = feed_health(&mut g, &store, T0 + 305_000);
+        assert_eq!((h.failures, h.reads), (1, 5));
+        assert!(h.last_error.unwrap().contains("drop.txt"));
+        assert_eq!(h.last_refresh, Some(T0 + 303_000));
+        assert!(!g.is_banned(T0 + 901_000, ip("203.0.113.65")), "ended");
+
+        // The admin unbans a listed address: told it comes back with the feed.
+        std::fs::write(&path, "203.0.113.64/30\n").unwrap();
+        refresh_feeds(&mut g, T0 + 307_000);
+        let Reply::Done { message } = g.admin(
+            T0 + 307_000,
+            FwCommand::Unban {
+                addr: "203.0.113.66".into(),
+            },
+            &store,
+        ) else {
+            panic!("unban refused")
+        };
+        assert!(message.contains("still lists it"), "{message}");
+        // `fw allow` exempts it for good.
+        g.admin(
+            T0 + 307_000,
+            FwCommand::Allow {
+                cidr: "203.0.113.66".into(),
+            },
+            &store,
+        );
+        refresh_feeds(&mut g, T0 + 309_000);
+        assert!(!g.is_banned(T0 + 309_000, ip("203.0.113.66")));
+        assert!(g.is_banned(T0 + 309_000, ip("203.0.113.67")));
+    }
+
+    #[test]
+    fn feeds_leave_longer_bans_alone_and_give_shorter_ones_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let path = dir.path().join("drop.txt");
+        std::fs::write(&path, "203.0.113.9\n203.0.113.10\n").unwrap();
+        let mut g = Guard::start(&feed_config(&path, 2, 600), &store, T0);
+        // A scanner ban (24 h) is longer than the feed's; an import of 60 s is shorter.
+        assert!(!inspect(
+            &mut g,
+            T0,
+            "203.0.113.9",
+            &options("203.0.113.9", "friendly-scanner", 1)
+        ));
+        let reply = g.admin(
+            T0,
+            FwCommand::Import {
+                text: "203.0.113.10\n".into(),
+                ban_secs: 60,
+            },
+            &store,
+        );
+        assert!(matches!(reply, Reply::Done { .. }), "{reply:?}");
+        refresh_feeds(&mut g, T0 + 1_000);
+        assert_eq!(
+            ban_rule(&mut g, &store, T0 + 1_000, "203.0.113.9")
+                .unwrap()
+                .0,
+            "scanner"
+        );
+        assert_eq!(
+            ban_rule(&mut g, &store, T0 + 1_000, "203.0.113.10"),
+            Some(("feed".to_string(), T0 + 601_000))
+        );
+        std::fs::write(&path, "").unwrap();
+        refresh_feeds(&mut g, T0 + 3_000);
+        assert_eq!(
+            ban_rule(&mut g, &store, T0 + 3_000, "203.0.113.10"),
+            Some(("manual".to_string(), T0 + 60_000)),
+            "the import's ban is back with its own end"
+        );
+        assert_eq!(
+            ban_rule(&mut g, &store, T0 + 3_000, "203.0.113.9")
+                .unwrap()
+                .0,
+            "scanner"
+        );
+    }
+
+    #[test]
+    fn import_bans_once_and_an_export_imports_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut cfg = config();
+        cfg.firewall.detect.allow = vec!["192.0.2.0/24".parse().unwrap()];
+        let mut g = Guard::start(&cfg, &store, T0);
+        let ops = capture_ops(&mut g);
+        let reply = g.admin(
+            T0,
+            FwCommand::Import {
+                text: "203.0.113.9\n2001:db8::66\n127.0.0.1\n192.0.2.1\nbad\n".into(),
+                ban_secs: 3_600,
+            },
+            &store,
+        );
+        let Reply::Done { message } = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(
+            message.starts_with("2 addresses banned for 3600 s"),
+            "{message}"
+        );
+        assert!(message.contains("2 ignored"), "{message}");
+        assert!(message.contains("1 invalid entries"), "{message}");
+        assert_eq!(sent_ops(&ops).len(), 2);
+        let mut stored = store.fw_bans().unwrap();
+        stored.sort_by_key(|(a, _)| *a);
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[0].1.rule, Rule::Manual);
+        assert_eq!(stored[0].1.until, T0 + 3_600_000);
+
+        assert!(!inspect(
+            &mut g,
+            T0,
+            "198.51.100.7",
+            &options("198.51.100.7", "sipvicious", 1)
+        ));
+        let Reply::FwExport(doc) = g.admin(T0 + 1_000, FwCommand::Export, &store) else {
+            panic!("not an export")
+        };
+        assert_eq!(doc.generated, T0 + 1_000);
+        let addrs: Vec<&str> = doc.bans.iter().map(|b| b.addr.as_str()).collect();
+        assert_eq!(addrs[0], "198.51.100.7", "longest-lasting first: {addrs:?}");
+        assert_eq!(addrs.len(), 3);
+        assert_eq!(doc.bans[0].rule, "scanner");
+
+        // Another site imports the export.
+        let dir2 = tempfile::tempdir().unwrap();
+        let store2 = Store::open(dir2.path()).unwrap();
+        let mut other = Guard::start(&config(), &store2, T0 + 2_000);
+        let text = serde_json::to_string(&doc).unwrap();
+        let reply = other.admin(
+            T0 + 2_000,
+            FwCommand::Import {
+                text,
+                ban_secs: 86_400,
+            },
+            &store2,
+        );
+        assert!(matches!(reply, Reply::Done { .. }), "{reply:?}");
+        for a in ["198.51.100.7", "203.0.113.9", "2001:db8::66"] {
+            assert!(other.is_banned(T0 + 2_000, ip(a)), "{a}");
+        }
+        // Nothing to import, bad lengths, monitor mode: refused, nothing changed.
+        for (text, secs) in [("bad\n", 60), ("203.0.113.1\n", 0), ("[1,", 60)] {
+            let reply = other.admin(
+                T0,
+                FwCommand::Import {
+                    text: text.into(),
+                    ban_secs: secs,
+                },
+                &store2,
+            );
+            assert!(matches!(reply, Reply::Error { .. }), "{text}: {reply:?}");
+        }
+        let mut mcfg = config();
+        mcfg.firewall.monitor = true;
+        let mut monitor = Guard::start(&mcfg, &store2, T0);
+        let reply = monitor.admin(
+            T0,
+            FwCommand::Import {
+                text: "203.0.113.1\n".into(),
+                ban_secs: 60,
+            },
+            &store2,
+        );
+        assert!(matches!(reply, Reply::Error { .. }), "{reply:?}");
+    }
+
+    #[test]
+    fn an_export_stays_importable_in_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        // 79 networks of 256: 20,224 bans, about 2 MiB of export.
+        let text: String = (0..79).map(|n| format!("10.1.{n}.0/24\n")).collect();
+        let reply = g.admin(
+            T0,
+            FwCommand::Import {
+                text,
+                ban_secs: 600,
+            },
+            &store,
+        );
+        assert!(matches!(reply, Reply::Done { .. }), "{reply:?}");
+        let Reply::FwExport(doc) = g.admin(T0, FwCommand::Export, &store) else {
+            panic!("not an export")
+        };
+        assert!(doc.omitted > 0);
+        assert_eq!(doc.bans.len() + doc.omitted, 79 * 256);
+        let size: usize = 48
+            + doc
+                .bans
+                .iter()
+                .map(|b| serde_json::to_string(b).unwrap().len() + 2)
+                .sum::<usize>();
+        assert!(size <= MAX_FEED_BYTES, "{size}");
+        assert!(size > MAX_FEED_BYTES - 200, "filled up: {size}");
     }
 
     /// Kernel enforcement end to end. Needs root and its own network namespace, so it only

@@ -43,6 +43,25 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
+const VOICEMAIL: TableDefinition<u64, &[u8]> = TableDefinition::new("voicemail");
+
+/// One voicemail message: the audio is a WAV file, this is its index entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoicemailRecord {
+    /// Message number (unique, increasing).
+    pub id: u64,
+    /// The extension whose mailbox holds it.
+    pub mailbox: String,
+    /// Who called.
+    pub caller: String,
+    /// When the call came in (ms since the epoch).
+    pub at: u64,
+    pub duration_ms: u32,
+    /// The WAV file.
+    pub path: PathBuf,
+    /// Not listened to yet.
+    pub new: bool,
+}
 
 /// Alerts kept; older ones are deleted as new ones arrive.
 pub const MAX_ALERTS: u64 = 10_000;
@@ -162,12 +181,17 @@ pub struct Batch {
     pub cdrs: Vec<Cdr>,
     /// Firewall bans, locks and alerts, applied in order.
     pub firewall: Vec<FirewallChange>,
+    /// New voicemail messages (their `id` is assigned at commit).
+    pub voicemail: Vec<VoicemailRecord>,
 }
 
 impl Batch {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.bindings.is_empty() && self.cdrs.is_empty() && self.firewall.is_empty()
+        self.bindings.is_empty()
+            && self.cdrs.is_empty()
+            && self.firewall.is_empty()
+            && self.voicemail.is_empty()
     }
 }
 
@@ -198,6 +222,7 @@ impl Store {
             txn.open_table(BANS)?;
             txn.open_table(ALERTS)?;
             txn.open_table(LOCKS)?;
+            txn.open_table(VOICEMAIL)?;
         }
         txn.commit()?;
         Ok(Store {
@@ -329,6 +354,18 @@ impl Store {
             if !batch.firewall.is_empty() {
                 apply_firewall(&txn, &batch.firewall)?;
             }
+            let mut vm = txn.open_table(VOICEMAIL)?;
+            let mut next = match vm.last()? {
+                Some((k, _)) => k.value().saturating_add(1),
+                None => 1,
+            };
+            for msg in &batch.voicemail {
+                let mut msg = msg.clone();
+                msg.id = next;
+                let bytes = encode("voicemail", &msg)?;
+                vm.insert(next, bytes.as_slice())?;
+                next = next.saturating_add(1);
+            }
         }
         txn.commit()?;
         Ok(())
@@ -425,6 +462,56 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Voicemail messages, oldest first; only `mailbox`'s when given.
+    pub fn vm_list(&self, mailbox: Option<&str>) -> Result<Vec<VoicemailRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(VOICEMAIL)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Some(msg) = self.decode::<VoicemailRecord>("voicemail", k.value(), v.value()) {
+                if mailbox.is_none_or(|m| m == msg.mailbox) {
+                    out.push(msg);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks message `id` as heard; returns its mailbox when it existed.
+    pub fn vm_mark_heard(&self, id: u64) -> Result<Option<String>, StoreError> {
+        let txn = self.begin_write()?;
+        let mailbox = {
+            let mut table = txn.open_table(VOICEMAIL)?;
+            let current = table
+                .get(id)?
+                .and_then(|v| serde_json::from_slice::<VoicemailRecord>(v.value()).ok());
+            match current {
+                Some(mut msg) => {
+                    msg.new = false;
+                    let bytes = encode("voicemail", &msg)?;
+                    table.insert(id, bytes.as_slice())?;
+                    Some(msg.mailbox)
+                }
+                None => None,
+            }
+        };
+        txn.commit()?;
+        Ok(mailbox)
+    }
+
+    /// Deletes message `id` from the index; returns it (the caller removes the file).
+    pub fn vm_delete(&self, id: u64) -> Result<Option<VoicemailRecord>, StoreError> {
+        let txn = self.begin_write()?;
+        let removed = {
+            let mut table = txn.open_table(VOICEMAIL)?;
+            let old = table.remove(id)?;
+            old.and_then(|v| serde_json::from_slice::<VoicemailRecord>(v.value()).ok())
+        };
+        txn.commit()?;
+        Ok(removed)
     }
 
     /// Number of stored call records.

@@ -78,6 +78,30 @@ pub struct VoicemailSettings {
     pub dir: std::path::PathBuf,
     /// Longest message.
     pub max_ms: u32,
+    /// The number extensions dial to hear their messages (e.g. `*97`).
+    pub access_number: String,
+}
+
+/// One message in a mailbox, as the driver's index knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxMessage {
+    /// Index id (for delete / mark-heard events).
+    pub id: u64,
+    /// The WAV file played back.
+    pub path: std::path::PathBuf,
+    /// Not heard yet.
+    pub new: bool,
+}
+
+/// The stored form of a voicemail PIN: never the digits themselves.
+pub fn pin_hash(ext: &str, pin: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"outpost-vm-pin:");
+    h.update(ext.as_bytes());
+    h.update(b":");
+    h.update(pin.as_bytes());
+    hex::encode(h.finalize())
 }
 
 /// Where the relay listens, as the call core advertises it in SDP.
@@ -123,6 +147,10 @@ pub enum Event {
         /// When the call came in.
         at: Millis,
     },
+    /// The mailbox owner listened to a message (it is no longer new).
+    VoicemailHeard { id: u64 },
+    /// The mailbox owner deleted a message.
+    VoicemailDeleted { id: u64 },
     /// A request authenticated (the firewall gives the source a pass).
     AuthSucceeded {
         /// Where the request came from.
@@ -303,6 +331,22 @@ enum App {
         path: std::path::PathBuf,
         stage: DepositStage,
     },
+    /// The mailbox owner listens to messages.
+    Access {
+        mailbox: String,
+        stage: AccessStage,
+        digits: String,
+        tries: u8,
+        queue: Vec<MailboxMessage>,
+        current: Option<MailboxMessage>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AccessStage {
+    Pin,
+    Menu,
+    Goodbye,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,8 +414,10 @@ pub struct Endpoint {
     locked: HashMap<String, Millis>,
     /// Voicemail recordings not yet reported, by relay session.
     recordings: HashMap<SessionId, PendingMessage>,
-    /// (new, old) message counts per mailbox, as the driver's index knows them.
-    mailboxes: HashMap<String, (u32, u32)>,
+    /// Messages per mailbox, as the driver's index knows them.
+    mailboxes: HashMap<String, Vec<MailboxMessage>>,
+    /// Voicemail PIN hashes per extension.
+    pins: HashMap<String, String>,
     /// MWI subscriptions by Call-ID.
     mwi: HashMap<String, MwiSubscription>,
     /// Relay ports free for new calls (when media is anchored).
@@ -412,6 +458,7 @@ impl Endpoint {
             locked: HashMap::new(),
             recordings: HashMap::new(),
             mailboxes: HashMap::new(),
+            pins: HashMap::new(),
             mwi: HashMap::new(),
             ports: cfg
                 .media
@@ -458,6 +505,18 @@ impl Endpoint {
             return;
         }
         self.locked.insert(ext.to_string(), until);
+    }
+
+    /// Sets (or with `None` clears) an extension's voicemail PIN hash (see [`pin_hash`]).
+    pub fn set_pin(&mut self, ext: &str, hash: Option<String>) {
+        match hash {
+            Some(h) => {
+                self.pins.insert(ext.to_string(), h);
+            }
+            None => {
+                self.pins.remove(ext);
+            }
+        }
     }
 
     /// Lifts an account lock.
@@ -838,17 +897,27 @@ impl Endpoint {
             .or_else(|| wire::tel_number(&req.uri).map(str::to_string))
             .unwrap_or_default();
         let local_tag = self.new_tag();
-        if !self.users.contains_key(&callee) {
+        let access = self.cfg.media.is_some()
+            && !req.body.is_empty()
+            && self
+                .cfg
+                .voicemail
+                .as_ref()
+                .is_some_and(|v| v.access_number == callee);
+        if !access && !self.users.contains_key(&callee) {
             self.reply(now, &key, &req, src, 404, Some(&local_tag));
             self.record_failed(now, &req, &caller, &callee, 404, Disposition::NotFound);
             return;
         }
-        let contacts: Vec<Binding> = self
-            .registrar
-            .lookup(&callee, now)
-            .into_iter()
-            .cloned()
-            .collect();
+        let contacts: Vec<Binding> = if access {
+            Vec::new()
+        } else {
+            self.registrar
+                .lookup(&callee, now)
+                .into_iter()
+                .cloned()
+                .collect()
+        };
         let voicemail_possible =
             self.cfg.voicemail.is_some() && self.cfg.media.is_some() && !req.body.is_empty();
         if contacts.is_empty() && !voicemail_possible {
@@ -958,7 +1027,12 @@ impl Endpoint {
             self.by_server_key.insert(key.clone(), id);
             let tag = call.a.local_tag.clone();
             self.calls.insert(id, call);
-            if !self.start_voicemail(now, id, "unavailable") {
+            let started = if access {
+                self.start_access(now, id)
+            } else {
+                self.start_voicemail(now, id, "unavailable")
+            };
+            if !started {
                 self.reply(now, &key, &req, src, 480, Some(&tag));
                 self.end_call(now, id, Disposition::Unavailable, 480);
             }
@@ -1125,8 +1199,14 @@ impl Endpoint {
             }
             (_, Some(fork)) => self.relay_to_b(now, id, fork, key, req, src),
             (Method::Bye, None) if call.app.is_some() => {
+                let deposit = matches!(call.app, Some(App::Deposit { .. }));
                 self.reply(now, &key, &req, src, 200, None);
-                self.end_call(now, id, Disposition::Voicemail, 200);
+                let disposition = if deposit {
+                    Disposition::Voicemail
+                } else {
+                    Disposition::Answered
+                };
+                self.end_call(now, id, disposition, 200);
             }
             (Method::Bye, None) => {
                 // BYE before the call was answered ends it like a CANCEL would.
@@ -1817,6 +1897,55 @@ impl Endpoint {
         let Some(vm) = self.cfg.voicemail.clone() else {
             return false;
         };
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let mailbox = call.callee.clone();
+        let path = vm.dir.join(&mailbox).join(format!("{now}-{id}.wav"));
+        let app = App::Deposit {
+            mailbox,
+            path,
+            stage: DepositStage::Greeting,
+        };
+        let clips = vec![
+            greeting.to_string(),
+            "please-leave-message".to_string(),
+            "beep".to_string(),
+        ];
+        self.answer_with_app(now, id, app, clips)
+    }
+
+    /// Outpost answers a mailbox owner who dialled the access number.
+    fn start_access(&mut self, now: Millis, id: u64) -> bool {
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let mailbox = call.caller.clone();
+        let has_pin = self.pins.contains_key(&mailbox);
+        let app = App::Access {
+            mailbox,
+            stage: if has_pin {
+                AccessStage::Pin
+            } else {
+                AccessStage::Goodbye
+            },
+            digits: String::new(),
+            tries: 0,
+            queue: Vec::new(),
+            current: None,
+        };
+        let clips = if has_pin {
+            vec!["enter-pin".to_string()]
+        } else {
+            // No PIN set: `outpostctl vm pin EXT` first.
+            vec!["invalid".to_string(), "goodbye".to_string()]
+        };
+        self.answer_with_app(now, id, app, clips)
+    }
+
+    /// Answers the caller of ringing call `id` with Outpost itself running `app`, and
+    /// plays `clips`. False when media is not anchored or the offer has no G.711.
+    fn answer_with_app(&mut self, now: Millis, id: u64, app: App, clips: Vec<String>) -> bool {
         let Some(call) = self.calls.get_mut(&id) else {
             return false;
         };
@@ -1829,15 +1958,9 @@ impl Endpoint {
         let Ok((body, open)) = media.answer_local() else {
             return false;
         };
-        let mailbox = call.callee.clone();
-        let path = vm.dir.join(&mailbox).join(format!("{now}-{id}.wav"));
         call.state = CallState::Answered;
         call.answer = Some(now);
-        call.app = Some(App::Deposit {
-            mailbox,
-            path,
-            stage: DepositStage::Greeting,
-        });
+        call.app = Some(app);
         let deadline = call.ring_deadline;
         let mut ok = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
         ok.body = body;
@@ -1851,15 +1974,114 @@ impl Endpoint {
         self.events.push_back(Event::Media(MediaCommand::Play {
             session: id,
             leg: Leg::A,
-            clips: vec![
-                greeting.to_string(),
-                "please-leave-message".to_string(),
-                "beep".to_string(),
-            ],
+            clips,
             repeat: false,
         }));
         self.send(now, &key, ok, peer);
         true
+    }
+
+    /// A digit from a mailbox owner listening to messages.
+    fn access_digit(&mut self, session: u64, digit: char) {
+        let Some(Call {
+            app:
+                Some(App::Access {
+                    mailbox,
+                    stage,
+                    digits,
+                    tries,
+                    queue,
+                    current,
+                }),
+            ..
+        }) = self.calls.get_mut(&session)
+        else {
+            return;
+        };
+        let mut clips: Vec<String> = Vec::new();
+        match *stage {
+            AccessStage::Pin if digit == '#' => {
+                let ok = self
+                    .pins
+                    .get(mailbox.as_str())
+                    .is_some_and(|h| *h == pin_hash(mailbox, digits));
+                digits.clear();
+                if ok {
+                    let msgs = self
+                        .mailboxes
+                        .get(mailbox.as_str())
+                        .cloned()
+                        .unwrap_or_default();
+                    let new = msgs.iter().filter(|m| m.new).count();
+                    // New messages first, then the saved ones, oldest first.
+                    let mut ordered: Vec<MailboxMessage> =
+                        msgs.iter().filter(|m| m.new).cloned().collect();
+                    ordered.extend(msgs.iter().filter(|m| !m.new).cloned());
+                    *queue = ordered;
+                    queue.reverse();
+                    if queue.is_empty() {
+                        clips.extend(["no-messages", "goodbye"].map(String::from));
+                        *stage = AccessStage::Goodbye;
+                    } else {
+                        clips.push("you-have".to_string());
+                        clips.extend(number_clips(new));
+                        clips.push(if new == 1 { "message" } else { "new-messages" }.to_string());
+                        *stage = AccessStage::Menu;
+                        *current = queue.pop();
+                        if let Some(m) = current.as_ref() {
+                            clips.push(m.path.display().to_string());
+                            clips.push("next-message-menu".to_string());
+                        }
+                    }
+                } else {
+                    *tries += 1;
+                    if *tries >= 3 {
+                        clips.extend(["invalid", "goodbye"].map(String::from));
+                        *stage = AccessStage::Goodbye;
+                    } else {
+                        clips.extend(["invalid", "enter-pin"].map(String::from));
+                    }
+                }
+            }
+            AccessStage::Pin => {
+                if digit.is_ascii_digit() && digits.len() < 16 {
+                    digits.push(digit);
+                }
+                return;
+            }
+            AccessStage::Menu if matches!(digit, '7' | '9' | '#') => {
+                if let Some(m) = current.take() {
+                    let event = if digit == '7' {
+                        clips.push("deleted".to_string());
+                        Event::VoicemailDeleted { id: m.id }
+                    } else {
+                        if digit == '9' {
+                            clips.push("message-saved".to_string());
+                        }
+                        Event::VoicemailHeard { id: m.id }
+                    };
+                    self.events.push_back(event);
+                }
+                *current = queue.pop();
+                match current.as_ref() {
+                    Some(m) => {
+                        clips.push(m.path.display().to_string());
+                        clips.push("next-message-menu".to_string());
+                    }
+                    None => {
+                        clips.push("goodbye".to_string());
+                        *stage = AccessStage::Goodbye;
+                    }
+                }
+            }
+            AccessStage::Menu | AccessStage::Goodbye => return,
+        }
+        self.events.push_back(Event::Media(MediaCommand::Play {
+            session,
+            leg: Leg::A,
+            clips,
+            repeat: false,
+        }));
     }
 
     /// Ends a message: "goodbye", then the PBX hangs up (on `PlayDone`).
@@ -1879,9 +2101,13 @@ impl Endpoint {
 
     /// Sets a mailbox's message counts (from the driver's index); subscribed phones are
     /// notified when they change.
-    pub fn set_mailbox(&mut self, now: Millis, mailbox: &str, new: u32, old: u32) {
-        let changed = self.mailboxes.get(mailbox) != Some(&(new, old));
-        self.mailboxes.insert(mailbox.to_string(), (new, old));
+    pub fn set_mailbox(&mut self, now: Millis, mailbox: &str, messages: Vec<MailboxMessage>) {
+        let counts = |m: &[MailboxMessage]| (m.iter().filter(|x| x.new).count(), m.len());
+        let changed = self
+            .mailboxes
+            .get(mailbox)
+            .is_none_or(|old| counts(old) != counts(&messages));
+        self.mailboxes.insert(mailbox.to_string(), messages);
         if changed {
             let ids: Vec<String> = self
                 .mwi
@@ -1950,7 +2176,10 @@ impl Endpoint {
         };
         sub.cseq = sub.cseq.saturating_add(1);
         let sub = sub.clone();
-        let (new, old) = self.mailboxes.get(&sub.mailbox).copied().unwrap_or((0, 0));
+        let (new, old) = self.mailboxes.get(&sub.mailbox).map_or((0, 0), |m| {
+            let new = m.iter().filter(|x| x.new).count();
+            (new, m.len() - new)
+        });
         let mut from = sub.local_uri.clone();
         from.params.set("tag", Some(sub.local_tag.clone()));
         let mut headers = self.request_headers(
@@ -2028,6 +2257,9 @@ impl Endpoint {
                         })
                     )
                 });
+                if leg == Leg::A {
+                    self.access_digit(session, digit);
+                }
                 if recording && leg == Leg::A && digit == '#' {
                     self.events
                         .push_back(Event::Media(MediaCommand::StopRecord {
@@ -2041,9 +2273,22 @@ impl Endpoint {
                 session,
                 leg: Leg::A,
             } => {
+                let access_done = self.calls.get(&session).is_some_and(|c| {
+                    matches!(
+                        c.app,
+                        Some(App::Access {
+                            stage: AccessStage::Goodbye,
+                            ..
+                        })
+                    )
+                });
+                if access_done {
+                    self.send_bye_a(now, session);
+                    self.end_call(now, session, Disposition::Answered, 200);
+                }
                 let stage = self.calls.get(&session).and_then(|c| match &c.app {
                     Some(App::Deposit { stage, path, .. }) => Some((*stage, path.clone())),
-                    None => None,
+                    _ => None,
                 });
                 match stage {
                     Some((DepositStage::Greeting, path)) => {
@@ -2410,6 +2655,11 @@ impl Endpoint {
             self.rng.gen::<u64>()
         )
     }
+}
+
+/// The prompts that say a number (digit by digit: "1" "2" for twelve).
+fn number_clips(n: usize) -> Vec<String> {
+    n.to_string().chars().map(|c| c.to_string()).collect()
 }
 
 /// Our media address for a peer: same family if we have one.

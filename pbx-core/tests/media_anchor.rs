@@ -272,6 +272,7 @@ fn vm_sim() -> Sim {
     cfg.voicemail = Some(pbx_core::endpoint::VoicemailSettings {
         dir: "/data/voicemail".into(),
         max_ms: 60_000,
+        access_number: "*97".into(),
     });
     Sim::with_config(cfg)
 }
@@ -427,7 +428,15 @@ fn an_unanswered_call_leaves_a_message_and_the_mailbox_lights_up() {
     assert_eq!(cdr.disposition, pbx_core::cdr::Disposition::Voicemail);
 
     // The index reports one new message: B's phone is told.
-    sim.ep.set_mailbox(sim.now, "200", 1, 0);
+    sim.ep.set_mailbox(
+        sim.now,
+        "200",
+        vec![pbx_core::endpoint::MailboxMessage {
+            id: 1,
+            path: path.clone(),
+            new: true,
+        }],
+    );
     sim.pump();
     let notify = sim.requests(b.addr);
     let n = notify
@@ -441,4 +450,108 @@ fn an_unanswered_call_leaves_a_message_and_the_mailbox_lights_up() {
     );
     assert_eq!(n.headers.call_id, "mwi-call");
     let _ = &mut b;
+}
+
+#[test]
+fn the_mailbox_owner_hears_messages_after_the_pin_and_deletes_one() {
+    use pbx_core::endpoint::{pin_hash, MailboxMessage};
+    use pbx_core::media::session::Leg;
+    let mut sim = vm_sim();
+    let (_a, mut b) = phones(&mut sim);
+    sim.ep.set_pin("200", Some(pin_hash("200", "4711")));
+    let msgs = vec![
+        MailboxMessage {
+            id: 7,
+            path: "/data/voicemail/200/m7.wav".into(),
+            new: true,
+        },
+        MailboxMessage {
+            id: 8,
+            path: "/data/voicemail/200/m8.wav".into(),
+            new: false,
+        },
+    ];
+    sim.ep.set_mailbox(sim.now, "200", msgs);
+    let _leg = invite(&mut sim, &mut b, "*97", SDP_OFFER);
+    let ok = sim
+        .responses(b.addr)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("answered");
+    assert_eq!(rtp_of(&ok.body).ip().to_string(), RELAY_IP);
+    let plays = |sim: &mut Sim| -> Vec<Vec<String>> {
+        media_commands(sim)
+            .into_iter()
+            .filter_map(|c| match c {
+                MediaCommand::Play {
+                    clips, leg: Leg::A, ..
+                } => Some(clips),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = plays(&mut sim);
+    assert_eq!(first, vec![vec!["enter-pin".to_string()]]);
+    let session = sim.ep.calls()[0].media_session.unwrap();
+    let dtmf = |sim: &mut Sim, d: char| {
+        sim.ep.handle_media_event(
+            sim.now,
+            MediaEvent::Dtmf {
+                session,
+                leg: Leg::A,
+                digit: d,
+                duration_ms: 80,
+            },
+        );
+        sim.pump();
+    };
+    // A wrong PIN is refused.
+    for d in ['1', '2', '#'] {
+        dtmf(&mut sim, d);
+    }
+    assert_eq!(
+        plays(&mut sim),
+        vec![vec!["invalid".to_string(), "enter-pin".to_string()]]
+    );
+    for d in ['4', '7', '1', '1', '#'] {
+        dtmf(&mut sim, d);
+    }
+    let p = plays(&mut sim);
+    assert_eq!(
+        p[0],
+        [
+            "you-have",
+            "1",
+            "message",
+            "/data/voicemail/200/m7.wav",
+            "next-message-menu"
+        ]
+        .map(String::from)
+        .to_vec()
+    );
+    // 7 deletes the new message and plays the saved one.
+    dtmf(&mut sim, '7');
+    assert!(sim
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::VoicemailDeleted { id: 7 })));
+    let p = plays(&mut sim);
+    assert_eq!(p[0][0], "deleted");
+    assert_eq!(p[0][1], "/data/voicemail/200/m8.wav");
+    // # keeps it (heard) and ends: goodbye, then the PBX hangs up.
+    dtmf(&mut sim, '#');
+    assert!(sim
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::VoicemailHeard { id: 8 })));
+    assert_eq!(plays(&mut sim), vec![vec!["goodbye".to_string()]]);
+    sim.ep.handle_media_event(
+        sim.now,
+        MediaEvent::PlayDone {
+            session,
+            leg: Leg::A,
+        },
+    );
+    sim.pump();
+    assert!(sim.requests(b.addr).iter().any(|r| r.method == Method::Bye));
 }

@@ -245,6 +245,11 @@ pub struct DaemonConfig {
     pub media_timeout_secs: u32,
     /// More TOML appended to the generated file (e.g. `[firewall]` tables); empty by default.
     pub extra_toml: String,
+    /// `[voicemail] max_secs`; `None` keeps the daemon's default.
+    pub voicemail_max_secs: Option<u32>,
+    /// `[media] prompts_dir` (spoken prompts made by `scripts/make-prompts`); `None` keeps
+    /// the daemon's default.
+    pub prompts_dir: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -276,6 +281,8 @@ impl DaemonConfig {
             media_ports: free_media_range(),
             media_timeout_secs: 60,
             extra_toml: String::new(),
+            voicemail_max_secs: None,
+            prompts_dir: None,
         }
     }
 
@@ -302,8 +309,18 @@ impl DaemonConfig {
             }
             None => String::new(),
         };
+        let prompts = match &self.prompts_dir {
+            Some(dir) => format!("prompts_dir = \"{}\"\n", dir.display()),
+            None => String::new(),
+        };
+        // Voicemail is on only for tests that configure it, so the plain call tests see
+        // the SIP statuses (480, 486) an unanswered call ends with.
+        let voicemail = match self.voicemail_max_secs {
+            Some(secs) => format!("\n[voicemail]\nmax_secs = {secs}\n"),
+            None => "\n[voicemail]\nenabled = false\n".to_string(),
+        };
         let media = format!(
-            "\n[media]\nport_first = {}\nport_last = {}\ntimeout_secs = {}\n\n[firewall]\n# Daemons of parallel tests share the host: none may own its nftables table.\nenforce = \"off\"\n",
+            "\n[media]\nport_first = {}\nport_last = {}\ntimeout_secs = {}\n{prompts}\n[firewall]\n# Daemons of parallel tests share the host: none may own its nftables table.\nenforce = \"off\"\n{voicemail}",
             self.media_ports.0, self.media_ports.1, self.media_timeout_secs
         );
         format!(
@@ -2332,6 +2349,134 @@ impl SipPhone {
         self.send(&second);
         let resp = self.await_final(&call_id, 2, "REGISTER", wait)?;
         status_of(resp.as_bytes())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Re-INVITEs (hold and resume) and MWI subscriptions (RFC 3842) for the voicemail tests.
+// ---------------------------------------------------------------------------------------
+
+impl SipPhone {
+    /// An in-dialog request of `dialog` with our Contact and, when `body` is not empty, a
+    /// body of `content_type`.
+    fn in_dialog_with_body(
+        &self,
+        dialog: &Dialog,
+        method: &str,
+        cseq: u32,
+        content_type: &str,
+        body: &str,
+    ) -> String {
+        let content = if body.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Type: {content_type}\r\n")
+        };
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: {contact}\r\nUser-Agent: outpost-tests\r\n{content}Content-Length: {len}\r\n\r\n{body}",
+            uri = dialog.remote_target,
+            local = self.local,
+            branch = unique("r"),
+            from = dialog.local_party,
+            to = dialog.remote_party,
+            call_id = dialog.call_id,
+            contact = self.contact(),
+            len = body.len(),
+        )
+    }
+
+    /// Sends a re-INVITE in `dialog` offering `sdp` (e.g. `a=sendonly` to hold, `a=sendrecv`
+    /// to resume); returns its CSeq number, for [`SipPhone::await_final`] and
+    /// [`SipPhone::ack_2xx`].
+    pub fn reinvite(&mut self, dialog: &mut Dialog, sdp: &str) -> u32 {
+        dialog.cseq += 1;
+        let invite =
+            self.in_dialog_with_body(dialog, "INVITE", dialog.cseq, "application/sdp", sdp);
+        self.send(&invite);
+        dialog.cseq
+    }
+
+    /// ACKs the 2xx to our (re-)INVITE with CSeq number `cseq` in `dialog`.
+    pub fn ack_2xx(&self, dialog: &Dialog, cseq: u32) {
+        self.send(&self.in_dialog_request(dialog, "ACK", cseq));
+    }
+
+    /// Subscribes to its own mailbox (`Event: message-summary`, RFC 3842) for an hour,
+    /// answering the digest challenge (407 or 401); panics unless the subscription is
+    /// accepted with a 2xx within `wait` per step. Returns the subscription's dialog; the
+    /// NOTIFYs come through [`SipPhone::await_notify`].
+    pub fn subscribe_mwi(&mut self, wait: Duration) -> Dialog {
+        let host = self.host();
+        let uri = format!("sip:{}@{host}:{}", self.ext, self.server.port());
+        let call_id = unique("mwi");
+        let local_party = format!("<sip:{}@{host}>;tag={}", self.ext, unique("s"));
+        let subscribe = |phone: &Self, cseq: u32, auth: &str| {
+            format!(
+                "SUBSCRIBE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {local_party}\r\nTo: <sip:{ext}@{host}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: {contact}\r\nEvent: message-summary\r\nAccept: application/simple-message-summary\r\nExpires: 3600\r\nUser-Agent: outpost-tests\r\n{auth}Content-Length: 0\r\n\r\n",
+                local = phone.local,
+                branch = unique("s"),
+                ext = phone.ext,
+                contact = phone.contact(),
+            )
+        };
+        self.send(&subscribe(self, 1, ""));
+        let resp = self
+            .await_final(&call_id, 1, "SUBSCRIBE", wait)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no answer to the SUBSCRIBE of {}; received:\n{}",
+                    self.ext,
+                    self.transcript()
+                )
+            });
+        let (challenge, answer) = match status_of(resp.as_bytes()) {
+            Some(407) => ("Proxy-Authenticate", "Proxy-Authorization"),
+            Some(401) => ("WWW-Authenticate", "Authorization"),
+            _ => panic!("the first SUBSCRIBE must be challenged:\n{resp}"),
+        };
+        let challenge = header_value(&resp, challenge)
+            .unwrap_or_else(|| panic!("the challenge has no {challenge}:\n{resp}"));
+        let authorization =
+            digest_authorization(&challenge, "SUBSCRIBE", &uri, &self.ext, &self.password);
+        self.send(&subscribe(
+            self,
+            2,
+            &format!("{answer}: {authorization}\r\n"),
+        ));
+        let resp = self
+            .await_final(&call_id, 2, "SUBSCRIBE", wait)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no answer to the authenticated SUBSCRIBE of {}; received:\n{}",
+                    self.ext,
+                    self.transcript()
+                )
+            });
+        assert!(
+            status_of(resp.as_bytes()).is_some_and(|s| (200..300).contains(&s)),
+            "SUBSCRIBE refused:\n{resp}"
+        );
+        Dialog {
+            call_id,
+            local_party,
+            remote_party: header_value(&resp, "To").unwrap_or_default(),
+            remote_target: header_value(&resp, "Contact")
+                .map(|c| uri_in(&c))
+                .unwrap_or(uri),
+            cseq: 2,
+            remote_sdp: String::new(),
+            answer_sent: None,
+        }
+    }
+
+    /// The next NOTIFY of the subscription with this Call-ID within `wait`, answered 200.
+    pub fn await_notify(&mut self, call_id: &str, wait: Duration) -> Option<String> {
+        let notify = self.recv_matching(wait, |m| {
+            request_method(m) == Some("NOTIFY")
+                && header_value(m, "Call-ID").as_deref() == Some(call_id)
+        })?;
+        self.reply(&notify, 200, None, "");
+        Some(notify)
     }
 }
 

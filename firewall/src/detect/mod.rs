@@ -160,15 +160,17 @@ pub enum Rule {
     Malformed,
     /// A message or Request-URI over the size limit.
     Oversized,
-    /// Set by the admin or imported from a blocklist feed.
+    /// Set by the admin, or imported once with `outpostctl fw import`.
     Manual,
     /// Requested by the toll-fraud policy for the source of a refused call.
     TollFraud,
+    /// Listed by a blocklist feed (`[firewall] feeds`); lifted when it leaves the feed.
+    Feed,
 }
 
 impl Rule {
     /// Every rule, in the order [`Detector::rule_hits`] reports them.
-    pub const ALL: [Rule; 12] = [
+    pub const ALL: [Rule; 13] = [
         Rule::Flood,
         Rule::UnknownHost,
         Rule::UnknownHostFlood,
@@ -181,6 +183,7 @@ impl Rule {
         Rule::Oversized,
         Rule::Manual,
         Rule::TollFraud,
+        Rule::Feed,
     ];
 
     /// The rule's name as in config and storage (`snake_case`).
@@ -198,6 +201,7 @@ impl Rule {
             Rule::Oversized => "oversized",
             Rule::Manual => "manual",
             Rule::TollFraud => "toll_fraud",
+            Rule::Feed => "feed",
         }
     }
 
@@ -967,6 +971,7 @@ fn ban_reason(b: &BanRecord) -> String {
         Rule::Oversized => "oversized messages",
         Rule::Manual => "banned by the admin or a blocklist",
         Rule::TollFraud => "toll fraud",
+        Rule::Feed => "listed by a blocklist feed",
     };
     if b.rule == Rule::RepeatOffender && b.trigger != Rule::RepeatOffender {
         format!(

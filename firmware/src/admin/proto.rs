@@ -58,6 +58,12 @@ pub enum Command {
     RegList,
     /// Calls in progress.
     Calls,
+    /// Voicemail messages (of one mailbox when given).
+    VmList { mailbox: Option<String> },
+    /// Delete a voicemail message (index entry and audio file).
+    VmDel { id: u64 },
+    /// Set an extension's voicemail PIN (stored hashed).
+    VmPin { ext: String, pin: String },
     /// Most recent call detail records, newest first.
     CdrList {
         /// How many at most.
@@ -98,6 +104,16 @@ pub enum FwCommand {
     },
     /// Every rule with its threshold, action and hit counter.
     Rules,
+    /// Ban every address of a blocklist once (rule `manual`; same formats as a feed: one
+    /// address or network per line, or JSON). The daemon parses and checks it.
+    Import {
+        /// The blocklist text (at most 1 MiB).
+        text: String,
+        /// How long each address is banned.
+        ban_secs: u64,
+    },
+    /// Our current bans in the exchange format, for other sites' feeds or `fw import`.
+    Export,
 }
 
 impl FwCommand {
@@ -111,6 +127,8 @@ impl FwCommand {
             FwCommand::Unlock { .. } => "fw_unlock",
             FwCommand::Alerts { .. } => "fw_alerts",
             FwCommand::Rules => "fw_rules",
+            FwCommand::Import { .. } => "fw_import",
+            FwCommand::Export => "fw_export",
         }
     }
 }
@@ -129,6 +147,9 @@ impl Command {
             Command::RegList => "reg_list",
             Command::Calls => "calls",
             Command::CdrList { .. } => "cdr_list",
+            Command::VmList { .. } => "vm_list",
+            Command::VmDel { .. } => "vm_del",
+            Command::VmPin { .. } => "vm_pin",
             Command::Fw(fw) => fw.name(),
         }
     }
@@ -161,6 +182,8 @@ pub enum Reply {
     Calls(Vec<CallInfo>),
     /// Answer to [`Command::CdrList`].
     Cdrs(Vec<Cdr>),
+    /// Voicemail messages, oldest first.
+    Voicemail(Vec<crate::store::VoicemailRecord>),
     /// Answer to [`FwCommand::Status`].
     FwStatus(FwStatusInfo),
     /// Answer to [`FwCommand::Bans`].
@@ -169,6 +192,8 @@ pub enum Reply {
     FwAlerts(Vec<FwAlertInfo>),
     /// Answer to [`FwCommand::Rules`].
     FwRules(Vec<FwRuleInfo>),
+    /// Answer to [`FwCommand::Export`].
+    FwExport(FwExport),
     /// A change was made.
     Done {
         /// What was done, for a human.
@@ -313,6 +338,69 @@ pub struct FwStatusInfo {
     pub kernel: Option<FwKernelInfo>,
     /// Hits per rule, in rule order.
     pub rule_hits: Vec<FwRuleHits>,
+    /// Health of each blocklist feed, in configuration order.
+    #[serde(default)]
+    pub feeds: Vec<FwFeedInfo>,
+}
+
+/// One blocklist feed's health.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwFeedInfo {
+    /// The file.
+    pub source: String,
+    /// Seconds between reads.
+    pub refresh_secs: u64,
+    /// Ban length of its entries.
+    pub ban_secs: u64,
+    /// Addresses listed by the last good read (networks expanded), the ignored ones included.
+    pub entries: usize,
+    /// Of those, allow-listed, trunk-peer or loopback addresses, never banned.
+    pub ignored: usize,
+    /// Lines or JSON items of the last good read that are not an address or network.
+    pub invalid: usize,
+    /// Networks of the last good read wider than 256 addresses, skipped.
+    pub too_wide: usize,
+    /// Entries of the last good read past the 100,000-address limit, skipped.
+    pub truncated: usize,
+    /// When the last good read finished (ms since the epoch); None before the first.
+    pub last_refresh: Option<u64>,
+    /// Reads done, good or not.
+    pub reads: u64,
+    /// Reads that failed (file missing, unreadable, too large, not a feed); the bans of
+    /// the last good read stay until they end.
+    pub failures: u64,
+    /// Why the last read failed, while it is the latest read.
+    pub last_error: Option<String>,
+}
+
+/// Bans in the exchange format: `{"generated": ms, "bans": [{"addr", "until", "rule",
+/// "reason"}]}` (`outpostctl fw export`; `fw import` and feeds read it back).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwExport {
+    /// When it was made (ms since the epoch).
+    pub generated: u64,
+    /// The bans, longest-lasting first.
+    pub bans: Vec<FwExportBan>,
+    /// Bans left out so the document stays importable (at most 1 MiB).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: usize,
+}
+
+/// One ban of an [`FwExport`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FwExportBan {
+    /// The banned address.
+    pub addr: String,
+    /// When the ban ends (ms since the epoch).
+    pub until: u64,
+    /// The rule that banned.
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The nftables side of the firewall.
@@ -535,6 +623,11 @@ mod tests {
             FwCommand::Unlock { user: "100".into() },
             FwCommand::Alerts { limit: 20 },
             FwCommand::Rules,
+            FwCommand::Import {
+                text: "203.0.113.9\n".into(),
+                ban_secs: 60,
+            },
+            FwCommand::Export,
         ] {
             let s = serde_json::to_string(&Command::Fw(fw.clone())).unwrap();
             assert!(s.starts_with(r#"{"cmd":"fw","fw":""#), "{s}");
@@ -612,6 +705,20 @@ mod tests {
                     rule: "scanner".into(),
                     hits: 1,
                 }],
+                feeds: vec![FwFeedInfo {
+                    source: "/etc/outpost/drop.txt".into(),
+                    refresh_secs: 3_600,
+                    ban_secs: 86_400,
+                    entries: 3,
+                    ignored: 1,
+                    invalid: 2,
+                    too_wide: 0,
+                    truncated: 0,
+                    last_refresh: Some(7),
+                    reads: 2,
+                    failures: 1,
+                    last_error: None,
+                }],
             }),
             Reply::FwBans(FwBansInfo {
                 total_bans: 1,
@@ -647,6 +754,16 @@ mod tests {
                 action: "ban 300 s".into(),
                 hits: 0,
             }]),
+            Reply::FwExport(FwExport {
+                generated: 9,
+                bans: vec![FwExportBan {
+                    addr: "2001:db8::1".into(),
+                    until: 10,
+                    rule: "scanner".into(),
+                    reason: "scanner fingerprint".into(),
+                }],
+                omitted: 0,
+            }),
         ];
         for r in replies {
             let s = serde_json::to_string(&r).unwrap();
@@ -656,6 +773,36 @@ mod tests {
         }
         let s = serde_json::to_string(&Reply::Extensions(vec![])).unwrap();
         assert_eq!(s, r#"{"reply":"extensions","data":[]}"#);
+        // The exchange format carries no `omitted` key unless bans were left out.
+        let doc = FwExport {
+            generated: 1,
+            bans: vec![],
+            omitted: 0,
+        };
+        assert_eq!(
+            serde_json::to_string(&doc).unwrap(),
+            r#"{"generated":1,"bans":[]}"#
+        );
+        // An older daemon's status without `feeds` still reads.
+        let mut status: serde_json::Value = serde_json::to_value(FwStatusInfo {
+            mode: "monitor".into(),
+            reason: None,
+            bans: 0,
+            locks: 0,
+            sources: 0,
+            passes: 0,
+            inspected: 0,
+            dropped_banned: 0,
+            dropped_rule: 0,
+            alerts_stored: 0,
+            runtime_allow: vec![],
+            kernel: None,
+            rule_hits: vec![],
+            feeds: vec![],
+        })
+        .unwrap();
+        status.as_object_mut().unwrap().remove("feeds");
+        assert!(serde_json::from_value::<FwStatusInfo>(status).is_ok());
     }
 
     #[test]

@@ -8,18 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::Serialize;
 
 use firmware::admin::proto::{
     validate_ext, validate_name, validate_password, CallInfo, Command, ExtImportRow, ExtensionInfo,
-    FwAlertInfo, FwBansInfo, FwCommand, FwRuleInfo, FwStatusInfo, RegistrationInfo, Reply,
-    StatusInfo, MAX_LINE,
+    FwAlertInfo, FwBansInfo, FwCommand, FwExport, FwRuleInfo, FwStatusInfo, RegistrationInfo,
+    Reply, StatusInfo, MAX_LINE,
 };
 use firmware::admin::Client;
 use firmware::config::default_socket_path;
+use firmware::guard::feed::{self, MAX_FEED_BYTES};
 use pbx_core::cdr::{Cdr, Disposition};
 
 /// How long to wait for the daemon to answer one request (an import of thousands of
@@ -65,6 +66,30 @@ enum Cmd {
     /// The SIP firewall: bans, alerts, rules.
     #[command(subcommand)]
     Fw(FwCmd),
+    /// Voicemail messages.
+    #[command(subcommand)]
+    Vm(VmCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCmd {
+    /// List messages, oldest first.
+    List {
+        /// Only this extension's mailbox.
+        mailbox: Option<String>,
+    },
+    /// Delete a message (its index entry and audio file).
+    Del {
+        /// The message number from `vm list`.
+        id: u64,
+    },
+    /// Set the PIN an extension enters after dialling the voicemail access number.
+    Pin {
+        /// Extension number.
+        ext: String,
+        /// 4 to 12 digits.
+        pin: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +122,36 @@ enum FwCmd {
     },
     /// Every rule with its threshold, action and hit counter.
     Rules,
+    /// Ban every address of a blocklist once (rule `manual`, kept across restarts): one
+    /// address or network per line with `#` comments, or JSON (an array of addresses, or
+    /// `fw export`'s document); networks of up to 256 addresses are expanded; at most 1 MiB.
+    Import {
+        /// The blocklist, or `-` for standard input.
+        file: PathBuf,
+        /// How long each address is banned, in seconds.
+        #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+        ban_secs: u64,
+    },
+    /// Write our current bans (not those of blocklist feeds) for other sites' feeds or
+    /// `fw import`: JSON {"generated", "bans": [{"addr", "until", "rule", "reason"}]}, or one
+    /// address per line.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        format: ExportFormat,
+    },
+}
+
+/// `fw export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExportFormat {
+    /// `{"generated": ms, "bans": [...]}`, one ban per line.
+    Json,
+    /// One address per line after a `#` comment.
+    Lines,
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +250,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
+    let export = match &cli.command {
+        Cmd::Fw(FwCmd::Export { out, format }) => Some((out.clone(), *format)),
+        _ => None,
+    };
     let (commands, generated) = plan(cli.command)?;
     let mut client = Client::connect(&socket, REPLY_TIMEOUT).map_err(|e| {
         Failure::Unreachable(format!(
@@ -207,9 +266,83 @@ fn run(cli: Cli) -> Result<(), Failure> {
         let reply = client.request(command).map_err(|e| {
             Failure::Unreachable(format!("talking to outpostd at {}: {e}", socket.display()))
         })?;
-        show(&reply, cli.json, generated.as_ref())?;
+        match (&export, &reply) {
+            (Some((out, format)), Reply::FwExport(doc)) => {
+                write_export(doc, *format, out.as_deref())?;
+            }
+            _ => show(&reply, cli.json, generated.as_ref())?,
+        }
     }
     Ok(())
+}
+
+/// Prints an export, or writes it to `out`; warns when bans were left out.
+fn write_export(doc: &FwExport, format: ExportFormat, out: Option<&Path>) -> Result<(), Failure> {
+    let text = render_export(doc, format);
+    match out {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
+            println!("{} bans exported to {}", doc.bans.len(), path.display());
+        }
+        None => print!("{text}"),
+    }
+    if doc.omitted > 0 {
+        eprintln!(
+            "outpostctl: {} more bans left out: an export holds at most 1 MiB so other sites can import it",
+            doc.omitted
+        );
+    }
+    Ok(())
+}
+
+/// The export document: JSON with one ban per line, or one address per line.
+fn render_export(doc: &FwExport, format: ExportFormat) -> String {
+    match format {
+        ExportFormat::Json => {
+            if doc.bans.is_empty() {
+                return format!("{{\"generated\":{},\"bans\":[]}}\n", doc.generated);
+            }
+            let bans: Vec<String> = doc.bans.iter().map(to_json).collect();
+            format!(
+                "{{\"generated\":{},\"bans\":[\n{}\n]}}\n",
+                doc.generated,
+                bans.join(",\n")
+            )
+        }
+        ExportFormat::Lines => {
+            let mut out = format!(
+                "# outpost bans exported {} UTC ({} addresses)\n",
+                fmt_time(doc.generated),
+                doc.bans.len()
+            );
+            for b in &doc.bans {
+                out.push_str(&sanitize(&b.addr));
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
+
+/// Reads at most [`MAX_FEED_BYTES`] of a blocklist (`-` = standard input).
+fn read_blocklist(file: &Path) -> Result<String, Failure> {
+    let limit = MAX_FEED_BYTES as u64 + 1;
+    let mut bytes = Vec::new();
+    let result = if file.as_os_str() == "-" {
+        std::io::stdin().lock().take(limit).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(limit).read_to_end(&mut bytes))
+    };
+    result.map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+    if bytes.len() > MAX_FEED_BYTES {
+        return Err(Failure::Usage(format!(
+            "{}: larger than 1 MiB; split it into smaller files",
+            file.display()
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Failure::Usage(format!("{}: not UTF-8 text", file.display())))
 }
 
 /// Turns the command line into the requests to send, checking all input first.
@@ -223,6 +356,9 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Cdr(CdrCmd::List { limit }) => one(Command::CdrList {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
         }),
+        Cmd::Vm(VmCmd::List { mailbox }) => one(Command::VmList { mailbox }),
+        Cmd::Vm(VmCmd::Del { id }) => one(Command::VmDel { id }),
+        Cmd::Vm(VmCmd::Pin { ext, pin }) => one(Command::VmPin { ext, pin }),
         Cmd::Fw(fw) => one(Command::Fw(match fw {
             FwCmd::Status => FwCommand::Status,
             FwCmd::Bans => FwCommand::Bans,
@@ -245,6 +381,23 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
                 limit: usize::try_from(limit).unwrap_or(usize::MAX),
             },
             FwCmd::Rules => FwCommand::Rules,
+            FwCmd::Import { file, ban_secs } => {
+                let text = read_blocklist(&file)?;
+                // Checked here so a file with nothing to ban is refused before sending; the
+                // daemon parses it again and reports what it skipped.
+                let parsed = feed::parse(&text, 0)
+                    .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
+                if parsed.addrs.is_empty() {
+                    let mut msg = format!("{}: no addresses to import", file.display());
+                    for p in &parsed.problems {
+                        msg.push_str("\n  ");
+                        msg.push_str(&sanitize(p));
+                    }
+                    return Err(Failure::Usage(msg));
+                }
+                FwCommand::Import { text, ban_secs }
+            }
+            FwCmd::Export { .. } => FwCommand::Export,
         })),
         Cmd::Ext(ExtCmd::Del { ext }) => {
             validate_ext(&ext).map_err(Failure::Usage)?;
@@ -485,10 +638,12 @@ fn payload_json(reply: &Reply) -> String {
         Reply::Registrations(v) => to_json(v),
         Reply::Calls(v) => to_json(v),
         Reply::Cdrs(v) => to_json(v),
+        Reply::Voicemail(v) => to_json(v),
         Reply::FwStatus(s) => to_json(s),
         Reply::FwBans(b) => to_json(b),
         Reply::FwAlerts(v) => to_json(v),
         Reply::FwRules(v) => to_json(v),
+        Reply::FwExport(doc) => to_json(doc),
         Reply::Done { message } | Reply::Error { message } => {
             to_json(&serde_json::json!({ "message": message }))
         }
@@ -503,10 +658,12 @@ fn render(reply: &Reply, generated: Option<&Generated>) -> String {
         Reply::Registrations(v) => render_registrations(v),
         Reply::Calls(v) => render_calls(v),
         Reply::Cdrs(v) => render_cdrs(v),
+        Reply::Voicemail(v) => render_voicemail(v),
         Reply::FwStatus(s) => render_fw_status(s),
         Reply::FwBans(b) => render_fw_bans(b),
         Reply::FwAlerts(v) => render_fw_alerts(v),
         Reply::FwRules(v) => render_fw_rules(v),
+        Reply::FwExport(doc) => render_export(doc, ExportFormat::Json),
         Reply::Done { message } => match generated {
             Some(g) => format!("{}\n", g.human),
             None => format!("{}\n", sanitize(message)),
@@ -647,6 +804,38 @@ fn render_calls(v: &[CallInfo]) -> String {
     out
 }
 
+fn render_voicemail(v: &[firmware::store::VoicemailRecord]) -> String {
+    if v.is_empty() {
+        return "no voicemail messages\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.mailbox.clone(),
+                m.caller.clone(),
+                fmt_time(m.at),
+                fmt_duration(u64::from(m.duration_ms) / 1000),
+                if m.new { "new" } else { "old" }.to_owned(),
+                m.path.display().to_string(),
+            ]
+        })
+        .collect();
+    format_table(
+        Some(&[
+            "ID",
+            "MAILBOX",
+            "FROM",
+            "RECEIVED (UTC)",
+            "LENGTH",
+            "STATE",
+            "FILE",
+        ]),
+        &rows,
+    )
+}
+
 fn render_cdrs(v: &[Cdr]) -> String {
     if v.is_empty() {
         return "no call records\n".to_owned();
@@ -750,6 +939,43 @@ fn render_fw_status(s: &FwStatusInfo) -> String {
         .collect();
     out.push('\n');
     out.push_str(&format_table(Some(&["RULE", "HITS"]), &hits));
+    if !s.feeds.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .feeds
+            .iter()
+            .map(|f| {
+                vec![
+                    f.source.clone(),
+                    f.entries.to_string(),
+                    f.ignored.to_string(),
+                    (f.invalid + f.too_wide + f.truncated).to_string(),
+                    f.last_refresh.map_or_else(|| "never".to_owned(), fmt_time),
+                    format!("{}/{}", f.failures, f.reads),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&format_table(
+            Some(&[
+                "FEED",
+                "ENTRIES",
+                "IGNORED",
+                "SKIPPED",
+                "LAST REFRESH (UTC)",
+                "FAILED READS",
+            ]),
+            &rows,
+        ));
+        for f in &s.feeds {
+            if let Some(e) = &f.last_error {
+                out.push_str(&format!(
+                    "feed {}: last read failed: {}\n",
+                    sanitize(&f.source),
+                    sanitize(e)
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -873,6 +1099,7 @@ fn disposition_name(d: Disposition) -> &'static str {
         Disposition::Unavailable => "unavailable",
         Disposition::Failed => "failed",
         Disposition::MediaTimeout => "media timeout",
+        Disposition::Voicemail => "voicemail",
     }
 }
 
@@ -1266,10 +1493,108 @@ mod tests {
             runtime_allow: vec![],
             kernel: None,
             rule_hits: vec![],
+            feeds: vec![firmware::admin::proto::FwFeedInfo {
+                source: "/etc/outpost/drop.txt".into(),
+                refresh_secs: 3_600,
+                ban_secs: 86_400,
+                entries: 12,
+                ignored: 1,
+                invalid: 2,
+                too_wide: 1,
+                truncated: 0,
+                last_refresh: Some(0),
+                reads: 4,
+                failures: 1,
+                last_error: Some("cannot read /etc/outpost/drop.txt: gone".into()),
+            }],
         });
-        assert!(render(&status, None)
-            .contains("user-space (kernel enforcement off: not running as root)"));
+        let text = render(&status, None);
+        assert!(text.contains("user-space (kernel enforcement off: not running as root)"));
+        assert!(
+            text.contains("/etc/outpost/drop.txt  12       1        3        1970-01-01"),
+            "{text}"
+        );
+        assert!(text.contains("feed /etc/outpost/drop.txt: last read failed: cannot read"));
         assert_eq!(render(&Reply::FwAlerts(vec![]), None), "no alerts\n");
+    }
+
+    #[test]
+    fn fw_import_checks_the_file_and_export_formats_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("drop.txt");
+        std::fs::write(&list, "# ours\n203.0.113.9\nnot-an-address\n").unwrap();
+        let plan_of = |args: &[&str]| {
+            let mut argv = vec!["outpostctl"];
+            argv.extend_from_slice(args);
+            plan(Cli::try_parse_from(argv).unwrap().command).map(|(c, _)| c)
+        };
+        let path = list.to_str().unwrap();
+        assert_eq!(
+            plan_of(&["fw", "import", path, "--ban-secs", "60"]).unwrap(),
+            vec![Command::Fw(FwCommand::Import {
+                text: "# ours\n203.0.113.9\nnot-an-address\n".into(),
+                ban_secs: 60
+            })]
+        );
+        std::fs::write(&list, "junk\n").unwrap();
+        match plan_of(&["fw", "import", path]) {
+            Err(Failure::Usage(m)) => assert!(m.contains("no addresses to import"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&list, vec![b'#'; MAX_FEED_BYTES + 1]).unwrap();
+        assert!(matches!(
+            plan_of(&["fw", "import", path]),
+            Err(Failure::Usage(_))
+        ));
+        assert!(
+            Cli::try_parse_from(["outpostctl", "fw", "import", path, "--ban-secs", "0"]).is_err()
+        );
+        assert_eq!(
+            plan_of(&["fw", "export", "--format", "lines"]).unwrap(),
+            vec![Command::Fw(FwCommand::Export)]
+        );
+
+        let doc = FwExport {
+            generated: 1_000,
+            bans: vec![
+                firmware::admin::proto::FwExportBan {
+                    addr: "203.0.113.9".into(),
+                    until: 90_000_000,
+                    rule: "scanner".into(),
+                    reason: "scanner fingerprint".into(),
+                },
+                firmware::admin::proto::FwExportBan {
+                    addr: "2001:db8::66".into(),
+                    until: 5_000,
+                    rule: "flood".into(),
+                    reason: "request flood".into(),
+                },
+            ],
+            omitted: 0,
+        };
+        let json = render_export(&doc, ExportFormat::Json);
+        let back: FwExport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, doc);
+        assert_eq!(json.lines().count(), 4, "{json}");
+        let lines = render_export(&doc, ExportFormat::Lines);
+        assert!(
+            lines.starts_with("# outpost bans exported 1970-01-01"),
+            "{lines}"
+        );
+        // Both formats read back as the same addresses.
+        let a = feed::parse(&json, 2_000).unwrap().addrs;
+        let b = feed::parse(&lines, 2_000).unwrap().addrs;
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 2);
+        let empty = FwExport {
+            generated: 7,
+            bans: vec![],
+            omitted: 0,
+        };
+        assert_eq!(
+            render_export(&empty, ExportFormat::Json),
+            "{\"generated\":7,\"bans\":[]}\n"
+        );
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub fn write_ulaw(path: &Path, samples: &[u8]) -> io::Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let result = (|| {
+        // A mailbox's first message creates its directory.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir)?;
+        }
         let mut file = File::create(&tmp)?;
         file.write_all(&encode_ulaw(samples))?;
         file.sync_all()?;
