@@ -80,6 +80,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// `[voicemail]`: messages for unanswered calls.
     pub voicemail: VoicemailConfig,
+    /// `[[ivr]]`: auto-attendant menus.
+    pub ivr: Vec<IvrConfig>,
     /// `[firewall]`: inspection before the call core and kernel enforcement.
     pub firewall: FirewallConfig,
 }
@@ -458,6 +460,37 @@ impl Default for VoicemailConfig {
     }
 }
 
+/// One `[[ivr]]` auto-attendant menu.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IvrConfig {
+    /// The number that reaches the menu.
+    pub number: String,
+    /// Prompt played on answer (a name from prompts/en.toml, default "main-menu").
+    #[serde(default = "default_greeting")]
+    pub greeting: String,
+    /// Digit → extension, e.g. `options = { "1" = "100", "2" = "101" }`.
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Seconds to wait for a digit after the greeting.
+    #[serde(default = "default_ivr_timeout")]
+    pub timeout_secs: u64,
+    /// Greetings replayed after a timeout or an invalid digit before hanging up.
+    #[serde(default = "default_ivr_retries")]
+    pub retries: u32,
+}
+
+fn default_greeting() -> String {
+    "main-menu".to_string()
+}
+
+fn default_ivr_timeout() -> u64 {
+    8
+}
+
+fn default_ivr_retries() -> u32 {
+    2
+}
+
 /// `[demo]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -649,6 +682,31 @@ impl Config {
                 return Err(invalid(
                     &format!("firewall.feeds[{i}].source"),
                     format!("{:?} is listed twice", feed.source),
+                ));
+            }
+        }
+        for (i, menu) in self.ivr.iter().enumerate() {
+            if menu.number.is_empty()
+                || validate_ext(&menu.number).is_err() && !menu.number.starts_with('*')
+            {
+                return Err(invalid(
+                    &format!("ivr[{i}].number"),
+                    "must be a dialable number",
+                ));
+            }
+            if let Some(bad) = menu.options.keys().find(|k| {
+                let mut c = k.chars();
+                !matches!((c.next(), c.next()), (Some('0'..='9' | '*' | '#'), None))
+            }) {
+                return Err(invalid(
+                    &format!("ivr[{i}].options"),
+                    format!("option {bad:?} is not a single digit, * or #"),
+                ));
+            }
+            if !(1..=60).contains(&menu.timeout_secs) {
+                return Err(invalid(
+                    &format!("ivr[{i}].timeout_secs"),
+                    "must be between 1 and 60",
                 ));
             }
         }

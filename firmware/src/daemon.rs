@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use pbx_core::endpoint::{
-    pin_hash, Endpoint, EndpointConfig, Event, MailboxMessage, MediaSettings, VoicemailSettings,
+    pin_hash, Endpoint, EndpointConfig, Event, IvrMenu, MailboxMessage, MediaSettings,
+    VoicemailSettings,
 };
 use pbx_core::media::session::MediaEvent;
 use pbx_core::registrar::RegistrarConfig;
@@ -123,6 +124,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         seed: rand::thread_rng().gen(),
         media: None,
         voicemail: None,
+        ivr: cfg
+            .ivr
+            .iter()
+            .map(|m| IvrMenu {
+                number: m.number.clone(),
+                greeting: m.greeting.clone(),
+                options: m
+                    .options
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.chars().next()?, v.clone())))
+                    .collect(),
+                timeout_ms: m.timeout_secs.saturating_mul(1000),
+                retries: m.retries,
+            })
+            .collect(),
     };
     let mut endpoint_cfg = endpoint_cfg;
     let mut relay = None;

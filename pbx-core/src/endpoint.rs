@@ -69,6 +69,8 @@ pub struct EndpointConfig {
     pub media: Option<MediaSettings>,
     /// Voicemail (needs media anchoring); `None` answers unreachable callees with 480/486.
     pub voicemail: Option<VoicemailSettings>,
+    /// Auto-attendant menus (need media anchoring).
+    pub ivr: Vec<IvrMenu>,
 }
 
 /// Where messages go and how long they may be.
@@ -80,6 +82,22 @@ pub struct VoicemailSettings {
     pub max_ms: u32,
     /// The number extensions dial to hear their messages (e.g. `*97`).
     pub access_number: String,
+}
+
+/// An auto-attendant menu: a dialable number that answers, plays a greeting and sends the
+/// caller to an extension by digit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IvrMenu {
+    /// The number that reaches the menu (also a DID target later).
+    pub number: String,
+    /// Prompt played on answer (and again after a timeout or an invalid digit).
+    pub greeting: String,
+    /// Digit → extension.
+    pub options: std::collections::BTreeMap<char, String>,
+    /// How long to wait for a digit after the greeting.
+    pub timeout_ms: u64,
+    /// Greetings replayed after a timeout or an invalid digit before hanging up.
+    pub retries: u32,
 }
 
 /// One message in a mailbox, as the driver's index knows it.
@@ -331,6 +349,15 @@ enum App {
         path: std::path::PathBuf,
         stage: DepositStage,
     },
+    /// The caller is in an auto-attendant menu (or being transferred from it).
+    Menu {
+        menu: usize,
+        tries: u32,
+        /// Waiting for a digit until then.
+        deadline: Option<Millis>,
+        /// Extension being rung for the caller.
+        transfer: Option<String>,
+    },
     /// The mailbox owner listens to messages.
     Access {
         mailbox: String,
@@ -418,6 +445,8 @@ pub struct Endpoint {
     mailboxes: HashMap<String, Vec<MailboxMessage>>,
     /// Voicemail PIN hashes per extension.
     pins: HashMap<String, String>,
+    /// Auto-attendant digit deadlines.
+    menu_timers: BTreeSet<(Millis, u64)>,
     /// MWI subscriptions by Call-ID.
     mwi: HashMap<String, MwiSubscription>,
     /// Relay ports free for new calls (when media is anchored).
@@ -459,6 +488,7 @@ impl Endpoint {
             recordings: HashMap::new(),
             mailboxes: HashMap::new(),
             pins: HashMap::new(),
+            menu_timers: BTreeSet::new(),
             mwi: HashMap::new(),
             ports: cfg
                 .media
@@ -651,6 +681,13 @@ impl Endpoint {
         if !changes.is_empty() {
             self.events.push_back(Event::Bindings(changes));
         }
+        while let Some(&(deadline, call)) = self.menu_timers.first() {
+            if deadline > now {
+                break;
+            }
+            self.menu_timers.remove(&(deadline, call));
+            self.menu_timeout(now, call, deadline);
+        }
         while let Some(&(deadline, call)) = self.ring_timers.first() {
             if deadline > now {
                 break;
@@ -667,6 +704,7 @@ impl Endpoint {
             self.tx.poll_timeout(),
             self.registrar.next_expiry(),
             self.ring_timers.first().map(|&(d, _)| d),
+            self.menu_timers.first().map(|&(d, _)| d),
         ]
         .into_iter()
         .flatten()
@@ -897,13 +935,19 @@ impl Endpoint {
             .or_else(|| wire::tel_number(&req.uri).map(str::to_string))
             .unwrap_or_default();
         let local_tag = self.new_tag();
-        let access = self.cfg.media.is_some()
-            && !req.body.is_empty()
-            && self
-                .cfg
-                .voicemail
-                .as_ref()
-                .is_some_and(|v| v.access_number == callee);
+        let menu = if self.cfg.media.is_some() && !req.body.is_empty() {
+            self.cfg.ivr.iter().position(|m| m.number == callee)
+        } else {
+            None
+        };
+        let access = menu.is_some()
+            || self.cfg.media.is_some()
+                && !req.body.is_empty()
+                && self
+                    .cfg
+                    .voicemail
+                    .as_ref()
+                    .is_some_and(|v| v.access_number == callee);
         if !access && !self.users.contains_key(&callee) {
             self.reply(now, &key, &req, src, 404, Some(&local_tag));
             self.record_failed(now, &req, &caller, &callee, 404, Disposition::NotFound);
@@ -918,8 +962,8 @@ impl Endpoint {
                 .cloned()
                 .collect()
         };
-        let voicemail_possible =
-            self.cfg.voicemail.is_some() && self.cfg.media.is_some() && !req.body.is_empty();
+        let voicemail_possible = access
+            || self.cfg.voicemail.is_some() && self.cfg.media.is_some() && !req.body.is_empty();
         if contacts.is_empty() && !voicemail_possible {
             self.reply(now, &key, &req, src, 480, Some(&local_tag));
             self.record_failed(now, &req, &caller, &callee, 480, Disposition::Unavailable);
@@ -1027,7 +1071,9 @@ impl Endpoint {
             self.by_server_key.insert(key.clone(), id);
             let tag = call.a.local_tag.clone();
             self.calls.insert(id, call);
-            let started = if access {
+            let started = if let Some(menu) = menu {
+                self.start_menu(now, id, menu)
+            } else if access {
                 self.start_access(now, id)
             } else {
                 self.start_voicemail(now, id, "unavailable")
@@ -1201,6 +1247,7 @@ impl Endpoint {
             (Method::Bye, None) if call.app.is_some() => {
                 let deposit = matches!(call.app, Some(App::Deposit { .. }));
                 self.reply(now, &key, &req, src, 200, None);
+                self.cancel_forks(now, id, None);
                 let disposition = if deposit {
                     Disposition::Voicemail
                 } else {
@@ -1380,6 +1427,32 @@ impl Endpoint {
             if let Some(uri) = first_contact_uri(&resp.headers) {
                 f.target = uri;
             }
+            let transferring = call.winner.is_none()
+                && matches!(
+                    call.app,
+                    Some(App::Menu {
+                        transfer: Some(_),
+                        ..
+                    })
+                );
+            if transferring {
+                // The auto attendant's transfer is answered: bridge the caller (already
+                // talking to Outpost) with this phone.
+                f.state = ForkState::Answered;
+                call.winner = Some(fork);
+                call.app = None;
+                let fork_ip = f.peer.addr.ip();
+                self.counters.calls_answered += 1;
+                self.ring_timers.remove(&(call.ring_deadline, id));
+                self.send_ack_b(id, fork, Vec::new(), None);
+                self.events.push_back(Event::Media(MediaCommand::StopPlay {
+                    session: id,
+                    leg: Leg::A,
+                }));
+                let _ = self.media_body(id, Leg::B, false, &resp.body, Some(fork_ip));
+                self.cancel_forks(now, id, Some(fork));
+                return;
+            }
             if call.state != CallState::Ringing {
                 // Another fork won, or the call is over: end this dialog at once.
                 f.state = ForkState::Cancelled;
@@ -1421,6 +1494,26 @@ impl Endpoint {
         let Some(call) = self.calls.get(&id) else {
             return;
         };
+        let transferring = call.winner.is_none()
+            && matches!(
+                call.app,
+                Some(App::Menu {
+                    transfer: Some(_),
+                    ..
+                })
+            );
+        if transferring {
+            let pending = call.forks.iter().any(|f| {
+                matches!(
+                    f.state,
+                    ForkState::Calling | ForkState::Ringing | ForkState::CancelPending
+                )
+            });
+            if !pending {
+                self.transfer_failed(now, id);
+            }
+            return;
+        }
         if call.winner.is_some() || call.state != CallState::Ringing {
             return;
         }
@@ -1815,6 +1908,19 @@ impl Endpoint {
         let Some(call) = self.calls.get(&id) else {
             return;
         };
+        if call.winner.is_none()
+            && matches!(
+                call.app,
+                Some(App::Menu {
+                    transfer: Some(_),
+                    ..
+                })
+            )
+        {
+            self.cancel_forks(now, id, None);
+            self.transfer_failed(now, id);
+            return;
+        }
         if call.state != CallState::Ringing {
             return;
         }
@@ -1913,6 +2019,239 @@ impl Endpoint {
             "beep".to_string(),
         ];
         self.answer_with_app(now, id, app, clips)
+    }
+
+    /// Outpost answers a caller of an auto-attendant number.
+    fn start_menu(&mut self, now: Millis, id: u64, menu: usize) -> bool {
+        let Some(m) = self.cfg.ivr.get(menu) else {
+            return false;
+        };
+        let clips = vec![m.greeting.clone()];
+        let app = App::Menu {
+            menu,
+            tries: 0,
+            deadline: None,
+            transfer: None,
+        };
+        self.answer_with_app(now, id, app, clips)
+    }
+
+    /// The greeting (or a transfer announcement) ended.
+    fn menu_play_done(&mut self, now: Millis, id: u64) {
+        let Some(Call {
+            app:
+                Some(App::Menu {
+                    menu,
+                    tries,
+                    deadline,
+                    transfer,
+                }),
+            ..
+        }) = self.calls.get_mut(&id)
+        else {
+            return;
+        };
+        if transfer.is_some() {
+            // Ringback while the extension rings.
+            self.events.push_back(Event::Media(MediaCommand::Play {
+                session: id,
+                leg: Leg::A,
+                clips: vec!["ringback".to_string()],
+                repeat: true,
+            }));
+            return;
+        }
+        let Some(m) = self.cfg.ivr.get(*menu) else {
+            return;
+        };
+        if *tries > m.retries {
+            self.send_bye_a(now, id);
+            self.end_call(now, id, Disposition::Answered, 200);
+            return;
+        }
+        let at = now.saturating_add(m.timeout_ms);
+        *deadline = Some(at);
+        self.menu_timers.insert((at, id));
+    }
+
+    /// No digit in time: the greeting again, or goodbye after the retries.
+    fn menu_timeout(&mut self, _now: Millis, id: u64, at: Millis) {
+        let Some(Call {
+            app:
+                Some(App::Menu {
+                    menu,
+                    tries,
+                    deadline,
+                    transfer: None,
+                }),
+            ..
+        }) = self.calls.get_mut(&id)
+        else {
+            return;
+        };
+        if *deadline != Some(at) {
+            return;
+        }
+        *deadline = None;
+        *tries += 1;
+        let Some(m) = self.cfg.ivr.get(*menu) else {
+            return;
+        };
+        let clips = if *tries > m.retries {
+            vec!["goodbye".to_string()]
+        } else {
+            vec![m.greeting.clone()]
+        };
+        self.events.push_back(Event::Media(MediaCommand::Play {
+            session: id,
+            leg: Leg::A,
+            clips,
+            repeat: false,
+        }));
+    }
+
+    /// A digit in an auto-attendant menu.
+    fn menu_digit(&mut self, now: Millis, id: u64, digit: char) {
+        let Some(Call {
+            app:
+                Some(App::Menu {
+                    menu,
+                    tries,
+                    deadline,
+                    transfer,
+                }),
+            ..
+        }) = self.calls.get_mut(&id)
+        else {
+            return;
+        };
+        if transfer.is_some() {
+            return;
+        }
+        let Some(m) = self.cfg.ivr.get(*menu) else {
+            return;
+        };
+        if let Some(at) = deadline.take() {
+            self.menu_timers.remove(&(at, id));
+        }
+        let target = m.options.get(&digit).cloned();
+        let reachable = target.as_ref().is_some_and(|t| {
+            self.users.contains_key(t) && !self.registrar.lookup(t, now).is_empty()
+        });
+        let Some(target) = target else {
+            *tries += 1;
+            let clips = if *tries > m.retries {
+                vec!["invalid".to_string(), "goodbye".to_string()]
+            } else {
+                vec!["invalid".to_string(), m.greeting.clone()]
+            };
+            self.events.push_back(Event::Media(MediaCommand::Play {
+                session: id,
+                leg: Leg::A,
+                clips,
+                repeat: false,
+            }));
+            return;
+        };
+        if !reachable {
+            let greeting = m.greeting.clone();
+            self.events.push_back(Event::Media(MediaCommand::Play {
+                session: id,
+                leg: Leg::A,
+                clips: vec!["unavailable".to_string(), greeting],
+                repeat: false,
+            }));
+            return;
+        }
+        *transfer = Some(target.clone());
+        self.start_transfer(now, id, &target);
+    }
+
+    /// Rings `target` for the caller of call `id`, who hears "transfer" then ringback.
+    fn start_transfer(&mut self, now: Millis, id: u64, target: &str) {
+        let contacts: Vec<Binding> = self
+            .registrar
+            .lookup(target, now)
+            .into_iter()
+            .cloned()
+            .collect();
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        let body = match call.media.as_mut() {
+            Some(m) => {
+                if let Some(first) = contacts.first() {
+                    m.set_signal_b(first.source.addr.ip());
+                }
+                m.offer_to_b().unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        call.callee = target.to_string();
+        call.forks.clear();
+        call.best_failure = None;
+        let invite = call.a.invite.clone();
+        let mut to = call.a.local_uri.clone();
+        if let Ok(uri) = wire::parse_uri(&format!("sip:{target}@{}", self.cfg.realm)) {
+            to = NameAddr::new(uri);
+        }
+        call.a.local_uri = to;
+        for binding in &contacts {
+            let Ok(uri) = wire::parse_uri(&binding.contact) else {
+                continue;
+            };
+            let idx = call.forks.len();
+            let fork = self.start_fork(
+                now,
+                id,
+                idx,
+                &call,
+                &invite,
+                body.clone(),
+                uri,
+                binding.source,
+                69,
+            );
+            call.forks.push(fork);
+        }
+        call.ring_deadline = now.saturating_add(self.cfg.ring_timeout_ms);
+        self.ring_timers.insert((call.ring_deadline, id));
+        self.calls.insert(id, call);
+        self.events.push_back(Event::Media(MediaCommand::Play {
+            session: id,
+            leg: Leg::A,
+            clips: vec!["transfer".to_string()],
+            repeat: false,
+        }));
+        if self.calls.get(&id).is_some_and(|c| c.forks.is_empty()) {
+            self.transfer_failed(now, id);
+        }
+    }
+
+    /// Nobody answered the transfer: back to the menu with "unavailable".
+    fn transfer_failed(&mut self, _now: Millis, id: u64) {
+        let Some(Call {
+            app: Some(App::Menu { menu, transfer, .. }),
+            ring_deadline,
+            ..
+        }) = self.calls.get_mut(&id)
+        else {
+            return;
+        };
+        *transfer = None;
+        let deadline = *ring_deadline;
+        let greeting = self
+            .cfg
+            .ivr
+            .get(*menu)
+            .map_or_else(|| "goodbye".to_string(), |m| m.greeting.clone());
+        self.ring_timers.remove(&(deadline, id));
+        self.events.push_back(Event::Media(MediaCommand::Play {
+            session: id,
+            leg: Leg::A,
+            clips: vec!["unavailable".to_string(), greeting],
+            repeat: false,
+        }));
     }
 
     /// Outpost answers a mailbox owner who dialled the access number.
@@ -2259,6 +2598,7 @@ impl Endpoint {
                 });
                 if leg == Leg::A {
                     self.access_digit(session, digit);
+                    self.menu_digit(now, session, digit);
                 }
                 if recording && leg == Leg::A && digit == '#' {
                     self.events
@@ -2286,6 +2626,7 @@ impl Endpoint {
                     self.send_bye_a(now, session);
                     self.end_call(now, session, Disposition::Answered, 200);
                 }
+                self.menu_play_done(now, session);
                 let stage = self.calls.get(&session).and_then(|c| match &c.app {
                     Some(App::Deposit { stage, path, .. }) => Some((*stage, path.clone())),
                     _ => None,

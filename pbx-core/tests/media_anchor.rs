@@ -555,3 +555,143 @@ fn the_mailbox_owner_hears_messages_after_the_pin_and_deletes_one() {
     sim.pump();
     assert!(sim.requests(b.addr).iter().any(|r| r.method == Method::Bye));
 }
+
+fn ivr_sim() -> Sim {
+    let mut cfg = config();
+    cfg.media = Some(MediaSettings {
+        addrs: vec![RELAY_IP.parse().unwrap()],
+        port_first: 30000,
+        port_last: 30007,
+    });
+    cfg.ivr = vec![pbx_core::endpoint::IvrMenu {
+        number: "500".into(),
+        greeting: "main-menu".into(),
+        options: [('1', "200".to_string())].into_iter().collect(),
+        timeout_ms: 5_000,
+        retries: 1,
+    }];
+    Sim::with_config(cfg)
+}
+
+#[test]
+fn the_auto_attendant_sends_digit_one_to_the_extension_and_bridges_the_call() {
+    use pbx_core::media::session::Leg;
+    let mut sim = ivr_sim();
+    let (mut a, b) = phones(&mut sim);
+    let _leg = invite(&mut sim, &mut a, "500", SDP_OFFER);
+    let ok = sim
+        .responses(a.addr)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("menu answers");
+    let relay_a = rtp_of(&ok.body);
+    let cmds = media_commands(&mut sim);
+    assert!(cmds.iter().any(
+        |c| matches!(c, MediaCommand::Play { clips, .. } if clips == &vec!["main-menu".to_string()])
+    ));
+    let session = sim.ep.calls()[0].media_session.unwrap();
+    sim.ep.handle_media_event(
+        sim.now,
+        MediaEvent::PlayDone {
+            session,
+            leg: Leg::A,
+        },
+    );
+    sim.pump();
+    // An invalid digit replays the menu.
+    sim.ep.handle_media_event(
+        sim.now,
+        MediaEvent::Dtmf {
+            session,
+            leg: Leg::A,
+            digit: '9',
+            duration_ms: 80,
+        },
+    );
+    sim.pump();
+    let cmds = media_commands(&mut sim);
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, MediaCommand::Play { clips, .. } if clips[0] == "invalid")));
+    // 1 → extension 200 rings, with an offer on leg B's relay port.
+    sim.ep.handle_media_event(
+        sim.now,
+        MediaEvent::Dtmf {
+            session,
+            leg: Leg::A,
+            digit: '1',
+            duration_ms: 80,
+        },
+    );
+    sim.pump();
+    let inv = sim.requests(b.addr);
+    assert_eq!(inv.len(), 1, "{inv:?}");
+    let inv = inv[0].clone();
+    assert_eq!(inv.method, Method::Invite);
+    let relay_b = rtp_of(&inv.body);
+    assert_eq!(relay_b.ip().to_string(), RELAY_IP);
+    assert_ne!(relay_b.port(), relay_a.port());
+    sim.send(b.addr, &response(&inv, 180, Some("bt"), &[], ""));
+    assert!(
+        sim.responses(a.addr).is_empty(),
+        "A is already answered: no 180"
+    );
+    sim.send(
+        b.addr,
+        &response(
+            &inv,
+            200,
+            Some("bt"),
+            &[format!("Contact: {}", b.contact())],
+            SDP_ANSWER,
+        ),
+    );
+    let ack = sim.requests(b.addr);
+    assert!(ack.iter().any(|r| r.method == Method::Ack));
+    assert!(sim.responses(a.addr).is_empty(), "no second 200 to A");
+    let cmds = media_commands(&mut sim);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, MediaCommand::StopPlay { leg: Leg::A, .. })),
+        "{cmds:?}"
+    );
+    let bridged = cmds.iter().any(|c| {
+        matches!(c, MediaCommand::Update { a, b, .. }
+        if !b.is_absent() && a.local_port == relay_a.port() && b.local_port == relay_b.port())
+    });
+    assert!(bridged, "relay bridges both legs: {cmds:?}");
+    let calls = sim.ep.calls();
+    assert_eq!(calls[0].callee, "200");
+}
+
+#[test]
+fn the_auto_attendant_hangs_up_when_nobody_chooses() {
+    use pbx_core::media::session::Leg;
+    let mut sim = ivr_sim();
+    let (mut a, _b) = phones(&mut sim);
+    let _leg = invite(&mut sim, &mut a, "500", SDP_OFFER);
+    let _ = sim.responses(a.addr);
+    let session = sim.ep.calls()[0].media_session.unwrap();
+    for _ in 0..2 {
+        sim.ep.handle_media_event(
+            sim.now,
+            MediaEvent::PlayDone {
+                session,
+                leg: Leg::A,
+            },
+        );
+        sim.pump();
+        sim.advance(5_100);
+    }
+    let cmds = media_commands(&mut sim);
+    assert!(cmds.iter().any(|c| matches!(c, MediaCommand::Play { clips, .. } if clips == &vec!["goodbye".to_string()])), "{cmds:?}");
+    sim.ep.handle_media_event(
+        sim.now,
+        MediaEvent::PlayDone {
+            session,
+            leg: Leg::A,
+        },
+    );
+    sim.pump();
+    assert!(sim.requests(a.addr).iter().any(|r| r.method == Method::Bye));
+}

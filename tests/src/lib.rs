@@ -2469,14 +2469,27 @@ impl SipPhone {
         }
     }
 
-    /// The next NOTIFY of the subscription with this Call-ID within `wait`, answered 200.
-    pub fn await_notify(&mut self, call_id: &str, wait: Duration) -> Option<String> {
-        let notify = self.recv_matching(wait, |m| {
-            request_method(m) == Some("NOTIFY")
-                && header_value(m, "Call-ID").as_deref() == Some(call_id)
-        })?;
-        self.reply(&notify, 200, None, "");
-        Some(notify)
+    /// The next NOTIFY of the subscription `call_id` whose CSeq is above `after_cseq`,
+    /// within `wait`, answered 200. Retransmissions of earlier NOTIFYs (sent again because
+    /// the phone was busy waiting for something else) are answered 200 too and skipped.
+    pub fn await_notify(
+        &mut self,
+        call_id: &str,
+        after_cseq: u32,
+        wait: Duration,
+    ) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let notify = self.recv_matching(left, |m| {
+                request_method(m) == Some("NOTIFY")
+                    && header_value(m, "Call-ID").as_deref() == Some(call_id)
+            })?;
+            self.reply(&notify, 200, None, "");
+            if cseq_of(&notify).is_some_and(|(n, _)| n > after_cseq) {
+                return Some(notify);
+            }
+        }
     }
 }
 

@@ -215,7 +215,9 @@ mod tests {
             path: path.clone(),
             samples: vec![0xff; 16_000],
         });
-        let bad = dir.path().join("no-such-dir").join("x.wav");
+        // A regular file where the mailbox directory should be: cannot be written.
+        std::fs::write(dir.path().join("not-a-dir"), b"x").expect("write");
+        let bad = dir.path().join("not-a-dir").join("x.wav");
         worker.submit(FileJob::Write {
             session: 4,
             leg: Leg::B,

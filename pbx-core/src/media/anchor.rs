@@ -39,6 +39,8 @@ pub struct CallMedia {
     held_by: Option<Leg>,
     /// Music-on-hold state the relay was last told about.
     moh_playing_to: Option<Leg>,
+    /// The caller's offer cut down to what Outpost answered locally (for a transfer).
+    local_offer_a: Option<Sdp>,
 }
 
 /// The prompt played to a held party.
@@ -75,6 +77,7 @@ impl CallMedia {
             on_hold: false,
             held_by: None,
             moh_playing_to: None,
+            local_offer_a: None,
         }
     }
 
@@ -236,6 +239,13 @@ impl CallMedia {
             });
             m.set_direction(sdp::Direction::SendRecv);
         }
+        // What the caller agreed to is its offer cut to the answered formats.
+        let mut agreed = offer.clone();
+        if let (Some(m), Some(ans)) = (agreed.media.get_mut(idx), answer.media.get(idx)) {
+            m.formats = ans.formats.clone();
+            m.attributes = ans.attributes.clone();
+        }
+        self.local_offer_a = Some(agreed);
         let (addr, port, origin) = self.towards(Leg::A);
         answer.anchor(addr, port, origin);
         let a = self.leg_media(Leg::A, &offer, codec, pt, dtmf);
@@ -256,6 +266,16 @@ impl CallMedia {
             }
         };
         Ok((answer.emit(), cmd))
+    }
+
+    /// For a transfer out of a locally answered call: the offer for leg B, built from
+    /// what the caller agreed to (its codec stays; the relay transcodes if B differs).
+    pub fn offer_to_b(&mut self) -> Result<Vec<u8>, SdpError> {
+        let agreed = self
+            .local_offer_a
+            .clone()
+            .ok_or(SdpError::Malformed("no local answer to transfer from"))?;
+        self.offer(Leg::A, &agreed.emit())
     }
 
     /// The command that ends relaying (only if the relay was told about the call).

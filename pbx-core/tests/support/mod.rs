@@ -46,6 +46,7 @@ pub fn config() -> EndpointConfig {
         seed: 42,
         media: None,
         voicemail: None,
+        ivr: Vec::new(),
     }
 }
 
