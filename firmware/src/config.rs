@@ -111,30 +111,9 @@ impl Default for SipConfig {
     }
 }
 
-/// `[registrar]` section (all lifetimes in seconds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RegistrarConfig {
-    /// Shorter requested lifetimes get 423 Interval Too Brief.
-    pub min_expires: u32,
-    /// Longer requested lifetimes are cut to this.
-    pub max_expires: u32,
-    /// Lifetime granted when the phone asks for none.
-    pub default_expires: u32,
-    /// Most contacts one extension may register at once.
-    pub max_contacts: usize,
-}
-
-impl Default for RegistrarConfig {
-    fn default() -> Self {
-        RegistrarConfig {
-            min_expires: 60,
-            max_expires: 3600,
-            default_expires: 600,
-            max_contacts: 10,
-        }
-    }
-}
+/// `[registrar]` section (all lifetimes in seconds): the call core's own settings, so
+/// the file and the registrar can never disagree.
+pub use pbx_core::registrar::RegistrarConfig;
 
 /// `[auth]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,6 @@ use pbx_core::endpoint::{
     VoicemailSettings,
 };
 use pbx_core::media::session::MediaEvent;
-use pbx_core::registrar::RegistrarConfig;
 use pbx_core::sip::auth::{NonceConfig, StoredSecret};
 use pbx_core::sip::transaction::TimerConfig;
 use pbx_core::Millis;
@@ -107,12 +106,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         realm: cfg.sip.realm.clone(),
         user_agent: cfg.sip.user_agent.clone(),
         local: local.clone(),
-        registrar: RegistrarConfig {
-            min_expires: cfg.registrar.min_expires,
-            max_expires: cfg.registrar.max_expires,
-            default_expires: cfg.registrar.default_expires,
-            max_contacts: cfg.registrar.max_contacts,
-        },
+        registrar: cfg.registrar.clone(),
         nonce: NonceConfig {
             lifetime_ms: cfg.auth.nonce_lifetime_secs * 1000,
             ..NonceConfig::default()
