@@ -52,13 +52,24 @@ need nft nftables
 need hping3 hping3
 need python3 python3
 
+stop_fw_daemon() {
+    if [ -n "$DAEMON_PID" ]; then
+        kill -TERM "$DAEMON_PID" 2>/dev/null || true
+        wait "$DAEMON_PID" 2>/dev/null || true
+    fi
+    DAEMON_PID=""
+}
+
 fw_cleanup() {
     local ns pid
+    stop_fw_daemon
     for ns in "$ATK" "$PH1" "$PH2" "$APP"; do
         for pid in $(ip netns pids "$ns" 2>/dev/null); do
             kill -KILL "$pid" 2>/dev/null || true
         done
     done
+    # Reap them quietly (no "Killed" job reports).
+    wait 2>/dev/null || true
     DAEMON_PID=""
     cleanup
     for ns in "$ATK" "$PH1" "$PH2" "$APP"; do
@@ -135,7 +146,8 @@ TOML
 # START_NS (when it was started, ns since the epoch).
 start_fw_daemon() {
     START_NS=$(date +%s%N)
-    in_ns "$APP" taskset -c 0 "$OUTPOSTD" --config "$WORK/outpost.toml" 2>>"$WORK/outpostd.log" &
+    # `ip netns exec` and taskset exec in turn: $! is outpostd's own pid.
+    ip netns exec "$APP" taskset -c 0 "$OUTPOSTD" --config "$WORK/outpost.toml" 2>>"$WORK/outpostd.log" &
     DAEMON_PID=$!
     local i
     for i in $(seq 1 100); do
@@ -149,12 +161,6 @@ start_fw_daemon() {
     exit 1
 }
 
-stop_fw_daemon() {
-    kill -TERM "$DAEMON_PID" 2>/dev/null || true
-    wait "$DAEMON_PID" 2>/dev/null || true
-    DAEMON_PID=""
-}
-
 wait_table() {
     local i
     for i in $(seq 1 100); do
@@ -165,8 +171,10 @@ wait_table() {
     exit 1
 }
 
+# counter [NAME]: packets of our named counter NAME (default `banned`; `flood` is the
+# per-source meter's), 0 without the table.
 counter() {
-    in_ns "$APP" nft -j list counter inet outpost banned 2>/dev/null |
+    in_ns "$APP" nft -j list counter inet outpost "${1:-banned}" 2>/dev/null |
         python3 -c 'import json,sys; d=json.load(sys.stdin); print([o["counter"]["packets"] for o in d["nftables"] if "counter" in o][0])' 2>/dev/null ||
         echo 0
 }
@@ -279,29 +287,40 @@ start_callee() {
     (cd "$WORK" && exec ip netns exec "$PH2" taskset -c 1 sipp -sf "$BENCH/uas.xml" -i "$PH2_IP" \
         -p 5062 -t u1 -nostdin -timeout 600s >"$WORK/uas.log" 2>&1) &
     BG_PIDS+=($!)
+    disown
     sleep 0.5
 }
 
-# flood_step NAME: a FLOOD_SECS flood from the banned source with CALLS calls meanwhile.
+# kernel_drops: packets dropped by the ban sets and the flood meter so far.
+kernel_drops() {
+    echo $(($(counter banned) + $(counter flood)))
+}
+
+# flood_step NAME [none]: CALLS calls with a FLOOD_SECS flood from the banned source
+# meanwhile (no flood with `none`, for the baseline).
 flood_step() {
-    local name=$1 dir="$WORK/flood-$1"
+    local name=$1 dir="$WORK/flood-${2:-x}-$RANDOM"
     mkdir -p "$dir"
-    local rx0 k0 c0 t0 rx1 k1 c1 t1
+    local rx0 k0 c0 t0 rx1 k1 c1 t1 flood=""
     rx0=$(rx_packets vatk)
-    k0=$(counter)
+    k0=$(kernel_drops)
     c0=$(cpu_ticks)
     t0=$(date +%s.%N)
-    in_ns "$ATK" taskset -c 1 timeout -s INT "$FLOOD_SECS" hping3 --udp -p "$SIP" -a "$FLOOD_IP" \
-        -d 120 --flood -q "$APP_IP" >"$dir/hping3.log" 2>&1 &
-    local flood=$!
+    if [ "${2:-}" != none ]; then
+        in_ns "$ATK" taskset -c 1 timeout -s INT "$FLOOD_SECS" hping3 --udp -p "$SIP" -a "$FLOOD_IP" \
+            -d 120 --flood -q "$APP_IP" >"$dir/hping3.log" 2>&1 &
+        flood=$!
+    fi
     (cd "$dir" && in_ns "$PH1" taskset -c 1 sipp "$APP_IP:$SIP" -i "$PH1_IP" -p 5064 -t u1 -nostdin \
         -sf "$BENCH/uac_call.xml" -inf "$WORK/caller.csv" -r "$CALL_RATE" -m "$CALLS" -d 200 \
         -timeout "$((FLOOD_SECS + 30))s" -timeout_error -trace_stat -stf "$dir/stats.csv" -fd 1 \
         >"$dir/sipp.log" 2>&1) || true
-    wait "$flood" 2>/dev/null || true
+    if [ -n "$flood" ]; then
+        wait "$flood" 2>/dev/null || true
+    fi
     t1=$(date +%s.%N)
     c1=$(cpu_ticks)
-    k1=$(counter)
+    k1=$(kernel_drops)
     rx1=$(rx_packets vatk)
     local ok failed
     ok=$(csv_last "$dir/stats.csv" "SuccessfulCall(C)")
@@ -319,6 +338,7 @@ echo "(b) outpostd CPU during a ${FLOOD_SECS} s UDP flood from a banned source, 
 echo "(c) $CALLS calls 200 -> 201 between the phone namespaces meanwhile ($CALL_RATE/s, held 200 ms):"
 printf '    %-26s %10s %12s %11s %13s %8s\n' setup "flood pps" "kernel drop/s" "outpostd %" "calls ok" "success"
 start_callee
+flood_step "no flood (calls only)" none
 flood_step "banned in the kernel"
 in_ns "$APP" nft delete element inet outpost ban4 "{ $FLOOD_IP }"
 flood_step "ban element deleted (meter)"
@@ -366,7 +386,7 @@ except Exception:
     sleep 0.02
 done
 echo
-echo "(d) $BANS bans (+ the flood source) after boot:"
+echo "(d) $BANS bans after boot:"
 echo "    fw import of $BANS addresses: $(((t1 - t0) / 1000000)) ms"
 echo "    outpostd start -> admin socket answers: $(((ready_ns - START_NS) / 1000000)) ms"
 if [ -n "$loaded" ]; then
