@@ -73,6 +73,10 @@ data_dir = "$WORK/data"
 [admin]
 socket = "$WORK/admin.sock"
 
+[firewall]
+# auto = the appliance's setting (nftables when root); FW_ENFORCE=off to compare.
+enforce = "${FW_ENFORCE:-auto}"
+
 [log]
 level = "warn"
 

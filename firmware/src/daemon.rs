@@ -74,7 +74,9 @@ struct Daemon {
     cfg: Config,
     clock: Clock,
     endpoint: Endpoint,
-    store: Store,
+    store: std::sync::Arc<Store>,
+    /// Pipelined group commit (see [`Committer`]).
+    commits: Committer,
     transports: Transports,
     listen: Vec<String>,
     commit_failures: u64,
@@ -171,11 +173,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         relay = Some(r);
     }
     let guard = Guard::start(&cfg, &store, clock.now());
+    let store = std::sync::Arc::new(store);
+    let (commit_done_tx, mut commit_done) = mpsc::unbounded_channel::<(u64, bool)>();
+    let commits = Committer::start(store.clone(), commit_done_tx)?;
     let mut daemon = Daemon {
         guard,
         endpoint: Endpoint::new(endpoint_cfg),
         clock,
         store,
+        commits,
         transports,
         listen,
         commit_failures: 0,
@@ -226,6 +232,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             Some((cmd, reply)) = admin_rx.recv() => daemon.admin(cmd, reply),
+            Some((seq, ok)) = commit_done.recv() => daemon.committed(seq, ok),
             Some(ev) = next_media_event(&mut media_rx) => {
                 let now = daemon.clock.now();
                 daemon.endpoint.handle_media_event(now, ev);
@@ -251,6 +258,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         daemon.flush();
     }
     daemon.flush();
+    // Finish what is queued for the disk before exiting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while daemon.commits.in_flight.is_some() {
+        match tokio::time::timeout_at(deadline, commit_done.recv()).await {
+            Ok(Some((seq, ok))) => daemon.committed(seq, ok),
+            _ => break,
+        }
+    }
     let _ = std::fs::remove_file(&daemon.cfg.admin.socket);
     tracing::info!("outpostd stopped");
     Ok(())
@@ -436,23 +451,52 @@ impl Daemon {
             self.endpoint.unlock_user(&user);
         }
         self.guard.take_writes(&mut batch);
-        if !batch.is_empty() {
-            // The fsync blocks this task only; the socket readers keep queueing.
-            let result = tokio::task::block_in_place(|| self.store.commit(&batch));
-            if let Err(err) = result {
-                self.commit_failures += 1;
-                tracing::error!(%err, "store commit failed");
-            }
-            mailboxes.extend(batch.voicemail.iter().map(|m| m.mailbox.clone()));
-        }
         mailboxes.sort();
         mailboxes.dedup();
         for mailbox in mailboxes {
             self.refresh_mailbox(now, &mailbox);
         }
-        while let Some(t) = self.endpoint.poll_transmit() {
-            self.transports.send(t.dest, t.bytes);
+        // Group commit: what the core wants persisted joins the next commit, and every
+        // message produced from now on waits for that commit, so nothing is acknowledged
+        // before it is on disk. While one commit is being synced the next batch gathers,
+        // so under load one fsync covers many requests and the loop never waits for disk.
+        if !batch.is_empty() {
+            self.commits.pending.bindings.extend(batch.bindings);
+            self.commits.pending.cdrs.extend(batch.cdrs);
+            self.commits.pending.firewall.extend(batch.firewall);
+            self.commits.pending.voicemail.extend(batch.voicemail);
         }
+        let barrier = if !self.commits.pending.is_empty() {
+            Some(self.commits.next_seq)
+        } else {
+            self.commits.in_flight
+        };
+        while let Some(t) = self.endpoint.poll_transmit() {
+            match barrier {
+                Some(seq) => self.commits.held.push_back((seq, t)),
+                None => self.transports.send(t.dest, t.bytes),
+            }
+        }
+        self.commits.dispatch();
+    }
+
+    /// A commit finished: release what waited for it and start the next one.
+    fn committed(&mut self, seq: u64, ok: bool) {
+        if !ok {
+            self.commit_failures += 1;
+        }
+        let now = self.clock.now();
+        let mailboxes = std::mem::take(&mut self.commits.in_flight_mailboxes);
+        self.commits.in_flight = None;
+        while self.commits.held.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, t)) = self.commits.held.pop_front() {
+                self.transports.send(t.dest, t.bytes);
+            }
+        }
+        for mailbox in mailboxes {
+            self.refresh_mailbox(now, &mailbox);
+        }
+        self.commits.dispatch();
     }
 
     fn admin(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
@@ -628,6 +672,73 @@ impl Daemon {
                 Reply::Cdrs(self.store.cdr_list(limit.min(MAX_CDR_LIST), 0)?)
             }
         })
+    }
+}
+
+/// Writes batches on its own thread, one at a time, and reports each completion.
+#[derive(Debug)]
+struct Committer {
+    jobs: std::sync::mpsc::Sender<(u64, Batch)>,
+    /// Writes gathered for the next commit.
+    pending: Batch,
+    /// Sequence number of the commit being written.
+    in_flight: Option<u64>,
+    /// Mailboxes whose index changes with the commit in flight.
+    in_flight_mailboxes: Vec<String>,
+    next_seq: u64,
+    /// Messages waiting for the commit of the given sequence number.
+    held: std::collections::VecDeque<(u64, pbx_core::sip::transaction::Transmit)>,
+}
+
+impl Committer {
+    fn start(
+        store: std::sync::Arc<Store>,
+        done: mpsc::UnboundedSender<(u64, bool)>,
+    ) -> anyhow::Result<Committer> {
+        let (jobs, rx) = std::sync::mpsc::channel::<(u64, Batch)>();
+        std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || {
+                while let Ok((seq, batch)) = rx.recv() {
+                    let ok = match store.commit(&batch) {
+                        Ok(()) => true,
+                        Err(err) => {
+                            tracing::error!(%err, "store commit failed");
+                            false
+                        }
+                    };
+                    if done.send((seq, ok)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("cannot start the store thread")?;
+        Ok(Committer {
+            jobs,
+            pending: Batch::default(),
+            in_flight: None,
+            in_flight_mailboxes: Vec::new(),
+            next_seq: 1,
+            held: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// Starts the next commit if none is running and something is waiting.
+    fn dispatch(&mut self) {
+        if self.in_flight.is_some() || self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut boxes: Vec<String> = batch.voicemail.iter().map(|m| m.mailbox.clone()).collect();
+        boxes.sort();
+        boxes.dedup();
+        self.in_flight_mailboxes = boxes;
+        self.in_flight = Some(seq);
+        if self.jobs.send((seq, batch)).is_err() {
+            tracing::error!("the store thread stopped");
+        }
     }
 }
 
