@@ -73,6 +73,12 @@ data_dir = "$WORK/data"
 [admin]
 socket = "$WORK/admin.sock"
 
+[media]
+# Room for ~3,000 concurrent anchored calls (two port pairs each), below the
+# ephemeral range and above the bench SIP ports.
+port_first = 16000
+port_last = 27999
+
 [firewall]
 # auto = the appliance's setting (nftables when root); FW_ENFORCE=off to compare.
 enforce = "${FW_ENFORCE:-auto}"
