@@ -283,24 +283,24 @@ impl Daemon {
                     rec.realm, self.cfg.sip.realm, rec.ext
                 );
             }
-            self.endpoint.set_user(&rec.ext, rec.secret);
-        }
-        let mut boxes: Vec<String> = self
-            .store
-            .vm_list(None)?
-            .into_iter()
-            .map(|m| m.mailbox)
-            .collect();
-        boxes.sort();
-        boxes.dedup();
-        for mailbox in boxes {
-            self.refresh_mailbox(now, &mailbox);
-        }
-        for rec in self.store.ext_list()? {
             if let Some(hash) = self.store.meta_get(&format!("vm_pin:{}", rec.ext))? {
                 let hash = String::from_utf8_lossy(&hash).to_string();
                 self.endpoint.set_pin(&rec.ext, Some(hash));
             }
+            self.endpoint.set_user(&rec.ext, rec.secret);
+        }
+        // One read of the voicemail index, grouped by mailbox.
+        let mut boxes: std::collections::BTreeMap<String, Vec<MailboxMessage>> =
+            std::collections::BTreeMap::new();
+        for m in self.store.vm_list(None)? {
+            boxes.entry(m.mailbox).or_default().push(MailboxMessage {
+                id: m.id,
+                path: m.path,
+                new: m.new,
+            });
+        }
+        for (mailbox, msgs) in boxes {
+            self.endpoint.set_mailbox(now, &mailbox, msgs);
         }
         let bindings = self.store.bindings_all()?;
         self.endpoint.restore_bindings(bindings, now);
@@ -460,12 +460,7 @@ impl Daemon {
         // message produced from now on waits for that commit, so nothing is acknowledged
         // before it is on disk. While one commit is being synced the next batch gathers,
         // so under load one fsync covers many requests and the loop never waits for disk.
-        if !batch.is_empty() {
-            self.commits.pending.bindings.extend(batch.bindings);
-            self.commits.pending.cdrs.extend(batch.cdrs);
-            self.commits.pending.firewall.extend(batch.firewall);
-            self.commits.pending.voicemail.extend(batch.voicemail);
-        }
+        self.commits.pending.append(batch);
         let barrier = if !self.commits.pending.is_empty() {
             Some(self.commits.next_seq)
         } else {

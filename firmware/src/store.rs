@@ -186,6 +186,14 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Moves everything of `other` to the end of this batch.
+    pub fn append(&mut self, mut other: Batch) {
+        self.bindings.append(&mut other.bindings);
+        self.cdrs.append(&mut other.cdrs);
+        self.firewall.append(&mut other.firewall);
+        self.voicemail.append(&mut other.voicemail);
+    }
+
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.bindings.is_empty()

@@ -340,6 +340,31 @@ struct Call {
     app: Option<App>,
 }
 
+impl Call {
+    /// The auto attendant is ringing an extension for this caller.
+    fn transferring(&self) -> bool {
+        self.winner.is_none()
+            && matches!(
+                self.app,
+                Some(App::Menu {
+                    transfer: Some(_),
+                    ..
+                })
+            )
+    }
+
+    /// Voicemail is recording this caller's message.
+    fn recording_message(&self) -> bool {
+        matches!(
+            self.app,
+            Some(App::Deposit {
+                stage: DepositStage::Recording,
+                ..
+            })
+        )
+    }
+}
+
 /// A call answered by Outpost itself.
 #[derive(Debug, Clone)]
 enum App {
@@ -1377,6 +1402,7 @@ impl Endpoint {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
+        let transferring = call.transferring();
         let Some(f) = call.forks.get_mut(fork) else {
             return;
         };
@@ -1427,14 +1453,6 @@ impl Endpoint {
             if let Some(uri) = first_contact_uri(&resp.headers) {
                 f.target = uri;
             }
-            let transferring = call.winner.is_none()
-                && matches!(
-                    call.app,
-                    Some(App::Menu {
-                        transfer: Some(_),
-                        ..
-                    })
-                );
             if transferring {
                 // The auto attendant's transfer is answered: bridge the caller (already
                 // talking to Outpost) with this phone.
@@ -1494,14 +1512,7 @@ impl Endpoint {
         let Some(call) = self.calls.get(&id) else {
             return;
         };
-        let transferring = call.winner.is_none()
-            && matches!(
-                call.app,
-                Some(App::Menu {
-                    transfer: Some(_),
-                    ..
-                })
-            );
+        let transferring = call.transferring();
         if transferring {
             let pending = call.forks.iter().any(|f| {
                 matches!(
@@ -1908,15 +1919,7 @@ impl Endpoint {
         let Some(call) = self.calls.get(&id) else {
             return;
         };
-        if call.winner.is_none()
-            && matches!(
-                call.app,
-                Some(App::Menu {
-                    transfer: Some(_),
-                    ..
-                })
-            )
-        {
+        if call.transferring() {
             self.cancel_forks(now, id, None);
             self.transfer_failed(now, id);
             return;
@@ -2587,15 +2590,10 @@ impl Endpoint {
                 ..
             } => {
                 tracing::debug!(session, ?leg, %digit, "DTMF");
-                let recording = self.calls.get(&session).is_some_and(|c| {
-                    matches!(
-                        c.app,
-                        Some(App::Deposit {
-                            stage: DepositStage::Recording,
-                            ..
-                        })
-                    )
-                });
+                let recording = self
+                    .calls
+                    .get(&session)
+                    .is_some_and(Call::recording_message);
                 if leg == Leg::A {
                     self.access_digit(session, digit);
                     self.menu_digit(now, session, digit);
@@ -2668,15 +2666,10 @@ impl Endpoint {
                 ..
             } => {
                 // The caller may still be on the line (the length limit was reached).
-                let still_recording = self.calls.get(&session).is_some_and(|c| {
-                    matches!(
-                        c.app,
-                        Some(App::Deposit {
-                            stage: DepositStage::Recording,
-                            ..
-                        })
-                    )
-                });
+                let still_recording = self
+                    .calls
+                    .get(&session)
+                    .is_some_and(Call::recording_message);
                 if still_recording {
                     self.deposit_goodbye(session);
                 }

@@ -2493,6 +2493,28 @@ impl SipPhone {
     }
 }
 
+/// The spoken prompts, made by `scripts/make-prompts` (which installs espeak-ng and sox when
+/// missing) into `dir`, once per test process. Test files that need real prompt audio
+/// share this; pass them cargo's `CARGO_TARGET_TMPDIR`.
+pub fn generated_prompts(tmp: &Path) -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tmp.join("prompts");
+        let script = workspace_root().join("scripts").join("make-prompts");
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script).arg(&dir);
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(300));
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{} {} failed: {out:?}",
+            script.display(),
+            dir.display()
+        );
+        dir
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,17 +7,15 @@
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use outpost_tests::{
-    body_of, cseq_of, header_value, json_str, parse_rtp, recv_datagrams, request_method,
-    rtp_packet, rtp_pair, run_with_timeout, sdp_audio, sdp_body, status_of, workspace_root, Daemon,
-    DaemonConfig, Dialog, OutgoingInvite, RtpView, SdpAudio, SipPhone,
+    body_of, cseq_of, generated_prompts, header_value, json_str, parse_rtp, recv_datagrams,
+    request_method, rtp_packet, rtp_pair, sdp_audio, sdp_body, status_of, Daemon, DaemonConfig,
+    Dialog, OutgoingInvite, RtpView, SdpAudio, SipPhone,
 };
 
 const PHONE_A: (&str, &str) = ("100", "vm-caller-secret-100");
@@ -42,25 +40,9 @@ const EVENT_POUND: u8 = 11;
 // Set-up
 // ---------------------------------------------------------------------------------------
 
-/// The spoken prompts, made once per test process by `scripts/make-prompts` (which installs
-/// espeak-ng and sox when missing) into cargo's per-target temp dir.
+/// The spoken prompts, generated once per test process (see the harness).
 fn prompts_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voicemail-prompts");
-        let script = workspace_root().join("scripts").join("make-prompts");
-        let mut cmd = Command::new("bash");
-        cmd.arg(&script).arg(&dir);
-        let out = run_with_timeout(&mut cmd, Duration::from_secs(300));
-        assert_eq!(
-            out.code,
-            Some(0),
-            "{} {} failed: {out:?}",
-            script.display(),
-            dir.display()
-        );
-        dir
-    })
+    generated_prompts(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// The µ-law samples of a generated prompt.
