@@ -2958,6 +2958,7 @@ impl Endpoint {
         let transport = match peer.transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
         };
         let text = format!(
             "sip:{user}@{}:{}{transport}",

@@ -114,7 +114,8 @@ impl Transports {
                     self.send_errors += 1;
                 }
             }
-            Transport::Tcp => {
+            // TLS shares the connection table until the TLS transport lands.
+            Transport::Tcp | Transport::Tls => {
                 if let Some(writer) = self.tcp.get(&dest.addr) {
                     match writer.try_send(bytes) {
                         Ok(()) => {}

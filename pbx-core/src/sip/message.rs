@@ -88,6 +88,8 @@ impl fmt::Display for Method {
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS (RFC 3261 §26.2, `sips:` on port 5061).
+    Tls,
 }
 
 impl Transport {
@@ -96,12 +98,13 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 
     /// Reliable transports get no retransmissions (RFC 3261 §17.1.1.2).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
 }
 
