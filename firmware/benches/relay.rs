@@ -20,6 +20,11 @@
 //! shared and the step's figures are not the relay's. "µs/packet" is relay thread plus
 //! CPU 0 interrupt time per relayed packet; "batch" is datagrams per `recvmmsg` call.
 //!
+//! Before the ramp, "srtp" prints what an SRTP leg adds per packet: protect plus unprotect
+//! of one 172-byte PCMU packet (RFC 3711, AES-CM-128, HMAC-SHA1), on this thread, in ns.
+//! A relayed packet between two SRTP legs pays it once (unprotect on one leg, protect on
+//! the other). `RELAY_BENCH_SRTP_ONLY=1` stops after it.
+//!
 //! Run: `cargo bench -p firmware --bench relay`.
 
 // Figures are printed as floats, and RTP sequence numbers and timestamps wrap by design.
@@ -39,6 +44,7 @@ use nix::sched::{sched_setaffinity, CpuSet};
 use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use nix::unistd::{sysconf, Pid, SysconfVar};
 use pbx_core::media::session::{Codec, LegMedia, MediaCommand};
+use pbx_core::media::srtp::{SrtpContext, Suite, MAX_TRAILER};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Sockets the generator plays all phones from (legs share them; latching is per leg).
@@ -57,6 +63,10 @@ const SUSTAINED_MEDIAN_US: usize = 1000;
 const GIVE_UP_LOSS_PCT: f64 = 5.0;
 
 fn main() {
+    srtp_cost();
+    if env_or("RELAY_BENCH_SRTP_ONLY", "0") == "1" {
+        return;
+    }
     let steps: Vec<usize> = env_or(
         "RELAY_BENCH_STEPS",
         "250,500,1000,1500,2000,2500,3000,3500,4000",
@@ -211,6 +221,37 @@ fn main() {
     relay.shutdown();
 }
 
+/// Prints the cost of protect + unprotect of one PCMU packet for both suites.
+fn srtp_cost() {
+    const ROUNDS: u32 = 200_000;
+    for suite in [Suite::AesCm128HmacSha1_80, Suite::AesCm128HmacSha1_32] {
+        let key: [u8; 30] = std::array::from_fn(|i| i as u8);
+        let mut tx = SrtpContext::new(suite, &key);
+        let mut rx = SrtpContext::new(suite, &key);
+        let mut buf = [0u8; PACKET_LEN + MAX_TRAILER];
+        buf[0] = 0x80;
+        buf[8..12].copy_from_slice(&0x5eed_u32.to_be_bytes());
+        let start = Instant::now();
+        for i in 0..ROUNDS {
+            let seq = i as u16;
+            buf[2..4].copy_from_slice(&seq.to_be_bytes());
+            buf[4..8].copy_from_slice(&(i * 160).to_be_bytes());
+            let n = tx
+                .protect_rtp(&mut buf, PACKET_LEN)
+                .expect("room for the tag");
+            let m = rx
+                .unprotect_rtp(&mut buf[..n])
+                .expect("own packet unprotects");
+            assert_eq!(m, PACKET_LEN);
+        }
+        let ns = start.elapsed().as_nanos() as f64 / f64::from(ROUNDS);
+        println!(
+            "srtp {}: protect + unprotect of a {PACKET_LEN}-byte packet: {ns:.0} ns",
+            suite.name()
+        );
+    }
+}
+
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
@@ -321,6 +362,7 @@ impl Plan {
                 codec: Codec::Pcmu,
                 pt: 0,
                 dtmf_pt: Some(101),
+                srtp: None,
             }
         };
         MediaCommand::Open {

@@ -84,6 +84,20 @@ pub struct Config {
     pub ivr: Vec<IvrConfig>,
     /// `[firewall]`: inspection before the call core and kernel enforcement.
     pub firewall: FirewallConfig,
+    /// `[[trunk]]`: SIP providers.
+    pub trunk: Vec<crate::pbx_config::TrunkSection>,
+    /// `[[route]]`: outbound routes, tried in order.
+    pub route: Vec<crate::pbx_config::RouteSection>,
+    /// `[inbound]`: DIDs.
+    pub inbound: crate::pbx_config::InboundSection,
+    /// `[dialplan]`: emergency numbers.
+    pub dialplan: crate::pbx_config::DialplanSection,
+    /// `[[ring_group]]`: numbers that ring several extensions.
+    pub ring_group: Vec<crate::pbx_config::RingGroupSection>,
+    /// `[features]`: feature codes.
+    pub features: crate::pbx_config::FeaturesSection,
+    /// `[tls]`: SIP over TLS for phones and trunks.
+    pub tls: TlsConfig,
 }
 
 /// `[sip]` section.
@@ -294,6 +308,9 @@ pub struct FirewallConfig {
     /// Blocklist feeds re-read on a schedule (`[[firewall.feeds]]` tables, or
     /// `feeds = [{ source = "/path", refresh_secs = 3600, ban_secs = 86400 }]`).
     pub feeds: Vec<FeedConfig>,
+    /// `[firewall.policy]`: the toll-fraud policy for outbound calls (emergency numbers
+    /// come from `[dialplan] emergency`).
+    pub policy: firewall::policy::PolicyConfig,
 }
 
 impl Default for FirewallConfig {
@@ -310,6 +327,7 @@ impl Default for FirewallConfig {
             kernel_flood_per_second: flood.per_second,
             kernel_flood_burst: flood.burst,
             feeds: Vec::new(),
+            policy: firewall::policy::PolicyConfig::default(),
         }
     }
 }
@@ -476,6 +494,54 @@ fn default_ivr_retries() -> u32 {
 pub struct DemoConfig {
     /// Extensions created at first start with random passwords that are printed once.
     pub extensions: Vec<String>,
+}
+
+/// `[tls]` section: SIP over TLS (phones on 5061, trunks that require it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// TLS listeners, e.g. `["0.0.0.0:5061"]`; empty (the default): no TLS listener.
+    pub listen: Vec<SocketAddr>,
+    /// Server certificate chain (PEM, leaf first); with `key`. Absent: a self-signed
+    /// certificate made on first start and kept in `<store.data_dir>/tls/`.
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert` (PEM).
+    pub key: Option<PathBuf>,
+    /// Extra trusted roots (PEM bundle) for trunk servers, beside the built-in Mozilla roots.
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Checks the `[tls]` keys against each other and against `sip.listen`.
+    fn check(&self, sip_listen: &[SocketAddr]) -> Result<(), ConfigError> {
+        match (&self.cert, &self.key) {
+            (Some(_), None) => return Err(invalid("tls.key", "tls.cert is set: set tls.key too")),
+            (None, Some(_)) => return Err(invalid("tls.cert", "tls.key is set: set tls.cert too")),
+            _ => {}
+        }
+        for (key, path) in [
+            ("tls.cert", &self.cert),
+            ("tls.key", &self.key),
+            ("tls.ca", &self.ca),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        let mut seen = HashSet::new();
+        for addr in &self.listen {
+            if !seen.insert(addr) {
+                return Err(invalid("tls.listen", format!("{addr} is listed twice")));
+            }
+            if sip_listen.contains(addr) {
+                return Err(invalid(
+                    "tls.listen",
+                    format!("{addr} is also in sip.listen, whose TCP listener holds it"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -698,6 +764,7 @@ impl Config {
                 "must be between 1 and 600",
             ));
         }
+        self.tls.check(&self.sip.listen)?;
         if self.store.data_dir.as_os_str().is_empty() {
             return Err(invalid("store.data_dir", "must not be empty"));
         }
@@ -712,6 +779,16 @@ impl Config {
             ));
         }
         validate_log_level(&self.log.level).map_err(|reason| invalid("log.level", reason))?;
+
+        crate::pbx_config::validate(
+            &self.trunk,
+            &self.route,
+            &self.inbound,
+            &self.dialplan,
+            &self.ring_group,
+            &self.features,
+        )
+        .map_err(|(key, reason)| invalid(&key, reason))?;
 
         let mut seen = HashSet::new();
         for ext in &self.demo.extensions {
@@ -1092,5 +1169,33 @@ mod tests {
         );
         assert_eq!(socket_path_from(None, true), PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(socket_path_from(None, false), PathBuf::from(DEMO_SOCKET));
+    }
+
+    #[test]
+    fn tls_section_parses_and_names_bad_keys() {
+        let c = Config::from_toml_str(
+            "[tls]\nlisten = [\"0.0.0.0:5061\"]\ncert = \"/etc/outpost/cert.pem\"\nkey = \"/etc/outpost/key.pem\"\nca = \"/etc/outpost/trunks.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls.listen, vec![SocketAddr::from(([0, 0, 0, 0], 5061))]);
+        assert_eq!(c.tls.key, Some(PathBuf::from("/etc/outpost/key.pem")));
+        assert!(
+            Config::default().tls.listen.is_empty(),
+            "TLS is off by default"
+        );
+
+        let mut bad = Config::default();
+        bad.tls.cert = Some(PathBuf::from("/etc/outpost/cert.pem"));
+        assert_eq!(invalid_key(&bad), "tls.key");
+        let mut bad = Config::default();
+        bad.tls.key = Some(PathBuf::from("/etc/outpost/key.pem"));
+        assert_eq!(invalid_key(&bad), "tls.cert");
+        let mut bad = Config::default();
+        bad.tls.listen = vec![bad.sip.listen[0]];
+        assert_eq!(invalid_key(&bad), "tls.listen");
+        let msg = Config::from_toml_str("[tls]\nlisen = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`lisen`"), "{msg}");
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use pbx_core::endpoint::{
-    pin_hash, Endpoint, EndpointConfig, Event, IvrMenu, MailboxMessage, MediaSettings,
+    pin_hash, Endpoint, EndpointConfig, Event, Forwarding, IvrMenu, MailboxMessage, MediaSettings,
     VoicemailSettings,
 };
 use pbx_core::media::session::MediaEvent;
@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::driver::{Inbound, Transports};
 use crate::guard::Guard;
 use crate::media::relay::{self, Relay, RelayConfig};
+use crate::pbx_config;
 use crate::store::{Batch, ExtensionRecord, Store, VoicemailRecord};
 use pbx_core::sip::wire;
 
@@ -95,15 +96,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let secret_key = store.secret_key().context("cannot read the nonce key")?;
 
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
-    let transports = Transports::bind(&cfg.sip.listen, in_tx)
+    let mut transports = Transports::bind(&cfg.sip.listen, in_tx)
         .await
         .with_context(|| format!("cannot listen on {:?}", cfg.sip.listen))?;
+    let tls = crate::driver::tls::TlsContext::new(&cfg.tls, &cfg.store.data_dir)
+        .context("cannot set up TLS")?;
+    transports
+        .enable_tls(&cfg.tls.listen, tls)
+        .with_context(|| format!("cannot listen for TLS on {:?}", cfg.tls.listen))?;
     let local = transports.local_addrs();
     let listen: Vec<String> = local
         .iter()
         .flat_map(|a| [format!("udp:{a}"), format!("tcp:{a}")])
         .collect();
 
+    let mut trunks = Vec::new();
+    for t in &cfg.trunk {
+        let core = t
+            .to_core()
+            .map_err(|e| anyhow::anyhow!("trunk {}: {e}", t.name))?;
+        if core.peer.transport == pbx_core::sip::Transport::Tls {
+            transports.set_tls_name(core.peer.addr, t.tls_name());
+        }
+        tracing::info!(trunk = %t.name, peer = %core.peer.addr, transport = core.peer.transport.as_str(), register = t.register, "trunk configured");
+        trunks.push(core);
+    }
     let endpoint_cfg = EndpointConfig {
         realm: cfg.sip.realm.clone(),
         user_agent: cfg.sip.user_agent.clone(),
@@ -135,6 +152,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 retries: m.retries,
             })
             .collect(),
+        groups: pbx_config::ring_groups(&cfg.ring_group),
+        features: pbx_config::features(&cfg.features),
+        dialplan: pbx_config::dialplan(&cfg.route, &cfg.inbound, &cfg.dialplan),
+        trunks: trunks.clone(),
     };
     let mut endpoint_cfg = endpoint_cfg;
     let mut relay = None;
@@ -176,9 +197,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = std::sync::Arc::new(store);
     let (commit_done_tx, mut commit_done) = mpsc::unbounded_channel::<(u64, bool)>();
     let commits = Committer::start(store.clone(), commit_done_tx)?;
+    let mut endpoint = Endpoint::new(endpoint_cfg);
+    endpoint.set_gate(guard.toll_gate());
     let mut daemon = Daemon {
         guard,
-        endpoint: Endpoint::new(endpoint_cfg),
+        endpoint,
         clock,
         store,
         commits,
@@ -287,6 +310,14 @@ impl Daemon {
                 let hash = String::from_utf8_lossy(&hash).to_string();
                 self.endpoint.set_pin(&rec.ext, Some(hash));
             }
+            if let Some(json) = self.store.meta_get(&format!("fwd:{}", rec.ext))? {
+                match serde_json::from_slice::<Forwarding>(&json) {
+                    Ok(fwd) => self.endpoint.set_forwarding(&rec.ext, fwd),
+                    Err(err) => {
+                        tracing::warn!(ext = %rec.ext, %err, "unreadable call forwarding ignored")
+                    }
+                }
+            }
             self.endpoint.set_user(&rec.ext, rec.secret);
         }
         // One read of the voicemail index, grouped by mailbox.
@@ -376,6 +407,9 @@ impl Daemon {
             }
             Inbound::Connected { addr, writer } => self.transports.connected(addr, writer),
             Inbound::Closed { addr } => self.transports.closed(addr),
+            Inbound::TransportError { peer, reason } => {
+                self.endpoint.handle_transport_error(now, peer, &reason);
+            }
         }
     }
 
@@ -442,6 +476,15 @@ impl Daemon {
                 Event::AuthFailed { src, method, .. } => {
                     tracing::debug!(peer = %src.addr, %method, "authentication failed");
                 }
+                Event::TrunkChanged(change) => match change.health {
+                    pbx_core::trunk::Health::Up => {
+                        tracing::info!(trunk = %change.name, reason = %change.reason, "trunk up")
+                    }
+                    pbx_core::trunk::Health::Down => {
+                        tracing::warn!(trunk = %change.name, reason = %change.reason, "trunk down")
+                    }
+                },
+                event @ Event::CallRefused { .. } => self.guard.feedback(now, &event),
             }
         }
         while let Some((user, until)) = self.guard.poll_lock() {
@@ -450,6 +493,7 @@ impl Daemon {
         while let Some(user) = self.guard.poll_unlock() {
             self.endpoint.unlock_user(&user);
         }
+        self.guard.save_toll_locks(&self.store);
         self.guard.take_writes(&mut batch);
         mailboxes.sort();
         mailboxes.dedup();
@@ -522,6 +566,14 @@ impl Daemon {
                 cdrs: self.store.cdr_count()?,
                 data_dir: self.cfg.store.data_dir.display().to_string(),
                 realm: self.cfg.sip.realm.clone(),
+                trunks: self.endpoint.trunk_status().len(),
+                trunks_up: self
+                    .endpoint
+                    .trunk_status()
+                    .iter()
+                    .filter(|t| t.health == pbx_core::trunk::Health::Up)
+                    .count(),
+                survival: self.endpoint.survival(),
             }),
             Command::ExtList => {
                 let exts = self.store.ext_list()?;
@@ -558,8 +610,38 @@ impl Daemon {
                     anyhow::bail!("extension {ext} does not exist");
                 }
                 let _ = self.endpoint.remove_user(&ext);
+                self.endpoint.set_forwarding(&ext, Forwarding::default());
+                self.store.meta_put(&format!("fwd:{ext}"), b"{}")?;
                 Reply::done(format!("extension {ext} deleted"))
             }
+            Command::ExtForward { ext, forwarding } => {
+                if !self.endpoint.has_user(&ext) {
+                    anyhow::bail!("extension {ext} does not exist");
+                }
+                for (what, target) in [
+                    ("always", &forwarding.always),
+                    ("busy", &forwarding.busy),
+                    ("no-answer", &forwarding.no_answer),
+                ] {
+                    if let Some(t) = target {
+                        if !pbx_config::is_dial_string(t) && validate_ext(t).is_err() {
+                            anyhow::bail!("forward {what}: {t:?} is not a number");
+                        }
+                        if t == &ext {
+                            anyhow::bail!("forward {what}: an extension cannot forward to itself");
+                        }
+                    }
+                }
+                if forwarding.no_answer_ms > 600_000 {
+                    anyhow::bail!("no-answer time must be at most 600 s");
+                }
+                let json = serde_json::to_vec(&forwarding)?;
+                self.store.meta_put(&format!("fwd:{ext}"), &json)?;
+                let text = describe_forwarding(&forwarding);
+                self.endpoint.set_forwarding(&ext, forwarding);
+                Reply::done(format!("extension {ext}: {text}"))
+            }
+            Command::Trunks => Reply::Trunks(self.endpoint.trunk_status()),
             Command::ExtPasswd { ext, password } => {
                 check(validate_password(&ext, &password))?;
                 let Some(rec) = self.store.ext_get(&ext)? else {
@@ -762,4 +844,28 @@ pub fn generate_password() -> String {
 pub fn default_config_path() -> Option<PathBuf> {
     let p = PathBuf::from("/etc/outpost/outpost.toml");
     p.exists().then_some(p)
+}
+
+/// Call forwarding in words, for the admin.
+fn describe_forwarding(f: &Forwarding) -> String {
+    let mut parts = Vec::new();
+    if let Some(t) = &f.always {
+        parts.push(format!("always to {t}"));
+    }
+    if let Some(t) = &f.busy {
+        parts.push(format!("when busy to {t}"));
+    }
+    if let Some(t) = &f.no_answer {
+        let secs = f.no_answer_ms / 1000;
+        if secs > 0 {
+            parts.push(format!("after {secs} s without answer to {t}"));
+        } else {
+            parts.push(format!("without answer to {t}"));
+        }
+    }
+    if parts.is_empty() {
+        "call forwarding off".to_string()
+    } else {
+        format!("calls forwarded {}", parts.join(", "))
+    }
 }

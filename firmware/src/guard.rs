@@ -56,9 +56,12 @@ use crate::store::{Batch, FirewallChange, Store, StoreError, StoredBan, StoredLo
 use feed::{FeedError, FeedReader, ParsedFeed, MAX_FEED_BYTES, MAX_FEED_ENTRIES};
 
 pub mod feed;
+pub mod tollfraud;
 
 /// How often the kernel table is verified (and restored if changed from outside).
 const MAINTENANCE_MS: u64 = 5_000;
+/// How long a source whose calls tripped a toll-fraud lock stays banned.
+const TOLL_FRAUD_BAN_MS: u64 = 24 * 3_600_000;
 /// How often ended bans and locks are deleted from the store.
 const PURGE_EVERY_MS: u64 = 3_600_000;
 /// Alert log lines per rule per window; the rest are counted and summarised.
@@ -164,6 +167,10 @@ pub struct Guard {
     feed_displaced: HashMap<IpAddr, (Rule, Millis)>,
     /// Listed addresses past the feeds' overall limit at the last reconciliation.
     feed_overflow: usize,
+    /// The toll-fraud policy (shared with the call core's gate).
+    toll: tollfraud::TollFraud,
+    /// The toll-fraud locks changed: write them with the next persist.
+    toll_dirty: bool,
 }
 
 /// One blocklist feed: its settings, what its last good read listed, and its health.
@@ -188,6 +195,10 @@ impl Guard {
         let fw = &cfg.firewall;
         let mut detect: DetectConfig = fw.detect.clone();
         detect.monitor = fw.monitor_mode();
+        // Trunk peers are never banned.
+        detect.trunk_peers.extend(configured_trunk_peers(cfg));
+        let mut policy = fw.policy.clone();
+        policy.plan.emergency = cfg.dialplan.emergency.clone();
         let mut guard = Guard {
             detector: Detector::new(detect),
             mode: Mode::Monitor,
@@ -240,6 +251,8 @@ impl Guard {
             feed_poll_at: None,
             feed_displaced: HashMap::new(),
             feed_overflow: 0,
+            toll: tollfraud::TollFraud::new(policy, store),
+            toll_dirty: false,
         };
         if !guard.feeds.is_empty() {
             match FeedReader::spawn(guard.feeds.len()) {
@@ -370,6 +383,39 @@ impl Guard {
                 let ip = canonical(src.addr.ip());
                 self.observe(now, Observation::AuthSuccess { src: ip, user });
             }
+            Event::CallRefused {
+                src,
+                ext,
+                dialled,
+                reason,
+                lock,
+            } => {
+                for a in self.toll.take_alerts() {
+                    let alert = Alert {
+                        at: a.at,
+                        rule: Rule::TollFraud,
+                        addr: Some(canonical(src.addr.ip())),
+                        user: a.ext.clone(),
+                        message: a.message,
+                        enforced: true,
+                    };
+                    self.log_alert(now, &alert);
+                    self.write(FirewallChange::Alert(alert));
+                }
+                if *lock {
+                    self.toll_dirty = true;
+                    let ip = canonical(src.addr.ip());
+                    let why = format!("toll fraud: extension {ext} dialled {dialled}: {reason}");
+                    let verdict =
+                        self.detector
+                            .ban_source(now, ip, Rule::TollFraud, TOLL_FRAUD_BAN_MS, &why);
+                    self.act(now, verdict);
+                    while let Some(alert) = self.detector.poll_alert() {
+                        self.log_alert(now, &alert);
+                        self.write(FirewallChange::Alert(alert));
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -437,6 +483,20 @@ impl Guard {
     }
 
     /// Writes the queued store writes now, in their own transaction.
+    /// The toll-fraud check for the call core (see [`tollfraud`]).
+    pub fn toll_gate(&self) -> Box<dyn pbx_core::endpoint::CallGate> {
+        self.toll.gate()
+    }
+
+    /// Writes the toll-fraud locks when they changed (rare: a lock is an incident).
+    pub fn save_toll_locks(&mut self, store: &Store) {
+        if std::mem::take(&mut self.toll_dirty) {
+            if let Err(err) = self.toll.save(store) {
+                tracing::error!(%err, "toll-fraud: cannot store the locks");
+            }
+        }
+    }
+
     pub fn persist(&mut self, store: &Store) -> Result<(), StoreError> {
         let changes = std::mem::take(&mut self.pending);
         store.fw_apply(&changes)
@@ -1157,7 +1217,11 @@ impl Guard {
         if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
             return Reply::error("not an account name");
         }
-        let existed = self.detector.unlock(&user);
+        let toll_locked = match self.toll.unlock(&user, store) {
+            Ok(was) => was,
+            Err(err) => return Reply::error(format!("cannot update the store: {err}")),
+        };
+        let existed = self.detector.unlock(&user) || toll_locked;
         if let Err(err) = store.fw_apply(&[FirewallChange::Unlock(user.clone())]) {
             return Reply::error(format!("cannot delete the lock from the store: {err}"));
         }
@@ -1231,9 +1295,22 @@ impl Guard {
         let secs = |until: Millis| until.saturating_sub(now).div_ceil(1_000);
         let bans = self.detector.bans(now);
         let locks = self.detector.locks(now);
+        // Extensions the toll-fraud policy locked to internal calls: until unlocked.
+        let toll: Vec<FwLockInfo> = self
+            .toll
+            .locked()
+            .into_iter()
+            .map(|user| FwLockInfo {
+                user,
+                until: u64::MAX,
+                remaining_secs: u64::MAX,
+                rule: Rule::TollFraud.to_string(),
+                enforced: true,
+            })
+            .collect();
         Reply::FwBans(FwBansInfo {
             total_bans: bans.len(),
-            total_locks: locks.len(),
+            total_locks: locks.len() + toll.len(),
             bans: bans
                 .into_iter()
                 .take(MAX_LISTED)
@@ -1257,6 +1334,7 @@ impl Guard {
                     rule: l.rule.to_string(),
                     enforced: l.enforced,
                 })
+                .chain(toll)
                 .collect(),
         })
     }
@@ -1373,6 +1451,15 @@ impl Guard {
 }
 
 /// The kernel table's settings from the whole configuration.
+/// The addresses of the configured `[[trunk]]`s (names resolved now).
+fn configured_trunk_peers(cfg: &Config) -> Vec<IpAddr> {
+    cfg.trunk
+        .iter()
+        .filter_map(|t| t.resolve().ok())
+        .map(|a| canonical(a.ip()))
+        .collect()
+}
+
 fn nft_config(cfg: &Config) -> NftConfig {
     let fw = &cfg.firewall;
     let mut sip_ports: Vec<u16> = cfg.sip.listen.iter().map(|a| a.port()).collect();
@@ -1389,7 +1476,13 @@ fn nft_config(cfg: &Config) -> NftConfig {
         },
         rtp_closed: fw.rtp_closed && cfg.media.enabled,
         allow: fw.detect.allow.clone(),
-        trunk_peers: fw.detect.trunk_peers.clone(),
+        trunk_peers: fw
+            .detect
+            .trunk_peers
+            .iter()
+            .copied()
+            .chain(configured_trunk_peers(cfg))
+            .collect(),
         flood_rate: (fw.kernel_flood_per_second > 0).then_some(FloodLimit {
             per_second: fw.kernel_flood_per_second,
             burst: fw.kernel_flood_burst,
@@ -2331,6 +2424,7 @@ mod tests {
             codec: Codec::Pcmu,
             pt: 0,
             dtmf_pt: None,
+            srtp: None,
         };
 
         assert!(!inspect(

@@ -6,4 +6,5 @@ pub mod daemon;
 pub mod driver;
 pub mod guard;
 pub mod media;
+pub mod pbx_config;
 pub mod store;

@@ -5,10 +5,12 @@
 //! [`endpoint::Endpoint::handle`] and drains `poll_transmit`, `poll_event` and `poll_timeout`.
 
 pub mod cdr;
+pub mod dialplan;
 pub mod endpoint;
 pub mod media;
 pub mod registrar;
 pub mod sip;
+pub mod trunk;
 
 /// Wall-clock time in milliseconds since the Unix epoch, supplied by the caller.
 ///

@@ -71,6 +71,15 @@ pub enum Command {
     },
     /// The firewall (`{"cmd":"fw","fw":"unban","addr":"203.0.113.9"}`).
     Fw(FwCommand),
+    /// State of every trunk.
+    Trunks,
+    /// Set (replace) the call forwarding of an extension; all `None` clears it.
+    ExtForward {
+        /// Extension number.
+        ext: String,
+        /// Targets and the no-answer ring time.
+        forwarding: pbx_core::endpoint::Forwarding,
+    },
 }
 
 /// A firewall command; travels inside [`Command::Fw`].
@@ -151,6 +160,8 @@ impl Command {
             Command::VmDel { .. } => "vm_del",
             Command::VmPin { .. } => "vm_pin",
             Command::Fw(fw) => fw.name(),
+            Command::Trunks => "trunks",
+            Command::ExtForward { .. } => "ext_forward",
         }
     }
 }
@@ -194,6 +205,8 @@ pub enum Reply {
     FwRules(Vec<FwRuleInfo>),
     /// Answer to [`FwCommand::Export`].
     FwExport(FwExport),
+    /// Answer to [`Command::Trunks`].
+    Trunks(Vec<pbx_core::trunk::TrunkStatus>),
     /// A change was made.
     Done {
         /// What was done, for a human.
@@ -243,6 +256,15 @@ pub struct StatusInfo {
     pub data_dir: String,
     /// Digest realm.
     pub realm: String,
+    /// Trunks configured.
+    #[serde(default)]
+    pub trunks: usize,
+    /// Trunks up.
+    #[serde(default)]
+    pub trunks_up: usize,
+    /// Every trunk is down: the office runs on its own (local calls, voicemail, IVR).
+    #[serde(default)]
+    pub survival: bool,
 }
 
 /// One extension in a listing.
@@ -658,6 +680,9 @@ mod tests {
                 cdrs: 7,
                 data_dir: "/data".into(),
                 realm: "outpost".into(),
+                trunks: 2,
+                trunks_up: 0,
+                survival: true,
             }),
             Reply::Extensions(vec![ExtensionInfo {
                 ext: "100".into(),

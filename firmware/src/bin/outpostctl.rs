@@ -69,6 +69,8 @@ enum Cmd {
     /// Voicemail messages.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Show the SIP trunks: health, registration, reason, since when.
+    Trunks,
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +181,23 @@ enum ExtCmd {
         ext: String,
         #[command(flatten)]
         password: PasswordArgs,
+    },
+    /// Set call forwarding (replaces what was set; no option clears it).
+    Forward {
+        /// Extension number.
+        ext: String,
+        /// Forward every call to this number.
+        #[arg(long, value_name = "NUMBER")]
+        always: Option<String>,
+        /// Forward when the extension is busy.
+        #[arg(long, value_name = "NUMBER")]
+        busy: Option<String>,
+        /// Forward when nobody answers (or no phone is registered).
+        #[arg(long, value_name = "NUMBER")]
+        no_answer: Option<String>,
+        /// Seconds to ring before --no-answer applies [default: the ring timeout].
+        #[arg(long, value_name = "SECS")]
+        no_answer_secs: Option<u64>,
     },
     /// Create or replace extensions from a CSV file: `ext,password[,name]` per line, `#`
     /// comments; `-` reads standard input. Every row is checked before anything is sent.
@@ -353,6 +372,25 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Ext(ExtCmd::List) => one(Command::ExtList),
         Cmd::Reg(RegCmd::List) => one(Command::RegList),
         Cmd::Calls => one(Command::Calls),
+        Cmd::Trunks => one(Command::Trunks),
+        Cmd::Ext(ExtCmd::Forward {
+            ext,
+            always,
+            busy,
+            no_answer,
+            no_answer_secs,
+        }) => {
+            validate_ext(&ext).map_err(Failure::Usage)?;
+            one(Command::ExtForward {
+                ext,
+                forwarding: pbx_core::endpoint::Forwarding {
+                    always,
+                    busy,
+                    no_answer,
+                    no_answer_ms: no_answer_secs.unwrap_or(0).saturating_mul(1000),
+                },
+            })
+        }
         Cmd::Cdr(CdrCmd::List { limit }) => one(Command::CdrList {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
         }),
@@ -644,6 +682,7 @@ fn payload_json(reply: &Reply) -> String {
         Reply::FwAlerts(v) => to_json(v),
         Reply::FwRules(v) => to_json(v),
         Reply::FwExport(doc) => to_json(doc),
+        Reply::Trunks(v) => to_json(v),
         Reply::Done { message } | Reply::Error { message } => {
             to_json(&serde_json::json!({ "message": message }))
         }
@@ -664,6 +703,7 @@ fn render(reply: &Reply, generated: Option<&Generated>) -> String {
         Reply::FwAlerts(v) => render_fw_alerts(v),
         Reply::FwRules(v) => render_fw_rules(v),
         Reply::FwExport(doc) => render_export(doc, ExportFormat::Json),
+        Reply::Trunks(v) => render_trunks(v),
         Reply::Done { message } => match generated {
             Some(g) => format!("{}\n", g.human),
             None => format!("{}\n", sanitize(message)),
@@ -684,7 +724,58 @@ fn render_status(s: &StatusInfo) -> String {
         vec!["active calls".to_owned(), s.active_calls.to_string()],
         vec!["call records".to_owned(), s.cdrs.to_string()],
     ];
+    let mut rows = rows;
+    if s.trunks > 0 {
+        rows.push(vec![
+            "trunks".to_owned(),
+            format!("{} of {} up", s.trunks_up, s.trunks),
+        ]);
+    }
+    if s.survival {
+        rows.push(vec![
+            "mode".to_owned(),
+            "SURVIVAL: every trunk is down; local calls, voicemail and the IVR work, outside calls do not".to_owned(),
+        ]);
+    }
     format_table(None, &rows)
+}
+
+fn render_trunks(v: &[pbx_core::trunk::TrunkStatus]) -> String {
+    if v.is_empty() {
+        return "no trunks configured\n".to_owned();
+    }
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|t| {
+            vec![
+                sanitize(&t.name),
+                match t.health {
+                    pbx_core::trunk::Health::Up => "up".to_owned(),
+                    pbx_core::trunk::Health::Down => "DOWN".to_owned(),
+                },
+                match t.registered {
+                    None => "-".to_owned(),
+                    Some(true) => match t.registered_until {
+                        Some(until) => format!(
+                            "yes ({} left)",
+                            fmt_duration(until.saturating_sub(now) / 1000)
+                        ),
+                        None => "yes".to_owned(),
+                    },
+                    Some(false) => "no".to_owned(),
+                },
+                t.last_rtt_ms
+                    .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
+                format!("{} ago", fmt_duration(now.saturating_sub(t.since) / 1000)),
+                sanitize(&t.reason),
+            ]
+        })
+        .collect();
+    format_table(
+        Some(&["TRUNK", "HEALTH", "REGISTERED", "RTT", "SINCE", "REASON"]),
+        &rows,
+    )
 }
 
 fn render_extensions(v: &[ExtensionInfo]) -> String {
@@ -1023,7 +1114,11 @@ fn render_fw_bans(b: &FwBansInfo) -> String {
             .map(|l| {
                 vec![
                     l.user.clone(),
-                    fmt_duration(l.remaining_secs),
+                    if l.until == u64::MAX {
+                        "until `fw unlock`".to_owned()
+                    } else {
+                        fmt_duration(l.remaining_secs)
+                    },
                     l.rule.clone(),
                     if l.enforced { "yes" } else { "no (monitor)" }.to_owned(),
                 ]
@@ -1174,6 +1269,13 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 }
 
 /// `45s`, `1m05s`, `2h03m04s`, `3d04h05m`.
+/// Milliseconds since the Unix epoch (the daemon's clock for times it reports).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn fmt_duration(secs: u64) -> String {
     let (d, h, m, s) = (
         secs / 86_400,

@@ -1,9 +1,14 @@
-//! SIP transports around the sans-IO core: UDP sockets and TCP connections.
+//! SIP transports around the sans-IO core: UDP sockets, TCP connections and TLS over TCP.
 //!
 //! Every datagram and every stream-framed message becomes an [`Inbound`] on one bounded
 //! channel that the daemon's single core task drains in batches. When the core is busy the
 //! channel fills, the reader tasks stop reading, and the kernel's (enlarged) receive buffer
 //! absorbs the burst: a flood costs queue space, not unbounded memory.
+//!
+//! TCP and TLS connections share one table (keyed by the remote address), one framing
+//! routine and one connection limit.
+
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -14,9 +19,11 @@ use std::time::Duration;
 use pbx_core::sip::wire::{self, Frame};
 use pbx_core::sip::{Peer, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
+
+use self::tls::TlsContext;
 
 /// Largest datagram we read; anything longer is cut and then rejected by the parser.
 const MAX_DATAGRAM: usize = 65_535;
@@ -29,6 +36,10 @@ const MAX_TCP_CONNECTIONS: usize = 4096;
 const TCP_IDLE: Duration = Duration::from_secs(900);
 /// Outgoing messages queued per connection before further ones are dropped.
 const TCP_QUEUE: usize = 256;
+/// Time for an outgoing TCP connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for a TLS handshake, either side; a silent peer holds a connection slot no longer.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A message (or datagram) that arrived.
 #[derive(Debug)]
@@ -40,8 +51,11 @@ pub enum Inbound {
         addr: SocketAddr,
         writer: mpsc::Sender<Vec<u8>>,
     },
-    /// A TCP connection to `addr` closed.
+    /// A TCP or TLS connection to `addr` closed.
     Closed { addr: SocketAddr },
+    /// An outgoing connection to `peer` failed (connect, TLS handshake or certificate
+    /// check); what was queued for it is lost. `Closed` follows.
+    TransportError { peer: Peer, reason: String },
 }
 
 /// The sockets of the SIP transports, owned by the core task for sending.
@@ -51,6 +65,12 @@ pub struct Transports {
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     inbound: mpsc::Sender<Inbound>,
     tcp_slots: Arc<tokio::sync::Semaphore>,
+    /// TLS client (and server, when listening); `None` until [`Transports::enable_tls`].
+    tls: Option<TlsContext>,
+    /// Names that trunk servers' certificates must carry, by address.
+    tls_names: HashMap<SocketAddr, String>,
+    /// The TLS listeners' addresses (port 0 resolved).
+    tls_local: Vec<SocketAddr>,
     /// Datagrams or messages that could not be sent.
     pub send_errors: u64,
 }
@@ -75,8 +95,54 @@ impl Transports {
             tcp: HashMap::new(),
             inbound,
             tcp_slots,
+            tls: None,
+            tls_names: HashMap::new(),
+            tls_local: Vec::new(),
             send_errors: 0,
         })
+    }
+
+    /// Turns on TLS: the client side for `Transport::Tls` destinations and, when `tls` has
+    /// a server identity, a listener on each of `listen`. Logs each listener with the
+    /// certificate's SHA-256 fingerprint (phones pin it).
+    pub fn enable_tls(&mut self, listen: &[SocketAddr], tls: TlsContext) -> io::Result<()> {
+        if !listen.is_empty() {
+            let Some(acceptor) = tls.acceptor() else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS listeners need a server certificate",
+                ));
+            };
+            for addr in listen {
+                let listener = bind_tcp(*addr)?;
+                let local = listener.local_addr()?;
+                tracing::info!(
+                    listen = %local,
+                    fingerprint = tls.fingerprint().unwrap_or(""),
+                    "TLS listener (certificate SHA-256 fingerprint)"
+                );
+                self.tls_local.push(local);
+                tokio::spawn(accept_tls(
+                    listener,
+                    acceptor.clone(),
+                    self.inbound.clone(),
+                    self.tcp_slots.clone(),
+                ));
+            }
+        }
+        self.tls = Some(tls);
+        Ok(())
+    }
+
+    /// The name the certificate of the TLS server at `addr` must carry (a trunk's host
+    /// name); without one the IP address is checked.
+    pub fn set_tls_name(&mut self, addr: SocketAddr, name: String) {
+        self.tls_names.insert(addr, name);
+    }
+
+    /// The TLS listeners' addresses (port 0 resolved).
+    pub fn tls_local_addrs(&self) -> &[SocketAddr] {
+        &self.tls_local
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -114,7 +180,6 @@ impl Transports {
                     self.send_errors += 1;
                 }
             }
-            // TLS shares the connection table until the TLS transport lands.
             Transport::Tcp | Transport::Tls => {
                 if let Some(writer) = self.tcp.get(&dest.addr) {
                     match writer.try_send(bytes) {
@@ -122,44 +187,96 @@ impl Transports {
                         Err(mpsc::error::TrySendError::Full(_)) => self.send_errors += 1,
                         Err(mpsc::error::TrySendError::Closed(b)) => {
                             self.tcp.remove(&dest.addr);
-                            self.connect_and_send(dest.addr, b);
+                            self.connect_and_send(dest, b);
                         }
                     }
                 } else {
-                    self.connect_and_send(dest.addr, bytes);
+                    self.connect_and_send(dest, bytes);
                 }
             }
         }
     }
 
-    /// Opens a connection to a peer that has none (RFC 3261 §18.2.2: a new one to the
-    /// same address) and sends `first` on it.
-    fn connect_and_send(&mut self, addr: SocketAddr, first: Vec<u8>) {
+    /// Opens a connection (TCP, or TLS with certificate verification) to a peer that has
+    /// none (RFC 3261 §18.2.2: a new one to the same address) and sends `first` on it.
+    /// A failure reaches the core as [`Inbound::TransportError`].
+    fn connect_and_send(&mut self, dest: Peer, first: Vec<u8>) {
         let Ok(permit) = self.tcp_slots.clone().try_acquire_owned() else {
             self.send_errors += 1;
             return;
+        };
+        let tls = match dest.transport {
+            Transport::Tls => {
+                let name = tls::server_name(
+                    dest.addr,
+                    self.tls_names.get(&dest.addr).map(String::as_str),
+                );
+                Some((self.tls.as_ref().map(TlsContext::connector), name))
+            }
+            _ => None,
         };
         let (writer, queue) = mpsc::channel(TCP_QUEUE);
         if writer.try_send(first).is_err() {
             return;
         }
-        self.tcp.insert(addr, writer.clone());
+        self.tcp.insert(dest.addr, writer.clone());
         let inbound = self.inbound.clone();
         tokio::spawn(async move {
-            let connect =
-                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
-            match connect {
-                Ok(Ok(stream)) => {
-                    run_connection(stream, addr, inbound, writer, queue).await;
+            let opened = match tls {
+                None => connect_tcp(dest.addr).await.map(Opened::Tcp),
+                Some((Some(connector), name)) => connect_tls(dest.addr, connector, name)
+                    .await
+                    .map(|s| Opened::Tls(Box::new(s))),
+                Some((None, _)) => Err("TLS is not enabled".to_string()),
+            };
+            match opened {
+                Ok(Opened::Tcp(stream)) => {
+                    run_connection(stream, dest, inbound, writer, queue).await;
                 }
-                _ => {
-                    tracing::debug!(%addr, "TCP connect failed");
+                Ok(Opened::Tls(stream)) => {
+                    run_connection(*stream, dest, inbound, writer, queue).await;
+                }
+                Err(reason) => {
+                    tracing::debug!(peer = %dest.addr, transport = dest.transport.as_str(), %reason, "connection failed");
                     drop(queue);
-                    let _ = inbound.send(Inbound::Closed { addr }).await;
+                    let _ = inbound
+                        .send(Inbound::TransportError { peer: dest, reason })
+                        .await;
+                    let _ = inbound.send(Inbound::Closed { addr: dest.addr }).await;
                 }
             }
             drop(permit);
         });
+    }
+}
+
+/// An outgoing connection, ready for messages.
+enum Opened {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(err)) => Err(format!("connect failed: {err}")),
+        Err(_) => Err("connect timed out".to_string()),
+    }
+}
+
+async fn connect_tls(
+    addr: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    name: rustls_pki_types::ServerName<'static>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let stream = connect_tcp(addr).await?;
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(err)) => Err(tls::handshake_failure(&err)),
+        Err(_) => Err("TLS handshake timed out".to_string()),
     }
 }
 
@@ -226,23 +343,72 @@ async fn accept_tcp(
         };
         let inbound = inbound.clone();
         tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
             let (writer, queue) = mpsc::channel(TCP_QUEUE);
-            run_connection(stream, addr, inbound, writer, queue).await;
+            let peer = Peer {
+                transport: Transport::Tcp,
+                addr,
+            };
+            run_connection(stream, peer, inbound, writer, queue).await;
             drop(permit);
         });
     }
 }
 
-/// Reads framed messages from a connection and writes queued ones until either side ends.
-async fn run_connection(
-    stream: TcpStream,
-    addr: SocketAddr,
+/// Accepts TLS connections: the handshake runs in the connection's own task under a
+/// deadline, and holds one of the connection slots that TCP shares.
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    inbound: mpsc::Sender<Inbound>,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
+    loop {
+        let Ok((stream, addr)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let inbound = inbound.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let (writer, queue) = mpsc::channel(TCP_QUEUE);
+                    let peer = Peer {
+                        transport: Transport::Tls,
+                        addr,
+                    };
+                    run_connection(stream, peer, inbound, writer, queue).await;
+                }
+                // Scanners and phones that do not trust us yet: nothing for the core.
+                Ok(Err(err)) => {
+                    tracing::debug!(%addr, reason = %tls::handshake_failure(&err), "TLS handshake failed");
+                }
+                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Reads framed messages from a connection (TCP or TLS) and writes queued ones until
+/// either side ends.
+async fn run_connection<S>(
+    stream: S,
+    peer: Peer,
     inbound: mpsc::Sender<Inbound>,
     writer: mpsc::Sender<Vec<u8>>,
     mut queue: mpsc::Receiver<Vec<u8>>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let addr = peer.addr;
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let announce = inbound
         .send(Inbound::Connected {
             addr,
@@ -254,15 +420,14 @@ async fn run_connection(
     }
     let write_task = tokio::spawn(async move {
         while let Some(bytes) = queue.recv().await {
-            if wr.write_all(&bytes).await.is_err() {
-                break;
+            // TLS buffers records: flush so each message leaves now.
+            if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+                return;
             }
         }
+        // The table let go of the connection: close it cleanly (TLS close_notify).
+        let _ = wr.shutdown().await;
     });
-    let peer = Peer {
-        transport: Transport::Tcp,
-        addr,
-    };
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 16384];
     'conn: loop {
@@ -291,7 +456,7 @@ async fn run_connection(
                 Err(err) => {
                     // A stream whose framing is lost cannot be resynchronised: answer what
                     // can be answered and close it (RFC 3261 §18.3).
-                    tracing::debug!(%addr, %err, "closing TCP connection with bad framing");
+                    tracing::debug!(%addr, %err, transport = peer.transport.as_str(), "closing connection with bad framing");
                     let end = buf.len().min(wire::MAX_MESSAGE);
                     if let Some(reply) = wire::reply_to_malformed(&buf[..end], &err) {
                         let _ = writer.send(reply).await;
@@ -308,4 +473,152 @@ async fn run_connection(
     drop(writer);
     write_task.abort();
     let _ = inbound.send(Inbound::Closed { addr }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::config::TlsConfig;
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:outpost SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: <sip:t@outpost>;tag=1\r\nTo: <sip:outpost>\r\nCall-ID: drv@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+
+    /// A TLS listener on loopback with an identity generated under `dir`; its address, its
+    /// certificate file and what it receives.
+    async fn tls_server(dir: &Path) -> (SocketAddr, PathBuf, mpsc::Receiver<Inbound>) {
+        let cfg = TlsConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            ..TlsConfig::default()
+        };
+        let ctx = TlsContext::new(&cfg, dir).expect("server context");
+        assert!(ctx.fingerprint().is_some());
+        let (tx, rx) = mpsc::channel(16);
+        let mut server = Transports::bind(&[], tx).await.expect("no sockets to bind");
+        server.enable_tls(&cfg.listen, ctx).expect("TLS listener");
+        (server.tls_local_addrs()[0], dir.join("tls/cert.pem"), rx)
+    }
+
+    /// Client transports trusting `ca` (beside the built-in roots).
+    async fn client(ca: Option<PathBuf>) -> (Transports, mpsc::Receiver<Inbound>) {
+        let cfg = TlsConfig {
+            ca,
+            ..TlsConfig::default()
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ctx = TlsContext::new(&cfg, dir.path()).expect("client context");
+        let (tx, rx) = mpsc::channel(16);
+        let mut transports = Transports::bind(&[], tx).await.expect("no sockets to bind");
+        transports.enable_tls(&[], ctx).expect("client only");
+        (transports, rx)
+    }
+
+    /// The first inbound item that `pick` accepts, within 5 s.
+    async fn next<T>(
+        rx: &mut mpsc::Receiver<Inbound>,
+        mut pick: impl FnMut(Inbound) -> Option<T>,
+    ) -> T {
+        let wait = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(item) = rx.recv().await {
+                if let Some(found) = pick(item) {
+                    return Some(found);
+                }
+            }
+            None
+        });
+        wait.await
+            .ok()
+            .flatten()
+            .expect("the expected inbound item within 5 s")
+    }
+
+    fn transport_error(item: Inbound) -> Option<(Peer, String)> {
+        match item {
+            Inbound::TransportError { peer, reason } => Some((peer, reason)),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tls_destination_gets_a_verified_connection_carrying_the_message() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (addr, cert, mut server_rx) = tls_server(dir.path()).await;
+        let (mut transports, mut client_rx) = client(Some(cert)).await;
+        transports.set_tls_name(addr, "outpost".to_string());
+        let dest = Peer {
+            transport: Transport::Tls,
+            addr,
+        };
+        transports.send(dest, OPTIONS.to_vec());
+        let (peer, bytes) = next(&mut server_rx, |item| match item {
+            Inbound::Message { peer, bytes } => Some((peer, bytes)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(peer.transport, Transport::Tls);
+        assert_eq!(bytes, OPTIONS);
+        // The client side announced its connection for the replies to come.
+        let connected = next(&mut client_rx, |item| match item {
+            Inbound::Connected { addr, .. } => Some(addr),
+            _ => None,
+        })
+        .await;
+        assert_eq!(connected, addr);
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_is_a_transport_error_for_the_core() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (addr, _cert, _server_rx) = tls_server(dir.path()).await;
+        let (mut transports, mut rx) = client(None).await;
+        transports.set_tls_name(addr, "outpost".to_string());
+        let dest = Peer {
+            transport: Transport::Tls,
+            addr,
+        };
+        transports.send(dest, OPTIONS.to_vec());
+        let (peer, reason) = next(&mut rx, transport_error).await;
+        assert_eq!(peer, dest);
+        assert_eq!(reason, "certificate verify failed: UnknownIssuer");
+        let closed = next(&mut rx, |item| match item {
+            Inbound::Closed { addr } => Some(addr),
+            _ => None,
+        })
+        .await;
+        assert_eq!(closed, addr);
+    }
+
+    #[tokio::test]
+    async fn without_a_name_the_certificate_must_carry_the_ip_address() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (addr, cert, _server_rx) = tls_server(dir.path()).await;
+        let (mut transports, mut rx) = client(Some(cert)).await;
+        let dest = Peer {
+            transport: Transport::Tls,
+            addr,
+        };
+        transports.send(dest, OPTIONS.to_vec());
+        let (_, reason) = next(&mut rx, transport_error).await;
+        assert!(
+            reason.starts_with("certificate verify failed: NotValidForName"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_tcp_connect_is_a_transport_error_for_the_core() {
+        // A port that was free a moment ago: nothing listens there.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let (mut transports, mut rx) = client(None).await;
+        let dest = Peer {
+            transport: Transport::Tcp,
+            addr,
+        };
+        transports.send(dest, OPTIONS.to_vec());
+        let (peer, reason) = next(&mut rx, transport_error).await;
+        assert_eq!(peer, dest);
+        assert!(reason.starts_with("connect failed"), "{reason}");
+    }
 }

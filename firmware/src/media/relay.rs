@@ -46,8 +46,9 @@ use tokio::sync::mpsc as tokio_mpsc;
 use pbx_core::media::dtmf::DtmfDetector;
 use pbx_core::media::rtp::{JitterEstimator, RtpPacket, SeqTracker};
 use pbx_core::media::session::{
-    Codec, Leg, LegMedia, LegStats, MediaCommand, MediaEvent, SessionId,
+    Codec, Leg, LegMedia, LegStats, MediaCommand, MediaEvent, SessionId, SrtpKeys,
 };
+use pbx_core::media::srtp::{self, SrtpContext};
 use pbx_core::media::{g711, rtcp, rtp};
 
 use super::files::{self, FileJob, FileWorker, Loaded, Playlist};
@@ -230,7 +231,7 @@ pub fn start_with_prompts(cfg: RelayConfig, prompts: PromptStore) -> io::Result<
                 files,
                 playing: Vec::new(),
                 generation: 0,
-                play_buf: [0; rtp::HEADER_LEN + FRAME],
+                play_buf: [0; rtp::HEADER_LEN + FRAME + srtp::MAX_TRAILER],
                 full_recordings: Vec::new(),
             };
             // The receiver waits for this; if it is gone, start() already failed.
@@ -477,12 +478,52 @@ struct LegState {
     out: OutStream,
     /// What this leg's phone sends, being recorded.
     recorder: Option<Recorder>,
+    /// SRTP contexts when the leg is SRTP.
+    srtp: Option<LegSrtp>,
+}
+
+/// SRTP of one leg: what the phone sends is unprotected with its key, what goes to it is
+/// protected with ours.
+#[derive(Debug)]
+struct LegSrtp {
+    keys: SrtpKeys,
+    inbound: SrtpContext,
+    outbound: SrtpContext,
+}
+
+impl LegSrtp {
+    fn new(keys: SrtpKeys) -> Self {
+        LegSrtp {
+            inbound: SrtpContext::new(keys.suite, &keys.remote_key),
+            outbound: SrtpContext::new(keys.suite, &keys.local_key),
+            keys,
+        }
+    }
+
+    /// New keys (re-INVITE): a direction whose key is unchanged keeps its state (rollover
+    /// counters, replay windows), so no keystream is ever used twice.
+    fn rekey(old: Option<LegSrtp>, keys: Option<&SrtpKeys>) -> Option<LegSrtp> {
+        let keys = keys?;
+        let Some(mut srtp) = old else {
+            return Some(LegSrtp::new(keys.clone()));
+        };
+        if srtp.keys.suite != keys.suite {
+            return Some(LegSrtp::new(keys.clone()));
+        }
+        if srtp.keys.remote_key != keys.remote_key {
+            srtp.inbound = SrtpContext::new(keys.suite, &keys.remote_key);
+        }
+        if srtp.keys.local_key != keys.local_key {
+            srtp.outbound = SrtpContext::new(keys.suite, &keys.local_key);
+        }
+        srtp.keys = keys.clone();
+        Some(srtp)
+    }
 }
 
 impl LegState {
     fn new(media: LegMedia, now: Instant) -> Self {
         LegState {
-            media,
             rtp: Latch::new(now),
             rtcp: Latch::new(now),
             rtcp_mux: false,
@@ -495,6 +536,8 @@ impl LegState {
             play_generation: 0,
             out: OutStream::new(rand::random(), rand::random(), rand::random()),
             recorder: None,
+            srtp: LegSrtp::rekey(None, media.srtp.as_ref()),
+            media,
         }
     }
 
@@ -554,7 +597,22 @@ impl LegState {
             self.rtcp_mux = false;
             self.stats.latched = None;
         }
+        self.srtp = LegSrtp::rekey(self.srtp.take(), media.srtp.as_ref());
         self.media = media;
+    }
+
+    /// Protects a packet for this leg's phone in place if the leg is SRTP; returns the
+    /// length to send, `None` if it cannot be sent (no room, replayed index).
+    fn protect(&mut self, buf: &mut [u8], len: usize, rtp: bool) -> Option<usize> {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return Some(len);
+        };
+        let protected = if rtp {
+            srtp.outbound.protect_rtp(buf, len)
+        } else {
+            srtp.outbound.protect_rtcp(buf, len)
+        };
+        protected.ok()
     }
 }
 
@@ -588,8 +646,48 @@ struct Arrival {
 }
 
 impl Session {
-    /// Checks, counts and rewrites (in place) one datagram; returns where to forward it.
+    /// Checks, counts and rewrites (in place) the datagram `buf[..len]`; returns where to
+    /// forward it and its new length. On an SRTP leg it is unprotected first (a packet that
+    /// fails authentication or is replayed is dropped and counted, never forwarded), and
+    /// it is protected for the destination leg if that one is SRTP (`buf` has room).
     fn handle(
+        &mut self,
+        arrival: &Arrival,
+        buf: &mut [u8],
+        len: usize,
+        layout: &Layout,
+        sink: &mut EventSink,
+    ) -> Option<(Route, usize)> {
+        let from = leg_index(arrival.from);
+        let mut len = len.min(buf.len());
+        let is_rtcp = arrival.on_rtcp_port || rtp::looks_like_rtcp(&buf[..len]);
+        if let Some(srtp) = self.legs[from].srtp.as_mut() {
+            let data = &mut buf[..len];
+            let plain = if is_rtcp {
+                srtp.inbound.unprotect_rtcp(data)
+            } else {
+                srtp.inbound.unprotect_rtp(data)
+            };
+            match plain {
+                Ok(n) => len = n,
+                Err(_) => {
+                    self.legs[from].stats.dropped += 1;
+                    return None;
+                }
+            }
+        }
+        let route = self.handle_plain(arrival, &mut buf[..len], layout, sink)?;
+        match self.legs[leg_index(route.to)].protect(buf, len, route.rtp) {
+            Some(len) => Some((route, len)),
+            None => {
+                self.legs[from].stats.dropped += 1;
+                None
+            }
+        }
+    }
+
+    /// [`Self::handle`] on a plain RTP/RTCP packet.
+    fn handle_plain(
         &mut self,
         arrival: &Arrival,
         data: &mut [u8],
@@ -869,8 +967,8 @@ struct Engine {
     playing: Vec<(u32, Leg)>,
     /// Last `Play`/`StopPlay` generation handed out.
     generation: u64,
-    /// One played packet: RTP header and a 20 ms frame.
-    play_buf: [u8; rtp::HEADER_LEN + FRAME],
+    /// One played packet: RTP header, a 20 ms frame and room for the SRTP tag.
+    play_buf: [u8; rtp::HEADER_LEN + FRAME + srtp::MAX_TRAILER],
     /// Recordings that reached their length during the last batch, as (slot, leg).
     full_recordings: Vec<(u32, Leg)>,
 }
@@ -999,15 +1097,20 @@ impl Engine {
                 now,
                 now_us,
             };
-            let data = &mut self.io.bufs[i][..meta.len];
-            let route = session.handle(&arrival, data, &self.layout, &mut self.sink);
+            let routed = session.handle(
+                &arrival,
+                &mut self.io.bufs[i],
+                meta.len,
+                &self.layout,
+                &mut self.sink,
+            );
             let from = &session.legs[leg_index(owner.leg)];
             if from.recorder.as_ref().is_some_and(Recorder::is_full)
                 && !self.full_recordings.contains(&(owner.slot, owner.leg))
             {
                 self.full_recordings.push((owner.slot, owner.leg));
             }
-            let Some(route) = route else {
+            let Some((route, len)) = routed else {
                 continue;
             };
             let Some(socket) = self.layout.socket(route.port, route.via) else {
@@ -1017,7 +1120,7 @@ impl Engine {
                 socket,
                 dest: route.dest,
                 buf: i,
-                len: meta.len,
+                len,
                 slot: owner.slot,
                 to: route.to,
                 rtp: route.rtp,
@@ -1436,6 +1539,13 @@ impl Engine {
             let Ok(len) = header.emit(&mut self.play_buf, &frame) else {
                 continue;
             };
+            let len = match state.srtp.as_mut() {
+                Some(srtp) => match srtp.outbound.protect_rtp(&mut self.play_buf, len) {
+                    Ok(len) => len,
+                    Err(_) => continue,
+                },
+                None => len,
+            };
             self.counters.send_calls += 1;
             match socket.send_to(&self.play_buf[..len], route.dest) {
                 Ok(_) => {
@@ -1591,6 +1701,7 @@ mod tests {
             codec,
             pt,
             dtmf_pt: dtmf,
+            srtp: None,
         }
     }
 
@@ -2420,5 +2531,91 @@ mod tests {
                 leg: Leg::A
             })
         );
+    }
+
+    fn srtp_leg(port: u16, phone: &StdUdpSocket, remote_key: u8, local_key: u8) -> LegMedia {
+        let mut media = pcmu(port, phone);
+        media.srtp = Some(SrtpKeys {
+            suite: srtp::Suite::AesCm128HmacSha1_80,
+            remote_key: [remote_key; srtp::KEY_MATERIAL_LEN],
+            local_key: [local_key; srtp::KEY_MATERIAL_LEN],
+        });
+        media
+    }
+
+    fn srtp_ctx(key: u8) -> SrtpContext {
+        SrtpContext::new(
+            srtp::Suite::AesCm128HmacSha1_80,
+            &[key; srtp::KEY_MATERIAL_LEN],
+        )
+    }
+
+    fn protected(ctx: &mut SrtpContext, packet: &[u8], rtcp: bool) -> Vec<u8> {
+        let mut buf = packet.to_vec();
+        buf.resize(packet.len() + srtp::MAX_TRAILER, 0);
+        let n = if rtcp {
+            ctx.protect_rtcp(&mut buf, packet.len())
+        } else {
+            ctx.protect_rtp(&mut buf, packet.len())
+        };
+        buf.truncate(n.expect("protects"));
+        buf
+    }
+
+    #[test]
+    fn an_srtp_leg_is_decrypted_and_encrypted_and_forgeries_are_dropped() {
+        let relay = relay_with_prompts(23300);
+        let (a, b) = (phone(V4), phone(V4));
+        // A is SRTP (phone key 1, relay key 2); B is plain RTP.
+        open(&relay, 40, srtp_leg(23300, &a, 1, 2), pcmu(23302, &b));
+        let (mut a_out, mut a_in) = (srtp_ctx(1), srtp_ctx(2));
+
+        for seq in 1..=3 {
+            a.send_to(&protected(&mut a_out, &audio(seq), false), to(23300))
+                .expect("sent");
+            assert_eq!(
+                recv(&b).map(|(p, _)| p),
+                Some(audio(seq)),
+                "B gets plain RTP"
+            );
+        }
+        b.send_to(&audio(50), to(23302)).expect("sent");
+        let (mut got, _) = recv(&a).expect("A receives");
+        assert_ne!(got, audio(50), "A gets SRTP");
+        let n = a_in
+            .unprotect_rtp(&mut got)
+            .expect("A can unprotect with the relay's key");
+        assert_eq!(got[..n], audio(50)[..]);
+
+        // Forged (wrong key), replayed and plain packets from A's own address go nowhere.
+        let forged = protected(&mut srtp_ctx(9), &audio(4), false);
+        let replay = protected(&mut srtp_ctx(1), &audio(2), false);
+        for bad in [forged, replay, audio(5)] {
+            a.send_to(&bad, to(23300)).expect("sent");
+        }
+        assert_eq!(recv(&b), None, "nothing unauthenticated reaches B");
+        let (sa, _) = stats_until(&relay, 40, |sa, _| sa.dropped == 3);
+        assert_eq!((sa.dropped, sa.packets_in), (3, 3));
+
+        // RTCP muxed on the RTP port: A's SRTCP is accepted (A counts as muxed only after
+        // it authenticated), and B's plain RTCP reaches A as SRTCP.
+        let rr = |ssrc: u8| [0x80, 201, 0, 1, 0, 0, 0, ssrc];
+        a.send_to(&protected(&mut a_out, &rr(0xaa), true), to(23300))
+            .expect("sent");
+        b.send_to(&rr(0xbb), to(23302)).expect("sent");
+        let (mut got, _) = recv(&a).expect("A receives B's RTCP");
+        let n = a_in
+            .unprotect_rtcp(&mut got)
+            .expect("SRTCP under the relay's key");
+        assert_eq!(got[..n], rr(0xbb));
+        let (sa, _) = stats_until(&relay, 40, |sa, _| sa.dropped == 3);
+        assert_eq!(sa.dropped, 3, "the SRTCP packet passed");
+
+        // A prompt to the SRTP leg is protected too.
+        play(&relay, 40, Leg::A, &["short"], false);
+        let (mut prompt, _) = recv(&a).expect("prompt packet");
+        let n = a_in.unprotect_rtp(&mut prompt).expect("prompt is SRTP");
+        assert_eq!(prompt[12..n], [0x42; 160]);
+        relay.shutdown();
     }
 }

@@ -9,11 +9,26 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::media::sdp::{self, OriginState, Sdp, SdpError};
-use crate::media::session::{Codec, Leg, LegMedia, MediaCommand, SessionId};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+
+use crate::media::sdp::{self, Crypto, OriginState, Sdp, SdpError};
+use crate::media::session::{Codec, Leg, LegMedia, MediaCommand, SessionId, SrtpKeys};
+use crate::media::srtp::{Suite, KEY_MATERIAL_LEN};
+
+/// The suites offered to a phone, in preference order, with their `a=crypto` tags.
+const OFFERED_SUITES: [(u32, Suite); 2] = [
+    (1, Suite::AesCm128HmacSha1_80),
+    (2, Suite::AesCm128HmacSha1_32),
+];
 
 /// SDP state of one call's two legs.
-#[derive(Debug)]
+///
+/// SRTP (RFC 3711 with SDES keys, RFC 4568) is terminated on each leg: a leg whose phone
+/// offers or answers `RTP/SAVP` with a usable `a=crypto` line gets its own key from
+/// Outpost, and the relay decrypts and re-encrypts. The offer relayed to the other leg
+/// mirrors the offerer's profile; an answerer may answer a SAVP offer with plain RTP/AVP
+/// ("best effort SRTP"), and its leg is then plain.
 pub struct CallMedia {
     session: SessionId,
     /// Relay RTP port towards each leg.
@@ -41,6 +56,26 @@ pub struct CallMedia {
     moh_playing_to: Option<Leg>,
     /// The caller's offer cut down to what Outpost answered locally (for a transfer).
     local_offer_a: Option<Sdp>,
+    /// Outpost's SRTP master keys, per leg (A, B) and suite (as in [`OFFERED_SUITES`]):
+    /// made once per call, so a re-INVITE keeps the relay's SRTP state.
+    srtp_keys: [[Option<[u8; KEY_MATERIAL_LEN]>; 2]; 2],
+    /// Source of those keys; seeded from the OS on first use (see [`Self::set_key_seed`]).
+    key_rng: Option<StdRng>,
+}
+
+impl std::fmt::Debug for CallMedia {
+    // Keys never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallMedia")
+            .field("session", &self.session)
+            .field("ports", &(self.port_a, self.port_b))
+            .field("offer", &self.offer)
+            .field("leg_a", &self.leg_a)
+            .field("leg_b", &self.leg_b)
+            .field("opened", &self.opened)
+            .field("on_hold", &self.on_hold)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The prompt played to a held party.
@@ -78,7 +113,17 @@ impl CallMedia {
             held_by: None,
             moh_playing_to: None,
             local_offer_a: None,
+            srtp_keys: [[None; 2]; 2],
+            key_rng: None,
         }
+    }
+
+    /// Seeds the generator of Outpost's SRTP keys (tests, reproducible runs). Without it
+    /// the generator is seeded from the operating system the first time a key is needed:
+    /// the `origin_seed` is not secret (it is the `o=` session id), so keys never come
+    /// from it.
+    pub fn set_key_seed(&mut self, seed: [u8; 32]) {
+        self.key_rng = Some(StdRng::from_seed(seed));
     }
 
     /// The relay session.
@@ -116,6 +161,31 @@ impl CallMedia {
             self.held_by = None;
         }
         let mut out = sdp::offer_for_b(&received);
+        if let Some((i, m)) = received.audio() {
+            if m.is_srtp() && m.cryptos().next().is_none() {
+                return Err(SdpError::Malformed(
+                    "RTP/SAVP offer without a usable crypto line",
+                ));
+            }
+            // The other leg gets the offerer's profile and, for SRTP, Outpost's own keys.
+            let cryptos: Vec<Crypto> = if m.is_srtp() {
+                OFFERED_SUITES
+                    .iter()
+                    .map(|&(tag, suite)| Crypto {
+                        tag,
+                        suite,
+                        key: self.local_key(from.other(), suite),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if let Some(m) = out.media.get_mut(i) {
+                m.set_cryptos(&cryptos);
+            }
+        }
+        // No key of one phone ever reaches the other (a rejected video stream included).
+        strip_cryptos(&mut out, received.audio().map(|(i, _)| i));
         let (addr, port, origin) = self.towards(from.other());
         out.anchor(addr, port, origin);
         self.offer = Some((from, received));
@@ -148,11 +218,26 @@ impl CallMedia {
         if sdp::is_hold(&answer) {
             self.on_hold = true;
         }
+        // SRTP on each leg on its own: the answerer's from its answer to our offer, the
+        // offerer's from its offer; the offerer's answer carries the offerer's profile.
+        let srtp_ans = answered_crypto(&answer, &offer_sent).map(|(theirs, ours)| SrtpKeys {
+            suite: theirs.suite,
+            remote_key: theirs.key,
+            local_key: ours.key,
+        });
+        let offerer_crypto = offered_crypto(&offer);
+        let srtp_off = offerer_crypto.as_ref().map(|c| self.keys_for(offerer, c));
+        secure_like_offer(
+            &mut back,
+            &offer,
+            srtp_off.as_ref(),
+            offerer_crypto.as_ref(),
+        );
         let (addr, port, origin) = self.towards(offerer);
         back.anchor(addr, port, origin);
 
-        let answerer_leg = self.leg_media(from, &answer, codec_ans, pt_ans, dtmf_ans);
-        let offerer_leg = self.leg_media(offerer, &offer, codec_off, pt_off, dtmf_off);
+        let answerer_leg = self.leg_media(from, &answer, codec_ans, pt_ans, dtmf_ans, srtp_ans);
+        let offerer_leg = self.leg_media(offerer, &offer, codec_off, pt_off, dtmf_off, srtp_off);
         let (a, b) = match from {
             Leg::A => (answerer_leg, offerer_leg),
             Leg::B => (offerer_leg, answerer_leg),
@@ -239,16 +324,22 @@ impl CallMedia {
             });
             m.set_direction(sdp::Direction::SendRecv);
         }
-        // What the caller agreed to is its offer cut to the answered formats.
+        // What the caller agreed to is its offer cut to the answered formats (with its
+        // own key: a transfer re-offers it, and the caller keeps sending with that key).
         let mut agreed = offer.clone();
         if let (Some(m), Some(ans)) = (agreed.media.get_mut(idx), answer.media.get(idx)) {
             m.formats = ans.formats.clone();
+            let crypto = m.cryptos().next();
             m.attributes = ans.attributes.clone();
+            m.set_cryptos(crypto.as_slice());
         }
         self.local_offer_a = Some(agreed);
+        let crypto = offered_crypto(&offer);
+        let srtp = crypto.as_ref().map(|c| self.keys_for(Leg::A, c));
+        secure_like_offer(&mut answer, &offer, srtp.as_ref(), crypto.as_ref());
         let (addr, port, origin) = self.towards(Leg::A);
         answer.anchor(addr, port, origin);
-        let a = self.leg_media(Leg::A, &offer, codec, pt, dtmf);
+        let a = self.leg_media(Leg::A, &offer, codec, pt, dtmf, srtp);
         self.leg_a = Some(a.clone());
         let b = LegMedia::absent();
         let cmd = if self.opened {
@@ -292,6 +383,35 @@ impl CallMedia {
         }
     }
 
+    /// Outpost's key towards `leg`'s phone for `suite`, made on first use.
+    fn local_key(&mut self, leg: Leg, suite: Suite) -> [u8; KEY_MATERIAL_LEN] {
+        let s = match suite {
+            Suite::AesCm128HmacSha1_80 => 0,
+            Suite::AesCm128HmacSha1_32 => 1,
+        };
+        let l = match leg {
+            Leg::A => 0,
+            Leg::B => 1,
+        };
+        if let Some(key) = self.srtp_keys[l][s] {
+            return key;
+        }
+        let rng = self.key_rng.get_or_insert_with(StdRng::from_entropy);
+        let mut key = [0u8; KEY_MATERIAL_LEN];
+        rng.fill_bytes(&mut key);
+        self.srtp_keys[l][s] = Some(key);
+        key
+    }
+
+    /// The keys of `leg` whose phone offered `crypto`.
+    fn keys_for(&mut self, leg: Leg, crypto: &Crypto) -> SrtpKeys {
+        SrtpKeys {
+            suite: crypto.suite,
+            remote_key: crypto.key,
+            local_key: self.local_key(leg, crypto.suite),
+        }
+    }
+
     fn leg_media(
         &self,
         leg: Leg,
@@ -299,6 +419,7 @@ impl CallMedia {
         codec: Codec,
         pt: u8,
         dtmf_pt: Option<u8>,
+        srtp: Option<SrtpKeys>,
     ) -> LegMedia {
         let remote: Option<SocketAddr> = sdp.remote_rtp();
         let signal = match leg {
@@ -321,6 +442,300 @@ impl CallMedia {
             codec,
             pt,
             dtmf_pt,
+            srtp,
         }
+    }
+}
+
+/// The crypto line Outpost takes from an SRTP offer: the first usable one of its audio
+/// stream. `None` for a plain RTP offer.
+fn offered_crypto(offer: &Sdp) -> Option<Crypto> {
+    let (_, m) = offer.audio()?;
+    if !m.is_srtp() {
+        return None;
+    }
+    m.cryptos().next()
+}
+
+/// The answerer's crypto line and the line of ours it accepted (same tag and suite), when
+/// it answered SRTP; `None` when it answered plain RTP (or nothing usable).
+fn answered_crypto(answer: &Sdp, offer_sent: &Sdp) -> Option<(Crypto, Crypto)> {
+    let (_, am) = answer.audio()?;
+    let (_, om) = offer_sent.audio()?;
+    if !am.is_srtp() || !om.is_srtp() {
+        return None;
+    }
+    let theirs = am.cryptos().next()?;
+    let ours = om
+        .cryptos()
+        .find(|c| c.tag == theirs.tag && c.suite == theirs.suite)?;
+    Some((theirs, ours))
+}
+
+/// Gives the answer to an offerer the offerer's audio profile (RFC 3264: the answer's
+/// transport matches the offer's) and, for SRTP, the offerer's tag and suite with
+/// Outpost's key; a plain answer loses any crypto line.
+fn secure_like_offer(
+    answer: &mut Sdp,
+    offer: &Sdp,
+    keys: Option<&SrtpKeys>,
+    crypto: Option<&Crypto>,
+) {
+    let audio = answer.audio().map(|(i, _)| i);
+    strip_cryptos(answer, audio);
+    let Some((_, om)) = offer.audio() else {
+        return;
+    };
+    let proto = om.proto.clone();
+    let Some(i) = audio else {
+        return;
+    };
+    let line = match (keys, crypto) {
+        (Some(keys), Some(crypto)) => vec![Crypto {
+            tag: crypto.tag,
+            suite: keys.suite,
+            key: keys.local_key,
+        }],
+        _ => Vec::new(),
+    };
+    if let Some(m) = answer.media.get_mut(i) {
+        m.proto = proto;
+        m.set_cryptos(&line);
+    }
+}
+
+/// Removes every `a=crypto` line except those of media section `keep`.
+fn strip_cryptos(sdp: &mut Sdp, keep: Option<usize>) {
+    sdp.attributes.retain(|a| !a.is("crypto"));
+    for (i, m) in sdp.media.iter_mut().enumerate() {
+        if Some(i) != keep {
+            m.set_cryptos(&[]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use base64::Engine as _;
+
+    use super::*;
+
+    const KEY_A: [u8; KEY_MATERIAL_LEN] = [0xa1; KEY_MATERIAL_LEN];
+    const KEY_B: [u8; KEY_MATERIAL_LEN] = [0xb2; KEY_MATERIAL_LEN];
+
+    fn media() -> CallMedia {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("IP literal");
+        let mut m = CallMedia::new(
+            7,
+            30000,
+            30002,
+            ip("10.0.0.1"),
+            ip("10.0.0.1"),
+            ip("192.168.1.10"),
+            ip("192.168.1.20"),
+            1234,
+        );
+        m.set_key_seed([9; 32]);
+        m
+    }
+
+    fn sdp(host: &str, proto: &str, crypto: &str) -> Vec<u8> {
+        format!(
+            "v=0\r\no=x 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n\
+             m=audio 5000 {proto} 0 101\r\na=rtpmap:101 telephone-event/8000\r\n{crypto}\
+             a=sendrecv\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn line(tag: u32, suite: &str, key: &[u8]) -> String {
+        format!("a=crypto:{tag} {suite} inline:{}\r\n", BASE64.encode(key))
+    }
+
+    fn audio_of(body: &[u8]) -> sdp::MediaDesc {
+        let sdp = Sdp::parse(body).expect("valid SDP");
+        sdp.audio().expect("audio").1.clone()
+    }
+
+    fn legs(cmd: &MediaCommand) -> (&LegMedia, &LegMedia) {
+        match cmd {
+            MediaCommand::Open { a, b, .. } | MediaCommand::Update { a, b, .. } => (a, b),
+            other => panic!("not Open/Update: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn srtp_on_both_legs_each_with_its_own_keys() {
+        let mut m = media();
+        let offer_a = sdp(
+            "192.168.1.10",
+            "RTP/SAVP",
+            &line(3, "AES_CM_128_HMAC_SHA1_80", &KEY_A),
+        );
+        let to_b = m.offer(Leg::A, &offer_a).expect("offer accepted");
+        let to_b_text = String::from_utf8(to_b.clone()).expect("UTF-8");
+        assert!(
+            !to_b_text.contains(&BASE64.encode(KEY_A)),
+            "A's key never reaches B"
+        );
+        let b_audio = audio_of(&to_b);
+        assert_eq!(b_audio.proto, "RTP/SAVP");
+        let offered: Vec<Crypto> = b_audio.cryptos().collect();
+        assert_eq!(
+            offered.iter().map(|c| (c.tag, c.suite)).collect::<Vec<_>>(),
+            vec![
+                (1, Suite::AesCm128HmacSha1_80),
+                (2, Suite::AesCm128HmacSha1_32)
+            ]
+        );
+
+        let answer_b = sdp(
+            "192.168.1.20",
+            "RTP/SAVP",
+            &line(1, "AES_CM_128_HMAC_SHA1_80", &KEY_B),
+        );
+        let (to_a, cmds) = m.answer(Leg::B, &answer_b).expect("answer accepted");
+        let a_audio = audio_of(&to_a);
+        assert_eq!(a_audio.proto, "RTP/SAVP");
+        let answered: Vec<Crypto> = a_audio.cryptos().collect();
+        assert_eq!(answered.len(), 1);
+        assert_eq!(
+            (answered[0].tag, answered[0].suite),
+            (3, Suite::AesCm128HmacSha1_80)
+        );
+        assert!(answered[0].key != KEY_A && answered[0].key != KEY_B);
+
+        let (la, lb) = legs(&cmds[0]);
+        let ka = la.srtp.as_ref().expect("A is SRTP");
+        assert_eq!(ka.remote_key, KEY_A);
+        assert_eq!(ka.local_key, answered[0].key);
+        let kb = lb.srtp.as_ref().expect("B is SRTP");
+        assert_eq!(kb.suite, Suite::AesCm128HmacSha1_80);
+        assert_eq!(kb.remote_key, KEY_B);
+        assert_eq!(kb.local_key, offered[0].key);
+        assert_ne!(ka.local_key, kb.local_key);
+    }
+
+    #[test]
+    fn a_plain_answer_to_an_srtp_offer_leaves_the_offerer_on_srtp() {
+        let mut m = media();
+        let offer_a = sdp(
+            "192.168.1.10",
+            "RTP/SAVP",
+            &line(1, "AES_CM_128_HMAC_SHA1_32", &KEY_A),
+        );
+        m.offer(Leg::A, &offer_a).expect("offer accepted");
+        let (to_a, cmds) = m
+            .answer(Leg::B, &sdp("192.168.1.20", "RTP/AVP", ""))
+            .expect("answer accepted");
+        let a_audio = audio_of(&to_a);
+        assert_eq!(a_audio.proto, "RTP/SAVP", "A gets the profile it offered");
+        let c: Vec<Crypto> = a_audio.cryptos().collect();
+        assert_eq!((c.len(), c[0].suite), (1, Suite::AesCm128HmacSha1_32));
+        let (la, lb) = legs(&cmds[0]);
+        assert_eq!(la.srtp.as_ref().map(|k| k.remote_key), Some(KEY_A));
+        assert_eq!(lb.srtp, None, "B is plain RTP");
+    }
+
+    #[test]
+    fn a_plain_offer_stays_plain_and_srtp_without_keys_is_refused() {
+        let mut m = media();
+        let to_b = m
+            .offer(Leg::A, &sdp("192.168.1.10", "RTP/AVP", ""))
+            .expect("offer accepted");
+        let b_audio = audio_of(&to_b);
+        assert_eq!(
+            (b_audio.proto.as_str(), b_audio.cryptos().count()),
+            ("RTP/AVP", 0)
+        );
+        let (_, cmds) = m
+            .answer(Leg::B, &sdp("192.168.1.20", "RTP/AVP", ""))
+            .expect("answer accepted");
+        let (la, lb) = legs(&cmds[0]);
+        assert_eq!((la.srtp.as_ref(), lb.srtp.as_ref()), (None, None));
+
+        let mut m = media();
+        let unknown = "a=crypto:1 AEAD_AES_256_GCM inline:AAAA\r\n";
+        assert!(m
+            .offer(Leg::A, &sdp("192.168.1.10", "RTP/SAVP", unknown))
+            .is_err());
+        assert!(m
+            .offer(Leg::A, &sdp("192.168.1.10", "RTP/SAVP", ""))
+            .is_err());
+    }
+
+    #[test]
+    fn outpost_answers_srtp_itself_and_a_transfer_keeps_the_callers_key() {
+        let mut m = media();
+        let offer_a = sdp(
+            "192.168.1.10",
+            "RTP/SAVPF",
+            &line(5, "AES_CM_128_HMAC_SHA1_80", &KEY_A),
+        );
+        m.offer(Leg::A, &offer_a).expect("offer accepted");
+        let (to_a, cmd) = m.answer_local().expect("answered locally");
+        let audio = audio_of(&to_a);
+        assert_eq!(audio.proto, "RTP/SAVPF");
+        let c: Vec<Crypto> = audio.cryptos().collect();
+        assert_eq!((c.len(), c[0].tag), (1, 5));
+        let (la, _) = legs(&cmd);
+        let ka = la.srtp.clone().expect("A is SRTP");
+        assert_eq!((ka.remote_key, ka.local_key), (KEY_A, c[0].key));
+
+        // Transferred out: B is offered SRTP, and A keeps its keys in both directions.
+        let to_b = m.offer_to_b().expect("re-offer");
+        assert_eq!(audio_of(&to_b).proto, "RTP/SAVPF");
+        let (to_a2, cmds) = m
+            .answer(
+                Leg::B,
+                &sdp(
+                    "192.168.1.20",
+                    "RTP/SAVPF",
+                    &line(2, "AES_CM_128_HMAC_SHA1_32", &KEY_B),
+                ),
+            )
+            .expect("answer accepted");
+        let (la, lb) = legs(&cmds[0]);
+        assert_eq!(la.srtp.as_ref(), Some(&ka), "A's SRTP state carries over");
+        assert_eq!(
+            audio_of(&to_a2).cryptos().next().map(|c| c.key),
+            Some(ka.local_key)
+        );
+        let kb = lb.srtp.as_ref().expect("B is SRTP");
+        assert_eq!(
+            (kb.suite, kb.remote_key),
+            (Suite::AesCm128HmacSha1_32, KEY_B)
+        );
+    }
+
+    #[test]
+    fn keys_come_from_the_key_seed_not_the_public_origin_seed() {
+        let run = |seed: [u8; 32]| {
+            let mut m = media();
+            m.set_key_seed(seed);
+            let offer = sdp(
+                "192.168.1.10",
+                "RTP/SAVP",
+                &line(1, "AES_CM_128_HMAC_SHA1_80", &KEY_A),
+            );
+            let to_b = m.offer(Leg::A, &offer).expect("offer accepted");
+            audio_of(&to_b).cryptos().next().expect("crypto").key
+        };
+        assert_eq!(run([1; 32]), run([1; 32]));
+        assert_ne!(run([1; 32]), run([2; 32]));
+        // Unseeded: from the OS, so two calls with the same origin seed differ.
+        let unseeded = || {
+            let ip: IpAddr = "10.0.0.1".parse().expect("IP");
+            let mut m = CallMedia::new(1, 30000, 30002, ip, ip, ip, ip, 1);
+            let offer = sdp(
+                "10.0.0.9",
+                "RTP/SAVP",
+                &line(1, "AES_CM_128_HMAC_SHA1_80", &KEY_A),
+            );
+            let to_b = m.offer(Leg::A, &offer).expect("offer accepted");
+            audio_of(&to_b).cryptos().next().expect("crypto").key
+        };
+        assert_ne!(unseeded(), unseeded());
     }
 }

@@ -8,3 +8,4 @@ pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod session;
+pub mod srtp;

@@ -25,9 +25,12 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use thiserror::Error;
 
 use crate::media::session::Codec;
+use crate::media::srtp::{Suite, KEY_MATERIAL_LEN};
 
 /// Largest SDP body accepted (bytes).
 pub const MAX_SDP: usize = 8 * 1024;
@@ -224,6 +227,29 @@ pub struct RtpMap {
     pub clock_rate: u32,
     /// Channel count, when written.
     pub channels: Option<u16>,
+}
+
+/// A usable `a=crypto` line (RFC 4568 §9.1) of an `RTP/SAVP` stream: a supported suite,
+/// one inline key of the right length, no MKI, and no session parameter Outpost cannot
+/// honour. Lines that are not usable are never turned into a `Crypto`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Crypto {
+    /// The tag that ties an answer's line to the offer's.
+    pub tag: u32,
+    /// The crypto suite.
+    pub suite: Suite,
+    /// Master key || master salt.
+    pub key: [u8; KEY_MATERIAL_LEN],
+}
+
+impl fmt::Debug for Crypto {
+    // Keys never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Crypto")
+            .field("tag", &self.tag)
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The `o=` line Outpost writes on one leg, and the last body sent there.
@@ -521,6 +547,33 @@ impl MediaDesc {
     /// The relay codec of payload type `pt` (G.711 at 8000 Hz mono, else `Other`).
     pub fn codec_of(&self, pt: u8) -> Codec {
         self.rtpmap(pt).map_or(Codec::Other, |m| m.codec())
+    }
+
+    /// Whether the stream is SRTP keyed in SDP: `RTP/SAVP`, or `RTP/SAVPF` (its feedback
+    /// messages are relayed like any RTCP, so for audio it is treated as SAVP).
+    pub fn is_srtp(&self) -> bool {
+        self.proto.eq_ignore_ascii_case("RTP/SAVP") || self.proto.eq_ignore_ascii_case("RTP/SAVPF")
+    }
+
+    /// The usable `a=crypto` lines, in the order written (the offerer's preference).
+    pub fn cryptos(&self) -> impl Iterator<Item = Crypto> + '_ {
+        self.attributes
+            .iter()
+            .filter(|a| a.is("crypto"))
+            .filter_map(|a| Crypto::parse_attr(a.value.as_deref()?))
+    }
+
+    /// Replaces every `a=crypto` line with `cryptos` (where the first one was, else last).
+    pub fn set_cryptos(&mut self, cryptos: &[Crypto]) {
+        let at = self
+            .attributes
+            .iter()
+            .position(|a| a.is("crypto"))
+            .unwrap_or(self.attributes.len());
+        self.attributes.retain(|a| !a.is("crypto"));
+        let at = at.min(self.attributes.len());
+        self.attributes
+            .splice(at..at, cryptos.iter().map(Crypto::to_attribute));
     }
 
     /// The payload type of `telephone-event/8000` (RFC 4733) among the formats.
@@ -865,6 +918,72 @@ impl Attribute {
         }
         let value = self.value.as_deref()?.trim_start();
         parse_pt(value.split(char::is_whitespace).next()?)
+    }
+}
+
+impl Crypto {
+    /// Parses the value of an `a=crypto` line:
+    /// `<tag> <suite> inline:<base64 key||salt>[|<lifetime>][|<MKI>:<length>] [<params>]`.
+    /// `None` for anything Outpost cannot use: an unknown suite, bad base64 or length,
+    /// several keys, an MKI, or session parameters other than `KDR=0`, `WSH=` and
+    /// `FEC_ORDER=` (RFC 4568 §6.3: an unknown one makes the line unusable).
+    pub fn parse_attr(value: &str) -> Option<Crypto> {
+        let mut fields = value.split_ascii_whitespace();
+        let tag = fields.next()?;
+        if tag.is_empty() || tag.len() > 9 {
+            return None;
+        }
+        let tag = parse_digits(tag)?;
+        let suite = Suite::from_name(fields.next()?)?;
+        let key_params = fields.next()?;
+        // Several keys (separated by ';') only make sense with MKIs, which are not done.
+        let inline = key_params.strip_prefix("inline:")?;
+        let mut parts = inline.split('|');
+        let encoded = parts.next()?;
+        let mut lifetime_seen = false;
+        for part in parts {
+            if part.contains(':') {
+                return None; // an MKI
+            }
+            let lifetime_ok = match part.strip_prefix("2^") {
+                Some(exp) => exp.len() <= 2 && exp.bytes().all(|b| b.is_ascii_digit()),
+                None => part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit()),
+            };
+            if lifetime_seen || part.is_empty() || !lifetime_ok {
+                return None;
+            }
+            lifetime_seen = true;
+        }
+        // 30 bytes are exactly 40 base64 characters; checked before decoding anything.
+        if encoded.len() != 40 {
+            return None;
+        }
+        let mut key = [0u8; KEY_MATERIAL_LEN];
+        let mut decoded = [0u8; KEY_MATERIAL_LEN + 3];
+        let n = BASE64.decode_slice(encoded, &mut decoded).ok()?;
+        if n != KEY_MATERIAL_LEN {
+            return None;
+        }
+        key.copy_from_slice(&decoded[..n]);
+        for param in fields {
+            let ok =
+                param == "KDR=0" || param.starts_with("WSH=") || param.starts_with("FEC_ORDER=");
+            if !ok {
+                return None;
+            }
+        }
+        Some(Crypto { tag, suite, key })
+    }
+
+    /// The `a=crypto` attribute (no lifetime, no MKI, no session parameters).
+    pub fn to_attribute(&self) -> Attribute {
+        let value = format!(
+            "{} {} inline:{}",
+            self.tag,
+            self.suite.name(),
+            BASE64.encode(self.key)
+        );
+        Attribute::new("crypto", &value)
     }
 }
 
@@ -1929,5 +2048,89 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
         assert!(Sdp::parse(&garbage).is_err());
+    }
+
+    fn key_b64(byte: u8) -> String {
+        BASE64.encode([byte; KEY_MATERIAL_LEN])
+    }
+
+    #[test]
+    fn crypto_lines_parse_with_lifetime_and_known_session_parameters() {
+        let k = key_b64(7);
+        let c = Crypto::parse_attr(&format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k}|2^31"))
+            .expect("usable");
+        assert_eq!(
+            (c.tag, c.suite, c.key),
+            (1, Suite::AesCm128HmacSha1_80, [7; 30])
+        );
+        let c = Crypto::parse_attr(&format!(
+            "42  AES_CM_128_HMAC_SHA1_32 inline:{k} KDR=0 WSH=64"
+        ))
+        .expect("usable");
+        assert_eq!((c.tag, c.suite), (42, Suite::AesCm128HmacSha1_32));
+        assert_eq!(
+            Crypto::parse_attr(&c.to_attribute().value.expect("value")),
+            Some(c)
+        );
+    }
+
+    #[test]
+    fn unusable_crypto_lines_are_ignored_without_panic() {
+        let k = key_b64(7);
+        let bad = [
+            format!("1 AEAD_AES_256_GCM inline:{k}"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k}|2^20|1:4"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k}|1:4"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k} UNENCRYPTED_SRTP"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k} KDR=24"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k};inline:{k}"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{}", &k[..36]),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{}AAAA", k),
+            "1 AES_CM_128_HMAC_SHA1_80 inline:!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!".to_owned(),
+            format!("x AES_CM_128_HMAC_SHA1_80 inline:{k}"),
+            format!("1234567890 AES_CM_128_HMAC_SHA1_80 inline:{k}"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 {k}"),
+            "1 AES_CM_128_HMAC_SHA1_80".to_owned(),
+            String::new(),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k}|"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{k}|2^x"),
+        ];
+        for value in bad {
+            assert_eq!(Crypto::parse_attr(&value), None, "{value}");
+        }
+    }
+
+    #[test]
+    fn savp_media_lists_only_usable_crypto_lines_and_they_can_be_replaced() {
+        let k = key_b64(1);
+        let body = format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+             m=audio 4000 RTP/SAVPF 0\r\na=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:xyz\r\n\
+             a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{k}\r\na=sendrecv\r\n"
+        );
+        let mut sdp = Sdp::parse(body.as_bytes()).expect("valid SDP");
+        let m = &mut sdp.media[0];
+        assert!(m.is_srtp());
+        let tags: Vec<u32> = m.cryptos().map(|c| c.tag).collect();
+        assert_eq!(tags, vec![2]);
+        let ours = Crypto {
+            tag: 2,
+            suite: Suite::AesCm128HmacSha1_80,
+            key: [3; KEY_MATERIAL_LEN],
+        };
+        m.set_cryptos(std::slice::from_ref(&ours));
+        assert_eq!(names(&m.attributes), vec!["crypto", "sendrecv"]);
+        assert_eq!(m.cryptos().collect::<Vec<_>>(), vec![ours]);
+        let emitted = String::from_utf8(sdp.emit()).expect("UTF-8");
+        assert!(emitted.contains(&format!(
+            "a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{}",
+            key_b64(3)
+        )));
+        assert!(
+            !Sdp::parse(b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nm=audio 1 RTP/AVP 0\r\n")
+                .expect("valid SDP")
+                .media[0]
+                .is_srtp()
+        );
     }
 }

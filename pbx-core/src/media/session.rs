@@ -6,10 +6,13 @@
 //! takes an even RTP port and the odd port above it for RTCP (RFC 3550 §11).
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::media::srtp::{Suite, KEY_MATERIAL_LEN};
 
 /// Identifies one relayed call (both legs).
 pub type SessionId = u64;
@@ -81,6 +84,32 @@ pub struct LegMedia {
     pub pt: u8,
     /// Payload type of `telephone-event` (RFC 4733) on this leg, if negotiated.
     pub dtmf_pt: Option<u8>,
+    /// SDES keys when the leg is SRTP (RFC 4568); `None`: plain RTP.
+    #[serde(default)]
+    pub srtp: Option<SrtpKeys>,
+}
+
+/// The two SDES master keys of an SRTP leg (Outpost terminates SRTP on each leg).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SrtpKeys {
+    /// The negotiated crypto suite.
+    pub suite: Suite,
+    /// The phone's master key || salt, from its SDP: decrypts what the phone sends.
+    pub remote_key: [u8; KEY_MATERIAL_LEN],
+    /// Outpost's master key || salt, from the SDP sent to the phone: encrypts what the
+    /// relay sends it.
+    pub local_key: [u8; KEY_MATERIAL_LEN],
+}
+
+impl fmt::Debug for SrtpKeys {
+    // Keys never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SrtpKeys")
+            .field("suite", &self.suite)
+            .field("remote_key", &"<redacted>")
+            .field("local_key", &"<redacted>")
+            .finish()
+    }
 }
 
 impl LegMedia {
@@ -95,6 +124,7 @@ impl LegMedia {
             codec: Codec::Pcmu,
             pt: 0,
             dtmf_pt: None,
+            srtp: None,
         }
     }
 
@@ -257,5 +287,19 @@ mod tests {
         assert_eq!(pool.take(), None);
         pool.give_back(10004);
         assert_eq!(pool.take(), Some(10004));
+    }
+
+    #[test]
+    fn srtp_keys_are_redacted_in_debug_output() {
+        let keys = SrtpKeys {
+            suite: Suite::AesCm128HmacSha1_80,
+            remote_key: [0x5a; KEY_MATERIAL_LEN],
+            local_key: [0xa5; KEY_MATERIAL_LEN],
+        };
+        let mut leg = LegMedia::absent();
+        leg.srtp = Some(keys);
+        let shown = format!("{leg:?}");
+        assert!(shown.contains("AesCm128HmacSha1_80"), "{shown}");
+        assert!(!shown.contains("90") && !shown.contains("165"), "{shown}");
     }
 }

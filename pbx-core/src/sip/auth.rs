@@ -785,6 +785,40 @@ fn quote(s: &str) -> String {
     out
 }
 
+/// What a client needs from a Digest challenge to decide whether to answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeInfo {
+    /// The realm to answer for.
+    pub realm: String,
+    /// The server nonce.
+    pub nonce: String,
+    /// The algorithm; MD5 when the parameter is absent.
+    pub algorithm: Algorithm,
+    /// `stale=true`: the previous answer was right but its nonce expired (RFC 7616 §3.3).
+    pub stale: bool,
+}
+
+/// Parses a `WWW-Authenticate` / `Proxy-Authenticate` Digest challenge value.
+///
+/// Bounded like [`parse_credentials`]; an unsupported algorithm is an error, so a caller
+/// choosing among several challenges can skip the ones it cannot answer.
+pub fn parse_challenge(challenge: &str) -> Result<ChallengeInfo, AuthError> {
+    let f = DigestFields::parse(challenge)?;
+    let algorithm = match &f.algorithm {
+        None => Algorithm::Md5,
+        Some(token) => Algorithm::from_token(token)?,
+    };
+    let stale = parse_params(challenge)?
+        .iter()
+        .any(|(name, value)| name == "stale" && value.eq_ignore_ascii_case("true"));
+    Ok(ChallengeInfo {
+        realm: f.realm.ok_or(AuthError::Malformed("missing realm"))?,
+        nonce: f.nonce.ok_or(AuthError::Malformed("missing nonce"))?,
+        algorithm,
+        stale,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

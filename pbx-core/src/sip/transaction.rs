@@ -778,6 +778,23 @@ impl Transactions {
         }
     }
 
+    /// Client transactions still waiting for a final response from `dest` (to fail them
+    /// when the transport towards it broke).
+    pub fn client_keys_to(&self, dest: Peer) -> Vec<TxKey> {
+        self.txs
+            .values()
+            .filter(|tx| {
+                !tx.key.server
+                    && tx.dest == dest
+                    && matches!(
+                        tx.state,
+                        TxState::Calling | TxState::Trying | TxState::Proceeding
+                    )
+            })
+            .map(|tx| tx.key.clone())
+            .collect()
+    }
+
     /// Queues a request outside any transaction (the ACK for a 2xx, a re-ACK).
     pub fn send_stateless_request(&mut self, req: &Request, dest: Peer) {
         self.transmits.push_back(Transmit {

@@ -47,6 +47,10 @@ pub fn config() -> EndpointConfig {
         media: None,
         voicemail: None,
         ivr: Vec::new(),
+        groups: Vec::new(),
+        features: pbx_core::endpoint::FeatureCodes::default(),
+        dialplan: pbx_core::dialplan::Dialplan::default(),
+        trunks: Vec::new(),
     }
 }
 

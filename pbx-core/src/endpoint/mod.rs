@@ -33,6 +33,13 @@ use crate::sip::{
 };
 use crate::Millis;
 
+mod routing;
+mod transfer;
+mod trunking;
+
+use routing::{Dest, GateTicket, RingPlan, Routed};
+use trunking::ExternalPlan;
+
 /// Methods we answer, for Allow headers.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
 /// Upper bound on simultaneous calls; beyond it new calls get 503 (bounded memory).
@@ -71,6 +78,96 @@ pub struct EndpointConfig {
     pub voicemail: Option<VoicemailSettings>,
     /// Auto-attendant menus (need media anchoring).
     pub ivr: Vec<IvrMenu>,
+    /// Ring groups.
+    pub groups: Vec<RingGroup>,
+    /// Feature codes dialled by extensions.
+    pub features: FeatureCodes,
+    /// Outbound routes, emergency numbers and inbound DIDs.
+    pub dialplan: crate::dialplan::Dialplan,
+    /// SIP trunks towards providers.
+    pub trunks: Vec<crate::trunk::TrunkConfig>,
+}
+
+/// A number that rings several extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingGroup {
+    /// The number that reaches the group (also a DID target).
+    pub number: String,
+    /// Member extensions, in hunting order.
+    pub members: Vec<String>,
+    /// All at once, or one after the other.
+    pub strategy: RingStrategy,
+    /// In order: how long each member rings before the next one.
+    pub member_timeout_ms: u64,
+    /// How long the group rings in total before the fallback.
+    pub timeout_ms: u64,
+    /// Mailbox that takes a message when nobody answers (`None`: the caller gets 480).
+    pub voicemail: Option<String>,
+}
+
+/// How a ring group rings its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingStrategy {
+    /// Every member's phones at once; the first to answer wins.
+    Simultaneous,
+    /// One member after the other, `member_timeout_ms` each.
+    InOrder,
+}
+
+/// Call forwarding of one extension: each target is a dialled number (an extension, a
+/// group, or an external number the extension may call).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Forwarding {
+    /// Every call goes there without ringing the extension.
+    pub always: Option<String>,
+    /// When the extension is busy.
+    pub busy: Option<String>,
+    /// When nobody answers within `no_answer_ms` (or no phone is registered).
+    pub no_answer: Option<String>,
+    /// Ring time before `no_answer` applies; 0 = the global ring timeout.
+    pub no_answer_ms: u64,
+}
+
+/// Numbers with a special meaning when an extension dials them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureCodes {
+    /// Picks up any call ringing an extension.
+    pub pickup: String,
+    /// Followed by an extension: picks up the call ringing that extension.
+    pub directed_pickup: String,
+}
+
+impl Default for FeatureCodes {
+    fn default() -> Self {
+        FeatureCodes {
+            pickup: "*8".to_string(),
+            directed_pickup: "**".to_string(),
+        }
+    }
+}
+
+/// The toll-fraud check the call core asks before every outbound (trunk) call of an
+/// extension; the firmware implements it with `firewall::policy::CallPolicy`.
+pub trait CallGate: std::fmt::Debug + Send {
+    /// May `ext` call `dialled` over `trunk`?
+    fn check(&mut self, now: Millis, ext: &str, dialled: &str, trunk: Option<&str>)
+        -> GateDecision;
+    /// A call that `check` allowed is over (`talk_secs` 0 when it never connected).
+    fn ended(&mut self, now: Millis, ext: &str, dialled: &str, trunk: Option<&str>, talk_secs: u64);
+}
+
+/// The answer of a [`CallGate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateDecision {
+    /// Place the call.
+    Allow,
+    /// Refuse it with 403 and this reason phrase.
+    Refuse {
+        /// Fit for a SIP reason phrase.
+        reason: String,
+        /// The extension was locked to internal calls by this refusal.
+        lock: bool,
+    },
 }
 
 /// Where messages go and how long they may be.
@@ -169,6 +266,22 @@ pub enum Event {
     VoicemailHeard { id: u64 },
     /// The mailbox owner deleted a message.
     VoicemailDeleted { id: u64 },
+    /// The toll-fraud gate refused an outbound call (the driver alerts, and bans the source
+    /// when `lock` is set and the source is not allow-listed).
+    CallRefused {
+        /// Where the INVITE came from.
+        src: Peer,
+        /// The calling extension.
+        ext: String,
+        /// The number dialled.
+        dialled: String,
+        /// Why.
+        reason: String,
+        /// The extension was locked to internal calls.
+        lock: bool,
+    },
+    /// A trunk went up or down.
+    TrunkChanged(crate::trunk::TrunkChange),
     /// A request authenticated (the firewall gives the source a pass).
     AuthSucceeded {
         /// Where the request came from.
@@ -291,6 +404,57 @@ struct Fork {
     ack: Option<Request>,
     /// The INVITE client transaction still exists (responses may still arrive).
     tx_live: bool,
+    /// Superseded (the call moved on: next group member, forwarding, next trunk): its
+    /// answers no longer count and a 2xx is hung up.
+    retired: bool,
+    /// The trunk this fork goes out on.
+    trunk: Option<usize>,
+    /// Digest challenges answered on this fork.
+    auth_tries: u8,
+    /// The INVITE as sent to a trunk, to send again with credentials (the transaction
+    /// layer drops it with the final response).
+    trunk_invite: Option<Box<Request>>,
+}
+
+impl Fork {
+    /// What stays in a call's fork list when its dialog moved to another call.
+    fn placeholder() -> Fork {
+        Fork {
+            call_id: String::new(),
+            local_tag: String::new(),
+            remote_tag: None,
+            local_uri: NameAddr::new(Uri::default()),
+            remote_uri: NameAddr::new(Uri::default()),
+            target: Uri::default(),
+            peer: Peer {
+                transport: Transport::Udp,
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            },
+            invite_key: TxKey {
+                branch: String::new(),
+                method: Method::Invite,
+                server: false,
+            },
+            invite_cseq: 0,
+            local_cseq: 0,
+            state: ForkState::Cancelled,
+            ack: None,
+            tx_live: false,
+            retired: true,
+            trunk: None,
+            auth_tries: 0,
+            trunk_invite: None,
+        }
+    }
+
+    /// Still waiting for a final answer that counts.
+    fn pending(&self) -> bool {
+        !self.retired
+            && matches!(
+                self.state,
+                ForkState::Calling | ForkState::Ringing | ForkState::CancelPending
+            )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,6 +502,25 @@ struct Call {
     media: Option<CallMedia>,
     /// Outpost itself answered the caller (voicemail).
     app: Option<App>,
+    /// The caller's offer as anchored for the callee side (sent to every fork).
+    b_offer: Vec<u8>,
+    /// The last SDP the caller's phone sent (offer or answer), to re-offer its media to
+    /// a new callee (transfer, pickup).
+    a_sdp: Vec<u8>,
+    /// The last SDP the callee's phone sent.
+    b_sdp: Vec<u8>,
+    /// A transfer target being called to take over leg A.
+    pending_a: Option<PendingLegA>,
+    /// Where the caller came from.
+    origin: Origin,
+    /// What is being rung.
+    plan: routing::RingPlan,
+    /// Next step of the plan (next group member, next trunk when one stays silent).
+    step_deadline: Option<Millis>,
+    /// The toll-fraud gate allowed this call: report its end.
+    gate: Option<routing::GateTicket>,
+    /// Forwarding and transfer hops so far (loop guard).
+    hops: u8,
 }
 
 impl Call {
@@ -349,8 +532,28 @@ impl Call {
                 Some(App::Menu {
                     transfer: Some(_),
                     ..
-                })
+                }) | Some(App::Transfer)
             )
+    }
+
+    /// The offer for a phone that is to become leg B: the caller's anchored offer while
+    /// ringing; once the caller talks (to Outpost, or to a callee who transfers it), a
+    /// fresh offer from what the caller agreed to.
+    fn offer_for_new_b(&mut self) -> Vec<u8> {
+        if self.state != CallState::Answered {
+            return self.b_offer.clone();
+        }
+        let Some(m) = self.media.as_mut() else {
+            return Vec::new();
+        };
+        m.offer_to_b()
+            .or_else(|_| m.offer(Leg::A, &self.a_sdp))
+            .unwrap_or_default()
+    }
+
+    /// Forks still waiting for a final answer that counts.
+    fn pending_forks(&self) -> bool {
+        self.forks.iter().any(Fork::pending)
     }
 
     /// Voicemail is recording this caller's message.
@@ -383,6 +586,11 @@ enum App {
         /// Extension being rung for the caller.
         transfer: Option<String>,
     },
+    /// The callee transferred the caller (REFER); `target` rings while the caller hears
+    /// ringback.
+    Transfer,
+    /// Saying goodbye: hang up when the prompt ends.
+    Goodbye,
     /// The mailbox owner listens to messages.
     Access {
         mailbox: String,
@@ -429,6 +637,37 @@ struct MwiSubscription {
     cseq: u32,
 }
 
+/// The INVITE that brings a new party onto leg A (the caller transferred the callee).
+#[derive(Debug)]
+struct PendingLegA {
+    call_id: String,
+    local_tag: String,
+    local_uri: NameAddr,
+    remote_uri: NameAddr,
+    target: Uri,
+    peer: Peer,
+}
+
+/// Who leg B's INVITE says it is from and to.
+#[derive(Debug)]
+struct ForkIdentity {
+    local_uri: NameAddr,
+    remote_uri: NameAddr,
+    /// User part of our Contact.
+    contact_user: String,
+    /// Caller-ID asserted to a trunk (P-Asserted-Identity).
+    asserted: Option<String>,
+}
+
+/// Where a call came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// An authenticated extension.
+    Extension,
+    /// A provider, on this trunk.
+    Trunk(usize),
+}
+
 /// Where and as what a request goes out on one leg of a dialog.
 #[derive(Debug)]
 struct OutLeg {
@@ -445,10 +684,36 @@ struct OutLeg {
 /// What a client transaction belongs to.
 #[derive(Debug, Clone)]
 enum ClientRole {
-    Invite { call: u64, fork: usize },
+    Invite {
+        call: u64,
+        fork: usize,
+    },
     Cancel,
     Bye,
-    Relay { call: u64, relay: u64 },
+    Relay {
+        call: u64,
+        relay: u64,
+    },
+    /// A NOTIFY about a REFER's progress.
+    Notify,
+    /// The INVITE to a transfer target that takes over leg A.
+    NewLegA {
+        call: u64,
+    },
+    /// A re-INVITE Outpost sent on its own to fork `fork` (attended transfer).
+    Reoffer {
+        call: u64,
+        fork: usize,
+    },
+    /// A re-INVITE that takes the caller off hold after an attended transfer.
+    ResumeA {
+        call: u64,
+    },
+    /// A trunk's registration or health ping.
+    Trunk {
+        trunk: usize,
+        purpose: crate::trunk::Purpose,
+    },
 }
 
 /// The SIP endpoint.
@@ -472,6 +737,14 @@ pub struct Endpoint {
     pins: HashMap<String, String>,
     /// Auto-attendant digit deadlines.
     menu_timers: BTreeSet<(Millis, u64)>,
+    /// Deadlines of the next step of a ring plan.
+    step_timers: BTreeSet<(Millis, u64)>,
+    /// Call forwarding per extension.
+    forwards: HashMap<String, Forwarding>,
+    /// The toll-fraud check for outbound calls.
+    gate: Option<Box<dyn CallGate>>,
+    /// The trunks' registrations and health.
+    trunks: crate::trunk::Trunks,
     /// MWI subscriptions by Call-ID.
     mwi: HashMap<String, MwiSubscription>,
     /// Relay ports free for new calls (when media is anchored).
@@ -514,6 +787,10 @@ impl Endpoint {
             mailboxes: HashMap::new(),
             pins: HashMap::new(),
             menu_timers: BTreeSet::new(),
+            step_timers: BTreeSet::new(),
+            forwards: HashMap::new(),
+            gate: None,
+            trunks: crate::trunk::Trunks::new(cfg.trunks.clone(), rng.gen(), 0),
             mwi: HashMap::new(),
             ports: cfg
                 .media
@@ -700,6 +977,8 @@ impl Endpoint {
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.tx.handle_timeout(now);
+        self.trunks.handle_timeout(now);
+        self.pump_trunks(now);
         self.drain_tx_events(now);
         self.expire_mwi(now);
         let changes = self.registrar.expire(now);
@@ -720,6 +999,13 @@ impl Endpoint {
             self.ring_timers.remove(&(deadline, call));
             self.ring_timeout(now, call);
         }
+        while let Some(&(deadline, call)) = self.step_timers.first() {
+            if deadline > now {
+                break;
+            }
+            self.step_timers.remove(&(deadline, call));
+            self.step_timeout(now, call, deadline);
+        }
         self.drain_tx_events(now);
     }
 
@@ -730,6 +1016,8 @@ impl Endpoint {
             self.registrar.next_expiry(),
             self.ring_timers.first().map(|&(d, _)| d),
             self.menu_timers.first().map(|&(d, _)| d),
+            self.step_timers.first().map(|&(d, _)| d),
+            self.trunks.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -943,6 +1231,10 @@ impl Endpoint {
     }
 
     fn on_invite(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
+        if let Some(trunk) = self.trunks.find_by_source(src.addr.ip()) {
+            self.on_trunk_invite(now, key, req, src, trunk);
+            return;
+        }
         let Some(caller) = self.authenticate(now, &key, &req, src) else {
             return;
         };
@@ -953,47 +1245,66 @@ impl Endpoint {
             return;
         }
         self.reply(now, &key, &req, src, 100, None);
-        let callee = req
-            .uri
-            .user()
-            .map(str::to_string)
-            .or_else(|| wire::tel_number(&req.uri).map(str::to_string))
-            .unwrap_or_default();
+        let call_id = req.headers.call_id.clone();
+        let callee = dialled(&req);
+        let dest = match self
+            .resolve(&caller, &callee)
+            .or_else(|_| self.resolve_external(&caller, &callee))
+        {
+            Ok(dest) => dest,
+            Err(status) => {
+                self.reply(now, &key, &req, src, status, None);
+                let disposition = match status {
+                    404 => Disposition::NotFound,
+                    503 => Disposition::Unavailable,
+                    _ => Disposition::Failed,
+                };
+                self.record_failed(now, &req, &caller, &callee, status, disposition);
+                return;
+            }
+        };
+        let mut ticket = None;
+        if let Dest::External(plan) = &dest {
+            match self.gate_allows(now, &key, &req, src, &caller, &callee, plan) {
+                Ok(t) => ticket = t,
+                Err(()) => {
+                    self.record_failed(now, &req, &caller, &callee, 403, Disposition::Failed);
+                    return;
+                }
+            }
+        }
+        if let Dest::Pickup(target) = dest {
+            self.pickup(now, key, req, src, &caller, target.as_deref());
+            return;
+        }
+        self.place_call(now, key, req, src, caller, callee, Origin::Extension, dest);
+        if let Some(call) = self
+            .by_a_call_id
+            .get(&call_id)
+            .copied()
+            .and_then(|id| self.calls.get_mut(&id))
+        {
+            call.gate = ticket;
+        } else if let (Some(t), Some(gate)) = (ticket, self.gate.as_mut()) {
+            gate.ended(now, &t.ext, &t.dialled, t.trunk.as_deref(), 0);
+        }
+    }
+
+    /// Sets up a call from the caller of `req` to `dest`: anchors its media and rings
+    /// (or answers) the destination.
+    #[allow(clippy::too_many_arguments)]
+    fn place_call(
+        &mut self,
+        now: Millis,
+        key: TxKey,
+        req: Request,
+        src: Peer,
+        caller: String,
+        callee: String,
+        origin: Origin,
+        dest: Dest,
+    ) {
         let local_tag = self.new_tag();
-        let menu = if self.cfg.media.is_some() && !req.body.is_empty() {
-            self.cfg.ivr.iter().position(|m| m.number == callee)
-        } else {
-            None
-        };
-        let access = menu.is_some()
-            || self.cfg.media.is_some()
-                && !req.body.is_empty()
-                && self
-                    .cfg
-                    .voicemail
-                    .as_ref()
-                    .is_some_and(|v| v.access_number == callee);
-        if !access && !self.users.contains_key(&callee) {
-            self.reply(now, &key, &req, src, 404, Some(&local_tag));
-            self.record_failed(now, &req, &caller, &callee, 404, Disposition::NotFound);
-            return;
-        }
-        let contacts: Vec<Binding> = if access {
-            Vec::new()
-        } else {
-            self.registrar
-                .lookup(&callee, now)
-                .into_iter()
-                .cloned()
-                .collect()
-        };
-        let voicemail_possible = access
-            || self.cfg.voicemail.is_some() && self.cfg.media.is_some() && !req.body.is_empty();
-        if contacts.is_empty() && !voicemail_possible {
-            self.reply(now, &key, &req, src, 480, Some(&local_tag));
-            self.record_failed(now, &req, &caller, &callee, 480, Disposition::Unavailable);
-            return;
-        }
         let live = self.calls.len().saturating_sub(self.ended_calls);
         if live >= MAX_CALLS || self.by_a_call_id.contains_key(&req.headers.call_id) {
             self.reply(now, &key, &req, src, 503, Some(&local_tag));
@@ -1005,17 +1316,14 @@ impl Endpoint {
         local_uri.params = Params::default();
         let mut remote_uri = req.headers.from.clone();
         remote_uri.params.remove("tag");
+        let late_offer = req.body.is_empty();
+        let first_peer_ip = self.dest_ip(now, &dest).unwrap_or(src.addr.ip());
         let id = self.next_call;
         self.next_call += 1;
         self.counters.calls_started += 1;
-        let late_offer = req.body.is_empty();
         let mut media = None;
-        let mut fork_body = req.body.clone();
+        let mut b_offer = req.body.clone();
         if let Some(settings) = self.cfg.media.clone() {
-            let first_peer_ip = contacts
-                .first()
-                .map(|b| b.source.addr.ip())
-                .unwrap_or(src.addr.ip());
             let Some((port_a, port_b)) = self.take_ports() else {
                 tracing::warn!("no free media ports: call refused");
                 self.reply(now, &key, &req, src, 503, Some(&local_tag));
@@ -1033,7 +1341,7 @@ impl Endpoint {
             );
             if !late_offer {
                 match m.offer(Leg::A, &req.body) {
-                    Ok(body) => fork_body = body,
+                    Ok(body) => b_offer = body,
                     Err(err) => {
                         tracing::debug!(%err, "unusable SDP offer");
                         self.give_ports((port_a, port_b));
@@ -1044,16 +1352,16 @@ impl Endpoint {
             }
             media = Some(m);
         }
-        let mut call = Call {
-            caller: caller.clone(),
-            callee: callee.clone(),
+        let call = Call {
+            caller,
+            callee,
             state: CallState::Ringing,
             start: now,
             answer: None,
             a: LegA {
                 call_id: req.headers.call_id.clone(),
                 remote_tag: req.headers.from.tag().unwrap_or_default().to_string(),
-                local_tag,
+                local_tag: local_tag.clone(),
                 remote_uri,
                 local_uri,
                 target,
@@ -1070,58 +1378,48 @@ impl Endpoint {
             pending_reinvite_ack: None,
             media,
             app: None,
+            origin,
+            plan: RingPlan::Nothing,
+            step_deadline: None,
+            gate: None,
+            hops: 0,
+            a_sdp: req.body.clone(),
+            b_sdp: Vec::new(),
+            pending_a: None,
+            b_offer,
         };
-        let max_forwards = req.headers.max_forwards.unwrap_or(70).saturating_sub(1);
-        for binding in &contacts {
-            let Ok(target) = wire::parse_uri(&binding.contact) else {
-                continue;
-            };
-            let idx = call.forks.len();
-            let fork = self.start_fork(
-                now,
-                id,
-                idx,
-                &call,
-                &req,
-                fork_body.clone(),
-                target,
-                binding.source,
-                max_forwards,
-            );
-            call.forks.push(fork);
-        }
-        if call.forks.is_empty() && voicemail_possible {
-            // Nobody to ring: straight to voicemail.
-            self.by_a_call_id.insert(call.a.call_id.clone(), id);
-            self.by_server_key.insert(key.clone(), id);
-            let tag = call.a.local_tag.clone();
-            self.calls.insert(id, call);
-            let started = if let Some(menu) = menu {
-                self.start_menu(now, id, menu)
-            } else if access {
-                self.start_access(now, id)
-            } else {
-                self.start_voicemail(now, id, "unavailable")
-            };
-            if !started {
-                self.reply(now, &key, &req, src, 480, Some(&tag));
-                self.end_call(now, id, Disposition::Unavailable, 480);
-            }
-            return;
-        }
-        if call.forks.is_empty() {
-            if let Some(m) = &call.media {
-                let ports = m.ports();
-                self.give_ports(ports);
-            }
-            self.reply(now, &key, &req, src, 480, Some(&call.a.local_tag));
-            self.record_failed(now, &req, &caller, &callee, 480, Disposition::Unavailable);
-            return;
-        }
-        self.ring_timers.insert((call.ring_deadline, id));
         self.by_a_call_id.insert(call.a.call_id.clone(), id);
-        self.by_server_key.insert(key, id);
+        self.by_server_key.insert(key.clone(), id);
+        self.ring_timers.insert((call.ring_deadline, id));
         self.calls.insert(id, call);
+        if let Routed::Failed(status, disposition) = self.route(now, id, dest) {
+            self.reply(now, &key, &req, src, status, Some(&local_tag));
+            self.end_call(now, id, disposition, status);
+        }
+    }
+
+    /// The address of the first phone (or trunk) a destination rings, for the media anchor.
+    fn dest_ip(&self, now: Millis, dest: &Dest) -> Option<IpAddr> {
+        let ext = match dest {
+            Dest::External(plan) => {
+                let trunk = self.trunks.config(*plan.trunks.front()?)?;
+                return Some(trunk.peer.addr.ip());
+            }
+            Dest::Extension(ext) => ext.clone(),
+            Dest::Group(g) => self
+                .cfg
+                .groups
+                .get(*g)?
+                .members
+                .iter()
+                .find(|m| !self.registrar.lookup(m, now).is_empty())?
+                .clone(),
+            _ => return None,
+        };
+        self.registrar
+            .lookup(&ext, now)
+            .first()
+            .map(|b| b.source.addr.ip())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1135,18 +1433,53 @@ impl Endpoint {
         body: Vec<u8>,
         target: Uri,
         peer: Peer,
-        max_forwards: u32,
     ) -> Fork {
-        let b_call_id = self.new_call_id();
-        let local_tag = self.new_tag();
         // Leg B shows the caller's identity (its extension) and the dialled number.
         let mut local_uri = call.a.remote_uri.clone();
         local_uri.params = Params::default();
-        let mut from = local_uri.clone();
-        from.params.set("tag", Some(local_tag.clone()));
         // The dialog's remote URI is the To of the INVITE (RFC 3261 §12.1.2), not the contact.
         let mut remote_uri = call.a.local_uri.clone();
         remote_uri.params = Params::default();
+        self.start_fork_to(
+            now,
+            call_id,
+            idx,
+            a_invite,
+            body,
+            target,
+            peer,
+            ForkIdentity {
+                local_uri,
+                remote_uri,
+                contact_user: call.caller.clone(),
+                asserted: None,
+            },
+        )
+    }
+
+    /// Sends leg B's INVITE to `target` at `peer` with the given identity.
+    #[allow(clippy::too_many_arguments)]
+    fn start_fork_to(
+        &mut self,
+        now: Millis,
+        call_id: u64,
+        idx: usize,
+        a_invite: &Request,
+        body: Vec<u8>,
+        target: Uri,
+        peer: Peer,
+        identity: ForkIdentity,
+    ) -> Fork {
+        let b_call_id = self.new_call_id();
+        let local_tag = self.new_tag();
+        let ForkIdentity {
+            local_uri,
+            remote_uri,
+            contact_user,
+            asserted,
+        } = identity;
+        let mut from = local_uri.clone();
+        from.params.set("tag", Some(local_tag.clone()));
         let mut headers = self.request_headers(
             peer,
             from,
@@ -1155,10 +1488,28 @@ impl Endpoint {
             1,
             Method::Invite,
         );
-        headers.max_forwards = Some(max_forwards);
-        headers.contact = vec![Contact::Addr(self.our_contact(peer, Some(&call.caller)))];
-        headers.content_type = a_invite.headers.content_type.clone();
+        headers.max_forwards = Some(
+            a_invite
+                .headers
+                .max_forwards
+                .unwrap_or(70)
+                .saturating_sub(1),
+        );
+        headers.contact = vec![Contact::Addr(self.our_contact(peer, Some(&contact_user)))];
+        headers.content_type = if body.is_empty() {
+            None
+        } else {
+            a_invite
+                .headers
+                .content_type
+                .clone()
+                .or_else(|| Some("application/sdp".to_string()))
+        };
         headers.push("Allow", ALLOW);
+        if let Some(id) = asserted {
+            let host = local_uri.uri.host_with_port.to_string();
+            headers.push("P-Asserted-Identity", format!("<sip:{id}@{host}>"));
+        }
         for name in ["Supported", "Accept", "Allow-Events"] {
             if let Some(v) = a_invite.headers.get(name) {
                 headers.push(name, v);
@@ -1193,6 +1544,10 @@ impl Endpoint {
             state: ForkState::Calling,
             ack: None,
             tx_live: true,
+            retired: false,
+            trunk: None,
+            auth_tries: 0,
+            trunk_invite: None,
         }
     }
 
@@ -1263,6 +1618,7 @@ impl Endpoint {
         }
         let winner = call.winner;
         match (req.method.clone(), winner) {
+            (Method::Refer, Some(_)) => self.on_refer(now, id, true, key, req, src),
             (Method::Bye, Some(fork)) => {
                 self.reply(now, &key, &req, src, 200, None);
                 self.send_bye_b(now, id, fork);
@@ -1319,6 +1675,10 @@ impl Endpoint {
             self.reply(now, &key, &req, src, 200, None);
             self.send_bye_a(now, id);
             self.end_call(now, id, Disposition::Answered, 200);
+            return;
+        }
+        if req.method == Method::Refer {
+            self.on_refer(now, id, false, key, req, src);
             return;
         }
         self.relay_to_a(now, id, key, req, src);
@@ -1387,7 +1747,16 @@ impl Endpoint {
                 Some(ClientRole::Relay { call, relay }) => {
                     self.on_relay_response(now, call, relay, &resp)
                 }
-                Some(ClientRole::Cancel) | Some(ClientRole::Bye) | None => {}
+                Some(ClientRole::Trunk { trunk, purpose }) => {
+                    self.trunks.on_response(now, trunk, purpose, &resp);
+                    self.pump_trunks(now);
+                }
+                Some(ClientRole::NewLegA { call }) => self.on_new_leg_a_response(now, call, &resp),
+                Some(ClientRole::Reoffer { call, fork }) => {
+                    self.on_reoffer_response(now, call, fork, &resp)
+                }
+                Some(ClientRole::ResumeA { call }) => self.on_resume_a_response(call, &resp),
+                Some(ClientRole::Cancel | ClientRole::Bye | ClientRole::Notify) | None => {}
             },
             ClientInput::Retransmitted2xx(key) => {
                 if let Some(ClientRole::Invite { call, fork }) = self.clients.get(&key).cloned() {
@@ -1406,6 +1775,26 @@ impl Endpoint {
         let Some(f) = call.forks.get_mut(fork) else {
             return;
         };
+        if f.retired {
+            // The call moved on: a late ringing fork gets its CANCEL, a late 2xx is hung up.
+            if resp.is_success() {
+                self.reject_late_2xx(now, id, fork);
+            } else if resp.is_provisional() && f.state == ForkState::CancelPending {
+                f.state = ForkState::Cancelled;
+                let (key, peer) = (f.invite_key.clone(), f.peer);
+                self.send_cancel(now, &key, peer);
+            } else if !resp.is_provisional() {
+                f.state = ForkState::Failed;
+            }
+            return;
+        }
+        let on_trunk = f.trunk.is_some();
+        if on_trunk && f.state == ForkState::Calling && call.step_deadline.is_some() {
+            // The trunk answered: it is alive, no need to try the next one.
+            if let Some(at) = call.step_deadline.take() {
+                self.step_timers.remove(&(at, id));
+            }
+        }
         if resp.is_provisional() {
             if f.state == ForkState::CancelPending {
                 // RFC 3261 §9.1: the CANCEL waited for this provisional.
@@ -1502,67 +1891,48 @@ impl Endpoint {
             return;
         }
         // Final failure of one fork (the transaction layer ACKs it).
+        if on_trunk
+            && matches!(resp.status, 401 | 407)
+            && matches!(call.state, CallState::Ringing | CallState::Answered)
+            && self.answer_trunk_challenge(now, id, fork, resp)
+        {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(f) = call.forks.get_mut(fork) else {
+            return;
+        };
         f.state = ForkState::Failed;
         call.best_failure = Some(better_failure(call.best_failure, resp.status));
+        if on_trunk && self.trunk_failover(now, id, resp.status) {
+            return;
+        }
         self.fork_done(now, id);
     }
 
-    /// After a fork failed: when no fork is left ringing, fail the call.
+    /// After a fork failed: when no fork is left ringing, the plan's fallback.
     fn fork_done(&mut self, now: Millis, id: u64) {
         let Some(call) = self.calls.get(&id) else {
             return;
         };
-        let transferring = call.transferring();
-        if transferring {
-            let pending = call.forks.iter().any(|f| {
-                matches!(
-                    f.state,
-                    ForkState::Calling | ForkState::Ringing | ForkState::CancelPending
-                )
-            });
-            if !pending {
-                self.transfer_failed(now, id);
-            }
+        if call.pending_forks() {
+            return;
+        }
+        if call.transferring() {
+            let status = call.best_failure.unwrap_or(480);
+            self.unanswered(now, id, status);
             return;
         }
         if call.winner.is_some() || call.state != CallState::Ringing {
-            return;
-        }
-        let pending = call.forks.iter().any(|f| {
-            matches!(
-                f.state,
-                ForkState::Calling | ForkState::Ringing | ForkState::CancelPending
-            )
-        });
-        if pending {
             return;
         }
         let status = match call.best_failure {
             Some(408) | None => 480,
             Some(s) => s,
         };
-        let disposition = match status {
-            486 | 600 => Disposition::Busy,
-            480 | 408 => Disposition::NoAnswer,
-            487 => Disposition::Cancelled,
-            _ => Disposition::Failed,
-        };
-        let (key, invite, tag, peer) = (
-            call.a.invite_key.clone(),
-            call.a.invite.clone(),
-            call.a.local_tag.clone(),
-            call.a.peer,
-        );
-        let greeting = if matches!(status, 486 | 600) {
-            "busy"
-        } else {
-            "unavailable"
-        };
-        if matches!(status, 486 | 600 | 480 | 408) && self.start_voicemail(now, id, greeting) {
-            return;
-        }
-        self.reply(now, &key, &invite, peer, status, Some(&tag));
-        self.end_call(now, id, disposition, status);
+        self.unanswered(now, id, status);
     }
 
     /// A retransmitted 2xx on a fork: re-send the ACK it already got. A 2xx whose ACK still
@@ -1916,29 +2286,18 @@ impl Endpoint {
     }
 
     fn ring_timeout(&mut self, now: Millis, id: u64) {
-        let Some(call) = self.calls.get(&id) else {
+        let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        if call.transferring() {
-            self.cancel_forks(now, id, None);
-            self.transfer_failed(now, id);
+        if call.state != CallState::Ringing && !call.transferring() {
             return;
         }
-        if call.state != CallState::Ringing {
-            return;
+        // The group's time is up: no further members.
+        if let RingPlan::Group { next, .. } = &mut call.plan {
+            *next = usize::MAX;
         }
-        let (key, invite, tag, peer) = (
-            call.a.invite_key.clone(),
-            call.a.invite.clone(),
-            call.a.local_tag.clone(),
-            call.a.peer,
-        );
-        self.cancel_forks(now, id, None);
-        if self.start_voicemail(now, id, "unavailable") {
-            return;
-        }
-        self.reply(now, &key, &invite, peer, 480, Some(&tag));
-        self.end_call(now, id, Disposition::NoAnswer, 480);
+        self.retire_forks(now, id);
+        self.unanswered(now, id, 480);
     }
 
     /// Rewrites a body crossing call `id` from leg `from` for the relay: an offer (`offer`)
@@ -1956,7 +2315,14 @@ impl Endpoint {
         if body.is_empty() {
             return Vec::new();
         }
-        let Some(media) = self.calls.get_mut(&id).and_then(|c| c.media.as_mut()) else {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return body.to_vec();
+        };
+        match from {
+            Leg::A => call.a_sdp = body.to_vec(),
+            Leg::B => call.b_sdp = body.to_vec(),
+        }
+        let Some(media) = call.media.as_mut() else {
             return body.to_vec();
         };
         if let Some(ip) = b_ip {
@@ -2002,17 +2368,16 @@ impl Endpoint {
 
     /// Outpost answers the caller itself and takes a message for the callee. False when
     /// voicemail is off, media is not anchored or the caller's offer has no G.711.
-    fn start_voicemail(&mut self, now: Millis, id: u64, greeting: &str) -> bool {
+    fn start_voicemail_for(&mut self, now: Millis, id: u64, mailbox: &str, greeting: &str) -> bool {
         let Some(vm) = self.cfg.voicemail.clone() else {
             return false;
         };
-        let Some(call) = self.calls.get(&id) else {
+        if !self.users.contains_key(mailbox) {
             return false;
-        };
-        let mailbox = call.callee.clone();
-        let path = vm.dir.join(&mailbox).join(format!("{now}-{id}.wav"));
+        }
+        let path = vm.dir.join(mailbox).join(format!("{now}-{id}.wav"));
         let app = App::Deposit {
-            mailbox,
+            mailbox: mailbox.to_string(),
             path,
             stage: DepositStage::Greeting,
         };
@@ -2021,6 +2386,23 @@ impl Endpoint {
             "please-leave-message".to_string(),
             "beep".to_string(),
         ];
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        if call.transferring() && call.media.is_some() {
+            // Already talking to Outpost (a transfer nobody took): the message is taken
+            // on the open media.
+            call.app = Some(app);
+            let deadline = call.ring_deadline;
+            self.ring_timers.remove(&(deadline, id));
+            self.events.push_back(Event::Media(MediaCommand::Play {
+                session: id,
+                leg: Leg::A,
+                clips,
+                repeat: false,
+            }));
+            return true;
+        }
         self.answer_with_app(now, id, app, clips)
     }
 
@@ -2172,87 +2554,56 @@ impl Endpoint {
 
     /// Rings `target` for the caller of call `id`, who hears "transfer" then ringback.
     fn start_transfer(&mut self, now: Millis, id: u64, target: &str) {
-        let contacts: Vec<Binding> = self
-            .registrar
-            .lookup(target, now)
-            .into_iter()
-            .cloned()
-            .collect();
-        let Some(mut call) = self.calls.remove(&id) else {
-            return;
-        };
-        let body = match call.media.as_mut() {
-            Some(m) => {
-                if let Some(first) = contacts.first() {
-                    m.set_signal_b(first.source.addr.ip());
-                }
-                m.offer_to_b().unwrap_or_default()
-            }
-            None => Vec::new(),
-        };
-        call.callee = target.to_string();
-        call.forks.clear();
-        call.best_failure = None;
-        let invite = call.a.invite.clone();
-        let mut to = call.a.local_uri.clone();
-        if let Ok(uri) = wire::parse_uri(&format!("sip:{target}@{}", self.cfg.realm)) {
-            to = NameAddr::new(uri);
-        }
-        call.a.local_uri = to;
-        for binding in &contacts {
-            let Ok(uri) = wire::parse_uri(&binding.contact) else {
-                continue;
+        let contacts = self.contacts_of(now, target);
+        self.retire_forks(now, id);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.callee = target.to_string();
+            call.best_failure = None;
+            call.plan = RingPlan::Extension {
+                ext: target.to_string(),
             };
-            let idx = call.forks.len();
-            let fork = self.start_fork(
-                now,
-                id,
-                idx,
-                &call,
-                &invite,
-                body.clone(),
-                uri,
-                binding.source,
-                69,
-            );
-            call.forks.push(fork);
         }
-        call.ring_deadline = now.saturating_add(self.cfg.ring_timeout_ms);
-        self.ring_timers.insert((call.ring_deadline, id));
-        self.calls.insert(id, call);
+        self.ring_contacts(now, id, target, &contacts);
+        self.set_ring_deadline(id, now.saturating_add(self.cfg.ring_timeout_ms));
         self.events.push_back(Event::Media(MediaCommand::Play {
             session: id,
             leg: Leg::A,
             clips: vec!["transfer".to_string()],
             repeat: false,
         }));
-        if self.calls.get(&id).is_some_and(|c| c.forks.is_empty()) {
+        if self.calls.get(&id).is_some_and(|c| !c.pending_forks()) {
             self.transfer_failed(now, id);
         }
     }
 
-    /// Nobody answered the transfer: back to the menu with "unavailable".
+    /// Nobody answered the transfer: the auto attendant's caller goes back to the menu
+    /// with "unavailable"; a transferred caller hears "unavailable" and goodbye.
     fn transfer_failed(&mut self, _now: Millis, id: u64) {
-        let Some(Call {
-            app: Some(App::Menu { menu, transfer, .. }),
-            ring_deadline,
-            ..
-        }) = self.calls.get_mut(&id)
-        else {
+        let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        *transfer = None;
-        let deadline = *ring_deadline;
-        let greeting = self
-            .cfg
-            .ivr
-            .get(*menu)
-            .map_or_else(|| "goodbye".to_string(), |m| m.greeting.clone());
+        let deadline = call.ring_deadline;
         self.ring_timers.remove(&(deadline, id));
+        let clips = match &mut call.app {
+            Some(App::Menu { menu, transfer, .. }) => {
+                *transfer = None;
+                let greeting = self
+                    .cfg
+                    .ivr
+                    .get(*menu)
+                    .map_or_else(|| "goodbye".to_string(), |m| m.greeting.clone());
+                vec!["unavailable".to_string(), greeting]
+            }
+            Some(App::Transfer) => {
+                call.app = Some(App::Goodbye);
+                vec!["unavailable".to_string(), "goodbye".to_string()]
+            }
+            _ => return,
+        };
         self.events.push_back(Event::Media(MediaCommand::Play {
             session: id,
             leg: Leg::A,
-            clips: vec!["unavailable".to_string(), greeting],
+            clips,
             repeat: false,
         }));
     }
@@ -2617,7 +2968,7 @@ impl Endpoint {
                         Some(App::Access {
                             stage: AccessStage::Goodbye,
                             ..
-                        })
+                        }) | Some(App::Goodbye)
                     )
                 });
                 if access_done {
@@ -2741,6 +3092,18 @@ impl Endpoint {
             status: if answered { 200 } else { status },
         };
         let (a_call_id, a_key) = (call.a.call_id.clone(), call.a.invite_key.clone());
+        if let Some(step) = call.step_deadline.take() {
+            self.step_timers.remove(&(step, id));
+        }
+        if let (Some(ticket), Some(gate)) = (call.gate.take(), self.gate.as_mut()) {
+            gate.ended(
+                now,
+                &ticket.ext,
+                &ticket.dialled,
+                ticket.trunk.as_deref(),
+                cdr.billsec(),
+            );
+        }
         self.ring_timers.remove(&(deadline, id));
         if self.by_a_call_id.get(&a_call_id) == Some(&id) {
             self.by_a_call_id.remove(&a_call_id);
@@ -2812,7 +3175,10 @@ impl Endpoint {
                             .get_mut(&call)
                             .and_then(|c| c.forks.get_mut(fork))
                         {
-                            f.tx_live = false;
+                            // A fork that re-sent its INVITE with credentials lives on.
+                            if f.invite_key == key {
+                                f.tx_live = false;
+                            }
                         }
                         self.reap(call);
                     }
@@ -2850,6 +3216,7 @@ impl Endpoint {
                 let Some(c) = self.calls.get_mut(&call) else {
                     return;
                 };
+                let mut retired = false;
                 if let Some(f) = c.forks.get_mut(fork) {
                     if matches!(
                         f.state,
@@ -2857,9 +3224,19 @@ impl Endpoint {
                     ) {
                         f.state = ForkState::Failed;
                     }
+                    retired = f.retired;
                 }
-                c.best_failure = Some(better_failure(c.best_failure, 408));
-                self.fork_done(now, call);
+                if !retired {
+                    c.best_failure = Some(better_failure(c.best_failure, 408));
+                    let on_trunk = c.forks.get(fork).is_some_and(|f| f.trunk.is_some());
+                    if !(on_trunk && self.trunk_failover(now, call, 408)) {
+                        self.fork_done(now, call);
+                    }
+                }
+            }
+            Some(ClientRole::Trunk { trunk, purpose }) => {
+                self.trunks.on_failure(now, trunk, purpose, "no answer");
+                self.pump_trunks(now);
             }
             Some(ClientRole::Relay { relay, .. }) => {
                 // The other leg did not answer an in-dialog request: answer 408 upstream.
@@ -2867,7 +3244,19 @@ impl Endpoint {
                     self.reply(now, &r.server_key, &r.server_req, r.src, 408, None);
                 }
             }
-            Some(ClientRole::Cancel) | Some(ClientRole::Bye) | None => {}
+            Some(ClientRole::NewLegA { call }) => {
+                if let Some(resp) = self.synthetic_response(&key, 408) {
+                    self.on_new_leg_a_response(now, call, &resp);
+                }
+            }
+            Some(
+                ClientRole::Cancel
+                | ClientRole::Bye
+                | ClientRole::Notify
+                | ClientRole::Reoffer { .. }
+                | ClientRole::ResumeA { .. },
+            )
+            | None => {}
         }
     }
 
@@ -2990,6 +3379,15 @@ impl Endpoint {
             self.rng.gen::<u64>()
         )
     }
+}
+
+/// The number a request dials: the Request-URI's user part, or a `tel:` number.
+fn dialled(req: &Request) -> String {
+    req.uri
+        .user()
+        .map(str::to_string)
+        .or_else(|| wire::tel_number(&req.uri).map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The prompts that say a number (digit by digit: "1" "2" for twelve).

@@ -1,0 +1,630 @@
+//! Configuration of how calls leave and enter the office: `[[trunk]]`, `[[route]]`,
+//! `[inbound]`, `[dialplan]`, `[[ring_group]]` and `[features]`, with their validation and
+//! their conversion into the call core's types.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use serde::{Deserialize, Serialize};
+
+use pbx_core::dialplan::{Dialplan, Pattern, Route, Target};
+use pbx_core::endpoint::{FeatureCodes, RingGroup, RingStrategy};
+use pbx_core::sip::{Peer, Transport};
+use pbx_core::trunk::TrunkConfig;
+
+/// Most trunks, routes and groups a box takes (each is small; this bounds config mistakes).
+const MAX_ENTRIES: usize = 64;
+
+/// One `[[trunk]]`: a SIP provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkSection {
+    /// Short name used by routes and `outpostctl trunks`.
+    pub name: String,
+    /// Registrar/proxy: `host` or `host:port` (a name is resolved at start).
+    pub host: String,
+    /// `udp`, `tcp` or `tls`.
+    #[serde(default = "default_transport")]
+    pub transport: String,
+    /// Domain for Request-URIs, From and To; default: `host` without the port.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Register with the provider (false: an IP-authenticated trunk).
+    #[serde(default = "default_true")]
+    pub register: bool,
+    /// Account (AOR user).
+    #[serde(default)]
+    pub username: String,
+    /// Authentication user when it differs from `username`.
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    /// Account password (keep this file mode 0600; it is never logged).
+    #[serde(default)]
+    pub password: String,
+    /// Registration interval asked for.
+    #[serde(default = "default_expires")]
+    pub expires_secs: u32,
+    /// OPTIONS ping interval; 0 = no pings.
+    #[serde(default = "default_options_interval")]
+    pub options_interval_secs: u64,
+    /// Missed pings (or a failed registration) before the trunk counts as down.
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    /// Answered pings before a down trunk counts as up again.
+    #[serde(default = "default_up_after")]
+    pub up_after: u32,
+    /// Wait after a failed registration before trying again (backs off to 10x).
+    #[serde(default = "default_retry")]
+    pub retry_secs: u64,
+    /// A call that hears nothing at all from the trunk within this time tries the next one.
+    #[serde(default = "default_silence_ms")]
+    pub silence_timeout_ms: u64,
+    /// Caller-ID presented on this trunk unless the route or extension has one.
+    #[serde(default)]
+    pub caller_id: Option<String>,
+    /// Server name checked in the provider's TLS certificate; default: `domain`.
+    #[serde(default)]
+    pub tls_name: Option<String>,
+}
+
+fn default_transport() -> String {
+    "udp".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_expires() -> u32 {
+    600
+}
+fn default_options_interval() -> u64 {
+    30
+}
+fn default_down_after() -> u32 {
+    2
+}
+fn default_up_after() -> u32 {
+    2
+}
+fn default_retry() -> u64 {
+    30
+}
+fn default_silence_ms() -> u64 {
+    2_000
+}
+
+/// One `[[route]]`: numbers that leave through trunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Name shown in CDRs and logs.
+    pub name: String,
+    /// Dial patterns, e.g. `["0[1-9]X."]` (X = any digit, Z = 1-9, N = 2-9, `.` = more).
+    pub patterns: Vec<String>,
+    /// Trunks in order of preference.
+    pub trunks: Vec<String>,
+    /// Leading digits removed before sending.
+    #[serde(default)]
+    pub strip: usize,
+    /// Digits put in front after stripping.
+    #[serde(default)]
+    pub prepend: String,
+    /// Extensions allowed to use the route; empty = all.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Caller-ID for calls on this route.
+    #[serde(default)]
+    pub caller_id: Option<String>,
+}
+
+/// `[inbound]`: where calls from trunks go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboundSection {
+    /// DID -> target (`ext:100`, `group:600`, `ivr:500`, `voicemail:100`, `hangup`).
+    pub dids: BTreeMap<String, String>,
+    /// Target for DIDs not listed; none = the call is refused (404).
+    pub default: Option<String>,
+}
+
+/// `[dialplan]`: numbers that are always allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DialplanSection {
+    /// Emergency numbers: always allowed, never limited, tried on every trunk.
+    pub emergency: Vec<String>,
+}
+
+impl Default for DialplanSection {
+    fn default() -> Self {
+        DialplanSection {
+            emergency: ["112", "911", "999"].map(String::from).to_vec(),
+        }
+    }
+}
+
+/// One `[[ring_group]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingGroupSection {
+    /// The number that rings the group.
+    pub number: String,
+    /// Member extensions (hunting order for `in_order`).
+    pub members: Vec<String>,
+    /// `simultaneous` or `in_order`.
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+    /// In order: seconds each member rings.
+    #[serde(default = "default_member_secs")]
+    pub member_timeout_secs: u64,
+    /// Seconds the group rings in total.
+    #[serde(default = "default_group_secs")]
+    pub timeout_secs: u64,
+    /// Mailbox taking a message when nobody answers.
+    #[serde(default)]
+    pub voicemail: Option<String>,
+}
+
+fn default_strategy() -> String {
+    "simultaneous".to_string()
+}
+fn default_member_secs() -> u64 {
+    15
+}
+fn default_group_secs() -> u64 {
+    60
+}
+
+/// `[features]`: feature codes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeaturesSection {
+    /// Picks up a call ringing any extension.
+    pub pickup: String,
+    /// Followed by an extension: picks up the call ringing it.
+    pub directed_pickup: String,
+}
+
+impl Default for FeaturesSection {
+    fn default() -> Self {
+        let d = FeatureCodes::default();
+        FeaturesSection {
+            pickup: d.pickup,
+            directed_pickup: d.directed_pickup,
+        }
+    }
+}
+
+/// Why a telephony section is invalid: (dotted key, reason).
+pub type Invalid = (String, String);
+
+fn bad(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    (key.into(), reason.into())
+}
+
+/// True for a dial string: digits, `*`, `#`, an optional leading `+`, 1-32 characters.
+pub fn is_dial_string(s: &str) -> bool {
+    let body = s.strip_prefix('+').unwrap_or(s);
+    !body.is_empty()
+        && s.len() <= 32
+        && body
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '*' || c == '#')
+}
+
+impl TrunkSection {
+    fn transport(&self) -> Option<Transport> {
+        match self.transport.to_ascii_lowercase().as_str() {
+            "udp" => Some(Transport::Udp),
+            "tcp" => Some(Transport::Tcp),
+            "tls" => Some(Transport::Tls),
+            _ => None,
+        }
+    }
+
+    fn default_port(&self) -> u16 {
+        if self.transport() == Some(Transport::Tls) {
+            5061
+        } else {
+            5060
+        }
+    }
+
+    /// `host` without a port.
+    fn host_name(&self) -> String {
+        if let Ok(addr) = self.host.parse::<SocketAddr>() {
+            return addr.ip().to_string();
+        }
+        match self.host.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() && !h.contains(':') => h.to_string(),
+            _ => self.host.trim_matches(['[', ']']).to_string(),
+        }
+    }
+
+    /// The domain used in URIs.
+    pub fn domain(&self) -> String {
+        self.domain.clone().unwrap_or_else(|| self.host_name())
+    }
+
+    /// Resolves `host` to the address to send to (IP literal or a DNS name, A/AAAA).
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        if let Ok(addr) = self.host.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        if let Ok(ip) = self
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+        {
+            return Ok(SocketAddr::new(ip, self.default_port()));
+        }
+        let with_port = if self
+            .host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.default_port())
+        };
+        with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("{} has no address", self.host))
+    }
+
+    fn check(&self, key: &str) -> Result<(), Invalid> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 32
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(bad(
+                format!("{key}.name"),
+                "use 1-32 letters, digits, '-' or '_'",
+            ));
+        }
+        if self.host.is_empty() || self.host.len() > 253 {
+            return Err(bad(format!("{key}.host"), "must be a host name or address"));
+        }
+        if self.transport().is_none() {
+            return Err(bad(format!("{key}.transport"), "must be udp, tcp or tls"));
+        }
+        if self.register && (self.username.is_empty() || self.password.is_empty()) {
+            return Err(bad(
+                format!("{key}.username"),
+                "a registering trunk needs username and password",
+            ));
+        }
+        let user_ok = |u: &str| {
+            u.len() <= 64
+                && u.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/%".contains(c))
+        };
+        if !user_ok(&self.username) {
+            return Err(bad(
+                format!("{key}.username"),
+                "contains characters a SIP URI cannot carry",
+            ));
+        }
+        if !(60..=86_400).contains(&self.expires_secs) {
+            return Err(bad(
+                format!("{key}.expires_secs"),
+                "must be between 60 and 86400",
+            ));
+        }
+        if self.options_interval_secs > 3600 {
+            return Err(bad(
+                format!("{key}.options_interval_secs"),
+                "must be at most 3600",
+            ));
+        }
+        if !(1..=100).contains(&self.down_after) || !(1..=100).contains(&self.up_after) {
+            return Err(bad(
+                format!("{key}.down_after"),
+                "down_after and up_after must be 1-100",
+            ));
+        }
+        if !(1..=3600).contains(&self.retry_secs) {
+            return Err(bad(
+                format!("{key}.retry_secs"),
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(200..=60_000).contains(&self.silence_timeout_ms) {
+            return Err(bad(
+                format!("{key}.silence_timeout_ms"),
+                "must be between 200 and 60000",
+            ));
+        }
+        if let Some(cid) = &self.caller_id {
+            if !is_dial_string(cid) {
+                return Err(bad(format!("{key}.caller_id"), "must be a number"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The call core's view of this trunk (resolving the host).
+    pub fn to_core(&self) -> Result<TrunkConfig, String> {
+        let addr = self.resolve()?;
+        Ok(TrunkConfig {
+            name: self.name.clone(),
+            domain: self.domain(),
+            peer: Peer {
+                transport: self.transport().unwrap_or(Transport::Udp),
+                addr,
+            },
+            register: self.register,
+            username: self.username.clone(),
+            auth_username: self.auth_username.clone(),
+            password: self.password.clone(),
+            expires_secs: self.expires_secs,
+            options_interval_ms: self.options_interval_secs.saturating_mul(1000),
+            down_after: self.down_after,
+            up_after: self.up_after,
+            retry_ms: self.retry_secs.saturating_mul(1000),
+            caller_id: self.caller_id.clone(),
+            silence_timeout_ms: self.silence_timeout_ms,
+        })
+    }
+
+    /// Server name for the TLS certificate check.
+    pub fn tls_name(&self) -> String {
+        self.tls_name.clone().unwrap_or_else(|| self.domain())
+    }
+}
+
+/// Validates the telephony sections together (names referenced by routes exist, ...).
+pub fn validate(
+    trunks: &[TrunkSection],
+    routes: &[RouteSection],
+    inbound: &InboundSection,
+    dialplan: &DialplanSection,
+    groups: &[RingGroupSection],
+    features: &FeaturesSection,
+) -> Result<(), Invalid> {
+    for (list, name) in [
+        (trunks.len(), "trunk"),
+        (routes.len(), "route"),
+        (groups.len(), "ring_group"),
+    ] {
+        if list > MAX_ENTRIES {
+            return Err(bad(name, format!("at most {MAX_ENTRIES} entries")));
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, t) in trunks.iter().enumerate() {
+        t.check(&format!("trunk[{i}]"))?;
+        if !names.insert(t.name.as_str()) {
+            return Err(bad(
+                format!("trunk[{i}].name"),
+                format!("{:?} is used twice", t.name),
+            ));
+        }
+    }
+    for (i, r) in routes.iter().enumerate() {
+        let key = format!("route[{i}]");
+        if r.patterns.is_empty() {
+            return Err(bad(format!("{key}.patterns"), "needs at least one pattern"));
+        }
+        for p in &r.patterns {
+            Pattern::parse(p).map_err(|e| bad(format!("{key}.patterns"), format!("{p:?}: {e}")))?;
+        }
+        if r.trunks.is_empty() {
+            return Err(bad(format!("{key}.trunks"), "needs at least one trunk"));
+        }
+        if let Some(t) = r.trunks.iter().find(|t| !names.contains(t.as_str())) {
+            return Err(bad(
+                format!("{key}.trunks"),
+                format!("no trunk named {t:?}"),
+            ));
+        }
+        if !r.prepend.is_empty() && !is_dial_string(&r.prepend) {
+            return Err(bad(format!("{key}.prepend"), "must be digits"));
+        }
+        if let Some(cid) = &r.caller_id {
+            if !is_dial_string(cid) {
+                return Err(bad(format!("{key}.caller_id"), "must be a number"));
+            }
+        }
+    }
+    for (did, target) in &inbound.dids {
+        if !is_dial_string(did) {
+            return Err(bad(format!("inbound.dids.{did}"), "a DID must be a number"));
+        }
+        target
+            .parse::<Target>()
+            .map_err(|e| bad(format!("inbound.dids.{did}"), e.to_string()))?;
+    }
+    if let Some(d) = &inbound.default {
+        d.parse::<Target>()
+            .map_err(|e| bad("inbound.default", e.to_string()))?;
+    }
+    if let Some(e) = dialplan.emergency.iter().find(|e| !is_dial_string(e)) {
+        return Err(bad("dialplan.emergency", format!("{e:?} is not a number")));
+    }
+    for (i, g) in groups.iter().enumerate() {
+        let key = format!("ring_group[{i}]");
+        if !is_dial_string(&g.number) {
+            return Err(bad(format!("{key}.number"), "must be a number"));
+        }
+        if g.members.is_empty() || g.members.len() > 100 {
+            return Err(bad(format!("{key}.members"), "needs 1-100 extensions"));
+        }
+        if !matches!(g.strategy.as_str(), "simultaneous" | "in_order") {
+            return Err(bad(
+                format!("{key}.strategy"),
+                "must be simultaneous or in_order",
+            ));
+        }
+        if !(1..=600).contains(&g.member_timeout_secs) || !(1..=3600).contains(&g.timeout_secs) {
+            return Err(bad(
+                format!("{key}.timeout_secs"),
+                "member_timeout_secs must be 1-600 and timeout_secs 1-3600",
+            ));
+        }
+    }
+    for (key, code) in [
+        ("features.pickup", &features.pickup),
+        ("features.directed_pickup", &features.directed_pickup),
+    ] {
+        if !code.is_empty() && !is_dial_string(code) {
+            return Err(bad(key, "must be digits, * or #"));
+        }
+    }
+    Ok(())
+}
+
+/// The call core's dial plan.
+pub fn dialplan(
+    routes: &[RouteSection],
+    inbound: &InboundSection,
+    dialplan: &DialplanSection,
+) -> Dialplan {
+    Dialplan {
+        routes: routes
+            .iter()
+            .map(|r| Route {
+                name: r.name.clone(),
+                patterns: r
+                    .patterns
+                    .iter()
+                    .filter_map(|p| Pattern::parse(p).ok())
+                    .collect(),
+                strip: r.strip,
+                prepend: r.prepend.clone(),
+                trunks: r.trunks.clone(),
+                extensions: r.extensions.clone(),
+                caller_id: r.caller_id.clone(),
+            })
+            .collect(),
+        emergency: dialplan.emergency.clone(),
+        dids: inbound
+            .dids
+            .iter()
+            .filter_map(|(d, t)| Some((d.clone(), t.parse().ok()?)))
+            .collect(),
+        default_inbound: inbound.default.as_deref().and_then(|t| t.parse().ok()),
+    }
+}
+
+/// The call core's ring groups.
+pub fn ring_groups(groups: &[RingGroupSection]) -> Vec<RingGroup> {
+    groups
+        .iter()
+        .map(|g| RingGroup {
+            number: g.number.clone(),
+            members: g.members.clone(),
+            strategy: if g.strategy == "in_order" {
+                RingStrategy::InOrder
+            } else {
+                RingStrategy::Simultaneous
+            },
+            member_timeout_ms: g.member_timeout_secs.saturating_mul(1000),
+            timeout_ms: g.timeout_secs.saturating_mul(1000),
+            voicemail: g.voicemail.clone(),
+        })
+        .collect()
+}
+
+/// The call core's feature codes.
+pub fn features(f: &FeaturesSection) -> FeatureCodes {
+    FeatureCodes {
+        pickup: f.pickup.clone(),
+        directed_pickup: f.directed_pickup.clone(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(&format!(
+            "[sip]\nlisten = [\"127.0.0.1:5060\"]\n[demo]\nextensions = []\n{extra}"
+        ))
+    }
+
+    fn invalid_key(extra: &str) -> String {
+        match parse(extra) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    const TRUNK: &str = "[[trunk]]\nname = \"p1\"\nhost = \"192.0.2.10\"\nusername = \"4930100\"\npassword = \"pw\"\n";
+
+    #[test]
+    fn a_full_telephony_config_parses_and_converts() {
+        let cfg = parse(&format!(
+            "{TRUNK}[[trunk]]\nname = \"p2\"\nhost = \"192.0.2.11:5070\"\ntransport = \"tls\"\nregister = false\n\
+             [[route]]\nname = \"national\"\npatterns = [\"0[1-9]X.\"]\ntrunks = [\"p1\", \"p2\"]\n\
+             [inbound]\ndids = {{ \"4930100\" = \"ext:100\" }}\ndefault = \"ivr:500\"\n\
+             [[ring_group]]\nnumber = \"600\"\nmembers = [\"100\", \"101\"]\nstrategy = \"in_order\"\n"
+        ))
+        .unwrap();
+        let t1 = cfg.trunk[0].to_core().unwrap();
+        assert_eq!(t1.peer.addr, "192.0.2.10:5060".parse().unwrap());
+        assert_eq!(t1.domain, "192.0.2.10");
+        assert_eq!(t1.silence_timeout_ms, 2_000);
+        let t2 = cfg.trunk[1].to_core().unwrap();
+        assert_eq!(t2.peer.addr, "192.0.2.11:5070".parse().unwrap());
+        assert_eq!(t2.peer.transport, pbx_core::sip::Transport::Tls);
+        assert!(!t2.register);
+        let plan = super::dialplan(&cfg.route, &cfg.inbound, &cfg.dialplan);
+        let out = plan.outbound("100", "0301234567").unwrap();
+        assert_eq!(out.trunks, vec!["p1".to_string(), "p2".to_string()]);
+        assert!(plan.is_emergency("112"));
+        assert_eq!(
+            plan.inbound("4930100"),
+            Some(pbx_core::dialplan::Target::Extension("100".into()))
+        );
+        let groups = super::ring_groups(&cfg.ring_group);
+        assert_eq!(
+            groups[0].strategy,
+            pbx_core::endpoint::RingStrategy::InOrder
+        );
+        assert_eq!(groups[0].timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        assert_eq!(
+            invalid_key("[[route]]\nname = \"r\"\npatterns = [\"0X.\"]\ntrunks = [\"nope\"]\n"),
+            "route[0].trunks"
+        );
+        assert_eq!(
+            invalid_key(&format!(
+                "{TRUNK}[[route]]\nname = \"r\"\npatterns = [\"0[X\"]\ntrunks = [\"p1\"]\n"
+            )),
+            "route[0].patterns"
+        );
+        assert_eq!(invalid_key(&format!("{TRUNK}{TRUNK}")), "trunk[1].name");
+        assert_eq!(
+            invalid_key(
+                "[[trunk]]\nname = \"p\"\nhost = \"h\"\ntransport = \"sctp\"\nregister = false\n"
+            ),
+            "trunk[0].transport"
+        );
+        assert_eq!(
+            invalid_key("[[trunk]]\nname = \"p\"\nhost = \"h\"\n"),
+            "trunk[0].username"
+        );
+        assert_eq!(
+            invalid_key("[inbound]\ndids = { \"4930\" = \"fax:1\" }\n"),
+            "inbound.dids.4930"
+        );
+        assert_eq!(
+            invalid_key("[[ring_group]]\nnumber = \"600\"\nmembers = []\n"),
+            "ring_group[0].members"
+        );
+        assert_eq!(
+            invalid_key("[dialplan]\nemergency = [\"11a\"]\n"),
+            "dialplan.emergency"
+        );
+    }
+}

@@ -1,0 +1,461 @@
+//! Where a dialled number goes — an extension (with its forwarding), a ring group, the auto
+//! attendant, voicemail — and what happens when the phones rung do not answer.
+
+use super::*;
+
+/// Forwarding and transfer hops a call may take (stops forwarding loops).
+const MAX_HOPS: u8 = 4;
+
+/// What a call is ringing.
+#[derive(Debug, Clone, Default)]
+pub(super) enum RingPlan {
+    /// Nothing (yet), or Outpost answered the call itself.
+    #[default]
+    Nothing,
+    /// An extension's phones.
+    Extension { ext: String },
+    /// A ring group; `next` is the next member to ring when it rings in order.
+    Group { group: usize, next: usize },
+    /// Out through trunks.
+    External(ExternalPlan),
+}
+
+/// What to report to the toll-fraud gate when an allowed call ends.
+#[derive(Debug, Clone)]
+pub(super) struct GateTicket {
+    pub ext: String,
+    pub dialled: String,
+    pub trunk: Option<String>,
+}
+
+/// Where a dialled number leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Dest {
+    Extension(String),
+    Group(usize),
+    Menu(usize),
+    /// Straight to this mailbox.
+    Voicemail(String),
+    /// The caller's own mailbox (the access number).
+    Access,
+    /// Pick up a call ringing any extension, or this one.
+    Pickup(Option<String>),
+    /// Out through a trunk.
+    External(ExternalPlan),
+}
+
+/// How routing a call turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Routed {
+    /// Phones are ringing.
+    Ringing,
+    /// Outpost answered (voicemail, menu).
+    Answered,
+    /// Nothing to ring: answer the caller with this status.
+    Failed(u16, Disposition),
+}
+
+impl Endpoint {
+    /// Sets (or with an empty [`Forwarding`] clears) the forwarding of `ext`.
+    pub fn set_forwarding(&mut self, ext: &str, fwd: Forwarding) {
+        if fwd == Forwarding::default() {
+            self.forwards.remove(ext);
+        } else {
+            self.forwards.insert(ext.to_string(), fwd);
+        }
+    }
+
+    /// The forwarding of `ext`.
+    pub fn forwarding(&self, ext: &str) -> Option<&Forwarding> {
+        self.forwards.get(ext)
+    }
+
+    /// Installs the toll-fraud check asked before every outbound call.
+    pub fn set_gate(&mut self, gate: Box<dyn CallGate>) {
+        self.gate = Some(gate);
+    }
+
+    /// What `number`, dialled by extension `caller`, leads to.
+    pub(super) fn resolve(&self, caller: &str, number: &str) -> Result<Dest, u16> {
+        let f = &self.cfg.features;
+        if !f.pickup.is_empty() && number == f.pickup {
+            return Ok(Dest::Pickup(None));
+        }
+        if let Some(ext) = number
+            .strip_prefix(f.directed_pickup.as_str())
+            .filter(|e| !f.directed_pickup.is_empty() && self.users.contains_key(*e))
+        {
+            return Ok(Dest::Pickup(Some(ext.to_string())));
+        }
+        if !caller.is_empty()
+            && self
+                .cfg
+                .voicemail
+                .as_ref()
+                .is_some_and(|v| v.access_number == number)
+        {
+            return Ok(Dest::Access);
+        }
+        self.resolve_target(number)
+    }
+
+    /// Destinations anybody may reach by number (callers from trunks included).
+    pub(super) fn resolve_target(&self, number: &str) -> Result<Dest, u16> {
+        if let Some(i) = self.cfg.ivr.iter().position(|m| m.number == number) {
+            return Ok(Dest::Menu(i));
+        }
+        if let Some(i) = self.cfg.groups.iter().position(|g| g.number == number) {
+            return Ok(Dest::Group(i));
+        }
+        if self.users.contains_key(number) {
+            return Ok(Dest::Extension(number.to_string()));
+        }
+        Err(404)
+    }
+
+    /// Rings (or answers) `dest` for call `id`. The caller of this function answers the
+    /// caller when it returns [`Routed::Failed`].
+    pub(super) fn route(&mut self, now: Millis, id: u64, dest: Dest) -> Routed {
+        match dest {
+            Dest::Menu(menu) => {
+                if self.start_menu(now, id, menu) {
+                    Routed::Answered
+                } else {
+                    Routed::Failed(480, Disposition::Unavailable)
+                }
+            }
+            Dest::Access => {
+                if self.start_access(now, id) {
+                    Routed::Answered
+                } else {
+                    Routed::Failed(480, Disposition::Unavailable)
+                }
+            }
+            Dest::Voicemail(mailbox) => {
+                if self.start_voicemail_for(now, id, &mailbox, "unavailable") {
+                    Routed::Answered
+                } else {
+                    Routed::Failed(480, Disposition::Unavailable)
+                }
+            }
+            Dest::Pickup(_) => Routed::Failed(404, Disposition::NotFound),
+            Dest::Extension(ext) => self.route_extension(now, id, ext),
+            Dest::Group(group) => self.route_group(now, id, group),
+            Dest::External(plan) => {
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.plan = RingPlan::External(plan);
+                }
+                if self.next_trunk(now, id) {
+                    Routed::Ringing
+                } else {
+                    Routed::Failed(503, Disposition::Unavailable)
+                }
+            }
+        }
+    }
+
+    fn route_extension(&mut self, now: Millis, id: u64, ext: String) -> Routed {
+        let fwd = self.forwards.get(&ext).cloned().unwrap_or_default();
+        if let Some(target) = fwd.always.as_deref() {
+            if let Some(routed) = self.forward(now, id, &ext, target) {
+                return routed;
+            }
+        }
+        let contacts = self.contacts_of(now, &ext);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.plan = RingPlan::Extension { ext: ext.clone() };
+        }
+        if contacts.is_empty() {
+            // Offline counts as not answering.
+            if let Some(target) = fwd.no_answer.as_deref() {
+                if let Some(routed) = self.forward(now, id, &ext, target) {
+                    return routed;
+                }
+            }
+            if self.start_voicemail_for(now, id, &ext, "unavailable") {
+                return Routed::Answered;
+            }
+            return Routed::Failed(480, Disposition::Unavailable);
+        }
+        let ring_ms = if fwd.no_answer.is_some() && fwd.no_answer_ms > 0 {
+            fwd.no_answer_ms
+        } else {
+            self.cfg.ring_timeout_ms
+        };
+        self.set_ring_deadline(id, now.saturating_add(ring_ms));
+        self.ring_contacts(now, id, &ext, &contacts);
+        Routed::Ringing
+    }
+
+    fn route_group(&mut self, now: Millis, id: u64, group: usize) -> Routed {
+        let Some(g) = self.cfg.groups.get(group).cloned() else {
+            return Routed::Failed(404, Disposition::NotFound);
+        };
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.plan = RingPlan::Group { group, next: 0 };
+        }
+        self.set_ring_deadline(id, now.saturating_add(g.timeout_ms));
+        let rung = match g.strategy {
+            RingStrategy::Simultaneous => {
+                let mut rung = false;
+                for member in &g.members {
+                    let contacts = self.contacts_of(now, member);
+                    rung |= !contacts.is_empty();
+                    self.ring_contacts(now, id, member, &contacts);
+                }
+                rung
+            }
+            RingStrategy::InOrder => self.ring_next_member(now, id),
+        };
+        if rung {
+            return Routed::Ringing;
+        }
+        if let Some(mailbox) = g.voicemail.as_deref() {
+            if self.start_voicemail_for(now, id, mailbox, "unavailable") {
+                return Routed::Answered;
+            }
+        }
+        Routed::Failed(480, Disposition::Unavailable)
+    }
+
+    /// Rings the next member of an in-order group that has a phone registered. False when
+    /// every member was tried.
+    fn ring_next_member(&mut self, now: Millis, id: u64) -> bool {
+        loop {
+            let Some(call) = self.calls.get_mut(&id) else {
+                return false;
+            };
+            let RingPlan::Group { group, next } = &mut call.plan else {
+                return false;
+            };
+            let Some(g) = self.cfg.groups.get(*group) else {
+                return false;
+            };
+            let Some(member) = g.members.get(*next).cloned() else {
+                return false;
+            };
+            *next += 1;
+            let step = now.saturating_add(g.member_timeout_ms);
+            let contacts = self.contacts_of(now, &member);
+            if contacts.is_empty() {
+                continue;
+            }
+            self.set_step_deadline(id, Some(step));
+            self.ring_contacts(now, id, &member, &contacts);
+            return true;
+        }
+    }
+
+    /// Sends call `id` on to `target` on behalf of `ext` (forwarding). `None` when the
+    /// target cannot be reached (the caller then goes on as if there were no forwarding).
+    fn forward(&mut self, now: Millis, id: u64, ext: &str, target: &str) -> Option<Routed> {
+        let call = self.calls.get_mut(&id)?;
+        if call.hops >= MAX_HOPS || target == ext {
+            return None;
+        }
+        call.hops += 1;
+        let dest = match self.resolve_target(target) {
+            Ok(dest) => dest,
+            // Forwarding out (to a mobile) is an outbound call of the forwarding extension,
+            // with its routes and its toll-fraud limits.
+            Err(_) => {
+                let Ok(Dest::External(plan)) = self.resolve_external(ext, target) else {
+                    return None;
+                };
+                let ticket = self.gate_quiet(now, ext, target, &plan)?;
+                if let Some(call) = self.calls.get_mut(&id) {
+                    if call.gate.is_none() {
+                        call.gate = ticket;
+                    }
+                }
+                Dest::External(plan)
+            }
+        };
+        tracing::debug!(ext, target, "call forwarded");
+        match self.route(now, id, dest) {
+            Routed::Failed(..) => None,
+            routed => Some(routed),
+        }
+    }
+
+    /// The registered contacts of `ext`.
+    pub(super) fn contacts_of(&self, now: Millis, ext: &str) -> Vec<Binding> {
+        self.registrar
+            .lookup(ext, now)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Starts one fork per contact of `ext` for call `id`.
+    pub(super) fn ring_contacts(&mut self, now: Millis, id: u64, ext: &str, contacts: &[Binding]) {
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        if let (Some(m), Some(first)) = (call.media.as_mut(), contacts.first()) {
+            m.set_signal_b(first.source.addr.ip());
+        }
+        // A caller already talking to Outpost (menu, transfer) gets a fresh offer for the
+        // new phone; a ringing caller's anchored offer is reused.
+        let body = call.offer_for_new_b();
+        let invite = call.a.invite.clone();
+        if call.state == CallState::Answered {
+            if let Ok(uri) = wire::parse_uri(&format!("sip:{ext}@{}", self.cfg.realm)) {
+                call.a.local_uri = NameAddr::new(uri);
+            }
+        }
+        for binding in contacts {
+            let Ok(target) = wire::parse_uri(&binding.contact) else {
+                continue;
+            };
+            let idx = call.forks.len();
+            let fork = self.start_fork(
+                now,
+                id,
+                idx,
+                &call,
+                &invite,
+                body.clone(),
+                target,
+                binding.source,
+            );
+            call.forks.push(fork);
+        }
+        self.calls.insert(id, call);
+    }
+
+    /// Cancels every fork still ringing and stops counting the answers of all of them.
+    pub(super) fn retire_forks(&mut self, now: Millis, id: u64) {
+        self.cancel_forks(now, id, None);
+        if let Some(call) = self.calls.get_mut(&id) {
+            for f in &mut call.forks {
+                if f.state != ForkState::Answered {
+                    f.retired = true;
+                }
+            }
+        }
+    }
+
+    pub(super) fn set_ring_deadline(&mut self, id: u64, at: Millis) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        self.ring_timers.remove(&(call.ring_deadline, id));
+        call.ring_deadline = at;
+        self.ring_timers.insert((at, id));
+    }
+
+    pub(super) fn set_step_deadline(&mut self, id: u64, at: Option<Millis>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = call.step_deadline.take() {
+            self.step_timers.remove(&(old, id));
+        }
+        if let Some(at) = at {
+            call.step_deadline = Some(at);
+            self.step_timers.insert((at, id));
+        }
+    }
+
+    /// The next step of a call's plan is due: the next member of an in-order group.
+    pub(super) fn step_timeout(&mut self, now: Millis, id: u64, at: Millis) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.step_deadline != Some(at) {
+            return;
+        }
+        call.step_deadline = None;
+        if call.winner.is_some() || (call.state != CallState::Ringing && !call.transferring()) {
+            return;
+        }
+        match call.plan {
+            RingPlan::Group { .. } => {
+                self.retire_forks(now, id);
+                if !self.ring_next_member(now, id) {
+                    self.unanswered(now, id, 480);
+                }
+            }
+            RingPlan::External(_) => self.trunk_silent(now, id),
+            _ => {}
+        }
+    }
+
+    /// Nobody answers what the plan rang (every fork failed with `status`, or the ring
+    /// timeout passed): forwarding, the next group member, voicemail, or the failure.
+    pub(super) fn unanswered(&mut self, now: Millis, id: u64, status: u16) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let transferring = call.transferring();
+        if !transferring && call.state != CallState::Ringing {
+            return;
+        }
+        if matches!(call.app, Some(App::Menu { .. })) {
+            // The auto attendant takes its caller back.
+            self.transfer_failed(now, id);
+            return;
+        }
+        let plan = call.plan.clone();
+        self.set_step_deadline(id, None);
+        let busy = matches!(status, 486 | 600);
+        let no_answer = matches!(status, 480 | 408);
+        match plan {
+            RingPlan::Extension { ext } => {
+                let fwd = self.forwards.get(&ext).cloned().unwrap_or_default();
+                let target = if busy { fwd.busy } else { fwd.no_answer };
+                if let Some(target) = target.filter(|_| busy || no_answer) {
+                    if let Some(Routed::Ringing | Routed::Answered) =
+                        self.forward(now, id, &ext, &target)
+                    {
+                        return;
+                    }
+                }
+                if (busy || no_answer)
+                    && self.start_voicemail_for(
+                        now,
+                        id,
+                        &ext,
+                        if busy { "busy" } else { "unavailable" },
+                    )
+                {
+                    return;
+                }
+            }
+            RingPlan::Group { group, .. } => {
+                if self.ring_next_member(now, id) {
+                    return;
+                }
+                let mailbox = self.cfg.groups.get(group).and_then(|g| g.voicemail.clone());
+                if let Some(mailbox) = mailbox {
+                    if self.start_voicemail_for(now, id, &mailbox, "unavailable") {
+                        return;
+                    }
+                }
+            }
+            RingPlan::External(_) | RingPlan::Nothing => {}
+        }
+        if transferring {
+            self.transfer_failed(now, id);
+            return;
+        }
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let (key, invite, tag, peer) = (
+            call.a.invite_key.clone(),
+            call.a.invite.clone(),
+            call.a.local_tag.clone(),
+            call.a.peer,
+        );
+        let disposition = match status {
+            486 | 600 => Disposition::Busy,
+            480 | 408 => Disposition::NoAnswer,
+            487 => Disposition::Cancelled,
+            _ => Disposition::Failed,
+        };
+        self.reply(now, &key, &invite, peer, status, Some(&tag));
+        self.end_call(now, id, disposition, status);
+    }
+}

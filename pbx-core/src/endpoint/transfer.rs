@@ -1,0 +1,752 @@
+//! Transfer (REFER, RFC 3515, with Replaces for attended transfer, RFC 3891) and call
+//! pickup.
+//!
+//! Outpost is a B2BUA, so a REFER never travels end to end: the phone that transfers
+//! (the referrer) is told the transfer is accepted (202 and a NOTIFY with `200 OK`) and is
+//! hung up, and Outpost itself rings the transfer target for the party that stays (the
+//! transferee), who hears ringback meanwhile. The media stays anchored in the relay: only
+//! the relay's far side moves to the new phone.
+
+use super::*;
+
+/// A Refer-To header: the target's user part, and for attended transfer the Call-ID of the
+/// dialog to replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ReferTo {
+    pub user: String,
+    pub replaces: Option<String>,
+}
+
+/// Parses a Refer-To value such as `<sip:200@pbx?Replaces=abc%40host%3Bto-tag%3D1>`.
+pub(super) fn parse_refer_to(value: &str) -> Option<ReferTo> {
+    let value = value.trim();
+    let inner = match (value.find('<'), value.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value.split(';').next().unwrap_or(value),
+    };
+    let (uri_text, headers) = match inner.split_once('?') {
+        Some((u, h)) => (u, Some(h)),
+        None => (inner, None),
+    };
+    let uri = wire::parse_uri(uri_text).ok()?;
+    let user: String = uri.user()?.chars().take(64).collect();
+    let replaces = headers.and_then(|h| {
+        h.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            k.eq_ignore_ascii_case("Replaces")
+                .then(|| percent_decode(v))
+        })
+    });
+    // The Replaces value is `call-id;to-tag=..;from-tag=..`: the Call-ID identifies it.
+    let replaces = replaces.map(|r| r.split(';').next().unwrap_or_default().trim().to_string());
+    Some(ReferTo {
+        user,
+        replaces: replaces.filter(|r| !r.is_empty()),
+    })
+}
+
+/// True when an SDP's media direction is one-way or off (the phone holds or is held).
+fn is_one_way(sdp: &[u8]) -> bool {
+    String::from_utf8_lossy(sdp)
+        .lines()
+        .any(|l| matches!(l.trim(), "a=sendonly" | "a=recvonly" | "a=inactive"))
+}
+
+/// The SDP with every direction attribute made `sendrecv`.
+fn two_way(sdp: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(sdp);
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (body, end) = match line.strip_suffix("\r\n") {
+            Some(b) => (b, "\r\n"),
+            None => match line.strip_suffix('\n') {
+                Some(b) => (b, "\n"),
+                None => (line, ""),
+            },
+        };
+        if matches!(body.trim(), "a=sendonly" | "a=recvonly" | "a=inactive") {
+            out.push_str("a=sendrecv");
+        } else {
+            out.push_str(body);
+        }
+        out.push_str(end);
+    }
+    out.into_bytes()
+}
+
+/// `%XX` decoding of a URI header value (invalid escapes are kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() + 1 {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Endpoint {
+    /// A REFER inside call `id`'s dialog with the caller (`from_a`) or the callee.
+    pub(super) fn on_refer(
+        &mut self,
+        now: Millis,
+        id: u64,
+        from_a: bool,
+        key: TxKey,
+        req: Request,
+        src: Peer,
+    ) {
+        let refer_to = req
+            .headers
+            .get("Refer-To")
+            .or_else(|| req.headers.get("r"))
+            .and_then(parse_refer_to);
+        let Some(refer_to) = refer_to else {
+            self.reply(now, &key, &req, src, 400, None);
+            return;
+        };
+        let Some(call) = self.calls.get(&id) else {
+            self.reply(now, &key, &req, src, 481, None);
+            return;
+        };
+        let bridged = call.state == CallState::Answered
+            && call.winner.is_some()
+            && call.app.is_none()
+            && call.media.is_some();
+        if !bridged || call.hops >= 4 {
+            // Transfer needs a bridged call with anchored media.
+            self.reply(now, &key, &req, src, 603, None);
+            return;
+        }
+        // The referrer's extension decides what it may transfer to.
+        let referrer = if from_a {
+            (call.origin == Origin::Extension).then(|| call.caller.clone())
+        } else {
+            match &call.plan {
+                RingPlan::Extension { ext } => Some(ext.clone()),
+                _ => call
+                    .winner
+                    .and_then(|w| call.forks.get(w))
+                    .and_then(|f| f.local_uri.uri.user().map(str::to_string)),
+            }
+        };
+        let Some(referrer) = referrer.filter(|r| self.users.contains_key(r)) else {
+            self.reply(now, &key, &req, src, 403, None);
+            return;
+        };
+        if let Some(replaced) = refer_to.replaces.as_deref() {
+            if !from_a && self.attended_transfer(now, id, replaced, &key, &req, src) {
+                return;
+            }
+        }
+        let dest = self
+            .resolve_target(&refer_to.user)
+            .or_else(|_| self.resolve_external(&referrer, &refer_to.user));
+        let dest = match dest {
+            Ok(Dest::External(plan)) => {
+                match self.gate_allows(now, &key, &req, src, &referrer, &refer_to.user, &plan) {
+                    Ok(ticket) => {
+                        if let (Some(t), Some(call)) = (ticket, self.calls.get_mut(&id)) {
+                            if call.gate.is_none() {
+                                call.gate = Some(t);
+                            }
+                        }
+                        Dest::External(plan)
+                    }
+                    Err(()) => return,
+                }
+            }
+            Ok(dest) => dest,
+            Err(status) => {
+                self.reply(now, &key, &req, src, status, None);
+                return;
+            }
+        };
+        tracing::info!(%referrer, target = %refer_to.user, "blind transfer");
+        self.accept_refer(now, id, from_a, &key, &req, src);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.hops += 1;
+            call.callee = refer_to.user.clone();
+        }
+        if from_a {
+            self.transfer_leg_a(now, id, dest, &refer_to.user);
+        } else {
+            self.transfer_leg_b(now, id, dest, &refer_to.user);
+        }
+    }
+
+    /// 202 to the REFER, a final NOTIFY (`200 OK`), and a BYE: the referrer is done.
+    fn accept_refer(
+        &mut self,
+        now: Millis,
+        id: u64,
+        from_a: bool,
+        key: &TxKey,
+        req: &Request,
+        src: Peer,
+    ) {
+        let tag = req.headers.to.tag().map(str::to_string);
+        self.reply(now, key, req, src, 202, tag.as_deref());
+        let leg = if from_a {
+            self.out_leg_a(id)
+        } else {
+            self.calls
+                .get(&id)
+                .and_then(|c| c.winner)
+                .and_then(|w| self.out_leg_b(id, w))
+        };
+        let Some(leg) = leg else {
+            return;
+        };
+        let mut headers = self.request_headers(
+            leg.peer,
+            leg.from,
+            leg.to,
+            leg.call_id,
+            leg.cseq,
+            Method::Notify,
+        );
+        headers.push("Event", "refer");
+        headers.push("Subscription-State", "terminated;reason=noresource");
+        headers.contact = vec![Contact::Addr(self.our_contact(leg.peer, None))];
+        headers.content_type = Some("message/sipfrag;version=2.0".to_string());
+        let notify = Request {
+            method: Method::Notify,
+            uri: leg.target,
+            headers,
+            body: b"SIP/2.0 200 OK\r\n".to_vec(),
+        };
+        let nkey = self.tx.send_request(now, notify, leg.peer);
+        self.clients.insert(nkey, ClientRole::Notify);
+        if from_a {
+            self.send_bye_a(now, id);
+        } else if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
+            self.send_bye_b(now, id, w);
+        }
+    }
+
+    /// The next in-dialog request towards the caller (advances our CSeq).
+    fn out_leg_a(&mut self, id: u64) -> Option<OutLeg> {
+        let call = self.calls.get_mut(&id)?;
+        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
+        let mut from = call.a.local_uri.clone();
+        from.params.set("tag", Some(call.a.local_tag.clone()));
+        let mut to = call.a.remote_uri.clone();
+        to.params.set("tag", Some(call.a.remote_tag.clone()));
+        Some(OutLeg {
+            to_b: false,
+            peer: call.a.peer,
+            target: call.a.target.clone(),
+            from,
+            to,
+            call_id: call.a.call_id.clone(),
+            cseq: call.a.local_cseq,
+        })
+    }
+
+    /// The next in-dialog request towards fork `fork` (advances our CSeq).
+    fn out_leg_b(&mut self, id: u64, fork: usize) -> Option<OutLeg> {
+        let f = self.calls.get_mut(&id)?.forks.get_mut(fork)?;
+        f.local_cseq = f.local_cseq.saturating_add(1);
+        let mut from = f.local_uri.clone();
+        from.params.set("tag", Some(f.local_tag.clone()));
+        let mut to = f.remote_uri.clone();
+        if let Some(tag) = &f.remote_tag {
+            to.params.set("tag", Some(tag.clone()));
+        }
+        Some(OutLeg {
+            to_b: true,
+            peer: f.peer,
+            target: f.target.clone(),
+            from,
+            to,
+            call_id: f.call_id.clone(),
+            cseq: f.local_cseq,
+        })
+    }
+
+    /// The callee transferred the caller: the caller hears ringback while `dest` rings.
+    fn transfer_leg_b(&mut self, now: Millis, id: u64, dest: Dest, target: &str) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some(w) = call.winner.take() {
+            if let Some(f) = call.forks.get_mut(w) {
+                f.retired = true;
+            }
+        }
+        tracing::debug!(target, "ringing the transfer target");
+        call.app = Some(App::Transfer);
+        call.best_failure = None;
+        self.events.push_back(Event::Media(MediaCommand::Play {
+            session: id,
+            leg: Leg::A,
+            clips: vec!["ringback".to_string()],
+            repeat: true,
+        }));
+        match self.route(now, id, dest) {
+            Routed::Ringing => {}
+            Routed::Answered => {}
+            Routed::Failed(..) => self.transfer_failed(now, id),
+        }
+    }
+
+    /// The caller transferred the callee: Outpost calls the target itself and, when it
+    /// answers, the target takes the caller's place on leg A. Only extensions and
+    /// external numbers can be targets here (not menus or groups).
+    fn transfer_leg_a(&mut self, now: Millis, id: u64, dest: Dest, target: &str) {
+        let contacts = match &dest {
+            Dest::Extension(ext) => self.contacts_of(now, ext),
+            _ => Vec::new(),
+        };
+        let Some(first) = contacts.first().cloned() else {
+            tracing::info!(target, "transfer target unreachable: hanging up");
+            if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
+                self.send_bye_b(now, id, w);
+            }
+            self.end_call(now, id, Disposition::Answered, 200);
+            return;
+        };
+        let Ok(uri) = wire::parse_uri(&first.contact) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let body = match call.media.as_mut() {
+            Some(m) => {
+                m.set_signal_b(call.a.peer.addr.ip());
+                m.offer(Leg::B, &call.b_sdp).unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let peer = first.source;
+        let Ok(to_uri) = wire::parse_uri(&format!("sip:{target}@{}", self.cfg.realm)) else {
+            return;
+        };
+        let from = call
+            .winner
+            .and_then(|w| call.forks.get(w))
+            .map(|f| {
+                let mut n = f.remote_uri.clone();
+                n.params = Params::default();
+                n
+            })
+            .unwrap_or_else(|| call.a.local_uri.clone());
+        let b_call_id = self.new_call_id();
+        let tag = self.new_tag();
+        let mut from_tagged = from.clone();
+        from_tagged.params.set("tag", Some(tag.clone()));
+        let to = NameAddr::new(to_uri);
+        let mut headers = self.request_headers(
+            peer,
+            from_tagged,
+            to.clone(),
+            b_call_id.clone(),
+            1,
+            Method::Invite,
+        );
+        headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+        headers.content_type = (!body.is_empty()).then(|| "application/sdp".to_string());
+        headers.push("Allow", ALLOW);
+        let invite = Request {
+            method: Method::Invite,
+            uri: uri.clone(),
+            headers,
+            body,
+        };
+        let key = self.tx.send_request(now, invite, peer);
+        self.clients.insert(key, ClientRole::NewLegA { call: id });
+        self.events.push_back(Event::Media(MediaCommand::Play {
+            session: id,
+            leg: Leg::B,
+            clips: vec!["ringback".to_string()],
+            repeat: true,
+        }));
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.pending_a = Some(PendingLegA {
+                call_id: b_call_id.clone(),
+                local_tag: tag,
+                local_uri: from,
+                remote_uri: to,
+                target: uri,
+                peer,
+            });
+        }
+        self.by_a_call_id.insert(b_call_id, id);
+    }
+
+    /// A response to the INVITE that brings a new party onto leg A.
+    pub(super) fn on_new_leg_a_response(&mut self, now: Millis, id: u64, resp: &Response) {
+        if resp.is_provisional() {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(pending) = call.pending_a.take() else {
+            return;
+        };
+        if !resp.is_success() || call.state != CallState::Answered {
+            tracing::info!(
+                status = resp.status,
+                "transfer target did not answer: hanging up"
+            );
+            self.by_a_call_id.remove(&pending.call_id);
+            if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
+                self.send_bye_b(now, id, w);
+            }
+            self.end_call(now, id, Disposition::Answered, 200);
+            return;
+        }
+        // The new party becomes leg A (its dialog stands in for the caller's).
+        let old_call_id = std::mem::replace(&mut call.a.call_id, pending.call_id);
+        call.a.local_tag = pending.local_tag;
+        call.a.remote_tag = resp.headers.to.tag().unwrap_or_default().to_string();
+        call.a.local_uri = pending.local_uri;
+        call.a.remote_uri = pending.remote_uri;
+        call.a.target = first_contact_uri(&resp.headers).unwrap_or(pending.target);
+        call.a.peer = pending.peer;
+        call.a.local_cseq = 1;
+        call.pending_reinvite_ack = None;
+        if self.by_a_call_id.get(&old_call_id) == Some(&id) {
+            self.by_a_call_id.remove(&old_call_id);
+        }
+        let cseq = resp.headers.cseq.seq;
+        // (The relay admits the new party by the address in its SDP.)
+        let _ = self.media_body(id, Leg::A, false, &resp.body, None);
+        self.events.push_back(Event::Media(MediaCommand::StopPlay {
+            session: id,
+            leg: Leg::B,
+        }));
+        self.send_in_dialog_ack_a(id, cseq, Vec::new(), None);
+    }
+
+    /// Attended transfer: the callee of call `id` asks that the caller replace it in
+    /// `replaced` (the callee's other, answered call). False when that call is not found
+    /// (the REFER is then handled as a blind transfer).
+    fn attended_transfer(
+        &mut self,
+        now: Millis,
+        id: u64,
+        replaced: &str,
+        key: &TxKey,
+        req: &Request,
+        src: Peer,
+    ) -> bool {
+        let Some(&other) = self.by_a_call_id.get(replaced) else {
+            return false;
+        };
+        let movable = other != id
+            && self.calls.get(&other).is_some_and(|c| {
+                c.state == CallState::Answered && c.winner.is_some() && c.media.is_some()
+            });
+        if !movable {
+            return false;
+        }
+        tracing::info!("attended transfer");
+        self.accept_refer(now, id, false, key, req, src);
+        // Leg A of the other call (the referrer's consultation call) is hung up; its
+        // callee (the target) moves into this call in place of the referrer.
+        self.send_bye_a(now, other);
+        let Some(mut moved) = self.calls.get_mut(&other).and_then(|c| {
+            let w = c.winner.take()?;
+            let f = c.forks.get_mut(w)?;
+            let placeholder = Fork::placeholder();
+            Some(std::mem::replace(f, placeholder))
+        }) else {
+            return true;
+        };
+        self.end_call(now, other, Disposition::Answered, 200);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return true;
+        };
+        if let Some(w) = call.winner.take() {
+            if let Some(f) = call.forks.get_mut(w) {
+                f.retired = true;
+            }
+        }
+        let idx = call.forks.len();
+        moved.local_cseq = moved.local_cseq.saturating_add(1);
+        let cseq = moved.local_cseq;
+        let peer = moved.peer;
+        if let Some(m) = call.media.as_mut() {
+            m.set_signal_b(peer.addr.ip());
+        }
+        // The referrer usually held the caller first: the target is offered a two-way
+        // stream, and the caller is resumed once the target answered.
+        let offer = match call.media.as_mut() {
+            Some(m) => m.offer(Leg::A, &two_way(&call.a_sdp)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut from = moved.local_uri.clone();
+        from.params.set("tag", Some(moved.local_tag.clone()));
+        let mut to = moved.remote_uri.clone();
+        if let Some(tag) = &moved.remote_tag {
+            to.params.set("tag", Some(tag.clone()));
+        }
+        let (target, b_call_id) = (moved.target.clone(), moved.call_id.clone());
+        moved.state = ForkState::Answered;
+        moved.invite_cseq = cseq;
+        moved.ack = None;
+        call.forks.push(moved);
+        call.winner = Some(idx);
+        self.by_b_call_id.insert(b_call_id.clone(), (id, idx));
+        // Re-INVITE the target towards this call's relay session.
+        let mut headers = self.request_headers(peer, from, to, b_call_id, cseq, Method::Invite);
+        headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+        headers.content_type = (!offer.is_empty()).then(|| "application/sdp".to_string());
+        let reinvite = Request {
+            method: Method::Invite,
+            uri: target,
+            headers,
+            body: offer,
+        };
+        let rkey = self.tx.send_request(now, reinvite, peer);
+        self.clients.insert(
+            rkey,
+            ClientRole::Reoffer {
+                call: id,
+                fork: idx,
+            },
+        );
+        true
+    }
+
+    /// The answer to a re-INVITE Outpost sent on its own (attended transfer).
+    pub(super) fn on_reoffer_response(
+        &mut self,
+        now: Millis,
+        id: u64,
+        fork: usize,
+        resp: &Response,
+    ) {
+        if !resp.is_success() {
+            return;
+        }
+        let ip = self
+            .calls
+            .get(&id)
+            .and_then(|c| c.forks.get(fork))
+            .map(|f| f.peer.addr.ip());
+        let _ = self.media_body(id, Leg::B, false, &resp.body, ip);
+        self.send_in_dialog_ack_b(id, fork, resp.headers.cseq.seq, Vec::new(), None);
+        // Take the caller off hold: offer it the target's (two-way) media.
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if !is_one_way(&call.a_sdp) {
+            return;
+        }
+        // The hold was the referrer's: the music stops now that the target is there.
+        self.events.push_back(Event::Media(MediaCommand::StopPlay {
+            session: id,
+            leg: Leg::A,
+        }));
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let b_sdp = two_way(&call.b_sdp);
+        let Some(offer) = call
+            .media
+            .as_mut()
+            .and_then(|m| m.offer(Leg::B, &b_sdp).ok())
+        else {
+            return;
+        };
+        let Some(leg) = self.out_leg_a(id) else {
+            return;
+        };
+        let mut headers = self.request_headers(
+            leg.peer,
+            leg.from,
+            leg.to,
+            leg.call_id,
+            leg.cseq,
+            Method::Invite,
+        );
+        headers.contact = vec![Contact::Addr(self.our_contact(leg.peer, None))];
+        headers.content_type = Some("application/sdp".to_string());
+        let reinvite = Request {
+            method: Method::Invite,
+            uri: leg.target,
+            headers,
+            body: offer,
+        };
+        let key = self.tx.send_request(now, reinvite, leg.peer);
+        self.clients.insert(key, ClientRole::ResumeA { call: id });
+    }
+
+    /// The caller's answer to the re-INVITE that takes it off hold after a transfer.
+    pub(super) fn on_resume_a_response(&mut self, id: u64, resp: &Response) {
+        if !resp.is_success() {
+            return;
+        }
+        let _ = self.media_body(id, Leg::A, false, &resp.body, None);
+        self.send_in_dialog_ack_a(id, resp.headers.cseq.seq, Vec::new(), None);
+    }
+
+    /// Call pickup: `picker` takes the call ringing `target` (or any extension).
+    pub(super) fn pickup(
+        &mut self,
+        now: Millis,
+        key: TxKey,
+        req: Request,
+        src: Peer,
+        picker: &str,
+        target: Option<&str>,
+    ) {
+        let ringing = |c: &Call| -> bool {
+            c.state == CallState::Ringing
+                && c.app.is_none()
+                && !c.late_offer
+                && c.media.is_some()
+                && match (&c.plan, target) {
+                    (RingPlan::Extension { ext }, Some(t)) => ext == t,
+                    (RingPlan::Extension { ext }, None) => ext != picker,
+                    (RingPlan::Group { group, .. }, t) => self
+                        .cfg
+                        .groups
+                        .get(*group)
+                        .is_some_and(|g| t.is_none_or(|t| g.members.iter().any(|m| m == t))),
+                    _ => false,
+                }
+        };
+        let found = self
+            .calls
+            .iter()
+            .filter(|(_, c)| ringing(c))
+            .min_by_key(|(_, c)| c.start)
+            .map(|(&id, _)| id);
+        let Some(id) = found else {
+            let mut resp = Response::to_request(&req, 480, Some(&self.new_tag()));
+            resp.reason = "Nothing To Pick Up".to_string();
+            self.send(now, &key, resp, src);
+            return;
+        };
+        if req.body.is_empty() {
+            self.reply(now, &key, &req, src, 488, None);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(m) = call.media.as_mut() else {
+            return;
+        };
+        m.set_signal_b(src.addr.ip());
+        // The picker's offer meets the caller's: the caller's offer serves as the answer
+        // to the picker, and the picker's (anchored) as the answer to the caller.
+        let for_a = m.offer(Leg::B, &req.body);
+        let for_p = m.answer(Leg::A, &call.a_sdp);
+        let (Ok(for_a), Ok((for_p, cmds))) = (for_a, for_p) else {
+            self.reply(now, &key, &req, src, 488, None);
+            return;
+        };
+        tracing::info!(picker, caller = %call.caller, "call picked up");
+        self.retire_forks(now, id);
+        let local_tag = self.new_tag();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let mut local_uri = req.headers.to.clone();
+        local_uri.params = Params::default();
+        let mut remote_uri = req.headers.from.clone();
+        remote_uri.params.remove("tag");
+        let idx = call.forks.len();
+        call.forks.push(Fork {
+            call_id: req.headers.call_id.clone(),
+            local_tag: local_tag.clone(),
+            remote_tag: req.headers.from.tag().map(str::to_string),
+            local_uri,
+            remote_uri,
+            target: first_contact_uri(&req.headers).unwrap_or_else(|| req.headers.from.uri.clone()),
+            peer: src,
+            invite_key: key.clone(),
+            invite_cseq: req.headers.cseq.seq,
+            local_cseq: 0,
+            state: ForkState::Answered,
+            ack: None,
+            tx_live: false,
+            retired: false,
+            trunk: None,
+            auth_tries: 0,
+            trunk_invite: None,
+        });
+        call.winner = Some(idx);
+        call.state = CallState::Answered;
+        call.answer = Some(now);
+        let deadline = call.ring_deadline;
+        let (a_key, a_invite, a_tag, a_peer) = (
+            call.a.invite_key.clone(),
+            call.a.invite.clone(),
+            call.a.local_tag.clone(),
+            call.a.peer,
+        );
+        self.ring_timers.remove(&(deadline, id));
+        self.set_step_deadline(id, None);
+        self.counters.calls_answered += 1;
+        self.by_b_call_id
+            .insert(req.headers.call_id.clone(), (id, idx));
+        for cmd in cmds {
+            self.events.push_back(Event::Media(cmd));
+        }
+        let mut ok_p = Response::to_request(&req, 200, Some(&local_tag));
+        ok_p.body = for_p;
+        ok_p.headers.content_type = Some("application/sdp".to_string());
+        ok_p.headers.push("Allow", ALLOW);
+        ok_p.headers.contact = vec![Contact::Addr(self.our_contact(src, None))];
+        self.send(now, &key, ok_p, src);
+        let mut ok_a = Response::to_request(&a_invite, 200, Some(&a_tag));
+        ok_a.body = for_a;
+        ok_a.headers.content_type = Some("application/sdp".to_string());
+        ok_a.headers.push("Allow", ALLOW);
+        ok_a.headers.contact = vec![Contact::Addr(self.our_contact(a_peer, None))];
+        self.send(now, &a_key, ok_a, a_peer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refer_to_blind_and_attended() {
+        let r = parse_refer_to("<sip:200@pbx.example>").expect("parses");
+        assert_eq!(r.user, "200");
+        assert_eq!(r.replaces, None);
+        let r = parse_refer_to(
+            "<sip:201@10.0.0.1?Replaces=abc%40host%3Bto-tag%3D12%3Bfrom-tag%3D34>;x=y",
+        )
+        .expect("parses");
+        assert_eq!(r.user, "201");
+        assert_eq!(r.replaces.as_deref(), Some("abc@host"));
+        assert_eq!(parse_refer_to("garbage"), None);
+        assert_eq!(parse_refer_to("<sip:pbx.example>"), None);
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("a%zz"), "a%zz");
+    }
+
+    #[test]
+    fn held_sdp_is_made_two_way() {
+        let held = b"v=0\r\nm=audio 4000 RTP/AVP 0\r\na=recvonly\r\n";
+        assert!(is_one_way(held));
+        let fixed = two_way(held);
+        assert_eq!(
+            fixed,
+            b"v=0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n".to_vec()
+        );
+        assert!(!is_one_way(&fixed));
+    }
+}

@@ -1,0 +1,350 @@
+//! Trunks in the call core, sans-IO: registration with the provider's challenge, outbound
+//! calls answering the provider's challenge, failover from trunk to trunk, inbound DIDs,
+//! survival when every trunk is down, and the toll-fraud gate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+
+use pbx_core::dialplan::{Dialplan, Pattern, Route, Target};
+use pbx_core::endpoint::{CallGate, EndpointConfig, Event, GateDecision};
+use pbx_core::sip::auth::{parse_credentials, Authenticator, NonceConfig, StoredSecret};
+use pbx_core::sip::{Peer, Request, Transport};
+use pbx_core::trunk::{Health, TrunkConfig};
+use pbx_core::Millis;
+use support::*;
+
+const T1: &str = "203.0.113.1:5060";
+const T2: &str = "203.0.113.2:5060";
+const PROVIDER_REALM: &str = "provider.example";
+
+fn trunk(name: &str, addr: &str, register: bool, pings_ms: u64) -> TrunkConfig {
+    TrunkConfig {
+        name: name.to_string(),
+        domain: PROVIDER_REALM.to_string(),
+        peer: Peer {
+            transport: Transport::Udp,
+            addr: addr.parse().unwrap(),
+        },
+        register,
+        username: "4930100".to_string(),
+        auth_username: None,
+        password: "trunkpw".to_string(),
+        expires_secs: 600,
+        options_interval_ms: pings_ms,
+        down_after: 2,
+        up_after: 1,
+        retry_ms: 5_000,
+        caller_id: Some("4930100".to_string()),
+        silence_timeout_ms: 1_000,
+    }
+}
+
+fn config_with(trunks: Vec<TrunkConfig>) -> EndpointConfig {
+    let mut cfg = config();
+    cfg.dialplan = Dialplan {
+        routes: vec![Route {
+            name: "national".to_string(),
+            patterns: vec![Pattern::parse("0[1-9]X.").unwrap()],
+            strip: 0,
+            prepend: String::new(),
+            trunks: trunks.iter().map(|t| t.name.clone()).collect(),
+            extensions: Vec::new(),
+            caller_id: None,
+        }],
+        emergency: vec!["112".to_string()],
+        dids: vec![("4930100".to_string(), Target::Extension("101".to_string()))],
+        default_inbound: None,
+    };
+    cfg.trunks = trunks;
+    cfg
+}
+
+/// The provider's side of digest authentication.
+fn provider_auth() -> Authenticator {
+    Authenticator::new(PROVIDER_REALM, [9; 32], 1, NonceConfig::default())
+}
+
+fn provider_secret() -> StoredSecret {
+    StoredSecret::new("4930100", PROVIDER_REALM, "trunkpw")
+}
+
+fn invites_to(sim: &mut Sim, addr: &str) -> Vec<Request> {
+    sim.requests(addr.parse().unwrap())
+        .into_iter()
+        .filter(|r| r.method == pbx_core::sip::Method::Invite)
+        .collect()
+}
+
+fn challenge(sim: &mut Sim, auth: &mut Authenticator, from: &str, req: &Request, status: u16) {
+    let name = if status == 407 {
+        "Proxy-Authenticate"
+    } else {
+        "WWW-Authenticate"
+    };
+    let headers: Vec<String> = auth
+        .challenge(sim.now, false)
+        .into_iter()
+        .map(|v| format!("{name}: {v}"))
+        .collect();
+    sim.send(
+        from.parse().unwrap(),
+        &response(req, status, Some("prov1"), &headers, ""),
+    );
+}
+
+fn verify(auth: &mut Authenticator, now: Millis, req: &Request, header: &str) {
+    let creds = req
+        .headers
+        .get_all(header)
+        .find_map(|v| parse_credentials(v).ok())
+        .unwrap_or_else(|| panic!("no {header} in {req:?}"));
+    let ha1 = provider_secret().ha1(creds.algorithm).to_string();
+    auth.verify(now, &creds, req.method.as_str(), &ha1)
+        .unwrap_or_else(|e| panic!("provider rejects our credentials: {e:?}"));
+}
+
+#[test]
+fn registers_with_the_providers_challenge_and_refreshes() {
+    let mut sim = Sim::with_config(config_with(vec![trunk("t1", T1, true, 0)]));
+    sim.advance(10);
+    let regs = sim.requests(T1.parse().unwrap());
+    assert_eq!(regs.len(), 1, "{regs:?}");
+    assert_eq!(regs[0].method, pbx_core::sip::Method::Register);
+    assert_eq!(regs[0].headers.to.uri.user(), Some("4930100"));
+    let mut auth = provider_auth();
+    challenge(&mut sim, &mut auth, T1, &regs[0], 401);
+    let regs = sim.requests(T1.parse().unwrap());
+    assert_eq!(regs.len(), 1, "one authenticated retry: {regs:?}");
+    verify(&mut auth, sim.now, &regs[0], "Authorization");
+    sim.send(
+        T1.parse().unwrap(),
+        &response(
+            &regs[0],
+            200,
+            Some("prov2"),
+            &["Expires: 120".to_string()],
+            "",
+        ),
+    );
+    let status = sim.ep.trunk_status();
+    assert_eq!(status[0].health, Health::Up, "{status:?}");
+    assert_eq!(status[0].registered, Some(true));
+    assert!(!sim.ep.survival());
+    // Refreshed before it expires.
+    sim.advance(65_000);
+    let regs = sim.requests(T1.parse().unwrap());
+    assert!(
+        regs.iter()
+            .any(|r| r.method == pbx_core::sip::Method::Register),
+        "refresh within half the interval: {regs:?}"
+    );
+}
+
+#[test]
+fn outbound_call_answers_the_providers_challenge() {
+    let mut sim = Sim::with_config(config_with(vec![trunk("t1", T1, false, 0)]));
+    let mut a = Phone::new("100", "192.168.1.10:5060");
+    let leg = invite(&mut sim, &mut a, "0301234567", SDP_OFFER);
+    let inv = invites_to(&mut sim, T1);
+    assert_eq!(inv.len(), 1, "{inv:?}");
+    assert_eq!(inv[0].uri.user(), Some("0301234567"));
+    assert_eq!(inv[0].headers.from.uri.user(), Some("4930100"));
+    let mut auth = provider_auth();
+    challenge(&mut sim, &mut auth, T1, &inv[0], 407);
+    let msgs = sim.take(T1.parse().unwrap());
+    let retry: Vec<&Request> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            pbx_core::sip::Message::Request(r) if r.method == pbx_core::sip::Method::Invite => {
+                Some(r)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retry.len(), 1, "{msgs:?}");
+    assert!(retry[0].headers.cseq.seq > inv[0].headers.cseq.seq);
+    assert_eq!(retry[0].headers.call_id, inv[0].headers.call_id);
+    verify(&mut auth, sim.now, retry[0], "Proxy-Authorization");
+    let retry = retry[0].clone();
+    sim.send(
+        T1.parse().unwrap(),
+        &response(&retry, 180, Some("far"), &[], ""),
+    );
+    sim.send(
+        T1.parse().unwrap(),
+        &response(
+            &retry,
+            200,
+            Some("far"),
+            &[format!("Contact: <sip:far@{T1}>")],
+            SDP_ANSWER,
+        ),
+    );
+    let statuses = sim.statuses(a.addr);
+    assert!(statuses.contains(&180), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert_eq!(sim.ep.calls().len(), 1);
+    let _ = leg;
+}
+
+#[test]
+fn a_silent_trunk_fails_over_to_the_next_and_a_5xx_at_once() {
+    let mut sim = Sim::with_config(config_with(vec![
+        trunk("t1", T1, false, 0),
+        trunk("t2", T2, false, 0),
+    ]));
+    let mut a = Phone::new("100", "192.168.1.10:5060");
+    invite(&mut sim, &mut a, "0301234567", SDP_OFFER);
+    assert_eq!(invites_to(&mut sim, T1).len(), 1);
+    // t1 says nothing at all: after its silence timeout the call moves to t2.
+    sim.advance(900);
+    assert!(
+        invites_to(&mut sim, T2).is_empty(),
+        "not before the timeout"
+    );
+    sim.advance(200);
+    let inv2 = invites_to(&mut sim, T2);
+    assert_eq!(inv2.len(), 1, "failover to t2 after 1 s of silence");
+    sim.send(
+        T2.parse().unwrap(),
+        &response(
+            &inv2[0],
+            200,
+            Some("far2"),
+            &[format!("Contact: <sip:x@{T2}>")],
+            SDP_ANSWER,
+        ),
+    );
+    assert!(sim.statuses(a.addr).contains(&200));
+
+    // A second call: t1 answers 503 -> t2 at once.
+    let mut b = Phone::new("102", "192.168.1.12:5060");
+    invite(&mut sim, &mut b, "0301234568", SDP_OFFER);
+    let inv1 = invites_to(&mut sim, T1);
+    let inv1 = inv1.last().expect("INVITE to t1").clone();
+    sim.send(
+        T1.parse().unwrap(),
+        &response(&inv1, 503, Some("busy"), &[], ""),
+    );
+    let inv2 = invites_to(&mut sim, T2);
+    assert_eq!(inv2.len(), 1, "503 fails over at once");
+    sim.send(
+        T2.parse().unwrap(),
+        &response(&inv2[0], 486, Some("b"), &[], ""),
+    );
+    // A 486 is the callee's answer, not the trunk's fault: it reaches the caller.
+    assert!(sim.statuses(b.addr).contains(&486));
+}
+
+#[test]
+fn inbound_did_rings_the_mapped_extension() {
+    let mut sim = Sim::with_config(config_with(vec![trunk("t1", T1, false, 0)]));
+    let mut p = Phone::new("101", "192.168.1.11:5060");
+    register(&mut sim, &mut p, 600);
+    let text = request(
+        "INVITE",
+        "sip:4930100@10.0.0.1",
+        &format!("SIP/2.0/UDP {T1};branch=z9hG4bKin1"),
+        "<sip:0301234567@provider.example>;tag=pv",
+        "<sip:4930100@provider.example>",
+        "inbound-1",
+        1,
+        &[format!("Contact: <sip:0301234567@{T1}>")],
+        SDP_OFFER,
+    );
+    sim.send(T1.parse().unwrap(), &text);
+    let to_phone = sim.requests(p.addr);
+    assert!(
+        to_phone
+            .iter()
+            .any(|r| r.method == pbx_core::sip::Method::Invite),
+        "DID 4930100 rings 101 without a challenge: {to_phone:?}"
+    );
+    let statuses = sim.statuses(T1.parse().unwrap());
+    assert!(!statuses.contains(&407), "{statuses:?}");
+    // An unknown DID (no default) is refused.
+    let text = request(
+        "INVITE",
+        "sip:4930999@10.0.0.1",
+        &format!("SIP/2.0/UDP {T1};branch=z9hG4bKin2"),
+        "<sip:0301234567@provider.example>;tag=pv2",
+        "<sip:4930999@provider.example>",
+        "inbound-2",
+        1,
+        &[],
+        SDP_OFFER,
+    );
+    sim.send(T1.parse().unwrap(), &text);
+    assert!(sim.statuses(T1.parse().unwrap()).contains(&404));
+}
+
+#[test]
+fn survival_when_every_trunk_is_down_and_emergency_still_goes_out() {
+    let mut sim = Sim::with_config(config_with(vec![
+        trunk("t1", T1, false, 1_000),
+        trunk("t2", T2, false, 1_000),
+    ]));
+    // Nobody answers the pings: both trunks go down.
+    sim.advance(40_000);
+    assert!(sim.ep.survival(), "{:?}", sim.ep.trunk_status());
+    sim.take(T1.parse().unwrap());
+    sim.take(T2.parse().unwrap());
+    let mut a = Phone::new("100", "192.168.1.10:5060");
+    invite(&mut sim, &mut a, "0301234567", SDP_OFFER);
+    assert!(
+        sim.statuses(a.addr).contains(&503),
+        "outside calls fail fast"
+    );
+    assert!(invites_to(&mut sim, T1).is_empty());
+    // Local calls go on.
+    let mut p = Phone::new("101", "192.168.1.11:5060");
+    register(&mut sim, &mut p, 600);
+    invite(&mut sim, &mut a, "101", SDP_OFFER);
+    assert!(sim
+        .requests(p.addr)
+        .iter()
+        .any(|r| r.method == pbx_core::sip::Method::Invite));
+    // Emergency numbers are tried on the trunks all the same.
+    sim.take(a.addr);
+    invite(&mut sim, &mut a, "112", SDP_OFFER);
+    assert_eq!(invites_to(&mut sim, T1).len(), 1, "112 goes out on t1");
+}
+
+#[derive(Debug)]
+struct RefuseAll;
+
+impl CallGate for RefuseAll {
+    fn check(&mut self, _: Millis, _: &str, _: &str, _: Option<&str>) -> GateDecision {
+        GateDecision::Refuse {
+            reason: "Premium Rate Not Allowed".to_string(),
+            lock: true,
+        }
+    }
+    fn ended(&mut self, _: Millis, _: &str, _: &str, _: Option<&str>, _: u64) {}
+}
+
+#[test]
+fn the_toll_fraud_gate_refuses_but_never_emergency_calls() {
+    let mut sim = Sim::with_config(config_with(vec![trunk("t1", T1, false, 0)]));
+    sim.ep.set_gate(Box::new(RefuseAll));
+    let mut a = Phone::new("100", "192.168.1.10:5060");
+    invite(&mut sim, &mut a, "09001234567", SDP_OFFER);
+    let refused = sim.responses(a.addr);
+    let r403 = refused.iter().find(|r| r.status == 403).expect("403");
+    assert_eq!(r403.reason, "Premium Rate Not Allowed");
+    assert!(invites_to(&mut sim, T1).is_empty());
+    assert!(sim
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::CallRefused { lock: true, ext, .. } if ext == "100")));
+    invite(&mut sim, &mut a, "112", SDP_OFFER);
+    assert_eq!(
+        invites_to(&mut sim, T1).len(),
+        1,
+        "emergency bypasses the gate"
+    );
+    let _: SocketAddr = T2.parse().unwrap();
+}

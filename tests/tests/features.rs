@@ -1,0 +1,559 @@
+//! Ring groups, call forwarding, blind transfer and call pickup end to end: raw-UDP phones
+//! 100 (the caller), 101, 102 and 103 talk to the real outpostd; where a feature moves a
+//! call to another phone, RTP is checked through the relay in both directions.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use outpost_tests::{
+    body_of, header_value, json_str, parse_rtp, recv_datagrams, request_method, rtp_packet,
+    rtp_pair, sdp_audio, sdp_body, status_of, Daemon, DaemonConfig, Dialog, SdpAudio, SipPhone,
+};
+
+const EXTS: [(&str, &str); 4] = [
+    ("100", "feat-secret-100"),
+    ("101", "feat-secret-101"),
+    ("102", "feat-secret-102"),
+    ("103", "feat-secret-103"),
+];
+/// Upper bound of every SIP and RTP wait that is expected to succeed.
+const WAIT: Duration = Duration::from_secs(5);
+/// How long a phone listens before concluding that nothing comes.
+const QUIET: Duration = Duration::from_millis(300);
+const PCMU: u8 = 0;
+
+// ---------------------------------------------------------------------------------------
+// Set-up
+// ---------------------------------------------------------------------------------------
+
+/// A phone with its RTP socket.
+struct Station {
+    sip: SipPhone,
+    rtp: UdpSocket,
+    /// Keeps the RTCP port (RTP port + 1) ours.
+    _rtcp: UdpSocket,
+}
+
+impl Station {
+    fn sdp(&self) -> String {
+        sdp_body(local(&self.rtp), &[PCMU])
+    }
+}
+
+fn local(sock: &UdpSocket) -> SocketAddr {
+    sock.local_addr().expect("socket has a local address")
+}
+
+/// A daemon (with `toml` appended to its configuration) and registered phones for
+/// 100..=103.
+fn start(toml: &str) -> (Daemon, Vec<Station>) {
+    let daemon = Daemon::start_with(DaemonConfig::loopback().with_toml(toml));
+    let mut phones = Vec::new();
+    for (ext, password) in EXTS {
+        daemon.add_extension(ext, password);
+        let mut sip = SipPhone::new(&daemon, ext, password);
+        sip.register();
+        let (rtp, rtcp) = rtp_pair();
+        phones.push(Station {
+            sip,
+            rtp,
+            _rtcp: rtcp,
+        });
+    }
+    (daemon, phones)
+}
+
+/// The next INVITE `p` gets (any dialog), or a panic with what it got.
+fn await_invite(daemon: &Daemon, p: &mut SipPhone, who: &str) -> String {
+    p.await_request("INVITE", WAIT).unwrap_or_else(|| {
+        panic!(
+            "{who} got no INVITE; it received:\n{}\nlog:\n{}",
+            p.transcript(),
+            daemon.log_text()
+        )
+    })
+}
+
+/// Asserts that `p` gets no INVITE within [`QUIET`].
+fn assert_no_invite(p: &mut SipPhone, who: &str) {
+    if let Some(inv) = p.await_request("INVITE", QUIET) {
+        panic!("{who} must not ring:\n{inv}");
+    }
+}
+
+/// `p` answers `invite` with 180 Ringing.
+fn ring(p: &SipPhone, invite: &str) {
+    p.reply(invite, 180, Some("ringing-tag"), "");
+}
+
+/// `p` gets the CANCEL of `invite`, answers it 200 and the INVITE 487.
+fn expect_cancel(daemon: &Daemon, p: &mut SipPhone, invite: &str, who: &str) {
+    let call_id = header_value(invite, "Call-ID").unwrap_or_default();
+    let cancel = p
+        .recv_matching(WAIT, |m| {
+            request_method(m) == Some("CANCEL")
+                && header_value(m, "Call-ID").as_deref() == Some(call_id.as_str())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{who} got no CANCEL; it received:\n{}\nlog:\n{}",
+                p.transcript(),
+                daemon.log_text()
+            )
+        });
+    p.reply(&cancel, 200, None, "");
+    p.reply(invite, 487, Some("ringing-tag"), "");
+}
+
+/// The caller's final answer must be a 2xx: returns the dialog (ACKed).
+fn caller_answered(
+    daemon: &Daemon,
+    a: &mut SipPhone,
+    inv: &outpost_tests::OutgoingInvite,
+) -> Dialog {
+    a.await_answer(inv, WAIT).unwrap_or_else(|resp| {
+        panic!(
+            "the caller's call was not answered: {resp:?}\nA received:\n{}\nlog:\n{}",
+            a.transcript(),
+            daemon.log_text()
+        )
+    })
+}
+
+/// Callee `p` answers `invite` with its SDP and gets the ACK.
+fn callee_answers(daemon: &Daemon, p: &mut Station, invite: &str, who: &str) -> Dialog {
+    let sdp = p.sdp();
+    let dialog = p.sip.answer(invite, &sdp);
+    p.sip.await_ack(&dialog, WAIT).unwrap_or_else(|| {
+        panic!(
+            "{who} got no ACK; it received:\n{}\nlog:\n{}",
+            p.sip.transcript(),
+            daemon.log_text()
+        )
+    });
+    dialog
+}
+
+/// `from` hangs up `dialog`; `to` gets the BYE in dialog `to_call_id` and answers it.
+fn hang_up(from: &mut SipPhone, dialog: &mut Dialog, to: &mut SipPhone, to_call_id: &str) {
+    let cseq = from.send_bye(dialog);
+    let bye = to
+        .answer_bye(WAIT)
+        .unwrap_or_else(|| panic!("no BYE; received:\n{}", to.transcript()));
+    assert_eq!(
+        header_value(&bye, "Call-ID").as_deref(),
+        Some(to_call_id),
+        "{bye}"
+    );
+    let ok = from
+        .await_final(&dialog.call_id, cseq, "BYE", WAIT)
+        .unwrap_or_else(|| panic!("no answer to the BYE:\n{}", from.transcript()));
+    assert_eq!(status_of(ok.as_bytes()), Some(200), "{ok}");
+}
+
+fn relay_of(daemon: &Daemon, body: &str, what: &str) -> SdpAudio {
+    let sdp = sdp_audio(body).unwrap_or_else(|| panic!("{what} has no audio SDP:\n{body}"));
+    let (first, last) = daemon.media_ports();
+    assert!(
+        sdp.addr.is_loopback() && (first..=last).contains(&sdp.port),
+        "{what} must point at the relay ({first}-{last}):\n{body}"
+    );
+    sdp
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// An in-dialog request from `p` in `dialog` (CSeq advanced) with extra header lines.
+fn in_dialog(p: &SipPhone, ext: &str, dialog: &mut Dialog, method: &str, headers: &str) -> String {
+    dialog.cseq += 1;
+    let local = p.sip_addr();
+    format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKfeat{pid}x{n};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:{ext}@{local}>\r\n{headers}Content-Length: 0\r\n\r\n",
+        uri = dialog.remote_target,
+        pid = std::process::id(),
+        n = SEQ.fetch_add(1, Ordering::SeqCst),
+        from = dialog.local_party,
+        to = dialog.remote_party,
+        call_id = dialog.call_id,
+        cseq = dialog.cseq,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// RTP
+// ---------------------------------------------------------------------------------------
+
+/// 160 bytes of G.711 marked with `mark` and `seq` (never µ-law silence 0xff).
+fn payload(mark: u8, seq: u16) -> Vec<u8> {
+    let s = seq.to_be_bytes();
+    (0..160u8)
+        .map(|i| match i {
+            0 => mark,
+            1 => s[0],
+            2 => s[1],
+            _ => i.wrapping_mul(7) & 0x7f,
+        })
+        .collect()
+}
+
+/// Sends `count` packets from `sock` to `to`; returns their payloads.
+fn send_stream(sock: &UdpSocket, to: SocketAddr, mark: u8, count: u16) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|seq| {
+            let body = payload(mark, seq);
+            let packet = rtp_packet(PCMU, seq, u32::from(seq) * 160, u32::from(mark), &body);
+            sock.send_to(&packet, to).expect("send RTP");
+            thread::sleep(Duration::from_millis(2));
+            body
+        })
+        .collect()
+}
+
+/// Checks that the packets `sent` arrive at `sock`, all from `relay`, in order. Other
+/// datagrams (ringback or music from the relay) are skipped.
+fn assert_receives(sock: &UdpSocket, relay: SocketAddr, sent: &[Vec<u8>], what: &str) {
+    let mark = sent[0][0];
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        for (src, bytes) in recv_datagrams(sock, 1, left) {
+            let Some(rtp) = parse_rtp(&bytes) else {
+                continue;
+            };
+            if rtp.payload.first() == Some(&mark) && rtp.payload.len() == 160 {
+                assert_eq!(src, relay, "{what}: packets come from the relay port");
+                got.push(rtp.payload);
+            }
+        }
+    }
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "{what}: every packet relayed on loopback"
+    );
+    assert_eq!(got, sent, "{what}: payloads in order, byte for byte");
+}
+
+// ---------------------------------------------------------------------------------------
+// Ring groups
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn simultaneous_group_rings_all_members_and_the_first_answer_wins() {
+    let (daemon, mut p) = start(
+        "[[ring_group]]\nnumber = \"600\"\nmembers = [\"101\", \"102\"]\nstrategy = \"simultaneous\"\ntimeout_secs = 20\n",
+    );
+    let offer = p[0].sdp();
+    let inv = p[0].sip.invite("600", &offer);
+    let b_inv = await_invite(&daemon, &mut p[1].sip, "101");
+    let c_inv = await_invite(&daemon, &mut p[2].sip, "102");
+    ring(&p[1].sip, &b_inv);
+    ring(&p[2].sip, &c_inv);
+    let mut c_dialog = callee_answers(&daemon, &mut p[2], &c_inv, "102");
+    let mut a_dialog = caller_answered(&daemon, &mut p[0].sip, &inv);
+    expect_cancel(&daemon, &mut p[1].sip, &b_inv, "101 (lost the race)");
+
+    // A and the winner talk through the relay.
+    let relay_a = relay_of(&daemon, &a_dialog.remote_sdp, "A's 200 OK");
+    let relay_c = relay_of(&daemon, body_of(&c_inv), "102's INVITE");
+    let sent = send_stream(&p[0].rtp, relay_a.rtp_addr(), 0xa1, 20);
+    assert_receives(&p[2].rtp, relay_c.rtp_addr(), &sent, "A to 102");
+    let sent = send_stream(&p[2].rtp, relay_c.rtp_addr(), 0xc1, 20);
+    assert_receives(&p[0].rtp, relay_a.rtp_addr(), &sent, "102 to A");
+
+    let c_call_id = c_dialog.call_id.clone();
+    let (a_part, c_part) = p.split_at_mut(2);
+    hang_up(
+        &mut a_part[0].sip,
+        &mut a_dialog,
+        &mut c_part[0].sip,
+        &c_call_id,
+    );
+    let cdrs = daemon.wait_cdrs(1, WAIT);
+    assert_eq!(
+        json_str(&cdrs[0], "disposition"),
+        Some("answered"),
+        "{cdrs:?}"
+    );
+    let _ = &mut c_dialog;
+}
+
+#[test]
+fn in_order_group_rings_the_next_member_after_the_member_timeout() {
+    let (daemon, mut p) = start(
+        "[[ring_group]]\nnumber = \"600\"\nmembers = [\"101\", \"102\"]\nstrategy = \"in_order\"\nmember_timeout_secs = 1\ntimeout_secs = 15\n",
+    );
+    let offer = p[0].sdp();
+    let inv = p[0].sip.invite("600", &offer);
+    let b_inv = await_invite(&daemon, &mut p[1].sip, "101");
+    let rang = Instant::now();
+    ring(&p[1].sip, &b_inv);
+    assert_no_invite(&mut p[2].sip, "102 while 101 has its turn");
+    expect_cancel(&daemon, &mut p[1].sip, &b_inv, "101 after its second");
+    let c_inv = await_invite(&daemon, &mut p[2].sip, "102");
+    let waited = rang.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "member 2 rang {waited:?} after member 1 (member timeout 1 s)"
+    );
+    ring(&p[2].sip, &c_inv);
+    callee_answers(&daemon, &mut p[2], &c_inv, "102");
+    let a_dialog = caller_answered(&daemon, &mut p[0].sip, &inv);
+    relay_of(&daemon, &a_dialog.remote_sdp, "A's 200 OK");
+    let calls = daemon.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Forwarding
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn forwarding_on_busy_rings_the_target() {
+    let (daemon, mut p) = start("");
+    daemon.ctl_ok(&["ext", "forward", "101", "--busy", "102"]);
+    let offer = p[0].sdp();
+    let inv = p[0].sip.invite("101", &offer);
+    let b_inv = await_invite(&daemon, &mut p[1].sip, "101");
+    assert_no_invite(&mut p[2].sip, "102 before 101 is busy");
+    p[1].sip.reply(&b_inv, 486, Some("busy-tag"), "");
+    let c_inv = await_invite(&daemon, &mut p[2].sip, "102 (forwarded on busy)");
+    ring(&p[2].sip, &c_inv);
+    callee_answers(&daemon, &mut p[2], &c_inv, "102");
+    let a_dialog = caller_answered(&daemon, &mut p[0].sip, &inv);
+    let relay_a = relay_of(&daemon, &a_dialog.remote_sdp, "A's 200 OK");
+    let relay_c = relay_of(&daemon, body_of(&c_inv), "102's INVITE");
+    let sent = send_stream(&p[0].rtp, relay_a.rtp_addr(), 0xa2, 10);
+    assert_receives(&p[2].rtp, relay_c.rtp_addr(), &sent, "A to 102");
+}
+
+#[test]
+fn forwarding_on_no_answer_cancels_the_phone_and_rings_the_target() {
+    let (daemon, mut p) = start("");
+    daemon.ctl_ok(&[
+        "ext",
+        "forward",
+        "101",
+        "--no-answer",
+        "102",
+        "--no-answer-secs",
+        "1",
+    ]);
+    let offer = p[0].sdp();
+    let inv = p[0].sip.invite("101", &offer);
+    let b_inv = await_invite(&daemon, &mut p[1].sip, "101");
+    let rang = Instant::now();
+    ring(&p[1].sip, &b_inv);
+    expect_cancel(&daemon, &mut p[1].sip, &b_inv, "101 (no answer)");
+    let c_inv = await_invite(&daemon, &mut p[2].sip, "102 (forwarded on no answer)");
+    assert!(
+        rang.elapsed() >= Duration::from_millis(800),
+        "forwarded {:?} after ringing began (no-answer time 1 s)",
+        rang.elapsed()
+    );
+    ring(&p[2].sip, &c_inv);
+    callee_answers(&daemon, &mut p[2], &c_inv, "102");
+    caller_answered(&daemon, &mut p[0].sip, &inv);
+
+    // No option switches forwarding off again.
+    daemon.ctl_ok(&["ext", "forward", "101"]);
+    let inv = p[0].sip.invite("101", &offer);
+    let b_inv = await_invite(&daemon, &mut p[1].sip, "101");
+    p[1].sip.reply(&b_inv, 486, Some("busy-tag"), "");
+    let resp = p[0].sip.await_answer(&inv, WAIT).err().flatten();
+    assert_eq!(
+        resp.as_deref().and_then(|r| status_of(r.as_bytes())),
+        Some(486),
+        "without forwarding the busy reaches the caller: {resp:?}"
+    );
+}
+
+#[test]
+fn forwarding_survives_a_restart() {
+    let (mut daemon, mut p) = start("");
+    daemon.ctl_ok(&["ext", "forward", "101", "--always", "102"]);
+    daemon.stop();
+    daemon.restart();
+    // The phones re-register after the reboot (bindings may or may not have survived).
+    for s in p.iter_mut() {
+        s.sip.register();
+    }
+    let offer = p[0].sdp();
+    let inv = p[0].sip.invite("101", &offer);
+    let c_inv = await_invite(&daemon, &mut p[2].sip, "102 (forwarded always)");
+    assert_no_invite(&mut p[1].sip, "101 (forwarded always)");
+    ring(&p[2].sip, &c_inv);
+    callee_answers(&daemon, &mut p[2], &c_inv, "102");
+    caller_answered(&daemon, &mut p[0].sip, &inv);
+}
+
+// ---------------------------------------------------------------------------------------
+// Blind transfer
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn blind_transfer_by_the_callee_moves_the_caller_to_the_target_with_audio() {
+    let (daemon, mut p) = start("");
+    let offer = p[0].sdp();
+    let inv = p[0].sip.invite("101", &offer);
+    let b_inv = await_invite(&daemon, &mut p[1].sip, "101");
+    ring(&p[1].sip, &b_inv);
+    let mut b_dialog = callee_answers(&daemon, &mut p[1], &b_inv, "101");
+    let mut a_dialog = caller_answered(&daemon, &mut p[0].sip, &inv);
+    let relay_a = relay_of(&daemon, &a_dialog.remote_sdp, "A's 200 OK");
+    let relay_b = relay_of(&daemon, body_of(&b_inv), "B's INVITE");
+    let sent = send_stream(&p[0].rtp, relay_a.rtp_addr(), 0xa3, 10);
+    assert_receives(
+        &p[1].rtp,
+        relay_b.rtp_addr(),
+        &sent,
+        "A to B before the transfer",
+    );
+
+    // B: REFER to 102.
+    let refer = in_dialog(
+        &p[1].sip,
+        "101",
+        &mut b_dialog,
+        "REFER",
+        "Refer-To: <sip:102@127.0.0.1>\r\nReferred-By: <sip:101@127.0.0.1>\r\n",
+    );
+    p[1].sip.send(&refer);
+    let accepted = p[1]
+        .sip
+        .await_final(&b_dialog.call_id, b_dialog.cseq, "REFER", WAIT)
+        .unwrap_or_else(|| panic!("no answer to the REFER:\n{}", p[1].sip.transcript()));
+    assert_eq!(status_of(accepted.as_bytes()), Some(202), "{accepted}");
+    let b_call_id = b_dialog.call_id.clone();
+    let notify = p[1]
+        .sip
+        .recv_matching(WAIT, |m| {
+            request_method(m) == Some("NOTIFY")
+                && header_value(m, "Call-ID").as_deref() == Some(b_call_id.as_str())
+        })
+        .unwrap_or_else(|| panic!("no NOTIFY:\n{}", p[1].sip.transcript()));
+    p[1].sip.reply(&notify, 200, None, "");
+    assert_eq!(
+        header_value(&notify, "Event").as_deref(),
+        Some("refer"),
+        "{notify}"
+    );
+    assert!(
+        header_value(&notify, "Subscription-State").is_some_and(|s| s.starts_with("terminated")),
+        "{notify}"
+    );
+    assert!(body_of(&notify).starts_with("SIP/2.0 200"), "{notify}");
+    let bye = p[1]
+        .sip
+        .answer_bye(WAIT)
+        .unwrap_or_else(|| panic!("B is not hung up:\n{}", p[1].sip.transcript()));
+    assert_eq!(
+        header_value(&bye, "Call-ID").as_deref(),
+        Some(b_call_id.as_str())
+    );
+
+    // C rings with an offer at the relay (B's side of the same session) and answers.
+    let c_inv = await_invite(&daemon, &mut p[2].sip, "102 (transfer target)");
+    let relay_c = relay_of(&daemon, body_of(&c_inv), "C's INVITE");
+    ring(&p[2].sip, &c_inv);
+    let mut c_dialog = callee_answers(&daemon, &mut p[2], &c_inv, "102");
+
+    // A's SDP is never touched: same relay address; A hears C and C hears A.
+    assert!(
+        p[0].sip.await_request("INVITE", QUIET).is_none(),
+        "A must not be re-INVITEd:\n{}",
+        p[0].sip.transcript()
+    );
+    let sent = send_stream(&p[0].rtp, relay_a.rtp_addr(), 0xa4, 20);
+    assert_receives(
+        &p[2].rtp,
+        relay_c.rtp_addr(),
+        &sent,
+        "A to C after the transfer",
+    );
+    let sent = send_stream(&p[2].rtp, relay_c.rtp_addr(), 0xc4, 20);
+    assert_receives(
+        &p[0].rtp,
+        relay_a.rtp_addr(),
+        &sent,
+        "C to A after the transfer",
+    );
+    let got = recv_datagrams(&p[1].rtp, 1, QUIET);
+    assert!(got.is_empty(), "B is out of the call: {got:02x?}");
+
+    // A hangs up: C gets the BYE.
+    let c_call_id = c_dialog.call_id.clone();
+    let (a_part, c_part) = p.split_at_mut(2);
+    hang_up(
+        &mut a_part[0].sip,
+        &mut a_dialog,
+        &mut c_part[0].sip,
+        &c_call_id,
+    );
+    let _ = &mut c_dialog;
+    let calls = daemon.calls();
+    assert!(calls.is_empty(), "{calls:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Pickup
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn pickup_answers_the_ringing_call_with_audio_both_ways() {
+    let (daemon, mut p) = start("");
+    let offer = p[0].sdp();
+    let inv = p[0].sip.invite("101", &offer);
+    let b_inv = await_invite(&daemon, &mut p[1].sip, "101");
+    ring(&p[1].sip, &b_inv);
+    // Let the 180 reach A.
+    assert!(p[0]
+        .sip
+        .recv_matching(WAIT, |m| status_of(m.as_bytes()) == Some(180))
+        .is_some());
+
+    let picker_offer = p[2].sdp();
+    let pick = p[2].sip.invite("*8", &picker_offer);
+    let mut p_dialog = caller_answered(&daemon, &mut p[2].sip, &pick);
+    let a_dialog = caller_answered(&daemon, &mut p[0].sip, &inv);
+    expect_cancel(&daemon, &mut p[1].sip, &b_inv, "101 (picked up)");
+    let relay_a = relay_of(&daemon, &a_dialog.remote_sdp, "A's 200 OK");
+    let relay_p = relay_of(&daemon, &p_dialog.remote_sdp, "the picker's 200 OK");
+    let sent = send_stream(&p[0].rtp, relay_a.rtp_addr(), 0xa5, 20);
+    assert_receives(&p[2].rtp, relay_p.rtp_addr(), &sent, "A to the picker");
+    let sent = send_stream(&p[2].rtp, relay_p.rtp_addr(), 0xc5, 20);
+    assert_receives(&p[0].rtp, relay_a.rtp_addr(), &sent, "the picker to A");
+
+    // Nothing else rings now: *8 finds nothing.
+    let offer = p[3].sdp();
+    let again = p[3].sip.invite("*8", &offer);
+    let resp = p[3].sip.await_answer(&again, WAIT).err().flatten();
+    assert_eq!(
+        resp.as_deref().and_then(|r| status_of(r.as_bytes())),
+        Some(480),
+        "{resp:?}"
+    );
+
+    // The picker hangs up: A gets the BYE.
+    let a_call_id = a_dialog.call_id.clone();
+    let (a_part, rest) = p.split_at_mut(1);
+    hang_up(
+        &mut rest[1].sip,
+        &mut p_dialog,
+        &mut a_part[0].sip,
+        &a_call_id,
+    );
+    let cdrs = daemon.wait_cdrs(1, WAIT);
+    assert!(
+        cdrs.iter()
+            .any(|c| json_str(c, "disposition") == Some("answered")
+                && json_str(c, "caller") == Some("100")),
+        "{cdrs:?}"
+    );
+}
