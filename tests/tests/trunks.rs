@@ -1108,3 +1108,140 @@ fn a_challenge_loop_puts_the_trunk_down() {
     );
     assert_alive(&boxd, "challenge loop");
 }
+
+// ---------------------------------------------------------------------------------------
+// 8. Trunks over TLS
+// ---------------------------------------------------------------------------------------
+
+/// A test CA (PEM) and a certificate for `provider.test` and 127.0.0.2 it issued
+/// (cert PEM, key PEM).
+fn provider_pki(ca_name: &str) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, ca_name);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let mut params =
+        CertificateParams::new(vec!["provider.test".to_owned()]).expect("server params");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(PRIMARY_IP)));
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// A provider serving TLS on 127.0.0.2 with the certificate of `pki`; returns it and its
+/// TLS address. The files live in `dir`.
+fn start_tls_provider(pki: &(String, String, String), dir: &Path) -> (Daemon, SocketAddr) {
+    let cert = dir.join("provider.pem");
+    let key = dir.join("provider.key");
+    std::fs::write(&cert, &pki.1).expect("write cert");
+    std::fs::write(&key, &pki.2).expect("write key");
+    let tls_addr = SocketAddr::new(IpAddr::V4(PRIMARY_IP), free_port());
+    let provider = start_provider(
+        PRIMARY_IP,
+        &format!(
+            "[tls]\nlisten = [\"{tls_addr}\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    (provider, tls_addr)
+}
+
+/// The box with one TLS trunk to `tls_addr` (checked against name provider.test), trusting
+/// the CA in `ca_file` when given.
+fn start_tls_box(tls_addr: SocketAddr, ca_file: Option<&Path>) -> Daemon {
+    let ca = ca_file
+        .map(|p| format!("[tls]\nca = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    let toml = format!(
+        "{}{}{ca}",
+        trunk_toml(
+            "secure",
+            tls_addr,
+            "transport = \"tls\"\ntls_name = \"provider.test\"\n"
+        ),
+        national_route(&["secure"])
+    );
+    let boxd = Daemon::start_with(DaemonConfig::loopback().with_toml(&toml));
+    boxd.add_extension(EXT_A.0, EXT_A.1);
+    boxd
+}
+
+#[test]
+fn trunk_over_tls_with_a_real_chain_registers_and_carries_calls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = provider_pki("Provider Test CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.0).expect("write CA");
+    let (provider, tls_addr) = start_tls_provider(&pki, dir.path());
+    let mut far = phone_at(&provider, FAR.0, FAR.1);
+    let boxd = start_tls_box(tls_addr, Some(&ca_file));
+    let status = wait_up(&boxd, "secure");
+    eprintln!("TLS trunk up and registered: {status}");
+    let reg = provider.wait_registered(TRUNK_USER, WAIT);
+    assert_eq!(
+        json_str(&reg, "transport")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("tls"),
+        "the box registered over TLS: {reg}"
+    );
+
+    let mut a = SipPhone::new(&boxd, EXT_A.0, EXT_A.1);
+    a.register();
+    let (a_rtp, _a_rtcp) = rtp_pair();
+    let (f_rtp, _f_rtcp) = rtp_pair_on(PRIMARY_IP);
+    let (mut a_dialog, _f, incoming, setup) = call_out(
+        &boxd,
+        &mut a,
+        &mut far,
+        &sdp_body(local(&a_rtp), &[PCMU]),
+        &sdp_body(local(&f_rtp), &[PCMU]),
+        WAIT,
+    );
+    eprintln!("outbound call over the TLS trunk set up in {setup:?}");
+    assert_eq!(
+        user_of(&header_value(&incoming, "From").unwrap_or_default()),
+        TRUNK_USER
+    );
+    hang_up(&mut a, &mut a_dialog, &mut far);
+    let cdrs = boxd.wait_cdrs(1, WAIT);
+    assert_eq!(json_str(&cdrs[0], "disposition"), Some("answered"));
+}
+
+#[test]
+fn trunk_over_tls_refuses_a_certificate_it_cannot_verify() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = provider_pki("Untrusted CA");
+    let (_provider, tls_addr) = start_tls_provider(&pki, dir.path());
+    // The box trusts only the public roots: the provider's private CA is unknown.
+    let boxd = start_tls_box(tls_addr, None);
+    let (status, took) = wait_trunk(
+        &boxd,
+        "secure",
+        "down for its certificate",
+        DOWN_WAIT,
+        |t| {
+            is_down(t)
+                && json_str(t, "reason")
+                    .is_some_and(|r| r.to_ascii_lowercase().contains("certificate"))
+        },
+    );
+    eprintln!("bad certificate reported in {took:?}: {status}");
+    assert_eq!(status["registered"], Value::Bool(false), "{status}");
+    assert!(
+        options_ok(boxd.sip_addr(), Transport::Udp),
+        "the box keeps serving"
+    );
+}

@@ -1339,6 +1339,9 @@ impl Endpoint {
                 first_peer_ip,
                 self.rng.gen(),
             );
+            // SRTP keys come from the endpoint's generator (seeded by the driver with
+            // OS randomness, never shown on the wire), not from the SDP session id.
+            m.set_key_seed(self.rng.gen());
             if !late_offer {
                 match m.offer(Leg::A, &req.body) {
                     Ok(body) => b_offer = body,
