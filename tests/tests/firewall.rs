@@ -760,3 +760,132 @@ fn enumerating_unknown_users_bans_the_source() {
         "{answered} unknown users were answered before the ban (expected the ban at the 21st)"
     );
 }
+
+/// Stolen credentials used for toll fraud: an attacker registers as extension 200 and dials
+/// international and premium numbers. The policy refuses them (403 with the reason), locks
+/// 200 to internal calls, raises an alert and bans the attacker in the kernel; the trunk's
+/// address is never banned; the real phone of 200 still reaches the emergency number
+/// through the trunk.
+#[test]
+fn toll_fraud_with_stolen_credentials_is_refused_locked_banned_and_emergency_still_passes() {
+    require_root("the firewall tests");
+    let lab = FwLab::new();
+    // The provider lives in the phone namespace on an address of its own.
+    let provider_ip: IpAddr = format!("10.201.{}.7", lab.subnet()).parse().expect("IPv4");
+    lab.phone
+        .ip(&["addr", "add", &format!("{provider_ip}/24"), "dev", "eth0"]);
+    let provider_sip = SocketAddr::new(provider_ip, 5060);
+    let provider = Daemon::start_in(
+        &lab.phone,
+        outpost_tests::DaemonConfig::on(vec![provider_sip])
+            .with_toml("[dialplan]\nemergency = []\n"),
+    );
+    provider.add_extension("4930100", "trunk-secret-4930100");
+    provider.add_extension("112", "emergency-centre-112");
+    let mut centre = SipPhone::on_socket(
+        lab.phone.udp_socket(SocketAddr::new(provider_ip, 0)),
+        provider_sip,
+        "112",
+        "emergency-centre-112",
+    );
+    centre.register();
+
+    let toml = format!(
+        "[[trunk]]\nname = \"provider\"\nhost = \"{provider_sip}\"\nusername = \"4930100\"\n\
+         password = \"trunk-secret-4930100\"\ncaller_id = \"4930100\"\noptions_interval_secs = 1\n\
+         [[route]]\nname = \"out\"\npatterns = [\"0[1-9]X.\", \"00X.\"]\ntrunks = [\"provider\"]\n\
+         {NO_GATE}"
+    );
+    let daemon = Daemon::start_in(&lab.appliance, lab.daemon_config().with_toml(&toml));
+    daemon.add_extension(PHONE_A.0, PHONE_A.1);
+    let installed = eventually(Duration::from_secs(5), || {
+        lab.appliance.outpost_set("ban4").map(|_| ())
+    });
+    assert!(installed.is_some(), "table inet outpost not installed");
+    let site = Site { daemon, lab };
+    let up = eventually(Duration::from_secs(15), || {
+        let trunks = site.daemon.ctl_json(&["trunks"]);
+        (trunks[0]["health"] == "up").then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "trunk not up: {}\nlog:\n{}",
+        site.daemon.ctl_json(&["trunks"]),
+        site.daemon.log_text()
+    );
+
+    // The attacker, with 200's password, registers and dials out.
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let mut fraud = site.attacker_phone(attacker, PHONE_A.0, PHONE_A.1);
+    fraud.register();
+    let sdp = "v=0\r\no=x 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let international = fraud.invite("0044201234567", sdp);
+    let refused = fraud
+        .await_answer(&international, ANSWER * 3)
+        .expect_err("an international call of an extension without international");
+    let refused = refused.expect("an answer to the international call");
+    assert_eq!(status_of(refused.as_bytes()), Some(403), "{refused}");
+    let premium = fraud.invite("09001234567", sdp);
+    let refused = fraud
+        .await_answer(&premium, ANSWER * 3)
+        .expect_err("a premium-rate call")
+        .expect("an answer to the premium call");
+    assert_eq!(status_of(refused.as_bytes()), Some(403), "{refused}");
+    println!(
+        "premium call refused: {}",
+        refused.lines().next().unwrap_or_default()
+    );
+
+    // Locked, alerted, banned in the kernel.
+    let bans = site.daemon.ctl_json(&["fw", "bans"]);
+    let locked = bans["locks"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|x| json_str(x, "user") == Some(PHONE_A.0)));
+    assert!(locked, "200 locked to internal calls: {bans}");
+    let alerts = site.daemon.ctl_json(&["fw", "alerts"]);
+    assert!(
+        alerts.to_string().contains("toll_fraud"),
+        "a toll-fraud alert: {alerts}"
+    );
+    let ban = site.wait_banned(attacker, Duration::from_secs(2));
+    assert_eq!(json_str(&ban, "rule"), Some("toll_fraud"), "{ban}");
+    site.wait_in_kernel(attacker, Duration::from_secs(2));
+    let before = site.banned_packets();
+    let mut raw = site.raw(attacker);
+    let probe = raw.options(None);
+    raw.send(&probe);
+    assert_eq!(raw.answer(SILENCE), None, "the banned attacker got an answer");
+    assert!(
+        site.banned_packets() > before,
+        "the kernel dropped the banned attacker's INVITE"
+    );
+    // The trunk's address is never banned.
+    assert!(site.ban_of(provider_ip).is_none());
+    assert!(!site.in_kernel(provider_ip));
+
+    // The real phone of 200: outside calls refused (locked), the emergency number passes.
+    let mut phone = site.phone(PHONE_A.0, PHONE_A.1);
+    phone.register();
+    let national = phone.invite("0301234567", sdp);
+    let refused = phone
+        .await_answer(&national, ANSWER * 3)
+        .expect_err("a locked extension's national call")
+        .expect("an answer");
+    assert_eq!(status_of(refused.as_bytes()), Some(403), "{refused}");
+    let emergency = phone.invite("112", sdp);
+    let incoming = centre
+        .await_request("INVITE", Duration::from_secs(5))
+        .unwrap_or_else(|| {
+            panic!(
+                "the emergency call did not reach the provider:\n{}\nlog:\n{}",
+                phone.transcript(),
+                site.daemon.log_text()
+            )
+        });
+    centre.answer(&incoming, sdp);
+    phone
+        .await_answer(&emergency, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("emergency call not answered: {e:?}"));
+    drop(site);
+    drop(provider);
+}
