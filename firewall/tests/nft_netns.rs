@@ -94,14 +94,17 @@ impl Drop for Netns {
     }
 }
 
-/// Appliance and attacker namespaces joined by a veth pair.
+/// Appliance and attacker namespaces joined by a veth pair. The attacker side has a second
+/// address per family (`other4`, `other6`): a stranger next to the phone.
 struct Lab {
     app: Netns,
     atk: Netns,
     app4: Ipv4Addr,
     atk4: Ipv4Addr,
+    other4: Ipv4Addr,
     app6: Ipv6Addr,
     atk6: Ipv6Addr,
+    other6: Ipv6Addr,
 }
 
 impl Lab {
@@ -110,15 +113,19 @@ impl Lab {
         let atk = Netns::new();
         let n = u8::try_from(SEQ.load(Ordering::Relaxed) % 250).unwrap();
         let (app4, atk4) = (Ipv4Addr::new(10, 200, n, 1), Ipv4Addr::new(10, 200, n, 2));
+        let other4 = Ipv4Addr::new(10, 200, n, 3);
         let app6: Ipv6Addr = "fd00:200::1".parse().unwrap();
         let atk6: Ipv6Addr = "fd00:200::2".parse().unwrap();
+        let other6: Ipv6Addr = "fd00:200::3".parse().unwrap();
         app.ip(&[
             "link", "add", "va", "type", "veth", "peer", "name", "vx", "netns", &atk.0,
         ]);
         app.ip(&["addr", "add", &format!("{app4}/24"), "dev", "va"]);
         atk.ip(&["addr", "add", &format!("{atk4}/24"), "dev", "vx"]);
+        atk.ip(&["addr", "add", &format!("{other4}/24"), "dev", "vx"]);
         app.ip(&["addr", "add", &format!("{app6}/64"), "dev", "va", "nodad"]);
         atk.ip(&["addr", "add", &format!("{atk6}/64"), "dev", "vx", "nodad"]);
+        atk.ip(&["addr", "add", &format!("{other6}/64"), "dev", "vx", "nodad"]);
         app.ip(&["link", "set", "va", "up"]);
         atk.ip(&["link", "set", "vx", "up"]);
         Lab {
@@ -126,8 +133,10 @@ impl Lab {
             atk,
             app4,
             atk4,
+            other4,
             app6,
             atk6,
+            other6,
         }
     }
 
@@ -154,6 +163,31 @@ impl Lab {
         };
         link.wait_open(Duration::from_secs(5));
         link
+    }
+
+    /// Another sender (bound to `src`, an attacker-side address) to `link`'s listener.
+    fn from(&self, src: IpAddr, link: &Link) -> Link {
+        let other = Link {
+            rx: link.rx.try_clone().unwrap(),
+            tx: self.atk.udp(SocketAddr::new(src, 0)),
+            to: link.to,
+        };
+        other.wait_open(Duration::from_secs(5));
+        other
+    }
+}
+
+fn rtp_open(addr: impl Into<IpAddr>, port: u16) -> SetOp {
+    SetOp::RtpOpen {
+        addr: addr.into(),
+        port,
+    }
+}
+
+fn rtp_close(addr: impl Into<IpAddr>, port: u16) -> SetOp {
+    SetOp::RtpClose {
+        addr: addr.into(),
+        port,
     }
 }
 
@@ -267,7 +301,10 @@ fn install_replaces_only_our_table_and_remove_deletes_only_it() {
         "set allow6",
         "set ban4",
         "set ban6",
-        "set rtp_open",
+        "set rtp_open4",
+        "set rtp_open6",
+        "ipv4_addr . inet_service",
+        "ipv6_addr . inet_service",
     ] {
         assert!(ruleset.contains(needle), "{needle} missing:\n{ruleset}");
     }
@@ -462,8 +499,12 @@ fn flushed_or_deleted_table_is_detected_and_restored() {
     let lab = Lab::new();
     let link = lab.pair(false, SIP);
     let mut enf = Enforcer::install(lab.cfg()).unwrap();
-    enf.apply(&[ban(lab.atk4, 300), SetOp::RtpOpen { port: 10_010 }])
-        .unwrap();
+    enf.apply(&[
+        ban(lab.atk4, 300),
+        rtp_open(lab.atk4, 10_010),
+        rtp_open(lab.atk6, 10_010),
+    ])
+    .unwrap();
     assert!(enf.verify().unwrap());
     assert_eq!(link.send(5), 0);
 
@@ -480,9 +521,12 @@ fn flushed_or_deleted_table_is_detected_and_restored() {
         "expired bans are not restored"
     );
     assert_eq!(
-        set_len(&lab.app, "rtp_open"),
-        1,
-        "open RTP ports are restored"
+        (
+            set_len(&lab.app, "rtp_open4"),
+            set_len(&lab.app, "rtp_open6")
+        ),
+        (1, 1),
+        "open RTP pairs are restored"
     );
 
     lab.app.nft(&["delete", "table", "inet", "outpost"]);
@@ -501,34 +545,67 @@ fn flushed_or_deleted_table_is_detected_and_restored() {
 }
 
 #[test]
-fn rtp_port_is_closed_until_opened() {
+fn rtp_is_open_only_from_the_opened_address_to_the_opened_port() {
     require_root();
     let lab = Lab::new();
     let cfg = NftConfig {
         rtp_range: (10_000, 10_100),
         ..lab.cfg()
     };
-    // Open the listener before the table exists, so wait_open can see the path work.
-    let link = lab.pair(false, 10_010);
+    // Open the listeners before the table exists, so wait_open can see the paths work.
+    let phone = lab.pair(false, 10_010);
+    let stranger = lab.from(lab.other4.into(), &phone);
+    let rtcp = lab.pair(false, 10_011);
+    let phone6 = lab.pair(true, 10_020);
+    let stranger6 = lab.from(lab.other6.into(), &phone6);
     let outside = lab.pair(false, 10_200);
     let mut enf = Enforcer::install(cfg).unwrap();
-    let c0 = enf.counters().unwrap();
-    assert_eq!(link.send(5), 0, "closed before RtpOpen");
+    let c0 = enf.counters().unwrap().rtp_drops;
+    assert_eq!(phone.send(5), 0, "closed before RtpOpen");
     assert_eq!(outside.send(5), 5, "ports outside the range are not ours");
-    assert_eq!(enf.counters().unwrap().rtp_drops - c0.rtp_drops, 5);
+    assert_eq!(enf.counters().unwrap().rtp_drops - c0, 5);
 
-    enf.apply(&[SetOp::RtpOpen { port: 10_010 }]).unwrap();
-    assert_eq!(link.send(5), 5, "open after RtpOpen");
-    enf.apply(&[SetOp::RtpClose { port: 10_010 }]).unwrap();
-    assert_eq!(link.send(5), 0, "closed again after RtpClose");
-    // Closing a closed port, and open+close in one batch, are fine.
+    // The phone's address on the port, and on the RTCP port as the mapped form.
     enf.apply(&[
-        SetOp::RtpClose { port: 10_010 },
-        SetOp::RtpOpen { port: 10_011 },
-        SetOp::RtpClose { port: 10_011 },
+        rtp_open(lab.atk4, 10_010),
+        rtp_open(lab.atk4.to_ipv6_mapped(), 10_011),
+        rtp_open(lab.atk6, 10_020),
     ])
     .unwrap();
-    assert_eq!(set_len(&lab.app, "rtp_open"), 0);
+    assert_eq!(set_len(&lab.app, "rtp_open4"), 2, "mapped IPv4 is IPv4");
+    assert_eq!(set_len(&lab.app, "rtp_open6"), 1);
+    let c1 = enf.counters().unwrap().rtp_drops;
+    assert_eq!(phone.send(5), 5, "the opened pair passes");
+    assert_eq!(rtcp.send(5), 5, "so does its RTCP pair");
+    assert_eq!(
+        stranger.send(5),
+        0,
+        "another address to the same port is dropped"
+    );
+    assert_eq!(phone6.send(5), 5, "the IPv6 pair passes");
+    assert_eq!(stranger6.send(5), 0, "another IPv6 address is dropped");
+    assert_eq!(
+        enf.counters().unwrap().rtp_drops - c1,
+        10,
+        "the strangers' packets are counted in rtp_closed"
+    );
+    assert!(enf.verify().unwrap(), "open pairs do not alter the table");
+
+    enf.apply(&[rtp_close(lab.atk4, 10_010), rtp_close(lab.atk6, 10_020)])
+        .unwrap();
+    assert_eq!(phone.send(5), 0, "closed again after RtpClose");
+    assert_eq!(phone6.send(5), 0);
+    assert_eq!(rtcp.send(5), 5, "the RTCP pair is still open");
+    // Closing a closed pair, and open+close in one batch, are fine.
+    enf.apply(&[
+        rtp_close(lab.atk4, 10_010),
+        rtp_open(lab.other4, 10_012),
+        rtp_close(lab.other4, 10_012),
+        rtp_close(lab.atk4, 10_011),
+    ])
+    .unwrap();
+    assert_eq!(set_len(&lab.app, "rtp_open4"), 0);
+    assert_eq!(set_len(&lab.app, "rtp_open6"), 0);
 }
 
 #[test]

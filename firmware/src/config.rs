@@ -96,8 +96,16 @@ pub struct Config {
     pub ring_group: Vec<crate::pbx_config::RingGroupSection>,
     /// `[features]`: feature codes.
     pub features: crate::pbx_config::FeaturesSection,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: crate::metrics::MetricsConfig,
+    /// `[watchdog]`: the hardware watchdog.
+    pub watchdog: crate::watchdog::WatchdogConfig,
+    /// `[panel]`: the front panel.
+    pub panel: crate::panel::PanelConfig,
     /// `[tls]`: SIP over TLS for phones and trunks.
     pub tls: TlsConfig,
+    /// `[ssh]`: remote administration through dropbear.
+    pub ssh: crate::ssh::SshConfig,
 }
 
 /// `[sip]` section.
@@ -566,6 +574,16 @@ impl Config {
             .expect("demo.toml is checked by a unit test")
     }
 
+    /// Parses and validates configuration text; errors name `source` (a file name).
+    pub fn parse_named(text: &str, source: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, source)
+    }
+
+    /// The text of the embedded demo configuration.
+    pub fn demo_text() -> &'static str {
+        include_str!("../demo.toml")
+    }
+
     fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| parse_error(text, path, &e))?;
         config.validate()?;
@@ -765,6 +783,9 @@ impl Config {
             ));
         }
         self.tls.check(&self.sip.listen)?;
+        self.ssh
+            .check()
+            .map_err(|(key, reason)| invalid(&key, reason))?;
         if self.store.data_dir.as_os_str().is_empty() {
             return Err(invalid("store.data_dir", "must not be empty"));
         }
@@ -780,6 +801,12 @@ impl Config {
         }
         validate_log_level(&self.log.level).map_err(|reason| invalid("log.level", reason))?;
 
+        self.watchdog
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        self.panel
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
         crate::pbx_config::validate(
             &self.trunk,
             &self.route,

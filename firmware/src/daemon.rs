@@ -85,11 +85,31 @@ struct Daemon {
     relay: Option<Relay>,
     /// The SIP firewall: inspects every message before the call core.
     guard: Guard,
+    /// The endpoint's configuration as built at start (live changes are applied to a copy).
+    endpoint_cfg: EndpointConfig,
+    /// Configuration revisions and the one running now.
+    revisions: crate::revisions::Revisions,
+    /// The running revision's text.
+    config_text: String,
+    /// A revision applied with a confirmation deadline, and the one to return to.
+    pending_confirm: Option<(u32, Millis, u32)>,
+    /// When each part last went round, for the watchdog.
+    beats: std::sync::Arc<crate::watchdog::Heartbeats>,
+    /// The latest counters, for the metrics endpoint.
+    metrics_tx: tokio::sync::watch::Sender<crate::metrics::Metrics>,
+    /// The latest status, for the front panel.
+    panel_tx: tokio::sync::watch::Sender<board::panel::PanelStatus>,
+    /// When the snapshots are refreshed next.
+    next_snapshot: Millis,
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Runs the daemon until SIGINT or SIGTERM. `boot` is the configuration the daemon was
+/// started with (`boot_text` its text, `source` where it came from); the newest applied
+/// revision in the data directory wins over it unless the boot file changed since.
+pub async fn run(boot: Config, boot_text: String, source: String) -> anyhow::Result<()> {
     let clock = Clock::new();
+    let (cfg, mut revisions, config_text) =
+        select_revision(boot, &boot_text, &source, clock.now())?;
     let data_dir = cfg.store.data_dir.clone();
     let store = Store::open(&data_dir)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
@@ -197,9 +217,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = std::sync::Arc::new(store);
     let (commit_done_tx, mut commit_done) = mpsc::unbounded_channel::<(u64, bool)>();
     let commits = Committer::start(store.clone(), commit_done_tx)?;
+    let kept_endpoint_cfg = endpoint_cfg.clone();
     let mut endpoint = Endpoint::new(endpoint_cfg);
     endpoint.set_gate(guard.toll_gate());
+    let beats = crate::watchdog::Heartbeats::new();
+    beats.beat_loop();
+    beats.expect_enforcer(guard.mode() == &crate::guard::Mode::Enforcing);
+    let (metrics_tx, metrics_rx) = tokio::sync::watch::channel(crate::metrics::Metrics::default());
+    let (panel_tx, panel_rx) = tokio::sync::watch::channel(board::panel::PanelStatus::default());
+    let pending_confirm = revisions.current().and_then(|r| {
+        let by = r.confirm_by?;
+        let back = revisions.previous_applied(r.rev)?.rev;
+        Some((r.rev, by, back))
+    });
+    let _ = &mut revisions;
     let mut daemon = Daemon {
+        endpoint_cfg: kept_endpoint_cfg,
+        revisions,
+        config_text,
+        pending_confirm,
+        beats,
+        metrics_tx,
+        panel_tx,
+        next_snapshot: 0,
         guard,
         endpoint,
         clock,
@@ -218,6 +258,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     daemon.create_demo_extensions()?;
 
+    // The watchdog, the metrics endpoint and the front panel.
+    let _watchdog = match daemon.cfg.watchdog.device.clone() {
+        Some(device) => {
+            let dog =
+                crate::watchdog::BoardWatchdog::open(&device, daemon.cfg.watchdog.timeout_secs)
+                    .with_context(|| format!("cannot open the watchdog {}", device.display()))?;
+            tracing::info!(device = %device.display(), timeout_secs = daemon.cfg.watchdog.timeout_secs, "watchdog armed");
+            Some(crate::watchdog::spawn(
+                Box::new(dog),
+                &daemon.cfg.watchdog,
+                daemon.beats.clone(),
+                daemon.store.clone(),
+            )?)
+        }
+        None => None,
+    };
+    if let Some(addr) = daemon.cfg.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        tracing::info!(%addr, "metrics endpoint: GET /metrics");
+        tokio::spawn(crate::metrics::serve(listener, metrics_rx));
+    }
+    let (panel_actions_tx, mut panel_actions) = mpsc::channel::<board::panel::PanelAction>(16);
+    let _panel = crate::panel::start(&daemon.cfg.panel, panel_rx, panel_actions_tx);
+
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
     let listener = server::bind(&daemon.cfg.admin.socket).with_context(|| {
         format!(
@@ -230,6 +296,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::error!(%err, "admin socket failed");
         }
     });
+
+    // SSH: dropbear under supervision; its failed logins feed the firewall.
+    let mut ssh_failures = match crate::ssh::start(&daemon.cfg, &daemon.store) {
+        Ok(rx) => rx,
+        Err(err) => {
+            tracing::error!("ssh: not started: {err}");
+            None
+        }
+    };
 
     tracing::info!(
         listen = %daemon.listen.join(" "),
@@ -247,15 +322,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .into_iter()
             .flatten()
             .min();
+        // At least once a second: the watchdog's heartbeat and the snapshots.
+        let tick = tokio::time::Instant::now() + Duration::from_secs(1);
         let deadline = next
             .map(|t| daemon.clock.instant_at(t))
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            .unwrap_or(tick)
+            .min(tick);
         tokio::select! {
             biased;
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             Some((cmd, reply)) = admin_rx.recv() => daemon.admin(cmd, reply),
+            Some(action) = panel_actions.recv() => daemon.panel_action(action),
             Some((seq, ok)) = commit_done.recv() => daemon.committed(seq, ok),
+            Some(ip) = crate::ssh::next_failure(&mut ssh_failures) => {
+                let now = daemon.clock.now();
+                daemon.guard.ssh_failure(now, ip);
+            }
             Some(ev) = next_media_event(&mut media_rx) => {
                 let now = daemon.clock.now();
                 daemon.endpoint.handle_media_event(now, ev);
@@ -277,6 +360,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         if daemon.guard.poll_timeout().is_some_and(|t| t <= now) {
             daemon.guard.handle_timeout(now);
+        }
+        daemon.beats.beat_loop();
+        if now >= daemon.next_snapshot {
+            daemon.next_snapshot = now.saturating_add(1000);
+            daemon.tick(now);
         }
         daemon.flush();
     }
@@ -309,6 +397,12 @@ impl Daemon {
             if let Some(hash) = self.store.meta_get(&format!("vm_pin:{}", rec.ext))? {
                 let hash = String::from_utf8_lossy(&hash).to_string();
                 self.endpoint.set_pin(&rec.ext, Some(hash));
+            }
+            if let Some(cid) = self.store.meta_get(&format!("cid:{}", rec.ext))? {
+                let cid = String::from_utf8_lossy(&cid).to_string();
+                if !cid.is_empty() {
+                    self.endpoint.set_caller_id(&rec.ext, Some(cid));
+                }
             }
             if let Some(json) = self.store.meta_get(&format!("fwd:{}", rec.ext))? {
                 match serde_json::from_slice::<Forwarding>(&json) {
@@ -538,6 +632,415 @@ impl Daemon {
         self.commits.dispatch();
     }
 
+    /// Once a second: the enforcer's heartbeat, the snapshots for the metrics endpoint and
+    /// the front panel, and a pending revision's deadline.
+    fn tick(&mut self, now: Millis) {
+        if self.guard.enforcer_fresh(Duration::from_secs(10)) == Some(true) {
+            self.beats.beat_enforcer();
+        }
+        let metrics = self.metrics(now);
+        let panel = self.panel_status(now, &metrics);
+        self.metrics_tx.send_replace(metrics);
+        self.panel_tx.send_replace(panel);
+        if let Some((rev, by, back)) = self.pending_confirm {
+            if now >= by {
+                tracing::warn!(
+                    rev,
+                    back,
+                    "configuration revision not confirmed in time: rolling back"
+                );
+                match self.rollback_to(
+                    now,
+                    back,
+                    &format!("rollback to {back}: revision {rev} not confirmed"),
+                ) {
+                    Ok(_) => {
+                        if let Err(err) = self.revisions.mark_rolled_back(rev) {
+                            tracing::error!(%err, "cannot record the rollback");
+                        }
+                    }
+                    Err(err) => tracing::error!("rollback failed: {err:#}"),
+                }
+                self.pending_confirm = None;
+            }
+        }
+    }
+
+    fn metrics(&mut self, now: Millis) -> crate::metrics::Metrics {
+        let c = self.endpoint.counters().clone();
+        let trunks = self.endpoint.trunk_status();
+        let fw = match self
+            .guard
+            .admin(now, crate::admin::proto::FwCommand::Status, &self.store)
+        {
+            Reply::FwStatus(s) => Some(s),
+            _ => None,
+        };
+        let relay = self.relay.as_ref().map(Relay::counters);
+        let kernel = fw
+            .as_ref()
+            .and_then(|f| f.kernel.as_ref())
+            .and_then(|k| k.counters);
+        crate::metrics::Metrics {
+            uptime_secs: self.clock.start.elapsed().as_secs(),
+            extensions: self.endpoint.user_count() as u64,
+            registrations: self
+                .endpoint
+                .registrar()
+                .all()
+                .iter()
+                .filter(|b| b.expires_at > now)
+                .count() as u64,
+            calls_active: self.endpoint.calls().len() as u64,
+            calls_started: c.calls_started,
+            calls_answered: c.calls_answered,
+            sip_received: c.received,
+            sip_malformed: c.malformed,
+            auth_failures: c.auth_failures,
+            trunks: trunks.len() as u64,
+            trunks_up: trunks
+                .iter()
+                .filter(|t| t.health == pbx_core::trunk::Health::Up)
+                .count() as u64,
+            survival: u64::from(self.endpoint.survival()),
+            relay_packets_received: relay.map_or(0, |r| r.packets_received),
+            relay_packets_sent: relay.map_or(0, |r| r.packets_sent),
+            relay_unassigned: relay.map_or(0, |r| r.unassigned),
+            fw_inspected: fw.as_ref().map_or(0, |f| f.inspected),
+            fw_dropped_banned: fw.as_ref().map_or(0, |f| f.dropped_banned),
+            fw_dropped_rule: fw.as_ref().map_or(0, |f| f.dropped_rule),
+            fw_bans: fw.as_ref().map_or(0, |f| f.bans as u64),
+            fw_locks: fw.as_ref().map_or(0, |f| f.locks as u64),
+            fw_rule_hits: fw
+                .as_ref()
+                .map(|f| {
+                    f.rule_hits
+                        .iter()
+                        .map(|h| (h.rule.clone(), h.hits))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            kernel_banned_packets: kernel.map(|k| k.banned_packets),
+            kernel_meter_drops: kernel.map(|k| k.meter_drops),
+            kernel_rtp_drops: kernel.map(|k| k.rtp_drops),
+        }
+    }
+
+    /// What the front panel shows.
+    fn panel_status(&self, now: Millis, m: &crate::metrics::Metrics) -> board::panel::PanelStatus {
+        let alerts = self.store.fw_alerts(5).unwrap_or_default();
+        let acked = self
+            .store
+            .meta_get("alerts_acked_at")
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let unacked = alerts.iter().filter(|a| a.at > acked).count();
+        let recent: Vec<String> = alerts.iter().map(|a| a.message.clone()).collect();
+        let ip = self
+            .listen
+            .iter()
+            .find_map(|l| l.strip_prefix("udp:").map(str::to_string))
+            .unwrap_or_default();
+        let _ = now;
+        board::panel::PanelStatus {
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "outpost".to_string()),
+            ip,
+            registered: usize::try_from(m.registrations).unwrap_or(usize::MAX),
+            active_calls: usize::try_from(m.calls_active).unwrap_or(usize::MAX),
+            trunks_up: usize::try_from(m.trunks_up).unwrap_or(usize::MAX),
+            trunks: usize::try_from(m.trunks).unwrap_or(usize::MAX),
+            survival: m.survival == 1,
+            newest_alert: recent.first().cloned(),
+            recent_alerts: recent,
+            alerts_unacked: unacked,
+            last_ban: self.guard.last_ban().map(|ip| ip.to_string()),
+            network: board::panel::NetworkInfo::default(),
+        }
+    }
+
+    /// Carries out what was chosen on the front panel.
+    fn panel_action(&mut self, action: board::panel::PanelAction) {
+        use board::panel::PanelAction;
+        let now = self.clock.now();
+        match action {
+            PanelAction::AckAlerts => {
+                if let Err(err) = self
+                    .store
+                    .meta_put("alerts_acked_at", now.to_string().as_bytes())
+                {
+                    tracing::error!(%err, "cannot store the acknowledgement");
+                }
+            }
+            PanelAction::UnbanLast(addr) => {
+                let reply = self.guard.admin(
+                    now,
+                    crate::admin::proto::FwCommand::Unban { addr: addr.clone() },
+                    &self.store,
+                );
+                tracing::info!(%addr, ?reply, "front panel: unban");
+            }
+            PanelAction::SetNetwork(setting) => {
+                // The image's init reads this at boot (static address or DHCP).
+                let text = match &setting {
+                    board::panel::NetworkSetting::Dhcp => "mode = \"dhcp\"\n".to_string(),
+                    board::panel::NetworkSetting::Static { address, gateway, dns } => format!(
+                        "mode = \"static\"\naddress = {address:?}\ngateway = {gateway:?}\ndns = {dns:?}\n"
+                    ),
+                };
+                let path = self.cfg.store.data_dir.join("network.toml");
+                match std::fs::write(&path, text) {
+                    Ok(()) => tracing::info!(
+                        ?setting,
+                        "front panel: network setting saved; it applies at the next boot"
+                    ),
+                    Err(err) => tracing::error!(%err, "cannot save the network setting"),
+                }
+            }
+            PanelAction::Reboot => {
+                if self.cfg.panel.allow_reboot {
+                    tracing::warn!("front panel: reboot");
+                    nix::unistd::sync();
+                    let Err(err) =
+                        nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+                    tracing::error!(%err, "reboot failed");
+                } else {
+                    tracing::warn!(
+                        "front panel: reboot requested (panel.allow_reboot is off: nothing done)"
+                    );
+                }
+            }
+            PanelAction::FactoryReset => {
+                if self.cfg.panel.allow_factory_reset {
+                    tracing::warn!("front panel: factory reset: wiping the data and rebooting");
+                    let dir = &self.cfg.store.data_dir;
+                    if let Ok(entries) = std::fs::read_dir(dir) {
+                        for e in entries.flatten() {
+                            let p = e.path();
+                            let _ = if p.is_dir() {
+                                std::fs::remove_dir_all(&p)
+                            } else {
+                                std::fs::remove_file(&p)
+                            };
+                        }
+                    }
+                    nix::unistd::sync();
+                    let Err(err) =
+                        nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+                    tracing::error!(%err, "reboot failed");
+                } else {
+                    tracing::warn!("front panel: factory reset requested (panel.allow_factory_reset is off: nothing done)");
+                }
+            }
+        }
+    }
+
+    /// Validates `text` and makes it the running configuration as a new revision.
+    fn apply_config(
+        &mut self,
+        now: Millis,
+        text: &str,
+        confirm_secs: Option<u64>,
+        comment: &str,
+    ) -> anyhow::Result<String> {
+        if text.len() > crate::revisions::MAX_CONFIG_BYTES {
+            anyhow::bail!("the configuration is larger than 1 MiB");
+        }
+        let mut new = Config::parse_named(text, "the new configuration")?;
+        // Where the data lives is decided at boot, not by a revision.
+        new.store.data_dir = self.cfg.store.data_dir.clone();
+        let restart = self.apply_live(now, &new)?;
+        let confirm_by = confirm_secs.map(|s| now.saturating_add(s.saturating_mul(1000)));
+        let previous = self.revisions.current().map(|r| r.rev);
+        let rev = self.revisions.add(text, now, comment, confirm_by)?;
+        self.config_text = text.to_string();
+        self.cfg = new;
+        self.pending_confirm = match (confirm_by, previous) {
+            (Some(by), Some(back)) => Some((rev, by, back)),
+            _ => None,
+        };
+        let mut msg = format!("configuration revision {rev} applied");
+        if let Some(s) = confirm_secs {
+            msg.push_str(&format!(
+                "; it rolls back in {s} s unless `outpostctl config confirm`"
+            ));
+        }
+        if !restart.is_empty() {
+            msg.push_str(&format!(
+                "; takes effect at the next restart: {}",
+                restart.join(", ")
+            ));
+        }
+        tracing::info!(rev, "{msg}");
+        Ok(msg)
+    }
+
+    /// Re-applies revision `rev` as a new revision.
+    fn rollback_to(&mut self, now: Millis, rev: u32, comment: &str) -> anyhow::Result<String> {
+        let text = self.revisions.text(rev)?;
+        let pending = self.pending_confirm.take();
+        let msg = self.apply_config(now, &text, None, comment)?;
+        if let Some((p, _, _)) = pending {
+            self.revisions.mark_rolled_back(p)?;
+        }
+        Ok(msg)
+    }
+
+    /// Applies what can change while running; returns the sections that need a restart.
+    fn apply_live(&mut self, now: Millis, new: &Config) -> anyhow::Result<Vec<&'static str>> {
+        let old = &self.cfg;
+        let mut restart = Vec::new();
+        macro_rules! needs_restart {
+            ($($field:ident).+, $name:expr) => {
+                if old.$($field).+ != new.$($field).+ {
+                    restart.push($name);
+                }
+            };
+        }
+        needs_restart!(sip.listen, "sip.listen");
+        needs_restart!(sip.realm, "sip.realm");
+        needs_restart!(registrar, "registrar");
+        needs_restart!(media, "media");
+        needs_restart!(admin, "admin");
+        needs_restart!(tls, "tls");
+        needs_restart!(log, "log");
+        needs_restart!(metrics, "metrics");
+        needs_restart!(watchdog, "watchdog");
+        needs_restart!(panel, "panel");
+        needs_restart!(ssh, "ssh");
+        needs_restart!(auth.nonce_lifetime_secs, "auth.nonce_lifetime_secs");
+        needs_restart!(voicemail.enabled, "voicemail.enabled");
+        needs_restart!(firewall.detect, "firewall.detect");
+        needs_restart!(firewall.enforce, "firewall.enforce");
+        needs_restart!(firewall.monitor, "firewall.monitor");
+        needs_restart!(firewall.feeds, "firewall.feeds");
+        needs_restart!(firewall.table, "firewall.table");
+        needs_restart!(firewall.rtp_closed, "firewall.rtp_closed");
+        let mut trunks = Vec::new();
+        for t in &new.trunk {
+            let core = t
+                .to_core()
+                .map_err(|e| anyhow::anyhow!("trunk {}: {e}", t.name))?;
+            if core.peer.transport == pbx_core::sip::Transport::Tls {
+                self.transports.set_tls_name(core.peer.addr, t.tls_name());
+            }
+            trunks.push(core);
+        }
+        if old
+            .trunk
+            .iter()
+            .map(|t| t.resolve().ok())
+            .collect::<Vec<_>>()
+            != new
+                .trunk
+                .iter()
+                .map(|t| t.resolve().ok())
+                .collect::<Vec<_>>()
+        {
+            // The firewall's trunk allow list is built at start.
+            restart.push("trunk addresses (firewall allow list)");
+        }
+        let mut e = self.endpoint_cfg.clone();
+        e.ivr = ivr_menus(new);
+        e.groups = pbx_config::ring_groups(&new.ring_group);
+        e.features = pbx_config::features(&new.features);
+        e.dialplan = pbx_config::dialplan(&new.route, &new.inbound, &new.dialplan);
+        e.trunks = trunks;
+        e.ring_timeout_ms = new.calls.ring_timeout_secs.saturating_mul(1000);
+        e.auth_algorithms = new.auth.parsed_algorithms();
+        e.user_agent = new.sip.user_agent.clone();
+        if let Some(vm) = e.voicemail.as_mut() {
+            vm.max_ms = new.voicemail.max_secs.saturating_mul(1000);
+            vm.access_number = new.voicemail.access_number.clone();
+        }
+        self.endpoint.reconfigure(now, &e);
+        self.endpoint_cfg = e;
+        self.guard.set_policy(new);
+        Ok(restart)
+    }
+
+    fn config_command(
+        &mut self,
+        now: Millis,
+        cmd: crate::admin::proto::ConfigCommand,
+    ) -> anyhow::Result<Reply> {
+        use crate::admin::proto::ConfigCommand;
+        Ok(match cmd {
+            ConfigCommand::Show { rev: None } => Reply::ConfigText {
+                rev: self.revisions.current().map_or(0, |r| r.rev),
+                text: self.config_text.clone(),
+            },
+            ConfigCommand::Show { rev: Some(rev) } => Reply::ConfigText {
+                rev,
+                text: self.revisions.text(rev)?,
+            },
+            ConfigCommand::List => Reply::ConfigRevisions(self.revisions.list().to_vec()),
+            ConfigCommand::Apply {
+                text,
+                confirm_secs,
+                comment,
+            } => {
+                if confirm_secs.is_some_and(|s| !(10..=3600).contains(&s))
+                    && confirm_secs != Some(0)
+                {
+                    anyhow::bail!("--confirm must be between 10 and 3600 seconds");
+                }
+                let confirm = confirm_secs.filter(|s| *s > 0);
+                if confirm.is_some() && self.pending_confirm.is_some() {
+                    anyhow::bail!("a revision is already waiting for confirmation: confirm or roll it back first");
+                }
+                let comment = comment.unwrap_or_else(|| "outpostctl config apply".to_string());
+                Reply::done(self.apply_config(now, &text, confirm, &comment)?)
+            }
+            ConfigCommand::Confirm => match self.revisions.confirm()? {
+                Some(rev) => {
+                    self.pending_confirm = None;
+                    Reply::done(format!("revision {rev} confirmed"))
+                }
+                None => Reply::done("nothing waits for confirmation"),
+            },
+            ConfigCommand::Rollback { rev } => {
+                let current = self.revisions.current().map_or(0, |r| r.rev);
+                let target = match rev {
+                    Some(r) => r,
+                    None => self
+                        .revisions
+                        .previous_applied(current)
+                        .map(|r| r.rev)
+                        .ok_or_else(|| anyhow::anyhow!("there is no earlier revision"))?,
+                };
+                let msg = self.rollback_to(now, target, &format!("rollback to {target}"))?;
+                Reply::done(msg)
+            }
+            ConfigCommand::Diff { from, to } => {
+                let current = self.revisions.current().map_or(0, |r| r.rev);
+                let to = to.unwrap_or(current);
+                let from = match from {
+                    Some(f) => f,
+                    None => self
+                        .revisions
+                        .list()
+                        .iter()
+                        .rev()
+                        .map(|r| r.rev)
+                        .find(|r| *r < to)
+                        .ok_or_else(|| anyhow::anyhow!("there is no earlier revision"))?,
+                };
+                let text = crate::revisions::diff(
+                    &self.revisions.text(from)?,
+                    &self.revisions.text(to)?,
+                    &format!("revision {from}"),
+                    &format!("revision {to}"),
+                );
+                Reply::ConfigText { rev: 0, text }
+            }
+        })
+    }
+
     fn admin(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
         tracing::info!(command = cmd.name(), "admin command");
         let answer = match self.execute(cmd) {
@@ -612,6 +1115,8 @@ impl Daemon {
                 let _ = self.endpoint.remove_user(&ext);
                 self.endpoint.set_forwarding(&ext, Forwarding::default());
                 self.store.meta_put(&format!("fwd:{ext}"), b"{}")?;
+                self.store.meta_put(&format!("cid:{ext}"), b"")?;
+                self.endpoint.set_caller_id(&ext, None);
                 Reply::done(format!("extension {ext} deleted"))
             }
             Command::ExtForward { ext, forwarding } => {
@@ -642,6 +1147,29 @@ impl Daemon {
                 Reply::done(format!("extension {ext}: {text}"))
             }
             Command::Trunks => Reply::Trunks(self.endpoint.trunk_status()),
+            Command::Metrics => Reply::Metrics(self.metrics(now)),
+            Command::Config(c) => tokio::task::block_in_place(|| self.config_command(now, c))?,
+            Command::ExtCallerId { ext, number } => {
+                if !self.endpoint.has_user(&ext) {
+                    anyhow::bail!("extension {ext} does not exist");
+                }
+                if let Some(n) = &number {
+                    if !pbx_config::is_dial_string(n) {
+                        anyhow::bail!("{n:?} is not a number");
+                    }
+                }
+                let stored = number.clone().unwrap_or_default();
+                self.store
+                    .meta_put(&format!("cid:{ext}"), stored.as_bytes())?;
+                let text = match &number {
+                    Some(n) => format!("extension {ext} calls out as {n}"),
+                    None => {
+                        format!("extension {ext} calls out with the route's or trunk's caller-ID")
+                    }
+                };
+                self.endpoint.set_caller_id(&ext, number);
+                Reply::done(text)
+            }
             Command::ExtPasswd { ext, password } => {
                 check(validate_password(&ext, &password))?;
                 let Some(rec) = self.store.ext_get(&ext)? else {
@@ -747,6 +1275,12 @@ impl Daemon {
             }
             Command::CdrList { limit } => {
                 Reply::Cdrs(self.store.cdr_list(limit.min(MAX_CDR_LIST), 0)?)
+            }
+            Command::Ssh(ssh) => tokio::task::block_in_place(|| {
+                crate::ssh::execute(&self.cfg, &self.store, now, ssh)
+            })?,
+            Command::Admin(admin) => {
+                tokio::task::block_in_place(|| crate::console::execute(&self.store, admin))?
             }
         })
     }
@@ -867,5 +1401,94 @@ fn describe_forwarding(f: &Forwarding) -> String {
         "call forwarding off".to_string()
     } else {
         format!("calls forwarded {}", parts.join(", "))
+    }
+}
+
+/// The auto-attendant menus of a configuration.
+fn ivr_menus(cfg: &Config) -> Vec<IvrMenu> {
+    cfg.ivr
+        .iter()
+        .map(|m| IvrMenu {
+            number: m.number.clone(),
+            greeting: m.greeting.clone(),
+            options: m
+                .options
+                .iter()
+                .filter_map(|(k, v)| Some((k.chars().next()?, v.clone())))
+                .collect(),
+            timeout_ms: m.timeout_secs.saturating_mul(1000),
+            retries: m.retries,
+        })
+        .collect()
+}
+
+/// Chooses the configuration to run: the boot file as a new revision when it is new or
+/// changed since the last start, else the newest applied revision (one still pending at
+/// start-up was never confirmed: it is rolled back).
+fn select_revision(
+    boot: Config,
+    boot_text: &str,
+    source: &str,
+    now: Millis,
+) -> anyhow::Result<(Config, crate::revisions::Revisions, String)> {
+    use sha2::{Digest, Sha256};
+    let data_dir = boot.store.data_dir.clone();
+    let mut revs = crate::revisions::Revisions::open(&data_dir)?;
+    let hash_path = data_dir.join("config").join("boot.sha256");
+    let hash = hex::encode(Sha256::digest(boot_text.as_bytes()));
+    let seen = std::fs::read_to_string(&hash_path).unwrap_or_default();
+    if revs.current().is_none() || seen.trim() != hash {
+        let rev = revs.add(
+            boot_text,
+            now,
+            &format!("boot configuration ({source})"),
+            None,
+        )?;
+        std::fs::write(&hash_path, &hash)
+            .with_context(|| format!("cannot write {}", hash_path.display()))?;
+        tracing::info!(rev, "configuration revision {rev}: {source}");
+        return Ok((boot, revs, boot_text.to_string()));
+    }
+    let mut current = revs.current().cloned();
+    if let Some(r) = current.clone().filter(|r| r.confirm_by.is_some()) {
+        if let Some(back) = revs.previous_applied(r.rev).map(|p| p.rev) {
+            tracing::warn!(
+                rev = r.rev,
+                back,
+                "revision {} was not confirmed before the restart: rolling back to {back}",
+                r.rev
+            );
+            let text = revs.text(back)?;
+            revs.add(
+                &text,
+                now,
+                &format!("rollback to {back}: revision {} not confirmed", r.rev),
+                None,
+            )?;
+            revs.mark_rolled_back(r.rev)?;
+            current = revs.current().cloned();
+        }
+    }
+    let Some(current) = current else {
+        return Ok((boot, revs, boot_text.to_string()));
+    };
+    let text = revs.text(current.rev)?;
+    match Config::parse_named(&text, &format!("revision {}", current.rev)) {
+        Ok(mut cfg) => {
+            cfg.store.data_dir = data_dir;
+            tracing::info!(
+                rev = current.rev,
+                "running configuration revision {}",
+                current.rev
+            );
+            Ok((cfg, revs, text))
+        }
+        Err(err) => {
+            tracing::error!(
+                "revision {} no longer parses ({err}); running the boot configuration",
+                current.rev
+            );
+            Ok((boot, revs, boot_text.to_string()))
+        }
     }
 }

@@ -134,8 +134,9 @@ pub struct Guard {
     table: String,
     /// Whether RTP ports are opened per call in the kernel.
     rtp_closed: bool,
-    /// Local RTP/RTCP ports opened per media session.
-    rtp_sessions: HashMap<SessionId, Vec<u16>>,
+    /// (remote address, local RTP/RTCP port) pairs opened in the kernel per media session,
+    /// sorted.
+    rtp_sessions: HashMap<SessionId, Vec<(IpAddr, u16)>>,
     /// Networks added with `fw allow` (not persisted).
     runtime_allow: Vec<Cidr>,
     /// Store writes for the daemon's next batch.
@@ -171,6 +172,8 @@ pub struct Guard {
     toll: tollfraud::TollFraud,
     /// The toll-fraud locks changed: write them with the next persist.
     toll_dirty: bool,
+    /// The most recently banned address (the front panel offers to unban it).
+    last_ban: Option<IpAddr>,
 }
 
 /// One blocklist feed: its settings, what its last good read listed, and its health.
@@ -253,6 +256,7 @@ impl Guard {
             feed_overflow: 0,
             toll: tollfraud::TollFraud::new(policy, store),
             toll_dirty: false,
+            last_ban: None,
         };
         if !guard.feeds.is_empty() {
             match FeedReader::spawn(guard.feeds.len()) {
@@ -420,47 +424,77 @@ impl Guard {
         }
     }
 
-    /// Opens and closes the relay's RTP/RTCP ports in the kernel as calls start and end
-    /// (call it with every `Event::Media` before the relay gets it). No-op unless enforcing
-    /// with `rtp_closed`.
+    /// A failed SSH login from `ip` (reported by the dropbear supervisor): counts like a
+    /// SIP authentication failure of that source (rule `auth_failures`).
+    pub fn ssh_failure(&mut self, now: Millis, ip: IpAddr) {
+        let ip = canonical(ip);
+        if self.runtime_allowed(ip) {
+            return;
+        }
+        self.observe(now, Observation::SshFailure { src: ip });
+    }
+
+    /// Opens and closes, in the kernel, the (remote address, local port) pairs the relay
+    /// accepts media on, as calls start, change and end (call it with every `Event::Media`
+    /// before the relay gets it). Per leg: each address the relay accepts (its
+    /// `allowed_ips`, or its SDP address if there are none) on the leg's RTP port and the
+    /// RTCP port above it. No-op unless enforcing with `rtp_closed`.
     pub fn media(&mut self, cmd: &MediaCommand) {
+        // The anchor gives a leg at most two addresses (signalling and SDP); a bound keeps a
+        // session's pairs few whatever a command holds.
+        const MAX_LEG_ADDRS: usize = 4;
         if !self.rtp_closed || self.enforcer.is_none() {
             return;
         }
-        let (session, new_ports) = match cmd {
+        let (session, new_pairs) = match cmd {
             MediaCommand::Open { session, a, b } | MediaCommand::Update { session, a, b } => {
-                // Port 0 is a leg that does not exist (a caller alone with a prompt).
-                let mut ports: Vec<u16> = [a.local_port, b.local_port]
-                    .iter()
-                    .filter(|&&p| p != 0)
-                    .flat_map(|&p| [Some(p), p.checked_add(1)])
-                    .flatten()
-                    .collect();
-                ports.sort_unstable();
-                ports.dedup();
-                (*session, ports)
+                let mut pairs: Vec<(IpAddr, u16)> = Vec::new();
+                for leg in [a, b] {
+                    // Port 0 is a leg that does not exist (a caller alone with a prompt).
+                    if leg.local_port == 0 {
+                        continue;
+                    }
+                    // The same addresses as the relay's latch (`ip_allowed`).
+                    let addrs: Vec<IpAddr> = if leg.allowed_ips.is_empty() {
+                        leg.remote.iter().map(|r| r.ip()).collect()
+                    } else {
+                        leg.allowed_ips
+                            .iter()
+                            .take(MAX_LEG_ADDRS)
+                            .copied()
+                            .collect()
+                    };
+                    let ports = [Some(leg.local_port), leg.local_port.checked_add(1)];
+                    for ip in addrs {
+                        let ip = canonical(ip);
+                        pairs.extend(ports.iter().flatten().map(|&port| (ip, port)));
+                    }
+                }
+                pairs.sort_unstable();
+                pairs.dedup();
+                (*session, pairs)
             }
             MediaCommand::Close { session } => (*session, Vec::new()),
-            // Prompts and recordings do not change the ports.
+            // Prompts and recordings do not change who may send.
             #[allow(unreachable_patterns)]
             _ => return,
         };
-        let old = if new_ports.is_empty() {
+        let old = if new_pairs.is_empty() {
             self.rtp_sessions.remove(&session).unwrap_or_default()
         } else {
             self.rtp_sessions
-                .insert(session, new_ports.clone())
+                .insert(session, new_pairs.clone())
                 .unwrap_or_default()
         };
-        let mut ops: Vec<SetOp> = new_ports
+        let mut ops: Vec<SetOp> = new_pairs
             .iter()
-            .filter(|p| !old.contains(p))
-            .map(|&port| SetOp::RtpOpen { port })
+            .filter(|p| old.binary_search(p).is_err())
+            .map(|&(addr, port)| SetOp::RtpOpen { addr, port })
             .collect();
         ops.extend(
             old.iter()
-                .filter(|p| !new_ports.contains(p))
-                .map(|&port| SetOp::RtpClose { port }),
+                .filter(|p| new_pairs.binary_search(p).is_err())
+                .map(|&(addr, port)| SetOp::RtpClose { addr, port }),
         );
         for op in ops {
             self.enforce(op);
@@ -483,9 +517,34 @@ impl Guard {
     }
 
     /// Writes the queued store writes now, in their own transaction.
+    /// Whether the enforcer thread finished a round within `max` (the guard asks it to
+    /// verify the table every few seconds); `None` when the kernel does not enforce.
+    pub fn enforcer_fresh(&self, max: Duration) -> Option<bool> {
+        let e = self.enforcer.as_ref()?;
+        let last = e
+            .shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_round;
+        Some(last.is_some_and(|t| t.elapsed() <= max))
+    }
+
+    /// The most recently banned address, if it is still banned.
+    pub fn last_ban(&self) -> Option<IpAddr> {
+        self.last_ban
+    }
+
     /// The toll-fraud check for the call core (see [`tollfraud`]).
     pub fn toll_gate(&self) -> Box<dyn pbx_core::endpoint::CallGate> {
         self.toll.gate()
+    }
+
+    /// New toll-fraud settings from a configuration change (emergency numbers from
+    /// `[dialplan]`).
+    pub fn set_policy(&self, cfg: &Config) {
+        let mut policy = cfg.firewall.policy.clone();
+        policy.plan.emergency = cfg.dialplan.emergency.clone();
+        self.toll.set_config(policy);
     }
 
     /// Writes the toll-fraud locks when they changed (rare: a lock is an incident).
@@ -673,6 +732,7 @@ impl Guard {
                 reason,
             } => {
                 self.dropped_rule += 1;
+                self.last_ban = Some(addr);
                 let count_today = self.count_ban(now, addr);
                 self.write(FirewallChange::Ban(
                     addr,
@@ -1556,6 +1616,8 @@ enum Request {
 /// What the enforcer thread reports (read by `fw status`).
 #[derive(Debug, Clone, Default)]
 struct KernelState {
+    /// When the enforcer thread last finished a round (for the watchdog).
+    last_round: Option<Instant>,
     installed: bool,
     counters: Option<Counters>,
     batches: u64,
@@ -1709,6 +1771,10 @@ impl EnforcerThread {
             for w in waiters {
                 let _ = w.send(());
             }
+            self.shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .last_round = Some(Instant::now());
         }
     }
 
@@ -2395,8 +2461,9 @@ mod tests {
         assert_eq!(cfg.flood_rate.unwrap().per_second, 200);
     }
     #[test]
-    fn bans_unbans_and_call_ports_become_set_updates() {
+    fn bans_unbans_and_call_media_become_set_updates() {
         use pbx_core::media::session::{Codec, LegMedia};
+        use std::net::SocketAddr;
 
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -2417,15 +2484,18 @@ mod tests {
                 })
                 .collect()
         };
-        let leg = |port: u16| LegMedia {
+        // A leg on `port` whose phone signals from `signal` and puts `sdp` in its SDP.
+        let leg = |port: u16, allowed: &[&str], sdp: Option<&str>| LegMedia {
             local_port: port,
-            remote: None,
-            allowed_ips: Vec::new(),
+            remote: sdp.map(|a| SocketAddr::new(ip(a), 4000)),
+            allowed_ips: allowed.iter().map(|a| ip(a)).collect(),
             codec: Codec::Pcmu,
             pt: 0,
             dtmf_pt: None,
             srtp: None,
         };
+        let open = |a: &str, port| SetOp::RtpOpen { addr: ip(a), port };
+        let close = |a: &str, port| SetOp::RtpClose { addr: ip(a), port };
 
         assert!(!inspect(
             &mut g,
@@ -2449,29 +2519,98 @@ mod tests {
         );
         assert_eq!(ops(), [SetOp::Unban(ip("203.0.113.9"))]);
 
+        // Phone A behind NAT (private SDP address, public signalling address), phone B on
+        // the LAN (the anchor lists its one address once); an IPv4-mapped address counts as
+        // IPv4. Each address may send to the leg's RTP port and the RTCP port above it.
         g.media(&MediaCommand::Open {
             session: 7,
-            a: leg(10000),
-            b: leg(10002),
-        });
-        let open = |port| SetOp::RtpOpen { port };
-        let close = |port| SetOp::RtpClose { port };
-        assert_eq!(ops(), [open(10000), open(10001), open(10002), open(10003)]);
-        g.media(&MediaCommand::Update {
-            session: 7,
-            a: leg(10000),
-            b: leg(0),
+            a: leg(
+                10000,
+                &["203.0.113.5", "192.168.1.20"],
+                Some("192.168.1.20"),
+            ),
+            b: leg(10002, &["::ffff:10.0.0.7"], Some("10.0.0.7")),
         });
         assert_eq!(
             ops(),
-            [close(10002), close(10003)],
-            "an absent leg has no ports"
+            [
+                open("10.0.0.7", 10002),
+                open("10.0.0.7", 10003),
+                open("192.168.1.20", 10000),
+                open("192.168.1.20", 10001),
+                open("203.0.113.5", 10000),
+                open("203.0.113.5", 10001),
+            ]
         );
-        g.media(&MediaCommand::Close { session: 7 });
-        assert_eq!(ops(), [close(10000), close(10001)]);
-        assert!(g.rtp_sessions.is_empty());
-        g.media(&MediaCommand::Close { session: 7 });
+        // A re-INVITE from a new public address: its pairs open, the old address's close,
+        // the unchanged ones are not touched.
+        g.media(&MediaCommand::Update {
+            session: 7,
+            a: leg(
+                10000,
+                &["198.51.100.9", "192.168.1.20"],
+                Some("192.168.1.20"),
+            ),
+            b: leg(10002, &["10.0.0.7"], Some("10.0.0.7")),
+        });
+        assert_eq!(
+            ops(),
+            [
+                open("198.51.100.9", 10000),
+                open("198.51.100.9", 10001),
+                close("203.0.113.5", 10000),
+                close("203.0.113.5", 10001),
+            ]
+        );
+        // An absent leg opens nothing (its pairs close); a leg without allowed addresses
+        // is open to its SDP address only, as in the relay.
+        g.media(&MediaCommand::Update {
+            session: 7,
+            a: leg(10000, &[], Some("198.51.100.9")),
+            b: LegMedia::absent(),
+        });
+        assert_eq!(
+            ops(),
+            [
+                close("10.0.0.7", 10002),
+                close("10.0.0.7", 10003),
+                close("192.168.1.20", 10000),
+                close("192.168.1.20", 10001),
+            ],
+            "an absent leg has no pairs"
+        );
+        // A second call is tracked on its own; prompts change nothing.
+        g.media(&MediaCommand::Open {
+            session: 8,
+            a: leg(10004, &["2001:db8::5"], None),
+            b: leg(10006, &[], None),
+        });
+        assert_eq!(
+            ops(),
+            [open("2001:db8::5", 10004), open("2001:db8::5", 10005)],
+            "a leg with neither allowed nor SDP address accepts nobody"
+        );
+        g.media(&MediaCommand::Play {
+            session: 7,
+            leg: pbx_core::media::session::Leg::A,
+            clips: vec!["beep".into()],
+            repeat: false,
+        });
         assert!(ops().is_empty());
+        g.media(&MediaCommand::Close { session: 7 });
+        assert_eq!(
+            ops(),
+            [close("198.51.100.9", 10000), close("198.51.100.9", 10001)]
+        );
+        assert_eq!(g.rtp_sessions.len(), 1);
+        g.media(&MediaCommand::Close { session: 7 });
+        assert!(ops().is_empty(), "closing twice sends nothing");
+        g.media(&MediaCommand::Close { session: 8 });
+        assert_eq!(
+            ops(),
+            [close("2001:db8::5", 10004), close("2001:db8::5", 10005)]
+        );
+        assert!(g.rtp_sessions.is_empty());
     }
 
     /// A stand-in for the enforcer thread: the test reads what it would be sent.

@@ -2,9 +2,15 @@
 
 pub mod admin;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod driver;
 pub mod guard;
 pub mod media;
+pub mod metrics;
+pub mod panel;
 pub mod pbx_config;
+pub mod revisions;
+pub mod ssh;
 pub mod store;
+pub mod watchdog;

@@ -348,3 +348,22 @@ fn the_toll_fraud_gate_refuses_but_never_emergency_calls() {
     );
     let _: SocketAddr = T2.parse().unwrap();
 }
+
+#[test]
+fn an_extensions_own_caller_id_beats_the_trunks() {
+    let mut sim = Sim::with_config(config_with(vec![trunk("t1", T1, false, 0)]));
+    sim.ep.set_caller_id("100", Some("4930199".to_string()));
+    let mut a = Phone::new("100", "192.168.1.10:5060");
+    invite(&mut sim, &mut a, "0301234567", SDP_OFFER);
+    let inv = invites_to(&mut sim, T1);
+    assert_eq!(inv[0].headers.from.uri.user(), Some("4930199"));
+    assert!(inv[0]
+        .headers
+        .get("P-Asserted-Identity")
+        .is_some_and(|v| v.contains("4930199")));
+    // Another extension presents the trunk's number.
+    let mut b = Phone::new("101", "192.168.1.11:5060");
+    invite(&mut sim, &mut b, "0301234568", SDP_OFFER);
+    let inv = invites_to(&mut sim, T1);
+    assert_eq!(inv[0].headers.from.uri.user(), Some("4930100"));
+}

@@ -854,7 +854,11 @@ fn toll_fraud_with_stolen_credentials_is_refused_locked_banned_and_emergency_sti
     let mut raw = site.raw(attacker);
     let probe = raw.options(None);
     raw.send(&probe);
-    assert_eq!(raw.answer(SILENCE), None, "the banned attacker got an answer");
+    assert_eq!(
+        raw.answer(SILENCE),
+        None,
+        "the banned attacker got an answer"
+    );
     assert!(
         site.banned_packets() > before,
         "the kernel dropped the banned attacker's INVITE"
@@ -888,4 +892,103 @@ fn toll_fraud_with_stolen_credentials_is_refused_locked_banned_and_emergency_sti
         .unwrap_or_else(|e| panic!("emergency call not answered: {e:?}"));
     drop(site);
     drop(provider);
+}
+
+/// The kernel opens the relay's ports of a live call only to that call's phones: RTP from
+/// the phone passes, the same packets from the attacker to the same port are dropped and
+/// counted (`rtp_closed`), and after the call the phone's packets are dropped too.
+#[test]
+fn rtp_ports_open_only_to_the_calls_phones_and_only_while_the_call_lives() {
+    use outpost_tests::{rtp_packet, sdp_audio, sdp_body};
+    let site = site(NO_GATE);
+    let phone_ip: IpAddr = site.lab.phone_ip().into();
+    let mut a = site.phone(PHONE_A.0, PHONE_A.1);
+    let mut b = site.phone(PHONE_B.0, PHONE_B.1);
+    a.register();
+    b.register();
+    let a_rtp = site.lab.phone_socket(phone_ip);
+    let b_rtp = site.lab.phone_socket(phone_ip);
+    let a_media = a_rtp.local_addr().expect("addr");
+    let b_media = b_rtp.local_addr().expect("addr");
+    let invite = a.invite(PHONE_B.0, &sdp_body(a_media, &[0]));
+    let incoming = b
+        .await_request("INVITE", Duration::from_secs(3))
+        .expect("B rings");
+    let relay_b = sdp_audio(outpost_tests::body_of(&incoming))
+        .expect("SDP offered to B")
+        .rtp_addr();
+    let _b_dialog = b.answer(&incoming, &sdp_body(b_media, &[0]));
+    let mut dialog = a
+        .await_answer(&invite, Duration::from_secs(3))
+        .expect("answered");
+    let relay_a = sdp_audio(&dialog.remote_sdp)
+        .expect("SDP in the 200")
+        .rtp_addr();
+
+    // The phone's packets reach the other phone through the relay.
+    b_rtp
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut got = 0;
+    for seq in 0..5u16 {
+        a_rtp
+            .send_to(
+                &rtp_packet(0, seq, u32::from(seq) * 160, 7, &[0xff; 160]),
+                relay_a,
+            )
+            .expect("send");
+        let mut buf = [0u8; 512];
+        if b_rtp.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+    }
+    assert!(
+        got >= 4,
+        "RTP from the call's phone reaches the other phone ({got}/5)"
+    );
+
+    // The attacker aims at the same open port: the kernel drops and counts it.
+    let closed_before = site
+        .lab
+        .appliance
+        .outpost_counter("rtp_closed")
+        .expect("counter rtp_closed");
+    let attacker = site.lab.attacker_socket(site.lab.attacker_ip().into());
+    for seq in 0..10u16 {
+        attacker
+            .send_to(&rtp_packet(0, seq, 0, 99, &[0u8; 160]), relay_a)
+            .expect("send");
+    }
+    let counted = eventually(Duration::from_secs(2), || {
+        let now = site.lab.appliance.outpost_counter("rtp_closed")?;
+        (now >= closed_before + 10).then_some(now)
+    });
+    assert!(
+        counted.is_some(),
+        "10 packets from the attacker to the call's port were not dropped by the kernel"
+    );
+    let _ = relay_b;
+
+    // After the call its ports close for the phone too.
+    a.send_bye(&mut dialog);
+    let _ = b.answer_bye(Duration::from_secs(3));
+    thread::sleep(Duration::from_millis(500));
+    let before = site
+        .lab
+        .appliance
+        .outpost_counter("rtp_closed")
+        .expect("counter");
+    for seq in 0..5u16 {
+        a_rtp
+            .send_to(&rtp_packet(0, seq, 0, 7, &[0xff; 160]), relay_a)
+            .expect("send");
+    }
+    let closed = eventually(Duration::from_secs(2), || {
+        let now = site.lab.appliance.outpost_counter("rtp_closed")?;
+        (now >= before + 5).then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "the ended call's port still accepts the phone's RTP"
+    );
 }

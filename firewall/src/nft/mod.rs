@@ -13,20 +13,28 @@
 //! 4. on the SIP ports (TCP and UDP) a per-source meter, `limit rate over N/second burst M`
 //!    → `counter name "flood" drop`; IPv6 sources are metered per /64. A coarse safety net
 //!    far above what user space bans for, so floods never wake the daemon.
-//! 5. if `rtp_closed`: `udp dport LO-HI udp dport != @rtp_open counter name "rtp_closed" drop`
+//! 5. if `rtp_closed`, per family: `meta nfproto ipv4 udp dport LO-HI ip saddr . udp dport
+//!    != @rtp_open4 counter name "rtp_closed" drop`, and the same with `ip6 saddr` and
+//!    `@rtp_open6` (one counter for both)
 //!
-//! RTP decision: the open set holds local *ports* (`inet_service`), not (address, port)
-//! pairs. Phones behind NAT send media from an address and port that differ from their SDP,
-//! and the media engine latches onto the real source only after the first packet; a pair
-//! set would drop exactly that packet. A port is open only while its call lives, and the
-//! engine's own latching rejects strangers on an open port.
+//! RTP decision: the RTP range is closed except the (remote address, local port) pairs the
+//! media engine opened for live calls (sets of type `ipv4_addr . inet_service` and
+//! `ipv6_addr . inet_service`). The pairs are exactly what the relay itself accepts: per
+//! leg, each of its allowed addresses (the phone's signalling address and its SDP address)
+//! on the leg's local RTP port and the RTCP port above it. The remote *port* is left out on
+//! purpose: a phone behind NAT sends media from its public address (the one it signals
+//! from) but from a port nobody knows until the first packet arrives, and the relay latches
+//! onto it then; an (address, port, port) triple would drop exactly that packet. Opening
+//! whole local ports instead (the earlier design) let anyone on the internet reach the
+//! relay's sockets on a live call's ports; with pairs, strangers are dropped (and counted)
+//! in the kernel and never wake the relay.
 //!
 //! Removing something absent never fails a batch: nft 1.0.6 (Debian 12) has no `destroy`,
 //! so an unban (or a re-ban of an address the kernel may still hold, to replace its
 //! timeout) first adds the element with a 1 s timeout and deletes it in the same
 //! transaction; a ban of a new address is a plain `add` (a transaction that deletes
-//! elements costs the kernel ~10 ms more). RTP ports are added before closed ones are
-//! deleted; the allow sets are rewritten whole from our copy (small, rarely changed).
+//! elements costs the kernel ~10 ms more). RTP pairs are added before closed ones are
+//! deleted (so deleting an absent pair is safe too); the allow sets are rewritten whole from our copy (small, rarely changed).
 //!
 //! Every call blocks for one nft run (a few ms; tens of ms for thousands of elements):
 //! call it from a blocking thread, not from the async runtime's workers.
@@ -34,7 +42,7 @@
 mod ruleset;
 mod runner;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -124,7 +132,8 @@ pub struct NftConfig {
     pub sip_ports: Vec<u16>,
     /// The media engine's RTP port range, inclusive.
     pub rtp_range: (u16, u16),
-    /// Drop packets to RTP ports the media engine has not opened.
+    /// Drop UDP to the RTP range except from the (address, local port) pairs the media
+    /// engine opened.
     pub rtp_closed: bool,
     /// Networks accepted before any ban or meter.
     pub allow: Vec<Cidr>,
@@ -204,13 +213,18 @@ pub enum SetOp {
     Allow(Cidr),
     /// Remove a network from the allow list (exact match); fine if absent.
     Disallow(Cidr),
-    /// Accept packets to this local RTP port (a call's media started).
+    /// Accept UDP from `addr` to this local RTP (or RTCP) port: a call's media started.
     RtpOpen {
+        /// The phone's address (IPv4-mapped IPv6 counts as IPv4).
+        addr: IpAddr,
         /// Local UDP port.
         port: u16,
     },
-    /// Drop packets to this local RTP port again (the call ended); fine if not open.
+    /// Drop UDP from `addr` to this local port again (the call ended or moved); fine if
+    /// the pair is not open.
     RtpClose {
+        /// The phone's address (IPv4-mapped IPv6 counts as IPv4).
+        addr: IpAddr,
         /// Local UDP port.
         port: u16,
     },
@@ -225,7 +239,7 @@ pub struct Counters {
     pub banned_bytes: u64,
     /// Packets dropped by the per-source flood meter on the SIP ports.
     pub meter_drops: u64,
-    /// Packets dropped on RTP ports that were not open.
+    /// Packets dropped in the RTP range: not from an open (address, local port) pair.
     pub rtp_drops: u64,
 }
 
@@ -238,8 +252,8 @@ pub struct Enforcer {
     /// Our copy of the allow list (config allow + trunk peers + `Allow` ops); the kernel's
     /// allow sets are rewritten from it.
     allow: Vec<Cidr>,
-    /// RTP ports currently open, so a restore reopens them.
-    rtp_open: Vec<u16>,
+    /// RTP (remote address, local port) pairs currently open, so a restore reopens them.
+    rtp_open: BTreeSet<(IpAddr, u16)>,
     /// Bans we gave the kernel and when they run out. A ban of an address not in here is a
     /// plain `add`; one in here must first reset the element (a transaction that deletes
     /// elements costs the kernel ~10 ms more, so new bans, the common case, avoid it).
@@ -263,7 +277,7 @@ impl Enforcer {
             allow: ruleset::normalize(&allow),
             cfg,
             runner,
-            rtp_open: Vec::new(),
+            rtp_open: BTreeSet::new(),
             bans: HashMap::new(),
             fingerprint: Vec::new(),
         };
@@ -272,11 +286,11 @@ impl Enforcer {
     }
 
     /// Applies a batch in one nft run (none if the batch changes nothing). Within a batch
-    /// the last op on an address or port wins. Atomic: on error nothing changed, in the
+    /// the last op on an address (ban) or an (address, port) pair (RTP) wins. Atomic: on error nothing changed, in the
     /// kernel or in our copies.
     pub fn apply(&mut self, batch: &[SetOp]) -> Result<(), NftError> {
         let mut bans: BTreeMap<IpAddr, Option<u32>> = BTreeMap::new();
-        let mut ports: BTreeMap<u16, bool> = BTreeMap::new();
+        let mut pairs: BTreeMap<(IpAddr, u16), bool> = BTreeMap::new();
         let mut allow = self.allow.clone();
         let mut allow_changed = false;
         for op in batch {
@@ -299,11 +313,11 @@ impl Enforcer {
                     allow.retain(|n| *n != net);
                     allow_changed |= allow.len() != before;
                 }
-                SetOp::RtpOpen { port } => {
-                    ports.insert(port, true);
+                SetOp::RtpOpen { addr, port } => {
+                    pairs.insert((canonical(addr), port), true);
                 }
-                SetOp::RtpClose { port } => {
-                    ports.insert(port, false);
+                SetOp::RtpClose { addr, port } => {
+                    pairs.insert((canonical(addr), port), false);
                 }
             }
         }
@@ -326,7 +340,7 @@ impl Enforcer {
             objects.extend(ruleset::allow_replace(table, &allow));
         }
         objects.extend(ruleset::ban_commands(table, &reset, &add));
-        objects.extend(ruleset::rtp_commands(table, &ports));
+        objects.extend(ruleset::rtp_commands(table, &pairs));
         if objects.is_empty() {
             return Ok(());
         }
@@ -346,13 +360,11 @@ impl Enforcer {
                 }
             }
         }
-        for (port, open) in ports {
-            match (open, self.rtp_open.binary_search(&port)) {
-                (true, Err(i)) => self.rtp_open.insert(i, port),
-                (false, Ok(i)) => {
-                    self.rtp_open.remove(i);
-                }
-                _ => {}
+        for (pair, open) in pairs {
+            if open {
+                self.rtp_open.insert(pair);
+            } else {
+                self.rtp_open.remove(&pair);
             }
         }
         Ok(())
@@ -394,7 +406,7 @@ impl Enforcer {
         Ok(ruleset::fingerprint(&listing).as_ref() == Some(&self.fingerprint))
     }
 
-    /// Reinstalls the whole table in one nft run, with our allow list and open RTP ports and
+    /// Reinstalls the whole table in one nft run, with our allow list and open RTP pairs and
     /// the given bans (address, remaining seconds; 0 = expired, skipped). Call it when
     /// [`Enforcer::verify`] says the table was changed from outside, or at boot with the
     /// stored bans.
@@ -538,6 +550,144 @@ mod tests {
         let c = host("::ffff:192.0.2.9".parse().unwrap());
         assert_eq!(c.to_string(), "192.0.2.9/32");
         assert_eq!(host("2001:db8::1".parse().unwrap()).prefix(), 128);
+    }
+
+    /// A stand-in for nft: `list` prints an empty document, a batch is appended to the
+    /// log (one line per run). Returns the config using it and the log's path.
+    fn fake_nft(name: &str) -> (NftConfig, std::path::PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("outpost-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("batches");
+        let _ = std::fs::remove_file(&log);
+        let prog = dir.join("nft");
+        std::fs::write(
+            &prog,
+            format!(
+                "#!/bin/sh\nif [ \"$3\" = list ]; then echo '{{\"nftables\":[]}}'; \
+                 else {{ cat; echo; }} >> '{}'; fi\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = NftConfig {
+            nft: prog.display().to_string(),
+            ..NftConfig::default()
+        };
+        (cfg, log)
+    }
+
+    fn batches(log: &std::path::Path) -> Vec<Value> {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The RTP element commands of a batch, as (verb, set, elements).
+    fn rtp_cmds(batch: &Value) -> Vec<(String, String, Value)> {
+        batch["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| {
+                let (verb, inner) = c.as_object()?.iter().next()?;
+                let e = inner.get("element")?;
+                let name = e["name"].as_str()?;
+                name.starts_with("rtp_open")
+                    .then(|| (verb.clone(), name.to_string(), e["elem"].clone()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rtp_pairs_are_canonical_batched_and_kept_across_a_restore() {
+        use serde_json::json;
+
+        let (cfg, log) = fake_nft("rtp-pairs");
+        let mut e = Enforcer::install(cfg).unwrap();
+        assert_eq!(batches(&log).len(), 1, "install is one run");
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        let gone: IpAddr = "192.0.2.8".parse().unwrap();
+        e.apply(&[
+            SetOp::RtpOpen {
+                addr: mapped,
+                port: 10000,
+            },
+            SetOp::RtpOpen {
+                addr: v6,
+                port: 10002,
+            },
+            SetOp::RtpOpen {
+                addr: gone,
+                port: 10000,
+            },
+            // The last op on a pair wins.
+            SetOp::RtpClose {
+                addr: gone,
+                port: 10000,
+            },
+        ])
+        .unwrap();
+        let b = batches(&log);
+        assert_eq!(b.len(), 2, "one run per batch");
+        assert_eq!(
+            rtp_cmds(&b[1]),
+            [
+                (
+                    "add".to_string(),
+                    "rtp_open4".to_string(),
+                    json!([{"concat": ["192.0.2.7", 10000]}, {"concat": ["192.0.2.8", 10000]}])
+                ),
+                (
+                    "add".to_string(),
+                    "rtp_open6".to_string(),
+                    json!([{"concat": ["2001:db8::7", 10002]}])
+                ),
+                (
+                    "delete".to_string(),
+                    "rtp_open4".to_string(),
+                    json!([{"concat": ["192.0.2.8", 10000]}])
+                ),
+            ]
+        );
+        assert_eq!(
+            e.rtp_open,
+            BTreeSet::from([("192.0.2.7".parse().unwrap(), 10000), (v6, 10002)])
+        );
+        // An empty batch runs nothing.
+        e.apply(&[]).unwrap();
+        assert_eq!(batches(&log).len(), 2);
+        // A restore reinstalls the open pairs, and only them.
+        e.restore(&[]).unwrap();
+        let b = batches(&log);
+        assert_eq!(b.len(), 3);
+        assert_eq!(
+            rtp_cmds(&b[2]),
+            [
+                (
+                    "add".to_string(),
+                    "rtp_open4".to_string(),
+                    json!([{"concat": ["192.0.2.7", 10000]}])
+                ),
+                (
+                    "add".to_string(),
+                    "rtp_open6".to_string(),
+                    json!([{"concat": ["2001:db8::7", 10002]}])
+                ),
+            ]
+        );
+        // Closing through the mapped form closes the IPv4 pair.
+        e.apply(&[SetOp::RtpClose {
+            addr: mapped,
+            port: 10000,
+        }])
+        .unwrap();
+        assert_eq!(e.rtp_open, BTreeSet::from([(v6, 10002)]));
+        let _ = std::fs::remove_dir_all(log.parent().unwrap());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `nftables` crate's JSON schema types; and the fingerprint of a listed table.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use nftables::expr::{self, Elem, Expression, NamedExpression, Payload, PayloadField, SetItem};
@@ -25,7 +25,9 @@ pub(crate) const ALLOW4: &str = "allow4";
 pub(crate) const ALLOW6: &str = "allow6";
 pub(crate) const BAN4: &str = "ban4";
 pub(crate) const BAN6: &str = "ban6";
-pub(crate) const RTP_OPEN: &str = "rtp_open";
+/// Open RTP (remote address, local port) pairs, IPv4 and IPv6.
+pub(crate) const RTP_OPEN4: &str = "rtp_open4";
+pub(crate) const RTP_OPEN6: &str = "rtp_open6";
 /// Named counters, read by `Enforcer::counters`.
 pub(crate) const COUNTER_BANNED: &str = "banned";
 pub(crate) const COUNTER_FLOOD: &str = "flood";
@@ -44,7 +46,7 @@ const V6_METER_MASK: &str = "ffff:ffff:ffff:ffff::";
 pub(crate) fn table_batch(
     cfg: &NftConfig,
     allow: &[Cidr],
-    rtp_open: &[u16],
+    rtp_open: &BTreeSet<(IpAddr, u16)>,
     bans: &[(IpAddr, u32)],
 ) -> Nftables<'static> {
     let t = cfg.table.as_str();
@@ -77,7 +79,8 @@ pub(crate) fn table_batch(
     )));
     o.push(add(set(t, BAN4, SetType::Ipv4Addr, Some(SetFlag::Timeout))));
     o.push(add(set(t, BAN6, SetType::Ipv6Addr, Some(SetFlag::Timeout))));
-    o.push(add(set(t, RTP_OPEN, SetType::InetService, None)));
+    o.push(add(pair_set(t, RTP_OPEN4, SetType::Ipv4Addr)));
+    o.push(add(pair_set(t, RTP_OPEN6, SetType::Ipv6Addr)));
     o.push(add(NfListObject::Chain(Chain {
         family: NfFamily::INet,
         table: own(t),
@@ -98,8 +101,8 @@ pub(crate) fn table_batch(
         })));
     }
     o.extend(allow_elements(t, allow));
-    let ports: BTreeMap<u16, bool> = rtp_open.iter().map(|p| (*p, true)).collect();
-    o.extend(rtp_commands(t, &ports));
+    let pairs: BTreeMap<(IpAddr, u16), bool> = rtp_open.iter().map(|p| (*p, true)).collect();
+    o.extend(rtp_commands(t, &pairs));
     o.extend(ban_commands(t, &[], bans));
     Nftables {
         objects: Cow::Owned(o),
@@ -168,24 +171,34 @@ fn rules(cfg: &NftConfig) -> Vec<Vec<Statement<'static>>> {
     }
     if cfg.rtp_closed {
         let (lo, hi) = cfg.rtp_range;
-        r.push(vec![
-            eq(
-                payload("udp", "dport"),
-                Expression::Range(Box::new(expr::Range {
-                    range: [
-                        Expression::Number(u32::from(lo)),
-                        Expression::Number(u32::from(hi)),
-                    ],
-                })),
-            ),
-            Statement::Match(Match {
-                left: payload("udp", "dport"),
-                right: set_ref(RTP_OPEN),
-                op: Operator::NEQ,
-            }),
-            counter(COUNTER_RTP),
-            drop(),
-        ]);
+        // One rule per family: a concatenation's key type fixes the address length.
+        for (nfproto, ip, set) in [("ipv4", "ip", RTP_OPEN4), ("ipv6", "ip6", RTP_OPEN6)] {
+            r.push(vec![
+                eq(
+                    meta(expr::MetaKey::Nfproto),
+                    Expression::String(own(nfproto)),
+                ),
+                eq(
+                    payload("udp", "dport"),
+                    Expression::Range(Box::new(expr::Range {
+                        range: [
+                            Expression::Number(u32::from(lo)),
+                            Expression::Number(u32::from(hi)),
+                        ],
+                    })),
+                ),
+                Statement::Match(Match {
+                    left: Expression::Named(NamedExpression::Concat(vec![
+                        saddr(ip),
+                        payload("udp", "dport"),
+                    ])),
+                    right: set_ref(set),
+                    op: Operator::NEQ,
+                }),
+                counter(COUNTER_RTP),
+                drop(),
+            ]);
+        }
     }
     r
 }
@@ -230,32 +243,35 @@ pub(crate) fn ban_commands(
     o
 }
 
-/// RTP-port commands for a batch's final states (`true` = open): add every touched port
-/// (a no-op where present), then delete the closed ones.
-pub(crate) fn rtp_commands(table: &str, ports: &BTreeMap<u16, bool>) -> Vec<NfObject<'static>> {
-    let mut o = Vec::new();
-    if ports.is_empty() {
-        return o;
+/// RTP-pair commands for a batch's final states (`true` = open), split by family: add
+/// every touched (remote address, local port) pair (a no-op where present, and it makes
+/// the delete safe where absent), then delete the closed ones. Addresses must already be
+/// canonical (an IPv4-mapped IPv6 address would land in the IPv6 set).
+pub(crate) fn rtp_commands(
+    table: &str,
+    pairs: &BTreeMap<(IpAddr, u16), bool>,
+) -> Vec<NfObject<'static>> {
+    let mut adds = Vec::new();
+    let mut deletes = Vec::new();
+    for (name, v4) in [(RTP_OPEN4, true), (RTP_OPEN6, false)] {
+        let family = || pairs.iter().filter(move |((a, _), _)| a.is_ipv4() == v4);
+        let touched: Vec<Expression<'static>> = family().map(|((a, p), _)| pair(*a, *p)).collect();
+        if touched.is_empty() {
+            continue;
+        }
+        adds.push(add(element(table, name, touched)));
+        let closed: Vec<Expression<'static>> = family()
+            .filter(|(_, open)| !**open)
+            .map(|((a, p), _)| pair(*a, *p))
+            .collect();
+        if !closed.is_empty() {
+            deletes.push(NfObject::CmdObject(NfCmd::Delete(element(
+                table, name, closed,
+            ))));
+        }
     }
-    o.push(add(element(
-        table,
-        RTP_OPEN,
-        ports
-            .keys()
-            .map(|p| Expression::Number(u32::from(*p)))
-            .collect(),
-    )));
-    let closed: Vec<Expression<'static>> = ports
-        .iter()
-        .filter(|(_, open)| !**open)
-        .map(|(p, _)| Expression::Number(u32::from(*p)))
-        .collect();
-    if !closed.is_empty() {
-        o.push(NfObject::CmdObject(NfCmd::Delete(element(
-            table, RTP_OPEN, closed,
-        ))));
-    }
-    o
+    adds.extend(deletes);
+    adds
 }
 
 /// Replaces the allow sets' contents with `allow` (flush + add, one transaction).
@@ -365,6 +381,17 @@ fn set(table: &str, name: &str, ty: SetType, flag: Option<SetFlag>) -> NfListObj
     }))
 }
 
+/// A set of (address, `inet_service`) pairs, e.g. `ipv4_addr . inet_service`.
+fn pair_set(table: &str, name: &str, addr_type: SetType) -> NfListObject<'static> {
+    NfListObject::Set(Box::new(schema::Set {
+        family: NfFamily::INet,
+        table: own(table),
+        name: own(name),
+        set_type: SetTypeValue::Concatenated(Cow::Owned(vec![addr_type, SetType::InetService])),
+        ..schema::Set::default()
+    }))
+}
+
 fn element(table: &str, name: &str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
     NfListObject::Element(Element {
         family: NfFamily::INet,
@@ -376,6 +403,14 @@ fn element(table: &str, name: &str, elem: Vec<Expression<'static>>) -> NfListObj
 
 fn addr(a: IpAddr) -> Expression<'static> {
     Expression::String(Cow::Owned(a.to_string()))
+}
+
+/// A set element `ADDR . PORT`.
+fn pair(a: IpAddr, port: u16) -> Expression<'static> {
+    Expression::Named(NamedExpression::Concat(vec![
+        addr(a),
+        Expression::Number(u32::from(port)),
+    ]))
 }
 
 fn timed(a: IpAddr, secs: u32) -> Expression<'static> {
@@ -504,7 +539,12 @@ mod tests {
     #[test]
     fn the_table_replaces_only_itself_and_orders_allow_before_ban() {
         let cfg = NftConfig::default();
-        let v = json(&table_batch(&cfg, &[c("10.0.0.0/8")], &[], &[]));
+        let v = json(&table_batch(
+            &cfg,
+            &[c("10.0.0.0/8")],
+            &BTreeSet::new(),
+            &[],
+        ));
         let cmds = v["nftables"].as_array().unwrap();
         // add, delete, add of our table and nothing else at table level.
         assert_eq!(cmds[0]["add"]["table"]["name"], "outpost");
@@ -528,7 +568,8 @@ mod tests {
         assert!(pos("@allow4") < pos("@ban4"));
         assert!(pos("@allow6") < pos("@ban6"));
         assert!(pos("@ban4") < pos("flood4"));
-        assert!(pos("flood6") < pos("@rtp_open"));
+        assert!(pos("flood6") < pos("@rtp_open4"));
+        assert!(pos("@rtp_open4") < pos("@rtp_open6"));
         assert!(rules[pos("@ban4")].contains("\"counter\":\"banned\""));
         let chain = cmds.iter().find_map(|c| c["add"].get("chain")).unwrap();
         assert_eq!(chain["policy"], "accept");
@@ -542,7 +583,7 @@ mod tests {
             flood_rate: None,
             ..NftConfig::default()
         };
-        let s = json(&table_batch(&cfg, &[], &[], &[])).to_string();
+        let s = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[])).to_string();
         assert!(!s.contains("rtp_closed\"},{\"drop"));
         assert!(!s.contains("meter"));
         cfg.rtp_closed = true;
@@ -551,7 +592,7 @@ mod tests {
             per_second: 50,
             burst: 70,
         });
-        let s = json(&table_batch(&cfg, &[], &[], &[])).to_string();
+        let s = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[])).to_string();
         assert!(s.contains("{\"range\":[12000,12999]}"), "{s}");
         assert!(s.contains("\"rate\":50"));
         assert!(s.contains("\"burst\":70"));
@@ -587,18 +628,115 @@ mod tests {
         assert_eq!(v[0]["add"]["element"]["name"], "ban6");
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn rtp_ports_are_added_then_closed_ones_deleted() {
-        let ports = BTreeMap::from([(10002, true), (10004, false)]);
-        let v = serde_json::to_value(rtp_commands("outpost", &ports)).unwrap();
+    fn closed_rtp_rules_match_address_and_port_pairs_per_family() {
+        let cfg = NftConfig {
+            rtp_range: (12000, 12999),
+            ..NftConfig::default()
+        };
+        let v = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[]));
+        let cmds = v["nftables"].as_array().unwrap();
+        let rtp_rules: Vec<&Value> = cmds
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .filter(|r| r["expr"].to_string().contains("rtp_closed"))
+            .map(|r| &r["expr"])
+            .collect();
+        assert_eq!(rtp_rules.len(), 2);
+        // What `nft -j list` (1.0.6) shows for `meta nfproto ipv4 udp dport 12000-12999
+        // ip saddr . udp dport != @rtp_open4 counter name "rtp_closed" drop`, plus the
+        // explicit nfproto match (nft folds it into the dependency when listing).
+        let dport = serde_json::json!({"payload": {"protocol": "udp", "field": "dport"}});
+        for (rule, (nfproto, ip, set)) in rtp_rules
+            .iter()
+            .zip([("ipv4", "ip", "@rtp_open4"), ("ipv6", "ip6", "@rtp_open6")])
+        {
+            let want = serde_json::json!([
+                {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": nfproto}},
+                {"match": {"op": "==", "left": dport, "right": {"range": [12000, 12999]}}},
+                {"match": {
+                    "op": "!=",
+                    "left": {"concat": [
+                        {"payload": {"protocol": ip, "field": "saddr"}},
+                        dport
+                    ]},
+                    "right": set
+                }},
+                {"counter": "rtp_closed"},
+                {"drop": null}
+            ]);
+            assert_eq!(**rule, want);
+        }
+        let sets: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("set")).collect();
+        let set = |name: &str| *sets.iter().find(|s| s["name"] == name).unwrap();
         assert_eq!(
-            v[0]["add"]["element"]["elem"],
-            serde_json::json!([10002, 10004])
+            set("rtp_open4")["type"],
+            serde_json::json!(["ipv4_addr", "inet_service"])
         );
         assert_eq!(
-            v[1]["delete"]["element"]["elem"],
-            serde_json::json!([10004])
+            set("rtp_open6")["type"],
+            serde_json::json!(["ipv6_addr", "inet_service"])
         );
+        assert!(sets.iter().all(|s| s["name"] != "rtp_open"));
+    }
+
+    #[test]
+    fn rtp_pairs_are_added_then_closed_ones_deleted_per_family() {
+        let pairs = BTreeMap::from([
+            ((ip("192.0.2.7"), 10002), true),
+            ((ip("192.0.2.7"), 10003), false),
+            ((ip("2001:db8::7"), 10004), false),
+        ]);
+        let v = serde_json::to_value(rtp_commands("outpost", &pairs)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"add": {"element": {"family": "inet", "table": "outpost", "name": "rtp_open4",
+                    "elem": [{"concat": ["192.0.2.7", 10002]}, {"concat": ["192.0.2.7", 10003]}]}}},
+                {"add": {"element": {"family": "inet", "table": "outpost", "name": "rtp_open6",
+                    "elem": [{"concat": ["2001:db8::7", 10004]}]}}},
+                {"delete": {"element": {"family": "inet", "table": "outpost", "name": "rtp_open4",
+                    "elem": [{"concat": ["192.0.2.7", 10003]}]}}},
+                {"delete": {"element": {"family": "inet", "table": "outpost", "name": "rtp_open6",
+                    "elem": [{"concat": ["2001:db8::7", 10004]}]}}}
+            ])
+        );
+        // Only opens: no delete; nothing touched: no command.
+        let only_open = BTreeMap::from([((ip("192.0.2.7"), 10002), true)]);
+        let v = serde_json::to_value(rtp_commands("outpost", &only_open)).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 1);
+        assert!(rtp_commands("outpost", &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn a_reinstalled_table_keeps_the_open_pairs() {
+        let open = BTreeSet::from([(ip("192.0.2.7"), 10002), (ip("2001:db8::7"), 10004)]);
+        let v = json(&table_batch(&NftConfig::default(), &[], &open, &[]));
+        let cmds = v["nftables"].as_array().unwrap();
+        let elems: Vec<(String, String)> = cmds
+            .iter()
+            .filter_map(|c| c["add"].get("element"))
+            .map(|e| (e["name"].to_string(), e["elem"].to_string()))
+            .collect();
+        assert_eq!(
+            elems,
+            [
+                (
+                    "\"rtp_open4\"".to_string(),
+                    "[{\"concat\":[\"192.0.2.7\",10002]}]".to_string()
+                ),
+                (
+                    "\"rtp_open6\"".to_string(),
+                    "[{\"concat\":[\"2001:db8::7\",10004]}]".to_string()
+                )
+            ]
+        );
+        // Nothing is deleted on a reinstall but the old table itself.
+        assert_eq!(cmds.iter().filter(|c| c.get("delete").is_some()).count(), 1);
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub const MIN_PASSWORD_LEN: usize = 8;
 pub const MAX_PASSWORD_LEN: usize = 128;
 /// Longest display name accepted.
 pub const MAX_NAME_LEN: usize = 64;
+/// Shortest console (admin) password accepted.
+pub const MIN_ADMIN_PASSWORD_LEN: usize = 10;
+/// Longest OpenSSH public key line accepted (an RSA 16384-bit key fits).
+pub const MAX_SSH_KEY_LINE: usize = 8 * 1024;
 
 /// A request from `outpostctl` (or any other client) to the daemon.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -73,6 +77,17 @@ pub enum Command {
     Fw(FwCommand),
     /// State of every trunk.
     Trunks,
+    /// Counters for monitoring.
+    Metrics,
+    /// Configuration revisions.
+    Config(ConfigCommand),
+    /// Set (or with `None` clear) the caller-ID an extension presents on outside calls.
+    ExtCallerId {
+        /// Extension number.
+        ext: String,
+        /// The number shown to the called party.
+        number: Option<String>,
+    },
     /// Set (replace) the call forwarding of an extension; all `None` clears it.
     ExtForward {
         /// Extension number.
@@ -80,6 +95,69 @@ pub enum Command {
         /// Targets and the no-answer ring time.
         forwarding: pbx_core::endpoint::Forwarding,
     },
+    /// SSH access (`{"cmd":"ssh","ssh":"keys_list"}`).
+    Ssh(SshCommand),
+    /// The console's admin password (`{"cmd":"admin","admin":"status"}`).
+    Admin(AdminCommand),
+}
+
+/// An SSH command; travels inside [`Command::Ssh`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "ssh", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SshCommand {
+    /// Authorise a public key (one OpenSSH `authorized_keys` line without options).
+    KeysAdd {
+        /// `ssh-ed25519 AAAA... comment`; the daemon parses and checks it.
+        line: String,
+    },
+    /// Remove a key, named by its SHA256 fingerprint or its comment.
+    KeysDel {
+        /// `SHA256:...` or the key's comment.
+        key: String,
+    },
+    /// The authorised keys.
+    KeysList,
+}
+
+/// An admin-password command; travels inside [`Command::Admin`]. The password is never
+/// logged; the daemon keeps only an Argon2id hash.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "admin", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdminCommand {
+    /// Whether a console password is set.
+    Status,
+    /// Set (or replace) the console password.
+    Passwd {
+        /// The new plain password (at least [`MIN_ADMIN_PASSWORD_LEN`] characters).
+        password: String,
+    },
+    /// Check a console password.
+    Login {
+        /// The password typed at the console.
+        password: String,
+    },
+}
+
+impl SshCommand {
+    /// The wire name of the command, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SshCommand::KeysAdd { .. } => "ssh_keys_add",
+            SshCommand::KeysDel { .. } => "ssh_keys_del",
+            SshCommand::KeysList => "ssh_keys_list",
+        }
+    }
+}
+
+impl AdminCommand {
+    /// The wire name of the command, for logs (never the password).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AdminCommand::Status => "admin_status",
+            AdminCommand::Passwd { .. } => "admin_passwd",
+            AdminCommand::Login { .. } => "admin_login",
+        }
+    }
 }
 
 /// A firewall command; travels inside [`Command::Fw`].
@@ -161,7 +239,12 @@ impl Command {
             Command::VmPin { .. } => "vm_pin",
             Command::Fw(fw) => fw.name(),
             Command::Trunks => "trunks",
+            Command::Metrics => "metrics",
+            Command::Config(c) => c.name(),
+            Command::ExtCallerId { .. } => "ext_callerid",
             Command::ExtForward { .. } => "ext_forward",
+            Command::Ssh(ssh) => ssh.name(),
+            Command::Admin(admin) => admin.name(),
         }
     }
 }
@@ -207,6 +290,22 @@ pub enum Reply {
     FwExport(FwExport),
     /// Answer to [`Command::Trunks`].
     Trunks(Vec<pbx_core::trunk::TrunkStatus>),
+    /// Answer to [`Command::Metrics`].
+    Metrics(crate::metrics::Metrics),
+    /// A configuration text (`config show`) or a diff (`config diff`).
+    ConfigText {
+        /// The revision shown (0 for a diff).
+        rev: u32,
+        text: String,
+    },
+    /// Answer to `config list`.
+    ConfigRevisions(Vec<crate::revisions::Revision>),
+    /// Answer to [`SshCommand::KeysList`].
+    SshKeys(Vec<SshKeyInfo>),
+    /// Answer to [`AdminCommand::Status`].
+    Admin(AdminInfo),
+    /// Answer to [`AdminCommand::Login`].
+    Login(LoginOutcome),
     /// A change was made.
     Done {
         /// What was done, for a human.
@@ -233,6 +332,40 @@ impl Reply {
             message: message.into(),
         }
     }
+}
+
+/// One authorised SSH key.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SshKeyInfo {
+    /// `SHA256:<base64>`, as `ssh-keygen -lf` prints it.
+    pub fingerprint: String,
+    /// `ssh-ed25519`, `ecdsa-sha2-nistp256` or `ssh-rsa`.
+    pub key_type: String,
+    /// Key size in bits.
+    pub bits: u32,
+    /// The comment given with the key.
+    pub comment: Option<String>,
+    /// When it was added (ms since the epoch).
+    pub added: u64,
+}
+
+/// The console password's state.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AdminInfo {
+    /// A console password is set.
+    pub password_set: bool,
+}
+
+/// What the daemon made of a console password.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginOutcome {
+    /// The password is right.
+    Accepted,
+    /// The password is wrong.
+    Refused,
+    /// No password is set yet: nobody can log in at the console.
+    NoPassword,
 }
 
 /// Daemon overview.
@@ -603,6 +736,18 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a console password: 10-128 characters, no control characters, no surrounding
+/// whitespace, not one character repeated.
+pub fn validate_admin_password(password: &str) -> Result<(), String> {
+    let len = password.chars().count();
+    if len < MIN_ADMIN_PASSWORD_LEN {
+        return Err(format!(
+            "password is {len} characters long; at least {MIN_ADMIN_PASSWORD_LEN} are needed"
+        ));
+    }
+    validate_password("", password)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
@@ -866,10 +1011,121 @@ mod tests {
     }
 
     #[test]
+    fn ssh_and_admin_commands_on_the_wire() {
+        let c: Command = serde_json::from_str(r#"{"cmd":"ssh","ssh":"keys_list"}"#).unwrap();
+        assert_eq!(c, Command::Ssh(SshCommand::KeysList));
+        assert_eq!(c.name(), "ssh_keys_list");
+        let c: Command =
+            serde_json::from_str(r#"{"cmd":"ssh","ssh":"keys_del","key":"laptop"}"#).unwrap();
+        assert_eq!(
+            c,
+            Command::Ssh(SshCommand::KeysDel {
+                key: "laptop".into()
+            })
+        );
+        let c = Command::Admin(AdminCommand::Login {
+            password: "secret-password".into(),
+        });
+        let s = serde_json::to_string(&c).unwrap();
+        assert_eq!(
+            s,
+            r#"{"cmd":"admin","admin":"login","password":"secret-password"}"#
+        );
+        assert_eq!(
+            c.name(),
+            "admin_login",
+            "the name never carries the password"
+        );
+        assert!(serde_json::from_str::<Command>(r#"{"cmd":"admin","admin":"su"}"#).is_err());
+        for r in [
+            Reply::SshKeys(vec![SshKeyInfo {
+                fingerprint: "SHA256:abc".into(),
+                key_type: "ssh-ed25519".into(),
+                bits: 256,
+                comment: Some("laptop".into()),
+                added: 5,
+            }]),
+            Reply::Admin(AdminInfo { password_set: true }),
+            Reply::Login(LoginOutcome::NoPassword),
+        ] {
+            let s = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Reply>(&s).unwrap(), r);
+        }
+        assert_eq!(
+            serde_json::to_string(&Reply::Login(LoginOutcome::Accepted)).unwrap(),
+            r#"{"reply":"login","data":"accepted"}"#
+        );
+    }
+
+    #[test]
+    fn admin_password_rules() {
+        assert!(validate_admin_password("correct horse").is_ok());
+        assert!(validate_admin_password("short-pw1")
+            .unwrap_err()
+            .contains("at least 10"));
+        assert!(validate_admin_password("xxxxxxxxxxxx")
+            .unwrap_err()
+            .contains("repeated"));
+        assert!(validate_admin_password(" leading-space")
+            .unwrap_err()
+            .contains("whitespace"));
+    }
+
+    #[test]
     fn name_rules() {
         assert!(validate_name("Front desk").is_ok());
         assert!(validate_name("").is_err());
         assert!(validate_name("a\u{1b}[2J").is_err());
         assert!(validate_name(&"x".repeat(65)).is_err());
+    }
+}
+
+/// `outpostctl config ...`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "config", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ConfigCommand {
+    /// The running configuration (or revision `rev`).
+    Show {
+        /// Revision number; none = the running one.
+        rev: Option<u32>,
+    },
+    /// Every revision with its state.
+    List,
+    /// Validate and apply a whole configuration as a new revision.
+    Apply {
+        /// The TOML text.
+        text: String,
+        /// Roll back by itself unless confirmed within this many seconds.
+        confirm_secs: Option<u64>,
+        /// Why (shown by `config list`).
+        comment: Option<String>,
+    },
+    /// Confirm the pending revision.
+    Confirm,
+    /// Apply revision `rev` again (none: the previous one) as a new revision.
+    Rollback {
+        /// Revision number.
+        rev: Option<u32>,
+    },
+    /// Unified diff between two revisions (defaults: the previous and the running one).
+    Diff {
+        /// Older revision.
+        from: Option<u32>,
+        /// Newer revision.
+        to: Option<u32>,
+    },
+}
+
+impl ConfigCommand {
+    /// Wire name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConfigCommand::Show { .. } => "config_show",
+            ConfigCommand::List => "config_list",
+            ConfigCommand::Apply { .. } => "config_apply",
+            ConfigCommand::Confirm => "config_confirm",
+            ConfigCommand::Rollback { .. } => "config_rollback",
+            ConfigCommand::Diff { .. } => "config_diff",
+        }
     }
 }

@@ -8,18 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::Serialize;
 
 use firmware::admin::proto::{
-    validate_ext, validate_name, validate_password, CallInfo, Command, ExtImportRow, ExtensionInfo,
-    FwAlertInfo, FwBansInfo, FwCommand, FwExport, FwRuleInfo, FwStatusInfo, RegistrationInfo,
-    Reply, StatusInfo, MAX_LINE,
+    validate_admin_password, validate_ext, validate_name, validate_password, AdminCommand,
+    CallInfo, Command, ConfigCommand, ExtImportRow, ExtensionInfo, FwAlertInfo, FwBansInfo,
+    FwCommand, FwExport, FwRuleInfo, FwStatusInfo, LoginOutcome, RegistrationInfo, Reply,
+    SshCommand, SshKeyInfo, StatusInfo, MAX_LINE, MAX_SSH_KEY_LINE,
 };
 use firmware::admin::Client;
 use firmware::config::default_socket_path;
+use firmware::console::{self, LoginEnd};
 use firmware::guard::feed::{self, MAX_FEED_BYTES};
 use pbx_core::cdr::{Cdr, Disposition};
 
@@ -71,6 +73,56 @@ enum Cmd {
     Vm(VmCmd),
     /// Show the SIP trunks: health, registration, reason, since when.
     Trunks,
+    /// Counters for monitoring (also served as Prometheus text with `[metrics] listen`).
+    Metrics,
+    /// The configuration: show, edit, apply with automatic rollback, revisions, diff.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// SSH access: the public keys that may log in.
+    #[command(subcommand)]
+    Ssh(SshCmd),
+    /// The admin password of the serial console.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+    /// An interactive shell for every command: line editing, history, TAB completion.
+    Shell,
+    /// Log in at the serial console with the admin password, then start the shell.
+    Login,
+    /// The SSH forced command: runs $SSH_ORIGINAL_COMMAND as outpostctl words (split like a
+    /// shell quotes them, never run by a shell), or the shell when there is none.
+    #[command(hide = true)]
+    SshSession,
+}
+
+#[derive(Debug, Subcommand)]
+enum SshCmd {
+    /// Manage the public keys that may log in over SSH.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Authorise a public key: one OpenSSH line (ssh-ed25519, ecdsa-sha2-nistp256, or
+    /// ssh-rsa of 2048 bits or more) with an optional comment, as in a .pub file.
+    Add {
+        /// The .pub file, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// Remove a key, named by its fingerprint (SHA256:...) or its comment.
+    Del {
+        /// The fingerprint from `ssh keys list`, or the key's comment.
+        key: String,
+    },
+    /// List the authorised keys: fingerprint, type, comment.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCmd {
+    /// Set the serial console's admin password (at least 10 characters): asked twice on
+    /// a terminal, else read from the first line of standard input.
+    Passwd,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +234,14 @@ enum ExtCmd {
         #[command(flatten)]
         password: PasswordArgs,
     },
+    /// Set the caller-ID the extension presents on outside calls (no number: the route's
+    /// or trunk's).
+    Callerid {
+        /// Extension number.
+        ext: String,
+        /// The number shown to the called party.
+        number: Option<String>,
+    },
     /// Set call forwarding (replaces what was set; no option clears it).
     Forward {
         /// Extension number.
@@ -224,6 +284,52 @@ enum RegCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Print the running configuration (or revision REV).
+    Show {
+        /// Revision number.
+        #[arg(long)]
+        rev: Option<u32>,
+    },
+    /// List the revisions: number, time, state, comment.
+    List,
+    /// Edit the running configuration in $EDITOR (default vi), then apply it.
+    Edit {
+        /// Roll back by itself unless `config confirm` within SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        confirm: Option<u64>,
+        /// Why (shown by `config list`).
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+    },
+    /// Validate and apply a whole configuration file (`-` = standard input).
+    Apply {
+        /// The TOML file.
+        file: PathBuf,
+        /// Roll back by itself unless `config confirm` within SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        confirm: Option<u64>,
+        /// Why (shown by `config list`).
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+    },
+    /// Keep the revision applied with --confirm.
+    Confirm,
+    /// Apply an earlier revision again (default: the previous one).
+    Rollback {
+        /// Revision number.
+        rev: Option<u32>,
+    },
+    /// Show what changed between two revisions (default: the previous and the running one).
+    Diff {
+        /// Older revision.
+        from: Option<u32>,
+        /// Newer revision.
+        to: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CdrCmd {
     /// List the most recent calls, newest first.
     List {
@@ -242,6 +348,8 @@ enum Failure {
     Usage(String),
     /// The daemon could not be reached: exit 3.
     Unreachable(String),
+    /// Already explained to the user; exit with this code.
+    Shown(u8),
 }
 
 /// What to print for a `Done` reply when the CLI generated a password.
@@ -253,34 +361,227 @@ struct Generated {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            let (code, message) = match failure {
-                Failure::Refused(m) => (1, m),
-                Failure::Usage(m) => (2, m),
-                Failure::Unreachable(m) => (3, m),
-            };
-            eprintln!("outpostctl: {message}");
-            ExitCode::from(code)
-        }
+        Err(failure) => ExitCode::from(report(failure)),
     }
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
-    let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
-    let export = match &cli.command {
-        Cmd::Fw(FwCmd::Export { out, format }) => Some((out.clone(), *format)),
-        _ => None,
+/// Prints a failure (unless already shown) and returns its exit code.
+fn report(failure: Failure) -> u8 {
+    let (code, message) = match failure {
+        Failure::Refused(m) => (1, m),
+        Failure::Usage(m) => (2, m),
+        Failure::Unreachable(m) => (3, m),
+        Failure::Shown(code) => return code,
     };
-    let (commands, generated) = plan(cli.command)?;
-    let mut client = Client::connect(&socket, REPLY_TIMEOUT).map_err(|e| {
+    eprintln!("outpostctl: {message}");
+    code
+}
+
+/// Where a command line comes from, for what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A line typed in the shell.
+    Shell,
+    /// `$SSH_ORIGINAL_COMMAND` of an SSH session (the forced command).
+    Ssh,
+}
+
+/// The options of the outer invocation that the commands of a shell or session inherit.
+#[derive(Debug, Clone)]
+struct Session {
+    socket: Option<PathBuf>,
+    json: bool,
+    /// Inside an SSH session: the socket is fixed by the forced command.
+    ssh: bool,
+    /// An SSH or console-login session: nothing but outpostctl may be reached (see
+    /// [`escapes_the_session`]).
+    restricted: bool,
+}
+
+/// Runs the command line: the shell, console login and SSH session here, the daemon's
+/// commands through [`run`].
+fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let session = Session {
+        socket: cli.socket.clone(),
+        json: cli.json,
+        ssh: false,
+        restricted: false,
+    };
+    match cli.command {
+        Cmd::Shell => shell(&session),
+        Cmd::Login => login(&Session {
+            restricted: true,
+            ..session
+        }),
+        Cmd::SshSession => ssh_session(Session {
+            ssh: true,
+            restricted: true,
+            ..session
+        }),
+        _ => run(cli),
+    }
+}
+
+/// The forced command of every SSH key: `$SSH_ORIGINAL_COMMAND` split into words (no
+/// shell ever sees it) and run like a command line, or the shell when it is absent.
+fn ssh_session(session: Session) -> Result<(), Failure> {
+    match std::env::var("SSH_ORIGINAL_COMMAND") {
+        Ok(line) if !line.trim().is_empty() => {
+            let words = console::split_words(&line)
+                .map_err(|e| Failure::Usage(format!("cannot read the command: {e}")))?;
+            run_words(words, &session, Origin::Ssh)
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(Failure::Usage("the command is not UTF-8 text".to_owned()))
+        }
+        _ => shell(&session),
+    }
+}
+
+/// The interactive shell; each line runs like `outpostctl <line>`.
+fn shell(session: &Session) -> Result<(), Failure> {
+    console::run_shell(Cli::command(), |words| {
+        if let Err(failure) = run_words(words, session, Origin::Shell) {
+            report(failure);
+        }
+    })
+    .map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// Parses `words` as outpostctl's arguments (in process, with the same parser as the
+/// command line) and runs them with the session's socket.
+fn run_words(words: Vec<String>, session: &Session, origin: Origin) -> Result<(), Failure> {
+    let argv = std::iter::once("outpostctl".to_owned()).chain(words);
+    let mut cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(()),
+                _ => Err(Failure::Shown(2)),
+            };
+        }
+    };
+    if session.ssh && cli.socket.is_some() {
+        return Err(Failure::Usage(
+            "--socket cannot be changed in an SSH session".to_owned(),
+        ));
+    }
+    if session.restricted {
+        if let Some(why) = escapes_the_session(&cli.command) {
+            return Err(Failure::Usage(why.to_owned()));
+        }
+    }
+    cli.socket = cli.socket.or_else(|| session.socket.clone());
+    cli.json |= session.json;
+    match (&cli.command, origin) {
+        (Cmd::Login | Cmd::SshSession, _) | (Cmd::Shell, Origin::Shell) => Err(Failure::Usage(
+            "not available here: this is already a logged-in session".to_owned(),
+        )),
+        (Cmd::Shell, Origin::Ssh) => shell(session),
+        _ => run(cli),
+    }
+}
+
+/// Why `cmd` may not run in an SSH or console-login session, whose user must reach nothing
+/// but outpostctl: files on the box are read or written only as standard input/output (a
+/// path would reach any file as root), and no other program (an editor can start a shell).
+fn escapes_the_session(cmd: &Cmd) -> Option<&'static str> {
+    let file_arg = |f: &Path| f.as_os_str() != "-";
+    match cmd {
+        Cmd::Fw(FwCmd::Import { file, .. })
+        | Cmd::Ext(ExtCmd::Import { file })
+        | Cmd::Ssh(SshCmd::Keys(KeysCmd::Add { file }))
+        | Cmd::Config(ConfigCmd::Apply { file, .. })
+            if file_arg(file) =>
+        {
+            Some("in this session files are read from standard input only: give `-` and send the file (ssh box ... - < FILE)")
+        }
+        Cmd::Fw(FwCmd::Export { out: Some(_), .. }) => {
+            Some("in this session --out is not available: the export goes to standard output")
+        }
+        Cmd::Config(ConfigCmd::Edit { .. }) => Some(
+            "`config edit` runs an editor, which can start a shell: not available in this session; \
+             use `config show` and `config apply -`",
+        ),
+        _ => None,
+    }
+}
+
+/// Serial console login: the admin password (no echo), three tries, then a pause.
+fn login(session: &Session) -> Result<(), Failure> {
+    let socket = session.socket.clone().unwrap_or_else(default_socket_path);
+    let mut client = connect(&socket)?;
+    let mut ask = |command: Command| {
+        client.request(&command).map_err(|e| {
+            Failure::Unreachable(format!("talking to outpostd at {}: {e}", socket.display()))
+        })
+    };
+    let no_password = || {
+        eprintln!(
+            "No admin password is set, so nobody can log in at this console yet.\n\
+             Set one over SSH (ssh admin@<this box> admin passwd) or as root on this machine \
+             (outpostctl admin passwd)."
+        );
+        Err(Failure::Shown(1))
+    };
+    match ask(Command::Admin(AdminCommand::Status))? {
+        Reply::Admin(info) if !info.password_set => return no_password(),
+        Reply::Admin(_) => {}
+        Reply::Error { message } => return Err(Failure::Refused(sanitize(&message))),
+        other => return Err(unexpected(&other)),
+    }
+    let end = console::login_loop(
+        || console::read_secret("Password: "),
+        |password| match ask(Command::Admin(AdminCommand::Login { password })) {
+            Ok(Reply::Login(outcome)) => Ok(outcome),
+            Ok(Reply::Error { message }) => Err(sanitize(&message)),
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err(Failure::Unreachable(m) | Failure::Refused(m) | Failure::Usage(m)) => Err(m),
+            Err(Failure::Shown(_)) => Err("login failed".to_owned()),
+        },
+    )
+    .map_err(Failure::Refused)?;
+    match end {
+        LoginEnd::Accepted => shell(session),
+        LoginEnd::NoPassword => no_password(),
+        LoginEnd::TooManyTries => {
+            eprintln!("Login incorrect.");
+            std::thread::sleep(console::LOGIN_DELAY);
+            Err(Failure::Shown(1))
+        }
+        LoginEnd::Eof => Err(Failure::Shown(1)),
+    }
+}
+
+fn connect(socket: &Path) -> Result<Client, Failure> {
+    Client::connect(socket, REPLY_TIMEOUT).map_err(|e| {
         Failure::Unreachable(format!(
             "cannot connect to outpostd at {}: {e} (is outpostd running? \
              use --socket PATH or set OUTPOST_SOCKET)",
             socket.display()
         ))
-    })?;
+    })
+}
+
+fn unexpected(reply: &Reply) -> Failure {
+    Failure::Refused(format!("unexpected reply from outpostd: {reply:?}"))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
+    if let Cmd::Config(ConfigCmd::Edit { confirm, message }) = &cli.command {
+        return config_edit(&socket, *confirm, message.clone(), cli.json);
+    }
+    let export = match &cli.command {
+        Cmd::Fw(FwCmd::Export { out, format }) => Some((out.clone(), *format)),
+        _ => None,
+    };
+    let (commands, generated) = plan(cli.command)?;
+    let mut client = connect(&socket)?;
     for command in &commands {
         let reply = client.request(command).map_err(|e| {
             Failure::Unreachable(format!("talking to outpostd at {}: {e}", socket.display()))
@@ -293,6 +594,73 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `config edit`: the running configuration in $EDITOR, then applied if it changed (an
+/// invalid result is reported with the key and can be edited again).
+fn config_edit(
+    socket: &Path,
+    confirm: Option<u64>,
+    message: Option<String>,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut client = connect(socket)?;
+    let unreachable = |e: firmware::admin::ClientError| {
+        Failure::Unreachable(format!("talking to outpostd at {}: {e}", socket.display()))
+    };
+    let reply = client
+        .request(&Command::Config(ConfigCommand::Show { rev: None }))
+        .map_err(unreachable)?;
+    let Reply::ConfigText { rev, text } = reply else {
+        return show(&reply, json, None);
+    };
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!(
+        "outpost-config-{}-rev{rev}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, &text)
+        .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".to_string());
+    loop {
+        let status = std::process::Command::new(&editor)
+            .arg(&path)
+            .status()
+            .map_err(|e| Failure::Usage(format!("cannot run the editor {editor:?}: {e}")))?;
+        if !status.success() {
+            let _ = std::fs::remove_file(&path);
+            return Err(Failure::Usage(format!("{editor} failed; nothing applied")));
+        }
+        let edited = std::fs::read_to_string(&path)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+        if edited == text {
+            let _ = std::fs::remove_file(&path);
+            println!("no change");
+            return Ok(());
+        }
+        let reply = client
+            .request(&Command::Config(ConfigCommand::Apply {
+                text: edited,
+                confirm_secs: confirm,
+                comment: message.clone(),
+            }))
+            .map_err(unreachable)?;
+        if let Reply::Error { message } = &reply {
+            eprintln!("outpostctl: {}", sanitize(message));
+            eprint!("edit again? [Y/n] ");
+            let mut answer = String::new();
+            let _ = std::io::stdin().read_line(&mut answer);
+            if answer.trim().eq_ignore_ascii_case("n") {
+                let _ = std::fs::remove_file(&path);
+                return Err(Failure::Shown(1));
+            }
+            continue;
+        }
+        let _ = std::fs::remove_file(&path);
+        return show(&reply, json, None);
+    }
 }
 
 /// Prints an export, or writes it to `out`; warns when bans were left out.
@@ -373,6 +741,32 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Reg(RegCmd::List) => one(Command::RegList),
         Cmd::Calls => one(Command::Calls),
         Cmd::Trunks => one(Command::Trunks),
+        Cmd::Metrics => one(Command::Metrics),
+        Cmd::Config(c) => one(Command::Config(match c {
+            ConfigCmd::Show { rev } => ConfigCommand::Show { rev },
+            ConfigCmd::List => ConfigCommand::List,
+            ConfigCmd::Apply {
+                file,
+                confirm,
+                message,
+            } => ConfigCommand::Apply {
+                text: read_input(&file)?,
+                confirm_secs: confirm,
+                comment: message,
+            },
+            ConfigCmd::Edit { .. } => {
+                return Err(Failure::Usage(
+                    "`config edit` needs a terminal and a daemon to talk to".to_string(),
+                ))
+            }
+            ConfigCmd::Confirm => ConfigCommand::Confirm,
+            ConfigCmd::Rollback { rev } => ConfigCommand::Rollback { rev },
+            ConfigCmd::Diff { from, to } => ConfigCommand::Diff { from, to },
+        })),
+        Cmd::Ext(ExtCmd::Callerid { ext, number }) => {
+            validate_ext(&ext).map_err(Failure::Usage)?;
+            one(Command::ExtCallerId { ext, number })
+        }
         Cmd::Ext(ExtCmd::Forward {
             ext,
             always,
@@ -490,7 +884,74 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
             }
             Ok((import_requests(rows), None))
         }
+        Cmd::Ssh(SshCmd::Keys(KeysCmd::List)) => one(Command::Ssh(SshCommand::KeysList)),
+        Cmd::Ssh(SshCmd::Keys(KeysCmd::Del { key })) => {
+            if key.trim().is_empty() || key.len() > 300 || key.chars().any(char::is_control) {
+                return Err(Failure::Usage(format!(
+                    "`{}` is neither a fingerprint nor a comment",
+                    key.escape_default()
+                )));
+            }
+            one(Command::Ssh(SshCommand::KeysDel { key }))
+        }
+        Cmd::Ssh(SshCmd::Keys(KeysCmd::Add { file })) => {
+            let line = read_key_line(&file)?;
+            one(Command::Ssh(SshCommand::KeysAdd { line }))
+        }
+        Cmd::Admin(AdminCmd::Passwd) => {
+            let password = read_new_admin_password()?;
+            one(Command::Admin(AdminCommand::Passwd { password }))
+        }
+        Cmd::Shell | Cmd::Login | Cmd::SshSession => Err(Failure::Usage(
+            "not available here: this is already a logged-in session".to_owned(),
+        )),
     }
+}
+
+/// The one public key line of a .pub file (or standard input), checked before sending.
+fn read_key_line(file: &Path) -> Result<String, Failure> {
+    let limit = u64::try_from(MAX_SSH_KEY_LINE * 2).unwrap_or(u64::MAX);
+    let mut bytes = Vec::new();
+    let result = if file.as_os_str() == "-" {
+        std::io::stdin().lock().take(limit).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(limit).read_to_end(&mut bytes))
+    };
+    result.map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Failure::Usage(format!("{}: not UTF-8 text", file.display())))?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let [line] = lines.as_slice() else {
+        return Err(Failure::Usage(format!(
+            "{}: expected exactly one public key line, found {}",
+            file.display(),
+            lines.len()
+        )));
+    };
+    firmware::ssh::PublicKey::parse(line)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
+    Ok((*line).to_owned())
+}
+
+/// The new console password: asked twice on a terminal, else the first line of stdin.
+fn read_new_admin_password() -> Result<String, Failure> {
+    let read = |prompt: &str| {
+        console::read_secret(prompt)
+            .map_err(|e| Failure::Usage(format!("cannot read the password: {e}")))?
+            .ok_or_else(|| Failure::Usage("no password given".to_owned()))
+    };
+    let password = read("New admin password: ")?;
+    validate_admin_password(&password).map_err(Failure::Usage)?;
+    if std::io::IsTerminal::is_terminal(&std::io::stdin())
+        && read("Repeat the password: ")? != password
+    {
+        return Err(Failure::Usage("the passwords differ".to_owned()));
+    }
+    Ok(password)
 }
 
 /// The password from the flags, or a fresh random one (second value true when generated).
@@ -683,6 +1144,14 @@ fn payload_json(reply: &Reply) -> String {
         Reply::FwRules(v) => to_json(v),
         Reply::FwExport(doc) => to_json(doc),
         Reply::Trunks(v) => to_json(v),
+        Reply::Metrics(m) => to_json(m),
+        Reply::ConfigText { rev, text } => {
+            to_json(&serde_json::json!({ "rev": rev, "text": text }))
+        }
+        Reply::ConfigRevisions(v) => to_json(v),
+        Reply::SshKeys(v) => to_json(v),
+        Reply::Admin(a) => to_json(a),
+        Reply::Login(o) => to_json(o),
         Reply::Done { message } | Reply::Error { message } => {
             to_json(&serde_json::json!({ "message": message }))
         }
@@ -704,6 +1173,25 @@ fn render(reply: &Reply, generated: Option<&Generated>) -> String {
         Reply::FwRules(v) => render_fw_rules(v),
         Reply::FwExport(doc) => render_export(doc, ExportFormat::Json),
         Reply::Trunks(v) => render_trunks(v),
+        Reply::Metrics(m) => m.to_prometheus(),
+        Reply::ConfigText { text, .. } => {
+            if text.is_empty() || text.ends_with('\n') {
+                text.clone()
+            } else {
+                format!("{text}\n")
+            }
+        }
+        Reply::ConfigRevisions(v) => render_revisions(v),
+        Reply::SshKeys(v) => render_ssh_keys(v),
+        Reply::Admin(a) => format!(
+            "admin password: {}\n",
+            if a.password_set { "set" } else { "not set" }
+        ),
+        Reply::Login(o) => match o {
+            LoginOutcome::Accepted => "password accepted\n".to_owned(),
+            LoginOutcome::Refused => "password refused\n".to_owned(),
+            LoginOutcome::NoPassword => "no admin password is set\n".to_owned(),
+        },
         Reply::Done { message } => match generated {
             Some(g) => format!("{}\n", g.human),
             None => format!("{}\n", sanitize(message)),
@@ -738,6 +1226,57 @@ fn render_status(s: &StatusInfo) -> String {
         ]);
     }
     format_table(None, &rows)
+}
+
+fn render_ssh_keys(v: &[SshKeyInfo]) -> String {
+    if v.is_empty() {
+        return "no SSH keys (add one with `outpostctl ssh keys add FILE.pub`)\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|k| {
+            vec![
+                k.fingerprint.clone(),
+                k.key_type.clone(),
+                k.bits.to_string(),
+                k.comment.clone().unwrap_or_else(|| "-".to_owned()),
+                fmt_time(k.added),
+            ]
+        })
+        .collect();
+    format_table(
+        Some(&["FINGERPRINT", "TYPE", "BITS", "COMMENT", "ADDED (UTC)"]),
+        &rows,
+    )
+}
+
+fn render_revisions(v: &[firmware::revisions::Revision]) -> String {
+    if v.is_empty() {
+        return "no revisions\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|r| {
+            vec![
+                r.rev.to_string(),
+                fmt_time(r.at),
+                match r.state {
+                    firmware::revisions::RevisionState::Applied => "running".to_owned(),
+                    firmware::revisions::RevisionState::Pending => match r.confirm_by {
+                        Some(by) => format!(
+                            "PENDING ({} s to confirm)",
+                            by.saturating_sub(now_ms()) / 1000
+                        ),
+                        None => "PENDING".to_owned(),
+                    },
+                    firmware::revisions::RevisionState::Superseded => "superseded".to_owned(),
+                    firmware::revisions::RevisionState::RolledBack => "rolled back".to_owned(),
+                },
+                sanitize(&r.comment),
+            ]
+        })
+        .collect();
+    format_table(Some(&["REV", "TIME (UTC)", "STATE", "COMMENT"]), &rows)
 }
 
 fn render_trunks(v: &[pbx_core::trunk::TrunkStatus]) -> String {
@@ -1697,6 +2236,120 @@ mod tests {
             render_export(&empty, ExportFormat::Json),
             "{\"generated\":7,\"bans\":[]}\n"
         );
+    }
+
+    #[test]
+    fn shell_completion_covers_the_real_command_tree() {
+        let helper = console::ShellHelper::new(Cli::command());
+        let tree = helper.tree();
+        let (_, top) = console::complete(tree, "", 0);
+        for name in [
+            "status", "ext", "reg", "calls", "cdr", "fw", "vm", "trunks", "ssh", "admin", "shell",
+            "login", "help", "exit",
+        ] {
+            assert!(top.iter().any(|c| c == name), "{name} not offered: {top:?}");
+        }
+        assert!(!top.iter().any(|c| c.starts_with("ssh-session")), "{top:?}");
+        assert_eq!(
+            console::complete(tree, "ssh keys ", 9).1,
+            ["add", "del", "list"]
+        );
+        assert_eq!(console::complete(tree, "admin p", 7).1, ["passwd "]);
+        assert_eq!(
+            console::complete(tree, "fw export --f", 13).1,
+            ["--format "]
+        );
+        assert!(console::complete(tree, "ext add --", 10)
+            .1
+            .contains(&"--password-stdin".to_owned()));
+    }
+
+    #[test]
+    fn session_lines_are_checked_before_connecting() {
+        let ssh = Session {
+            socket: Some(PathBuf::from("/nonexistent/admin.sock")),
+            json: false,
+            ssh: true,
+            restricted: true,
+        };
+        let words = |line: &str| console::split_words(line).unwrap();
+        let usage = |r: Result<(), Failure>| match r {
+            Err(Failure::Usage(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            usage(run_words(words("--socket /x status"), &ssh, Origin::Ssh)).contains("--socket")
+        );
+        assert!(usage(run_words(words("ssh-session"), &ssh, Origin::Ssh)).contains("not available"));
+        assert!(usage(run_words(words("login"), &ssh, Origin::Ssh)).contains("not available"));
+        for line in [
+            "ssh keys add /etc/shadow",
+            "fw import /etc/passwd",
+            "ext import /root/x.csv",
+            "config apply /etc/outpost/outpost.toml",
+            "config edit",
+            "fw export --out /etc/shells",
+        ] {
+            let m = usage(run_words(words(line), &ssh, Origin::Ssh));
+            assert!(
+                m.contains("not available") || m.contains("standard input"),
+                "{line}: {m}"
+            );
+        }
+        // Standard input is fine (it fails later: nothing listens on the socket).
+        assert!(matches!(
+            run_words(words("fw export"), &ssh, Origin::Ssh),
+            Err(Failure::Unreachable(_))
+        ));
+        let shell = Session {
+            ssh: false,
+            restricted: false,
+            ..ssh
+        };
+        assert!(usage(run_words(words("shell"), &shell, Origin::Shell)).contains("not available"));
+        // Shell syntax is an unknown command, refused by the parser (exit code 2).
+        assert!(matches!(
+            run_words(words("status; touch /tmp/x"), &shell, Origin::Shell),
+            Err(Failure::Shown(2))
+        ));
+        // The session's socket is used: nothing listens there.
+        assert!(matches!(
+            run_words(words("status"), &shell, Origin::Shell),
+            Err(Failure::Unreachable(m)) if m.contains("/nonexistent/admin.sock")
+        ));
+    }
+
+    #[test]
+    fn ssh_key_files_are_checked_before_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("id.pub");
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@desk";
+        let plan_of = |args: &[&str]| {
+            let mut argv = vec!["outpostctl"];
+            argv.extend_from_slice(args);
+            plan(Cli::try_parse_from(argv).unwrap().command).map(|(c, _)| c)
+        };
+        let path = file.to_str().unwrap();
+        std::fs::write(&file, format!("# my laptop\n{key}\n")).unwrap();
+        assert_eq!(
+            plan_of(&["ssh", "keys", "add", path]).unwrap(),
+            vec![Command::Ssh(SshCommand::KeysAdd { line: key.into() })]
+        );
+        std::fs::write(&file, format!("{key}\n{key}\n")).unwrap();
+        assert!(
+            matches!(plan_of(&["ssh", "keys", "add", path]), Err(Failure::Usage(m)) if m.contains("found 2"))
+        );
+        std::fs::write(&file, "ssh-dss AAAA\n").unwrap();
+        assert!(
+            matches!(plan_of(&["ssh", "keys", "add", path]), Err(Failure::Usage(m)) if m.contains("not accepted"))
+        );
+        assert_eq!(
+            plan_of(&["ssh", "keys", "del", "SHA256:abc"]).unwrap(),
+            vec![Command::Ssh(SshCommand::KeysDel {
+                key: "SHA256:abc".into()
+            })]
+        );
+        assert!(plan_of(&["ssh", "keys", "del", " "]).is_err());
     }
 
     #[test]

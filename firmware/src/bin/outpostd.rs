@@ -38,13 +38,26 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let (mut cfg, source) = match (&args.config, args.demo) {
-        (Some(path), _) => (Config::load(path)?, path.display().to_string()),
+    let load = |path: &std::path::Path| -> anyhow::Result<(Config, String, String)> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let shown = path.display().to_string();
+        Ok((Config::parse_named(&text, &shown)?, text, shown))
+    };
+    let demo = || {
+        (
+            Config::demo(),
+            Config::demo_text().to_string(),
+            "embedded demo configuration".to_string(),
+        )
+    };
+    let (mut cfg, text, source) = match (&args.config, args.demo) {
+        (Some(path), _) => load(path)?,
         (None, false) => match daemon::default_config_path() {
-            Some(path) => (Config::load(&path)?, path.display().to_string()),
-            None => (Config::demo(), "embedded demo configuration".to_string()),
+            Some(path) => load(&path)?,
+            None => demo(),
         },
-        (None, true) => (Config::demo(), "embedded demo configuration".to_string()),
+        (None, true) => demo(),
     };
     if let Some(dir) = args.data_dir {
         cfg.store.data_dir = dir;
@@ -67,5 +80,5 @@ fn run(args: Args) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(daemon::run(cfg))
+    runtime.block_on(daemon::run(cfg, text, source))
 }

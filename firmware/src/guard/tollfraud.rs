@@ -38,6 +38,20 @@ impl TollFraud {
         }
     }
 
+    /// Replaces the policy's settings (a configuration change); locks stay, counters of
+    /// calls in progress restart from zero.
+    pub fn set_config(&self, cfg: PolicyConfig) {
+        let mut p = self.lock();
+        if p.config() == &cfg {
+            return;
+        }
+        let locked = p.locked();
+        *p = CallPolicy::new(cfg);
+        for ext in &locked {
+            p.lock_to_internal(ext);
+        }
+    }
+
     /// The check the call core asks before each outbound call.
     pub fn gate(&self) -> Box<dyn CallGate> {
         Box::new(PolicyGate {

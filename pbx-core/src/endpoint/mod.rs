@@ -741,6 +741,8 @@ pub struct Endpoint {
     step_timers: BTreeSet<(Millis, u64)>,
     /// Call forwarding per extension.
     forwards: HashMap<String, Forwarding>,
+    /// Caller-ID per extension on outside calls.
+    caller_ids: HashMap<String, String>,
     /// The toll-fraud check for outbound calls.
     gate: Option<Box<dyn CallGate>>,
     /// The trunks' registrations and health.
@@ -789,6 +791,7 @@ impl Endpoint {
             menu_timers: BTreeSet::new(),
             step_timers: BTreeSet::new(),
             forwards: HashMap::new(),
+            caller_ids: HashMap::new(),
             gate: None,
             trunks: crate::trunk::Trunks::new(cfg.trunks.clone(), rng.gen(), 0),
             mwi: HashMap::new(),
@@ -816,6 +819,31 @@ impl Endpoint {
     /// The digest realm.
     pub fn realm(&self) -> &str {
         &self.cfg.realm
+    }
+
+    /// Applies a new configuration to the running endpoint without touching calls in
+    /// progress: menus, ring groups, feature codes, the dial plan, ring timeout, voicemail
+    /// settings and digest algorithms take effect for new calls; trunks are rebuilt (they
+    /// register and ping again) only when their settings changed. What cannot change while
+    /// running (realm, addresses, media ports, registrar limits, timers) is left as it is;
+    /// the caller tells the admin it needs a restart.
+    pub fn reconfigure(&mut self, now: Millis, new: &EndpointConfig) {
+        self.cfg.ivr = new.ivr.clone();
+        self.cfg.groups = new.groups.clone();
+        self.cfg.features = new.features.clone();
+        self.cfg.dialplan = new.dialplan.clone();
+        self.cfg.ring_timeout_ms = new.ring_timeout_ms;
+        self.cfg.voicemail = new.voicemail.clone();
+        self.cfg.auth_algorithms = new.auth_algorithms.clone();
+        self.auth.set_algorithms(&new.auth_algorithms);
+        self.cfg.user_agent = new.user_agent.clone();
+        if self.cfg.trunks != new.trunks {
+            self.cfg.trunks = new.trunks.clone();
+            self.trunks = crate::trunk::Trunks::new(new.trunks.clone(), self.rng.gen(), now);
+            // Transactions of the old trunks answer into nothing.
+            self.clients
+                .retain(|_, role| !matches!(role, ClientRole::Trunk { .. }));
+        }
     }
 
     // ---------------------------------------------------------------------------------------

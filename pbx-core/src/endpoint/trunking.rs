@@ -29,6 +29,18 @@ impl Endpoint {
         self.trunks.status()
     }
 
+    /// Sets (or with `None` clears) the caller-ID an extension presents on outside calls.
+    pub fn set_caller_id(&mut self, ext: &str, number: Option<String>) {
+        match number {
+            Some(n) => {
+                self.caller_ids.insert(ext.to_string(), n);
+            }
+            None => {
+                self.caller_ids.remove(ext);
+            }
+        }
+    }
+
     /// True when trunks are configured and none is up: the office runs on its own.
     pub fn survival(&self) -> bool {
         self.trunks.all_down()
@@ -226,9 +238,15 @@ impl Endpoint {
             return false;
         };
         let number = plan.number.clone();
+        // Route, then the extension's own number, then the trunk's, then its account.
+        let own = match call.origin {
+            Origin::Extension => self.caller_ids.get(&call.caller).cloned(),
+            Origin::Trunk(_) => None,
+        };
         let caller_id = plan
             .caller_id
             .clone()
+            .or(own)
             .or_else(|| cfg.caller_id.clone())
             .or_else(|| (!cfg.username.is_empty()).then(|| cfg.username.clone()))
             .unwrap_or_else(|| call.caller.clone());

@@ -1,0 +1,1457 @@
+//! Remote administration over SSH: dropbear (from Debian) faces the network, we never
+//! speak the SSH protocol ourselves.
+//!
+//! - The admin's public keys live in the store (meta `ssh_keys`); every change rewrites the
+//!   admin account's `~/.ssh/authorized_keys` atomically, each key restricted to a forced
+//!   command (`outpostctl --socket <admin socket> ssh-session`) and without forwarding.
+//!   Dropbear 2022.83 (Debian 12) has no option to read authorized_keys from elsewhere
+//!   (`-D` came later), so the file lives in the home directory of `[ssh] user`; on the
+//!   appliance that home is on `/data`.
+//! - The supervisor runs `dropbear -F -E -s` (foreground, log to stderr, no passwords),
+//!   restarts it with back-off when it dies, and reads its log: every connection that ends
+//!   before authenticating, or that tried a user that does not exist or may not log in,
+//!   is one failed login of its source for the firewall (rule `auth_failures`).
+//!
+//! The admin account must be able to open the admin socket (mode 0600, owned by the
+//! daemon's user): on the appliance it is a uid-0 account whose only way in is the forced
+//! command. Root logins are refused (`-w`) unless `[ssh] user` itself has uid 0.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::admin::proto::{Reply, SshCommand, SshKeyInfo, MAX_SSH_KEY_LINE};
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+use pbx_core::Millis;
+
+/// Store meta key of the authorised keys (JSON list of [`StoredKey`]).
+const KEYS_META: &str = "ssh_keys";
+/// Most keys the admin may authorise.
+pub const MAX_KEYS: usize = 64;
+/// Longest key comment accepted.
+pub const MAX_COMMENT_LEN: usize = 256;
+/// Smallest RSA modulus accepted, in bits.
+pub const MIN_RSA_BITS: u32 = 2048;
+/// Largest RSA modulus accepted, in bits (OpenSSH's own limit).
+const MAX_RSA_BITS: u32 = 16_384;
+/// Dropbear listens on at most this many addresses.
+const MAX_LISTEN: usize = 10;
+/// The options every authorised key gets before its forced command.
+const KEY_OPTIONS: &str = "no-port-forwarding,no-agent-forwarding,no-X11-forwarding";
+/// Longest dropbear log line read; the rest of a longer line is skipped.
+const MAX_LOG_LINE: usize = 1024;
+/// Connections tracked between "Child connection" and their end.
+const MAX_PENDING: usize = 1024;
+/// Failed logins queued for the daemon's loop; more are dropped (the firewall has long
+/// banned the source by then).
+const FAILURE_QUEUE: usize = 256;
+/// Restart delays of a dying dropbear: doubled each time up to the maximum, back to the
+/// minimum once it stayed up for [`STABLE_AFTER`].
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Dropbear log lines re-logged per window; the rest are counted and summarised.
+const LOG_LINES_PER_WINDOW: u32 = 30;
+const LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// `[ssh]` section: remote administration through dropbear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshConfig {
+    /// Run and supervise dropbear.
+    pub enabled: bool,
+    /// Addresses dropbear listens on (`"0.0.0.0:22"`, `"[::]:22"`), at most 10.
+    pub listen: Vec<SocketAddr>,
+    /// The dropbear server binary.
+    pub dropbear: PathBuf,
+    /// The dropbearkey binary, to make the host key on first start.
+    pub dropbearkey: PathBuf,
+    /// The ed25519 host key [default: `<store.data_dir>/ssh/dropbear_ed25519_host_key`],
+    /// generated when missing.
+    pub host_key: Option<PathBuf>,
+    /// The account admins log in as; its `~/.ssh/authorized_keys` is ours.
+    pub user: String,
+    /// The `outpostctl` binary the forced command runs [default: the one beside outpostd].
+    pub outpostctl: Option<PathBuf>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            enabled: false,
+            listen: vec![
+                SocketAddr::from(([0, 0, 0, 0], 22)),
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 22)),
+            ],
+            dropbear: PathBuf::from("/usr/sbin/dropbear"),
+            dropbearkey: PathBuf::from("/usr/bin/dropbearkey"),
+            host_key: None,
+            user: "admin".to_owned(),
+            outpostctl: None,
+        }
+    }
+}
+
+impl SshConfig {
+    /// Checks the keys; the error is (dotted key, reason).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, reason: &str| Err((format!("ssh.{key}"), reason.to_owned()));
+        if self.enabled && self.listen.is_empty() {
+            return bad(
+                "listen",
+                "must list at least one address when SSH is enabled",
+            );
+        }
+        if self.listen.len() > MAX_LISTEN {
+            return bad("listen", "dropbear listens on at most 10 addresses");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for addr in &self.listen {
+            if addr.port() == 0 {
+                return bad("listen", "port 0 is not a port to listen on");
+            }
+            if !seen.insert(addr) {
+                return bad("listen", "an address is listed twice");
+            }
+        }
+        if !valid_user_name(&self.user) {
+            return bad(
+                "user",
+                "must be an account name: letters, digits, `_`, `-`, `.`, at most 32",
+            );
+        }
+        for (key, path) in [
+            ("dropbear", Some(&self.dropbear)),
+            ("dropbearkey", Some(&self.dropbearkey)),
+            ("host_key", self.host_key.as_ref()),
+            ("outpostctl", self.outpostctl.as_ref()),
+        ] {
+            if let Some(p) = path {
+                if p.as_os_str().is_empty() {
+                    return bad(key, "must not be empty");
+                }
+                if !safe_in_command(p) {
+                    return bad(
+                        key,
+                        "must not contain quotes, backslashes or control characters",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The host key file: `host_key`, or the default under `data_dir`.
+    pub fn host_key_path(&self, data_dir: &Path) -> PathBuf {
+        self.host_key
+            .clone()
+            .unwrap_or_else(|| data_dir.join("ssh").join("dropbear_ed25519_host_key"))
+    }
+
+    /// The `outpostctl` the forced command runs: `outpostctl`, or the one beside this
+    /// program, or `/usr/bin/outpostctl`.
+    pub fn outpostctl_path(&self) -> PathBuf {
+        if let Some(p) = &self.outpostctl {
+            return p.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name("outpostctl"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/outpostctl"))
+    }
+}
+
+/// Why an SSH operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// The public key was refused.
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    /// The store could not be read or written.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The configured admin account does not exist.
+    #[error("there is no account `{0}` for SSH logins (see [ssh] user)")]
+    NoAccount(String),
+    /// A file or directory could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The command cannot be carried out as asked.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Why a public key line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Longer than [`MAX_SSH_KEY_LINE`].
+    #[error("the key line is longer than {MAX_SSH_KEY_LINE} bytes")]
+    TooLong,
+    /// Not `type base64 [comment]`.
+    #[error("expected one OpenSSH public key line: `TYPE BASE64 [COMMENT]` (as in a .pub file)")]
+    Format,
+    /// A key type we do not accept (or an options prefix).
+    #[error("key type `{0}` is not accepted: use ssh-ed25519, ecdsa-sha2-nistp256 or ssh-rsa (2048 bits or more), without options")]
+    Type(String),
+    /// The key data is not base64.
+    #[error("the key data is not valid base64")]
+    Base64,
+    /// The key data does not hold a key of the named type.
+    #[error("the key data is not a valid {0} key")]
+    Blob(&'static str),
+    /// An RSA key below [`MIN_RSA_BITS`].
+    #[error("RSA key of {0} bits: at least {MIN_RSA_BITS} are needed")]
+    RsaTooSmall(u32),
+    /// The comment holds control characters or is too long.
+    #[error("the comment must be at most {MAX_COMMENT_LEN} characters without control characters")]
+    Comment,
+}
+
+/// A key type we accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// `ssh-ed25519`.
+    Ed25519,
+    /// `ecdsa-sha2-nistp256`.
+    EcdsaP256,
+    /// `ssh-rsa` (the key; signatures may be rsa-sha2-256/512).
+    Rsa,
+}
+
+impl KeyType {
+    /// The OpenSSH name.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::Ed25519 => "ssh-ed25519",
+            KeyType::EcdsaP256 => "ecdsa-sha2-nistp256",
+            KeyType::Rsa => "ssh-rsa",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<KeyType> {
+        [KeyType::Ed25519, KeyType::EcdsaP256, KeyType::Rsa]
+            .into_iter()
+            .find(|t| t.name() == name)
+    }
+}
+
+/// A checked OpenSSH public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    key_type: KeyType,
+    blob: Vec<u8>,
+    bits: u32,
+    comment: Option<String>,
+}
+
+impl PublicKey {
+    /// Parses and checks one `authorized_keys`-style line without options:
+    /// `TYPE BASE64 [COMMENT]`.
+    pub fn parse(line: &str) -> Result<PublicKey, KeyError> {
+        if line.len() > MAX_SSH_KEY_LINE {
+            return Err(KeyError::TooLong);
+        }
+        let line = line.trim();
+        let (type_name, rest) = line.split_once([' ', '\t']).ok_or(KeyError::Format)?;
+        let key_type =
+            KeyType::from_name(type_name).ok_or_else(|| KeyError::Type(sanitize(type_name, 40)))?;
+        let rest = rest.trim_start_matches([' ', '\t']);
+        let (b64, comment) = match rest.split_once([' ', '\t']) {
+            Some((b, c)) => (b, c.trim()),
+            None => (rest, ""),
+        };
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| KeyError::Base64)?;
+        let bits = check_blob(key_type, &blob)?;
+        let comment = if comment.is_empty() {
+            None
+        } else if comment.chars().count() > MAX_COMMENT_LEN || comment.chars().any(char::is_control)
+        {
+            return Err(KeyError::Comment);
+        } else {
+            Some(comment.to_owned())
+        };
+        Ok(PublicKey {
+            key_type,
+            blob,
+            bits,
+            comment,
+        })
+    }
+
+    /// The key type.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
+    /// Key size in bits.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// The comment, if any.
+    pub fn comment(&self) -> Option<&str> {
+        self.comment.as_deref()
+    }
+
+    /// `SHA256:<unpadded base64 of the blob's SHA-256>`, as `ssh-keygen -lf` prints it.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(&self.blob);
+        format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+        )
+    }
+
+    /// The normalised line: `TYPE BASE64[ COMMENT]`.
+    pub fn to_line(&self) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.blob);
+        match &self.comment {
+            Some(c) => format!("{} {b64} {c}", self.key_type.name()),
+            None => format!("{} {b64}", self.key_type.name()),
+        }
+    }
+}
+
+/// Checks the wire-format key blob of `key_type`; returns the key size in bits.
+fn check_blob(key_type: KeyType, blob: &[u8]) -> Result<u32, KeyError> {
+    let bad = KeyError::Blob(key_type.name());
+    let mut r = SshReader(blob);
+    if r.string().ok_or(bad.clone())? != key_type.name().as_bytes() {
+        return Err(bad);
+    }
+    let bits = match key_type {
+        KeyType::Ed25519 => {
+            if r.string().ok_or(bad.clone())?.len() != 32 {
+                return Err(bad);
+            }
+            256
+        }
+        KeyType::EcdsaP256 => {
+            if r.string().ok_or(bad.clone())? != b"nistp256" {
+                return Err(bad);
+            }
+            let point = r.string().ok_or(bad.clone())?;
+            p256::PublicKey::from_sec1_bytes(point).map_err(|_| bad.clone())?;
+            256
+        }
+        KeyType::Rsa => {
+            let e = r.mpint().ok_or(bad.clone())?;
+            let n = r.mpint().ok_or(bad.clone())?;
+            // A usable public exponent is odd and at least 3.
+            let e_odd = e.last().is_some_and(|b| b & 1 == 1);
+            if !e_odd || (e.len() == 1 && e[0] < 3) || e.len() > 8 {
+                return Err(bad);
+            }
+            let bits = mpint_bits(n);
+            if bits > MAX_RSA_BITS {
+                return Err(bad);
+            }
+            if bits < MIN_RSA_BITS {
+                return Err(KeyError::RsaTooSmall(bits));
+            }
+            bits
+        }
+    };
+    if !r.0.is_empty() {
+        return Err(bad);
+    }
+    Ok(bits)
+}
+
+/// Bits of a positive big-endian integer without leading zero bytes.
+fn mpint_bits(n: &[u8]) -> u32 {
+    match n.first() {
+        None => 0,
+        Some(&first) => {
+            let len = u32::try_from(n.len()).unwrap_or(u32::MAX);
+            len.saturating_sub(1).saturating_mul(8) + (8 - first.leading_zeros())
+        }
+    }
+}
+
+/// Reads SSH wire-format strings (RFC 4251 §5) from a byte slice.
+struct SshReader<'a>(&'a [u8]);
+
+impl<'a> SshReader<'a> {
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let (len, rest) = self.0.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        if len > rest.len() {
+            return None;
+        }
+        let (s, rest) = rest.split_at(len);
+        self.0 = rest;
+        Some(s)
+    }
+
+    /// A positive mpint, its leading zero bytes removed; None for a negative one.
+    fn mpint(&mut self) -> Option<&'a [u8]> {
+        let s = self.string()?;
+        if s.first().is_some_and(|b| b & 0x80 != 0) {
+            return None;
+        }
+        let start = s.iter().position(|&b| b != 0).unwrap_or(s.len());
+        Some(&s[start..])
+    }
+}
+
+/// One authorised key as kept in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredKey {
+    /// The normalised key line.
+    line: String,
+    /// When it was added (ms since the epoch).
+    added: u64,
+}
+
+/// The authorised keys, parsed (entries that no longer parse are skipped with a warning).
+fn load_keys(store: &Store) -> Result<Vec<(PublicKey, u64)>, SshError> {
+    let Some(raw) = store.meta_get(KEYS_META)? else {
+        return Ok(Vec::new());
+    };
+    let stored: Vec<StoredKey> = match serde_json::from_slice(&raw) {
+        Ok(v) => v,
+        Err(err) => {
+            tracing::error!(%err, "ssh: the stored key list is unreadable; no key is authorised");
+            return Ok(Vec::new());
+        }
+    };
+    Ok(stored
+        .into_iter()
+        .filter_map(|k| match PublicKey::parse(&k.line) {
+            Ok(key) => Some((key, k.added)),
+            Err(err) => {
+                tracing::warn!(%err, "ssh: a stored key is skipped");
+                None
+            }
+        })
+        .collect())
+}
+
+fn save_keys(store: &Store, keys: &[(PublicKey, u64)]) -> Result<(), SshError> {
+    let stored: Vec<StoredKey> = keys
+        .iter()
+        .map(|(k, added)| StoredKey {
+            line: k.to_line(),
+            added: *added,
+        })
+        .collect();
+    let json = serde_json::to_vec(&stored).map_err(|e| SshError::Refused(e.to_string()))?;
+    store.meta_put(KEYS_META, &json)?;
+    Ok(())
+}
+
+/// Carries out an `ssh` admin command: the key list in the store and, when SSH is
+/// enabled, the admin account's authorized_keys. On an error nothing was changed.
+pub fn execute(
+    cfg: &Config,
+    store: &Store,
+    now: Millis,
+    cmd: SshCommand,
+) -> Result<Reply, SshError> {
+    let old = load_keys(store)?;
+    let mut keys = old.clone();
+    let message = match cmd {
+        SshCommand::KeysList => {
+            return Ok(Reply::SshKeys(
+                keys.iter()
+                    .map(|(k, added)| SshKeyInfo {
+                        fingerprint: k.fingerprint(),
+                        key_type: k.key_type().name().to_owned(),
+                        bits: k.bits(),
+                        comment: k.comment().map(str::to_owned),
+                        added: *added,
+                    })
+                    .collect(),
+            ))
+        }
+        SshCommand::KeysAdd { line } => {
+            let key = PublicKey::parse(&line)?;
+            let fp = key.fingerprint();
+            if keys.iter().any(|(k, _)| k.fingerprint() == fp) {
+                return Err(SshError::Refused(format!("key {fp} is already authorised")));
+            }
+            if keys.len() >= MAX_KEYS {
+                return Err(SshError::Refused(format!(
+                    "{MAX_KEYS} keys are authorised already; remove one first"
+                )));
+            }
+            let message = format!("key {fp} ({}) added", describe(&key));
+            keys.push((key, now));
+            message
+        }
+        SshCommand::KeysDel { key } => {
+            let wanted = key.trim();
+            let by_fp = |k: &PublicKey| {
+                let fp = k.fingerprint();
+                fp == wanted || fp.strip_prefix("SHA256:") == Some(wanted)
+            };
+            let matches: Vec<usize> = match keys.iter().position(|(k, _)| by_fp(k)) {
+                Some(i) => vec![i],
+                None => keys
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (k, _))| k.comment() == Some(wanted))
+                    .map(|(i, _)| i)
+                    .collect(),
+            };
+            match matches.as_slice() {
+                [] => {
+                    return Err(SshError::Refused(format!(
+                        "no authorised key has the fingerprint or comment `{}`",
+                        sanitize(wanted, 80)
+                    )))
+                }
+                [i] => {
+                    let (removed, _) = keys.remove(*i);
+                    format!(
+                        "key {} ({}) removed",
+                        removed.fingerprint(),
+                        describe(&removed)
+                    )
+                }
+                many => {
+                    return Err(SshError::Refused(format!(
+                    "{} keys have the comment `{}`: name one by its fingerprint (ssh keys list)",
+                    many.len(),
+                    sanitize(wanted, 80)
+                )))
+                }
+            }
+        }
+    };
+    if cfg.ssh.enabled {
+        let account = Account::lookup(&cfg.ssh.user)?;
+        let command = forced_command(cfg)?;
+        write_authorized_keys(&account, &authorized_keys(&keys, &command))?;
+        if let Err(err) = save_keys(store, &keys) {
+            // Put the file back as the store still has it.
+            let _ = write_authorized_keys(&account, &authorized_keys(&old, &command));
+            return Err(err);
+        }
+        Ok(Reply::done(message))
+    } else {
+        save_keys(store, &keys)?;
+        Ok(Reply::done(format!(
+            "{message} (SSH is off: set [ssh] enabled = true to log in with it)"
+        )))
+    }
+}
+
+fn describe(key: &PublicKey) -> String {
+    match key.comment() {
+        Some(c) => format!("{} {}", key.key_type().name(), c),
+        None => key.key_type().name().to_owned(),
+    }
+}
+
+/// The authorized_keys text: one restricted line per key.
+pub fn authorized_keys(keys: &[(PublicKey, u64)], command: &str) -> String {
+    let mut out = String::from(
+        "# Written by outpostd from its key list (outpostctl ssh keys); edits here are lost.\n",
+    );
+    for (key, _) in keys {
+        out.push_str(&format!(
+            "{KEY_OPTIONS},command=\"{command}\" {}\n",
+            key.to_line()
+        ));
+    }
+    out
+}
+
+/// The forced command: `'<outpostctl>' --socket '<admin socket>' ssh-session`, both paths
+/// absolute (the session starts in the admin's home).
+pub fn forced_command(cfg: &Config) -> Result<String, SshError> {
+    let ctl = absolute(&cfg.ssh.outpostctl_path())?;
+    let socket = absolute(&cfg.admin.socket)?;
+    for p in [&ctl, &socket] {
+        if !safe_in_command(p) {
+            return Err(SshError::Refused(format!(
+                "{} cannot be used in a forced command (quotes, backslashes or control characters)",
+                p.display()
+            )));
+        }
+    }
+    Ok(format!(
+        "{} --socket {} ssh-session",
+        shell_quote(&ctl),
+        shell_quote(&socket)
+    ))
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, SshError> {
+    std::path::absolute(p).map_err(|source| SshError::Io {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+/// Single-quoted for `sh -c` (the path holds no `'`-breaking surprises: `'` becomes `'\''`).
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.to_string_lossy().replace('\'', "'\\''"))
+}
+
+/// A path that can sit inside `command="..."`: no `"`, `\` or control characters.
+fn safe_in_command(p: &Path) -> bool {
+    p.to_str()
+        .is_some_and(|s| !s.chars().any(|c| c == '"' || c == '\\' || c.is_control()))
+}
+
+fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Control characters replaced with `?`, cut to `max` characters.
+fn sanitize(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// The admin account dropbear logs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Login name.
+    pub name: String,
+    /// Numeric user id.
+    pub uid: u32,
+    /// Numeric primary group id.
+    pub gid: u32,
+    /// Home directory (holds `.ssh/authorized_keys`).
+    pub home: PathBuf,
+}
+
+impl Account {
+    /// Looks the account up in the system's user database.
+    pub fn lookup(name: &str) -> Result<Account, SshError> {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Ok(Account {
+                name: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                home: u.dir,
+            }),
+            _ => Err(SshError::NoAccount(name.to_owned())),
+        }
+    }
+
+    /// `<home>/.ssh/authorized_keys`.
+    pub fn authorized_keys_path(&self) -> PathBuf {
+        self.home.join(".ssh").join("authorized_keys")
+    }
+}
+
+/// Writes `text` to the account's authorized_keys atomically (temporary file, fsync,
+/// rename), creating `~/.ssh` (0700) as needed; everything owned by the account, as
+/// dropbear requires.
+pub fn write_authorized_keys(account: &Account, text: &str) -> Result<PathBuf, SshError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SshError::Io { path, source }
+    };
+    let dir = account.home.join(".ssh");
+    for d in [&account.home, &dir] {
+        if !d.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .map_err(io(d))?;
+            std::os::unix::fs::chown(d, Some(account.uid), Some(account.gid)).map_err(io(d))?;
+        }
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+    std::os::unix::fs::chown(&dir, Some(account.uid), Some(account.gid)).map_err(io(&dir))?;
+    let path = account.authorized_keys_path();
+    let tmp = dir.join("authorized_keys.outpost-new");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
+    std::os::unix::fs::chown(&tmp, Some(account.uid), Some(account.gid)).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(path)
+}
+
+/// Reads dropbear's log lines and tells which connections were failed logins.
+///
+/// Dropbear prefixes each line with its process id (`[1234] Nov 26 20:10:49 ...`); a
+/// connection is one child process. Lines that name no address (`Login attempt for
+/// nonexistent user`) are tied to the address of the child's `Child connection from` line.
+/// Each failed connection counts once: at its first failure line, or else when it ends
+/// before authenticating (`Exit before auth from <ip:port>`), which also covers keys that
+/// are not authorised (dropbear logs nothing else for those).
+#[derive(Debug, Default)]
+pub struct LoginWatch {
+    pending: HashMap<u32, Pending>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    ip: IpAddr,
+    counted: bool,
+}
+
+/// Messages that make a connection a failed login.
+const FAILURE_MARKS: [&str; 8] = [
+    "Login attempt for nonexistent user",
+    "root login rejected",
+    "has invalid shell, rejected",
+    "has blank password, rejected",
+    "Bad password attempt for",
+    "Pubkey auth bad signature",
+    "Max auth tries reached",
+    "is not a member of",
+];
+
+/// Routine dropbear messages logged at debug level only.
+const QUIET: [&str; 4] = [
+    "Not backgrounding",
+    "Port forwarding disabled",
+    "Agent forwarding disabled",
+    "X11 forwarding disabled",
+];
+
+impl LoginWatch {
+    /// A fresh watch (after dropbear (re)starts).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one log line; returns the source of a failed login to count, if any.
+    pub fn line(&mut self, line: &str) -> Option<IpAddr> {
+        let (pid, msg) = split_log_line(line);
+        if let Some(addr) = msg.strip_prefix("Child connection from ") {
+            let ip = parse_addr(addr)?;
+            if let Some(pid) = pid {
+                if self.pending.len() >= MAX_PENDING {
+                    // Ends that never came (a killed child): drop one; its Exit line, if
+                    // it ever comes, still names the address.
+                    if let Some(&old) = self.pending.keys().next() {
+                        self.pending.remove(&old);
+                    }
+                }
+                self.pending.insert(pid, Pending { ip, counted: false });
+            }
+            return None;
+        }
+        if let Some(rest) = msg.strip_prefix("Exit before auth from ") {
+            let counted = pid
+                .and_then(|p| self.pending.remove(&p))
+                .is_some_and(|p| p.counted);
+            if counted {
+                return None;
+            }
+            let addr = rest.split_once('>').map_or(rest, |(a, _)| a);
+            return parse_addr(addr);
+        }
+        if msg.starts_with("Pubkey auth succeeded for ")
+            || msg.starts_with("Password auth succeeded for ")
+        {
+            if let Some(pid) = pid {
+                self.pending.remove(&pid);
+            }
+            return None;
+        }
+        if FAILURE_MARKS.iter().any(|m| msg.contains(m)) {
+            let p = self.pending.get_mut(&pid?)?;
+            if !p.counted {
+                p.counted = true;
+                return Some(p.ip);
+            }
+        }
+        None
+    }
+}
+
+/// `[pid] Mon DD HH:MM:SS message` → (pid, message); other lines are all message.
+fn split_log_line(line: &str) -> (Option<u32>, &str) {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let Some((pid, rest)) = line
+        .strip_prefix('[')
+        .and_then(|l| l.split_once("] "))
+        .and_then(|(p, rest)| Some((p.parse::<u32>().ok()?, rest)))
+    else {
+        return (None, line);
+    };
+    let mut parts = rest.splitn(4, ' ');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(_), Some(time), Some(msg)) if time.matches(':').count() == 2 => {
+            (Some(pid), msg)
+        }
+        _ => (Some(pid), rest),
+    }
+}
+
+/// `ip:port`, `<ip:port>`, `[v6]:port` or `v6:port` → the address.
+fn parse_addr(s: &str) -> Option<IpAddr> {
+    let s = s.trim().trim_start_matches('<').trim_end_matches('>');
+    let s = s.split_whitespace().next()?;
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Lets through at most [`LOG_LINES_PER_WINDOW`] log lines per [`LOG_WINDOW`].
+#[derive(Debug)]
+struct LogBudget {
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn new(now: Instant) -> Self {
+        LogBudget {
+            window_start: now,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether to log a line now, and how many were suppressed in the window that just
+    /// ended (to report once).
+    fn allow(&mut self, now: Instant) -> (bool, u64) {
+        let mut ended = 0;
+        if now.duration_since(self.window_start) >= LOG_WINDOW {
+            ended = std::mem::take(&mut self.suppressed);
+            self.window_start = now;
+            self.logged = 0;
+        }
+        if self.logged < LOG_LINES_PER_WINDOW {
+            self.logged += 1;
+            (true, ended)
+        } else {
+            self.suppressed += 1;
+            (false, ended)
+        }
+    }
+}
+
+/// Failed SSH logins from the supervisor, for `Guard::ssh_failure`.
+pub type FailureReceiver = mpsc::Receiver<IpAddr>;
+
+/// Starts the dropbear supervisor when `[ssh] enabled`: writes authorized_keys from the
+/// store and spawns the task (needs a tokio runtime). Returns the failed logins it reports.
+pub fn start(cfg: &Config, store: &Store) -> Result<Option<FailureReceiver>, SshError> {
+    if !cfg.ssh.enabled {
+        return Ok(None);
+    }
+    let account = Account::lookup(&cfg.ssh.user)?;
+    let keys = load_keys(store)?;
+    let command = forced_command(cfg)?;
+    let path = write_authorized_keys(&account, &authorized_keys(&keys, &command))?;
+    let ssh_dir = cfg.store.data_dir.join("ssh");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&ssh_dir)
+        .map_err(|source| SshError::Io {
+            path: ssh_dir.clone(),
+            source,
+        })?;
+    let supervisor = Supervisor {
+        dropbear: cfg.ssh.dropbear.clone(),
+        dropbearkey: cfg.ssh.dropbearkey.clone(),
+        host_key: cfg.ssh.host_key_path(&cfg.store.data_dir),
+        pid_file: ssh_dir.join("dropbear.pid"),
+        listen: cfg.ssh.listen.clone(),
+        allow_root: account.uid == 0,
+    };
+    tracing::info!(
+        user = %account.name,
+        authorized_keys = %path.display(),
+        keys = keys.len(),
+        listen = ?cfg.ssh.listen,
+        "ssh: starting dropbear"
+    );
+    let (tx, rx) = mpsc::channel(FAILURE_QUEUE);
+    tokio::spawn(supervisor.run(tx));
+    Ok(Some(rx))
+}
+
+/// The next failed login; pending forever when SSH is off.
+pub async fn next_failure(rx: &mut Option<FailureReceiver>) -> Option<IpAddr> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs dropbear and restarts it when it dies.
+#[derive(Debug)]
+struct Supervisor {
+    dropbear: PathBuf,
+    dropbearkey: PathBuf,
+    host_key: PathBuf,
+    pid_file: PathBuf,
+    listen: Vec<SocketAddr>,
+    allow_root: bool,
+}
+
+impl Supervisor {
+    /// dropbear's arguments.
+    fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = ["-F", "-E", "-s", "-j", "-k", "-m"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        if !self.allow_root {
+            args.push("-w".into());
+        }
+        args.push("-r".into());
+        args.push(self.host_key.clone().into());
+        args.push("-P".into());
+        args.push(self.pid_file.clone().into());
+        for addr in &self.listen {
+            args.push("-p".into());
+            args.push(addr.to_string().into());
+        }
+        args
+    }
+
+    async fn run(self, failures: mpsc::Sender<IpAddr>) {
+        self.stop_leftover();
+        let mut backoff = MIN_BACKOFF;
+        let mut budget = LogBudget::new(Instant::now());
+        loop {
+            let started = Instant::now();
+            match self.ensure_host_key().await {
+                Ok(()) => self.run_once(&failures, &mut budget).await,
+                Err(err) => tracing::error!("ssh: {err}"),
+            }
+            if failures.is_closed() {
+                return;
+            }
+            if started.elapsed() >= STABLE_AFTER {
+                backoff = MIN_BACKOFF;
+            }
+            tracing::warn!("ssh: dropbear is not running; restarting in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Starts dropbear, feeds its log to a [`LoginWatch`] until it exits.
+    async fn run_once(&self, failures: &mpsc::Sender<IpAddr>, budget: &mut LogBudget) {
+        let mut child = match tokio::process::Command::new(&self.dropbear)
+            .args(self.args())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::error!("ssh: cannot start {}: {err}", self.dropbear.display());
+                return;
+            }
+        };
+        tracing::info!(pid = child.id(), "ssh: dropbear running");
+        let mut watch = LoginWatch::new();
+        let mut dropped = 0u64;
+        if let Some(stderr) = child.stderr.take() {
+            let mut reader = BufReader::new(stderr);
+            let mut buf = Vec::with_capacity(MAX_LOG_LINE);
+            while let Ok(true) = read_line_bounded(&mut reader, &mut buf, MAX_LOG_LINE).await {
+                let line = String::from_utf8_lossy(&buf);
+                let (_, msg) = split_log_line(&line);
+                if QUIET.iter().any(|q| msg.starts_with(q)) {
+                    // Only after a key was accepted (or once at start): not attacker-driven.
+                    tracing::debug!("dropbear: {}", sanitize(msg, 300));
+                } else {
+                    let (log, suppressed) = budget.allow(Instant::now());
+                    if suppressed > 0 {
+                        tracing::info!("ssh: {suppressed} dropbear log lines suppressed");
+                    }
+                    if log {
+                        tracing::info!("dropbear: {}", sanitize(msg, 300));
+                    }
+                }
+                if let Some(ip) = watch.line(&line) {
+                    if failures.try_send(ip).is_err() {
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        match child.wait().await {
+            Ok(status) => tracing::warn!("ssh: dropbear exited ({status})"),
+            Err(err) => tracing::warn!("ssh: waiting for dropbear: {err}"),
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                "ssh: {dropped} failed logins not reported to the firewall (queue full)"
+            );
+        }
+    }
+
+    /// Generates the ed25519 host key with dropbearkey when the file is missing.
+    async fn ensure_host_key(&self) -> Result<(), String> {
+        if self.host_key.is_file() {
+            return Ok(());
+        }
+        if let Some(dir) = self.host_key.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let out = tokio::process::Command::new(&self.dropbearkey)
+            .arg("-t")
+            .arg("ed25519")
+            .arg("-f")
+            .arg(&self.host_key)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", self.dropbearkey.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "dropbearkey failed ({}): {}",
+                out.status,
+                sanitize(String::from_utf8_lossy(&out.stderr).trim(), 300)
+            ));
+        }
+        tracing::info!(path = %self.host_key.display(), "ssh: host key generated");
+        Ok(())
+    }
+
+    /// Stops a dropbear left running by a daemon that was killed: the process named in our
+    /// pid file, if its command line names that pid file (so it is ours, not a reused pid).
+    fn stop_leftover(&self) {
+        let Ok(text) = std::fs::read_to_string(&self.pid_file) else {
+            return;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            return;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return;
+        };
+        let ours = self.pid_file.as_os_str().as_encoded_bytes();
+        if cmdline.split(|&b| b == 0).any(|arg| arg == ours) {
+            tracing::warn!(pid, "ssh: stopping a dropbear left by an earlier run");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Reads one line (newline removed) of at most `max` bytes into `buf`, skipping the rest
+/// of a longer line. False at the end of the stream.
+async fn read_line_bounded<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<bool> {
+    buf.clear();
+    let mut any = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(any);
+        }
+        any = true;
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        let room = max.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        reader.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(true);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use super::*;
+
+    const ED25519: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl laptop";
+
+    fn rsa_line(bits: u32) -> String {
+        let mut blob = Vec::new();
+        let mut put = |b: &[u8]| {
+            blob.extend_from_slice(&u32::try_from(b.len()).unwrap().to_be_bytes());
+            blob.extend_from_slice(b);
+        };
+        put(b"ssh-rsa");
+        put(&[1, 0, 1]);
+        let mut n = vec![0u8];
+        n.push(0xc5);
+        n.extend(std::iter::repeat_n(
+            0x5a,
+            usize::try_from(bits / 8 - 1).unwrap(),
+        ));
+        put(&n);
+        format!(
+            "ssh-rsa {} admin@desk",
+            base64::engine::general_purpose::STANDARD.encode(&blob)
+        )
+    }
+
+    #[test]
+    fn ed25519_key_parses_with_the_fingerprint_ssh_keygen_prints() {
+        let key = PublicKey::parse(ED25519).unwrap();
+        assert_eq!(key.key_type(), KeyType::Ed25519);
+        assert_eq!(key.bits(), 256);
+        assert_eq!(key.comment(), Some("laptop"));
+        // The fingerprint is SHA-256 over the decoded blob, base64 without padding.
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode("AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl")
+            .unwrap();
+        let want = format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(&blob))
+        );
+        assert_eq!(key.fingerprint(), want);
+        assert!(!want.ends_with('='));
+        assert_eq!(PublicKey::parse(&key.to_line()).unwrap(), key);
+        let bare = PublicKey::parse(
+            "ssh-ed25519\tAAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n",
+        )
+        .unwrap();
+        assert_eq!(bare.comment(), None);
+    }
+
+    #[test]
+    fn ecdsa_key_needs_a_point_on_the_curve() {
+        let point = p256::SecretKey::from_slice(&[7u8; 32])
+            .unwrap()
+            .public_key();
+        let sec1 = p256::EncodedPoint::from(point);
+        let mut blob = Vec::new();
+        for part in [
+            b"ecdsa-sha2-nistp256".as_slice(),
+            b"nistp256".as_slice(),
+            sec1.as_bytes(),
+        ] {
+            blob.extend_from_slice(&u32::try_from(part.len()).unwrap().to_be_bytes());
+            blob.extend_from_slice(part);
+        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&blob);
+        let key = PublicKey::parse(&format!("ecdsa-sha2-nistp256 {b64}")).unwrap();
+        assert_eq!(key.bits(), 256);
+        let last = blob.len() - 1;
+        blob[last] ^= 1;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&blob);
+        assert_eq!(
+            PublicKey::parse(&format!("ecdsa-sha2-nistp256 {b64}")),
+            Err(KeyError::Blob("ecdsa-sha2-nistp256"))
+        );
+    }
+
+    #[test]
+    fn rsa_keys_need_2048_bits() {
+        let key = PublicKey::parse(&rsa_line(2048)).unwrap();
+        assert_eq!(key.bits(), 2048);
+        assert_eq!(key.comment(), Some("admin@desk"));
+        assert_eq!(
+            PublicKey::parse(&rsa_line(1024)),
+            Err(KeyError::RsaTooSmall(1024))
+        );
+    }
+
+    #[test]
+    fn bad_key_lines_say_why() {
+        assert_eq!(PublicKey::parse(""), Err(KeyError::Format));
+        assert_eq!(PublicKey::parse("ssh-ed25519"), Err(KeyError::Format));
+        assert!(matches!(
+            PublicKey::parse("ssh-dss AAAAB3NzaC1kc3MAAACBAP"),
+            Err(KeyError::Type(_))
+        ));
+        assert!(matches!(
+            PublicKey::parse(&format!("command=\"sh\" {ED25519}")),
+            Err(KeyError::Type(_))
+        ));
+        assert_eq!(
+            PublicKey::parse("ssh-ed25519 not!base64"),
+            Err(KeyError::Base64)
+        );
+        // An RSA blob presented as ed25519.
+        let rsa_b64 = rsa_line(2048).split(' ').nth(1).unwrap().to_owned();
+        assert_eq!(
+            PublicKey::parse(&format!("ssh-ed25519 {rsa_b64}")),
+            Err(KeyError::Blob("ssh-ed25519"))
+        );
+        // Truncated and trailing data.
+        let good = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let mut blob = base64::engine::general_purpose::STANDARD
+            .decode(good)
+            .unwrap();
+        blob.push(0);
+        let long = base64::engine::general_purpose::STANDARD.encode(&blob);
+        assert!(PublicKey::parse(&format!("ssh-ed25519 {long}")).is_err());
+        blob.truncate(20);
+        let short = base64::engine::general_purpose::STANDARD.encode(&blob);
+        assert!(PublicKey::parse(&format!("ssh-ed25519 {short}")).is_err());
+        // A comment cannot smuggle a second authorized_keys line.
+        assert_eq!(
+            PublicKey::parse(&format!("{ED25519}\u{b}x")),
+            Err(KeyError::Comment)
+        );
+        assert_eq!(
+            PublicKey::parse(&"x".repeat(MAX_SSH_KEY_LINE + 1)),
+            Err(KeyError::TooLong)
+        );
+    }
+
+    #[test]
+    fn authorized_keys_lines_are_restricted_to_the_forced_command() {
+        let key = PublicKey::parse(ED25519).unwrap();
+        let mut cfg = Config::default();
+        cfg.ssh.outpostctl = Some(PathBuf::from("/usr/bin/outpostctl"));
+        cfg.admin.socket = PathBuf::from("/run/outpost/admin.sock");
+        let cmd = forced_command(&cfg).unwrap();
+        assert_eq!(
+            cmd,
+            "'/usr/bin/outpostctl' --socket '/run/outpost/admin.sock' ssh-session"
+        );
+        let text = authorized_keys(&[(key, 0)], &cmd);
+        let line = text.lines().nth(1).unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"{cmd}\" {ED25519}"
+            )
+        );
+        cfg.admin.socket = PathBuf::from("/tmp/a\"b.sock");
+        assert!(forced_command(&cfg).is_err());
+    }
+
+    #[test]
+    fn authorized_keys_file_is_written_atomically_with_private_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let account = Account {
+            name: "admin".into(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            home: dir.path().join("home"),
+        };
+        let path = write_authorized_keys(&account, "one\n").unwrap();
+        let path2 = write_authorized_keys(&account, "two\n").unwrap();
+        assert_eq!(path, path2);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+    }
+
+    #[test]
+    fn keys_are_added_listed_and_deleted_by_fingerprint_or_comment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cfg = Config::default();
+        let add = |line: &str| {
+            execute(
+                &cfg,
+                &store,
+                1_000,
+                SshCommand::KeysAdd { line: line.into() },
+            )
+        };
+        let reply = add(ED25519).unwrap();
+        assert!(matches!(&reply, Reply::Done { message } if message.contains("SSH is off")));
+        assert!(matches!(add(ED25519), Err(SshError::Refused(m)) if m.contains("already")));
+        add(&rsa_line(3072)).unwrap();
+        let Reply::SshKeys(list) = execute(&cfg, &store, 0, SshCommand::KeysList).unwrap() else {
+            panic!()
+        };
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].key_type, "ssh-ed25519");
+        assert_eq!(list[0].comment.as_deref(), Some("laptop"));
+        assert_eq!(list[0].added, 1_000);
+        assert_eq!(list[1].bits, 3072);
+        let del = |key: &str| execute(&cfg, &store, 0, SshCommand::KeysDel { key: key.into() });
+        assert!(del("nobody").is_err());
+        del("laptop").unwrap();
+        let fp = list[1].fingerprint.clone();
+        del(fp.strip_prefix("SHA256:").unwrap()).unwrap();
+        let Reply::SshKeys(list) = execute(&cfg, &store, 0, SshCommand::KeysList).unwrap() else {
+            panic!()
+        };
+        assert!(list.is_empty());
+        // Two keys with one comment: the comment is ambiguous.
+        add(ED25519).unwrap();
+        add(&rsa_line(2048).replace("admin@desk", "laptop")).unwrap();
+        assert!(matches!(del("laptop"), Err(SshError::Refused(m)) if m.contains("2 keys")));
+    }
+
+    #[test]
+    fn failed_logins_are_counted_once_per_connection() {
+        let mut w = LoginWatch::new();
+        let lines = [
+            "[20891] Nov 26 20:10:49 Not backgrounding",
+            "[20894] Nov 26 20:10:50 Child connection from 203.0.113.7:32854",
+            "[20894] Nov 26 20:10:50 Login attempt for nonexistent user",
+            "[20894] Nov 26 20:10:50 Exit before auth from <203.0.113.7:32854>: Exited normally",
+            // A key that is not authorised: only the early exit says so.
+            "[20941] Nov 26 20:10:54 Child connection from 203.0.113.8:32894",
+            "[20941] Nov 26 20:10:54 Exit before auth from <203.0.113.8:32894>: (user 'admin', 0 fails): Exited normally",
+            // A good login.
+            "[20943] Nov 26 20:10:54 Child connection from 198.51.100.2:32900",
+            "[20943] Nov 26 20:10:54 Port forwarding disabled.",
+            "[20943] Nov 26 20:10:54 Pubkey auth succeeded for 'admin' with ssh-ed25519 key SHA256:02CS from 198.51.100.2:32900",
+            "[20943] Nov 26 20:10:54 Exit (admin) from <198.51.100.2:32900>: Disconnect received",
+            "[20896] Nov 26 20:10:50 Child connection from [2001:db8::9]:40000",
+            "[20896] Nov 26 20:10:50 root login rejected",
+            "[20896] Nov 26 20:10:51 Max auth tries reached - user 'root'",
+            "[20896] Nov 26 20:10:51 Exit before auth from <2001:db8::9:40000>: (user 'root', 10 fails): Max auth tries",
+        ];
+        let got: Vec<IpAddr> = lines.iter().filter_map(|l| w.line(l)).collect();
+        let want: Vec<IpAddr> = vec![
+            "203.0.113.7".parse().unwrap(),
+            "203.0.113.8".parse().unwrap(),
+            "2001:db8::9".parse().unwrap(),
+        ];
+        assert_eq!(got, want);
+        assert!(w.pending.is_empty());
+        // An early exit whose connection line was never seen still names its source.
+        assert_eq!(
+            w.line("[7] Nov 26 20:10:50 Exit before auth from <2001:db8::5:22>: x"),
+            Some("2001:db8::5".parse().unwrap())
+        );
+        assert_eq!(w.line("garbage"), None);
+        assert_eq!(w.line("[x] Exit before auth from <nonsense>"), None);
+    }
+
+    #[test]
+    fn pending_connections_are_bounded() {
+        let mut w = LoginWatch::new();
+        for pid in 0..5_000u32 {
+            w.line(&format!(
+                "[{pid}] Nov 26 20:10:50 Child connection from 203.0.113.7:{}",
+                pid % 60_000 + 1
+            ));
+        }
+        assert!(w.pending.len() <= MAX_PENDING);
+    }
+
+    #[test]
+    fn log_budget_limits_lines_per_window() {
+        let t0 = Instant::now();
+        let mut b = LogBudget::new(t0);
+        let allowed = (0..100).filter(|_| b.allow(t0).0).count();
+        assert_eq!(allowed, usize::try_from(LOG_LINES_PER_WINDOW).unwrap());
+        let (ok, suppressed) = b.allow(t0 + LOG_WINDOW);
+        assert!(ok);
+        assert_eq!(suppressed, 70);
+    }
+
+    #[tokio::test]
+    async fn long_log_lines_are_cut_not_buffered() {
+        let mut input = vec![b'a'; 10_000];
+        input.extend_from_slice(b"\nshort\nlast");
+        let mut reader = BufReader::new(&input[..]);
+        let mut buf = Vec::new();
+        assert!(read_line_bounded(&mut reader, &mut buf, 100).await.unwrap());
+        assert_eq!(buf.len(), 100);
+        assert!(read_line_bounded(&mut reader, &mut buf, 100).await.unwrap());
+        assert_eq!(buf, b"short");
+        assert!(read_line_bounded(&mut reader, &mut buf, 100).await.unwrap());
+        assert_eq!(buf, b"last");
+        assert!(!read_line_bounded(&mut reader, &mut buf, 100).await.unwrap());
+    }
+
+    #[test]
+    fn config_checks() {
+        let mut c = SshConfig::default();
+        assert!(c.check().is_ok());
+        c.user = "bad user".into();
+        assert_eq!(c.check().unwrap_err().0, "ssh.user");
+        c.user = "admin".into();
+        c.listen = vec!["0.0.0.0:22".parse().unwrap(); 2];
+        assert_eq!(c.check().unwrap_err().0, "ssh.listen");
+        c.listen = vec![];
+        c.enabled = true;
+        assert_eq!(c.check().unwrap_err().0, "ssh.listen");
+        let c = SshConfig {
+            dropbear: PathBuf::from("/usr/sbin/drop\"bear"),
+            ..SshConfig::default()
+        };
+        assert_eq!(c.check().unwrap_err().0, "ssh.dropbear");
+        let c: SshConfig =
+            toml::from_str("enabled = true\nlisten = [\"127.0.0.1:2222\"]\nuser = \"ops\"\n")
+                .unwrap();
+        assert_eq!(c.user, "ops");
+        assert_eq!(
+            c.host_key_path(Path::new("/data")),
+            PathBuf::from("/data/ssh/dropbear_ed25519_host_key")
+        );
+        assert!(toml::from_str::<SshConfig>("port = 22\n").is_err());
+        let sup = Supervisor {
+            dropbear: "/usr/sbin/dropbear".into(),
+            dropbearkey: "/usr/bin/dropbearkey".into(),
+            host_key: "/data/ssh/hk".into(),
+            pid_file: "/data/ssh/dropbear.pid".into(),
+            listen: vec!["0.0.0.0:22".parse().unwrap(), "[::]:2222".parse().unwrap()],
+            allow_root: false,
+        };
+        let args: Vec<String> = sup
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args.join(" "),
+            "-F -E -s -j -k -m -w -r /data/ssh/hk -P /data/ssh/dropbear.pid -p 0.0.0.0:22 -p [::]:2222"
+        );
+    }
+}
