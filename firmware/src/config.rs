@@ -230,12 +230,18 @@ impl Default for AdminConfig {
 pub struct LogConfig {
     /// A level (`error`..`trace`, `off`) or a filter such as `info,firmware=debug`.
     pub level: String,
+    /// Also send every line to the system log socket (e.g. `/dev/log`).
+    pub syslog: Option<PathBuf>,
+    /// `text` (default) or `json` (one JSON object per line, for log collectors).
+    pub format: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_owned(),
+            syslog: None,
+            format: "text".to_owned(),
         }
     }
 }
@@ -800,6 +806,9 @@ impl Config {
             ));
         }
         validate_log_level(&self.log.level).map_err(|reason| invalid("log.level", reason))?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be text or json"));
+        }
 
         self.watchdog
             .check()

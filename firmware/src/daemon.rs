@@ -853,7 +853,7 @@ impl Daemon {
         let mut new = Config::parse_named(text, "the new configuration")?;
         // Where the data lives is decided at boot, not by a revision.
         new.store.data_dir = self.cfg.store.data_dir.clone();
-        let restart = self.apply_live(now, &new)?;
+        let restart = self.apply_live(now, &mut new)?;
         let confirm_by = confirm_secs.map(|s| now.saturating_add(s.saturating_mul(1000)));
         let previous = self.revisions.current().map(|r| r.rev);
         let rev = self.revisions.add(text, now, comment, confirm_by)?;
@@ -891,13 +891,15 @@ impl Daemon {
     }
 
     /// Applies what can change while running; returns the sections that need a restart.
-    fn apply_live(&mut self, now: Millis, new: &Config) -> anyhow::Result<Vec<&'static str>> {
+    fn apply_live(&mut self, now: Millis, new: &mut Config) -> anyhow::Result<Vec<&'static str>> {
         let old = &self.cfg;
         let mut restart = Vec::new();
         macro_rules! needs_restart {
             ($($field:ident).+, $name:expr) => {
                 if old.$($field).+ != new.$($field).+ {
                     restart.push($name);
+                    // What runs keeps the old value until the restart.
+                    new.$($field).+ = old.$($field).+.clone();
                 }
             };
         }
@@ -984,14 +986,12 @@ impl Daemon {
                 confirm_secs,
                 comment,
             } => {
-                if confirm_secs.is_some_and(|s| !(10..=3600).contains(&s))
-                    && confirm_secs != Some(0)
-                {
+                if confirm_secs.is_some_and(|s| !(10..=3600).contains(&s)) {
                     anyhow::bail!("--confirm must be between 10 and 3600 seconds");
                 }
-                let confirm = confirm_secs.filter(|s| *s > 0);
-                if confirm.is_some() && self.pending_confirm.is_some() {
-                    anyhow::bail!("a revision is already waiting for confirmation: confirm or roll it back first");
+                let confirm = confirm_secs;
+                if let Some((rev, _, _)) = self.pending_confirm {
+                    anyhow::bail!("revision {rev} is waiting for confirmation: `config confirm` or `config rollback` first");
                 }
                 let comment = comment.unwrap_or_else(|| "outpostctl config apply".to_string());
                 Reply::done(self.apply_config(now, &text, confirm, &comment)?)

@@ -13,4 +13,5 @@ pub mod pbx_config;
 pub mod revisions;
 pub mod ssh;
 pub mod store;
+pub mod syslog;
 pub mod watchdog;

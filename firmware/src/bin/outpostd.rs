@@ -70,15 +70,53 @@ fn run(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
         .context("bad log level")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(&cfg.log, filter)?;
     tracing::info!("configuration: {source}");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(daemon::run(cfg, text, source))
+}
+
+/// stderr (text or JSON lines), plus the system log when `log.syslog` is set.
+fn init_logging(
+    log: &firmware::config::LogConfig,
+    filter: tracing_subscriber::EnvFilter,
+) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let json = log.format == "json";
+    let stderr = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed()
+    };
+    let syslog = match &log.syslog {
+        Some(path) => {
+            let writer = firmware::syslog::Syslog::new(path, "outpostd")
+                .with_context(|| format!("cannot use the syslog socket {}", path.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_ansi(false)
+                    .without_time()
+                    .boxed(),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(syslog)
+        .init();
+    Ok(())
 }
