@@ -106,6 +106,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[ssh]`: remote administration through dropbear.
     pub ssh: crate::ssh::SshConfig,
+    /// `[backup]`: encrypted backups, their schedule, retention and off-site targets.
+    pub backup: crate::backup::BackupConfig,
 }
 
 /// `[sip]` section.
@@ -813,6 +815,9 @@ impl Config {
         self.watchdog
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
+        self.backup
+            .check()
+            .map_err(|(key, reason)| invalid(&key, reason))?;
         self.panel
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;

@@ -101,6 +101,8 @@ struct Daemon {
     panel_tx: tokio::sync::watch::Sender<board::panel::PanelStatus>,
     /// When the snapshots are refreshed next.
     next_snapshot: Millis,
+    /// Backups: admin commands, the schedule, uploads.
+    backups: crate::backup::Backups,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `boot` is the configuration the daemon was
@@ -108,6 +110,12 @@ struct Daemon {
 /// revision in the data directory wins over it unless the boot file changed since.
 pub async fn run(boot: Config, boot_text: String, source: String) -> anyhow::Result<()> {
     let clock = Clock::new();
+    // A restore staged before the restart is applied before anything opens the data.
+    if let Some(c) =
+        crate::backup::apply_staged(&boot, &boot_text).context("cannot apply the staged restore")?
+    {
+        tracing::warn!(hostname = %c.hostname, "restored the backup made {}", crate::backup::schedule::rfc3339(c.created_ms));
+    }
     let (cfg, mut revisions, config_text) =
         select_revision(boot, &boot_text, &source, clock.now())?;
     let data_dir = cfg.store.data_dir.clone();
@@ -240,6 +248,7 @@ pub async fn run(boot: Config, boot_text: String, source: String) -> anyhow::Res
         metrics_tx,
         panel_tx,
         next_snapshot: 0,
+        backups: crate::backup::Backups::new(),
         guard,
         endpoint,
         clock,
@@ -365,6 +374,11 @@ pub async fn run(boot: Config, boot_text: String, source: String) -> anyhow::Res
         if now >= daemon.next_snapshot {
             daemon.next_snapshot = now.saturating_add(1000);
             daemon.tick(now);
+            // Checked on the tick, so the restore's reply has been written by now.
+            if daemon.backups.restart_requested() {
+                tracing::warn!("stopping to apply the staged restore at the next start");
+                break;
+            }
         }
         daemon.flush();
     }
@@ -635,10 +649,14 @@ impl Daemon {
     /// Once a second: the enforcer's heartbeat, the snapshots for the metrics endpoint and
     /// the front panel, and a pending revision's deadline.
     fn tick(&mut self, now: Millis) {
+        let (cfg, store) = (&self.cfg, &self.store);
+        self.backups.tick(&cfg.backup, now, || {
+            crate::backup::Context::new(cfg, store.clone())
+        });
         if self.guard.enforcer_fresh(Duration::from_secs(10)) == Some(true) {
             self.beats.beat_enforcer();
         }
-        let metrics = self.metrics(now);
+        let metrics = self.metrics();
         let panel = self.panel_status(now, &metrics);
         self.metrics_tx.send_replace(metrics);
         self.panel_tx.send_replace(panel);
@@ -666,32 +684,19 @@ impl Daemon {
         }
     }
 
-    fn metrics(&mut self, now: Millis) -> crate::metrics::Metrics {
+    fn metrics(&mut self) -> crate::metrics::Metrics {
         let c = self.endpoint.counters().clone();
         let trunks = self.endpoint.trunk_status();
-        let fw = match self
-            .guard
-            .admin(now, crate::admin::proto::FwCommand::Status, &self.store)
-        {
-            Reply::FwStatus(s) => Some(s),
-            _ => None,
-        };
+        // Cheap: no store write, no waiting for the enforcer thread (this runs every second
+        // on the SIP loop).
+        let fw = self.guard.counters();
         let relay = self.relay.as_ref().map(Relay::counters);
-        let kernel = fw
-            .as_ref()
-            .and_then(|f| f.kernel.as_ref())
-            .and_then(|k| k.counters);
+        let kernel = fw.kernel;
         crate::metrics::Metrics {
             uptime_secs: self.clock.start.elapsed().as_secs(),
             extensions: self.endpoint.user_count() as u64,
-            registrations: self
-                .endpoint
-                .registrar()
-                .all()
-                .iter()
-                .filter(|b| b.expires_at > now)
-                .count() as u64,
-            calls_active: self.endpoint.calls().len() as u64,
+            registrations: self.endpoint.registrar().count() as u64,
+            calls_active: self.endpoint.active_calls() as u64,
             calls_started: c.calls_started,
             calls_answered: c.calls_answered,
             sip_received: c.received,
@@ -706,20 +711,12 @@ impl Daemon {
             relay_packets_received: relay.map_or(0, |r| r.packets_received),
             relay_packets_sent: relay.map_or(0, |r| r.packets_sent),
             relay_unassigned: relay.map_or(0, |r| r.unassigned),
-            fw_inspected: fw.as_ref().map_or(0, |f| f.inspected),
-            fw_dropped_banned: fw.as_ref().map_or(0, |f| f.dropped_banned),
-            fw_dropped_rule: fw.as_ref().map_or(0, |f| f.dropped_rule),
-            fw_bans: fw.as_ref().map_or(0, |f| f.bans as u64),
-            fw_locks: fw.as_ref().map_or(0, |f| f.locks as u64),
-            fw_rule_hits: fw
-                .as_ref()
-                .map(|f| {
-                    f.rule_hits
-                        .iter()
-                        .map(|h| (h.rule.clone(), h.hits))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            fw_inspected: fw.inspected,
+            fw_dropped_banned: fw.dropped_banned,
+            fw_dropped_rule: fw.dropped_rule,
+            fw_bans: fw.bans as u64,
+            fw_locks: fw.locks as u64,
+            fw_rule_hits: fw.rule_hits,
             kernel_banned_packets: kernel.map(|k| k.banned_packets),
             kernel_meter_drops: kernel.map(|k| k.meter_drops),
             kernel_rtp_drops: kernel.map(|k| k.rtp_drops),
@@ -1043,6 +1040,12 @@ impl Daemon {
 
     fn admin(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
         tracing::info!(command = cmd.name(), "admin command");
+        if let Command::Backup(b) = cmd {
+            // Runs off the loop; the reply is sent when it is done.
+            let ctx = crate::backup::Context::new(&self.cfg, self.store.clone());
+            self.backups.command(ctx, self.clock.now(), b, reply);
+            return;
+        }
         let answer = match self.execute(cmd) {
             Ok(r) => r,
             Err(err) => Reply::error(format!("{err:#}")),
@@ -1077,6 +1080,11 @@ impl Daemon {
                     .filter(|t| t.health == pbx_core::trunk::Health::Up)
                     .count(),
                 survival: self.endpoint.survival(),
+                last_backup_age_secs: crate::backup::last_backup_age_secs(
+                    &self.cfg.backup,
+                    &self.cfg.store.data_dir,
+                    now,
+                ),
             }),
             Command::ExtList => {
                 let exts = self.store.ext_list()?;
@@ -1147,7 +1155,7 @@ impl Daemon {
                 Reply::done(format!("extension {ext}: {text}"))
             }
             Command::Trunks => Reply::Trunks(self.endpoint.trunk_status()),
-            Command::Metrics => Reply::Metrics(self.metrics(now)),
+            Command::Metrics => Reply::Metrics(self.metrics()),
             Command::Config(c) => tokio::task::block_in_place(|| self.config_command(now, c))?,
             Command::ExtCallerId { ext, number } => {
                 if !self.endpoint.has_user(&ext) {
@@ -1272,6 +1280,23 @@ impl Daemon {
             }
             Command::Fw(fw) => {
                 tokio::task::block_in_place(|| self.guard.admin(now, fw, &self.store))
+            }
+            Command::Backup(_) => anyhow::bail!("backup commands are handled off the loop"),
+            Command::CdrExport {
+                from,
+                to,
+                after,
+                limit,
+            } => {
+                let (cdrs, next) = tokio::task::block_in_place(|| {
+                    self.store.cdr_page(
+                        from.unwrap_or(0),
+                        to.unwrap_or(u64::MAX),
+                        after,
+                        limit.clamp(1, MAX_CDR_LIST),
+                    )
+                })?;
+                Reply::CdrPage { cdrs, next }
             }
             Command::CdrList { limit } => {
                 Reply::Cdrs(self.store.cdr_list(limit.min(MAX_CDR_LIST), 0)?)

@@ -124,6 +124,25 @@ struct LogWindow {
     suppressed: u64,
 }
 
+/// The firewall's counters for metrics (see [`Guard::counters`]).
+#[derive(Debug, Clone, Default)]
+pub struct GuardCounters {
+    /// Messages inspected.
+    pub inspected: u64,
+    /// Messages of banned sources dropped in user space.
+    pub dropped_banned: u64,
+    /// Messages dropped by a rule.
+    pub dropped_rule: u64,
+    /// Ban records (enforced or shadow).
+    pub bans: usize,
+    /// Locked accounts.
+    pub locks: usize,
+    /// Hits per rule.
+    pub rule_hits: Vec<(String, u64)>,
+    /// The kernel's counters at the last refresh.
+    pub kernel: Option<Counters>,
+}
+
 /// The daemon-side firewall: detector, enforcer thread, persistence and admin.
 #[derive(Debug)]
 pub struct Guard {
@@ -527,6 +546,34 @@ impl Guard {
             .unwrap_or_else(PoisonError::into_inner)
             .last_round;
         Some(last.is_some_and(|t| t.elapsed() <= max))
+    }
+
+    /// Counters for metrics, without waiting for anything: the kernel's counters are the
+    /// ones cached at the last refresh, and a refresh is requested for next time.
+    pub fn counters(&self) -> GuardCounters {
+        let stats = self.detector.stats();
+        let kernel = self.enforcer.as_ref().and_then(|e| {
+            let (tx, _rx) = mpsc::channel();
+            let _ = e.tx.try_send(Request::Counters(tx));
+            e.shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .counters
+        });
+        GuardCounters {
+            inspected: self.inspected,
+            dropped_banned: self.dropped_banned + stats.dropped_banned,
+            dropped_rule: self.dropped_rule,
+            bans: stats.ban_records,
+            locks: stats.locks,
+            rule_hits: self
+                .detector
+                .rule_hits()
+                .into_iter()
+                .map(|(rule, hits)| (rule.to_string(), hits))
+                .collect(),
+            kernel,
+        }
     }
 
     /// The most recently banned address, if it is still banned.

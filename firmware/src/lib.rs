@@ -1,6 +1,7 @@
 //! Outpost firmware: the daemon's driver, store, config and admin plane.
 
 pub mod admin;
+pub mod backup;
 pub mod config;
 pub mod console;
 pub mod daemon;

@@ -599,6 +599,253 @@ impl Store {
     }
 }
 
+/// Rows a [`Store::cdr_page`] call looks at before it returns (bounds one admin request).
+pub const CDR_PAGE_SCAN: usize = 50_000;
+
+impl Store {
+    /// A consistent read-only view of every table at this moment (for a backup): the
+    /// daemon keeps writing while it is read.
+    pub fn snapshot(&self) -> Result<StoreSnapshot<'_>, StoreError> {
+        Ok(StoreSnapshot {
+            store: self,
+            txn: self.db.begin_read()?,
+        })
+    }
+
+    /// Call records whose `start` lies in `from..to`, oldest first, at most `limit`, with
+    /// record keys after `after` (0 = from the first). Returns them and the cursor to pass as
+    /// `after` for the next page, `None` when there is no more. Looks at no more than
+    /// [`CDR_PAGE_SCAN`] rows per call, so a page may be short but still have a cursor.
+    pub fn cdr_page(
+        &self,
+        from: Millis,
+        to: Millis,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Cdr>, Option<u64>), StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CDRS)?;
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut scanned = 0usize;
+        let Some(first) = after.checked_add(1) else {
+            return Ok((out, None));
+        };
+        let mut rows = table.range(first..)?;
+        for row in rows.by_ref() {
+            let (k, v) = row?;
+            last = Some(k.value());
+            scanned += 1;
+            if let Some(cdr) = self.decode::<Cdr>("cdrs", k.value(), v.value()) {
+                if cdr.start >= from && cdr.start < to {
+                    out.push(cdr);
+                }
+            }
+            if out.len() >= limit || scanned >= CDR_PAGE_SCAN {
+                break;
+            }
+        }
+        let more = rows.next().is_some();
+        Ok((out, if more { last } else { None }))
+    }
+
+    /// Replaces the whole content of the store with a backup's, in one durable transaction:
+    /// extensions, call records (`cdrs`, oldest first, renumbered from 1), bans, locks,
+    /// alerts, meta values and the voicemail index (message numbers kept). Registrations are
+    /// deleted (phones register again). When `cdrs` yields an error nothing is changed.
+    pub fn import<E: From<StoreError>>(
+        &self,
+        data: &StoreImport,
+        cdrs: impl Iterator<Item = Result<Cdr, E>>,
+    ) -> Result<u64, E> {
+        let txn = self.begin_write()?;
+        let mut count = 0u64;
+        {
+            let mut exts = txn.open_table(EXTENSIONS).map_err(StoreError::from)?;
+            exts.retain(|_, _| false).map_err(StoreError::from)?;
+            for rec in &data.extensions {
+                let bytes = encode("extension", rec)?;
+                exts.insert(rec.ext.as_str(), bytes.as_slice())
+                    .map_err(StoreError::from)?;
+            }
+            let mut regs = txn.open_table(REGISTRATIONS).map_err(StoreError::from)?;
+            regs.retain(|_, _| false).map_err(StoreError::from)?;
+            let mut table = txn.open_table(CDRS).map_err(StoreError::from)?;
+            table.retain(|_, _| false).map_err(StoreError::from)?;
+            for cdr in cdrs {
+                let cdr = cdr?;
+                count += 1;
+                let bytes = encode("cdr", &cdr)?;
+                table
+                    .insert(count, bytes.as_slice())
+                    .map_err(StoreError::from)?;
+            }
+            let mut meta = txn.open_table(META).map_err(StoreError::from)?;
+            meta.retain(|_, _| false).map_err(StoreError::from)?;
+            for (k, v) in &data.meta {
+                meta.insert(k.as_str(), v.as_slice())
+                    .map_err(StoreError::from)?;
+            }
+            let mut bans = txn.open_table(BANS).map_err(StoreError::from)?;
+            bans.retain(|_, _| false).map_err(StoreError::from)?;
+            for (addr, ban) in &data.bans {
+                let bytes = encode("ban", ban)?;
+                bans.insert(ban_key(*addr).as_str(), bytes.as_slice())
+                    .map_err(StoreError::from)?;
+            }
+            let mut locks = txn.open_table(LOCKS).map_err(StoreError::from)?;
+            locks.retain(|_, _| false).map_err(StoreError::from)?;
+            for (user, lock) in &data.locks {
+                let bytes = encode("lock", lock)?;
+                locks
+                    .insert(user.as_str(), bytes.as_slice())
+                    .map_err(StoreError::from)?;
+            }
+            let mut alerts = txn.open_table(ALERTS).map_err(StoreError::from)?;
+            alerts.retain(|_, _| false).map_err(StoreError::from)?;
+            let skip = data
+                .alerts
+                .len()
+                .saturating_sub(usize::try_from(MAX_ALERTS).unwrap_or(usize::MAX));
+            for (seq, alert) in (1u64..).zip(data.alerts.iter().skip(skip)) {
+                let bytes = encode("alert", alert)?;
+                alerts
+                    .insert(seq, bytes.as_slice())
+                    .map_err(StoreError::from)?;
+            }
+            let mut vm = txn.open_table(VOICEMAIL).map_err(StoreError::from)?;
+            vm.retain(|_, _| false).map_err(StoreError::from)?;
+            for msg in &data.voicemail {
+                let bytes = encode("voicemail", msg)?;
+                vm.insert(msg.id, bytes.as_slice())
+                    .map_err(StoreError::from)?;
+            }
+        }
+        txn.commit().map_err(StoreError::from)?;
+        Ok(count)
+    }
+}
+
+/// What [`Store::import`] writes besides the call records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreImport {
+    /// Extensions.
+    pub extensions: Vec<ExtensionRecord>,
+    /// Bans by address.
+    pub bans: Vec<(IpAddr, StoredBan)>,
+    /// Account locks by account.
+    pub locks: Vec<(String, StoredLock)>,
+    /// Alerts, oldest first (the newest [`MAX_ALERTS`] are kept).
+    pub alerts: Vec<Alert>,
+    /// Raw meta values by key.
+    pub meta: Vec<(String, Vec<u8>)>,
+    /// The voicemail index.
+    pub voicemail: Vec<VoicemailRecord>,
+}
+
+/// A read-only snapshot of the store (see [`Store::snapshot`]); rows that do not decode are
+/// skipped and counted as everywhere else.
+pub struct StoreSnapshot<'a> {
+    store: &'a Store,
+    txn: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for StoreSnapshot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSnapshot")
+            .field("store", &self.store.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreSnapshot<'_> {
+    /// Every extension, by number.
+    pub fn extensions(&self) -> Result<Vec<ExtensionRecord>, StoreError> {
+        self.rows_str(EXTENSIONS, "extensions")
+            .map(|v| v.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Every call record, oldest first, handed to `f` one at a time; returns how many.
+    pub fn for_each_cdr<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(Cdr) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let table = self.txn.open_table(CDRS).map_err(StoreError::from)?;
+        let mut n = 0u64;
+        for row in table.iter().map_err(StoreError::from)? {
+            let (k, v) = row.map_err(StoreError::from)?;
+            if let Some(cdr) = self.store.decode::<Cdr>("cdrs", k.value(), v.value()) {
+                n += 1;
+                f(cdr)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Every stored ban (ended ones too), by address text.
+    pub fn bans(&self) -> Result<Vec<(String, StoredBan)>, StoreError> {
+        self.rows_str(BANS, "bans")
+    }
+
+    /// Every stored account lock, by account.
+    pub fn locks(&self) -> Result<Vec<(String, StoredLock)>, StoreError> {
+        self.rows_str(LOCKS, "locks")
+    }
+
+    /// Every stored alert, oldest first.
+    pub fn alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        let table = self.txn.open_table(ALERTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Some(a) = self.store.decode("alerts", k.value(), v.value()) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every meta value, by key.
+    pub fn meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let table = self.txn.open_table(META)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The voicemail index, oldest first.
+    pub fn voicemail(&self) -> Result<Vec<VoicemailRecord>, StoreError> {
+        let table = self.txn.open_table(VOICEMAIL)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Some(m) = self.store.decode("voicemail", k.value(), v.value()) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    fn rows_str<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let table = self.txn.open_table(def)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Some(rec) = self.store.decode(name, k.value(), v.value()) {
+                out.push((k.value().to_owned(), rec));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Writes firewall changes inside `txn`, then trims the alerts to [`MAX_ALERTS`].
 fn apply_firewall(
     txn: &redb::WriteTransaction,
@@ -1098,6 +1345,128 @@ mod tests {
             1,
             "rows that do not decode are purged, the live ban stays"
         );
+    }
+
+    #[test]
+    fn cdr_pages_filter_by_start_and_resume_at_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .commit(&Batch {
+                cdrs: (0..25u64).map(|i| cdr(&format!("c{i}"), i * 10)).collect(),
+                ..Batch::default()
+            })
+            .unwrap();
+        let mut got = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, next) = store.cdr_page(50, 200, after, 4).unwrap();
+            assert!(page.len() <= 4);
+            got.extend(page.into_iter().map(|c| c.call_id));
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        let want: Vec<String> = (5..20).map(|i| format!("c{i}")).collect();
+        assert_eq!(got, want, "start in 50..200, oldest first, each once");
+        assert_eq!(
+            store.cdr_page(0, u64::MAX, u64::MAX, 10).unwrap(),
+            (vec![], None)
+        );
+    }
+
+    #[test]
+    fn import_replaces_everything_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.ext_put(&ext("old")).unwrap();
+        store
+            .commit(&Batch {
+                bindings: vec![BindingChange::Upsert(binding("old", "sip:old@a"))],
+                cdrs: vec![cdr("old-call", 1)],
+                firewall: vec![FirewallChange::Alert(alert(1))],
+                ..Batch::default()
+            })
+            .unwrap();
+        store.meta_put("cid:old", b"123").unwrap();
+        let data = StoreImport {
+            extensions: vec![ext("100")],
+            bans: vec![("203.0.113.9".parse().unwrap(), stored_ban(9_000))],
+            locks: vec![(
+                "100".into(),
+                StoredLock {
+                    until: 5,
+                    rule: Rule::AccountGuessing,
+                },
+            )],
+            alerts: vec![alert(7), alert(8)],
+            meta: vec![("fwd:100".into(), b"{}".to_vec())],
+            voicemail: vec![VoicemailRecord {
+                id: 42,
+                mailbox: "100".into(),
+                caller: "101".into(),
+                at: 3,
+                duration_ms: 1000,
+                path: "/data/voicemail/100/a.wav".into(),
+                new: false,
+            }],
+        };
+        // A failing call-record stream changes nothing.
+        let failing = vec![
+            Ok(cdr("x", 1)),
+            Err(StoreError::Corrupt {
+                table: "cdrs",
+                key: "line 2".into(),
+                reason: "bad".into(),
+            }),
+        ];
+        assert!(store.import(&data, failing.into_iter()).is_err());
+        assert_eq!(store.ext_list().unwrap(), vec![ext("old")]);
+
+        let n = store
+            .import(
+                &data,
+                (0..3u64).map(|i| Ok::<_, StoreError>(cdr(&format!("n{i}"), i))),
+            )
+            .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(store.ext_list().unwrap(), vec![ext("100")]);
+        assert!(
+            store.bindings_all().unwrap().is_empty(),
+            "registrations are not restored"
+        );
+        let ids: Vec<String> = store
+            .cdr_list(10, 0)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.call_id)
+            .collect();
+        assert_eq!(ids, ["n2", "n1", "n0"]);
+        assert_eq!(store.fw_bans().unwrap(), data.bans);
+        assert_eq!(store.fw_locks().unwrap(), data.locks);
+        assert_eq!(store.fw_alerts(10).unwrap(), vec![alert(8), alert(7)]);
+        assert_eq!(store.meta_get("cid:old").unwrap(), None);
+        assert_eq!(store.meta_get("fwd:100").unwrap(), Some(b"{}".to_vec()));
+        assert_eq!(store.vm_list(None).unwrap(), data.voicemail);
+
+        let snap = store.snapshot().unwrap();
+        store.ext_put(&ext("later")).unwrap();
+        assert_eq!(
+            snap.extensions().unwrap(),
+            vec![ext("100")],
+            "a snapshot does not move"
+        );
+        let mut seen = Vec::new();
+        snap.for_each_cdr(|c| -> Result<(), StoreError> {
+            seen.push(c.call_id);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["n0", "n1", "n2"]);
+        assert_eq!(snap.alerts().unwrap(), vec![alert(7), alert(8)]);
+        assert_eq!(snap.voicemail().unwrap(), data.voicemail);
+        assert_eq!(snap.meta().unwrap(), data.meta);
     }
 
     fn crash_batch(n: u64) -> Batch {

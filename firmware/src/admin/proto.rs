@@ -99,6 +99,74 @@ pub enum Command {
     Ssh(SshCommand),
     /// The console's admin password (`{"cmd":"admin","admin":"status"}`).
     Admin(AdminCommand),
+    /// Backups (`{"cmd":"backup","backup":"now"}`).
+    Backup(BackupCommand),
+    /// One page of call records for an export, oldest first.
+    CdrExport {
+        /// Only calls that started at or after this time (ms since the epoch).
+        from: Option<u64>,
+        /// Only calls that started before this time (ms since the epoch).
+        to: Option<u64>,
+        /// The cursor from the previous page (0 for the first).
+        after: u64,
+        /// How many records at most.
+        limit: usize,
+    },
+}
+
+/// A backup command; travels inside [`Command::Backup`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "backup", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackupCommand {
+    /// Make a backup now.
+    Now,
+    /// The backups on the box, the schedule and the off-site targets.
+    List,
+    /// Decrypt and check a backup completely; nothing changes.
+    Verify {
+        /// A file name in the backup directory, or an absolute path on the box.
+        file: String,
+        /// The key; without one the daemon uses `[backup] passphrase_file`.
+        key: Option<BackupKey>,
+    },
+    /// Check a backup, stage it and restart to apply it.
+    Restore {
+        /// A file name in the backup directory, or an absolute path on the box.
+        file: String,
+        /// The key; without one the daemon uses `[backup] passphrase_file`.
+        key: Option<BackupKey>,
+    },
+}
+
+/// The key a backup is decrypted with (never logged).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackupKey {
+    /// The passphrase.
+    Passphrase(String),
+    /// The text of an age identity file (`AGE-SECRET-KEY-1...`).
+    Identity(String),
+}
+
+impl std::fmt::Debug for BackupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackupKey::Passphrase(_) => write!(f, "Passphrase(<hidden>)"),
+            BackupKey::Identity(_) => write!(f, "Identity(<hidden>)"),
+        }
+    }
+}
+
+impl BackupCommand {
+    /// The wire name of the command, for logs (never the key).
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackupCommand::Now => "backup_now",
+            BackupCommand::List => "backup_list",
+            BackupCommand::Verify { .. } => "backup_verify",
+            BackupCommand::Restore { .. } => "backup_restore",
+        }
+    }
 }
 
 /// An SSH command; travels inside [`Command::Ssh`].
@@ -245,6 +313,8 @@ impl Command {
             Command::ExtForward { .. } => "ext_forward",
             Command::Ssh(ssh) => ssh.name(),
             Command::Admin(admin) => admin.name(),
+            Command::Backup(b) => b.name(),
+            Command::CdrExport { .. } => "cdr_export",
         }
     }
 }
@@ -306,6 +376,19 @@ pub enum Reply {
     Admin(AdminInfo),
     /// Answer to [`AdminCommand::Login`].
     Login(LoginOutcome),
+    /// Answer to [`BackupCommand::List`].
+    Backups(crate::backup::BackupList),
+    /// Answer to [`BackupCommand::Now`]: the new backup.
+    BackupCreated(crate::backup::BackupEntry),
+    /// Answer to [`BackupCommand::Verify`]: what the backup holds.
+    BackupVerified(crate::backup::archive::Contents),
+    /// Answer to [`Command::CdrExport`].
+    CdrPage {
+        /// The records, oldest first.
+        cdrs: Vec<Cdr>,
+        /// The cursor for the next page; `None` when this was the last.
+        next: Option<u64>,
+    },
     /// A change was made.
     Done {
         /// What was done, for a human.
@@ -398,6 +481,9 @@ pub struct StatusInfo {
     /// Every trunk is down: the office runs on its own (local calls, voicemail, IVR).
     #[serde(default)]
     pub survival: bool,
+    /// Seconds since the newest backup on the box was made; `None` if there is none.
+    #[serde(default)]
+    pub last_backup_age_secs: Option<u64>,
 }
 
 /// One extension in a listing.
@@ -828,6 +914,7 @@ mod tests {
                 trunks: 2,
                 trunks_up: 0,
                 survival: true,
+                last_backup_age_secs: Some(3600),
             }),
             Reply::Extensions(vec![ExtensionInfo {
                 ext: "100".into(),

@@ -15,9 +15,9 @@ use serde::Serialize;
 
 use firmware::admin::proto::{
     validate_admin_password, validate_ext, validate_name, validate_password, AdminCommand,
-    CallInfo, Command, ConfigCommand, ExtImportRow, ExtensionInfo, FwAlertInfo, FwBansInfo,
-    FwCommand, FwExport, FwRuleInfo, FwStatusInfo, LoginOutcome, RegistrationInfo, Reply,
-    SshCommand, SshKeyInfo, StatusInfo, MAX_LINE, MAX_SSH_KEY_LINE,
+    BackupCommand, BackupKey, CallInfo, Command, ConfigCommand, ExtImportRow, ExtensionInfo,
+    FwAlertInfo, FwBansInfo, FwCommand, FwExport, FwRuleInfo, FwStatusInfo, LoginOutcome,
+    RegistrationInfo, Reply, SshCommand, SshKeyInfo, StatusInfo, MAX_LINE, MAX_SSH_KEY_LINE,
 };
 use firmware::admin::Client;
 use firmware::config::default_socket_path;
@@ -84,6 +84,9 @@ enum Cmd {
     /// The admin password of the serial console.
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Encrypted backups: make one now, list, verify, restore.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// An interactive shell for every command: line editing, history, TAB completion.
     Shell,
     /// Log in at the serial console with the admin password, then start the shell.
@@ -92,6 +95,40 @@ enum Cmd {
     /// shell quotes them, never run by a shell), or the shell when there is none.
     #[command(hide = true)]
     SshSession,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCmd {
+    /// Make a backup now (and upload it to the configured targets).
+    Now,
+    /// The backups on the box (newest first), the schedule and the off-site targets.
+    List,
+    /// Decrypt a backup and check every checksum; nothing on the box changes.
+    Verify {
+        /// A name from `backup list`, or a path on the box.
+        file: PathBuf,
+        #[command(flatten)]
+        key: BackupKeyArgs,
+    },
+    /// Check a backup, then replace everything on the box with it: the daemon stages it,
+    /// stops, and applies it when it starts again (its supervisor restarts it).
+    Restore {
+        /// A name from `backup list`, or a path on the box.
+        file: PathBuf,
+        #[command(flatten)]
+        key: BackupKeyArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct BackupKeyArgs {
+    /// The age identity file of a backup encrypted to a recipient key (`-`: standard input).
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase")]
+    identity: Option<PathBuf>,
+    /// Ask for the passphrase (or read the first line of standard input) instead of
+    /// using the daemon's `[backup] passphrase_file`.
+    #[arg(long)]
+    passphrase: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -337,6 +374,27 @@ enum CdrCmd {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         limit: u32,
     },
+    /// Export call records, oldest first, as CSV (RFC 4180, with a header row) or JSON.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = CdrFormat::Csv)]
+        format: CdrFormat,
+        /// Calls that started on or after this date (YYYY-MM-DD, UTC) or time (RFC 3339).
+        #[arg(long, value_name = "DATE")]
+        from: Option<String>,
+        /// Calls that started before this time, or on or before this date (YYYY-MM-DD).
+        #[arg(long, value_name = "DATE")]
+        to: Option<String>,
+    },
+}
+
+/// `cdr export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CdrFormat {
+    /// Comma-separated values with a header row; times in RFC 3339 UTC.
+    Csv,
+    /// A JSON array of records (times in ms since the epoch, as `cdr list --json`).
+    Json,
 }
 
 /// Why the command failed, mapped to the exit code.
@@ -500,6 +558,12 @@ fn escapes_the_session(cmd: &Cmd) -> Option<&'static str> {
         {
             Some("in this session files are read from standard input only: give `-` and send the file (ssh box ... - < FILE)")
         }
+        Cmd::Backup(BackupCmd::Verify { file, key } | BackupCmd::Restore { file, key })
+            if file.to_string_lossy().contains('/')
+                || key.identity.as_deref().is_some_and(file_arg) =>
+        {
+            Some("in this session name a backup from `backup list` and give --identity as `-` (standard input)")
+        }
         Cmd::Fw(FwCmd::Export { out: Some(_), .. }) => {
             Some("in this session --out is not available: the export goes to standard output")
         }
@@ -575,6 +639,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
     if let Cmd::Config(ConfigCmd::Edit { confirm, message }) = &cli.command {
         return config_edit(&socket, *confirm, message.clone(), cli.json);
+    }
+    if let Cmd::Cdr(CdrCmd::Export { format, from, to }) = &cli.command {
+        return cdr_export(&socket, *format, from.as_deref(), to.as_deref());
     }
     let export = match &cli.command {
         Cmd::Fw(FwCmd::Export { out, format }) => Some((out.clone(), *format)),
@@ -788,6 +855,19 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Cdr(CdrCmd::List { limit }) => one(Command::CdrList {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
         }),
+        Cmd::Cdr(CdrCmd::Export { .. }) => {
+            Err(Failure::Usage("cdr export runs on its own".to_owned()))
+        }
+        Cmd::Backup(BackupCmd::Now) => one(Command::Backup(BackupCommand::Now)),
+        Cmd::Backup(BackupCmd::List) => one(Command::Backup(BackupCommand::List)),
+        Cmd::Backup(BackupCmd::Verify { file, key }) => {
+            let (file, key) = backup_target(&file, &key)?;
+            one(Command::Backup(BackupCommand::Verify { file, key }))
+        }
+        Cmd::Backup(BackupCmd::Restore { file, key }) => {
+            let (file, key) = backup_target(&file, &key)?;
+            one(Command::Backup(BackupCommand::Restore { file, key }))
+        }
         Cmd::Vm(VmCmd::List { mailbox }) => one(Command::VmList { mailbox }),
         Cmd::Vm(VmCmd::Del { id }) => one(Command::VmDel { id }),
         Cmd::Vm(VmCmd::Pin { ext, pin }) => one(Command::VmPin { ext, pin }),
@@ -905,6 +985,155 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Shell | Cmd::Login | Cmd::SshSession => Err(Failure::Usage(
             "not available here: this is already a logged-in session".to_owned(),
         )),
+    }
+}
+
+/// The file a backup command names, as the daemon must see it (absolute when it exists
+/// here; a bare name is looked up in the backup directory), and the key to send.
+fn backup_target(file: &Path, key: &BackupKeyArgs) -> Result<(String, Option<BackupKey>), Failure> {
+    let text = file.to_string_lossy();
+    let file = if text.contains('/') || file.exists() {
+        std::path::absolute(file)
+            .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        text.into_owned()
+    };
+    let key = if let Some(identity) = &key.identity {
+        let text = read_input(identity)?;
+        if text.len() > 64 * 1024 {
+            return Err(Failure::Usage(format!(
+                "{}: too large for an identity file",
+                identity.display()
+            )));
+        }
+        firmware::backup::crypto::Decryption::identity_text(&text)
+            .map_err(|e| Failure::Usage(format!("{}: {e}", identity.display())))?;
+        Some(BackupKey::Identity(text))
+    } else if key.passphrase {
+        let p = console::read_secret("Backup passphrase: ")
+            .map_err(|e| Failure::Usage(format!("cannot read the passphrase: {e}")))?
+            .ok_or_else(|| Failure::Usage("no passphrase given".to_owned()))?;
+        firmware::backup::crypto::Decryption::passphrase(&p)
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        Some(BackupKey::Passphrase(p))
+    } else {
+        None
+    };
+    Ok((file, key))
+}
+
+/// `cdr export`: pages of records from the daemon, written as they arrive.
+fn cdr_export(
+    socket: &Path,
+    format: CdrFormat,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(), Failure> {
+    use std::io::Write;
+    let parse = |s: &str| firmware::backup::schedule::parse_date(s).map_err(Failure::Usage);
+    let from_ms = from.map(parse).transpose()?.map(|(t, _)| t);
+    // A bare end date includes its whole day.
+    let to_ms = to.map(parse).transpose()?.map(|(t, date)| {
+        if date {
+            t.saturating_add(86_400_000)
+        } else {
+            t
+        }
+    });
+    if let (Some(f), Some(t)) = (from_ms, to_ms) {
+        if t <= f {
+            return Err(Failure::Usage("--to must be after --from".to_owned()));
+        }
+    }
+    let mut client = connect(socket)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let broken = |e: std::io::Error| Failure::Usage(format!("cannot write the export: {e}"));
+    match format {
+        CdrFormat::Csv => out.write_all(CSV_HEADER.as_bytes()).map_err(broken)?,
+        CdrFormat::Json => out.write_all(b"[").map_err(broken)?,
+    }
+    let mut after = 0u64;
+    let mut first = true;
+    loop {
+        let reply = client
+            .request(&Command::CdrExport {
+                from: from_ms,
+                to: to_ms,
+                after,
+                limit: 2_000,
+            })
+            .map_err(|e| {
+                Failure::Unreachable(format!("talking to outpostd at {}: {e}", socket.display()))
+            })?;
+        let (cdrs, next) = match reply {
+            Reply::CdrPage { cdrs, next } => (cdrs, next),
+            Reply::Error { message } => return Err(Failure::Refused(sanitize(&message))),
+            other => return Err(unexpected(&other)),
+        };
+        for cdr in &cdrs {
+            match format {
+                CdrFormat::Csv => out.write_all(csv_row(cdr).as_bytes()).map_err(broken)?,
+                CdrFormat::Json => {
+                    if !first {
+                        out.write_all(b",").map_err(broken)?;
+                    }
+                    out.write_all(b"\n").map_err(broken)?;
+                    out.write_all(to_json(cdr).as_bytes()).map_err(broken)?;
+                }
+            }
+            first = false;
+        }
+        match next {
+            Some(n) if n > after => after = n,
+            _ => break,
+        }
+    }
+    if format == CdrFormat::Json {
+        out.write_all(if first { b"]\n" as &[u8] } else { b"\n]\n" })
+            .map_err(broken)?;
+    }
+    out.flush().map_err(broken)
+}
+
+/// The header row of `cdr export --format csv`.
+const CSV_HEADER: &str = "call_id,caller,callee,start,answer,end,billsec,disposition,status\r\n";
+
+/// One CSV row (RFC 4180: CRLF line ends, fields with `,`, `"`, CR or LF quoted, quotes
+/// doubled). Fields starting with `=` or `@` get a leading `'` so a spreadsheet never runs
+/// them as formulas (these values come from the network); `+` stays, as in `+4930...`.
+fn csv_row(c: &Cdr) -> String {
+    let time = firmware::backup::schedule::rfc3339_ms;
+    let disposition = serde_json::to_value(c.disposition)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let fields = [
+        csv_field(&c.call_id),
+        csv_field(&c.caller),
+        csv_field(&c.callee),
+        time(c.start),
+        c.answer.map(time).unwrap_or_default(),
+        time(c.end),
+        c.billsec().to_string(),
+        disposition,
+        c.status.to_string(),
+    ];
+    format!("{}\r\n", fields.join(","))
+}
+
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    if s.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
     }
 }
 
@@ -1152,6 +1381,12 @@ fn payload_json(reply: &Reply) -> String {
         Reply::SshKeys(v) => to_json(v),
         Reply::Admin(a) => to_json(a),
         Reply::Login(o) => to_json(o),
+        Reply::Backups(b) => to_json(b),
+        Reply::BackupCreated(b) => to_json(b),
+        Reply::BackupVerified(c) => to_json(c),
+        Reply::CdrPage { cdrs, next } => {
+            to_json(&serde_json::json!({ "cdrs": cdrs, "next": next }))
+        }
         Reply::Done { message } | Reply::Error { message } => {
             to_json(&serde_json::json!({ "message": message }))
         }
@@ -1192,6 +1427,15 @@ fn render(reply: &Reply, generated: Option<&Generated>) -> String {
             LoginOutcome::Refused => "password refused\n".to_owned(),
             LoginOutcome::NoPassword => "no admin password is set\n".to_owned(),
         },
+        Reply::Backups(b) => render_backups(b),
+        Reply::BackupCreated(b) => format!(
+            "backup {} written ({}, encrypted to {})\n",
+            sanitize(&b.name),
+            fmt_size(b.size),
+            sanitize(&b.encrypted_to)
+        ),
+        Reply::BackupVerified(c) => render_verified(c),
+        Reply::CdrPage { cdrs, .. } => render_cdrs(cdrs),
         Reply::Done { message } => match generated {
             Some(g) => format!("{}\n", g.human),
             None => format!("{}\n", sanitize(message)),
@@ -1219,6 +1463,13 @@ fn render_status(s: &StatusInfo) -> String {
             format!("{} of {} up", s.trunks_up, s.trunks),
         ]);
     }
+    rows.push(vec![
+        "last backup".to_owned(),
+        match s.last_backup_age_secs {
+            Some(age) => format!("{} ago", fmt_duration(age)),
+            None => "never".to_owned(),
+        },
+    ]);
     if s.survival {
         rows.push(vec![
             "mode".to_owned(),
@@ -1226,6 +1477,125 @@ fn render_status(s: &StatusInfo) -> String {
         ]);
     }
     format_table(None, &rows)
+}
+
+fn render_backups(b: &firmware::backup::BackupList) -> String {
+    let mut out = String::new();
+    if b.backups.is_empty() {
+        out.push_str(&format!("no backups in {}\n", sanitize(&b.dir)));
+    } else {
+        let rows: Vec<Vec<String>> = b
+            .backups
+            .iter()
+            .map(|e| {
+                vec![
+                    e.name.clone(),
+                    fmt_size(e.size),
+                    format!("{} UTC", fmt_time(e.created_ms)),
+                    e.encrypted_to.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&format_table(
+            Some(&["NAME", "SIZE", "CREATED", "ENCRYPTED TO"]),
+            &rows,
+        ));
+    }
+    if let Some(age) = b.newest_age_secs {
+        out.push_str(&format!("newest backup: {} ago\n", fmt_duration(age)));
+    }
+    if b.incomplete > 0 {
+        out.push_str(&format!(
+            "{} interrupted backup(s) (.partial) in {}: not usable, deleted by the next backup\n",
+            b.incomplete,
+            sanitize(&b.dir)
+        ));
+    }
+    if b.unreadable > 0 {
+        out.push_str(&format!(
+            "{} file(s) named like backups are not age files: not listed\n",
+            b.unreadable
+        ));
+    }
+    out.push_str(&format!("schedule: {} (UTC)", sanitize(&b.schedule)));
+    if let Some(next) = b.next_run_ms {
+        out.push_str(&format!(", next {} UTC", fmt_time(next)));
+    }
+    out.push('\n');
+    for t in &b.targets {
+        let state = match (&t.last_upload_error, t.last_ok_ms) {
+            (Some(e), _) => format!("FAILED: {e}"),
+            (None, Some(ok)) => format!(
+                "ok {} UTC ({})",
+                fmt_time(ok),
+                t.last_ok_file.clone().unwrap_or_default()
+            ),
+            (None, None) => "no upload yet".to_owned(),
+        };
+        let busy = if t.uploading { " [uploading]" } else { "" };
+        out.push_str(&format!(
+            "target {}: {}{busy}\n",
+            sanitize(&t.name),
+            sanitize(&state)
+        ));
+    }
+    out
+}
+
+fn render_verified(c: &firmware::backup::archive::Contents) -> String {
+    let rows = vec![
+        vec![
+            "result".to_owned(),
+            "OK: decrypted, every checksum matches".to_owned(),
+        ],
+        vec!["format".to_owned(), c.format.to_string()],
+        vec![
+            "made".to_owned(),
+            format!(
+                "{} UTC by {} (Outpost {})",
+                fmt_time(c.created_ms),
+                c.hostname,
+                c.outpost_version
+            ),
+        ],
+        vec!["extensions".to_owned(), c.extensions.to_string()],
+        vec!["call records".to_owned(), c.cdrs.to_string()],
+        vec![
+            "bans / locks".to_owned(),
+            format!("{} / {}", c.bans, c.locks),
+        ],
+        vec!["alerts".to_owned(), c.alerts.to_string()],
+        vec!["voicemail".to_owned(), c.voicemail.to_string()],
+        vec![
+            "config revisions".to_owned(),
+            c.config_revisions.to_string(),
+        ],
+        vec![
+            "TLS identity".to_owned(),
+            if c.tls { "yes" } else { "no" }.to_owned(),
+        ],
+        vec![
+            "SSH host key".to_owned(),
+            if c.ssh_host_key { "yes" } else { "no" }.to_owned(),
+        ],
+    ];
+    format_table(None, &rows)
+}
+
+/// `1.5 MiB`.
+fn fmt_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit < UNITS.len() - 1 {
+        size /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{size:.1} {}", UNITS[unit])
+    }
 }
 
 fn render_ssh_keys(v: &[SshKeyInfo]) -> String {
@@ -2358,5 +2728,42 @@ mod tests {
             Err(Failure::Refused(m)) => assert_eq!(m, "extension 104 exists"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn csv_rows_follow_rfc_4180_and_never_start_a_formula() {
+        let cdr = Cdr {
+            call_id: "a\"b".into(),
+            caller: "=cmd|x".into(),
+            callee: "+49 30, 1".into(),
+            start: 1_714_521_600_000,
+            answer: None,
+            end: 1_714_521_605_500,
+            disposition: Disposition::NoAnswer,
+            status: 480,
+        };
+        assert_eq!(
+            csv_row(&cdr),
+            "\"a\"\"b\",'=cmd|x,\"+49 30, 1\",2024-05-01T00:00:00.000Z,,2024-05-01T00:00:05.500Z,0,no_answer,480\r\n"
+        );
+        assert_eq!(CSV_HEADER.matches(',').count(), 8);
+        let cli = Cli::try_parse_from([
+            "outpostctl",
+            "backup",
+            "restore",
+            "x.backup",
+            "--identity",
+            "-",
+        ])
+        .unwrap();
+        assert!(
+            escapes_the_session(&cli.command).is_none(),
+            "a name and stdin are fine over SSH"
+        );
+        let cli = Cli::try_parse_from(["outpostctl", "backup", "verify", "/etc/shadow"]).unwrap();
+        assert!(
+            escapes_the_session(&cli.command).is_some(),
+            "no paths over SSH"
+        );
     }
 }

@@ -24,6 +24,22 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Restore this backup into the data directory and exit (no daemon may be running;
+    /// with a running one use `outpostctl backup restore`).
+    #[arg(long, value_name = "FILE")]
+    restore: Option<PathBuf>,
+    /// With --restore: the age identity file of a backup encrypted to a recipient key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "restore",
+        conflicts_with = "passphrase_file"
+    )]
+    identity: Option<PathBuf>,
+    /// With --restore: a file holding the passphrase (mode 0600) [default: `[backup]
+    /// passphrase_file` of the configuration].
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    passphrase_file: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +81,27 @@ fn run(args: Args) -> anyhow::Result<()> {
     cfg.validate()?;
     if args.check {
         println!("configuration OK ({source})");
+        return Ok(());
+    }
+    if let Some(file) = &args.restore {
+        use firmware::backup::crypto::{read_identity_file, read_passphrase_file, Decryption};
+        let key = match (&args.identity, &args.passphrase_file) {
+            (Some(id), _) => read_identity_file(id)?,
+            (None, Some(p)) => Decryption::Passphrase(read_passphrase_file(p)?),
+            (None, None) => cfg.backup.own_decryption()?,
+        };
+        let c = firmware::backup::restore_offline(&cfg, &text, file, &key)
+            .with_context(|| format!("cannot restore {}", file.display()))?;
+        println!(
+            "restored the backup of {} made {} (format {}): {} extensions, {} call records, {} voicemail messages, {} configuration revisions",
+            c.hostname,
+            firmware::backup::schedule::rfc3339(c.created_ms),
+            c.format,
+            c.extensions,
+            c.cdrs,
+            c.voicemail,
+            c.config_revisions
+        );
         return Ok(());
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")

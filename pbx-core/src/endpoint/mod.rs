@@ -937,6 +937,11 @@ impl Endpoint {
         out
     }
 
+    /// Number of calls in progress (cheap, for metrics).
+    pub fn active_calls(&self) -> usize {
+        self.calls.len().saturating_sub(self.ended_calls)
+    }
+
     /// Counters since start.
     pub fn counters(&self) -> &Counters {
         &self.counters
