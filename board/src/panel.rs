@@ -55,6 +55,8 @@ pub struct PanelStatus {
     pub last_ban: Option<String>,
     /// The uplink configuration.
     pub network: NetworkInfo,
+    /// Age of the newest good backup in seconds (`None`: never backed up).
+    pub last_backup_age_secs: Option<u64>,
 }
 
 /// How the uplink address is configured.
@@ -148,12 +150,25 @@ impl MenuItem {
     }
 }
 
+/// A backup older than this gets a warning page of its own (two days).
+const STALE_BACKUP_SECS: u64 = 2 * 86_400;
+
+/// "25 min ago", "3 h ago", "4 days ago".
+fn backup_age(age: u64) -> String {
+    match age {
+        0..=5_399 => format!("{} min ago", age / 60),
+        5_400..=172_799 => format!("{} h ago", age / 3_600),
+        _ => format!("{} days ago", age / 86_400),
+    }
+}
+
 /// Pages of the status screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Page {
     Host,
     Phones,
     Trunks,
+    Backup,
     Alert,
 }
 
@@ -335,6 +350,15 @@ impl Panel {
         };
         if self.status.newest_alert.is_some() {
             pages.push(Page::Alert);
+        }
+        // A recent backup shows on the host page (when there is room); a missing or old
+        // one gets a page of its own, as a warning.
+        if self
+            .status
+            .last_backup_age_secs
+            .is_none_or(|a| a > STALE_BACKUP_SECS)
+        {
+            pages.push(Page::Backup);
         }
         pages
     }
@@ -572,7 +596,11 @@ impl Panel {
                     &s.hostname
                 };
                 let ip = if s.ip.is_empty() { "No address" } else { &s.ip };
-                lines(&[host, ip])
+                let mut v = lines(&[host, ip]);
+                if let Some(age) = s.last_backup_age_secs.filter(|_| self.rows >= 3) {
+                    v.push(format!("Backup {}", backup_age(age)));
+                }
+                v
             }
             Page::Phones => vec![
                 format!("Registered: {}", s.registered),
@@ -585,6 +613,10 @@ impl Panel {
             ],
             Page::Trunks if s.trunks == 0 => lines(&["No trunks", "Local calls only"]),
             Page::Trunks => vec![format!("Trunks: {}/{} up", s.trunks_up, s.trunks)],
+            Page::Backup => match s.last_backup_age_secs {
+                None => lines(&["Backup: NEVER", "outpostctl backup"]),
+                Some(age) => vec!["Backup: OLD".to_string(), backup_age(age)],
+            },
             Page::Alert => {
                 let header = match s.alerts_unacked {
                     0 => "Last alert".to_string(),
@@ -815,6 +847,7 @@ mod tests {
                 gateway: "192.168.1.1".into(),
                 dns: vec!["192.168.1.1".into()],
             },
+            last_backup_age_secs: Some(3_600),
         }
     }
 
@@ -835,7 +868,10 @@ mod tests {
     #[test]
     fn status_cycles_every_four_seconds() {
         let mut p = panel_20x4(&status());
-        assert_eq!(p.lines(), ["branch-pbx", "192.168.1.20", "", ""]);
+        assert_eq!(
+            p.lines(),
+            ["branch-pbx", "192.168.1.20", "Backup 60 min ago", ""]
+        );
         p.update(T0 + 3_999, &status());
         assert_eq!(p.lines()[0], "branch-pbx");
         p.update(T0 + 4_000, &status());
@@ -1184,5 +1220,44 @@ mod tests {
         assert_eq!(wrap("one two three four", 4, 2), ["one", "two"]);
         assert!(wrap("", 4, 2).is_empty());
         assert!(wrap("abc", 4, 0).is_empty());
+    }
+
+    #[test]
+    fn the_backup_page_says_how_old_the_newest_backup_is() {
+        let mut p = Panel::new(16, 2);
+        let mut st = PanelStatus {
+            hostname: "box".into(),
+            last_backup_age_secs: None,
+            ..PanelStatus::default()
+        };
+        p.update(0, &st);
+        let mut seen = Vec::new();
+        for t in 0..8 {
+            p.update(t * 4_000, &st);
+            seen.push(p.lines());
+        }
+        assert!(seen.iter().any(|l| l[0] == "Backup: NEVER"), "{seen:?}");
+        // A recent one: no warning page; on a 20x4 LCD the host page says how old it is.
+        st.last_backup_age_secs = Some(7_200);
+        let mut seen = Vec::new();
+        for t in 8..16 {
+            p.update(t * 4_000, &st);
+            seen.push(p.lines());
+        }
+        assert!(!seen.iter().any(|l| l[0].starts_with("Backup")), "{seen:?}");
+        let mut big = Panel::new(20, 4);
+        big.update(0, &st);
+        assert_eq!(big.lines()[2], "Backup 2 h ago");
+        st.last_backup_age_secs = Some(5 * 86_400);
+        let mut seen = Vec::new();
+        for t in 16..24 {
+            p.update(t * 4_000, &st);
+            seen.push(p.lines());
+        }
+        assert!(
+            seen.iter()
+                .any(|l| l[0] == "Backup: OLD" && l[1] == "5 days ago"),
+            "{seen:?}"
+        );
     }
 }

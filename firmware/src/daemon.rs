@@ -101,6 +101,8 @@ struct Daemon {
     panel_tx: tokio::sync::watch::Sender<board::panel::PanelStatus>,
     /// When the snapshots are refreshed next.
     next_snapshot: Millis,
+    /// The newest good backup's creation time, and when the backup directory is read next.
+    newest_backup: (Option<Millis>, Millis),
     /// Backups: admin commands, the schedule, uploads.
     backups: crate::backup::Backups,
 }
@@ -248,6 +250,7 @@ pub async fn run(boot: Config, boot_text: String, source: String) -> anyhow::Res
         metrics_tx,
         panel_tx,
         next_snapshot: 0,
+        newest_backup: (None, 0),
         backups: crate::backup::Backups::new(),
         guard,
         endpoint,
@@ -656,6 +659,18 @@ impl Daemon {
         if self.guard.enforcer_fresh(Duration::from_secs(10)) == Some(true) {
             self.beats.beat_enforcer();
         }
+        if now >= self.newest_backup.1 {
+            // The backup directory is read once a minute, not every second.
+            let age = crate::backup::last_backup_age_secs(
+                &self.cfg.backup,
+                &self.cfg.store.data_dir,
+                now,
+            );
+            self.newest_backup = (
+                age.map(|a| now.saturating_sub(a.saturating_mul(1000))),
+                now.saturating_add(60_000),
+            );
+        }
         let metrics = self.metrics();
         let panel = self.panel_status(now, &metrics);
         self.metrics_tx.send_replace(metrics);
@@ -740,7 +755,6 @@ impl Daemon {
             .iter()
             .find_map(|l| l.strip_prefix("udp:").map(str::to_string))
             .unwrap_or_default();
-        let _ = now;
         board::panel::PanelStatus {
             hostname: nix::unistd::gethostname()
                 .ok()
@@ -757,6 +771,10 @@ impl Daemon {
             alerts_unacked: unacked,
             last_ban: self.guard.last_ban().map(|ip| ip.to_string()),
             network: board::panel::NetworkInfo::default(),
+            last_backup_age_secs: self
+                .newest_backup
+                .0
+                .map(|created| now.saturating_sub(created) / 1000),
         }
     }
 

@@ -853,3 +853,58 @@ fn cdr_export_as_csv_and_json_over_a_date_range() {
     let bad = daemon.ctl(&["cdr", "export", "--from", "yesterday"]);
     assert_eq!(bad.code, Some(2), "{bad:?}");
 }
+
+/// An off-site target that is down: the backup itself is made, the upload is retried, and
+/// the failure is raised as an alert (in `fw alerts`) and shown by `backup list`.
+#[test]
+fn an_unreachable_offsite_target_is_retried_then_raised_as_an_alert() {
+    let keys = Keys::new();
+    // A pinned host key (any valid one: nobody answers on the port anyway).
+    let key_file = keys.path("host_ed25519");
+    let out = outpost_tests::run_with_timeout(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "pinned", "-f"])
+            .arg(&key_file),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(0), "ssh-keygen: {out:?}");
+    let host_key = fs::read_to_string(format!("{}.pub", key_file.display()))
+        .expect("public key")
+        .trim()
+        .to_owned();
+    let closed = outpost_tests::free_port();
+    let recipient = keys.public();
+    let daemon = Daemon::start_with(DaemonConfig::loopback().with_toml(&format!(
+        "[backup]\nrecipient = \"{recipient}\"\nupload_tries = 2\nupload_retry_secs = 1\n[[backup.targets]]\nname = \"offsite\"\nkind = \"sftp\"\nhost = \"127.0.0.1\"\nport = {closed}\nuser = \"backup\"\npath = \"/srv/backups\"\nhost_key = \"{host_key}\"\n"
+    )));
+    let started = std::time::Instant::now();
+    let file = backup_now(&daemon);
+    assert!(
+        file.exists(),
+        "the local backup is made whatever the target does"
+    );
+    let alert = outpost_tests::eventually(Duration::from_secs(20), || {
+        let alerts = daemon.ctl_json(&["fw", "alerts"]).to_string();
+        alerts
+            .contains("backup upload to offsite failed")
+            .then_some(alerts)
+    });
+    let alert = alert.unwrap_or_else(|| {
+        panic!(
+            "no alert for the failed upload; fw alerts: {}\nlog:\n{}",
+            daemon.ctl_json(&["fw", "alerts"]),
+            daemon.log_text()
+        )
+    });
+    let took = started.elapsed();
+    println!("upload failure raised as an alert after {took:?}: {alert}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "the upload was retried (1 s wait) before the alert"
+    );
+    let listed = daemon.ctl_json(&["backup", "list"]).to_string();
+    assert!(
+        listed.contains("offsite") && listed.contains("refused"),
+        "backup list shows the target's last error: {listed}"
+    );
+}

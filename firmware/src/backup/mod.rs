@@ -71,6 +71,10 @@ pub struct BackupConfig {
     pub keep_weekly: u32,
     /// Off-site copies of every new backup (`[[backup.targets]]`).
     pub targets: Vec<target::TargetConfig>,
+    /// Upload attempts per target before the failure is raised as an alert.
+    pub upload_tries: u32,
+    /// Wait after the first failed attempt (multiplied by 5 for each further one).
+    pub upload_retry_secs: u64,
 }
 
 impl Default for BackupConfig {
@@ -83,6 +87,8 @@ impl Default for BackupConfig {
             keep_daily: 7,
             keep_weekly: 4,
             targets: Vec::new(),
+            upload_tries: target::Retry::DEFAULT.tries,
+            upload_retry_secs: target::Retry::DEFAULT.first_delay.as_secs(),
         }
     }
 }
@@ -91,6 +97,12 @@ impl BackupConfig {
     /// Checks the section; the error is (dotted key, reason).
     pub fn check(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, reason: String| Err((format!("backup.{key}"), reason));
+        if !(1..=10).contains(&self.upload_tries) {
+            return bad("upload_tries", "must be between 1 and 10".to_string());
+        }
+        if !(1..=3600).contains(&self.upload_retry_secs) {
+            return bad("upload_retry_secs", "must be between 1 and 3600".to_string());
+        }
         let schedule = match Schedule::parse(&self.schedule) {
             Ok(s) => s,
             Err(e) => return bad("schedule", e),
@@ -1181,7 +1193,12 @@ fn upload_all(shared: &Arc<Shared>, ctx: &Context, path: &Path) {
             st.uploading = true;
         }
         tokio::spawn(async move {
-            let result = target::upload(&t, &path, &ctx.data_dir).await;
+            let retry = target::Retry {
+                tries: ctx.cfg.upload_tries,
+                first_delay: std::time::Duration::from_secs(ctx.cfg.upload_retry_secs),
+                ..target::Retry::DEFAULT
+            };
+            let result = target::upload_with(&t, &path, &ctx.data_dir, &retry).await;
             let file = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
