@@ -101,7 +101,10 @@ impl BackupConfig {
             return bad("upload_tries", "must be between 1 and 10".to_string());
         }
         if !(1..=3600).contains(&self.upload_retry_secs) {
-            return bad("upload_retry_secs", "must be between 1 and 3600".to_string());
+            return bad(
+                "upload_retry_secs",
+                "must be between 1 and 3600".to_string(),
+            );
         }
         let schedule = match Schedule::parse(&self.schedule) {
             Ok(s) => s,
