@@ -20,6 +20,10 @@ check:
 cross:
     scripts/cross-check
 
+# Firmware image for a board (qemu-virt or rpi4) into target/image: disk.img, vmlinuz, initramfs, manifest
+image profile="qemu-virt":
+    cargo run -p outpost-image -- build --profile {{profile}} --out target/image
+
 # REGISTER benchmark (not run by CI; see bench/README.md)
 bench-register:
     bench/register.sh

@@ -1,14 +1,20 @@
 //! `outpost-image`: host tool for Outpost firmware images.
 //!
-//! The disk image, rootfs and update bundles arrive with the image issue; what exists today
-//! is the SBOM step every image will carry: the Rust crates compiled into the firmware,
-//! read from `Cargo.lock`, as a CycloneDX 1.5 JSON document.
+//! `build` assembles the A/B disk image for a board from our static aarch64 binaries and
+//! Debian arm64 parts (see `build.rs`); `sbom` writes the CycloneDX SBOM of a Cargo.lock.
+
+mod build;
+mod cpio;
+mod debian;
+mod elf;
+mod gpt;
+mod kmod;
+mod sbom;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serde::Deserialize;
 
 /// Outpost image tool.
 #[derive(Debug, Parser)]
@@ -29,20 +35,25 @@ enum Cmd {
         #[arg(long, short, default_value = "-")]
         out: PathBuf,
     },
-}
-
-#[derive(Debug, Deserialize)]
-struct Lock {
-    #[serde(default)]
-    package: Vec<LockPackage>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LockPackage {
-    name: String,
-    version: String,
-    source: Option<String>,
-    checksum: Option<String>,
+    /// Builds the firmware image: disk.img (GPT: boot data, root A, root B, data), vmlinuz,
+    /// initramfs.cpio.gz, root.squashfs, sbom.json and manifest.json in the output directory.
+    Build {
+        /// Output directory.
+        #[arg(long, default_value = "target/image")]
+        out: PathBuf,
+        /// Board profile.
+        #[arg(long, value_enum, default_value = "qemu-virt")]
+        profile: build::Profile,
+        /// The workspace root.
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+        /// TOML appended to the appliance configuration (test images: `[demo]`, `[auth]`).
+        #[arg(long, value_name = "FILE")]
+        config_extra: Option<PathBuf>,
+        /// Use the aarch64 binaries already in target/ instead of running cargo build.
+        #[arg(long)]
+        no_cargo: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,8 +62,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Sbom { lock, out } => {
             let text = std::fs::read_to_string(&lock)
                 .with_context(|| format!("cannot read {}", lock.display()))?;
-            let doc =
-                sbom(&text).with_context(|| format!("{} is not a Cargo.lock", lock.display()))?;
+            let doc = sbom::sbom(&text, &[])
+                .with_context(|| format!("{} is not a Cargo.lock", lock.display()))?;
             let json = serde_json::to_string_pretty(&doc)?;
             if out.as_os_str() == "-" {
                 use std::io::Write;
@@ -66,76 +77,46 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot write {}", out.display()))?;
             }
         }
+        Cmd::Build {
+            out,
+            profile,
+            workspace,
+            config_extra,
+            no_cargo,
+        } => {
+            let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
+                Err(_) => last_commit_time(&workspace).unwrap_or(0),
+            };
+            let config_extra = config_extra
+                .map(|p| {
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))
+                })
+                .transpose()?;
+            let opts = build::BuildOptions {
+                workspace,
+                out,
+                profile,
+                epoch,
+                config_extra,
+                cargo: !no_cargo,
+            };
+            build::build(&opts)?;
+        }
     }
     Ok(())
 }
 
-/// The CycloneDX document for a Cargo.lock's text. Workspace crates (no source) are the
-/// firmware itself; every other package is a component with its registry checksum.
-fn sbom(lock_text: &str) -> anyhow::Result<serde_json::Value> {
-    let lock: Lock = toml::from_str(lock_text)?;
-    let mut components: Vec<serde_json::Value> = lock
-        .package
-        .iter()
-        .filter(|p| p.source.is_some())
-        .map(|p| {
-            let mut c = serde_json::json!({
-                "type": "library",
-                "name": p.name,
-                "version": p.version,
-                "purl": format!("pkg:cargo/{}@{}", p.name, p.version),
-            });
-            if let Some(sum) = &p.checksum {
-                c["hashes"] = serde_json::json!([{ "alg": "SHA-256", "content": sum }]);
-            }
-            c
-        })
-        .collect();
-    components.sort_by(|a, b| a["purl"].as_str().cmp(&b["purl"].as_str()));
-    Ok(serde_json::json!({
-        "bomFormat": "CycloneDX",
-        "specVersion": "1.5",
-        "version": 1,
-        "metadata": {
-            "component": {
-                "type": "firmware",
-                "name": "outpost",
-                "version": env!("CARGO_PKG_VERSION"),
-            }
-        },
-        "components": components,
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_crates_become_components_and_workspace_crates_do_not() {
-        let lock = r#"
-version = 4
-
-[[package]]
-name = "pbx-core"
-version = "0.1.0"
-
-[[package]]
-name = "rsip"
-version = "0.4.0"
-source = "registry+https://github.com/rust-lang/crates.io-index"
-checksum = "abc123"
-"#;
-        let doc = sbom(lock).expect("valid lock");
-        let comps = doc["components"].as_array().expect("array");
-        assert_eq!(comps.len(), 1);
-        assert_eq!(comps[0]["purl"], "pkg:cargo/rsip@0.4.0");
-        assert_eq!(comps[0]["hashes"][0]["content"], "abc123");
-        assert_eq!(doc["specVersion"], "1.5");
-    }
-
-    #[test]
-    fn garbage_is_an_error() {
-        assert!(sbom("[[package]]\nname = 3").is_err());
-    }
+/// The time of the last commit (the usual SOURCE_DATE_EPOCH when none is set).
+fn last_commit_time(workspace: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("git")
+        .current_dir(workspace)
+        .args(["log", "-1", "--format=%ct"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }

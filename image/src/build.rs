@@ -1,0 +1,799 @@
+//! `outpost-image build`: the firmware image from our static binaries and Debian arm64
+//! parts: rootfs (squashfs), initramfs (cpio newc, gzip), boot-data and data (ext4), the
+//! A/B GPT disk, the kernel beside them for qemu, and a manifest with every checksum.
+//! `SOURCE_DATE_EPOCH` fixes every timestamp and GUID, so two builds give the same bytes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cpio::{Archive, Entry};
+use crate::debian::{self, Package};
+use crate::kmod::{self, ModuleTree};
+use crate::{elf, gpt};
+use anyhow::{bail, Context};
+
+/// Rust target of the appliance.
+pub const TARGET: &str = "aarch64-unknown-linux-musl";
+/// Size of each root slot.
+const ROOT_SLOT_BYTES: u64 = 128 << 20;
+/// Size of the boot-data partition.
+const BOOT_DATA_BYTES: u64 = 4 << 20;
+/// Size of the data partition.
+const DATA_BYTES: u64 = 256 << 20;
+/// The applets the init scripts and the admin's recovery shell use.
+const APPLETS: &[&str] = &[
+    "sh",
+    "ash",
+    "cat",
+    "chmod",
+    "cp",
+    "date",
+    "dd",
+    "df",
+    "dmesg",
+    "echo",
+    "free",
+    "grep",
+    "halt",
+    "head",
+    "hostname",
+    "ifconfig",
+    "init",
+    "insmod",
+    "ip",
+    "kill",
+    "killall",
+    "ln",
+    "ls",
+    "lsmod",
+    "mkdir",
+    "modprobe",
+    "mount",
+    "mountpoint",
+    "mv",
+    "ping",
+    "poweroff",
+    "ps",
+    "reboot",
+    "rm",
+    "rmmod",
+    "route",
+    "sed",
+    "sleep",
+    "sync",
+    "tail",
+    "top",
+    "touch",
+    "tr",
+    "udhcpc",
+    "umount",
+    "uname",
+    "uptime",
+    "vi",
+    "wc",
+    "mdev",
+    "sysctl",
+    "true",
+    "false",
+    "test",
+    "[",
+    "printf",
+    "cut",
+    "sort",
+    "uniq",
+    "find",
+    "xargs",
+    "env",
+    "stty",
+    "setsid",
+    "nc",
+    "wget",
+    "hexdump",
+    "blkid",
+    "findfs",
+    "fsync",
+];
+/// Root filesystem modules every profile loads at boot (missing ones are reported).
+const ROOT_MODULES: &[&str] = &[
+    "virtio_net",
+    "nf_tables",
+    "nfnetlink",
+    "nf_conntrack",
+    "nf_defrag_ipv4",
+    "nf_defrag_ipv6",
+    "nf_reject_ipv4",
+    "nf_reject_ipv6",
+    "nft_ct",
+    "nft_limit",
+    "nft_log",
+    "nft_reject",
+    "nft_reject_inet",
+    "nft_hash",
+    "nft_objref",
+    "nft_quota",
+    "nft_connlimit",
+    "nft_fib_inet",
+    "nft_fib_ipv4",
+    "nft_fib_ipv6",
+    "af_packet",
+];
+/// Modules the initramfs loads to reach the disk.
+const INITRAMFS_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_pci",
+    "virtio_blk",
+    "squashfs",
+    "ext4",
+    "crc32c_generic",
+];
+
+/// A supported board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// `qemu-system-aarch64 -M virt` (virtio disk and network, i6300esb watchdog).
+    QemuVirt,
+    /// Raspberry Pi 4 / CM4 with an I2C LCD (SD card or eMMC, bcm2835 watchdog).
+    Rpi4,
+}
+
+impl Profile {
+    /// The board profile name outpostd knows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::QemuVirt => "qemu-virt",
+            Profile::Rpi4 => "rpi4",
+        }
+    }
+
+    fn root_modules(self) -> &'static [&'static str] {
+        match self {
+            Profile::QemuVirt => &["i6300esb"],
+            Profile::Rpi4 => &[
+                "bcm2835_wdt",
+                "i2c_bcm2835",
+                "i2c_dev",
+                "gpio_raspberrypi_exp",
+                "pinctrl_bcm2835",
+                "bcmgenet",
+                "broadcom",
+            ],
+        }
+    }
+
+    fn initramfs_modules(self) -> &'static [&'static str] {
+        match self {
+            Profile::QemuVirt => &[],
+            Profile::Rpi4 => &["sdhci_iproc", "mmc_block", "bcm2835_dma"],
+        }
+    }
+
+    fn console(self) -> &'static str {
+        match self {
+            Profile::QemuVirt => "ttyAMA0",
+            Profile::Rpi4 => "ttyS0,115200",
+        }
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The workspace root (Cargo.toml, Cargo.lock, target/).
+    pub workspace: PathBuf,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Board.
+    pub profile: Profile,
+    /// Timestamp of every file (SOURCE_DATE_EPOCH).
+    pub epoch: u64,
+    /// TOML appended to the appliance configuration (test builds: `[demo]`, `[auth]`).
+    pub config_extra: Option<String>,
+    /// Run `cargo build` for the aarch64 binaries first.
+    pub cargo: bool,
+}
+
+/// SHA-256 of a file (by `sha256sum`: the disk is hundreds of MiB and this tool usually
+/// runs as a debug build).
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let out = debian::run(Command::new("sha256sum").arg(path))?;
+    let text = String::from_utf8_lossy(&out);
+    let sum = text.split_whitespace().next().unwrap_or_default();
+    if sum.len() != 64 {
+        bail!("sha256sum printed {text:?}");
+    }
+    Ok(sum.to_owned())
+}
+
+/// Builds the image; returns the manifest it wrote.
+pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
+    let started = std::time::Instant::now();
+    let out = &opts.out;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let work = out.join("work");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)
+            .with_context(|| format!("cannot clear {}", work.display()))?;
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| opts.workspace.join("target"));
+    let cache = target_dir.join("image-cache").join("debs");
+    std::fs::create_dir_all(&cache)?;
+
+    if opts.cargo {
+        eprintln!("outpost-image: cargo build --release --target {TARGET} -p firmware --bins");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+            .current_dir(&opts.workspace)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                TARGET,
+                "-p",
+                "firmware",
+                "--bins",
+            ])
+            .status()
+            .context("cannot run cargo")?;
+        if !status.success() {
+            bail!("cargo build for {TARGET} failed");
+        }
+    }
+    let bin_dir = target_dir.join(TARGET).join("release");
+
+    // Debian parts.
+    let meta = debian::fetch(&cache, "linux-image-arm64")?;
+    let Some(kernel_name) = meta
+        .depends
+        .iter()
+        .find(|d| d.starts_with("linux-image-") && d.ends_with("-arm64"))
+    else {
+        bail!("linux-image-arm64 depends on no linux-image-<version>-arm64 package");
+    };
+    let kernel = debian::fetch(&cache, kernel_name)?;
+    let busybox = debian::fetch(&cache, "busybox-static")?;
+    let userland = debian::fetch_with_libraries(&cache, &["nftables", "dropbear-bin"])?;
+    let pkg_dir = |p: &Package| work.join("pkg").join(&p.name);
+    for p in [&kernel, &busybox].into_iter().chain(userland.iter()) {
+        debian::extract(p, &pkg_dir(p))?;
+    }
+    let modules_root = pkg_dir(&kernel).join("lib/modules");
+    let release = std::fs::read_dir(&modules_root)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .next()
+        .context("the kernel package has no lib/modules/<release>")?;
+    let tree = ModuleTree::open(&modules_root.join(&release))?;
+
+    // Root filesystem.
+    let root = work.join("rootfs");
+    let mut fs = Tree::new(&root);
+    for d in [
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "data",
+        "mnt",
+        "root",
+        "var",
+        "etc/outpost",
+        "usr/share/outpost",
+    ] {
+        fs.dir(d)?;
+    }
+    fs.link("var/run", "../run")?;
+    fs.link("var/tmp", "../tmp")?;
+    fs.link("var/log", "../run")?;
+    fs.link("etc/resolv.conf", "../run/resolv.conf")?;
+    fs.copy(&pkg_dir(&busybox).join("bin/busybox"), "bin/busybox", 0o755)?;
+    for applet in APPLETS {
+        fs.link(&format!("bin/{applet}"), "busybox")?;
+    }
+    fs.link("sbin/init", "../bin/busybox")?;
+    fs.link("sbin/modprobe", "../bin/busybox")?;
+    fs.link("sbin/reboot", "../bin/busybox")?;
+    for bin in ["outpostd", "outpostctl"] {
+        let src = bin_dir.join(bin);
+        let bytes = std::fs::read(&src)
+            .with_context(|| format!("cannot read {} (build it with --cargo)", src.display()))?;
+        if !elf::needed(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", src.display()))?
+            .is_empty()
+        {
+            bail!("{} is not a static executable", src.display());
+        }
+        fs.file(&format!("usr/bin/{bin}"), &bytes, 0o755)?;
+    }
+    let mut used: BTreeMap<String, String> = BTreeMap::new();
+    let find_pkg = |rel: &str| userland.iter().find(|p| pkg_dir(p).join(rel).exists());
+    for (rel, dest) in [
+        ("usr/sbin/nft", "usr/sbin/nft"),
+        ("usr/sbin/dropbear", "usr/sbin/dropbear"),
+        ("usr/bin/dropbearkey", "usr/bin/dropbearkey"),
+    ] {
+        let pkg = find_pkg(rel).with_context(|| format!("no package holds {rel}"))?;
+        used.insert(pkg.name.clone(), pkg.version.clone());
+        fs.copy(&pkg_dir(pkg).join(rel), dest, 0o755)?;
+    }
+    // The shared-library closure of those programs, and the dynamic loader.
+    let mut queue: Vec<PathBuf> = ["usr/sbin/nft", "usr/sbin/dropbear", "usr/bin/dropbearkey"]
+        .iter()
+        .map(|r| root.join(r))
+        .collect();
+    let mut have = std::collections::BTreeSet::new();
+    while let Some(path) = queue.pop() {
+        let bytes = std::fs::read(&path)?;
+        for lib in elf::needed(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))? {
+            if !have.insert(lib.clone()) {
+                continue;
+            }
+            let found = ["lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu"]
+                .iter()
+                .find_map(|d| {
+                    let rel = format!("{d}/{lib}");
+                    find_pkg(&rel).map(|p| (p, pkg_dir(p).join(rel)))
+                });
+            let Some((pkg, src)) = found else {
+                bail!(
+                    "no fetched package provides {lib} (needed by {})",
+                    path.display()
+                );
+            };
+            used.insert(pkg.name.clone(), pkg.version.clone());
+            let dest = format!("lib/aarch64-linux-gnu/{lib}");
+            fs.copy(&std::fs::canonicalize(&src)?, &dest, 0o644)?;
+            queue.push(root.join(dest));
+        }
+    }
+    let libc = userland
+        .iter()
+        .find(|p| p.name == "libc6")
+        .context("libc6 was not fetched")?;
+    fs.copy(
+        &std::fs::canonicalize(pkg_dir(libc).join("lib/ld-linux-aarch64.so.1"))?,
+        "lib/ld-linux-aarch64.so.1",
+        0o755,
+    )?;
+    used.insert(libc.name.clone(), libc.version.clone());
+
+    // Kernel modules of the root filesystem.
+    let mut wanted: Vec<&str> = INITRAMFS_MODULES.to_vec();
+    wanted.extend(opts.profile.initramfs_modules());
+    wanted.extend(ROOT_MODULES);
+    wanted.extend(opts.profile.root_modules());
+    let (root_mods, missing) = tree.resolve(&wanted)?;
+    for m in &missing {
+        eprintln!("outpost-image: warning: kernel {release} has no module {m}");
+    }
+    let mod_dir = format!("lib/modules/{release}");
+    for m in &root_mods {
+        fs.copy(
+            &tree.dir.join(&m.path),
+            &format!("{mod_dir}/{}", m.path),
+            0o644,
+        )?;
+    }
+    fs.copy(
+        &tree.dir.join("modules.builtin"),
+        &format!("{mod_dir}/modules.builtin"),
+        0o644,
+    )?;
+    fs.file(
+        &format!("{mod_dir}/modules.dep"),
+        kmod::modules_dep(&root_mods).as_bytes(),
+        0o644,
+    )?;
+    fs.file(
+        &format!("{mod_dir}/modules.alias"),
+        kmod::modules_alias(&root_mods).as_bytes(),
+        0o644,
+    )?;
+    let load: String = root_mods.iter().map(|m| format!("{}\n", m.path)).collect();
+    fs.file("etc/outpost/modules.load", load.as_bytes(), 0o644)?;
+
+    // /etc and our scripts.
+    for (name, text, mode) in FILES {
+        fs.file(name, text.as_bytes(), *mode)?;
+    }
+    fs.file("etc/hostname", b"outpost\n", 0o644)?;
+    let tty = opts
+        .profile
+        .console()
+        .split(',')
+        .next()
+        .unwrap_or("console");
+    let inittab = include_str!("../files/inittab").replace("@CONSOLE@", tty);
+    fs.file("etc/inittab", inittab.as_bytes(), 0o644)?;
+    let mut config =
+        include_str!("../files/outpost.toml").replace("@PROFILE@", opts.profile.name());
+    if let Some(extra) = &opts.config_extra {
+        config.push_str("\n# Added at build time (outpost-image build --config-extra).\n");
+        config.push_str(extra);
+    }
+    fs.file("etc/outpost/outpost.toml", config.as_bytes(), 0o644)?;
+    let mut debs: Vec<(String, String)> = used.into_iter().collect();
+    debs.push((kernel.name.clone(), kernel.version.clone()));
+    debs.push((busybox.name.clone(), busybox.version.clone()));
+    debs.sort();
+    let lock = std::fs::read_to_string(opts.workspace.join("Cargo.lock"))
+        .context("cannot read Cargo.lock")?;
+    let sbom = crate::sbom::sbom(&lock, &debs)?;
+    let sbom_text = serde_json::to_string_pretty(&sbom)? + "\n";
+    fs.file("usr/share/outpost/sbom.json", sbom_text.as_bytes(), 0o644)?;
+    let release_text = format!(
+        "version={}\nprofile={}\nkernel={release}\nsource_date_epoch={}\n",
+        env!("CARGO_PKG_VERSION"),
+        opts.profile.name(),
+        opts.epoch
+    );
+    fs.file("etc/outpost/release", release_text.as_bytes(), 0o644)?;
+
+    let squashfs = out.join("root.squashfs");
+    let _ = std::fs::remove_file(&squashfs);
+    debian::run(
+        Command::new("mksquashfs")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .arg(&root)
+            .arg(&squashfs)
+            .args([
+                "-noappend",
+                "-all-root",
+                "-no-xattrs",
+                "-comp",
+                "zstd",
+                "-quiet",
+                "-no-progress",
+            ])
+            .arg("-mkfs-time")
+            .arg(opts.epoch.to_string())
+            .arg("-all-time")
+            .arg(opts.epoch.to_string()),
+    )?;
+    let squashfs_len = std::fs::metadata(&squashfs)?.len();
+    if squashfs_len > ROOT_SLOT_BYTES {
+        bail!(
+            "the root filesystem ({squashfs_len} bytes) does not fit a {ROOT_SLOT_BYTES}-byte slot"
+        );
+    }
+
+    // Initramfs.
+    let mut init = Archive::default();
+    init.add(
+        "bin/busybox",
+        Entry::File(0o755, std::fs::read(pkg_dir(&busybox).join("bin/busybox"))?),
+    );
+    init.add(
+        "init",
+        Entry::File(0o755, include_bytes!("../files/init").to_vec()),
+    );
+    init.add("bin/sh", Entry::Symlink("busybox".to_owned()));
+    init.add("dev/console", Entry::CharDevice(5, 1));
+    let mut early: Vec<&str> = INITRAMFS_MODULES.to_vec();
+    early.extend(opts.profile.initramfs_modules());
+    let (early_mods, _) = tree.resolve(&early)?;
+    let mut order = String::new();
+    for m in &early_mods {
+        init.add(
+            &format!("lib/modules/{}", m.path),
+            Entry::File(0o644, std::fs::read(tree.dir.join(&m.path))?),
+        );
+        order.push_str(&m.path);
+        order.push('\n');
+    }
+    init.add("etc/modules.order", Entry::File(0o644, order.into_bytes()));
+    let epoch32 = u32::try_from(opts.epoch).context("SOURCE_DATE_EPOCH beyond 2106")?;
+    let cpio = init.to_bytes(epoch32);
+    let initramfs = out.join("initramfs.cpio.gz");
+    let mut gz = Command::new("gzip")
+        .args(["-n", "-9", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(File::create(&initramfs)?)
+        .spawn()
+        .context("cannot run gzip")?;
+    gz.stdin.take().context("gzip stdin")?.write_all(&cpio)?;
+    if !gz.wait()?.success() {
+        bail!("gzip failed");
+    }
+
+    // Kernel for qemu (-kernel) and for the board's boot loader.
+    let vmlinuz = out.join("vmlinuz");
+    std::fs::copy(
+        pkg_dir(&kernel).join(format!("boot/vmlinuz-{release}")),
+        &vmlinuz,
+    )?;
+
+    // Boot-data and data filesystems, then the disk.
+    let seed = format!("outpost/{}/{}", opts.profile.name(), opts.epoch);
+    let bootdata_dir = work.join("bootdata");
+    std::fs::create_dir_all(&bootdata_dir)?;
+    std::fs::write(bootdata_dir.join("boot.env"), "slot=a\n")?;
+    let bootdata = work.join("bootdata.ext4");
+    mke2fs(
+        &bootdata_dir,
+        &bootdata,
+        BOOT_DATA_BYTES,
+        "outpost-boot",
+        &seed,
+        opts.epoch,
+        false,
+    )?;
+    let data_dir = work.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let data = work.join("data.ext4");
+    mke2fs(
+        &data_dir,
+        &data,
+        DATA_BYTES,
+        "outpost-data",
+        &seed,
+        opts.epoch,
+        true,
+    )?;
+
+    let (parts, disk_bytes) = gpt::layout(&[
+        ("outpost-boot", BOOT_DATA_BYTES),
+        ("outpost-root-a", ROOT_SLOT_BYTES),
+        ("outpost-root-b", ROOT_SLOT_BYTES),
+        ("outpost-data", DATA_BYTES),
+    ]);
+    let disk_path = out.join("disk.img");
+    let mut disk = File::create(&disk_path)?;
+    disk.set_len(disk_bytes)?;
+    gpt::write(&mut disk, disk_bytes, &parts, &seed)?;
+    for (part, src) in parts.iter().zip([&bootdata, &squashfs, &squashfs, &data]) {
+        copy_sparse(
+            src,
+            &mut disk,
+            part.first * gpt::BLOCK,
+            part.blocks * gpt::BLOCK,
+        )?;
+    }
+    disk.sync_all()?;
+    drop(disk);
+    std::fs::write(out.join("sbom.json"), &sbom_text)?;
+
+    let mut artifacts = serde_json::Map::new();
+    for name in [
+        "disk.img",
+        "vmlinuz",
+        "initramfs.cpio.gz",
+        "root.squashfs",
+        "sbom.json",
+    ] {
+        let p = out.join(name);
+        artifacts.insert(
+            name.to_owned(),
+            serde_json::json!({ "bytes": std::fs::metadata(&p)?.len(), "sha256": sha256_file(&p)? }),
+        );
+    }
+    let manifest = serde_json::json!({
+        "name": "outpost",
+        "version": env!("CARGO_PKG_VERSION"),
+        "profile": opts.profile.name(),
+        "source_date_epoch": opts.epoch,
+        "kernel": { "release": release, "package": kernel.name, "version": kernel.version },
+        "debian_packages": debs.iter().map(|(n, v)| serde_json::json!({"name": n, "version": v})).collect::<Vec<_>>(),
+        "kernel_cmdline": format!("console={} rootwait", opts.profile.console()),
+        "partitions": parts.iter().map(|p| serde_json::json!({
+            "name": p.name,
+            "first_lba": p.first,
+            "blocks": p.blocks,
+            "guid": gpt::guid_string(&gpt::guid(&format!("{seed}/partition/{}", p.name))),
+        })).collect::<Vec<_>>(),
+        "artifacts": artifacts,
+    });
+    std::fs::write(
+        out.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )?;
+    std::fs::remove_dir_all(&work)?;
+    eprintln!(
+        "outpost-image: built {} ({} MiB disk, root {} KiB) in {:.1} s",
+        out.display(),
+        disk_bytes >> 20,
+        squashfs_len >> 10,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(manifest)
+}
+
+/// Our files in the root filesystem: path, text, mode.
+const FILES: &[(&str, &str, u32)] = &[
+    ("etc/passwd", include_str!("../files/passwd"), 0o644),
+    ("etc/shadow", include_str!("../files/shadow"), 0o600),
+    ("etc/group", include_str!("../files/group"), 0o644),
+    ("etc/shells", include_str!("../files/shells"), 0o644),
+    (
+        "etc/outpost/rc.sysinit",
+        include_str!("../files/rc.sysinit"),
+        0o755,
+    ),
+    (
+        "etc/outpost/rc.shutdown",
+        include_str!("../files/rc.shutdown"),
+        0o755,
+    ),
+    (
+        "etc/outpost/network-up",
+        include_str!("../files/network-up"),
+        0o755,
+    ),
+    (
+        "etc/outpost/udhcpc.script",
+        include_str!("../files/udhcpc.script"),
+        0o755,
+    ),
+    (
+        "etc/outpost/run-outpostd",
+        include_str!("../files/run-outpostd"),
+        0o755,
+    ),
+    (
+        "etc/outpost/first-boot",
+        include_str!("../files/first-boot"),
+        0o755,
+    ),
+    (
+        "etc/outpost/console",
+        include_str!("../files/console"),
+        0o755,
+    ),
+];
+
+/// An ext4 image of `dir`, `bytes` long, with fixed UUID, hash seed and times.
+fn mke2fs(
+    dir: &Path,
+    image: &Path,
+    bytes: u64,
+    label: &str,
+    seed: &str,
+    epoch: u64,
+    journal: bool,
+) -> anyhow::Result<()> {
+    set_times(dir, epoch)?;
+    let uuid = gpt::guid_string(&gpt::guid(&format!("{seed}/fs/{label}"))).to_lowercase();
+    let _ = std::fs::remove_file(image);
+    let mut cmd = Command::new("mke2fs");
+    cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .args([
+            "-q", "-F", "-t", "ext4", "-L", label, "-U", &uuid, "-m", "0",
+        ])
+        .arg("-E")
+        .arg(format!("hash_seed={uuid},root_owner=0:0,nodiscard"));
+    if !journal {
+        cmd.args(["-O", "^has_journal"]);
+    }
+    cmd.arg("-d")
+        .arg(dir)
+        .arg(image)
+        .arg(format!("{}k", bytes / 1024));
+    debian::run(&mut cmd)?;
+    // mke2fs copies each file's access and change times, which no one can fix on the
+    // host (reading a file updates one, setting times the other): set them in the image.
+    let mut script = String::new();
+    for rel in std::iter::once(String::from("/")).chain(tree_paths(dir, dir)?) {
+        for field in ["atime", "ctime", "mtime", "crtime"] {
+            script.push_str(&format!("set_inode_field \"{rel}\" {field} @{epoch}\n"));
+        }
+    }
+    let cmds = image.with_extension("debugfs");
+    std::fs::write(&cmds, script)?;
+    debian::run(
+        Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+            .arg("-w")
+            .arg("-f")
+            .arg(&cmds)
+            .arg(image),
+    )?;
+    Ok(())
+}
+
+/// Every path under `dir`, as `/a/b` relative to `root`.
+fn tree_paths(root: &Path, dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy();
+        out.push(format!("/{rel}"));
+        if path.is_dir() {
+            out.extend(tree_paths(root, &path)?);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Sets the access and modification times of everything under `dir` to `epoch`.
+fn set_times(dir: &Path, epoch: u64) -> anyhow::Result<()> {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+    let times = std::fs::FileTimes::new().set_accessed(t).set_modified(t);
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            set_times(&path, epoch)?;
+        } else {
+            File::options().write(true).open(&path)?.set_times(times)?;
+        }
+    }
+    File::open(dir)?.set_times(times)?;
+    Ok(())
+}
+
+/// Copies `src` into `disk` at `offset`, skipping all-zero blocks (the disk file is sparse
+/// and already zero there).
+fn copy_sparse(src: &Path, disk: &mut File, offset: u64, room: u64) -> anyhow::Result<()> {
+    let len = std::fs::metadata(src)?.len();
+    if len > room {
+        bail!(
+            "{} ({len} bytes) does not fit its {room}-byte partition",
+            src.display()
+        );
+    }
+    let mut f = File::open(src)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            disk.seek(SeekFrom::Start(offset + at))?;
+            disk.write_all(&buf[..n])?;
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// The root filesystem directory being assembled.
+struct Tree {
+    root: PathBuf,
+}
+
+impl Tree {
+    fn new(root: &Path) -> Self {
+        Tree {
+            root: root.to_owned(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> anyhow::Result<PathBuf> {
+        let p = self.root.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        Ok(p)
+    }
+
+    fn dir(&mut self, rel: &str) -> anyhow::Result<()> {
+        let p = self.root.join(rel);
+        std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))
+    }
+
+    fn file(&mut self, rel: &str, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path(rel)?;
+        std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    }
+
+    fn copy(&mut self, src: &Path, rel: &str, mode: u32) -> anyhow::Result<()> {
+        let bytes = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+        self.file(rel, &bytes, mode)
+    }
+
+    fn link(&mut self, rel: &str, target: &str) -> anyhow::Result<()> {
+        let p = self.path(rel)?;
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(target, &p)
+            .with_context(|| format!("cannot link {}", p.display()))
+    }
+}
