@@ -140,17 +140,7 @@ pub async fn run(boot: Config, boot_text: String, source: String) -> anyhow::Res
         .flat_map(|a| [format!("udp:{a}"), format!("tcp:{a}")])
         .collect();
 
-    let mut trunks = Vec::new();
-    for t in &cfg.trunk {
-        let core = t
-            .to_core()
-            .map_err(|e| anyhow::anyhow!("trunk {}: {e}", t.name))?;
-        if core.peer.transport == pbx_core::sip::Transport::Tls {
-            transports.set_tls_name(core.peer.addr, t.tls_name());
-        }
-        tracing::info!(trunk = %t.name, peer = %core.peer.addr, transport = core.peer.transport.as_str(), register = t.register, "trunk configured");
-        trunks.push(core);
-    }
+    let trunks = core_trunks(&cfg, &mut transports)?;
     let endpoint_cfg = EndpointConfig {
         realm: cfg.sip.realm.clone(),
         user_agent: cfg.sip.user_agent.clone(),
@@ -167,21 +157,7 @@ pub async fn run(boot: Config, boot_text: String, source: String) -> anyhow::Res
         seed: rand::thread_rng().gen(),
         media: None,
         voicemail: None,
-        ivr: cfg
-            .ivr
-            .iter()
-            .map(|m| IvrMenu {
-                number: m.number.clone(),
-                greeting: m.greeting.clone(),
-                options: m
-                    .options
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.chars().next()?, v.clone())))
-                    .collect(),
-                timeout_ms: m.timeout_secs.saturating_mul(1000),
-                retries: m.retries,
-            })
-            .collect(),
+        ivr: ivr_menus(&cfg),
         groups: pbx_config::ring_groups(&cfg.ring_group),
         features: pbx_config::features(&cfg.features),
         dialplan: pbx_config::dialplan(&cfg.route, &cfg.inbound, &cfg.dialplan),
@@ -937,16 +913,7 @@ impl Daemon {
         needs_restart!(firewall.feeds, "firewall.feeds");
         needs_restart!(firewall.table, "firewall.table");
         needs_restart!(firewall.rtp_closed, "firewall.rtp_closed");
-        let mut trunks = Vec::new();
-        for t in &new.trunk {
-            let core = t
-                .to_core()
-                .map_err(|e| anyhow::anyhow!("trunk {}: {e}", t.name))?;
-            if core.peer.transport == pbx_core::sip::Transport::Tls {
-                self.transports.set_tls_name(core.peer.addr, t.tls_name());
-            }
-            trunks.push(core);
-        }
+        let trunks = core_trunks(new, &mut self.transports)?;
         if old
             .trunk
             .iter()
@@ -1445,6 +1412,26 @@ fn describe_forwarding(f: &Forwarding) -> String {
     } else {
         format!("calls forwarded {}", parts.join(", "))
     }
+}
+
+/// The call core's trunks of a configuration (host names resolved); TLS trunks tell the
+/// transports which name their server's certificate must carry.
+fn core_trunks(
+    cfg: &Config,
+    transports: &mut Transports,
+) -> anyhow::Result<Vec<pbx_core::trunk::TrunkConfig>> {
+    let mut trunks = Vec::new();
+    for t in &cfg.trunk {
+        let core = t
+            .to_core()
+            .map_err(|e| anyhow::anyhow!("trunk {}: {e}", t.name))?;
+        if core.peer.transport == pbx_core::sip::Transport::Tls {
+            transports.set_tls_name(core.peer.addr, t.tls_name());
+        }
+        tracing::info!(trunk = %t.name, peer = %core.peer.addr, transport = core.peer.transport.as_str(), register = t.register, "trunk configured");
+        trunks.push(core);
+    }
+    Ok(trunks)
 }
 
 /// The auto-attendant menus of a configuration.

@@ -60,6 +60,8 @@ pub mod tollfraud;
 
 /// How often the kernel table is verified (and restored if changed from outside).
 const MAINTENANCE_MS: u64 = 5_000;
+/// How often metrics refresh the kernel's counters (each refresh is one `nft list` run).
+const KERNEL_COUNTERS_EVERY: Duration = Duration::from_secs(10);
 /// How long a source whose calls tripped a toll-fraud lock stays banned.
 const TOLL_FRAUD_BAN_MS: u64 = 24 * 3_600_000;
 /// How often ended bans and locks are deleted from the store.
@@ -193,6 +195,8 @@ pub struct Guard {
     toll_dirty: bool,
     /// The most recently banned address (the front panel offers to unban it).
     last_ban: Option<IpAddr>,
+    /// When metrics last asked the enforcer for fresh kernel counters.
+    counters_asked: Option<Instant>,
 }
 
 /// One blocklist feed: its settings, what its last good read listed, and its health.
@@ -276,6 +280,7 @@ impl Guard {
             toll: tollfraud::TollFraud::new(policy, store),
             toll_dirty: false,
             last_ban: None,
+            counters_asked: None,
         };
         if !guard.feeds.is_empty() {
             match FeedReader::spawn(guard.feeds.len()) {
@@ -549,12 +554,21 @@ impl Guard {
     }
 
     /// Counters for metrics, without waiting for anything: the kernel's counters are the
-    /// ones cached at the last refresh, and a refresh is requested for next time.
-    pub fn counters(&self) -> GuardCounters {
+    /// ones cached at the last refresh; a refresh (one `nft list` run on the enforcer
+    /// thread) is requested at most every 10 s.
+    pub fn counters(&mut self) -> GuardCounters {
         let stats = self.detector.stats();
+        let refresh = self
+            .counters_asked
+            .is_none_or(|t| t.elapsed() >= KERNEL_COUNTERS_EVERY);
+        if refresh {
+            self.counters_asked = Some(Instant::now());
+        }
         let kernel = self.enforcer.as_ref().and_then(|e| {
-            let (tx, _rx) = mpsc::channel();
-            let _ = e.tx.try_send(Request::Counters(tx));
+            if refresh {
+                let (tx, _rx) = mpsc::channel();
+                let _ = e.tx.try_send(Request::Counters(tx));
+            }
             e.shared
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
