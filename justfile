@@ -24,9 +24,21 @@ cross:
 image profile="qemu-virt":
     cargo run -p outpost-image -- build --profile {{profile}} --out target/image
 
+# Signed update bundle of target/image (key: an update secret key; the development key by default)
+bundle key="target/image-keys/dev.key" out="target/outpost.bundle":
+    cargo run -p outpost-image -- bundle --image target/image --key {{key}} --out {{out}}
+
+# Licences of the crates linked into the firmware, checked against image/licences.toml
+licences:
+    cargo run -p outpost-image -- licences
+
 # REGISTER benchmark (not run by CI; see bench/README.md)
 bench-register:
     bench/register.sh
+
+# Image benchmark: sizes, boot to first SIP answer under qemu, outpostd RSS idle and with 200 phones
+bench-image:
+    bench/image.sh
 
 # Call-setup benchmark (not run by CI; see bench/README.md)
 bench-calls:

@@ -15,4 +15,5 @@ pub mod revisions;
 pub mod ssh;
 pub mod store;
 pub mod syslog;
+pub mod update;
 pub mod watchdog;

@@ -75,6 +75,35 @@ pub struct Metrics {
     pub kernel_banned_packets: Option<u64>,
     pub kernel_meter_drops: Option<u64>,
     pub kernel_rtp_drops: Option<u64>,
+    /// Resident memory of the daemon in bytes (`VmRSS`); `None` when /proc is unreadable.
+    #[serde(default)]
+    pub process_resident_memory_bytes: Option<u64>,
+    /// File descriptors the daemon has open; `None` when /proc is unreadable.
+    #[serde(default)]
+    pub process_open_fds: Option<u64>,
+}
+
+/// The daemon's resident memory in bytes, from `VmRSS` in /proc/self/status.
+pub fn resident_memory_bytes() -> Option<u64> {
+    vm_rss_bytes(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// The number of file descriptors the daemon has open, from /proc/self/fd.
+pub fn open_fds() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    // The listing includes the descriptor that reads it.
+    Some(u64::try_from(entries.saturating_sub(1)).unwrap_or(u64::MAX))
+}
+
+/// `VmRSS:   1234 kB` of a /proc/<pid>/status text, in bytes.
+fn vm_rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let mut parts = line.split_whitespace();
+    let kib: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") => kib.checked_mul(1024),
+        _ => None,
+    }
 }
 
 impl Metrics {
@@ -210,6 +239,22 @@ impl Metrics {
                 v,
             );
         }
+        if let Some(v) = self.process_resident_memory_bytes {
+            metric(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory of the daemon in bytes.",
+                v,
+            );
+        }
+        if let Some(v) = self.process_open_fds {
+            metric(
+                "process_open_fds",
+                "gauge",
+                "File descriptors the daemon has open.",
+                v,
+            );
+        }
         out.push_str("# HELP outpost_firewall_rule_hits_total Hits per firewall rule.\n");
         out.push_str("# TYPE outpost_firewall_rule_hits_total counter\n");
         for (rule, hits) in &self.fw_rule_hits {
@@ -313,6 +358,58 @@ mod tests {
         assert!(text.contains("outpost_firewall_rule_hits_total{rule=\"scanner\"} 3\n"));
         // Label values cannot be used to inject lines.
         assert!(text.contains("{rule=\"badrule\"} 1\n"));
+    }
+
+    #[test]
+    fn process_memory_and_descriptors_are_read_from_proc() {
+        let status = "Name:\toutpostd\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
+        assert_eq!(vm_rss_bytes(status), Some(12_345 * 1024));
+        assert_eq!(
+            vm_rss_bytes("Name:\tx\n"),
+            None,
+            "kernel threads have no VmRSS"
+        );
+        assert_eq!(vm_rss_bytes("VmRSS:\t12 MB\n"), None);
+        assert_eq!(vm_rss_bytes("VmRSS:\tlots kB\n"), None);
+        let rss = resident_memory_bytes().unwrap();
+        assert!(
+            rss > 1024 * 1024,
+            "a test binary uses more than 1 MiB: {rss}"
+        );
+        // Other tests open and close files in parallel: a margin, not an exact count.
+        let before = open_fds().unwrap();
+        let files: Vec<std::fs::File> = (0..64)
+            .map(|_| std::fs::File::open("/proc/self/status").unwrap())
+            .collect();
+        let during = open_fds().unwrap();
+        assert!(during >= before + 48, "{before} -> {during}");
+        drop(files);
+
+        let m = Metrics {
+            process_resident_memory_bytes: Some(rss),
+            process_open_fds: Some(7),
+            ..Metrics::default()
+        };
+        let text = m.to_prometheus();
+        assert!(text.contains(&format!(
+            "# TYPE outpost_process_resident_memory_bytes gauge\noutpost_process_resident_memory_bytes {rss}\n"
+        )));
+        assert!(text.contains("outpost_process_open_fds 7\n"));
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["process_resident_memory_bytes"], rss);
+        assert_eq!(json["process_open_fds"], 7);
+        let absent = Metrics::default().to_prometheus();
+        assert!(
+            !absent.contains("process_"),
+            "unreadable values are left out"
+        );
+        // A snapshot from an older daemon (without these fields) still reads.
+        let mut old = serde_json::to_value(Metrics::default()).unwrap();
+        old.as_object_mut().unwrap().remove("process_open_fds");
+        assert_eq!(
+            serde_json::from_value::<Metrics>(old).unwrap(),
+            Metrics::default()
+        );
     }
 
     #[test]

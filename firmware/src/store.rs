@@ -13,6 +13,13 @@
 //! Values are JSON. A row that no longer decodes (a bug or a disk fault) is skipped by the
 //! listing calls, logged, and counted in [`Store::corrupt_rows`]; single-row lookups return
 //! [`StoreError::Corrupt`]. Nothing panics on stored data.
+//!
+//! The layout has a version, [`SCHEMA_VERSION`], kept in the meta table (absent = 0, the
+//! layout before versioning). Opening an older store first copies the file to
+//! `outpost.redb.schema-<old>` (what a rollback to the old firmware restores), then runs the
+//! migrations old+1..=current in one write transaction: all of them or none. Opening a store
+//! written by newer firmware (the firmware was rolled back) restores that copy and moves the
+//! newer file aside, or refuses with [`StoreError::NewerSchema`] when there is no copy.
 
 use std::fmt::Display;
 use std::net::IpAddr;
@@ -35,6 +42,27 @@ pub const DB_FILE: &str = "outpost.redb";
 
 /// Meta key under which the digest nonce key is kept.
 const NONCE_KEY: &str = "nonce_key";
+
+/// Layout version this firmware reads and writes. A change of layout adds a migration to
+/// [`MIGRATIONS`] and raises this by one.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Meta key holding the schema version as decimal text (absent = 0).
+const SCHEMA_KEY: &str = "schema_version";
+
+/// One migration: brings the store from schema `n - 1` to `n` inside the given write
+/// transaction (it must not commit; an error aborts every migration of the run).
+type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
+
+/// The migrations; entry `i` brings schema `i` to `i + 1`, so there are [`SCHEMA_VERSION`].
+const MIGRATIONS: &[Migration] = &[migrate_0_to_1];
+
+const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
+
+/// 0 -> 1: the tables were already there; the version is recorded from now on.
+fn migrate_0_to_1(_txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    Ok(())
+}
 
 const EXTENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("extensions");
 const REGISTRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("registrations");
@@ -97,6 +125,34 @@ pub enum StoreError {
         key: String,
         /// The decoding error.
         reason: String,
+    },
+    /// The store was written by a newer firmware and no copy in this firmware's layout exists.
+    #[error("the store was written by newer firmware (schema {found}); this firmware reads schema {supported}: restore a backup or reinstall the newer firmware")]
+    NewerSchema {
+        /// The schema of the file.
+        found: u32,
+        /// The newest schema this firmware reads.
+        supported: u32,
+    },
+    /// A migration failed; its transaction was aborted, so the file is as it was.
+    #[error("migrating the store from schema {from} to {to} failed (the database is unchanged): {source}")]
+    Migration {
+        /// The schema the store had.
+        from: u32,
+        /// The migration that failed brings the store to this schema.
+        to: u32,
+        /// What went wrong.
+        source: Box<StoreError>,
+    },
+    /// A file next to the database (the pre-migration copy, a rollback) could not be written.
+    #[error("{what} {path}: {source}")]
+    File {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
     },
 }
 
@@ -209,35 +265,79 @@ pub struct Store {
     db: Database,
     path: PathBuf,
     corrupt: AtomicU64,
+    /// The schema the store was opened at.
+    schema: u32,
 }
 
 impl Store {
     /// Opens (or creates) `<dir>/outpost.redb`, creating `dir` if missing. After an unclean
     /// shutdown redb repairs the file here, which can take a moment on a large database.
+    /// An older store is copied aside and migrated to [`SCHEMA_VERSION`]; a newer one is
+    /// replaced by its pre-migration copy, or refused (see the module documentation).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_migrations(dir, MIGRATIONS)
+    }
+
+    /// [`Store::open`] with the migration list given (tests add their own).
+    fn open_with_migrations(dir: &Path, migrations: &[Migration]) -> Result<Store, StoreError> {
+        let current = u32::try_from(migrations.len()).unwrap_or(u32::MAX);
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_owned(),
             source,
         })?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path)?;
-        let txn = db.begin_write()?;
+        let fresh = !path.exists();
+        let mut db = Database::create(&path)?;
+        let mut stored = if fresh { current } else { read_schema(&db)? };
+        if stored > current {
+            // The firmware was rolled back after a newer one migrated the store.
+            drop(db);
+            restore_pre_migration_copy(dir, stored, current)?;
+            db = Database::create(&path)?;
+            stored = read_schema(&db)?;
+            if stored > current {
+                return Err(StoreError::NewerSchema {
+                    found: stored,
+                    supported: current,
+                });
+            }
+        }
+        if stored < current {
+            // The copy is taken with the database closed, so it is a clean file.
+            drop(db);
+            let copy = dir.join(format!("{DB_FILE}.schema-{stored}"));
+            copy_durably(&path, &copy)?;
+            tracing::info!(copy = %copy.display(), "store schema {stored}: copy kept for a rollback of the firmware");
+            db = Database::create(&path)?;
+            migrate(&db, stored, migrations)?;
+        }
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
         {
             txn.open_table(EXTENSIONS)?;
             txn.open_table(REGISTRATIONS)?;
             txn.open_table(CDRS)?;
-            txn.open_table(META)?;
             txn.open_table(BANS)?;
             txn.open_table(ALERTS)?;
             txn.open_table(LOCKS)?;
             txn.open_table(VOICEMAIL)?;
+            let mut meta = txn.open_table(META)?;
+            if fresh {
+                meta.insert(SCHEMA_KEY, current.to_string().as_bytes())?;
+            }
         }
         txn.commit()?;
         Ok(Store {
             db,
             path,
             corrupt: AtomicU64::new(0),
+            schema: current,
         })
+    }
+
+    /// The schema version of the open store (always [`SCHEMA_VERSION`] once open).
+    pub fn schema_version(&self) -> u32 {
+        self.schema
     }
 
     /// Path of the database file.
@@ -686,6 +786,9 @@ impl Store {
                 meta.insert(k.as_str(), v.as_slice())
                     .map_err(StoreError::from)?;
             }
+            // The rows were written in this firmware's layout, whatever the backup's was.
+            meta.insert(SCHEMA_KEY, self.schema.to_string().as_bytes())
+                .map_err(StoreError::from)?;
             let mut bans = txn.open_table(BANS).map_err(StoreError::from)?;
             bans.retain(|_, _| false).map_err(StoreError::from)?;
             for (addr, ban) in &data.bans {
@@ -805,12 +908,15 @@ impl StoreSnapshot<'_> {
         Ok(out)
     }
 
-    /// Every meta value, by key.
+    /// Every meta value, by key, except the schema version (an import writes its own).
     pub fn meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let table = self.txn.open_table(META)?;
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
+            if k.value() == SCHEMA_KEY {
+                continue;
+            }
             out.push((k.value().to_owned(), v.value().to_vec()));
         }
         Ok(out)
@@ -905,6 +1011,134 @@ struct Expiry {
 /// Ban key: the canonical address text (IPv4-mapped IPv6 stored as IPv4).
 fn ban_key(addr: IpAddr) -> String {
     firewall::net::canonical(addr).to_string()
+}
+
+/// The schema version recorded in `db` (0 when none is: the layout before versioning).
+fn read_schema(db: &Database) -> Result<u32, StoreError> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(v) = table.get(SCHEMA_KEY)? else {
+        return Ok(0);
+    };
+    std::str::from_utf8(v.value())
+        .ok()
+        .and_then(|t| t.parse::<u32>().ok())
+        .ok_or_else(|| StoreError::Corrupt {
+            table: "meta",
+            key: SCHEMA_KEY.to_owned(),
+            reason: format!(
+                "not a version number: {:?}",
+                String::from_utf8_lossy(v.value())
+            ),
+        })
+}
+
+/// Runs the migrations `from + 1..=migrations.len()` and records the new version, all in one
+/// durable write transaction: a failure leaves the file as it was.
+fn migrate(db: &Database, from: u32, migrations: &[Migration]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate);
+    let mut version = from;
+    for m in migrations
+        .iter()
+        .skip(usize::try_from(from).unwrap_or(usize::MAX))
+    {
+        let to = version.saturating_add(1);
+        m(&txn).map_err(|e| {
+            tracing::error!(from = version, to, error = %e, "store migration failed");
+            StoreError::Migration {
+                from,
+                to,
+                source: Box::new(e),
+            }
+        })?;
+        tracing::info!(
+            from = version,
+            to,
+            "store schema migrated from {version} to {to}"
+        );
+        version = to;
+    }
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(SCHEMA_KEY, version.to_string().as_bytes())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The firmware was rolled back: replaces the newer database (schema `found`) by the copy
+/// taken before it was migrated from `supported`, keeping the newer one aside. Refuses
+/// with [`StoreError::NewerSchema`] when there is no such copy.
+fn restore_pre_migration_copy(dir: &Path, found: u32, supported: u32) -> Result<(), StoreError> {
+    let path = dir.join(DB_FILE);
+    let copy = dir.join(format!("{DB_FILE}.schema-{supported}"));
+    if !copy.is_file() {
+        return Err(StoreError::NewerSchema { found, supported });
+    }
+    // A second rollback must not overwrite the data kept aside by the first.
+    let base = format!("{DB_FILE}.schema-{found}.newer");
+    let aside = std::iter::once(dir.join(&base))
+        .chain((2..1000).map(|n| dir.join(format!("{base}.{n}"))))
+        .find(|p| !p.exists())
+        .ok_or_else(|| StoreError::File {
+            what: "too many files like",
+            path: dir.join(&base),
+            source: std::io::ErrorKind::AlreadyExists.into(),
+        })?;
+    let rename = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|source| StoreError::File {
+            what: "cannot move the database to",
+            path: to.to_owned(),
+            source,
+        })
+    };
+    rename(&path, &aside)?;
+    rename(&copy, &path)?;
+    sync_dir(dir)?;
+    tracing::warn!(
+        aside = %aside.display(),
+        "the store was written by newer firmware (schema {found}); restored the copy taken before it was migrated (schema {supported}). Data since the update (registrations, call records, changes) is in {}",
+        aside.display()
+    );
+    Ok(())
+}
+
+/// Copies `from` to `to` so that a crash leaves the old `to` or a complete copy: a temporary
+/// file, fsync, rename, fsync of the directory.
+fn copy_durably(from: &Path, to: &Path) -> Result<(), StoreError> {
+    let mut tmp = to.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let err = |source| StoreError::File {
+        what: "cannot copy the database to",
+        path: to.to_owned(),
+        source,
+    };
+    std::fs::copy(from, &tmp).map_err(err)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, to).map_err(err)?;
+    if let Some(dir) = to.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::File {
+            what: "cannot sync the directory",
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
@@ -1179,6 +1413,225 @@ mod tests {
         assert_eq!(store.corrupt_rows(), 3);
     }
 
+    /// Test-only schema 2: display names are stored upper-case.
+    fn upper_case_names(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        let mut table = txn.open_table(EXTENSIONS)?;
+        let rows = table
+            .iter()?
+            .map(|row| row.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (k, v) in rows {
+            let mut rec: ExtensionRecord = serde_json::from_slice(&v).unwrap();
+            rec.name = rec.name.map(|n| n.to_uppercase());
+            table.insert(k.as_str(), encode("extension", &rec)?.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Test-only schema 2 that changes rows, then fails.
+    fn failing(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        upper_case_names(txn)?;
+        txn.open_table(META)?.insert("half", b"done".as_slice())?;
+        Err(StoreError::Corrupt {
+            table: "extensions",
+            key: "100".into(),
+            reason: "test migration fails".into(),
+        })
+    }
+
+    const V2: &[Migration] = &[migrate_0_to_1, upper_case_names];
+
+    fn raw_schema(dir: &Path) -> u32 {
+        let db = Database::create(dir.join(DB_FILE)).unwrap();
+        read_schema(&db).unwrap()
+    }
+
+    #[test]
+    fn a_new_store_records_the_current_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version(), SCHEMA_VERSION);
+        assert_eq!(
+            store.meta_get(SCHEMA_KEY).unwrap(),
+            Some(SCHEMA_VERSION.to_string().into_bytes())
+        );
+        drop(store);
+        assert!(
+            !dir.path().join(format!("{DB_FILE}.schema-0")).exists(),
+            "nothing to migrate, no copy"
+        );
+    }
+
+    #[test]
+    fn an_unversioned_store_is_copied_then_migrated_to_1() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.ext_put(&ext("100")).unwrap();
+            // The layout before versioning: no schema key.
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(META).unwrap().remove(SCHEMA_KEY).unwrap();
+            txn.commit().unwrap();
+        }
+        assert_eq!(raw_schema(dir.path()), 0);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version(), 1);
+        assert_eq!(store.meta_get(SCHEMA_KEY).unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.ext_list().unwrap(), vec![ext("100")]);
+        drop(store);
+        let copy = dir.path().join(format!("{DB_FILE}.schema-0"));
+        let db = Database::create(&copy).unwrap();
+        assert_eq!(read_schema(&db).unwrap(), 0, "the copy is the old file");
+    }
+
+    #[test]
+    fn migrations_transform_rows_in_one_transaction_and_keep_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.ext_put(&ext("100")).unwrap();
+            store.ext_put(&ext("101")).unwrap();
+        }
+        let store = Store::open_with_migrations(dir.path(), V2).unwrap();
+        assert_eq!(store.schema_version(), 2);
+        let names: Vec<Option<String>> = store
+            .ext_list()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(
+            names,
+            [Some("PHONE 100".to_string()), Some("PHONE 101".to_string())]
+        );
+        drop(store);
+        assert_eq!(raw_schema(dir.path()), 2);
+        // Opening again at the same schema migrates nothing.
+        let store = Store::open_with_migrations(dir.path(), V2).unwrap();
+        assert_eq!(
+            store.ext_get("100").unwrap().unwrap().name.unwrap(),
+            "PHONE 100"
+        );
+        drop(store);
+        // The copy taken before is the schema-1 file, as the old firmware left it.
+        let copy = Store::open(&{
+            let d = dir.path().join("copy");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(
+                dir.path().join(format!("{DB_FILE}.schema-1")),
+                d.join(DB_FILE),
+            )
+            .unwrap();
+            d
+        })
+        .unwrap();
+        assert_eq!(copy.ext_list().unwrap(), vec![ext("100"), ext("101")]);
+    }
+
+    #[test]
+    fn a_failing_migration_leaves_the_database_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.ext_put(&ext("100")).unwrap();
+        }
+        let err = Store::open_with_migrations(dir.path(), &[migrate_0_to_1, failing]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Migration { from: 1, to: 2, .. }),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("from schema 1 to 2 failed (the database is unchanged)")
+                && text.contains("test migration fails"),
+            "{text}"
+        );
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version(), 1);
+        assert_eq!(store.meta_get(SCHEMA_KEY).unwrap(), Some(b"1".to_vec()));
+        assert_eq!(
+            store.ext_list().unwrap(),
+            vec![ext("100")],
+            "rows untouched"
+        );
+        assert_eq!(store.meta_get("half").unwrap(), None);
+    }
+
+    #[test]
+    fn a_rolled_back_firmware_restores_the_pre_migration_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.ext_put(&ext("100")).unwrap();
+        }
+        {
+            // The newer firmware migrates, then takes calls.
+            let store = Store::open_with_migrations(dir.path(), V2).unwrap();
+            store
+                .commit(&Batch {
+                    cdrs: vec![cdr("after-update", 5)],
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        // Back on the old firmware.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version(), 1);
+        assert_eq!(store.ext_list().unwrap(), vec![ext("100")], "old layout");
+        assert_eq!(store.cdr_count().unwrap(), 0);
+        assert!(!dir.path().join(format!("{DB_FILE}.schema-1")).exists());
+        drop(store);
+        let aside = dir.path().join(format!("{DB_FILE}.schema-2.newer"));
+        let db = Database::create(&aside).unwrap();
+        assert_eq!(read_schema(&db).unwrap(), 2, "the newer data is kept aside");
+        drop(db);
+
+        // Updating and rolling back again keeps the first aside file.
+        drop(Store::open_with_migrations(dir.path(), V2).unwrap());
+        drop(Store::open(dir.path()).unwrap());
+        assert!(aside.exists());
+        assert!(dir
+            .path()
+            .join(format!("{DB_FILE}.schema-2.newer.2"))
+            .exists());
+    }
+
+    #[test]
+    fn a_newer_store_without_a_copy_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open_with_migrations(dir.path(), V2).unwrap());
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NewerSchema {
+                    found: 2,
+                    supported: 1
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the store was written by newer firmware (schema 2); this firmware reads schema 1: restore a backup or reinstall the newer firmware"
+        );
+        assert_eq!(raw_schema(dir.path()), 2);
+    }
+
+    #[test]
+    fn an_unreadable_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.meta_put(SCHEMA_KEY, b"two").unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt { table: "meta", .. }),
+            "{err}"
+        );
+    }
+
     #[test]
     fn second_open_of_a_locked_database_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -1448,6 +1901,11 @@ mod tests {
         assert_eq!(store.fw_alerts(10).unwrap(), vec![alert(8), alert(7)]);
         assert_eq!(store.meta_get("cid:old").unwrap(), None);
         assert_eq!(store.meta_get("fwd:100").unwrap(), Some(b"{}".to_vec()));
+        assert_eq!(
+            store.meta_get(SCHEMA_KEY).unwrap(),
+            Some(SCHEMA_VERSION.to_string().into_bytes()),
+            "the imported rows are in this firmware's layout"
+        );
         assert_eq!(store.vm_list(None).unwrap(), data.voicemail);
 
         let snap = store.snapshot().unwrap();

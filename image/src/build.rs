@@ -9,11 +9,13 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use anyhow::{bail, Context};
+
 use crate::cpio::{Archive, Entry};
 use crate::debian::{self, Package};
+use crate::keys::{self, UpdateKey};
 use crate::kmod::{self, ModuleTree};
 use crate::{elf, gpt};
-use anyhow::{bail, Context};
 
 /// Rust target of the appliance.
 pub const TARGET: &str = "aarch64-unknown-linux-musl";
@@ -157,7 +159,7 @@ impl Profile {
                 "i2c_dev",
                 "gpio_raspberrypi_exp",
                 "pinctrl_bcm2835",
-                "bcmgenet",
+                "genet",
                 "broadcom",
             ],
         }
@@ -173,7 +175,7 @@ impl Profile {
     fn console(self) -> &'static str {
         match self {
             Profile::QemuVirt => "ttyAMA0",
-            Profile::Rpi4 => "ttyS0,115200",
+            Profile::Rpi4 => "ttyS1,115200",
         }
     }
 }
@@ -189,10 +191,80 @@ pub struct BuildOptions {
     pub profile: Profile,
     /// Timestamp of every file (SOURCE_DATE_EPOCH).
     pub epoch: u64,
-    /// TOML appended to the appliance configuration (test builds: `[demo]`, `[auth]`).
+    /// TOML merged into the appliance configuration (test builds: `[demo]`, `[auth]`).
     pub config_extra: Option<String>,
     /// Run `cargo build` for the aarch64 binaries first.
     pub cargo: bool,
+    /// Public update key files the image trusts (none: the development key).
+    pub update_keys: Vec<PathBuf>,
+    /// authorized_keys files for the admin (baked as /etc/outpost/admin-keys.pub).
+    pub ssh_keys: Vec<PathBuf>,
+    /// Seconds a newly installed slot has to pass its health check.
+    pub health_timeout: u64,
+}
+
+/// The licence policy file, relative to the workspace.
+pub const LICENCE_POLICY: &str = "image/licences.toml";
+
+/// The crates linked into the firmware, checked against the licence policy.
+pub fn checked_crates(
+    workspace: &Path,
+) -> anyhow::Result<(Vec<crate::sbom::Crate>, crate::licences::Report)> {
+    let path = workspace.join(LICENCE_POLICY);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let policy =
+        crate::licences::Policy::parse(&text).with_context(|| format!("{}", path.display()))?;
+    let crates = crate::sbom::firmware_crates(workspace)?;
+    let report = crate::licences::check(&policy, &crates)?;
+    for name in &report.unused_exceptions {
+        eprintln!(
+            "outpost-image: warning: {} names {name} under [exceptions], which the firmware no longer uses",
+            path.display()
+        );
+    }
+    Ok((crates, report))
+}
+
+/// The update keys to bake: the given public key files, or the development key (made on
+/// first use under `key_dir`) with a loud warning. Returns the keys and whether the
+/// development key is among them.
+fn update_keys(paths: &[PathBuf], key_dir: &Path) -> anyhow::Result<(Vec<UpdateKey>, bool)> {
+    if paths.is_empty() {
+        let (key, secret, made) = keys::dev_key(key_dir)?;
+        if made {
+            eprintln!(
+                "outpost-image: generated the development update key {}",
+                secret.display()
+            );
+        }
+        dev_key_warning(&key.id, &secret);
+        return Ok((vec![key], true));
+    }
+    let mut out: Vec<UpdateKey> = Vec::new();
+    for p in paths {
+        let key = keys::read_update_key(p)?;
+        if !out.iter().any(|k| k.id == key.id) {
+            out.push(key);
+        }
+    }
+    Ok((out, false))
+}
+
+/// The warning of an image that trusts the development key.
+fn dev_key_warning(id: &str, secret: &Path) {
+    let lines = [
+        "WARNING: no --update-key given: this image trusts the DEVELOPMENT update key".to_owned(),
+        format!("  {id} ({})", secret.display()),
+        "  Anyone with that file can sign updates this image installs.".to_owned(),
+        "  Never ship it: build release images with --update-key RELEASE.pub.".to_owned(),
+    ];
+    let bar = "!".repeat(lines.iter().map(String::len).max().unwrap_or(0) + 4);
+    eprintln!("{bar}");
+    for l in &lines {
+        eprintln!("!! {l}");
+    }
+    eprintln!("{bar}");
 }
 
 /// SHA-256 of a file (by `sha256sum`: the disk is hundreds of MiB and this tool usually
@@ -211,6 +283,12 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
 pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
     let started = std::time::Instant::now();
     let out = &opts.out;
+    // Refusals that need no assembling come first: licences, keys.
+    let (crates, _) = checked_crates(&opts.workspace)?;
+    eprintln!(
+        "outpost-image: {} crates linked into the firmware, licences allowed by {LICENCE_POLICY}",
+        crates.len()
+    );
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let work = out.join("work");
     if work.exists() {
@@ -222,6 +300,8 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
         .unwrap_or_else(|| opts.workspace.join("target"));
     let cache = target_dir.join("image-cache").join("debs");
     std::fs::create_dir_all(&cache)?;
+    let (trusted, dev_key) = update_keys(&opts.update_keys, &target_dir.join("image-keys"))?;
+    let admin_keys = keys::admin_keys(&opts.ssh_keys)?;
 
     if opts.cargo {
         eprintln!("outpost-image: cargo build --release --target {TARGET} -p firmware --bins");
@@ -266,6 +346,20 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
         .next()
         .context("the kernel package has no lib/modules/<release>")?;
     let tree = ModuleTree::open(&modules_root.join(&release))?;
+    // The Raspberry Pi's GPU firmware (Debian's non-free-firmware component, which the
+    // host's apt sources may lack: a private apt configuration fetches it).
+    let pi_firmware = match opts.profile {
+        Profile::Rpi4 => {
+            let apt = debian::Apt::private(
+                &target_dir.join("image-cache").join("apt-non-free-firmware"),
+                &["non-free-firmware"],
+            )?;
+            let p = debian::fetch_with(&apt, &cache, "raspi-firmware")?;
+            debian::extract(&p, &pkg_dir(&p))?;
+            Some(p)
+        }
+        Profile::QemuVirt => None,
+    };
 
     // Root filesystem.
     let root = work.join("rootfs");
@@ -408,27 +502,37 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
         .unwrap_or("console");
     let inittab = include_str!("../files/inittab").replace("@CONSOLE@", tty);
     fs.file("etc/inittab", inittab.as_bytes(), 0o644)?;
-    let mut config =
-        include_str!("../files/outpost.toml").replace("@PROFILE@", opts.profile.name());
-    if let Some(extra) = &opts.config_extra {
-        config.push_str("\n# Added at build time (outpost-image build --config-extra).\n");
-        config.push_str(extra);
-    }
+    let base = include_str!("../files/outpost.toml").replace("@PROFILE@", opts.profile.name());
+    let config = crate::config::merge_config(&base, opts.config_extra.as_deref())?;
     fs.file("etc/outpost/outpost.toml", config.as_bytes(), 0o644)?;
+    fs.dir("etc/outpost/update-keys")?;
+    for key in &trusted {
+        fs.file(
+            &format!("etc/outpost/update-keys/{}.pub", key.id),
+            key.line.as_bytes(),
+            0o644,
+        )?;
+    }
+    if !admin_keys.is_empty() {
+        fs.file("etc/outpost/admin-keys.pub", admin_keys.as_bytes(), 0o644)?;
+    }
     let mut debs: Vec<(String, String)> = used.into_iter().collect();
     debs.push((kernel.name.clone(), kernel.version.clone()));
     debs.push((busybox.name.clone(), busybox.version.clone()));
+    if let Some(p) = &pi_firmware {
+        debs.push((p.name.clone(), p.version.clone()));
+    }
     debs.sort();
-    let lock = std::fs::read_to_string(opts.workspace.join("Cargo.lock"))
-        .context("cannot read Cargo.lock")?;
-    let sbom = crate::sbom::sbom(&lock, &debs)?;
+    let sbom = crate::sbom::sbom(&crates, &debs);
     let sbom_text = serde_json::to_string_pretty(&sbom)? + "\n";
     fs.file("usr/share/outpost/sbom.json", sbom_text.as_bytes(), 0o644)?;
     let release_text = format!(
-        "version={}\nprofile={}\nkernel={release}\nsource_date_epoch={}\n",
+        "version={}\nbuild={}\nprofile={}\nkernel={release}\nsource_date_epoch={}\nhealth_timeout={}\n",
         env!("CARGO_PKG_VERSION"),
+        opts.epoch,
         opts.profile.name(),
-        opts.epoch
+        opts.epoch,
+        opts.health_timeout
     );
     fs.file("etc/outpost/release", release_text.as_bytes(), 0o644)?;
 
@@ -534,17 +638,48 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
         true,
     )?;
 
-    let (parts, disk_bytes) = gpt::layout(&[
+    let mut sizes = vec![
         ("outpost-boot", BOOT_DATA_BYTES),
         ("outpost-root-a", ROOT_SLOT_BYTES),
         ("outpost-root-b", ROOT_SLOT_BYTES),
         ("outpost-data", DATA_BYTES),
-    ]);
+    ];
+    let mut sources = vec![&bootdata, &squashfs, &squashfs, &data];
+    let firmware_fat = work.join("firmware.vfat");
+    if let Some(p) = &pi_firmware {
+        let files = pi_boot_files(
+            &pkg_dir(p),
+            &pkg_dir(&kernel).join(format!("usr/lib/linux-image-{release}/broadcom")),
+            &work.join("pi-boot"),
+            &vmlinuz,
+            &initramfs,
+        )?;
+        let volume_id = u32::from_le_bytes(
+            gpt::guid(&format!("{seed}/fs/outpost-firmware"))[..4]
+                .try_into()
+                .expect("four bytes"),
+        );
+        crate::fat::mkfat(
+            &firmware_fat,
+            PI_FIRMWARE_BYTES,
+            "OUTPOST-FW",
+            volume_id,
+            opts.epoch,
+            &files,
+        )?;
+        // The Pi 4 boot loader reads the first FAT partition of the GPT disk.
+        sizes.insert(0, ("outpost-firmware", PI_FIRMWARE_BYTES));
+        sources.insert(0, &firmware_fat);
+    }
+    let (mut parts, disk_bytes) = gpt::layout(&sizes);
+    if pi_firmware.is_some() {
+        parts[0].kind = gpt::Kind::Fat;
+    }
     let disk_path = out.join("disk.img");
     let mut disk = File::create(&disk_path)?;
     disk.set_len(disk_bytes)?;
     gpt::write(&mut disk, disk_bytes, &parts, &seed)?;
-    for (part, src) in parts.iter().zip([&bootdata, &squashfs, &squashfs, &data]) {
+    for (part, src) in parts.iter().zip(sources) {
         copy_sparse(
             src,
             &mut disk,
@@ -585,6 +720,8 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
             "guid": gpt::guid_string(&gpt::guid(&format!("{seed}/partition/{}", p.name))),
         })).collect::<Vec<_>>(),
         "artifacts": artifacts,
+        "update_keys": trusted.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        "development_key": dev_key,
     });
     std::fs::write(
         out.join("manifest.json"),
@@ -598,7 +735,88 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
         squashfs_len >> 10,
         started.elapsed().as_secs_f64()
     );
+    if dev_key {
+        dev_key_warning(
+            &trusted.first().map(|k| k.id.clone()).unwrap_or_default(),
+            &target_dir.join("image-keys/dev.key"),
+        );
+    }
     Ok(manifest)
+}
+
+/// Size of the Raspberry Pi firmware partition (FAT32).
+const PI_FIRMWARE_BYTES: u64 = 64 << 20;
+/// config.txt of the Raspberry Pi firmware partition.
+const PI_CONFIG_TXT: &str = "\
+# Raspberry Pi 4 / CM4 boot configuration (outpost-image, profile rpi4).
+arm_64bit=1
+kernel=vmlinuz
+initramfs initramfs.cpio.gz followkernel
+enable_uart=1
+dtparam=i2c_arm=on
+dtparam=watchdog=on
+";
+/// cmdline.txt: the kernel command line the Pi firmware passes on.
+/// The Pi 4 routes GPIO 14/15 to the mini-UART when Bluetooth keeps the PL011; Debian's
+/// kernel names it ttyS1 (`serial0` is an alias only the Raspberry Pi kernel knows).
+const PI_CMDLINE_TXT: &str = "console=ttyS1,115200 console=tty1 rootwait panic=10\n";
+
+/// The files of the Raspberry Pi firmware partition (name, source): the GPU firmware
+/// from raspi-firmware, the device trees of the Pi 4 family from the kernel package, the
+/// kernel and initramfs, config.txt and cmdline.txt (written into `scratch`).
+fn pi_boot_files(
+    firmware_pkg: &Path,
+    dtb_dir: &Path,
+    scratch: &Path,
+    vmlinuz: &Path,
+    initramfs: &Path,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    std::fs::create_dir_all(scratch)?;
+    let fw = firmware_pkg.join("usr/lib/raspi-firmware");
+    let mut files = vec![
+        ("start4.elf".to_owned(), fw.join("start4.elf")),
+        ("fixup4.dat".to_owned(), fw.join("fixup4.dat")),
+        // The firmware loads the device tree named after the board; Debian's kernel calls
+        // the Compute Module 4's "cm4-io" (it is the CM4 on its IO board).
+        (
+            "bcm2711-rpi-4-b.dtb".to_owned(),
+            dtb_dir.join("bcm2711-rpi-4-b.dtb"),
+        ),
+        (
+            "bcm2711-rpi-400.dtb".to_owned(),
+            dtb_dir.join("bcm2711-rpi-400.dtb"),
+        ),
+        (
+            "bcm2711-rpi-cm4.dtb".to_owned(),
+            dtb_dir.join("bcm2711-rpi-cm4-io.dtb"),
+        ),
+        ("vmlinuz".to_owned(), vmlinuz.to_owned()),
+        ("initramfs.cpio.gz".to_owned(), initramfs.to_owned()),
+    ];
+    for (name, text) in [
+        ("config.txt", PI_CONFIG_TXT),
+        ("cmdline.txt", PI_CMDLINE_TXT),
+    ] {
+        let p = scratch.join(name);
+        std::fs::write(&p, text)?;
+        files.push((name.to_owned(), p));
+    }
+    // Copies, so fixing their times for the FAT image leaves the originals alone.
+    for (name, src) in &mut files {
+        if !src.exists() {
+            bail!(
+                "{} is missing (needed on the Pi boot partition)",
+                src.display()
+            );
+        }
+        if !src.starts_with(scratch) {
+            let copy = scratch.join(name.as_str());
+            std::fs::copy(&*src, &copy)
+                .with_context(|| format!("cannot copy {}", src.display()))?;
+            *src = copy;
+        }
+    }
+    Ok(files)
 }
 
 /// Our files in the root filesystem: path, text, mode.

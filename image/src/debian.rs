@@ -56,10 +56,11 @@ pub fn run(cmd: &mut Command) -> Result<Vec<u8>, DebianError> {
 }
 
 /// The candidate version and dependencies of an arm64 package, from `apt-cache show`.
-fn show(name: &str) -> Result<(String, Vec<String>), DebianError> {
+fn show(apt: &Apt, name: &str) -> Result<(String, Vec<String>), DebianError> {
     let out = run(Command::new("apt-cache")
+        .args(&apt.options)
         .args(["show", "--no-all-versions"])
-        .arg(format!("{name}:{ARCH}")))
+        .arg(apt.spec(name)))
     .map_err(|_| DebianError::Unknown(name.to_owned()))?;
     let text = String::from_utf8_lossy(&out);
     let fields = parse_stanza(&text);
@@ -104,24 +105,134 @@ fn parse_depends(field: &str) -> Vec<String> {
         .collect()
 }
 
-/// Downloads the candidate version of `name` into `cache` unless it is there already.
-pub fn fetch(cache: &Path, name: &str) -> Result<Package, DebianError> {
-    let (version, depends) = show(name)?;
-    let file = format!("{name}_{}_{ARCH}.deb", version.replace(':', "%3a"));
-    let deb = cache.join(&file);
-    if !deb.exists() {
-        eprintln!("outpost-image: apt-get download {name}:{ARCH}={version}");
-        run(Command::new("apt-get")
-            .current_dir(cache)
-            .args(["download", "-q"])
-            .arg(format!("{name}:{ARCH}={version}")))?;
-        if !deb.exists() {
-            return Err(DebianError::Tool {
-                tool: "apt-get download".to_owned(),
-                detail: format!("{file} did not appear in {}", cache.display()),
-            });
+/// How apt is run: the host's configuration, or a private one with other components.
+#[derive(Debug, Clone, Default)]
+pub struct Apt {
+    /// `-o` options of every apt command.
+    options: Vec<String>,
+    /// Whether the private configuration has arm64 as its native architecture (then
+    /// names need no `:arm64`, and `Architecture: all` packages are found too).
+    native_arm64: bool,
+}
+
+impl Apt {
+    /// The host's apt (arm64 as a foreign architecture).
+    pub fn host() -> Apt {
+        Apt::default()
+    }
+
+    /// A private apt configuration under `dir` for `components` of the host's Debian
+    /// release (e.g. `non-free-firmware`, which the host's sources lack): its own
+    /// sources.list, lists and cache, updated when the lists are missing or a day old.
+    pub fn private(dir: &Path, components: &[&str]) -> Result<Apt, DebianError> {
+        // Absolute: downloads run in the package cache directory.
+        let dir = &std::path::absolute(dir).map_err(|e| DebianError::Tool {
+            tool: "apt configuration".to_owned(),
+            detail: format!("{}: {e}", dir.display()),
+        })?;
+        let io = |e: std::io::Error| DebianError::Tool {
+            tool: "apt configuration".to_owned(),
+            detail: format!("{}: {e}", dir.display()),
+        };
+        let lists = dir.join("lists");
+        let cache = dir.join("cache");
+        for d in [lists.join("partial"), cache.join("archives/partial")] {
+            std::fs::create_dir_all(&d).map_err(io)?;
+        }
+        let sources = dir.join("sources.list");
+        let line = format!(
+            "deb [arch={ARCH}] http://deb.debian.org/debian {} {}\n",
+            host_codename(),
+            components.join(" ")
+        );
+        let changed = std::fs::read_to_string(&sources).ok().as_deref() != Some(line.as_str());
+        if changed {
+            std::fs::write(&sources, &line).map_err(io)?;
+        }
+        let opt = |k: &str, v: &Path| format!("-o{k}={}", v.display());
+        let apt = Apt {
+            options: vec![
+                opt("Dir::Etc::SourceList", &sources),
+                "-oDir::Etc::SourceParts=/dev/null".to_owned(),
+                opt("Dir::State::Lists", &lists),
+                opt("Dir::Cache", &cache),
+                "-oDir::State::status=/dev/null".to_owned(),
+                format!("-oAPT::Architecture={ARCH}"),
+                format!("-oAPT::Architectures={ARCH}"),
+                "-oAcquire::Languages=none".to_owned(),
+            ],
+            native_arm64: true,
+        };
+        let fresh = std::fs::read_dir(&lists)
+            .map_err(io)?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains("_Packages"))
+            .filter_map(|e| e.metadata().ok()?.modified().ok())
+            .any(|t| t.elapsed().is_ok_and(|age| age.as_secs() < 24 * 3600));
+        if changed || !fresh {
+            eprintln!("outpost-image: apt-get update ({})", line.trim());
+            run(Command::new("apt-get")
+                .args(&apt.options)
+                .args(["update", "-q"]))?;
+        }
+        Ok(apt)
+    }
+
+    fn spec(&self, name: &str) -> String {
+        if self.native_arm64 {
+            name.to_owned()
+        } else {
+            format!("{name}:{ARCH}")
         }
     }
+}
+
+/// The Debian release name of the host (`bookworm`), whose arm64 packages the image uses.
+fn host_codename() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "bookworm".to_owned())
+}
+
+/// Downloads the candidate version of `name` into `cache` unless it is there already.
+pub fn fetch(cache: &Path, name: &str) -> Result<Package, DebianError> {
+    fetch_with(&Apt::host(), cache, name)
+}
+
+/// [`fetch`] through a given apt configuration.
+pub fn fetch_with(apt: &Apt, cache: &Path, name: &str) -> Result<Package, DebianError> {
+    let (version, depends) = show(apt, name)?;
+    let escaped = version.replace(':', "%3a");
+    let find = || {
+        [ARCH, "all"]
+            .iter()
+            .map(|arch| cache.join(format!("{name}_{escaped}_{arch}.deb")))
+            .find(|p| p.exists())
+    };
+    let deb = match find() {
+        Some(deb) => deb,
+        None => {
+            eprintln!("outpost-image: apt-get download {name}={version} ({ARCH})");
+            run(Command::new("apt-get")
+                .current_dir(cache)
+                .args(&apt.options)
+                .args(["download", "-q"])
+                .arg(format!("{}={version}", apt.spec(name))))?;
+            find().ok_or_else(|| DebianError::Tool {
+                tool: "apt-get download".to_owned(),
+                detail: format!(
+                    "{name}_{escaped}_*.deb did not appear in {}",
+                    cache.display()
+                ),
+            })?
+        }
+    };
     Ok(Package {
         name: name.to_owned(),
         version,

@@ -16,6 +16,21 @@ const LINUX_FS: [u8; 16] = [
     0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4,
 ];
 
+/// "Microsoft basic data" EBD0A0A2-B9E5-4433-87C0-68B6B72699C7 in on-disk byte order: the
+/// FAT partition type the Raspberry Pi boot loader looks for on a GPT disk.
+const BASIC_DATA: [u8; 16] = [
+    0xa2, 0xa0, 0xd0, 0xeb, 0xe5, 0xb9, 0x33, 0x44, 0x87, 0xc0, 0x68, 0xb6, 0xb7, 0x26, 0x99, 0xc7,
+];
+
+/// What a partition holds (its GPT type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A Linux filesystem (ext4, squashfs).
+    Linux,
+    /// A FAT filesystem a boot loader reads ("Microsoft basic data").
+    Fat,
+}
+
 /// One partition: GPT name, first block, block count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
@@ -25,6 +40,8 @@ pub struct Partition {
     pub first: u64,
     /// Size in blocks.
     pub blocks: u64,
+    /// Its type ([`layout`] makes every partition [`Kind::Linux`]).
+    pub kind: Kind,
 }
 
 /// Lays `sizes` (name, bytes) out one after another on 1 MiB boundaries; returns the
@@ -38,6 +55,7 @@ pub fn layout(sizes: &[(&str, u64)]) -> (Vec<Partition>, u64) {
             name: (*name).to_owned(),
             first: at / BLOCK,
             blocks: bytes / BLOCK,
+            kind: Kind::Linux,
         });
         at += bytes;
     }
@@ -90,7 +108,10 @@ pub fn write<W: Write + Seek>(
     let mut entries = vec![0u8; usize::try_from(ENTRIES * ENTRY_SIZE).unwrap_or(0)];
     for (i, p) in parts.iter().enumerate() {
         let e = &mut entries[i * 128..(i + 1) * 128];
-        e[0..16].copy_from_slice(&LINUX_FS);
+        e[0..16].copy_from_slice(match p.kind {
+            Kind::Linux => &LINUX_FS,
+            Kind::Fat => &BASIC_DATA,
+        });
         e[16..32].copy_from_slice(&guid(&format!("{seed}/partition/{}", p.name)));
         e[32..40].copy_from_slice(&p.first.to_le_bytes());
         e[40..48].copy_from_slice(&(p.first + p.blocks - 1).to_le_bytes());
@@ -174,7 +195,8 @@ mod tests {
 
     #[test]
     fn table_has_valid_headers_and_named_entries() {
-        let (parts, size) = layout(&[("outpost-boot", ALIGN), ("outpost-root-a", ALIGN)]);
+        let (mut parts, size) = layout(&[("outpost-boot", ALIGN), ("outpost-root-a", ALIGN)]);
+        parts[0].kind = Kind::Fat;
         let mut disk = std::io::Cursor::new(vec![0u8; usize::try_from(size).expect("small")]);
         write(&mut disk, size, &parts, "seed").expect("written");
         let d = disk.into_inner();
@@ -189,6 +211,8 @@ mod tests {
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
         assert_eq!(String::from_utf16_lossy(&name), "outpost-root-a");
+        assert_eq!(&d[1024..1024 + 16], &BASIC_DATA);
+        assert_eq!(&d[1024 + 128..1024 + 128 + 16], &LINUX_FS);
         let backup = &d[d.len() - 512..d.len() - 512 + 8];
         assert_eq!(backup, b"EFI PART");
     }

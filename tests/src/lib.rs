@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod qemu;
+
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -161,8 +163,14 @@ pub struct CmdOutput {
 
 /// Runs `cmd` with captured output; kills it after `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
+    run_with_input(cmd, Stdio::null(), timeout)
+}
+
+/// Runs `cmd` with `stdin` as its standard input and captured output; kills it after
+/// `timeout`.
+pub fn run_with_input(cmd: &mut Command, stdin: Stdio, timeout: Duration) -> CmdOutput {
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -484,6 +484,9 @@ pub struct StatusInfo {
     /// Seconds since the newest backup on the box was made; `None` if there is none.
     #[serde(default)]
     pub last_backup_age_secs: Option<u64>,
+    /// Layout version of the store (`store::SCHEMA_VERSION` of the running firmware).
+    #[serde(default)]
+    pub store_schema: u32,
 }
 
 /// One extension in a listing.
@@ -915,6 +918,7 @@ mod tests {
                 trunks_up: 0,
                 survival: true,
                 last_backup_age_secs: Some(3600),
+                store_schema: 1,
             }),
             Reply::Extensions(vec![ExtensionInfo {
                 ext: "100".into(),

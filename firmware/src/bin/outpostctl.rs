@@ -23,6 +23,7 @@ use firmware::admin::Client;
 use firmware::config::default_socket_path;
 use firmware::console::{self, LoginEnd};
 use firmware::guard::feed::{self, MAX_FEED_BYTES};
+use firmware::update::{self, UpdateError};
 use pbx_core::cdr::{Cdr, Disposition};
 
 /// How long to wait for the daemon to answer one request (an import of thousands of
@@ -87,6 +88,15 @@ enum Cmd {
     /// Encrypted backups: make one now, list, verify, restore.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Firmware updates: install a signed bundle into the other slot, show the slots.
+    #[command(subcommand)]
+    Update(UpdateCmd),
+    /// The software bill of materials of this firmware (CycloneDX JSON).
+    Sbom {
+        /// Only the counts: crates, Debian packages, licences.
+        #[arg(long)]
+        summary: bool,
+    },
     /// An interactive shell for every command: line editing, history, TAB completion.
     Shell,
     /// Log in at the serial console with the admin password, then start the shell.
@@ -95,6 +105,34 @@ enum Cmd {
     /// shell quotes them, never run by a shell), or the shell when there is none.
     #[command(hide = true)]
     SshSession,
+}
+
+#[derive(Debug, Subcommand)]
+enum UpdateCmd {
+    /// Check a signed update bundle and write it to the slot not running now, armed for one
+    /// trial boot: it commits itself when it passes its health check after the reboot,
+    /// otherwise the box returns to the running slot.
+    Install {
+        /// The bundle: a file, `-` for standard input, or an http:// or https:// URL.
+        source: String,
+        /// Install an older release or the running one again.
+        #[arg(long)]
+        force: bool,
+        /// Reboot into the new slot when the install succeeded.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// The slots: what runs, what each holds, the last update's outcome, the trusted keys.
+    Status,
+    /// The trial boot's health check (run once at every boot): commits the slot, or rolls
+    /// back and reboots.
+    #[command(hide = true)]
+    Health {
+        /// Seconds to wait for the checks [default: health_timeout in /etc/outpost/release,
+        /// else 90].
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -571,6 +609,14 @@ fn escapes_the_session(cmd: &Cmd) -> Option<&'static str> {
             "`config edit` runs an editor, which can start a shell: not available in this session; \
              use `config show` and `config apply -`",
         ),
+        Cmd::Update(UpdateCmd::Install { source, .. })
+            if source != "-" && !update::fetch::is_url(source) =>
+        {
+            Some("in this session a bundle comes from standard input or a URL: `update install - < FILE.bundle` or `update install https://...`")
+        }
+        Cmd::Update(UpdateCmd::Health { .. }) => {
+            Some("`update health` runs once at boot: not available in this session")
+        }
         _ => None,
     }
 }
@@ -642,6 +688,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
     if let Cmd::Cdr(CdrCmd::Export { format, from, to }) = &cli.command {
         return cdr_export(&socket, *format, from.as_deref(), to.as_deref());
+    }
+    match &cli.command {
+        Cmd::Update(u) => return update_cmd(u, &socket, cli.json),
+        Cmd::Sbom { summary } => return sbom(&update::Layout::system(), *summary, cli.json),
+        _ => {}
     }
     let export = match &cli.command {
         Cmd::Fw(FwCmd::Export { out, format }) => Some((out.clone(), *format)),
@@ -797,6 +848,287 @@ fn read_blocklist(file: &Path) -> Result<String, Failure> {
     }
     String::from_utf8(bytes)
         .map_err(|_| Failure::Usage(format!("{}: not UTF-8 text", file.display())))
+}
+
+/// Largest SBOM read.
+const MAX_SBOM: u64 = 32 * 1024 * 1024;
+
+fn update_failure(e: UpdateError) -> Failure {
+    Failure::Refused(sanitize(&e.to_string()))
+}
+
+fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// `update install|status|health`: these run here (as root on the box), not in outpostd.
+fn update_cmd(cmd: &UpdateCmd, socket: &Path, json: bool) -> Result<(), Failure> {
+    let layout = update::Layout::system();
+    match cmd {
+        UpdateCmd::Install {
+            source,
+            force,
+            reboot,
+        } => update_install(&layout, source, *force, *reboot, json),
+        UpdateCmd::Status => {
+            let s = update::status(&layout).map_err(update_failure)?;
+            if json {
+                println!("{}", to_json(&s));
+            } else {
+                print!("{}", render_update_status(&s));
+            }
+            Ok(())
+        }
+        UpdateCmd::Health { timeout } => update_health(&layout, socket, *timeout),
+    }
+}
+
+fn update_install(
+    layout: &update::Layout,
+    source: &str,
+    force: bool,
+    reboot: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut reader: Box<dyn Read> = if source == "-" {
+        Box::new(std::io::BufReader::with_capacity(
+            256 * 1024,
+            std::io::stdin(),
+        ))
+    } else if update::fetch::is_url(source) {
+        let ca = layout.update_ca();
+        let ca = ca.exists().then_some(ca.as_path());
+        eprintln!("update: downloading {}", sanitize(source));
+        let download = update::fetch::download(source, ca)
+            .map_err(|e| update_failure(UpdateError::Fetch(e)))?;
+        Box::new(std::io::BufReader::with_capacity(256 * 1024, download))
+    } else {
+        let file = std::fs::File::open(source)
+            .map_err(|e| Failure::Usage(format!("{}: {e}", sanitize(source))))?;
+        Box::new(std::io::BufReader::with_capacity(256 * 1024, file))
+    };
+    let installed = update::install(
+        layout,
+        &mut reader,
+        update::InstallOptions { force },
+        now_secs(),
+        &mut |p| match p {
+            update::Progress::Verified { slot } => {
+                eprintln!("update: signature verified; writing slot {slot}")
+            }
+            update::Progress::Writing { slot, percent } => {
+                eprintln!("update: writing slot {slot}: {percent} %")
+            }
+            update::Progress::Verifying { slot } => {
+                eprintln!("update: reading slot {slot} back")
+            }
+        },
+    )
+    .map_err(update_failure)?;
+    if json {
+        println!("{}", to_json(&installed));
+    } else {
+        println!(
+            "update: installed {} into slot {} ({} bytes, signed by key {}){}",
+            sanitize(&installed.release.to_string()),
+            installed.slot,
+            installed.bytes,
+            installed.key_id,
+            if installed.forced { ", forced" } else { "" }
+        );
+        println!(
+            "reboot to try it; it commits itself after passing its health check, otherwise \
+             the box returns to slot {}",
+            installed.booted
+        );
+    }
+    if reboot {
+        eprintln!("update: rebooting into slot {}", installed.slot);
+        reboot_now()?;
+    }
+    Ok(())
+}
+
+/// `sync`, then busybox `reboot` (init runs the shutdown actions).
+fn reboot_now() -> Result<(), Failure> {
+    nix::unistd::sync();
+    match std::process::Command::new("reboot").status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(Failure::Refused(format!("reboot failed: {s}"))),
+        Err(e) => Err(Failure::Refused(format!("cannot run reboot: {e}"))),
+    }
+}
+
+/// The trial boot's verdict: commit when outpostd, its store and SIP answer in time, else
+/// record the rollback and reboot into the committed slot.
+fn update_health(
+    layout: &update::Layout,
+    socket: &Path,
+    timeout: Option<u64>,
+) -> Result<(), Failure> {
+    let slot = match update::pending_trial(layout) {
+        Ok(Some(slot)) => slot,
+        Ok(None) => return Ok(()),
+        Err(UpdateError::NotAnImage(_)) => {
+            eprintln!("update: not booted from an Outpost image; nothing to check");
+            return Ok(());
+        }
+        Err(e) => return Err(update_failure(e)),
+    };
+    let timeout = update::health_timeout(layout, timeout);
+    println!(
+        "update: slot {slot} is on trial: health check (up to {} s)",
+        timeout.as_secs()
+    );
+    let probe = update::health::Probe {
+        admin_socket: socket.to_path_buf(),
+        sip: None,
+    };
+    let result = update::health::probe(&probe, timeout);
+    let took = result.as_ref().ok().copied();
+    let verdict =
+        update::record_health(layout, result.map(|_| ()), now_secs()).map_err(update_failure)?;
+    match verdict {
+        update::Verdict::NothingToDo => {
+            println!("update: slot {slot}: the verdict was recorded already");
+            Ok(())
+        }
+        update::Verdict::Committed { slot } => {
+            println!(
+                "update: slot {slot} committed: health check passed in {:.1} s",
+                took.unwrap_or_default().as_secs_f64()
+            );
+            Ok(())
+        }
+        update::Verdict::RolledBack {
+            slot,
+            back_to,
+            reason,
+        } => {
+            println!(
+                "update: slot {slot} rolled back: {}; rebooting into slot {back_to}",
+                sanitize(&reason)
+            );
+            reboot_now()?;
+            Err(Failure::Shown(1))
+        }
+    }
+}
+
+fn render_update_status(s: &update::UpdateStatus) -> String {
+    let release = |r: Option<&outpost_bundle::Release>| {
+        r.map_or("unknown".to_owned(), |r| sanitize(&r.to_string()))
+    };
+    let mut out = format!(
+        "running:  slot {}, {}{}\n",
+        s.booted,
+        release(s.running.as_ref()),
+        if s.trial {
+            " (on trial: the health check has not committed it yet)"
+        } else {
+            ""
+        }
+    );
+    if let Some(p) = &s.profile {
+        out.push_str(&format!("board:    {}\n", sanitize(p)));
+    }
+    let rows: Vec<Vec<String>> = s
+        .slots
+        .iter()
+        .map(|slot| {
+            let mut notes = Vec::new();
+            if slot.running {
+                notes.push("running");
+            }
+            if slot.committed {
+                notes.push("committed");
+            }
+            if s.armed == Some(slot.slot) {
+                notes.push("armed: boots once on trial at the next reboot");
+            }
+            vec![
+                format!("slot {}", slot.slot),
+                release(slot.release.as_ref()),
+                slot.device.clone().unwrap_or_else(|| "-".to_owned()),
+                notes.join(", "),
+            ]
+        })
+        .collect();
+    out.push_str(&format_table(None, &rows));
+    match &s.last {
+        Some(l) => {
+            let what = match l.outcome {
+                update::Outcome::Installed => "installed into",
+                update::Outcome::Committed => "committed in",
+                update::Outcome::RolledBack => "rolled back from",
+            };
+            out.push_str(&format!(
+                "last update: {} {what} slot {} at {} UTC{}\n",
+                release(Some(&l.release)),
+                l.slot,
+                fmt_time(l.time.saturating_mul(1000)),
+                if l.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", sanitize(&l.reason))
+                }
+            ));
+        }
+        None => out.push_str("last update: none\n"),
+    }
+    if s.keys.is_empty() {
+        out.push_str("trusted update keys: none (no bundle can be installed)\n");
+    } else {
+        out.push_str(&format!("trusted update keys: {}\n", s.keys.join(", ")));
+    }
+    for p in &s.key_problems {
+        out.push_str(&format!("  skipped: {}\n", sanitize(p)));
+    }
+    if s.from_boot_copy {
+        out.push_str("(boot data read from the copy made at boot: it may be older)\n");
+    }
+    out
+}
+
+/// `sbom`: the CycloneDX document as it is, or its counts.
+fn sbom(layout: &update::Layout, summary: bool, json: bool) -> Result<(), Failure> {
+    let mut text = String::new();
+    std::fs::File::open(&layout.sbom)
+        .and_then(|f| f.take(MAX_SBOM).read_to_string(&mut text))
+        .map_err(|e| Failure::Refused(format!("{}: {e}", layout.sbom.display())))?;
+    if !summary {
+        print!("{text}");
+        return Ok(());
+    }
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Failure::Refused(format!("{}: {e}", layout.sbom.display())))?;
+    let s = update::sbom_summary(&doc);
+    if json {
+        println!("{}", to_json(&s));
+    } else {
+        print!("{}", render_sbom_summary(&s));
+    }
+    Ok(())
+}
+
+fn render_sbom_summary(s: &update::SbomSummary) -> String {
+    let mut out = format!(
+        "{} Rust crates, {} Debian packages{}\nlicences:\n",
+        s.crates,
+        s.debian_packages,
+        if s.other > 0 {
+            format!(", {} other components", s.other)
+        } else {
+            String::new()
+        }
+    );
+    let rows: Vec<Vec<String>> = s
+        .licences
+        .iter()
+        .map(|(l, n)| vec![format!("  {}", sanitize(l)), n.to_string()])
+        .collect();
+    out.push_str(&format_table(None, &rows));
+    out
 }
 
 /// Turns the command line into the requests to send, checking all input first.
@@ -984,6 +1316,9 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         }
         Cmd::Shell | Cmd::Login | Cmd::SshSession => Err(Failure::Usage(
             "not available here: this is already a logged-in session".to_owned(),
+        )),
+        Cmd::Update(_) | Cmd::Sbom { .. } => Err(Failure::Usage(
+            "update and sbom run on the box, not through outpostd".to_owned(),
         )),
     }
 }
@@ -1451,6 +1786,7 @@ fn render_status(s: &StatusInfo) -> String {
         vec!["listen".to_owned(), s.listen.join(", ")],
         vec!["realm".to_owned(), s.realm.clone()],
         vec!["data dir".to_owned(), s.data_dir.clone()],
+        vec!["store schema".to_owned(), s.store_schema.to_string()],
         vec!["extensions".to_owned(), s.extensions.to_string()],
         vec!["registrations".to_owned(), s.registrations.to_string()],
         vec!["active calls".to_owned(), s.active_calls.to_string()],
@@ -2687,6 +3023,117 @@ mod tests {
             run_words(words("status"), &shell, Origin::Shell),
             Err(Failure::Unreachable(m)) if m.contains("/nonexistent/admin.sock")
         ));
+    }
+
+    #[test]
+    fn update_session_rules() {
+        let escapes = |line: &str| {
+            let mut argv = vec!["outpostctl".to_owned()];
+            argv.extend(console::split_words(line).unwrap());
+            escapes_the_session(&Cli::try_parse_from(argv).unwrap().command)
+        };
+        for line in [
+            "update install /data/outpost/x.bundle",
+            "update install x.bundle",
+            "update install --force ftp://host/x.bundle",
+        ] {
+            let why = escapes(line).expect(line);
+            assert!(why.contains("standard input or a URL"), "{line}: {why}");
+        }
+        assert!(escapes("update health").unwrap().contains("at boot"));
+        assert!(escapes("update health --timeout 5").is_some());
+        for line in [
+            "update install -",
+            "update install --force --reboot -",
+            "update install https://updates.example.com/outpost-0.2.0.bundle",
+            "update install http://10.0.0.5:8000/x.bundle",
+            "update status",
+            "update status --json",
+            "sbom",
+            "sbom --summary",
+        ] {
+            assert_eq!(escapes(line), None, "{line}");
+        }
+        // `update health` is not offered in help or completion, the rest is.
+        let cmd = Cli::command();
+        let update = cmd.find_subcommand("update").unwrap();
+        assert!(update.find_subcommand("health").unwrap().is_hide_set());
+        assert!(!update.find_subcommand("install").unwrap().is_hide_set());
+        let helper = console::ShellHelper::new(Cli::command());
+        let offered = console::complete(helper.tree(), "update ", 7).1;
+        assert!(offered.contains(&"install".to_owned()), "{offered:?}");
+        assert!(
+            !offered.iter().any(|c| c.starts_with("health")),
+            "{offered:?}"
+        );
+        assert!(Cli::try_parse_from(["outpostctl", "update", "health", "--timeout", "0"]).is_err());
+    }
+
+    #[test]
+    fn update_status_and_sbom_summary_render() {
+        let rel = |v: &str, b| outpost_bundle::Release {
+            version: v.to_owned(),
+            build: b,
+        };
+        let slot = |slot, release, running, committed| update::SlotStatus {
+            slot,
+            release: Some(release),
+            device: Some(format!(
+                "/dev/vda{}",
+                if slot == update::Slot::A { 2 } else { 3 }
+            )),
+            running,
+            committed,
+        };
+        let s = update::UpdateStatus {
+            booted: update::Slot::A,
+            running: Some(rel("0.1.0", 1_700_000_000)),
+            profile: Some("qemu-virt".to_owned()),
+            trial: false,
+            armed: None,
+            slots: vec![
+                slot(update::Slot::A, rel("0.1.0", 1_700_000_000), true, true),
+                slot(update::Slot::B, rel("0.2.0", 1_700_000_100), false, false),
+            ],
+            last: Some(update::LastOutcome {
+                outcome: update::Outcome::RolledBack,
+                slot: update::Slot::B,
+                release: rel("0.2.0", 1_700_000_100),
+                time: 1_750_000_000,
+                reason: "SIP on 127.0.0.1:5060 did not answer\x1b[2J".to_owned(),
+            }),
+            keys: vec!["0123456789abcdef".to_owned()],
+            key_problems: vec![],
+            from_boot_copy: false,
+        };
+        let text = render_update_status(&s);
+        assert!(
+            text.starts_with("running:  slot a, 0.1.0 (build 1700000000)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("slot b  0.2.0 (build 1700000100)  /dev/vda3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("last update: 0.2.0 (build 1700000100) rolled back from slot b at 2025-06-15 15:06:40 UTC: SIP on 127.0.0.1:5060 did not answer"),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(
+            text.contains("trusted update keys: 0123456789abcdef\n"),
+            "{text}"
+        );
+        let summary = update::SbomSummary {
+            crates: 2,
+            debian_packages: 1,
+            other: 0,
+            licences: vec![("MIT".to_owned(), 2), ("(none)".to_owned(), 1)],
+        };
+        assert_eq!(
+            render_sbom_summary(&summary),
+            "2 Rust crates, 1 Debian packages\nlicences:\n  MIT     2\n  (none)  1\n"
+        );
     }
 
     #[test]

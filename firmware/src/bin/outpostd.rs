@@ -18,6 +18,11 @@ struct Args {
     /// Use the embedded demo configuration even if /etc/outpost/outpost.toml exists.
     #[arg(long, conflicts_with = "config")]
     demo: bool,
+    /// The configuration file is only the factory default: it becomes revision 1 when the
+    /// data directory has no revision yet; afterwards the newest applied revision runs even
+    /// when the file changed, and a file that does not load does not stop a configured box.
+    #[arg(long)]
+    config_default: bool,
     /// Override `store.data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -67,13 +72,29 @@ fn run(args: Args) -> anyhow::Result<()> {
             "embedded demo configuration".to_string(),
         )
     };
-    let (mut cfg, text, source) = match (&args.config, args.demo) {
-        (Some(path), _) => load(path)?,
-        (None, false) => match daemon::default_config_path() {
-            Some(path) => load(&path)?,
-            None => demo(),
-        },
-        (None, true) => demo(),
+    let boot_path = match (&args.config, args.demo) {
+        (Some(path), _) => Some(path.clone()),
+        (None, false) => daemon::default_config_path(),
+        (None, true) => None,
+    };
+    let loaded = match &boot_path {
+        Some(path) => load(path),
+        None => Ok(demo()),
+    };
+    // Logged once logging is set up.
+    let mut boot_error = None;
+    let (mut cfg, text, source) = match loaded {
+        Ok(boot) => boot,
+        Err(err) if args.config_default && !args.check => {
+            let raw = boot_path
+                .as_deref()
+                .and_then(|p| std::fs::read_to_string(p).ok());
+            let boot =
+                daemon::newest_revision_instead(raw.as_deref(), &err, args.data_dir.as_deref())?;
+            boot_error = Some(err);
+            boot
+        }
+        Err(err) => return Err(err),
     };
     if let Some(dir) = args.data_dir {
         cfg.store.data_dir = dir;
@@ -108,12 +129,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
         .context("bad log level")?;
     init_logging(&cfg.log, filter)?;
+    if let Some(err) = boot_error {
+        tracing::error!(
+            "the factory default configuration does not load ({err:#}); running the {source}"
+        );
+    }
     tracing::info!("configuration: {source}");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(daemon::run(cfg, text, source))
+    runtime.block_on(daemon::run(cfg, text, source, args.config_default))
 }
 
 /// stderr (text or JSON lines), plus the system log when `log.syslog` is set.
