@@ -98,6 +98,28 @@ const APPLETS: &[&str] = &[
     "findfs",
     "fsync",
 ];
+/// The Debian packages of the programs below; their `lib*` dependencies are fetched too.
+const USERLAND_PACKAGES: &[&str] = &["nftables", "dropbear-bin", "openssh-client"];
+/// Programs from [`USERLAND_PACKAGES`], at the same path in the root filesystem as in their
+/// package; their shared libraries come from the `NEEDED` entries. outpostd runs these by
+/// name (PATH has /usr/sbin and /usr/bin): nft; dropbear and dropbearkey for the admin's
+/// SSH; `sftp` for SFTP backups (firmware/src/backup/target.rs), which runs /usr/bin/ssh
+/// (the path compiled into it), and `ssh-keygen`, which makes the backup client key.
+const DEBIAN_PROGRAMS: &[&str] = &[
+    "usr/sbin/nft",
+    "usr/sbin/dropbear",
+    "usr/bin/dropbearkey",
+    "usr/bin/ssh",
+    "usr/bin/sftp",
+    "usr/bin/ssh-keygen",
+];
+/// Where the firmware loads its prompts from (firmware `MediaConfig::prompts_dir`).
+const PROMPTS_DIR: &str = "usr/share/outpost/prompts";
+/// Options every `sox` run of `scripts/make-prompts` gets (through `SOX_OPTS`): sox dithers
+/// by default with noise seeded from the clock, so two builds differed in every prompt.
+/// `-D` turns dither off (silence stays digital silence, the µ-law quantiser needs none),
+/// `-R` fixes the seed of anything else random.
+const PROMPT_SOX_OPTS: &str = "-D -R";
 /// Root filesystem modules every profile loads at boot (missing ones are reported).
 const ROOT_MODULES: &[&str] = &[
     "virtio_net",
@@ -335,7 +357,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
     };
     let kernel = debian::fetch(&cache, kernel_name)?;
     let busybox = debian::fetch(&cache, "busybox-static")?;
-    let userland = debian::fetch_with_libraries(&cache, &["nftables", "dropbear-bin"])?;
+    let userland = debian::fetch_with_libraries(&cache, USERLAND_PACKAGES)?;
     let pkg_dir = |p: &Package| work.join("pkg").join(&p.name);
     for p in [&kernel, &busybox].into_iter().chain(userland.iter()) {
         debian::extract(p, &pkg_dir(p))?;
@@ -404,20 +426,13 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
     }
     let mut used: BTreeMap<String, String> = BTreeMap::new();
     let find_pkg = |rel: &str| userland.iter().find(|p| pkg_dir(p).join(rel).exists());
-    for (rel, dest) in [
-        ("usr/sbin/nft", "usr/sbin/nft"),
-        ("usr/sbin/dropbear", "usr/sbin/dropbear"),
-        ("usr/bin/dropbearkey", "usr/bin/dropbearkey"),
-    ] {
+    for rel in DEBIAN_PROGRAMS {
         let pkg = find_pkg(rel).with_context(|| format!("no package holds {rel}"))?;
         used.insert(pkg.name.clone(), pkg.version.clone());
-        fs.copy(&pkg_dir(pkg).join(rel), dest, 0o755)?;
+        fs.copy(&pkg_dir(pkg).join(rel), rel, 0o755)?;
     }
     // The shared-library closure of those programs, and the dynamic loader.
-    let mut queue: Vec<PathBuf> = ["usr/sbin/nft", "usr/sbin/dropbear", "usr/bin/dropbearkey"]
-        .iter()
-        .map(|r| root.join(r))
-        .collect();
+    let mut queue: Vec<PathBuf> = DEBIAN_PROGRAMS.iter().map(|r| root.join(r)).collect();
     let mut have = std::collections::BTreeSet::new();
     while let Some(path) = queue.pop() {
         let bytes = std::fs::read(&path)?;
@@ -516,6 +531,8 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
     if !admin_keys.is_empty() {
         fs.file("etc/outpost/admin-keys.pub", admin_keys.as_bytes(), 0o644)?;
     }
+    // Spoken prompts and tones for voicemail and the auto-attendant.
+    let prompts = make_prompts(&opts.workspace, &root.join(PROMPTS_DIR))?;
     let mut debs: Vec<(String, String)> = used.into_iter().collect();
     debs.push((kernel.name.clone(), kernel.version.clone()));
     debs.push((busybox.name.clone(), busybox.version.clone()));
@@ -720,6 +737,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
             "guid": gpt::guid_string(&gpt::guid(&format!("{seed}/partition/{}", p.name))),
         })).collect::<Vec<_>>(),
         "artifacts": artifacts,
+        "prompts": prompts,
         "update_keys": trusted.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
         "development_key": dev_key,
     });
@@ -861,6 +879,70 @@ const FILES: &[(&str, &str, u32)] = &[
         0o755,
     ),
 ];
+
+/// Generates the prompts into `dir` with `scripts/make-prompts` (espeak-ng and sox, which it
+/// installs when missing) and returns their manifest entry: count, bytes, tool versions.
+/// Reproducible: sox gets [`PROMPT_SOX_OPTS`], the script's voice settings and the locale are
+/// fixed, and the modes of the files no longer depend on the umask.
+fn make_prompts(workspace: &Path, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let script = workspace.join("scripts/make-prompts");
+    eprintln!("outpost-image: {} {}", script.display(), dir.display());
+    debian::run(
+        Command::new("bash")
+            .arg(&script)
+            .arg(dir)
+            .env("SOX_OPTS", PROMPT_SOX_OPTS)
+            .env("LC_ALL", "C")
+            .env_remove("PROMPT_VOICE")
+            .env_remove("PROMPT_SPEED")
+            .env_remove("ESPEAK_DATA_PATH"),
+    )
+    .context("cannot generate the prompts")?;
+    let (files, bytes) = normalise_prompts(dir)?;
+    if files == 0 {
+        bail!("{} made no prompts in {}", script.display(), dir.display());
+    }
+    // The first line of `--version`, without espeak-ng's host-specific "Data at: <path>".
+    let version = |tool: &str| -> anyhow::Result<String> {
+        let out = debian::run(Command::new(tool).arg("--version"))?;
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split("Data at:")
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "))
+    };
+    Ok(serde_json::json!({
+        "dir": format!("/{PROMPTS_DIR}"),
+        "files": files,
+        "bytes": bytes,
+        "espeak_ng": version("espeak-ng")?,
+        "sox": version("sox")?,
+    }))
+}
+
+/// Gives the `.ul` files of `dir` mode 0644 and `dir` 0755, and refuses anything else in
+/// it; returns the number of files and their total size.
+fn normalise_prompts(dir: &Path) -> anyhow::Result<(usize, u64)> {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut files, mut bytes) = (0, 0);
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if !meta.is_file() || path.extension().is_none_or(|x| x != "ul") {
+            bail!("{} is not a prompt file", path.display());
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        files += 1;
+        bytes += meta.len();
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok((files, bytes))
+}
 
 /// An ext4 image of `dir`, `bytes` long, with fixed UUID, hash seed and times.
 fn mke2fs(
@@ -1013,5 +1095,65 @@ impl Tree {
         let _ = std::fs::remove_file(&p);
         std::os::unix::fs::symlink(target, &p)
             .with_context(|| format!("cannot link {}", p.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Whether the root filesystem has a program of that name on outpostd's PATH.
+    fn on_path(name: &str) -> bool {
+        let dirs = ["usr/sbin/", "usr/bin/", "sbin/", "bin/"];
+        DEBIAN_PROGRAMS
+            .iter()
+            .any(|p| dirs.iter().any(|d| p.strip_prefix(d) == Some(name)))
+            || APPLETS.contains(&name)
+            || ["outpostd", "outpostctl"].contains(&name)
+    }
+
+    #[test]
+    fn the_image_has_every_program_the_backup_targets_run() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware/src/backup/target.rs");
+        let text = std::fs::read_to_string(&path).expect("the firmware source is in the workspace");
+        let mut programs: Vec<&str> = text
+            .split("process::Command::new(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        programs.sort_unstable();
+        programs.dedup();
+        assert!(programs.contains(&"sftp"), "found {programs:?}");
+        for p in &programs {
+            assert!(
+                on_path(p),
+                "{p} is run by the backup targets but not in the image"
+            );
+        }
+        // sftp runs ssh by the path compiled into it.
+        assert!(DEBIAN_PROGRAMS.contains(&"usr/bin/ssh"));
+    }
+
+    #[test]
+    fn prompt_files_get_fixed_modes_and_strays_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let prompts = dir.path().join("prompts");
+        std::fs::create_dir(&prompts).expect("mkdir");
+        std::fs::set_permissions(&prompts, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        for (name, len) in [("beep.ul", 4000), ("goodbye.ul", 123)] {
+            let p = prompts.join(name);
+            std::fs::write(&p, vec![0xffu8; len]).expect("write");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        assert_eq!(normalise_prompts(&prompts).expect("normalised"), (2, 4123));
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode(&prompts), 0o755);
+        assert_eq!(mode(&prompts.join("beep.ul")), 0o644);
+        assert_eq!(mode(&prompts.join("goodbye.ul")), 0o644);
+
+        std::fs::write(prompts.join("beep.ul.tmp"), b"x").expect("write");
+        let err = normalise_prompts(&prompts).expect_err("a stray file is refused");
+        assert!(err.to_string().contains("beep.ul.tmp"), "{err}");
     }
 }

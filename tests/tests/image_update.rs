@@ -210,6 +210,44 @@ fn boot(image: &Path, disk: &Path, n: u32) -> Guest {
     g
 }
 
+/// Serves `file` to one HTTP GET on 127.0.0.1 (the guest reaches it as 10.0.2.2, qemu's
+/// address for the host); returns the port. The thread ends after one answer or 5 minutes.
+fn serve_once(file: &Path) -> u16 {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the HTTP server");
+    let port = listener.local_addr().expect("address").port();
+    let body = fs::read(file).expect("bundle to serve");
+    std::thread::spawn(move || {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(_) => return,
+            }
+        };
+        stream.set_nonblocking(false).expect("blocking");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut line = String::new();
+        while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+            line.clear();
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(&body);
+    });
+    port
+}
+
 /// Installs `bundle` over SSH (`update install -`); returns the output.
 fn install(guest: &Guest, key: &Path, bundle: &Path, extra: &str) -> CmdOutput {
     guest.ssh(
@@ -407,9 +445,15 @@ fn signed_updates_commit_refuse_survive_power_cuts_and_roll_back() {
     );
     wait_ssh(&mut guest, &ssh_key);
 
-    // A good bundle: installed, reboot, trial, committed.
+    // A good bundle, downloaded by the box over HTTP: installed, reboot, trial, committed.
+    let port = serve_once(&good);
     let installed = Instant::now();
-    let out = install(&guest, &ssh_key, &good, " --reboot");
+    let out = guest.ssh(
+        &ssh_key,
+        &format!("update install http://10.0.2.2:{port}/good.bundle --reboot"),
+        None,
+        SSH_TIMEOUT,
+    );
     let text = format!("{}{}", out.stdout, out.stderr);
     assert!(
         text.contains("slot b"),
