@@ -7,6 +7,7 @@ pub mod console;
 pub mod daemon;
 pub mod driver;
 pub mod guard;
+pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod panel;

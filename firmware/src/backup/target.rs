@@ -933,22 +933,7 @@ impl HttpsUrl {
         if authority.contains('@') {
             return Err("must not hold credentials: use username and password_file".to_owned());
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (addr, after) = v6.split_once(']').ok_or("unclosed `[` in the host")?;
-            if addr.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(format!("`{}` is not an IPv6 address", sanitize(addr, 60)));
-            }
-            let port = match after {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or("expected `:port` after `]`")?),
-            };
-            (addr, port)
-        } else {
-            match authority.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
+        let (host, port) = crate::http::split_authority(authority)?;
         if !host.contains(':') && !valid_host(host) {
             return Err("the host must be a host name or IP address".to_owned());
         }
@@ -984,16 +969,7 @@ impl HttpsUrl {
 
     /// `host[:port]` as the `Host` header and URLs carry it.
     fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == HTTPS_PORT {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        crate::http::authority(&self.host, self.port, HTTPS_PORT)
     }
 
     fn server_name(&self) -> Result<ServerName<'static>, TargetError> {
@@ -1317,15 +1293,12 @@ async fn read_head<R: AsyncRead + Unpin>(
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     buf.drain(..end + 4);
     let line = head.lines().next().unwrap_or_default();
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next().and_then(|c| c.parse::<u16>().ok());
-    match code {
-        Some(code) if version.starts_with("HTTP/1.") && (100..=599).contains(&code) => Ok(Status {
+    match crate::http::status_line(line) {
+        Some((code, reason)) => Ok(Status {
             code,
-            reason: sanitize(parts.next().unwrap_or_default(), 100),
+            reason: sanitize(reason, 100),
         }),
-        _ => Err(protocol(format!(
+        None => Err(protocol(format!(
             "not an HTTP/1.1 response: {:?}",
             sanitize(line, 80)
         ))),

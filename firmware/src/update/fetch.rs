@@ -38,7 +38,7 @@ pub enum FetchError {
         /// The URL (sanitised).
         url: String,
         /// What is wrong with it.
-        reason: &'static str,
+        reason: String,
     },
     /// Name resolution, connect, TLS or transfer failed.
     #[error("{url}: {source}")]
@@ -90,9 +90,9 @@ struct Url {
 
 impl Url {
     fn parse(text: &str) -> Result<Url, FetchError> {
-        let bad = |reason| FetchError::BadUrl {
+        let bad = |reason: &str| FetchError::BadUrl {
             url: shown(text),
-            reason,
+            reason: reason.to_owned(),
         };
         if text.len() > MAX_URL {
             return Err(bad("longer than 2048 characters"));
@@ -120,15 +120,7 @@ impl Url {
         if authority.contains('@') {
             return Err(bad("user names and passwords in URLs are not supported"));
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
+        let (host, port) = crate::http::split_authority(authority).map_err(|r| bad(&r))?;
         if host.is_empty() {
             return Err(bad("no host"));
         }
@@ -173,17 +165,7 @@ impl Url {
     }
 
     fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let default = if self.https { 443 } else { 80 };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        crate::http::authority(&self.host, self.port, if self.https { 443 } else { 80 })
     }
 }
 
@@ -424,7 +406,7 @@ fn connect(
     };
     let name = ServerName::try_from(url.host.clone()).map_err(|_| FetchError::BadUrl {
         url: url.to_string(),
-        reason: "the host is not a valid name for TLS",
+        reason: "the host is not a valid name for TLS".to_owned(),
     })?;
     let conn = ClientConnection::new(config, name).map_err(|e| FetchError::Tls(e.to_string()))?;
     Ok(Conn::Tls(Box::new(StreamOwned::new(conn, stream))))
@@ -476,14 +458,9 @@ fn request(mut conn: Conn, url: &Url) -> Result<Answer, FetchError> {
     // Interim 1xx responses are skipped.
     let (status, reason, headers) = loop {
         let status_line = read_line(&mut reader)?;
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next().unwrap_or_default();
-        let status: u16 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .filter(|_| version.starts_with("HTTP/1."))
+        let (status, reason) = crate::http::status_line(&status_line)
             .ok_or_else(|| protocol(format!("not an HTTP response: {}", shown(&status_line))))?;
-        let reason = shown(parts.next().unwrap_or_default());
+        let reason = shown(reason);
         let mut headers = Vec::new();
         loop {
             let line = read_line(&mut reader)?;
