@@ -31,6 +31,7 @@ use crate::guard::Guard;
 use crate::media::relay::{self, Relay, RelayConfig};
 use crate::pbx_config;
 use crate::store::{Batch, ExtensionRecord, Store, VoicemailRecord};
+use crate::update::bootenv::{BootEnv, LastOutcome, Outcome};
 use pbx_core::sip::wire;
 
 /// What the initramfs tells userland about this boot (a copy of boot.env, plus the slot).
@@ -1588,65 +1589,28 @@ pub fn newest_revision_instead(
     Ok((cfg, text, format!("stored configuration revision {rev}")))
 }
 
-/// An update that the boot loader rolled back: a `last=rolled-back ...` line of
-/// [`BOOT_INFO`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RolledBackUpdate {
-    /// The slot that failed (and was left).
-    pub slot: String,
-    /// The release that failed.
-    pub version: String,
-    /// Its build (SOURCE_DATE_EPOCH).
-    pub build: String,
-    /// When it was rolled back (seconds since the epoch).
-    pub at_secs: u64,
-    /// Why, in words (may be empty).
-    pub reason: String,
+/// The alert text of a rolled-back update (`last=rolled-back ...` of [`BOOT_INFO`]).
+fn rollback_message(last: &LastOutcome) -> String {
+    let mut msg = format!(
+        "firmware update to {} (build {}) failed and was rolled back at {} (slot {} left)",
+        last.release.version,
+        last.release.build,
+        crate::backup::schedule::rfc3339(last.time.saturating_mul(1000)),
+        last.slot
+    );
+    if !last.reason.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(&last.reason);
+    }
+    msg
 }
 
-impl RolledBackUpdate {
-    /// Reads `<slot> <version> <build> <unix time> [reason words...]` (what follows
-    /// `last=rolled-back `); `None` when a field is missing or the time is not a number.
-    pub fn parse(fields: &str) -> Option<RolledBackUpdate> {
-        let mut words = fields.split_whitespace();
-        let slot = words.next()?.to_owned();
-        let version = words.next()?.to_owned();
-        let build = words.next()?.to_owned();
-        let at_secs = words.next()?.parse().ok()?;
-        let reason = words.collect::<Vec<_>>().join(" ");
-        Some(RolledBackUpdate {
-            slot,
-            version,
-            build,
-            at_secs,
-            reason,
-        })
-    }
-
-    /// The alert text.
-    pub fn message(&self) -> String {
-        let mut msg = format!(
-            "firmware update to {} (build {}) failed and was rolled back at {} (slot {} left)",
-            self.version,
-            self.build,
-            crate::backup::schedule::rfc3339(self.at_secs.saturating_mul(1000)),
-            self.slot
-        );
-        if !self.reason.is_empty() {
-            msg.push_str(": ");
-            msg.push_str(&self.reason);
-        }
-        msg
-    }
-}
-
-/// The newest `last=rolled-back ...` line of a boot info text, trimmed.
-fn rolled_back_line(boot_info: &str) -> Option<&str> {
-    let last = boot_info
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix("last="))?;
-    last.starts_with("rolled-back").then_some(last)
+/// The newest `last=` value of a boot info text when it reports a rollback.
+fn rolled_back_line(boot_info: &str) -> Option<String> {
+    BootEnv::parse(boot_info)
+        .get("last")
+        .filter(|v| v.starts_with(Outcome::RolledBack.as_str()))
+        .map(str::to_owned)
 }
 
 /// Largest boot info file read.
@@ -1682,9 +1646,8 @@ fn alert_failed_update(store: &Store, boot_info: &std::path::Path, now: Millis) 
             tracing::error!(%err, "cannot read which update rollback was alerted");
         }
     }
-    let fields = line.strip_prefix("rolled-back").unwrap_or_default();
-    let message = match RolledBackUpdate::parse(fields) {
-        Some(r) => r.message(),
+    let message = match LastOutcome::parse(&line) {
+        Some(last) => rollback_message(&last),
         None => format!("a firmware update failed and was rolled back ({line})"),
     };
     tracing::error!("{message}");
@@ -1717,29 +1680,32 @@ mod tests {
     fn rolled_back_lines_parse() {
         let line = rolled_back_line(BOOT_INFO_TEXT).unwrap();
         assert_eq!(
-            line,
+            line.as_str(),
             "rolled-back b 1.1.0 1700100000 1700200000 health check failed: sip not answering"
         );
-        let r = RolledBackUpdate::parse(line.strip_prefix("rolled-back").unwrap()).unwrap();
+        let r = LastOutcome::parse(&line).unwrap();
         assert_eq!(
             r,
-            RolledBackUpdate {
-                slot: "b".into(),
-                version: "1.1.0".into(),
-                build: "1700100000".into(),
-                at_secs: 1_700_200_000,
+            LastOutcome {
+                outcome: Outcome::RolledBack,
+                slot: crate::update::bootenv::Slot::B,
+                release: outpost_bundle::Release {
+                    version: "1.1.0".into(),
+                    build: 1_700_100_000,
+                },
+                time: 1_700_200_000,
                 reason: "health check failed: sip not answering".into(),
             }
         );
         assert_eq!(
-            r.message(),
+            rollback_message(&r),
             "firmware update to 1.1.0 (build 1700100000) failed and was rolled back at 2023-11-17T05:46:40Z (slot b left): health check failed: sip not answering"
         );
-        let bare = RolledBackUpdate::parse(" a 2.0 5 6").unwrap();
+        let bare = LastOutcome::parse("rolled-back a 2.0 5 6").unwrap();
         assert_eq!(bare.reason, "");
-        assert!(!bare.message().ends_with(": "));
-        assert_eq!(RolledBackUpdate::parse(" b 1.1.0 170"), None);
-        assert_eq!(RolledBackUpdate::parse(" b 1.1.0 170 soon"), None);
+        assert!(!rollback_message(&bare).ends_with(": "));
+        assert_eq!(LastOutcome::parse("rolled-back b 1.1.0 170"), None);
+        assert_eq!(LastOutcome::parse("rolled-back b 1.1.0 170 soon"), None);
         // Other outcomes, and no last= line, are no alert.
         assert_eq!(rolled_back_line("last=committed b 1.1.0 1 2\n"), None);
         assert_eq!(rolled_back_line("last=installed b 1.1.0 1 2\n"), None);
