@@ -5,11 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use ed25519_dalek::VerifyingKey;
-
-/// The key types dropbear accepts in authorized_keys.
-const SSH_KEY_TYPES: &[&str] = &["ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"];
 
 /// Why a key file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -207,39 +203,13 @@ pub fn parse_ssh_keys(path: &Path, text: &str) -> Result<Vec<String>, KeyError> 
     Ok(out)
 }
 
-/// One authorized_keys line: `[options] TYPE BASE64 [comment]`, where the base64 blob is
-/// an SSH public key of that type.
+/// One key line, checked exactly as the box checks it when the first boot imports it
+/// (`outpostctl ssh keys add`): `TYPE BASE64 [comment]`, no options (the box adds its own
+/// forced command and restrictions).
 fn check_ssh_line(line: &str) -> Result<(), String> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let Some(at) = words.iter().position(|w| SSH_KEY_TYPES.contains(w)) else {
-        return Err(format!(
-            "no key type ({}) in {:?}",
-            SSH_KEY_TYPES.join(", "),
-            shorten(line)
-        ));
-    };
-    let kind = words[at];
-    let blob = words
-        .get(at + 1)
-        .ok_or_else(|| format!("no key after {kind}"))?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(blob)
-        .map_err(|e| format!("the {kind} key is not base64 ({e})"))?;
-    // The blob starts with the key type as an SSH string: u32 length, then the name.
-    let inner = bytes
-        .get(..4)
-        .and_then(|l| {
-            let len = u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize;
-            bytes.get(4..4usize.checked_add(len)?)
-        })
-        .ok_or_else(|| format!("the {kind} key is truncated"))?;
-    if inner != kind.as_bytes() {
-        return Err(format!(
-            "the key blob is a {:?} key, the line says {kind}",
-            String::from_utf8_lossy(inner)
-        ));
-    }
-    Ok(())
+    firmware::ssh::PublicKey::parse(line)
+        .map(|_| ())
+        .map_err(|e| format!("{e}: {:?}", shorten(line)))
 }
 
 fn shorten(line: &str) -> String {
@@ -264,6 +234,7 @@ pub fn admin_keys(paths: &[PathBuf]) -> Result<String, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     fn ssh_line(kind: &str, comment: &str) -> String {
         let mut blob = u32::try_from(kind.len())
@@ -327,23 +298,27 @@ mod tests {
     fn authorized_keys_lines_are_checked() {
         let p = Path::new("admin.pub");
         let good = format!(
-            "# the admin\n{}\n\nno-port-forwarding {}\n",
+            "# the admin\n{}\n\n{}\n",
             ssh_line("ssh-ed25519", "alice@laptop"),
-            ssh_line("ssh-rsa", "bob")
+            ssh_line("ssh-ed25519", "bob")
         );
         let lines = parse_ssh_keys(p, &good).expect("valid");
         assert_eq!(lines.len(), 2);
-        assert!(lines[1].starts_with("no-port-forwarding ssh-rsa "));
+        assert!(lines[1].starts_with("ssh-ed25519 ") && lines[1].ends_with(" bob"));
+        // The box refuses options (it adds its own): so does the build.
+        let options = format!("no-port-forwarding {}", ssh_line("ssh-ed25519", "bob"));
+        let err = parse_ssh_keys(p, &options).expect_err("options");
+        assert!(err.to_string().contains("without options"), "{err}");
 
         let bad_type = "ssh-dss AAAAB3NzaC1kc3MAAACBAP alice";
         let err = parse_ssh_keys(p, bad_type).expect_err("dss");
         assert!(matches!(err, KeyError::Ssh { line: 1, .. }), "{err}");
         let err = parse_ssh_keys(p, "ssh-ed25519 not*base64 x").expect_err("base64");
-        assert!(err.to_string().contains("not base64"), "{err}");
+        assert!(err.to_string().contains("not valid base64"), "{err}");
         let mismatch = ssh_line("ssh-rsa", "x").replacen("ssh-rsa", "ssh-ed25519", 1);
         let err = parse_ssh_keys(p, &mismatch).expect_err("mismatch");
         assert!(
-            err.to_string().contains("the line says ssh-ed25519"),
+            err.to_string().contains("not a valid ssh-ed25519 key"),
             "{err}"
         );
         assert!(matches!(
