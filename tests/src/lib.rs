@@ -702,10 +702,16 @@ impl Sipp {
     /// SIPp with `scenario` (file name in tests/scenarios/) against the daemon's first
     /// address, over UDP, from a fresh local port.
     pub fn new(scenario_name: &str, daemon: &Daemon) -> Self {
+        Self::towards(scenario_name, daemon.sip_addr())
+    }
+
+    /// SIPp with `scenario` (file name in tests/scenarios/) against `target` (e.g. a qemu
+    /// guest's forwarded SIP port), over UDP, from a fresh local port.
+    pub fn towards(scenario_name: &str, target: SocketAddr) -> Self {
         Self {
             scenario: scenario(scenario_name),
             ooc_scenario: None,
-            target: daemon.sip_addr(),
+            target,
             transport: Transport::Udp,
             local_port: free_port(),
             service: None,

@@ -1,8 +1,8 @@
 //! The firmware image booted under qemu-system-aarch64 (issue 8): `outpost-image build`
-//! makes a test image (the appliance configuration plus two `[demo]` extensions whose
-//! generated passwords the daemon prints on the serial console, MD5 offered first for SIPp,
-//! a small relay port range, and an admin SSH key), qemu boots it once with two user-mode
-//! NICs and host port forwards, and the host then, in one boot:
+//! makes the shared test image ([`TestImage::shared`]: the appliance configuration plus two
+//! `[demo]` extensions whose generated passwords the daemon prints on the serial console,
+//! MD5 offered first for SIPp, a small relay port range, and an admin SSH key), qemu boots
+//! it once with two user-mode NICs and host port forwards, and the host then, in one boot:
 //! - talks SIP to the guest (OPTIONS, a SIPp REGISTER);
 //! - logs in over SSH with the baked key (`status`, `fw status`);
 //! - makes a call between two raw-UDP phones with RTP both ways through the guest's relay;
@@ -17,55 +17,23 @@
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use outpost_tests::qemu::{ssh_keypair, Boot, Guest, ImageSpec, BOOT_TIMEOUT, NIC2_HOST};
+use outpost_tests::qemu::{
+    call_through, demo_password, Boot, Guest, TestImage, BOOT_TIMEOUT, NIC2_HOST,
+};
 use outpost_tests::{
-    body_of, digest_authorization, eventually, free_port, header_value, options_status, parse_rtp,
-    register_request, rtp_packet, run_with_timeout, scenario, sdp_audio, sdp_body, status_of,
-    udp_recv, SipPhone, Transport,
+    digest_authorization, eventually, free_port, header_value, options_status, register_request,
+    run_with_timeout, scenario, status_of, udp_recv, Transport,
 };
 
-/// The relay range of the test image: small, so that every port can be forwarded.
-const RELAY_FIRST: u16 = 10_000;
-/// Last port of the relay range (four even/odd pairs: two calls).
-const RELAY_LAST: u16 = 10_007;
-/// The guest's address on its first NIC (qemu's user-mode DHCP hands out .15).
-const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
-/// Longest one SSH command may take (key exchange on an emulated CPU is slow).
-const SSH_TIMEOUT: Duration = Duration::from_secs(60);
-/// Logins tried before the key must work (fewer than the firewall's 10 failures).
-const SSH_TRIES: u32 = 6;
-/// RTP packets each phone sends (20 ms apart).
-const RTP_PACKETS: u16 = 250;
-/// Media must flow within this many packets: the guest opens the relay ports in its kernel
-/// with an `nft` run, which takes a while on an emulated CPU.
-const RTP_START_WITHIN: u16 = 150;
-/// Marker at the start of every test RTP payload, followed by the sender and the number.
-const RTP_MARK: &[u8; 10] = b"outpost-rt";
 /// Packets the attacker sends while banned; the kernel must count every one.
 const BANNED_BURST: u64 = 50;
-
-/// Builds the test image into target/image-test with the admin key `ssh_pub` baked in;
-/// returns its directory and the build time.
-fn build_image(ssh_pub: &Path) -> (PathBuf, Duration) {
-    let mut spec = ImageSpec::new(
-        "image-test",
-        &format!(
-            "[demo]\nextensions = [\"100\", \"101\"]\n\n\
-             [auth]\nalgorithms = [\"MD5\", \"SHA-256\"]\n\n\
-             [media]\nport_first = {RELAY_FIRST}\nport_last = {RELAY_LAST}\n"
-        ),
-    );
-    spec.args = vec!["--ssh-key".to_owned(), ssh_pub.display().to_string()];
-    let took = spec.build();
-    (spec.out, took)
-}
 
 /// An OPTIONS request from `local`; the first line of the answer, if one came in `wait`.
 fn options(sock: &UdpSocket, target_port: u16, n: u32, wait: Duration) -> Option<String> {
@@ -89,34 +57,6 @@ fn options(sock: &UdpSocket, target_port: u16, n: u32, wait: Duration) -> Option
         .lines()
         .next()
         .map(str::to_owned)
-}
-
-/// The password the daemon printed on the console for demo extension `ext`.
-fn demo_password(console: &str, ext: &str) -> String {
-    let needle = format!("demo extension {ext}: password ");
-    console
-        .lines()
-        .find_map(|l| l.split(needle.as_str()).nth(1))
-        .map(|p| p.trim().to_owned())
-        .unwrap_or_else(|| panic!("no password of demo extension {ext} on the console"))
-}
-
-/// Runs `command` over SSH and asserts it succeeds; returns its standard output.
-fn ssh_ok(guest: &Guest, key: &Path, command: &str) -> String {
-    let out = guest.ssh(key, command, None, SSH_TIMEOUT);
-    assert!(
-        out.code == Some(0),
-        "ssh admin@guest {command:?} failed: {out:?}\n--- console ---\n{}",
-        guest.console()
-    );
-    out.stdout
-}
-
-/// Runs `command --json` over SSH and parses its output.
-fn ssh_json(guest: &Guest, key: &Path, command: &str) -> Value {
-    let stdout = ssh_ok(guest, key, &format!("{command} --json"));
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("`{command} --json` printed invalid JSON ({e}):\n{stdout}"))
 }
 
 /// The first value of `key` anywhere in `v` (depth first).
@@ -154,151 +94,8 @@ fn ban_of(bans: &Value, ip: IpAddr) -> Option<Value> {
 /// The guest kernel's count of packets dropped because their source is banned
 /// (`fw status`: kernel.counters.banned_packets; `None` until the daemon has read them).
 fn kernel_banned_packets(guest: &Guest, key: &Path) -> Option<u64> {
-    let status = ssh_json(guest, key, "fw status");
+    let status = guest.ssh_json(key, "fw status");
     find_key(&status, "banned_packets").and_then(Value::as_u64)
-}
-
-/// What one phone received from the other.
-#[derive(Debug, Default)]
-struct Heard {
-    /// Numbers (in the payload) of the packets received, each once.
-    numbers: std::collections::BTreeSet<u16>,
-}
-
-impl Heard {
-    /// Reads every datagram waiting on `sock`; counts the RTP ones from `sender`.
-    fn drain(&mut self, sock: &UdpSocket, sender: u8) {
-        let mut buf = [0u8; 2048];
-        while let Ok((len, _)) = sock.recv_from(&mut buf) {
-            let Some(p) = parse_rtp(&buf[..len]) else {
-                continue;
-            };
-            let ours = p.pt == 0 && p.payload.len() == 160 && p.payload.starts_with(RTP_MARK);
-            if ours && p.payload[10] == sender {
-                self.numbers
-                    .insert(u16::from_be_bytes([p.payload[11], p.payload[12]]));
-            }
-        }
-    }
-
-    /// The first number heard and how many of those sent from it on were heard.
-    fn figures(&self) -> Option<(u16, usize, usize)> {
-        let first = *self.numbers.first()?;
-        Some((first, self.numbers.len(), usize::from(RTP_PACKETS - first)))
-    }
-}
-
-/// Figures of the call made through the guest.
-struct CallFigures {
-    setup: Duration,
-    /// (first number heard, packets heard, packets sent from the first on), each way.
-    a_to_b: (u16, usize, usize),
-    b_to_a: (u16, usize, usize),
-}
-
-/// Extension 100 calls 101, both phones on the host behind the first NIC; each phone sends
-/// RTP to the host port forwarded to the relay port its SDP names, and must receive what
-/// the other sent. Then 100 hangs up.
-fn call_through_the_guest(guest: &Guest, console: &str) -> CallFigures {
-    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, guest.sip_port()));
-    let phone = |ext: &str| {
-        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a phone's socket");
-        SipPhone::on_socket(sock, server, ext, &demo_password(console, ext))
-    };
-    let mut a = phone("100");
-    let mut b = phone("101");
-    a.register();
-    b.register();
-
-    let rtp_a = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind RTP of 100");
-    let rtp_b = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind RTP of 101");
-    let offer = sdp_body(rtp_a.local_addr().expect("RTP address"), &[0]);
-    let started = Instant::now();
-    let inv = a.invite("101", &offer);
-    let invite = b
-        .await_request("INVITE", Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("101 got no INVITE; received:\n{}", b.transcript()));
-    let to_b = sdp_audio(body_of(&invite)).expect("the INVITE to 101 has audio SDP");
-    let dialog_b = b.answer(
-        &invite,
-        &sdp_body(rtp_b.local_addr().expect("RTP address"), &[0]),
-    );
-    let mut dialog_a = a
-        .await_answer(&inv, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("100's call was not answered: {e:?}\n{}", a.transcript()));
-    let setup = started.elapsed();
-    b.await_ack(&dialog_b, Duration::from_secs(10))
-        .expect("101 gets the ACK of its 200 OK");
-    let to_a = sdp_audio(&dialog_a.remote_sdp).expect("the 200 OK to 100 has audio SDP");
-
-    // The guest's SDP names its own address and relay ports, which the host reaches only
-    // through the forwards.
-    for (who, sdp) in [("100", &to_a), ("101", &to_b)] {
-        assert_eq!(sdp.addr, IpAddr::V4(GUEST_ADDR), "SDP to {who}: {sdp:?}");
-        assert!(
-            (RELAY_FIRST..=RELAY_LAST).contains(&sdp.port),
-            "SDP to {who} names port {} outside the relay range",
-            sdp.port
-        );
-    }
-    let relay_of_a = SocketAddr::from((Ipv4Addr::LOCALHOST, guest.port("udp", to_a.port)));
-    let relay_of_b = SocketAddr::from((Ipv4Addr::LOCALHOST, guest.port("udp", to_b.port)));
-
-    // Both phones talk at once; each counts the packets carrying the other's payload. The
-    // relay latches onto the source it sees (10.0.2.2 and the phone's port, through slirp),
-    // so its packets come back to the phone's own socket.
-    let payload = |who: u8, n: u16| {
-        let mut p = vec![0xffu8; 160];
-        p[..10].copy_from_slice(RTP_MARK);
-        p[10] = who;
-        p[11..13].copy_from_slice(&n.to_be_bytes());
-        p
-    };
-    for s in [&rtp_a, &rtp_b] {
-        s.set_nonblocking(true).expect("non-blocking RTP socket");
-    }
-    let (mut heard_by_b, mut heard_by_a) = (Heard::default(), Heard::default());
-    for n in 0..RTP_PACKETS {
-        let ts = u32::from(n) * 160;
-        let _ = rtp_a.send_to(&rtp_packet(0, n, ts, 0xA1, &payload(b'A', n)), relay_of_a);
-        let _ = rtp_b.send_to(&rtp_packet(0, n, ts, 0xB1, &payload(b'B', n)), relay_of_b);
-        thread::sleep(Duration::from_millis(20));
-        heard_by_b.drain(&rtp_b, b'A');
-        heard_by_a.drain(&rtp_a, b'B');
-    }
-    let tail = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < tail {
-        thread::sleep(Duration::from_millis(50));
-        heard_by_b.drain(&rtp_b, b'A');
-        heard_by_a.drain(&rtp_a, b'B');
-    }
-    // Once media flows, nearly every packet gets through both ways.
-    let mut figures = Vec::new();
-    for (way, heard) in [("100 -> 101", &heard_by_b), ("101 -> 100", &heard_by_a)] {
-        let got = heard.figures();
-        let ok = got
-            .is_some_and(|(first, count, sent)| first < RTP_START_WITHIN && count * 10 >= sent * 9);
-        assert!(
-            ok,
-            "RTP {way} through the guest: (first packet number heard, heard, sent since) = \
-             {got:?} of {RTP_PACKETS}\n--- console ---\n{}",
-            guest.console()
-        );
-        figures.push(got.expect("checked above"));
-    }
-
-    let cseq = a.send_bye(&mut dialog_a);
-    b.answer_bye(Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("101 got no BYE; received:\n{}", b.transcript()));
-    let bye_ok = a
-        .await_final(&dialog_a.call_id, cseq, "BYE", Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("no answer to 100's BYE; received:\n{}", a.transcript()));
-    assert_eq!(status_of(bye_ok.as_bytes()), Some(200), "{bye_ok}");
-    CallFigures {
-        setup,
-        a_to_b: figures[0],
-        b_to_a: figures[1],
-    }
 }
 
 /// A raw REGISTER sender on the host, through the guest's second NIC.
@@ -393,7 +190,7 @@ fn attack_through_the_second_nic(guest: &Guest, key: &Path) -> AttackFigures {
     let attacker = IpAddr::V4(NIC2_HOST);
     let mut bans = Value::Null;
     let ban = eventually(Duration::from_secs(90), || {
-        bans = ssh_json(guest, key, "fw bans");
+        bans = guest.ssh_json(key, "fw bans");
         ban_of(&bans, attacker)
     })
     .unwrap_or_else(|| {
@@ -451,13 +248,9 @@ fn attack_through_the_second_nic(guest: &Guest, key: &Path) -> AttackFigures {
 
 #[test]
 fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
-    let keys = tempfile::tempdir().expect("tempdir");
-    let (key, _public) = ssh_keypair(keys.path(), "admin@image-test");
-    let (image, build_time) = build_image(&key.with_extension("pub"));
-    let manifest: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(image.join("manifest.json")).expect("manifest.json"),
-    )
-    .expect("manifest is JSON");
+    let shared = TestImage::shared();
+    let (image, key) = (&shared.dir, &shared.admin_key);
+    let manifest = shared.manifest();
     for artifact in ["disk.img", "vmlinuz", "initramfs.cpio.gz", "root.squashfs"] {
         let sha = manifest["artifacts"][artifact]["sha256"]
             .as_str()
@@ -504,9 +297,9 @@ fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
     assert!(!table.stdout.contains("Problem"), "{}", table.stdout);
 
     // One boot: SIP, SSH and the relay range through the first NIC, SIP through the second.
-    let mut boot = Boot::snapshot(&image).with_second_nic(vec![("udp", 5060)]);
-    boot.forwards
-        .extend((RELAY_FIRST..=RELAY_LAST).map(|p| ("udp", p)));
+    let boot = Boot::snapshot(image)
+        .with_second_nic(vec![("udp", 5060)])
+        .with_relay_forwards();
     let mut guest = Guest::boot(&boot);
     let console = guest.wait_for(" ready listen=", BOOT_TIMEOUT);
     assert!(
@@ -590,23 +383,7 @@ fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
     // The guest's firewall counts every refused login of 10.0.2.2 (10 ban it, and with it
     // the whole host): a few tries, seconds apart, while the first boot imports the key.
     let ssh_started = Instant::now();
-    let mut last = None;
-    let mut status = None;
-    for _ in 0..SSH_TRIES {
-        let out = guest.ssh(&key, "status", None, SSH_TIMEOUT);
-        if out.code == Some(0) {
-            status = Some(out.stdout);
-            break;
-        }
-        last = Some(out);
-        thread::sleep(Duration::from_secs(5));
-    }
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "`ssh admin@guest status` with the baked key never worked: {last:?}\n--- console ---\n{}",
-            guest.console()
-        )
-    });
+    let status = guest.wait_ssh(key);
     let ssh_login = ssh_started.elapsed();
     let row = |name: &str| {
         status
@@ -615,7 +392,7 @@ fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
     };
     assert_eq!(row("version"), Some(version.clone()), "{status}");
     assert_eq!(row("extensions").as_deref(), Some("2"), "{status}");
-    let fw = ssh_ok(&guest, &key, "fw status");
+    let fw = guest.ssh_ok(key, "fw status", None);
     assert!(
         fw.lines()
             .any(|l| l.starts_with("mode") && l.contains("enforcing")),
@@ -623,27 +400,43 @@ fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
     );
 
     // A call with media through the guest's relay.
-    let call = call_through_the_guest(&guest, &console);
+    let call = call_through(
+        &guest,
+        ("100", &demo_password(&console, "100")),
+        ("101", &demo_password(&console, "101")),
+    );
 
     // An attack through the second NIC, banned inside the guest.
-    let attack = attack_through_the_second_nic(&guest, &key);
+    let attack = attack_through_the_second_nic(&guest, key);
 
+    let build = match shared.built_in {
+        Some(took) => format!("build {:.1} s", took.as_secs_f64()),
+        None => "build reused".to_owned(),
+    };
     eprintln!(
-        "image: build {:.1} s, boot to first SIP answer {:.1} s, disk {} MiB, root filesystem {} KiB",
-        build_time.as_secs_f64(),
+        "image: {build}, boot to first SIP answer {:.1} s, disk {} MiB, root filesystem {} KiB",
         boot_to_sip.as_secs_f64(),
-        manifest["artifacts"]["disk.img"]["bytes"].as_u64().unwrap_or(0) >> 20,
-        manifest["artifacts"]["root.squashfs"]["bytes"].as_u64().unwrap_or(0) >> 10,
+        manifest["artifacts"]["disk.img"]["bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            >> 20,
+        manifest["artifacts"]["root.squashfs"]["bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            >> 10,
     );
     eprintln!(
         "image: ssh login with the baked key after {:.1} s (outpostd {version})",
         ssh_login.as_secs_f64()
     );
-    for (way, (first, heard, sent)) in [("100 -> 101", call.a_to_b), ("101 -> 100", call.b_to_a)] {
+    for (way, rtp) in [("100 -> 101", call.a_to_b), ("101 -> 100", call.b_to_a)] {
         eprintln!(
-            "image: RTP {way} through the relay: flowing from packet {first} ({} ms after the \
-             answer), then {heard} of {sent} packets",
-            u32::from(first) * 20
+            "image: RTP {way} through the relay: flowing from packet {} ({} ms after the \
+             answer), then {} of {} packets",
+            rtp.first,
+            u32::from(rtp.first) * 20,
+            rtp.heard,
+            rtp.sent
         );
     }
     eprintln!(
