@@ -337,6 +337,31 @@ impl Guest {
         strip_ansi(&String::from_utf8_lossy(&raw))
     }
 
+    /// The guest's wall-clock time (Unix seconds) when its kernel started: the RTC time
+    /// the kernel set its clock to, minus the kernel's uptime at that moment (the RTC counts
+    /// whole seconds, so this is good to a second). `None` before that line is printed.
+    pub fn kernel_start_epoch(&self) -> Option<f64> {
+        let console = self.console();
+        let line = console
+            .lines()
+            .find(|l| l.contains("setting system clock to"))?;
+        let uptime: f64 = line
+            .strip_prefix('[')?
+            .split(']')
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        let epoch: f64 = line
+            .rsplit('(')
+            .next()?
+            .trim_end_matches(')')
+            .trim()
+            .parse()
+            .ok()?;
+        Some(epoch - uptime)
+    }
+
     /// Whether qemu has exited (the guest powered off or rebooted: `-no-reboot`).
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
