@@ -254,8 +254,9 @@ impl Default for LogConfig {
 pub struct MediaConfig {
     /// Anchor media in the relay (false: SDP passes through and phones talk directly).
     pub enabled: bool,
-    /// Relay addresses; empty = the IPs of `sip.listen` (an unspecified listen address
-    /// needs an explicit media address, because it goes into SDP).
+    /// Relay addresses; empty = the IPs of `sip.listen`. An unspecified one (`0.0.0.0`,
+    /// `::`) binds the relay on every address of its family, and SDP carries the box's
+    /// current address of that family, followed live when it changes (`crate::netif`).
     pub addrs: Vec<std::net::IpAddr>,
     /// First and last port of the relay range (each call uses two even/odd pairs).
     pub port_first: u16,
@@ -691,16 +692,6 @@ impl Config {
             }
             if !(5..=3600).contains(&media.timeout_secs) {
                 return Err(invalid("media.timeout_secs", "must be between 5 and 3600"));
-            }
-            if media
-                .effective_addrs(&self.sip.listen)
-                .iter()
-                .any(|ip| ip.is_unspecified())
-            {
-                return Err(invalid(
-                    "media.addrs",
-                    "sip.listen has an unspecified address: name the relay's addresses explicitly",
-                ));
             }
         }
         let fw = &self.firewall;

@@ -44,6 +44,10 @@ const BATCH: usize = 512;
 const INBOUND_QUEUE: usize = 8192;
 /// Most CDRs returned by one listing.
 const MAX_CDR_LIST: usize = 10_000;
+/// How often the box's addresses are read again (a new DHCP lease is followed this fast).
+const HOST_CHECK_MS: Millis = 2_000;
+/// How often trunks whose address did not resolve at start are resolved again.
+const TRUNK_RETRY_MS: Millis = 30_000;
 
 /// A clock in [`Millis`] that never steps backwards: wall time at start plus monotonic time.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +114,11 @@ struct Daemon {
     newest_backup: (Option<Millis>, Millis),
     /// Backups: admin commands, the schedule, uploads.
     backups: crate::backup::Backups,
+    /// The box's primary addresses as last read, and when they are read next.
+    host: (crate::netif::HostAddrs, Millis),
+    /// Trunks left out at start because their address did not resolve, and when
+    /// resolving is tried again.
+    trunk_retry: Option<Millis>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `boot` is the configuration the daemon was
@@ -130,8 +139,11 @@ pub async fn run(
     {
         tracing::warn!(hostname = %c.hostname, "restored the backup made {}", crate::backup::schedule::rfc3339(c.created_ms));
     }
-    let (cfg, mut revisions, config_text) =
+    let factory = boot.clone();
+    let (mut cfg, mut revisions, config_text) =
         select_revision(boot, &boot_text, &source, clock.now(), factory_default)?;
+    let running_rev = revisions.current().map(|r| r.rev);
+    let mut fallbacks = crate::fallback::Fallbacks::new(&cfg, running_rev, &factory);
     let data_dir = cfg.store.data_dir.clone();
     let store = Store::open(&data_dir)
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
@@ -140,25 +152,27 @@ pub async fn run(
     let secret_key = store.secret_key().context("cannot read the nonce key")?;
 
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
-    let mut transports = Transports::bind(&cfg.sip.listen, in_tx)
-        .await
-        .with_context(|| format!("cannot listen on {:?}", cfg.sip.listen))?;
-    let tls = crate::driver::tls::TlsContext::new(&cfg.tls, &cfg.store.data_dir)
-        .context("cannot set up TLS")?;
-    transports
-        .enable_tls(&cfg.tls.listen, tls)
-        .with_context(|| format!("cannot listen for TLS on {:?}", cfg.tls.listen))?;
+    let mut transports = start_transports(&mut cfg, &mut fallbacks, in_tx).await?;
     let local = transports.local_addrs();
     let listen: Vec<String> = local
         .iter()
         .flat_map(|a| [format!("udp:{a}"), format!("tcp:{a}")])
         .collect();
+    // Via, Contact and SDP name the box's current addresses, never 0.0.0.0.
+    let host = crate::netif::HostAddrs::read();
 
-    let trunks = core_trunks(&cfg, &mut transports)?;
+    let (trunks, unresolved) = core_trunks(&cfg, &mut transports);
+    for (name, err) in &unresolved {
+        fallbacks.fell_back(
+            &format!("trunk {name:?}"),
+            err.clone(),
+            "the trunk left out until its address resolves (tried again every 30 s)",
+        );
+    }
     let endpoint_cfg = EndpointConfig {
         realm: cfg.sip.realm.clone(),
         user_agent: cfg.sip.user_agent.clone(),
-        local: local.clone(),
+        local: host.advertise_sockets(&local),
         registrar: cfg.registrar.clone(),
         nonce: NonceConfig {
             lifetime_ms: cfg.auth.nonce_lifetime_secs * 1000,
@@ -180,24 +194,8 @@ pub async fn run(
     let mut endpoint_cfg = endpoint_cfg;
     let mut relay = None;
     let mut media_rx = None;
-    if cfg.media.enabled {
+    if let Some(mut r) = start_relay(&mut cfg, &mut fallbacks) {
         let addrs = cfg.media.effective_addrs(&cfg.sip.listen);
-        let prompts = crate::media::PromptStore::load(&cfg.media.prompts_dir);
-        let mut r = relay::start_with_prompts(
-            RelayConfig {
-                addrs: addrs.clone(),
-                port_first: cfg.media.port_first,
-                port_last: cfg.media.port_last,
-                media_timeout: Duration::from_secs(cfg.media.timeout_secs),
-            },
-            prompts,
-        )
-        .with_context(|| {
-            format!(
-                "cannot start the RTP relay on ports {}-{}",
-                cfg.media.port_first, cfg.media.port_last
-            )
-        })?;
         media_rx = r.events();
         if cfg.voicemail.enabled {
             endpoint_cfg.voicemail = Some(VoicemailSettings {
@@ -207,7 +205,7 @@ pub async fn run(
             });
         }
         endpoint_cfg.media = Some(MediaSettings {
-            addrs,
+            addrs: host.advertise_ips(&addrs),
             port_first: cfg.media.port_first,
             port_last: cfg.media.port_last,
         });
@@ -242,6 +240,8 @@ pub async fn run(
         next_snapshot: 0,
         newest_backup: (None, 0),
         backups: crate::backup::Backups::new(),
+        host: (host, 0),
+        trunk_retry: (!unresolved.is_empty()).then_some(0),
         guard,
         endpoint,
         clock,
@@ -261,27 +261,46 @@ pub async fn run(
     daemon.create_demo_extensions()?;
 
     // The watchdog, the metrics endpoint and the front panel.
+    // Neither may stop the phones: a missing or refusing device, a taken port is alerted.
     let _watchdog = match daemon.cfg.watchdog.device.clone() {
         Some(device) => {
-            let dog =
+            let started =
                 crate::watchdog::BoardWatchdog::open(&device, daemon.cfg.watchdog.timeout_secs)
-                    .with_context(|| format!("cannot open the watchdog {}", device.display()))?;
-            tracing::info!(device = %device.display(), timeout_secs = daemon.cfg.watchdog.timeout_secs, "watchdog armed");
-            Some(crate::watchdog::spawn(
-                Box::new(dog),
-                &daemon.cfg.watchdog,
-                daemon.beats.clone(),
-                daemon.store.clone(),
-            )?)
+                    .map_err(|e| format!("cannot open the watchdog {}: {e}", device.display()))
+                    .and_then(|dog| {
+                        crate::watchdog::spawn(
+                            Box::new(dog),
+                            &daemon.cfg.watchdog,
+                            daemon.beats.clone(),
+                            daemon.store.clone(),
+                        )
+                        .map_err(|e| format!("cannot start the watchdog {}: {e}", device.display()))
+                    });
+            match started {
+                Ok(w) => {
+                    tracing::info!(device = %device.display(), timeout_secs = daemon.cfg.watchdog.timeout_secs, "watchdog armed");
+                    Some(w)
+                }
+                Err(err) => {
+                    fallbacks.fell_back("watchdog", err, "no hardware watchdog");
+                    None
+                }
+            }
         }
         None => None,
     };
     if let Some(addr) = daemon.cfg.metrics.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-        tracing::info!(%addr, "metrics endpoint: GET /metrics");
-        tokio::spawn(crate::metrics::serve(listener, metrics_rx));
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "metrics endpoint: GET /metrics");
+                tokio::spawn(crate::metrics::serve(listener, metrics_rx));
+            }
+            Err(err) => fallbacks.fell_back(
+                "metrics.listen",
+                format!("cannot listen on {addr}: {err}"),
+                "no metrics endpoint (`outpostctl metrics` still works)",
+            ),
+        }
     }
     let (panel_actions_tx, mut panel_actions) = mpsc::channel::<board::panel::PanelAction>(16);
     let _panel = crate::panel::start(&daemon.cfg.panel, panel_rx, panel_actions_tx);
@@ -307,6 +326,8 @@ pub async fn run(
             None
         }
     };
+
+    daemon.started(&fallbacks, running_rev);
 
     tracing::info!(
         listen = %daemon.listen.join(" "),
@@ -390,6 +411,89 @@ pub async fn run(
 }
 
 impl Daemon {
+    /// Start-up is complete: each section that fell back is raised as an alert (the
+    /// panel's alert LED, `fw alerts`); a clean start records the running revision as the
+    /// last good one, the first fallback of a later start.
+    fn started(&mut self, fallbacks: &crate::fallback::Fallbacks, rev: Option<u32>) {
+        let now = self.clock.now();
+        if fallbacks.degraded().is_empty() {
+            if let Some(rev) = rev {
+                crate::fallback::mark_good(&self.cfg.store.data_dir, rev);
+            }
+            return;
+        }
+        let alerts: Vec<crate::store::FirewallChange> = fallbacks
+            .degraded()
+            .iter()
+            .map(|d| {
+                crate::store::FirewallChange::Alert(firewall::detect::Alert {
+                    at: now,
+                    rule: firewall::detect::Rule::Manual,
+                    addr: None,
+                    user: None,
+                    message: d.message(),
+                    enforced: true,
+                })
+            })
+            .collect();
+        if let Err(err) = self.store.fw_apply(&alerts) {
+            tracing::error!(%err, "cannot store the configuration alerts");
+        }
+    }
+
+    /// Every few seconds: when the box's addresses changed (a new DHCP lease, another
+    /// network), Via, Contact and new SDP follow; trunks register again.
+    fn follow_addresses(&mut self, now: Millis) {
+        if now < self.host.1 {
+            return;
+        }
+        self.host.1 = now.saturating_add(HOST_CHECK_MS);
+        let host = crate::netif::HostAddrs::read();
+        if host == self.host.0 {
+            return;
+        }
+        let local = host.advertise_sockets(&self.transports.local_addrs());
+        let media = host.advertise_ips(&self.cfg.media.effective_addrs(&self.cfg.sip.listen));
+        tracing::warn!(
+            old_v4 = ?self.host.0.v4, new_v4 = ?host.v4, old_v6 = ?self.host.0.v6, new_v6 = ?host.v6,
+            "the box's address changed: signalling and new calls use the new one"
+        );
+        self.host.0 = host;
+        self.endpoint
+            .set_addresses(now, local.clone(), media.clone());
+        self.endpoint_cfg.local = local;
+        if let Some(m) = self.endpoint_cfg.media.as_mut() {
+            m.addrs = media;
+        }
+    }
+
+    /// Trunks left out at start are resolved again every 30 s; once all resolve, the call
+    /// core gets them (they register and ping as usual).
+    fn retry_trunks(&mut self, now: Millis) {
+        let Some(due) = self.trunk_retry else { return };
+        if now < due {
+            return;
+        }
+        let (trunks, unresolved) = core_trunks(&self.cfg, &mut self.transports);
+        if let Some((name, err)) = unresolved.first() {
+            tracing::debug!(trunk = %name, %err, "trunk address still does not resolve");
+            self.trunk_retry = Some(now.saturating_add(TRUNK_RETRY_MS));
+            if trunks.len() <= self.endpoint_cfg.trunks.len() {
+                return;
+            }
+        } else {
+            self.trunk_retry = None;
+        }
+        tracing::info!(
+            trunks = trunks.len(),
+            "trunk addresses resolved: trunks started"
+        );
+        let mut e = self.endpoint_cfg.clone();
+        e.trunks = trunks;
+        self.endpoint.reconfigure(now, &e);
+        self.endpoint_cfg = e;
+    }
+
     /// Loads extensions and registrations from the store.
     fn load(&mut self) -> anyhow::Result<()> {
         let now = self.clock.now();
@@ -642,6 +746,8 @@ impl Daemon {
     /// Once a second: the enforcer's heartbeat, the snapshots for the metrics endpoint and
     /// the front panel, and a pending revision's deadline.
     fn tick(&mut self, now: Millis) {
+        self.follow_addresses(now);
+        self.retry_trunks(now);
         let (cfg, store) = (&self.cfg, &self.store);
         self.backups.tick(&cfg.backup, now, || {
             crate::backup::Context::new(cfg, store.clone())
@@ -929,7 +1035,10 @@ impl Daemon {
         needs_restart!(firewall.feeds, "firewall.feeds");
         needs_restart!(firewall.table, "firewall.table");
         needs_restart!(firewall.rtp_closed, "firewall.rtp_closed");
-        let trunks = core_trunks(new, &mut self.transports)?;
+        let (trunks, unresolved) = core_trunks(new, &mut self.transports);
+        if let Some((name, err)) = unresolved.first() {
+            anyhow::bail!("trunk {name}: {err}");
+        }
         if old
             .trunk
             .iter()
@@ -1433,22 +1542,155 @@ fn describe_forwarding(f: &Forwarding) -> String {
 
 /// The call core's trunks of a configuration (host names resolved); TLS trunks tell the
 /// transports which name their server's certificate must carry.
+/// The call core's trunks of a configuration, and the trunks left out because their
+/// address does not resolve now (name, reason): a WAN that is down at boot must not stop
+/// the office's local calls.
 fn core_trunks(
     cfg: &Config,
     transports: &mut Transports,
-) -> anyhow::Result<Vec<pbx_core::trunk::TrunkConfig>> {
+) -> (Vec<pbx_core::trunk::TrunkConfig>, Vec<(String, String)>) {
     let mut trunks = Vec::new();
+    let mut unresolved = Vec::new();
     for t in &cfg.trunk {
-        let core = t
-            .to_core()
-            .map_err(|e| anyhow::anyhow!("trunk {}: {e}", t.name))?;
+        let core = match t.to_core() {
+            Ok(core) => core,
+            Err(e) => {
+                unresolved.push((t.name.clone(), e.to_string()));
+                continue;
+            }
+        };
         if core.peer.transport == pbx_core::sip::Transport::Tls {
             transports.set_tls_name(core.peer.addr, t.tls_name());
         }
         tracing::info!(trunk = %t.name, peer = %core.peer.addr, transport = core.peer.transport.as_str(), register = t.register, "trunk configured");
         trunks.push(core);
     }
-    Ok(trunks)
+    (trunks, unresolved)
+}
+
+/// Binds the SIP transports on `sip.listen`, else on the first fallback that works (see
+/// [`crate::fallback`]), then TLS the same way; `cfg` is left holding what runs.
+async fn start_transports(
+    cfg: &mut Config,
+    fallbacks: &mut crate::fallback::Fallbacks,
+    in_tx: mpsc::Sender<Inbound>,
+) -> anyhow::Result<Transports> {
+    let mut failures: Vec<String> = Vec::new();
+    let mut bound = None;
+    for (label, listen) in fallbacks.candidates(|c| c.sip.listen.clone()) {
+        match Transports::bind(&listen, in_tx.clone()).await {
+            Ok(t) => {
+                if !failures.is_empty() {
+                    let running = format!("{label} {}", addr_list(&listen));
+                    fallbacks.fell_back("sip.listen", failures.join("; "), &running);
+                }
+                cfg.sip.listen = listen;
+                bound = Some(t);
+                break;
+            }
+            Err(err) => failures.push(format!("cannot listen on {}: {err}", addr_list(&listen))),
+        }
+    }
+    let Some(mut transports) = bound else {
+        anyhow::bail!("cannot listen for SIP: {}", failures.join("; "));
+    };
+    let mut failures: Vec<String> = Vec::new();
+    for (label, tls) in fallbacks.candidates(|c| c.tls.clone()) {
+        let started = crate::driver::tls::TlsContext::new(&tls, &cfg.store.data_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|ctx| {
+                transports
+                    .enable_tls(&tls.listen, ctx)
+                    .map_err(|e| format!("cannot listen on {}: {e}", addr_list(&tls.listen)))
+            });
+        match started {
+            Ok(()) => {
+                if !failures.is_empty() {
+                    let running = if tls.listen.is_empty() {
+                        format!("{label} (no TLS listener)")
+                    } else {
+                        label
+                    };
+                    fallbacks.fell_back("tls", failures.join("; "), &running);
+                }
+                cfg.tls = tls;
+                return Ok(transports);
+            }
+            Err(err) => failures.push(err),
+        }
+    }
+    anyhow::bail!("cannot set up TLS: {}", failures.join("; "))
+}
+
+/// Starts the relay with `[media]`, else with the first fallback that works, else runs
+/// without anchoring media (calls still connect; voicemail and the auto attendant are off)
+/// rather than not at all. `cfg.media` is left holding what runs.
+fn start_relay(cfg: &mut Config, fallbacks: &mut crate::fallback::Fallbacks) -> Option<Relay> {
+    if !cfg.media.enabled {
+        return None;
+    }
+    let mut failures: Vec<String> = Vec::new();
+    let mut candidates = fallbacks.candidates(|c| c.media.clone());
+    // An address the box no longer has (a moved box, a new DHCP lease) is the usual cause:
+    // the same section on every address of the listen families comes first.
+    if !cfg.media.addrs.is_empty() {
+        let auto = crate::config::MediaConfig {
+            addrs: Vec::new(),
+            ..cfg.media.clone()
+        };
+        candidates.insert(1, ("the box's current addresses".to_owned(), auto));
+    }
+    let prompts = crate::media::PromptStore::load(&cfg.media.prompts_dir);
+    for (label, media) in candidates.into_iter().filter(|(_, m)| m.enabled) {
+        let addrs = media.effective_addrs(&cfg.sip.listen);
+        let started = relay::start_with_prompts(
+            RelayConfig {
+                addrs: addrs.clone(),
+                port_first: media.port_first,
+                port_last: media.port_last,
+                media_timeout: Duration::from_secs(media.timeout_secs),
+            },
+            prompts.clone(),
+        );
+        match started {
+            Ok(r) => {
+                if !failures.is_empty() {
+                    let running = format!(
+                        "{label} ({} ports {}-{})",
+                        ip_list(&addrs),
+                        media.port_first,
+                        media.port_last
+                    );
+                    fallbacks.fell_back("media", failures.join("; "), &running);
+                }
+                cfg.media = media;
+                return Some(r);
+            }
+            Err(err) => failures.push(format!(
+                "RTP relay on {} ports {}-{}: {err}",
+                ip_list(&addrs),
+                media.port_first,
+                media.port_last
+            )),
+        }
+    }
+    fallbacks.fell_back(
+        "media",
+        failures.join("; "),
+        "media not anchored (phones send audio to each other; no voicemail or auto attendant)",
+    );
+    cfg.media.enabled = false;
+    None
+}
+
+fn addr_list(addrs: &[std::net::SocketAddr]) -> String {
+    let v: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    v.join(", ")
+}
+
+fn ip_list(addrs: &[std::net::IpAddr]) -> String {
+    let v: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    v.join(", ")
 }
 
 /// The auto-attendant menus of a configuration.

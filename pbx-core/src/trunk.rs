@@ -348,6 +348,18 @@ impl Trunks {
         }
     }
 
+    /// The box's own address changed: every registering trunk registers again at once, so
+    /// the provider learns the new Contact (health is left as it is; a failure shows as
+    /// usual). A REGISTER already on its way is left to finish.
+    pub fn address_changed(&mut self, now: Millis) {
+        self.advance(now);
+        for t in &mut self.trunks {
+            if t.cfg.register && t.reg_out.is_none() {
+                t.reg_due = Some(self.now);
+            }
+        }
+    }
+
     /// When `handle_timeout` (and then `poll_request`) should next be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
         self.trunks

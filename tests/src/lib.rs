@@ -258,6 +258,8 @@ pub struct DaemonConfig {
     /// `[media] prompts_dir` (spoken prompts made by `scripts/make-prompts`); `None` keeps
     /// the daemon's default.
     pub prompts_dir: Option<PathBuf>,
+    /// More `key = value` lines inside the generated `[media]` table.
+    pub media_extra: String,
 }
 
 impl DaemonConfig {
@@ -291,7 +293,15 @@ impl DaemonConfig {
             extra_toml: String::new(),
             voicemail_max_secs: None,
             prompts_dir: None,
+            media_extra: String::new(),
         }
+    }
+
+    /// Adds `key = value` lines to the generated `[media]` table.
+    pub fn with_media(mut self, lines: &str) -> Self {
+        self.media_extra.push_str(lines);
+        self.media_extra.push('\n');
+        self
     }
 
     /// Keeps the daemon's default digest algorithms (no `[auth] algorithms` key).
@@ -328,8 +338,8 @@ impl DaemonConfig {
             None => "\n[voicemail]\nenabled = false\n".to_string(),
         };
         let media = format!(
-            "\n[media]\nport_first = {}\nport_last = {}\ntimeout_secs = {}\n{prompts}\n[firewall]\n# Daemons of parallel tests share the host: none may own its nftables table.\nenforce = \"off\"\n{voicemail}",
-            self.media_ports.0, self.media_ports.1, self.media_timeout_secs
+            "\n[media]\nport_first = {}\nport_last = {}\ntimeout_secs = {}\n{prompts}{}\n[firewall]\n# Daemons of parallel tests share the host: none may own its nftables table.\nenforce = \"off\"\n{voicemail}",
+            self.media_ports.0, self.media_ports.1, self.media_timeout_secs, self.media_extra
         );
         format!(
             "[sip]\nlisten = [{}]\nrealm = \"{}\"\n\n[registrar]\nmin_expires = {}\nmax_expires = {}\ndefault_expires = {}\n\n[calls]\nring_timeout_secs = {}\n\n[store]\ndata_dir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[demo]\nextensions = []\n{}{}",
@@ -1601,17 +1611,7 @@ impl SipPhone {
     /// A phone for extension `ext` talking to the daemon's first address.
     pub fn new(daemon: &Daemon, ext: &str, password: &str) -> Self {
         let server = daemon.sip_addr();
-        let sock = udp_client(server);
-        let local = sock.local_addr().expect("phone local addr");
-        Self {
-            sock,
-            local,
-            server,
-            ext: ext.to_owned(),
-            password: password.to_owned(),
-            inbox: VecDeque::new(),
-            seen: VecDeque::new(),
-        }
+        Self::on_socket(udp_client(server), server, ext, password)
     }
 
     /// The phone's SIP address (its Contact).

@@ -846,6 +846,34 @@ impl Endpoint {
         }
     }
 
+    /// The box's addresses changed (a new DHCP lease, a moved box): `local` is what Via and
+    /// Contact carry from now on, `media` what new SDP carries (one per family is enough).
+    /// Calls in progress keep their relay ports; registering trunks register again so the
+    /// provider learns the new Contact.
+    pub fn set_addresses(&mut self, now: Millis, local: Vec<SocketAddr>, media: Vec<IpAddr>) {
+        let moved = self.cfg.local != local;
+        self.cfg.local = local;
+        if let Some(m) = self.cfg.media.as_mut() {
+            if !media.is_empty() {
+                m.addrs = media;
+            }
+        }
+        if moved {
+            self.trunks.address_changed(now);
+            self.pump_trunks(now);
+        }
+    }
+
+    /// The addresses Via and Contact carry now (see [`Endpoint::set_addresses`]).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.cfg.local
+    }
+
+    /// The addresses new SDP carries now; empty when media is not anchored.
+    pub fn media_addrs(&self) -> &[IpAddr] {
+        self.cfg.media.as_ref().map_or(&[], |m| m.addrs.as_slice())
+    }
+
     // ---------------------------------------------------------------------------------------
     // Admin
     // ---------------------------------------------------------------------------------------
