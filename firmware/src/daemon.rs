@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::proto::{
     validate_ext, validate_name, validate_password, CallInfo, CallMediaInfo, Command,
-    ExtensionInfo, RegistrationInfo, Reply, StatusInfo,
+    ExtensionDetail, ExtensionInfo, RegistrationInfo, Reply, StatusInfo,
 };
 use crate::admin::server::{self, AdminRequest};
 use crate::config::Config;
@@ -1039,6 +1039,43 @@ impl Daemon {
         })
     }
 
+    /// `ext show`: what is in force for one extension (the PIN only as set or not).
+    fn extension_detail(&self, ext: &str, now: Millis) -> anyhow::Result<ExtensionDetail> {
+        let Some(rec) = self.store.ext_get(ext)? else {
+            anyhow::bail!("extension {ext} does not exist");
+        };
+        let caller_id = self
+            .store
+            .meta_get(&format!("cid:{ext}"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .filter(|n| !n.is_empty());
+        let vm_pin_set = self
+            .store
+            .meta_get(&format!("vm_pin:{ext}"))?
+            .is_some_and(|h| !h.is_empty());
+        Ok(ExtensionDetail {
+            forwarding: self.endpoint.forwarding(ext).cloned().unwrap_or_default(),
+            caller_id,
+            vm_pin_set,
+            registrations: self
+                .endpoint
+                .registrar()
+                .lookup(ext, now)
+                .into_iter()
+                .map(|b| RegistrationInfo {
+                    ext: b.ext.clone(),
+                    contact: b.contact.clone(),
+                    source: b.source.addr.to_string(),
+                    transport: b.source.transport.as_str().to_string(),
+                    expires_in_secs: b.expires_at.saturating_sub(now) / 1000,
+                    user_agent: b.user_agent.clone(),
+                })
+                .collect(),
+            ext: rec.ext,
+            name: rec.name,
+        })
+    }
+
     fn admin(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
         tracing::info!(command = cmd.name(), "admin command");
         if let Command::Backup(b) = cmd {
@@ -1100,6 +1137,7 @@ impl Daemon {
                         .collect(),
                 )
             }
+            Command::ExtShow { ext } => Reply::Extension(self.extension_detail(&ext, now)?),
             Command::ExtAdd {
                 ext,
                 name,

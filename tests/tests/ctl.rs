@@ -1,4 +1,5 @@
-//! outpostctl against a live daemon: extensions, import, exit codes, JSON output.
+//! outpostctl against a live daemon: extensions, import, exit codes, JSON output, `ext
+//! show` and `ext forward`.
 
 use std::process::Command;
 use std::time::Duration;
@@ -136,4 +137,134 @@ fn cdr_list_limit_is_honoured_and_empty_lists_are_arrays() {
     assert_eq!(calls.as_array().map(Vec::len), Some(0), "{calls}");
     let limited = daemon.ctl_json(&["cdr", "list", "--limit", "1"]);
     assert!(limited.is_array(), "{limited}");
+}
+
+#[test]
+fn ext_show_tells_forwarding_caller_id_pin_and_phones_and_forward_needs_off_to_clear() {
+    let daemon = Daemon::start();
+    daemon.ctl_ok(&[
+        "ext",
+        "add",
+        "100",
+        "--password",
+        "show-pass-100",
+        "--name",
+        "Reception",
+    ]);
+    daemon.ctl_ok(&["ext", "add", "101", "--password", "show-pass-101"]);
+
+    let fresh = daemon.ctl_json(&["ext", "show", "100"]);
+    assert_eq!(json_str(&fresh, "name"), Some("Reception"), "{fresh}");
+    assert!(fresh["forwarding"]["busy"].is_null(), "{fresh}");
+    assert!(fresh["caller_id"].is_null(), "{fresh}");
+    assert_eq!(fresh["vm_pin_set"], false, "{fresh}");
+    assert_eq!(fresh["registrations"].as_array().map(Vec::len), Some(0));
+
+    daemon.ctl_ok(&[
+        "ext",
+        "forward",
+        "100",
+        "--busy",
+        "101",
+        "--no-answer",
+        "0301234567",
+        "--no-answer-secs",
+        "20",
+    ]);
+    daemon.ctl_ok(&["ext", "callerid", "100", "0309876543"]);
+    daemon.ctl_ok(&["vm", "pin", "100", "4711"]);
+    Sipp::new("register.xml", &daemon)
+        .account("100", "show-pass-100")
+        .run()
+        .assert_success("register");
+    daemon.wait_registered("100", Duration::from_secs(10));
+
+    let out = daemon.ctl(&["--json", "ext", "show", "100"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        !out.stdout.contains("4711") && !out.stdout.contains("pin\":\""),
+        "neither the PIN nor its hash is shown: {}",
+        out.stdout
+    );
+    let shown: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(json_str(&shown, "ext"), Some("100"));
+    let fwd = &shown["forwarding"];
+    assert_eq!(json_str(fwd, "busy"), Some("101"), "{shown}");
+    assert_eq!(json_str(fwd, "no_answer"), Some("0301234567"), "{shown}");
+    assert_eq!(fwd["no_answer_ms"], 20_000, "{shown}");
+    assert!(fwd["always"].is_null(), "{shown}");
+    assert_eq!(json_str(&shown, "caller_id"), Some("0309876543"), "{shown}");
+    assert_eq!(shown["vm_pin_set"], true, "{shown}");
+    let regs = shown["registrations"].as_array().expect("registrations");
+    assert_eq!(regs.len(), 1, "{shown}");
+    assert_eq!(json_str(&regs[0], "ext"), Some("100"));
+
+    let human = daemon.ctl_ok(&["ext", "show", "100"]);
+    for wanted in [
+        "Reception",
+        "forward when busy",
+        "0301234567 (after 20 s)",
+        "0309876543",
+        "voicemail PIN",
+        "set",
+    ] {
+        assert!(human.contains(wanted), "{wanted:?} missing from:\n{human}");
+    }
+    assert!(!human.contains("4711"), "{human}");
+    let other = daemon.ctl_ok(&["ext", "show", "101"]);
+    assert!(
+        other.contains("forwarding") && other.contains("off") && other.contains("not set"),
+        "{other}"
+    );
+
+    // A bare `ext forward` shows the forwarding and keeps it.
+    let bare = daemon.ctl_ok(&["ext", "forward", "100"]);
+    assert!(bare.contains("forward when busy"), "{bare}");
+    let kept = daemon.ctl_json(&["ext", "show", "100"]);
+    assert_eq!(
+        json_str(&kept["forwarding"], "busy"),
+        Some("101"),
+        "a bare `ext forward` cleared the forwarding: {kept}"
+    );
+
+    // Usage errors send nothing (exit 2).
+    assert_eq!(
+        daemon
+            .ctl(&["ext", "forward", "100", "--off", "--busy", "101"])
+            .code,
+        Some(2)
+    );
+    assert_eq!(
+        daemon
+            .ctl(&["ext", "forward", "100", "--no-answer-secs", "5"])
+            .code,
+        Some(2)
+    );
+    assert_eq!(daemon.ctl(&["ext", "show", "a.b"]).code, Some(2));
+    assert_eq!(
+        json_str(
+            &daemon.ctl_json(&["ext", "show", "100"])["forwarding"],
+            "busy"
+        ),
+        Some("101")
+    );
+
+    // --off clears it.
+    daemon.ctl_ok(&["ext", "forward", "100", "--off"]);
+    let off = daemon.ctl_json(&["ext", "show", "100"]);
+    let fwd = &off["forwarding"];
+    assert!(
+        fwd["busy"].is_null() && fwd["no_answer"].is_null() && fwd["always"].is_null(),
+        "{off}"
+    );
+    assert_eq!(json_str(&off, "caller_id"), Some("0309876543"), "{off}");
+
+    // An unknown extension: the daemon refuses (exit 1) and says which.
+    let out = daemon.ctl(&["ext", "show", "4242"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("extension 4242 does not exist"),
+        "{out:?}"
+    );
+    assert_eq!(daemon.ctl(&["ext", "forward", "4242"]).code, Some(1));
 }
