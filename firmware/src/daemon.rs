@@ -259,6 +259,7 @@ pub async fn run(
         daemon.endpoint.lock_user(now, &user, until);
     }
     daemon.create_demo_extensions()?;
+    crate::system::apply_hostname(&daemon.cfg.system);
 
     // The watchdog, the metrics endpoint and the front panel.
     let _watchdog = match daemon.cfg.watchdog.device.clone() {
@@ -748,10 +749,7 @@ impl Daemon {
             .find_map(|l| l.strip_prefix("udp:").map(str::to_string))
             .unwrap_or_default();
         board::panel::PanelStatus {
-            hostname: nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "outpost".to_string()),
+            hostname: crate::system::hostname(&self.cfg.system),
             ip,
             registered: usize::try_from(m.registrations).unwrap_or(usize::MAX),
             active_calls: usize::try_from(m.calls_active).unwrap_or(usize::MAX),
@@ -960,6 +958,7 @@ impl Daemon {
         self.endpoint.reconfigure(now, &e);
         self.endpoint_cfg = e;
         self.guard.set_policy(new);
+        crate::system::apply_hostname(&new.system);
         Ok(restart)
     }
 
@@ -1124,6 +1123,7 @@ impl Daemon {
                     now,
                 ),
                 store_schema: self.store.schema_version(),
+                hostname: crate::system::hostname(&self.cfg.system),
             }),
             Command::ExtList => {
                 let exts = self.store.ext_list()?;

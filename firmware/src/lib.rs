@@ -16,5 +16,6 @@ pub mod revisions;
 pub mod ssh;
 pub mod store;
 pub mod syslog;
+pub mod system;
 pub mod update;
 pub mod watchdog;

@@ -258,6 +258,9 @@ pub struct DaemonConfig {
     /// `[media] prompts_dir` (spoken prompts made by `scripts/make-prompts`); `None` keeps
     /// the daemon's default.
     pub prompts_dir: Option<PathBuf>,
+    /// A program (with its arguments) that runs outpostd, e.g. `unshare --uts --` so that
+    /// a configured host name stays inside the test; empty: outpostd runs directly.
+    pub wrapper: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -291,7 +294,15 @@ impl DaemonConfig {
             extra_toml: String::new(),
             voicemail_max_secs: None,
             prompts_dir: None,
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Runs outpostd under `wrapper` (a program that execs it in place, so the child's pid
+    /// stays outpostd's).
+    pub fn run_under(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|w| (*w).to_owned()).collect();
+        self
     }
 
     /// Keeps the daemon's default digest algorithms (no `[auth] algorithms` key).
@@ -401,7 +412,14 @@ impl Daemon {
         let log = File::create(&log_path).expect("create daemon log");
         let log2 = log.try_clone().expect("clone log handle");
         let mut cmd = match &self.netns {
-            None => Command::new(bin("outpostd")),
+            None => match self.config.wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut cmd = Command::new(program);
+                    cmd.args(args).arg(bin("outpostd"));
+                    cmd
+                }
+                None => Command::new(bin("outpostd")),
+            },
             Some(ns) => {
                 let mut cmd = Command::new("ip");
                 // `ip netns exec` execs outpostd in place: the child's pid is outpostd's.

@@ -495,6 +495,9 @@ pub struct StatusInfo {
     /// Layout version of the store (`store::SCHEMA_VERSION` of the running firmware).
     #[serde(default)]
     pub store_schema: u32,
+    /// The box's name (`[system] hostname`, else the system's), as in backup file names.
+    #[serde(default)]
+    pub hostname: String,
 }
 
 /// One extension in a listing.
@@ -944,6 +947,7 @@ mod tests {
                 survival: true,
                 last_backup_age_secs: Some(3600),
                 store_schema: 1,
+                hostname: "berlin-1".into(),
             }),
             Reply::Extensions(vec![ExtensionInfo {
                 ext: "100".into(),

@@ -1801,7 +1801,11 @@ fn render(reply: &Reply, generated: Option<&Generated>) -> String {
 }
 
 fn render_status(s: &StatusInfo) -> String {
-    let rows = vec![
+    let mut rows = Vec::new();
+    if !s.hostname.is_empty() {
+        rows.push(vec!["hostname".to_owned(), s.hostname.clone()]);
+    }
+    rows.extend([
         vec!["version".to_owned(), s.version.clone()],
         vec!["uptime".to_owned(), fmt_duration(s.uptime_secs)],
         vec!["listen".to_owned(), s.listen.join(", ")],
@@ -1812,8 +1816,7 @@ fn render_status(s: &StatusInfo) -> String {
         vec!["registrations".to_owned(), s.registrations.to_string()],
         vec!["active calls".to_owned(), s.active_calls.to_string()],
         vec!["call records".to_owned(), s.cdrs.to_string()],
-    ];
-    let mut rows = rows;
+    ]);
     if s.trunks > 0 {
         rows.push(vec![
             "trunks".to_owned(),
