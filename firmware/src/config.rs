@@ -108,6 +108,8 @@ pub struct Config {
     pub ssh: crate::ssh::SshConfig,
     /// `[backup]`: encrypted backups, their schedule, retention and off-site targets.
     pub backup: crate::backup::BackupConfig,
+    /// `[system]`: the box's host name.
+    pub system: crate::system::SystemConfig,
 }
 
 /// `[sip]` section.
@@ -810,6 +812,9 @@ impl Config {
             .check()
             .map_err(|(key, reason)| invalid(&key, reason))?;
         self.panel
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        self.system
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
         crate::pbx_config::validate(

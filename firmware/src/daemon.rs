@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::proto::{
     validate_ext, validate_name, validate_password, CallInfo, CallMediaInfo, Command,
-    ExtensionInfo, RegistrationInfo, Reply, StatusInfo,
+    ExtensionDetail, ExtensionInfo, RegistrationInfo, Reply, StatusInfo,
 };
 use crate::admin::server::{self, AdminRequest};
 use crate::config::Config;
@@ -259,6 +259,7 @@ pub async fn run(
         daemon.endpoint.lock_user(now, &user, until);
     }
     daemon.create_demo_extensions()?;
+    crate::system::apply_hostname(&daemon.cfg.system);
 
     // The watchdog, the metrics endpoint and the front panel.
     // Neither may stop the phones: a missing or refusing device, a taken port is alerted.
@@ -854,10 +855,7 @@ impl Daemon {
             .find_map(|l| l.strip_prefix("udp:").map(str::to_string))
             .unwrap_or_default();
         board::panel::PanelStatus {
-            hostname: nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "outpost".to_string()),
+            hostname: crate::system::hostname(&self.cfg.system),
             ip,
             registered: usize::try_from(m.registrations).unwrap_or(usize::MAX),
             active_calls: usize::try_from(m.calls_active).unwrap_or(usize::MAX),
@@ -1069,6 +1067,7 @@ impl Daemon {
         self.endpoint.reconfigure(now, &e);
         self.endpoint_cfg = e;
         self.guard.set_policy(new);
+        crate::system::apply_hostname(&new.system);
         Ok(restart)
     }
 
@@ -1148,6 +1147,43 @@ impl Daemon {
         })
     }
 
+    /// `ext show`: what is in force for one extension (the PIN only as set or not).
+    fn extension_detail(&self, ext: &str, now: Millis) -> anyhow::Result<ExtensionDetail> {
+        let Some(rec) = self.store.ext_get(ext)? else {
+            anyhow::bail!("extension {ext} does not exist");
+        };
+        let caller_id = self
+            .store
+            .meta_get(&format!("cid:{ext}"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .filter(|n| !n.is_empty());
+        let vm_pin_set = self
+            .store
+            .meta_get(&format!("vm_pin:{ext}"))?
+            .is_some_and(|h| !h.is_empty());
+        Ok(ExtensionDetail {
+            forwarding: self.endpoint.forwarding(ext).cloned().unwrap_or_default(),
+            caller_id,
+            vm_pin_set,
+            registrations: self
+                .endpoint
+                .registrar()
+                .lookup(ext, now)
+                .into_iter()
+                .map(|b| RegistrationInfo {
+                    ext: b.ext.clone(),
+                    contact: b.contact.clone(),
+                    source: b.source.addr.to_string(),
+                    transport: b.source.transport.as_str().to_string(),
+                    expires_in_secs: b.expires_at.saturating_sub(now) / 1000,
+                    user_agent: b.user_agent.clone(),
+                })
+                .collect(),
+            ext: rec.ext,
+            name: rec.name,
+        })
+    }
+
     fn admin(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
         tracing::info!(command = cmd.name(), "admin command");
         if let Command::Backup(b) = cmd {
@@ -1196,6 +1232,7 @@ impl Daemon {
                     now,
                 ),
                 store_schema: self.store.schema_version(),
+                hostname: crate::system::hostname(&self.cfg.system),
             }),
             Command::ExtList => {
                 let exts = self.store.ext_list()?;
@@ -1209,6 +1246,7 @@ impl Daemon {
                         .collect(),
                 )
             }
+            Command::ExtShow { ext } => Reply::Extension(self.extension_detail(&ext, now)?),
             Command::ExtAdd {
                 ext,
                 name,

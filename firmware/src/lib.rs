@@ -18,5 +18,6 @@ pub mod revisions;
 pub mod ssh;
 pub mod store;
 pub mod syslog;
+pub mod system;
 pub mod update;
 pub mod watchdog;

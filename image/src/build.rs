@@ -508,7 +508,6 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
     for (name, text, mode) in FILES {
         fs.file(name, text.as_bytes(), *mode)?;
     }
-    fs.file("etc/hostname", b"outpost\n", 0o644)?;
     let tty = opts
         .profile
         .console()
@@ -859,6 +858,11 @@ const FILES: &[(&str, &str, u32)] = &[
         0o755,
     ),
     (
+        "etc/outpost/box-name",
+        include_str!("../files/box-name"),
+        0o755,
+    ),
+    (
         "etc/outpost/udhcpc.script",
         include_str!("../files/udhcpc.script"),
         0o755,
@@ -1133,6 +1137,42 @@ mod tests {
         }
         // sftp runs ssh by the path compiled into it.
         assert!(DEBIAN_PROGRAMS.contains(&"usr/bin/ssh"));
+    }
+
+    /// What `files/box-name` prints for an eth0 with `mac` (`None`: no eth0).
+    fn box_name(mac: Option<&str>) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(mac) = mac {
+            std::fs::create_dir(dir.path().join("eth0")).expect("mkdir");
+            std::fs::write(dir.path().join("eth0/address"), format!("{mac}\n")).expect("write");
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("files/box-name");
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .arg(dir.path())
+            .output()
+            .expect("sh runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    #[test]
+    fn each_box_is_named_after_its_mac_and_outpost_without_eth0() {
+        assert_eq!(box_name(Some("52:54:00:12:34:56")), "outpost-123456\n");
+        assert_eq!(box_name(Some("DC:A6:32:AB:CD:EF")), "outpost-abcdef\n");
+        assert_eq!(box_name(None), "outpost\n");
+        assert_eq!(box_name(Some("00:00:00:00:00:00")), "outpost\n");
+        assert_eq!(box_name(Some("52:54:00:12:34")), "outpost\n", "too short");
+        assert_eq!(box_name(Some("52:54:00:12:34:5g")), "outpost\n");
+        // rc.sysinit names the box with it once eth0's driver is loaded.
+        let rc = include_str!("../files/rc.sysinit");
+        let named = rc
+            .find("hostname \"$(/etc/outpost/box-name)\"")
+            .expect("rc.sysinit runs box-name");
+        assert!(named > rc.find("modules.load").expect("modules are loaded"));
+        assert!(FILES
+            .iter()
+            .any(|(p, _, mode)| *p == "etc/outpost/box-name" && *mode == 0o755));
     }
 
     #[test]

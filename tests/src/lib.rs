@@ -260,6 +260,9 @@ pub struct DaemonConfig {
     pub prompts_dir: Option<PathBuf>,
     /// More `key = value` lines inside the generated `[media]` table.
     pub media_extra: String,
+    /// A program (with its arguments) that runs outpostd, e.g. `unshare --uts --` so that
+    /// a configured host name stays inside the test; empty: outpostd runs directly.
+    pub wrapper: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -294,6 +297,7 @@ impl DaemonConfig {
             voicemail_max_secs: None,
             prompts_dir: None,
             media_extra: String::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -301,6 +305,13 @@ impl DaemonConfig {
     pub fn with_media(mut self, lines: &str) -> Self {
         self.media_extra.push_str(lines);
         self.media_extra.push('\n');
+        self
+    }
+
+    /// Runs outpostd under `wrapper` (a program that execs it in place, so the child's pid
+    /// stays outpostd's).
+    pub fn run_under(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|w| (*w).to_owned()).collect();
         self
     }
 
@@ -411,7 +422,14 @@ impl Daemon {
         let log = File::create(&log_path).expect("create daemon log");
         let log2 = log.try_clone().expect("clone log handle");
         let mut cmd = match &self.netns {
-            None => Command::new(bin("outpostd")),
+            None => match self.config.wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut cmd = Command::new(program);
+                    cmd.args(args).arg(bin("outpostd"));
+                    cmd
+                }
+                None => Command::new(bin("outpostd")),
+            },
             Some(ns) => {
                 let mut cmd = Command::new("ip");
                 // `ip netns exec` execs outpostd in place: the child's pid is outpostd's.

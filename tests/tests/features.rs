@@ -361,8 +361,8 @@ fn forwarding_on_no_answer_cancels_the_phone_and_rings_the_target() {
     callee_answers(&daemon, &mut p[2], &c_inv, "102");
     caller_answered(&daemon, &mut p[0].sip, &inv);
 
-    // No option switches forwarding off again.
-    daemon.ctl_ok(&["ext", "forward", "101"]);
+    // --off switches forwarding off again.
+    daemon.ctl_ok(&["ext", "forward", "101", "--off"]);
     let inv = p[0].sip.invite("101", &offer);
     let b_inv = await_invite(&daemon, &mut p[1].sip, "101");
     p[1].sip.reply(&b_inv, 486, Some("busy-tag"), "");

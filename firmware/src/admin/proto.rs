@@ -32,6 +32,11 @@ pub enum Command {
     Status,
     /// All extensions with their live contact count.
     ExtList,
+    /// One extension's settings (forwarding, caller-ID, whether a PIN is set) and phones.
+    ExtShow {
+        /// Extension number.
+        ext: String,
+    },
     /// Create an extension.
     ExtAdd {
         /// Extension number.
@@ -295,6 +300,7 @@ impl Command {
         match self {
             Command::Status => "status",
             Command::ExtList => "ext_list",
+            Command::ExtShow { .. } => "ext_show",
             Command::ExtAdd { .. } => "ext_add",
             Command::ExtDel { .. } => "ext_del",
             Command::ExtPasswd { .. } => "ext_passwd",
@@ -340,6 +346,8 @@ pub enum Reply {
     Status(StatusInfo),
     /// Answer to [`Command::ExtList`].
     Extensions(Vec<ExtensionInfo>),
+    /// Answer to [`Command::ExtShow`].
+    Extension(ExtensionDetail),
     /// Answer to [`Command::RegList`].
     Registrations(Vec<RegistrationInfo>),
     /// Answer to [`Command::Calls`].
@@ -487,6 +495,9 @@ pub struct StatusInfo {
     /// Layout version of the store (`store::SCHEMA_VERSION` of the running firmware).
     #[serde(default)]
     pub store_schema: u32,
+    /// The box's name (`[system] hostname`, else the system's), as in backup file names.
+    #[serde(default)]
+    pub hostname: String,
 }
 
 /// One extension in a listing.
@@ -498,6 +509,23 @@ pub struct ExtensionInfo {
     pub name: Option<String>,
     /// Live registered contacts.
     pub registered: usize,
+}
+
+/// One extension's settings and phones (never its password or PIN, not even hashed).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionDetail {
+    /// Extension number.
+    pub ext: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Call forwarding: targets and the no-answer ring time (all `None`: off).
+    pub forwarding: pbx_core::endpoint::Forwarding,
+    /// The caller-ID presented on outside calls; `None`: the route's or trunk's.
+    pub caller_id: Option<String>,
+    /// Whether a voicemail PIN is set.
+    pub vm_pin_set: bool,
+    /// The phones registered now.
+    pub registrations: Vec<RegistrationInfo>,
 }
 
 /// One contact binding in a listing.
@@ -919,12 +947,33 @@ mod tests {
                 survival: true,
                 last_backup_age_secs: Some(3600),
                 store_schema: 1,
+                hostname: "berlin-1".into(),
             }),
             Reply::Extensions(vec![ExtensionInfo {
                 ext: "100".into(),
                 name: Some("Front desk".into()),
                 registered: 2,
             }]),
+            Reply::Extension(ExtensionDetail {
+                ext: "100".into(),
+                name: None,
+                forwarding: pbx_core::endpoint::Forwarding {
+                    always: None,
+                    busy: Some("101".into()),
+                    no_answer: Some("0301234567".into()),
+                    no_answer_ms: 20_000,
+                },
+                caller_id: Some("0309876543".into()),
+                vm_pin_set: true,
+                registrations: vec![RegistrationInfo {
+                    ext: "100".into(),
+                    contact: "sip:100@192.0.2.7:5060".into(),
+                    source: "192.0.2.7:5060".into(),
+                    transport: "UDP".into(),
+                    expires_in_secs: 300,
+                    user_agent: None,
+                }],
+            }),
             Reply::Registrations(vec![]),
             Reply::Calls(vec![]),
             Reply::Cdrs(vec![Cdr {

@@ -330,7 +330,7 @@ impl Context {
             data_dir: cfg.store.data_dir.clone(),
             cfg: cfg.backup.clone(),
             ssh_host_key: cfg.ssh.host_key_path(&cfg.store.data_dir),
-            hostname: hostname(),
+            hostname: crate::system::hostname(&cfg.system),
         }
     }
 

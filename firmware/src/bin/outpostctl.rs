@@ -287,6 +287,12 @@ enum ExportFormat {
 enum ExtCmd {
     /// List extensions and how many phones each has registered.
     List,
+    /// Show an extension: name, call forwarding, caller-ID, whether a voicemail PIN is set,
+    /// and its registered phones.
+    Show {
+        /// Extension number.
+        ext: String,
+    },
     /// Create an extension (a random password is generated and shown once if none is given).
     Add {
         /// Extension number: 1-16 letters or digits.
@@ -317,7 +323,8 @@ enum ExtCmd {
         /// The number shown to the called party.
         number: Option<String>,
     },
-    /// Set call forwarding (replaces what was set; no option clears it).
+    /// Set call forwarding (replaces what was set); --off clears it, no option shows the
+    /// extension (as `ext show`).
     Forward {
         /// Extension number.
         ext: String,
@@ -331,8 +338,11 @@ enum ExtCmd {
         #[arg(long, value_name = "NUMBER")]
         no_answer: Option<String>,
         /// Seconds to ring before --no-answer applies [default: the ring timeout].
-        #[arg(long, value_name = "SECS")]
+        #[arg(long, value_name = "SECS", requires = "no_answer")]
         no_answer_secs: Option<u64>,
+        /// Switch call forwarding off.
+        #[arg(long, conflicts_with_all = ["always", "busy", "no_answer", "no_answer_secs"])]
+        off: bool,
     },
     /// Create or replace extensions from a CSV file: `ext,password[,name]` per line, `#`
     /// comments; `-` reads standard input. Every row is checked before anything is sent.
@@ -1137,6 +1147,10 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
     match cmd {
         Cmd::Status => one(Command::Status),
         Cmd::Ext(ExtCmd::List) => one(Command::ExtList),
+        Cmd::Ext(ExtCmd::Show { ext }) => {
+            validate_ext(&ext).map_err(Failure::Usage)?;
+            one(Command::ExtShow { ext })
+        }
         Cmd::Reg(RegCmd::List) => one(Command::RegList),
         Cmd::Calls => one(Command::Calls),
         Cmd::Trunks => one(Command::Trunks),
@@ -1172,8 +1186,13 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
             busy,
             no_answer,
             no_answer_secs,
+            off,
         }) => {
             validate_ext(&ext).map_err(Failure::Usage)?;
+            if !off && always.is_none() && busy.is_none() && no_answer.is_none() {
+                // Clearing takes `--off`: a bare `ext forward EXT` (to look) never clears.
+                return one(Command::ExtShow { ext });
+            }
             one(Command::ExtForward {
                 ext,
                 forwarding: pbx_core::endpoint::Forwarding {
@@ -1698,6 +1717,7 @@ fn payload_json(reply: &Reply) -> String {
     match reply {
         Reply::Status(s) => to_json(s),
         Reply::Extensions(v) => to_json(v),
+        Reply::Extension(e) => to_json(e),
         Reply::Registrations(v) => to_json(v),
         Reply::Calls(v) => to_json(v),
         Reply::Cdrs(v) => to_json(v),
@@ -1733,6 +1753,7 @@ fn render(reply: &Reply, generated: Option<&Generated>) -> String {
     match reply {
         Reply::Status(s) => render_status(s),
         Reply::Extensions(v) => render_extensions(v),
+        Reply::Extension(e) => render_extension(e),
         Reply::Registrations(v) => render_registrations(v),
         Reply::Calls(v) => render_calls(v),
         Reply::Cdrs(v) => render_cdrs(v),
@@ -1780,7 +1801,11 @@ fn render(reply: &Reply, generated: Option<&Generated>) -> String {
 }
 
 fn render_status(s: &StatusInfo) -> String {
-    let rows = vec![
+    let mut rows = Vec::new();
+    if !s.hostname.is_empty() {
+        rows.push(vec!["hostname".to_owned(), s.hostname.clone()]);
+    }
+    rows.extend([
         vec!["version".to_owned(), s.version.clone()],
         vec!["uptime".to_owned(), fmt_duration(s.uptime_secs)],
         vec!["listen".to_owned(), s.listen.join(", ")],
@@ -1791,8 +1816,7 @@ fn render_status(s: &StatusInfo) -> String {
         vec!["registrations".to_owned(), s.registrations.to_string()],
         vec!["active calls".to_owned(), s.active_calls.to_string()],
         vec!["call records".to_owned(), s.cdrs.to_string()],
-    ];
-    let mut rows = rows;
+    ]);
     if s.trunks > 0 {
         rows.push(vec![
             "trunks".to_owned(),
@@ -2038,6 +2062,55 @@ fn render_extensions(v: &[ExtensionInfo]) -> String {
         })
         .collect();
     format_table(Some(&["EXT", "NAME", "REGISTERED"]), &rows)
+}
+
+fn render_extension(e: &firmware::admin::proto::ExtensionDetail) -> String {
+    let f = &e.forwarding;
+    let mut rows = vec![
+        vec!["extension".to_owned(), e.ext.clone()],
+        vec![
+            "name".to_owned(),
+            e.name.clone().unwrap_or_else(|| "-".to_owned()),
+        ],
+    ];
+    if f.always.is_none() && f.busy.is_none() && f.no_answer.is_none() {
+        rows.push(vec!["forwarding".to_owned(), "off".to_owned()]);
+    }
+    if let Some(t) = &f.always {
+        rows.push(vec!["forward always".to_owned(), t.clone()]);
+    }
+    if let Some(t) = &f.busy {
+        rows.push(vec!["forward when busy".to_owned(), t.clone()]);
+    }
+    if let Some(t) = &f.no_answer {
+        let after = match f.no_answer_ms / 1000 {
+            0 => "the ring timeout".to_owned(),
+            secs => format!("{secs} s"),
+        };
+        rows.push(vec![
+            "forward on no answer".to_owned(),
+            format!("{t} (after {after})"),
+        ]);
+    }
+    rows.push(vec![
+        "caller-ID".to_owned(),
+        e.caller_id
+            .clone()
+            .unwrap_or_else(|| "the route's or trunk's".to_owned()),
+    ]);
+    rows.push(vec![
+        "voicemail PIN".to_owned(),
+        if e.vm_pin_set { "set" } else { "not set" }.to_owned(),
+    ]);
+    rows.push(vec![
+        "registered".to_owned(),
+        e.registrations.len().to_string(),
+    ]);
+    let mut out = format_table(None, &rows);
+    if !e.registrations.is_empty() {
+        out.push_str(&render_registrations(&e.registrations));
+    }
+    out
 }
 
 fn render_registrations(v: &[RegistrationInfo]) -> String {
@@ -2548,6 +2621,59 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ext_show_reads_as_a_table_and_a_bare_forward_only_looks() {
+        let mut e = firmware::admin::proto::ExtensionDetail {
+            ext: "100".into(),
+            name: Some("Reception".into()),
+            forwarding: pbx_core::endpoint::Forwarding {
+                always: None,
+                busy: Some("101".into()),
+                no_answer: Some("0301234567".into()),
+                no_answer_ms: 20_000,
+            },
+            caller_id: None,
+            vm_pin_set: true,
+            registrations: vec![],
+        };
+        let text = render_extension(&e);
+        assert!(text.contains("forward when busy     101\n"), "{text}");
+        assert!(text.contains("0301234567 (after 20 s)"), "{text}");
+        assert!(
+            text.contains("caller-ID             the route's or trunk's\n"),
+            "{text}"
+        );
+        assert!(text.contains("voicemail PIN         set\n"), "{text}");
+        e.forwarding = pbx_core::endpoint::Forwarding::default();
+        e.vm_pin_set = false;
+        let text = render_extension(&e);
+        assert!(text.contains("forwarding"), "{text}");
+        assert!(text.contains("not set"), "{text}");
+
+        let planned = |args: &[&str]| {
+            let argv = ["outpostctl", "ext", "forward"].iter().chain(args);
+            plan(Cli::try_parse_from(argv).unwrap().command).unwrap().0
+        };
+        assert_eq!(
+            planned(&["100"]),
+            vec![Command::ExtShow { ext: "100".into() }]
+        );
+        assert_eq!(
+            planned(&["100", "--off"]),
+            vec![Command::ExtForward {
+                ext: "100".into(),
+                forwarding: pbx_core::endpoint::Forwarding::default(),
+            }]
+        );
+        for bad in [
+            &["100", "--off", "--always", "101"][..],
+            &["100", "--no-answer-secs", "5"],
+        ] {
+            let argv = ["outpostctl", "ext", "forward"].iter().chain(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
