@@ -1087,6 +1087,7 @@ impl Daemon {
                     now,
                 ),
                 store_schema: self.store.schema_version(),
+                last_restore: crate::backup::last_restore(&self.cfg.store.data_dir),
             }),
             Command::ExtList => {
                 let exts = self.store.ext_list()?;
