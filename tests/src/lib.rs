@@ -611,6 +611,20 @@ impl Daemon {
         }
     }
 
+    /// Starts the daemon again if it has exited by itself (as busybox init respawns it on
+    /// the box, e.g. after a staged restore); true if it did.
+    pub fn respawn_if_exited(&mut self) -> bool {
+        let exited = match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+            None => false,
+        };
+        if exited {
+            self.child = None;
+            self.spawn();
+        }
+        exited
+    }
+
     /// Starts the daemon again on the same config and data dir (after `kill9` or `stop`).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart needs a stopped daemon");

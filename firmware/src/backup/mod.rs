@@ -137,13 +137,11 @@ impl BackupConfig {
                 return bad("dir", "must be an absolute path".into());
             }
         }
-        if schedule != Schedule::Off {
-            if self.keep_daily == 0 && self.keep_weekly == 0 {
-                return bad(
-                    "keep_daily",
-                    "keep_daily and keep_weekly cannot both be 0".into(),
-                );
-            }
+        if schedule != Schedule::Off && self.keep_daily == 0 && self.keep_weekly == 0 {
+            return bad(
+                "keep_daily",
+                "keep_daily and keep_weekly cannot both be 0".into(),
+            );
         }
         if self.keep_daily > 3660 {
             return bad("keep_daily", "must be at most 3660".into());
@@ -1478,9 +1476,7 @@ impl Backups {
         let shared = self.shared.clone();
         tokio::spawn(async move {
             if let BackupCommand::Fetch { .. } | BackupCommand::FetchUrl { .. } = cmd {
-                let answer = fetch(&shared, &ctx, cmd)
-                    .await
-                    .unwrap_or_else(|e| Reply::error(e));
+                let answer = fetch(&shared, &ctx, cmd).await.unwrap_or_else(Reply::error);
                 drop(guard);
                 let _ = reply.send(answer);
                 return;
@@ -1720,7 +1716,7 @@ fn small_command(
         }
         BackupCommand::UploadFinish { id, size, sha256 } => {
             let mut slot = upload_slot()?;
-            if !slot.as_ref().is_some_and(|u| u.id() == id) {
+            if slot.as_ref().is_none_or(|u| u.id() != id) {
                 return Err(upload::UploadError::Unknown(id).to_string());
             }
             let up = slot

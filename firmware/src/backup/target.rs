@@ -2630,7 +2630,7 @@ mod tests {
         let (url, name) = parse_file_url(
             "sftp://backup@nas.example:2222/srv/b/outpost-a-20240501T023000Z.backup",
         )
-        .unwrap();
+        .expect("an sftp URL");
         assert_eq!(name, "outpost-a-20240501T023000Z.backup");
         let FileUrl::Sftp { target, file } = url else {
             panic!("sftp")
@@ -2643,8 +2643,8 @@ mod tests {
             (target.path.as_str(), file.as_str()),
             ("/srv/b", "outpost-a-20240501T023000Z.backup")
         );
-        let (url, _) =
-            parse_file_url("https://dav.example/x/outpost-a-20240501T023000Z.backup").unwrap();
+        let (url, _) = parse_file_url("https://dav.example/x/outpost-a-20240501T023000Z.backup")
+            .expect("an https URL");
         assert!(matches!(url, FileUrl::Https { .. }));
         for bad in [
             "sftp://nas/srv/f.backup",
