@@ -23,7 +23,7 @@ use crate::store::{ExtensionRecord, StoredBan, StoredLock, VoicemailRecord};
 pub const FORMAT: u32 = 2;
 /// The name of the manifest (the last member of the archive).
 pub const MANIFEST: &str = "manifest.json";
-/// Call records, one JSON object per line, oldest first (format 1).
+/// Call records, one JSON object per line, oldest first (format 1 and later).
 pub const CDRS_JSONL: &str = "store/cdrs.jsonl";
 /// Call records as one JSON array (format 0, migrated on restore).
 pub const CDRS_JSON_V0: &str = "store/cdrs.json";
@@ -62,7 +62,7 @@ const MAX_PATH: usize = 255;
 /// The manifest: what the archive holds, with a checksum of every other member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Archive format (1 today; a reader refuses anything newer than it knows).
+    /// Archive format (2 today; a reader refuses anything newer than it knows).
     pub format: u32,
     /// When the backup was made, ms since the Unix epoch.
     pub created_ms: Millis,
@@ -328,7 +328,7 @@ pub enum ArchiveError {
 /// What a checked archive holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contents {
-    /// The manifest's format (0 or 1).
+    /// The manifest's format (0 to 2).
     pub format: u32,
     /// When it was made, ms since the epoch.
     pub created_ms: Millis,
