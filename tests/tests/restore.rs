@@ -240,6 +240,11 @@ fn restore_from_stdin_through_the_ssh_forced_command_reports_and_returns_on_the_
         format!("{PASSPHRASE}\n").as_bytes(),
     );
     assert_eq!(out.code, Some(0), "{out:?}");
+    // What an upload cut by a restart leaves: deleted when the daemon starts again.
+    let backups = daemon.data_dir().join("backups");
+    fs::create_dir_all(&backups).expect("backups dir");
+    let stale = backups.join("outpost-uploaded-20200101T000000Z.backup.partial");
+    fs::write(&stale, b"age-encryption.org/v1\n").expect("stale partial");
     let started = Instant::now();
     let child = ctl_with(&daemon, &["ssh-session"], &bytes, &session);
     let out = finish_supervised(&mut daemon, child, RESTORE_LIMIT);
@@ -257,6 +262,10 @@ fn restore_from_stdin_through_the_ssh_forced_command_reports_and_returns_on_the_
         assert!(out.stdout.contains(expected), "{expected:?} in {out:?}");
     }
     assert!(out.stderr.contains("uploaded"), "{out:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || (!stale.exists()).then_some(())).is_some(),
+        "the interrupted upload is removed at the restart"
+    );
 
     // Right after: the daemon runs on the restored data.
     let status = daemon.ctl_json(&["status"]);

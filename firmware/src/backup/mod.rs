@@ -1362,6 +1362,9 @@ pub struct Backups {
     shared: Arc<Shared>,
     /// The schedule text the next run was computed from, and that run.
     next_run: Option<(String, Millis)>,
+    /// The `.partial` files a previous run left (an upload or download cut by a restart)
+    /// were deleted.
+    swept: bool,
 }
 
 #[derive(Debug, Default)]
@@ -1510,6 +1513,27 @@ impl Backups {
     /// Once a second: drops an abandoned upload; starts the scheduled backup when it is
     /// due (then retention and uploads).
     pub fn tick(&mut self, cfg: &BackupConfig, now: Millis, ctx: impl FnOnce() -> Context) {
+        if !self.swept {
+            let idle = !self.shared.running.load(Ordering::SeqCst)
+                && self.shared.upload.try_lock().is_ok_and(|u| u.is_none());
+            if idle {
+                // Uploads and URL downloads cut by a restart (interrupted backups and
+                // downloads by name stay listed as incomplete until the next backup).
+                self.swept = true;
+                let dir = ctx().dir();
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if (name.starts_with("outpost-uploaded-")
+                        || name.starts_with("outpost-fetched-"))
+                        && name.ends_with(PARTIAL_SUFFIX)
+                    {
+                        let _ = std::fs::remove_file(e.path());
+                        tracing::info!(file = %name, "removed an interrupted backup upload");
+                    }
+                }
+                return;
+            }
+        }
         if let Ok(mut up) = self.shared.upload.try_lock() {
             if up.as_ref().is_some_and(upload::Upload::is_abandoned) {
                 if let Some(u) = up.take() {

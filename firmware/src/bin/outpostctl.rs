@@ -2152,11 +2152,15 @@ fn read_new_backup_passphrase() -> Result<String, Failure> {
     Ok(passphrase)
 }
 
-/// After the console login of a box that was never configured: offers to restore it from
-/// a backup on an SFTP or HTTPS server. `None` when not offered or declined (the shell
+/// After the console login (at a terminal) of a box that was never configured: offers to
+/// restore it from a backup on an SFTP or HTTPS server. `None` when not offered or declined (the shell
 /// follows); otherwise how the restore ended (the login ends: the console starts a new
 /// one, with the restored box's admin password).
 fn restore_offer(session: &Session) -> Option<Result<(), Failure>> {
+    // Interactive only: a login scripted through a pipe goes straight to the shell.
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return None;
+    }
     let socket = session.socket.clone().unwrap_or_else(default_socket_path);
     let mut client = connect(&socket).ok()?;
     let Ok(Reply::BackupInfo(info)) = client.request(&Command::Backup(BackupCommand::Info)) else {
