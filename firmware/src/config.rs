@@ -810,6 +810,7 @@ impl Config {
             .map_err(|(key, reason)| invalid(key, reason))?;
         self.backup
             .check()
+            .and_then(|()| self.backup.check_on_box(&self.store.data_dir))
             .map_err(|(key, reason)| invalid(&key, reason))?;
         self.panel
             .check()

@@ -21,8 +21,10 @@ pub mod qemu;
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// How long a daemon may take from spawn to answering `outpostctl status` and OPTIONS.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a daemon may take from spawn to answering `outpostctl status` and OPTIONS (a
+/// start that first applies a staged restore of a large backup takes a while on a busy
+/// 2-core machine).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIPp's own global timeout (`-timeout`) for one scenario run.
 pub const SIPP_TIMEOUT_SECS: u32 = 20;
 
@@ -637,6 +639,20 @@ impl Daemon {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Starts the daemon again if it has exited by itself (as busybox init respawns it on
+    /// the box, e.g. after a staged restore); true if it did.
+    pub fn respawn_if_exited(&mut self) -> bool {
+        let exited = match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+            None => false,
+        };
+        if exited {
+            self.child = None;
+            self.spawn();
+        }
+        exited
     }
 
     /// Starts the daemon again on the same config and data dir (after `kill9` or `stop`).
