@@ -147,8 +147,9 @@ pub use pbx_core::registrar::RegistrarConfig;
 pub struct AuthConfig {
     /// How long a digest nonce stays valid.
     pub nonce_lifetime_secs: u64,
-    /// Digest algorithms offered ("SHA-256", "MD5"), most preferred first. Clients that
-    /// take the first challenge whatever it is (SIPp 3.6, some older phones) need "MD5" first.
+    /// Digest algorithms offered ("SHA-256", "MD5"), most preferred first, one challenge
+    /// each. MD5 alone by default: it is what phones speak, and some (baresip 1.0, SIPp 3.6)
+    /// give up on, or answer wrongly, a 401 that also offers SHA-256, whatever the order.
     pub algorithms: Vec<String>,
 }
 
@@ -156,7 +157,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             nonce_lifetime_secs: 300,
-            algorithms: vec!["SHA-256".to_string(), "MD5".to_string()],
+            algorithms: vec!["MD5".to_string()],
         }
     }
 }
@@ -810,6 +811,7 @@ impl Config {
             .map_err(|(key, reason)| invalid(key, reason))?;
         self.backup
             .check()
+            .and_then(|()| self.backup.check_on_box(&self.store.data_dir))
             .map_err(|(key, reason)| invalid(&key, reason))?;
         self.panel
             .check()
@@ -964,6 +966,21 @@ mod tests {
         assert_eq!(c.store.data_dir, PathBuf::from("/data"));
         assert_eq!(c.admin.socket, PathBuf::from(DEFAULT_SOCKET));
         assert!(c.demo.extensions.is_empty());
+    }
+
+    #[test]
+    fn digest_is_md5_alone_unless_sha256_is_configured() {
+        use pbx_core::sip::auth::Algorithm;
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.auth.parsed_algorithms(), [Algorithm::Md5]);
+        assert_eq!(Config::demo().auth.parsed_algorithms(), [Algorithm::Md5]);
+        let c = Config::from_toml_str("[auth]\nalgorithms = [\"SHA-256\", \"MD5\"]\n").unwrap();
+        assert_eq!(
+            c.auth.parsed_algorithms(),
+            [Algorithm::Sha256, Algorithm::Md5]
+        );
+        let c = Config::from_toml_str("[auth]\nalgorithms = [\"sha-256\"]\n").unwrap();
+        assert_eq!(c.auth.parsed_algorithms(), [Algorithm::Sha256]);
     }
 
     #[test]

@@ -490,6 +490,34 @@ pub fn read_secret(prompt: &str) -> std::io::Result<Option<String>> {
     Ok(Some(line.trim_end_matches(['\n', '\r']).to_owned()))
 }
 
+/// Switches the echo of the terminal on standard input on or off (nothing when standard
+/// input is not a terminal). The console login keeps it off across its pause after wrong
+/// passwords and its restart, so keys typed then are never shown in clear.
+pub fn set_echo(on: bool) -> std::io::Result<()> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Ok(());
+    }
+    let mut t = tcgetattr(&stdin).map_err(std::io::Error::from)?;
+    let flags = LocalFlags::ECHO | LocalFlags::ECHONL;
+    if on {
+        t.local_flags.insert(LocalFlags::ECHO);
+    } else {
+        t.local_flags.remove(flags);
+    }
+    tcsetattr(&stdin, SetArg::TCSANOW, &t).map_err(std::io::Error::from)
+}
+
+/// Discards what was typed on the terminal and not read yet (during the pause after wrong
+/// passwords, so it is not taken as the next password).
+pub fn flush_input() {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let _ = nix::sys::termios::tcflush(&stdin, nix::sys::termios::FlushArg::TCIFLUSH);
+    }
+}
+
 /// How a console login ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginEnd {
@@ -504,14 +532,19 @@ pub enum LoginEnd {
 }
 
 /// Asks for the password up to [`LOGIN_TRIES`] times; `ask` reads one (None at the end of
-/// input), `check` asks the daemon.
+/// input), `check` asks the daemon. An empty line (Enter alone, as one presses to wake a
+/// console) is asked again and is not a try.
 pub fn login_loop(
     mut ask: impl FnMut() -> std::io::Result<Option<String>>,
     mut check: impl FnMut(String) -> Result<LoginOutcome, String>,
 ) -> Result<LoginEnd, String> {
     for attempt in 1..=LOGIN_TRIES {
-        let Some(password) = ask().map_err(|e| format!("cannot read the password: {e}"))? else {
-            return Ok(LoginEnd::Eof);
+        let password = loop {
+            match ask().map_err(|e| format!("cannot read the password: {e}"))? {
+                None => return Ok(LoginEnd::Eof),
+                Some(p) if p.is_empty() => continue,
+                Some(p) => break p,
+            }
         };
         match check(password)? {
             LoginOutcome::Accepted => return Ok(LoginEnd::Accepted),
@@ -754,5 +787,24 @@ mod tests {
         );
         let end = login_loop(|| Ok(None), |_| Ok(LoginOutcome::Accepted)).unwrap();
         assert_eq!(end, LoginEnd::Eof);
+        // Enter alone is asked again, never a try.
+        let mut typed = vec!["", "a", "", "", "b", "", "right"]
+            .into_iter()
+            .map(String::from);
+        let mut checks = 0;
+        let end = login_loop(
+            || Ok(typed.next()),
+            |pw| {
+                checks += 1;
+                assert!(!pw.is_empty());
+                Ok(if pw == "right" {
+                    LoginOutcome::Accepted
+                } else {
+                    LoginOutcome::Refused
+                })
+            },
+        )
+        .unwrap();
+        assert_eq!((end, checks), (LoginEnd::Accepted, 3));
     }
 }

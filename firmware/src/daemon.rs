@@ -1233,6 +1233,7 @@ impl Daemon {
                 ),
                 store_schema: self.store.schema_version(),
                 hostname: crate::system::hostname(&self.cfg.system),
+                last_restore: crate::backup::last_restore(&self.cfg.store.data_dir),
             }),
             Command::ExtList => {
                 let exts = self.store.ext_list()?;

@@ -329,6 +329,7 @@ fn round_trip_backup_wipe_restore_brings_back_every_record_and_audio_byte() {
     let out = daemon.ctl_ok(&[
         "backup",
         "restore",
+        "--no-wait",
         off_site.to_str().expect("utf-8"),
         "--identity",
         &keys.id_arg(),
@@ -470,6 +471,9 @@ fn assert_refused(daemon: &Daemon, keys: &Keys, file: &Path, key: &[&str], reaso
     let before = daemon.ctl_json(&["ext", "list"]);
     for cmd in ["verify", "restore"] {
         let mut args = vec!["backup", cmd, file.to_str().expect("utf-8")];
+        if cmd == "restore" {
+            args.push("--no-wait");
+        }
         args.extend_from_slice(key);
         let out = daemon.ctl(&args);
         assert_eq!(out.code, Some(1), "{cmd} {}: {out:?}", file.display());
@@ -526,13 +530,13 @@ fn damaged_wrongly_keyed_and_future_backups_are_refused_and_format_0_is_migrated
 
     let members = unpack(&good, &keys);
     let p = keys.path("future.backup");
-    fs::write(&p, pack(&members, 2, &keys, None)).expect("write");
+    fs::write(&p, pack(&members, 3, &keys, None)).expect("write");
     assert_refused(
         &daemon,
         &keys,
         &p,
         &id_args,
-        "made by a newer Outpost (format 2); update first",
+        "made by a newer Outpost (format 3); update first",
     );
 
     // Re-encrypted after a change without a matching manifest: the checksum catches it.
@@ -619,6 +623,7 @@ fn damaged_wrongly_keyed_and_future_backups_are_refused_and_format_0_is_migrated
     daemon.ctl_ok(&[
         "backup",
         "restore",
+        "--no-wait",
         p.to_str().expect("utf-8"),
         "--identity",
         &id,
@@ -667,6 +672,7 @@ fn kill_9_during_a_backup_leaves_no_good_backup_and_the_next_one_works() {
         &[
             "backup",
             "restore",
+            "--no-wait",
             big.to_str().expect("utf-8"),
             "--identity",
             &keys.id_arg(),
@@ -782,6 +788,7 @@ fn cdr_export_as_csv_and_json_over_a_date_range() {
     daemon.ctl_ok(&[
         "backup",
         "restore",
+        "--no-wait",
         file.to_str().expect("utf-8"),
         "--identity",
         &keys.id_arg(),

@@ -1,6 +1,7 @@
 //! Off-site backup targets end to end: `firmware::backup::target::upload_with` against a
 //! real OpenSSH `sshd` (SFTP, pinned host key, key auth) and against a WebDAV-style HTTPS
-//! server run by the test (tokio + rustls, a test CA, Basic auth, PUT/MOVE/DELETE).
+//! server run by the test (tokio + rustls, a test CA, Basic auth, PUT/MOVE/DELETE, and
+//! PROPFIND/GET for `list_remote` and `fetch`).
 //!
 //! The SFTP tests REQUIRE root and `sshd` (`openssh-server`; tests/run-all installs it):
 //! each sshd runs in its own network namespace on 127.0.0.1:22 with a throw-away host key
@@ -20,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use firmware::backup::target::{
-    check, ensure_identity, identity_path, upload_with, HttpsTarget, Retry, SftpTarget,
-    TargetConfig, TargetError, TargetKind,
+    check, ensure_identity, fetch, identity_path, list_remote, upload_with, HttpsTarget, Retry,
+    SftpTarget, TargetConfig, TargetError, TargetKind,
 };
 use outpost_tests::{eventually, require_root, run_with_timeout, Netns};
 use rcgen::{
@@ -666,6 +667,53 @@ where
                 Ok(()) => (204, "No Content"),
                 Err(_) => (404, "Not Found"),
             },
+            // A file, sent chunked (as servers do for large bodies).
+            "GET" => match fs::read(local(&path)) {
+                Ok(bytes) => {
+                    log.lock()
+                        .expect("log lock")
+                        .push(format!("{method} {path} 200"));
+                    let mut out =
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                            .to_vec();
+                    for piece in bytes.chunks(100_000) {
+                        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                        out.extend_from_slice(piece);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    let _ = io.write_all(&out).await;
+                    let _ = io.shutdown().await;
+                    return;
+                }
+                Err(_) => (404, "Not Found"),
+            },
+            // The collection, one level deep, with a Content-Length.
+            "PROPFIND" => {
+                let dir = local(&path);
+                let mut xml = format!(
+                    "<?xml version=\"1.0\"?>\n<D:multistatus xmlns:D=\"DAV:\"><D:response><D:href>{path}</D:href><D:propstat><D:prop><D:resourcetype><D:collection/></D:resourcetype></D:prop></D:propstat></D:response>"
+                );
+                for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    xml.push_str(&format!(
+                        "<D:response><D:href>{}{}</D:href><D:propstat><D:prop><D:getcontentlength>{len}</D:getcontentlength></D:prop></D:propstat></D:response>",
+                        path.trim_end_matches('/').to_owned() + "/",
+                        e.file_name().to_string_lossy()
+                    ));
+                }
+                xml.push_str("</D:multistatus>\n");
+                log.lock()
+                    .expect("log lock")
+                    .push(format!("{method} {path} 207"));
+                let out = format!(
+                    "HTTP/1.1 207 Multi-Status\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+                    xml.len()
+                );
+                let _ = io.write_all(out.as_bytes()).await;
+                let _ = io.shutdown().await;
+                return;
+            }
             _ => (501, "Not Implemented"),
         }
     };
@@ -866,4 +914,64 @@ fn https_password_file_readable_by_others_is_refused() {
     assert!(matches!(err, TargetError::Config { .. }), "{err:?}");
     assert!(err.to_string().contains("chmod 600"), "{err}");
     assert!(dav.log().is_empty());
+}
+
+#[test]
+fn https_target_lists_with_propfind_and_fetches_with_get() {
+    let (ca_pem, issuer) = make_ca("Backup Test CA");
+    let dav = Dav::start(server_cert(&issuer), true);
+    let client = HttpsClient::new(&ca_pem, DAV_PASSWORD);
+    let target = client.target(&dav);
+    let names = [
+        "outpost-a-20250101T030000Z.backup",
+        "outpost-a-20250102T030000Z.backup",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let file = client.backup_file(name, (1 << 20) + i * 1000 + 7);
+        client
+            .upload(&target, &file, retry(1, 100))
+            .0
+            .expect("upload");
+    }
+    fs::write(dav.root.path().join("dav/backups/notes.txt"), b"x").expect("stray file");
+    let data = client.dir.path().to_path_buf();
+    let listed = runtime()
+        .block_on(list_remote(&target, &data))
+        .expect("listing");
+    let got: Vec<(String, u64)> = listed.iter().map(|f| (f.name.clone(), f.size)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (names[1].to_owned(), (1 << 20) + 1007),
+            (names[0].to_owned(), (1 << 20) + 7),
+        ],
+        "newest first, backups only"
+    );
+    let dest = data.join("fetched.partial");
+    let size = runtime()
+        .block_on(fetch(&target, &data, names[1], &dest, 1 << 30))
+        .expect("fetch");
+    assert_eq!(size, (1 << 20) + 1007);
+    assert_eq!(
+        fs::read(&dest).expect("fetched"),
+        fs::read(dav.root.path().join("dav/backups").join(names[1])).expect("remote"),
+        "byte for byte through chunked transfer coding"
+    );
+    // A bound smaller than the file stops the download.
+    let small = data.join("small.partial");
+    let err = runtime()
+        .block_on(fetch(&target, &data, names[0], &small, 1000))
+        .expect_err("too large");
+    assert!(err.to_string().contains("larger than 1000 bytes"), "{err}");
+    // A missing file is the server's 404.
+    let err = runtime()
+        .block_on(fetch(
+            &target,
+            &data,
+            "outpost-a-20200101T000000Z.backup",
+            &data.join("missing.partial"),
+            1 << 30,
+        ))
+        .expect_err("missing");
+    assert!(err.to_string().contains("404"), "{err}");
 }

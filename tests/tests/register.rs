@@ -48,10 +48,8 @@ fn register_with_digest_auth_creates_a_binding_from_the_phones_address() {
     );
 }
 
-#[test]
-fn the_401_offers_sha256_then_md5_with_qop_auth() {
-    let daemon = Daemon::start_with(DaemonConfig::loopback().default_auth());
-    daemon.add_extension("100", "secret-100");
+/// The challenges of the 401 to a first REGISTER for 100.
+fn challenges_of(daemon: &Daemon) -> Vec<String> {
     let sock = udp_client(daemon.sip_addr());
     let local = sock.local_addr().expect("local addr");
     let req = register_request(daemon.sip_addr(), Transport::Udp, local, "100", "c1@test");
@@ -59,15 +57,36 @@ fn the_401_offers_sha256_then_md5_with_qop_auth() {
     let text = String::from_utf8_lossy(&resp);
     assert_eq!(status_of(&resp), Some(401), "{text}");
     let challenges = header_values(&text, "WWW-Authenticate");
-    assert_eq!(challenges.len(), 2, "{text}");
-    assert!(challenges[0].contains("algorithm=SHA-256"), "{text}");
-    assert!(challenges[1].contains("algorithm=MD5"), "{text}");
     for c in &challenges {
         assert!(c.starts_with("Digest "), "{c}");
         assert!(c.contains("realm=\"outpost\""), "{c}");
         assert!(c.contains("qop=\"auth\""), "{c}");
         assert!(c.contains("nonce=\""), "{c}");
     }
+    challenges
+}
+
+#[test]
+fn the_401_offers_md5_alone_by_default() {
+    // Debian 12's baresip 1.0 gives up on a 401 that carries any SHA-256 challenge.
+    let daemon = Daemon::start_with(DaemonConfig::loopback());
+    daemon.add_extension("100", "secret-100");
+    let challenges = challenges_of(&daemon);
+    assert_eq!(challenges.len(), 1, "{challenges:?}");
+    assert!(challenges[0].contains("algorithm=MD5"), "{challenges:?}");
+}
+
+#[test]
+fn with_sha256_configured_the_401_offers_sha256_then_md5_with_qop_auth() {
+    let daemon = Daemon::start_with(DaemonConfig::loopback().digest(&["SHA-256", "MD5"]));
+    daemon.add_extension("100", "secret-100");
+    let challenges = challenges_of(&daemon);
+    assert_eq!(challenges.len(), 2, "{challenges:?}");
+    assert!(
+        challenges[0].contains("algorithm=SHA-256"),
+        "{challenges:?}"
+    );
+    assert!(challenges[1].contains("algorithm=MD5"), "{challenges:?}");
 }
 
 /// REGISTER over raw UDP answering the challenge for `algorithm` with our own digest code.
@@ -111,8 +130,8 @@ fn register_answering_with(
 }
 
 #[test]
-fn sha256_and_md5_digests_are_both_accepted() {
-    let daemon = Daemon::start_with(DaemonConfig::loopback().default_auth());
+fn with_sha256_configured_sha256_and_md5_digests_are_both_accepted() {
+    let daemon = Daemon::start_with(DaemonConfig::loopback().digest(&["SHA-256", "MD5"]));
     daemon.add_extension("100", "secret-100");
     for algorithm in ["SHA-256", "MD5"] {
         let (status, text) = register_answering(&daemon, algorithm, "secret-100");
@@ -255,7 +274,9 @@ fn raw_tcp_register_gets_a_challenge_on_the_same_connection() {
     assert!(conn.send(req.as_bytes()));
     let resp = conn.read_message(WAIT).expect("a response over TCP");
     assert_eq!(status_of(resp.as_bytes()), Some(401), "{resp}");
-    assert_eq!(header_count(&resp, "WWW-Authenticate"), 2, "{resp}");
+    let challenges = header_values(&resp, "WWW-Authenticate");
+    assert_eq!(challenges.len(), 1, "{resp}");
+    assert!(challenges[0].contains("algorithm=MD5"), "{resp}");
 }
 
 #[test]

@@ -131,16 +131,89 @@ pub enum BackupCommand {
     Verify {
         /// A file name in the backup directory, or an absolute path on the box.
         file: String,
-        /// The key; without one the daemon uses `[backup] passphrase_file`.
+        /// The key; without one the daemon uses its own passphrase.
         key: Option<BackupKey>,
     },
-    /// Check a backup, stage it and restart to apply it.
+    /// Check a backup, stage it and restart to apply it (answer: [`Reply::RestoreStaged`]).
     Restore {
         /// A file name in the backup directory, or an absolute path on the box.
         file: String,
-        /// The key; without one the daemon uses `[backup] passphrase_file`.
+        /// The key; without one the daemon uses its own passphrase.
         key: Option<BackupKey>,
     },
+    /// Start receiving a backup file in chunks (one upload at a time; answer:
+    /// [`Reply::BackupUpload`] with its id).
+    UploadBegin {
+        /// The file's original name, kept when it is a backup name not used yet.
+        name: Option<String>,
+    },
+    /// The next piece of the upload.
+    UploadChunk {
+        /// The upload's id.
+        id: String,
+        /// Where the piece starts (the bytes received so far).
+        offset: u64,
+        /// The bytes, standard base64 (at most [`crate::backup::upload::CHUNK`] decoded).
+        data: String,
+    },
+    /// The upload is complete: checked against its size and SHA-256, synced and renamed
+    /// into the backup directory (answer: [`Reply::BackupUpload`] with its name).
+    UploadFinish {
+        /// The upload's id.
+        id: String,
+        /// Total bytes sent.
+        size: u64,
+        /// SHA-256 of the whole file, lowercase hex.
+        sha256: String,
+    },
+    /// Give up an upload (its partial file is deleted).
+    UploadAbort {
+        /// The upload's id.
+        id: String,
+    },
+    /// Download a backup from an off-site target into the backup directory and check it
+    /// (answer: [`Reply::BackupFetched`]).
+    Fetch {
+        /// The file on the target; the newest when `None`.
+        name: Option<String>,
+        /// The target's name; the first target when `None`.
+        target: Option<String>,
+    },
+    /// Download a backup from a location that is not a configured target:
+    /// `sftp://user@host[:port]/dir/file` (the host key must be confirmed: without
+    /// `host_key` the answer is [`Reply::HostKey`] and nothing is downloaded).
+    FetchUrl {
+        /// Where the backup is.
+        url: String,
+        /// The server's host key line the admin confirmed.
+        host_key: Option<String>,
+    },
+    /// The backups on every off-site target (answer: [`Reply::RemoteBackups`]).
+    ListRemote,
+    /// Keep a backup passphrase on the box (used when `[backup]` sets no key).
+    PassphraseSet {
+        /// The passphrase (never logged).
+        passphrase: SecretText,
+    },
+    /// Forget the stored passphrase.
+    PassphraseClear,
+    /// Key source, stored passphrase, SFTP key, whether the box was ever configured
+    /// (answer: [`Reply::BackupInfo`]).
+    Info,
+    /// The SFTP client public key, made when missing (answer: [`Reply::Done`] with the
+    /// OpenSSH line).
+    Key,
+}
+
+/// A secret in a command; hidden from `Debug`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<hidden>")
+    }
 }
 
 /// The key a backup is decrypted with (never logged).
@@ -170,6 +243,17 @@ impl BackupCommand {
             BackupCommand::List => "backup_list",
             BackupCommand::Verify { .. } => "backup_verify",
             BackupCommand::Restore { .. } => "backup_restore",
+            BackupCommand::UploadBegin { .. } => "backup_upload_begin",
+            BackupCommand::UploadChunk { .. } => "backup_upload_chunk",
+            BackupCommand::UploadFinish { .. } => "backup_upload_finish",
+            BackupCommand::UploadAbort { .. } => "backup_upload_abort",
+            BackupCommand::Fetch { .. } => "backup_fetch",
+            BackupCommand::FetchUrl { .. } => "backup_fetch_url",
+            BackupCommand::ListRemote => "backup_list_remote",
+            BackupCommand::PassphraseSet { .. } => "backup_passphrase_set",
+            BackupCommand::PassphraseClear => "backup_passphrase_clear",
+            BackupCommand::Info => "backup_info",
+            BackupCommand::Key => "backup_key",
         }
     }
 }
@@ -390,6 +474,23 @@ pub enum Reply {
     BackupCreated(crate::backup::BackupEntry),
     /// Answer to [`BackupCommand::Verify`]: what the backup holds.
     BackupVerified(crate::backup::archive::Contents),
+    /// Answer to [`BackupCommand::Restore`]: checked and staged; the daemon restarts.
+    RestoreStaged(crate::backup::RestoreStaged),
+    /// Answer to the upload commands.
+    BackupUpload(crate::backup::upload::UploadState),
+    /// Answer to [`BackupCommand::Fetch`] and a confirmed [`BackupCommand::FetchUrl`].
+    BackupFetched(crate::backup::FetchedBackup),
+    /// Answer to [`BackupCommand::ListRemote`].
+    RemoteBackups(Vec<crate::backup::RemoteListing>),
+    /// Answer to [`BackupCommand::Info`].
+    BackupInfo(crate::backup::BackupInfo),
+    /// Answer to [`BackupCommand::FetchUrl`] without a host key: the server's, to confirm.
+    HostKey {
+        /// `type base64` as the server presented it.
+        line: String,
+        /// Its SHA256 fingerprint.
+        fingerprint: String,
+    },
     /// Answer to [`Command::CdrExport`].
     CdrPage {
         /// The records, oldest first.
@@ -498,6 +599,9 @@ pub struct StatusInfo {
     /// The box's name (`[system] hostname`, else the system's), as in backup file names.
     #[serde(default)]
     pub hostname: String,
+    /// The last backup restored onto this box (its id, source box, time, what it held).
+    #[serde(default)]
+    pub last_restore: Option<crate::backup::LastRestore>,
 }
 
 /// One extension in a listing.
@@ -948,6 +1052,7 @@ mod tests {
                 last_backup_age_secs: Some(3600),
                 store_schema: 1,
                 hostname: "berlin-1".into(),
+                last_restore: None,
             }),
             Reply::Extensions(vec![ExtensionInfo {
                 ext: "100".into(),

@@ -1,6 +1,6 @@
 //! The plaintext inside a backup: a tar archive with a manifest of checksums. The format is
 //! documented for the customer in `docs/backup-format.md`; this module writes format
-//! [`FORMAT`] and reads formats 0 and 1.
+//! [`FORMAT`] and reads formats 0 to 2.
 //!
 //! Reading treats the archive as hostile: only regular files with plain relative paths
 //! under the known directories are accepted, every size is bounded, and nothing is written
@@ -19,11 +19,11 @@ use pbx_core::Millis;
 
 use crate::store::{ExtensionRecord, StoredBan, StoredLock, VoicemailRecord};
 
-/// The archive format written by this version.
-pub const FORMAT: u32 = 1;
+/// The archive format written by this version (2: the SFTP client key is included).
+pub const FORMAT: u32 = 2;
 /// The name of the manifest (the last member of the archive).
 pub const MANIFEST: &str = "manifest.json";
-/// Call records, one JSON object per line, oldest first (format 1).
+/// Call records, one JSON object per line, oldest first (format 1 and later).
 pub const CDRS_JSONL: &str = "store/cdrs.jsonl";
 /// Call records as one JSON array (format 0, migrated on restore).
 pub const CDRS_JSON_V0: &str = "store/cdrs.json";
@@ -39,6 +39,10 @@ pub const ALERTS: &str = "store/alerts.json";
 pub const META: &str = "store/meta.json";
 /// The voicemail index.
 pub const VOICEMAIL: &str = "store/voicemail.json";
+/// The SFTP client key of the off-site targets (format 2).
+pub const SFTP_KEY: &str = "backup/sftp_ed25519";
+/// Its public half (format 2).
+pub const SFTP_KEY_PUB: &str = "backup/sftp_ed25519.pub";
 
 /// Largest single store JSON document (other than the call records) accepted.
 const MAX_JSON: u64 = 256 * 1024 * 1024;
@@ -58,7 +62,7 @@ const MAX_PATH: usize = 255;
 /// The manifest: what the archive holds, with a checksum of every other member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Archive format (1 today; a reader refuses anything newer than it knows).
+    /// Archive format (2 today; a reader refuses anything newer than it knows).
     pub format: u32,
     /// When the backup was made, ms since the Unix epoch.
     pub created_ms: Millis,
@@ -324,7 +328,7 @@ pub enum ArchiveError {
 /// What a checked archive holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contents {
-    /// The manifest's format (0 or 1).
+    /// The manifest's format (0 to 2).
     pub format: u32,
     /// When it was made, ms since the epoch.
     pub created_ms: Millis,
@@ -352,6 +356,15 @@ pub struct Contents {
     pub ssh_host_key: bool,
     /// Members checked, the manifest included.
     pub files: usize,
+    /// Authorised SSH public keys (of the admin).
+    #[serde(default)]
+    pub ssh_keys: usize,
+    /// A console admin password hash is included.
+    #[serde(default)]
+    pub admin_password: bool,
+    /// The SFTP client key of the off-site targets is included (format 2).
+    #[serde(default)]
+    pub sftp_key: bool,
 }
 
 /// Reads a whole decrypted archive from `input`, checks every member against the manifest,
@@ -654,6 +667,15 @@ pub fn check<R: Read>(
         tls: seen.contains_key("tls/cert.pem") && seen.contains_key("tls/key.pem"),
         ssh_host_key: seen.keys().any(|p| p.starts_with("ssh/")),
         files: seen.len() + 1,
+        ssh_keys: docs_parsed
+            .meta
+            .iter()
+            .find(|m| m.key == "ssh_keys")
+            .and_then(|m| m.value().ok())
+            .and_then(|v| serde_json::from_slice::<Vec<serde_json::Value>>(&v).ok())
+            .map_or(0, |keys| keys.len()),
+        admin_password: docs_parsed.meta.iter().any(|m| m.key == "admin_password"),
+        sftp_key: seen.contains_key(SFTP_KEY),
     };
     Ok((contents, docs_parsed))
 }
@@ -751,7 +773,7 @@ fn member_kind(path: &str) -> Kind {
         CDRS_JSONL => Kind::CdrLines,
         EXTENSIONS | BANS | LOCKS | ALERTS | META | VOICEMAIL | CDRS_JSON_V0 => Kind::Doc,
         "config/revisions.json" | "tls/cert.pem" | "tls/key.pem" => Kind::Small,
-        "ssh/dropbear_ed25519_host_key" => Kind::Small,
+        "ssh/dropbear_ed25519_host_key" | SFTP_KEY | SFTP_KEY_PUB => Kind::Small,
         p if is_revision_file(p) => Kind::Small,
         p if is_voicemail_file(p) => Kind::Audio,
         _ => Kind::Unknown,
@@ -871,7 +893,7 @@ mod tests {
         jsonl.push(b'\n');
         let bytes = tiny(FORMAT, CDRS_JSONL, &jsonl);
         let (contents, docs) = check(bytes.as_slice(), None).unwrap();
-        assert_eq!(contents.format, 1);
+        assert_eq!(contents.format, FORMAT);
         assert_eq!(contents.cdrs, 1);
         assert_eq!(contents.config_revisions, 1);
         assert_eq!(contents.hostname, "box");

@@ -198,12 +198,45 @@ fn read_secret_file(path: &Path) -> Result<String, KeyError> {
     Ok(text)
 }
 
+/// What an age file is encrypted to, read from its header (no key needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderKind {
+    /// A passphrase (one scrypt stanza).
+    Passphrase,
+    /// Public keys (X25519 or other recipient stanzas).
+    Recipient,
+}
+
+/// What an age file is encrypted to, or why its header does not parse.
+pub fn header_kind(path: &Path) -> Result<HeaderKind, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    header_kind_of(std::io::BufReader::new(file))
+}
+
+/// [`header_kind`] of a stream.
+pub fn header_kind_of<R: Read>(input: R) -> Result<HeaderKind, String> {
+    let decryptor = age::Decryptor::new(input).map_err(|e| e.to_string())?;
+    Ok(if decryptor.is_scrypt() {
+        HeaderKind::Passphrase
+    } else {
+        HeaderKind::Recipient
+    })
+}
+
 /// Whether an age file (its header only) is encrypted to a passphrase; `None` when the
 /// header does not parse.
 pub fn is_passphrase_file(path: &Path) -> Option<bool> {
-    let file = std::fs::File::open(path).ok()?;
-    let decryptor = age::Decryptor::new(std::io::BufReader::new(file)).ok()?;
-    Some(decryptor.is_scrypt())
+    header_kind(path).ok().map(|k| k == HeaderKind::Passphrase)
+}
+
+impl Decryption {
+    /// The kind of file this key can open.
+    pub fn kind(&self) -> HeaderKind {
+        match self {
+            Decryption::Passphrase(_) => HeaderKind::Passphrase,
+            Decryption::Identities(_) => HeaderKind::Recipient,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@
 pub mod archive;
 pub mod crypto;
 pub mod schedule;
+pub mod secret;
 pub mod target;
+pub mod upload;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -37,7 +39,7 @@ use pbx_core::Millis;
 use crate::admin::proto::{BackupCommand, BackupKey, Reply};
 use crate::store::{FirewallChange, Store, StoreError, StoreImport, VoicemailRecord};
 use archive::{ArchiveWriter, Contents};
-use crypto::{Decryption, Encryption, KeyError};
+use crypto::{Decryption, Encryption, HeaderKind, KeyError};
 use schedule::Schedule;
 
 /// Default backup directory, under the data directory.
@@ -50,6 +52,10 @@ pub const PARTIAL_SUFFIX: &str = ".partial";
 pub const STAGING_DIR: &str = "restore";
 /// Written last into the staging directory: the restore is complete and checked.
 const READY_MARKER: &str = "READY";
+/// The staged restore's id (written before [`READY_MARKER`]).
+const ID_FILE: &str = "ID";
+/// The record of the last restore applied, under the data directory.
+const LAST_RESTORE: &str = "last-restore.json";
 /// Largest voicemail file put into a backup (longer messages cannot be recorded anyway).
 const MAX_BACKUP_AUDIO: u64 = 256 * 1024 * 1024;
 
@@ -131,20 +137,11 @@ impl BackupConfig {
                 return bad("dir", "must be an absolute path".into());
             }
         }
-        if schedule != Schedule::Off {
-            if self.passphrase_file.is_none() && self.recipient.is_none() {
-                return bad(
-                    "schedule",
-                    "backups are always encrypted: set backup.passphrase_file or backup.recipient"
-                        .into(),
-                );
-            }
-            if self.keep_daily == 0 && self.keep_weekly == 0 {
-                return bad(
-                    "keep_daily",
-                    "keep_daily and keep_weekly cannot both be 0".into(),
-                );
-            }
+        if schedule != Schedule::Off && self.keep_daily == 0 && self.keep_weekly == 0 {
+            return bad(
+                "keep_daily",
+                "keep_daily and keep_weekly cannot both be 0".into(),
+            );
         }
         if self.keep_daily > 3660 {
             return bad("keep_daily", "must be at most 3660".into());
@@ -170,6 +167,64 @@ impl BackupConfig {
         Ok(())
     }
 
+    /// The checks that need the box itself (config apply and boot, after [`check`]): the
+    /// key files exist, and a schedule has a key (a file, a recipient or the passphrase
+    /// stored with `outpostctl backup passphrase set`).
+    ///
+    /// [`check`]: BackupConfig::check
+    pub fn check_on_box(&self, data_dir: &Path) -> Result<(), (String, String)> {
+        if let Some(p) = &self.passphrase_file {
+            if !p.is_file() {
+                return Err((
+                    "backup.passphrase_file".to_owned(),
+                    format!(
+                        "{} does not exist on the box; store the passphrase with `outpostctl backup passphrase set` instead and remove this key",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            if let target::TargetKind::Https(h) = &t.kind {
+                if !h.password_file.is_file() {
+                    return Err((
+                        format!("backup.targets[{i}].password_file"),
+                        format!("{} does not exist on the box", h.password_file.display()),
+                    ));
+                }
+            }
+        }
+        if self.schedule() != Schedule::Off && self.key_source(data_dir) == KeySource::None {
+            return Err((
+                "backup.schedule".to_owned(),
+                "backups are always encrypted: store a passphrase with `outpostctl backup passphrase set`, or set backup.passphrase_file or backup.recipient".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the key of new backups comes from: `passphrase_file`, else `recipient`, else
+    /// the passphrase stored on the box.
+    pub fn key_source(&self, data_dir: &Path) -> KeySource {
+        match (&self.passphrase_file, &self.recipient) {
+            (Some(p), _) => KeySource::PassphraseFile(p.clone()),
+            (None, Some(r)) => KeySource::Recipient(r.clone()),
+            (None, None) if secret::is_set(data_dir) => KeySource::StoredPassphrase,
+            (None, None) => KeySource::None,
+        }
+    }
+
+    /// The passphrase the box holds: `passphrase_file`, else the stored one.
+    fn own_passphrase(
+        &self,
+        data_dir: &Path,
+    ) -> Result<Option<age::secrecy::SecretString>, BackupError> {
+        match &self.passphrase_file {
+            Some(p) => Ok(Some(crypto::read_passphrase_file(p)?)),
+            None => Ok(secret::read(data_dir)?),
+        }
+    }
+
     /// The backup directory.
     pub fn dir(&self, data_dir: &Path) -> PathBuf {
         self.dir
@@ -182,21 +237,60 @@ impl BackupConfig {
         Schedule::parse(&self.schedule).unwrap_or(Schedule::Off)
     }
 
-    /// How new backups are encrypted (reads the passphrase file).
-    pub fn encryption(&self) -> Result<Encryption, BackupError> {
-        match (&self.passphrase_file, &self.recipient) {
-            (Some(p), _) => Ok(Encryption::Passphrase(crypto::read_passphrase_file(p)?)),
-            (None, Some(r)) => Ok(Encryption::recipient(r)?),
-            (None, None) => Err(BackupError::NoKey),
+    /// How new backups are encrypted (reads the passphrase file), per [`key_source`].
+    ///
+    /// [`key_source`]: BackupConfig::key_source
+    pub fn encryption(&self, data_dir: &Path) -> Result<Encryption, BackupError> {
+        match self.key_source(data_dir) {
+            KeySource::PassphraseFile(p) => {
+                Ok(Encryption::Passphrase(crypto::read_passphrase_file(&p)?))
+            }
+            KeySource::Recipient(r) => Ok(Encryption::recipient(&r)?),
+            KeySource::StoredPassphrase => match secret::read(data_dir)? {
+                Some(p) => Ok(Encryption::Passphrase(p)),
+                None => Err(BackupError::NoKey),
+            },
+            KeySource::None => Err(BackupError::NoKey),
         }
     }
 
-    /// The key the daemon can decrypt with by itself: the configured passphrase.
-    pub fn own_decryption(&self) -> Result<Decryption, BackupError> {
-        match (&self.passphrase_file, &self.recipient) {
-            (Some(p), _) => Ok(Decryption::Passphrase(crypto::read_passphrase_file(p)?)),
-            (None, Some(_)) => Err(BackupError::NeedIdentity),
-            (None, None) => Err(BackupError::NeedKey),
+    /// The key the daemon can decrypt a file of `kind` with by itself: its passphrase
+    /// (`passphrase_file`, else the stored one); an identity is never on the box.
+    pub fn own_decryption(
+        &self,
+        data_dir: &Path,
+        kind: HeaderKind,
+    ) -> Result<Decryption, BackupError> {
+        match kind {
+            HeaderKind::Recipient => Err(BackupError::NeedIdentity),
+            HeaderKind::Passphrase => match self.own_passphrase(data_dir)? {
+                Some(p) => Ok(Decryption::Passphrase(p)),
+                None => Err(BackupError::NeedKey),
+            },
+        }
+    }
+}
+
+/// Where the key of new backups comes from (`outpostctl backup passphrase status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `[backup] passphrase_file`.
+    PassphraseFile(PathBuf),
+    /// `[backup] recipient`.
+    Recipient(String),
+    /// The passphrase stored with `outpostctl backup passphrase set`.
+    StoredPassphrase,
+    /// None: backups cannot be made.
+    None,
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::PassphraseFile(p) => write!(f, "passphrase file {}", p.display()),
+            KeySource::Recipient(r) => write!(f, "recipient {r}"),
+            KeySource::StoredPassphrase => write!(f, "the passphrase stored on the box"),
+            KeySource::None => write!(f, "none"),
         }
     }
 }
@@ -208,18 +302,21 @@ pub enum BackupError {
     #[error("{0}")]
     Key(#[from] KeyError),
     /// Nothing to encrypt to.
-    #[error("no encryption configured: set [backup] passphrase_file or recipient (backups are always encrypted)")]
+    #[error("no encryption key: store a passphrase with `outpostctl backup passphrase set`, or set [backup] passphrase_file or recipient (backups are always encrypted)")]
     NoKey,
     /// A recipient-encrypted backup needs the identity to be read.
     #[error(
-        "backups here are encrypted to a recipient key: give its identity file (--identity FILE)"
+        "this backup is encrypted to an age recipient key (X25519), not a passphrase: give its identity file with --identity FILE"
     )]
     NeedIdentity,
-    /// No key given and none configured.
+    /// A passphrase backup and no passphrase given or kept on the box.
     #[error(
-        "no key: give --passphrase or --identity FILE (no [backup] passphrase_file is configured)"
+        "this backup is encrypted with a passphrase and the box has none: store it with `outpostctl backup passphrase set` (or give --passphrase)"
     )]
     NeedKey,
+    /// An identity was given for a passphrase backup.
+    #[error("this backup is encrypted with a passphrase, not to a recipient key: give --passphrase (or store it with `outpostctl backup passphrase set`), not --identity")]
+    NeedPassphrase,
     /// A file operation failed.
     #[error("cannot {what} {path}: {source}")]
     Io {
@@ -269,6 +366,13 @@ pub struct BackupEntry {
     pub created_ms: Millis,
     /// `passphrase` or `X25519 recipient` (or the `age1...` key when just made).
     pub encrypted_to: String,
+    /// Why the file cannot be restored (not an age file, truncated, fails verification
+    /// with the box's key); `None` for a good or unchecked backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
+    /// Whether the box checked it completely with its own key (`false`: no key for it).
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// The state of one off-site target.
@@ -297,8 +401,14 @@ pub struct BackupList {
     pub newest_age_secs: Option<u64>,
     /// `.partial` files of interrupted runs (deleted by the next backup).
     pub incomplete: usize,
-    /// Files named like backups whose header is not an age header.
+    /// Files named like backups that cannot be restored (listed in `backups` as damaged).
     pub unreadable: usize,
+    /// Where the key of new backups comes from (never the key itself).
+    #[serde(default)]
+    pub key: String,
+    /// A passphrase is stored on the box (`backup passphrase set`).
+    #[serde(default)]
+    pub passphrase_stored: bool,
     /// The schedule in force.
     pub schedule: String,
     /// When the next scheduled backup runs (ms since the epoch).
@@ -334,6 +444,12 @@ impl Context {
         }
     }
 
+    /// The SFTP client key the off-site targets use: the first SFTP target's `identity`,
+    /// else `<data_dir>/backup/id_ed25519`.
+    pub fn sftp_identity(&self) -> PathBuf {
+        sftp_identity(&self.cfg, &self.data_dir)
+    }
+
     /// The backup directory.
     pub fn dir(&self) -> PathBuf {
         self.cfg.dir(&self.data_dir)
@@ -363,6 +479,18 @@ pub fn hostname() -> String {
     }
 }
 
+/// The SFTP client key of `cfg`: the first SFTP target's `identity`, else the default
+/// `<data_dir>/backup/id_ed25519`.
+pub fn sftp_identity(cfg: &BackupConfig, data_dir: &Path) -> PathBuf {
+    cfg.targets
+        .iter()
+        .find_map(|t| match &t.kind {
+            target::TargetKind::Sftp(s) => Some(target::identity_path(s, data_dir)),
+            target::TargetKind::Https(_) => None,
+        })
+        .unwrap_or_else(|| target::default_identity_path(data_dir))
+}
+
 /// The file name of a backup made at `now`.
 pub fn file_name(hostname: &str, now: Millis) -> String {
     format!("outpost-{hostname}-{}{SUFFIX}", schedule::file_stamp(now))
@@ -381,7 +509,7 @@ pub fn parse_name(name: &str) -> Option<Millis> {
 
 /// Makes a backup now: returns the new file's entry and path.
 pub fn create(ctx: &Context, now: Millis) -> Result<(BackupEntry, PathBuf), BackupError> {
-    let encryption = ctx.cfg.encryption()?;
+    let encryption = ctx.cfg.encryption(&ctx.data_dir)?;
     let dir = ctx.dir();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -412,6 +540,8 @@ pub fn create(ctx: &Context, now: Millis) -> Result<(BackupEntry, PathBuf), Back
             size,
             created_ms: now,
             encrypted_to: encryption.describe(),
+            damaged: None,
+            verified: true,
         },
         path,
     ))
@@ -571,6 +701,15 @@ fn write_backup(
         ar.add("ssh/dropbear_ed25519_host_key", &key, true)
             .map_err(wr)?;
     }
+    // The SFTP client key, so a restored box uploads at once (the server knows it).
+    let sftp = ctx.sftp_identity();
+    if let (Ok(key), Ok(public)) = (
+        read_bounded(&sftp, 64 * 1024),
+        read_bounded(&target::public_key_path(&sftp), 64 * 1024),
+    ) {
+        ar.add(archive::SFTP_KEY, &key, true).map_err(wr)?;
+        ar.add(archive::SFTP_KEY_PUB, &public, false).map_err(wr)?;
+    }
 
     let (sealed, _manifest) = ar.finish(now, &ctx.hostname).map_err(wr)?;
     let buffered = sealed.finish().map_err(io_err("write", partial))?;
@@ -626,19 +765,34 @@ fn open_decrypted(
             }
         }
     })?;
-    key.open(std::io::BufReader::with_capacity(256 * 1024, file))
-        .map_err(|e| match e {
-            age::DecryptError::DecryptionFailed
-            | age::DecryptError::KeyDecryptionFailed
-            | age::DecryptError::NoMatchingKeys => BackupError::WrongKey,
-            age::DecryptError::InvalidMac => BackupError::Archive(archive::ArchiveError::Corrupt(
-                "the header's MAC does not match".into(),
-            )),
-            age::DecryptError::ExcessiveWork { required, .. } => BackupError::NotAge(format!(
-                "the passphrase work factor 2^{required} is more than this box accepts"
-            )),
-            other => BackupError::NotAge(other.to_string()),
-        })
+    let mut input = std::io::BufReader::with_capacity(256 * 1024, file);
+    // The header tells a passphrase file from a recipient one: a key of the other kind is
+    // named as such rather than reported as a wrong key.
+    let kind = {
+        use std::io::Seek;
+        let k = crypto::header_kind_of(&mut input);
+        input
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(io_err("read", path))?;
+        k.map_err(BackupError::NotAge)?
+    };
+    match (kind, key.kind()) {
+        (HeaderKind::Recipient, HeaderKind::Passphrase) => return Err(BackupError::NeedIdentity),
+        (HeaderKind::Passphrase, HeaderKind::Recipient) => return Err(BackupError::NeedPassphrase),
+        _ => {}
+    }
+    key.open(input).map_err(|e| match e {
+        age::DecryptError::DecryptionFailed
+        | age::DecryptError::KeyDecryptionFailed
+        | age::DecryptError::NoMatchingKeys => BackupError::WrongKey,
+        age::DecryptError::InvalidMac => BackupError::Archive(archive::ArchiveError::Corrupt(
+            "the header's MAC does not match".into(),
+        )),
+        age::DecryptError::ExcessiveWork { required, .. } => BackupError::NotAge(format!(
+            "the passphrase work factor 2^{required} is more than this box accepts"
+        )),
+        other => BackupError::NotAge(other.to_string()),
+    })
 }
 
 /// Decrypts `path` and checks it completely; changes nothing anywhere.
@@ -655,6 +809,26 @@ pub fn stage_restore(
     path: &Path,
     key: &Decryption,
 ) -> Result<Contents, BackupError> {
+    stage_restore_as(data_dir, path, key, "").map(|(c, _)| c)
+}
+
+/// [`stage_restore`] under a new random restore id, returned with the contents; the
+/// daemon reports the id in `status` once it has applied the restore.
+pub fn stage_restore_with_id(
+    data_dir: &Path,
+    path: &Path,
+    key: &Decryption,
+) -> Result<(Contents, String), BackupError> {
+    let id = hex::encode(rand::random::<[u8; 8]>());
+    stage_restore_as(data_dir, path, key, &id)
+}
+
+fn stage_restore_as(
+    data_dir: &Path,
+    path: &Path,
+    key: &Decryption,
+    id: &str,
+) -> Result<(Contents, String), BackupError> {
     let staging = data_dir.join(STAGING_DIR);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io_err("remove", &staging))?;
@@ -667,12 +841,15 @@ pub fn stage_restore(
             .create(&staging)
             .map_err(io_err("create", &staging))?;
         let (contents, _) = archive::check(reader, Some(&staging))?;
+        let id_path = staging.join(ID_FILE);
+        std::fs::write(&id_path, id).map_err(io_err("write", &id_path))?;
+        archive::sync_file(&id_path).map_err(io_err("sync", &id_path))?;
         let marker = staging.join(READY_MARKER);
         let json = serde_json::to_vec_pretty(&contents).unwrap_or_default();
         std::fs::write(&marker, json).map_err(io_err("write", &marker))?;
         archive::sync_file(&marker).map_err(io_err("sync", &marker))?;
         archive::sync_dir(&staging).map_err(io_err("sync", &staging))?;
-        Ok(contents)
+        Ok((contents, id.to_owned()))
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
@@ -792,7 +969,9 @@ pub fn apply_staged(
         archive::sync_dir(&config_dir).map_err(io_err("sync", &config_dir))?;
     }
 
-    // Secrets: the TLS identity and the SSH host key.
+    // Secrets: the TLS identity, the SSH host key and the SFTP client key (always to the
+    // default path: a target with its own `identity` keeps its file).
+    let sftp = target::default_identity_path(data_dir);
     let copies = [
         ("tls/cert.pem", data_dir.join("tls").join("cert.pem")),
         ("tls/key.pem", data_dir.join("tls").join("key.pem")),
@@ -800,6 +979,8 @@ pub fn apply_staged(
             "ssh/dropbear_ed25519_host_key",
             cfg.ssh.host_key_path(data_dir),
         ),
+        (archive::SFTP_KEY, sftp.clone()),
+        (archive::SFTP_KEY_PUB, target::public_key_path(&sftp)),
     ];
     for (rel, to) in copies {
         let from_path = staging.join(rel);
@@ -819,6 +1000,21 @@ pub fn apply_staged(
         f.sync_all().map_err(io_err("sync", &to))?;
     }
 
+    // What `status` reports from now on (written before the marker goes, so a crash
+    // repeats the import and rewrites it).
+    let record = LastRestore {
+        id: std::fs::read_to_string(staging.join(ID_FILE)).unwrap_or_default(),
+        applied_ms: wall_now(),
+        contents: contents.clone(),
+    };
+    let record_path = data_dir.join(LAST_RESTORE);
+    let tmp = data_dir.join(format!("{LAST_RESTORE}.new"));
+    let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
+    std::fs::write(&tmp, json).map_err(io_err("write", &tmp))?;
+    archive::sync_file(&tmp).map_err(io_err("sync", &tmp))?;
+    std::fs::rename(&tmp, &record_path).map_err(io_err("rename", &tmp))?;
+    archive::sync_dir(data_dir).map_err(io_err("sync", data_dir))?;
+
     std::fs::remove_file(&marker).map_err(io_err("remove", &marker))?;
     archive::sync_dir(&staging).map_err(io_err("sync", &staging))?;
     std::fs::remove_dir_all(&staging).map_err(io_err("remove", &staging))?;
@@ -829,6 +1025,39 @@ pub fn apply_staged(
         "backup restored"
     );
     Ok(Some(contents))
+}
+
+/// The last restore applied to this data directory (`status`, and the console's test of a
+/// box that was never configured).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRestore {
+    /// The id `backup restore` returned (empty for `outpostd --restore`).
+    pub id: String,
+    /// When it was applied (ms since the epoch).
+    pub applied_ms: Millis,
+    /// What it restored.
+    pub contents: Contents,
+}
+
+/// The last restore applied to `data_dir`, if any.
+pub fn last_restore(data_dir: &Path) -> Option<LastRestore> {
+    let bytes = read_bounded(&data_dir.join(LAST_RESTORE), 1024 * 1024).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A box that was never configured: no extension, no configuration revision beyond the
+/// one the boot file made, and no restore ever applied. The console offers a restore then.
+pub fn never_configured(store: &Store, data_dir: &Path) -> Result<bool, BackupError> {
+    if store.ext_count()? > 0 || last_restore(data_dir).is_some() {
+        return Ok(false);
+    }
+    let revisions = match std::fs::read(data_dir.join("config").join("revisions.json")) {
+        Ok(bytes) => serde_json::from_slice::<Vec<serde_json::Value>>(&bytes)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX),
+        Err(_) => 0,
+    };
+    Ok(revisions <= 1)
 }
 
 /// A store document of the staging directory.
@@ -864,13 +1093,15 @@ pub fn restore_offline(
     }
 }
 
-/// The good backups in `dir`, newest first, with the counts of incomplete and unreadable
-/// files.
-pub fn scan(dir: &Path) -> (Vec<BackupEntry>, usize, usize) {
+/// The backups in `dir` whose age header reads, newest first, the count of incomplete
+/// (`.partial`) files, and the files named like backups that are not age files (marked
+/// damaged).
+pub fn scan(dir: &Path) -> (Vec<BackupEntry>, usize, Vec<BackupEntry>) {
     let mut good = Vec::new();
-    let (mut incomplete, mut unreadable) = (0, 0);
+    let mut unreadable = Vec::new();
+    let mut incomplete = 0;
     let Ok(rd) = std::fs::read_dir(dir) else {
-        return (good, 0, 0);
+        return (good, 0, unreadable);
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -885,22 +1116,126 @@ pub fn scan(dir: &Path) -> (Vec<BackupEntry>, usize, usize) {
         if !meta.is_file() {
             continue;
         }
-        match crypto::is_passphrase_file(&e.path()) {
-            Some(scrypt) => good.push(BackupEntry {
+        match crypto::header_kind(&e.path()) {
+            Ok(kind) => good.push(BackupEntry {
                 name,
                 size: meta.len(),
                 created_ms,
-                encrypted_to: if scrypt {
-                    "passphrase".to_string()
-                } else {
-                    "X25519 recipient".to_string()
+                encrypted_to: match kind {
+                    HeaderKind::Passphrase => "passphrase".to_string(),
+                    HeaderKind::Recipient => "X25519 recipient".to_string(),
                 },
+                damaged: None,
+                verified: false,
             }),
-            None => unreadable += 1,
+            Err(why) => unreadable.push(BackupEntry {
+                name,
+                size: meta.len(),
+                created_ms,
+                encrypted_to: String::new(),
+                damaged: Some(format!("not an age file ({why})")),
+                verified: false,
+            }),
         }
     }
-    good.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.name.cmp(&a.name)));
+    let newest_first = |a: &BackupEntry, b: &BackupEntry| {
+        b.created_ms.cmp(&a.created_ms).then(b.name.cmp(&a.name))
+    };
+    good.sort_by(newest_first);
+    unreadable.sort_by(newest_first);
     (good, incomplete, unreadable)
+}
+
+/// What a full check of one backup file found, cached by name, size and modification
+/// time so a listing decrypts each file once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CheckResult {
+    size: u64,
+    mtime: Option<std::time::SystemTime>,
+    /// `None`: the file is good.
+    damaged: Option<String>,
+}
+
+/// Most files whose check results are remembered.
+const MAX_CHECK_CACHE: usize = 4096;
+/// Time a listing may spend decrypting files not checked before; the rest are checked
+/// by the next listing.
+const LIST_CHECK_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Marks the entries of a listing as verified or damaged: each file the box has the key
+/// for (a passphrase file and the box's passphrase) is decrypted and checked once; the
+/// result is cached by name, size and mtime.
+fn check_listing(
+    cache: &Mutex<BTreeMap<String, CheckResult>>,
+    ctx: &Context,
+    entries: &mut [BackupEntry],
+) {
+    let dir = ctx.dir();
+    let passphrase = ctx.cfg.own_passphrase(&ctx.data_dir).ok().flatten();
+    let started = std::time::Instant::now();
+    for entry in entries.iter_mut() {
+        if entry.encrypted_to != "passphrase" {
+            continue;
+        }
+        let Some(pass) = &passphrase else { continue };
+        let path = dir.join(&entry.name);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let (size, mtime) = (meta.len(), meta.modified().ok());
+        let cached = cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&entry.name).cloned())
+            .filter(|r| r.size == size && r.mtime == mtime);
+        let result = match cached {
+            Some(r) => r,
+            None if started.elapsed() < LIST_CHECK_BUDGET => {
+                let key = Decryption::Passphrase(pass.clone());
+                let damaged = match verify(&path, &key) {
+                    Ok(_) => None,
+                    // Another box's passphrase: not damaged, just not ours to check.
+                    Err(BackupError::WrongKey) => continue,
+                    Err(e) => Some(e.to_string()),
+                };
+                let r = CheckResult {
+                    size,
+                    mtime,
+                    damaged,
+                };
+                if let Ok(mut c) = cache.lock() {
+                    if c.len() >= MAX_CHECK_CACHE {
+                        c.clear();
+                    }
+                    c.insert(entry.name.clone(), r.clone());
+                }
+                r
+            }
+            None => continue,
+        };
+        entry.verified = result.damaged.is_none();
+        entry.damaged = result.damaged;
+    }
+}
+
+/// Remembers a file just written or checked as good.
+fn cache_good(cache: &Mutex<BTreeMap<String, CheckResult>>, path: &Path) {
+    let (Some(name), Ok(meta)) = (path.file_name(), std::fs::metadata(path)) else {
+        return;
+    };
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= MAX_CHECK_CACHE {
+            c.clear();
+        }
+        c.insert(
+            name.to_string_lossy().into_owned(),
+            CheckResult {
+                size: meta.len(),
+                mtime: meta.modified().ok(),
+                damaged: None,
+            },
+        );
+    }
 }
 
 /// Seconds since the newest good backup in the configured directory; `None` if there is
@@ -929,13 +1264,79 @@ pub fn apply_retention(dir: &Path, keep_daily: u32, keep_weekly: u32) -> Vec<Str
     deleted
 }
 
-/// The key a command carries, or the daemon's own.
-fn decryption(key: Option<BackupKey>, cfg: &BackupConfig) -> Result<Decryption, BackupError> {
+/// The key a command carries, or the daemon's own for the kind of file `path` is.
+fn decryption(
+    key: Option<BackupKey>,
+    ctx: &Context,
+    path: &Path,
+) -> Result<Decryption, BackupError> {
     match key {
         Some(BackupKey::Passphrase(p)) => Ok(Decryption::passphrase(&p)?),
         Some(BackupKey::Identity(text)) => Ok(Decryption::identity_text(&text)?),
-        None => cfg.own_decryption(),
+        None => {
+            if !path.exists() {
+                return Err(BackupError::NotFound(path.display().to_string()));
+            }
+            let kind = crypto::header_kind(path).map_err(BackupError::NotAge)?;
+            ctx.cfg.own_decryption(&ctx.data_dir, kind)
+        }
     }
+}
+
+/// Answer to `backup restore`: the backup was checked and staged; the daemon restarts and
+/// applies it, then reports `id` in `status` (`last_restore`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreStaged {
+    /// The restore's id.
+    pub id: String,
+    /// The backup file.
+    pub file: String,
+    /// What it holds.
+    pub contents: Contents,
+}
+
+/// Answer to `backup fetch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchedBackup {
+    /// The file's name in the backup directory.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
+    /// Where it came from (a target's name, or the URL).
+    pub source: String,
+    /// `passphrase` or `X25519 recipient`.
+    pub encrypted_to: String,
+    /// Decrypted and checked with the box's passphrase (else only its header was read).
+    pub verified: bool,
+    /// It was in the backup directory already (not downloaded again).
+    pub already_here: bool,
+}
+
+/// One target's backups (`backup list --remote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteListing {
+    /// The target's name.
+    pub target: String,
+    /// Its backups, newest first.
+    pub backups: Vec<target::RemoteFile>,
+    /// Why it could not be listed.
+    pub error: Option<String>,
+}
+
+/// Answer to `backup passphrase status` and `backup key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// Where the key of new backups comes from (never the key).
+    pub key: String,
+    /// A passphrase is stored on the box.
+    pub passphrase_stored: bool,
+    /// The SFTP client public key (one OpenSSH line), when there is one.
+    pub sftp_public_key: Option<String>,
+    /// The box was never configured (no extension, only the boot revision, never
+    /// restored): the console offers a restore.
+    pub never_configured: bool,
+    /// This box's host name (as in its backups' names).
+    pub hostname: String,
 }
 
 /// Where a file named in a command is: a bare name is in the backup directory.
@@ -961,12 +1362,19 @@ pub struct Backups {
     shared: Arc<Shared>,
     /// The schedule text the next run was computed from, and that run.
     next_run: Option<(String, Millis)>,
+    /// The `.partial` files a previous run left (an upload or download cut by a restart)
+    /// were deleted.
+    swept: bool,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
-    /// A backup, verify or restore is running.
+    /// A backup, verify, fetch or restore is running.
     running: AtomicBool,
+    /// The upload in progress.
+    upload: Mutex<Option<upload::Upload>>,
+    /// Results of full checks of backup files, by name.
+    checks: Mutex<BTreeMap<String, CheckResult>>,
     /// A restore is staged: the daemon should exit so it is applied at the next start.
     restart: AtomicBool,
     /// Off-site targets by name.
@@ -1010,9 +1418,59 @@ impl Backups {
         cmd: BackupCommand,
         reply: oneshot::Sender<Reply>,
     ) {
-        if let BackupCommand::List = cmd {
-            let _ = reply.send(Reply::Backups(self.list(&ctx, now)));
-            return;
+        match cmd {
+            BackupCommand::List => {
+                let mut list = self.list(&ctx, now);
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    let listed = tokio::task::spawn_blocking(move || {
+                        check_listing(&shared.checks, &ctx, &mut list.backups);
+                        list
+                    })
+                    .await;
+                    let _ = reply.send(match listed {
+                        Ok(list) => Reply::Backups(list),
+                        Err(err) => Reply::error(format!("the listing failed: {err}")),
+                    });
+                });
+                return;
+            }
+            BackupCommand::UploadBegin { .. }
+            | BackupCommand::UploadChunk { .. }
+            | BackupCommand::UploadFinish { .. }
+            | BackupCommand::UploadAbort { .. }
+            | BackupCommand::PassphraseSet { .. }
+            | BackupCommand::PassphraseClear
+            | BackupCommand::Info => {
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    let answer = tokio::task::spawn_blocking(move || {
+                        small_command(&shared, &ctx, now, cmd)
+                            .unwrap_or_else(|e| Reply::error(e.to_string()))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Reply::error(format!("the backup task failed: {e}")));
+                    let _ = reply.send(answer);
+                });
+                return;
+            }
+            BackupCommand::Key => {
+                tokio::spawn(async move {
+                    let answer = match target::ensure_identity(&ctx.sftp_identity()).await {
+                        Ok(line) => Reply::done(line),
+                        Err(e) => Reply::error(format!("cannot make the SFTP key: {e}")),
+                    };
+                    let _ = reply.send(answer);
+                });
+                return;
+            }
+            BackupCommand::ListRemote => {
+                tokio::spawn(async move {
+                    let _ = reply.send(Reply::RemoteBackups(list_remote(&ctx).await));
+                });
+                return;
+            }
+            _ => {}
         }
         let Some(guard) = self.try_start() else {
             let _ = reply.send(Reply::error(BackupError::Busy.to_string()));
@@ -1020,10 +1478,17 @@ impl Backups {
         };
         let shared = self.shared.clone();
         tokio::spawn(async move {
+            if let BackupCommand::Fetch { .. } | BackupCommand::FetchUrl { .. } = cmd {
+                let answer = fetch(&shared, &ctx, cmd).await.unwrap_or_else(Reply::error);
+                drop(guard);
+                let _ = reply.send(answer);
+                return;
+            }
             let job_ctx = ctx.clone();
+            let job_shared = shared.clone();
             let outcome = tokio::task::spawn_blocking(move || {
                 let _guard = guard;
-                run_command(&job_ctx, now, cmd)
+                run_command(&job_shared, &job_ctx, now, cmd)
             })
             .await;
             let (answer, new_file, restart) = match outcome {
@@ -1045,9 +1510,37 @@ impl Backups {
         });
     }
 
-    /// Once a second: starts the scheduled backup when it is due (then retention and
-    /// uploads).
+    /// Once a second: drops an abandoned upload; starts the scheduled backup when it is
+    /// due (then retention and uploads).
     pub fn tick(&mut self, cfg: &BackupConfig, now: Millis, ctx: impl FnOnce() -> Context) {
+        if !self.swept {
+            let idle = !self.shared.running.load(Ordering::SeqCst)
+                && self.shared.upload.try_lock().is_ok_and(|u| u.is_none());
+            if idle {
+                // Uploads and URL downloads cut by a restart (interrupted backups and
+                // downloads by name stay listed as incomplete until the next backup).
+                self.swept = true;
+                let dir = ctx().dir();
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if (name.starts_with("outpost-uploaded-")
+                        || name.starts_with("outpost-fetched-"))
+                        && name.ends_with(PARTIAL_SUFFIX)
+                    {
+                        let _ = std::fs::remove_file(e.path());
+                        tracing::info!(file = %name, "removed an interrupted backup upload");
+                    }
+                }
+                return;
+            }
+        }
+        if let Ok(mut up) = self.shared.upload.try_lock() {
+            if up.as_ref().is_some_and(upload::Upload::is_abandoned) {
+                if let Some(u) = up.take() {
+                    u.abort();
+                }
+            }
+        }
         let fresh = !matches!(&self.next_run, Some((text, _)) if *text == cfg.schedule);
         if fresh {
             self.next_run = cfg
@@ -1107,7 +1600,10 @@ impl Backups {
     /// The listing for `backup list`.
     pub fn list(&self, ctx: &Context, now: Millis) -> BackupList {
         let dir = ctx.dir();
-        let (backups, incomplete, unreadable) = scan(&dir);
+        let (mut backups, incomplete, damaged) = scan(&dir);
+        let unreadable = damaged.len();
+        backups.extend(damaged);
+        backups.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.name.cmp(&a.name)));
         let targets = match self.shared.targets.lock() {
             Ok(map) => ctx
                 .cfg
@@ -1125,8 +1621,11 @@ impl Backups {
         BackupList {
             dir: dir.display().to_string(),
             newest_age_secs: backups
-                .first()
+                .iter()
+                .find(|b| b.damaged.is_none())
                 .map(|b| now.saturating_sub(b.created_ms) / 1000),
+            key: ctx.cfg.key_source(&ctx.data_dir).to_string(),
+            passphrase_stored: secret::is_set(&ctx.data_dir),
             backups,
             incomplete,
             unreadable,
@@ -1145,6 +1644,7 @@ impl Backups {
 /// Runs one command that is not `list`: the reply, the new backup file (to upload) and
 /// whether the daemon should restart.
 fn run_command(
+    shared: &Shared,
     ctx: &Context,
     now: Millis,
     cmd: BackupCommand,
@@ -1152,34 +1652,340 @@ fn run_command(
     match cmd {
         BackupCommand::Now => {
             let (entry, path) = create(ctx, now)?;
+            cache_good(&shared.checks, &path);
             Ok((Reply::BackupCreated(entry), Some(path), false))
         }
-        BackupCommand::List => Ok((Reply::error("unreachable"), None, false)),
         BackupCommand::Verify { file, key } => {
-            let key = decryption(key, &ctx.cfg)?;
-            let contents = verify(&resolve(&file, &ctx.dir()), &key)?;
+            let path = resolve(&file, &ctx.dir());
+            let key = decryption(key, ctx, &path)?;
+            let contents = verify(&path, &key)?;
             Ok((Reply::BackupVerified(contents), None, false))
         }
         BackupCommand::Restore { file, key } => {
-            let key = decryption(key, &ctx.cfg)?;
             let path = resolve(&file, &ctx.dir());
-            let c = stage_restore(&ctx.data_dir, &path, &key)?;
-            tracing::warn!(file = %path.display(), "restore staged; the daemon stops to apply it");
+            let key = decryption(key, ctx, &path)?;
+            let (contents, id) = stage_restore_with_id(&ctx.data_dir, &path, &key)?;
+            tracing::warn!(file = %path.display(), restore = %id, "restore staged; the daemon stops to apply it");
             Ok((
-                Reply::done(format!(
-                    "backup of {} made {} checked and staged ({} extensions, {} call records, {} voicemail messages, {} configuration revisions); outpostd restarts now to apply it",
-                    c.hostname,
-                    schedule::rfc3339(c.created_ms),
-                    c.extensions,
-                    c.cdrs,
-                    c.voicemail,
-                    c.config_revisions
-                )),
+                Reply::RestoreStaged(RestoreStaged {
+                    id,
+                    file: path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    contents,
+                }),
                 None,
                 true,
             ))
         }
+        other => Ok((
+            Reply::error(format!("{} is not a job command", other.name())),
+            None,
+            false,
+        )),
     }
+}
+
+/// The quick commands (no running guard): uploads, the stored passphrase, the info.
+fn small_command(
+    shared: &Shared,
+    ctx: &Context,
+    now: Millis,
+    cmd: BackupCommand,
+) -> Result<Reply, String> {
+    let upload_slot = || {
+        shared
+            .upload
+            .lock()
+            .map_err(|_| "the upload state is unusable".to_owned())
+    };
+    match cmd {
+        BackupCommand::UploadBegin { name } => {
+            let mut slot = upload_slot()?;
+            if let Some(old) = slot.take() {
+                if old.is_abandoned() {
+                    old.abort();
+                } else {
+                    *slot = Some(old);
+                    return Err(upload::UploadError::Busy.to_string());
+                }
+            }
+            let up = upload::Upload::begin(&ctx.dir(), name.as_deref(), now)
+                .map_err(|e| e.to_string())?;
+            let state = up.state();
+            tracing::info!(upload = %state.id, "backup upload started");
+            *slot = Some(up);
+            Ok(Reply::BackupUpload(state))
+        }
+        BackupCommand::UploadChunk { id, offset, data } => {
+            let mut slot = upload_slot()?;
+            let up = slot
+                .as_mut()
+                .filter(|u| u.id() == id)
+                .ok_or_else(|| upload::UploadError::Unknown(id.clone()).to_string())?;
+            match up.chunk(offset, &data) {
+                Ok(state) => Ok(Reply::BackupUpload(state)),
+                Err(e @ (upload::UploadError::Offset { .. } | upload::UploadError::Chunk(_))) => {
+                    Err(e.to_string())
+                }
+                Err(e) => {
+                    // Full disk, too large, write error: the upload cannot go on.
+                    if let Some(u) = slot.take() {
+                        u.abort();
+                    }
+                    Err(e.to_string())
+                }
+            }
+        }
+        BackupCommand::UploadFinish { id, size, sha256 } => {
+            let mut slot = upload_slot()?;
+            if slot.as_ref().is_none_or(|u| u.id() != id) {
+                return Err(upload::UploadError::Unknown(id).to_string());
+            }
+            let up = slot
+                .take()
+                .ok_or_else(|| upload::UploadError::Unknown(id.clone()).to_string())?;
+            let (path, state) = up.finish(size, &sha256).map_err(|e| e.to_string())?;
+            // Only an age file is worth keeping.
+            if let Err(why) = crypto::header_kind(&path) {
+                let _ = std::fs::remove_file(&path);
+                return Err(BackupError::NotAge(why).to_string());
+            }
+            Ok(Reply::BackupUpload(state))
+        }
+        BackupCommand::UploadAbort { id } => {
+            let mut slot = upload_slot()?;
+            if slot.as_ref().is_some_and(|u| u.id() == id) {
+                if let Some(u) = slot.take() {
+                    u.abort();
+                }
+            }
+            Ok(Reply::done("upload abandoned"))
+        }
+        BackupCommand::PassphraseSet { passphrase } => {
+            secret::store(&ctx.data_dir, &passphrase.0).map_err(|e| e.to_string())?;
+            tracing::info!("backup passphrase stored");
+            let note = match ctx.cfg.key_source(&ctx.data_dir) {
+                KeySource::StoredPassphrase => String::new(),
+                other => format!(
+                    "; note: new backups use {other} ([backup] wins over the stored passphrase)"
+                ),
+            };
+            Ok(Reply::done(format!(
+                "backup passphrase stored on the box (mode 0600){note}"
+            )))
+        }
+        BackupCommand::PassphraseClear => {
+            let had = secret::clear(&ctx.data_dir).map_err(|e| e.to_string())?;
+            tracing::info!("backup passphrase removed");
+            Ok(Reply::done(if had {
+                "the stored backup passphrase was removed"
+            } else {
+                "no backup passphrase was stored"
+            }))
+        }
+        BackupCommand::Info => Ok(Reply::BackupInfo(info(ctx))),
+        other => Err(format!("{} is not a quick command", other.name())),
+    }
+}
+
+/// `backup passphrase status`, and the console's question whether to offer a restore.
+fn info(ctx: &Context) -> BackupInfo {
+    let identity = ctx.sftp_identity();
+    BackupInfo {
+        key: ctx.cfg.key_source(&ctx.data_dir).to_string(),
+        passphrase_stored: secret::is_set(&ctx.data_dir),
+        sftp_public_key: std::fs::read_to_string(target::public_key_path(&identity))
+            .ok()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| crate::ssh::PublicKey::parse(l).is_ok()),
+        never_configured: never_configured(&ctx.store, &ctx.data_dir).unwrap_or(false),
+        hostname: ctx.hostname.clone(),
+    }
+}
+
+/// Every target's backups.
+async fn list_remote(ctx: &Context) -> Vec<RemoteListing> {
+    let mut out = Vec::new();
+    for t in &ctx.cfg.targets {
+        let listed = target::list_remote(t, &ctx.data_dir).await;
+        out.push(match listed {
+            Ok(backups) => RemoteListing {
+                target: t.name.clone(),
+                backups,
+                error: None,
+            },
+            Err(e) => RemoteListing {
+                target: t.name.clone(),
+                backups: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        });
+    }
+    out
+}
+
+/// `backup fetch` and the console's fetch from a URL: downloads into the backup
+/// directory (as `.partial`, renamed when complete and checked).
+async fn fetch(shared: &Arc<Shared>, ctx: &Context, cmd: BackupCommand) -> Result<Reply, String> {
+    let dir = ctx.dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let free = upload::free_space(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let max = free.saturating_sub(upload::RESERVE).min(upload::MAX_UPLOAD);
+    let (source, name, partial, size) = match cmd {
+        BackupCommand::Fetch { name, target } => {
+            let t = match &target {
+                Some(n) => ctx
+                    .cfg
+                    .targets
+                    .iter()
+                    .find(|t| t.name == *n)
+                    .ok_or_else(|| {
+                        format!("no backup target {n:?} (see [[backup.targets]] in `config show`)")
+                    })?,
+                None => ctx.cfg.targets.first().ok_or_else(|| {
+                    "no off-site backup target is configured ([[backup.targets]])".to_owned()
+                })?,
+            };
+            let name = match name {
+                Some(n) => n,
+                None => target::list_remote(t, &ctx.data_dir)
+                    .await
+                    .map_err(|e| format!("cannot list {}: {e}", t.name))?
+                    .into_iter()
+                    .next()
+                    .map(|f| f.name)
+                    .ok_or_else(|| format!("there is no backup on {}", t.name))?,
+            };
+            if parse_name(&name).is_none() {
+                return Err(format!("{name:?} is not the name of an Outpost backup"));
+            }
+            if dir.join(&name).is_file() {
+                return finish_fetch(shared, ctx, t.name.clone(), &name, None).await;
+            }
+            let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+            let _ = std::fs::remove_file(&partial);
+            let got = target::fetch(t, &ctx.data_dir, &name, &partial, max).await;
+            (t.name.clone(), name, partial, got)
+        }
+        BackupCommand::FetchUrl { url, host_key } => {
+            let (kind, name) = target::parse_file_url(&url)?;
+            let name = if parse_name(&name).is_some() && !dir.join(&name).exists() {
+                name
+            } else {
+                format!(
+                    "outpost-fetched-{}{SUFFIX}",
+                    schedule::file_stamp(wall_now())
+                )
+            };
+            let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+            let _ = std::fs::remove_file(&partial);
+            let got = match kind {
+                target::FileUrl::Sftp { mut target, file } => match host_key {
+                    None => {
+                        let line = target::learn_host_key(&target, &ctx.data_dir)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let fingerprint = crate::ssh::PublicKey::parse(&line)
+                            .map(|k| k.fingerprint())
+                            .unwrap_or_default();
+                        return Ok(Reply::HostKey { line, fingerprint });
+                    }
+                    Some(key) => {
+                        crate::ssh::PublicKey::parse(&key)
+                            .map_err(|e| format!("the host key: {e}"))?;
+                        target.host_key = key;
+                        target::fetch_sftp_file(&target, &ctx.data_dir, &file, &partial, max).await
+                    }
+                },
+                target::FileUrl::Https { url } => {
+                    target::fetch_https_url(&url, &partial, max).await
+                }
+            };
+            (url, name, partial, got)
+        }
+        other => return Err(format!("{} is not a fetch", other.name())),
+    };
+    match size {
+        Ok(_) => {}
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(format!("cannot fetch {name} from {source}: {e}"));
+        }
+    }
+    finish_fetch(shared, ctx, source, &name, Some(partial)).await
+}
+
+/// Checks a fetched file (fully when the box has its key, else its age header) and renames
+/// it into place; a damaged download is deleted.
+async fn finish_fetch(
+    shared: &Arc<Shared>,
+    ctx: &Context,
+    source: String,
+    name: &str,
+    partial: Option<PathBuf>,
+) -> Result<Reply, String> {
+    let dir = ctx.dir();
+    let final_path = dir.join(name);
+    let already_here = partial.is_none();
+    let checked = partial.clone().unwrap_or_else(|| final_path.clone());
+    let job_ctx = ctx.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<(String, bool, u64), String> {
+        let kind = crypto::header_kind(&checked).map_err(|e| BackupError::NotAge(e).to_string())?;
+        let verified = match job_ctx.cfg.own_decryption(&job_ctx.data_dir, kind) {
+            Ok(key) => match verify(&checked, &key) {
+                Ok(_) => true,
+                // Not this box's passphrase: restoring will need the right one.
+                Err(BackupError::WrongKey) => false,
+                Err(e) => return Err(e.to_string()),
+            },
+            Err(_) => false,
+        };
+        let size = std::fs::metadata(&checked)
+            .map_err(|e| e.to_string())?
+            .len();
+        Ok((
+            match kind {
+                HeaderKind::Passphrase => "passphrase".to_owned(),
+                HeaderKind::Recipient => "X25519 recipient".to_owned(),
+            },
+            verified,
+            size,
+        ))
+    })
+    .await
+    .map_err(|e| format!("the check failed: {e}"))?;
+    let (encrypted_to, verified, size) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(p) = &partial {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(format!("{name} from {source} is damaged: {e}"));
+        }
+    };
+    if let Some(p) = &partial {
+        std::fs::rename(p, &final_path)
+            .map_err(|e| format!("cannot rename {}: {e}", p.display()))?;
+        let _ = archive::sync_dir(&dir);
+    }
+    if verified {
+        cache_good(&shared.checks, &final_path);
+    }
+    tracing::info!(file = %name, %source, size, verified, "backup fetched");
+    Ok(Reply::BackupFetched(FetchedBackup {
+        name: name.to_owned(),
+        size,
+        source,
+        encrypted_to,
+        verified,
+        already_here,
+    }))
 }
 
 /// Uploads `path` to every target, each in its own task; failures raise an alert.
@@ -1617,7 +2423,13 @@ mod tests {
         assert_eq!(entry.encrypted_to, id.to_public().to_string());
         assert_eq!(scan(&ctx.dir()).0[0].encrypted_to, "X25519 recipient");
         assert!(matches!(
-            ctx.cfg.own_decryption(),
+            ctx.cfg.own_decryption(&a.data, HeaderKind::Recipient),
+            Err(BackupError::NeedIdentity)
+        ));
+        // A passphrase for a recipient backup, and the converse, are named precisely.
+        let pass = Decryption::passphrase(PASS).unwrap();
+        assert!(matches!(
+            verify(&path, &pass),
             Err(BackupError::NeedIdentity)
         ));
         use age::secrecy::ExposeSecret;
@@ -1626,6 +2438,12 @@ mod tests {
         let other = age::x25519::Identity::generate();
         let wrong = Decryption::identity_text(other.to_string().expose_secret()).unwrap();
         assert!(matches!(verify(&path, &wrong), Err(BackupError::WrongKey)));
+        ctx.cfg.recipient = None;
+        ctx.cfg.passphrase_file = Some(a.pass_file.clone());
+        let (_, pass_path) = create(&ctx, NOW + 1000).unwrap();
+        let err = verify(&pass_path, &key).unwrap_err();
+        assert!(matches!(err, BackupError::NeedPassphrase), "{err}");
+        assert!(err.to_string().contains("--passphrase"), "{err}");
     }
 
     #[test]
@@ -1664,7 +2482,21 @@ mod tests {
             schedule: "daily 02:30".into(),
             ..BackupConfig::default()
         };
-        assert_eq!(c.check().unwrap_err().0, "backup.schedule");
+        c.check().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        assert_eq!(
+            c.check_on_box(data.path()).unwrap_err().0,
+            "backup.schedule",
+            "a schedule needs a key"
+        );
+        secret::store(data.path(), "a stored passphrase").unwrap();
+        c.check_on_box(data.path()).unwrap();
+        assert_eq!(c.key_source(data.path()), KeySource::StoredPassphrase);
+        c.passphrase_file = Some(data.path().join("missing.pass"));
+        let (key, reason) = c.check_on_box(data.path()).unwrap_err();
+        assert_eq!(key, "backup.passphrase_file");
+        assert!(reason.contains("does not exist"), "{reason}");
+        c.passphrase_file = None;
         c.recipient = Some("age1bad".into());
         assert_eq!(c.check().unwrap_err().0, "backup.recipient");
         c.recipient = Some(age::x25519::Identity::generate().to_public().to_string());

@@ -79,6 +79,10 @@ const MAX_FILE_NAME: usize = 200;
 const MAX_TARGET_NAME: usize = 64;
 /// Longest remote directory or URL.
 const MAX_REMOTE_PATH: usize = 1024;
+/// Most output of an `sftp` run read (a listing of a few thousand backups fits).
+const MAX_LISTING: usize = 1024 * 1024;
+/// Backups listed per target at most.
+pub const MAX_REMOTE_FILES: usize = 1000;
 
 /// One off-site target: `[[backup.targets]]` with `name`, `kind` (`"sftp"` or `"https"`)
 /// and the keys of that kind.
@@ -497,23 +501,11 @@ pub async fn upload_with(
             }
         }
         TargetKind::Https(h) => {
-            let url = HttpsUrl::parse(&h.url).map_err(|reason| TargetError::Config {
-                key: "url".to_owned(),
-                reason,
-            })?;
-            let password = read_password(&h.password_file)?;
-            let tls = crate::driver::tls::client_config(h.ca.as_deref()).map_err(|e| {
-                TargetError::Config {
-                    key: "ca".to_owned(),
-                    reason: e.to_string(),
-                }
-            })?;
-            let auth = base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{password}", h.username));
+            let (url, auth, connector) = https_plan(h)?;
             Plan::Https {
                 url,
                 auth,
-                connector: TlsConnector::from(Arc::new(tls)),
+                connector,
             }
         }
     };
@@ -564,7 +556,12 @@ pub fn identity_path(target: &SftpTarget, data_dir: &Path) -> PathBuf {
     target
         .identity
         .clone()
-        .unwrap_or_else(|| data_dir.join("backup").join(IDENTITY_FILE))
+        .unwrap_or_else(|| default_identity_path(data_dir))
+}
+
+/// The default SFTP client key, `<data_dir>/backup/id_ed25519`.
+pub fn default_identity_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("backup").join(IDENTITY_FILE)
 }
 
 /// Makes the ed25519 key pair `identity` (and `identity.pub`) with `ssh-keygen` when the
@@ -632,6 +629,472 @@ pub async fn ensure_identity(identity: &Path) -> Result<String, TargetError> {
     Ok(line)
 }
 
+/// One backup on an off-site target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteFile {
+    /// File name (an Outpost backup name).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was made (ms since the epoch, from the name).
+    pub created_ms: u64,
+}
+
+/// Longest a listing may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a download may take (a large backup over a slow line).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The backups on `target`, newest first (at most [`MAX_REMOTE_FILES`]): names that are
+/// Outpost backup names (no `.partial`), with their sizes.
+pub async fn list_remote(
+    target: &TargetConfig,
+    data_dir: &Path,
+) -> Result<Vec<RemoteFile>, TargetError> {
+    check(target).map_err(|(key, reason)| TargetError::Config { key, reason })?;
+    let mut files = match &target.kind {
+        TargetKind::Sftp(s) => {
+            let identity = ready_identity(s, data_dir).await?;
+            let batch = format!("cd \"{}\"\nls -ln\n", s.path);
+            let (out, _) =
+                run_sftp(s, &identity, &batch, LIST_TIMEOUT, HostKeyCheck::Pinned).await?;
+            parse_sftp_listing(&out)
+        }
+        TargetKind::Https(h) => {
+            let (url, auth, connector) = https_plan(h)?;
+            let http = Http {
+                url: &url,
+                auth: &auth,
+                connector: &connector,
+            };
+            let body = tokio::time::timeout(
+                LIST_TIMEOUT,
+                http.fetch_body(
+                    "PROPFIND",
+                    &url.path,
+                    &[("Depth", "1"), ("Content-Type", "application/xml")],
+                    MAX_LISTING,
+                    &[207],
+                ),
+            )
+            .await
+            .map_err(|_| TargetError::Timeout(LIST_TIMEOUT))??;
+            parse_propfind(&String::from_utf8_lossy(&body))
+        }
+    };
+    files.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.name.cmp(&a.name)));
+    files.truncate(MAX_REMOTE_FILES);
+    Ok(files)
+}
+
+/// Downloads backup `name` from `target` into `dest` (which must not exist); at most
+/// `max` bytes. Returns the size.
+pub async fn fetch(
+    target: &TargetConfig,
+    data_dir: &Path,
+    name: &str,
+    dest: &Path,
+    max: u64,
+) -> Result<u64, TargetError> {
+    check(target).map_err(|(key, reason)| TargetError::Config { key, reason })?;
+    if super::parse_name(name).is_none() {
+        return Err(TargetError::Config {
+            key: "name".to_owned(),
+            reason: format!("{name:?} is not the name of an Outpost backup"),
+        });
+    }
+    match &target.kind {
+        TargetKind::Sftp(s) => {
+            let identity = ready_identity(s, data_dir).await?;
+            sftp_get(s, &identity, name, dest, max).await
+        }
+        TargetKind::Https(h) => {
+            let (url, auth, connector) = https_plan(h)?;
+            let http = Http {
+                url: &url,
+                auth: &auth,
+                connector: &connector,
+            };
+            let path = format!("{}{name}", url.path);
+            tokio::time::timeout(FETCH_TIMEOUT, http.download(&path, dest, max))
+                .await
+                .map_err(|_| TargetError::Timeout(FETCH_TIMEOUT))?
+        }
+    }
+}
+
+/// The server's host key, as `accept-new` sees it (for the admin to confirm before a
+/// download with [`fetch_sftp_file`]).
+pub async fn learn_host_key(target: &SftpTarget, data_dir: &Path) -> Result<String, TargetError> {
+    let identity = ready_identity(target, data_dir).await?;
+    let (_, learned) = run_sftp(
+        target,
+        &identity,
+        "pwd\n",
+        LIST_TIMEOUT,
+        HostKeyCheck::Learn,
+    )
+    .await?;
+    learned.ok_or_else(|| TargetError::Protocol {
+        addr: host_port(&target.host, target.port),
+        reason: "the server presented no host key".to_owned(),
+    })
+}
+
+/// Downloads `dir/name` of an SFTP server (`target.path` is the directory) into `dest`.
+pub async fn fetch_sftp_file(
+    target: &SftpTarget,
+    data_dir: &Path,
+    name: &str,
+    dest: &Path,
+    max: u64,
+) -> Result<u64, TargetError> {
+    let identity = ready_identity(target, data_dir).await?;
+    sftp_get(target, &identity, name, dest, max).await
+}
+
+/// A backup file named by a URL (the console's restore of a box with no target yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileUrl {
+    /// `sftp://user@host[:port]/dir/file` (`host_key` still empty: to be confirmed).
+    Sftp {
+        /// The server, its user and the file's directory.
+        target: SftpTarget,
+        /// The file's name.
+        file: String,
+    },
+    /// `https://host[:port]/dir/file`, fetched with a plain `GET` (no credentials).
+    Https {
+        /// The whole URL.
+        url: String,
+    },
+}
+
+/// Parses `sftp://user@host[:port]/path/file` or `https://host[:port]/path/file`; returns
+/// it with the file's name.
+pub fn parse_file_url(url: &str) -> Result<(FileUrl, String), String> {
+    if url.len() > MAX_REMOTE_PATH {
+        return Err(format!(
+            "the location must be at most {MAX_REMOTE_PATH} bytes"
+        ));
+    }
+    if let Some(rest) = url.strip_prefix("sftp://") {
+        let (user, rest) = rest
+            .split_once('@')
+            .ok_or("give the user: sftp://user@host/path/file")?;
+        let (authority, path) = rest
+            .find('/')
+            .map(|i| rest.split_at(i))
+            .ok_or("give the file's path: sftp://user@host/path/file")?;
+        let (host, port) = crate::http::split_authority(authority)?;
+        let port = match port {
+            None => SSH_PORT,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or("the port must be 1 to 65535")?,
+        };
+        if !valid_user(user) || !(valid_host(host) || host.parse::<IpAddr>().is_ok()) {
+            return Err("not a valid user@host".to_owned());
+        }
+        let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
+        let dir = if dir.is_empty() { "/" } else { dir };
+        if file.is_empty()
+            || !super::archive::is_safe_file_name(file)
+            || !safe_in_batch(dir)
+            || file.len() > MAX_FILE_NAME
+        {
+            return Err(
+                "the path must end in a plain file name (letters, digits, . _ -)".to_owned(),
+            );
+        }
+        let target = SftpTarget {
+            host: host.to_owned(),
+            port,
+            user: user.to_owned(),
+            path: dir.to_owned(),
+            host_key: String::new(),
+            identity: None,
+        };
+        return Ok((
+            FileUrl::Sftp {
+                target,
+                file: file.to_owned(),
+            },
+            file.to_owned(),
+        ));
+    }
+    if url.len() > 8 && url[..8].eq_ignore_ascii_case("https://") {
+        let (dir, file) = url.rsplit_once('/').unwrap_or((url, ""));
+        let parsed = HttpsUrl::parse(&format!("{dir}/"))?;
+        let _ = parsed;
+        if file.is_empty() || !super::archive::is_safe_file_name(file) {
+            return Err(
+                "the URL must end in a plain file name (letters, digits, . _ -)".to_owned(),
+            );
+        }
+        return Ok((
+            FileUrl::Https {
+                url: url.to_owned(),
+            },
+            file.to_owned(),
+        ));
+    }
+    Err("give sftp://user@host[:port]/path/file or https://host/path/file".to_owned())
+}
+
+/// `GET` of an https URL (no credentials, the system's roots) into `dest`.
+pub async fn fetch_https_url(url: &str, dest: &Path, max: u64) -> Result<u64, TargetError> {
+    let bad = |reason: String| TargetError::Config {
+        key: "url".to_owned(),
+        reason,
+    };
+    let (dir, file) = url
+        .rsplit_once('/')
+        .ok_or_else(|| bad("no file name".into()))?;
+    let parsed = HttpsUrl::parse(&format!("{dir}/")).map_err(bad)?;
+    let tls = crate::driver::tls::client_config(None).map_err(|e| TargetError::Config {
+        key: "ca".to_owned(),
+        reason: e.to_string(),
+    })?;
+    let connector = TlsConnector::from(Arc::new(tls));
+    let http = Http {
+        url: &parsed,
+        auth: "",
+        connector: &connector,
+    };
+    let path = format!("{}{file}", parsed.path);
+    tokio::time::timeout(FETCH_TIMEOUT, http.download(&path, dest, max))
+        .await
+        .map_err(|_| TargetError::Timeout(FETCH_TIMEOUT))?
+}
+
+/// The client key of an SFTP target, made when missing.
+async fn ready_identity(s: &SftpTarget, data_dir: &Path) -> Result<PathBuf, TargetError> {
+    let identity = identity_path(s, data_dir);
+    check_identity_path(&identity).map_err(|reason| TargetError::Config {
+        key: "identity".to_owned(),
+        reason,
+    })?;
+    ensure_identity(&identity).await?;
+    Ok(identity)
+}
+
+/// `ls -ln` of the file first (its size against `max`), then `get`.
+async fn sftp_get(
+    s: &SftpTarget,
+    identity: &Path,
+    name: &str,
+    dest: &Path,
+    max: u64,
+) -> Result<u64, TargetError> {
+    if !super::archive::is_safe_file_name(name) || !safe_in_batch(name) {
+        return Err(TargetError::Config {
+            key: "name".to_owned(),
+            reason: format!("{name:?} is not a plain file name"),
+        });
+    }
+    let local = batch_path(dest)?;
+    let addr = host_port(&s.host, s.port);
+    let batch = format!("cd \"{}\"\nls -ln \"{name}\"\n", s.path);
+    let (out, _) = run_sftp(s, identity, &batch, LIST_TIMEOUT, HostKeyCheck::Pinned).await?;
+    let size = parse_ls_lines(&out)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, size)| size)
+        .ok_or_else(|| TargetError::Remote {
+            addr: addr.clone(),
+            reason: format!("no file {name} in {}", s.path),
+        })?;
+    if size > max {
+        return Err(TargetError::Remote {
+            addr,
+            reason: format!("{name} is {size} bytes, more than the {max} a backup may have"),
+        });
+    }
+    let batch = format!("cd \"{}\"\nget \"{name}\" \"{local}\"\n", s.path);
+    run_sftp(s, identity, &batch, FETCH_TIMEOUT, HostKeyCheck::Pinned).await?;
+    let got = std::fs::metadata(dest)
+        .map_err(|source| TargetError::Io {
+            path: dest.to_path_buf(),
+            source,
+        })?
+        .len();
+    if got != size {
+        return Err(TargetError::Remote {
+            addr,
+            reason: format!("{name}: received {got} of {size} bytes"),
+        });
+    }
+    Ok(got)
+}
+
+/// Regular files of an `ls -ln` output: (name, size).
+fn parse_ls_lines(out: &str) -> Vec<(String, u64)> {
+    out.lines()
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            if fields.len() != 9 {
+                return None;
+            }
+            let size = fields[4].parse().ok()?;
+            // sftp prints the path as given: a bare name, or with the directory.
+            let name = fields[8].rsplit('/').next()?;
+            Some((name.to_owned(), size))
+        })
+        .collect()
+}
+
+/// The backups of an `ls -ln` output.
+fn parse_sftp_listing(out: &str) -> Vec<RemoteFile> {
+    parse_ls_lines(out)
+        .into_iter()
+        .filter_map(|(name, size)| {
+            let created_ms = super::parse_name(&name)?;
+            Some(RemoteFile {
+                name,
+                size,
+                created_ms,
+            })
+        })
+        .collect()
+}
+
+/// The backups of a WebDAV `207 Multi-Status` answer: each `response`'s `href` (its last
+/// path segment) and `getcontentlength`, whatever the namespace prefix.
+fn parse_propfind(xml: &str) -> Vec<RemoteFile> {
+    let mut files = Vec::new();
+    for block in split_elements(xml, "response") {
+        let Some(href) = element_text(block, "href") else {
+            continue;
+        };
+        let name = href
+            .trim()
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("");
+        let name = percent_decode(name);
+        let Some(created_ms) = super::parse_name(&name) else {
+            continue;
+        };
+        let size = element_text(block, "getcontentlength")
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        files.push(RemoteFile {
+            name,
+            size,
+            created_ms,
+        });
+        if files.len() >= MAX_REMOTE_FILES * 4 {
+            break;
+        }
+    }
+    files
+}
+
+/// The contents of each `<prefix:local ...>...</prefix:local>` element (any prefix).
+fn split_elements<'a>(xml: &'a str, local: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some((start, after_open)) = find_open(rest, local) {
+        let body = &rest[after_open..];
+        let Some(end) = find_close(body, local) else {
+            break;
+        };
+        out.push(&body[..end]);
+        rest = &body[end..];
+        let _ = start;
+    }
+    out
+}
+
+/// The text of the first `local` element in `xml`.
+fn element_text<'a>(xml: &'a str, local: &str) -> Option<&'a str> {
+    let (_, after_open) = find_open(xml, local)?;
+    let body = &xml[after_open..];
+    let end = find_close(body, local)?;
+    Some(&body[..end])
+}
+
+/// Where an opening tag of `local` (any prefix) starts and where its content starts.
+fn find_open(xml: &str, local: &str) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(i) = xml[from..].find('<') {
+        let start = from + i;
+        let tag_end = start + xml[start..].find('>')?;
+        let tag = &xml[start + 1..tag_end];
+        let name = tag.split_whitespace().next().unwrap_or("");
+        let bare = name.rsplit(':').next().unwrap_or("");
+        if !name.starts_with('/') && bare.eq_ignore_ascii_case(local) && !tag.ends_with('/') {
+            return Some((start, tag_end + 1));
+        }
+        from = tag_end + 1;
+    }
+    None
+}
+
+/// Where the closing tag of `local` (any prefix) starts.
+fn find_close(xml: &str, local: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = xml[from..].find("</") {
+        let start = from + i;
+        let tag_end = start + xml[start..].find('>')?;
+        let name = xml[start + 2..tag_end].trim();
+        if name
+            .rsplit(':')
+            .next()
+            .unwrap_or("")
+            .eq_ignore_ascii_case(local)
+        {
+            return Some(start);
+        }
+        from = tag_end + 1;
+    }
+    None
+}
+
+/// `%XX` escapes of a URL path segment decoded (invalid ones kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URL, Basic credentials and TLS connector of an HTTPS target.
+fn https_plan(h: &HttpsTarget) -> Result<(HttpsUrl, String, TlsConnector), TargetError> {
+    let url = HttpsUrl::parse(&h.url).map_err(|reason| TargetError::Config {
+        key: "url".to_owned(),
+        reason,
+    })?;
+    let password = read_password(&h.password_file)?;
+    let tls =
+        crate::driver::tls::client_config(h.ca.as_deref()).map_err(|e| TargetError::Config {
+            key: "ca".to_owned(),
+            reason: e.to_string(),
+        })?;
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", h.username));
+    Ok((url, auth, TlsConnector::from(Arc::new(tls))))
+}
+
 /// What an attempt needs, prepared once before the first.
 enum Plan<'a> {
     Sftp {
@@ -656,13 +1119,19 @@ async fn sftp_upload(
     name: &str,
     timeout: Duration,
 ) -> Result<(), TargetError> {
-    let addr = host_port(&target.host, target.port);
-    let pinned = PublicKey::parse(&target.host_key).map_err(|e| TargetError::Config {
-        key: "host_key".to_owned(),
-        reason: e.to_string(),
-    })?;
-    let local = file
-        .to_str()
+    let local = batch_path(file)?;
+    let partial = format!("{name}{PARTIAL_SUFFIX}");
+    let batch = format!(
+        "cd \"{}\"\nput \"{local}\" \"{partial}\"\nrename \"{partial}\" \"{name}\"\n",
+        target.path
+    );
+    run_sftp(target, identity, &batch, timeout, HostKeyCheck::Pinned).await?;
+    Ok(())
+}
+
+/// A local path as an sftp batch file may quote it.
+fn batch_path(file: &Path) -> Result<&str, TargetError> {
+    file.to_str()
         .filter(|p| safe_in_batch(p))
         .ok_or_else(|| TargetError::Config {
             key: "file".to_owned(),
@@ -670,13 +1139,42 @@ async fn sftp_upload(
             "{}: the path must be UTF-8 without quotes, backslashes, `*?[]` or control characters",
             file.display()
         ),
-        })?;
-    let known_hosts = KnownHosts::write(&pinned)?;
-    let partial = format!("{name}{PARTIAL_SUFFIX}");
-    let batch = format!(
-        "cd \"{}\"\nput \"{local}\" \"{partial}\"\nrename \"{partial}\" \"{name}\"\n",
-        target.path
-    );
+        })
+}
+
+/// How `sftp` checks the server's host key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostKeyCheck {
+    /// Only the pinned `host_key` is accepted.
+    Pinned,
+    /// Whatever the server presents is accepted and returned (to be shown to the admin,
+    /// who confirms it before anything is read).
+    Learn,
+}
+
+/// Runs `sftp -b -` with `batch` against `target`; returns its standard output (batch mode
+/// echoes each command as `sftp> ...`, followed by the command's output) and, with
+/// [`HostKeyCheck::Learn`], the host key the server presented.
+async fn run_sftp(
+    target: &SftpTarget,
+    identity: &Path,
+    batch: &str,
+    timeout: Duration,
+    check: HostKeyCheck,
+) -> Result<(String, Option<String>), TargetError> {
+    let addr = host_port(&target.host, target.port);
+    let pinned = match check {
+        HostKeyCheck::Pinned => {
+            Some(
+                PublicKey::parse(&target.host_key).map_err(|e| TargetError::Config {
+                    key: "host_key".to_owned(),
+                    reason: e.to_string(),
+                })?,
+            )
+        }
+        HostKeyCheck::Learn => None,
+    };
+    let known_hosts = KnownHosts::write(pinned.as_ref())?;
     let mut cmd = tokio::process::Command::new("sftp");
     cmd.arg("-b")
         .arg("-")
@@ -693,15 +1191,26 @@ async fn sftp_upload(
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", known_hosts.path.display()))
         .arg("-o")
-        .arg(format!(
-            "HostKeyAlgorithms={}",
-            host_key_algorithms(pinned.key_type())
-        ))
-        .arg("-o")
         .arg(format!("ConnectTimeout={}", CONNECT_TIMEOUT.as_secs()));
+    match &pinned {
+        Some(key) => {
+            cmd.arg("-o")
+                .arg(format!(
+                    "HostKeyAlgorithms={}",
+                    host_key_algorithms(key.key_type())
+                ))
+                .arg("-o")
+                .arg("StrictHostKeyChecking=yes");
+        }
+        None => {
+            cmd.arg("-o")
+                .arg("StrictHostKeyChecking=accept-new")
+                .arg("-o")
+                .arg("HashKnownHosts=no");
+        }
+    }
     for opt in [
         "GlobalKnownHostsFile=/dev/null",
-        "StrictHostKeyChecking=yes",
         "CheckHostIP=no",
         "UpdateHostKeys=no",
         "BatchMode=yes",
@@ -736,7 +1245,7 @@ async fn sftp_upload(
         let _ = stdin.write_all(batch.as_bytes()).await;
         drop(stdin);
         let (out_text, err_text) = tokio::join!(
-            read_bounded(&mut stdout, MAX_STDERR),
+            read_bounded(&mut stdout, MAX_LISTING),
             read_bounded(&mut stderr, MAX_STDERR)
         );
         let status = child.wait().await;
@@ -750,9 +1259,18 @@ async fn sftp_upload(
         reason: e.to_string(),
     })?;
     group.disarm();
+    let learned = match check {
+        HostKeyCheck::Learn => known_hosts.learned(),
+        HostKeyCheck::Pinned => None,
+    };
     drop(known_hosts);
     if status.success() {
-        return Ok(());
+        return Ok((out_text, learned));
+    }
+    if check == HostKeyCheck::Learn && learned.is_some() {
+        // The key was learned; what failed after it (our key not authorised yet, a
+        // missing file) is for the pinned run to report.
+        return Ok((out_text, learned));
     }
     let last_command = out_text
         .lines()
@@ -765,7 +1283,7 @@ async fn sftp_upload(
         &addr,
         target,
         identity,
-        &pinned,
+        pinned.as_ref(),
     ))
 }
 
@@ -777,7 +1295,7 @@ fn sftp_failure(
     addr: &str,
     target: &SftpTarget,
     identity: &Path,
-    pinned: &PublicKey,
+    pinned: Option<&PublicKey>,
 ) -> TargetError {
     let addr = addr.to_owned();
     if stderr.contains("Host key verification failed")
@@ -791,11 +1309,14 @@ fn sftp_failure(
             .or_else(|| {
                 stderr
                     .contains("no matching host key type found")
-                    .then(|| format!("no {} key", pinned.key_type().name()))
+                    .then(|| match pinned {
+                        Some(p) => format!("no {} key", p.key_type().name()),
+                        None => "no usable key".to_owned(),
+                    })
             });
         return TargetError::HostKeyMismatch {
             addr,
-            pinned: pinned.fingerprint(),
+            pinned: pinned.map(PublicKey::fingerprint).unwrap_or_default(),
             presented,
         };
     }
@@ -859,7 +1380,8 @@ struct KnownHosts {
 }
 
 impl KnownHosts {
-    fn write(pinned: &PublicKey) -> Result<KnownHosts, TargetError> {
+    /// A file with the pinned key, or an empty one for `accept-new` to fill.
+    fn write(pinned: Option<&PublicKey>) -> Result<KnownHosts, TargetError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let path = std::env::temp_dir().join(format!(
             "outpost-backup-known-hosts-{}-{}-{:016x}",
@@ -867,13 +1389,28 @@ impl KnownHosts {
             SEQ.fetch_add(1, Ordering::Relaxed),
             rand::random::<u64>()
         ));
-        // The comment is left out: ssh needs only type and key.
-        let mut parts = pinned.to_line();
-        if let Some(c) = pinned.comment() {
-            parts.truncate(parts.len() - c.len() - 1);
-        }
-        write_file(&path, format!("{HOST_ALIAS} {parts}\n").as_bytes(), 0o600)?;
+        let line = match pinned {
+            Some(pinned) => {
+                // The comment is left out: ssh needs only type and key.
+                let mut parts = pinned.to_line();
+                if let Some(c) = pinned.comment() {
+                    parts.truncate(parts.len() - c.len() - 1);
+                }
+                format!("{HOST_ALIAS} {parts}\n")
+            }
+            None => String::new(),
+        };
+        write_file(&path, line.as_bytes(), 0o600)?;
         Ok(KnownHosts { path })
+    }
+
+    /// The key `accept-new` wrote (`type base64`), if it parses.
+    fn learned(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(HOST_ALIAS)?.trim();
+            PublicKey::parse(rest).ok().map(|_| rest.to_owned())
+        })
     }
 }
 
@@ -988,6 +1525,10 @@ impl HttpsUrl {
 struct Status {
     code: u16,
     reason: String,
+    /// `Content-Length`, when given.
+    length: Option<u64>,
+    /// `Transfer-Encoding: chunked`.
+    chunked: bool,
 }
 
 /// PUT to the partial name, MOVE into place (or plain PUT when MOVE is refused).
@@ -1098,6 +1639,118 @@ impl Http<'_> {
         headers: &[(&str, &str)],
         body: Option<(&Path, u64)>,
     ) -> Result<Status, TargetError> {
+        self.exchange(method, path, headers, body)
+            .await
+            .map(|(status, _, _)| status)
+    }
+
+    /// A request whose answer's body is wanted (`ok` statuses only), at most `max` bytes.
+    async fn fetch_body(
+        &self,
+        method: &'static str,
+        path: &str,
+        headers: &[(&str, &str)],
+        max: usize,
+        ok: &[u16],
+    ) -> Result<Vec<u8>, TargetError> {
+        let mut out = Vec::new();
+        self.read_body(method, path, headers, ok, max as u64, &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// `GET path` into the new file `dest` (mode 0600), at most `max` bytes; its size.
+    async fn download(&self, path: &str, dest: &Path, max: u64) -> Result<u64, TargetError> {
+        let local = |source| TargetError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dest)
+            .map_err(local)?;
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+        let n = self
+            .read_body("GET", path, &[], &[200], max, &mut out)
+            .await?;
+        let file = out.into_inner().map_err(|e| local(e.into_error()))?;
+        file.sync_all().map_err(local)?;
+        Ok(n)
+    }
+
+    /// Sends a request without body and copies the answer's body to `out` (plain,
+    /// `Content-Length` or chunked; at most `max` bytes).
+    async fn read_body(
+        &self,
+        method: &'static str,
+        path: &str,
+        headers: &[(&str, &str)],
+        ok: &[u16],
+        max: u64,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64, TargetError> {
+        let (status, mut tls, mut buf) = self.exchange(method, path, headers, None).await?;
+        if !ok.contains(&status.code) {
+            return Err(self.status_error(method, path, status));
+        }
+        let addr = self.url.authority();
+        let too_big = || TargetError::Remote {
+            addr: addr.clone(),
+            reason: format!("{path}: the answer is larger than {max} bytes"),
+        };
+        if status.length.is_some_and(|n| n > max) {
+            return Err(too_big());
+        }
+        let mut body = BodyReader {
+            io: &mut tls,
+            buf: &mut buf,
+            addr: &addr,
+        };
+        let mut total = 0u64;
+        let mut sink = |data: &[u8]| -> Result<(), TargetError> {
+            total += data.len() as u64;
+            if total > max {
+                return Err(too_big());
+            }
+            out.write_all(data).map_err(|source| TargetError::Io {
+                path: PathBuf::from(path),
+                source,
+            })
+        };
+        if status.chunked {
+            loop {
+                let line = body.line().await?;
+                let size_text = line.split(';').next().unwrap_or("").trim();
+                let size =
+                    u64::from_str_radix(size_text, 16).map_err(|_| TargetError::Protocol {
+                        addr: addr.clone(),
+                        reason: format!("bad chunk size {:?}", sanitize(size_text, 20)),
+                    })?;
+                if size == 0 {
+                    break;
+                }
+                body.copy(size, &mut sink).await?;
+                body.line().await?;
+            }
+        } else if let Some(len) = status.length {
+            body.copy(len, &mut sink).await?;
+        } else {
+            body.copy_to_end(&mut sink).await?;
+        }
+        Ok(total)
+    }
+
+    /// Sends one request and reads the final status; returns the connection and the bytes
+    /// read after the head.
+    async fn exchange(
+        &self,
+        method: &'static str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&Path, u64)>,
+    ) -> Result<(Status, tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>), TargetError> {
         let addr = self.url.authority();
         let tcp = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -1135,10 +1788,12 @@ impl Http<'_> {
             })?;
         let len = body.map_or(0, |(_, n)| n);
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {}\r\n\
-             User-Agent: outpost-backup\r\nConnection: close\r\nContent-Length: {len}\r\n",
-            self.auth
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n\
+             User-Agent: outpost-backup\r\nConnection: close\r\nContent-Length: {len}\r\n"
         );
+        if !self.auth.is_empty() {
+            head.push_str(&format!("Authorization: Basic {}\r\n", self.auth));
+        }
         if body.is_some() {
             head.push_str("Content-Type: application/octet-stream\r\n");
         }
@@ -1160,7 +1815,7 @@ impl Http<'_> {
             // Wait briefly for "100 Continue" or an early refusal (401) before the body.
             match tokio::time::timeout(EXPECT_WAIT, read_head(&mut tls, &mut buf, &addr)).await {
                 Ok(Ok(status)) if status.code == 100 => {}
-                Ok(Ok(status)) if status.code >= 200 => return Ok(status),
+                Ok(Ok(status)) if status.code >= 200 => return Ok((status, tls, buf)),
                 Ok(Ok(_)) | Err(_) => {}
                 Ok(Err(e)) => return Err(e),
             }
@@ -1171,13 +1826,99 @@ impl Http<'_> {
                         tokio::time::timeout(EXPECT_WAIT, read_final(&mut tls, &mut buf, &addr))
                             .await
                     {
-                        return Ok(status);
+                        return Ok((status, tls, buf));
                     }
                 }
                 return Err(e);
             }
         }
-        read_final(&mut tls, &mut buf, &addr).await
+        let status = read_final(&mut tls, &mut buf, &addr).await?;
+        Ok((status, tls, buf))
+    }
+}
+
+/// Reads a response body: the bytes left after the head first, then the connection.
+struct BodyReader<'a, R> {
+    io: &'a mut R,
+    buf: &'a mut Vec<u8>,
+    addr: &'a str,
+}
+
+impl<R: AsyncRead + Unpin> BodyReader<'_, R> {
+    /// More bytes into `buf`; false at the end of the connection.
+    async fn fill(&mut self) -> Result<bool, TargetError> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(IO_STALL, self.io.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("stalled for {IO_STALL:?}"),
+                ))
+            })
+            .map_err(|e| TargetError::Protocol {
+                addr: self.addr.to_owned(),
+                reason: format!("connection lost while receiving: {}", io_reason(&e)),
+            })?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    /// One CRLF-terminated line (a chunk header), at most 1 KiB.
+    async fn line(&mut self) -> Result<String, TargetError> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return Ok(line);
+            }
+            if self.buf.len() > 1024 || !self.fill().await? {
+                return Err(self.cut());
+            }
+        }
+    }
+
+    /// Exactly `len` bytes to `sink`.
+    async fn copy(
+        &mut self,
+        mut len: u64,
+        sink: &mut impl FnMut(&[u8]) -> Result<(), TargetError>,
+    ) -> Result<(), TargetError> {
+        while len > 0 {
+            if self.buf.is_empty() && !self.fill().await? {
+                return Err(self.cut());
+            }
+            let take = usize::try_from(len)
+                .unwrap_or(usize::MAX)
+                .min(self.buf.len());
+            sink(&self.buf[..take])?;
+            self.buf.drain(..take);
+            len -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Everything until the server closes the connection.
+    async fn copy_to_end(
+        &mut self,
+        sink: &mut impl FnMut(&[u8]) -> Result<(), TargetError>,
+    ) -> Result<(), TargetError> {
+        loop {
+            if !self.buf.is_empty() {
+                sink(self.buf)?;
+                self.buf.clear();
+            }
+            if !self.fill().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn cut(&self) -> TargetError {
+        TargetError::Protocol {
+            addr: self.addr.to_owned(),
+            reason: "the answer ended early".to_owned(),
+        }
     }
 }
 
@@ -1294,10 +2035,27 @@ async fn read_head<R: AsyncRead + Unpin>(
     buf.drain(..end + 4);
     let line = head.lines().next().unwrap_or_default();
     match crate::http::status_line(line) {
-        Some((code, reason)) => Ok(Status {
-            code,
-            reason: sanitize(reason, 100),
-        }),
+        Some((code, reason)) => {
+            let mut length = None;
+            let mut chunked = false;
+            for h in head.lines().skip(1) {
+                let Some((name, value)) = h.split_once(':') else {
+                    continue;
+                };
+                let value = value.trim();
+                if name.trim().eq_ignore_ascii_case("content-length") {
+                    length = value.parse().ok();
+                } else if name.trim().eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = value.to_ascii_lowercase().contains("chunked");
+                }
+            }
+            Ok(Status {
+                code,
+                reason: sanitize(reason, 100),
+                length,
+                chunked,
+            })
+        }
         None => Err(protocol(format!(
             "not an HTTP/1.1 response: {:?}",
             sanitize(line, 80)
@@ -1405,7 +2163,8 @@ fn check_identity_path(path: &Path) -> Result<(), String> {
     }
 }
 
-fn public_key_path(identity: &Path) -> PathBuf {
+/// The public half of a client key: `<identity>.pub`.
+pub fn public_key_path(identity: &Path) -> PathBuf {
     let mut s = identity.as_os_str().to_owned();
     s.push(".pub");
     PathBuf::from(s)
@@ -1734,8 +2493,9 @@ mod tests {
         };
         let pinned = PublicKey::parse(HOST_KEY).expect("key");
         let id = Path::new("/data/backup/id_ed25519");
-        let map =
-            |code, err: &str| sftp_failure(Some(code), err, None, "h:22", &target, id, &pinned);
+        let map = |code, err: &str| {
+            sftp_failure(Some(code), err, None, "h:22", &target, id, Some(&pinned))
+        };
         let mismatch = map(
             255,
             "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nThe fingerprint for the \
@@ -1782,7 +2542,7 @@ mod tests {
             "h:22",
             &target,
             id,
-            &pinned,
+            Some(&pinned),
         );
         assert!(matches!(remote, TargetError::Remote { .. }), "{remote:?}");
         assert!(
@@ -1821,7 +2581,9 @@ mod tests {
                 status,
                 Status {
                     code: 201,
-                    reason: "Created".to_owned()
+                    reason: "Created".to_owned(),
+                    length: None,
+                    chunked: false,
                 }
             );
             assert_eq!(buf, b"body");
@@ -1834,5 +2596,66 @@ mod tests {
             let mut input: &[u8] = b"SSH-2.0-OpenSSH\r\n\r\n";
             assert!(read_head(&mut input, &mut Vec::new(), "h").await.is_err());
         });
+    }
+
+    #[test]
+    fn remote_listings_parse() {
+        let ls = "sftp> cd \"/srv\"\nsftp> ls -ln\n\
+            -rw-------    1 0        0          12345 Dec  6 12:00 outpost-a-20240501T023000Z.backup\n\
+            -rw-------    1 0        0             99 Dec  6 12:00 outpost-a-20240502T023000Z.backup.partial\n\
+            drwx------    2 0        0           4096 Dec  6 12:00 outpost-b-20240503T023000Z.backup\n\
+            -rw-------    1 0        0              7 Dec  6 12:00 notes.txt\n";
+        let files = parse_sftp_listing(ls);
+        assert_eq!(
+            files,
+            vec![RemoteFile {
+                name: "outpost-a-20240501T023000Z.backup".into(),
+                size: 12345,
+                created_ms: 1_714_530_600_000,
+            }]
+        );
+        let xml = r#"<?xml version="1.0"?><D:multistatus xmlns:D="DAV:">
+            <D:response><D:href>/outpost/</D:href><D:propstat><D:prop><D:resourcetype><D:collection/></D:resourcetype></D:prop></D:propstat></D:response>
+            <d:response><d:href>/outpost/outpost-a-20240501T023000Z.backup</d:href><d:propstat><d:prop><d:getcontentlength>42</d:getcontentlength></d:prop></d:propstat></d:response>
+            <response><href>https://dav/outpost/outpost%2Db-20240501T023000Z.backup</href><propstat><prop><getcontentlength> 7 </getcontentlength></prop></propstat></response>
+            </D:multistatus>"#;
+        let files = parse_propfind(xml);
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!((files[0].size, files[1].size), (42, 7));
+        assert_eq!(files[1].name, "outpost-b-20240501T023000Z.backup");
+    }
+
+    #[test]
+    fn file_urls_parse_and_refuse_what_a_batch_could_misread() {
+        let (url, name) = parse_file_url(
+            "sftp://backup@nas.example:2222/srv/b/outpost-a-20240501T023000Z.backup",
+        )
+        .expect("an sftp URL");
+        assert_eq!(name, "outpost-a-20240501T023000Z.backup");
+        let FileUrl::Sftp { target, file } = url else {
+            panic!("sftp")
+        };
+        assert_eq!(
+            (target.host.as_str(), target.port, target.user.as_str()),
+            ("nas.example", 2222, "backup")
+        );
+        assert_eq!(
+            (target.path.as_str(), file.as_str()),
+            ("/srv/b", "outpost-a-20240501T023000Z.backup")
+        );
+        let (url, _) = parse_file_url("https://dav.example/x/outpost-a-20240501T023000Z.backup")
+            .expect("an https URL");
+        assert!(matches!(url, FileUrl::Https { .. }));
+        for bad in [
+            "sftp://nas/srv/f.backup",
+            "sftp://u@nas",
+            "sftp://u@nas/srv/\"x\".backup",
+            "sftp://u@nas/srv/",
+            "sftp://u@nas:0/f",
+            "http://dav/f.backup",
+            "ftp://x/y",
+        ] {
+            assert!(parse_file_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -17,7 +17,8 @@ use firmware::admin::proto::{
     validate_admin_password, validate_ext, validate_name, validate_password, AdminCommand,
     BackupCommand, BackupKey, CallInfo, Command, ConfigCommand, ExtImportRow, ExtensionInfo,
     FwAlertInfo, FwBansInfo, FwCommand, FwExport, FwRuleInfo, FwStatusInfo, LoginOutcome,
-    RegistrationInfo, Reply, SshCommand, SshKeyInfo, StatusInfo, MAX_LINE, MAX_SSH_KEY_LINE,
+    RegistrationInfo, Reply, SecretText, SshCommand, SshKeyInfo, StatusInfo, MAX_LINE,
+    MAX_SSH_KEY_LINE,
 };
 use firmware::admin::Client;
 use firmware::config::default_socket_path;
@@ -139,8 +140,28 @@ enum UpdateCmd {
 enum BackupCmd {
     /// Make a backup now (and upload it to the configured targets).
     Now,
-    /// The backups on the box (newest first), the schedule and the off-site targets.
-    List,
+    /// The backups on the box (newest first; damaged ones marked), the schedule, the key
+    /// and the off-site targets; with --remote the backups on each target.
+    List {
+        /// List the backups on the off-site targets instead.
+        #[arg(long)]
+        remote: bool,
+    },
+    /// Download a backup from an off-site target into the box's backup directory and
+    /// check it; prints its local name (then: backup restore NAME).
+    Fetch {
+        /// The backup's name on the target [default: the newest].
+        name: Option<String>,
+        /// The target [default: the first configured].
+        #[arg(long, value_name = "TNAME")]
+        target: Option<String>,
+    },
+    /// The passphrase kept on the box for backups (when [backup] sets no key).
+    #[command(subcommand)]
+    Passphrase(PassphraseCmd),
+    /// Print the box's SFTP client public key (one OpenSSH line for the backup server's
+    /// authorized_keys; made when missing).
+    Key,
     /// Decrypt a backup and check every checksum; nothing on the box changes.
     Verify {
         /// A name from `backup list`, or a path on the box.
@@ -149,13 +170,28 @@ enum BackupCmd {
         key: BackupKeyArgs,
     },
     /// Check a backup, then replace everything on the box with it: the daemon stages it,
-    /// stops, and applies it when it starts again (its supervisor restarts it).
+    /// stops, applies it when it starts again (its supervisor restarts it), and this
+    /// command returns when it runs on the restored data.
     Restore {
-        /// A name from `backup list`, or a path on the box.
+        /// A name from `backup list`, a path on the box, or `-`: the file on standard input
+        /// (decrypted with the box's passphrase, or --identity).
         file: PathBuf,
         #[command(flatten)]
         key: BackupKeyArgs,
+        /// Return once the restore is staged, without waiting for the restart.
+        #[arg(long)]
+        no_wait: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PassphraseCmd {
+    /// Store the passphrase (the first line of standard input; asked twice on a terminal).
+    Set,
+    /// Where the backup key comes from and whether a passphrase is stored (never the key).
+    Status,
+    /// Forget the stored passphrase.
+    Clear,
 }
 
 #[derive(Debug, Args)]
@@ -606,11 +642,17 @@ fn escapes_the_session(cmd: &Cmd) -> Option<&'static str> {
         {
             Some("in this session files are read from standard input only: give `-` and send the file (ssh box ... - < FILE)")
         }
-        Cmd::Backup(BackupCmd::Verify { file, key } | BackupCmd::Restore { file, key })
-            if file.to_string_lossy().contains('/')
-                || key.identity.as_deref().is_some_and(file_arg) =>
+        Cmd::Backup(BackupCmd::Restore { file, key, .. })
+            if file.as_os_str() == "-" && key.identity.is_some() =>
         {
-            Some("in this session name a backup from `backup list` and give --identity as `-` (standard input)")
+            Some("with `restore -` standard input is the backup: in this session it is decrypted with the box's passphrase (`backup passphrase set`); --identity is available only where outpostctl runs on the box")
+        }
+        Cmd::Backup(
+            BackupCmd::Verify { file, key } | BackupCmd::Restore { file, key, .. },
+        ) if file.to_string_lossy().contains('/')
+            || key.identity.as_deref().is_some_and(file_arg) =>
+        {
+            Some("in this session name a backup from `backup list` (or `restore -` with the file on standard input) and give --identity as `-` (standard input)")
         }
         Cmd::Fw(FwCmd::Export { out: Some(_), .. }) => {
             Some("in this session --out is not available: the export goes to standard output")
@@ -633,6 +675,8 @@ fn escapes_the_session(cmd: &Cmd) -> Option<&'static str> {
 
 /// Serial console login: the admin password (no echo), three tries, then a pause.
 fn login(session: &Session) -> Result<(), Failure> {
+    // Off from the start: keys typed before the prompt appears are not shown either.
+    let _ = console::set_echo(false);
     let socket = session.socket.clone().unwrap_or_else(default_socket_path);
     let mut client = connect(&socket)?;
     let mut ask = |command: Command| {
@@ -666,11 +710,22 @@ fn login(session: &Session) -> Result<(), Failure> {
     )
     .map_err(Failure::Refused)?;
     match end {
-        LoginEnd::Accepted => shell(session),
+        LoginEnd::Accepted => {
+            let _ = console::set_echo(true);
+            if let Some(offer) = restore_offer(session) {
+                return offer;
+            }
+            shell(session)
+        }
         LoginEnd::NoPassword => no_password(),
         LoginEnd::TooManyTries => {
             eprintln!("Login incorrect.");
+            // Keys typed during the pause and while the console restarts the login are
+            // not echoed (the next login's prompt reads without echo anyway) and are
+            // thrown away, so a password typed ahead never shows in clear.
+            let _ = console::set_echo(false);
             std::thread::sleep(console::LOGIN_DELAY);
+            console::flush_input();
             Err(Failure::Shown(1))
         }
         LoginEnd::Eof => Err(Failure::Shown(1)),
@@ -698,6 +753,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
     if let Cmd::Cdr(CdrCmd::Export { format, from, to }) = &cli.command {
         return cdr_export(&socket, *format, from.as_deref(), to.as_deref());
+    }
+    if let Cmd::Backup(BackupCmd::Restore { file, key, no_wait }) = &cli.command {
+        return backup_restore(&socket, file, key, !*no_wait, cli.json);
+    }
+    if let Cmd::Backup(BackupCmd::Fetch { name, target }) = &cli.command {
+        return backup_fetch(&socket, name.clone(), target.clone(), cli.json);
     }
     match &cli.command {
         Cmd::Update(u) => return update_cmd(u, &socket, cli.json),
@@ -1210,14 +1271,32 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
             Err(Failure::Usage("cdr export runs on its own".to_owned()))
         }
         Cmd::Backup(BackupCmd::Now) => one(Command::Backup(BackupCommand::Now)),
-        Cmd::Backup(BackupCmd::List) => one(Command::Backup(BackupCommand::List)),
+        Cmd::Backup(BackupCmd::List { remote: false }) => one(Command::Backup(BackupCommand::List)),
+        Cmd::Backup(BackupCmd::List { remote: true }) => {
+            one(Command::Backup(BackupCommand::ListRemote))
+        }
+        Cmd::Backup(BackupCmd::Key) => one(Command::Backup(BackupCommand::Key)),
+        Cmd::Backup(BackupCmd::Passphrase(PassphraseCmd::Status)) => {
+            one(Command::Backup(BackupCommand::Info))
+        }
+        Cmd::Backup(BackupCmd::Passphrase(PassphraseCmd::Clear)) => {
+            one(Command::Backup(BackupCommand::PassphraseClear))
+        }
+        Cmd::Backup(BackupCmd::Passphrase(PassphraseCmd::Set)) => {
+            let passphrase = read_new_backup_passphrase()?;
+            one(Command::Backup(BackupCommand::PassphraseSet {
+                passphrase: SecretText(passphrase),
+            }))
+        }
+        Cmd::Backup(BackupCmd::Fetch { .. }) => {
+            Err(Failure::Usage("backup fetch runs on its own".to_owned()))
+        }
         Cmd::Backup(BackupCmd::Verify { file, key }) => {
             let (file, key) = backup_target(&file, &key)?;
             one(Command::Backup(BackupCommand::Verify { file, key }))
         }
-        Cmd::Backup(BackupCmd::Restore { file, key }) => {
-            let (file, key) = backup_target(&file, &key)?;
-            one(Command::Backup(BackupCommand::Restore { file, key }))
+        Cmd::Backup(BackupCmd::Restore { .. }) => {
+            Err(Failure::Usage("backup restore runs on its own".to_owned()))
         }
         Cmd::Vm(VmCmd::List { mailbox }) => one(Command::VmList { mailbox }),
         Cmd::Vm(VmCmd::Del { id }) => one(Command::VmDel { id }),
@@ -1739,6 +1818,14 @@ fn payload_json(reply: &Reply) -> String {
         Reply::Backups(b) => to_json(b),
         Reply::BackupCreated(b) => to_json(b),
         Reply::BackupVerified(c) => to_json(c),
+        Reply::RestoreStaged(r) => to_json(r),
+        Reply::BackupUpload(u) => to_json(u),
+        Reply::BackupFetched(f) => to_json(f),
+        Reply::RemoteBackups(r) => to_json(r),
+        Reply::BackupInfo(i) => to_json(i),
+        Reply::HostKey { line, fingerprint } => {
+            to_json(&serde_json::json!({ "line": line, "fingerprint": fingerprint }))
+        }
         Reply::CdrPage { cdrs, next } => {
             to_json(&serde_json::json!({ "cdrs": cdrs, "next": next }))
         }
@@ -1791,6 +1878,38 @@ fn render(reply: &Reply, generated: Option<&Generated>) -> String {
             sanitize(&b.encrypted_to)
         ),
         Reply::BackupVerified(c) => render_verified(c),
+        Reply::RestoreStaged(r) => render_restore(r),
+        Reply::BackupUpload(u) => format!(
+            "upload {}: {} bytes{}\n",
+            u.id,
+            u.received,
+            u.name
+                .as_ref()
+                .map(|n| format!(", stored as {}", sanitize(n)))
+                .unwrap_or_default()
+        ),
+        Reply::BackupFetched(f) => format!("{}\n", sanitize(&f.name)),
+        Reply::RemoteBackups(r) => render_remote(r),
+        Reply::BackupInfo(i) => {
+            format!(
+                "backup key: {}\nstored passphrase: {}\nSFTP client key: {}\n",
+                sanitize(&i.key),
+                if i.passphrase_stored {
+                    "set"
+                } else {
+                    "not set"
+                },
+                i.sftp_public_key
+                    .as_deref()
+                    .map(sanitize)
+                    .unwrap_or_else(
+                        || "none yet (made by `backup key` or the first upload)".to_owned()
+                    )
+            )
+        }
+        Reply::HostKey { line, fingerprint } => {
+            format!("{} ({})\n", sanitize(line), sanitize(fingerprint))
+        }
         Reply::CdrPage { cdrs, .. } => render_cdrs(cdrs),
         Reply::Done { message } => match generated {
             Some(g) => format!("{}\n", g.human),
@@ -1849,15 +1968,20 @@ fn render_backups(b: &firmware::backup::BackupList) -> String {
             .iter()
             .map(|e| {
                 vec![
-                    e.name.clone(),
+                    sanitize(&e.name),
                     fmt_size(e.size),
                     format!("{} UTC", fmt_time(e.created_ms)),
                     e.encrypted_to.clone(),
+                    match (&e.damaged, e.verified) {
+                        (Some(why), _) => format!("DAMAGED: {}", sanitize(why)),
+                        (None, true) => "verified".to_owned(),
+                        (None, false) => "not checked (no key on the box)".to_owned(),
+                    },
                 ]
             })
             .collect();
         out.push_str(&format_table(
-            Some(&["NAME", "SIZE", "CREATED", "ENCRYPTED TO"]),
+            Some(&["NAME", "SIZE", "CREATED", "ENCRYPTED TO", "STATE"]),
             &rows,
         ));
     }
@@ -1871,12 +1995,21 @@ fn render_backups(b: &firmware::backup::BackupList) -> String {
             sanitize(&b.dir)
         ));
     }
-    if b.unreadable > 0 {
+    let damaged = b.backups.iter().filter(|e| e.damaged.is_some()).count();
+    if damaged > 0 {
         out.push_str(&format!(
-            "{} file(s) named like backups are not age files: not listed\n",
-            b.unreadable
+            "{damaged} damaged backup(s): they cannot be restored\n"
         ));
     }
+    out.push_str(&format!(
+        "key: {}{}\n",
+        sanitize(&b.key),
+        if b.passphrase_stored && b.key != "the passphrase stored on the box" {
+            " (a passphrase is also stored on the box)"
+        } else {
+            ""
+        }
+    ));
     out.push_str(&format!("schedule: {} (UTC)", sanitize(&b.schedule)));
     if let Some(next) = b.next_run_ms {
         out.push_str(&format!(", next {} UTC", fmt_time(next)));
@@ -1938,8 +2071,496 @@ fn render_verified(c: &firmware::backup::archive::Contents) -> String {
             "SSH host key".to_owned(),
             if c.ssh_host_key { "yes" } else { "no" }.to_owned(),
         ],
+        vec!["SSH keys".to_owned(), c.ssh_keys.to_string()],
+        vec![
+            "SFTP client key".to_owned(),
+            if c.sftp_key { "yes" } else { "no" }.to_owned(),
+        ],
     ];
     format_table(None, &rows)
+}
+
+/// What a restore brings back, and what changes for the admin.
+fn render_restore(r: &firmware::backup::RestoreStaged) -> String {
+    let c = &r.contents;
+    let host = sanitize(&c.hostname);
+    let mut out = format!(
+        "restoring {} (backup of {host} made {} UTC, Outpost {}):\n  {} extensions, {} configuration revisions, {} voicemail messages, {} call records, {} SSH keys, {} bans, {} locks, {} alerts{}{}{}\n",
+        sanitize(&r.file),
+        fmt_time(c.created_ms),
+        sanitize(&c.outpost_version),
+        c.extensions,
+        c.config_revisions,
+        c.voicemail,
+        c.cdrs,
+        c.ssh_keys,
+        c.bans,
+        c.locks,
+        c.alerts,
+        if c.tls { ", the TLS identity" } else { "" },
+        if c.ssh_host_key { ", the SSH host key" } else { "" },
+        if c.sftp_key { ", the SFTP client key" } else { "" },
+    );
+    if c.admin_password {
+        out.push_str(&format!(
+            "the console admin password is now the one of {host} (this box's own no longer works)\n"
+        ));
+    }
+    if c.ssh_host_key {
+        out.push_str(&format!(
+            "the SSH host key is now the one of {host}: SSH clients will warn that the host key changed; \
+             run `ssh-keygen -R <this box's address>` (and `ssh-keygen -R <{host}'s address>` if it differs) on each client, then connect again\n"
+        ));
+    }
+    out
+}
+
+/// `backup list --remote`.
+fn render_remote(listings: &[firmware::backup::RemoteListing]) -> String {
+    if listings.is_empty() {
+        return "no off-site backup target is configured ([[backup.targets]])\n".to_owned();
+    }
+    let mut out = String::new();
+    for l in listings {
+        match &l.error {
+            Some(e) => out.push_str(&format!(
+                "target {}: cannot list: {}\n",
+                sanitize(&l.target),
+                sanitize(e)
+            )),
+            None if l.backups.is_empty() => {
+                out.push_str(&format!("target {}: no backups\n", sanitize(&l.target)))
+            }
+            None => {
+                out.push_str(&format!("target {}:\n", sanitize(&l.target)));
+                let rows: Vec<Vec<String>> = l
+                    .backups
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            sanitize(&f.name),
+                            fmt_size(f.size),
+                            format!("{} UTC", fmt_time(f.created_ms)),
+                        ]
+                    })
+                    .collect();
+                out.push_str(&format_table(Some(&["NAME", "SIZE", "CREATED"]), &rows));
+            }
+        }
+    }
+    out
+}
+
+/// The new backup passphrase: asked twice without echo on a terminal, else the first line
+/// of standard input.
+fn read_new_backup_passphrase() -> Result<String, Failure> {
+    let passphrase = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let first = rpassword::prompt_password("New backup passphrase: ")
+            .map_err(|e| Failure::Usage(format!("cannot read the passphrase: {e}")))?;
+        let again = rpassword::prompt_password("Again: ")
+            .map_err(|e| Failure::Usage(format!("cannot read the passphrase: {e}")))?;
+        if first != again {
+            return Err(Failure::Usage("the two passphrases differ".to_owned()));
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .take(4096)
+            .read_line(&mut line)
+            .map_err(|e| Failure::Usage(format!("cannot read the passphrase from stdin: {e}")))?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    firmware::backup::secret::check(&passphrase).map_err(|e| Failure::Usage(e.to_string()))?;
+    Ok(passphrase)
+}
+
+/// After the console login (at a terminal) of a box that was never configured: offers to
+/// restore it from a backup on an SFTP or HTTPS server. `None` when not offered or declined (the shell
+/// follows); otherwise how the restore ended (the login ends: the console starts a new
+/// one, with the restored box's admin password).
+fn restore_offer(session: &Session) -> Option<Result<(), Failure>> {
+    // Interactive only: a login scripted through a pipe goes straight to the shell.
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return None;
+    }
+    let socket = session.socket.clone().unwrap_or_else(default_socket_path);
+    let mut client = connect(&socket).ok()?;
+    let Ok(Reply::BackupInfo(info)) = client.request(&Command::Backup(BackupCommand::Info)) else {
+        return None;
+    };
+    if !info.never_configured {
+        return None;
+    }
+    let ask = |question: &str| -> Option<String> {
+        eprint!("{question}");
+        let mut line = String::new();
+        match std::io::stdin().lock().take(4096).read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim().to_owned()),
+        }
+    };
+    let yes = |answer: Option<String>| {
+        answer.is_some_and(|a| a.eq_ignore_ascii_case("y") || a.eq_ignore_ascii_case("yes"))
+    };
+    eprintln!("\nThis box has never been configured.");
+    if !yes(ask("Restore it from a backup (a replacement box)? [y/N] ")) {
+        return None;
+    }
+    loop {
+        match console_restore(&mut client, &socket, &ask) {
+            Ok(true) => return Some(Ok(())),
+            Ok(false) => return None,
+            Err(message) => {
+                eprintln!("outpostctl: {}", sanitize(&message));
+                if !yes(ask("Try again? [y/N] ")) {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// One go of the console's restore: key, location, host key, passphrase, fetch, restore,
+/// wait. `Ok(false)`: the admin stopped.
+fn console_restore(
+    client: &mut Client,
+    socket: &Path,
+    ask: &dyn Fn(&str) -> Option<String>,
+) -> Result<bool, String> {
+    let mut request = |cmd: BackupCommand| -> Result<Reply, String> {
+        match client.request(&Command::Backup(cmd)) {
+            Ok(Reply::Error { message }) => Err(message),
+            Ok(r) => Ok(r),
+            Err(e) => Err(format!("talking to outpostd: {e}")),
+        }
+    };
+    if let Reply::Done { message } = request(BackupCommand::Key)? {
+        eprintln!(
+            "For an SFTP server, this box logs in with this key; put the line in \
+             ~/.ssh/authorized_keys of the backup account there:\n\n{}\n",
+            sanitize(&message)
+        );
+    }
+    let Some(url) =
+        ask("Backup location (sftp://user@host[:port]/path/file or https://host/path/file): ")
+            .filter(|u| !u.is_empty())
+    else {
+        return Ok(false);
+    };
+    let host_key = if url.starts_with("sftp://") {
+        let Reply::HostKey { line, fingerprint } = request(BackupCommand::FetchUrl {
+            url: url.clone(),
+            host_key: None,
+        })?
+        else {
+            return Err("no host key from the server".to_owned());
+        };
+        eprintln!(
+            "The server presents this host key:\n  {}\n  {}",
+            sanitize(&line),
+            sanitize(&fingerprint)
+        );
+        let answer = ask("Is this the key of your backup server? [y/N] ");
+        if !answer.is_some_and(|a| a.eq_ignore_ascii_case("y") || a.eq_ignore_ascii_case("yes")) {
+            return Err("host key not confirmed; nothing was downloaded".to_owned());
+        }
+        Some(line)
+    } else {
+        None
+    };
+    let passphrase = console::read_secret("Backup passphrase: ")
+        .map_err(|e| format!("cannot read the passphrase: {e}"))?
+        .ok_or("no passphrase given")?;
+    firmware::backup::secret::check(&passphrase).map_err(|e| e.to_string())?;
+    request(BackupCommand::PassphraseSet {
+        passphrase: SecretText(passphrase),
+    })?;
+    eprintln!("downloading and checking the backup...");
+    let Reply::BackupFetched(fetched) = request(BackupCommand::FetchUrl { url, host_key })? else {
+        return Err("unexpected answer to the download".to_owned());
+    };
+    if !fetched.verified {
+        return Err(format!(
+            "{} was downloaded but does not open with this passphrase{}",
+            fetched.name,
+            if fetched.encrypted_to == "passphrase" {
+                ""
+            } else {
+                " (it is encrypted to a recipient key: restore it with `backup restore NAME --identity FILE` from a machine with the identity)"
+            }
+        ));
+    }
+    let Reply::RestoreStaged(staged) = request(BackupCommand::Restore {
+        file: fetched.name,
+        key: None,
+    })?
+    else {
+        return Err("unexpected answer to the restore".to_owned());
+    };
+    eprint!("{}", render_restore(&staged));
+    wait_for_restore(socket, &staged.id, false).map_err(|f| match f {
+        Failure::Refused(m) | Failure::Usage(m) | Failure::Unreachable(m) => m,
+        Failure::Shown(_) => "the restore failed".to_owned(),
+    })?;
+    eprintln!("Log in again with the admin password of the restored box.");
+    Ok(true)
+}
+
+/// How long `backup restore` waits for outpostd to run on the restored data.
+const RESTORE_WAIT: Duration = Duration::from_secs(300);
+
+/// `backup restore FILE|-`: upload (for `-`), restore, report, wait for the restart.
+fn backup_restore(
+    socket: &Path,
+    file: &Path,
+    key: &BackupKeyArgs,
+    wait: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut client = connect(socket)?;
+    let talk = |e: firmware::admin::ClientError| {
+        Failure::Unreachable(format!("talking to outpostd at {}: {e}", socket.display()))
+    };
+    let (name, key) = if file.as_os_str() == "-" {
+        if key.passphrase {
+            return Err(Failure::Usage(
+                "with `restore -` standard input is the backup, so it cannot also carry the passphrase: \
+                 store it first with `backup passphrase set` (the restore then uses it), or give --identity FILE \
+                 for a backup encrypted to a recipient key"
+                    .to_owned(),
+            ));
+        }
+        let identity = match &key.identity {
+            Some(p) if p.as_os_str() == "-" => {
+                return Err(Failure::Usage(
+                    "with `restore -` standard input is the backup: give --identity as a file"
+                        .to_owned(),
+                ))
+            }
+            Some(p) => Some(read_identity(p)?),
+            None => None,
+        };
+        let name = upload_stdin(&mut client, identity.is_some(), socket)?;
+        (name, identity)
+    } else {
+        backup_target(file, key)?
+    };
+    let reply = client
+        .request(&Command::Backup(BackupCommand::Restore {
+            file: name.clone(),
+            key,
+        }))
+        .map_err(talk)?;
+    let staged = match reply {
+        Reply::RestoreStaged(r) => r,
+        other => return show(&other, json, None),
+    };
+    drop(client);
+    if json {
+        println!("{}", to_json(&staged));
+    } else {
+        print!("{}", render_restore(&staged));
+    }
+    if !wait {
+        if !json {
+            println!("outpostd restarts now to apply it");
+        }
+        return Ok(());
+    }
+    wait_for_restore(socket, &staged.id, json)
+}
+
+/// Waits (at most [`RESTORE_WAIT`]) until outpostd answers again and reports restore `id`.
+fn wait_for_restore(socket: &Path, id: &str, json: bool) -> Result<(), Failure> {
+    eprintln!("outpostd restarts to apply it; waiting until it runs on the restored data...");
+    let deadline = std::time::Instant::now() + RESTORE_WAIT;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let status = Client::connect(socket, Duration::from_secs(10))
+            .ok()
+            .and_then(|mut c| c.request(&Command::Status).ok());
+        if let Some(Reply::Status(s)) = status {
+            if s.last_restore.as_ref().is_some_and(|r| r.id == id) {
+                if !json {
+                    println!(
+                        "outpostd runs on the restored data (restore {id}): {} extensions, {} call records",
+                        s.extensions, s.cdrs
+                    );
+                }
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Failure::Refused(format!(
+                "the restore is staged, but outpostd did not come back on the restored data within {} s; \
+                 it is applied when outpostd starts (start it if nothing supervises it)",
+                RESTORE_WAIT.as_secs()
+            )));
+        }
+    }
+}
+
+/// An identity file given to `restore -` (read here, where outpostctl runs).
+fn read_identity(path: &Path) -> Result<BackupKey, Failure> {
+    let text = read_input(path)?;
+    if text.len() > 64 * 1024 {
+        return Err(Failure::Usage(format!(
+            "{}: too large for an identity file",
+            path.display()
+        )));
+    }
+    firmware::backup::crypto::Decryption::identity_text(&text)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    Ok(BackupKey::Identity(text))
+}
+
+/// Sends standard input to the daemon in chunks; returns the backup's name on the box.
+/// The age header (the first bytes) is checked first, so a missing key is reported before
+/// anything is sent.
+fn upload_stdin(
+    client: &mut Client,
+    have_identity: bool,
+    socket: &Path,
+) -> Result<String, Failure> {
+    use base64::Engine as _;
+    use firmware::backup::crypto::HeaderKind;
+    use firmware::backup::upload::CHUNK;
+    use sha2::Digest;
+    let talk = |e: firmware::admin::ClientError| {
+        Failure::Unreachable(format!("talking to outpostd at {}: {e}", socket.display()))
+    };
+    let mut stdin = std::io::stdin().lock();
+    let mut read_chunk = |buf: &mut Vec<u8>| -> Result<(), Failure> {
+        buf.clear();
+        (&mut stdin)
+            .take(CHUNK as u64)
+            .read_to_end(buf)
+            .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?;
+        Ok(())
+    };
+    let mut buf = Vec::with_capacity(CHUNK);
+    read_chunk(&mut buf)?;
+    if buf.is_empty() {
+        return Err(Failure::Usage(
+            "standard input is empty: send the backup file (ssh admin@box backup restore - < FILE)"
+                .to_owned(),
+        ));
+    }
+    let kind = firmware::backup::crypto::header_kind_of(buf.as_slice()).map_err(|e| {
+        Failure::Usage(format!(
+            "standard input is not an encrypted Outpost backup (age header: {e})"
+        ))
+    })?;
+    match (kind, have_identity) {
+        (HeaderKind::Passphrase, true) => {
+            return Err(Failure::Usage("this backup is encrypted with a passphrase, not to a recipient key: drop --identity; the box's stored passphrase is used (`backup passphrase set`)".to_owned()))
+        }
+        (HeaderKind::Recipient, false) => {
+            return Err(Failure::Usage("this backup is encrypted to an age recipient key (X25519): give its identity file with --identity FILE (only where outpostctl runs on the box), or restore it by name after `backup fetch`".to_owned()))
+        }
+        (HeaderKind::Passphrase, false) => {
+            let info = client
+                .request(&Command::Backup(BackupCommand::Info))
+                .map_err(talk)?;
+            if let Reply::BackupInfo(i) = &info {
+                if !i.passphrase_stored && !i.key.starts_with("passphrase file") {
+                    return Err(Failure::Refused("this backup is encrypted with a passphrase and the box has none: standard input carries the backup, so store the passphrase first with `backup passphrase set` (ssh admin@box backup passphrase set), then restore again".to_owned()));
+                }
+            }
+        }
+        (HeaderKind::Recipient, true) => {}
+    }
+    let id = match client
+        .request(&Command::Backup(BackupCommand::UploadBegin { name: None }))
+        .map_err(talk)?
+    {
+        Reply::BackupUpload(u) => u.id,
+        Reply::Error { message } => return Err(Failure::Refused(sanitize(&message))),
+        other => return Err(unexpected(&other)),
+    };
+    let mut hasher = sha2::Sha256::new();
+    let mut offset = 0u64;
+    let result = (|| -> Result<String, Failure> {
+        while !buf.is_empty() {
+            hasher.update(&buf);
+            let data = base64::engine::general_purpose::STANDARD.encode(&buf);
+            match client
+                .request(&Command::Backup(BackupCommand::UploadChunk {
+                    id: id.clone(),
+                    offset,
+                    data,
+                }))
+                .map_err(talk)?
+            {
+                Reply::BackupUpload(u) => offset = u.received,
+                Reply::Error { message } => return Err(Failure::Refused(sanitize(&message))),
+                other => return Err(unexpected(&other)),
+            }
+            read_chunk(&mut buf)?;
+        }
+        match client
+            .request(&Command::Backup(BackupCommand::UploadFinish {
+                id: id.clone(),
+                size: offset,
+                sha256: hex::encode(hasher.clone().finalize()),
+            }))
+            .map_err(talk)?
+        {
+            Reply::BackupUpload(u) => u
+                .name
+                .ok_or_else(|| Failure::Refused("the upload has no name".to_owned())),
+            Reply::Error { message } => Err(Failure::Refused(sanitize(&message))),
+            other => Err(unexpected(&other)),
+        }
+    })();
+    match result {
+        Ok(name) => {
+            eprintln!("uploaded {offset} bytes as {}", sanitize(&name));
+            Ok(name)
+        }
+        Err(e) => {
+            let _ = client.request(&Command::Backup(BackupCommand::UploadAbort { id }));
+            Err(e)
+        }
+    }
+}
+
+/// `backup fetch [NAME] [--target T]`: prints the local name on standard output.
+fn backup_fetch(
+    socket: &Path,
+    name: Option<String>,
+    target: Option<String>,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut client = connect(socket)?;
+    let reply = client
+        .request(&Command::Backup(BackupCommand::Fetch { name, target }))
+        .map_err(|e| {
+            Failure::Unreachable(format!("talking to outpostd at {}: {e}", socket.display()))
+        })?;
+    if let (Reply::BackupFetched(f), false) = (&reply, json) {
+        eprintln!(
+            "{} {} from {} ({}, encrypted to {}; {}); restore it with: backup restore {}",
+            if f.already_here {
+                "already here:"
+            } else {
+                "fetched"
+            },
+            sanitize(&f.name),
+            sanitize(&f.source),
+            fmt_size(f.size),
+            f.encrypted_to,
+            if f.verified {
+                "decrypted and checked with the box's passphrase"
+            } else {
+                "its header was checked; the box has no key to check more"
+            },
+            sanitize(&f.name)
+        );
+    }
+    show(&reply, json, None)
 }
 
 /// `1.5 MiB`.

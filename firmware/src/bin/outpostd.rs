@@ -109,7 +109,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         let key = match (&args.identity, &args.passphrase_file) {
             (Some(id), _) => read_identity_file(id)?,
             (None, Some(p)) => Decryption::Passphrase(read_passphrase_file(p)?),
-            (None, None) => cfg.backup.own_decryption()?,
+            (None, None) => {
+                let kind = firmware::backup::crypto::header_kind(file).map_err(|e| {
+                    anyhow::anyhow!("{}: not an encrypted Outpost backup ({e})", file.display())
+                })?;
+                cfg.backup.own_decryption(&cfg.store.data_dir, kind)?
+            }
         };
         let c = firmware::backup::restore_offline(&cfg, &text, file, &key)
             .with_context(|| format!("cannot restore {}", file.display()))?;
