@@ -74,6 +74,8 @@ const CALLER_ID: &str = "4930123456";
 const UPLOAD_WAIT: Duration = Duration::from_secs(120);
 /// Longest `backup restore` may take (it returns once the daemon runs on the restored data).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How every backup file's name ends.
+const BACKUP_SUFFIX: &str = ".backup";
 /// The box-time goal of a replacement: qemu start to the first call.
 const GOAL: Duration = Duration::from_secs(60);
 
@@ -358,11 +360,11 @@ fn strings(v: &Value) -> Vec<String> {
     }
 }
 
-/// The backup file names (`*.age`) that `backup list [--remote] --json` shows.
+/// The backup file names that `backup list [--remote] --json` shows.
 fn listed_backups(v: &Value) -> Vec<String> {
     strings(v)
         .into_iter()
-        .filter(|s| s.ends_with(".age") && !s.contains('/'))
+        .filter(|s| s.ends_with(BACKUP_SUFFIX) && !s.contains('/'))
         .collect()
 }
 
@@ -430,15 +432,23 @@ fn messages(drill: &Drill, guest: &Guest) -> Vec<Value> {
     }
 }
 
-/// Checks what `backup restore` printed: what it restored, and that the console password
-/// and the SSH host key are now the old box's.
+/// Checks what `backup restore` printed: what it restored (A's three extensions and one
+/// message), that the console password and the SSH host key are now A's, and that it
+/// returned once the daemon ran on the restored data.
 fn assert_restore_report(out: &CmdOutput, what: &str) {
-    let text = format!("{}\n{}", out.stdout, out.stderr).to_lowercase();
     assert_eq!(out.code, Some(0), "{what} failed: {out:?}");
-    for needle in ["restored", "extension", "password", "host key"] {
+    for needle in [
+        format!("backup of {HOST_A}"),
+        "3 extensions".to_owned(),
+        "1 voicemail message".to_owned(),
+        "the SFTP client key".to_owned(),
+        format!("console admin password is now the one of {HOST_A}"),
+        format!("SSH host key is now the one of {HOST_A}"),
+        "outpostd runs on the restored data".to_owned(),
+    ] {
         assert!(
-            text.contains(needle),
-            "{what} does not mention {needle:?}: {out:?}"
+            out.stdout.contains(&needle),
+            "{what} does not say {needle:?}: {out:?}"
         );
     }
 }
@@ -616,6 +626,25 @@ fn moved_to_another_network(drill: &Drill, image: &TestImage, disk: &Path, known
     a.kill();
 }
 
+/// Runs `command` over SSH once the guest's SSH server accepts connections again (the
+/// daemon restarts it after a restore): connections reset or refused before the server
+/// speaks are retried for up to a minute. Returns the output and how long SSH was away.
+fn ssh_once_back(guest: &Guest, key: &Path, command: &str) -> (CmdOutput, Duration) {
+    let started = Instant::now();
+    loop {
+        let out = guest.ssh(key, command, None, SSH_TIMEOUT);
+        let away = out.code == Some(255)
+            && (out.stderr.contains("Connection reset")
+                || out.stderr.contains("Connection refused")
+                || out.stderr.contains("kex_exchange_identification")
+                || out.stderr.contains("Connection closed"));
+        if !away || started.elapsed() > Duration::from_secs(60) {
+            return (out, started.elapsed());
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The box's own time from its kernel's start to the answer of the newest call 100 -> 101
 /// (its call record's `answer`, on the box's clock).
 fn box_time_to_answer(drill: &Drill, guest: &Guest) -> Duration {
@@ -735,10 +764,12 @@ fn a_replacement_box_restored_from_the_offsite_backup_takes_calls() {
     assert_restore_report(&restore, "`backup restore -` on B");
 
     // The admin's ssh refuses the changed host key, as the restore said; B's key is A's.
-    let refused = b.ssh(&drill.key, "status", None, SSH_TIMEOUT);
+    let (refused, ssh_back) = ssh_once_back(&b, &drill.key, "status");
     assert!(
         refused.code != Some(0) && refused.stderr.contains("IDENTIFICATION HAS CHANGED"),
-        "ssh to B after the restore did not notice the new host key: {refused:?}"
+        "ssh to B after the restore did not notice the new host key: {refused:?}\n\
+         --- console ---\n{}",
+        b.console()
     );
     let known_b2 = drill.dir.path().join("known_hosts_b2");
     b.check_host_key(&known_b2);
@@ -775,7 +806,7 @@ fn a_replacement_box_restored_from_the_offsite_backup_takes_calls() {
     let fetched = drill.ok(&b, &format!("backup fetch {backup}"));
     let local = fetched
         .split_whitespace()
-        .find(|w| w.ends_with(".age"))
+        .find(|w| w.ends_with(BACKUP_SUFFIX))
         .unwrap_or_else(|| panic!("`backup fetch` printed no local name: {fetched}"))
         .to_owned();
     let listed = drill.json(&b, "backup list");
@@ -790,6 +821,8 @@ fn a_replacement_box_restored_from_the_offsite_backup_takes_calls() {
         RESTORE_TIMEOUT,
     );
     assert_restore_report(&again, "`backup restore NAME` of the fetched backup");
+    let (back, _) = ssh_once_back(&b, &drill.key, "status");
+    assert_eq!(back.code, Some(0), "SSH after the second restore: {back:?}");
     assert_office_data(
         &drill,
         &b,
@@ -813,9 +846,11 @@ fn a_replacement_box_restored_from_the_offsite_backup_takes_calls() {
     );
 
     eprintln!(
-        "drill: box B (fresh disk, {}): `backup restore -` took {:.1} s",
+        "drill: box B (fresh disk, {}): `backup restore -` took {:.1} s; SSH answered again \
+         {:.1} s after it returned",
         b.addr(),
-        restore_took.as_secs_f64()
+        restore_took.as_secs_f64(),
+        ssh_back.as_secs_f64()
     );
     eprintln!(
         "drill: box B: qemu start -> first call between phones with A's passwords: {:.1} s \
