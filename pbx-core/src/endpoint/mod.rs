@@ -1285,12 +1285,11 @@ impl Endpoint {
         for value in self.auth.challenge(now, stale) {
             resp.headers.push(name, value);
         }
-        // Challenges are answered statelessly (as Kamailio does): a retransmitted request
-        // just draws a fresh challenge, and a flood of unauthenticated requests leaves no
-        // transaction state behind for 32 s each.
-        self.stamp(&mut resp, src);
-        self.tx.send_stateless_response(&resp, src);
-        self.tx.abandon(key);
+        // Challenges are answered statelessly (as every rejection before a dialog, see
+        // `sip::transaction`): a retransmitted request gets the same challenge from the
+        // bounded cache, and a flood of unauthenticated requests leaves no transaction
+        // state behind.
+        self.send(now, key, resp, src);
     }
 
     fn on_register(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
