@@ -2459,12 +2459,12 @@ mod tests {
             },
         );
         // After authenticating, malformed messages (each retransmitted 4 times) never ban.
-        for m in 0..30u64 {
-            let bad = String::from_utf8(options(office, "Yealink SIP-T46S", 100 + m as u32))
+        for m in 0..30u32 {
+            let bad = String::from_utf8(options(office, "Yealink SIP-T46S", 100 + m))
                 .unwrap()
                 .replace("CSeq: ", "CSeq: x");
             for r in 0..4u64 {
-                let at = T0 + 1_000 + m * 20_000 + r * 500;
+                let at = T0 + 1_000 + u64::from(m) * 20_000 + r * 500;
                 assert!(inspect(&mut g, at, office, bad.as_bytes()), "{m}/{r}");
             }
         }
