@@ -122,6 +122,10 @@ pub struct SipConfig {
     pub realm: String,
     /// Value of the Server / User-Agent header the daemon sends.
     pub user_agent: String,
+    /// Cap on live SIP server transactions; beyond it new requests get 503 with
+    /// Retry-After. The default (2,048) is sized for 500 phones with margin; each costs
+    /// typically 2–5 KiB (see `pbx_core::sip::transaction`).
+    pub max_server_transactions: usize,
 }
 
 impl Default for SipConfig {
@@ -133,6 +137,7 @@ impl Default for SipConfig {
             ],
             realm: "outpost".to_owned(),
             user_agent: "Outpost".to_owned(),
+            max_server_transactions: pbx_core::sip::transaction::DEFAULT_MAX_SERVER,
         }
     }
 }

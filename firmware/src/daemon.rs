@@ -180,6 +180,7 @@ pub async fn run(
         },
         auth_algorithms: cfg.auth.parsed_algorithms(),
         timers: TimerConfig::default(),
+        max_server_transactions: cfg.sip.max_server_transactions,
         ring_timeout_ms: cfg.calls.ring_timeout_secs * 1000,
         secret_key,
         seed: rand::thread_rng().gen(),

@@ -354,12 +354,16 @@ impl Guard {
         }
         self.inspected += 1;
         let msg = match parsed {
-            Err(_) => {
+            // Passed on (unless a rule bans or rate-limits) so the core answers precisely;
+            // the key makes a message and its retransmissions count once.
+            Err(err) => {
                 return self.observe(
                     now,
                     Observation::Malformed {
                         src: ip,
                         size: bytes.len(),
+                        key: wire::retransmission_key(bytes),
+                        oversized: wire::is_size_error(err),
                     },
                 )
             }
@@ -2422,15 +2426,56 @@ mod tests {
         let junk = b"\x16\x03\x01 not sip at all\r\n\r\n";
         for i in 0..9 {
             assert!(
-                !inspect(&mut g, T0 + i, "203.0.113.30", junk),
-                "malformed is dropped"
+                inspect(&mut g, T0 + i * 200, "203.0.113.30", junk),
+                "malformed goes to the core, which answers what it can"
             );
         }
-        assert!(!g.is_banned(T0 + 9, ip("203.0.113.30")));
-        inspect(&mut g, T0 + 9, "203.0.113.30", junk);
-        assert!(g.is_banned(T0 + 9, ip("203.0.113.30")));
+        assert!(!g.is_banned(T0 + 1_800, ip("203.0.113.30")));
+        assert!(!inspect(&mut g, T0 + 1_800, "203.0.113.30", junk));
+        assert!(g.is_banned(T0 + 1_800, ip("203.0.113.30")));
         // A keepalive is not a malformed message.
         assert!(inspect(&mut g, T0, "192.0.2.1", b"\r\n\r\n"));
+    }
+
+    #[test]
+    fn latin1_text_is_not_malformed_and_known_sources_are_not_banned_for_mistakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        let office = "198.51.100.40";
+        let mut latin1 = String::from_utf8(options(office, "Yealink SIP-T46S", 1))
+            .unwrap()
+            .replace("From: <", "From: \"J#rg\" <")
+            .into_bytes();
+        let i = latin1.iter().position(|&b| b == b'#').unwrap();
+        latin1[i] = 0xf6; // "ö" in Latin-1, as older phones send it
+        assert!(wire::parse(&latin1).is_ok(), "8-bit text parses");
+        assert!(inspect(&mut g, T0, office, &latin1));
+        g.feedback(
+            T0 + 10,
+            &Event::AuthSucceeded {
+                src: peer(office),
+                user: "200".to_string(),
+            },
+        );
+        // After authenticating, malformed messages (each retransmitted 4 times) never ban.
+        for m in 0..30u32 {
+            let bad = String::from_utf8(options(office, "Yealink SIP-T46S", 100 + m))
+                .unwrap()
+                .replace("CSeq: ", "CSeq: x");
+            for r in 0..4u64 {
+                let at = T0 + 1_000 + u64::from(m) * 20_000 + r * 500;
+                assert!(inspect(&mut g, at, office, bad.as_bytes()), "{m}/{r}");
+            }
+        }
+        assert!(!g.is_banned(T0 + 700_000, ip(office)));
+        flush(&mut g, &store);
+        assert!(store.fw_bans().unwrap().is_empty());
+        let alerts = store.fw_alerts(10).unwrap();
+        assert!(
+            alerts.iter().any(|a| a.rule == Rule::Malformed),
+            "alerted: {alerts:?}"
+        );
     }
 
     #[test]

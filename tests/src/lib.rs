@@ -262,6 +262,8 @@ pub struct DaemonConfig {
     pub prompts_dir: Option<PathBuf>,
     /// More `key = value` lines inside the generated `[media]` table.
     pub media_extra: String,
+    /// More `key = value` lines inside the generated `[sip]` table.
+    pub sip_extra: String,
     /// A program (with its arguments) that runs outpostd, e.g. `unshare --uts --` so that
     /// a configured host name stays inside the test; empty: outpostd runs directly.
     pub wrapper: Vec<String>,
@@ -299,8 +301,16 @@ impl DaemonConfig {
             voicemail_max_secs: None,
             prompts_dir: None,
             media_extra: String::new(),
+            sip_extra: String::new(),
             wrapper: Vec::new(),
         }
+    }
+
+    /// Adds `key = value` lines to the generated `[sip]` table.
+    pub fn with_sip(mut self, lines: &str) -> Self {
+        self.sip_extra.push_str(lines);
+        self.sip_extra.push('\n');
+        self
     }
 
     /// Adds `key = value` lines to the generated `[media]` table.
@@ -356,9 +366,10 @@ impl DaemonConfig {
             self.media_ports.0, self.media_ports.1, self.media_timeout_secs, self.media_extra
         );
         format!(
-            "[sip]\nlisten = [{}]\nrealm = \"{}\"\n\n[registrar]\nmin_expires = {}\nmax_expires = {}\ndefault_expires = {}\n\n[calls]\nring_timeout_secs = {}\n\n[store]\ndata_dir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[demo]\nextensions = []\n{}{}",
+            "[sip]\nlisten = [{}]\nrealm = \"{}\"\n{}\n[registrar]\nmin_expires = {}\nmax_expires = {}\ndefault_expires = {}\n\n[calls]\nring_timeout_secs = {}\n\n[store]\ndata_dir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[demo]\nextensions = []\n{}{}",
             listen.join(", "),
             self.realm,
+            self.sip_extra,
             self.min_expires,
             self.max_expires,
             self.default_expires,
@@ -1640,6 +1651,9 @@ pub struct SipPhone {
     password: String,
     inbox: VecDeque<String>,
     seen: VecDeque<String>,
+    /// A display name put before the From URI of every message, encoded in Latin-1 (as
+    /// older phones send it); see [`SipPhone::with_latin1_name`].
+    latin1_name: Option<String>,
 }
 
 impl SipPhone {
@@ -1665,7 +1679,30 @@ impl SipPhone {
 
     /// Sends one message to the daemon.
     pub fn send(&self, msg: &str) {
-        self.sock.send(msg.as_bytes()).expect("send SIP over UDP");
+        self.sock
+            .send(&self.wire_bytes(msg))
+            .expect("send SIP over UDP");
+    }
+
+    /// The phone's From display name becomes `name`, sent in Latin-1 (one byte per
+    /// character below U+0100, so `Jörg` goes out as `J\xf6rg`: not UTF-8).
+    pub fn with_latin1_name(mut self, name: &str) -> Self {
+        self.latin1_name = Some(name.to_owned());
+        self
+    }
+
+    /// `msg` as this phone puts it on the wire (see [`SipPhone::with_latin1_name`]).
+    pub fn wire_bytes(&self, msg: &str) -> Vec<u8> {
+        let Some(name) = &self.latin1_name else {
+            return msg.as_bytes().to_vec();
+        };
+        let text = msg.replacen("\r\nFrom: <", &format!("\r\nFrom: \"{name}\" <"), 1);
+        text.chars()
+            .flat_map(|c| match u8::try_from(u32::from(c)) {
+                Ok(b) => vec![b],
+                Err(_) => c.to_string().into_bytes(),
+            })
+            .collect()
     }
 
     /// The next message for which `pred` holds, within `wait`; others are kept for later
@@ -2369,6 +2406,7 @@ impl SipPhone {
             password: password.to_owned(),
             inbox: VecDeque::new(),
             seen: VecDeque::new(),
+            latin1_name: None,
         }
     }
 

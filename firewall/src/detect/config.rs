@@ -246,9 +246,10 @@ impl Default for SanityRule {
     }
 }
 
-/// Table sizes. Worst-case memory at the defaults is about 20 MB for sources (~200 B each,
-/// plus ~400 B for a source that produced unknown-user events), 20 MB for bans (~100 B each),
-/// and well under 1 MB for the rest.
+/// Table sizes. Worst-case memory at the defaults is about 30 MB for sources (~300 B each:
+/// counters plus the keys of the last 8 malformed messages counted; ~400 B more for a source
+/// that produced unknown-user events), 20 MB for bans (~100 B each), and well under 1 MB
+/// for the rest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {

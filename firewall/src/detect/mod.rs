@@ -27,6 +27,20 @@
 //! never reported by [`Detector::is_banned`]) so one offender raises one alert, not one per
 //! message.
 //!
+//! # Malformed and oversized messages
+//! A message the parser refused gets [`Verdict::Pass`] (the call core answers it with the
+//! precise 4xx/5xx) unless a rule bans. A message and its retransmissions count once: each
+//! source keeps the keys of its last [`RECENT_KEYS`] counted messages (8 × 8 bytes, in its
+//! counters, no allocation). Every malformed message counts toward the flood rule like any
+//! request. Beyond that:
+//! - a source without an authentication pass counts it as a failure (the auth-failure
+//!   rule: 10 within 10 min ban), as before;
+//! - a source that authenticated recently (a phone, or an office behind NAT) is never
+//!   banned for it: the first raises an alert (at most one per source per
+//!   `auth_source.window_ms`), and past `KNOWN_ANSWER_FACTOR` × `auth_source.limit` within
+//!   that window they are dropped unanswered (rate-limited), still without a ban. Only a
+//!   flood (the flood rule, far beyond a phone's retransmissions, which do not count) bans.
+//!
 //! # Memory bound
 //! Per-source counters live in an LRU table of `limits.max_sources` entries (100,000 by
 //! default): a flood from a million spoofed addresses evicts the least recently seen sources
@@ -62,6 +76,12 @@ const PURGE_BUDGET: usize = 4_096;
 const MAX_PENDING: usize = 64;
 /// Largest enumeration limit honoured (bounds the per-source distinct set).
 const MAX_ENUMERATION_LIMIT: u32 = 1_024;
+/// Keys of recently counted malformed messages kept per source (retransmissions of one
+/// message are counted once). 64 bytes per source.
+pub const RECENT_KEYS: usize = 8;
+/// An authenticated source's malformed messages are answered up to this many times the
+/// auth-failure limit within its window, then dropped unanswered (never banned).
+const KNOWN_ANSWER_FACTOR: u32 = 10;
 
 /// Something the firewall saw or the call core reported.
 #[derive(Debug, Clone, Copy)]
@@ -87,12 +107,19 @@ pub enum Observation<'a> {
         /// Header names in wire order, as sent (see [`header_names`]).
         header_names: &'a [&'a str],
     },
-    /// A message the wire parser refused.
+    /// A message the wire parser refused. It is answered precisely by the call core unless
+    /// the verdict drops it; see "Malformed and oversized messages".
     Malformed {
         /// Transport source address.
         src: IpAddr,
         /// Size on the wire, bytes.
         size: usize,
+        /// Identifies the message and its retransmissions (hash of Call-ID, CSeq and
+        /// top-Via branch, `sip::wire::retransmission_key`): counted once per source.
+        key: Option<u64>,
+        /// Refused for its size (message, header line, URI, header or Via count):
+        /// counted under `oversized` rather than `malformed`.
+        oversized: bool,
     },
     /// Wrong credentials for an existing user (not the first, credential-less challenge).
     AuthFailure {
@@ -329,6 +356,30 @@ struct SourceState {
     failures: Window,
     rejected_until: Millis,
     unknown_users: Option<Box<Distinct>>,
+    /// Keys of the last counted malformed messages (0 = empty slot).
+    recent: [u64; RECENT_KEYS],
+    /// Next slot of `recent` to overwrite.
+    recent_next: usize,
+    /// Malformed messages of an authenticated source (rate limit, alert text).
+    malformed: Window,
+    /// No new malformed alert for this source before then.
+    malformed_alert_until: Millis,
+}
+
+impl SourceState {
+    /// Records `key`; false when it was already counted (a retransmission).
+    fn first_time(&mut self, key: Option<u64>) -> bool {
+        let Some(key) = key else {
+            return true;
+        };
+        // 0 marks an empty slot; a real key of 0 is just never deduplicated.
+        if key != 0 && self.recent.contains(&key) {
+            return false;
+        }
+        self.recent[self.recent_next % RECENT_KEYS] = key;
+        self.recent_next = (self.recent_next + 1) % RECENT_KEYS;
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -464,7 +515,14 @@ impl Detector {
                 ruri_len,
                 header_names,
             ),
-            Observation::Malformed { .. } => self.failure(now, src, Rule::Malformed),
+            Observation::Malformed { key, oversized, .. } => {
+                let rule = if oversized {
+                    Rule::Oversized
+                } else {
+                    Rule::Malformed
+                };
+                self.fault(now, src, rule, key, true)
+            }
             Observation::AuthFailure { user, .. } => {
                 let source = self.failure(now, src, Rule::AuthFailures);
                 match (source, self.account_failure(now, user)) {
@@ -722,7 +780,7 @@ impl Detector {
             return self.ban(now, src, Rule::Scanner, self.cfg.scanner.ban_ms, reason);
         }
         if size > self.cfg.sanity.max_message || ruri_len > self.cfg.sanity.max_ruri {
-            return self.failure(now, src, Rule::Oversized);
+            return self.fault(now, src, Rule::Oversized, None, false);
         }
 
         let has_pass = self.passes.peek(&src).is_some_and(|&until| until > now);
@@ -766,8 +824,82 @@ impl Detector {
         Verdict::Pass
     }
 
-    /// Counts a failure of `src`; `rule` is `Malformed`/`Oversized` (the message is dropped)
-    /// or `AuthFailures` (feedback: nothing to drop).
+    /// Counts a malformed or oversized message of `src` (see "Malformed and oversized
+    /// messages"). `answerable`: the core can answer it (a parse error); otherwise (a
+    /// parsed message over the sanity limits) the non-ban verdict drops it.
+    fn fault(
+        &mut self,
+        now: Millis,
+        src: IpAddr,
+        rule: Rule,
+        key: Option<u64>,
+        answerable: bool,
+    ) -> Verdict {
+        let known = self.passes.peek(&src).is_some_and(|&until| until > now);
+        let flood = self.cfg.flood.clone();
+        let r = self.cfg.auth_source.clone();
+        let st = self.source(now, src);
+        if !st.first_time(key) {
+            // A retransmission of a message already counted: answer it again, count nothing.
+            return if answerable {
+                Verdict::Pass
+            } else {
+                self.drop_message(rule)
+            };
+        }
+        if flood.limit > 0 {
+            let n = st.flood.add(now, flood.window_ms, 1);
+            if n >= flood.limit {
+                self.hit(rule);
+                let reason = format!(
+                    "{n} messages within {} (malformed)",
+                    fmt_ms(flood.window_ms)
+                );
+                return self.ban(now, src, Rule::Flood, flood.ban_ms, reason);
+            }
+        }
+        if known {
+            let n = st.malformed.add(now, r.window_ms, 1);
+            let alert = st.malformed_alert_until <= now;
+            if alert {
+                st.malformed_alert_until = now.saturating_add(r.window_ms);
+            }
+            let limit = r.limit.saturating_mul(KNOWN_ANSWER_FACTOR);
+            if alert {
+                let message = format!(
+                    "{rule} message from {src}, which authenticated recently: answered, \
+                     not banned ({n} within {})",
+                    fmt_ms(r.window_ms)
+                );
+                self.alert(now, rule, Some(src), None, message);
+            }
+            return if answerable && (limit == 0 || n <= limit) {
+                self.hit(rule);
+                Verdict::Pass
+            } else {
+                self.drop_message(rule)
+            };
+        }
+        if r.limit > 0 {
+            let n = st.failures.add(now, r.window_ms, 1);
+            if n >= r.limit {
+                self.hit(rule);
+                let reason = format!(
+                    "{n} failures (auth, malformed, oversized) within {}",
+                    fmt_ms(r.window_ms)
+                );
+                return self.ban(now, src, Rule::AuthFailures, r.ban_ms, reason);
+            }
+        }
+        if answerable {
+            self.hit(rule);
+            Verdict::Pass
+        } else {
+            self.drop_message(rule)
+        }
+    }
+
+    /// Counts an auth or SSH failure of `src` (feedback: nothing to drop).
     fn failure(&mut self, now: Millis, src: IpAddr, rule: Rule) -> Verdict {
         let r = self.cfg.auth_source.clone();
         if r.limit > 0 {
@@ -1213,20 +1345,25 @@ mod tests {
         assert!(d.is_banned(T0 + 10, src));
     }
 
+    fn malformed(src: IpAddr, key: u64) -> Observation<'static> {
+        Observation::Malformed {
+            src,
+            size: 100,
+            key: Some(key),
+            oversized: false,
+        }
+    }
+
     #[test]
-    fn malformed_and_oversized_are_dropped_and_count_as_failures() {
+    fn malformed_and_oversized_are_answered_and_count_as_failures() {
         let mut d = Detector::new(quiet_gate());
         let src = ip("192.0.2.20");
         for i in 0..9 {
-            let v = d.observe(T0 + i, Observation::Malformed { src, size: 100 });
-            assert_eq!(
-                v,
-                Verdict::Drop {
-                    rule: Rule::Malformed
-                }
-            );
+            // Passed on so the call core answers it precisely; counted.
+            assert_eq!(d.observe(T0 + i * 300, malformed(src, i)), Verdict::Pass);
         }
-        let v = d.observe(T0 + 9, Observation::Malformed { src, size: 100 });
+        assert_eq!(d.rule_hits()[Rule::Malformed.index()].1, 9);
+        let v = d.observe(T0 + 9 * 300, malformed(src, 9));
         assert_eq!(ban_rule(&v), Some((Rule::AuthFailures, 10 * MINUTE)));
 
         let src = ip("192.0.2.21");
@@ -1242,7 +1379,8 @@ mod tests {
             d.observe(T0 + 1, big),
             Verdict::Drop {
                 rule: Rule::Oversized
-            }
+            },
+            "a parsed message over the limit is not handed on"
         );
         let mut long = request(src);
         if let Observation::Message { ruri_len, .. } = &mut long {
@@ -1548,7 +1686,15 @@ mod tests {
                     Verdict::Pass
                 );
                 assert_eq!(
-                    d.observe(now, Observation::Malformed { src, size: 99_999 }),
+                    d.observe(
+                        now,
+                        Observation::Malformed {
+                            src,
+                            size: 99_999,
+                            key: Some(i),
+                            oversized: true
+                        }
+                    ),
                     Verdict::Pass
                 );
                 assert_eq!(
@@ -1623,7 +1769,9 @@ mod tests {
                 T0,
                 Observation::Malformed {
                     src: other,
-                    size: 1
+                    size: 1,
+                    key: None,
+                    oversized: false
                 }
             ),
             Verdict::Pass
@@ -1813,5 +1961,114 @@ mod tests {
         assert_eq!(fmt_ms(DAY), "24 h");
         assert_eq!(fmt_ms(7 * DAY), "7 d");
         assert_eq!(fmt_ms(2_500), "2500 ms");
+    }
+
+    #[test]
+    fn retransmissions_of_one_malformed_message_count_once() {
+        let mut d = Detector::new(quiet_gate());
+        let src = ip("192.0.2.30");
+        // RFC 3261 Timer E: 11 retransmissions over 32 s, one message.
+        for (n, at) in [
+            0u64, 500, 1_500, 3_500, 7_500, 11_500, 15_500, 19_500, 23_500, 27_500, 31_500,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(d.observe(T0 + at, malformed(src, 42)), Verdict::Pass, "{n}");
+        }
+        assert_eq!(d.rule_hits()[Rule::Malformed.index()].1, 1, "counted once");
+        // Nine more distinct messages: the tenth distinct one bans an unknown source.
+        for k in 0..8 {
+            assert_eq!(
+                d.observe(T0 + 40_000 + k * 1_000, malformed(src, k)),
+                Verdict::Pass
+            );
+        }
+        let v = d.observe(T0 + 50_000, malformed(src, 100));
+        assert_eq!(ban_rule(&v), Some((Rule::AuthFailures, 10 * MINUTE)));
+    }
+
+    #[test]
+    fn an_authenticated_source_is_alerted_never_banned_for_malformed_messages() {
+        let mut d = Detector::new(quiet_gate());
+        let office = ip("198.51.100.7");
+        d.observe(
+            T0,
+            Observation::AuthSuccess {
+                src: office,
+                user: "200",
+            },
+        );
+        // A phone's Latin-1 REGISTER every 60 s for an hour, each retransmitted per Timer E.
+        for m in 0..60u64 {
+            for at in [0u64, 500, 1_500, 3_500] {
+                let v = d.observe(T0 + m * 60_000 + at, malformed(office, m));
+                assert_eq!(v, Verdict::Pass, "minute {m}");
+            }
+            // Re-registration keeps the pass fresh.
+            d.observe(
+                T0 + m * 60_000 + 5_000,
+                Observation::AuthSuccess {
+                    src: office,
+                    user: "200",
+                },
+            );
+        }
+        assert!(!d.is_banned(T0 + 3_600_000, office));
+        let alerts: Vec<Alert> = std::iter::from_fn(|| d.poll_alert()).collect();
+        assert!(!alerts.is_empty(), "the admin is told");
+        assert!(
+            alerts.len() <= 7,
+            "rate-limited: one per 10 min, got {}",
+            alerts.len()
+        );
+        assert!(alerts
+            .iter()
+            .all(|a| a.rule == Rule::Malformed && a.addr == Some(office)));
+        assert!(d.bans(T0 + 3_600_000).is_empty());
+        // Distinct malformed messages beyond 10x the failure limit in the window are dropped
+        // unanswered, still without a ban.
+        let start = T0 + 5_000_000;
+        d.observe(
+            start,
+            Observation::AuthSuccess {
+                src: office,
+                user: "200",
+            },
+        );
+        let mut dropped = 0;
+        for k in 0..150u64 {
+            match d.observe(start + k * 200, malformed(office, 1_000 + k)) {
+                Verdict::Pass => {}
+                Verdict::Drop {
+                    rule: Rule::Malformed,
+                } => dropped += 1,
+                other => panic!("{k}: {other:?}"),
+            }
+        }
+        assert_eq!(dropped, 50, "100 answered, the rest rate-limited");
+        assert!(!d.is_banned(start + 40_000, office));
+    }
+
+    #[test]
+    fn a_malformed_flood_bans_even_an_authenticated_source() {
+        let mut d = Detector::new(quiet_gate());
+        let src = ip("198.51.100.8");
+        d.observe(T0, Observation::AuthSuccess { src, user: "200" });
+        let mut verdict = Verdict::Pass;
+        for k in 0..16u64 {
+            verdict = d.observe(T0 + k * 10, malformed(src, k));
+        }
+        assert_eq!(ban_rule(&verdict), Some((Rule::Flood, 300_000)));
+    }
+
+    #[test]
+    fn per_source_state_stays_small() {
+        // The bound stated in `Limits`' docs: ~300 B per source.
+        assert!(
+            std::mem::size_of::<SourceState>() <= 256,
+            "{}",
+            std::mem::size_of::<SourceState>()
+        );
     }
 }

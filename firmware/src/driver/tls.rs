@@ -1,9 +1,10 @@
 //! SIP over TLS (RFC 3261 §26.2): the server identity, the acceptor phones connect to and the
 //! connector that reaches trunk servers with full certificate verification.
 //!
-//! The crypto provider is RustCrypto's (`rustls-rustcrypto`): pure Rust, so the static
-//! aarch64-musl binaries link with rust-lld and no C cross compiler (ring and aws-lc-rs both
-//! compile C for the target).
+//! The crypto provider is rustls' `ring` provider (the one rustls itself is tested and
+//! audited with). For the static aarch64-musl firmware its C and assembly are compiled by
+//! Debian's clang for `aarch64-linux-musl` (`.cargo/config.toml` sets `CC`, `CFLAGS` and
+//! `AR` for that target); the link stays rust-lld.
 //!
 //! Without a configured certificate the daemon makes a self-signed ECDSA P-256 one on first
 //! start and keeps it under `<store.data_dir>/tls/`, so the fingerprint that phones pin
@@ -153,11 +154,11 @@ impl TlsContext {
     }
 }
 
-/// The process-wide crypto provider (pure Rust, see the module documentation).
+/// The process-wide crypto provider (`ring`, see the module documentation).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls_rustcrypto::provider()))
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
         .clone()
 }
 

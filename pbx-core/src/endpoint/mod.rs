@@ -23,6 +23,8 @@ use crate::registrar::{Binding, BindingChange, Registrar, RegistrarConfig};
 use crate::sip::auth::{
     parse_credentials, AuthError, Authenticator, DigestCredentials, NonceConfig, StoredSecret,
 };
+#[cfg(doc)]
+use crate::sip::transaction::DEFAULT_MAX_SERVER;
 use crate::sip::transaction::{
     build_cancel, ClientInput, ServerInput, TimerConfig, Transactions, Transmit, TxEvent, TxKey,
 };
@@ -44,6 +46,9 @@ use trunking::ExternalPlan;
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
 /// Upper bound on simultaneous calls; beyond it new calls get 503 (bounded memory).
 const MAX_CALLS: usize = 20_000;
+/// Retry-After of the 503 sent when the server transaction table is full: long enough for
+/// completed transactions to end (Timer J is 32 s), short enough for a phone to retry soon.
+const OVERLOAD_RETRY_AFTER_SECS: u32 = 5;
 /// Upper bound on locked accounts (there are never more than extensions).
 const MAX_LOCKS: usize = 100_000;
 /// Upper bound on MWI subscriptions.
@@ -66,6 +71,9 @@ pub struct EndpointConfig {
     pub auth_algorithms: Vec<crate::sip::auth::Algorithm>,
     /// RFC 3261 timer base values.
     pub timers: TimerConfig,
+    /// Cap on live server transactions; a new request beyond it gets 503 with Retry-After
+    /// (see `sip::transaction`'s memory bound). Default [`DEFAULT_MAX_SERVER`].
+    pub max_server_transactions: usize,
     /// How long the callee's phones ring before the caller gets 480.
     pub ring_timeout_ms: u64,
     /// Key for nonces (persisted by the driver so nonces outlive a restart).
@@ -325,6 +333,8 @@ pub struct Counters {
     pub calls_started: u64,
     /// Calls answered.
     pub calls_answered: u64,
+    /// Requests answered 503 because the server transaction table was full.
+    pub overloaded: u64,
 }
 
 /// Sizes of the endpoint's internal tables (see [`Endpoint::debug_counts`]).
@@ -778,7 +788,7 @@ impl Endpoint {
         let mut auth = Authenticator::new(&cfg.realm, cfg.secret_key, rng.gen(), cfg.nonce);
         auth.set_algorithms(&cfg.auth_algorithms);
         Endpoint {
-            tx: Transactions::new(cfg.timers),
+            tx: Transactions::with_max_server(cfg.timers, cfg.max_server_transactions),
             registrar: Registrar::new(cfg.registrar.clone()),
             auth,
             users: HashMap::new(),
@@ -1113,6 +1123,16 @@ impl Endpoint {
                 return;
             }
             ServerInput::Retransmission | ServerInput::AckAbsorbed => return,
+            ServerInput::Overloaded => {
+                self.counters.overloaded += 1;
+                let mut resp = Response::to_request(&req, 503, Some(&self.new_tag()));
+                resp.reason = "Service Unavailable (too many transactions)".to_string();
+                resp.headers
+                    .push("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string());
+                self.stamp(&mut resp, src);
+                self.tx.send_stateless_response(&resp, src);
+                return;
+            }
         };
         if req.headers.max_forwards == Some(0) && req.method != Method::Ack {
             self.reply(now, &key, &req, src, 483, None);
@@ -1265,12 +1285,11 @@ impl Endpoint {
         for value in self.auth.challenge(now, stale) {
             resp.headers.push(name, value);
         }
-        // Challenges are answered statelessly (as Kamailio does): a retransmitted request
-        // just draws a fresh challenge, and a flood of unauthenticated requests leaves no
-        // transaction state behind for 32 s each.
-        self.stamp(&mut resp, src);
-        self.tx.send_stateless_response(&resp, src);
-        self.tx.abandon(key);
+        // Challenges are answered statelessly (as every rejection before a dialog, see
+        // `sip::transaction`): a retransmitted request gets the same challenge from the
+        // bounded cache, and a flood of unauthenticated requests leaves no transaction
+        // state behind.
+        self.send(now, key, resp, src);
     }
 
     fn on_register(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {

@@ -14,14 +14,46 @@
 //! Zero-length timers (Timer D, I, J, K on reliable transports) are armed at `now` rather
 //! than terminating on the spot, so the TU can still read the request of a transaction that
 //! has just delivered its final response; it disappears on the next `handle_timeout`.
+//!
+//! # Stateless until a dialog
+//! A final non-2xx response of a server transaction that never sent a dialog-creating
+//! provisional (101–199 with a To tag) is sent statelessly: the transaction ends at once
+//! (a `Terminated` event follows), no Timer G/H/J runs, nothing is retransmitted. The
+//! response goes into a small cache ([`MAX_STATELESS_ENTRIES`] entries and
+//! [`MAX_STATELESS_BYTES`] of response bytes, at most 64*T1 old, checked on lookup, no
+//! timers) so a retransmitted request is answered again with the same bytes (and counted
+//! once by the TU) and the ACK of a rejected INVITE is absorbed. So a flood of requests
+//! that are rejected (401/403/404/480/486/503/...) leaves no transaction state at all.
+//!
+//! # Memory bound
+//! At most `max_server` server transactions live at once ([`DEFAULT_MAX_SERVER`], sized
+//! for 500 phones: ~4 each); a new request beyond it is answered [`ServerInput::Overloaded`]
+//! (the TU sends 503 with Retry-After, statelessly). CANCELs of live INVITEs and in-dialog
+//! requests (To tag) may use a reserve of `max_server / 8` more, so calls can still be
+//! cancelled and hung up when new requests fill the table. A server transaction costs
+//! about 0.5 KiB plus its last response (typically 0.4–1 KiB, at most [`MAX_MESSAGE`])
+//! plus, for an INVITE until its final response, the parsed request (typically 2–4 KiB,
+//! bounded by [`MAX_MESSAGE`] on the wire): at the default cap typically 8–16 MiB, and
+//! never more than about 2,304 × 40 KiB ≈ 90 MiB. There is no per-source cap on purpose:
+//! behind NAT a whole office is one source. The stateless cache adds at most
+//! [`MAX_STATELESS_BYTES`] plus ~200 B per entry (≈ 1.2 MiB).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use thiserror::Error;
 
 use crate::sip::message::{CSeq, Headers, Method, Peer, Request, Response};
+#[cfg(doc)]
+use crate::sip::wire::MAX_MESSAGE;
 use crate::sip::wire::{emit_request, emit_response};
 use crate::Millis;
+
+/// Default cap on live server transactions (see the module docs' memory bound).
+pub const DEFAULT_MAX_SERVER: usize = 2_048;
+/// Most responses kept to answer retransmissions of statelessly rejected requests.
+pub const MAX_STATELESS_ENTRIES: usize = 1_024;
+/// Most response bytes kept in the stateless cache.
+pub const MAX_STATELESS_BYTES: usize = 1024 * 1024;
 
 /// The RFC 3261 magic cookie that marks a branch as globally unique (§8.1.1.7).
 const MAGIC_COOKIE: &str = "z9hG4bK";
@@ -190,6 +222,9 @@ pub enum ServerInput {
     Ack2xx(TxKey),
     /// ACK matching nothing: the TU decides (usually drop).
     AckUnmatched,
+    /// A new request while the server transaction table is full: no transaction was
+    /// created; the TU answers 503 with Retry-After statelessly.
+    Overloaded,
 }
 
 /// What became of a received response.
@@ -324,6 +359,9 @@ struct Tx {
     ack_key: Option<AckKey>,
     /// INVITE server in Accepted: an ACK for the 2xx arrived.
     ack_seen: bool,
+    /// Server: a dialog-creating provisional (101–199 with a To tag) was sent, so a later
+    /// non-2xx final response is sent statefully (retransmitted until its ACK).
+    early_dialog: bool,
 }
 
 impl Tx {
@@ -347,10 +385,87 @@ fn disarm(set: &mut BTreeSet<(Millis, TxId, Timer)>, id: TxId, tx: &mut Tx, time
     }
 }
 
+/// A response sent without a transaction (see "Stateless until a dialog").
+#[derive(Debug)]
+struct StatelessEntry {
+    /// Insertion number, to tell this entry from a newer one under the same key.
+    seq: u64,
+    sent_by: SentBy,
+    dest: Peer,
+    bytes: Vec<u8>,
+    at: Millis,
+}
+
+/// The bounded cache of statelessly sent final responses, oldest evicted first.
+#[derive(Debug, Default)]
+struct StatelessCache {
+    entries: HashMap<TxKey, StatelessEntry>,
+    order: VecDeque<(TxKey, u64)>,
+    bytes: usize,
+    next_seq: u64,
+}
+
+impl StatelessCache {
+    fn insert(&mut self, key: TxKey, sent_by: SentBy, dest: Peer, bytes: Vec<u8>, at: Millis) {
+        if bytes.len() > MAX_STATELESS_BYTES {
+            return;
+        }
+        self.remove(&key);
+        while self.entries.len() >= MAX_STATELESS_ENTRIES
+            || self.bytes + bytes.len() > MAX_STATELESS_BYTES
+        {
+            let Some((old, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&old).is_some_and(|e| e.seq == seq) {
+                self.remove(&old);
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += bytes.len();
+        self.order.push_back((key.clone(), seq));
+        self.entries.insert(
+            key,
+            StatelessEntry {
+                seq,
+                sent_by,
+                dest,
+                bytes,
+                at,
+            },
+        );
+    }
+
+    fn remove(&mut self, key: &TxKey) {
+        if let Some(e) = self.entries.remove(key) {
+            self.bytes -= e.bytes.len();
+        }
+        // `order` keeps a stale (key, seq) pair; it is skipped when it reaches the front.
+        if self.order.len() > 2 * MAX_STATELESS_ENTRIES {
+            let entries = &self.entries;
+            self.order
+                .retain(|(k, seq)| entries.get(k).is_some_and(|e| e.seq == *seq));
+        }
+    }
+
+    /// The entry for `ident` if it is younger than `max_age` at `now`.
+    fn get(&self, ident: &ServerIdent, now: Millis, max_age: u64) -> Option<&StatelessEntry> {
+        self.entries
+            .get(&ident.key)
+            .filter(|e| e.sent_by == ident.sent_by && now < e.at.saturating_add(max_age))
+    }
+}
+
 /// All client and server transactions of one endpoint.
 #[derive(Debug)]
 pub struct Transactions {
     cfg: TimerConfig,
+    /// Cap on live server transactions (the reserve for CANCEL/in-dialog is an eighth more).
+    max_server: usize,
+    /// Live server transactions.
+    servers: usize,
+    stateless: StatelessCache,
     next_id: TxId,
     ids: HashMap<TxKey, TxId>,
     txs: HashMap<TxId, Tx>,
@@ -361,10 +476,19 @@ pub struct Transactions {
 }
 
 impl Transactions {
-    /// An empty transaction table.
+    /// An empty transaction table with the default server cap ([`DEFAULT_MAX_SERVER`]).
     pub fn new(cfg: TimerConfig) -> Self {
+        Self::with_max_server(cfg, DEFAULT_MAX_SERVER)
+    }
+
+    /// An empty transaction table holding at most `max_server` server transactions (plus
+    /// the CANCEL/in-dialog reserve of an eighth); see the module docs.
+    pub fn with_max_server(cfg: TimerConfig, max_server: usize) -> Self {
         Transactions {
             cfg,
+            max_server: max_server.max(1),
+            servers: 0,
+            stateless: StatelessCache::default(),
             next_id: 0,
             ids: HashMap::new(),
             txs: HashMap::new(),
@@ -393,6 +517,25 @@ impl Transactions {
             }
             return ServerInput::Retransmission;
         }
+        if let Some(e) = self.stateless.get(&ident, now, self.cfg.t64()) {
+            // A retransmission of a request rejected statelessly: the same answer again.
+            self.transmits.push_back(Transmit {
+                dest: e.dest,
+                bytes: e.bytes.clone(),
+            });
+            return ServerInput::Retransmission;
+        }
+        if self.servers >= self.max_server {
+            let reserve = self.max_server / 8;
+            let privileged = req.headers.to.tag().is_some()
+                || (req.method == Method::Cancel
+                    && self
+                        .find_server(&ServerIdent::of(req, Method::Invite))
+                        .is_some());
+            if !privileged || self.servers >= self.max_server + reserve {
+                return ServerInput::Overloaded;
+            }
+        }
         let key = if self.ids.contains_key(&ident.key) {
             ident.alt_key()
         } else {
@@ -416,6 +559,7 @@ impl Transactions {
             sent_by: Some(ident.sent_by),
             ack_key: None,
             ack_seen: false,
+            early_dialog: false,
         };
         let id = self.alloc_id();
         if !invite {
@@ -456,6 +600,18 @@ impl Transactions {
             dest,
             bytes: bytes.clone(),
         });
+        if resp.status >= 300 && !tx.early_dialog {
+            // Stateless until a dialog: cache the answer for retransmissions, end at once.
+            if let Some(sent_by) = tx.sent_by.clone() {
+                self.stateless
+                    .insert(tx.key.clone(), sent_by, dest, bytes, now);
+            }
+            self.terminate(id, false);
+            return Ok(());
+        }
+        if (101..=199).contains(&resp.status) && resp.headers.to.tag().is_some() {
+            tx.early_dialog = true;
+        }
         tx.last = Some(bytes);
         tx.dest = dest;
         let reliable = tx.reliable();
@@ -560,6 +716,7 @@ impl Transactions {
             sent_by: None,
             ack_key: None,
             ack_seen: false,
+            early_dialog: false,
         };
         let id = self.alloc_id();
         let (retransmit, timeout) = if invite {
@@ -817,6 +974,16 @@ impl Transactions {
         self.txs.len()
     }
 
+    /// Number of live server transactions (bounded by the cap given at construction).
+    pub fn server_len(&self) -> usize {
+        self.servers
+    }
+
+    /// Responses held to answer retransmissions of statelessly rejected requests.
+    pub fn stateless_len(&self) -> usize {
+        self.stateless.entries.len()
+    }
+
     /// True when no transaction is live.
     pub fn is_empty(&self) -> bool {
         self.txs.is_empty()
@@ -837,6 +1004,9 @@ impl Transactions {
 
     /// Adds transaction `id` under its key.
     fn insert(&mut self, id: TxId, tx: Tx) {
+        if tx.key.server {
+            self.servers += 1;
+        }
         self.ids.insert(tx.key.clone(), id);
         self.txs.insert(id, tx);
     }
@@ -882,6 +1052,10 @@ impl Transactions {
                 TxState::Accepted => return self.ack_2xx(id),
                 _ => {}
             }
+        }
+        if self.stateless.get(&ident, now, self.cfg.t64()).is_some() {
+            // The ACK of an INVITE we rejected statelessly.
+            return ServerInput::AckAbsorbed;
         }
         if let Some(tag) = req.headers.to.tag() {
             let ack_key = AckKey {
@@ -972,6 +1146,9 @@ impl Transactions {
         let Some(tx) = self.txs.remove(&id) else {
             return;
         };
+        if tx.key.server {
+            self.servers = self.servers.saturating_sub(1);
+        }
         for timer in Timer::ALL {
             if let Some(at) = tx.timers[timer.index()] {
                 self.timers.remove(&(at, id, timer));
@@ -1326,6 +1503,10 @@ mod tests {
         let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
             panic!("new transaction");
         };
+        // A dialog-creating 180 first: the 486 is then sent statefully.
+        let ringing = Response::to_request(&invite, 180, Some("uas"));
+        txs.send_response(0, &key, ringing, src)
+            .expect("live transaction");
         let busy = Response::to_request(&invite, 486, Some("uas"));
         txs.send_response(0, &key, busy.clone(), src)
             .expect("live transaction");
@@ -1364,9 +1545,11 @@ mod tests {
         let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
             panic!("new transaction");
         };
+        txs.send_response(0, &key, Response::to_request(&invite, 183, Some("t")), src)
+            .expect("live transaction");
         txs.send_response(0, &key, Response::to_request(&invite, 486, Some("t")), src)
             .expect("live transaction");
-        assert_eq!(drain(&mut txs).0.len(), 1);
+        assert_eq!(drain(&mut txs).0.len(), 2);
         let (sent, events) = run(&mut txs, u64::MAX);
         assert_eq!(
             times(&sent),
@@ -1489,11 +1672,24 @@ mod tests {
             txs.send_response(0, &key, bad, src),
             Err(TransactionError::InvalidStatus(99))
         );
+        txs.send_response(0, &key, Response::to_request(&invite, 180, Some("t")), src)
+            .expect("early dialog");
         txs.send_response(0, &key, resp.clone(), src)
             .expect("first final");
         assert_eq!(
-            txs.send_response(0, &key, resp, src),
+            txs.send_response(0, &key, resp.clone(), src),
             Err(TransactionError::FinalResponseAlreadySent)
+        );
+        // Before a dialog the final response ends the transaction at once.
+        let other = request(Method::Invite, "z9hG4bKother", "c");
+        let ServerInput::New(key) = txs.receive_request(0, &other, src) else {
+            panic!("new transaction");
+        };
+        txs.send_response(0, &key, resp.clone(), src)
+            .expect("stateless final");
+        assert_eq!(
+            txs.send_response(0, &key, resp, src),
+            Err(TransactionError::NoSuchTransaction)
         );
     }
 
@@ -1813,7 +2009,7 @@ mod tests {
     #[test]
     fn ten_thousand_concurrent_transactions_run_to_completion() {
         const N: usize = 5_000;
-        let mut txs = Transactions::new(TimerConfig::default());
+        let mut txs = Transactions::with_max_server(TimerConfig::default(), N);
         let dest = peer(Transport::Udp, 5060);
         let mut sends = 0usize;
         for i in 0..N {
@@ -1827,6 +2023,14 @@ mod tests {
             let ServerInput::New(key) = txs.receive_request(now, &invite, dest) else {
                 panic!("distinct branches make new transactions");
             };
+            // After a dialog-creating 180 the 486 is stateful (retransmitted, Timer H).
+            txs.send_response(
+                now,
+                &key,
+                Response::to_request(&invite, 180, Some("t")),
+                dest,
+            )
+            .expect("live transaction");
             txs.send_response(
                 now,
                 &key,
@@ -1853,11 +2057,158 @@ mod tests {
             txs.handle_timeout(at);
             wakeups += 1;
         }
-        // Client INVITE: 7 sends; server 486 with no ACK: 11 sends.
-        assert_eq!(sends, N * 7 + N * 11);
+        // Client INVITE: 7 sends; server 180 then 486 with no ACK: 12 sends.
+        assert_eq!(sends, N * 7 + N * 12);
         assert_eq!(timeouts, 2 * N);
         assert_eq!(terminated, 2 * N);
         assert!(txs.is_empty());
         assert!(wakeups > 0);
+    }
+
+    #[test]
+    fn rejection_before_a_dialog_is_stateless_and_retransmissions_are_answered_again() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let invite = request(Method::Invite, "z9hG4bKrej", "rej");
+        let ServerInput::New(key) = txs.receive_request(0, &invite, src) else {
+            panic!("new transaction");
+        };
+        txs.send_response(0, &key, Response::to_request(&invite, 100, None), src)
+            .expect("trying");
+        let forbidden = Response::to_request(&invite, 403, Some("t"));
+        txs.send_response(0, &key, forbidden.clone(), src)
+            .expect("final");
+        let (sent, events) = drain(&mut txs);
+        assert_eq!(sent.len(), 2, "100 and 403");
+        assert_eq!(events, vec![TxEvent::Terminated(key)]);
+        assert!(txs.is_empty(), "no transaction state");
+        assert_eq!(txs.poll_timeout(), None, "no timers");
+        assert_eq!(txs.stateless_len(), 1);
+        // The INVITE retransmitted (Timer A) gets the same 403 again, not a new transaction.
+        for at in [500, 1_500, 3_500] {
+            assert_eq!(
+                txs.receive_request(at, &invite, src),
+                ServerInput::Retransmission
+            );
+            let (sent, _) = drain(&mut txs);
+            assert_eq!(
+                sent,
+                vec![Transmit {
+                    dest: src,
+                    bytes: emit_response(&forbidden)
+                }]
+            );
+        }
+        assert_eq!(
+            txs.receive_request(4_000, &build_ack_non2xx(&invite, &forbidden), src),
+            ServerInput::AckAbsorbed
+        );
+        assert!(drain(&mut txs).0.is_empty(), "the ACK is absorbed silently");
+        // From another sent-by it is another request.
+        let mut elsewhere = invite.clone();
+        elsewhere.headers.via[0].host = "other.example.com".to_string();
+        assert!(matches!(
+            txs.receive_request(4_000, &elsewhere, src),
+            ServerInput::New(_)
+        ));
+        // After 64*T1 the cached answer is no longer used.
+        assert!(matches!(
+            txs.receive_request(T64 + 1, &invite, src),
+            ServerInput::New(_)
+        ));
+        // Non-INVITE rejections too (a 401 to a REGISTER).
+        let reg = request(Method::Register, "z9hG4bKreg", "reg");
+        let ServerInput::New(key) = txs.receive_request(0, &reg, src) else {
+            panic!("new transaction");
+        };
+        let before = txs.len();
+        txs.send_response(0, &key, Response::to_request(&reg, 401, Some("t")), src)
+            .expect("final");
+        assert_eq!(txs.len(), before - 1);
+        assert_eq!(
+            txs.receive_request(100, &reg, src),
+            ServerInput::Retransmission
+        );
+    }
+
+    #[test]
+    fn stateless_cache_is_bounded() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        for i in 0..(MAX_STATELESS_ENTRIES + 100) {
+            let req = request(Method::Register, &format!("z9hG4bKb{i}"), &format!("c{i}"));
+            let ServerInput::New(key) = txs.receive_request(0, &req, src) else {
+                panic!("new transaction");
+            };
+            txs.send_response(0, &key, Response::to_request(&req, 401, Some("t")), src)
+                .expect("final");
+            drain(&mut txs);
+        }
+        assert_eq!(txs.stateless_len(), MAX_STATELESS_ENTRIES);
+        assert!(txs.stateless.bytes <= MAX_STATELESS_BYTES);
+        assert!(txs.stateless.order.len() <= 2 * MAX_STATELESS_ENTRIES + 1);
+        assert!(txs.is_empty());
+        // The oldest were evicted: their retransmission is a new request again.
+        let first = request(Method::Register, "z9hG4bKb0", "c0");
+        assert!(matches!(
+            txs.receive_request(1, &first, src),
+            ServerInput::New(_)
+        ));
+    }
+
+    #[test]
+    fn server_transaction_cap_answers_overloaded_and_keeps_a_reserve() {
+        let mut txs = Transactions::with_max_server(TimerConfig::default(), 16);
+        let src = peer(Transport::Udp, 5070);
+        let mut invites = Vec::new();
+        for i in 0..16 {
+            let inv = request(
+                Method::Invite,
+                &format!("z9hG4bKcap{i}"),
+                &format!("cap{i}"),
+            );
+            assert!(matches!(
+                txs.receive_request(0, &inv, src),
+                ServerInput::New(_)
+            ));
+            invites.push(inv);
+        }
+        assert_eq!(txs.server_len(), 16);
+        let extra = request(Method::Invite, "z9hG4bKcapx", "capx");
+        assert_eq!(txs.receive_request(0, &extra, src), ServerInput::Overloaded);
+        assert_eq!(txs.server_len(), 16, "nothing created");
+        // Retransmissions of live ones are still absorbed.
+        assert_eq!(
+            txs.receive_request(1, &invites[0], src),
+            ServerInput::Retransmission
+        );
+        // A CANCEL of a live INVITE and an in-dialog BYE use the reserve (16 / 8 = 2).
+        let mut cancel = invites[0].clone();
+        cancel.method = Method::Cancel;
+        cancel.headers.cseq.method = Method::Cancel;
+        assert!(matches!(
+            txs.receive_request(2, &cancel, src),
+            ServerInput::New(_)
+        ));
+        let mut bye = request(Method::Bye, "z9hG4bKbye", "dlg");
+        bye.headers.to.params.set("tag", Some("x".to_string()));
+        assert!(matches!(
+            txs.receive_request(2, &bye, src),
+            ServerInput::New(_)
+        ));
+        let mut bye2 = request(Method::Bye, "z9hG4bKbye2", "dlg2");
+        bye2.headers.to.params.set("tag", Some("y".to_string()));
+        assert_eq!(txs.receive_request(2, &bye2, src), ServerInput::Overloaded);
+        // Rejections leave no state, so the table drains and admits again.
+        for inv in &invites {
+            let key = ServerIdent::of(inv, Method::Invite).key;
+            txs.send_response(3, &key, Response::to_request(inv, 480, Some("t")), src)
+                .expect("final");
+        }
+        assert_eq!(txs.server_len(), 2);
+        assert!(matches!(
+            txs.receive_request(4, &extra, src),
+            ServerInput::New(_)
+        ));
     }
 }

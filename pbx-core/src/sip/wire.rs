@@ -9,6 +9,14 @@
 //! trailing junk and cannot handle IPv6 references or users containing dots), and rsip's
 //! types carry the result; URI parameters are typed by rsip (`Param::Transport`, `Lr`, ...).
 //!
+//! Bytes are bytes: the header section is decoded as UTF-8 with every invalid sequence
+//! replaced by U+FFFD (`String::from_utf8_lossy`), so a Latin-1 display name (`"J\xf6rg"`,
+//! as older phones send it) or any other 8-bit text in a quoted string or a header value is
+//! handled, not refused; the body is kept as raw bytes. Control characters are accepted
+//! inside quoted strings as quoted-pairs (RFC 3261 §25.1), refused elsewhere. Every message
+//! RFC 4475 §3.1.1 calls valid parses (see the `rfc4475` tests), and every error names its
+//! cause so [`reply_to_malformed`] can answer precisely ([`error_status`], [`error_reason`]).
+//!
 //! Representation notes:
 //! - IPv6 URI hosts are `Host::IpAddr(V6)`; [`emit_request`]/[`emit_response`] bracket them
 //!   (rsip's own `Display` does not, so do not format such URIs with `Display` for the wire).
@@ -37,15 +45,21 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_URI: usize = 512;
 /// Longest single (unfolded) header line accepted (bytes).
 pub const MAX_HEADER_LINE: usize = 4 * 1024;
-/// Most Via values accepted in one message.
-pub const MAX_VIA: usize = 20;
+/// Most Via values accepted in one message: 70, the usual initial Max-Forwards, so a
+/// request that really crossed that many proxies (RFC 4475 `longreq` has 34) is accepted.
+pub const MAX_VIA: usize = 70;
 
 /// Why bytes are not an acceptable SIP message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum WireError {
-    /// The message exceeds [`MAX_MESSAGE`].
+    /// The message exceeds [`MAX_MESSAGE`] before its header section ends (or a stream
+    /// announces such a header section): answered 513.
     #[error("message too large")]
     TooLarge,
+    /// The header section fits but the body makes the message exceed [`MAX_MESSAGE`]:
+    /// answered 413.
+    #[error("message body too large")]
+    BodyTooLarge,
     /// More than [`MAX_HEADERS`] header lines.
     #[error("too many header lines")]
     TooManyHeaders,
@@ -64,9 +78,15 @@ pub enum WireError {
     /// A mandatory header (canonical name) is absent.
     #[error("missing {0} header")]
     MissingHeader(&'static str),
-    /// A header (canonical name) has an invalid value or appears twice.
+    /// A header (canonical name) has an invalid value.
     #[error("invalid {0} header")]
     BadHeader(&'static str),
+    /// A header (canonical name) that may appear once appears twice.
+    #[error("duplicated {0} header")]
+    DuplicateHeader(&'static str),
+    /// The CSeq method differs from the request method.
+    #[error("CSeq method does not match the request method")]
+    CSeqMismatch,
     /// Content-Length is not a number, disagrees with itself, or exceeds the bytes present.
     #[error("bad Content-Length")]
     BadContentLength,
@@ -85,11 +105,39 @@ pub enum WireError {
 pub fn error_status(err: &WireError) -> u16 {
     match err {
         WireError::TooLarge => 513,
+        WireError::BodyTooLarge => 413,
         WireError::UriTooLong => 414,
         WireError::UnsupportedScheme => 416,
         WireError::Version => 505,
         _ => 400,
     }
+}
+
+/// The reason phrase of the answer to a request rejected with `err`: the status's standard
+/// phrase, and for 400 the problem itself (`Bad Request (missing Call-ID header)`), so the
+/// phone's log says what to fix.
+pub fn error_reason(err: &WireError) -> String {
+    let status = error_status(err);
+    let phrase = reason_phrase(status);
+    if status == 400 {
+        format!("{phrase} ({err})")
+    } else {
+        phrase.to_string()
+    }
+}
+
+/// Whether `err` is about size (message, header line, header count, Via count, URI) rather
+/// than syntax: the firewall counts these as `oversized`.
+pub fn is_size_error(err: &WireError) -> bool {
+    matches!(
+        err,
+        WireError::TooLarge
+            | WireError::BodyTooLarge
+            | WireError::TooManyHeaders
+            | WireError::TooManyVia
+            | WireError::UriTooLong
+            | WireError::HeaderTooLong
+    )
 }
 
 /// One unit cut from a stream transport's receive buffer by [`next_frame`].
@@ -113,7 +161,11 @@ pub enum Frame {
 /// the remaining bytes is [`WireError::BadContentLength`] (RFC 3261 §18.3).
 pub fn parse(bytes: &[u8]) -> Result<Message, WireError> {
     if bytes.len() > MAX_MESSAGE {
-        return Err(WireError::TooLarge);
+        // 413 when the header section ended in time (only the body is too big), else 513.
+        return Err(match find_head_end(&bytes[..MAX_MESSAGE]) {
+            Some(_) => WireError::BodyTooLarge,
+            None => WireError::TooLarge,
+        });
     }
     let skip = bytes
         .iter()
@@ -124,9 +176,9 @@ pub fn parse(bytes: &[u8]) -> Result<Message, WireError> {
         return Err(WireError::Malformed("empty message"));
     }
     let (head_len, body_start) = find_head_end(bytes).ok_or(WireError::Incomplete)?;
-    let head = std::str::from_utf8(&bytes[..head_len])
-        .map_err(|_| WireError::Malformed("header section is not UTF-8"))?;
-    let (start_line, rest) = head.split_once('\n').unwrap_or((head, ""));
+    // Bytes are bytes: 8-bit text (a Latin-1 display name) becomes U+FFFD, never an error.
+    let head = String::from_utf8_lossy(&bytes[..head_len]);
+    let (start_line, rest) = head.split_once('\n').unwrap_or((&head, ""));
     let start = parse_start_line(strip_cr(start_line))?;
     let mut builder = Builder::default();
     for_each_header(rest, |line| builder.header(line))?;
@@ -249,8 +301,36 @@ fn check_version(v: &str) -> Result<(), WireError> {
     }
 }
 
+fn is_ctl(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
 fn has_ctl(s: &str) -> bool {
-    s.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    s.bytes().any(is_ctl)
+}
+
+/// A control character outside a quoted-pair of a quoted string (RFC 3261 §25.1 allows any
+/// octet but CR and LF after a backslash inside quotes: RFC 4475 `intmeth` quotes BEL, NUL
+/// and DEL that way).
+fn has_bare_ctl(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut in_quotes = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => in_quotes = !in_quotes,
+            b'\\' if in_quotes => {
+                if matches!(b.get(i + 1), Some(b'\r' | b'\n')) {
+                    return true;
+                }
+                i += 1;
+            }
+            c if is_ctl(c) => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 fn parse_start_line(line: &str) -> Result<Start, WireError> {
@@ -425,7 +505,7 @@ struct Builder {
 
 fn once<T>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), WireError> {
     if slot.is_some() {
-        return Err(WireError::BadHeader(name));
+        return Err(WireError::DuplicateHeader(name));
     }
     *slot = Some(value);
     Ok(())
@@ -457,7 +537,7 @@ impl Builder {
             return Err(WireError::Malformed("header name"));
         }
         let value = line[colon + 1..].trim_matches([' ', '\t']);
-        if has_ctl(value) {
+        if has_bare_ctl(value) {
             return Err(WireError::Malformed("control character in header"));
         }
         let Some(canon) = canonical_name(name) else {
@@ -583,7 +663,7 @@ impl Builder {
         Ok(match start {
             Start::Request(method, uri) => {
                 if headers.cseq.method != method {
-                    return Err(WireError::BadHeader("CSeq"));
+                    return Err(WireError::CSeqMismatch);
                 }
                 Message::Request(Request {
                     method,
@@ -789,8 +869,11 @@ fn unescape_quoted(q: &str) -> String {
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
         if c == '\\' {
-            if let Some(n) = chars.next() {
-                out.push(n);
+            // A quoted NUL (RFC 4475 `intmeth`) is shown as U+FFFD: no NUL travels on.
+            match chars.next() {
+                Some('\0') => out.push(char::REPLACEMENT_CHARACTER),
+                Some(n) => out.push(n),
+                None => {}
             }
         } else {
             out.push(c);
@@ -1039,7 +1122,7 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<Frame>, WireError> {
     let len = stream_content_length(&buf[..head_len])?;
     let total = body_start + len;
     if total > MAX_MESSAGE {
-        return Err(WireError::TooLarge);
+        return Err(WireError::BodyTooLarge);
     }
     Ok((buf.len() >= total).then_some(Frame::Message(total)))
 }
@@ -1077,7 +1160,7 @@ fn stream_content_length(head: &[u8]) -> Result<usize, WireError> {
         }
         let text = std::str::from_utf8(&value).map_err(|_| WireError::BadContentLength)?;
         let n = match parse_digits_u64(text) {
-            Some(Ok(n)) if n > MAX_MESSAGE as u64 => return Err(WireError::TooLarge),
+            Some(Ok(n)) if n > MAX_MESSAGE as u64 => return Err(WireError::BodyTooLarge),
             _ => parse_content_length(text)?,
         };
         if found.is_some_and(|prev| prev != n) {
@@ -1092,11 +1175,31 @@ fn stream_content_length(head: &[u8]) -> Result<usize, WireError> {
 // Replies to unparseable requests
 // ---------------------------------------------------------------------------------------------
 
-/// A minimal error response to a request that failed to parse with `err`, built from the
-/// Via, From, To, Call-ID and CSeq lines found textually (copied verbatim, a To tag added
-/// when missing). `None` (drop silently) for responses, ACKs, binary garbage, or when any of
-/// those headers cannot be found.
-pub fn reply_to_malformed(bytes: &[u8], err: &WireError) -> Option<Vec<u8>> {
+/// What [`scan_head`] finds textually in bytes that did not parse: the start line and the
+/// lines of the headers a response needs (unfolded, decoded lossily, verbatim otherwise).
+#[derive(Debug, Default)]
+struct Scanned {
+    start: String,
+    via: Vec<String>,
+    from: Option<String>,
+    to: Option<String>,
+    call_id: Option<String>,
+    cseq: Option<String>,
+}
+
+impl Scanned {
+    /// The value of a `Name: value` line.
+    fn value(line: &str) -> &str {
+        line.split_once(':')
+            .map_or("", |(_, v)| v.trim_matches([' ', '\t']))
+    }
+}
+
+/// Finds the start line and the Via, From, To, Call-ID and CSeq lines of `bytes` without
+/// parsing anything else. A header line with a control character outside a quoted-pair is
+/// ignored (it could not be copied into a response safely). `None` without a complete
+/// start line.
+fn scan_head(bytes: &[u8]) -> Option<Scanned> {
     let bytes = &bytes[..bytes.len().min(MAX_MESSAGE)];
     let skip = bytes
         .iter()
@@ -1112,68 +1215,115 @@ pub fn reply_to_malformed(bytes: &[u8], err: &WireError) -> Option<Vec<u8>> {
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .peekable();
-    let start = std::str::from_utf8(lines.next()?).ok()?;
-    let (method, _) = start.split_once(' ')?;
-    if method.is_empty()
-        || !method.bytes().all(is_token_byte)
-        || method.eq_ignore_ascii_case("ACK")
-        || (method.len() >= 4 && method[..4].eq_ignore_ascii_case("SIP/"))
-        || has_ctl(start)
-    {
-        return None;
-    }
-    let mut via: Vec<String> = Vec::new();
-    let (mut from, mut to, mut call_id, mut cseq) = (None, None, None, None);
+    let start = String::from_utf8_lossy(lines.next()?).into_owned();
+    let mut out = Scanned {
+        start,
+        ..Scanned::default()
+    };
+    let mut count = 0usize;
     while let Some(raw) = lines.next() {
-        let mut line = std::str::from_utf8(raw).ok()?.to_string();
+        count += 1;
+        if count > MAX_HEADERS + MAX_VIA {
+            break;
+        }
+        let mut line = String::from_utf8_lossy(raw).into_owned();
         while let Some(next) = lines.next_if(|l| l.starts_with(b" ") || l.starts_with(b"\t")) {
             line.push(' ');
-            line.push_str(
-                std::str::from_utf8(next)
-                    .ok()?
-                    .trim_start_matches([' ', '\t']),
-            );
+            line.push_str(String::from_utf8_lossy(next).trim_start_matches([' ', '\t']));
         }
-        if has_ctl(&line) {
-            return None;
+        if line.len() > MAX_HEADER_LINE || has_bare_ctl(&line) {
+            continue;
         }
         let Some((name, _)) = line.split_once(':') else {
             continue;
         };
         let slot = match canonical_name(name.trim_end_matches([' ', '\t'])) {
             Some("Via") => {
-                via.push(line);
+                if out.via.len() < MAX_VIA {
+                    out.via.push(line);
+                }
                 continue;
             }
-            Some("From") => &mut from,
-            Some("To") => &mut to,
-            Some("Call-ID") => &mut call_id,
-            Some("CSeq") => &mut cseq,
+            Some("From") => &mut out.from,
+            Some("To") => &mut out.to,
+            Some("Call-ID") => &mut out.call_id,
+            Some("CSeq") => &mut out.cseq,
             _ => continue,
         };
         if slot.is_none() {
             *slot = Some(line);
         }
     }
-    let (from, mut to, call_id, cseq) = (from?, to?, call_id?, cseq?);
-    if via.is_empty() {
+    Some(out)
+}
+
+/// A key identifying a message and its retransmissions (same Call-ID, CSeq and top-Via
+/// branch), read textually so it works for messages that did not parse. `None` when none
+/// of the three can be found. The firewall counts one malformed message once with it.
+pub fn retransmission_key(bytes: &[u8]) -> Option<u64> {
+    let s = scan_head(bytes)?;
+    let call_id = s.call_id.as_deref().map(Scanned::value);
+    let cseq = s.cseq.as_deref().map(Scanned::value);
+    let branch = s.via.first().and_then(|v| {
+        let lower = v.to_ascii_lowercase();
+        let at = lower.find("branch")?;
+        let rest = v
+            .get(at + "branch".len()..)?
+            .trim_start_matches([' ', '\t']);
+        let rest = rest.strip_prefix('=')?.trim_start_matches([' ', '\t']);
+        let end = rest.find([';', ',', ' ', '\t']).unwrap_or(rest.len());
+        Some(&rest[..end])
+    });
+    if call_id.is_none() && cseq.is_none() && branch.is_none() {
+        return None;
+    }
+    let mut key = String::new();
+    for part in [call_id, cseq, branch] {
+        key.push_str(part.unwrap_or(""));
+        key.push('\n');
+    }
+    Some(fnv1a(key.as_bytes(), b""))
+}
+
+/// A minimal error response to a request that failed to parse with `err`: the precise
+/// status ([`error_status`]) and reason ([`error_reason`]), the Via lines and whichever of
+/// From, To, Call-ID and CSeq are found textually (copied verbatim, a To tag added when
+/// missing). `None` (drop silently: nothing to answer) for responses, ACKs, binary garbage
+/// or a request without a Via line.
+pub fn reply_to_malformed(bytes: &[u8], err: &WireError) -> Option<Vec<u8>> {
+    let s = scan_head(bytes)?;
+    let (method, _) = s.start.split_once(' ')?;
+    if method.is_empty()
+        || !method.bytes().all(is_token_byte)
+        || method.eq_ignore_ascii_case("ACK")
+        || (method.len() >= 4 && method[..4].eq_ignore_ascii_case("SIP/"))
+        || has_ctl(&s.start)
+    {
+        return None;
+    }
+    if s.via.is_empty() {
         return None;
     }
     let status = error_status(err);
-    if !to.to_ascii_lowercase().contains("tag=") {
-        let _ = write!(
-            to,
-            ";tag={:016x}",
-            fnv1a(call_id.as_bytes(), cseq.as_bytes())
-        );
+    let mut to = s.to;
+    if let Some(to) = to.as_mut() {
+        if !to.to_ascii_lowercase().contains("tag=") {
+            let call_id = s.call_id.as_deref().unwrap_or("");
+            let cseq = s.cseq.as_deref().unwrap_or("");
+            let _ = write!(
+                to,
+                ";tag={:016x}",
+                fnv1a(call_id.as_bytes(), cseq.as_bytes())
+            );
+        }
     }
-    let mut out = String::with_capacity(256 + via.iter().map(String::len).sum::<usize>());
-    let _ = write!(out, "SIP/2.0 {status} {}\r\n", reason_phrase(status));
-    for v in &via {
+    let mut out = String::with_capacity(256 + s.via.iter().map(String::len).sum::<usize>());
+    let _ = write!(out, "SIP/2.0 {status} {}\r\n", error_reason(err));
+    for v in &s.via {
         out.push_str(v);
         out.push_str("\r\n");
     }
-    for h in [&from, &to, &call_id, &cseq] {
+    for h in [&s.from, &to, &s.call_id, &s.cseq].into_iter().flatten() {
         out.push_str(h);
         out.push_str("\r\n");
     }
@@ -1289,7 +1439,10 @@ fn write_name_addr(out: &mut String, na: &NameAddr) {
     if let Some(display) = na.display.as_deref().filter(|d| !d.is_empty()) {
         out.push('"');
         for c in display.chars() {
-            if c == '"' || c == '\\' {
+            // Control characters travel as quoted-pairs (RFC 3261 §25.1); CR, LF and NUL
+            // are blanked by `end_line` instead, so they can never end the line.
+            let ctl = (c < ' ' && !matches!(c, '\t' | '\r' | '\n' | '\0')) || c == '\x7f';
+            if c == '"' || c == '\\' || ctl {
                 out.push('\\');
             }
             out.push(c);
@@ -1573,9 +1726,15 @@ l: 2\r\n\r\nhi";
         let text = "!interesting-Method0123456789_*+`.%indeed'~ sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com SIP/2.0\r\n\
 Via: SIP/2.0/TCP host1.example.com;branch=z9hG4bK-.!%66*_+`'~\r\n\
 To: \"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f\" <sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*@example.com>\r\n\r\n";
-        // Control characters inside a header are refused outright.
+        // Control characters in a quoted-pair are fine (RFC 4475 `intmeth`); this fragment
+        // only lacks a From header. Outside a quoted string they are refused.
         assert_eq!(
             parse(text.as_bytes()).err(),
+            Some(WireError::MissingHeader("From"))
+        );
+        let bare = text.replace("BEL:\\\x07", "BEL:\x07");
+        assert_eq!(
+            parse(bare.replace("\"BEL", "BEL").as_bytes()).err(),
             Some(WireError::Malformed("control character in header"))
         );
         let ok = "NEWMETHOD sip:user;par=u%40example.net@example.com SIP/2.0\r\n\
@@ -1590,7 +1749,7 @@ CSeq: 8 NEWMETHOD\r\n\r\n";
         assert_eq!(r.uri.host().to_string(), "example.com");
         round_trip(&Message::Request(r));
         let mismatch = ok.replace("CSeq: 8 NEWMETHOD", "CSeq: 8 INVITE");
-        assert_eq!(err(&mismatch), WireError::BadHeader("CSeq"));
+        assert_eq!(err(&mismatch), WireError::CSeqMismatch);
     }
 
     #[test]
@@ -1632,7 +1791,7 @@ CSeq: 8 NEWMETHOD\r\n\r\n";
     #[test]
     fn limits_are_enforced() {
         let big = minimal("MESSAGE", "", &"x".repeat(MAX_MESSAGE));
-        assert_eq!(err(&big), WireError::TooLarge);
+        assert_eq!(err(&big), WireError::BodyTooLarge);
         assert_eq!(error_status(&WireError::TooLarge), 513);
 
         let many: String = (0..MAX_HEADERS).map(|i| format!("X-H{i}: v\r\n")).collect();
@@ -1692,12 +1851,20 @@ CSeq: 8 NEWMETHOD\r\n\r\n";
         let nonutf8 =
             minimal("OPTIONS", "Subject: \u{e9}t\u{e9}\r\n", "").replace('\u{e9}', "\u{1}");
         assert!(parse(nonutf8.as_bytes()).is_err());
-        let mut bytes = minimal("OPTIONS", "Subject: x\r\n", "").into_bytes();
-        let pos = bytes.iter().position(|&b| b == b'x').expect("x present");
+        // 8-bit bytes: a lone 0xc3 in a header value is text with U+FFFD, not an error...
+        let mut bytes = minimal("OPTIONS", "Subject: #\r\n", "").into_bytes();
+        let pos = bytes.iter().position(|&b| b == b'#').expect("# present");
         bytes[pos] = 0xc3;
+        let Ok(Message::Request(r)) = parse(&bytes) else {
+            panic!("8-bit Subject refused")
+        };
+        assert_eq!(r.headers.get("Subject"), Some("\u{fffd}"));
+        // ...but in the Request-URI (ASCII by grammar) it is a bad Request-URI: 400.
+        let mut bytes = minimal("OPTIONS", "", "").into_bytes();
+        bytes[12] = 0xc3;
         assert_eq!(
             parse(&bytes).err(),
-            Some(WireError::Malformed("header section is not UTF-8"))
+            Some(WireError::Malformed("Request-URI"))
         );
     }
 
@@ -1868,7 +2035,6 @@ Max-Forwards: 70\r\n\r\n";
             ("Max-Forwards: 300\r\n", "Max-Forwards"),
             ("Max-Forwards: -1\r\n", "Max-Forwards"),
             ("Expires: soon\r\n", "Expires"),
-            ("From: <sip:x@y>\r\n", "From"),
             ("Contact: *\r\nContact: <sip:a@b>\r\n", "Contact"),
             ("Contact: <sip:a@b>, *\r\n", "Contact"),
             ("Route: <sip:a@b>,\r\n", "Route"),
@@ -1877,6 +2043,8 @@ Max-Forwards: 70\r\n\r\n";
             let text = minimal("OPTIONS", extra, "");
             assert_eq!(err(&text), WireError::BadHeader(name), "{extra:?}");
         }
+        let text = minimal("OPTIONS", "From: <sip:x@y>\r\n", "");
+        assert_eq!(err(&text), WireError::DuplicateHeader("From"));
         let huge = minimal("REGISTER", "Expires: 280297596632815\r\n", "");
         assert_eq!(req(&huge).headers.expires, Some(u32::MAX));
         assert_eq!(
@@ -2025,7 +2193,7 @@ Record-Route: <sip:rr.example.com;lr;transport=tcp>\r\n";
         let bad = minimal("MESSAGE", "l: x\r\n", "");
         assert_eq!(next_frame(bad.as_bytes()), Err(WireError::BadContentLength));
         let big = minimal("MESSAGE", "Content-Length: 16300\r\n", "");
-        assert_eq!(next_frame(big.as_bytes()), Err(WireError::TooLarge));
+        assert_eq!(next_frame(big.as_bytes()), Err(WireError::BodyTooLarge));
         let endless = format!("OPTIONS sip:x SIP/2.0\r\nX: {}", "a".repeat(MAX_MESSAGE));
         assert_eq!(next_frame(endless.as_bytes()), Err(WireError::TooLarge));
         let folded = minimal("MESSAGE", "Content-Length:\r\n 5\r\n", "hello");
@@ -2068,11 +2236,14 @@ Record-Route: <sip:rr.example.com;lr;transport=tcp>\r\n";
 
         let ack = minimal("ACK", "Max-Forwards: 300\r\n", "");
         assert_eq!(reply_to_malformed(ack.as_bytes(), &err(&ack)), None);
+        // A missing Call-ID is answered on what is there, naming what is missing.
         let no_callid = minimal("OPTIONS", "", "").replace("Call-ID: min@192.0.2.10\r\n", "");
-        assert_eq!(
-            reply_to_malformed(no_callid.as_bytes(), &err(&no_callid)),
-            None
-        );
+        let reply = reply_to_malformed(no_callid.as_bytes(), &err(&no_callid)).expect("reply");
+        assert!(reply.starts_with(b"SIP/2.0 400 Bad Request (missing Call-ID header)\r\n"));
+        // Without a Via there is nowhere to answer.
+        let no_via = minimal("OPTIONS", "", "")
+            .replace("Via: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKmin\r\n", "");
+        assert_eq!(reply_to_malformed(no_via.as_bytes(), &err(&no_via)), None);
         let resp = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n";
         assert_eq!(reply_to_malformed(resp.as_bytes(), &err(resp)), None);
         assert_eq!(
@@ -2108,5 +2279,248 @@ Record-Route: <sip:rr.example.com;lr;transport=tcp>\r\n";
         let back = uri_to_string(&uri);
         assert!(back.contains("[2001:db8::1]:5062"), "{back}");
         assert_eq!(parse_uri(&back).expect("reparses"), uri);
+    }
+
+    /// A file of the RFC 4475 / 8-bit corpus in `testdata/` (also the fuzz seeds).
+    fn corpus(path: &str) -> Vec<u8> {
+        let full = format!("{}/src/sip/testdata/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+    }
+
+    const RFC4475_VALID: [&str; 13] = [
+        "wsinv",
+        "intmeth",
+        "esc01",
+        "escnull",
+        "esc02",
+        "lwsdisp",
+        "longreq",
+        "dblreq",
+        "semiuri",
+        "transports",
+        "mpart01",
+        "unreason",
+        "noreason",
+    ];
+
+    #[test]
+    fn rfc4475_valid_messages_parse_and_round_trip() {
+        for name in RFC4475_VALID {
+            let bytes = corpus(&format!("rfc4475/valid/{name}.sip"));
+            let msg = parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            round_trip(&msg);
+        }
+        let Ok(Message::Request(r)) = parse(&corpus("rfc4475/valid/intmeth.sip")) else {
+            panic!("intmeth is a request")
+        };
+        assert_eq!(
+            r.method.as_str(),
+            "!interesting-Method0123456789_*+`.%indeed'~"
+        );
+        assert_eq!(
+            r.headers.to.display.as_deref(),
+            Some("BEL:\u{7} NUL:\u{fffd} DEL:\u{7f}")
+        );
+        assert_eq!(
+            r.headers.from.display.as_deref(),
+            Some("token1~` token2'+_ token3*%!.-")
+        );
+        assert_eq!(
+            r.headers.call_id,
+            "intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"
+        );
+        let Ok(Message::Request(r)) = parse(&corpus("rfc4475/valid/longreq.sip")) else {
+            panic!("longreq is a request")
+        };
+        assert_eq!(r.headers.via.len(), 34);
+        let Ok(Message::Request(r)) = parse(&corpus("rfc4475/valid/mpart01.sip")) else {
+            panic!("mpart01 is a request")
+        };
+        assert!(
+            r.body.contains(&0) && r.body.contains(&0xff),
+            "binary body kept"
+        );
+        assert!(r.body.ends_with(b"--3b515e121b43a911--\r\n"));
+        let Ok(Message::Request(r)) = parse(&corpus("rfc4475/valid/esc02.sip")) else {
+            panic!("esc02 is a request")
+        };
+        assert_eq!(r.method, Method::Other("RE%47IST%45R".to_string()));
+        assert_eq!(r.headers.contact.len(), 2, "C%6Fntact is another header");
+    }
+
+    #[test]
+    fn rfc4475_invalid_messages_get_the_precise_answer() {
+        // (file, expected error, status of the answer; 0 = nothing to answer).
+        let cases: [(&str, WireError, u16); 25] = [
+            ("badinv01", WireError::BadHeader("Via"), 400),
+            ("clerr", WireError::BadContentLength, 400),
+            ("ncl", WireError::BadContentLength, 400),
+            ("scalar02", WireError::BadHeader("CSeq"), 400),
+            ("scalarlg", WireError::BadHeader("CSeq"), 0),
+            ("quotbal", WireError::BadHeader("To"), 400),
+            ("ltgtruri", WireError::Malformed("Request-URI"), 400),
+            ("lwsruri", WireError::Malformed("Request-URI"), 400),
+            ("lwsstart", WireError::Malformed("Request-URI"), 400),
+            ("trws", WireError::Malformed("SIP version"), 400),
+            ("escruri", WireError::Malformed("Request-URI"), 400),
+            ("regbadct", WireError::BadHeader("Contact"), 400),
+            ("badaspec", WireError::BadHeader("To"), 400),
+            ("baddn", WireError::BadHeader("From"), 400),
+            ("badvers", WireError::Version, 505),
+            ("mismatch01", WireError::CSeqMismatch, 400),
+            ("mismatch02", WireError::CSeqMismatch, 400),
+            ("bigcode", WireError::Malformed("status code"), 0),
+            ("insuf", WireError::MissingHeader("From"), 400),
+            ("unkscm", WireError::UnsupportedScheme, 416),
+            ("novelsc", WireError::UnsupportedScheme, 416),
+            ("unksm2", WireError::BadHeader("To"), 400),
+            ("mcl01", WireError::BadContentLength, 400),
+            ("multi01", WireError::DuplicateHeader("CSeq"), 400),
+            ("zeromf", WireError::Incomplete, 0),
+        ];
+        for (name, expected, status) in cases {
+            let bytes = corpus(&format!("rfc4475/invalid/{name}.sip"));
+            if name == "zeromf" {
+                // Syntactically valid: the call core answers 483 (Max-Forwards: 0).
+                assert!(parse(&bytes).is_ok(), "zeromf parses");
+                continue;
+            }
+            let e = parse(&bytes)
+                .err()
+                .unwrap_or_else(|| panic!("{name} parsed"));
+            assert_eq!(e, expected, "{name}");
+            let reply = reply_to_malformed(&bytes, &e);
+            if status == 0 {
+                assert_eq!(reply, None, "{name}: nothing to answer");
+                continue;
+            }
+            let reply = reply.unwrap_or_else(|| panic!("{name}: no answer"));
+            let text = String::from_utf8(reply).expect("utf-8");
+            let first = text.lines().next().unwrap_or_default();
+            assert!(
+                first.starts_with(&format!("SIP/2.0 {status} ")),
+                "{name}: {first}"
+            );
+            if status == 400 {
+                assert!(
+                    first.contains(&e.to_string()),
+                    "{name}: reason names it: {first}"
+                );
+            }
+        }
+        // insuf: no From/To/Call-ID to copy, still answered on its Via and CSeq.
+        let bytes = corpus("rfc4475/invalid/insuf.sip");
+        let reply =
+            reply_to_malformed(&bytes, &err(&String::from_utf8_lossy(&bytes))).expect("answer");
+        let text = String::from_utf8(reply).expect("utf-8");
+        assert!(text.contains("\r\nVia: SIP/2.0/UDP 192.0.2.95;branch=z9hG4bKkdj.insuf\r\n"));
+        assert!(text.contains("\r\nCSeq: 193942 INVITE\r\n"));
+    }
+
+    #[test]
+    fn eight_bit_text_is_handled_with_replacement_characters() {
+        let r = match parse(&corpus("nonutf8/latin1_register.sip")) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("Latin-1 REGISTER refused: {other:?}"),
+        };
+        assert_eq!(r.method, Method::Register);
+        assert_eq!(r.headers.from.display.as_deref(), Some("J\u{fffd}rg"));
+        assert_eq!(r.headers.from.uri.user(), Some("100"));
+        assert_eq!(r.headers.get("User-Agent"), Some("Old Phone \u{fffd} 1.0"));
+        let Contact::Addr(c) = &r.headers.contact[0] else {
+            panic!("address")
+        };
+        assert_eq!(c.display.as_deref(), Some("J\u{fffd}rg M\u{fffd}ller"));
+        // What we emit is valid UTF-8 and parses to the same message.
+        let wire = emit_request(&r);
+        assert!(std::str::from_utf8(&wire).is_ok());
+        round_trip(&Message::Request(r));
+
+        let Ok(Message::Request(inv)) = parse(&corpus("nonutf8/latin1_invite.sip")) else {
+            panic!("Latin-1 INVITE refused")
+        };
+        assert_eq!(
+            inv.headers.from.display.as_deref(),
+            Some("Fran\u{fffd}ois \"Le \u{fffd}lu\"")
+        );
+        assert_eq!(inv.headers.get("Subject"), Some("R\u{fffd}ckruf"));
+        assert_eq!(inv.body, b"v=0\n");
+        for name in ["cp1252_quoted_param", "truncated_utf8"] {
+            let msg = parse(&corpus(&format!("nonutf8/{name}.sip")))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            round_trip(&msg);
+        }
+        let Ok(Message::Request(m)) = parse(&corpus("nonutf8/truncated_utf8.sip")) else {
+            panic!("request")
+        };
+        assert_eq!(m.body, b"\xe9\x00\xff", "the body is bytes, untouched");
+        // The retransmission key of 8-bit messages is stable and differs per message.
+        let a = retransmission_key(&corpus("nonutf8/latin1_register.sip"));
+        assert!(a.is_some());
+        assert_eq!(
+            a,
+            retransmission_key(&corpus("nonutf8/latin1_register.sip"))
+        );
+        assert_ne!(a, retransmission_key(&corpus("nonutf8/latin1_invite.sip")));
+    }
+
+    #[test]
+    fn retransmission_key_ignores_everything_but_call_id_cseq_and_branch() {
+        let one = minimal("INVITE", "Max-Forwards: 300\r\n", "");
+        let again = one.replace("Max-Forwards: 300", "Max-Forwards: 301");
+        assert_eq!(
+            retransmission_key(one.as_bytes()),
+            retransmission_key(again.as_bytes())
+        );
+        let next = one.replace("CSeq: 1 INVITE", "CSeq: 2 INVITE");
+        assert_ne!(
+            retransmission_key(one.as_bytes()),
+            retransmission_key(next.as_bytes())
+        );
+        let other_branch = one.replace("z9hG4bKmin", "z9hG4bKmin2");
+        assert_ne!(
+            retransmission_key(one.as_bytes()),
+            retransmission_key(other_branch.as_bytes())
+        );
+        assert_eq!(retransmission_key(b"\xff\xfe garbage without lines"), None);
+    }
+
+    #[test]
+    fn size_errors_are_413_or_513() {
+        let big_body = minimal("MESSAGE", "", &"x".repeat(MAX_MESSAGE));
+        assert_eq!(err(&big_body), WireError::BodyTooLarge);
+        assert_eq!(error_status(&WireError::BodyTooLarge), 413);
+        let reply = reply_to_malformed(big_body.as_bytes(), &WireError::BodyTooLarge)
+            .expect("413 answered");
+        assert!(reply.starts_with(b"SIP/2.0 413 "));
+        let big_head = minimal(
+            "MESSAGE",
+            &format!("X-Pad: {}\r\n", "p".repeat(MAX_MESSAGE)),
+            "",
+        );
+        assert_eq!(err(&big_head), WireError::TooLarge);
+        let reply =
+            reply_to_malformed(big_head.as_bytes(), &WireError::TooLarge).expect("513 answered");
+        assert!(reply.starts_with(b"SIP/2.0 513 "));
+        assert!(is_size_error(&WireError::TooManyVia));
+        assert!(!is_size_error(&WireError::CSeqMismatch));
+        let cl = minimal("MESSAGE", "Content-Length: 17000\r\n", "");
+        assert_eq!(next_frame(cl.as_bytes()), Err(WireError::BodyTooLarge));
+    }
+
+    #[test]
+    fn reasons_name_the_problem() {
+        assert_eq!(
+            error_reason(&WireError::MissingHeader("Call-ID")),
+            "Bad Request (missing Call-ID header)"
+        );
+        assert_eq!(
+            error_reason(&WireError::DuplicateHeader("CSeq")),
+            "Bad Request (duplicated CSeq header)"
+        );
+        assert_eq!(error_reason(&WireError::Version), "Version Not Supported");
+        let dup = minimal("OPTIONS", "Call-ID: second@x\r\n", "");
+        let reply = reply_to_malformed(dup.as_bytes(), &err(&dup)).expect("reply");
+        assert!(reply.starts_with(b"SIP/2.0 400 Bad Request (duplicated Call-ID header)\r\n"));
     }
 }

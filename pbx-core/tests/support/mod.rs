@@ -41,6 +41,7 @@ pub fn config() -> EndpointConfig {
         nonce: NonceConfig::default(),
         auth_algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
         timers: TimerConfig::default(),
+        max_server_transactions: pbx_core::sip::transaction::DEFAULT_MAX_SERVER,
         ring_timeout_ms: RING_MS,
         secret_key: [7; 32],
         seed: 42,
