@@ -600,11 +600,10 @@ fn moved_to_another_network(drill: &Drill, image: &TestImage, disk: &Path, known
         "REGISTER with A on another network",
     );
     // The same host key as before the move (the known_hosts file of phase 1 checks it).
-    let status = a.wait_ssh(&drill.key);
+    a.wait_ssh(&drill.key);
+    let status = drill.json(&a, "status");
     assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("extensions") && l.contains('3')),
+        status["extensions"].as_u64() == Some(3) && status["hostname"].as_str() == Some(HOST_A),
         "status on the moved box: {status}"
     );
     let call = call_through(&a, ("100", password("100")), ("101", password("101")));
@@ -779,6 +778,8 @@ fn a_replacement_box_restored_from_the_offsite_backup_takes_calls() {
         Some(3),
         "B runs on A's data as soon as the restore returns: {status}"
     );
+    // A's configuration names no host, so B keeps the name of its own MAC.
+    assert_eq!(status["hostname"].as_str(), Some(HOST_B), "{status}");
     assert_eq!(known_key(&known_b2), a_host_key, "B's SSH host key is A's");
 
     // Phones register with A's passwords and call.
