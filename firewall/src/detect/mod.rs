@@ -335,6 +335,8 @@ struct SourceState {
     gate_ban: Window,
     failures: Window,
     rejected_until: Millis,
+    /// A trunk peer a rule would have banned: rejected (and alerted) until then.
+    peer_rejected_until: Millis,
     unknown_users: Option<Box<Distinct>>,
 }
 
@@ -948,8 +950,10 @@ impl Detector {
     ) -> Verdict {
         self.hit(rule);
         let st = self.source(now, src);
-        let fresh = st.rejected_until <= now;
-        st.rejected_until = st.rejected_until.max(now.saturating_add(ban_ms));
+        let fresh = st.peer_rejected_until <= now;
+        let until = now.saturating_add(ban_ms);
+        st.peer_rejected_until = st.peer_rejected_until.max(until);
+        st.rejected_until = st.rejected_until.max(until);
         if fresh {
             let message = format!(
                 "trunk peer {src} not banned (trunk peers never are): its requests that are \
