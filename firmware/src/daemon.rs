@@ -608,7 +608,8 @@ impl Daemon {
                 }
                 // One parse serves the firewall and the call core.
                 let parsed = wire::parse(&bytes);
-                if self.guard.inspect(now, peer, &bytes, &parsed) {
+                let from_trunk = self.endpoint.is_trunk_source(peer);
+                if self.guard.inspect(now, peer, &bytes, &parsed, from_trunk) {
                     self.endpoint.handle_parsed(now, peer, &bytes, parsed);
                 }
             }
@@ -691,7 +692,9 @@ impl Daemon {
                         tracing::warn!(trunk = %change.name, reason = %change.reason, "trunk down")
                     }
                 },
-                event @ Event::CallRefused { .. } => self.guard.feedback(now, &event),
+                event @ (Event::CallRefused { .. } | Event::TrunkCallsRefused { .. }) => {
+                    self.guard.feedback(now, &event)
+                }
             }
         }
         while let Some((user, until)) = self.guard.poll_lock() {

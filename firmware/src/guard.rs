@@ -40,11 +40,13 @@ use firewall::detect::{
     header_names, Alert, DetectConfig, Detector, Observation, Rule, Verdict, MAX_HEADER_NAMES,
 };
 use firewall::net::{canonical, is_loopback, Cidr};
-use firewall::nft::{self, Counters, Enforcer, FloodLimit, NftConfig, NftError, SetOp};
+use firewall::nft::{
+    self, Counters, Enforcer, FloodLimit, NftConfig, NftError, SetOp, TrunkPeer, TrunkProto,
+};
 use pbx_core::endpoint::Event;
 use pbx_core::media::session::{MediaCommand, SessionId};
 use pbx_core::sip::wire::{self, WireError};
-use pbx_core::sip::{Message, Peer};
+use pbx_core::sip::{Message, Peer, Transport};
 use pbx_core::Millis;
 
 use crate::admin::proto::{
@@ -337,13 +339,20 @@ impl Guard {
 
     /// Judges one inbound message before the call core; true = hand it to the core.
     /// `parsed` is the one parse of `bytes` the core gets next (`Endpoint::handle_parsed`).
+    /// `from_trunk`: the message is a configured trunk's own (`Endpoint::is_trunk_source`:
+    /// its address, port and transport), which passes uninspected; the kernel meters it.
+    /// Anything else from a trunk's address is inspected like any source's.
     pub fn inspect(
         &mut self,
         now: Millis,
         src: Peer,
         bytes: &[u8],
         parsed: &Result<Message, WireError>,
+        from_trunk: bool,
     ) -> bool {
+        if from_trunk {
+            return true;
+        }
         let ip = canonical(src.addr.ip());
         if self.detector.is_banned(now, ip) {
             self.dropped_banned += 1;
@@ -414,6 +423,28 @@ impl Guard {
             Event::AuthSucceeded { src, user } => {
                 let ip = canonical(src.addr.ip());
                 self.observe(now, Observation::AuthSuccess { src: ip, user });
+            }
+            Event::TrunkCallsRefused {
+                trunk,
+                src,
+                refused,
+                limit,
+            } => {
+                // Rule `flood`: a trunk sending calls faster than it is allowed to is a
+                // flood from the provider's address (forged or not); never a ban.
+                let alert = Alert {
+                    at: now,
+                    rule: Rule::Flood,
+                    addr: Some(canonical(src.addr.ip())),
+                    user: None,
+                    message: format!(
+                        "trunk {trunk}: {refused} inbound call attempt(s) over its cap of \
+                         {limit}/s refused (503)"
+                    ),
+                    enforced: !self.detector.config().monitor,
+                };
+                self.log_alert(now, &alert);
+                self.write(FirewallChange::Alert(alert));
             }
             Event::CallRefused {
                 src,
@@ -1575,8 +1606,8 @@ impl Guard {
     }
 }
 
-/// The kernel table's settings from the whole configuration.
-/// The addresses of the configured `[[trunk]]`s (names resolved now).
+/// The addresses of the configured `[[trunk]]`s (names resolved now) and of their
+/// `inbound_from` networks' hosts: never banned (see `Detector`'s "Who is never banned").
 fn configured_trunk_peers(cfg: &Config) -> Vec<IpAddr> {
     cfg.trunk
         .iter()
@@ -1585,6 +1616,42 @@ fn configured_trunk_peers(cfg: &Config) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The trunks' own traffic for the kernel's trunk meter, as the call core recognises it
+/// (`pbx_core::trunk`): over UDP from the trunk's address and port, over TCP/TLS from its
+/// address (any port: a connection we opened, or one the provider opened), and from its
+/// `inbound_from` networks over its transport (any port). `[firewall.detect] trunk_peers`
+/// addresses, which name no transport, count over both.
+fn kernel_trunk_peers(cfg: &Config) -> Vec<TrunkPeer> {
+    let mut peers = Vec::new();
+    for t in &cfg.trunk {
+        let proto = match t.transport_kind() {
+            Transport::Udp => TrunkProto::Udp,
+            Transport::Tcp | Transport::Tls => TrunkProto::Tcp,
+        };
+        if let Ok(addr) = t.resolve() {
+            let port = (proto == TrunkProto::Udp).then_some(addr.port());
+            peers.push(TrunkPeer::host(addr.ip(), proto, port));
+        }
+        for net in t.inbound_nets() {
+            if let Ok(net) = Cidr::new(net.network(), net.prefix()) {
+                peers.push(TrunkPeer {
+                    net,
+                    proto,
+                    port: None,
+                });
+            }
+        }
+    }
+    for &ip in &cfg.firewall.detect.trunk_peers {
+        for proto in [TrunkProto::Udp, TrunkProto::Tcp] {
+            peers.push(TrunkPeer::host(ip, proto, None));
+        }
+    }
+    peers.truncate(firewall::nft::MAX_TRUNK_PEERS);
+    peers
+}
+
+/// The kernel table's settings from the whole configuration.
 fn nft_config(cfg: &Config) -> NftConfig {
     let fw = &cfg.firewall;
     let mut sip_ports: Vec<u16> = cfg.sip.listen.iter().map(|a| a.port()).collect();
@@ -1601,16 +1668,14 @@ fn nft_config(cfg: &Config) -> NftConfig {
         },
         rtp_closed: fw.rtp_closed && cfg.media.enabled,
         allow: fw.detect.allow.clone(),
-        trunk_peers: fw
-            .detect
-            .trunk_peers
-            .iter()
-            .copied()
-            .chain(configured_trunk_peers(cfg))
-            .collect(),
+        trunk_peers: kernel_trunk_peers(cfg),
         flood_rate: (fw.kernel_flood_per_second > 0).then_some(FloodLimit {
             per_second: fw.kernel_flood_per_second,
             burst: fw.kernel_flood_burst,
+        }),
+        trunk_flood_rate: (fw.kernel_trunk_per_second > 0).then_some(FloodLimit {
+            per_second: fw.kernel_trunk_per_second,
+            burst: fw.kernel_trunk_burst,
         }),
         netns: None,
         nft: fw.nft.clone(),
@@ -2042,7 +2107,7 @@ mod tests {
 
     fn inspect(g: &mut Guard, now: Millis, ip: &str, bytes: &[u8]) -> bool {
         let parsed = wire::parse(bytes);
-        g.inspect(now, peer(ip), bytes, &parsed)
+        g.inspect(now, peer(ip), bytes, &parsed, false)
     }
 
     fn auth_failed(ip: &str, user: &str, known: bool) -> Event {
@@ -2566,6 +2631,56 @@ mod tests {
         assert!(cfg.rtp_closed);
         assert_eq!(cfg.flood_rate.unwrap().per_second, 200);
     }
+    #[test]
+    fn trunks_become_kernel_trunk_peers_by_address_transport_and_port() {
+        let mut c = Config::from_toml_str(
+            "[[trunk]]\nname = \"udp\"\nhost = \"203.0.113.5:5080\"\nregister = false\n\
+             inbound_from = [\"198.51.100.16/28\"]\n\n\
+             [[trunk]]\nname = \"tls\"\nhost = \"[2001:db8::5]\"\ntransport = \"tls\"\n\
+             register = false\n",
+        )
+        .unwrap();
+        c.firewall.detect.trunk_peers = vec![ip("192.0.2.77")];
+        let cfg = nft_config(&c);
+        let shown: Vec<String> = cfg
+            .trunk_peers
+            .iter()
+            .map(|p| format!("{} {:?} {:?}", p.net, p.proto, p.port))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "203.0.113.5/32 Udp Some(5080)",
+                "198.51.100.16/28 Udp None",
+                "2001:db8::5/128 Tcp None",
+                "192.0.2.77/32 Udp None",
+                "192.0.2.77/32 Tcp None",
+            ]
+        );
+        assert_eq!(cfg.trunk_flood_rate, Some(FloodLimit::TRUNK_DEFAULT));
+        c.firewall.kernel_trunk_per_second = 0;
+        assert_eq!(nft_config(&c).trunk_flood_rate, None);
+    }
+
+    #[test]
+    fn a_trunks_own_traffic_passes_uninspected_the_rest_of_its_address_is_inspected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut c = config();
+        c.firewall.detect.trunk_peers = vec![ip("203.0.113.5")];
+        let mut g = Guard::start(&c, &store, T0);
+        let scan = options("203.0.113.5", "friendly-scanner", 1);
+        let parsed = wire::parse(&scan);
+        // As the trunk's own traffic even a scanner's fingerprint passes (the core decides).
+        assert!(g.inspect(T0, peer("203.0.113.5"), &scan, &parsed, true));
+        // From the trunk's address but not the trunk: dropped, never banned.
+        for i in 0..5 {
+            assert!(!inspect(&mut g, T0 + i, "203.0.113.5", &scan));
+        }
+        assert!(!g.is_banned(T0 + 5, ip("203.0.113.5")));
+        assert!(g.inspect(T0 + 5, peer("203.0.113.5"), &scan, &parsed, true));
+    }
+
     #[test]
     fn bans_unbans_and_call_media_become_set_updates() {
         use pbx_core::media::session::{Codec, LegMedia};

@@ -1102,6 +1102,30 @@ pub fn sip_request(
     )
 }
 
+/// An INVITE as a provider sends it to the box for `did` (no credentials: a trunk is
+/// recognised by where it comes from), from `local` over UDP, offering `sdp` (empty: none).
+pub fn provider_invite(
+    target: SocketAddr,
+    local: SocketAddr,
+    did: &str,
+    call_id: &str,
+    sdp: &str,
+) -> String {
+    let host = fmt_ip(target.ip());
+    let me = fmt_ip(local.ip());
+    let branch = format!("z9hG4bK{}", call_id.replace(['@', '.'], ""));
+    let content_type = if sdp.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    format!(
+        "INVITE sip:{did}@{host} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:0301234567@{me}>;tag=p{tag}\r\nTo: <sip:{did}@{host}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:0301234567@{local}>\r\n{content_type}Content-Length: {len}\r\n\r\n{sdp}",
+        tag = call_id.len(),
+        len = sdp.len(),
+    )
+}
+
 /// A REGISTER for `ext` without credentials.
 pub fn register_request(
     target: SocketAddr,

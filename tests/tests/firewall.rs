@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use outpost_tests::{
-    eventually, json_str, require_root, sip_request, status_of, udp_recv, Daemon, FwLab, SipPhone,
-    Sipp, SippProcess, Transport,
+    eventually, header_value, json_str, provider_invite, request_method, require_root, sdp_body,
+    sip_request, status_of, udp_recv, uri_in, Daemon, FwLab, SipPhone, Sipp, SippProcess,
+    Transport,
 };
 
 const PHONE_A: (&str, &str) = ("200", "phone-pass-200");
@@ -990,5 +991,244 @@ fn rtp_ports_open_only_to_the_calls_phones_and_only_while_the_call_lives() {
     assert!(
         closed.is_some(),
         "the ended call's port still accepts the phone's RTP"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A trunk's address is not a master key (issue 14)
+// ---------------------------------------------------------------------------------------
+
+/// The provider's signalling port in the trunk tests.
+const PROVIDER_PORT: u16 = 5090;
+/// The box's DID, ringing PHONE_A.
+const DID: &str = "4930100";
+
+/// The next message on `sock` for which `pick` holds, within `wait` (others are dropped).
+fn recv_where(sock: &UdpSocket, wait: Duration, pick: impl Fn(&str) -> bool) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        sock.set_read_timeout(Some(left)).expect("set timeout");
+        let n = sock.recv_from(&mut buf).ok()?.0;
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if pick(&msg) {
+            return Some(msg);
+        }
+    }
+}
+
+/// Empties `sock`'s receive queue.
+fn drain(sock: &UdpSocket) {
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut buf = vec![0u8; 65_536];
+    while sock.recv_from(&mut buf).is_ok() {}
+    sock.set_nonblocking(false).expect("blocking");
+}
+
+/// The provider (raw UDP at `provider`) calls the box's DID: PHONE_A (`phone`) rings and
+/// answers, the provider gets the 200, ACKs and hangs up. Panics with the transcript of
+/// what went wrong; returns the setup time.
+fn provider_call(
+    site: &Site,
+    provider: &UdpSocket,
+    phone: &mut SipPhone,
+    call_id: &str,
+) -> Duration {
+    let sip = site.lab.sip_addr();
+    let me = provider.local_addr().expect("provider address");
+    drain(provider);
+    let start = Instant::now();
+    let offer = sdp_body(SocketAddr::new(me.ip(), 40_000), &[0]);
+    let invite = provider_invite(sip, me, DID, call_id, &offer);
+    let is_ours = |m: &str| header_value(m, "Call-ID").as_deref() == Some(call_id);
+    // Retransmit like Timer A until the box answers at all.
+    let mut answered = None;
+    for _ in 0..8 {
+        provider
+            .send_to(invite.as_bytes(), sip)
+            .expect("send INVITE");
+        if let Some(resp) = recv_where(provider, Duration::from_millis(500), |m| {
+            is_ours(m) && status_of(m.as_bytes()).is_some()
+        }) {
+            answered = Some(resp);
+            break;
+        }
+    }
+    assert!(
+        answered.is_some(),
+        "the box never answered the provider's INVITE {call_id}\nlog:\n{}",
+        site.daemon.log_text()
+    );
+    let ring = phone
+        .recv_matching(Duration::from_secs(5), |m| {
+            request_method(m) == Some("INVITE")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the provider's call {call_id} did not ring {}\nlog:\n{}",
+                PHONE_A.0,
+                site.daemon.log_text()
+            )
+        });
+    let dialog = phone.answer(
+        &ring,
+        &sdp_body(SocketAddr::new(site.lab.phone_ip().into(), 40_002), &[0]),
+    );
+    let ok = recv_where(provider, Duration::from_secs(5), |m| {
+        is_ours(m) && status_of(m.as_bytes()) == Some(200)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the provider got no 200 for {call_id}\nlog:\n{}",
+            site.daemon.log_text()
+        )
+    });
+    let setup = start.elapsed();
+    let to = header_value(&ok, "To").unwrap_or_default();
+    let from = header_value(&invite, "From").unwrap_or_default();
+    let target = header_value(&ok, "Contact").map_or_else(|| format!("sip:{sip}"), |c| uri_in(&c));
+    let in_dialog = |method: &str, cseq: u32| {
+        format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{method}{call_id};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    provider
+        .send_to(in_dialog("ACK", 1).as_bytes(), sip)
+        .expect("send ACK");
+    phone
+        .await_ack(&dialog, Duration::from_secs(5))
+        .expect("the phone got the provider's ACK");
+    provider
+        .send_to(in_dialog("BYE", 2).as_bytes(), sip)
+        .expect("send BYE");
+    phone
+        .answer_bye(Duration::from_secs(5))
+        .expect("the phone got the BYE");
+    let bye_ok = recv_where(provider, Duration::from_secs(5), |m| {
+        is_ours(m) && header_value(m, "CSeq").is_some_and(|c| c.ends_with("BYE"))
+    });
+    assert_eq!(
+        bye_ok.as_deref().and_then(|m| status_of(m.as_bytes())),
+        Some(200),
+        "BYE of {call_id}"
+    );
+    setup
+}
+
+/// Sends `n` copies of `msg` from `sock` to `to` as fast as the socket takes them.
+fn blast(sock: &UdpSocket, to: SocketAddr, msg: &str, n: usize) {
+    for _ in 0..n {
+        let _ = sock.send_to(msg.as_bytes(), to);
+    }
+}
+
+#[test]
+fn flood_from_a_trunks_address_is_metered_in_the_kernel_while_its_calls_go_on() {
+    let site = site(&format!(
+        "[[trunk]]\nname = \"provider\"\nhost = \"{{attacker}}:{PROVIDER_PORT}\"\nregister = false\noptions_interval_secs = 0\n\n[inbound]\ndids = {{ \"{DID}\" = \"ext:{}\" }}\n",
+        PHONE_A.0
+    ));
+    let lab = &site.lab;
+    let attacker: IpAddr = lab.attacker_ip().into();
+    let sip = lab.sip_addr();
+    let mut phone = SipPhone::on_socket(
+        lab.phone_socket(lab.phone_ip().into()),
+        sip,
+        PHONE_A.0,
+        PHONE_A.1,
+    );
+    phone.register();
+    let provider = lab
+        .attacker
+        .udp_socket(SocketAddr::new(attacker, PROVIDER_PORT));
+    let setup = provider_call(&site, &provider, &mut phone, "warm-up");
+    eprintln!("provider call before any flood: set up in {setup:?}");
+    let counter = |name: &str| {
+        lab.appliance.outpost_counter(name).unwrap_or_else(|| {
+            panic!(
+                "counter {name} missing from table inet outpost:\n{}",
+                lab.appliance
+                    .nft(&["list", "table", "inet", "outpost"])
+                    .stdout
+            )
+        })
+    };
+
+    // 1. A forger floods INVITEs with the provider's address from another port while the
+    //    provider calls: the ordinary kernel meter drops the flood (the trunk's address
+    //    used to be accepted ahead of every limit), the call goes through, nothing else
+    //    rings, and the provider's address is never banned.
+    let flood0 = counter("flood");
+    let forger = lab.attacker.udp_socket(SocketAddr::new(attacker, 0));
+    let forged = provider_invite(sip, forger.local_addr().expect("addr"), DID, "forged", "");
+    let flooding = thread::spawn(move || {
+        for _ in 0..20 {
+            blast(&forger, sip, &forged, 250);
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    // The call starts once the forger has emptied the address's ordinary meter.
+    thread::sleep(Duration::from_millis(150));
+    let setup = provider_call(&site, &provider, &mut phone, "during-flood");
+    flooding.join().expect("the flood thread");
+    let dropped = counter("flood") - flood0;
+    eprintln!(
+        "5000 forged INVITEs from the trunk's address (another port): {dropped} dropped by \
+         the kernel meter; the provider's call set up in {setup:?}"
+    );
+    assert!(
+        dropped >= 3_000,
+        "kernel flood meter dropped only {dropped} of 5000"
+    );
+    assert!(
+        phone
+            .recv_matching(Duration::from_millis(300), |m| request_method(m)
+                == Some("INVITE"))
+            .is_none(),
+        "a forged INVITE rang {}",
+        PHONE_A.0
+    );
+    let ban4 = lab.appliance.outpost_set("ban4").unwrap_or_default();
+    assert!(
+        ban4.iter().all(|(a, _)| *a != attacker),
+        "the trunk's address was banned in the kernel: {ban4:?}"
+    );
+    assert!(site.ban_of(attacker).is_none(), "{:?}", site.bans());
+    let alerts = site.daemon.ctl_json(&["fw", "alerts"]).to_string();
+    assert!(
+        alerts.contains("not banned (trunk peers never are)"),
+        "the forged flood that passed the meter was seen and alerted: {alerts}"
+    );
+
+    // 2. A flood forging the provider's address and port: its own, higher kernel meter.
+    let trunk0 = counter("trunk_flood");
+    let ping = sip_request(
+        "OPTIONS",
+        &format!("sip:{}", sip.ip()),
+        Transport::Udp,
+        provider.local_addr().expect("addr"),
+        "trunk-flood",
+        "",
+    );
+    blast(&provider, sip, &ping, 6_000);
+    let metered = counter("trunk_flood") - trunk0;
+    eprintln!("6000 packets from the trunk's own address and port: {metered} dropped by its meter");
+    assert!(
+        metered >= 1_500,
+        "trunk meter dropped only {metered} of 6000"
+    );
+    // Once the burst is over the provider's calls go through again.
+    thread::sleep(Duration::from_millis(2_500));
+    let setup = provider_call(&site, &provider, &mut phone, "after-flood");
+    eprintln!("provider call after the flood: set up in {setup:?}");
+    let cdrs = site.daemon.wait_cdrs(3, Duration::from_secs(5));
+    assert!(
+        cdrs.iter()
+            .all(|c| json_str(c, "disposition") == Some("answered")),
+        "{cdrs:?}"
     );
 }

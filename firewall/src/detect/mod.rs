@@ -14,11 +14,18 @@
 //! already went through the core: only `Ban` and `LockAccount` are actionable there.
 //!
 //! # Who is never banned
-//! Allow-listed networks, trunk peers and loopback get `Pass` for everything, with no
-//! per-source state and no rule hits: they cannot be banned, dropped or rate-limited, and an
-//! attack spoofing them is the kernel's business (reverse-path filtering). One exception:
-//! their auth failures still count toward the *account* rule, because a lock protects the
-//! account without blocking the source (a guessing script on a LAN PC is still guessing).
+//! Allow-listed networks and loopback get `Pass` for everything, with no per-source state
+//! and no rule hits: they cannot be banned, dropped or rate-limited, and an attack spoofing
+//! them is the kernel's business (reverse-path filtering). One exception: their auth
+//! failures still count toward the *account* rule, because a lock protects the account
+//! without blocking the source (a guessing script on a LAN PC is still guessing).
+//!
+//! Trunk peers are never *banned* either, but they are not trusted: the driver hands the
+//! detector only what did not come from the trunk itself (wrong port or transport; see
+//! `pbx_core::trunk`), and that is inspected like any source's. Where a rule would ban a
+//! trunk peer, its address is rejected in user space instead (its messages dropped for the
+//! ban's length, one alert), never put in the kernel's ban set: the same address carries
+//! the provider's real calls, which keep reaching the core.
 //!
 //! # Monitor mode
 //! With `monitor = true` every rule is evaluated and every ban/lock/reject raises an
@@ -355,6 +362,8 @@ struct SourceState {
     gate_ban: Window,
     failures: Window,
     rejected_until: Millis,
+    /// A trunk peer a rule would have banned: rejected (and alerted) until then.
+    peer_rejected_until: Millis,
     unknown_users: Option<Box<Distinct>>,
     /// Keys of the last counted malformed messages (0 = empty slot).
     recent: [u64; RECENT_KEYS],
@@ -660,7 +669,7 @@ impl Detector {
         count_today: u32,
     ) {
         let addr = canonical(addr);
-        if until <= now || self.is_trusted(addr) {
+        if until <= now || self.is_trusted(addr) || self.is_trunk_peer(addr) {
             return;
         }
         let forget_at = until.max(now.saturating_add(self.cfg.repeat.window_ms));
@@ -989,6 +998,9 @@ impl Detector {
         ban_ms: u64,
         reason: String,
     ) -> Verdict {
+        if self.is_trunk_peer(src) {
+            return self.reject_trunk_peer(now, src, rule, ban_ms, &reason);
+        }
         let repeat = self.cfg.repeat.clone();
         let (count, day_start) = match self.bans.get(&src) {
             Some(prev) if now < prev.day_start.saturating_add(repeat.window_ms) => {
@@ -1057,10 +1069,44 @@ impl Detector {
         st
     }
 
+    /// A trunk peer that a rule would ban: its messages are dropped in user space for
+    /// `ban_ms` (the unknown-host gate's reject state), with one alert per rejection; no
+    /// ban record, so neither the kernel nor `is_banned` ever sees it.
+    fn reject_trunk_peer(
+        &mut self,
+        now: Millis,
+        src: IpAddr,
+        rule: Rule,
+        ban_ms: u64,
+        reason: &str,
+    ) -> Verdict {
+        self.hit(rule);
+        let st = self.source(now, src);
+        let fresh = st.peer_rejected_until <= now;
+        let until = now.saturating_add(ban_ms);
+        st.peer_rejected_until = st.peer_rejected_until.max(until);
+        st.rejected_until = st.rejected_until.max(until);
+        if fresh {
+            let message = format!(
+                "trunk peer {src} not banned (trunk peers never are): its requests that are \
+                 not the trunk's own are dropped for {}: {reason}",
+                fmt_ms(ban_ms)
+            );
+            self.alert(now, rule, Some(src), None, message);
+        }
+        if self.cfg.monitor {
+            Verdict::Pass
+        } else {
+            Verdict::Drop { rule }
+        }
+    }
+
     fn is_trusted(&self, ip: IpAddr) -> bool {
-        is_loopback(ip)
-            || self.cfg.trunk_peers.iter().any(|&p| canonical(p) == ip)
-            || self.cfg.allow.iter().any(|c| c.contains(ip))
+        is_loopback(ip) || self.cfg.allow.iter().any(|c| c.contains(ip))
+    }
+
+    fn is_trunk_peer(&self, ip: IpAddr) -> bool {
+        self.cfg.trunk_peers.iter().any(|&p| canonical(p) == ip)
     }
 
     fn hit(&mut self, rule: Rule) {
@@ -1662,19 +1708,54 @@ mod tests {
     }
 
     #[test]
-    fn allow_listed_trunks_and_loopback_are_never_banned() {
+    fn trunk_peers_are_inspected_but_rejected_in_user_space_never_banned() {
+        let mut cfg = DetectConfig::default();
+        cfg.trunk_peers = vec![ip("203.0.113.200")];
+        let mut d = Detector::new(cfg);
+        let peer = ip("::ffff:203.0.113.200");
+        // A scanner forging the provider's address: dropped, one alert, no ban.
+        for i in 0..20u64 {
+            assert_eq!(
+                d.observe(T0 + i, msg(peer, Some("OPTIONS"), Some("friendly-scanner"))),
+                Verdict::Drop {
+                    rule: Rule::Scanner
+                }
+            );
+        }
+        let alerts: Vec<Alert> = std::iter::from_fn(|| d.poll_alert()).collect();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert!(alerts[0].message.contains("not banned"), "{alerts:?}");
+        assert!(!d.is_banned(T0 + 20, peer));
+        assert!(d.bans(T0 + 20).is_empty());
+        // Plain requests stay rejected for the ban's length, then pass again.
+        let scanner_ms = DetectConfig::default().scanner.ban_ms;
+        assert!(matches!(
+            d.observe(T0 + 30, msg(peer, Some("OPTIONS"), Some("Yealink"))),
+            Verdict::Drop { .. }
+        ));
+        let later = T0 + 20 + scanner_ms;
+        assert_eq!(
+            d.observe(later, msg(peer, Some("OPTIONS"), Some("Yealink"))),
+            Verdict::Pass
+        );
+        // Stored or manual bans of a trunk peer are ignored; rules counted it.
+        d.restore_ban(later, peer, later + DAY, Rule::Manual, 1);
+        assert!(!d.is_banned(later + 1, peer));
+        assert!(d.rule_hits()[Rule::Scanner.index()].1 >= 1);
+    }
+
+    #[test]
+    fn allow_listed_and_loopback_are_never_banned() {
         let mut cfg = DetectConfig::default();
         cfg.allow = vec![
             "10.0.0.0/8".parse::<Cidr>().unwrap(),
             "2001:db8:1::/48".parse().unwrap(),
         ];
-        cfg.trunk_peers = vec![ip("203.0.113.200")];
         let mut d = Detector::new(cfg);
         let trusted = [
             ip("10.20.30.40"),
             ip("::ffff:10.1.1.1"),
             ip("2001:db8:1:ffff::9"),
-            ip("203.0.113.200"),
             ip("127.0.0.1"),
             ip("::1"),
         ];

@@ -290,6 +290,18 @@ pub enum Event {
     },
     /// A trunk went up or down.
     TrunkChanged(crate::trunk::TrunkChange),
+    /// A trunk sent more inbound INVITEs than its `inbound_calls_per_second`: the excess got
+    /// 503. Raised at most once per [`crate::trunk::CAP_ALERT_EVERY_MS`] per trunk.
+    TrunkCallsRefused {
+        /// The trunk's name.
+        trunk: String,
+        /// Where the latest refused INVITE came from.
+        src: Peer,
+        /// Refused since the last report.
+        refused: u64,
+        /// The cap, per second.
+        limit: u32,
+    },
     /// A request authenticated (the firewall gives the source a pass).
     AuthSucceeded {
         /// Where the request came from.
@@ -1311,7 +1323,7 @@ impl Endpoint {
     }
 
     fn on_invite(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
-        if let Some(trunk) = self.trunks.find_by_source(src.addr.ip()) {
+        if let Some(trunk) = self.trunks.find_by_source(src) {
             self.on_trunk_invite(now, key, req, src, trunk);
             return;
         }
