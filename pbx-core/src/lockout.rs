@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(kept.len(), MAX_TRUSTED_PER_ACCOUNT);
         // The most recent ones are kept.
         assert!(kept.iter().all(|s| s.port >= Some(10_000 + 40 - 16)));
-        for i in 0..(MAX_TRUSTED as u32 + 1_000) {
+        for i in 0..(u32::try_from(MAX_TRUSTED).expect("small") + 1_000) {
             let s = TrustedSource {
                 ip: IpAddr::from(i.to_be_bytes()),
                 port: None,

@@ -860,8 +860,19 @@ impl Sipp {
             .arg(dir.path().join("screen.log"))
             .args(["-trace_logs", "-log_file"])
             .arg(dir.path().join("actions.log"));
-        if let Some(service) = &self.service {
-            cmd.arg("-s").arg(service);
+        // SIPp computes the digest `uri` as `sip:remote_ip:remote_port` unless told
+        // otherwise (over IPv6 without brackets, `sip:::1:5060`), but credentials must be
+        // for the Request-URI (RFC 7616 §3.4.6): `sip:[service]@[remote_ip]:[remote_port]`
+        // in the call scenarios, `sip:[remote_ip]:[remote_port]` in the register ones.
+        match &self.service {
+            Some(service) => {
+                cmd.arg("-s").arg(service);
+                cmd.arg("-auth_uri")
+                    .arg(format!("{service}@{}", self.target));
+            }
+            None => {
+                cmd.arg("-auth_uri").arg(self.target.to_string());
+            }
         }
         if let Some((user, password)) = &self.auth {
             cmd.arg("-au").arg(user).arg("-ap").arg(password);

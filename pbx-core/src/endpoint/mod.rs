@@ -1341,9 +1341,7 @@ impl Endpoint {
             .to_string();
         let known = secret.is_some();
         let global = self.auth.algorithms().to_vec();
-        let result = self
-            .auth
-            .verify_with(now, &creds, "REGISTER", &ha1, &global);
+        let result = self.auth.verify_with(now, creds, "REGISTER", &ha1, &global);
         let tag = self.new_tag();
         match result {
             Ok(()) if known && req.headers.to.uri.user() == Some(creds.username.as_str()) => {
