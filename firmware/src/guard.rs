@@ -8,7 +8,8 @@
 //!
 //! 1. for each inbound message: `inspect` (false = drop it), then the core;
 //! 2. for each core event: `feedback` (auth outcomes) or `media` (RTP ports);
-//! 3. drain `poll_lock` / `poll_unlock` into the endpoint;
+//! 3. drain `poll_lock` / `poll_unlock` into the endpoint, and hand each lock back the
+//!    sources it does not apply to (`lock_exempt`) so they are stored with it;
 //! 4. `take_writes` into the turn's store batch;
 //! 5. `handle_timeout` when `poll_timeout` is due.
 //!
@@ -44,6 +45,7 @@ use firewall::nft::{
     self, Counters, Enforcer, FloodLimit, NftConfig, NftError, SetOp, TrunkPeer, TrunkProto,
 };
 use pbx_core::endpoint::Event;
+use pbx_core::lockout::TrustedSource;
 use pbx_core::media::session::{MediaCommand, SessionId};
 use pbx_core::sip::wire::{self, WireError};
 use pbx_core::sip::{Message, Peer, Transport};
@@ -95,6 +97,18 @@ const MAX_USER_LEN: usize = 64;
 pub const FEED_POLL_MS: u64 = 20;
 /// Reason stored with the bans of `fw import`.
 const IMPORT_REASON: &str = "imported with outpostctl fw import";
+
+/// An account lock for the call core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockOrder {
+    /// The account.
+    pub user: String,
+    /// When the lock ends.
+    pub until: Millis,
+    /// Sources stored with a restored lock: they had authenticated as the account, so the
+    /// lock does not apply to them (empty for a new lock: the core knows its sources).
+    pub except: Vec<TrustedSource>,
+}
 
 /// How the firewall enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +179,7 @@ pub struct Guard {
     /// Store writes for the daemon's next batch.
     pending: Vec<FirewallChange>,
     writes_dropped: u64,
-    locks_out: VecDeque<(String, Millis)>,
+    locks_out: VecDeque<LockOrder>,
     unlocks_out: VecDeque<String>,
     /// Bans per address within the repeat window (count, window start): the detector keeps
     /// the same count but does not expose it per address, and the store needs it so repeat
@@ -560,9 +574,25 @@ impl Guard {
         }
     }
 
-    /// An account to lock in the core (`Endpoint::lock_user(now, user, until)`).
-    pub fn poll_lock(&mut self) -> Option<(String, Millis)> {
+    /// An account to lock in the core (`Endpoint::trust_sources` with its `except`, then
+    /// `Endpoint::lock_user`).
+    pub fn poll_lock(&mut self) -> Option<LockOrder> {
         self.locks_out.pop_front()
+    }
+
+    /// The sources the lock of `user` does not apply to, as the core knows them: stored
+    /// with the lock so that a restart keeps them exempt. Ignored when `user` is not locked.
+    pub fn lock_exempt(&mut self, now: Millis, user: &str, except: Vec<TrustedSource>) {
+        if let Some(lock) = self.detector.lock_of(now, user).filter(|l| l.enforced) {
+            self.write(FirewallChange::Lock(
+                user.to_string(),
+                StoredLock {
+                    until: lock.until,
+                    rule: lock.rule,
+                    except,
+                },
+            ));
+        }
     }
 
     /// An account to unlock in the core (`Endpoint::unlock_user(user)`).
@@ -786,7 +816,11 @@ impl Guard {
                     if self.detector.is_locked(now, &user)
                         && self.locks_out.len() < MAX_QUEUED_LOCKS
                     {
-                        self.locks_out.push_back((user, lock.until));
+                        self.locks_out.push_back(LockOrder {
+                            user,
+                            until: lock.until,
+                            except: lock.except,
+                        });
                     }
                 }
             }
@@ -853,12 +887,20 @@ impl Guard {
                 let until = now.saturating_add(duration_ms);
                 self.write(FirewallChange::Lock(
                     user.clone(),
-                    StoredLock { until, rule },
+                    StoredLock {
+                        until,
+                        rule,
+                        except: Vec::new(),
+                    },
                 ));
                 if self.locks_out.len() >= MAX_QUEUED_LOCKS {
                     self.locks_out.pop_front();
                 }
-                self.locks_out.push_back((user, until));
+                self.locks_out.push_back(LockOrder {
+                    user,
+                    until,
+                    except: Vec::new(),
+                });
                 true
             }
         }
@@ -1443,6 +1485,8 @@ impl Guard {
                     hits,
                 })
                 .collect(),
+            would_be_bans: stats.would_be_bans,
+            would_be_dropped: stats.would_be_dropped,
             feeds: self.feeds.iter().map(|f| f.health.clone()).collect(),
         })
     }
@@ -1462,6 +1506,8 @@ impl Guard {
                 remaining_secs: u64::MAX,
                 rule: Rule::TollFraud.to_string(),
                 enforced: true,
+                blocks: "outside calls (internal calls still work)".to_string(),
+                except: Vec::new(),
             })
             .collect();
         Reply::FwBans(FwBansInfo {
@@ -1489,6 +1535,9 @@ impl Guard {
                     remaining_secs: secs(l.until),
                     rule: l.rule.to_string(),
                     enforced: l.enforced,
+                    // The daemon fills in the sources the call core exempts.
+                    blocks: "all sources".to_string(),
+                    except: Vec::new(),
                 })
                 .chain(toll)
                 .collect(),
@@ -2213,9 +2262,20 @@ mod tests {
         g.feedback(T0 + 2_000, &auth_failed("2001:db8::3", "100", true));
         assert_eq!(
             g.poll_lock(),
-            Some(("100".to_string(), T0 + 2_000 + 15 * MIN))
+            Some(LockOrder {
+                user: "100".to_string(),
+                until: T0 + 2_000 + 15 * MIN,
+                except: Vec::new(),
+            })
         );
         assert_eq!(g.poll_lock(), None);
+        // The daemon hands back the sources the core exempts; they are stored with it.
+        let phone = TrustedSource {
+            ip: ip("10.0.0.5"),
+            port: None,
+        };
+        g.lock_exempt(T0 + 2_000, "100", vec![phone]);
+        g.lock_exempt(T0 + 2_000, "not-locked", vec![phone]);
         for src in ["203.0.113.1", "203.0.113.2", "2001:db8::3"] {
             assert!(
                 !g.is_banned(T0 + 2_000, ip(src)),
@@ -2227,6 +2287,8 @@ mod tests {
         assert_eq!(locks.len(), 1);
         assert_eq!(locks[0].0, "100");
         assert_eq!(locks[0].1.rule, Rule::AccountGuessing);
+        assert_eq!(locks[0].1.except, vec![phone]);
+        assert_eq!(locks[0].1.until, T0 + 2_000 + 15 * MIN);
 
         // The admin unlocks: the core is told, the store forgets it.
         let reply = g.admin(T0 + 3_000, FwCommand::Unlock { user: "100".into() }, &store);
@@ -2343,11 +2405,26 @@ mod tests {
                 StoredLock {
                     until: later + 5 * MIN,
                     rule: Rule::AccountGuessing,
+                    except: vec![TrustedSource {
+                        ip: ip("198.51.100.7"),
+                        port: Some(31_000),
+                    }],
                 },
             )])
             .unwrap();
         let mut g = Guard::start(&config(), &store, later + MIN);
-        assert_eq!(g.poll_lock(), Some(("102".to_string(), later + 5 * MIN)));
+        // With the sources it does not apply to.
+        assert_eq!(
+            g.poll_lock(),
+            Some(LockOrder {
+                user: "102".to_string(),
+                until: later + 5 * MIN,
+                except: vec![TrustedSource {
+                    ip: ip("198.51.100.7"),
+                    port: Some(31_000),
+                }],
+            })
+        );
         // And a ban that ended while the daemon was down is gone for good.
         let much_later = T0 + 25 * 60 * MIN;
         let g2 = {
@@ -2481,6 +2558,14 @@ mod tests {
         let alerts = store.fw_alerts(10).unwrap();
         assert_eq!(alerts.len(), 1, "one alert per offender");
         assert!(!alerts[0].enforced);
+        // Every would-be ban counts, also after the first: status and rules show them.
+        let Reply::FwStatus(st) = g.admin(T0 + 2, FwCommand::Status, &store) else {
+            panic!("not a status")
+        };
+        assert_eq!(st.would_be_bans, 2);
+        assert_eq!(st.would_be_dropped, 1);
+        let scanner = g.rules().into_iter().find(|r| r.rule == "scanner").unwrap();
+        assert_eq!(scanner.hits, 2);
     }
 
     #[test]
