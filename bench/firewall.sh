@@ -312,7 +312,8 @@ flood_step() {
         flood=$!
     fi
     (cd "$dir" && in_ns "$PH1" taskset -c 1 sipp "$APP_IP:$SIP" -i "$PH1_IP" -p 5064 -t u1 -nostdin \
-        -sf "$BENCH/uac_call.xml" -inf "$WORK/caller.csv" -r "$CALL_RATE" -m "$CALLS" -d 200 \
+        -sf "$BENCH/uac_call.xml" -inf "$WORK/caller.csv" -auth_uri "201@$APP_IP:$SIP" \
+        -r "$CALL_RATE" -m "$CALLS" -d 200 \
         -timeout "$((FLOOD_SECS + 30))s" -timeout_error -trace_stat -stf "$dir/stats.csv" -fd 1 \
         >"$dir/sipp.log" 2>&1) || true
     if [ -n "$flood" ]; then

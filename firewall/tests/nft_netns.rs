@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use firewall::net::Cidr;
-use firewall::nft::{self, Enforcer, FloodLimit, NftConfig, SetOp};
+use firewall::nft::{self, Enforcer, FloodLimit, NftConfig, SetOp, TrunkPeer, TrunkProto};
 use nix::sched::{setns, CloneFlags};
 
 const SIP: u16 = 5060;
@@ -409,23 +409,18 @@ fn allow_listed_source_is_never_dropped_even_when_banned() {
     let net: Cidr = format!("{}/24", lab.atk4).parse().unwrap();
     let cfg = NftConfig {
         allow: vec![net],
-        trunk_peers: vec![lab.atk6.into()],
         ..lab.cfg()
     };
     let link4 = lab.pair(false, SIP);
-    let link6 = lab.pair(true, SIP);
     let mut enf = Enforcer::install(cfg).unwrap();
     let c0 = enf.counters().unwrap();
-    enf.apply(&[ban(lab.atk4, 300), ban(lab.atk6, 300)])
-        .unwrap();
+    enf.apply(&[ban(lab.atk4, 300)]).unwrap();
     assert_eq!(link4.send(10), 10, "allow-listed network");
-    assert_eq!(link6.send(10), 10, "trunk peer");
     assert_eq!(enf.counters().unwrap().banned_packets, c0.banned_packets);
 
-    // Taking the network off the allow list lets the ban bite; the trunk peer stays allowed.
+    // Taking the network off the allow list lets the ban bite.
     enf.apply(&[SetOp::Disallow(net)]).unwrap();
     assert_eq!(link4.send(10), 0);
-    assert_eq!(link6.send(10), 10);
     // Disallowing what is not allowed is fine; allowing a single host works again.
     enf.apply(&[
         SetOp::Disallow(net),
@@ -433,6 +428,74 @@ fn allow_listed_source_is_never_dropped_even_when_banned() {
     ])
     .unwrap();
     assert_eq!(link4.send(10), 10);
+    assert!(enf.verify().unwrap());
+}
+
+/// Trunk peers used to sit in the allow sets, accepted ahead of every limit: a flood
+/// forging the provider's address went through. Now the trunk's own traffic (address,
+/// transport, source port) has its own, higher meter; anything else from that address is
+/// metered like anyone's; bans and the closed RTP range apply to it too.
+#[test]
+fn trunk_peers_are_metered_at_their_own_rate_never_accepted_ahead_of_the_limits() {
+    require_root();
+    let lab = Lab::new();
+    let trunk = lab.pair(false, SIP);
+    let trunk_port = trunk.tx.local_addr().unwrap().port();
+    let v6 = lab.pair(true, SIP);
+    let v6_port = v6.tx.local_addr().unwrap().port();
+    let rtp = lab.pair(false, 10_500);
+    let cfg = NftConfig {
+        flood_rate: Some(FloodLimit {
+            per_second: 20,
+            burst: 50,
+        }),
+        trunk_flood_rate: Some(FloodLimit {
+            per_second: 100,
+            burst: 400,
+        }),
+        trunk_peers: vec![
+            TrunkPeer::host(lab.atk4.into(), TrunkProto::Udp, Some(trunk_port)),
+            TrunkPeer::host(lab.atk6.into(), TrunkProto::Udp, Some(v6_port)),
+        ],
+        ..lab.cfg()
+    };
+    let mut enf = Enforcer::install(cfg).unwrap();
+    let c0 = enf.counters().unwrap();
+    // The trunk's own traffic passes far above the ordinary rate (burst 50), over both
+    // families. (Bursts of 200: a socket's receive buffer holds about 256 datagrams.)
+    assert!(trunk.send(200) >= 195, "trunk traffic within its burst");
+    assert!(v6.send(200) >= 195, "IPv6 trunk traffic within its burst");
+    let c1 = enf.counters().unwrap();
+    assert_eq!(c1.meter_drops, c0.meter_drops, "{c0:?} -> {c1:?}");
+    assert_eq!(
+        c1.trunk_meter_drops, c0.trunk_meter_drops,
+        "{c0:?} -> {c1:?}"
+    );
+    // But a flood from it is metered (about 200 of its burst are left), on its own counter.
+    trunk.send(1_000);
+    let c2 = enf.counters().unwrap();
+    assert!(
+        c2.trunk_meter_drops - c1.trunk_meter_drops >= 500,
+        "{c1:?} -> {c2:?}"
+    );
+    assert_eq!(c2.meter_drops, c1.meter_drops);
+
+    // The provider's address from another port is an ordinary source: the ordinary meter.
+    let stranger = lab.from(lab.atk4.into(), &trunk);
+    let got = stranger.send(200);
+    assert!(
+        got <= 100,
+        "{got} of 200 from the trunk's address, another port"
+    );
+    let c3 = enf.counters().unwrap();
+    assert!(c3.meter_drops - c2.meter_drops >= 100, "{c2:?} -> {c3:?}");
+
+    // A ban and the closed RTP range bite on a trunk peer too.
+    assert_eq!(rtp.send(5), 0, "closed RTP range");
+    thread::sleep(Duration::from_secs(4)); // refill the trunk's meter
+    assert!(trunk.send(20) >= 19);
+    enf.apply(&[ban(lab.atk4, 300)]).unwrap();
+    assert_eq!(trunk.send(20), 0, "a banned trunk address is dropped");
     assert!(enf.verify().unwrap());
 }
 

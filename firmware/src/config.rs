@@ -330,6 +330,13 @@ pub struct FirewallConfig {
     pub kernel_flood_per_second: u32,
     /// Packets a source may send above that rate in a burst.
     pub kernel_flood_burst: u32,
+    /// Packets per second of a trunk's own traffic (its address, transport and port, or
+    /// `inbound_from` networks) above which the kernel drops; higher than
+    /// `kernel_flood_per_second` because a provider carries many calls. 0 meters trunks
+    /// like every other source.
+    pub kernel_trunk_per_second: u32,
+    /// Packets a trunk may send above that rate in a burst.
+    pub kernel_trunk_burst: u32,
     /// Blocklist feeds re-read on a schedule (`[[firewall.feeds]]` tables, or
     /// `feeds = [{ source = "/path", refresh_secs = 3600, ban_secs = 86400 }]`).
     pub feeds: Vec<FeedConfig>,
@@ -351,6 +358,8 @@ impl Default for FirewallConfig {
             rtp_closed: true,
             kernel_flood_per_second: flood.per_second,
             kernel_flood_burst: flood.burst,
+            kernel_trunk_per_second: firewall::nft::FloodLimit::TRUNK_DEFAULT.per_second,
+            kernel_trunk_burst: firewall::nft::FloodLimit::TRUNK_DEFAULT.burst,
             feeds: Vec::new(),
             policy: firewall::policy::PolicyConfig::default(),
         }
@@ -723,6 +732,12 @@ impl Config {
             return Err(invalid(
                 "firewall.kernel_flood_burst",
                 "must be at least 1 when the kernel flood meter is on",
+            ));
+        }
+        if fw.kernel_trunk_per_second > 0 && fw.kernel_trunk_burst == 0 {
+            return Err(invalid(
+                "firewall.kernel_trunk_burst",
+                "must be at least 1 when the kernel trunk meter is on",
             ));
         }
         if fw.detect.enumeration.limit > 1024 {

@@ -9,12 +9,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use firewall::detect::Rule;
 use pbx_core::endpoint::{
     pin_hash, Endpoint, EndpointConfig, Event, Forwarding, IvrMenu, MailboxMessage, MediaSettings,
     VoicemailSettings,
 };
+use pbx_core::lockout::TrustedSource;
 use pbx_core::media::session::MediaEvent;
-use pbx_core::sip::auth::{NonceConfig, StoredSecret};
+use pbx_core::sip::auth::{DigestChoice, NonceConfig, StoredSecret};
 use pbx_core::sip::transaction::TimerConfig;
 use pbx_core::Millis;
 use rand::Rng;
@@ -256,9 +258,7 @@ pub async fn run(
     };
     daemon.load()?;
     let now = daemon.clock.now();
-    while let Some((user, until)) = daemon.guard.poll_lock() {
-        daemon.endpoint.lock_user(now, &user, until);
-    }
+    daemon.apply_locks(now);
     daemon.create_demo_extensions()?;
     crate::system::apply_hostname(&daemon.cfg.system);
 
@@ -517,6 +517,14 @@ impl Daemon {
                     self.endpoint.set_caller_id(&rec.ext, Some(cid));
                 }
             }
+            if let Some(choice) = self.store.meta_get(&format!("digest:{}", rec.ext))? {
+                match String::from_utf8_lossy(&choice).parse::<DigestChoice>() {
+                    Ok(choice) => self.endpoint.set_user_digest(&rec.ext, choice),
+                    Err(err) => {
+                        tracing::warn!(ext = %rec.ext, %err, "unreadable digest choice ignored")
+                    }
+                }
+            }
             if let Some(json) = self.store.meta_get(&format!("fwd:{}", rec.ext))? {
                 match serde_json::from_slice::<Forwarding>(&json) {
                     Ok(fwd) => self.endpoint.set_forwarding(&rec.ext, fwd),
@@ -543,6 +551,36 @@ impl Daemon {
         let bindings = self.store.bindings_all()?;
         self.endpoint.restore_bindings(bindings, now);
         Ok(())
+    }
+
+    /// Hands the firewall's account locks to the call core. A lock restored after a restart
+    /// brings the sources it was stored with back as trusted; every lock is then stored
+    /// again with the sources it does not apply to, so a restart keeps the office's phones
+    /// exempt.
+    fn apply_locks(&mut self, now: Millis) {
+        while let Some(order) = self.guard.poll_lock() {
+            self.endpoint
+                .trust_sources(now, &order.user, &order.except, now);
+            self.endpoint.lock_user(now, &order.user, order.until);
+            let except = self.endpoint.trusted_sources(now, &order.user);
+            self.guard.lock_exempt(now, &order.user, except);
+        }
+    }
+
+    /// Fills in, for `fw bans`, which sources each account lock does not apply to.
+    fn describe_locks(&self, now: Millis, reply: Reply) -> Reply {
+        let Reply::FwBans(mut info) = reply else {
+            return reply;
+        };
+        for lock in &mut info.locks {
+            if lock.rule == Rule::TollFraud.as_str() {
+                continue;
+            }
+            let except = self.endpoint.trusted_sources(now, &lock.user);
+            lock.blocks = describe_blocked(&except);
+            lock.except = except.iter().map(ToString::to_string).collect();
+        }
+        Reply::FwBans(info)
     }
 
     /// Creates the configured demo extensions that do not exist yet, printing their
@@ -608,7 +646,8 @@ impl Daemon {
                 }
                 // One parse serves the firewall and the call core.
                 let parsed = wire::parse(&bytes);
-                if self.guard.inspect(now, peer, &bytes, &parsed) {
+                let from_trunk = self.endpoint.is_trunk_source(peer);
+                if self.guard.inspect(now, peer, &bytes, &parsed, from_trunk) {
                     self.endpoint.handle_parsed(now, peer, &bytes, parsed);
                 }
             }
@@ -691,12 +730,12 @@ impl Daemon {
                         tracing::warn!(trunk = %change.name, reason = %change.reason, "trunk down")
                     }
                 },
-                event @ Event::CallRefused { .. } => self.guard.feedback(now, &event),
+                event @ (Event::CallRefused { .. } | Event::TrunkCallsRefused { .. }) => {
+                    self.guard.feedback(now, &event)
+                }
             }
         }
-        while let Some((user, until)) = self.guard.poll_lock() {
-            self.endpoint.lock_user(now, &user, until);
-        }
+        self.apply_locks(now);
         while let Some(user) = self.guard.poll_unlock() {
             self.endpoint.unlock_user(&user);
         }
@@ -1162,7 +1201,13 @@ impl Daemon {
             .store
             .meta_get(&format!("vm_pin:{ext}"))?
             .is_some_and(|h| !h.is_empty());
+        let digest = self
+            .store
+            .meta_get(&format!("digest:{ext}"))?
+            .and_then(|v| String::from_utf8_lossy(&v).parse::<DigestChoice>().ok())
+            .unwrap_or_default();
         Ok(ExtensionDetail {
+            digest: digest.as_str().to_string(),
             forwarding: self.endpoint.forwarding(ext).cloned().unwrap_or_default(),
             caller_id,
             vm_pin_set,
@@ -1275,8 +1320,20 @@ impl Daemon {
                 self.endpoint.set_forwarding(&ext, Forwarding::default());
                 self.store.meta_put(&format!("fwd:{ext}"), b"{}")?;
                 self.store.meta_put(&format!("cid:{ext}"), b"")?;
+                self.store.meta_put(&format!("digest:{ext}"), b"default")?;
                 self.endpoint.set_caller_id(&ext, None);
                 Reply::done(format!("extension {ext} deleted"))
+            }
+            Command::ExtDigest { ext, digest } => {
+                if !self.endpoint.has_user(&ext) {
+                    anyhow::bail!("extension {ext} does not exist");
+                }
+                let choice: DigestChoice =
+                    digest.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                self.store
+                    .meta_put(&format!("digest:{ext}"), choice.as_str().as_bytes())?;
+                self.endpoint.set_user_digest(&ext, choice);
+                Reply::done(describe_digest(&ext, choice))
             }
             Command::ExtForward { ext, forwarding } => {
                 if !self.endpoint.has_user(&ext) {
@@ -1430,7 +1487,8 @@ impl Daemon {
                 Reply::done(format!("message {id} of mailbox {} deleted", msg.mailbox))
             }
             Command::Fw(fw) => {
-                tokio::task::block_in_place(|| self.guard.admin(now, fw, &self.store))
+                let reply = tokio::task::block_in_place(|| self.guard.admin(now, fw, &self.store));
+                self.describe_locks(now, reply)
             }
             Command::Backup(_) => anyhow::bail!("backup commands are handled off the loop"),
             Command::CdrExport {
@@ -1554,6 +1612,33 @@ pub fn generate_password() -> String {
 pub fn default_config_path() -> Option<PathBuf> {
     let p = PathBuf::from("/etc/outpost/outpost.toml");
     p.exists().then_some(p)
+}
+
+/// What an account lock blocks, for `fw bans`: "all sources except 10.0.0.5, 10.0.0.6".
+fn describe_blocked(except: &[TrustedSource]) -> String {
+    if except.is_empty() {
+        return "all sources".to_string();
+    }
+    let list: Vec<String> = except.iter().map(ToString::to_string).collect();
+    format!("all sources except {}", list.join(", "))
+}
+
+/// The answer to `ext digest`.
+fn describe_digest(ext: &str, choice: DigestChoice) -> String {
+    match choice {
+        DigestChoice::Default => {
+            format!("extension {ext} uses the global digest algorithms ([auth] algorithms)")
+        }
+        choice => format!(
+            "extension {ext}: its phones are challenged with {} once they have authenticated from their address (the first challenge from a new address offers the global algorithms, so that it tells a stranger nothing about which extensions exist)",
+            choice
+                .algorithms()
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(" then ")
+        ),
+    }
 }
 
 /// Call forwarding in words, for the admin.

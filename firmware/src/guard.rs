@@ -8,7 +8,8 @@
 //!
 //! 1. for each inbound message: `inspect` (false = drop it), then the core;
 //! 2. for each core event: `feedback` (auth outcomes) or `media` (RTP ports);
-//! 3. drain `poll_lock` / `poll_unlock` into the endpoint;
+//! 3. drain `poll_lock` / `poll_unlock` into the endpoint, and hand each lock back the
+//!    sources it does not apply to (`lock_exempt`) so they are stored with it;
 //! 4. `take_writes` into the turn's store batch;
 //! 5. `handle_timeout` when `poll_timeout` is due.
 //!
@@ -40,11 +41,14 @@ use firewall::detect::{
     header_names, Alert, DetectConfig, Detector, Observation, Rule, Verdict, MAX_HEADER_NAMES,
 };
 use firewall::net::{canonical, is_loopback, Cidr};
-use firewall::nft::{self, Counters, Enforcer, FloodLimit, NftConfig, NftError, SetOp};
+use firewall::nft::{
+    self, Counters, Enforcer, FloodLimit, NftConfig, NftError, SetOp, TrunkPeer, TrunkProto,
+};
 use pbx_core::endpoint::Event;
+use pbx_core::lockout::TrustedSource;
 use pbx_core::media::session::{MediaCommand, SessionId};
 use pbx_core::sip::wire::{self, WireError};
-use pbx_core::sip::{Message, Peer};
+use pbx_core::sip::{Message, Peer, Transport};
 use pbx_core::Millis;
 
 use crate::admin::proto::{
@@ -93,6 +97,18 @@ const MAX_USER_LEN: usize = 64;
 pub const FEED_POLL_MS: u64 = 20;
 /// Reason stored with the bans of `fw import`.
 const IMPORT_REASON: &str = "imported with outpostctl fw import";
+
+/// An account lock for the call core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockOrder {
+    /// The account.
+    pub user: String,
+    /// When the lock ends.
+    pub until: Millis,
+    /// Sources stored with a restored lock: they had authenticated as the account, so the
+    /// lock does not apply to them (empty for a new lock: the core knows its sources).
+    pub except: Vec<TrustedSource>,
+}
 
 /// How the firewall enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +179,7 @@ pub struct Guard {
     /// Store writes for the daemon's next batch.
     pending: Vec<FirewallChange>,
     writes_dropped: u64,
-    locks_out: VecDeque<(String, Millis)>,
+    locks_out: VecDeque<LockOrder>,
     unlocks_out: VecDeque<String>,
     /// Bans per address within the repeat window (count, window start): the detector keeps
     /// the same count but does not expose it per address, and the store needs it so repeat
@@ -337,13 +353,20 @@ impl Guard {
 
     /// Judges one inbound message before the call core; true = hand it to the core.
     /// `parsed` is the one parse of `bytes` the core gets next (`Endpoint::handle_parsed`).
+    /// `from_trunk`: the message is a configured trunk's own (`Endpoint::is_trunk_source`:
+    /// its address, port and transport), which passes uninspected; the kernel meters it.
+    /// Anything else from a trunk's address is inspected like any source's.
     pub fn inspect(
         &mut self,
         now: Millis,
         src: Peer,
         bytes: &[u8],
         parsed: &Result<Message, WireError>,
+        from_trunk: bool,
     ) -> bool {
+        if from_trunk {
+            return true;
+        }
         let ip = canonical(src.addr.ip());
         if self.detector.is_banned(now, ip) {
             self.dropped_banned += 1;
@@ -414,6 +437,28 @@ impl Guard {
             Event::AuthSucceeded { src, user } => {
                 let ip = canonical(src.addr.ip());
                 self.observe(now, Observation::AuthSuccess { src: ip, user });
+            }
+            Event::TrunkCallsRefused {
+                trunk,
+                src,
+                refused,
+                limit,
+            } => {
+                // Rule `flood`: a trunk sending calls faster than it is allowed to is a
+                // flood from the provider's address (forged or not); never a ban.
+                let alert = Alert {
+                    at: now,
+                    rule: Rule::Flood,
+                    addr: Some(canonical(src.addr.ip())),
+                    user: None,
+                    message: format!(
+                        "trunk {trunk}: {refused} inbound call attempt(s) over its cap of \
+                         {limit}/s refused (503)"
+                    ),
+                    enforced: !self.detector.config().monitor,
+                };
+                self.log_alert(now, &alert);
+                self.write(FirewallChange::Alert(alert));
             }
             Event::CallRefused {
                 src,
@@ -529,9 +574,25 @@ impl Guard {
         }
     }
 
-    /// An account to lock in the core (`Endpoint::lock_user(now, user, until)`).
-    pub fn poll_lock(&mut self) -> Option<(String, Millis)> {
+    /// An account to lock in the core (`Endpoint::trust_sources` with its `except`, then
+    /// `Endpoint::lock_user`).
+    pub fn poll_lock(&mut self) -> Option<LockOrder> {
         self.locks_out.pop_front()
+    }
+
+    /// The sources the lock of `user` does not apply to, as the core knows them: stored
+    /// with the lock so that a restart keeps them exempt. Ignored when `user` is not locked.
+    pub fn lock_exempt(&mut self, now: Millis, user: &str, except: Vec<TrustedSource>) {
+        if let Some(lock) = self.detector.lock_of(now, user).filter(|l| l.enforced) {
+            self.write(FirewallChange::Lock(
+                user.to_string(),
+                StoredLock {
+                    until: lock.until,
+                    rule: lock.rule,
+                    except,
+                },
+            ));
+        }
     }
 
     /// An account to unlock in the core (`Endpoint::unlock_user(user)`).
@@ -755,7 +816,11 @@ impl Guard {
                     if self.detector.is_locked(now, &user)
                         && self.locks_out.len() < MAX_QUEUED_LOCKS
                     {
-                        self.locks_out.push_back((user, lock.until));
+                        self.locks_out.push_back(LockOrder {
+                            user,
+                            until: lock.until,
+                            except: lock.except,
+                        });
                     }
                 }
             }
@@ -822,12 +887,20 @@ impl Guard {
                 let until = now.saturating_add(duration_ms);
                 self.write(FirewallChange::Lock(
                     user.clone(),
-                    StoredLock { until, rule },
+                    StoredLock {
+                        until,
+                        rule,
+                        except: Vec::new(),
+                    },
                 ));
                 if self.locks_out.len() >= MAX_QUEUED_LOCKS {
                     self.locks_out.pop_front();
                 }
-                self.locks_out.push_back((user, until));
+                self.locks_out.push_back(LockOrder {
+                    user,
+                    until,
+                    except: Vec::new(),
+                });
                 true
             }
         }
@@ -1412,6 +1485,8 @@ impl Guard {
                     hits,
                 })
                 .collect(),
+            would_be_bans: stats.would_be_bans,
+            would_be_dropped: stats.would_be_dropped,
             feeds: self.feeds.iter().map(|f| f.health.clone()).collect(),
         })
     }
@@ -1431,6 +1506,8 @@ impl Guard {
                 remaining_secs: u64::MAX,
                 rule: Rule::TollFraud.to_string(),
                 enforced: true,
+                blocks: "outside calls (internal calls still work)".to_string(),
+                except: Vec::new(),
             })
             .collect();
         Reply::FwBans(FwBansInfo {
@@ -1458,6 +1535,9 @@ impl Guard {
                     remaining_secs: secs(l.until),
                     rule: l.rule.to_string(),
                     enforced: l.enforced,
+                    // The daemon fills in the sources the call core exempts.
+                    blocks: "all sources".to_string(),
+                    except: Vec::new(),
                 })
                 .chain(toll)
                 .collect(),
@@ -1575,8 +1655,8 @@ impl Guard {
     }
 }
 
-/// The kernel table's settings from the whole configuration.
-/// The addresses of the configured `[[trunk]]`s (names resolved now).
+/// The addresses of the configured `[[trunk]]`s (names resolved now) and of their
+/// `inbound_from` networks' hosts: never banned (see `Detector`'s "Who is never banned").
 fn configured_trunk_peers(cfg: &Config) -> Vec<IpAddr> {
     cfg.trunk
         .iter()
@@ -1585,6 +1665,42 @@ fn configured_trunk_peers(cfg: &Config) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The trunks' own traffic for the kernel's trunk meter, as the call core recognises it
+/// (`pbx_core::trunk`): over UDP from the trunk's address and port, over TCP/TLS from its
+/// address (any port: a connection we opened, or one the provider opened), and from its
+/// `inbound_from` networks over its transport (any port). `[firewall.detect] trunk_peers`
+/// addresses, which name no transport, count over both.
+fn kernel_trunk_peers(cfg: &Config) -> Vec<TrunkPeer> {
+    let mut peers = Vec::new();
+    for t in &cfg.trunk {
+        let proto = match t.transport_kind() {
+            Transport::Udp => TrunkProto::Udp,
+            Transport::Tcp | Transport::Tls => TrunkProto::Tcp,
+        };
+        if let Ok(addr) = t.resolve() {
+            let port = (proto == TrunkProto::Udp).then_some(addr.port());
+            peers.push(TrunkPeer::host(addr.ip(), proto, port));
+        }
+        for net in t.inbound_nets() {
+            if let Ok(net) = Cidr::new(net.network(), net.prefix()) {
+                peers.push(TrunkPeer {
+                    net,
+                    proto,
+                    port: None,
+                });
+            }
+        }
+    }
+    for &ip in &cfg.firewall.detect.trunk_peers {
+        for proto in [TrunkProto::Udp, TrunkProto::Tcp] {
+            peers.push(TrunkPeer::host(ip, proto, None));
+        }
+    }
+    peers.truncate(firewall::nft::MAX_TRUNK_PEERS);
+    peers
+}
+
+/// The kernel table's settings from the whole configuration.
 fn nft_config(cfg: &Config) -> NftConfig {
     let fw = &cfg.firewall;
     let mut sip_ports: Vec<u16> = cfg.sip.listen.iter().map(|a| a.port()).collect();
@@ -1601,16 +1717,14 @@ fn nft_config(cfg: &Config) -> NftConfig {
         },
         rtp_closed: fw.rtp_closed && cfg.media.enabled,
         allow: fw.detect.allow.clone(),
-        trunk_peers: fw
-            .detect
-            .trunk_peers
-            .iter()
-            .copied()
-            .chain(configured_trunk_peers(cfg))
-            .collect(),
+        trunk_peers: kernel_trunk_peers(cfg),
         flood_rate: (fw.kernel_flood_per_second > 0).then_some(FloodLimit {
             per_second: fw.kernel_flood_per_second,
             burst: fw.kernel_flood_burst,
+        }),
+        trunk_flood_rate: (fw.kernel_trunk_per_second > 0).then_some(FloodLimit {
+            per_second: fw.kernel_trunk_per_second,
+            burst: fw.kernel_trunk_burst,
         }),
         netns: None,
         nft: fw.nft.clone(),
@@ -2042,7 +2156,7 @@ mod tests {
 
     fn inspect(g: &mut Guard, now: Millis, ip: &str, bytes: &[u8]) -> bool {
         let parsed = wire::parse(bytes);
-        g.inspect(now, peer(ip), bytes, &parsed)
+        g.inspect(now, peer(ip), bytes, &parsed, false)
     }
 
     fn auth_failed(ip: &str, user: &str, known: bool) -> Event {
@@ -2148,9 +2262,20 @@ mod tests {
         g.feedback(T0 + 2_000, &auth_failed("2001:db8::3", "100", true));
         assert_eq!(
             g.poll_lock(),
-            Some(("100".to_string(), T0 + 2_000 + 15 * MIN))
+            Some(LockOrder {
+                user: "100".to_string(),
+                until: T0 + 2_000 + 15 * MIN,
+                except: Vec::new(),
+            })
         );
         assert_eq!(g.poll_lock(), None);
+        // The daemon hands back the sources the core exempts; they are stored with it.
+        let phone = TrustedSource {
+            ip: ip("10.0.0.5"),
+            port: None,
+        };
+        g.lock_exempt(T0 + 2_000, "100", vec![phone]);
+        g.lock_exempt(T0 + 2_000, "not-locked", vec![phone]);
         for src in ["203.0.113.1", "203.0.113.2", "2001:db8::3"] {
             assert!(
                 !g.is_banned(T0 + 2_000, ip(src)),
@@ -2162,6 +2287,8 @@ mod tests {
         assert_eq!(locks.len(), 1);
         assert_eq!(locks[0].0, "100");
         assert_eq!(locks[0].1.rule, Rule::AccountGuessing);
+        assert_eq!(locks[0].1.except, vec![phone]);
+        assert_eq!(locks[0].1.until, T0 + 2_000 + 15 * MIN);
 
         // The admin unlocks: the core is told, the store forgets it.
         let reply = g.admin(T0 + 3_000, FwCommand::Unlock { user: "100".into() }, &store);
@@ -2278,11 +2405,26 @@ mod tests {
                 StoredLock {
                     until: later + 5 * MIN,
                     rule: Rule::AccountGuessing,
+                    except: vec![TrustedSource {
+                        ip: ip("198.51.100.7"),
+                        port: Some(31_000),
+                    }],
                 },
             )])
             .unwrap();
         let mut g = Guard::start(&config(), &store, later + MIN);
-        assert_eq!(g.poll_lock(), Some(("102".to_string(), later + 5 * MIN)));
+        // With the sources it does not apply to.
+        assert_eq!(
+            g.poll_lock(),
+            Some(LockOrder {
+                user: "102".to_string(),
+                until: later + 5 * MIN,
+                except: vec![TrustedSource {
+                    ip: ip("198.51.100.7"),
+                    port: Some(31_000),
+                }],
+            })
+        );
         // And a ban that ended while the daemon was down is gone for good.
         let much_later = T0 + 25 * 60 * MIN;
         let g2 = {
@@ -2416,6 +2558,14 @@ mod tests {
         let alerts = store.fw_alerts(10).unwrap();
         assert_eq!(alerts.len(), 1, "one alert per offender");
         assert!(!alerts[0].enforced);
+        // Every would-be ban counts, also after the first: status and rules show them.
+        let Reply::FwStatus(st) = g.admin(T0 + 2, FwCommand::Status, &store) else {
+            panic!("not a status")
+        };
+        assert_eq!(st.would_be_bans, 2);
+        assert_eq!(st.would_be_dropped, 1);
+        let scanner = g.rules().into_iter().find(|r| r.rule == "scanner").unwrap();
+        assert_eq!(scanner.hits, 2);
     }
 
     #[test]
@@ -2566,6 +2716,56 @@ mod tests {
         assert!(cfg.rtp_closed);
         assert_eq!(cfg.flood_rate.unwrap().per_second, 200);
     }
+    #[test]
+    fn trunks_become_kernel_trunk_peers_by_address_transport_and_port() {
+        let mut c = Config::from_toml_str(
+            "[[trunk]]\nname = \"udp\"\nhost = \"203.0.113.5:5080\"\nregister = false\n\
+             inbound_from = [\"198.51.100.16/28\"]\n\n\
+             [[trunk]]\nname = \"tls\"\nhost = \"[2001:db8::5]\"\ntransport = \"tls\"\n\
+             register = false\n",
+        )
+        .unwrap();
+        c.firewall.detect.trunk_peers = vec![ip("192.0.2.77")];
+        let cfg = nft_config(&c);
+        let shown: Vec<String> = cfg
+            .trunk_peers
+            .iter()
+            .map(|p| format!("{} {:?} {:?}", p.net, p.proto, p.port))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "203.0.113.5/32 Udp Some(5080)",
+                "198.51.100.16/28 Udp None",
+                "2001:db8::5/128 Tcp None",
+                "192.0.2.77/32 Udp None",
+                "192.0.2.77/32 Tcp None",
+            ]
+        );
+        assert_eq!(cfg.trunk_flood_rate, Some(FloodLimit::TRUNK_DEFAULT));
+        c.firewall.kernel_trunk_per_second = 0;
+        assert_eq!(nft_config(&c).trunk_flood_rate, None);
+    }
+
+    #[test]
+    fn a_trunks_own_traffic_passes_uninspected_the_rest_of_its_address_is_inspected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut c = config();
+        c.firewall.detect.trunk_peers = vec![ip("203.0.113.5")];
+        let mut g = Guard::start(&c, &store, T0);
+        let scan = options("203.0.113.5", "friendly-scanner", 1);
+        let parsed = wire::parse(&scan);
+        // As the trunk's own traffic even a scanner's fingerprint passes (the core decides).
+        assert!(g.inspect(T0, peer("203.0.113.5"), &scan, &parsed, true));
+        // From the trunk's address but not the trunk: dropped, never banned.
+        for i in 0..5 {
+            assert!(!inspect(&mut g, T0 + i, "203.0.113.5", &scan));
+        }
+        assert!(!g.is_banned(T0 + 5, ip("203.0.113.5")));
+        assert!(g.inspect(T0 + 5, peer("203.0.113.5"), &scan, &parsed, true));
+    }
+
     #[test]
     fn bans_unbans_and_call_media_become_set_updates() {
         use pbx_core::media::session::{Codec, LegMedia};

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use pbx_core::dialplan::{Dialplan, Pattern, Route, Target};
 use pbx_core::endpoint::{FeatureCodes, RingGroup, RingStrategy};
 use pbx_core::sip::{Peer, Transport};
-use pbx_core::trunk::TrunkConfig;
+use pbx_core::trunk::{IpNet, TrunkConfig, MAX_INBOUND_FROM};
 
 /// Most trunks, routes and groups a box takes (each is small; this bounds config mistakes).
 const MAX_ENTRIES: usize = 64;
@@ -65,6 +65,15 @@ pub struct TrunkSection {
     /// Server name checked in the provider's TLS certificate; default: `domain`.
     #[serde(default)]
     pub tls_name: Option<String>,
+    /// Other addresses or networks the provider sends requests from, any source port, still
+    /// over `transport` (e.g. `["203.0.113.0/28"]`); by default a request is the trunk's
+    /// only from `host`'s address (over UDP, also its port).
+    #[serde(default)]
+    pub inbound_from: Vec<String>,
+    /// Inbound call attempts (INVITEs) per second from this trunk; more get 503 with
+    /// Retry-After, are counted and alerted (once a minute). 0 = no cap.
+    #[serde(default = "default_inbound_cps")]
+    pub inbound_calls_per_second: u32,
 }
 
 fn default_transport() -> String {
@@ -90,6 +99,9 @@ fn default_retry() -> u64 {
 }
 fn default_silence_ms() -> u64 {
     2_000
+}
+fn default_inbound_cps() -> u32 {
+    10
 }
 
 /// One `[[route]]`: numbers that leave through trunks.
@@ -344,7 +356,38 @@ impl TrunkSection {
                 return Err(bad(format!("{key}.caller_id"), "must be a number"));
             }
         }
+        if self.inbound_from.len() > MAX_INBOUND_FROM {
+            return Err(bad(
+                format!("{key}.inbound_from"),
+                format!("at most {MAX_INBOUND_FROM} networks"),
+            ));
+        }
+        for net in &self.inbound_from {
+            net.parse::<IpNet>()
+                .map_err(|e| bad(format!("{key}.inbound_from"), e))?;
+        }
+        if self.inbound_calls_per_second > 10_000 {
+            return Err(bad(
+                format!("{key}.inbound_calls_per_second"),
+                "must be at most 10000 (0 = no cap)",
+            ));
+        }
         Ok(())
+    }
+
+    /// The `inbound_from` networks (those that parse; `check` refused the others).
+    pub fn inbound_nets(&self) -> Vec<IpNet> {
+        self.inbound_from
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .take(MAX_INBOUND_FROM)
+            .collect()
+    }
+
+    /// The trunk's transport (UDP when the configuration says something else; `check`
+    /// refuses that).
+    pub fn transport_kind(&self) -> Transport {
+        self.transport().unwrap_or(Transport::Udp)
     }
 
     /// The call core's view of this trunk (resolving the host).
@@ -368,6 +411,8 @@ impl TrunkSection {
             retry_ms: self.retry_secs.saturating_mul(1000),
             caller_id: self.caller_id.clone(),
             silence_timeout_ms: self.silence_timeout_ms,
+            inbound_from: self.inbound_nets(),
+            inbound_calls_per_second: self.inbound_calls_per_second,
         })
     }
 
@@ -609,6 +654,24 @@ mod tests {
                 "[[trunk]]\nname = \"p\"\nhost = \"h\"\ntransport = \"sctp\"\nregister = false\n"
             ),
             "trunk[0].transport"
+        );
+        for bad in [
+            "inbound_from = [\"203.0.113.0/33\"]",
+            "inbound_from = [\"far.away\"]",
+        ] {
+            assert_eq!(
+                invalid_key(&format!(
+                    "[[trunk]]\nname = \"p\"\nhost = \"h\"\nregister = false\n{bad}\n"
+                )),
+                "trunk[0].inbound_from",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            invalid_key(
+                "[[trunk]]\nname = \"p\"\nhost = \"h\"\nregister = false\ninbound_calls_per_second = 20000\n"
+            ),
+            "trunk[0].inbound_calls_per_second"
         );
         assert_eq!(
             invalid_key("[[trunk]]\nname = \"p\"\nhost = \"h\"\n"),

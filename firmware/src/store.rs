@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use firewall::detect::{Alert, Rule};
 use firewall::Millis;
 use pbx_core::cdr::Cdr;
+use pbx_core::lockout::TrustedSource;
 use pbx_core::registrar::{Binding, BindingChange};
 use pbx_core::sip::auth::StoredSecret;
 
@@ -209,6 +210,10 @@ pub struct StoredLock {
     pub until: Millis,
     /// The rule that locked it.
     pub rule: Rule,
+    /// The sources that had authenticated as the account when it was locked: the lock
+    /// does not apply to them (restored with the lock after a restart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<TrustedSource>,
 }
 
 /// One change to the firewall's persistent state.
@@ -1680,6 +1685,7 @@ mod tests {
                             StoredLock {
                                 until: 3_000,
                                 rule: Rule::AccountGuessing,
+                                except: Vec::new(),
                             },
                         ),
                         FirewallChange::Lock(
@@ -1687,6 +1693,7 @@ mod tests {
                             StoredLock {
                                 until: 8_000,
                                 rule: Rule::AccountGuessing,
+                                except: Vec::new(),
                             },
                         ),
                     ],
@@ -1723,7 +1730,8 @@ mod tests {
                 "100".to_string(),
                 StoredLock {
                     until: 3_000,
-                    rule: Rule::AccountGuessing
+                    rule: Rule::AccountGuessing,
+                    except: Vec::new(),
                 }
             )]
         );
@@ -1851,6 +1859,7 @@ mod tests {
                 StoredLock {
                     until: 5,
                     rule: Rule::AccountGuessing,
+                    except: Vec::new(),
                 },
             )],
             alerts: vec![alert(7), alert(8)],

@@ -7,6 +7,7 @@
 pub mod cdr;
 pub mod dialplan;
 pub mod endpoint;
+pub mod lockout;
 pub mod media;
 pub mod registrar;
 pub mod sip;

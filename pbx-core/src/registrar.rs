@@ -529,6 +529,23 @@ impl Registrar {
     }
 }
 
+/// Whether `req` is an un-REGISTER: it only removes bindings (`Contact: *` with
+/// `Expires: 0`, or every contact with `expires=0` or under `Expires: 0`). Judged from the
+/// request's shape alone, before any authentication.
+pub fn is_unregister(req: &Request) -> bool {
+    let headers = &req.headers;
+    !headers.contact.is_empty()
+        && headers.contact.iter().all(|c| match c {
+            Contact::Star => headers.expires == Some(0),
+            Contact::Addr(addr) => {
+                contact_param(addr, "expires")
+                    .and_then(parse_delta_seconds)
+                    .or(headers.expires)
+                    == Some(0)
+            }
+        })
+}
+
 /// A contact must be a SIP(S) URI with a host, of bounded length.
 fn check_usable(uri: &Uri) -> Result<(), RegisterError> {
     if !matches!(
@@ -1518,5 +1535,28 @@ mod tests {
         assert_eq!(reg.count(), 9_900);
         assert_eq!(reg.expire(T0 + 1_000_000).len(), 9_900);
         assert_eq!(reg.next_expiry(), None);
+    }
+
+    #[test]
+    fn unregisters_are_recognised_by_their_shape() {
+        let star = register_req("u", 1, vec![Contact::Star], Some(0));
+        assert!(is_unregister(&star));
+        let by_header = register_req("u", 1, vec![addr(PHONE, &[])], Some(0));
+        assert!(is_unregister(&by_header));
+        let by_param = register_req("u", 1, vec![addr(PHONE, &[("expires", "0")])], Some(300));
+        assert!(is_unregister(&by_param));
+        let mixed = register_req(
+            "u",
+            1,
+            vec![addr(PHONE, &[("expires", "0")]), addr(SOFTPHONE, &[])],
+            Some(300),
+        );
+        assert!(!is_unregister(&mixed), "one contact is being registered");
+        let refresh = register_req("u", 1, vec![addr(PHONE, &[])], Some(300));
+        assert!(!is_unregister(&refresh));
+        let query = register_req("u", 1, vec![], Some(0));
+        assert!(!is_unregister(&query), "a query removes nothing");
+        let bad_star = register_req("u", 1, vec![Contact::Star], Some(300));
+        assert!(!is_unregister(&bad_star));
     }
 }

@@ -7,6 +7,14 @@
 //! `new`, `handle_timeout`, `on_response` and `on_failure`; `poll_request` stamps requests
 //! with the latest of those times.
 //!
+//! Inbound identity: a request is a trunk's only when it arrives over the trunk's transport
+//! and, over UDP (where a source address is easily forged), from the trunk's own address and
+//! port, or from one of its `inbound_from` networks. Over TCP and TLS the connection itself
+//! vouches for the address (the one we opened to the peer, or one the provider opened from
+//! its address or networks). Anything else from the provider's address is an ordinary,
+//! unauthenticated source. Each trunk admits at most `inbound_calls_per_second` inbound
+//! INVITEs (a token bucket holding one second's worth); see [`Trunks::admit_inbound_call`].
+//!
 //! Health follows what a VoIP engineer expects from a provider link: a registering trunk is
 //! Down until the provider accepted the registration; with pings, `down_after` consecutive
 //! unanswered OPTIONS take it Down and `up_after` answered ones bring it back. Any answer to
@@ -55,6 +63,95 @@ const MAX_REASON_PHRASE: usize = 64;
 const MAX_CHALLENGE_HEADERS: usize = 8;
 /// CSeq numbers stay below 2^31 (RFC 3261 §8.1.1.5); a new Call-ID starts over.
 const MAX_CSEQ: u32 = (1 << 31) - 1;
+/// Most `inbound_from` networks per trunk (each costs one comparison per inbound request).
+pub const MAX_INBOUND_FROM: usize = 16;
+/// Refused inbound calls of one trunk are reported (`Event`) at most this often.
+pub const CAP_ALERT_EVERY_MS: u64 = 60_000;
+/// Token bucket unit: one call attempt is this many milli-tokens.
+const CALL_TOKEN: u64 = 1_000;
+
+/// An address block (`203.0.113.0/28`): where a provider may send requests from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// The block of `addr` (canonical: IPv4-mapped IPv6 counts as IPv4) with `prefix` bits;
+    /// `None` when the prefix is longer than the address.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<IpNet> {
+        let addr = addr.to_canonical();
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= bits).then(|| IpNet {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    /// The first address of the block.
+    pub fn network(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// True when `ip` (canonicalised) lies in the block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    /// `ADDR/PREFIX`, or a bare address (a single host).
+    fn from_str(s: &str) -> Result<IpNet, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim_matches(['[', ']'])
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or network"))?;
+        let full = if addr.to_canonical().is_ipv4() {
+            32
+        } else {
+            128
+        };
+        let prefix = match prefix {
+            None => full,
+            Some(p) => p
+                .parse::<u8>()
+                .map_err(|_| format!("{s:?}: bad prefix length"))?,
+        };
+        IpNet::new(addr, prefix).ok_or_else(|| format!("{s:?}: prefix longer than {full} bits"))
+    }
+}
+
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
 
 /// One provider link as configured.
 #[derive(Clone, PartialEq, Eq)]
@@ -87,6 +184,11 @@ pub struct TrunkConfig {
     pub caller_id: Option<String>,
     /// An outbound INVITE with no answer at all for this long fails over to the next trunk.
     pub silence_timeout_ms: u64,
+    /// Other networks the provider sends requests from (any port, still over `peer`'s
+    /// transport); at most [`MAX_INBOUND_FROM`] are used.
+    pub inbound_from: Vec<IpNet>,
+    /// Inbound INVITEs admitted per second (bursts up to one second's worth); 0 = no cap.
+    pub inbound_calls_per_second: u32,
 }
 
 // The password must never reach a log.
@@ -107,6 +209,8 @@ impl fmt::Debug for TrunkConfig {
             .field("retry_ms", &self.retry_ms)
             .field("caller_id", &self.caller_id)
             .field("silence_timeout_ms", &self.silence_timeout_ms)
+            .field("inbound_from", &self.inbound_from)
+            .field("inbound_calls_per_second", &self.inbound_calls_per_second)
             .finish()
     }
 }
@@ -156,6 +260,22 @@ pub struct TrunkStatus {
     pub since: Millis,
     /// Round-trip time of the last answered OPTIONS.
     pub last_rtt_ms: Option<u64>,
+    /// Inbound INVITEs refused (503) for exceeding `inbound_calls_per_second`.
+    #[serde(default)]
+    pub inbound_refused: u64,
+}
+
+/// Whether an inbound INVITE from a trunk may go on; see [`Trunks::admit_inbound_call`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Within the trunk's cap.
+    Admitted,
+    /// Over the cap: answer 503 with `Retry-After`.
+    Refused {
+        /// Set at most once per [`CAP_ALERT_EVERY_MS`]: calls refused since the last report
+        /// (this one included), for the alert.
+        report: Option<u64>,
+    },
 }
 
 /// A health change, for logs and alerts.
@@ -224,6 +344,13 @@ struct Trunk {
     misses: u32,
     goods: u32,
     last_rtt_ms: Option<u64>,
+    // Inbound call cap.
+    /// Milli-tokens in the bucket (one call costs [`CALL_TOKEN`]).
+    cap_tokens: u64,
+    cap_refilled: Millis,
+    inbound_refused: u64,
+    refused_unreported: u64,
+    last_cap_report: Option<Millis>,
 }
 
 // Answers to challenges are password-derived; keep them out of logs.
@@ -287,12 +414,45 @@ impl Trunks {
         self.trunks.iter().position(|t| t.cfg.name == name)
     }
 
-    /// Trunk whose peer IP matches `addr` (inbound requests from the provider).
-    pub fn find_by_source(&self, addr: IpAddr) -> Option<usize> {
-        let addr = addr.to_canonical();
-        self.trunks
-            .iter()
-            .position(|t| t.cfg.peer.addr.ip().to_canonical() == addr)
+    /// The trunk an inbound request from `src` belongs to (see the module docs): same
+    /// transport, and over UDP the trunk's address and port, over TCP/TLS its address; or
+    /// one of its `inbound_from` networks over its transport. `None`: an ordinary source.
+    pub fn find_by_source(&self, src: Peer) -> Option<usize> {
+        self.trunks.iter().position(|t| t.is_source(src))
+    }
+
+    /// Takes one inbound INVITE of trunk `idx` from its cap at `now` (a token bucket of
+    /// `inbound_calls_per_second` tokens refilled at that rate; a cap of 0 admits all).
+    pub fn admit_inbound_call(&mut self, now: Millis, idx: usize) -> Admission {
+        let Some(t) = self.trunks.get_mut(idx) else {
+            return Admission::Admitted;
+        };
+        let rate = u64::from(t.cfg.inbound_calls_per_second);
+        if rate == 0 {
+            return Admission::Admitted;
+        }
+        let full = rate.saturating_mul(CALL_TOKEN);
+        let elapsed = now.saturating_sub(t.cap_refilled);
+        // rate tokens per 1,000 ms = rate milli-tokens per ms.
+        t.cap_tokens = t
+            .cap_tokens
+            .saturating_add(elapsed.saturating_mul(rate))
+            .min(full);
+        t.cap_refilled = t.cap_refilled.max(now);
+        if t.cap_tokens >= CALL_TOKEN {
+            t.cap_tokens -= CALL_TOKEN;
+            return Admission::Admitted;
+        }
+        t.inbound_refused = t.inbound_refused.saturating_add(1);
+        t.refused_unreported = t.refused_unreported.saturating_add(1);
+        let due = t
+            .last_cap_report
+            .is_none_or(|at| now.saturating_sub(at) >= CAP_ALERT_EVERY_MS);
+        let report = due.then(|| {
+            t.last_cap_report = Some(now);
+            std::mem::take(&mut t.refused_unreported)
+        });
+        Admission::Refused { report }
     }
 
     /// True when trunk `idx` exists and is Up.
@@ -317,6 +477,7 @@ impl Trunks {
                 reason: t.reason.clone(),
                 since: t.since,
                 last_rtt_ms: t.last_rtt_ms,
+                inbound_refused: t.inbound_refused,
             })
             .collect()
     }
@@ -800,6 +961,23 @@ impl Trunks {
 }
 
 impl Trunk {
+    /// Whether a request from `src` is this trunk's (see the module docs).
+    fn is_source(&self, src: Peer) -> bool {
+        let peer = self.cfg.peer;
+        if src.transport != peer.transport {
+            return false;
+        }
+        let ip = src.addr.ip().to_canonical();
+        let own = ip == peer.addr.ip().to_canonical()
+            && (peer.transport != Transport::Udp || src.addr.port() == peer.addr.port());
+        own || self
+            .cfg
+            .inbound_from
+            .iter()
+            .take(MAX_INBOUND_FROM)
+            .any(|n| n.contains(ip))
+    }
+
     fn new(cfg: TrunkConfig, rng: &mut StdRng, now: Millis) -> Trunk {
         let ruri = wire::parse_uri(&format!("sip:{}", cfg.domain)).ok();
         // An IP-authenticated trunk may have no account: its pings come from "outpost".
@@ -843,6 +1021,11 @@ impl Trunk {
             misses: 0,
             goods: 0,
             last_rtt_ms: None,
+            cap_tokens: u64::from(cfg.inbound_calls_per_second).saturating_mul(CALL_TOKEN),
+            cap_refilled: now,
+            inbound_refused: 0,
+            refused_unreported: 0,
+            last_cap_report: None,
             cfg,
         }
     }
@@ -1050,6 +1233,8 @@ mod tests {
             retry_ms: 30_000,
             caller_id: None,
             silence_timeout_ms: 4_000,
+            inbound_from: Vec::new(),
+            inbound_calls_per_second: 10,
         }
     }
 
@@ -1555,6 +1740,13 @@ mod tests {
         );
     }
 
+    fn from(transport: Transport, addr: &str) -> Peer {
+        Peer {
+            transport,
+            addr: addr.parse().expect("socket address"),
+        }
+    }
+
     #[test]
     fn lookup_by_name_and_source() {
         let mut b = cfg("b", false, 0);
@@ -1565,19 +1757,143 @@ mod tests {
         assert_eq!(t.index_of("c"), None);
         assert_eq!(t.config(1).map(|c| c.name.as_str()), Some("b"));
         assert!(t.config(2).is_none());
+        let udp = |a: &str| t.find_by_source(from(Transport::Udp, a));
+        assert_eq!(udp("203.0.113.5:5060"), Some(0));
+        assert_eq!(udp("[::ffff:203.0.113.5]:5060"), Some(0));
+        assert_eq!(udp("[2001:db8::5]:5060"), Some(1));
+        assert_eq!(udp("203.0.113.6:5060"), None);
+    }
+
+    #[test]
+    fn a_udp_trunk_is_its_address_port_and_transport() {
+        let t = Trunks::new(vec![cfg("a", false, 0)], 1, T0);
+        // The provider's address from another port, or over another transport, is not it.
+        for (transport, addr) in [
+            (Transport::Udp, "203.0.113.5:5070"),
+            (Transport::Udp, "203.0.113.5:40000"),
+            (Transport::Tcp, "203.0.113.5:5060"),
+            (Transport::Tls, "203.0.113.5:5060"),
+        ] {
+            assert_eq!(t.find_by_source(from(transport, addr)), None, "{addr}");
+        }
         assert_eq!(
-            t.find_by_source("203.0.113.5".parse().expect("ip")),
+            t.find_by_source(from(Transport::Udp, "203.0.113.5:5060")),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn a_tls_trunk_accepts_requests_only_over_tls() {
+        let mut c = cfg("secure", false, 0);
+        c.peer = from(Transport::Tls, "203.0.113.5:5061");
+        let t = Trunks::new(vec![c], 1, T0);
+        // Spoofed UDP from the provider's address, even from its port: not the trunk.
+        assert_eq!(
+            t.find_by_source(from(Transport::Udp, "203.0.113.5:5061")),
+            None
+        );
+        assert_eq!(
+            t.find_by_source(from(Transport::Tcp, "203.0.113.5:5061")),
+            None
+        );
+        // The connection we opened, and one the provider opened from its address.
+        assert_eq!(
+            t.find_by_source(from(Transport::Tls, "203.0.113.5:5061")),
             Some(0)
         );
         assert_eq!(
-            t.find_by_source("::ffff:203.0.113.5".parse().expect("ip")),
+            t.find_by_source(from(Transport::Tls, "203.0.113.5:41234")),
             Some(0)
         );
         assert_eq!(
-            t.find_by_source("2001:db8::5".parse().expect("ip")),
-            Some(1)
+            t.find_by_source(from(Transport::Tls, "203.0.113.6:5061")),
+            None
         );
-        assert_eq!(t.find_by_source("203.0.113.6".parse().expect("ip")), None);
+    }
+
+    #[test]
+    fn inbound_from_networks_are_bound_to_the_transport() {
+        let mut c = cfg("multi", false, 0);
+        c.inbound_from = vec![
+            "198.51.100.16/28".parse().expect("net"),
+            "2001:db8:7::/48".parse().expect("net"),
+        ];
+        let t = Trunks::new(vec![c], 1, T0);
+        let find = |tr, a: &str| t.find_by_source(from(tr, a));
+        assert_eq!(find(Transport::Udp, "198.51.100.17:5080"), Some(0));
+        assert_eq!(find(Transport::Udp, "198.51.100.31:1024"), Some(0));
+        assert_eq!(find(Transport::Udp, "[::ffff:198.51.100.20]:5060"), Some(0));
+        assert_eq!(find(Transport::Udp, "[2001:db8:7:1::9]:5060"), Some(0));
+        assert_eq!(find(Transport::Udp, "198.51.100.32:5060"), None);
+        assert_eq!(find(Transport::Tcp, "198.51.100.17:5080"), None);
+    }
+
+    #[test]
+    fn networks_parse_mask_and_refuse_nonsense() {
+        let n: IpNet = "203.0.113.77/28".parse().expect("net");
+        assert_eq!(n.to_string(), "203.0.113.64/28");
+        assert!(n.contains("203.0.113.79".parse().expect("ip")));
+        assert!(!n.contains("203.0.113.80".parse().expect("ip")));
+        assert_eq!(
+            "2001:db8::1".parse::<IpNet>().expect("host").to_string(),
+            "2001:db8::1/128"
+        );
+        let all: IpNet = "0.0.0.0/0".parse().expect("all");
+        assert!(all.contains("192.0.2.1".parse().expect("ip")));
+        assert!(!all.contains("2001:db8::1".parse().expect("ip")));
+        for bad in ["203.0.113.0/33", "nonsense", "203.0.113.0/x", "::/129"] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn inbound_cap_refuses_over_the_rate_and_reports_once_a_minute() {
+        let mut c = cfg("capped", false, 0);
+        c.inbound_calls_per_second = 10;
+        let mut t = Trunks::new(vec![c], 1, T0);
+        // A burst of one second's worth passes, the 11th is refused and reported.
+        for i in 0..10 {
+            assert_eq!(t.admit_inbound_call(T0, 0), Admission::Admitted, "call {i}");
+        }
+        assert_eq!(
+            t.admit_inbound_call(T0, 0),
+            Admission::Refused { report: Some(1) }
+        );
+        for _ in 0..5 {
+            assert_eq!(
+                t.admit_inbound_call(T0 + 10, 0),
+                Admission::Refused { report: None }
+            );
+        }
+        // 100 ms refills one call.
+        assert_eq!(t.admit_inbound_call(T0 + 110, 0), Admission::Admitted);
+        assert_eq!(
+            t.admit_inbound_call(T0 + 110, 0),
+            Admission::Refused { report: None }
+        );
+        assert_eq!(t.status()[0].inbound_refused, 7);
+        // A minute after the first report the next refusal reports the ones in between.
+        for _ in 0..10 {
+            t.admit_inbound_call(T0 + CAP_ALERT_EVERY_MS + 200, 0);
+        }
+        assert_eq!(
+            t.admit_inbound_call(T0 + CAP_ALERT_EVERY_MS + 200, 0),
+            Admission::Refused { report: Some(7) }
+        );
+        // A steady 10/s is never refused; no cap admits everything.
+        let mut steady = Trunks::new(vec![cfg("s", false, 0)], 1, T0);
+        for i in 0..100 {
+            assert_eq!(
+                steady.admit_inbound_call(T0 + i * 100, 0),
+                Admission::Admitted
+            );
+        }
+        let mut open = cfg("open", false, 0);
+        open.inbound_calls_per_second = 0;
+        let mut open = Trunks::new(vec![open], 1, T0);
+        for _ in 0..1000 {
+            assert_eq!(open.admit_inbound_call(T0, 0), Admission::Admitted);
+        }
     }
 
     #[test]

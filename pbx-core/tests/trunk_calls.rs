@@ -39,7 +39,24 @@ fn trunk(name: &str, addr: &str, register: bool, pings_ms: u64) -> TrunkConfig {
         retry_ms: 5_000,
         caller_id: Some("4930100".to_string()),
         silence_timeout_ms: 1_000,
+        inbound_from: Vec::new(),
+        inbound_calls_per_second: 10,
     }
+}
+
+/// An inbound INVITE for `did` from `src` (Via says UDP), with an offer.
+fn did_invite(src: &str, did: &str, call_id: &str) -> String {
+    request(
+        "INVITE",
+        &format!("sip:{did}@10.0.0.1"),
+        &format!("SIP/2.0/UDP {src};branch=z9hG4bK{call_id}"),
+        "<sip:0301234567@provider.example>;tag=pv",
+        &format!("<sip:{did}@provider.example>"),
+        call_id,
+        1,
+        &[format!("Contact: <sip:0301234567@{src}>")],
+        SDP_OFFER,
+    )
 }
 
 fn config_with(trunks: Vec<TrunkConfig>) -> EndpointConfig {
@@ -279,6 +296,82 @@ fn inbound_did_rings_the_mapped_extension() {
     );
     sim.send(T1.parse().unwrap(), &text);
     assert!(sim.statuses(T1.parse().unwrap()).contains(&404));
+}
+
+#[test]
+fn the_providers_address_from_another_port_or_transport_is_challenged() {
+    let mut tls = trunk("t1", "203.0.113.1:5061", false, 0);
+    tls.peer.transport = Transport::Tls;
+    let mut sim = Sim::with_config(config_with(vec![tls, trunk("t2", T2, false, 0)]));
+    let mut p = Phone::new("101", "192.168.1.11:5060");
+    register(&mut sim, &mut p, 600);
+    // Spoofed UDP from the TLS trunk's address and port, and from the UDP trunk's address
+    // but another port: ordinary sources, challenged, nothing rings.
+    for (i, src) in ["203.0.113.1:5061", "203.0.113.2:5070"]
+        .into_iter()
+        .enumerate()
+    {
+        sim.send(
+            src.parse().unwrap(),
+            &did_invite(src, "4930100", &format!("spoof-{i}")),
+        );
+        let statuses = sim.statuses(src.parse().unwrap());
+        assert!(statuses.contains(&407), "{src}: {statuses:?}");
+        assert!(
+            !sim.requests(p.addr)
+                .iter()
+                .any(|r| r.method == pbx_core::sip::Method::Invite),
+            "{src} rang the DID"
+        );
+    }
+    // The same INVITE over TLS from the trunk's address is the provider's.
+    let tls_src = Peer {
+        transport: Transport::Tls,
+        addr: "203.0.113.1:41000".parse().unwrap(),
+    };
+    assert!(sim.ep.is_trunk_source(tls_src));
+    let text = did_invite("203.0.113.1:41000", "4930100", "real-tls")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TLS");
+    sim.ep.handle(sim.now, tls_src, text.as_bytes());
+    sim.pump();
+    assert!(sim
+        .requests(p.addr)
+        .iter()
+        .any(|r| r.method == pbx_core::sip::Method::Invite));
+}
+
+#[test]
+fn inbound_calls_over_the_trunks_cap_get_503_with_retry_after_and_one_report() {
+    let mut sim = Sim::with_config(config_with(vec![trunk("t1", T1, false, 0)]));
+    let t1: SocketAddr = T1.parse().unwrap();
+    // A burst of 25 INVITEs for an unknown DID: 10 reach the dialplan (404), 15 get 503.
+    for i in 0..25 {
+        sim.send(t1, &did_invite(T1, "4930999", &format!("burst-{i}")));
+    }
+    let responses = sim.responses(t1);
+    let count = |code: u16| responses.iter().filter(|r| r.status == code).count();
+    assert_eq!(count(404), 10, "{:?}", sim.statuses(t1));
+    assert_eq!(count(503), 15);
+    assert!(responses
+        .iter()
+        .filter(|r| r.status == 503)
+        .all(|r| r.headers.get("Retry-After") == Some("1")));
+    let reports: Vec<&Event> = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::TrunkCallsRefused { .. }))
+        .collect();
+    assert_eq!(reports.len(), 1, "one report per minute: {reports:?}");
+    assert!(matches!(
+        reports[0],
+        Event::TrunkCallsRefused { trunk, refused: 1, limit: 10, .. } if trunk == "t1"
+    ));
+    assert_eq!(sim.ep.trunk_status()[0].inbound_refused, 15);
+    // A second later the trunk's calls pass again.
+    sim.advance(1_000);
+    sim.take(t1);
+    sim.send(t1, &did_invite(T1, "4930999", "after"));
+    assert!(sim.statuses(t1).contains(&404));
 }
 
 #[test]

@@ -894,8 +894,19 @@ impl Sipp {
             .arg(dir.path().join("screen.log"))
             .args(["-trace_logs", "-log_file"])
             .arg(dir.path().join("actions.log"));
-        if let Some(service) = &self.service {
-            cmd.arg("-s").arg(service);
+        // SIPp computes the digest `uri` as `sip:remote_ip:remote_port` unless told
+        // otherwise (over IPv6 without brackets, `sip:::1:5060`), but credentials must be
+        // for the Request-URI (RFC 7616 §3.4.6): `sip:[service]@[remote_ip]:[remote_port]`
+        // in the call scenarios, `sip:[remote_ip]:[remote_port]` in the register ones.
+        match &self.service {
+            Some(service) => {
+                cmd.arg("-s").arg(service);
+                cmd.arg("-auth_uri")
+                    .arg(format!("{service}@{}", self.target));
+            }
+            None => {
+                cmd.arg("-auth_uri").arg(self.target.to_string());
+            }
         }
         if let Some((user, password)) = &self.auth {
             cmd.arg("-au").arg(user).arg("-ap").arg(password);
@@ -1105,6 +1116,30 @@ pub fn sip_request(
         transport.via(),
         ip = fmt_ip(local.ip()),
         tag = call_id.len(),
+    )
+}
+
+/// An INVITE as a provider sends it to the box for `did` (no credentials: a trunk is
+/// recognised by where it comes from), from `local` over UDP, offering `sdp` (empty: none).
+pub fn provider_invite(
+    target: SocketAddr,
+    local: SocketAddr,
+    did: &str,
+    call_id: &str,
+    sdp: &str,
+) -> String {
+    let host = fmt_ip(target.ip());
+    let me = fmt_ip(local.ip());
+    let branch = format!("z9hG4bK{}", call_id.replace(['@', '.'], ""));
+    let content_type = if sdp.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    format!(
+        "INVITE sip:{did}@{host} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:0301234567@{me}>;tag=p{tag}\r\nTo: <sip:{did}@{host}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:0301234567@{local}>\r\n{content_type}Content-Length: {len}\r\n\r\n{sdp}",
+        tag = call_id.len(),
+        len = sdp.len(),
     )
 }
 
@@ -2414,8 +2449,43 @@ impl SipPhone {
     /// credentials when the first got a 401, else of the first. `None` when an answer did
     /// not come within `wait` (each step). Never panics on the daemon's answers.
     pub fn register_status(&mut self, wait: Duration) -> Option<u16> {
+        self.register_flow(wait, false, None)
+    }
+
+    /// Un-registers every binding of the extension (`Contact: *`, `Expires: 0`) with digest
+    /// auth; the final status as [`SipPhone::register_status`].
+    pub fn unregister_status(&mut self, wait: Duration) -> Option<u16> {
+        self.register_flow(wait, true, None)
+    }
+
+    /// Registers with credentials whose digest `uri` is `digest_uri` instead of the
+    /// Request-URI; the final status as [`SipPhone::register_status`].
+    pub fn register_status_with_digest_uri(
+        &mut self,
+        wait: Duration,
+        digest_uri: &str,
+    ) -> Option<u16> {
+        self.register_flow(wait, false, Some(digest_uri))
+    }
+
+    fn register_flow(
+        &mut self,
+        wait: Duration,
+        unregister: bool,
+        digest_uri: Option<&str>,
+    ) -> Option<u16> {
         let call_id = unique("reg");
-        let first = register_request(self.server, Transport::Udp, self.local, &self.ext, &call_id);
+        let mut first =
+            register_request(self.server, Transport::Udp, self.local, &self.ext, &call_id);
+        if unregister {
+            let contact = format!(
+                "Contact: <sip:{}@{};transport=udp>\r\n",
+                self.ext, self.local
+            );
+            first = first
+                .replace(&contact, "Contact: *\r\n")
+                .replace("Expires: 300\r\n", "Expires: 0\r\n");
+        }
         self.send(&first);
         let resp = self.await_final(&call_id, 1, "REGISTER", wait)?;
         let status = status_of(resp.as_bytes())?;
@@ -2423,7 +2493,7 @@ impl SipPhone {
             return Some(status);
         }
         let challenge = header_value(&resp, "WWW-Authenticate")?;
-        let uri = format!("sip:{}", self.host());
+        let uri = digest_uri.map_or_else(|| format!("sip:{}", self.host()), str::to_owned);
         let authorization =
             digest_authorization(&challenge, "REGISTER", &uri, &self.ext, &self.password);
         let second = first

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use outpost_tests::{
-    eventually, json_str, require_root, sip_request, status_of, udp_recv, Daemon, FwLab, SipPhone,
-    Sipp, SippProcess, Transport,
+    eventually, header_value, json_str, provider_invite, request_method, require_root, sdp_body,
+    sip_request, status_of, udp_recv, uri_in, Daemon, FwLab, SipPhone, Sipp, SippProcess,
+    Transport,
 };
 
 const PHONE_A: (&str, &str) = ("200", "phone-pass-200");
@@ -459,9 +460,24 @@ fn guessing_one_account_from_three_sources_locks_it_until_unlocked_or_expired() 
                 )
             });
         assert_eq!(json_str(lock, "rule"), Some("account_guessing"), "{lock}");
-        // The right password is refused while the account is locked.
+        // The right password is refused while the account is locked, from a source that
+        // has not authenticated as it: the owner in the first round (it never registered),
+        // a newcomer in the second (the owner registered in the first round, so the lock
+        // spares it).
+        let mut newcomer = site.attacker_phone(sources[1].into(), PHONE_B.0, PHONE_B.1);
+        let refused = if round == "unlock" {
+            &mut owner
+        } else {
+            assert_eq!(
+                owner.register_status(ANSWER),
+                Some(200),
+                "the owner's phone was locked out\nlog:\n{}",
+                site.daemon.log_text()
+            );
+            &mut newcomer
+        };
         assert_eq!(
-            owner.register_status(ANSWER),
+            refused.register_status(ANSWER),
             Some(403),
             "{round} round: the right password was accepted for a locked account\nlog:\n{}",
             site.daemon.log_text()
@@ -484,7 +500,7 @@ fn guessing_one_account_from_three_sources_locks_it_until_unlocked_or_expired() 
             thread::sleep(remaining + Duration::from_millis(300));
             let mut status = None;
             for _ in 0..3 {
-                status = owner.register_status(ANSWER);
+                status = newcomer.register_status(ANSWER);
                 if status == Some(200) {
                     break;
                 }
@@ -493,7 +509,7 @@ fn guessing_one_account_from_three_sources_locks_it_until_unlocked_or_expired() 
             assert_eq!(
                 status,
                 Some(200),
-                "the owner still cannot register {:?} after the {LOCK_MS} ms lock\nlog:\n{}",
+                "the newcomer still cannot register {:?} after the {LOCK_MS} ms lock\nlog:\n{}",
                 locked_at.elapsed(),
                 site.daemon.log_text()
             );
@@ -505,6 +521,265 @@ fn guessing_one_account_from_three_sources_locks_it_until_unlocked_or_expired() 
         "no account_guessing alert for {}: {alerts}",
         PHONE_B.0
     );
+}
+
+impl Site {
+    /// The `fw bans` entry of the lock of `user`, if locked.
+    fn lock_of(&self, user: &str) -> Option<Value> {
+        let listed = self.daemon.ctl_json(&["fw", "bans"]);
+        listed["locks"]
+            .as_array()?
+            .iter()
+            .find(|l| json_str(l, "user") == Some(user))
+            .cloned()
+    }
+
+    /// Sends `n` REGISTERs with a wrong password for `ext`, one from each of `sources`
+    /// in turn; each must be refused with 403.
+    fn guess(&self, ext: &str, sources: &[IpAddr]) {
+        for src in sources {
+            let mut guesser = self.attacker_phone(*src, ext, "wrong-guess");
+            assert_eq!(
+                guesser.register_status(ANSWER),
+                Some(403),
+                "wrong password for {ext} from {src}\nlog:\n{}",
+                self.daemon.log_text()
+            );
+        }
+    }
+
+    /// The lock of `user` as `fw bans` lists it; panics with the listing if there is none.
+    fn expect_lock(&self, user: &str) -> Value {
+        self.lock_of(user).unwrap_or_else(|| {
+            panic!(
+                "account {user} not listed as locked: {}\nlog:\n{}",
+                self.daemon.ctl_json(&["fw", "bans"]),
+                self.daemon.log_text()
+            )
+        })
+    }
+}
+
+/// `caller` calls `callee` (both raw phones in the phone namespace): answered, ACKed,
+/// hung up. Panics with the transcripts when any step fails.
+fn call_and_hang_up(site: &Site, caller: &mut SipPhone, callee: &mut SipPhone, to: &str) {
+    let sdp = sdp_body(SocketAddr::new(site.lab.phone_ip().into(), 40_000), &[0]);
+    let inv = caller.invite(to, &sdp);
+    let Some(invite) = callee.await_request("INVITE", Duration::from_secs(3)) else {
+        let answer = caller.await_answer(&inv, ANSWER);
+        panic!(
+            "{to} was not rung; the caller got {answer:?}\ncaller:\n{}\nlog:\n{}",
+            caller.transcript(),
+            site.daemon.log_text()
+        );
+    };
+    let b = callee.answer(&invite, &sdp);
+    let mut a = caller
+        .await_answer(&inv, Duration::from_secs(3))
+        .unwrap_or_else(|resp| {
+            panic!(
+                "the call was not answered: {resp:?}\nlog:\n{}",
+                site.daemon.log_text()
+            )
+        });
+    assert!(callee.await_ack(&b, Duration::from_secs(3)).is_some());
+    let cseq = caller.send_bye(&mut a);
+    assert!(
+        callee.answer_bye(Duration::from_secs(3)).is_some(),
+        "BYE not relayed"
+    );
+    let done = caller.await_final(&a.call_id, cseq, "BYE", Duration::from_secs(3));
+    assert_eq!(
+        done.as_deref().and_then(|m| status_of(m.as_bytes())),
+        Some(200)
+    );
+}
+
+/// Issue 14, reproduction 3: three wrong passwords for an extension from the internet lock
+/// it, but only against sources that have not authenticated as it. The office's phone
+/// keeps registering, calling and un-registering; the attacker, even with the right
+/// password, stays locked out; `fw bans` says what the lock blocks.
+#[test]
+fn three_wrong_passwords_lock_the_account_but_not_the_phone_that_owns_it() {
+    // Two raw phones on one address register and call each other within a second or
+    // two: faster than any office, so the flood rule (not under test) is off.
+    let site = site(NO_FLOOD);
+    let phone_ip: IpAddr = site.lab.phone_ip().into();
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let mut owner = site.phone(PHONE_B.0, PHONE_B.1);
+    let mut colleague = site.phone(PHONE_A.0, PHONE_A.1);
+    owner.register();
+    colleague.register();
+
+    site.guess(PHONE_B.0, &[attacker, attacker, attacker]);
+    let lock = site.expect_lock(PHONE_B.0);
+    assert_eq!(json_str(&lock, "rule"), Some("account_guessing"), "{lock}");
+
+    // The owner keeps registering, calling and being called.
+    assert_eq!(
+        owner.register_status(ANSWER),
+        Some(200),
+        "the locked account's own phone was refused\nlog:\n{}",
+        site.daemon.log_text()
+    );
+    // `fw bans` says whom the lock refuses.
+    assert_eq!(
+        json_str(&site.expect_lock(PHONE_B.0), "blocks"),
+        Some(format!("all sources except {phone_ip}").as_str()),
+        "{lock}"
+    );
+    call_and_hang_up(&site, &mut owner, &mut colleague, PHONE_A.0);
+    call_and_hang_up(&site, &mut colleague, &mut owner, PHONE_B.0);
+
+    // The attacker is refused even with the right password, and is not banned for it.
+    let mut thief = site.attacker_phone(attacker, PHONE_B.0, PHONE_B.1);
+    assert_eq!(thief.register_status(ANSWER), Some(403));
+    assert_eq!(site.ban_of(attacker), None, "4 failures ban nobody");
+
+    // The owner un-registers: 200, no binding left.
+    assert_eq!(owner.unregister_status(ANSWER), Some(200));
+    assert!(
+        site.daemon.registrations_of(PHONE_B.0).is_empty(),
+        "{:?}",
+        site.daemon.registrations()
+    );
+    assert_eq!(site.ban_of(phone_ip), None);
+}
+
+/// Guessing one password each from the attacker's four addresses while the real phone
+/// re-registers in between still locks the account (the phone's successes do not hide
+/// the guesses), against every address that never authenticated as it.
+#[test]
+fn distributed_guessing_from_four_addresses_locks_the_account_against_them() {
+    let site = site("");
+    let sources: Vec<IpAddr> = site
+        .lab
+        .attacker_ips()
+        .iter()
+        .map(|&a| IpAddr::from(a))
+        .collect();
+    let mut owner = site.phone(PHONE_B.0, PHONE_B.1);
+    owner.register();
+    for src in &sources[..3] {
+        site.guess(PHONE_B.0, &[*src]);
+        assert_eq!(owner.register_status(ANSWER), Some(200));
+    }
+    site.expect_lock(PHONE_B.0);
+    for src in &sources {
+        let mut thief = site.attacker_phone(*src, PHONE_B.0, PHONE_B.1);
+        assert_eq!(
+            thief.register_status(ANSWER),
+            Some(403),
+            "{src} got in with the password during the lock\nlog:\n{}",
+            site.daemon.log_text()
+        );
+        assert_eq!(site.ban_of(*src), None, "{src} banned for guessing once");
+    }
+    assert_eq!(owner.register_status(ANSWER), Some(200));
+}
+
+/// A phone whose socket moved during a lock (it rebinds after refused requests, as many
+/// phones do) un-registers its old binding and registers the new one; after `fw unlock`
+/// exactly one binding is listed. Before, the lock refused the un-REGISTER, and the old
+/// binding stayed next to the new one.
+#[test]
+fn fw_unlock_leaves_one_binding() {
+    let site = site("");
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let mut before = site.phone(PHONE_B.0, PHONE_B.1);
+    before.register();
+    site.guess(PHONE_B.0, &[attacker, attacker, attacker]);
+    site.expect_lock(PHONE_B.0);
+
+    let mut after = site.phone(PHONE_B.0, PHONE_B.1);
+    assert_eq!(
+        after.unregister_status(ANSWER),
+        Some(200),
+        "un-REGISTER refused\nlog:\n{}",
+        site.daemon.log_text()
+    );
+    let _ = after.register_status(ANSWER);
+    site.daemon.ctl_ok(&["fw", "unlock", PHONE_B.0]);
+    assert_eq!(site.lock_of(PHONE_B.0), None);
+    assert_eq!(after.register_status(ANSWER), Some(200));
+    let bindings = site.daemon.registrations_of(PHONE_B.0);
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    assert_eq!(
+        json_str(&bindings[0], "source"),
+        Some(after.sip_addr().to_string().as_str()),
+        "{bindings:?}"
+    );
+}
+
+/// Credentials computed for another Request-URI get 400 and count as failures: three of
+/// them ban the source (limit lowered to 3); the right `uri` still registers.
+#[test]
+fn digest_uri_for_another_target_gets_400_and_counts_as_a_failure() {
+    let site = site(&format!(
+        "{NO_FLOOD}{NO_GATE}[firewall.detect.auth_source]\nlimit = 3\n"
+    ));
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    // The real phone registered before: the account lock that the failures below also
+    // cause does not apply to it.
+    let mut phone = site.phone(PHONE_A.0, PHONE_A.1);
+    phone.register();
+    let mut replayer = site.attacker_phone(attacker, PHONE_A.0, PHONE_A.1);
+    for i in 1..=2 {
+        assert_eq!(
+            replayer.register_status_with_digest_uri(ANSWER, "sip:other.example.net"),
+            Some(400),
+            "mismatched digest uri #{i}\nlog:\n{}",
+            site.daemon.log_text()
+        );
+    }
+    assert_eq!(site.ban_of(attacker), None);
+    let _ = replayer.register_status_with_digest_uri(ANSWER, "sip:other.example.net");
+    let ban = site.wait_banned(attacker, Duration::from_secs(1));
+    assert_eq!(json_str(&ban, "rule"), Some("auth_failures"), "{ban}");
+    assert_eq!(site.daemon.registrations_of(PHONE_A.0).len(), 1);
+    // The phone with the right uri (the default port written out) is fine.
+    let uri = format!("sip:{}:5060", site.lab.appliance_ip());
+    assert_eq!(
+        phone.register_status_with_digest_uri(ANSWER, &uri),
+        Some(200)
+    );
+}
+
+/// Monitor mode keeps judging a source after its first would-be ban: every scanner
+/// message counts as a rule hit and a would-be ban in `fw rules` and `fw status`.
+#[test]
+fn monitor_mode_keeps_counting_after_the_first_would_be_ban() {
+    require_root("the firewall tests");
+    // Monitor mode installs no kernel table, so `site()` (which waits for it) is not used.
+    let lab = FwLab::new();
+    let daemon = Daemon::start_in(
+        &lab.appliance,
+        lab.daemon_config()
+            .with_toml("[firewall.detect]\nmonitor = true\n"),
+    );
+    let site = Site { daemon, lab };
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let mut raw = site.raw(attacker);
+    for i in 1..=5 {
+        assert_eq!(
+            raw.exchange(Some(SCANNER_UA), ANSWER),
+            Some(200),
+            "monitor mode answers scanner message #{i}"
+        );
+    }
+    let status = site.fw_status();
+    assert_eq!(json_str(&status, "mode"), Some("monitor"), "{status}");
+    assert_eq!(status["would_be_bans"].as_u64(), Some(5), "{status}");
+    assert_eq!(status["would_be_dropped"].as_u64(), Some(4), "{status}");
+    let rules = site.daemon.ctl_json(&["fw", "rules"]);
+    let scanner = rules
+        .as_array()
+        .and_then(|r| r.iter().find(|r| json_str(r, "rule") == Some("scanner")))
+        .unwrap_or_else(|| panic!("no scanner rule in {rules}"));
+    assert_eq!(scanner["hits"].as_u64(), Some(5), "{rules}");
+    assert!(!site.in_kernel(attacker));
+    let ban = site.ban_of(attacker).expect("a shadow ban is listed");
+    assert_eq!(ban["enforced"].as_bool(), Some(false), "{ban}");
 }
 
 #[test]
@@ -990,5 +1265,244 @@ fn rtp_ports_open_only_to_the_calls_phones_and_only_while_the_call_lives() {
     assert!(
         closed.is_some(),
         "the ended call's port still accepts the phone's RTP"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A trunk's address is not a master key (issue 14)
+// ---------------------------------------------------------------------------------------
+
+/// The provider's signalling port in the trunk tests.
+const PROVIDER_PORT: u16 = 5090;
+/// The box's DID, ringing PHONE_A.
+const DID: &str = "4930100";
+
+/// The next message on `sock` for which `pick` holds, within `wait` (others are dropped).
+fn recv_where(sock: &UdpSocket, wait: Duration, pick: impl Fn(&str) -> bool) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        sock.set_read_timeout(Some(left)).expect("set timeout");
+        let n = sock.recv_from(&mut buf).ok()?.0;
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if pick(&msg) {
+            return Some(msg);
+        }
+    }
+}
+
+/// Empties `sock`'s receive queue.
+fn drain(sock: &UdpSocket) {
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut buf = vec![0u8; 65_536];
+    while sock.recv_from(&mut buf).is_ok() {}
+    sock.set_nonblocking(false).expect("blocking");
+}
+
+/// The provider (raw UDP at `provider`) calls the box's DID: PHONE_A (`phone`) rings and
+/// answers, the provider gets the 200, ACKs and hangs up. Panics with the transcript of
+/// what went wrong; returns the setup time.
+fn provider_call(
+    site: &Site,
+    provider: &UdpSocket,
+    phone: &mut SipPhone,
+    call_id: &str,
+) -> Duration {
+    let sip = site.lab.sip_addr();
+    let me = provider.local_addr().expect("provider address");
+    drain(provider);
+    let start = Instant::now();
+    let offer = sdp_body(SocketAddr::new(me.ip(), 40_000), &[0]);
+    let invite = provider_invite(sip, me, DID, call_id, &offer);
+    let is_ours = |m: &str| header_value(m, "Call-ID").as_deref() == Some(call_id);
+    // Retransmit like Timer A until the box answers at all.
+    let mut answered = None;
+    for _ in 0..8 {
+        provider
+            .send_to(invite.as_bytes(), sip)
+            .expect("send INVITE");
+        if let Some(resp) = recv_where(provider, Duration::from_millis(500), |m| {
+            is_ours(m) && status_of(m.as_bytes()).is_some()
+        }) {
+            answered = Some(resp);
+            break;
+        }
+    }
+    assert!(
+        answered.is_some(),
+        "the box never answered the provider's INVITE {call_id}\nlog:\n{}",
+        site.daemon.log_text()
+    );
+    let ring = phone
+        .recv_matching(Duration::from_secs(5), |m| {
+            request_method(m) == Some("INVITE")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the provider's call {call_id} did not ring {}\nlog:\n{}",
+                PHONE_A.0,
+                site.daemon.log_text()
+            )
+        });
+    let dialog = phone.answer(
+        &ring,
+        &sdp_body(SocketAddr::new(site.lab.phone_ip().into(), 40_002), &[0]),
+    );
+    let ok = recv_where(provider, Duration::from_secs(5), |m| {
+        is_ours(m) && status_of(m.as_bytes()) == Some(200)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the provider got no 200 for {call_id}\nlog:\n{}",
+            site.daemon.log_text()
+        )
+    });
+    let setup = start.elapsed();
+    let to = header_value(&ok, "To").unwrap_or_default();
+    let from = header_value(&invite, "From").unwrap_or_default();
+    let target = header_value(&ok, "Contact").map_or_else(|| format!("sip:{sip}"), |c| uri_in(&c));
+    let in_dialog = |method: &str, cseq: u32| {
+        format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{method}{call_id};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    provider
+        .send_to(in_dialog("ACK", 1).as_bytes(), sip)
+        .expect("send ACK");
+    phone
+        .await_ack(&dialog, Duration::from_secs(5))
+        .expect("the phone got the provider's ACK");
+    provider
+        .send_to(in_dialog("BYE", 2).as_bytes(), sip)
+        .expect("send BYE");
+    phone
+        .answer_bye(Duration::from_secs(5))
+        .expect("the phone got the BYE");
+    let bye_ok = recv_where(provider, Duration::from_secs(5), |m| {
+        is_ours(m) && header_value(m, "CSeq").is_some_and(|c| c.ends_with("BYE"))
+    });
+    assert_eq!(
+        bye_ok.as_deref().and_then(|m| status_of(m.as_bytes())),
+        Some(200),
+        "BYE of {call_id}"
+    );
+    setup
+}
+
+/// Sends `n` copies of `msg` from `sock` to `to` as fast as the socket takes them.
+fn blast(sock: &UdpSocket, to: SocketAddr, msg: &str, n: usize) {
+    for _ in 0..n {
+        let _ = sock.send_to(msg.as_bytes(), to);
+    }
+}
+
+#[test]
+fn flood_from_a_trunks_address_is_metered_in_the_kernel_while_its_calls_go_on() {
+    let site = site(&format!(
+        "[[trunk]]\nname = \"provider\"\nhost = \"{{attacker}}:{PROVIDER_PORT}\"\nregister = false\noptions_interval_secs = 0\n\n[inbound]\ndids = {{ \"{DID}\" = \"ext:{}\" }}\n",
+        PHONE_A.0
+    ));
+    let lab = &site.lab;
+    let attacker: IpAddr = lab.attacker_ip().into();
+    let sip = lab.sip_addr();
+    let mut phone = SipPhone::on_socket(
+        lab.phone_socket(lab.phone_ip().into()),
+        sip,
+        PHONE_A.0,
+        PHONE_A.1,
+    );
+    phone.register();
+    let provider = lab
+        .attacker
+        .udp_socket(SocketAddr::new(attacker, PROVIDER_PORT));
+    let setup = provider_call(&site, &provider, &mut phone, "warm-up");
+    eprintln!("provider call before any flood: set up in {setup:?}");
+    let counter = |name: &str| {
+        lab.appliance.outpost_counter(name).unwrap_or_else(|| {
+            panic!(
+                "counter {name} missing from table inet outpost:\n{}",
+                lab.appliance
+                    .nft(&["list", "table", "inet", "outpost"])
+                    .stdout
+            )
+        })
+    };
+
+    // 1. A forger floods INVITEs with the provider's address from another port while the
+    //    provider calls: the ordinary kernel meter drops the flood (the trunk's address
+    //    used to be accepted ahead of every limit), the call goes through, nothing else
+    //    rings, and the provider's address is never banned.
+    let flood0 = counter("flood");
+    let forger = lab.attacker.udp_socket(SocketAddr::new(attacker, 0));
+    let forged = provider_invite(sip, forger.local_addr().expect("addr"), DID, "forged", "");
+    let flooding = thread::spawn(move || {
+        for _ in 0..20 {
+            blast(&forger, sip, &forged, 250);
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    // The call starts once the forger has emptied the address's ordinary meter.
+    thread::sleep(Duration::from_millis(150));
+    let setup = provider_call(&site, &provider, &mut phone, "during-flood");
+    flooding.join().expect("the flood thread");
+    let dropped = counter("flood") - flood0;
+    eprintln!(
+        "5000 forged INVITEs from the trunk's address (another port): {dropped} dropped by \
+         the kernel meter; the provider's call set up in {setup:?}"
+    );
+    assert!(
+        dropped >= 3_000,
+        "kernel flood meter dropped only {dropped} of 5000"
+    );
+    assert!(
+        phone
+            .recv_matching(Duration::from_millis(300), |m| request_method(m)
+                == Some("INVITE"))
+            .is_none(),
+        "a forged INVITE rang {}",
+        PHONE_A.0
+    );
+    let ban4 = lab.appliance.outpost_set("ban4").unwrap_or_default();
+    assert!(
+        ban4.iter().all(|(a, _)| *a != attacker),
+        "the trunk's address was banned in the kernel: {ban4:?}"
+    );
+    assert!(site.ban_of(attacker).is_none(), "{:?}", site.bans());
+    let alerts = site.daemon.ctl_json(&["fw", "alerts"]).to_string();
+    assert!(
+        alerts.contains("not banned (trunk peers never are)"),
+        "the forged flood that passed the meter was seen and alerted: {alerts}"
+    );
+
+    // 2. A flood forging the provider's address and port: its own, higher kernel meter.
+    let trunk0 = counter("trunk_flood");
+    let ping = sip_request(
+        "OPTIONS",
+        &format!("sip:{}", sip.ip()),
+        Transport::Udp,
+        provider.local_addr().expect("addr"),
+        "trunk-flood",
+        "",
+    );
+    blast(&provider, sip, &ping, 6_000);
+    let metered = counter("trunk_flood") - trunk0;
+    eprintln!("6000 packets from the trunk's own address and port: {metered} dropped by its meter");
+    assert!(
+        metered >= 1_500,
+        "trunk meter dropped only {metered} of 6000"
+    );
+    // Once the burst is over the provider's calls go through again.
+    thread::sleep(Duration::from_millis(2_500));
+    let setup = provider_call(&site, &provider, &mut phone, "after-flood");
+    eprintln!("provider call after the flood: set up in {setup:?}");
+    let cdrs = site.daemon.wait_cdrs(3, Duration::from_secs(5));
+    assert!(
+        cdrs.iter()
+            .all(|c| json_str(c, "disposition") == Some("answered")),
+        "{cdrs:?}"
     );
 }

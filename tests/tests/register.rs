@@ -304,3 +304,82 @@ fn register_over_ipv6_loopback() {
         "{reg}"
     );
 }
+
+/// One REGISTER round on `sock` for `ext`: the algorithms the 401 offers, then the status
+/// of the answer to the `answer_with` challenge (None: nothing answered).
+fn register_round(
+    daemon: &Daemon,
+    sock: &std::net::UdpSocket,
+    ext: &str,
+    password: &str,
+    answer_with: Option<&str>,
+) -> (Vec<String>, Option<u16>) {
+    let local = sock.local_addr().expect("local addr");
+    static ROUND: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let call_id = format!("digest-{ext}-{}-{round}", local.port());
+    let first = register_request(daemon.sip_addr(), Transport::Udp, local, ext, &call_id);
+    let resp = udp_exchange(sock, first.as_bytes(), WAIT).expect("a 401");
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    assert_eq!(status_of(&resp), Some(401), "{text}");
+    let challenges = header_values(&text, "WWW-Authenticate");
+    let offered = challenges
+        .iter()
+        .filter_map(|c| challenge_param(c, "algorithm"))
+        .collect();
+    let Some(algorithm) = answer_with else {
+        return (offered, None);
+    };
+    let challenge = challenges
+        .iter()
+        .find(|c| challenge_param(c, "algorithm").as_deref() == Some(algorithm))
+        .unwrap_or_else(|| panic!("no {algorithm} challenge in {text}"));
+    let uri = format!("sip:{}", daemon.sip_addr().ip());
+    let authorization = digest_authorization(challenge, "REGISTER", &uri, ext, password);
+    let second = first
+        .replace("CSeq: 1 REGISTER", "CSeq: 2 REGISTER")
+        .replace(";branch=z9hG4bK", ";branch=z9hG4bK2nd")
+        .replace(
+            "Content-Length: 0\r\n",
+            &format!("Authorization: {authorization}\r\nContent-Length: 0\r\n"),
+        );
+    let resp = udp_exchange(sock, second.as_bytes(), WAIT).expect("an answer to the credentials");
+    (offered, status_of(&resp))
+}
+
+/// `ext digest 100 sha256` with MD5 as the global default: the first challenge to a new
+/// address is the global one, the same as for a name that does not exist; once the phone
+/// registered from its address it is challenged with SHA-256 only, also after a restart.
+#[test]
+fn an_extensions_sha256_applies_to_its_phone_once_known_and_reveals_nothing_before() {
+    let mut config = DaemonConfig::loopback();
+    config.digest_algorithms = Some(vec!["MD5".to_owned()]);
+    let mut daemon = Daemon::start_with(config);
+    daemon.add_extension("100", "secret-100");
+    let out = daemon.ctl_ok(&["ext", "digest", "100", "sha256"]);
+    assert!(out.contains("SHA-256"), "{out}");
+    let shown = daemon.ctl_json(&["ext", "show", "100"]);
+    assert_eq!(json_str(&shown, "digest"), Some("sha256"), "{shown}");
+
+    let phone = udp_client(daemon.sip_addr());
+    let stranger = udp_client(daemon.sip_addr());
+    let (unknown, _) = register_round(&daemon, &stranger, "555", "x", None);
+    let (first, status) = register_round(&daemon, &phone, "100", "secret-100", Some("MD5"));
+    assert_eq!(first, vec!["MD5".to_owned()]);
+    assert_eq!(first, unknown, "a real extension's first challenge differs");
+    assert_eq!(status, Some(200));
+
+    let (known, status) = register_round(&daemon, &phone, "100", "secret-100", Some("SHA-256"));
+    assert_eq!(known, vec!["SHA-256".to_owned()]);
+    assert_eq!(status, Some(200));
+
+    daemon.stop();
+    daemon.restart();
+    let (after, status) = register_round(&daemon, &phone, "100", "secret-100", Some("SHA-256"));
+    assert_eq!(after, vec!["SHA-256".to_owned()], "after a restart");
+    assert_eq!(status, Some(200));
+
+    daemon.ctl_ok(&["ext", "digest", "100", "default"]);
+    let (back, _) = register_round(&daemon, &phone, "100", "secret-100", None);
+    assert_eq!(back, vec!["MD5".to_owned()]);
+}

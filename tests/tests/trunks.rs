@@ -16,8 +16,9 @@ use serde_json::Value;
 
 use outpost_tests::{
     body_of, eventually, free_port, generated_prompts, header_value, header_values, json_str,
-    options_ok, parse_rtp, recv_datagrams, request_method, rtp_packet, rtp_pair, sdp_audio,
-    sdp_body, send_signal, status_of, tag_param, Daemon, DaemonConfig, Dialog, SipPhone, Transport,
+    options_ok, parse_rtp, provider_invite, recv_datagrams, request_method, rtp_packet, rtp_pair,
+    sdp_audio, sdp_body, send_signal, status_of, tag_param, Daemon, DaemonConfig, Dialog, SipPhone,
+    Transport,
 };
 
 /// The box's account at each provider (AOR user, caller-ID and DID).
@@ -1243,5 +1244,203 @@ fn trunk_over_tls_refuses_a_certificate_it_cannot_verify() {
     assert!(
         options_ok(boxd.sip_addr(), Transport::Udp),
         "the box keeps serving"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. A trunk's address is not a master key (issue 14)
+// ---------------------------------------------------------------------------------------
+
+/// Final answers (status, the response) per Call-ID starting with `prefix` that reach
+/// `sock` within `wait`, until `want` Call-IDs have one; provisional answers,
+/// retransmissions and answers to other calls are skipped.
+fn finals(
+    sock: &UdpSocket,
+    prefix: &str,
+    want: usize,
+    wait: Duration,
+) -> std::collections::BTreeMap<String, (u16, String)> {
+    let deadline = Instant::now() + wait;
+    let mut out = std::collections::BTreeMap::new();
+    while out.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        for (_, bytes) in recv_datagrams(sock, 1, left) {
+            let msg = String::from_utf8_lossy(&bytes).into_owned();
+            let Some(status) = status_of(&bytes).filter(|s| *s >= 200) else {
+                continue;
+            };
+            let call_id = header_value(&msg, "Call-ID").unwrap_or_default();
+            if call_id.starts_with(prefix) {
+                out.entry(call_id).or_insert((status, msg));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn spoofed_udp_invite_from_a_tls_trunks_address_rings_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = provider_pki("Provider Test CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.0).expect("write CA");
+    let (provider, tls_addr) = start_tls_provider(&pki, dir.path());
+    let mut far = phone_at(&provider, FAR.0, FAR.1);
+    let toml = format!(
+        "{}{}[tls]\nca = \"{}\"\n\n[inbound]\ndids = {{ \"{TRUNK_USER}\" = \"ext:{}\" }}\n",
+        trunk_toml(
+            "secure",
+            tls_addr,
+            "transport = \"tls\"\ntls_name = \"provider.test\"\n"
+        ),
+        national_route(&["secure"]),
+        ca_file.display(),
+        EXT_A.0
+    );
+    let boxd = Daemon::start_with(DaemonConfig::loopback().with_toml(&toml));
+    boxd.add_extension(EXT_A.0, EXT_A.1);
+    wait_up(&boxd, "secure");
+    provider.wait_registered(TRUNK_USER, WAIT);
+    let mut a = SipPhone::new(&boxd, EXT_A.0, EXT_A.1);
+    a.register();
+
+    // A forger sends UDP from the provider's address (from its TLS port number when that
+    // is free over UDP) for the box's DID: an ordinary source, challenged; nothing rings.
+    let spoof = UdpSocket::bind((PRIMARY_IP, tls_addr.port()))
+        .or_else(|_| UdpSocket::bind((PRIMARY_IP, 0)))
+        .expect("bind the forger");
+    let (f_rtp, _f_rtcp) = rtp_pair_on(PRIMARY_IP);
+    let invite = provider_invite(
+        boxd.sip_addr(),
+        local(&spoof),
+        TRUNK_USER,
+        "spoofed-tls-trunk",
+        &sdp_body(local(&f_rtp), &[PCMU]),
+    );
+    spoof
+        .send_to(invite.as_bytes(), boxd.sip_addr())
+        .expect("send the forged INVITE");
+    let got = finals(&spoof, "spoofed", 1, WAIT);
+    let status = got.values().next().map(|(s, _)| *s);
+    eprintln!("forged UDP INVITE from the TLS trunk's address: {status:?}");
+    assert_eq!(
+        status,
+        Some(407),
+        "a UDP INVITE from a TLS trunk's address must be challenged like anyone's: {got:?}\nbox log:\n{}",
+        boxd.log_text()
+    );
+    assert!(
+        a.await_request("INVITE", Duration::from_secs(1)).is_none(),
+        "the forged INVITE rang ext {}",
+        EXT_A.0
+    );
+    assert!(boxd.cdrs().is_empty(), "{:?}", boxd.cdrs());
+
+    // The provider's own calls over its TLS connection still ring the DID.
+    let (c_rtp, _c_rtcp) = rtp_pair_on(PRIMARY_IP);
+    let (a_rtp, _a_rtcp) = rtp_pair();
+    let call = far.invite(TRUNK_USER, &sdp_body(local(&c_rtp), &[PCMU]));
+    let incoming = a.await_request("INVITE", WAIT).unwrap_or_else(|| {
+        panic!(
+            "the provider's call over TLS did not ring ext {}:\nbox log:\n{}\nprovider log:\n{}",
+            EXT_A.0,
+            boxd.log_text(),
+            provider.log_text()
+        )
+    });
+    let a_dialog = a.answer(&incoming, &sdp_body(local(&a_rtp), &[PCMU]));
+    let mut far_dialog = far
+        .await_answer(&call, WAIT)
+        .unwrap_or_else(|r| panic!("the provider's caller was not answered: {r:?}"));
+    a.await_ack(&a_dialog, WAIT).expect("ext 100 got the ACK");
+    hang_up(&mut far, &mut far_dialog, &mut a);
+    let cdrs = boxd.wait_cdrs(1, WAIT);
+    assert_eq!(json_str(&cdrs[0], "disposition"), Some("answered"));
+}
+
+#[test]
+fn a_trunks_inbound_calls_ring_only_its_dids_and_are_capped_per_second() {
+    let fake = FakeProvider::new();
+    let toml = format!(
+        "[[trunk]]\nname = \"ipauth\"\nhost = \"{}\"\nregister = false\noptions_interval_secs = 0\ninbound_calls_per_second = 5\n\n[inbound]\ndids = {{ \"4930100\" = \"ext:{}\" }}\n",
+        fake.addr(),
+        EXT_A.0
+    );
+    let boxd = Daemon::start_with(DaemonConfig::loopback().with_toml(&toml));
+    boxd.add_extension(EXT_A.0, EXT_A.1);
+    let mut a = SipPhone::new(&boxd, EXT_A.0, EXT_A.1);
+    a.register();
+    let send = |did: &str, call_id: &str| {
+        let invite = provider_invite(boxd.sip_addr(), fake.addr(), did, call_id, "");
+        fake.sock
+            .send_to(invite.as_bytes(), boxd.sip_addr())
+            .expect("send INVITE");
+    };
+
+    // Not one of its DIDs (an extension's own number, an unknown DID): 404, nothing rings.
+    send(EXT_A.0, "not-a-did-1");
+    send("4930999", "not-a-did-2");
+    let got = finals(&fake.sock, "not-a-did", 2, WAIT);
+    let statuses: Vec<u16> = got.values().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [404, 404], "{got:?}");
+    assert!(
+        a.await_request("INVITE", Duration::from_millis(500))
+            .is_none(),
+        "an INVITE from the trunk for a number that is not its DID rang ext {}",
+        EXT_A.0
+    );
+
+    // A burst of 20 within milliseconds: 5 (one second's worth) reach the dialplan, the
+    // rest get 503 with Retry-After.
+    thread::sleep(Duration::from_millis(1_100));
+    for i in 0..20 {
+        send("4930999", &format!("burst-{i}"));
+    }
+    let got = finals(&fake.sock, "burst", 20, WAIT);
+    let count = |code: u16| got.values().filter(|(s, _)| *s == code).count();
+    eprintln!(
+        "burst of 20 inbound INVITEs at a cap of 5/s: {} x 503, {} x 404",
+        count(503),
+        count(404)
+    );
+    assert_eq!(got.len(), 20, "every INVITE is answered: {got:?}");
+    assert!(count(503) >= 13, "{got:?}");
+    assert!((5..=7).contains(&count(404)), "{got:?}");
+    assert_eq!(count(503) + count(404), 20, "{got:?}");
+    for (status, resp) in got.values() {
+        if *status == 503 {
+            assert_eq!(
+                header_value(resp, "Retry-After").as_deref(),
+                Some("1"),
+                "{resp}"
+            );
+        }
+    }
+    let status = trunk(&boxd, "ipauth");
+    assert_eq!(
+        status["inbound_refused"].as_u64(),
+        Some(u64::try_from(count(503)).expect("small")),
+        "{status}"
+    );
+    let alerts = boxd.ctl_json(&["fw", "alerts"]).to_string();
+    assert!(
+        alerts.contains("over its cap of 5/s"),
+        "one alert for the refused calls: {alerts}"
+    );
+    assert!(a
+        .await_request("INVITE", Duration::from_millis(200))
+        .is_none());
+
+    // A second later the trunk's calls for its DID ring again.
+    thread::sleep(Duration::from_millis(1_100));
+    send("4930100", "real-did");
+    assert!(
+        a.await_request("INVITE", WAIT).is_some(),
+        "the trunk's call for its DID did not ring ext {}:\n{}",
+        EXT_A.0,
+        boxd.log_text()
     );
 }

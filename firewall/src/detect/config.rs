@@ -24,7 +24,8 @@ pub struct DetectConfig {
     pub monitor: bool,
     /// Networks that are never dropped, banned or counted (LAN, VPN, admin hosts).
     pub allow: Vec<Cidr>,
-    /// Addresses of the configured trunk peers: treated like `allow`.
+    /// Addresses of trunk peers: never banned, but what reaches the detector from them
+    /// (anything that is not the trunk's own traffic) is inspected like any source's.
     pub trunk_peers: Vec<IpAddr>,
     /// Per-source request flood (Kamailio ANTIFLOOD's default).
     pub flood: FloodRule,

@@ -14,18 +14,29 @@
 //! already went through the core: only `Ban` and `LockAccount` are actionable there.
 //!
 //! # Who is never banned
-//! Allow-listed networks, trunk peers and loopback get `Pass` for everything, with no
-//! per-source state and no rule hits: they cannot be banned, dropped or rate-limited, and an
-//! attack spoofing them is the kernel's business (reverse-path filtering). One exception:
-//! their auth failures still count toward the *account* rule, because a lock protects the
-//! account without blocking the source (a guessing script on a LAN PC is still guessing).
+//! Allow-listed networks and loopback get `Pass` for everything, with no per-source state
+//! and no rule hits: they cannot be banned, dropped or rate-limited, and an attack spoofing
+//! them is the kernel's business (reverse-path filtering). One exception: their auth
+//! failures still count toward the *account* rule, because a lock protects the account
+//! without blocking the source (a guessing script on a LAN PC is still guessing).
+//!
+//! Trunk peers are never *banned* either, but they are not trusted: the driver hands the
+//! detector only what did not come from the trunk itself (wrong port or transport; see
+//! `pbx_core::trunk`), and that is inspected like any source's. Where a rule would ban a
+//! trunk peer, its address is rejected in user space instead (its messages dropped for the
+//! ban's length, one alert), never put in the kernel's ban set: the same address carries
+//! the provider's real calls, which keep reaching the core.
 //!
 //! # Monitor mode
 //! With `monitor = true` every rule is evaluated and every ban/lock/reject raises an
 //! [`Alert`] (with `enforced: false`), but `observe` returns `Pass`. Would-be bans and locks
 //! are recorded as shadow records (listed by [`Detector::bans`] with `enforced: false`,
-//! never reported by [`Detector::is_banned`]) so one offender raises one alert, not one per
-//! message.
+//! never reported by [`Detector::is_banned`]). A source with a shadow ban keeps being judged
+//! like any other: every rule hit and every would-be ban counts ([`Detector::rule_hits`],
+//! [`DetectStats::would_be_bans`]), and its messages count as would-be drops
+//! ([`DetectStats::would_be_dropped`]), so the figures show what enforcing would have done.
+//! A would-be ban of a source whose shadow ban is still running extends that record and
+//! raises no alert: one alert per offender and shadow period, not one per message.
 //!
 //! # Malformed and oversized messages
 //! A message the parser refused gets [`Verdict::Pass`] (the call core answers it with the
@@ -344,6 +355,11 @@ pub struct DetectStats {
     pub dropped_banned: u64,
     /// Alerts dropped because nobody drained `poll_alert`.
     pub alerts_dropped: u64,
+    /// Monitor mode: bans and locks that enforcing would have made (each rule firing).
+    pub would_be_bans: u64,
+    /// Monitor mode: messages that enforcing would have dropped because their source was
+    /// banned.
+    pub would_be_dropped: u64,
 }
 
 /// Counters of one source.
@@ -355,6 +371,8 @@ struct SourceState {
     gate_ban: Window,
     failures: Window,
     rejected_until: Millis,
+    /// A trunk peer a rule would have banned: rejected (and alerted) until then.
+    peer_rejected_until: Millis,
     unknown_users: Option<Box<Distinct>>,
     /// Keys of the last counted malformed messages (0 = empty slot).
     recent: [u64; RECENT_KEYS],
@@ -431,6 +449,8 @@ pub struct Detector {
     hits: [u64; Rule::ALL.len()],
     dropped_banned: u64,
     alerts_dropped: u64,
+    would_be_bans: u64,
+    would_be_dropped: u64,
 }
 
 impl Detector {
@@ -460,6 +480,8 @@ impl Detector {
             hits: [0; Rule::ALL.len()],
             dropped_banned: 0,
             alerts_dropped: 0,
+            would_be_bans: 0,
+            would_be_dropped: 0,
             cfg,
         }
     }
@@ -477,10 +499,6 @@ impl Detector {
                 Observation::AuthFailure { user, .. } => {
                     self.account_failure(now, user).unwrap_or(Verdict::Pass)
                 }
-                Observation::AuthSuccess { user, .. } => {
-                    self.accounts.remove(&fnv1a(user.as_bytes()));
-                    Verdict::Pass
-                }
                 _ => Verdict::Pass,
             };
         }
@@ -489,12 +507,19 @@ impl Detector {
                 obs,
                 Observation::Message { .. } | Observation::Malformed { .. }
             );
-            if !ban.enforced || !dropped {
-                return Verdict::Pass;
+            if ban.enforced {
+                if !dropped {
+                    return Verdict::Pass;
+                }
+                let rule = ban.rule;
+                self.dropped_banned += 1;
+                return Verdict::Drop { rule };
             }
-            let rule = ban.rule;
-            self.dropped_banned += 1;
-            return Verdict::Drop { rule };
+            // A shadow ban (monitor mode): enforcing would drop this message; count that,
+            // then judge it like any other so the rules keep counting.
+            if dropped {
+                self.would_be_dropped += 1;
+            }
         }
         match obs {
             Observation::Message {
@@ -537,8 +562,10 @@ impl Detector {
                     (source, None) => source,
                 }
             }
-            Observation::AuthSuccess { user, .. } => {
-                self.accounts.remove(&fnv1a(user.as_bytes()));
+            // A success does not forgive the account's failures: a lock costs the phones
+            // that authenticate nothing (the core exempts them), and forgiving let a guesser
+            // hide under the real phone's re-registrations.
+            Observation::AuthSuccess { .. } => {
                 let pass_until = now.saturating_add(self.cfg.unknown_host.pass_ms);
                 *self.passes.get_or_insert_with(src, || pass_until) = pass_until;
                 if let Some(st) = self.sources.get_mut(&src) {
@@ -632,6 +659,19 @@ impl Detector {
         out
     }
 
+    /// The lock of `user` in force at `now` (a monitor-mode shadow lock included).
+    pub fn lock_of(&self, now: Millis, user: &str) -> Option<LockInfo> {
+        self.locks
+            .get(user)
+            .filter(|l| l.until > now)
+            .map(|l| LockInfo {
+                user: user.to_string(),
+                until: l.until,
+                rule: l.rule,
+                enforced: l.enforced,
+            })
+    }
+
     /// Accounts locked at `now` (including monitor-mode shadow locks), soonest to end first.
     pub fn locks(&self, now: Millis) -> Vec<LockInfo> {
         let mut out: Vec<LockInfo> = self
@@ -660,7 +700,7 @@ impl Detector {
         count_today: u32,
     ) {
         let addr = canonical(addr);
-        if until <= now || self.is_trusted(addr) {
+        if until <= now || self.is_trusted(addr) || self.is_trunk_peer(addr) {
             return;
         }
         let forget_at = until.max(now.saturating_add(self.cfg.repeat.window_ms));
@@ -711,6 +751,8 @@ impl Detector {
             locks: self.locks.len(),
             dropped_banned: self.dropped_banned,
             alerts_dropped: self.alerts_dropped,
+            would_be_bans: self.would_be_bans,
+            would_be_dropped: self.would_be_dropped,
         }
     }
 
@@ -924,9 +966,11 @@ impl Detector {
     /// Counts an auth failure of `user`; the lock verdict when it reaches the limit.
     fn account_failure(&mut self, now: Millis, user: &str) -> Option<Verdict> {
         let r = self.cfg.auth_account.clone();
-        if r.limit == 0 || self.locks.get(user).is_some_and(|l| l.until > now) {
+        let running = self.locks.get(user).filter(|l| l.until > now);
+        if r.limit == 0 || running.is_some_and(|l| l.enforced) {
             return None;
         }
+        let shadow = running.is_some();
         let key = fnv1a(user.as_bytes());
         let n = self
             .accounts
@@ -938,6 +982,22 @@ impl Detector {
         self.accounts.remove(&key);
         let until = now.saturating_add(r.lock_ms);
         let enforced = !self.cfg.monitor;
+        if !enforced {
+            self.would_be_bans += 1;
+        }
+        if shadow {
+            // Monitor mode, shadow lock running: count and extend it, no second alert.
+            self.hit(Rule::AccountGuessing);
+            self.locks.insert(
+                user.to_string(),
+                LockRecord {
+                    until,
+                    rule: Rule::AccountGuessing,
+                    enforced,
+                },
+            );
+            return None;
+        }
         self.locks.insert(
             user.to_string(),
             LockRecord {
@@ -989,6 +1049,9 @@ impl Detector {
         ban_ms: u64,
         reason: String,
     ) -> Verdict {
+        if self.is_trunk_peer(src) {
+            return self.reject_trunk_peer(now, src, rule, ban_ms, &reason);
+        }
         let repeat = self.cfg.repeat.clone();
         let (count, day_start) = match self.bans.get(&src) {
             Some(prev) if now < prev.day_start.saturating_add(repeat.window_ms) => {
@@ -996,6 +1059,27 @@ impl Detector {
             }
             _ => (1, now),
         };
+        if self.cfg.monitor {
+            self.would_be_bans += 1;
+            if let Some(prev) = self.bans.get(&src).filter(|b| !b.enforced && b.until > now) {
+                // A shadow ban is running: enforcing would have dropped everything until it
+                // ends, so this firing is counted and extends it, without escalating (a
+                // banned source cannot be banned again) or a second alert.
+                let record = BanRecord {
+                    until: prev.until.max(now.saturating_add(ban_ms)),
+                    rule: prev.rule,
+                    trigger: prev.trigger,
+                    count_today: prev.count_today,
+                    day_start: prev.day_start,
+                    forget_at: prev.forget_at.max(now.saturating_add(ban_ms)),
+                    enforced: false,
+                };
+                self.hit(rule);
+                self.bans.insert(src, record);
+                self.sources.remove(&src);
+                return Verdict::Pass;
+            }
+        }
         let escalate = repeat.bans > 0 && count >= repeat.bans;
         let (effective, duration_ms, reason) = if escalate {
             (
@@ -1057,10 +1141,44 @@ impl Detector {
         st
     }
 
+    /// A trunk peer that a rule would ban: its messages are dropped in user space for
+    /// `ban_ms` (the unknown-host gate's reject state), with one alert per rejection; no
+    /// ban record, so neither the kernel nor `is_banned` ever sees it.
+    fn reject_trunk_peer(
+        &mut self,
+        now: Millis,
+        src: IpAddr,
+        rule: Rule,
+        ban_ms: u64,
+        reason: &str,
+    ) -> Verdict {
+        self.hit(rule);
+        let st = self.source(now, src);
+        let fresh = st.peer_rejected_until <= now;
+        let until = now.saturating_add(ban_ms);
+        st.peer_rejected_until = st.peer_rejected_until.max(until);
+        st.rejected_until = st.rejected_until.max(until);
+        if fresh {
+            let message = format!(
+                "trunk peer {src} not banned (trunk peers never are): its requests that are \
+                 not the trunk's own are dropped for {}: {reason}",
+                fmt_ms(ban_ms)
+            );
+            self.alert(now, rule, Some(src), None, message);
+        }
+        if self.cfg.monitor {
+            Verdict::Pass
+        } else {
+            Verdict::Drop { rule }
+        }
+    }
+
     fn is_trusted(&self, ip: IpAddr) -> bool {
-        is_loopback(ip)
-            || self.cfg.trunk_peers.iter().any(|&p| canonical(p) == ip)
-            || self.cfg.allow.iter().any(|c| c.contains(ip))
+        is_loopback(ip) || self.cfg.allow.iter().any(|c| c.contains(ip))
+    }
+
+    fn is_trunk_peer(&self, ip: IpAddr) -> bool {
+        self.cfg.trunk_peers.iter().any(|&p| canonical(p) == ip)
     }
 
     fn hit(&mut self, rule: Rule) {
@@ -1530,14 +1648,30 @@ mod tests {
     }
 
     #[test]
-    fn a_success_resets_the_account_count() {
+    fn the_real_phones_successes_do_not_hide_a_guesser() {
+        // Distributed guessing while the phone re-registers between the guesses: the
+        // phone's successes do not forgive the guesses (the lock spares the phone anyway).
         let mut d = Detector::new(quiet_gate());
-        let src = ip("192.0.2.51");
-        d.observe(T0, auth_fail(src, "100"));
-        d.observe(T0 + 1, auth_fail(src, "100"));
-        d.observe(T0 + 2, Observation::AuthSuccess { src, user: "100" });
-        assert_eq!(d.observe(T0 + 3, auth_fail(src, "100")), Verdict::Pass);
-        assert!(!d.is_locked(T0 + 4, "100"));
+        let phone = ip("10.0.0.5");
+        let guessers = [ip("192.0.2.51"), ip("192.0.2.52"), ip("192.0.2.53")];
+        let mut verdicts = Vec::new();
+        for (i, g) in guessers.into_iter().enumerate() {
+            let t = T0 + i as u64 * MINUTE;
+            d.observe(
+                t,
+                Observation::AuthSuccess {
+                    src: phone,
+                    user: "103",
+                },
+            );
+            verdicts.push(d.observe(t + 1, auth_fail(g, "103")));
+        }
+        assert_eq!(&verdicts[..2], &[Verdict::Pass, Verdict::Pass]);
+        assert!(matches!(&verdicts[2], Verdict::LockAccount { user, .. } if user == "103"));
+        assert!(d.is_locked(T0 + 3 * MINUTE, "103"));
+        let lock = d.lock_of(T0 + 3 * MINUTE, "103").unwrap();
+        assert_eq!(lock.until, T0 + 2 * MINUTE + 1 + 15 * MINUTE);
+        assert!(d.lock_of(T0 + 3 * MINUTE, "104").is_none());
     }
 
     #[test]
@@ -1662,19 +1796,54 @@ mod tests {
     }
 
     #[test]
-    fn allow_listed_trunks_and_loopback_are_never_banned() {
+    fn trunk_peers_are_inspected_but_rejected_in_user_space_never_banned() {
+        let mut cfg = DetectConfig::default();
+        cfg.trunk_peers = vec![ip("203.0.113.200")];
+        let mut d = Detector::new(cfg);
+        let peer = ip("::ffff:203.0.113.200");
+        // A scanner forging the provider's address: dropped, one alert, no ban.
+        for i in 0..20u64 {
+            assert_eq!(
+                d.observe(T0 + i, msg(peer, Some("OPTIONS"), Some("friendly-scanner"))),
+                Verdict::Drop {
+                    rule: Rule::Scanner
+                }
+            );
+        }
+        let alerts: Vec<Alert> = std::iter::from_fn(|| d.poll_alert()).collect();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert!(alerts[0].message.contains("not banned"), "{alerts:?}");
+        assert!(!d.is_banned(T0 + 20, peer));
+        assert!(d.bans(T0 + 20).is_empty());
+        // Plain requests stay rejected for the ban's length, then pass again.
+        let scanner_ms = DetectConfig::default().scanner.ban_ms;
+        assert!(matches!(
+            d.observe(T0 + 30, msg(peer, Some("OPTIONS"), Some("Yealink"))),
+            Verdict::Drop { .. }
+        ));
+        let later = T0 + 20 + scanner_ms;
+        assert_eq!(
+            d.observe(later, msg(peer, Some("OPTIONS"), Some("Yealink"))),
+            Verdict::Pass
+        );
+        // Stored or manual bans of a trunk peer are ignored; rules counted it.
+        d.restore_ban(later, peer, later + DAY, Rule::Manual, 1);
+        assert!(!d.is_banned(later + 1, peer));
+        assert!(d.rule_hits()[Rule::Scanner.index()].1 >= 1);
+    }
+
+    #[test]
+    fn allow_listed_and_loopback_are_never_banned() {
         let mut cfg = DetectConfig::default();
         cfg.allow = vec![
             "10.0.0.0/8".parse::<Cidr>().unwrap(),
             "2001:db8:1::/48".parse().unwrap(),
         ];
-        cfg.trunk_peers = vec![ip("203.0.113.200")];
         let mut d = Detector::new(cfg);
         let trusted = [
             ip("10.20.30.40"),
             ip("::ffff:10.1.1.1"),
             ip("2001:db8:1:ffff::9"),
-            ip("203.0.113.200"),
             ip("127.0.0.1"),
             ip("::1"),
         ];
@@ -1786,6 +1955,61 @@ mod tests {
         );
         assert!(!d.is_locked(T0 + 5, "700"));
         assert_eq!(d.rule_hits()[Rule::Malformed.index()].1, 1);
+    }
+
+    #[test]
+    fn monitor_mode_keeps_counting_after_the_first_would_be_ban() {
+        let mut cfg = quiet_gate();
+        cfg.monitor = true;
+        let mut d = Detector::new(cfg);
+        let src = ip("192.0.2.110");
+        // 30 wrong passwords (distinct users): enforcing would ban at the 10th, and again
+        // at the 20th and 30th had the source been let through.
+        for i in 0..30u64 {
+            assert_eq!(
+                d.observe(T0 + i, auth_fail(src, &format!("g{i}"))),
+                Verdict::Pass
+            );
+        }
+        assert_eq!(d.rule_hits()[Rule::AuthFailures.index()].1, 3);
+        assert_eq!(d.stats().would_be_bans, 3);
+        // One alert for the shadow period, not one per would-be ban.
+        let alerts: Vec<Alert> = std::iter::from_fn(|| d.poll_alert()).collect();
+        assert_eq!(
+            alerts
+                .iter()
+                .filter(|a| a.rule == Rule::AuthFailures)
+                .count(),
+            1
+        );
+        assert!(alerts.iter().all(|a| !a.enforced));
+        assert!(!d.is_banned(T0 + 31, src));
+        assert!(!d.bans(T0 + 31)[0].enforced);
+        // Its messages are what enforcing would have dropped, and still judged: a scanner
+        // fingerprint counts every time.
+        for i in 0..5 {
+            d.observe(
+                T0 + 40 + i,
+                msg(src, Some("OPTIONS"), Some("friendly-scanner")),
+            );
+        }
+        assert_eq!(d.stats().would_be_dropped, 5);
+        assert_eq!(d.rule_hits()[Rule::Scanner.index()].1, 5);
+        assert_eq!(d.stats().would_be_bans, 8);
+        // A shadow lock keeps counting too: 6 failures on one account = 2 would-be locks.
+        let other = ip("192.0.2.111");
+        for i in 0..6u64 {
+            d.observe(T0 + 100 + i, auth_fail(other, "800"));
+        }
+        assert_eq!(d.rule_hits()[Rule::AccountGuessing.index()].1, 2);
+        assert!(!d.is_locked(T0 + 200, "800"));
+        // Enforcing mode counts none of this.
+        let mut e = Detector::new(quiet_gate());
+        for i in 0..30u64 {
+            e.observe(T0 + i, auth_fail(src, &format!("g{i}")));
+        }
+        assert_eq!(e.stats().would_be_bans, 0);
+        assert_eq!(e.rule_hits()[Rule::AuthFailures.index()].1, 1);
     }
 
     #[test]

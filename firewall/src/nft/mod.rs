@@ -6,14 +6,20 @@
 //! hook input, priority -5, policy accept: we drop only what we own):
 //!
 //! 1. `iifname "lo" accept`
-//! 2. `ip saddr @allow4 accept`, `ip6 saddr @allow6 accept` (interval sets: allow list and
-//!    trunk peers; so an allow-listed source is never dropped, even if it is also banned)
+//! 2. `ip saddr @allow4 accept`, `ip6 saddr @allow6 accept` (interval sets: the allow list
+//!    only; so an allow-listed source is never dropped, even if it is also banned)
 //! 3. `ip saddr @ban4 counter name "banned" drop`, same for `@ban6` (timeout sets: each
 //!    element carries its own timeout)
-//! 4. on the SIP ports (TCP and UDP) a per-source meter, `limit rate over N/second burst M`
-//!    → `counter name "flood" drop`; IPv6 sources are metered per /64. A coarse safety net
-//!    far above what user space bans for, so floods never wake the daemon.
-//! 5. if `rtp_closed`, per family: `meta nfproto ipv4 udp dport LO-HI ip saddr . udp dport
+//! 4. with a `trunk_flood_rate`, on the SIP ports, per family: `ip saddr . meta l4proto .
+//!    th sport @trunk4` (a trunk's own traffic: its address or networks, its transport, its
+//!    signalling port or any port) → a per-address meter at the trunks' rate → `counter name
+//!    "trunk_flood" drop`. Trunk peers are never accepted ahead of the limits: a UDP source
+//!    address can be forged, so the trunk sets only choose which rate applies.
+//! 5. on the SIP ports (TCP and UDP) a per-source meter, `limit rate over N/second burst M`
+//!    → `counter name "flood" drop`, for everything rule 4 did not meter (other traffic from
+//!    a trunk's address included); IPv6 sources are metered per /64. A coarse safety net far
+//!    above what user space bans for, so floods never wake the daemon.
+//! 6. if `rtp_closed`, per family: `meta nfproto ipv4 udp dport LO-HI ip saddr . udp dport
 //!    != @rtp_open4 counter name "rtp_closed" drop`, and the same with `ip6 saddr` and
 //!    `@rtp_open6` (one counter for both)
 //!
@@ -52,6 +58,9 @@ use thiserror::Error;
 
 use crate::net::{canonical, Cidr};
 use runner::Runner;
+
+/// Most trunk peer entries in the kernel's trunk sets (trunks × (1 + `inbound_from`)).
+pub const MAX_TRUNK_PEERS: usize = 4_096;
 
 /// Longest ban the kernel is given: one year (longer bans are re-applied from the store).
 pub const MAX_BAN_SECS: u64 = 365 * 24 * 3600;
@@ -113,11 +122,54 @@ pub struct FloodLimit {
     pub burst: u32,
 }
 
+impl FloodLimit {
+    /// The trunks' default: a provider link carrying a branch office's calls (each call is
+    /// a handful of SIP packets) stays far below it.
+    pub const TRUNK_DEFAULT: FloodLimit = FloodLimit {
+        per_second: 1_000,
+        burst: 2_000,
+    };
+}
+
 impl Default for FloodLimit {
     fn default() -> Self {
         FloodLimit {
             per_second: 200,
             burst: 400,
+        }
+    }
+}
+
+/// Transport of a trunk's traffic as the kernel sees it (TLS is TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkProto {
+    /// UDP.
+    Udp,
+    /// TCP (SIP over TCP or TLS).
+    Tcp,
+}
+
+/// A trunk's own traffic for the kernel: from `net` over `proto`, from source port `port`
+/// (`None`: any port, e.g. connections the provider opens, or `inbound_from` networks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkPeer {
+    /// The provider's address (a host route) or one of its networks.
+    pub net: Cidr,
+    /// Its transport.
+    pub proto: TrunkProto,
+    /// Its source port; `None` = any.
+    pub port: Option<u16>,
+}
+
+impl TrunkPeer {
+    /// One address (canonical: IPv4-mapped IPv6 counts as IPv4) as a host route.
+    pub fn host(ip: IpAddr, proto: TrunkProto, port: Option<u16>) -> TrunkPeer {
+        TrunkPeer {
+            net: host(ip),
+            proto,
+            port,
         }
     }
 }
@@ -137,10 +189,14 @@ pub struct NftConfig {
     pub rtp_closed: bool,
     /// Networks accepted before any ban or meter.
     pub allow: Vec<Cidr>,
-    /// Trunk peers, accepted like `allow`.
-    pub trunk_peers: Vec<IpAddr>,
+    /// The trunks' own traffic, metered at `trunk_flood_rate` instead of `flood_rate`
+    /// (never accepted ahead of the ban sets, meters or the closed RTP range).
+    pub trunk_peers: Vec<TrunkPeer>,
     /// Per-source flood meter on the SIP ports; `None` turns it off.
     pub flood_rate: Option<FloodLimit>,
+    /// Per-address meter for `trunk_peers` on the SIP ports (higher than `flood_rate`: a
+    /// provider carries many calls); `None` meters them with everyone else.
+    pub trunk_flood_rate: Option<FloodLimit>,
     /// Run nft inside this network namespace (`ip netns exec NS nft …`); tests use it.
     pub netns: Option<String>,
     /// The nft program: a name looked up in PATH, or a path.
@@ -159,6 +215,7 @@ impl Default for NftConfig {
             allow: Vec::new(),
             trunk_peers: Vec::new(),
             flood_rate: Some(FloodLimit::default()),
+            trunk_flood_rate: Some(FloodLimit::TRUNK_DEFAULT),
             netns: None,
             nft: "nft".to_string(),
             nft_timeout_ms: 10_000,
@@ -182,12 +239,21 @@ impl NftConfig {
         if self.rtp_closed && (lo == 0 || lo > hi) {
             return Err(NftError::Config(format!("RTP range {lo}-{hi}")));
         }
-        if let Some(f) = self.flood_rate {
+        for f in [self.flood_rate, self.trunk_flood_rate]
+            .into_iter()
+            .flatten()
+        {
             if f.per_second == 0 {
                 return Err(NftError::Config(
                     "flood rate 0/s would drop every SIP packet; use None to turn it off".into(),
                 ));
             }
+        }
+        if self.trunk_peers.len() > MAX_TRUNK_PEERS {
+            return Err(NftError::Config(format!(
+                "{} trunk peer entries (at most {MAX_TRUNK_PEERS})",
+                self.trunk_peers.len()
+            )));
         }
         if self.nft_timeout_ms == 0 {
             return Err(NftError::Config("nft_timeout_ms must be above 0".into()));
@@ -241,6 +307,9 @@ pub struct Counters {
     pub meter_drops: u64,
     /// Packets dropped in the RTP range: not from an open (address, local port) pair.
     pub rtp_drops: u64,
+    /// Packets of trunk peers dropped by their own meter on the SIP ports.
+    #[serde(default)]
+    pub trunk_meter_drops: u64,
 }
 
 /// Owner of the `inet outpost` table: installs it, applies batches, reads counters, and
@@ -249,8 +318,8 @@ pub struct Counters {
 pub struct Enforcer {
     cfg: NftConfig,
     runner: Runner,
-    /// Our copy of the allow list (config allow + trunk peers + `Allow` ops); the kernel's
-    /// allow sets are rewritten from it.
+    /// Our copy of the allow list (config allow + `Allow` ops); the kernel's allow sets
+    /// are rewritten from it.
     allow: Vec<Cidr>,
     /// RTP (remote address, local port) pairs currently open, so a restore reopens them.
     rtp_open: BTreeSet<(IpAddr, u16)>,
@@ -271,10 +340,8 @@ impl Enforcer {
             cfg.netns.as_deref(),
             Duration::from_millis(cfg.nft_timeout_ms),
         );
-        let mut allow: Vec<Cidr> = cfg.allow.clone();
-        allow.extend(cfg.trunk_peers.iter().map(|ip| host(*ip)));
         let mut e = Enforcer {
-            allow: ruleset::normalize(&allow),
+            allow: ruleset::normalize(&cfg.allow),
             cfg,
             runner,
             rtp_open: BTreeSet::new(),
@@ -382,11 +449,13 @@ impl Enforcer {
         let (banned_packets, banned_bytes) = get(ruleset::COUNTER_BANNED)?;
         let (meter_drops, _) = get(ruleset::COUNTER_FLOOD)?;
         let (rtp_drops, _) = get(ruleset::COUNTER_RTP)?;
+        let (trunk_meter_drops, _) = get(ruleset::COUNTER_TRUNK)?;
         Ok(Counters {
             banned_packets,
             banned_bytes,
             meter_drops,
             rtp_drops,
+            trunk_meter_drops,
         })
     }
 

@@ -14,7 +14,7 @@ use nftables::stmt::{self, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::Value;
 
-use super::{FloodLimit, NftConfig};
+use super::{FloodLimit, NftConfig, TrunkPeer, TrunkProto};
 use crate::net::Cidr;
 
 /// Our chain: filter hook input, just before the usual `filter` priority (0) so our drops
@@ -25,6 +25,9 @@ pub(crate) const ALLOW4: &str = "allow4";
 pub(crate) const ALLOW6: &str = "allow6";
 pub(crate) const BAN4: &str = "ban4";
 pub(crate) const BAN6: &str = "ban6";
+/// The trunks' own traffic: `addr . l4proto . source port` interval sets per family.
+pub(crate) const TRUNK4: &str = "trunk4";
+pub(crate) const TRUNK6: &str = "trunk6";
 /// Open RTP (remote address, local port) pairs, IPv4 and IPv6.
 pub(crate) const RTP_OPEN4: &str = "rtp_open4";
 pub(crate) const RTP_OPEN6: &str = "rtp_open6";
@@ -32,9 +35,12 @@ pub(crate) const RTP_OPEN6: &str = "rtp_open6";
 pub(crate) const COUNTER_BANNED: &str = "banned";
 pub(crate) const COUNTER_FLOOD: &str = "flood";
 pub(crate) const COUNTER_RTP: &str = "rtp_closed";
+pub(crate) const COUNTER_TRUNK: &str = "trunk_flood";
 /// Meter names (the kernel's dynamic sets behind `meter`).
 const FLOOD4: &str = "flood4";
 const FLOOD6: &str = "flood6";
+const TRUNK_FLOOD4: &str = "trunk_flood4";
+const TRUNK_FLOOD6: &str = "trunk_flood6";
 /// A meter entry is forgotten after this long without packets, so the meter (65,535
 /// entries, nft's default size) keeps room for new sources.
 const METER_ENTRY_TIMEOUT_SECS: u32 = 60;
@@ -55,7 +61,7 @@ pub(crate) fn table_batch(
         NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table(t)))),
         add(NfListObject::Table(table(t))),
     ];
-    for name in [COUNTER_BANNED, COUNTER_FLOOD, COUNTER_RTP] {
+    for name in [COUNTER_BANNED, COUNTER_FLOOD, COUNTER_RTP, COUNTER_TRUNK] {
         o.push(add(NfListObject::Counter(schema::Counter {
             family: NfFamily::INet,
             table: own(t),
@@ -79,6 +85,8 @@ pub(crate) fn table_batch(
     )));
     o.push(add(set(t, BAN4, SetType::Ipv4Addr, Some(SetFlag::Timeout))));
     o.push(add(set(t, BAN6, SetType::Ipv6Addr, Some(SetFlag::Timeout))));
+    o.push(add(trunk_set(t, TRUNK4, SetType::Ipv4Addr)));
+    o.push(add(trunk_set(t, TRUNK6, SetType::Ipv6Addr)));
     o.push(add(pair_set(t, RTP_OPEN4, SetType::Ipv4Addr)));
     o.push(add(pair_set(t, RTP_OPEN6, SetType::Ipv6Addr)));
     o.push(add(NfListObject::Chain(Chain {
@@ -101,6 +109,7 @@ pub(crate) fn table_batch(
         })));
     }
     o.extend(allow_elements(t, allow));
+    o.extend(trunk_elements(t, &cfg.trunk_peers));
     let pairs: BTreeMap<(IpAddr, u16), bool> = rtp_open.iter().map(|p| (*p, true)).collect();
     o.extend(rtp_commands(t, &pairs));
     o.extend(ban_commands(t, &[], bans));
@@ -119,7 +128,8 @@ pub(crate) fn delete_table_batch(name: &str) -> Nftables<'static> {
     }
 }
 
-/// The rules of our chain, in order: loopback, allow, ban, flood meters, closed RTP range.
+/// The rules of our chain, in order: loopback, allow, ban, the trunks' meters, the flood
+/// meters, closed RTP range.
 fn rules(cfg: &NftConfig) -> Vec<Vec<Statement<'static>>> {
     let mut r = vec![
         vec![
@@ -139,7 +149,7 @@ fn rules(cfg: &NftConfig) -> Vec<Vec<Statement<'static>>> {
             drop(),
         ],
     ];
-    if let Some(limit) = cfg.flood_rate.filter(|_| !cfg.sip_ports.is_empty()) {
+    if !cfg.sip_ports.is_empty() {
         let mut ports: Vec<u16> = cfg.sip_ports.clone();
         ports.sort_unstable();
         ports.dedup();
@@ -149,12 +159,8 @@ fn rules(cfg: &NftConfig) -> Vec<Vec<Statement<'static>>> {
                 .map(|p| SetItem::Element(Expression::Number(u32::from(*p))))
                 .collect(),
         ));
-        let v6_key = Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(
-            saddr("ip6"),
-            Expression::String(own(V6_METER_MASK)),
-        )));
-        for (name, key) in [(FLOOD4, saddr("ip")), (FLOOD6, v6_key)] {
-            r.push(vec![
+        let sip = || {
+            [
                 eq(
                     meta(expr::MetaKey::L4proto),
                     Expression::Named(NamedExpression::Set(vec![
@@ -163,10 +169,49 @@ fn rules(cfg: &NftConfig) -> Vec<Vec<Statement<'static>>> {
                     ])),
                 ),
                 eq(payload("th", "dport"), port_set.clone()),
-                meter(name, key, limit),
-                counter(COUNTER_FLOOD),
-                drop(),
-            ]);
+            ]
+        };
+        // `ip saddr . meta l4proto . th sport`: what the trunk sets hold.
+        let trunk_key = |ip: &str| {
+            Expression::Named(NamedExpression::Concat(vec![
+                saddr(ip),
+                meta(expr::MetaKey::L4proto),
+                payload("th", "sport"),
+            ]))
+        };
+        if let Some(limit) = cfg.trunk_flood_rate {
+            for (ip, set, name) in [("ip", TRUNK4, TRUNK_FLOOD4), ("ip6", TRUNK6, TRUNK_FLOOD6)] {
+                let mut rule = sip().to_vec();
+                rule.extend([
+                    eq(trunk_key(ip), set_ref(set)),
+                    meter(name, saddr(ip), limit),
+                    counter(COUNTER_TRUNK),
+                    drop(),
+                ]);
+                r.push(rule);
+            }
+        }
+        if let Some(limit) = cfg.flood_rate {
+            let v6_key = Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(
+                saddr("ip6"),
+                Expression::String(own(V6_METER_MASK)),
+            )));
+            for (ip, set, name, key) in [
+                ("ip", TRUNK4, FLOOD4, saddr("ip")),
+                ("ip6", TRUNK6, FLOOD6, v6_key),
+            ] {
+                let mut rule = sip().to_vec();
+                if cfg.trunk_flood_rate.is_some() {
+                    // Metered by rule 4 already, at the trunks' own rate.
+                    rule.push(Statement::Match(Match {
+                        left: trunk_key(ip),
+                        right: set_ref(set),
+                        op: Operator::NEQ,
+                    }));
+                }
+                rule.extend([meter(name, key, limit), counter(COUNTER_FLOOD), drop()]);
+                r.push(rule);
+            }
         }
     }
     if cfg.rtp_closed {
@@ -287,6 +332,43 @@ pub(crate) fn allow_replace(table: &str, allow: &[Cidr]) -> Vec<NfObject<'static
     o
 }
 
+/// The trunk sets' elements, per family: `NET . PROTO . PORT` (a port range 0-65535 for
+/// "any port"), duplicates removed.
+fn trunk_elements(table: &str, peers: &[TrunkPeer]) -> Vec<NfObject<'static>> {
+    let mut peers: Vec<(Cidr, TrunkProto, Option<u16>)> =
+        peers.iter().map(|p| (p.net, p.proto, p.port)).collect();
+    peers.sort_by_key(|(c, proto, port)| (c.network(), c.prefix(), *proto, *port));
+    peers.dedup();
+    let mut o = Vec::new();
+    for (name, v4) in [(TRUNK4, true), (TRUNK6, false)] {
+        let elems: Vec<Expression<'static>> = peers
+            .iter()
+            .filter(|(c, _, _)| c.network().is_ipv4() == v4)
+            .map(|(c, proto, port)| {
+                let proto = match proto {
+                    TrunkProto::Udp => "udp",
+                    TrunkProto::Tcp => "tcp",
+                };
+                let port = match port {
+                    Some(p) => Expression::Number(u32::from(*p)),
+                    None => Expression::Range(Box::new(expr::Range {
+                        range: [Expression::Number(0), Expression::Number(65_535)],
+                    })),
+                };
+                Expression::Named(NamedExpression::Concat(vec![
+                    cidr(*c),
+                    Expression::String(own(proto)),
+                    port,
+                ]))
+            })
+            .collect();
+        if !elems.is_empty() {
+            o.push(add(element(table, name, elems)));
+        }
+    }
+    o
+}
+
 fn allow_elements(table: &str, allow: &[Cidr]) -> Vec<NfObject<'static>> {
     let nets = normalize(allow);
     let mut o = Vec::new();
@@ -377,6 +459,22 @@ fn set(table: &str, name: &str, ty: SetType, flag: Option<SetFlag>) -> NfListObj
         name: own(name),
         set_type: SetTypeValue::Single(ty),
         flags: flag.map(|f| HashSet::from([f])),
+        ..schema::Set::default()
+    }))
+}
+
+/// A trunk set: `ADDR_TYPE . inet_proto . inet_service`, intervals (networks, port ranges).
+fn trunk_set(table: &str, name: &str, addr_type: SetType) -> NfListObject<'static> {
+    NfListObject::Set(Box::new(schema::Set {
+        family: NfFamily::INet,
+        table: own(table),
+        name: own(name),
+        set_type: SetTypeValue::Concatenated(Cow::Owned(vec![
+            addr_type,
+            SetType::InetProto,
+            SetType::InetService,
+        ])),
+        flags: Some(HashSet::from([SetFlag::Interval])),
         ..schema::Set::default()
     }))
 }
@@ -567,8 +665,9 @@ mod tests {
         let pos = |needle: &str| rules.iter().position(|r| r.contains(needle)).unwrap();
         assert!(pos("@allow4") < pos("@ban4"));
         assert!(pos("@allow6") < pos("@ban6"));
-        assert!(pos("@ban4") < pos("flood4"));
-        assert!(pos("flood6") < pos("@rtp_open4"));
+        assert!(pos("@ban6") < pos("\"trunk_flood4\""));
+        assert!(pos("\"trunk_flood6\"") < pos("\"flood4\""));
+        assert!(pos("\"flood6\"") < pos("@rtp_open4"));
         assert!(pos("@rtp_open4") < pos("@rtp_open6"));
         assert!(rules[pos("@ban4")].contains("\"counter\":\"banned\""));
         let chain = cmds.iter().find_map(|c| c["add"].get("chain")).unwrap();
@@ -577,10 +676,95 @@ mod tests {
     }
 
     #[test]
+    fn trunk_peers_are_metered_not_accepted() {
+        let cfg = NftConfig {
+            trunk_peers: vec![
+                TrunkPeer::host(ip("203.0.113.5"), TrunkProto::Udp, Some(5060)),
+                TrunkPeer::host(ip("::ffff:203.0.113.5"), TrunkProto::Udp, Some(5060)),
+                TrunkPeer::host(ip("2001:db8::5"), TrunkProto::Tcp, None),
+                TrunkPeer {
+                    net: c("198.51.100.16/28"),
+                    proto: TrunkProto::Udp,
+                    port: None,
+                },
+            ],
+            ..NftConfig::default()
+        };
+        let v = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[]));
+        let cmds = v["nftables"].as_array().unwrap();
+        let rules: Vec<&Value> = cmds
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .map(|r| &r["expr"])
+            .collect();
+        // No rule mentioning a trunk set accepts; the trunk meter drops over its rate.
+        let trunk_rules: Vec<&&Value> = rules
+            .iter()
+            .filter(|r| r.to_string().contains("@trunk"))
+            .collect();
+        assert_eq!(trunk_rules.len(), 4, "two trunk meters, two flood meters");
+        assert!(trunk_rules
+            .iter()
+            .all(|r| !r.to_string().contains("accept")));
+        let key = serde_json::json!({"concat": [
+            {"payload": {"protocol": "ip", "field": "saddr"}},
+            {"meta": {"key": "l4proto"}},
+            {"payload": {"protocol": "th", "field": "sport"}}
+        ]});
+        let meter4 = rules
+            .iter()
+            .find(|r| r.to_string().contains("\"trunk_flood4\""))
+            .unwrap();
+        assert_eq!(
+            meter4[2],
+            serde_json::json!({"match": {"op": "==", "left": key, "right": "@trunk4"}})
+        );
+        assert_eq!(meter4[3]["meter"]["stmt"]["limit"]["rate"], 1_000);
+        assert_eq!(meter4[4], serde_json::json!({"counter": "trunk_flood"}));
+        assert_eq!(meter4[5], serde_json::json!({"drop": null}));
+        let flood4 = rules
+            .iter()
+            .find(|r| r.to_string().contains("\"flood4\""))
+            .unwrap();
+        assert_eq!(
+            flood4[2],
+            serde_json::json!({"match": {"op": "!=", "left": key, "right": "@trunk4"}})
+        );
+        // Elements: address . proto . port, "any port" as a range; the mapped duplicate gone.
+        let elems = |name: &str| {
+            cmds.iter()
+                .filter_map(|c| c["add"].get("element"))
+                .find(|e| e["name"] == name)
+                .map(|e| e["elem"].clone())
+                .unwrap()
+        };
+        assert_eq!(
+            elems("trunk4"),
+            serde_json::json!([
+                {"concat": [{"prefix": {"addr": "198.51.100.16", "len": 28}}, "udp", {"range": [0, 65535]}]},
+                {"concat": ["203.0.113.5", "udp", 5060]}
+            ])
+        );
+        assert_eq!(
+            elems("trunk6"),
+            serde_json::json!([{"concat": ["2001:db8::5", "tcp", {"range": [0, 65535]}]}])
+        );
+        // Without a trunk rate, trunk peers are metered with everyone else.
+        let plain = NftConfig {
+            trunk_flood_rate: None,
+            ..cfg
+        };
+        let s = json(&table_batch(&plain, &[], &BTreeSet::new(), &[])).to_string();
+        assert!(!s.contains("trunk_flood4"));
+        assert!(!s.contains("\"!=\",\"left\":{\"concat\":[{\"payload\":{\"protocol\":\"ip\""));
+    }
+
+    #[test]
     fn closed_rtp_and_flood_rules_follow_the_config() {
         let mut cfg = NftConfig {
             rtp_closed: false,
             flood_rate: None,
+            trunk_flood_rate: None,
             ..NftConfig::default()
         };
         let s = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[])).to_string();

@@ -86,6 +86,14 @@ pub enum Command {
     Metrics,
     /// Configuration revisions.
     Config(ConfigCommand),
+    /// Set an extension's digest algorithms: `md5`, `sha256`, `both` or `default` (the
+    /// global `[auth] algorithms`).
+    ExtDigest {
+        /// Extension number.
+        ext: String,
+        /// The choice, as named above.
+        digest: String,
+    },
     /// Set (or with `None` clear) the caller-ID an extension presents on outside calls.
     ExtCallerId {
         /// Extension number.
@@ -401,6 +409,7 @@ impl Command {
             Command::Config(c) => c.name(),
             Command::ExtCallerId { .. } => "ext_callerid",
             Command::ExtForward { .. } => "ext_forward",
+            Command::ExtDigest { .. } => "ext_digest",
             Command::Ssh(ssh) => ssh.name(),
             Command::Admin(admin) => admin.name(),
             Command::Backup(b) => b.name(),
@@ -628,6 +637,10 @@ pub struct ExtensionDetail {
     pub caller_id: Option<String>,
     /// Whether a voicemail PIN is set.
     pub vm_pin_set: bool,
+    /// Digest algorithms for its phones once they authenticated: `default` (the global
+    /// `[auth] algorithms`), `md5`, `sha256` or `both`.
+    #[serde(default)]
+    pub digest: String,
     /// The phones registered now.
     pub registrations: Vec<RegistrationInfo>,
 }
@@ -714,6 +727,14 @@ pub struct FwStatusInfo {
     pub kernel: Option<FwKernelInfo>,
     /// Hits per rule, in rule order.
     pub rule_hits: Vec<FwRuleHits>,
+    /// Monitor mode: bans and locks that enforcing would have made (every firing, also
+    /// of a source already shadow-banned).
+    #[serde(default)]
+    pub would_be_bans: u64,
+    /// Monitor mode: messages that enforcing would have dropped because their source was
+    /// banned.
+    #[serde(default)]
+    pub would_be_dropped: u64,
     /// Health of each blocklist feed, in configuration order.
     #[serde(default)]
     pub feeds: Vec<FwFeedInfo>,
@@ -856,6 +877,14 @@ pub struct FwLockInfo {
     pub rule: String,
     /// False for a monitor-mode lock that was only recorded.
     pub enforced: bool,
+    /// What the lock refuses, in words: `all sources except 10.0.0.5, 10.0.0.6`, or
+    /// `outside calls` for a toll-fraud lock.
+    #[serde(default)]
+    pub blocks: String,
+    /// The sources the lock does not apply to (they authenticated as the account within the
+    /// last week): `10.0.0.5`, or `198.51.100.7:31000` behind NAT.
+    #[serde(default)]
+    pub except: Vec<String>,
 }
 
 /// One alert.
@@ -1070,6 +1099,7 @@ mod tests {
                 },
                 caller_id: Some("0309876543".into()),
                 vm_pin_set: true,
+                digest: "sha256".into(),
                 registrations: vec![RegistrationInfo {
                     ext: "100".into(),
                     contact: "sip:100@192.0.2.7:5060".into(),
@@ -1120,6 +1150,8 @@ mod tests {
                     rule: "scanner".into(),
                     hits: 1,
                 }],
+                would_be_bans: 3,
+                would_be_dropped: 40,
                 feeds: vec![FwFeedInfo {
                     source: "/etc/outpost/drop.txt".into(),
                     refresh_secs: 3_600,
@@ -1153,6 +1185,8 @@ mod tests {
                     remaining_secs: 1,
                     rule: "account_guessing".into(),
                     enforced: true,
+                    blocks: "all sources except 10.0.0.5".into(),
+                    except: vec!["10.0.0.5".into()],
                 }],
             }),
             Reply::FwAlerts(vec![FwAlertInfo {
@@ -1213,10 +1247,13 @@ mod tests {
             runtime_allow: vec![],
             kernel: None,
             rule_hits: vec![],
+            would_be_bans: 0,
+            would_be_dropped: 0,
             feeds: vec![],
         })
         .unwrap();
         status.as_object_mut().unwrap().remove("feeds");
+        status.as_object_mut().unwrap().remove("would_be_bans");
         assert!(serde_json::from_value::<FwStatusInfo>(status).is_ok());
     }
 

@@ -2149,6 +2149,7 @@ mod tests {
                         StoredLock {
                             until: NOW + 900_000,
                             rule: Rule::AccountGuessing,
+                            except: Vec::new(),
                         },
                     ),
                     FirewallChange::Alert(Alert {

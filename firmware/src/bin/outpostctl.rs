@@ -351,6 +351,17 @@ enum ExtCmd {
         #[command(flatten)]
         password: PasswordArgs,
     },
+    /// Set the digest algorithms of the extension's phones: md5, sha256, both (SHA-256
+    /// then MD5) or default (the global [auth] algorithms). They apply once a phone has
+    /// authenticated from its address; the first challenge to a new address always offers
+    /// the global algorithms, so it tells a stranger nothing about which extensions exist.
+    Digest {
+        /// Extension number.
+        ext: String,
+        /// md5, sha256, both or default.
+        #[arg(value_parser = ["md5", "sha256", "both", "default"])]
+        algorithms: String,
+    },
     /// Set the caller-ID the extension presents on outside calls (no number: the route's
     /// or trunk's).
     Callerid {
@@ -1237,6 +1248,13 @@ fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
             ConfigCmd::Rollback { rev } => ConfigCommand::Rollback { rev },
             ConfigCmd::Diff { from, to } => ConfigCommand::Diff { from, to },
         })),
+        Cmd::Ext(ExtCmd::Digest { ext, algorithms }) => {
+            validate_ext(&ext).map_err(Failure::Usage)?;
+            one(Command::ExtDigest {
+                ext,
+                digest: algorithms,
+            })
+        }
         Cmd::Ext(ExtCmd::Callerid { ext, number }) => {
             validate_ext(&ext).map_err(Failure::Usage)?;
             one(Command::ExtCallerId { ext, number })
@@ -2723,6 +2741,9 @@ fn render_extension(e: &firmware::admin::proto::ExtensionDetail) -> String {
         "voicemail PIN".to_owned(),
         if e.vm_pin_set { "set" } else { "not set" }.to_owned(),
     ]);
+    if !e.digest.is_empty() && e.digest != "default" {
+        rows.push(vec!["digest".to_owned(), e.digest.clone()]);
+    }
     rows.push(vec![
         "registered".to_owned(),
         e.registrations.len().to_string(),
@@ -2917,6 +2938,16 @@ fn render_fw_status(s: &FwStatusInfo) -> String {
         vec!["dropped (rules)".to_owned(), s.dropped_rule.to_string()],
         vec!["alerts stored".to_owned(), s.alerts_stored.to_string()],
     ];
+    if s.mode == "monitor" {
+        rows.push(vec![
+            "would-be bans and locks".to_owned(),
+            s.would_be_bans.to_string(),
+        ]);
+        rows.push(vec![
+            "would-be drops (banned)".to_owned(),
+            s.would_be_dropped.to_string(),
+        ]);
+    }
     if !s.runtime_allow.is_empty() {
         rows.push(vec![
             "allowed at runtime".to_owned(),
@@ -3060,12 +3091,13 @@ fn render_fw_bans(b: &FwBansInfo) -> String {
                     },
                     l.rule.clone(),
                     if l.enforced { "yes" } else { "no (monitor)" }.to_owned(),
+                    sanitize(&l.blocks),
                 ]
             })
             .collect();
         out.push('\n');
         out.push_str(&format_table(
-            Some(&["LOCKED ACCOUNT", "REMAINING", "RULE", "ENFORCED"]),
+            Some(&["LOCKED ACCOUNT", "REMAINING", "RULE", "ENFORCED", "BLOCKS"]),
             &rows,
         ));
         if b.total_locks > b.locks.len() {
@@ -3257,6 +3289,7 @@ mod tests {
             },
             caller_id: None,
             vm_pin_set: true,
+            digest: "default".into(),
             registrations: vec![],
         };
         let text = render_extension(&e);
@@ -3587,6 +3620,8 @@ mod tests {
             runtime_allow: vec![],
             kernel: None,
             rule_hits: vec![],
+            would_be_bans: 0,
+            would_be_dropped: 0,
             feeds: vec![firmware::admin::proto::FwFeedInfo {
                 source: "/etc/outpost/drop.txt".into(),
                 refresh_secs: 3_600,

@@ -17,11 +17,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cdr::{Cdr, Disposition};
+use crate::lockout::{AccountLocks, TrustedSource};
 use crate::media::anchor::CallMedia;
 use crate::media::session::{Codec, Leg, MediaCommand, MediaEvent, PortPool, SessionId};
-use crate::registrar::{Binding, BindingChange, Registrar, RegistrarConfig};
+use crate::registrar::{is_unregister, Binding, BindingChange, Registrar, RegistrarConfig};
 use crate::sip::auth::{
-    parse_credentials, AuthError, Authenticator, DigestCredentials, NonceConfig, StoredSecret,
+    digest_uri_matches, parse_credentials, Algorithm, AuthError, Authenticator, DigestChoice,
+    DigestCredentials, NonceConfig, StoredSecret,
 };
 #[cfg(doc)]
 use crate::sip::transaction::DEFAULT_MAX_SERVER;
@@ -49,8 +51,6 @@ const MAX_CALLS: usize = 20_000;
 /// Retry-After of the 503 sent when the server transaction table is full: long enough for
 /// completed transactions to end (Timer J is 32 s), short enough for a phone to retry soon.
 const OVERLOAD_RETRY_AFTER_SECS: u32 = 5;
-/// Upper bound on locked accounts (there are never more than extensions).
-const MAX_LOCKS: usize = 100_000;
 /// Upper bound on MWI subscriptions.
 const MAX_MWI: usize = 50_000;
 
@@ -290,6 +290,18 @@ pub enum Event {
     },
     /// A trunk went up or down.
     TrunkChanged(crate::trunk::TrunkChange),
+    /// A trunk sent more inbound INVITEs than its `inbound_calls_per_second`: the excess got
+    /// 503. Raised at most once per [`crate::trunk::CAP_ALERT_EVERY_MS`] per trunk.
+    TrunkCallsRefused {
+        /// The trunk's name.
+        trunk: String,
+        /// Where the latest refused INVITE came from.
+        src: Peer,
+        /// Refused since the last report.
+        refused: u64,
+        /// The cap, per second.
+        limit: u32,
+    },
     /// A request authenticated (the firewall gives the source a pass).
     AuthSucceeded {
         /// Where the request came from.
@@ -737,8 +749,10 @@ pub struct Endpoint {
     /// Stands in for an unknown user's secret so the work and the answer are the same.
     decoy: StoredSecret,
     calls: HashMap<u64, Call>,
-    /// Locked accounts and until when.
-    locked: HashMap<String, Millis>,
+    /// Locked accounts, and the sources each lock does not apply to.
+    locks: AccountLocks,
+    /// Digest algorithms per extension, where not the global ones.
+    digests: HashMap<String, DigestChoice>,
     /// Voicemail recordings not yet reported, by relay session.
     recordings: HashMap<SessionId, PendingMessage>,
     /// Messages per mailbox, as the driver's index knows them.
@@ -794,7 +808,8 @@ impl Endpoint {
             users: HashMap::new(),
             decoy,
             calls: HashMap::new(),
-            locked: HashMap::new(),
+            locks: AccountLocks::new(),
+            digests: HashMap::new(),
             recordings: HashMap::new(),
             mailboxes: HashMap::new(),
             pins: HashMap::new(),
@@ -893,16 +908,34 @@ impl Endpoint {
         self.users.insert(ext.to_string(), secret);
     }
 
-    /// Locks an account until `until`: its requests fail authentication like a wrong
-    /// password (the firewall's per-account guessing rule).
+    /// Locks an account until `until` (the firewall's per-account guessing rule): requests
+    /// as it from sources that have not authenticated as it recently fail like a wrong
+    /// password; its phones keep working (see [`crate::lockout`]).
     pub fn lock_user(&mut self, now: Millis, ext: &str, until: Millis) {
-        if self.locked.len() >= MAX_LOCKS {
-            self.locked.retain(|_, &mut u| u > now);
+        self.locks.lock(now, ext, until);
+    }
+
+    /// The sources a lock of `ext` does not apply to: those that authenticated as it within
+    /// the last week, in address order.
+    pub fn trusted_sources(&self, now: Millis, ext: &str) -> Vec<TrustedSource> {
+        self.locks.trusted(now, ext)
+    }
+
+    /// Remembers `sources` as having authenticated as `ext` at `at` (restored after a
+    /// restart with the lock they were exempt from).
+    pub fn trust_sources(&mut self, now: Millis, ext: &str, sources: &[TrustedSource], at: Millis) {
+        for &s in sources {
+            self.locks.trust(now, ext, s, at);
         }
-        if self.locked.len() >= MAX_LOCKS && !self.locked.contains_key(ext) {
-            return;
+    }
+
+    /// Sets the digest algorithms of `ext` (see [`DigestChoice`] for when they apply).
+    pub fn set_user_digest(&mut self, ext: &str, choice: DigestChoice) {
+        if choice == DigestChoice::Default {
+            self.digests.remove(ext);
+        } else {
+            self.digests.insert(ext.to_string(), choice);
         }
-        self.locked.insert(ext.to_string(), until);
     }
 
     /// Sets (or with `None` clears) an extension's voicemail PIN hash (see [`pin_hash`]).
@@ -919,7 +952,7 @@ impl Endpoint {
 
     /// Lifts an account lock.
     pub fn unlock_user(&mut self, ext: &str) -> bool {
-        self.locked.remove(ext).is_some()
+        self.locks.unlock(ext)
     }
 
     /// Removes an extension and its registrations (an `Event::Bindings` follows).
@@ -927,6 +960,8 @@ impl Endpoint {
         if self.users.remove(ext).is_none() {
             return Err(EndpointError::NoSuchExtension(ext.to_string()));
         }
+        self.locks.forget(ext);
+        self.digests.remove(ext);
         let changes = self.registrar.remove_ext(ext);
         if !changes.is_empty() {
             self.events.push_back(Event::Bindings(changes));
@@ -944,8 +979,26 @@ impl Endpoint {
         self.users.len()
     }
 
-    /// Loads registrations saved before a restart.
+    /// Loads registrations saved before a restart. Each binding's source authenticated as
+    /// its extension, so it is trusted again (an account lock restored with the firewall's
+    /// state must not lock out the phones registered before the restart).
     pub fn restore_bindings(&mut self, bindings: Vec<Binding>, now: Millis) {
+        for b in bindings.iter().filter(|b| b.expires_at > now) {
+            let contact_host = crate::sip::Uri::try_from(b.contact.as_str())
+                .ok()
+                .and_then(|u| match u.host() {
+                    rsip::Host::IpAddr(ip) => Some(*ip),
+                    rsip::Host::Domain(d) => d.to_string().trim_matches(['[', ']']).parse().ok(),
+                });
+            // A live binding authenticated within one registration interval (an hour at
+            // most by default): as good as now for a trust that lasts a week.
+            self.locks.trust(
+                now,
+                &b.ext,
+                TrustedSource::of_binding(b.source, contact_host),
+                now,
+            );
+        }
         self.registrar.restore(bindings, now);
     }
 
@@ -1189,6 +1242,14 @@ impl Endpoint {
     ///
     /// Known and unknown users walk the same path (challenge first, look up afterwards, and
     /// a decoy secret for unknown names), so responses cannot be used to enumerate users.
+    /// What may differ by name is reserved for sources that already authenticated as that
+    /// name (an extension's own digest algorithms, the exemption from its lock): they know
+    /// the password, so they learn nothing.
+    ///
+    /// Order: credentials present and well-formed (else challenge / 400), digest `uri` =
+    /// Request-URI (else 400, a failure), account lock (a refused source fails like a wrong
+    /// password, except that an un-REGISTER gets the same 200 whatever the password, see
+    /// [`Endpoint::unregister_while_locked`]), then the digest itself.
     fn authenticate(
         &mut self,
         now: Millis,
@@ -1216,24 +1277,46 @@ impl Endpoint {
             if malformed {
                 self.reply(now, key, req, src, 400, None);
             } else {
-                self.challenge(now, key, req, src, status, false);
+                let claimed = if proxy {
+                    req.headers.from.uri.user()
+                } else {
+                    req.headers.to.uri.user()
+                };
+                let offered = self.offered(now, claimed, src);
+                self.challenge(now, key, req, src, status, false, offered);
             }
             return None;
         };
-        // A locked account fails like a wrong password (same answer as for unknown users).
-        let locked = self
-            .locked
-            .get(&creds.username)
-            .is_some_and(|&until| until > now);
-        let known = self.users.get(&creds.username).filter(|_| !locked);
+        // RFC 7616 §3.4.6: credentials computed for another target must not be accepted
+        // here, or an on-path attacker could replay them towards this one.
+        if !digest_uri_matches(&req.uri, &creds.uri) {
+            self.auth_failed(src, &creds.username, &req.method);
+            let mut resp = Response::to_request(req, 400, Some(&self.new_tag()));
+            resp.reason = "Digest URI Does Not Match Request-URI".to_string();
+            self.send(now, key, resp, src);
+            return None;
+        }
+        let blocked = self.locks.blocks(now, &creds.username, src.addr);
+        if blocked && req.method == Method::Register && is_unregister(req) {
+            self.unregister_while_locked(now, key, req, src, &creds);
+            return None;
+        }
+        // A lock refuses a source that did not authenticate as the account recently like a
+        // wrong password (the same answer as for unknown users); its phones pass.
+        let known = self.users.get(&creds.username).filter(|_| !blocked);
         let ha1 = known
             .unwrap_or(&self.decoy)
             .ha1(creds.algorithm)
             .to_string();
         let known = known.is_some();
-        let result = self.auth.verify(now, &creds, req.method.as_str(), &ha1);
+        let accepted = self.accepted(now, &creds.username, src);
+        let result = self
+            .auth
+            .verify_with(now, &creds, req.method.as_str(), &ha1, &accepted);
         match result {
             Ok(()) if known => {
+                let source = TrustedSource::of(src, req.headers.via.first());
+                self.locks.trust(now, &creds.username, source, now);
                 self.events.push_back(Event::AuthSucceeded {
                     src,
                     user: creds.username.clone(),
@@ -1241,11 +1324,13 @@ impl Endpoint {
                 Some(creds.username)
             }
             Err(AuthError::Stale) if known => {
-                self.challenge(now, key, req, src, status, true);
+                let offered = self.offered(now, Some(&creds.username), src);
+                self.challenge(now, key, req, src, status, true, offered);
                 None
             }
             Err(AuthError::InvalidNonce) | Err(AuthError::Replay) => {
-                self.challenge(now, key, req, src, status, false);
+                let offered = self.offered(now, Some(&creds.username), src);
+                self.challenge(now, key, req, src, status, false, offered);
                 None
             }
             Err(AuthError::Malformed(_)) => {
@@ -1253,19 +1338,102 @@ impl Endpoint {
                 None
             }
             _ => {
-                self.counters.auth_failures += 1;
-                self.events.push_back(Event::AuthFailed {
-                    src,
-                    user: creds.username.chars().take(64).collect(),
-                    method: req.method.clone(),
-                    known: self.users.contains_key(&creds.username),
-                });
+                self.auth_failed(src, &creds.username, &req.method);
                 self.reply(now, key, req, src, 403, None);
                 None
             }
         }
     }
 
+    /// An un-REGISTER from a source the lock of its account refuses.
+    ///
+    /// Un-registering must always work for a phone that has the password (a phone that
+    /// moved, rebooted onto another port or was re-provisioned must not leave a stale
+    /// binding behind), yet the answer must not tell a guesser whether its password was
+    /// right, or the lock would stop nothing: so every such un-REGISTER with a valid, fresh
+    /// nonce gets the same bare 200 (no Contact list), and only one whose credentials verify
+    /// removes bindings. A wrong password still counts as a failure against the source.
+    /// Nonce problems are answered before the password is looked at: a fresh challenge.
+    fn unregister_while_locked(
+        &mut self,
+        now: Millis,
+        key: &TxKey,
+        req: &Request,
+        src: Peer,
+        creds: &DigestCredentials,
+    ) {
+        if self.auth.check_nonce(now, &creds.nonce).is_err() {
+            self.challenge(now, key, req, src, 401, false, &[]);
+            return;
+        }
+        let secret = self.users.get(&creds.username);
+        let ha1 = secret
+            .unwrap_or(&self.decoy)
+            .ha1(creds.algorithm)
+            .to_string();
+        let known = secret.is_some();
+        let global = self.auth.algorithms().to_vec();
+        let result = self.auth.verify_with(now, creds, "REGISTER", &ha1, &global);
+        let tag = self.new_tag();
+        match result {
+            Ok(()) if known && req.headers.to.uri.user() == Some(creds.username.as_str()) => {
+                let outcome = self
+                    .registrar
+                    .register(now, &creds.username, req, src, &tag);
+                if !outcome.changes.is_empty() {
+                    self.events.push_back(Event::Bindings(outcome.changes));
+                }
+            }
+            Err(AuthError::Replay) => {
+                // Only possible after the right password was used with this nonce.
+                self.challenge(now, key, req, src, 401, false, &[]);
+                return;
+            }
+            Err(AuthError::Malformed(_)) => {
+                self.reply(now, key, req, src, 400, None);
+                return;
+            }
+            _ => self.auth_failed(src, &creds.username, &req.method),
+        }
+        let resp = Response::to_request(req, 200, Some(&tag));
+        self.send(now, key, resp, src);
+    }
+
+    /// Counts a failed authentication and tells the firewall.
+    fn auth_failed(&mut self, src: Peer, user: &str, method: &Method) {
+        self.counters.auth_failures += 1;
+        self.events.push_back(Event::AuthFailed {
+            src,
+            user: user.chars().take(64).collect(),
+            method: method.clone(),
+            known: self.users.contains_key(user),
+        });
+    }
+
+    /// The algorithms to challenge a request claiming to be `user` from `src` with: the
+    /// extension's own choice once `src` authenticated as it, the global list otherwise
+    /// (empty slice = the global list).
+    fn offered(&self, now: Millis, user: Option<&str>, src: Peer) -> &'static [Algorithm] {
+        match user.and_then(|u| self.digests.get(u).map(|c| (u, *c))) {
+            Some((u, choice)) if self.locks.is_trusted(now, u, src.addr) => choice.algorithms(),
+            _ => &[],
+        }
+    }
+
+    /// The algorithms accepted from `src` for `user`: the global list, plus the
+    /// extension's own once `src` authenticated as it. An untrusted source gets exactly the
+    /// global list whatever the name, so no answer depends on whether the name exists.
+    fn accepted(&self, now: Millis, user: &str, src: Peer) -> Vec<Algorithm> {
+        let mut list = self.auth.algorithms().to_vec();
+        for &alg in self.offered(now, Some(user), src) {
+            if !list.contains(&alg) {
+                list.push(alg);
+            }
+        }
+        list
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn challenge(
         &mut self,
         now: Millis,
@@ -1274,6 +1442,7 @@ impl Endpoint {
         src: Peer,
         status: u16,
         stale: bool,
+        algorithms: &[Algorithm],
     ) {
         let name = if status == 407 {
             "Proxy-Authenticate"
@@ -1282,7 +1451,7 @@ impl Endpoint {
         };
         let tag = self.new_tag();
         let mut resp = Response::to_request(req, status, Some(&tag));
-        for value in self.auth.challenge(now, stale) {
+        for value in self.auth.challenge_with(now, stale, algorithms) {
             resp.headers.push(name, value);
         }
         // Challenges are answered statelessly (as every rejection before a dialog, see
@@ -1311,7 +1480,7 @@ impl Endpoint {
     }
 
     fn on_invite(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
-        if let Some(trunk) = self.trunks.find_by_source(src.addr.ip()) {
+        if let Some(trunk) = self.trunks.find_by_source(src) {
             self.on_trunk_invite(now, key, req, src, trunk);
             return;
         }

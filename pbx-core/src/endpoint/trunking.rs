@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::*;
 use crate::dialplan::{OutboundError, Target};
-use crate::trunk::TrunkStatus;
+use crate::trunk::{Admission, TrunkStatus};
 
 /// An outbound call's way out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,13 @@ pub(super) struct ExternalPlan {
 }
 
 impl Endpoint {
+    /// Whether a request from `src` is a configured trunk's own (address, port and
+    /// transport; see `trunk`'s module docs). The firewall lets exactly these past its
+    /// detectors; other traffic from a provider's address is inspected like anyone's.
+    pub fn is_trunk_source(&self, src: Peer) -> bool {
+        self.trunks.find_by_source(src).is_some()
+    }
+
     /// Live state of every trunk, for `outpostctl trunks`.
     pub fn trunk_status(&self) -> Vec<TrunkStatus> {
         self.trunks.status()
@@ -406,6 +413,30 @@ impl Endpoint {
         src: Peer,
         trunk: usize,
     ) {
+        if let Admission::Refused { report } = self.trunks.admit_inbound_call(now, trunk) {
+            let (name, limit) = self
+                .trunks
+                .config(trunk)
+                .map(|c| (c.name.clone(), c.inbound_calls_per_second))
+                .unwrap_or_default();
+            if let Some(refused) = report {
+                tracing::warn!(trunk = %name, refused, limit, "inbound calls over the trunk's cap refused");
+                self.events.push_back(Event::TrunkCallsRefused {
+                    trunk: name,
+                    src,
+                    refused,
+                    limit,
+                });
+            }
+            // Stateless, like a challenge: a flood leaves no transaction state behind.
+            let tag = self.new_tag();
+            let mut resp = Response::to_request(&req, 503, Some(&tag));
+            resp.headers.push("Retry-After", "1".to_string());
+            self.stamp(&mut resp, src);
+            self.tx.send_stateless_response(&resp, src);
+            self.tx.abandon(&key);
+            return;
+        }
         self.reply(now, &key, &req, src, 100, None);
         let username = self
             .trunks

@@ -319,8 +319,29 @@ impl Authenticator {
     /// (RFC 8760 §2.4), each with realm, fresh nonce, opaque, qop="auth", algorithm, and
     /// `stale=true` when `stale`.
     pub fn challenge(&mut self, now: Millis, stale: bool) -> Vec<String> {
-        self.algorithms
-            .clone()
+        let algorithms = self.algorithms.clone();
+        self.challenge_with(now, stale, &algorithms)
+    }
+
+    /// The algorithms offered by [`Authenticator::challenge`], most preferred first.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
+    }
+
+    /// Like [`Authenticator::challenge`], offering `algorithms` (in that order) instead of
+    /// the configured list; an empty list offers the configured one.
+    pub fn challenge_with(
+        &mut self,
+        now: Millis,
+        stale: bool,
+        algorithms: &[Algorithm],
+    ) -> Vec<String> {
+        let algorithms = if algorithms.is_empty() {
+            self.algorithms.clone()
+        } else {
+            algorithms.to_vec()
+        };
+        algorithms
             .into_iter()
             .map(|alg| {
                 let nonce = self.issue_nonce(now);
@@ -351,10 +372,24 @@ impl Authenticator {
         method: &str,
         ha1: &str,
     ) -> Result<(), AuthError> {
+        let algorithms = self.algorithms.clone();
+        self.verify_with(now, creds, method, ha1, &algorithms)
+    }
+
+    /// Like [`Authenticator::verify`], accepting the algorithms in `allowed` instead of the
+    /// configured list (an extension's own choice, see [`DigestChoice`]).
+    pub fn verify_with(
+        &mut self,
+        now: Millis,
+        creds: &DigestCredentials,
+        method: &str,
+        ha1: &str,
+        allowed: &[Algorithm],
+    ) -> Result<(), AuthError> {
         if creds.realm != self.realm {
             return Err(AuthError::WrongRealm);
         }
-        if !self.algorithms.contains(&creds.algorithm) {
+        if !allowed.contains(&creds.algorithm) {
             return Err(AuthError::UnsupportedAlgorithm);
         }
         let qop = match creds.qop.as_deref() {
@@ -418,6 +453,18 @@ impl Authenticator {
             if self.evicted_through.is_none_or(|w| evicted > w) {
                 self.evicted_through = Some(evicted);
             }
+        }
+        Ok(())
+    }
+
+    /// Checks only that `nonce` is ours and still fresh at `now`, without any password:
+    /// `InvalidNonce` or `Stale`. For answers that must not depend on the password (an
+    /// un-REGISTER from a source an account lock refuses).
+    pub fn check_nonce(&self, now: Millis, nonce: &str) -> Result<(), AuthError> {
+        let (issued, _) = self.open_nonce(nonce).ok_or(AuthError::InvalidNonce)?;
+        let lifetime = self.cfg.lifetime_ms;
+        if now.saturating_sub(issued) > lifetime || issued > now.saturating_add(lifetime) {
+            return Err(AuthError::Stale);
         }
         Ok(())
     }
@@ -817,6 +864,171 @@ pub fn parse_challenge(challenge: &str) -> Result<ChallengeInfo, AuthError> {
         algorithm,
         stale,
     })
+}
+
+/// The digest algorithms of one extension (`outpostctl ext digest EXT md5|sha256|both`).
+///
+/// Known and unknown users must get the same answers before they authenticate (DESIGN.md:
+/// challenge first, look up afterwards), so a choice per extension cannot shape the first
+/// challenge: that one always offers the global `[auth] algorithms`, whatever name the
+/// request carries. The extension's choice applies to sources that have already
+/// authenticated as it (see [`crate::lockout`]): they learn nothing new from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DigestChoice {
+    /// The global `[auth] algorithms`.
+    #[default]
+    Default,
+    /// MD5 only.
+    Md5,
+    /// SHA-256 only.
+    Sha256,
+    /// SHA-256, then MD5.
+    Both,
+}
+
+impl DigestChoice {
+    /// The algorithms offered, most preferred first; empty for the global list.
+    pub fn algorithms(self) -> &'static [Algorithm] {
+        match self {
+            DigestChoice::Default => &[],
+            DigestChoice::Md5 => &[Algorithm::Md5],
+            DigestChoice::Sha256 => &[Algorithm::Sha256],
+            DigestChoice::Both => &[Algorithm::Sha256, Algorithm::Md5],
+        }
+    }
+
+    /// The name used by the CLI and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DigestChoice::Default => "default",
+            DigestChoice::Md5 => "md5",
+            DigestChoice::Sha256 => "sha256",
+            DigestChoice::Both => "both",
+        }
+    }
+}
+
+impl std::str::FromStr for DigestChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "default" => Ok(DigestChoice::Default),
+            "md5" => Ok(DigestChoice::Md5),
+            "sha256" | "sha-256" => Ok(DigestChoice::Sha256),
+            "both" => Ok(DigestChoice::Both),
+            other => Err(format!(
+                "`{}` is not a digest choice: md5, sha256, both or default",
+                other.escape_default()
+            )),
+        }
+    }
+}
+
+/// Whether the `uri` of digest credentials names the same target as the Request-URI
+/// (RFC 7616 §3.4.6, RFC 2617 §3.2.2.5), so credentials cannot be replayed towards another
+/// target.
+///
+/// Compared as RFC 3261 §19.1.4 URIs, with the equivalences phones really produce: the
+/// scheme and host compare case-insensitively (IP addresses as addresses, so IPv6 written
+/// differently is the same), the user part after %-unescaping, a missing port equals the
+/// scheme's default (5060 for `sip:`, 5061 for `sips:`; phones and SBCs add or drop
+/// `:5060`), and URI parameters are ignored (`;transport=udp`, `;user=phone` are dropped or
+/// reordered by many phones) except `maddr`, which changes the target. `sip:` and `sips:`
+/// differ.
+pub fn digest_uri_matches(request_uri: &crate::sip::Uri, digest_uri: &str) -> bool {
+    let digest_uri = digest_uri.trim();
+    let request_text = crate::sip::wire::uri_to_string(request_uri);
+    if digest_uri == request_text {
+        return true;
+    }
+    // The scheme is case-insensitive; lower it for the parser.
+    let lowered;
+    let digest_uri = match digest_uri.split_once(':') {
+        Some((scheme, rest)) if scheme.bytes().any(|c| c.is_ascii_uppercase()) => {
+            lowered = format!("{}:{rest}", scheme.to_ascii_lowercase());
+            lowered.as_str()
+        }
+        _ => digest_uri,
+    };
+    let Ok(other) = crate::sip::wire::parse_uri(digest_uri) else {
+        return false;
+    };
+    let sips = |u: &crate::sip::Uri| match &u.scheme {
+        Some(rsip::Scheme::Sip) => Some(false),
+        Some(rsip::Scheme::Sips) => Some(true),
+        // tel: and others: no equivalences beyond case.
+        _ => None,
+    };
+    let (Some(a_sips), Some(b_sips)) = (sips(request_uri), sips(&other)) else {
+        return request_text.eq_ignore_ascii_case(&crate::sip::wire::uri_to_string(&other));
+    };
+    if a_sips != b_sips {
+        return false;
+    }
+    let user = |u: &crate::sip::Uri| u.user().map(percent_decode);
+    if user(request_uri) != user(&other) {
+        return false;
+    }
+    let host = |u: &crate::sip::Uri| match u.host() {
+        rsip::Host::IpAddr(ip) => ip.to_canonical().to_string(),
+        rsip::Host::Domain(d) => {
+            let text = d.to_string();
+            let bare = text.trim_matches(['[', ']']);
+            match bare.parse::<std::net::IpAddr>() {
+                Ok(ip) => ip.to_canonical().to_string(),
+                Err(_) => text.trim_end_matches('.').to_ascii_lowercase(),
+            }
+        }
+    };
+    if host(request_uri) != host(&other) {
+        return false;
+    }
+    let default_port = if a_sips { 5061 } else { 5060 };
+    let port = |u: &crate::sip::Uri| {
+        u.port()
+            .and_then(|p| p.to_string().parse::<u16>().ok())
+            .unwrap_or(default_port)
+    };
+    if port(request_uri) != port(&other) {
+        return false;
+    }
+    let maddr = |u: &crate::sip::Uri| {
+        u.params.iter().find_map(|p| match p {
+            rsip::Param::Maddr(m) => Some(m.to_string().to_ascii_lowercase()),
+            _ => None,
+        })
+    };
+    maddr(request_uri) == maddr(&other)
+}
+
+/// `%XX` escapes decoded (RFC 3261 §19.1.4: escaped and unescaped characters are equal).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -1528,5 +1740,108 @@ mod tests {
     fn algorithm_display() {
         assert_eq!(Algorithm::Md5.to_string(), "MD5");
         assert_eq!(Algorithm::Sha256.to_string(), "SHA-256");
+    }
+
+    fn uri(s: &str) -> crate::sip::Uri {
+        crate::sip::wire::parse_uri(s).expect("a valid URI")
+    }
+
+    #[test]
+    fn digest_uri_equivalences_phones_produce_match() {
+        let r = uri("sip:pbx.example.com");
+        for same in [
+            "sip:pbx.example.com",
+            "SIP:PBX.Example.COM",
+            "sip:pbx.example.com:5060",
+            "sip:pbx.example.com;transport=udp",
+            " sip:pbx.example.com ",
+            "SIP:PBX.EXAMPLE.COM:5060;transport=udp",
+        ] {
+            assert!(digest_uri_matches(&r, same), "{same}");
+        }
+        let r = uri("sip:pbx.test");
+        assert!(digest_uri_matches(&r, "SIP:PBX.TEST:5060;transport=udp"));
+        let r = uri("sip:103@10.0.0.1:5060;transport=udp;user=phone");
+        for same in [
+            "sip:103@10.0.0.1",
+            "sip:103@10.0.0.1:5060;user=phone;transport=UDP",
+            "sip:%31%303@10.0.0.1",
+        ] {
+            assert!(digest_uri_matches(&r, same), "{same}");
+        }
+        let r = uri("sip:[2001:db8::1]:5060");
+        assert!(digest_uri_matches(&r, "sip:[2001:DB8:0::1]"));
+        let r = uri("sips:pbx.example.com");
+        assert!(digest_uri_matches(&r, "sips:pbx.example.com:5061"));
+    }
+
+    #[test]
+    fn digest_uri_for_another_target_does_not_match() {
+        let r = uri("sip:103@10.0.0.1");
+        for other in [
+            "sip:104@10.0.0.1",
+            "sip:103@10.0.0.2",
+            "sip:103@10.0.0.1:5070",
+            "sips:103@10.0.0.1",
+            "sip:103@10.0.0.1;maddr=203.0.113.9",
+            "sip:10.0.0.1",
+            "tel:103",
+            "/dir/index.html",
+            "",
+            "sip:",
+        ] {
+            assert!(!digest_uri_matches(&r, other), "{other}");
+        }
+        // The user part is case-sensitive (RFC 3261 §19.1.4).
+        let r = uri("sip:alice@pbx.example.com");
+        assert!(!digest_uri_matches(&r, "sip:Alice@pbx.example.com"));
+    }
+
+    #[test]
+    fn per_extension_algorithms_shape_challenge_and_verification() {
+        let mut a = auth();
+        a.set_algorithms(&[Algorithm::Md5]);
+        let only_md5 = a.challenge(NOW, false);
+        assert_eq!(only_md5.len(), 1);
+        assert!(only_md5[0].ends_with("algorithm=MD5"));
+        let sha = a.challenge_with(NOW, false, DigestChoice::Sha256.algorithms());
+        assert_eq!(sha.len(), 1);
+        assert!(sha[0].ends_with("algorithm=SHA-256"));
+        // The default choice offers the configured list.
+        let default = a.challenge_with(NOW, false, DigestChoice::Default.algorithms());
+        assert_eq!(default.len(), 1);
+        assert!(default[0].ends_with("algorithm=MD5"));
+        // A SHA-256 answer is refused where only MD5 is allowed, accepted where SHA-256 is.
+        let mut b = auth();
+        let creds = answer(&mut b, NOW, Algorithm::Sha256, "pw", 1);
+        let h1 = ha1_for(Algorithm::Sha256, "pw");
+        assert_eq!(
+            b.verify_with(NOW, &creds, "REGISTER", &h1, &[Algorithm::Md5]),
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+        assert_eq!(
+            b.verify_with(
+                NOW,
+                &creds,
+                "REGISTER",
+                &h1,
+                DigestChoice::Both.algorithms()
+            ),
+            Ok(())
+        );
+        assert_eq!("SHA-256".parse::<DigestChoice>(), Ok(DigestChoice::Sha256));
+        assert!("sha1".parse::<DigestChoice>().is_err());
+    }
+
+    #[test]
+    fn check_nonce_needs_no_password() {
+        let mut a = auth();
+        let creds = answer(&mut a, NOW, Algorithm::Md5, "anything", 1);
+        assert_eq!(a.check_nonce(NOW + 1, &creds.nonce), Ok(()));
+        assert_eq!(
+            a.check_nonce(NOW + 300_001, &creds.nonce),
+            Err(AuthError::Stale)
+        );
+        assert_eq!(a.check_nonce(NOW, "forged"), Err(AuthError::InvalidNonce));
     }
 }
