@@ -20,7 +20,9 @@
 #
 #   sudo bench/firewall.sh
 #   RUNS=5 FLOOD_SECS=3 CALLS=20 BANS=2000 sudo -E bench/firewall.sh
+#   FW_TOML=$'[firewall.connections]\nkernel = false' sudo -E bench/firewall.sh
 #
+# FW_TOML is appended to the appliance's configuration (whole tables).
 # Needs: root, ip, nft, sipp (sip-tester), hping3, python3, taskset. Everything is bounded:
 # RUNS sends of at most 3 s, floods by `timeout`, SIPp by -m and -timeout, polls by deadlines.
 # The namespaces are deleted and the processes stopped on exit.
@@ -139,6 +141,8 @@ enforce = "$1"
 
 [firewall.detect]
 allow = ["$PH1_IP/32", "$PH2_IP/32"]
+
+${FW_TOML:-}
 TOML
 }
 

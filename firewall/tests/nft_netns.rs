@@ -11,14 +11,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // STYLE.md: unwrap is fine in tests
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use firewall::net::Cidr;
-use firewall::nft::{self, Enforcer, FloodLimit, NftConfig, SetOp, TrunkPeer, TrunkProto};
+use firewall::nft::{
+    self, ConnLimit, ConnLimitBy, Enforcer, FloodLimit, NftConfig, SetOp, TrunkPeer, TrunkProto,
+};
 use nix::sched::{setns, CloneFlags};
 
 const SIP: u16 = 5060;
@@ -85,6 +87,60 @@ impl Netns {
         })
         .join()
         .expect("socket thread")
+    }
+}
+
+impl Netns {
+    /// A TCP listener bound inside this namespace (backlog 128: the kernel completes
+    /// handshakes without `accept`).
+    fn tcp_listener(&self, bind: SocketAddr) -> TcpListener {
+        self.in_ns(move || TcpListener::bind(bind).expect("listen inside the namespace"))
+    }
+
+    /// Connects from `src` (an address of this namespace) to `to`; `None` when the
+    /// handshake does not complete within `wait` (the SYN was dropped).
+    fn tcp_connect(&self, src: IpAddr, to: SocketAddr, wait: Duration) -> Option<TcpStream> {
+        self.in_ns(move || {
+            let domain = if to.is_ipv4() {
+                nix::sys::socket::AddressFamily::Inet
+            } else {
+                nix::sys::socket::AddressFamily::Inet6
+            };
+            // std has no bind-before-connect: connect from a socket bound to `src` with a
+            // short blocking deadline, polled by hand.
+            use nix::sys::socket::{self as s, SockFlag, SockType, SockaddrStorage};
+            use std::os::fd::AsRawFd;
+            let fd = s::socket(domain, SockType::Stream, SockFlag::SOCK_NONBLOCK, None).unwrap();
+            s::bind(
+                fd.as_raw_fd(),
+                &SockaddrStorage::from(SocketAddr::new(src, 0)),
+            )
+            .unwrap();
+            let _ = s::connect(fd.as_raw_fd(), &SockaddrStorage::from(to));
+            let stream = TcpStream::from(fd);
+            let deadline = Instant::now() + wait;
+            while Instant::now() < deadline {
+                if stream.peer_addr().is_ok() {
+                    return Some(stream);
+                }
+                if stream.take_error().ok().flatten().is_some() {
+                    return None;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            None
+        })
+    }
+
+    fn in_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        thread::spawn(move || {
+            let file = File::open(&path).expect("namespace file");
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+            f()
+        })
+        .join()
+        .expect("namespace thread")
     }
 }
 
@@ -701,4 +757,173 @@ fn sip_flood_is_metered_in_the_kernel() {
         .unwrap();
     thread::sleep(Duration::from_millis(100));
     assert_eq!(link.send(200), 200);
+}
+
+/// Starts `n` connections from `src` to `to` at once and returns how many completed within
+/// `wait` (shorter than the 1 s SYN retransmission).
+fn burst(ns: &Netns, src: IpAddr, to: SocketAddr, n: usize, wait: Duration) -> usize {
+    ns.in_ns(move || {
+        use nix::sys::socket::{self as s, SockFlag, SockType, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        let socks: Vec<TcpStream> = (0..n)
+            .map(|_| {
+                let fd = s::socket(
+                    s::AddressFamily::Inet,
+                    SockType::Stream,
+                    SockFlag::SOCK_NONBLOCK,
+                    None,
+                )
+                .unwrap();
+                s::bind(
+                    fd.as_raw_fd(),
+                    &SockaddrStorage::from(SocketAddr::new(src, 0)),
+                )
+                .unwrap();
+                let _ = s::connect(fd.as_raw_fd(), &SockaddrStorage::from(to));
+                TcpStream::from(fd)
+            })
+            .collect();
+        thread::sleep(wait);
+        socks.iter().filter(|s| s.peer_addr().is_ok()).count()
+    })
+}
+
+/// Opens up to `n` connections from `src` to `to` and returns those that completed.
+fn open_conns(ns: &Netns, src: IpAddr, to: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| ns.tcp_connect(src, to, Duration::from_millis(300)))
+        .collect()
+}
+
+#[test]
+fn connection_caps_drop_new_tcp_connections_per_source_before_accept() {
+    require_root();
+    let lab = Lab::new();
+    let cfg = NftConfig {
+        conn_limit: Some(ConnLimit {
+            ports: vec![SIP],
+            unauthenticated: 4,
+            authenticated: 6,
+            by: ConnLimitBy::Count,
+        }),
+        // Only the caps under test.
+        flood_rate: None,
+        ..lab.cfg()
+    };
+    let mut enf = Enforcer::install(cfg).unwrap();
+    let to4 = SocketAddr::new(lab.app4.into(), SIP);
+    let listener4 = lab.app.tcp_listener(to4);
+    listener4.set_nonblocking(true).unwrap();
+
+    // A stranger holds 4 connections; the 5th and later SYNs are dropped in the kernel.
+    let held = open_conns(&lab.atk, lab.atk4.into(), to4, 7);
+    assert_eq!(
+        held.len(),
+        4,
+        "connections completed from an unauthenticated source"
+    );
+    let c = enf.counters().unwrap();
+    println!("unauthenticated source: 4 of 7 connections completed, {c:?}");
+    assert!(c.conn_drops >= 3, "{c:?}");
+    // Its neighbour has its own count.
+    assert_eq!(open_conns(&lab.atk, lab.other4.into(), to4, 2).len(), 2);
+    // Connections closed by both sides no longer count.
+    drop(held);
+    thread::sleep(Duration::from_millis(100));
+    while listener4.accept().is_ok() {}
+    thread::sleep(Duration::from_millis(200));
+    let again = open_conns(&lab.atk, lab.atk4.into(), to4, 4);
+    assert_eq!(again.len(), 4);
+
+    // Authenticated, the source may open 6 more (counted from now on).
+    enf.apply(&[SetOp::Authenticated {
+        addr: lab.atk4.into(),
+        timeout_secs: 60,
+    }])
+    .unwrap();
+    assert_eq!(set_len(&lab.app, "authed4"), 1);
+    let more = open_conns(&lab.atk, lab.atk4.into(), to4, 8);
+    assert_eq!(more.len(), 6, "connections completed after authenticating");
+    // The meters' entries do not make the table look altered, and a restore keeps the
+    // authenticated sources.
+    assert!(enf.verify().unwrap());
+    lab.app.nft(&["flush", "table", "inet", "outpost"]);
+    assert!(!enf.verify().unwrap());
+    enf.restore(&[]).unwrap();
+    assert_eq!(set_len(&lab.app, "authed4"), 1);
+    // A refresh replaces the timeout; 0 removes it.
+    enf.apply(&[SetOp::Authenticated {
+        addr: lab.atk4.into(),
+        timeout_secs: 0,
+    }])
+    .unwrap();
+    assert_eq!(set_len(&lab.app, "authed4"), 0);
+
+    // IPv6 counts per /64: the attacker's two addresses share one cap.
+    let to6 = SocketAddr::new(lab.app6.into(), SIP);
+    let _listener6 = lab.app.tcp_listener(to6);
+    let a = open_conns(&lab.atk, lab.atk6.into(), to6, 3);
+    let b = open_conns(&lab.atk, lab.other6.into(), to6, 3);
+    assert_eq!(a.len() + b.len(), 4, "{} + {}", a.len(), b.len());
+    enf.apply(&[SetOp::Authenticated {
+        addr: lab.other6.into(),
+        timeout_secs: 60,
+    }])
+    .unwrap();
+    // The whole /64 is authenticated now.
+    assert_eq!(open_conns(&lab.atk, lab.atk6.into(), to6, 7).len(), 6);
+}
+
+#[test]
+fn syn_rate_limits_new_tcp_connections_per_source_without_conntrack() {
+    require_root();
+    let lab = Lab::new();
+    let cfg = NftConfig {
+        conn_limit: Some(ConnLimit {
+            ports: vec![SIP],
+            unauthenticated: 5,
+            authenticated: 50,
+            by: ConnLimitBy::SynRate,
+        }),
+        flood_rate: None,
+        ..lab.cfg()
+    };
+    let mut enf = Enforcer::install(cfg).unwrap();
+    let to4 = SocketAddr::new(lab.app4.into(), SIP);
+    let listener = lab.app.tcp_listener(to4);
+    listener.set_nonblocking(true).unwrap();
+    // A burst of 5 (and 5 a second after): 20 at once, 5 complete.
+    let got = burst(
+        &lab.atk,
+        lab.atk4.into(),
+        to4,
+        20,
+        Duration::from_millis(500),
+    );
+    let c = enf.counters().unwrap();
+    println!("SYN rate 5/s burst 5: {got} of 20 connections completed, {c:?}");
+    assert!((5..=7).contains(&got), "{got}");
+    assert!(c.conn_drops >= 13, "{c:?}");
+    // No connection tracking in the namespace.
+    let ct = lab.app.nft(&["list", "table", "inet", "outpost"]);
+    assert!(!ct.contains("ct "), "{ct}");
+    // Authenticated sources get the larger budget.
+    thread::sleep(Duration::from_millis(1_100));
+    enf.apply(&[SetOp::Authenticated {
+        addr: lab.atk4.into(),
+        timeout_secs: 60,
+    }])
+    .unwrap();
+    assert_eq!(
+        burst(
+            &lab.atk,
+            lab.atk4.into(),
+            to4,
+            20,
+            Duration::from_millis(500)
+        ),
+        20
+    );
+    assert!(enf.verify().unwrap());
+    while listener.accept().is_ok() {}
 }

@@ -343,6 +343,89 @@ pub struct FirewallConfig {
     /// `[firewall.policy]`: the toll-fraud policy for outbound calls (emergency numbers
     /// come from `[dialplan] emergency`).
     pub policy: firewall::policy::PolicyConfig,
+    /// `[firewall.connections]`: per-source caps and deadlines of TCP/TLS connections.
+    pub connections: ConnectionsConfig,
+}
+
+/// `[firewall.connections]`: how many TCP/TLS connections a source may hold and how long a
+/// connection may take to say something (see `firmware/src/driver/conn.rs`). Enforced in
+/// every firewall mode (like any resource limit); bans for connection floods are the
+/// detector's rule `connection_flood`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Connections a source that has not authenticated may hold (IPv6: per /64).
+    pub per_source: u32,
+    /// Connections a source that authenticated within `firewall.detect.unknown_host.pass_ms`
+    /// may hold (a NATed office's phones share one address).
+    pub per_source_authenticated: u32,
+    /// Connections at once, incoming and outgoing.
+    pub max: usize,
+    /// Of `max`, slots only authenticated and trusted sources (and our own outgoing
+    /// connections) may take.
+    pub reserved_authenticated: usize,
+    /// Seconds a new connection has to deliver its first complete SIP message.
+    pub first_message_secs: u64,
+    /// Seconds a message has, once its first byte arrived, to be complete.
+    pub message_secs: u64,
+    /// Idle timeout of a connection that has not carried an authenticated request.
+    pub idle_secs: u64,
+    /// Idle timeout of one that has (CRLF keep-alives count as alive).
+    pub idle_authenticated_secs: u64,
+    /// Also limit connections per source in the kernel, so a flood is dropped before
+    /// `accept` (needs kernel enforcement): `syn_rate` (the default) limits a source's new
+    /// connections per second to twice the caps above, with a burst as large (a stateless
+    /// meter); `count` caps the connections it holds at twice the caps above (nftables `ct
+    /// count`, which makes the kernel track connections for all traffic: a UDP flood then
+    /// costs the kernel ~15 % more per packet, see bench/README.md); `off` leaves it to the
+    /// daemon.
+    pub kernel: KernelConnLimit,
+}
+
+/// `firewall.connections.kernel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelConnLimit {
+    /// Connections held at once (`ct count`).
+    Count,
+    /// New connections per second (a SYN meter).
+    SynRate,
+    /// No kernel limit.
+    Off,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        let l = crate::driver::conn::ConnLimits::default();
+        ConnectionsConfig {
+            per_source: l.per_source,
+            per_source_authenticated: l.per_source_authenticated,
+            max: l.max,
+            reserved_authenticated: l.reserved_authenticated,
+            first_message_secs: l.first_message.as_secs(),
+            message_secs: l.message.as_secs(),
+            idle_secs: l.idle.as_secs(),
+            idle_authenticated_secs: l.idle_authenticated.as_secs(),
+            kernel: KernelConnLimit::SynRate,
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    /// The driver's limits.
+    pub fn limits(&self) -> crate::driver::conn::ConnLimits {
+        use std::time::Duration;
+        crate::driver::conn::ConnLimits {
+            per_source: self.per_source,
+            per_source_authenticated: self.per_source_authenticated,
+            max: self.max,
+            reserved_authenticated: self.reserved_authenticated,
+            first_message: Duration::from_secs(self.first_message_secs),
+            message: Duration::from_secs(self.message_secs),
+            idle: Duration::from_secs(self.idle_secs),
+            idle_authenticated: Duration::from_secs(self.idle_authenticated_secs),
+        }
+    }
 }
 
 impl Default for FirewallConfig {
@@ -362,6 +445,7 @@ impl Default for FirewallConfig {
             kernel_trunk_burst: firewall::nft::FloodLimit::TRUNK_DEFAULT.burst,
             feeds: Vec::new(),
             policy: firewall::policy::PolicyConfig::default(),
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -739,6 +823,44 @@ impl Config {
                 "firewall.kernel_trunk_burst",
                 "must be at least 1 when the kernel trunk meter is on",
             ));
+        }
+        let c = &fw.connections;
+        if !(1..=65_536).contains(&c.per_source) {
+            return Err(invalid(
+                "firewall.connections.per_source",
+                "must be between 1 and 65536",
+            ));
+        }
+        if !(c.per_source..=65_536).contains(&c.per_source_authenticated) {
+            return Err(invalid(
+                "firewall.connections.per_source_authenticated",
+                "must be at least per_source and at most 65536",
+            ));
+        }
+        if !(16..=1_000_000).contains(&c.max) {
+            return Err(invalid(
+                "firewall.connections.max",
+                "must be between 16 and 1000000",
+            ));
+        }
+        if c.reserved_authenticated >= c.max {
+            return Err(invalid(
+                "firewall.connections.reserved_authenticated",
+                "must be below max (strangers need some slots to authenticate at all)",
+            ));
+        }
+        for (key, secs, max) in [
+            ("first_message_secs", c.first_message_secs, 300),
+            ("message_secs", c.message_secs, 300),
+            ("idle_secs", c.idle_secs, 86_400),
+            ("idle_authenticated_secs", c.idle_authenticated_secs, 86_400),
+        ] {
+            if !(1..=max).contains(&secs) {
+                return Err(invalid(
+                    &format!("firewall.connections.{key}"),
+                    format!("must be between 1 and {max}"),
+                ));
+            }
         }
         if fw.detect.enumeration.limit > 1024 {
             return Err(invalid(
@@ -1126,6 +1248,44 @@ mod tests {
         let err = Config::from_toml_str("[registrar]\nmin_expires = 4000\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("registrar.max_expires"), "{msg}");
+    }
+
+    #[test]
+    fn connection_limits_read_from_toml_and_bad_ones_name_their_key() {
+        let c = Config::from_toml_str(
+            "[firewall.connections]\nper_source = 8\nidle_secs = 20\nkernel = \"count\"\n",
+        )
+        .unwrap();
+        let l = c.firewall.connections.limits();
+        assert_eq!((l.per_source, l.per_source_authenticated), (8, 256));
+        assert_eq!((l.max, l.reserved_authenticated), (4_096, 1_024));
+        assert_eq!(l.idle, std::time::Duration::from_secs(20));
+        assert_eq!(l.first_message, std::time::Duration::from_secs(10));
+        assert_eq!(c.firewall.connections.kernel, KernelConnLimit::Count);
+        assert_eq!(
+            Config::default().firewall.connections.kernel,
+            KernelConnLimit::SynRate
+        );
+        assert!(Config::from_toml_str("[firewall.connections]\nkernel = true\n").is_err());
+        for (toml, key) in [
+            ("per_source = 0", "firewall.connections.per_source"),
+            (
+                "per_source = 32\nper_source_authenticated = 16",
+                "firewall.connections.per_source_authenticated",
+            ),
+            (
+                "max = 64\nreserved_authenticated = 64",
+                "firewall.connections.reserved_authenticated",
+            ),
+            ("message_secs = 0", "firewall.connections.message_secs"),
+            ("idle_secs = 100000", "firewall.connections.idle_secs"),
+        ] {
+            let msg = Config::from_toml_str(&format!("[firewall.connections]\n{toml}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{toml}: {msg}");
+        }
+        assert!(Config::from_toml_str("[firewall.connections]\nper_sorce = 3\n").is_err());
     }
 
     #[test]

@@ -215,6 +215,8 @@ pub async fn run(
         relay = Some(r);
     }
     let guard = Guard::start(&cfg, &store, clock.now());
+    transports.set_conn_limits(cfg.firewall.connections.limits());
+    transports.set_trusted(guard.trusted_networks());
     let store = std::sync::Arc::new(store);
     let (commit_done_tx, mut commit_done) = mpsc::unbounded_channel::<(u64, bool)>();
     let commits = Committer::start(store.clone(), commit_done_tx)?;
@@ -549,6 +551,11 @@ impl Daemon {
             self.endpoint.set_mailbox(now, &mailbox, msgs);
         }
         let bindings = self.store.bindings_all()?;
+        // Phones registered before a restart authenticated: their sources keep the
+        // authenticated connection caps (and pass the unknown-host gate) as they reconnect.
+        for b in bindings.iter().filter(|b| b.expires_at > now) {
+            self.guard.restored_registration(now, b.source, &b.ext);
+        }
         self.endpoint.restore_bindings(bindings, now);
         Ok(())
     }
@@ -656,6 +663,15 @@ impl Daemon {
             Inbound::TransportError { peer, reason } => {
                 self.endpoint.handle_transport_error(now, peer, &reason);
             }
+            Inbound::ConnReport => self.conn_report(now),
+        }
+    }
+
+    /// Hands the transports' connection reports to the firewall (rule `connection_flood`).
+    fn conn_report(&mut self, now: Millis) {
+        let report = self.transports.take_conn_report();
+        if !report.sources.is_empty() || report.pool_refused > 0 {
+            self.guard.connections(now, &report);
         }
     }
 
@@ -739,6 +755,9 @@ impl Daemon {
         while let Some(user) = self.guard.poll_unlock() {
             self.endpoint.unlock_user(&user);
         }
+        while let Some(notice) = self.guard.poll_conn_notice() {
+            self.transports.conn_notice(notice);
+        }
         self.guard.save_toll_locks(&self.store);
         self.guard.take_writes(&mut batch);
         mailboxes.sort();
@@ -787,6 +806,8 @@ impl Daemon {
     /// Once a second: the enforcer's heartbeat, the snapshots for the metrics endpoint and
     /// the front panel, and a pending revision's deadline.
     fn tick(&mut self, now: Millis) {
+        // Reports whose wake-up was lost to a full inbound queue.
+        self.conn_report(now);
         self.follow_addresses(now);
         self.retry_trunks(now);
         let (cfg, store) = (&self.cfg, &self.store);
@@ -1073,6 +1094,17 @@ impl Daemon {
         needs_restart!(firewall.feeds, "firewall.feeds");
         needs_restart!(firewall.table, "firewall.table");
         needs_restart!(firewall.rtp_closed, "firewall.rtp_closed");
+        let (oc, nc) = (&old.firewall.connections, &new.firewall.connections);
+        if oc != nc {
+            // The daemon's caps and deadlines apply to new connections now; the kernel's
+            // caps (twice these) are set when the table is installed.
+            self.transports.set_conn_limits(nc.limits());
+            if (oc.kernel, oc.per_source, oc.per_source_authenticated)
+                != (nc.kernel, nc.per_source, nc.per_source_authenticated)
+            {
+                restart.push("firewall.connections (the kernel's connection caps)");
+            }
+        }
         let (trunks, unresolved) = core_trunks(new, &mut self.transports);
         if let Some((name, err)) = unresolved.first() {
             anyhow::bail!("trunk {name}: {err}");
@@ -1487,7 +1519,11 @@ impl Daemon {
                 Reply::done(format!("message {id} of mailbox {} deleted", msg.mailbox))
             }
             Command::Fw(fw) => {
-                let reply = tokio::task::block_in_place(|| self.guard.admin(now, fw, &self.store));
+                let mut reply =
+                    tokio::task::block_in_place(|| self.guard.admin(now, fw, &self.store));
+                if let Reply::FwStatus(st) = &mut reply {
+                    st.connections = Some(Box::new(self.transports.conn_stats()));
+                }
                 self.describe_locks(now, reply)
             }
             Command::Backup(_) => anyhow::bail!("backup commands are handled off the loop"),

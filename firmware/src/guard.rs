@@ -56,6 +56,7 @@ use crate::admin::proto::{
     FwLockInfo, FwRuleHits, FwRuleInfo, FwStatusInfo, Reply,
 };
 use crate::config::{Config, EnforceMode};
+use crate::driver::conn::ConnReport;
 use crate::store::{Batch, FirewallChange, Store, StoreError, StoredBan, StoredLock};
 use feed::{FeedError, FeedReader, ParsedFeed, MAX_FEED_BYTES, MAX_FEED_ENTRIES};
 
@@ -95,6 +96,13 @@ const MAX_DESIRED: usize = 400_000;
 const MAX_USER_LEN: usize = 64;
 /// How often a feed read in flight is looked for.
 pub const FEED_POLL_MS: u64 = 20;
+/// Notices for the transports waiting for the daemon; the oldest are dropped beyond this.
+const MAX_CONN_NOTICES: usize = 4_096;
+/// Sources whose authentication the kernel was told about (the detector keeps as many
+/// passes); beyond, a source is not added and meets the kernel's lower connection cap.
+const MAX_KERNEL_AUTHED: usize = 4_096;
+/// At most one alert per this long that the unauthenticated connection pool is full.
+const POOL_ALERT_EVERY_MS: u64 = 60_000;
 /// Reason stored with the bans of `fw import`.
 const IMPORT_REASON: &str = "imported with outpostctl fw import";
 
@@ -161,6 +169,32 @@ pub struct GuardCounters {
     pub kernel: Option<Counters>,
 }
 
+/// What the firewall tells the SIP transports about connections (see
+/// `driver::Transports::conn_notice`): drained by the daemon with [`Guard::poll_conn_notice`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnNotice {
+    /// A request from `src` authenticated: the source gets the higher connection cap for
+    /// `for_ms` (the detector's pass), and the connection it came over (TCP, TLS) the long
+    /// idle timeout.
+    Authenticated {
+        /// The request's transport and source.
+        src: Peer,
+        /// How long the source counts as authenticated.
+        for_ms: u64,
+    },
+    /// Close the source's connections and refuse new ones for `for_ms`.
+    Banned {
+        /// The banned address.
+        addr: IpAddr,
+        /// Ban length.
+        for_ms: u64,
+    },
+    /// The admin lifted a ban.
+    Unbanned(IpAddr),
+    /// The admin allowed a network (`fw allow`): no per-source cap.
+    Trusted(Cidr),
+}
+
 /// The daemon-side firewall: detector, enforcer thread, persistence and admin.
 #[derive(Debug)]
 pub struct Guard {
@@ -213,6 +247,16 @@ pub struct Guard {
     last_ban: Option<IpAddr>,
     /// When metrics last asked the enforcer for fresh kernel counters.
     counters_asked: Option<Instant>,
+    /// Notices for the SIP transports (connection caps, bans).
+    conn_notices: VecDeque<ConnNotice>,
+    /// Whether the kernel caps connections per source (then it is told who authenticated).
+    conn_kernel: bool,
+    /// Sources the kernel holds as authenticated, and until when (our estimate).
+    kernel_authed: HashMap<IpAddr, Millis>,
+    /// When the last "connection pool full" alert was raised.
+    pool_alert_at: Option<Millis>,
+    /// Connections refused because the pool was full since that alert.
+    pool_refused: u64,
 }
 
 /// One blocklist feed: its settings, what its last good read listed, and its health.
@@ -297,6 +341,11 @@ impl Guard {
             toll_dirty: false,
             last_ban: None,
             counters_asked: None,
+            conn_notices: VecDeque::new(),
+            conn_kernel: false,
+            kernel_authed: HashMap::new(),
+            pool_alert_at: None,
+            pool_refused: 0,
         };
         if !guard.feeds.is_empty() {
             match FeedReader::spawn(guard.feeds.len()) {
@@ -325,7 +374,9 @@ impl Guard {
             }
         };
         if guard.mode == Mode::Enforcing {
-            match EnforcerHandle::spawn(nft_config(cfg), kernel_bans) {
+            let nft = nft_config(cfg);
+            guard.conn_kernel = nft.conn_limit.is_some();
+            match EnforcerHandle::spawn(nft, kernel_bans) {
                 Ok(handle) => guard.enforcer = Some(handle),
                 Err(err) => {
                     guard.mode = Mode::UserSpace {
@@ -437,6 +488,12 @@ impl Guard {
             Event::AuthSucceeded { src, user } => {
                 let ip = canonical(src.addr.ip());
                 self.observe(now, Observation::AuthSuccess { src: ip, user });
+                let pass_ms = self.detector.config().unknown_host.pass_ms;
+                self.conn_notice(ConnNotice::Authenticated {
+                    src: *src,
+                    for_ms: pass_ms,
+                });
+                self.kernel_authenticated(now, ip, pass_ms);
             }
             Event::TrunkCallsRefused {
                 trunk,
@@ -495,6 +552,88 @@ impl Guard {
             }
             _ => {}
         }
+    }
+
+    /// A registration that was live when the daemon stopped (the store's bindings, read at
+    /// start): its source authenticated within the registration's lifetime, so it gets its
+    /// pass back: the unknown-host gate, the connection caps and the kernel treat it as
+    /// authenticated. Without this, an office of TCP phones reconnecting at once after a
+    /// restart would meet the stranger's cap of connections until one of them
+    /// re-registered, and be banned for the refusals.
+    pub fn restored_registration(&mut self, now: Millis, src: Peer, user: &str) {
+        let ip = canonical(src.addr.ip());
+        if self.detector.is_banned(now, ip) {
+            return;
+        }
+        self.observe(now, Observation::AuthSuccess { src: ip, user });
+        let pass_ms = self.detector.config().unknown_host.pass_ms;
+        self.conn_notice(ConnNotice::Authenticated {
+            src,
+            for_ms: pass_ms,
+        });
+        self.kernel_authenticated(now, ip, pass_ms);
+    }
+
+    /// What the transports reported about TCP/TLS connections: per source, connections
+    /// opened and refused at its cap (rule `connection_flood`), and refusals because the
+    /// unauthenticated pool was full (an alert at most once a minute: many sources at once,
+    /// none banned for it).
+    pub fn connections(&mut self, now: Millis, report: &ConnReport) {
+        for &(addr, opened, refused) in &report.sources {
+            let ip = canonical(addr);
+            if self.runtime_allowed(ip) {
+                continue;
+            }
+            self.observe(
+                now,
+                Observation::Connections {
+                    src: ip,
+                    opened,
+                    refused,
+                },
+            );
+        }
+        self.pool_refused += u64::from(report.pool_refused);
+        let due = self
+            .pool_alert_at
+            .is_none_or(|t| now >= t.saturating_add(POOL_ALERT_EVERY_MS));
+        if self.pool_refused > 0 && due {
+            let alert = Alert {
+                at: now,
+                rule: Rule::ConnectionFlood,
+                addr: None,
+                user: None,
+                message: format!(
+                    "{} TCP/TLS connections refused: the slots for unauthenticated sources are taken (many sources at once); authenticated phones keep their reserved slots",
+                    self.pool_refused
+                ),
+                enforced: true,
+            };
+            self.pool_alert_at = Some(now);
+            self.pool_refused = 0;
+            self.log_alert(now, &alert);
+            self.write(FirewallChange::Alert(alert));
+        }
+    }
+
+    /// A notice for the SIP transports (`Transports::conn_notice`).
+    pub fn poll_conn_notice(&mut self) -> Option<ConnNotice> {
+        self.conn_notices.pop_front()
+    }
+
+    /// Networks the transports must not cap per source: the allow list, trunk peers and
+    /// `fw allow` networks (loopback is always exempt).
+    pub fn trusted_networks(&self) -> Vec<Cidr> {
+        let c = self.detector.config();
+        c.allow
+            .iter()
+            .copied()
+            .chain(c.trunk_peers.iter().filter_map(|&p| {
+                let p = canonical(p);
+                Cidr::new(p, if p.is_ipv4() { 32 } else { 128 }).ok()
+            }))
+            .chain(self.runtime_allow.iter().copied())
+            .collect()
     }
 
     /// A failed SSH login from `ip` (reported by the dropbear supervisor): counts like a
@@ -863,6 +1002,10 @@ impl Guard {
             } => {
                 self.dropped_rule += 1;
                 self.last_ban = Some(addr);
+                self.conn_notice(ConnNotice::Banned {
+                    addr,
+                    for_ms: duration_ms,
+                });
                 let count_today = self.count_ban(now, addr);
                 self.write(FirewallChange::Ban(
                     addr,
@@ -958,6 +1101,43 @@ impl Guard {
             "firewall: {}",
             alert.message.escape_debug()
         );
+    }
+
+    fn conn_notice(&mut self, notice: ConnNotice) {
+        if self.conn_notices.len() >= MAX_CONN_NOTICES {
+            self.conn_notices.pop_front();
+        }
+        self.conn_notices.push_back(notice);
+    }
+
+    /// Tells the kernel that `ip` authenticated (for its connection cap): when it is new
+    /// there, or its entry has run half its time; so a phone re-registering costs one
+    /// set update per half pass, not one per REGISTER.
+    fn kernel_authenticated(&mut self, now: Millis, ip: IpAddr, pass_ms: u64) {
+        if !self.conn_kernel || self.enforcer.is_none() || self.trusted(ip) {
+            return;
+        }
+        if self.detector.is_banned(now, ip) {
+            return;
+        }
+        let fresh = self
+            .kernel_authed
+            .get(&ip)
+            .is_some_and(|&until| until.saturating_sub(now) > pass_ms / 2);
+        if fresh {
+            return;
+        }
+        if self.kernel_authed.len() >= MAX_KERNEL_AUTHED && !self.kernel_authed.contains_key(&ip) {
+            self.kernel_authed.retain(|_, until| *until > now);
+            if self.kernel_authed.len() >= MAX_KERNEL_AUTHED {
+                return;
+            }
+        }
+        self.kernel_authed.insert(ip, now.saturating_add(pass_ms));
+        self.enforce(SetOp::Authenticated {
+            addr: ip,
+            timeout_secs: pass_ms.div_ceil(1_000),
+        });
     }
 
     fn write(&mut self, change: FirewallChange) {
@@ -1345,6 +1525,7 @@ impl Guard {
         self.ban_days.remove(&ip);
         self.feed_displaced.remove(&ip);
         self.enforce(SetOp::Unban(ip));
+        self.conn_notice(ConnNotice::Unbanned(ip));
         if let Err(err) = store.fw_apply(&[FirewallChange::Unban(ip)]) {
             return Reply::error(format!(
                 "{ip} unbanned in the kernel and in memory, but the store failed: {err}"
@@ -1382,6 +1563,7 @@ impl Guard {
         }
         self.runtime_allow.push(net);
         self.enforce(SetOp::Allow(net));
+        self.conn_notice(ConnNotice::Trusted(net));
         let inside: Vec<IpAddr> = self
             .detector
             .bans(now)
@@ -1394,6 +1576,7 @@ impl Guard {
             self.ban_days.remove(ip);
             self.feed_displaced.remove(ip);
             self.enforce(SetOp::Unban(*ip));
+            self.conn_notice(ConnNotice::Unbanned(*ip));
         }
         // The feeds' next reconciliation must not ban them again.
         for f in &mut self.feeds {
@@ -1488,6 +1671,7 @@ impl Guard {
             would_be_bans: stats.would_be_bans,
             would_be_dropped: stats.would_be_dropped,
             feeds: self.feeds.iter().map(|f| f.health.clone()).collect(),
+            connections: None,
         })
     }
 
@@ -1643,6 +1827,32 @@ impl Guard {
                         "toll-fraud policy refused a call".to_string(),
                         "ban".to_string(),
                     ),
+                    Rule::ConnectionFlood => {
+                        let r = &c.connection_flood;
+                        let part = |n: u32, what: &str| {
+                            (n > 0).then(|| format!("{n} TCP/TLS connections {what}"))
+                        };
+                        let parts: Vec<String> = [
+                            part(r.refused_limit, "refused at the per-source cap"),
+                            part(r.open_limit, "opened"),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                        (
+                            if parts.is_empty() {
+                                "off".to_string()
+                            } else {
+                                format!(
+                                    "{} / {} (x{} after a successful auth)",
+                                    parts.join(" or "),
+                                    fmt_ms(r.window_ms),
+                                    r.authenticated_factor.max(1)
+                                )
+                            },
+                            ban(r.ban_ms),
+                        )
+                    }
                 };
                 FwRuleInfo {
                     rule: rule.to_string(),
@@ -1726,10 +1936,39 @@ fn nft_config(cfg: &Config) -> NftConfig {
             per_second: fw.kernel_trunk_per_second,
             burst: fw.kernel_trunk_burst,
         }),
+        conn_limit: conn_limit(cfg),
         netns: None,
         nft: fw.nft.clone(),
         nft_timeout_ms: defaults.nft_timeout_ms,
     }
+}
+
+/// The kernel's per-source connection limits: twice the daemon's caps (connections held,
+/// or new connections per second), so the connections between the two are the ones the
+/// daemon refuses and reports (rule `connection_flood`), and a flood beyond is dropped
+/// before `accept`.
+fn conn_limit(cfg: &Config) -> Option<nft::ConnLimit> {
+    let c = &cfg.firewall.connections;
+    let by = match c.kernel {
+        crate::config::KernelConnLimit::Count => nft::ConnLimitBy::Count,
+        crate::config::KernelConnLimit::SynRate => nft::ConnLimitBy::SynRate,
+        crate::config::KernelConnLimit::Off => return None,
+    };
+    let mut ports: Vec<u16> = cfg
+        .sip
+        .listen
+        .iter()
+        .chain(&cfg.tls.listen)
+        .map(|a| a.port())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    (!ports.is_empty()).then(|| nft::ConnLimit {
+        ports,
+        unauthenticated: c.per_source.saturating_mul(2),
+        authenticated: c.per_source_authenticated.saturating_mul(2),
+        by,
+    })
 }
 
 /// Length of the Request-URI on the start line of a raw request.
@@ -2940,6 +3179,186 @@ mod tests {
             }
         }
         out
+    }
+
+    fn report(sources: &[(&str, u32, u32)], pool_refused: u32) -> ConnReport {
+        ConnReport {
+            sources: sources
+                .iter()
+                .map(|&(a, opened, refused)| (ip(a), opened, refused))
+                .collect(),
+            pool_refused,
+        }
+    }
+
+    fn notices(g: &mut Guard) -> Vec<ConnNotice> {
+        std::iter::from_fn(|| g.poll_conn_notice()).collect()
+    }
+
+    #[test]
+    fn a_connection_flood_bans_the_source_in_the_kernel_and_closes_its_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        let rx = capture_ops(&mut g);
+        // Holding its 16 is allowed; the 8th refusal at the cap within 10 s bans.
+        g.connections(T0, &report(&[("203.0.113.30", 16, 7)], 0));
+        assert!(!g.is_banned(T0, ip("203.0.113.30")));
+        g.connections(T0 + 100, &report(&[("203.0.113.30", 0, 40)], 0));
+        assert!(g.is_banned(T0 + 101, ip("203.0.113.30")));
+        assert_eq!(
+            sent_ops(&rx),
+            [SetOp::Ban {
+                addr: ip("203.0.113.30"),
+                timeout_secs: 3_600
+            }]
+        );
+        assert_eq!(
+            notices(&mut g),
+            [ConnNotice::Banned {
+                addr: ip("203.0.113.30"),
+                for_ms: 3_600_000
+            }]
+        );
+        assert_eq!(g.last_ban(), Some(ip("203.0.113.30")));
+        flush(&mut g, &store);
+        let alerts = store.fw_alerts(10).unwrap();
+        assert_eq!(alerts[0].rule, Rule::ConnectionFlood);
+        assert!(
+            alerts[0].message.contains("refused at the per-source cap"),
+            "{}",
+            alerts[0].message
+        );
+        // An unban reaches the transports too.
+        g.admin(
+            T0 + 200,
+            FwCommand::Unban {
+                addr: "203.0.113.30".into(),
+            },
+            &store,
+        );
+        assert_eq!(notices(&mut g), [ConnNotice::Unbanned(ip("203.0.113.30"))]);
+    }
+
+    #[test]
+    fn an_auth_success_raises_the_sources_caps_in_the_transports_and_the_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        let rx = capture_ops(&mut g);
+        g.conn_kernel = true;
+        let phone = Peer {
+            transport: Transport::Tcp,
+            addr: "198.51.100.60:40001".parse().unwrap(),
+        };
+        let ok = |src| Event::AuthSucceeded {
+            src,
+            user: "100".into(),
+        };
+        g.feedback(T0, &ok(phone));
+        assert_eq!(
+            notices(&mut g),
+            [ConnNotice::Authenticated {
+                src: phone,
+                for_ms: 2 * 60 * MIN
+            }]
+        );
+        assert_eq!(
+            sent_ops(&rx),
+            [SetOp::Authenticated {
+                addr: phone.addr.ip(),
+                timeout_secs: 7_200
+            }]
+        );
+        // Re-registering within the first half of the pass costs the kernel nothing...
+        g.feedback(T0 + 30 * MIN, &ok(phone));
+        assert_eq!(notices(&mut g).len(), 1);
+        assert!(sent_ops(&rx).is_empty());
+        // ...after it, one refresh.
+        g.feedback(T0 + 61 * MIN, &ok(phone));
+        assert_eq!(sent_ops(&rx).len(), 1);
+        // An authenticated office is banned only far beyond a phone: 255 refusals pass.
+        g.connections(T0 + 62 * MIN, &report(&[("198.51.100.60", 3_000, 255)], 0));
+        assert!(!g.is_banned(T0 + 62 * MIN, ip("198.51.100.60")));
+        // Trusted sources are never sent to the kernel's authenticated set nor banned.
+        let lan = Peer {
+            transport: Transport::Tcp,
+            addr: "127.0.0.1:5000".parse().unwrap(),
+        };
+        g.feedback(T0, &ok(lan));
+        assert!(sent_ops(&rx).is_empty());
+        g.connections(T0, &report(&[("127.0.0.1", 100_000, 100_000)], 0));
+        assert!(!g.is_banned(T0, ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn registrations_that_survived_a_restart_give_their_sources_a_pass_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        let rx = capture_ops(&mut g);
+        g.conn_kernel = true;
+        let office = Peer {
+            transport: Transport::Tcp,
+            addr: "198.51.100.70:40000".parse().unwrap(),
+        };
+        g.restored_registration(T0, office, "100");
+        assert_eq!(
+            notices(&mut g),
+            [ConnNotice::Authenticated {
+                src: office,
+                for_ms: 2 * 60 * MIN
+            }]
+        );
+        assert_eq!(sent_ops(&rx).len(), 1);
+        // The office's phones reconnecting at once are not a flood...
+        g.connections(T0 + 10, &report(&[("198.51.100.70", 100, 84)], 0));
+        assert!(!g.is_banned(T0 + 10, ip("198.51.100.70")));
+        // ...and their first messages pass the unknown-host gate (a stranger is rejected
+        // from the 10th).
+        for n in 0..15 {
+            assert!(inspect(
+                &mut g,
+                T0 + 20,
+                "198.51.100.70",
+                &options("198.51.100.70", "Yealink", n)
+            ));
+        }
+        assert!(!g.is_banned(T0 + 20, ip("198.51.100.70")));
+    }
+
+    #[test]
+    fn a_full_connection_pool_raises_one_alert_a_minute_and_bans_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = Guard::start(&config(), &store, T0);
+        g.connections(T0, &report(&[], 30));
+        g.connections(T0 + 1_000, &report(&[], 50));
+        g.connections(T0 + MIN + 1, &report(&[], 5));
+        flush(&mut g, &store);
+        let alerts = store.fw_alerts(10).unwrap();
+        assert_eq!(alerts.len(), 2, "{alerts:?}");
+        assert!(alerts
+            .iter()
+            .all(|a| a.rule == Rule::ConnectionFlood && a.addr.is_none()));
+        // Newest first: the second alert sums what the first minute left unreported.
+        assert!(
+            alerts[0]
+                .message
+                .starts_with("55 TCP/TLS connections refused"),
+            "{}",
+            alerts[0].message
+        );
+        assert_eq!(g.detector.bans(T0).len(), 0);
+        let Reply::FwRules(rules) = g.admin(T0, FwCommand::Rules, &store) else {
+            panic!("not rules")
+        };
+        let rule = rules.iter().find(|r| r.rule == "connection_flood").unwrap();
+        assert_eq!(
+            rule.threshold,
+            "8 TCP/TLS connections refused at the per-source cap or 100 TCP/TLS connections opened / 10 s (x32 after a successful auth)"
+        );
+        assert_eq!(rule.action, "ban 1 h");
     }
 
     /// Runs `handle_timeout(now)` until the feed reads it starts have been applied (the

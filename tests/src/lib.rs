@@ -1303,6 +1303,15 @@ pub struct SipTcp {
 }
 
 impl SipTcp {
+    /// Speaks SIP on an existing connection (e.g. one made inside a network namespace with
+    /// [`in_netns`]).
+    pub fn from_stream(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Connects (2 s timeout).
     pub fn connect(target: SocketAddr) -> Option<Self> {
         let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2)).ok()?;
@@ -2217,6 +2226,20 @@ pub fn udp_socket_in(ns: &str, bind: SocketAddr) -> UdpSocket {
     })
     .join()
     .expect("the socket thread does not panic")
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (by name) and returns its result:
+/// sockets it creates belong to that namespace and can be used from any thread afterwards.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
+        f()
+    })
+    .join()
+    .expect("the namespace thread does not panic")
 }
 
 /// Status of an OPTIONS sent from `sock` to `target` (connects `sock` to it); `None`

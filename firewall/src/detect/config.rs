@@ -43,6 +43,8 @@ pub struct DetectConfig {
     pub scanner: ScannerRule,
     /// Size limits; a breach drops the message and counts as a failure.
     pub sanity: SanityRule,
+    /// TCP/TLS connections refused at the per-source cap, or opened, by one source.
+    pub connection_flood: ConnectionFloodRule,
     /// Table sizes: the memory bound under attack.
     pub limits: Limits,
 }
@@ -228,6 +230,38 @@ impl Default for ScannerRule {
     }
 }
 
+/// Connection flood: TCP/TLS connections of one source within `window_ms`, as the
+/// transports report them: those refused because the source already held its cap of
+/// concurrent connections (`[firewall.connections]`), and those opened. A phone holds one
+/// connection and opens a new one now and then; a NATed office a few hundred at most.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionFloodRule {
+    /// Refused connections that ban a source (0: not counted).
+    pub refused_limit: u32,
+    /// Opened connections that ban a source (0: not counted).
+    pub open_limit: u32,
+    /// Both limits are multiplied by this for a source that authenticated recently (it
+    /// holds an `unknown_host` pass): only far beyond a phone's behaviour is it banned.
+    pub authenticated_factor: u32,
+    /// Window length, ms.
+    pub window_ms: u64,
+    /// Ban duration, ms.
+    pub ban_ms: u64,
+}
+
+impl Default for ConnectionFloodRule {
+    fn default() -> Self {
+        ConnectionFloodRule {
+            refused_limit: 8,
+            open_limit: 100,
+            authenticated_factor: 32,
+            window_ms: 10 * SECOND,
+            ban_ms: HOUR,
+        }
+    }
+}
+
 /// Size limits for a single message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -247,7 +281,7 @@ impl Default for SanityRule {
     }
 }
 
-/// Table sizes. Worst-case memory at the defaults is about 30 MB for sources (~300 B each:
+/// Table sizes. Worst-case memory at the defaults is about 32 MB for sources (~320 B each:
 /// counters plus the keys of the last 8 malformed messages counted; ~400 B more for a source
 /// that produced unknown-user events), 20 MB for bans (~100 B each), and well under 1 MB
 /// for the rest.

@@ -27,6 +27,15 @@
 //! ban's length, one alert), never put in the kernel's ban set: the same address carries
 //! the provider's real calls, which keep reaching the core.
 //!
+//! # Connection floods
+//! The SIP transports cap concurrent TCP/TLS connections per source and report, per source,
+//! the connections they opened and those they refused at the cap
+//! ([`Observation::Connections`]). Rule `connection_flood` bans a source whose refused (or
+//! opened) connections reach `connection_flood.refused_limit` (`open_limit`) within
+//! `window_ms`; for a source holding an authentication pass (it authenticated within
+//! `unknown_host.pass_ms`) both limits are multiplied by `authenticated_factor`, so a NATed
+//! office full of phones is banned only far beyond what phones do.
+//!
 //! # Monitor mode
 //! With `monitor = true` every rule is evaluated and every ban/lock/reject raises an
 //! [`Alert`] (with `enforced: false`), but `observe` returns `Pass`. Would-be bans and locks
@@ -76,8 +85,8 @@ use crate::window::{fnv1a, Distinct, Window};
 use crate::Millis;
 
 pub use config::{
-    AccountRule, AuthSourceRule, DetectConfig, EnumerationRule, FloodRule, Limits, RepeatRule,
-    SanityRule, ScannerRule, UnknownHostRule,
+    AccountRule, AuthSourceRule, ConnectionFloodRule, DetectConfig, EnumerationRule, FloodRule,
+    Limits, RepeatRule, SanityRule, ScannerRule, UnknownHostRule,
 };
 pub use fingerprint::{header_names, MAX_HEADER_NAMES};
 
@@ -158,6 +167,16 @@ pub enum Observation<'a> {
         /// Client address.
         src: IpAddr,
     },
+    /// TCP/TLS connections of one source since its last report (the transports aggregate
+    /// them, so a flood of connections costs one observation per report, not one each).
+    Connections {
+        /// Remote address of the connections.
+        src: IpAddr,
+        /// Connections accepted.
+        opened: u32,
+        /// Connections closed at accept because the source was at its concurrent cap.
+        refused: u32,
+    },
 }
 
 impl Observation<'_> {
@@ -169,7 +188,8 @@ impl Observation<'_> {
             | Observation::AuthFailure { src, .. }
             | Observation::AuthSuccess { src, .. }
             | Observation::UnknownUser { src, .. }
-            | Observation::SshFailure { src } => src,
+            | Observation::SshFailure { src }
+            | Observation::Connections { src, .. } => src,
         }
     }
 }
@@ -204,11 +224,13 @@ pub enum Rule {
     TollFraud,
     /// Listed by a blocklist feed (`[firewall] feeds`); lifted when it leaves the feed.
     Feed,
+    /// Too many TCP/TLS connections refused at the per-source cap, or opened, in a window.
+    ConnectionFlood,
 }
 
 impl Rule {
     /// Every rule, in the order [`Detector::rule_hits`] reports them.
-    pub const ALL: [Rule; 13] = [
+    pub const ALL: [Rule; 14] = [
         Rule::Flood,
         Rule::UnknownHost,
         Rule::UnknownHostFlood,
@@ -222,6 +244,7 @@ impl Rule {
         Rule::Manual,
         Rule::TollFraud,
         Rule::Feed,
+        Rule::ConnectionFlood,
     ];
 
     /// The rule's name as in config and storage (`snake_case`).
@@ -240,6 +263,7 @@ impl Rule {
             Rule::Manual => "manual",
             Rule::TollFraud => "toll_fraud",
             Rule::Feed => "feed",
+            Rule::ConnectionFlood => "connection_flood",
         }
     }
 
@@ -370,6 +394,8 @@ struct SourceState {
     gate_reject: Window,
     gate_ban: Window,
     failures: Window,
+    conn_refused: Window,
+    conn_opened: Window,
     rejected_until: Millis,
     /// A trunk peer a rule would have banned: rejected (and alerted) until then.
     peer_rejected_until: Millis,
@@ -464,6 +490,7 @@ impl Detector {
             cfg.unknown_host.reject_ms,
             cfg.auth_source.window_ms,
             cfg.enumeration.window_ms,
+            cfg.connection_flood.window_ms,
         ]
         .into_iter()
         .max()
@@ -578,6 +605,9 @@ impl Detector {
             }
             Observation::UnknownUser { user, .. } => self.unknown_user(now, src, user),
             Observation::SshFailure { .. } => self.failure(now, src, Rule::AuthFailures),
+            Observation::Connections {
+                opened, refused, ..
+            } => self.connections(now, src, opened, refused),
         }
     }
 
@@ -1039,6 +1069,46 @@ impl Detector {
         Verdict::Pass
     }
 
+    /// Counts a source's opened and refused connections; bans at the rule's limits (times
+    /// `authenticated_factor` for a source holding an authentication pass).
+    fn connections(&mut self, now: Millis, src: IpAddr, opened: u32, refused: u32) -> Verdict {
+        let r = self.cfg.connection_flood.clone();
+        if opened == 0 && refused == 0 {
+            return Verdict::Pass;
+        }
+        let authenticated = self.passes.peek(&src).is_some_and(|&until| until > now);
+        let factor = if authenticated {
+            r.authenticated_factor.max(1)
+        } else {
+            1
+        };
+        let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+        let st = self.source(now, src);
+        let n_refused = st.conn_refused.add(now, r.window_ms, clamp(refused));
+        let n_opened = st.conn_opened.add(now, r.window_ms, clamp(opened));
+        let refused_limit = r.refused_limit.saturating_mul(factor);
+        let open_limit = r.open_limit.saturating_mul(factor);
+        let who = if authenticated {
+            " (authenticated recently)"
+        } else {
+            ""
+        };
+        let reason = if r.refused_limit > 0 && n_refused >= refused_limit {
+            format!(
+                "{n_refused} TCP/TLS connections refused at the per-source cap within {}{who}",
+                fmt_ms(r.window_ms)
+            )
+        } else if r.open_limit > 0 && n_opened >= open_limit {
+            format!(
+                "{n_opened} TCP/TLS connections opened within {}{who}",
+                fmt_ms(r.window_ms)
+            )
+        } else {
+            return Verdict::Pass;
+        };
+        self.ban(now, src, Rule::ConnectionFlood, r.ban_ms, reason)
+    }
+
     /// Records a ban of `src` (escalated for repeat offenders), raises the alert, resets
     /// the source's counters.
     fn ban(
@@ -1222,6 +1292,7 @@ fn ban_reason(b: &BanRecord) -> String {
         Rule::Manual => "banned by the admin or a blocklist",
         Rule::TollFraud => "toll fraud",
         Rule::Feed => "listed by a blocklist feed",
+        Rule::ConnectionFlood => "TCP/TLS connection flood",
     };
     if b.rule == Rule::RepeatOffender && b.trigger != Rule::RepeatOffender {
         format!(
@@ -2177,6 +2248,121 @@ mod tests {
         assert!(!d.poll_alert().unwrap().enforced);
     }
 
+    fn conns(src: IpAddr, opened: u32, refused: u32) -> Observation<'static> {
+        Observation::Connections {
+            src,
+            opened,
+            refused,
+        }
+    }
+
+    #[test]
+    fn connections_refused_at_the_cap_ban_an_unauthenticated_source_at_the_8th() {
+        let mut d = Detector::new(DetectConfig::default());
+        let src = ip("198.51.100.40");
+        // Holding its cap of 16 is no offence; seven refusals are not a flood yet.
+        assert_eq!(d.observe(T0, conns(src, 16, 0)), Verdict::Pass);
+        assert_eq!(d.observe(T0 + 10, conns(src, 0, 7)), Verdict::Pass);
+        let v = d.observe(T0 + 20, conns(src, 0, 1));
+        assert_eq!(ban_rule(&v), Some((Rule::ConnectionFlood, HOUR)));
+        let Verdict::Ban { reason, .. } = &v else {
+            unreachable!()
+        };
+        assert!(reason.contains("8 TCP/TLS connections refused"), "{reason}");
+        assert!(d.is_banned(T0 + 21, src));
+        let alert = d.poll_alert().unwrap();
+        assert_eq!(alert.rule, Rule::ConnectionFlood);
+        assert_eq!(alert.addr, Some(src));
+        // Further reports of the banned source change nothing.
+        assert_eq!(d.observe(T0 + 30, conns(src, 0, 500)), Verdict::Pass);
+        assert_eq!(d.bans(T0 + 30)[0].reason, "TCP/TLS connection flood");
+        assert_eq!(d.rule_hits()[Rule::ConnectionFlood.index()].1, 1);
+    }
+
+    #[test]
+    fn a_hundred_connections_opened_in_10s_ban_and_slower_reconnects_do_not() {
+        let mut d = Detector::new(DetectConfig::default());
+        let src = ip("198.51.100.41");
+        // A phone reconnecting every few seconds for an hour.
+        for i in 0..1_000 {
+            assert_eq!(d.observe(T0 + i * 3_600, conns(src, 1, 0)), Verdict::Pass);
+        }
+        let other = ip("198.51.100.42");
+        assert_eq!(d.observe(T0, conns(other, 99, 0)), Verdict::Pass);
+        let v = d.observe(T0 + 5_000, conns(other, 1, 0));
+        assert_eq!(ban_rule(&v), Some((Rule::ConnectionFlood, HOUR)));
+    }
+
+    #[test]
+    fn an_authenticated_source_is_banned_only_far_beyond_a_phone() {
+        let mut d = Detector::new(DetectConfig::default());
+        let office = ip("198.51.100.43");
+        d.observe(
+            T0,
+            Observation::AuthSuccess {
+                src: office,
+                user: "100",
+            },
+        );
+        // 255 refused and 3,199 opened within 10 s: still a (very busy) office.
+        assert_eq!(d.observe(T0 + 1, conns(office, 3_199, 255)), Verdict::Pass);
+        let v = d.observe(T0 + 2, conns(office, 0, 1));
+        assert_eq!(ban_rule(&v).map(|b| b.0), Some(Rule::ConnectionFlood));
+        let Verdict::Ban { reason, .. } = &v else {
+            unreachable!()
+        };
+        assert!(reason.contains("authenticated recently"), "{reason}");
+        // Once the pass has ended the source is a stranger again.
+        let mut d = Detector::new(DetectConfig::default());
+        d.observe(
+            T0,
+            Observation::AuthSuccess {
+                src: office,
+                user: "100",
+            },
+        );
+        let later = T0 + DetectConfig::default().unknown_host.pass_ms + 1;
+        let v = d.observe(later, conns(office, 0, 8));
+        assert_eq!(ban_rule(&v).map(|b| b.0), Some(Rule::ConnectionFlood));
+    }
+
+    #[test]
+    fn connection_floods_of_trusted_sources_are_never_banned() {
+        let mut cfg = DetectConfig::default();
+        cfg.allow = vec!["10.0.0.0/8".parse().unwrap()];
+        cfg.trunk_peers = vec![ip("203.0.113.5")];
+        let mut d = Detector::new(cfg);
+        for src in [ip("10.1.2.3"), ip("127.0.0.1"), ip("::1")] {
+            assert_eq!(d.observe(T0, conns(src, 10_000, 10_000)), Verdict::Pass);
+            assert!(!d.is_banned(T0 + 1, src));
+        }
+        assert!(d.poll_alert().is_none());
+        assert_eq!(d.stats().sources, 0);
+        // A trunk peer's address is inspected like anyone's (a UDP source is easily forged),
+        // but what would ban it is only dropped in user space: never a ban.
+        let trunk = ip("203.0.113.5");
+        let v = d.observe(T0, conns(trunk, 10_000, 10_000));
+        assert!(ban_rule(&v).is_none(), "{v:?}");
+        assert!(!d.is_banned(T0 + 1, trunk));
+    }
+
+    #[test]
+    fn connection_flood_limits_of_zero_turn_the_rule_off_and_monitor_only_alerts() {
+        let mut cfg = DetectConfig::default();
+        cfg.connection_flood.refused_limit = 0;
+        cfg.connection_flood.open_limit = 0;
+        let mut d = Detector::new(cfg.clone());
+        let src = ip("198.51.100.44");
+        assert_eq!(d.observe(T0, conns(src, 60_000, 60_000)), Verdict::Pass);
+        cfg = DetectConfig::default();
+        cfg.monitor = true;
+        let mut d = Detector::new(cfg);
+        assert_eq!(d.observe(T0, conns(src, 0, 8)), Verdict::Pass);
+        assert!(!d.is_banned(T0 + 1, src));
+        let alert = d.poll_alert().unwrap();
+        assert_eq!((alert.rule, alert.enforced), (Rule::ConnectionFlood, false));
+    }
+
     #[test]
     fn durations_read_well() {
         assert_eq!(fmt_ms(300_000), "300 s");
@@ -2288,9 +2474,9 @@ mod tests {
 
     #[test]
     fn per_source_state_stays_small() {
-        // The bound stated in `Limits`' docs: ~300 B per source.
+        // The bound stated in `Limits`' docs: ~320 B per source with the map's own entry.
         assert!(
-            std::mem::size_of::<SourceState>() <= 256,
+            std::mem::size_of::<SourceState>() <= 288,
             "{}",
             std::mem::size_of::<SourceState>()
         );

@@ -23,6 +23,20 @@
 //!    != @rtp_open4 counter name "rtp_closed" drop`, and the same with `ip6 saddr` and
 //!    `@rtp_open6` (one counter for both)
 //!
+//! With `conn_limit`, between 3 and 4: on new TCP connections to the SIP-over-TCP and TLS
+//! ports, per source (IPv6 per /64), either a count of the source's tracked connections
+//! (`ct state new` + `ct count over N`, [`ConnLimitBy::Count`]) or a SYN rate meter (`tcp
+//! flags syn / syn,ack` + `limit rate over N/second burst N`, [`ConnLimitBy::SynRate`]): a
+//! source in the `authed4`/`authed6` timeout sets (it authenticated recently; the daemon
+//! adds it on the call core's auth success) gets the `authenticated` limit, any other the
+//! `unauthenticated` one; a SYN beyond is dropped before `accept` → `counter name
+//! "conn_limit" drop`. Before the packet meter, so a connection flood is counted as one.
+//! `Count` makes the kernel track connections (conntrack) for all traffic in the namespace:
+//! measured, a UDP flood from a banned source is absorbed at ~15 % fewer packets per second
+//! per core (`bench/README.md`); a one-way UDP flood's entries are unassured and the first
+//! the kernel evicts when its table is full. `SynRate` costs nothing of the sort but bounds
+//! the rate of new connections, not how many a source holds (the daemon bounds that).
+//!
 //! RTP decision: the RTP range is closed except the (remote address, local port) pairs the
 //! media engine opened for live calls (sets of type `ipv4_addr . inet_service` and
 //! `ipv6_addr . inet_service`). The pairs are exactly what the relay itself accepts: per
@@ -174,6 +188,38 @@ impl TrunkPeer {
     }
 }
 
+/// Per-source limits on new TCP connections to the SIP/TLS ports, in the kernel. Meant as a
+/// bound above the daemon's own per-source caps: the connections between the two are the
+/// ones the daemon refuses and reports to the detector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnLimit {
+    /// TCP ports whose new connections are limited (SIP over TCP, TLS).
+    pub ports: Vec<u16>,
+    /// For a source outside `authed4`/`authed6` (IPv6: per /64): connections it may hold
+    /// ([`ConnLimitBy::Count`]) or new connections per second, with as many in a burst
+    /// ([`ConnLimitBy::SynRate`]).
+    pub unauthenticated: u32,
+    /// The same for a source that authenticated recently.
+    pub authenticated: u32,
+    /// What is limited.
+    #[serde(default)]
+    pub by: ConnLimitBy,
+}
+
+/// How the kernel limits a source's connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnLimitBy {
+    /// Connections held at once (`ct count` on `ct state new`): makes the kernel track
+    /// connections (conntrack) for all traffic in the namespace.
+    #[default]
+    Count,
+    /// New connections (SYNs) per second, with a burst as large (a stateless meter, like the
+    /// packet flood meter: no conntrack).
+    SynRate,
+}
+
 /// What the kernel table looks like and how to reach nft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -197,6 +243,9 @@ pub struct NftConfig {
     /// Per-address meter for `trunk_peers` on the SIP ports (higher than `flood_rate`: a
     /// provider carries many calls); `None` meters them with everyone else.
     pub trunk_flood_rate: Option<FloodLimit>,
+    /// Per-source connection caps on the SIP/TLS TCP ports; `None` (the default) turns them
+    /// off (and leaves conntrack alone).
+    pub conn_limit: Option<ConnLimit>,
     /// Run nft inside this network namespace (`ip netns exec NS nft …`); tests use it.
     pub netns: Option<String>,
     /// The nft program: a name looked up in PATH, or a path.
@@ -216,6 +265,7 @@ impl Default for NftConfig {
             trunk_peers: Vec::new(),
             flood_rate: Some(FloodLimit::default()),
             trunk_flood_rate: Some(FloodLimit::TRUNK_DEFAULT),
+            conn_limit: None,
             netns: None,
             nft: "nft".to_string(),
             nft_timeout_ms: 10_000,
@@ -254,6 +304,14 @@ impl NftConfig {
                 "{} trunk peer entries (at most {MAX_TRUNK_PEERS})",
                 self.trunk_peers.len()
             )));
+        }
+        if let Some(c) = &self.conn_limit {
+            if c.ports.is_empty() || c.unauthenticated == 0 || c.authenticated == 0 {
+                return Err(NftError::Config(
+                    "connection limits need ports and caps above 0; use None to turn them off"
+                        .into(),
+                ));
+            }
         }
         if self.nft_timeout_ms == 0 {
             return Err(NftError::Config("nft_timeout_ms must be above 0".into()));
@@ -294,6 +352,15 @@ pub enum SetOp {
         /// Local UDP port.
         port: u16,
     },
+    /// `addr` authenticated: for `timeout_secs` it may hold the authenticated number of
+    /// connections (`ConnLimit`); IPv6 counts for its whole /64. Re-sending replaces the
+    /// timeout. A no-op without `conn_limit`.
+    Authenticated {
+        /// The source (IPv4-mapped IPv6 counts as IPv4).
+        addr: IpAddr,
+        /// Seconds from now (capped like a ban; 0 removes it).
+        timeout_secs: u64,
+    },
 }
 
 /// The kernel's own counters in our table.
@@ -310,6 +377,9 @@ pub struct Counters {
     /// Packets of trunk peers dropped by their own meter on the SIP ports.
     #[serde(default)]
     pub trunk_meter_drops: u64,
+    /// New TCP connections dropped because their source held its connection cap.
+    #[serde(default)]
+    pub conn_drops: u64,
 }
 
 /// Owner of the `inet outpost` table: installs it, applies batches, reads counters, and
@@ -327,6 +397,9 @@ pub struct Enforcer {
     /// plain `add`; one in here must first reset the element (a transaction that deletes
     /// elements costs the kernel ~10 ms more, so new bans, the common case, avoid it).
     bans: HashMap<IpAddr, Instant>,
+    /// Authenticated sources (IPv6: their /64) we gave the kernel and when they run out, so
+    /// a restore re-adds them and a refresh resets the element's timeout.
+    authed: HashMap<IpAddr, Instant>,
     /// What the table looked like right after we installed it.
     fingerprint: Vec<Value>,
 }
@@ -346,6 +419,7 @@ impl Enforcer {
             runner,
             rtp_open: BTreeSet::new(),
             bans: HashMap::new(),
+            authed: HashMap::new(),
             fingerprint: Vec::new(),
         };
         e.load(&[])?;
@@ -357,6 +431,7 @@ impl Enforcer {
     /// kernel or in our copies.
     pub fn apply(&mut self, batch: &[SetOp]) -> Result<(), NftError> {
         let mut bans: BTreeMap<IpAddr, Option<u32>> = BTreeMap::new();
+        let mut authed: BTreeMap<IpAddr, Option<u32>> = BTreeMap::new();
         let mut pairs: BTreeMap<(IpAddr, u16), bool> = BTreeMap::new();
         let mut allow = self.allow.clone();
         let mut allow_changed = false;
@@ -386,10 +461,26 @@ impl Enforcer {
                 SetOp::RtpClose { addr, port } => {
                     pairs.insert((canonical(addr), port), false);
                 }
+                SetOp::Authenticated { addr, timeout_secs } => {
+                    if self.cfg.conn_limit.is_some() {
+                        authed.insert(ruleset::conn_key(canonical(addr)), ban_secs(timeout_secs));
+                    }
+                }
             }
         }
         let now = Instant::now();
         self.bans.retain(|_, until| *until + EXPIRY_SLACK > now);
+        self.authed.retain(|_, until| *until + EXPIRY_SLACK > now);
+        // An element the kernel may still hold keeps its old timeout on `add`: reset it.
+        let authed_reset: Vec<IpAddr> = authed
+            .iter()
+            .filter(|(a, secs)| secs.is_none() || self.authed.contains_key(*a))
+            .map(|(a, _)| *a)
+            .collect();
+        let authed_add: Vec<(IpAddr, u32)> = authed
+            .iter()
+            .filter_map(|(a, secs)| secs.map(|s| (*a, s)))
+            .collect();
         // Unbans always reset (an admin's unban must work even if our copy is wrong);
         // bans reset only addresses the kernel may still hold.
         let reset: Vec<IpAddr> = bans
@@ -408,6 +499,7 @@ impl Enforcer {
         }
         objects.extend(ruleset::ban_commands(table, &reset, &add));
         objects.extend(ruleset::rtp_commands(table, &pairs));
+        objects.extend(ruleset::authed_commands(table, &authed_reset, &authed_add));
         if objects.is_empty() {
             return Ok(());
         }
@@ -434,6 +526,17 @@ impl Enforcer {
                 self.rtp_open.remove(&pair);
             }
         }
+        for (addr, secs) in authed {
+            match secs {
+                Some(s) => {
+                    self.authed
+                        .insert(addr, now + Duration::from_secs(u64::from(s)));
+                }
+                None => {
+                    self.authed.remove(&addr);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -450,12 +553,14 @@ impl Enforcer {
         let (meter_drops, _) = get(ruleset::COUNTER_FLOOD)?;
         let (rtp_drops, _) = get(ruleset::COUNTER_RTP)?;
         let (trunk_meter_drops, _) = get(ruleset::COUNTER_TRUNK)?;
+        let (conn_drops, _) = get(ruleset::COUNTER_CONN)?;
         Ok(Counters {
             banned_packets,
             banned_bytes,
             meter_drops,
             rtp_drops,
             trunk_meter_drops,
+            conn_drops,
         })
     }
 
@@ -507,7 +612,24 @@ impl Enforcer {
     }
 
     fn load(&mut self, bans: &[(IpAddr, u32)]) -> Result<(), NftError> {
-        let batch = ruleset::table_batch(&self.cfg, &self.allow, &self.rtp_open, bans);
+        let mut batch = ruleset::table_batch(&self.cfg, &self.allow, &self.rtp_open, bans);
+        // The authenticated sources come back with their remaining time.
+        let now = Instant::now();
+        self.authed.retain(|_, until| *until > now);
+        if self.cfg.conn_limit.is_some() && !self.authed.is_empty() {
+            let authed: Vec<(IpAddr, u32)> = self
+                .authed
+                .iter()
+                .map(|(a, until)| {
+                    let secs = until.saturating_duration_since(now).as_secs().max(1);
+                    (*a, u32::try_from(secs).unwrap_or(u32::MAX))
+                })
+                .collect();
+            batch
+                .objects
+                .to_mut()
+                .extend(ruleset::authed_commands(&self.cfg.table, &[], &authed));
+        }
         self.run_batch(&batch)?;
         let listing = self.list()?;
         self.fingerprint = ruleset::fingerprint(&listing).ok_or_else(|| NftError::Output {

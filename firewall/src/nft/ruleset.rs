@@ -14,7 +14,7 @@ use nftables::stmt::{self, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::Value;
 
-use super::{FloodLimit, NftConfig, TrunkPeer, TrunkProto};
+use super::{ConnLimitBy, FloodLimit, NftConfig, TrunkPeer, TrunkProto};
 use crate::net::Cidr;
 
 /// Our chain: filter hook input, just before the usual `filter` priority (0) so our drops
@@ -36,6 +36,16 @@ pub(crate) const COUNTER_BANNED: &str = "banned";
 pub(crate) const COUNTER_FLOOD: &str = "flood";
 pub(crate) const COUNTER_RTP: &str = "rtp_closed";
 pub(crate) const COUNTER_TRUNK: &str = "trunk_flood";
+/// Sources that authenticated recently (timeout sets; IPv6 by /64), for the connection caps.
+pub(crate) const AUTHED4: &str = "authed4";
+pub(crate) const AUTHED6: &str = "authed6";
+/// New TCP connections dropped at a source's connection cap.
+pub(crate) const COUNTER_CONN: &str = "conn_limit";
+/// Connection-count meters: unauthenticated and authenticated sources, per family.
+const CONN4: &str = "conn4";
+const CONN6: &str = "conn6";
+const CONN_AUTH4: &str = "conn_auth4";
+const CONN_AUTH6: &str = "conn_auth6";
 /// Meter names (the kernel's dynamic sets behind `meter`).
 const FLOOD4: &str = "flood4";
 const FLOOD6: &str = "flood6";
@@ -70,6 +80,28 @@ pub(crate) fn table_batch(
             packets: None,
             bytes: None,
         })));
+    }
+    o.push(add(NfListObject::Counter(schema::Counter {
+        family: NfFamily::INet,
+        table: own(t),
+        name: own(COUNTER_CONN),
+        handle: None,
+        packets: None,
+        bytes: None,
+    })));
+    if cfg.conn_limit.is_some() {
+        o.push(add(set(
+            t,
+            AUTHED4,
+            SetType::Ipv4Addr,
+            Some(SetFlag::Timeout),
+        )));
+        o.push(add(set(
+            t,
+            AUTHED6,
+            SetType::Ipv6Addr,
+            Some(SetFlag::Timeout),
+        )));
     }
     o.push(add(set(
         t,
@@ -149,6 +181,7 @@ fn rules(cfg: &NftConfig) -> Vec<Vec<Statement<'static>>> {
             drop(),
         ],
     ];
+    r.extend(conn_limit_rules(cfg));
     if !cfg.sip_ports.is_empty() {
         let mut ports: Vec<u16> = cfg.sip_ports.clone();
         ports.sort_unstable();
@@ -246,6 +279,151 @@ fn rules(cfg: &NftConfig) -> Vec<Vec<Statement<'static>>> {
         }
     }
     r
+}
+
+/// The connection limits (with `conn_limit`), per family: new TCP connections to the
+/// SIP/TLS ports from a source in the authenticated set meet the authenticated limit, any
+/// other source's the unauthenticated one; beyond, `counter name "conn_limit" drop`. IPv6
+/// sources are counted (and looked up) per /64. New connections are `ct state new` with a
+/// `ct count` meter, or SYNs (`tcp flags syn / syn,ack`) with a rate meter.
+fn conn_limit_rules(cfg: &NftConfig) -> Vec<Vec<Statement<'static>>> {
+    let Some(limit) = cfg.conn_limit.as_ref() else {
+        return Vec::new();
+    };
+    let mut ports = limit.ports.clone();
+    ports.sort_unstable();
+    ports.dedup();
+    let port_set = Expression::Named(NamedExpression::Set(
+        ports
+            .iter()
+            .map(|p| SetItem::Element(Expression::Number(u32::from(*p))))
+            .collect(),
+    ));
+    let v6_key = || {
+        Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(
+            saddr("ip6"),
+            Expression::String(own(V6_METER_MASK)),
+        )))
+    };
+    type Key = fn() -> Expression<'static>;
+    let families: [(Key, &str, [&str; 2]); 2] = [
+        (|| saddr("ip"), AUTHED4, [CONN_AUTH4, CONN4]),
+        (v6_key, AUTHED6, [CONN_AUTH6, CONN6]),
+    ];
+    let mut r = Vec::new();
+    for (key, authed, [auth_meter, meter_name]) in families {
+        for (op, name, cap) in [
+            (Operator::EQ, auth_meter, limit.authenticated),
+            (Operator::NEQ, meter_name, limit.unauthenticated),
+        ] {
+            let (new_conn, limited) = match limit.by {
+                ConnLimitBy::Count => (
+                    Statement::Match(Match {
+                        left: Expression::Named(NamedExpression::CT(expr::CT {
+                            key: own("state"),
+                            family: None,
+                            dir: None,
+                        })),
+                        right: Expression::String(own("new")),
+                        op: Operator::IN,
+                    }),
+                    Statement::Meter(stmt::Meter {
+                        name: own(name),
+                        key: key(),
+                        stmt: Box::new(Statement::CTCount(stmt::CTCount {
+                            val: Expression::Number(cap),
+                            inv: Some(true),
+                        })),
+                    }),
+                ),
+                ConnLimitBy::SynRate => (
+                    eq(
+                        Expression::BinaryOperation(Box::new(expr::BinaryOperation::AND(
+                            payload("tcp", "flags"),
+                            Expression::List(vec![
+                                Expression::String(own("syn")),
+                                Expression::String(own("ack")),
+                            ]),
+                        ))),
+                        Expression::String(own("syn")),
+                    ),
+                    meter(
+                        name,
+                        key(),
+                        FloodLimit {
+                            per_second: cap,
+                            burst: cap,
+                        },
+                    ),
+                ),
+            };
+            r.push(vec![
+                eq(payload("tcp", "dport"), port_set.clone()),
+                new_conn,
+                Statement::Match(Match {
+                    left: key(),
+                    right: set_ref(authed),
+                    op,
+                }),
+                limited,
+                counter(COUNTER_CONN),
+                drop(),
+            ]);
+        }
+    }
+    r
+}
+
+/// The key the connection caps count by: an IPv4 address, or an IPv6 address's /64.
+pub(crate) fn conn_key(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V4(_) => a,
+        IpAddr::V6(v6) => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            IpAddr::V6(seg.into())
+        }
+    }
+}
+
+/// Authenticated-set commands, like [`ban_commands`] for `authed4`/`authed6`: `reset`
+/// elements are added with a 1 s timeout and deleted (so the delete is safe and an old
+/// timeout is cleared), then `add` is added with its timeouts. Keys must already be
+/// [`conn_key`]s.
+pub(crate) fn authed_commands(
+    table: &str,
+    reset: &[IpAddr],
+    add_: &[(IpAddr, u32)],
+) -> Vec<NfObject<'static>> {
+    let mut o = Vec::new();
+    for (name, v4) in [(AUTHED4, true), (AUTHED6, false)] {
+        let reset: Vec<IpAddr> = reset
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4() == v4)
+            .collect();
+        if !reset.is_empty() {
+            o.push(add(element(
+                table,
+                name,
+                reset.iter().map(|a| timed(*a, 1)).collect(),
+            )));
+            o.push(NfObject::CmdObject(NfCmd::Delete(element(
+                table,
+                name,
+                reset.iter().map(|a| addr(*a)).collect(),
+            ))));
+        }
+        let added: Vec<Expression<'static>> = add_
+            .iter()
+            .filter(|(a, _)| a.is_ipv4() == v4)
+            .map(|(a, secs)| timed(*a, *secs))
+            .collect();
+        if !added.is_empty() {
+            o.push(add(element(table, name, added)));
+        }
+    }
+    o
 }
 
 /// Ban-set commands. Addresses in `reset` are first added with a 1 s timeout and then
@@ -814,6 +992,125 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn connection_caps_count_new_tcp_connections_per_source_before_the_meter() {
+        use crate::nft::ConnLimit;
+        let off = json(&table_batch(
+            &NftConfig::default(),
+            &[],
+            &BTreeSet::new(),
+            &[],
+        ));
+        let s = off.to_string();
+        assert!(!s.contains("ct count") && !s.contains("authed4"), "{s}");
+        // The counter exists either way, so counters() reads it.
+        assert!(s.contains("\"name\":\"conn_limit\""), "{s}");
+        let cfg = NftConfig {
+            conn_limit: Some(ConnLimit {
+                ports: vec![5061, 5060, 5060],
+                unauthenticated: 32,
+                authenticated: 512,
+                by: ConnLimitBy::Count,
+            }),
+            ..NftConfig::default()
+        };
+        let v = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[]));
+        let cmds = v["nftables"].as_array().unwrap();
+        let sets: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("set")).collect();
+        for (name, ty) in [("authed4", "ipv4_addr"), ("authed6", "ipv6_addr")] {
+            let set = sets.iter().find(|s| s["name"] == name).unwrap();
+            assert_eq!(set["type"], ty);
+            assert_eq!(set["flags"], serde_json::json!(["timeout"]));
+        }
+        let rules: Vec<&Value> = cmds
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .map(|r| &r["expr"])
+            .collect();
+        let conn: Vec<&&Value> = rules
+            .iter()
+            .filter(|r| r.to_string().contains("ct count"))
+            .collect();
+        assert_eq!(conn.len(), 4);
+        let dport = serde_json::json!({"payload": {"protocol": "tcp", "field": "dport"}});
+        let v6 = serde_json::json!({"&": [{"payload": {"protocol": "ip6", "field": "saddr"}}, "ffff:ffff:ffff:ffff::"]});
+        let v4 = serde_json::json!({"payload": {"protocol": "ip", "field": "saddr"}});
+        for (rule, (key, op, set, meter, cap)) in conn.iter().zip([
+            (&v4, "==", "@authed4", "conn_auth4", 512),
+            (&v4, "!=", "@authed4", "conn4", 32),
+            (&v6, "==", "@authed6", "conn_auth6", 512),
+            (&v6, "!=", "@authed6", "conn6", 32),
+        ]) {
+            let want = serde_json::json!([
+                {"match": {"op": "==", "left": dport, "right": {"set": [5060, 5061]}}},
+                {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+                {"match": {"op": op, "left": key, "right": set}},
+                {"meter": {"name": meter, "key": key, "stmt": {"ct count": {"val": cap, "inv": true}}}},
+                {"counter": "conn_limit"},
+                {"drop": null}
+            ]);
+            assert_eq!(***rule, want);
+        }
+        // After the bans, before the packet meter.
+        let pos = |needle: &str| {
+            rules
+                .iter()
+                .position(|r| r.to_string().contains(needle))
+                .unwrap()
+        };
+        assert!(pos("@ban6") < pos("conn_auth4"));
+        assert!(pos("conn6") < pos("flood4"));
+
+        // The SYN-rate variant: no conntrack, a rate meter per source.
+        let mut cfg = cfg;
+        if let Some(c) = cfg.conn_limit.as_mut() {
+            c.by = ConnLimitBy::SynRate;
+        }
+        let v = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[]));
+        assert!(!v.to_string().contains("\"ct\""), "{v}");
+        let rule = v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .map(|r| r["expr"].clone())
+            .find(|r| r.to_string().contains("\"conn4\""))
+            .unwrap();
+        let syn = serde_json::json!({"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, ["syn", "ack"]]}, "right": "syn"}});
+        assert_eq!(rule[1], syn);
+        assert_eq!(rule[3]["meter"]["name"], "conn4");
+        assert_eq!(rule[3]["meter"]["key"]["elem"]["timeout"], 60);
+        assert_eq!(
+            rule[3]["meter"]["stmt"]["limit"],
+            serde_json::json!({"rate": 32, "per": "second", "burst": 32, "inv": true})
+        );
+    }
+
+    #[test]
+    fn authenticated_sources_are_keyed_per_64_and_reset_like_bans() {
+        assert_eq!(conn_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(conn_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        let v = serde_json::to_value(authed_commands(
+            "outpost",
+            &[ip("192.0.2.7")],
+            &[(ip("192.0.2.7"), 7200), (ip("2001:db8:1:2::"), 7200)],
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"add": {"element": {"family": "inet", "table": "outpost", "name": "authed4",
+                    "elem": [{"elem": {"val": "192.0.2.7", "timeout": 1, "expires": null, "comment": null, "counter": null}}]}}},
+                {"delete": {"element": {"family": "inet", "table": "outpost", "name": "authed4",
+                    "elem": ["192.0.2.7"]}}},
+                {"add": {"element": {"family": "inet", "table": "outpost", "name": "authed4",
+                    "elem": [{"elem": {"val": "192.0.2.7", "timeout": 7200, "expires": null, "comment": null, "counter": null}}]}}},
+                {"add": {"element": {"family": "inet", "table": "outpost", "name": "authed6",
+                    "elem": [{"elem": {"val": "2001:db8:1:2::", "timeout": 7200, "expires": null, "comment": null, "counter": null}}]}}}
+            ])
+        );
     }
 
     #[test]

@@ -738,6 +738,9 @@ pub struct FwStatusInfo {
     /// Health of each blocklist feed, in configuration order.
     #[serde(default)]
     pub feeds: Vec<FwFeedInfo>,
+    /// TCP/TLS connections: caps, open, refused and closed (filled in by the daemon).
+    #[serde(default)]
+    pub connections: Option<Box<crate::driver::conn::ConnStats>>,
 }
 
 /// One blocklist feed's health.
@@ -1166,6 +1169,7 @@ mod tests {
                     failures: 1,
                     last_error: None,
                 }],
+                connections: Some(Box::default()),
             }),
             Reply::FwBans(FwBansInfo {
                 total_bans: 1,
@@ -1250,10 +1254,12 @@ mod tests {
             would_be_bans: 0,
             would_be_dropped: 0,
             feeds: vec![],
+            connections: None,
         })
         .unwrap();
         status.as_object_mut().unwrap().remove("feeds");
         status.as_object_mut().unwrap().remove("would_be_bans");
+        status.as_object_mut().unwrap().remove("connections");
         assert!(serde_json::from_value::<FwStatusInfo>(status).is_ok());
     }
 

@@ -2980,6 +2980,10 @@ fn render_fw_status(s: &FwStatusInfo) -> String {
                 "kernel: closed RTP ports".to_owned(),
                 format!("{} packets", c.rtp_drops),
             ]);
+            rows.push(vec![
+                "kernel: connection caps".to_owned(),
+                format!("{} new connections dropped", c.conn_drops),
+            ]);
         }
         rows.push(vec![
             "kernel updates".to_owned(),
@@ -2991,6 +2995,36 @@ fn render_fw_status(s: &FwStatusInfo) -> String {
         if let Some(e) = &k.last_error {
             rows.push(vec!["kernel: last error".to_owned(), e.clone()]);
         }
+    }
+    if let Some(c) = &s.connections {
+        rows.push(vec![
+            "TCP/TLS connections".to_owned(),
+            format!(
+                "{} open of {} ({} unauthenticated, {} reserved for authenticated sources), {} sources",
+                c.open, c.max, c.open_unauthenticated, c.reserved_authenticated, c.sources
+            ),
+        ]);
+        rows.push(vec![
+            "connections per source".to_owned(),
+            format!(
+                "{} ({} after a successful auth; {} sources authenticated)",
+                c.per_source, c.per_source_authenticated, c.authenticated_sources
+            ),
+        ]);
+        rows.push(vec![
+            "connections refused".to_owned(),
+            format!(
+                "{} at a source's cap, {} pool full, {} all taken, {} banned ({} accepted)",
+                c.refused_source_cap, c.refused_pool, c.refused_full, c.refused_banned, c.accepted
+            ),
+        ]);
+        rows.push(vec![
+            "connections closed".to_owned(),
+            format!(
+                "{} no first message in time, {} message not complete in time, {} idle, {} banned",
+                c.closed_first_message, c.closed_message, c.closed_idle, c.closed_banned
+            ),
+        ]);
     }
     let mut out = format_table(None, &rows);
     let hits: Vec<Vec<String>> = s
@@ -3636,6 +3670,12 @@ mod tests {
                 failures: 1,
                 last_error: Some("cannot read /etc/outpost/drop.txt: gone".into()),
             }],
+            connections: Some(Box::new(firmware::driver::conn::ConnStats {
+                open: 3,
+                max: 4_096,
+                refused_source_cap: 7,
+                ..Default::default()
+            })),
         });
         let text = render(&status, None);
         assert!(text.contains("user-space (kernel enforcement off: not running as root)"));
@@ -3644,6 +3684,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("feed /etc/outpost/drop.txt: last read failed: cannot read"));
+        assert!(
+            text.contains("TCP/TLS connections     3 open of 4096"),
+            "{text}"
+        );
+        assert!(text.contains("7 at a source's cap"), "{text}");
         assert_eq!(render(&Reply::FwAlerts(vec![]), None), "no alerts\n");
     }
 

@@ -6,8 +6,14 @@
 //! absorbs the burst: a flood costs queue space, not unbounded memory.
 //!
 //! TCP and TLS connections share one table (keyed by the remote address), one framing
-//! routine and one connection limit.
+//! routine and one connection accounting ([`conn`]): per-source caps (low until the source
+//! authenticates), a global cap with slots reserved for authenticated sources, bans that
+//! close a source's connections. Each connection has deadlines: its first complete message
+//! within `first_message`, each message once begun within `message` (a header dripped a
+//! byte at a time is closed), and an idle timeout that is short until the connection
+//! carried an authenticated request (then CRLF keep-alives keep it open).
 
+pub mod conn;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -23,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+use self::conn::{CloseReason, ConnCtl, ConnLimits, ConnSlot, OutgoingSlot, SharedConns};
 use self::tls::TlsContext;
 
 /// Largest datagram we read; anything longer is cut and then rejected by the parser.
@@ -30,10 +37,6 @@ const MAX_DATAGRAM: usize = 65_535;
 /// Kernel receive buffer asked for on SIP sockets (Kamailio's losses come from 256 KiB).
 const RCVBUF: usize = 8 << 20;
 const SNDBUF: usize = 2 << 20;
-/// Connections we keep at once; more are refused at accept.
-const MAX_TCP_CONNECTIONS: usize = 4096;
-/// A connection that sends nothing for this long is closed (phones send keep-alives).
-const TCP_IDLE: Duration = Duration::from_secs(900);
 /// Outgoing messages queued per connection before further ones are dropped.
 const TCP_QUEUE: usize = 256;
 /// Time for an outgoing TCP connect.
@@ -56,6 +59,9 @@ pub enum Inbound {
     /// An outgoing connection to `peer` failed (connect, TLS handshake or certificate
     /// check); what was queued for it is lost. `Closed` follows.
     TransportError { peer: Peer, reason: String },
+    /// Connection reports are waiting ([`Transports::take_conn_report`]); sent once per
+    /// batch of reports, not per connection.
+    ConnReport,
 }
 
 /// The sockets of the SIP transports, owned by the core task for sending.
@@ -64,7 +70,8 @@ pub struct Transports {
     udp: Vec<Arc<UdpSocket>>,
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     inbound: mpsc::Sender<Inbound>,
-    tcp_slots: Arc<tokio::sync::Semaphore>,
+    /// Connection accounting shared with the accept loops and connection tasks.
+    conns: SharedConns,
     /// TLS client (and server, when listening); `None` until [`Transports::enable_tls`].
     tls: Option<TlsContext>,
     /// Names that trunk servers' certificates must carry, by address.
@@ -82,19 +89,22 @@ impl Transports {
         inbound: mpsc::Sender<Inbound>,
     ) -> io::Result<Transports> {
         let mut udp = Vec::new();
-        let tcp_slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
+        let conns: SharedConns = Arc::new(std::sync::Mutex::new(conn::ConnTable::new(
+            ConnLimits::default(),
+        )));
+        raise_fd_limit();
         for addr in listen {
             let sock = Arc::new(bind_udp(*addr)?);
             udp.push(sock.clone());
             tokio::spawn(read_udp(sock, inbound.clone()));
             let listener = bind_tcp(*addr)?;
-            tokio::spawn(accept_tcp(listener, inbound.clone(), tcp_slots.clone()));
+            tokio::spawn(accept_tcp(listener, inbound.clone(), conns.clone()));
         }
         Ok(Transports {
             udp,
             tcp: HashMap::new(),
             inbound,
-            tcp_slots,
+            conns,
             tls: None,
             tls_names: HashMap::new(),
             tls_local: Vec::new(),
@@ -126,7 +136,7 @@ impl Transports {
                     listener,
                     acceptor.clone(),
                     self.inbound.clone(),
-                    self.tcp_slots.clone(),
+                    self.conns.clone(),
                 ));
             }
         }
@@ -151,6 +161,51 @@ impl Transports {
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .collect()
+    }
+
+    /// New connection limits (`[firewall.connections]`); open connections keep their slots.
+    pub fn set_conn_limits(&mut self, limits: ConnLimits) {
+        conn::lock(&self.conns).set_limits(limits);
+    }
+
+    /// Networks with no per-source connection cap (allow list, trunk peers); loopback
+    /// always has none.
+    pub fn set_trusted(&mut self, nets: Vec<firewall::net::Cidr>) {
+        conn::lock(&self.conns).set_trusted(nets);
+    }
+
+    /// What the firewall decided about connections (see [`crate::guard::ConnNotice`]).
+    pub fn conn_notice(&mut self, notice: crate::guard::ConnNotice) {
+        use crate::guard::ConnNotice;
+        let now = conn::mono_ms();
+        let mut t = conn::lock(&self.conns);
+        match notice {
+            ConnNotice::Authenticated { src, for_ms } => {
+                let stream = src.transport != Transport::Udp;
+                t.authenticated(now, src.addr, stream, for_ms);
+            }
+            ConnNotice::Banned { addr, for_ms } => {
+                let closed = t.ban(now, addr, for_ms);
+                if closed > 0 {
+                    tracing::info!(%addr, closed, "firewall: banned source's TCP/TLS connections closed");
+                }
+            }
+            ConnNotice::Unbanned(addr) => t.unban(addr),
+            ConnNotice::Trusted(net) => t.trust(net),
+        }
+    }
+
+    /// The connection reports gathered since the last call (for the firewall); also forgets
+    /// ended passes and bans.
+    pub fn take_conn_report(&mut self) -> conn::ConnReport {
+        let mut t = conn::lock(&self.conns);
+        t.purge(conn::mono_ms());
+        t.take_reports()
+    }
+
+    /// Connection counters and table sizes.
+    pub fn conn_stats(&self) -> conn::ConnStats {
+        conn::lock(&self.conns).stats()
     }
 
     /// Records a connection's writer (from [`Inbound::Connected`]).
@@ -201,10 +256,11 @@ impl Transports {
     /// none (RFC 3261 §18.2.2: a new one to the same address) and sends `first` on it.
     /// A failure reaches the core as [`Inbound::TransportError`].
     fn connect_and_send(&mut self, dest: Peer, first: Vec<u8>) {
-        let Ok(permit) = self.tcp_slots.clone().try_acquire_owned() else {
+        let Some(permit) = OutgoingSlot::take(&self.conns) else {
             self.send_errors += 1;
             return;
         };
+        let limits = conn::lock(&self.conns).limits();
         let tls = match dest.transport {
             Transport::Tls => {
                 let name = tls::server_name(
@@ -229,12 +285,15 @@ impl Transports {
                     .map(|s| Opened::Tls(Box::new(s))),
                 Some((None, _)) => Err("TLS is not enabled".to_string()),
             };
+            // Ours: no first-message deadline, the long idle timeout.
+            let ctl = ConnCtl::outgoing();
+            let deadlines = Deadlines::of(&limits, false);
             match opened {
                 Ok(Opened::Tcp(stream)) => {
-                    run_connection(stream, dest, inbound, writer, queue).await;
+                    run_connection(stream, dest, inbound, writer, queue, &ctl, deadlines).await;
                 }
                 Ok(Opened::Tls(stream)) => {
-                    run_connection(*stream, dest, inbound, writer, queue).await;
+                    run_connection(*stream, dest, inbound, writer, queue, &ctl, deadlines).await;
                 }
                 Err(reason) => {
                     tracing::debug!(peer = %dest.addr, transport = dest.transport.as_str(), %reason, "connection failed");
@@ -327,18 +386,13 @@ async fn read_udp(sock: Arc<UdpSocket>, inbound: mpsc::Sender<Inbound>) {
     }
 }
 
-async fn accept_tcp(
-    listener: TcpListener,
-    inbound: mpsc::Sender<Inbound>,
-    slots: Arc<tokio::sync::Semaphore>,
-) {
+async fn accept_tcp(listener: TcpListener, inbound: mpsc::Sender<Inbound>, conns: SharedConns) {
     loop {
         let Ok((stream, addr)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream);
+        let Some(mut slot) = admit(&conns, &inbound, &stream, addr) else {
             continue;
         };
         let inbound = inbound.clone();
@@ -349,10 +403,36 @@ async fn accept_tcp(
                 transport: Transport::Tcp,
                 addr,
             };
-            run_connection(stream, peer, inbound, writer, queue).await;
-            drop(permit);
+            let deadlines = Deadlines::of(&slot.limits(), true);
+            let ctl = slot.ctl().clone();
+            let reason =
+                run_connection(stream, peer, inbound, writer, queue, &ctl, deadlines).await;
+            slot.set_reason(reason);
         });
     }
+}
+
+/// Admits an accepted connection from `addr`, or resets it (no TIME_WAIT left behind) and
+/// returns `None`. Wakes the daemon when connection reports are waiting.
+fn admit(
+    conns: &SharedConns,
+    inbound: &mpsc::Sender<Inbound>,
+    stream: &TcpStream,
+    addr: SocketAddr,
+) -> Option<ConnSlot> {
+    let (slot, wake) = match ConnSlot::admit(conns, addr) {
+        Ok((slot, wake)) => (Some(slot), wake),
+        Err((refusal, wake)) => {
+            tracing::trace!(%addr, ?refusal, "TCP connection refused");
+            let _ = stream.set_zero_linger();
+            (None, wake)
+        }
+    };
+    if wake {
+        // Dropped when the queue is full: the daemon also takes the reports every second.
+        let _ = inbound.try_send(Inbound::ConnReport);
+    }
+    slot
 }
 
 /// Accepts TLS connections: the handshake runs in the connection's own task under a
@@ -361,50 +441,88 @@ async fn accept_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     inbound: mpsc::Sender<Inbound>,
-    slots: Arc<tokio::sync::Semaphore>,
+    conns: SharedConns,
 ) {
     loop {
         let Ok((stream, addr)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream);
+        let Some(mut slot) = admit(&conns, &inbound, &stream, addr) else {
             continue;
         };
         let inbound = inbound.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let ctl = slot.ctl().clone();
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let handshake = tokio::select! {
+                biased;
+                () = ctl.closed() => {
+                    slot.set_reason(CloseReason::Banned);
+                    return;
+                }
+                h = handshake => h,
+            };
+            match handshake {
                 Ok(Ok(stream)) => {
                     let (writer, queue) = mpsc::channel(TCP_QUEUE);
                     let peer = Peer {
                         transport: Transport::Tls,
                         addr,
                     };
-                    run_connection(stream, peer, inbound, writer, queue).await;
+                    let deadlines = Deadlines::of(&slot.limits(), true);
+                    let reason =
+                        run_connection(stream, peer, inbound, writer, queue, &ctl, deadlines).await;
+                    slot.set_reason(reason);
                 }
                 // Scanners and phones that do not trust us yet: nothing for the core.
                 Ok(Err(err)) => {
                     tracing::debug!(%addr, reason = %tls::handshake_failure(&err), "TLS handshake failed");
                 }
-                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                Err(_) => {
+                    tracing::debug!(%addr, "TLS handshake timed out");
+                    slot.set_reason(CloseReason::FirstMessage);
+                }
             }
-            drop(permit);
         });
     }
 }
 
+/// A connection's deadlines (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    /// For the first complete message; `None` for our own outgoing connections.
+    first_message: Option<Duration>,
+    message: Duration,
+    idle: Duration,
+    idle_authenticated: Duration,
+}
+
+impl Deadlines {
+    fn of(limits: &ConnLimits, incoming: bool) -> Deadlines {
+        Deadlines {
+            first_message: incoming.then_some(limits.first_message),
+            message: limits.message,
+            idle: limits.idle,
+            idle_authenticated: limits.idle_authenticated,
+        }
+    }
+}
+
 /// Reads framed messages from a connection (TCP or TLS) and writes queued ones until
-/// either side ends.
+/// either side ends, a deadline passes or `ctl` is told to close; returns why it ended.
 async fn run_connection<S>(
     stream: S,
     peer: Peer,
     inbound: mpsc::Sender<Inbound>,
     writer: mpsc::Sender<Vec<u8>>,
     mut queue: mpsc::Receiver<Vec<u8>>,
-) where
+    ctl: &ConnCtl,
+    deadlines: Deadlines,
+) -> CloseReason
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let addr = peer.addr;
@@ -416,7 +534,7 @@ async fn run_connection<S>(
         })
         .await;
     if announce.is_err() {
-        return;
+        return CloseReason::Peer;
     }
     let write_task = tokio::spawn(async move {
         while let Some(bytes) = queue.recv().await {
@@ -430,26 +548,67 @@ async fn run_connection<S>(
     });
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 16384];
-    'conn: loop {
-        let read = tokio::time::timeout(TCP_IDLE, rd.read(&mut chunk)).await;
+    let opened = tokio::time::Instant::now();
+    // Whether a complete SIP message arrived yet; when the message in the buffer began;
+    // when the peer last showed it is alive.
+    let mut got_message = false;
+    let mut started: Option<tokio::time::Instant> = None;
+    let mut alive = opened;
+    let reason = 'conn: loop {
+        let authenticated = ctl.is_authenticated();
+        let idle = if authenticated {
+            deadlines.idle_authenticated
+        } else {
+            deadlines.idle
+        };
+        let mut deadline = (alive + idle, CloseReason::Idle);
+        if let Some(first) = deadlines.first_message.filter(|_| !got_message) {
+            deadline = deadline.min((opened + first, CloseReason::FirstMessage));
+        }
+        if let Some(began) = started {
+            deadline = deadline.min((began + deadlines.message, CloseReason::Message));
+        }
+        let read = tokio::select! {
+            biased;
+            () = ctl.closed() => break CloseReason::Banned,
+            r = tokio::time::timeout_at(deadline.0, rd.read(&mut chunk)) => r,
+        };
         let n = match read {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Err(_) => {
+                // The connection authenticated while it idled: its timeout grew.
+                if deadline.1 == CloseReason::Idle && ctl.is_authenticated() != authenticated {
+                    continue;
+                }
+                tracing::debug!(%addr, transport = peer.transport.as_str(), reason = ?deadline.1, "closing connection at its deadline");
+                break deadline.1;
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => break CloseReason::Peer,
             Ok(Ok(n)) => n,
         };
+        let now = tokio::time::Instant::now();
         buf.extend_from_slice(&chunk[..n]);
+        let mut completed = false;
         loop {
             match wire::next_frame(&buf) {
                 Ok(Some(Frame::KeepAlive(n))) => {
                     buf.drain(..n);
+                    // A registered phone's keep-alives keep its connection; a stranger's do
+                    // not hold a slot.
+                    if ctl.is_authenticated() {
+                        alive = now;
+                    }
                 }
                 Ok(Some(Frame::Message(n))) => {
                     let bytes: Vec<u8> = buf.drain(..n).collect();
+                    got_message = true;
+                    completed = true;
+                    alive = now;
                     if inbound
                         .send(Inbound::Message { peer, bytes })
                         .await
                         .is_err()
                     {
-                        break 'conn;
+                        break 'conn CloseReason::Peer;
                     }
                 }
                 Ok(None) => break,
@@ -465,14 +624,33 @@ async fn run_connection<S>(
                     // Give the writer a moment to flush the error response.
                     let _ = tokio::time::timeout(Duration::from_millis(200), write_task).await;
                     let _ = inbound.send(Inbound::Closed { addr }).await;
-                    return;
+                    return CloseReason::Peer;
                 }
             }
         }
-    }
+        // What is left is the start of the next message: its clock runs from when its
+        // first byte came (this read, unless it was already waiting).
+        if buf.is_empty() {
+            started = None;
+        } else if completed || started.is_none() {
+            started = Some(now);
+        }
+    };
     drop(writer);
     write_task.abort();
     let _ = inbound.send(Inbound::Closed { addr }).await;
+    reason
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit (best effort): each connection is a
+/// descriptor, and the default soft limit (1,024) is below the connection cap.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -537,6 +715,212 @@ mod tests {
             Inbound::TransportError { peer, reason } => Some((peer, reason)),
             _ => None,
         }
+    }
+
+    /// Transports on a free loopback port with short deadlines (1 s for the first message,
+    /// each message and idling; 60 s idle once authenticated).
+    async fn tcp_server() -> (Transports, SocketAddr, mpsc::Receiver<Inbound>) {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let (tx, rx) = mpsc::channel(64);
+        let mut t = Transports::bind(&[addr], tx).await.expect("bind");
+        t.set_conn_limits(ConnLimits {
+            first_message: Duration::from_secs(1),
+            message: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+            idle_authenticated: Duration::from_secs(60),
+            ..ConnLimits::default()
+        });
+        conn::lock(&t.conns).distrust_loopback();
+        (t, addr, rx)
+    }
+
+    /// Seconds until the server closes `stream` (reads to EOF), at most `max`; `None` if it
+    /// is still open then. Writes `drip` one byte every `every` meanwhile (cycling).
+    async fn closed_after(
+        stream: &mut TcpStream,
+        drip: &[u8],
+        every: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let start = tokio::time::Instant::now();
+        let mut i = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            if start.elapsed() >= max {
+                return None;
+            }
+            if !drip.is_empty() {
+                // A write to a connection the server closed may fail: that is the answer.
+                let _ = stream
+                    .write_all(&drip[i % drip.len()..=i % drip.len()])
+                    .await;
+                i += 1;
+            }
+            let wait = if drip.is_empty() { max } else { every };
+            match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+                Ok(Ok(_)) | Err(_) => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dripped_header_and_a_silent_connection_are_closed_at_their_deadlines() {
+        let (t, addr, _rx) = tcp_server().await;
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let mut drip = TcpStream::connect(addr).await.expect("connect");
+        let (a, b) = tokio::join!(
+            closed_after(&mut silent, b"", Duration::ZERO, Duration::from_secs(5)),
+            closed_after(
+                &mut drip,
+                OPTIONS,
+                Duration::from_millis(200),
+                Duration::from_secs(5)
+            ),
+        );
+        let a = a.expect("the silent connection is closed");
+        let b = b.expect("the dripping connection is closed");
+        assert!(a < Duration::from_millis(1_800), "silent: {a:?}");
+        assert!(b < Duration::from_millis(1_800), "drip: {b:?}");
+        // Counted by reason (the drip never completed a message either: whichever deadline
+        // came first).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = t.conn_stats();
+        assert_eq!(st.closed_first_message + st.closed_message, 2, "{st:?}");
+        assert_eq!(st.open, 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_cap_is_reset_at_accept_and_reported() {
+        let (mut t, addr, mut rx) = tcp_server().await;
+        let limits = conn::lock(&t.conns).limits();
+        t.set_conn_limits(ConnLimits {
+            per_source: 1,
+            ..limits
+        });
+        let _held = TcpStream::connect(addr).await.expect("connect");
+        // The reset may come before the client saw its handshake complete.
+        let refused = match TcpStream::connect(addr).await {
+            Err(e) => e.kind(),
+            Ok(mut over) => {
+                let mut buf = [0u8; 16];
+                tokio::time::timeout(Duration::from_secs(2), over.read(&mut buf))
+                    .await
+                    .expect("an answer within 2 s")
+                    .map_or_else(|e| e.kind(), |n| panic!("read {n} bytes, not a reset"))
+            }
+        };
+        assert_eq!(
+            refused,
+            io::ErrorKind::ConnectionReset,
+            "refused with a reset, leaving no TIME_WAIT behind"
+        );
+        next(&mut rx, |item| match item {
+            Inbound::ConnReport => Some(()),
+            _ => None,
+        })
+        .await;
+        let report = t.take_conn_report();
+        assert_eq!(report.sources, [(addr.ip(), 1, 1)]);
+        assert_eq!(t.conn_stats().refused_source_cap, 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_begun_after_a_complete_one_has_its_own_deadline() {
+        let (mut t, addr, mut rx) = tcp_server().await;
+        // Idle longer than the message deadline: only the drip's own deadline can end it.
+        let limits = conn::lock(&t.conns).limits();
+        t.set_conn_limits(ConnLimits {
+            idle: Duration::from_secs(10),
+            ..limits
+        });
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(OPTIONS).await.expect("write");
+        next(&mut rx, |item| match item {
+            Inbound::Message { .. } => Some(()),
+            _ => None,
+        })
+        .await;
+        let closed = closed_after(
+            &mut conn,
+            OPTIONS,
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("closed");
+        assert!(closed < Duration::from_millis(1_800), "{closed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(t.conn_stats().closed_message, 1);
+    }
+
+    #[tokio::test]
+    async fn keepalives_hold_an_authenticated_connection_but_not_a_strangers() {
+        let (mut t, addr, mut rx) = tcp_server().await;
+        let mut phone = TcpStream::connect(addr).await.expect("connect");
+        let mut stranger = TcpStream::connect(addr).await.expect("connect");
+        let phone_addr = phone.local_addr().expect("local");
+        phone.write_all(OPTIONS).await.expect("write");
+        stranger.write_all(OPTIONS).await.expect("write");
+        for _ in 0..2 {
+            next(&mut rx, |item| match item {
+                Inbound::Message { .. } => Some(()),
+                _ => None,
+            })
+            .await;
+        }
+        // The call core authenticated a request on the phone's connection.
+        t.conn_notice(crate::guard::ConnNotice::Authenticated {
+            src: Peer {
+                transport: Transport::Tcp,
+                addr: phone_addr,
+            },
+            for_ms: 60_000,
+        });
+        let keepalive = b"\r\n\r\n";
+        let (p, s) = tokio::join!(
+            closed_after(
+                &mut phone,
+                keepalive,
+                Duration::from_millis(100),
+                Duration::from_secs(3)
+            ),
+            closed_after(
+                &mut stranger,
+                keepalive,
+                Duration::from_millis(100),
+                Duration::from_secs(3)
+            ),
+        );
+        assert_eq!(p, None, "the authenticated connection was closed");
+        let s = s.expect("the stranger's connection is closed");
+        assert!(s < Duration::from_millis(1_800), "{s:?}");
+        let st = t.conn_stats();
+        assert_eq!(
+            (st.closed_idle, st.open, st.open_unauthenticated),
+            (1, 1, 0)
+        );
+        // A ban closes what is left, at once.
+        t.conn_notice(crate::guard::ConnNotice::Banned {
+            addr: addr.ip(),
+            for_ms: 60_000,
+        });
+        let b = closed_after(&mut phone, b"", Duration::ZERO, Duration::from_secs(2))
+            .await
+            .expect("closed by the ban");
+        assert!(b < Duration::from_millis(500), "{b:?}");
+        // And the banned source cannot come back while the ban lasts.
+        let mut again = TcpStream::connect(addr).await.expect("the kernel accepts");
+        assert!(
+            closed_after(&mut again, b"", Duration::ZERO, Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = t.conn_stats();
+        assert_eq!((st.closed_banned, st.refused_banned), (1, 1));
     }
 
     #[tokio::test]
