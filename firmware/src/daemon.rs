@@ -1248,14 +1248,7 @@ impl Daemon {
                 .registrar()
                 .lookup(ext, now)
                 .into_iter()
-                .map(|b| RegistrationInfo {
-                    ext: b.ext.clone(),
-                    contact: b.contact.clone(),
-                    source: b.source.addr.to_string(),
-                    transport: b.source.transport.as_str().to_string(),
-                    expires_in_secs: b.expires_at.saturating_sub(now) / 1000,
-                    user_agent: b.user_agent.clone(),
-                })
+                .map(|b| RegistrationInfo::of(b, now))
                 .collect(),
             ext: rec.ext,
             name: rec.name,
@@ -1459,14 +1452,7 @@ impl Daemon {
                     .all()
                     .into_iter()
                     .filter(|b| b.expires_at > now)
-                    .map(|b| RegistrationInfo {
-                        ext: b.ext.clone(),
-                        contact: b.contact.clone(),
-                        source: b.source.addr.to_string(),
-                        transport: b.source.transport.as_str().to_string(),
-                        expires_in_secs: b.expires_at.saturating_sub(now) / 1000,
-                        user_agent: b.user_agent.clone(),
-                    })
+                    .map(|b| RegistrationInfo::of(b, now))
                     .collect(),
             ),
             Command::Calls => Reply::Calls(

@@ -107,11 +107,6 @@ impl HostAddrs {
         }
         out
     }
-
-    /// Whether `ip` is one of the box's addresses right now (any interface, any scope).
-    pub fn is_local(ip: IpAddr) -> bool {
-        ip.is_unspecified() || ip.is_loopback() || interface_addrs().iter().any(|a| a.ip == ip)
-    }
 }
 
 /// Whether an address can be advertised to phones: not loopback, link-local, multicast or
@@ -263,8 +258,16 @@ mod tests {
     }
 
     #[test]
-    fn this_machine_has_loopback() {
-        assert!(HostAddrs::is_local("127.0.0.1".parse().unwrap()));
-        assert!(!HostAddrs::is_local("192.0.2.254".parse().unwrap()));
+    fn the_kernel_lists_this_machines_loopback_and_nothing_unassigned() {
+        let addrs = interface_addrs();
+        assert!(
+            addrs
+                .iter()
+                .any(|a| a.ip == IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
+        );
+        assert!(!addrs
+            .iter()
+            .any(|a| a.ip == "192.0.2.254".parse::<IpAddr>().unwrap()));
     }
 }

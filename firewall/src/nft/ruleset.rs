@@ -386,17 +386,39 @@ pub(crate) fn conn_key(a: IpAddr) -> IpAddr {
     }
 }
 
-/// Authenticated-set commands, like [`ban_commands`] for `authed4`/`authed6`: `reset`
-/// elements are added with a 1 s timeout and deleted (so the delete is safe and an old
-/// timeout is cleared), then `add` is added with its timeouts. Keys must already be
-/// [`conn_key`]s.
+/// Authenticated-set commands, like [`ban_commands`] for `authed4`/`authed6`. Keys must
+/// already be [`conn_key`]s.
 pub(crate) fn authed_commands(
     table: &str,
     reset: &[IpAddr],
     add_: &[(IpAddr, u32)],
 ) -> Vec<NfObject<'static>> {
+    timed_set_commands(table, (AUTHED4, AUTHED6), reset, add_)
+}
+
+/// Ban-set commands. Addresses in `reset` are first added with a 1 s timeout and then
+/// deleted, which makes the delete succeed whether or not the address was there (nft 1.0.6
+/// has no `destroy`) and clears an old timeout; then `ban` is added with its timeouts.
+/// (`add` of a present element keeps its old timeout, hence the reset before a re-ban.)
+pub(crate) fn ban_commands(
+    table: &str,
+    reset: &[IpAddr],
+    ban: &[(IpAddr, u32)],
+) -> Vec<NfObject<'static>> {
+    timed_set_commands(table, (BAN4, BAN6), reset, ban)
+}
+
+/// Commands for a pair of per-element-timeout address sets (IPv4, IPv6): each of `reset`
+/// added with a 1 s timeout and deleted, then each of `add_` added with its timeout (see
+/// [`ban_commands`] for why).
+fn timed_set_commands(
+    table: &str,
+    (set4, set6): (&'static str, &'static str),
+    reset: &[IpAddr],
+    add_: &[(IpAddr, u32)],
+) -> Vec<NfObject<'static>> {
     let mut o = Vec::new();
-    for (name, v4) in [(AUTHED4, true), (AUTHED6, false)] {
+    for (name, v4) in [(set4, true), (set6, false)] {
         let reset: Vec<IpAddr> = reset
             .iter()
             .copied()
@@ -421,46 +443,6 @@ pub(crate) fn authed_commands(
             .collect();
         if !added.is_empty() {
             o.push(add(element(table, name, added)));
-        }
-    }
-    o
-}
-
-/// Ban-set commands. Addresses in `reset` are first added with a 1 s timeout and then
-/// deleted, which makes the delete succeed whether or not the address was there (nft 1.0.6
-/// has no `destroy`) and clears an old timeout; then `ban` is added with its timeouts.
-/// (`add` of a present element keeps its old timeout, hence the reset before a re-ban.)
-pub(crate) fn ban_commands(
-    table: &str,
-    reset: &[IpAddr],
-    ban: &[(IpAddr, u32)],
-) -> Vec<NfObject<'static>> {
-    let mut o = Vec::new();
-    for (name, v4) in [(BAN4, true), (BAN6, false)] {
-        let reset: Vec<IpAddr> = reset
-            .iter()
-            .copied()
-            .filter(|a| a.is_ipv4() == v4)
-            .collect();
-        if !reset.is_empty() {
-            o.push(add(element(
-                table,
-                name,
-                reset.iter().map(|a| timed(*a, 1)).collect(),
-            )));
-            o.push(NfObject::CmdObject(NfCmd::Delete(element(
-                table,
-                name,
-                reset.iter().map(|a| addr(*a)).collect(),
-            ))));
-        }
-        let banned: Vec<Expression<'static>> = ban
-            .iter()
-            .filter(|(a, _)| a.is_ipv4() == v4)
-            .map(|(a, secs)| timed(*a, *secs))
-            .collect();
-        if !banned.is_empty() {
-            o.push(add(element(table, name, banned)));
         }
     }
     o

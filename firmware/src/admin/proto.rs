@@ -662,6 +662,20 @@ pub struct RegistrationInfo {
     pub user_agent: Option<String>,
 }
 
+impl RegistrationInfo {
+    /// The listing row of a binding at `now`.
+    pub fn of(b: &pbx_core::registrar::Binding, now: pbx_core::Millis) -> RegistrationInfo {
+        RegistrationInfo {
+            ext: b.ext.clone(),
+            contact: b.contact.clone(),
+            source: b.source.addr.to_string(),
+            transport: b.source.transport.as_str().to_string(),
+            expires_in_secs: b.expires_at.saturating_sub(now) / 1000,
+            user_agent: b.user_agent.clone(),
+        }
+    }
+}
+
 /// One call in progress.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CallInfo {

@@ -1844,18 +1844,27 @@ struct BodyReader<'a, R> {
     addr: &'a str,
 }
 
+/// `io`, failed with `TimedOut` ("`what` 30s") when it makes no progress for [`IO_STALL`].
+async fn within_stall<T>(
+    io: impl std::future::Future<Output = io::Result<T>>,
+    what: &str,
+) -> io::Result<T> {
+    tokio::time::timeout(IO_STALL, io)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{what} {IO_STALL:?}"),
+            ))
+        })
+}
+
 impl<R: AsyncRead + Unpin> BodyReader<'_, R> {
     /// More bytes into `buf`; false at the end of the connection.
     async fn fill(&mut self) -> Result<bool, TargetError> {
         let mut chunk = vec![0u8; 64 * 1024];
-        let n = tokio::time::timeout(IO_STALL, self.io.read(&mut chunk))
+        let n = within_stall(self.io.read(&mut chunk), "stalled for")
             .await
-            .unwrap_or_else(|_| {
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("stalled for {IO_STALL:?}"),
-                ))
-            })
             .map_err(|e| TargetError::Protocol {
                 addr: self.addr.to_owned(),
                 reason: format!("connection lost while receiving: {}", io_reason(&e)),
@@ -1942,14 +1951,8 @@ async fn send_file<W: AsyncWrite + Unpin>(
         if n == 0 {
             break;
         }
-        tokio::time::timeout(IO_STALL, out.write_all(&chunk[..n]))
+        within_stall(out.write_all(&chunk[..n]), "stalled for")
             .await
-            .unwrap_or_else(|_| {
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("stalled for {IO_STALL:?}"),
-                ))
-            })
             .map_err(|e| TargetError::Protocol {
                 addr: addr.to_owned(),
                 reason: format!("connection lost while sending: {}", io_reason(&e)),
@@ -2010,14 +2013,8 @@ async fn read_head<R: AsyncRead + Unpin>(
             )));
         }
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(IO_STALL, input.read(&mut chunk))
+        let n = within_stall(input.read(&mut chunk), "no answer for")
             .await
-            .unwrap_or_else(|_| {
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no answer for {IO_STALL:?}"),
-                ))
-            })
             .map_err(|e| {
                 protocol(format!(
                     "connection lost before the response: {}",

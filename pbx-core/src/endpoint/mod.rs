@@ -889,16 +889,6 @@ impl Endpoint {
         }
     }
 
-    /// The addresses Via and Contact carry now (see [`Endpoint::set_addresses`]).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.cfg.local
-    }
-
-    /// The addresses new SDP carries now; empty when media is not anchored.
-    pub fn media_addrs(&self) -> &[IpAddr] {
-        self.cfg.media.as_ref().map_or(&[], |m| m.addrs.as_slice())
-    }
-
     // ---------------------------------------------------------------------------------------
     // Admin
     // ---------------------------------------------------------------------------------------
