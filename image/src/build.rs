@@ -15,10 +15,9 @@ use crate::cpio::{Archive, Entry};
 use crate::debian::{self, Package};
 use crate::keys::{self, UpdateKey};
 use crate::kmod::{self, ModuleTree};
+use crate::sbom::TARGET;
 use crate::{elf, gpt};
 
-/// Rust target of the appliance.
-pub const TARGET: &str = "aarch64-unknown-linux-musl";
 /// Size of each root slot.
 const ROOT_SLOT_BYTES: u64 = 128 << 20;
 /// Size of the boot-data partition.

@@ -207,7 +207,7 @@ pub fn parse_ssh_keys(path: &Path, text: &str) -> Result<Vec<String>, KeyError> 
 /// (`outpostctl ssh keys add`): `TYPE BASE64 [comment]`, no options (the box adds its own
 /// forced command and restrictions).
 fn check_ssh_line(line: &str) -> Result<(), String> {
-    firmware::ssh::PublicKey::parse(line)
+    outpost_sshkey::PublicKey::parse(line)
         .map(|_| ())
         .map_err(|e| format!("{e}: {:?}", shorten(line)))
 }

@@ -9,7 +9,8 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use crate::build::TARGET;
+/// Rust target of the appliance.
+pub const TARGET: &str = "aarch64-unknown-linux-musl";
 
 /// The workspace package whose binaries are the firmware.
 const FIRMWARE_PACKAGE: &str = "firmware";

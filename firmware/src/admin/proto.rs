@@ -22,7 +22,7 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Shortest console (admin) password accepted.
 pub const MIN_ADMIN_PASSWORD_LEN: usize = 10;
 /// Longest OpenSSH public key line accepted (an RSA 16384-bit key fits).
-pub const MAX_SSH_KEY_LINE: usize = 8 * 1024;
+pub const MAX_SSH_KEY_LINE: usize = outpost_sshkey::MAX_KEY_LINE;
 
 /// A request from `outpostctl` (or any other client) to the daemon.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
