@@ -17,7 +17,7 @@
 #   SSH_KEY=~/.ssh/id_ed25519.pub bench/image.sh              # also bake an admin SSH key
 #
 # Needs qemu-system-aarch64 (qemu-system-arm), sipp (sip-tester), python3, and what
-# `outpost-image build` needs (see README.md). Every wait is bounded; qemu is killed on exit.
+# `outpost-image build` needs (see docs/image.md). Every wait is bounded; qemu is killed on exit.
 source "$(dirname "$0")/lib.sh"
 
 EXTENSIONS=${EXTENSIONS:-200}

@@ -1,4 +1,4 @@
-//! Detector configuration: one serde struct per rule, defaults from DESIGN.md's table.
+//! Detector configuration: one serde struct per rule, defaults as in docs/firewall.md's rule table.
 //!
 //! Counting convention for every rule: "N events / T" fires on the N-th event within T (the
 //! 10th auth failure bans, the 9th does not). The one exception is enumeration, which the
@@ -16,7 +16,7 @@ const MINUTE: u64 = 60 * SECOND;
 const HOUR: u64 = 60 * MINUTE;
 const DAY: u64 = 24 * HOUR;
 
-/// Everything [`super::Detector`] can be told; `Default` is DESIGN.md's table.
+/// Everything [`super::Detector`] can be told; `Default` is docs/firewall.md's rule table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectConfig {

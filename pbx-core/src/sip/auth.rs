@@ -868,7 +868,7 @@ pub fn parse_challenge(challenge: &str) -> Result<ChallengeInfo, AuthError> {
 
 /// The digest algorithms of one extension (`outpostctl ext digest EXT md5|sha256|both`).
 ///
-/// Known and unknown users must get the same answers before they authenticate (DESIGN.md:
+/// Known and unknown users must get the same answers before they authenticate (docs/threat-model.md:
 /// challenge first, look up afterwards), so a choice per extension cannot shape the first
 /// challenge: that one always offers the global `[auth] algorithms`, whatever name the
 /// request carries. The extension's choice applies to sources that have already
