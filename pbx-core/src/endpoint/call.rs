@@ -35,6 +35,7 @@ pub(super) struct LegA {
     pub(super) local_cseq: u32,
 }
 
+/// Where one fork's INVITE stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ForkState {
     Calling,
@@ -118,6 +119,7 @@ impl Fork {
     }
 }
 
+/// Where a call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CallState {
     Ringing,
@@ -140,6 +142,7 @@ pub(super) struct Relay {
     pub(super) from_a: bool,
 }
 
+/// One call: the caller's leg, the forks towards the callee, and what rings next.
 #[derive(Debug)]
 pub(super) struct Call {
     pub(super) caller: String,
@@ -263,6 +266,7 @@ pub(super) enum App {
     },
 }
 
+/// Where a mailbox owner is in the access menu.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum AccessStage {
     Pin,
@@ -270,6 +274,7 @@ pub(super) enum AccessStage {
     Goodbye,
 }
 
+/// Where a caller leaving a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum DepositStage {
     Greeting,

@@ -25,13 +25,10 @@ use crate::sip::auth::{
     digest_uri_matches, parse_credentials, Algorithm, AuthError, Authenticator, DigestChoice,
     DigestCredentials, StoredSecret,
 };
-use crate::sip::transaction::{
-    build_cancel, ClientInput, ServerInput, Transactions, Transmit, TxEvent, TxKey,
-};
+use crate::sip::transaction::{ClientInput, ServerInput, Transactions, Transmit, TxEvent, TxKey};
 use crate::sip::wire;
 use crate::sip::{
-    CSeq, Contact, Headers, Message, Method, NameAddr, Params, Peer, Request, Response, Transport,
-    Uri, Via,
+    Contact, Message, Method, NameAddr, Params, Peer, Request, Response, Transport, Uri,
 };
 use crate::Millis;
 
@@ -40,6 +37,7 @@ mod config;
 mod event;
 mod mwi;
 mod routing;
+mod signalling;
 mod transfer;
 mod trunking;
 mod voicemail;
@@ -58,6 +56,7 @@ use voicemail::PendingMessage;
 pub use voicemail::{pin_hash, MailboxMessage};
 
 use routing::{Dest, GateTicket, RingPlan, Routed};
+use signalling::{first_contact_uri, Signalling};
 use trunking::ExternalPlan;
 
 /// Methods we answer, for Allow headers.
@@ -81,7 +80,8 @@ pub enum EndpointError {
 #[derive(Debug)]
 pub struct Endpoint {
     cfg: EndpointConfig,
-    tx: Transactions,
+    /// The transaction layer, our client transactions' roles, tags and the random generator.
+    sig: Signalling,
     auth: Authenticator,
     registrar: Registrar,
     users: HashMap<String, StoredSecret>,
@@ -120,13 +120,11 @@ pub struct Endpoint {
     by_a_call_id: HashMap<String, u64>,
     by_b_call_id: HashMap<String, (u64, usize)>,
     by_server_key: HashMap<TxKey, u64>,
-    clients: HashMap<TxKey, ClientRole>,
     relays: HashMap<u64, Relay>,
     next_relay: u64,
     ring_timers: BTreeSet<(Millis, u64)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    rng: StdRng,
     counters: Counters,
 }
 
@@ -141,7 +139,6 @@ impl Endpoint {
         let mut auth = Authenticator::new(&cfg.realm, cfg.secret_key, rng.gen(), cfg.nonce);
         auth.set_algorithms(&cfg.auth_algorithms);
         Endpoint {
-            tx: Transactions::with_max_server(cfg.timers, cfg.max_server_transactions),
             registrar: Registrar::new(cfg.registrar.clone()),
             auth,
             users: HashMap::new(),
@@ -168,13 +165,17 @@ impl Endpoint {
             by_a_call_id: HashMap::new(),
             by_b_call_id: HashMap::new(),
             by_server_key: HashMap::new(),
-            clients: HashMap::new(),
             relays: HashMap::new(),
             next_relay: 1,
             ring_timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            rng,
+            sig: Signalling::new(
+                Transactions::with_max_server(cfg.timers, cfg.max_server_transactions),
+                rng,
+                cfg.local.clone(),
+                cfg.user_agent.clone(),
+            ),
             counters: Counters::default(),
             cfg,
         }
@@ -201,11 +202,13 @@ impl Endpoint {
         self.cfg.auth_algorithms = new.auth_algorithms.clone();
         self.auth.set_algorithms(&new.auth_algorithms);
         self.cfg.user_agent = new.user_agent.clone();
+        self.sig.set_user_agent(new.user_agent.clone());
         if self.cfg.trunks != new.trunks {
             self.cfg.trunks = new.trunks.clone();
-            self.trunks = crate::trunk::Trunks::new(new.trunks.clone(), self.rng.gen(), now);
+            self.trunks = crate::trunk::Trunks::new(new.trunks.clone(), self.sig.rng.gen(), now);
             // Transactions of the old trunks answer into nothing.
-            self.clients
+            self.sig
+                .clients
                 .retain(|_, role| !matches!(role, ClientRole::Trunk { .. }));
         }
     }
@@ -216,7 +219,8 @@ impl Endpoint {
     /// provider learns the new Contact.
     pub fn set_addresses(&mut self, now: Millis, local: Vec<SocketAddr>, media: Vec<IpAddr>) {
         let moved = self.cfg.local != local;
-        self.cfg.local = local;
+        self.cfg.local = local.clone();
+        self.sig.set_local(local);
         if let Some(m) = self.cfg.media.as_mut() {
             if !media.is_empty() {
                 m.addrs = media;
@@ -369,7 +373,7 @@ impl Endpoint {
 
     /// Number of live transactions.
     pub fn transactions(&self) -> usize {
-        self.tx.len()
+        self.sig.tx.len()
     }
 
     /// Sizes of the internal tables, to check in tests and metrics that nothing leaks.
@@ -379,10 +383,10 @@ impl Endpoint {
             by_a_call_id: self.by_a_call_id.len(),
             by_b_call_id: self.by_b_call_id.len(),
             by_server_key: self.by_server_key.len(),
-            clients: self.clients.len(),
+            clients: self.sig.clients.len(),
             relays: self.relays.len(),
             ring_timers: self.ring_timers.len(),
-            transactions: self.tx.len(),
+            transactions: self.sig.tx.len(),
         }
     }
 
@@ -429,7 +433,7 @@ impl Endpoint {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
-        self.tx.handle_timeout(now);
+        self.sig.tx.handle_timeout(now);
         self.trunks.handle_timeout(now);
         self.pump_trunks(now);
         self.drain_tx_events(now);
@@ -465,7 +469,7 @@ impl Endpoint {
     /// The next instant `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
         [
-            self.tx.poll_timeout(),
+            self.sig.tx.poll_timeout(),
             self.registrar.next_expiry(),
             self.ring_timers.first().map(|&(d, _)| d),
             self.menu_timers.first().map(|&(d, _)| d),
@@ -481,7 +485,7 @@ impl Endpoint {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits
             .pop_front()
-            .or_else(|| self.tx.poll_transmit())
+            .or_else(|| self.sig.tx.poll_transmit())
     }
 
     /// The next event for the driver.
@@ -494,7 +498,7 @@ impl Endpoint {
     // ---------------------------------------------------------------------------------------
 
     fn on_request(&mut self, now: Millis, src: Peer, req: Request) {
-        let key = match self.tx.receive_request(now, &req, src) {
+        let key = match self.sig.tx.receive_request(now, &req, src) {
             ServerInput::New(key) => key,
             ServerInput::Ack2xx(key) => {
                 self.on_ack_2xx(now, &key, &req);
@@ -507,17 +511,17 @@ impl Endpoint {
             ServerInput::Retransmission | ServerInput::AckAbsorbed => return,
             ServerInput::Overloaded => {
                 self.counters.overloaded += 1;
-                let mut resp = Response::to_request(&req, 503, Some(&self.new_tag()));
+                let mut resp = Response::to_request(&req, 503, Some(&self.sig.new_tag()));
                 resp.reason = "Service Unavailable (too many transactions)".to_string();
                 resp.headers
                     .push("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string());
-                self.stamp(&mut resp, src);
-                self.tx.send_stateless_response(&resp, src);
+                self.sig.stamp(&mut resp, src);
+                self.sig.tx.send_stateless_response(&resp, src);
                 return;
             }
         };
         if req.headers.max_forwards == Some(0) && req.method != Method::Ack {
-            self.reply(now, &key, &req, src, 483, None);
+            self.sig.reply(now, &key, &req, src, 483, None);
             return;
         }
         if req.headers.to.tag().is_some() {
@@ -528,15 +532,15 @@ impl Endpoint {
             Method::Register => self.on_register(now, key, req, src),
             Method::Invite => self.on_invite(now, key, req, src),
             Method::Options => {
-                let tag = self.new_tag();
+                let tag = self.sig.new_tag();
                 let mut resp = Response::to_request(&req, 200, Some(&tag));
                 resp.headers.push("Allow", ALLOW);
                 resp.headers.push("Accept", "application/sdp");
-                self.send(now, &key, resp, src);
+                self.sig.send(now, &key, resp, src);
             }
             Method::Cancel => self.on_cancel(now, key, req, src),
             Method::Bye | Method::Prack | Method::Update | Method::Info => {
-                self.reply(now, &key, &req, src, 481, None)
+                self.sig.reply(now, &key, &req, src, 481, None)
             }
             Method::Subscribe
                 if self.cfg.voicemail.is_some()
@@ -549,19 +553,19 @@ impl Endpoint {
             }
             Method::Subscribe | Method::Publish => {
                 // No event packages yet: RFC 6665 §3.2.2 asks for 489 for unknown events.
-                let mut resp = Response::to_request(&req, 489, Some(&self.new_tag()));
+                let mut resp = Response::to_request(&req, 489, Some(&self.sig.new_tag()));
                 resp.reason = "Bad Event".to_string();
-                self.send(now, &key, resp, src);
+                self.sig.send(now, &key, resp, src);
             }
             Method::Other(_) => {
-                let mut resp = Response::to_request(&req, 501, Some(&self.new_tag()));
+                let mut resp = Response::to_request(&req, 501, Some(&self.sig.new_tag()));
                 resp.headers.push("Allow", ALLOW);
-                self.send(now, &key, resp, src);
+                self.sig.send(now, &key, resp, src);
             }
             _ => {
-                let mut resp = Response::to_request(&req, 405, Some(&self.new_tag()));
+                let mut resp = Response::to_request(&req, 405, Some(&self.sig.new_tag()));
                 resp.headers.push("Allow", ALLOW);
-                self.send(now, &key, resp, src);
+                self.sig.send(now, &key, resp, src);
             }
         }
     }
@@ -604,7 +608,7 @@ impl Endpoint {
                     .get_all(header)
                     .all(|v| parse_credentials(v).is_err());
             if malformed {
-                self.reply(now, key, req, src, 400, None);
+                self.sig.reply(now, key, req, src, 400, None);
             } else {
                 let claimed = if proxy {
                     req.headers.from.uri.user()
@@ -620,9 +624,9 @@ impl Endpoint {
         // here, or an on-path attacker could replay them towards this one.
         if !digest_uri_matches(&req.uri, &creds.uri) {
             self.auth_failed(src, &creds.username, &req.method);
-            let mut resp = Response::to_request(req, 400, Some(&self.new_tag()));
+            let mut resp = Response::to_request(req, 400, Some(&self.sig.new_tag()));
             resp.reason = "Digest URI Does Not Match Request-URI".to_string();
-            self.send(now, key, resp, src);
+            self.sig.send(now, key, resp, src);
             return None;
         }
         let blocked = self.locks.blocks(now, &creds.username, src.addr);
@@ -663,12 +667,12 @@ impl Endpoint {
                 None
             }
             Err(AuthError::Malformed(_)) => {
-                self.reply(now, key, req, src, 400, None);
+                self.sig.reply(now, key, req, src, 400, None);
                 None
             }
             _ => {
                 self.auth_failed(src, &creds.username, &req.method);
-                self.reply(now, key, req, src, 403, None);
+                self.sig.reply(now, key, req, src, 403, None);
                 None
             }
         }
@@ -703,7 +707,7 @@ impl Endpoint {
         let known = secret.is_some();
         let global = self.auth.algorithms().to_vec();
         let result = self.auth.verify_with(now, creds, "REGISTER", &ha1, &global);
-        let tag = self.new_tag();
+        let tag = self.sig.new_tag();
         match result {
             Ok(()) if known && req.headers.to.uri.user() == Some(creds.username.as_str()) => {
                 let outcome = self
@@ -719,13 +723,13 @@ impl Endpoint {
                 return;
             }
             Err(AuthError::Malformed(_)) => {
-                self.reply(now, key, req, src, 400, None);
+                self.sig.reply(now, key, req, src, 400, None);
                 return;
             }
             _ => self.auth_failed(src, &creds.username, &req.method),
         }
         let resp = Response::to_request(req, 200, Some(&tag));
-        self.send(now, key, resp, src);
+        self.sig.send(now, key, resp, src);
     }
 
     /// Counts a failed authentication and tells the firewall.
@@ -778,7 +782,7 @@ impl Endpoint {
         } else {
             "WWW-Authenticate"
         };
-        let tag = self.new_tag();
+        let tag = self.sig.new_tag();
         let mut resp = Response::to_request(req, status, Some(&tag));
         for value in self.auth.challenge_with(now, stale, algorithms) {
             resp.headers.push(name, value);
@@ -787,7 +791,7 @@ impl Endpoint {
         // `sip::transaction`): a retransmitted request gets the same challenge from the
         // bounded cache, and a flood of unauthenticated requests leaves no transaction
         // state behind.
-        self.send(now, key, resp, src);
+        self.sig.send(now, key, resp, src);
     }
 
     fn on_register(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
@@ -797,15 +801,15 @@ impl Endpoint {
         // The address-of-record must be the authenticated extension's own.
         if req.headers.to.uri.user() != Some(user.as_str()) {
             self.counters.auth_failures += 1;
-            self.reply(now, &key, &req, src, 403, None);
+            self.sig.reply(now, &key, &req, src, 403, None);
             return;
         }
-        let tag = self.new_tag();
+        let tag = self.sig.new_tag();
         let outcome = self.registrar.register(now, &user, &req, src, &tag);
         if !outcome.changes.is_empty() {
             self.events.push_back(Event::Bindings(outcome.changes));
         }
-        self.send(now, &key, outcome.response, src);
+        self.sig.send(now, &key, outcome.response, src);
     }
 
     fn on_invite(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
@@ -819,10 +823,10 @@ impl Endpoint {
         if req.headers.from.uri.user() != Some(caller.as_str()) {
             // An extension may only call as itself.
             self.counters.auth_failures += 1;
-            self.reply(now, &key, &req, src, 403, None);
+            self.sig.reply(now, &key, &req, src, 403, None);
             return;
         }
-        self.reply(now, &key, &req, src, 100, None);
+        self.sig.reply(now, &key, &req, src, 100, None);
         let call_id = req.headers.call_id.clone();
         let callee = dialled(&req);
         let dest = match self
@@ -831,7 +835,7 @@ impl Endpoint {
         {
             Ok(dest) => dest,
             Err(status) => {
-                self.reply(now, &key, &req, src, status, None);
+                self.sig.reply(now, &key, &req, src, status, None);
                 let disposition = match status {
                     404 => Disposition::NotFound,
                     503 => Disposition::Unavailable,
@@ -882,10 +886,10 @@ impl Endpoint {
         origin: Origin,
         dest: Dest,
     ) {
-        let local_tag = self.new_tag();
+        let local_tag = self.sig.new_tag();
         let live = self.calls.len().saturating_sub(self.ended_calls);
         if live >= MAX_CALLS || self.by_a_call_id.contains_key(&req.headers.call_id) {
-            self.reply(now, &key, &req, src, 503, Some(&local_tag));
+            self.sig.reply(now, &key, &req, src, 503, Some(&local_tag));
             return;
         }
         let target =
@@ -904,7 +908,7 @@ impl Endpoint {
         if let Some(settings) = self.cfg.media.clone() {
             let Some((port_a, port_b)) = self.take_ports() else {
                 tracing::warn!("no free media ports: call refused");
-                self.reply(now, &key, &req, src, 503, Some(&local_tag));
+                self.sig.reply(now, &key, &req, src, 503, Some(&local_tag));
                 return;
             };
             let mut m = CallMedia::new(
@@ -915,18 +919,18 @@ impl Endpoint {
                 media_addr(&settings, first_peer_ip),
                 src.addr.ip(),
                 first_peer_ip,
-                self.rng.gen(),
+                self.sig.rng.gen(),
             );
             // SRTP keys come from the endpoint's generator (seeded by the driver with
             // OS randomness, never shown on the wire), not from the SDP session id.
-            m.set_key_seed(self.rng.gen());
+            m.set_key_seed(self.sig.rng.gen());
             if !late_offer {
                 match m.offer(Leg::A, &req.body) {
                     Ok(body) => b_offer = body,
                     Err(err) => {
                         tracing::debug!(%err, "unusable SDP offer");
                         self.give_ports((port_a, port_b));
-                        self.reply(now, &key, &req, src, 488, Some(&local_tag));
+                        self.sig.reply(now, &key, &req, src, 488, Some(&local_tag));
                         return;
                     }
                 }
@@ -974,7 +978,8 @@ impl Endpoint {
         self.ring_timers.insert((call.ring_deadline, id));
         self.calls.insert(id, call);
         if let Routed::Failed(status, disposition) = self.route(now, id, dest) {
-            self.reply(now, &key, &req, src, status, Some(&local_tag));
+            self.sig
+                .reply(now, &key, &req, src, status, Some(&local_tag));
             self.end_call(now, id, disposition, status);
         }
     }
@@ -1051,8 +1056,8 @@ impl Endpoint {
         peer: Peer,
         identity: ForkIdentity,
     ) -> Fork {
-        let b_call_id = self.new_call_id();
-        let local_tag = self.new_tag();
+        let b_call_id = self.sig.new_call_id();
+        let local_tag = self.sig.new_tag();
         let ForkIdentity {
             local_uri,
             remote_uri,
@@ -1061,7 +1066,7 @@ impl Endpoint {
         } = identity;
         let mut from = local_uri.clone();
         from.params.set("tag", Some(local_tag.clone()));
-        let mut headers = self.request_headers(
+        let mut headers = self.sig.request_headers(
             peer,
             from,
             remote_uri.clone(),
@@ -1076,7 +1081,9 @@ impl Endpoint {
                 .unwrap_or(70)
                 .saturating_sub(1),
         );
-        headers.contact = vec![Contact::Addr(self.our_contact(peer, Some(&contact_user)))];
+        headers.contact = vec![Contact::Addr(
+            self.sig.our_contact(peer, Some(&contact_user)),
+        )];
         headers.content_type = if body.is_empty() {
             None
         } else {
@@ -1102,14 +1109,11 @@ impl Endpoint {
             headers,
             body,
         };
-        let key = self.tx.send_request(now, req, peer);
-        self.clients.insert(
-            key.clone(),
-            ClientRole::Invite {
-                call: call_id,
-                fork: idx,
-            },
-        );
+        let role = ClientRole::Invite {
+            call: call_id,
+            fork: idx,
+        };
+        let key = self.sig.send_request(now, req, peer, role);
         self.by_b_call_id.insert(b_call_id.clone(), (call_id, idx));
         Fork {
             call_id: b_call_id,
@@ -1133,8 +1137,8 @@ impl Endpoint {
     }
 
     fn on_cancel(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
-        let Some(invite_key) = self.tx.find_invite_for_cancel(&req) else {
-            self.reply(now, &key, &req, src, 481, None);
+        let Some(invite_key) = self.sig.tx.find_invite_for_cancel(&req) else {
+            self.sig.reply(now, &key, &req, src, 481, None);
             return;
         };
         let ringing = self
@@ -1145,12 +1149,13 @@ impl Endpoint {
             .map(|(id, c)| (id, c.a.local_tag.clone(), c.a.invite.clone(), c.a.peer));
         // The 200 to the CANCEL carries the same To tag as the INVITE's responses.
         let tag = ringing.as_ref().map(|(_, tag, _, _)| tag.clone());
-        self.reply(now, &key, &req, src, 200, tag.as_deref());
+        self.sig.reply(now, &key, &req, src, 200, tag.as_deref());
         // After a final response the CANCEL has no effect (RFC 3261 §9.2).
         let Some((id, tag, invite, peer)) = ringing else {
             return;
         };
-        self.reply(now, &invite_key, &invite, peer, 487, Some(&tag));
+        self.sig
+            .reply(now, &invite_key, &invite, peer, 487, Some(&tag));
         self.cancel_forks(now, id, None);
         self.end_call(now, id, Disposition::Cancelled, 487);
     }
@@ -1183,7 +1188,7 @@ impl Endpoint {
             }
         }
         if req.method != Method::Ack {
-            self.reply(now, &key, &req, src, 481, None);
+            self.sig.reply(now, &key, &req, src, 481, None);
         }
     }
 
@@ -1201,14 +1206,14 @@ impl Endpoint {
         match (req.method.clone(), winner) {
             (Method::Refer, Some(_)) => self.on_refer(now, id, true, key, req, src),
             (Method::Bye, Some(fork)) => {
-                self.reply(now, &key, &req, src, 200, None);
+                self.sig.reply(now, &key, &req, src, 200, None);
                 self.send_bye_b(now, id, fork);
                 self.end_call(now, id, Disposition::Answered, 200);
             }
             (_, Some(fork)) => self.relay_to_b(now, id, fork, key, req, src),
             (Method::Bye, None) if call.app.is_some() => {
                 let deposit = matches!(call.app, Some(App::Deposit { .. }));
-                self.reply(now, &key, &req, src, 200, None);
+                self.sig.reply(now, &key, &req, src, 200, None);
                 self.cancel_forks(now, id, None);
                 let disposition = if deposit {
                     Disposition::Voicemail
@@ -1219,7 +1224,7 @@ impl Endpoint {
             }
             (Method::Bye, None) => {
                 // BYE before the call was answered ends it like a CANCEL would.
-                self.reply(now, &key, &req, src, 200, None);
+                self.sig.reply(now, &key, &req, src, 200, None);
                 self.cancel_forks(now, id, None);
                 if let Some(call) = self.calls.get(&id) {
                     let (ikey, invite, tag, peer) = (
@@ -1228,11 +1233,11 @@ impl Endpoint {
                         call.a.local_tag.clone(),
                         call.a.peer,
                     );
-                    self.reply(now, &ikey, &invite, peer, 487, Some(&tag));
+                    self.sig.reply(now, &ikey, &invite, peer, 487, Some(&tag));
                 }
                 self.end_call(now, id, Disposition::Cancelled, 487);
             }
-            (_, None) => self.reply(now, &key, &req, src, 491, None),
+            (_, None) => self.sig.reply(now, &key, &req, src, 491, None),
         }
     }
 
@@ -1253,7 +1258,7 @@ impl Endpoint {
             }
         }
         if req.method == Method::Bye {
-            self.reply(now, &key, &req, src, 200, None);
+            self.sig.reply(now, &key, &req, src, 200, None);
             self.send_bye_a(now, id);
             self.end_call(now, id, Disposition::Answered, 200);
             return;
@@ -1320,8 +1325,8 @@ impl Endpoint {
     // ---------------------------------------------------------------------------------------
 
     fn on_response(&mut self, now: Millis, src: Peer, resp: Response) {
-        match self.tx.receive_response(now, &resp, src) {
-            ClientInput::Deliver(key) => match self.clients.get(&key).cloned() {
+        match self.sig.tx.receive_response(now, &resp, src) {
+            ClientInput::Deliver(key) => match self.sig.clients.get(&key).cloned() {
                 Some(ClientRole::Invite { call, fork }) => {
                     self.on_fork_response(now, call, fork, &resp)
                 }
@@ -1340,7 +1345,8 @@ impl Endpoint {
                 Some(ClientRole::Cancel | ClientRole::Bye | ClientRole::Notify) | None => {}
             },
             ClientInput::Retransmitted2xx(key) => {
-                if let Some(ClientRole::Invite { call, fork }) = self.clients.get(&key).cloned() {
+                if let Some(ClientRole::Invite { call, fork }) = self.sig.clients.get(&key).cloned()
+                {
                     self.on_retransmitted_2xx(call, fork);
                 }
             }
@@ -1363,7 +1369,7 @@ impl Endpoint {
             } else if resp.is_provisional() && f.state == ForkState::CancelPending {
                 f.state = ForkState::Cancelled;
                 let (key, peer) = (f.invite_key.clone(), f.peer);
-                self.send_cancel(now, &key, peer);
+                self.sig.send_cancel(now, &key, peer);
             } else if !resp.is_provisional() {
                 f.state = ForkState::Failed;
             }
@@ -1381,7 +1387,7 @@ impl Endpoint {
                 // RFC 3261 §9.1: the CANCEL waited for this provisional.
                 f.state = ForkState::Cancelled;
                 let (key, peer) = (f.invite_key.clone(), f.peer);
-                self.send_cancel(now, &key, peer);
+                self.sig.send_cancel(now, &key, peer);
                 return;
             }
             if resp.status == 100 {
@@ -1412,8 +1418,8 @@ impl Endpoint {
                 if out.body.is_empty() {
                     out.headers.content_type = None;
                 }
-                out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
-                self.send(now, &key, out, peer);
+                out.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
+                self.sig.send(now, &key, out, peer);
             }
             return;
         }
@@ -1463,11 +1469,11 @@ impl Endpoint {
             let key = call.a.invite_key.clone();
             // The 2xx carries the answer, or in a late-offer call the callee's offer.
             out.body = self.media_body(id, Leg::B, late_offer, &resp.body, Some(fork_ip));
-            out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+            out.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
             if !late_offer {
                 self.send_ack_b(id, fork, Vec::new(), None);
             }
-            self.send(now, &key, out, peer);
+            self.sig.send(now, &key, out, peer);
             self.cancel_forks(now, id, Some(fork));
             return;
         }
@@ -1524,7 +1530,7 @@ impl Endpoint {
         };
         if let Some(ack) = f.ack.clone() {
             let peer = f.peer;
-            self.tx.send_stateless_request(&ack, peer);
+            self.sig.tx.send_stateless_request(&ack, peer);
         }
     }
 
@@ -1572,7 +1578,7 @@ impl Endpoint {
             Vec::new()
         };
         if resp.is_success() {
-            out.headers.contact = vec![Contact::Addr(self.our_contact(relay.src, None))];
+            out.headers.contact = vec![Contact::Addr(self.sig.our_contact(relay.src, None))];
         }
         // Never pass a phone's own challenges through: only Outpost authenticates.
         for (name, value) in &resp.headers.other {
@@ -1583,7 +1589,7 @@ impl Endpoint {
                 out.headers.push(name, value.clone());
             }
         }
-        self.send(now, &relay.server_key, out, relay.src);
+        self.sig.send(now, &relay.server_key, out, relay.src);
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1664,10 +1670,12 @@ impl Endpoint {
             call_id,
             cseq,
         } = leg;
-        let mut headers = self.request_headers(peer, from, to, call_id, cseq, req.method.clone());
+        let mut headers =
+            self.sig
+                .request_headers(peer, from, to, call_id, cseq, req.method.clone());
         headers.content_type = req.headers.content_type.clone();
         if matches!(req.method, Method::Invite | Method::Update) {
-            headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+            headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
         }
         for (name, value) in &req.headers.other {
             // Pass end-to-end content headers; hop-by-hop and identity headers stay behind.
@@ -1706,9 +1714,10 @@ impl Endpoint {
                 from_a,
             },
         );
-        let key = self.tx.send_request(now, out, peer);
-        self.clients.insert(
-            key,
+        self.sig.send_request(
+            now,
+            out,
+            peer,
             ClientRole::Relay {
                 call: id,
                 relay: relay_id,
@@ -1743,7 +1752,9 @@ impl Endpoint {
         }
         let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
         let invite_cseq = f.invite_cseq;
-        let mut headers = self.request_headers(peer, from, to, call_id, cseq, Method::Ack);
+        let mut headers = self
+            .sig
+            .request_headers(peer, from, to, call_id, cseq, Method::Ack);
         headers.content_type = content_type;
         let ack = Request {
             method: Method::Ack,
@@ -1751,7 +1762,7 @@ impl Endpoint {
             headers,
             body,
         };
-        self.tx.send_stateless_request(&ack, peer);
+        self.sig.tx.send_stateless_request(&ack, peer);
         if cseq == invite_cseq {
             if let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) {
                 f.ack = Some(ack);
@@ -1774,7 +1785,9 @@ impl Endpoint {
         let mut to = call.a.remote_uri.clone();
         to.params.set("tag", Some(call.a.remote_tag.clone()));
         let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let mut headers = self.request_headers(peer, from, to, call_id, cseq, Method::Ack);
+        let mut headers = self
+            .sig
+            .request_headers(peer, from, to, call_id, cseq, Method::Ack);
         headers.content_type = content_type;
         let ack = Request {
             method: Method::Ack,
@@ -1782,7 +1795,7 @@ impl Endpoint {
             headers,
             body,
         };
-        self.tx.send_stateless_request(&ack, peer);
+        self.sig.tx.send_stateless_request(&ack, peer);
     }
 
     fn send_bye_b(&mut self, now: Millis, id: u64, fork: usize) {
@@ -1798,15 +1811,16 @@ impl Endpoint {
             to.params.set("tag", Some(tag.clone()));
         }
         let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
-        let headers = self.request_headers(peer, from, to, call_id, cseq, Method::Bye);
+        let headers = self
+            .sig
+            .request_headers(peer, from, to, call_id, cseq, Method::Bye);
         let bye = Request {
             method: Method::Bye,
             uri: target,
             headers,
             body: Vec::new(),
         };
-        let key = self.tx.send_request(now, bye, peer);
-        self.clients.insert(key, ClientRole::Bye);
+        self.sig.send_request(now, bye, peer, ClientRole::Bye);
     }
 
     fn send_bye_a(&mut self, now: Millis, id: u64) {
@@ -1820,15 +1834,16 @@ impl Endpoint {
         let mut to = call.a.remote_uri.clone();
         to.params.set("tag", Some(call.a.remote_tag.clone()));
         let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let headers = self.request_headers(peer, from, to, call_id, cseq, Method::Bye);
+        let headers = self
+            .sig
+            .request_headers(peer, from, to, call_id, cseq, Method::Bye);
         let bye = Request {
             method: Method::Bye,
             uri: target,
             headers,
             body: Vec::new(),
         };
-        let key = self.tx.send_request(now, bye, peer);
-        self.clients.insert(key, ClientRole::Bye);
+        self.sig.send_request(now, bye, peer, ClientRole::Bye);
     }
 
     /// Cancels every fork still without a final response, except `keep`. A fork that has
@@ -1842,7 +1857,7 @@ impl Endpoint {
             if Some(i) == keep || !matches!(f.state, ForkState::Calling | ForkState::Ringing) {
                 continue;
             }
-            if self.tx.is_proceeding(&f.invite_key) {
+            if self.sig.tx.is_proceeding(&f.invite_key) {
                 f.state = ForkState::Cancelled;
                 to_cancel.push((f.invite_key.clone(), f.peer));
             } else {
@@ -1850,20 +1865,8 @@ impl Endpoint {
             }
         }
         for (key, peer) in to_cancel {
-            self.send_cancel(now, &key, peer);
+            self.sig.send_cancel(now, &key, peer);
         }
-    }
-
-    fn send_cancel(&mut self, now: Millis, invite_key: &TxKey, dest: Peer) {
-        if !self.tx.awaiting_final(invite_key) {
-            return;
-        }
-        let Some(invite) = self.tx.client_request(invite_key) else {
-            return;
-        };
-        let cancel = build_cancel(invite);
-        let key = self.tx.send_request(now, cancel, dest);
-        self.clients.insert(key, ClientRole::Cancel);
     }
 
     fn ring_timeout(&mut self, now: Millis, id: u64) {
@@ -2241,7 +2244,7 @@ impl Endpoint {
         ok.headers.content_type = Some("application/sdp".to_string());
         ok.headers.push("Allow", ALLOW);
         let (peer, key) = (call.a.peer, call.a.invite_key.clone());
-        ok.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+        ok.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
         self.ring_timers.remove(&(deadline, id));
         self.counters.calls_answered += 1;
         self.events.push_back(Event::Media(open));
@@ -2251,7 +2254,7 @@ impl Endpoint {
             clips,
             repeat: false,
         }));
-        self.send(now, &key, ok, peer);
+        self.sig.send(now, &key, ok, peer);
         true
     }
 
@@ -2402,17 +2405,17 @@ impl Endpoint {
         };
         let mailbox = req.uri.user().unwrap_or_default().to_string();
         if mailbox != user && req.headers.to.uri.user() != Some(user.as_str()) {
-            self.reply(now, &key, &req, src, 403, None);
+            self.sig.reply(now, &key, &req, src, 403, None);
             return;
         }
         let expires = req.headers.expires.unwrap_or(3600).min(3600);
         let call_id = req.headers.call_id.clone();
         let existing_tag = self.mwi.get(&call_id).map(|s| s.local_tag.clone());
-        let local_tag = existing_tag.unwrap_or_else(|| self.new_tag());
+        let local_tag = existing_tag.unwrap_or_else(|| self.sig.new_tag());
         let mut ok = Response::to_request(&req, 200, Some(&local_tag));
         ok.headers.expires = Some(expires);
-        ok.headers.contact = vec![Contact::Addr(self.our_contact(src, None))];
-        self.send(now, &key, ok, src);
+        ok.headers.contact = vec![Contact::Addr(self.sig.our_contact(src, None))];
+        self.sig.send(now, &key, ok, src);
         if self.mwi.len() >= MAX_MWI && !self.mwi.contains_key(&call_id) {
             self.mwi.retain(|_, s| s.expires_at > now);
             if self.mwi.len() >= MAX_MWI {
@@ -2456,7 +2459,7 @@ impl Endpoint {
         });
         let mut from = sub.local_uri.clone();
         from.params.set("tag", Some(sub.local_tag.clone()));
-        let mut headers = self.request_headers(
+        let mut headers = self.sig.request_headers(
             sub.peer,
             from,
             sub.remote_uri.clone(),
@@ -2474,7 +2477,7 @@ impl Endpoint {
                 format!("active;expires={remaining}")
             },
         );
-        headers.contact = vec![Contact::Addr(self.our_contact(sub.peer, None))];
+        headers.contact = vec![Contact::Addr(self.sig.our_contact(sub.peer, None))];
         headers.content_type = Some("application/simple-message-summary".to_string());
         let body = format!(
             "Messages-Waiting: {}\r\nMessage-Account: sip:{}@{}\r\nVoice-Message: {new}/{old} (0/0)\r\n",
@@ -2488,8 +2491,8 @@ impl Endpoint {
             headers,
             body: body.into_bytes(),
         };
-        let key = self.tx.send_request(now, notify, sub.peer);
-        self.clients.insert(key, ClientRole::Bye);
+        self.sig
+            .send_request(now, notify, sub.peer, ClientRole::Bye);
     }
 
     /// Drops expired MWI subscriptions.
@@ -2742,14 +2745,14 @@ impl Endpoint {
     }
 
     fn drain_tx_events(&mut self, now: Millis) {
-        while let Some(event) = self.tx.poll_event() {
+        while let Some(event) = self.sig.tx.poll_event() {
             match event {
                 TxEvent::Timeout(key) => self.on_tx_timeout(now, key),
                 TxEvent::Terminated(key) => {
                     if key.server {
                         self.by_server_key.remove(&key);
                     } else if let Some(ClientRole::Invite { call, fork }) =
-                        self.clients.remove(&key)
+                        self.sig.clients.remove(&key)
                     {
                         if let Some(f) = self
                             .calls
@@ -2792,7 +2795,7 @@ impl Endpoint {
             self.end_call(now, id, Disposition::Answered, 200);
             return;
         }
-        match self.clients.get(&key).cloned() {
+        match self.sig.clients.get(&key).cloned() {
             Some(ClientRole::Invite { call, fork }) => {
                 let Some(c) = self.calls.get_mut(&call) else {
                     return;
@@ -2822,11 +2825,12 @@ impl Endpoint {
             Some(ClientRole::Relay { relay, .. }) => {
                 // The other leg did not answer an in-dialog request: answer 408 upstream.
                 if let Some(r) = self.relays.remove(&relay) {
-                    self.reply(now, &r.server_key, &r.server_req, r.src, 408, None);
+                    self.sig
+                        .reply(now, &r.server_key, &r.server_req, r.src, 408, None);
                 }
             }
             Some(ClientRole::NewLegA { call }) => {
-                if let Some(resp) = self.synthetic_response(&key, 408) {
+                if let Some(resp) = self.sig.synthetic_response(&key, 408) {
                     self.on_new_leg_a_response(now, call, &resp);
                 }
             }
@@ -2839,126 +2843,6 @@ impl Endpoint {
             )
             | None => {}
         }
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Helpers
-    // ---------------------------------------------------------------------------------------
-
-    fn reply(
-        &mut self,
-        now: Millis,
-        key: &TxKey,
-        req: &Request,
-        dest: Peer,
-        status: u16,
-        to_tag: Option<&str>,
-    ) {
-        let tag = match to_tag {
-            Some(t) => t.to_string(),
-            None => self.new_tag(),
-        };
-        let resp = Response::to_request(req, status, Some(&tag));
-        self.send(now, key, resp, dest);
-    }
-
-    /// Adds what every response of ours carries: received/rport and Server.
-    fn stamp(&self, resp: &mut Response, dest: Peer) {
-        if let Some(via) = resp.headers.via.first_mut() {
-            // RFC 3261 §18.2.1 and RFC 3581 §4: tell the sender where its request came from.
-            via.params.set("received", Some(dest.addr.ip().to_string()));
-            if via.params.get("rport").is_some() {
-                via.params.set("rport", Some(dest.addr.port().to_string()));
-            }
-        }
-        resp.headers.push("Server", self.cfg.user_agent.clone());
-    }
-
-    fn send(&mut self, now: Millis, key: &TxKey, mut resp: Response, dest: Peer) {
-        self.stamp(&mut resp, dest);
-        if let Err(err) = self.tx.send_response(now, key, resp, dest) {
-            tracing::debug!(%err, "response not sent");
-        }
-    }
-
-    /// Via, From, To, Call-ID, CSeq and Max-Forwards of a request we originate.
-    fn request_headers(
-        &mut self,
-        peer: Peer,
-        from: NameAddr,
-        to: NameAddr,
-        call_id: String,
-        seq: u32,
-        method: Method,
-    ) -> Headers {
-        let local = self.local_for(peer);
-        let mut params = Params::default();
-        params.set(
-            "branch",
-            Some(format!("z9hG4bK{:016x}", self.rng.gen::<u64>())),
-        );
-        params.set("rport", None);
-        let via = Via {
-            transport: peer.transport.as_str().to_string(),
-            host: host_text(local),
-            port: Some(local.port()),
-            params,
-        };
-        let mut headers = Headers {
-            via: vec![via],
-            from,
-            to,
-            call_id,
-            cseq: CSeq { seq, method },
-            max_forwards: Some(70),
-            contact: Vec::new(),
-            expires: None,
-            route: Vec::new(),
-            record_route: Vec::new(),
-            content_type: None,
-            other: Vec::new(),
-        };
-        headers.push("User-Agent", self.cfg.user_agent.clone());
-        headers
-    }
-
-    fn our_contact(&self, peer: Peer, user: Option<&str>) -> NameAddr {
-        let local = self.local_for(peer);
-        let user = user.unwrap_or("outpost");
-        let transport = match peer.transport {
-            Transport::Udp => "",
-            Transport::Tcp => ";transport=tcp",
-            Transport::Tls => ";transport=tls",
-        };
-        let text = format!(
-            "sip:{user}@{}:{}{transport}",
-            host_text(local),
-            local.port()
-        );
-        let uri = wire::parse_uri(&text).unwrap_or_default();
-        NameAddr::new(uri)
-    }
-
-    fn local_for(&self, peer: Peer) -> SocketAddr {
-        self.cfg
-            .local
-            .iter()
-            .find(|a| a.is_ipv4() == peer.addr.is_ipv4())
-            .or(self.cfg.local.first())
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
-    }
-
-    fn new_tag(&mut self) -> String {
-        format!("{:016x}", self.rng.gen::<u64>())
-    }
-
-    fn new_call_id(&mut self) -> String {
-        format!(
-            "{:016x}{:016x}@outpost",
-            self.rng.gen::<u64>(),
-            self.rng.gen::<u64>()
-        )
     }
 }
 
@@ -2985,19 +2869,4 @@ fn media_addr(settings: &MediaSettings, peer: IpAddr) -> IpAddr {
         .or(settings.addrs.first())
         .copied()
         .unwrap_or(peer)
-}
-
-/// The host part for Via/Contact: IPv6 addresses in brackets.
-fn host_text(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    }
-}
-
-fn first_contact_uri(headers: &Headers) -> Option<Uri> {
-    headers.contact.iter().find_map(|c| match c {
-        Contact::Addr(a) => Some(a.uri.clone()),
-        Contact::Star => None,
-    })
 }

@@ -336,6 +336,7 @@ impl Endpoint {
         }
     }
 
+    /// Moves call `id`'s ring deadline to `at`.
     pub(super) fn set_ring_deadline(&mut self, id: u64, at: Millis) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -345,6 +346,7 @@ impl Endpoint {
         self.ring_timers.insert((at, id));
     }
 
+    /// Moves (or with `None` clears) the deadline of call `id`'s next plan step.
     pub(super) fn set_step_deadline(&mut self, id: u64, at: Option<Millis>) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -455,7 +457,7 @@ impl Endpoint {
             487 => Disposition::Cancelled,
             _ => Disposition::Failed,
         };
-        self.reply(now, &key, &invite, peer, status, Some(&tag));
+        self.sig.reply(now, &key, &invite, peer, status, Some(&tag));
         self.end_call(now, id, disposition, status);
     }
 }
