@@ -13,8 +13,9 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{Method, NameAddr, Peer, Request, Transport, Uri};
 use crate::Millis;
 
+use super::ivr::MenuSession;
 use super::routing;
-use super::voicemail::MailboxMessage;
+use super::voicemail::{AccessSession, Deposit, DepositStage};
 
 /// State of the caller's leg.
 #[derive(Debug)]
@@ -191,13 +192,11 @@ impl Call {
     /// The auto attendant is ringing an extension for this caller.
     pub(super) fn transferring(&self) -> bool {
         self.winner.is_none()
-            && matches!(
-                self.app,
-                Some(App::Menu {
-                    transfer: Some(_),
-                    ..
-                }) | Some(App::Transfer)
-            )
+            && match &self.app {
+                Some(App::Menu(session)) => session.transferring(),
+                Some(App::Transfer) => true,
+                _ => false,
+            }
     }
 
     /// The offer for a phone that is to become leg B: the caller's anchored offer while
@@ -223,63 +222,34 @@ impl Call {
     /// Voicemail is recording this caller's message.
     pub(super) fn recording_message(&self) -> bool {
         matches!(
-            self.app,
-            Some(App::Deposit {
-                stage: DepositStage::Recording,
-                ..
-            })
+            &self.app,
+            Some(App::Deposit(d)) if d.stage == DepositStage::Recording
         )
+    }
+
+    /// The auto-attendant session of this caller, if it is in a menu.
+    pub(super) fn menu_mut(&mut self) -> Option<&mut MenuSession> {
+        match &mut self.app {
+            Some(App::Menu(session)) => Some(session),
+            _ => None,
+        }
     }
 }
 
 /// A call answered by Outpost itself.
 #[derive(Debug, Clone)]
 pub(super) enum App {
-    /// Taking a message for `mailbox`.
-    Deposit {
-        mailbox: String,
-        path: std::path::PathBuf,
-        stage: DepositStage,
-    },
+    /// Taking a message.
+    Deposit(Deposit),
     /// The caller is in an auto-attendant menu (or being transferred from it).
-    Menu {
-        menu: usize,
-        tries: u32,
-        /// Waiting for a digit until then.
-        deadline: Option<Millis>,
-        /// Extension being rung for the caller.
-        transfer: Option<String>,
-    },
+    Menu(MenuSession),
     /// The callee transferred the caller (REFER); `target` rings while the caller hears
     /// ringback.
     Transfer,
     /// Saying goodbye: hang up when the prompt ends.
     Goodbye,
     /// The mailbox owner listens to messages.
-    Access {
-        mailbox: String,
-        stage: AccessStage,
-        digits: String,
-        tries: u8,
-        queue: Vec<MailboxMessage>,
-        current: Option<MailboxMessage>,
-    },
-}
-
-/// Where a mailbox owner is in the access menu.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AccessStage {
-    Pin,
-    Menu,
-    Goodbye,
-}
-
-/// Where a caller leaving a message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum DepositStage {
-    Greeting,
-    Recording,
-    Goodbye,
+    Access(AccessSession),
 }
 
 /// The INVITE that brings a new party onto leg A (the caller transferred the callee).

@@ -10,7 +10,7 @@
 //! Outpost, and Outpost places a new INVITE (leg B, its own Call-ID) to every registered
 //! contact of the callee in parallel. The first 2xx wins and the other forks are cancelled.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use rand::rngs::StdRng;
@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use crate::cdr::{Cdr, Disposition};
 use crate::lockout::{AccountLocks, TrustedSource};
 use crate::media::anchor::CallMedia;
-use crate::media::session::{Leg, MediaCommand, MediaEvent, PortPool, SessionId};
+use crate::media::session::{Leg, MediaCommand, MediaEvent, PortPool};
 use crate::registrar::{is_unregister, Binding, Registrar};
 use crate::sip::auth::{
     digest_uri_matches, parse_credentials, Algorithm, AuthError, Authenticator, DigestChoice,
@@ -34,7 +34,9 @@ use crate::Millis;
 
 mod call;
 mod config;
+mod deadlines;
 mod event;
+mod ivr;
 mod mwi;
 mod routing;
 mod signalling;
@@ -43,18 +45,20 @@ mod trunking;
 mod voicemail;
 
 use call::{
-    better_failure, AccessStage, App, Call, CallState, ClientRole, DepositStage, Fork,
-    ForkIdentity, ForkState, LegA, Origin, OutLeg, PendingLegA, Relay,
+    better_failure, App, Call, CallState, ClientRole, Fork, ForkIdentity, ForkState, LegA, Origin,
+    OutLeg, PendingLegA, Relay,
 };
 pub use config::{
     CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
     RingGroup, RingStrategy, VoicemailSettings,
 };
 pub use event::{CallSummary, Counters, DebugCounts, Event};
-use mwi::MwiSubscription;
-use voicemail::PendingMessage;
+use mwi::MwiSubscriptions;
 pub use voicemail::{pin_hash, MailboxMessage};
+use voicemail::{AccessSession, Deposit, DepositStage, Voicemail};
 
+use deadlines::Deadlines;
+use ivr::{MenuSession, PlayDone};
 use routing::{Dest, GateTicket, RingPlan, Routed};
 use signalling::{first_contact_uri, Signalling};
 use trunking::ExternalPlan;
@@ -92,16 +96,12 @@ pub struct Endpoint {
     locks: AccountLocks,
     /// Digest algorithms per extension, where not the global ones.
     digests: HashMap<String, DigestChoice>,
-    /// Voicemail recordings not yet reported, by relay session.
-    recordings: HashMap<SessionId, PendingMessage>,
-    /// Messages per mailbox, as the driver's index knows them.
-    mailboxes: HashMap<String, Vec<MailboxMessage>>,
-    /// Voicemail PIN hashes per extension.
-    pins: HashMap<String, String>,
+    /// Mailboxes, PINs and recordings in progress.
+    voicemail: Voicemail,
     /// Auto-attendant digit deadlines.
-    menu_timers: BTreeSet<(Millis, u64)>,
+    menu_timers: Deadlines,
     /// Deadlines of the next step of a ring plan.
-    step_timers: BTreeSet<(Millis, u64)>,
+    step_timers: Deadlines,
     /// Call forwarding per extension.
     forwards: HashMap<String, Forwarding>,
     /// Caller-ID per extension on outside calls.
@@ -111,7 +111,7 @@ pub struct Endpoint {
     /// The trunks' registrations and health.
     trunks: crate::trunk::Trunks,
     /// MWI subscriptions by Call-ID.
-    mwi: HashMap<String, MwiSubscription>,
+    mwi: MwiSubscriptions,
     /// Relay ports free for new calls (when media is anchored).
     ports: Option<PortPool>,
     /// Calls in `calls` that ended and wait for their forks' transactions.
@@ -122,7 +122,7 @@ pub struct Endpoint {
     by_server_key: HashMap<TxKey, u64>,
     relays: HashMap<u64, Relay>,
     next_relay: u64,
-    ring_timers: BTreeSet<(Millis, u64)>,
+    ring_timers: Deadlines,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     counters: Counters,
@@ -146,16 +146,14 @@ impl Endpoint {
             calls: HashMap::new(),
             locks: AccountLocks::new(),
             digests: HashMap::new(),
-            recordings: HashMap::new(),
-            mailboxes: HashMap::new(),
-            pins: HashMap::new(),
-            menu_timers: BTreeSet::new(),
-            step_timers: BTreeSet::new(),
+            voicemail: Voicemail::default(),
+            menu_timers: Deadlines::default(),
+            step_timers: Deadlines::default(),
             forwards: HashMap::new(),
             caller_ids: HashMap::new(),
             gate: None,
             trunks: crate::trunk::Trunks::new(cfg.trunks.clone(), rng.gen(), 0),
-            mwi: HashMap::new(),
+            mwi: MwiSubscriptions::new(MAX_MWI),
             ports: cfg
                 .media
                 .as_ref()
@@ -167,7 +165,7 @@ impl Endpoint {
             by_server_key: HashMap::new(),
             relays: HashMap::new(),
             next_relay: 1,
-            ring_timers: BTreeSet::new(),
+            ring_timers: Deadlines::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             sig: Signalling::new(
@@ -273,14 +271,7 @@ impl Endpoint {
 
     /// Sets (or with `None` clears) an extension's voicemail PIN hash (see [`pin_hash`]).
     pub fn set_pin(&mut self, ext: &str, hash: Option<String>) {
-        match hash {
-            Some(h) => {
-                self.pins.insert(ext.to_string(), h);
-            }
-            None => {
-                self.pins.remove(ext);
-            }
-        }
+        self.voicemail.set_pin(ext, hash);
     }
 
     /// Lifts an account lock.
@@ -437,30 +428,18 @@ impl Endpoint {
         self.trunks.handle_timeout(now);
         self.pump_trunks(now);
         self.drain_tx_events(now);
-        self.expire_mwi(now);
+        self.mwi.expire(now);
         let changes = self.registrar.expire(now);
         if !changes.is_empty() {
             self.events.push_back(Event::Bindings(changes));
         }
-        while let Some(&(deadline, call)) = self.menu_timers.first() {
-            if deadline > now {
-                break;
-            }
-            self.menu_timers.remove(&(deadline, call));
+        while let Some((deadline, call)) = self.menu_timers.pop_due(now) {
             self.menu_timeout(now, call, deadline);
         }
-        while let Some(&(deadline, call)) = self.ring_timers.first() {
-            if deadline > now {
-                break;
-            }
-            self.ring_timers.remove(&(deadline, call));
+        while let Some((_, call)) = self.ring_timers.pop_due(now) {
             self.ring_timeout(now, call);
         }
-        while let Some(&(deadline, call)) = self.step_timers.first() {
-            if deadline > now {
-                break;
-            }
-            self.step_timers.remove(&(deadline, call));
+        while let Some((deadline, call)) = self.step_timers.pop_due(now) {
             self.step_timeout(now, call, deadline);
         }
         self.drain_tx_events(now);
@@ -471,9 +450,9 @@ impl Endpoint {
         [
             self.sig.tx.poll_timeout(),
             self.registrar.next_expiry(),
-            self.ring_timers.first().map(|&(d, _)| d),
-            self.menu_timers.first().map(|&(d, _)| d),
-            self.step_timers.first().map(|&(d, _)| d),
+            self.ring_timers.next(),
+            self.menu_timers.next(),
+            self.step_timers.next(),
             self.trunks.poll_timeout(),
         ]
         .into_iter()
@@ -975,7 +954,7 @@ impl Endpoint {
         };
         self.by_a_call_id.insert(call.a.call_id.clone(), id);
         self.by_server_key.insert(key.clone(), id);
-        self.ring_timers.insert((call.ring_deadline, id));
+        self.ring_timers.insert(call.ring_deadline, id);
         self.calls.insert(id, call);
         if let Routed::Failed(status, disposition) = self.route(now, id, dest) {
             self.sig
@@ -1164,9 +1143,7 @@ impl Endpoint {
     fn in_dialog(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
         let call_id = &req.headers.call_id;
         let to_tag = req.headers.to.tag().unwrap_or_default();
-        if req.method == Method::Subscribe
-            && self.mwi.get(call_id).is_some_and(|s| s.local_tag == to_tag)
-        {
+        if req.method == Method::Subscribe && self.mwi.is_dialog(call_id, to_tag) {
             self.on_mwi_subscribe(now, key, req, src);
             return;
         }
@@ -1212,7 +1189,7 @@ impl Endpoint {
             }
             (_, Some(fork)) => self.relay_to_b(now, id, fork, key, req, src),
             (Method::Bye, None) if call.app.is_some() => {
-                let deposit = matches!(call.app, Some(App::Deposit { .. }));
+                let deposit = matches!(call.app, Some(App::Deposit(_)));
                 self.sig.reply(now, &key, &req, src, 200, None);
                 self.cancel_forks(now, id, None);
                 let disposition = if deposit {
@@ -1379,7 +1356,7 @@ impl Endpoint {
         if on_trunk && f.state == ForkState::Calling && call.step_deadline.is_some() {
             // The trunk answered: it is alive, no need to try the next one.
             if let Some(at) = call.step_deadline.take() {
-                self.step_timers.remove(&(at, id));
+                self.step_timers.remove(at, id);
             }
         }
         if resp.is_provisional() {
@@ -1437,7 +1414,7 @@ impl Endpoint {
                 call.app = None;
                 let fork_ip = f.peer.addr.ip();
                 self.counters.calls_answered += 1;
-                self.ring_timers.remove(&(call.ring_deadline, id));
+                self.ring_timers.remove(call.ring_deadline, id);
                 self.send_ack_b(id, fork, Vec::new(), None);
                 self.events.push_back(Event::Media(MediaCommand::StopPlay {
                     session: id,
@@ -1458,7 +1435,7 @@ impl Endpoint {
             call.state = CallState::Answered;
             call.answer = Some(now);
             self.counters.calls_answered += 1;
-            self.ring_timers.remove(&(call.ring_deadline, id));
+            self.ring_timers.remove(call.ring_deadline, id);
             let late_offer = call.late_offer;
             let fork_ip = f.peer.addr.ip();
             let mut out = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
@@ -1960,11 +1937,11 @@ impl Endpoint {
             return false;
         }
         let path = vm.dir.join(mailbox).join(format!("{now}-{id}.wav"));
-        let app = App::Deposit {
+        let app = App::Deposit(Deposit {
             mailbox: mailbox.to_string(),
             path,
             stage: DepositStage::Greeting,
-        };
+        });
         let clips = vec![
             greeting.to_string(),
             "please-leave-message".to_string(),
@@ -1978,13 +1955,8 @@ impl Endpoint {
             // on the open media.
             call.app = Some(app);
             let deadline = call.ring_deadline;
-            self.ring_timers.remove(&(deadline, id));
-            self.events.push_back(Event::Media(MediaCommand::Play {
-                session: id,
-                leg: Leg::A,
-                clips,
-                repeat: false,
-            }));
+            self.ring_timers.remove(deadline, id);
+            self.play(id, Leg::A, clips, false);
             return true;
         }
         self.answer_with_app(now, id, app, clips)
@@ -1995,145 +1967,55 @@ impl Endpoint {
         let Some(m) = self.cfg.ivr.get(menu) else {
             return false;
         };
-        let clips = vec![m.greeting.clone()];
-        let app = App::Menu {
-            menu,
-            tries: 0,
-            deadline: None,
-            transfer: None,
-        };
-        self.answer_with_app(now, id, app, clips)
+        let (session, clips) = MenuSession::start(menu, m);
+        self.answer_with_app(now, id, App::Menu(session), clips)
     }
 
     /// The greeting (or a transfer announcement) ended.
     fn menu_play_done(&mut self, now: Millis, id: u64) {
-        let Some(Call {
-            app:
-                Some(App::Menu {
-                    menu,
-                    tries,
-                    deadline,
-                    transfer,
-                }),
-            ..
-        }) = self.calls.get_mut(&id)
-        else {
+        let Some(session) = self.calls.get_mut(&id).and_then(Call::menu_mut) else {
             return;
         };
-        if transfer.is_some() {
+        match session.play_done(now, self.cfg.ivr.get(session.menu())) {
             // Ringback while the extension rings.
-            self.events.push_back(Event::Media(MediaCommand::Play {
-                session: id,
-                leg: Leg::A,
-                clips: vec!["ringback".to_string()],
-                repeat: true,
-            }));
-            return;
+            PlayDone::Ringback => self.play(id, Leg::A, vec!["ringback".to_string()], true),
+            PlayDone::HangUp => {
+                self.send_bye_a(now, id);
+                self.end_call(now, id, Disposition::Answered, 200);
+            }
+            PlayDone::WaitDigit(at) => self.menu_timers.insert(at, id),
+            PlayDone::Nothing => {}
         }
-        let Some(m) = self.cfg.ivr.get(*menu) else {
-            return;
-        };
-        if *tries > m.retries {
-            self.send_bye_a(now, id);
-            self.end_call(now, id, Disposition::Answered, 200);
-            return;
-        }
-        let at = now.saturating_add(m.timeout_ms);
-        *deadline = Some(at);
-        self.menu_timers.insert((at, id));
     }
 
     /// No digit in time: the greeting again, or goodbye after the retries.
     fn menu_timeout(&mut self, _now: Millis, id: u64, at: Millis) {
-        let Some(Call {
-            app:
-                Some(App::Menu {
-                    menu,
-                    tries,
-                    deadline,
-                    transfer: None,
-                }),
-            ..
-        }) = self.calls.get_mut(&id)
-        else {
+        let Some(session) = self.calls.get_mut(&id).and_then(Call::menu_mut) else {
             return;
         };
-        if *deadline != Some(at) {
-            return;
+        if let Some(clips) = session.timeout(at, self.cfg.ivr.get(session.menu())) {
+            self.play(id, Leg::A, clips, false);
         }
-        *deadline = None;
-        *tries += 1;
-        let Some(m) = self.cfg.ivr.get(*menu) else {
-            return;
-        };
-        let clips = if *tries > m.retries {
-            vec!["goodbye".to_string()]
-        } else {
-            vec![m.greeting.clone()]
-        };
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session: id,
-            leg: Leg::A,
-            clips,
-            repeat: false,
-        }));
     }
 
     /// A digit in an auto-attendant menu.
     fn menu_digit(&mut self, now: Millis, id: u64, digit: char) {
-        let Some(Call {
-            app:
-                Some(App::Menu {
-                    menu,
-                    tries,
-                    deadline,
-                    transfer,
-                }),
-            ..
-        }) = self.calls.get_mut(&id)
-        else {
+        let Some(session) = self.calls.get_mut(&id).and_then(Call::menu_mut) else {
             return;
         };
-        if transfer.is_some() {
-            return;
+        let (users, registrar) = (&self.users, &self.registrar);
+        let reachable =
+            |ext: &str| users.contains_key(ext) && !registrar.lookup(ext, now).is_empty();
+        let (cancelled, outcome) =
+            session.digit(digit, self.cfg.ivr.get(session.menu()), reachable);
+        if let Some(at) = cancelled {
+            self.menu_timers.remove(at, id);
         }
-        let Some(m) = self.cfg.ivr.get(*menu) else {
-            return;
-        };
-        if let Some(at) = deadline.take() {
-            self.menu_timers.remove(&(at, id));
+        match outcome {
+            ivr::Digit::Play(clips) => self.play(id, Leg::A, clips, false),
+            ivr::Digit::Transfer(target) => self.start_transfer(now, id, &target),
+            ivr::Digit::Ignored => {}
         }
-        let target = m.options.get(&digit).cloned();
-        let reachable = target.as_ref().is_some_and(|t| {
-            self.users.contains_key(t) && !self.registrar.lookup(t, now).is_empty()
-        });
-        let Some(target) = target else {
-            *tries += 1;
-            let clips = if *tries > m.retries {
-                vec!["invalid".to_string(), "goodbye".to_string()]
-            } else {
-                vec!["invalid".to_string(), m.greeting.clone()]
-            };
-            self.events.push_back(Event::Media(MediaCommand::Play {
-                session: id,
-                leg: Leg::A,
-                clips,
-                repeat: false,
-            }));
-            return;
-        };
-        if !reachable {
-            let greeting = m.greeting.clone();
-            self.events.push_back(Event::Media(MediaCommand::Play {
-                session: id,
-                leg: Leg::A,
-                clips: vec!["unavailable".to_string(), greeting],
-                repeat: false,
-            }));
-            return;
-        }
-        *transfer = Some(target.clone());
-        self.start_transfer(now, id, &target);
     }
 
     /// Rings `target` for the caller of call `id`, who hears "transfer" then ringback.
@@ -2149,12 +2031,7 @@ impl Endpoint {
         }
         self.ring_contacts(now, id, target, &contacts);
         self.set_ring_deadline(id, now.saturating_add(self.cfg.ring_timeout_ms));
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session: id,
-            leg: Leg::A,
-            clips: vec!["transfer".to_string()],
-            repeat: false,
-        }));
+        self.play(id, Leg::A, vec!["transfer".to_string()], false);
         if self.calls.get(&id).is_some_and(|c| !c.pending_forks()) {
             self.transfer_failed(now, id);
         }
@@ -2167,29 +2044,16 @@ impl Endpoint {
             return;
         };
         let deadline = call.ring_deadline;
-        self.ring_timers.remove(&(deadline, id));
+        self.ring_timers.remove(deadline, id);
         let clips = match &mut call.app {
-            Some(App::Menu { menu, transfer, .. }) => {
-                *transfer = None;
-                let greeting = self
-                    .cfg
-                    .ivr
-                    .get(*menu)
-                    .map_or_else(|| "goodbye".to_string(), |m| m.greeting.clone());
-                vec!["unavailable".to_string(), greeting]
-            }
+            Some(App::Menu(session)) => session.transfer_failed(self.cfg.ivr.get(session.menu())),
             Some(App::Transfer) => {
                 call.app = Some(App::Goodbye);
                 vec!["unavailable".to_string(), "goodbye".to_string()]
             }
             _ => return,
         };
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session: id,
-            leg: Leg::A,
-            clips,
-            repeat: false,
-        }));
+        self.play(id, Leg::A, clips, false);
     }
 
     /// Outpost answers a mailbox owner who dialled the access number.
@@ -2198,26 +2062,9 @@ impl Endpoint {
             return false;
         };
         let mailbox = call.caller.clone();
-        let has_pin = self.pins.contains_key(&mailbox);
-        let app = App::Access {
-            mailbox,
-            stage: if has_pin {
-                AccessStage::Pin
-            } else {
-                AccessStage::Goodbye
-            },
-            digits: String::new(),
-            tries: 0,
-            queue: Vec::new(),
-            current: None,
-        };
-        let clips = if has_pin {
-            vec!["enter-pin".to_string()]
-        } else {
-            // No PIN set: `outpostctl vm pin EXT` first.
-            vec!["invalid".to_string(), "goodbye".to_string()]
-        };
-        self.answer_with_app(now, id, app, clips)
+        let has_pin = self.voicemail.has_pin(&mailbox);
+        let (session, clips) = AccessSession::start(mailbox, has_pin);
+        self.answer_with_app(now, id, App::Access(session), clips)
     }
 
     /// Answers the caller of ringing call `id` with Outpost itself running `app`, and
@@ -2245,15 +2092,10 @@ impl Endpoint {
         ok.headers.push("Allow", ALLOW);
         let (peer, key) = (call.a.peer, call.a.invite_key.clone());
         ok.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
-        self.ring_timers.remove(&(deadline, id));
+        self.ring_timers.remove(deadline, id);
         self.counters.calls_answered += 1;
         self.events.push_back(Event::Media(open));
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session: id,
-            leg: Leg::A,
-            clips,
-            repeat: false,
-        }));
+        self.play(id, Leg::A, clips, false);
         self.sig.send(now, &key, ok, peer);
         true
     }
@@ -2261,243 +2103,61 @@ impl Endpoint {
     /// A digit from a mailbox owner listening to messages.
     fn access_digit(&mut self, session: u64, digit: char) {
         let Some(Call {
-            app:
-                Some(App::Access {
-                    mailbox,
-                    stage,
-                    digits,
-                    tries,
-                    queue,
-                    current,
-                }),
+            app: Some(App::Access(access)),
             ..
         }) = self.calls.get_mut(&session)
         else {
             return;
         };
-        let mut clips: Vec<String> = Vec::new();
-        match *stage {
-            AccessStage::Pin if digit == '#' => {
-                let ok = self
-                    .pins
-                    .get(mailbox.as_str())
-                    .is_some_and(|h| *h == pin_hash(mailbox, digits));
-                digits.clear();
-                if ok {
-                    let msgs = self
-                        .mailboxes
-                        .get(mailbox.as_str())
-                        .cloned()
-                        .unwrap_or_default();
-                    let new = msgs.iter().filter(|m| m.new).count();
-                    // New messages first, then the saved ones, oldest first.
-                    let mut ordered: Vec<MailboxMessage> =
-                        msgs.iter().filter(|m| m.new).cloned().collect();
-                    ordered.extend(msgs.iter().filter(|m| !m.new).cloned());
-                    *queue = ordered;
-                    queue.reverse();
-                    if queue.is_empty() {
-                        clips.extend(["no-messages", "goodbye"].map(String::from));
-                        *stage = AccessStage::Goodbye;
-                    } else {
-                        clips.push("you-have".to_string());
-                        clips.extend(number_clips(new));
-                        clips.push(if new == 1 { "message" } else { "new-messages" }.to_string());
-                        *stage = AccessStage::Menu;
-                        *current = queue.pop();
-                        if let Some(m) = current.as_ref() {
-                            clips.push(m.path.display().to_string());
-                            clips.push("next-message-menu".to_string());
-                        }
-                    }
-                } else {
-                    *tries += 1;
-                    if *tries >= 3 {
-                        clips.extend(["invalid", "goodbye"].map(String::from));
-                        *stage = AccessStage::Goodbye;
-                    } else {
-                        clips.extend(["invalid", "enter-pin"].map(String::from));
-                    }
-                }
-            }
-            AccessStage::Pin => {
-                if digit.is_ascii_digit() && digits.len() < 16 {
-                    digits.push(digit);
-                }
-                return;
-            }
-            AccessStage::Menu if matches!(digit, '7' | '9' | '#') => {
-                if let Some(m) = current.take() {
-                    let event = if digit == '7' {
-                        clips.push("deleted".to_string());
-                        Event::VoicemailDeleted { id: m.id }
-                    } else {
-                        if digit == '9' {
-                            clips.push("message-saved".to_string());
-                        }
-                        Event::VoicemailHeard { id: m.id }
-                    };
-                    self.events.push_back(event);
-                }
-                *current = queue.pop();
-                match current.as_ref() {
-                    Some(m) => {
-                        clips.push(m.path.display().to_string());
-                        clips.push("next-message-menu".to_string());
-                    }
-                    None => {
-                        clips.push("goodbye".to_string());
-                        *stage = AccessStage::Goodbye;
-                    }
-                }
-            }
-            AccessStage::Menu | AccessStage::Goodbye => return,
-        }
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session,
-            leg: Leg::A,
-            clips,
-            repeat: false,
-        }));
+        let Some((event, clips)) = access.digit(digit, &self.voicemail) else {
+            return;
+        };
+        self.events.extend(event);
+        self.play(session, Leg::A, clips, false);
     }
 
     /// Ends a message: "goodbye", then the PBX hangs up (on `PlayDone`).
     fn deposit_goodbye(&mut self, session: u64) {
-        if let Some(App::Deposit { stage, .. }) =
+        if let Some(App::Deposit(deposit)) =
             self.calls.get_mut(&session).and_then(|c| c.app.as_mut())
         {
-            *stage = DepositStage::Goodbye;
-            self.events.push_back(Event::Media(MediaCommand::Play {
-                session,
-                leg: Leg::A,
-                clips: vec!["goodbye".to_string()],
-                repeat: false,
-            }));
+            deposit.stage = DepositStage::Goodbye;
+            self.play(session, Leg::A, vec!["goodbye".to_string()], false);
         }
+    }
+
+    /// Tells the relay to play `clips` to `leg` of call `session`.
+    fn play(&mut self, session: u64, leg: Leg, clips: Vec<String>, repeat: bool) {
+        self.events.push_back(Event::Media(MediaCommand::Play {
+            session,
+            leg,
+            clips,
+            repeat,
+        }));
     }
 
     /// Sets a mailbox's message counts (from the driver's index); subscribed phones are
     /// notified when they change.
     pub fn set_mailbox(&mut self, now: Millis, mailbox: &str, messages: Vec<MailboxMessage>) {
-        let counts = |m: &[MailboxMessage]| (m.iter().filter(|x| x.new).count(), m.len());
-        let changed = self
-            .mailboxes
-            .get(mailbox)
-            .is_none_or(|old| counts(old) != counts(&messages));
-        self.mailboxes.insert(mailbox.to_string(), messages);
-        if changed {
-            let ids: Vec<String> = self
-                .mwi
-                .iter()
-                .filter(|(_, s)| s.mailbox == mailbox)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for id in ids {
-                self.notify_mwi(now, &id, false);
-            }
+        if !self.voicemail.set_mailbox(mailbox, messages) {
+            return;
+        }
+        let counts = self.voicemail.counts(mailbox);
+        for id in self.mwi.subscribers_of(mailbox) {
+            self.mwi
+                .notify(now, &mut self.sig, &id, false, counts, &self.cfg.realm);
         }
     }
 
-    /// SUBSCRIBE for `message-summary` (RFC 3842): only to one's own mailbox.
+    /// SUBSCRIBE for `message-summary` (RFC 3842), once authenticated.
     fn on_mwi_subscribe(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
         let Some(user) = self.authenticate(now, &key, &req, src) else {
             return;
         };
-        let mailbox = req.uri.user().unwrap_or_default().to_string();
-        if mailbox != user && req.headers.to.uri.user() != Some(user.as_str()) {
-            self.sig.reply(now, &key, &req, src, 403, None);
-            return;
-        }
-        let expires = req.headers.expires.unwrap_or(3600).min(3600);
-        let call_id = req.headers.call_id.clone();
-        let existing_tag = self.mwi.get(&call_id).map(|s| s.local_tag.clone());
-        let local_tag = existing_tag.unwrap_or_else(|| self.sig.new_tag());
-        let mut ok = Response::to_request(&req, 200, Some(&local_tag));
-        ok.headers.expires = Some(expires);
-        ok.headers.contact = vec![Contact::Addr(self.sig.our_contact(src, None))];
-        self.sig.send(now, &key, ok, src);
-        if self.mwi.len() >= MAX_MWI && !self.mwi.contains_key(&call_id) {
-            self.mwi.retain(|_, s| s.expires_at > now);
-            if self.mwi.len() >= MAX_MWI {
-                return;
-            }
-        }
-        let mut local_uri = req.headers.to.clone();
-        local_uri.params = Params::default();
-        let target =
-            first_contact_uri(&req.headers).unwrap_or_else(|| req.headers.from.uri.clone());
-        let cseq = self.mwi.get(&call_id).map_or(0, |s| s.cseq);
-        self.mwi.insert(
-            call_id.clone(),
-            MwiSubscription {
-                mailbox: user,
-                local_tag,
-                local_uri,
-                remote_uri: req.headers.from.clone(),
-                target,
-                peer: src,
-                expires_at: now.saturating_add(u64::from(expires) * 1000),
-                cseq,
-            },
-        );
-        self.notify_mwi(now, &call_id, expires == 0);
-        if expires == 0 {
-            self.mwi.remove(&call_id);
-        }
-    }
-
-    /// Sends the NOTIFY of one MWI subscription with the current counts.
-    fn notify_mwi(&mut self, now: Millis, call_id: &str, terminated: bool) {
-        let Some(sub) = self.mwi.get_mut(call_id) else {
-            return;
-        };
-        sub.cseq = sub.cseq.saturating_add(1);
-        let sub = sub.clone();
-        let (new, old) = self.mailboxes.get(&sub.mailbox).map_or((0, 0), |m| {
-            let new = m.iter().filter(|x| x.new).count();
-            (new, m.len() - new)
-        });
-        let mut from = sub.local_uri.clone();
-        from.params.set("tag", Some(sub.local_tag.clone()));
-        let mut headers = self.sig.request_headers(
-            sub.peer,
-            from,
-            sub.remote_uri.clone(),
-            call_id.to_string(),
-            sub.cseq,
-            Method::Notify,
-        );
-        headers.push("Event", "message-summary");
-        let remaining = sub.expires_at.saturating_sub(now) / 1000;
-        headers.push(
-            "Subscription-State",
-            if terminated {
-                "terminated;reason=timeout".to_string()
-            } else {
-                format!("active;expires={remaining}")
-            },
-        );
-        headers.contact = vec![Contact::Addr(self.sig.our_contact(sub.peer, None))];
-        headers.content_type = Some("application/simple-message-summary".to_string());
-        let body = format!(
-            "Messages-Waiting: {}\r\nMessage-Account: sip:{}@{}\r\nVoice-Message: {new}/{old} (0/0)\r\n",
-            if new > 0 { "yes" } else { "no" },
-            sub.mailbox,
-            self.cfg.realm
-        );
-        let notify = Request {
-            method: Method::Notify,
-            uri: sub.target.clone(),
-            headers,
-            body: body.into_bytes(),
-        };
-        self.sig
-            .send_request(now, notify, sub.peer, ClientRole::Bye);
-    }
-
-    /// Drops expired MWI subscriptions.
-    fn expire_mwi(&mut self, now: Millis) {
-        self.mwi.retain(|_, s| s.expires_at > now);
+        let counts = self.voicemail.counts(&user);
+        let realm = &self.cfg.realm;
+        self.mwi
+            .on_subscribe(now, &mut self.sig, key, &req, src, user, counts, realm);
     }
 
     /// Handles what the relay reports.
@@ -2545,55 +2205,7 @@ impl Endpoint {
             MediaEvent::PlayDone {
                 session,
                 leg: Leg::A,
-            } => {
-                let access_done = self.calls.get(&session).is_some_and(|c| {
-                    matches!(
-                        c.app,
-                        Some(App::Access {
-                            stage: AccessStage::Goodbye,
-                            ..
-                        }) | Some(App::Goodbye)
-                    )
-                });
-                if access_done {
-                    self.send_bye_a(now, session);
-                    self.end_call(now, session, Disposition::Answered, 200);
-                }
-                self.menu_play_done(now, session);
-                let stage = self.calls.get(&session).and_then(|c| match &c.app {
-                    Some(App::Deposit { stage, path, .. }) => Some((*stage, path.clone())),
-                    _ => None,
-                });
-                match stage {
-                    Some((DepositStage::Greeting, path)) => {
-                        let max_ms = self.cfg.voicemail.as_ref().map_or(120_000, |v| v.max_ms);
-                        if let Some(c) = self.calls.get_mut(&session) {
-                            if let Some(App::Deposit { stage, mailbox, .. }) = &mut c.app {
-                                *stage = DepositStage::Recording;
-                                self.recordings.insert(
-                                    session,
-                                    PendingMessage {
-                                        mailbox: mailbox.clone(),
-                                        caller: c.caller.clone(),
-                                        at: c.start,
-                                    },
-                                );
-                            }
-                        }
-                        self.events.push_back(Event::Media(MediaCommand::Record {
-                            session,
-                            leg: Leg::A,
-                            path,
-                            max_ms,
-                        }));
-                    }
-                    Some((DepositStage::Goodbye, _)) => {
-                        self.send_bye_a(now, session);
-                        self.end_call(now, session, Disposition::Voicemail, 200);
-                    }
-                    _ => {}
-                }
-            }
+            } => self.play_done(now, session),
             MediaEvent::RecordingDone {
                 session,
                 path,
@@ -2608,25 +2220,63 @@ impl Endpoint {
                 if still_recording {
                     self.deposit_goodbye(session);
                 }
-                if let Some(p) = self.recordings.remove(&session) {
-                    self.events.push_back(Event::VoicemailStored {
-                        mailbox: p.mailbox,
-                        caller: p.caller,
-                        path,
-                        duration_ms,
-                        at: p.at,
-                    });
-                }
+                let stored = self.voicemail.recording_done(session, path, duration_ms);
+                self.events.extend(stored);
             }
             MediaEvent::RecordingFailed {
                 session, reason, ..
             } => {
                 tracing::warn!(session, %reason, "voicemail message could not be stored");
-                self.recordings.remove(&session);
+                self.voicemail.recording_failed(session);
             }
             MediaEvent::Stats { .. } | MediaEvent::PlayDone { .. } => {}
         }
         self.drain_tx_events(now);
+    }
+
+    /// A prompt to the caller of call `session` ended: what Outpost does with the caller
+    /// goes on (hang up after goodbye, wait for a digit, start recording after the beep).
+    fn play_done(&mut self, now: Millis, session: u64) {
+        let goodbye = self.calls.get(&session).is_some_and(|c| match &c.app {
+            Some(App::Access(access)) => access.saying_goodbye(),
+            Some(App::Goodbye) => true,
+            _ => false,
+        });
+        if goodbye {
+            self.send_bye_a(now, session);
+            self.end_call(now, session, Disposition::Answered, 200);
+        }
+        self.menu_play_done(now, session);
+        let Some(call) = self.calls.get_mut(&session) else {
+            return;
+        };
+        let Some(App::Deposit(deposit)) = &mut call.app else {
+            return;
+        };
+        match deposit.stage {
+            DepositStage::Greeting => {
+                let max_ms = self.cfg.voicemail.as_ref().map_or(120_000, |v| v.max_ms);
+                deposit.stage = DepositStage::Recording;
+                let path = deposit.path.clone();
+                self.voicemail.recording_started(
+                    session,
+                    &deposit.mailbox,
+                    &call.caller,
+                    call.start,
+                );
+                self.events.push_back(Event::Media(MediaCommand::Record {
+                    session,
+                    leg: Leg::A,
+                    path,
+                    max_ms,
+                }));
+            }
+            DepositStage::Goodbye => {
+                self.send_bye_a(now, session);
+                self.end_call(now, session, Disposition::Voicemail, 200);
+            }
+            DepositStage::Recording => {}
+        }
     }
 
     /// Ends a call: writes its CDR and forgets everything that routes new requests to it.
@@ -2677,7 +2327,7 @@ impl Endpoint {
         };
         let (a_call_id, a_key) = (call.a.call_id.clone(), call.a.invite_key.clone());
         if let Some(step) = call.step_deadline.take() {
-            self.step_timers.remove(&(step, id));
+            self.step_timers.remove(step, id);
         }
         if let (Some(ticket), Some(gate)) = (call.gate.take(), self.gate.as_mut()) {
             gate.ended(
@@ -2688,7 +2338,7 @@ impl Endpoint {
                 cdr.billsec(),
             );
         }
-        self.ring_timers.remove(&(deadline, id));
+        self.ring_timers.remove(deadline, id);
         if self.by_a_call_id.get(&a_call_id) == Some(&id) {
             self.by_a_call_id.remove(&a_call_id);
         }
@@ -2853,11 +2503,6 @@ fn dialled(req: &Request) -> String {
         .map(str::to_string)
         .or_else(|| wire::tel_number(&req.uri).map(str::to_string))
         .unwrap_or_default()
-}
-
-/// The prompts that say a number (digit by digit: "1" "2" for twelve).
-fn number_clips(n: usize) -> Vec<String> {
-    n.to_string().chars().map(|c| c.to_string()).collect()
 }
 
 /// Our media address for a peer: same family if we have one.

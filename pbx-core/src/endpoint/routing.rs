@@ -341,9 +341,9 @@ impl Endpoint {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        self.ring_timers.remove(&(call.ring_deadline, id));
+        self.ring_timers.remove(call.ring_deadline, id);
         call.ring_deadline = at;
-        self.ring_timers.insert((at, id));
+        self.ring_timers.insert(at, id);
     }
 
     /// Moves (or with `None` clears) the deadline of call `id`'s next plan step.
@@ -352,11 +352,11 @@ impl Endpoint {
             return;
         };
         if let Some(old) = call.step_deadline.take() {
-            self.step_timers.remove(&(old, id));
+            self.step_timers.remove(old, id);
         }
         if let Some(at) = at {
             call.step_deadline = Some(at);
-            self.step_timers.insert((at, id));
+            self.step_timers.insert(at, id);
         }
     }
 
@@ -394,7 +394,7 @@ impl Endpoint {
         if !transferring && call.state != CallState::Ringing {
             return;
         }
-        if matches!(call.app, Some(App::Menu { .. })) {
+        if matches!(call.app, Some(App::Menu(_))) {
             // The auto attendant takes its caller back.
             self.transfer_failed(now, id);
             return;

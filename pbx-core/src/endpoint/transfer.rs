@@ -697,7 +697,7 @@ impl Endpoint {
             call.a.local_tag.clone(),
             call.a.peer,
         );
-        self.ring_timers.remove(&(deadline, id));
+        self.ring_timers.remove(deadline, id);
         self.set_step_deadline(id, None);
         self.counters.calls_answered += 1;
         self.by_b_call_id
