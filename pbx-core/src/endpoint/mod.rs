@@ -17,14 +17,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cdr::{Cdr, Disposition};
-use crate::lockout::{AccountLocks, TrustedSource};
 use crate::media::anchor::CallMedia;
-use crate::media::session::{Leg, MediaCommand, MediaEvent, PortPool};
-use crate::registrar::{is_unregister, Binding, Registrar};
-use crate::sip::auth::{
-    digest_uri_matches, parse_credentials, Algorithm, AuthError, Authenticator, DigestChoice,
-    DigestCredentials, StoredSecret,
-};
+use crate::media::session::{Leg, MediaCommand, PortPool};
+use crate::registrar::{Binding, Registrar};
+use crate::sip::auth::{Authenticator, StoredSecret};
 use crate::sip::transaction::{ClientInput, ServerInput, Transactions, Transmit, TxEvent, TxKey};
 use crate::sip::wire;
 use crate::sip::{
@@ -32,11 +28,15 @@ use crate::sip::{
 };
 use crate::Millis;
 
+mod accounts;
+mod admin;
+mod apps;
 mod call;
 mod config;
 mod deadlines;
 mod event;
 mod ivr;
+mod legs;
 mod mwi;
 mod routing;
 mod signalling;
@@ -44,6 +44,7 @@ mod transfer;
 mod trunking;
 mod voicemail;
 
+use accounts::{Accounts, AuthIo};
 use call::{
     better_failure, App, Call, CallState, ClientRole, Fork, ForkIdentity, ForkState, LegA, Origin,
     OutLeg, PendingLegA, Relay,
@@ -54,11 +55,10 @@ pub use config::{
 };
 pub use event::{CallSummary, Counters, DebugCounts, Event};
 use mwi::MwiSubscriptions;
+use voicemail::Voicemail;
 pub use voicemail::{pin_hash, MailboxMessage};
-use voicemail::{AccessSession, Deposit, DepositStage, Voicemail};
 
 use deadlines::Deadlines;
-use ivr::{MenuSession, PlayDone};
 use routing::{Dest, GateTicket, RingPlan, Routed};
 use signalling::{first_contact_uri, Signalling};
 use trunking::ExternalPlan;
@@ -84,18 +84,12 @@ pub enum EndpointError {
 #[derive(Debug)]
 pub struct Endpoint {
     cfg: EndpointConfig,
+    /// Extensions, their secrets, locks and digest algorithms.
+    accounts: Accounts,
     /// The transaction layer, our client transactions' roles, tags and the random generator.
     sig: Signalling,
-    auth: Authenticator,
     registrar: Registrar,
-    users: HashMap<String, StoredSecret>,
-    /// Stands in for an unknown user's secret so the work and the answer are the same.
-    decoy: StoredSecret,
     calls: HashMap<u64, Call>,
-    /// Locked accounts, and the sources each lock does not apply to.
-    locks: AccountLocks,
-    /// Digest algorithms per extension, where not the global ones.
-    digests: HashMap<String, DigestChoice>,
     /// Mailboxes, PINs and recordings in progress.
     voicemail: Voicemail,
     /// Auto-attendant digit deadlines.
@@ -140,12 +134,8 @@ impl Endpoint {
         auth.set_algorithms(&cfg.auth_algorithms);
         Endpoint {
             registrar: Registrar::new(cfg.registrar.clone()),
-            auth,
-            users: HashMap::new(),
-            decoy,
+            accounts: Accounts::new(&cfg.realm, auth, decoy),
             calls: HashMap::new(),
-            locks: AccountLocks::new(),
-            digests: HashMap::new(),
             voicemail: Voicemail::default(),
             menu_timers: Deadlines::default(),
             step_timers: Deadlines::default(),
@@ -198,7 +188,7 @@ impl Endpoint {
         self.cfg.ring_timeout_ms = new.ring_timeout_ms;
         self.cfg.voicemail = new.voicemail.clone();
         self.cfg.auth_algorithms = new.auth_algorithms.clone();
-        self.auth.set_algorithms(&new.auth_algorithms);
+        self.accounts.set_algorithms(&new.auth_algorithms);
         self.cfg.user_agent = new.user_agent.clone();
         self.sig.set_user_agent(new.user_agent.clone());
         if self.cfg.trunks != new.trunks {
@@ -227,157 +217,6 @@ impl Endpoint {
         if moved {
             self.trunks.address_changed(now);
             self.pump_trunks(now);
-        }
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Admin
-    // ---------------------------------------------------------------------------------------
-
-    /// Adds or replaces an extension's secret.
-    pub fn set_user(&mut self, ext: &str, secret: StoredSecret) {
-        self.users.insert(ext.to_string(), secret);
-    }
-
-    /// Locks an account until `until` (the firewall's per-account guessing rule): requests
-    /// as it from sources that have not authenticated as it recently fail like a wrong
-    /// password; its phones keep working (see [`crate::lockout`]).
-    pub fn lock_user(&mut self, now: Millis, ext: &str, until: Millis) {
-        self.locks.lock(now, ext, until);
-    }
-
-    /// The sources a lock of `ext` does not apply to: those that authenticated as it within
-    /// the last week, in address order.
-    pub fn trusted_sources(&self, now: Millis, ext: &str) -> Vec<TrustedSource> {
-        self.locks.trusted(now, ext)
-    }
-
-    /// Remembers `sources` as having authenticated as `ext` at `at` (restored after a
-    /// restart with the lock they were exempt from).
-    pub fn trust_sources(&mut self, now: Millis, ext: &str, sources: &[TrustedSource], at: Millis) {
-        for &s in sources {
-            self.locks.trust(now, ext, s, at);
-        }
-    }
-
-    /// Sets the digest algorithms of `ext` (see [`DigestChoice`] for when they apply).
-    pub fn set_user_digest(&mut self, ext: &str, choice: DigestChoice) {
-        if choice == DigestChoice::Default {
-            self.digests.remove(ext);
-        } else {
-            self.digests.insert(ext.to_string(), choice);
-        }
-    }
-
-    /// Sets (or with `None` clears) an extension's voicemail PIN hash (see [`pin_hash`]).
-    pub fn set_pin(&mut self, ext: &str, hash: Option<String>) {
-        self.voicemail.set_pin(ext, hash);
-    }
-
-    /// Lifts an account lock.
-    pub fn unlock_user(&mut self, ext: &str) -> bool {
-        self.locks.unlock(ext)
-    }
-
-    /// Removes an extension and its registrations (an `Event::Bindings` follows).
-    pub fn remove_user(&mut self, ext: &str) -> Result<(), EndpointError> {
-        if self.users.remove(ext).is_none() {
-            return Err(EndpointError::NoSuchExtension(ext.to_string()));
-        }
-        self.locks.forget(ext);
-        self.digests.remove(ext);
-        let changes = self.registrar.remove_ext(ext);
-        if !changes.is_empty() {
-            self.events.push_back(Event::Bindings(changes));
-        }
-        Ok(())
-    }
-
-    /// True when `ext` exists.
-    pub fn has_user(&self, ext: &str) -> bool {
-        self.users.contains_key(ext)
-    }
-
-    /// Number of extensions.
-    pub fn user_count(&self) -> usize {
-        self.users.len()
-    }
-
-    /// Loads registrations saved before a restart. Each binding's source authenticated as
-    /// its extension, so it is trusted again (an account lock restored with the firewall's
-    /// state must not lock out the phones registered before the restart).
-    pub fn restore_bindings(&mut self, bindings: Vec<Binding>, now: Millis) {
-        for b in bindings.iter().filter(|b| b.expires_at > now) {
-            let contact_host = crate::sip::Uri::try_from(b.contact.as_str())
-                .ok()
-                .and_then(|u| match u.host() {
-                    rsip::Host::IpAddr(ip) => Some(*ip),
-                    rsip::Host::Domain(d) => d.to_string().trim_matches(['[', ']']).parse().ok(),
-                });
-            // A live binding authenticated within one registration interval (an hour at
-            // most by default): as good as now for a trust that lasts a week.
-            self.locks.trust(
-                now,
-                &b.ext,
-                TrustedSource::of_binding(b.source, contact_host),
-                now,
-            );
-        }
-        self.registrar.restore(bindings, now);
-    }
-
-    /// The registrar, for listings.
-    pub fn registrar(&self) -> &Registrar {
-        &self.registrar
-    }
-
-    /// Live calls.
-    pub fn calls(&self) -> Vec<CallSummary> {
-        let mut out: Vec<CallSummary> = self
-            .calls
-            .values()
-            .filter(|c| c.state != CallState::Ended)
-            .map(|c| CallSummary {
-                call_id: c.a.call_id.clone(),
-                caller: c.caller.clone(),
-                callee: c.callee.clone(),
-                answered: c.state == CallState::Answered,
-                start: c.start,
-                answer: c.answer,
-                media_session: c.media.as_ref().map(CallMedia::session),
-                codecs: c.media.as_ref().and_then(CallMedia::codecs),
-            })
-            .collect();
-        out.sort_by_key(|c| c.start);
-        out
-    }
-
-    /// Number of calls in progress (cheap, for metrics).
-    pub fn active_calls(&self) -> usize {
-        self.calls.len().saturating_sub(self.ended_calls)
-    }
-
-    /// Counters since start.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    /// Number of live transactions.
-    pub fn transactions(&self) -> usize {
-        self.sig.tx.len()
-    }
-
-    /// Sizes of the internal tables, to check in tests and metrics that nothing leaks.
-    pub fn debug_counts(&self) -> DebugCounts {
-        DebugCounts {
-            calls: self.calls.len(),
-            by_a_call_id: self.by_a_call_id.len(),
-            by_b_call_id: self.by_b_call_id.len(),
-            by_server_key: self.by_server_key.len(),
-            clients: self.sig.clients.len(),
-            relays: self.relays.len(),
-            ring_timers: self.ring_timers.len(),
-            transactions: self.sig.tx.len(),
         }
     }
 
@@ -549,19 +388,7 @@ impl Endpoint {
         }
     }
 
-    /// Challenges or checks the credentials of `req`. Returns the authenticated user, or
-    /// `None` after answering the request itself.
-    ///
-    /// Known and unknown users walk the same path (challenge first, look up afterwards, and
-    /// a decoy secret for unknown names), so responses cannot be used to enumerate users.
-    /// What may differ by name is reserved for sources that already authenticated as that
-    /// name (an extension's own digest algorithms, the exemption from its lock): they know
-    /// the password, so they learn nothing.
-    ///
-    /// Order: credentials present and well-formed (else challenge / 400), digest `uri` =
-    /// Request-URI (else 400, a failure), account lock (a refused source fails like a wrong
-    /// password, except that an un-REGISTER gets the same 200 whatever the password, see
-    /// [`Endpoint::unregister_while_locked`]), then the digest itself.
+    /// Challenges or checks the credentials of `req` (see [`Accounts::authenticate`]).
     fn authenticate(
         &mut self,
         now: Millis,
@@ -569,208 +396,13 @@ impl Endpoint {
         req: &Request,
         src: Peer,
     ) -> Option<String> {
-        let proxy = req.method != Method::Register;
-        let (header, status) = if proxy {
-            ("Proxy-Authorization", 407)
-        } else {
-            ("Authorization", 401)
+        let mut io = AuthIo {
+            sig: &mut self.sig,
+            registrar: &mut self.registrar,
+            events: &mut self.events,
+            counters: &mut self.counters,
         };
-        let creds: Option<DigestCredentials> = req
-            .headers
-            .get_all(header)
-            .filter_map(|v| parse_credentials(v).ok())
-            .find(|c| c.realm == self.cfg.realm);
-        let Some(creds) = creds else {
-            let malformed = req.headers.get(header).is_some()
-                && req
-                    .headers
-                    .get_all(header)
-                    .all(|v| parse_credentials(v).is_err());
-            if malformed {
-                self.sig.reply(now, key, req, src, 400, None);
-            } else {
-                let claimed = if proxy {
-                    req.headers.from.uri.user()
-                } else {
-                    req.headers.to.uri.user()
-                };
-                let offered = self.offered(now, claimed, src);
-                self.challenge(now, key, req, src, status, false, offered);
-            }
-            return None;
-        };
-        // RFC 7616 §3.4.6: credentials computed for another target must not be accepted
-        // here, or an on-path attacker could replay them towards this one.
-        if !digest_uri_matches(&req.uri, &creds.uri) {
-            self.auth_failed(src, &creds.username, &req.method);
-            let mut resp = Response::to_request(req, 400, Some(&self.sig.new_tag()));
-            resp.reason = "Digest URI Does Not Match Request-URI".to_string();
-            self.sig.send(now, key, resp, src);
-            return None;
-        }
-        let blocked = self.locks.blocks(now, &creds.username, src.addr);
-        if blocked && req.method == Method::Register && is_unregister(req) {
-            self.unregister_while_locked(now, key, req, src, &creds);
-            return None;
-        }
-        // A lock refuses a source that did not authenticate as the account recently like a
-        // wrong password (the same answer as for unknown users); its phones pass.
-        let known = self.users.get(&creds.username).filter(|_| !blocked);
-        let ha1 = known
-            .unwrap_or(&self.decoy)
-            .ha1(creds.algorithm)
-            .to_string();
-        let known = known.is_some();
-        let accepted = self.accepted(now, &creds.username, src);
-        let result = self
-            .auth
-            .verify_with(now, &creds, req.method.as_str(), &ha1, &accepted);
-        match result {
-            Ok(()) if known => {
-                let source = TrustedSource::of(src, req.headers.via.first());
-                self.locks.trust(now, &creds.username, source, now);
-                self.events.push_back(Event::AuthSucceeded {
-                    src,
-                    user: creds.username.clone(),
-                });
-                Some(creds.username)
-            }
-            Err(AuthError::Stale) if known => {
-                let offered = self.offered(now, Some(&creds.username), src);
-                self.challenge(now, key, req, src, status, true, offered);
-                None
-            }
-            Err(AuthError::InvalidNonce) | Err(AuthError::Replay) => {
-                let offered = self.offered(now, Some(&creds.username), src);
-                self.challenge(now, key, req, src, status, false, offered);
-                None
-            }
-            Err(AuthError::Malformed(_)) => {
-                self.sig.reply(now, key, req, src, 400, None);
-                None
-            }
-            _ => {
-                self.auth_failed(src, &creds.username, &req.method);
-                self.sig.reply(now, key, req, src, 403, None);
-                None
-            }
-        }
-    }
-
-    /// An un-REGISTER from a source the lock of its account refuses.
-    ///
-    /// Un-registering must always work for a phone that has the password (a phone that
-    /// moved, rebooted onto another port or was re-provisioned must not leave a stale
-    /// binding behind), yet the answer must not tell a guesser whether its password was
-    /// right, or the lock would stop nothing: so every such un-REGISTER with a valid, fresh
-    /// nonce gets the same bare 200 (no Contact list), and only one whose credentials verify
-    /// removes bindings. A wrong password still counts as a failure against the source.
-    /// Nonce problems are answered before the password is looked at: a fresh challenge.
-    fn unregister_while_locked(
-        &mut self,
-        now: Millis,
-        key: &TxKey,
-        req: &Request,
-        src: Peer,
-        creds: &DigestCredentials,
-    ) {
-        if self.auth.check_nonce(now, &creds.nonce).is_err() {
-            self.challenge(now, key, req, src, 401, false, &[]);
-            return;
-        }
-        let secret = self.users.get(&creds.username);
-        let ha1 = secret
-            .unwrap_or(&self.decoy)
-            .ha1(creds.algorithm)
-            .to_string();
-        let known = secret.is_some();
-        let global = self.auth.algorithms().to_vec();
-        let result = self.auth.verify_with(now, creds, "REGISTER", &ha1, &global);
-        let tag = self.sig.new_tag();
-        match result {
-            Ok(()) if known && req.headers.to.uri.user() == Some(creds.username.as_str()) => {
-                let outcome = self
-                    .registrar
-                    .register(now, &creds.username, req, src, &tag);
-                if !outcome.changes.is_empty() {
-                    self.events.push_back(Event::Bindings(outcome.changes));
-                }
-            }
-            Err(AuthError::Replay) => {
-                // Only possible after the right password was used with this nonce.
-                self.challenge(now, key, req, src, 401, false, &[]);
-                return;
-            }
-            Err(AuthError::Malformed(_)) => {
-                self.sig.reply(now, key, req, src, 400, None);
-                return;
-            }
-            _ => self.auth_failed(src, &creds.username, &req.method),
-        }
-        let resp = Response::to_request(req, 200, Some(&tag));
-        self.sig.send(now, key, resp, src);
-    }
-
-    /// Counts a failed authentication and tells the firewall.
-    fn auth_failed(&mut self, src: Peer, user: &str, method: &Method) {
-        self.counters.auth_failures += 1;
-        self.events.push_back(Event::AuthFailed {
-            src,
-            user: user.chars().take(64).collect(),
-            method: method.clone(),
-            known: self.users.contains_key(user),
-        });
-    }
-
-    /// The algorithms to challenge a request claiming to be `user` from `src` with: the
-    /// extension's own choice once `src` authenticated as it, the global list otherwise
-    /// (empty slice = the global list).
-    fn offered(&self, now: Millis, user: Option<&str>, src: Peer) -> &'static [Algorithm] {
-        match user.and_then(|u| self.digests.get(u).map(|c| (u, *c))) {
-            Some((u, choice)) if self.locks.is_trusted(now, u, src.addr) => choice.algorithms(),
-            _ => &[],
-        }
-    }
-
-    /// The algorithms accepted from `src` for `user`: the global list, plus the
-    /// extension's own once `src` authenticated as it. An untrusted source gets exactly the
-    /// global list whatever the name, so no answer depends on whether the name exists.
-    fn accepted(&self, now: Millis, user: &str, src: Peer) -> Vec<Algorithm> {
-        let mut list = self.auth.algorithms().to_vec();
-        for &alg in self.offered(now, Some(user), src) {
-            if !list.contains(&alg) {
-                list.push(alg);
-            }
-        }
-        list
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn challenge(
-        &mut self,
-        now: Millis,
-        key: &TxKey,
-        req: &Request,
-        src: Peer,
-        status: u16,
-        stale: bool,
-        algorithms: &[Algorithm],
-    ) {
-        let name = if status == 407 {
-            "Proxy-Authenticate"
-        } else {
-            "WWW-Authenticate"
-        };
-        let tag = self.sig.new_tag();
-        let mut resp = Response::to_request(req, status, Some(&tag));
-        for value in self.auth.challenge_with(now, stale, algorithms) {
-            resp.headers.push(name, value);
-        }
-        // Challenges are answered statelessly (as every rejection before a dialog, see
-        // `sip::transaction`): a retransmitted request gets the same challenge from the
-        // bounded cache, and a flood of unauthenticated requests leaves no transaction
-        // state behind.
-        self.sig.send(now, key, resp, src);
+        self.accounts.authenticate(&mut io, now, key, req, src)
     }
 
     fn on_register(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
@@ -1298,7 +930,7 @@ impl Endpoint {
     }
 
     // ---------------------------------------------------------------------------------------
-    // Responses
+    // Responses (the relayed ones: `legs`)
     // ---------------------------------------------------------------------------------------
 
     fn on_response(&mut self, now: Millis, src: Peer, resp: Response) {
@@ -1526,303 +1158,6 @@ impl Endpoint {
         self.send_bye_b(now, id, fork);
     }
 
-    fn on_relay_response(&mut self, now: Millis, id: u64, relay_id: u64, resp: &Response) {
-        if resp.is_provisional() {
-            // Provisional answers to relayed requests stay on their leg.
-            return;
-        }
-        let Some(relay) = self.relays.remove(&relay_id) else {
-            return;
-        };
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        if resp.is_success() && relay.server_req.method == Method::Invite {
-            // The 2xx of a relayed re-INVITE: its ACK comes from the requester and goes
-            // to the other leg (with the SDP answer when the re-INVITE had no offer).
-            call.pending_reinvite_ack = Some((relay.from_a, resp.headers.cseq.seq));
-        }
-        let tag = relay.from_a.then(|| call.a.local_tag.clone());
-        let mut out = Response::to_request(&relay.server_req, resp.status, tag.as_deref());
-        out.reason = resp.reason.clone();
-        out.headers.content_type = resp.headers.content_type.clone();
-        // The responder answers the relayed offer, or offers itself to a body-less one.
-        let responder = if relay.from_a { Leg::B } else { Leg::A };
-        let offer = relay.server_req.body.is_empty();
-        out.body = if resp.is_success() {
-            self.media_body(id, responder, offer, &resp.body, None)
-        } else {
-            Vec::new()
-        };
-        if resp.is_success() {
-            out.headers.contact = vec![Contact::Addr(self.sig.our_contact(relay.src, None))];
-        }
-        // Never pass a phone's own challenges through: only Outpost authenticates.
-        for (name, value) in &resp.headers.other {
-            if matches!(
-                name.as_str(),
-                "Supported" | "Require" | "Session-Expires" | "Min-SE" | "Allow" | "Accept"
-            ) {
-                out.headers.push(name, value.clone());
-            }
-        }
-        self.sig.send(now, &relay.server_key, out, relay.src);
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Sending on the legs
-    // ---------------------------------------------------------------------------------------
-
-    fn relay_to_b(
-        &mut self,
-        now: Millis,
-        id: u64,
-        fork: usize,
-        key: TxKey,
-        req: Request,
-        src: Peer,
-    ) {
-        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
-            return;
-        };
-        f.local_cseq = f.local_cseq.saturating_add(1);
-        let cseq = f.local_cseq;
-        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        let leg = OutLeg {
-            to_b: true,
-            peer,
-            target,
-            from,
-            to,
-            call_id,
-            cseq,
-        };
-        self.relay_out(now, id, key, req, src, leg);
-    }
-
-    fn relay_to_a(&mut self, now: Millis, id: u64, key: TxKey, req: Request, src: Peer) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
-        let cseq = call.a.local_cseq;
-        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        let leg = OutLeg {
-            to_b: false,
-            peer,
-            target,
-            from,
-            to,
-            call_id,
-            cseq,
-        };
-        self.relay_out(now, id, key, req, src, leg);
-    }
-
-    fn relay_out(
-        &mut self,
-        now: Millis,
-        id: u64,
-        server_key: TxKey,
-        req: Request,
-        src: Peer,
-        leg: OutLeg,
-    ) {
-        let OutLeg {
-            to_b: from_a,
-            peer,
-            target,
-            from,
-            to,
-            call_id,
-            cseq,
-        } = leg;
-        let mut headers =
-            self.sig
-                .request_headers(peer, from, to, call_id, cseq, req.method.clone());
-        headers.content_type = req.headers.content_type.clone();
-        if matches!(req.method, Method::Invite | Method::Update) {
-            headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
-        }
-        for (name, value) in &req.headers.other {
-            // Pass end-to-end content headers; hop-by-hop and identity headers stay behind.
-            if matches!(
-                name.as_str(),
-                "Content-Disposition"
-                    | "Event"
-                    | "Subscription-State"
-                    | "Supported"
-                    | "Require"
-                    | "Session-Expires"
-                    | "Min-SE"
-                    | "Info-Package"
-                    | "Recv-Info"
-            ) {
-                headers.push(name, value.clone());
-            }
-        }
-        let from = if from_a { Leg::A } else { Leg::B };
-        let body = self.media_body(id, from, true, &req.body, None);
-        let out = Request {
-            method: req.method.clone(),
-            uri: target,
-            headers,
-            body,
-        };
-        let relay_id = self.next_relay;
-        self.next_relay += 1;
-        self.relays.insert(
-            relay_id,
-            Relay {
-                call: id,
-                server_key,
-                server_req: req,
-                src,
-                from_a,
-            },
-        );
-        self.sig.send_request(
-            now,
-            out,
-            peer,
-            ClientRole::Relay {
-                call: id,
-                relay: relay_id,
-            },
-        );
-    }
-
-    fn send_ack_b(&mut self, id: u64, fork: usize, body: Vec<u8>, content_type: Option<String>) {
-        let Some(f) = self.calls.get(&id).and_then(|c| c.forks.get(fork)) else {
-            return;
-        };
-        let cseq = f.invite_cseq;
-        self.send_in_dialog_ack_b(id, fork, cseq, body, content_type);
-    }
-
-    fn send_in_dialog_ack_b(
-        &mut self,
-        id: u64,
-        fork: usize,
-        cseq: u32,
-        body: Vec<u8>,
-        content_type: Option<String>,
-    ) {
-        let Some(f) = self.calls.get(&id).and_then(|c| c.forks.get(fork)) else {
-            return;
-        };
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
-        let invite_cseq = f.invite_cseq;
-        let mut headers = self
-            .sig
-            .request_headers(peer, from, to, call_id, cseq, Method::Ack);
-        headers.content_type = content_type;
-        let ack = Request {
-            method: Method::Ack,
-            uri: target,
-            headers,
-            body,
-        };
-        self.sig.tx.send_stateless_request(&ack, peer);
-        if cseq == invite_cseq {
-            if let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) {
-                f.ack = Some(ack);
-            }
-        }
-    }
-
-    fn send_in_dialog_ack_a(
-        &mut self,
-        id: u64,
-        cseq: u32,
-        body: Vec<u8>,
-        content_type: Option<String>,
-    ) {
-        let Some(call) = self.calls.get(&id) else {
-            return;
-        };
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let mut headers = self
-            .sig
-            .request_headers(peer, from, to, call_id, cseq, Method::Ack);
-        headers.content_type = content_type;
-        let ack = Request {
-            method: Method::Ack,
-            uri: target,
-            headers,
-            body,
-        };
-        self.sig.tx.send_stateless_request(&ack, peer);
-    }
-
-    fn send_bye_b(&mut self, now: Millis, id: u64, fork: usize) {
-        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
-            return;
-        };
-        f.local_cseq = f.local_cseq.saturating_add(1);
-        let cseq = f.local_cseq;
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
-        let headers = self
-            .sig
-            .request_headers(peer, from, to, call_id, cseq, Method::Bye);
-        let bye = Request {
-            method: Method::Bye,
-            uri: target,
-            headers,
-            body: Vec::new(),
-        };
-        self.sig.send_request(now, bye, peer, ClientRole::Bye);
-    }
-
-    fn send_bye_a(&mut self, now: Millis, id: u64) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
-        let cseq = call.a.local_cseq;
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let headers = self
-            .sig
-            .request_headers(peer, from, to, call_id, cseq, Method::Bye);
-        let bye = Request {
-            method: Method::Bye,
-            uri: target,
-            headers,
-            body: Vec::new(),
-        };
-        self.sig.send_request(now, bye, peer, ClientRole::Bye);
-    }
-
     /// Cancels every fork still without a final response, except `keep`. A fork that has
     /// heard nothing yet gets its CANCEL when its first provisional arrives (RFC 3261 §9.1).
     fn cancel_forks(&mut self, now: Millis, id: u64, keep: Option<usize>) {
@@ -1859,424 +1194,6 @@ impl Endpoint {
         }
         self.retire_forks(now, id);
         self.unanswered(now, id, 480);
-    }
-
-    /// Rewrites a body crossing call `id` from leg `from` for the relay: an offer (`offer`)
-    /// or the answer to the other leg's offer. Without media anchoring, or for an empty
-    /// body, the body passes unchanged; an unusable SDP is passed unchanged too (and
-    /// logged), so signalling never breaks on media.
-    fn media_body(
-        &mut self,
-        id: u64,
-        from: Leg,
-        offer: bool,
-        body: &[u8],
-        b_ip: Option<IpAddr>,
-    ) -> Vec<u8> {
-        if body.is_empty() {
-            return Vec::new();
-        }
-        let Some(call) = self.calls.get_mut(&id) else {
-            return body.to_vec();
-        };
-        match from {
-            Leg::A => call.a_sdp = body.to_vec(),
-            Leg::B => call.b_sdp = body.to_vec(),
-        }
-        let Some(media) = call.media.as_mut() else {
-            return body.to_vec();
-        };
-        if let Some(ip) = b_ip {
-            media.set_signal_b(ip);
-        }
-        let result = if offer {
-            media.offer(from, body).map(|b| (b, Vec::new()))
-        } else {
-            media.answer(from, body)
-        };
-        match result {
-            Ok((out, cmds)) => {
-                for cmd in cmds {
-                    self.events.push_back(Event::Media(cmd));
-                }
-                out
-            }
-            Err(err) => {
-                tracing::debug!(%err, "SDP not anchored");
-                body.to_vec()
-            }
-        }
-    }
-
-    fn take_ports(&mut self) -> Option<(u16, u16)> {
-        let pool = self.ports.as_mut()?;
-        let a = pool.take()?;
-        match pool.take() {
-            Some(b) => Some((a, b)),
-            None => {
-                pool.give_back(a);
-                None
-            }
-        }
-    }
-
-    fn give_ports(&mut self, (a, b): (u16, u16)) {
-        if let Some(pool) = self.ports.as_mut() {
-            pool.give_back(a);
-            pool.give_back(b);
-        }
-    }
-
-    /// Outpost answers the caller itself and takes a message for the callee. False when
-    /// voicemail is off, media is not anchored or the caller's offer has no G.711.
-    fn start_voicemail_for(&mut self, now: Millis, id: u64, mailbox: &str, greeting: &str) -> bool {
-        let Some(vm) = self.cfg.voicemail.clone() else {
-            return false;
-        };
-        if !self.users.contains_key(mailbox) {
-            return false;
-        }
-        let path = vm.dir.join(mailbox).join(format!("{now}-{id}.wav"));
-        let app = App::Deposit(Deposit {
-            mailbox: mailbox.to_string(),
-            path,
-            stage: DepositStage::Greeting,
-        });
-        let clips = vec![
-            greeting.to_string(),
-            "please-leave-message".to_string(),
-            "beep".to_string(),
-        ];
-        let Some(call) = self.calls.get_mut(&id) else {
-            return false;
-        };
-        if call.transferring() && call.media.is_some() {
-            // Already talking to Outpost (a transfer nobody took): the message is taken
-            // on the open media.
-            call.app = Some(app);
-            let deadline = call.ring_deadline;
-            self.ring_timers.remove(deadline, id);
-            self.play(id, Leg::A, clips, false);
-            return true;
-        }
-        self.answer_with_app(now, id, app, clips)
-    }
-
-    /// Outpost answers a caller of an auto-attendant number.
-    fn start_menu(&mut self, now: Millis, id: u64, menu: usize) -> bool {
-        let Some(m) = self.cfg.ivr.get(menu) else {
-            return false;
-        };
-        let (session, clips) = MenuSession::start(menu, m);
-        self.answer_with_app(now, id, App::Menu(session), clips)
-    }
-
-    /// The greeting (or a transfer announcement) ended.
-    fn menu_play_done(&mut self, now: Millis, id: u64) {
-        let Some(session) = self.calls.get_mut(&id).and_then(Call::menu_mut) else {
-            return;
-        };
-        match session.play_done(now, self.cfg.ivr.get(session.menu())) {
-            // Ringback while the extension rings.
-            PlayDone::Ringback => self.play(id, Leg::A, vec!["ringback".to_string()], true),
-            PlayDone::HangUp => {
-                self.send_bye_a(now, id);
-                self.end_call(now, id, Disposition::Answered, 200);
-            }
-            PlayDone::WaitDigit(at) => self.menu_timers.insert(at, id),
-            PlayDone::Nothing => {}
-        }
-    }
-
-    /// No digit in time: the greeting again, or goodbye after the retries.
-    fn menu_timeout(&mut self, _now: Millis, id: u64, at: Millis) {
-        let Some(session) = self.calls.get_mut(&id).and_then(Call::menu_mut) else {
-            return;
-        };
-        if let Some(clips) = session.timeout(at, self.cfg.ivr.get(session.menu())) {
-            self.play(id, Leg::A, clips, false);
-        }
-    }
-
-    /// A digit in an auto-attendant menu.
-    fn menu_digit(&mut self, now: Millis, id: u64, digit: char) {
-        let Some(session) = self.calls.get_mut(&id).and_then(Call::menu_mut) else {
-            return;
-        };
-        let (users, registrar) = (&self.users, &self.registrar);
-        let reachable =
-            |ext: &str| users.contains_key(ext) && !registrar.lookup(ext, now).is_empty();
-        let (cancelled, outcome) =
-            session.digit(digit, self.cfg.ivr.get(session.menu()), reachable);
-        if let Some(at) = cancelled {
-            self.menu_timers.remove(at, id);
-        }
-        match outcome {
-            ivr::Digit::Play(clips) => self.play(id, Leg::A, clips, false),
-            ivr::Digit::Transfer(target) => self.start_transfer(now, id, &target),
-            ivr::Digit::Ignored => {}
-        }
-    }
-
-    /// Rings `target` for the caller of call `id`, who hears "transfer" then ringback.
-    fn start_transfer(&mut self, now: Millis, id: u64, target: &str) {
-        let contacts = self.contacts_of(now, target);
-        self.retire_forks(now, id);
-        if let Some(call) = self.calls.get_mut(&id) {
-            call.callee = target.to_string();
-            call.best_failure = None;
-            call.plan = RingPlan::Extension {
-                ext: target.to_string(),
-            };
-        }
-        self.ring_contacts(now, id, target, &contacts);
-        self.set_ring_deadline(id, now.saturating_add(self.cfg.ring_timeout_ms));
-        self.play(id, Leg::A, vec!["transfer".to_string()], false);
-        if self.calls.get(&id).is_some_and(|c| !c.pending_forks()) {
-            self.transfer_failed(now, id);
-        }
-    }
-
-    /// Nobody answered the transfer: the auto attendant's caller goes back to the menu
-    /// with "unavailable"; a transferred caller hears "unavailable" and goodbye.
-    fn transfer_failed(&mut self, _now: Millis, id: u64) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        let deadline = call.ring_deadline;
-        self.ring_timers.remove(deadline, id);
-        let clips = match &mut call.app {
-            Some(App::Menu(session)) => session.transfer_failed(self.cfg.ivr.get(session.menu())),
-            Some(App::Transfer) => {
-                call.app = Some(App::Goodbye);
-                vec!["unavailable".to_string(), "goodbye".to_string()]
-            }
-            _ => return,
-        };
-        self.play(id, Leg::A, clips, false);
-    }
-
-    /// Outpost answers a mailbox owner who dialled the access number.
-    fn start_access(&mut self, now: Millis, id: u64) -> bool {
-        let Some(call) = self.calls.get(&id) else {
-            return false;
-        };
-        let mailbox = call.caller.clone();
-        let has_pin = self.voicemail.has_pin(&mailbox);
-        let (session, clips) = AccessSession::start(mailbox, has_pin);
-        self.answer_with_app(now, id, App::Access(session), clips)
-    }
-
-    /// Answers the caller of ringing call `id` with Outpost itself running `app`, and
-    /// plays `clips`. False when media is not anchored or the offer has no G.711.
-    fn answer_with_app(&mut self, now: Millis, id: u64, app: App, clips: Vec<String>) -> bool {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return false;
-        };
-        if call.state != CallState::Ringing || call.late_offer || call.app.is_some() {
-            return false;
-        }
-        let Some(media) = call.media.as_mut() else {
-            return false;
-        };
-        let Ok((body, open)) = media.answer_local() else {
-            return false;
-        };
-        call.state = CallState::Answered;
-        call.answer = Some(now);
-        call.app = Some(app);
-        let deadline = call.ring_deadline;
-        let mut ok = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
-        ok.body = body;
-        ok.headers.content_type = Some("application/sdp".to_string());
-        ok.headers.push("Allow", ALLOW);
-        let (peer, key) = (call.a.peer, call.a.invite_key.clone());
-        ok.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
-        self.ring_timers.remove(deadline, id);
-        self.counters.calls_answered += 1;
-        self.events.push_back(Event::Media(open));
-        self.play(id, Leg::A, clips, false);
-        self.sig.send(now, &key, ok, peer);
-        true
-    }
-
-    /// A digit from a mailbox owner listening to messages.
-    fn access_digit(&mut self, session: u64, digit: char) {
-        let Some(Call {
-            app: Some(App::Access(access)),
-            ..
-        }) = self.calls.get_mut(&session)
-        else {
-            return;
-        };
-        let Some((event, clips)) = access.digit(digit, &self.voicemail) else {
-            return;
-        };
-        self.events.extend(event);
-        self.play(session, Leg::A, clips, false);
-    }
-
-    /// Ends a message: "goodbye", then the PBX hangs up (on `PlayDone`).
-    fn deposit_goodbye(&mut self, session: u64) {
-        if let Some(App::Deposit(deposit)) =
-            self.calls.get_mut(&session).and_then(|c| c.app.as_mut())
-        {
-            deposit.stage = DepositStage::Goodbye;
-            self.play(session, Leg::A, vec!["goodbye".to_string()], false);
-        }
-    }
-
-    /// Tells the relay to play `clips` to `leg` of call `session`.
-    fn play(&mut self, session: u64, leg: Leg, clips: Vec<String>, repeat: bool) {
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session,
-            leg,
-            clips,
-            repeat,
-        }));
-    }
-
-    /// Sets a mailbox's message counts (from the driver's index); subscribed phones are
-    /// notified when they change.
-    pub fn set_mailbox(&mut self, now: Millis, mailbox: &str, messages: Vec<MailboxMessage>) {
-        if !self.voicemail.set_mailbox(mailbox, messages) {
-            return;
-        }
-        let counts = self.voicemail.counts(mailbox);
-        for id in self.mwi.subscribers_of(mailbox) {
-            self.mwi
-                .notify(now, &mut self.sig, &id, false, counts, &self.cfg.realm);
-        }
-    }
-
-    /// SUBSCRIBE for `message-summary` (RFC 3842), once authenticated.
-    fn on_mwi_subscribe(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
-        let Some(user) = self.authenticate(now, &key, &req, src) else {
-            return;
-        };
-        let counts = self.voicemail.counts(&user);
-        let realm = &self.cfg.realm;
-        self.mwi
-            .on_subscribe(now, &mut self.sig, key, &req, src, user, counts, realm);
-    }
-
-    /// Handles what the relay reports.
-    pub fn handle_media_event(&mut self, now: Millis, event: MediaEvent) {
-        match event {
-            MediaEvent::Timeout { session } => {
-                let Some(call) = self.calls.get(&session) else {
-                    return;
-                };
-                let held = call.media.as_ref().is_some_and(CallMedia::on_hold);
-                if call.state != CallState::Answered || held {
-                    return;
-                }
-                tracing::info!(caller = %call.caller, callee = %call.callee, "media timeout: hanging up");
-                if let Some(fork) = call.winner {
-                    self.send_bye_b(now, session, fork);
-                }
-                self.send_bye_a(now, session);
-                self.end_call(now, session, Disposition::MediaTimeout, 200);
-            }
-            MediaEvent::Dtmf {
-                session,
-                leg,
-                digit,
-                ..
-            } => {
-                tracing::debug!(session, ?leg, %digit, "DTMF");
-                let recording = self
-                    .calls
-                    .get(&session)
-                    .is_some_and(Call::recording_message);
-                if leg == Leg::A {
-                    self.access_digit(session, digit);
-                    self.menu_digit(now, session, digit);
-                }
-                if recording && leg == Leg::A && digit == '#' {
-                    self.events
-                        .push_back(Event::Media(MediaCommand::StopRecord {
-                            session,
-                            leg: Leg::A,
-                        }));
-                    self.deposit_goodbye(session);
-                }
-            }
-            MediaEvent::PlayDone {
-                session,
-                leg: Leg::A,
-            } => self.play_done(now, session),
-            MediaEvent::RecordingDone {
-                session,
-                path,
-                duration_ms,
-                ..
-            } => {
-                // The caller may still be on the line (the length limit was reached).
-                let still_recording = self
-                    .calls
-                    .get(&session)
-                    .is_some_and(Call::recording_message);
-                if still_recording {
-                    self.deposit_goodbye(session);
-                }
-                let stored = self.voicemail.recording_done(session, path, duration_ms);
-                self.events.extend(stored);
-            }
-            MediaEvent::RecordingFailed {
-                session, reason, ..
-            } => {
-                tracing::warn!(session, %reason, "voicemail message could not be stored");
-                self.voicemail.recording_failed(session);
-            }
-            MediaEvent::Stats { .. } | MediaEvent::PlayDone { .. } => {}
-        }
-        self.drain_tx_events(now);
-    }
-
-    /// A prompt to the caller of call `session` ended: what Outpost does with the caller
-    /// goes on (hang up after goodbye, wait for a digit, start recording after the beep).
-    fn play_done(&mut self, now: Millis, session: u64) {
-        let goodbye = self.calls.get(&session).is_some_and(|c| match &c.app {
-            Some(App::Access(access)) => access.saying_goodbye(),
-            Some(App::Goodbye) => true,
-            _ => false,
-        });
-        if goodbye {
-            self.send_bye_a(now, session);
-            self.end_call(now, session, Disposition::Answered, 200);
-        }
-        self.menu_play_done(now, session);
-        let Some(call) = self.calls.get_mut(&session) else {
-            return;
-        };
-        let Some(App::Deposit(deposit)) = &mut call.app else {
-            return;
-        };
-        match deposit.stage {
-            DepositStage::Greeting => {
-                let max_ms = self.cfg.voicemail.as_ref().map_or(120_000, |v| v.max_ms);
-                deposit.stage = DepositStage::Recording;
-                let path = deposit.path.clone();
-                self.voicemail.recording_started(
-                    session,
-                    &deposit.mailbox,
-                    &call.caller,
-                    call.start,
-                );
-                self.events.push_back(Event::Media(MediaCommand::Record {
-                    session,
-                    leg: Leg::A,
-                    path,
-                    max_ms,
-                }));
-            }
-            DepositStage::Goodbye => {
-                self.send_bye_a(now, session);
-                self.end_call(now, session, Disposition::Voicemail, 200);
-            }
-            DepositStage::Recording => {}
-        }
     }
 
     /// Ends a call: writes its CDR and forgets everything that routes new requests to it.

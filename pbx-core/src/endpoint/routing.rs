@@ -83,7 +83,7 @@ impl Endpoint {
         }
         if let Some(ext) = number
             .strip_prefix(f.directed_pickup.as_str())
-            .filter(|e| !f.directed_pickup.is_empty() && self.users.contains_key(*e))
+            .filter(|e| !f.directed_pickup.is_empty() && self.accounts.has_user(e))
         {
             return Ok(Dest::Pickup(Some(ext.to_string())));
         }
@@ -107,7 +107,7 @@ impl Endpoint {
         if let Some(i) = self.cfg.groups.iter().position(|g| g.number == number) {
             return Ok(Dest::Group(i));
         }
-        if self.users.contains_key(number) {
+        if self.accounts.has_user(number) {
             return Ok(Dest::Extension(number.to_string()));
         }
         Err(404)

@@ -141,7 +141,7 @@ impl Endpoint {
                     .and_then(|f| f.local_uri.uri.user().map(str::to_string)),
             }
         };
-        let Some(referrer) = referrer.filter(|r| self.users.contains_key(r)) else {
+        let Some(referrer) = referrer.filter(|r| self.accounts.has_user(r)) else {
             self.sig.reply(now, &key, &req, src, 403, None);
             return;
         };

@@ -453,7 +453,7 @@ impl Endpoint {
             .take(64)
             .collect();
         let dest = match self.cfg.dialplan.inbound(&did) {
-            Some(Target::Extension(ext)) if self.users.contains_key(&ext) => {
+            Some(Target::Extension(ext)) if self.accounts.has_user(&ext) => {
                 Some(Dest::Extension(ext))
             }
             Some(Target::Group(n) | Target::Menu(n)) => self.resolve_target(&n).ok(),
