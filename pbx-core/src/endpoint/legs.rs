@@ -63,6 +63,7 @@ impl Endpoint {
         self.sig.send(now, &relay.server_key, out, relay.src);
     }
 
+    /// Relays an in-dialog request from the caller to fork `fork`.
     pub(super) fn relay_to_b(
         &mut self,
         now: Millis,
@@ -96,6 +97,7 @@ impl Endpoint {
         self.relay_out(now, id, key, req, src, leg);
     }
 
+    /// Relays an in-dialog request from the callee to the caller.
     pub(super) fn relay_to_a(&mut self, now: Millis, id: u64, key: TxKey, req: Request, src: Peer) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -119,6 +121,7 @@ impl Endpoint {
         self.relay_out(now, id, key, req, src, leg);
     }
 
+    /// Sends a relayed request out on `leg` and remembers where its answer goes.
     pub(super) fn relay_out(
         &mut self,
         now: Millis,
@@ -192,6 +195,7 @@ impl Endpoint {
         );
     }
 
+    /// ACKs fork `fork`'s 2xx to our INVITE.
     pub(super) fn send_ack_b(
         &mut self,
         id: u64,
@@ -206,6 +210,7 @@ impl Endpoint {
         self.send_in_dialog_ack_b(id, fork, cseq, body, content_type);
     }
 
+    /// Sends an ACK with CSeq `cseq` to fork `fork` (kept when it ACKs the INVITE).
     pub(super) fn send_in_dialog_ack_b(
         &mut self,
         id: u64,
@@ -243,6 +248,7 @@ impl Endpoint {
         }
     }
 
+    /// Sends an ACK with CSeq `cseq` to the caller.
     pub(super) fn send_in_dialog_ack_a(
         &mut self,
         id: u64,
@@ -271,6 +277,7 @@ impl Endpoint {
         self.sig.tx.send_stateless_request(&ack, peer);
     }
 
+    /// Hangs up fork `fork`.
     pub(super) fn send_bye_b(&mut self, now: Millis, id: u64, fork: usize) {
         let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
             return;
@@ -296,6 +303,7 @@ impl Endpoint {
         self.sig.send_request(now, bye, peer, ClientRole::Bye);
     }
 
+    /// Hangs up the caller.
     pub(super) fn send_bye_a(&mut self, now: Millis, id: u64) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -366,6 +374,7 @@ impl Endpoint {
         }
     }
 
+    /// Two relay ports for a new call (both or none).
     pub(super) fn take_ports(&mut self) -> Option<(u16, u16)> {
         let pool = self.ports.as_mut()?;
         let a = pool.take()?;
@@ -378,6 +387,7 @@ impl Endpoint {
         }
     }
 
+    /// Returns a call's relay ports to the pool.
     pub(super) fn give_ports(&mut self, (a, b): (u16, u16)) {
         if let Some(pool) = self.ports.as_mut() {
             pool.give_back(a);

@@ -17,6 +17,7 @@ use crate::Millis;
 
 use super::call::ClientRole;
 use super::signalling::{first_contact_uri, Signalling};
+use super::voicemail::Counts;
 
 /// Longest subscription we grant (and the default when the phone asks for none), seconds.
 const MAX_EXPIRES_SECS: u32 = 3600;
@@ -37,9 +38,6 @@ struct MwiSubscription {
     /// CSeq of our last NOTIFY.
     cseq: u32,
 }
-
-/// Message counts of a mailbox: (new, heard).
-pub(super) type Counts = (usize, usize);
 
 /// The live MWI subscriptions, by Call-ID.
 #[derive(Debug)]

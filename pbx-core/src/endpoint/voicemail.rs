@@ -13,7 +13,6 @@ use crate::media::session::SessionId;
 use crate::Millis;
 
 use super::event::Event;
-use super::mwi::Counts;
 
 /// Digits of a PIN kept at most (more are ignored).
 const MAX_PIN_DIGITS: usize = 16;
@@ -41,6 +40,9 @@ pub fn pin_hash(ext: &str, pin: &str) -> String {
     h.update(pin.as_bytes());
     hex::encode(h.finalize())
 }
+
+/// Message counts of a mailbox: (new, heard).
+pub(super) type Counts = (usize, usize);
 
 /// A recording in progress or being written.
 #[derive(Debug, Clone)]
