@@ -10,38 +10,57 @@
 //! Outpost, and Outpost places a new INVITE (leg B, its own Call-ID) to every registered
 //! contact of the callee in parallel. The first 2xx wins and the other forks are cancelled.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cdr::{Cdr, Disposition};
-use crate::lockout::{AccountLocks, TrustedSource};
 use crate::media::anchor::CallMedia;
-use crate::media::session::{Codec, Leg, MediaCommand, MediaEvent, PortPool, SessionId};
-use crate::registrar::{is_unregister, Binding, BindingChange, Registrar, RegistrarConfig};
-use crate::sip::auth::{
-    digest_uri_matches, parse_credentials, Algorithm, AuthError, Authenticator, DigestChoice,
-    DigestCredentials, NonceConfig, StoredSecret,
-};
-#[cfg(doc)]
-use crate::sip::transaction::DEFAULT_MAX_SERVER;
-use crate::sip::transaction::{
-    build_cancel, ClientInput, ServerInput, TimerConfig, Transactions, Transmit, TxEvent, TxKey,
-};
+use crate::media::session::{Leg, MediaCommand, PortPool};
+use crate::registrar::{Binding, Registrar};
+use crate::sip::auth::{Authenticator, StoredSecret};
+use crate::sip::transaction::{ClientInput, ServerInput, Transactions, Transmit, TxEvent, TxKey};
 use crate::sip::wire;
 use crate::sip::{
-    CSeq, Contact, Headers, Message, Method, NameAddr, Params, Peer, Request, Response, Transport,
-    Uri, Via,
+    Contact, Message, Method, NameAddr, Params, Peer, Request, Response, Transport, Uri,
 };
 use crate::Millis;
 
+mod accounts;
+mod admin;
+mod apps;
+mod call;
+mod config;
+mod deadlines;
+mod event;
+mod ivr;
+mod legs;
+mod mwi;
 mod routing;
+mod signalling;
 mod transfer;
 mod trunking;
+mod voicemail;
 
+use accounts::{Accounts, AuthIo};
+use call::{
+    better_failure, App, Call, CallState, ClientRole, Fork, ForkIdentity, ForkState, LegA, Origin,
+    OutLeg, PendingLegA, Relay,
+};
+pub use config::{
+    CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
+    RingGroup, RingStrategy, VoicemailSettings,
+};
+pub use event::{CallSummary, Counters, DebugCounts, Event};
+use mwi::MwiSubscriptions;
+use voicemail::Voicemail;
+pub use voicemail::{pin_hash, MailboxMessage};
+
+use deadlines::Deadlines;
 use routing::{Dest, GateTicket, RingPlan, Routed};
+use signalling::{first_contact_uri, Signalling};
 use trunking::ExternalPlan;
 
 /// Methods we answer, for Allow headers.
@@ -54,322 +73,6 @@ const OVERLOAD_RETRY_AFTER_SECS: u32 = 5;
 /// Upper bound on MWI subscriptions.
 const MAX_MWI: usize = 50_000;
 
-/// Settings of the call core.
-#[derive(Debug, Clone)]
-pub struct EndpointConfig {
-    /// Digest realm.
-    pub realm: String,
-    /// Value of our Server / User-Agent headers.
-    pub user_agent: String,
-    /// Our own addresses, used in Via and Contact of what we send (one per family is enough).
-    pub local: Vec<SocketAddr>,
-    /// Registration interval limits.
-    pub registrar: RegistrarConfig,
-    /// Digest nonce lifetime and replay tracking.
-    pub nonce: NonceConfig,
-    /// Digest algorithms offered, most preferred first.
-    pub auth_algorithms: Vec<crate::sip::auth::Algorithm>,
-    /// RFC 3261 timer base values.
-    pub timers: TimerConfig,
-    /// Cap on live server transactions; a new request beyond it gets 503 with Retry-After
-    /// (see `sip::transaction`'s memory bound). Default [`DEFAULT_MAX_SERVER`].
-    pub max_server_transactions: usize,
-    /// How long the callee's phones ring before the caller gets 480.
-    pub ring_timeout_ms: u64,
-    /// Key for nonces (persisted by the driver so nonces outlive a restart).
-    pub secret_key: [u8; 32],
-    /// Seed for tags, branches and Call-IDs.
-    pub seed: u64,
-    /// Media anchoring through the relay; `None` passes SDP through untouched.
-    pub media: Option<MediaSettings>,
-    /// Voicemail (needs media anchoring); `None` answers unreachable callees with 480/486.
-    pub voicemail: Option<VoicemailSettings>,
-    /// Auto-attendant menus (need media anchoring).
-    pub ivr: Vec<IvrMenu>,
-    /// Ring groups.
-    pub groups: Vec<RingGroup>,
-    /// Feature codes dialled by extensions.
-    pub features: FeatureCodes,
-    /// Outbound routes, emergency numbers and inbound DIDs.
-    pub dialplan: crate::dialplan::Dialplan,
-    /// SIP trunks towards providers.
-    pub trunks: Vec<crate::trunk::TrunkConfig>,
-}
-
-/// A number that rings several extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RingGroup {
-    /// The number that reaches the group (also a DID target).
-    pub number: String,
-    /// Member extensions, in hunting order.
-    pub members: Vec<String>,
-    /// All at once, or one after the other.
-    pub strategy: RingStrategy,
-    /// In order: how long each member rings before the next one.
-    pub member_timeout_ms: u64,
-    /// How long the group rings in total before the fallback.
-    pub timeout_ms: u64,
-    /// Mailbox that takes a message when nobody answers (`None`: the caller gets 480).
-    pub voicemail: Option<String>,
-}
-
-/// How a ring group rings its members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RingStrategy {
-    /// Every member's phones at once; the first to answer wins.
-    Simultaneous,
-    /// One member after the other, `member_timeout_ms` each.
-    InOrder,
-}
-
-/// Call forwarding of one extension: each target is a dialled number (an extension, a
-/// group, or an external number the extension may call).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Forwarding {
-    /// Every call goes there without ringing the extension.
-    pub always: Option<String>,
-    /// When the extension is busy.
-    pub busy: Option<String>,
-    /// When nobody answers within `no_answer_ms` (or no phone is registered).
-    pub no_answer: Option<String>,
-    /// Ring time before `no_answer` applies; 0 = the global ring timeout.
-    pub no_answer_ms: u64,
-}
-
-/// Numbers with a special meaning when an extension dials them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeatureCodes {
-    /// Picks up any call ringing an extension.
-    pub pickup: String,
-    /// Followed by an extension: picks up the call ringing that extension.
-    pub directed_pickup: String,
-}
-
-impl Default for FeatureCodes {
-    fn default() -> Self {
-        FeatureCodes {
-            pickup: "*8".to_string(),
-            directed_pickup: "**".to_string(),
-        }
-    }
-}
-
-/// The toll-fraud check the call core asks before every outbound (trunk) call of an
-/// extension; the firmware implements it with `firewall::policy::CallPolicy`.
-pub trait CallGate: std::fmt::Debug + Send {
-    /// May `ext` call `dialled` over `trunk`?
-    fn check(&mut self, now: Millis, ext: &str, dialled: &str, trunk: Option<&str>)
-        -> GateDecision;
-    /// A call that `check` allowed is over (`talk_secs` 0 when it never connected).
-    fn ended(&mut self, now: Millis, ext: &str, dialled: &str, trunk: Option<&str>, talk_secs: u64);
-}
-
-/// The answer of a [`CallGate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GateDecision {
-    /// Place the call.
-    Allow,
-    /// Refuse it with 403 and this reason phrase.
-    Refuse {
-        /// Fit for a SIP reason phrase.
-        reason: String,
-        /// The extension was locked to internal calls by this refusal.
-        lock: bool,
-    },
-}
-
-/// Where messages go and how long they may be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VoicemailSettings {
-    /// Messages are written to `<dir>/<mailbox>/<time>-<call>.wav`.
-    pub dir: std::path::PathBuf,
-    /// Longest message.
-    pub max_ms: u32,
-    /// The number extensions dial to hear their messages (e.g. `*97`).
-    pub access_number: String,
-}
-
-/// An auto-attendant menu: a dialable number that answers, plays a greeting and sends the
-/// caller to an extension by digit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IvrMenu {
-    /// The number that reaches the menu (also a DID target later).
-    pub number: String,
-    /// Prompt played on answer (and again after a timeout or an invalid digit).
-    pub greeting: String,
-    /// Digit → extension.
-    pub options: std::collections::BTreeMap<char, String>,
-    /// How long to wait for a digit after the greeting.
-    pub timeout_ms: u64,
-    /// Greetings replayed after a timeout or an invalid digit before hanging up.
-    pub retries: u32,
-}
-
-/// One message in a mailbox, as the driver's index knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MailboxMessage {
-    /// Index id (for delete / mark-heard events).
-    pub id: u64,
-    /// The WAV file played back.
-    pub path: std::path::PathBuf,
-    /// Not heard yet.
-    pub new: bool,
-}
-
-/// The stored form of a voicemail PIN: never the digits themselves.
-pub fn pin_hash(ext: &str, pin: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b"outpost-vm-pin:");
-    h.update(ext.as_bytes());
-    h.update(b":");
-    h.update(pin.as_bytes());
-    hex::encode(h.finalize())
-}
-
-/// Where the relay listens, as the call core advertises it in SDP.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MediaSettings {
-    /// Our media addresses (one per family is enough); the one matching a leg's
-    /// signalling family goes into that leg's SDP.
-    pub addrs: Vec<IpAddr>,
-    /// The relay's port range (RTP on even ports, RTCP on the odd port above).
-    pub port_first: u16,
-    pub port_last: u16,
-}
-
-/// Something the driver must act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// Registration state changed: persist before sending what follows.
-    Bindings(Vec<BindingChange>),
-    /// A call ended: persist its record.
-    CallEnded(Cdr),
-    /// Tell the relay (open, update or close a call's media).
-    Media(MediaCommand),
-    /// A request failed authentication (for the firewall's detectors).
-    AuthFailed {
-        /// Where the request came from.
-        src: Peer,
-        /// The user name it claimed (cut to 64 characters).
-        user: String,
-        /// The request method.
-        method: Method,
-        /// The user exists (unknown names feed the enumeration detector).
-        known: bool,
-    },
-    /// A voicemail message was recorded: index it and tell the mailbox's phones.
-    VoicemailStored {
-        /// The extension whose mailbox got the message.
-        mailbox: String,
-        /// Who called.
-        caller: String,
-        /// The WAV file.
-        path: std::path::PathBuf,
-        duration_ms: u32,
-        /// When the call came in.
-        at: Millis,
-    },
-    /// The mailbox owner listened to a message (it is no longer new).
-    VoicemailHeard { id: u64 },
-    /// The mailbox owner deleted a message.
-    VoicemailDeleted { id: u64 },
-    /// The toll-fraud gate refused an outbound call (the driver alerts, and bans the source
-    /// when `lock` is set and the source is not allow-listed).
-    CallRefused {
-        /// Where the INVITE came from.
-        src: Peer,
-        /// The calling extension.
-        ext: String,
-        /// The number dialled.
-        dialled: String,
-        /// Why.
-        reason: String,
-        /// The extension was locked to internal calls.
-        lock: bool,
-    },
-    /// A trunk went up or down.
-    TrunkChanged(crate::trunk::TrunkChange),
-    /// A trunk sent more inbound INVITEs than its `inbound_calls_per_second`: the excess got
-    /// 503. Raised at most once per [`crate::trunk::CAP_ALERT_EVERY_MS`] per trunk.
-    TrunkCallsRefused {
-        /// The trunk's name.
-        trunk: String,
-        /// Where the latest refused INVITE came from.
-        src: Peer,
-        /// Refused since the last report.
-        refused: u64,
-        /// The cap, per second.
-        limit: u32,
-    },
-    /// A request authenticated (the firewall gives the source a pass).
-    AuthSucceeded {
-        /// Where the request came from.
-        src: Peer,
-        /// The authenticated extension.
-        user: String,
-    },
-}
-
-/// A live call, for `outpostctl calls`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallSummary {
-    /// Call-ID of the caller's leg.
-    pub call_id: String,
-    /// Calling extension.
-    pub caller: String,
-    /// Dialled number.
-    pub callee: String,
-    /// True once a callee answered.
-    pub answered: bool,
-    /// When the INVITE arrived.
-    pub start: Millis,
-    /// When the call was answered.
-    pub answer: Option<Millis>,
-    /// Relay session, when media is anchored.
-    pub media_session: Option<SessionId>,
-    /// Codecs on legs A and B once negotiated (they differ when the relay transcodes).
-    pub codecs: Option<(Codec, Codec)>,
-}
-
-/// Plain counters for `status` and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Datagrams and stream messages handled.
-    pub received: u64,
-    /// Messages that did not parse.
-    pub malformed: u64,
-    /// Requests refused for bad credentials or identity.
-    pub auth_failures: u64,
-    /// Calls set up towards a callee.
-    pub calls_started: u64,
-    /// Calls answered.
-    pub calls_answered: u64,
-    /// Requests answered 503 because the server transaction table was full.
-    pub overloaded: u64,
-}
-
-/// Sizes of the endpoint's internal tables (see [`Endpoint::debug_counts`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DebugCounts {
-    /// Calls, including ended ones waiting for their forks' transactions to finish.
-    pub calls: usize,
-    /// Caller-leg Call-ID index.
-    pub by_a_call_id: usize,
-    /// Callee-leg Call-ID index.
-    pub by_b_call_id: usize,
-    /// Caller INVITE server transaction index.
-    pub by_server_key: usize,
-    /// Client transactions with a role.
-    pub clients: usize,
-    /// Relayed in-dialog requests awaiting an answer.
-    pub relays: usize,
-    /// Armed ring timers.
-    pub ring_timers: usize,
-    /// Live transactions.
-    pub transactions: usize,
-}
-
 /// Why an admin operation on the endpoint was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
@@ -377,392 +80,22 @@ pub enum EndpointError {
     NoSuchExtension(String),
 }
 
-/// State of the caller's leg.
-#[derive(Debug)]
-struct LegA {
-    call_id: String,
-    /// The caller's From tag.
-    remote_tag: String,
-    /// Our To tag towards the caller.
-    local_tag: String,
-    remote_uri: NameAddr,
-    local_uri: NameAddr,
-    /// Where requests to the caller go (its Contact).
-    target: Uri,
-    peer: Peer,
-    invite_key: TxKey,
-    invite: Request,
-    /// Our CSeq for requests we send to the caller.
-    local_cseq: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ForkState {
-    Calling,
-    Ringing,
-    Answered,
-    /// CANCEL requested; sent once a provisional arrives.
-    CancelPending,
-    Cancelled,
-    Failed,
-}
-
-/// One INVITE towards one contact of the callee.
-#[derive(Debug)]
-struct Fork {
-    call_id: String,
-    local_tag: String,
-    remote_tag: Option<String>,
-    local_uri: NameAddr,
-    remote_uri: NameAddr,
-    /// Request-URI of the INVITE: the registered contact; later the 2xx Contact.
-    target: Uri,
-    peer: Peer,
-    invite_key: TxKey,
-    invite_cseq: u32,
-    local_cseq: u32,
-    state: ForkState,
-    /// The ACK we sent for its 2xx, re-sent when the 2xx is retransmitted.
-    ack: Option<Request>,
-    /// The INVITE client transaction still exists (responses may still arrive).
-    tx_live: bool,
-    /// Superseded (the call moved on: next group member, forwarding, next trunk): its
-    /// answers no longer count and a 2xx is hung up.
-    retired: bool,
-    /// The trunk this fork goes out on.
-    trunk: Option<usize>,
-    /// Digest challenges answered on this fork.
-    auth_tries: u8,
-    /// The INVITE as sent to a trunk, to send again with credentials (the transaction
-    /// layer drops it with the final response).
-    trunk_invite: Option<Box<Request>>,
-}
-
-impl Fork {
-    /// What stays in a call's fork list when its dialog moved to another call.
-    fn placeholder() -> Fork {
-        Fork {
-            call_id: String::new(),
-            local_tag: String::new(),
-            remote_tag: None,
-            local_uri: NameAddr::new(Uri::default()),
-            remote_uri: NameAddr::new(Uri::default()),
-            target: Uri::default(),
-            peer: Peer {
-                transport: Transport::Udp,
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            },
-            invite_key: TxKey {
-                branch: String::new(),
-                method: Method::Invite,
-                server: false,
-            },
-            invite_cseq: 0,
-            local_cseq: 0,
-            state: ForkState::Cancelled,
-            ack: None,
-            tx_live: false,
-            retired: true,
-            trunk: None,
-            auth_tries: 0,
-            trunk_invite: None,
-        }
-    }
-
-    /// Still waiting for a final answer that counts.
-    fn pending(&self) -> bool {
-        !self.retired
-            && matches!(
-                self.state,
-                ForkState::Calling | ForkState::Ringing | ForkState::CancelPending
-            )
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CallState {
-    Ringing,
-    Answered,
-    /// Over (CDR written); kept only until every fork's INVITE transaction has ended, so
-    /// late provisionals still get their CANCEL and late 2xx their ACK + BYE.
-    Ended,
-}
-
-/// A relayed in-dialog request waiting for the other leg's answer.
-#[derive(Debug)]
-struct Relay {
-    call: u64,
-    /// Server transaction on the leg the request came from.
-    server_key: TxKey,
-    server_req: Request,
-    /// Where the request came from (the answer goes back there).
-    src: Peer,
-    /// True when the request came from leg A (so it went out on leg B).
-    from_a: bool,
-}
-
-#[derive(Debug)]
-struct Call {
-    caller: String,
-    callee: String,
-    state: CallState,
-    start: Millis,
-    answer: Option<Millis>,
-    a: LegA,
-    forks: Vec<Fork>,
-    winner: Option<usize>,
-    /// Best final response seen from failed forks.
-    best_failure: Option<u16>,
-    /// Ring deadline.
-    ring_deadline: Millis,
-    /// The caller's INVITE had no SDP: the 2xx ACK to leg B waits for the caller's ACK.
-    late_offer: bool,
-    /// A 2xx for a re-INVITE relayed to the other leg awaits that leg's ACK
-    /// (value: the fork-side or A-side that must get the ACK; true = send to B).
-    pending_reinvite_ack: Option<(bool, u32)>,
-    /// SDP anchoring state when media runs through the relay.
-    media: Option<CallMedia>,
-    /// Outpost itself answered the caller (voicemail).
-    app: Option<App>,
-    /// The caller's offer as anchored for the callee side (sent to every fork).
-    b_offer: Vec<u8>,
-    /// The last SDP the caller's phone sent (offer or answer), to re-offer its media to
-    /// a new callee (transfer, pickup).
-    a_sdp: Vec<u8>,
-    /// The last SDP the callee's phone sent.
-    b_sdp: Vec<u8>,
-    /// A transfer target being called to take over leg A.
-    pending_a: Option<PendingLegA>,
-    /// Where the caller came from.
-    origin: Origin,
-    /// What is being rung.
-    plan: routing::RingPlan,
-    /// Next step of the plan (next group member, next trunk when one stays silent).
-    step_deadline: Option<Millis>,
-    /// The toll-fraud gate allowed this call: report its end.
-    gate: Option<routing::GateTicket>,
-    /// Forwarding and transfer hops so far (loop guard).
-    hops: u8,
-}
-
-impl Call {
-    /// The auto attendant is ringing an extension for this caller.
-    fn transferring(&self) -> bool {
-        self.winner.is_none()
-            && matches!(
-                self.app,
-                Some(App::Menu {
-                    transfer: Some(_),
-                    ..
-                }) | Some(App::Transfer)
-            )
-    }
-
-    /// The offer for a phone that is to become leg B: the caller's anchored offer while
-    /// ringing; once the caller talks (to Outpost, or to a callee who transfers it), a
-    /// fresh offer from what the caller agreed to.
-    fn offer_for_new_b(&mut self) -> Vec<u8> {
-        if self.state != CallState::Answered {
-            return self.b_offer.clone();
-        }
-        let Some(m) = self.media.as_mut() else {
-            return Vec::new();
-        };
-        m.offer_to_b()
-            .or_else(|_| m.offer(Leg::A, &self.a_sdp))
-            .unwrap_or_default()
-    }
-
-    /// Forks still waiting for a final answer that counts.
-    fn pending_forks(&self) -> bool {
-        self.forks.iter().any(Fork::pending)
-    }
-
-    /// Voicemail is recording this caller's message.
-    fn recording_message(&self) -> bool {
-        matches!(
-            self.app,
-            Some(App::Deposit {
-                stage: DepositStage::Recording,
-                ..
-            })
-        )
-    }
-}
-
-/// A call answered by Outpost itself.
-#[derive(Debug, Clone)]
-enum App {
-    /// Taking a message for `mailbox`.
-    Deposit {
-        mailbox: String,
-        path: std::path::PathBuf,
-        stage: DepositStage,
-    },
-    /// The caller is in an auto-attendant menu (or being transferred from it).
-    Menu {
-        menu: usize,
-        tries: u32,
-        /// Waiting for a digit until then.
-        deadline: Option<Millis>,
-        /// Extension being rung for the caller.
-        transfer: Option<String>,
-    },
-    /// The callee transferred the caller (REFER); `target` rings while the caller hears
-    /// ringback.
-    Transfer,
-    /// Saying goodbye: hang up when the prompt ends.
-    Goodbye,
-    /// The mailbox owner listens to messages.
-    Access {
-        mailbox: String,
-        stage: AccessStage,
-        digits: String,
-        tries: u8,
-        queue: Vec<MailboxMessage>,
-        current: Option<MailboxMessage>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AccessStage {
-    Pin,
-    Menu,
-    Goodbye,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DepositStage {
-    Greeting,
-    Recording,
-    Goodbye,
-}
-
-/// A recording in progress or being written, keyed by relay session.
-#[derive(Debug, Clone)]
-struct PendingMessage {
-    mailbox: String,
-    caller: String,
-    at: Millis,
-}
-
-/// An MWI subscription (RFC 3842): a dialog in which we NOTIFY message counts.
-#[derive(Debug, Clone)]
-struct MwiSubscription {
-    mailbox: String,
-    local_tag: String,
-    local_uri: NameAddr,
-    remote_uri: NameAddr,
-    target: Uri,
-    peer: Peer,
-    expires_at: Millis,
-    cseq: u32,
-}
-
-/// The INVITE that brings a new party onto leg A (the caller transferred the callee).
-#[derive(Debug)]
-struct PendingLegA {
-    call_id: String,
-    local_tag: String,
-    local_uri: NameAddr,
-    remote_uri: NameAddr,
-    target: Uri,
-    peer: Peer,
-}
-
-/// Who leg B's INVITE says it is from and to.
-#[derive(Debug)]
-struct ForkIdentity {
-    local_uri: NameAddr,
-    remote_uri: NameAddr,
-    /// User part of our Contact.
-    contact_user: String,
-    /// Caller-ID asserted to a trunk (P-Asserted-Identity).
-    asserted: Option<String>,
-}
-
-/// Where a call came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Origin {
-    /// An authenticated extension.
-    Extension,
-    /// A provider, on this trunk.
-    Trunk(usize),
-}
-
-/// Where and as what a request goes out on one leg of a dialog.
-#[derive(Debug)]
-struct OutLeg {
-    /// True when the request goes to leg B (it came from the caller).
-    to_b: bool,
-    peer: Peer,
-    target: Uri,
-    from: NameAddr,
-    to: NameAddr,
-    call_id: String,
-    cseq: u32,
-}
-
-/// What a client transaction belongs to.
-#[derive(Debug, Clone)]
-enum ClientRole {
-    Invite {
-        call: u64,
-        fork: usize,
-    },
-    Cancel,
-    Bye,
-    Relay {
-        call: u64,
-        relay: u64,
-    },
-    /// A NOTIFY about a REFER's progress.
-    Notify,
-    /// The INVITE to a transfer target that takes over leg A.
-    NewLegA {
-        call: u64,
-    },
-    /// A re-INVITE Outpost sent on its own to fork `fork` (attended transfer).
-    Reoffer {
-        call: u64,
-        fork: usize,
-    },
-    /// A re-INVITE that takes the caller off hold after an attended transfer.
-    ResumeA {
-        call: u64,
-    },
-    /// A trunk's registration or health ping.
-    Trunk {
-        trunk: usize,
-        purpose: crate::trunk::Purpose,
-    },
-}
-
 /// The SIP endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
     cfg: EndpointConfig,
-    tx: Transactions,
-    auth: Authenticator,
+    /// Extensions, their secrets, locks and digest algorithms.
+    accounts: Accounts,
+    /// The transaction layer, our client transactions' roles, tags and the random generator.
+    sig: Signalling,
     registrar: Registrar,
-    users: HashMap<String, StoredSecret>,
-    /// Stands in for an unknown user's secret so the work and the answer are the same.
-    decoy: StoredSecret,
     calls: HashMap<u64, Call>,
-    /// Locked accounts, and the sources each lock does not apply to.
-    locks: AccountLocks,
-    /// Digest algorithms per extension, where not the global ones.
-    digests: HashMap<String, DigestChoice>,
-    /// Voicemail recordings not yet reported, by relay session.
-    recordings: HashMap<SessionId, PendingMessage>,
-    /// Messages per mailbox, as the driver's index knows them.
-    mailboxes: HashMap<String, Vec<MailboxMessage>>,
-    /// Voicemail PIN hashes per extension.
-    pins: HashMap<String, String>,
+    /// Mailboxes, PINs and recordings in progress.
+    voicemail: Voicemail,
     /// Auto-attendant digit deadlines.
-    menu_timers: BTreeSet<(Millis, u64)>,
+    menu_timers: Deadlines,
     /// Deadlines of the next step of a ring plan.
-    step_timers: BTreeSet<(Millis, u64)>,
+    step_timers: Deadlines,
     /// Call forwarding per extension.
     forwards: HashMap<String, Forwarding>,
     /// Caller-ID per extension on outside calls.
@@ -772,7 +105,7 @@ pub struct Endpoint {
     /// The trunks' registrations and health.
     trunks: crate::trunk::Trunks,
     /// MWI subscriptions by Call-ID.
-    mwi: HashMap<String, MwiSubscription>,
+    mwi: MwiSubscriptions,
     /// Relay ports free for new calls (when media is anchored).
     ports: Option<PortPool>,
     /// Calls in `calls` that ended and wait for their forks' transactions.
@@ -781,13 +114,11 @@ pub struct Endpoint {
     by_a_call_id: HashMap<String, u64>,
     by_b_call_id: HashMap<String, (u64, usize)>,
     by_server_key: HashMap<TxKey, u64>,
-    clients: HashMap<TxKey, ClientRole>,
     relays: HashMap<u64, Relay>,
     next_relay: u64,
-    ring_timers: BTreeSet<(Millis, u64)>,
+    ring_timers: Deadlines,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    rng: StdRng,
     counters: Counters,
 }
 
@@ -802,24 +133,17 @@ impl Endpoint {
         let mut auth = Authenticator::new(&cfg.realm, cfg.secret_key, rng.gen(), cfg.nonce);
         auth.set_algorithms(&cfg.auth_algorithms);
         Endpoint {
-            tx: Transactions::with_max_server(cfg.timers, cfg.max_server_transactions),
             registrar: Registrar::new(cfg.registrar.clone()),
-            auth,
-            users: HashMap::new(),
-            decoy,
+            accounts: Accounts::new(&cfg.realm, auth, decoy),
             calls: HashMap::new(),
-            locks: AccountLocks::new(),
-            digests: HashMap::new(),
-            recordings: HashMap::new(),
-            mailboxes: HashMap::new(),
-            pins: HashMap::new(),
-            menu_timers: BTreeSet::new(),
-            step_timers: BTreeSet::new(),
+            voicemail: Voicemail::default(),
+            menu_timers: Deadlines::default(),
+            step_timers: Deadlines::default(),
             forwards: HashMap::new(),
             caller_ids: HashMap::new(),
             gate: None,
             trunks: crate::trunk::Trunks::new(cfg.trunks.clone(), rng.gen(), 0),
-            mwi: HashMap::new(),
+            mwi: MwiSubscriptions::new(MAX_MWI),
             ports: cfg
                 .media
                 .as_ref()
@@ -829,13 +153,17 @@ impl Endpoint {
             by_a_call_id: HashMap::new(),
             by_b_call_id: HashMap::new(),
             by_server_key: HashMap::new(),
-            clients: HashMap::new(),
             relays: HashMap::new(),
             next_relay: 1,
-            ring_timers: BTreeSet::new(),
+            ring_timers: Deadlines::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            rng,
+            sig: Signalling::new(
+                Transactions::with_max_server(cfg.timers, cfg.max_server_transactions),
+                rng,
+                cfg.local.clone(),
+                cfg.user_agent.clone(),
+            ),
             counters: Counters::default(),
             cfg,
         }
@@ -860,13 +188,15 @@ impl Endpoint {
         self.cfg.ring_timeout_ms = new.ring_timeout_ms;
         self.cfg.voicemail = new.voicemail.clone();
         self.cfg.auth_algorithms = new.auth_algorithms.clone();
-        self.auth.set_algorithms(&new.auth_algorithms);
+        self.accounts.set_algorithms(&new.auth_algorithms);
         self.cfg.user_agent = new.user_agent.clone();
+        self.sig.set_user_agent(new.user_agent.clone());
         if self.cfg.trunks != new.trunks {
             self.cfg.trunks = new.trunks.clone();
-            self.trunks = crate::trunk::Trunks::new(new.trunks.clone(), self.rng.gen(), now);
+            self.trunks = crate::trunk::Trunks::new(new.trunks.clone(), self.sig.rng.gen(), now);
             // Transactions of the old trunks answer into nothing.
-            self.clients
+            self.sig
+                .clients
                 .retain(|_, role| !matches!(role, ClientRole::Trunk { .. }));
         }
     }
@@ -877,7 +207,8 @@ impl Endpoint {
     /// provider learns the new Contact.
     pub fn set_addresses(&mut self, now: Millis, local: Vec<SocketAddr>, media: Vec<IpAddr>) {
         let moved = self.cfg.local != local;
-        self.cfg.local = local;
+        self.cfg.local = local.clone();
+        self.sig.set_local(local);
         if let Some(m) = self.cfg.media.as_mut() {
             if !media.is_empty() {
                 m.addrs = media;
@@ -886,164 +217,6 @@ impl Endpoint {
         if moved {
             self.trunks.address_changed(now);
             self.pump_trunks(now);
-        }
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Admin
-    // ---------------------------------------------------------------------------------------
-
-    /// Adds or replaces an extension's secret.
-    pub fn set_user(&mut self, ext: &str, secret: StoredSecret) {
-        self.users.insert(ext.to_string(), secret);
-    }
-
-    /// Locks an account until `until` (the firewall's per-account guessing rule): requests
-    /// as it from sources that have not authenticated as it recently fail like a wrong
-    /// password; its phones keep working (see [`crate::lockout`]).
-    pub fn lock_user(&mut self, now: Millis, ext: &str, until: Millis) {
-        self.locks.lock(now, ext, until);
-    }
-
-    /// The sources a lock of `ext` does not apply to: those that authenticated as it within
-    /// the last week, in address order.
-    pub fn trusted_sources(&self, now: Millis, ext: &str) -> Vec<TrustedSource> {
-        self.locks.trusted(now, ext)
-    }
-
-    /// Remembers `sources` as having authenticated as `ext` at `at` (restored after a
-    /// restart with the lock they were exempt from).
-    pub fn trust_sources(&mut self, now: Millis, ext: &str, sources: &[TrustedSource], at: Millis) {
-        for &s in sources {
-            self.locks.trust(now, ext, s, at);
-        }
-    }
-
-    /// Sets the digest algorithms of `ext` (see [`DigestChoice`] for when they apply).
-    pub fn set_user_digest(&mut self, ext: &str, choice: DigestChoice) {
-        if choice == DigestChoice::Default {
-            self.digests.remove(ext);
-        } else {
-            self.digests.insert(ext.to_string(), choice);
-        }
-    }
-
-    /// Sets (or with `None` clears) an extension's voicemail PIN hash (see [`pin_hash`]).
-    pub fn set_pin(&mut self, ext: &str, hash: Option<String>) {
-        match hash {
-            Some(h) => {
-                self.pins.insert(ext.to_string(), h);
-            }
-            None => {
-                self.pins.remove(ext);
-            }
-        }
-    }
-
-    /// Lifts an account lock.
-    pub fn unlock_user(&mut self, ext: &str) -> bool {
-        self.locks.unlock(ext)
-    }
-
-    /// Removes an extension and its registrations (an `Event::Bindings` follows).
-    pub fn remove_user(&mut self, ext: &str) -> Result<(), EndpointError> {
-        if self.users.remove(ext).is_none() {
-            return Err(EndpointError::NoSuchExtension(ext.to_string()));
-        }
-        self.locks.forget(ext);
-        self.digests.remove(ext);
-        let changes = self.registrar.remove_ext(ext);
-        if !changes.is_empty() {
-            self.events.push_back(Event::Bindings(changes));
-        }
-        Ok(())
-    }
-
-    /// True when `ext` exists.
-    pub fn has_user(&self, ext: &str) -> bool {
-        self.users.contains_key(ext)
-    }
-
-    /// Number of extensions.
-    pub fn user_count(&self) -> usize {
-        self.users.len()
-    }
-
-    /// Loads registrations saved before a restart. Each binding's source authenticated as
-    /// its extension, so it is trusted again (an account lock restored with the firewall's
-    /// state must not lock out the phones registered before the restart).
-    pub fn restore_bindings(&mut self, bindings: Vec<Binding>, now: Millis) {
-        for b in bindings.iter().filter(|b| b.expires_at > now) {
-            let contact_host = crate::sip::Uri::try_from(b.contact.as_str())
-                .ok()
-                .and_then(|u| match u.host() {
-                    rsip::Host::IpAddr(ip) => Some(*ip),
-                    rsip::Host::Domain(d) => d.to_string().trim_matches(['[', ']']).parse().ok(),
-                });
-            // A live binding authenticated within one registration interval (an hour at
-            // most by default): as good as now for a trust that lasts a week.
-            self.locks.trust(
-                now,
-                &b.ext,
-                TrustedSource::of_binding(b.source, contact_host),
-                now,
-            );
-        }
-        self.registrar.restore(bindings, now);
-    }
-
-    /// The registrar, for listings.
-    pub fn registrar(&self) -> &Registrar {
-        &self.registrar
-    }
-
-    /// Live calls.
-    pub fn calls(&self) -> Vec<CallSummary> {
-        let mut out: Vec<CallSummary> = self
-            .calls
-            .values()
-            .filter(|c| c.state != CallState::Ended)
-            .map(|c| CallSummary {
-                call_id: c.a.call_id.clone(),
-                caller: c.caller.clone(),
-                callee: c.callee.clone(),
-                answered: c.state == CallState::Answered,
-                start: c.start,
-                answer: c.answer,
-                media_session: c.media.as_ref().map(CallMedia::session),
-                codecs: c.media.as_ref().and_then(CallMedia::codecs),
-            })
-            .collect();
-        out.sort_by_key(|c| c.start);
-        out
-    }
-
-    /// Number of calls in progress (cheap, for metrics).
-    pub fn active_calls(&self) -> usize {
-        self.calls.len().saturating_sub(self.ended_calls)
-    }
-
-    /// Counters since start.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    /// Number of live transactions.
-    pub fn transactions(&self) -> usize {
-        self.tx.len()
-    }
-
-    /// Sizes of the internal tables, to check in tests and metrics that nothing leaks.
-    pub fn debug_counts(&self) -> DebugCounts {
-        DebugCounts {
-            calls: self.calls.len(),
-            by_a_call_id: self.by_a_call_id.len(),
-            by_b_call_id: self.by_b_call_id.len(),
-            by_server_key: self.by_server_key.len(),
-            clients: self.clients.len(),
-            relays: self.relays.len(),
-            ring_timers: self.ring_timers.len(),
-            transactions: self.tx.len(),
         }
     }
 
@@ -1090,34 +263,22 @@ impl Endpoint {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
-        self.tx.handle_timeout(now);
+        self.sig.tx.handle_timeout(now);
         self.trunks.handle_timeout(now);
         self.pump_trunks(now);
         self.drain_tx_events(now);
-        self.expire_mwi(now);
+        self.mwi.expire(now);
         let changes = self.registrar.expire(now);
         if !changes.is_empty() {
             self.events.push_back(Event::Bindings(changes));
         }
-        while let Some(&(deadline, call)) = self.menu_timers.first() {
-            if deadline > now {
-                break;
-            }
-            self.menu_timers.remove(&(deadline, call));
+        while let Some((deadline, call)) = self.menu_timers.pop_due(now) {
             self.menu_timeout(now, call, deadline);
         }
-        while let Some(&(deadline, call)) = self.ring_timers.first() {
-            if deadline > now {
-                break;
-            }
-            self.ring_timers.remove(&(deadline, call));
+        while let Some((_, call)) = self.ring_timers.pop_due(now) {
             self.ring_timeout(now, call);
         }
-        while let Some(&(deadline, call)) = self.step_timers.first() {
-            if deadline > now {
-                break;
-            }
-            self.step_timers.remove(&(deadline, call));
+        while let Some((deadline, call)) = self.step_timers.pop_due(now) {
             self.step_timeout(now, call, deadline);
         }
         self.drain_tx_events(now);
@@ -1126,11 +287,11 @@ impl Endpoint {
     /// The next instant `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
         [
-            self.tx.poll_timeout(),
+            self.sig.tx.poll_timeout(),
             self.registrar.next_expiry(),
-            self.ring_timers.first().map(|&(d, _)| d),
-            self.menu_timers.first().map(|&(d, _)| d),
-            self.step_timers.first().map(|&(d, _)| d),
+            self.ring_timers.next(),
+            self.menu_timers.next(),
+            self.step_timers.next(),
             self.trunks.poll_timeout(),
         ]
         .into_iter()
@@ -1142,7 +303,7 @@ impl Endpoint {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits
             .pop_front()
-            .or_else(|| self.tx.poll_transmit())
+            .or_else(|| self.sig.tx.poll_transmit())
     }
 
     /// The next event for the driver.
@@ -1155,7 +316,7 @@ impl Endpoint {
     // ---------------------------------------------------------------------------------------
 
     fn on_request(&mut self, now: Millis, src: Peer, req: Request) {
-        let key = match self.tx.receive_request(now, &req, src) {
+        let key = match self.sig.tx.receive_request(now, &req, src) {
             ServerInput::New(key) => key,
             ServerInput::Ack2xx(key) => {
                 self.on_ack_2xx(now, &key, &req);
@@ -1168,17 +329,17 @@ impl Endpoint {
             ServerInput::Retransmission | ServerInput::AckAbsorbed => return,
             ServerInput::Overloaded => {
                 self.counters.overloaded += 1;
-                let mut resp = Response::to_request(&req, 503, Some(&self.new_tag()));
+                let mut resp = Response::to_request(&req, 503, Some(&self.sig.new_tag()));
                 resp.reason = "Service Unavailable (too many transactions)".to_string();
                 resp.headers
                     .push("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string());
-                self.stamp(&mut resp, src);
-                self.tx.send_stateless_response(&resp, src);
+                self.sig.stamp(&mut resp, src);
+                self.sig.tx.send_stateless_response(&resp, src);
                 return;
             }
         };
         if req.headers.max_forwards == Some(0) && req.method != Method::Ack {
-            self.reply(now, &key, &req, src, 483, None);
+            self.sig.reply(now, &key, &req, src, 483, None);
             return;
         }
         if req.headers.to.tag().is_some() {
@@ -1189,15 +350,15 @@ impl Endpoint {
             Method::Register => self.on_register(now, key, req, src),
             Method::Invite => self.on_invite(now, key, req, src),
             Method::Options => {
-                let tag = self.new_tag();
+                let tag = self.sig.new_tag();
                 let mut resp = Response::to_request(&req, 200, Some(&tag));
                 resp.headers.push("Allow", ALLOW);
                 resp.headers.push("Accept", "application/sdp");
-                self.send(now, &key, resp, src);
+                self.sig.send(now, &key, resp, src);
             }
             Method::Cancel => self.on_cancel(now, key, req, src),
             Method::Bye | Method::Prack | Method::Update | Method::Info => {
-                self.reply(now, &key, &req, src, 481, None)
+                self.sig.reply(now, &key, &req, src, 481, None)
             }
             Method::Subscribe
                 if self.cfg.voicemail.is_some()
@@ -1210,36 +371,24 @@ impl Endpoint {
             }
             Method::Subscribe | Method::Publish => {
                 // No event packages yet: RFC 6665 §3.2.2 asks for 489 for unknown events.
-                let mut resp = Response::to_request(&req, 489, Some(&self.new_tag()));
+                let mut resp = Response::to_request(&req, 489, Some(&self.sig.new_tag()));
                 resp.reason = "Bad Event".to_string();
-                self.send(now, &key, resp, src);
+                self.sig.send(now, &key, resp, src);
             }
             Method::Other(_) => {
-                let mut resp = Response::to_request(&req, 501, Some(&self.new_tag()));
+                let mut resp = Response::to_request(&req, 501, Some(&self.sig.new_tag()));
                 resp.headers.push("Allow", ALLOW);
-                self.send(now, &key, resp, src);
+                self.sig.send(now, &key, resp, src);
             }
             _ => {
-                let mut resp = Response::to_request(&req, 405, Some(&self.new_tag()));
+                let mut resp = Response::to_request(&req, 405, Some(&self.sig.new_tag()));
                 resp.headers.push("Allow", ALLOW);
-                self.send(now, &key, resp, src);
+                self.sig.send(now, &key, resp, src);
             }
         }
     }
 
-    /// Challenges or checks the credentials of `req`. Returns the authenticated user, or
-    /// `None` after answering the request itself.
-    ///
-    /// Known and unknown users walk the same path (challenge first, look up afterwards, and
-    /// a decoy secret for unknown names), so responses cannot be used to enumerate users.
-    /// What may differ by name is reserved for sources that already authenticated as that
-    /// name (an extension's own digest algorithms, the exemption from its lock): they know
-    /// the password, so they learn nothing.
-    ///
-    /// Order: credentials present and well-formed (else challenge / 400), digest `uri` =
-    /// Request-URI (else 400, a failure), account lock (a refused source fails like a wrong
-    /// password, except that an un-REGISTER gets the same 200 whatever the password, see
-    /// [`Endpoint::unregister_while_locked`]), then the digest itself.
+    /// Challenges or checks the credentials of `req` (see [`Accounts::authenticate`]).
     fn authenticate(
         &mut self,
         now: Millis,
@@ -1247,208 +396,13 @@ impl Endpoint {
         req: &Request,
         src: Peer,
     ) -> Option<String> {
-        let proxy = req.method != Method::Register;
-        let (header, status) = if proxy {
-            ("Proxy-Authorization", 407)
-        } else {
-            ("Authorization", 401)
+        let mut io = AuthIo {
+            sig: &mut self.sig,
+            registrar: &mut self.registrar,
+            events: &mut self.events,
+            counters: &mut self.counters,
         };
-        let creds: Option<DigestCredentials> = req
-            .headers
-            .get_all(header)
-            .filter_map(|v| parse_credentials(v).ok())
-            .find(|c| c.realm == self.cfg.realm);
-        let Some(creds) = creds else {
-            let malformed = req.headers.get(header).is_some()
-                && req
-                    .headers
-                    .get_all(header)
-                    .all(|v| parse_credentials(v).is_err());
-            if malformed {
-                self.reply(now, key, req, src, 400, None);
-            } else {
-                let claimed = if proxy {
-                    req.headers.from.uri.user()
-                } else {
-                    req.headers.to.uri.user()
-                };
-                let offered = self.offered(now, claimed, src);
-                self.challenge(now, key, req, src, status, false, offered);
-            }
-            return None;
-        };
-        // RFC 7616 §3.4.6: credentials computed for another target must not be accepted
-        // here, or an on-path attacker could replay them towards this one.
-        if !digest_uri_matches(&req.uri, &creds.uri) {
-            self.auth_failed(src, &creds.username, &req.method);
-            let mut resp = Response::to_request(req, 400, Some(&self.new_tag()));
-            resp.reason = "Digest URI Does Not Match Request-URI".to_string();
-            self.send(now, key, resp, src);
-            return None;
-        }
-        let blocked = self.locks.blocks(now, &creds.username, src.addr);
-        if blocked && req.method == Method::Register && is_unregister(req) {
-            self.unregister_while_locked(now, key, req, src, &creds);
-            return None;
-        }
-        // A lock refuses a source that did not authenticate as the account recently like a
-        // wrong password (the same answer as for unknown users); its phones pass.
-        let known = self.users.get(&creds.username).filter(|_| !blocked);
-        let ha1 = known
-            .unwrap_or(&self.decoy)
-            .ha1(creds.algorithm)
-            .to_string();
-        let known = known.is_some();
-        let accepted = self.accepted(now, &creds.username, src);
-        let result = self
-            .auth
-            .verify_with(now, &creds, req.method.as_str(), &ha1, &accepted);
-        match result {
-            Ok(()) if known => {
-                let source = TrustedSource::of(src, req.headers.via.first());
-                self.locks.trust(now, &creds.username, source, now);
-                self.events.push_back(Event::AuthSucceeded {
-                    src,
-                    user: creds.username.clone(),
-                });
-                Some(creds.username)
-            }
-            Err(AuthError::Stale) if known => {
-                let offered = self.offered(now, Some(&creds.username), src);
-                self.challenge(now, key, req, src, status, true, offered);
-                None
-            }
-            Err(AuthError::InvalidNonce) | Err(AuthError::Replay) => {
-                let offered = self.offered(now, Some(&creds.username), src);
-                self.challenge(now, key, req, src, status, false, offered);
-                None
-            }
-            Err(AuthError::Malformed(_)) => {
-                self.reply(now, key, req, src, 400, None);
-                None
-            }
-            _ => {
-                self.auth_failed(src, &creds.username, &req.method);
-                self.reply(now, key, req, src, 403, None);
-                None
-            }
-        }
-    }
-
-    /// An un-REGISTER from a source the lock of its account refuses.
-    ///
-    /// Un-registering must always work for a phone that has the password (a phone that
-    /// moved, rebooted onto another port or was re-provisioned must not leave a stale
-    /// binding behind), yet the answer must not tell a guesser whether its password was
-    /// right, or the lock would stop nothing: so every such un-REGISTER with a valid, fresh
-    /// nonce gets the same bare 200 (no Contact list), and only one whose credentials verify
-    /// removes bindings. A wrong password still counts as a failure against the source.
-    /// Nonce problems are answered before the password is looked at: a fresh challenge.
-    fn unregister_while_locked(
-        &mut self,
-        now: Millis,
-        key: &TxKey,
-        req: &Request,
-        src: Peer,
-        creds: &DigestCredentials,
-    ) {
-        if self.auth.check_nonce(now, &creds.nonce).is_err() {
-            self.challenge(now, key, req, src, 401, false, &[]);
-            return;
-        }
-        let secret = self.users.get(&creds.username);
-        let ha1 = secret
-            .unwrap_or(&self.decoy)
-            .ha1(creds.algorithm)
-            .to_string();
-        let known = secret.is_some();
-        let global = self.auth.algorithms().to_vec();
-        let result = self.auth.verify_with(now, creds, "REGISTER", &ha1, &global);
-        let tag = self.new_tag();
-        match result {
-            Ok(()) if known && req.headers.to.uri.user() == Some(creds.username.as_str()) => {
-                let outcome = self
-                    .registrar
-                    .register(now, &creds.username, req, src, &tag);
-                if !outcome.changes.is_empty() {
-                    self.events.push_back(Event::Bindings(outcome.changes));
-                }
-            }
-            Err(AuthError::Replay) => {
-                // Only possible after the right password was used with this nonce.
-                self.challenge(now, key, req, src, 401, false, &[]);
-                return;
-            }
-            Err(AuthError::Malformed(_)) => {
-                self.reply(now, key, req, src, 400, None);
-                return;
-            }
-            _ => self.auth_failed(src, &creds.username, &req.method),
-        }
-        let resp = Response::to_request(req, 200, Some(&tag));
-        self.send(now, key, resp, src);
-    }
-
-    /// Counts a failed authentication and tells the firewall.
-    fn auth_failed(&mut self, src: Peer, user: &str, method: &Method) {
-        self.counters.auth_failures += 1;
-        self.events.push_back(Event::AuthFailed {
-            src,
-            user: user.chars().take(64).collect(),
-            method: method.clone(),
-            known: self.users.contains_key(user),
-        });
-    }
-
-    /// The algorithms to challenge a request claiming to be `user` from `src` with: the
-    /// extension's own choice once `src` authenticated as it, the global list otherwise
-    /// (empty slice = the global list).
-    fn offered(&self, now: Millis, user: Option<&str>, src: Peer) -> &'static [Algorithm] {
-        match user.and_then(|u| self.digests.get(u).map(|c| (u, *c))) {
-            Some((u, choice)) if self.locks.is_trusted(now, u, src.addr) => choice.algorithms(),
-            _ => &[],
-        }
-    }
-
-    /// The algorithms accepted from `src` for `user`: the global list, plus the
-    /// extension's own once `src` authenticated as it. An untrusted source gets exactly the
-    /// global list whatever the name, so no answer depends on whether the name exists.
-    fn accepted(&self, now: Millis, user: &str, src: Peer) -> Vec<Algorithm> {
-        let mut list = self.auth.algorithms().to_vec();
-        for &alg in self.offered(now, Some(user), src) {
-            if !list.contains(&alg) {
-                list.push(alg);
-            }
-        }
-        list
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn challenge(
-        &mut self,
-        now: Millis,
-        key: &TxKey,
-        req: &Request,
-        src: Peer,
-        status: u16,
-        stale: bool,
-        algorithms: &[Algorithm],
-    ) {
-        let name = if status == 407 {
-            "Proxy-Authenticate"
-        } else {
-            "WWW-Authenticate"
-        };
-        let tag = self.new_tag();
-        let mut resp = Response::to_request(req, status, Some(&tag));
-        for value in self.auth.challenge_with(now, stale, algorithms) {
-            resp.headers.push(name, value);
-        }
-        // Challenges are answered statelessly (as every rejection before a dialog, see
-        // `sip::transaction`): a retransmitted request gets the same challenge from the
-        // bounded cache, and a flood of unauthenticated requests leaves no transaction
-        // state behind.
-        self.send(now, key, resp, src);
+        self.accounts.authenticate(&mut io, now, key, req, src)
     }
 
     fn on_register(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
@@ -1458,15 +412,15 @@ impl Endpoint {
         // The address-of-record must be the authenticated extension's own.
         if req.headers.to.uri.user() != Some(user.as_str()) {
             self.counters.auth_failures += 1;
-            self.reply(now, &key, &req, src, 403, None);
+            self.sig.reply(now, &key, &req, src, 403, None);
             return;
         }
-        let tag = self.new_tag();
+        let tag = self.sig.new_tag();
         let outcome = self.registrar.register(now, &user, &req, src, &tag);
         if !outcome.changes.is_empty() {
             self.events.push_back(Event::Bindings(outcome.changes));
         }
-        self.send(now, &key, outcome.response, src);
+        self.sig.send(now, &key, outcome.response, src);
     }
 
     fn on_invite(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
@@ -1480,10 +434,10 @@ impl Endpoint {
         if req.headers.from.uri.user() != Some(caller.as_str()) {
             // An extension may only call as itself.
             self.counters.auth_failures += 1;
-            self.reply(now, &key, &req, src, 403, None);
+            self.sig.reply(now, &key, &req, src, 403, None);
             return;
         }
-        self.reply(now, &key, &req, src, 100, None);
+        self.sig.reply(now, &key, &req, src, 100, None);
         let call_id = req.headers.call_id.clone();
         let callee = dialled(&req);
         let dest = match self
@@ -1492,7 +446,7 @@ impl Endpoint {
         {
             Ok(dest) => dest,
             Err(status) => {
-                self.reply(now, &key, &req, src, status, None);
+                self.sig.reply(now, &key, &req, src, status, None);
                 let disposition = match status {
                     404 => Disposition::NotFound,
                     503 => Disposition::Unavailable,
@@ -1543,10 +497,10 @@ impl Endpoint {
         origin: Origin,
         dest: Dest,
     ) {
-        let local_tag = self.new_tag();
+        let local_tag = self.sig.new_tag();
         let live = self.calls.len().saturating_sub(self.ended_calls);
         if live >= MAX_CALLS || self.by_a_call_id.contains_key(&req.headers.call_id) {
-            self.reply(now, &key, &req, src, 503, Some(&local_tag));
+            self.sig.reply(now, &key, &req, src, 503, Some(&local_tag));
             return;
         }
         let target =
@@ -1565,7 +519,7 @@ impl Endpoint {
         if let Some(settings) = self.cfg.media.clone() {
             let Some((port_a, port_b)) = self.take_ports() else {
                 tracing::warn!("no free media ports: call refused");
-                self.reply(now, &key, &req, src, 503, Some(&local_tag));
+                self.sig.reply(now, &key, &req, src, 503, Some(&local_tag));
                 return;
             };
             let mut m = CallMedia::new(
@@ -1576,18 +530,18 @@ impl Endpoint {
                 media_addr(&settings, first_peer_ip),
                 src.addr.ip(),
                 first_peer_ip,
-                self.rng.gen(),
+                self.sig.rng.gen(),
             );
             // SRTP keys come from the endpoint's generator (seeded by the driver with
             // OS randomness, never shown on the wire), not from the SDP session id.
-            m.set_key_seed(self.rng.gen());
+            m.set_key_seed(self.sig.rng.gen());
             if !late_offer {
                 match m.offer(Leg::A, &req.body) {
                     Ok(body) => b_offer = body,
                     Err(err) => {
                         tracing::debug!(%err, "unusable SDP offer");
                         self.give_ports((port_a, port_b));
-                        self.reply(now, &key, &req, src, 488, Some(&local_tag));
+                        self.sig.reply(now, &key, &req, src, 488, Some(&local_tag));
                         return;
                     }
                 }
@@ -1632,10 +586,11 @@ impl Endpoint {
         };
         self.by_a_call_id.insert(call.a.call_id.clone(), id);
         self.by_server_key.insert(key.clone(), id);
-        self.ring_timers.insert((call.ring_deadline, id));
+        self.ring_timers.insert(call.ring_deadline, id);
         self.calls.insert(id, call);
         if let Routed::Failed(status, disposition) = self.route(now, id, dest) {
-            self.reply(now, &key, &req, src, status, Some(&local_tag));
+            self.sig
+                .reply(now, &key, &req, src, status, Some(&local_tag));
             self.end_call(now, id, disposition, status);
         }
     }
@@ -1712,8 +667,8 @@ impl Endpoint {
         peer: Peer,
         identity: ForkIdentity,
     ) -> Fork {
-        let b_call_id = self.new_call_id();
-        let local_tag = self.new_tag();
+        let b_call_id = self.sig.new_call_id();
+        let local_tag = self.sig.new_tag();
         let ForkIdentity {
             local_uri,
             remote_uri,
@@ -1722,7 +677,7 @@ impl Endpoint {
         } = identity;
         let mut from = local_uri.clone();
         from.params.set("tag", Some(local_tag.clone()));
-        let mut headers = self.request_headers(
+        let mut headers = self.sig.request_headers(
             peer,
             from,
             remote_uri.clone(),
@@ -1737,7 +692,9 @@ impl Endpoint {
                 .unwrap_or(70)
                 .saturating_sub(1),
         );
-        headers.contact = vec![Contact::Addr(self.our_contact(peer, Some(&contact_user)))];
+        headers.contact = vec![Contact::Addr(
+            self.sig.our_contact(peer, Some(&contact_user)),
+        )];
         headers.content_type = if body.is_empty() {
             None
         } else {
@@ -1763,14 +720,11 @@ impl Endpoint {
             headers,
             body,
         };
-        let key = self.tx.send_request(now, req, peer);
-        self.clients.insert(
-            key.clone(),
-            ClientRole::Invite {
-                call: call_id,
-                fork: idx,
-            },
-        );
+        let role = ClientRole::Invite {
+            call: call_id,
+            fork: idx,
+        };
+        let key = self.sig.send_request(now, req, peer, role);
         self.by_b_call_id.insert(b_call_id.clone(), (call_id, idx));
         Fork {
             call_id: b_call_id,
@@ -1794,8 +748,8 @@ impl Endpoint {
     }
 
     fn on_cancel(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
-        let Some(invite_key) = self.tx.find_invite_for_cancel(&req) else {
-            self.reply(now, &key, &req, src, 481, None);
+        let Some(invite_key) = self.sig.tx.find_invite_for_cancel(&req) else {
+            self.sig.reply(now, &key, &req, src, 481, None);
             return;
         };
         let ringing = self
@@ -1806,12 +760,13 @@ impl Endpoint {
             .map(|(id, c)| (id, c.a.local_tag.clone(), c.a.invite.clone(), c.a.peer));
         // The 200 to the CANCEL carries the same To tag as the INVITE's responses.
         let tag = ringing.as_ref().map(|(_, tag, _, _)| tag.clone());
-        self.reply(now, &key, &req, src, 200, tag.as_deref());
+        self.sig.reply(now, &key, &req, src, 200, tag.as_deref());
         // After a final response the CANCEL has no effect (RFC 3261 §9.2).
         let Some((id, tag, invite, peer)) = ringing else {
             return;
         };
-        self.reply(now, &invite_key, &invite, peer, 487, Some(&tag));
+        self.sig
+            .reply(now, &invite_key, &invite, peer, 487, Some(&tag));
         self.cancel_forks(now, id, None);
         self.end_call(now, id, Disposition::Cancelled, 487);
     }
@@ -1820,9 +775,7 @@ impl Endpoint {
     fn in_dialog(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
         let call_id = &req.headers.call_id;
         let to_tag = req.headers.to.tag().unwrap_or_default();
-        if req.method == Method::Subscribe
-            && self.mwi.get(call_id).is_some_and(|s| s.local_tag == to_tag)
-        {
+        if req.method == Method::Subscribe && self.mwi.is_dialog(call_id, to_tag) {
             self.on_mwi_subscribe(now, key, req, src);
             return;
         }
@@ -1844,7 +797,7 @@ impl Endpoint {
             }
         }
         if req.method != Method::Ack {
-            self.reply(now, &key, &req, src, 481, None);
+            self.sig.reply(now, &key, &req, src, 481, None);
         }
     }
 
@@ -1862,14 +815,14 @@ impl Endpoint {
         match (req.method.clone(), winner) {
             (Method::Refer, Some(_)) => self.on_refer(now, id, true, key, req, src),
             (Method::Bye, Some(fork)) => {
-                self.reply(now, &key, &req, src, 200, None);
+                self.sig.reply(now, &key, &req, src, 200, None);
                 self.send_bye_b(now, id, fork);
                 self.end_call(now, id, Disposition::Answered, 200);
             }
             (_, Some(fork)) => self.relay_to_b(now, id, fork, key, req, src),
             (Method::Bye, None) if call.app.is_some() => {
-                let deposit = matches!(call.app, Some(App::Deposit { .. }));
-                self.reply(now, &key, &req, src, 200, None);
+                let deposit = matches!(call.app, Some(App::Deposit(_)));
+                self.sig.reply(now, &key, &req, src, 200, None);
                 self.cancel_forks(now, id, None);
                 let disposition = if deposit {
                     Disposition::Voicemail
@@ -1880,7 +833,7 @@ impl Endpoint {
             }
             (Method::Bye, None) => {
                 // BYE before the call was answered ends it like a CANCEL would.
-                self.reply(now, &key, &req, src, 200, None);
+                self.sig.reply(now, &key, &req, src, 200, None);
                 self.cancel_forks(now, id, None);
                 if let Some(call) = self.calls.get(&id) {
                     let (ikey, invite, tag, peer) = (
@@ -1889,11 +842,11 @@ impl Endpoint {
                         call.a.local_tag.clone(),
                         call.a.peer,
                     );
-                    self.reply(now, &ikey, &invite, peer, 487, Some(&tag));
+                    self.sig.reply(now, &ikey, &invite, peer, 487, Some(&tag));
                 }
                 self.end_call(now, id, Disposition::Cancelled, 487);
             }
-            (_, None) => self.reply(now, &key, &req, src, 491, None),
+            (_, None) => self.sig.reply(now, &key, &req, src, 491, None),
         }
     }
 
@@ -1914,7 +867,7 @@ impl Endpoint {
             }
         }
         if req.method == Method::Bye {
-            self.reply(now, &key, &req, src, 200, None);
+            self.sig.reply(now, &key, &req, src, 200, None);
             self.send_bye_a(now, id);
             self.end_call(now, id, Disposition::Answered, 200);
             return;
@@ -1977,12 +930,12 @@ impl Endpoint {
     }
 
     // ---------------------------------------------------------------------------------------
-    // Responses
+    // Responses (the relayed ones: `legs`)
     // ---------------------------------------------------------------------------------------
 
     fn on_response(&mut self, now: Millis, src: Peer, resp: Response) {
-        match self.tx.receive_response(now, &resp, src) {
-            ClientInput::Deliver(key) => match self.clients.get(&key).cloned() {
+        match self.sig.tx.receive_response(now, &resp, src) {
+            ClientInput::Deliver(key) => match self.sig.clients.get(&key).cloned() {
                 Some(ClientRole::Invite { call, fork }) => {
                     self.on_fork_response(now, call, fork, &resp)
                 }
@@ -2001,7 +954,8 @@ impl Endpoint {
                 Some(ClientRole::Cancel | ClientRole::Bye | ClientRole::Notify) | None => {}
             },
             ClientInput::Retransmitted2xx(key) => {
-                if let Some(ClientRole::Invite { call, fork }) = self.clients.get(&key).cloned() {
+                if let Some(ClientRole::Invite { call, fork }) = self.sig.clients.get(&key).cloned()
+                {
                     self.on_retransmitted_2xx(call, fork);
                 }
             }
@@ -2024,7 +978,7 @@ impl Endpoint {
             } else if resp.is_provisional() && f.state == ForkState::CancelPending {
                 f.state = ForkState::Cancelled;
                 let (key, peer) = (f.invite_key.clone(), f.peer);
-                self.send_cancel(now, &key, peer);
+                self.sig.send_cancel(now, &key, peer);
             } else if !resp.is_provisional() {
                 f.state = ForkState::Failed;
             }
@@ -2034,7 +988,7 @@ impl Endpoint {
         if on_trunk && f.state == ForkState::Calling && call.step_deadline.is_some() {
             // The trunk answered: it is alive, no need to try the next one.
             if let Some(at) = call.step_deadline.take() {
-                self.step_timers.remove(&(at, id));
+                self.step_timers.remove(at, id);
             }
         }
         if resp.is_provisional() {
@@ -2042,7 +996,7 @@ impl Endpoint {
                 // RFC 3261 §9.1: the CANCEL waited for this provisional.
                 f.state = ForkState::Cancelled;
                 let (key, peer) = (f.invite_key.clone(), f.peer);
-                self.send_cancel(now, &key, peer);
+                self.sig.send_cancel(now, &key, peer);
                 return;
             }
             if resp.status == 100 {
@@ -2073,8 +1027,8 @@ impl Endpoint {
                 if out.body.is_empty() {
                     out.headers.content_type = None;
                 }
-                out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
-                self.send(now, &key, out, peer);
+                out.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
+                self.sig.send(now, &key, out, peer);
             }
             return;
         }
@@ -2092,7 +1046,7 @@ impl Endpoint {
                 call.app = None;
                 let fork_ip = f.peer.addr.ip();
                 self.counters.calls_answered += 1;
-                self.ring_timers.remove(&(call.ring_deadline, id));
+                self.ring_timers.remove(call.ring_deadline, id);
                 self.send_ack_b(id, fork, Vec::new(), None);
                 self.events.push_back(Event::Media(MediaCommand::StopPlay {
                     session: id,
@@ -2113,7 +1067,7 @@ impl Endpoint {
             call.state = CallState::Answered;
             call.answer = Some(now);
             self.counters.calls_answered += 1;
-            self.ring_timers.remove(&(call.ring_deadline, id));
+            self.ring_timers.remove(call.ring_deadline, id);
             let late_offer = call.late_offer;
             let fork_ip = f.peer.addr.ip();
             let mut out = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
@@ -2124,11 +1078,11 @@ impl Endpoint {
             let key = call.a.invite_key.clone();
             // The 2xx carries the answer, or in a late-offer call the callee's offer.
             out.body = self.media_body(id, Leg::B, late_offer, &resp.body, Some(fork_ip));
-            out.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+            out.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
             if !late_offer {
                 self.send_ack_b(id, fork, Vec::new(), None);
             }
-            self.send(now, &key, out, peer);
+            self.sig.send(now, &key, out, peer);
             self.cancel_forks(now, id, Some(fork));
             return;
         }
@@ -2185,7 +1139,7 @@ impl Endpoint {
         };
         if let Some(ack) = f.ack.clone() {
             let peer = f.peer;
-            self.tx.send_stateless_request(&ack, peer);
+            self.sig.tx.send_stateless_request(&ack, peer);
         }
     }
 
@@ -2204,294 +1158,6 @@ impl Endpoint {
         self.send_bye_b(now, id, fork);
     }
 
-    fn on_relay_response(&mut self, now: Millis, id: u64, relay_id: u64, resp: &Response) {
-        if resp.is_provisional() {
-            // Provisional answers to relayed requests stay on their leg.
-            return;
-        }
-        let Some(relay) = self.relays.remove(&relay_id) else {
-            return;
-        };
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        if resp.is_success() && relay.server_req.method == Method::Invite {
-            // The 2xx of a relayed re-INVITE: its ACK comes from the requester and goes
-            // to the other leg (with the SDP answer when the re-INVITE had no offer).
-            call.pending_reinvite_ack = Some((relay.from_a, resp.headers.cseq.seq));
-        }
-        let tag = relay.from_a.then(|| call.a.local_tag.clone());
-        let mut out = Response::to_request(&relay.server_req, resp.status, tag.as_deref());
-        out.reason = resp.reason.clone();
-        out.headers.content_type = resp.headers.content_type.clone();
-        // The responder answers the relayed offer, or offers itself to a body-less one.
-        let responder = if relay.from_a { Leg::B } else { Leg::A };
-        let offer = relay.server_req.body.is_empty();
-        out.body = if resp.is_success() {
-            self.media_body(id, responder, offer, &resp.body, None)
-        } else {
-            Vec::new()
-        };
-        if resp.is_success() {
-            out.headers.contact = vec![Contact::Addr(self.our_contact(relay.src, None))];
-        }
-        // Never pass a phone's own challenges through: only Outpost authenticates.
-        for (name, value) in &resp.headers.other {
-            if matches!(
-                name.as_str(),
-                "Supported" | "Require" | "Session-Expires" | "Min-SE" | "Allow" | "Accept"
-            ) {
-                out.headers.push(name, value.clone());
-            }
-        }
-        self.send(now, &relay.server_key, out, relay.src);
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Sending on the legs
-    // ---------------------------------------------------------------------------------------
-
-    fn relay_to_b(
-        &mut self,
-        now: Millis,
-        id: u64,
-        fork: usize,
-        key: TxKey,
-        req: Request,
-        src: Peer,
-    ) {
-        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
-            return;
-        };
-        f.local_cseq = f.local_cseq.saturating_add(1);
-        let cseq = f.local_cseq;
-        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        let leg = OutLeg {
-            to_b: true,
-            peer,
-            target,
-            from,
-            to,
-            call_id,
-            cseq,
-        };
-        self.relay_out(now, id, key, req, src, leg);
-    }
-
-    fn relay_to_a(&mut self, now: Millis, id: u64, key: TxKey, req: Request, src: Peer) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
-        let cseq = call.a.local_cseq;
-        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        let leg = OutLeg {
-            to_b: false,
-            peer,
-            target,
-            from,
-            to,
-            call_id,
-            cseq,
-        };
-        self.relay_out(now, id, key, req, src, leg);
-    }
-
-    fn relay_out(
-        &mut self,
-        now: Millis,
-        id: u64,
-        server_key: TxKey,
-        req: Request,
-        src: Peer,
-        leg: OutLeg,
-    ) {
-        let OutLeg {
-            to_b: from_a,
-            peer,
-            target,
-            from,
-            to,
-            call_id,
-            cseq,
-        } = leg;
-        let mut headers = self.request_headers(peer, from, to, call_id, cseq, req.method.clone());
-        headers.content_type = req.headers.content_type.clone();
-        if matches!(req.method, Method::Invite | Method::Update) {
-            headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
-        }
-        for (name, value) in &req.headers.other {
-            // Pass end-to-end content headers; hop-by-hop and identity headers stay behind.
-            if matches!(
-                name.as_str(),
-                "Content-Disposition"
-                    | "Event"
-                    | "Subscription-State"
-                    | "Supported"
-                    | "Require"
-                    | "Session-Expires"
-                    | "Min-SE"
-                    | "Info-Package"
-                    | "Recv-Info"
-            ) {
-                headers.push(name, value.clone());
-            }
-        }
-        let from = if from_a { Leg::A } else { Leg::B };
-        let body = self.media_body(id, from, true, &req.body, None);
-        let out = Request {
-            method: req.method.clone(),
-            uri: target,
-            headers,
-            body,
-        };
-        let relay_id = self.next_relay;
-        self.next_relay += 1;
-        self.relays.insert(
-            relay_id,
-            Relay {
-                call: id,
-                server_key,
-                server_req: req,
-                src,
-                from_a,
-            },
-        );
-        let key = self.tx.send_request(now, out, peer);
-        self.clients.insert(
-            key,
-            ClientRole::Relay {
-                call: id,
-                relay: relay_id,
-            },
-        );
-    }
-
-    fn send_ack_b(&mut self, id: u64, fork: usize, body: Vec<u8>, content_type: Option<String>) {
-        let Some(f) = self.calls.get(&id).and_then(|c| c.forks.get(fork)) else {
-            return;
-        };
-        let cseq = f.invite_cseq;
-        self.send_in_dialog_ack_b(id, fork, cseq, body, content_type);
-    }
-
-    fn send_in_dialog_ack_b(
-        &mut self,
-        id: u64,
-        fork: usize,
-        cseq: u32,
-        body: Vec<u8>,
-        content_type: Option<String>,
-    ) {
-        let Some(f) = self.calls.get(&id).and_then(|c| c.forks.get(fork)) else {
-            return;
-        };
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
-        let invite_cseq = f.invite_cseq;
-        let mut headers = self.request_headers(peer, from, to, call_id, cseq, Method::Ack);
-        headers.content_type = content_type;
-        let ack = Request {
-            method: Method::Ack,
-            uri: target,
-            headers,
-            body,
-        };
-        self.tx.send_stateless_request(&ack, peer);
-        if cseq == invite_cseq {
-            if let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) {
-                f.ack = Some(ack);
-            }
-        }
-    }
-
-    fn send_in_dialog_ack_a(
-        &mut self,
-        id: u64,
-        cseq: u32,
-        body: Vec<u8>,
-        content_type: Option<String>,
-    ) {
-        let Some(call) = self.calls.get(&id) else {
-            return;
-        };
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let mut headers = self.request_headers(peer, from, to, call_id, cseq, Method::Ack);
-        headers.content_type = content_type;
-        let ack = Request {
-            method: Method::Ack,
-            uri: target,
-            headers,
-            body,
-        };
-        self.tx.send_stateless_request(&ack, peer);
-    }
-
-    fn send_bye_b(&mut self, now: Millis, id: u64, fork: usize) {
-        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
-            return;
-        };
-        f.local_cseq = f.local_cseq.saturating_add(1);
-        let cseq = f.local_cseq;
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
-        let headers = self.request_headers(peer, from, to, call_id, cseq, Method::Bye);
-        let bye = Request {
-            method: Method::Bye,
-            uri: target,
-            headers,
-            body: Vec::new(),
-        };
-        let key = self.tx.send_request(now, bye, peer);
-        self.clients.insert(key, ClientRole::Bye);
-    }
-
-    fn send_bye_a(&mut self, now: Millis, id: u64) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
-        let cseq = call.a.local_cseq;
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let headers = self.request_headers(peer, from, to, call_id, cseq, Method::Bye);
-        let bye = Request {
-            method: Method::Bye,
-            uri: target,
-            headers,
-            body: Vec::new(),
-        };
-        let key = self.tx.send_request(now, bye, peer);
-        self.clients.insert(key, ClientRole::Bye);
-    }
-
     /// Cancels every fork still without a final response, except `keep`. A fork that has
     /// heard nothing yet gets its CANCEL when its first provisional arrives (RFC 3261 §9.1).
     fn cancel_forks(&mut self, now: Millis, id: u64, keep: Option<usize>) {
@@ -2503,7 +1169,7 @@ impl Endpoint {
             if Some(i) == keep || !matches!(f.state, ForkState::Calling | ForkState::Ringing) {
                 continue;
             }
-            if self.tx.is_proceeding(&f.invite_key) {
+            if self.sig.tx.is_proceeding(&f.invite_key) {
                 f.state = ForkState::Cancelled;
                 to_cancel.push((f.invite_key.clone(), f.peer));
             } else {
@@ -2511,20 +1177,8 @@ impl Endpoint {
             }
         }
         for (key, peer) in to_cancel {
-            self.send_cancel(now, &key, peer);
+            self.sig.send_cancel(now, &key, peer);
         }
-    }
-
-    fn send_cancel(&mut self, now: Millis, invite_key: &TxKey, dest: Peer) {
-        if !self.tx.awaiting_final(invite_key) {
-            return;
-        }
-        let Some(invite) = self.tx.client_request(invite_key) else {
-            return;
-        };
-        let cancel = build_cancel(invite);
-        let key = self.tx.send_request(now, cancel, dest);
-        self.clients.insert(key, ClientRole::Cancel);
     }
 
     fn ring_timeout(&mut self, now: Millis, id: u64) {
@@ -2540,751 +1194,6 @@ impl Endpoint {
         }
         self.retire_forks(now, id);
         self.unanswered(now, id, 480);
-    }
-
-    /// Rewrites a body crossing call `id` from leg `from` for the relay: an offer (`offer`)
-    /// or the answer to the other leg's offer. Without media anchoring, or for an empty
-    /// body, the body passes unchanged; an unusable SDP is passed unchanged too (and
-    /// logged), so signalling never breaks on media.
-    fn media_body(
-        &mut self,
-        id: u64,
-        from: Leg,
-        offer: bool,
-        body: &[u8],
-        b_ip: Option<IpAddr>,
-    ) -> Vec<u8> {
-        if body.is_empty() {
-            return Vec::new();
-        }
-        let Some(call) = self.calls.get_mut(&id) else {
-            return body.to_vec();
-        };
-        match from {
-            Leg::A => call.a_sdp = body.to_vec(),
-            Leg::B => call.b_sdp = body.to_vec(),
-        }
-        let Some(media) = call.media.as_mut() else {
-            return body.to_vec();
-        };
-        if let Some(ip) = b_ip {
-            media.set_signal_b(ip);
-        }
-        let result = if offer {
-            media.offer(from, body).map(|b| (b, Vec::new()))
-        } else {
-            media.answer(from, body)
-        };
-        match result {
-            Ok((out, cmds)) => {
-                for cmd in cmds {
-                    self.events.push_back(Event::Media(cmd));
-                }
-                out
-            }
-            Err(err) => {
-                tracing::debug!(%err, "SDP not anchored");
-                body.to_vec()
-            }
-        }
-    }
-
-    fn take_ports(&mut self) -> Option<(u16, u16)> {
-        let pool = self.ports.as_mut()?;
-        let a = pool.take()?;
-        match pool.take() {
-            Some(b) => Some((a, b)),
-            None => {
-                pool.give_back(a);
-                None
-            }
-        }
-    }
-
-    fn give_ports(&mut self, (a, b): (u16, u16)) {
-        if let Some(pool) = self.ports.as_mut() {
-            pool.give_back(a);
-            pool.give_back(b);
-        }
-    }
-
-    /// Outpost answers the caller itself and takes a message for the callee. False when
-    /// voicemail is off, media is not anchored or the caller's offer has no G.711.
-    fn start_voicemail_for(&mut self, now: Millis, id: u64, mailbox: &str, greeting: &str) -> bool {
-        let Some(vm) = self.cfg.voicemail.clone() else {
-            return false;
-        };
-        if !self.users.contains_key(mailbox) {
-            return false;
-        }
-        let path = vm.dir.join(mailbox).join(format!("{now}-{id}.wav"));
-        let app = App::Deposit {
-            mailbox: mailbox.to_string(),
-            path,
-            stage: DepositStage::Greeting,
-        };
-        let clips = vec![
-            greeting.to_string(),
-            "please-leave-message".to_string(),
-            "beep".to_string(),
-        ];
-        let Some(call) = self.calls.get_mut(&id) else {
-            return false;
-        };
-        if call.transferring() && call.media.is_some() {
-            // Already talking to Outpost (a transfer nobody took): the message is taken
-            // on the open media.
-            call.app = Some(app);
-            let deadline = call.ring_deadline;
-            self.ring_timers.remove(&(deadline, id));
-            self.events.push_back(Event::Media(MediaCommand::Play {
-                session: id,
-                leg: Leg::A,
-                clips,
-                repeat: false,
-            }));
-            return true;
-        }
-        self.answer_with_app(now, id, app, clips)
-    }
-
-    /// Outpost answers a caller of an auto-attendant number.
-    fn start_menu(&mut self, now: Millis, id: u64, menu: usize) -> bool {
-        let Some(m) = self.cfg.ivr.get(menu) else {
-            return false;
-        };
-        let clips = vec![m.greeting.clone()];
-        let app = App::Menu {
-            menu,
-            tries: 0,
-            deadline: None,
-            transfer: None,
-        };
-        self.answer_with_app(now, id, app, clips)
-    }
-
-    /// The greeting (or a transfer announcement) ended.
-    fn menu_play_done(&mut self, now: Millis, id: u64) {
-        let Some(Call {
-            app:
-                Some(App::Menu {
-                    menu,
-                    tries,
-                    deadline,
-                    transfer,
-                }),
-            ..
-        }) = self.calls.get_mut(&id)
-        else {
-            return;
-        };
-        if transfer.is_some() {
-            // Ringback while the extension rings.
-            self.events.push_back(Event::Media(MediaCommand::Play {
-                session: id,
-                leg: Leg::A,
-                clips: vec!["ringback".to_string()],
-                repeat: true,
-            }));
-            return;
-        }
-        let Some(m) = self.cfg.ivr.get(*menu) else {
-            return;
-        };
-        if *tries > m.retries {
-            self.send_bye_a(now, id);
-            self.end_call(now, id, Disposition::Answered, 200);
-            return;
-        }
-        let at = now.saturating_add(m.timeout_ms);
-        *deadline = Some(at);
-        self.menu_timers.insert((at, id));
-    }
-
-    /// No digit in time: the greeting again, or goodbye after the retries.
-    fn menu_timeout(&mut self, _now: Millis, id: u64, at: Millis) {
-        let Some(Call {
-            app:
-                Some(App::Menu {
-                    menu,
-                    tries,
-                    deadline,
-                    transfer: None,
-                }),
-            ..
-        }) = self.calls.get_mut(&id)
-        else {
-            return;
-        };
-        if *deadline != Some(at) {
-            return;
-        }
-        *deadline = None;
-        *tries += 1;
-        let Some(m) = self.cfg.ivr.get(*menu) else {
-            return;
-        };
-        let clips = if *tries > m.retries {
-            vec!["goodbye".to_string()]
-        } else {
-            vec![m.greeting.clone()]
-        };
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session: id,
-            leg: Leg::A,
-            clips,
-            repeat: false,
-        }));
-    }
-
-    /// A digit in an auto-attendant menu.
-    fn menu_digit(&mut self, now: Millis, id: u64, digit: char) {
-        let Some(Call {
-            app:
-                Some(App::Menu {
-                    menu,
-                    tries,
-                    deadline,
-                    transfer,
-                }),
-            ..
-        }) = self.calls.get_mut(&id)
-        else {
-            return;
-        };
-        if transfer.is_some() {
-            return;
-        }
-        let Some(m) = self.cfg.ivr.get(*menu) else {
-            return;
-        };
-        if let Some(at) = deadline.take() {
-            self.menu_timers.remove(&(at, id));
-        }
-        let target = m.options.get(&digit).cloned();
-        let reachable = target.as_ref().is_some_and(|t| {
-            self.users.contains_key(t) && !self.registrar.lookup(t, now).is_empty()
-        });
-        let Some(target) = target else {
-            *tries += 1;
-            let clips = if *tries > m.retries {
-                vec!["invalid".to_string(), "goodbye".to_string()]
-            } else {
-                vec!["invalid".to_string(), m.greeting.clone()]
-            };
-            self.events.push_back(Event::Media(MediaCommand::Play {
-                session: id,
-                leg: Leg::A,
-                clips,
-                repeat: false,
-            }));
-            return;
-        };
-        if !reachable {
-            let greeting = m.greeting.clone();
-            self.events.push_back(Event::Media(MediaCommand::Play {
-                session: id,
-                leg: Leg::A,
-                clips: vec!["unavailable".to_string(), greeting],
-                repeat: false,
-            }));
-            return;
-        }
-        *transfer = Some(target.clone());
-        self.start_transfer(now, id, &target);
-    }
-
-    /// Rings `target` for the caller of call `id`, who hears "transfer" then ringback.
-    fn start_transfer(&mut self, now: Millis, id: u64, target: &str) {
-        let contacts = self.contacts_of(now, target);
-        self.retire_forks(now, id);
-        if let Some(call) = self.calls.get_mut(&id) {
-            call.callee = target.to_string();
-            call.best_failure = None;
-            call.plan = RingPlan::Extension {
-                ext: target.to_string(),
-            };
-        }
-        self.ring_contacts(now, id, target, &contacts);
-        self.set_ring_deadline(id, now.saturating_add(self.cfg.ring_timeout_ms));
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session: id,
-            leg: Leg::A,
-            clips: vec!["transfer".to_string()],
-            repeat: false,
-        }));
-        if self.calls.get(&id).is_some_and(|c| !c.pending_forks()) {
-            self.transfer_failed(now, id);
-        }
-    }
-
-    /// Nobody answered the transfer: the auto attendant's caller goes back to the menu
-    /// with "unavailable"; a transferred caller hears "unavailable" and goodbye.
-    fn transfer_failed(&mut self, _now: Millis, id: u64) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        let deadline = call.ring_deadline;
-        self.ring_timers.remove(&(deadline, id));
-        let clips = match &mut call.app {
-            Some(App::Menu { menu, transfer, .. }) => {
-                *transfer = None;
-                let greeting = self
-                    .cfg
-                    .ivr
-                    .get(*menu)
-                    .map_or_else(|| "goodbye".to_string(), |m| m.greeting.clone());
-                vec!["unavailable".to_string(), greeting]
-            }
-            Some(App::Transfer) => {
-                call.app = Some(App::Goodbye);
-                vec!["unavailable".to_string(), "goodbye".to_string()]
-            }
-            _ => return,
-        };
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session: id,
-            leg: Leg::A,
-            clips,
-            repeat: false,
-        }));
-    }
-
-    /// Outpost answers a mailbox owner who dialled the access number.
-    fn start_access(&mut self, now: Millis, id: u64) -> bool {
-        let Some(call) = self.calls.get(&id) else {
-            return false;
-        };
-        let mailbox = call.caller.clone();
-        let has_pin = self.pins.contains_key(&mailbox);
-        let app = App::Access {
-            mailbox,
-            stage: if has_pin {
-                AccessStage::Pin
-            } else {
-                AccessStage::Goodbye
-            },
-            digits: String::new(),
-            tries: 0,
-            queue: Vec::new(),
-            current: None,
-        };
-        let clips = if has_pin {
-            vec!["enter-pin".to_string()]
-        } else {
-            // No PIN set: `outpostctl vm pin EXT` first.
-            vec!["invalid".to_string(), "goodbye".to_string()]
-        };
-        self.answer_with_app(now, id, app, clips)
-    }
-
-    /// Answers the caller of ringing call `id` with Outpost itself running `app`, and
-    /// plays `clips`. False when media is not anchored or the offer has no G.711.
-    fn answer_with_app(&mut self, now: Millis, id: u64, app: App, clips: Vec<String>) -> bool {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return false;
-        };
-        if call.state != CallState::Ringing || call.late_offer || call.app.is_some() {
-            return false;
-        }
-        let Some(media) = call.media.as_mut() else {
-            return false;
-        };
-        let Ok((body, open)) = media.answer_local() else {
-            return false;
-        };
-        call.state = CallState::Answered;
-        call.answer = Some(now);
-        call.app = Some(app);
-        let deadline = call.ring_deadline;
-        let mut ok = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
-        ok.body = body;
-        ok.headers.content_type = Some("application/sdp".to_string());
-        ok.headers.push("Allow", ALLOW);
-        let (peer, key) = (call.a.peer, call.a.invite_key.clone());
-        ok.headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
-        self.ring_timers.remove(&(deadline, id));
-        self.counters.calls_answered += 1;
-        self.events.push_back(Event::Media(open));
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session: id,
-            leg: Leg::A,
-            clips,
-            repeat: false,
-        }));
-        self.send(now, &key, ok, peer);
-        true
-    }
-
-    /// A digit from a mailbox owner listening to messages.
-    fn access_digit(&mut self, session: u64, digit: char) {
-        let Some(Call {
-            app:
-                Some(App::Access {
-                    mailbox,
-                    stage,
-                    digits,
-                    tries,
-                    queue,
-                    current,
-                }),
-            ..
-        }) = self.calls.get_mut(&session)
-        else {
-            return;
-        };
-        let mut clips: Vec<String> = Vec::new();
-        match *stage {
-            AccessStage::Pin if digit == '#' => {
-                let ok = self
-                    .pins
-                    .get(mailbox.as_str())
-                    .is_some_and(|h| *h == pin_hash(mailbox, digits));
-                digits.clear();
-                if ok {
-                    let msgs = self
-                        .mailboxes
-                        .get(mailbox.as_str())
-                        .cloned()
-                        .unwrap_or_default();
-                    let new = msgs.iter().filter(|m| m.new).count();
-                    // New messages first, then the saved ones, oldest first.
-                    let mut ordered: Vec<MailboxMessage> =
-                        msgs.iter().filter(|m| m.new).cloned().collect();
-                    ordered.extend(msgs.iter().filter(|m| !m.new).cloned());
-                    *queue = ordered;
-                    queue.reverse();
-                    if queue.is_empty() {
-                        clips.extend(["no-messages", "goodbye"].map(String::from));
-                        *stage = AccessStage::Goodbye;
-                    } else {
-                        clips.push("you-have".to_string());
-                        clips.extend(number_clips(new));
-                        clips.push(if new == 1 { "message" } else { "new-messages" }.to_string());
-                        *stage = AccessStage::Menu;
-                        *current = queue.pop();
-                        if let Some(m) = current.as_ref() {
-                            clips.push(m.path.display().to_string());
-                            clips.push("next-message-menu".to_string());
-                        }
-                    }
-                } else {
-                    *tries += 1;
-                    if *tries >= 3 {
-                        clips.extend(["invalid", "goodbye"].map(String::from));
-                        *stage = AccessStage::Goodbye;
-                    } else {
-                        clips.extend(["invalid", "enter-pin"].map(String::from));
-                    }
-                }
-            }
-            AccessStage::Pin => {
-                if digit.is_ascii_digit() && digits.len() < 16 {
-                    digits.push(digit);
-                }
-                return;
-            }
-            AccessStage::Menu if matches!(digit, '7' | '9' | '#') => {
-                if let Some(m) = current.take() {
-                    let event = if digit == '7' {
-                        clips.push("deleted".to_string());
-                        Event::VoicemailDeleted { id: m.id }
-                    } else {
-                        if digit == '9' {
-                            clips.push("message-saved".to_string());
-                        }
-                        Event::VoicemailHeard { id: m.id }
-                    };
-                    self.events.push_back(event);
-                }
-                *current = queue.pop();
-                match current.as_ref() {
-                    Some(m) => {
-                        clips.push(m.path.display().to_string());
-                        clips.push("next-message-menu".to_string());
-                    }
-                    None => {
-                        clips.push("goodbye".to_string());
-                        *stage = AccessStage::Goodbye;
-                    }
-                }
-            }
-            AccessStage::Menu | AccessStage::Goodbye => return,
-        }
-        self.events.push_back(Event::Media(MediaCommand::Play {
-            session,
-            leg: Leg::A,
-            clips,
-            repeat: false,
-        }));
-    }
-
-    /// Ends a message: "goodbye", then the PBX hangs up (on `PlayDone`).
-    fn deposit_goodbye(&mut self, session: u64) {
-        if let Some(App::Deposit { stage, .. }) =
-            self.calls.get_mut(&session).and_then(|c| c.app.as_mut())
-        {
-            *stage = DepositStage::Goodbye;
-            self.events.push_back(Event::Media(MediaCommand::Play {
-                session,
-                leg: Leg::A,
-                clips: vec!["goodbye".to_string()],
-                repeat: false,
-            }));
-        }
-    }
-
-    /// Sets a mailbox's message counts (from the driver's index); subscribed phones are
-    /// notified when they change.
-    pub fn set_mailbox(&mut self, now: Millis, mailbox: &str, messages: Vec<MailboxMessage>) {
-        let counts = |m: &[MailboxMessage]| (m.iter().filter(|x| x.new).count(), m.len());
-        let changed = self
-            .mailboxes
-            .get(mailbox)
-            .is_none_or(|old| counts(old) != counts(&messages));
-        self.mailboxes.insert(mailbox.to_string(), messages);
-        if changed {
-            let ids: Vec<String> = self
-                .mwi
-                .iter()
-                .filter(|(_, s)| s.mailbox == mailbox)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for id in ids {
-                self.notify_mwi(now, &id, false);
-            }
-        }
-    }
-
-    /// SUBSCRIBE for `message-summary` (RFC 3842): only to one's own mailbox.
-    fn on_mwi_subscribe(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
-        let Some(user) = self.authenticate(now, &key, &req, src) else {
-            return;
-        };
-        let mailbox = req.uri.user().unwrap_or_default().to_string();
-        if mailbox != user && req.headers.to.uri.user() != Some(user.as_str()) {
-            self.reply(now, &key, &req, src, 403, None);
-            return;
-        }
-        let expires = req.headers.expires.unwrap_or(3600).min(3600);
-        let call_id = req.headers.call_id.clone();
-        let existing_tag = self.mwi.get(&call_id).map(|s| s.local_tag.clone());
-        let local_tag = existing_tag.unwrap_or_else(|| self.new_tag());
-        let mut ok = Response::to_request(&req, 200, Some(&local_tag));
-        ok.headers.expires = Some(expires);
-        ok.headers.contact = vec![Contact::Addr(self.our_contact(src, None))];
-        self.send(now, &key, ok, src);
-        if self.mwi.len() >= MAX_MWI && !self.mwi.contains_key(&call_id) {
-            self.mwi.retain(|_, s| s.expires_at > now);
-            if self.mwi.len() >= MAX_MWI {
-                return;
-            }
-        }
-        let mut local_uri = req.headers.to.clone();
-        local_uri.params = Params::default();
-        let target =
-            first_contact_uri(&req.headers).unwrap_or_else(|| req.headers.from.uri.clone());
-        let cseq = self.mwi.get(&call_id).map_or(0, |s| s.cseq);
-        self.mwi.insert(
-            call_id.clone(),
-            MwiSubscription {
-                mailbox: user,
-                local_tag,
-                local_uri,
-                remote_uri: req.headers.from.clone(),
-                target,
-                peer: src,
-                expires_at: now.saturating_add(u64::from(expires) * 1000),
-                cseq,
-            },
-        );
-        self.notify_mwi(now, &call_id, expires == 0);
-        if expires == 0 {
-            self.mwi.remove(&call_id);
-        }
-    }
-
-    /// Sends the NOTIFY of one MWI subscription with the current counts.
-    fn notify_mwi(&mut self, now: Millis, call_id: &str, terminated: bool) {
-        let Some(sub) = self.mwi.get_mut(call_id) else {
-            return;
-        };
-        sub.cseq = sub.cseq.saturating_add(1);
-        let sub = sub.clone();
-        let (new, old) = self.mailboxes.get(&sub.mailbox).map_or((0, 0), |m| {
-            let new = m.iter().filter(|x| x.new).count();
-            (new, m.len() - new)
-        });
-        let mut from = sub.local_uri.clone();
-        from.params.set("tag", Some(sub.local_tag.clone()));
-        let mut headers = self.request_headers(
-            sub.peer,
-            from,
-            sub.remote_uri.clone(),
-            call_id.to_string(),
-            sub.cseq,
-            Method::Notify,
-        );
-        headers.push("Event", "message-summary");
-        let remaining = sub.expires_at.saturating_sub(now) / 1000;
-        headers.push(
-            "Subscription-State",
-            if terminated {
-                "terminated;reason=timeout".to_string()
-            } else {
-                format!("active;expires={remaining}")
-            },
-        );
-        headers.contact = vec![Contact::Addr(self.our_contact(sub.peer, None))];
-        headers.content_type = Some("application/simple-message-summary".to_string());
-        let body = format!(
-            "Messages-Waiting: {}\r\nMessage-Account: sip:{}@{}\r\nVoice-Message: {new}/{old} (0/0)\r\n",
-            if new > 0 { "yes" } else { "no" },
-            sub.mailbox,
-            self.cfg.realm
-        );
-        let notify = Request {
-            method: Method::Notify,
-            uri: sub.target.clone(),
-            headers,
-            body: body.into_bytes(),
-        };
-        let key = self.tx.send_request(now, notify, sub.peer);
-        self.clients.insert(key, ClientRole::Bye);
-    }
-
-    /// Drops expired MWI subscriptions.
-    fn expire_mwi(&mut self, now: Millis) {
-        self.mwi.retain(|_, s| s.expires_at > now);
-    }
-
-    /// Handles what the relay reports.
-    pub fn handle_media_event(&mut self, now: Millis, event: MediaEvent) {
-        match event {
-            MediaEvent::Timeout { session } => {
-                let Some(call) = self.calls.get(&session) else {
-                    return;
-                };
-                let held = call.media.as_ref().is_some_and(CallMedia::on_hold);
-                if call.state != CallState::Answered || held {
-                    return;
-                }
-                tracing::info!(caller = %call.caller, callee = %call.callee, "media timeout: hanging up");
-                if let Some(fork) = call.winner {
-                    self.send_bye_b(now, session, fork);
-                }
-                self.send_bye_a(now, session);
-                self.end_call(now, session, Disposition::MediaTimeout, 200);
-            }
-            MediaEvent::Dtmf {
-                session,
-                leg,
-                digit,
-                ..
-            } => {
-                tracing::debug!(session, ?leg, %digit, "DTMF");
-                let recording = self
-                    .calls
-                    .get(&session)
-                    .is_some_and(Call::recording_message);
-                if leg == Leg::A {
-                    self.access_digit(session, digit);
-                    self.menu_digit(now, session, digit);
-                }
-                if recording && leg == Leg::A && digit == '#' {
-                    self.events
-                        .push_back(Event::Media(MediaCommand::StopRecord {
-                            session,
-                            leg: Leg::A,
-                        }));
-                    self.deposit_goodbye(session);
-                }
-            }
-            MediaEvent::PlayDone {
-                session,
-                leg: Leg::A,
-            } => {
-                let access_done = self.calls.get(&session).is_some_and(|c| {
-                    matches!(
-                        c.app,
-                        Some(App::Access {
-                            stage: AccessStage::Goodbye,
-                            ..
-                        }) | Some(App::Goodbye)
-                    )
-                });
-                if access_done {
-                    self.send_bye_a(now, session);
-                    self.end_call(now, session, Disposition::Answered, 200);
-                }
-                self.menu_play_done(now, session);
-                let stage = self.calls.get(&session).and_then(|c| match &c.app {
-                    Some(App::Deposit { stage, path, .. }) => Some((*stage, path.clone())),
-                    _ => None,
-                });
-                match stage {
-                    Some((DepositStage::Greeting, path)) => {
-                        let max_ms = self.cfg.voicemail.as_ref().map_or(120_000, |v| v.max_ms);
-                        if let Some(c) = self.calls.get_mut(&session) {
-                            if let Some(App::Deposit { stage, mailbox, .. }) = &mut c.app {
-                                *stage = DepositStage::Recording;
-                                self.recordings.insert(
-                                    session,
-                                    PendingMessage {
-                                        mailbox: mailbox.clone(),
-                                        caller: c.caller.clone(),
-                                        at: c.start,
-                                    },
-                                );
-                            }
-                        }
-                        self.events.push_back(Event::Media(MediaCommand::Record {
-                            session,
-                            leg: Leg::A,
-                            path,
-                            max_ms,
-                        }));
-                    }
-                    Some((DepositStage::Goodbye, _)) => {
-                        self.send_bye_a(now, session);
-                        self.end_call(now, session, Disposition::Voicemail, 200);
-                    }
-                    _ => {}
-                }
-            }
-            MediaEvent::RecordingDone {
-                session,
-                path,
-                duration_ms,
-                ..
-            } => {
-                // The caller may still be on the line (the length limit was reached).
-                let still_recording = self
-                    .calls
-                    .get(&session)
-                    .is_some_and(Call::recording_message);
-                if still_recording {
-                    self.deposit_goodbye(session);
-                }
-                if let Some(p) = self.recordings.remove(&session) {
-                    self.events.push_back(Event::VoicemailStored {
-                        mailbox: p.mailbox,
-                        caller: p.caller,
-                        path,
-                        duration_ms,
-                        at: p.at,
-                    });
-                }
-            }
-            MediaEvent::RecordingFailed {
-                session, reason, ..
-            } => {
-                tracing::warn!(session, %reason, "voicemail message could not be stored");
-                self.recordings.remove(&session);
-            }
-            MediaEvent::Stats { .. } | MediaEvent::PlayDone { .. } => {}
-        }
-        self.drain_tx_events(now);
     }
 
     /// Ends a call: writes its CDR and forgets everything that routes new requests to it.
@@ -3335,7 +1244,7 @@ impl Endpoint {
         };
         let (a_call_id, a_key) = (call.a.call_id.clone(), call.a.invite_key.clone());
         if let Some(step) = call.step_deadline.take() {
-            self.step_timers.remove(&(step, id));
+            self.step_timers.remove(step, id);
         }
         if let (Some(ticket), Some(gate)) = (call.gate.take(), self.gate.as_mut()) {
             gate.ended(
@@ -3346,7 +1255,7 @@ impl Endpoint {
                 cdr.billsec(),
             );
         }
-        self.ring_timers.remove(&(deadline, id));
+        self.ring_timers.remove(deadline, id);
         if self.by_a_call_id.get(&a_call_id) == Some(&id) {
             self.by_a_call_id.remove(&a_call_id);
         }
@@ -3403,14 +1312,14 @@ impl Endpoint {
     }
 
     fn drain_tx_events(&mut self, now: Millis) {
-        while let Some(event) = self.tx.poll_event() {
+        while let Some(event) = self.sig.tx.poll_event() {
             match event {
                 TxEvent::Timeout(key) => self.on_tx_timeout(now, key),
                 TxEvent::Terminated(key) => {
                     if key.server {
                         self.by_server_key.remove(&key);
                     } else if let Some(ClientRole::Invite { call, fork }) =
-                        self.clients.remove(&key)
+                        self.sig.clients.remove(&key)
                     {
                         if let Some(f) = self
                             .calls
@@ -3453,7 +1362,7 @@ impl Endpoint {
             self.end_call(now, id, Disposition::Answered, 200);
             return;
         }
-        match self.clients.get(&key).cloned() {
+        match self.sig.clients.get(&key).cloned() {
             Some(ClientRole::Invite { call, fork }) => {
                 let Some(c) = self.calls.get_mut(&call) else {
                     return;
@@ -3483,11 +1392,12 @@ impl Endpoint {
             Some(ClientRole::Relay { relay, .. }) => {
                 // The other leg did not answer an in-dialog request: answer 408 upstream.
                 if let Some(r) = self.relays.remove(&relay) {
-                    self.reply(now, &r.server_key, &r.server_req, r.src, 408, None);
+                    self.sig
+                        .reply(now, &r.server_key, &r.server_req, r.src, 408, None);
                 }
             }
             Some(ClientRole::NewLegA { call }) => {
-                if let Some(resp) = self.synthetic_response(&key, 408) {
+                if let Some(resp) = self.sig.synthetic_response(&key, 408) {
                     self.on_new_leg_a_response(now, call, &resp);
                 }
             }
@@ -3501,126 +1411,6 @@ impl Endpoint {
             | None => {}
         }
     }
-
-    // ---------------------------------------------------------------------------------------
-    // Helpers
-    // ---------------------------------------------------------------------------------------
-
-    fn reply(
-        &mut self,
-        now: Millis,
-        key: &TxKey,
-        req: &Request,
-        dest: Peer,
-        status: u16,
-        to_tag: Option<&str>,
-    ) {
-        let tag = match to_tag {
-            Some(t) => t.to_string(),
-            None => self.new_tag(),
-        };
-        let resp = Response::to_request(req, status, Some(&tag));
-        self.send(now, key, resp, dest);
-    }
-
-    /// Adds what every response of ours carries: received/rport and Server.
-    fn stamp(&self, resp: &mut Response, dest: Peer) {
-        if let Some(via) = resp.headers.via.first_mut() {
-            // RFC 3261 §18.2.1 and RFC 3581 §4: tell the sender where its request came from.
-            via.params.set("received", Some(dest.addr.ip().to_string()));
-            if via.params.get("rport").is_some() {
-                via.params.set("rport", Some(dest.addr.port().to_string()));
-            }
-        }
-        resp.headers.push("Server", self.cfg.user_agent.clone());
-    }
-
-    fn send(&mut self, now: Millis, key: &TxKey, mut resp: Response, dest: Peer) {
-        self.stamp(&mut resp, dest);
-        if let Err(err) = self.tx.send_response(now, key, resp, dest) {
-            tracing::debug!(%err, "response not sent");
-        }
-    }
-
-    /// Via, From, To, Call-ID, CSeq and Max-Forwards of a request we originate.
-    fn request_headers(
-        &mut self,
-        peer: Peer,
-        from: NameAddr,
-        to: NameAddr,
-        call_id: String,
-        seq: u32,
-        method: Method,
-    ) -> Headers {
-        let local = self.local_for(peer);
-        let mut params = Params::default();
-        params.set(
-            "branch",
-            Some(format!("z9hG4bK{:016x}", self.rng.gen::<u64>())),
-        );
-        params.set("rport", None);
-        let via = Via {
-            transport: peer.transport.as_str().to_string(),
-            host: host_text(local),
-            port: Some(local.port()),
-            params,
-        };
-        let mut headers = Headers {
-            via: vec![via],
-            from,
-            to,
-            call_id,
-            cseq: CSeq { seq, method },
-            max_forwards: Some(70),
-            contact: Vec::new(),
-            expires: None,
-            route: Vec::new(),
-            record_route: Vec::new(),
-            content_type: None,
-            other: Vec::new(),
-        };
-        headers.push("User-Agent", self.cfg.user_agent.clone());
-        headers
-    }
-
-    fn our_contact(&self, peer: Peer, user: Option<&str>) -> NameAddr {
-        let local = self.local_for(peer);
-        let user = user.unwrap_or("outpost");
-        let transport = match peer.transport {
-            Transport::Udp => "",
-            Transport::Tcp => ";transport=tcp",
-            Transport::Tls => ";transport=tls",
-        };
-        let text = format!(
-            "sip:{user}@{}:{}{transport}",
-            host_text(local),
-            local.port()
-        );
-        let uri = wire::parse_uri(&text).unwrap_or_default();
-        NameAddr::new(uri)
-    }
-
-    fn local_for(&self, peer: Peer) -> SocketAddr {
-        self.cfg
-            .local
-            .iter()
-            .find(|a| a.is_ipv4() == peer.addr.is_ipv4())
-            .or(self.cfg.local.first())
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
-    }
-
-    fn new_tag(&mut self) -> String {
-        format!("{:016x}", self.rng.gen::<u64>())
-    }
-
-    fn new_call_id(&mut self) -> String {
-        format!(
-            "{:016x}{:016x}@outpost",
-            self.rng.gen::<u64>(),
-            self.rng.gen::<u64>()
-        )
-    }
 }
 
 /// The number a request dials: the Request-URI's user part, or a `tel:` number.
@@ -3632,11 +1422,6 @@ fn dialled(req: &Request) -> String {
         .unwrap_or_default()
 }
 
-/// The prompts that say a number (digit by digit: "1" "2" for twelve).
-fn number_clips(n: usize) -> Vec<String> {
-    n.to_string().chars().map(|c| c.to_string()).collect()
-}
-
 /// Our media address for a peer: same family if we have one.
 fn media_addr(settings: &MediaSettings, peer: IpAddr) -> IpAddr {
     settings
@@ -3646,35 +1431,4 @@ fn media_addr(settings: &MediaSettings, peer: IpAddr) -> IpAddr {
         .or(settings.addrs.first())
         .copied()
         .unwrap_or(peer)
-}
-
-/// The host part for Via/Contact: IPv6 addresses in brackets.
-fn host_text(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    }
-}
-
-fn first_contact_uri(headers: &Headers) -> Option<Uri> {
-    headers.contact.iter().find_map(|c| match c {
-        Contact::Addr(a) => Some(a.uri.clone()),
-        Contact::Star => None,
-    })
-}
-
-/// Response aggregation across forks (RFC 3261 §16.7 step 6, simplified): busy beats other
-/// failures so the caller hears busy when any phone was busy; otherwise the lowest class wins.
-fn better_failure(current: Option<u16>, new: u16) -> u16 {
-    let rank = |s: u16| match s {
-        600..=699 => 0,
-        486 => 1,
-        487 => 5,
-        408 => 6,
-        _ => 2 + u16::from(s >= 500),
-    };
-    match current {
-        Some(c) if rank(c) <= rank(new) => c,
-        _ => new,
-    }
 }

@@ -83,7 +83,7 @@ impl Endpoint {
         }
         if let Some(ext) = number
             .strip_prefix(f.directed_pickup.as_str())
-            .filter(|e| !f.directed_pickup.is_empty() && self.users.contains_key(*e))
+            .filter(|e| !f.directed_pickup.is_empty() && self.accounts.has_user(e))
         {
             return Ok(Dest::Pickup(Some(ext.to_string())));
         }
@@ -107,7 +107,7 @@ impl Endpoint {
         if let Some(i) = self.cfg.groups.iter().position(|g| g.number == number) {
             return Ok(Dest::Group(i));
         }
-        if self.users.contains_key(number) {
+        if self.accounts.has_user(number) {
             return Ok(Dest::Extension(number.to_string()));
         }
         Err(404)
@@ -336,25 +336,27 @@ impl Endpoint {
         }
     }
 
+    /// Moves call `id`'s ring deadline to `at`.
     pub(super) fn set_ring_deadline(&mut self, id: u64, at: Millis) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        self.ring_timers.remove(&(call.ring_deadline, id));
+        self.ring_timers.remove(call.ring_deadline, id);
         call.ring_deadline = at;
-        self.ring_timers.insert((at, id));
+        self.ring_timers.insert(at, id);
     }
 
+    /// Moves (or with `None` clears) the deadline of call `id`'s next plan step.
     pub(super) fn set_step_deadline(&mut self, id: u64, at: Option<Millis>) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
         if let Some(old) = call.step_deadline.take() {
-            self.step_timers.remove(&(old, id));
+            self.step_timers.remove(old, id);
         }
         if let Some(at) = at {
             call.step_deadline = Some(at);
-            self.step_timers.insert((at, id));
+            self.step_timers.insert(at, id);
         }
     }
 
@@ -392,7 +394,7 @@ impl Endpoint {
         if !transferring && call.state != CallState::Ringing {
             return;
         }
-        if matches!(call.app, Some(App::Menu { .. })) {
+        if matches!(call.app, Some(App::Menu(_))) {
             // The auto attendant takes its caller back.
             self.transfer_failed(now, id);
             return;
@@ -455,7 +457,7 @@ impl Endpoint {
             487 => Disposition::Cancelled,
             _ => Disposition::Failed,
         };
-        self.reply(now, &key, &invite, peer, status, Some(&tag));
+        self.sig.reply(now, &key, &invite, peer, status, Some(&tag));
         self.end_call(now, id, disposition, status);
     }
 }

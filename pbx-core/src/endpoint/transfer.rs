@@ -113,11 +113,11 @@ impl Endpoint {
             .or_else(|| req.headers.get("r"))
             .and_then(parse_refer_to);
         let Some(refer_to) = refer_to else {
-            self.reply(now, &key, &req, src, 400, None);
+            self.sig.reply(now, &key, &req, src, 400, None);
             return;
         };
         let Some(call) = self.calls.get(&id) else {
-            self.reply(now, &key, &req, src, 481, None);
+            self.sig.reply(now, &key, &req, src, 481, None);
             return;
         };
         let bridged = call.state == CallState::Answered
@@ -126,7 +126,7 @@ impl Endpoint {
             && call.media.is_some();
         if !bridged || call.hops >= 4 {
             // Transfer needs a bridged call with anchored media.
-            self.reply(now, &key, &req, src, 603, None);
+            self.sig.reply(now, &key, &req, src, 603, None);
             return;
         }
         // The referrer's extension decides what it may transfer to.
@@ -141,8 +141,8 @@ impl Endpoint {
                     .and_then(|f| f.local_uri.uri.user().map(str::to_string)),
             }
         };
-        let Some(referrer) = referrer.filter(|r| self.users.contains_key(r)) else {
-            self.reply(now, &key, &req, src, 403, None);
+        let Some(referrer) = referrer.filter(|r| self.accounts.has_user(r)) else {
+            self.sig.reply(now, &key, &req, src, 403, None);
             return;
         };
         if let Some(replaced) = refer_to.replaces.as_deref() {
@@ -169,7 +169,7 @@ impl Endpoint {
             }
             Ok(dest) => dest,
             Err(status) => {
-                self.reply(now, &key, &req, src, status, None);
+                self.sig.reply(now, &key, &req, src, status, None);
                 return;
             }
         };
@@ -197,7 +197,7 @@ impl Endpoint {
         src: Peer,
     ) {
         let tag = req.headers.to.tag().map(str::to_string);
-        self.reply(now, key, req, src, 202, tag.as_deref());
+        self.sig.reply(now, key, req, src, 202, tag.as_deref());
         let leg = if from_a {
             self.out_leg_a(id)
         } else {
@@ -209,7 +209,7 @@ impl Endpoint {
         let Some(leg) = leg else {
             return;
         };
-        let mut headers = self.request_headers(
+        let mut headers = self.sig.request_headers(
             leg.peer,
             leg.from,
             leg.to,
@@ -219,7 +219,7 @@ impl Endpoint {
         );
         headers.push("Event", "refer");
         headers.push("Subscription-State", "terminated;reason=noresource");
-        headers.contact = vec![Contact::Addr(self.our_contact(leg.peer, None))];
+        headers.contact = vec![Contact::Addr(self.sig.our_contact(leg.peer, None))];
         headers.content_type = Some("message/sipfrag;version=2.0".to_string());
         let notify = Request {
             method: Method::Notify,
@@ -227,8 +227,8 @@ impl Endpoint {
             headers,
             body: b"SIP/2.0 200 OK\r\n".to_vec(),
         };
-        let nkey = self.tx.send_request(now, notify, leg.peer);
-        self.clients.insert(nkey, ClientRole::Notify);
+        self.sig
+            .send_request(now, notify, leg.peer, ClientRole::Notify);
         if from_a {
             self.send_bye_a(now, id);
         } else if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
@@ -344,12 +344,12 @@ impl Endpoint {
                 n
             })
             .unwrap_or_else(|| call.a.local_uri.clone());
-        let b_call_id = self.new_call_id();
-        let tag = self.new_tag();
+        let b_call_id = self.sig.new_call_id();
+        let tag = self.sig.new_tag();
         let mut from_tagged = from.clone();
         from_tagged.params.set("tag", Some(tag.clone()));
         let to = NameAddr::new(to_uri);
-        let mut headers = self.request_headers(
+        let mut headers = self.sig.request_headers(
             peer,
             from_tagged,
             to.clone(),
@@ -357,7 +357,7 @@ impl Endpoint {
             1,
             Method::Invite,
         );
-        headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+        headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
         headers.content_type = (!body.is_empty()).then(|| "application/sdp".to_string());
         headers.push("Allow", ALLOW);
         let invite = Request {
@@ -366,8 +366,8 @@ impl Endpoint {
             headers,
             body,
         };
-        let key = self.tx.send_request(now, invite, peer);
-        self.clients.insert(key, ClientRole::NewLegA { call: id });
+        self.sig
+            .send_request(now, invite, peer, ClientRole::NewLegA { call: id });
         self.events.push_back(Event::Media(MediaCommand::Play {
             session: id,
             leg: Leg::B,
@@ -504,8 +504,10 @@ impl Endpoint {
         call.winner = Some(idx);
         self.by_b_call_id.insert(b_call_id.clone(), (id, idx));
         // Re-INVITE the target towards this call's relay session.
-        let mut headers = self.request_headers(peer, from, to, b_call_id, cseq, Method::Invite);
-        headers.contact = vec![Contact::Addr(self.our_contact(peer, None))];
+        let mut headers = self
+            .sig
+            .request_headers(peer, from, to, b_call_id, cseq, Method::Invite);
+        headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
         headers.content_type = (!offer.is_empty()).then(|| "application/sdp".to_string());
         let reinvite = Request {
             method: Method::Invite,
@@ -513,9 +515,10 @@ impl Endpoint {
             headers,
             body: offer,
         };
-        let rkey = self.tx.send_request(now, reinvite, peer);
-        self.clients.insert(
-            rkey,
+        self.sig.send_request(
+            now,
+            reinvite,
+            peer,
             ClientRole::Reoffer {
                 call: id,
                 fork: idx,
@@ -568,7 +571,7 @@ impl Endpoint {
         let Some(leg) = self.out_leg_a(id) else {
             return;
         };
-        let mut headers = self.request_headers(
+        let mut headers = self.sig.request_headers(
             leg.peer,
             leg.from,
             leg.to,
@@ -576,7 +579,7 @@ impl Endpoint {
             leg.cseq,
             Method::Invite,
         );
-        headers.contact = vec![Contact::Addr(self.our_contact(leg.peer, None))];
+        headers.contact = vec![Contact::Addr(self.sig.our_contact(leg.peer, None))];
         headers.content_type = Some("application/sdp".to_string());
         let reinvite = Request {
             method: Method::Invite,
@@ -584,8 +587,8 @@ impl Endpoint {
             headers,
             body: offer,
         };
-        let key = self.tx.send_request(now, reinvite, leg.peer);
-        self.clients.insert(key, ClientRole::ResumeA { call: id });
+        self.sig
+            .send_request(now, reinvite, leg.peer, ClientRole::ResumeA { call: id });
     }
 
     /// The caller's answer to the re-INVITE that takes it off hold after a transfer.
@@ -630,13 +633,13 @@ impl Endpoint {
             .min_by_key(|(_, c)| c.start)
             .map(|(&id, _)| id);
         let Some(id) = found else {
-            let mut resp = Response::to_request(&req, 480, Some(&self.new_tag()));
+            let mut resp = Response::to_request(&req, 480, Some(&self.sig.new_tag()));
             resp.reason = "Nothing To Pick Up".to_string();
-            self.send(now, &key, resp, src);
+            self.sig.send(now, &key, resp, src);
             return;
         };
         if req.body.is_empty() {
-            self.reply(now, &key, &req, src, 488, None);
+            self.sig.reply(now, &key, &req, src, 488, None);
             return;
         }
         let Some(call) = self.calls.get_mut(&id) else {
@@ -651,12 +654,12 @@ impl Endpoint {
         let for_a = m.offer(Leg::B, &req.body);
         let for_p = m.answer(Leg::A, &call.a_sdp);
         let (Ok(for_a), Ok((for_p, cmds))) = (for_a, for_p) else {
-            self.reply(now, &key, &req, src, 488, None);
+            self.sig.reply(now, &key, &req, src, 488, None);
             return;
         };
         tracing::info!(picker, caller = %call.caller, "call picked up");
         self.retire_forks(now, id);
-        let local_tag = self.new_tag();
+        let local_tag = self.sig.new_tag();
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -694,7 +697,7 @@ impl Endpoint {
             call.a.local_tag.clone(),
             call.a.peer,
         );
-        self.ring_timers.remove(&(deadline, id));
+        self.ring_timers.remove(deadline, id);
         self.set_step_deadline(id, None);
         self.counters.calls_answered += 1;
         self.by_b_call_id
@@ -706,14 +709,14 @@ impl Endpoint {
         ok_p.body = for_p;
         ok_p.headers.content_type = Some("application/sdp".to_string());
         ok_p.headers.push("Allow", ALLOW);
-        ok_p.headers.contact = vec![Contact::Addr(self.our_contact(src, None))];
-        self.send(now, &key, ok_p, src);
+        ok_p.headers.contact = vec![Contact::Addr(self.sig.our_contact(src, None))];
+        self.sig.send(now, &key, ok_p, src);
         let mut ok_a = Response::to_request(&a_invite, 200, Some(&a_tag));
         ok_a.body = for_a;
         ok_a.headers.content_type = Some("application/sdp".to_string());
         ok_a.headers.push("Allow", ALLOW);
-        ok_a.headers.contact = vec![Contact::Addr(self.our_contact(a_peer, None))];
-        self.send(now, &a_key, ok_a, a_peer);
+        ok_a.headers.contact = vec![Contact::Addr(self.sig.our_contact(a_peer, None))];
+        self.sig.send(now, &a_key, ok_a, a_peer);
     }
 }
 

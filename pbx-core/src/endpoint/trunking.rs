@@ -56,23 +56,24 @@ impl Endpoint {
     /// The transport towards `peer` failed (connection refused, TLS handshake failed):
     /// every request waiting for its answer fails now instead of at its timeout.
     pub fn handle_transport_error(&mut self, now: Millis, peer: Peer, reason: &str) {
-        for key in self.tx.client_keys_to(peer) {
-            let role = self.clients.get(&key).cloned();
-            self.tx.abandon(&key);
+        for key in self.sig.tx.client_keys_to(peer) {
+            let role = self.sig.clients.get(&key).cloned();
+            self.sig.tx.abandon(&key);
             match role {
                 Some(ClientRole::Trunk { trunk, purpose }) => {
                     self.trunks.on_failure(now, trunk, purpose, reason);
                 }
                 Some(ClientRole::Invite { call, fork }) => {
                     // RFC 3261 §8.1.3.1: a transport error counts as a 503.
-                    let resp = self.synthetic_response(&key, 503);
+                    let resp = self.sig.synthetic_response(&key, 503);
                     if let Some(resp) = resp {
                         self.on_fork_response(now, call, fork, &resp);
                     }
                 }
                 Some(ClientRole::Relay { relay, .. }) => {
                     if let Some(r) = self.relays.remove(&relay) {
-                        self.reply(now, &r.server_key, &r.server_req, r.src, 503, None);
+                        self.sig
+                            .reply(now, &r.server_key, &r.server_req, r.src, 503, None);
                     }
                 }
                 _ => {}
@@ -82,26 +83,19 @@ impl Endpoint {
         self.drain_tx_events(now);
     }
 
-    /// A response to a client transaction we never received (transport error).
-    pub(super) fn synthetic_response(&self, key: &TxKey, status: u16) -> Option<Response> {
-        let req = self.tx.client_request(key)?;
-        Some(Response::to_request(req, status, None))
-    }
-
     /// Sends what the trunks want sent (registrations, pings).
     pub(super) fn pump_trunks(&mut self, now: Millis) {
-        let ua = self.cfg.user_agent.clone();
+        let ua = self.sig.user_agent().to_string();
         loop {
-            let locals = self.cfg.local.clone();
+            let locals = self.sig.local().to_vec();
             let Some((trunk, purpose, req)) = self.trunks.poll_request(&locals, &ua) else {
                 break;
             };
             let Some(peer) = self.trunks.config(trunk).map(|t| t.peer) else {
                 continue;
             };
-            let key = self.tx.send_request(now, req, peer);
-            self.clients
-                .insert(key, ClientRole::Trunk { trunk, purpose });
+            self.sig
+                .send_request(now, req, peer, ClientRole::Trunk { trunk, purpose });
         }
         while let Some(change) = self.trunks.poll_change() {
             tracing::info!(trunk = %change.name, health = ?change.health, reason = %change.reason, "trunk health changed");
@@ -191,14 +185,14 @@ impl Endpoint {
             Err(refusal) => refusal,
         };
         tracing::warn!(ext, dialled, %reason, "outbound call refused by the toll-fraud policy");
-        let tag = self.new_tag();
+        let tag = self.sig.new_tag();
         let mut resp = Response::to_request(req, 403, Some(&tag));
         resp.reason = reason
             .chars()
             .filter(|c| !c.is_control())
             .take(100)
             .collect();
-        self.send(now, key, resp, src);
+        self.sig.send(now, key, resp, src);
         self.events.push_back(Event::CallRefused {
             src,
             ext: ext.to_string(),
@@ -300,6 +294,7 @@ impl Endpoint {
         );
         fork.trunk = Some(trunk);
         fork.trunk_invite = self
+            .sig
             .tx
             .client_request(&fork.invite_key)
             .cloned()
@@ -386,13 +381,12 @@ impl Endpoint {
         if let Some(via) = req.headers.via.first_mut() {
             via.params.set(
                 "branch",
-                Some(format!("z9hG4bK{:016x}", self.rng.gen::<u64>())),
+                Some(format!("z9hG4bK{:016x}", self.sig.rng.gen::<u64>())),
             );
         }
         let kept = Box::new(req.clone());
-        let key = self.tx.send_request(now, req, peer);
-        self.clients
-            .insert(key.clone(), ClientRole::Invite { call: id, fork });
+        let role = ClientRole::Invite { call: id, fork };
+        let key = self.sig.send_request(now, req, peer, role);
         if let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) {
             f.trunk_invite = Some(kept);
             f.invite_key = key;
@@ -429,15 +423,15 @@ impl Endpoint {
                 });
             }
             // Stateless, like a challenge: a flood leaves no transaction state behind.
-            let tag = self.new_tag();
+            let tag = self.sig.new_tag();
             let mut resp = Response::to_request(&req, 503, Some(&tag));
             resp.headers.push("Retry-After", "1".to_string());
-            self.stamp(&mut resp, src);
-            self.tx.send_stateless_response(&resp, src);
-            self.tx.abandon(&key);
+            self.sig.stamp(&mut resp, src);
+            self.sig.tx.send_stateless_response(&resp, src);
+            self.sig.tx.abandon(&key);
             return;
         }
-        self.reply(now, &key, &req, src, 100, None);
+        self.sig.reply(now, &key, &req, src, 100, None);
         let username = self
             .trunks
             .config(trunk)
@@ -459,7 +453,7 @@ impl Endpoint {
             .take(64)
             .collect();
         let dest = match self.cfg.dialplan.inbound(&did) {
-            Some(Target::Extension(ext)) if self.users.contains_key(&ext) => {
+            Some(Target::Extension(ext)) if self.accounts.has_user(&ext) => {
                 Some(Dest::Extension(ext))
             }
             Some(Target::Group(n) | Target::Menu(n)) => self.resolve_target(&n).ok(),
@@ -468,7 +462,7 @@ impl Endpoint {
         };
         let Some(dest) = dest else {
             tracing::debug!(did = %did.chars().take(32).collect::<String>(), "inbound call for an unknown DID");
-            self.reply(now, &key, &req, src, 404, None);
+            self.sig.reply(now, &key, &req, src, 404, None);
             self.record_failed(now, &req, &caller, &did, 404, Disposition::NotFound);
             return;
         };

@@ -1,0 +1,156 @@
+//! The admin side of the endpoint: extensions, secrets, locks, PINs, restored
+//! registrations, and the listings and counters `outpostctl` reads. Each operation delegates
+//! to the owned type whose state it is ([`super::accounts::Accounts`], the registrar,
+//! [`super::voicemail::Voicemail`]).
+
+use crate::lockout::TrustedSource;
+use crate::media::anchor::CallMedia;
+use crate::registrar::{Binding, Registrar};
+use crate::sip::auth::{DigestChoice, StoredSecret};
+use crate::Millis;
+
+use super::call::CallState;
+use super::{CallSummary, Counters, DebugCounts, Endpoint, EndpointError, Event};
+
+impl Endpoint {
+    /// Adds or replaces an extension's secret.
+    pub fn set_user(&mut self, ext: &str, secret: StoredSecret) {
+        self.accounts.set_user(ext, secret);
+    }
+
+    /// Locks an account until `until` (the firewall's per-account guessing rule): requests
+    /// as it from sources that have not authenticated as it recently fail like a wrong
+    /// password; its phones keep working (see [`crate::lockout`]).
+    pub fn lock_user(&mut self, now: Millis, ext: &str, until: Millis) {
+        self.accounts.locks_mut().lock(now, ext, until);
+    }
+
+    /// The sources a lock of `ext` does not apply to: those that authenticated as it within
+    /// the last week, in address order.
+    pub fn trusted_sources(&self, now: Millis, ext: &str) -> Vec<TrustedSource> {
+        self.accounts.locks().trusted(now, ext)
+    }
+
+    /// Remembers `sources` as having authenticated as `ext` at `at` (restored after a
+    /// restart with the lock they were exempt from).
+    pub fn trust_sources(&mut self, now: Millis, ext: &str, sources: &[TrustedSource], at: Millis) {
+        for &s in sources {
+            self.accounts.locks_mut().trust(now, ext, s, at);
+        }
+    }
+
+    /// Sets the digest algorithms of `ext` (see [`DigestChoice`] for when they apply).
+    pub fn set_user_digest(&mut self, ext: &str, choice: DigestChoice) {
+        self.accounts.set_digest(ext, choice);
+    }
+
+    /// Sets (or with `None` clears) an extension's voicemail PIN hash (see [`pin_hash`]).
+    pub fn set_pin(&mut self, ext: &str, hash: Option<String>) {
+        self.voicemail.set_pin(ext, hash);
+    }
+
+    /// Lifts an account lock.
+    pub fn unlock_user(&mut self, ext: &str) -> bool {
+        self.accounts.locks_mut().unlock(ext)
+    }
+
+    /// Removes an extension and its registrations (an `Event::Bindings` follows).
+    pub fn remove_user(&mut self, ext: &str) -> Result<(), EndpointError> {
+        if !self.accounts.remove_user(ext) {
+            return Err(EndpointError::NoSuchExtension(ext.to_string()));
+        }
+        let changes = self.registrar.remove_ext(ext);
+        if !changes.is_empty() {
+            self.events.push_back(Event::Bindings(changes));
+        }
+        Ok(())
+    }
+
+    /// True when `ext` exists.
+    pub fn has_user(&self, ext: &str) -> bool {
+        self.accounts.has_user(ext)
+    }
+
+    /// Number of extensions.
+    pub fn user_count(&self) -> usize {
+        self.accounts.user_count()
+    }
+
+    /// Loads registrations saved before a restart. Each binding's source authenticated as
+    /// its extension, so it is trusted again (an account lock restored with the firewall's
+    /// state must not lock out the phones registered before the restart).
+    pub fn restore_bindings(&mut self, bindings: Vec<Binding>, now: Millis) {
+        for b in bindings.iter().filter(|b| b.expires_at > now) {
+            let contact_host = crate::sip::Uri::try_from(b.contact.as_str())
+                .ok()
+                .and_then(|u| match u.host() {
+                    rsip::Host::IpAddr(ip) => Some(*ip),
+                    rsip::Host::Domain(d) => d.to_string().trim_matches(['[', ']']).parse().ok(),
+                });
+            // A live binding authenticated within one registration interval (an hour at
+            // most by default): as good as now for a trust that lasts a week.
+            self.accounts.locks_mut().trust(
+                now,
+                &b.ext,
+                TrustedSource::of_binding(b.source, contact_host),
+                now,
+            );
+        }
+        self.registrar.restore(bindings, now);
+    }
+
+    /// The registrar, for listings.
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    /// Live calls.
+    pub fn calls(&self) -> Vec<CallSummary> {
+        let mut out: Vec<CallSummary> = self
+            .calls
+            .values()
+            .filter(|c| c.state != CallState::Ended)
+            .map(|c| CallSummary {
+                call_id: c.a.call_id.clone(),
+                caller: c.caller.clone(),
+                callee: c.callee.clone(),
+                answered: c.state == CallState::Answered,
+                start: c.start,
+                answer: c.answer,
+                media_session: c.media.as_ref().map(CallMedia::session),
+                codecs: c.media.as_ref().and_then(CallMedia::codecs),
+            })
+            .collect();
+        out.sort_by_key(|c| c.start);
+        out
+    }
+
+    /// Number of calls in progress (cheap, for metrics).
+    pub fn active_calls(&self) -> usize {
+        self.calls.len().saturating_sub(self.ended_calls)
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Number of live transactions.
+    pub fn transactions(&self) -> usize {
+        self.sig.tx.len()
+    }
+
+    /// Sizes of the internal tables, to check in tests and metrics that nothing leaks.
+    pub fn debug_counts(&self) -> DebugCounts {
+        DebugCounts {
+            calls: self.calls.len(),
+            by_a_call_id: self.by_a_call_id.len(),
+            by_b_call_id: self.by_b_call_id.len(),
+            by_server_key: self.by_server_key.len(),
+            clients: self.sig.clients.len(),
+            relays: self.relays.len(),
+            ring_timers: self.ring_timers.len(),
+            transactions: self.sig.tx.len(),
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Calls Outpost answers itself, wired to the call table and the relay: voicemail deposit
+//! and access, the auto attendant, its transfers, MWI, and the relay's media events
+//! ([`Endpoint::handle_media_event`]: DTMF, prompts ended, recordings, media timeouts).
+//!
+//! The state of each feature lives in its own type ([`MenuSession`], [`AccessSession`],
+//! [`super::voicemail::Voicemail`], [`super::mwi::MwiSubscriptions`]), which decides; the
+//! methods here carry out its decision on the call (answer, play, hang up, ring).
+
+use crate::cdr::Disposition;
+use crate::media::anchor::CallMedia;
+use crate::media::session::{Leg, MediaCommand, MediaEvent};
+use crate::sip::transaction::TxKey;
+use crate::sip::{Contact, Peer, Request, Response};
+use crate::Millis;
+
+use super::call::{App, Call, CallState};
+use super::ivr::{self, MenuSession, PlayDone};
+use super::routing::RingPlan;
+use super::voicemail::{AccessSession, Deposit, DepositStage, MailboxMessage};
+use super::{Endpoint, Event, ALLOW};
+
+impl Endpoint {
+    /// Outpost answers the caller itself and takes a message for the callee. False when
+    /// voicemail is off, media is not anchored or the caller's offer has no G.711.
+    pub(super) fn start_voicemail_for(
+        &mut self,
+        now: Millis,
+        id: u64,
+        mailbox: &str,
+        greeting: &str,
+    ) -> bool {
+        let Some(vm) = self.cfg.voicemail.clone() else {
+            return false;
+        };
+        if !self.accounts.has_user(mailbox) {
+            return false;
+        }
+        let path = vm.dir.join(mailbox).join(format!("{now}-{id}.wav"));
+        let app = App::Deposit(Deposit {
+            mailbox: mailbox.to_string(),
+            path,
+            stage: DepositStage::Greeting,
+        });
+        let clips = vec![
+            greeting.to_string(),
+            "please-leave-message".to_string(),
+            "beep".to_string(),
+        ];
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        if call.transferring() && call.media.is_some() {
+            // Already talking to Outpost (a transfer nobody took): the message is taken
+            // on the open media.
+            call.app = Some(app);
+            let deadline = call.ring_deadline;
+            self.ring_timers.remove(deadline, id);
+            self.play(id, Leg::A, clips, false);
+            return true;
+        }
+        self.answer_with_app(now, id, app, clips)
+    }
+
+    /// Outpost answers a caller of an auto-attendant number.
+    pub(super) fn start_menu(&mut self, now: Millis, id: u64, menu: usize) -> bool {
+        let Some(m) = self.cfg.ivr.get(menu) else {
+            return false;
+        };
+        let (session, clips) = MenuSession::start(menu, m);
+        self.answer_with_app(now, id, App::Menu(session), clips)
+    }
+
+    /// The greeting (or a transfer announcement) ended.
+    pub(super) fn menu_play_done(&mut self, now: Millis, id: u64) {
+        let Some(session) = self.calls.get_mut(&id).and_then(Call::menu_mut) else {
+            return;
+        };
+        match session.play_done(now, self.cfg.ivr.get(session.menu())) {
+            // Ringback while the extension rings.
+            PlayDone::Ringback => self.play(id, Leg::A, vec!["ringback".to_string()], true),
+            PlayDone::HangUp => {
+                self.send_bye_a(now, id);
+                self.end_call(now, id, Disposition::Answered, 200);
+            }
+            PlayDone::WaitDigit(at) => self.menu_timers.insert(at, id),
+            PlayDone::Nothing => {}
+        }
+    }
+
+    /// No digit in time: the greeting again, or goodbye after the retries.
+    pub(super) fn menu_timeout(&mut self, _now: Millis, id: u64, at: Millis) {
+        let Some(session) = self.calls.get_mut(&id).and_then(Call::menu_mut) else {
+            return;
+        };
+        if let Some(clips) = session.timeout(at, self.cfg.ivr.get(session.menu())) {
+            self.play(id, Leg::A, clips, false);
+        }
+    }
+
+    /// A digit in an auto-attendant menu.
+    pub(super) fn menu_digit(&mut self, now: Millis, id: u64, digit: char) {
+        let Some(session) = self.calls.get_mut(&id).and_then(Call::menu_mut) else {
+            return;
+        };
+        let (accounts, registrar) = (&self.accounts, &self.registrar);
+        let reachable =
+            |ext: &str| accounts.has_user(ext) && !registrar.lookup(ext, now).is_empty();
+        let (cancelled, outcome) =
+            session.digit(digit, self.cfg.ivr.get(session.menu()), reachable);
+        if let Some(at) = cancelled {
+            self.menu_timers.remove(at, id);
+        }
+        match outcome {
+            ivr::Digit::Play(clips) => self.play(id, Leg::A, clips, false),
+            ivr::Digit::Transfer(target) => self.start_transfer(now, id, &target),
+            ivr::Digit::Ignored => {}
+        }
+    }
+
+    /// Rings `target` for the caller of call `id`, who hears "transfer" then ringback.
+    pub(super) fn start_transfer(&mut self, now: Millis, id: u64, target: &str) {
+        let contacts = self.contacts_of(now, target);
+        self.retire_forks(now, id);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.callee = target.to_string();
+            call.best_failure = None;
+            call.plan = RingPlan::Extension {
+                ext: target.to_string(),
+            };
+        }
+        self.ring_contacts(now, id, target, &contacts);
+        self.set_ring_deadline(id, now.saturating_add(self.cfg.ring_timeout_ms));
+        self.play(id, Leg::A, vec!["transfer".to_string()], false);
+        if self.calls.get(&id).is_some_and(|c| !c.pending_forks()) {
+            self.transfer_failed(now, id);
+        }
+    }
+
+    /// Nobody answered the transfer: the auto attendant's caller goes back to the menu
+    /// with "unavailable"; a transferred caller hears "unavailable" and goodbye.
+    pub(super) fn transfer_failed(&mut self, _now: Millis, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let deadline = call.ring_deadline;
+        self.ring_timers.remove(deadline, id);
+        let clips = match &mut call.app {
+            Some(App::Menu(session)) => session.transfer_failed(self.cfg.ivr.get(session.menu())),
+            Some(App::Transfer) => {
+                call.app = Some(App::Goodbye);
+                vec!["unavailable".to_string(), "goodbye".to_string()]
+            }
+            _ => return,
+        };
+        self.play(id, Leg::A, clips, false);
+    }
+
+    /// Outpost answers a mailbox owner who dialled the access number.
+    pub(super) fn start_access(&mut self, now: Millis, id: u64) -> bool {
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let mailbox = call.caller.clone();
+        let has_pin = self.voicemail.has_pin(&mailbox);
+        let (session, clips) = AccessSession::start(mailbox, has_pin);
+        self.answer_with_app(now, id, App::Access(session), clips)
+    }
+
+    /// Answers the caller of ringing call `id` with Outpost itself running `app`, and
+    /// plays `clips`. False when media is not anchored or the offer has no G.711.
+    pub(super) fn answer_with_app(
+        &mut self,
+        now: Millis,
+        id: u64,
+        app: App,
+        clips: Vec<String>,
+    ) -> bool {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        if call.state != CallState::Ringing || call.late_offer || call.app.is_some() {
+            return false;
+        }
+        let Some(media) = call.media.as_mut() else {
+            return false;
+        };
+        let Ok((body, open)) = media.answer_local() else {
+            return false;
+        };
+        call.state = CallState::Answered;
+        call.answer = Some(now);
+        call.app = Some(app);
+        let deadline = call.ring_deadline;
+        let mut ok = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
+        ok.body = body;
+        ok.headers.content_type = Some("application/sdp".to_string());
+        ok.headers.push("Allow", ALLOW);
+        let (peer, key) = (call.a.peer, call.a.invite_key.clone());
+        ok.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
+        self.ring_timers.remove(deadline, id);
+        self.counters.calls_answered += 1;
+        self.events.push_back(Event::Media(open));
+        self.play(id, Leg::A, clips, false);
+        self.sig.send(now, &key, ok, peer);
+        true
+    }
+
+    /// A digit from a mailbox owner listening to messages.
+    pub(super) fn access_digit(&mut self, session: u64, digit: char) {
+        let Some(Call {
+            app: Some(App::Access(access)),
+            ..
+        }) = self.calls.get_mut(&session)
+        else {
+            return;
+        };
+        let Some((event, clips)) = access.digit(digit, &self.voicemail) else {
+            return;
+        };
+        self.events.extend(event);
+        self.play(session, Leg::A, clips, false);
+    }
+
+    /// Ends a message: "goodbye", then the PBX hangs up (on `PlayDone`).
+    pub(super) fn deposit_goodbye(&mut self, session: u64) {
+        if let Some(App::Deposit(deposit)) =
+            self.calls.get_mut(&session).and_then(|c| c.app.as_mut())
+        {
+            deposit.stage = DepositStage::Goodbye;
+            self.play(session, Leg::A, vec!["goodbye".to_string()], false);
+        }
+    }
+
+    /// Tells the relay to play `clips` to `leg` of call `session`.
+    pub(super) fn play(&mut self, session: u64, leg: Leg, clips: Vec<String>, repeat: bool) {
+        self.events.push_back(Event::Media(MediaCommand::Play {
+            session,
+            leg,
+            clips,
+            repeat,
+        }));
+    }
+
+    /// Sets a mailbox's message counts (from the driver's index); subscribed phones are
+    /// notified when they change.
+    pub fn set_mailbox(&mut self, now: Millis, mailbox: &str, messages: Vec<MailboxMessage>) {
+        if !self.voicemail.set_mailbox(mailbox, messages) {
+            return;
+        }
+        let counts = self.voicemail.counts(mailbox);
+        for id in self.mwi.subscribers_of(mailbox) {
+            self.mwi
+                .notify(now, &mut self.sig, &id, false, counts, &self.cfg.realm);
+        }
+    }
+
+    /// SUBSCRIBE for `message-summary` (RFC 3842), once authenticated.
+    pub(super) fn on_mwi_subscribe(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
+        let Some(user) = self.authenticate(now, &key, &req, src) else {
+            return;
+        };
+        let counts = self.voicemail.counts(&user);
+        let realm = &self.cfg.realm;
+        self.mwi
+            .on_subscribe(now, &mut self.sig, key, &req, src, user, counts, realm);
+    }
+
+    /// Handles what the relay reports.
+    pub fn handle_media_event(&mut self, now: Millis, event: MediaEvent) {
+        match event {
+            MediaEvent::Timeout { session } => {
+                let Some(call) = self.calls.get(&session) else {
+                    return;
+                };
+                let held = call.media.as_ref().is_some_and(CallMedia::on_hold);
+                if call.state != CallState::Answered || held {
+                    return;
+                }
+                tracing::info!(caller = %call.caller, callee = %call.callee, "media timeout: hanging up");
+                if let Some(fork) = call.winner {
+                    self.send_bye_b(now, session, fork);
+                }
+                self.send_bye_a(now, session);
+                self.end_call(now, session, Disposition::MediaTimeout, 200);
+            }
+            MediaEvent::Dtmf {
+                session,
+                leg,
+                digit,
+                ..
+            } => {
+                tracing::debug!(session, ?leg, %digit, "DTMF");
+                let recording = self
+                    .calls
+                    .get(&session)
+                    .is_some_and(Call::recording_message);
+                if leg == Leg::A {
+                    self.access_digit(session, digit);
+                    self.menu_digit(now, session, digit);
+                }
+                if recording && leg == Leg::A && digit == '#' {
+                    self.events
+                        .push_back(Event::Media(MediaCommand::StopRecord {
+                            session,
+                            leg: Leg::A,
+                        }));
+                    self.deposit_goodbye(session);
+                }
+            }
+            MediaEvent::PlayDone {
+                session,
+                leg: Leg::A,
+            } => self.play_done(now, session),
+            MediaEvent::RecordingDone {
+                session,
+                path,
+                duration_ms,
+                ..
+            } => {
+                // The caller may still be on the line (the length limit was reached).
+                let still_recording = self
+                    .calls
+                    .get(&session)
+                    .is_some_and(Call::recording_message);
+                if still_recording {
+                    self.deposit_goodbye(session);
+                }
+                let stored = self.voicemail.recording_done(session, path, duration_ms);
+                self.events.extend(stored);
+            }
+            MediaEvent::RecordingFailed {
+                session, reason, ..
+            } => {
+                tracing::warn!(session, %reason, "voicemail message could not be stored");
+                self.voicemail.recording_failed(session);
+            }
+            MediaEvent::Stats { .. } | MediaEvent::PlayDone { .. } => {}
+        }
+        self.drain_tx_events(now);
+    }
+
+    /// A prompt to the caller of call `session` ended: what Outpost does with the caller
+    /// goes on (hang up after goodbye, wait for a digit, start recording after the beep).
+    pub(super) fn play_done(&mut self, now: Millis, session: u64) {
+        let goodbye = self.calls.get(&session).is_some_and(|c| match &c.app {
+            Some(App::Access(access)) => access.saying_goodbye(),
+            Some(App::Goodbye) => true,
+            _ => false,
+        });
+        if goodbye {
+            self.send_bye_a(now, session);
+            self.end_call(now, session, Disposition::Answered, 200);
+        }
+        self.menu_play_done(now, session);
+        let Some(call) = self.calls.get_mut(&session) else {
+            return;
+        };
+        let Some(App::Deposit(deposit)) = &mut call.app else {
+            return;
+        };
+        match deposit.stage {
+            DepositStage::Greeting => {
+                let max_ms = self.cfg.voicemail.as_ref().map_or(120_000, |v| v.max_ms);
+                deposit.stage = DepositStage::Recording;
+                let path = deposit.path.clone();
+                self.voicemail.recording_started(
+                    session,
+                    &deposit.mailbox,
+                    &call.caller,
+                    call.start,
+                );
+                self.events.push_back(Event::Media(MediaCommand::Record {
+                    session,
+                    leg: Leg::A,
+                    path,
+                    max_ms,
+                }));
+            }
+            DepositStage::Goodbye => {
+                self.send_bye_a(now, session);
+                self.end_call(now, session, Disposition::Voicemail, 200);
+            }
+            DepositStage::Recording => {}
+        }
+    }
+}

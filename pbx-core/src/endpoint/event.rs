@@ -1,0 +1,140 @@
+//! What the endpoint reports: the [`Event`]s drained by [`super::Endpoint::poll_event`], and
+//! the summaries and counters read for `status`, `calls` and metrics.
+
+use crate::cdr::Cdr;
+use crate::media::session::{Codec, MediaCommand, SessionId};
+use crate::registrar::BindingChange;
+use crate::sip::{Method, Peer};
+use crate::Millis;
+
+/// Something the driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Registration state changed: persist before sending what follows.
+    Bindings(Vec<BindingChange>),
+    /// A call ended: persist its record.
+    CallEnded(Cdr),
+    /// Tell the relay (open, update or close a call's media).
+    Media(MediaCommand),
+    /// A request failed authentication (for the firewall's detectors).
+    AuthFailed {
+        /// Where the request came from.
+        src: Peer,
+        /// The user name it claimed (cut to 64 characters).
+        user: String,
+        /// The request method.
+        method: Method,
+        /// The user exists (unknown names feed the enumeration detector).
+        known: bool,
+    },
+    /// A voicemail message was recorded: index it and tell the mailbox's phones.
+    VoicemailStored {
+        /// The extension whose mailbox got the message.
+        mailbox: String,
+        /// Who called.
+        caller: String,
+        /// The WAV file.
+        path: std::path::PathBuf,
+        duration_ms: u32,
+        /// When the call came in.
+        at: Millis,
+    },
+    /// The mailbox owner listened to a message (it is no longer new).
+    VoicemailHeard { id: u64 },
+    /// The mailbox owner deleted a message.
+    VoicemailDeleted { id: u64 },
+    /// The toll-fraud gate refused an outbound call (the driver alerts, and bans the source
+    /// when `lock` is set and the source is not allow-listed).
+    CallRefused {
+        /// Where the INVITE came from.
+        src: Peer,
+        /// The calling extension.
+        ext: String,
+        /// The number dialled.
+        dialled: String,
+        /// Why.
+        reason: String,
+        /// The extension was locked to internal calls.
+        lock: bool,
+    },
+    /// A trunk went up or down.
+    TrunkChanged(crate::trunk::TrunkChange),
+    /// A trunk sent more inbound INVITEs than its `inbound_calls_per_second`: the excess got
+    /// 503. Raised at most once per [`crate::trunk::CAP_ALERT_EVERY_MS`] per trunk.
+    TrunkCallsRefused {
+        /// The trunk's name.
+        trunk: String,
+        /// Where the latest refused INVITE came from.
+        src: Peer,
+        /// Refused since the last report.
+        refused: u64,
+        /// The cap, per second.
+        limit: u32,
+    },
+    /// A request authenticated (the firewall gives the source a pass).
+    AuthSucceeded {
+        /// Where the request came from.
+        src: Peer,
+        /// The authenticated extension.
+        user: String,
+    },
+}
+
+/// A live call, for `outpostctl calls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSummary {
+    /// Call-ID of the caller's leg.
+    pub call_id: String,
+    /// Calling extension.
+    pub caller: String,
+    /// Dialled number.
+    pub callee: String,
+    /// True once a callee answered.
+    pub answered: bool,
+    /// When the INVITE arrived.
+    pub start: Millis,
+    /// When the call was answered.
+    pub answer: Option<Millis>,
+    /// Relay session, when media is anchored.
+    pub media_session: Option<SessionId>,
+    /// Codecs on legs A and B once negotiated (they differ when the relay transcodes).
+    pub codecs: Option<(Codec, Codec)>,
+}
+
+/// Plain counters for `status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams and stream messages handled.
+    pub received: u64,
+    /// Messages that did not parse.
+    pub malformed: u64,
+    /// Requests refused for bad credentials or identity.
+    pub auth_failures: u64,
+    /// Calls set up towards a callee.
+    pub calls_started: u64,
+    /// Calls answered.
+    pub calls_answered: u64,
+    /// Requests answered 503 because the server transaction table was full.
+    pub overloaded: u64,
+}
+
+/// Sizes of the endpoint's internal tables (see [`Endpoint::debug_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DebugCounts {
+    /// Calls, including ended ones waiting for their forks' transactions to finish.
+    pub calls: usize,
+    /// Caller-leg Call-ID index.
+    pub by_a_call_id: usize,
+    /// Callee-leg Call-ID index.
+    pub by_b_call_id: usize,
+    /// Caller INVITE server transaction index.
+    pub by_server_key: usize,
+    /// Client transactions with a role.
+    pub clients: usize,
+    /// Relayed in-dialog requests awaiting an answer.
+    pub relays: usize,
+    /// Armed ring timers.
+    pub ring_timers: usize,
+    /// Live transactions.
+    pub transactions: usize,
+}

@@ -1,0 +1,419 @@
+//! Message-waiting indication (RFC 3842): the table of `message-summary` subscriptions and
+//! the NOTIFYs that tell phones how many messages wait.
+//!
+//! Inputs: an authenticated SUBSCRIBE ([`MwiSubscriptions::on_subscribe`]), a mailbox whose
+//! counts changed ([`MwiSubscriptions::subscribers_of`], then [`MwiSubscriptions::notify`]
+//! for each), and the clock ([`MwiSubscriptions::expire`]). Outputs go through the
+//! [`Signalling`] handed in: the 200 or 403 to the SUBSCRIBE, and NOTIFYs.
+//!
+//! Memory bound: at most `max` subscriptions; when full, expired ones are dropped first and
+//! a new subscription beyond the bound is answered but not kept.
+
+use std::collections::HashMap;
+
+use crate::sip::transaction::TxKey;
+use crate::sip::{Contact, Method, NameAddr, Params, Peer, Request, Response, Uri};
+use crate::Millis;
+
+use super::call::ClientRole;
+use super::signalling::{first_contact_uri, Signalling};
+use super::voicemail::Counts;
+
+/// Longest subscription we grant (and the default when the phone asks for none), seconds.
+const MAX_EXPIRES_SECS: u32 = 3600;
+
+/// An MWI subscription (RFC 3842): a dialog in which we NOTIFY message counts.
+#[derive(Debug, Clone)]
+struct MwiSubscription {
+    /// The subscriber's own mailbox (extension).
+    mailbox: String,
+    /// Our tag in the subscription dialog.
+    local_tag: String,
+    local_uri: NameAddr,
+    remote_uri: NameAddr,
+    /// Where NOTIFYs go (the subscriber's Contact).
+    target: Uri,
+    peer: Peer,
+    expires_at: Millis,
+    /// CSeq of our last NOTIFY.
+    cseq: u32,
+}
+
+/// The live MWI subscriptions, by Call-ID.
+#[derive(Debug)]
+pub(super) struct MwiSubscriptions {
+    subs: HashMap<String, MwiSubscription>,
+    max: usize,
+}
+
+impl MwiSubscriptions {
+    /// An empty table that keeps at most `max` subscriptions.
+    pub(super) fn new(max: usize) -> Self {
+        MwiSubscriptions {
+            subs: HashMap::new(),
+            max,
+        }
+    }
+
+    /// Number of subscriptions kept.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// True when `call_id` and our tag `to_tag` name a subscription dialog (a refresh).
+    pub(super) fn is_dialog(&self, call_id: &str, to_tag: &str) -> bool {
+        self.subs
+            .get(call_id)
+            .is_some_and(|s| s.local_tag == to_tag)
+    }
+
+    /// The Call-IDs of the subscriptions to `mailbox`.
+    pub(super) fn subscribers_of(&self, mailbox: &str) -> Vec<String> {
+        self.subs
+            .iter()
+            .filter(|(_, s)| s.mailbox == mailbox)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Drops the subscriptions that expired by `now`.
+    pub(super) fn expire(&mut self, now: Millis) {
+        self.subs.retain(|_, s| s.expires_at > now);
+    }
+
+    /// A SUBSCRIBE for `message-summary` from `user` (already authenticated): only to one's
+    /// own mailbox. Answers it, keeps (or refreshes, or with `Expires: 0` ends) the
+    /// subscription and sends the NOTIFY with `counts`, the counts of `user`'s mailbox.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_subscribe(
+        &mut self,
+        now: Millis,
+        sig: &mut Signalling,
+        key: TxKey,
+        req: &Request,
+        src: Peer,
+        user: String,
+        counts: Counts,
+        realm: &str,
+    ) {
+        let mailbox = req.uri.user().unwrap_or_default();
+        if mailbox != user && req.headers.to.uri.user() != Some(user.as_str()) {
+            sig.reply(now, &key, req, src, 403, None);
+            return;
+        }
+        let expires = req
+            .headers
+            .expires
+            .unwrap_or(MAX_EXPIRES_SECS)
+            .min(MAX_EXPIRES_SECS);
+        let call_id = req.headers.call_id.clone();
+        let existing_tag = self.subs.get(&call_id).map(|s| s.local_tag.clone());
+        let local_tag = existing_tag.unwrap_or_else(|| sig.new_tag());
+        let mut ok = Response::to_request(req, 200, Some(&local_tag));
+        ok.headers.expires = Some(expires);
+        ok.headers.contact = vec![Contact::Addr(sig.our_contact(src, None))];
+        sig.send(now, &key, ok, src);
+        if self.subs.len() >= self.max && !self.subs.contains_key(&call_id) {
+            self.expire(now);
+            if self.subs.len() >= self.max {
+                return;
+            }
+        }
+        let mut local_uri = req.headers.to.clone();
+        local_uri.params = Params::default();
+        let target =
+            first_contact_uri(&req.headers).unwrap_or_else(|| req.headers.from.uri.clone());
+        // A refresh continues the dialog's CSeq.
+        let cseq = self.subs.get(&call_id).map_or(0, |s| s.cseq);
+        self.subs.insert(
+            call_id.clone(),
+            MwiSubscription {
+                mailbox: user,
+                local_tag,
+                local_uri,
+                remote_uri: req.headers.from.clone(),
+                target,
+                peer: src,
+                expires_at: now.saturating_add(u64::from(expires) * 1000),
+                cseq,
+            },
+        );
+        self.notify(now, sig, &call_id, expires == 0, counts, realm);
+        if expires == 0 {
+            self.subs.remove(&call_id);
+        }
+    }
+
+    /// Sends the NOTIFY of subscription `call_id` with the mailbox's `counts`.
+    pub(super) fn notify(
+        &mut self,
+        now: Millis,
+        sig: &mut Signalling,
+        call_id: &str,
+        terminated: bool,
+        (new, old): Counts,
+        realm: &str,
+    ) {
+        let Some(sub) = self.subs.get_mut(call_id) else {
+            return;
+        };
+        sub.cseq = sub.cseq.saturating_add(1);
+        let sub = sub.clone();
+        let mut from = sub.local_uri.clone();
+        from.params.set("tag", Some(sub.local_tag.clone()));
+        let mut headers = sig.request_headers(
+            sub.peer,
+            from,
+            sub.remote_uri.clone(),
+            call_id.to_string(),
+            sub.cseq,
+            Method::Notify,
+        );
+        headers.push("Event", "message-summary");
+        let remaining = sub.expires_at.saturating_sub(now) / 1000;
+        headers.push(
+            "Subscription-State",
+            if terminated {
+                "terminated;reason=timeout".to_string()
+            } else {
+                format!("active;expires={remaining}")
+            },
+        );
+        headers.contact = vec![Contact::Addr(sig.our_contact(sub.peer, None))];
+        headers.content_type = Some("application/simple-message-summary".to_string());
+        let notify = Request {
+            method: Method::Notify,
+            uri: sub.target.clone(),
+            headers,
+            body: summary(&sub.mailbox, realm, (new, old)).into_bytes(),
+        };
+        // The answer to a NOTIFY changes nothing: its role is the one that ignores it.
+        sig.send_request(now, notify, sub.peer, ClientRole::Bye);
+    }
+}
+
+/// The `application/simple-message-summary` body (RFC 3842 §5.2) for `mailbox`.
+fn summary(mailbox: &str, realm: &str, (new, old): Counts) -> String {
+    format!(
+        "Messages-Waiting: {}\r\nMessage-Account: sip:{mailbox}@{realm}\r\nVoice-Message: {new}/{old} (0/0)\r\n",
+        if new > 0 { "yes" } else { "no" },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use crate::sip::transaction::{ServerInput, TimerConfig, Transactions};
+    use crate::sip::{wire, Message, Transport};
+
+    use super::*;
+
+    const ALICE: &str = "10.0.0.5:5062";
+
+    fn signalling() -> Signalling {
+        let local: SocketAddr = "10.0.0.1:5060".parse().expect("address");
+        Signalling::new(
+            Transactions::new(TimerConfig::default()),
+            StdRng::seed_from_u64(7),
+            vec![local],
+            "outpost-test".to_string(),
+        )
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: ALICE.parse().expect("address"),
+        }
+    }
+
+    /// A SUBSCRIBE from extension 100 for `mailbox`, received by `sig` at `now`.
+    fn subscribe(
+        sig: &mut Signalling,
+        now: Millis,
+        call_id: &str,
+        mailbox: &str,
+        expires: u32,
+        to_tag: Option<&str>,
+    ) -> (TxKey, Request) {
+        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        let text = format!(
+            "SUBSCRIBE sip:{mailbox}@pbx SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {ALICE};branch=z9hG4bK{call_id}{now}\r\n\
+             From: <sip:100@pbx>;tag=a1\r\n\
+             To: <sip:{mailbox}@pbx>{to_tag}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {now} SUBSCRIBE\r\n\
+             Contact: <sip:100@{ALICE}>\r\n\
+             Event: message-summary\r\n\
+             Expires: {expires}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let Ok(Message::Request(req)) = wire::parse(text.as_bytes()) else {
+            panic!("test SUBSCRIBE does not parse");
+        };
+        let ServerInput::New(key) = sig.tx.receive_request(now, &req, peer()) else {
+            panic!("not a new transaction");
+        };
+        (key, req)
+    }
+
+    /// Every message `sig` sends, as text.
+    fn sent(sig: &mut Signalling) -> Vec<String> {
+        std::iter::from_fn(|| sig.tx.poll_transmit())
+            .map(|t| String::from_utf8_lossy(&t.bytes).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn subscription_is_answered_notified_and_expires() {
+        let mut sig = signalling();
+        let mut mwi = MwiSubscriptions::new(10);
+        let (key, req) = subscribe(&mut sig, 1_000, "c1", "100", 60, None);
+        mwi.on_subscribe(
+            1_000,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            "100".into(),
+            (2, 1),
+            "pbx",
+        );
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("SIP/2.0 200"), "{}", out[0]);
+        assert!(
+            out[1].starts_with("NOTIFY sip:100@10.0.0.5:5062"),
+            "{}",
+            out[1]
+        );
+        assert!(out[1].contains("Subscription-State: active;expires=60"));
+        assert!(out[1].contains("Voice-Message: 2/1 (0/0)"));
+        assert!(out[1].contains("Messages-Waiting: yes"));
+        assert_eq!(mwi.subscribers_of("100"), vec!["c1".to_string()]);
+        mwi.expire(60_999);
+        assert_eq!(mwi.len(), 1, "still live one millisecond before it ends");
+        mwi.expire(61_000);
+        assert_eq!(mwi.len(), 0);
+        assert!(mwi.subscribers_of("100").is_empty());
+    }
+
+    #[test]
+    fn only_ones_own_mailbox() {
+        let mut sig = signalling();
+        let mut mwi = MwiSubscriptions::new(10);
+        let (key, req) = subscribe(&mut sig, 0, "c1", "200", 60, None);
+        mwi.on_subscribe(0, &mut sig, key, &req, peer(), "100".into(), (0, 0), "pbx");
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].starts_with("SIP/2.0 403"), "{}", out[0]);
+        assert_eq!(mwi.len(), 0);
+    }
+
+    #[test]
+    fn refresh_keeps_the_dialog_and_expires_zero_ends_it() {
+        let mut sig = signalling();
+        let mut mwi = MwiSubscriptions::new(10);
+        let (key, req) = subscribe(&mut sig, 0, "c1", "100", 60, None);
+        mwi.on_subscribe(0, &mut sig, key, &req, peer(), "100".into(), (0, 0), "pbx");
+        let ok = sent(&mut sig).remove(0);
+        let Ok(Message::Response(ok)) = wire::parse(ok.as_bytes()) else {
+            panic!("200 does not parse");
+        };
+        let tag = ok.headers.to.tag().expect("our tag").to_string();
+        assert!(mwi.is_dialog("c1", &tag));
+        assert!(!mwi.is_dialog("c1", "other"));
+        let (key, req) = subscribe(&mut sig, 10_000, "c1", "100", 0, Some(&tag));
+        mwi.on_subscribe(
+            10_000,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            "100".into(),
+            (0, 0),
+            "pbx",
+        );
+        let out = sent(&mut sig);
+        assert!(
+            out[0].contains(&format!("tag={tag}")),
+            "same dialog: {}",
+            out[0]
+        );
+        assert!(
+            out[1].contains("CSeq: 2 NOTIFY"),
+            "CSeq continues: {}",
+            out[1]
+        );
+        assert!(out[1].contains("Subscription-State: terminated;reason=timeout"));
+        assert!(out[1].contains("Messages-Waiting: no"));
+        assert_eq!(mwi.len(), 0);
+    }
+
+    #[test]
+    fn a_full_table_makes_room_only_from_expired_subscriptions() {
+        let mut sig = signalling();
+        let mut mwi = MwiSubscriptions::new(2);
+        for (now, id, expires) in [(0, "c1", 10), (0, "c2", 60)] {
+            let (key, req) = subscribe(&mut sig, now, id, "100", expires, None);
+            mwi.on_subscribe(
+                now,
+                &mut sig,
+                key,
+                &req,
+                peer(),
+                "100".into(),
+                (0, 0),
+                "pbx",
+            );
+        }
+        // c1 expired at 10 s: c3 takes its place.
+        let (key, req) = subscribe(&mut sig, 20_000, "c3", "100", 60, None);
+        mwi.on_subscribe(
+            20_000,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            "100".into(),
+            (0, 0),
+            "pbx",
+        );
+        let mut ids = mwi.subscribers_of("100");
+        ids.sort();
+        assert_eq!(ids, vec!["c2".to_string(), "c3".to_string()]);
+        // Both live: c4 is answered but not kept.
+        sent(&mut sig);
+        let (key, req) = subscribe(&mut sig, 21_000, "c4", "100", 60, None);
+        mwi.on_subscribe(
+            21_000,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            "100".into(),
+            (0, 0),
+            "pbx",
+        );
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 1, "a 200 and no NOTIFY: {out:?}");
+        assert!(out[0].starts_with("SIP/2.0 200"));
+        assert_eq!(mwi.len(), 2);
+        assert!(mwi.subscribers_of("100").iter().all(|c| c != "c4"));
+    }
+
+    #[test]
+    fn summary_body() {
+        assert_eq!(
+            summary("100", "pbx.example", (0, 3)),
+            "Messages-Waiting: no\r\nMessage-Account: sip:100@pbx.example\r\nVoice-Message: 0/3 (0/0)\r\n"
+        );
+        assert!(summary("100", "pbx", (1, 0)).starts_with("Messages-Waiting: yes\r\n"));
+    }
+}
