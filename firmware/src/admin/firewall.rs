@@ -8,7 +8,7 @@ use crate::guard::api::{FwError, FwReply};
 /// The admin reply for the outcome of one `fw` command.
 pub fn reply(result: Result<FwReply, FwError>) -> Reply {
     match result {
-        Ok(FwReply::Status(status)) => Reply::FwStatus(status),
+        Ok(FwReply::Status(status)) => Reply::FwStatus(*status),
         Ok(FwReply::Bans(bans)) => Reply::FwBans(bans),
         Ok(FwReply::Alerts(alerts)) => Reply::FwAlerts(alerts),
         Ok(FwReply::Rules(rules)) => Reply::FwRules(rules),

@@ -89,9 +89,11 @@ mod tests {
         assert_eq!(allow.nets()[0], office);
         assert!(allow.contains(ip("198.51.100.7")));
 
-        let mut detect = DetectConfig::default();
-        detect.trunk_peers = vec![ip("203.0.113.5")];
-        detect.allow = vec!["2001:db8::/64".parse().unwrap()];
+        let detect = DetectConfig {
+            trunk_peers: vec![ip("203.0.113.5")],
+            allow: vec!["2001:db8::/64".parse().unwrap()],
+            ..DetectConfig::default()
+        };
         for trusted in [
             "127.0.0.1",
             "::1",

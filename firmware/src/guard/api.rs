@@ -307,7 +307,7 @@ pub struct FwRuleInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FwReply {
     /// Answer to [`FwCommand::Status`].
-    Status(FwStatusInfo),
+    Status(Box<FwStatusInfo>),
     /// Answer to [`FwCommand::Bans`].
     Bans(FwBansInfo),
     /// Answer to [`FwCommand::Alerts`].

@@ -116,6 +116,11 @@ impl Feeds {
         self.feeds.len()
     }
 
+    /// Whether no feed is configured.
+    pub fn is_empty(&self) -> bool {
+        self.feeds.is_empty()
+    }
+
     /// When [`Feeds::tick`] next has work: a read due, or one in flight to look for.
     pub fn poll_timeout(&self) -> Option<Millis> {
         self.reader.as_ref()?;

@@ -41,13 +41,14 @@ use firewall::net::{canonical, Cidr};
 use firewall::nft::{self, EnforcerHandle, SetOp};
 use pbx_core::endpoint::Event;
 use pbx_core::lockout::TrustedSource;
-use pbx_core::media::session::{MediaCommand, SessionId};
+use pbx_core::media::session::MediaCommand;
 use pbx_core::sip::wire::{self, WireError};
 use pbx_core::sip::{Message, Peer};
 use pbx_core::Millis;
 
 use crate::driver::conn::{ConnNotice, ConnReport};
 use crate::store::{Batch, FirewallChange, Store, StoreError, StoredBan, StoredLock};
+use alert_log::AlertLog;
 use allow::{Added, RuntimeAllow};
 use api::{
     FwAlertInfo, FwCommand, FwError, FwKernelInfo, FwReply, FwRuleHits, FwRuleInfo, FwStatusInfo,
@@ -55,12 +56,15 @@ use api::{
 };
 use config::{EnforceMode, FirewallConfig, Surroundings};
 use feeds::Feeds;
+use rtp::RtpPairs;
 
+pub mod alert_log;
 pub mod allow;
 pub mod api;
 pub mod config;
 pub mod feed;
 pub mod feeds;
+pub mod rtp;
 pub mod tollfraud;
 
 pub use feeds::FEED_POLL_MS;
@@ -73,10 +77,6 @@ const KERNEL_COUNTERS_EVERY: Duration = Duration::from_secs(10);
 const TOLL_FRAUD_BAN_MS: u64 = 24 * 3_600_000;
 /// How often ended bans and locks are deleted from the store.
 const PURGE_EVERY_MS: u64 = 3_600_000;
-/// Alert log lines per rule per window; the rest are counted and summarised.
-const ALERT_LOG_LIMIT: u32 = 10;
-/// The alert log window.
-const ALERT_LOG_WINDOW_MS: u64 = 60_000;
 /// Store writes waiting for `take_writes`; beyond this they are dropped and counted.
 const MAX_PENDING_WRITES: usize = 16_384;
 /// Account locks and unlocks waiting for the daemon.
@@ -129,14 +129,6 @@ impl Mode {
     }
 }
 
-/// Log lines of one rule within the current window.
-#[derive(Debug, Clone, Copy, Default)]
-struct LogWindow {
-    start: Millis,
-    logged: u32,
-    suppressed: u64,
-}
-
 /// The firewall's counters for metrics (see [`Guard::counters`]).
 #[derive(Debug, Clone, Default)]
 pub struct GuardCounters {
@@ -166,9 +158,8 @@ pub struct Guard {
     table: String,
     /// Whether RTP ports are opened per call in the kernel.
     rtp_closed: bool,
-    /// (remote address, local RTP/RTCP port) pairs opened in the kernel per media session,
-    /// sorted.
-    rtp_sessions: HashMap<SessionId, Vec<(IpAddr, u16)>>,
+    /// The RTP pairs opened in the kernel per media session.
+    rtp: RtpPairs,
     /// Networks added with `fw allow` (not persisted).
     allow: RuntimeAllow,
     /// Store writes for the daemon's next batch.
@@ -180,9 +171,8 @@ pub struct Guard {
     /// the same count but does not expose it per address, and the store needs it so repeat
     /// offenders still escalate after a reboot.
     ban_days: HashMap<IpAddr, (u32, Millis)>,
-    log_windows: [LogWindow; Rule::ALL.len()],
-    alerts_logged: u64,
-    alerts_suppressed: u64,
+    /// Alert log lines, rate-limited per rule.
+    alert_log: AlertLog,
     next_maintenance: Millis,
     next_purge: Millis,
     inspected: u64,
@@ -224,16 +214,14 @@ impl Guard {
             enforcer: None,
             table: format!("inet {}", fw.table),
             rtp_closed: fw.rtp_closed(site),
-            rtp_sessions: HashMap::new(),
+            rtp: RtpPairs::default(),
             allow: RuntimeAllow::default(),
             pending: Vec::new(),
             writes_dropped: 0,
             locks_out: VecDeque::new(),
             unlocks_out: VecDeque::new(),
             ban_days: HashMap::new(),
-            log_windows: [LogWindow::default(); Rule::ALL.len()],
-            alerts_logged: 0,
-            alerts_suppressed: 0,
+            alert_log: AlertLog::default(),
             next_maintenance: now.saturating_add(MAINTENANCE_MS),
             next_purge: now.saturating_add(PURGE_EVERY_MS),
             inspected: 0,
@@ -544,63 +532,10 @@ impl Guard {
     /// `allowed_ips`, or its SDP address if there are none) on the leg's RTP port and the
     /// RTCP port above it. No-op unless enforcing with `rtp_closed`.
     pub fn media(&mut self, cmd: &MediaCommand) {
-        // The anchor gives a leg at most two addresses (signalling and SDP); a bound keeps a
-        // session's pairs few whatever a command holds.
-        const MAX_LEG_ADDRS: usize = 4;
         if !self.rtp_closed || self.enforcer.is_none() {
             return;
         }
-        let (session, new_pairs) = match cmd {
-            MediaCommand::Open { session, a, b } | MediaCommand::Update { session, a, b } => {
-                let mut pairs: Vec<(IpAddr, u16)> = Vec::new();
-                for leg in [a, b] {
-                    // Port 0 is a leg that does not exist (a caller alone with a prompt).
-                    if leg.local_port == 0 {
-                        continue;
-                    }
-                    // The same addresses as the relay's latch (`ip_allowed`).
-                    let addrs: Vec<IpAddr> = if leg.allowed_ips.is_empty() {
-                        leg.remote.iter().map(|r| r.ip()).collect()
-                    } else {
-                        leg.allowed_ips
-                            .iter()
-                            .take(MAX_LEG_ADDRS)
-                            .copied()
-                            .collect()
-                    };
-                    let ports = [Some(leg.local_port), leg.local_port.checked_add(1)];
-                    for ip in addrs {
-                        let ip = canonical(ip);
-                        pairs.extend(ports.iter().flatten().map(|&port| (ip, port)));
-                    }
-                }
-                pairs.sort_unstable();
-                pairs.dedup();
-                (*session, pairs)
-            }
-            MediaCommand::Close { session } => (*session, Vec::new()),
-            // Prompts and recordings do not change who may send.
-            #[allow(unreachable_patterns)]
-            _ => return,
-        };
-        let old = if new_pairs.is_empty() {
-            self.rtp_sessions.remove(&session).unwrap_or_default()
-        } else {
-            self.rtp_sessions
-                .insert(session, new_pairs.clone())
-                .unwrap_or_default()
-        };
-        let mut ops: Vec<SetOp> = new_pairs
-            .iter()
-            .filter(|p| old.binary_search(p).is_err())
-            .map(|&(addr, port)| SetOp::RtpOpen { addr, port })
-            .collect();
-        ops.extend(
-            old.iter()
-                .filter(|p| new_pairs.binary_search(p).is_err())
-                .map(|&(addr, port)| SetOp::RtpClose { addr, port }),
-        );
-        for op in ops {
+        for op in self.rtp.update(cmd) {
             self.enforce(op);
         }
     }
@@ -733,16 +668,7 @@ impl Guard {
         if let Some(e) = &mut self.enforcer {
             e.verify();
         }
-        for (i, w) in self.log_windows.iter_mut().enumerate() {
-            if w.suppressed > 0 && now >= w.start.saturating_add(ALERT_LOG_WINDOW_MS) {
-                tracing::warn!(
-                    rule = %Rule::ALL[i],
-                    "firewall: {} more {} alerts in the last minute were not logged (see `outpostctl fw alerts`)",
-                    w.suppressed, Rule::ALL[i]
-                );
-                *w = LogWindow::default();
-            }
-        }
+        self.alert_log.flush(now);
         if self.writes_dropped > 0 {
             tracing::error!(
                 dropped = self.writes_dropped,
@@ -771,7 +697,9 @@ impl Guard {
             tracing::error!(%err, "firewall: store write failed");
         }
         match cmd {
-            FwCommand::Status => self.status(now, store).map(FwReply::Status),
+            FwCommand::Status => self
+                .status(now, store)
+                .map(|st| FwReply::Status(Box::new(st))),
             FwCommand::Bans => Ok(FwReply::Bans(api::ban_list(
                 now,
                 self.detector.bans(now),
@@ -956,37 +884,7 @@ impl Guard {
     }
 
     fn log_alert(&mut self, now: Millis, alert: &Alert) {
-        let i = rule_index(alert.rule);
-        let w = &mut self.log_windows[i];
-        if now >= w.start.saturating_add(ALERT_LOG_WINDOW_MS) {
-            if w.suppressed > 0 {
-                tracing::warn!(
-                    rule = %alert.rule,
-                    "firewall: {} more {} alerts in the last minute were not logged (see `outpostctl fw alerts`)",
-                    w.suppressed, alert.rule
-                );
-            }
-            *w = LogWindow {
-                start: now,
-                logged: 0,
-                suppressed: 0,
-            };
-        }
-        if w.logged >= ALERT_LOG_LIMIT {
-            w.suppressed += 1;
-            self.alerts_suppressed += 1;
-            return;
-        }
-        w.logged += 1;
-        self.alerts_logged += 1;
-        tracing::warn!(
-            rule = %alert.rule,
-            addr = ?alert.addr,
-            user = ?alert.user,
-            enforced = alert.enforced,
-            "firewall: {}",
-            alert.message.escape_debug()
-        );
+        self.alert_log.log(now, alert);
     }
 
     fn conn_notice(&mut self, notice: ConnNotice) {
@@ -1292,10 +1190,6 @@ fn request_uri_len(bytes: &[u8]) -> usize {
         .map_or(0, <[u8]>::len)
 }
 
-fn rule_index(rule: Rule) -> usize {
-    Rule::ALL.iter().position(|&r| r == rule).unwrap_or(0)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
@@ -1543,7 +1437,7 @@ mod tests {
             },
             &store,
         );
-        assert!(matches!(bad, Err(_)));
+        assert!(bad.is_err());
     }
 
     #[test]
@@ -1642,8 +1536,12 @@ mod tests {
                 &options(&src, "friendly-scanner", n)
             ));
         }
-        assert_eq!(g.alerts_logged, 10, "at most 10 lines per rule per minute");
-        assert_eq!(g.alerts_suppressed, 15);
+        assert_eq!(
+            g.alert_log.logged(),
+            10,
+            "at most 10 lines per rule per minute"
+        );
+        assert_eq!(g.alert_log.suppressed(), 15);
         // Next minute: logging resumes.
         let src = "198.51.100.99";
         assert!(!inspect(
@@ -1652,7 +1550,7 @@ mod tests {
             src,
             &options(src, "sipcli/1.8", 99)
         ));
-        assert_eq!(g.alerts_logged, 11);
+        assert_eq!(g.alert_log.logged(), 11);
 
         let Ok(FwReply::Alerts(alerts)) = g.admin(T0 + MIN, FwCommand::Alerts { limit: 5 }, &store)
         else {
@@ -1710,16 +1608,15 @@ mod tests {
             &options(office, "sipsak 0.9", 2)
         ));
         assert!(store.fw_bans().unwrap().is_empty());
-        assert!(matches!(
-            g.admin(
+        assert!(g
+            .admin(
                 T0,
                 FwCommand::Allow {
                     cidr: "10.0.0.0/33".into()
                 },
                 &store
-            ),
-            Err(_)
-        ));
+            )
+            .is_err());
         let Ok(FwReply::Status(st)) = g.admin(T0, FwCommand::Status, &store) else {
             panic!("not a status")
         };
@@ -1902,7 +1799,7 @@ mod tests {
         let mut g = start(&config(), &store, T0);
         // Without the kernel nothing is tracked.
         g.media(&MediaCommand::Close { session: 1 });
-        assert!(g.rtp_sessions.is_empty());
+        assert!(g.rtp.is_empty());
         let cfg = FirewallConfig::default().nft_config(&site());
         assert_eq!(cfg.sip_ports, [5060]);
         assert_eq!(cfg.rtp_range, (10000, 10999));
@@ -2095,7 +1992,7 @@ mod tests {
             ops(),
             [close("198.51.100.9", 10000), close("198.51.100.9", 10001)]
         );
-        assert_eq!(g.rtp_sessions.len(), 1);
+        assert_eq!(g.rtp.len(), 1);
         g.media(&MediaCommand::Close { session: 7 });
         assert!(ops().is_empty(), "closing twice sends nothing");
         g.media(&MediaCommand::Close { session: 8 });
@@ -2103,7 +2000,7 @@ mod tests {
             ops(),
             [close("2001:db8::5", 10004), close("2001:db8::5", 10005)]
         );
-        assert!(g.rtp_sessions.is_empty());
+        assert!(g.rtp.is_empty());
     }
 
     /// A stand-in for the enforcer thread: the test reads what it would be sent.
@@ -2567,7 +2464,7 @@ mod tests {
                 },
                 &store2,
             );
-            assert!(matches!(reply, Err(_)), "{text}: {reply:?}");
+            assert!(reply.is_err(), "{text}: {reply:?}");
         }
         let mut mcfg = config();
         mcfg.monitor = true;
@@ -2580,7 +2477,7 @@ mod tests {
             },
             &store2,
         );
-        assert!(matches!(reply, Err(_)), "{reply:?}");
+        assert!(reply.is_err(), "{reply:?}");
     }
 
     #[test]
@@ -2641,8 +2538,10 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut cfg = FirewallConfig::default();
-        cfg.table = "guardtest".into();
+        let cfg = FirewallConfig {
+            table: "guardtest".into(),
+            ..FirewallConfig::default()
+        };
         let mut g = start(&cfg, &store, T0);
         assert_eq!(g.mode(), &Mode::Enforcing);
         let ban4 = || nft(&["list", "set", "inet", "guardtest", "ban4"]);
