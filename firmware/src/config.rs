@@ -305,250 +305,39 @@ impl MediaConfig {
     }
 }
 
-/// `[firewall]` section; the detector's rules are the nested table `[firewall.detect]`
-/// (with `[firewall.detect.flood]`, `[firewall.detect.auth_source]`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FirewallConfig {
-    /// Kernel enforcement: `auto` uses nftables when running as root (CAP_NET_ADMIN) and
-    /// `nft` works, else inspects and drops in user space only and says why at start;
-    /// `off` never touches nftables.
-    pub enforce: EnforceMode,
-    /// Detect and alert only: nothing is dropped, banned or locked, and no nftables table is
-    /// installed (for rollout). Same as `detect.monitor`; either turns it on.
-    pub monitor: bool,
-    /// The detection rules; defaults are DESIGN.md's table.
-    pub detect: firewall::detect::DetectConfig,
-    /// Name of our nftables table in family `inet`.
-    pub table: String,
-    /// The `nft` program: a name looked up in PATH, or a path.
-    pub nft: String,
-    /// Drop packets to relay ports that no live call opened (only with `media.enabled`).
-    pub rtp_closed: bool,
-    /// Per-source packets per second on the SIP ports above which the kernel drops (a
-    /// safety net far above what the detector bans for); 0 turns the meter off.
-    pub kernel_flood_per_second: u32,
-    /// Packets a source may send above that rate in a burst.
-    pub kernel_flood_burst: u32,
-    /// Packets per second of a trunk's own traffic (its address, transport and port, or
-    /// `inbound_from` networks) above which the kernel drops; higher than
-    /// `kernel_flood_per_second` because a provider carries many calls. 0 meters trunks
-    /// like every other source.
-    pub kernel_trunk_per_second: u32,
-    /// Packets a trunk may send above that rate in a burst.
-    pub kernel_trunk_burst: u32,
-    /// Blocklist feeds re-read on a schedule (`[[firewall.feeds]]` tables, or
-    /// `feeds = [{ source = "/path", refresh_secs = 3600, ban_secs = 86400 }]`).
-    pub feeds: Vec<FeedConfig>,
-    /// `[firewall.policy]`: the toll-fraud policy for outbound calls (emergency numbers
-    /// come from `[dialplan] emergency`).
-    pub policy: firewall::policy::PolicyConfig,
-    /// `[firewall.connections]`: per-source caps and deadlines of TCP/TLS connections.
-    pub connections: ConnectionsConfig,
-}
+/// The firewall's sections (`[firewall]` and its tables), defined with the firewall.
+pub use crate::guard::config::{
+    ConnectionsConfig, EnforceMode, FeedConfig, FirewallConfig, KernelConnLimit, MAX_FEEDS,
+};
 
-/// `[firewall.connections]`: how many TCP/TLS connections a source may hold and how long a
-/// connection may take to say something (see `firmware/src/driver/conn.rs`). Enforced in
-/// every firewall mode (like any resource limit); bans for connection floods are the
-/// detector's rule `connection_flood`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConnectionsConfig {
-    /// Connections a source that has not authenticated may hold (IPv6: per /64).
-    pub per_source: u32,
-    /// Connections a source that authenticated within `firewall.detect.unknown_host.pass_ms`
-    /// may hold (a NATed office's phones share one address).
-    pub per_source_authenticated: u32,
-    /// Connections at once, incoming and outgoing.
-    pub max: usize,
-    /// Of `max`, slots only authenticated and trusted sources (and our own outgoing
-    /// connections) may take.
-    pub reserved_authenticated: usize,
-    /// Seconds a new connection has to deliver its first complete SIP message.
-    pub first_message_secs: u64,
-    /// Seconds a message has, once its first byte arrived, to be complete.
-    pub message_secs: u64,
-    /// Idle timeout of a connection that has not carried an authenticated request.
-    pub idle_secs: u64,
-    /// Idle timeout of one that has (CRLF keep-alives count as alive).
-    pub idle_authenticated_secs: u64,
-    /// Also limit connections per source in the kernel, so a flood is dropped before
-    /// `accept` (needs kernel enforcement): `syn_rate` (the default) limits a source's new
-    /// connections per second to twice the caps above, with a burst as large (a stateless
-    /// meter); `count` caps the connections it holds at twice the caps above (nftables `ct
-    /// count`, which makes the kernel track connections for all traffic: a UDP flood then
-    /// costs the kernel ~15 % more per packet, see bench/README.md); `off` leaves it to the
-    /// daemon.
-    pub kernel: KernelConnLimit,
-}
-
-/// `firewall.connections.kernel`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KernelConnLimit {
-    /// Connections held at once (`ct count`).
-    Count,
-    /// New connections per second (a SYN meter).
-    SynRate,
-    /// No kernel limit.
-    Off,
-}
-
-impl Default for ConnectionsConfig {
-    fn default() -> Self {
-        let l = crate::driver::conn::ConnLimits::default();
-        ConnectionsConfig {
-            per_source: l.per_source,
-            per_source_authenticated: l.per_source_authenticated,
-            max: l.max,
-            reserved_authenticated: l.reserved_authenticated,
-            first_message_secs: l.first_message.as_secs(),
-            message_secs: l.message.as_secs(),
-            idle_secs: l.idle.as_secs(),
-            idle_authenticated_secs: l.idle_authenticated.as_secs(),
-            kernel: KernelConnLimit::SynRate,
+impl Config {
+    /// What the firewall needs from the other sections (trunk addresses resolved now).
+    pub fn firewall_surroundings(&self) -> crate::guard::config::Surroundings {
+        use crate::guard::config::{Surroundings, TrunkSite};
+        let ports = |listen: &[SocketAddr]| listen.iter().map(SocketAddr::port).collect();
+        Surroundings {
+            sip_ports: ports(&self.sip.listen),
+            tls_ports: ports(&self.tls.listen),
+            rtp_range: self
+                .media
+                .enabled
+                .then_some((self.media.port_first, self.media.port_last)),
+            trunks: self
+                .trunk
+                .iter()
+                .map(|t| TrunkSite {
+                    addr: t.resolve().ok(),
+                    transport: t.transport_kind(),
+                    inbound: t
+                        .inbound_nets()
+                        .iter()
+                        .filter_map(|n| firewall::net::Cidr::new(n.network(), n.prefix()).ok())
+                        .collect(),
+                })
+                .collect(),
+            emergency: self.dialplan.emergency.clone(),
         }
     }
-}
-
-impl ConnectionsConfig {
-    /// The driver's limits.
-    pub fn limits(&self) -> crate::driver::conn::ConnLimits {
-        use std::time::Duration;
-        crate::driver::conn::ConnLimits {
-            per_source: self.per_source,
-            per_source_authenticated: self.per_source_authenticated,
-            max: self.max,
-            reserved_authenticated: self.reserved_authenticated,
-            first_message: Duration::from_secs(self.first_message_secs),
-            message: Duration::from_secs(self.message_secs),
-            idle: Duration::from_secs(self.idle_secs),
-            idle_authenticated: Duration::from_secs(self.idle_authenticated_secs),
-        }
-    }
-}
-
-impl Default for FirewallConfig {
-    fn default() -> Self {
-        let nft = firewall::nft::NftConfig::default();
-        let flood = firewall::nft::FloodLimit::default();
-        FirewallConfig {
-            enforce: EnforceMode::Auto,
-            monitor: false,
-            detect: firewall::detect::DetectConfig::default(),
-            table: nft.table,
-            nft: nft.nft,
-            rtp_closed: true,
-            kernel_flood_per_second: flood.per_second,
-            kernel_flood_burst: flood.burst,
-            kernel_trunk_per_second: firewall::nft::FloodLimit::TRUNK_DEFAULT.per_second,
-            kernel_trunk_burst: firewall::nft::FloodLimit::TRUNK_DEFAULT.burst,
-            feeds: Vec::new(),
-            policy: firewall::policy::PolicyConfig::default(),
-            connections: ConnectionsConfig::default(),
-        }
-    }
-}
-
-/// Most feeds in `[firewall] feeds`.
-pub const MAX_FEEDS: usize = 8;
-/// Longest `refresh_secs` of a feed: a week.
-const MAX_FEED_REFRESH_SECS: u64 = 7 * 24 * 3600;
-
-/// One blocklist feed: a file of addresses or networks, one per line (`#` comments) or
-/// JSON (an array of strings, or `outpostctl fw export`'s document). Its entries are
-/// banned (rule `feed`) for `ban_secs`, renewed while they stay listed, and lifted at the
-/// first refresh that no longer lists them. Allow-listed networks, trunk peers and
-/// loopback are never banned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FeedConfig {
-    /// Absolute path of the file. HTTPS URLs are refused: not supported yet.
-    pub source: String,
-    /// Seconds between two reads of the file (1 to 604800).
-    #[serde(default = "default_feed_refresh_secs")]
-    pub refresh_secs: u64,
-    /// How long a listed address stays banned after the last read that listed it; at
-    /// least `refresh_secs`, so bans do not lapse between reads.
-    #[serde(default = "default_feed_ban_secs")]
-    pub ban_secs: u64,
-}
-
-fn default_feed_refresh_secs() -> u64 {
-    3_600
-}
-
-fn default_feed_ban_secs() -> u64 {
-    86_400
-}
-
-impl FeedConfig {
-    /// Why this feed cannot be used, naming the offending key (`source`, `refresh_secs`, ...).
-    fn check(&self) -> Result<(), (&'static str, String)> {
-        let lower = self.source.trim().to_ascii_lowercase();
-        if lower.starts_with("https://") || lower.starts_with("http://") {
-            return Err((
-                "source",
-                format!(
-                    "{:?}: HTTPS feeds are not supported yet (outpostd has no HTTP client); \
-                     download the list to a file (e.g. from cron) and give its absolute path",
-                    self.source
-                ),
-            ));
-        }
-        if lower.contains("://") {
-            return Err((
-                "source",
-                format!("{:?}: only file paths are supported", self.source),
-            ));
-        }
-        if !Path::new(&self.source).is_absolute() {
-            return Err((
-                "source",
-                format!("{:?}: must be an absolute file path", self.source),
-            ));
-        }
-        if !(1..=MAX_FEED_REFRESH_SECS).contains(&self.refresh_secs) {
-            return Err((
-                "refresh_secs",
-                format!("must be between 1 and {MAX_FEED_REFRESH_SECS}"),
-            ));
-        }
-        if self.ban_secs > firewall::nft::MAX_BAN_SECS {
-            return Err((
-                "ban_secs",
-                format!("must be at most {}", firewall::nft::MAX_BAN_SECS),
-            ));
-        }
-        if self.ban_secs < self.refresh_secs {
-            return Err((
-                "ban_secs",
-                format!(
-                    "{} is shorter than refresh_secs ({}): bans would lapse between reads",
-                    self.ban_secs, self.refresh_secs
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl FirewallConfig {
-    /// Whether monitor mode is on (`monitor` or `detect.monitor`).
-    pub fn monitor_mode(&self) -> bool {
-        self.monitor || self.detect.monitor
-    }
-}
-
-/// `firewall.enforce`: whether the kernel enforces bans.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EnforceMode {
-    /// nftables when possible, user space only otherwise (the reason is logged at start).
-    #[default]
-    Auto,
-    /// User space only.
-    Off,
 }
 
 /// `[voicemail]` section: callers who reach no phone (no answer, busy, offline) leave a

@@ -214,7 +214,12 @@ pub async fn run(
         });
         relay = Some(r);
     }
-    let guard = Guard::start(&cfg, &store, clock.now());
+    let guard = Guard::start(
+        &cfg.firewall,
+        &cfg.firewall_surroundings(),
+        &store,
+        clock.now(),
+    );
     transports.set_conn_limits(cfg.firewall.connections.limits());
     transports.set_trusted(guard.trusted_networks());
     let store = std::sync::Arc::new(store);
@@ -949,11 +954,11 @@ impl Daemon {
                 }
             }
             PanelAction::UnbanLast(addr) => {
-                let reply = self.guard.admin(
+                let reply = crate::admin::firewall::reply(self.guard.admin(
                     now,
                     crate::admin::proto::FwCommand::Unban { addr: addr.clone() },
                     &self.store,
-                );
+                ));
                 tracing::info!(%addr, ?reply, "front panel: unban");
             }
             PanelAction::SetNetwork(setting) => {
@@ -1138,7 +1143,8 @@ impl Daemon {
         }
         self.endpoint.reconfigure(now, &e);
         self.endpoint_cfg = e;
-        self.guard.set_policy(new);
+        self.guard
+            .set_policy(&new.firewall, &new.dialplan.emergency);
         crate::system::apply_hostname(&new.system);
         Ok(restart)
     }
@@ -1505,8 +1511,9 @@ impl Daemon {
                 Reply::done(format!("message {id} of mailbox {} deleted", msg.mailbox))
             }
             Command::Fw(fw) => {
-                let mut reply =
-                    tokio::task::block_in_place(|| self.guard.admin(now, fw, &self.store));
+                let mut reply = crate::admin::firewall::reply(tokio::task::block_in_place(|| {
+                    self.guard.admin(now, fw, &self.store)
+                }));
                 if let Reply::FwStatus(st) = &mut reply {
                     st.connections = Some(Box::new(self.transports.conn_stats()));
                 }

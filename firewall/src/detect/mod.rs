@@ -1304,8 +1304,8 @@ fn ban_reason(b: &BanRecord) -> String {
     }
 }
 
-/// A duration for humans: `300 s`, `10 min`, `24 h`, `7 d`.
-fn fmt_ms(ms: u64) -> String {
+/// A duration for humans: `300 s`, `10 min`, `24 h`, `7 d` (alert texts, rule tables).
+pub fn fmt_ms(ms: u64) -> String {
     const S: u64 = 1_000;
     match ms {
         0 => "0 s".to_string(),

@@ -57,8 +57,10 @@
 //! deleted (so deleting an absent pair is safe too); the allow sets are rewritten whole from our copy (small, rarely changed).
 //!
 //! Every call blocks for one nft run (a few ms; tens of ms for thousands of elements):
-//! call it from a blocking thread, not from the async runtime's workers.
+//! call it from a blocking thread, not from the async runtime's workers. [`enforcer`] is
+//! that thread: [`EnforcerHandle`] queues set updates to it and reads back its state.
 
+pub mod enforcer;
 mod ruleset;
 mod runner;
 
@@ -71,6 +73,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::net::{canonical, Cidr};
+pub use enforcer::{EnforcerHandle, KernelState, SentOps};
 use runner::Runner;
 
 /// Most trunk peer entries in the kernel's trunk sets (trunks × (1 + `inbound_from`)).

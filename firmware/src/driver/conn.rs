@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use firewall::net::{canonical, is_loopback, Cidr};
+use pbx_core::sip::Peer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -159,6 +160,32 @@ pub struct ConnReport {
     pub sources: Vec<(IpAddr, u32, u32)>,
     /// Connections refused because the unauthenticated pool (or every slot) was full.
     pub pool_refused: u32,
+}
+
+/// What the firewall tells the SIP transports about connections (see
+/// `Transports::conn_notice`); the daemon drains them from the firewall each turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnNotice {
+    /// A request from `src` authenticated: the source gets the higher connection cap for
+    /// `for_ms` (the detector's pass), and the connection it came over (TCP, TLS) the long
+    /// idle timeout.
+    Authenticated {
+        /// The request's transport and source.
+        src: Peer,
+        /// How long the source counts as authenticated.
+        for_ms: u64,
+    },
+    /// Close the source's connections and refuse new ones for `for_ms`.
+    Banned {
+        /// The banned address.
+        addr: IpAddr,
+        /// Ban length.
+        for_ms: u64,
+    },
+    /// The admin lifted a ban.
+    Unbanned(IpAddr),
+    /// The admin allowed a network (`fw allow`): no per-source cap.
+    Trusted(Cidr),
 }
 
 /// One connection's shared state: set by the daemon's task, read by the connection's.

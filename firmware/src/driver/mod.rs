@@ -174,9 +174,9 @@ impl Transports {
         conn::lock(&self.conns).set_trusted(nets);
     }
 
-    /// What the firewall decided about connections (see [`crate::guard::ConnNotice`]).
-    pub fn conn_notice(&mut self, notice: crate::guard::ConnNotice) {
-        use crate::guard::ConnNotice;
+    /// What the firewall decided about connections (see [`conn::ConnNotice`]).
+    pub fn conn_notice(&mut self, notice: conn::ConnNotice) {
+        use conn::ConnNotice;
         let now = conn::mono_ms();
         let mut t = conn::lock(&self.conns);
         match notice {
@@ -872,7 +872,7 @@ mod tests {
             .await;
         }
         // The call core authenticated a request on the phone's connection.
-        t.conn_notice(crate::guard::ConnNotice::Authenticated {
+        t.conn_notice(conn::ConnNotice::Authenticated {
             src: Peer {
                 transport: Transport::Tcp,
                 addr: phone_addr,
@@ -903,7 +903,7 @@ mod tests {
             (1, 1, 0)
         );
         // A ban closes what is left, at once.
-        t.conn_notice(crate::guard::ConnNotice::Banned {
+        t.conn_notice(conn::ConnNotice::Banned {
             addr: addr.ip(),
             for_ms: 60_000,
         });

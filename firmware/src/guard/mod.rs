@@ -1,67 +1,73 @@
-//! The firewall in the daemon: inspection before the call core, the core's feedback, the
-//! kernel enforcer thread, persistence of bans, locks and alerts, and the `fw` admin commands.
+//! The firewall in the daemon: inspection before the call core, the core's feedback, and
+//! what follows from them — kernel set updates, store writes, account locks for the core and
+//! notices for the SIP transports — plus the `fw` admin commands.
 //!
-//! [`Guard`] is sans-IO like the detector it wraps, except for two things it owns: the
-//! enforcer thread (nft runs block for milliseconds, so they never run on the daemon's task)
-//! and a queue of store writes the daemon commits with its own batch ([`Guard::take_writes`]),
-//! so a ban costs no extra fsync. Order of use per daemon turn:
+//! [`Guard`] wraps the pure detector and owns, besides it:
+//! - the enforcer thread ([`EnforcerHandle`], `firewall::nft::enforcer`): nft runs block for
+//!   milliseconds, so they never run on the daemon's task;
+//! - the blocklist feeds ([`feeds::Feeds`]) and their `feed-reader` thread;
+//! - a queue of store writes (bans, locks, alerts) the daemon commits with its own batch
+//!   ([`Guard::take_writes`]), so a ban costs no extra fsync; the admin commands, the
+//!   toll-fraud locks and the start-up restore write the store directly;
+//! - the toll-fraud policy shared with the call core's gate ([`tollfraud`]).
+//!
+//! Time is passed in (`now`) for everything the detector decides; only the metrics'
+//! refresh interval reads the system clock. Order of use per daemon turn:
 //!
 //! 1. for each inbound message: `inspect` (false = drop it), then the core;
-//! 2. for each core event: `feedback` (auth outcomes) or `media` (RTP ports);
+//! 2. for each core event: `feedback` (auth outcomes) or `media` (RTP ports); the
+//!    transports' reports go to `connections`;
 //! 3. drain `poll_lock` / `poll_unlock` into the endpoint, and hand each lock back the
-//!    sources it does not apply to (`lock_exempt`) so they are stored with it;
+//!    sources it does not apply to (`lock_exempt`) so they are stored with it; drain
+//!    `poll_conn_notice` into the transports;
 //! 4. `take_writes` into the turn's store batch;
-//! 5. `handle_timeout` when `poll_timeout` is due.
+//! 5. `handle_timeout` when `poll_timeout` is due (feed reads, detector expiry, the kernel
+//!    table's check every 5 s, the hourly purge of ended bans).
 //!
-//! Runtime allow-list additions (`outpostctl fw allow`) are not kept across a restart; the
-//! permanent list is `[firewall.detect] allow` in the configuration.
-//!
-//! # Blocklist feeds
-//! Each `[firewall] feeds` file is read by the `feed-reader` thread when `handle_timeout`
-//! finds it due (at start, then every `refresh_secs`); the next `handle_timeout` (within
-//! [`FEED_POLL_MS`]) takes the result. Its addresses are banned with rule `feed` for
-//! `ban_secs` (renewed once half of that has passed, while they stay listed) and lifted at
-//! the first good read that no longer lists them. A read that fails (file missing, too
-//! large, not a feed) changes nothing: the bans of the last good read stay until they end.
-//! Allow-listed networks, trunk peers, loopback and `fw allow` networks are never banned.
-//! Feed bans are not written to the store (the file is their record and is read again at
-//! start) and are not exported. An address already banned by a rule for longer keeps that
-//! ban; one banned for less is taken over by the feed and gets its old ban back (if still
-//! running) when it leaves the feed. `outpostctl fw import` bans a list once (rule
-//! `manual`, stored like any ban); `fw export` writes our own bans in the same format.
+//! The `fw` commands ([`Guard::admin`]) answer with the typed [`api::FwReply`] or
+//! [`api::FwError`]; the admin layer turns them into its reply. Runtime allow-list
+//! additions ([`allow`]) are not kept across a restart. `outpostctl fw import` bans a list
+//! once (rule `manual`, stored like any ban); `fw export` writes our own bans in the feeds'
+//! format.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use firewall::detect::{
-    header_names, Alert, DetectConfig, Detector, Observation, Rule, Verdict, MAX_HEADER_NAMES,
+    header_names, Alert, Detector, Observation, Rule, Verdict, MAX_HEADER_NAMES,
 };
-use firewall::net::{canonical, is_loopback, Cidr};
-use firewall::nft::{
-    self, Counters, Enforcer, FloodLimit, NftConfig, NftError, SetOp, TrunkPeer, TrunkProto,
-};
+use firewall::net::{canonical, Cidr};
+use firewall::nft::{self, EnforcerHandle, SetOp};
 use pbx_core::endpoint::Event;
 use pbx_core::lockout::TrustedSource;
-use pbx_core::media::session::{MediaCommand, SessionId};
+use pbx_core::media::session::MediaCommand;
 use pbx_core::sip::wire::{self, WireError};
-use pbx_core::sip::{Message, Peer, Transport};
+use pbx_core::sip::{Message, Peer};
 use pbx_core::Millis;
 
-use crate::admin::proto::{
-    FwAlertInfo, FwBanInfo, FwBansInfo, FwCommand, FwExport, FwExportBan, FwFeedInfo, FwKernelInfo,
-    FwLockInfo, FwRuleHits, FwRuleInfo, FwStatusInfo, Reply,
-};
-use crate::config::{Config, EnforceMode};
-use crate::driver::conn::ConnReport;
+use crate::driver::conn::{ConnNotice, ConnReport};
 use crate::store::{Batch, FirewallChange, Store, StoreError, StoredBan, StoredLock};
-use feed::{FeedError, FeedReader, ParsedFeed, MAX_FEED_BYTES, MAX_FEED_ENTRIES};
+use alert_log::AlertLog;
+use allow::{Added, RuntimeAllow};
+use api::{
+    FwAlertInfo, FwCommand, FwError, FwKernelInfo, FwReply, FwRuleHits, FwRuleInfo, FwStatusInfo,
+    MAX_LISTED,
+};
+use config::{EnforceMode, FirewallConfig, Surroundings};
+use feeds::Feeds;
+use rtp::RtpPairs;
 
+pub mod alert_log;
+pub mod allow;
+pub mod api;
+pub mod config;
 pub mod feed;
+pub mod feeds;
+pub mod rtp;
 pub mod tollfraud;
+
+pub use feeds::FEED_POLL_MS;
 
 /// How often the kernel table is verified (and restored if changed from outside).
 const MAINTENANCE_MS: u64 = 5_000;
@@ -71,31 +77,12 @@ const KERNEL_COUNTERS_EVERY: Duration = Duration::from_secs(10);
 const TOLL_FRAUD_BAN_MS: u64 = 24 * 3_600_000;
 /// How often ended bans and locks are deleted from the store.
 const PURGE_EVERY_MS: u64 = 3_600_000;
-/// Alert log lines per rule per window; the rest are counted and summarised.
-const ALERT_LOG_LIMIT: u32 = 10;
-/// The alert log window.
-const ALERT_LOG_WINDOW_MS: u64 = 60_000;
 /// Store writes waiting for `take_writes`; beyond this they are dropped and counted.
 const MAX_PENDING_WRITES: usize = 16_384;
 /// Account locks and unlocks waiting for the daemon.
 const MAX_QUEUED_LOCKS: usize = 4_096;
-/// Networks `fw allow` may add.
-const MAX_RUNTIME_ALLOW: usize = 256;
-/// Set updates waiting for the enforcer thread.
-const ENFORCER_QUEUE: usize = 65_536;
-/// Most set updates in one nft run.
-const MAX_OPS_PER_BATCH: usize = 20_000;
-/// Longest the daemon waits for fresh kernel counters before using the cached ones.
-const COUNTERS_WAIT: Duration = Duration::from_millis(50);
-/// Most bans, locks or alerts in one admin listing (a reply line is at most 4 MiB).
-const MAX_LISTED: usize = 10_000;
-/// Most bans the enforcer thread remembers for a restore (twice the detector's default
-/// table; beyond it a ban still reaches the kernel but a restore would not bring it back).
-const MAX_DESIRED: usize = 400_000;
 /// Longest account name accepted by `fw unlock`.
 const MAX_USER_LEN: usize = 64;
-/// How often a feed read in flight is looked for.
-pub const FEED_POLL_MS: u64 = 20;
 /// Notices for the transports waiting for the daemon; the oldest are dropped beyond this.
 const MAX_CONN_NOTICES: usize = 4_096;
 /// Sources whose authentication the kernel was told about (the detector keeps as many
@@ -142,14 +129,6 @@ impl Mode {
     }
 }
 
-/// Log lines of one rule within the current window.
-#[derive(Debug, Clone, Copy, Default)]
-struct LogWindow {
-    start: Millis,
-    logged: u32,
-    suppressed: u64,
-}
-
 /// The firewall's counters for metrics (see [`Guard::counters`]).
 #[derive(Debug, Clone, Default)]
 pub struct GuardCounters {
@@ -166,33 +145,7 @@ pub struct GuardCounters {
     /// Hits per rule.
     pub rule_hits: Vec<(String, u64)>,
     /// The kernel's counters at the last refresh.
-    pub kernel: Option<Counters>,
-}
-
-/// What the firewall tells the SIP transports about connections (see
-/// `driver::Transports::conn_notice`): drained by the daemon with [`Guard::poll_conn_notice`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnNotice {
-    /// A request from `src` authenticated: the source gets the higher connection cap for
-    /// `for_ms` (the detector's pass), and the connection it came over (TCP, TLS) the long
-    /// idle timeout.
-    Authenticated {
-        /// The request's transport and source.
-        src: Peer,
-        /// How long the source counts as authenticated.
-        for_ms: u64,
-    },
-    /// Close the source's connections and refuse new ones for `for_ms`.
-    Banned {
-        /// The banned address.
-        addr: IpAddr,
-        /// Ban length.
-        for_ms: u64,
-    },
-    /// The admin lifted a ban.
-    Unbanned(IpAddr),
-    /// The admin allowed a network (`fw allow`): no per-source cap.
-    Trusted(Cidr),
+    pub kernel: Option<nft::Counters>,
 }
 
 /// The daemon-side firewall: detector, enforcer thread, persistence and admin.
@@ -205,11 +158,10 @@ pub struct Guard {
     table: String,
     /// Whether RTP ports are opened per call in the kernel.
     rtp_closed: bool,
-    /// (remote address, local RTP/RTCP port) pairs opened in the kernel per media session,
-    /// sorted.
-    rtp_sessions: HashMap<SessionId, Vec<(IpAddr, u16)>>,
+    /// The RTP pairs opened in the kernel per media session.
+    rtp: RtpPairs,
     /// Networks added with `fw allow` (not persisted).
-    runtime_allow: Vec<Cidr>,
+    allow: RuntimeAllow,
     /// Store writes for the daemon's next batch.
     pending: Vec<FirewallChange>,
     writes_dropped: u64,
@@ -219,9 +171,8 @@ pub struct Guard {
     /// the same count but does not expose it per address, and the store needs it so repeat
     /// offenders still escalate after a reboot.
     ban_days: HashMap<IpAddr, (u32, Millis)>,
-    log_windows: [LogWindow; Rule::ALL.len()],
-    alerts_logged: u64,
-    alerts_suppressed: u64,
+    /// Alert log lines, rate-limited per rule.
+    alert_log: AlertLog,
     next_maintenance: Millis,
     next_purge: Millis,
     inspected: u64,
@@ -229,16 +180,8 @@ pub struct Guard {
     dropped_rule: u64,
     /// Reused buffer for header names (kept empty between messages).
     names: Vec<&'static str>,
-    /// Blocklist feeds, in configuration order.
-    feeds: Vec<FeedState>,
-    /// Reads feed files off the daemon's loop (None without feeds).
-    feed_reader: Option<FeedReader>,
-    /// When to look for a finished feed read (while one is in flight).
-    feed_poll_at: Option<Millis>,
-    /// Bans a feed took over, to give back when the address leaves the feeds.
-    feed_displaced: HashMap<IpAddr, (Rule, Millis)>,
-    /// Listed addresses past the feeds' overall limit at the last reconciliation.
-    feed_overflow: usize,
+    /// Blocklist feeds.
+    feeds: Feeds,
     /// The toll-fraud policy (shared with the call core's gate).
     toll: tollfraud::TollFraud,
     /// The toll-fraud locks changed: write them with the next persist.
@@ -259,85 +202,34 @@ pub struct Guard {
     pool_refused: u64,
 }
 
-/// One blocklist feed: its settings, what its last good read listed, and its health.
-#[derive(Debug)]
-struct FeedState {
-    path: PathBuf,
-    refresh_ms: u64,
-    ban_ms: u64,
-    /// The addresses to ban from the last good read (trusted ones left out).
-    listed: HashSet<IpAddr>,
-    next_read: Millis,
-    in_flight: bool,
-    health: FwFeedInfo,
-}
-
 impl Guard {
-    /// Builds the firewall from the whole configuration, re-applies the stored bans (with
-    /// their remaining time) and locks, and starts kernel enforcement when possible. Logs
-    /// whether the kernel enforces and, if not, why. Never fails: a store or nft problem
-    /// is logged and the firewall runs in user space.
-    pub fn start(cfg: &Config, store: &Store, now: Millis) -> Guard {
-        let fw = &cfg.firewall;
-        let mut detect: DetectConfig = fw.detect.clone();
-        detect.monitor = fw.monitor_mode();
-        // Trunk peers are never banned.
-        detect.trunk_peers.extend(configured_trunk_peers(cfg));
-        let mut policy = fw.policy.clone();
-        policy.plan.emergency = cfg.dialplan.emergency.clone();
+    /// Builds the firewall from its section and what it needs of the others, re-applies
+    /// the stored bans (with their remaining time) and locks, and starts kernel enforcement
+    /// when possible. Logs whether the kernel enforces and, if not, why. Never fails: a
+    /// store or nft problem is logged and the firewall runs in user space.
+    pub fn start(fw: &FirewallConfig, site: &Surroundings, store: &Store, now: Millis) -> Guard {
         let mut guard = Guard {
-            detector: Detector::new(detect),
+            detector: Detector::new(fw.detect_config(site)),
             mode: Mode::Monitor,
             enforcer: None,
             table: format!("inet {}", fw.table),
-            rtp_closed: fw.rtp_closed && cfg.media.enabled,
-            rtp_sessions: HashMap::new(),
-            runtime_allow: Vec::new(),
+            rtp_closed: fw.rtp_closed(site),
+            rtp: RtpPairs::default(),
+            allow: RuntimeAllow::default(),
             pending: Vec::new(),
             writes_dropped: 0,
             locks_out: VecDeque::new(),
             unlocks_out: VecDeque::new(),
             ban_days: HashMap::new(),
-            log_windows: [LogWindow::default(); Rule::ALL.len()],
-            alerts_logged: 0,
-            alerts_suppressed: 0,
+            alert_log: AlertLog::default(),
             next_maintenance: now.saturating_add(MAINTENANCE_MS),
             next_purge: now.saturating_add(PURGE_EVERY_MS),
             inspected: 0,
             dropped_banned: 0,
             dropped_rule: 0,
             names: Vec::with_capacity(MAX_HEADER_NAMES),
-            feeds: fw
-                .feeds
-                .iter()
-                .map(|f| FeedState {
-                    path: PathBuf::from(&f.source),
-                    refresh_ms: f.refresh_secs.saturating_mul(1_000),
-                    ban_ms: f.ban_secs.saturating_mul(1_000),
-                    listed: HashSet::new(),
-                    next_read: now,
-                    in_flight: false,
-                    health: FwFeedInfo {
-                        source: f.source.clone(),
-                        refresh_secs: f.refresh_secs,
-                        ban_secs: f.ban_secs,
-                        entries: 0,
-                        ignored: 0,
-                        invalid: 0,
-                        too_wide: 0,
-                        truncated: 0,
-                        last_refresh: None,
-                        reads: 0,
-                        failures: 0,
-                        last_error: None,
-                    },
-                })
-                .collect(),
-            feed_reader: None,
-            feed_poll_at: None,
-            feed_displaced: HashMap::new(),
-            feed_overflow: 0,
-            toll: tollfraud::TollFraud::new(policy, store),
+            feeds: Feeds::new(&fw.feeds, now),
+            toll: tollfraud::TollFraud::new(fw.call_policy(&site.emergency), store),
             toll_dirty: false,
             last_ban: None,
             counters_asked: None,
@@ -347,18 +239,6 @@ impl Guard {
             pool_alert_at: None,
             pool_refused: 0,
         };
-        if !guard.feeds.is_empty() {
-            match FeedReader::spawn(guard.feeds.len()) {
-                Ok(reader) => guard.feed_reader = Some(reader),
-                Err(err) => {
-                    tracing::error!(%err, "firewall: cannot start the feed reader thread; blocklist feeds are off");
-                    for f in &mut guard.feeds {
-                        f.health.last_error =
-                            Some(format!("cannot start the feed reader thread: {err}"));
-                    }
-                }
-            }
-        }
         let kernel_bans = guard.restore(store, now);
 
         guard.mode = if fw.monitor_mode() {
@@ -374,7 +254,7 @@ impl Guard {
             }
         };
         if guard.mode == Mode::Enforcing {
-            let nft = nft_config(cfg);
+            let nft = fw.nft_config(site);
             guard.conn_kernel = nft.conn_limit.is_some();
             match EnforcerHandle::spawn(nft, kernel_bans) {
                 Ok(handle) => guard.enforcer = Some(handle),
@@ -423,7 +303,7 @@ impl Guard {
             self.dropped_banned += 1;
             return false;
         }
-        if wire::is_keepalive(bytes) || self.runtime_allowed(ip) {
+        if wire::is_keepalive(bytes) || self.allow.contains(ip) {
             return true;
         }
         self.inspected += 1;
@@ -477,7 +357,7 @@ impl Guard {
                 src, user, known, ..
             } => {
                 let ip = canonical(src.addr.ip());
-                if self.runtime_allowed(ip) {
+                if self.allow.contains(ip) {
                     return;
                 }
                 self.observe(now, Observation::AuthFailure { src: ip, user });
@@ -581,7 +461,7 @@ impl Guard {
     pub fn connections(&mut self, now: Millis, report: &ConnReport) {
         for &(addr, opened, refused) in &report.sources {
             let ip = canonical(addr);
-            if self.runtime_allowed(ip) {
+            if self.allow.contains(ip) {
                 continue;
             }
             self.observe(
@@ -632,7 +512,7 @@ impl Guard {
                 let p = canonical(p);
                 Cidr::new(p, if p.is_ipv4() { 32 } else { 128 }).ok()
             }))
-            .chain(self.runtime_allow.iter().copied())
+            .chain(self.allow.nets().iter().copied())
             .collect()
     }
 
@@ -640,7 +520,7 @@ impl Guard {
     /// SIP authentication failure of that source (rule `auth_failures`).
     pub fn ssh_failure(&mut self, now: Millis, ip: IpAddr) {
         let ip = canonical(ip);
-        if self.runtime_allowed(ip) {
+        if self.allow.contains(ip) {
             return;
         }
         self.observe(now, Observation::SshFailure { src: ip });
@@ -652,63 +532,10 @@ impl Guard {
     /// `allowed_ips`, or its SDP address if there are none) on the leg's RTP port and the
     /// RTCP port above it. No-op unless enforcing with `rtp_closed`.
     pub fn media(&mut self, cmd: &MediaCommand) {
-        // The anchor gives a leg at most two addresses (signalling and SDP); a bound keeps a
-        // session's pairs few whatever a command holds.
-        const MAX_LEG_ADDRS: usize = 4;
         if !self.rtp_closed || self.enforcer.is_none() {
             return;
         }
-        let (session, new_pairs) = match cmd {
-            MediaCommand::Open { session, a, b } | MediaCommand::Update { session, a, b } => {
-                let mut pairs: Vec<(IpAddr, u16)> = Vec::new();
-                for leg in [a, b] {
-                    // Port 0 is a leg that does not exist (a caller alone with a prompt).
-                    if leg.local_port == 0 {
-                        continue;
-                    }
-                    // The same addresses as the relay's latch (`ip_allowed`).
-                    let addrs: Vec<IpAddr> = if leg.allowed_ips.is_empty() {
-                        leg.remote.iter().map(|r| r.ip()).collect()
-                    } else {
-                        leg.allowed_ips
-                            .iter()
-                            .take(MAX_LEG_ADDRS)
-                            .copied()
-                            .collect()
-                    };
-                    let ports = [Some(leg.local_port), leg.local_port.checked_add(1)];
-                    for ip in addrs {
-                        let ip = canonical(ip);
-                        pairs.extend(ports.iter().flatten().map(|&port| (ip, port)));
-                    }
-                }
-                pairs.sort_unstable();
-                pairs.dedup();
-                (*session, pairs)
-            }
-            MediaCommand::Close { session } => (*session, Vec::new()),
-            // Prompts and recordings do not change who may send.
-            #[allow(unreachable_patterns)]
-            _ => return,
-        };
-        let old = if new_pairs.is_empty() {
-            self.rtp_sessions.remove(&session).unwrap_or_default()
-        } else {
-            self.rtp_sessions
-                .insert(session, new_pairs.clone())
-                .unwrap_or_default()
-        };
-        let mut ops: Vec<SetOp> = new_pairs
-            .iter()
-            .filter(|p| old.binary_search(p).is_err())
-            .map(|&(addr, port)| SetOp::RtpOpen { addr, port })
-            .collect();
-        ops.extend(
-            old.iter()
-                .filter(|p| new_pairs.binary_search(p).is_err())
-                .map(|&(addr, port)| SetOp::RtpClose { addr, port }),
-        );
-        for op in ops {
+        for op in self.rtp.update(cmd) {
             self.enforce(op);
         }
     }
@@ -744,16 +571,10 @@ impl Guard {
         batch.firewall.append(&mut self.pending);
     }
 
-    /// Writes the queued store writes now, in their own transaction.
     /// Whether the enforcer thread finished a round within `max` (the guard asks it to
     /// verify the table every few seconds); `None` when the kernel does not enforce.
     pub fn enforcer_fresh(&self, max: Duration) -> Option<bool> {
-        let e = self.enforcer.as_ref()?;
-        let last = e
-            .shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .last_round;
+        let last = self.enforcer.as_ref()?.last_round();
         Some(last.is_some_and(|t| t.elapsed() <= max))
     }
 
@@ -770,13 +591,9 @@ impl Guard {
         }
         let kernel = self.enforcer.as_ref().and_then(|e| {
             if refresh {
-                let (tx, _rx) = mpsc::channel();
-                let _ = e.tx.try_send(Request::Counters(tx));
+                e.refresh_counters();
             }
-            e.shared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .counters
+            e.counters()
         });
         GuardCounters {
             inspected: self.inspected,
@@ -804,12 +621,10 @@ impl Guard {
         self.toll.gate()
     }
 
-    /// New toll-fraud settings from a configuration change (emergency numbers from
+    /// New toll-fraud settings from a configuration change (`emergency`: the numbers of
     /// `[dialplan]`).
-    pub fn set_policy(&self, cfg: &Config) {
-        let mut policy = cfg.firewall.policy.clone();
-        policy.plan.emergency = cfg.dialplan.emergency.clone();
-        self.toll.set_config(policy);
+    pub fn set_policy(&self, fw: &FirewallConfig, emergency: &[String]) {
+        self.toll.set_config(fw.call_policy(emergency));
     }
 
     /// Writes the toll-fraud locks when they changed (rare: a lock is an incident).
@@ -821,6 +636,7 @@ impl Guard {
         }
     }
 
+    /// Writes the queued store writes now, in their own transaction.
     pub fn persist(&mut self, store: &Store) -> Result<(), StoreError> {
         let changes = std::mem::take(&mut self.pending);
         store.fw_apply(&changes)
@@ -828,15 +644,7 @@ impl Guard {
 
     /// When `handle_timeout` next has work.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        let feeds = self.feed_reader.as_ref().and_then(|_| {
-            self.feeds
-                .iter()
-                .filter(|f| !f.in_flight)
-                .map(|f| f.next_read)
-                .chain(self.feed_poll_at)
-                .min()
-        });
-        [self.detector.poll_timeout(), feeds]
+        [self.detector.poll_timeout(), self.feeds.poll_timeout()]
             .into_iter()
             .flatten()
             .chain([self.next_maintenance])
@@ -848,7 +656,8 @@ impl Guard {
     /// bans if it was flushed or altered); hourly deletes ended bans and locks from the
     /// store.
     pub fn handle_timeout(&mut self, now: Millis) {
-        self.feed_tick(now);
+        let ops = self.feeds.tick(now, &mut self.detector, &self.allow);
+        self.enforce_all(ops);
         if self.detector.poll_timeout().is_some_and(|t| t <= now) {
             self.detector.handle_timeout(now);
         }
@@ -859,16 +668,7 @@ impl Guard {
         if let Some(e) = &mut self.enforcer {
             e.verify();
         }
-        for (i, w) in self.log_windows.iter_mut().enumerate() {
-            if w.suppressed > 0 && now >= w.start.saturating_add(ALERT_LOG_WINDOW_MS) {
-                tracing::warn!(
-                    rule = %Rule::ALL[i],
-                    "firewall: {} more {} alerts in the last minute were not logged (see `outpostctl fw alerts`)",
-                    w.suppressed, Rule::ALL[i]
-                );
-                *w = LogWindow::default();
-            }
-        }
+        self.alert_log.flush(now);
         if self.writes_dropped > 0 {
             tracing::error!(
                 dropped = self.writes_dropped,
@@ -887,29 +687,43 @@ impl Guard {
 
     /// Serves one `outpostctl fw` command. Writes queued for the store are written first,
     /// so the answer reflects what is on disk.
-    pub fn admin(&mut self, now: Millis, cmd: FwCommand, store: &Store) -> Reply {
+    pub fn admin(
+        &mut self,
+        now: Millis,
+        cmd: FwCommand,
+        store: &Store,
+    ) -> Result<FwReply, FwError> {
         if let Err(err) = self.persist(store) {
             tracing::error!(%err, "firewall: store write failed");
         }
         match cmd {
-            FwCommand::Status => self.status(now, store),
-            FwCommand::Bans => self.list_bans(now),
+            FwCommand::Status => self
+                .status(now, store)
+                .map(|st| FwReply::Status(Box::new(st))),
+            FwCommand::Bans => Ok(FwReply::Bans(api::ban_list(
+                now,
+                self.detector.bans(now),
+                self.detector.locks(now),
+                self.toll.locked(),
+            ))),
             FwCommand::Unban { addr } => match addr.trim().parse::<IpAddr>() {
                 Ok(ip) => self.unban(ip, store),
-                Err(_) => Reply::error(format!("`{}` is not an IP address", addr.escape_default())),
+                Err(_) => Err(FwError::NotAnAddress(addr)),
             },
             FwCommand::Allow { cidr } => match cidr.parse::<Cidr>() {
                 Ok(net) => self.allow(now, net, store),
-                Err(err) => Reply::error(format!("`{}`: {err}", cidr.escape_default())),
+                Err(source) => Err(FwError::NotANetwork { text: cidr, source }),
             },
             FwCommand::Unlock { user } => self.unlock(user, store),
             FwCommand::Alerts { limit } => match store.fw_alerts(limit.min(MAX_LISTED)) {
-                Ok(alerts) => Reply::FwAlerts(alerts.into_iter().map(alert_info).collect()),
-                Err(err) => Reply::error(format!("cannot read the alerts: {err}")),
+                Ok(alerts) => Ok(FwReply::Alerts(
+                    alerts.into_iter().map(FwAlertInfo::from).collect(),
+                )),
+                Err(err) => Err(FwError::ReadAlerts(err)),
             },
-            FwCommand::Rules => Reply::FwRules(self.rules()),
+            FwCommand::Rules => Ok(FwReply::Rules(self.rules())),
             FwCommand::Import { text, ban_secs } => self.import(now, &text, ban_secs, store),
-            FwCommand::Export => self.export(now),
+            FwCommand::Export => Ok(FwReply::Export(api::export(now, self.detector.bans(now)))),
         }
     }
 
@@ -1070,37 +884,7 @@ impl Guard {
     }
 
     fn log_alert(&mut self, now: Millis, alert: &Alert) {
-        let i = rule_index(alert.rule);
-        let w = &mut self.log_windows[i];
-        if now >= w.start.saturating_add(ALERT_LOG_WINDOW_MS) {
-            if w.suppressed > 0 {
-                tracing::warn!(
-                    rule = %alert.rule,
-                    "firewall: {} more {} alerts in the last minute were not logged (see `outpostctl fw alerts`)",
-                    w.suppressed, alert.rule
-                );
-            }
-            *w = LogWindow {
-                start: now,
-                logged: 0,
-                suppressed: 0,
-            };
-        }
-        if w.logged >= ALERT_LOG_LIMIT {
-            w.suppressed += 1;
-            self.alerts_suppressed += 1;
-            return;
-        }
-        w.logged += 1;
-        self.alerts_logged += 1;
-        tracing::warn!(
-            rule = %alert.rule,
-            addr = ?alert.addr,
-            user = ?alert.user,
-            enforced = alert.enforced,
-            "firewall: {}",
-            alert.message.escape_debug()
-        );
+        self.alert_log.log(now, alert);
     }
 
     fn conn_notice(&mut self, notice: ConnNotice) {
@@ -1164,263 +948,30 @@ impl Guard {
         }
     }
 
-    fn runtime_allowed(&self, ip: IpAddr) -> bool {
-        self.runtime_allow.iter().any(|c| c.contains(ip))
-    }
-
     /// Never banned: loopback, trunk peers, allow-listed networks (config and `fw allow`).
     fn trusted(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        let c = self.detector.config();
-        is_loopback(ip)
-            || c.trunk_peers.iter().any(|&p| canonical(p) == ip)
-            || c.allow.iter().any(|n| n.contains(ip))
-            || self.runtime_allowed(ip)
-    }
-
-    /// Starts the feed reads that are due and applies the finished ones.
-    fn feed_tick(&mut self, now: Millis) {
-        let Some(reader) = self.feed_reader.as_ref() else {
-            return;
-        };
-        let mut done = Vec::new();
-        while let Some(result) = reader.poll() {
-            done.push(result);
-        }
-        let mut unavailable = Vec::new();
-        for (i, f) in self.feeds.iter_mut().enumerate() {
-            if f.in_flight || f.next_read > now {
-                continue;
-            }
-            f.next_read = now.saturating_add(f.refresh_ms);
-            if reader.request(i, &f.path, now) {
-                f.in_flight = true;
-            } else {
-                unavailable.push(i);
-            }
-        }
-        for i in unavailable {
-            self.feed_failed(i, "the feed reader thread is not running".to_string());
-        }
-        if !done.is_empty() {
-            for (i, result) in done {
-                self.feed_read(now, i, result);
-            }
-            self.reconcile_feeds(now);
-        }
-        self.feed_poll_at = self
-            .feeds
-            .iter()
-            .any(|f| f.in_flight)
-            .then(|| now.saturating_add(FEED_POLL_MS));
-    }
-
-    /// Records one finished read of feed `i`.
-    fn feed_read(&mut self, now: Millis, i: usize, result: Result<ParsedFeed, FeedError>) {
-        let parsed = match result {
-            Ok(parsed) => parsed,
-            Err(err) => {
-                if let Some(f) = self.feeds.get_mut(i) {
-                    f.in_flight = false;
-                }
-                self.feed_failed(i, err.to_string());
-                return;
-            }
-        };
-        let listed: HashSet<IpAddr> = parsed
-            .addrs
-            .iter()
-            .copied()
-            .filter(|a| !self.trusted(*a))
-            .collect();
-        let Some(f) = self.feeds.get_mut(i) else {
-            return;
-        };
-        f.in_flight = false;
-        let h = &mut f.health;
-        let problems_changed = (h.invalid, h.too_wide, h.truncated)
-            != (parsed.invalid, parsed.too_wide, parsed.truncated);
-        h.reads += 1;
-        h.entries = parsed.addrs.len();
-        h.ignored = parsed.addrs.len() - listed.len();
-        h.invalid = parsed.invalid;
-        h.too_wide = parsed.too_wide;
-        h.truncated = parsed.truncated;
-        h.last_refresh = Some(now);
-        if h.last_error.take().is_some() {
-            tracing::info!(feed = %h.source, "firewall: blocklist feed readable again");
-        }
-        if problems_changed && !parsed.problems.is_empty() {
-            tracing::warn!(
-                feed = %h.source,
-                invalid = parsed.invalid,
-                too_wide = parsed.too_wide,
-                truncated = parsed.truncated,
-                "firewall: blocklist feed: entries skipped: {}",
-                parsed.problems.join("; ")
-            );
-        }
-        if problems_changed && parsed.truncated > 0 {
-            tracing::warn!(
-                feed = %h.source,
-                "firewall: blocklist feed lists more than {MAX_FEED_ENTRIES} addresses; {} skipped",
-                parsed.truncated
-            );
-        }
-        f.listed = listed;
-    }
-
-    /// Records a failed read of feed `i`; its bans stay until they end.
-    fn feed_failed(&mut self, i: usize, text: String) {
-        let Some(f) = self.feeds.get_mut(i) else {
-            return;
-        };
-        let h = &mut f.health;
-        h.reads += 1;
-        h.failures += 1;
-        if h.last_error.as_deref() != Some(text.as_str()) {
-            tracing::error!(
-                feed = %h.source,
-                "firewall: blocklist feed cannot be used: {text}; the bans of its last good read stay until they end"
-            );
-        }
-        h.last_error = Some(text);
-    }
-
-    /// Makes the bans with rule `feed` match what the feeds list now: bans the new
-    /// addresses, renews those past half their time, lifts those no feed lists any more.
-    fn reconcile_feeds(&mut self, now: Millis) {
-        let cap = MAX_FEED_ENTRIES
-            .min(self.detector.config().limits.max_bans / 2)
-            .max(1);
-        let mut desired: HashMap<IpAddr, u64> = HashMap::new();
-        let mut overflow = 0;
-        for f in &self.feeds {
-            for &addr in &f.listed {
-                let room = desired.len() < cap;
-                match desired.get_mut(&addr) {
-                    Some(ms) => *ms = (*ms).max(f.ban_ms),
-                    None if room => {
-                        desired.insert(addr, f.ban_ms);
-                    }
-                    None => overflow += 1,
-                }
-            }
-        }
-        if overflow != self.feed_overflow && overflow > 0 {
-            tracing::warn!(
-                "firewall: blocklist feeds list {overflow} addresses past the limit of {cap}; those are not banned"
-            );
-        }
-        self.feed_overflow = overflow;
-
-        let current: HashMap<IpAddr, (Rule, Millis)> = self
-            .detector
-            .bans(now)
-            .into_iter()
-            .map(|b| (b.addr, (b.rule, b.until)))
-            .collect();
-        let (mut added, mut renewed, mut lifted) = (0usize, 0usize, 0usize);
-        let mut ops = Vec::new();
-        for (&addr, &ban_ms) in &desired {
-            let until = now.saturating_add(ban_ms);
-            match current.get(&addr) {
-                Some(&(Rule::Feed, old)) => {
-                    if old.saturating_sub(now) >= ban_ms / 2 {
-                        continue;
-                    }
-                    renewed += 1;
-                }
-                Some(&(rule, old)) => {
-                    if old >= until {
-                        continue;
-                    }
-                    if self.feed_displaced.len() < cap {
-                        self.feed_displaced.insert(addr, (rule, old));
-                    }
-                    added += 1;
-                }
-                None => added += 1,
-            }
-            self.detector.restore_ban(now, addr, until, Rule::Feed, 1);
-            ops.push(SetOp::Ban {
-                addr,
-                timeout_secs: ban_ms.div_ceil(1_000),
-            });
-        }
-        for (&addr, &(rule, _)) in &current {
-            if rule != Rule::Feed || desired.contains_key(&addr) {
-                continue;
-            }
-            lifted += 1;
-            match self.feed_displaced.remove(&addr) {
-                Some((old_rule, old_until)) if old_until > now => {
-                    self.detector.restore_ban(now, addr, old_until, old_rule, 1);
-                    ops.push(SetOp::Ban {
-                        addr,
-                        timeout_secs: (old_until - now).div_ceil(1_000),
-                    });
-                }
-                _ => {
-                    self.detector.unban(addr);
-                    ops.push(SetOp::Unban(addr));
-                }
-            }
-        }
-        self.feed_displaced
-            .retain(|addr, (_, until)| *until > now && desired.contains_key(addr));
-        if added + renewed + lifted > 0 {
-            tracing::info!(
-                listed = desired.len(),
-                added,
-                renewed,
-                lifted,
-                "firewall: blocklist feeds applied"
-            );
-        }
-        self.enforce_all(ops);
-    }
-
-    /// The feeds (by source) that list `ip` now.
-    fn feeds_listing(&self, ip: IpAddr) -> Vec<&str> {
-        self.feeds
-            .iter()
-            .filter(|f| f.listed.contains(&ip))
-            .map(|f| f.health.source.as_str())
-            .collect()
+        self.allow.trusts(self.detector.config(), ip)
     }
 
     /// `fw import`: bans every address of a blocklist once, stored like any ban.
-    fn import(&mut self, now: Millis, text: &str, ban_secs: u64, store: &Store) -> Reply {
+    fn import(
+        &mut self,
+        now: Millis,
+        text: &str,
+        ban_secs: u64,
+        store: &Store,
+    ) -> Result<FwReply, FwError> {
         if !(1..=nft::MAX_BAN_SECS).contains(&ban_secs) {
-            return Reply::error(format!(
-                "ban length must be between 1 and {} seconds",
-                nft::MAX_BAN_SECS
-            ));
+            return Err(FwError::BanLength {
+                max: nft::MAX_BAN_SECS,
+            });
         }
         if self.mode == Mode::Monitor {
-            return Reply::error("monitor mode: nothing is banned, so nothing was imported");
+            return Err(FwError::Monitor);
         }
-        let parsed = match feed::parse(text, now) {
-            Ok(p) => p,
-            Err(err) => return Reply::error(format!("not a blocklist: {err}")),
-        };
-        let summary = |p: &ParsedFeed| {
-            let mut s = format!(
-                "{} invalid entries, {} networks wider than {} addresses, {} ended bans and {} addresses past the {MAX_FEED_ENTRIES}-address limit skipped",
-                p.invalid,
-                p.too_wide,
-                feed::MAX_NETWORK_ADDRS,
-                p.expired,
-                p.truncated
-            );
-            if !p.problems.is_empty() {
-                s.push_str(&format!(" ({})", p.problems.join("; ")));
-            }
-            s
-        };
+        let parsed = feed::parse(text, now).map_err(FwError::NotABlocklist)?;
         if parsed.addrs.is_empty() {
-            return Reply::error(format!("no addresses to import: {}", summary(&parsed)));
+            return Err(FwError::NothingToImport(api::import_summary(&parsed)));
         }
         let until = now.saturating_add(ban_secs.saturating_mul(1_000));
         let current: HashMap<IpAddr, Millis> = self
@@ -1443,7 +994,7 @@ impl Guard {
                 continue;
             }
             self.detector.restore_ban(now, addr, until, Rule::Manual, 1);
-            self.feed_displaced.remove(&addr);
+            self.feeds.forget(addr);
             changes.push(FirewallChange::Ban(
                 addr,
                 StoredBan {
@@ -1468,71 +1019,28 @@ impl Guard {
             invalid = parsed.invalid,
             "firewall: blocklist imported by the admin"
         );
-        let message = format!(
+        let done = format!(
             "{banned} addresses banned for {ban_secs} s; {already} already banned as long or longer, {ignored} ignored (allow-listed, trunk peer or loopback); {}",
-            summary(&parsed)
+            api::import_summary(&parsed)
         );
         match stored {
-            Ok(()) => Reply::done(message),
-            Err(err) => Reply::error(format!(
-                "{message}; but writing them to the store failed ({err}): they end at the next restart"
-            )),
+            Ok(()) => Ok(FwReply::Done(done)),
+            Err(source) => Err(FwError::ImportNotStored { done, source }),
         }
     }
 
-    /// `fw export`: our enforced bans (not the feeds'), longest-lasting first, as many as
-    /// fit in an importable document.
-    fn export(&self, now: Millis) -> Reply {
-        let mut bans: Vec<_> = self
-            .detector
-            .bans(now)
-            .into_iter()
-            .filter(|b| b.enforced && b.rule != Rule::Feed)
-            .collect();
-        bans.sort_by_key(|b| std::cmp::Reverse((b.until, b.addr)));
-        // `{"generated":<ms>,"bans":[` ... `]}` and a newline per ban (see outpostctl).
-        let mut size: usize = 48;
-        let mut out = Vec::new();
-        let mut omitted = 0;
-        for b in bans {
-            let ban = FwExportBan {
-                addr: b.addr.to_string(),
-                until: b.until,
-                rule: b.rule.to_string(),
-                reason: b.reason,
-            };
-            let len = serde_json::to_string(&ban).map_or(usize::MAX, |s| s.len().saturating_add(2));
-            if omitted > 0
-                || out.len() >= MAX_FEED_ENTRIES
-                || size.saturating_add(len) > MAX_FEED_BYTES
-            {
-                omitted += 1;
-                continue;
-            }
-            size += len;
-            out.push(ban);
-        }
-        Reply::FwExport(FwExport {
-            generated: now,
-            bans: out,
-            omitted,
-        })
-    }
-
-    fn unban(&mut self, ip: IpAddr, store: &Store) -> Reply {
+    fn unban(&mut self, ip: IpAddr, store: &Store) -> Result<FwReply, FwError> {
         let ip = canonical(ip);
         let existed = self.detector.unban(ip);
         self.ban_days.remove(&ip);
-        self.feed_displaced.remove(&ip);
+        self.feeds.forget(ip);
         self.enforce(SetOp::Unban(ip));
         self.conn_notice(ConnNotice::Unbanned(ip));
-        if let Err(err) = store.fw_apply(&[FirewallChange::Unban(ip)]) {
-            return Reply::error(format!(
-                "{ip} unbanned in the kernel and in memory, but the store failed: {err}"
-            ));
+        if let Err(source) = store.fw_apply(&[FirewallChange::Unban(ip)]) {
+            return Err(FwError::UnbanNotStored { addr: ip, source });
         }
         tracing::info!(addr = %ip, "firewall: unbanned by the admin");
-        let listing = self.feeds_listing(ip);
+        let listing = self.feeds.listing(ip);
         let feed_note = if listing.is_empty() {
             String::new()
         } else {
@@ -1541,27 +1049,23 @@ impl Guard {
                 listing.join(", ")
             )
         };
-        if existed {
-            Reply::done(format!(
-                "{ip} unbanned (kernel, store and its counters cleared){feed_note}"
-            ))
+        Ok(FwReply::Done(if existed {
+            format!("{ip} unbanned (kernel, store and its counters cleared){feed_note}")
         } else {
-            Reply::done(format!(
-                "{ip} was not banned; kernel and store entries cleared anyway{feed_note}"
-            ))
-        }
+            format!("{ip} was not banned; kernel and store entries cleared anyway{feed_note}")
+        }))
     }
 
-    fn allow(&mut self, now: Millis, net: Cidr, store: &Store) -> Reply {
-        if self.runtime_allow.contains(&net) {
-            return Reply::done(format!("{net} is already allowed"));
+    fn allow(&mut self, now: Millis, net: Cidr, store: &Store) -> Result<FwReply, FwError> {
+        match self.allow.add(net) {
+            Added::New => {}
+            Added::Already => return Ok(FwReply::Done(format!("{net} is already allowed"))),
+            Added::Full => {
+                return Err(FwError::TooManyAllowed {
+                    max: allow::MAX_RUNTIME_ALLOW,
+                })
+            }
         }
-        if self.runtime_allow.len() >= MAX_RUNTIME_ALLOW {
-            return Reply::error(format!(
-                "at most {MAX_RUNTIME_ALLOW} networks can be allowed at runtime; put them in [firewall.detect] allow"
-            ));
-        }
-        self.runtime_allow.push(net);
         self.enforce(SetOp::Allow(net));
         self.conn_notice(ConnNotice::Trusted(net));
         let inside: Vec<IpAddr> = self
@@ -1574,56 +1078,47 @@ impl Guard {
         for ip in &inside {
             self.detector.unban(*ip);
             self.ban_days.remove(ip);
-            self.feed_displaced.remove(ip);
+            self.feeds.forget(*ip);
             self.enforce(SetOp::Unban(*ip));
             self.conn_notice(ConnNotice::Unbanned(*ip));
         }
-        // The feeds' next reconciliation must not ban them again.
-        for f in &mut self.feeds {
-            f.listed.retain(|a| !net.contains(*a));
-        }
+        self.feeds.exclude(net);
         let changes: Vec<FirewallChange> =
             inside.iter().map(|ip| FirewallChange::Unban(*ip)).collect();
         if let Err(err) = store.fw_apply(&changes) {
             tracing::error!(%err, "firewall: cannot delete lifted bans from the store");
         }
         tracing::info!(net = %net, lifted = inside.len(), "firewall: network allowed by the admin");
-        Reply::done(format!(
+        Ok(FwReply::Done(format!(
             "{net} allowed until the daemon restarts (add it to [firewall.detect] allow to keep it); {} bans inside it lifted",
             inside.len()
-        ))
+        )))
     }
 
-    fn unlock(&mut self, user: String, store: &Store) -> Reply {
+    fn unlock(&mut self, user: String, store: &Store) -> Result<FwReply, FwError> {
         if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
-            return Reply::error("not an account name");
+            return Err(FwError::NotAnAccount);
         }
-        let toll_locked = match self.toll.unlock(&user, store) {
-            Ok(was) => was,
-            Err(err) => return Reply::error(format!("cannot update the store: {err}")),
-        };
+        let toll_locked = self.toll.unlock(&user, store).map_err(FwError::TollStore)?;
         let existed = self.detector.unlock(&user) || toll_locked;
-        if let Err(err) = store.fw_apply(&[FirewallChange::Unlock(user.clone())]) {
-            return Reply::error(format!("cannot delete the lock from the store: {err}"));
-        }
+        store
+            .fw_apply(&[FirewallChange::Unlock(user.clone())])
+            .map_err(FwError::DeleteLock)?;
         if self.unlocks_out.len() >= MAX_QUEUED_LOCKS {
             self.unlocks_out.pop_front();
         }
         self.unlocks_out.push_back(user.clone());
-        if existed {
-            Reply::done(format!("account {user} unlocked"))
+        Ok(FwReply::Done(if existed {
+            format!("account {user} unlocked")
         } else {
-            Reply::done(format!("account {user} was not locked"))
-        }
+            format!("account {user} was not locked")
+        }))
     }
 
-    fn status(&mut self, now: Millis, store: &Store) -> Reply {
+    fn status(&mut self, now: Millis, store: &Store) -> Result<FwStatusInfo, FwError> {
         let stats = self.detector.stats();
-        let alerts_stored = match store.fw_alert_count() {
-            Ok(n) => n,
-            Err(err) => return Reply::error(format!("cannot read the alerts: {err}")),
-        };
-        let kernel = self.enforcer.as_mut().map(|e| {
+        let alerts_stored = store.fw_alert_count().map_err(FwError::ReadAlerts)?;
+        let kernel = self.enforcer.as_ref().map(|e| {
             let state = e.snapshot();
             FwKernelInfo {
                 table: self.table.clone(),
@@ -1633,7 +1128,7 @@ impl Guard {
                 ops: state.ops,
                 restores: state.restores,
                 failures: state.failures,
-                queue_drops: e.queue_drops,
+                queue_drops: e.queue_drops(),
                 last_error: state.last_error,
             }
         });
@@ -1643,7 +1138,7 @@ impl Guard {
             .iter()
             .filter(|b| b.enforced)
             .count();
-        Reply::FwStatus(FwStatusInfo {
+        Ok(FwStatusInfo {
             mode: self.mode.name().to_string(),
             reason: match &self.mode {
                 Mode::UserSpace { reason } => Some(reason.clone()),
@@ -1657,7 +1152,7 @@ impl Guard {
             dropped_banned: self.dropped_banned + stats.dropped_banned,
             dropped_rule: self.dropped_rule,
             alerts_stored,
-            runtime_allow: self.runtime_allow.iter().map(Cidr::to_string).collect(),
+            runtime_allow: self.allow.nets().iter().map(Cidr::to_string).collect(),
             kernel,
             rule_hits: self
                 .detector
@@ -1670,305 +1165,15 @@ impl Guard {
                 .collect(),
             would_be_bans: stats.would_be_bans,
             would_be_dropped: stats.would_be_dropped,
-            feeds: self.feeds.iter().map(|f| f.health.clone()).collect(),
+            feeds: self.feeds.health(),
             connections: None,
         })
     }
 
-    fn list_bans(&self, now: Millis) -> Reply {
-        let secs = |until: Millis| until.saturating_sub(now).div_ceil(1_000);
-        let bans = self.detector.bans(now);
-        let locks = self.detector.locks(now);
-        // Extensions the toll-fraud policy locked to internal calls: until unlocked.
-        let toll: Vec<FwLockInfo> = self
-            .toll
-            .locked()
-            .into_iter()
-            .map(|user| FwLockInfo {
-                user,
-                until: u64::MAX,
-                remaining_secs: u64::MAX,
-                rule: Rule::TollFraud.to_string(),
-                enforced: true,
-                blocks: "outside calls (internal calls still work)".to_string(),
-                except: Vec::new(),
-            })
-            .collect();
-        Reply::FwBans(FwBansInfo {
-            total_bans: bans.len(),
-            total_locks: locks.len() + toll.len(),
-            bans: bans
-                .into_iter()
-                .take(MAX_LISTED)
-                .map(|b| FwBanInfo {
-                    addr: b.addr.to_string(),
-                    until: b.until,
-                    remaining_secs: secs(b.until),
-                    rule: b.rule.to_string(),
-                    reason: b.reason,
-                    count_today: b.count_today,
-                    enforced: b.enforced,
-                })
-                .collect(),
-            locks: locks
-                .into_iter()
-                .take(MAX_LISTED)
-                .map(|l| FwLockInfo {
-                    user: l.user,
-                    until: l.until,
-                    remaining_secs: secs(l.until),
-                    rule: l.rule.to_string(),
-                    enforced: l.enforced,
-                    // The daemon fills in the sources the call core exempts.
-                    blocks: "all sources".to_string(),
-                    except: Vec::new(),
-                })
-                .chain(toll)
-                .collect(),
-        })
-    }
-
     fn rules(&self) -> Vec<FwRuleInfo> {
-        let c = self.detector.config();
         let hits: HashMap<Rule, u64> = self.detector.rule_hits().into_iter().collect();
-        let per = |n: u32, what: &str, window: u64| {
-            if n == 0 {
-                "off".to_string()
-            } else {
-                format!("{n} {what} / {}", fmt_ms(window))
-            }
-        };
-        let ban = |ms: u64| format!("ban {}", fmt_ms(ms));
-        Rule::ALL
-            .iter()
-            .map(|&rule| {
-                let (threshold, action) = match rule {
-                    Rule::Flood => (
-                        per(c.flood.limit, "requests", c.flood.window_ms),
-                        ban(c.flood.ban_ms),
-                    ),
-                    Rule::UnknownHost => (
-                        per(
-                            c.unknown_host.reject_limit,
-                            "messages before a successful auth",
-                            c.unknown_host.reject_window_ms,
-                        ),
-                        format!("drop for {}", fmt_ms(c.unknown_host.reject_ms)),
-                    ),
-                    Rule::UnknownHostFlood => (
-                        per(
-                            c.unknown_host.ban_limit,
-                            "messages before a successful auth",
-                            c.unknown_host.ban_window_ms,
-                        ),
-                        ban(c.unknown_host.ban_ms),
-                    ),
-                    Rule::AuthFailures => (
-                        per(
-                            c.auth_source.limit,
-                            "failures per source",
-                            c.auth_source.window_ms,
-                        ),
-                        ban(c.auth_source.ban_ms),
-                    ),
-                    Rule::RepeatOffender => (
-                        per(c.repeat.bans, "bans", c.repeat.window_ms),
-                        ban(c.repeat.ban_ms),
-                    ),
-                    Rule::AccountGuessing => (
-                        per(
-                            c.auth_account.limit,
-                            "failures per account",
-                            c.auth_account.window_ms,
-                        ),
-                        format!("lock account {}", fmt_ms(c.auth_account.lock_ms)),
-                    ),
-                    Rule::Enumeration => (
-                        if c.enumeration.limit == 0 {
-                            "off".to_string()
-                        } else {
-                            format!(
-                                "> {} distinct unknown users / {}",
-                                c.enumeration.limit,
-                                fmt_ms(c.enumeration.window_ms)
-                            )
-                        },
-                        ban(c.enumeration.ban_ms),
-                    ),
-                    Rule::Scanner => (
-                        format!(
-                            "{} User-Agent patterns{}",
-                            c.scanner.user_agents.len(),
-                            if c.scanner.tool_fingerprints {
-                                " + tool header fingerprints"
-                            } else {
-                                ""
-                            }
-                        ),
-                        ban(c.scanner.ban_ms),
-                    ),
-                    Rule::Malformed => (
-                        "message does not parse".to_string(),
-                        "drop, counts as a failure".to_string(),
-                    ),
-                    Rule::Oversized => (
-                        format!(
-                            "message > {} B or Request-URI > {} B",
-                            c.sanity.max_message, c.sanity.max_ruri
-                        ),
-                        "drop, counts as a failure".to_string(),
-                    ),
-                    Rule::Manual => ("admin (`fw import`)".to_string(), "ban".to_string()),
-                    Rule::Feed => (
-                        format!("listed by one of {} blocklist feeds", self.feeds.len()),
-                        "ban while listed".to_string(),
-                    ),
-                    Rule::TollFraud => (
-                        "toll-fraud policy refused a call".to_string(),
-                        "ban".to_string(),
-                    ),
-                    Rule::ConnectionFlood => {
-                        let r = &c.connection_flood;
-                        let part = |n: u32, what: &str| {
-                            (n > 0).then(|| format!("{n} TCP/TLS connections {what}"))
-                        };
-                        let parts: Vec<String> = [
-                            part(r.refused_limit, "refused at the per-source cap"),
-                            part(r.open_limit, "opened"),
-                        ]
-                        .into_iter()
-                        .flatten()
-                        .collect();
-                        (
-                            if parts.is_empty() {
-                                "off".to_string()
-                            } else {
-                                format!(
-                                    "{} / {} (x{} after a successful auth)",
-                                    parts.join(" or "),
-                                    fmt_ms(r.window_ms),
-                                    r.authenticated_factor.max(1)
-                                )
-                            },
-                            ban(r.ban_ms),
-                        )
-                    }
-                };
-                FwRuleInfo {
-                    rule: rule.to_string(),
-                    threshold,
-                    action,
-                    hits: hits.get(&rule).copied().unwrap_or(0),
-                }
-            })
-            .collect()
+        api::rule_table(self.detector.config(), &hits, self.feeds.len())
     }
-}
-
-/// The addresses of the configured `[[trunk]]`s (names resolved now) and of their
-/// `inbound_from` networks' hosts: never banned (see `Detector`'s "Who is never banned").
-fn configured_trunk_peers(cfg: &Config) -> Vec<IpAddr> {
-    cfg.trunk
-        .iter()
-        .filter_map(|t| t.resolve().ok())
-        .map(|a| canonical(a.ip()))
-        .collect()
-}
-
-/// The trunks' own traffic for the kernel's trunk meter, as the call core recognises it
-/// (`pbx_core::trunk`): over UDP from the trunk's address and port, over TCP/TLS from its
-/// address (any port: a connection we opened, or one the provider opened), and from its
-/// `inbound_from` networks over its transport (any port). `[firewall.detect] trunk_peers`
-/// addresses, which name no transport, count over both.
-fn kernel_trunk_peers(cfg: &Config) -> Vec<TrunkPeer> {
-    let mut peers = Vec::new();
-    for t in &cfg.trunk {
-        let proto = match t.transport_kind() {
-            Transport::Udp => TrunkProto::Udp,
-            Transport::Tcp | Transport::Tls => TrunkProto::Tcp,
-        };
-        if let Ok(addr) = t.resolve() {
-            let port = (proto == TrunkProto::Udp).then_some(addr.port());
-            peers.push(TrunkPeer::host(addr.ip(), proto, port));
-        }
-        for net in t.inbound_nets() {
-            if let Ok(net) = Cidr::new(net.network(), net.prefix()) {
-                peers.push(TrunkPeer {
-                    net,
-                    proto,
-                    port: None,
-                });
-            }
-        }
-    }
-    for &ip in &cfg.firewall.detect.trunk_peers {
-        for proto in [TrunkProto::Udp, TrunkProto::Tcp] {
-            peers.push(TrunkPeer::host(ip, proto, None));
-        }
-    }
-    peers.truncate(firewall::nft::MAX_TRUNK_PEERS);
-    peers
-}
-
-/// The kernel table's settings from the whole configuration.
-fn nft_config(cfg: &Config) -> NftConfig {
-    let fw = &cfg.firewall;
-    let mut sip_ports: Vec<u16> = cfg.sip.listen.iter().map(|a| a.port()).collect();
-    sip_ports.sort_unstable();
-    sip_ports.dedup();
-    let defaults = NftConfig::default();
-    NftConfig {
-        table: fw.table.clone(),
-        sip_ports,
-        rtp_range: if cfg.media.enabled {
-            (cfg.media.port_first, cfg.media.port_last)
-        } else {
-            defaults.rtp_range
-        },
-        rtp_closed: fw.rtp_closed && cfg.media.enabled,
-        allow: fw.detect.allow.clone(),
-        trunk_peers: kernel_trunk_peers(cfg),
-        flood_rate: (fw.kernel_flood_per_second > 0).then_some(FloodLimit {
-            per_second: fw.kernel_flood_per_second,
-            burst: fw.kernel_flood_burst,
-        }),
-        trunk_flood_rate: (fw.kernel_trunk_per_second > 0).then_some(FloodLimit {
-            per_second: fw.kernel_trunk_per_second,
-            burst: fw.kernel_trunk_burst,
-        }),
-        conn_limit: conn_limit(cfg),
-        netns: None,
-        nft: fw.nft.clone(),
-        nft_timeout_ms: defaults.nft_timeout_ms,
-    }
-}
-
-/// The kernel's per-source connection limits: twice the daemon's caps (connections held,
-/// or new connections per second), so the connections between the two are the ones the
-/// daemon refuses and reports (rule `connection_flood`), and a flood beyond is dropped
-/// before `accept`.
-fn conn_limit(cfg: &Config) -> Option<nft::ConnLimit> {
-    let c = &cfg.firewall.connections;
-    let by = match c.kernel {
-        crate::config::KernelConnLimit::Count => nft::ConnLimitBy::Count,
-        crate::config::KernelConnLimit::SynRate => nft::ConnLimitBy::SynRate,
-        crate::config::KernelConnLimit::Off => return None,
-    };
-    let mut ports: Vec<u16> = cfg
-        .sip
-        .listen
-        .iter()
-        .chain(&cfg.tls.listen)
-        .map(|a| a.port())
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    (!ports.is_empty()).then(|| nft::ConnLimit {
-        ports,
-        unauthenticated: c.per_source.saturating_mul(2),
-        authenticated: c.per_source_authenticated.saturating_mul(2),
-        by,
-    })
 }
 
 /// Length of the Request-URI on the start line of a raw request.
@@ -1985,390 +1190,33 @@ fn request_uri_len(bytes: &[u8]) -> usize {
         .map_or(0, <[u8]>::len)
 }
 
-fn rule_index(rule: Rule) -> usize {
-    Rule::ALL.iter().position(|&r| r == rule).unwrap_or(0)
-}
-
-fn alert_info(a: Alert) -> FwAlertInfo {
-    FwAlertInfo {
-        at: a.at,
-        rule: a.rule.to_string(),
-        addr: a.addr.map(|ip| ip.to_string()),
-        user: a.user,
-        message: a.message,
-        enforced: a.enforced,
-    }
-}
-
-/// A duration for humans: `300 s`, `10 min`, `24 h`, `7 d`.
-fn fmt_ms(ms: u64) -> String {
-    const S: u64 = 1_000;
-    match ms {
-        0 => "0 s".to_string(),
-        m if m % (86_400 * S) == 0 && m >= 2 * 86_400 * S => format!("{} d", m / (86_400 * S)),
-        m if m % (3_600 * S) == 0 => format!("{} h", m / (3_600 * S)),
-        m if m % (60 * S) == 0 && m >= 10 * 60 * S => format!("{} min", m / (60 * S)),
-        m if m % S == 0 => format!("{} s", m / S),
-        m => format!("{m} ms"),
-    }
-}
-
-// -----------------------------------------------------------------------------------------
-// The enforcer thread
-// -----------------------------------------------------------------------------------------
-
-/// A request to the enforcer thread.
-#[derive(Debug)]
-enum Request {
-    /// A set update, batched with everything else queued.
-    Op(SetOp),
-    /// Many set updates (a feed, an import), applied in runs of at most
-    /// [`MAX_OPS_PER_BATCH`].
-    Ops(Vec<SetOp>),
-    /// Check the table; restore it if it was changed from outside; refresh the counters.
-    Verify,
-    /// Refresh the counters, then signal.
-    Counters(mpsc::Sender<()>),
-}
-
-/// What the enforcer thread reports (read by `fw status`).
-#[derive(Debug, Clone, Default)]
-struct KernelState {
-    /// When the enforcer thread last finished a round (for the watchdog).
-    last_round: Option<Instant>,
-    installed: bool,
-    counters: Option<Counters>,
-    batches: u64,
-    ops: u64,
-    restores: u64,
-    failures: u64,
-    last_error: Option<String>,
-}
-
-/// The daemon's side of the enforcer thread. Dropping it ends the thread after its current
-/// nft run; the table stays, so the kernel keeps dropping banned sources across a restart.
-#[derive(Debug)]
-struct EnforcerHandle {
-    tx: SyncSender<Request>,
-    shared: Arc<Mutex<KernelState>>,
-    queue_drops: u64,
-}
-
-impl EnforcerHandle {
-    /// Starts the thread, which installs the table with `bans` (address, remaining secs).
-    fn spawn(cfg: NftConfig, bans: Vec<(IpAddr, u64)>) -> std::io::Result<EnforcerHandle> {
-        let (tx, rx) = mpsc::sync_channel(ENFORCER_QUEUE);
-        let shared = Arc::new(Mutex::new(KernelState::default()));
-        let thread_state = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("nft-enforcer".into())
-            .spawn(move || EnforcerThread::new(cfg, bans, thread_state).run(&rx))?;
-        Ok(EnforcerHandle {
-            tx,
-            shared,
-            queue_drops: 0,
-        })
-    }
-
-    fn send(&mut self, op: SetOp) {
-        if let Err(e) = self.tx.try_send(Request::Op(op)) {
-            self.queue_drops += 1;
-            if self.queue_drops.is_power_of_two() {
-                let why = match e {
-                    TrySendError::Full(_) => "queue full",
-                    TrySendError::Disconnected(_) => "thread gone",
-                };
-                tracing::error!(
-                    dropped = self.queue_drops,
-                    "firewall: kernel set update dropped ({why}); user space still drops"
-                );
-            }
-        }
-    }
-
-    fn send_all(&mut self, ops: Vec<SetOp>) {
-        let n = ops.len() as u64;
-        if let Err(e) = self.tx.try_send(Request::Ops(ops)) {
-            self.queue_drops += n;
-            let why = match e {
-                TrySendError::Full(_) => "queue full",
-                TrySendError::Disconnected(_) => "thread gone",
-            };
-            tracing::error!(
-                dropped = n,
-                "firewall: {n} kernel set updates dropped ({why}); user space still drops"
-            );
-        }
-    }
-
-    fn verify(&mut self) {
-        let _ = self.tx.try_send(Request::Verify);
-    }
-
-    /// The thread's state with counters at most ~50 ms old, or the cached ones if it is busy.
-    fn snapshot(&self) -> KernelState {
-        let (done_tx, done_rx) = mpsc::channel();
-        if self.tx.try_send(Request::Counters(done_tx)).is_ok() {
-            let _ = done_rx.recv_timeout(COUNTERS_WAIT);
-        }
-        self.shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-/// The thread's own state.
-#[derive(Debug)]
-struct EnforcerThread {
-    cfg: NftConfig,
-    enforcer: Option<Enforcer>,
-    /// The bans the kernel should hold and when they end: what a restore re-installs.
-    desired: HashMap<IpAddr, Instant>,
-    shared: Arc<Mutex<KernelState>>,
-    last_logged_error: Option<String>,
-}
-
-impl EnforcerThread {
-    fn new(cfg: NftConfig, bans: Vec<(IpAddr, u64)>, shared: Arc<Mutex<KernelState>>) -> Self {
-        let now = Instant::now();
-        let desired = bans
-            .into_iter()
-            .map(|(a, secs)| {
-                (
-                    canonical(a),
-                    now + Duration::from_secs(secs.min(nft::MAX_BAN_SECS)),
-                )
-            })
-            .collect();
-        EnforcerThread {
-            cfg,
-            enforcer: None,
-            desired,
-            shared,
-            last_logged_error: None,
-        }
-    }
-
-    fn run(mut self, rx: &Receiver<Request>) {
-        self.install();
-        while let Ok(first) = rx.recv() {
-            let mut ops = Vec::new();
-            let mut verify = false;
-            let mut waiters = Vec::new();
-            let mut next = Some(first);
-            while let Some(r) = next {
-                match r {
-                    Request::Op(op) => ops.push(op),
-                    Request::Ops(many) => ops.extend(many),
-                    Request::Verify => verify = true,
-                    Request::Counters(tx) => waiters.push(tx),
-                }
-                next = if ops.len() < MAX_OPS_PER_BATCH {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
-            }
-            self.track(&ops);
-            if self.enforcer.is_none() {
-                if verify {
-                    self.install();
-                }
-            } else {
-                let runs: Vec<&[SetOp]> = if ops.is_empty() {
-                    vec![&[]]
-                } else {
-                    ops.chunks(MAX_OPS_PER_BATCH).collect()
-                };
-                let last = runs.len() - 1;
-                for (i, run) in runs.into_iter().enumerate() {
-                    self.apply(run, verify && i == last, !waiters.is_empty() && i == last);
-                }
-            }
-            for w in waiters {
-                let _ = w.send(());
-            }
-            self.shared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .last_round = Some(Instant::now());
-        }
-    }
-
-    /// Records the bans the kernel should hold, whatever happens to this batch.
-    fn track(&mut self, ops: &[SetOp]) {
-        let now = Instant::now();
-        for op in ops {
-            match *op {
-                SetOp::Ban { addr, timeout_secs } => {
-                    let until = now + Duration::from_secs(timeout_secs.min(nft::MAX_BAN_SECS));
-                    let addr = canonical(addr);
-                    if self.desired.len() >= MAX_DESIRED && !self.desired.contains_key(&addr) {
-                        self.desired.retain(|_, u| *u > now);
-                        if self.desired.len() >= MAX_DESIRED {
-                            continue;
-                        }
-                    }
-                    self.desired.insert(addr, until);
-                }
-                SetOp::Unban(addr) => {
-                    self.desired.remove(&canonical(addr));
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn apply(&mut self, ops: &[SetOp], mut verify: bool, counters: bool) {
-        let Some(e) = self.enforcer.as_mut() else {
-            return;
-        };
-        let mut failed = false;
-        if !ops.is_empty() {
-            match e.apply(ops) {
-                Ok(()) => {
-                    let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-                    s.batches += 1;
-                    s.ops += ops.len() as u64;
-                }
-                Err(err) => {
-                    self.failure("applying set updates", &err);
-                    failed = true;
-                    verify = true;
-                }
-            }
-        }
-        if verify {
-            self.verify_and_restore();
-            if failed {
-                // The bans came back with the restore; the other updates are re-sent.
-                let rest: Vec<SetOp> = ops
-                    .iter()
-                    .filter(|o| !matches!(o, SetOp::Ban { .. } | SetOp::Unban(_)))
-                    .copied()
-                    .collect();
-                if let Some(e) = self.enforcer.as_mut() {
-                    if !rest.is_empty() {
-                        if let Err(err) = e.apply(&rest) {
-                            self.failure("re-applying set updates", &err);
-                        }
-                    }
-                }
-            }
-        }
-        if verify || counters {
-            self.refresh_counters();
-        }
-    }
-
-    fn verify_and_restore(&mut self) {
-        let now = Instant::now();
-        self.desired.retain(|_, until| *until > now);
-        let Some(e) = self.enforcer.as_mut() else {
-            return;
-        };
-        match e.verify() {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(
-                    table = %e.config().table,
-                    "firewall: the nftables table was changed from outside; restoring it"
-                );
-                let bans = remaining(&self.desired, now);
-                match e.restore(&bans) {
-                    Ok(()) => {
-                        let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-                        s.restores += 1;
-                        s.installed = true;
-                    }
-                    Err(err) => self.failure("restoring the table", &err),
-                }
-            }
-            Err(err) => self.failure("verifying the table", &err),
-        }
-    }
-
-    fn refresh_counters(&mut self) {
-        let Some(e) = self.enforcer.as_ref() else {
-            return;
-        };
-        match e.counters() {
-            Ok(c) => {
-                self.shared
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .counters = Some(c);
-            }
-            Err(err) => self.failure("reading the counters", &err),
-        }
-    }
-
-    fn install(&mut self) {
-        let now = Instant::now();
-        self.desired.retain(|_, until| *until > now);
-        let result = Enforcer::install(self.cfg.clone()).and_then(|mut e| {
-            let bans = remaining(&self.desired, now);
-            if !bans.is_empty() {
-                e.restore(&bans)?;
-            }
-            Ok(e)
-        });
-        match result {
-            Ok(e) => {
-                tracing::info!(
-                    table = %self.cfg.table, bans = self.desired.len(),
-                    "firewall: nftables table installed"
-                );
-                self.enforcer = Some(e);
-                self.last_logged_error = None;
-                let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-                s.installed = true;
-                s.last_error = None;
-            }
-            Err(err) => self.failure("installing the table", &err),
-        }
-    }
-
-    /// Records a failed nft run; logs it unless it is the same error as last time.
-    fn failure(&mut self, what: &str, err: &NftError) {
-        let text = format!("{what}: {err}");
-        if self.last_logged_error.as_deref() != Some(text.as_str()) {
-            tracing::error!("firewall: nftables {text}");
-            self.last_logged_error = Some(text.clone());
-        }
-        let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        s.failures += 1;
-        s.last_error = Some(text);
-        if self.enforcer.is_none() {
-            s.installed = false;
-        }
-    }
-}
-
-/// The live bans with their remaining seconds (at least 1).
-fn remaining(desired: &HashMap<IpAddr, Instant>, now: Instant) -> Vec<(IpAddr, u64)> {
-    desired
-        .iter()
-        .filter(|(_, until)| **until > now)
-        .map(|(a, until)| (*a, until.duration_since(now).as_secs().max(1)))
-        .collect()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
+    use firewall::nft::{FloodLimit, SentOps};
     use pbx_core::sip::{Method, Transport};
 
+    use super::api::FwFeedInfo;
+    use super::feed::MAX_FEED_BYTES;
     use super::*;
 
     const T0: Millis = 1_700_000_000_000;
     const MIN: u64 = 60_000;
 
-    fn config() -> Config {
-        let mut c = Config::default();
-        c.firewall.enforce = EnforceMode::Off;
-        c
+    fn config() -> FirewallConfig {
+        FirewallConfig {
+            enforce: EnforceMode::Off,
+            ..FirewallConfig::default()
+        }
+    }
+
+    /// The rest of the default configuration, as the daemon hands it over.
+    fn site() -> Surroundings {
+        crate::config::Config::default().firewall_surroundings()
+    }
+
+    fn start(fw: &FirewallConfig, store: &Store, now: Millis) -> Guard {
+        Guard::start(fw, &site(), store, now)
     }
 
     fn peer(ip: &str) -> Peer {
@@ -2421,7 +1269,7 @@ mod tests {
     fn scanner_options_is_dropped_banned_and_the_ban_persisted() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         assert!(matches!(g.mode(), Mode::UserSpace { reason } if reason.contains("off")));
 
         assert!(inspect(
@@ -2460,7 +1308,7 @@ mod tests {
     fn ten_auth_failures_ban_the_source_and_its_messages_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         let attacker = "203.0.113.50";
         // Different accounts, so only the per-source rule counts.
         for i in 0..9 {
@@ -2494,7 +1342,7 @@ mod tests {
     fn distributed_guessing_locks_the_account() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         g.feedback(T0, &auth_failed("203.0.113.1", "100", true));
         g.feedback(T0 + 1_000, &auth_failed("203.0.113.2", "100", true));
         assert_eq!(g.poll_lock(), None);
@@ -2531,7 +1379,7 @@ mod tests {
 
         // The admin unlocks: the core is told, the store forgets it.
         let reply = g.admin(T0 + 3_000, FwCommand::Unlock { user: "100".into() }, &store);
-        assert!(matches!(reply, Reply::Done { .. }), "{reply:?}");
+        assert!(matches!(reply, Ok(FwReply::Done(_))), "{reply:?}");
         assert_eq!(g.poll_unlock(), Some("100".to_string()));
         assert!(store.fw_locks().unwrap().is_empty());
     }
@@ -2540,7 +1388,7 @@ mod tests {
     fn unknown_users_count_as_failures_and_feed_enumeration() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         for i in 0..10 {
             g.feedback(
                 T0 + i,
@@ -2556,7 +1404,7 @@ mod tests {
     fn unban_clears_detector_store_and_old_counts() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         let phone = "192.0.2.44";
         for i in 0..10 {
             g.feedback(T0 + i, &auth_failed(phone, &format!("2{i:02}"), true));
@@ -2564,7 +1412,7 @@ mod tests {
         assert!(g.is_banned(T0 + 10, ip(phone)));
         let reply = g.admin(T0 + 20, FwCommand::Unban { addr: phone.into() }, &store);
         match reply {
-            Reply::Done { message } => assert!(message.contains("unbanned"), "{message}"),
+            Ok(FwReply::Done(message)) => assert!(message.contains("unbanned"), "{message}"),
             other => panic!("{other:?}"),
         }
         assert!(!g.is_banned(T0 + 20, ip(phone)));
@@ -2589,7 +1437,7 @@ mod tests {
             },
             &store,
         );
-        assert!(matches!(bad, Reply::Error { .. }));
+        assert!(bad.is_err());
     }
 
     #[test]
@@ -2597,7 +1445,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         {
-            let mut g = Guard::start(&config(), &store, T0);
+            let mut g = start(&config(), &store, T0);
             assert!(!inspect(
                 &mut g,
                 T0,
@@ -2614,7 +1462,7 @@ mod tests {
             flush(&mut g, &store);
         }
         let later = T0 + 60 * MIN;
-        let mut g = Guard::start(&config(), &store, later);
+        let mut g = start(&config(), &store, later);
         assert!(g.is_banned(later, ip("203.0.113.9")));
         assert!(!inspect(
             &mut g,
@@ -2622,7 +1470,7 @@ mod tests {
             "203.0.113.9",
             &options("203.0.113.9", "x", 2)
         ));
-        let Reply::FwBans(list) = g.admin(later, FwCommand::Bans, &store) else {
+        let Ok(FwReply::Bans(list)) = g.admin(later, FwCommand::Bans, &store) else {
             panic!("not a ban list")
         };
         assert_eq!(list.bans.len(), 1);
@@ -2651,7 +1499,7 @@ mod tests {
                 },
             )])
             .unwrap();
-        let mut g = Guard::start(&config(), &store, later + MIN);
+        let mut g = start(&config(), &store, later + MIN);
         // With the sources it does not apply to.
         assert_eq!(
             g.poll_lock(),
@@ -2668,7 +1516,7 @@ mod tests {
         let much_later = T0 + 25 * 60 * MIN;
         let g2 = {
             drop(g);
-            Guard::start(&config(), &store, much_later)
+            start(&config(), &store, much_later)
         };
         assert!(!g2.is_banned(much_later, ip("203.0.113.9")));
         assert!(store.fw_bans().unwrap().is_empty());
@@ -2678,7 +1526,7 @@ mod tests {
     fn alerts_are_persisted_listed_and_their_logging_rate_limited() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         for n in 0..25u32 {
             let src = format!("203.0.113.{}", n + 1);
             assert!(!inspect(
@@ -2688,8 +1536,12 @@ mod tests {
                 &options(&src, "friendly-scanner", n)
             ));
         }
-        assert_eq!(g.alerts_logged, 10, "at most 10 lines per rule per minute");
-        assert_eq!(g.alerts_suppressed, 15);
+        assert_eq!(
+            g.alert_log.logged(),
+            10,
+            "at most 10 lines per rule per minute"
+        );
+        assert_eq!(g.alert_log.suppressed(), 15);
         // Next minute: logging resumes.
         let src = "198.51.100.99";
         assert!(!inspect(
@@ -2698,9 +1550,9 @@ mod tests {
             src,
             &options(src, "sipcli/1.8", 99)
         ));
-        assert_eq!(g.alerts_logged, 11);
+        assert_eq!(g.alert_log.logged(), 11);
 
-        let Reply::FwAlerts(alerts) = g.admin(T0 + MIN, FwCommand::Alerts { limit: 5 }, &store)
+        let Ok(FwReply::Alerts(alerts)) = g.admin(T0 + MIN, FwCommand::Alerts { limit: 5 }, &store)
         else {
             panic!("not an alert list")
         };
@@ -2714,7 +1566,7 @@ mod tests {
     fn pending_writes_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         for _ in 0..MAX_PENDING_WRITES + 10 {
             g.write(FirewallChange::PurgeExpired(T0));
         }
@@ -2726,7 +1578,7 @@ mod tests {
     fn runtime_allow_lifts_bans_inside_and_exempts_the_network() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         let office = "198.51.100.7";
         assert!(!inspect(
             &mut g,
@@ -2743,7 +1595,7 @@ mod tests {
             &store,
         );
         match reply {
-            Reply::Done { message } => {
+            Ok(FwReply::Done(message)) => {
                 assert!(message.contains("1 bans inside it lifted"), "{message}");
                 assert!(message.contains("restarts"), "{message}");
             }
@@ -2756,17 +1608,16 @@ mod tests {
             &options(office, "sipsak 0.9", 2)
         ));
         assert!(store.fw_bans().unwrap().is_empty());
-        assert!(matches!(
-            g.admin(
+        assert!(g
+            .admin(
                 T0,
                 FwCommand::Allow {
                     cidr: "10.0.0.0/33".into()
                 },
                 &store
-            ),
-            Reply::Error { .. }
-        ));
-        let Reply::FwStatus(st) = g.admin(T0, FwCommand::Status, &store) else {
+            )
+            .is_err());
+        let Ok(FwReply::Status(st)) = g.admin(T0, FwCommand::Status, &store) else {
             panic!("not a status")
         };
         assert_eq!(st.runtime_allow, ["198.51.100.0/24"]);
@@ -2777,8 +1628,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut cfg = config();
-        cfg.firewall.monitor = true;
-        let mut g = Guard::start(&cfg, &store, T0);
+        cfg.monitor = true;
+        let mut g = start(&cfg, &store, T0);
         assert_eq!(g.mode(), &Mode::Monitor);
         assert!(inspect(
             &mut g,
@@ -2798,7 +1649,7 @@ mod tests {
         assert_eq!(alerts.len(), 1, "one alert per offender");
         assert!(!alerts[0].enforced);
         // Every would-be ban counts, also after the first: status and rules show them.
-        let Reply::FwStatus(st) = g.admin(T0 + 2, FwCommand::Status, &store) else {
+        let Ok(FwReply::Status(st)) = g.admin(T0 + 2, FwCommand::Status, &store) else {
             panic!("not a status")
         };
         assert_eq!(st.would_be_bans, 2);
@@ -2811,7 +1662,7 @@ mod tests {
     fn malformed_messages_count_as_failures() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         let junk = b"\x16\x03\x01 not sip at all\r\n\r\n";
         for i in 0..9 {
             assert!(
@@ -2830,7 +1681,7 @@ mod tests {
     fn latin1_text_is_not_malformed_and_known_sources_are_not_banned_for_mistakes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         let office = "198.51.100.40";
         let mut latin1 = String::from_utf8(options(office, "Yealink SIP-T46S", 1))
             .unwrap()
@@ -2871,7 +1722,7 @@ mod tests {
     fn status_and_rules_report_mode_counters_and_thresholds() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         inspect(
             &mut g,
             T0,
@@ -2884,7 +1735,7 @@ mod tests {
             "203.0.113.9",
             &options("203.0.113.9", "friendly-scanner", 2),
         );
-        let Reply::FwStatus(st) = g.admin(T0 + 2, FwCommand::Status, &store) else {
+        let Ok(FwReply::Status(st)) = g.admin(T0 + 2, FwCommand::Status, &store) else {
             panic!("not a status")
         };
         assert_eq!(st.mode, "user-space");
@@ -2895,7 +1746,7 @@ mod tests {
         let scanner = st.rule_hits.iter().find(|h| h.rule == "scanner").unwrap();
         assert_eq!(scanner.hits, 1);
 
-        let Reply::FwRules(rules) = g.admin(T0, FwCommand::Rules, &store) else {
+        let Ok(FwReply::Rules(rules)) = g.admin(T0, FwCommand::Rules, &store) else {
             panic!("not rules")
         };
         assert_eq!(rules.len(), Rule::ALL.len());
@@ -2915,7 +1766,7 @@ mod tests {
     fn timers_run_maintenance_and_detector_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         assert_eq!(g.poll_timeout(), Some(T0 + MAINTENANCE_MS));
         inspect(
             &mut g,
@@ -2945,11 +1796,11 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         // Without the kernel nothing is tracked.
         g.media(&MediaCommand::Close { session: 1 });
-        assert!(g.rtp_sessions.is_empty());
-        let cfg = nft_config(&Config::default());
+        assert!(g.rtp.is_empty());
+        let cfg = FirewallConfig::default().nft_config(&site());
         assert_eq!(cfg.sip_ports, [5060]);
         assert_eq!(cfg.rtp_range, (10000, 10999));
         assert!(cfg.rtp_closed);
@@ -2957,7 +1808,7 @@ mod tests {
     }
     #[test]
     fn trunks_become_kernel_trunk_peers_by_address_transport_and_port() {
-        let mut c = Config::from_toml_str(
+        let mut c = crate::config::Config::from_toml_str(
             "[[trunk]]\nname = \"udp\"\nhost = \"203.0.113.5:5080\"\nregister = false\n\
              inbound_from = [\"198.51.100.16/28\"]\n\n\
              [[trunk]]\nname = \"tls\"\nhost = \"[2001:db8::5]\"\ntransport = \"tls\"\n\
@@ -2965,7 +1816,7 @@ mod tests {
         )
         .unwrap();
         c.firewall.detect.trunk_peers = vec![ip("192.0.2.77")];
-        let cfg = nft_config(&c);
+        let cfg = c.firewall.nft_config(&c.firewall_surroundings());
         let shown: Vec<String> = cfg
             .trunk_peers
             .iter()
@@ -2983,7 +1834,12 @@ mod tests {
         );
         assert_eq!(cfg.trunk_flood_rate, Some(FloodLimit::TRUNK_DEFAULT));
         c.firewall.kernel_trunk_per_second = 0;
-        assert_eq!(nft_config(&c).trunk_flood_rate, None);
+        assert_eq!(
+            c.firewall
+                .nft_config(&c.firewall_surroundings())
+                .trunk_flood_rate,
+            None
+        );
     }
 
     #[test]
@@ -2991,8 +1847,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut c = config();
-        c.firewall.detect.trunk_peers = vec![ip("203.0.113.5")];
-        let mut g = Guard::start(&c, &store, T0);
+        c.detect.trunk_peers = vec![ip("203.0.113.5")];
+        let mut g = start(&c, &store, T0);
         let scan = options("203.0.113.5", "friendly-scanner", 1);
         let parsed = wire::parse(&scan);
         // As the trunk's own traffic even a scanner's fingerprint passes (the core decides).
@@ -3012,23 +1868,11 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         // A stand-in for the enforcer thread: the test reads what it would be sent.
-        let (tx, rx) = mpsc::sync_channel(64);
-        g.enforcer = Some(EnforcerHandle {
-            tx,
-            shared: Arc::new(Mutex::new(KernelState::default())),
-            queue_drops: 0,
-        });
+        let rx = capture_ops(&mut g);
         g.rtp_closed = true;
-        let ops = || -> Vec<SetOp> {
-            rx.try_iter()
-                .filter_map(|r| match r {
-                    Request::Op(op) => Some(op),
-                    _ => None,
-                })
-                .collect()
-        };
+        let ops = || -> Vec<SetOp> { rx.drain() };
         // A leg on `port` whose phone signals from `signal` and puts `sdp` in its SDP.
         let leg = |port: u16, allowed: &[&str], sdp: Option<&str>| LegMedia {
             local_port: port,
@@ -3061,7 +1905,8 @@ mod tests {
                 addr: "203.0.113.9".into(),
             },
             &store,
-        );
+        )
+        .unwrap();
         assert_eq!(ops(), [SetOp::Unban(ip("203.0.113.9"))]);
 
         // Phone A behind NAT (private SDP address, public signalling address), phone B on
@@ -3147,7 +1992,7 @@ mod tests {
             ops(),
             [close("198.51.100.9", 10000), close("198.51.100.9", 10001)]
         );
-        assert_eq!(g.rtp_sessions.len(), 1);
+        assert_eq!(g.rtp.len(), 1);
         g.media(&MediaCommand::Close { session: 7 });
         assert!(ops().is_empty(), "closing twice sends nothing");
         g.media(&MediaCommand::Close { session: 8 });
@@ -3155,30 +2000,18 @@ mod tests {
             ops(),
             [close("2001:db8::5", 10004), close("2001:db8::5", 10005)]
         );
-        assert!(g.rtp_sessions.is_empty());
+        assert!(g.rtp.is_empty());
     }
 
     /// A stand-in for the enforcer thread: the test reads what it would be sent.
-    fn capture_ops(g: &mut Guard) -> Receiver<Request> {
-        let (tx, rx) = mpsc::sync_channel(64);
-        g.enforcer = Some(EnforcerHandle {
-            tx,
-            shared: Arc::new(Mutex::new(KernelState::default())),
-            queue_drops: 0,
-        });
-        rx
+    fn capture_ops(g: &mut Guard) -> SentOps {
+        let (handle, sent) = EnforcerHandle::detached(64);
+        g.enforcer = Some(handle);
+        sent
     }
 
-    fn sent_ops(rx: &Receiver<Request>) -> Vec<SetOp> {
-        let mut out = Vec::new();
-        for r in rx.try_iter() {
-            match r {
-                Request::Op(op) => out.push(op),
-                Request::Ops(ops) => out.extend(ops),
-                _ => {}
-            }
-        }
-        out
+    fn sent_ops(sent: &SentOps) -> Vec<SetOp> {
+        sent.drain()
     }
 
     fn report(sources: &[(&str, u32, u32)], pool_refused: u32) -> ConnReport {
@@ -3199,7 +2032,7 @@ mod tests {
     fn a_connection_flood_bans_the_source_in_the_kernel_and_closes_its_connections() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         let rx = capture_ops(&mut g);
         // Holding its 16 is allowed; the 8th refusal at the cap within 10 s bans.
         g.connections(T0, &report(&[("203.0.113.30", 16, 7)], 0));
@@ -3236,7 +2069,8 @@ mod tests {
                 addr: "203.0.113.30".into(),
             },
             &store,
-        );
+        )
+        .unwrap();
         assert_eq!(notices(&mut g), [ConnNotice::Unbanned(ip("203.0.113.30"))]);
     }
 
@@ -3244,7 +2078,7 @@ mod tests {
     fn an_auth_success_raises_the_sources_caps_in_the_transports_and_the_kernel() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         let rx = capture_ops(&mut g);
         g.conn_kernel = true;
         let phone = Peer {
@@ -3295,7 +2129,7 @@ mod tests {
     fn registrations_that_survived_a_restart_give_their_sources_a_pass_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         let rx = capture_ops(&mut g);
         g.conn_kernel = true;
         let office = Peer {
@@ -3331,7 +2165,7 @@ mod tests {
     fn a_full_connection_pool_raises_one_alert_a_minute_and_bans_nobody() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         g.connections(T0, &report(&[], 30));
         g.connections(T0 + 1_000, &report(&[], 50));
         g.connections(T0 + MIN + 1, &report(&[], 5));
@@ -3350,7 +2184,7 @@ mod tests {
             alerts[0].message
         );
         assert_eq!(g.detector.bans(T0).len(), 0);
-        let Reply::FwRules(rules) = g.admin(T0, FwCommand::Rules, &store) else {
+        let Ok(FwReply::Rules(rules)) = g.admin(T0, FwCommand::Rules, &store) else {
             panic!("not rules")
         };
         let rule = rules.iter().find(|r| r.rule == "connection_flood").unwrap();
@@ -3366,18 +2200,18 @@ mod tests {
     fn refresh_feeds(g: &mut Guard, now: Millis) {
         g.handle_timeout(now);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while g.feeds.iter().any(|f| f.in_flight) {
+        while g.feeds.in_flight() {
             assert!(Instant::now() < deadline, "the feed read did not finish");
             std::thread::sleep(Duration::from_millis(2));
             g.handle_timeout(now);
         }
     }
 
-    fn feed_config(path: &std::path::Path, refresh_secs: u64, ban_secs: u64) -> Config {
+    fn feed_config(path: &std::path::Path, refresh_secs: u64, ban_secs: u64) -> FirewallConfig {
         let mut c = config();
-        c.firewall.detect.allow = vec!["192.0.2.0/24".parse().unwrap()];
-        c.firewall.detect.trunk_peers = vec![ip("198.51.100.200")];
-        c.firewall.feeds = vec![crate::config::FeedConfig {
+        c.detect.allow = vec!["192.0.2.0/24".parse().unwrap()];
+        c.detect.trunk_peers = vec![ip("198.51.100.200")];
+        c.feeds = vec![config::FeedConfig {
             source: path.to_str().unwrap().to_string(),
             refresh_secs,
             ban_secs,
@@ -3386,7 +2220,7 @@ mod tests {
     }
 
     fn ban_rule(g: &mut Guard, store: &Store, now: Millis, addr: &str) -> Option<(String, u64)> {
-        let Reply::FwBans(list) = g.admin(now, FwCommand::Bans, store) else {
+        let Ok(FwReply::Bans(list)) = g.admin(now, FwCommand::Bans, store) else {
             panic!("not a ban list")
         };
         list.bans
@@ -3396,7 +2230,7 @@ mod tests {
     }
 
     fn feed_health(g: &mut Guard, store: &Store, now: Millis) -> FwFeedInfo {
-        let Reply::FwStatus(st) = g.admin(now, FwCommand::Status, store) else {
+        let Ok(FwReply::Status(st)) = g.admin(now, FwCommand::Status, store) else {
             panic!("not a status")
         };
         st.feeds[0].clone()
@@ -3413,7 +2247,7 @@ mod tests {
              192.0.2.5\n198.51.100.200\n127.0.0.1\n10.0.0.0/8\n",
         )
         .unwrap();
-        let mut g = Guard::start(&feed_config(&path, 2, 600), &store, T0);
+        let mut g = start(&feed_config(&path, 2, 600), &store, T0);
         let ops = capture_ops(&mut g);
         assert_eq!(g.poll_timeout(), Some(T0), "the first read is due at start");
         refresh_feeds(&mut g, T0);
@@ -3445,7 +2279,7 @@ mod tests {
         // Feed bans are the feed's: not stored, not exported.
         flush(&mut g, &store);
         assert!(store.fw_bans().unwrap().is_empty());
-        let Reply::FwExport(doc) = g.admin(T0, FwCommand::Export, &store) else {
+        let Ok(FwReply::Export(doc)) = g.admin(T0, FwCommand::Export, &store) else {
             panic!("not an export")
         };
         assert!(doc.bans.is_empty(), "{doc:?}");
@@ -3483,7 +2317,7 @@ mod tests {
         // The admin unbans a listed address: told it comes back with the feed.
         std::fs::write(&path, "203.0.113.64/30\n").unwrap();
         refresh_feeds(&mut g, T0 + 307_000);
-        let Reply::Done { message } = g.admin(
+        let Ok(FwReply::Done(message)) = g.admin(
             T0 + 307_000,
             FwCommand::Unban {
                 addr: "203.0.113.66".into(),
@@ -3500,7 +2334,8 @@ mod tests {
                 cidr: "203.0.113.66".into(),
             },
             &store,
-        );
+        )
+        .unwrap();
         refresh_feeds(&mut g, T0 + 309_000);
         assert!(!g.is_banned(T0 + 309_000, ip("203.0.113.66")));
         assert!(g.is_banned(T0 + 309_000, ip("203.0.113.67")));
@@ -3512,7 +2347,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let path = dir.path().join("drop.txt");
         std::fs::write(&path, "203.0.113.9\n203.0.113.10\n").unwrap();
-        let mut g = Guard::start(&feed_config(&path, 2, 600), &store, T0);
+        let mut g = start(&feed_config(&path, 2, 600), &store, T0);
         // A scanner ban (24 h) is longer than the feed's; an import of 60 s is shorter.
         assert!(!inspect(
             &mut g,
@@ -3528,7 +2363,7 @@ mod tests {
             },
             &store,
         );
-        assert!(matches!(reply, Reply::Done { .. }), "{reply:?}");
+        assert!(matches!(reply, Ok(FwReply::Done(_))), "{reply:?}");
         refresh_feeds(&mut g, T0 + 1_000);
         assert_eq!(
             ban_rule(&mut g, &store, T0 + 1_000, "203.0.113.9")
@@ -3560,8 +2395,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut cfg = config();
-        cfg.firewall.detect.allow = vec!["192.0.2.0/24".parse().unwrap()];
-        let mut g = Guard::start(&cfg, &store, T0);
+        cfg.detect.allow = vec!["192.0.2.0/24".parse().unwrap()];
+        let mut g = start(&cfg, &store, T0);
         let ops = capture_ops(&mut g);
         let reply = g.admin(
             T0,
@@ -3571,7 +2406,7 @@ mod tests {
             },
             &store,
         );
-        let Reply::Done { message } = reply else {
+        let Ok(FwReply::Done(message)) = reply else {
             panic!("{reply:?}")
         };
         assert!(
@@ -3593,7 +2428,7 @@ mod tests {
             "198.51.100.7",
             &options("198.51.100.7", "sipvicious", 1)
         ));
-        let Reply::FwExport(doc) = g.admin(T0 + 1_000, FwCommand::Export, &store) else {
+        let Ok(FwReply::Export(doc)) = g.admin(T0 + 1_000, FwCommand::Export, &store) else {
             panic!("not an export")
         };
         assert_eq!(doc.generated, T0 + 1_000);
@@ -3605,7 +2440,7 @@ mod tests {
         // Another site imports the export.
         let dir2 = tempfile::tempdir().unwrap();
         let store2 = Store::open(dir2.path()).unwrap();
-        let mut other = Guard::start(&config(), &store2, T0 + 2_000);
+        let mut other = start(&config(), &store2, T0 + 2_000);
         let text = serde_json::to_string(&doc).unwrap();
         let reply = other.admin(
             T0 + 2_000,
@@ -3615,7 +2450,7 @@ mod tests {
             },
             &store2,
         );
-        assert!(matches!(reply, Reply::Done { .. }), "{reply:?}");
+        assert!(matches!(reply, Ok(FwReply::Done(_))), "{reply:?}");
         for a in ["198.51.100.7", "203.0.113.9", "2001:db8::66"] {
             assert!(other.is_banned(T0 + 2_000, ip(a)), "{a}");
         }
@@ -3629,11 +2464,11 @@ mod tests {
                 },
                 &store2,
             );
-            assert!(matches!(reply, Reply::Error { .. }), "{text}: {reply:?}");
+            assert!(reply.is_err(), "{text}: {reply:?}");
         }
         let mut mcfg = config();
-        mcfg.firewall.monitor = true;
-        let mut monitor = Guard::start(&mcfg, &store2, T0);
+        mcfg.monitor = true;
+        let mut monitor = start(&mcfg, &store2, T0);
         let reply = monitor.admin(
             T0,
             FwCommand::Import {
@@ -3642,14 +2477,14 @@ mod tests {
             },
             &store2,
         );
-        assert!(matches!(reply, Reply::Error { .. }), "{reply:?}");
+        assert!(reply.is_err(), "{reply:?}");
     }
 
     #[test]
     fn an_export_stays_importable_in_size() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut g = Guard::start(&config(), &store, T0);
+        let mut g = start(&config(), &store, T0);
         // 79 networks of 256: 20,224 bans, about 2 MiB of export.
         let text: String = (0..79).map(|n| format!("10.1.{n}.0/24\n")).collect();
         let reply = g.admin(
@@ -3660,8 +2495,8 @@ mod tests {
             },
             &store,
         );
-        assert!(matches!(reply, Reply::Done { .. }), "{reply:?}");
-        let Reply::FwExport(doc) = g.admin(T0, FwCommand::Export, &store) else {
+        assert!(matches!(reply, Ok(FwReply::Done(_))), "{reply:?}");
+        let Ok(FwReply::Export(doc)) = g.admin(T0, FwCommand::Export, &store) else {
             panic!("not an export")
         };
         assert!(doc.omitted > 0);
@@ -3703,9 +2538,11 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut cfg = Config::default();
-        cfg.firewall.table = "guardtest".into();
-        let mut g = Guard::start(&cfg, &store, T0);
+        let cfg = FirewallConfig {
+            table: "guardtest".into(),
+            ..FirewallConfig::default()
+        };
+        let mut g = start(&cfg, &store, T0);
         assert_eq!(g.mode(), &Mode::Enforcing);
         let ban4 = || nft(&["list", "set", "inet", "guardtest", "ban4"]);
         let ban6 = || nft(&["list", "set", "inet", "guardtest", "ban6"]);
@@ -3730,7 +2567,8 @@ mod tests {
         assert!(!ban4().contains("203.0.113.9"));
         g.handle_timeout(T0 + MAINTENANCE_MS);
         wait_for("the restore", &|| ban4().contains("203.0.113.9"));
-        let Reply::FwStatus(st) = g.admin(T0 + MAINTENANCE_MS, FwCommand::Status, &store) else {
+        let Ok(FwReply::Status(st)) = g.admin(T0 + MAINTENANCE_MS, FwCommand::Status, &store)
+        else {
             panic!("not a status")
         };
         let k = st.kernel.unwrap();
@@ -3743,7 +2581,8 @@ mod tests {
                 addr: "203.0.113.9".into(),
             },
             &store,
-        );
+        )
+        .unwrap();
         wait_for("the unban", &|| !ban4().contains("203.0.113.9"));
         assert!(ban6().contains("2001:db8::66"));
         nft(&["delete", "table", "inet", "guardtest"]);
