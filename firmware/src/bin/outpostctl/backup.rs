@@ -19,7 +19,7 @@ use firmware::console;
 
 use crate::cli::BackupKeyArgs;
 use crate::failure::Failure;
-use crate::input::{read_identity, read_input};
+use crate::input::read_identity;
 use crate::link::Link;
 use crate::render::{fmt_size, restore_staged, sanitize, show, to_json};
 
@@ -39,16 +39,7 @@ pub fn backup_target(
         text.into_owned()
     };
     let key = if let Some(identity) = &key.identity {
-        let text = read_input(identity)?;
-        if text.len() > 64 * 1024 {
-            return Err(Failure::Usage(format!(
-                "{}: too large for an identity file",
-                identity.display()
-            )));
-        }
-        Decryption::identity_text(&text)
-            .map_err(|e| Failure::Usage(format!("{}: {e}", identity.display())))?;
-        Some(BackupKey::Identity(text))
+        Some(read_identity(identity)?)
     } else if key.passphrase {
         let p = console::read_secret("Backup passphrase: ")
             .map_err(|e| Failure::Usage(format!("cannot read the passphrase: {e}")))?

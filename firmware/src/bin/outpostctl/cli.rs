@@ -1,7 +1,7 @@
 //! The command line: the clap tree of every outpostctl command, its arguments and help.
 //!
 //! Parsed in one place for the command line itself, the shell's lines and an SSH session's
-//! `$SSH_ORIGINAL_COMMAND` (see [`crate::session`]); nothing here runs a command.
+//! `$SSH_ORIGINAL_COMMAND` (the session module); nothing here runs a command.
 
 use std::path::PathBuf;
 

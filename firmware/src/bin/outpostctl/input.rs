@@ -161,7 +161,8 @@ pub fn read_new_backup_passphrase() -> Result<String, Failure> {
     Ok(passphrase)
 }
 
-/// An identity file given to `restore -` (read here, where outpostctl runs).
+/// An age identity file (`-`: standard input), read here where outpostctl runs and checked
+/// before it is sent.
 pub fn read_identity(path: &Path) -> Result<BackupKey, Failure> {
     let text = read_input(path)?;
     if text.len() > 64 * 1024 {

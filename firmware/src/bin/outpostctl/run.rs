@@ -17,7 +17,7 @@ use crate::plan::plan;
 use crate::render::show;
 use crate::updates::{sbom, update_cmd};
 
-/// Runs `cli` (not a session command: those are [`crate::session::Session`]'s).
+/// Runs `cli` (not a session command: the session module runs those).
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
     if let Cmd::Config(ConfigCmd::Edit { confirm, message }) = &cli.command {

@@ -3,9 +3,9 @@
 
 use firmware::admin::proto::{FwAlertInfo, FwBansInfo, FwExport, FwRuleInfo, FwStatusInfo};
 
+use super::json::to_json;
 use super::table::Table;
 use super::text::{fmt_duration, fmt_time, sanitize};
-use super::to_json;
 use crate::cli::ExportFormat;
 
 /// `fw status`: mode, counters, kernel and connection figures, rule hits, feeds.

@@ -6,12 +6,11 @@
 
 mod backup;
 mod fw;
+mod json;
 mod pbx;
 mod system;
 mod table;
 mod text;
-
-use serde::Serialize;
 
 use firmware::admin::proto::{LoginOutcome, Reply};
 
@@ -20,6 +19,7 @@ use crate::failure::Failure;
 
 pub use backup::restore_staged;
 pub use fw::export;
+pub use json::to_json;
 pub use system::{sbom_summary, update_status};
 pub use text::{fmt_size, now_ms, sanitize};
 
@@ -50,11 +50,6 @@ pub fn show(reply: &Reply, json: bool, generated: Option<&Generated>) -> Result<
         Reply::Error { message } => Err(Failure::Refused(sanitize(message))),
         _ => Ok(()),
     }
-}
-
-/// One JSON line of `value` (an error object if it cannot be serialised).
-pub fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 /// The reply's payload without the tag, as one JSON line.
