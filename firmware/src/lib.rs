@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod civil;
 pub mod config;
 pub mod console;
 pub mod daemon;

@@ -1,6 +1,7 @@
 //! When backups run and which ones are kept: the `[backup] schedule` (UTC), retention
 //! (newest per day for `keep_daily` days, newest per ISO week for `keep_weekly` weeks), and
-//! the small calendar arithmetic both need (no time zone database on the box: UTC only).
+//! the UTC text formats of backups and call records (RFC 3339, file stamps; the calendar
+//! arithmetic under them is the leaf [`crate::civil`]: no time zone database on the box).
 //!
 //! Everything here is pure: time is passed in as [`Millis`].
 
@@ -8,7 +9,8 @@ use std::fmt;
 
 use pbx_core::Millis;
 
-const MS_PER_DAY: u64 = 86_400_000;
+use crate::civil::{self, civil_from_days, days_from_civil, UtcTime, MS_PER_DAY};
+
 const MS_PER_HOUR: u64 = 3_600_000;
 const MS_PER_MIN: u64 = 60_000;
 
@@ -90,7 +92,7 @@ impl Schedule {
             } => {
                 let offset = u64::from(hour) * MS_PER_HOUR + u64::from(minute) * MS_PER_MIN;
                 let day = t / MS_PER_DAY;
-                let ahead = (u64::from(weekday) + 7 - weekday_of_day(day)) % 7;
+                let ahead = (u64::from(weekday) + 7 - civil::weekday(day)) % 7;
                 let candidate = (day + ahead) * MS_PER_DAY + offset;
                 Some(if candidate > t {
                     candidate
@@ -174,80 +176,36 @@ pub fn retention_victims(
 /// Day number (days since 1970-01-01) of the Monday starting `t`'s ISO week.
 fn iso_week_start(t: Millis) -> u64 {
     let day = t / MS_PER_DAY;
-    // weekday_of_day: 0 = Sunday; ISO weeks start on Monday.
-    let since_monday = (weekday_of_day(day) + 6) % 7;
+    // civil::weekday: 0 = Sunday; ISO weeks start on Monday.
+    let since_monday = (civil::weekday(day) + 6) % 7;
     day.saturating_sub(since_monday)
-}
-
-/// Day of the week of a day number: 0 = Sunday (1970-01-01 was a Thursday).
-fn weekday_of_day(day: u64) -> u64 {
-    (day + 4) % 7
-}
-
-/// (year, month 1-12, day 1-31) of a day number (days since 1970-01-01).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Howard Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = if m <= 2 { y + 1 } else { y };
-    (
-        year,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
-    )
-}
-
-/// Day number (days since 1970-01-01) of a civil date.
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Broken-down UTC time of `t`: (year, month, day, hour, minute, second, millisecond).
-fn utc_parts(t: Millis) -> (i64, u32, u32, u64, u64, u64, u64) {
-    let days = i64::try_from(t / MS_PER_DAY).unwrap_or(i64::MAX / 2);
-    let (y, mo, d) = civil_from_days(days);
-    let rest = t % MS_PER_DAY;
-    (
-        y,
-        mo,
-        d,
-        rest / MS_PER_HOUR,
-        rest % MS_PER_HOUR / MS_PER_MIN,
-        rest % MS_PER_MIN / 1000,
-        rest % 1000,
-    )
 }
 
 /// RFC 3339 UTC with seconds: `2024-05-01T02:30:00Z`.
 pub fn rfc3339(t: Millis) -> String {
-    let (y, mo, d, h, mi, s, _) = utc_parts(t);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    let u = UtcTime::from_millis(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        u.year, u.month, u.day, u.hour, u.minute, u.second
+    )
 }
 
 /// RFC 3339 UTC with milliseconds: `2024-05-01T02:30:00.125Z`.
 pub fn rfc3339_ms(t: Millis) -> String {
-    let (y, mo, d, h, mi, s, ms) = utc_parts(t);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    let u = UtcTime::from_millis(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        u.year, u.month, u.day, u.hour, u.minute, u.second, u.milli
+    )
 }
 
 /// The compact stamp in backup file names: `20240501T023000Z`.
 pub fn file_stamp(t: Millis) -> String {
-    let (y, mo, d, h, mi, s, _) = utc_parts(t);
-    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+    let u = UtcTime::from_millis(t);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        u.year, u.month, u.day, u.hour, u.minute, u.second
+    )
 }
 
 /// Parses a [`file_stamp`] back to ms since the epoch.

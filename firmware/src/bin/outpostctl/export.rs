@@ -1,0 +1,176 @@
+//! Documents written for other programs: `cdr export` (CSV for spreadsheets, or JSON,
+//! streamed page by page as the daemon sends them) and `fw export` (the ban list other
+//! sites' blocklist feeds read).
+
+use std::io::Write;
+use std::path::Path;
+
+use firmware::admin::proto::{Command, FwExport, Reply};
+use firmware::backup::schedule::{parse_date, rfc3339_ms};
+use pbx_core::cdr::Cdr;
+
+use crate::cli::{CdrFormat, ExportFormat};
+use crate::failure::Failure;
+use crate::link::Link;
+use crate::render::{self, sanitize, to_json};
+
+/// `cdr export`: pages of records from the daemon, written as they arrive.
+pub fn cdr_export(
+    socket: &Path,
+    format: CdrFormat,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(), Failure> {
+    let parse = |s: &str| parse_date(s).map_err(Failure::Usage);
+    let from_ms = from.map(parse).transpose()?.map(|(t, _)| t);
+    // A bare end date includes its whole day.
+    let to_ms = to.map(parse).transpose()?.map(|(t, date)| {
+        if date {
+            t.saturating_add(86_400_000)
+        } else {
+            t
+        }
+    });
+    if let (Some(f), Some(t)) = (from_ms, to_ms) {
+        if t <= f {
+            return Err(Failure::Usage("--to must be after --from".to_owned()));
+        }
+    }
+    let mut link = Link::connect(socket)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let broken = |e: std::io::Error| Failure::Usage(format!("cannot write the export: {e}"));
+    match format {
+        CdrFormat::Csv => out.write_all(CSV_HEADER.as_bytes()).map_err(broken)?,
+        CdrFormat::Json => out.write_all(b"[").map_err(broken)?,
+    }
+    let mut after = 0u64;
+    let mut first = true;
+    loop {
+        let reply = link.request(&Command::CdrExport {
+            from: from_ms,
+            to: to_ms,
+            after,
+            limit: 2_000,
+        })?;
+        let (cdrs, next) = match reply {
+            Reply::CdrPage { cdrs, next } => (cdrs, next),
+            Reply::Error { message } => return Err(Failure::Refused(sanitize(&message))),
+            other => return Err(Failure::unexpected(&other)),
+        };
+        for cdr in &cdrs {
+            match format {
+                CdrFormat::Csv => out.write_all(csv_row(cdr).as_bytes()).map_err(broken)?,
+                CdrFormat::Json => {
+                    if !first {
+                        out.write_all(b",").map_err(broken)?;
+                    }
+                    out.write_all(b"\n").map_err(broken)?;
+                    out.write_all(to_json(cdr).as_bytes()).map_err(broken)?;
+                }
+            }
+            first = false;
+        }
+        match next {
+            Some(n) if n > after => after = n,
+            _ => break,
+        }
+    }
+    if format == CdrFormat::Json {
+        out.write_all(if first { b"]\n" as &[u8] } else { b"\n]\n" })
+            .map_err(broken)?;
+    }
+    out.flush().map_err(broken)
+}
+
+/// The header row of `cdr export --format csv`.
+pub const CSV_HEADER: &str =
+    "call_id,caller,callee,start,answer,end,billsec,disposition,status\r\n";
+
+/// One CSV row (RFC 4180: CRLF line ends, fields with `,`, `"`, CR or LF quoted, quotes
+/// doubled). Fields starting with `=` or `@` get a leading `'` so a spreadsheet never runs
+/// them as formulas (these values come from the network); `+` stays, as in `+4930...`.
+pub fn csv_row(c: &Cdr) -> String {
+    let time = rfc3339_ms;
+    let disposition = serde_json::to_value(c.disposition)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let fields = [
+        csv_field(&c.call_id),
+        csv_field(&c.caller),
+        csv_field(&c.callee),
+        time(c.start),
+        c.answer.map(time).unwrap_or_default(),
+        time(c.end),
+        c.billsec().to_string(),
+        disposition,
+        c.status.to_string(),
+    ];
+    format!("{}\r\n", fields.join(","))
+}
+
+/// One CSV field, quoted when it must be and defused when it could start a formula.
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    if s.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+/// Prints an export, or writes it to `out`; warns when bans were left out.
+pub fn write_export(
+    doc: &FwExport,
+    format: ExportFormat,
+    out: Option<&Path>,
+) -> Result<(), Failure> {
+    let text = render::export(doc, format);
+    match out {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
+            println!("{} bans exported to {}", doc.bans.len(), path.display());
+        }
+        None => print!("{text}"),
+    }
+    if doc.omitted > 0 {
+        eprintln!(
+            "outpostctl: {} more bans left out: an export holds at most 1 MiB so other sites can import it",
+            doc.omitted
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use pbx_core::cdr::Disposition;
+
+    use super::*;
+
+    #[test]
+    fn csv_rows_follow_rfc_4180_and_never_start_a_formula() {
+        let cdr = Cdr {
+            call_id: "a\"b".into(),
+            caller: "=cmd|x".into(),
+            callee: "+49 30, 1".into(),
+            start: 1_714_521_600_000,
+            answer: None,
+            end: 1_714_521_605_500,
+            disposition: Disposition::NoAnswer,
+            status: 480,
+        };
+        assert_eq!(
+            csv_row(&cdr),
+            "\"a\"\"b\",'=cmd|x,\"+49 30, 1\",2024-05-01T00:00:00.000Z,,2024-05-01T00:00:05.500Z,0,no_answer,480\r\n"
+        );
+        assert_eq!(CSV_HEADER.matches(',').count(), 8);
+    }
+}
