@@ -1,29 +1,21 @@
 //! Where a bundle comes from: a file, standard input, or an `http://` / `https://` URL.
 //!
-//! The download is a small blocking HTTP/1.1 GET (rustls with the daemon's client settings:
-//! the Mozilla roots plus `/etc/outpost/update-ca.pem` when present). Plain HTTP is
-//! acceptable because the bundle is signed and its payload's SHA-256 is in the signed
-//! manifest: a tampered or truncated download is refused by the bundle reader, not here.
-//! The response head is bounded, at most [`MAX_REDIRECTS`] redirects are followed, and the
-//! body is streamed, never held in memory.
+//! The download is a GET through the one HTTP client (`crate::http`, with the daemon's TLS
+//! client settings: the Mozilla roots plus `/etc/outpost/update-ca.pem` when present). Plain
+//! HTTP is acceptable because the bundle is signed and its payload's SHA-256 is in the
+//! signed manifest: a tampered or truncated download is refused by the bundle reader, not
+//! here. The URL is checked here first (so the admin reads why it is refused); the response
+//! head is bounded, at most [`MAX_REDIRECTS`] redirects are followed, and the body is
+//! streamed, never held in memory.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{self, Read};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::{ClientConnection, StreamOwned};
-use rustls_pki_types::ServerName;
+use crate::http::{Client, HttpError, Settings};
 
 /// Redirects followed before giving up.
 pub const MAX_REDIRECTS: usize = 3;
-/// Largest response head (status line and headers) read.
-const MAX_HEAD: u64 = 16 * 1024;
-/// Largest chunk-size or trailer line of a chunked body.
-const MAX_CHUNK_LINE: u64 = 1024;
-/// Time for one TCP connect.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A download that moves no byte for this long has stalled.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest URL accepted.
@@ -142,28 +134,6 @@ impl Url {
         })
     }
 
-    /// Where a `Location` header points, relative to this URL.
-    fn join(&self, location: &str) -> Result<Url, FetchError> {
-        if is_url(location) {
-            return Url::parse(location);
-        }
-        if location.starts_with("//") {
-            let scheme = if self.https { "https:" } else { "http:" };
-            return Url::parse(&format!("{scheme}{location}"));
-        }
-        let path = if location.starts_with('/') {
-            location.to_owned()
-        } else {
-            let dir = self.path.split('?').next().unwrap_or("/");
-            let dir = &dir[..dir.rfind('/').map_or(0, |i| i + 1)];
-            format!("{dir}{location}")
-        };
-        let mut next = self.clone();
-        next.path = path;
-        // Re-checked like any other URL.
-        Url::parse(&next.to_string())
-    }
-
     fn host_header(&self) -> String {
         crate::http::authority(&self.host, self.port, if self.https { 443 } else { 80 })
     }
@@ -184,55 +154,10 @@ fn shown(text: &str) -> String {
         .collect()
 }
 
-/// A connection: plain TCP or TLS over it.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf),
-            // A server that closes without close_notify: the end of the body is checked by
-            // Content-Length or the chunked framing, and the bundle by its signed length.
-            Conn::Tls(s) => match s.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
-                other => other,
-            },
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
-        }
-    }
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Conn::Plain(_) => "Conn::Plain",
-            Conn::Tls(_) => "Conn::Tls",
-        })
-    }
-}
-
 /// A downloaded body, streamed.
 #[derive(Debug)]
 pub struct Download {
-    body: Body,
+    body: crate::http::Response,
     /// The length the server announced, if it did.
     pub length: Option<u64>,
     /// The URL the body came from (after redirects).
@@ -245,285 +170,74 @@ impl Read for Download {
     }
 }
 
-#[derive(Debug)]
-enum Body {
-    Length(io::Take<BufReader<Conn>>),
-    Chunked(Chunked<BufReader<Conn>>),
-    ToEnd(BufReader<Conn>),
-}
-
-impl Read for Body {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Body::Length(r) => r.read(buf),
-            Body::Chunked(r) => r.read(buf),
-            Body::ToEnd(r) => r.read(buf),
-        }
-    }
-}
-
-/// `Transfer-Encoding: chunked`.
-#[derive(Debug)]
-struct Chunked<R> {
-    inner: R,
-    /// Bytes left in the current chunk; `None` before the next size line.
-    left: Option<u64>,
-    done: bool,
-}
-
-impl<R: BufRead> Chunked<R> {
-    fn new(inner: R) -> Self {
-        Chunked {
-            inner,
-            left: None,
-            done: false,
-        }
-    }
-
-    fn line(&mut self) -> io::Result<String> {
-        let mut line = Vec::new();
-        (&mut self.inner)
-            .take(MAX_CHUNK_LINE)
-            .read_until(b'\n', &mut line)?;
-        if line.last() != Some(&b'\n') {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad chunked encoding",
-            ));
-        }
-        Ok(String::from_utf8_lossy(&line).trim().to_owned())
-    }
-}
-
-impl<R: BufRead> Read for Chunked<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.done || buf.is_empty() {
-            return Ok(0);
-        }
-        let left = match self.left {
-            Some(n) => n,
-            None => {
-                let line = self.line()?;
-                let size = line.split(';').next().unwrap_or_default().trim();
-                let n = u64::from_str_radix(size, 16)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
-                if n == 0 {
-                    // Trailers up to the empty line.
-                    for _ in 0..64 {
-                        if self.line()?.is_empty() {
-                            self.done = true;
-                            return Ok(0);
-                        }
-                    }
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "too many trailers",
-                    ));
-                }
-                n
-            }
-        };
-        let room = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-        let n = self.inner.read(&mut buf[..room])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the connection closed inside a chunk",
-            ));
-        }
-        let rest = left - n as u64;
-        if rest == 0 {
-            if !self.line()?.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "no CRLF after a chunk",
-                ));
-            }
-            self.left = None;
-        } else {
-            self.left = Some(rest);
-        }
-        Ok(n)
-    }
-}
-
 /// Downloads `url` (following up to [`MAX_REDIRECTS`] redirects). `ca` adds trusted roots
 /// for HTTPS besides the Mozilla ones.
 pub fn download(url: &str, ca: Option<&Path>) -> Result<Download, FetchError> {
-    let mut current = Url::parse(url)?;
-    let mut tls: Option<Arc<rustls::ClientConfig>> = None;
-    for _ in 0..=MAX_REDIRECTS {
-        let conn = connect(&current, ca, &mut tls)?;
-        match request(conn, &current)? {
-            Answer::Body(d) => return Ok(d),
-            Answer::Redirect(location) => current = current.join(&location)?,
-        }
-    }
-    Err(FetchError::TooManyRedirects(shown(url)))
-}
-
-fn connect(
-    url: &Url,
-    ca: Option<&Path>,
-    tls: &mut Option<Arc<rustls::ClientConfig>>,
-) -> Result<Conn, FetchError> {
-    let io_err = |source| FetchError::Io {
-        url: url.to_string(),
-        source,
-    };
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
-    let mut stream = None;
-    for addr in (url.host.as_str(), url.port)
-        .to_socket_addrs()
-        .map_err(io_err)?
-    {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let stream = stream.ok_or_else(|| io_err(last))?;
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
-        .map_err(io_err)?;
-    if !url.https {
-        return Ok(Conn::Plain(stream));
-    }
-    let config = match tls {
-        Some(c) => c.clone(),
-        None => {
-            let c = Arc::new(
-                crate::driver::tls::client_config(ca)
-                    .map_err(|e| FetchError::Tls(e.to_string()))?,
-            );
-            *tls = Some(c.clone());
-            c
-        }
-    };
-    let name = ServerName::try_from(url.host.clone()).map_err(|_| FetchError::BadUrl {
-        url: url.to_string(),
-        reason: "the host is not a valid name for TLS".to_owned(),
-    })?;
-    let conn = ClientConnection::new(config, name).map_err(|e| FetchError::Tls(e.to_string()))?;
-    Ok(Conn::Tls(Box::new(StreamOwned::new(conn, stream))))
-}
-
-enum Answer {
-    Body(Download),
-    Redirect(String),
-}
-
-fn request(mut conn: Conn, url: &Url) -> Result<Answer, FetchError> {
-    let shown_url = url.to_string();
-    let io_err = |source| FetchError::Io {
-        url: shown_url.clone(),
-        source,
-    };
-    let protocol = |reason: String| FetchError::Protocol {
-        url: shown_url.clone(),
-        reason,
-    };
-    let head = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: outpostctl/{}\r\nAccept: */*\r\n\
-         Connection: close\r\n\r\n",
-        url.path,
-        url.host_header(),
-        env!("CARGO_PKG_VERSION")
-    );
-    conn.write_all(head.as_bytes())
-        .and_then(|()| conn.flush())
-        .map_err(io_err)?;
-    let mut reader = BufReader::new(conn);
-    let mut budget = MAX_HEAD;
-    let mut read_line = |reader: &mut BufReader<Conn>| -> Result<String, FetchError> {
-        let mut line = Vec::new();
-        let n = reader
-            .take(budget)
-            .read_until(b'\n', &mut line)
-            .map_err(io_err)?;
-        budget -= n as u64;
-        if line.last() != Some(&b'\n') {
-            return Err(protocol(if budget == 0 {
-                format!("the response head is longer than {MAX_HEAD} bytes")
-            } else {
-                "the connection closed before the response head ended".to_owned()
-            }));
-        }
-        Ok(String::from_utf8_lossy(&line).trim_end().to_owned())
-    };
-    // Interim 1xx responses are skipped.
-    let (status, reason, headers) = loop {
-        let status_line = read_line(&mut reader)?;
-        let (status, reason) = crate::http::status_line(&status_line)
-            .ok_or_else(|| protocol(format!("not an HTTP response: {}", shown(&status_line))))?;
-        let reason = shown(reason);
-        let mut headers = Vec::new();
-        loop {
-            let line = read_line(&mut reader)?;
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-        }
-        if !(100..200).contains(&status) {
-            break (status, reason, headers);
-        }
-    };
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    if matches!(status, 301 | 302 | 303 | 307 | 308) {
-        let location = header("location")
-            .ok_or_else(|| protocol(format!("HTTP {status} without a Location")))?;
-        return Ok(Answer::Redirect(location.to_owned()));
-    }
-    if status != 200 {
+    let checked = Url::parse(url)?.to_string();
+    let client = Client::new(&Settings {
+        extra_ca: ca,
+        user_agent: concat!("outpostctl/", env!("CARGO_PKG_VERSION")),
+        max_redirects: u32::try_from(MAX_REDIRECTS).unwrap_or(u32::MAX),
+        stall: IO_TIMEOUT,
+        overall: None,
+    })
+    .map_err(|e| fetch_error(e, &checked))?;
+    let answer = client.get(&checked).map_err(|e| fetch_error(e, &checked))?;
+    if answer.status != 200 {
         return Err(FetchError::Status {
-            url: shown_url.clone(),
-            status,
-            reason,
+            url: answer.url.clone(),
+            status: answer.status,
+            reason: shown(&answer.reason),
         });
     }
-    let chunked =
-        header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    let length = match header("content-length") {
-        Some(v) => Some(
-            v.parse::<u64>()
-                .map_err(|_| protocol(format!("bad Content-Length {}", shown(v))))?,
-        ),
-        None => None,
+    Ok(Download {
+        length: answer.length,
+        url: answer.url.clone(),
+        body: answer,
+    })
+}
+
+/// The client's failure as the update command words it.
+fn fetch_error(err: HttpError, url: &str) -> FetchError {
+    let io = |kind: io::ErrorKind, reason: String| FetchError::Io {
+        url: url.to_owned(),
+        source: io::Error::new(kind, reason),
     };
-    let (body, length) = if chunked {
-        (Body::Chunked(Chunked::new(reader)), None)
-    } else if let Some(n) = length {
-        (Body::Length(reader.take(n)), Some(n))
-    } else {
-        (Body::ToEnd(reader), None)
-    };
-    Ok(Answer::Body(Download {
-        body,
-        length,
-        url: shown_url,
-    }))
+    match err {
+        HttpError::BadUrl { url, reason } => FetchError::BadUrl { url, reason },
+        HttpError::Settings(reason) => FetchError::Tls(reason),
+        HttpError::Unreachable { reason, .. } => io(io::ErrorKind::NotConnected, reason),
+        HttpError::Tls { reason, .. } => io(io::ErrorKind::InvalidData, reason),
+        HttpError::Transfer { reason, kind, .. } => io(kind, reason),
+        HttpError::Protocol { reason, .. } => FetchError::Protocol {
+            url: url.to_owned(),
+            reason,
+        },
+        HttpError::TooManyRedirects { .. } => FetchError::TooManyRedirects(shown(url)),
+        HttpError::Status {
+            url,
+            status,
+            reason,
+        } => FetchError::Status {
+            url,
+            status,
+            reason,
+        },
+        HttpError::TooLarge { .. } | HttpError::Local { .. } => {
+            io(io::ErrorKind::Other, err.to_string())
+        }
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
 
     #[test]
-    fn urls_parse_and_join() {
+    fn urls_parse() {
         let u = Url::parse("https://updates.example.com/outpost/0.2.0.bundle").unwrap();
         assert_eq!(
             (u.https, u.host.as_str(), u.port, u.path.as_str()),
@@ -544,17 +258,6 @@ mod tests {
         ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
-        let base = Url::parse("http://h:81/a/b/c.bundle").unwrap();
-        assert_eq!(
-            base.join("d.bundle").unwrap().to_string(),
-            "http://h:81/a/b/d.bundle"
-        );
-        assert_eq!(base.join("/x").unwrap().to_string(), "http://h:81/x");
-        assert_eq!(
-            base.join("//other/y").unwrap().to_string(),
-            "http://other/y"
-        );
-        assert_eq!(base.join("https://s/z").unwrap().to_string(), "https://s/z");
     }
 
     /// Serves each of `answers` to one connection, in order.
@@ -604,7 +307,10 @@ mod tests {
         let requests = handle.join().unwrap();
         assert!(requests[0].starts_with("GET /x.bundle HTTP/1.1\r\n"));
         assert!(requests[1].starts_with("GET /real.bundle HTTP/1.1\r\n"));
-        assert!(requests[1].contains(&format!("Host: 127.0.0.1:{port}\r\n")));
+        // Header names are case-insensitive (ureq writes them in lower case).
+        assert!(requests[1]
+            .to_ascii_lowercase()
+            .contains(&format!("host: 127.0.0.1:{port}\r\n")));
     }
 
     #[test]
@@ -631,5 +337,51 @@ mod tests {
         let err = download(&url, None).unwrap_err();
         assert!(err.to_string().contains("longer than"), "{err}");
         handle.join().unwrap();
+    }
+
+    #[test]
+    fn relative_absolute_and_scheme_relative_redirects_are_followed() {
+        // A scheme-relative Location names the port, so the listener comes first.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answers = vec![
+            b"HTTP/1.1 302 Found\r\nLocation: d.bundle\r\n\r\n".to_vec(),
+            b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n".to_vec(),
+            format!("HTTP/1.1 302 Found\r\nLocation: //127.0.0.1:{port}/y\r\n\r\n").into_bytes(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        ];
+        let handle = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for answer in answers {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                lines.push(line.trim_end().to_owned());
+                loop {
+                    let mut l = String::new();
+                    reader.read_line(&mut l).unwrap();
+                    if l == "\r\n" || l.is_empty() {
+                        break;
+                    }
+                }
+                s.write_all(&answer).unwrap();
+            }
+            lines
+        });
+        let mut d = download(&format!("http://127.0.0.1:{port}/a/b/c.bundle"), None).unwrap();
+        let mut body = String::new();
+        d.read_to_string(&mut body).unwrap();
+        assert_eq!(body, "ok");
+        assert_eq!(d.url, format!("http://127.0.0.1:{port}/y"));
+        assert_eq!(
+            handle.join().unwrap(),
+            vec![
+                "GET /a/b/c.bundle HTTP/1.1",
+                "GET /a/b/d.bundle HTTP/1.1",
+                "GET /x HTTP/1.1",
+                "GET /y HTTP/1.1",
+            ]
+        );
     }
 }

@@ -1,5 +1,12 @@
-//! HTTP/1.1 pieces shared by the update download (`update::fetch`, blocking) and the backup
-//! upload (`backup::target`, async): URL authorities and status lines.
+//! HTTP: the one client ([`client`], ureq on the daemon's rustls settings, [`tls`]) that the
+//! update download (`update::fetch`), the backup targets (`backup::target::https`) and HTTPS
+//! blocklist feeds ([`get_bounded`]) use, and the URL authority helpers their settings
+//! checks share.
+
+pub mod client;
+pub mod tls;
+
+pub use client::{get_bounded, Client, HttpError, Response, Settings};
 
 /// Splits a URL authority `host[:port]` or `[v6][:port]` into the host (IPv6 without
 /// brackets) and the port text, if any. The port is not checked; the host is not checked
@@ -41,15 +48,6 @@ pub fn authority(host: &str, port: u16, default_port: u16) -> String {
     }
 }
 
-/// The status code (100-599) and reason phrase of an `HTTP/1.x` status line.
-pub fn status_line(line: &str) -> Option<(u16, &str)> {
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next()?.parse::<u16>().ok()?;
-    (version.starts_with("HTTP/1.") && (100..=599).contains(&code))
-        .then(|| (code, parts.next().unwrap_or_default()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,14 +69,5 @@ mod tests {
         assert!(split_authority("[nope]").is_err());
         assert_eq!(authority("2001:db8::7", 443, 443), "[2001:db8::7]");
         assert_eq!(authority("a.example", 8080, 80), "a.example:8080");
-    }
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(status_line("HTTP/1.1 200 OK"), Some((200, "OK")));
-        assert_eq!(status_line("HTTP/1.0 404"), Some((404, "")));
-        assert_eq!(status_line("HTTP/2 200 OK"), None);
-        assert_eq!(status_line("HTTP/1.1 999 X"), None);
-        assert_eq!(status_line("garbage"), None);
     }
 }
