@@ -1078,7 +1078,7 @@ mod tests {
     }
 
     #[test]
-    fn feeds_are_files_with_sane_timers_and_https_is_refused_for_now() {
+    fn feeds_are_files_or_https_urls_with_sane_timers() {
         let c = Config::from_toml_str(
             "[firewall]\nfeeds = [{ source = \"/etc/outpost/drop.txt\", refresh_secs = 2, ban_secs = 600 }]\n",
         )
@@ -1101,18 +1101,27 @@ mod tests {
             "defaults: hourly reads, one-day bans"
         );
 
+        let https = Config::from_toml_str(
+            "[firewall]\nfeeds = [{ source = \"https://lists.example/drop.txt\", ca = \"/etc/outpost/feed-ca.pem\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            https.firewall.feeds[0].source,
+            "https://lists.example/drop.txt"
+        );
         let msg = Config::from_toml_str(
-            "[firewall]\nfeeds = [{ source = \"https://lists.example/drop.txt\" }]\n",
+            "[firewall]\nfeeds = [{ source = \"http://lists.example/drop.txt\" }]\n",
         )
         .unwrap_err()
         .to_string();
         assert!(msg.contains("firewall.feeds[0].source"), "{msg}");
-        assert!(msg.contains("HTTPS feeds are not supported yet"), "{msg}");
+        assert!(msg.contains("plain HTTP feeds are refused"), "{msg}");
 
         let feed = |source: &str, refresh_secs: u64, ban_secs: u64| {
             let mut c = Config::default();
             c.firewall.feeds = vec![FeedConfig {
                 source: source.into(),
+                ca: None,
                 refresh_secs,
                 ban_secs,
             }];
@@ -1126,6 +1135,14 @@ mod tests {
             invalid_key(&feed("ftp://x/y", 60, 600)),
             "firewall.feeds[0].source"
         );
+        assert_eq!(
+            invalid_key(&feed("https://user:pw@lists.example/x", 60, 600)),
+            "firewall.feeds[0].source",
+            "credentials in the URL would be shown by config show and the logs"
+        );
+        let mut file_with_ca = feed("/a", 60, 600);
+        file_with_ca.firewall.feeds[0].ca = Some(PathBuf::from("/etc/ca.pem"));
+        assert_eq!(invalid_key(&file_with_ca), "firewall.feeds[0].ca");
         assert_eq!(
             invalid_key(&feed("/a", 0, 600)),
             "firewall.feeds[0].refresh_secs"

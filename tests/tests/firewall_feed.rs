@@ -6,13 +6,22 @@
 //! These tests REQUIRE root, `ip` and `nft`: without them they fail saying so, they never
 //! skip. Each test has its own namespaces and /24, and every wait is bounded.
 
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
 
-use outpost_tests::{eventually, json_str, options_status_on, require_root, Daemon, FwLab};
+use outpost_tests::{
+    eventually, in_netns, json_str, options_status_on, require_root, Daemon, FwLab,
+};
 
 /// Feeds are re-read this often in these tests.
 const REFRESH_SECS: u64 = 2;
@@ -402,4 +411,167 @@ fn an_export_imported_by_a_second_site_bans_the_same_addresses() {
         b.wait_kernel(ip, true, Duration::from_secs(5));
         assert_eq!(b.ban_rule(ip).as_deref(), Some("manual"), "{ip}");
     }
+}
+
+/// A feed server on the office LAN (the lab's phone namespace): HTTPS with a certificate
+/// for its address from a private CA; it answers every GET with the status and body the
+/// test sets. Accepts until the process ends (the namespace goes with the test).
+struct FeedServer {
+    url: String,
+    ca_pem: String,
+    answer: Arc<Mutex<(u16, String)>>,
+    gets: Arc<AtomicUsize>,
+}
+
+impl FeedServer {
+    fn start(lab: &FwLab) -> FeedServer {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "office feed CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(lab.phone_ip())));
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .expect("server config");
+        let config = Arc::new(config);
+        let bind = SocketAddr::new(IpAddr::V4(lab.phone_ip()), 0);
+        let listener = in_netns(lab.phone.name(), move || {
+            TcpListener::bind(bind).expect("bind the feed server")
+        });
+        let port = listener.local_addr().expect("local addr").port();
+        let answer = Arc::new(Mutex::new((200, String::new())));
+        let gets = Arc::new(AtomicUsize::new(0));
+        let (served, counted) = (answer.clone(), gets.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(tcp) = conn else { continue };
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(tls) = rustls::ServerConnection::new(config.clone()) else {
+                    continue;
+                };
+                let mut stream = rustls::StreamOwned::new(tls, tcp);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                if !head.starts_with(b"GET ") {
+                    continue; // a client that refused our certificate, or no request
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = served.lock().expect("answer lock").clone();
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes());
+                let _ = stream.flush();
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+            }
+        });
+        FeedServer {
+            url: format!("https://{}:{port}", lab.phone_ip()),
+            ca_pem,
+            answer,
+            gets,
+        }
+    }
+
+    fn set(&self, status: u16, body: &str) {
+        *self.answer.lock().expect("answer lock") = (status, body.to_owned());
+    }
+}
+
+#[test]
+fn an_https_feed_bans_keeps_its_bans_through_a_failed_fetch_and_trusts_only_its_ca() {
+    require_root("the firewall feed tests");
+    let lab = FwLab::new();
+    let server = FeedServer::start(&lab);
+    server.set(200, "# nothing yet\n");
+    let files = tempfile::tempdir().expect("temp dir");
+    let ca = files.path().join("feed-ca.pem");
+    std::fs::write(&ca, &server.ca_pem).expect("write the CA");
+    // The second feed is the same server without its CA: the Mozilla roots do not vouch
+    // for it, so it must never be read.
+    let toml = format!(
+        "[[firewall.feeds]]\nsource = \"{url}/drop.txt\"\nca = \"{ca}\"\nrefresh_secs = {REFRESH_SECS}\nban_secs = 600\n\
+         [[firewall.feeds]]\nsource = \"{url}/other.txt\"\nrefresh_secs = {REFRESH_SECS}\nban_secs = 600\n",
+        url = server.url,
+        ca = ca.display()
+    );
+    let daemon = Daemon::start_in(&lab.appliance, lab.daemon_config().with_toml(&toml));
+    let site = Site { daemon, lab, files };
+    let attacker = site.attacker(0);
+    assert_eq!(
+        site.options_from(attacker, ANSWER),
+        Some(200),
+        "before it is listed the attacker's address is answered"
+    );
+
+    server.set(200, &format!("{attacker}  # seen scanning elsewhere\n"));
+    let took = site.wait_kernel(attacker, true, FEED_WAIT);
+    println!(
+        "HTTPS feed listing -> in the kernel ban set after {took:?} (refresh {REFRESH_SECS} s)"
+    );
+    assert_eq!(site.ban_rule(attacker).as_deref(), Some("feed"));
+    assert_eq!(site.options_from(attacker, SILENCE), None);
+
+    // The server fails: the failure is reported and the bans of the last good read stay.
+    server.set(503, "");
+    let failed = eventually(FEED_WAIT, || {
+        let h = site.feed_health();
+        json_str(&h, "last_error").is_some().then_some(h)
+    })
+    .unwrap_or_else(|| panic!("a failed fetch was not reported: {}", site.feed_health()));
+    let error = json_str(&failed, "last_error").unwrap_or_default();
+    assert!(error.contains("503"), "{failed}");
+    assert!(site.in_kernel(attacker), "a failed fetch lifted the bans");
+
+    // The feed server without the configured CA is never trusted.
+    let st = site.fw_status();
+    let other = st
+        .get("feeds")
+        .and_then(|f| f.get(1))
+        .cloned()
+        .unwrap_or_else(|| panic!("fw status without the second feed: {st}"));
+    let error = json_str(&other, "last_error").unwrap_or_default();
+    assert!(
+        error.contains("certificate") && u64_of(&other, "entries") == 0,
+        "the feed whose server the box cannot verify: {other}"
+    );
+
+    // Back, no longer listing the attacker: the ban is lifted.
+    server.set(200, "# clean\n");
+    let took = site.wait_kernel(attacker, false, FEED_WAIT);
+    println!("entry gone from the HTTPS feed -> out of the kernel ban set after {took:?}");
+    assert_eq!(
+        site.options_from(attacker, ANSWER),
+        Some(200),
+        "an address that left the feed is answered again"
+    );
+    assert!(
+        server.gets.load(Ordering::SeqCst) >= 3,
+        "the feed was fetched at each refresh"
+    );
 }

@@ -5,7 +5,7 @@
 //! re-exports these types.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use firewall::detect::DetectConfig;
@@ -169,16 +169,21 @@ pub const MAX_FEEDS: usize = 8;
 /// Longest `refresh_secs` of a feed: a week.
 const MAX_FEED_REFRESH_SECS: u64 = 7 * 24 * 3600;
 
-/// One blocklist feed: a file of addresses or networks, one per line (`#` comments) or
-/// JSON (an array of strings, or `outpostctl fw export`'s document). Its entries are
-/// banned (rule `feed`) for `ban_secs`, renewed while they stay listed, and lifted at the
-/// first refresh that no longer lists them. Allow-listed networks, trunk peers and
-/// loopback are never banned.
+/// One blocklist feed: a file on the box or an HTTPS URL, holding addresses or networks,
+/// one per line (`#` comments) or JSON (an array of strings, or `outpostctl fw export`'s
+/// document). Its entries are banned (rule `feed`) for `ban_secs`, renewed while they stay
+/// listed, and lifted at the first refresh that no longer lists them. Allow-listed
+/// networks, trunk peers and loopback are never banned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
-    /// Absolute path of the file. HTTPS URLs are refused: not supported yet.
+    /// Absolute path of a file, or an `https://` URL (plain `http://` is refused: anyone
+    /// on the path could add the office's own addresses to the list).
     pub source: String,
+    /// For an HTTPS source: a PEM file of extra CA certificates trusted besides the
+    /// Mozilla roots (a private feed server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
     /// Seconds between two reads of the file (1 to 604800).
     #[serde(default = "default_feed_refresh_secs")]
     pub refresh_secs: u64,
@@ -200,27 +205,51 @@ impl FeedConfig {
     /// Why this feed cannot be used, naming the offending key (`source`, `refresh_secs`, ...).
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         let lower = self.source.trim().to_ascii_lowercase();
-        if lower.starts_with("https://") || lower.starts_with("http://") {
+        if lower.starts_with("http://") {
             return Err((
                 "source",
                 format!(
-                    "{:?}: HTTPS feeds are not supported yet (outpostd has no HTTP client); \
-                     download the list to a file (e.g. from cron) and give its absolute path",
+                    "{:?}: plain HTTP feeds are refused (anyone on the path could add the \
+                     office's addresses); use https://",
                     self.source
                 ),
             ));
         }
-        if lower.contains("://") {
+        if let Some(rest) = lower.strip_prefix("https://") {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            if host.is_empty() || host.contains('@') || self.source.chars().any(char::is_whitespace)
+            {
+                return Err((
+                    "source",
+                    format!(
+                        "{:?}: expected https://HOST[:PORT]/PATH (no credentials, no spaces)",
+                        self.source
+                    ),
+                ));
+            }
+        } else if lower.contains("://") {
             return Err((
                 "source",
-                format!("{:?}: only file paths are supported", self.source),
+                format!(
+                    "{:?}: only file paths and https:// URLs are supported",
+                    self.source
+                ),
             ));
+        } else if !Path::new(&self.source).is_absolute() {
+            return Err((
+                "source",
+                format!(
+                    "{:?}: must be an absolute file path or an https:// URL",
+                    self.source
+                ),
+            ));
+        } else if self.ca.is_some() {
+            return Err(("ca", "only an https:// source uses a CA file".to_owned()));
         }
-        if !Path::new(&self.source).is_absolute() {
-            return Err((
-                "source",
-                format!("{:?}: must be an absolute file path", self.source),
-            ));
+        if let Some(ca) = &self.ca {
+            if !ca.is_absolute() {
+                return Err(("ca", format!("{}: must be an absolute path", ca.display())));
+            }
         }
         if !(1..=MAX_FEED_REFRESH_SECS).contains(&self.refresh_secs) {
             return Err((

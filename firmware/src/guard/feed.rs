@@ -1,5 +1,6 @@
 //! Blocklist feeds: the formats (parsed sans-IO, bounded) and the thread that reads feed
-//! files so the daemon's loop never waits for the disk.
+//! files and fetches HTTPS feeds, so the daemon's loop never waits for the disk or the
+//! network.
 //!
 //! Formats, told apart by the first non-blank character:
 //! - **lines**: one address or network per line; `#` or `;` starts a comment; blank lines
@@ -15,6 +16,11 @@
 //! addresses (an IPv4 /24, an IPv6 /120) is expanded, a wider one is skipped, counted and
 //! logged. Bounds: a feed is at most 1 MiB of text and yields at most 100,000 addresses;
 //! the rest is counted as truncated. Nothing here panics on any input.
+//!
+//! An HTTPS feed is fetched with the daemon's one HTTP client (`crate::http`): Mozilla roots
+//! plus the feed's optional `ca`, at most [`FETCH_TIMEOUT`] and [`MAX_FEED_BYTES`], three
+//! redirects, status 200 only. The thread reads one feed at a time, so a slow server delays
+//! the other feeds' reads by at most that timeout.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -28,6 +34,8 @@ use serde_json::Value;
 
 /// Largest feed accepted, bytes.
 pub const MAX_FEED_BYTES: usize = 1024 * 1024;
+/// Longest an HTTPS feed fetch may take, connection to last byte.
+pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most addresses taken from one feed (after expanding networks).
 pub const MAX_FEED_ENTRIES: usize = 100_000;
 /// Widest network expanded: 256 addresses.
@@ -48,6 +56,14 @@ pub enum FeedError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// An HTTPS feed could not be fetched (unreachable, certificate, status, too large).
+    #[error("cannot fetch {url}: {reason}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
     },
     /// Something other than a regular file (a FIFO would block the reader).
     #[error("{0} is not a regular file")]
@@ -104,6 +120,56 @@ pub fn parse(text: &str, now: Millis) -> Result<ParsedFeed, FeedError> {
         _ => parse_lines(text, &mut c),
     }
     Ok(c.finish())
+}
+
+/// Where a feed comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedSource {
+    /// A file on the box.
+    File(PathBuf),
+    /// An HTTPS URL, with extra CA certificates to trust.
+    Https {
+        /// The URL.
+        url: String,
+        /// PEM file of extra roots.
+        ca: Option<PathBuf>,
+    },
+}
+
+impl FeedSource {
+    /// The source of a `[[firewall.feeds]]` entry (already checked by the configuration).
+    pub fn of(source: &str, ca: Option<&Path>) -> FeedSource {
+        if source
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+        {
+            FeedSource::Https {
+                url: source.to_owned(),
+                ca: ca.map(Path::to_path_buf),
+            }
+        } else {
+            FeedSource::File(PathBuf::from(source))
+        }
+    }
+
+    /// Reads or fetches the feed and parses it (blocking: call it off the daemon's loop).
+    pub fn read(&self, now: Millis) -> Result<ParsedFeed, FeedError> {
+        match self {
+            FeedSource::File(path) => read(path, now),
+            FeedSource::Https { url, ca } => {
+                let limit = u64::try_from(MAX_FEED_BYTES).unwrap_or(u64::MAX);
+                let bytes = crate::http::get_bounded(url, ca.as_deref(), limit, FETCH_TIMEOUT)
+                    .map_err(|e| match e {
+                        crate::http::HttpError::TooLarge { .. } => FeedError::TooLarge,
+                        other => FeedError::Fetch {
+                            url: crate::http::shown(url),
+                            reason: other.to_string(),
+                        },
+                    })?;
+                parse_bytes(&bytes, now)
+            }
+        }
+    }
 }
 
 /// Reads and parses the feed file at `path` (blocking: call it off the daemon's loop).
@@ -259,7 +325,7 @@ fn nth_address(net: Cidr, i: u32) -> Option<IpAddr> {
 #[derive(Debug)]
 struct ReadJob {
     feed: usize,
-    path: PathBuf,
+    source: FeedSource,
     now: Millis,
 }
 
@@ -284,7 +350,7 @@ impl FeedReader {
             .name("feed-reader".into())
             .spawn(move || {
                 while let Ok(job) = job_rx.recv() {
-                    let result = read(&job.path, job.now);
+                    let result = job.source.read(job.now);
                     if result_tx.send((job.feed, result)).is_err() {
                         break;
                     }
@@ -293,11 +359,11 @@ impl FeedReader {
         Ok(FeedReader { jobs, results })
     }
 
-    /// Asks for feed `feed` at `path` to be read; false if the thread cannot take it.
-    pub fn request(&self, feed: usize, path: &Path, now: Millis) -> bool {
+    /// Asks for feed `feed` to be read from `source`; false if the thread cannot take it.
+    pub fn request(&self, feed: usize, source: &FeedSource, now: Millis) -> bool {
         match self.jobs.try_send(ReadJob {
             feed,
-            path: path.to_path_buf(),
+            source: source.clone(),
             now,
         }) {
             Ok(()) => true,
@@ -438,9 +504,9 @@ mod tests {
         let missing = dir.path().join("missing.txt");
 
         let reader = FeedReader::spawn(3).unwrap();
-        assert!(reader.request(0, &good, 0));
-        assert!(reader.request(1, &big, 0));
-        assert!(reader.request(2, &missing, 0));
+        assert!(reader.request(0, &FeedSource::File(good.clone()), 0));
+        assert!(reader.request(1, &FeedSource::File(big.clone()), 0));
+        assert!(reader.request(2, &FeedSource::File(missing.clone()), 0));
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut results = Vec::new();
         while results.len() < 3 && Instant::now() < deadline {

@@ -1,7 +1,7 @@
 //! Blocklist feed reconciliation: which addresses the `[firewall] feeds` list now, and the
 //! bans with rule `feed` that follow them.
 //!
-//! Each feed file is read by the `feed-reader` thread ([`FeedReader`]) when [`Feeds::tick`]
+//! Each feed (a file, or an HTTPS URL) is read by the `feed-reader` thread ([`FeedReader`]) when [`Feeds::tick`]
 //! finds it due (at start, then every `refresh_secs`); a later tick (within
 //! [`FEED_POLL_MS`], see [`Feeds::poll_timeout`]) takes the result. Its addresses are
 //! banned with rule `feed` for `ban_secs` (renewed once half of that has passed, while they
@@ -18,7 +18,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use firewall::detect::{Detector, Rule};
 use firewall::net::Cidr;
@@ -28,7 +27,7 @@ use pbx_core::Millis;
 use super::allow::RuntimeAllow;
 use super::api::FwFeedInfo;
 use super::config::FeedConfig;
-use super::feed::{FeedError, FeedReader, ParsedFeed, MAX_FEED_ENTRIES};
+use super::feed::{FeedError, FeedReader, FeedSource, ParsedFeed, MAX_FEED_ENTRIES};
 
 /// How often a feed read in flight is looked for.
 pub const FEED_POLL_MS: u64 = 20;
@@ -36,7 +35,7 @@ pub const FEED_POLL_MS: u64 = 20;
 /// One blocklist feed: its settings, what its last good read listed, and its health.
 #[derive(Debug)]
 struct FeedState {
-    path: PathBuf,
+    source: FeedSource,
     refresh_ms: u64,
     ban_ms: u64,
     /// The addresses to ban from the last good read (trusted ones left out).
@@ -69,7 +68,7 @@ impl Feeds {
             feeds: cfgs
                 .iter()
                 .map(|f| FeedState {
-                    path: PathBuf::from(&f.source),
+                    source: FeedSource::of(&f.source, f.ca.as_deref()),
                     refresh_ms: f.refresh_secs.saturating_mul(1_000),
                     ban_ms: f.ban_secs.saturating_mul(1_000),
                     listed: HashSet::new(),
@@ -153,7 +152,7 @@ impl Feeds {
                 continue;
             }
             f.next_read = now.saturating_add(f.refresh_ms);
-            if reader.request(i, &f.path, now) {
+            if reader.request(i, &f.source, now) {
                 f.in_flight = true;
             } else {
                 unavailable.push(i);
@@ -402,6 +401,7 @@ mod tests {
         Feeds::new(
             &[FeedConfig {
                 source: path.to_str().unwrap().to_string(),
+                ca: None,
                 refresh_secs: 2,
                 ban_secs: 600,
             }],

@@ -2213,6 +2213,7 @@ mod tests {
         c.detect.trunk_peers = vec![ip("198.51.100.200")];
         c.feeds = vec![config::FeedConfig {
             source: path.to_str().unwrap().to_string(),
+            ca: None,
             refresh_secs,
             ban_secs,
         }];

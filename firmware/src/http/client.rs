@@ -128,6 +128,8 @@ pub struct Settings<'a> {
     pub stall: Duration,
     /// Longest one exchange (all its redirects, its whole body) may take.
     pub overall: Option<Duration>,
+    /// Refuse `http://` URLs, redirects to them included (no downgrade on the way).
+    pub https_only: bool,
 }
 
 /// An HTTP client with fixed TLS settings and bounds.
@@ -148,6 +150,7 @@ impl Client {
             .proxy(None)
             .max_redirects(settings.max_redirects)
             .max_redirects_will_error(true)
+            .https_only(settings.https_only)
             .user_agent(settings.user_agent)
             .accept("*/*")
             .max_response_header_size(MAX_HEAD)
@@ -238,6 +241,10 @@ impl Client {
             ureq::Error::BadUri(reason) => HttpError::BadUrl {
                 url: shown(url),
                 reason: shown(&reason),
+            },
+            ureq::Error::RequireHttpsOnly(to) => HttpError::BadUrl {
+                url: shown(url),
+                reason: format!("only https:// is accepted here (asked for {})", shown(&to)),
             },
             ureq::Error::Http(e) => HttpError::BadUrl {
                 url: shown(url),
@@ -333,26 +340,35 @@ impl Response {
     }
 }
 
-/// `GET url` of at most `max_bytes` within `timeout` (redirects: at most 3), for HTTPS
-/// blocklist feeds: the Mozilla roots plus `extra_ca`; any status but 200 is an error.
+/// `GET url` of at most `max_bytes` within `timeout` (redirects: at most 3, never to plain
+/// HTTP), for HTTPS blocklist feeds: the Mozilla roots plus `extra_ca`; any status but 200
+/// is an error.
 pub fn get_bounded(
     url: &str,
     extra_ca: Option<&Path>,
     max_bytes: u64,
     timeout: Duration,
 ) -> Result<Vec<u8>, HttpError> {
-    let client = Client::new(&Settings {
+    Client::new(&Settings {
         extra_ca,
         user_agent: concat!("outpostd/", env!("CARGO_PKG_VERSION")),
         max_redirects: 3,
         stall: timeout,
         overall: Some(timeout),
-    })?;
-    let answer = client.get(url)?;
-    if answer.status != 200 {
-        return Err(answer.status_error());
+        https_only: true,
+    })?
+    .get_bounded(url, max_bytes)
+}
+
+impl Client {
+    /// `GET url`, its body of at most `max_bytes`; any status but 200 is an error.
+    pub fn get_bounded(&self, url: &str, max_bytes: u64) -> Result<Vec<u8>, HttpError> {
+        let answer = self.get(url)?;
+        if answer.status != 200 {
+            return Err(answer.status_error());
+        }
+        answer.read_bounded(max_bytes)
     }
-    answer.read_bounded(max_bytes)
 }
 
 /// Turns a ureq failure into words an admin can act on.
@@ -469,6 +485,7 @@ mod tests {
             max_redirects: 0,
             stall: Duration::from_secs(5),
             overall: Some(Duration::from_secs(10)),
+            https_only: false,
         })
         .unwrap()
     }
@@ -511,13 +528,16 @@ mod tests {
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
         ]);
         let url = format!("{base}/feed.txt");
-        let timeout = Duration::from_secs(10);
-        assert_eq!(get_bounded(&url, None, 5, timeout).unwrap(), b"hello");
-        let err = get_bounded(&url, None, 4, timeout).unwrap_err();
+        // Feeds are HTTPS only: a plain URL is refused before anything is sent.
+        let err = get_bounded(&url, None, 5, Duration::from_secs(10)).unwrap_err();
+        assert!(matches!(err, HttpError::BadUrl { .. }), "{err:?}");
+        let c = client();
+        assert_eq!(c.get_bounded(&url, 5).unwrap(), b"hello");
+        let err = c.get_bounded(&url, 4).unwrap_err();
         assert!(err.to_string().contains("larger than 4 bytes"), "{err}");
-        let err = get_bounded(&url, None, 4, timeout).unwrap_err();
+        let err = c.get_bounded(&url, 4).unwrap_err();
         assert!(matches!(err, HttpError::TooLarge { max: 4, .. }), "{err:?}");
-        let err = get_bounded(&url, None, 4, timeout).unwrap_err();
+        let err = c.get_bounded(&url, 4).unwrap_err();
         assert!(
             matches!(err, HttpError::Status { status: 404, .. }),
             "{err:?}"

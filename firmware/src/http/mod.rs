@@ -6,7 +6,7 @@
 pub mod client;
 pub mod tls;
 
-pub use client::{get_bounded, Client, HttpError, Response, Settings};
+pub use client::{get_bounded, shown, Client, HttpError, Response, Settings};
 
 /// Splits a URL authority `host[:port]` or `[v6][:port]` into the host (IPv6 without
 /// brackets) and the port text, if any. The port is not checked; the host is not checked

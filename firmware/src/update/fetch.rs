@@ -180,6 +180,7 @@ pub fn download(url: &str, ca: Option<&Path>) -> Result<Download, FetchError> {
         max_redirects: u32::try_from(MAX_REDIRECTS).unwrap_or(u32::MAX),
         stall: IO_TIMEOUT,
         overall: None,
+        https_only: false,
     })
     .map_err(|e| fetch_error(e, &checked))?;
     let answer = client.get(&checked).map_err(|e| fetch_error(e, &checked))?;

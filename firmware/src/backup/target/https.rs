@@ -300,6 +300,7 @@ fn client(ca: Option<&Path>, overall: Duration) -> Result<Client, TargetError> {
         max_redirects: 0,
         stall: IO_STALL,
         overall: Some(overall),
+        https_only: true,
     })
     .map_err(|e| TargetError::Config {
         key: "ca".to_owned(),
