@@ -233,3 +233,225 @@ impl Session {
         (self.legs[0].stats, self.legs[1].stats)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use pbx_core::media::dtmf::{digit_event, emit_event};
+    use pbx_core::media::g711::ulaw_to_alaw;
+    use pbx_core::media::rtcp::{emit_receiver_report, ReportBlock};
+    use pbx_core::media::rtp::RtpRepr;
+    use pbx_core::media::session::LegMedia;
+
+    use super::*;
+    use crate::media::relay::output::Output;
+
+    const A_PHONE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)), 4000);
+    const B_PHONE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 20)), 5000);
+
+    fn media(port: u16, phone: SocketAddr, codec: Codec, pt: u8, dtmf: Option<u8>) -> LegMedia {
+        LegMedia {
+            local_port: port,
+            remote: Some(phone),
+            allowed_ips: vec![phone.ip()],
+            codec,
+            pt,
+            dtmf_pt: dtmf,
+            srtp: None,
+        }
+    }
+
+    fn layout() -> Layout {
+        Layout::new(20_000, 10, &[IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))])
+    }
+
+    fn session(a: LegMedia, b: LegMedia, t0: Instant) -> Session {
+        let ports = [Some(0), Some(1), Some(2), Some(3)];
+        Session::new(1, [LegState::new(a, t0), LegState::new(b, t0)], ports, t0)
+    }
+
+    fn rtp_packet(pt: u8, seq: u16, marker: bool, payload: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0; rtp::HEADER_LEN + payload.len()];
+        RtpRepr {
+            marker,
+            payload_type: pt,
+            sequence_number: seq,
+            timestamp: 8000,
+            ssrc: 7,
+        }
+        .emit(&mut buf, payload)
+        .expect("fits");
+        buf
+    }
+
+    /// Runs `bytes` from `src` on leg `from`'s RTP (or RTCP) port at `now`.
+    fn arrive(
+        session: &mut Session,
+        out: &mut Outbox,
+        from: Leg,
+        on_rtcp_port: bool,
+        src: SocketAddr,
+        now: Instant,
+        bytes: &[u8],
+    ) -> Option<(Route, Vec<u8>)> {
+        let arrival = Arrival {
+            from,
+            on_rtcp_port,
+            via: 0,
+            src,
+            now,
+            now_us: 0,
+        };
+        let mut buf = [0u8; 2048];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let (route, len) = session.handle(&arrival, &mut buf, bytes.len(), &layout(), out)?;
+        Some((route, buf[..len].to_vec()))
+    }
+
+    #[test]
+    fn pcmu_is_transcoded_to_a_pcma_leg_and_its_payload_type_mapped() {
+        let t0 = Instant::now();
+        let a = media(20_000, A_PHONE, Codec::Pcmu, 0, None);
+        let b = media(20_002, B_PHONE, Codec::Pcma, 8, None);
+        let mut s = session(a, b, t0);
+        let mut out = Outbox::default();
+        let every_byte: Vec<u8> = (0..=255).collect();
+        let packet = rtp_packet(0, 3, true, &every_byte);
+        let (route, bytes) =
+            arrive(&mut s, &mut out, Leg::A, false, A_PHONE, t0, &packet).expect("relayed");
+        assert_eq!((route.dest, route.to), (B_PHONE, Leg::B));
+        let view = RtpPacket::new_checked(&bytes[..]).expect("RTP");
+        assert_eq!(
+            (view.payload_type(), view.sequence_number(), view.marker()),
+            (8, 3, true)
+        );
+        let alaw: Vec<u8> = every_byte.iter().map(|&u| ulaw_to_alaw(u)).collect();
+        assert_eq!(view.payload(), &alaw[..]);
+    }
+
+    #[test]
+    fn a_dtmf_digit_is_one_event_and_reaches_only_a_leg_that_negotiated_events() {
+        let t0 = Instant::now();
+        let a = media(20_000, A_PHONE, Codec::Pcmu, 0, Some(101));
+        let b = media(20_002, B_PHONE, Codec::Pcmu, 0, Some(96));
+        let mut s = session(a.clone(), b, t0);
+        let mut out = Outbox::default();
+        let five = digit_event('5').expect("a digit");
+        let steps = [
+            (false, 160),
+            (false, 320),
+            (true, 800),
+            (true, 800),
+            (true, 800),
+        ];
+        for (seq, (end, duration)) in (10u16..).zip(steps) {
+            let mut payload = [0u8; 4];
+            emit_event(&mut payload, five, end, 10, duration);
+            let packet = rtp_packet(101, seq, seq == 10, &payload);
+            let now = t0 + Duration::from_millis(u64::from(seq) * 20);
+            let (_, bytes) =
+                arrive(&mut s, &mut out, Leg::A, false, A_PHONE, now, &packet).expect("relayed");
+            let view = RtpPacket::new_checked(&bytes[..]).expect("RTP");
+            assert_eq!(view.payload_type(), 96, "B's telephone-event type");
+        }
+        let events: Vec<_> = std::iter::from_fn(|| out.pop()).collect();
+        assert!(
+            matches!(
+                events[..],
+                [Output::Event(MediaEvent::Dtmf {
+                    session: 1,
+                    leg: Leg::A,
+                    digit: '5',
+                    duration_ms: 100
+                })]
+            ),
+            "{events:?}"
+        );
+
+        let mut s = session(a, media(20_002, B_PHONE, Codec::Pcmu, 0, None), t0);
+        let mut payload = [0u8; 4];
+        emit_event(&mut payload, five, false, 10, 160);
+        let packet = rtp_packet(101, 1, true, &payload);
+        assert_eq!(
+            arrive(&mut s, &mut out, Leg::A, false, A_PHONE, t0, &packet),
+            None
+        );
+        assert_eq!(s.stats().0.packets_in, 1, "counted, not forwarded");
+    }
+
+    #[test]
+    fn rtcp_is_summarised_and_muxed_rtcp_switches_the_leg_to_its_rtp_port() {
+        let t0 = Instant::now();
+        let a = media(20_000, A_PHONE, Codec::Pcmu, 0, None);
+        let b = media(20_002, B_PHONE, Codec::Pcmu, 0, None);
+        let mut s = session(a, b, t0);
+        let mut out = Outbox::default();
+        let block = ReportBlock {
+            ssrc: 7,
+            fraction_lost: 3,
+            cumulative_lost: 7,
+            highest_seq: 1000,
+            jitter: 80,
+            lsr: 0,
+            dlsr: 0,
+        };
+        let mut report = [0u8; 64];
+        let len = emit_receiver_report(&mut report, 0xabcd, &[block]).expect("fits");
+        let report = &report[..len];
+        let a_rtcp = SocketAddr::new(A_PHONE.ip(), 4001);
+        let (route, bytes) =
+            arrive(&mut s, &mut out, Leg::A, true, a_rtcp, t0, report).expect("forwarded");
+        assert_eq!(
+            (route.port, route.dest.port(), route.rtp),
+            (20_003, 5001, false)
+        );
+        assert_eq!(bytes, report);
+        let (sa, _) = s.stats();
+        assert_eq!(
+            (sa.rtcp_lost, sa.rtcp_jitter_us, sa.packets_in),
+            (Some(7), Some(10_000), 0)
+        );
+        assert_eq!(s.last_rtp, t0, "RTCP does not count as media");
+
+        // B multiplexes (RFC 5761): its RTCP arrives on its RTP port, so A's goes there too.
+        let (_, _) = arrive(&mut s, &mut out, Leg::B, false, B_PHONE, t0, report).expect("to A");
+        let (route, _) = arrive(&mut s, &mut out, Leg::A, true, a_rtcp, t0, report).expect("to B");
+        assert_eq!(
+            (route.port, route.dest, route.rtp),
+            (20_002, B_PHONE, false)
+        );
+        assert_eq!(s.stats().1.latched, Some(B_PHONE));
+
+        assert_eq!(
+            arrive(&mut s, &mut out, Leg::A, true, a_rtcp, t0, b"not rtcp"),
+            None
+        );
+        assert_eq!(s.stats().0.dropped, 1);
+    }
+
+    #[test]
+    fn malformed_rtp_is_dropped_before_it_can_latch() {
+        let t0 = Instant::now();
+        let a = media(20_000, A_PHONE, Codec::Pcmu, 0, None);
+        let b = media(20_002, B_PHONE, Codec::Pcmu, 0, None);
+        let mut s = session(a, b, t0);
+        let mut out = Outbox::default();
+        let mut version_one = rtp_packet(0, 1, false, &[0xff; 160]);
+        version_one[0] = 0x40;
+        for bad in [&b"\x80\x00\x00"[..], &version_one] {
+            assert_eq!(
+                arrive(&mut s, &mut out, Leg::A, false, A_PHONE, t0, bad),
+                None
+            );
+        }
+        let (sa, _) = s.stats();
+        assert_eq!((sa.dropped, sa.latched, sa.packets_in), (2, None, 0));
+        // Comfort noise (payload type 13) passes through untouched.
+        let cn = rtp_packet(13, 2, false, &[40]);
+        let (_, bytes) =
+            arrive(&mut s, &mut out, Leg::A, false, A_PHONE, t0, &cn).expect("relayed");
+        assert_eq!(bytes, cn);
+    }
+}

@@ -551,3 +551,465 @@ impl SessionTable {
             .map(|session| (session.id, session.stats()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use pbx_core::media::rtp::{RtpPacket, RtpRepr};
+    use pbx_core::media::session::SrtpKeys;
+    use pbx_core::media::srtp::{SrtpContext, Suite, KEY_MATERIAL_LEN};
+
+    use super::*;
+
+    const A_PHONE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)), 4000);
+    const B_PHONE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 20)), 5000);
+    /// Ports of leg A (RTP, RTCP) and leg B.
+    const A_PORT: u16 = 20_000;
+    const B_PORT: u16 = 20_002;
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn leg(port: u16, phone: SocketAddr) -> LegMedia {
+        LegMedia {
+            local_port: port,
+            remote: Some(phone),
+            allowed_ips: vec![phone.ip()],
+            codec: Codec::Pcmu,
+            pt: 0,
+            dtmf_pt: None,
+            srtp: None,
+        }
+    }
+
+    fn audio(seq: u16) -> Vec<u8> {
+        let mut buf = vec![0; rtp_wire::HEADER_LEN + FRAME];
+        let payload = [seq.to_be_bytes()[1]; FRAME];
+        RtpRepr {
+            marker: false,
+            payload_type: 0,
+            sequence_number: seq,
+            timestamp: u32::from(seq) * 160,
+            ssrc: 0x1234_5678,
+        }
+        .emit(&mut buf, &payload)
+        .expect("fits");
+        buf
+    }
+
+    fn srtp_ctx(key: u8) -> SrtpContext {
+        SrtpContext::new(Suite::AesCm128HmacSha1_80, &[key; KEY_MATERIAL_LEN])
+    }
+
+    fn protected(ctx: &mut SrtpContext, packet: &[u8]) -> Vec<u8> {
+        let mut buf = packet.to_vec();
+        buf.resize(packet.len() + srtp::MAX_TRAILER, 0);
+        let n = ctx.protect_rtp(&mut buf, packet.len()).expect("protects");
+        buf.truncate(n);
+        buf
+    }
+
+    /// A session table on a virtual clock that starts at `t0`.
+    struct Relay {
+        table: SessionTable,
+        t0: Instant,
+    }
+
+    impl Relay {
+        fn new() -> Self {
+            let mut prompts = PromptStore::builtin();
+            assert!(prompts.insert("short", vec![0x42; 800]), "5 frames");
+            let layout = Layout::new(20_000, 10, &[IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);
+            Relay {
+                table: SessionTable::new(layout, TIMEOUT, Arc::new(prompts)),
+                t0: Instant::now(),
+            }
+        }
+
+        fn at(&self, offset: Duration) -> Instant {
+            self.t0 + offset
+        }
+
+        fn command(&mut self, at: Duration, cmd: MediaCommand) {
+            self.table.command(cmd, self.t0 + at);
+        }
+
+        fn open(&mut self, session: SessionId, a: LegMedia, b: LegMedia) {
+            self.command(Duration::ZERO, MediaCommand::Open { session, a, b });
+            assert!(matches!(self.outputs()[..], [Output::Opened(id)] if id == session));
+        }
+
+        /// A datagram from `src` to our `port` at `at`: what is sent, and its bytes.
+        fn datagram(
+            &mut self,
+            port: u16,
+            src: SocketAddr,
+            at: Duration,
+            bytes: &[u8],
+        ) -> Option<(Forward, Vec<u8>)> {
+            let idx = self.table.layout().port_index(port).expect("in range");
+            let owner = self.table.owner(idx)?;
+            let mut buf = [0u8; 2048];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            let datagram = Datagram {
+                owner,
+                via: 0,
+                src: Some(src),
+                truncated: false,
+                now: self.at(at),
+                now_us: u64::try_from(at.as_micros()).expect("short test"),
+            };
+            let forward = self.table.handle(&datagram, &mut buf, bytes.len())?;
+            Some((forward, buf[..forward.len].to_vec()))
+        }
+
+        fn stats(&self, session: SessionId) -> (LegStats, LegStats) {
+            self.table
+                .stats()
+                .find(|(id, _)| *id == session)
+                .map(|(_, stats)| stats)
+                .expect("session exists")
+        }
+
+        fn outputs(&mut self) -> Vec<Output> {
+            std::iter::from_fn(|| self.table.poll_output()).collect()
+        }
+
+        fn events(&mut self) -> Vec<MediaEvent> {
+            self.outputs()
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Event(e) => Some(e),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// Prompt packets sent at `at`, as (socket, destination, bytes).
+        fn play(&mut self, at: Duration) -> Vec<(usize, SocketAddr, Vec<u8>)> {
+            let mut sent = Vec::new();
+            self.table
+                .play_due(self.t0 + at, &mut |socket, dest, packet| {
+                    sent.push((socket, dest, packet.to_vec()));
+                    true
+                });
+            sent
+        }
+    }
+
+    #[test]
+    fn the_first_packet_from_an_allowed_source_latches_and_replies_follow_it() {
+        let mut relay = Relay::new();
+        relay.open(1, leg(A_PORT, A_PHONE), leg(B_PORT, B_PHONE));
+        // Behind NAT: the phone's packets come from another port than its SDP says.
+        let natted = SocketAddr::new(A_PHONE.ip(), 61_000);
+        let (forward, bytes) = relay
+            .datagram(A_PORT, natted, ms(0), &audio(1))
+            .expect("relayed");
+        let expected = Forward {
+            socket: 2,
+            dest: B_PHONE,
+            len: 172,
+            to: Leg::B,
+            rtp: true,
+        };
+        assert_eq!(
+            (forward, bytes),
+            (expected, audio(1)),
+            "to B's SDP address, unchanged"
+        );
+        let (sa, _) = relay.stats(1);
+        assert_eq!(
+            (sa.latched, sa.packets_in, sa.bytes_in),
+            (Some(natted), 1, 172)
+        );
+
+        let (back, _) = relay
+            .datagram(B_PORT, B_PHONE, ms(5), &audio(9))
+            .expect("relayed");
+        assert_eq!(
+            (back.socket, back.dest, back.to),
+            (0, natted, Leg::A),
+            "to the latched source"
+        );
+        relay.table.count_sent(0, back.to, back.len);
+        let (sa, _) = relay.stats(1);
+        assert_eq!((sa.packets_out, sa.bytes_out), (1, 172));
+    }
+
+    #[test]
+    fn a_nat_rebinding_relatches_only_after_a_second_of_silence() {
+        let mut relay = Relay::new();
+        relay.open(2, leg(A_PORT, A_PHONE), leg(B_PORT, B_PHONE));
+        for seq in 0..=10u16 {
+            let at = ms(u64::from(seq) * 20);
+            assert!(relay.datagram(A_PORT, A_PHONE, at, &audio(seq)).is_some());
+        }
+        // The NAT gives the phone a new port at 250 ms; the old mapping last spoke at 200 ms.
+        let rebound = SocketAddr::new(A_PHONE.ip(), 4100);
+        for (seq, at) in [(11, 250), (12, 600), (13, 1199)] {
+            assert_eq!(
+                relay.datagram(A_PORT, rebound, ms(at), &audio(seq)),
+                None,
+                "at {at} ms"
+            );
+        }
+        let (sa, _) = relay.stats(2);
+        assert_eq!((sa.latched, sa.dropped), (Some(A_PHONE), 3));
+
+        let (forward, _) = relay
+            .datagram(A_PORT, rebound, ms(1200), &audio(14))
+            .expect("taken over");
+        assert_eq!(forward.dest, B_PHONE);
+        let (sa, _) = relay.stats(2);
+        assert_eq!(
+            (sa.latched, sa.dropped, sa.packets_in),
+            (Some(rebound), 3, 12)
+        );
+        assert_eq!(
+            relay.datagram(A_PORT, A_PHONE, ms(1220), &audio(15)),
+            None,
+            "the old mapping is now a stranger"
+        );
+        let (back, _) = relay
+            .datagram(B_PORT, B_PHONE, ms(1230), &audio(50))
+            .expect("relayed");
+        assert_eq!(back.dest, rebound, "B's audio follows the phone");
+    }
+
+    #[test]
+    fn strangers_are_dropped_and_counted_while_a_leg_is_latched() {
+        let mut relay = Relay::new();
+        relay.open(3, leg(A_PORT, A_PHONE), leg(B_PORT, B_PHONE));
+        let outsider = SocketAddr::from(([203, 0, 113, 9], 4000));
+        let neighbour = SocketAddr::new(A_PHONE.ip(), 4002);
+        for seq in 0..50u16 {
+            let at = ms(u64::from(seq) * 20);
+            assert!(relay.datagram(A_PORT, A_PHONE, at, &audio(seq)).is_some());
+            assert_eq!(
+                relay.datagram(A_PORT, outsider, at + ms(5), &audio(seq)),
+                None
+            );
+            assert_eq!(
+                relay.datagram(A_PORT, neighbour, at + ms(7), &audio(seq)),
+                None
+            );
+        }
+        // Long silence lets an allowed IP take over, never an outsider.
+        assert_eq!(
+            relay.datagram(A_PORT, outsider, ms(60_000), &audio(99)),
+            None
+        );
+        let (sa, sb) = relay.stats(3);
+        assert_eq!(
+            (sa.dropped, sa.packets_in, sa.latched),
+            (101, 50, Some(A_PHONE))
+        );
+        assert_eq!(sb.dropped, 0);
+    }
+
+    #[test]
+    fn a_silent_session_times_out_at_the_media_timeout_once() {
+        let mut relay = Relay::new();
+        relay.open(4, leg(A_PORT, A_PHONE), leg(B_PORT, B_PHONE));
+        assert!(relay
+            .datagram(A_PORT, A_PHONE, ms(1000), &audio(1))
+            .is_some());
+        // RTCP alone does not keep a call alive.
+        let rr = [0x80, 201, 0, 1, 0, 0, 0, 0xaa];
+        assert!(relay
+            .datagram(A_PORT + 1, A_PHONE, ms(20_000), &rr)
+            .is_some());
+
+        relay
+            .table
+            .check_timeouts(relay.at(ms(1000) + TIMEOUT - ms(1)));
+        assert_eq!(relay.events(), []);
+        relay.table.check_timeouts(relay.at(ms(1000) + TIMEOUT));
+        assert_eq!(relay.events(), [MediaEvent::Timeout { session: 4 }]);
+        relay.table.check_timeouts(relay.at(ms(1000) + TIMEOUT * 3));
+        assert_eq!(relay.events(), [], "reported once");
+
+        // A session that never hears a packet times out counted from its opening.
+        relay.command(
+            ms(5000),
+            MediaCommand::Open {
+                session: 5,
+                a: leg(20_004, A_PHONE),
+                b: leg(20_006, B_PHONE),
+            },
+        );
+        relay.outputs();
+        relay
+            .table
+            .check_timeouts(relay.at(ms(5000) + TIMEOUT - ms(1)));
+        assert_eq!(relay.events(), []);
+        relay.table.check_timeouts(relay.at(ms(5000) + TIMEOUT));
+        assert_eq!(relay.events(), [MediaEvent::Timeout { session: 5 }]);
+    }
+
+    #[test]
+    fn an_srtp_leg_relatches_only_to_a_source_that_authenticates() {
+        let mut relay = Relay::new();
+        let mut a = leg(A_PORT, A_PHONE);
+        a.srtp = Some(SrtpKeys {
+            suite: Suite::AesCm128HmacSha1_80,
+            remote_key: [1; KEY_MATERIAL_LEN],
+            local_key: [2; KEY_MATERIAL_LEN],
+        });
+        relay.open(6, a, leg(B_PORT, B_PHONE));
+        let (mut phone_out, mut phone_in) = (srtp_ctx(1), srtp_ctx(2));
+        let first = protected(&mut phone_out, &audio(1));
+        let (_, plain) = relay
+            .datagram(A_PORT, A_PHONE, ms(0), &first)
+            .expect("authentic");
+        assert_eq!(plain, audio(1), "B gets plain RTP");
+
+        // Long after the phone went quiet, a forgery from a new port moves nothing.
+        let rebound = SocketAddr::new(A_PHONE.ip(), 4100);
+        let forged = protected(&mut srtp_ctx(9), &audio(2));
+        assert_eq!(relay.datagram(A_PORT, rebound, ms(5000), &forged), None);
+        let replayed = first.clone();
+        assert_eq!(relay.datagram(A_PORT, rebound, ms(5000), &replayed), None);
+        let (sa, _) = relay.stats(6);
+        assert_eq!((sa.latched, sa.dropped), (Some(A_PHONE), 2));
+
+        let genuine = protected(&mut phone_out, &audio(3));
+        assert!(relay
+            .datagram(A_PORT, rebound, ms(5000), &genuine)
+            .is_some());
+        assert_eq!(relay.stats(6).0.latched, Some(rebound));
+
+        let (back, mut bytes) = relay
+            .datagram(B_PORT, B_PHONE, ms(5010), &audio(7))
+            .expect("relayed");
+        assert_eq!(back.dest, rebound);
+        let n = phone_in
+            .unprotect_rtp(&mut bytes)
+            .expect("SRTP under the relay's key");
+        assert_eq!(bytes[..n], audio(7)[..]);
+    }
+
+    #[test]
+    fn a_prompt_is_paced_on_the_clock_and_mutes_the_other_leg_meanwhile() {
+        let mut relay = Relay::new();
+        relay.open(7, leg(A_PORT, A_PHONE), leg(B_PORT, B_PHONE));
+        let play = MediaCommand::Play {
+            session: 7,
+            leg: Leg::A,
+            clips: vec!["short".into()],
+            repeat: false,
+        };
+        relay.command(ms(100), play);
+        assert_eq!(relay.table.next_play_due(), Some(relay.at(ms(100))));
+
+        let first = relay.play(ms(100));
+        assert_eq!(first.len(), 1);
+        let (socket, dest, bytes) = &first[0];
+        assert_eq!((*socket, *dest), (0, A_PHONE));
+        let view = RtpPacket::new_checked(&bytes[..]).expect("RTP");
+        assert!(view.marker(), "a talkspurt begins");
+        assert_eq!(view.payload(), &[0x42; FRAME][..]);
+        assert_eq!(relay.table.next_play_due(), Some(relay.at(ms(120))));
+        assert!(relay.play(ms(119)).is_empty(), "not before its time");
+
+        // B talks meanwhile: counted, not heard by A.
+        assert_eq!(relay.datagram(B_PORT, B_PHONE, ms(121), &audio(1)), None);
+        assert_eq!(relay.stats(7).1.packets_in, 1);
+
+        // A late wake-up sends every frame owed; the fifth is the last.
+        let rest = relay.play(ms(200));
+        assert_eq!(rest.len(), 4);
+        let seqs: Vec<u16> = [first, rest]
+            .concat()
+            .iter()
+            .map(|(_, _, b)| {
+                RtpPacket::new_checked(&b[..])
+                    .expect("RTP")
+                    .sequence_number()
+            })
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+            "{seqs:?}"
+        );
+        assert_eq!(
+            relay.events(),
+            [MediaEvent::PlayDone {
+                session: 7,
+                leg: Leg::A
+            }]
+        );
+        assert_eq!(relay.table.next_play_due(), None);
+        assert_eq!(relay.stats(7).0.packets_out, 5);
+        assert!(
+            relay
+                .datagram(B_PORT, B_PHONE, ms(220), &audio(2))
+                .is_some(),
+            "heard again"
+        );
+    }
+
+    #[test]
+    fn close_hands_recordings_over_before_the_final_stats_and_frees_the_ports() {
+        let mut relay = Relay::new();
+        relay.open(8, leg(A_PORT, A_PHONE), leg(B_PORT, B_PHONE));
+        let record = MediaCommand::Record {
+            session: 8,
+            leg: Leg::B,
+            path: PathBuf::from("/tmp/never-written.wav"),
+            max_ms: 60_000,
+        };
+        relay.command(ms(0), record);
+        assert!(relay.datagram(B_PORT, B_PHONE, ms(20), &audio(1)).is_some());
+        relay.command(ms(40), MediaCommand::Close { session: 8 });
+        let outputs = relay.outputs();
+        assert!(
+            matches!(
+                &outputs[..],
+                [
+                    Output::File(FileJob::Write { session: 8, leg: Leg::B, samples, .. }),
+                    Output::Event(MediaEvent::Stats { session: 8, b, .. }),
+                    Output::Closed(8),
+                ] if samples.len() == FRAME && b.packets_in == 1
+            ),
+            "{outputs:?}"
+        );
+        let idx = relay.table.layout().port_index(A_PORT).expect("in range");
+        assert_eq!(relay.table.owner(idx), None);
+        assert_eq!(relay.datagram(A_PORT, A_PHONE, ms(60), &audio(2)), None);
+    }
+
+    #[test]
+    fn datagrams_without_a_source_or_cut_short_are_dropped_and_counted() {
+        let mut relay = Relay::new();
+        relay.open(9, leg(A_PORT, A_PHONE), leg(B_PORT, B_PHONE));
+        let owner = relay.table.owner(0).expect("A's RTP port");
+        let mut buf = [0u8; 2048];
+        let packet = audio(1);
+        buf[..packet.len()].copy_from_slice(&packet);
+        let mut datagram = Datagram {
+            owner,
+            via: 0,
+            src: None,
+            truncated: false,
+            now: relay.t0,
+            now_us: 0,
+        };
+        assert_eq!(relay.table.handle(&datagram, &mut buf, packet.len()), None);
+        datagram.src = Some(A_PHONE);
+        datagram.truncated = true;
+        assert_eq!(relay.table.handle(&datagram, &mut buf, packet.len()), None);
+        datagram.truncated = false;
+        assert_eq!(
+            relay.table.handle(&datagram, &mut buf[..100], 172),
+            None,
+            "longer than its buffer"
+        );
+        let (sa, _) = relay.stats(9);
+        assert_eq!((sa.dropped, sa.latched), (3, None));
+    }
+}
