@@ -235,7 +235,7 @@ mod tests {
         );
 
         let natted = SocketAddr::new(PHONE.ip(), 61_000);
-        assert!(leg.rtp.accept(natted, 0, t0, &leg.media.clone()));
+        assert!(leg.rtp.accept(natted, 0, t0, &leg.media));
         assert_eq!(
             leg.rtp_route(Leg::B, &layout()).map(|r| r.dest),
             Some(natted)
@@ -264,7 +264,7 @@ mod tests {
     fn an_update_resets_the_latches_only_when_the_remote_moves() {
         let t0 = Instant::now();
         let mut leg = LegState::new(media(Some(PHONE)), t0);
-        assert!(leg.rtp.accept(PHONE, 0, t0, &leg.media.clone()));
+        assert!(leg.rtp.accept(PHONE, 0, t0, &leg.media));
         leg.stats.latched = Some(PHONE);
         leg.update(media(Some(PHONE)), t0);
         assert_eq!(leg.rtp.addr(), Some(PHONE));

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pbx_core::media::rtp as rtp_wire;
+use pbx_core::media::rtp;
 use pbx_core::media::session::{
     Codec, Leg, LegMedia, LegStats, MediaCommand, MediaEvent, SessionId,
 };
@@ -72,7 +72,7 @@ pub(super) struct SessionTable {
     /// Last `Play`/`StopPlay` generation handed out.
     generation: u64,
     /// One played packet: RTP header, a 20 ms frame and room for the SRTP tag.
-    play_buf: [u8; rtp_wire::HEADER_LEN + FRAME + srtp::MAX_TRAILER],
+    play_buf: [u8; rtp::HEADER_LEN + FRAME + srtp::MAX_TRAILER],
     /// Recordings that reached their length during the last batch, as (slot, leg).
     full_recordings: Vec<(u32, Leg)>,
     out: Outbox,
@@ -91,7 +91,7 @@ impl SessionTable {
             prompts,
             playing: Vec::new(),
             generation: 0,
-            play_buf: [0; rtp_wire::HEADER_LEN + FRAME + srtp::MAX_TRAILER],
+            play_buf: [0; rtp::HEADER_LEN + FRAME + srtp::MAX_TRAILER],
             full_recordings: Vec::new(),
             out: Outbox::default(),
         }
@@ -586,7 +586,7 @@ mod tests {
     }
 
     fn audio(seq: u16) -> Vec<u8> {
-        let mut buf = vec![0; rtp_wire::HEADER_LEN + FRAME];
+        let mut buf = vec![0; rtp::HEADER_LEN + FRAME];
         let payload = [seq.to_be_bytes()[1]; FRAME];
         RtpRepr {
             marker: false,
