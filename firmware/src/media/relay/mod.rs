@@ -1,0 +1,261 @@
+//! The RTP relay: one dedicated OS thread runs an epoll loop (mio) over every port of the
+//! configured range and moves each call's packets between its two legs.
+//!
+//! Every port is bound up front, so opening a call costs no system call and a port that
+//! another program holds is reported at start. Sockets are found by port through a `Vec`
+//! indexed by `port - first`. Datagrams are read 32 at a time with `recvmmsg` into
+//! preallocated buffers, rewritten in place (payload type, G.711 transcoding) and sent back
+//! out, several at once with `sendmmsg` when a batch goes to one socket. Nothing on the
+//! packet path allocates or takes a lock: counters live in the relay thread and a copy is
+//! published for [`Relay::stats`] every second.
+//!
+//! Source checks follow symmetric RTP: a leg latches onto the first source whose IP is
+//! allowed, and afterwards accepts only that address, unless the latched source has been
+//! silent for [`RELATCH_AFTER`] and a new allowed source appears (a NAT rebinding).
+//!
+//! Playback and recording (for the auto attendant, voicemail and music on hold) run on the
+//! same thread, with no thread per player: while anything plays, the epoll timeout is the
+//! next 20 ms frame's due time, and each wake-up sends every frame that is due (see
+//! [`super::player`]). While a leg hears a prompt, what the other leg sends is not forwarded
+//! to it (afterwards the phone hears the other leg's stream again, under that stream's own
+//! SSRC, as after any source change); DTMF from the leg is still detected. Recordings are
+//! collected in memory (bounded by their `max_ms`) and written by the file thread
+//! (`media::files`, private), which also reads WAV files named in a playlist, so no disk access
+//! stalls the packet loop.
+//!
+//! A session may have only one phone: a leg given as [`LegMedia::absent`] (`local_port` 0)
+//! owns no ports, and a later `Update` may bring it (the caller is transferred).
+//!
+//! The module is split sans-IO (smoltcp's `Interface::poll`, quinn-proto's `Connection`):
+//! the per-packet decision is pure and takes the time as an argument, so it is tested
+//! with a virtual clock; only the engine touches sockets, the thread and the clock.
+//! - `table`: the pure core, every session and the state around them (inputs `command`,
+//!   `handle`, `loaded`, `play_due`, `check_timeouts`; outputs drained by `poll_output`);
+//! - `session`: one call and the per-packet decision for it; `leg`: one leg's state;
+//!   `latch`: the symmetric-RTP source check; `ports`: port range layout and ownership;
+//!   `output`: what the core asks of its driver;
+//! - `engine`: the relay thread's epoll loop around the table; `udp`: the system calls
+//!   (binding, `recvmmsg`/`sendmmsg`).
+//!
+//! [`LegMedia::absent`]: pbx_core::media::session::LegMedia::absent
+
+mod engine;
+mod latch;
+mod leg;
+mod output;
+mod ports;
+mod session;
+mod table;
+mod udp;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::{Interest, Poll, Token, Waker};
+use pbx_core::media::session::{LegStats, MediaCommand, MediaEvent, SessionId};
+use tokio::sync::mpsc as tokio_mpsc;
+
+use self::engine::{Control, Engine, Parts, Shared, WAKER};
+use self::ports::Layout;
+use self::table::SessionTable;
+use super::files::FileWorker;
+use super::prompts::PromptStore;
+
+pub use self::engine::RelayCounters;
+pub use self::latch::RELATCH_AFTER;
+
+/// Events queued for the daemon before further ones are dropped (and counted).
+const EVENT_CAPACITY: usize = 4096;
+
+/// Where the relay listens and when it gives up on silent calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Local IPs to bind; every port of the range is bound on each (e.g. 127.0.0.1 and ::1).
+    pub addrs: Vec<IpAddr>,
+    /// First port of the range (inclusive).
+    pub port_first: u16,
+    /// Last port of the range (inclusive).
+    pub port_last: u16,
+    /// A session with no RTP from either leg for this long is reported as timed out.
+    pub media_timeout: Duration,
+}
+
+/// A running relay; dropping it stops the relay thread.
+#[derive(Debug)]
+pub struct Relay {
+    control: mpsc::Sender<Control>,
+    waker: Arc<Waker>,
+    events: Option<tokio_mpsc::Receiver<MediaEvent>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    thread_id: i32,
+}
+
+/// Binds every port of the range on every address and starts the relay thread, with only
+/// the built-in tones to play (see [`start_with_prompts`]).
+///
+/// Raises the soft open-file limit to the hard limit first. Fails, naming the address and
+/// port, if any port is taken.
+pub fn start(cfg: RelayConfig) -> io::Result<Relay> {
+    start_with_prompts(cfg, PromptStore::builtin())
+}
+
+/// Like [`start`], playing the prompts of `prompts` by name.
+pub fn start_with_prompts(cfg: RelayConfig, prompts: PromptStore) -> io::Result<Relay> {
+    if cfg.addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "RTP relay: no address to bind",
+        ));
+    }
+    if cfg.port_first == 0 || cfg.port_first > cfg.port_last {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "RTP relay: bad port range {}-{}",
+                cfg.port_first, cfg.port_last
+            ),
+        ));
+    }
+    let ports = usize::from(cfg.port_last - cfg.port_first) + 1;
+    let naddrs = cfg.addrs.len();
+    udp::raise_fd_limit(ports, naddrs)?;
+
+    let poll = Poll::new()?;
+    let mut sockets = Vec::with_capacity(ports * naddrs);
+    for port in cfg.port_first..=cfg.port_last {
+        for ip in &cfg.addrs {
+            let mut socket = udp::bind_udp(SocketAddr::new(*ip, port))?;
+            poll.registry()
+                .register(&mut socket, Token(sockets.len()), Interest::READABLE)?;
+            sockets.push(socket);
+        }
+    }
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let layout = Layout::new(cfg.port_first, ports, &cfg.addrs);
+    let addr_is_v6 = cfg.addrs.iter().map(IpAddr::is_ipv6).collect();
+
+    let (control_tx, control_rx) = mpsc::channel();
+    let (event_tx, event_rx) = tokio_mpsc::channel(EVENT_CAPACITY);
+    let prompts = Arc::new(prompts);
+    let files = {
+        let (control, waker) = (control_tx.clone(), Arc::clone(&waker));
+        FileWorker::start(Arc::clone(&prompts), event_tx.clone(), move |loaded| {
+            if control.send(Control::Loaded(loaded)).is_ok() {
+                let _ = waker.wake();
+            }
+        })?
+    };
+    let shared = Arc::new(Shared::default());
+    let thread_shared = Arc::clone(&shared);
+    let (tid_tx, tid_rx) = mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("rtp-relay".into())
+        .spawn(move || {
+            // The I/O headers hold raw pointers (not Send), so the engine is built here.
+            let engine = Engine::new(Parts {
+                poll,
+                sockets,
+                addr_is_v6,
+                table: SessionTable::new(layout, cfg.media_timeout, prompts),
+                control: control_rx,
+                events: event_tx,
+                shared: thread_shared,
+                files,
+            });
+            // The receiver waits for this; if it is gone, start() already failed.
+            let _ = tid_tx.send(nix::unistd::gettid().as_raw());
+            engine.run();
+        })?;
+    let thread_id = tid_rx
+        .recv()
+        .map_err(|_| io::Error::other("RTP relay thread died at start"))?;
+    Ok(Relay {
+        control: control_tx,
+        waker,
+        events: Some(event_rx),
+        shared,
+        thread: Some(thread),
+        thread_id,
+    })
+}
+
+impl Relay {
+    /// Hands a command to the relay thread; never blocks.
+    pub fn command(&self, cmd: MediaCommand) {
+        self.send(Control::Media(cmd));
+    }
+
+    /// The event stream (timeouts, DTMF, final stats); `Some` the first time only.
+    pub fn events(&mut self) -> Option<tokio_mpsc::Receiver<MediaEvent>> {
+        self.events.take()
+    }
+
+    /// Counters of both legs of a session as of the last snapshot (at most a second old).
+    pub fn stats(&self, session: SessionId) -> Option<(LegStats, LegStats)> {
+        self.shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&session)
+            .copied()
+    }
+
+    /// Datagrams that arrived on ports no session owns.
+    pub fn dropped_unassigned(&self) -> u64 {
+        self.shared.unassigned.load(Ordering::Relaxed)
+    }
+
+    /// Relay-wide counters as of the last snapshot.
+    pub fn counters(&self) -> RelayCounters {
+        let mut counters = *self
+            .shared
+            .counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        counters.unassigned = self.dropped_unassigned();
+        counters
+    }
+
+    /// The relay thread's Linux thread id (for CPU accounting and pinning).
+    pub fn thread_id(&self) -> i32 {
+        self.thread_id
+    }
+
+    /// Stops the relay thread and closes every socket.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn send(&self, control: Control) {
+        // A send fails only when the thread has exited; there is nothing left to tell it.
+        if self.control.send(control).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                tracing::error!("RTP relay: cannot wake the relay thread: {e}");
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.send(Control::Shutdown);
+            if thread.join().is_err() {
+                tracing::error!("RTP relay thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// The end-to-end tests of the engine on real loopback sockets.
+#[cfg(test)]
+mod tests;
