@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin::proto::validate_ext;
+pub use crate::driver::tls::TlsConfig;
+use crate::names::validate_ext;
 
 /// Where the production daemon puts its admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/outpost/admin.sock";
@@ -614,54 +615,6 @@ pub struct DemoConfig {
     pub extensions: Vec<String>,
 }
 
-/// `[tls]` section: SIP over TLS (phones on 5061, trunks that require it).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    /// TLS listeners, e.g. `["0.0.0.0:5061"]`; empty (the default): no TLS listener.
-    pub listen: Vec<SocketAddr>,
-    /// Server certificate chain (PEM, leaf first); with `key`. Absent: a self-signed
-    /// certificate made on first start and kept in `<store.data_dir>/tls/`.
-    pub cert: Option<PathBuf>,
-    /// Private key of `cert` (PEM).
-    pub key: Option<PathBuf>,
-    /// Extra trusted roots (PEM bundle) for trunk servers, beside the built-in Mozilla roots.
-    pub ca: Option<PathBuf>,
-}
-
-impl TlsConfig {
-    /// Checks the `[tls]` keys against each other and against `sip.listen`.
-    fn check(&self, sip_listen: &[SocketAddr]) -> Result<(), ConfigError> {
-        match (&self.cert, &self.key) {
-            (Some(_), None) => return Err(invalid("tls.key", "tls.cert is set: set tls.key too")),
-            (None, Some(_)) => return Err(invalid("tls.cert", "tls.key is set: set tls.cert too")),
-            _ => {}
-        }
-        for (key, path) in [
-            ("tls.cert", &self.cert),
-            ("tls.key", &self.key),
-            ("tls.ca", &self.ca),
-        ] {
-            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-                return Err(invalid(key, "must not be empty"));
-            }
-        }
-        let mut seen = HashSet::new();
-        for addr in &self.listen {
-            if !seen.insert(addr) {
-                return Err(invalid("tls.listen", format!("{addr} is listed twice")));
-            }
-            if sip_listen.contains(addr) {
-                return Err(invalid(
-                    "tls.listen",
-                    format!("{addr} is also in sip.listen, whose TCP listener holds it"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -926,7 +879,9 @@ impl Config {
                 "must be between 1 and 600",
             ));
         }
-        self.tls.check(&self.sip.listen)?;
+        self.tls
+            .check(&self.sip.listen)
+            .map_err(|(key, reason)| invalid(key, reason))?;
         self.ssh
             .check()
             .map_err(|(key, reason)| invalid(&key, reason))?;

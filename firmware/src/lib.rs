@@ -11,6 +11,7 @@ pub mod guard;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod names;
 pub mod netif;
 pub mod panel;
 pub mod pbx_config;

@@ -9,18 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use pbx_core::cdr::Cdr;
 
+pub use crate::names::{
+    validate_admin_password, validate_ext, validate_name, validate_password, MAX_EXT_LEN,
+    MAX_NAME_LEN, MAX_PASSWORD_LEN, MIN_ADMIN_PASSWORD_LEN, MIN_PASSWORD_LEN,
+};
+
 /// Longest request or reply line accepted, newline excluded (an import of 10,000 rows fits).
 pub const MAX_LINE: usize = 4 * 1024 * 1024;
-/// Longest extension number or name.
-pub const MAX_EXT_LEN: usize = 16;
-/// Shortest password accepted.
-pub const MIN_PASSWORD_LEN: usize = 8;
-/// Longest password accepted.
-pub const MAX_PASSWORD_LEN: usize = 128;
-/// Longest display name accepted.
-pub const MAX_NAME_LEN: usize = 64;
-/// Shortest console (admin) password accepted.
-pub const MIN_ADMIN_PASSWORD_LEN: usize = 10;
 /// Longest OpenSSH public key line accepted (an RSA 16384-bit key fits).
 pub const MAX_SSH_KEY_LINE: usize = 8 * 1024;
 
@@ -934,87 +929,6 @@ pub struct FwRuleInfo {
     pub hits: u64,
 }
 
-/// Checks an extension number: 1-16 ASCII letters or digits.
-pub fn validate_ext(ext: &str) -> Result<(), String> {
-    if ext.is_empty() {
-        return Err("extension must not be empty".to_owned());
-    }
-    if ext.len() > MAX_EXT_LEN {
-        return Err(format!(
-            "extension is {} characters long; at most {MAX_EXT_LEN} are allowed",
-            ext.chars().count()
-        ));
-    }
-    if !ext.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(format!(
-            "extension `{}` may contain only letters and digits",
-            ext.escape_default()
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a password for extension `ext`: 8-128 characters, no control characters, no
-/// surrounding whitespace, not the extension itself, not one character repeated.
-pub fn validate_password(ext: &str, password: &str) -> Result<(), String> {
-    let len = password.chars().count();
-    if len < MIN_PASSWORD_LEN {
-        return Err(format!(
-            "password is {len} characters long; at least {MIN_PASSWORD_LEN} are needed"
-        ));
-    }
-    if len > MAX_PASSWORD_LEN {
-        return Err(format!(
-            "password is {len} characters long; at most {MAX_PASSWORD_LEN} are allowed"
-        ));
-    }
-    if password.chars().any(char::is_control) {
-        return Err("password must not contain control characters".to_owned());
-    }
-    if password.trim() != password {
-        return Err("password must not start or end with whitespace".to_owned());
-    }
-    if password == ext {
-        return Err("password must not be the extension number".to_owned());
-    }
-    let mut chars = password.chars();
-    if let Some(first) = chars.next() {
-        if chars.all(|c| c == first) {
-            return Err("password must not be one character repeated".to_owned());
-        }
-    }
-    Ok(())
-}
-
-/// Checks a display name: 1-64 characters, no control characters.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let len = name.chars().count();
-    if name.trim().is_empty() {
-        return Err("name must not be empty".to_owned());
-    }
-    if len > MAX_NAME_LEN {
-        return Err(format!(
-            "name is {len} characters long; at most {MAX_NAME_LEN} are allowed"
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("name must not contain control characters".to_owned());
-    }
-    Ok(())
-}
-
-/// Checks a console password: 10-128 characters, no control characters, no surrounding
-/// whitespace, not one character repeated.
-pub fn validate_admin_password(password: &str) -> Result<(), String> {
-    let len = password.chars().count();
-    if len < MIN_ADMIN_PASSWORD_LEN {
-        return Err(format!(
-            "password is {len} characters long; at least {MIN_ADMIN_PASSWORD_LEN} are needed"
-        ));
-    }
-    validate_password("", password)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
@@ -1278,41 +1192,6 @@ mod tests {
     }
 
     #[test]
-    fn extension_rules() {
-        assert!(validate_ext("100").is_ok());
-        assert!(validate_ext("sales1").is_ok());
-        assert!(validate_ext("1234567890123456").is_ok());
-        assert!(validate_ext("").is_err());
-        assert!(validate_ext("12345678901234567").is_err());
-        assert!(validate_ext("10 0").is_err());
-        assert!(validate_ext("a.b").is_err());
-        assert!(validate_ext("١٢٣").is_err(), "non-ASCII digits");
-    }
-
-    #[test]
-    fn password_rules_say_why() {
-        assert!(validate_password("100", "s3cret-pass").is_ok());
-        assert!(validate_password("100", "short")
-            .unwrap_err()
-            .contains("at least 8"));
-        assert!(validate_password("100", &"ab".repeat(65))
-            .unwrap_err()
-            .contains("at most 128"));
-        assert!(validate_password("10000000", "10000000")
-            .unwrap_err()
-            .contains("extension"));
-        assert!(validate_password("100", "aaaaaaaaaa")
-            .unwrap_err()
-            .contains("repeated"));
-        assert!(validate_password("100", "abc\ndefgh")
-            .unwrap_err()
-            .contains("control"));
-        assert!(validate_password("100", " abcdefgh")
-            .unwrap_err()
-            .contains("whitespace"));
-    }
-
-    #[test]
     fn ssh_and_admin_commands_on_the_wire() {
         let c: Command = serde_json::from_str(r#"{"cmd":"ssh","ssh":"keys_list"}"#).unwrap();
         assert_eq!(c, Command::Ssh(SshCommand::KeysList));
@@ -1357,28 +1236,6 @@ mod tests {
             serde_json::to_string(&Reply::Login(LoginOutcome::Accepted)).unwrap(),
             r#"{"reply":"login","data":"accepted"}"#
         );
-    }
-
-    #[test]
-    fn admin_password_rules() {
-        assert!(validate_admin_password("correct horse").is_ok());
-        assert!(validate_admin_password("short-pw1")
-            .unwrap_err()
-            .contains("at least 10"));
-        assert!(validate_admin_password("xxxxxxxxxxxx")
-            .unwrap_err()
-            .contains("repeated"));
-        assert!(validate_admin_password(" leading-space")
-            .unwrap_err()
-            .contains("whitespace"));
-    }
-
-    #[test]
-    fn name_rules() {
-        assert!(validate_name("Front desk").is_ok());
-        assert!(validate_name("").is_err());
-        assert!(validate_name("a\u{1b}[2J").is_err());
-        assert!(validate_name(&"x".repeat(65)).is_err());
     }
 }
 

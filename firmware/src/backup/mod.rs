@@ -456,29 +456,6 @@ impl Context {
     }
 }
 
-/// This box's host name, reduced to letters, digits and `-` for file names.
-pub fn hostname() -> String {
-    let raw = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let clean: String = raw
-        .chars()
-        .take(63)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if clean.trim_matches('-').is_empty() {
-        "outpost".to_string()
-    } else {
-        clean
-    }
-}
-
 /// The SFTP client key of `cfg`: the first SFTP target's `identity`, else the default
 /// `<data_dir>/backup/id_ed25519`.
 pub fn sftp_identity(cfg: &BackupConfig, data_dir: &Path) -> PathBuf {
@@ -642,7 +619,7 @@ fn write_backup(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         if !archive::is_safe_file_name(&file_name)
-            || crate::admin::proto::validate_ext(&msg.mailbox).is_err()
+            || crate::names::validate_ext(&msg.mailbox).is_err()
         {
             tracing::warn!(id = msg.id, path = %msg.path.display(), "voicemail message with an unusual file name left out of the backup");
             continue;

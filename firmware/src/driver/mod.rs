@@ -658,7 +658,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::config::TlsConfig;
+    use crate::driver::tls::TlsConfig;
 
     const OPTIONS: &[u8] = b"OPTIONS sip:outpost SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: <sip:t@outpost>;tag=1\r\nTo: <sip:outpost>\r\nCall-ID: drv@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
 
