@@ -136,8 +136,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let clock = Clock::new();
     // A restore staged before the restart is applied before anything opens the data.
-    if let Some(c) =
-        crate::backup::apply_staged(&boot, &boot_text).context("cannot apply the staged restore")?
+    if let Some(c) = crate::backup::apply_staged(
+        &boot.store.data_dir,
+        &boot.ssh.host_key_path(&boot.store.data_dir),
+        &boot_text,
+    )
+    .context("cannot apply the staged restore")?
     {
         tracing::warn!(hostname = %c.hostname, "restored the backup made {}", crate::backup::schedule::rfc3339(c.created_ms));
     }
@@ -812,7 +816,7 @@ impl Daemon {
         self.retry_trunks(now);
         let (cfg, store) = (&self.cfg, &self.store);
         self.backups.tick(&cfg.backup, now, || {
-            crate::backup::Context::new(cfg, store.clone())
+            crate::admin::backup::context(cfg, store.clone())
         });
         if self.guard.enforcer_fresh(Duration::from_secs(10)) == Some(true) {
             self.beats.beat_enforcer();
@@ -1259,8 +1263,8 @@ impl Daemon {
         tracing::info!(command = cmd.name(), "admin command");
         if let Command::Backup(b) = cmd {
             // Runs off the loop; the reply is sent when it is done.
-            let ctx = crate::backup::Context::new(&self.cfg, self.store.clone());
-            self.backups.command(ctx, self.clock.now(), b, reply);
+            let ctx = crate::admin::backup::context(&self.cfg, self.store.clone());
+            crate::admin::backup::execute(&self.backups, ctx, self.clock.now(), b, reply);
             return;
         }
         let answer = match self.execute(cmd) {

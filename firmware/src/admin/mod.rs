@@ -1,6 +1,7 @@
 //! The admin plane: a typed command/reply protocol over a Unix socket, the daemon-side
 //! listener, and a small blocking client for `outpostctl` and tests.
 
+pub mod backup;
 pub mod proto;
 pub mod server;
 

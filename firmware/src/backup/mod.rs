@@ -15,6 +15,7 @@
 //! - [`Backups`] is the daemon's side: the admin commands (run off the SIP loop), the
 //!   schedule with retention, and the uploads to the off-site [`target`]s.
 
+pub mod api;
 pub mod archive;
 pub mod crypto;
 pub mod schedule;
@@ -36,8 +37,8 @@ use firewall::detect::{Alert, Rule};
 use pbx_core::cdr::Cdr;
 use pbx_core::Millis;
 
-use crate::admin::proto::{BackupCommand, BackupKey, Reply};
 use crate::store::{FirewallChange, Store, StoreError, StoreImport, VoicemailRecord};
+use api::{BackupCommand, BackupKey, BackupOutcome};
 use archive::{ArchiveWriter, Contents};
 use crypto::{Decryption, Encryption, HeaderKind, KeyError};
 use schedule::Schedule;
@@ -348,7 +349,123 @@ pub enum BackupError {
     /// No such backup file.
     #[error("no backup {0}")]
     NotFound(String),
+    /// An upload command failed.
+    #[error("{0}")]
+    Upload(#[from] upload::UploadError),
+    /// A thread panicked while holding the upload slot.
+    #[error("the upload state is unusable")]
+    UploadStateLost,
+    /// The stored passphrase could not be written or removed.
+    #[error("{0}")]
+    Secret(#[from] secret::SecretError),
+    /// The SFTP client key could not be made.
+    #[error("cannot make the SFTP key: {0}")]
+    SftpKey(target::TargetError),
+    /// A download from a target or URL failed.
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    /// The background task died.
+    #[error("the backup task failed: {0}")]
+    Task(String),
+    /// The background check of the listing died.
+    #[error("the listing failed: {0}")]
+    Listing(String),
+    /// A command reached a runner that does not run it (a bug in the dispatch).
+    #[error("{command} is not a {kind}")]
+    Misrouted {
+        /// The command's wire name.
+        command: &'static str,
+        /// What the runner runs.
+        kind: &'static str,
+    },
 }
+
+/// Why `backup fetch` or a fetch from a URL failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The backup directory could not be created.
+    #[error("cannot create {dir}: {source}")]
+    CreateDir {
+        /// The directory.
+        dir: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The free space of the backup directory could not be read.
+    #[error("{dir}: {source}")]
+    FreeSpace {
+        /// The directory.
+        dir: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// No target of that name.
+    #[error("no backup target {0:?} (see [[backup.targets]] in `config show`)")]
+    NoSuchTarget(String),
+    /// No target at all.
+    #[error("no off-site backup target is configured ([[backup.targets]])")]
+    NoTarget,
+    /// The target's listing failed.
+    #[error("cannot list {target}: {source}")]
+    List {
+        /// The target's name.
+        target: String,
+        /// The underlying error.
+        source: target::TargetError,
+    },
+    /// The target holds no backup.
+    #[error("there is no backup on {0}")]
+    Empty(String),
+    /// The name is not a backup's.
+    #[error("{0:?} is not the name of an Outpost backup")]
+    NotABackupName(String),
+    /// The URL is not understood.
+    #[error("{0}")]
+    Url(String),
+    /// The server's host key could not be read.
+    #[error("{0}")]
+    LearnHostKey(target::TargetError),
+    /// The confirmed host key does not parse.
+    #[error("the host key: {0}")]
+    HostKey(String),
+    /// The download failed.
+    #[error("cannot fetch {name} from {from}: {reason}")]
+    Download {
+        /// The file.
+        name: String,
+        /// The target or URL.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// The check of the download died.
+    #[error("the check failed: {0}")]
+    Check(String),
+    /// The downloaded file is damaged (it was deleted).
+    #[error("{name} from {from} is damaged: {reason}")]
+    Damaged {
+        /// The file.
+        name: String,
+        /// The target or URL.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// The download could not be renamed into place.
+    #[error("cannot rename {path}: {source}")]
+    Rename {
+        /// The partial file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A command that is not a fetch reached the fetcher (a bug in the dispatch).
+    #[error("{0} is not a fetch")]
+    NotAFetch(&'static str),
+}
+
+/// Where [`Backups::command`] sends a command's outcome.
+pub type Answer = oneshot::Sender<Result<BackupOutcome, BackupError>>;
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
     let path = path.display().to_string();
@@ -433,17 +550,6 @@ pub struct Context {
 }
 
 impl Context {
-    /// The context of a configuration.
-    pub fn new(cfg: &crate::config::Config, store: Arc<Store>) -> Context {
-        Context {
-            store,
-            data_dir: cfg.store.data_dir.clone(),
-            cfg: cfg.backup.clone(),
-            ssh_host_key: cfg.ssh.host_key_path(&cfg.store.data_dir),
-            hostname: crate::system::hostname(&cfg.system),
-        }
-    }
-
     /// The SFTP client key the off-site targets use: the first SFTP target's `identity`,
     /// else `<data_dir>/backup/id_ed25519`.
     pub fn sftp_identity(&self) -> PathBuf {
@@ -840,10 +946,10 @@ fn stage_restore_as(
 /// An incomplete staging directory (a crash while staging) is deleted. Call it before
 /// anything opens the data directory.
 pub fn apply_staged(
-    cfg: &crate::config::Config,
+    data_dir: &Path,
+    ssh_host_key: &Path,
     boot_text: &str,
 ) -> Result<Option<Contents>, BackupError> {
-    let data_dir = &cfg.store.data_dir;
     let staging = data_dir.join(STAGING_DIR);
     if !staging.is_dir() {
         return Ok(None);
@@ -952,10 +1058,7 @@ pub fn apply_staged(
     let copies = [
         ("tls/cert.pem", data_dir.join("tls").join("cert.pem")),
         ("tls/key.pem", data_dir.join("tls").join("key.pem")),
-        (
-            "ssh/dropbear_ed25519_host_key",
-            cfg.ssh.host_key_path(data_dir),
-        ),
+        ("ssh/dropbear_ed25519_host_key", ssh_host_key.to_path_buf()),
         (archive::SFTP_KEY, sftp.clone()),
         (archive::SFTP_KEY_PUB, target::public_key_path(&sftp)),
     ];
@@ -1048,19 +1151,19 @@ fn staged_doc<T: serde::de::DeserializeOwned>(
         .map_err(|e| BackupError::Archive(archive::ArchiveError::Invalid(format!("{name}: {e}"))))
 }
 
-/// `outpostd --restore`: restores `file` into the data directory of `cfg` while no daemon
-/// runs (refused if one holds the store).
+/// `outpostd --restore`: restores `file` into `data_dir` (the SSH host key to
+/// `ssh_host_key`) while no daemon runs (refused if one holds the store).
 pub fn restore_offline(
-    cfg: &crate::config::Config,
+    data_dir: &Path,
+    ssh_host_key: &Path,
     boot_text: &str,
     file: &Path,
     key: &Decryption,
 ) -> Result<Contents, BackupError> {
-    let data_dir = &cfg.store.data_dir;
     // Fails when a running daemon holds the database: nothing is staged then.
     drop(Store::open(data_dir)?);
     stage_restore(data_dir, file, key)?;
-    match apply_staged(cfg, boot_text) {
+    match apply_staged(data_dir, ssh_host_key, boot_text) {
         Ok(Some(c)) => Ok(c),
         Ok(None) => Err(BackupError::NotFound(file.display().to_string())),
         Err(e) => {
@@ -1387,14 +1490,8 @@ impl Backups {
             .map(|_| RunningGuard(self.shared.clone()))
     }
 
-    /// Runs an admin command off the daemon's loop and sends its reply when done.
-    pub fn command(
-        &self,
-        ctx: Context,
-        now: Millis,
-        cmd: BackupCommand,
-        reply: oneshot::Sender<Reply>,
-    ) {
+    /// Runs an admin command off the daemon's loop and sends its outcome when done.
+    pub fn command(&self, ctx: Context, now: Millis, cmd: BackupCommand, reply: Answer) {
         match cmd {
             BackupCommand::List => {
                 let mut list = self.list(&ctx, now);
@@ -1406,8 +1503,8 @@ impl Backups {
                     })
                     .await;
                     let _ = reply.send(match listed {
-                        Ok(list) => Reply::Backups(list),
-                        Err(err) => Reply::error(format!("the listing failed: {err}")),
+                        Ok(list) => Ok(BackupOutcome::List(list)),
+                        Err(err) => Err(BackupError::Listing(err.to_string())),
                     });
                 });
                 return;
@@ -1421,42 +1518,40 @@ impl Backups {
             | BackupCommand::Info => {
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
-                    let answer = tokio::task::spawn_blocking(move || {
-                        small_command(&shared, &ctx, now, cmd)
-                            .unwrap_or_else(|e| Reply::error(e.to_string()))
-                    })
-                    .await
-                    .unwrap_or_else(|e| Reply::error(format!("the backup task failed: {e}")));
+                    let answer =
+                        tokio::task::spawn_blocking(move || small_command(&shared, &ctx, now, cmd))
+                            .await
+                            .unwrap_or_else(|e| Err(BackupError::Task(e.to_string())));
                     let _ = reply.send(answer);
                 });
                 return;
             }
             BackupCommand::Key => {
                 tokio::spawn(async move {
-                    let answer = match target::ensure_identity(&ctx.sftp_identity()).await {
-                        Ok(line) => Reply::done(line),
-                        Err(e) => Reply::error(format!("cannot make the SFTP key: {e}")),
-                    };
+                    let answer = target::ensure_identity(&ctx.sftp_identity())
+                        .await
+                        .map(BackupOutcome::Done)
+                        .map_err(BackupError::SftpKey);
                     let _ = reply.send(answer);
                 });
                 return;
             }
             BackupCommand::ListRemote => {
                 tokio::spawn(async move {
-                    let _ = reply.send(Reply::RemoteBackups(list_remote(&ctx).await));
+                    let _ = reply.send(Ok(BackupOutcome::Remote(list_remote(&ctx).await)));
                 });
                 return;
             }
             _ => {}
         }
         let Some(guard) = self.try_start() else {
-            let _ = reply.send(Reply::error(BackupError::Busy.to_string()));
+            let _ = reply.send(Err(BackupError::Busy));
             return;
         };
         let shared = self.shared.clone();
         tokio::spawn(async move {
             if let BackupCommand::Fetch { .. } | BackupCommand::FetchUrl { .. } = cmd {
-                let answer = fetch(&shared, &ctx, cmd).await.unwrap_or_else(Reply::error);
+                let answer = fetch(&shared, &ctx, cmd).await.map_err(BackupError::from);
                 drop(guard);
                 let _ = reply.send(answer);
                 return;
@@ -1469,13 +1564,9 @@ impl Backups {
             })
             .await;
             let (answer, new_file, restart) = match outcome {
-                Ok(Ok(done)) => done,
-                Ok(Err(err)) => (Reply::error(err.to_string()), None, false),
-                Err(err) => (
-                    Reply::error(format!("the backup task failed: {err}")),
-                    None,
-                    false,
-                ),
+                Ok(Ok((done, new_file, restart))) => (Ok(done), new_file, restart),
+                Ok(Err(err)) => (Err(err), None, false),
+                Err(err) => (Err(BackupError::Task(err.to_string())), None, false),
             };
             let _ = reply.send(answer);
             if restart {
@@ -1618,25 +1709,25 @@ impl Backups {
     }
 }
 
-/// Runs one command that is not `list`: the reply, the new backup file (to upload) and
+/// Runs one command that is not `list`: the outcome, the new backup file (to upload) and
 /// whether the daemon should restart.
 fn run_command(
     shared: &Shared,
     ctx: &Context,
     now: Millis,
     cmd: BackupCommand,
-) -> Result<(Reply, Option<PathBuf>, bool), BackupError> {
+) -> Result<(BackupOutcome, Option<PathBuf>, bool), BackupError> {
     match cmd {
         BackupCommand::Now => {
             let (entry, path) = create(ctx, now)?;
             cache_good(&shared.checks, &path);
-            Ok((Reply::BackupCreated(entry), Some(path), false))
+            Ok((BackupOutcome::Created(entry), Some(path), false))
         }
         BackupCommand::Verify { file, key } => {
             let path = resolve(&file, &ctx.dir());
             let key = decryption(key, ctx, &path)?;
             let contents = verify(&path, &key)?;
-            Ok((Reply::BackupVerified(contents), None, false))
+            Ok((BackupOutcome::Verified(contents), None, false))
         }
         BackupCommand::Restore { file, key } => {
             let path = resolve(&file, &ctx.dir());
@@ -1644,7 +1735,7 @@ fn run_command(
             let (contents, id) = stage_restore_with_id(&ctx.data_dir, &path, &key)?;
             tracing::warn!(file = %path.display(), restore = %id, "restore staged; the daemon stops to apply it");
             Ok((
-                Reply::RestoreStaged(RestoreStaged {
+                BackupOutcome::RestoreStaged(RestoreStaged {
                     id,
                     file: path
                         .file_name()
@@ -1656,11 +1747,10 @@ fn run_command(
                 true,
             ))
         }
-        other => Ok((
-            Reply::error(format!("{} is not a job command", other.name())),
-            None,
-            false,
-        )),
+        other => Err(BackupError::Misrouted {
+            command: other.name(),
+            kind: "job command",
+        }),
     }
 }
 
@@ -1670,12 +1760,12 @@ fn small_command(
     ctx: &Context,
     now: Millis,
     cmd: BackupCommand,
-) -> Result<Reply, String> {
+) -> Result<BackupOutcome, BackupError> {
     let upload_slot = || {
         shared
             .upload
             .lock()
-            .map_err(|_| "the upload state is unusable".to_owned())
+            .map_err(|_| BackupError::UploadStateLost)
     };
     match cmd {
         BackupCommand::UploadBegin { name } => {
@@ -1685,51 +1775,50 @@ fn small_command(
                     old.abort();
                 } else {
                     *slot = Some(old);
-                    return Err(upload::UploadError::Busy.to_string());
+                    return Err(upload::UploadError::Busy.into());
                 }
             }
-            let up = upload::Upload::begin(&ctx.dir(), name.as_deref(), now)
-                .map_err(|e| e.to_string())?;
+            let up = upload::Upload::begin(&ctx.dir(), name.as_deref(), now)?;
             let state = up.state();
             tracing::info!(upload = %state.id, "backup upload started");
             *slot = Some(up);
-            Ok(Reply::BackupUpload(state))
+            Ok(BackupOutcome::Upload(state))
         }
         BackupCommand::UploadChunk { id, offset, data } => {
             let mut slot = upload_slot()?;
             let up = slot
                 .as_mut()
                 .filter(|u| u.id() == id)
-                .ok_or_else(|| upload::UploadError::Unknown(id.clone()).to_string())?;
+                .ok_or_else(|| upload::UploadError::Unknown(id.clone()))?;
             match up.chunk(offset, &data) {
-                Ok(state) => Ok(Reply::BackupUpload(state)),
+                Ok(state) => Ok(BackupOutcome::Upload(state)),
                 Err(e @ (upload::UploadError::Offset { .. } | upload::UploadError::Chunk(_))) => {
-                    Err(e.to_string())
+                    Err(e.into())
                 }
                 Err(e) => {
                     // Full disk, too large, write error: the upload cannot go on.
                     if let Some(u) = slot.take() {
                         u.abort();
                     }
-                    Err(e.to_string())
+                    Err(e.into())
                 }
             }
         }
         BackupCommand::UploadFinish { id, size, sha256 } => {
             let mut slot = upload_slot()?;
             if slot.as_ref().is_none_or(|u| u.id() != id) {
-                return Err(upload::UploadError::Unknown(id).to_string());
+                return Err(upload::UploadError::Unknown(id).into());
             }
             let up = slot
                 .take()
-                .ok_or_else(|| upload::UploadError::Unknown(id.clone()).to_string())?;
-            let (path, state) = up.finish(size, &sha256).map_err(|e| e.to_string())?;
+                .ok_or_else(|| upload::UploadError::Unknown(id.clone()))?;
+            let (path, state) = up.finish(size, &sha256)?;
             // Only an age file is worth keeping.
             if let Err(why) = crypto::header_kind(&path) {
                 let _ = std::fs::remove_file(&path);
-                return Err(BackupError::NotAge(why).to_string());
+                return Err(BackupError::NotAge(why));
             }
-            Ok(Reply::BackupUpload(state))
+            Ok(BackupOutcome::Upload(state))
         }
         BackupCommand::UploadAbort { id } => {
             let mut slot = upload_slot()?;
@@ -1738,10 +1827,10 @@ fn small_command(
                     u.abort();
                 }
             }
-            Ok(Reply::done("upload abandoned"))
+            Ok(BackupOutcome::Done("upload abandoned".to_owned()))
         }
         BackupCommand::PassphraseSet { passphrase } => {
-            secret::store(&ctx.data_dir, &passphrase.0).map_err(|e| e.to_string())?;
+            secret::store(&ctx.data_dir, &passphrase.0)?;
             tracing::info!("backup passphrase stored");
             let note = match ctx.cfg.key_source(&ctx.data_dir) {
                 KeySource::StoredPassphrase => String::new(),
@@ -1749,21 +1838,27 @@ fn small_command(
                     "; note: new backups use {other} ([backup] wins over the stored passphrase)"
                 ),
             };
-            Ok(Reply::done(format!(
+            Ok(BackupOutcome::Done(format!(
                 "backup passphrase stored on the box (mode 0600){note}"
             )))
         }
         BackupCommand::PassphraseClear => {
-            let had = secret::clear(&ctx.data_dir).map_err(|e| e.to_string())?;
+            let had = secret::clear(&ctx.data_dir)?;
             tracing::info!("backup passphrase removed");
-            Ok(Reply::done(if had {
-                "the stored backup passphrase was removed"
-            } else {
-                "no backup passphrase was stored"
-            }))
+            Ok(BackupOutcome::Done(
+                if had {
+                    "the stored backup passphrase was removed"
+                } else {
+                    "no backup passphrase was stored"
+                }
+                .to_owned(),
+            ))
         }
-        BackupCommand::Info => Ok(Reply::BackupInfo(info(ctx))),
-        other => Err(format!("{} is not a quick command", other.name())),
+        BackupCommand::Info => Ok(BackupOutcome::Info(info(ctx))),
+        other => Err(BackupError::Misrouted {
+            command: other.name(),
+            kind: "quick command",
+        }),
     }
 }
 
@@ -1805,14 +1900,24 @@ async fn list_remote(ctx: &Context) -> Vec<RemoteListing> {
 
 /// `backup fetch` and the console's fetch from a URL: downloads into the backup
 /// directory (as `.partial`, renamed when complete and checked).
-async fn fetch(shared: &Arc<Shared>, ctx: &Context, cmd: BackupCommand) -> Result<Reply, String> {
+async fn fetch(
+    shared: &Arc<Shared>,
+    ctx: &Context,
+    cmd: BackupCommand,
+) -> Result<BackupOutcome, FetchError> {
     let dir = ctx.dir();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let free = upload::free_space(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        .map_err(|source| FetchError::CreateDir {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    let free = upload::free_space(&dir).map_err(|source| FetchError::FreeSpace {
+        dir: dir.display().to_string(),
+        source,
+    })?;
     let max = free.saturating_sub(upload::RESERVE).min(upload::MAX_UPLOAD);
     let (source, name, partial, size) = match cmd {
         BackupCommand::Fetch { name, target } => {
@@ -1822,25 +1927,24 @@ async fn fetch(shared: &Arc<Shared>, ctx: &Context, cmd: BackupCommand) -> Resul
                     .targets
                     .iter()
                     .find(|t| t.name == *n)
-                    .ok_or_else(|| {
-                        format!("no backup target {n:?} (see [[backup.targets]] in `config show`)")
-                    })?,
-                None => ctx.cfg.targets.first().ok_or_else(|| {
-                    "no off-site backup target is configured ([[backup.targets]])".to_owned()
-                })?,
+                    .ok_or_else(|| FetchError::NoSuchTarget(n.clone()))?,
+                None => ctx.cfg.targets.first().ok_or(FetchError::NoTarget)?,
             };
             let name = match name {
                 Some(n) => n,
                 None => target::list_remote(t, &ctx.data_dir)
                     .await
-                    .map_err(|e| format!("cannot list {}: {e}", t.name))?
+                    .map_err(|source| FetchError::List {
+                        target: t.name.clone(),
+                        source,
+                    })?
                     .into_iter()
                     .next()
                     .map(|f| f.name)
-                    .ok_or_else(|| format!("there is no backup on {}", t.name))?,
+                    .ok_or_else(|| FetchError::Empty(t.name.clone()))?,
             };
             if parse_name(&name).is_none() {
-                return Err(format!("{name:?} is not the name of an Outpost backup"));
+                return Err(FetchError::NotABackupName(name));
             }
             if dir.join(&name).is_file() {
                 return finish_fetch(shared, ctx, t.name.clone(), &name, None).await;
@@ -1851,7 +1955,7 @@ async fn fetch(shared: &Arc<Shared>, ctx: &Context, cmd: BackupCommand) -> Resul
             (t.name.clone(), name, partial, got)
         }
         BackupCommand::FetchUrl { url, host_key } => {
-            let (kind, name) = target::parse_file_url(&url)?;
+            let (kind, name) = target::parse_file_url(&url).map_err(FetchError::Url)?;
             let name = if parse_name(&name).is_some() && !dir.join(&name).exists() {
                 name
             } else {
@@ -1867,15 +1971,15 @@ async fn fetch(shared: &Arc<Shared>, ctx: &Context, cmd: BackupCommand) -> Resul
                     None => {
                         let line = target::learn_host_key(&target, &ctx.data_dir)
                             .await
-                            .map_err(|e| e.to_string())?;
+                            .map_err(FetchError::LearnHostKey)?;
                         let fingerprint = crate::ssh::PublicKey::parse(&line)
                             .map(|k| k.fingerprint())
                             .unwrap_or_default();
-                        return Ok(Reply::HostKey { line, fingerprint });
+                        return Ok(BackupOutcome::HostKey { line, fingerprint });
                     }
                     Some(key) => {
                         crate::ssh::PublicKey::parse(&key)
-                            .map_err(|e| format!("the host key: {e}"))?;
+                            .map_err(|e| FetchError::HostKey(e.to_string()))?;
                         target.host_key = key;
                         target::fetch_sftp_file(&target, &ctx.data_dir, &file, &partial, max).await
                     }
@@ -1886,13 +1990,17 @@ async fn fetch(shared: &Arc<Shared>, ctx: &Context, cmd: BackupCommand) -> Resul
             };
             (url, name, partial, got)
         }
-        other => return Err(format!("{} is not a fetch", other.name())),
+        other => return Err(FetchError::NotAFetch(other.name())),
     };
     match size {
         Ok(_) => {}
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
-            return Err(format!("cannot fetch {name} from {source}: {e}"));
+            return Err(FetchError::Download {
+                name,
+                from: source,
+                reason: e.to_string(),
+            });
         }
     }
     finish_fetch(shared, ctx, source, &name, Some(partial)).await
@@ -1906,7 +2014,7 @@ async fn finish_fetch(
     source: String,
     name: &str,
     partial: Option<PathBuf>,
-) -> Result<Reply, String> {
+) -> Result<BackupOutcome, FetchError> {
     let dir = ctx.dir();
     let final_path = dir.join(name);
     let already_here = partial.is_none();
@@ -1936,26 +2044,32 @@ async fn finish_fetch(
         ))
     })
     .await
-    .map_err(|e| format!("the check failed: {e}"))?;
+    .map_err(|e| FetchError::Check(e.to_string()))?;
     let (encrypted_to, verified, size) = match result {
         Ok(r) => r,
         Err(e) => {
             if let Some(p) = &partial {
                 let _ = std::fs::remove_file(p);
             }
-            return Err(format!("{name} from {source} is damaged: {e}"));
+            return Err(FetchError::Damaged {
+                name: name.to_owned(),
+                from: source,
+                reason: e,
+            });
         }
     };
     if let Some(p) = &partial {
-        std::fs::rename(p, &final_path)
-            .map_err(|e| format!("cannot rename {}: {e}", p.display()))?;
+        std::fs::rename(p, &final_path).map_err(|source| FetchError::Rename {
+            path: p.display().to_string(),
+            source,
+        })?;
         let _ = archive::sync_dir(&dir);
     }
     if verified {
         cache_good(&shared.checks, &final_path);
     }
     tracing::info!(file = %name, %source, size, verified, "backup fetched");
-    Ok(Reply::BackupFetched(FetchedBackup {
+    Ok(BackupOutcome::Fetched(FetchedBackup {
         name: name.to_owned(),
         size,
         source,
@@ -2256,11 +2370,13 @@ mod tests {
             "staging changes nothing yet"
         );
         let boot = "[sip]\n# the new box's boot file\n";
-        let applied = apply_staged(&config(&b), boot).unwrap().unwrap();
+        let applied = apply_staged(&b.data, &config(&b).ssh.host_key_path(&b.data), boot)
+            .unwrap()
+            .unwrap();
         assert_eq!(applied.cdrs, 250);
         assert!(!b.data.join(STAGING_DIR).exists());
         assert_eq!(
-            apply_staged(&config(&b), boot).unwrap(),
+            apply_staged(&b.data, &config(&b).ssh.host_key_path(&b.data), boot).unwrap(),
             None,
             "applied once"
         );
