@@ -327,7 +327,12 @@ pub async fn run(
     });
 
     // SSH: dropbear under supervision; its failed logins feed the firewall.
-    let mut ssh_failures = match crate::ssh::start(&daemon.cfg, &daemon.store) {
+    let mut ssh_failures = match crate::ssh::start(
+        &daemon.cfg.ssh,
+        &daemon.cfg.store.data_dir,
+        &daemon.cfg.admin.socket,
+        &daemon.store,
+    ) {
         Ok(rx) => rx,
         Err(err) => {
             tracing::error!("ssh: not started: {err}");
@@ -1537,7 +1542,7 @@ impl Daemon {
                 Reply::Cdrs(self.store.cdr_list(limit.min(MAX_CDR_LIST), 0)?)
             }
             Command::Ssh(ssh) => tokio::task::block_in_place(|| {
-                crate::ssh::execute(&self.cfg, &self.store, now, ssh)
+                crate::admin::ssh::execute(&self.cfg, &self.store, now, ssh)
             })?,
             Command::Admin(admin) => {
                 tokio::task::block_in_place(|| crate::console::execute(&self.store, admin))?

@@ -14,6 +14,8 @@ pub const MAX_PASSWORD_LEN: usize = 128;
 pub const MAX_NAME_LEN: usize = 64;
 /// Shortest console (admin) password accepted.
 pub const MIN_ADMIN_PASSWORD_LEN: usize = 10;
+/// Longest OpenSSH public key line accepted (an RSA 16384-bit key fits).
+pub const MAX_SSH_KEY_LINE: usize = 8 * 1024;
 /// Longest host name: one RFC 1123 label.
 pub const MAX_HOSTNAME_LEN: usize = 63;
 

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod proto;
 pub mod server;
+pub mod ssh;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

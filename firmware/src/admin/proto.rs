@@ -12,13 +12,12 @@ use pbx_core::cdr::Cdr;
 pub use crate::backup::api::{BackupCommand, BackupKey, SecretText};
 pub use crate::names::{
     validate_admin_password, validate_ext, validate_name, validate_password, MAX_EXT_LEN,
-    MAX_NAME_LEN, MAX_PASSWORD_LEN, MIN_ADMIN_PASSWORD_LEN, MIN_PASSWORD_LEN,
+    MAX_NAME_LEN, MAX_PASSWORD_LEN, MAX_SSH_KEY_LINE, MIN_ADMIN_PASSWORD_LEN, MIN_PASSWORD_LEN,
 };
+pub use crate::ssh::api::{SshCommand, SshKeyInfo};
 
 /// Longest request or reply line accepted, newline excluded (an import of 10,000 rows fits).
 pub const MAX_LINE: usize = 4 * 1024 * 1024;
-/// Longest OpenSSH public key line accepted (an RSA 16384-bit key fits).
-pub const MAX_SSH_KEY_LINE: usize = 8 * 1024;
 
 /// A request from `outpostctl` (or any other client) to the daemon.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -123,24 +122,6 @@ pub enum Command {
     },
 }
 
-/// An SSH command; travels inside [`Command::Ssh`].
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(tag = "ssh", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SshCommand {
-    /// Authorise a public key (one OpenSSH `authorized_keys` line without options).
-    KeysAdd {
-        /// `ssh-ed25519 AAAA... comment`; the daemon parses and checks it.
-        line: String,
-    },
-    /// Remove a key, named by its SHA256 fingerprint or its comment.
-    KeysDel {
-        /// `SHA256:...` or the key's comment.
-        key: String,
-    },
-    /// The authorised keys.
-    KeysList,
-}
-
 /// An admin-password command; travels inside [`Command::Admin`]. The password is never
 /// logged; the daemon keeps only an Argon2id hash.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -158,17 +139,6 @@ pub enum AdminCommand {
         /// The password typed at the console.
         password: String,
     },
-}
-
-impl SshCommand {
-    /// The wire name of the command, for logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            SshCommand::KeysAdd { .. } => "ssh_keys_add",
-            SshCommand::KeysDel { .. } => "ssh_keys_del",
-            SshCommand::KeysList => "ssh_keys_list",
-        }
-    }
 }
 
 impl AdminCommand {
@@ -390,21 +360,6 @@ impl Reply {
             message: message.into(),
         }
     }
-}
-
-/// One authorised SSH key.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct SshKeyInfo {
-    /// `SHA256:<base64>`, as `ssh-keygen -lf` prints it.
-    pub fingerprint: String,
-    /// `ssh-ed25519`, `ecdsa-sha2-nistp256` or `ssh-rsa`.
-    pub key_type: String,
-    /// Key size in bits.
-    pub bits: u32,
-    /// The comment given with the key.
-    pub comment: Option<String>,
-    /// When it was added (ms since the epoch).
-    pub added: u64,
 }
 
 /// The console password's state.
