@@ -1545,7 +1545,7 @@ impl Daemon {
                 crate::admin::ssh::execute(&self.cfg, &self.store, now, ssh)
             })?,
             Command::Admin(admin) => {
-                tokio::task::block_in_place(|| crate::console::execute(&self.store, admin))?
+                tokio::task::block_in_place(|| crate::admin::console::execute(&self.store, admin))?
             }
         })
     }

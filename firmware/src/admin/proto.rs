@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use pbx_core::cdr::Cdr;
 
 pub use crate::backup::api::{BackupCommand, BackupKey, SecretText};
+pub use crate::console::api::{AdminCommand, AdminInfo, LoginOutcome};
 pub use crate::names::{
     validate_admin_password, validate_ext, validate_name, validate_password, MAX_EXT_LEN,
     MAX_NAME_LEN, MAX_PASSWORD_LEN, MAX_SSH_KEY_LINE, MIN_ADMIN_PASSWORD_LEN, MIN_PASSWORD_LEN,
@@ -120,36 +121,6 @@ pub enum Command {
         /// How many records at most.
         limit: usize,
     },
-}
-
-/// An admin-password command; travels inside [`Command::Admin`]. The password is never
-/// logged; the daemon keeps only an Argon2id hash.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(tag = "admin", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AdminCommand {
-    /// Whether a console password is set.
-    Status,
-    /// Set (or replace) the console password.
-    Passwd {
-        /// The new plain password (at least [`MIN_ADMIN_PASSWORD_LEN`] characters).
-        password: String,
-    },
-    /// Check a console password.
-    Login {
-        /// The password typed at the console.
-        password: String,
-    },
-}
-
-impl AdminCommand {
-    /// The wire name of the command, for logs (never the password).
-    pub fn name(&self) -> &'static str {
-        match self {
-            AdminCommand::Status => "admin_status",
-            AdminCommand::Passwd { .. } => "admin_passwd",
-            AdminCommand::Login { .. } => "admin_login",
-        }
-    }
 }
 
 /// A firewall command; travels inside [`Command::Fw`].
@@ -360,25 +331,6 @@ impl Reply {
             message: message.into(),
         }
     }
-}
-
-/// The console password's state.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct AdminInfo {
-    /// A console password is set.
-    pub password_set: bool,
-}
-
-/// What the daemon made of a console password.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LoginOutcome {
-    /// The password is right.
-    Accepted,
-    /// The password is wrong.
-    Refused,
-    /// No password is set yet: nobody can log in at the console.
-    NoPassword,
 }
 
 /// Daemon overview.
