@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod console;
+pub mod control;
 pub mod proto;
 pub mod server;
 pub mod ssh;
