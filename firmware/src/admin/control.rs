@@ -12,7 +12,7 @@ use pbx_core::Millis;
 
 use crate::admin::proto::{
     validate_ext, validate_name, validate_password, CallInfo, CallMediaInfo, Command,
-    ExtensionDetail, ExtensionInfo, RegistrationInfo, Reply, StatusInfo,
+    ExtensionDetail, ExtensionInfo, RegistrationInfo, Reply, StatusInfo, PROTOCOL_VERSION,
 };
 use crate::config::Config;
 use crate::driver::Transports;
@@ -91,6 +91,7 @@ impl Control<'_> {
                 store_schema: self.store.schema_version(),
                 hostname: crate::system::hostname(&self.cfg.system),
                 last_restore: crate::backup::last_restore(&self.cfg.store.data_dir),
+                protocol_version: PROTOCOL_VERSION,
             }),
             Command::ExtList => {
                 let exts = self.store.ext_list()?;

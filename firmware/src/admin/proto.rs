@@ -17,6 +17,12 @@ pub use crate::names::{
 };
 pub use crate::ssh::api::{SshCommand, SshKeyInfo};
 
+/// Version of this protocol, reported in the `status` reply. It grows when a command or
+/// reply changes incompatibly; additions (a new command, a new field with a default) keep
+/// it. A client that finds another non-zero version refuses to go on (zero: a daemon from
+/// before versioning, which speaks version 1).
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// Longest request or reply line accepted, newline excluded (an import of 10,000 rows fits).
 pub const MAX_LINE: usize = 4 * 1024 * 1024;
 
@@ -375,6 +381,17 @@ pub struct StatusInfo {
     /// The last backup restored onto this box (its id, source box, time, what it held).
     #[serde(default)]
     pub last_restore: Option<crate::backup::LastRestore>,
+    /// [`PROTOCOL_VERSION`] of the daemon; 0 from a daemon that predates it.
+    #[serde(default)]
+    pub protocol_version: u32,
+}
+
+impl StatusInfo {
+    /// Whether this client speaks the daemon's protocol (a daemon that reports no version
+    /// speaks version 1).
+    pub fn protocol_compatible(&self) -> bool {
+        matches!(self.protocol_version, 0 | PROTOCOL_VERSION)
+    }
 }
 
 /// One extension in a listing.
@@ -763,6 +780,19 @@ mod tests {
     }
 
     #[test]
+    fn a_status_without_a_protocol_version_is_version_1() {
+        let old = r#"{"version":"0.1.0","uptime_secs":1,"listen":[],"extensions":0,"registrations":0,"active_calls":0,"cdrs":0,"data_dir":"/data","realm":"outpost"}"#;
+        let info: StatusInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(info.protocol_version, 0);
+        assert!(info.protocol_compatible());
+        let newer = StatusInfo {
+            protocol_version: PROTOCOL_VERSION + 1,
+            ..info
+        };
+        assert!(!newer.protocol_compatible());
+    }
+
+    #[test]
     fn every_reply_round_trips() {
         let replies = vec![
             Reply::Status(StatusInfo {
@@ -782,6 +812,7 @@ mod tests {
                 store_schema: 1,
                 hostname: "berlin-1".into(),
                 last_restore: None,
+                protocol_version: PROTOCOL_VERSION,
             }),
             Reply::Extensions(vec![ExtensionInfo {
                 ext: "100".into(),
