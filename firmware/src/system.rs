@@ -111,27 +111,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_section_names_its_key_and_refuses_unknown_keys() {
-        let c =
-            crate::config::Config::from_toml_str("[system]\nhostname = \"berlin-1\"\n").unwrap();
-        assert_eq!(c.system.hostname.as_deref(), Some("berlin-1"));
-        assert_eq!(hostname(&c.system), "berlin-1");
-        let msg = crate::config::Config::from_toml_str("[system]\nhostname = \"berlin_1\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("system.hostname"), "{msg}");
-        let msg = crate::config::Config::from_toml_str("[system]\nhost = \"b\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("`host`"), "{msg}");
-        assert_eq!(
-            crate::config::Config::default().system.hostname,
-            None,
-            "the box keeps the name it booted with unless one is configured"
-        );
-    }
-
-    #[test]
     fn the_kernel_name_changes_only_for_a_configured_name_or_to_undo_one() {
         // Nothing configured: whatever the kernel has stays (a developer's machine).
         assert_eq!(name_to_set(None, "laptop", "laptop"), None);

@@ -902,11 +902,16 @@ mod tests {
         }
     }
 
-    fn config(b: &Box1) -> crate::config::Config {
-        let mut cfg = crate::config::Config::default();
-        cfg.store.data_dir = b.data.clone();
-        cfg.backup.passphrase_file = Some(b.pass_file.clone());
-        cfg
+    fn config(b: &Box1) -> BackupConfig {
+        BackupConfig {
+            passphrase_file: Some(b.pass_file.clone()),
+            ..BackupConfig::default()
+        }
+    }
+
+    /// Where the SSH host key of a box with data in `data` lives (the default `[ssh]`).
+    fn host_key(data: &Path) -> PathBuf {
+        crate::ssh::SshConfig::default().host_key_path(data)
     }
 
     fn cdr(n: u64) -> Cdr {
@@ -1006,12 +1011,11 @@ mod tests {
     }
 
     fn context(b: &Box1) -> Context {
-        let cfg = config(b);
         Context {
             store: Arc::new(Store::open(&b.data).unwrap()),
             data_dir: b.data.clone(),
-            cfg: cfg.backup.clone(),
-            ssh_host_key: cfg.ssh.host_key_path(&b.data),
+            cfg: config(b),
+            ssh_host_key: host_key(&b.data),
             hostname: "branch-1".into(),
         }
     }
@@ -1090,13 +1094,13 @@ mod tests {
             "staging changes nothing yet"
         );
         let boot = "[sip]\n# the new box's boot file\n";
-        let applied = apply_staged(&b.data, &config(&b).ssh.host_key_path(&b.data), boot)
+        let applied = apply_staged(&b.data, &host_key(&b.data), boot)
             .unwrap()
             .unwrap();
         assert_eq!(applied.cdrs, 250);
         assert!(!b.data.join(STAGING_DIR).exists());
         assert_eq!(
-            apply_staged(&b.data, &config(&b).ssh.host_key_path(&b.data), boot).unwrap(),
+            apply_staged(&b.data, &host_key(&b.data), boot).unwrap(),
             None,
             "applied once"
         );
@@ -1324,13 +1328,13 @@ mod tests {
         c.keep_daily = 0;
         c.keep_weekly = 0;
         assert_eq!(c.check().unwrap_err().0, "backup.keep_daily");
-        let parsed: crate::config::Config = toml::from_str(
-            "[backup]\nschedule = \"daily 02:30\"\npassphrase_file = \"/p\"\nkeep_daily = 3\n",
+        let parsed: BackupConfig = toml::from_str(
+            "schedule = \"daily 02:30\"\npassphrase_file = \"/p\"\nkeep_daily = 3\n",
         )
         .unwrap();
-        assert_eq!(parsed.backup.keep_daily, 3);
-        assert_eq!(parsed.backup.keep_weekly, 4);
-        assert!(toml::from_str::<crate::config::Config>("[backup]\nkeep = 3\n").is_err());
+        assert_eq!(parsed.keep_daily, 3);
+        assert_eq!(parsed.keep_weekly, 4);
+        assert!(toml::from_str::<BackupConfig>("keep = 3\n").is_err());
     }
 
     #[test]
