@@ -1103,83 +1103,7 @@ impl Daemon {
         Ok(restart)
     }
 
-    fn config_command(
-        &mut self,
-        now: Millis,
-        cmd: crate::admin::proto::ConfigCommand,
-    ) -> anyhow::Result<Reply> {
-        use crate::admin::proto::ConfigCommand;
-        Ok(match cmd {
-            ConfigCommand::Show { rev: None } => Reply::ConfigText {
-                rev: self.revisions.current().map_or(0, |r| r.rev),
-                text: self.config_text.clone(),
-            },
-            ConfigCommand::Show { rev: Some(rev) } => Reply::ConfigText {
-                rev,
-                text: self.revisions.text(rev)?,
-            },
-            ConfigCommand::List => Reply::ConfigRevisions(self.revisions.list().to_vec()),
-            ConfigCommand::Apply {
-                text,
-                confirm_secs,
-                comment,
-            } => {
-                if confirm_secs.is_some_and(|s| !(10..=3600).contains(&s)) {
-                    anyhow::bail!("--confirm must be between 10 and 3600 seconds");
-                }
-                let confirm = confirm_secs;
-                if let Some((rev, _, _)) = self.pending_confirm {
-                    anyhow::bail!("revision {rev} is waiting for confirmation: `config confirm` or `config rollback` first");
-                }
-                let comment = comment.unwrap_or_else(|| "outpostctl config apply".to_string());
-                Reply::done(self.apply_config(now, &text, confirm, &comment)?)
-            }
-            ConfigCommand::Confirm => match self.revisions.confirm()? {
-                Some(rev) => {
-                    self.pending_confirm = None;
-                    Reply::done(format!("revision {rev} confirmed"))
-                }
-                None => Reply::done("nothing waits for confirmation"),
-            },
-            ConfigCommand::Rollback { rev } => {
-                let current = self.revisions.current().map_or(0, |r| r.rev);
-                let target = match rev {
-                    Some(r) => r,
-                    None => self
-                        .revisions
-                        .previous_applied(current)
-                        .map(|r| r.rev)
-                        .ok_or_else(|| anyhow::anyhow!("there is no earlier revision"))?,
-                };
-                let msg = self.rollback_to(now, target, &format!("rollback to {target}"))?;
-                Reply::done(msg)
-            }
-            ConfigCommand::Diff { from, to } => {
-                let current = self.revisions.current().map_or(0, |r| r.rev);
-                let to = to.unwrap_or(current);
-                let from = match from {
-                    Some(f) => f,
-                    None => self
-                        .revisions
-                        .list()
-                        .iter()
-                        .rev()
-                        .map(|r| r.rev)
-                        .find(|r| *r < to)
-                        .ok_or_else(|| anyhow::anyhow!("there is no earlier revision"))?,
-                };
-                let text = crate::revisions::diff(
-                    &self.revisions.text(from)?,
-                    &self.revisions.text(to)?,
-                    &format!("revision {from}"),
-                    &format!("revision {to}"),
-                );
-                Reply::ConfigText { rev: 0, text }
-            }
-        })
-    }
-
-    /// `ext show`: what is in force for one extension (the PIN only as set or not).
+    /// Serves one admin command; the reply goes back on `reply`.
     fn admin(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
         tracing::info!(command = cmd.name(), "admin command");
         if let Command::Backup(b) = cmd {
@@ -1192,7 +1116,9 @@ impl Daemon {
         let result = match cmd {
             Command::Metrics => Ok(Reply::Metrics(self.metrics())),
             // A configuration change re-plumbs the whole daemon.
-            Command::Config(c) => tokio::task::block_in_place(|| self.config_command(now, c)),
+            Command::Config(c) => {
+                tokio::task::block_in_place(|| crate::admin::config::execute(self, now, c))
+            }
             cmd => crate::admin::control::Control {
                 now,
                 uptime_secs: self.clock.start.elapsed().as_secs(),
@@ -1211,6 +1137,42 @@ impl Daemon {
             Err(err) => Reply::error(format!("{err:#}")),
         };
         let _ = reply.send(answer);
+    }
+}
+
+impl crate::admin::config::Reconfigure for Daemon {
+    fn revisions(&self) -> &crate::revisions::Revisions {
+        &self.revisions
+    }
+
+    fn running_text(&self) -> &str {
+        &self.config_text
+    }
+
+    fn awaiting_confirmation(&self) -> Option<u32> {
+        self.pending_confirm.map(|(rev, _, _)| rev)
+    }
+
+    fn confirm(&mut self) -> anyhow::Result<Option<u32>> {
+        let confirmed = self.revisions.confirm()?;
+        if confirmed.is_some() {
+            self.pending_confirm = None;
+        }
+        Ok(confirmed)
+    }
+
+    fn apply(
+        &mut self,
+        now: Millis,
+        text: &str,
+        confirm_secs: Option<u64>,
+        comment: &str,
+    ) -> anyhow::Result<String> {
+        self.apply_config(now, text, confirm_secs, comment)
+    }
+
+    fn rollback_to(&mut self, now: Millis, rev: u32, comment: &str) -> anyhow::Result<String> {
+        Daemon::rollback_to(self, now, rev, comment)
     }
 }
 

@@ -2,6 +2,7 @@
 //! listener, and a small blocking client for `outpostctl` and tests.
 
 pub mod backup;
+pub mod config;
 pub mod console;
 pub mod control;
 pub mod proto;
