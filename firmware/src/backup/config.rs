@@ -257,3 +257,54 @@ pub fn sftp_identity(cfg: &BackupConfig, data_dir: &Path) -> PathBuf {
         })
         .unwrap_or_else(|| target::default_identity_path(data_dir))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_section_is_checked_and_names_its_key() {
+        let ok = BackupConfig::default();
+        ok.check().unwrap();
+        let mut c = BackupConfig {
+            schedule: "daily 02:30".into(),
+            ..BackupConfig::default()
+        };
+        c.check().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        assert_eq!(
+            c.check_on_box(data.path()).unwrap_err().0,
+            "backup.schedule",
+            "a schedule needs a key"
+        );
+        secret::store(data.path(), "a stored passphrase").unwrap();
+        c.check_on_box(data.path()).unwrap();
+        assert_eq!(c.key_source(data.path()), KeySource::StoredPassphrase);
+        c.passphrase_file = Some(data.path().join("missing.pass"));
+        let (key, reason) = c.check_on_box(data.path()).unwrap_err();
+        assert_eq!(key, "backup.passphrase_file");
+        assert!(reason.contains("does not exist"), "{reason}");
+        c.passphrase_file = None;
+        c.recipient = Some("age1bad".into());
+        assert_eq!(c.check().unwrap_err().0, "backup.recipient");
+        c.recipient = Some(age::x25519::Identity::generate().to_public().to_string());
+        c.check().unwrap();
+        c.passphrase_file = Some("/etc/outpost/backup.pass".into());
+        assert_eq!(c.check().unwrap_err().0, "backup.recipient", "not both");
+        c.recipient = None;
+        c.schedule = "every 5s".into();
+        assert_eq!(c.check().unwrap_err().0, "backup.schedule");
+        c.schedule = "weekly sun 03:00".into();
+        c.keep_daily = 0;
+        c.keep_weekly = 0;
+        assert_eq!(c.check().unwrap_err().0, "backup.keep_daily");
+        let parsed: BackupConfig = toml::from_str(
+            "schedule = \"daily 02:30\"\npassphrase_file = \"/p\"\nkeep_daily = 3\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.keep_daily, 3);
+        assert_eq!(parsed.keep_weekly, 4);
+        assert!(toml::from_str::<BackupConfig>("keep = 3\n").is_err());
+    }
+}

@@ -273,3 +273,25 @@ pub(super) fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     file.take(max).read_to_end(&mut buf)?;
     Ok(buf)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use super::*;
+
+    /// 2024-05-01T02:30:00Z.
+    const NOW: Millis = 1_714_530_600_000;
+
+    #[test]
+    fn backup_names_carry_the_time_and_nothing_else_parses() {
+        assert_eq!(parse_name("outpost-a-b-20240501T023000Z.backup"), Some(NOW));
+        for bad in [
+            "outpost-20240501T023000Z.backup",
+            "outpost-x-20240501T023000Z.backup.partial",
+            "other-x-20240501T023000Z.backup",
+            "outpost-x-2024050AT023000Z.backup",
+        ] {
+            assert_eq!(parse_name(bad), None, "{bad}");
+        }
+    }
+}

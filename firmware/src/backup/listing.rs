@@ -183,3 +183,36 @@ pub fn apply_retention(dir: &Path, keep_daily: u32, keep_weekly: u32) -> Vec<Str
     }
     deleted
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::backup::crypto::Encryption;
+    use crate::backup::file_name;
+
+    /// 2024-05-01T02:30:00Z.
+    const NOW: Millis = 1_714_530_600_000;
+    const PASS: &str = "correct horse battery staple";
+
+    #[test]
+    fn retention_deletes_old_backup_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let enc = Encryption::Passphrase(age::secrecy::SecretString::from(PASS.to_string()));
+        for day in 0..10u64 {
+            let t = NOW - day * 86_400_000;
+            let mut w = enc.wrap(Vec::new()).unwrap();
+            w.write_all(b"x").unwrap();
+            std::fs::write(dir.path().join(file_name("b", t)), w.finish().unwrap()).unwrap();
+        }
+        std::fs::write(dir.path().join("outpost-b-garbage.backup"), b"x").unwrap();
+        let deleted = apply_retention(dir.path(), 3, 0);
+        assert_eq!(deleted.len(), 7);
+        let (good, _, _) = scan(dir.path());
+        assert_eq!(good.len(), 3);
+        assert_eq!(good[0].created_ms, NOW);
+        assert!(dir.path().join("outpost-b-garbage.backup").exists());
+    }
+}

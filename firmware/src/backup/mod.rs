@@ -868,7 +868,7 @@ fn raise_alert(store: &Store, message: String) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
 
     use pbx_core::cdr::{Cdr, Disposition};
@@ -876,7 +876,7 @@ mod tests {
 
     use super::*;
     use crate::store::{Batch, ExtensionRecord, StoredBan, StoredLock, VoicemailRecord};
-    use crypto::{Encryption, HeaderKind};
+    use crypto::HeaderKind;
 
     const PASS: &str = "correct horse battery staple";
     /// 2024-05-01T02:30:00Z.
@@ -1262,79 +1262,6 @@ mod tests {
         let err = verify(&pass_path, &key).unwrap_err();
         assert!(matches!(err, BackupError::NeedPassphrase), "{err}");
         assert!(err.to_string().contains("--passphrase"), "{err}");
-    }
-
-    #[test]
-    fn retention_deletes_old_backup_files_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let enc = Encryption::Passphrase(age::secrecy::SecretString::from(PASS.to_string()));
-        for day in 0..10u64 {
-            let t = NOW - day * 86_400_000;
-            let mut w = enc.wrap(Vec::new()).unwrap();
-            w.write_all(b"x").unwrap();
-            std::fs::write(dir.path().join(file_name("b", t)), w.finish().unwrap()).unwrap();
-        }
-        std::fs::write(dir.path().join("outpost-b-garbage.backup"), b"x").unwrap();
-        let deleted = apply_retention(dir.path(), 3, 0);
-        assert_eq!(deleted.len(), 7);
-        let (good, _, _) = scan(dir.path());
-        assert_eq!(good.len(), 3);
-        assert_eq!(good[0].created_ms, NOW);
-        assert!(dir.path().join("outpost-b-garbage.backup").exists());
-    }
-
-    #[test]
-    fn names_and_config_are_checked() {
-        assert_eq!(parse_name("outpost-a-b-20240501T023000Z.backup"), Some(NOW));
-        for bad in [
-            "outpost-20240501T023000Z.backup",
-            "outpost-x-20240501T023000Z.backup.partial",
-            "other-x-20240501T023000Z.backup",
-            "outpost-x-2024050AT023000Z.backup",
-        ] {
-            assert_eq!(parse_name(bad), None, "{bad}");
-        }
-        let ok = BackupConfig::default();
-        ok.check().unwrap();
-        let mut c = BackupConfig {
-            schedule: "daily 02:30".into(),
-            ..BackupConfig::default()
-        };
-        c.check().unwrap();
-        let data = tempfile::tempdir().unwrap();
-        assert_eq!(
-            c.check_on_box(data.path()).unwrap_err().0,
-            "backup.schedule",
-            "a schedule needs a key"
-        );
-        secret::store(data.path(), "a stored passphrase").unwrap();
-        c.check_on_box(data.path()).unwrap();
-        assert_eq!(c.key_source(data.path()), KeySource::StoredPassphrase);
-        c.passphrase_file = Some(data.path().join("missing.pass"));
-        let (key, reason) = c.check_on_box(data.path()).unwrap_err();
-        assert_eq!(key, "backup.passphrase_file");
-        assert!(reason.contains("does not exist"), "{reason}");
-        c.passphrase_file = None;
-        c.recipient = Some("age1bad".into());
-        assert_eq!(c.check().unwrap_err().0, "backup.recipient");
-        c.recipient = Some(age::x25519::Identity::generate().to_public().to_string());
-        c.check().unwrap();
-        c.passphrase_file = Some("/etc/outpost/backup.pass".into());
-        assert_eq!(c.check().unwrap_err().0, "backup.recipient", "not both");
-        c.recipient = None;
-        c.schedule = "every 5s".into();
-        assert_eq!(c.check().unwrap_err().0, "backup.schedule");
-        c.schedule = "weekly sun 03:00".into();
-        c.keep_daily = 0;
-        c.keep_weekly = 0;
-        assert_eq!(c.check().unwrap_err().0, "backup.keep_daily");
-        let parsed: BackupConfig = toml::from_str(
-            "schedule = \"daily 02:30\"\npassphrase_file = \"/p\"\nkeep_daily = 3\n",
-        )
-        .unwrap();
-        assert_eq!(parsed.keep_daily, 3);
-        assert_eq!(parsed.keep_weekly, 4);
-        assert!(toml::from_str::<BackupConfig>("keep = 3\n").is_err());
     }
 
     #[test]
