@@ -31,6 +31,7 @@ use pbx_core::sip::wire;
 
 mod boot;
 mod committer;
+mod snapshot;
 mod start;
 
 use boot::{alert_failed_update, select_revision};
@@ -817,82 +818,26 @@ impl Daemon {
         }
     }
 
+    /// The counters snapshot (every second, and for `metrics`).
     fn metrics(&mut self) -> crate::metrics::Metrics {
-        let c = self.endpoint.counters().clone();
-        let trunks = self.endpoint.trunk_status();
-        // Cheap: no store write, no waiting for the enforcer thread (this runs every second
-        // on the SIP loop).
-        let fw = self.guard.counters();
-        let relay = self.relay.as_ref().map(Relay::counters);
-        let kernel = fw.kernel;
-        crate::metrics::Metrics {
-            uptime_secs: self.clock.start.elapsed().as_secs(),
-            extensions: self.endpoint.user_count() as u64,
-            registrations: self.endpoint.registrar().count() as u64,
-            calls_active: self.endpoint.active_calls() as u64,
-            calls_started: c.calls_started,
-            calls_answered: c.calls_answered,
-            sip_received: c.received,
-            sip_malformed: c.malformed,
-            auth_failures: c.auth_failures,
-            trunks: trunks.len() as u64,
-            trunks_up: trunks
-                .iter()
-                .filter(|t| t.health == pbx_core::trunk::Health::Up)
-                .count() as u64,
-            survival: u64::from(self.endpoint.survival()),
-            relay_packets_received: relay.map_or(0, |r| r.packets_received),
-            relay_packets_sent: relay.map_or(0, |r| r.packets_sent),
-            relay_unassigned: relay.map_or(0, |r| r.unassigned),
-            fw_inspected: fw.inspected,
-            fw_dropped_banned: fw.dropped_banned,
-            fw_dropped_rule: fw.dropped_rule,
-            fw_bans: fw.bans as u64,
-            fw_locks: fw.locks as u64,
-            fw_rule_hits: fw.rule_hits,
-            kernel_banned_packets: kernel.map(|k| k.banned_packets),
-            kernel_meter_drops: kernel.map(|k| k.meter_drops),
-            kernel_rtp_drops: kernel.map(|k| k.rtp_drops),
-            process_resident_memory_bytes: crate::metrics::resident_memory_bytes(),
-            process_open_fds: crate::metrics::open_fds(),
-        }
+        snapshot::metrics(
+            &self.endpoint,
+            &mut self.guard,
+            self.relay.as_ref(),
+            self.clock.start.elapsed().as_secs(),
+        )
     }
 
     /// What the front panel shows.
     fn panel_status(&self, now: Millis, m: &crate::metrics::Metrics) -> board::panel::PanelStatus {
-        let alerts = self.store.fw_alerts(5).unwrap_or_default();
-        let acked = self
-            .store
-            .meta_get("alerts_acked_at")
-            .ok()
-            .flatten()
-            .and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        let unacked = alerts.iter().filter(|a| a.at > acked).count();
-        let recent: Vec<String> = alerts.iter().map(|a| a.message.clone()).collect();
-        let ip = self
-            .listen
-            .iter()
-            .find_map(|l| l.strip_prefix("udp:").map(str::to_string))
-            .unwrap_or_default();
-        board::panel::PanelStatus {
-            hostname: crate::system::hostname(&self.cfg.system),
-            ip,
-            registered: usize::try_from(m.registrations).unwrap_or(usize::MAX),
-            active_calls: usize::try_from(m.calls_active).unwrap_or(usize::MAX),
-            trunks_up: usize::try_from(m.trunks_up).unwrap_or(usize::MAX),
-            trunks: usize::try_from(m.trunks).unwrap_or(usize::MAX),
-            survival: m.survival == 1,
-            newest_alert: recent.first().cloned(),
-            recent_alerts: recent,
-            alerts_unacked: unacked,
-            last_ban: self.guard.last_ban().map(|ip| ip.to_string()),
-            network: board::panel::NetworkInfo::default(),
-            last_backup_age_secs: self
-                .newest_backup
-                .0
-                .map(|created| now.saturating_sub(created) / 1000),
+        snapshot::Panel {
+            store: &self.store,
+            listen: &self.listen,
+            system: &self.cfg.system,
+            guard: &self.guard,
+            newest_backup: self.newest_backup.0,
         }
+        .status(now, m)
     }
 
     /// Carries out what was chosen on the front panel.
