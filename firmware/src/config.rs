@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin::proto::validate_ext;
+pub use crate::driver::tls::TlsConfig;
+use crate::names::validate_ext;
 
 /// Where the production daemon puts its admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/outpost/admin.sock";
@@ -403,54 +404,6 @@ pub struct DemoConfig {
     pub extensions: Vec<String>,
 }
 
-/// `[tls]` section: SIP over TLS (phones on 5061, trunks that require it).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    /// TLS listeners, e.g. `["0.0.0.0:5061"]`; empty (the default): no TLS listener.
-    pub listen: Vec<SocketAddr>,
-    /// Server certificate chain (PEM, leaf first); with `key`. Absent: a self-signed
-    /// certificate made on first start and kept in `<store.data_dir>/tls/`.
-    pub cert: Option<PathBuf>,
-    /// Private key of `cert` (PEM).
-    pub key: Option<PathBuf>,
-    /// Extra trusted roots (PEM bundle) for trunk servers, beside the built-in Mozilla roots.
-    pub ca: Option<PathBuf>,
-}
-
-impl TlsConfig {
-    /// Checks the `[tls]` keys against each other and against `sip.listen`.
-    fn check(&self, sip_listen: &[SocketAddr]) -> Result<(), ConfigError> {
-        match (&self.cert, &self.key) {
-            (Some(_), None) => return Err(invalid("tls.key", "tls.cert is set: set tls.key too")),
-            (None, Some(_)) => return Err(invalid("tls.cert", "tls.key is set: set tls.cert too")),
-            _ => {}
-        }
-        for (key, path) in [
-            ("tls.cert", &self.cert),
-            ("tls.key", &self.key),
-            ("tls.ca", &self.ca),
-        ] {
-            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-                return Err(invalid(key, "must not be empty"));
-            }
-        }
-        let mut seen = HashSet::new();
-        for addr in &self.listen {
-            if !seen.insert(addr) {
-                return Err(invalid("tls.listen", format!("{addr} is listed twice")));
-            }
-            if sip_listen.contains(addr) {
-                return Err(invalid(
-                    "tls.listen",
-                    format!("{addr} is also in sip.listen, whose TCP listener holds it"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -715,7 +668,9 @@ impl Config {
                 "must be between 1 and 600",
             ));
         }
-        self.tls.check(&self.sip.listen)?;
+        self.tls
+            .check(&self.sip.listen)
+            .map_err(|(key, reason)| invalid(key, reason))?;
         self.ssh
             .check()
             .map_err(|(key, reason)| invalid(&key, reason))?;
@@ -1237,5 +1192,137 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("`lisen`"), "{msg}");
+    }
+
+    #[test]
+    fn the_system_section_names_its_key_and_refuses_unknown_keys() {
+        let c =
+            crate::config::Config::from_toml_str("[system]\nhostname = \"berlin-1\"\n").unwrap();
+        assert_eq!(c.system.hostname.as_deref(), Some("berlin-1"));
+        assert_eq!(crate::system::hostname(&c.system), "berlin-1");
+        let msg = crate::config::Config::from_toml_str("[system]\nhostname = \"berlin_1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("system.hostname"), "{msg}");
+        let msg = crate::config::Config::from_toml_str("[system]\nhost = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`host`"), "{msg}");
+        assert_eq!(
+            crate::config::Config::default().system.hostname,
+            None,
+            "the box keeps the name it booted with unless one is configured"
+        );
+    }
+}
+
+/// The telephony sections (`pbx_config`) as the config file carries them: parsing, the
+/// keys their errors name, and the conversion into the call core's types.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod telephony_tests {
+    use crate::config::{Config, ConfigError};
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(&format!(
+            "[sip]\nlisten = [\"127.0.0.1:5060\"]\n[demo]\nextensions = []\n{extra}"
+        ))
+    }
+
+    fn invalid_key(extra: &str) -> String {
+        match parse(extra) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    const TRUNK: &str = "[[trunk]]\nname = \"p1\"\nhost = \"192.0.2.10\"\nusername = \"4930100\"\npassword = \"pw\"\n";
+
+    #[test]
+    fn a_full_telephony_config_parses_and_converts() {
+        let cfg = parse(&format!(
+            "{TRUNK}[[trunk]]\nname = \"p2\"\nhost = \"192.0.2.11:5070\"\ntransport = \"tls\"\nregister = false\n\
+             [[route]]\nname = \"national\"\npatterns = [\"0[1-9]X.\"]\ntrunks = [\"p1\", \"p2\"]\n\
+             [inbound]\ndids = {{ \"4930100\" = \"ext:100\" }}\ndefault = \"ivr:500\"\n\
+             [[ring_group]]\nnumber = \"600\"\nmembers = [\"100\", \"101\"]\nstrategy = \"in_order\"\n"
+        ))
+        .unwrap();
+        let t1 = cfg.trunk[0].to_core().unwrap();
+        assert_eq!(t1.peer.addr, "192.0.2.10:5060".parse().unwrap());
+        assert_eq!(t1.domain, "192.0.2.10");
+        assert_eq!(t1.silence_timeout_ms, 2_000);
+        let t2 = cfg.trunk[1].to_core().unwrap();
+        assert_eq!(t2.peer.addr, "192.0.2.11:5070".parse().unwrap());
+        assert_eq!(t2.peer.transport, pbx_core::sip::Transport::Tls);
+        assert!(!t2.register);
+        let plan = crate::pbx_config::dialplan(&cfg.route, &cfg.inbound, &cfg.dialplan);
+        let out = plan.outbound("100", "0301234567").unwrap();
+        assert_eq!(out.trunks, vec!["p1".to_string(), "p2".to_string()]);
+        assert!(plan.is_emergency("112"));
+        assert_eq!(
+            plan.inbound("4930100"),
+            Some(pbx_core::dialplan::Target::Extension("100".into()))
+        );
+        let groups = crate::pbx_config::ring_groups(&cfg.ring_group);
+        assert_eq!(
+            groups[0].strategy,
+            pbx_core::endpoint::RingStrategy::InOrder
+        );
+        assert_eq!(groups[0].timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        assert_eq!(
+            invalid_key("[[route]]\nname = \"r\"\npatterns = [\"0X.\"]\ntrunks = [\"nope\"]\n"),
+            "route[0].trunks"
+        );
+        assert_eq!(
+            invalid_key(&format!(
+                "{TRUNK}[[route]]\nname = \"r\"\npatterns = [\"0[X\"]\ntrunks = [\"p1\"]\n"
+            )),
+            "route[0].patterns"
+        );
+        assert_eq!(invalid_key(&format!("{TRUNK}{TRUNK}")), "trunk[1].name");
+        assert_eq!(
+            invalid_key(
+                "[[trunk]]\nname = \"p\"\nhost = \"h\"\ntransport = \"sctp\"\nregister = false\n"
+            ),
+            "trunk[0].transport"
+        );
+        for bad in [
+            "inbound_from = [\"203.0.113.0/33\"]",
+            "inbound_from = [\"far.away\"]",
+        ] {
+            assert_eq!(
+                invalid_key(&format!(
+                    "[[trunk]]\nname = \"p\"\nhost = \"h\"\nregister = false\n{bad}\n"
+                )),
+                "trunk[0].inbound_from",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            invalid_key(
+                "[[trunk]]\nname = \"p\"\nhost = \"h\"\nregister = false\ninbound_calls_per_second = 20000\n"
+            ),
+            "trunk[0].inbound_calls_per_second"
+        );
+        assert_eq!(
+            invalid_key("[[trunk]]\nname = \"p\"\nhost = \"h\"\n"),
+            "trunk[0].username"
+        );
+        assert_eq!(
+            invalid_key("[inbound]\ndids = { \"4930\" = \"fax:1\" }\n"),
+            "inbound.dids.4930"
+        );
+        assert_eq!(
+            invalid_key("[[ring_group]]\nnumber = \"600\"\nmembers = []\n"),
+            "ring_group[0].members"
+        );
+        assert_eq!(
+            invalid_key("[dialplan]\nemergency = [\"11a\"]\n"),
+            "dialplan.emergency"
+        );
     }
 }

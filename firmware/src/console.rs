@@ -17,8 +17,12 @@ use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{CompletionType, Helper};
 
-use crate::admin::proto::{validate_admin_password, AdminCommand, AdminInfo, LoginOutcome, Reply};
+use crate::names::validate_admin_password;
 use crate::store::{Store, StoreError};
+
+pub mod api;
+
+use api::{AdminCommand, AdminInfo, ConsoleOutcome, LoginOutcome};
 
 /// The shell's prompt.
 pub const PROMPT: &str = "outpost> ";
@@ -62,9 +66,9 @@ pub enum ConsoleError {
 
 /// Carries out an admin-password command (daemon side). Blocks for one Argon2id run
 /// (tens to hundreds of ms) on `Passwd` and `Login`.
-pub fn execute(store: &Store, cmd: AdminCommand) -> Result<Reply, ConsoleError> {
+pub fn execute(store: &Store, cmd: AdminCommand) -> Result<ConsoleOutcome, ConsoleError> {
     match cmd {
-        AdminCommand::Status => Ok(Reply::Admin(AdminInfo {
+        AdminCommand::Status => Ok(ConsoleOutcome::Info(AdminInfo {
             password_set: stored_hash(store)?.is_some(),
         })),
         AdminCommand::Passwd { password } => {
@@ -72,18 +76,18 @@ pub fn execute(store: &Store, cmd: AdminCommand) -> Result<Reply, ConsoleError> 
             let hash = hash_password(&password)?;
             store.meta_put(PASSWORD_META, hash.as_bytes())?;
             tracing::info!("console: admin password changed");
-            Ok(Reply::done("admin password set"))
+            Ok(ConsoleOutcome::Done("admin password set".to_owned()))
         }
         AdminCommand::Login { password } => {
             let Some(hash) = stored_hash(store)? else {
-                return Ok(Reply::Login(LoginOutcome::NoPassword));
+                return Ok(ConsoleOutcome::Login(LoginOutcome::NoPassword));
             };
             if verify_password(&hash, &password) {
                 tracing::info!("console: admin logged in");
-                Ok(Reply::Login(LoginOutcome::Accepted))
+                Ok(ConsoleOutcome::Login(LoginOutcome::Accepted))
             } else {
                 tracing::warn!("console: wrong admin password");
-                Ok(Reply::Login(LoginOutcome::Refused))
+                Ok(ConsoleOutcome::Login(LoginOutcome::Refused))
             }
         }
     }
@@ -724,13 +728,13 @@ mod tests {
         };
         assert_eq!(
             execute(&store, AdminCommand::Status).unwrap(),
-            Reply::Admin(AdminInfo {
+            ConsoleOutcome::Info(AdminInfo {
                 password_set: false
             })
         );
         assert_eq!(
             login("anything-at-all"),
-            Reply::Login(LoginOutcome::NoPassword)
+            ConsoleOutcome::Login(LoginOutcome::NoPassword)
         );
         assert!(matches!(
             execute(
@@ -752,11 +756,11 @@ mod tests {
         assert!(!String::from_utf8_lossy(&raw).contains("branch-office-42"));
         assert_eq!(
             login("branch-office-42"),
-            Reply::Login(LoginOutcome::Accepted)
+            ConsoleOutcome::Login(LoginOutcome::Accepted)
         );
         assert_eq!(
             login("branch-office-43"),
-            Reply::Login(LoginOutcome::Refused)
+            ConsoleOutcome::Login(LoginOutcome::Refused)
         );
     }
 

@@ -9,43 +9,40 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use firewall::detect::Rule;
 use pbx_core::endpoint::{
-    pin_hash, Endpoint, EndpointConfig, Event, Forwarding, IvrMenu, MailboxMessage, MediaSettings,
-    VoicemailSettings,
+    Endpoint, EndpointConfig, Event, Forwarding, MailboxMessage, MediaSettings, VoicemailSettings,
 };
-use pbx_core::lockout::TrustedSource;
 use pbx_core::media::session::MediaEvent;
-use pbx_core::sip::auth::{DigestChoice, NonceConfig, StoredSecret};
+use pbx_core::sip::auth::{DigestChoice, NonceConfig};
 use pbx_core::sip::transaction::TimerConfig;
 use pbx_core::Millis;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::admin::proto::{
-    validate_ext, validate_name, validate_password, CallInfo, CallMediaInfo, Command,
-    ExtensionDetail, ExtensionInfo, RegistrationInfo, Reply, StatusInfo,
-};
+use crate::admin::proto::{Command, Reply};
 use crate::admin::server::{self, AdminRequest};
 use crate::config::Config;
 use crate::driver::{Inbound, Transports};
 use crate::guard::Guard;
-use crate::media::relay::{self, Relay, RelayConfig};
+use crate::media::relay::Relay;
 use crate::pbx_config;
-use crate::store::{Batch, ExtensionRecord, Store, VoicemailRecord};
-use crate::update::bootenv::{BootEnv, LastOutcome, Outcome};
+use crate::store::{Batch, Store, VoicemailRecord};
 use pbx_core::sip::wire;
 
-/// What the initramfs tells userland about this boot (a copy of boot.env, plus the slot).
-pub const BOOT_INFO: &str = "/run/outpost-boot";
-/// Meta key holding the `last=rolled-back ...` line already alerted.
-const ROLLBACK_ALERTED_KEY: &str = "update_rollback_alerted";
+mod boot;
+mod committer;
+mod snapshot;
+mod start;
+
+use boot::{alert_failed_update, select_revision};
+pub use boot::{newest_revision_instead, BOOT_INFO};
+use committer::Committer;
+use start::{core_trunks, ivr_menus, start_relay, start_transports};
+
 /// Inbound messages handled per turn before timers, admin commands and the commit get a go.
 const BATCH: usize = 512;
 /// Depth of the inbound queue between the socket readers and the core.
 const INBOUND_QUEUE: usize = 8192;
-/// Most CDRs returned by one listing.
-const MAX_CDR_LIST: usize = 10_000;
 /// How often the box's addresses are read again (a new DHCP lease is followed this fast).
 const HOST_CHECK_MS: Millis = 2_000;
 /// How often trunks whose address did not resolve at start are resolved again.
@@ -136,8 +133,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let clock = Clock::new();
     // A restore staged before the restart is applied before anything opens the data.
-    if let Some(c) =
-        crate::backup::apply_staged(&boot, &boot_text).context("cannot apply the staged restore")?
+    if let Some(c) = crate::backup::apply_staged(
+        &boot.store.data_dir,
+        &boot.ssh.host_key_path(&boot.store.data_dir),
+        &boot_text,
+    )
+    .context("cannot apply the staged restore")?
     {
         tracing::warn!(hostname = %c.hostname, "restored the backup made {}", crate::backup::schedule::rfc3339(c.created_ms));
     }
@@ -328,7 +329,12 @@ pub async fn run(
     });
 
     // SSH: dropbear under supervision; its failed logins feed the firewall.
-    let mut ssh_failures = match crate::ssh::start(&daemon.cfg, &daemon.store) {
+    let mut ssh_failures = match crate::ssh::start(
+        &daemon.cfg.ssh,
+        &daemon.cfg.store.data_dir,
+        &daemon.cfg.admin.socket,
+        &daemon.store,
+    ) {
         Ok(rx) => rx,
         Err(err) => {
             tracing::error!("ssh: not started: {err}");
@@ -579,22 +585,6 @@ impl Daemon {
         }
     }
 
-    /// Fills in, for `fw bans`, which sources each account lock does not apply to.
-    fn describe_locks(&self, now: Millis, reply: Reply) -> Reply {
-        let Reply::FwBans(mut info) = reply else {
-            return reply;
-        };
-        for lock in &mut info.locks {
-            if lock.rule == Rule::TollFraud.as_str() {
-                continue;
-            }
-            let except = self.endpoint.trusted_sources(now, &lock.user);
-            lock.blocks = describe_blocked(&except);
-            lock.except = except.iter().map(ToString::to_string).collect();
-        }
-        Reply::FwBans(info)
-    }
-
     /// Creates the configured demo extensions that do not exist yet, printing their
     /// passwords once (only their digests are stored).
     fn create_demo_extensions(&mut self) -> anyhow::Result<()> {
@@ -604,46 +594,17 @@ impl Daemon {
                 continue;
             }
             let password = generate_password();
-            self.put_extension(&ext, Some(format!("Demo {ext}")), &password)?;
+            crate::admin::control::put_extension(
+                &self.store,
+                &mut self.endpoint,
+                &self.cfg.sip.realm,
+                self.clock.now(),
+                &ext,
+                Some(format!("Demo {ext}")),
+                &password,
+            )?;
             println!("demo extension {ext}: password {password}");
         }
-        Ok(())
-    }
-
-    /// Tells the call core a mailbox's counts (it notifies subscribed phones).
-    fn refresh_mailbox(&mut self, now: Millis, mailbox: &str) {
-        match self.store.vm_list(Some(mailbox)) {
-            Ok(list) => {
-                let msgs = list
-                    .into_iter()
-                    .map(|m| MailboxMessage {
-                        id: m.id,
-                        path: m.path,
-                        new: m.new,
-                    })
-                    .collect();
-                self.endpoint.set_mailbox(now, mailbox, msgs);
-            }
-            Err(err) => tracing::error!(%err, "cannot read the voicemail index"),
-        }
-    }
-
-    fn put_extension(
-        &mut self,
-        ext: &str,
-        name: Option<String>,
-        password: &str,
-    ) -> anyhow::Result<()> {
-        let realm = self.cfg.sip.realm.clone();
-        let rec = ExtensionRecord {
-            ext: ext.to_string(),
-            name,
-            secret: StoredSecret::new(ext, &realm, password),
-            realm,
-            created_ms: self.clock.now(),
-        };
-        self.store.ext_put(&rec)?;
-        self.endpoint.set_user(ext, rec.secret);
         Ok(())
     }
 
@@ -768,7 +729,7 @@ impl Daemon {
         mailboxes.sort();
         mailboxes.dedup();
         for mailbox in mailboxes {
-            self.refresh_mailbox(now, &mailbox);
+            crate::admin::control::refresh_mailbox(&self.store, &mut self.endpoint, now, &mailbox);
         }
         // Group commit: what the core wants persisted joins the next commit, and every
         // message produced from now on waits for that commit, so nothing is acknowledged
@@ -803,7 +764,7 @@ impl Daemon {
             }
         }
         for mailbox in mailboxes {
-            self.refresh_mailbox(now, &mailbox);
+            crate::admin::control::refresh_mailbox(&self.store, &mut self.endpoint, now, &mailbox);
         }
         self.commits.dispatch();
     }
@@ -817,7 +778,7 @@ impl Daemon {
         self.retry_trunks(now);
         let (cfg, store) = (&self.cfg, &self.store);
         self.backups.tick(&cfg.backup, now, || {
-            crate::backup::Context::new(cfg, store.clone())
+            crate::admin::backup::context(cfg, store.clone())
         });
         if self.guard.enforcer_fresh(Duration::from_secs(10)) == Some(true) {
             self.beats.beat_enforcer();
@@ -862,82 +823,26 @@ impl Daemon {
         }
     }
 
+    /// The counters snapshot (every second, and for `metrics`).
     fn metrics(&mut self) -> crate::metrics::Metrics {
-        let c = self.endpoint.counters().clone();
-        let trunks = self.endpoint.trunk_status();
-        // Cheap: no store write, no waiting for the enforcer thread (this runs every second
-        // on the SIP loop).
-        let fw = self.guard.counters();
-        let relay = self.relay.as_ref().map(Relay::counters);
-        let kernel = fw.kernel;
-        crate::metrics::Metrics {
-            uptime_secs: self.clock.start.elapsed().as_secs(),
-            extensions: self.endpoint.user_count() as u64,
-            registrations: self.endpoint.registrar().count() as u64,
-            calls_active: self.endpoint.active_calls() as u64,
-            calls_started: c.calls_started,
-            calls_answered: c.calls_answered,
-            sip_received: c.received,
-            sip_malformed: c.malformed,
-            auth_failures: c.auth_failures,
-            trunks: trunks.len() as u64,
-            trunks_up: trunks
-                .iter()
-                .filter(|t| t.health == pbx_core::trunk::Health::Up)
-                .count() as u64,
-            survival: u64::from(self.endpoint.survival()),
-            relay_packets_received: relay.map_or(0, |r| r.packets_received),
-            relay_packets_sent: relay.map_or(0, |r| r.packets_sent),
-            relay_unassigned: relay.map_or(0, |r| r.unassigned),
-            fw_inspected: fw.inspected,
-            fw_dropped_banned: fw.dropped_banned,
-            fw_dropped_rule: fw.dropped_rule,
-            fw_bans: fw.bans as u64,
-            fw_locks: fw.locks as u64,
-            fw_rule_hits: fw.rule_hits,
-            kernel_banned_packets: kernel.map(|k| k.banned_packets),
-            kernel_meter_drops: kernel.map(|k| k.meter_drops),
-            kernel_rtp_drops: kernel.map(|k| k.rtp_drops),
-            process_resident_memory_bytes: crate::metrics::resident_memory_bytes(),
-            process_open_fds: crate::metrics::open_fds(),
-        }
+        snapshot::metrics(
+            &self.endpoint,
+            &mut self.guard,
+            self.relay.as_ref(),
+            self.clock.start.elapsed().as_secs(),
+        )
     }
 
     /// What the front panel shows.
     fn panel_status(&self, now: Millis, m: &crate::metrics::Metrics) -> board::panel::PanelStatus {
-        let alerts = self.store.fw_alerts(5).unwrap_or_default();
-        let acked = self
-            .store
-            .meta_get("alerts_acked_at")
-            .ok()
-            .flatten()
-            .and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        let unacked = alerts.iter().filter(|a| a.at > acked).count();
-        let recent: Vec<String> = alerts.iter().map(|a| a.message.clone()).collect();
-        let ip = self
-            .listen
-            .iter()
-            .find_map(|l| l.strip_prefix("udp:").map(str::to_string))
-            .unwrap_or_default();
-        board::panel::PanelStatus {
-            hostname: crate::system::hostname(&self.cfg.system),
-            ip,
-            registered: usize::try_from(m.registrations).unwrap_or(usize::MAX),
-            active_calls: usize::try_from(m.calls_active).unwrap_or(usize::MAX),
-            trunks_up: usize::try_from(m.trunks_up).unwrap_or(usize::MAX),
-            trunks: usize::try_from(m.trunks).unwrap_or(usize::MAX),
-            survival: m.survival == 1,
-            newest_alert: recent.first().cloned(),
-            recent_alerts: recent,
-            alerts_unacked: unacked,
-            last_ban: self.guard.last_ban().map(|ip| ip.to_string()),
-            network: board::panel::NetworkInfo::default(),
-            last_backup_age_secs: self
-                .newest_backup
-                .0
-                .map(|created| now.saturating_sub(created) / 1000),
+        snapshot::Panel {
+            store: &self.store,
+            listen: &self.listen,
+            system: &self.cfg.system,
+            guard: &self.guard,
+            newest_backup: self.newest_backup.0,
         }
+        .status(now, m)
     }
 
     /// Carries out what was chosen on the front panel.
@@ -1149,470 +1054,76 @@ impl Daemon {
         Ok(restart)
     }
 
-    fn config_command(
-        &mut self,
-        now: Millis,
-        cmd: crate::admin::proto::ConfigCommand,
-    ) -> anyhow::Result<Reply> {
-        use crate::admin::proto::ConfigCommand;
-        Ok(match cmd {
-            ConfigCommand::Show { rev: None } => Reply::ConfigText {
-                rev: self.revisions.current().map_or(0, |r| r.rev),
-                text: self.config_text.clone(),
-            },
-            ConfigCommand::Show { rev: Some(rev) } => Reply::ConfigText {
-                rev,
-                text: self.revisions.text(rev)?,
-            },
-            ConfigCommand::List => Reply::ConfigRevisions(self.revisions.list().to_vec()),
-            ConfigCommand::Apply {
-                text,
-                confirm_secs,
-                comment,
-            } => {
-                if confirm_secs.is_some_and(|s| !(10..=3600).contains(&s)) {
-                    anyhow::bail!("--confirm must be between 10 and 3600 seconds");
-                }
-                let confirm = confirm_secs;
-                if let Some((rev, _, _)) = self.pending_confirm {
-                    anyhow::bail!("revision {rev} is waiting for confirmation: `config confirm` or `config rollback` first");
-                }
-                let comment = comment.unwrap_or_else(|| "outpostctl config apply".to_string());
-                Reply::done(self.apply_config(now, &text, confirm, &comment)?)
-            }
-            ConfigCommand::Confirm => match self.revisions.confirm()? {
-                Some(rev) => {
-                    self.pending_confirm = None;
-                    Reply::done(format!("revision {rev} confirmed"))
-                }
-                None => Reply::done("nothing waits for confirmation"),
-            },
-            ConfigCommand::Rollback { rev } => {
-                let current = self.revisions.current().map_or(0, |r| r.rev);
-                let target = match rev {
-                    Some(r) => r,
-                    None => self
-                        .revisions
-                        .previous_applied(current)
-                        .map(|r| r.rev)
-                        .ok_or_else(|| anyhow::anyhow!("there is no earlier revision"))?,
-                };
-                let msg = self.rollback_to(now, target, &format!("rollback to {target}"))?;
-                Reply::done(msg)
-            }
-            ConfigCommand::Diff { from, to } => {
-                let current = self.revisions.current().map_or(0, |r| r.rev);
-                let to = to.unwrap_or(current);
-                let from = match from {
-                    Some(f) => f,
-                    None => self
-                        .revisions
-                        .list()
-                        .iter()
-                        .rev()
-                        .map(|r| r.rev)
-                        .find(|r| *r < to)
-                        .ok_or_else(|| anyhow::anyhow!("there is no earlier revision"))?,
-                };
-                let text = crate::revisions::diff(
-                    &self.revisions.text(from)?,
-                    &self.revisions.text(to)?,
-                    &format!("revision {from}"),
-                    &format!("revision {to}"),
-                );
-                Reply::ConfigText { rev: 0, text }
-            }
-        })
-    }
-
-    /// `ext show`: what is in force for one extension (the PIN only as set or not).
-    fn extension_detail(&self, ext: &str, now: Millis) -> anyhow::Result<ExtensionDetail> {
-        let Some(rec) = self.store.ext_get(ext)? else {
-            anyhow::bail!("extension {ext} does not exist");
-        };
-        let caller_id = self
-            .store
-            .meta_get(&format!("cid:{ext}"))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .filter(|n| !n.is_empty());
-        let vm_pin_set = self
-            .store
-            .meta_get(&format!("vm_pin:{ext}"))?
-            .is_some_and(|h| !h.is_empty());
-        let digest = self
-            .store
-            .meta_get(&format!("digest:{ext}"))?
-            .and_then(|v| String::from_utf8_lossy(&v).parse::<DigestChoice>().ok())
-            .unwrap_or_default();
-        Ok(ExtensionDetail {
-            digest: digest.as_str().to_string(),
-            forwarding: self.endpoint.forwarding(ext).cloned().unwrap_or_default(),
-            caller_id,
-            vm_pin_set,
-            registrations: self
-                .endpoint
-                .registrar()
-                .lookup(ext, now)
-                .into_iter()
-                .map(|b| RegistrationInfo::of(b, now))
-                .collect(),
-            ext: rec.ext,
-            name: rec.name,
-        })
-    }
-
+    /// Serves one admin command; the reply goes back on `reply`.
     fn admin(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
         tracing::info!(command = cmd.name(), "admin command");
         if let Command::Backup(b) = cmd {
             // Runs off the loop; the reply is sent when it is done.
-            let ctx = crate::backup::Context::new(&self.cfg, self.store.clone());
-            self.backups.command(ctx, self.clock.now(), b, reply);
+            let ctx = crate::admin::backup::context(&self.cfg, self.store.clone());
+            crate::admin::backup::execute(&self.backups, ctx, self.clock.now(), b, reply);
             return;
         }
-        let answer = match self.execute(cmd) {
+        let now = self.clock.now();
+        let result = match cmd {
+            Command::Metrics => Ok(Reply::Metrics(self.metrics())),
+            // A configuration change re-plumbs the whole daemon.
+            Command::Config(c) => {
+                tokio::task::block_in_place(|| crate::admin::config::execute(self, now, c))
+            }
+            cmd => crate::admin::control::Control {
+                now,
+                uptime_secs: self.clock.start.elapsed().as_secs(),
+                listen: &self.listen,
+                cfg: &self.cfg,
+                store: &self.store,
+                endpoint: &mut self.endpoint,
+                relay: self.relay.as_ref(),
+                guard: &mut self.guard,
+                transports: &self.transports,
+            }
+            .execute(cmd),
+        };
+        let answer = match result {
             Ok(r) => r,
             Err(err) => Reply::error(format!("{err:#}")),
         };
         let _ = reply.send(answer);
     }
-
-    fn execute(&mut self, cmd: Command) -> anyhow::Result<Reply> {
-        let now = self.clock.now();
-        Ok(match cmd {
-            Command::Status => Reply::Status(StatusInfo {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                uptime_secs: self.clock.start.elapsed().as_secs(),
-                listen: self.listen.clone(),
-                extensions: self.endpoint.user_count(),
-                registrations: self
-                    .endpoint
-                    .registrar()
-                    .all()
-                    .iter()
-                    .filter(|b| b.expires_at > now)
-                    .count(),
-                active_calls: self.endpoint.calls().len(),
-                cdrs: self.store.cdr_count()?,
-                data_dir: self.cfg.store.data_dir.display().to_string(),
-                realm: self.cfg.sip.realm.clone(),
-                trunks: self.endpoint.trunk_status().len(),
-                trunks_up: self
-                    .endpoint
-                    .trunk_status()
-                    .iter()
-                    .filter(|t| t.health == pbx_core::trunk::Health::Up)
-                    .count(),
-                survival: self.endpoint.survival(),
-                last_backup_age_secs: crate::backup::last_backup_age_secs(
-                    &self.cfg.backup,
-                    &self.cfg.store.data_dir,
-                    now,
-                ),
-                store_schema: self.store.schema_version(),
-                hostname: crate::system::hostname(&self.cfg.system),
-                last_restore: crate::backup::last_restore(&self.cfg.store.data_dir),
-            }),
-            Command::ExtList => {
-                let exts = self.store.ext_list()?;
-                Reply::Extensions(
-                    exts.into_iter()
-                        .map(|r| ExtensionInfo {
-                            registered: self.endpoint.registrar().lookup(&r.ext, now).len(),
-                            ext: r.ext,
-                            name: r.name,
-                        })
-                        .collect(),
-                )
-            }
-            Command::ExtShow { ext } => Reply::Extension(self.extension_detail(&ext, now)?),
-            Command::ExtAdd {
-                ext,
-                name,
-                password,
-            } => {
-                check(validate_ext(&ext))?;
-                check(validate_password(&ext, &password))?;
-                if let Some(n) = &name {
-                    check(validate_name(n))?;
-                }
-                if self.endpoint.has_user(&ext) {
-                    anyhow::bail!(
-                        "extension {ext} already exists (use `ext passwd` to change its password)"
-                    );
-                }
-                self.put_extension(&ext, name, &password)?;
-                Reply::done(format!("extension {ext} created"))
-            }
-            Command::ExtDel { ext } => {
-                if !self.store.ext_del(&ext)? {
-                    anyhow::bail!("extension {ext} does not exist");
-                }
-                let _ = self.endpoint.remove_user(&ext);
-                self.endpoint.set_forwarding(&ext, Forwarding::default());
-                self.store.meta_put(&format!("fwd:{ext}"), b"{}")?;
-                self.store.meta_put(&format!("cid:{ext}"), b"")?;
-                self.store.meta_put(&format!("digest:{ext}"), b"default")?;
-                self.endpoint.set_caller_id(&ext, None);
-                Reply::done(format!("extension {ext} deleted"))
-            }
-            Command::ExtDigest { ext, digest } => {
-                if !self.endpoint.has_user(&ext) {
-                    anyhow::bail!("extension {ext} does not exist");
-                }
-                let choice: DigestChoice =
-                    digest.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-                self.store
-                    .meta_put(&format!("digest:{ext}"), choice.as_str().as_bytes())?;
-                self.endpoint.set_user_digest(&ext, choice);
-                Reply::done(describe_digest(&ext, choice))
-            }
-            Command::ExtForward { ext, forwarding } => {
-                if !self.endpoint.has_user(&ext) {
-                    anyhow::bail!("extension {ext} does not exist");
-                }
-                for (what, target) in [
-                    ("always", &forwarding.always),
-                    ("busy", &forwarding.busy),
-                    ("no-answer", &forwarding.no_answer),
-                ] {
-                    if let Some(t) = target {
-                        if !pbx_config::is_dial_string(t) && validate_ext(t).is_err() {
-                            anyhow::bail!("forward {what}: {t:?} is not a number");
-                        }
-                        if t == &ext {
-                            anyhow::bail!("forward {what}: an extension cannot forward to itself");
-                        }
-                    }
-                }
-                if forwarding.no_answer_ms > 600_000 {
-                    anyhow::bail!("no-answer time must be at most 600 s");
-                }
-                let json = serde_json::to_vec(&forwarding)?;
-                self.store.meta_put(&format!("fwd:{ext}"), &json)?;
-                let text = describe_forwarding(&forwarding);
-                self.endpoint.set_forwarding(&ext, forwarding);
-                Reply::done(format!("extension {ext}: {text}"))
-            }
-            Command::Trunks => Reply::Trunks(self.endpoint.trunk_status()),
-            Command::Metrics => Reply::Metrics(self.metrics()),
-            Command::Config(c) => tokio::task::block_in_place(|| self.config_command(now, c))?,
-            Command::ExtCallerId { ext, number } => {
-                if !self.endpoint.has_user(&ext) {
-                    anyhow::bail!("extension {ext} does not exist");
-                }
-                if let Some(n) = &number {
-                    if !pbx_config::is_dial_string(n) {
-                        anyhow::bail!("{n:?} is not a number");
-                    }
-                }
-                let stored = number.clone().unwrap_or_default();
-                self.store
-                    .meta_put(&format!("cid:{ext}"), stored.as_bytes())?;
-                let text = match &number {
-                    Some(n) => format!("extension {ext} calls out as {n}"),
-                    None => {
-                        format!("extension {ext} calls out with the route's or trunk's caller-ID")
-                    }
-                };
-                self.endpoint.set_caller_id(&ext, number);
-                Reply::done(text)
-            }
-            Command::ExtPasswd { ext, password } => {
-                check(validate_password(&ext, &password))?;
-                let Some(rec) = self.store.ext_get(&ext)? else {
-                    anyhow::bail!("extension {ext} does not exist");
-                };
-                self.put_extension(&ext, rec.name, &password)?;
-                Reply::done(format!("password of extension {ext} changed"))
-            }
-            Command::ExtImport { rows } => {
-                for (i, row) in rows.iter().enumerate() {
-                    let line = i + 1;
-                    validate_ext(&row.ext).map_err(|e| anyhow::anyhow!("row {line}: {e}"))?;
-                    validate_password(&row.ext, &row.password)
-                        .map_err(|e| anyhow::anyhow!("row {line}: {e}"))?;
-                    if let Some(n) = &row.name {
-                        validate_name(n).map_err(|e| anyhow::anyhow!("row {line}: {e}"))?;
-                    }
-                }
-                let realm = self.cfg.sip.realm.clone();
-                let recs: Vec<ExtensionRecord> = rows
-                    .iter()
-                    .map(|row| ExtensionRecord {
-                        ext: row.ext.clone(),
-                        name: row.name.clone(),
-                        secret: StoredSecret::new(&row.ext, &realm, &row.password),
-                        realm: realm.clone(),
-                        created_ms: now,
-                    })
-                    .collect();
-                tokio::task::block_in_place(|| self.store.ext_put_many(&recs))?;
-                for rec in recs {
-                    self.endpoint.set_user(&rec.ext, rec.secret);
-                }
-                Reply::done(format!("{} extensions imported", rows.len()))
-            }
-            Command::RegList => Reply::Registrations(
-                self.endpoint
-                    .registrar()
-                    .all()
-                    .into_iter()
-                    .filter(|b| b.expires_at > now)
-                    .map(|b| RegistrationInfo::of(b, now))
-                    .collect(),
-            ),
-            Command::Calls => Reply::Calls(
-                self.endpoint
-                    .calls()
-                    .into_iter()
-                    .map(|c| CallInfo {
-                        media: c.media_session.and_then(|session| {
-                            let (a, b) = self.relay.as_ref()?.stats(session)?;
-                            let (ca, cb) = c.codecs?;
-                            Some(CallMediaInfo {
-                                codec_a: ca.name().to_string(),
-                                codec_b: cb.name().to_string(),
-                                a,
-                                b,
-                            })
-                        }),
-                        duration_secs: now.saturating_sub(c.answer.unwrap_or(c.start)) / 1000,
-                        state: if c.answered { "answered" } else { "ringing" }.to_string(),
-                        call_id: c.call_id,
-                        caller: c.caller,
-                        callee: c.callee,
-                        started_ms: c.start,
-                        answered_ms: c.answer,
-                    })
-                    .collect(),
-            ),
-            Command::VmList { mailbox } => {
-                Reply::Voicemail(self.store.vm_list(mailbox.as_deref())?)
-            }
-            Command::VmPin { ext, pin } => {
-                if !self.endpoint.has_user(&ext) {
-                    anyhow::bail!("extension {ext} does not exist");
-                }
-                if !(4..=12).contains(&pin.len()) || !pin.chars().all(|c| c.is_ascii_digit()) {
-                    anyhow::bail!("a voicemail PIN is 4 to 12 digits");
-                }
-                let hash = pin_hash(&ext, &pin);
-                self.store
-                    .meta_put(&format!("vm_pin:{ext}"), hash.as_bytes())?;
-                self.endpoint.set_pin(&ext, Some(hash));
-                Reply::done(format!("voicemail PIN of extension {ext} set"))
-            }
-            Command::VmDel { id } => {
-                let Some(msg) = self.store.vm_delete(id)? else {
-                    anyhow::bail!("no voicemail message {id}");
-                };
-                let _ = std::fs::remove_file(&msg.path);
-                self.refresh_mailbox(now, &msg.mailbox);
-                Reply::done(format!("message {id} of mailbox {} deleted", msg.mailbox))
-            }
-            Command::Fw(fw) => {
-                let mut reply = crate::admin::firewall::reply(tokio::task::block_in_place(|| {
-                    self.guard.admin(now, fw, &self.store)
-                }));
-                if let Reply::FwStatus(st) = &mut reply {
-                    st.connections = Some(Box::new(self.transports.conn_stats()));
-                }
-                self.describe_locks(now, reply)
-            }
-            Command::Backup(_) => anyhow::bail!("backup commands are handled off the loop"),
-            Command::CdrExport {
-                from,
-                to,
-                after,
-                limit,
-            } => {
-                let (cdrs, next) = tokio::task::block_in_place(|| {
-                    self.store.cdr_page(
-                        from.unwrap_or(0),
-                        to.unwrap_or(u64::MAX),
-                        after,
-                        limit.clamp(1, MAX_CDR_LIST),
-                    )
-                })?;
-                Reply::CdrPage { cdrs, next }
-            }
-            Command::CdrList { limit } => {
-                Reply::Cdrs(self.store.cdr_list(limit.min(MAX_CDR_LIST), 0)?)
-            }
-            Command::Ssh(ssh) => tokio::task::block_in_place(|| {
-                crate::ssh::execute(&self.cfg, &self.store, now, ssh)
-            })?,
-            Command::Admin(admin) => {
-                tokio::task::block_in_place(|| crate::console::execute(&self.store, admin))?
-            }
-        })
-    }
 }
 
-/// Writes batches on its own thread, one at a time, and reports each completion.
-#[derive(Debug)]
-struct Committer {
-    jobs: std::sync::mpsc::Sender<(u64, Batch)>,
-    /// Writes gathered for the next commit.
-    pending: Batch,
-    /// Sequence number of the commit being written.
-    in_flight: Option<u64>,
-    /// Mailboxes whose index changes with the commit in flight.
-    in_flight_mailboxes: Vec<String>,
-    next_seq: u64,
-    /// Messages waiting for the commit of the given sequence number.
-    held: std::collections::VecDeque<(u64, pbx_core::sip::transaction::Transmit)>,
-}
-
-impl Committer {
-    fn start(
-        store: std::sync::Arc<Store>,
-        done: mpsc::UnboundedSender<(u64, bool)>,
-    ) -> anyhow::Result<Committer> {
-        let (jobs, rx) = std::sync::mpsc::channel::<(u64, Batch)>();
-        std::thread::Builder::new()
-            .name("store-commit".into())
-            .spawn(move || {
-                while let Ok((seq, batch)) = rx.recv() {
-                    let ok = match store.commit(&batch) {
-                        Ok(()) => true,
-                        Err(err) => {
-                            tracing::error!(%err, "store commit failed");
-                            false
-                        }
-                    };
-                    if done.send((seq, ok)).is_err() {
-                        return;
-                    }
-                }
-            })
-            .context("cannot start the store thread")?;
-        Ok(Committer {
-            jobs,
-            pending: Batch::default(),
-            in_flight: None,
-            in_flight_mailboxes: Vec::new(),
-            next_seq: 1,
-            held: std::collections::VecDeque::new(),
-        })
+impl crate::admin::config::Reconfigure for Daemon {
+    fn revisions(&self) -> &crate::revisions::Revisions {
+        &self.revisions
     }
 
-    /// Starts the next commit if none is running and something is waiting.
-    fn dispatch(&mut self) {
-        if self.in_flight.is_some() || self.pending.is_empty() {
-            return;
+    fn running_text(&self) -> &str {
+        &self.config_text
+    }
+
+    fn awaiting_confirmation(&self) -> Option<u32> {
+        self.pending_confirm.map(|(rev, _, _)| rev)
+    }
+
+    fn confirm(&mut self) -> anyhow::Result<Option<u32>> {
+        let confirmed = self.revisions.confirm()?;
+        if confirmed.is_some() {
+            self.pending_confirm = None;
         }
-        let batch = std::mem::take(&mut self.pending);
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let mut boxes: Vec<String> = batch.voicemail.iter().map(|m| m.mailbox.clone()).collect();
-        boxes.sort();
-        boxes.dedup();
-        self.in_flight_mailboxes = boxes;
-        self.in_flight = Some(seq);
-        if self.jobs.send((seq, batch)).is_err() {
-            tracing::error!("the store thread stopped");
-        }
+        Ok(confirmed)
+    }
+
+    fn apply(
+        &mut self,
+        now: Millis,
+        text: &str,
+        confirm_secs: Option<u64>,
+        comment: &str,
+    ) -> anyhow::Result<String> {
+        self.apply_config(now, text, confirm_secs, comment)
+    }
+
+    fn rollback_to(&mut self, now: Millis, rev: u32, comment: &str) -> anyhow::Result<String> {
+        Daemon::rollback_to(self, now, rev, comment)
     }
 }
 
@@ -1622,10 +1133,6 @@ async fn next_media_event(rx: &mut Option<mpsc::Receiver<MediaEvent>>) -> Option
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-fn check(r: Result<(), String>) -> anyhow::Result<()> {
-    r.map_err(|e| anyhow::anyhow!(e))
 }
 
 /// A random password for demo extensions: 16 characters without look-alikes.
@@ -1641,600 +1148,4 @@ pub fn generate_password() -> String {
 pub fn default_config_path() -> Option<PathBuf> {
     let p = PathBuf::from("/etc/outpost/outpost.toml");
     p.exists().then_some(p)
-}
-
-/// What an account lock blocks, for `fw bans`: "all sources except 10.0.0.5, 10.0.0.6".
-fn describe_blocked(except: &[TrustedSource]) -> String {
-    if except.is_empty() {
-        return "all sources".to_string();
-    }
-    let list: Vec<String> = except.iter().map(ToString::to_string).collect();
-    format!("all sources except {}", list.join(", "))
-}
-
-/// The answer to `ext digest`.
-fn describe_digest(ext: &str, choice: DigestChoice) -> String {
-    match choice {
-        DigestChoice::Default => {
-            format!("extension {ext} uses the global digest algorithms ([auth] algorithms)")
-        }
-        choice => format!(
-            "extension {ext}: its phones are challenged with {} once they have authenticated from their address (the first challenge from a new address offers the global algorithms, so that it tells a stranger nothing about which extensions exist)",
-            choice
-                .algorithms()
-                .iter()
-                .map(|a| a.as_str())
-                .collect::<Vec<_>>()
-                .join(" then ")
-        ),
-    }
-}
-
-/// Call forwarding in words, for the admin.
-fn describe_forwarding(f: &Forwarding) -> String {
-    let mut parts = Vec::new();
-    if let Some(t) = &f.always {
-        parts.push(format!("always to {t}"));
-    }
-    if let Some(t) = &f.busy {
-        parts.push(format!("when busy to {t}"));
-    }
-    if let Some(t) = &f.no_answer {
-        let secs = f.no_answer_ms / 1000;
-        if secs > 0 {
-            parts.push(format!("after {secs} s without answer to {t}"));
-        } else {
-            parts.push(format!("without answer to {t}"));
-        }
-    }
-    if parts.is_empty() {
-        "call forwarding off".to_string()
-    } else {
-        format!("calls forwarded {}", parts.join(", "))
-    }
-}
-
-/// The call core's trunks of a configuration (host names resolved); TLS trunks tell the
-/// transports which name their server's certificate must carry.
-/// The call core's trunks of a configuration, and the trunks left out because their
-/// address does not resolve now (name, reason): a WAN that is down at boot must not stop
-/// the office's local calls.
-fn core_trunks(
-    cfg: &Config,
-    transports: &mut Transports,
-) -> (Vec<pbx_core::trunk::TrunkConfig>, Vec<(String, String)>) {
-    let mut trunks = Vec::new();
-    let mut unresolved = Vec::new();
-    for t in &cfg.trunk {
-        let core = match t.to_core() {
-            Ok(core) => core,
-            Err(e) => {
-                unresolved.push((t.name.clone(), e.to_string()));
-                continue;
-            }
-        };
-        if core.peer.transport == pbx_core::sip::Transport::Tls {
-            transports.set_tls_name(core.peer.addr, t.tls_name());
-        }
-        tracing::info!(trunk = %t.name, peer = %core.peer.addr, transport = core.peer.transport.as_str(), register = t.register, "trunk configured");
-        trunks.push(core);
-    }
-    (trunks, unresolved)
-}
-
-/// Binds the SIP transports on `sip.listen`, else on the first fallback that works (see
-/// [`crate::fallback`]), then TLS the same way; `cfg` is left holding what runs.
-async fn start_transports(
-    cfg: &mut Config,
-    fallbacks: &mut crate::fallback::Fallbacks,
-    in_tx: mpsc::Sender<Inbound>,
-) -> anyhow::Result<Transports> {
-    let mut failures: Vec<String> = Vec::new();
-    let mut bound = None;
-    for (label, listen) in fallbacks.candidates(|c| c.sip.listen.clone()) {
-        match Transports::bind(&listen, in_tx.clone()).await {
-            Ok(t) => {
-                if !failures.is_empty() {
-                    let running = format!("{label} {}", addr_list(&listen));
-                    fallbacks.fell_back("sip.listen", failures.join("; "), &running);
-                }
-                cfg.sip.listen = listen;
-                bound = Some(t);
-                break;
-            }
-            Err(err) => failures.push(format!("cannot listen on {}: {err}", addr_list(&listen))),
-        }
-    }
-    let Some(mut transports) = bound else {
-        anyhow::bail!("cannot listen for SIP: {}", failures.join("; "));
-    };
-    let mut failures: Vec<String> = Vec::new();
-    for (label, tls) in fallbacks.candidates(|c| c.tls.clone()) {
-        let started = crate::driver::tls::TlsContext::new(&tls, &cfg.store.data_dir)
-            .map_err(|e| e.to_string())
-            .and_then(|ctx| {
-                transports
-                    .enable_tls(&tls.listen, ctx)
-                    .map_err(|e| format!("cannot listen on {}: {e}", addr_list(&tls.listen)))
-            });
-        match started {
-            Ok(()) => {
-                if !failures.is_empty() {
-                    let running = if tls.listen.is_empty() {
-                        format!("{label} (no TLS listener)")
-                    } else {
-                        label
-                    };
-                    fallbacks.fell_back("tls", failures.join("; "), &running);
-                }
-                cfg.tls = tls;
-                return Ok(transports);
-            }
-            Err(err) => failures.push(err),
-        }
-    }
-    anyhow::bail!("cannot set up TLS: {}", failures.join("; "))
-}
-
-/// Starts the relay with `[media]`, else with the first fallback that works, else runs
-/// without anchoring media (calls still connect; voicemail and the auto attendant are off)
-/// rather than not at all. `cfg.media` is left holding what runs.
-fn start_relay(cfg: &mut Config, fallbacks: &mut crate::fallback::Fallbacks) -> Option<Relay> {
-    if !cfg.media.enabled {
-        return None;
-    }
-    let mut failures: Vec<String> = Vec::new();
-    let mut candidates = fallbacks.candidates(|c| c.media.clone());
-    // An address the box no longer has (a moved box, a new DHCP lease) is the usual cause:
-    // the same section on every address of the listen families comes first.
-    if !cfg.media.addrs.is_empty() {
-        let auto = crate::config::MediaConfig {
-            addrs: Vec::new(),
-            ..cfg.media.clone()
-        };
-        candidates.insert(1, ("the box's current addresses".to_owned(), auto));
-    }
-    let prompts = crate::media::PromptStore::load(&cfg.media.prompts_dir);
-    for (label, media) in candidates.into_iter().filter(|(_, m)| m.enabled) {
-        let addrs = media.effective_addrs(&cfg.sip.listen);
-        let started = relay::start_with_prompts(
-            RelayConfig {
-                addrs: addrs.clone(),
-                port_first: media.port_first,
-                port_last: media.port_last,
-                media_timeout: Duration::from_secs(media.timeout_secs),
-            },
-            prompts.clone(),
-        );
-        match started {
-            Ok(r) => {
-                if !failures.is_empty() {
-                    let running = format!(
-                        "{label} ({} ports {}-{})",
-                        ip_list(&addrs),
-                        media.port_first,
-                        media.port_last
-                    );
-                    fallbacks.fell_back("media", failures.join("; "), &running);
-                }
-                cfg.media = media;
-                return Some(r);
-            }
-            Err(err) => failures.push(format!(
-                "RTP relay on {} ports {}-{}: {err}",
-                ip_list(&addrs),
-                media.port_first,
-                media.port_last
-            )),
-        }
-    }
-    fallbacks.fell_back(
-        "media",
-        failures.join("; "),
-        "media not anchored (phones send audio to each other; no voicemail or auto attendant)",
-    );
-    cfg.media.enabled = false;
-    None
-}
-
-fn addr_list(addrs: &[std::net::SocketAddr]) -> String {
-    let v: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-    v.join(", ")
-}
-
-fn ip_list(addrs: &[std::net::IpAddr]) -> String {
-    let v: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-    v.join(", ")
-}
-
-/// The auto-attendant menus of a configuration.
-fn ivr_menus(cfg: &Config) -> Vec<IvrMenu> {
-    cfg.ivr
-        .iter()
-        .map(|m| IvrMenu {
-            number: m.number.clone(),
-            greeting: m.greeting.clone(),
-            options: m
-                .options
-                .iter()
-                .filter_map(|(k, v)| Some((k.chars().next()?, v.clone())))
-                .collect(),
-            timeout_ms: m.timeout_secs.saturating_mul(1000),
-            retries: m.retries,
-        })
-        .collect()
-}
-
-/// Chooses the configuration to run: the boot file as a new revision when there is no
-/// revision yet or (unless `factory_default`) it changed since the last start, else the
-/// newest applied revision (one still pending at start-up was never confirmed: it is rolled
-/// back). A revision that no longer parses gives way to the boot file.
-fn select_revision(
-    boot: Config,
-    boot_text: &str,
-    source: &str,
-    now: Millis,
-    factory_default: bool,
-) -> anyhow::Result<(Config, crate::revisions::Revisions, String)> {
-    use sha2::{Digest, Sha256};
-    let data_dir = boot.store.data_dir.clone();
-    let mut revs = crate::revisions::Revisions::open(&data_dir)?;
-    let hash_path = data_dir.join("config").join("boot.sha256");
-    let hash = hex::encode(Sha256::digest(boot_text.as_bytes()));
-    let seen = std::fs::read_to_string(&hash_path).unwrap_or_default();
-    let changed = seen.trim() != hash;
-    if let (true, true, Some(r)) = (factory_default, changed, revs.current()) {
-        // Not recorded as seen: started without the flag, the changed file would win.
-        tracing::info!(
-            rev = r.rev,
-            "{source} differs from the factory default last applied; it is only the factory default (--config-default): the stored revisions win"
-        );
-    }
-    if revs.current().is_none() || (changed && !factory_default) {
-        let rev = revs.add(
-            boot_text,
-            now,
-            &format!("boot configuration ({source})"),
-            None,
-        )?;
-        std::fs::write(&hash_path, &hash)
-            .with_context(|| format!("cannot write {}", hash_path.display()))?;
-        tracing::info!(rev, "configuration revision {rev}: {source}");
-        return Ok((boot, revs, boot_text.to_string()));
-    }
-    let mut current = revs.current().cloned();
-    if let Some(r) = current.clone().filter(|r| r.confirm_by.is_some()) {
-        if let Some(back) = revs.previous_applied(r.rev).map(|p| p.rev) {
-            tracing::warn!(
-                rev = r.rev,
-                back,
-                "revision {} was not confirmed before the restart: rolling back to {back}",
-                r.rev
-            );
-            let text = revs.text(back)?;
-            revs.add(
-                &text,
-                now,
-                &format!("rollback to {back}: revision {} not confirmed", r.rev),
-                None,
-            )?;
-            revs.mark_rolled_back(r.rev)?;
-            current = revs.current().cloned();
-        }
-    }
-    let Some(current) = current else {
-        return Ok((boot, revs, boot_text.to_string()));
-    };
-    let text = revs.text(current.rev)?;
-    match Config::parse_named(&text, &format!("revision {}", current.rev)) {
-        Ok(mut cfg) => {
-            cfg.store.data_dir = data_dir;
-            tracing::info!(
-                rev = current.rev,
-                "running configuration revision {}",
-                current.rev
-            );
-            Ok((cfg, revs, text))
-        }
-        Err(err) => {
-            tracing::error!(
-                "revision {} no longer parses ({err}); running the boot configuration",
-                current.rev
-            );
-            Ok((boot, revs, boot_text.to_string()))
-        }
-    }
-}
-
-/// With `--config-default`, when the boot file cannot be used (`boot_error`): the newest
-/// stored revision, so a broken factory default does not stop a configured box. The data
-/// directory is `data_dir` if given, else the boot file's `store.data_dir` if that much of
-/// it reads, else the default. Fails (naming both problems) when there is no revision or
-/// it does not parse either. Returns the configuration, its text and where it came from.
-pub fn newest_revision_instead(
-    boot_text: Option<&str>,
-    boot_error: &anyhow::Error,
-    data_dir: Option<&std::path::Path>,
-) -> anyhow::Result<(Config, String, String)> {
-    let data_dir = data_dir
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| {
-            boot_text
-                .and_then(|t| toml::from_str::<toml::Table>(t).ok())
-                .and_then(|t| {
-                    let dir = t.get("store")?.get("data_dir")?.as_str()?.to_owned();
-                    Some(PathBuf::from(dir))
-                })
-                .unwrap_or_else(|| crate::config::StoreConfig::default().data_dir)
-        });
-    let revs = crate::revisions::Revisions::open(&data_dir)
-        .with_context(|| format!("{boot_error:#}; and no stored revision to run instead"))?;
-    let Some(current) = revs.current() else {
-        anyhow::bail!(
-            "{boot_error:#}; and {} holds no configuration revision to run instead",
-            data_dir.display()
-        );
-    };
-    let rev = current.rev;
-    let text = revs
-        .text(rev)
-        .with_context(|| format!("{boot_error:#}; and revision {rev} is unreadable"))?;
-    let mut cfg = Config::parse_named(&text, &format!("revision {rev}"))
-        .with_context(|| format!("{boot_error:#}; and revision {rev} does not parse either"))?;
-    cfg.store.data_dir = data_dir;
-    Ok((cfg, text, format!("stored configuration revision {rev}")))
-}
-
-/// The alert text of a rolled-back update (`last=rolled-back ...` of [`BOOT_INFO`]).
-fn rollback_message(last: &LastOutcome) -> String {
-    let mut msg = format!(
-        "firmware update to {} (build {}) failed and was rolled back at {} (slot {} left)",
-        last.release.version,
-        last.release.build,
-        crate::backup::schedule::rfc3339(last.time.saturating_mul(1000)),
-        last.slot
-    );
-    if !last.reason.is_empty() {
-        msg.push_str(": ");
-        msg.push_str(&last.reason);
-    }
-    msg
-}
-
-/// The newest `last=` value of a boot info text when it reports a rollback.
-fn rolled_back_line(boot_info: &str) -> Option<String> {
-    BootEnv::parse(boot_info)
-        .get("last")
-        .filter(|v| v.starts_with(Outcome::RolledBack.as_str()))
-        .map(str::to_owned)
-}
-
-/// Largest boot info file read.
-const MAX_BOOT_INFO: u64 = 64 * 1024;
-
-/// At start: when `boot_info` (normally [`BOOT_INFO`]) reports an update rolled back that
-/// was not alerted before, logs an error and stores an alert (shown by `fw alerts`, lights
-/// the panel's alert LED). A missing file (not booted from an image) is silent. Returns
-/// whether an alert was raised.
-fn alert_failed_update(store: &Store, boot_info: &std::path::Path, now: Millis) -> bool {
-    use std::io::Read;
-    let mut text = String::new();
-    match std::fs::File::open(boot_info) {
-        Ok(f) => {
-            if let Err(err) = f.take(MAX_BOOT_INFO).read_to_string(&mut text) {
-                tracing::warn!(path = %boot_info.display(), %err, "cannot read the boot information");
-                return false;
-            }
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return false,
-        Err(err) => {
-            tracing::warn!(path = %boot_info.display(), %err, "cannot read the boot information");
-            return false;
-        }
-    }
-    let Some(line) = rolled_back_line(&text) else {
-        return false;
-    };
-    match store.meta_get(ROLLBACK_ALERTED_KEY) {
-        Ok(Some(seen)) if seen == line.as_bytes() => return false,
-        Ok(_) => {}
-        Err(err) => {
-            tracing::error!(%err, "cannot read which update rollback was alerted");
-        }
-    }
-    let message = match LastOutcome::parse(&line) {
-        Some(last) => rollback_message(&last),
-        None => format!("a firmware update failed and was rolled back ({line})"),
-    };
-    tracing::error!("{message}");
-    let alert = firewall::detect::Alert {
-        at: now,
-        rule: firewall::detect::Rule::Manual,
-        addr: None,
-        user: None,
-        message,
-        enforced: true,
-    };
-    if let Err(err) = store.fw_apply(&[crate::store::FirewallChange::Alert(alert)]) {
-        tracing::error!(%err, "cannot store the update alert");
-        return false;
-    }
-    if let Err(err) = store.meta_put(ROLLBACK_ALERTED_KEY, line.as_bytes()) {
-        tracing::error!(%err, "cannot record the update alert");
-    }
-    true
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
-mod tests {
-    use super::*;
-
-    const BOOT_INFO_TEXT: &str = "slot=a\nrelease_a=1.0.0 1700000000\nrelease_b=1.1.0 1700100000\nlast=rolled-back b 1.1.0 1700100000 1700200000 health check failed: sip not answering\nbooted=a\ntrial=0\n";
-
-    #[test]
-    fn rolled_back_lines_parse() {
-        let line = rolled_back_line(BOOT_INFO_TEXT).unwrap();
-        assert_eq!(
-            line.as_str(),
-            "rolled-back b 1.1.0 1700100000 1700200000 health check failed: sip not answering"
-        );
-        let r = LastOutcome::parse(&line).unwrap();
-        assert_eq!(
-            r,
-            LastOutcome {
-                outcome: Outcome::RolledBack,
-                slot: crate::update::bootenv::Slot::B,
-                release: outpost_bundle::Release {
-                    version: "1.1.0".into(),
-                    build: 1_700_100_000,
-                },
-                time: 1_700_200_000,
-                reason: "health check failed: sip not answering".into(),
-            }
-        );
-        assert_eq!(
-            rollback_message(&r),
-            "firmware update to 1.1.0 (build 1700100000) failed and was rolled back at 2023-11-17T05:46:40Z (slot b left): health check failed: sip not answering"
-        );
-        let bare = LastOutcome::parse("rolled-back a 2.0 5 6").unwrap();
-        assert_eq!(bare.reason, "");
-        assert!(!rollback_message(&bare).ends_with(": "));
-        assert_eq!(LastOutcome::parse("rolled-back b 1.1.0 170"), None);
-        assert_eq!(LastOutcome::parse("rolled-back b 1.1.0 170 soon"), None);
-        // Other outcomes, and no last= line, are no alert.
-        assert_eq!(rolled_back_line("last=committed b 1.1.0 1 2\n"), None);
-        assert_eq!(rolled_back_line("last=installed b 1.1.0 1 2\n"), None);
-        assert_eq!(rolled_back_line("slot=a\nbooted=a\n"), None);
-        assert_eq!(rolled_back_line(""), None);
-    }
-
-    #[test]
-    fn a_rolled_back_update_is_alerted_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("data")).unwrap();
-        let info = dir.path().join("outpost-boot");
-        assert!(
-            !alert_failed_update(&store, &info, 1_000),
-            "no file: not an image"
-        );
-        std::fs::write(&info, "slot=a\nbooted=a\ntrial=0\n").unwrap();
-        assert!(!alert_failed_update(&store, &info, 1_000));
-        assert_eq!(store.fw_alert_count().unwrap(), 0);
-
-        std::fs::write(&info, BOOT_INFO_TEXT).unwrap();
-        assert!(alert_failed_update(&store, &info, 2_000));
-        let alerts = store.fw_alerts(10).unwrap();
-        assert_eq!(alerts.len(), 1);
-        assert_eq!(
-            alerts[0].at, 2_000,
-            "newer than any acknowledgement: lights the LED"
-        );
-        assert!(alerts[0]
-            .message
-            .starts_with("firmware update to 1.1.0 (build 1700100000) failed"));
-        // The next start (same boot, or later boots of the same slot) says nothing new.
-        assert!(!alert_failed_update(&store, &info, 3_000));
-        assert_eq!(store.fw_alert_count().unwrap(), 1);
-
-        // Another failed update is alerted again; a line that does not parse still alerts.
-        std::fs::write(&info, "last=rolled-back b 1.2.0\n").unwrap();
-        assert!(alert_failed_update(&store, &info, 4_000));
-        assert_eq!(
-            store.fw_alerts(1).unwrap()[0].message,
-            "a firmware update failed and was rolled back (rolled-back b 1.2.0)"
-        );
-    }
-
-    /// A data directory whose demo configuration runs with `data_dir` inside a temp dir.
-    fn boot(dir: &std::path::Path, extra: &str) -> (Config, String) {
-        let text = format!(
-            "{}\n{extra}",
-            Config::demo_text().replace("./outpost-data", &dir.display().to_string())
-        );
-        let mut cfg = Config::parse_named(&text, "boot").unwrap();
-        cfg.store.data_dir = dir.to_owned();
-        (cfg, text)
-    }
-
-    #[test]
-    fn the_boot_file_as_factory_default_seeds_revision_1_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cfg, text) = boot(dir.path(), "");
-        let (_, revs, run) = select_revision(cfg, &text, "boot", 1, true).unwrap();
-        assert_eq!(
-            run, text,
-            "no revision yet: the factory default is revision 1"
-        );
-        assert_eq!(revs.current().unwrap().rev, 1);
-
-        // A new firmware brings a different factory default: revision 1 keeps running.
-        let (cfg, changed) = boot(dir.path(), "# factory default of a newer image\n");
-        let (_, revs, run) = select_revision(cfg.clone(), &changed, "boot", 2, true).unwrap();
-        assert_eq!(run, text);
-        assert_eq!(revs.list().len(), 1, "nothing added");
-
-        // The admin applied revision 2: it runs, whatever the boot file says.
-        let mut revs = revs;
-        let applied = format!("{text}# applied by the admin\n");
-        revs.add(&applied, 3, "outpostctl config apply", None)
-            .unwrap();
-        let (_, revs, run) = select_revision(cfg.clone(), &changed, "boot", 4, true).unwrap();
-        assert_eq!(run, applied);
-        assert_eq!(revs.current().unwrap().rev, 2);
-
-        // Without the flag the changed boot file wins (as before).
-        let (_, revs, run) = select_revision(cfg, &changed, "boot", 5, false).unwrap();
-        assert_eq!(run, changed);
-        assert_eq!(revs.current().unwrap().rev, 3);
-    }
-
-    #[test]
-    fn a_stored_revision_that_no_longer_parses_gives_way_to_the_boot_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cfg, text) = boot(dir.path(), "");
-        drop(select_revision(cfg.clone(), &text, "boot", 1, true).unwrap());
-        let mut revs = crate::revisions::Revisions::open(dir.path()).unwrap();
-        revs.add(
-            "[sip]\nno_such_key = 1\n",
-            2,
-            "written by newer firmware",
-            None,
-        )
-        .unwrap();
-        drop(revs);
-        let (_, _, run) = select_revision(cfg, &text, "boot", 3, true).unwrap();
-        assert_eq!(run, text);
-    }
-
-    #[test]
-    fn a_broken_factory_default_runs_the_stored_revision() {
-        let dir = tempfile::tempdir().unwrap();
-        let broken = format!(
-            "[store]\ndata_dir = {:?}\n[sip]\nno_such_key = 1\n",
-            dir.path().display().to_string()
-        );
-        let err = anyhow::anyhow!("boot: unknown field `no_such_key`");
-        // No revision yet: nothing to run, the error says why.
-        let e = newest_revision_instead(Some(&broken), &err, None).unwrap_err();
-        let e = format!("{e:#}");
-        assert!(
-            e.contains("no_such_key") && e.contains("no configuration revision"),
-            "{e}"
-        );
-
-        let (cfg, text) = boot(dir.path(), "");
-        drop(select_revision(cfg, &text, "boot", 1, true).unwrap());
-        // The data directory is found in the broken file.
-        let (cfg, run, source) = newest_revision_instead(Some(&broken), &err, None).unwrap();
-        assert_eq!(run, text);
-        assert_eq!(cfg.store.data_dir, dir.path());
-        assert_eq!(source, "stored configuration revision 1");
-        // Unreadable as TOML (or missing): the data directory comes from --data-dir.
-        let (_, run, _) =
-            newest_revision_instead(Some("[[[ not toml"), &err, Some(dir.path())).unwrap();
-        assert_eq!(run, text);
-        let (_, run, _) = newest_revision_instead(None, &err, Some(dir.path())).unwrap();
-        assert_eq!(run, text);
-    }
 }

@@ -1,4 +1,43 @@
-//! Outpost firmware: the daemon's driver, store, config and admin plane.
+//! Outpost firmware: the daemon (`outpostd`), its admin client (`outpostctl`) and every
+//! subsystem between the sans-IO cores (`pbx-core`, `firewall`) and the box.
+//!
+//! Modules by layer; a module imports only from its own layer or the ones above it in this
+//! list, never from below (the module graph is a DAG).
+//!
+//! Leaves (no imports from this crate, or only from other leaves):
+//! - [`names`]: extension, password, display-name and host-name rules and limits.
+//! - [`http`]: HTTP/1.1 authorities and status lines for the update and backup clients.
+//! - [`metrics`]: the counters snapshot and the optional Prometheus endpoint.
+//! - [`netif`]: the box's own addresses, read from the kernel.
+//! - [`panel`]: the front-panel thread driving the `board` screens.
+//! - [`revisions`]: numbered configuration revisions under `<data_dir>/config/`.
+//! - [`store`]: the redb database (extensions, CDRs, voicemail index, firewall state, meta).
+//! - [`syslog`]: log lines to `/dev/log`.
+//! - [`watchdog`]: the hardware watchdog, petted while the daemon is healthy.
+//! - [`system`]: `[system]`, the box's host name.
+//!
+//! Subsystems (each owns its config section and typed operations, errors and results):
+//! - [`driver`]: SIP transports (UDP, TCP, TLS) and `[tls]`.
+//! - [`guard`]: the SIP firewall in the daemon (inspection, bans, the kernel enforcer).
+//! - [`media`]: the RTP relay, prompts, voicemail recording and playback.
+//! - [`backup`]: making, listing, verifying, fetching and restoring encrypted backups.
+//! - [`ssh`]: dropbear supervision and the authorised SSH keys.
+//! - [`console`]: the admin's shell (client side) and the console password.
+//! - [`update`]: A/B firmware updates, trial boots and their health check (a client of the
+//!   admin socket, like `outpostctl`).
+//! - [`pbx_config`]: trunks, routes, inbound, dial plan, ring groups and features.
+//! - [`config`]: the whole TOML file, aggregating every section; [`fallback`]: starting
+//!   with what works when a section cannot be started.
+//!
+//! Admin (the control plane; the only layer that builds replies):
+//! - [`admin`]: the `Command`/`Reply` protocol ([`admin::proto`]), the socket server, the
+//!   blocking client, [`admin::control::Control`] that executes a command against the
+//!   daemon's parts, and the per-subsystem reply mappers (`admin::backup`, `admin::ssh`,
+//!   `admin::console`). `docs/admin-api.md` documents the protocol.
+//!
+//! Daemon (the top):
+//! - [`daemon`]: the event loop (run, inbound, flush, tick), boot-time revision selection
+//!   and the store committer.
 
 pub mod admin;
 pub mod backup;
@@ -12,6 +51,7 @@ pub mod guard;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod names;
 pub mod netif;
 pub mod panel;
 pub mod pbx_config;

@@ -28,10 +28,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::admin::proto::{Reply, SshCommand, SshKeyInfo};
-use crate::config::Config;
 use crate::store::{Store, StoreError};
 use pbx_core::Millis;
+
+pub mod api;
+
+use api::{SshCommand, SshKeyInfo, SshOutcome};
 
 pub use outpost_sshkey::{KeyError, KeyType, PublicKey, MAX_COMMENT_LEN, MIN_RSA_BITS};
 
@@ -241,16 +243,17 @@ fn save_keys(store: &Store, keys: &[(PublicKey, u64)]) -> Result<(), SshError> {
 /// Carries out an `ssh` admin command: the key list in the store and, when SSH is
 /// enabled, the admin account's authorized_keys. On an error nothing was changed.
 pub fn execute(
-    cfg: &Config,
+    cfg: &SshConfig,
+    admin_socket: &Path,
     store: &Store,
     now: Millis,
     cmd: SshCommand,
-) -> Result<Reply, SshError> {
+) -> Result<SshOutcome, SshError> {
     let old = load_keys(store)?;
     let mut keys = old.clone();
     let message = match cmd {
         SshCommand::KeysList => {
-            return Ok(Reply::SshKeys(
+            return Ok(SshOutcome::Keys(
                 keys.iter()
                     .map(|(k, added)| SshKeyInfo {
                         fingerprint: k.fingerprint(),
@@ -317,19 +320,19 @@ pub fn execute(
             }
         }
     };
-    if cfg.ssh.enabled {
-        let account = Account::lookup(&cfg.ssh.user)?;
-        let command = forced_command(cfg)?;
+    if cfg.enabled {
+        let account = Account::lookup(&cfg.user)?;
+        let command = forced_command(cfg, admin_socket)?;
         write_authorized_keys(&account, &authorized_keys(&keys, &command))?;
         if let Err(err) = save_keys(store, &keys) {
             // Put the file back as the store still has it.
             let _ = write_authorized_keys(&account, &authorized_keys(&old, &command));
             return Err(err);
         }
-        Ok(Reply::done(message))
+        Ok(SshOutcome::Done(message))
     } else {
         save_keys(store, &keys)?;
-        Ok(Reply::done(format!(
+        Ok(SshOutcome::Done(format!(
             "{message} (SSH is off: set [ssh] enabled = true to log in with it)"
         )))
     }
@@ -358,9 +361,9 @@ pub fn authorized_keys(keys: &[(PublicKey, u64)], command: &str) -> String {
 
 /// The forced command: `'<outpostctl>' --socket '<admin socket>' ssh-session`, both paths
 /// absolute (the session starts in the admin's home).
-pub fn forced_command(cfg: &Config) -> Result<String, SshError> {
-    let ctl = absolute(&cfg.ssh.outpostctl_path())?;
-    let socket = absolute(&cfg.admin.socket)?;
+pub fn forced_command(cfg: &SshConfig, admin_socket: &Path) -> Result<String, SshError> {
+    let ctl = absolute(&cfg.outpostctl_path())?;
+    let socket = absolute(admin_socket)?;
     for p in [&ctl, &socket] {
         if !safe_in_command(p) {
             return Err(SshError::Refused(format!(
@@ -653,15 +656,20 @@ pub type FailureReceiver = mpsc::Receiver<IpAddr>;
 
 /// Starts the dropbear supervisor when `[ssh] enabled`: writes authorized_keys from the
 /// store and spawns the task (needs a tokio runtime). Returns the failed logins it reports.
-pub fn start(cfg: &Config, store: &Store) -> Result<Option<FailureReceiver>, SshError> {
-    if !cfg.ssh.enabled {
+pub fn start(
+    cfg: &SshConfig,
+    data_dir: &Path,
+    admin_socket: &Path,
+    store: &Store,
+) -> Result<Option<FailureReceiver>, SshError> {
+    if !cfg.enabled {
         return Ok(None);
     }
-    let account = Account::lookup(&cfg.ssh.user)?;
+    let account = Account::lookup(&cfg.user)?;
     let keys = load_keys(store)?;
-    let command = forced_command(cfg)?;
+    let command = forced_command(cfg, admin_socket)?;
     let path = write_authorized_keys(&account, &authorized_keys(&keys, &command))?;
-    let ssh_dir = cfg.store.data_dir.join("ssh");
+    let ssh_dir = data_dir.join("ssh");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -671,18 +679,18 @@ pub fn start(cfg: &Config, store: &Store) -> Result<Option<FailureReceiver>, Ssh
             source,
         })?;
     let supervisor = Supervisor {
-        dropbear: cfg.ssh.dropbear.clone(),
-        dropbearkey: cfg.ssh.dropbearkey.clone(),
-        host_key: cfg.ssh.host_key_path(&cfg.store.data_dir),
+        dropbear: cfg.dropbear.clone(),
+        dropbearkey: cfg.dropbearkey.clone(),
+        host_key: cfg.host_key_path(data_dir),
         pid_file: ssh_dir.join("dropbear.pid"),
-        listen: cfg.ssh.listen.clone(),
+        listen: cfg.listen.clone(),
         allow_root: account.uid == 0,
     };
     tracing::info!(
         user = %account.name,
         authorized_keys = %path.display(),
         keys = keys.len(),
-        listen = ?cfg.ssh.listen,
+        listen = ?cfg.listen,
         "ssh: starting dropbear"
     );
     let (tx, rx) = mpsc::channel(FAILURE_QUEUE);
@@ -925,10 +933,11 @@ mod tests {
     #[test]
     fn authorized_keys_lines_are_restricted_to_the_forced_command() {
         let key = PublicKey::parse(ED25519).unwrap();
-        let mut cfg = Config::default();
-        cfg.ssh.outpostctl = Some(PathBuf::from("/usr/bin/outpostctl"));
-        cfg.admin.socket = PathBuf::from("/run/outpost/admin.sock");
-        let cmd = forced_command(&cfg).unwrap();
+        let cfg = SshConfig {
+            outpostctl: Some(PathBuf::from("/usr/bin/outpostctl")),
+            ..SshConfig::default()
+        };
+        let cmd = forced_command(&cfg, Path::new("/run/outpost/admin.sock")).unwrap();
         assert_eq!(
             cmd,
             "'/usr/bin/outpostctl' --socket '/run/outpost/admin.sock' ssh-session"
@@ -941,8 +950,7 @@ mod tests {
                 "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"{cmd}\" {ED25519}"
             )
         );
-        cfg.admin.socket = PathBuf::from("/tmp/a\"b.sock");
-        assert!(forced_command(&cfg).is_err());
+        assert!(forced_command(&cfg, Path::new("/tmp/a\"b.sock")).is_err());
     }
 
     #[test]
@@ -971,20 +979,23 @@ mod tests {
     fn keys_are_added_listed_and_deleted_by_fingerprint_or_comment() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let cfg = Config::default();
+        let cfg = SshConfig::default();
+        let socket = PathBuf::from("/run/outpost/admin.sock");
+        let execute = |cmd| execute(&cfg, &socket, &store, 0, cmd);
         let add = |line: &str| {
-            execute(
+            super::execute(
                 &cfg,
+                &socket,
                 &store,
                 1_000,
                 SshCommand::KeysAdd { line: line.into() },
             )
         };
         let reply = add(ED25519).unwrap();
-        assert!(matches!(&reply, Reply::Done { message } if message.contains("SSH is off")));
+        assert!(matches!(&reply, SshOutcome::Done(message) if message.contains("SSH is off")));
         assert!(matches!(add(ED25519), Err(SshError::Refused(m)) if m.contains("already")));
         add(&rsa_line(3072)).unwrap();
-        let Reply::SshKeys(list) = execute(&cfg, &store, 0, SshCommand::KeysList).unwrap() else {
+        let SshOutcome::Keys(list) = execute(SshCommand::KeysList).unwrap() else {
             panic!()
         };
         assert_eq!(list.len(), 2);
@@ -992,12 +1003,12 @@ mod tests {
         assert_eq!(list[0].comment.as_deref(), Some("laptop"));
         assert_eq!(list[0].added, 1_000);
         assert_eq!(list[1].bits, 3072);
-        let del = |key: &str| execute(&cfg, &store, 0, SshCommand::KeysDel { key: key.into() });
+        let del = |key: &str| execute(SshCommand::KeysDel { key: key.into() });
         assert!(del("nobody").is_err());
         del("laptop").unwrap();
         let fp = list[1].fingerprint.clone();
         del(fp.strip_prefix("SHA256:").unwrap()).unwrap();
-        let Reply::SshKeys(list) = execute(&cfg, &store, 0, SshCommand::KeysList).unwrap() else {
+        let SshOutcome::Keys(list) = execute(SshCommand::KeysList).unwrap() else {
             panic!()
         };
         assert!(list.is_empty());

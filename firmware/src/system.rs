@@ -12,8 +12,7 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest host name: one RFC 1123 label.
-pub const MAX_HOSTNAME_LEN: usize = 63;
+pub use crate::names::{validate_hostname, MAX_HOSTNAME_LEN};
 
 /// `[system]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,38 +33,12 @@ impl SystemConfig {
     }
 }
 
-/// Checks a host name: an RFC 1123 label of 1-63 ASCII letters, digits and `-`, neither
-/// starting nor ending with `-`.
-pub fn validate_hostname(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if name.len() > MAX_HOSTNAME_LEN {
-        return Err(format!(
-            "is {} characters long; at most {MAX_HOSTNAME_LEN} are allowed",
-            name.chars().count()
-        ));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
-    {
-        return Err(format!(
-            "only letters, digits and '-' are allowed, not {bad:?}"
-        ));
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return Err(format!("{name:?} must not start or end with '-'"));
-    }
-    Ok(())
-}
-
 /// The name the box goes by for backups and `status`: the configured one, else the
 /// kernel's (letters, digits and `-` only).
 pub fn hostname(cfg: &SystemConfig) -> String {
     match &cfg.hostname {
         Some(name) => name.clone(),
-        None => crate::backup::hostname(),
+        None => sanitized_kernel_hostname(),
     }
 }
 
@@ -105,6 +78,27 @@ fn name_to_set<'a>(configured: Option<&'a str>, boot: &'a str, current: &str) ->
     (wanted != current && !wanted.is_empty()).then_some(wanted)
 }
 
+/// This box's kernel host name, reduced to letters, digits and `-` so it is safe in file
+/// names (`outpost` if nothing is left).
+fn sanitized_kernel_hostname() -> String {
+    let clean: String = kernel_hostname()
+        .chars()
+        .take(MAX_HOSTNAME_LEN)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.trim_matches('-').is_empty() {
+        "outpost".to_string()
+    } else {
+        clean
+    }
+}
+
 fn kernel_hostname() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -115,57 +109,6 @@ fn kernel_hostname() -> String {
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
     use super::*;
-
-    #[test]
-    fn hostnames_are_rfc1123_labels() {
-        for good in [
-            "berlin-1",
-            "outpost-a1b2c3",
-            "B",
-            "1st-floor",
-            &"x".repeat(63),
-        ] {
-            assert!(validate_hostname(good).is_ok(), "{good}");
-        }
-        assert!(validate_hostname("").unwrap_err().contains("empty"));
-        assert!(validate_hostname(&"x".repeat(64))
-            .unwrap_err()
-            .contains("at most 63"));
-        assert!(validate_hostname("-berlin").unwrap_err().contains("start"));
-        assert!(validate_hostname("berlin-").unwrap_err().contains("end"));
-        for bad in [
-            "berlin.office",
-            "berlin_1",
-            "berlin 1",
-            "bérlin",
-            "a/b",
-            "x\n",
-        ] {
-            let msg = validate_hostname(bad).unwrap_err();
-            assert!(msg.contains("only letters, digits"), "{bad}: {msg}");
-        }
-    }
-
-    #[test]
-    fn the_section_names_its_key_and_refuses_unknown_keys() {
-        let c =
-            crate::config::Config::from_toml_str("[system]\nhostname = \"berlin-1\"\n").unwrap();
-        assert_eq!(c.system.hostname.as_deref(), Some("berlin-1"));
-        assert_eq!(hostname(&c.system), "berlin-1");
-        let msg = crate::config::Config::from_toml_str("[system]\nhostname = \"berlin_1\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("system.hostname"), "{msg}");
-        let msg = crate::config::Config::from_toml_str("[system]\nhost = \"b\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("`host`"), "{msg}");
-        assert_eq!(
-            crate::config::Config::default().system.hostname,
-            None,
-            "the box keeps the name it booted with unless one is configured"
-        );
-    }
 
     #[test]
     fn the_kernel_name_changes_only_for_a_configured_name_or_to_undo_one() {

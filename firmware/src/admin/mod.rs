@@ -1,9 +1,14 @@
 //! The admin plane: a typed command/reply protocol over a Unix socket, the daemon-side
 //! listener, and a small blocking client for `outpostctl` and tests.
 
+pub mod backup;
+pub mod config;
+pub mod console;
+pub mod control;
 pub mod firewall;
 pub mod proto;
 pub mod server;
+pub mod ssh;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

@@ -9,20 +9,22 @@ use serde::{Deserialize, Serialize};
 
 use pbx_core::cdr::Cdr;
 
+pub use crate::backup::api::{BackupCommand, BackupKey, SecretText};
+pub use crate::console::api::{AdminCommand, AdminInfo, LoginOutcome};
+pub use crate::names::{
+    validate_admin_password, validate_ext, validate_name, validate_password, MAX_EXT_LEN,
+    MAX_NAME_LEN, MAX_PASSWORD_LEN, MAX_SSH_KEY_LINE, MIN_ADMIN_PASSWORD_LEN, MIN_PASSWORD_LEN,
+};
+pub use crate::ssh::api::{SshCommand, SshKeyInfo};
+
+/// Version of this protocol, reported in the `status` reply. It grows when a command or
+/// reply changes incompatibly; additions (a new command, a new field with a default) keep
+/// it. A client that finds another non-zero version refuses to go on (zero: a daemon from
+/// before versioning, which speaks version 1).
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// Longest request or reply line accepted, newline excluded (an import of 10,000 rows fits).
 pub const MAX_LINE: usize = 4 * 1024 * 1024;
-/// Longest extension number or name.
-pub const MAX_EXT_LEN: usize = 16;
-/// Shortest password accepted.
-pub const MIN_PASSWORD_LEN: usize = 8;
-/// Longest password accepted.
-pub const MAX_PASSWORD_LEN: usize = 128;
-/// Longest display name accepted.
-pub const MAX_NAME_LEN: usize = 64;
-/// Shortest console (admin) password accepted.
-pub const MIN_ADMIN_PASSWORD_LEN: usize = 10;
-/// Longest OpenSSH public key line accepted (an RSA 16384-bit key fits).
-pub const MAX_SSH_KEY_LINE: usize = outpost_sshkey::MAX_KEY_LINE;
 
 /// A request from `outpostctl` (or any other client) to the daemon.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -125,204 +127,6 @@ pub enum Command {
         /// How many records at most.
         limit: usize,
     },
-}
-
-/// A backup command; travels inside [`Command::Backup`].
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(tag = "backup", rename_all = "snake_case", deny_unknown_fields)]
-pub enum BackupCommand {
-    /// Make a backup now.
-    Now,
-    /// The backups on the box, the schedule and the off-site targets.
-    List,
-    /// Decrypt and check a backup completely; nothing changes.
-    Verify {
-        /// A file name in the backup directory, or an absolute path on the box.
-        file: String,
-        /// The key; without one the daemon uses its own passphrase.
-        key: Option<BackupKey>,
-    },
-    /// Check a backup, stage it and restart to apply it (answer: [`Reply::RestoreStaged`]).
-    Restore {
-        /// A file name in the backup directory, or an absolute path on the box.
-        file: String,
-        /// The key; without one the daemon uses its own passphrase.
-        key: Option<BackupKey>,
-    },
-    /// Start receiving a backup file in chunks (one upload at a time; answer:
-    /// [`Reply::BackupUpload`] with its id).
-    UploadBegin {
-        /// The file's original name, kept when it is a backup name not used yet.
-        name: Option<String>,
-    },
-    /// The next piece of the upload.
-    UploadChunk {
-        /// The upload's id.
-        id: String,
-        /// Where the piece starts (the bytes received so far).
-        offset: u64,
-        /// The bytes, standard base64 (at most [`crate::backup::upload::CHUNK`] decoded).
-        data: String,
-    },
-    /// The upload is complete: checked against its size and SHA-256, synced and renamed
-    /// into the backup directory (answer: [`Reply::BackupUpload`] with its name).
-    UploadFinish {
-        /// The upload's id.
-        id: String,
-        /// Total bytes sent.
-        size: u64,
-        /// SHA-256 of the whole file, lowercase hex.
-        sha256: String,
-    },
-    /// Give up an upload (its partial file is deleted).
-    UploadAbort {
-        /// The upload's id.
-        id: String,
-    },
-    /// Download a backup from an off-site target into the backup directory and check it
-    /// (answer: [`Reply::BackupFetched`]).
-    Fetch {
-        /// The file on the target; the newest when `None`.
-        name: Option<String>,
-        /// The target's name; the first target when `None`.
-        target: Option<String>,
-    },
-    /// Download a backup from a location that is not a configured target:
-    /// `sftp://user@host[:port]/dir/file` (the host key must be confirmed: without
-    /// `host_key` the answer is [`Reply::HostKey`] and nothing is downloaded).
-    FetchUrl {
-        /// Where the backup is.
-        url: String,
-        /// The server's host key line the admin confirmed.
-        host_key: Option<String>,
-    },
-    /// The backups on every off-site target (answer: [`Reply::RemoteBackups`]).
-    ListRemote,
-    /// Keep a backup passphrase on the box (used when `[backup]` sets no key).
-    PassphraseSet {
-        /// The passphrase (never logged).
-        passphrase: SecretText,
-    },
-    /// Forget the stored passphrase.
-    PassphraseClear,
-    /// Key source, stored passphrase, SFTP key, whether the box was ever configured
-    /// (answer: [`Reply::BackupInfo`]).
-    Info,
-    /// The SFTP client public key, made when missing (answer: [`Reply::Done`] with the
-    /// OpenSSH line).
-    Key,
-}
-
-/// A secret in a command; hidden from `Debug`.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct SecretText(pub String);
-
-impl std::fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<hidden>")
-    }
-}
-
-/// The key a backup is decrypted with (never logged).
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum BackupKey {
-    /// The passphrase.
-    Passphrase(String),
-    /// The text of an age identity file (`AGE-SECRET-KEY-1...`).
-    Identity(String),
-}
-
-impl std::fmt::Debug for BackupKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BackupKey::Passphrase(_) => write!(f, "Passphrase(<hidden>)"),
-            BackupKey::Identity(_) => write!(f, "Identity(<hidden>)"),
-        }
-    }
-}
-
-impl BackupCommand {
-    /// The wire name of the command, for logs (never the key).
-    pub fn name(&self) -> &'static str {
-        match self {
-            BackupCommand::Now => "backup_now",
-            BackupCommand::List => "backup_list",
-            BackupCommand::Verify { .. } => "backup_verify",
-            BackupCommand::Restore { .. } => "backup_restore",
-            BackupCommand::UploadBegin { .. } => "backup_upload_begin",
-            BackupCommand::UploadChunk { .. } => "backup_upload_chunk",
-            BackupCommand::UploadFinish { .. } => "backup_upload_finish",
-            BackupCommand::UploadAbort { .. } => "backup_upload_abort",
-            BackupCommand::Fetch { .. } => "backup_fetch",
-            BackupCommand::FetchUrl { .. } => "backup_fetch_url",
-            BackupCommand::ListRemote => "backup_list_remote",
-            BackupCommand::PassphraseSet { .. } => "backup_passphrase_set",
-            BackupCommand::PassphraseClear => "backup_passphrase_clear",
-            BackupCommand::Info => "backup_info",
-            BackupCommand::Key => "backup_key",
-        }
-    }
-}
-
-/// An SSH command; travels inside [`Command::Ssh`].
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(tag = "ssh", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SshCommand {
-    /// Authorise a public key (one OpenSSH `authorized_keys` line without options).
-    KeysAdd {
-        /// `ssh-ed25519 AAAA... comment`; the daemon parses and checks it.
-        line: String,
-    },
-    /// Remove a key, named by its SHA256 fingerprint or its comment.
-    KeysDel {
-        /// `SHA256:...` or the key's comment.
-        key: String,
-    },
-    /// The authorised keys.
-    KeysList,
-}
-
-/// An admin-password command; travels inside [`Command::Admin`]. The password is never
-/// logged; the daemon keeps only an Argon2id hash.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(tag = "admin", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AdminCommand {
-    /// Whether a console password is set.
-    Status,
-    /// Set (or replace) the console password.
-    Passwd {
-        /// The new plain password (at least [`MIN_ADMIN_PASSWORD_LEN`] characters).
-        password: String,
-    },
-    /// Check a console password.
-    Login {
-        /// The password typed at the console.
-        password: String,
-    },
-}
-
-impl SshCommand {
-    /// The wire name of the command, for logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            SshCommand::KeysAdd { .. } => "ssh_keys_add",
-            SshCommand::KeysDel { .. } => "ssh_keys_del",
-            SshCommand::KeysList => "ssh_keys_list",
-        }
-    }
-}
-
-impl AdminCommand {
-    /// The wire name of the command, for logs (never the password).
-    pub fn name(&self) -> &'static str {
-        match self {
-            AdminCommand::Status => "admin_status",
-            AdminCommand::Passwd { .. } => "admin_passwd",
-            AdminCommand::Login { .. } => "admin_login",
-        }
-    }
 }
 
 impl Command {
@@ -475,40 +279,6 @@ impl Reply {
     }
 }
 
-/// One authorised SSH key.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct SshKeyInfo {
-    /// `SHA256:<base64>`, as `ssh-keygen -lf` prints it.
-    pub fingerprint: String,
-    /// `ssh-ed25519`, `ecdsa-sha2-nistp256` or `ssh-rsa`.
-    pub key_type: String,
-    /// Key size in bits.
-    pub bits: u32,
-    /// The comment given with the key.
-    pub comment: Option<String>,
-    /// When it was added (ms since the epoch).
-    pub added: u64,
-}
-
-/// The console password's state.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct AdminInfo {
-    /// A console password is set.
-    pub password_set: bool,
-}
-
-/// What the daemon made of a console password.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LoginOutcome {
-    /// The password is right.
-    Accepted,
-    /// The password is wrong.
-    Refused,
-    /// No password is set yet: nobody can log in at the console.
-    NoPassword,
-}
-
 /// Daemon overview.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct StatusInfo {
@@ -551,6 +321,17 @@ pub struct StatusInfo {
     /// The last backup restored onto this box (its id, source box, time, what it held).
     #[serde(default)]
     pub last_restore: Option<crate::backup::LastRestore>,
+    /// [`PROTOCOL_VERSION`] of the daemon; 0 from a daemon that predates it.
+    #[serde(default)]
+    pub protocol_version: u32,
+}
+
+impl StatusInfo {
+    /// Whether this client speaks the daemon's protocol (a daemon that reports no version
+    /// speaks version 1).
+    pub fn protocol_compatible(&self) -> bool {
+        matches!(self.protocol_version, 0 | PROTOCOL_VERSION)
+    }
 }
 
 /// One extension in a listing.
@@ -658,87 +439,6 @@ pub use crate::guard::api::{
     FwLockInfo, FwRuleHits, FwRuleInfo, FwStatusInfo,
 };
 
-/// Checks an extension number: 1-16 ASCII letters or digits.
-pub fn validate_ext(ext: &str) -> Result<(), String> {
-    if ext.is_empty() {
-        return Err("extension must not be empty".to_owned());
-    }
-    if ext.len() > MAX_EXT_LEN {
-        return Err(format!(
-            "extension is {} characters long; at most {MAX_EXT_LEN} are allowed",
-            ext.chars().count()
-        ));
-    }
-    if !ext.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(format!(
-            "extension `{}` may contain only letters and digits",
-            ext.escape_default()
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a password for extension `ext`: 8-128 characters, no control characters, no
-/// surrounding whitespace, not the extension itself, not one character repeated.
-pub fn validate_password(ext: &str, password: &str) -> Result<(), String> {
-    let len = password.chars().count();
-    if len < MIN_PASSWORD_LEN {
-        return Err(format!(
-            "password is {len} characters long; at least {MIN_PASSWORD_LEN} are needed"
-        ));
-    }
-    if len > MAX_PASSWORD_LEN {
-        return Err(format!(
-            "password is {len} characters long; at most {MAX_PASSWORD_LEN} are allowed"
-        ));
-    }
-    if password.chars().any(char::is_control) {
-        return Err("password must not contain control characters".to_owned());
-    }
-    if password.trim() != password {
-        return Err("password must not start or end with whitespace".to_owned());
-    }
-    if password == ext {
-        return Err("password must not be the extension number".to_owned());
-    }
-    let mut chars = password.chars();
-    if let Some(first) = chars.next() {
-        if chars.all(|c| c == first) {
-            return Err("password must not be one character repeated".to_owned());
-        }
-    }
-    Ok(())
-}
-
-/// Checks a display name: 1-64 characters, no control characters.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let len = name.chars().count();
-    if name.trim().is_empty() {
-        return Err("name must not be empty".to_owned());
-    }
-    if len > MAX_NAME_LEN {
-        return Err(format!(
-            "name is {len} characters long; at most {MAX_NAME_LEN} are allowed"
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("name must not contain control characters".to_owned());
-    }
-    Ok(())
-}
-
-/// Checks a console password: 10-128 characters, no control characters, no surrounding
-/// whitespace, not one character repeated.
-pub fn validate_admin_password(password: &str) -> Result<(), String> {
-    let len = password.chars().count();
-    if len < MIN_ADMIN_PASSWORD_LEN {
-        return Err(format!(
-            "password is {len} characters long; at least {MIN_ADMIN_PASSWORD_LEN} are needed"
-        ));
-    }
-    validate_password("", password)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
@@ -804,6 +504,19 @@ mod tests {
     }
 
     #[test]
+    fn a_status_without_a_protocol_version_is_version_1() {
+        let old = r#"{"version":"0.1.0","uptime_secs":1,"listen":[],"extensions":0,"registrations":0,"active_calls":0,"cdrs":0,"data_dir":"/data","realm":"outpost"}"#;
+        let info: StatusInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(info.protocol_version, 0);
+        assert!(info.protocol_compatible());
+        let newer = StatusInfo {
+            protocol_version: PROTOCOL_VERSION + 1,
+            ..info
+        };
+        assert!(!newer.protocol_compatible());
+    }
+
+    #[test]
     fn every_reply_round_trips() {
         let replies = vec![
             Reply::Status(StatusInfo {
@@ -823,6 +536,7 @@ mod tests {
                 store_schema: 1,
                 hostname: "berlin-1".into(),
                 last_restore: None,
+                protocol_version: PROTOCOL_VERSION,
             }),
             Reply::Extensions(vec![ExtensionInfo {
                 ext: "100".into(),
@@ -1002,41 +716,6 @@ mod tests {
     }
 
     #[test]
-    fn extension_rules() {
-        assert!(validate_ext("100").is_ok());
-        assert!(validate_ext("sales1").is_ok());
-        assert!(validate_ext("1234567890123456").is_ok());
-        assert!(validate_ext("").is_err());
-        assert!(validate_ext("12345678901234567").is_err());
-        assert!(validate_ext("10 0").is_err());
-        assert!(validate_ext("a.b").is_err());
-        assert!(validate_ext("١٢٣").is_err(), "non-ASCII digits");
-    }
-
-    #[test]
-    fn password_rules_say_why() {
-        assert!(validate_password("100", "s3cret-pass").is_ok());
-        assert!(validate_password("100", "short")
-            .unwrap_err()
-            .contains("at least 8"));
-        assert!(validate_password("100", &"ab".repeat(65))
-            .unwrap_err()
-            .contains("at most 128"));
-        assert!(validate_password("10000000", "10000000")
-            .unwrap_err()
-            .contains("extension"));
-        assert!(validate_password("100", "aaaaaaaaaa")
-            .unwrap_err()
-            .contains("repeated"));
-        assert!(validate_password("100", "abc\ndefgh")
-            .unwrap_err()
-            .contains("control"));
-        assert!(validate_password("100", " abcdefgh")
-            .unwrap_err()
-            .contains("whitespace"));
-    }
-
-    #[test]
     fn ssh_and_admin_commands_on_the_wire() {
         let c: Command = serde_json::from_str(r#"{"cmd":"ssh","ssh":"keys_list"}"#).unwrap();
         assert_eq!(c, Command::Ssh(SshCommand::KeysList));
@@ -1081,28 +760,6 @@ mod tests {
             serde_json::to_string(&Reply::Login(LoginOutcome::Accepted)).unwrap(),
             r#"{"reply":"login","data":"accepted"}"#
         );
-    }
-
-    #[test]
-    fn admin_password_rules() {
-        assert!(validate_admin_password("correct horse").is_ok());
-        assert!(validate_admin_password("short-pw1")
-            .unwrap_err()
-            .contains("at least 10"));
-        assert!(validate_admin_password("xxxxxxxxxxxx")
-            .unwrap_err()
-            .contains("repeated"));
-        assert!(validate_admin_password(" leading-space")
-            .unwrap_err()
-            .contains("whitespace"));
-    }
-
-    #[test]
-    fn name_rules() {
-        assert!(validate_name("Front desk").is_ok());
-        assert!(validate_name("").is_err());
-        assert!(validate_name("a\u{1b}[2J").is_err());
-        assert!(validate_name(&"x".repeat(65)).is_err());
     }
 }
 

@@ -695,13 +695,13 @@ fn validate_docs(
             .map_err(|e| ArchiveError::Invalid(format!("{META}: {e}")))?;
     }
     for e in &docs.extensions {
-        crate::admin::proto::validate_ext(&e.ext)
+        crate::names::validate_ext(&e.ext)
             .map_err(|why| ArchiveError::Invalid(format!("{EXTENSIONS}: {why}")))?;
     }
     for msg in &docs.voicemail {
         let p = msg.path.to_str().unwrap_or("");
         let expected_prefix = format!("voicemail/{}/", msg.mailbox);
-        if crate::admin::proto::validate_ext(&msg.mailbox).is_err()
+        if crate::names::validate_ext(&msg.mailbox).is_err()
             || !p.starts_with(&expected_prefix)
             || !seen.contains_key(p)
         {
@@ -793,7 +793,7 @@ fn is_voicemail_file(p: &str) -> bool {
     matches!(
         (parts.next(), parts.next(), parts.next(), parts.next()),
         (Some("voicemail"), Some(mb), Some(file), None)
-            if crate::admin::proto::validate_ext(mb).is_ok() && is_safe_file_name(file)
+            if crate::names::validate_ext(mb).is_ok() && is_safe_file_name(file)
     )
 }
 

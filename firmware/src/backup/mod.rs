@@ -15,16 +15,20 @@
 //! - [`Backups`] is the daemon's side: the admin commands (run off the SIP loop), the
 //!   schedule with retention, and the uploads to the off-site [`target`]s.
 
+pub mod api;
 pub mod archive;
+mod config;
+mod create;
 pub mod crypto;
+mod fetch;
+mod listing;
+mod restore;
 pub mod schedule;
 pub mod secret;
 pub mod target;
 pub mod upload;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,14 +37,22 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use firewall::detect::{Alert, Rule};
-use pbx_core::cdr::Cdr;
 use pbx_core::Millis;
 
-use crate::admin::proto::{BackupCommand, BackupKey, Reply};
-use crate::store::{FirewallChange, Store, StoreError, StoreImport, VoicemailRecord};
-use archive::{ArchiveWriter, Contents};
-use crypto::{Decryption, Encryption, HeaderKind, KeyError};
-use schedule::Schedule;
+use crate::store::{FirewallChange, Store, StoreError};
+use api::{BackupCommand, BackupKey, BackupOutcome};
+use archive::Contents;
+use crypto::{Decryption, KeyError};
+use listing::{cache_good, check_listing, CheckResult};
+
+pub use config::{sftp_identity, BackupConfig, KeySource};
+pub use create::{create, file_name, parse_name};
+pub use fetch::FetchError;
+pub use listing::{apply_retention, last_backup_age_secs, scan};
+pub use restore::{
+    apply_staged, last_restore, never_configured, restore_offline, stage_restore,
+    stage_restore_with_id, verify, LastRestore, STAGING_DIR,
+};
 
 /// Default backup directory, under the data directory.
 pub const DEFAULT_DIR: &str = "backups";
@@ -48,253 +60,6 @@ pub const DEFAULT_DIR: &str = "backups";
 pub const SUFFIX: &str = ".backup";
 /// A backup being written ends with this until it is complete.
 pub const PARTIAL_SUFFIX: &str = ".partial";
-/// The staging directory of a restore, under the data directory.
-pub const STAGING_DIR: &str = "restore";
-/// Written last into the staging directory: the restore is complete and checked.
-const READY_MARKER: &str = "READY";
-/// The staged restore's id (written before [`READY_MARKER`]).
-const ID_FILE: &str = "ID";
-/// The record of the last restore applied, under the data directory.
-const LAST_RESTORE: &str = "last-restore.json";
-/// Largest voicemail file put into a backup (longer messages cannot be recorded anyway).
-const MAX_BACKUP_AUDIO: u64 = 256 * 1024 * 1024;
-
-/// `[backup]`: where backups go, how they are encrypted, when they run, what is kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackupConfig {
-    /// Directory of the backup files [default: `<data_dir>/backups`].
-    pub dir: Option<PathBuf>,
-    /// File holding the passphrase (first line; mode 0600).
-    pub passphrase_file: Option<PathBuf>,
-    /// An age X25519 public key (`age1...`); restoring then needs its identity file.
-    pub recipient: Option<String>,
-    /// `off`, `hourly`, `daily HH:MM` or `weekly DAY HH:MM` (UTC).
-    pub schedule: String,
-    /// Keep the newest backup of each of this many days.
-    pub keep_daily: u32,
-    /// Keep the newest backup of each of this many ISO weeks.
-    pub keep_weekly: u32,
-    /// Off-site copies of every new backup (`[[backup.targets]]`).
-    pub targets: Vec<target::TargetConfig>,
-    /// Upload attempts per target before the failure is raised as an alert.
-    pub upload_tries: u32,
-    /// Wait after the first failed attempt (multiplied by 5 for each further one).
-    pub upload_retry_secs: u64,
-}
-
-impl Default for BackupConfig {
-    fn default() -> Self {
-        BackupConfig {
-            dir: None,
-            passphrase_file: None,
-            recipient: None,
-            schedule: "off".to_string(),
-            keep_daily: 7,
-            keep_weekly: 4,
-            targets: Vec::new(),
-            upload_tries: target::Retry::DEFAULT.tries,
-            upload_retry_secs: target::Retry::DEFAULT.first_delay.as_secs(),
-        }
-    }
-}
-
-impl BackupConfig {
-    /// Checks the section; the error is (dotted key, reason).
-    pub fn check(&self) -> Result<(), (String, String)> {
-        let bad = |key: &str, reason: String| Err((format!("backup.{key}"), reason));
-        if !(1..=10).contains(&self.upload_tries) {
-            return bad("upload_tries", "must be between 1 and 10".to_string());
-        }
-        if !(1..=3600).contains(&self.upload_retry_secs) {
-            return bad(
-                "upload_retry_secs",
-                "must be between 1 and 3600".to_string(),
-            );
-        }
-        let schedule = match Schedule::parse(&self.schedule) {
-            Ok(s) => s,
-            Err(e) => return bad("schedule", e),
-        };
-        if self.passphrase_file.is_some() && self.recipient.is_some() {
-            return bad(
-                "recipient",
-                "give either passphrase_file or recipient, not both".into(),
-            );
-        }
-        if let Some(p) = &self.passphrase_file {
-            if !p.is_absolute() {
-                return bad("passphrase_file", "must be an absolute path".into());
-            }
-        }
-        if let Some(r) = &self.recipient {
-            if let Err(e) = Encryption::recipient(r) {
-                return bad("recipient", e.to_string());
-            }
-        }
-        if let Some(d) = &self.dir {
-            if !d.is_absolute() {
-                return bad("dir", "must be an absolute path".into());
-            }
-        }
-        if schedule != Schedule::Off && self.keep_daily == 0 && self.keep_weekly == 0 {
-            return bad(
-                "keep_daily",
-                "keep_daily and keep_weekly cannot both be 0".into(),
-            );
-        }
-        if self.keep_daily > 3660 {
-            return bad("keep_daily", "must be at most 3660".into());
-        }
-        if self.keep_weekly > 520 {
-            return bad("keep_weekly", "must be at most 520".into());
-        }
-        if self.targets.len() > 16 {
-            return bad("targets", "at most 16 targets".into());
-        }
-        let mut names = std::collections::HashSet::new();
-        for (i, t) in self.targets.iter().enumerate() {
-            if let Err((key, reason)) = target::check(t) {
-                return bad(&format!("targets[{i}].{key}"), reason);
-            }
-            if !names.insert(t.name.as_str()) {
-                return bad(
-                    &format!("targets[{i}].name"),
-                    format!("{:?} is used twice", t.name),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// The checks that need the box itself (config apply and boot, after [`check`]): the
-    /// key files exist, and a schedule has a key (a file, a recipient or the passphrase
-    /// stored with `outpostctl backup passphrase set`).
-    ///
-    /// [`check`]: BackupConfig::check
-    pub fn check_on_box(&self, data_dir: &Path) -> Result<(), (String, String)> {
-        if let Some(p) = &self.passphrase_file {
-            if !p.is_file() {
-                return Err((
-                    "backup.passphrase_file".to_owned(),
-                    format!(
-                        "{} does not exist on the box; store the passphrase with `outpostctl backup passphrase set` instead and remove this key",
-                        p.display()
-                    ),
-                ));
-            }
-        }
-        for (i, t) in self.targets.iter().enumerate() {
-            if let target::TargetKind::Https(h) = &t.kind {
-                if !h.password_file.is_file() {
-                    return Err((
-                        format!("backup.targets[{i}].password_file"),
-                        format!("{} does not exist on the box", h.password_file.display()),
-                    ));
-                }
-            }
-        }
-        if self.schedule() != Schedule::Off && self.key_source(data_dir) == KeySource::None {
-            return Err((
-                "backup.schedule".to_owned(),
-                "backups are always encrypted: store a passphrase with `outpostctl backup passphrase set`, or set backup.passphrase_file or backup.recipient".to_owned(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Where the key of new backups comes from: `passphrase_file`, else `recipient`, else
-    /// the passphrase stored on the box.
-    pub fn key_source(&self, data_dir: &Path) -> KeySource {
-        match (&self.passphrase_file, &self.recipient) {
-            (Some(p), _) => KeySource::PassphraseFile(p.clone()),
-            (None, Some(r)) => KeySource::Recipient(r.clone()),
-            (None, None) if secret::is_set(data_dir) => KeySource::StoredPassphrase,
-            (None, None) => KeySource::None,
-        }
-    }
-
-    /// The passphrase the box holds: `passphrase_file`, else the stored one.
-    fn own_passphrase(
-        &self,
-        data_dir: &Path,
-    ) -> Result<Option<age::secrecy::SecretString>, BackupError> {
-        match &self.passphrase_file {
-            Some(p) => Ok(Some(crypto::read_passphrase_file(p)?)),
-            None => Ok(secret::read(data_dir)?),
-        }
-    }
-
-    /// The backup directory.
-    pub fn dir(&self, data_dir: &Path) -> PathBuf {
-        self.dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join(DEFAULT_DIR))
-    }
-
-    /// The schedule (`off` when it does not parse; [`BackupConfig::check`] refuses that).
-    pub fn schedule(&self) -> Schedule {
-        Schedule::parse(&self.schedule).unwrap_or(Schedule::Off)
-    }
-
-    /// How new backups are encrypted (reads the passphrase file), per [`key_source`].
-    ///
-    /// [`key_source`]: BackupConfig::key_source
-    pub fn encryption(&self, data_dir: &Path) -> Result<Encryption, BackupError> {
-        match self.key_source(data_dir) {
-            KeySource::PassphraseFile(p) => {
-                Ok(Encryption::Passphrase(crypto::read_passphrase_file(&p)?))
-            }
-            KeySource::Recipient(r) => Ok(Encryption::recipient(&r)?),
-            KeySource::StoredPassphrase => match secret::read(data_dir)? {
-                Some(p) => Ok(Encryption::Passphrase(p)),
-                None => Err(BackupError::NoKey),
-            },
-            KeySource::None => Err(BackupError::NoKey),
-        }
-    }
-
-    /// The key the daemon can decrypt a file of `kind` with by itself: its passphrase
-    /// (`passphrase_file`, else the stored one); an identity is never on the box.
-    pub fn own_decryption(
-        &self,
-        data_dir: &Path,
-        kind: HeaderKind,
-    ) -> Result<Decryption, BackupError> {
-        match kind {
-            HeaderKind::Recipient => Err(BackupError::NeedIdentity),
-            HeaderKind::Passphrase => match self.own_passphrase(data_dir)? {
-                Some(p) => Ok(Decryption::Passphrase(p)),
-                None => Err(BackupError::NeedKey),
-            },
-        }
-    }
-}
-
-/// Where the key of new backups comes from (`outpostctl backup passphrase status`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// `[backup] passphrase_file`.
-    PassphraseFile(PathBuf),
-    /// `[backup] recipient`.
-    Recipient(String),
-    /// The passphrase stored with `outpostctl backup passphrase set`.
-    StoredPassphrase,
-    /// None: backups cannot be made.
-    None,
-}
-
-impl std::fmt::Display for KeySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeySource::PassphraseFile(p) => write!(f, "passphrase file {}", p.display()),
-            KeySource::Recipient(r) => write!(f, "recipient {r}"),
-            KeySource::StoredPassphrase => write!(f, "the passphrase stored on the box"),
-            KeySource::None => write!(f, "none"),
-        }
-    }
-}
-
 /// Why a backup operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -348,7 +113,39 @@ pub enum BackupError {
     /// No such backup file.
     #[error("no backup {0}")]
     NotFound(String),
+    /// An upload command failed.
+    #[error("{0}")]
+    Upload(#[from] upload::UploadError),
+    /// A thread panicked while holding the upload slot.
+    #[error("the upload state is unusable")]
+    UploadStateLost,
+    /// The stored passphrase could not be written or removed.
+    #[error("{0}")]
+    Secret(#[from] secret::SecretError),
+    /// The SFTP client key could not be made.
+    #[error("cannot make the SFTP key: {0}")]
+    SftpKey(target::TargetError),
+    /// A download from a target or URL failed.
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    /// The background task died.
+    #[error("the backup task failed: {0}")]
+    Task(String),
+    /// The background check of the listing died.
+    #[error("the listing failed: {0}")]
+    Listing(String),
+    /// A command reached a runner that does not run it (a bug in the dispatch).
+    #[error("{command} is not a {kind}")]
+    Misrouted {
+        /// The command's wire name.
+        command: &'static str,
+        /// What the runner runs.
+        kind: &'static str,
+    },
 }
+
+/// Where [`Backups::command`] sends a command's outcome.
+pub type Answer = oneshot::Sender<Result<BackupOutcome, BackupError>>;
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
     let path = path.display().to_string();
@@ -433,17 +230,6 @@ pub struct Context {
 }
 
 impl Context {
-    /// The context of a configuration.
-    pub fn new(cfg: &crate::config::Config, store: Arc<Store>) -> Context {
-        Context {
-            store,
-            data_dir: cfg.store.data_dir.clone(),
-            cfg: cfg.backup.clone(),
-            ssh_host_key: cfg.ssh.host_key_path(&cfg.store.data_dir),
-            hostname: crate::system::hostname(&cfg.system),
-        }
-    }
-
     /// The SFTP client key the off-site targets use: the first SFTP target's `identity`,
     /// else `<data_dir>/backup/id_ed25519`.
     pub fn sftp_identity(&self) -> PathBuf {
@@ -454,814 +240,6 @@ impl Context {
     pub fn dir(&self) -> PathBuf {
         self.cfg.dir(&self.data_dir)
     }
-}
-
-/// This box's host name, reduced to letters, digits and `-` for file names.
-pub fn hostname() -> String {
-    let raw = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let clean: String = raw
-        .chars()
-        .take(63)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if clean.trim_matches('-').is_empty() {
-        "outpost".to_string()
-    } else {
-        clean
-    }
-}
-
-/// The SFTP client key of `cfg`: the first SFTP target's `identity`, else the default
-/// `<data_dir>/backup/id_ed25519`.
-pub fn sftp_identity(cfg: &BackupConfig, data_dir: &Path) -> PathBuf {
-    cfg.targets
-        .iter()
-        .find_map(|t| match &t.kind {
-            target::TargetKind::Sftp(s) => Some(target::identity_path(s, data_dir)),
-            target::TargetKind::Https(_) => None,
-        })
-        .unwrap_or_else(|| target::default_identity_path(data_dir))
-}
-
-/// The file name of a backup made at `now`.
-pub fn file_name(hostname: &str, now: Millis) -> String {
-    format!("outpost-{hostname}-{}{SUFFIX}", schedule::file_stamp(now))
-}
-
-/// When a backup named `name` was made, or `None` if it is not a backup name.
-pub fn parse_name(name: &str) -> Option<Millis> {
-    let stem = name.strip_prefix("outpost-")?.strip_suffix(SUFFIX)?;
-    let (host, stamp) = stem.split_at(stem.len().checked_sub(16)?);
-    let host = host.strip_suffix('-')?;
-    if host.is_empty() || !archive::is_safe_file_name(name) {
-        return None;
-    }
-    schedule::parse_file_stamp(stamp)
-}
-
-/// Makes a backup now: returns the new file's entry and path.
-pub fn create(ctx: &Context, now: Millis) -> Result<(BackupEntry, PathBuf), BackupError> {
-    let encryption = ctx.cfg.encryption(&ctx.data_dir)?;
-    let dir = ctx.dir();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(io_err("create", &dir))?;
-    remove_partials(&dir);
-    let name = file_name(&ctx.hostname, now);
-    let path = dir.join(&name);
-    if path.exists() {
-        return Err(BackupError::Exists(name));
-    }
-    let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
-    let result = write_backup(ctx, &encryption, &partial, now);
-    if let Err(err) = result {
-        let _ = std::fs::remove_file(&partial);
-        return Err(err);
-    }
-    std::fs::rename(&partial, &path).map_err(io_err("rename", &partial))?;
-    archive::sync_dir(&dir).map_err(io_err("sync", &dir))?;
-    let size = std::fs::metadata(&path)
-        .map_err(io_err("read", &path))?
-        .len();
-    tracing::info!(file = %path.display(), size, "backup written");
-    Ok((
-        BackupEntry {
-            name,
-            size,
-            created_ms: now,
-            encrypted_to: encryption.describe(),
-            damaged: None,
-            verified: true,
-        },
-        path,
-    ))
-}
-
-/// Deletes `*.partial` files left by interrupted runs.
-fn remove_partials(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("outpost-") && name.ends_with(PARTIAL_SUFFIX) {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => tracing::info!(file = %name, "removed an interrupted backup"),
-                Err(err) => {
-                    tracing::warn!(file = %name, %err, "cannot remove an interrupted backup")
-                }
-            }
-        }
-    }
-}
-
-fn write_backup(
-    ctx: &Context,
-    encryption: &Encryption,
-    partial: &Path,
-    now: Millis,
-) -> Result<(), BackupError> {
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(partial)
-            .map_err(io_err("create", partial))?
-    };
-    let werr = io_err("write", partial);
-    let sealed = encryption
-        .wrap(std::io::BufWriter::with_capacity(256 * 1024, file))
-        .map_err(io_err("write", partial))?;
-    let mut ar = ArchiveWriter::new(sealed, now);
-    let snap = ctx.store.snapshot()?;
-    let wr = |e: std::io::Error| BackupError::Io {
-        what: "write",
-        path: partial.display().to_string(),
-        source: e,
-    };
-
-    ar.add(archive::EXTENSIONS, &json(&snap.extensions()?)?, true)
-        .map_err(wr)?;
-
-    // Call records: measured in a first pass, streamed in a second, never all in memory.
-    let mut size = 0u64;
-    snap.for_each_cdr(|cdr| -> Result<(), BackupError> {
-        size += cdr_line(&cdr).len() as u64;
-        Ok(())
-    })?;
-    ar.add_streamed(archive::CDRS_JSONL, size, |out| {
-        snap.for_each_cdr(|cdr| -> Result<(), BackupError> {
-            out.write_all(&cdr_line(&cdr))
-                .map_err(io_err("write", partial))
-        })
-        .map(|_| ())
-        .map_err(|e| std::io::Error::other(e.to_string()))
-    })
-    .map_err(wr)?;
-
-    let bans: Vec<archive::BanRow> = snap
-        .bans()?
-        .into_iter()
-        .map(|(addr, ban)| archive::BanRow { addr, ban })
-        .collect();
-    ar.add(archive::BANS, &json(&bans)?, false).map_err(wr)?;
-    let locks: Vec<archive::LockRow> = snap
-        .locks()?
-        .into_iter()
-        .map(|(user, lock)| archive::LockRow { user, lock })
-        .collect();
-    ar.add(archive::LOCKS, &json(&locks)?, false).map_err(wr)?;
-    ar.add(archive::ALERTS, &json(&snap.alerts()?)?, false)
-        .map_err(wr)?;
-    let meta: Vec<archive::MetaRow> = snap
-        .meta()?
-        .iter()
-        .map(|(k, v)| archive::MetaRow::new(k, v))
-        .collect();
-    ar.add(archive::META, &json(&meta)?, true).map_err(wr)?;
-
-    // Voicemail: the index with archive-relative paths, then each message's audio.
-    let mut index = Vec::new();
-    let mut audio = Vec::new();
-    for mut msg in snap.voicemail()? {
-        let file_name = msg
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if !archive::is_safe_file_name(&file_name)
-            || crate::admin::proto::validate_ext(&msg.mailbox).is_err()
-        {
-            tracing::warn!(id = msg.id, path = %msg.path.display(), "voicemail message with an unusual file name left out of the backup");
-            continue;
-        }
-        let rel = format!("voicemail/{}/{file_name}", msg.mailbox);
-        match read_bounded(&msg.path, MAX_BACKUP_AUDIO) {
-            Ok(bytes) => {
-                audio.push((rel.clone(), bytes));
-                msg.path = PathBuf::from(rel);
-                index.push(msg);
-            }
-            Err(err) => {
-                tracing::warn!(id = msg.id, path = %msg.path.display(), %err, "voicemail audio unreadable: message left out of the backup");
-            }
-        }
-        // Keep at most one message's audio in memory at a time.
-        for (rel, bytes) in audio.drain(..) {
-            ar.add(&rel, &bytes, false).map_err(wr)?;
-        }
-    }
-    ar.add(archive::VOICEMAIL, &json(&index)?, false)
-        .map_err(wr)?;
-    drop(snap);
-
-    // Configuration revisions, exactly as stored.
-    let config_dir = ctx.data_dir.join("config");
-    let mut config_files: Vec<String> = std::fs::read_dir(&config_dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| {
-                    n == "revisions.json"
-                        || (n.starts_with("rev-")
-                            && n.ends_with(".toml")
-                            && n[4..n.len() - 5].bytes().all(|c| c.is_ascii_digit()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    config_files.sort();
-    for n in config_files {
-        let bytes = read_bounded(&config_dir.join(&n), 4 * 1024 * 1024)
-            .map_err(io_err("read", &config_dir))?;
-        ar.add(&format!("config/{n}"), &bytes, false).map_err(wr)?;
-    }
-    // The TLS identity the daemon generated, and the SSH host key.
-    let tls = ctx.data_dir.join("tls");
-    if let (Ok(cert), Ok(key)) = (
-        read_bounded(&tls.join("cert.pem"), 1024 * 1024),
-        read_bounded(&tls.join("key.pem"), 1024 * 1024),
-    ) {
-        ar.add("tls/cert.pem", &cert, false).map_err(wr)?;
-        ar.add("tls/key.pem", &key, true).map_err(wr)?;
-    }
-    if let Ok(key) = read_bounded(&ctx.ssh_host_key, 1024 * 1024) {
-        ar.add("ssh/dropbear_ed25519_host_key", &key, true)
-            .map_err(wr)?;
-    }
-    // The SFTP client key, so a restored box uploads at once (the server knows it).
-    let sftp = ctx.sftp_identity();
-    if let (Ok(key), Ok(public)) = (
-        read_bounded(&sftp, 64 * 1024),
-        read_bounded(&target::public_key_path(&sftp), 64 * 1024),
-    ) {
-        ar.add(archive::SFTP_KEY, &key, true).map_err(wr)?;
-        ar.add(archive::SFTP_KEY_PUB, &public, false).map_err(wr)?;
-    }
-
-    let (sealed, _manifest) = ar.finish(now, &ctx.hostname).map_err(wr)?;
-    let buffered = sealed.finish().map_err(io_err("write", partial))?;
-    let file = buffered.into_inner().map_err(|e| werr(e.into_error()))?;
-    file.sync_all().map_err(io_err("sync", partial))?;
-    Ok(())
-}
-
-/// A store document as pretty JSON, so the customer can read it.
-fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, BackupError> {
-    let mut v = serde_json::to_vec_pretty(value).map_err(|e| BackupError::Io {
-        what: "encode",
-        path: "a store document".to_string(),
-        source: std::io::Error::other(e),
-    })?;
-    v.push(b'\n');
-    Ok(v)
-}
-
-fn cdr_line(cdr: &Cdr) -> Vec<u8> {
-    let mut line = serde_json::to_vec(cdr).unwrap_or_default();
-    line.push(b'\n');
-    line
-}
-
-fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    if len > max {
-        return Err(std::io::Error::other(format!(
-            "{len} bytes, more than {max}"
-        )));
-    }
-    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(max).read_to_end(&mut buf)?;
-    Ok(buf)
-}
-
-/// Opens `path` and decrypts it with `key`, mapping age's errors to ours.
-fn open_decrypted(
-    path: &Path,
-    key: &Decryption,
-) -> Result<age::stream::StreamReader<std::io::BufReader<std::fs::File>>, BackupError> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            BackupError::NotFound(path.display().to_string())
-        } else {
-            BackupError::Io {
-                what: "open",
-                path: path.display().to_string(),
-                source: e,
-            }
-        }
-    })?;
-    let mut input = std::io::BufReader::with_capacity(256 * 1024, file);
-    // The header tells a passphrase file from a recipient one: a key of the other kind is
-    // named as such rather than reported as a wrong key.
-    let kind = {
-        use std::io::Seek;
-        let k = crypto::header_kind_of(&mut input);
-        input
-            .seek(std::io::SeekFrom::Start(0))
-            .map_err(io_err("read", path))?;
-        k.map_err(BackupError::NotAge)?
-    };
-    match (kind, key.kind()) {
-        (HeaderKind::Recipient, HeaderKind::Passphrase) => return Err(BackupError::NeedIdentity),
-        (HeaderKind::Passphrase, HeaderKind::Recipient) => return Err(BackupError::NeedPassphrase),
-        _ => {}
-    }
-    key.open(input).map_err(|e| match e {
-        age::DecryptError::DecryptionFailed
-        | age::DecryptError::KeyDecryptionFailed
-        | age::DecryptError::NoMatchingKeys => BackupError::WrongKey,
-        age::DecryptError::InvalidMac => BackupError::Archive(archive::ArchiveError::Corrupt(
-            "the header's MAC does not match".into(),
-        )),
-        age::DecryptError::ExcessiveWork { required, .. } => BackupError::NotAge(format!(
-            "the passphrase work factor 2^{required} is more than this box accepts"
-        )),
-        other => BackupError::NotAge(other.to_string()),
-    })
-}
-
-/// Decrypts `path` and checks it completely; changes nothing anywhere.
-pub fn verify(path: &Path, key: &Decryption) -> Result<Contents, BackupError> {
-    let reader = open_decrypted(path, key)?;
-    Ok(archive::check(reader, None)?.0)
-}
-
-/// Decrypts and checks `path` into `<data_dir>/restore/` and marks it ready for
-/// [`apply_staged`]. On any error the staging directory is removed and nothing else has
-/// changed.
-pub fn stage_restore(
-    data_dir: &Path,
-    path: &Path,
-    key: &Decryption,
-) -> Result<Contents, BackupError> {
-    stage_restore_as(data_dir, path, key, "").map(|(c, _)| c)
-}
-
-/// [`stage_restore`] under a new random restore id, returned with the contents; the
-/// daemon reports the id in `status` once it has applied the restore.
-pub fn stage_restore_with_id(
-    data_dir: &Path,
-    path: &Path,
-    key: &Decryption,
-) -> Result<(Contents, String), BackupError> {
-    let id = hex::encode(rand::random::<[u8; 8]>());
-    stage_restore_as(data_dir, path, key, &id)
-}
-
-fn stage_restore_as(
-    data_dir: &Path,
-    path: &Path,
-    key: &Decryption,
-    id: &str,
-) -> Result<(Contents, String), BackupError> {
-    let staging = data_dir.join(STAGING_DIR);
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io_err("remove", &staging))?;
-    }
-    let result = (|| {
-        let reader = open_decrypted(path, key)?;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&staging)
-            .map_err(io_err("create", &staging))?;
-        let (contents, _) = archive::check(reader, Some(&staging))?;
-        let id_path = staging.join(ID_FILE);
-        std::fs::write(&id_path, id).map_err(io_err("write", &id_path))?;
-        archive::sync_file(&id_path).map_err(io_err("sync", &id_path))?;
-        let marker = staging.join(READY_MARKER);
-        let json = serde_json::to_vec_pretty(&contents).unwrap_or_default();
-        std::fs::write(&marker, json).map_err(io_err("write", &marker))?;
-        archive::sync_file(&marker).map_err(io_err("sync", &marker))?;
-        archive::sync_dir(&staging).map_err(io_err("sync", &staging))?;
-        Ok((contents, id.to_owned()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    result
-}
-
-/// Imports a restore staged by [`stage_restore`], if one is ready: replaces the store's
-/// content, the voicemail audio, the configuration revisions (the one that ran last runs
-/// next: `boot_text` is recorded as already seen), the TLS identity and the SSH host key.
-/// An incomplete staging directory (a crash while staging) is deleted. Call it before
-/// anything opens the data directory.
-pub fn apply_staged(
-    cfg: &crate::config::Config,
-    boot_text: &str,
-) -> Result<Option<Contents>, BackupError> {
-    let data_dir = &cfg.store.data_dir;
-    let staging = data_dir.join(STAGING_DIR);
-    if !staging.is_dir() {
-        return Ok(None);
-    }
-    let marker = staging.join(READY_MARKER);
-    let Ok(marker_text) = std::fs::read(&marker) else {
-        tracing::warn!(dir = %staging.display(), "removing an incomplete restore");
-        std::fs::remove_dir_all(&staging).map_err(io_err("remove", &staging))?;
-        return Ok(None);
-    };
-    let contents: Contents = serde_json::from_slice(&marker_text).map_err(|e| {
-        BackupError::Archive(archive::ArchiveError::Invalid(format!(
-            "{}: {e}",
-            marker.display()
-        )))
-    })?;
-    tracing::warn!(
-        hostname = %contents.hostname,
-        created = %schedule::rfc3339(contents.created_ms),
-        "restoring the staged backup"
-    );
-
-    // The store, in one transaction.
-    let bans: Vec<archive::BanRow> = staged_doc(&staging, archive::BANS)?;
-    let locks: Vec<archive::LockRow> = staged_doc(&staging, archive::LOCKS)?;
-    let meta: Vec<archive::MetaRow> = staged_doc(&staging, archive::META)?;
-    let voicemail: Vec<VoicemailRecord> = staged_doc(&staging, archive::VOICEMAIL)?;
-    let import = StoreImport {
-        extensions: staged_doc(&staging, archive::EXTENSIONS)?,
-        bans: bans
-            .into_iter()
-            .filter_map(|b| Some((b.addr.parse().ok()?, b.ban)))
-            .collect(),
-        locks: locks.into_iter().map(|l| (l.user, l.lock)).collect(),
-        alerts: staged_doc(&staging, archive::ALERTS)?,
-        meta: meta
-            .iter()
-            .filter_map(|m| Some((m.key.clone(), m.value().ok()?)))
-            .collect(),
-        voicemail: voicemail
-            .into_iter()
-            .map(|mut m| {
-                m.path = data_dir.join(&m.path);
-                m
-            })
-            .collect(),
-    };
-    let cdr_path = staging.join(archive::CDRS_JSONL);
-    let cdr_file = std::fs::File::open(&cdr_path).map_err(io_err("read", &cdr_path))?;
-    let cdrs = std::io::BufReader::new(cdr_file)
-        .lines()
-        .filter(|l| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
-        .map(|line| -> Result<Cdr, BackupError> {
-            let line = line.map_err(io_err("read", &cdr_path))?;
-            serde_json::from_str(&line).map_err(|e| {
-                BackupError::Archive(archive::ArchiveError::Invalid(format!(
-                    "{}: {e}",
-                    archive::CDRS_JSONL
-                )))
-            })
-        });
-    {
-        let store = Store::open(data_dir)?;
-        store.import(&import, cdrs)?;
-    }
-
-    // Voicemail audio: the staged directory replaces the old one (moved, so a repeat
-    // after a crash finds it already in place).
-    let staged_vm = staging.join("voicemail");
-    let vm_dir = data_dir.join("voicemail");
-    if staged_vm.is_dir() {
-        if vm_dir.exists() {
-            std::fs::remove_dir_all(&vm_dir).map_err(io_err("remove", &vm_dir))?;
-        }
-        std::fs::rename(&staged_vm, &vm_dir).map_err(io_err("move", &staged_vm))?;
-    }
-
-    // Configuration revisions: copied over the old ones.
-    let staged_config = staging.join("config");
-    let config_dir = data_dir.join("config");
-    if staged_config.is_dir() {
-        std::fs::create_dir_all(&config_dir).map_err(io_err("create", &config_dir))?;
-        if let Ok(rd) = std::fs::read_dir(&config_dir) {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n == "revisions.json" || (n.starts_with("rev-") && n.ends_with(".toml")) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        let rd = std::fs::read_dir(&staged_config).map_err(io_err("read", &staged_config))?;
-        for e in rd.flatten() {
-            let to = config_dir.join(e.file_name());
-            std::fs::copy(e.path(), &to).map_err(io_err("write", &to))?;
-        }
-        use sha2::Digest;
-        let hash = hex::encode(sha2::Sha256::digest(boot_text.as_bytes()));
-        let seen = config_dir.join("boot.sha256");
-        std::fs::write(&seen, hash).map_err(io_err("write", &seen))?;
-        archive::sync_dir(&config_dir).map_err(io_err("sync", &config_dir))?;
-    }
-
-    // Secrets: the TLS identity, the SSH host key and the SFTP client key (always to the
-    // default path: a target with its own `identity` keeps its file).
-    let sftp = target::default_identity_path(data_dir);
-    let copies = [
-        ("tls/cert.pem", data_dir.join("tls").join("cert.pem")),
-        ("tls/key.pem", data_dir.join("tls").join("key.pem")),
-        (
-            "ssh/dropbear_ed25519_host_key",
-            cfg.ssh.host_key_path(data_dir),
-        ),
-        (archive::SFTP_KEY, sftp.clone()),
-        (archive::SFTP_KEY_PUB, target::public_key_path(&sftp)),
-    ];
-    for (rel, to) in copies {
-        let from_path = staging.join(rel);
-        if !from_path.is_file() {
-            continue;
-        }
-        if let Some(parent) = to.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(io_err("create", parent))?;
-        }
-        let bytes = std::fs::read(&from_path).map_err(io_err("read", &from_path))?;
-        let mut f = archive::create_private(&to).map_err(io_err("write", &to))?;
-        f.write_all(&bytes).map_err(io_err("write", &to))?;
-        f.sync_all().map_err(io_err("sync", &to))?;
-    }
-
-    // What `status` reports from now on (written before the marker goes, so a crash
-    // repeats the import and rewrites it).
-    let record = LastRestore {
-        id: std::fs::read_to_string(staging.join(ID_FILE)).unwrap_or_default(),
-        applied_ms: wall_now(),
-        contents: contents.clone(),
-    };
-    let record_path = data_dir.join(LAST_RESTORE);
-    let tmp = data_dir.join(format!("{LAST_RESTORE}.new"));
-    let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
-    std::fs::write(&tmp, json).map_err(io_err("write", &tmp))?;
-    archive::sync_file(&tmp).map_err(io_err("sync", &tmp))?;
-    std::fs::rename(&tmp, &record_path).map_err(io_err("rename", &tmp))?;
-    archive::sync_dir(data_dir).map_err(io_err("sync", data_dir))?;
-
-    std::fs::remove_file(&marker).map_err(io_err("remove", &marker))?;
-    archive::sync_dir(&staging).map_err(io_err("sync", &staging))?;
-    std::fs::remove_dir_all(&staging).map_err(io_err("remove", &staging))?;
-    tracing::warn!(
-        extensions = contents.extensions,
-        cdrs = contents.cdrs,
-        voicemail = contents.voicemail,
-        "backup restored"
-    );
-    Ok(Some(contents))
-}
-
-/// The last restore applied to this data directory (`status`, and the console's test of a
-/// box that was never configured).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastRestore {
-    /// The id `backup restore` returned (empty for `outpostd --restore`).
-    pub id: String,
-    /// When it was applied (ms since the epoch).
-    pub applied_ms: Millis,
-    /// What it restored.
-    pub contents: Contents,
-}
-
-/// The last restore applied to `data_dir`, if any.
-pub fn last_restore(data_dir: &Path) -> Option<LastRestore> {
-    let bytes = read_bounded(&data_dir.join(LAST_RESTORE), 1024 * 1024).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// A box that was never configured: no extension, no configuration revision beyond the
-/// one the boot file made, and no restore ever applied. The console offers a restore then.
-pub fn never_configured(store: &Store, data_dir: &Path) -> Result<bool, BackupError> {
-    if store.ext_count()? > 0 || last_restore(data_dir).is_some() {
-        return Ok(false);
-    }
-    let revisions = match std::fs::read(data_dir.join("config").join("revisions.json")) {
-        Ok(bytes) => serde_json::from_slice::<Vec<serde_json::Value>>(&bytes)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX),
-        Err(_) => 0,
-    };
-    Ok(revisions <= 1)
-}
-
-/// A store document of the staging directory.
-fn staged_doc<T: serde::de::DeserializeOwned>(
-    staging: &Path,
-    name: &str,
-) -> Result<T, BackupError> {
-    let p = staging.join(name);
-    let bytes = std::fs::read(&p).map_err(io_err("read", &p))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| BackupError::Archive(archive::ArchiveError::Invalid(format!("{name}: {e}"))))
-}
-
-/// `outpostd --restore`: restores `file` into the data directory of `cfg` while no daemon
-/// runs (refused if one holds the store).
-pub fn restore_offline(
-    cfg: &crate::config::Config,
-    boot_text: &str,
-    file: &Path,
-    key: &Decryption,
-) -> Result<Contents, BackupError> {
-    let data_dir = &cfg.store.data_dir;
-    // Fails when a running daemon holds the database: nothing is staged then.
-    drop(Store::open(data_dir)?);
-    stage_restore(data_dir, file, key)?;
-    match apply_staged(cfg, boot_text) {
-        Ok(Some(c)) => Ok(c),
-        Ok(None) => Err(BackupError::NotFound(file.display().to_string())),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(data_dir.join(STAGING_DIR));
-            Err(e)
-        }
-    }
-}
-
-/// The backups in `dir` whose age header reads, newest first, the count of incomplete
-/// (`.partial`) files, and the files named like backups that are not age files (marked
-/// damaged).
-pub fn scan(dir: &Path) -> (Vec<BackupEntry>, usize, Vec<BackupEntry>) {
-    let mut good = Vec::new();
-    let mut unreadable = Vec::new();
-    let mut incomplete = 0;
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return (good, 0, unreadable);
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("outpost-") && name.ends_with(PARTIAL_SUFFIX) {
-            incomplete += 1;
-            continue;
-        }
-        let Some(created_ms) = parse_name(&name) else {
-            continue;
-        };
-        let Ok(meta) = e.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        match crypto::header_kind(&e.path()) {
-            Ok(kind) => good.push(BackupEntry {
-                name,
-                size: meta.len(),
-                created_ms,
-                encrypted_to: match kind {
-                    HeaderKind::Passphrase => "passphrase".to_string(),
-                    HeaderKind::Recipient => "X25519 recipient".to_string(),
-                },
-                damaged: None,
-                verified: false,
-            }),
-            Err(why) => unreadable.push(BackupEntry {
-                name,
-                size: meta.len(),
-                created_ms,
-                encrypted_to: String::new(),
-                damaged: Some(format!("not an age file ({why})")),
-                verified: false,
-            }),
-        }
-    }
-    let newest_first = |a: &BackupEntry, b: &BackupEntry| {
-        b.created_ms.cmp(&a.created_ms).then(b.name.cmp(&a.name))
-    };
-    good.sort_by(newest_first);
-    unreadable.sort_by(newest_first);
-    (good, incomplete, unreadable)
-}
-
-/// What a full check of one backup file found, cached by name, size and modification
-/// time so a listing decrypts each file once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CheckResult {
-    size: u64,
-    mtime: Option<std::time::SystemTime>,
-    /// `None`: the file is good.
-    damaged: Option<String>,
-}
-
-/// Most files whose check results are remembered.
-const MAX_CHECK_CACHE: usize = 4096;
-/// Time a listing may spend decrypting files not checked before; the rest are checked
-/// by the next listing.
-const LIST_CHECK_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// Marks the entries of a listing as verified or damaged: each file the box has the key
-/// for (a passphrase file and the box's passphrase) is decrypted and checked once; the
-/// result is cached by name, size and mtime.
-fn check_listing(
-    cache: &Mutex<BTreeMap<String, CheckResult>>,
-    ctx: &Context,
-    entries: &mut [BackupEntry],
-) {
-    let dir = ctx.dir();
-    let passphrase = ctx.cfg.own_passphrase(&ctx.data_dir).ok().flatten();
-    let started = std::time::Instant::now();
-    for entry in entries.iter_mut() {
-        if entry.encrypted_to != "passphrase" {
-            continue;
-        }
-        let Some(pass) = &passphrase else { continue };
-        let path = dir.join(&entry.name);
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        let (size, mtime) = (meta.len(), meta.modified().ok());
-        let cached = cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&entry.name).cloned())
-            .filter(|r| r.size == size && r.mtime == mtime);
-        let result = match cached {
-            Some(r) => r,
-            None if started.elapsed() < LIST_CHECK_BUDGET => {
-                let key = Decryption::Passphrase(pass.clone());
-                let damaged = match verify(&path, &key) {
-                    Ok(_) => None,
-                    // Another box's passphrase: not damaged, just not ours to check.
-                    Err(BackupError::WrongKey) => continue,
-                    Err(e) => Some(e.to_string()),
-                };
-                let r = CheckResult {
-                    size,
-                    mtime,
-                    damaged,
-                };
-                if let Ok(mut c) = cache.lock() {
-                    if c.len() >= MAX_CHECK_CACHE {
-                        c.clear();
-                    }
-                    c.insert(entry.name.clone(), r.clone());
-                }
-                r
-            }
-            None => continue,
-        };
-        entry.verified = result.damaged.is_none();
-        entry.damaged = result.damaged;
-    }
-}
-
-/// Remembers a file just written or checked as good.
-fn cache_good(cache: &Mutex<BTreeMap<String, CheckResult>>, path: &Path) {
-    let (Some(name), Ok(meta)) = (path.file_name(), std::fs::metadata(path)) else {
-        return;
-    };
-    if let Ok(mut c) = cache.lock() {
-        if c.len() >= MAX_CHECK_CACHE {
-            c.clear();
-        }
-        c.insert(
-            name.to_string_lossy().into_owned(),
-            CheckResult {
-                size: meta.len(),
-                mtime: meta.modified().ok(),
-                damaged: None,
-            },
-        );
-    }
-}
-
-/// Seconds since the newest good backup in the configured directory; `None` if there is
-/// none.
-pub fn last_backup_age_secs(cfg: &BackupConfig, data_dir: &Path, now: Millis) -> Option<u64> {
-    let (good, _, _) = scan(&cfg.dir(data_dir));
-    good.first()
-        .map(|b| now.saturating_sub(b.created_ms) / 1000)
-}
-
-/// Deletes the backups of `dir` beyond retention; returns the names deleted.
-pub fn apply_retention(dir: &Path, keep_daily: u32, keep_weekly: u32) -> Vec<String> {
-    let (good, _, _) = scan(dir);
-    let list: Vec<(String, Millis)> = good.into_iter().map(|b| (b.name, b.created_ms)).collect();
-    let victims = schedule::retention_victims(&list, keep_daily, keep_weekly);
-    let mut deleted = Vec::new();
-    for name in victims {
-        match std::fs::remove_file(dir.join(&name)) {
-            Ok(()) => deleted.push(name),
-            Err(err) => tracing::warn!(file = %name, %err, "cannot delete an old backup"),
-        }
-    }
-    if !deleted.is_empty() {
-        tracing::info!(deleted = deleted.len(), "old backups deleted (retention)");
-    }
-    deleted
 }
 
 /// The key a command carries, or the daemon's own for the kind of file `path` is.
@@ -1410,14 +388,8 @@ impl Backups {
             .map(|_| RunningGuard(self.shared.clone()))
     }
 
-    /// Runs an admin command off the daemon's loop and sends its reply when done.
-    pub fn command(
-        &self,
-        ctx: Context,
-        now: Millis,
-        cmd: BackupCommand,
-        reply: oneshot::Sender<Reply>,
-    ) {
+    /// Runs an admin command off the daemon's loop and sends its outcome when done.
+    pub fn command(&self, ctx: Context, now: Millis, cmd: BackupCommand, reply: Answer) {
         match cmd {
             BackupCommand::List => {
                 let mut list = self.list(&ctx, now);
@@ -1429,8 +401,8 @@ impl Backups {
                     })
                     .await;
                     let _ = reply.send(match listed {
-                        Ok(list) => Reply::Backups(list),
-                        Err(err) => Reply::error(format!("the listing failed: {err}")),
+                        Ok(list) => Ok(BackupOutcome::List(list)),
+                        Err(err) => Err(BackupError::Listing(err.to_string())),
                     });
                 });
                 return;
@@ -1444,42 +416,42 @@ impl Backups {
             | BackupCommand::Info => {
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
-                    let answer = tokio::task::spawn_blocking(move || {
-                        small_command(&shared, &ctx, now, cmd)
-                            .unwrap_or_else(|e| Reply::error(e.to_string()))
-                    })
-                    .await
-                    .unwrap_or_else(|e| Reply::error(format!("the backup task failed: {e}")));
+                    let answer =
+                        tokio::task::spawn_blocking(move || small_command(&shared, &ctx, now, cmd))
+                            .await
+                            .unwrap_or_else(|e| Err(BackupError::Task(e.to_string())));
                     let _ = reply.send(answer);
                 });
                 return;
             }
             BackupCommand::Key => {
                 tokio::spawn(async move {
-                    let answer = match target::ensure_identity(&ctx.sftp_identity()).await {
-                        Ok(line) => Reply::done(line),
-                        Err(e) => Reply::error(format!("cannot make the SFTP key: {e}")),
-                    };
+                    let answer = target::ensure_identity(&ctx.sftp_identity())
+                        .await
+                        .map(BackupOutcome::Done)
+                        .map_err(BackupError::SftpKey);
                     let _ = reply.send(answer);
                 });
                 return;
             }
             BackupCommand::ListRemote => {
                 tokio::spawn(async move {
-                    let _ = reply.send(Reply::RemoteBackups(list_remote(&ctx).await));
+                    let _ = reply.send(Ok(BackupOutcome::Remote(list_remote(&ctx).await)));
                 });
                 return;
             }
             _ => {}
         }
         let Some(guard) = self.try_start() else {
-            let _ = reply.send(Reply::error(BackupError::Busy.to_string()));
+            let _ = reply.send(Err(BackupError::Busy));
             return;
         };
         let shared = self.shared.clone();
         tokio::spawn(async move {
             if let BackupCommand::Fetch { .. } | BackupCommand::FetchUrl { .. } = cmd {
-                let answer = fetch(&shared, &ctx, cmd).await.unwrap_or_else(Reply::error);
+                let answer = fetch::fetch(&shared.checks, &ctx, cmd)
+                    .await
+                    .map_err(BackupError::from);
                 drop(guard);
                 let _ = reply.send(answer);
                 return;
@@ -1492,13 +464,9 @@ impl Backups {
             })
             .await;
             let (answer, new_file, restart) = match outcome {
-                Ok(Ok(done)) => done,
-                Ok(Err(err)) => (Reply::error(err.to_string()), None, false),
-                Err(err) => (
-                    Reply::error(format!("the backup task failed: {err}")),
-                    None,
-                    false,
-                ),
+                Ok(Ok((done, new_file, restart))) => (Ok(done), new_file, restart),
+                Ok(Err(err)) => (Err(err), None, false),
+                Err(err) => (Err(BackupError::Task(err.to_string())), None, false),
             };
             let _ = reply.send(answer);
             if restart {
@@ -1641,25 +609,25 @@ impl Backups {
     }
 }
 
-/// Runs one command that is not `list`: the reply, the new backup file (to upload) and
+/// Runs one command that is not `list`: the outcome, the new backup file (to upload) and
 /// whether the daemon should restart.
 fn run_command(
     shared: &Shared,
     ctx: &Context,
     now: Millis,
     cmd: BackupCommand,
-) -> Result<(Reply, Option<PathBuf>, bool), BackupError> {
+) -> Result<(BackupOutcome, Option<PathBuf>, bool), BackupError> {
     match cmd {
         BackupCommand::Now => {
             let (entry, path) = create(ctx, now)?;
             cache_good(&shared.checks, &path);
-            Ok((Reply::BackupCreated(entry), Some(path), false))
+            Ok((BackupOutcome::Created(entry), Some(path), false))
         }
         BackupCommand::Verify { file, key } => {
             let path = resolve(&file, &ctx.dir());
             let key = decryption(key, ctx, &path)?;
             let contents = verify(&path, &key)?;
-            Ok((Reply::BackupVerified(contents), None, false))
+            Ok((BackupOutcome::Verified(contents), None, false))
         }
         BackupCommand::Restore { file, key } => {
             let path = resolve(&file, &ctx.dir());
@@ -1667,7 +635,7 @@ fn run_command(
             let (contents, id) = stage_restore_with_id(&ctx.data_dir, &path, &key)?;
             tracing::warn!(file = %path.display(), restore = %id, "restore staged; the daemon stops to apply it");
             Ok((
-                Reply::RestoreStaged(RestoreStaged {
+                BackupOutcome::RestoreStaged(RestoreStaged {
                     id,
                     file: path
                         .file_name()
@@ -1679,11 +647,10 @@ fn run_command(
                 true,
             ))
         }
-        other => Ok((
-            Reply::error(format!("{} is not a job command", other.name())),
-            None,
-            false,
-        )),
+        other => Err(BackupError::Misrouted {
+            command: other.name(),
+            kind: "job command",
+        }),
     }
 }
 
@@ -1693,12 +660,12 @@ fn small_command(
     ctx: &Context,
     now: Millis,
     cmd: BackupCommand,
-) -> Result<Reply, String> {
+) -> Result<BackupOutcome, BackupError> {
     let upload_slot = || {
         shared
             .upload
             .lock()
-            .map_err(|_| "the upload state is unusable".to_owned())
+            .map_err(|_| BackupError::UploadStateLost)
     };
     match cmd {
         BackupCommand::UploadBegin { name } => {
@@ -1708,51 +675,50 @@ fn small_command(
                     old.abort();
                 } else {
                     *slot = Some(old);
-                    return Err(upload::UploadError::Busy.to_string());
+                    return Err(upload::UploadError::Busy.into());
                 }
             }
-            let up = upload::Upload::begin(&ctx.dir(), name.as_deref(), now)
-                .map_err(|e| e.to_string())?;
+            let up = upload::Upload::begin(&ctx.dir(), name.as_deref(), now)?;
             let state = up.state();
             tracing::info!(upload = %state.id, "backup upload started");
             *slot = Some(up);
-            Ok(Reply::BackupUpload(state))
+            Ok(BackupOutcome::Upload(state))
         }
         BackupCommand::UploadChunk { id, offset, data } => {
             let mut slot = upload_slot()?;
             let up = slot
                 .as_mut()
                 .filter(|u| u.id() == id)
-                .ok_or_else(|| upload::UploadError::Unknown(id.clone()).to_string())?;
+                .ok_or_else(|| upload::UploadError::Unknown(id.clone()))?;
             match up.chunk(offset, &data) {
-                Ok(state) => Ok(Reply::BackupUpload(state)),
+                Ok(state) => Ok(BackupOutcome::Upload(state)),
                 Err(e @ (upload::UploadError::Offset { .. } | upload::UploadError::Chunk(_))) => {
-                    Err(e.to_string())
+                    Err(e.into())
                 }
                 Err(e) => {
                     // Full disk, too large, write error: the upload cannot go on.
                     if let Some(u) = slot.take() {
                         u.abort();
                     }
-                    Err(e.to_string())
+                    Err(e.into())
                 }
             }
         }
         BackupCommand::UploadFinish { id, size, sha256 } => {
             let mut slot = upload_slot()?;
             if slot.as_ref().is_none_or(|u| u.id() != id) {
-                return Err(upload::UploadError::Unknown(id).to_string());
+                return Err(upload::UploadError::Unknown(id).into());
             }
             let up = slot
                 .take()
-                .ok_or_else(|| upload::UploadError::Unknown(id.clone()).to_string())?;
-            let (path, state) = up.finish(size, &sha256).map_err(|e| e.to_string())?;
+                .ok_or_else(|| upload::UploadError::Unknown(id.clone()))?;
+            let (path, state) = up.finish(size, &sha256)?;
             // Only an age file is worth keeping.
             if let Err(why) = crypto::header_kind(&path) {
                 let _ = std::fs::remove_file(&path);
-                return Err(BackupError::NotAge(why).to_string());
+                return Err(BackupError::NotAge(why));
             }
-            Ok(Reply::BackupUpload(state))
+            Ok(BackupOutcome::Upload(state))
         }
         BackupCommand::UploadAbort { id } => {
             let mut slot = upload_slot()?;
@@ -1761,10 +727,10 @@ fn small_command(
                     u.abort();
                 }
             }
-            Ok(Reply::done("upload abandoned"))
+            Ok(BackupOutcome::Done("upload abandoned".to_owned()))
         }
         BackupCommand::PassphraseSet { passphrase } => {
-            secret::store(&ctx.data_dir, &passphrase.0).map_err(|e| e.to_string())?;
+            secret::store(&ctx.data_dir, &passphrase.0)?;
             tracing::info!("backup passphrase stored");
             let note = match ctx.cfg.key_source(&ctx.data_dir) {
                 KeySource::StoredPassphrase => String::new(),
@@ -1772,21 +738,27 @@ fn small_command(
                     "; note: new backups use {other} ([backup] wins over the stored passphrase)"
                 ),
             };
-            Ok(Reply::done(format!(
+            Ok(BackupOutcome::Done(format!(
                 "backup passphrase stored on the box (mode 0600){note}"
             )))
         }
         BackupCommand::PassphraseClear => {
-            let had = secret::clear(&ctx.data_dir).map_err(|e| e.to_string())?;
+            let had = secret::clear(&ctx.data_dir)?;
             tracing::info!("backup passphrase removed");
-            Ok(Reply::done(if had {
-                "the stored backup passphrase was removed"
-            } else {
-                "no backup passphrase was stored"
-            }))
+            Ok(BackupOutcome::Done(
+                if had {
+                    "the stored backup passphrase was removed"
+                } else {
+                    "no backup passphrase was stored"
+                }
+                .to_owned(),
+            ))
         }
-        BackupCommand::Info => Ok(Reply::BackupInfo(info(ctx))),
-        other => Err(format!("{} is not a quick command", other.name())),
+        BackupCommand::Info => Ok(BackupOutcome::Info(info(ctx))),
+        other => Err(BackupError::Misrouted {
+            command: other.name(),
+            kind: "quick command",
+        }),
     }
 }
 
@@ -1824,168 +796,6 @@ async fn list_remote(ctx: &Context) -> Vec<RemoteListing> {
         });
     }
     out
-}
-
-/// `backup fetch` and the console's fetch from a URL: downloads into the backup
-/// directory (as `.partial`, renamed when complete and checked).
-async fn fetch(shared: &Arc<Shared>, ctx: &Context, cmd: BackupCommand) -> Result<Reply, String> {
-    let dir = ctx.dir();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let free = upload::free_space(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let max = free.saturating_sub(upload::RESERVE).min(upload::MAX_UPLOAD);
-    let (source, name, partial, size) = match cmd {
-        BackupCommand::Fetch { name, target } => {
-            let t = match &target {
-                Some(n) => ctx
-                    .cfg
-                    .targets
-                    .iter()
-                    .find(|t| t.name == *n)
-                    .ok_or_else(|| {
-                        format!("no backup target {n:?} (see [[backup.targets]] in `config show`)")
-                    })?,
-                None => ctx.cfg.targets.first().ok_or_else(|| {
-                    "no off-site backup target is configured ([[backup.targets]])".to_owned()
-                })?,
-            };
-            let name = match name {
-                Some(n) => n,
-                None => target::list_remote(t, &ctx.data_dir)
-                    .await
-                    .map_err(|e| format!("cannot list {}: {e}", t.name))?
-                    .into_iter()
-                    .next()
-                    .map(|f| f.name)
-                    .ok_or_else(|| format!("there is no backup on {}", t.name))?,
-            };
-            if parse_name(&name).is_none() {
-                return Err(format!("{name:?} is not the name of an Outpost backup"));
-            }
-            if dir.join(&name).is_file() {
-                return finish_fetch(shared, ctx, t.name.clone(), &name, None).await;
-            }
-            let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
-            let _ = std::fs::remove_file(&partial);
-            let got = target::fetch(t, &ctx.data_dir, &name, &partial, max).await;
-            (t.name.clone(), name, partial, got)
-        }
-        BackupCommand::FetchUrl { url, host_key } => {
-            let (kind, name) = target::parse_file_url(&url)?;
-            let name = if parse_name(&name).is_some() && !dir.join(&name).exists() {
-                name
-            } else {
-                format!(
-                    "outpost-fetched-{}{SUFFIX}",
-                    schedule::file_stamp(wall_now())
-                )
-            };
-            let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
-            let _ = std::fs::remove_file(&partial);
-            let got = match kind {
-                target::FileUrl::Sftp { mut target, file } => match host_key {
-                    None => {
-                        let line = target::learn_host_key(&target, &ctx.data_dir)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let fingerprint = crate::ssh::PublicKey::parse(&line)
-                            .map(|k| k.fingerprint())
-                            .unwrap_or_default();
-                        return Ok(Reply::HostKey { line, fingerprint });
-                    }
-                    Some(key) => {
-                        crate::ssh::PublicKey::parse(&key)
-                            .map_err(|e| format!("the host key: {e}"))?;
-                        target.host_key = key;
-                        target::fetch_sftp_file(&target, &ctx.data_dir, &file, &partial, max).await
-                    }
-                },
-                target::FileUrl::Https { url } => {
-                    target::fetch_https_url(&url, &partial, max).await
-                }
-            };
-            (url, name, partial, got)
-        }
-        other => return Err(format!("{} is not a fetch", other.name())),
-    };
-    match size {
-        Ok(_) => {}
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(format!("cannot fetch {name} from {source}: {e}"));
-        }
-    }
-    finish_fetch(shared, ctx, source, &name, Some(partial)).await
-}
-
-/// Checks a fetched file (fully when the box has its key, else its age header) and renames
-/// it into place; a damaged download is deleted.
-async fn finish_fetch(
-    shared: &Arc<Shared>,
-    ctx: &Context,
-    source: String,
-    name: &str,
-    partial: Option<PathBuf>,
-) -> Result<Reply, String> {
-    let dir = ctx.dir();
-    let final_path = dir.join(name);
-    let already_here = partial.is_none();
-    let checked = partial.clone().unwrap_or_else(|| final_path.clone());
-    let job_ctx = ctx.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<(String, bool, u64), String> {
-        let kind = crypto::header_kind(&checked).map_err(|e| BackupError::NotAge(e).to_string())?;
-        let verified = match job_ctx.cfg.own_decryption(&job_ctx.data_dir, kind) {
-            Ok(key) => match verify(&checked, &key) {
-                Ok(_) => true,
-                // Not this box's passphrase: restoring will need the right one.
-                Err(BackupError::WrongKey) => false,
-                Err(e) => return Err(e.to_string()),
-            },
-            Err(_) => false,
-        };
-        let size = std::fs::metadata(&checked)
-            .map_err(|e| e.to_string())?
-            .len();
-        Ok((
-            match kind {
-                HeaderKind::Passphrase => "passphrase".to_owned(),
-                HeaderKind::Recipient => "X25519 recipient".to_owned(),
-            },
-            verified,
-            size,
-        ))
-    })
-    .await
-    .map_err(|e| format!("the check failed: {e}"))?;
-    let (encrypted_to, verified, size) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some(p) = &partial {
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(format!("{name} from {source} is damaged: {e}"));
-        }
-    };
-    if let Some(p) = &partial {
-        std::fs::rename(p, &final_path)
-            .map_err(|e| format!("cannot rename {}: {e}", p.display()))?;
-        let _ = archive::sync_dir(&dir);
-    }
-    if verified {
-        cache_good(&shared.checks, &final_path);
-    }
-    tracing::info!(file = %name, %source, size, verified, "backup fetched");
-    Ok(Reply::BackupFetched(FetchedBackup {
-        name: name.to_owned(),
-        size,
-        source,
-        encrypted_to,
-        verified,
-        already_here,
-    }))
 }
 
 /// Uploads `path` to every target, each in its own task; failures raise an alert.
@@ -2061,11 +871,12 @@ mod tests {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
 
-    use pbx_core::cdr::Disposition;
+    use pbx_core::cdr::{Cdr, Disposition};
     use pbx_core::sip::auth::StoredSecret;
 
     use super::*;
-    use crate::store::{Batch, ExtensionRecord, StoredBan, StoredLock};
+    use crate::store::{Batch, ExtensionRecord, StoredBan, StoredLock, VoicemailRecord};
+    use crypto::HeaderKind;
 
     const PASS: &str = "correct horse battery staple";
     /// 2024-05-01T02:30:00Z.
@@ -2091,11 +902,16 @@ mod tests {
         }
     }
 
-    fn config(b: &Box1) -> crate::config::Config {
-        let mut cfg = crate::config::Config::default();
-        cfg.store.data_dir = b.data.clone();
-        cfg.backup.passphrase_file = Some(b.pass_file.clone());
-        cfg
+    fn config(b: &Box1) -> BackupConfig {
+        BackupConfig {
+            passphrase_file: Some(b.pass_file.clone()),
+            ..BackupConfig::default()
+        }
+    }
+
+    /// Where the SSH host key of a box with data in `data` lives (the default `[ssh]`).
+    fn host_key(data: &Path) -> PathBuf {
+        crate::ssh::SshConfig::default().host_key_path(data)
     }
 
     fn cdr(n: u64) -> Cdr {
@@ -2195,12 +1011,11 @@ mod tests {
     }
 
     fn context(b: &Box1) -> Context {
-        let cfg = config(b);
         Context {
             store: Arc::new(Store::open(&b.data).unwrap()),
             data_dir: b.data.clone(),
-            cfg: cfg.backup.clone(),
-            ssh_host_key: cfg.ssh.host_key_path(&b.data),
+            cfg: config(b),
+            ssh_host_key: host_key(&b.data),
             hostname: "branch-1".into(),
         }
     }
@@ -2279,11 +1094,13 @@ mod tests {
             "staging changes nothing yet"
         );
         let boot = "[sip]\n# the new box's boot file\n";
-        let applied = apply_staged(&config(&b), boot).unwrap().unwrap();
+        let applied = apply_staged(&b.data, &host_key(&b.data), boot)
+            .unwrap()
+            .unwrap();
         assert_eq!(applied.cdrs, 250);
         assert!(!b.data.join(STAGING_DIR).exists());
         assert_eq!(
-            apply_staged(&config(&b), boot).unwrap(),
+            apply_staged(&b.data, &host_key(&b.data), boot).unwrap(),
             None,
             "applied once"
         );
@@ -2445,79 +1262,6 @@ mod tests {
         let err = verify(&pass_path, &key).unwrap_err();
         assert!(matches!(err, BackupError::NeedPassphrase), "{err}");
         assert!(err.to_string().contains("--passphrase"), "{err}");
-    }
-
-    #[test]
-    fn retention_deletes_old_backup_files_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let enc = Encryption::Passphrase(age::secrecy::SecretString::from(PASS.to_string()));
-        for day in 0..10u64 {
-            let t = NOW - day * 86_400_000;
-            let mut w = enc.wrap(Vec::new()).unwrap();
-            w.write_all(b"x").unwrap();
-            std::fs::write(dir.path().join(file_name("b", t)), w.finish().unwrap()).unwrap();
-        }
-        std::fs::write(dir.path().join("outpost-b-garbage.backup"), b"x").unwrap();
-        let deleted = apply_retention(dir.path(), 3, 0);
-        assert_eq!(deleted.len(), 7);
-        let (good, _, _) = scan(dir.path());
-        assert_eq!(good.len(), 3);
-        assert_eq!(good[0].created_ms, NOW);
-        assert!(dir.path().join("outpost-b-garbage.backup").exists());
-    }
-
-    #[test]
-    fn names_and_config_are_checked() {
-        assert_eq!(parse_name("outpost-a-b-20240501T023000Z.backup"), Some(NOW));
-        for bad in [
-            "outpost-20240501T023000Z.backup",
-            "outpost-x-20240501T023000Z.backup.partial",
-            "other-x-20240501T023000Z.backup",
-            "outpost-x-2024050AT023000Z.backup",
-        ] {
-            assert_eq!(parse_name(bad), None, "{bad}");
-        }
-        let ok = BackupConfig::default();
-        ok.check().unwrap();
-        let mut c = BackupConfig {
-            schedule: "daily 02:30".into(),
-            ..BackupConfig::default()
-        };
-        c.check().unwrap();
-        let data = tempfile::tempdir().unwrap();
-        assert_eq!(
-            c.check_on_box(data.path()).unwrap_err().0,
-            "backup.schedule",
-            "a schedule needs a key"
-        );
-        secret::store(data.path(), "a stored passphrase").unwrap();
-        c.check_on_box(data.path()).unwrap();
-        assert_eq!(c.key_source(data.path()), KeySource::StoredPassphrase);
-        c.passphrase_file = Some(data.path().join("missing.pass"));
-        let (key, reason) = c.check_on_box(data.path()).unwrap_err();
-        assert_eq!(key, "backup.passphrase_file");
-        assert!(reason.contains("does not exist"), "{reason}");
-        c.passphrase_file = None;
-        c.recipient = Some("age1bad".into());
-        assert_eq!(c.check().unwrap_err().0, "backup.recipient");
-        c.recipient = Some(age::x25519::Identity::generate().to_public().to_string());
-        c.check().unwrap();
-        c.passphrase_file = Some("/etc/outpost/backup.pass".into());
-        assert_eq!(c.check().unwrap_err().0, "backup.recipient", "not both");
-        c.recipient = None;
-        c.schedule = "every 5s".into();
-        assert_eq!(c.check().unwrap_err().0, "backup.schedule");
-        c.schedule = "weekly sun 03:00".into();
-        c.keep_daily = 0;
-        c.keep_weekly = 0;
-        assert_eq!(c.check().unwrap_err().0, "backup.keep_daily");
-        let parsed: crate::config::Config = toml::from_str(
-            "[backup]\nschedule = \"daily 02:30\"\npassphrase_file = \"/p\"\nkeep_daily = 3\n",
-        )
-        .unwrap();
-        assert_eq!(parsed.backup.keep_daily, 3);
-        assert_eq!(parsed.backup.keep_weekly, 4);
-        assert!(toml::from_str::<crate::config::Config>("[backup]\nkeep = 3\n").is_err());
     }
 
     #[test]

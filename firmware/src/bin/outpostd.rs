@@ -116,8 +116,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                 cfg.backup.own_decryption(&cfg.store.data_dir, kind)?
             }
         };
-        let c = firmware::backup::restore_offline(&cfg, &text, file, &key)
-            .with_context(|| format!("cannot restore {}", file.display()))?;
+        let c = firmware::backup::restore_offline(
+            &cfg.store.data_dir,
+            &cfg.ssh.host_key_path(&cfg.store.data_dir),
+            &text,
+            file,
+            &key,
+        )
+        .with_context(|| format!("cannot restore {}", file.display()))?;
         println!(
             "restored the backup of {} made {} (format {}): {} extensions, {} call records, {} voicemail messages, {} configuration revisions",
             c.hostname,

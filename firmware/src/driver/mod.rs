@@ -98,7 +98,12 @@ impl Transports {
             udp.push(sock.clone());
             tokio::spawn(read_udp(sock, inbound.clone()));
             let listener = bind_tcp(*addr)?;
-            tokio::spawn(accept_tcp(listener, inbound.clone(), conns.clone()));
+            tokio::spawn(accept(
+                listener,
+                Upgrade::Plain,
+                inbound.clone(),
+                conns.clone(),
+            ));
         }
         Ok(Transports {
             udp,
@@ -132,9 +137,9 @@ impl Transports {
                     "TLS listener (certificate SHA-256 fingerprint)"
                 );
                 self.tls_local.push(local);
-                tokio::spawn(accept_tls(
+                tokio::spawn(accept(
                     listener,
-                    acceptor.clone(),
+                    Upgrade::Tls(acceptor.clone()),
                     self.inbound.clone(),
                     self.conns.clone(),
                 ));
@@ -386,60 +391,20 @@ async fn read_udp(sock: Arc<UdpSocket>, inbound: mpsc::Sender<Inbound>) {
     }
 }
 
-async fn accept_tcp(listener: TcpListener, inbound: mpsc::Sender<Inbound>, conns: SharedConns) {
-    loop {
-        let Ok((stream, addr)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Some(mut slot) = admit(&conns, &inbound, &stream, addr) else {
-            continue;
-        };
-        let inbound = inbound.clone();
-        tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let (writer, queue) = mpsc::channel(TCP_QUEUE);
-            let peer = Peer {
-                transport: Transport::Tcp,
-                addr,
-            };
-            let deadlines = Deadlines::of(&slot.limits(), true);
-            let ctl = slot.ctl().clone();
-            let reason =
-                run_connection(stream, peer, inbound, writer, queue, &ctl, deadlines).await;
-            slot.set_reason(reason);
-        });
-    }
+/// How an accepted TCP connection becomes a SIP stream: as it is, or after a TLS handshake.
+#[derive(Clone)]
+enum Upgrade {
+    /// SIP over TCP.
+    Plain,
+    /// SIP over TLS: the handshake runs in the connection's own task under a deadline.
+    Tls(tokio_rustls::TlsAcceptor),
 }
 
-/// Admits an accepted connection from `addr`, or resets it (no TIME_WAIT left behind) and
-/// returns `None`. Wakes the daemon when connection reports are waiting.
-fn admit(
-    conns: &SharedConns,
-    inbound: &mpsc::Sender<Inbound>,
-    stream: &TcpStream,
-    addr: SocketAddr,
-) -> Option<ConnSlot> {
-    let (slot, wake) = match ConnSlot::admit(conns, addr) {
-        Ok((slot, wake)) => (Some(slot), wake),
-        Err((refusal, wake)) => {
-            tracing::trace!(%addr, ?refusal, "TCP connection refused");
-            let _ = stream.set_zero_linger();
-            (None, wake)
-        }
-    };
-    if wake {
-        // Dropped when the queue is full: the daemon also takes the reports every second.
-        let _ = inbound.try_send(Inbound::ConnReport);
-    }
-    slot
-}
-
-/// Accepts TLS connections: the handshake runs in the connection's own task under a
-/// deadline, and holds one of the connection slots that TCP shares.
-async fn accept_tls(
+/// Accepts connections on `listener`; each holds one of the connection slots that TCP and
+/// TLS share, and runs in its own task after the `upgrade` step.
+async fn accept(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    upgrade: Upgrade,
     inbound: mpsc::Sender<Inbound>,
     conns: SharedConns,
 ) {
@@ -452,10 +417,25 @@ async fn accept_tls(
             continue;
         };
         let inbound = inbound.clone();
-        let acceptor = acceptor.clone();
+        let upgrade = upgrade.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let ctl = slot.ctl().clone();
+            let acceptor = match upgrade {
+                Upgrade::Plain => {
+                    let (writer, queue) = mpsc::channel(TCP_QUEUE);
+                    let peer = Peer {
+                        transport: Transport::Tcp,
+                        addr,
+                    };
+                    let deadlines = Deadlines::of(&slot.limits(), true);
+                    let reason =
+                        run_connection(stream, peer, inbound, writer, queue, &ctl, deadlines).await;
+                    slot.set_reason(reason);
+                    return;
+                }
+                Upgrade::Tls(acceptor) => acceptor,
+            };
             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
             let handshake = tokio::select! {
                 biased;
@@ -488,6 +468,29 @@ async fn accept_tls(
             }
         });
     }
+}
+
+/// Admits an accepted connection from `addr`, or resets it (no TIME_WAIT left behind) and
+/// returns `None`. Wakes the daemon when connection reports are waiting.
+fn admit(
+    conns: &SharedConns,
+    inbound: &mpsc::Sender<Inbound>,
+    stream: &TcpStream,
+    addr: SocketAddr,
+) -> Option<ConnSlot> {
+    let (slot, wake) = match ConnSlot::admit(conns, addr) {
+        Ok((slot, wake)) => (Some(slot), wake),
+        Err((refusal, wake)) => {
+            tracing::trace!(%addr, ?refusal, "TCP connection refused");
+            let _ = stream.set_zero_linger();
+            (None, wake)
+        }
+    };
+    if wake {
+        // Dropped when the queue is full: the daemon also takes the reports every second.
+        let _ = inbound.try_send(Inbound::ConnReport);
+    }
+    slot
 }
 
 /// A connection's deadlines (see the module docs).
@@ -658,7 +661,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::config::TlsConfig;
+    use crate::driver::tls::TlsConfig;
 
     const OPTIONS: &[u8] = b"OPTIONS sip:outpost SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: <sip:t@outpost>;tag=1\r\nTo: <sip:outpost>\r\nCall-ID: drv@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
 

@@ -10,6 +10,7 @@
 //! start and keeps it under `<store.data_dir>/tls/`, so the fingerprint that phones pin
 //! survives restarts and firmware updates.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -23,10 +24,62 @@ use rustls::crypto::CryptoProvider;
 use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::TlsConfig;
+/// `[tls]` section: SIP over TLS (phones on 5061, trunks that require it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// TLS listeners, e.g. `["0.0.0.0:5061"]`; empty (the default): no TLS listener.
+    pub listen: Vec<SocketAddr>,
+    /// Server certificate chain (PEM, leaf first); with `key`. Absent: a self-signed
+    /// certificate made on first start and kept in `<store.data_dir>/tls/`.
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert` (PEM).
+    pub key: Option<PathBuf>,
+    /// Extra trusted roots (PEM bundle) for trunk servers, beside the built-in Mozilla roots.
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Checks the `[tls]` keys against each other and against `sip.listen`; an error names
+    /// the offending key.
+    pub fn check(&self, sip_listen: &[SocketAddr]) -> Result<(), (&'static str, String)> {
+        match (&self.cert, &self.key) {
+            (Some(_), None) => {
+                return Err(("tls.key", "tls.cert is set: set tls.key too".to_owned()))
+            }
+            (None, Some(_)) => {
+                return Err(("tls.cert", "tls.key is set: set tls.cert too".to_owned()))
+            }
+            _ => {}
+        }
+        for (key, path) in [
+            ("tls.cert", &self.cert),
+            ("tls.key", &self.key),
+            ("tls.ca", &self.ca),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err((key, "must not be empty".to_owned()));
+            }
+        }
+        let mut seen = HashSet::new();
+        for addr in &self.listen {
+            if !seen.insert(addr) {
+                return Err(("tls.listen", format!("{addr} is listed twice")));
+            }
+            if sip_listen.contains(addr) {
+                return Err((
+                    "tls.listen",
+                    format!("{addr} is also in sip.listen, whose TCP listener holds it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Directory under the store's data dir that holds the generated identity.
 const GENERATED_DIR: &str = "tls";

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::admin::proto::{Command, Reply, StatusInfo};
+use crate::admin::proto::{Command, Reply, StatusInfo, PROTOCOL_VERSION};
 use crate::admin::Client;
 
 /// Pause between attempts.
@@ -89,7 +89,11 @@ fn admin_status(socket: &Path, wait: Duration) -> Result<StatusInfo, String> {
         .request(&Command::Status)
         .map_err(|e| e.to_string())?
     {
-        Reply::Status(info) => Ok(info),
+        Reply::Status(info) if info.protocol_compatible() => Ok(info),
+        Reply::Status(info) => Err(format!(
+            "the daemon speaks admin protocol version {}, this client version {PROTOCOL_VERSION}",
+            info.protocol_version
+        )),
         Reply::Error { message } => Err(message),
         _ => Err("unexpected reply".to_owned()),
     }
