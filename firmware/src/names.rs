@@ -19,6 +19,16 @@ pub const MAX_SSH_KEY_LINE: usize = outpost_sshkey::MAX_KEY_LINE;
 /// Longest host name: one RFC 1123 label.
 pub const MAX_HOSTNAME_LEN: usize = 63;
 
+/// `text` as it may be printed to a terminal or a log: control characters (escape
+/// sequences, newlines) replaced with `?`, cut to `max` characters. Everything the box
+/// echoes back from outside (a key comment, a server's answer, a URL) goes through it.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// Checks an extension number: 1-16 ASCII letters or digits.
 pub fn validate_ext(ext: &str) -> Result<(), String> {
     if ext.is_empty() {

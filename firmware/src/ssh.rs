@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::names::printable;
 use crate::store::{Store, StoreError};
 use pbx_core::Millis;
 
@@ -299,7 +300,7 @@ pub fn execute(
                 [] => {
                     return Err(SshError::Refused(format!(
                         "no authorised key has the fingerprint or comment `{}`",
-                        sanitize(wanted, 80)
+                        printable(wanted, 80)
                     )))
                 }
                 [i] => {
@@ -314,7 +315,7 @@ pub fn execute(
                     return Err(SshError::Refused(format!(
                     "{} keys have the comment `{}`: name one by its fingerprint (ssh keys list)",
                     many.len(),
-                    sanitize(wanted, 80)
+                    printable(wanted, 80)
                 )))
                 }
             }
@@ -404,14 +405,6 @@ fn valid_user_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
-/// Control characters replaced with `?`, cut to `max` characters.
-fn sanitize(s: &str, max: usize) -> String {
-    s.chars()
-        .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// The admin account dropbear logs in.
@@ -787,14 +780,14 @@ impl Supervisor {
                 let (_, msg) = split_log_line(&line);
                 if QUIET.iter().any(|q| msg.starts_with(q)) {
                     // Only after a key was accepted (or once at start): not attacker-driven.
-                    tracing::debug!("dropbear: {}", sanitize(msg, 300));
+                    tracing::debug!("dropbear: {}", printable(msg, 300));
                 } else {
                     let (log, suppressed) = budget.allow(Instant::now());
                     if suppressed > 0 {
                         tracing::info!("ssh: {suppressed} dropbear log lines suppressed");
                     }
                     if log {
-                        tracing::info!("dropbear: {}", sanitize(msg, 300));
+                        tracing::info!("dropbear: {}", printable(msg, 300));
                     }
                 }
                 if let Some(ip) = watch.line(&line) {
@@ -841,7 +834,7 @@ impl Supervisor {
             return Err(format!(
                 "dropbearkey failed ({}): {}",
                 out.status,
-                sanitize(String::from_utf8_lossy(&out.stderr).trim(), 300)
+                printable(String::from_utf8_lossy(&out.stderr).trim(), 300)
             ));
         }
         tracing::info!(path = %self.host_key.display(), "ssh: host key generated");

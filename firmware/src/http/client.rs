@@ -443,10 +443,7 @@ fn authority_of(url: &str) -> String {
 
 /// A URL or reason as it may be printed (no terminal escapes, bounded).
 pub fn shown(text: &str) -> String {
-    text.chars()
-        .take(MAX_SHOWN)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::names::printable(text, MAX_SHOWN)
 }
 
 #[cfg(test)]

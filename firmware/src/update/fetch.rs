@@ -148,10 +148,7 @@ impl std::fmt::Display for Url {
 
 /// A URL or header as it may be printed (no terminal escapes, bounded).
 fn shown(text: &str) -> String {
-    text.chars()
-        .take(200)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::http::shown(text)
 }
 
 /// A downloaded body, streamed.

@@ -136,11 +136,3 @@ impl TargetError {
         }
     }
 }
-
-/// Control characters replaced with `?`, cut to `max` characters.
-pub fn sanitize(s: &str, max: usize) -> String {
-    s.chars()
-        .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::remote::{sanitize, RemoteFile, TargetError, PARTIAL_SUFFIX};
+use super::remote::{RemoteFile, TargetError, PARTIAL_SUFFIX};
+use crate::names::printable;
 use crate::ssh::PublicKey;
 
 /// Default SFTP port.
@@ -540,7 +541,7 @@ fn sftp_failure(
         let presented = stderr
             .split_whitespace()
             .find(|w| w.starts_with("SHA256:"))
-            .map(|w| sanitize(w.trim_end_matches('.'), 80))
+            .map(|w| printable(w.trim_end_matches('.'), 80))
             .or_else(|| {
                 stderr
                     .contains("no matching host key type found")
@@ -591,7 +592,7 @@ fn sftp_failure(
     if code == Some(1) {
         // Batch mode: a command failed after login (cd, put, rename).
         let reason = match last_command {
-            Some(cmd) => format!("`{}`: {reason}", sanitize(cmd, MAX_REASON)),
+            Some(cmd) => format!("`{}`: {reason}", printable(cmd, MAX_REASON)),
             None => reason,
         };
         TargetError::Remote { addr, reason }
@@ -794,7 +795,7 @@ fn summary(stderr: &str) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty() && *l != "Connection closed" && !l.starts_with("sftp>"))
         .collect();
-    sanitize(&lines.join("; "), MAX_REASON)
+    printable(&lines.join("; "), MAX_REASON)
 }
 
 #[cfg(test)]

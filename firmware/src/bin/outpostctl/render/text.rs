@@ -5,9 +5,7 @@ use firmware::civil::UtcTime;
 
 /// Replaces control characters (escape sequences, newlines) with `?`.
 pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    firmware::names::printable(s, usize::MAX)
 }
 
 /// `2026-11-26 17:03:05` (UTC) from milliseconds since the epoch.
