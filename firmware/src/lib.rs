@@ -5,8 +5,9 @@
 //! list, never from below (the module graph is a DAG).
 //!
 //! Leaves (no imports from this crate, or only from other leaves):
-//! - [`names`]: extension, password, display-name and host-name rules and limits.
-//! - [`http`]: HTTP/1.1 authorities and status lines for the update and backup clients.
+//! - [`names`]: extension, password, display-name and host-name rules and limits, and
+//!   `printable` for echoing outside text.
+//! - [`civil`]: the UTC calendar (dates from milliseconds and back).
 //! - [`metrics`]: the counters snapshot and the optional Prometheus endpoint.
 //! - [`netif`]: the box's own addresses, read from the kernel.
 //! - [`panel`]: the front-panel thread driving the `board` screens.
@@ -18,13 +19,13 @@
 //!
 //! Subsystems (each owns its config section and typed operations, errors and results):
 //! - [`driver`]: SIP transports (UDP, TCP, TLS) and `[tls]`.
+//! - [`http`]: the one HTTP client (update downloads, the WebDAV backup target, HTTPS
+//!   blocklist feeds) on the TLS driver's rustls settings.
 //! - [`guard`]: the SIP firewall in the daemon (inspection, bans, the kernel enforcer).
 //! - [`media`]: the RTP relay, prompts, voicemail recording and playback.
 //! - [`backup`]: making, listing, verifying, fetching and restoring encrypted backups.
 //! - [`ssh`]: dropbear supervision and the authorised SSH keys.
 //! - [`console`]: the admin's shell (client side) and the console password.
-//! - [`update`]: A/B firmware updates, trial boots and their health check (a client of the
-//!   admin socket, like `outpostctl`).
 //! - [`pbx_config`]: trunks, routes, inbound, dial plan, ring groups and features.
 //! - [`config`]: the whole TOML file, aggregating every section; [`fallback`]: starting
 //!   with what works when a section cannot be started.
@@ -32,8 +33,12 @@
 //! Admin (the control plane; the only layer that builds replies):
 //! - [`admin`]: the `Command`/`Reply` protocol ([`admin::proto`]), the socket server, the
 //!   blocking client, [`admin::control::Control`] that executes a command against the
-//!   daemon's parts, and the per-subsystem reply mappers (`admin::backup`, `admin::ssh`,
-//!   `admin::console`). `docs/admin-api.md` documents the protocol.
+//!   daemon's parts, and the per-subsystem reply mappers (`admin::firewall`,
+//!   `admin::backup`, `admin::ssh`, `admin::console`). `docs/admin-api.md` documents the protocol.
+//!
+//! Clients of the admin socket:
+//! - [`update`]: A/B firmware updates, trial boots and their health check (which asks the
+//!   daemon over the admin socket, like `outpostctl`).
 //!
 //! Daemon (the top):
 //! - [`daemon`]: the event loop (run, inbound, flush, tick), boot-time revision selection
