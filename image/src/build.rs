@@ -102,7 +102,7 @@ const USERLAND_PACKAGES: &[&str] = &["nftables", "dropbear-bin", "openssh-client
 /// Programs from [`USERLAND_PACKAGES`], at the same path in the root filesystem as in their
 /// package; their shared libraries come from the `NEEDED` entries. outpostd runs these by
 /// name (PATH has /usr/sbin and /usr/bin): nft; dropbear and dropbearkey for the admin's
-/// SSH; `sftp` for SFTP backups (firmware/src/backup/target.rs), which runs /usr/bin/ssh
+/// SSH; `sftp` for SFTP backups (firmware/src/backup/target/sftp.rs), which runs /usr/bin/ssh
 /// (the path compiled into it), and `ssh-keygen`, which makes the backup client key.
 const DEBIAN_PROGRAMS: &[&str] = &[
     "usr/sbin/nft",
@@ -1118,8 +1118,14 @@ mod tests {
 
     #[test]
     fn the_image_has_every_program_the_backup_targets_run() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware/src/backup/target.rs");
-        let text = std::fs::read_to_string(&path).expect("the firmware source is in the workspace");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware/src/backup/target");
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&dir).expect("the firmware source is in the workspace") {
+            let path = entry.expect("a directory entry").path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                text += &std::fs::read_to_string(&path).expect("a source file");
+            }
+        }
         let mut programs: Vec<&str> = text
             .split("process::Command::new(\"")
             .skip(1)
