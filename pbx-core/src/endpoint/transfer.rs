@@ -7,7 +7,17 @@
 //! transferee), who hears ringback meanwhile. The media stays anchored in the relay: only
 //! the relay's far side moves to the new phone.
 
-use super::*;
+use crate::cdr::Disposition;
+use crate::media::session::{Leg, MediaCommand};
+use crate::sip::transaction::TxKey;
+use crate::sip::{wire, Contact, Method, NameAddr, Params, Peer, Request, Response};
+use crate::Millis;
+
+use super::call::{App, Call, CallState, ClientRole, Fork, ForkState, Origin, OutLeg, PendingLegA};
+use super::event::Event;
+use super::routing::{Dest, RingPlan, Routed};
+use super::signalling::first_contact_uri;
+use super::{Endpoint, ALLOW};
 
 /// A Refer-To header: the target's user part, and for attended transfer the Call-ID of the
 /// dialog to replace.
