@@ -13,7 +13,7 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{wire, Contact, Method, NameAddr, Params, Peer, Request, Response};
 use crate::Millis;
 
-use super::call::{App, Call, CallState, ClientRole, Fork, ForkState, Origin, OutLeg, PendingLegA};
+use super::call::{App, Call, CallState, ClientRole, Fork, ForkState, Origin, PendingLegA};
 use super::event::Event;
 use super::routing::{Dest, RingPlan, Routed};
 use super::signalling::first_contact_uri;
@@ -208,82 +208,32 @@ impl Endpoint {
     ) {
         let tag = req.headers.to.tag().map(str::to_string);
         self.sig.reply(now, key, req, src, 202, tag.as_deref());
-        let leg = if from_a {
-            self.out_leg_a(id)
-        } else {
-            self.calls
-                .get(&id)
-                .and_then(|c| c.winner)
-                .and_then(|w| self.out_leg_b(id, w))
-        };
+        let leg = self.calls.get_mut(&id).and_then(|c| {
+            if from_a {
+                Some(c.a.next_out_leg())
+            } else {
+                let w = c.winner?;
+                c.forks.get_mut(w).map(|f| f.next_out_leg())
+            }
+        });
         let Some(leg) = leg else {
             return;
         };
-        let mut headers = self.sig.request_headers(
-            leg.peer,
-            leg.from,
-            leg.to,
-            leg.call_id,
-            leg.cseq,
-            Method::Notify,
-        );
-        headers.push("Event", "refer");
-        headers.push("Subscription-State", "terminated;reason=noresource");
-        headers.contact = vec![Contact::Addr(self.sig.our_contact(leg.peer, None))];
-        headers.content_type = Some("message/sipfrag;version=2.0".to_string());
-        let notify = Request {
-            method: Method::Notify,
-            uri: leg.target,
-            headers,
-            body: b"SIP/2.0 200 OK\r\n".to_vec(),
-        };
-        self.sig
-            .send_request(now, notify, leg.peer, ClientRole::Notify);
+        let peer = leg.peer;
+        let mut notify = leg.request(&mut self.sig, Method::Notify);
+        notify.headers.push("Event", "refer");
+        notify
+            .headers
+            .push("Subscription-State", "terminated;reason=noresource");
+        notify.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
+        notify.headers.content_type = Some("message/sipfrag;version=2.0".to_string());
+        notify.body = b"SIP/2.0 200 OK\r\n".to_vec();
+        self.sig.send_request(now, notify, peer, ClientRole::Notify);
         if from_a {
             self.send_bye_a(now, id);
         } else if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
             self.send_bye_b(now, id, w);
         }
-    }
-
-    /// The next in-dialog request towards the caller (advances our CSeq).
-    fn out_leg_a(&mut self, id: u64) -> Option<OutLeg> {
-        let call = self.calls.get_mut(&id)?;
-        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        Some(OutLeg {
-            to_b: false,
-            peer: call.a.peer,
-            target: call.a.target.clone(),
-            from,
-            to,
-            call_id: call.a.call_id.clone(),
-            cseq: call.a.local_cseq,
-        })
-    }
-
-    /// The next in-dialog request towards fork `fork` (advances our CSeq).
-    fn out_leg_b(&mut self, id: u64, fork: usize) -> Option<OutLeg> {
-        let f = self.calls.get_mut(&id)?.forks.get_mut(fork)?;
-        f.local_cseq = f.local_cseq.saturating_add(1);
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        Some(OutLeg {
-            to_b: true,
-            peer: f.peer,
-            target: f.target.clone(),
-            from,
-            to,
-            call_id: f.call_id.clone(),
-            cseq: f.local_cseq,
-        })
     }
 
     /// The callee transferred the caller: the caller hears ringback while `dest` rings.
@@ -488,9 +438,8 @@ impl Endpoint {
             }
         }
         let idx = call.forks.len();
-        moved.local_cseq = moved.local_cseq.saturating_add(1);
-        let cseq = moved.local_cseq;
-        let peer = moved.peer;
+        let leg = moved.next_out_leg();
+        let (cseq, peer) = (leg.cseq, leg.peer);
         if let Some(m) = call.media.as_mut() {
             m.set_signal_b(peer.addr.ip());
         }
@@ -500,31 +449,18 @@ impl Endpoint {
             Some(m) => m.offer(Leg::A, &two_way(&call.a_sdp)).unwrap_or_default(),
             None => Vec::new(),
         };
-        let mut from = moved.local_uri.clone();
-        from.params.set("tag", Some(moved.local_tag.clone()));
-        let mut to = moved.remote_uri.clone();
-        if let Some(tag) = &moved.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        let (target, b_call_id) = (moved.target.clone(), moved.call_id.clone());
+        let b_call_id = moved.call_id.clone();
         moved.state = ForkState::Answered;
         moved.invite_cseq = cseq;
         moved.ack = None;
         call.forks.push(moved);
         call.winner = Some(idx);
-        self.by_b_call_id.insert(b_call_id.clone(), (id, idx));
+        self.by_b_call_id.insert(b_call_id, (id, idx));
         // Re-INVITE the target towards this call's relay session.
-        let mut headers = self
-            .sig
-            .request_headers(peer, from, to, b_call_id, cseq, Method::Invite);
-        headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
-        headers.content_type = (!offer.is_empty()).then(|| "application/sdp".to_string());
-        let reinvite = Request {
-            method: Method::Invite,
-            uri: target,
-            headers,
-            body: offer,
-        };
+        let mut reinvite = leg.request(&mut self.sig, Method::Invite);
+        reinvite.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
+        reinvite.headers.content_type = (!offer.is_empty()).then(|| "application/sdp".to_string());
+        reinvite.body = offer;
         self.sig.send_request(
             now,
             reinvite,
@@ -578,27 +514,14 @@ impl Endpoint {
         else {
             return;
         };
-        let Some(leg) = self.out_leg_a(id) else {
-            return;
-        };
-        let mut headers = self.sig.request_headers(
-            leg.peer,
-            leg.from,
-            leg.to,
-            leg.call_id,
-            leg.cseq,
-            Method::Invite,
-        );
-        headers.contact = vec![Contact::Addr(self.sig.our_contact(leg.peer, None))];
-        headers.content_type = Some("application/sdp".to_string());
-        let reinvite = Request {
-            method: Method::Invite,
-            uri: leg.target,
-            headers,
-            body: offer,
-        };
+        let leg = call.a.next_out_leg();
+        let peer = leg.peer;
+        let mut reinvite = leg.request(&mut self.sig, Method::Invite);
+        reinvite.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
+        reinvite.headers.content_type = Some("application/sdp".to_string());
+        reinvite.body = offer;
         self.sig
-            .send_request(now, reinvite, leg.peer, ClientRole::ResumeA { call: id });
+            .send_request(now, reinvite, peer, ClientRole::ResumeA { call: id });
     }
 
     /// The caller's answer to the re-INVITE that takes it off hold after a transfer.
