@@ -19,6 +19,7 @@ use super::signalling::Signalling;
 
 use super::ivr::MenuSession;
 use super::routing;
+use super::transfer::PendingLegA;
 use super::voicemail::{AccessSession, Deposit, DepositStage};
 
 /// State of the caller's leg.
@@ -321,17 +322,6 @@ pub(super) enum App {
     Access(AccessSession),
 }
 
-/// The INVITE that brings a new party onto leg A (the caller transferred the callee).
-#[derive(Debug)]
-pub(super) struct PendingLegA {
-    pub(super) call_id: String,
-    pub(super) local_tag: String,
-    pub(super) local_uri: NameAddr,
-    pub(super) remote_uri: NameAddr,
-    pub(super) target: Uri,
-    pub(super) peer: Peer,
-}
-
 /// Who leg B's INVITE says it is from and to.
 #[derive(Debug)]
 pub(super) struct ForkIdentity {
@@ -458,8 +448,9 @@ pub(super) fn better_failure(current: Option<u16>, new: u16) -> u16 {
     }
 }
 
+/// Records and signalling for the endpoint's unit tests.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -468,7 +459,7 @@ mod tests {
 
     use super::*;
 
-    fn signalling() -> Signalling {
+    pub(crate) fn signalling() -> Signalling {
         let local: SocketAddr = "10.0.0.1:5060".parse().expect("address");
         Signalling::new(
             Transactions::new(TimerConfig::default()),
@@ -478,19 +469,19 @@ mod tests {
         )
     }
 
-    fn peer(addr: &str) -> Peer {
+    pub(crate) fn peer(addr: &str) -> Peer {
         Peer {
             transport: Transport::Udp,
             addr: addr.parse().expect("address"),
         }
     }
 
-    fn name(uri: &str) -> NameAddr {
+    pub(crate) fn name(uri: &str) -> NameAddr {
         NameAddr::new(wire::parse_uri(uri).expect("uri"))
     }
 
     /// An answered fork towards extension 200 at 10.0.0.6, its INVITE sent with CSeq 1.
-    fn answered_fork() -> Fork {
+    pub(crate) fn answered_fork() -> Fork {
         let mut f = Fork::placeholder();
         f.call_id = "b-call@outpost".to_string();
         f.local_tag = "ours".to_string();
@@ -507,7 +498,7 @@ mod tests {
     }
 
     /// The caller's leg: extension 100 at 10.0.0.5, our tag `pbx-tag`.
-    fn leg_a() -> LegA {
+    pub(crate) fn leg_a() -> LegA {
         let text = "INVITE sip:200@pbx SIP/2.0\r\n\
              Via: SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bKa\r\n\
              From: <sip:100@pbx>;tag=caller\r\n\
@@ -538,7 +529,7 @@ mod tests {
     }
 
     /// Every message `sig` sends, as text.
-    fn sent(sig: &mut Signalling) -> Vec<String> {
+    pub(crate) fn sent(sig: &mut Signalling) -> Vec<String> {
         std::iter::from_fn(|| sig.tx.poll_transmit())
             .map(|t| String::from_utf8_lossy(&t.bytes).into_owned())
             .collect()
