@@ -13,7 +13,7 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{wire, Contact, Method, NameAddr, Params, Peer, Request, Response, Uri};
 use crate::Millis;
 
-use super::call::{App, Call, CallState, ClientRole, Fork, ForkState, LegA, Origin};
+use super::call::{App, Call, CallState, ClientRole, Fork, ForkState, LegA, Origin, OutLeg};
 use super::event::Event;
 use super::routing::{Dest, RingPlan, Routed};
 use super::signalling::{first_contact_uri, Signalling};
@@ -104,6 +104,21 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Tells the referrer on `leg` that its REFER succeeded: a NOTIFY with `200 OK` that
+/// also ends the implicit subscription (RFC 3515 §2.4.5).
+fn notify_refer_done(sig: &mut Signalling, now: Millis, leg: OutLeg) {
+    let peer = leg.peer;
+    let mut notify = leg.request(sig, Method::Notify);
+    notify.headers.push("Event", "refer");
+    notify
+        .headers
+        .push("Subscription-State", "terminated;reason=noresource");
+    notify.headers.contact = vec![Contact::Addr(sig.our_contact(peer, None))];
+    notify.headers.content_type = Some("message/sipfrag;version=2.0".to_string());
+    notify.body = b"SIP/2.0 200 OK\r\n".to_vec();
+    sig.send_request(now, notify, peer, ClientRole::Notify);
 }
 
 /// The INVITE that brings a transfer target onto leg A (the caller transferred the
@@ -292,16 +307,7 @@ impl Endpoint {
         let Some(leg) = leg else {
             return;
         };
-        let peer = leg.peer;
-        let mut notify = leg.request(&mut self.sig, Method::Notify);
-        notify.headers.push("Event", "refer");
-        notify
-            .headers
-            .push("Subscription-State", "terminated;reason=noresource");
-        notify.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
-        notify.headers.content_type = Some("message/sipfrag;version=2.0".to_string());
-        notify.body = b"SIP/2.0 200 OK\r\n".to_vec();
-        self.sig.send_request(now, notify, peer, ClientRole::Notify);
+        notify_refer_done(&mut self.sig, now, leg);
         if from_a {
             self.send_bye_a(now, id);
         } else if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
@@ -771,6 +777,35 @@ mod tests {
         assert_eq!(bye.cseq, 2);
         assert_eq!(bye.to.tag(), Some("target"));
         assert_eq!(bye.from.uri.user(), Some("200"));
+    }
+
+    #[test]
+    fn the_referrer_is_notified_once_and_its_subscription_ends() {
+        let mut sig = signalling();
+        let mut a = leg_a();
+        notify_refer_done(&mut sig, 0, a.next_out_leg());
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("NOTIFY sip:100@10.0.0.5:5062 SIP/2.0"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].contains("CSeq: 1 NOTIFY"), "{}", out[0]);
+        assert!(out[0].contains("Event: refer"), "{}", out[0]);
+        assert!(
+            out[0].contains("Subscription-State: terminated;reason=noresource"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].ends_with("\r\n\r\nSIP/2.0 200 OK\r\n"), "{}", out[0]);
+        assert!(sig
+            .clients
+            .values()
+            .any(|r| matches!(r, ClientRole::Notify)));
+        // A non-INVITE transaction: retransmitted at T1 until answered.
+        sig.tx.handle_timeout(500);
+        assert_eq!(sent(&mut sig), out);
     }
 
     #[test]
