@@ -2,8 +2,10 @@
 //! what Outpost itself does with the caller (an [`App`]), and the roles of the client
 //! transactions the endpoint starts.
 //!
-//! These are the records [`super::Endpoint`] keeps per call; the methods here answer
-//! questions about one call and never send anything.
+//! These are the records [`super::Endpoint`] keeps per call. The methods on [`Call`]
+//! answer questions about one call and never send anything; the in-dialog requests of one
+//! leg (ACK, BYE, and the start of every other request) are built by that leg's record
+//! ([`LegA`], [`Fork`]) through an [`OutLeg`], handed `&mut Signalling` and nothing else.
 
 use std::net::SocketAddr;
 
@@ -13,8 +15,11 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{Method, NameAddr, Peer, Request, Transport, Uri};
 use crate::Millis;
 
+use super::signalling::Signalling;
+
 use super::ivr::MenuSession;
 use super::routing;
+use super::transfer::PendingLegA;
 use super::voicemail::{AccessSession, Deposit, DepositStage};
 
 /// State of the caller's leg.
@@ -34,6 +39,31 @@ pub(super) struct LegA {
     pub(super) invite: Request,
     /// Our CSeq for requests we send to the caller.
     pub(super) local_cseq: u32,
+}
+
+impl LegA {
+    /// Where and as what a request with CSeq `cseq` goes to the caller.
+    pub(super) fn out_leg(&self, cseq: u32) -> OutLeg {
+        let mut from = self.local_uri.clone();
+        from.params.set("tag", Some(self.local_tag.clone()));
+        let mut to = self.remote_uri.clone();
+        to.params.set("tag", Some(self.remote_tag.clone()));
+        OutLeg {
+            to_b: false,
+            peer: self.peer,
+            target: self.target.clone(),
+            from,
+            to,
+            call_id: self.call_id.clone(),
+            cseq,
+        }
+    }
+
+    /// The next in-dialog request towards the caller (advances our CSeq).
+    pub(super) fn next_out_leg(&mut self) -> OutLeg {
+        self.local_cseq = self.local_cseq.saturating_add(1);
+        self.out_leg(self.local_cseq)
+    }
 }
 
 /// Where one fork's INVITE stands.
@@ -107,6 +137,46 @@ impl Fork {
             trunk: None,
             auth_tries: 0,
             trunk_invite: None,
+        }
+    }
+
+    /// Where and as what a request with CSeq `cseq` goes to this fork's phone.
+    pub(super) fn out_leg(&self, cseq: u32) -> OutLeg {
+        let mut from = self.local_uri.clone();
+        from.params.set("tag", Some(self.local_tag.clone()));
+        let mut to = self.remote_uri.clone();
+        if let Some(tag) = &self.remote_tag {
+            to.params.set("tag", Some(tag.clone()));
+        }
+        OutLeg {
+            to_b: true,
+            peer: self.peer,
+            target: self.target.clone(),
+            from,
+            to,
+            call_id: self.call_id.clone(),
+            cseq,
+        }
+    }
+
+    /// The next in-dialog request towards this fork (advances our CSeq).
+    pub(super) fn next_out_leg(&mut self) -> OutLeg {
+        self.local_cseq = self.local_cseq.saturating_add(1);
+        self.out_leg(self.local_cseq)
+    }
+
+    /// Sends an ACK with CSeq `cseq`; the ACK of the INVITE itself is kept, to be sent
+    /// again when its 2xx is retransmitted.
+    pub(super) fn send_ack(
+        &mut self,
+        sig: &mut Signalling,
+        cseq: u32,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) {
+        let ack = self.out_leg(cseq).send_ack(sig, body, content_type);
+        if cseq == self.invite_cseq {
+            self.ack = Some(ack);
         }
     }
 
@@ -252,17 +322,6 @@ pub(super) enum App {
     Access(AccessSession),
 }
 
-/// The INVITE that brings a new party onto leg A (the caller transferred the callee).
-#[derive(Debug)]
-pub(super) struct PendingLegA {
-    pub(super) call_id: String,
-    pub(super) local_tag: String,
-    pub(super) local_uri: NameAddr,
-    pub(super) remote_uri: NameAddr,
-    pub(super) target: Uri,
-    pub(super) peer: Peer,
-}
-
 /// Who leg B's INVITE says it is from and to.
 #[derive(Debug)]
 pub(super) struct ForkIdentity {
@@ -294,6 +353,48 @@ pub(super) struct OutLeg {
     pub(super) to: NameAddr,
     pub(super) call_id: String,
     pub(super) cseq: u32,
+}
+
+impl OutLeg {
+    /// A request of `method` on this leg, without a body (takes a branch from `sig`).
+    pub(super) fn request(self, sig: &mut Signalling, method: Method) -> Request {
+        let headers = sig.request_headers(
+            self.peer,
+            self.from,
+            self.to,
+            self.call_id,
+            self.cseq,
+            method.clone(),
+        );
+        Request {
+            method,
+            uri: self.target,
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    /// Sends an ACK on this leg (outside any transaction, RFC 3261 §13.2.2.4) and returns it.
+    pub(super) fn send_ack(
+        self,
+        sig: &mut Signalling,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) -> Request {
+        let peer = self.peer;
+        let mut ack = self.request(sig, Method::Ack);
+        ack.headers.content_type = content_type;
+        ack.body = body;
+        sig.tx.send_stateless_request(&ack, peer);
+        ack
+    }
+
+    /// Hangs up this leg.
+    pub(super) fn send_bye(self, sig: &mut Signalling, now: Millis) {
+        let peer = self.peer;
+        let bye = self.request(sig, Method::Bye);
+        sig.send_request(now, bye, peer, ClientRole::Bye);
+    }
 }
 
 /// What a client transaction belongs to.
@@ -344,5 +445,178 @@ pub(super) fn better_failure(current: Option<u16>, new: u16) -> u16 {
     match current {
         Some(c) if rank(c) <= rank(new) => c,
         _ => new,
+    }
+}
+
+/// Records and signalling for the endpoint's unit tests.
+#[cfg(test)]
+pub(super) mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use crate::sip::transaction::{TimerConfig, Transactions};
+    use crate::sip::wire;
+
+    use super::*;
+
+    pub(crate) fn signalling() -> Signalling {
+        let local: SocketAddr = "10.0.0.1:5060".parse().expect("address");
+        Signalling::new(
+            Transactions::new(TimerConfig::default()),
+            StdRng::seed_from_u64(7),
+            vec![local],
+            "outpost-test".to_string(),
+        )
+    }
+
+    pub(crate) fn peer(addr: &str) -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: addr.parse().expect("address"),
+        }
+    }
+
+    pub(crate) fn name(uri: &str) -> NameAddr {
+        NameAddr::new(wire::parse_uri(uri).expect("uri"))
+    }
+
+    /// An answered fork towards extension 200 at 10.0.0.6, its INVITE sent with CSeq 1.
+    pub(crate) fn answered_fork() -> Fork {
+        let mut f = Fork::placeholder();
+        f.call_id = "b-call@outpost".to_string();
+        f.local_tag = "ours".to_string();
+        f.remote_tag = Some("theirs".to_string());
+        f.local_uri = name("sip:100@pbx");
+        f.remote_uri = name("sip:200@pbx");
+        f.target = wire::parse_uri("sip:200@10.0.0.6:5060").expect("uri");
+        f.peer = peer("10.0.0.6:5060");
+        f.invite_cseq = 1;
+        f.local_cseq = 1;
+        f.state = ForkState::Answered;
+        f.retired = false;
+        f
+    }
+
+    /// The caller's leg: extension 100 at 10.0.0.5, our tag `pbx-tag`.
+    pub(crate) fn leg_a() -> LegA {
+        let text = "INVITE sip:200@pbx SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bKa\r\n\
+             From: <sip:100@pbx>;tag=caller\r\n\
+             To: <sip:200@pbx>\r\n\
+             Call-ID: a-call\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: <sip:100@10.0.0.5:5062>\r\n\
+             Content-Length: 0\r\n\r\n";
+        let Ok(crate::sip::Message::Request(invite)) = wire::parse(text.as_bytes()) else {
+            panic!("test INVITE does not parse");
+        };
+        LegA {
+            call_id: "a-call".to_string(),
+            remote_tag: "caller".to_string(),
+            local_tag: "pbx-tag".to_string(),
+            remote_uri: name("sip:100@pbx"),
+            local_uri: name("sip:200@pbx"),
+            target: wire::parse_uri("sip:100@10.0.0.5:5062").expect("uri"),
+            peer: peer("10.0.0.5:5062"),
+            invite_key: TxKey {
+                branch: "z9hG4bKa".to_string(),
+                method: Method::Invite,
+                server: true,
+            },
+            invite,
+            local_cseq: 0,
+        }
+    }
+
+    /// Every message `sig` sends, as text.
+    pub(crate) fn sent(sig: &mut Signalling) -> Vec<String> {
+        std::iter::from_fn(|| sig.tx.poll_transmit())
+            .map(|t| String::from_utf8_lossy(&t.bytes).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_invite_ack_is_kept_for_a_retransmitted_2xx_and_a_reinvite_ack_is_not() {
+        let mut sig = signalling();
+        let mut f = answered_fork();
+        f.send_ack(&mut sig, 1, Vec::new(), None);
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("ACK sip:200@10.0.0.6:5060 SIP/2.0"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].contains("CSeq: 1 ACK"), "{}", out[0]);
+        assert!(out[0].contains("tag=ours"), "{}", out[0]);
+        assert!(out[0].contains("tag=theirs"), "{}", out[0]);
+        let kept = f.ack.clone().expect("the INVITE's ACK is kept");
+        assert_eq!(kept.headers.cseq.seq, 1);
+
+        f.send_ack(
+            &mut sig,
+            3,
+            b"v=0\r\n".to_vec(),
+            Some("application/sdp".into()),
+        );
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].contains("CSeq: 3 ACK"), "{}", out[0]);
+        assert!(out[0].ends_with("v=0\r\n"), "{}", out[0]);
+        assert_eq!(
+            f.ack.as_ref().map(|a| a.headers.cseq.seq),
+            Some(1),
+            "a re-INVITE's ACK does not replace the INVITE's"
+        );
+        assert_eq!(f.local_cseq, 1, "an ACK takes no CSeq of its own");
+    }
+
+    #[test]
+    fn an_ack_to_the_caller_goes_to_its_contact_with_both_tags() {
+        let mut sig = signalling();
+        let a = leg_a();
+        let ack = a.out_leg(2).send_ack(&mut sig, Vec::new(), None);
+        assert_eq!(ack.headers.from.tag(), Some("pbx-tag"));
+        assert_eq!(ack.headers.to.tag(), Some("caller"));
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("ACK sip:100@10.0.0.5:5062 SIP/2.0"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].contains("Call-ID: a-call"), "{}", out[0]);
+        assert!(out[0].contains("CSeq: 2 ACK"), "{}", out[0]);
+        assert_eq!(a.local_cseq, 0);
+    }
+
+    #[test]
+    fn a_bye_takes_the_next_cseq_and_is_retransmitted_until_answered() {
+        let mut sig = signalling();
+        let mut a = leg_a();
+        a.next_out_leg().send_bye(&mut sig, 0);
+        assert_eq!(a.local_cseq, 1);
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("BYE sip:100@10.0.0.5:5062 SIP/2.0"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].contains("CSeq: 1 BYE"), "{}", out[0]);
+        assert!(sig.clients.values().any(|r| matches!(r, ClientRole::Bye)));
+        // Timer E on the virtual clock: the BYE goes again after T1 over UDP.
+        assert_eq!(sig.tx.poll_timeout(), Some(500));
+        sig.tx.handle_timeout(499);
+        assert!(sent(&mut sig).is_empty());
+        sig.tx.handle_timeout(500);
+        let again = sent(&mut sig);
+        assert_eq!(again, out, "the same BYE is retransmitted");
+
+        let mut f = answered_fork();
+        f.next_out_leg().send_bye(&mut sig, 500);
+        let out = sent(&mut sig);
+        assert!(out[0].contains("CSeq: 2 BYE"), "{}", out[0]);
+        assert_eq!(f.local_cseq, 2);
     }
 }

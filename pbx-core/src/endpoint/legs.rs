@@ -76,24 +76,7 @@ impl Endpoint {
         let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
             return;
         };
-        f.local_cseq = f.local_cseq.saturating_add(1);
-        let cseq = f.local_cseq;
-        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        let leg = OutLeg {
-            to_b: true,
-            peer,
-            target,
-            from,
-            to,
-            call_id,
-            cseq,
-        };
+        let leg = f.next_out_leg();
         self.relay_out(now, id, key, req, src, leg);
     }
 
@@ -102,22 +85,7 @@ impl Endpoint {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
-        let cseq = call.a.local_cseq;
-        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        let leg = OutLeg {
-            to_b: false,
-            peer,
-            target,
-            from,
-            to,
-            call_id,
-            cseq,
-        };
+        let leg = call.a.next_out_leg();
         self.relay_out(now, id, key, req, src, leg);
     }
 
@@ -131,21 +99,11 @@ impl Endpoint {
         src: Peer,
         leg: OutLeg,
     ) {
-        let OutLeg {
-            to_b: from_a,
-            peer,
-            target,
-            from,
-            to,
-            call_id,
-            cseq,
-        } = leg;
-        let mut headers =
-            self.sig
-                .request_headers(peer, from, to, call_id, cseq, req.method.clone());
-        headers.content_type = req.headers.content_type.clone();
+        let (from_a, peer) = (leg.to_b, leg.peer);
+        let mut out = leg.request(&mut self.sig, req.method.clone());
+        out.headers.content_type = req.headers.content_type.clone();
         if matches!(req.method, Method::Invite | Method::Update) {
-            headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
+            out.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
         }
         for (name, value) in &req.headers.other {
             // Pass end-to-end content headers; hop-by-hop and identity headers stay behind.
@@ -161,17 +119,11 @@ impl Endpoint {
                     | "Info-Package"
                     | "Recv-Info"
             ) {
-                headers.push(name, value.clone());
+                out.headers.push(name, value.clone());
             }
         }
         let from = if from_a { Leg::A } else { Leg::B };
-        let body = self.media_body(id, from, true, &req.body, None);
-        let out = Request {
-            method: req.method.clone(),
-            uri: target,
-            headers,
-            body,
-        };
+        out.body = self.media_body(id, from, true, &req.body, None);
         let relay_id = self.next_relay;
         self.next_relay += 1;
         self.relays.insert(
@@ -203,11 +155,11 @@ impl Endpoint {
         body: Vec<u8>,
         content_type: Option<String>,
     ) {
-        let Some(f) = self.calls.get(&id).and_then(|c| c.forks.get(fork)) else {
+        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
             return;
         };
         let cseq = f.invite_cseq;
-        self.send_in_dialog_ack_b(id, fork, cseq, body, content_type);
+        f.send_ack(&mut self.sig, cseq, body, content_type);
     }
 
     /// Sends an ACK with CSeq `cseq` to fork `fork` (kept when it ACKs the INVITE).
@@ -219,32 +171,8 @@ impl Endpoint {
         body: Vec<u8>,
         content_type: Option<String>,
     ) {
-        let Some(f) = self.calls.get(&id).and_then(|c| c.forks.get(fork)) else {
-            return;
-        };
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
-        let invite_cseq = f.invite_cseq;
-        let mut headers = self
-            .sig
-            .request_headers(peer, from, to, call_id, cseq, Method::Ack);
-        headers.content_type = content_type;
-        let ack = Request {
-            method: Method::Ack,
-            uri: target,
-            headers,
-            body,
-        };
-        self.sig.tx.send_stateless_request(&ack, peer);
-        if cseq == invite_cseq {
-            if let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) {
-                f.ack = Some(ack);
-            }
+        if let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) {
+            f.send_ack(&mut self.sig, cseq, body, content_type);
         }
     }
 
@@ -256,75 +184,25 @@ impl Endpoint {
         body: Vec<u8>,
         content_type: Option<String>,
     ) {
-        let Some(call) = self.calls.get(&id) else {
-            return;
-        };
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let mut headers = self
-            .sig
-            .request_headers(peer, from, to, call_id, cseq, Method::Ack);
-        headers.content_type = content_type;
-        let ack = Request {
-            method: Method::Ack,
-            uri: target,
-            headers,
-            body,
-        };
-        self.sig.tx.send_stateless_request(&ack, peer);
+        if let Some(call) = self.calls.get(&id) {
+            call.a
+                .out_leg(cseq)
+                .send_ack(&mut self.sig, body, content_type);
+        }
     }
 
     /// Hangs up fork `fork`.
     pub(super) fn send_bye_b(&mut self, now: Millis, id: u64, fork: usize) {
-        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else {
-            return;
-        };
-        f.local_cseq = f.local_cseq.saturating_add(1);
-        let cseq = f.local_cseq;
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
+        if let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) {
+            f.next_out_leg().send_bye(&mut self.sig, now);
         }
-        let (peer, target, call_id) = (f.peer, f.target.clone(), f.call_id.clone());
-        let headers = self
-            .sig
-            .request_headers(peer, from, to, call_id, cseq, Method::Bye);
-        let bye = Request {
-            method: Method::Bye,
-            uri: target,
-            headers,
-            body: Vec::new(),
-        };
-        self.sig.send_request(now, bye, peer, ClientRole::Bye);
     }
 
     /// Hangs up the caller.
     pub(super) fn send_bye_a(&mut self, now: Millis, id: u64) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
-        let cseq = call.a.local_cseq;
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        let (peer, target, call_id) = (call.a.peer, call.a.target.clone(), call.a.call_id.clone());
-        let headers = self
-            .sig
-            .request_headers(peer, from, to, call_id, cseq, Method::Bye);
-        let bye = Request {
-            method: Method::Bye,
-            uri: target,
-            headers,
-            body: Vec::new(),
-        };
-        self.sig.send_request(now, bye, peer, ClientRole::Bye);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.a.next_out_leg().send_bye(&mut self.sig, now);
+        }
     }
 
     /// Rewrites a body crossing call `id` from leg `from` for the relay: an offer (`offer`)

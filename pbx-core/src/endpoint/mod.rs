@@ -19,13 +19,11 @@ use rand::{Rng, SeedableRng};
 use crate::cdr::{Cdr, Disposition};
 use crate::media::anchor::CallMedia;
 use crate::media::session::{Leg, MediaCommand, PortPool};
-use crate::registrar::{Binding, Registrar};
+use crate::registrar::Registrar;
 use crate::sip::auth::{Authenticator, StoredSecret};
 use crate::sip::transaction::{ClientInput, ServerInput, Transactions, Transmit, TxEvent, TxKey};
 use crate::sip::wire;
-use crate::sip::{
-    Contact, Message, Method, NameAddr, Params, Peer, Request, Response, Transport, Uri,
-};
+use crate::sip::{Contact, Message, Method, Params, Peer, Request, Response, Uri};
 use crate::Millis;
 
 mod accounts;
@@ -47,7 +45,7 @@ mod voicemail;
 use accounts::{Accounts, AuthIo};
 use call::{
     better_failure, App, Call, CallState, ClientRole, Fork, ForkIdentity, ForkState, LegA, Origin,
-    OutLeg, PendingLegA, Relay,
+    Relay,
 };
 pub use config::{
     CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
@@ -59,9 +57,8 @@ use voicemail::Voicemail;
 pub use voicemail::{pin_hash, MailboxMessage};
 
 use deadlines::Deadlines;
-use routing::{Dest, GateTicket, RingPlan, Routed};
+use routing::{Dest, RingPlan, Routed};
 use signalling::{first_contact_uri, Signalling};
-use trunking::ExternalPlan;
 
 /// Methods we answer, for Allow headers.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";

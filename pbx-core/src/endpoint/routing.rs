@@ -1,7 +1,15 @@
 //! Where a dialled number goes — an extension (with its forwarding), a ring group, the auto
 //! attendant, voicemail — and what happens when the phones rung do not answer.
 
-use super::*;
+use crate::cdr::Disposition;
+use crate::registrar::Binding;
+use crate::sip::{wire, NameAddr};
+use crate::Millis;
+
+use super::call::{App, CallState, ForkState};
+use super::config::{CallGate, Forwarding, RingStrategy};
+use super::trunking::ExternalPlan;
+use super::Endpoint;
 
 /// Forwarding and transfer hops a call may take (stops forwarding loops).
 const MAX_HOPS: u8 = 4;

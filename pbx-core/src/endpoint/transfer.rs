@@ -7,7 +7,17 @@
 //! transferee), who hears ringback meanwhile. The media stays anchored in the relay: only
 //! the relay's far side moves to the new phone.
 
-use super::*;
+use crate::cdr::Disposition;
+use crate::media::session::{Leg, MediaCommand};
+use crate::sip::transaction::TxKey;
+use crate::sip::{wire, Contact, Method, NameAddr, Params, Peer, Request, Response, Uri};
+use crate::Millis;
+
+use super::call::{App, Call, CallState, ClientRole, Fork, ForkState, LegA, Origin, OutLeg};
+use super::event::Event;
+use super::routing::{Dest, RingPlan, Routed};
+use super::signalling::{first_contact_uri, Signalling};
+use super::{Endpoint, ALLOW};
 
 /// A Refer-To header: the target's user part, and for attended transfer the Call-ID of the
 /// dialog to replace.
@@ -94,6 +104,94 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Tells the referrer on `leg` that its REFER succeeded: a NOTIFY with `200 OK` that
+/// also ends the implicit subscription (RFC 3515 §2.4.5).
+fn notify_refer_done(sig: &mut Signalling, now: Millis, leg: OutLeg) {
+    let peer = leg.peer;
+    let mut notify = leg.request(sig, Method::Notify);
+    notify.headers.push("Event", "refer");
+    notify
+        .headers
+        .push("Subscription-State", "terminated;reason=noresource");
+    notify.headers.contact = vec![Contact::Addr(sig.our_contact(peer, None))];
+    notify.headers.content_type = Some("message/sipfrag;version=2.0".to_string());
+    notify.body = b"SIP/2.0 200 OK\r\n".to_vec();
+    sig.send_request(now, notify, peer, ClientRole::Notify);
+}
+
+/// The INVITE that brings a transfer target onto leg A (the caller transferred the
+/// callee): the dialog Outpost opened with the target, until it answers.
+#[derive(Debug)]
+pub(super) struct PendingLegA {
+    pub(super) call_id: String,
+    pub(super) local_tag: String,
+    pub(super) local_uri: NameAddr,
+    pub(super) remote_uri: NameAddr,
+    pub(super) target: Uri,
+    pub(super) peer: Peer,
+}
+
+impl PendingLegA {
+    /// Sends the INVITE for call `call` to the target's contact `target` at `peer`, from
+    /// `from` (without tag) to `to`, offering `body`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn invite(
+        sig: &mut Signalling,
+        now: Millis,
+        call: u64,
+        peer: Peer,
+        target: Uri,
+        from: NameAddr,
+        to: NameAddr,
+        body: Vec<u8>,
+    ) -> PendingLegA {
+        let call_id = sig.new_call_id();
+        let local_tag = sig.new_tag();
+        let mut from_tagged = from.clone();
+        from_tagged.params.set("tag", Some(local_tag.clone()));
+        let mut headers = sig.request_headers(
+            peer,
+            from_tagged,
+            to.clone(),
+            call_id.clone(),
+            1,
+            Method::Invite,
+        );
+        headers.contact = vec![Contact::Addr(sig.our_contact(peer, None))];
+        headers.content_type = (!body.is_empty()).then(|| "application/sdp".to_string());
+        headers.push("Allow", ALLOW);
+        let invite = Request {
+            method: Method::Invite,
+            uri: target.clone(),
+            headers,
+            body,
+        };
+        sig.send_request(now, invite, peer, ClientRole::NewLegA { call });
+        PendingLegA {
+            call_id,
+            local_tag,
+            local_uri: from,
+            remote_uri: to,
+            target,
+            peer,
+        }
+    }
+
+    /// The target answered with the 2xx `resp`: its dialog stands in for the caller's on
+    /// leg `a`. Returns the Call-ID of the dialog it replaced.
+    pub(super) fn take_over(self, a: &mut LegA, resp: &Response) -> String {
+        let old_call_id = std::mem::replace(&mut a.call_id, self.call_id);
+        a.local_tag = self.local_tag;
+        a.remote_tag = resp.headers.to.tag().unwrap_or_default().to_string();
+        a.local_uri = self.local_uri;
+        a.remote_uri = self.remote_uri;
+        a.target = first_contact_uri(&resp.headers).unwrap_or(self.target);
+        a.peer = self.peer;
+        a.local_cseq = 1;
+        old_call_id
+    }
 }
 
 impl Endpoint {
@@ -198,82 +296,23 @@ impl Endpoint {
     ) {
         let tag = req.headers.to.tag().map(str::to_string);
         self.sig.reply(now, key, req, src, 202, tag.as_deref());
-        let leg = if from_a {
-            self.out_leg_a(id)
-        } else {
-            self.calls
-                .get(&id)
-                .and_then(|c| c.winner)
-                .and_then(|w| self.out_leg_b(id, w))
-        };
+        let leg = self.calls.get_mut(&id).and_then(|c| {
+            if from_a {
+                Some(c.a.next_out_leg())
+            } else {
+                let w = c.winner?;
+                c.forks.get_mut(w).map(|f| f.next_out_leg())
+            }
+        });
         let Some(leg) = leg else {
             return;
         };
-        let mut headers = self.sig.request_headers(
-            leg.peer,
-            leg.from,
-            leg.to,
-            leg.call_id,
-            leg.cseq,
-            Method::Notify,
-        );
-        headers.push("Event", "refer");
-        headers.push("Subscription-State", "terminated;reason=noresource");
-        headers.contact = vec![Contact::Addr(self.sig.our_contact(leg.peer, None))];
-        headers.content_type = Some("message/sipfrag;version=2.0".to_string());
-        let notify = Request {
-            method: Method::Notify,
-            uri: leg.target,
-            headers,
-            body: b"SIP/2.0 200 OK\r\n".to_vec(),
-        };
-        self.sig
-            .send_request(now, notify, leg.peer, ClientRole::Notify);
+        notify_refer_done(&mut self.sig, now, leg);
         if from_a {
             self.send_bye_a(now, id);
         } else if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
             self.send_bye_b(now, id, w);
         }
-    }
-
-    /// The next in-dialog request towards the caller (advances our CSeq).
-    fn out_leg_a(&mut self, id: u64) -> Option<OutLeg> {
-        let call = self.calls.get_mut(&id)?;
-        call.a.local_cseq = call.a.local_cseq.saturating_add(1);
-        let mut from = call.a.local_uri.clone();
-        from.params.set("tag", Some(call.a.local_tag.clone()));
-        let mut to = call.a.remote_uri.clone();
-        to.params.set("tag", Some(call.a.remote_tag.clone()));
-        Some(OutLeg {
-            to_b: false,
-            peer: call.a.peer,
-            target: call.a.target.clone(),
-            from,
-            to,
-            call_id: call.a.call_id.clone(),
-            cseq: call.a.local_cseq,
-        })
-    }
-
-    /// The next in-dialog request towards fork `fork` (advances our CSeq).
-    fn out_leg_b(&mut self, id: u64, fork: usize) -> Option<OutLeg> {
-        let f = self.calls.get_mut(&id)?.forks.get_mut(fork)?;
-        f.local_cseq = f.local_cseq.saturating_add(1);
-        let mut from = f.local_uri.clone();
-        from.params.set("tag", Some(f.local_tag.clone()));
-        let mut to = f.remote_uri.clone();
-        if let Some(tag) = &f.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        Some(OutLeg {
-            to_b: true,
-            peer: f.peer,
-            target: f.target.clone(),
-            from,
-            to,
-            call_id: f.call_id.clone(),
-            cseq: f.local_cseq,
-        })
     }
 
     /// The callee transferred the caller: the caller hears ringback while `dest` rings.
@@ -344,45 +383,17 @@ impl Endpoint {
                 n
             })
             .unwrap_or_else(|| call.a.local_uri.clone());
-        let b_call_id = self.sig.new_call_id();
-        let tag = self.sig.new_tag();
-        let mut from_tagged = from.clone();
-        from_tagged.params.set("tag", Some(tag.clone()));
         let to = NameAddr::new(to_uri);
-        let mut headers = self.sig.request_headers(
-            peer,
-            from_tagged,
-            to.clone(),
-            b_call_id.clone(),
-            1,
-            Method::Invite,
-        );
-        headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
-        headers.content_type = (!body.is_empty()).then(|| "application/sdp".to_string());
-        headers.push("Allow", ALLOW);
-        let invite = Request {
-            method: Method::Invite,
-            uri: uri.clone(),
-            headers,
-            body,
-        };
-        self.sig
-            .send_request(now, invite, peer, ClientRole::NewLegA { call: id });
+        let pending = PendingLegA::invite(&mut self.sig, now, id, peer, uri, from, to, body);
         self.events.push_back(Event::Media(MediaCommand::Play {
             session: id,
             leg: Leg::B,
             clips: vec!["ringback".to_string()],
             repeat: true,
         }));
+        let b_call_id = pending.call_id.clone();
         if let Some(call) = self.calls.get_mut(&id) {
-            call.pending_a = Some(PendingLegA {
-                call_id: b_call_id.clone(),
-                local_tag: tag,
-                local_uri: from,
-                remote_uri: to,
-                target: uri,
-                peer,
-            });
+            call.pending_a = Some(pending);
         }
         self.by_a_call_id.insert(b_call_id, id);
     }
@@ -411,14 +422,7 @@ impl Endpoint {
             return;
         }
         // The new party becomes leg A (its dialog stands in for the caller's).
-        let old_call_id = std::mem::replace(&mut call.a.call_id, pending.call_id);
-        call.a.local_tag = pending.local_tag;
-        call.a.remote_tag = resp.headers.to.tag().unwrap_or_default().to_string();
-        call.a.local_uri = pending.local_uri;
-        call.a.remote_uri = pending.remote_uri;
-        call.a.target = first_contact_uri(&resp.headers).unwrap_or(pending.target);
-        call.a.peer = pending.peer;
-        call.a.local_cseq = 1;
+        let old_call_id = pending.take_over(&mut call.a, resp);
         call.pending_reinvite_ack = None;
         if self.by_a_call_id.get(&old_call_id) == Some(&id) {
             self.by_a_call_id.remove(&old_call_id);
@@ -478,9 +482,8 @@ impl Endpoint {
             }
         }
         let idx = call.forks.len();
-        moved.local_cseq = moved.local_cseq.saturating_add(1);
-        let cseq = moved.local_cseq;
-        let peer = moved.peer;
+        let leg = moved.next_out_leg();
+        let (cseq, peer) = (leg.cseq, leg.peer);
         if let Some(m) = call.media.as_mut() {
             m.set_signal_b(peer.addr.ip());
         }
@@ -490,31 +493,18 @@ impl Endpoint {
             Some(m) => m.offer(Leg::A, &two_way(&call.a_sdp)).unwrap_or_default(),
             None => Vec::new(),
         };
-        let mut from = moved.local_uri.clone();
-        from.params.set("tag", Some(moved.local_tag.clone()));
-        let mut to = moved.remote_uri.clone();
-        if let Some(tag) = &moved.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        let (target, b_call_id) = (moved.target.clone(), moved.call_id.clone());
+        let b_call_id = moved.call_id.clone();
         moved.state = ForkState::Answered;
         moved.invite_cseq = cseq;
         moved.ack = None;
         call.forks.push(moved);
         call.winner = Some(idx);
-        self.by_b_call_id.insert(b_call_id.clone(), (id, idx));
+        self.by_b_call_id.insert(b_call_id, (id, idx));
         // Re-INVITE the target towards this call's relay session.
-        let mut headers = self
-            .sig
-            .request_headers(peer, from, to, b_call_id, cseq, Method::Invite);
-        headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
-        headers.content_type = (!offer.is_empty()).then(|| "application/sdp".to_string());
-        let reinvite = Request {
-            method: Method::Invite,
-            uri: target,
-            headers,
-            body: offer,
-        };
+        let mut reinvite = leg.request(&mut self.sig, Method::Invite);
+        reinvite.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
+        reinvite.headers.content_type = (!offer.is_empty()).then(|| "application/sdp".to_string());
+        reinvite.body = offer;
         self.sig.send_request(
             now,
             reinvite,
@@ -568,27 +558,14 @@ impl Endpoint {
         else {
             return;
         };
-        let Some(leg) = self.out_leg_a(id) else {
-            return;
-        };
-        let mut headers = self.sig.request_headers(
-            leg.peer,
-            leg.from,
-            leg.to,
-            leg.call_id,
-            leg.cseq,
-            Method::Invite,
-        );
-        headers.contact = vec![Contact::Addr(self.sig.our_contact(leg.peer, None))];
-        headers.content_type = Some("application/sdp".to_string());
-        let reinvite = Request {
-            method: Method::Invite,
-            uri: leg.target,
-            headers,
-            body: offer,
-        };
+        let leg = call.a.next_out_leg();
+        let peer = leg.peer;
+        let mut reinvite = leg.request(&mut self.sig, Method::Invite);
+        reinvite.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
+        reinvite.headers.content_type = Some("application/sdp".to_string());
+        reinvite.body = offer;
         self.sig
-            .send_request(now, reinvite, leg.peer, ClientRole::ResumeA { call: id });
+            .send_request(now, reinvite, peer, ClientRole::ResumeA { call: id });
     }
 
     /// The caller's answer to the re-INVITE that takes it off hold after a transfer.
@@ -722,7 +699,136 @@ impl Endpoint {
 
 #[cfg(test)]
 mod tests {
+    use crate::sip::transaction::TxKey;
+
+    use super::super::call::tests::{leg_a, name, peer, sent, signalling};
     use super::*;
+
+    /// The INVITE `sig` sent in its only NewLegA client transaction.
+    fn new_leg_a_invite(sig: &Signalling, call: u64) -> (TxKey, Request) {
+        let key = sig
+            .clients
+            .iter()
+            .find(|(_, r)| matches!(r, ClientRole::NewLegA { call: c } if *c == call))
+            .map(|(k, _)| k.clone())
+            .expect("a NewLegA transaction");
+        let invite = sig.tx.client_request(&key).expect("the INVITE").clone();
+        (key, invite)
+    }
+
+    #[test]
+    fn a_transfer_target_is_invited_and_then_takes_over_the_callers_leg() {
+        let mut sig = signalling();
+        let target = wire::parse_uri("sip:300@10.0.0.7:5060").expect("uri");
+        let pending = PendingLegA::invite(
+            &mut sig,
+            0,
+            9,
+            peer("10.0.0.7:5060"),
+            target,
+            name("sip:200@pbx"),
+            name("sip:300@pbx"),
+            b"v=0\r\n".to_vec(),
+        );
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("INVITE sip:300@10.0.0.7:5060 SIP/2.0"),
+            "{}",
+            out[0]
+        );
+        assert!(
+            out[0].contains(&format!("Call-ID: {}", pending.call_id)),
+            "{}",
+            out[0]
+        );
+        assert!(
+            out[0].contains(&format!("tag={}", pending.local_tag)),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].contains("CSeq: 1 INVITE"), "{}", out[0]);
+        assert!(
+            out[0].contains("Content-Type: application/sdp"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].contains(ALLOW), "{}", out[0]);
+        // Timer A on the virtual clock: unanswered, the INVITE goes again after T1.
+        sig.tx.handle_timeout(499);
+        assert!(sent(&mut sig).is_empty());
+        sig.tx.handle_timeout(500);
+        assert_eq!(sent(&mut sig), out);
+
+        let (_, invite) = new_leg_a_invite(&sig, 9);
+        let mut ok = Response::to_request(&invite, 200, Some("target"));
+        ok.headers.contact = vec![Contact::Addr(name("sip:300@10.0.0.7:5070"))];
+        let new_call_id = pending.call_id.clone();
+        let mut a = leg_a();
+        a.local_cseq = 4;
+        let replaced = pending.take_over(&mut a, &ok);
+        assert_eq!(replaced, "a-call");
+        assert_eq!(a.call_id, new_call_id);
+        assert_eq!(a.remote_tag, "target");
+        assert_eq!(a.target.to_string(), "sip:300@10.0.0.7:5070");
+        assert_eq!(a.peer, peer("10.0.0.7:5060"));
+        // The target's dialog continues after its INVITE's CSeq 1.
+        let bye = a.next_out_leg();
+        assert_eq!(bye.cseq, 2);
+        assert_eq!(bye.to.tag(), Some("target"));
+        assert_eq!(bye.from.uri.user(), Some("200"));
+    }
+
+    #[test]
+    fn the_referrer_is_notified_once_and_its_subscription_ends() {
+        let mut sig = signalling();
+        let mut a = leg_a();
+        notify_refer_done(&mut sig, 0, a.next_out_leg());
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("NOTIFY sip:100@10.0.0.5:5062 SIP/2.0"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].contains("CSeq: 1 NOTIFY"), "{}", out[0]);
+        assert!(out[0].contains("Event: refer"), "{}", out[0]);
+        assert!(
+            out[0].contains("Subscription-State: terminated;reason=noresource"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].ends_with("\r\n\r\nSIP/2.0 200 OK\r\n"), "{}", out[0]);
+        assert!(sig
+            .clients
+            .values()
+            .any(|r| matches!(r, ClientRole::Notify)));
+        // A non-INVITE transaction: retransmitted at T1 until answered.
+        sig.tx.handle_timeout(500);
+        assert_eq!(sent(&mut sig), out);
+    }
+
+    #[test]
+    fn a_target_without_contact_is_reached_where_it_was_invited() {
+        let mut sig = signalling();
+        let pending = PendingLegA::invite(
+            &mut sig,
+            0,
+            3,
+            peer("10.0.0.7:5060"),
+            wire::parse_uri("sip:300@10.0.0.7:5060").expect("uri"),
+            name("sip:200@pbx"),
+            name("sip:300@pbx"),
+            Vec::new(),
+        );
+        let out = sent(&mut sig);
+        assert!(!out[0].contains("Content-Type"), "{}", out[0]);
+        let (_, invite) = new_leg_a_invite(&sig, 3);
+        let ok = Response::to_request(&invite, 200, Some("t"));
+        let mut a = leg_a();
+        pending.take_over(&mut a, &ok);
+        assert_eq!(a.target.to_string(), "sip:300@10.0.0.7:5060");
+    }
 
     #[test]
     fn refer_to_blind_and_attended() {

@@ -4,9 +4,20 @@
 
 use std::collections::VecDeque;
 
-use super::*;
+use rand::Rng;
+
+use crate::cdr::Disposition;
 use crate::dialplan::{OutboundError, Target};
+use crate::sip::transaction::TxKey;
+use crate::sip::{wire, NameAddr, Params, Peer, Request, Response, Transport};
 use crate::trunk::{Admission, TrunkStatus};
+use crate::Millis;
+
+use super::call::{better_failure, CallState, ClientRole, ForkIdentity, ForkState, Origin};
+use super::config::GateDecision;
+use super::event::Event;
+use super::routing::{Dest, GateTicket, RingPlan};
+use super::{dialled, Endpoint};
 
 /// An outbound call's way out.
 #[derive(Debug, Clone, PartialEq, Eq)]
