@@ -26,6 +26,9 @@ pub struct ModuleGraph {
     pub modules: BTreeSet<ModPath>,
     /// `from` → the modules it imports (never itself).
     pub imports: BTreeMap<ModPath, BTreeSet<ModPath>>,
+    /// Glob imports of this crate's modules outside tests (`use super::*;`), by module: they
+    /// hide which modules a module depends on, so the check refuses them.
+    pub globs: BTreeMap<ModPath, Vec<String>>,
 }
 
 /// A set of sibling modules that import each other in a circle.
@@ -58,6 +61,10 @@ impl ModuleGraph {
     /// Records the imports of module `path` whose source is `text` (modules known already).
     pub fn add_source(&mut self, path: &ModPath, text: &str) {
         let code = strip(text);
+        let globs = glob_uses(&code);
+        if !globs.is_empty() {
+            self.globs.insert(path.clone(), globs);
+        }
         let mut found = BTreeSet::new();
         for raw in paths_in(&code) {
             if let Some(target) = self.resolve(path, &raw) {
@@ -329,6 +336,33 @@ fn remove_test_items(code: &str) -> String {
     out
 }
 
+/// `use` declarations of this crate's paths (`crate`, `super`, `self`) that import with `*`.
+fn glob_uses(code: &str) -> Vec<String> {
+    let t = tokens(code);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < t.len() {
+        if t[i] == "use"
+            && matches!(
+                t.get(i + 1).map(String::as_str),
+                Some("crate" | "super" | "self")
+            )
+        {
+            let end = t[i..]
+                .iter()
+                .position(|x| x == ";")
+                .map_or(t.len(), |k| i + k);
+            if t[i..end].iter().any(|x| x == "*") {
+                out.push(t[i..end].concat());
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Identifiers, `::` and single punctuation characters.
 fn tokens(code: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -578,6 +612,23 @@ mod tests {
         let cycles = g.cycles();
         assert_eq!(cycles.len(), 1);
         assert_eq!(cycles[0].parent, "crate::p");
+    }
+
+    #[test]
+    fn glob_imports_outside_tests_are_recorded() {
+        let g = graph(&[
+            ("p", ""),
+            (
+                "p::x",
+                "use super::*;\nuse std::io::*;\n#[cfg(test)]\nmod tests { use super::*; }",
+            ),
+            ("p::y", "use crate::p::{x::*, Z};"),
+        ]);
+        assert_eq!(g.globs.len(), 2, "{:?}", g.globs);
+        assert_eq!(
+            g.globs[&vec!["p".to_owned(), "x".to_owned()]],
+            ["usesuper::*"]
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::Millis;
 
 use super::call::{App, Call, CallState};
 use super::ivr::{self, MenuSession, PlayDone};
-use super::routing::RingPlan;
+use super::plan::RingPlan;
 use super::voicemail::{AccessSession, Deposit, DepositStage, MailboxMessage};
 use super::{Endpoint, Event, ALLOW};
 

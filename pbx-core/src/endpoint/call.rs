@@ -12,14 +12,14 @@ use std::net::SocketAddr;
 use crate::media::anchor::CallMedia;
 use crate::media::session::Leg;
 use crate::sip::transaction::TxKey;
-use crate::sip::{Method, NameAddr, Peer, Request, Transport, Uri};
+use crate::sip::{Contact, Method, NameAddr, Peer, Request, Response, Transport, Uri};
 use crate::Millis;
 
-use super::signalling::Signalling;
+use super::signalling::{first_contact_uri, ClientRole, Signalling};
+use super::ALLOW;
 
 use super::ivr::MenuSession;
-use super::routing;
-use super::transfer::PendingLegA;
+use super::plan::{GateTicket, RingPlan};
 use super::voicemail::{AccessSession, Deposit, DepositStage};
 
 /// State of the caller's leg.
@@ -249,11 +249,11 @@ pub(super) struct Call {
     /// Where the caller came from.
     pub(super) origin: Origin,
     /// What is being rung.
-    pub(super) plan: routing::RingPlan,
+    pub(super) plan: RingPlan,
     /// Next step of the plan (next group member, next trunk when one stays silent).
     pub(super) step_deadline: Option<Millis>,
     /// The toll-fraud gate allowed this call: report its end.
-    pub(super) gate: Option<routing::GateTicket>,
+    pub(super) gate: Option<GateTicket>,
     /// Forwarding and transfer hops so far (loop guard).
     pub(super) hops: u8,
 }
@@ -397,41 +397,6 @@ impl OutLeg {
     }
 }
 
-/// What a client transaction belongs to.
-#[derive(Debug, Clone)]
-pub(super) enum ClientRole {
-    Invite {
-        call: u64,
-        fork: usize,
-    },
-    Cancel,
-    Bye,
-    Relay {
-        call: u64,
-        relay: u64,
-    },
-    /// A NOTIFY about a REFER's progress.
-    Notify,
-    /// The INVITE to a transfer target that takes over leg A.
-    NewLegA {
-        call: u64,
-    },
-    /// A re-INVITE Outpost sent on its own to fork `fork` (attended transfer).
-    Reoffer {
-        call: u64,
-        fork: usize,
-    },
-    /// A re-INVITE that takes the caller off hold after an attended transfer.
-    ResumeA {
-        call: u64,
-    },
-    /// A trunk's registration or health ping.
-    Trunk {
-        trunk: usize,
-        purpose: crate::trunk::Purpose,
-    },
-}
-
 /// Response aggregation across forks (RFC 3261 §16.7 step 6, simplified): busy beats other
 /// failures so the caller hears busy when any phone was busy; otherwise the lowest class wins.
 pub(super) fn better_failure(current: Option<u16>, new: u16) -> u16 {
@@ -449,6 +414,79 @@ pub(super) fn better_failure(current: Option<u16>, new: u16) -> u16 {
 }
 
 /// Records and signalling for the endpoint's unit tests.
+/// The INVITE that brings a transfer target onto leg A (the caller transferred the
+/// callee): the dialog Outpost opened with the target, until it answers.
+#[derive(Debug)]
+pub(super) struct PendingLegA {
+    pub(super) call_id: String,
+    pub(super) local_tag: String,
+    pub(super) local_uri: NameAddr,
+    pub(super) remote_uri: NameAddr,
+    pub(super) target: Uri,
+    pub(super) peer: Peer,
+}
+
+impl PendingLegA {
+    /// Sends the INVITE for call `call` to the target's contact `target` at `peer`, from
+    /// `from` (without tag) to `to`, offering `body`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn invite(
+        sig: &mut Signalling,
+        now: Millis,
+        call: u64,
+        peer: Peer,
+        target: Uri,
+        from: NameAddr,
+        to: NameAddr,
+        body: Vec<u8>,
+    ) -> PendingLegA {
+        let call_id = sig.new_call_id();
+        let local_tag = sig.new_tag();
+        let mut from_tagged = from.clone();
+        from_tagged.params.set("tag", Some(local_tag.clone()));
+        let mut headers = sig.request_headers(
+            peer,
+            from_tagged,
+            to.clone(),
+            call_id.clone(),
+            1,
+            Method::Invite,
+        );
+        headers.contact = vec![Contact::Addr(sig.our_contact(peer, None))];
+        headers.content_type = (!body.is_empty()).then(|| "application/sdp".to_string());
+        headers.push("Allow", ALLOW);
+        let invite = Request {
+            method: Method::Invite,
+            uri: target.clone(),
+            headers,
+            body,
+        };
+        sig.send_request(now, invite, peer, ClientRole::NewLegA { call });
+        PendingLegA {
+            call_id,
+            local_tag,
+            local_uri: from,
+            remote_uri: to,
+            target,
+            peer,
+        }
+    }
+
+    /// The target answered with the 2xx `resp`: its dialog stands in for the caller's on
+    /// leg `a`. Returns the Call-ID of the dialog it replaced.
+    pub(super) fn take_over(self, a: &mut LegA, resp: &Response) -> String {
+        let old_call_id = std::mem::replace(&mut a.call_id, self.call_id);
+        a.local_tag = self.local_tag;
+        a.remote_tag = resp.headers.to.tag().unwrap_or_default().to_string();
+        a.local_uri = self.local_uri;
+        a.remote_uri = self.remote_uri;
+        a.target = first_contact_uri(&resp.headers).unwrap_or(self.target);
+        a.peer = self.peer;
+        a.local_cseq = 1;
+        old_call_id
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use rand::rngs::StdRng;

@@ -9,7 +9,8 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{Contact, Method, Peer, Request, Response};
 use crate::Millis;
 
-use super::call::{ClientRole, OutLeg, Relay};
+use super::call::{OutLeg, Relay};
+use super::signalling::ClientRole;
 use super::{Endpoint, Event};
 
 impl Endpoint {

@@ -36,6 +36,7 @@ mod event;
 mod ivr;
 mod legs;
 mod mwi;
+mod plan;
 mod routing;
 mod signalling;
 mod transfer;
@@ -44,8 +45,7 @@ mod voicemail;
 
 use accounts::{Accounts, AuthIo};
 use call::{
-    better_failure, App, Call, CallState, ClientRole, Fork, ForkIdentity, ForkState, LegA, Origin,
-    Relay,
+    better_failure, App, Call, CallState, Fork, ForkIdentity, ForkState, LegA, Origin, Relay,
 };
 pub use config::{
     CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
@@ -57,8 +57,9 @@ use voicemail::Voicemail;
 pub use voicemail::{pin_hash, MailboxMessage};
 
 use deadlines::Deadlines;
-use routing::{Dest, RingPlan, Routed};
-use signalling::{first_contact_uri, Signalling};
+use plan::RingPlan;
+use routing::{Dest, Routed};
+use signalling::{first_contact_uri, ClientRole, Signalling};
 
 /// Methods we answer, for Allow headers.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";

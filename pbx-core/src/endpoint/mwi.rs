@@ -15,7 +15,7 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{Contact, Method, NameAddr, Params, Peer, Request, Response, Uri};
 use crate::Millis;
 
-use super::call::ClientRole;
+use super::signalling::ClientRole;
 use super::signalling::{first_contact_uri, Signalling};
 use super::voicemail::Counts;
 

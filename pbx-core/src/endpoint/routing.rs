@@ -8,33 +8,11 @@ use crate::Millis;
 
 use super::call::{App, CallState, ForkState};
 use super::config::{CallGate, Forwarding, RingStrategy};
-use super::trunking::ExternalPlan;
+use super::plan::{ExternalPlan, RingPlan};
 use super::Endpoint;
 
 /// Forwarding and transfer hops a call may take (stops forwarding loops).
 const MAX_HOPS: u8 = 4;
-
-/// What a call is ringing.
-#[derive(Debug, Clone, Default)]
-pub(super) enum RingPlan {
-    /// Nothing (yet), or Outpost answered the call itself.
-    #[default]
-    Nothing,
-    /// An extension's phones.
-    Extension { ext: String },
-    /// A ring group; `next` is the next member to ring when it rings in order.
-    Group { group: usize, next: usize },
-    /// Out through trunks.
-    External(ExternalPlan),
-}
-
-/// What to report to the toll-fraud gate when an allowed call ends.
-#[derive(Debug, Clone)]
-pub(super) struct GateTicket {
-    pub ext: String,
-    pub dialled: String,
-    pub trunk: Option<String>,
-}
 
 /// Where a dialled number leads.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,6 @@ use crate::sip::{
 };
 use crate::Millis;
 
-use super::call::ClientRole;
-
 /// The transaction layer and what our messages carry.
 #[derive(Debug)]
 pub(super) struct Signalling {
@@ -240,4 +238,39 @@ pub(super) fn first_contact_uri(headers: &Headers) -> Option<Uri> {
         Contact::Addr(a) => Some(a.uri.clone()),
         Contact::Star => None,
     })
+}
+
+/// What a client transaction belongs to.
+#[derive(Debug, Clone)]
+pub(super) enum ClientRole {
+    Invite {
+        call: u64,
+        fork: usize,
+    },
+    Cancel,
+    Bye,
+    Relay {
+        call: u64,
+        relay: u64,
+    },
+    /// A NOTIFY about a REFER's progress.
+    Notify,
+    /// The INVITE to a transfer target that takes over leg A.
+    NewLegA {
+        call: u64,
+    },
+    /// A re-INVITE Outpost sent on its own to fork `fork` (attended transfer).
+    Reoffer {
+        call: u64,
+        fork: usize,
+    },
+    /// A re-INVITE that takes the caller off hold after an attended transfer.
+    ResumeA {
+        call: u64,
+    },
+    /// A trunk's registration or health ping.
+    Trunk {
+        trunk: usize,
+        purpose: crate::trunk::Purpose,
+    },
 }

@@ -10,12 +10,14 @@
 use crate::cdr::Disposition;
 use crate::media::session::{Leg, MediaCommand};
 use crate::sip::transaction::TxKey;
-use crate::sip::{wire, Contact, Method, NameAddr, Params, Peer, Request, Response, Uri};
+use crate::sip::{wire, Contact, Method, NameAddr, Params, Peer, Request, Response};
 use crate::Millis;
 
-use super::call::{App, Call, CallState, ClientRole, Fork, ForkState, LegA, Origin, OutLeg};
+use super::call::{App, Call, CallState, Fork, ForkState, Origin, OutLeg, PendingLegA};
 use super::event::Event;
-use super::routing::{Dest, RingPlan, Routed};
+use super::plan::RingPlan;
+use super::routing::{Dest, Routed};
+use super::signalling::ClientRole;
 use super::signalling::{first_contact_uri, Signalling};
 use super::{Endpoint, ALLOW};
 
@@ -119,79 +121,6 @@ fn notify_refer_done(sig: &mut Signalling, now: Millis, leg: OutLeg) {
     notify.headers.content_type = Some("message/sipfrag;version=2.0".to_string());
     notify.body = b"SIP/2.0 200 OK\r\n".to_vec();
     sig.send_request(now, notify, peer, ClientRole::Notify);
-}
-
-/// The INVITE that brings a transfer target onto leg A (the caller transferred the
-/// callee): the dialog Outpost opened with the target, until it answers.
-#[derive(Debug)]
-pub(super) struct PendingLegA {
-    pub(super) call_id: String,
-    pub(super) local_tag: String,
-    pub(super) local_uri: NameAddr,
-    pub(super) remote_uri: NameAddr,
-    pub(super) target: Uri,
-    pub(super) peer: Peer,
-}
-
-impl PendingLegA {
-    /// Sends the INVITE for call `call` to the target's contact `target` at `peer`, from
-    /// `from` (without tag) to `to`, offering `body`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn invite(
-        sig: &mut Signalling,
-        now: Millis,
-        call: u64,
-        peer: Peer,
-        target: Uri,
-        from: NameAddr,
-        to: NameAddr,
-        body: Vec<u8>,
-    ) -> PendingLegA {
-        let call_id = sig.new_call_id();
-        let local_tag = sig.new_tag();
-        let mut from_tagged = from.clone();
-        from_tagged.params.set("tag", Some(local_tag.clone()));
-        let mut headers = sig.request_headers(
-            peer,
-            from_tagged,
-            to.clone(),
-            call_id.clone(),
-            1,
-            Method::Invite,
-        );
-        headers.contact = vec![Contact::Addr(sig.our_contact(peer, None))];
-        headers.content_type = (!body.is_empty()).then(|| "application/sdp".to_string());
-        headers.push("Allow", ALLOW);
-        let invite = Request {
-            method: Method::Invite,
-            uri: target.clone(),
-            headers,
-            body,
-        };
-        sig.send_request(now, invite, peer, ClientRole::NewLegA { call });
-        PendingLegA {
-            call_id,
-            local_tag,
-            local_uri: from,
-            remote_uri: to,
-            target,
-            peer,
-        }
-    }
-
-    /// The target answered with the 2xx `resp`: its dialog stands in for the caller's on
-    /// leg `a`. Returns the Call-ID of the dialog it replaced.
-    pub(super) fn take_over(self, a: &mut LegA, resp: &Response) -> String {
-        let old_call_id = std::mem::replace(&mut a.call_id, self.call_id);
-        a.local_tag = self.local_tag;
-        a.remote_tag = resp.headers.to.tag().unwrap_or_default().to_string();
-        a.local_uri = self.local_uri;
-        a.remote_uri = self.remote_uri;
-        a.target = first_contact_uri(&resp.headers).unwrap_or(self.target);
-        a.peer = self.peer;
-        a.local_cseq = 1;
-        old_call_id
-    }
 }
 
 impl Endpoint {

@@ -13,26 +13,13 @@ use crate::sip::{wire, NameAddr, Params, Peer, Request, Response, Transport};
 use crate::trunk::{Admission, TrunkStatus};
 use crate::Millis;
 
-use super::call::{better_failure, CallState, ClientRole, ForkIdentity, ForkState, Origin};
+use super::call::{better_failure, CallState, ForkIdentity, ForkState, Origin};
 use super::config::GateDecision;
 use super::event::Event;
-use super::routing::{Dest, GateTicket, RingPlan};
+use super::plan::{ExternalPlan, GateTicket, RingPlan};
+use super::routing::Dest;
+use super::signalling::ClientRole;
 use super::{dialled, Endpoint};
-
-/// An outbound call's way out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ExternalPlan {
-    /// The number as sent to the provider (after strip/prepend).
-    pub number: String,
-    /// Trunks still to try, in order.
-    pub trunks: VecDeque<usize>,
-    /// Caller-ID chosen by the route (else the trunk's).
-    pub caller_id: Option<String>,
-    /// An emergency call: every trunk, no limits.
-    pub emergency: bool,
-    /// The route's name.
-    pub route: String,
-}
 
 impl Endpoint {
     /// Whether a request from `src` is a configured trunk's own (address, port and

@@ -40,6 +40,14 @@ fn main() -> ExitCode {
             graph.modules.len(),
             cycles.len()
         );
+        for (m, uses) in &graph.globs {
+            bad += 1;
+            eprintln!(
+                "  crate::{}: glob import {} hides what it depends on; name the items",
+                m.join("::"),
+                uses.join(", ")
+            );
+        }
         for c in cycles {
             bad += 1;
             eprintln!("  cycle among the children of {}:", c.parent);
@@ -49,7 +57,10 @@ fn main() -> ExitCode {
         }
     }
     if bad > 0 {
-        eprintln!("module-graph: {bad} cycle(s); lower layers must not import higher ones");
+        eprintln!(
+            "module-graph: {bad} problem(s): lower layers must not import higher ones, and \
+             imports of the crate's own modules name what they take"
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
