@@ -110,9 +110,14 @@ pub fn csv_row(c: &Cdr) -> String {
     format!("{}\r\n", fields.join(","))
 }
 
-/// One CSV field, quoted when it must be and defused when it could start a formula.
+/// Characters a spreadsheet reads as the start of a formula (OWASP's CSV injection list):
+/// caller names and numbers come from the network, so none may start a cell.
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// One CSV field, quoted when it must be and defused when it could start a formula (a
+/// leading `'` makes a spreadsheet take the cell as text).
 fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '@']) {
+    let s = if s.starts_with(FORMULA_START) {
         format!("'{s}")
     } else {
         s.to_owned()
@@ -169,8 +174,19 @@ mod tests {
         };
         assert_eq!(
             csv_row(&cdr),
-            "\"a\"\"b\",'=cmd|x,\"+49 30, 1\",2024-05-01T00:00:00.000Z,,2024-05-01T00:00:05.500Z,0,no_answer,480\r\n"
+            "\"a\"\"b\",'=cmd|x,\"'+49 30, 1\",2024-05-01T00:00:00.000Z,,2024-05-01T00:00:05.500Z,0,no_answer,480\r\n"
         );
+        for (raw, defused) in [
+            ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "\"'\r=1\""),
+            ("100", "100"),
+            ("Anna Schmidt", "Anna Schmidt"),
+        ] {
+            assert_eq!(csv_field(raw), defused, "{raw:?}");
+        }
         assert_eq!(CSV_HEADER.matches(',').count(), 8);
     }
 }
