@@ -78,6 +78,14 @@ impl Revisions {
     pub fn open(data_dir: &Path) -> Result<Revisions, RevisionError> {
         let dir = data_dir.join("config");
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        // Revisions hold trunk passwords: ones an older firmware wrote world-readable are
+        // made private.
+        crate::store::private(&dir, 0o700);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                crate::store::private(&entry.path(), 0o600);
+            }
+        }
         let index_path = dir.join("revisions.json");
         let index = match std::fs::read(&index_path) {
             Ok(bytes) => serde_json::from_slice(&bytes)

@@ -293,6 +293,10 @@ impl Store {
         let path = dir.join(DB_FILE);
         let fresh = !path.exists();
         let mut db = Database::create(&path)?;
+        // A store an older firmware wrote with the default modes is made private (the
+        // daemon's umask covers what it creates now).
+        private(dir, 0o700);
+        private(&path, 0o600);
         let mut stored = if fresh { current } else { read_schema(&db)? };
         if stored > current {
             // The firmware was rolled back after a newer one migrated the store.
@@ -1158,6 +1162,17 @@ fn binding_key(ext: &str, contact: &str) -> String {
 /// Key range holding every registration of `ext`.
 fn ext_range(ext: &str) -> (String, String) {
     (format!("{ext}\0"), format!("{ext}\u{1}"))
+}
+
+/// Takes the group's and others' permissions from `path` (best effort: a file system
+/// without modes, or another owner, leaves it as it is).
+pub(crate) fn private(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,10 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // Everything the daemon writes (the store, configuration revisions holding trunk
+    // passwords, keys, voicemail, backups) and every program it starts is private to its
+    // user, whatever umask it was started with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let args = Args::parse();
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
