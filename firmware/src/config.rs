@@ -275,6 +275,10 @@ pub struct MediaConfig {
     /// Spoken prompts (`.ul` files made by `scripts/make-prompts DIR`); tones (beep,
     /// ringback, music on hold) are built in.
     pub prompts_dir: PathBuf,
+    /// Exchange SDES-SRTP keys (`a=crypto`) over UDP and TCP signalling as well as TLS.
+    /// Off by default (RFC 4568 §8.3): over UDP/TCP an `RTP/SAVP` offer gets 488 and a
+    /// best-effort one (`RTP/AVP` with keys) is answered plain RTP.
+    pub srtp_over_insecure: bool,
 }
 
 impl Default for MediaConfig {
@@ -286,6 +290,7 @@ impl Default for MediaConfig {
             port_last: 10999,
             timeout_secs: 60,
             prompts_dir: PathBuf::from("/usr/share/outpost/prompts"),
+            srtp_over_insecure: false,
         }
     }
 }

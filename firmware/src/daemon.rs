@@ -194,6 +194,7 @@ pub async fn run(
         features: pbx_config::features(&cfg.features),
         dialplan: pbx_config::dialplan(&cfg.route, &cfg.inbound, &cfg.dialplan),
         trunks: trunks.clone(),
+        srtp_over_insecure: cfg.media.srtp_over_insecure,
     };
     let mut endpoint_cfg = endpoint_cfg;
     let mut relay = None;

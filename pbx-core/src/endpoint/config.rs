@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::registrar::RegistrarConfig;
 use crate::sip::auth::NonceConfig;
+use crate::sip::message::Transport;
 use crate::sip::transaction::TimerConfig;
 #[cfg(doc)]
 use crate::sip::transaction::DEFAULT_MAX_SERVER;
@@ -51,6 +52,17 @@ pub struct EndpointConfig {
     pub dialplan: crate::dialplan::Dialplan,
     /// SIP trunks towards providers.
     pub trunks: Vec<crate::trunk::TrunkConfig>,
+    /// Exchange SDES-SRTP keys (`a=crypto`, RFC 4568) over UDP and TCP signalling too.
+    /// Off by default: RFC 4568 §8.3 allows keys only over a secure transport, so an
+    /// `RTP/SAVP` offer over UDP/TCP gets 488 and every other SDP over them loses its keys.
+    pub srtp_over_insecure: bool,
+}
+
+impl EndpointConfig {
+    /// May SDES keys travel over signalling on `transport`?
+    pub fn sdes_allowed(&self, transport: Transport) -> bool {
+        transport == Transport::Tls || self.srtp_over_insecure
+    }
 }
 
 /// A number that rings several extensions.

@@ -2,8 +2,6 @@
 //! the other (and their answers), the ACKs and BYEs Outpost sends itself, and the SDP
 //! rewriting that anchors media in the relay as bodies cross.
 
-use std::net::IpAddr;
-
 use crate::media::session::Leg;
 use crate::sip::transaction::TxKey;
 use crate::sip::{Contact, Method, Peer, Request, Response};
@@ -216,7 +214,7 @@ impl Endpoint {
         from: Leg,
         offer: bool,
         body: &[u8],
-        b_ip: Option<IpAddr>,
+        b_peer: Option<Peer>,
     ) -> Vec<u8> {
         if body.is_empty() {
             return Vec::new();
@@ -229,10 +227,19 @@ impl Endpoint {
             Leg::B => call.b_sdp = body.to_vec(),
         }
         let Some(media) = call.media.as_mut() else {
-            return body.to_vec();
+            // Passed through: no key crosses a leg reached over an insecure transport.
+            let b = b_peer.or_else(|| call.winner.and_then(|w| call.forks.get(w)).map(|f| f.peer));
+            let secure = self.cfg.sdes_allowed(call.a.peer.transport)
+                && b.is_none_or(|p| self.cfg.sdes_allowed(p.transport));
+            return if secure {
+                body.to_vec()
+            } else {
+                super::without_sdes(body)
+            };
         };
-        if let Some(ip) = b_ip {
-            media.set_signal_b(ip);
+        if let Some(peer) = b_peer {
+            media.set_signal_b(peer.addr.ip());
+            media.set_sdes(Leg::B, self.cfg.sdes_allowed(peer.transport));
         }
         let result = if offer {
             media.offer(from, body).map(|b| (b, Vec::new()))

@@ -38,6 +38,7 @@ mod legs;
 mod mwi;
 mod plan;
 mod routing;
+mod sdes;
 mod signalling;
 mod transfer;
 mod trunking;
@@ -59,7 +60,8 @@ pub use voicemail::{pin_hash, MailboxMessage};
 use deadlines::Deadlines;
 use plan::RingPlan;
 use routing::{Dest, Routed};
-use signalling::{first_contact_uri, ClientRole, Signalling};
+use sdes::{requires_srtp, without_sdes, InsecureSrtpLog};
+use signalling::{first_contact_uri, host_text, ClientRole, Signalling};
 
 /// Methods we answer, for Allow headers.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
@@ -109,6 +111,8 @@ pub struct Endpoint {
     /// Calls in `calls` that ended and wait for their forks' transactions.
     ended_calls: usize,
     next_call: u64,
+    /// Rate-limited log of SRTP offers refused for their transport.
+    insecure_srtp_log: InsecureSrtpLog,
     by_a_call_id: HashMap<String, u64>,
     by_b_call_id: HashMap<String, (u64, usize)>,
     by_server_key: HashMap<TxKey, u64>,
@@ -148,6 +152,7 @@ impl Endpoint {
                 .map(|m| PortPool::new(m.port_first, m.port_last)),
             ended_calls: 0,
             next_call: 1,
+            insecure_srtp_log: InsecureSrtpLog::default(),
             by_a_call_id: HashMap::new(),
             by_b_call_id: HashMap::new(),
             by_server_key: HashMap::new(),
@@ -508,12 +513,32 @@ impl Endpoint {
         let mut remote_uri = req.headers.from.clone();
         remote_uri.params.remove("tag");
         let late_offer = req.body.is_empty();
+        let caller_sdes = self.cfg.sdes_allowed(src.transport);
+        if !caller_sdes && requires_srtp(&req.body) {
+            // RFC 4568 §8.3: the keys crossed the wire in clear, and SRTP is all the
+            // caller accepts.
+            self.insecure_srtp_log.note(now, src);
+            let mut resp = Response::to_request(&req, 488, Some(&local_tag));
+            let host = host_text(self.sig.local_for(src));
+            resp.headers.push(
+                "Warning",
+                format!("399 {host} \"SRTP keys are only exchanged over TLS\""),
+            );
+            self.sig.send(now, &key, resp, src);
+            return;
+        }
         let first_peer_ip = self.dest_ip(now, &dest).unwrap_or(src.addr.ip());
         let id = self.next_call;
         self.next_call += 1;
         self.counters.calls_started += 1;
         let mut media = None;
-        let mut b_offer = req.body.clone();
+        // Without anchoring the caller's SDP passes through: over an insecure transport it
+        // loses its keys (the caller's best-effort SRTP becomes plain RTP).
+        let mut b_offer = if caller_sdes {
+            req.body.clone()
+        } else {
+            without_sdes(&req.body)
+        };
         if let Some(settings) = self.cfg.media.clone() {
             let Some((port_a, port_b)) = self.take_ports() else {
                 tracing::warn!("no free media ports: call refused");
@@ -533,6 +558,7 @@ impl Endpoint {
             // SRTP keys come from the endpoint's generator (seeded by the driver with
             // OS randomness, never shown on the wire), not from the SDP session id.
             m.set_key_seed(self.sig.rng.gen());
+            m.set_sdes(Leg::A, caller_sdes);
             if !late_offer {
                 match m.offer(Leg::A, &req.body) {
                     Ok(body) => b_offer = body,
@@ -667,6 +693,12 @@ impl Endpoint {
     ) -> Fork {
         let b_call_id = self.sig.new_call_id();
         let local_tag = self.sig.new_tag();
+        // Forks share one offer; a phone reached over UDP or TCP gets it without keys.
+        let body = if self.cfg.sdes_allowed(peer.transport) {
+            body
+        } else {
+            without_sdes(&body)
+        };
         let ForkIdentity {
             local_uri,
             remote_uri,
@@ -1014,13 +1046,13 @@ impl Endpoint {
                 out.headers.content_type = resp.headers.content_type.clone();
                 let (peer, key) = (call.a.peer, call.a.invite_key.clone());
                 let late = call.late_offer;
-                let fork_ip = f.peer.addr.ip();
+                let fork_peer = f.peer;
                 // Early media: the 18x answer (not in a late-offer call, where the 2xx
                 // carries the offer and the early body would be a second offer).
                 out.body = if late || resp.body.is_empty() {
                     Vec::new()
                 } else {
-                    self.media_body(id, Leg::B, false, &resp.body, Some(fork_ip))
+                    self.media_body(id, Leg::B, false, &resp.body, Some(fork_peer))
                 };
                 if out.body.is_empty() {
                     out.headers.content_type = None;
@@ -1042,7 +1074,7 @@ impl Endpoint {
                 f.state = ForkState::Answered;
                 call.winner = Some(fork);
                 call.app = None;
-                let fork_ip = f.peer.addr.ip();
+                let fork_peer = f.peer;
                 self.counters.calls_answered += 1;
                 self.ring_timers.remove(call.ring_deadline, id);
                 self.send_ack_b(id, fork, Vec::new(), None);
@@ -1050,7 +1082,7 @@ impl Endpoint {
                     session: id,
                     leg: Leg::A,
                 }));
-                let _ = self.media_body(id, Leg::B, false, &resp.body, Some(fork_ip));
+                let _ = self.media_body(id, Leg::B, false, &resp.body, Some(fork_peer));
                 self.cancel_forks(now, id, Some(fork));
                 return;
             }
@@ -1067,7 +1099,7 @@ impl Endpoint {
             self.counters.calls_answered += 1;
             self.ring_timers.remove(call.ring_deadline, id);
             let late_offer = call.late_offer;
-            let fork_ip = f.peer.addr.ip();
+            let fork_peer = f.peer;
             let mut out = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
             out.reason = resp.reason.clone();
             out.headers.content_type = resp.headers.content_type.clone();
@@ -1075,7 +1107,7 @@ impl Endpoint {
             let peer = call.a.peer;
             let key = call.a.invite_key.clone();
             // The 2xx carries the answer, or in a late-offer call the callee's offer.
-            out.body = self.media_body(id, Leg::B, late_offer, &resp.body, Some(fork_ip));
+            out.body = self.media_body(id, Leg::B, late_offer, &resp.body, Some(fork_peer));
             out.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
             if !late_offer {
                 self.send_ack_b(id, fork, Vec::new(), None);

@@ -2,6 +2,7 @@
 //! attendant, voicemail — and what happens when the phones rung do not answer.
 
 use crate::cdr::Disposition;
+use crate::media::session::Leg;
 use crate::registrar::Binding;
 use crate::sip::{wire, NameAddr};
 use crate::Millis;
@@ -280,6 +281,7 @@ impl Endpoint {
         };
         if let (Some(m), Some(first)) = (call.media.as_mut(), contacts.first()) {
             m.set_signal_b(first.source.addr.ip());
+            m.set_sdes(Leg::B, self.cfg.sdes_allowed(first.source.transport));
         }
         // A caller already talking to Outpost (menu, transfer) gets a fresh offer for the
         // new phone; a ringing caller's anchored offer is reused.

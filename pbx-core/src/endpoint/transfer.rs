@@ -295,6 +295,8 @@ impl Endpoint {
         let body = match call.media.as_mut() {
             Some(m) => {
                 m.set_signal_b(call.a.peer.addr.ip());
+                // The offer goes to the target, which is to take over leg A.
+                m.set_sdes(Leg::A, self.cfg.sdes_allowed(first.source.transport));
                 m.offer(Leg::B, &call.b_sdp).unwrap_or_default()
             }
             None => Vec::new(),
@@ -415,6 +417,7 @@ impl Endpoint {
         let (cseq, peer) = (leg.cseq, leg.peer);
         if let Some(m) = call.media.as_mut() {
             m.set_signal_b(peer.addr.ip());
+            m.set_sdes(Leg::B, self.cfg.sdes_allowed(peer.transport));
         }
         // The referrer usually held the caller first: the target is offered a two-way
         // stream, and the caller is resumed once the target answered.
@@ -457,12 +460,12 @@ impl Endpoint {
         if !resp.is_success() {
             return;
         }
-        let ip = self
+        let peer = self
             .calls
             .get(&id)
             .and_then(|c| c.forks.get(fork))
-            .map(|f| f.peer.addr.ip());
-        let _ = self.media_body(id, Leg::B, false, &resp.body, ip);
+            .map(|f| f.peer);
+        let _ = self.media_body(id, Leg::B, false, &resp.body, peer);
         self.send_in_dialog_ack_b(id, fork, resp.headers.cseq.seq, Vec::new(), None);
         // Take the caller off hold: offer it the target's (two-way) media.
         let Some(call) = self.calls.get_mut(&id) else {
@@ -555,6 +558,7 @@ impl Endpoint {
             return;
         };
         m.set_signal_b(src.addr.ip());
+        m.set_sdes(Leg::B, self.cfg.sdes_allowed(src.transport));
         // The picker's offer meets the caller's: the caller's offer serves as the answer
         // to the picker, and the picker's (anchored) as the answer to the caller.
         let for_a = m.offer(Leg::B, &req.body);

@@ -8,6 +8,7 @@ use rand::Rng;
 
 use crate::cdr::Disposition;
 use crate::dialplan::{OutboundError, Target};
+use crate::media::session::Leg;
 use crate::sip::transaction::TxKey;
 use crate::sip::{wire, NameAddr, Params, Peer, Request, Response, Transport};
 use crate::trunk::{Admission, TrunkStatus};
@@ -263,6 +264,7 @@ impl Endpoint {
         };
         if let Some(m) = call.media.as_mut() {
             m.set_signal_b(cfg.peer.addr.ip());
+            m.set_sdes(Leg::B, self.cfg.sdes_allowed(cfg.peer.transport));
         }
         let body = call.offer_for_new_b();
         let mut to = NameAddr::new(target.clone());

@@ -61,6 +61,10 @@ pub struct CallMedia {
     srtp_keys: [[Option<[u8; KEY_MATERIAL_LEN]>; 2]; 2],
     /// Source of those keys; seeded from the OS on first use (see [`Self::set_key_seed`]).
     key_rng: Option<StdRng>,
+    /// Whether SDES keys may cross the signalling of leg A and leg B (RFC 4568 §8.3: only
+    /// over a secure transport). A leg that may not gets no key of ours, and the keys its
+    /// phone sends are ignored (its media is plain RTP).
+    sdes: [bool; 2],
 }
 
 impl std::fmt::Debug for CallMedia {
@@ -115,6 +119,7 @@ impl CallMedia {
             local_offer_a: None,
             srtp_keys: [[None; 2]; 2],
             key_rng: None,
+            sdes: [true; 2],
         }
     }
 
@@ -151,9 +156,24 @@ impl CallMedia {
         self.signal_b = ip;
     }
 
+    /// Whether SDES keys may cross `leg`'s signalling; allowed on both legs until told
+    /// otherwise (the endpoint decides from each leg's transport and configuration).
+    pub fn set_sdes(&mut self, leg: Leg, allowed: bool) {
+        self.sdes[leg_index(leg)] = allowed;
+    }
+
+    fn sdes_allowed(&self, leg: Leg) -> bool {
+        self.sdes[leg_index(leg)]
+    }
+
     /// An offer from leg `from`: returns the anchored offer for the other leg.
     pub fn offer(&mut self, from: Leg, body: &[u8]) -> Result<Vec<u8>, SdpError> {
-        let received = Sdp::parse(body)?;
+        let mut received = Sdp::parse(body)?;
+        if !self.sdes_allowed(from) {
+            // Keys that crossed an insecure transport protect nothing: the offerer's
+            // media is plain, and so is our answer.
+            sdp::strip_sdes(&mut received);
+        }
         self.on_hold = sdp::is_hold(&received);
         if self.on_hold {
             self.held_by = Some(from);
@@ -186,6 +206,9 @@ impl CallMedia {
         }
         // No key of one phone ever reaches the other (a rejected video stream included).
         strip_cryptos(&mut out, received.audio().map(|(i, _)| i));
+        if !self.sdes_allowed(from.other()) {
+            sdp::strip_sdes(&mut out);
+        }
         let (addr, port, origin) = self.towards(from.other());
         out.anchor(addr, port, origin);
         self.offer = Some((from, received));
@@ -200,7 +223,10 @@ impl CallMedia {
         from: Leg,
         body: &[u8],
     ) -> Result<(Vec<u8>, Vec<MediaCommand>), SdpError> {
-        let answer = Sdp::parse(body)?;
+        let mut answer = Sdp::parse(body)?;
+        if !self.sdes_allowed(from) {
+            sdp::strip_sdes(&mut answer);
+        }
         let Some((offerer, offer)) = self.offer.clone() else {
             return Err(SdpError::Malformed("answer without an offer"));
         };
@@ -389,10 +415,7 @@ impl CallMedia {
             Suite::AesCm128HmacSha1_80 => 0,
             Suite::AesCm128HmacSha1_32 => 1,
         };
-        let l = match leg {
-            Leg::A => 0,
-            Leg::B => 1,
-        };
+        let l = leg_index(leg);
         if let Some(key) = self.srtp_keys[l][s] {
             return key;
         }
@@ -444,6 +467,13 @@ impl CallMedia {
             dtmf_pt,
             srtp,
         }
+    }
+}
+
+fn leg_index(leg: Leg) -> usize {
+    match leg {
+        Leg::A => 0,
+        Leg::B => 1,
     }
 }
 

@@ -997,6 +997,39 @@ impl fmt::Display for Attribute {
     }
 }
 
+/// Removes every SDES key (session- and media-level `a=crypto`) and turns each secure RTP
+/// profile into its plain counterpart (`RTP/SAVP` → `RTP/AVP`, `RTP/SAVPF` → `RTP/AVPF`):
+/// the form of a body that travels over a transport keys must not cross (RFC 4568 §8.3).
+pub fn strip_sdes(sdp: &mut Sdp) {
+    sdp.attributes.retain(|a| !a.is("crypto"));
+    for m in &mut sdp.media {
+        m.set_cryptos(&[]);
+        if let Some(plain) = plain_profile(&m.proto) {
+            m.proto = plain.to_string();
+        }
+    }
+}
+
+/// True if `sdp` carries an SDES key anywhere (an `a=crypto` line, usable or not).
+pub fn has_sdes(sdp: &Sdp) -> bool {
+    sdp.attributes.iter().any(|a| a.is("crypto"))
+        || sdp
+            .media
+            .iter()
+            .any(|m| m.attributes.iter().any(|a| a.is("crypto")))
+}
+
+/// The plain RTP profile of a secure one; `None` for any other profile.
+fn plain_profile(proto: &str) -> Option<&'static str> {
+    if proto.eq_ignore_ascii_case("RTP/SAVP") {
+        Some("RTP/AVP")
+    } else if proto.eq_ignore_ascii_case("RTP/SAVPF") {
+        Some("RTP/AVPF")
+    } else {
+        None
+    }
+}
+
 /// The offer passed to the callee: A's offer with the missing G.711 variant added next to
 /// the one A offered (so the relay can transcode when the callee supports only the other).
 /// A's telephone-event and every other format stay. Not anchored yet.

@@ -52,6 +52,7 @@ pub fn config() -> EndpointConfig {
         features: pbx_core::endpoint::FeatureCodes::default(),
         dialplan: pbx_core::dialplan::Dialplan::default(),
         trunks: Vec::new(),
+        srtp_over_insecure: false,
     }
 }
 
@@ -99,7 +100,12 @@ impl Sim {
 
     /// Delivers `text` from `src` over UDP and collects the output.
     pub fn send(&mut self, src: SocketAddr, text: &str) {
-        self.ep.handle(self.now, udp(src), text.as_bytes());
+        self.send_from(udp(src), text);
+    }
+
+    /// Delivers `text` from `src` (any transport) and collects the output.
+    pub fn send_from(&mut self, src: Peer, text: &str) {
+        self.ep.handle(self.now, src, text.as_bytes());
         self.pump();
     }
 
@@ -193,6 +199,8 @@ pub struct Phone {
     pub addr: SocketAddr,
     /// Where its Contact points (differs from `addr` behind NAT).
     pub contact_addr: SocketAddr,
+    /// The transport it signals over (UDP unless set).
+    pub transport: Transport,
     counter: u64,
 }
 
@@ -205,7 +213,25 @@ impl Phone {
             password: format!("pw{ext}"),
             addr,
             contact_addr: addr,
+            transport: Transport::Udp,
             counter: 0,
+        }
+    }
+
+    /// Like [`Phone::new`], signalling over `transport`.
+    #[allow(dead_code)]
+    pub fn over(ext: &str, addr: &str, transport: Transport) -> Phone {
+        Phone {
+            transport,
+            ..Phone::new(ext, addr)
+        }
+    }
+
+    /// Where its messages come from.
+    pub fn peer(&self) -> Peer {
+        Peer {
+            transport: self.transport,
+            addr: self.addr,
         }
     }
 
@@ -218,7 +244,8 @@ impl Phone {
     /// A new Via line value with a fresh branch.
     pub fn via(&mut self) -> String {
         let b = self.token();
-        format!("SIP/2.0/UDP {};branch=z9hG4bK{b};rport", self.addr)
+        let t = self.transport.as_str();
+        format!("SIP/2.0/{t} {};branch=z9hG4bK{b};rport", self.addr)
     }
 
     /// The Contact URI.
@@ -352,7 +379,7 @@ pub fn register(sim: &mut Sim, phone: &mut Phone, expires: u32) -> Response {
         &[contact.clone()],
         "",
     );
-    sim.send(phone.addr, &text);
+    sim.send_from(phone.peer(), &text);
     let r = sim.responses(phone.addr);
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].status, 401);
@@ -372,7 +399,7 @@ pub fn register(sim: &mut Sim, phone: &mut Phone, expires: u32) -> Response {
         &[contact, auth],
         "",
     );
-    sim.send(phone.addr, &text);
+    sim.send_from(phone.peer(), &text);
     let r = sim.responses(phone.addr);
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].status, 200, "{:?}", r[0]);
@@ -413,13 +440,13 @@ pub fn invite(sim: &mut Sim, a: &mut Phone, dial: &str, sdp: &str) -> ALeg {
         &[contact.clone()],
         sdp,
     );
-    sim.send(a.addr, &text);
+    sim.send_from(a.peer(), &text);
     let r = sim.responses(a.addr);
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].status, 407);
     let ack_to = format!("{}", r[0].headers.to);
     let ack = request("ACK", &ruri, &via, &from, &ack_to, &call_id, 1, &[], "");
-    sim.send(a.addr, &ack);
+    sim.send_from(a.peer(), &ack);
     assert!(
         sim.take(a.addr).is_empty(),
         "ACK of the 407 must be absorbed"
@@ -440,7 +467,7 @@ pub fn invite(sim: &mut Sim, a: &mut Phone, dial: &str, sdp: &str) -> ALeg {
         &[contact, auth],
         sdp,
     );
-    sim.send(a.addr, &text);
+    sim.send_from(a.peer(), &text);
     ALeg {
         call_id,
         from,
