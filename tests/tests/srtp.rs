@@ -2,7 +2,8 @@
 //! through outpostd, which terminates SRTP on each leg with keys of its own. What A
 //! protects with its key reaches B protected with the key Outpost gave B; packets under a
 //! wrong key never reach B; a callee answering plain RTP gets plain RTP while the caller
-//! keeps SRTP.
+//! keeps SRTP. The phones signal over UDP, so these calls need `srtp_over_insecure`: by
+//! default an SRTP offer over UDP is refused (RFC 4568 §8.3, keys only over TLS).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::thread;
@@ -67,7 +68,9 @@ fn cryptos(audio: &SdpAudio) -> Vec<Crypto> {
 /// A (SRTP, `KEY_A`) calls B, which answers SRTP with `KEY_B` or, if `b_srtp` is false,
 /// plain RTP/AVP.
 fn establish(b_srtp: bool) -> Call {
-    let daemon = Daemon::start_with(DaemonConfig::loopback());
+    // The raw phones speak UDP only: allow keys over it, as the tests are about SRTP itself.
+    let daemon =
+        Daemon::start_with(DaemonConfig::loopback().with_media("srtp_over_insecure = true"));
     daemon.add_extension(PHONE_A.0, PHONE_A.1);
     daemon.add_extension(PHONE_B.0, PHONE_B.1);
     let mut a = SipPhone::new(&daemon, PHONE_A.0, PHONE_A.1);
@@ -281,4 +284,42 @@ fn a_plain_answer_leaves_the_caller_on_srtp_and_the_callee_on_rtp() {
     let sent = send_stream(&call.b_rtp, call.relay_b.rtp_addr(), None, 500, 20, 0xB2);
     let got = receive_payloads(&call.a_rtp, Some(&mut context(&key_a_in)), 20);
     assert_eq!(got, sent, "B's plain RTP reaches A as SRTP");
+}
+
+#[test]
+fn an_srtp_offer_over_udp_is_refused_by_default() {
+    let daemon = Daemon::start_with(DaemonConfig::loopback());
+    daemon.add_extension(PHONE_A.0, PHONE_A.1);
+    daemon.add_extension(PHONE_B.0, PHONE_B.1);
+    let mut a = SipPhone::new(&daemon, PHONE_A.0, PHONE_A.1);
+    let mut b = SipPhone::new(&daemon, PHONE_B.0, PHONE_B.1);
+    a.register();
+    b.register();
+    let (a_rtp, _a_rtcp) = rtp_pair();
+    let offer = crypto(1, Suite::AesCm128HmacSha1_80, KEY_A);
+    let invite = a.invite(PHONE_B.0, &body(local(&a_rtp), Some(&offer)));
+    let refused = a
+        .await_answer(&invite, WAIT)
+        .err()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!(
+                "the SRTP offer over UDP was not refused:\n{}",
+                daemon.log_text()
+            )
+        });
+    assert!(refused.starts_with("SIP/2.0 488 "), "{refused}");
+    let warning = outpost_tests::header_value(&refused, "Warning").unwrap_or_default();
+    assert!(warning.contains("TLS"), "a Warning says why: {refused}");
+    assert!(
+        b.await_request("INVITE", QUIET).is_none(),
+        "B must not ring"
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("SDES keys are only exchanged over TLS"),
+        "the refusal is logged:\n{}",
+        daemon.log_text()
+    );
 }
