@@ -813,7 +813,8 @@ fn cdr_export_as_csv_and_json_over_a_date_range() {
     assert_eq!(rows.len(), 3, "{csv}");
     assert_eq!(
         rows[1],
-        "fixture-1,100,\"+49 30, \"\"front desk\"\"\",2024-05-01T01:00:00.000Z,2024-05-01T01:00:02.000Z,2024-05-01T01:01:02.000Z,60,answered,200"
+        "fixture-1,100,\"'+49 30, \"\"front desk\"\"\",2024-05-01T01:00:00.000Z,2024-05-01T01:00:02.000Z,2024-05-01T01:01:02.000Z,60,answered,200",
+        "a value starting with + is defused like any formula start"
     );
     assert!(
         rows[2].starts_with("fixture-2,'=1+1,200,"),
