@@ -1100,6 +1100,20 @@ mod tests {
             "firewall.feeds[0].source",
             "credentials in the URL would be shown by config show and the logs"
         );
+        for bad in [
+            "https://lists.example:0/x",
+            "https://lists.example:http/x",
+            "https://[::1/x",
+        ] {
+            assert_eq!(
+                invalid_key(&feed(bad, 60, 600)),
+                "firewall.feeds[0].source",
+                "{bad}"
+            );
+        }
+        feed("https://[2001:db8::1]:8443/drop.txt", 60, 600)
+            .validate()
+            .unwrap();
         let mut file_with_ca = feed("/a", 60, 600);
         file_with_ca.firewall.feeds[0].ca = Some(PathBuf::from("/etc/ca.pem"));
         assert_eq!(invalid_key(&file_with_ca), "firewall.feeds[0].ca");

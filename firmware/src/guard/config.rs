@@ -216,9 +216,13 @@ impl FeedConfig {
             ));
         }
         if let Some(rest) = lower.strip_prefix("https://") {
-            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-            if host.is_empty() || host.contains('@') || self.source.chars().any(char::is_whitespace)
-            {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let well_formed = !authority.contains('@')
+                && !self.source.chars().any(char::is_whitespace)
+                && crate::http::split_authority(authority).is_ok_and(|(host, port)| {
+                    !host.is_empty() && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+                });
+            if !well_formed {
                 return Err((
                     "source",
                     format!(
