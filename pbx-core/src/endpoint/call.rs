@@ -44,19 +44,15 @@ pub(super) struct LegA {
 impl LegA {
     /// Where and as what a request with CSeq `cseq` goes to the caller.
     pub(super) fn out_leg(&self, cseq: u32) -> OutLeg {
-        let mut from = self.local_uri.clone();
-        from.params.set("tag", Some(self.local_tag.clone()));
-        let mut to = self.remote_uri.clone();
-        to.params.set("tag", Some(self.remote_tag.clone()));
-        OutLeg {
-            to_b: false,
-            peer: self.peer,
-            target: self.target.clone(),
-            from,
-            to,
-            call_id: self.call_id.clone(),
+        OutLeg::in_dialog(
+            false,
+            self.peer,
+            &self.target,
+            (&self.local_uri, &self.local_tag),
+            (&self.remote_uri, Some(&self.remote_tag)),
+            &self.call_id,
             cseq,
-        }
+        )
     }
 
     /// The next in-dialog request towards the caller (advances our CSeq).
@@ -142,21 +138,15 @@ impl Fork {
 
     /// Where and as what a request with CSeq `cseq` goes to this fork's phone.
     pub(super) fn out_leg(&self, cseq: u32) -> OutLeg {
-        let mut from = self.local_uri.clone();
-        from.params.set("tag", Some(self.local_tag.clone()));
-        let mut to = self.remote_uri.clone();
-        if let Some(tag) = &self.remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        OutLeg {
-            to_b: true,
-            peer: self.peer,
-            target: self.target.clone(),
-            from,
-            to,
-            call_id: self.call_id.clone(),
+        OutLeg::in_dialog(
+            true,
+            self.peer,
+            &self.target,
+            (&self.local_uri, &self.local_tag),
+            (&self.remote_uri, self.remote_tag.as_ref()),
+            &self.call_id,
             cseq,
-        }
+        )
     }
 
     /// The next in-dialog request towards this fork (advances our CSeq).
@@ -356,6 +346,34 @@ pub(super) struct OutLeg {
 }
 
 impl OutLeg {
+    /// A request of one side of a dialog: From is our URI with our tag, To theirs with
+    /// their tag once they have one.
+    fn in_dialog(
+        to_b: bool,
+        peer: Peer,
+        target: &Uri,
+        (local_uri, local_tag): (&NameAddr, &String),
+        (remote_uri, remote_tag): (&NameAddr, Option<&String>),
+        call_id: &str,
+        cseq: u32,
+    ) -> OutLeg {
+        let mut from = local_uri.clone();
+        from.params.set("tag", Some(local_tag.clone()));
+        let mut to = remote_uri.clone();
+        if let Some(tag) = remote_tag {
+            to.params.set("tag", Some(tag.clone()));
+        }
+        OutLeg {
+            to_b,
+            peer,
+            target: target.clone(),
+            from,
+            to,
+            call_id: call_id.to_owned(),
+            cseq,
+        }
+    }
+
     /// A request of `method` on this leg, without a body (takes a branch from `sig`).
     pub(super) fn request(self, sig: &mut Signalling, method: Method) -> Request {
         let headers = sig.request_headers(
