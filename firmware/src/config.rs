@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::driver::tls::TlsConfig;
-use crate::names::validate_ext;
+use crate::names::{valid_realm, validate_ext};
 
 /// Where the production daemon puts its admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/outpost/admin.sock";
@@ -119,8 +119,11 @@ pub struct Config {
 pub struct SipConfig {
     /// Socket addresses; each gets a UDP and a TCP listener.
     pub listen: Vec<SocketAddr>,
-    /// Digest authentication realm.
-    pub realm: String,
+    /// Digest authentication realm [default: the box's own, `outpost-<16 hex digits>`, made
+    /// at first start and kept in the store, so digests leaked from one box do not open
+    /// another; a box whose extensions were made with another realm keeps that one, see
+    /// `daemon::boot::box_realm`].
+    pub realm: Option<String>,
     /// Value of the Server / User-Agent header the daemon sends.
     pub user_agent: String,
     /// Cap on live SIP server transactions; beyond it new requests get 503 with
@@ -136,7 +139,7 @@ impl Default for SipConfig {
                 SocketAddr::from(([127, 0, 0, 1], 5060)),
                 SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5060)),
             ],
-            realm: "outpost".to_owned(),
+            realm: None,
             user_agent: "Outpost".to_owned(),
             max_server_transactions: pbx_core::sip::transaction::DEFAULT_MAX_SERVER,
         }
@@ -459,11 +462,13 @@ impl Config {
                 return Err(invalid("sip.listen", format!("{addr} is listed twice")));
             }
         }
-        if sip.realm.is_empty() || sip.realm.len() > 64 || !sip.realm.chars().all(is_token_char) {
-            return Err(invalid(
-                "sip.realm",
-                "must be 1-64 characters of letters, digits and -.!%*_+`'~",
-            ));
+        if let Some(realm) = &sip.realm {
+            if !valid_realm(realm) {
+                return Err(invalid(
+                    "sip.realm",
+                    "must be 1-64 characters of letters, digits and -.!%*_+`'~",
+                ));
+            }
         }
         if sip.user_agent.is_empty()
             || sip.user_agent.len() > 128
@@ -758,11 +763,6 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// RFC 3261 `token` characters.
-fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c)
-}
-
 fn validate_log_level(level: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let bad = || {
@@ -852,7 +852,7 @@ mod tests {
         let c = Config::from_toml_str("").unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.sip.listen.len(), 2);
-        assert_eq!(c.sip.realm, "outpost");
+        assert_eq!(c.sip.realm, None, "the box makes its own realm");
         assert_eq!(c.registrar.default_expires, 600);
         assert_eq!(c.store.data_dir, PathBuf::from("/data"));
         assert_eq!(c.admin.socket, PathBuf::from(DEFAULT_SOCKET));
@@ -933,7 +933,7 @@ mod tests {
         .unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(c.sip.listen, vec!["0.0.0.0:5070".parse().unwrap()]);
-        assert_eq!(c.sip.realm, "outpost");
+        assert_eq!(c.sip.realm, None);
         assert_eq!(c.registrar.max_contacts, 3);
         assert_eq!(c.registrar.max_expires, 3600);
     }
@@ -960,11 +960,11 @@ mod tests {
         assert_eq!(invalid_key(&c), "sip.listen");
 
         let mut c = Config::default();
-        c.sip.realm = "out post".into();
+        c.sip.realm = Some("out post".into());
         assert_eq!(invalid_key(&c), "sip.realm");
 
         let mut c = Config::default();
-        c.sip.realm = String::new();
+        c.sip.realm = Some(String::new());
         assert_eq!(invalid_key(&c), "sip.realm");
 
         let mut c = Config::default();

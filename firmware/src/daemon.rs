@@ -173,7 +173,8 @@ pub async fn run(
         );
     }
     let endpoint_cfg = EndpointConfig {
-        realm: cfg.sip.realm.clone(),
+        realm: boot::box_realm(cfg.sip.realm.as_deref(), &store)
+            .context("cannot choose the digest realm")?,
         user_agent: cfg.sip.user_agent.clone(),
         local: host.advertise_sockets(&local),
         registrar: cfg.registrar.clone(),
@@ -514,11 +515,11 @@ impl Daemon {
     fn load(&mut self) -> anyhow::Result<()> {
         let now = self.clock.now();
         for rec in self.store.ext_list()? {
-            if rec.realm != self.cfg.sip.realm {
+            if rec.realm != self.endpoint_cfg.realm {
                 tracing::warn!(
                     ext = %rec.ext,
                     "extension was created for realm {:?}, configured realm is {:?}: reset its password with `outpostctl ext passwd {}`",
-                    rec.realm, self.cfg.sip.realm, rec.ext
+                    rec.realm, self.endpoint_cfg.realm, rec.ext
                 );
             }
             if let Some(hash) = self.store.meta_get(&format!("vm_pin:{}", rec.ext))? {
@@ -598,7 +599,7 @@ impl Daemon {
             crate::admin::control::put_extension(
                 &self.store,
                 &mut self.endpoint,
-                &self.cfg.sip.realm,
+                &self.endpoint_cfg.realm,
                 self.clock.now(),
                 &ext,
                 Some(format!("Demo {ext}")),
@@ -1076,6 +1077,7 @@ impl Daemon {
                 uptime_secs: self.clock.start.elapsed().as_secs(),
                 listen: &self.listen,
                 cfg: &self.cfg,
+                realm: &self.endpoint_cfg.realm,
                 store: &self.store,
                 endpoint: &mut self.endpoint,
                 relay: self.relay.as_ref(),

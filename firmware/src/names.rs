@@ -18,6 +18,17 @@ pub const MIN_ADMIN_PASSWORD_LEN: usize = 10;
 pub const MAX_SSH_KEY_LINE: usize = outpost_sshkey::MAX_KEY_LINE;
 /// Longest host name: one RFC 1123 label.
 pub const MAX_HOSTNAME_LEN: usize = 63;
+/// Longest digest realm.
+pub const MAX_REALM_LEN: usize = 64;
+
+/// A digest realm: 1-64 RFC 3261 `token` characters (letters, digits, `-.!%*_+`'~`).
+pub fn valid_realm(realm: &str) -> bool {
+    !realm.is_empty()
+        && realm.len() <= MAX_REALM_LEN
+        && realm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c))
+}
 
 /// `text` as it may be printed to a terminal or a log: control characters (escape
 /// sequences, newlines) replaced with `?`, cut to `max` characters. Everything the box

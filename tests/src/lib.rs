@@ -236,8 +236,8 @@ pub fn send_signal(pid: u32, signal: &str) -> bool {
 pub struct DaemonConfig {
     /// `[sip] listen`: UDP and TCP on each.
     pub listen: Vec<SocketAddr>,
-    /// `[sip] realm`.
-    pub realm: String,
+    /// `[sip] realm`; `None` leaves it out (the box makes its own).
+    pub realm: Option<String>,
     /// `[registrar] min_expires`.
     pub min_expires: u32,
     /// `[registrar] max_expires`.
@@ -290,7 +290,7 @@ impl DaemonConfig {
     pub fn on(listen: Vec<SocketAddr>) -> Self {
         Self {
             listen,
-            realm: "outpost".to_owned(),
+            realm: Some("outpost".to_owned()),
             min_expires: 60,
             max_expires: 3600,
             default_expires: 600,
@@ -367,9 +367,12 @@ impl DaemonConfig {
             self.media_ports.0, self.media_ports.1, self.media_timeout_secs, self.media_extra
         );
         format!(
-            "[sip]\nlisten = [{}]\nrealm = \"{}\"\n{}\n[registrar]\nmin_expires = {}\nmax_expires = {}\ndefault_expires = {}\n\n[calls]\nring_timeout_secs = {}\n\n[store]\ndata_dir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[demo]\nextensions = []\n{}{}",
+            "[sip]\nlisten = [{}]\n{}{}\n[registrar]\nmin_expires = {}\nmax_expires = {}\ndefault_expires = {}\n\n[calls]\nring_timeout_secs = {}\n\n[store]\ndata_dir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[demo]\nextensions = []\n{}{}",
             listen.join(", "),
-            self.realm,
+            self.realm
+                .as_ref()
+                .map(|r| format!("realm = \"{r}\"\n"))
+                .unwrap_or_default(),
             self.sip_extra,
             self.min_expires,
             self.max_expires,

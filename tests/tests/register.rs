@@ -383,3 +383,74 @@ fn an_extensions_sha256_applies_to_its_phone_once_known_and_reveals_nothing_befo
     let (back, _) = register_round(&daemon, &phone, "100", "secret-100", None);
     assert_eq!(back, vec!["MD5".to_owned()]);
 }
+
+/// The realm of the 401 to a first REGISTER for 100.
+fn realm_of(daemon: &Daemon) -> String {
+    let challenges = header_values_of_401(daemon);
+    challenge_param(&challenges[0], "realm").expect("a realm in the challenge")
+}
+
+fn header_values_of_401(daemon: &Daemon) -> Vec<String> {
+    let sock = udp_client(daemon.sip_addr());
+    let local = sock.local_addr().expect("local addr");
+    let req = register_request(
+        daemon.sip_addr(),
+        Transport::Udp,
+        local,
+        "100",
+        "realm@test",
+    );
+    let resp = udp_exchange(&sock, req.as_bytes(), WAIT).expect("a response to REGISTER");
+    assert_eq!(status_of(&resp), Some(401));
+    header_values(&String::from_utf8_lossy(&resp), "WWW-Authenticate")
+}
+
+#[test]
+fn each_box_has_its_own_realm_which_its_phones_keep_through_restarts_and_upgrades() {
+    let own_realm = || DaemonConfig {
+        realm: None,
+        ..DaemonConfig::loopback()
+    };
+    let mut a = Daemon::start_with(own_realm());
+    let b = Daemon::start_with(own_realm());
+    let realm_a = realm_of(&a);
+    let realm_b = realm_of(&b);
+    assert!(
+        realm_a.starts_with("outpost-") && realm_a.len() == 24,
+        "{realm_a}"
+    );
+    assert_ne!(
+        realm_a, realm_b,
+        "a digest from one box would open the other"
+    );
+    assert_eq!(
+        json_str(&a.ctl_json(&["status"]), "realm"),
+        Some(realm_a.as_str())
+    );
+
+    // A phone's password works, and keeps working after a restart: same realm.
+    a.add_extension("100", "secret-100");
+    assert_eq!(register_answering(&a, "MD5", "secret-100").0, Some(200));
+    a.stop();
+    a.restart();
+    assert_eq!(realm_of(&a), realm_a);
+    assert_eq!(register_answering(&a, "MD5", "secret-100").0, Some(200));
+
+    // A box upgraded from the old fixed default ("outpost", set in the test harness) with
+    // no realm in its configuration keeps the realm its extensions were made with.
+    let mut old = Daemon::start();
+    old.add_extension("100", "secret-100");
+    old.stop();
+    let path = old.dir().join("outpost.toml");
+    let text = std::fs::read_to_string(&path).expect("read config");
+    assert!(text.contains("realm = \"outpost\"\n"), "{text}");
+    std::fs::write(&path, text.replace("realm = \"outpost\"\n", "")).expect("write config");
+    old.restart();
+    let running = old.ctl_ok(&["config", "show"]);
+    assert!(
+        !running.contains("realm"),
+        "the edited file runs: {running}"
+    );
+    assert_eq!(realm_of(&old), "outpost");
+    assert_eq!(register_answering(&old, "MD5", "secret-100").0, Some(200));
+}

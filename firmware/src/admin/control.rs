@@ -34,6 +34,8 @@ pub struct Control<'a> {
     pub listen: &'a [String],
     /// The running configuration.
     pub cfg: &'a Config,
+    /// The digest realm the box runs with (`daemon::boot::box_realm`).
+    pub realm: &'a str,
     /// The store.
     pub store: &'a Store,
     /// The call core.
@@ -74,7 +76,7 @@ impl Control<'_> {
                 active_calls: self.endpoint.calls().len(),
                 cdrs: self.store.cdr_count()?,
                 data_dir: self.cfg.store.data_dir.display().to_string(),
-                realm: self.cfg.sip.realm.clone(),
+                realm: self.realm.to_owned(),
                 trunks: self.endpoint.trunk_status().len(),
                 trunks_up: self
                     .endpoint
@@ -124,7 +126,7 @@ impl Control<'_> {
                 put_extension(
                     self.store,
                     self.endpoint,
-                    &self.cfg.sip.realm,
+                    self.realm,
                     now,
                     &ext,
                     name,
@@ -212,7 +214,7 @@ impl Control<'_> {
                 put_extension(
                     self.store,
                     self.endpoint,
-                    &self.cfg.sip.realm,
+                    self.realm,
                     now,
                     &ext,
                     rec.name,
@@ -230,7 +232,7 @@ impl Control<'_> {
                         validate_name(n).map_err(|e| anyhow::anyhow!("row {line}: {e}"))?;
                     }
                 }
-                let realm = self.cfg.sip.realm.clone();
+                let realm = self.realm.to_owned();
                 let recs: Vec<ExtensionRecord> = rows
                     .iter()
                     .map(|row| ExtensionRecord {

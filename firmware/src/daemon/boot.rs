@@ -13,8 +13,59 @@ use crate::update::bootenv::{BootEnv, LastOutcome, Outcome};
 
 /// What the initramfs tells userland about this boot (a copy of boot.env, plus the slot).
 pub const BOOT_INFO: &str = "/run/outpost-boot";
+/// Meta key holding the box's digest realm once chosen.
+const REALM_KEY: &str = "realm";
 /// Meta key holding the `last=rolled-back ...` line already alerted.
 const ROLLBACK_ALERTED_KEY: &str = "update_rollback_alerted";
+
+/// The digest realm this box runs with: the configured one (`[sip] realm`) if set; else
+/// the realm most stored extensions were made with (their HA1 digests only open that
+/// realm, so a box upgraded from the fixed `outpost` default, or one a backup was restored
+/// onto, keeps working with the phones' passwords); else the one chosen at an earlier
+/// start; else a new one, `outpost-<16 hex digits>` from the system's random source, so
+/// digests leaked from one box do not open another. The result is kept in the store.
+pub(super) fn box_realm(configured: Option<&str>, store: &Store) -> anyhow::Result<String> {
+    let realm = match configured {
+        Some(r) => r.to_owned(),
+        None => match extensions_realm(store)? {
+            Some(r) => r,
+            None => match store.meta_get(REALM_KEY)? {
+                Some(r) if std::str::from_utf8(&r).is_ok_and(crate::names::valid_realm) => {
+                    String::from_utf8_lossy(&r).into_owned()
+                }
+                _ => {
+                    use rand::RngCore;
+                    let mut id = [0u8; 8];
+                    rand::rngs::OsRng.fill_bytes(&mut id);
+                    format!("outpost-{}", hex::encode(id))
+                }
+            },
+        },
+    };
+    if store.meta_get(REALM_KEY)?.as_deref() != Some(realm.as_bytes()) {
+        store.meta_put(REALM_KEY, realm.as_bytes())?;
+    }
+    Ok(realm)
+}
+
+/// The realm most stored extensions were made with (the first of a tie, in extension
+/// order), if any is a valid realm.
+fn extensions_realm(store: &Store) -> anyhow::Result<Option<String>> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for rec in store.ext_list()? {
+        match counts.iter_mut().find(|(r, _)| *r == rec.realm) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((rec.realm, 1)),
+        }
+    }
+    let mut best: Option<(String, usize)> = None;
+    for (realm, n) in counts {
+        if crate::names::valid_realm(&realm) && best.as_ref().is_none_or(|(_, m)| n > *m) {
+            best = Some((realm, n));
+        }
+    }
+    Ok(best.map(|(r, _)| r))
+}
 
 /// Chooses the configuration to run: the boot file as a new revision when there is no
 /// revision yet or (unless `factory_default`) it changed since the last start, else the
@@ -220,6 +271,69 @@ pub(super) fn alert_failed_update(store: &Store, boot_info: &std::path::Path, no
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
     use super::*;
+
+    fn ext(store: &Store, ext: &str, realm: &str) {
+        store
+            .ext_put(&crate::store::ExtensionRecord {
+                ext: ext.to_owned(),
+                name: None,
+                secret: pbx_core::sip::auth::StoredSecret::new(ext, realm, "correct horse"),
+                realm: realm.to_owned(),
+                created_ms: 0,
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn each_new_box_makes_its_own_realm_and_keeps_it() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let realm_a = {
+            let store = Store::open(a.path()).unwrap();
+            box_realm(None, &store).unwrap()
+        };
+        let store_b = Store::open(b.path()).unwrap();
+        let realm_b = box_realm(None, &store_b).unwrap();
+        assert!(
+            realm_a.starts_with("outpost-") && realm_a.len() == 24,
+            "{realm_a}"
+        );
+        assert!(crate::names::valid_realm(&realm_a));
+        assert_ne!(realm_a, realm_b, "two boxes share a realm");
+        // The next start of box A finds the same realm, extensions or not.
+        let store = Store::open(a.path()).unwrap();
+        assert_eq!(box_realm(None, &store).unwrap(), realm_a);
+        ext(&store, "100", &realm_a);
+        assert_eq!(box_realm(None, &store).unwrap(), realm_a);
+    }
+
+    #[test]
+    fn the_realm_of_the_stored_extensions_wins_over_a_new_one() {
+        // A box upgraded from the fixed "outpost" default, or one a backup made elsewhere
+        // was restored onto: its phones' digests only open the realm they were made with.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let own = box_realm(None, &store).unwrap();
+        ext(&store, "100", "outpost");
+        ext(&store, "101", "outpost");
+        ext(&store, "102", &own);
+        assert_eq!(box_realm(None, &store).unwrap(), "outpost");
+        // ... and is remembered when the extensions are gone.
+        store.ext_del("100").unwrap();
+        store.ext_del("101").unwrap();
+        store.ext_del("102").unwrap();
+        assert_eq!(box_realm(None, &store).unwrap(), "outpost");
+    }
+
+    #[test]
+    fn a_configured_realm_is_used_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        ext(&store, "100", "outpost");
+        assert_eq!(
+            box_realm(Some("pbx.example"), &store).unwrap(),
+            "pbx.example"
+        );
+    }
 
     const BOOT_INFO_TEXT: &str = "slot=a\nrelease_a=1.0.0 1700000000\nrelease_b=1.1.0 1700100000\nlast=rolled-back b 1.1.0 1700100000 1700200000 health check failed: sip not answering\nbooted=a\ntrial=0\n";
 
