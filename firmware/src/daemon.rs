@@ -570,6 +570,8 @@ impl Daemon {
             self.guard.restored_registration(now, b.source, &b.ext);
         }
         self.endpoint.restore_bindings(bindings, now);
+        // After the mailboxes' counts: the next change is NOTIFYed in the same dialogs.
+        self.endpoint.restore_mwi(self.store.mwi_all()?, now);
         Ok(())
     }
 
@@ -657,6 +659,7 @@ impl Daemon {
             }
             match event {
                 Event::Bindings(changes) => batch.bindings.extend(changes),
+                Event::Mwi(changes) => batch.mwi.extend(changes),
                 Event::CallEnded(cdr) => {
                     tracing::info!(
                         caller = %cdr.caller, callee = %cdr.callee,

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use firewall::detect::{Alert, Rule};
 use firewall::Millis;
 use pbx_core::cdr::Cdr;
+use pbx_core::endpoint::{MwiChange, MwiRecord};
 use pbx_core::lockout::TrustedSource;
 use pbx_core::registrar::{Binding, BindingChange};
 use pbx_core::sip::auth::StoredSecret;
@@ -73,6 +74,9 @@ const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
 const VOICEMAIL: TableDefinition<u64, &[u8]> = TableDefinition::new("voicemail");
+/// Message-waiting subscriptions by Call-ID (bounded by the call core's table,
+/// `pbx_core::endpoint` `MAX_MWI`).
+const MWI: TableDefinition<&str, &[u8]> = TableDefinition::new("mwi");
 
 /// One voicemail message: the audio is a WAV file, this is its index entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +248,8 @@ pub struct Batch {
     pub firewall: Vec<FirewallChange>,
     /// New voicemail messages (their `id` is assigned at commit).
     pub voicemail: Vec<VoicemailRecord>,
+    /// Message-waiting subscription changes, applied in order.
+    pub mwi: Vec<MwiChange>,
 }
 
 impl Batch {
@@ -253,6 +259,7 @@ impl Batch {
         self.cdrs.append(&mut other.cdrs);
         self.firewall.append(&mut other.firewall);
         self.voicemail.append(&mut other.voicemail);
+        self.mwi.append(&mut other.mwi);
     }
 
     /// True when there is nothing to write.
@@ -261,6 +268,7 @@ impl Batch {
             && self.cdrs.is_empty()
             && self.firewall.is_empty()
             && self.voicemail.is_empty()
+            && self.mwi.is_empty()
     }
 }
 
@@ -330,6 +338,7 @@ impl Store {
             txn.open_table(ALERTS)?;
             txn.open_table(LOCKS)?;
             txn.open_table(VOICEMAIL)?;
+            txn.open_table(MWI)?;
             let mut meta = txn.open_table(META)?;
             if fresh {
                 meta.insert(SCHEMA_KEY, current.to_string().as_bytes())?;
@@ -483,6 +492,20 @@ impl Store {
                 vm.insert(next, bytes.as_slice())?;
                 next = next.saturating_add(1);
             }
+            if !batch.mwi.is_empty() {
+                let mut mwi = txn.open_table(MWI)?;
+                for change in &batch.mwi {
+                    match change {
+                        MwiChange::Upsert(r) => {
+                            let bytes = encode("mwi", r)?;
+                            mwi.insert(r.call_id.as_str(), bytes.as_slice())?;
+                        }
+                        MwiChange::Remove(call_id) => {
+                            mwi.remove(call_id.as_str())?;
+                        }
+                    }
+                }
+            }
         }
         txn.commit()?;
         Ok(())
@@ -562,6 +585,21 @@ impl Store {
             let (k, v) = row?;
             if let Some(b) = self.decode("registrations", k.value(), v.value()) {
                 out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored message-waiting subscription (ended ones included: the call core
+    /// drops those at restore).
+    pub fn mwi_all(&self) -> Result<Vec<MwiRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MWI)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Some(r) = self.decode("mwi", k.value(), v.value()) {
+                out.push(r);
             }
         }
         Ok(out)
@@ -779,6 +817,10 @@ impl Store {
             }
             let mut regs = txn.open_table(REGISTRATIONS).map_err(StoreError::from)?;
             regs.retain(|_, _| false).map_err(StoreError::from)?;
+            // Like registrations, subscriptions belong to the phones of the box that ran;
+            // phones subscribe again.
+            let mut mwi = txn.open_table(MWI).map_err(StoreError::from)?;
+            mwi.retain(|_, _| false).map_err(StoreError::from)?;
             let mut table = txn.open_table(CDRS).map_err(StoreError::from)?;
             table.retain(|_, _| false).map_err(StoreError::from)?;
             for cdr in cdrs {

@@ -706,15 +706,12 @@ fn a_busy_callee_sends_the_caller_to_voicemail() {
 }
 
 #[test]
-fn deleting_a_message_removes_its_file_and_turns_the_lamp_off() {
-    let (daemon, mut a, mut b) = start(vm_config());
+fn deleting_a_message_after_a_restart_removes_its_file_and_turns_the_lamp_off() {
+    let (mut daemon, mut a, mut b) = start(vm_config());
     // 200 watches its mailbox without a registered phone: calls go straight to voicemail.
     let mut lamp = Lamp::subscribe(&mut b);
-    assert_summary(
-        &lamp.next_notify(&daemon, &mut b, "initial state"),
-        "no",
-        "0/0",
-    );
+    let first = lamp.next_notify(&daemon, &mut b, "initial state");
+    assert_summary(&first, "no", "0/0");
     a.register();
 
     let (invite, rtp) = call_b(&mut a);
@@ -744,16 +741,22 @@ fn deleting_a_message_removes_its_file_and_turns_the_lamp_off() {
     let path = assert_message(&daemon, &list[0], 700..=1_500);
     assert_recording(&path, &said);
     let id = list[0]["id"].as_u64().expect("checked").to_string();
+    // The subscription survives a restart: the next change is NOTIFYed in the same dialog
+    // (same Call-ID and tag, a higher CSeq) without the phone subscribing again.
+    daemon.stop();
+    daemon.restart();
     daemon.ctl_ok(&["vm", "del", &id]);
     assert!(
         vm_list(&daemon, &[]).is_empty(),
         "message {id} still listed"
     );
     assert!(!path.exists(), "{} still exists", path.display());
-    assert_summary(
-        &lamp.next_notify(&daemon, &mut b, "after vm del"),
-        "no",
-        "0/0",
+    let after = lamp.next_notify(&daemon, &mut b, "after the restart and vm del");
+    assert_summary(&after, "no", "0/0");
+    assert_eq!(
+        header_value(&after, "From"),
+        header_value(&first, "From"),
+        "the NOTIFY after the restart is in the subscription's dialog (our tag)"
     );
     let again = daemon.ctl(&["vm", "del", &id]);
     assert_eq!(

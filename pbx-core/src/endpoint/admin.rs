@@ -99,6 +99,13 @@ impl Endpoint {
         self.registrar.restore(bindings, now);
     }
 
+    /// Takes back the message-waiting subscriptions kept in the store (at start). Those
+    /// that ended or no longer fit are reported removed (`Event::Mwi`).
+    pub fn restore_mwi(&mut self, records: Vec<super::MwiRecord>, now: Millis) {
+        self.mwi.restore(records, now);
+        self.flush_mwi();
+    }
+
     /// The registrar, for listings.
     pub fn registrar(&self) -> &Registrar {
         &self.registrar

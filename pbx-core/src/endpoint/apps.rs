@@ -252,6 +252,15 @@ impl Endpoint {
             self.mwi
                 .notify(now, &mut self.sig, &id, false, counts, &self.cfg.realm);
         }
+        self.flush_mwi();
+    }
+
+    /// Reports the subscriptions' changes for the store.
+    pub(super) fn flush_mwi(&mut self) {
+        let changes = self.mwi.take_changes();
+        if !changes.is_empty() {
+            self.events.push_back(Event::Mwi(changes));
+        }
     }
 
     /// SUBSCRIBE for `message-summary` (RFC 3842), once authenticated.
@@ -263,6 +272,7 @@ impl Endpoint {
         let realm = &self.cfg.realm;
         self.mwi
             .on_subscribe(now, &mut self.sig, key, &req, src, user, counts, realm);
+        self.flush_mwi();
     }
 
     /// Handles what the relay reports.

@@ -6,12 +6,15 @@ use crate::media::session::{Codec, MediaCommand, SessionId};
 use crate::registrar::BindingChange;
 use crate::sip::{Method, Peer};
 use crate::Millis;
+use serde::{Deserialize, Serialize};
 
 /// Something the driver must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Registration state changed: persist before sending what follows.
     Bindings(Vec<BindingChange>),
+    /// Message-waiting subscriptions changed: persist them (they survive a restart).
+    Mwi(Vec<MwiChange>),
     /// A call ended: persist its record.
     CallEnded(Cdr),
     /// Tell the relay (open, update or close a call's media).
@@ -137,4 +140,36 @@ pub struct DebugCounts {
     pub ring_timers: usize,
     /// Live transactions.
     pub transactions: usize,
+}
+
+/// An MWI subscription as stored, so that it survives a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MwiRecord {
+    /// The subscription dialog's Call-ID.
+    pub call_id: String,
+    /// The subscriber's own mailbox (extension).
+    pub mailbox: String,
+    /// Our tag in the dialog.
+    pub local_tag: String,
+    /// Our side of the dialog (the SUBSCRIBE's To, without parameters), as on the wire.
+    pub local_uri: String,
+    /// The subscriber's side (the SUBSCRIBE's From, with its tag), as on the wire.
+    pub remote_uri: String,
+    /// Where NOTIFYs go (the subscriber's Contact).
+    pub target: String,
+    /// Where the SUBSCRIBE came from.
+    pub peer: Peer,
+    /// When the subscription ends unless refreshed.
+    pub expires_at: Millis,
+    /// CSeq of our last NOTIFY in the dialog.
+    pub cseq: u32,
+}
+
+/// A change to persist so that the store mirrors the subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MwiChange {
+    /// Insert or replace the subscription with this Call-ID.
+    Upsert(MwiRecord),
+    /// Delete the subscription with this Call-ID.
+    Remove(String),
 }

@@ -52,7 +52,7 @@ pub use config::{
     CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
     RingGroup, RingStrategy, VoicemailSettings,
 };
-pub use event::{CallSummary, Counters, DebugCounts, Event};
+pub use event::{CallSummary, Counters, DebugCounts, Event, MwiChange, MwiRecord};
 use mwi::MwiSubscriptions;
 use voicemail::Voicemail;
 pub use voicemail::{pin_hash, MailboxMessage};
@@ -271,6 +271,7 @@ impl Endpoint {
         self.pump_trunks(now);
         self.drain_tx_events(now);
         self.mwi.expire(now);
+        self.flush_mwi();
         let changes = self.registrar.expire(now);
         if !changes.is_empty() {
             self.events.push_back(Event::Bindings(changes));

@@ -8,13 +8,20 @@
 //!
 //! Memory bound: at most `max` subscriptions; when full, expired ones are dropped first and
 //! a new subscription beyond the bound is answered but not kept.
+//!
+//! Persistence: every change to the table (a subscription made, refreshed or ended, a
+//! NOTIFY's CSeq) is reported as an [`MwiChange`] (drained by the endpoint into
+//! `Event::Mwi`), and [`MwiSubscriptions::restore`] takes the stored [`MwiRecord`]s back at
+//! start, so a restart keeps the phones' message lamps in step: the next change of a
+//! mailbox is NOTIFYed in the same dialog with a higher CSeq.
 
 use std::collections::HashMap;
 
 use crate::sip::transaction::TxKey;
-use crate::sip::{Contact, Method, NameAddr, Params, Peer, Request, Response, Uri};
+use crate::sip::{wire, Contact, Method, NameAddr, Params, Peer, Request, Response, Uri};
 use crate::Millis;
 
+use super::event::{MwiChange, MwiRecord};
 use super::signalling::ClientRole;
 use super::signalling::{first_contact_uri, Signalling};
 use super::voicemail::Counts;
@@ -39,11 +46,53 @@ struct MwiSubscription {
     cseq: u32,
 }
 
+/// A name-addr as it goes on the wire (IPv6 hosts in brackets).
+fn name_addr_text(na: &NameAddr) -> String {
+    let display = na
+        .display
+        .as_ref()
+        .map(|d| format!("\"{}\" ", d.replace(['"', '\\'], "")))
+        .unwrap_or_default();
+    format!("{display}<{}>{}", wire::uri_to_string(&na.uri), na.params)
+}
+
+impl MwiSubscription {
+    fn record(&self, call_id: &str) -> MwiRecord {
+        MwiRecord {
+            call_id: call_id.to_owned(),
+            mailbox: self.mailbox.clone(),
+            local_tag: self.local_tag.clone(),
+            local_uri: name_addr_text(&self.local_uri),
+            remote_uri: name_addr_text(&self.remote_uri),
+            target: wire::uri_to_string(&self.target),
+            peer: self.peer,
+            expires_at: self.expires_at,
+            cseq: self.cseq,
+        }
+    }
+
+    fn from_record(r: &MwiRecord) -> Option<MwiSubscription> {
+        Some(MwiSubscription {
+            mailbox: r.mailbox.clone(),
+            local_tag: r.local_tag.clone(),
+            local_uri: wire::parse_name_addr(&r.local_uri).ok()?,
+            remote_uri: wire::parse_name_addr(&r.remote_uri).ok()?,
+            target: wire::parse_uri(&r.target).ok()?,
+            peer: r.peer,
+            expires_at: r.expires_at,
+            cseq: r.cseq,
+        })
+    }
+}
+
 /// The live MWI subscriptions, by Call-ID.
 #[derive(Debug)]
 pub(super) struct MwiSubscriptions {
     subs: HashMap<String, MwiSubscription>,
     max: usize,
+    /// Changes not yet taken by [`MwiSubscriptions::take_changes`] (bounded by the calls
+    /// between two takes: the endpoint takes them after every input).
+    changes: Vec<MwiChange>,
 }
 
 impl MwiSubscriptions {
@@ -52,6 +101,30 @@ impl MwiSubscriptions {
         MwiSubscriptions {
             subs: HashMap::new(),
             max,
+            changes: Vec::new(),
+        }
+    }
+
+    /// The changes made since the last call, to persist.
+    pub(super) fn take_changes(&mut self) -> Vec<MwiChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Takes back the stored subscriptions at start: the live ones that still parse, up to
+    /// the table's bound (the latest-ending first). Those left out are removed from the
+    /// store through [`MwiSubscriptions::take_changes`].
+    pub(super) fn restore(&mut self, mut records: Vec<MwiRecord>, now: Millis) {
+        records.sort_by_key(|r| std::cmp::Reverse(r.expires_at));
+        for r in records {
+            let sub = (r.expires_at > now && self.subs.len() < self.max)
+                .then(|| MwiSubscription::from_record(&r))
+                .flatten();
+            match sub {
+                Some(sub) => {
+                    self.subs.insert(r.call_id, sub);
+                }
+                None => self.changes.push(MwiChange::Remove(r.call_id)),
+            }
         }
     }
 
@@ -79,7 +152,14 @@ impl MwiSubscriptions {
 
     /// Drops the subscriptions that expired by `now`.
     pub(super) fn expire(&mut self, now: Millis) {
-        self.subs.retain(|_, s| s.expires_at > now);
+        let changes = &mut self.changes;
+        self.subs.retain(|call_id, s| {
+            let live = s.expires_at > now;
+            if !live {
+                changes.push(MwiChange::Remove(call_id.clone()));
+            }
+            live
+        });
     }
 
     /// A SUBSCRIBE for `message-summary` from `user` (already authenticated): only to one's
@@ -140,8 +220,8 @@ impl MwiSubscriptions {
             },
         );
         self.notify(now, sig, &call_id, expires == 0, counts, realm);
-        if expires == 0 {
-            self.subs.remove(&call_id);
+        if expires == 0 && self.subs.remove(&call_id).is_some() {
+            self.changes.push(MwiChange::Remove(call_id));
         }
     }
 
@@ -160,6 +240,9 @@ impl MwiSubscriptions {
         };
         sub.cseq = sub.cseq.saturating_add(1);
         let sub = sub.clone();
+        if !terminated {
+            self.changes.push(MwiChange::Upsert(sub.record(call_id)));
+        }
         let mut from = sub.local_uri.clone();
         from.params.set("tag", Some(sub.local_tag.clone()));
         let mut headers = sig.request_headers(
@@ -268,6 +351,88 @@ mod tests {
         std::iter::from_fn(|| sig.tx.poll_transmit())
             .map(|t| String::from_utf8_lossy(&t.bytes).into_owned())
             .collect()
+    }
+
+    #[test]
+    fn a_subscription_restored_from_its_record_notifies_in_the_same_dialog() {
+        let mut sig = signalling();
+        let mut mwi = MwiSubscriptions::new(10);
+        let (key, req) = subscribe(&mut sig, 1_000, "c1", "100", 600, None);
+        mwi.on_subscribe(
+            1_000,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            "100".into(),
+            (0, 0),
+            "pbx",
+        );
+        mwi.notify(2_000, &mut sig, "c1", false, (1, 0), "pbx");
+        let before = sent(&mut sig);
+        let changes = mwi.take_changes();
+        let Some(MwiChange::Upsert(record)) = changes.last() else {
+            panic!("no record to store: {changes:?}");
+        };
+        assert_eq!(record.cseq, 2, "{record:?}");
+        assert_eq!(record.expires_at, 601_000);
+
+        // A restart: a new table from the stored record (a JSON round trip, as the store).
+        let json = serde_json::to_vec(record).expect("a record serialises");
+        let mut after = MwiSubscriptions::new(10);
+        after.restore(
+            vec![serde_json::from_slice(&json).expect("it reads back")],
+            3_000,
+        );
+        assert!(after.take_changes().is_empty());
+        assert_eq!(after.subscribers_of("100"), vec!["c1".to_string()]);
+        after.notify(3_000, &mut sig, "c1", false, (0, 0), "pbx");
+        let out = sent(&mut sig);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let header = |m: &str, name: &str| {
+            m.lines()
+                .find(|l| l.starts_with(name))
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
+        assert_eq!(header(&out[0], "From:"), header(&before[1], "From:"));
+        assert_eq!(header(&out[0], "To:"), header(&before[1], "To:"));
+        assert!(
+            out[0].starts_with("NOTIFY sip:100@10.0.0.5:5062"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].contains("CSeq: 3 NOTIFY"), "{}", out[0]);
+        assert!(
+            out[0].contains("Subscription-State: active;expires=598"),
+            "{}",
+            out[0]
+        );
+        assert!(
+            matches!(after.take_changes().as_slice(), [MwiChange::Upsert(r)] if r.cseq == 3),
+            "each NOTIFY's CSeq is stored"
+        );
+
+        // An ended or unreadable record is not taken back, and is removed from the store.
+        let mut ended = record.clone();
+        ended.call_id = "old".into();
+        ended.expires_at = 2_999;
+        let mut bad = record.clone();
+        bad.call_id = "bad".into();
+        bad.target = "not a uri".into();
+        let mut fresh = MwiSubscriptions::new(10);
+        fresh.restore(vec![ended, bad], 3_000);
+        assert_eq!(fresh.len(), 0);
+        assert_eq!(
+            fresh.take_changes(),
+            vec![
+                MwiChange::Remove("bad".into()),
+                MwiChange::Remove("old".into())
+            ]
+        );
+        // Expiry is reported too, so the store does not keep ended subscriptions.
+        after.expire(601_000);
+        assert_eq!(after.take_changes(), vec![MwiChange::Remove("c1".into())]);
     }
 
     #[test]
