@@ -429,16 +429,7 @@ impl Store {
 
     /// All extensions, ordered by extension number as text; corrupt rows are skipped.
     pub fn ext_list(&self) -> Result<Vec<ExtensionRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(EXTENSIONS)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            if let Some(rec) = self.decode("extensions", k.value(), v.value()) {
-                out.push(rec);
-            }
-        }
-        Ok(out)
+        self.all_rows(EXTENSIONS, "extensions")
     }
 
     /// Number of extensions.
@@ -578,31 +569,13 @@ impl Store {
 
     /// Every stored binding (the registrar reloads these at start and drops expired ones).
     pub fn bindings_all(&self) -> Result<Vec<Binding>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(REGISTRATIONS)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            if let Some(b) = self.decode("registrations", k.value(), v.value()) {
-                out.push(b);
-            }
-        }
-        Ok(out)
+        self.all_rows(REGISTRATIONS, "registrations")
     }
 
     /// Every stored message-waiting subscription (ended ones included: the call core
     /// drops those at restore).
     pub fn mwi_all(&self) -> Result<Vec<MwiRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(MWI)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            if let Some(r) = self.decode("mwi", k.value(), v.value()) {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        self.all_rows(MWI, "mwi")
     }
 
     /// Up to `limit` call records, newest first, after skipping the `offset` newest.
@@ -727,6 +700,25 @@ impl Store {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         Ok(txn)
+    }
+
+    /// Every row of a table keyed by text, in key order (rows that do not decode are
+    /// skipped and counted, see [`Store::decode`]).
+    fn all_rows<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(def)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Some(item) = self.decode(name, k.value(), v.value()) {
+                out.push(item);
+            }
+        }
+        Ok(out)
     }
 
     fn decode<T: DeserializeOwned>(

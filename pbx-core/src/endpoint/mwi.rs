@@ -353,21 +353,19 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_subscription_restored_from_its_record_notifies_in_the_same_dialog() {
+    /// A table in which 100 subscribed at 1 s (Call-ID c1) for `expires` s with `counts`.
+    fn subscribed_c1(expires: u32, counts: Counts) -> (Signalling, MwiSubscriptions) {
         let mut sig = signalling();
         let mut mwi = MwiSubscriptions::new(10);
-        let (key, req) = subscribe(&mut sig, 1_000, "c1", "100", 600, None);
-        mwi.on_subscribe(
-            1_000,
-            &mut sig,
-            key,
-            &req,
-            peer(),
-            "100".into(),
-            (0, 0),
-            "pbx",
-        );
+        let (key, req) = subscribe(&mut sig, 1_000, "c1", "100", expires, None);
+        let user = "100".to_string();
+        mwi.on_subscribe(1_000, &mut sig, key, &req, peer(), user, counts, "pbx");
+        (sig, mwi)
+    }
+
+    #[test]
+    fn a_subscription_restored_from_its_record_notifies_in_the_same_dialog() {
+        let (mut sig, mut mwi) = subscribed_c1(600, (0, 0));
         mwi.notify(2_000, &mut sig, "c1", false, (1, 0), "pbx");
         let before = sent(&mut sig);
         let changes = mwi.take_changes();
@@ -437,19 +435,7 @@ mod tests {
 
     #[test]
     fn subscription_is_answered_notified_and_expires() {
-        let mut sig = signalling();
-        let mut mwi = MwiSubscriptions::new(10);
-        let (key, req) = subscribe(&mut sig, 1_000, "c1", "100", 60, None);
-        mwi.on_subscribe(
-            1_000,
-            &mut sig,
-            key,
-            &req,
-            peer(),
-            "100".into(),
-            (2, 1),
-            "pbx",
-        );
+        let (mut sig, mut mwi) = subscribed_c1(60, (2, 1));
         let out = sent(&mut sig);
         assert_eq!(out.len(), 2, "{out:?}");
         assert!(out[0].starts_with("SIP/2.0 200"), "{}", out[0]);
