@@ -5,14 +5,13 @@
 //! `nft -j -f -` run, whatever its size. The table (rules in this order, chain `input`,
 //! hook input, priority -5, policy accept: we drop only what we own):
 //!
-//! 1. `iifname "lo" accept`
-//! 1a. the management zone ([`ManagementZone`]): `tcp dport @mgmt_ports ip saddr != @mgmt4
-//!    counter name "mgmt_drop" drop`, the same with `ip6 saddr` and `@mgmt6`: SSH, the
-//!    metrics endpoint and any other admin listener the daemon names in `mgmt_ports` are
-//!    reachable only from the management networks (and loopback, rule 1). Ahead of the allow
-//!    list on purpose: allow-listing a SIP peer must not open the box's management to it.
-//!    Every TCP packet is matched, not only SYNs, so removing a network also cuts the
-//!    sessions it holds.
+//! 1. `iifname "lo" accept`, then the management zone ([`ManagementZone`]): `tcp dport
+//!    @mgmt_ports ip saddr != @mgmt4 counter name "mgmt_drop" drop`, the same with `ip6
+//!    saddr` and `@mgmt6`: SSH, the metrics endpoint and any other admin listener the
+//!    daemon names in `mgmt_ports` are reachable only from the management networks (and
+//!    loopback). Ahead of the allow list on purpose: allow-listing a SIP peer must not open
+//!    the box's management to it. Every TCP packet is matched, not only SYNs, so removing a
+//!    network also cuts the sessions it holds.
 //! 2. `ip saddr @allow4 accept`, `ip6 saddr @allow6 accept` (interval sets: the allow list
 //!    only; so an allow-listed source is never dropped, even if it is also banned)
 //! 3. `ip saddr @ban4 counter name "banned" drop`, same for `@ban6` (timeout sets: each
