@@ -284,6 +284,7 @@ fn ssh_and_metrics_answer_the_office_only_sip_answers_everyone_and_networks_appl
     );
     let path = s.daemon.dir().join("with-wan.toml");
     std::fs::write(&path, new).expect("write the candidate configuration");
+    let applied = std::time::Instant::now();
     let out = s
         .daemon
         .ctl_ok(&["config", "apply", path.to_str().expect("UTF-8 temp path")]);
@@ -298,6 +299,10 @@ fn ssh_and_metrics_answer_the_office_only_sip_answers_everyone_and_networks_appl
         banner.is_some(),
         "the WAN does not reach SSH after the change\n{}",
         s.daemon.log_text()
+    );
+    println!(
+        "the WAN reached SSH {:?} after `config apply` was started",
+        applied.elapsed()
     );
     assert!(ssh_banner(&s.wan, wan_ssh6, WAIT).is_some_and(|b| b.starts_with("SSH-2.0-")));
     // The metrics endpoint's own check follows the change too.
