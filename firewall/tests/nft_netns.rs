@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use firewall::net::Cidr;
 use firewall::nft::{
-    self, ConnLimit, ConnLimitBy, Enforcer, FloodLimit, NftConfig, SetOp, TrunkPeer, TrunkProto,
+    self, ConnLimit, ConnLimitBy, Enforcer, FloodLimit, ManagementZone, NftConfig, SetOp,
+    TrunkPeer, TrunkProto,
 };
 use nix::sched::{setns, CloneFlags};
 
@@ -926,4 +927,90 @@ fn syn_rate_limits_new_tcp_connections_per_source_without_conntrack() {
     );
     assert!(enf.verify().unwrap());
     while listener.accept().is_ok() {}
+}
+
+#[test]
+fn the_management_zone_drops_tcp_to_management_ports_from_outside_its_networks() {
+    require_root();
+    let lab = Lab::new();
+    const SSH: u16 = 2222;
+    // The zone holds the attacker's neighbour (other4, a /32) and the IPv6 loopback only:
+    // atk4 and atk6 are outside.
+    let cfg = NftConfig {
+        management: ManagementZone {
+            networks: vec![
+                Cidr::new(lab.other4.into(), 32).unwrap(),
+                "::1/128".parse().unwrap(),
+            ],
+            ports: vec![SSH],
+        },
+        ..lab.cfg()
+    };
+    let mut enf = Enforcer::install(cfg).unwrap();
+    let to4 = SocketAddr::new(lab.app4.into(), SSH);
+    let to6 = SocketAddr::new(lab.app6.into(), SSH);
+    let _l4 = lab.app.tcp_listener(to4);
+    let _l6 = lab.app.tcp_listener(to6);
+    let wait = Duration::from_millis(700);
+    assert!(
+        lab.atk.tcp_connect(lab.atk4.into(), to4, wait).is_none(),
+        "a source outside the zone completed a handshake to a management port"
+    );
+    assert!(lab.atk.tcp_connect(lab.atk6.into(), to6, wait).is_none());
+    let c = enf.counters().unwrap();
+    assert!(c.mgmt_drops >= 2, "every dropped SYN is counted: {c:?}");
+    assert!(lab
+        .atk
+        .tcp_connect(lab.other4.into(), to4, Duration::from_secs(3))
+        .is_some());
+    // Other ports (SIP) are not the zone's business.
+    let sip = SocketAddr::new(lab.app4.into(), SIP);
+    let _sip = lab.app.tcp_listener(sip);
+    assert!(lab
+        .atk
+        .tcp_connect(lab.atk4.into(), sip, Duration::from_secs(3))
+        .is_some());
+    // Loopback always reaches it.
+    let lo = SocketAddr::new(lab.app4.into(), SSH);
+    assert!(lab
+        .app
+        .tcp_connect(lab.app4.into(), lo, Duration::from_secs(3))
+        .is_some());
+
+    // A live change: the attacker's /24 and /64 join, in one run, without a reinstall.
+    let zone = ManagementZone {
+        networks: vec![
+            Cidr::new(lab.atk4.into(), 24).unwrap(),
+            Cidr::new(lab.atk6.into(), 64).unwrap(),
+        ],
+        ports: vec![SSH],
+    };
+    enf.set_management(&zone).unwrap();
+    assert_eq!(set_len(&lab.app, "mgmt4"), 1);
+    assert!(lab
+        .atk
+        .tcp_connect(lab.atk4.into(), to4, Duration::from_secs(3))
+        .is_some());
+    assert!(lab
+        .atk
+        .tcp_connect(lab.atk6.into(), to6, Duration::from_secs(3))
+        .is_some());
+    assert!(
+        enf.verify().unwrap(),
+        "set contents are not the table's shape"
+    );
+    // A restore keeps the zone last set.
+    lab.app.nft(&["flush", "table", "inet", "outpost"]);
+    enf.restore(&[]).unwrap();
+    assert_eq!(set_len(&lab.app, "mgmt4"), 1);
+    assert_eq!(set_len(&lab.app, "mgmt_ports"), 1);
+    // Too many networks are refused before nft runs; the zone stays.
+    let huge = ManagementZone {
+        networks: (0..=64u8)
+            .map(|i| Cidr::new(Ipv4Addr::new(10, 9, i, 0).into(), 24).unwrap())
+            .collect(),
+        ports: vec![SSH],
+    };
+    assert!(enf.set_management(&huge).is_err());
+    assert_eq!(enf.config().management, zone);
 }

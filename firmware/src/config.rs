@@ -111,6 +111,8 @@ pub struct Config {
     pub backup: crate::backup::BackupConfig,
     /// `[system]`: the box's host name.
     pub system: crate::system::SystemConfig,
+    /// `[management]`: the networks the management listeners may be reached from.
+    pub management: ManagementConfig,
 }
 
 /// `[sip]` section.
@@ -316,7 +318,8 @@ impl MediaConfig {
 
 /// The firewall's sections (`[firewall]` and its tables), defined with the firewall.
 pub use crate::guard::config::{
-    ConnectionsConfig, EnforceMode, FeedConfig, FirewallConfig, KernelConnLimit, MAX_FEEDS,
+    ConnectionsConfig, EnforceMode, FeedConfig, FirewallConfig, KernelConnLimit, ManagementConfig,
+    MAX_FEEDS,
 };
 
 impl Config {
@@ -345,6 +348,25 @@ impl Config {
                 })
                 .collect(),
             emergency: self.dialplan.emergency.clone(),
+            management: self.management_zone(),
+        }
+    }
+
+    /// The management zone: `[management] networks` and the TCP ports of every admin
+    /// listener this configuration runs (dropbear's when SSH is enabled, the metrics
+    /// endpoint's when it is on). A new admin listener (e.g. a web admin) adds its port
+    /// here, and the kernel guards it like the others.
+    pub fn management_zone(&self) -> firewall::nft::ManagementZone {
+        let mut ports: Vec<u16> = Vec::new();
+        if self.ssh.enabled {
+            ports.extend(self.ssh.listen.iter().map(SocketAddr::port));
+        }
+        ports.extend(self.metrics.listen.iter().map(SocketAddr::port));
+        ports.sort_unstable();
+        ports.dedup();
+        firewall::nft::ManagementZone {
+            networks: self.management.networks.clone(),
+            ports,
         }
     }
 }
@@ -715,6 +737,34 @@ impl Config {
         self.system
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
+        self.management
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        // The management zone drops TCP to its ports from outside the management networks:
+        // a port shared with SIP would take SIP over TCP with it.
+        let sip_ports: HashSet<u16> = self
+            .sip
+            .listen
+            .iter()
+            .chain(&self.tls.listen)
+            .map(SocketAddr::port)
+            .collect();
+        let ssh_ports = self.ssh.listen.iter().filter(|_| self.ssh.enabled);
+        for (key, addr) in ssh_ports
+            .map(|a| ("ssh.listen", a))
+            .chain(self.metrics.listen.iter().map(|a| ("metrics.listen", a)))
+        {
+            if sip_ports.contains(&addr.port()) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "port {} is also a SIP port (sip.listen or tls.listen); the management \
+                         zone would drop SIP over TCP from outside management.networks",
+                        addr.port()
+                    ),
+                ));
+            }
+        }
         crate::pbx_config::validate(
             &self.trunk,
             &self.route,
@@ -943,6 +993,79 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn management_networks_parse_validate_and_name_the_key() {
+        let c = Config::from_toml_str(
+            "[management]\nnetworks = [\"192.168.10.0/24\", \"fd00:1::/64\", \"10.9.8.7\"]\n",
+        )
+        .unwrap();
+        let shown: Vec<String> = c
+            .management
+            .networks
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["192.168.10.0/24", "fd00:1::/64", "10.9.8.7/32"]);
+        // The default is the office side, v4 and v6.
+        let d = Config::default().management.networks;
+        assert!(d.contains(&"10.0.0.0/8".parse().unwrap()));
+        assert!(d.contains(&"fe80::/10".parse().unwrap()));
+        assert_eq!(d.len(), 8);
+        // A bad network is a parse error at its line, naming the problem.
+        let err = Config::from_toml_str("[management]\nnetworks = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("\"33\" for 10.0.0.0"),
+            "{err}"
+        );
+        let err = Config::from_toml_str("[management]\nnetworks = [\"office\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("office"), "{err}");
+        assert!(Config::from_toml_str("[management]\nnetwork = []\n").is_err());
+        let mut c = Config::default();
+        c.management.networks.clear();
+        assert_eq!(invalid_key(&c), "management.networks");
+        let mut c = Config::default();
+        c.management.networks = (0..65u8)
+            .map(|i| format!("10.{i}.0.0/16").parse().unwrap())
+            .collect();
+        assert_eq!(invalid_key(&c), "management.networks");
+        // A management port shared with SIP would let the zone drop SIP over TCP.
+        let mut c = Config::default();
+        c.metrics.listen = Some("0.0.0.0:5060".parse().unwrap());
+        assert_eq!(invalid_key(&c), "metrics.listen");
+        let mut c = Config::default();
+        c.ssh.enabled = true;
+        c.ssh.listen = vec!["0.0.0.0:5060".parse().unwrap()];
+        assert_eq!(invalid_key(&c), "ssh.listen");
+        c.ssh.enabled = false;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_management_zone_guards_the_ports_of_the_listeners_that_run() {
+        let mut c = Config::default();
+        assert!(
+            c.management_zone().ports.is_empty(),
+            "SSH and metrics are off"
+        );
+        c.ssh.enabled = true;
+        c.ssh.listen = vec!["0.0.0.0:22".parse().unwrap(), "[::]:2222".parse().unwrap()];
+        c.metrics.listen = Some("192.168.1.1:9100".parse().unwrap());
+        let zone = c.management_zone();
+        assert_eq!(zone.ports, [22, 2222, 9100]);
+        assert_eq!(zone.networks, c.management.networks);
+        assert!(!zone
+            .ports
+            .iter()
+            .any(|p| c.sip.listen.iter().any(|l| l.port() == *p)));
+        assert_eq!(c.firewall_surroundings().management, zone);
+        c.ssh.enabled = false;
+        assert_eq!(c.management_zone().ports, [9100]);
     }
 
     #[test]

@@ -105,6 +105,8 @@ struct Daemon {
     beats: std::sync::Arc<crate::watchdog::Heartbeats>,
     /// The latest counters, for the metrics endpoint.
     metrics_tx: tokio::sync::watch::Sender<crate::metrics::Metrics>,
+    /// The management networks, for the metrics endpoint's own check of its peers.
+    management_tx: tokio::sync::watch::Sender<Vec<firewall::net::Cidr>>,
     /// The latest status, for the front panel.
     panel_tx: tokio::sync::watch::Sender<board::panel::PanelStatus>,
     /// When the snapshots are refreshed next.
@@ -235,6 +237,8 @@ pub async fn run(
     beats.beat_loop();
     beats.expect_enforcer(guard.mode() == &crate::guard::Mode::Enforcing);
     let (metrics_tx, metrics_rx) = tokio::sync::watch::channel(crate::metrics::Metrics::default());
+    let (management_tx, management_rx) =
+        tokio::sync::watch::channel(cfg.management.networks.clone());
     let (panel_tx, panel_rx) = tokio::sync::watch::channel(board::panel::PanelStatus::default());
     let pending_confirm = revisions.current().and_then(|r| {
         let by = r.confirm_by?;
@@ -249,6 +253,7 @@ pub async fn run(
         pending_confirm,
         beats,
         metrics_tx,
+        management_tx,
         panel_tx,
         next_snapshot: 0,
         newest_backup: (None, 0),
@@ -305,7 +310,7 @@ pub async fn run(
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 tracing::info!(%addr, "metrics endpoint: GET /metrics");
-                tokio::spawn(crate::metrics::serve(listener, metrics_rx));
+                tokio::spawn(crate::metrics::serve(listener, metrics_rx, management_rx));
             }
             Err(err) => fallbacks.fell_back(
                 "metrics.listen",
@@ -1055,6 +1060,15 @@ impl Daemon {
         self.endpoint_cfg = e;
         self.guard
             .set_policy(&new.firewall, &new.dialplan.emergency);
+        // The management zone applies live: the kernel's sets and the metrics endpoint's
+        // own check follow `[management] networks` (the ports follow `ssh` and `metrics`,
+        // which change at a restart).
+        let zone = new.management_zone();
+        if zone != old.management_zone() {
+            self.guard.set_management(zone);
+            self.management_tx
+                .send_replace(new.management.networks.clone());
+        }
         crate::system::apply_hostname(&new.system);
         Ok(restart)
     }

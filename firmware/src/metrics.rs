@@ -5,11 +5,17 @@
 //! address) only ever reads that snapshot, so a scraper cannot slow the SIP loop down. The
 //! server speaks just enough HTTP/1.x for `GET /metrics`: one bounded request per
 //! connection, a few connections at a time, a read deadline.
+//!
+//! Who may ask: the kernel's management zone drops TCP to the endpoint's port from outside
+//! `[management] networks`; the server also closes, at accept and before reading a byte,
+//! a connection from a peer outside them (defence in depth: without kernel enforcement this
+//! check is the only one). Loopback is always admitted.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use firewall::net::{is_loopback, Cidr};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -26,8 +32,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Prometheus endpoint (`GET /metrics`); none = off. Use a management address, not one
-    /// facing the internet.
+    /// Prometheus endpoint (`GET /metrics`); none = off. Its port joins the management
+    /// zone: only `[management] networks` (and loopback) reach it.
     pub listen: Option<SocketAddr>,
 }
 
@@ -75,6 +81,10 @@ pub struct Metrics {
     pub kernel_banned_packets: Option<u64>,
     pub kernel_meter_drops: Option<u64>,
     pub kernel_rtp_drops: Option<u64>,
+    /// TCP packets the kernel dropped to a management port from outside the management
+    /// networks.
+    #[serde(default)]
+    pub kernel_mgmt_drops: Option<u64>,
     /// Resident memory of the daemon in bytes (`VmRSS`); `None` when /proc is unreadable.
     #[serde(default)]
     pub process_resident_memory_bytes: Option<u64>,
@@ -239,6 +249,14 @@ impl Metrics {
                 v,
             );
         }
+        if let Some(v) = self.kernel_mgmt_drops {
+            metric(
+                "kernel_management_drops_total",
+                "counter",
+                "TCP packets the kernel dropped to a management port from outside the management networks.",
+                v,
+            );
+        }
         if let Some(v) = self.process_resident_memory_bytes {
             metric(
                 "process_resident_memory_bytes",
@@ -270,14 +288,30 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listen` from the latest snapshot until the task is dropped.
-pub async fn serve(listener: TcpListener, snapshot: watch::Receiver<Metrics>) {
+/// Whether `peer` may use the endpoint: loopback, or inside one of the management
+/// `networks` (IPv4-mapped IPv6 counts as IPv4).
+pub fn admitted(networks: &[Cidr], peer: IpAddr) -> bool {
+    is_loopback(peer) || networks.iter().any(|n| n.contains(peer))
+}
+
+/// Serves `GET /metrics` on `listen` from the latest snapshot until the task is dropped, to
+/// peers inside the latest management `networks` (and loopback) only.
+pub async fn serve(
+    listener: TcpListener,
+    snapshot: watch::Receiver<Metrics>,
+    networks: watch::Receiver<Vec<Cidr>>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((mut stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        if !admitted(&networks.borrow(), peer.ip()) {
+            // Closed unread, and not logged: a stranger must not be able to fill the log.
+            drop(stream);
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             // Busy: close at once rather than queue.
             continue;
@@ -413,6 +447,27 @@ mod tests {
     }
 
     #[test]
+    fn only_loopback_and_the_management_networks_are_admitted() {
+        let nets: Vec<Cidr> = ["10.0.0.0/8", "fd00::/8"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        for ok in ["10.1.2.3", "::ffff:10.1.2.3", "fd00::5", "127.0.0.1", "::1"] {
+            assert!(admitted(&nets, ok.parse().unwrap()), "{ok}");
+        }
+        for refused in [
+            "203.0.113.7",
+            "::ffff:203.0.113.7",
+            "2001:db8::1",
+            "11.0.0.1",
+        ] {
+            assert!(!admitted(&nets, refused.parse().unwrap()), "{refused}");
+        }
+        assert!(admitted(&[], "127.0.0.2".parse().unwrap()));
+        assert!(!admitted(&[], "10.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
     fn only_get_metrics_is_served() {
         assert!(respond("GET /metrics HTTP/1.1\r\n\r\n", "x 1\n").starts_with("HTTP/1.1 200 OK"));
         assert!(respond("GET / HTTP/1.1\r\n\r\n", "").starts_with("HTTP/1.1 404"));
@@ -425,7 +480,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(Metrics::default());
-        let server = tokio::spawn(serve(listener, rx));
+        // Loopback is admitted whatever the networks say.
+        let (_nets, networks) = watch::channel(vec!["192.0.2.0/24".parse().unwrap()]);
+        let server = tokio::spawn(serve(listener, rx, networks));
         tx.send(Metrics {
             calls_answered: 42,
             ..Metrics::default()

@@ -68,7 +68,11 @@ const LOG_WINDOW: Duration = Duration::from_secs(60);
 pub struct SshConfig {
     /// Run and supervise dropbear.
     pub enabled: bool,
-    /// Addresses dropbear listens on (`"0.0.0.0:22"`, `"[::]:22"`), at most 10.
+    /// Addresses dropbear listens on, at most 10; only these (`-p ADDR:PORT` each). The
+    /// default, every address (`"0.0.0.0:22"`, `"[::]:22"`), keeps SSH reachable from the
+    /// office whatever its addressing: the kernel's management zone (`[management]
+    /// networks`) drops connections from elsewhere. A LAN address (`"192.168.1.1:22"`)
+    /// keeps dropbear off the WAN side even without kernel enforcement.
     pub listen: Vec<SocketAddr>,
     /// The dropbear server binary.
     pub dropbear: PathBuf,

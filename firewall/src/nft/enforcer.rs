@@ -6,7 +6,9 @@
 //! ([`EnforcerHandle::verify`]) and counter refreshes. Each round the thread takes the first
 //! request and everything else already queued (until [`MAX_OPS_PER_BATCH`] set updates),
 //! then, in this order: records the bans the kernel should hold; applies the set updates in
-//! runs of at most [`MAX_OPS_PER_BATCH`] (one nft run each); verifies the table when asked
+//! runs of at most [`MAX_OPS_PER_BATCH`] (one nft run each); replaces the management zone
+//! when a new one is pending ([`EnforcerHandle::set_management`]; the newest wins, and a
+//! failed replacement is tried again every round until it succeeds); verifies the table when asked
 //! or when a run failed, and restores it with the live bans if it was flushed or altered
 //! from outside; refreshes the counters when asked or after a check; wakes the callers
 //! waiting for counters. Outputs are the shared [`KernelState`] (read with
@@ -22,7 +24,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{Counters, Enforcer, NftConfig, NftError, SetOp, MAX_BAN_SECS};
+use super::{Counters, Enforcer, ManagementZone, NftConfig, NftError, SetOp, MAX_BAN_SECS};
 use crate::net::canonical;
 
 /// Requests waiting for the enforcer thread.
@@ -45,6 +47,8 @@ enum Request {
     Ops(Vec<SetOp>),
     /// Check the table; restore it if it was changed from outside; refresh the counters.
     Verify,
+    /// Replace the management zone (networks and ports).
+    Management(ManagementZone),
     /// Refresh the counters, then signal.
     Counters(Sender<()>),
 }
@@ -77,6 +81,8 @@ pub struct EnforcerHandle {
     tx: SyncSender<Request>,
     shared: Arc<Mutex<KernelState>>,
     queue_drops: u64,
+    /// A management zone the full queue could not take yet.
+    pending_management: Option<ManagementZone>,
 }
 
 impl EnforcerHandle {
@@ -92,6 +98,7 @@ impl EnforcerHandle {
             tx,
             shared,
             queue_drops: 0,
+            pending_management: None,
         })
     }
 
@@ -103,6 +110,7 @@ impl EnforcerHandle {
             tx,
             shared: Arc::new(Mutex::new(KernelState::default())),
             queue_drops: 0,
+            pending_management: None,
         };
         (handle, SentOps(rx))
     }
@@ -143,8 +151,33 @@ impl EnforcerHandle {
         }
     }
 
+    /// Queues a new management zone (the newest wins). Never lost on a full queue: it is
+    /// kept here and queued again with the next [`EnforcerHandle::verify`] (the guard calls
+    /// it every few seconds), because a lost change would leave the management ports open
+    /// to, or closed for, the wrong networks.
+    pub fn set_management(&mut self, zone: ManagementZone) {
+        self.pending_management = Some(zone);
+        self.flush_management();
+    }
+
+    fn flush_management(&mut self) {
+        let Some(zone) = self.pending_management.take() else {
+            return;
+        };
+        match self.tx.try_send(Request::Management(zone)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Request::Management(zone))) => {
+                self.pending_management = Some(zone);
+            }
+            Err(_) => {
+                tracing::error!("firewall: the management zone was not updated (thread gone)");
+            }
+        }
+    }
+
     /// Asks the thread to check the table (and restore it if it was changed from outside).
     pub fn verify(&mut self) {
+        self.flush_management();
         let _ = self.tx.try_send(Request::Verify);
     }
 
@@ -195,7 +228,7 @@ impl SentOps {
             match r {
                 Request::Op(op) => out.push(op),
                 Request::Ops(ops) => out.extend(ops),
-                Request::Verify | Request::Counters(_) => {}
+                Request::Verify | Request::Counters(_) | Request::Management(_) => {}
             }
         }
         out
@@ -206,6 +239,7 @@ impl SentOps {
 #[derive(Debug, Default)]
 struct Round {
     ops: Vec<SetOp>,
+    management: Option<ManagementZone>,
     verify: bool,
     waiters: Vec<Sender<()>>,
 }
@@ -220,6 +254,7 @@ impl Round {
                 Request::Op(op) => round.ops.push(op),
                 Request::Ops(many) => round.ops.extend(many),
                 Request::Verify => round.verify = true,
+                Request::Management(zone) => round.management = Some(zone),
                 Request::Counters(tx) => round.waiters.push(tx),
             }
             next = if round.ops.len() < MAX_OPS_PER_BATCH {
@@ -251,6 +286,8 @@ struct EnforcerThread {
     desired: HashMap<IpAddr, Instant>,
     shared: Arc<Mutex<KernelState>>,
     last_logged_error: Option<String>,
+    /// A management zone not yet in the kernel (its replacement failed or is due).
+    pending_management: Option<ManagementZone>,
 }
 
 impl EnforcerThread {
@@ -271,14 +308,20 @@ impl EnforcerThread {
             desired,
             shared,
             last_logged_error: None,
+            pending_management: None,
         }
     }
 
     fn run(mut self, rx: &Receiver<Request>) {
         self.install();
         while let Ok(first) = rx.recv() {
-            let round = Round::gather(first, rx);
+            let mut round = Round::gather(first, rx);
             self.track(&round.ops);
+            if let Some(zone) = round.management.take() {
+                // A (re)install from scratch takes the newest zone too.
+                self.cfg.management = zone.clone();
+                self.pending_management = Some(zone);
+            }
             if self.enforcer.is_none() {
                 if round.verify {
                     self.install();
@@ -288,6 +331,9 @@ impl EnforcerThread {
                 let last = runs.len() - 1;
                 let counters = !round.waiters.is_empty();
                 for (i, run) in runs.into_iter().enumerate() {
+                    if i == last {
+                        self.apply_management();
+                    }
                     self.apply(run, round.verify && i == last, counters && i == last);
                 }
             }
@@ -368,6 +414,28 @@ impl EnforcerThread {
         }
     }
 
+    /// Puts the pending management zone into the kernel; kept pending on failure.
+    fn apply_management(&mut self) {
+        let Some(zone) = self.pending_management.take() else {
+            return;
+        };
+        let Some(e) = self.enforcer.as_mut() else {
+            self.pending_management = Some(zone);
+            return;
+        };
+        match e.set_management(&zone) {
+            Ok(()) => tracing::info!(
+                networks = zone.networks.len(),
+                ports = ?zone.ports,
+                "firewall: management zone updated"
+            ),
+            Err(err) => {
+                self.failure("updating the management zone", &err);
+                self.pending_management = Some(zone);
+            }
+        }
+    }
+
     fn verify_and_restore(&mut self) {
         let now = Instant::now();
         self.desired.retain(|_, until| *until > now);
@@ -421,6 +489,8 @@ impl EnforcerThread {
                     table = %self.cfg.table, bans = self.desired.len(),
                     "firewall: nftables table installed"
                 );
+                // Installed with the newest zone (`self.cfg.management`).
+                self.pending_management = None;
                 self.enforcer = Some(e);
                 self.last_logged_error = None;
                 let mut s = self.state();

@@ -5,7 +5,13 @@
 //! `nft -j -f -` run, whatever its size. The table (rules in this order, chain `input`,
 //! hook input, priority -5, policy accept: we drop only what we own):
 //!
-//! 1. `iifname "lo" accept`
+//! 1. `iifname "lo" accept`, then the management zone ([`ManagementZone`]): `tcp dport
+//!    @mgmt_ports ip saddr != @mgmt4 counter name "mgmt_drop" drop`, the same with `ip6
+//!    saddr` and `@mgmt6`: SSH, the metrics endpoint and any other admin listener the
+//!    daemon names in `mgmt_ports` are reachable only from the management networks (and
+//!    loopback). Ahead of the allow list on purpose: allow-listing a SIP peer must not open
+//!    the box's management to it. Every TCP packet is matched, not only SYNs, so removing a
+//!    network also cuts the sessions it holds.
 //! 2. `ip saddr @allow4 accept`, `ip6 saddr @allow6 accept` (interval sets: the allow list
 //!    only; so an allow-listed source is never dropped, even if it is also banned)
 //! 3. `ip saddr @ban4 counter name "banned" drop`, same for `@ban6` (timeout sets: each
@@ -78,6 +84,11 @@ use runner::Runner;
 
 /// Most trunk peer entries in the kernel's trunk sets (trunks × (1 + `inbound_from`)).
 pub const MAX_TRUNK_PEERS: usize = 4_096;
+
+/// Most networks in the management zone (per family they share one interval set).
+pub const MAX_MGMT_NETWORKS: usize = 64;
+/// Most management ports (TCP) the zone guards.
+pub const MAX_MGMT_PORTS: usize = 32;
 
 /// Longest ban the kernel is given: one year (longer bans are re-applied from the store).
 pub const MAX_BAN_SECS: u64 = 365 * 24 * 3600;
@@ -223,6 +234,41 @@ pub enum ConnLimitBy {
     SynRate,
 }
 
+/// Who may reach the box's management listeners: TCP to `ports` from a source outside
+/// `networks` (and not over loopback) is dropped and counted (`mgmt_drop`). Live-updatable
+/// with [`Enforcer::set_management`]; SIP ports never belong here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementZone {
+    /// The management networks, IPv4 and IPv6 (at most [`MAX_MGMT_NETWORKS`]).
+    pub networks: Vec<Cidr>,
+    /// TCP ports of the management listeners the daemon runs (SSH, metrics, ...; at most
+    /// [`MAX_MGMT_PORTS`]); empty: the zone guards nothing.
+    pub ports: Vec<u16>,
+}
+
+impl ManagementZone {
+    /// Refuses what the kernel sets cannot hold or would misread.
+    pub fn check(&self) -> Result<(), NftError> {
+        if self.networks.len() > MAX_MGMT_NETWORKS {
+            return Err(NftError::Config(format!(
+                "{} management networks (at most {MAX_MGMT_NETWORKS})",
+                self.networks.len()
+            )));
+        }
+        if self.ports.len() > MAX_MGMT_PORTS {
+            return Err(NftError::Config(format!(
+                "{} management ports (at most {MAX_MGMT_PORTS})",
+                self.ports.len()
+            )));
+        }
+        if self.ports.contains(&0) {
+            return Err(NftError::Config("management port 0".into()));
+        }
+        Ok(())
+    }
+}
+
 /// What the kernel table looks like and how to reach nft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -249,6 +295,9 @@ pub struct NftConfig {
     /// Per-source connection caps on the SIP/TLS TCP ports; `None` (the default) turns them
     /// off (and leaves conntrack alone).
     pub conn_limit: Option<ConnLimit>,
+    /// The management zone at install; changed later with [`Enforcer::set_management`].
+    /// The default guards no port.
+    pub management: ManagementZone,
     /// Run nft inside this network namespace (`ip netns exec NS nft …`); tests use it.
     pub netns: Option<String>,
     /// The nft program: a name looked up in PATH, or a path.
@@ -269,6 +318,7 @@ impl Default for NftConfig {
             flood_rate: Some(FloodLimit::default()),
             trunk_flood_rate: Some(FloodLimit::TRUNK_DEFAULT),
             conn_limit: None,
+            management: ManagementZone::default(),
             netns: None,
             nft: "nft".to_string(),
             nft_timeout_ms: 10_000,
@@ -319,7 +369,7 @@ impl NftConfig {
         if self.nft_timeout_ms == 0 {
             return Err(NftError::Config("nft_timeout_ms must be above 0".into()));
         }
-        Ok(())
+        self.management.check()
     }
 }
 
@@ -383,6 +433,9 @@ pub struct Counters {
     /// New TCP connections dropped because their source held its connection cap.
     #[serde(default)]
     pub conn_drops: u64,
+    /// TCP packets to a management port from outside the management networks, dropped.
+    #[serde(default)]
+    pub mgmt_drops: u64,
 }
 
 /// Owner of the `inet outpost` table: installs it, applies batches, reads counters, and
@@ -557,6 +610,7 @@ impl Enforcer {
         let (rtp_drops, _) = get(ruleset::COUNTER_RTP)?;
         let (trunk_meter_drops, _) = get(ruleset::COUNTER_TRUNK)?;
         let (conn_drops, _) = get(ruleset::COUNTER_CONN)?;
+        let (mgmt_drops, _) = get(ruleset::COUNTER_MGMT)?;
         Ok(Counters {
             banned_packets,
             banned_bytes,
@@ -564,7 +618,25 @@ impl Enforcer {
             rtp_drops,
             trunk_meter_drops,
             conn_drops,
+            mgmt_drops,
         })
+    }
+
+    /// Replaces the management zone's networks and ports in one nft run (flush and refill
+    /// of `mgmt4`, `mgmt6`, `mgmt_ports`: one transaction, so no packet sees an empty zone).
+    /// Atomic: on error the kernel and our copy keep the previous zone. A restore
+    /// re-installs the zone last set.
+    pub fn set_management(&mut self, zone: &ManagementZone) -> Result<(), NftError> {
+        zone.check()?;
+        if *zone == self.cfg.management {
+            return Ok(());
+        }
+        let objects = ruleset::mgmt_replace(&self.cfg.table, zone);
+        self.run_batch(&nftables::schema::Nftables {
+            objects: objects.into(),
+        })?;
+        self.cfg.management = zone.clone();
+        Ok(())
     }
 
     /// Whether our table is intact: present, with exactly the chains, sets, counters and

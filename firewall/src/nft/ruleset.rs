@@ -14,7 +14,7 @@ use nftables::stmt::{self, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::Value;
 
-use super::{ConnLimitBy, FloodLimit, NftConfig, TrunkPeer, TrunkProto};
+use super::{ConnLimitBy, FloodLimit, ManagementZone, NftConfig, TrunkPeer, TrunkProto};
 use crate::net::Cidr;
 
 /// Our chain: filter hook input, just before the usual `filter` priority (0) so our drops
@@ -41,6 +41,12 @@ pub(crate) const AUTHED4: &str = "authed4";
 pub(crate) const AUTHED6: &str = "authed6";
 /// New TCP connections dropped at a source's connection cap.
 pub(crate) const COUNTER_CONN: &str = "conn_limit";
+/// The management zone: its networks (interval sets per family), the TCP ports it guards,
+/// and the counter of what it dropped.
+pub(crate) const MGMT4: &str = "mgmt4";
+pub(crate) const MGMT6: &str = "mgmt6";
+pub(crate) const MGMT_PORTS: &str = "mgmt_ports";
+pub(crate) const COUNTER_MGMT: &str = "mgmt_drop";
 /// Connection-count meters: unauthenticated and authenticated sources, per family.
 const CONN4: &str = "conn4";
 const CONN6: &str = "conn6";
@@ -71,7 +77,13 @@ pub(crate) fn table_batch(
         NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table(t)))),
         add(NfListObject::Table(table(t))),
     ];
-    for name in [COUNTER_BANNED, COUNTER_FLOOD, COUNTER_RTP, COUNTER_TRUNK] {
+    for name in [
+        COUNTER_BANNED,
+        COUNTER_FLOOD,
+        COUNTER_RTP,
+        COUNTER_TRUNK,
+        COUNTER_MGMT,
+    ] {
         o.push(add(NfListObject::Counter(schema::Counter {
             family: NfFamily::INet,
             table: own(t),
@@ -115,6 +127,19 @@ pub(crate) fn table_batch(
         SetType::Ipv6Addr,
         Some(SetFlag::Interval),
     )));
+    o.push(add(set(
+        t,
+        MGMT4,
+        SetType::Ipv4Addr,
+        Some(SetFlag::Interval),
+    )));
+    o.push(add(set(
+        t,
+        MGMT6,
+        SetType::Ipv6Addr,
+        Some(SetFlag::Interval),
+    )));
+    o.push(add(set(t, MGMT_PORTS, SetType::InetService, None)));
     o.push(add(set(t, BAN4, SetType::Ipv4Addr, Some(SetFlag::Timeout))));
     o.push(add(set(t, BAN6, SetType::Ipv6Addr, Some(SetFlag::Timeout))));
     o.push(add(trunk_set(t, TRUNK4, SetType::Ipv4Addr)));
@@ -141,6 +166,7 @@ pub(crate) fn table_batch(
         })));
     }
     o.extend(allow_elements(t, allow));
+    o.extend(mgmt_elements(t, &cfg.management));
     o.extend(trunk_elements(t, &cfg.trunk_peers));
     let pairs: BTreeMap<(IpAddr, u16), bool> = rtp_open.iter().map(|p| (*p, true)).collect();
     o.extend(rtp_commands(t, &pairs));
@@ -160,14 +186,28 @@ pub(crate) fn delete_table_batch(name: &str) -> Nftables<'static> {
     }
 }
 
-/// The rules of our chain, in order: loopback, allow, ban, the trunks' meters, the flood
-/// meters, closed RTP range.
+/// The rules of our chain, in order: loopback, the management zone, allow, ban, the
+/// trunks' meters, the flood meters, closed RTP range.
 fn rules(cfg: &NftConfig) -> Vec<Vec<Statement<'static>>> {
+    let mgmt = |ip: &str, set: &str| {
+        vec![
+            eq(payload("tcp", "dport"), set_ref(MGMT_PORTS)),
+            Statement::Match(Match {
+                left: saddr(ip),
+                right: set_ref(set),
+                op: Operator::NEQ,
+            }),
+            counter(COUNTER_MGMT),
+            drop(),
+        ]
+    };
     let mut r = vec![
         vec![
             eq(meta(expr::MetaKey::Iifname), Expression::String(own("lo"))),
             accept(),
         ],
+        mgmt("ip", MGMT4),
+        mgmt("ip6", MGMT6),
         vec![eq(saddr("ip"), set_ref(ALLOW4)), accept()],
         vec![eq(saddr("ip6"), set_ref(ALLOW6)), accept()],
         vec![
@@ -489,6 +529,53 @@ pub(crate) fn allow_replace(table: &str, allow: &[Cidr]) -> Vec<NfObject<'static
         o.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Set(s))));
     }
     o.extend(allow_elements(table, allow));
+    o
+}
+
+/// Replaces the management zone's sets (flush + add, one transaction).
+pub(crate) fn mgmt_replace(table: &str, zone: &ManagementZone) -> Vec<NfObject<'static>> {
+    let mut o = Vec::new();
+    for (name, ty, flag) in [
+        (MGMT4, SetType::Ipv4Addr, Some(SetFlag::Interval)),
+        (MGMT6, SetType::Ipv6Addr, Some(SetFlag::Interval)),
+        (MGMT_PORTS, SetType::InetService, None),
+    ] {
+        if let NfListObject::Set(s) = set(table, name, ty, flag) {
+            o.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Set(s))));
+        }
+    }
+    o.extend(mgmt_elements(table, zone));
+    o
+}
+
+/// The management zone's elements: its networks per family (normalized: an interval set
+/// refuses overlaps) and its ports, duplicates removed.
+fn mgmt_elements(table: &str, zone: &ManagementZone) -> Vec<NfObject<'static>> {
+    let nets = normalize(&zone.networks);
+    let mut o = Vec::new();
+    for (name, v4) in [(MGMT4, true), (MGMT6, false)] {
+        let elems: Vec<Expression<'static>> = nets
+            .iter()
+            .filter(|c| c.network().is_ipv4() == v4)
+            .map(|c| cidr(*c))
+            .collect();
+        if !elems.is_empty() {
+            o.push(add(element(table, name, elems)));
+        }
+    }
+    let mut ports = zone.ports.clone();
+    ports.sort_unstable();
+    ports.dedup();
+    if !ports.is_empty() {
+        o.push(add(element(
+            table,
+            MGMT_PORTS,
+            ports
+                .iter()
+                .map(|p| Expression::Number(u32::from(*p)))
+                .collect(),
+        )));
+    }
     o
 }
 
@@ -833,6 +920,101 @@ mod tests {
         let chain = cmds.iter().find_map(|c| c["add"].get("chain")).unwrap();
         assert_eq!(chain["policy"], "accept");
         assert_eq!(chain["hook"], "input");
+    }
+
+    #[test]
+    fn the_management_zone_drops_tcp_to_its_ports_from_outside_its_networks_after_loopback() {
+        let cfg = NftConfig {
+            management: ManagementZone {
+                networks: vec![
+                    c("192.168.0.0/16"),
+                    c("192.168.7.0/24"),
+                    c("fc00::/7"),
+                    c("::1/128"),
+                    c("127.0.0.0/8"),
+                ],
+                ports: vec![9100, 22, 22],
+            },
+            ..NftConfig::default()
+        };
+        let v = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[]));
+        let cmds = v["nftables"].as_array().unwrap();
+        let rules: Vec<&Value> = cmds
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .map(|r| &r["expr"])
+            .collect();
+        // `tcp dport @mgmt_ports ip saddr != @mgmt4 counter name "mgmt_drop" drop`, per
+        // family, right after loopback and ahead of the allow list.
+        let dport = serde_json::json!({"payload": {"protocol": "tcp", "field": "dport"}});
+        for (rule, (ip, set)) in rules[1..3]
+            .iter()
+            .zip([("ip", "@mgmt4"), ("ip6", "@mgmt6")])
+        {
+            let want = serde_json::json!([
+                {"match": {"op": "==", "left": dport, "right": "@mgmt_ports"}},
+                {"match": {"op": "!=", "left": {"payload": {"protocol": ip, "field": "saddr"}}, "right": set}},
+                {"counter": "mgmt_drop"},
+                {"drop": null}
+            ]);
+            assert_eq!(**rule, want);
+        }
+        assert!(rules[0].to_string().contains("\"lo\""), "loopback first");
+        assert!(rules[3].to_string().contains("@allow4"));
+        // Nothing else mentions the zone: SIP ports are never in it.
+        assert_eq!(
+            rules
+                .iter()
+                .filter(|r| r.to_string().contains("mgmt"))
+                .count(),
+            2
+        );
+        let sets: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("set")).collect();
+        let set = |name: &str| *sets.iter().find(|s| s["name"] == name).unwrap();
+        assert_eq!(set("mgmt4")["type"], "ipv4_addr");
+        assert_eq!(set("mgmt4")["flags"], serde_json::json!(["interval"]));
+        assert_eq!(set("mgmt6")["type"], "ipv6_addr");
+        assert_eq!(set("mgmt_ports")["type"], "inet_service");
+        assert!(cmds
+            .iter()
+            .any(|c| c["add"]["counter"]["name"] == "mgmt_drop"));
+        let elems = |name: &str| {
+            cmds.iter()
+                .filter_map(|c| c["add"].get("element"))
+                .find(|e| e["name"] == name)
+                .map(|e| e["elem"].clone())
+                .unwrap()
+        };
+        // Covered networks folded (an interval set refuses overlaps), ports deduplicated.
+        assert_eq!(
+            elems("mgmt4"),
+            serde_json::json!([
+                {"prefix": {"addr": "127.0.0.0", "len": 8}},
+                {"prefix": {"addr": "192.168.0.0", "len": 16}}
+            ])
+        );
+        assert_eq!(
+            elems("mgmt6"),
+            serde_json::json!(["::1", {"prefix": {"addr": "fc00::", "len": 7}}])
+        );
+        assert_eq!(elems("mgmt_ports"), serde_json::json!([22, 9100]));
+
+        // A live change flushes all three sets and refills them in one transaction.
+        let zone = ManagementZone {
+            networks: vec![c("203.0.113.0/24")],
+            ports: vec![2222],
+        };
+        let v = serde_json::to_value(mgmt_replace("outpost", &zone)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"flush": {"set": {"family": "inet", "table": "outpost", "name": "mgmt4", "type": "ipv4_addr", "flags": ["interval"]}}},
+                {"flush": {"set": {"family": "inet", "table": "outpost", "name": "mgmt6", "type": "ipv6_addr", "flags": ["interval"]}}},
+                {"flush": {"set": {"family": "inet", "table": "outpost", "name": "mgmt_ports", "type": "inet_service"}}},
+                {"add": {"element": {"family": "inet", "table": "outpost", "name": "mgmt4", "elem": [{"prefix": {"addr": "203.0.113.0", "len": 24}}]}}},
+                {"add": {"element": {"family": "inet", "table": "outpost", "name": "mgmt_ports", "elem": [2222]}}}
+            ])
+        );
     }
 
     #[test]

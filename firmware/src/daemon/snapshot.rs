@@ -55,6 +55,7 @@ pub(super) fn metrics(
         kernel_banned_packets: kernel.map(|k| k.banned_packets),
         kernel_meter_drops: kernel.map(|k| k.meter_drops),
         kernel_rtp_drops: kernel.map(|k| k.rtp_drops),
+        kernel_mgmt_drops: kernel.map(|k| k.mgmt_drops),
         process_resident_memory_bytes: crate::metrics::resident_memory_bytes(),
         process_open_fds: crate::metrics::open_fds(),
     }

@@ -1,5 +1,6 @@
 //! The firewall's configuration: the `[firewall]` section and its tables (the detector's
-//! rules, feeds, the toll-fraud policy, connection caps), and [`Surroundings`], what the
+//! rules, feeds, the toll-fraud policy, connection caps), the `[management]` section (who
+//! may reach the box's management listeners), and [`Surroundings`], what the
 //! firewall needs from the other sections. From both it derives the detector's, the
 //! policy's and the kernel table's settings. The daemon's `Config` aggregates and
 //! re-exports these types.
@@ -11,14 +12,79 @@ use std::time::Duration;
 use firewall::detect::DetectConfig;
 use firewall::net::{canonical, Cidr};
 use firewall::nft::{
-    ConnLimit, ConnLimitBy, FloodLimit, NftConfig, TrunkPeer, TrunkProto, MAX_BAN_SECS,
-    MAX_TRUNK_PEERS,
+    ConnLimit, ConnLimitBy, FloodLimit, ManagementZone, NftConfig, TrunkPeer, TrunkProto,
+    MAX_BAN_SECS, MAX_MGMT_NETWORKS, MAX_TRUNK_PEERS,
 };
 use firewall::policy::PolicyConfig;
 use pbx_core::sip::Transport;
 use serde::{Deserialize, Serialize};
 
 use crate::driver::conn::ConnLimits;
+
+/// The office side, the default management networks: RFC 1918, IPv4 link-local and
+/// loopback, IPv6 unique-local (RFC 4193), link-local and loopback.
+pub const DEFAULT_MANAGEMENT_NETWORKS: [&str; 8] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "127.0.0.0/8",
+    "fc00::/7",
+    "fe80::/10",
+    "::1/128",
+];
+
+/// `[management]` section: the networks SSH, the metrics endpoint and any other admin
+/// listener may be reached from. The kernel drops TCP to those listeners' ports from
+/// anywhere else (with kernel enforcement); SIP ports are never affected. Applied live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Networks (IPv4 and IPv6, `ADDR/PREFIX` or a single address), at most 64; default
+    /// [`DEFAULT_MANAGEMENT_NETWORKS`]. Loopback reaches the listeners whatever this says.
+    pub networks: Vec<Cidr>,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        ManagementConfig {
+            networks: DEFAULT_MANAGEMENT_NETWORKS
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+        }
+    }
+}
+
+impl ManagementConfig {
+    /// Checks the keys; the error is (dotted key, reason).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let n = &self.networks;
+        if n.is_empty() {
+            return Err((
+                "management.networks",
+                "must list at least one network (with none, SSH and the metrics endpoint \
+                 could be reached from the box itself only; to turn SSH off use \
+                 ssh.enabled = false)"
+                    .to_owned(),
+            ));
+        }
+        if n.len() > MAX_MGMT_NETWORKS {
+            return Err((
+                "management.networks",
+                format!("{} networks listed; at most {MAX_MGMT_NETWORKS}", n.len()),
+            ));
+        }
+        if let Some(dup) = n
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| n[..i].contains(c).then_some(c))
+        {
+            return Err(("management.networks", format!("{dup} is listed twice")));
+        }
+        Ok(())
+    }
+}
 
 /// `[firewall]` section; the detector's rules are the nested table `[firewall.detect]`
 /// (with `[firewall.detect.flood]`, `[firewall.detect.auth_source]`, ...).
@@ -309,6 +375,10 @@ pub struct Surroundings {
     pub trunks: Vec<TrunkSite>,
     /// `[dialplan] emergency`: numbers the toll-fraud policy always lets through.
     pub emergency: Vec<String>,
+    /// The management zone: `[management] networks` and the TCP ports of the admin
+    /// listeners the daemon runs (SSH when enabled, the metrics endpoint when on; a new
+    /// admin listener adds its port in `Config::management_zone`).
+    pub management: ManagementZone,
 }
 
 /// One `[[trunk]]` as the firewall sees it.
@@ -372,6 +442,7 @@ impl FirewallConfig {
                 burst: self.kernel_trunk_burst,
             }),
             conn_limit: self.conn_limit(site),
+            management: site.management.clone(),
             netns: None,
             nft: self.nft.clone(),
             nft_timeout_ms: defaults.nft_timeout_ms,
@@ -474,6 +545,10 @@ mod tests {
                 },
             ],
             emergency: vec!["112".into()],
+            management: ManagementZone {
+                networks: vec!["192.168.0.0/16".parse().unwrap()],
+                ports: vec![22],
+            },
         };
         let mut fw = FirewallConfig::default();
         fw.detect.trunk_peers = vec![ip("192.0.2.77")];
@@ -522,5 +597,35 @@ mod tests {
         let cfg = fw.nft_config(&no_media);
         assert!(!cfg.rtp_closed);
         assert_eq!(cfg.rtp_range, NftConfig::default().rtp_range);
+    }
+
+    #[test]
+    fn management_networks_default_to_the_office_side_and_are_checked() {
+        let m = ManagementConfig::default();
+        assert_eq!(m.networks.len(), DEFAULT_MANAGEMENT_NETWORKS.len());
+        m.check().unwrap();
+        let bad = |networks: Vec<Cidr>| ManagementConfig { networks }.check().unwrap_err();
+        let (key, why) = bad(Vec::new());
+        assert_eq!(key, "management.networks");
+        assert!(why.contains("at least one"), "{why}");
+        let many: Vec<Cidr> = (0..=64u8)
+            .map(|i| Cidr::new(std::net::Ipv4Addr::new(10, i, 0, 0).into(), 16).unwrap())
+            .collect();
+        assert!(bad(many).1.contains("at most 64"));
+        let (_, why) = bad(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "10.1.2.3/8".parse().unwrap(),
+        ]);
+        assert_eq!(why, "10.0.0.0/8 is listed twice");
+        // The zone reaches the kernel table as configured.
+        let site = Surroundings {
+            management: ManagementZone {
+                networks: ManagementConfig::default().networks,
+                ports: vec![22, 9100],
+            },
+            ..Surroundings::default()
+        };
+        let nft = FirewallConfig::default().nft_config(&site);
+        assert_eq!(nft.management, site.management);
     }
 }

@@ -279,6 +279,16 @@ impl Guard {
                 "firewall: monitor mode: detecting and alerting only, nothing is dropped or banned"
             ),
         }
+        if guard.mode != Mode::Enforcing && !site.management.ports.is_empty() {
+            // Dropbear then listens wherever `ssh.listen` says; the metrics endpoint still
+            // refuses peers outside the networks itself.
+            tracing::warn!(
+                ports = ?site.management.ports,
+                "firewall: the management zone is not enforced in the kernel ({}): the \
+                 management ports are reachable from any network their listeners face",
+                guard.mode.name()
+            );
+        }
         guard
     }
 
@@ -625,6 +635,15 @@ impl Guard {
     /// `[dialplan]`).
     pub fn set_policy(&self, fw: &FirewallConfig, emergency: &[String]) {
         self.toll.set_config(fw.call_policy(emergency));
+    }
+
+    /// A new management zone from a configuration change: the kernel's management sets are
+    /// replaced (by the enforcer thread, in one nft run). Without kernel enforcement there
+    /// is nothing to update (the start-up log said the zone is not enforced).
+    pub fn set_management(&mut self, zone: nft::ManagementZone) {
+        if let Some(e) = self.enforcer.as_mut() {
+            e.set_management(zone);
+        }
     }
 
     /// Writes the toll-fraud locks when they changed (rare: a lock is an incident).

@@ -58,6 +58,10 @@ pub fn status(s: &FwStatusInfo) -> String {
                 "kernel: connection caps",
                 format!("{} new connections dropped", c.conn_drops),
             );
+            t.pair(
+                "kernel: management zone",
+                format!("{} packets dropped", c.mgmt_drops),
+            );
         }
         t.pair(
             "kernel updates",
