@@ -1259,6 +1259,7 @@ mod tests {
             end: start + 61_000,
             disposition: Disposition::Answered,
             status: 200,
+            leg: Default::default(),
         }
     }
 

@@ -1063,9 +1063,19 @@ fn blind_transfer_by_the_callee_connects_the_caller_to_the_target() {
             .any(|m| matches!(m, MediaCommand::Close { session } if *session == x.session)),
         "{cmds:?}"
     );
+    // One record per leg, linked: A with B until the REFER, then A with C.
     let cdrs = sim.cdrs();
-    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
-    assert_eq!(cdrs[0].disposition, Disposition::Answered);
+    assert_eq!(cdrs.len(), 2, "{cdrs:#?}");
+    let (ab, ac) = (&cdrs[0], &cdrs[1]);
+    assert_eq!((ab.caller.as_str(), ab.callee.as_str()), ("100", "101"));
+    assert_eq!(ab.disposition, Disposition::Transferred);
+    assert!(ab.answer.is_some());
+    assert_eq!((ac.caller.as_str(), ac.callee.as_str()), ("100", "102"));
+    assert_eq!(ac.disposition, Disposition::Answered);
+    assert_eq!(ac.leg.transferred_by.as_deref(), Some("101"));
+    assert_eq!(ab.leg.linked_id, ab.call_id);
+    assert_eq!(ac.leg.linked_id, ab.leg.linked_id);
+    assert!(ab.end <= ac.start && ac.start <= ac.answer.unwrap_or(0));
     let _ = (&x.a, &x.b_inv);
     assert_drained(&mut sim, &[&a, &b, &c]);
 }
@@ -1109,7 +1119,15 @@ fn blind_transfer_to_a_busy_target_says_unavailable_then_hangs_up_the_caller() {
         "A is hung up after goodbye: {reqs:?}"
     );
     assert!(sim.ep.calls().is_empty());
-    assert_eq!(sim.cdrs().len(), 1);
+    let cdrs = sim.cdrs();
+    assert_eq!(cdrs.len(), 2, "{cdrs:#?}");
+    assert_eq!(cdrs[0].disposition, Disposition::Transferred);
+    assert_eq!(cdrs[1].callee, "102");
+    assert_eq!(
+        (cdrs[1].disposition, cdrs[1].status),
+        (Disposition::Busy, 486)
+    );
+    assert_eq!(cdrs[1].answer, None, "102 never talked");
     assert_drained(&mut sim, &[&a, &b, &c]);
 }
 
@@ -1417,7 +1435,24 @@ fn attended_transfer_replaces_the_consultation_call() {
     let c_call_id = ic.headers.call_id.clone();
     hang_up(&mut sim, &mut a, &mut x.a, &c, &c_call_id);
     assert!(sim.ep.calls().is_empty());
-    assert_eq!(sim.cdrs().len(), 2);
+    // Three linked records: the consultation call (B with C) and A with B end as
+    // transferred at the REFER; A with C runs from then to A's hang-up.
+    let cdrs = sim.cdrs();
+    assert_eq!(cdrs.len(), 3, "{cdrs:#?}");
+    let by = |caller: &str, callee: &str| {
+        cdrs.iter()
+            .find(|c| c.caller == caller && c.callee == callee)
+            .unwrap_or_else(|| panic!("no record {caller} -> {callee}: {cdrs:#?}"))
+    };
+    let (ab, bc, ac) = (by("100", "101"), by("101", "102"), by("100", "102"));
+    assert_eq!(ab.disposition, Disposition::Transferred);
+    assert_eq!(bc.disposition, Disposition::Transferred);
+    assert_eq!(ac.disposition, Disposition::Answered);
+    assert_eq!(ac.leg.transferred_by.as_deref(), Some("101"));
+    assert!(
+        cdrs.iter().all(|c| c.leg.linked_id == ab.call_id),
+        "{cdrs:#?}"
+    );
     assert_drained(&mut sim, &[&a, &b, &c]);
     assert!(problems.is_empty(), "{problems:#?}");
 }

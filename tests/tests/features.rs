@@ -499,6 +499,53 @@ fn blind_transfer_by_the_callee_moves_the_caller_to_the_target_with_audio() {
     let _ = &mut c_dialog;
     let calls = daemon.calls();
     assert!(calls.is_empty(), "{calls:?}");
+
+    // The records: one per leg, linked. A talked with B until B transferred the call, then
+    // with C from C's answer on; each leg has its own talk time.
+    let cdrs = daemon.wait_cdrs(2, WAIT);
+    assert_eq!(cdrs.len(), 2, "{cdrs:#?}");
+    let (first, second) = (&cdrs[1], &cdrs[0]);
+    let field = |c: &serde_json::Value, k: &str| json_str(c, k).map(str::to_owned);
+    let num =
+        |c: &serde_json::Value, k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k} in {c}"));
+    assert_eq!(field(first, "caller").as_deref(), Some("100"), "{first}");
+    assert_eq!(field(first, "callee").as_deref(), Some("101"), "{first}");
+    assert_eq!(
+        field(first, "disposition").as_deref(),
+        Some("transferred"),
+        "{first}"
+    );
+    assert_eq!(field(second, "caller").as_deref(), Some("100"), "{second}");
+    assert_eq!(field(second, "callee").as_deref(), Some("102"), "{second}");
+    assert_eq!(
+        field(second, "disposition").as_deref(),
+        Some("answered"),
+        "{second}"
+    );
+    assert_eq!(
+        field(second, "transferred_by").as_deref(),
+        Some("101"),
+        "{second}"
+    );
+    assert_eq!(
+        field(first, "linked_id"),
+        field(first, "call_id"),
+        "{first}"
+    );
+    assert_eq!(
+        field(second, "linked_id"),
+        field(first, "linked_id"),
+        "{cdrs:#?}"
+    );
+    assert!(
+        num(first, "answer") <= num(first, "end") && num(first, "end") <= num(second, "start"),
+        "B's leg ends when C's begins: {cdrs:#?}"
+    );
+    assert!(
+        num(second, "answer") >= num(second, "start")
+            && num(second, "end") >= num(second, "answer"),
+        "C's talk time starts at C's answer: {second}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

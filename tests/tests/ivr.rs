@@ -583,13 +583,27 @@ fn a_menu_digit_transfers_the_caller_to_the_extension_with_ringback() {
         .await_final(&a_dialog.call_id, cseq, "BYE", WAIT)
         .unwrap_or_else(|| panic!("no answer to 100's BYE:\n{}", a.transcript()));
     assert_eq!(status_of(ok.as_bytes()), Some(200), "{ok}");
-    let cdrs = daemon.wait_cdrs(1, WAIT);
-    assert_eq!(json_str(&cdrs[0], "caller"), Some(PHONE_A.0), "{cdrs:?}");
-    assert_eq!(json_str(&cdrs[0], "callee"), Some(PHONE_B.0), "{cdrs:?}");
+    // Two linked records: the caller with the menu (the digit that put it through), then
+    // with 200, who answered.
+    let cdrs = daemon.wait_cdrs(2, WAIT);
+    assert_eq!(cdrs.len(), 2, "{cdrs:#?}");
+    let (menu, talk) = (&cdrs[1], &cdrs[0]);
+    assert_eq!(json_str(menu, "caller"), Some(PHONE_A.0), "{menu}");
+    assert_eq!(json_str(menu, "callee"), Some(MENU), "{menu}");
+    assert_eq!(json_str(menu, "disposition"), Some("transferred"), "{menu}");
+    assert_eq!(json_str(talk, "caller"), Some(PHONE_A.0), "{talk}");
+    assert_eq!(json_str(talk, "callee"), Some(PHONE_B.0), "{talk}");
+    assert_eq!(json_str(talk, "disposition"), Some("answered"), "{talk}");
+    for c in [menu, talk] {
+        assert_eq!(json_str(c, "menu"), Some(MENU), "{c}");
+        assert_eq!(json_str(c, "menu_digit"), Some("1"), "{c}");
+        assert_eq!(json_str(c, "linked_id"), json_str(menu, "call_id"), "{c}");
+    }
+    let by = format!("menu:{MENU}");
     assert_eq!(
-        json_str(&cdrs[0], "disposition"),
-        Some("answered"),
-        "{cdrs:?}"
+        json_str(talk, "transferred_by"),
+        Some(by.as_str()),
+        "{talk}"
     );
     assert_no_calls(&daemon);
 }

@@ -465,6 +465,12 @@ fn outbound_call_through_the_primary_carries_audio_both_ways() {
     assert_eq!(json_str(cdr, "caller"), Some(EXT_A.0), "{cdr}");
     assert_eq!(json_str(cdr, "callee"), Some(FAR.0), "{cdr}");
     assert_eq!(json_str(cdr, "disposition"), Some("answered"), "{cdr}");
+    assert_eq!(
+        json_str(cdr, "trunk"),
+        Some("primary"),
+        "the record names the trunk: {cdr}"
+    );
+    assert!(cdr["did"].is_null(), "an outbound call has no DID: {cdr}");
     provider.wait_cdrs(1, WAIT);
     assert_eq!(answered_cdrs(&provider, TRUNK_USER, FAR.0), 1);
 }
@@ -730,6 +736,8 @@ fn inbound_did_rings_the_extension() {
     let cdrs = lab.boxd.wait_cdrs(1, WAIT);
     eprintln!("box CDR of the inbound call: {}", cdrs[0]);
     assert_eq!(json_str(&cdrs[0], "disposition"), Some("answered"));
+    assert_eq!(json_str(&cdrs[0], "trunk"), Some("primary"), "{}", cdrs[0]);
+    assert_eq!(json_str(&cdrs[0], "did"), Some(TRUNK_USER), "{}", cdrs[0]);
 }
 
 #[test]

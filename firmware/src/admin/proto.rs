@@ -575,6 +575,7 @@ mod tests {
                 end: 2,
                 disposition: pbx_core::cdr::Disposition::Busy,
                 status: 486,
+                leg: Default::default(),
             }]),
             Reply::done("ok"),
             Reply::error("nope"),

@@ -924,6 +924,7 @@ mod tests {
             end: NOW - 50_000 + n,
             disposition: Disposition::Answered,
             status: 200,
+            leg: Default::default(),
         }
     }
 

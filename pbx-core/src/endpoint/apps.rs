@@ -102,6 +102,7 @@ impl Endpoint {
         let Some(session) = self.calls.get_mut(&id).and_then(Call::menu_mut) else {
             return;
         };
+        let menu = session.menu();
         let (accounts, registrar) = (&self.accounts, &self.registrar);
         let reachable =
             |ext: &str| accounts.has_user(ext) && !registrar.lookup(ext, now).is_empty();
@@ -112,7 +113,13 @@ impl Endpoint {
         }
         match outcome {
             ivr::Digit::Play(clips) => self.play(id, Leg::A, clips, false),
-            ivr::Digit::Transfer(target) => self.start_transfer(now, id, &target),
+            ivr::Digit::Transfer(target) => {
+                let number = self.cfg.ivr.get(menu).map(|m| m.number.clone());
+                if let (Some(number), Some(call)) = (number, self.calls.get_mut(&id)) {
+                    call.menu_choice = Some((number, digit));
+                }
+                self.start_transfer(now, id, &target);
+            }
             ivr::Digit::Ignored => {}
         }
     }
@@ -189,6 +196,7 @@ impl Endpoint {
         };
         call.state = CallState::Answered;
         call.answer = Some(now);
+        call.answered(now);
         call.app = Some(app);
         let deadline = call.ring_deadline;
         let mut ok = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
@@ -358,8 +366,16 @@ impl Endpoint {
             _ => false,
         });
         if goodbye {
+            // After a transfer target failed, the record's leg with it says how.
+            let (disposition, status) = match self.calls.get(&session).and_then(|c| c.best_failure)
+            {
+                Some(s @ (486 | 600)) => (Disposition::Busy, s),
+                Some(s @ (404 | 408 | 480 | 487)) => (Disposition::NoAnswer, s),
+                Some(s) => (Disposition::Failed, s),
+                None => (Disposition::Answered, 200),
+            };
             self.send_bye_a(now, session);
-            self.end_call(now, session, Disposition::Answered, 200);
+            self.end_call(now, session, disposition, status);
         }
         self.menu_play_done(now, session);
         let Some(call) = self.calls.get_mut(&session) else {

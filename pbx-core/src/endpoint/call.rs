@@ -246,9 +246,74 @@ pub(super) struct Call {
     pub(super) gate: Option<GateTicket>,
     /// Forwarding and transfer hops so far (loop guard).
     pub(super) hops: u8,
+    /// The call record's current leg (a transfer ends one and starts the next).
+    pub(super) rec: RecordLeg,
+    /// Shared by every record of this call: the first leg's Call-ID.
+    pub(super) linked_id: String,
+    /// Talk time of the records already written, ms (the toll-fraud gate counts the call's
+    /// whole talk time).
+    pub(super) talk_before_ms: u64,
+    /// The auto-attendant menu (its number) and the digit that put the caller through.
+    pub(super) menu_choice: Option<(String, char)>,
+    /// An inbound trunk call's DID.
+    pub(super) did: Option<String>,
+}
+
+/// Who talks to whom in the current leg of a call's record, and since when.
+#[derive(Debug, Clone)]
+pub(super) struct RecordLeg {
+    pub(super) caller: String,
+    pub(super) callee: String,
+    pub(super) start: Millis,
+    pub(super) answer: Option<Millis>,
+    /// The extension (or `menu:<number>`) that put this leg's parties together.
+    pub(super) transferred_by: Option<String>,
+}
+
+impl RecordLeg {
+    /// The first leg of a call from `caller` to `callee` at `now`.
+    pub(super) fn first(caller: &str, callee: &str, now: Millis) -> RecordLeg {
+        RecordLeg {
+            caller: caller.to_owned(),
+            callee: callee.to_owned(),
+            start: now,
+            answer: None,
+            transferred_by: None,
+        }
+    }
 }
 
 impl Call {
+    /// Someone answered at `now` (the callee, a transfer target, Outpost itself): the
+    /// record's current leg is answered, if it was not yet.
+    pub(super) fn answered(&mut self, now: Millis) {
+        self.rec.answer.get_or_insert(now);
+    }
+
+    /// Ends the record's current leg at `now` (the call was transferred) and starts the
+    /// next one between `caller` and `callee`, put together by `by`; returns the ended leg
+    /// (its record is written with disposition `Transferred`).
+    pub(super) fn next_leg(
+        &mut self,
+        now: Millis,
+        caller: &str,
+        callee: &str,
+        by: String,
+    ) -> RecordLeg {
+        let next = RecordLeg {
+            caller: caller.to_owned(),
+            callee: callee.to_owned(),
+            start: now,
+            answer: None,
+            transferred_by: Some(by),
+        };
+        let ended = std::mem::replace(&mut self.rec, next);
+        if let Some(a) = ended.answer {
+            self.talk_before_ms = self.talk_before_ms.saturating_add(now.saturating_sub(a));
+        }
+        ended
+    }
+
     /// The auto attendant is ringing an extension for this caller.
     pub(super) fn transferring(&self) -> bool {
         self.winner.is_none()

@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::cdr::{Cdr, Disposition};
+use crate::cdr::{Cdr, CdrLeg, Disposition};
 use crate::media::anchor::CallMedia;
 use crate::media::session::{Leg, MediaCommand, PortPool};
 use crate::registrar::Registrar;
@@ -46,7 +46,8 @@ mod voicemail;
 
 use accounts::{Accounts, AuthIo};
 use call::{
-    better_failure, App, Call, CallState, Fork, ForkIdentity, ForkState, LegA, Origin, Relay,
+    better_failure, App, Call, CallState, Fork, ForkIdentity, ForkState, LegA, Origin, RecordLeg,
+    Relay,
 };
 pub use config::{
     CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
@@ -574,6 +575,11 @@ impl Endpoint {
             media = Some(m);
         }
         let call = Call {
+            rec: RecordLeg::first(&caller, &callee, now),
+            linked_id: req.headers.call_id.clone(),
+            talk_before_ms: 0,
+            menu_choice: None,
+            did: matches!(origin, Origin::Trunk(_)).then(|| callee.clone()),
             caller,
             callee,
             state: CallState::Ringing,
@@ -1074,8 +1080,24 @@ impl Endpoint {
                 // talking to Outpost) with this phone.
                 f.state = ForkState::Answered;
                 call.winner = Some(fork);
-                call.app = None;
+                // Through the auto attendant: its leg of the record ends, the caller's
+                // talk with this phone is the next (a blind transfer started it already).
+                let menu_leg = match call.app.take() {
+                    Some(App::Menu(_)) => call.menu_choice.as_ref().map(|(menu, _)| {
+                        (call.rec.caller.clone(), call.callee.clone(), menu.clone())
+                    }),
+                    _ => None,
+                };
                 let fork_peer = f.peer;
+                if let Some((caller, target, menu)) = menu_leg {
+                    self.transferred(now, id, &caller, &target, format!("menu:{menu}"));
+                }
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.answered(now);
+                }
+                let Some(call) = self.calls.get(&id) else {
+                    return;
+                };
                 self.counters.calls_answered += 1;
                 self.ring_timers.remove(call.ring_deadline, id);
                 self.send_ack_b(id, fork, Vec::new(), None);
@@ -1097,6 +1119,7 @@ impl Endpoint {
             call.winner = Some(fork);
             call.state = CallState::Answered;
             call.answer = Some(now);
+            call.rec.answer.get_or_insert(now);
             self.counters.calls_answered += 1;
             self.ring_timers.remove(call.ring_deadline, id);
             let late_offer = call.late_offer;
@@ -1250,29 +1273,17 @@ impl Endpoint {
                 pool.give_back(ports.1);
             }
         }
-        let Some(call) = self.calls.get_mut(&id) else {
+        let Some(call) = self.calls.get(&id) else {
             return;
         };
         let deadline = call.ring_deadline;
-        let answered = call.answer.is_some();
-        let cdr = Cdr {
-            call_id: call.a.call_id.clone(),
-            caller: call.caller.clone(),
-            callee: call.callee.clone(),
-            start: call.start,
-            answer: call.answer,
-            end: now,
-            disposition: if answered
-                && !matches!(
-                    disposition,
-                    Disposition::MediaTimeout | Disposition::Voicemail
-                ) {
-                Disposition::Answered
-            } else {
-                disposition
-            },
-            status: if answered { 200 } else { status },
+        let cdr = self.leg_record(call, &call.rec, now, disposition, status);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
         };
+        let talk_ms = call
+            .talk_before_ms
+            .saturating_add(call.rec.answer.map_or(0, |a| now.saturating_sub(a)));
         let (a_call_id, a_key) = (call.a.call_id.clone(), call.a.invite_key.clone());
         if let Some(step) = call.step_deadline.take() {
             self.step_timers.remove(step, id);
@@ -1283,7 +1294,7 @@ impl Endpoint {
                 &ticket.ext,
                 &ticket.dialled,
                 ticket.trunk.as_deref(),
-                cdr.billsec(),
+                talk_ms / 1000,
             );
         }
         self.ring_timers.remove(deadline, id);
@@ -1296,6 +1307,79 @@ impl Endpoint {
         self.relays.retain(|_, r| r.call != id);
         self.events.push_back(Event::CallEnded(cdr));
         self.reap(id);
+    }
+
+    /// The record of `leg` of `call`, ended at `now` with `disposition` and `status` (an
+    /// answered leg is `Answered` with 200 unless it ended by a media timeout, in
+    /// voicemail or by a transfer; an unanswered leg's `Answered` becomes `NoAnswer`).
+    fn leg_record(
+        &self,
+        call: &Call,
+        leg: &RecordLeg,
+        now: Millis,
+        disposition: Disposition,
+        status: u16,
+    ) -> Cdr {
+        let answered = leg.answer.is_some();
+        let (disposition, status) = match (answered, disposition) {
+            (
+                true,
+                d @ (Disposition::MediaTimeout | Disposition::Voicemail | Disposition::Transferred),
+            ) => (d, 200),
+            (true, _) => (Disposition::Answered, 200),
+            (false, Disposition::Answered) => (Disposition::NoAnswer, 480),
+            (false, d) => (d, status),
+        };
+        let trunk_idx = match call.origin {
+            Origin::Trunk(i) => Some(i),
+            Origin::Extension => call
+                .winner
+                .and_then(|w| call.forks.get(w))
+                .and_then(|f| f.trunk),
+        };
+        let trunk = trunk_idx
+            .and_then(|i| self.trunks.config(i))
+            .map(|t| t.name.clone())
+            .or_else(|| call.gate.as_ref().and_then(|g| g.trunk.clone()));
+        Cdr {
+            call_id: call.a.call_id.clone(),
+            caller: leg.caller.clone(),
+            callee: leg.callee.clone(),
+            start: leg.start,
+            answer: leg.answer,
+            end: now,
+            disposition,
+            status,
+            leg: CdrLeg {
+                linked_id: call.linked_id.clone(),
+                transferred_by: leg.transferred_by.clone(),
+                trunk,
+                did: call.did.clone(),
+                menu: call.menu_choice.as_ref().map(|(m, _)| m.clone()),
+                menu_digit: call.menu_choice.as_ref().map(|(_, d)| d.to_string()),
+            },
+        }
+    }
+
+    /// Writes the record of call `id`'s current leg as `Transferred` and starts the next
+    /// leg, between `caller` and `callee`, put together by `by`.
+    pub(super) fn transferred(
+        &mut self,
+        now: Millis,
+        id: u64,
+        caller: &str,
+        callee: &str,
+        by: String,
+    ) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let ended = call.next_leg(now, caller, callee, by);
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let cdr = self.leg_record(call, &ended, now, Disposition::Transferred, 200);
+        self.events.push_back(Event::CallEnded(cdr));
     }
 
     /// Removes an ended call once none of its fork INVITE transactions is alive.
@@ -1339,6 +1423,10 @@ impl Endpoint {
             end: now,
             disposition,
             status,
+            leg: CdrLeg {
+                linked_id: req.headers.call_id.clone(),
+                ..CdrLeg::default()
+            },
         }));
     }
 

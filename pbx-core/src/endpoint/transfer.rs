@@ -202,9 +202,20 @@ impl Endpoint {
         };
         tracing::info!(%referrer, target = %refer_to.user, "blind transfer");
         self.accept_refer(now, id, from_a, &key, &req, src);
-        if let Some(call) = self.calls.get_mut(&id) {
+        let parties = self.calls.get_mut(&id).map(|call| {
             call.hops += 1;
             call.callee = refer_to.user.clone();
+            (call.rec.caller.clone(), call.rec.callee.clone())
+        });
+        // The record: the referrer's leg ends; the next is the party that stays with the
+        // target (its talk time starts when the target answers).
+        if let Some((caller, callee)) = parties {
+            let (caller, callee) = if from_a {
+                (refer_to.user.clone(), callee)
+            } else {
+                (caller, refer_to.user.clone())
+            };
+            self.transferred(now, id, &caller, &callee, referrer.clone());
         }
         if from_a {
             self.transfer_leg_a(now, id, dest, &refer_to.user);
@@ -353,6 +364,7 @@ impl Endpoint {
             return;
         }
         // The new party becomes leg A (its dialog stands in for the caller's).
+        call.answered(now);
         let old_call_id = pending.take_over(&mut call.a, resp);
         call.pending_reinvite_ack = None;
         if self.by_a_call_id.get(&old_call_id) == Some(&id) {
@@ -403,10 +415,28 @@ impl Endpoint {
         }) else {
             return true;
         };
-        self.end_call(now, other, Disposition::Answered, 200);
+        // The records: the consultation call's leg (referrer → target) and this call's
+        // leg (caller → referrer) end as transferred, under this call's link; the next leg
+        // is the caller with the target, talking from now.
+        let linked = self.calls.get(&id).map(|c| c.linked_id.clone());
+        let target = self.calls.get_mut(&other).map(|c| {
+            if let Some(linked) = linked {
+                c.linked_id = linked;
+            }
+            c.rec.callee.clone()
+        });
+        self.end_call(now, other, Disposition::Transferred, 200);
+        let parties = self
+            .calls
+            .get(&id)
+            .map(|c| (c.rec.caller.clone(), c.rec.callee.clone()));
+        if let (Some((caller, referrer)), Some(target)) = (parties, target) {
+            self.transferred(now, id, &caller, &target, referrer);
+        }
         let Some(call) = self.calls.get_mut(&id) else {
             return true;
         };
+        call.answered(now);
         if let Some(w) = call.winner.take() {
             if let Some(f) = call.forks.get_mut(w) {
                 f.retired = true;
@@ -600,6 +630,7 @@ impl Endpoint {
         call.winner = Some(idx);
         call.state = CallState::Answered;
         call.answer = Some(now);
+        call.answered(now);
         let deadline = call.ring_deadline;
         let (a_key, a_invite, a_tag, a_peer) = (
             call.a.invite_key.clone(),

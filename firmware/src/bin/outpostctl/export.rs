@@ -84,12 +84,12 @@ pub fn cdr_export(
 }
 
 /// The header row of `cdr export --format csv`.
-pub const CSV_HEADER: &str =
-    "call_id,caller,callee,start,answer,end,billsec,disposition,status\r\n";
+pub const CSV_HEADER: &str = "call_id,caller,callee,start,answer,end,billsec,disposition,status,\
+linked_id,transferred_by,trunk,did,menu,menu_digit\r\n";
 
 /// One CSV row (RFC 4180: CRLF line ends, fields with `,`, `"`, CR or LF quoted, quotes
-/// doubled). Fields starting with `=` or `@` get a leading `'` so a spreadsheet never runs
-/// them as formulas (these values come from the network); `+` stays, as in `+4930...`.
+/// doubled). Fields starting with a formula character ([`FORMULA_START`]) get a leading
+/// `'` so a spreadsheet never runs them (these values come from the network).
 pub fn csv_row(c: &Cdr) -> String {
     let time = rfc3339_ms;
     let disposition = serde_json::to_value(c.disposition)
@@ -106,6 +106,12 @@ pub fn csv_row(c: &Cdr) -> String {
         c.billsec().to_string(),
         disposition,
         c.status.to_string(),
+        csv_field(c.link()),
+        csv_field(c.leg.transferred_by.as_deref().unwrap_or_default()),
+        csv_field(c.leg.trunk.as_deref().unwrap_or_default()),
+        csv_field(c.leg.did.as_deref().unwrap_or_default()),
+        csv_field(c.leg.menu.as_deref().unwrap_or_default()),
+        csv_field(c.leg.menu_digit.as_deref().unwrap_or_default()),
     ];
     format!("{}\r\n", fields.join(","))
 }
@@ -171,10 +177,28 @@ mod tests {
             end: 1_714_521_605_500,
             disposition: Disposition::NoAnswer,
             status: 480,
+            leg: Default::default(),
         };
         assert_eq!(
             csv_row(&cdr),
-            "\"a\"\"b\",'=cmd|x,\"'+49 30, 1\",2024-05-01T00:00:00.000Z,,2024-05-01T00:00:05.500Z,0,no_answer,480\r\n"
+            "\"a\"\"b\",'=cmd|x,\"'+49 30, 1\",2024-05-01T00:00:00.000Z,,2024-05-01T00:00:05.500Z,0,no_answer,480,\"a\"\"b\",,,,,\r\n"
+        );
+        let transferred = Cdr {
+            leg: pbx_core::cdr::CdrLeg {
+                linked_id: "first@pbx".into(),
+                transferred_by: Some("101".into()),
+                trunk: Some("sipgate".into()),
+                did: Some("+4930123".into()),
+                menu: Some("500".into()),
+                menu_digit: Some("1".into()),
+            },
+            disposition: Disposition::Transferred,
+            ..cdr
+        };
+        assert!(
+            csv_row(&transferred).ends_with(",first@pbx,101,sipgate,'+4930123,500,1\r\n"),
+            "{}",
+            csv_row(&transferred)
         );
         for (raw, defused) in [
             ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
@@ -187,6 +211,6 @@ mod tests {
         ] {
             assert_eq!(csv_field(raw), defused, "{raw:?}");
         }
-        assert_eq!(CSV_HEADER.matches(',').count(), 8);
+        assert_eq!(CSV_HEADER.matches(',').count(), 14);
     }
 }

@@ -171,6 +171,7 @@ mod tests {
             end: 1_795_712_655_000,
             disposition: Disposition::Answered,
             status: 200,
+            leg: Default::default(),
         }];
         let out = pbx::cdrs(&cdrs);
         let mut lines = out.lines();

@@ -249,6 +249,7 @@ fn disposition_name(d: Disposition) -> &'static str {
         Disposition::Failed => "failed",
         Disposition::MediaTimeout => "media timeout",
         Disposition::Voicemail => "voicemail",
+        Disposition::Transferred => "transferred",
     }
 }
 
