@@ -180,7 +180,9 @@ pub fn download(url: &str, ca: Option<&Path>) -> Result<Download, FetchError> {
         https_only: false,
     })
     .map_err(|e| fetch_error(e, &checked))?;
-    let answer = client.get(&checked).map_err(|e| fetch_error(e, &checked))?;
+    let answer = client
+        .get(&checked)
+        .map_err(|e| fetch_error(with_trust_hint(e, ca), &checked))?;
     if answer.status != 200 {
         return Err(FetchError::Status {
             url: answer.url.clone(),
@@ -193,6 +195,26 @@ pub fn download(url: &str, ca: Option<&Path>) -> Result<Download, FetchError> {
         url: answer.url.clone(),
         body: answer,
     })
+}
+
+/// A certificate from an issuer the box does not trust says which roots it was checked
+/// against, so the admin knows what to install (the TLS layer only says `UnknownIssuer`).
+fn with_trust_hint(err: HttpError, ca: Option<&Path>) -> HttpError {
+    match err {
+        HttpError::Tls { addr, reason } if reason.contains("UnknownIssuer") => {
+            let roots = match ca {
+                Some(ca) => format!("the Mozilla roots or {}", ca.display()),
+                None => "the Mozilla roots (no extra CA file is installed)".to_owned(),
+            };
+            HttpError::Tls {
+                addr,
+                reason: format!(
+                    "{reason}: the server's certificate chain does not lead to {roots}"
+                ),
+            }
+        }
+        other => other,
+    }
 }
 
 /// The client's failure as the update command words it.
