@@ -280,6 +280,50 @@ fn the_schedule_uploads_to_real_sftp_and_webdav_servers_and_failures_are_reporte
         println!("the test crossed midnight UTC: both days' backups stay");
     }
 
+    // The targets list what they hold (SFTP `ls`; nginx has no PROPFIND: said so), and a
+    // backup no longer on the box comes back from the WebDAV server and checks out.
+    let remote = s.daemon.ctl_json(&["backup", "list", "--remote"]);
+    println!("backup list --remote: {remote}");
+    let listing = |t: &str| {
+        remote
+            .as_array()
+            .expect("listings")
+            .iter()
+            .find(|l| l["target"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("no listing of {t}: {remote}"))
+    };
+    let nas = listing("nas");
+    let mut listed: Vec<String> = nas["backups"]
+        .as_array()
+        .expect("nas backups")
+        .iter()
+        .map(|b| b["name"].as_str().expect("name").to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, want, "SFTP listing: {nas}");
+    let dav = listing("dav");
+    let dav_error = dav["error"].as_str().unwrap_or_default();
+    assert!(
+        dav_error.contains("cannot be listed")
+            && dav_error.contains("PROPFIND with HTTP 405")
+            && dav_error.contains("backup fetch NAME"),
+        "nginx refuses PROPFIND, and the listing says so: {dav}"
+    );
+    let gone = if same_day { &early } else { &scheduled };
+    if same_day {
+        let fetched = s
+            .daemon
+            .ctl_json(&["backup", "fetch", gone, "--target", "dav"]);
+        assert_eq!(fetched["name"], gone.as_str(), "{fetched}");
+        assert_eq!(fetched["verified"], true, "{fetched}");
+        assert_eq!(
+            fs::read(local_dir.join(gone)).expect("fetched file"),
+            fs::read(s.dav_dir().join(gone)).expect("dav copy"),
+            "the fetched backup is the uploaded one"
+        );
+    }
+
     // Failures: nginx stopped, and the box's key no longer authorised on the SFTP server.
     let mut s = s;
     s.nginx.stop();
