@@ -87,7 +87,7 @@ fn libsrtp(
 /// An RTP packet: version 2, `csrcs` CSRCs, an optional one-word header extension.
 fn rtp(seq: u16, ssrc: u32, csrcs: u8, extension: bool, payload_len: usize) -> Vec<u8> {
     let mut p = vec![0x80 | csrcs | if extension { 0x10 } else { 0 }, 0];
-    if seq % 7 == 0 {
+    if seq.is_multiple_of(7) {
         p[1] |= 0x80; // marker
     }
     p.extend_from_slice(&seq.to_be_bytes());
@@ -99,7 +99,8 @@ fn rtp(seq: u16, ssrc: u32, csrcs: u8, extension: bool, payload_len: usize) -> V
     if extension {
         p.extend_from_slice(&[0xbe, 0xde, 0x00, 0x01, 0x10, 0xaa, 0x00, 0x00]);
     }
-    p.extend((0..payload_len).map(|i| (i as u8) ^ (seq as u8)));
+    let [_, low] = seq.to_be_bytes();
+    p.extend((0..payload_len).map(|i| i.to_le_bytes()[0] ^ low));
     p
 }
 

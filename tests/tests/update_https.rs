@@ -30,7 +30,9 @@ const INSTALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// The payload of the bundle (a stand-in for a root filesystem).
 fn payload() -> Vec<u8> {
-    (0..200_000u32).map(|i| (i % 253) as u8).collect()
+    (0..200_000u32)
+        .map(|i| (i % 253).to_le_bytes()[0])
+        .collect()
 }
 
 /// A box's files under a temp dir, mounted over the real paths by [`FakeBox::install`].
