@@ -32,7 +32,7 @@ fn build_peer(dir: &Path) -> PathBuf {
     let exe = dir.join("srtp-peer");
     let out = run_with_timeout(
         Command::new("cc")
-            .args(["-O2", "-Wall", "-Werror", "-o"])
+            .args(["-O2", "-Wall", "-o"])
             .arg(&exe)
             .arg(&source)
             .arg("-lsrtp2"),

@@ -307,6 +307,29 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_issuer_names_the_roots_it_was_checked_against() {
+        let tls = |reason: &str| HttpError::Tls {
+            addr: "updates.example:443".to_owned(),
+            reason: reason.to_owned(),
+        };
+        let reason = |e: HttpError| match e {
+            HttpError::Tls { reason, .. } => reason,
+            other => panic!("not a TLS error: {other}"),
+        };
+        let unknown = "certificate verify failed: UnknownIssuer";
+        let ca = Path::new("/etc/outpost/update-ca.pem");
+        assert_eq!(
+            reason(with_trust_hint(tls(unknown), Some(ca))),
+            "certificate verify failed: UnknownIssuer: the server's certificate chain does \
+             not lead to the Mozilla roots or /etc/outpost/update-ca.pem"
+        );
+        assert!(reason(with_trust_hint(tls(unknown), None))
+            .ends_with("the Mozilla roots (no extra CA file is installed)"));
+        let expired = "certificate verify failed: Expired (certificate expired)";
+        assert_eq!(reason(with_trust_hint(tls(expired), Some(ca))), expired);
+    }
+
+    #[test]
     fn follows_redirects_and_reads_length_and_chunked_bodies() {
         let (port, handle) = server(vec![
             b"HTTP/1.1 302 Found\r\nLocation: /real.bundle\r\nContent-Length: 0\r\n\r\n".to_vec(),
