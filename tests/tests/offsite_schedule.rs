@@ -4,9 +4,9 @@
 //! pinned host key, the box's own key) and to Debian's nginx (WebDAV `PUT` + `MOVE` over
 //! TLS, Basic auth, a certificate issued by a test intermediate CA, the root given as the
 //! target's `ca`). The copies must be byte-identical, pass `backup verify`, and `backup
-//! list` must show each target's last upload; then, with nginx stopped and the box's key
-//! no longer authorised on the SFTP server, the next upload's failure must be reported
-//! (alert and `backup list`), not dropped.
+//! list` must show each target's last upload; then refused credentials (a wrong WebDAV
+//! password, the box's key gone from authorized_keys) and a stopped nginx must be
+//! reported (alert and `backup list`), not dropped.
 //!
 //! Needs root, sshd and nginx (tests/run-all installs openssh-server and nginx-light).
 //! Every credential file lives under the daemon's data directory.
@@ -151,6 +151,28 @@ impl Setup {
 
     fn dav_dir(&self) -> PathBuf {
         self.dav_root.path().join("outpost/branch12")
+    }
+
+    /// Waits until no upload runs and the last errors of nas and dav contain `nas` and
+    /// `dav`; returns them.
+    fn wait_errors(&self, nas: &str, dav: &str) -> (String, String) {
+        eventually(UPLOAD_WAIT, || {
+            let list = self.daemon.ctl_json(&["backup", "list"]);
+            let error = |t: &str, words: &str| {
+                let st = target(&list, t);
+                let e = st["last_upload_error"].as_str()?.to_owned();
+                (st["uploading"] == false && e.contains(words)).then_some(e)
+            };
+            Some((error("nas", nas)?, error("dav", dav)?))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the targets did not report {nas:?} and {dav:?} within {UPLOAD_WAIT:?}: {}\n\
+                 log:\n{}",
+                self.daemon.ctl_json(&["backup", "list"]),
+                self.daemon.log_text()
+            )
+        })
     }
 
     /// Waits until both targets report `file` as their last successful upload.
@@ -324,40 +346,45 @@ fn the_schedule_uploads_to_real_sftp_and_webdav_servers_and_failures_are_reporte
         );
     }
 
-    // Failures: nginx stopped, and the box's key no longer authorised on the SFTP server.
+    // Failures, reported (alert, `backup list`), never dropped: first refused credentials
+    // (a wrong WebDAV password; the box's key gone from authorized_keys), then nginx down.
     let mut s = s;
-    s.nginx.stop();
+    write_private(&s.keys.join("dav.pass"), b"not the password\n");
     s.sshd.authorize("");
     let failed = s.daemon.ctl_json(&["backup", "now"]);
     let failed = failed["name"].as_str().expect("backup name").to_owned();
-    let alerts = eventually(UPLOAD_WAIT, || {
-        let alerts = s.daemon.ctl_json(&["fw", "alerts"]).to_string();
-        (alerts.contains("backup upload to nas failed")
-            && alerts.contains("backup upload to dav failed"))
-        .then_some(alerts)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no alert for each failed upload: {}\nlog:\n{}",
-            s.daemon.ctl_json(&["fw", "alerts"]),
-            s.daemon.log_text()
-        )
-    });
+    let (nas_err, dav_err) = s.wait_errors("refused", "refused");
+    assert!(
+        nas_err.contains("refused our key") && nas_err.contains("authorized_keys"),
+        "the SFTP failure says the key was refused and what to do: {nas_err}"
+    );
+    assert!(
+        dav_err.contains("HTTP 401") && dav_err.contains("username or password was refused"),
+        "the WebDAV failure says the password was refused: {dav_err}"
+    );
+    write_private(
+        &s.keys.join("dav.pass"),
+        format!("{DAV_PASSWORD}\n").as_bytes(),
+    );
+    s.nginx.stop();
+    s.daemon.ctl_json(&["backup", "now"]);
+    let (_, dav_err) = s.wait_errors("refused our key", "cannot reach");
+    assert!(
+        dav_err.contains(&s.nginx.addr(0).to_string()) && dav_err.contains("connection refused"),
+        "the WebDAV failure names the server and why: {dav_err}"
+    );
+    let alerts = s.daemon.ctl_json(&["fw", "alerts"]).to_string();
     println!("alerts: {alerts}");
+    for words in [
+        "backup upload to nas failed: authentication failed",
+        "backup upload to dav failed: authentication failed",
+        "backup upload to dav failed: cannot reach",
+    ] {
+        assert!(alerts.contains(words), "an alert says {words:?}: {alerts}");
+    }
     let list = s.daemon.ctl_json(&["backup", "list"]);
-    let nas = target(&list, "nas");
-    let dav = target(&list, "dav");
-    let nas_err = nas["last_upload_error"].as_str().unwrap_or_default();
-    let dav_err = dav["last_upload_error"].as_str().unwrap_or_default();
-    assert!(
-        nas_err.contains("refused") && nas_err.contains("authorized_keys"),
-        "the SFTP failure says the key was refused and what to do: {nas}"
-    );
-    assert!(
-        dav_err.contains(&s.nginx.addr(0).to_string()),
-        "the WebDAV failure names the server: {dav}"
-    );
-    for t in [&nas, &dav] {
+    for t in ["nas", "dav"] {
+        let t = target(&list, t);
         assert_eq!(
             t["last_ok_file"],
             scheduled.as_str(),
@@ -369,8 +396,14 @@ fn the_schedule_uploads_to_real_sftp_and_webdav_servers_and_failures_are_reporte
         text.contains("target nas: FAILED") && text.contains("target dav: FAILED"),
         "{text}"
     );
-    assert!(
-        !names_in(&s.sshd.remote()).contains(&failed),
+    assert_eq!(
+        names_in(&s.sshd.remote()),
+        want,
         "nothing arrived with a refused key"
+    );
+    assert_eq!(
+        names_in(&s.dav_dir()),
+        want,
+        "nothing arrived with a refused password, not even {failed}.partial"
     );
 }
