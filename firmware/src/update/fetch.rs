@@ -180,9 +180,7 @@ pub fn download(url: &str, ca: Option<&Path>) -> Result<Download, FetchError> {
         https_only: false,
     })
     .map_err(|e| fetch_error(e, &checked))?;
-    let answer = client
-        .get(&checked)
-        .map_err(|e| fetch_error(with_trust_hint(e, ca), &checked))?;
+    let answer = client.get(&checked).map_err(|e| fetch_error(e, &checked))?;
     if answer.status != 200 {
         return Err(FetchError::Status {
             url: answer.url.clone(),
@@ -195,26 +193,6 @@ pub fn download(url: &str, ca: Option<&Path>) -> Result<Download, FetchError> {
         url: answer.url.clone(),
         body: answer,
     })
-}
-
-/// A certificate from an issuer the box does not trust says which roots it was checked
-/// against, so the admin knows what to install (the TLS layer only says `UnknownIssuer`).
-fn with_trust_hint(err: HttpError, ca: Option<&Path>) -> HttpError {
-    match err {
-        HttpError::Tls { addr, reason } if reason.contains("UnknownIssuer") => {
-            let roots = match ca {
-                Some(ca) => format!("the Mozilla roots or {}", ca.display()),
-                None => "the Mozilla roots (no extra CA file is installed)".to_owned(),
-            };
-            HttpError::Tls {
-                addr,
-                reason: format!(
-                    "{reason}: the server's certificate chain does not lead to {roots}"
-                ),
-            }
-        }
-        other => other,
-    }
 }
 
 /// The client's failure as the update command words it.
@@ -304,29 +282,6 @@ mod tests {
             requests
         });
         (port, handle)
-    }
-
-    #[test]
-    fn an_unknown_issuer_names_the_roots_it_was_checked_against() {
-        let tls = |reason: &str| HttpError::Tls {
-            addr: "updates.example:443".to_owned(),
-            reason: reason.to_owned(),
-        };
-        let reason = |e: HttpError| match e {
-            HttpError::Tls { reason, .. } => reason,
-            other => panic!("not a TLS error: {other}"),
-        };
-        let unknown = "certificate verify failed: UnknownIssuer";
-        let ca = Path::new("/etc/outpost/update-ca.pem");
-        assert_eq!(
-            reason(with_trust_hint(tls(unknown), Some(ca))),
-            "certificate verify failed: UnknownIssuer: the server's certificate chain does \
-             not lead to the Mozilla roots or /etc/outpost/update-ca.pem"
-        );
-        assert!(reason(with_trust_hint(tls(unknown), None))
-            .ends_with("the Mozilla roots (no extra CA file is installed)"));
-        let expired = "certificate verify failed: Expired (certificate expired)";
-        assert_eq!(reason(with_trust_hint(tls(expired), Some(ca))), expired);
     }
 
     #[test]
