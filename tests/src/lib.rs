@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub mod modgraph;
 pub mod qemu;
+pub mod servers;
 
 use serde_json::Value;
 use tempfile::TempDir;

@@ -137,6 +137,9 @@ pub struct Settings<'a> {
 pub struct Client {
     agent: ureq::Agent,
     max_redirects: u32,
+    /// The roots trusted, in words: a certificate from an unknown issuer names them, so
+    /// the admin knows what to install (rustls only says `UnknownIssuer`).
+    roots: String,
 }
 
 impl Client {
@@ -166,6 +169,10 @@ impl Client {
         Ok(Client {
             agent: ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
             max_redirects: settings.max_redirects,
+            roots: match settings.extra_ca {
+                Some(ca) => format!("the Mozilla roots or {}", ca.display()),
+                None => "the Mozilla roots (no extra CA file is configured)".to_owned(),
+            },
         })
     }
 
@@ -250,7 +257,25 @@ impl Client {
                 url: shown(url),
                 reason: shown(&e.to_string()),
             },
-            other => classify(other, addr),
+            other => {
+                let unknown_issuer = matches!(&other, ureq::Error::Io(e) if e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|tls| matches!(
+                    tls,
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+                )));
+                match classify(other, addr) {
+                    HttpError::Tls { addr, reason } if unknown_issuer => HttpError::Tls {
+                        addr,
+                        reason: format!(
+                            "{reason}: the server's certificate chain does not lead to {}",
+                            self.roots
+                        ),
+                    },
+                    e => e,
+                }
+            }
         }
     }
 }

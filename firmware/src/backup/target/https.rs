@@ -119,8 +119,17 @@ impl Dav {
                 &[("Depth", "1"), ("Content-Type", "application/xml")],
                 None,
             )?;
-            if answer.status != 207 {
-                return Err(dav.status_error("PROPFIND", &path, &answer));
+            match answer.status {
+                207 => {}
+                // A plain PUT endpoint (nginx without dav-ext): uploads work, listing not.
+                405 | 501 => {
+                    return Err(TargetError::NoListing {
+                        url: format!("https://{}{path}", dav.url.authority()),
+                        status: answer.status,
+                        reason: answer.reason.clone(),
+                    })
+                }
+                _ => return Err(dav.status_error("PROPFIND", &path, &answer)),
             }
             let body = answer
                 .read_bounded(MAX_LISTING)

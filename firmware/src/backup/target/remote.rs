@@ -97,6 +97,16 @@ pub enum TargetError {
         /// The server's reason phrase.
         reason: String,
     },
+    /// The HTTPS server does not list directories (it refused `PROPFIND`).
+    #[error("{url} cannot be listed: the server answered PROPFIND with HTTP {status} {reason} (not WebDAV, or listing is off: nginx needs the dav-ext module); `backup fetch NAME` still downloads a backup by its name")]
+    NoListing {
+        /// The directory URL.
+        url: String,
+        /// The status code (405 or 501).
+        status: u16,
+        /// The server's reason phrase.
+        reason: String,
+    },
     /// The SFTP session failed after login (directory missing, permission, disk full).
     #[error("sftp at {addr} failed: {reason}")]
     Remote {
@@ -132,7 +142,8 @@ impl TargetError {
             | TargetError::Tool { .. }
             | TargetError::HostKeyMismatch { .. }
             | TargetError::AuthFailed { .. }
-            | TargetError::Tls { .. } => false,
+            | TargetError::Tls { .. }
+            | TargetError::NoListing { .. } => false,
         }
     }
 }
