@@ -134,6 +134,18 @@ pub struct WatchdogProfile {
     pub device: PathBuf,
     /// Seconds without a keepalive before the hardware resets the box.
     pub timeout_secs: u32,
+    /// The longest timeout the hardware accepts (the daemon's `[watchdog] timeout_secs` is
+    /// checked against it); none = [`crate::watchdog::MAX_TIMEOUT_SECS`].
+    #[serde(default)]
+    pub max_timeout_secs: Option<u32>,
+}
+
+impl WatchdogProfile {
+    /// The longest timeout this watchdog accepts.
+    pub fn max_timeout(&self) -> u32 {
+        self.max_timeout_secs
+            .unwrap_or(crate::watchdog::MAX_TIMEOUT_SECS)
+    }
 }
 
 impl BoardProfile {
@@ -193,7 +205,7 @@ impl BoardProfile {
             }
         }
         if let Some(w) = &self.watchdog {
-            if w.timeout_secs == 0 || w.timeout_secs > crate::watchdog::MAX_TIMEOUT_SECS {
+            if w.timeout_secs == 0 || w.timeout_secs > w.max_timeout() {
                 return invalid(format!(
                     "watchdog.timeout_secs {} out of range (1..=3600)",
                     w.timeout_secs

@@ -99,7 +99,7 @@ pub struct Config {
     pub features: crate::pbx_config::FeaturesSection,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: crate::metrics::MetricsConfig,
-    /// `[watchdog]`: the hardware watchdog.
+    /// `[watchdog]`: the hardware watchdog (see [`Config::watchdog_device`]).
     pub watchdog: crate::watchdog::WatchdogConfig,
     /// `[panel]`: the front panel.
     pub panel: crate::panel::PanelConfig,
@@ -323,6 +323,15 @@ pub use crate::guard::config::{
 };
 
 impl Config {
+    /// The watchdog device the daemon arms: `[watchdog] device`, else the board profile's
+    /// when the panel runs on the real board; none in the demo.
+    pub fn watchdog_device(&self) -> Option<PathBuf> {
+        self.watchdog
+            .device
+            .clone()
+            .or_else(|| self.panel.board_watchdog().map(|w| w.device))
+    }
+
     /// What the firewall needs from the other sections (trunk addresses resolved now).
     pub fn firewall_surroundings(&self) -> crate::guard::config::Surroundings {
         use crate::guard::config::{Surroundings, TrunkSite};
@@ -734,6 +743,19 @@ impl Config {
         self.panel
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
+        // The board's profile says what its watchdog accepts (the Pi's stops at 15 s).
+        if let Some(board) = self.panel.board_watchdog() {
+            let max = u64::from(board.max_timeout());
+            if self.watchdog.timeout_secs > max {
+                return Err(invalid(
+                    "watchdog.timeout_secs",
+                    format!(
+                        "the {} board's watchdog accepts at most {max} s",
+                        self.panel.profile
+                    ),
+                ));
+            }
+        }
         self.system
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
@@ -1465,6 +1487,42 @@ mod telephony_tests {
         assert_eq!(
             invalid_key("[dialplan]\nemergency = [\"11a\"]\n"),
             "dialplan.emergency"
+        );
+    }
+
+    #[test]
+    fn the_watchdog_timeout_is_held_to_what_the_boards_watchdog_accepts() {
+        let board = |profile: &str, timeout: u64| {
+            let mut c = Config::default();
+            c.panel.backend = "linux".into();
+            c.panel.profile = profile.into();
+            c.watchdog.timeout_secs = timeout;
+            c
+        };
+        // The Pi's bcm2835 watchdog stops at 15 s: its profile says so, once.
+        assert!(board("rpi4", 15).validate().is_ok());
+        let err = board("rpi4", 30).validate().unwrap_err().to_string();
+        assert!(err.contains("watchdog.timeout_secs"), "{err}");
+        assert!(
+            err.contains("rpi4") && err.contains("at most 15 s"),
+            "{err}"
+        );
+        assert!(board("qemu-virt", 300).validate().is_ok());
+        // Without the board (the demo, a simulated panel) only the general range applies.
+        let mut demo = board("rpi4", 30);
+        demo.panel.backend = "sim".into();
+        assert!(demo.validate().is_ok());
+        // The device comes from the board's profile unless set.
+        assert_eq!(
+            board("rpi4", 15).watchdog_device(),
+            Some(std::path::PathBuf::from("/dev/watchdog"))
+        );
+        assert_eq!(demo.watchdog_device(), None);
+        let mut own = board("rpi4", 15);
+        own.watchdog.device = Some(std::path::PathBuf::from("/dev/watchdog1"));
+        assert_eq!(
+            own.watchdog_device(),
+            Some(std::path::PathBuf::from("/dev/watchdog1"))
         );
     }
 }

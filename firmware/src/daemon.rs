@@ -279,7 +279,7 @@ pub async fn run(
 
     // The watchdog, the metrics endpoint and the front panel.
     // Neither may stop the phones: a missing or refusing device, a taken port is alerted.
-    let _watchdog = match daemon.cfg.watchdog.device.clone() {
+    let _watchdog = match daemon.cfg.watchdog_device() {
         Some(device) => {
             let started =
                 crate::watchdog::BoardWatchdog::open(&device, daemon.cfg.watchdog.timeout_secs)

@@ -71,6 +71,15 @@ impl PanelConfig {
         Ok(())
     }
 
+    /// The board's watchdog when the panel runs on the real board (`backend = "linux"`)
+    /// and its profile has one: the device and the longest timeout it accepts.
+    pub fn board_watchdog(&self) -> Option<board::profile::WatchdogProfile> {
+        (self.backend == "linux")
+            .then(|| self.profile().ok())
+            .flatten()
+            .and_then(|p| p.watchdog)
+    }
+
     fn profile(&self) -> Result<board::profile::BoardProfile, board::profile::ProfileError> {
         match board::profile::BoardProfile::builtin(&self.profile) {
             Ok(p) => Ok(p),

@@ -22,7 +22,8 @@ use crate::store::Store;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WatchdogConfig {
-    /// The watchdog device (e.g. `/dev/watchdog`); none = no watchdog (the demo).
+    /// The watchdog device (e.g. `/dev/watchdog`); none = the board profile's when the panel
+    /// runs on the board (`[panel] backend = "linux"`), else no watchdog (the demo).
     pub device: Option<PathBuf>,
     /// Seconds without petting before the hardware resets the box (set on the device when
     /// it supports it).
