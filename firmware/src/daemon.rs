@@ -983,47 +983,17 @@ impl Daemon {
     }
 
     /// Applies what can change while running; returns the sections that need a restart.
-    fn apply_live(&mut self, now: Millis, new: &mut Config) -> anyhow::Result<Vec<&'static str>> {
+    fn apply_live(&mut self, now: Millis, new: &mut Config) -> anyhow::Result<Vec<String>> {
         let old = &self.cfg;
-        let mut restart = Vec::new();
-        macro_rules! needs_restart {
-            ($($field:ident).+, $name:expr) => {
-                if old.$($field).+ != new.$($field).+ {
-                    restart.push($name);
-                    // What runs keeps the old value until the restart.
-                    new.$($field).+ = old.$($field).+.clone();
-                }
-            };
-        }
-        needs_restart!(sip.listen, "sip.listen");
-        needs_restart!(sip.realm, "sip.realm");
-        needs_restart!(registrar, "registrar");
-        needs_restart!(media, "media");
-        needs_restart!(admin, "admin");
-        needs_restart!(tls, "tls");
-        needs_restart!(log, "log");
-        needs_restart!(metrics, "metrics");
-        needs_restart!(watchdog, "watchdog");
-        needs_restart!(panel, "panel");
-        needs_restart!(ssh, "ssh");
-        needs_restart!(auth.nonce_lifetime_secs, "auth.nonce_lifetime_secs");
-        needs_restart!(voicemail.enabled, "voicemail.enabled");
-        needs_restart!(firewall.detect, "firewall.detect");
-        needs_restart!(firewall.enforce, "firewall.enforce");
-        needs_restart!(firewall.monitor, "firewall.monitor");
-        needs_restart!(firewall.feeds, "firewall.feeds");
-        needs_restart!(firewall.table, "firewall.table");
-        needs_restart!(firewall.rtp_closed, "firewall.rtp_closed");
+        // Every key is live or waits for a restart (crate::reload::KEYS); what waits keeps
+        // its running value until then.
+        let (kept, mut restart) = crate::reload::hold_back(old, new)?;
+        *new = kept;
         let (oc, nc) = (&old.firewall.connections, &new.firewall.connections);
         if oc != nc {
-            // The daemon's caps and deadlines apply to new connections now; the kernel's
-            // caps (twice these) are set when the table is installed.
+            // The daemon's caps and deadlines apply to new connections now (the kernel's
+            // caps were held back above: they are set when the table is installed).
             self.transports.set_conn_limits(nc.limits());
-            if (oc.kernel, oc.per_source, oc.per_source_authenticated)
-                != (nc.kernel, nc.per_source, nc.per_source_authenticated)
-            {
-                restart.push("firewall.connections (the kernel's connection caps)");
-            }
         }
         let (trunks, unresolved) = core_trunks(new, &mut self.transports);
         if let Some((name, err)) = unresolved.first() {
@@ -1041,7 +1011,7 @@ impl Daemon {
                 .collect::<Vec<_>>()
         {
             // The firewall's trunk allow list is built at start.
-            restart.push("trunk addresses (firewall allow list)");
+            restart.push("trunk addresses (firewall allow list)".to_owned());
         }
         let mut e = self.endpoint_cfg.clone();
         e.ivr = ivr_menus(new);

@@ -29,6 +29,7 @@
 //! - [`pbx_config`]: trunks, routes, inbound, dial plan, ring groups and features.
 //! - [`config`]: the whole TOML file, aggregating every section; [`fallback`]: starting
 //!   with what works when a section cannot be started.
+//! - [`reload`]: which configuration keys apply live and which at the next restart.
 //!
 //! Admin (the control plane; the only layer that builds replies):
 //! - [`admin`]: the `Command`/`Reply` protocol ([`admin::proto`]), the socket server, the
@@ -60,6 +61,7 @@ pub mod names;
 pub mod netif;
 pub mod panel;
 pub mod pbx_config;
+pub mod reload;
 pub mod revisions;
 pub mod ssh;
 pub mod store;

@@ -501,10 +501,23 @@ fn a_restart_only_change_says_so_and_a_live_one_does_not() {
     );
     assert_eq!(server_header(&daemon).as_deref(), Some("Outpost-Mgmt-Test"));
 
+    // Kernel meters are installed with the table: named as waiting, never silently ignored
+    // (every key has a rule: firmware/src/reload.rs).
+    let kernel = replace_once(
+        &live,
+        "[firewall]\n",
+        "[firewall]\nkernel_flood_per_second = 777\n",
+    );
+    let reply = apply_ok(&daemon, &kernel, &[]);
+    assert!(
+        reply.contains("next restart") && reply.contains("firewall.kernel_flood_per_second"),
+        "{reply}"
+    );
+
     // After the restart the registrar change is in force.
     daemon.stop().expect("the daemon stops");
     daemon.restart();
-    assert_eq!(running_config(&daemon), (4, live));
+    assert_eq!(running_config(&daemon), (5, kernel));
     assert_eq!(
         register_status(&daemon, CALLER),
         Some(423),
