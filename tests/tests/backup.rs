@@ -313,7 +313,11 @@ fn round_trip_backup_wipe_restore_brings_back_every_record_and_audio_byte() {
     ]);
     assert_eq!(verified["extensions"], 2, "{verified}");
     assert_eq!(verified["voicemail"], 1, "{verified}");
-    // The backup leaves the box, the box is wiped.
+    // The backup leaves the box with its signing key's line, the box is wiped (a new box
+    // with a key of its own).
+    let signer = daemon.ctl_ok(&["backup", "key", "--signing"]);
+    assert!(signer.starts_with("outpost-backup-ed25519 "), "{signer}");
+    assert_eq!(signer.trim().lines().count(), 1, "{signer}");
     let off_site = keys.path("off-site.backup");
     fs::copy(&made, &off_site).expect("copy backup");
     daemon.stop();
@@ -326,7 +330,12 @@ fn round_trip_backup_wipe_restore_brings_back_every_record_and_audio_byte() {
         "a wiped box: {empty}"
     );
 
-    let out = daemon.ctl_ok(&[
+    assert_ne!(
+        daemon.ctl_ok(&["backup", "key", "--signing"]),
+        signer,
+        "the wiped box made a key of its own"
+    );
+    let out = daemon.ctl(&[
         "backup",
         "restore",
         "--no-wait",
@@ -334,7 +343,26 @@ fn round_trip_backup_wipe_restore_brings_back_every_record_and_audio_byte() {
         "--identity",
         &keys.id_arg(),
     ]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("not authenticated") && out.stderr.contains("--signer"),
+        "{out:?}"
+    );
+    let out = daemon.ctl_ok(&[
+        "backup",
+        "restore",
+        "--no-wait",
+        off_site.to_str().expect("utf-8"),
+        "--identity",
+        &keys.id_arg(),
+        "--signer",
+        signer.trim(),
+    ]);
     assert!(out.contains("restarts"), "{out}");
+    assert!(
+        out.contains("signed by SHA256:") && out.contains("--signer"),
+        "{out}"
+    );
     restart_after_restore(&mut daemon);
 
     let after = state(&daemon);
@@ -366,7 +394,7 @@ fn round_trip_backup_wipe_restore_brings_back_every_record_and_audio_byte() {
 // Fixtures: backups taken apart and put together again with the age and tar crates
 // ---------------------------------------------------------------------------------------
 
-/// The members of a backup, in order (the manifest last).
+/// The members of a backup, in order (the manifest and its signature last).
 fn unpack(file: &Path, keys: &Keys) -> Vec<(String, Vec<u8>)> {
     let f = fs::File::open(file).expect("open backup");
     let decryptor = age::Decryptor::new(f).expect("age header");
@@ -389,17 +417,32 @@ fn unpack(file: &Path, keys: &Keys) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Builds a backup from `members` (manifest dropped and rebuilt with `format`), encrypted
-/// to the keys' recipient or, with `passphrase`, to a passphrase (small work factor).
+/// Builds a backup from `members` (manifest and signature dropped, the manifest rebuilt with
+/// `format`; unsigned, as anyone with the recipient key can make one), encrypted to the
+/// keys' recipient or, with `passphrase`, to a passphrase (small work factor).
 fn pack(
     members: &[(String, Vec<u8>)],
     format: u32,
     keys: &Keys,
     passphrase: Option<&str>,
 ) -> Vec<u8> {
+    pack_with(members, format, keys, passphrase, |_| None)
+}
+
+/// [`pack`], ending with the `manifest.sig` that `seal` makes of the new manifest's bytes.
+fn pack_with(
+    members: &[(String, Vec<u8>)],
+    format: u32,
+    keys: &Keys,
+    passphrase: Option<&str>,
+    seal: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Vec<u8> {
     let mut files = Vec::new();
     let mut builder = tar::Builder::new(Vec::new());
-    for (path, data) in members.iter().filter(|(p, _)| p != "manifest.json") {
+    for (path, data) in members
+        .iter()
+        .filter(|(p, _)| p != "manifest.json" && p != "manifest.sig")
+    {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o600);
@@ -427,6 +470,14 @@ fn pack(
     builder
         .append_data(&mut h, "manifest.json", manifest.as_slice())
         .expect("append");
+    if let Some(sig) = seal(&manifest) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(sig.len() as u64);
+        h.set_mode(0o644);
+        builder
+            .append_data(&mut h, "manifest.sig", sig.as_slice())
+            .expect("append");
+    }
     let plain = builder.into_inner().expect("tar");
     let encryptor = match passphrase {
         Some(p) => {
@@ -530,19 +581,19 @@ fn damaged_wrongly_keyed_and_future_backups_are_refused_and_format_0_is_migrated
 
     let members = unpack(&good, &keys);
     let p = keys.path("future.backup");
-    fs::write(&p, pack(&members, 3, &keys, None)).expect("write");
+    fs::write(&p, pack(&members, 4, &keys, None)).expect("write");
     assert_refused(
         &daemon,
         &keys,
         &p,
         &id_args,
-        "made by a newer Outpost (format 3); update first",
+        "made by a newer Outpost (format 4); update first",
     );
 
     // Re-encrypted after a change without a matching manifest: the checksum catches it.
     let mut altered = members.clone();
     let manifest: Value =
-        serde_json::from_slice(&altered.last().expect("manifest").1).expect("json");
+        serde_json::from_slice(member(&mut altered, "manifest.json")).expect("json");
     member(&mut altered, "store/extensions.json").extend_from_slice(b" ");
     let mut plain = tar::Builder::new(Vec::new());
     for (path, data) in &altered {
@@ -576,7 +627,8 @@ fn damaged_wrongly_keyed_and_future_backups_are_refused_and_format_0_is_migrated
         "checksum mismatch for store/extensions.json",
     );
 
-    // A passphrase backup: the wrong passphrase is refused, the right one verifies.
+    // A passphrase backup: the wrong passphrase is refused, the right one verifies (an
+    // unsigned one only with --trust-unsigned: format 1 carries no signature).
     let p = keys.path("passphrase.backup");
     fs::write(&p, pack(&members, 1, &keys, Some("office passphrase 2024"))).expect("write");
     let path = p.to_str().expect("utf-8");
@@ -590,6 +642,23 @@ fn damaged_wrongly_keyed_and_future_backups_are_refused_and_format_0_is_migrated
     let out = ctl_input(
         &daemon,
         &["--json", "backup", "verify", path, "--passphrase"],
+        "office passphrase 2024\n",
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("carries no signature (format 1"),
+        "{out:?}"
+    );
+    let out = ctl_input(
+        &daemon,
+        &[
+            "--json",
+            "backup",
+            "verify",
+            path,
+            "--passphrase",
+            "--trust-unsigned",
+        ],
         "office passphrase 2024\n",
     );
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -615,6 +684,7 @@ fn damaged_wrongly_keyed_and_future_backups_are_refused_and_format_0_is_migrated
         p.to_str().expect("utf-8"),
         "--identity",
         &id,
+        "--trust-unsigned",
     ]);
     assert_eq!(
         (verified["format"].as_u64(), verified["cdrs"].as_u64()),
@@ -627,6 +697,7 @@ fn damaged_wrongly_keyed_and_future_backups_are_refused_and_format_0_is_migrated
         p.to_str().expect("utf-8"),
         "--identity",
         &id,
+        "--trust-unsigned",
     ]);
     restart_after_restore(&mut daemon);
     let listed = daemon.ctl_json(&["cdr", "list"]);
@@ -638,6 +709,147 @@ fn damaged_wrongly_keyed_and_future_backups_are_refused_and_format_0_is_migrated
         .collect();
     assert_eq!(ids, ["fixture-2", "fixture-1", "fixture-0"], "{listed}");
     assert_eq!(daemon.ctl_json(&["ext", "list"])[0]["ext"], PHONE_A.0);
+}
+
+#[test]
+fn forged_stripped_and_swapped_backups_are_refused_unless_trusted_unsigned_and_the_total_is_capped()
+{
+    // Anyone with the recipient public key can encrypt a backup; only the box signs one.
+    let keys = Keys::new();
+    let cap = 1024 * 1024;
+    let mut daemon = Daemon::start_with(DaemonConfig::loopback().with_toml(&format!(
+        "[backup]\nrecipient = \"{}\"\nrestore_max_bytes = {cap}\n",
+        keys.public()
+    )));
+    daemon.add_extension(PHONE_A.0, PHONE_A.1);
+    let good = backup_now(&daemon);
+    let id = keys.id_arg();
+    let id_args = ["--identity", id.as_str()];
+    let verified = daemon.ctl_json(&[
+        "backup",
+        "verify",
+        good.to_str().expect("utf-8"),
+        "--identity",
+        &id,
+    ]);
+    assert_eq!(verified["format"], 3, "{verified}");
+    assert_eq!(
+        verified["signature"]["trusted_as"], "this box's key",
+        "{verified}"
+    );
+    let own_key = daemon.ctl_ok(&["backup", "key", "--signing"]);
+    let own_line: Vec<&str> = own_key.split_whitespace().take(2).collect();
+    assert_eq!(
+        verified["signature"]["signer"],
+        own_line.join(" "),
+        "{verified}"
+    );
+
+    // The attacker's change: their SSH key for the admin.
+    let keys_json = json!([{
+        "line": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl evil@attacker",
+        "added": 1_700_000_000_000u64,
+    }]);
+    let evil_meta =
+        serde_json::to_vec(&json!([{"key": "ssh_keys", "text": keys_json.to_string()}]))
+            .expect("json");
+    let members = unpack(&good, &keys);
+    let original_sig = members
+        .iter()
+        .find(|(p, _)| p == "manifest.sig")
+        .expect("signed")
+        .1
+        .clone();
+    let mut evil = members.clone();
+    *member(&mut evil, "store/meta.json") = evil_meta;
+
+    let forger_dir = tempfile::tempdir().expect("temp dir");
+    let forger = firmware::backup::signing::box_key(forger_dir.path()).expect("forger key");
+    let forged = keys.path("forged.backup");
+    fs::write(
+        &forged,
+        pack_with(&evil, 3, &keys, None, |m| Some(forger.seal(m))),
+    )
+    .expect("write");
+    assert_refused(
+        &daemon,
+        &keys,
+        &forged,
+        &id_args,
+        "which is not this box's key",
+    );
+    let stripped = keys.path("stripped.backup");
+    fs::write(&stripped, pack(&evil, 3, &keys, None)).expect("write");
+    assert_refused(
+        &daemon,
+        &keys,
+        &stripped,
+        &id_args,
+        "its manifest.sig was removed",
+    );
+    let swapped = keys.path("swapped.backup");
+    fs::write(
+        &swapped,
+        pack_with(&evil, 3, &keys, None, |_| Some(original_sig.clone())),
+    )
+    .expect("write");
+    assert_refused(
+        &daemon,
+        &keys,
+        &swapped,
+        &id_args,
+        "altered after it was signed",
+    );
+
+    // Too large: refused whatever its signature, nothing staged.
+    let mut big = members.clone();
+    big.insert(
+        0,
+        (
+            "voicemail/100/big.wav".to_owned(),
+            vec![7u8; 2 * 1024 * 1024],
+        ),
+    );
+    *member(&mut big, "store/voicemail.json") = serde_json::to_vec(&json!([{
+        "id": 1, "mailbox": "100", "caller": "200", "at": 1_700_000_000_000u64,
+        "duration_ms": 60_000, "path": "voicemail/100/big.wav", "new": true,
+    }]))
+    .expect("json");
+    let too_big = keys.path("big.backup");
+    fs::write(&too_big, pack(&big, 3, &keys, None)).expect("write");
+    assert_refused(
+        &daemon,
+        &keys,
+        &too_big,
+        &[id_args[0], id_args[1], "--trust-unsigned"],
+        &format!("more than {cap} bytes"),
+    );
+
+    // --trust-unsigned: restored with a warning, and an alert on the restored box.
+    let out = daemon.ctl(&[
+        "backup",
+        "restore",
+        "--no-wait",
+        swapped.to_str().expect("utf-8"),
+        "--identity",
+        &id,
+        "--trust-unsigned",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("warning: --trust-unsigned"), "{out:?}");
+    assert!(out.stdout.contains("NOT AUTHENTICATED"), "{out:?}");
+    restart_after_restore(&mut daemon);
+    let ssh = daemon.ctl_json(&["ssh", "keys", "list"]).to_string();
+    assert!(
+        ssh.contains("evil@attacker"),
+        "the admin chose to install it: {ssh}"
+    );
+    let alerts = daemon.ctl_json(&["fw", "alerts"]).to_string();
+    assert!(
+        alerts.contains("no trusted key signed") && alerts.contains("altered"),
+        "{alerts}"
+    );
+    assert!(daemon.log_text().contains("--trust-unsigned"), "logged");
 }
 
 #[test]
@@ -676,6 +888,7 @@ fn kill_9_during_a_backup_leaves_no_good_backup_and_the_next_one_works() {
             big.to_str().expect("utf-8"),
             "--identity",
             &keys.id_arg(),
+            "--trust-unsigned",
         ],
     );
     restart_after_restore(&mut daemon);
@@ -792,6 +1005,7 @@ fn cdr_export_as_csv_and_json_over_a_date_range() {
         file.to_str().expect("utf-8"),
         "--identity",
         &keys.id_arg(),
+        "--trust-unsigned",
     ]);
     restart_after_restore(&mut daemon);
 

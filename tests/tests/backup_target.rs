@@ -732,7 +732,11 @@ where
     let _ = io.shutdown().await;
 }
 
-/// A client side for the HTTPS tests: the CA file, a password file, a backup file.
+/// The HTTPS target's password file, under the data directory.
+const PASSWORD_FILE: &str = "secrets/dav.password";
+
+/// A client side for the HTTPS tests: the CA file, a password file, a backup file; its
+/// directory is the box's data directory (credential files live under it, in `secrets/`).
 struct HttpsClient {
     dir: tempfile::TempDir,
 }
@@ -741,7 +745,8 @@ impl HttpsClient {
     fn new(ca_pem: &str, password: &str) -> Self {
         let dir = tempfile::tempdir().expect("client dir");
         fs::write(dir.path().join("ca.pem"), ca_pem).expect("ca");
-        let pw = dir.path().join("dav.password");
+        fs::create_dir_all(dir.path().join("secrets")).expect("secrets dir");
+        let pw = dir.path().join(PASSWORD_FILE);
         fs::write(&pw, format!("{password}\n")).expect("password");
         fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).expect("chmod");
         HttpsClient { dir }
@@ -753,7 +758,7 @@ impl HttpsClient {
             kind: TargetKind::Https(HttpsTarget {
                 url: format!("https://127.0.0.1:{}/dav/backups", dav.addr.port()),
                 username: DAV_USER.to_owned(),
-                password_file: self.dir.path().join("dav.password"),
+                password_file: self.dir.path().join(PASSWORD_FILE),
                 ca: Some(self.dir.path().join("ca.pem")),
             }),
         }
@@ -791,6 +796,22 @@ fn https_upload_puts_a_partial_then_moves_it_into_place() {
     let client = HttpsClient::new(&ca_pem, DAV_PASSWORD);
     let target = client.target(&dav);
     assert_eq!(check(&target), Ok(()));
+    // The same target is one `config apply` accepts on this box (its files under the data
+    // directory), and not once its password file lies elsewhere.
+    let mut section = firmware::backup::BackupConfig {
+        targets: vec![target.clone()],
+        ..firmware::backup::BackupConfig::default()
+    };
+    assert_eq!(section.check_on_box(client.dir.path()), Ok(()));
+    if let TargetKind::Https(h) = &mut section.targets[0].kind {
+        h.password_file = PathBuf::from("/etc/shadow");
+    }
+    assert_eq!(
+        section
+            .check_on_box(client.dir.path())
+            .map_err(|(key, _)| key),
+        Err("backup.targets[0].password_file".to_owned())
+    );
     let file = client.backup_file("outpost-20250102T030000Z.tar.age", 3 << 20);
     let (result, _) = client.upload(&target, &file, retry(1, 100));
     result.expect("upload");
@@ -909,7 +930,7 @@ fn https_password_file_readable_by_others_is_refused() {
     let client = HttpsClient::new(&ca_pem, DAV_PASSWORD);
     let target = client.target(&dav);
     fs::set_permissions(
-        client.dir.path().join("dav.password"),
+        client.dir.path().join(PASSWORD_FILE),
         fs::Permissions::from_mode(0o644),
     )
     .expect("chmod");

@@ -9,17 +9,20 @@
 //!    backup target: a real OpenSSH `sshd` on the host at an "off-site" address
 //!    ([`OFFSITE`], added to the host's loopback for the test and reached through the
 //!    guest's NAT from every network), its host key pinned. `backup passphrase set`,
-//!    `backup key` into the server's authorized_keys, `backup now`: the upload lands on the
-//!    host under a name that carries A's hostname.
+//!    `backup key` (its SFTP line into the server's authorized_keys; its signing-key line
+//!    kept, as the office keeps it), `backup now`: the upload lands on the host under a name
+//!    that carries A's hostname.
 //! 2. A is powered off and **the same disk boots on another network** (10.0.5.0/24): SIP
 //!    answers, a SIPp REGISTER with A's password works, SSH works (same host key), and a
 //!    call has RTP both ways through the relay on the new address.
 //! 3. **Box B**, a fresh disk on a third network with another MAC: `backup passphrase set`,
-//!    then `ssh admin@B backup restore - < FILE`, which reports what it restored and that
+//!    then `ssh admin@B backup restore - --signer 'A's key line' < FILE` (refused without
+//!    it: B does not know A's signing key), which reports who signed it, what it restored and that
 //!    the console password and SSH host key are now A's (the admin's ssh indeed refuses
 //!    the changed key, and B's key is A's); a phone registers with A's password and a SIPp
 //!    phone calls it. The time from B's qemu start to that call is printed. Then on B:
-//!    `backup list --remote`, `backup fetch NAME`, `backup restore NAME`, and `backup now`
+//!    `backup list --remote`, `backup fetch NAME`, A's key into `[backup] trusted_keys`,
+//!    `backup restore NAME`, and `backup now`
 //!    uploads at once with A's SFTP client key, which travelled in the backup.
 //!
 //! REQUIRES root (the off-site address on the host's loopback, sshd), `sshd`, `ssh`,
@@ -510,13 +513,13 @@ fn assert_office_data(drill: &Drill, guest: &Guest, what: &str) {
 // ---------------------------------------------------------------------------------------
 
 /// Phase 1: box A configured and backed up off-site; returns the backup's name on the
-/// server and A's host key.
+/// server, A's host key and A's backup-signing key (`outpost-backup-ed25519 <base64>`).
 fn configure_and_back_up(
     drill: &Drill,
     image: &TestImage,
     disk: &Path,
     server: &SftpServer,
-) -> (String, String) {
+) -> (String, String, String) {
     let mut a = boot(image, disk, NIC1_NET, MAC_A, "box-a-1.log");
     let known_a = drill.dir.path().join("known_hosts_a");
     a.check_host_key(&known_a);
@@ -565,6 +568,15 @@ fn configure_and_back_up(
         .find(|l| l.starts_with("ssh-"))
         .unwrap_or_else(|| panic!("`backup key` printed no public key line: {key_out}"));
     server.authorize(public);
+    // The office keeps A's backup-signing key: the replacement box trusts A's backups by it.
+    let signer: Vec<&str> = key_out
+        .lines()
+        .find(|l| l.starts_with("outpost-backup-ed25519 "))
+        .unwrap_or_else(|| panic!("`backup key` printed no signing key line: {key_out}"))
+        .split_whitespace()
+        .take(2)
+        .collect();
+    let signer = signer.join(" ");
     let before = server.files();
     let now = drill.ok(&a, "backup now");
     let name = server.await_new_file(&before, &a);
@@ -579,7 +591,7 @@ fn configure_and_back_up(
     assert_office_data(drill, &a, "box A");
     let host_key = known_key(&known_a);
     a.kill();
-    (name, host_key)
+    (name, host_key, signer)
 }
 
 /// Phase 2: A's disk boots on another network; SIP, SSH and a call work there.
@@ -722,7 +734,7 @@ fn a_replacement_box_restored_from_the_offsite_backup_takes_calls() {
 
     // 1. Box A, configured and backed up off-site.
     let phase1 = Instant::now();
-    let (backup, a_host_key) = configure_and_back_up(&drill, &image, &disk_a, &server);
+    let (backup, a_host_key, a_signer) = configure_and_back_up(&drill, &image, &disk_a, &server);
     let backup_file = server.remote().join(&backup);
     let backup_bytes = fs::metadata(&backup_file)
         .expect("the uploaded backup")
@@ -752,15 +764,30 @@ fn a_replacement_box_restored_from_the_offsite_backup_takes_calls() {
     let b_own_key = known_key(&known_b);
     assert_ne!(b_own_key, a_host_key, "a fresh box has its own host key");
     drill.ok_with(&b, "backup passphrase set", &format!("{PASSPHRASE}\n"));
-    let restore_started = Instant::now();
-    let restore = b.ssh(
+    // B does not know A's signing key: the backup is refused until the office names it.
+    let refused = b.ssh(
         &drill.key,
         "backup restore -",
         Some(&backup_file),
         RESTORE_TIMEOUT,
     );
+    assert!(
+        refused.code != Some(0) && refused.stderr.contains("not authenticated"),
+        "B restored a backup no key it trusts signed: {refused:?}"
+    );
+    let restore_started = Instant::now();
+    let restore = b.ssh(
+        &drill.key,
+        &format!("backup restore - --signer '{a_signer}'"),
+        Some(&backup_file),
+        RESTORE_TIMEOUT,
+    );
     let restore_took = restore_started.elapsed();
     assert_restore_report(&restore, "`backup restore -` on B");
+    assert!(
+        restore.stdout.contains("the key given with --signer"),
+        "`backup restore -` on B did not say who signed the backup: {restore:?}"
+    );
 
     // The admin's ssh refuses the changed host key, as the restore said; B's key is A's.
     let (refused, ssh_back) = ssh_once_back(&b, &drill.key, "status");
@@ -815,6 +842,14 @@ fn a_replacement_box_restored_from_the_offsite_backup_takes_calls() {
         listed_backups(&listed).contains(&local),
         "`backup list` on B does not show the fetched {local}: {listed}"
     );
+    // This time A's key goes into B's configuration (B runs A's revisions now, and keeps
+    // its own signing key: A's is trusted by name, not by being B's).
+    let running = drill.ok(&b, "config show");
+    let trusting = format!(
+        "{}\n\n[backup]\ntrusted_keys = [\"{a_signer}\"]\n",
+        running.trim_end()
+    );
+    drill.ok_with(&b, "config apply - -m trust-box-a", &trusting);
     let again = b.ssh(
         &drill.key,
         &format!("backup restore {local}"),
@@ -822,6 +857,10 @@ fn a_replacement_box_restored_from_the_offsite_backup_takes_calls() {
         RESTORE_TIMEOUT,
     );
     assert_restore_report(&again, "`backup restore NAME` of the fetched backup");
+    assert!(
+        again.stdout.contains("a key in backup.trusted_keys"),
+        "`backup restore NAME` on B did not say who signed the backup: {again:?}"
+    );
     let (back, _) = ssh_once_back(&b, &drill.key, "status");
     assert_eq!(back.code, Some(0), "SSH after the second restore: {back:?}");
     assert_office_data(

@@ -8,6 +8,9 @@
 //!   restore NAME`),
 //! - at the serial console of a never-configured box (`outpostctl login` over a pty).
 //!
+//! The new box trusts box A's backups once told A's signing key: `[backup] trusted_keys`
+//! (over SSH), `--signer` (fetch and restore by name) or the console's question.
+//!
 //! `outpostd` exits to apply a staged restore; the test respawns it the way busybox init
 //! does on the box ([`Daemon::respawn_if_exited`]) while `backup restore` waits, so the
 //! restore returns only once the daemon runs on the restored data.
@@ -161,6 +164,15 @@ fn keypair(path: &Path) -> String {
         .to_owned()
 }
 
+/// `config` with `line` added to its `[backup]` section (made when there is none).
+fn with_backup_key(config: &str, line: &str) -> String {
+    if config.lines().any(|l| l.trim() == "[backup]") {
+        config.replacen("[backup]\n", &format!("[backup]\n{line}\n"), 1)
+    } else {
+        format!("[backup]\n{line}\n\n{config}")
+    }
+}
+
 /// The first two words of an OpenSSH public key line (type and key, no comment).
 fn key_of(line: &str) -> String {
     line.split_whitespace()
@@ -184,9 +196,19 @@ fn restore_from_stdin_through_the_ssh_forced_command_reports_and_returns_on_the_
         status.contains("stored passphrase: set") && !status.contains(PASSPHRASE),
         "{status}"
     );
-    let key_a = daemon.ctl_ok(&["backup", "key"]);
+    let key_a = daemon.ctl_ok(&["backup", "key", "--sftp"]);
     assert!(key_a.starts_with("ssh-ed25519 "), "{key_a}");
     assert_eq!(key_a.trim().lines().count(), 1, "one OpenSSH line: {key_a}");
+    // `backup key` shows both: the SFTP line, then the signing key the office keeps.
+    let both = daemon.ctl_ok(&["backup", "key"]);
+    let lines: Vec<&str> = both.lines().collect();
+    assert_eq!(lines.len(), 2, "{both}");
+    assert_eq!(lines[0].trim(), key_a.trim());
+    assert!(
+        lines[1].starts_with("outpost-backup-ed25519 ") && lines[1].contains(" SHA256:"),
+        "{both}"
+    );
+    let signer_a = lines[1].to_owned();
 
     // The SSH host key dropbear made (SSH is off in this test: written as it would be).
     let host_key_path = daemon.data_dir().join("ssh/dropbear_ed25519_host_key");
@@ -200,7 +222,7 @@ fn restore_from_stdin_through_the_ssh_forced_command_reports_and_returns_on_the_
 
     wipe(&mut daemon);
     assert_eq!(daemon.ctl_json(&["status"])["extensions"], 0);
-    let key_b = daemon.ctl_ok(&["backup", "key"]);
+    let key_b = daemon.ctl_ok(&["backup", "key", "--sftp"]);
     assert_ne!(key_of(&key_a), key_of(&key_b), "a new box has its own key");
 
     // Without a passphrase on the box, `restore -` says what to do before sending anything.
@@ -245,10 +267,31 @@ fn restore_from_stdin_through_the_ssh_forced_command_reports_and_returns_on_the_
     fs::create_dir_all(&backups).expect("backups dir");
     let stale = backups.join("outpost-uploaded-20200101T000000Z.backup.partial");
     fs::write(&stale, b"age-encryption.org/v1\n").expect("stale partial");
+    // The new box does not know A's signing key yet: refused, nothing restored.
+    let child = ctl_with(&daemon, &["ssh-session"], &bytes, &session);
+    let out = finish_supervised(&mut daemon, child, RESTORE_LIMIT);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("not authenticated") && out.stderr.contains(&key_of(&signer_a)),
+        "{out:?}"
+    );
+    assert_eq!(daemon.ctl_json(&["status"])["extensions"], 0);
+    // The office adds A's key to the new box's configuration.
+    let current = daemon.ctl_ok(&["config", "show"]);
+    let trusting = with_backup_key(
+        &current,
+        &format!("trusted_keys = [\"{}\"]", signer_a.trim()),
+    );
+    let out = ctl_input(&daemon, &["config", "apply", "-"], trusting.as_bytes());
+    assert_eq!(out.code, Some(0), "{out:?}");
     let started = Instant::now();
     let child = ctl_with(&daemon, &["ssh-session"], &bytes, &session);
     let out = finish_supervised(&mut daemon, child, RESTORE_LIMIT);
     assert_eq!(out.code, Some(0), "{out:?}\nlog:\n{}", daemon.log_text());
+    assert!(
+        out.stdout.contains("a key in backup.trusted_keys"),
+        "{out:?}"
+    );
     eprintln!("restore - took {:?}", started.elapsed());
     for expected in [
         "2 extensions",
@@ -284,7 +327,7 @@ fn restore_from_stdin_through_the_ssh_forced_command_reports_and_returns_on_the_
     assert_eq!(exts, ["100", "200"]);
     // The SFTP key and the SSH host key are box A's again; the console password too.
     assert_eq!(
-        key_of(&daemon.ctl_ok(&["backup", "key"])),
+        key_of(&daemon.ctl_ok(&["backup", "key", "--sftp"])),
         key_of(&key_a),
         "the SFTP client key travels in the backup"
     );
@@ -359,28 +402,73 @@ fn age_identity(dir: &Path) -> String {
 }
 
 #[test]
-fn a_passphrase_or_password_file_missing_on_the_box_is_refused_by_config_apply() {
+fn credential_files_outside_the_data_dir_or_missing_are_refused_by_config_apply() {
     let daemon = Daemon::start();
     let current = daemon.ctl_ok(&["config", "show"]);
-    let missing_pass =
-        format!("{current}\n[backup]\npassphrase_file = \"/nonexistent/backup.pass\"\n");
-    let out = ctl_input(&daemon, &["config", "apply", "-"], missing_pass.as_bytes());
+    let data = fs::canonicalize(daemon.data_dir()).expect("data dir");
+    let apply = |text: &str| ctl_input(&daemon, &["config", "apply", "-"], text.as_bytes());
+    let https = |password_file: &Path| {
+        format!(
+            "{current}\n[[backup.targets]]\nname = \"dav\"\nkind = \"https\"\nurl = \"https://attacker.example/b/\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+            password_file.display()
+        )
+    };
+    // A private file elsewhere on the box (as /etc/shadow or a key would be).
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let secret = elsewhere.path().join("root-secret");
+    fs::write(&secret, "the first line of a private file\n").expect("write");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
+    // ... and a link to it from inside the data directory.
+    let secrets = data.join("secrets");
+    fs::create_dir_all(&secrets).expect("secrets dir");
+    let link = secrets.join("dav.pass");
+    std::os::unix::fs::symlink(&secret, &link).expect("symlink");
+    for (path, reason) in [
+        (secret.clone(), "is outside the data directory"),
+        (link.clone(), "resolves to"),
+        (secrets.join("../../x/root-secret"), "`..`"),
+    ] {
+        let out = apply(&https(&path));
+        assert_eq!(out.code, Some(1), "{path:?}: {out:?}");
+        assert!(
+            out.stderr.contains("backup.targets[0].password_file") && out.stderr.contains(reason),
+            "{path:?}: {out:?}"
+        );
+    }
+    let out = apply(&format!(
+        "{current}\n[backup]\npassphrase_file = \"{}\"\n",
+        secret.display()
+    ));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("backup.passphrase_file") && out.stderr.contains("outside"),
+        "{out:?}"
+    );
+    let out = apply(&format!(
+        "{current}\n[[backup.targets]]\nname = \"nas\"\nkind = \"sftp\"\nhost = \"127.0.0.1\"\nuser = \"u\"\npath = \"/b\"\nhost_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"\nidentity = \"{}\"\n",
+        secret.display()
+    ));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("backup.targets[0].identity") && out.stderr.contains("outside"),
+        "{out:?}"
+    );
+    // Under the data directory: missing files are named, present ones accepted.
+    let out = apply(&format!(
+        "{current}\n[backup]\npassphrase_file = \"{}\"\n",
+        secrets.join("backup.pass").display()
+    ));
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("backup.passphrase_file"), "{out:?}");
     assert!(out.stderr.contains("does not exist on the box"), "{out:?}");
-    let missing_password = format!(
-        "{current}\n[[backup.targets]]\nname = \"dav\"\nkind = \"https\"\nurl = \"https://dav.example/b/\"\nusername = \"u\"\npassword_file = \"/nonexistent/dav.pass\"\n"
-    );
-    let out = ctl_input(
-        &daemon,
-        &["config", "apply", "-"],
-        missing_password.as_bytes(),
-    );
+    fs::remove_file(&link).expect("unlink");
+    let out = apply(&https(&link));
     assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(
-        out.stderr.contains("backup.targets[0].password_file"),
-        "{out:?}"
-    );
+    assert!(out.stderr.contains("does not exist on the box"), "{out:?}");
+    fs::write(&link, "dav-password\n").expect("write");
+    fs::set_permissions(&link, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = apply(&https(&link));
+    assert_eq!(out.code, Some(0), "{out:?}");
     // A schedule without any key is refused; with the stored passphrase it is accepted.
     let scheduled = format!("{current}\n[backup]\nschedule = \"daily 02:30\"\n");
     let out = ctl_input(&daemon, &["config", "apply", "-"], scheduled.as_bytes());
@@ -504,12 +592,18 @@ impl Drop for SftpServer {
 }
 
 /// Box A backs up to the server and is replaced by a fresh box; returns the daemon (now
-/// the fresh box) and the backup's name.
-fn back_up_offsite_then_replace(server: &SftpServer) -> (Daemon, tempfile::TempDir, String) {
+/// the fresh box), the backup's name and A's signing key line.
+fn back_up_offsite_then_replace(
+    server: &SftpServer,
+) -> (Daemon, tempfile::TempDir, String, String) {
     let keys = tempfile::tempdir().expect("temp dir");
     let mut daemon = Daemon::start_with(DaemonConfig::loopback().with_toml(&server.target_toml()));
     configure_box_a(&daemon, keys.path());
-    let key_a = daemon.ctl_ok(&["backup", "key"]);
+    let key_a = daemon.ctl_ok(&["backup", "key", "--sftp"]);
+    let signer_a = daemon
+        .ctl_ok(&["backup", "key", "--signing"])
+        .trim()
+        .to_owned();
     server.authorize(&key_a);
     let file = backup_now(&daemon);
     let name = file
@@ -527,13 +621,13 @@ fn back_up_offsite_then_replace(server: &SftpServer) -> (Daemon, tempfile::TempD
         daemon.ctl_ok(&["backup", "list"])
     );
     wipe(&mut daemon);
-    (daemon, keys, name)
+    (daemon, keys, name, signer_a)
 }
 
 #[test]
 fn fetch_and_list_remote_over_sftp_then_the_restored_box_uploads_with_its_restored_key() {
     let server = SftpServer::start();
-    let (mut daemon, _keys, name) = back_up_offsite_then_replace(&server);
+    let (mut daemon, _keys, name, signer_a) = back_up_offsite_then_replace(&server);
     let key_a = fs::read_to_string(server.dir.path().join("authorized_keys")).expect("keys");
 
     // The new box's key is not authorised: listing says so, precisely.
@@ -544,7 +638,7 @@ fn fetch_and_list_remote_over_sftp_then_the_restored_box_uploads_with_its_restor
             .is_some_and(|e| e.contains("authorized_keys")),
         "{listed}"
     );
-    let key_b = daemon.ctl_ok(&["backup", "key"]);
+    let key_b = daemon.ctl_ok(&["backup", "key", "--sftp"]);
     server.authorize(&key_b);
     let listed = daemon.ctl_json(&["backup", "list", "--remote"]);
     assert_eq!(listed[0]["target"], "offsite", "{listed}");
@@ -577,9 +671,18 @@ fn fetch_and_list_remote_over_sftp_then_the_restored_box_uploads_with_its_restor
     );
     assert_eq!(out.code, Some(1), "{out:?}");
 
-    let child = ctl_with(&daemon, &["backup", "restore", &name], b"", &[]);
+    let child = ctl_with(
+        &daemon,
+        &["backup", "restore", &name, "--signer", &signer_a],
+        b"",
+        &[],
+    );
     let out = finish_supervised(&mut daemon, child, RESTORE_LIMIT);
     assert_eq!(out.code, Some(0), "{out:?}\nlog:\n{}", daemon.log_text());
+    assert!(
+        out.stdout.contains("the key given with --signer"),
+        "{out:?}"
+    );
     assert_eq!(daemon.ctl_json(&["status"])["extensions"], 2);
 
     // Only box A's key is authorised again: the restored box uploads at once with it.
@@ -727,7 +830,7 @@ fn console_login_ignores_empty_lines_and_never_echoes_keys_typed_during_its_paus
 #[test]
 fn a_never_configured_box_offers_a_restore_at_its_first_console_login() {
     let server = SftpServer::start();
-    let (mut daemon, _keys, name) = back_up_offsite_then_replace(&server);
+    let (mut daemon, _keys, name, signer_a) = back_up_offsite_then_replace(&server);
     // The fresh box: its own console password, as first-boot sets it.
     let out = ctl_input(&daemon, &["admin", "passwd"], b"fresh-box-password\n");
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -761,6 +864,12 @@ fn a_never_configured_box_offers_a_restore_at_its_first_console_login() {
     console.type_line("y");
     console.expect("Backup passphrase: ", 1, wait);
     console.type_line(PASSPHRASE);
+    console.expect(
+        "Signing key of the box that made the backup",
+        1,
+        RESTORE_LIMIT,
+    );
+    console.type_line(&signer_a);
     let deadline = Instant::now() + RESTORE_LIMIT;
     while !console.text().contains("Log in again") {
         daemon.respawn_if_exited();

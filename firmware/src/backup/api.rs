@@ -22,6 +22,13 @@ pub enum BackupCommand {
         file: String,
         /// The key; without one the daemon uses its own passphrase.
         key: Option<BackupKey>,
+        /// A signer to trust besides this box's key and `[backup] trusted_keys`
+        /// (`outpost-backup-ed25519 <base64>`).
+        #[serde(default)]
+        signer: Option<String>,
+        /// Accept a backup no trusted key signed (logged; an alert on restore).
+        #[serde(default)]
+        trust_unsigned: bool,
     },
     /// Check a backup, stage it and restart to apply it (answer: [`BackupOutcome::RestoreStaged`]).
     Restore {
@@ -29,6 +36,13 @@ pub enum BackupCommand {
         file: String,
         /// The key; without one the daemon uses its own passphrase.
         key: Option<BackupKey>,
+        /// A signer to trust besides this box's key and `[backup] trusted_keys`
+        /// (`outpost-backup-ed25519 <base64>`).
+        #[serde(default)]
+        signer: Option<String>,
+        /// Accept a backup no trusted key signed (logged, and an alert once applied).
+        #[serde(default)]
+        trust_unsigned: bool,
     },
     /// Start receiving a backup file in chunks (one upload at a time; answer:
     /// [`BackupOutcome::Upload`] with its id).
@@ -92,6 +106,9 @@ pub enum BackupCommand {
     /// The SFTP client public key, made when missing (answer: [`BackupOutcome::Done`] with the
     /// OpenSSH line).
     Key,
+    /// The box's backup-signing public key, made when missing (answer:
+    /// [`BackupOutcome::Done`] with `outpost-backup-ed25519 <base64> SHA256:<fingerprint>`).
+    SigningKey,
 }
 
 /// A secret in a command; hidden from `Debug`.
@@ -143,6 +160,7 @@ impl BackupCommand {
             BackupCommand::PassphraseClear => "backup_passphrase_clear",
             BackupCommand::Info => "backup_info",
             BackupCommand::Key => "backup_key",
+            BackupCommand::SigningKey => "backup_signing_key",
         }
     }
 }

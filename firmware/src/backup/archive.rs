@@ -1,10 +1,13 @@
 //! The plaintext inside a backup: a tar archive with a manifest of checksums. The format is
 //! documented for the customer in `docs/backup-format.md`; this module writes format
-//! [`FORMAT`] and reads formats 0 to 2.
+//! [`FORMAT`] and reads formats 0 to 3. Format 3 ends with `manifest.sig`, the box's
+//! signature of the manifest's exact bytes ([`super::signing`]); whether its signer is
+//! trusted is the caller's decision, this module only says what the signature proves.
 //!
 //! Reading treats the archive as hostile: only regular files with plain relative paths
-//! under the known directories are accepted, every size is bounded, and nothing is written
-//! outside the staging directory the caller names.
+//! under the known directories are accepted, every size is bounded (each member by its kind,
+//! all of them together by the caller's total), and nothing is written outside the staging
+//! directory the caller names.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Read, Write};
@@ -19,10 +22,17 @@ use pbx_core::Millis;
 
 use crate::store::{ExtensionRecord, StoredBan, StoredLock, VoicemailRecord};
 
-/// The archive format written by this version (2: the SFTP client key is included).
-pub const FORMAT: u32 = 2;
-/// The name of the manifest (the last member of the archive).
-pub const MANIFEST: &str = "manifest.json";
+use super::signing::{self, BoxKey, Seal, SignatureCheck};
+
+/// The archive format written by this version (3: signed; 2: the SFTP client key is
+/// included).
+pub const FORMAT: u32 = 3;
+/// The first format that carries a signature.
+pub const SIGNED_FORMAT: u32 = 3;
+/// The name of the manifest (the last member but the signature).
+pub const MANIFEST: &str = signing::SIGNED_MEMBER;
+/// The box's signature of the manifest (format 3; the last member).
+pub const MANIFEST_SIG: &str = "manifest.sig";
 /// Call records, one JSON object per line, oldest first (format 1 and later).
 pub const CDRS_JSONL: &str = "store/cdrs.jsonl";
 /// Call records as one JSON array (format 0, migrated on restore).
@@ -58,6 +68,10 @@ const MAX_CDR_LINE: usize = 64 * 1024;
 const MAX_ENTRIES: usize = 1_000_000;
 /// Longest member path.
 const MAX_PATH: usize = 255;
+/// Default cap on the sum of all members' sizes of a backup a restore accepts: the most
+/// the admin socket takes as an upload (a backup's members are never larger than its
+/// ciphertext). `[backup] restore_max_bytes` sets it lower.
+pub const MAX_TOTAL: u64 = 8 * 1024 * 1024 * 1024;
 
 /// The manifest: what the archive holds, with a checksum of every other member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,8 +264,14 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
-    /// Writes the manifest as the last member, ends the tar stream and returns the writer.
-    pub fn finish(mut self, created_ms: Millis, hostname: &str) -> io::Result<(W, Manifest)> {
+    /// Writes the manifest and then `key`'s signature of its exact bytes as the last
+    /// members, ends the tar stream and returns the writer.
+    pub fn finish(
+        mut self,
+        created_ms: Millis,
+        hostname: &str,
+        key: &BoxKey,
+    ) -> io::Result<(W, Manifest)> {
         let manifest = Manifest {
             format: FORMAT,
             created_ms,
@@ -264,6 +284,10 @@ impl<W: Write> ArchiveWriter<W> {
         let mut header = self.header(json.len() as u64, false);
         self.tar
             .append_data(&mut header, MANIFEST, json.as_slice())?;
+        let sig = key.seal(&json);
+        let mut header = self.header(sig.len() as u64, false);
+        self.tar
+            .append_data(&mut header, MANIFEST_SIG, sig.as_slice())?;
         Ok((self.tar.into_inner()?, manifest))
     }
 
@@ -315,6 +339,16 @@ pub enum ArchiveError {
     /// A member's content does not match the manifest.
     #[error("checksum mismatch for {0}: the backup was altered")]
     Checksum(String),
+    /// The members together are larger than a restore accepts.
+    #[error("the backup is too large to restore: its members add up to more than {max} bytes (passed at {at:?}, {total} bytes so far); nothing was installed ([backup] restore_max_bytes sets the cap, at most 8 GiB)")]
+    TooLarge {
+        /// The member whose header passed the cap.
+        at: String,
+        /// The sum of sizes up to and including it.
+        total: u64,
+        /// The cap.
+        max: u64,
+    },
     /// Writing to the staging directory failed.
     #[error("cannot write {path}: {source}")]
     Stage {
@@ -365,21 +399,43 @@ pub struct Contents {
     /// The SFTP client key of the off-site targets is included (format 2).
     #[serde(default)]
     pub sftp_key: bool,
+    /// Sum of all members' sizes, the manifest and signature included.
+    #[serde(default)]
+    pub total_bytes: u64,
+    /// Who signed it and why that is trusted (filled in by the restore's trust check).
+    #[serde(default)]
+    pub signature: SignatureCheck,
+}
+
+/// A checked archive: what it holds, its store documents and what its signature proves.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// What it holds.
+    pub contents: Contents,
+    /// The store documents.
+    pub docs: StoreDocs,
+    /// The signature over the manifest, checked (not yet judged against a trust set).
+    pub seal: Seal,
 }
 
 /// Reads a whole decrypted archive from `input`, checks every member against the manifest,
-/// the format and the layout, and parses the store documents. With `stage`, every member
+/// the format and the layout, checks the signature over the manifest and parses the store
+/// documents. The sum of the members' sizes may not pass `max_total` (refused at the first
+/// member header that passes it, before its content is read). With `stage`, every member
 /// is written below that directory (format 0 call records already migrated to
 /// `store/cdrs.jsonl`); without, nothing is written anywhere.
 pub fn check<R: Read>(
     input: R,
     stage: Option<&Path>,
-) -> Result<(Contents, StoreDocs), ArchiveError> {
+    max_total: u64,
+) -> Result<Checked, ArchiveError> {
     let corrupt = |e: io::Error| ArchiveError::Corrupt(e.to_string());
     let mut archive = tar::Archive::new(input);
     let mut seen: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut docs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut manifest_bytes: Option<Vec<u8>> = None;
+    let mut signature_bytes: Option<Vec<u8>> = None;
+    let mut total_bytes = 0u64;
     let mut cdrs_jsonl: Option<u64> = None;
     let mut unknown: Vec<String> = Vec::new();
     let mut wav_dirs: Vec<PathBuf> = Vec::new();
@@ -400,13 +456,25 @@ pub fn check<R: Read>(
                 )));
             }
             check_member_path(&path).map_err(ArchiveError::Invalid)?;
-            if seen.contains_key(&path) || (path == MANIFEST && manifest_bytes.is_some()) {
+            if seen.contains_key(&path)
+                || (path == MANIFEST && manifest_bytes.is_some())
+                || (path == MANIFEST_SIG && signature_bytes.is_some())
+            {
                 return Err(ArchiveError::Invalid(format!("{path:?} appears twice")));
             }
             let size = entry.header().size().map_err(corrupt)?;
+            total_bytes = total_bytes.saturating_add(size);
+            if total_bytes > max_total {
+                return Err(ArchiveError::TooLarge {
+                    at: path,
+                    total: total_bytes,
+                    max: max_total,
+                });
+            }
             let kind = member_kind(&path);
             let limit = match kind {
                 Kind::Manifest => MAX_MANIFEST,
+                Kind::Signature => signing::MAX_SIGNATURE_FILE,
                 Kind::Doc => MAX_JSON,
                 Kind::CdrLines => u64::MAX,
                 Kind::Audio => MAX_AUDIO,
@@ -426,6 +494,15 @@ pub fn check<R: Read>(
                     .read_to_end(&mut buf)
                     .map_err(corrupt)?;
                 manifest_bytes = Some(buf);
+                continue;
+            }
+            if kind == Kind::Signature {
+                let mut buf = Vec::new();
+                (&mut entry)
+                    .take(signing::MAX_SIGNATURE_FILE)
+                    .read_to_end(&mut buf)
+                    .map_err(corrupt)?;
+                signature_bytes = Some(buf);
                 continue;
             }
             let target = match (stage, kind) {
@@ -570,6 +647,12 @@ pub fn check<R: Read>(
             "unexpected member {path:?} for format {format}"
         )));
     }
+    if format < SIGNED_FORMAT && signature_bytes.is_some() {
+        return Err(ArchiveError::Invalid(format!(
+            "unexpected member {MANIFEST_SIG:?} for format {format}"
+        )));
+    }
+    let seal = signing::check_seal(&manifest_bytes, signature_bytes.as_deref(), format);
     let mut listed = std::collections::BTreeSet::new();
     for f in &manifest.files {
         if !listed.insert(f.path.as_str()) {
@@ -666,7 +749,7 @@ pub fn check<R: Read>(
         config_revisions: seen.keys().filter(|p| p.starts_with("config/rev-")).count(),
         tls: seen.contains_key("tls/cert.pem") && seen.contains_key("tls/key.pem"),
         ssh_host_key: seen.keys().any(|p| p.starts_with("ssh/")),
-        files: seen.len() + 1,
+        files: seen.len() + 1 + usize::from(signature_bytes.is_some()),
         ssh_keys: docs_parsed
             .meta
             .iter()
@@ -676,8 +759,14 @@ pub fn check<R: Read>(
             .map_or(0, |keys| keys.len()),
         admin_password: docs_parsed.meta.iter().any(|m| m.key == "admin_password"),
         sftp_key: seen.contains_key(SFTP_KEY),
+        total_bytes,
+        signature: SignatureCheck::default(),
     };
-    Ok((contents, docs_parsed))
+    Ok(Checked {
+        contents,
+        docs: docs_parsed,
+        seal,
+    })
 }
 
 /// Checks what the parser cannot: addresses, voicemail paths that name members.
@@ -755,6 +844,8 @@ fn trim_newline(line: &[u8]) -> &[u8] {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Manifest,
+    /// `manifest.sig`, kept in memory.
+    Signature,
     /// A store JSON document, parsed in memory.
     Doc,
     /// `store/cdrs.jsonl`, parsed line by line.
@@ -770,6 +861,7 @@ enum Kind {
 fn member_kind(path: &str) -> Kind {
     match path {
         MANIFEST => Kind::Manifest,
+        MANIFEST_SIG => Kind::Signature,
         CDRS_JSONL => Kind::CdrLines,
         EXTENSIONS | BANS | LOCKS | ALERTS | META | VOICEMAIL | CDRS_JSON_V0 => Kind::Doc,
         "config/revisions.json" | "tls/cert.pem" | "tls/key.pem" => Kind::Small,
@@ -855,6 +947,14 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A signing key for test archives (kept in a leaked temp dir for the test's life).
+    fn key() -> BoxKey {
+        let dir = tempfile::tempdir().unwrap();
+        let key = signing::box_key(dir.path()).unwrap();
+        drop(dir);
+        key
+    }
+
     fn tiny(format: u32, cdrs_name: &str, cdrs: &[u8]) -> Vec<u8> {
         let mut w = ArchiveWriter::new(Vec::new(), 1_000);
         for name in [EXTENSIONS, BANS, LOCKS, ALERTS, META, VOICEMAIL] {
@@ -862,11 +962,12 @@ mod tests {
         }
         w.add(cdrs_name, cdrs, false).unwrap();
         w.add("config/rev-000001.toml", b"[sip]\n", false).unwrap();
-        let (bytes, mut manifest) = w.finish(1_000, "box").unwrap();
+        let (bytes, mut manifest) = w.finish(1_000, "box", &key()).unwrap();
         if format == FORMAT {
             return bytes;
         }
-        // Rewrite the manifest's format (the last member) by rebuilding.
+        // Rewrite the manifest's format by rebuilding (without a signature: formats before
+        // 3 have none, and a rewritten manifest no longer matches it).
         manifest.format = format;
         let mut ar = tar::Archive::new(bytes.as_slice());
         let mut out = tar::Builder::new(Vec::new());
@@ -875,6 +976,9 @@ mod tests {
             let path = e.path().unwrap().to_string_lossy().to_string();
             let mut data = Vec::new();
             e.read_to_end(&mut data).unwrap();
+            if path == MANIFEST_SIG {
+                continue;
+            }
             if path == MANIFEST {
                 data = serde_json::to_vec(&manifest).unwrap();
             }
@@ -892,7 +996,13 @@ mod tests {
         let mut jsonl = cdr.to_vec();
         jsonl.push(b'\n');
         let bytes = tiny(FORMAT, CDRS_JSONL, &jsonl);
-        let (contents, docs) = check(bytes.as_slice(), None).unwrap();
+        let Checked {
+            contents,
+            docs,
+            seal,
+        } = check(bytes.as_slice(), None, MAX_TOTAL).unwrap();
+        assert!(matches!(seal, Seal::Signed(_)), "{seal:?}");
+        assert_eq!(contents.total_bytes, bytes_of_members(&bytes));
         assert_eq!(contents.format, FORMAT);
         assert_eq!(contents.cdrs, 1);
         assert_eq!(contents.config_revisions, 1);
@@ -900,7 +1010,7 @@ mod tests {
         assert!(docs.extensions.is_empty());
 
         let dir = tempfile::tempdir().unwrap();
-        check(bytes.as_slice(), Some(dir.path())).unwrap();
+        check(bytes.as_slice(), Some(dir.path()), MAX_TOTAL).unwrap();
         assert_eq!(std::fs::read(dir.path().join(CDRS_JSONL)).unwrap(), jsonl);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("config/rev-000001.toml")).unwrap(),
@@ -908,6 +1018,113 @@ mod tests {
         );
         assert!(dir.path().join("voicemail").is_dir());
         assert!(!dir.path().join(MANIFEST).exists());
+        assert!(!dir.path().join(MANIFEST_SIG).exists());
+    }
+
+    /// The sum of the member sizes of a tar.
+    fn bytes_of_members(tar_bytes: &[u8]) -> u64 {
+        let mut ar = tar::Archive::new(tar_bytes);
+        ar.entries()
+            .unwrap()
+            .map(|e| e.unwrap().header().size().unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn the_total_cap_refuses_before_staging_anything_past_it() {
+        let bytes = tiny(FORMAT, CDRS_JSONL, b"");
+        let total = bytes_of_members(&bytes);
+        check(bytes.as_slice(), None, total).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let err = check(bytes.as_slice(), Some(dir.path()), total - 1).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::TooLarge { max, .. } if max == total - 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("too large to restore"), "{err}");
+        // A member larger than the cap is refused at its header, before its content.
+        let mut w = ArchiveWriter::new(Vec::new(), 1_000);
+        w.add("voicemail/100/a.wav", &[7u8; 5000], false).unwrap();
+        let (big, _) = w.finish(1_000, "box", &key()).unwrap();
+        let err = check(&big[..1024], None, 4096).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::TooLarge { ref at, .. } if at == "voicemail/100/a.wav"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_signature_is_checked_against_the_manifest_and_only_from_format_3() {
+        // The manifest changed after signing (a member swapped and re-listed): unsigned.
+        let bytes = tiny(FORMAT, CDRS_JSONL, b"");
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        let mut out = tar::Builder::new(Vec::new());
+        let mut sig = Vec::new();
+        let mut stripped = tar::Builder::new(Vec::new());
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().to_string();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            if path == MANIFEST_SIG {
+                sig = data.clone();
+            } else {
+                h.set_size(data.len() as u64);
+                stripped
+                    .append_data(&mut h, &path, data.as_slice())
+                    .unwrap();
+            }
+            if path == EXTENSIONS {
+                data = b"[ ]".to_vec();
+            }
+            if path == MANIFEST {
+                let mut m: Manifest = serde_json::from_slice(&data).unwrap();
+                let f = m.files.iter_mut().find(|f| f.path == EXTENSIONS).unwrap();
+                f.size = 3;
+                f.sha256 = hex::encode(Sha256::digest(b"[ ]"));
+                data = serde_json::to_vec_pretty(&m).unwrap();
+            }
+            h.set_size(data.len() as u64);
+            out.append_data(&mut h, &path, data.as_slice()).unwrap();
+        }
+        let swapped = out.into_inner().unwrap();
+        let checked = check(swapped.as_slice(), None, MAX_TOTAL).unwrap();
+        assert!(
+            matches!(&checked.seal, Seal::Unsigned(why) if why.contains("altered")),
+            "{:?}",
+            checked.seal
+        );
+        let stripped = stripped.into_inner().unwrap();
+        let checked = check(stripped.as_slice(), None, MAX_TOTAL).unwrap();
+        assert!(
+            matches!(&checked.seal, Seal::Unsigned(why) if why.contains("manifest.sig was removed")),
+            "{:?}",
+            checked.seal
+        );
+        // A signature in a format that has none is not a member of it.
+        let old = tiny(2, CDRS_JSONL, b"");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut ar = tar::Archive::new(old.as_slice());
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().to_string();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, &path, data.as_slice()).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(sig.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, MANIFEST_SIG, sig.as_slice()).unwrap();
+        let err = check(b.into_inner().unwrap().as_slice(), None, MAX_TOTAL).unwrap_err();
+        assert!(err.to_string().contains("manifest.sig"), "{err}");
+        let checked = check(old.as_slice(), None, MAX_TOTAL).unwrap();
+        assert!(matches!(&checked.seal, Seal::Unsigned(why) if why.contains("format 2")));
     }
 
     #[test]
@@ -915,7 +1132,9 @@ mod tests {
         let cdr = br#"[{"call_id":"c1","caller":"100","callee":"101","start":5,"answer":6,"end":9,"disposition":"answered","status":200}]"#;
         let bytes = tiny(0, CDRS_JSON_V0, cdr);
         let dir = tempfile::tempdir().unwrap();
-        let (contents, _) = check(bytes.as_slice(), Some(dir.path())).unwrap();
+        let contents = check(bytes.as_slice(), Some(dir.path()), MAX_TOTAL)
+            .unwrap()
+            .contents;
         assert_eq!((contents.format, contents.cdrs), (0, 1));
         let migrated = std::fs::read_to_string(dir.path().join(CDRS_JSONL)).unwrap();
         let back: Cdr = serde_json::from_str(migrated.trim()).unwrap();
@@ -923,14 +1142,14 @@ mod tests {
         assert!(!dir.path().join(CDRS_JSON_V0).exists());
 
         let future = tiny(7, CDRS_JSONL, b"");
-        let err = check(future.as_slice(), None).unwrap_err();
+        let err = check(future.as_slice(), None, MAX_TOTAL).unwrap_err();
         assert_eq!(
             err.to_string(),
             "made by a newer Outpost (format 7); update first"
         );
         // Format 1 with format 0's call records is refused.
         let mixed = tiny(FORMAT, CDRS_JSON_V0, b"[]");
-        assert!(check(mixed.as_slice(), None).is_err());
+        assert!(check(mixed.as_slice(), None, MAX_TOTAL).is_err());
     }
 
     #[test]
@@ -939,14 +1158,14 @@ mod tests {
         // The first member's content starts after its 512-byte header.
         let mut altered = bytes.clone();
         altered[512] = b'{';
-        let err = check(altered.as_slice(), None).unwrap_err();
+        let err = check(altered.as_slice(), None, MAX_TOTAL).unwrap_err();
         assert!(
             matches!(err, ArchiveError::Checksum(ref p) if p == EXTENSIONS),
             "{err}"
         );
 
         let cut = &bytes[..bytes.len() / 2];
-        assert!(check(cut, None).is_err());
+        assert!(check(cut, None, MAX_TOTAL).is_err());
 
         for bad in [
             "../etc/passwd",
@@ -972,11 +1191,11 @@ mod tests {
             .unwrap();
         let evil = w.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let err = check(evil.as_slice(), Some(dir.path())).unwrap_err();
+        let err = check(evil.as_slice(), Some(dir.path()), MAX_TOTAL).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
 
         let empty = tar::Builder::new(Vec::new()).into_inner().unwrap();
-        let err = check(empty.as_slice(), None).unwrap_err();
+        let err = check(empty.as_slice(), None, MAX_TOTAL).unwrap_err();
         assert!(err.to_string().contains("no manifest.json"), "{err}");
     }
 

@@ -236,7 +236,8 @@ fn write_backup(
         ar.add(archive::SFTP_KEY_PUB, &public, false).map_err(wr)?;
     }
 
-    let (sealed, _manifest) = ar.finish(now, &ctx.hostname).map_err(wr)?;
+    let key = super::signing::box_key(&ctx.data_dir)?;
+    let (sealed, _manifest) = ar.finish(now, &ctx.hostname, &key).map_err(wr)?;
     let buffered = sealed.finish().map_err(io_err("write", partial))?;
     let file = buffered.into_inner().map_err(|e| werr(e.into_error()))?;
     file.sync_all().map_err(io_err("sync", partial))?;

@@ -25,6 +25,7 @@ mod listing;
 mod restore;
 pub mod schedule;
 pub mod secret;
+pub mod signing;
 pub mod target;
 pub mod upload;
 
@@ -51,7 +52,7 @@ pub use fetch::FetchError;
 pub use listing::{apply_retention, last_backup_age_secs, scan};
 pub use restore::{
     apply_staged, last_restore, never_configured, restore_offline, stage_restore,
-    stage_restore_with_id, verify, LastRestore, STAGING_DIR,
+    stage_restore_with_id, verify, verify_trusted, LastRestore, Policy, STAGING_DIR,
 };
 
 /// Default backup directory, under the data directory.
@@ -98,6 +99,12 @@ pub enum BackupError {
     /// The file is not an age file, or its header is damaged.
     #[error("not an encrypted Outpost backup, or its header is damaged ({0})")]
     NotAge(String),
+    /// No trusted key signed the backup (and `--trust-unsigned` was not given).
+    #[error("refused: the backup is not authenticated: {0}. If it is genuine, name the box that made it: --signer 'outpost-backup-ed25519 ...' (the line `outpostctl backup key` printed there) or [backup] trusted_keys; --trust-unsigned restores it anyway (logged and raised as an alert)")]
+    Unauthenticated(String),
+    /// The box's signing key, or a signer key given, is unusable.
+    #[error("{0}")]
+    Signing(#[from] signing::SigningError),
     /// The key does not open the file.
     #[error("cannot decrypt: wrong passphrase or key (or the file's header was altered)")]
     WrongKey,
@@ -239,6 +246,16 @@ impl Context {
     /// The backup directory.
     pub fn dir(&self) -> PathBuf {
         self.cfg.dir(&self.data_dir)
+    }
+
+    /// What a restore or verify accepts: this box's key, `[backup] trusted_keys`, the
+    /// command's `signer`; unsigned backups only with `trust_unsigned`.
+    pub fn policy(
+        &self,
+        signer: Option<&str>,
+        trust_unsigned: bool,
+    ) -> Result<Policy, BackupError> {
+        self.cfg.policy(&self.data_dir, signer, trust_unsigned)
     }
 }
 
@@ -424,6 +441,24 @@ impl Backups {
                 });
                 return;
             }
+            BackupCommand::SigningKey => {
+                tokio::spawn(async move {
+                    let data_dir = ctx.data_dir.clone();
+                    let answer = tokio::task::spawn_blocking(move || signing::box_key(&data_dir))
+                        .await
+                        .map_err(|e| BackupError::Task(e.to_string()))
+                        .and_then(|k| k.map_err(BackupError::from))
+                        .map(|k| {
+                            BackupOutcome::Done(format!(
+                                "{} {}",
+                                k.public().line(),
+                                k.public().fingerprint()
+                            ))
+                        });
+                    let _ = reply.send(answer);
+                });
+                return;
+            }
             BackupCommand::Key => {
                 tokio::spawn(async move {
                     let answer = target::ensure_identity(&ctx.sftp_identity())
@@ -488,7 +523,13 @@ impl Backups {
                 // Uploads and URL downloads cut by a restart (interrupted backups and
                 // downloads by name stay listed as incomplete until the next backup).
                 self.swept = true;
-                let dir = ctx().dir();
+                let ctx = ctx();
+                // The signing key is made at the first start, so the office can keep its
+                // public half before the first backup is needed.
+                if let Err(err) = signing::box_key(&ctx.data_dir) {
+                    tracing::error!(%err, "no backup signing key");
+                }
+                let dir = ctx.dir();
                 for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     if (name.starts_with("outpost-uploaded-")
@@ -623,16 +664,28 @@ fn run_command(
             cache_good(&shared.checks, &path);
             Ok((BackupOutcome::Created(entry), Some(path), false))
         }
-        BackupCommand::Verify { file, key } => {
+        BackupCommand::Verify {
+            file,
+            key,
+            signer,
+            trust_unsigned,
+        } => {
+            let policy = ctx.policy(signer.as_deref(), trust_unsigned)?;
             let path = resolve(&file, &ctx.dir());
             let key = decryption(key, ctx, &path)?;
-            let contents = verify(&path, &key)?;
+            let contents = verify_trusted(&path, &key, &policy)?;
             Ok((BackupOutcome::Verified(contents), None, false))
         }
-        BackupCommand::Restore { file, key } => {
+        BackupCommand::Restore {
+            file,
+            key,
+            signer,
+            trust_unsigned,
+        } => {
+            let policy = ctx.policy(signer.as_deref(), trust_unsigned)?;
             let path = resolve(&file, &ctx.dir());
             let key = decryption(key, ctx, &path)?;
-            let (contents, id) = stage_restore_with_id(&ctx.data_dir, &path, &key)?;
+            let (contents, id) = stage_restore_with_id(&ctx.data_dir, &path, &key, &policy)?;
             tracing::warn!(file = %path.display(), restore = %id, "restore staged; the daemon stops to apply it");
             Ok((
                 BackupOutcome::RestoreStaged(RestoreStaged {
@@ -909,6 +962,12 @@ mod tests {
         }
     }
 
+    /// What box `b` accepts when told to trust the signing key of box `signer`.
+    fn trusting(b: &Box1, signer: &Box1) -> Policy {
+        let line = signing::box_key(&signer.data).unwrap().public().line();
+        config(b).policy(&b.data, Some(&line), false).unwrap()
+    }
+
     /// Where the SSH host key of a box with data in `data` lives (the default `[ssh]`).
     fn host_key(data: &Path) -> PathBuf {
         crate::ssh::SshConfig::default().host_key_path(data)
@@ -1088,7 +1147,21 @@ mod tests {
                 })
                 .unwrap();
         }
-        stage_restore(&b.data, &path, &key).unwrap();
+        // B does not know A's key: refused, nothing staged; with A's key as signer it goes.
+        let err = stage_restore(
+            &b.data,
+            &path,
+            &key,
+            &config(&b).policy(&b.data, None, false).unwrap(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BackupError::Unauthenticated(_)), "{err}");
+        assert!(!b.data.join(STAGING_DIR).exists());
+        let staged = stage_restore(&b.data, &path, &key, &trusting(&b, &a)).unwrap();
+        assert_eq!(
+            staged.signature.trusted_as.as_deref(),
+            Some("the key given with --signer")
+        );
         assert_eq!(
             Store::open(&b.data).unwrap().ext_count().unwrap(),
             1,
@@ -1163,7 +1236,9 @@ mod tests {
             let p = b.data.join(name);
             std::fs::write(&p, content).unwrap();
             let v = verify(&p, key).unwrap_err().to_string();
-            let r = stage_restore(&b.data, &p, key).unwrap_err().to_string();
+            let r = stage_restore(&b.data, &p, key, &trusting(&b, &a))
+                .unwrap_err()
+                .to_string();
             assert_eq!(v, r);
             assert!(!b.data.join(STAGING_DIR).exists(), "nothing staged");
             v
@@ -1200,6 +1275,137 @@ mod tests {
             Err(BackupError::NotFound(_))
         ));
         assert_eq!(Store::open(&b.data).unwrap().ext_count().unwrap(), 0);
+    }
+
+    /// Decrypts `path` with the test passphrase, lets `edit` change or drop (`false`) each
+    /// member, and writes the result re-encrypted with the same passphrase to `out`: what
+    /// someone who knows the key but not the signing key can make.
+    fn rewrite(path: &Path, out: &Path, mut edit: impl FnMut(&str, &mut Vec<u8>) -> bool) {
+        use std::io::Write;
+        let key = Decryption::passphrase(PASS).unwrap();
+        let mut plain = Vec::new();
+        key.open(std::fs::File::open(path).unwrap())
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        let mut ar = tar::Archive::new(plain.as_slice());
+        let mut b = tar::Builder::new(Vec::new());
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            if !edit(&name, &mut data) {
+                continue;
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            b.append_data(&mut h, &name, data.as_slice()).unwrap();
+        }
+        let tar_bytes = b.into_inner().unwrap();
+        let enc = crypto::Encryption::Passphrase(age::secrecy::SecretString::from(PASS.to_owned()));
+        let mut w = enc.wrap(Vec::new()).unwrap();
+        w.write_all(&tar_bytes).unwrap();
+        std::fs::write(out, w.finish().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn forged_stripped_and_altered_backups_are_refused_unless_trusted_unsigned() {
+        let a = new_box();
+        populate(&a);
+        let (_, path) = create(&context(&a), NOW).unwrap();
+        let key = Decryption::passphrase(PASS).unwrap();
+        // A's own backup restores on A without naming a signer.
+        let own = config(&a).policy(&a.data, None, false).unwrap();
+        let c = verify_trusted(&path, &key, &own).unwrap();
+        assert_eq!(c.signature.trusted_as.as_deref(), Some("this box's key"));
+
+        // Someone with the key (here the passphrase) but another signing key.
+        let forger = new_box();
+        populate(&forger);
+        let (_, forged) = create(&context(&forger), NOW + 1000).unwrap();
+        let stripped = a.data.join("stripped.backup");
+        rewrite(&path, &stripped, |name, _| name != archive::MANIFEST_SIG);
+        // A member swapped for the forger's and the manifest listing it anew.
+        let swapped = a.data.join("swapped.backup");
+        let evil_meta = br#"[{"key":"ssh_keys","text":"[\"ssh-ed25519 AAAAevil\"]"}]"#.to_vec();
+        rewrite(&path, &swapped, |name, data| {
+            if name == archive::META {
+                *data = evil_meta.clone();
+            }
+            if name == archive::MANIFEST {
+                let mut m: archive::Manifest = serde_json::from_slice(data).unwrap();
+                let f = m
+                    .files
+                    .iter_mut()
+                    .find(|f| f.path == archive::META)
+                    .unwrap();
+                use sha2::Digest;
+                f.size = evil_meta.len() as u64;
+                f.sha256 = hex::encode(sha2::Sha256::digest(&evil_meta));
+                *data = serde_json::to_vec_pretty(&m).unwrap();
+            }
+            true
+        });
+        let b = new_box();
+        for (file, expected) in [
+            (&forged, "not this box's key"),
+            (&stripped, "manifest.sig was removed"),
+            (&swapped, "altered after it was signed"),
+        ] {
+            for policy in [own.clone(), trusting(&b, &a)] {
+                let err = verify_trusted(file, &key, &policy).unwrap_err().to_string();
+                assert!(
+                    err.contains(expected) && err.contains("--trust-unsigned"),
+                    "{err}"
+                );
+                let err = stage_restore(&b.data, file, &key, &policy).unwrap_err();
+                assert!(matches!(err, BackupError::Unauthenticated(_)), "{err}");
+                assert!(!b.data.join(STAGING_DIR).exists(), "nothing staged");
+            }
+        }
+        // Told to trust it anyway: restored, and the admin sees an alert afterwards.
+        let mut anyway = config(&b).policy(&b.data, None, true).unwrap();
+        anyway.trust.allow_unsigned = true;
+        let staged = stage_restore(&b.data, &swapped, &key, &anyway).unwrap();
+        assert!(staged
+            .signature
+            .unauthenticated
+            .as_deref()
+            .is_some_and(|w| w.contains("altered")));
+        apply_staged(&b.data, &host_key(&b.data), "")
+            .unwrap()
+            .unwrap();
+        let store = Store::open(&b.data).unwrap();
+        assert_eq!(
+            store.meta_get("ssh_keys").unwrap().as_deref(),
+            Some(&br#"["ssh-ed25519 AAAAevil"]"#[..])
+        );
+        let alerts = store.fw_alerts(100).unwrap();
+        assert!(
+            alerts
+                .iter()
+                .any(|al| al.message.contains("no trusted key signed")),
+            "{alerts:?}"
+        );
+    }
+
+    #[test]
+    fn a_backup_over_the_total_cap_is_refused_and_nothing_staged() {
+        let a = new_box();
+        let wav = populate(&a);
+        let (_, path) = create(&context(&a), NOW).unwrap();
+        let key = Decryption::passphrase(PASS).unwrap();
+        let mut policy = config(&a).policy(&a.data, None, false).unwrap();
+        let total = verify_trusted(&path, &key, &policy).unwrap().total_bytes;
+        assert!(total > wav.len() as u64, "{total}");
+        policy.max_total = total - 1;
+        let err = stage_restore(&a.data, &path, &key, &policy).unwrap_err();
+        assert!(err.to_string().contains("too large to restore"), "{err}");
+        assert!(!a.data.join(STAGING_DIR).exists());
+        policy.max_total = total;
+        stage_restore(&a.data, &path, &key, &policy).unwrap();
     }
 
     #[test]
@@ -1267,7 +1473,8 @@ mod tests {
 
     #[test]
     fn a_backup_is_readable_with_standard_tools_layout() {
-        // What docs/backup-format.md promises: age, then tar, manifest last with checksums.
+        // What docs/backup-format.md promises: age, then tar, the manifest with checksums and
+        // its signature last.
         let a = new_box();
         populate(&a);
         let ctx = context(&a);
@@ -1284,7 +1491,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.last().map(String::as_str), Some(archive::MANIFEST));
+        assert_eq!(
+            names[names.len() - 2..],
+            [archive::MANIFEST, archive::MANIFEST_SIG],
+            "the manifest, then its signature, end the archive"
+        );
         for n in [
             archive::EXTENSIONS,
             archive::CDRS_JSONL,

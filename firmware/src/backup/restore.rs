@@ -16,7 +16,18 @@ use crate::store::{Store, StoreImport, VoicemailRecord};
 use super::archive::{self, Contents};
 use super::create::read_bounded;
 use super::crypto::{self, Decryption, HeaderKind};
+use super::signing::{Seal, SignatureCheck, Trust};
 use super::{io_err, schedule, target, wall_now, BackupError};
+
+/// What a restore (or a trusted verify) accepts: the signers it trusts and the most the
+/// members of a backup may add up to.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The keys whose signature authenticates a backup, and `--trust-unsigned`.
+    pub trust: Trust,
+    /// Cap on the sum of the members' sizes.
+    pub max_total: u64,
+}
 
 /// The staging directory of a restore, under the data directory.
 pub const STAGING_DIR: &str = "restore";
@@ -73,21 +84,66 @@ fn open_decrypted(
     })
 }
 
-/// Decrypts `path` and checks it completely; changes nothing anywhere.
+/// Decrypts `path` and checks its integrity completely (not who signed it: the signer is
+/// reported, see [`verify_trusted`]); changes nothing anywhere.
 pub fn verify(path: &Path, key: &Decryption) -> Result<Contents, BackupError> {
     let reader = open_decrypted(path, key)?;
-    Ok(archive::check(reader, None)?.0)
+    let checked = archive::check(reader, None, archive::MAX_TOTAL)?;
+    let mut contents = checked.contents;
+    contents.signature = match checked.seal {
+        Seal::Signed(k) => SignatureCheck {
+            signer: Some(k.line()),
+            fingerprint: Some(k.fingerprint()),
+            ..SignatureCheck::default()
+        },
+        Seal::Unsigned(why) => SignatureCheck {
+            unauthenticated: Some(why),
+            ..SignatureCheck::default()
+        },
+    };
+    Ok(contents)
 }
 
-/// Decrypts and checks `path` into `<data_dir>/restore/` and marks it ready for
-/// [`apply_staged`]. On any error the staging directory is removed and nothing else has
-/// changed.
+/// [`verify`], and the backup must be signed by a key `policy` trusts (or the policy
+/// allows unsigned ones) and within its total size.
+pub fn verify_trusted(
+    path: &Path,
+    key: &Decryption,
+    policy: &Policy,
+) -> Result<Contents, BackupError> {
+    let reader = open_decrypted(path, key)?;
+    let checked = archive::check(reader, None, policy.max_total)?;
+    judge(checked, policy)
+}
+
+/// The trust decision on a checked archive.
+fn judge(checked: archive::Checked, policy: &Policy) -> Result<Contents, BackupError> {
+    let mut contents = checked.contents;
+    contents.signature = policy
+        .trust
+        .judge(&checked.seal)
+        .map_err(BackupError::Unauthenticated)?;
+    if let Some(why) = &contents.signature.unauthenticated {
+        tracing::warn!(
+            hostname = %contents.hostname,
+            created = %schedule::rfc3339(contents.created_ms),
+            reason = %why,
+            "accepting a backup that no trusted key signed (--trust-unsigned)"
+        );
+    }
+    Ok(contents)
+}
+
+/// Decrypts and checks `path` (integrity, signer, total size) into `<data_dir>/restore/`
+/// and marks it ready for [`apply_staged`]. On any error the staging directory is removed
+/// and nothing else has changed.
 pub fn stage_restore(
     data_dir: &Path,
     path: &Path,
     key: &Decryption,
+    policy: &Policy,
 ) -> Result<Contents, BackupError> {
-    stage_restore_as(data_dir, path, key, "").map(|(c, _)| c)
+    stage_restore_as(data_dir, path, key, policy, "").map(|(c, _)| c)
 }
 
 /// [`stage_restore`] under a new random restore id, returned with the contents; the
@@ -96,15 +152,17 @@ pub fn stage_restore_with_id(
     data_dir: &Path,
     path: &Path,
     key: &Decryption,
+    policy: &Policy,
 ) -> Result<(Contents, String), BackupError> {
     let id = hex::encode(rand::random::<[u8; 8]>());
-    stage_restore_as(data_dir, path, key, &id)
+    stage_restore_as(data_dir, path, key, policy, &id)
 }
 
 fn stage_restore_as(
     data_dir: &Path,
     path: &Path,
     key: &Decryption,
+    policy: &Policy,
     id: &str,
 ) -> Result<(Contents, String), BackupError> {
     let staging = data_dir.join(STAGING_DIR);
@@ -118,7 +176,10 @@ fn stage_restore_as(
             .mode(0o700)
             .create(&staging)
             .map_err(io_err("create", &staging))?;
-        let (contents, _) = archive::check(reader, Some(&staging))?;
+        // Staged before the signer is judged (the signature is the last member), but the
+        // READY marker is written only after: a refused backup is removed unapplied.
+        let checked = archive::check(reader, Some(&staging), policy.max_total)?;
+        let contents = judge(checked, policy)?;
         let id_path = staging.join(ID_FILE);
         std::fs::write(&id_path, id).map_err(io_err("write", &id_path))?;
         archive::sync_file(&id_path).map_err(io_err("sync", &id_path))?;
@@ -209,6 +270,16 @@ pub fn apply_staged(
     {
         let store = Store::open(data_dir)?;
         store.import(&import, cdrs)?;
+        // After the import, which replaces the alerts: the admin sees it in `fw alerts`.
+        if let Some(why) = &contents.signature.unauthenticated {
+            let message = format!(
+                "restored a backup of {} made {} that no trusted key signed (--trust-unsigned): {why}",
+                contents.hostname,
+                schedule::rfc3339(contents.created_ms)
+            );
+            tracing::warn!("{message}");
+            super::raise_alert(&store, message);
+        }
     }
 
     // Voicemail audio: the staged directory replaces the old one (moved, so a repeat
@@ -354,10 +425,11 @@ pub fn restore_offline(
     boot_text: &str,
     file: &Path,
     key: &Decryption,
+    policy: &Policy,
 ) -> Result<Contents, BackupError> {
     // Fails when a running daemon holds the database: nothing is staged then.
     drop(Store::open(data_dir)?);
-    stage_restore(data_dir, file, key)?;
+    stage_restore(data_dir, file, key, policy)?;
     match apply_staged(data_dir, ssh_host_key, boot_text) {
         Ok(Some(c)) => Ok(c),
         Ok(None) => Err(BackupError::NotFound(file.display().to_string())),

@@ -45,6 +45,13 @@ struct Args {
     /// passphrase_file` of the configuration].
     #[arg(long, value_name = "FILE", requires = "restore")]
     passphrase_file: Option<PathBuf>,
+    /// With --restore: also trust this backup-signing key (`outpost-backup-ed25519
+    /// <base64>`, from `outpostctl backup key` on the box that made the backup).
+    #[arg(long, value_name = "KEYLINE", requires = "restore")]
+    signer: Option<String>,
+    /// With --restore: accept a backup no trusted key signed (with a warning and an alert).
+    #[arg(long, requires = "restore")]
+    trust_unsigned: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -120,12 +127,23 @@ fn run(args: Args) -> anyhow::Result<()> {
                 cfg.backup.own_decryption(&cfg.store.data_dir, kind)?
             }
         };
+        if args.trust_unsigned {
+            eprintln!(
+                "outpostd: warning: --trust-unsigned: a backup no trusted key signed is restored"
+            );
+        }
+        let policy = cfg.backup.policy(
+            &cfg.store.data_dir,
+            args.signer.as_deref(),
+            args.trust_unsigned,
+        )?;
         let c = firmware::backup::restore_offline(
             &cfg.store.data_dir,
             &cfg.ssh.host_key_path(&cfg.store.data_dir),
             &text,
             file,
             &key,
+            &policy,
         )
         .with_context(|| format!("cannot restore {}", file.display()))?;
         println!(

@@ -17,7 +17,7 @@ use firmware::backup::secret;
 use firmware::backup::upload::CHUNK;
 use firmware::console;
 
-use crate::cli::BackupKeyArgs;
+use crate::cli::{BackupKeyArgs, BackupTrustArgs};
 use crate::failure::Failure;
 use crate::input::read_identity;
 use crate::link::Link;
@@ -167,9 +167,25 @@ fn console_restore(
             }
         ));
     }
+    // The backup's signer: a replacement box does not know the old box's key yet.
+    let answer = ask(
+        "Signing key of the box that made the backup (the outpost-backup-ed25519 line `backup key` \
+         printed there; empty: only keys this box trusts; `unsigned`: do not check who made it): ",
+    )
+    .unwrap_or_default();
+    let (signer, trust_unsigned) = match answer.as_str() {
+        "" => (None, false),
+        "unsigned" => {
+            eprintln!("warning: the backup is restored without checking who made it; this is logged and raised as an alert");
+            (None, true)
+        }
+        line => (Some(line.to_owned()), false),
+    };
     let Reply::RestoreStaged(staged) = request(BackupCommand::Restore {
         file: fetched.name,
         key: None,
+        signer,
+        trust_unsigned,
     })?
     else {
         return Err("unexpected answer to the restore".to_owned());
@@ -191,10 +207,22 @@ pub fn backup_restore(
     socket: &Path,
     file: &Path,
     key: &BackupKeyArgs,
+    trust: &BackupTrustArgs,
     wait: bool,
     json: bool,
 ) -> Result<(), Failure> {
     let mut link = Link::connect(socket)?;
+    if let Some(line) = &trust.signer {
+        // Before anything is uploaded: a mistyped key is named at once.
+        firmware::backup::signing::PublicKey::parse(line)
+            .map_err(|e| Failure::Usage(format!("--signer: {e}")))?;
+    }
+    if trust.trust_unsigned {
+        eprintln!(
+            "outpostctl: warning: --trust-unsigned: a backup that no trusted key signed will be restored \
+             (its SSH keys and admin password replace this box's); this is logged and raised as an alert"
+        );
+    }
     let (name, key) = if file.as_os_str() == "-" {
         if key.passphrase {
             return Err(Failure::Usage(
@@ -222,6 +250,8 @@ pub fn backup_restore(
     let reply = link.request(&Command::Backup(BackupCommand::Restore {
         file: name.clone(),
         key,
+        signer: trust.signer.clone(),
+        trust_unsigned: trust.trust_unsigned,
     }))?;
     let staged = match reply {
         Reply::RestoreStaged(r) => r,

@@ -132,15 +132,26 @@ pub enum BackupCmd {
     /// The passphrase kept on the box for backups (when [backup] sets no key).
     #[command(subcommand)]
     Passphrase(PassphraseCmd),
-    /// Print the box's SFTP client public key (one OpenSSH line for the backup server's
-    /// authorized_keys; made when missing).
-    Key,
+    /// Print the box's public keys (made when missing): the SFTP client key (one OpenSSH
+    /// line for the backup server's authorized_keys), then the backup-signing key (one
+    /// `outpost-backup-ed25519 <base64> SHA256:<fingerprint>` line for the office to keep:
+    /// a replacement box restores this box's backups with `--signer` and that line).
+    Key {
+        /// Only the SFTP client key.
+        #[arg(long, conflicts_with = "signing")]
+        sftp: bool,
+        /// Only the backup-signing key.
+        #[arg(long)]
+        signing: bool,
+    },
     /// Decrypt a backup and check every checksum; nothing on the box changes.
     Verify {
         /// A name from `backup list`, or a path on the box.
         file: PathBuf,
         #[command(flatten)]
         key: BackupKeyArgs,
+        #[command(flatten)]
+        trust: BackupTrustArgs,
     },
     /// Check a backup, then replace everything on the box with it: the daemon stages it,
     /// stops, applies it when it starts again (its supervisor restarts it), and this
@@ -151,6 +162,8 @@ pub enum BackupCmd {
         file: PathBuf,
         #[command(flatten)]
         key: BackupKeyArgs,
+        #[command(flatten)]
+        trust: BackupTrustArgs,
         /// Return once the restore is staged, without waiting for the restart.
         #[arg(long)]
         no_wait: bool,
@@ -178,6 +191,19 @@ pub struct BackupKeyArgs {
     /// using the daemon's `[backup] passphrase_file`.
     #[arg(long)]
     pub passphrase: bool,
+}
+
+/// Who may have made a backup: this box's signing key and `[backup] trusted_keys` always.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BackupTrustArgs {
+    /// Also trust this backup-signing key (the `outpost-backup-ed25519 <base64>` line that
+    /// `backup key` printed on the box that made the backup).
+    #[arg(long, value_name = "KEYLINE")]
+    pub signer: Option<String>,
+    /// Accept a backup that no trusted key signed (made before backups were signed, or by
+    /// an unknown key): it is restored with a warning, logged and raised as an alert.
+    #[arg(long)]
+    pub trust_unsigned: bool,
 }
 
 /// `ssh`: SSH access.

@@ -100,7 +100,16 @@ pub fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Backup(BackupCmd::List { remote: true }) => {
             one(Command::Backup(BackupCommand::ListRemote))
         }
-        Cmd::Backup(BackupCmd::Key) => one(Command::Backup(BackupCommand::Key)),
+        Cmd::Backup(BackupCmd::Key { sftp, signing }) => {
+            let mut commands = Vec::new();
+            if !signing {
+                commands.push(Command::Backup(BackupCommand::Key));
+            }
+            if !sftp {
+                commands.push(Command::Backup(BackupCommand::SigningKey));
+            }
+            Ok((commands, None))
+        }
         Cmd::Backup(BackupCmd::Passphrase(PassphraseCmd::Status)) => {
             one(Command::Backup(BackupCommand::Info))
         }
@@ -116,9 +125,17 @@ pub fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Backup(BackupCmd::Fetch { .. }) => {
             Err(Failure::Usage("backup fetch runs on its own".to_owned()))
         }
-        Cmd::Backup(BackupCmd::Verify { file, key }) => {
+        Cmd::Backup(BackupCmd::Verify { file, key, trust }) => {
             let (file, key) = backup_target(&file, &key)?;
-            one(Command::Backup(BackupCommand::Verify { file, key }))
+            if trust.trust_unsigned {
+                eprintln!("outpostctl: warning: --trust-unsigned: a backup no trusted key signed is accepted");
+            }
+            one(Command::Backup(BackupCommand::Verify {
+                file,
+                key,
+                signer: trust.signer,
+                trust_unsigned: trust.trust_unsigned,
+            }))
         }
         Cmd::Backup(BackupCmd::Restore { .. }) => {
             Err(Failure::Usage("backup restore runs on its own".to_owned()))

@@ -26,8 +26,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     if let Cmd::Cdr(CdrCmd::Export { format, from, to }) = &cli.command {
         return cdr_export(&socket, *format, from.as_deref(), to.as_deref());
     }
-    if let Cmd::Backup(BackupCmd::Restore { file, key, no_wait }) = &cli.command {
-        return backup_restore(&socket, file, key, !*no_wait, cli.json);
+    if let Cmd::Backup(BackupCmd::Restore {
+        file,
+        key,
+        trust,
+        no_wait,
+    }) = &cli.command
+    {
+        return backup_restore(&socket, file, key, trust, !*no_wait, cli.json);
     }
     if let Cmd::Backup(BackupCmd::Fetch { name, target }) = &cli.command {
         return backup_fetch(&socket, name.clone(), target.clone(), cli.json);

@@ -211,7 +211,7 @@ fn escapes_the_session(cmd: &Cmd) -> Option<&'static str> {
             Some("with `restore -` standard input is the backup: in this session it is decrypted with the box's passphrase (`backup passphrase set`); --identity is available only where outpostctl runs on the box")
         }
         Cmd::Backup(
-            BackupCmd::Verify { file, key } | BackupCmd::Restore { file, key, .. },
+            BackupCmd::Verify { file, key, .. } | BackupCmd::Restore { file, key, .. },
         ) if file.to_string_lossy().contains('/')
             || key.identity.as_deref().is_some_and(file_arg) =>
         {

@@ -106,7 +106,26 @@ pub fn verified(c: &Contents) -> String {
     t.pair("SSH host key", yes_no(c.ssh_host_key));
     t.pair("SSH keys", c.ssh_keys.to_string());
     t.pair("SFTP client key", yes_no(c.sftp_key));
+    t.pair("signature", signature(c));
+    t.pair("total size", fmt_size(c.total_bytes));
     t.render()
+}
+
+/// Who signed a checked backup, and why it was accepted.
+fn signature(c: &Contents) -> String {
+    let s = &c.signature;
+    match (&s.trusted_as, &s.unauthenticated) {
+        (Some(why), _) => format!(
+            "signed by {} ({})",
+            sanitize(s.fingerprint.as_deref().unwrap_or("?")),
+            sanitize(why)
+        ),
+        (None, Some(problem)) => format!(
+            "NOT AUTHENTICATED, accepted with --trust-unsigned: {}",
+            sanitize(problem)
+        ),
+        (None, None) => "not checked".to_owned(),
+    }
 }
 
 /// What a restore brings back, and what changes for the admin.
@@ -130,6 +149,7 @@ pub fn restore_staged(r: &RestoreStaged) -> String {
         if c.ssh_host_key { ", the SSH host key" } else { "" },
         if c.sftp_key { ", the SFTP client key" } else { "" },
     );
+    out.push_str(&format!("signature: {}\n", signature(c)));
     if c.admin_password {
         out.push_str(&format!(
             "the console admin password is now the one of {host} (this box's own no longer works)\n"
