@@ -1022,12 +1022,13 @@ fn cdr_export_as_csv_and_json_over_a_date_range() {
     let rows: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
     assert_eq!(
         rows[0],
-        "call_id,caller,callee,start,answer,end,billsec,disposition,status"
+        "call_id,caller,callee,start,answer,end,billsec,disposition,status,\
+         linked_id,transferred_by,trunk,did,menu,menu_digit"
     );
     assert_eq!(rows.len(), 3, "{csv}");
     assert_eq!(
         rows[1],
-        "fixture-1,100,\"'+49 30, \"\"front desk\"\"\",2024-05-01T01:00:00.000Z,2024-05-01T01:00:02.000Z,2024-05-01T01:01:02.000Z,60,answered,200",
+        "fixture-1,100,\"'+49 30, \"\"front desk\"\"\",2024-05-01T01:00:00.000Z,2024-05-01T01:00:02.000Z,2024-05-01T01:01:02.000Z,60,answered,200,fixture-1,,,,,",
         "a value starting with + is defused like any formula start"
     );
     assert!(
