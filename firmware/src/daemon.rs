@@ -847,7 +847,8 @@ impl Daemon {
     fn panel_status(&self, now: Millis, m: &crate::metrics::Metrics) -> board::panel::PanelStatus {
         snapshot::Panel {
             store: &self.store,
-            listen: &self.listen,
+            host: self.host.0,
+            data_dir: &self.cfg.store.data_dir,
             system: &self.cfg.system,
             guard: &self.guard,
             newest_backup: self.newest_backup.0,
@@ -877,15 +878,9 @@ impl Daemon {
                 tracing::info!(%addr, ?reply, "front panel: unban");
             }
             PanelAction::SetNetwork(setting) => {
-                // The image's init reads this at boot (static address or DHCP).
-                let text = match &setting {
-                    board::panel::NetworkSetting::Dhcp => "mode = \"dhcp\"\n".to_string(),
-                    board::panel::NetworkSetting::Static { address, gateway, dns } => format!(
-                        "mode = \"static\"\naddress = {address:?}\ngateway = {gateway:?}\ndns = {dns:?}\n"
-                    ),
-                };
-                let path = self.cfg.store.data_dir.join("network.toml");
-                match std::fs::write(&path, text) {
+                // The image's network-up reads this at boot (static address or DHCP).
+                let file = crate::netconf::NetworkFile::from_setting(&setting);
+                match file.write(&self.cfg.store.data_dir) {
                     Ok(()) => tracing::info!(
                         ?setting,
                         "front panel: network setting saved; it applies at the next boot"

@@ -10,6 +10,8 @@
 //! - [`civil`]: the UTC calendar (dates from milliseconds and back).
 //! - [`metrics`]: the counters snapshot and the optional Prometheus endpoint.
 //! - [`netif`]: the box's own addresses, read from the kernel.
+//! - [`netconf`]: the uplink's address, gateway, DNS and DHCP/static for the panel, and
+//!   `network.toml`, the one file that chooses DHCP or a static address at boot.
 //! - [`panel`]: the front-panel thread driving the `board` screens.
 //! - [`revisions`]: numbered configuration revisions under `<data_dir>/config/`.
 //! - [`store`]: the redb database (extensions, CDRs, voicemail index, firewall state, meta).
@@ -58,6 +60,7 @@ pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod names;
+pub mod netconf;
 pub mod netif;
 pub mod panel;
 pub mod pbx_config;

@@ -35,6 +35,8 @@ pub struct IfAddr {
     pub up: bool,
     /// The address.
     pub ip: IpAddr,
+    /// Its prefix length (from the netmask; 32 or 128 when the kernel gives none).
+    pub prefix: u8,
 }
 
 impl HostAddrs {
@@ -132,10 +134,17 @@ pub fn interface_addrs() -> Vec<IfAddr> {
     for ifa in list {
         let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
         let Some(addr) = ifa.address else { continue };
-        let ip = if let Some(sin) = addr.as_sockaddr_in() {
-            IpAddr::V4(sin.ip())
+        let mask = ifa.netmask.as_ref();
+        let (ip, prefix) = if let Some(sin) = addr.as_sockaddr_in() {
+            let ones = mask
+                .and_then(|m| m.as_sockaddr_in())
+                .map_or(32, |m| m.ip().to_bits().count_ones());
+            (IpAddr::V4(sin.ip()), ones)
         } else if let Some(sin6) = addr.as_sockaddr_in6() {
-            IpAddr::V6(sin6.ip())
+            let ones = mask
+                .and_then(|m| m.as_sockaddr_in6())
+                .map_or(128, |m| m.ip().to_bits().count_ones());
+            (IpAddr::V6(sin6.ip()), ones)
         } else {
             continue;
         };
@@ -143,12 +152,15 @@ pub fn interface_addrs() -> Vec<IfAddr> {
             name: ifa.interface_name,
             up,
             ip,
+            prefix: u8::try_from(prefix).unwrap_or(128),
         });
     }
     out
 }
 
-fn read_small(path: &str) -> Option<String> {
+/// A small system file (routing table, resolver, `network.toml`) as text, at most 256 KiB;
+/// `None` when it cannot be read.
+pub fn read_small(path: impl AsRef<std::path::Path>) -> Option<String> {
     use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(path)
@@ -193,6 +205,7 @@ mod tests {
             name: name.into(),
             up,
             ip: ip.parse().unwrap(),
+            prefix: 24,
         }
     }
 

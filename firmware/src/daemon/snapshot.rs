@@ -65,8 +65,10 @@ pub(super) fn metrics(
 pub(super) struct Panel<'a> {
     /// The store (recent alerts, when they were acknowledged).
     pub(super) store: &'a Store,
-    /// The transports' listen addresses.
-    pub(super) listen: &'a [String],
+    /// The box's primary addresses (the host page shows them, not the listen address).
+    pub(super) host: crate::netif::HostAddrs,
+    /// The data directory (`network.toml`: DHCP or static).
+    pub(super) data_dir: &'a std::path::Path,
     /// `[system]`, for the host name.
     pub(super) system: &'a SystemConfig,
     /// The firewall (the last ban).
@@ -89,9 +91,10 @@ impl Panel<'_> {
         let unacked = alerts.iter().filter(|a| a.at > acked).count();
         let recent: Vec<String> = alerts.iter().map(|a| a.message.clone()).collect();
         let ip = self
-            .listen
-            .iter()
-            .find_map(|l| l.strip_prefix("udp:").map(str::to_string))
+            .host
+            .v4
+            .map(|v4| v4.to_string())
+            .or_else(|| self.host.v6.map(|v6| v6.to_string()))
             .unwrap_or_default();
         PanelStatus {
             hostname: crate::system::hostname(self.system),
@@ -105,7 +108,7 @@ impl Panel<'_> {
             recent_alerts: recent,
             alerts_unacked: unacked,
             last_ban: self.guard.last_ban().map(|ip| ip.to_string()),
-            network: board::panel::NetworkInfo::default(),
+            network: crate::netconf::uplink(self.data_dir),
             last_backup_age_secs: self
                 .newest_backup
                 .map(|created| now.saturating_sub(created) / 1000),
