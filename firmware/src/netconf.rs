@@ -29,7 +29,9 @@ const MAX_DNS: usize = 3;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkFile {
-    /// `dhcp` or `static`.
+    /// `dhcp` or `static` (a file without it but with an address, as written by hand
+    /// before, is static).
+    #[serde(default)]
     pub mode: String,
     /// Address with prefix (static only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,7 +88,7 @@ impl NetworkFile {
     }
 
     fn is_static(&self) -> bool {
-        self.mode == "static" && self.address.is_some()
+        self.mode != "dhcp" && self.address.is_some()
     }
 }
 

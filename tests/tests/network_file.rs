@@ -84,6 +84,20 @@ fn the_panels_static_choice_is_what_the_boot_script_configures_and_dhcp_goes_bac
     assert!(calls.contains("udhcpc -i eth0"), "{calls}");
     assert!(!calls.contains("ip addr add"), "{calls}");
 
+    // A file written by hand before `mode` existed: static.
+    fs::write(
+        &conf,
+        "address = \"10.1.2.3/16\"\ngateway = \"10.1.0.1\"\ndns = \"10.1.0.1\"\n",
+    )
+    .expect("write");
+    let (calls, resolv, _) = network_up(dir.path(), &conf);
+    assert!(
+        calls.contains("ip addr add 10.1.2.3/16 dev eth0\n"),
+        "{calls}"
+    );
+    assert_eq!(resolv, "nameserver 10.1.0.1\n");
+    assert!(NetworkFile::read(&data).is_some_and(|f| f.address.is_some()));
+
     // No file at all: DHCP.
     fs::remove_file(&conf).expect("rm");
     let (calls, _, _) = network_up(dir.path(), &conf);
