@@ -39,9 +39,28 @@ pub struct NetworkFile {
     /// Default gateway (static only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
-    /// DNS servers (static only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// DNS servers (static only); a single string (the older hand-written form) reads as
+    /// one server.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
     pub dns: Vec<String>,
+}
+
+/// `dns = "a"` or `dns = ["a", "b"]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl NetworkFile {
