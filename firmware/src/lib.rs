@@ -52,6 +52,7 @@ pub mod console;
 pub mod daemon;
 pub mod driver;
 pub mod fallback;
+pub mod fixed;
 pub mod guard;
 pub mod http;
 pub mod media;
