@@ -218,9 +218,22 @@ pub async fn run(
                 tracing::warn!(uid, pid, "admin socket: connection refused: {why}{also}");
             }
             tokio::spawn(async move {
-                let (_, mut wr) = stream.into_split();
+                let (mut rd, mut wr) = stream.into_split();
                 let reply = Reply::error(format!("permission denied: {why}"));
                 let _ = write_reply(&mut wr, &reply).await;
+                // Whatever the peer sends is thrown away unparsed; it is drained (bounded in
+                // time and bytes) so the client reads the refusal instead of a broken pipe.
+                let mut sink = [0u8; 4096];
+                let mut total = 0usize;
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Ok(n) = rd.read(&mut sink).await {
+                        total += n;
+                        if n == 0 || total > MAX_LINE {
+                            break;
+                        }
+                    }
+                })
+                .await;
             });
             continue;
         }
