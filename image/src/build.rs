@@ -79,6 +79,7 @@ const APPLETS: &[&str] = &[
     "vi",
     "wc",
     "mdev",
+    "mkfifo",
     "sysctl",
     "true",
     "false",
@@ -883,6 +884,11 @@ const FILES: &[(&str, &str, u32)] = &[
         0o755,
     ),
     (
+        "etc/outpost/run-reboot",
+        include_str!("../files/run-reboot"),
+        0o755,
+    ),
+    (
         "etc/outpost/privileges",
         include_str!("../files/privileges"),
         0o755,
@@ -1162,9 +1168,10 @@ mod tests {
 
     #[test]
     fn the_daemon_and_the_admin_run_unprivileged_with_what_they_need() {
-        // The accounts: the daemon's own user in the admin group (it gives the socket and
-        // the host key that group), the admin's own uid, no uid 0 but root, and no `tty`
-        // group (dropbear, not root, could not give a terminal to it).
+        // The accounts: the daemon's own user, not in the admin group (which may write the
+        // inactive slot: the socket and host key get the group from setgid directories),
+        // the admin's own uid, no uid 0 but root, and no `tty` group (dropbear, not root,
+        // could not give a terminal to it).
         let passwd = include_str!("../files/passwd");
         let group = include_str!("../files/group");
         let field = |line: &str, i: usize| line.split(':').nth(i).unwrap_or("").to_owned();
@@ -1181,16 +1188,20 @@ mod tests {
         assert!(passwd
             .lines()
             .all(|l| field(l, 0) == "root" || field(l, 2) != "0"));
-        assert!(group.lines().any(|l| l == "outpost-admin:x:1000:outpost"));
+        assert!(group.lines().any(|l| l == "outpost-admin:x:1000:"));
         assert!(!group.lines().any(|l| l.starts_with("tty:")));
         // Every program the init scripts start is in the image.
         for script in [
             include_str!("../files/run-outpostd"),
             include_str!("../files/run-dropbear"),
             include_str!("../files/privileges"),
+            include_str!("../files/run-reboot"),
             include_str!("../files/rc.sysinit"),
         ] {
-            for program in ["setpriv", "chown", "cmp", "pidof", "mount", "grep", "sed"] {
+            for program in [
+                "setpriv", "chown", "cmp", "pidof", "mount", "grep", "sed", "mkfifo", "head",
+                "reboot",
+            ] {
                 if script.contains(&format!("{program} ")) {
                     assert!(on_path(program), "{program} is not in the image");
                 }
