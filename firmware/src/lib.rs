@@ -8,6 +8,8 @@
 //! - [`names`]: extension, password, display-name and host-name rules and limits, and
 //!   `printable` for echoing outside text.
 //! - [`civil`]: the UTC calendar (dates from milliseconds and back).
+//! - [`fixed`]: what the image fixes at start and the configuration cannot change (the
+//!   programs the daemon runs, the admin socket's group, who runs dropbear).
 //! - [`metrics`]: the counters snapshot and the optional Prometheus endpoint.
 //! - [`netif`]: the box's own addresses, read from the kernel.
 //! - [`panel`]: the front-panel thread driving the `board` screens.
