@@ -574,8 +574,10 @@ struct Pending {
 }
 
 /// Messages that make a connection a failed login.
-const FAILURE_MARKS: [&str; 8] = [
+const FAILURE_MARKS: [&str; 9] = [
     "Login attempt for nonexistent user",
+    // A dropbear that is not root (the image's, run as the admin) for any other account.
+    "Login attempt with wrong user",
     "root login rejected",
     "has invalid shell, rejected",
     "has blank password, rejected",
@@ -1231,6 +1233,10 @@ mod tests {
             "[20943] Nov 26 20:10:54 Port forwarding disabled.",
             "[20943] Nov 26 20:10:54 Pubkey auth succeeded for 'admin' with ssh-ed25519 key SHA256:02CS from 198.51.100.2:32900",
             "[20943] Nov 26 20:10:54 Exit (admin) from <198.51.100.2:32900>: Disconnect received",
+            // dropbear running as the admin: root (or anyone else) is a wrong user.
+            "[20950] Nov 26 20:10:55 Child connection from 203.0.113.9:33000",
+            "[20950] Nov 26 20:10:55 Login attempt with wrong user root",
+            "[20950] Nov 26 20:10:55 Exit before auth from <203.0.113.9:33000>: (user 'root', 0 fails): Exited normally",
             "[20896] Nov 26 20:10:50 Child connection from [2001:db8::9]:40000",
             "[20896] Nov 26 20:10:50 root login rejected",
             "[20896] Nov 26 20:10:51 Max auth tries reached - user 'root'",
@@ -1240,6 +1246,7 @@ mod tests {
         let want: Vec<IpAddr> = vec![
             "203.0.113.7".parse().unwrap(),
             "203.0.113.8".parse().unwrap(),
+            "203.0.113.9".parse().unwrap(),
             "2001:db8::9".parse().unwrap(),
         ];
         assert_eq!(got, want);
