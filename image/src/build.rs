@@ -102,14 +102,19 @@ const APPLETS: &[&str] = &[
     "fsync",
 ];
 /// The Debian packages of the programs below; their `lib*` dependencies are fetched too.
-const USERLAND_PACKAGES: &[&str] = &["nftables", "dropbear-bin", "openssh-client", "util-linux"];
+const USERLAND_PACKAGES: &[&str] = &["nftables", "dropbear-bin", "openssh-client"];
+/// The packages of `setpriv` (util-linux) and the one library it needs besides libc,
+/// fetched as they are: util-linux's own dependency closure reaches an
+/// architecture-independent package apt cannot fetch as arm64 (libaudit-common), and none
+/// of it is needed.
+const SETPRIV_PACKAGES: &[&str] = &["util-linux", "libcap-ng0"];
 /// Programs from [`USERLAND_PACKAGES`], at the same path in the root filesystem as in their
 /// package; their shared libraries come from the `NEEDED` entries. outpostd runs these by
 /// name (PATH has /usr/sbin and /usr/bin): nft; dropbear and dropbearkey for the admin's
 /// SSH; `sftp` for SFTP backups (firmware/src/backup/target/sftp.rs), which runs /usr/bin/ssh
 /// (the path compiled into it), and `ssh-keygen`, which makes the backup client key; and
-/// util-linux's `setpriv`, with which init starts outpostd and dropbear unprivileged
-/// (`files/run-outpostd`, `files/run-dropbear`).
+/// util-linux's `setpriv` ([`SETPRIV_PACKAGES`]), with which init starts outpostd and
+/// dropbear unprivileged (`files/run-outpostd`, `files/run-dropbear`).
 const DEBIAN_PROGRAMS: &[&str] = &[
     "usr/sbin/nft",
     "usr/bin/setpriv",
@@ -363,7 +368,12 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
     };
     let kernel = debian::fetch(&cache, kernel_name)?;
     let busybox = debian::fetch(&cache, "busybox-static")?;
-    let userland = debian::fetch_with_libraries(&cache, USERLAND_PACKAGES)?;
+    let mut userland = debian::fetch_with_libraries(&cache, USERLAND_PACKAGES)?;
+    for name in SETPRIV_PACKAGES {
+        if !userland.iter().any(|p| p.name == *name) {
+            userland.push(debian::fetch(&cache, name)?);
+        }
+    }
     let pkg_dir = |p: &Package| work.join("pkg").join(&p.name);
     for p in [&kernel, &busybox].into_iter().chain(userland.iter()) {
         debian::extract(p, &pkg_dir(p))?;
