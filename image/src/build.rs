@@ -1217,6 +1217,20 @@ mod tests {
                 }
             }
         }
+        // busybox's ash runs its own applets before PATH (and its `setpriv` knows no
+        // --reuid): util-linux's is named by its path.
+        for script in [
+            include_str!("../files/run-outpostd"),
+            include_str!("../files/run-dropbear"),
+        ] {
+            assert!(script.contains("/usr/bin/setpriv --reuid="));
+            assert!(
+                !script
+                    .lines()
+                    .any(|l| l.trim_start().starts_with("setpriv") || l.contains("exec setpriv")),
+                "setpriv by name is busybox's"
+            );
+        }
         // outpostd knows every option run-outpostd gives it.
         let run = include_str!("../files/run-outpostd");
         let daemon = include_str!("../../firmware/src/bin/outpostd.rs");
