@@ -475,6 +475,34 @@ impl Config {
         include_str!("../demo.toml")
     }
 
+    /// Keys this configuration still carries that the image now fixes at start
+    /// ([`crate::fixed`]): ignored when a stored revision loads, refused by `config apply`.
+    pub fn fixed_keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.firewall.nft.is_some() {
+            keys.push("firewall.nft");
+        }
+        keys.extend(self.ssh.retired_keys());
+        keys
+    }
+
+    /// Refuses text that sets a key the image fixes at start, naming the key: such a change
+    /// would not take effect, and must not look as if it did.
+    pub fn refuse_fixed_keys(text: &str) -> Result<(), ConfigError> {
+        let Ok(config) = toml::from_str::<Config>(text) else {
+            // Not ours to report: the full parse names what is wrong.
+            return Ok(());
+        };
+        match config.fixed_keys().first() {
+            Some(key) => Err(invalid(
+                key,
+                "is fixed by the firmware image and cannot be set in the configuration \
+                 (the programs the daemon runs are set when it starts); remove the key",
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| parse_error(text, path, &e))?;
         config.validate()?;
@@ -591,9 +619,6 @@ impl Config {
                 "firewall.table",
                 "use 1-32 letters, digits or '_', starting with a letter",
             ));
-        }
-        if fw.nft.is_empty() {
-            return Err(invalid("firewall.nft", "must not be empty"));
         }
         if fw.kernel_flood_per_second > 0 && fw.kernel_flood_burst == 0 {
             return Err(invalid(
@@ -1356,6 +1381,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("`lisen`"), "{msg}");
+    }
+
+    #[test]
+    fn program_paths_are_not_configuration() {
+        // An old revision naming the programs still loads; the keys are ignored and named.
+        let old = "[firewall]\nnft = \"/tmp/evil-nft\"\n[ssh]\ndropbear = \"/tmp/evil\"\ndropbearkey = \"/tmp/k\"\noutpostctl = \"/tmp/c\"\n";
+        let c = Config::from_toml_str(old).unwrap();
+        assert_eq!(
+            c.fixed_keys(),
+            [
+                "firewall.nft",
+                "ssh.dropbear",
+                "ssh.dropbearkey",
+                "ssh.outpostctl"
+            ]
+        );
+        assert_eq!(c.firewall.nft_config(&c.firewall_surroundings()).nft, "nft");
+        // `config apply` refuses each, naming it.
+        for (text, key) in [
+            ("[firewall]\nnft = \"/tmp/x\"\n", "firewall.nft"),
+            ("[ssh]\ndropbear = \"/tmp/x\"\n", "ssh.dropbear"),
+            ("[ssh]\ndropbearkey = \"/tmp/x\"\n", "ssh.dropbearkey"),
+            ("[ssh]\noutpostctl = \"/tmp/x\"\n", "ssh.outpostctl"),
+        ] {
+            let err = Config::refuse_fixed_keys(text).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("fixed by the firmware image"),
+                "{err}"
+            );
+        }
+        assert!(Config::refuse_fixed_keys("[ssh]\nenabled = true\n").is_ok());
+        // Nor are they ever written back.
+        let text = toml::to_string(&c).unwrap();
+        assert!(!text.contains("/tmp/"), "{text}");
     }
 
     #[test]

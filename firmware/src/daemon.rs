@@ -147,6 +147,12 @@ pub async fn run(
     let factory = boot.clone();
     let (mut cfg, mut revisions, config_text) =
         select_revision(boot, &boot_text, &source, clock.now(), factory_default)?;
+    for key in cfg.fixed_keys() {
+        tracing::warn!(
+            "config: `{key}` is ignored: the firmware image fixes the programs the daemon runs \
+             (remove the key; `config apply` refuses it)"
+        );
+    }
     let running_rev = revisions.current().map(|r| r.rev);
     let mut fallbacks = crate::fallback::Fallbacks::new(&cfg, running_rev, &factory);
     let data_dir = cfg.store.data_dir.clone();
@@ -323,14 +329,15 @@ pub async fn run(
     let _panel = crate::panel::start(&daemon.cfg.panel, panel_rx, panel_actions_tx);
 
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
-    let listener = server::bind(&daemon.cfg.admin.socket).with_context(|| {
+    let access = server::Access::new(crate::fixed::get().admin_group.as_deref())?;
+    let listener = server::bind(&daemon.cfg.admin.socket, &access).with_context(|| {
         format!(
             "cannot create the admin socket {}",
             daemon.cfg.admin.socket.display()
         )
     })?;
     tokio::spawn(async move {
-        if let Err(err) = server::run(listener, admin_tx).await {
+        if let Err(err) = server::run(listener, admin_tx, access).await {
             tracing::error!(%err, "admin socket failed");
         }
     });

@@ -8,6 +8,8 @@
 //! - [`names`]: extension, password, display-name and host-name rules and limits, and
 //!   `printable` for echoing outside text.
 //! - [`civil`]: the UTC calendar (dates from milliseconds and back).
+//! - [`fixed`]: what the image fixes at start and the configuration cannot change (the
+//!   programs the daemon runs, the admin socket's group, who runs dropbear).
 //! - [`metrics`]: the counters snapshot and the optional Prometheus endpoint.
 //! - [`netif`]: the box's own addresses, read from the kernel.
 //! - [`netconf`]: the uplink's address, gateway, DNS and DHCP/static for the panel, and
@@ -55,6 +57,7 @@ pub mod console;
 pub mod daemon;
 pub mod driver;
 pub mod fallback;
+pub mod fixed;
 pub mod guard;
 pub mod http;
 pub mod media;

@@ -7,27 +7,38 @@
 //!   Dropbear 2022.83 (Debian 12) has no option to read authorized_keys from elsewhere
 //!   (`-D` came later), so the file lives in the home directory of `[ssh] user`; on the
 //!   appliance that home is on `/data`.
-//! - The supervisor runs `dropbear -F -E -s` (foreground, log to stderr, no passwords),
-//!   restarts it with back-off when it dies, and reads its log: every connection that ends
-//!   before authenticating, or that tried a user that does not exist or may not log in,
-//!   is one failed login of its source for the firewall (rule `auth_failures`).
+//! - Who runs dropbear is fixed at start ([`crate::fixed::SshRunner`]). On the image, init
+//!   runs it as the admin account (`image/files/run-dropbear`, with only
+//!   CAP_NET_BIND_SERVICE): dropbear then can log in nobody but that account, and the
+//!   daemon, which is not root, needs no privilege for it. The daemon publishes the listen
+//!   addresses (`/run/outpost/ssh/listen`), makes the host key (readable by the admin
+//!   group), writes authorized_keys through a descriptor init opened on the root-owned file
+//!   (dropbear wants it owned by root or the admin, which the daemon's user cannot make),
+//!   and reads dropbear's log from a FIFO. Without init (development, the black-box tests,
+//!   the daemon as root) the daemon runs `dropbear -F -E -s -w` itself and restarts it with
+//!   back-off.
+//! - Either way the daemon reads dropbear's log: every connection that ends before
+//!   authenticating, or that tried a user that does not exist or may not log in, is one
+//!   failed login of its source for the firewall (rule `auth_failures`).
 //!
-//! The admin account must be able to open the admin socket (mode 0600, owned by the
-//! daemon's user): on the appliance it is a uid-0 account whose only way in is the forced
-//! command. Root logins are refused (`-w`) unless `[ssh] user` itself has uid 0.
+//! The admin account reaches the admin socket through its group (`outpostd --admin-group`,
+//! mode 0660, checked per connection with SO_PEERCRED). It is never uid 0: root logins are
+//! refused (`-w`), and `[ssh] user` naming a uid-0 account is an error.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::fixed::{RetiredKey, SshRunner};
 use crate::names::printable;
 use crate::store::{Store, StoreError};
 use pbx_core::Millis;
@@ -63,6 +74,9 @@ const LOG_LINES_PER_WINDOW: u32 = 30;
 const LOG_WINDOW: Duration = Duration::from_secs(60);
 
 /// `[ssh]` section: remote administration through dropbear.
+///
+/// The programs (dropbear, dropbearkey, the `outpostctl` of the forced command) are not
+/// here: the image fixes them at start ([`crate::fixed`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SshConfig {
@@ -74,17 +88,21 @@ pub struct SshConfig {
     /// networks`) drops connections from elsewhere. A LAN address (`"192.168.1.1:22"`)
     /// keeps dropbear off the WAN side even without kernel enforcement.
     pub listen: Vec<SocketAddr>,
-    /// The dropbear server binary.
-    pub dropbear: PathBuf,
-    /// The dropbearkey binary, to make the host key on first start.
-    pub dropbearkey: PathBuf,
     /// The ed25519 host key [default: `<store.data_dir>/ssh/dropbear_ed25519_host_key`],
     /// generated when missing.
     pub host_key: Option<PathBuf>,
-    /// The account admins log in as; its `~/.ssh/authorized_keys` is ours.
+    /// The account admins log in as (never a uid-0 account); its `~/.ssh/authorized_keys`
+    /// is ours. On the image dropbear runs as that account and this must name it.
     pub user: String,
-    /// The `outpostctl` binary the forced command runs [default: the one beside outpostd].
-    pub outpostctl: Option<PathBuf>,
+    /// Retired: fixed by the image (`outpostd --dropbear`).
+    #[serde(skip_serializing)]
+    pub dropbear: Option<RetiredKey>,
+    /// Retired: fixed by the image (`outpostd --dropbearkey`).
+    #[serde(skip_serializing)]
+    pub dropbearkey: Option<RetiredKey>,
+    /// Retired: fixed by the image (`outpostd --outpostctl`).
+    #[serde(skip_serializing)]
+    pub outpostctl: Option<RetiredKey>,
 }
 
 impl Default for SshConfig {
@@ -95,10 +113,10 @@ impl Default for SshConfig {
                 SocketAddr::from(([0, 0, 0, 0], 22)),
                 SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 22)),
             ],
-            dropbear: PathBuf::from("/usr/sbin/dropbear"),
-            dropbearkey: PathBuf::from("/usr/bin/dropbearkey"),
             host_key: None,
             user: "admin".to_owned(),
+            dropbear: None,
+            dropbearkey: None,
             outpostctl: None,
         }
     }
@@ -132,25 +150,30 @@ impl SshConfig {
                 "must be an account name: letters, digits, `_`, `-`, `.`, at most 32",
             );
         }
-        for (key, path) in [
-            ("dropbear", Some(&self.dropbear)),
-            ("dropbearkey", Some(&self.dropbearkey)),
-            ("host_key", self.host_key.as_ref()),
-            ("outpostctl", self.outpostctl.as_ref()),
-        ] {
-            if let Some(p) = path {
-                if p.as_os_str().is_empty() {
-                    return bad(key, "must not be empty");
-                }
-                if !safe_in_command(p) {
-                    return bad(
-                        key,
-                        "must not contain quotes, backslashes or control characters",
-                    );
-                }
+        if let Some(p) = &self.host_key {
+            if p.as_os_str().is_empty() {
+                return bad("host_key", "must not be empty");
+            }
+            if !safe_in_command(p) {
+                return bad(
+                    "host_key",
+                    "must not contain quotes, backslashes or control characters",
+                );
             }
         }
         Ok(())
+    }
+
+    /// The retired program keys this section still carries (dotted names).
+    pub fn retired_keys(&self) -> Vec<&'static str> {
+        [
+            ("ssh.dropbear", self.dropbear.is_some()),
+            ("ssh.dropbearkey", self.dropbearkey.is_some()),
+            ("ssh.outpostctl", self.outpostctl.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
     }
 
     /// The host key file: `host_key`, or the default under `data_dir`.
@@ -159,19 +182,19 @@ impl SshConfig {
             .clone()
             .unwrap_or_else(|| data_dir.join("ssh").join("dropbear_ed25519_host_key"))
     }
+}
 
-    /// The `outpostctl` the forced command runs: `outpostctl`, or the one beside this
-    /// program, or `/usr/bin/outpostctl`.
-    pub fn outpostctl_path(&self) -> PathBuf {
-        if let Some(p) = &self.outpostctl {
-            return p.clone();
-        }
-        std::env::current_exe()
-            .ok()
-            .map(|exe| exe.with_file_name("outpostctl"))
-            .filter(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("/usr/bin/outpostctl"))
+/// The `outpostctl` the forced command runs: the fixed one, or the one beside this program,
+/// or `/usr/bin/outpostctl`.
+pub fn outpostctl_path() -> PathBuf {
+    if let Some(p) = &crate::fixed::get().outpostctl {
+        return p.clone();
     }
+    std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("outpostctl"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/outpostctl"))
 }
 
 /// Why an SSH operation failed.
@@ -186,6 +209,9 @@ pub enum SshError {
     /// The configured admin account does not exist.
     #[error("there is no account `{0}` for SSH logins (see [ssh] user)")]
     NoAccount(String),
+    /// The configured admin account has uid 0.
+    #[error("`{0}` is a uid-0 account and SSH never logs in as root: set [ssh] user to the admin account")]
+    RootAccount(String),
     /// A file or directory could not be written.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -326,12 +352,12 @@ pub fn execute(
         }
     };
     if cfg.enabled {
-        let account = Account::lookup(&cfg.user)?;
-        let command = forced_command(cfg, admin_socket)?;
-        write_authorized_keys(&account, &authorized_keys(&keys, &command))?;
+        let target = KeysFile::of(cfg)?;
+        let command = forced_command(admin_socket)?;
+        target.write(&authorized_keys(&keys, &command))?;
         if let Err(err) = save_keys(store, &keys) {
             // Put the file back as the store still has it.
-            let _ = write_authorized_keys(&account, &authorized_keys(&old, &command));
+            let _ = target.write(&authorized_keys(&old, &command));
             return Err(err);
         }
         Ok(SshOutcome::Done(message))
@@ -366,8 +392,8 @@ pub fn authorized_keys(keys: &[(PublicKey, u64)], command: &str) -> String {
 
 /// The forced command: `'<outpostctl>' --socket '<admin socket>' ssh-session`, both paths
 /// absolute (the session starts in the admin's home).
-pub fn forced_command(cfg: &SshConfig, admin_socket: &Path) -> Result<String, SshError> {
-    let ctl = absolute(&cfg.outpostctl_path())?;
+pub fn forced_command(admin_socket: &Path) -> Result<String, SshError> {
+    let ctl = absolute(&outpostctl_path())?;
     let socket = absolute(admin_socket)?;
     for p in [&ctl, &socket] {
         if !safe_in_command(p) {
@@ -428,6 +454,7 @@ impl Account {
     /// Looks the account up in the system's user database.
     pub fn lookup(name: &str) -> Result<Account, SshError> {
         match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) if u.uid.is_root() => Err(SshError::RootAccount(name.to_owned())),
             Ok(Some(u)) => Ok(Account {
                 name: u.name,
                 uid: u.uid.as_raw(),
@@ -487,6 +514,50 @@ pub fn write_authorized_keys(account: &Account, text: &str) -> Result<PathBuf, S
     Ok(path)
 }
 
+/// Where the admin's authorized_keys go.
+#[derive(Debug)]
+enum KeysFile {
+    /// Into the account's home, written and owned as dropbear requires (the daemon is root).
+    Home(Account),
+    /// Through the descriptor init opened on the root-owned file (the daemon is not root).
+    Inherited(Arc<std::fs::File>),
+}
+
+impl KeysFile {
+    fn of(cfg: &SshConfig) -> Result<KeysFile, SshError> {
+        match &crate::fixed::get().ssh {
+            SshRunner::Daemon => Ok(KeysFile::Home(Account::lookup(&cfg.user)?)),
+            SshRunner::Init { keys, .. } => Ok(KeysFile::Inherited(Arc::clone(keys))),
+        }
+    }
+
+    /// Replaces the file's text; where it went.
+    fn write(&self, text: &str) -> Result<String, SshError> {
+        match self {
+            KeysFile::Home(account) => {
+                write_authorized_keys(account, text).map(|p| p.display().to_string())
+            }
+            KeysFile::Inherited(file) => {
+                write_keys_descriptor(file, text)?;
+                Ok("authorized_keys (descriptor from init)".to_owned())
+            }
+        }
+    }
+}
+
+/// Rewrites the authorized_keys file init opened for us in place. Emptied first, so a login
+/// racing the rewrite can miss a key (and simply retries) but never sees a removed one.
+fn write_keys_descriptor(file: &std::fs::File, text: &str) -> Result<(), SshError> {
+    use std::os::unix::fs::FileExt;
+    let io = |source| SshError::Io {
+        path: PathBuf::from("authorized_keys (descriptor from init)"),
+        source,
+    };
+    file.set_len(0).map_err(io)?;
+    file.write_all_at(text.as_bytes(), 0).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
 /// Reads dropbear's log lines and tells which connections were failed logins.
 ///
 /// Dropbear prefixes each line with its process id (`[1234] Nov 26 20:10:49 ...`); a
@@ -507,8 +578,10 @@ struct Pending {
 }
 
 /// Messages that make a connection a failed login.
-const FAILURE_MARKS: [&str; 8] = [
+const FAILURE_MARKS: [&str; 9] = [
     "Login attempt for nonexistent user",
+    // A dropbear that is not root (the image's, run as the admin) for any other account.
+    "Login attempt with wrong user",
     "root login rejected",
     "has invalid shell, rejected",
     "has blank password, rejected",
@@ -651,21 +724,32 @@ impl LogBudget {
 /// Failed SSH logins from the supervisor, for `Guard::ssh_failure`.
 pub type FailureReceiver = mpsc::Receiver<IpAddr>;
 
-/// Starts the dropbear supervisor when `[ssh] enabled`: writes authorized_keys from the
-/// store and spawns the task (needs a tokio runtime). Returns the failed logins it reports.
+/// Starts SSH when `[ssh] enabled`: writes authorized_keys from the store, then either
+/// spawns the dropbear supervisor ([`SshRunner::Daemon`]) or, when init runs dropbear
+/// ([`SshRunner::Init`]), makes the host key, publishes the listen addresses and follows
+/// dropbear's log (needs a tokio runtime). Returns the failed logins it reports.
 pub fn start(
     cfg: &SshConfig,
     data_dir: &Path,
     admin_socket: &Path,
     store: &Store,
 ) -> Result<Option<FailureReceiver>, SshError> {
+    let fixed = crate::fixed::get();
     if !cfg.enabled {
+        if let SshRunner::Init { dir, .. } = &fixed.ssh {
+            // run-dropbear stops dropbear when the addresses go.
+            match std::fs::remove_file(dir.join(LISTEN_FILE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!("ssh: cannot withdraw the listen addresses: {e}");
+                }
+                _ => {}
+            }
+        }
         return Ok(None);
     }
-    let account = Account::lookup(&cfg.user)?;
     let keys = load_keys(store)?;
-    let command = forced_command(cfg, admin_socket)?;
-    let path = write_authorized_keys(&account, &authorized_keys(&keys, &command))?;
+    let command = forced_command(admin_socket)?;
+    let written = KeysFile::of(cfg)?.write(&authorized_keys(&keys, &command))?;
     let ssh_dir = data_dir.join("ssh");
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -675,24 +759,207 @@ pub fn start(
             path: ssh_dir.clone(),
             source,
         })?;
-    let supervisor = Supervisor {
-        dropbear: cfg.dropbear.clone(),
-        dropbearkey: cfg.dropbearkey.clone(),
-        host_key: cfg.host_key_path(data_dir),
-        pid_file: ssh_dir.join("dropbear.pid"),
-        listen: cfg.listen.clone(),
-        allow_root: account.uid == 0,
+    let (tx, rx) = mpsc::channel(FAILURE_QUEUE);
+    let host_key = HostKey {
+        path: cfg.host_key_path(data_dir),
+        dropbearkey: fixed.dropbearkey.clone(),
     };
     tracing::info!(
-        user = %account.name,
-        authorized_keys = %path.display(),
+        user = %cfg.user,
+        authorized_keys = %written,
         keys = keys.len(),
         listen = ?cfg.listen,
         "ssh: starting dropbear"
     );
-    let (tx, rx) = mpsc::channel(FAILURE_QUEUE);
-    tokio::spawn(supervisor.run(tx));
+    match &fixed.ssh {
+        SshRunner::Daemon => {
+            let supervisor = Supervisor {
+                dropbear: fixed.dropbear.clone(),
+                host_key,
+                pid_file: ssh_dir.join("dropbear.pid"),
+                listen: cfg.listen.clone(),
+            };
+            tokio::spawn(supervisor.run(tx));
+        }
+        SshRunner::Init { dir, .. } => {
+            let outside = Outside {
+                dir: dir.clone(),
+                host_key,
+                listen: cfg.listen.clone(),
+            };
+            outside.prepare()?;
+            tokio::spawn(outside.run(tx));
+        }
+    }
     Ok(Some(rx))
+}
+
+/// The file in [`SshRunner::Init`]'s directory with the listen addresses, one a line.
+const LISTEN_FILE: &str = "listen";
+/// The FIFO in that directory dropbear's log comes through.
+const LOG_FIFO: &str = "log";
+
+/// The host key and the program that makes it.
+#[derive(Debug, Clone)]
+struct HostKey {
+    path: PathBuf,
+    dropbearkey: PathBuf,
+}
+
+impl HostKey {
+    /// Generates the ed25519 host key with dropbearkey when the file is missing.
+    async fn ensure(&self) -> Result<(), String> {
+        if self.path.is_file() {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let out = tokio::process::Command::new(&self.dropbearkey)
+            .arg("-t")
+            .arg("ed25519")
+            .arg("-f")
+            .arg(&self.path)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", self.dropbearkey.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "dropbearkey failed ({}): {}",
+                out.status,
+                printable(String::from_utf8_lossy(&out.stderr).trim(), 300)
+            ));
+        }
+        tracing::info!(path = %self.path.display(), "ssh: host key generated");
+        Ok(())
+    }
+}
+
+/// dropbear run by init as the admin account: what the daemon does for it.
+#[derive(Debug)]
+struct Outside {
+    dir: PathBuf,
+    host_key: HostKey,
+    listen: Vec<SocketAddr>,
+}
+
+impl Outside {
+    /// The FIFO for dropbear's log (init's run-dropbear waits for it).
+    fn prepare(&self) -> Result<(), SshError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SshError::Io { path, source }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io(&self.dir))?;
+        let fifo = self.dir.join(LOG_FIFO);
+        match std::fs::symlink_metadata(&fifo) {
+            Ok(m) if m.file_type().is_fifo() => Ok(()),
+            Ok(_) => Err(SshError::Refused(format!(
+                "{} exists and is not a FIFO",
+                fifo.display()
+            ))),
+            Err(_) => nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| io(&fifo)(std::io::Error::from(e))),
+        }
+    }
+
+    /// Makes the host key readable by dropbear (the admin group), publishes the addresses,
+    /// then follows the log until the daemon ends.
+    async fn run(self, failures: mpsc::Sender<IpAddr>) {
+        let mut delay = MIN_BACKOFF;
+        loop {
+            match self.publish().await {
+                Ok(()) => break,
+                Err(err) => tracing::error!("ssh: {err}; trying again in {delay:?}"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_BACKOFF);
+        }
+        let fifo = self.dir.join(LOG_FIFO);
+        // Read-write: the FIFO never reports an end while dropbear restarts.
+        let log = match tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(&fifo)
+        {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::error!(
+                    "ssh: cannot read dropbear's log {}: {err}; failed SSH logins are not reported to the firewall",
+                    fifo.display()
+                );
+                return;
+            }
+        };
+        let mut budget = LogBudget::new(Instant::now());
+        let dropped = follow_log(BufReader::new(log), &failures, &mut budget).await;
+        if dropped > 0 {
+            tracing::warn!(
+                "ssh: {dropped} failed logins not reported to the firewall (queue full)"
+            );
+        }
+    }
+
+    async fn publish(&self) -> Result<(), String> {
+        self.host_key.ensure().await?;
+        // dropbear runs as the admin account, in the group the key has from its directory.
+        std::fs::set_permissions(&self.host_key.path, std::fs::Permissions::from_mode(0o640))
+            .map_err(|e| {
+                format!(
+                    "cannot open {} to dropbear: {e}",
+                    self.host_key.path.display()
+                )
+            })?;
+        let text: String = self.listen.iter().map(|a| format!("{a}\n")).collect();
+        let path = self.dir.join(LISTEN_FILE);
+        let tmp = self.dir.join(format!("{LISTEN_FILE}.new"));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+}
+
+/// Feeds dropbear's log lines to a [`LoginWatch`] and re-logs them (within `budget`) until
+/// the stream ends; returns how many failed logins did not fit the queue.
+async fn follow_log<R: AsyncBufRead + Unpin>(
+    mut reader: R,
+    failures: &mpsc::Sender<IpAddr>,
+    budget: &mut LogBudget,
+) -> u64 {
+    let mut watch = LoginWatch::new();
+    let mut dropped = 0u64;
+    let mut buf = Vec::with_capacity(MAX_LOG_LINE);
+    while let Ok(true) = read_line_bounded(&mut reader, &mut buf, MAX_LOG_LINE).await {
+        let line = String::from_utf8_lossy(&buf);
+        let (_, msg) = split_log_line(&line);
+        if QUIET.iter().any(|q| msg.starts_with(q)) {
+            // Only after a key was accepted (or once at start): not attacker-driven.
+            tracing::debug!("dropbear: {}", printable(msg, 300));
+        } else {
+            let (log, suppressed) = budget.allow(Instant::now());
+            if suppressed > 0 {
+                tracing::info!("ssh: {suppressed} dropbear log lines suppressed");
+            }
+            if log {
+                tracing::info!("dropbear: {}", printable(msg, 300));
+            }
+        }
+        if let Some(ip) = watch.line(&line) {
+            if failures.try_send(ip).is_err() {
+                dropped += 1;
+            }
+        }
+    }
+    dropped
 }
 
 /// The next failed login; pending forever when SSH is off.
@@ -707,25 +974,20 @@ pub async fn next_failure(rx: &mut Option<FailureReceiver>) -> Option<IpAddr> {
 #[derive(Debug)]
 struct Supervisor {
     dropbear: PathBuf,
-    dropbearkey: PathBuf,
-    host_key: PathBuf,
+    host_key: HostKey,
     pid_file: PathBuf,
     listen: Vec<SocketAddr>,
-    allow_root: bool,
 }
 
 impl Supervisor {
-    /// dropbear's arguments.
+    /// dropbear's arguments: foreground, log to stderr, keys only, no forwarding, no root.
     fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = ["-F", "-E", "-s", "-j", "-k", "-m"]
+        let mut args: Vec<OsString> = ["-F", "-E", "-s", "-j", "-k", "-m", "-w"]
             .iter()
             .map(OsString::from)
             .collect();
-        if !self.allow_root {
-            args.push("-w".into());
-        }
         args.push("-r".into());
-        args.push(self.host_key.clone().into());
+        args.push(self.host_key.path.clone().into());
         args.push("-P".into());
         args.push(self.pid_file.clone().into());
         for addr in &self.listen {
@@ -741,7 +1003,7 @@ impl Supervisor {
         let mut budget = LogBudget::new(Instant::now());
         loop {
             let started = Instant::now();
-            match self.ensure_host_key().await {
+            match self.host_key.ensure().await {
                 Ok(()) => self.run_once(&failures, &mut budget).await,
                 Err(err) => tracing::error!("ssh: {err}"),
             }
@@ -774,32 +1036,9 @@ impl Supervisor {
             }
         };
         tracing::info!(pid = child.id(), "ssh: dropbear running");
-        let mut watch = LoginWatch::new();
-        let mut dropped = 0u64;
+        let mut dropped = 0;
         if let Some(stderr) = child.stderr.take() {
-            let mut reader = BufReader::new(stderr);
-            let mut buf = Vec::with_capacity(MAX_LOG_LINE);
-            while let Ok(true) = read_line_bounded(&mut reader, &mut buf, MAX_LOG_LINE).await {
-                let line = String::from_utf8_lossy(&buf);
-                let (_, msg) = split_log_line(&line);
-                if QUIET.iter().any(|q| msg.starts_with(q)) {
-                    // Only after a key was accepted (or once at start): not attacker-driven.
-                    tracing::debug!("dropbear: {}", printable(msg, 300));
-                } else {
-                    let (log, suppressed) = budget.allow(Instant::now());
-                    if suppressed > 0 {
-                        tracing::info!("ssh: {suppressed} dropbear log lines suppressed");
-                    }
-                    if log {
-                        tracing::info!("dropbear: {}", printable(msg, 300));
-                    }
-                }
-                if let Some(ip) = watch.line(&line) {
-                    if failures.try_send(ip).is_err() {
-                        dropped += 1;
-                    }
-                }
-            }
+            dropped = follow_log(BufReader::new(stderr), failures, budget).await;
         }
         match child.wait().await {
             Ok(status) => tracing::warn!("ssh: dropbear exited ({status})"),
@@ -810,39 +1049,6 @@ impl Supervisor {
                 "ssh: {dropped} failed logins not reported to the firewall (queue full)"
             );
         }
-    }
-
-    /// Generates the ed25519 host key with dropbearkey when the file is missing.
-    async fn ensure_host_key(&self) -> Result<(), String> {
-        if self.host_key.is_file() {
-            return Ok(());
-        }
-        if let Some(dir) = self.host_key.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        let out = tokio::process::Command::new(&self.dropbearkey)
-            .arg("-t")
-            .arg("ed25519")
-            .arg("-f")
-            .arg(&self.host_key)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| format!("cannot run {}: {e}", self.dropbearkey.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "dropbearkey failed ({}): {}",
-                out.status,
-                printable(String::from_utf8_lossy(&out.stderr).trim(), 300)
-            ));
-        }
-        tracing::info!(path = %self.host_key.display(), "ssh: host key generated");
-        Ok(())
     }
 
     /// Stops a dropbear left running by a daemon that was killed: the process named in our
@@ -930,14 +1136,14 @@ mod tests {
     #[test]
     fn authorized_keys_lines_are_restricted_to_the_forced_command() {
         let key = PublicKey::parse(ED25519).unwrap();
-        let cfg = SshConfig {
-            outpostctl: Some(PathBuf::from("/usr/bin/outpostctl")),
-            ..SshConfig::default()
-        };
-        let cmd = forced_command(&cfg, Path::new("/run/outpost/admin.sock")).unwrap();
+        let cmd = forced_command(Path::new("/run/outpost/admin.sock")).unwrap();
+        let ctl = outpostctl_path();
         assert_eq!(
             cmd,
-            "'/usr/bin/outpostctl' --socket '/run/outpost/admin.sock' ssh-session"
+            format!(
+                "'{}' --socket '/run/outpost/admin.sock' ssh-session",
+                ctl.display()
+            )
         );
         let text = authorized_keys(&[(key, 0)], &cmd);
         let line = text.lines().nth(1).unwrap();
@@ -947,7 +1153,7 @@ mod tests {
                 "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"{cmd}\" {ED25519}"
             )
         );
-        assert!(forced_command(&cfg, Path::new("/tmp/a\"b.sock")).is_err());
+        assert!(forced_command(Path::new("/tmp/a\"b.sock")).is_err());
     }
 
     #[test]
@@ -1031,6 +1237,10 @@ mod tests {
             "[20943] Nov 26 20:10:54 Port forwarding disabled.",
             "[20943] Nov 26 20:10:54 Pubkey auth succeeded for 'admin' with ssh-ed25519 key SHA256:02CS from 198.51.100.2:32900",
             "[20943] Nov 26 20:10:54 Exit (admin) from <198.51.100.2:32900>: Disconnect received",
+            // dropbear running as the admin: root (or anyone else) is a wrong user.
+            "[20950] Nov 26 20:10:55 Child connection from 203.0.113.9:33000",
+            "[20950] Nov 26 20:10:55 Login attempt with wrong user root",
+            "[20950] Nov 26 20:10:55 Exit before auth from <203.0.113.9:33000>: (user 'root', 0 fails): Exited normally",
             "[20896] Nov 26 20:10:50 Child connection from [2001:db8::9]:40000",
             "[20896] Nov 26 20:10:50 root login rejected",
             "[20896] Nov 26 20:10:51 Max auth tries reached - user 'root'",
@@ -1040,6 +1250,7 @@ mod tests {
         let want: Vec<IpAddr> = vec![
             "203.0.113.7".parse().unwrap(),
             "203.0.113.8".parse().unwrap(),
+            "203.0.113.9".parse().unwrap(),
             "2001:db8::9".parse().unwrap(),
         ];
         assert_eq!(got, want);
@@ -1104,10 +1315,20 @@ mod tests {
         c.enabled = true;
         assert_eq!(c.check().unwrap_err().0, "ssh.listen");
         let c = SshConfig {
-            dropbear: PathBuf::from("/usr/sbin/drop\"bear"),
+            host_key: Some(PathBuf::from("/data/ssh/k\"ey")),
             ..SshConfig::default()
         };
-        assert_eq!(c.check().unwrap_err().0, "ssh.dropbear");
+        assert_eq!(c.check().unwrap_err().0, "ssh.host_key");
+        // The retired program keys still load (ignored), are named, and are never written.
+        let c: SshConfig =
+            toml::from_str("enabled = true\ndropbear = \"/tmp/evil\"\noutpostctl = \"/tmp/x\"\n")
+                .unwrap();
+        assert_eq!(c.retired_keys(), ["ssh.dropbear", "ssh.outpostctl"]);
+        let text = toml::to_string(&c).unwrap();
+        assert!(
+            !text.contains("evil") && !text.contains("dropbear"),
+            "{text}"
+        );
         let c: SshConfig =
             toml::from_str("enabled = true\nlisten = [\"127.0.0.1:2222\"]\nuser = \"ops\"\n")
                 .unwrap();
@@ -1119,11 +1340,12 @@ mod tests {
         assert!(toml::from_str::<SshConfig>("port = 22\n").is_err());
         let sup = Supervisor {
             dropbear: "/usr/sbin/dropbear".into(),
-            dropbearkey: "/usr/bin/dropbearkey".into(),
-            host_key: "/data/ssh/hk".into(),
+            host_key: HostKey {
+                path: "/data/ssh/hk".into(),
+                dropbearkey: "/usr/bin/dropbearkey".into(),
+            },
             pid_file: "/data/ssh/dropbear.pid".into(),
             listen: vec!["0.0.0.0:22".parse().unwrap(), "[::]:2222".parse().unwrap()],
-            allow_root: false,
         };
         let args: Vec<String> = sup
             .args()

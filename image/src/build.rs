@@ -30,6 +30,8 @@ const APPLETS: &[&str] = &[
     "ash",
     "cat",
     "chmod",
+    "chown",
+    "cmp",
     "cp",
     "date",
     "dd",
@@ -41,6 +43,7 @@ const APPLETS: &[&str] = &[
     "halt",
     "head",
     "hostname",
+    "pidof",
     "ifconfig",
     "init",
     "insmod",
@@ -76,6 +79,7 @@ const APPLETS: &[&str] = &[
     "vi",
     "wc",
     "mdev",
+    "mkfifo",
     "sysctl",
     "true",
     "false",
@@ -99,13 +103,21 @@ const APPLETS: &[&str] = &[
 ];
 /// The Debian packages of the programs below; their `lib*` dependencies are fetched too.
 const USERLAND_PACKAGES: &[&str] = &["nftables", "dropbear-bin", "openssh-client"];
+/// The packages of `setpriv` (util-linux) and the one library it needs besides libc,
+/// fetched as they are: util-linux's own dependency closure reaches an
+/// architecture-independent package apt cannot fetch as arm64 (libaudit-common), and none
+/// of it is needed.
+const SETPRIV_PACKAGES: &[&str] = &["util-linux", "libcap-ng0"];
 /// Programs from [`USERLAND_PACKAGES`], at the same path in the root filesystem as in their
 /// package; their shared libraries come from the `NEEDED` entries. outpostd runs these by
 /// name (PATH has /usr/sbin and /usr/bin): nft; dropbear and dropbearkey for the admin's
 /// SSH; `sftp` for SFTP backups (firmware/src/backup/target/sftp.rs), which runs /usr/bin/ssh
-/// (the path compiled into it), and `ssh-keygen`, which makes the backup client key.
+/// (the path compiled into it), and `ssh-keygen`, which makes the backup client key; and
+/// util-linux's `setpriv` ([`SETPRIV_PACKAGES`]), with which init starts outpostd and
+/// dropbear unprivileged (`files/run-outpostd`, `files/run-dropbear`).
 const DEBIAN_PROGRAMS: &[&str] = &[
     "usr/sbin/nft",
+    "usr/bin/setpriv",
     "usr/sbin/dropbear",
     "usr/bin/dropbearkey",
     "usr/bin/ssh",
@@ -356,7 +368,12 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<serde_json::Value> {
     };
     let kernel = debian::fetch(&cache, kernel_name)?;
     let busybox = debian::fetch(&cache, "busybox-static")?;
-    let userland = debian::fetch_with_libraries(&cache, USERLAND_PACKAGES)?;
+    let mut userland = debian::fetch_with_libraries(&cache, USERLAND_PACKAGES)?;
+    for name in SETPRIV_PACKAGES {
+        if !userland.iter().any(|p| p.name == *name) {
+            userland.push(debian::fetch(&cache, name)?);
+        }
+    }
     let pkg_dir = |p: &Package| work.join("pkg").join(&p.name);
     for p in [&kernel, &busybox].into_iter().chain(userland.iter()) {
         debian::extract(p, &pkg_dir(p))?;
@@ -872,6 +889,21 @@ const FILES: &[(&str, &str, u32)] = &[
         0o755,
     ),
     (
+        "etc/outpost/run-dropbear",
+        include_str!("../files/run-dropbear"),
+        0o755,
+    ),
+    (
+        "etc/outpost/run-reboot",
+        include_str!("../files/run-reboot"),
+        0o755,
+    ),
+    (
+        "etc/outpost/privileges",
+        include_str!("../files/privileges"),
+        0o755,
+    ),
+    (
         "etc/outpost/first-boot",
         include_str!("../files/first-boot"),
         0o755,
@@ -1142,6 +1174,87 @@ mod tests {
         }
         // sftp runs ssh by the path compiled into it.
         assert!(DEBIAN_PROGRAMS.contains(&"usr/bin/ssh"));
+    }
+
+    #[test]
+    fn the_daemon_and_the_admin_run_unprivileged_with_what_they_need() {
+        // The accounts: the daemon's own user, not in the admin group (which may write the
+        // inactive slot: the socket and host key get the group from setgid directories),
+        // the admin's own uid, no uid 0 but root, and no `tty` group (dropbear, not root,
+        // could not give a terminal to it).
+        let passwd = include_str!("../files/passwd");
+        let group = include_str!("../files/group");
+        let field = |line: &str, i: usize| line.split(':').nth(i).unwrap_or("").to_owned();
+        let user = |name: &str| {
+            passwd
+                .lines()
+                .find(|l| field(l, 0) == name)
+                .unwrap_or_else(|| panic!("no user {name}"))
+                .to_owned()
+        };
+        assert_eq!(field(&user("outpost"), 2), "100");
+        assert_eq!(field(&user("admin"), 2), "1000");
+        assert_eq!(field(&user("admin"), 3), "1000");
+        assert!(passwd
+            .lines()
+            .all(|l| field(l, 0) == "root" || field(l, 2) != "0"));
+        assert!(group.lines().any(|l| l == "outpost-admin:x:1000:"));
+        assert!(!group.lines().any(|l| l.starts_with("tty:")));
+        // Every program the init scripts start is in the image.
+        for script in [
+            include_str!("../files/run-outpostd"),
+            include_str!("../files/run-dropbear"),
+            include_str!("../files/privileges"),
+            include_str!("../files/run-reboot"),
+            include_str!("../files/rc.sysinit"),
+        ] {
+            for program in [
+                "setpriv", "chown", "cmp", "pidof", "mount", "grep", "sed", "mkfifo", "head",
+                "reboot",
+            ] {
+                if script.contains(&format!("{program} ")) {
+                    assert!(on_path(program), "{program} is not in the image");
+                }
+            }
+        }
+        // busybox's ash runs its own applets before PATH (and its `setpriv` knows no
+        // --reuid): util-linux's is named by its path.
+        for script in [
+            include_str!("../files/run-outpostd"),
+            include_str!("../files/run-dropbear"),
+        ] {
+            assert!(script.contains("/usr/bin/setpriv --reuid="));
+            assert!(
+                !script
+                    .lines()
+                    .any(|l| l.trim_start().starts_with("setpriv") || l.contains("exec setpriv")),
+                "setpriv by name is busybox's"
+            );
+        }
+        // outpostd knows every option run-outpostd gives it.
+        let run = include_str!("../files/run-outpostd");
+        let daemon = include_str!("../../firmware/src/bin/outpostd.rs");
+        let start = run
+            .find("/usr/bin/outpostd")
+            .expect("run-outpostd starts outpostd");
+        for word in run[start..].split_whitespace() {
+            if let Some(option) = word.strip_prefix("--") {
+                let field = option.replace('-', "_");
+                assert!(
+                    daemon.contains(&format!("    {field}: ")),
+                    "outpostd has no option --{option}"
+                );
+            }
+        }
+        // The daemon's capabilities: exactly these four, in every set.
+        assert!(run.contains("caps=-all,+net_admin,+net_bind_service,+sys_boot,+sys_time\n"));
+        for set in [
+            "--inh-caps=\"$caps\"",
+            "--ambient-caps=\"$caps\"",
+            "--bounding-set=\"$caps\"",
+        ] {
+            assert!(run.contains(set), "{set}");
+        }
     }
 
     /// What `files/box-name` prints for an eth0 with `mac` (`None`: no eth0).

@@ -269,6 +269,9 @@ pub struct DaemonConfig {
     /// A program (with its arguments) that runs outpostd, e.g. `unshare --uts --` so that
     /// a configured host name stays inside the test; empty: outpostd runs directly.
     pub wrapper: Vec<String>,
+    /// More outpostd arguments: the settings the image fixes at start and the
+    /// configuration cannot change (`--admin-group`, `--nft`, `--dropbear`, ...).
+    pub args: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -305,7 +308,14 @@ impl DaemonConfig {
             media_extra: String::new(),
             sip_extra: String::new(),
             wrapper: Vec::new(),
+            args: Vec::new(),
         }
+    }
+
+    /// Adds outpostd arguments (settings fixed at start, e.g. `--admin-group ops`).
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
     }
 
     /// Adds `key = value` lines to the generated `[sip]` table.
@@ -459,6 +469,7 @@ impl Daemon {
         };
         cmd.arg("--config")
             .arg(&self.config_path)
+            .args(&self.config.args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -417,6 +417,11 @@ impl Guest {
     /// The `ssh` command that runs `command` on the guest (tcp 22 must be forwarded) as
     /// `admin` with the private key `key`.
     pub fn ssh_command(&self, key: &Path, command: &str) -> Command {
+        self.ssh_command_as("admin", key, command)
+    }
+
+    /// [`Guest::ssh_command`] logging in as `user`.
+    pub fn ssh_command_as(&self, user: &str, key: &Path, command: &str) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.arg("-i")
             .arg(key)
@@ -444,9 +449,8 @@ impl Guest {
             "-o",
             "IdentitiesOnly=yes",
             "--",
-            "admin@127.0.0.1",
-            command,
         ]);
+        cmd.arg(format!("{user}@127.0.0.1")).arg(command);
         cmd
     }
 

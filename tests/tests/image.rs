@@ -4,7 +4,9 @@
 //! MD5 offered first for SIPp, a small relay port range, and an admin SSH key), qemu boots
 //! it once with two user-mode NICs and host port forwards, and the host then, in one boot:
 //! - talks SIP to the guest (OPTIONS, a SIPp REGISTER);
-//! - logs in over SSH with the baked key (`status`, `fw status`);
+//! - logs in over SSH with the baked key (`status`, `fw status`), sees root refused, and
+//!   reads from the console what `/proc` says outpostd and dropbear run as (uid,
+//!   capability sets);
 //! - makes a call between two raw-UDP phones with RTP both ways through the guest's relay;
 //! - attacks the guest's SIP port through the second NIC (a password-guessing burst from
 //!   10.0.3.2) and sees, over SSH through the first NIC, the attacker banned in the guest's
@@ -267,6 +269,8 @@ fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
         "busybox-static",
         "nftables",
         "dropbear-bin",
+        "util-linux",
+        "libcap-ng0",
         "libnftables1",
         "libc6",
     ] {
@@ -392,6 +396,53 @@ fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
     };
     assert_eq!(row("version"), Some(version.clone()), "{status}");
     assert_eq!(row("extensions").as_deref(), Some("2"), "{status}");
+    // Least privilege as the kernel sees it (files/privileges prints /proc/<pid>/status of
+    // each on the console): outpostd is user outpost with exactly CAP_NET_ADMIN,
+    // CAP_NET_BIND_SERVICE, CAP_SYS_BOOT and CAP_SYS_TIME (0x2401400); dropbear is the admin
+    // with CAP_NET_BIND_SERVICE (0x400) alone; neither can gain more.
+    let privileges = guest.wait_for("privileges: dropbear", Duration::from_secs(90));
+    let proc_status = |name: &str| {
+        let line = privileges
+            .lines()
+            .find_map(|l| {
+                l.split_once(&format!("privileges: {name} pid "))
+                    .map(|(_, r)| r)
+            })
+            .unwrap_or_else(|| panic!("no privileges line for {name}:\n{privileges}"))
+            .to_owned();
+        move |field: &str| {
+            line.split_once(&format!("{field}: "))
+                .map(|(_, rest)| {
+                    rest.split(|c: char| c.is_ascii_alphabetic())
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned()
+                })
+                .unwrap_or_else(|| panic!("no {field} in {line}"))
+        }
+    };
+    let daemon = proc_status("outpostd");
+    assert_eq!(daemon("Uid"), "100 100 100 100", "outpostd's uids");
+    assert_eq!(daemon("Gid"), "100 100 100 100", "outpostd's gids");
+    assert_eq!(daemon("Groups"), "100", "outpostd's groups");
+    for set in ["CapPrm", "CapEff", "CapBnd", "CapAmb", "CapInh"] {
+        assert_eq!(daemon(set), "0000000002401400", "outpostd's {set}");
+    }
+    assert_eq!(daemon("NoNewPrivs"), "1");
+    let dropbear = proc_status("dropbear");
+    assert_eq!(dropbear("Uid"), "1000 1000 1000 1000", "dropbear's uids");
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(dropbear(set), "0000000000000400", "dropbear's {set}");
+    }
+    assert_eq!(dropbear("NoNewPrivs"), "1");
+    // Root never logs in over SSH (one try: the guest's firewall counts it).
+    let root = run_with_timeout(
+        &mut guest.ssh_command_as("root", key, "status"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(root.code, Some(255), "root over SSH: {root:?}");
+    assert!(root.stderr.contains("Permission denied"), "{root:?}");
     let fw = guest.ssh_ok(key, "fw status", None);
     assert!(
         fw.lines()

@@ -2,16 +2,18 @@
 //! by `outpostd`, real OpenSSH clients, and `outpostctl shell` / `login` driven through a
 //! stdin pipe.
 //!
-//! The SSH tests REQUIRE root, `ip`, `nft`, dropbear (`dropbear-bin`) and the OpenSSH
-//! client: they build network namespaces (a failed login from loopback is never banned, so
-//! clients connect from the lab's phone and attacker namespaces) and a throw-away login
-//! account. That account is a uid-0 alias (`useradd -o -u 0`) whose home is the test's temp
-//! dir: the admin socket is root's (mode 0600), as on the appliance, and root's own
-//! `~/.ssh` is never touched. Drop guards delete the account, stop the daemon (and with it
-//! dropbear) and delete the namespaces, also when a test fails. Every wait is bounded.
+//! The SSH tests REQUIRE root, `ip`, `nft`, dropbear (`dropbear-bin`), the OpenSSH client
+//! and util-linux's `setpriv`: they build network namespaces (a failed login from loopback
+//! is never banned, so clients connect from the lab's phone and attacker namespaces) and a
+//! throw-away login account. That account is not root, as on the appliance: its own uid in
+//! its own group, which the daemon is told is the admin group (`--admin-group`), so its
+//! sessions reach the admin socket (mode 0660) through the group and the daemon's
+//! SO_PEERCRED check. Drop guards delete the account and group, stop the daemon (and with
+//! it dropbear) and delete the namespaces, also when a test fails. Every wait is bounded.
 
 use std::io::Write;
 use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,7 +33,8 @@ const SSH_TIMEOUT: Duration = Duration::from_secs(20);
 
 static ACCOUNT_SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// A login account for the test: a uid-0 alias with its home in a temp dir; deleted on drop.
+/// A login account for the test: its own uid and group, its home in a temp dir; deleted
+/// (with the group) on drop.
 struct Account {
     name: String,
     dir: tempfile::TempDir,
@@ -42,6 +45,9 @@ impl Account {
         for tool in [
             "useradd",
             "userdel",
+            "groupadd",
+            "groupdel",
+            "setpriv",
             "dropbear",
             "dropbearkey",
             "ssh",
@@ -52,7 +58,7 @@ impl Account {
                 .any(|d| Path::new(d).join(tool).is_file());
             assert!(
                 found,
-                "the SSH tests need `{tool}` (apt-get install dropbear-bin openssh-client; tests/run-all does)"
+                "the SSH tests need `{tool}` (apt-get install dropbear-bin openssh-client util-linux passwd; tests/run-all does)"
             );
         }
         let n = ACCOUNT_SEQ.fetch_add(1, Ordering::SeqCst);
@@ -61,12 +67,15 @@ impl Account {
             .prefix("outpost-ssh-")
             .tempdir()
             .expect("create temp dir");
+        // The account's sessions start in its home, below this directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the account's directory");
         let home = dir.path().join("home");
+        let out = run_with_timeout(Command::new("groupadd").arg(&name), Duration::from_secs(10));
+        assert_eq!(out.code, Some(0), "groupadd {name} failed: {out:?}");
         let out = run_with_timeout(
             Command::new("useradd")
-                .args([
-                    "-o", "-u", "0", "-g", "0", "-M", "-N", "-s", "/bin/sh", "-d",
-                ])
+                .args(["-M", "-N", "-g", &name, "-s", "/bin/sh", "-d"])
                 .arg(&home)
                 .arg(&name),
             Duration::from_secs(10),
@@ -95,12 +104,22 @@ impl Account {
 
 impl Drop for Account {
     fn drop(&mut self) {
-        // -f: a uid-0 alias always "has running processes".
         let _ = run_with_timeout(
             Command::new("userdel").args(["-f", &self.name]),
             Duration::from_secs(10),
         );
+        let _ = run_with_timeout(
+            Command::new("groupdel").arg(&self.name),
+            Duration::from_secs(10),
+        );
     }
+}
+
+/// Lets other users reach the daemon's socket through its directory (traverse only), as
+/// /run/outpost on the appliance: the socket's own mode and the peer check decide.
+fn open_socket_dir(daemon: &Daemon) {
+    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod the daemon's directory");
 }
 
 /// An appliance with SSH on. Field order: the daemon stops before the account and the
@@ -120,7 +139,13 @@ fn site() -> Site {
         lab.appliance_ip(),
         account.name
     );
-    let daemon = Daemon::start_in(&lab.appliance, lab.daemon_config().with_toml(&toml));
+    let daemon = Daemon::start_in(
+        &lab.appliance,
+        lab.daemon_config()
+            .with_toml(&toml)
+            .with_args(&["--admin-group", &account.name]),
+    );
+    open_socket_dir(&daemon);
     Site {
         daemon,
         account,
@@ -144,6 +169,17 @@ impl Site {
 
     fn ssh_command(
         &self,
+        ns: &Netns,
+        key: Option<&Path>,
+        opts: &[&str],
+        remote: Option<&str>,
+    ) -> Command {
+        self.ssh_command_as(&self.account.name, ns, key, opts, remote)
+    }
+
+    fn ssh_command_as(
+        &self,
+        user: &str,
         ns: &Netns,
         key: Option<&Path>,
         opts: &[&str],
@@ -179,7 +215,7 @@ impl Site {
         cmd.args(opts)
             .arg("-p")
             .arg(SSH_PORT.to_string())
-            .arg(format!("{}@{}", self.account.name, self.lab.appliance_ip()));
+            .arg(format!("{user}@{}", self.lab.appliance_ip()));
         if let Some(r) = remote {
             cmd.arg("--").arg(r);
         }
@@ -336,6 +372,28 @@ fn ssh_runs_outpostctl_commands_and_nothing_else() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("--socket"), "{out:?}");
 
+    // The session runs a fixed list of command families; `login` is not on it.
+    let out = site.ssh(&site.lab.phone, Some(&key), &[], Some("login"));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("not available") && out.stderr.contains("runs only status, ext"),
+        "{out:?}"
+    );
+    // Root never logs in, whatever keys root has: dropbear runs with -w (its log lines
+    // are rate-limited by now, so its command line is the witness).
+    let mut cmd = site.ssh_command_as("root", &site.lab.phone, Some(&key), &[], Some("status"));
+    let out = run_with_timeout(&mut cmd, SSH_TIMEOUT);
+    assert_eq!(out.code, Some(255), "{out:?}");
+    assert!(out.stderr.contains("Permission denied"), "{out:?}");
+    let pid = std::fs::read_to_string(site.daemon.data_dir().join("ssh/dropbear.pid"))
+        .expect("dropbear's pid file");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).expect("cmdline");
+    assert!(
+        cmdline.split(|&b| b == 0).any(|arg| arg == b"-w"),
+        "dropbear runs without -w: {}",
+        String::from_utf8_lossy(&cmdline)
+    );
+
     // Files on the box are out of reach: only standard input is read.
     let out = site.ssh(
         &site.lab.phone,
@@ -466,6 +524,64 @@ fn dropbear_is_restarted_when_it_dies() {
         site.daemon.log_text()
     );
     site.wait_ssh_ready(&key);
+}
+
+#[test]
+fn admin_socket_admits_root_and_the_admin_group_only() {
+    require_root("the admin socket test");
+    let account = Account::create();
+    let daemon = Daemon::start_with(
+        outpost_tests::DaemonConfig::loopback().with_args(&["--admin-group", &account.name]),
+    );
+    open_socket_dir(&daemon);
+    let mode = std::fs::metadata(daemon.socket())
+        .expect("the socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660, "the socket is the admin group's");
+    let as_user = |user: &str| {
+        let mut cmd = Command::new("setpriv");
+        if user == "nobody" {
+            cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        } else {
+            cmd.args(["--reuid", user, "--regid", user, "--init-groups", "--"]);
+        }
+        cmd.arg(bin("outpostctl"))
+            .arg("--socket")
+            .arg(daemon.socket())
+            .args(["status", "--json"]);
+        run_with_timeout(&mut cmd, Duration::from_secs(15))
+    };
+    // The admin account (not root) gets in through its group.
+    let out = as_user(&account.name);
+    assert_eq!(out.code, Some(0), "{out:?}\nlog:\n{}", daemon.log_text());
+    assert!(out.stdout.contains("\"realm\""), "{out:?}");
+    // Anyone else is refused by the daemon itself, even when the socket's mode would let
+    // them connect (a mistaken chmod): SO_PEERCRED, before a command is read.
+    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666))
+        .expect("chmod the socket");
+    let out = as_user("nobody");
+    assert_ne!(out.code, Some(0), "nobody used the admin socket: {out:?}");
+    assert!(out.stderr.contains("permission denied"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("not root, the daemon's user or a member of group"),
+        "{out:?}"
+    );
+    let logged = eventually(Duration::from_secs(5), || {
+        daemon
+            .log_text()
+            .contains("admin socket: connection refused")
+            .then_some(())
+    });
+    assert!(
+        logged.is_some(),
+        "refusal not logged:\n{}",
+        daemon.log_text()
+    );
+    // Root still gets in.
+    let out = daemon.ctl(&["status"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
 }
 
 /// `outpostctl shell` fed through a pipe, as on a serial console after login.

@@ -58,6 +58,7 @@ pub fn execute(
             if let Some(rev) = daemon.awaiting_confirmation() {
                 anyhow::bail!("revision {rev} is waiting for confirmation: `config confirm` or `config rollback` first");
             }
+            crate::config::Config::refuse_fixed_keys(&text)?;
             let comment = comment.unwrap_or_else(|| "outpostctl config apply".to_string());
             Reply::done(daemon.apply(now, &text, confirm, &comment)?)
         }

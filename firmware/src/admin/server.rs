@@ -2,11 +2,17 @@
 //! forwards each to the task that owns the endpoint, then writes its [`Reply`] back.
 //!
 //! The server never touches live state itself: it only moves typed commands and replies.
+//!
+//! Who may connect ([`Access`]): root, the daemon's own user, and members of the admin group
+//! (`outpostd --admin-group`, on the image `outpost-admin`, the SSH admin's group). The
+//! socket is mode 0660 in that group (0600 without one), and each connection's peer is
+//! checked with SO_PEERCRED before a byte of it is read: anyone else gets one error line,
+//! is logged, and is disconnected.
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
@@ -21,29 +27,124 @@ pub type AdminRequest = (Command, oneshot::Sender<Reply>);
 /// Most admin connections served at once; more are told to retry.
 pub const MAX_CONNECTIONS: usize = 32;
 
-/// Binds the admin socket at `path` and serves it until the process ends.
-///
-/// Returns only on a bind error. See [`bind`] and [`run`] to report bind errors first.
-pub async fn serve(path: &Path, tx: mpsc::Sender<AdminRequest>) -> std::io::Result<()> {
-    let listener = bind(path)?;
-    run(listener, tx).await
+/// Refused connections logged per minute; the rest are counted in the next line logged.
+const REFUSALS_LOGGED_PER_MINUTE: u32 = 10;
+
+/// Who may use the admin socket: root, the daemon's own user, and members of the admin
+/// group.
+#[derive(Debug, Clone)]
+pub struct Access {
+    daemon_uid: u32,
+    group: Option<AdminGroup>,
 }
 
-/// Creates the socket at `path` with mode 0600 (parent directory created with mode 0700).
+#[derive(Debug, Clone)]
+struct AdminGroup {
+    name: String,
+    gid: u32,
+}
+
+/// Why the admin socket cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// The configured admin group is not in the group database.
+    #[error("the admin group `{0}` does not exist")]
+    NoGroup(String),
+}
+
+impl Access {
+    /// The rule for this process: its own user, root, and members of `group` (looked up
+    /// now; membership is read again for each connection).
+    pub fn new(group: Option<&str>) -> Result<Access, AccessError> {
+        let group = match group {
+            None => None,
+            Some(name) => match nix::unistd::Group::from_name(name) {
+                Ok(Some(g)) => Some(AdminGroup {
+                    name: name.to_owned(),
+                    gid: g.gid.as_raw(),
+                }),
+                _ => return Err(AccessError::NoGroup(name.to_owned())),
+            },
+        };
+        Ok(Access {
+            daemon_uid: nix::unistd::geteuid().as_raw(),
+            group,
+        })
+    }
+
+    /// Root and this process's user only.
+    pub fn owner_only() -> Access {
+        Access {
+            daemon_uid: nix::unistd::geteuid().as_raw(),
+            group: None,
+        }
+    }
+
+    /// Whether the peer `(uid, gid)` may use the socket; the refusal says why.
+    pub fn check(&self, uid: u32, gid: u32) -> Result<(), String> {
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten();
+        let members = match &self.group {
+            Some(g) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(g.gid))
+                .ok()
+                .flatten()
+                .map(|g| g.mem)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let account = user.as_ref().map(|u| (u.name.as_str(), u.gid.as_raw()));
+        if self.allows(uid, gid, account, &members) {
+            return Ok(());
+        }
+        Err(match &self.group {
+            Some(g) => format!(
+                "uid {uid} is not root, the daemon's user or a member of group `{}`",
+                g.name
+            ),
+            None => format!("uid {uid} is not root or the daemon's user"),
+        })
+    }
+
+    /// The rule itself: `account` is the peer's (name, primary gid) from the user
+    /// database, `members` the admin group's listed members.
+    fn allows(&self, uid: u32, gid: u32, account: Option<(&str, u32)>, members: &[String]) -> bool {
+        if uid == 0 || uid == self.daemon_uid {
+            return true;
+        }
+        let Some(group) = &self.group else {
+            return false;
+        };
+        gid == group.gid
+            || account.is_some_and(|(name, primary)| {
+                primary == group.gid || members.iter().any(|m| m == name)
+            })
+    }
+}
+
+/// Creates the socket at `path`: mode 0660 in the admin group of `access`, else 0600
+/// (a missing parent directory is created 0750 in that group, else 0700).
 ///
 /// A stale socket left by a crashed daemon is replaced; a socket another daemon still
 /// listens on is an `AddrInUse` error; any other file at `path` is left alone and is an
 /// `AlreadyExists` error. The socket is bound under a temporary name, restricted, then
 /// renamed into place, so it is never reachable with looser permissions. Must be called
 /// inside a tokio runtime.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub fn bind(path: &Path, access: &Access) -> std::io::Result<UnixListener> {
     use std::io::{Error, ErrorKind};
 
+    let gid = access.group.as_ref().map(|g| g.gid);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)?;
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(if gid.is_some() { 0o750 } else { 0o700 })
+                .create(parent)?;
+            if gid.is_some() {
+                std::os::unix::fs::chown(parent, None, gid)?;
+                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o750))?;
+            }
+        }
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -71,7 +172,12 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         _ => {}
     }
     let listener = UnixListener::bind(&tmp)?;
+    // The umask made it 0600 or tighter; only then may the group in.
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    if gid.is_some() {
+        std::os::unix::fs::chown(&tmp, None, gid)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+    }
     std::fs::rename(&tmp, path)?;
     Ok(listener)
 }
@@ -82,9 +188,15 @@ fn temp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Accepts connections on `listener` forever, one task per connection.
-pub async fn run(listener: UnixListener, tx: mpsc::Sender<AdminRequest>) -> std::io::Result<()> {
+/// Accepts connections on `listener` forever, one task per connection, each peer checked
+/// against `access` first.
+pub async fn run(
+    listener: UnixListener,
+    tx: mpsc::Sender<AdminRequest>,
+    access: Access,
+) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut refusals = RefusalLog::new(Instant::now());
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -95,6 +207,36 @@ pub async fn run(listener: UnixListener, tx: mpsc::Sender<AdminRequest>) -> std:
                 continue;
             }
         };
+        let verdict = match stream.peer_cred() {
+            Ok(cred) => access
+                .check(cred.uid(), cred.gid())
+                .map_err(|why| (why, cred.uid(), cred.pid())),
+            Err(e) => Err((format!("the peer is unknown ({e})"), u32::MAX, None)),
+        };
+        if let Err((why, uid, pid)) = verdict {
+            if let Some(also) = refusals.allow(Instant::now()) {
+                tracing::warn!(uid, pid, "admin socket: connection refused: {why}{also}");
+            }
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = stream.into_split();
+                let reply = Reply::error(format!("permission denied: {why}"));
+                let _ = write_reply(&mut wr, &reply).await;
+                // Whatever the peer sends is thrown away unparsed; it is drained (bounded in
+                // time and bytes) so the client reads the refusal instead of a broken pipe.
+                let mut sink = [0u8; 4096];
+                let mut total = 0usize;
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Ok(n) = rd.read(&mut sink).await {
+                        total += n;
+                        if n == 0 || total > MAX_LINE {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            });
+            continue;
+        }
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             tokio::spawn(async move {
                 let (_, mut wr) = stream.into_split();
@@ -110,6 +252,44 @@ pub async fn run(listener: UnixListener, tx: mpsc::Sender<AdminRequest>) -> std:
             }
             drop(permit);
         });
+    }
+}
+
+/// At most [`REFUSALS_LOGGED_PER_MINUTE`] refusal lines a minute: a local user cannot fill
+/// the log by connecting in a loop.
+#[derive(Debug)]
+struct RefusalLog {
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    fn new(now: Instant) -> Self {
+        RefusalLog {
+            window_start: now,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Some(suffix naming the refusals not logged before) when this one may be logged.
+    fn allow(&mut self, now: Instant) -> Option<String> {
+        if now.duration_since(self.window_start) >= Duration::from_secs(60) {
+            self.window_start = now;
+            self.logged = 0;
+        }
+        if self.logged >= REFUSALS_LOGGED_PER_MINUTE {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        let also = std::mem::take(&mut self.suppressed);
+        Some(if also > 0 {
+            format!(" ({also} more refused without a log line)")
+        } else {
+            String::new()
+        })
     }
 }
 
@@ -208,8 +388,8 @@ mod tests {
 
     async fn start(dir: &Path) -> PathBuf {
         let path = dir.join("run").join("admin.sock");
-        let listener = bind(&path).unwrap();
-        tokio::spawn(run(listener, fake_daemon()));
+        let listener = bind(&path, &Access::owner_only()).unwrap();
+        tokio::spawn(run(listener, fake_daemon(), Access::owner_only()));
         path
     }
 
@@ -298,7 +478,8 @@ mod tests {
         let path = dir.path().join("admin.sock");
         let (tx, rx) = mpsc::channel::<AdminRequest>(1);
         drop(rx);
-        tokio::spawn(run(bind(&path).unwrap(), tx));
+        let access = Access::owner_only();
+        tokio::spawn(run(bind(&path, &access).unwrap(), tx, access));
         let (rd, mut wr) = UnixStream::connect(&path).await.unwrap().into_split();
         let mut rd = BufReader::new(rd);
         wr.write_all(b"{\"cmd\":\"calls\"}").await.unwrap();
@@ -316,13 +497,13 @@ mod tests {
 
         // A stale socket: bound, then its listener dropped (as after a crash).
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let listener = bind(&path).unwrap();
+        let listener = bind(&path, &Access::owner_only()).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!temp_path(&path).exists());
 
         // A live socket is not stolen.
-        let err = bind(&path).unwrap_err();
+        let err = bind(&path, &Access::owner_only()).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
         drop(listener);
 
@@ -330,9 +511,62 @@ mod tests {
         let file = dir.path().join("precious");
         std::fs::write(&file, b"data").unwrap();
         assert_eq!(
-            bind(&file).unwrap_err().kind(),
+            bind(&file, &Access::owner_only()).unwrap_err().kind(),
             std::io::ErrorKind::AlreadyExists
         );
         assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    }
+
+    #[test]
+    fn only_root_the_daemon_and_the_admin_group_get_in() {
+        let access = Access {
+            daemon_uid: 100,
+            group: Some(AdminGroup {
+                name: "outpost-admin".into(),
+                gid: 1000,
+            }),
+        };
+        let none: &[String] = &[];
+        assert!(access.allows(0, 0, Some(("root", 0)), none));
+        assert!(access.allows(100, 100, Some(("outpost", 100)), none));
+        // The admin: by the connection's gid, the account's primary group or membership.
+        assert!(access.allows(1000, 1000, Some(("admin", 1000)), none));
+        assert!(access.allows(1000, 50, Some(("admin", 1000)), none));
+        assert!(access.allows(1001, 50, Some(("ops", 50)), &["ops".to_owned()]));
+        // Anyone else: nobody, an unknown uid, a member of some other group.
+        assert!(!access.allows(65534, 65534, Some(("nobody", 65534)), none));
+        assert!(!access.allows(4242, 4242, None, &["ops".to_owned()]));
+        assert!(!access.allows(1001, 50, Some(("ops", 50)), &["admin".to_owned()]));
+        let owner = Access {
+            daemon_uid: 100,
+            group: None,
+        };
+        assert!(!owner.allows(1000, 1000, Some(("admin", 1000)), none));
+        assert!(owner.allows(100, 100, None, none));
+        // The real lookup names the rule it applied.
+        let access = Access::owner_only();
+        let uid = nix::unistd::geteuid().as_raw();
+        let stranger = if uid == 0 { 65534 } else { 0 };
+        assert!(access.check(uid, 0).is_ok());
+        if stranger != 0 {
+            assert!(access
+                .check(stranger, stranger)
+                .unwrap_err()
+                .contains("uid 65534"));
+        }
+        assert!(matches!(
+            Access::new(Some("no-such-group-outpost")),
+            Err(AccessError::NoGroup(_))
+        ));
+    }
+
+    #[test]
+    fn refusals_are_logged_within_a_budget() {
+        let t0 = Instant::now();
+        let mut log = RefusalLog::new(t0);
+        let logged = (0..100).filter(|_| log.allow(t0).is_some()).count();
+        assert_eq!(logged, 10);
+        let next = log.allow(t0 + Duration::from_secs(61)).unwrap();
+        assert!(next.contains("90 more"), "{next}");
     }
 }

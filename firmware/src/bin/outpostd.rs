@@ -52,6 +52,103 @@ struct Args {
     /// With --restore: accept a backup no trusted key signed (with a warning and an alert).
     #[arg(long, requires = "restore")]
     trust_unsigned: bool,
+    /// What the image fixes and `config apply` cannot change (see firmware::fixed).
+    #[command(flatten)]
+    fixed: FixedArgs,
+}
+
+/// The settings the image fixes at start: the programs the daemon runs, who may use the
+/// admin socket, how dropbear runs (command line only: `image/files/run-outpostd`).
+#[derive(Debug, clap::Args)]
+struct FixedArgs {
+    /// The `nft` program (a name looked up in PATH, or a path).
+    #[arg(long, default_value = "nft")]
+    nft: String,
+    /// The dropbear server, when the daemon runs it itself.
+    #[arg(long, default_value = "/usr/sbin/dropbear")]
+    dropbear: PathBuf,
+    /// The dropbearkey program that makes the SSH host key.
+    #[arg(long, default_value = "/usr/bin/dropbearkey")]
+    dropbearkey: PathBuf,
+    /// The outpostctl the SSH forced command runs [default: the one beside outpostd, else
+    /// /usr/bin/outpostctl].
+    #[arg(long)]
+    outpostctl: Option<PathBuf>,
+    /// Members of this group may use the admin socket (mode 0660, this group).
+    #[arg(long)]
+    admin_group: Option<String>,
+    /// Init runs dropbear: publish its listen addresses in DIR/listen and read its log from
+    /// the FIFO DIR/log instead of starting it (needs --authorized-keys-fd).
+    #[arg(long, value_name = "DIR", requires = "authorized_keys_fd")]
+    ssh_run_dir: Option<PathBuf>,
+    /// The descriptor init opened read-write on the admin's authorized_keys.
+    #[arg(long, value_name = "FD", requires = "ssh_run_dir")]
+    authorized_keys_fd: Option<i32>,
+}
+
+impl FixedArgs {
+    fn settings(self) -> anyhow::Result<firmware::fixed::FixedSettings> {
+        use firmware::fixed::{FixedSettings, SshRunner};
+        let ssh = match (self.ssh_run_dir, self.authorized_keys_fd) {
+            (Some(dir), Some(fd)) => SshRunner::Init {
+                dir,
+                keys: std::sync::Arc::new(inherited_file(fd)?),
+            },
+            _ => SshRunner::Daemon,
+        };
+        let settings = FixedSettings {
+            nft: self.nft,
+            dropbear: self.dropbear,
+            dropbearkey: self.dropbearkey,
+            outpostctl: self.outpostctl,
+            admin_group: self.admin_group,
+            ssh,
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+}
+
+/// Takes over descriptor `fd`, opened by init for this process (read-write on a regular
+/// file); it is closed on exec, so no program the daemon runs inherits it.
+fn inherited_file(fd: i32) -> anyhow::Result<std::fs::File> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+    use std::os::fd::FromRawFd;
+    anyhow::ensure!(
+        fd > 2,
+        "--authorized-keys-fd {fd}: must be an inherited descriptor (3 or above)"
+    );
+    // Only a descriptor that is open, and not one of ours: nothing has been opened yet.
+    let flags = nix::fcntl::fcntl(
+        // SAFETY: borrowed for this one call; fcntl(F_GETFL) on a closed descriptor fails
+        // with EBADF and touches nothing.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::os::fd::BorrowedFd::borrow_raw(fd)
+        },
+        FcntlArg::F_GETFL,
+    )
+    .with_context(|| format!("--authorized-keys-fd {fd}: not an open descriptor"))?;
+    let mode = OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE;
+    anyhow::ensure!(
+        mode == OFlag::O_RDWR || mode == OFlag::O_WRONLY,
+        "--authorized-keys-fd {fd}: not open for writing"
+    );
+    // SAFETY: the descriptor is open (checked above), was inherited from init for this
+    // purpose, and nothing else in this process refers to it: the File becomes its only
+    // owner.
+    #[allow(unsafe_code)]
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    fcntl(&file, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .with_context(|| format!("--authorized-keys-fd {fd}: cannot set close-on-exec"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("--authorized-keys-fd {fd}"))?;
+    anyhow::ensure!(
+        meta.is_file(),
+        "--authorized-keys-fd {fd}: not a regular file"
+    );
+    Ok(file)
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,7 +156,28 @@ fn main() -> std::process::ExitCode {
     // passwords, keys, voicemail, backups) and every program it starts is private to its
     // user, whatever umask it was started with.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let args = Args::parse();
+    let mut args = Args::parse();
+    let fixed = std::mem::replace(
+        &mut args.fixed,
+        FixedArgs {
+            nft: String::new(),
+            dropbear: PathBuf::new(),
+            dropbearkey: PathBuf::new(),
+            outpostctl: None,
+            admin_group: None,
+            ssh_run_dir: None,
+            authorized_keys_fd: None,
+        },
+    );
+    match fixed.settings() {
+        Ok(settings) => {
+            firmware::fixed::set(settings);
+        }
+        Err(err) => {
+            eprintln!("outpostd: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -102,8 +102,9 @@ pub struct FirewallConfig {
     pub detect: DetectConfig,
     /// Name of our nftables table in family `inet`.
     pub table: String,
-    /// The `nft` program: a name looked up in PATH, or a path.
-    pub nft: String,
+    /// Retired: the `nft` program is fixed by the image (`outpostd --nft`).
+    #[serde(skip_serializing)]
+    pub nft: Option<crate::fixed::RetiredKey>,
     /// Drop packets to relay ports that no live call opened (only with `media.enabled`).
     pub rtp_closed: bool,
     /// Per-source packets per second on the SIP ports above which the kernel drops (a
@@ -217,7 +218,7 @@ impl Default for FirewallConfig {
             monitor: false,
             detect: DetectConfig::default(),
             table: nft.table,
-            nft: nft.nft,
+            nft: None,
             rtp_closed: true,
             kernel_flood_per_second: flood.per_second,
             kernel_flood_burst: flood.burst,
@@ -444,7 +445,7 @@ impl FirewallConfig {
             conn_limit: self.conn_limit(site),
             management: site.management.clone(),
             netns: None,
-            nft: self.nft.clone(),
+            nft: crate::fixed::get().nft.clone(),
             nft_timeout_ms: defaults.nft_timeout_ms,
         }
     }

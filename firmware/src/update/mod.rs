@@ -491,6 +491,13 @@ impl BootData {
         let path = self.env_path();
         let tmp = self.dir.join(format!("{BOOT_ENV}.new"));
         let what = || format!("writing {}", path.display());
+        // A leftover of an interrupted write may be another user's (root's, from the
+        // health check or the initramfs, when the admin installs over SSH): replace it
+        // rather than open it.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(what())(e)),
+            _ => {}
+        }
         let mut f = File::create(&tmp).map_err(io_err(what()))?;
         f.write_all(env.render().as_bytes())
             .and_then(|()| f.sync_all())

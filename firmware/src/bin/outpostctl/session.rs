@@ -121,6 +121,9 @@ impl Session {
             ));
         }
         if self.restricted {
+            if let Err(why) = allowed_in_session(&cli.command, origin) {
+                return Err(Failure::Usage(why));
+            }
             if let Some(why) = escapes_the_session(&cli.command) {
                 return Err(Failure::Usage(why.to_owned()));
             }
@@ -189,6 +192,53 @@ impl Session {
             LoginEnd::Eof => Err(Failure::Shown(1)),
         }
     }
+}
+
+/// The command families an SSH or console-login session may run; anything else (a
+/// family added later included) is refused until it is added here.
+pub const SESSION_COMMANDS: &[&str] = &[
+    "status", "ext", "reg", "calls", "cdr", "fw", "vm", "trunks", "metrics", "config", "ssh",
+    "admin", "backup", "update", "sbom", "shell",
+];
+
+/// The family name of `cmd` as typed (the first word).
+fn family(cmd: &Cmd) -> &'static str {
+    match cmd {
+        Cmd::Status => "status",
+        Cmd::Ext(_) => "ext",
+        Cmd::Reg(_) => "reg",
+        Cmd::Calls => "calls",
+        Cmd::Cdr(_) => "cdr",
+        Cmd::Fw(_) => "fw",
+        Cmd::Vm(_) => "vm",
+        Cmd::Trunks => "trunks",
+        Cmd::Metrics => "metrics",
+        Cmd::Config(_) => "config",
+        Cmd::Ssh(_) => "ssh",
+        Cmd::Admin(_) => "admin",
+        Cmd::Backup(_) => "backup",
+        Cmd::Update(_) => "update",
+        Cmd::Sbom { .. } => "sbom",
+        Cmd::Shell => "shell",
+        Cmd::Login => "login",
+        Cmd::SshSession => "ssh-session",
+    }
+}
+
+/// Whether a restricted session may run `cmd` at all: its family is on
+/// [`SESSION_COMMANDS`] (the shell only from an SSH command line: a shell line is already in
+/// one). The refusal lists what the session allows.
+fn allowed_in_session(cmd: &Cmd, origin: Origin) -> Result<(), String> {
+    let name = family(cmd);
+    let listed = SESSION_COMMANDS.contains(&name);
+    if listed && !(name == "shell" && origin == Origin::Shell) {
+        return Ok(());
+    }
+    Err(format!(
+        "`{name}` is not available in this session: this is already a logged-in session, \
+         which runs only {}",
+        SESSION_COMMANDS.join(", ")
+    ))
 }
 
 /// Why `cmd` may not run in an SSH or console-login session, whose user must reach nothing
@@ -294,6 +344,61 @@ mod tests {
             shell.run_words(words("status"), Origin::Shell),
             Err(Failure::Unreachable(m)) if m.contains("/nonexistent/admin.sock")
         ));
+    }
+
+    #[test]
+    fn sessions_run_only_the_listed_families() {
+        let parse = |line: &str| {
+            let mut argv = vec!["outpostctl".to_owned()];
+            argv.extend(console::split_words(line).unwrap());
+            Cli::try_parse_from(argv).unwrap().command
+        };
+        for line in [
+            "status",
+            "ext list",
+            "reg list",
+            "calls",
+            "cdr list",
+            "fw bans",
+            "vm list 100",
+            "trunks",
+            "metrics",
+            "config show",
+            "ssh keys list",
+            "admin passwd",
+            "backup list",
+            "update status",
+            "sbom",
+        ] {
+            assert_eq!(
+                allowed_in_session(&parse(line), Origin::Ssh),
+                Ok(()),
+                "{line}"
+            );
+            assert_eq!(
+                allowed_in_session(&parse(line), Origin::Shell),
+                Ok(()),
+                "{line}"
+            );
+        }
+        assert_eq!(allowed_in_session(&parse("shell"), Origin::Ssh), Ok(()));
+        for (line, origin) in [
+            ("login", Origin::Ssh),
+            ("ssh-session", Origin::Ssh),
+            ("shell", Origin::Shell),
+            ("login", Origin::Shell),
+        ] {
+            let why = allowed_in_session(&parse(line), origin).unwrap_err();
+            assert!(
+                why.contains("not available") && why.contains("status, ext"),
+                "{why}"
+            );
+        }
+        // Every family has a name, and each listed one is a real subcommand.
+        let cmd = Cli::command();
+        for name in SESSION_COMMANDS {
+            assert!(cmd.find_subcommand(name).is_some(), "{name}");
+        }
     }
 
     #[test]

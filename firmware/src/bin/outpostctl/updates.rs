@@ -113,14 +113,46 @@ fn update_install(
     Ok(())
 }
 
-/// `sync`, then busybox `reboot` (init runs the shutdown actions).
+/// Where the SSH admin, who is not root, asks init for a reboot (`image/files/run-reboot`).
+const REBOOT_REQUEST: &str = "/run/outpost/reboot-request";
+
+/// `sync`, then a clean reboot (init runs the shutdown actions): busybox `reboot` as root,
+/// else the request to init's `run-reboot`.
 fn reboot_now() -> Result<(), Failure> {
     nix::unistd::sync();
+    if !nix::unistd::geteuid().is_root() {
+        return request_reboot(Path::new(REBOOT_REQUEST));
+    }
     match std::process::Command::new("reboot").status() {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(Failure::Refused(format!("reboot failed: {s}"))),
         Err(e) => Err(Failure::Refused(format!("cannot run reboot: {e}"))),
     }
+}
+
+/// Writes `reboot` to the FIFO init's `run-reboot` waits on. Non-blocking: with nobody
+/// reading (not the image, or its helper is not running) this fails at once.
+fn request_reboot(fifo: &Path) -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let refused = |why: String| {
+        Failure::Refused(format!(
+            "cannot ask for a reboot through {}: {why}; the update is installed, reboot the box to try it",
+            fifo.display()
+        ))
+    };
+    let meta = std::fs::symlink_metadata(fifo).map_err(|e| refused(e.to_string()))?;
+    if !meta.file_type().is_fifo() {
+        return Err(refused("not a FIFO".to_owned()));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(fifo)
+        .map_err(|e| refused(e.to_string()))?;
+    f.write_all(b"reboot\n")
+        .map_err(|e| refused(e.to_string()))?;
+    Ok(())
 }
 
 /// The trial boot's verdict: commit when outpostd, its store and SIP answer in time, else
@@ -198,4 +230,38 @@ pub fn sbom(layout: &update::Layout, summary: bool, json: bool) -> Result<(), Fa
         print!("{}", render::sbom_summary(&s));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_asks_init_for_the_reboot_through_its_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("reboot-request");
+        // Nothing there, or not a FIFO: refused, saying the update is in place.
+        let missing = request_reboot(&fifo);
+        assert!(matches!(&missing, Err(Failure::Refused(m)) if m.contains("reboot the box")));
+        std::fs::write(&fifo, b"").unwrap();
+        assert!(request_reboot(&fifo).is_err());
+        std::fs::remove_file(&fifo).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // No reader (init's helper not running): refused at once, never blocks.
+        assert!(request_reboot(&fifo).is_err());
+        // With the reader: exactly the one line it waits for.
+        let path = fifo.clone();
+        let reader = std::thread::spawn(move || std::fs::read_to_string(path).unwrap());
+        let mut sent = false;
+        for _ in 0..200 {
+            if request_reboot(&fifo).is_ok() {
+                sent = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(sent, "the reader never opened the FIFO");
+        assert_eq!(reader.join().unwrap(), "reboot\n");
+    }
 }
