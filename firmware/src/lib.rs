@@ -54,6 +54,7 @@ pub mod driver;
 pub mod fallback;
 pub mod guard;
 pub mod http;
+pub mod log;
 pub mod media;
 pub mod metrics;
 pub mod names;
