@@ -31,8 +31,9 @@ pub struct LogQuery {
     pub since: Option<u64>,
     /// Only lines at least this severe: `error`, `warn`, `info`, `debug` or `trace`.
     pub level: Option<String>,
-    /// The newest this many matching lines at most (0: the default of 100); at most
-    /// [`MAX_PAGE_LINES`].
+    /// The newest this many matching lines at most; at most [`MAX_PAGE_LINES`]. 0: with
+    /// `since`, every line since then, oldest first, a page at a time (continue with the
+    /// cursor while `more`); without, the newest 100.
     pub lines: usize,
     /// Continue after this position instead (`--follow`): every matching line written
     /// since, oldest first, as far as one page holds.

@@ -291,9 +291,24 @@ impl Filter {
 pub fn read(dir: &Path, q: &LogQuery) -> Result<LogPage, String> {
     let filter = Filter::new(q)?;
     let files = files(dir);
-    match q.after {
-        Some(cursor) => Ok(follow(&files, cursor, &filter)),
-        None => Ok(tail(&files, q, &filter)),
+    match (q.after, q.since, q.lines) {
+        (Some(cursor), _, _) => Ok(follow(&files, cursor, &filter)),
+        // Every line since a time: from the oldest file on, a page at a time.
+        (None, Some(_), 0) => {
+            let Some(oldest) = files.first().and_then(|p| File::open(p).ok()) else {
+                return Ok(LogPage::default());
+            };
+            let Ok(meta) = oldest.metadata() else {
+                return Ok(LogPage::default());
+            };
+            let start = LogCursor {
+                file: meta.ino(),
+                offset: 0,
+                head: head_hash(&mut { oldest }, 0),
+            };
+            Ok(follow(&files, start, &filter))
+        }
+        (None, _, _) => Ok(tail(&files, q, &filter)),
     }
 }
 
@@ -539,7 +554,7 @@ mod tests {
     #[test]
     fn since_and_level_filter_and_newlines_cannot_forge_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let log = FileLog::start(dir.path().to_path_buf(), 1 << 20, 2).unwrap();
+        let log = FileLog::start(dir.path().to_path_buf(), 8 << 20, 2).unwrap();
         log.push(line(at(0), &tracing::Level::INFO, "t", "old"));
         log.push(line(at(10), &tracing::Level::DEBUG, "t", "new debug"));
         log.push(line(at(20), &tracing::Level::ERROR, "t", "new\nerror"));
@@ -555,12 +570,46 @@ mod tests {
             "{:?}",
             page.lines
         );
+        assert!(!page.more);
+        // Every line since a time comes a page at a time, oldest first.
+        for i in 0..30_000u64 {
+            log.push(line(
+                at(30 + i),
+                &tracing::Level::INFO,
+                "t",
+                &format!("{i:040}"),
+            ));
+            if i % 5_000 == 0 {
+                log.drain(Duration::from_secs(10));
+            }
+        }
+        log.drain(Duration::from_secs(10));
+        assert_eq!(log.dropped(), 0);
+        let mut page = read(dir.path(), &q).unwrap();
+        let mut seen = page.lines.len();
+        assert!(page.more && seen < 30_002, "{seen}");
+        assert!(page.lines[1].ends_with("t: new\\nerror"));
+        while page.more {
+            let next = LogQuery {
+                after: page.cursor,
+                ..LogQuery::default()
+            };
+            page = read(dir.path(), &next).unwrap();
+            seen += page.lines.len();
+        }
+        assert_eq!(seen, 30_002);
+        assert!(page
+            .lines
+            .last()
+            .unwrap()
+            .ends_with(&format!("{:040}", 29_999)));
         let q = LogQuery {
             level: Some("info".into()),
             ..LogQuery::default()
         };
         let page = read(dir.path(), &q).unwrap();
-        assert_eq!(page.lines.len(), 2, "{:?}", page.lines);
+        assert_eq!(page.lines.len(), DEFAULT_LINES, "{:?}", page.lines);
+        assert!(page.lines.iter().all(|l| !l.contains(" DEBUG ")));
         assert!(read(
             dir.path(),
             &LogQuery {

@@ -481,7 +481,8 @@ pub struct LogArgs {
     /// such as 30s, 15m, 2h, 7d.
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
-    /// How many of the newest matching lines [default: 100; with --follow 10]
+    /// How many of the newest matching lines [default: with --since every line since,
+    /// else 100, with --follow 10]
     #[arg(long, short = 'n', value_name = "N")]
     pub lines: Option<usize>,
     /// Only lines at least this severe.

@@ -29,9 +29,12 @@ pub fn log_cmd(socket: &Path, args: &LogArgs, json: bool) -> Result<(), Failure>
         .map(|s| parse_since(s, now_ms()).map_err(Failure::Usage))
         .transpose()?;
     let level = args.level.map(|l| l.as_str().to_owned());
-    let lines = args
-        .lines
-        .unwrap_or(if args.follow { FOLLOW_LINES } else { 0 });
+    // 0 asks for the daemon's default: every line since `since`, else the newest 100.
+    let lines = args.lines.unwrap_or(if args.follow && since.is_none() {
+        FOLLOW_LINES
+    } else {
+        0
+    });
     let mut link = Link::connect(socket)?;
     let first = request(
         &mut link,
@@ -42,13 +45,13 @@ pub fn log_cmd(socket: &Path, args: &LogArgs, json: bool) -> Result<(), Failure>
             after: None,
         },
     )?;
-    if json && !args.follow {
+    if json && !args.follow && !first.more {
         let text = serde_json::to_string_pretty(&first)
             .map_err(|e| Failure::Usage(format!("cannot encode the reply: {e}")))?;
         println!("{text}");
         return Ok(());
     }
-    if print(&first, json).is_err() || !args.follow {
+    if print(&first, json).is_err() {
         return Ok(());
     }
     let mut cursor = first.cursor.unwrap_or(LogCursor {
@@ -56,9 +59,12 @@ pub fn log_cmd(socket: &Path, args: &LogArgs, json: bool) -> Result<(), Failure>
         offset: 0,
         head: 0,
     });
-    let mut more = false;
+    let mut more = first.more;
     loop {
         if !more {
+            if !args.follow {
+                return Ok(());
+            }
             std::thread::sleep(POLL);
         }
         let query = LogQuery {

@@ -278,6 +278,16 @@ mod tests {
             ssh.run_words(words("fw export"), Origin::Ssh),
             Err(Failure::Unreachable(_))
         ));
+        // Reading the persistent log is allowed in the session (docs/logs.md promises it).
+        for line in ["log", "log --follow --level warn", "log --since 2h -n 50"] {
+            assert!(
+                matches!(
+                    ssh.run_words(words(line), Origin::Ssh),
+                    Err(Failure::Unreachable(_))
+                ),
+                "{line}"
+            );
+        }
         let shell = Session {
             ssh: false,
             restricted: false,
