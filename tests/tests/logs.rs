@@ -295,7 +295,7 @@ fn rsyslog_receives_the_daemons_lines_and_a_ban_over_udp_tcp_and_tls() {
          [[log.remote]]\naddress = \"127.0.0.1:{TLS_PORT}\"\ntransport = \"tls\"\nfacility = \"local5\"\nca = \"{}\"\n",
         ca.display()
     );
-    let daemon = Daemon::start_in(&lab.appliance, lab.daemon_config().with_toml(&toml));
+    let mut daemon = Daemon::start_in(&lab.appliance, lab.daemon_config().with_toml(&toml));
     let status = daemon.ctl_json(&["status"]);
     let hostname = status["hostname"].as_str().expect("hostname").to_owned();
     let pid = daemon.pid().expect("pid").to_string();
@@ -399,6 +399,12 @@ fn rsyslog_receives_the_daemons_lines_and_a_ban_over_udp_tcp_and_tls() {
         metrics.contains("outpost_log_remote_sent_total "),
         "{metrics}"
     );
+
+    // A clean stop sends the last line too.
+    daemon.stop();
+    rsyslog.wait("tls", "the stop line", |m| {
+        m.msg.contains("outpostd stopped")
+    });
 }
 
 /// Sends `n` status requests on one admin connection (each is one `admin command` line).

@@ -119,10 +119,15 @@ impl Pipeline {
         }
     }
 
-    /// Writes out the persistent log's queue (at most `timeout`): at a clean stop.
+    /// Writes out the persistent log's queue and sends the reachable collectors' (at most
+    /// `timeout` in all): at a clean stop.
     pub fn drain(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
         if let Some(f) = &self.file {
             f.drain(timeout);
+        }
+        for r in &self.remotes {
+            r.drain(deadline);
         }
     }
 }

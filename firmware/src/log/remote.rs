@@ -62,6 +62,8 @@ pub struct Remote {
     sent: AtomicU64,
     dropped: AtomicU64,
     connected: AtomicBool,
+    /// The thread holds a batch it has not finished sending.
+    in_flight: AtomicBool,
     last_error: Mutex<Option<String>>,
     min_level: tracing::Level,
 }
@@ -82,6 +84,7 @@ impl Remote {
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            in_flight: AtomicBool::new(false),
             last_error: Mutex::new(None),
             min_level,
         });
@@ -128,8 +131,20 @@ impl Remote {
         }
     }
 
+    /// Waits (until `deadline` at most) for the queue to be sent, while the collector is
+    /// reachable: at a clean stop, so the last lines ("outpostd stopped") go out too.
+    pub fn drain(&self, deadline: std::time::Instant) {
+        while std::time::Instant::now() < deadline
+            && self.connected.load(Ordering::Relaxed)
+            && (self.in_flight.load(Ordering::Relaxed) || !lock(&self.queue).is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits for messages and takes up to `max` of them.
     fn take(&self, max: usize) -> Vec<Vec<u8>> {
+        self.in_flight.store(false, Ordering::Relaxed);
         let mut q = lock(&self.queue);
         while q.is_empty() {
             q = self
@@ -138,6 +153,7 @@ impl Remote {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         let n = q.len().min(max);
+        self.in_flight.store(true, Ordering::Relaxed);
         q.drain(..n).collect()
     }
 
