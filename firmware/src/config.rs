@@ -250,6 +250,15 @@ pub struct LogConfig {
     pub syslog: Option<PathBuf>,
     /// `text` (default) or `json` (one JSON object per line, for log collectors).
     pub format: String,
+    /// Keep a persistent log in `<data_dir>/log/` (docs/logs.md).
+    pub persist: bool,
+    /// Size of one persistent log file before it is rotated, KiB (64..65536).
+    pub file_kib: u64,
+    /// Persistent log files kept, the current one included (1..16): the log takes at most
+    /// `files × file_kib`.
+    pub files: u32,
+    /// Remote syslog collectors (RFC 5424), at most four.
+    pub remote: Vec<crate::log::config::Collector>,
 }
 
 impl Default for LogConfig {
@@ -258,6 +267,10 @@ impl Default for LogConfig {
             level: "info".to_owned(),
             syslog: None,
             format: "text".to_owned(),
+            persist: true,
+            file_kib: 4096,
+            files: 4,
+            remote: Vec::new(),
         }
     }
 }
@@ -757,6 +770,8 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be text or json"));
         }
+        crate::log::config::check(&self.log.remote, self.log.file_kib, self.log.files)
+            .map_err(|(key, reason)| invalid(&key, reason))?;
 
         self.watchdog
             .check()

@@ -23,6 +23,8 @@
 //!
 //! Subsystems (each owns its config section and typed operations, errors and results):
 //! - [`driver`]: SIP transports (UDP, TCP, TLS) and `[tls]`.
+//! - [`log`]: the persistent log on `/data` and the remote syslog collectors (RFC 5424,
+//!   TLS on the driver's client settings).
 //! - [`http`]: the one HTTP client (update downloads, the WebDAV backup target, HTTPS
 //!   blocklist feeds) on the TLS driver's rustls settings.
 //! - [`guard`]: the SIP firewall in the daemon (inspection, bans, the kernel enforcer).
@@ -60,6 +62,7 @@ pub mod fallback;
 pub mod fixed;
 pub mod guard;
 pub mod http;
+pub mod log;
 pub mod media;
 pub mod metrics;
 pub mod names;

@@ -91,6 +91,15 @@ pub struct Metrics {
     /// File descriptors the daemon has open; `None` when /proc is unreadable.
     #[serde(default)]
     pub process_open_fds: Option<u64>,
+    /// Lines the persistent log dropped (queue full, disk refused); `None` when it is off.
+    #[serde(default)]
+    pub log_file_dropped: Option<u64>,
+    /// Messages sent to and dropped for the remote syslog collectors, all together;
+    /// `None` when none is configured.
+    #[serde(default)]
+    pub log_remote_sent: Option<u64>,
+    #[serde(default)]
+    pub log_remote_dropped: Option<u64>,
 }
 
 /// The daemon's resident memory in bytes, from `VmRSS` in /proc/self/status.
@@ -270,6 +279,30 @@ impl Metrics {
                 "process_open_fds",
                 "gauge",
                 "File descriptors the daemon has open.",
+                v,
+            );
+        }
+        if let Some(v) = self.log_file_dropped {
+            metric(
+                "log_file_dropped_total",
+                "counter",
+                "Lines the persistent log dropped.",
+                v,
+            );
+        }
+        if let Some(v) = self.log_remote_sent {
+            metric(
+                "log_remote_sent_total",
+                "counter",
+                "Messages sent to the remote syslog collectors.",
+                v,
+            );
+        }
+        if let Some(v) = self.log_remote_dropped {
+            metric(
+                "log_remote_dropped_total",
+                "counter",
+                "Messages dropped for the remote syslog collectors (queue full, broken connection).",
                 v,
             );
         }

@@ -94,6 +94,7 @@ impl Control<'_> {
                 hostname: crate::system::hostname(&self.cfg.system),
                 last_restore: crate::backup::last_restore(&self.cfg.store.data_dir),
                 protocol_version: PROTOCOL_VERSION,
+                log: crate::log::installed().map(|p| p.status()),
             }),
             Command::ExtList => {
                 let exts = self.store.ext_list()?;
@@ -316,7 +317,7 @@ impl Control<'_> {
                 }
                 self.describe_locks(now, reply)
             }
-            Command::Backup(_) | Command::Config(_) | Command::Metrics => {
+            Command::Backup(_) | Command::Config(_) | Command::Metrics | Command::Log(_) => {
                 anyhow::bail!("{} is handled by the daemon itself", cmd.name())
             }
             Command::CdrExport {

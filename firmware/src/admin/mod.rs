@@ -6,6 +6,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod firewall;
+pub mod log;
 pub mod proto;
 pub mod server;
 pub mod ssh;

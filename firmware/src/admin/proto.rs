@@ -11,6 +11,8 @@ use pbx_core::cdr::Cdr;
 
 pub use crate::backup::api::{BackupCommand, BackupKey, SecretText};
 pub use crate::console::api::{AdminCommand, AdminInfo, LoginOutcome};
+pub use crate::log::api::{LogCursor, LogPage, LogQuery, LogStatus};
+pub use crate::log::remote::CollectorStatus;
 pub use crate::names::{
     validate_admin_password, validate_ext, validate_name, validate_password, MAX_EXT_LEN,
     MAX_NAME_LEN, MAX_PASSWORD_LEN, MAX_SSH_KEY_LINE, MIN_ADMIN_PASSWORD_LEN, MIN_PASSWORD_LEN,
@@ -127,6 +129,9 @@ pub enum Command {
         /// How many records at most.
         limit: usize,
     },
+    /// Lines of the persistent log (`{"cmd":"log","lines":50,"level":"warn"}`); with
+    /// `after`, the lines written since that cursor (how `outpostctl log --follow` polls).
+    Log(LogQuery),
 }
 
 impl Command {
@@ -158,6 +163,7 @@ impl Command {
             Command::Admin(admin) => admin.name(),
             Command::Backup(b) => b.name(),
             Command::CdrExport { .. } => "cdr_export",
+            Command::Log(_) => "log",
         }
     }
 }
@@ -251,6 +257,8 @@ pub enum Reply {
         /// The cursor for the next page; `None` when this was the last.
         next: Option<u64>,
     },
+    /// Answer to [`Command::Log`].
+    Log(LogPage),
     /// A change was made.
     Done {
         /// What was done, for a human.
@@ -324,6 +332,10 @@ pub struct StatusInfo {
     /// [`PROTOCOL_VERSION`] of the daemon; 0 from a daemon that predates it.
     #[serde(default)]
     pub protocol_version: u32,
+    /// The persistent log and the remote syslog collectors; `None` from a daemon that
+    /// predates them.
+    #[serde(default)]
+    pub log: Option<LogStatus>,
 }
 
 impl StatusInfo {
@@ -500,6 +512,19 @@ mod tests {
                 .is_err()
         );
         assert!(serde_json::from_str::<Command>(r#"{"cmd":"reboot"}"#).is_err());
+        // `log` with any subset of its fields; unknown ones are refused.
+        let c: Command = serde_json::from_str(r#"{"cmd":"log"}"#).unwrap();
+        assert_eq!(c, Command::Log(LogQuery::default()));
+        let c: Command = serde_json::from_str(
+            r#"{"cmd":"log","lines":5,"level":"warn","after":{"file":3,"offset":9}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.name(), "log");
+        assert_eq!(
+            serde_json::from_str::<Command>(&serde_json::to_string(&c).unwrap()).unwrap(),
+            c
+        );
+        assert!(serde_json::from_str::<Command>(r#"{"cmd":"log","grep":"x"}"#).is_err());
         assert!(serde_json::from_str::<Command>(r#"{"cmd":"ext_del"}"#).is_err());
     }
 
@@ -537,6 +562,29 @@ mod tests {
                 hostname: "berlin-1".into(),
                 last_restore: None,
                 protocol_version: PROTOCOL_VERSION,
+                log: Some(LogStatus {
+                    file: Some("/data/log/outpostd.log".into()),
+                    file_dropped: 0,
+                    collectors: vec![CollectorStatus {
+                        address: "192.0.2.10:514".into(),
+                        transport: "udp".into(),
+                        connected: true,
+                        sent: 9,
+                        dropped: 1,
+                        queued: 0,
+                        last_error: None,
+                    }],
+                }),
+            }),
+            Reply::Log(LogPage {
+                lines: vec!["2026-12-06T19:19:12.345Z INFO firmware::daemon: started".into()],
+                cursor: Some(LogCursor {
+                    file: 12,
+                    offset: 345,
+                    head: 77,
+                }),
+                missed: false,
+                more: true,
             }),
             Reply::Extensions(vec![ExtensionInfo {
                 ext: "100".into(),

@@ -279,7 +279,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
         .context("bad log level")?;
-    init_logging(&cfg.log, filter)?;
+    let logs = init_logging(&cfg, filter)?;
     if let Some(err) = boot_error {
         tracing::error!(
             "the factory default configuration does not load ({err:#}); running the {source}"
@@ -290,14 +290,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(daemon::run(cfg, text, source, args.config_default))
+    let result = runtime.block_on(daemon::run(cfg, text, source, args.config_default));
+    // The persistent log's last lines ("outpostd stopped") reach the disk before exit.
+    logs.drain(std::time::Duration::from_secs(2));
+    result
 }
 
-/// stderr (text or JSON lines), plus the system log when `log.syslog` is set.
+/// stderr (text or JSON lines), the persistent log and the remote collectors
+/// (`firmware::log`), plus the system log when `log.syslog` is set.
 fn init_logging(
-    log: &firmware::config::LogConfig,
+    cfg: &firmware::config::Config,
     filter: tracing_subscriber::EnvFilter,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::sync::Arc<firmware::log::Pipeline>> {
+    let log = &cfg.log;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
@@ -327,10 +332,22 @@ fn init_logging(
         }
         None => None,
     };
+    let (pipeline, errors) = firmware::log::Pipeline::start(
+        log.persist.then(|| firmware::log::dir(&cfg.store.data_dir)),
+        log.file_kib.saturating_mul(1024),
+        log.files,
+        &log.remote,
+    );
+    let pipeline = pipeline.install();
+    let layer = pipeline.layer(firmware::system::hostname(&cfg.system));
     tracing_subscriber::registry()
         .with(filter)
         .with(stderr)
         .with(syslog)
+        .with(layer)
         .init();
-    Ok(())
+    for err in errors {
+        tracing::error!("{err}; running without it");
+    }
+    Ok(pipeline)
 }

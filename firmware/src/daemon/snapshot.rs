@@ -27,6 +27,7 @@ pub(super) fn metrics(
     let fw = guard.counters();
     let relay = relay.map(Relay::counters);
     let kernel = fw.kernel;
+    let log = crate::log::installed().map(|p| p.status());
     Metrics {
         uptime_secs,
         extensions: endpoint.user_count() as u64,
@@ -58,6 +59,17 @@ pub(super) fn metrics(
         kernel_mgmt_drops: kernel.map(|k| k.mgmt_drops),
         process_resident_memory_bytes: crate::metrics::resident_memory_bytes(),
         process_open_fds: crate::metrics::open_fds(),
+        log_file_dropped: log
+            .as_ref()
+            .and_then(|l| l.file.as_ref().map(|_| l.file_dropped)),
+        log_remote_sent: log
+            .as_ref()
+            .filter(|l| !l.collectors.is_empty())
+            .map(|l| l.collectors.iter().map(|c| c.sent).sum()),
+        log_remote_dropped: log
+            .as_ref()
+            .filter(|l| !l.collectors.is_empty())
+            .map(|l| l.collectors.iter().map(|c| c.dropped).sum()),
     }
 }
 

@@ -26,6 +26,9 @@ pub struct AlertLog {
     windows: [LogWindow; Rule::ALL.len()],
     logged: u64,
     suppressed: u64,
+    /// The same windows for ban and lock event lines (their own budget, so a burst of
+    /// bans does not hide the alerts, nor the reverse).
+    events: [LogWindow; Rule::ALL.len()],
 }
 
 impl AlertLog {
@@ -54,14 +57,43 @@ impl AlertLog {
         }
         w.logged += 1;
         self.logged += 1;
+        // `sd`: a structured event for the remote syslog collectors (crate::log).
         tracing::warn!(
+            sd = "alert",
             rule = %alert.rule,
-            addr = ?alert.addr,
-            user = ?alert.user,
+            src = alert.addr.map(tracing::field::display),
+            user = alert.user.as_deref(),
             enforced = alert.enforced,
             "firewall: {}",
             alert.message.escape_debug()
         );
+    }
+
+    /// Whether a ban or lock event line of `rule` may be logged now: [`ALERT_LOG_LIMIT`]
+    /// per rule per window, like alerts; the rest are counted and summarised.
+    pub fn admit_event(&mut self, now: Millis, rule: Rule) -> bool {
+        let i = rule_index(rule);
+        let w = &mut self.events[i];
+        if now >= w.start.saturating_add(ALERT_LOG_WINDOW_MS) {
+            if w.suppressed > 0 {
+                tracing::warn!(
+                    rule = %rule,
+                    "firewall: {} more {} bans or locks in the last minute were not logged (see `outpostctl fw bans`)",
+                    w.suppressed, rule
+                );
+            }
+            *w = LogWindow {
+                start: now,
+                logged: 0,
+                suppressed: 0,
+            };
+        }
+        if w.logged >= ALERT_LOG_LIMIT {
+            w.suppressed += 1;
+            return false;
+        }
+        w.logged += 1;
+        true
     }
 
     /// Summarises the windows that ended with alerts left unlogged.
@@ -71,6 +103,16 @@ impl AlertLog {
                 tracing::warn!(
                     rule = %Rule::ALL[i],
                     "firewall: {} more {} alerts in the last minute were not logged (see `outpostctl fw alerts`)",
+                    w.suppressed, Rule::ALL[i]
+                );
+                *w = LogWindow::default();
+            }
+        }
+        for (i, w) in self.events.iter_mut().enumerate() {
+            if w.suppressed > 0 && now >= w.start.saturating_add(ALERT_LOG_WINDOW_MS) {
+                tracing::warn!(
+                    rule = %Rule::ALL[i],
+                    "firewall: {} more {} bans or locks in the last minute were not logged (see `outpostctl fw bans`)",
                     w.suppressed, Rule::ALL[i]
                 );
                 *w = LogWindow::default();
@@ -127,5 +169,11 @@ mod tests {
         log.flush(T0 + ALERT_LOG_WINDOW_MS);
         log.log(T0 + ALERT_LOG_WINDOW_MS, &alert(0, Rule::Scanner));
         assert_eq!((log.logged(), log.suppressed()), (12, 6), "a new window");
+        // Ban and lock lines have their own budget per rule and window.
+        let admitted = (0..15)
+            .filter(|n| log.admit_event(T0 + ALERT_LOG_WINDOW_MS + n, Rule::Scanner))
+            .count();
+        assert_eq!(admitted, 10);
+        assert!(log.admit_event(T0 + 2 * ALERT_LOG_WINDOW_MS, Rule::Scanner));
     }
 }

@@ -840,6 +840,19 @@ impl Guard {
                     for_ms: duration_ms,
                 });
                 let count_today = self.count_ban(now, addr);
+                if self.alert_log.admit_event(now, rule) {
+                    let secs = duration_ms.div_ceil(1_000);
+                    // `sd`: a structured event for the remote syslog collectors (crate::log).
+                    tracing::warn!(
+                        sd = "ban",
+                        src = %addr,
+                        rule = %rule,
+                        reason = %reason.escape_debug(),
+                        secs,
+                        enforced = !self.detector.config().monitor,
+                        "firewall: banned {addr} for {secs} s ({rule})"
+                    );
+                }
                 self.write(FirewallChange::Ban(
                     addr,
                     StoredBan {
@@ -861,6 +874,17 @@ impl Guard {
                 rule,
             } => {
                 let until = now.saturating_add(duration_ms);
+                if self.alert_log.admit_event(now, rule) {
+                    let secs = duration_ms.div_ceil(1_000);
+                    tracing::warn!(
+                        sd = "lock",
+                        user = %user.escape_debug(),
+                        rule = %rule,
+                        secs,
+                        "firewall: account {} locked for {secs} s ({rule})",
+                        user.escape_debug()
+                    );
+                }
                 self.write(FirewallChange::Lock(
                     user.clone(),
                     StoredLock {
@@ -1058,7 +1082,7 @@ impl Guard {
         if let Err(source) = store.fw_apply(&[FirewallChange::Unban(ip)]) {
             return Err(FwError::UnbanNotStored { addr: ip, source });
         }
-        tracing::info!(addr = %ip, "firewall: unbanned by the admin");
+        tracing::info!(sd = "unban", src = %ip, by = "admin", "firewall: {ip} unbanned by the admin");
         let listing = self.feeds.listing(ip);
         let feed_note = if listing.is_empty() {
             String::new()

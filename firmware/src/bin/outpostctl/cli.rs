@@ -63,6 +63,9 @@ pub enum Cmd {
     /// Firmware updates: install a signed bundle into the other slot, show the slots.
     #[command(subcommand)]
     Update(UpdateCmd),
+    /// The daemon's persistent log (newest lines last); --follow shows new lines as they
+    /// come until interrupted.
+    Log(LogArgs),
     /// The software bill of materials of this firmware (CycloneDX JSON).
     Sbom {
         /// Only the counts: crates, Debian packages, licences.
@@ -492,6 +495,48 @@ pub enum CdrCmd {
         #[arg(long, value_name = "DATE")]
         to: Option<String>,
     },
+}
+
+/// `outpostctl log`.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Keep showing new lines as they are written (Ctrl-C to stop).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only lines from this time on: a date (YYYY-MM-DD, UTC), an RFC 3339 time, or an age
+    /// such as 30s, 15m, 2h, 7d.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// How many of the newest matching lines [default: with --since every line since,
+    /// else 100, with --follow 10]
+    #[arg(long, short = 'n', value_name = "N")]
+    pub lines: Option<usize>,
+    /// Only lines at least this severe.
+    #[arg(long, value_enum)]
+    pub level: Option<LogLevel>,
+}
+
+/// `log --level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// `cdr export --format`.

@@ -19,6 +19,7 @@ mod failure;
 mod import;
 mod input;
 mod link;
+mod logs;
 mod plan;
 mod render;
 mod run;

@@ -226,6 +226,9 @@ pub fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Shell | Cmd::Login | Cmd::SshSession => Err(Failure::Usage(
             "not available here: this is already a logged-in session".to_owned(),
         )),
+        Cmd::Log(_) => Err(Failure::Usage(
+            "log runs its own requests (crate::logs)".to_owned(),
+        )),
         Cmd::Update(_) | Cmd::Sbom { .. } => Err(Failure::Usage(
             "update and sbom run on the box, not through outpostd".to_owned(),
         )),

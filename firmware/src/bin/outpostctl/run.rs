@@ -13,6 +13,7 @@ use crate::editor::config_edit;
 use crate::export::{cdr_export, write_export};
 use crate::failure::Failure;
 use crate::link::Link;
+use crate::logs::log_cmd;
 use crate::plan::plan;
 use crate::render::show;
 use crate::updates::{sbom, update_cmd};
@@ -39,6 +40,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         return backup_fetch(&socket, name.clone(), target.clone(), cli.json);
     }
     match &cli.command {
+        Cmd::Log(args) => return log_cmd(&socket, args, cli.json),
         Cmd::Update(u) => return update_cmd(u, &socket, cli.json),
         Cmd::Sbom { summary } => return sbom(&Layout::system(), *summary, cli.json),
         _ => {}

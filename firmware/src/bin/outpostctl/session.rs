@@ -198,7 +198,7 @@ impl Session {
 /// family added later included) is refused until it is added here.
 pub const SESSION_COMMANDS: &[&str] = &[
     "status", "ext", "reg", "calls", "cdr", "fw", "vm", "trunks", "metrics", "config", "ssh",
-    "admin", "backup", "update", "sbom", "shell",
+    "admin", "backup", "update", "sbom", "log", "shell",
 ];
 
 /// The family name of `cmd` as typed (the first word).
@@ -219,6 +219,7 @@ fn family(cmd: &Cmd) -> &'static str {
         Cmd::Backup(_) => "backup",
         Cmd::Update(_) => "update",
         Cmd::Sbom { .. } => "sbom",
+        Cmd::Log(_) => "log",
         Cmd::Shell => "shell",
         Cmd::Login => "login",
         Cmd::SshSession => "ssh-session",
@@ -328,6 +329,16 @@ mod tests {
             ssh.run_words(words("fw export"), Origin::Ssh),
             Err(Failure::Unreachable(_))
         ));
+        // Reading the persistent log is allowed in the session (docs/logs.md promises it).
+        for line in ["log", "log --follow --level warn", "log --since 2h -n 50"] {
+            assert!(
+                matches!(
+                    ssh.run_words(words(line), Origin::Ssh),
+                    Err(Failure::Unreachable(_))
+                ),
+                "{line}"
+            );
+        }
         let shell = Session {
             ssh: false,
             restricted: false,

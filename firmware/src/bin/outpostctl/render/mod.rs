@@ -10,7 +10,7 @@ mod json;
 mod pbx;
 mod system;
 mod table;
-mod text;
+pub mod text;
 
 use firmware::admin::proto::{LoginOutcome, Reply};
 
@@ -90,6 +90,7 @@ fn payload_json(reply: &Reply) -> String {
         Reply::CdrPage { cdrs, next } => {
             to_json(&serde_json::json!({ "cdrs": cdrs, "next": next }))
         }
+        Reply::Log(page) => to_json(page),
         Reply::Done { message } | Reply::Error { message } => {
             to_json(&serde_json::json!({ "message": message }))
         }
@@ -143,6 +144,11 @@ pub fn render(reply: &Reply, generated: Option<&Generated>) -> String {
             format!("{} ({})\n", sanitize(line), sanitize(fingerprint))
         }
         Reply::CdrPage { cdrs, .. } => pbx::cdrs(cdrs),
+        Reply::Log(page) => page
+            .lines
+            .iter()
+            .map(|l| format!("{}\n", sanitize(l)))
+            .collect(),
         Reply::Done { message } => match generated {
             Some(g) => format!("{}\n", g.human),
             None => format!("{}\n", sanitize(message)),

@@ -34,6 +34,32 @@ pub fn status(s: &StatusInfo) -> String {
             None => "never".to_owned(),
         },
     );
+    if let Some(log) = &s.log {
+        t.pair(
+            "log file",
+            match &log.file {
+                Some(path) if log.file_dropped > 0 => {
+                    format!("{path} ({} lines dropped)", log.file_dropped)
+                }
+                Some(path) => path.clone(),
+                None => "off".to_owned(),
+            },
+        );
+        for c in &log.collectors {
+            let state = match (&c.last_error, c.connected) {
+                (Some(err), _) => format!("DOWN: {err}"),
+                (None, true) => "up".to_owned(),
+                (None, false) => "waiting".to_owned(),
+            };
+            t.pair(
+                "syslog",
+                format!(
+                    "{} {} {state}; {} sent, {} dropped, {} queued",
+                    c.transport, c.address, c.sent, c.dropped, c.queued
+                ),
+            );
+        }
+    }
     if s.survival {
         t.pair(
             "mode",
