@@ -329,6 +329,8 @@ struct Outstanding {
     confirmed: bool,
     /// Given up on after this long without an outcome.
     limit_ms: u64,
+    /// The address it went to: only a failure at the current address moves the trunk on.
+    to: Option<SocketAddr>,
 }
 
 /// A credentials header to put on the next REGISTER.
@@ -601,8 +603,8 @@ impl Trunks {
         for idx in 0..self.trunks.len() {
             let t = &mut self.trunks[idx];
             if t.reg_out.as_ref().is_some_and(|o| guard_expired(o, now)) {
-                t.reg_out = None;
-                self.register_failover(now, idx, "no answer on REGISTER".to_string());
+                let to = t.reg_out.take().and_then(|o| o.to);
+                self.register_failover(now, idx, to, "no answer on REGISTER".to_string());
             }
             let t = &mut self.trunks[idx];
             if t.opt_out.as_ref().is_some_and(|o| guard_expired(o, now)) {
@@ -715,7 +717,7 @@ impl Trunks {
                     // RFC 3263 §4.3: an overloaded or unreachable server; the next one.
                     408 | 503 => {
                         let reason = format!("{} on REGISTER", status_text(resp));
-                        self.register_failover(now, idx, reason);
+                        self.register_failover(now, idx, out.to, reason);
                     }
                     _ => {
                         let reason = format!("{} on REGISTER", status_text(resp));
@@ -754,9 +756,9 @@ impl Trunks {
         };
         match purpose {
             Purpose::Register => {
-                if t.reg_out.take().is_some() {
+                if let Some(out) = t.reg_out.take() {
                     let reason = format!("{} on REGISTER", clean(reason));
-                    self.register_failover(now, idx, reason);
+                    self.register_failover(now, idx, out.to, reason);
                 }
             }
             Purpose::Options => {
@@ -872,6 +874,7 @@ impl Trunks {
         }
         t.contact = Some(contact);
         t.reg_due = None;
+        let to = t.peer().map(|p| p.addr);
         // With somewhere else to go, an unanswered REGISTER moves on well before the
         // transaction's 32 s timeout.
         let limit_ms = if t.cfg.targets.len() > 1 {
@@ -887,6 +890,7 @@ impl Trunks {
             sent: now,
             confirmed: false,
             limit_ms,
+            to,
         });
         Some(Request {
             method: Method::Register,
@@ -927,12 +931,14 @@ impl Trunks {
         // A ping unanswered within its interval (1-5 s) is a miss: failure detection
         // must not wait for the transaction's 32 s timeout.
         let limit_ms = t.cfg.options_interval_ms.clamp(1_000, 5_000);
+        let to = t.peer().map(|p| p.addr);
         t.opt_out = Some(Outstanding {
             call_id,
             seq: 1,
             sent: now,
             confirmed: false,
             limit_ms,
+            to,
         });
         Some(Request {
             method: Method::Options,
@@ -1046,14 +1052,18 @@ impl Trunks {
     /// misses take the trunk Down, each further miss moves it to its next address.
     fn ping_missed(&mut self, now: Millis, idx: usize) {
         let t = &mut self.trunks[idx];
-        let sent = t.opt_out.take().map_or(now, |o| o.sent);
+        let (sent, to) = t.opt_out.take().map_or((now, None), |o| (o.sent, o.to));
         t.opt_due = Some(sent.saturating_add(t.cfg.options_interval_ms).max(now));
         t.goods = 0;
         t.misses = t.misses.saturating_add(1);
         let reason = format!("no answer to {} OPTIONS", t.misses);
         self.update_health(now, idx, reason, false);
         let t = &self.trunks[idx];
-        if t.misses >= t.cfg.down_after.max(1) && self.next_target(idx, "no answer to OPTIONS") {
+        if t.misses >= t.cfg.down_after.max(1)
+            && to.is_some()
+            && to == t.peer().map(|p| p.addr)
+            && self.next_target(idx, "no answer to OPTIONS")
+        {
             self.register_at_new_target(now, idx);
         }
     }
@@ -1061,10 +1071,22 @@ impl Trunks {
     /// A REGISTER that went unanswered, met a transport error, 408 or 503: the next
     /// address, at once while not every address has failed in a row; then the usual
     /// back-off.
-    fn register_failover(&mut self, now: Millis, idx: usize, reason: String) {
+    fn register_failover(
+        &mut self,
+        now: Millis,
+        idx: usize,
+        to: Option<SocketAddr>,
+        reason: String,
+    ) {
         self.registration_failed(now, idx, reason);
         let t = &self.trunks[idx];
         let (failures, n) = (t.failures, t.cfg.targets.len());
+        let current = t.peer().map(|p| p.addr);
+        if to.is_some() && to != current {
+            // It went to an address the trunk has left since: try the current one now.
+            self.trunks[idx].reg_due = Some(now);
+            return;
+        }
         if self.next_target(idx, "REGISTER failed") && (failures as usize) < n {
             self.trunks[idx].reg_due = Some(now);
         }
