@@ -473,7 +473,7 @@ impl Resolver {
             }
         }
         if targets.is_empty() {
-            return Err(last_err.unwrap_or_else(|| DnsError::NoAddress(srv_name)));
+            return Err(last_err.unwrap_or(DnsError::NoAddress(srv_name)));
         }
         Ok(Resolved {
             targets,

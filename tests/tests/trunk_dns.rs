@@ -90,7 +90,7 @@ impl Dns {
         let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
         let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
         for label in DOMAIN.split('.') {
-            q.push(label.len() as u8);
+            q.push(u8::try_from(label.len()).expect("a short label"));
             q.extend_from_slice(label.as_bytes());
         }
         q.extend_from_slice(&[0, 0, 1, 0, 1]);
