@@ -496,7 +496,11 @@ impl Daemon {
     /// before): the trunks on a host whose addresses changed get the new ones and keep
     /// their registration and health (see `pbx_core::trunk::Trunks::set_targets`).
     fn follow_dns(&mut self, now: Millis) {
-        for ((host, transport), targets) in self.dns.poll() {
+        let changed = self.dns.poll();
+        if changed.is_empty() {
+            return;
+        }
+        for ((host, transport), targets) in changed {
             for t in self
                 .cfg
                 .trunk
@@ -516,6 +520,12 @@ impl Daemon {
                 }
             }
         }
+        // The never-banned trunk addresses and the kernel's trunk sets follow too.
+        let site = self
+            .cfg
+            .firewall_surroundings_with(|t| self.dns.targets(&t.host, t.transport_kind()));
+        self.guard.set_trunks(&self.cfg.firewall, &site);
+        self.transports.set_trusted(self.guard.trusted_networks());
     }
 
     /// Loads extensions and registrations from the store.
@@ -1031,10 +1041,12 @@ impl Daemon {
         // they resolve. Hosts kept keep their addresses.
         self.dns.set_hosts(&new.dns, &trunk_hosts(new));
         let (trunks, _) = core_trunks(new, &self.dns, &mut self.transports);
-        if trunk_hosts(old) != trunk_hosts(new) {
-            // The firewall's trunk allow list is built at start.
-            restart.push("trunk addresses (firewall allow list)");
-        }
+        // The firewall's trunk addresses follow the new trunks (and, as their hosts
+        // resolve, `follow_dns`).
+        let site =
+            new.firewall_surroundings_with(|t| self.dns.targets(&t.host, t.transport_kind()));
+        self.guard.set_trunks(&new.firewall, &site);
+        self.transports.set_trusted(self.guard.trusted_networks());
         let mut e = self.endpoint_cfg.clone();
         e.ivr = ivr_menus(new);
         e.groups = pbx_config::ring_groups(&new.ring_group);
