@@ -45,7 +45,6 @@ const BATCH: usize = 512;
 const INBOUND_QUEUE: usize = 8192;
 /// How often the box's addresses are read again (a new DHCP lease is followed this fast).
 const HOST_CHECK_MS: Millis = 2_000;
-/// How often trunks whose address did not resolve at start are resolved again.
 /// How long the start waits for the trunk hosts' first DNS answers (so the trunks and the
 /// firewall start with addresses); a slower answer is taken when it comes.
 const DNS_START_WAIT: Duration = Duration::from_secs(5);
