@@ -1,5 +1,6 @@
 //! A trunk named by its provider's domain, resolved through a real DNS server (dnsmasq)
-//! by RFC 3263: NAPTR → SRV (two targets, different priorities) → A. The higher-priority
+//! by RFC 3263: NAPTR (pointing at a non-default SRV name) → SRV (two targets, different
+//! priorities) → A. The higher-priority
 //! target is dead (nothing listens there); the second is a real `outpostd` acting as the
 //! provider. The box registers with the second and its calls go out there; then the
 //! records change (dnsmasq restarted with a new SRV target, TTL 0, the box's
@@ -61,13 +62,18 @@ impl Dns {
         ]);
         cmd.arg(format!("--listen-address={DNS_IP}"));
         cmd.arg(format!("--port={port}"));
-        // RFC 3263 §4.1: the NAPTR names the SRV name for UDP.
+        // RFC 3263 §4.1: the NAPTR names the SRV name for UDP. It is not the default
+        // (`_sip._udp.provider.test` has no records), so only a resolver that follows the
+        // NAPTR finds the servers; a TCP record is there to be passed over.
         cmd.arg(format!(
-            "--naptr-record={DOMAIN},10,10,s,SIP+D2U,,_sip._udp.{DOMAIN}"
+            "--naptr-record={DOMAIN},5,10,s,SIP+D2T,,_sip._tcp.tcp.{DOMAIN}"
+        ));
+        cmd.arg(format!(
+            "--naptr-record={DOMAIN},10,10,s,SIP+D2U,,_sip._udp.servers.{DOMAIN}"
         ));
         for (name, ip, p, prio) in targets {
             cmd.arg(format!(
-                "--srv-host=_sip._udp.{DOMAIN},{name}.{DOMAIN},{p},{prio},50"
+                "--srv-host=_sip._udp.servers.{DOMAIN},{name}.{DOMAIN},{p},{prio},50"
             ));
             cmd.arg(format!("--host-record={name}.{DOMAIN},{ip}"));
         }
