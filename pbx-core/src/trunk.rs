@@ -636,6 +636,9 @@ impl Trunks {
 
     /// When `handle_timeout` (and then `poll_request`) should next be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
+        // A trunk built before any time input (`new(.., 0)`) and with nothing due (no
+        // address yet, no pings) learns the time at the first timer, so its `since` is real.
+        let unstamped = self.trunks.iter().any(|t| t.since == 0).then_some(1);
         self.trunks
             .iter()
             .flat_map(|t| {
@@ -648,6 +651,7 @@ impl Trunks {
                 ]
             })
             .flatten()
+            .chain(unstamped)
             .min()
     }
 
@@ -1616,6 +1620,18 @@ mod tests {
         t.set_targets(T0 + 5, 0, vec![addr("203.0.113.5:5060")]);
         let (_, purpose, _) = t.poll_request(&[local()], UA).expect("REGISTER");
         assert_eq!(purpose, Purpose::Register);
+    }
+
+    #[test]
+    fn a_trunk_without_addresses_built_at_time_zero_learns_the_time() {
+        let mut c = cfg("late", true, 0);
+        c.targets = Vec::new();
+        let mut t = Trunks::new(vec![c], 1, 0);
+        // Nothing is due but the first time input, which stamps `since`.
+        assert_eq!(t.poll_timeout(), Some(1));
+        t.handle_timeout(T0);
+        assert_eq!(t.status()[0].since, T0);
+        assert_eq!(t.poll_timeout(), None);
     }
 
     #[test]

@@ -135,13 +135,23 @@ fn far_at(provider: &Daemon) -> SipPhone {
 }
 
 fn trunk(boxd: &Daemon) -> Value {
+    named(boxd, "prov")
+}
+
+fn named(boxd: &Daemon, name: &str) -> Value {
     match boxd.ctl_json(&["trunks"]) {
         Value::Array(items) => items
             .into_iter()
-            .find(|t| json_str(t, "name") == Some("prov"))
-            .unwrap_or_else(|| panic!("no trunk prov")),
+            .find(|t| json_str(t, "name") == Some(name))
+            .unwrap_or_else(|| panic!("no trunk {name}")),
         other => panic!("trunks --json is not an array: {other}"),
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn current(t: &Value) -> Option<SocketAddr> {
@@ -227,10 +237,26 @@ fn a_trunk_named_by_domain_fails_over_to_the_live_srv_target_and_follows_new_rec
         "[dns]\nservers = [\"{DNS_IP}:{dns_port}\"]\nmin_ttl_secs = 2\n\
          [[trunk]]\nname = \"prov\"\nhost = \"{DOMAIN}\"\nusername = \"{TRUNK_USER}\"\npassword = \"{TRUNK_PASS}\"\n\
          caller_id = \"{TRUNK_USER}\"\noptions_interval_secs = 1\nsilence_timeout_ms = 1000\nexpires_secs = 60\nretry_secs = 1\n\
+         [[trunk]]\nname = \"ghost\"\nhost = \"ghost.{DOMAIN}\"\nregister = false\noptions_interval_secs = 0\n\
          [[route]]\nname = \"national\"\npatterns = [\"0[1-9]X.\"]\ntrunks = [\"prov\"]\n"
     );
+    let started_ms = now_ms();
     let boxd = Daemon::start_with(DaemonConfig::loopback().with_toml(&toml));
     boxd.add_extension(EXT_A.0, EXT_A.1);
+
+    // A name with no records at all: the trunk is there, down, with no address, and says
+    // since when (a real time); the box runs.
+    let ghost = named(&boxd, "ghost");
+    assert_eq!(json_str(&ghost, "health"), Some("down"), "{ghost}");
+    assert!(
+        targets(&ghost).is_empty() && current(&ghost).is_none(),
+        "{ghost}"
+    );
+    let since = ghost["since"].as_u64().unwrap_or(0);
+    assert!(
+        since + 60_000 >= started_ms,
+        "since is a time of this run: {ghost}"
+    );
 
     // SRV order: the dead target (priority 10) first, then the live one.
     let took = wait_registered_at(&boxd, second.sip_addr(), UP_WAIT);
@@ -270,15 +296,23 @@ fn a_trunk_named_by_domain_fails_over_to_the_live_srv_target_and_follows_new_rec
 
     // DNS gone altogether: the last good answer stays in use.
     drop(dns);
+    let gone = Instant::now();
     let failed = eventually(Duration::from_secs(30), || {
         boxd.log_text()
-            .contains("trunk host lookup failed")
+            .lines()
+            .any(|l| {
+                l.contains("trunk host lookup failed") && l.contains(&format!("host={DOMAIN} "))
+            })
             .then_some(())
     });
     assert!(
         failed.is_some(),
         "no failed lookup reported:\n{}",
         boxd.log_text()
+    );
+    eprintln!(
+        "DNS server gone: the failed lookup was reported after {:?}",
+        gone.elapsed()
     );
     let t = trunk(&boxd);
     assert_eq!(current(&t), Some(newp.sip_addr()), "kept: {t}");
