@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use firewall::net::Cidr;
 use firewall::nft::{
     self, ConnLimit, ConnLimitBy, Enforcer, FloodLimit, ManagementZone, NftConfig, SetOp,
-    TrunkPeer, TrunkProto,
+    TrunkPeer, TrunkProto, MAX_TRUNK_PEERS,
 };
 use nix::sched::{setns, CloneFlags};
 
@@ -554,6 +554,62 @@ fn trunk_peers_are_metered_at_their_own_rate_never_accepted_ahead_of_the_limits(
     enf.apply(&[ban(lab.atk4, 300)]).unwrap();
     assert_eq!(trunk.send(20), 0, "a banned trunk address is dropped");
     assert!(enf.verify().unwrap());
+}
+
+/// A trunk whose host resolves to a new address: the trunk sets are replaced live, in one
+/// run, and a restore keeps them.
+#[test]
+fn trunk_peers_follow_a_live_change() {
+    require_root();
+    let lab = Lab::new();
+    let trunk = lab.pair(false, SIP);
+    let trunk_port = trunk.tx.local_addr().unwrap().port();
+    let cfg = NftConfig {
+        flood_rate: Some(FloodLimit {
+            per_second: 20,
+            burst: 50,
+        }),
+        trunk_flood_rate: Some(FloodLimit {
+            per_second: 100,
+            burst: 400,
+        }),
+        trunk_peers: Vec::new(),
+        ..lab.cfg()
+    };
+    let mut enf = Enforcer::install(cfg).unwrap();
+    // Not a trunk yet: the ordinary meter.
+    let got = trunk.send(200);
+    assert!(got <= 100, "{got} of 200 before the address is a trunk's");
+    thread::sleep(Duration::from_secs(3)); // refill the ordinary meter
+    let peers = vec![TrunkPeer::host(
+        lab.atk4.into(),
+        TrunkProto::Udp,
+        Some(trunk_port),
+    )];
+    enf.set_trunk_peers(&peers).unwrap();
+    assert_eq!(set_len(&lab.app, "trunk4"), 1);
+    assert!(trunk.send(200) >= 195, "the trunk's rate applies at once");
+    assert!(
+        enf.verify().unwrap(),
+        "set contents are not the table's shape"
+    );
+    lab.app.nft(&["flush", "table", "inet", "outpost"]);
+    enf.restore(&[]).unwrap();
+    assert_eq!(
+        set_len(&lab.app, "trunk4"),
+        1,
+        "a restore keeps the peers last set"
+    );
+    // Gone again.
+    enf.set_trunk_peers(&[]).unwrap();
+    assert_eq!(set_len(&lab.app, "trunk4"), 0);
+    let too_many: Vec<TrunkPeer> = (0..=MAX_TRUNK_PEERS)
+        .map(|i| {
+            let [_, _, c, d] = u32::try_from(i).unwrap().to_be_bytes();
+            TrunkPeer::host(Ipv4Addr::new(10, 8, c, d).into(), TrunkProto::Udp, None)
+        })
+        .collect();
+    assert!(enf.set_trunk_peers(&too_many).is_err());
 }
 
 #[test]

@@ -113,6 +113,8 @@ pub struct Config {
     pub system: crate::system::SystemConfig,
     /// `[management]`: the networks the management listeners may be reached from.
     pub management: ManagementConfig,
+    /// `[dns]`: the name servers and answer lifetimes for trunk hosts.
+    pub dns: crate::dns::DnsConfig,
 }
 
 /// `[sip]` section.
@@ -345,8 +347,23 @@ impl Config {
             .or_else(|| self.panel.board_watchdog().map(|w| w.device))
     }
 
-    /// What the firewall needs from the other sections (trunk addresses resolved now).
+    /// What the firewall needs from the other sections, with the trunks' IP-literal
+    /// addresses only (see [`Config::firewall_surroundings_with`]).
     pub fn firewall_surroundings(&self) -> crate::guard::config::Surroundings {
+        self.firewall_surroundings_with(|t| {
+            match crate::dns::lookup_for(&t.host, t.transport_kind()) {
+                crate::dns::Lookup::Literal(a) => vec![a],
+                _ => Vec::new(),
+            }
+        })
+    }
+
+    /// What the firewall needs from the other sections; `addrs` gives each trunk's
+    /// resolved addresses (`dns::TrunkDns`).
+    pub fn firewall_surroundings_with(
+        &self,
+        addrs: impl Fn(&crate::pbx_config::TrunkSection) -> Vec<SocketAddr>,
+    ) -> crate::guard::config::Surroundings {
         use crate::guard::config::{Surroundings, TrunkSite};
         let ports = |listen: &[SocketAddr]| listen.iter().map(SocketAddr::port).collect();
         Surroundings {
@@ -360,7 +377,7 @@ impl Config {
                 .trunk
                 .iter()
                 .map(|t| TrunkSite {
-                    addr: t.resolve().ok(),
+                    addrs: addrs(t),
                     transport: t.transport_kind(),
                     inbound: t
                         .inbound_nets()
@@ -797,6 +814,9 @@ impl Config {
             }
         }
         self.system
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        self.dns
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
         self.management
@@ -1485,13 +1505,22 @@ mod telephony_tests {
              [[ring_group]]\nnumber = \"600\"\nmembers = [\"100\", \"101\"]\nstrategy = \"in_order\"\n"
         ))
         .unwrap();
-        let t1 = cfg.trunk[0].to_core().unwrap();
-        assert_eq!(t1.peer.addr, "192.0.2.10:5060".parse().unwrap());
+        // IP literals need no lookup: the firewall knows them without DNS.
+        let site = cfg.firewall_surroundings();
+        assert_eq!(
+            site.trunks[0].addrs,
+            vec!["192.0.2.10:5060".parse().unwrap()]
+        );
+        assert_eq!(
+            site.trunks[1].addrs,
+            vec!["192.0.2.11:5070".parse().unwrap()]
+        );
+        let t1 = cfg.trunk[0].to_core(site.trunks[0].addrs.clone());
+        assert_eq!(t1.targets, vec!["192.0.2.10:5060".parse().unwrap()]);
         assert_eq!(t1.domain, "192.0.2.10");
         assert_eq!(t1.silence_timeout_ms, 2_000);
-        let t2 = cfg.trunk[1].to_core().unwrap();
-        assert_eq!(t2.peer.addr, "192.0.2.11:5070".parse().unwrap());
-        assert_eq!(t2.peer.transport, pbx_core::sip::Transport::Tls);
+        let t2 = cfg.trunk[1].to_core(Vec::new());
+        assert_eq!(t2.transport, pbx_core::sip::Transport::Tls);
         assert!(!t2.register);
         let plan = crate::pbx_config::dialplan(&cfg.route, &cfg.inbound, &cfg.dialplan);
         let out = plan.outbound("100", "0301234567").unwrap();

@@ -37,7 +37,7 @@ mod start;
 use boot::{alert_failed_update, select_revision};
 pub use boot::{newest_revision_instead, BOOT_INFO};
 use committer::Committer;
-use start::{core_trunks, ivr_menus, start_relay, start_transports};
+use start::{core_trunks, ivr_menus, start_relay, start_transports, trunk_hosts, trunk_tls_names};
 
 /// Inbound messages handled per turn before timers, admin commands and the commit get a go.
 const BATCH: usize = 512;
@@ -45,8 +45,9 @@ const BATCH: usize = 512;
 const INBOUND_QUEUE: usize = 8192;
 /// How often the box's addresses are read again (a new DHCP lease is followed this fast).
 const HOST_CHECK_MS: Millis = 2_000;
-/// How often trunks whose address did not resolve at start are resolved again.
-const TRUNK_RETRY_MS: Millis = 30_000;
+/// How long the start waits for the trunk hosts' first DNS answers (so the trunks and the
+/// firewall start with addresses); a slower answer is taken when it comes.
+const DNS_START_WAIT: Duration = Duration::from_secs(5);
 
 /// A clock in [`Millis`] that never steps backwards: wall time at start plus monotonic time.
 #[derive(Debug, Clone, Copy)]
@@ -117,9 +118,8 @@ struct Daemon {
     backups: crate::backup::Backups,
     /// The box's primary addresses as last read, and when they are read next.
     host: (crate::netif::HostAddrs, Millis),
-    /// Trunks left out at start because their address did not resolve, and when
-    /// resolving is tried again.
-    trunk_retry: Option<Millis>,
+    /// The trunk hosts' addresses, looked up (RFC 3263) and kept fresh in the background.
+    dns: crate::dns::TrunkDns,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `boot` is the configuration the daemon was
@@ -172,12 +172,14 @@ pub async fn run(
     // Via, Contact and SDP name the box's current addresses, never 0.0.0.0.
     let host = crate::netif::HostAddrs::read();
 
-    let (trunks, unresolved) = core_trunks(&cfg, &mut transports);
+    let mut dns = crate::dns::TrunkDns::start(&cfg.dns, &trunk_hosts(&cfg));
+    dns.first_answers(DNS_START_WAIT).await;
+    let (trunks, unresolved) = core_trunks(&cfg, &dns, &mut transports);
     for (name, err) in &unresolved {
         fallbacks.fell_back(
             &format!("trunk {name:?}"),
             err.clone(),
-            "the trunk left out until its address resolves (tried again every 30 s)",
+            "the trunk is down until its host resolves (tried again every 30 s)",
         );
     }
     let endpoint_cfg = EndpointConfig {
@@ -227,7 +229,7 @@ pub async fn run(
     }
     let guard = Guard::start(
         &cfg.firewall,
-        &cfg.firewall_surroundings(),
+        &cfg.firewall_surroundings_with(|t| dns.targets(&t.host, t.transport_kind())),
         &store,
         clock.now(),
     );
@@ -265,7 +267,7 @@ pub async fn run(
         newest_backup: (None, 0),
         backups: crate::backup::Backups::new(),
         host: (host, 0),
-        trunk_retry: (!unresolved.is_empty()).then_some(0),
+        dns,
         guard,
         endpoint,
         clock,
@@ -496,31 +498,40 @@ impl Daemon {
         }
     }
 
-    /// Trunks left out at start are resolved again every 30 s; once all resolve, the call
-    /// core gets them (they register and ping as usual).
-    fn retry_trunks(&mut self, now: Millis) {
-        let Some(due) = self.trunk_retry else { return };
-        if now < due {
+    /// New DNS answers for trunk hosts (a re-resolution, or a host that did not resolve
+    /// before): the trunks on a host whose addresses changed get the new ones and keep
+    /// their registration and health (see `pbx_core::trunk::Trunks::set_targets`).
+    fn follow_dns(&mut self, now: Millis) {
+        let changed = self.dns.poll();
+        if changed.is_empty() {
             return;
         }
-        let (trunks, unresolved) = core_trunks(&self.cfg, &mut self.transports);
-        if let Some((name, err)) = unresolved.first() {
-            tracing::debug!(trunk = %name, %err, "trunk address still does not resolve");
-            self.trunk_retry = Some(now.saturating_add(TRUNK_RETRY_MS));
-            if trunks.len() <= self.endpoint_cfg.trunks.len() {
-                return;
+        for ((host, transport), targets) in changed {
+            for t in self
+                .cfg
+                .trunk
+                .iter()
+                .filter(|t| t.host == host && t.transport_kind() == transport)
+            {
+                trunk_tls_names(&mut self.transports, t, &targets);
+                self.endpoint
+                    .set_trunk_targets(now, &t.name, targets.clone());
+                if let Some(c) = self
+                    .endpoint_cfg
+                    .trunks
+                    .iter_mut()
+                    .find(|c| c.name == t.name)
+                {
+                    c.targets.clone_from(&targets);
+                }
             }
-        } else {
-            self.trunk_retry = None;
         }
-        tracing::info!(
-            trunks = trunks.len(),
-            "trunk addresses resolved: trunks started"
-        );
-        let mut e = self.endpoint_cfg.clone();
-        e.trunks = trunks;
-        self.endpoint.reconfigure(now, &e);
-        self.endpoint_cfg = e;
+        // The never-banned trunk addresses and the kernel's trunk sets follow too.
+        let site = self
+            .cfg
+            .firewall_surroundings_with(|t| self.dns.targets(&t.host, t.transport_kind()));
+        self.guard.set_trunks(&self.cfg.firewall, &site);
+        self.transports.set_trusted(self.guard.trusted_networks());
     }
 
     /// Loads extensions and registrations from the store.
@@ -792,7 +803,7 @@ impl Daemon {
         // Reports whose wake-up was lost to a full inbound queue.
         self.conn_report(now);
         self.follow_addresses(now);
-        self.retry_trunks(now);
+        self.follow_dns(now);
         let (cfg, store) = (&self.cfg, &self.store);
         self.backups.tick(&cfg.backup, now, || {
             crate::admin::backup::context(cfg, store.clone())
@@ -989,7 +1000,7 @@ impl Daemon {
         let old = &self.cfg;
         // Every key is live or waits for a restart (crate::reload::KEYS); what waits keeps
         // its running value until then.
-        let (kept, mut restart) = crate::reload::hold_back(old, new)?;
+        let (kept, restart) = crate::reload::hold_back(old, new)?;
         *new = kept;
         let (oc, nc) = (&old.firewall.connections, &new.firewall.connections);
         if oc != nc {
@@ -997,24 +1008,16 @@ impl Daemon {
             // caps were held back above: they are set when the table is installed).
             self.transports.set_conn_limits(nc.limits());
         }
-        let (trunks, unresolved) = core_trunks(new, &mut self.transports);
-        if let Some((name, err)) = unresolved.first() {
-            anyhow::bail!("trunk {name}: {err}");
-        }
-        if old
-            .trunk
-            .iter()
-            .map(|t| t.resolve().ok())
-            .collect::<Vec<_>>()
-            != new
-                .trunk
-                .iter()
-                .map(|t| t.resolve().ok())
-                .collect::<Vec<_>>()
-        {
-            // The firewall's trunk allow list is built at start.
-            restart.push("trunk addresses (firewall allow list)".to_owned());
-        }
+        // New hosts are looked up now, in the background: their trunks are Down until
+        // they resolve. Hosts kept keep their addresses.
+        self.dns.set_hosts(&new.dns, &trunk_hosts(new));
+        let (trunks, _) = core_trunks(new, &self.dns, &mut self.transports);
+        // The firewall's trunk addresses follow the new trunks (and, as their hosts
+        // resolve, `follow_dns`).
+        let site =
+            new.firewall_surroundings_with(|t| self.dns.targets(&t.host, t.transport_kind()));
+        self.guard.set_trunks(&new.firewall, &site);
+        self.transports.set_trusted(self.guard.trusted_networks());
         let mut e = self.endpoint_cfg.clone();
         e.ivr = ivr_menus(new);
         e.groups = pbx_config::ring_groups(&new.ring_group);

@@ -33,6 +33,8 @@
 //! - [`ssh`]: dropbear supervision and the authorised SSH keys.
 //! - [`console`]: the admin's shell (client side) and the console password.
 //! - [`pbx_config`]: trunks, routes, inbound, dial plan, ring groups and features.
+//! - [`dns`]: `[dns]`, trunk hosts resolved by RFC 3263 (NAPTR, SRV, A/AAAA) and kept
+//!   fresh in the background.
 //! - [`config`]: the whole TOML file, aggregating every section; [`fallback`]: starting
 //!   with what works when a section cannot be started.
 //! - [`reload`]: which configuration keys apply live and which at the next restart.
@@ -57,6 +59,7 @@ pub mod civil;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod dns;
 pub mod driver;
 pub mod fallback;
 pub mod fixed;

@@ -3,13 +3,13 @@
 //! their conversion into the call core's types.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use pbx_core::dialplan::{Dialplan, Pattern, Route, Target};
 use pbx_core::endpoint::{FeatureCodes, RingGroup, RingStrategy};
-use pbx_core::sip::{Peer, Transport};
+use pbx_core::sip::Transport;
 use pbx_core::trunk::{IpNet, TrunkConfig, MAX_INBOUND_FROM};
 
 /// Most trunks, routes and groups a box takes (each is small; this bounds config mistakes).
@@ -21,7 +21,8 @@ const MAX_ENTRIES: usize = 64;
 pub struct TrunkSection {
     /// Short name used by routes and `outpostctl trunks`.
     pub name: String,
-    /// Registrar/proxy: `host` or `host:port` (a name is resolved at start).
+    /// Registrar/proxy: an address, `address:port`, a domain (RFC 3263: NAPTR, SRV, A/AAAA)
+    /// or `name:port` (A/AAAA only); names are looked up in the background (`dns`).
     pub host: String,
     /// `udp`, `tcp` or `tls`.
     #[serde(default = "default_transport")]
@@ -56,7 +57,9 @@ pub struct TrunkSection {
     /// Wait after a failed registration before trying again (backs off to 10x).
     #[serde(default = "default_retry")]
     pub retry_secs: u64,
-    /// A call that hears nothing at all from the trunk within this time tries the next one.
+    /// A call that hears nothing at all from the trunk within this time tries the trunk's
+    /// next address, then the next trunk; a REGISTER unanswered this long moves a trunk
+    /// with several addresses to the next one.
     #[serde(default = "default_silence_ms")]
     pub silence_timeout_ms: u64,
     /// Caller-ID presented on this trunk unless the route or extension has one.
@@ -233,14 +236,6 @@ impl TrunkSection {
         }
     }
 
-    fn default_port(&self) -> u16 {
-        if self.transport() == Some(Transport::Tls) {
-            5061
-        } else {
-            5060
-        }
-    }
-
     /// `host` without a port.
     fn host_name(&self) -> String {
         if let Ok(addr) = self.host.parse::<SocketAddr>() {
@@ -255,34 +250,6 @@ impl TrunkSection {
     /// The domain used in URIs.
     pub fn domain(&self) -> String {
         self.domain.clone().unwrap_or_else(|| self.host_name())
-    }
-
-    /// Resolves `host` to the address to send to (IP literal or a DNS name, A/AAAA).
-    pub fn resolve(&self) -> Result<SocketAddr, String> {
-        if let Ok(addr) = self.host.parse::<SocketAddr>() {
-            return Ok(addr);
-        }
-        if let Ok(ip) = self
-            .host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-        {
-            return Ok(SocketAddr::new(ip, self.default_port()));
-        }
-        let with_port = if self
-            .host
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, self.default_port())
-        };
-        with_port
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
-            .next()
-            .ok_or_else(|| format!("{} has no address", self.host))
     }
 
     fn check(&self, key: &str) -> Result<(), Invalid> {
@@ -390,16 +357,14 @@ impl TrunkSection {
         self.transport().unwrap_or(Transport::Udp)
     }
 
-    /// The call core's view of this trunk (resolving the host).
-    pub fn to_core(&self) -> Result<TrunkConfig, String> {
-        let addr = self.resolve()?;
-        Ok(TrunkConfig {
+    /// The call core's view of this trunk with its host's addresses (`dns::TrunkDns`;
+    /// empty while the host has not resolved).
+    pub fn to_core(&self, targets: Vec<SocketAddr>) -> TrunkConfig {
+        TrunkConfig {
             name: self.name.clone(),
             domain: self.domain(),
-            peer: Peer {
-                transport: self.transport().unwrap_or(Transport::Udp),
-                addr,
-            },
+            transport: self.transport_kind(),
+            targets,
             register: self.register,
             username: self.username.clone(),
             auth_username: self.auth_username.clone(),
@@ -413,7 +378,7 @@ impl TrunkSection {
             silence_timeout_ms: self.silence_timeout_ms,
             inbound_from: self.inbound_nets(),
             inbound_calls_per_second: self.inbound_calls_per_second,
-        })
+        }
     }
 
     /// Server name for the TLS certificate check.

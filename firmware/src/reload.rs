@@ -50,6 +50,8 @@ pub const KEYS: &[(&str, Apply)] = &[
     ("firewall.connections.per_source", Restart),
     ("firewall.connections.per_source_authenticated", Restart),
     ("management.networks", Live),
+    // Trunk hosts are looked up again with the new servers and TTL bounds.
+    ("dns", Live),
     ("system.hostname", Live),
     // Sockets, threads and tables made at start.
     ("admin", Restart),

@@ -15,6 +15,16 @@
 //! unauthenticated source. Each trunk admits at most `inbound_calls_per_second` inbound
 //! INVITEs (a token bucket holding one second's worth); see [`Trunks::admit_inbound_call`].
 //!
+//! Addresses (RFC 3263 §4.3): a trunk holds the provider's addresses in the order the
+//! driver resolved them (NAPTR, SRV by priority and weight, A/AAAA; at most
+//! [`MAX_TARGETS`]) and sends to one of them, the current one. A REGISTER with no answer
+//! (on a trunk with several addresses, within `silence_timeout_ms`), a transport error, a
+//! 503 or 408 to it, or pings missed until the trunk goes Down move the trunk to the next
+//! address; a REGISTER failing on every address in turn backs off as usual. New addresses
+//! from a re-resolution ([`Trunks::set_targets`]) keep the current one when it is still
+//! listed. Inbound identity covers every listed address. A trunk whose host has not
+//! resolved has no addresses: it is Down and sends nothing.
+//!
 //! Health follows what a VoIP engineer expects from a provider link: a registering trunk is
 //! Down until the provider accepted the registration; with pings, `down_after` consecutive
 //! unanswered OPTIONS take it Down and `up_after` answered ones bring it back. Any answer to
@@ -69,6 +79,12 @@ pub const MAX_INBOUND_FROM: usize = 16;
 pub const CAP_ALERT_EVERY_MS: u64 = 60_000;
 /// Token bucket unit: one call attempt is this many milli-tokens.
 const CALL_TOKEN: u64 = 1_000;
+/// Most addresses a trunk holds (a provider's SRV targets times their A/AAAA records);
+/// each costs one comparison per inbound request.
+pub const MAX_TARGETS: usize = 16;
+/// Bounds of how long a REGISTER may go unanswered before a trunk with several addresses
+/// tries the next one (its `silence_timeout_ms`, clamped).
+const REGISTER_FAILOVER_MS: (u64, u64) = (1_000, 32_000);
 
 /// An address block (`203.0.113.0/28`): where a provider may send requests from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -160,8 +176,12 @@ pub struct TrunkConfig {
     pub name: String,
     /// Host part for R-URI, To and From (e.g. "sip.provider.example").
     pub domain: String,
-    /// Resolved address and transport to send to.
-    pub peer: Peer,
+    /// Transport towards the provider.
+    pub transport: Transport,
+    /// The provider's addresses in the order to try them (RFC 3263); empty while its host
+    /// has not resolved (the trunk is then Down and sends nothing). At most
+    /// [`MAX_TARGETS`] are used.
+    pub targets: Vec<SocketAddr>,
     /// False for an IP-authenticated trunk (no REGISTER).
     pub register: bool,
     /// AOR user and default authentication user.
@@ -197,7 +217,8 @@ impl fmt::Debug for TrunkConfig {
         f.debug_struct("TrunkConfig")
             .field("name", &self.name)
             .field("domain", &self.domain)
-            .field("peer", &self.peer)
+            .field("transport", &self.transport)
+            .field("targets", &self.targets)
             .field("register", &self.register)
             .field("username", &self.username)
             .field("auth_username", &self.auth_username)
@@ -263,6 +284,12 @@ pub struct TrunkStatus {
     /// Inbound INVITEs refused (503) for exceeding `inbound_calls_per_second`.
     #[serde(default)]
     pub inbound_refused: u64,
+    /// The provider's addresses in the order they are tried (empty: not resolved).
+    #[serde(default)]
+    pub targets: Vec<SocketAddr>,
+    /// The address requests and calls go to now.
+    #[serde(default)]
+    pub current: Option<SocketAddr>,
 }
 
 /// Whether an inbound INVITE from a trunk may go on; see [`Trunks::admit_inbound_call`].
@@ -302,6 +329,8 @@ struct Outstanding {
     confirmed: bool,
     /// Given up on after this long without an outcome.
     limit_ms: u64,
+    /// The address it went to: only a failure at the current address moves the trunk on.
+    to: Option<SocketAddr>,
 }
 
 /// A credentials header to put on the next REGISTER.
@@ -326,6 +355,8 @@ struct Trunk {
     health: Health,
     reason: String,
     since: Millis,
+    /// Index into `cfg.targets` of the address in use.
+    current: usize,
     // Registration.
     registered: bool,
     registered_until: Option<Millis>,
@@ -414,6 +445,86 @@ impl Trunks {
         self.trunks.iter().position(|t| t.cfg.name == name)
     }
 
+    /// The address and transport trunk `idx` sends to now; `None` while it has no address.
+    pub fn peer(&self, idx: usize) -> Option<Peer> {
+        self.trunks.get(idx)?.peer()
+    }
+
+    /// Trunk `idx`'s addresses from its current one on, wrapping around: the order a call
+    /// tries them in.
+    pub fn targets_from_current(&self, idx: usize) -> Vec<SocketAddr> {
+        let Some(t) = self.trunks.get(idx) else {
+            return Vec::new();
+        };
+        let n = t.cfg.targets.len();
+        (0..n).map(|i| t.cfg.targets[(t.current + i) % n]).collect()
+    }
+
+    /// New addresses for trunk `idx` (a re-resolution). The current address stays in use
+    /// when it is still listed; otherwise the first new one is used and a registering trunk
+    /// registers there at once. Beyond [`MAX_TARGETS`] are ignored. A trunk that had none
+    /// starts (registers, pings) now; one left with none goes Down.
+    pub fn set_targets(&mut self, now: Millis, idx: usize, mut targets: Vec<SocketAddr>) {
+        self.advance(now);
+        let now = self.now;
+        let Some(t) = self.trunks.get_mut(idx) else {
+            return;
+        };
+        targets.truncate(MAX_TARGETS);
+        if targets == t.cfg.targets {
+            return;
+        }
+        let old = t.peer().map(|p| p.addr);
+        let had_none = t.cfg.targets.is_empty();
+        t.current = old
+            .and_then(|a| targets.iter().position(|&b| b == a))
+            .unwrap_or(0);
+        t.cfg.targets = targets;
+        let new = t.peer().map(|p| p.addr);
+        if new.is_none() {
+            t.reg_out = None;
+            t.opt_out = None;
+            t.reg_due = None;
+            t.opt_due = None;
+            t.registered = false;
+            t.registered_until = None;
+            self.update_health(now, idx, "no address (host does not resolve)".into(), true);
+            return;
+        }
+        if new != old {
+            let usable = t.ruri.is_some() && t.aor.is_some();
+            if usable && t.cfg.register {
+                // A REGISTER in flight went to an address that is no longer the one.
+                t.reg_out = None;
+                t.auth = None;
+                t.reg_due = Some(now);
+            }
+            if usable && t.cfg.options_interval_ms > 0 && t.opt_out.is_none() {
+                t.opt_due = Some(now);
+            }
+            if had_none {
+                let reason = if t.cfg.register {
+                    "starting"
+                } else {
+                    "address resolved"
+                };
+                self.update_health(now, idx, reason.to_string(), true);
+            }
+        }
+    }
+
+    /// A call's INVITE to `addr` on trunk `idx` timed out or was refused with 503: when it
+    /// is the trunk's current address, the trunk moves to the next one.
+    pub fn target_failed(&mut self, now: Millis, idx: usize, addr: SocketAddr) {
+        self.advance(now);
+        let now = self.now;
+        if self.peer(idx).is_some_and(|p| p.addr == addr)
+            && self.next_target(idx, "no answer to INVITE")
+        {
+            self.register_at_new_target(now, idx);
+        }
+    }
+
     /// The trunk an inbound request from `src` belongs to (see the module docs): same
     /// transport, and over UDP the trunk's address and port, over TCP/TLS its address; or
     /// one of its `inbound_from` networks over its transport. `None`: an ordinary source.
@@ -478,6 +589,8 @@ impl Trunks {
                 since: t.since,
                 last_rtt_ms: t.last_rtt_ms,
                 inbound_refused: t.inbound_refused,
+                targets: t.cfg.targets.clone(),
+                current: t.peer().map(|p| p.addr),
             })
             .collect()
     }
@@ -490,8 +603,8 @@ impl Trunks {
         for idx in 0..self.trunks.len() {
             let t = &mut self.trunks[idx];
             if t.reg_out.as_ref().is_some_and(|o| guard_expired(o, now)) {
-                t.reg_out = None;
-                self.registration_failed(now, idx, "no answer on REGISTER".to_string());
+                let to = t.reg_out.take().and_then(|o| o.to);
+                self.register_failover(now, idx, to, "no answer on REGISTER".to_string());
             }
             let t = &mut self.trunks[idx];
             if t.opt_out.as_ref().is_some_and(|o| guard_expired(o, now)) {
@@ -523,6 +636,9 @@ impl Trunks {
 
     /// When `handle_timeout` (and then `poll_request`) should next be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
+        // A trunk built before any time input (`new(.., 0)`) and with nothing due (no
+        // address yet, no pings) learns the time at the first timer, so its `since` is real.
+        let unstamped = self.trunks.iter().any(|t| t.since == 0).then_some(1);
         self.trunks
             .iter()
             .flat_map(|t| {
@@ -535,6 +651,7 @@ impl Trunks {
                 ]
             })
             .flatten()
+            .chain(unstamped)
             .min()
     }
 
@@ -549,7 +666,10 @@ impl Trunks {
         let now = self.now;
         for idx in 0..self.trunks.len() {
             let t = &self.trunks[idx];
-            let peer_v4 = t.cfg.peer.addr.is_ipv4();
+            let Some(peer) = t.peer() else {
+                continue;
+            };
+            let peer_v4 = peer.addr.is_ipv4();
             let local = *locals
                 .iter()
                 .find(|a| a.is_ipv4() == peer_v4)
@@ -598,6 +718,11 @@ impl Trunks {
                     200..=299 => self.registered(now, idx, resp),
                     401 | 407 => self.challenged(now, idx, resp),
                     423 => self.too_brief(now, idx, resp),
+                    // RFC 3263 §4.3: an overloaded or unreachable server; the next one.
+                    408 | 503 => {
+                        let reason = format!("{} on REGISTER", status_text(resp));
+                        self.register_failover(now, idx, out.to, reason);
+                    }
                     _ => {
                         let reason = format!("{} on REGISTER", status_text(resp));
                         self.registration_failed(now, idx, reason);
@@ -635,9 +760,9 @@ impl Trunks {
         };
         match purpose {
             Purpose::Register => {
-                if t.reg_out.take().is_some() {
+                if let Some(out) = t.reg_out.take() {
                     let reason = format!("{} on REGISTER", clean(reason));
-                    self.registration_failed(now, idx, reason);
+                    self.register_failover(now, idx, out.to, reason);
                 }
             }
             Purpose::Options => {
@@ -716,7 +841,7 @@ impl Trunks {
         let now = self.now;
         let t = &mut self.trunks[idx];
         let (ruri, aor) = (t.ruri.clone()?, t.aor.clone()?);
-        let transport = match t.cfg.peer.transport {
+        let transport = match t.cfg.transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
@@ -734,7 +859,7 @@ impl Trunks {
         }
         t.cseq += 1;
         let mut headers = headers(
-            t.cfg.peer.transport,
+            t.cfg.transport,
             local,
             branch,
             from(&aor, &t.from_tag),
@@ -753,12 +878,23 @@ impl Trunks {
         }
         t.contact = Some(contact);
         t.reg_due = None;
+        let to = t.peer().map(|p| p.addr);
+        // With somewhere else to go, an unanswered REGISTER moves on well before the
+        // transaction's 32 s timeout.
+        let limit_ms = if t.cfg.targets.len() > 1 {
+            t.cfg
+                .silence_timeout_ms
+                .clamp(REGISTER_FAILOVER_MS.0, REGISTER_FAILOVER_MS.1)
+        } else {
+            OUTSTANDING_GUARD_MS
+        };
         t.reg_out = Some(Outstanding {
             call_id: t.call_id.clone(),
             seq: t.cseq,
             sent: now,
             confirmed: false,
-            limit_ms: OUTSTANDING_GUARD_MS,
+            limit_ms,
+            to,
         });
         Some(Request {
             method: Method::Register,
@@ -782,7 +918,7 @@ impl Trunks {
         let t = &mut self.trunks[idx];
         let (ruri, aor) = (t.ruri.clone()?, t.aor.clone()?);
         let mut headers = headers(
-            t.cfg.peer.transport,
+            t.cfg.transport,
             local,
             branch,
             from(&aor, &tag),
@@ -799,12 +935,14 @@ impl Trunks {
         // A ping unanswered within its interval (1-5 s) is a miss: failure detection
         // must not wait for the transaction's 32 s timeout.
         let limit_ms = t.cfg.options_interval_ms.clamp(1_000, 5_000);
+        let to = t.peer().map(|p| p.addr);
         t.opt_out = Some(Outstanding {
             call_id,
             seq: 1,
             sent: now,
             confirmed: false,
             limit_ms,
+            to,
         });
         Some(Request {
             method: Method::Options,
@@ -914,15 +1052,71 @@ impl Trunks {
         self.update_health(now, idx, reason, true);
     }
 
-    /// An OPTIONS that went unanswered (timeout, transport error, wrong answer).
+    /// An OPTIONS that went unanswered (timeout, transport error, wrong answer). Once the
+    /// misses take the trunk Down, each further miss moves it to its next address.
     fn ping_missed(&mut self, now: Millis, idx: usize) {
         let t = &mut self.trunks[idx];
-        let sent = t.opt_out.take().map_or(now, |o| o.sent);
+        let (sent, to) = t.opt_out.take().map_or((now, None), |o| (o.sent, o.to));
         t.opt_due = Some(sent.saturating_add(t.cfg.options_interval_ms).max(now));
         t.goods = 0;
         t.misses = t.misses.saturating_add(1);
         let reason = format!("no answer to {} OPTIONS", t.misses);
         self.update_health(now, idx, reason, false);
+        let t = &self.trunks[idx];
+        if t.misses >= t.cfg.down_after.max(1)
+            && to.is_some()
+            && to == t.peer().map(|p| p.addr)
+            && self.next_target(idx, "no answer to OPTIONS")
+        {
+            self.register_at_new_target(now, idx);
+        }
+    }
+
+    /// A REGISTER that went unanswered, met a transport error, 408 or 503: the next
+    /// address, at once while not every address has failed in a row; then the usual
+    /// back-off.
+    fn register_failover(
+        &mut self,
+        now: Millis,
+        idx: usize,
+        to: Option<SocketAddr>,
+        reason: String,
+    ) {
+        self.registration_failed(now, idx, reason);
+        let t = &self.trunks[idx];
+        let (failures, n) = (t.failures, t.cfg.targets.len());
+        let current = t.peer().map(|p| p.addr);
+        if to.is_some() && to != current {
+            // It went to an address the trunk has left since: try the current one now.
+            self.trunks[idx].reg_due = Some(now);
+            return;
+        }
+        if self.next_target(idx, "REGISTER failed") && (failures as usize) < n {
+            self.trunks[idx].reg_due = Some(now);
+        }
+    }
+
+    /// Moves trunk `idx` to its next address (RFC 3263 §4.3); false with fewer than two.
+    fn next_target(&mut self, idx: usize, why: &str) -> bool {
+        let t = &mut self.trunks[idx];
+        let n = t.cfg.targets.len();
+        if n < 2 {
+            return false;
+        }
+        let from = t.cfg.targets[t.current % n];
+        t.current = (t.current + 1) % n;
+        let to = t.cfg.targets[t.current];
+        tracing::info!(trunk = %t.cfg.name, %from, %to, why, "trunk moves to the provider's next address");
+        true
+    }
+
+    /// After a move not caused by a REGISTER: a registering trunk registers at its new
+    /// address now (one in flight finishes first).
+    fn register_at_new_target(&mut self, now: Millis, idx: usize) {
+        let t = &mut self.trunks[idx];
+        if t.cfg.register && t.reg_out.is_none() && t.reg_due.is_none_or(|d| d > now) {
+            t.reg_due = Some(now);
+        }
     }
 
     /// Re-evaluates health after an event; `reason` explains a change. With `sticky`, a
@@ -930,7 +1124,7 @@ impl Trunks {
     fn update_health(&mut self, now: Millis, idx: usize, reason: String, sticky: bool) {
         let t = &mut self.trunks[idx];
         let pings = t.cfg.options_interval_ms > 0;
-        let target = if t.cfg.register && !t.registered {
+        let target = if t.cfg.targets.is_empty() || (t.cfg.register && !t.registered) {
             Health::Down
         } else if !pings {
             Health::Up
@@ -961,15 +1155,27 @@ impl Trunks {
 }
 
 impl Trunk {
-    /// Whether a request from `src` is this trunk's (see the module docs).
+    /// The current address, with the transport.
+    fn peer(&self) -> Option<Peer> {
+        let addr = *self.cfg.targets.get(self.current)?;
+        Some(Peer {
+            transport: self.cfg.transport,
+            addr,
+        })
+    }
+
+    /// Whether a request from `src` is this trunk's (see the module docs): any of its
+    /// addresses counts, not only the current one.
     fn is_source(&self, src: Peer) -> bool {
-        let peer = self.cfg.peer;
-        if src.transport != peer.transport {
+        let transport = self.cfg.transport;
+        if src.transport != transport {
             return false;
         }
         let ip = src.addr.ip().to_canonical();
-        let own = ip == peer.addr.ip().to_canonical()
-            && (peer.transport != Transport::Udp || src.addr.port() == peer.addr.port());
+        let own = self.cfg.targets.iter().take(MAX_TARGETS).any(|a| {
+            ip == a.ip().to_canonical()
+                && (transport != Transport::Udp || src.addr.port() == a.port())
+        });
         own || self
             .cfg
             .inbound_from
@@ -978,7 +1184,8 @@ impl Trunk {
             .any(|n| n.contains(ip))
     }
 
-    fn new(cfg: TrunkConfig, rng: &mut StdRng, now: Millis) -> Trunk {
+    fn new(mut cfg: TrunkConfig, rng: &mut StdRng, now: Millis) -> Trunk {
+        cfg.targets.truncate(MAX_TARGETS);
         let ruri = wire::parse_uri(&format!("sip:{}", cfg.domain)).ok();
         // An IP-authenticated trunk may have no account: its pings come from "outpost".
         let user = if cfg.username.is_empty() {
@@ -988,8 +1195,11 @@ impl Trunk {
         };
         let aor = wire::parse_uri(&format!("sip:{user}@{}", cfg.domain)).ok();
         let usable = ruri.is_some() && aor.is_some();
+        let resolved = !cfg.targets.is_empty();
         let (health, reason) = if !usable {
             (Health::Down, "invalid configuration (domain or username)")
+        } else if !resolved {
+            (Health::Down, "host not resolved yet")
         } else if cfg.register {
             (Health::Down, "starting")
         } else {
@@ -1005,9 +1215,10 @@ impl Trunk {
             health,
             reason: reason.to_string(),
             since: now,
+            current: 0,
             registered: false,
             registered_until: None,
-            reg_due: (usable && cfg.register).then_some(now),
+            reg_due: (usable && resolved && cfg.register).then_some(now),
             reg_out: None,
             asked_expires: cfg.expires_secs.max(MIN_EXPIRES),
             auth: None,
@@ -1016,7 +1227,7 @@ impl Trunk {
             too_brief: 0,
             failures: 0,
             contact: None,
-            opt_due: (usable && pings).then_some(now),
+            opt_due: (usable && resolved && pings).then_some(now),
             opt_out: None,
             misses: 0,
             goods: 0,
@@ -1218,10 +1429,8 @@ mod tests {
         TrunkConfig {
             name: name.into(),
             domain: DOMAIN.into(),
-            peer: Peer {
-                transport: Transport::Udp,
-                addr: SocketAddr::from(([203, 0, 113, 5], 5060)),
-            },
+            transport: Transport::Udp,
+            targets: vec![SocketAddr::from(([203, 0, 113, 5], 5060))],
             register,
             username: "4930123456".into(),
             auth_username: Some("acct77".into()),
@@ -1280,6 +1489,162 @@ mod tests {
         ok.headers.expires = Some(600);
         t.on_response(T0 + 20, 0, Purpose::Register, &ok);
         t
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    /// A registering trunk at two addresses, with a 1 s failover.
+    fn two_addresses() -> TrunkConfig {
+        let mut c = cfg("prov", true, 0);
+        c.targets = vec![addr("203.0.113.5:5060"), addr("198.51.100.7:5080")];
+        c.silence_timeout_ms = 1_000;
+        c
+    }
+
+    #[test]
+    fn an_unanswered_register_moves_to_the_next_address_at_once() {
+        let mut t = Trunks::new(vec![two_addresses()], 1, T0);
+        assert_eq!(t.peer(0).map(|p| p.addr), Some(addr("203.0.113.5:5060")));
+        let (_, _, first) = next(&mut t);
+        // Not before the failover time.
+        t.handle_timeout(T0 + 900);
+        assert!(t.poll_request(&[local()], UA).is_none());
+        t.handle_timeout(T0 + 1_000);
+        assert_eq!(t.peer(0).map(|p| p.addr), Some(addr("198.51.100.7:5080")));
+        let (_, purpose, second) = t.poll_request(&[local()], UA).expect("REGISTER again");
+        assert_eq!(purpose, Purpose::Register);
+        assert!(second.headers.cseq.seq > first.headers.cseq.seq);
+        let mut ok = reply(&second, 200);
+        ok.headers.expires = Some(600);
+        t.on_response(T0 + 1_050, 0, Purpose::Register, &ok);
+        let st = &t.status()[0];
+        assert_eq!(st.health, Health::Up);
+        assert_eq!(st.current, Some(addr("198.51.100.7:5080")));
+        assert_eq!(st.targets.len(), 2);
+    }
+
+    #[test]
+    fn a_503_to_register_moves_on_and_a_full_round_of_failures_backs_off() {
+        let mut t = Trunks::new(vec![two_addresses()], 1, T0);
+        let (_, _, r1) = next(&mut t);
+        t.on_response(T0 + 10, 0, Purpose::Register, &reply(&r1, 503));
+        assert_eq!(t.peer(0).map(|p| p.addr), Some(addr("198.51.100.7:5080")));
+        let (_, _, r2) = t.poll_request(&[local()], UA).expect("at once");
+        t.on_failure(T0 + 20, 0, Purpose::Register, "transport error");
+        assert_eq!(t.peer(0).map(|p| p.addr), Some(addr("203.0.113.5:5060")));
+        // Both failed in a row: the usual back-off, not a tight loop.
+        assert!(t.poll_request(&[local()], UA).is_none());
+        assert!(t.poll_timeout().is_some_and(|d| d > T0 + 20));
+        let _ = r2;
+        // One address alone keeps today's behaviour: a 503 just fails the registration.
+        let mut one = Trunks::new(vec![cfg("one", true, 0)], 1, T0);
+        let (_, _, r) = next(&mut one);
+        one.on_response(T0 + 10, 0, Purpose::Register, &reply(&r, 503));
+        assert!(one.poll_request(&[local()], UA).is_none());
+        assert_eq!(
+            one.status()[0].reason,
+            "503 Service Unavailable on REGISTER"
+        );
+    }
+
+    #[test]
+    fn pings_missed_until_down_move_an_ip_trunk_to_the_next_address() {
+        let mut c = two_addresses();
+        c.register = false;
+        c.options_interval_ms = 1_000;
+        c.down_after = 2;
+        c.up_after = 1;
+        let mut t = Trunks::new(vec![c], 1, T0);
+        let mut now = T0;
+        for _ in 0..2 {
+            let (_, p, _) = t.poll_request(&[local()], UA).expect("ping");
+            assert_eq!(p, Purpose::Options);
+            assert_eq!(t.peer(0).map(|p| p.addr), Some(addr("203.0.113.5:5060")));
+            now += 1_000;
+            t.handle_timeout(now);
+        }
+        assert_eq!(t.status()[0].health, Health::Down);
+        assert_eq!(t.peer(0).map(|p| p.addr), Some(addr("198.51.100.7:5080")));
+        let (_, _, ping) = t
+            .poll_request(&[local()], UA)
+            .expect("ping the next address");
+        t.on_response(now + 5, 0, Purpose::Options, &reply(&ping, 200));
+        assert_eq!(t.status()[0].health, Health::Up);
+    }
+
+    #[test]
+    fn new_addresses_keep_the_current_one_when_still_listed() {
+        let mut t = registered_trunk(two_addresses());
+        assert!(t.poll_request(&[local()], UA).is_none());
+        // Same addresses in another order (weighted SRV): no move, no new REGISTER.
+        t.set_targets(
+            T0 + 100,
+            0,
+            vec![addr("198.51.100.7:5080"), addr("203.0.113.5:5060")],
+        );
+        assert_eq!(t.peer(0).map(|p| p.addr), Some(addr("203.0.113.5:5060")));
+        assert!(t.poll_request(&[local()], UA).is_none());
+        assert_eq!(t.status()[0].health, Health::Up);
+        // The current address is gone: the first new one, registered at once.
+        t.set_targets(T0 + 200, 0, vec![addr("192.0.2.99:5060")]);
+        assert_eq!(t.peer(0).map(|p| p.addr), Some(addr("192.0.2.99:5060")));
+        let (_, purpose, _) = t.poll_request(&[local()], UA).expect("REGISTER");
+        assert_eq!(purpose, Purpose::Register);
+        // No address at all: Down, nothing sent.
+        t.set_targets(T0 + 300, 0, Vec::new());
+        let st = &t.status()[0];
+        assert_eq!((st.health, st.current), (Health::Down, None));
+        assert!(t.poll_request(&[local()], UA).is_none());
+        // Far too many addresses: bounded.
+        let many: Vec<SocketAddr> = (1..=40u8)
+            .map(|i| SocketAddr::from(([192, 0, 2, i], 5060)))
+            .collect();
+        t.set_targets(T0 + 400, 0, many);
+        assert_eq!(t.status()[0].targets.len(), MAX_TARGETS);
+    }
+
+    #[test]
+    fn a_trunk_without_addresses_waits_and_starts_when_they_come() {
+        let mut c = cfg("late", true, 0);
+        c.targets = Vec::new();
+        let mut t = Trunks::new(vec![c], 1, T0);
+        let st = &t.status()[0];
+        assert_eq!(
+            (st.health, st.reason.as_str()),
+            (Health::Down, "host not resolved yet")
+        );
+        assert!(t.poll_request(&[local()], UA).is_none());
+        assert_eq!(t.poll_timeout(), None);
+        t.set_targets(T0 + 5, 0, vec![addr("203.0.113.5:5060")]);
+        let (_, purpose, _) = t.poll_request(&[local()], UA).expect("REGISTER");
+        assert_eq!(purpose, Purpose::Register);
+    }
+
+    #[test]
+    fn a_trunk_without_addresses_built_at_time_zero_learns_the_time() {
+        let mut c = cfg("late", true, 0);
+        c.targets = Vec::new();
+        let mut t = Trunks::new(vec![c], 1, 0);
+        // Nothing is due but the first time input, which stamps `since`.
+        assert_eq!(t.poll_timeout(), Some(1));
+        t.handle_timeout(T0);
+        assert_eq!(t.status()[0].since, T0);
+        assert_eq!(t.poll_timeout(), None);
+    }
+
+    #[test]
+    fn every_address_of_the_trunk_is_its_identity() {
+        let t = Trunks::new(vec![two_addresses()], 1, T0);
+        let udp = |a: &str| Peer {
+            transport: Transport::Udp,
+            addr: addr(a),
+        };
+        assert_eq!(t.find_by_source(udp("203.0.113.5:5060")), Some(0));
+        assert_eq!(t.find_by_source(udp("198.51.100.7:5080")), Some(0));
+        // The second address from another port over UDP: not the provider.
+        assert_eq!(t.find_by_source(udp("198.51.100.7:5060")), None);
     }
 
     #[test]
@@ -1723,7 +2088,7 @@ mod tests {
     #[test]
     fn each_trunk_uses_a_local_address_of_its_peer_family() {
         let mut b = cfg("v6", false, 1_000);
-        b.peer.addr = "[2001:db8::5]:5060".parse().expect("addr");
+        b.targets = vec!["[2001:db8::5]:5060".parse().expect("addr")];
         let mut t = Trunks::new(vec![cfg("v4", false, 1_000), b], 1, T0);
         let v6: SocketAddr = "[2001:db8::10]:5060".parse().expect("addr");
         let locals = [v6, local()];
@@ -1750,7 +2115,7 @@ mod tests {
     #[test]
     fn lookup_by_name_and_source() {
         let mut b = cfg("b", false, 0);
-        b.peer.addr = "[2001:db8::5]:5060".parse().expect("addr");
+        b.targets = vec!["[2001:db8::5]:5060".parse().expect("addr")];
         let t = Trunks::new(vec![cfg("a", false, 0), b], 1, T0);
         assert_eq!(t.len(), 2);
         assert_eq!(t.index_of("b"), Some(1));
@@ -1785,7 +2150,8 @@ mod tests {
     #[test]
     fn a_tls_trunk_accepts_requests_only_over_tls() {
         let mut c = cfg("secure", false, 0);
-        c.peer = from(Transport::Tls, "203.0.113.5:5061");
+        c.transport = Transport::Tls;
+        c.targets = vec!["203.0.113.5:5061".parse().expect("addr")];
         let t = Trunks::new(vec![c], 1, T0);
         // Spoofed UDP from the provider's address, even from its port: not the trunk.
         assert_eq!(
@@ -1899,7 +2265,7 @@ mod tests {
     #[test]
     fn tcp_contact_and_ipv6_via() {
         let mut c = cfg("tcp", true, 0);
-        c.peer.transport = Transport::Tcp;
+        c.transport = Transport::Tcp;
         let mut t = Trunks::new(vec![c], 1, T0);
         let v6: SocketAddr = "[2001:db8::10]:5070".parse().expect("addr");
         // No address at all: nothing can be sent.

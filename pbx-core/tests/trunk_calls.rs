@@ -24,10 +24,8 @@ fn trunk(name: &str, addr: &str, register: bool, pings_ms: u64) -> TrunkConfig {
     TrunkConfig {
         name: name.to_string(),
         domain: PROVIDER_REALM.to_string(),
-        peer: Peer {
-            transport: Transport::Udp,
-            addr: addr.parse().unwrap(),
-        },
+        transport: Transport::Udp,
+        targets: vec![addr.parse().unwrap()],
         register,
         username: "4930100".to_string(),
         auth_username: None,
@@ -257,6 +255,68 @@ fn a_silent_trunk_fails_over_to_the_next_and_a_5xx_at_once() {
 }
 
 #[test]
+fn a_call_tries_the_trunks_next_address_before_the_next_trunk() {
+    const T1B: &str = "203.0.113.9:5070";
+    let mut multi = trunk("t1", T1, false, 0);
+    multi.targets.push(T1B.parse().unwrap());
+    let mut sim = Sim::with_config(config_with(vec![multi, trunk("t2", T2, false, 0)]));
+    let mut a = Phone::new("100", "192.168.1.10:5060");
+    invite(&mut sim, &mut a, "0301234567", SDP_OFFER);
+    assert_eq!(invites_to(&mut sim, T1).len(), 1);
+    // The first address is silent: the same trunk's second address, not t2.
+    sim.advance(1_100);
+    let inv = invites_to(&mut sim, T1B);
+    assert_eq!(inv.len(), 1, "failover to t1's second address");
+    assert!(invites_to(&mut sim, T2).is_empty());
+    sim.send(
+        T1B.parse().unwrap(),
+        &response(
+            &inv[0],
+            200,
+            Some("far1b"),
+            &[format!("Contact: <sip:x@{T1B}>")],
+            SDP_ANSWER,
+        ),
+    );
+    assert!(sim.statuses(a.addr).contains(&200));
+    let status = &sim.ep.trunk_status()[0];
+    assert_eq!(
+        status.current,
+        Some(T1B.parse().unwrap()),
+        "the trunk moved"
+    );
+
+    // The next call starts at the address that worked; its 503 sends it to the other
+    // address of t1, and a 503 there to t2.
+    let mut b = Phone::new("102", "192.168.1.12:5060");
+    invite(&mut sim, &mut b, "0301234568", SDP_OFFER);
+    let inv = invites_to(&mut sim, T1B);
+    assert_eq!(inv.len(), 1, "straight to the current address");
+    // (The first call's silent INVITE may still be retransmitted to T1.)
+    let ours = |v: Vec<Request>| -> Vec<Request> {
+        v.into_iter()
+            .filter(|r| r.uri.user() == Some("0301234568"))
+            .collect()
+    };
+    assert!(ours(invites_to(&mut sim, T1)).is_empty());
+    sim.send(
+        T1B.parse().unwrap(),
+        &response(&inv[0], 503, Some("o"), &[], ""),
+    );
+    let inv = ours(invites_to(&mut sim, T1));
+    assert_eq!(inv.len(), 1, "503: the trunk's other address");
+    sim.send(
+        T1.parse().unwrap(),
+        &response(&inv[0], 503, Some("o"), &[], ""),
+    );
+    assert_eq!(
+        invites_to(&mut sim, T2).len(),
+        1,
+        "every address refused: t2"
+    );
+}
+
+#[test]
 fn inbound_did_rings_the_mapped_extension() {
     let mut sim = Sim::with_config(config_with(vec![trunk("t1", T1, false, 0)]));
     let mut p = Phone::new("101", "192.168.1.11:5060");
@@ -301,7 +361,7 @@ fn inbound_did_rings_the_mapped_extension() {
 #[test]
 fn the_providers_address_from_another_port_or_transport_is_challenged() {
     let mut tls = trunk("t1", "203.0.113.1:5061", false, 0);
-    tls.peer.transport = Transport::Tls;
+    tls.transport = Transport::Tls;
     let mut sim = Sim::with_config(config_with(vec![tls, trunk("t2", T2, false, 0)]));
     let mut p = Phone::new("101", "192.168.1.11:5060");
     register(&mut sim, &mut p, 600);

@@ -518,6 +518,12 @@ impl Detector {
         &self.cfg
     }
 
+    /// New trunk peer addresses (never banned): a trunk's host resolved to other addresses,
+    /// or the trunks changed.
+    pub fn set_trunk_peers(&mut self, peers: Vec<IpAddr>) {
+        self.cfg.trunk_peers = peers;
+    }
+
     /// Judges one observation at `now`; see the module docs for the meaning of the result.
     pub fn observe(&mut self, now: Millis, obs: Observation<'_>) -> Verdict {
         let src = canonical(obs.src());

@@ -24,7 +24,9 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{Counters, Enforcer, ManagementZone, NftConfig, NftError, SetOp, MAX_BAN_SECS};
+use super::{
+    Counters, Enforcer, ManagementZone, NftConfig, NftError, SetOp, TrunkPeer, MAX_BAN_SECS,
+};
 use crate::net::canonical;
 
 /// Requests waiting for the enforcer thread.
@@ -49,6 +51,8 @@ enum Request {
     Verify,
     /// Replace the management zone (networks and ports).
     Management(ManagementZone),
+    /// Replace the trunk peers.
+    TrunkPeers(Vec<TrunkPeer>),
     /// Refresh the counters, then signal.
     Counters(Sender<()>),
 }
@@ -83,6 +87,8 @@ pub struct EnforcerHandle {
     queue_drops: u64,
     /// A management zone the full queue could not take yet.
     pending_management: Option<ManagementZone>,
+    /// Trunk peers the full queue could not take yet.
+    pending_trunks: Option<Vec<TrunkPeer>>,
 }
 
 impl EnforcerHandle {
@@ -99,6 +105,7 @@ impl EnforcerHandle {
             shared,
             queue_drops: 0,
             pending_management: None,
+            pending_trunks: None,
         })
     }
 
@@ -111,6 +118,7 @@ impl EnforcerHandle {
             shared: Arc::new(Mutex::new(KernelState::default())),
             queue_drops: 0,
             pending_management: None,
+            pending_trunks: None,
         };
         (handle, SentOps(rx))
     }
@@ -175,9 +183,32 @@ impl EnforcerHandle {
         }
     }
 
+    /// Queues new trunk peers (the newest wins; kept here like a management zone when the
+    /// queue is full, and queued again with the next [`EnforcerHandle::verify`]).
+    pub fn set_trunk_peers(&mut self, peers: Vec<TrunkPeer>) {
+        self.pending_trunks = Some(peers);
+        self.flush_trunks();
+    }
+
+    fn flush_trunks(&mut self) {
+        let Some(peers) = self.pending_trunks.take() else {
+            return;
+        };
+        match self.tx.try_send(Request::TrunkPeers(peers)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Request::TrunkPeers(peers))) => {
+                self.pending_trunks = Some(peers);
+            }
+            Err(_) => {
+                tracing::error!("firewall: the trunk peers were not updated (thread gone)");
+            }
+        }
+    }
+
     /// Asks the thread to check the table (and restore it if it was changed from outside).
     pub fn verify(&mut self) {
         self.flush_management();
+        self.flush_trunks();
         let _ = self.tx.try_send(Request::Verify);
     }
 
@@ -228,7 +259,10 @@ impl SentOps {
             match r {
                 Request::Op(op) => out.push(op),
                 Request::Ops(ops) => out.extend(ops),
-                Request::Verify | Request::Counters(_) | Request::Management(_) => {}
+                Request::Verify
+                | Request::Counters(_)
+                | Request::Management(_)
+                | Request::TrunkPeers(_) => {}
             }
         }
         out
@@ -240,6 +274,7 @@ impl SentOps {
 struct Round {
     ops: Vec<SetOp>,
     management: Option<ManagementZone>,
+    trunks: Option<Vec<TrunkPeer>>,
     verify: bool,
     waiters: Vec<Sender<()>>,
 }
@@ -255,6 +290,7 @@ impl Round {
                 Request::Ops(many) => round.ops.extend(many),
                 Request::Verify => round.verify = true,
                 Request::Management(zone) => round.management = Some(zone),
+                Request::TrunkPeers(peers) => round.trunks = Some(peers),
                 Request::Counters(tx) => round.waiters.push(tx),
             }
             next = if round.ops.len() < MAX_OPS_PER_BATCH {
@@ -288,6 +324,8 @@ struct EnforcerThread {
     last_logged_error: Option<String>,
     /// A management zone not yet in the kernel (its replacement failed or is due).
     pending_management: Option<ManagementZone>,
+    /// Trunk peers not yet in the kernel (their replacement failed or is due).
+    pending_trunks: Option<Vec<TrunkPeer>>,
 }
 
 impl EnforcerThread {
@@ -309,6 +347,7 @@ impl EnforcerThread {
             shared,
             last_logged_error: None,
             pending_management: None,
+            pending_trunks: None,
         }
     }
 
@@ -322,6 +361,10 @@ impl EnforcerThread {
                 self.cfg.management = zone.clone();
                 self.pending_management = Some(zone);
             }
+            if let Some(peers) = round.trunks.take() {
+                self.cfg.trunk_peers.clone_from(&peers);
+                self.pending_trunks = Some(peers);
+            }
             if self.enforcer.is_none() {
                 if round.verify {
                     self.install();
@@ -333,6 +376,7 @@ impl EnforcerThread {
                 for (i, run) in runs.into_iter().enumerate() {
                     if i == last {
                         self.apply_management();
+                        self.apply_trunks();
                     }
                     self.apply(run, round.verify && i == last, counters && i == last);
                 }
@@ -432,6 +476,24 @@ impl EnforcerThread {
             Err(err) => {
                 self.failure("updating the management zone", &err);
                 self.pending_management = Some(zone);
+            }
+        }
+    }
+
+    /// Puts the pending trunk peers into the kernel; kept pending on failure.
+    fn apply_trunks(&mut self) {
+        let Some(peers) = self.pending_trunks.take() else {
+            return;
+        };
+        let Some(e) = self.enforcer.as_mut() else {
+            self.pending_trunks = Some(peers);
+            return;
+        };
+        match e.set_trunk_peers(&peers) {
+            Ok(()) => tracing::info!(entries = peers.len(), "firewall: trunk peers updated"),
+            Err(err) => {
+                self.failure("updating the trunk peers", &err);
+                self.pending_trunks = Some(peers);
             }
         }
     }

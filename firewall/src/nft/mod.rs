@@ -622,6 +622,28 @@ impl Enforcer {
         })
     }
 
+    /// Replaces the trunk peers (`trunk4`, `trunk6`: which traffic the trunks' meter
+    /// applies to) in one nft run, flush and refill in one transaction: a trunk's host
+    /// resolved to other addresses, or the trunks changed. On error the kernel and our copy
+    /// keep the previous peers; a restore re-installs the peers last set.
+    pub fn set_trunk_peers(&mut self, peers: &[TrunkPeer]) -> Result<(), NftError> {
+        if peers.len() > MAX_TRUNK_PEERS {
+            return Err(NftError::Config(format!(
+                "{} trunk peer entries (at most {MAX_TRUNK_PEERS})",
+                peers.len()
+            )));
+        }
+        if peers == self.cfg.trunk_peers.as_slice() {
+            return Ok(());
+        }
+        let objects = ruleset::trunk_replace(&self.cfg.table, peers);
+        self.run_batch(&nftables::schema::Nftables {
+            objects: objects.into(),
+        })?;
+        self.cfg.trunk_peers = peers.to_vec();
+        Ok(())
+    }
+
     /// Replaces the management zone's networks and ports in one nft run (flush and refill
     /// of `mgmt4`, `mgmt6`, `mgmt_ports`: one transaction, so no packet sees an empty zone).
     /// Atomic: on error the kernel and our copy keep the previous zone. A restore

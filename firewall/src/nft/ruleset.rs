@@ -532,6 +532,18 @@ pub(crate) fn allow_replace(table: &str, allow: &[Cidr]) -> Vec<NfObject<'static
     o
 }
 
+/// Replaces the trunk peer sets (flush + add, one transaction).
+pub(crate) fn trunk_replace(table: &str, peers: &[TrunkPeer]) -> Vec<NfObject<'static>> {
+    let mut o = Vec::new();
+    for (name, ty) in [(TRUNK4, SetType::Ipv4Addr), (TRUNK6, SetType::Ipv6Addr)] {
+        if let NfListObject::Set(s) = trunk_set(table, name, ty) {
+            o.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Set(s))));
+        }
+    }
+    o.extend(trunk_elements(table, peers));
+    o
+}
+
 /// Replaces the management zone's sets (flush + add, one transaction).
 pub(crate) fn mgmt_replace(table: &str, zone: &ManagementZone) -> Vec<NfObject<'static>> {
     let mut o = Vec::new();

@@ -3,41 +3,70 @@
 //! the RTP relay, the call core's trunks and the IVR menus. Also used when a configuration
 //! change is applied live.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use pbx_core::endpoint::IvrMenu;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::dns::TrunkDns;
 use crate::driver::{Inbound, Transports};
 use crate::media::relay::{self, Relay, RelayConfig};
+use crate::pbx_config::TrunkSection;
 
-/// The call core's trunks of a configuration (host names resolved); TLS trunks tell the
-/// transports which name their server's certificate must carry.
-/// The call core's trunks of a configuration, and the trunks left out because their
-/// address does not resolve now (name, reason): a WAN that is down at boot must not stop
-/// the office's local calls.
+/// The call core's trunks of a configuration with their hosts' last good addresses (never
+/// waiting for DNS), and the trunks whose host has no address yet (name, reason): such a
+/// trunk is Down until its host resolves, and a WAN that is down at boot does not stop the
+/// office's local calls. TLS trunks tell the transports which name each of their
+/// addresses' certificate must carry.
 pub(super) fn core_trunks(
     cfg: &Config,
+    dns: &TrunkDns,
     transports: &mut Transports,
 ) -> (Vec<pbx_core::trunk::TrunkConfig>, Vec<(String, String)>) {
     let mut trunks = Vec::new();
     let mut unresolved = Vec::new();
     for t in &cfg.trunk {
-        let core = match t.to_core() {
-            Ok(core) => core,
-            Err(e) => {
-                unresolved.push((t.name.clone(), e.to_string()));
-                continue;
-            }
-        };
-        if core.peer.transport == pbx_core::sip::Transport::Tls {
-            transports.set_tls_name(core.peer.addr, t.tls_name());
+        let transport = t.transport_kind();
+        let targets = dns.targets(&t.host, transport);
+        if targets.is_empty() {
+            let why = dns
+                .failure(&t.host, transport)
+                .unwrap_or_else(|| format!("{} has not resolved yet", t.host));
+            unresolved.push((t.name.clone(), why));
         }
-        tracing::info!(trunk = %t.name, peer = %core.peer.addr, transport = core.peer.transport.as_str(), register = t.register, "trunk configured");
-        trunks.push(core);
+        trunk_tls_names(transports, t, &targets);
+        let list: Vec<String> = targets.iter().map(ToString::to_string).collect();
+        tracing::info!(trunk = %t.name, host = %t.host, targets = %list.join(", "), transport = transport.as_str(), register = t.register, "trunk configured");
+        trunks.push(t.to_core(targets));
     }
     (trunks, unresolved)
+}
+
+/// A TLS trunk's addresses must present a certificate for the trunk's TLS name.
+pub(super) fn trunk_tls_names(
+    transports: &mut Transports,
+    t: &TrunkSection,
+    targets: &[SocketAddr],
+) {
+    if t.transport_kind() == pbx_core::sip::Transport::Tls {
+        for &a in targets {
+            transports.set_tls_name(a, t.tls_name());
+        }
+    }
+}
+
+/// The (host, transport) of every trunk, for [`TrunkDns`].
+pub(super) fn trunk_hosts(cfg: &Config) -> Vec<crate::dns::HostKey> {
+    let mut hosts: Vec<crate::dns::HostKey> = Vec::new();
+    for t in &cfg.trunk {
+        let key = (t.host.clone(), t.transport_kind());
+        if !hosts.contains(&key) {
+            hosts.push(key);
+        }
+    }
+    hosts
 }
 
 /// Binds the SIP transports on `sip.listen`, else on the first fallback that works (see

@@ -385,9 +385,9 @@ pub struct Surroundings {
 /// One `[[trunk]]` as the firewall sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrunkSite {
-    /// The provider's address, resolved when the configuration was read (None if it does
-    /// not resolve).
-    pub addr: Option<SocketAddr>,
+    /// The provider's addresses as resolved when the firewall started (every SRV target
+    /// and A/AAAA record; empty if the host did not resolve).
+    pub addrs: Vec<SocketAddr>,
     /// The trunk's transport.
     pub transport: Transport,
     /// Its `inbound_from` networks.
@@ -403,7 +403,7 @@ impl FirewallConfig {
         detect.trunk_peers.extend(
             site.trunks
                 .iter()
-                .filter_map(|t| t.addr)
+                .flat_map(|t| &t.addrs)
                 .map(|a| canonical(a.ip())),
         );
         detect
@@ -462,7 +462,7 @@ impl FirewallConfig {
                 Transport::Udp => TrunkProto::Udp,
                 Transport::Tcp | Transport::Tls => TrunkProto::Tcp,
             };
-            if let Some(addr) = t.addr {
+            for addr in &t.addrs {
                 let port = (proto == TrunkProto::Udp).then_some(addr.port());
                 peers.push(TrunkPeer::host(addr.ip(), proto, port));
             }
@@ -530,17 +530,17 @@ mod tests {
             rtp_range: Some((10_000, 10_999)),
             trunks: vec![
                 TrunkSite {
-                    addr: Some("203.0.113.5:5080".parse().unwrap()),
+                    addrs: vec!["203.0.113.5:5080".parse().unwrap()],
                     transport: Transport::Udp,
                     inbound: vec!["198.51.100.16/28".parse().unwrap()],
                 },
                 TrunkSite {
-                    addr: Some("[2001:db8::5]:5061".parse().unwrap()),
+                    addrs: vec!["[2001:db8::5]:5061".parse().unwrap()],
                     transport: Transport::Tls,
                     inbound: Vec::new(),
                 },
                 TrunkSite {
-                    addr: None,
+                    addrs: Vec::new(),
                     transport: Transport::Udp,
                     inbound: Vec::new(),
                 },

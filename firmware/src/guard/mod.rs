@@ -646,6 +646,18 @@ impl Guard {
         }
     }
 
+    /// The trunks' addresses changed (a trunk host resolved to other addresses, or the
+    /// trunks were reconfigured): the never-banned trunk addresses and the kernel's trunk
+    /// sets follow `site` (built like the one given to [`Guard::start`]). The transports'
+    /// trusted networks are the caller's to refresh ([`Guard::trusted_networks`]).
+    pub fn set_trunks(&mut self, fw: &FirewallConfig, site: &Surroundings) {
+        self.detector
+            .set_trunk_peers(fw.detect_config(site).trunk_peers);
+        if let Some(e) = self.enforcer.as_mut() {
+            e.set_trunk_peers(fw.nft_config(site).trunk_peers);
+        }
+    }
+
     /// Writes the toll-fraud locks when they changed (rare: a lock is an incident).
     pub fn save_toll_locks(&mut self, store: &Store) {
         if std::mem::take(&mut self.toll_dirty) {
@@ -1615,6 +1627,37 @@ mod tests {
         }
         assert_eq!(g.pending.len(), MAX_PENDING_WRITES);
         assert_eq!(g.writes_dropped, 10);
+    }
+
+    #[test]
+    fn trunk_addresses_from_a_new_dns_answer_are_never_banned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut g = start(&config(), &store, T0);
+        let provider = "203.0.113.44";
+        assert!(!g.trusted(ip(provider)));
+        let mut site = site();
+        site.trunks.push(crate::guard::config::TrunkSite {
+            addrs: vec![
+                "192.0.2.1:5060".parse().unwrap(),
+                "203.0.113.44:5080".parse().unwrap(),
+            ],
+            transport: Transport::Udp,
+            inbound: Vec::new(),
+        });
+        g.set_trunks(&config(), &site);
+        assert!(g.trusted(ip(provider)));
+        assert!(g
+            .trusted_networks()
+            .iter()
+            .any(|n| n.contains(ip(provider))));
+        // A scanner's OPTIONS from it is dropped but never bans the provider.
+        inspect(&mut g, T0, provider, &options(provider, "sipsak 0.9", 1));
+        assert!(!g.is_banned(T0, ip(provider)));
+        // The address gone from the answer: trusted no more.
+        site.trunks.pop();
+        g.set_trunks(&config(), &site);
+        assert!(!g.trusted(ip(provider)));
     }
 
     #[test]

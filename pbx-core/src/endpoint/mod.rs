@@ -195,7 +195,15 @@ impl Endpoint {
         self.accounts.set_algorithms(&new.auth_algorithms);
         self.cfg.user_agent = new.user_agent.clone();
         self.sig.set_user_agent(new.user_agent.clone());
-        if self.cfg.trunks != new.trunks {
+        if same_but_targets(&self.cfg.trunks, &new.trunks) {
+            // Only the providers' addresses changed (a re-resolution): the trunks keep
+            // their registrations and health.
+            for (idx, t) in new.trunks.iter().enumerate() {
+                self.trunks.set_targets(now, idx, t.targets.clone());
+            }
+            self.cfg.trunks = new.trunks.clone();
+            self.pump_trunks(now);
+        } else if self.cfg.trunks != new.trunks {
             self.cfg.trunks = new.trunks.clone();
             self.trunks = crate::trunk::Trunks::new(new.trunks.clone(), self.sig.rng.gen(), now);
             // Transactions of the old trunks answer into nothing.
@@ -203,6 +211,21 @@ impl Endpoint {
                 .clients
                 .retain(|_, role| !matches!(role, ClientRole::Trunk { .. }));
         }
+    }
+
+    /// New addresses for the trunk called `name` (its host was resolved again): see
+    /// [`crate::trunk::Trunks::set_targets`]. False when there is no such trunk.
+    pub fn set_trunk_targets(&mut self, now: Millis, name: &str, targets: Vec<SocketAddr>) -> bool {
+        let Some(idx) = self.trunks.index_of(name) else {
+            return false;
+        };
+        if let Some(c) = self.cfg.trunks.get_mut(idx) {
+            c.targets.clone_from(&targets);
+        }
+        self.trunks.set_targets(now, idx, targets);
+        self.pump_trunks(now);
+        self.drain_tx_events(now);
+        true
     }
 
     /// The box's addresses changed (a new DHCP lease, a moved box): `local` is what Via and
@@ -630,8 +653,7 @@ impl Endpoint {
     fn dest_ip(&self, now: Millis, dest: &Dest) -> Option<IpAddr> {
         let ext = match dest {
             Dest::External(plan) => {
-                let trunk = self.trunks.config(*plan.trunks.front()?)?;
-                return Some(trunk.peer.addr.ip());
+                return Some(self.trunks.peer(*plan.trunks.front()?)?.addr.ip());
             }
             Dest::Extension(ext) => ext.clone(),
             Dest::Group(g) => self
@@ -1156,7 +1178,7 @@ impl Endpoint {
         };
         f.state = ForkState::Failed;
         call.best_failure = Some(better_failure(call.best_failure, resp.status));
-        if on_trunk && self.trunk_failover(now, id, resp.status) {
+        if on_trunk && self.trunk_failover(now, id, fork, resp.status) {
             return;
         }
         self.fork_done(now, id);
@@ -1499,7 +1521,7 @@ impl Endpoint {
                 if !retired {
                     c.best_failure = Some(better_failure(c.best_failure, 408));
                     let on_trunk = c.forks.get(fork).is_some_and(|f| f.trunk.is_some());
-                    if !(on_trunk && self.trunk_failover(now, call, 408)) {
+                    if !(on_trunk && self.trunk_failover(now, call, fork, 408)) {
                         self.fork_done(now, call);
                     }
                 }
@@ -1550,4 +1572,15 @@ fn media_addr(settings: &MediaSettings, peer: IpAddr) -> IpAddr {
         .or(settings.addrs.first())
         .copied()
         .unwrap_or(peer)
+}
+
+/// True when two trunk lists differ at most in the providers' addresses.
+fn same_but_targets(a: &[crate::trunk::TrunkConfig], b: &[crate::trunk::TrunkConfig]) -> bool {
+    a.len() == b.len()
+        && a != b
+        && a.iter().zip(b).all(|(x, y)| {
+            let mut y = y.clone();
+            y.targets.clone_from(&x.targets);
+            *x == y
+        })
 }

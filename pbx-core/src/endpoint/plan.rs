@@ -3,6 +3,7 @@
 //! routing and trunking fill these in, `call` keeps them.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 /// What a call is ringing.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +34,9 @@ pub(super) struct ExternalPlan {
     pub number: String,
     /// Trunks still to try, in order.
     pub trunks: VecDeque<usize>,
+    /// The trunk of the current leg and its further addresses still to try on this call
+    /// when the leg times out or meets 503 (RFC 3263 §4.3).
+    pub addrs: Option<(usize, VecDeque<SocketAddr>)>,
     /// Caller-ID chosen by the route (else the trunk's).
     pub caller_id: Option<String>,
     /// An emergency call: every trunk, no limits.

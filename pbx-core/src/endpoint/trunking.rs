@@ -3,6 +3,7 @@
 //! registration and health traffic.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 use rand::Rng;
 
@@ -90,11 +91,26 @@ impl Endpoint {
             let Some((trunk, purpose, req)) = self.trunks.poll_request(&locals, &ua) else {
                 break;
             };
-            let Some(peer) = self.trunks.config(trunk).map(|t| t.peer) else {
+            let Some(peer) = self.trunks.peer(trunk) else {
                 continue;
             };
-            self.sig
-                .send_request(now, req, peer, ClientRole::Trunk { trunk, purpose });
+            // One request per trunk and purpose: one the trunk gave up on (moving to the
+            // provider's next address) must not report its late timeout against this one.
+            let role = ClientRole::Trunk { trunk, purpose };
+            let stale: Vec<TxKey> = self
+                .sig
+                .clients
+                .iter()
+                .filter(|(_, r)| {
+                    matches!(r, ClientRole::Trunk { trunk: t, purpose: p } if *t == trunk && *p == purpose)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in stale {
+                self.sig.tx.abandon(&key);
+                self.sig.clients.remove(&key);
+            }
+            self.sig.send_request(now, req, peer, role);
         }
         while let Some(change) = self.trunks.poll_change() {
             tracing::info!(trunk = %change.name, health = ?change.health, reason = %change.reason, "trunk health changed");
@@ -131,6 +147,7 @@ impl Endpoint {
         Ok(Dest::External(ExternalPlan {
             number: out.number,
             trunks,
+            addrs: None,
             caller_id: out.caller_id,
             emergency: out.emergency,
             route: out.route,
@@ -220,8 +237,15 @@ impl Endpoint {
         }
     }
 
-    /// Starts the outbound leg on the next trunk of the plan. False when none is left.
+    /// Starts the outbound leg on the next trunk of the plan, at its current address.
+    /// False when none is left.
     pub(super) fn next_trunk(&mut self, now: Millis, id: u64) -> bool {
+        self.next_leg(now, id, false)
+    }
+
+    /// Starts the next outbound leg: with `same_trunk`, at the current trunk's next
+    /// address not yet tried on this call, else (or with none left) on the next trunk.
+    fn next_leg(&mut self, now: Millis, id: u64, same_trunk: bool) -> bool {
         let Some(mut call) = self.calls.remove(&id) else {
             return false;
         };
@@ -229,13 +253,36 @@ impl Endpoint {
             self.calls.insert(id, call);
             return false;
         };
-        let Some(trunk) = plan.trunks.pop_front() else {
-            self.calls.insert(id, call);
-            return false;
+        let retry = if same_trunk {
+            plan.addrs
+                .as_mut()
+                .and_then(|(t, q)| Some((*t, q.pop_front()?)))
+        } else {
+            None
+        };
+        let (trunk, addr) = match retry {
+            Some(next) => next,
+            None => loop {
+                let Some(trunk) = plan.trunks.pop_front() else {
+                    plan.addrs = None;
+                    self.calls.insert(id, call);
+                    return false;
+                };
+                let mut addrs: VecDeque<SocketAddr> =
+                    self.trunks.targets_from_current(trunk).into();
+                if let Some(first) = addrs.pop_front() {
+                    plan.addrs = Some((trunk, addrs));
+                    break (trunk, first);
+                }
+            },
         };
         let Some(cfg) = self.trunks.config(trunk).cloned() else {
             self.calls.insert(id, call);
             return false;
+        };
+        let peer = Peer {
+            transport: cfg.transport,
+            addr,
         };
         let number = plan.number.clone();
         // Route, then the extension's own number, then the trunk's, then its account.
@@ -250,7 +297,7 @@ impl Endpoint {
             .or_else(|| cfg.caller_id.clone())
             .or_else(|| (!cfg.username.is_empty()).then(|| cfg.username.clone()))
             .unwrap_or_else(|| call.caller.clone());
-        let transport = match cfg.peer.transport {
+        let transport = match cfg.transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
@@ -263,8 +310,8 @@ impl Endpoint {
             return false;
         };
         if let Some(m) = call.media.as_mut() {
-            m.set_signal_b(cfg.peer.addr.ip());
-            m.set_sdes(Leg::B, self.cfg.sdes_allowed(cfg.peer.transport));
+            m.set_signal_b(addr.ip());
+            m.set_sdes(Leg::B, self.cfg.sdes_allowed(cfg.transport));
         }
         let body = call.offer_for_new_b();
         let mut to = NameAddr::new(target.clone());
@@ -280,7 +327,7 @@ impl Endpoint {
             &invite,
             body,
             target,
-            cfg.peer,
+            peer,
             ForkIdentity {
                 local_uri: from,
                 remote_uri: to,
@@ -303,16 +350,17 @@ impl Endpoint {
         let silence = now.saturating_add(cfg.silence_timeout_ms);
         self.calls.insert(id, call);
         self.set_step_deadline(id, Some(silence));
-        tracing::debug!(trunk = %cfg.name, "outbound call leg started");
+        tracing::debug!(trunk = %cfg.name, %addr, "outbound call leg started");
         true
     }
 
-    /// A trunk stayed silent on the current leg: give up on it and try the next trunk.
+    /// A trunk stayed silent on the current leg: give up on that address and try the
+    /// trunk's next one, else the next trunk.
     pub(super) fn trunk_silent(&mut self, now: Millis, id: u64) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        let mut silent = false;
+        let mut silent = Vec::new();
         for f in call
             .forks
             .iter_mut()
@@ -320,21 +368,31 @@ impl Endpoint {
         {
             if f.state == ForkState::Calling {
                 f.retired = true;
-                silent = true;
+                silent.extend(f.trunk.map(|t| (t, f.peer.addr)));
             }
         }
-        if !silent {
+        if silent.is_empty() {
             return;
         }
         call.best_failure = Some(better_failure(call.best_failure, 503));
-        if !self.next_trunk(now, id) {
+        for (trunk, addr) in silent {
+            self.trunks.target_failed(now, trunk, addr);
+        }
+        if !self.next_leg(now, id, true) {
             self.fork_done(now, id);
         }
     }
 
-    /// A final failure on a trunk leg: the next trunk when the failure is the trunk's
-    /// (timeout, server error, refused credentials); true when one was started.
-    pub(super) fn trunk_failover(&mut self, now: Millis, id: u64, status: u16) -> bool {
+    /// A final failure on leg `fork` of a trunk call: the trunk's next address when the
+    /// failure is the address's (timeout, 503: RFC 3263 §4.3), the next trunk when it is
+    /// the trunk's (other server errors, refused credentials); true when a leg started.
+    pub(super) fn trunk_failover(
+        &mut self,
+        now: Millis,
+        id: u64,
+        fork: usize,
+        status: u16,
+    ) -> bool {
         let failover = matches!(status, 401 | 407 | 408 | 500..=599);
         if !failover {
             return false;
@@ -345,7 +403,17 @@ impl Endpoint {
         if call.state == CallState::Ended || call.winner.is_some() {
             return false;
         }
-        self.next_trunk(now, id)
+        let next_address = matches!(status, 408 | 503);
+        if next_address {
+            if let Some((trunk, addr)) = call
+                .forks
+                .get(fork)
+                .and_then(|f| Some((f.trunk?, f.peer.addr)))
+            {
+                self.trunks.target_failed(now, trunk, addr);
+            }
+        }
+        self.next_leg(now, id, next_address)
     }
 
     /// Answers a provider's challenge to one of our INVITEs by sending it again with

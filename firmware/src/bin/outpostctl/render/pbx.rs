@@ -10,35 +10,75 @@ use pbx_core::trunk::{Health, TrunkStatus};
 use super::table::Table;
 use super::text::{fmt_duration, fmt_time, now_ms, sanitize};
 
-/// `trunks`: health, registration, round trip, since when and why.
+/// A trunk's addresses, the one in use marked `*`; beyond four, a count.
+fn trunk_addresses(t: &TrunkStatus) -> String {
+    const SHOWN: usize = 4;
+    if t.targets.is_empty() {
+        return "(not resolved)".to_owned();
+    }
+    let mut parts: Vec<String> = t
+        .targets
+        .iter()
+        .take(SHOWN)
+        .map(|a| {
+            if Some(*a) == t.current {
+                format!("*{a}")
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    if t.targets.len() > SHOWN {
+        let current_hidden = t
+            .current
+            .filter(|c| !t.targets.iter().take(SHOWN).any(|a| a == c));
+        parts.push(format!("+{} more", t.targets.len() - SHOWN));
+        if let Some(c) = current_hidden {
+            parts.push(format!("(in use: {c})"));
+        }
+    }
+    parts.join(" ")
+}
+
+/// `trunks`: health, registration, round trip, since when and why, and the provider's
+/// addresses with the one in use.
 pub fn trunks(v: &[TrunkStatus]) -> String {
     let now = now_ms();
-    Table::new(&["TRUNK", "HEALTH", "REGISTERED", "RTT", "SINCE", "REASON"])
-        .rows(v.iter().map(|t| {
-            vec![
-                sanitize(&t.name),
-                match t.health {
-                    Health::Up => "up".to_owned(),
-                    Health::Down => "DOWN".to_owned(),
+    Table::new(&[
+        "TRUNK",
+        "HEALTH",
+        "REGISTERED",
+        "RTT",
+        "SINCE",
+        "REASON",
+        "ADDRESSES",
+    ])
+    .rows(v.iter().map(|t| {
+        vec![
+            sanitize(&t.name),
+            match t.health {
+                Health::Up => "up".to_owned(),
+                Health::Down => "DOWN".to_owned(),
+            },
+            match t.registered {
+                None => "-".to_owned(),
+                Some(true) => match t.registered_until {
+                    Some(until) => format!(
+                        "yes ({} left)",
+                        fmt_duration(until.saturating_sub(now) / 1000)
+                    ),
+                    None => "yes".to_owned(),
                 },
-                match t.registered {
-                    None => "-".to_owned(),
-                    Some(true) => match t.registered_until {
-                        Some(until) => format!(
-                            "yes ({} left)",
-                            fmt_duration(until.saturating_sub(now) / 1000)
-                        ),
-                        None => "yes".to_owned(),
-                    },
-                    Some(false) => "no".to_owned(),
-                },
-                t.last_rtt_ms
-                    .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
-                format!("{} ago", fmt_duration(now.saturating_sub(t.since) / 1000)),
-                sanitize(&t.reason),
-            ]
-        }))
-        .render_or("no trunks configured\n")
+                Some(false) => "no".to_owned(),
+            },
+            t.last_rtt_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
+            format!("{} ago", fmt_duration(now.saturating_sub(t.since) / 1000)),
+            sanitize(&t.reason),
+            trunk_addresses(t),
+        ]
+    }))
+    .render_or("no trunks configured\n")
 }
 
 /// `ext list`.
