@@ -40,7 +40,11 @@ fn everything_the_daemon_writes_is_private_to_its_user() {
 
     let text = daemon.ctl_json(&["config", "show"]);
     let text = text["text"].as_str().expect("config text").to_owned();
-    let passphrase = daemon.dir().join("backup.pass");
+    // Credential files live under the data directory (the daemon refuses others).
+    let secrets = daemon.data_dir().join("secrets");
+    fs::create_dir_all(&secrets).expect("secrets dir");
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let passphrase = secrets.join("backup.pass");
     fs::write(&passphrase, "a passphrase for the backups\n").expect("write the passphrase");
     fs::set_permissions(&passphrase, fs::Permissions::from_mode(0o600)).expect("chmod");
     let candidate = daemon.dir().join("with-trunk.toml");

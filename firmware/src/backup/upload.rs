@@ -25,6 +25,8 @@ pub const CHUNK: usize = 1024 * 1024;
 pub const MAX_UPLOAD: u64 = 8 * 1024 * 1024 * 1024;
 /// Free space the upload always leaves on the file system (the restore needs room too).
 pub const RESERVE: u64 = 64 * 1024 * 1024;
+/// Upload names tried (one a second after the other) before giving up.
+const MAX_NAME_TRIES: u64 = 100;
 /// An upload without a request for this long is abandoned.
 pub const IDLE: Duration = Duration::from_secs(120);
 
@@ -113,7 +115,19 @@ impl Upload {
             .map_err(io_err("create", dir))?;
         let name = match wanted {
             Some(n) if parse_name(n).is_some() && !dir.join(n).exists() => n.to_owned(),
-            _ => format!("outpost-uploaded-{}{SUFFIX}", schedule::file_stamp(now_ms)),
+            // A name no backup in the directory has: a second upload within the same
+            // second (one refused, then retried) takes the next second's stamp.
+            _ => (0..MAX_NAME_TRIES)
+                .map(|i| {
+                    let stamp = schedule::file_stamp(now_ms.saturating_add(i * 1000));
+                    format!("outpost-uploaded-{stamp}{SUFFIX}")
+                })
+                .find(|n| !dir.join(n).exists())
+                .ok_or_else(|| UploadError::Io {
+                    what: "name",
+                    path: dir.display().to_string(),
+                    source: std::io::Error::other("no free upload name"),
+                })?,
         };
         let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
         let _ = std::fs::remove_file(&partial);
@@ -288,6 +302,16 @@ mod tests {
             state.name.as_deref(),
             Some("outpost-uploaded-20240501T023000Z.backup")
         );
+        // A second upload in the same second (the first one kept: refused, then retried)
+        // takes the next free name.
+        let up = Upload::begin(dir.path(), None, now).unwrap();
+        let (path, _) = up.finish(0, &hex::encode(Sha256::digest(b""))).unwrap();
+        assert!(
+            path.ends_with("outpost-uploaded-20240501T023001Z.backup"),
+            "{}",
+            path.display()
+        );
+        std::fs::remove_file(&path).unwrap();
 
         // A wrong checksum leaves nothing behind; the original name is kept when free.
         let mut up = Upload::begin(
