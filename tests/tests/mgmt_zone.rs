@@ -211,8 +211,9 @@ fn options_from(ns: &Netns, src: IpAddr, box_ip: IpAddr) -> Option<u16> {
 
 impl Site {
     fn mgmt_drops(&self) -> u64 {
-        self.boxns
-            .outpost_counter("mgmt_drop")
+        // Polled: on a loaded machine one `nft` run can time out, or come while the
+        // enforcer replaces the table.
+        eventually(WAIT, || self.boxns.outpost_counter("mgmt_drop"))
             .expect("the table has the mgmt_drop counter")
     }
 
