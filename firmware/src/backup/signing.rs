@@ -177,16 +177,15 @@ pub fn box_key(data_dir: &Path) -> Result<BoxKey, SigningError> {
     }
 }
 
+/// The error of a file operation `what` on the key file `path`.
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SigningError {
+    let path = path.display().to_string();
+    move |source| SigningError::Io { what, path, source }
+}
+
 fn read_key(path: &Path) -> Result<BoxKey, SigningError> {
     let shown = path.display().to_string();
-    let io = |what| {
-        let shown = shown.clone();
-        move |source| SigningError::Io {
-            what,
-            path: shown,
-            source,
-        }
-    };
+    let io = |what| io_err(what, path);
     // A link here would be someone else's file posing as the key.
     if std::fs::symlink_metadata(path)
         .map_err(io("read"))?
@@ -217,15 +216,7 @@ fn read_key(path: &Path) -> Result<BoxKey, SigningError> {
 }
 
 fn make_key(path: &Path) -> Result<BoxKey, SigningError> {
-    let shown = path.display().to_string();
-    let io = |what| {
-        let shown = shown.clone();
-        move |source| SigningError::Io {
-            what,
-            path: shown,
-            source,
-        }
-    };
+    let io = |what| io_err(what, path);
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
