@@ -824,9 +824,13 @@ impl Daemon {
             );
         }
         let metrics = self.metrics();
-        let panel = self.panel_status(now, &metrics);
+        // The panel's status reads the store and the system's network files: only when a
+        // panel runs to show it.
+        if self.cfg.panel.backend != "none" {
+            let panel = self.panel_status(now, &metrics);
+            self.panel_tx.send_replace(panel);
+        }
         self.metrics_tx.send_replace(metrics);
-        self.panel_tx.send_replace(panel);
         if let Some((rev, by, back)) = self.pending_confirm {
             if now >= by {
                 tracing::warn!(
