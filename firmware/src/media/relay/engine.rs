@@ -1,8 +1,15 @@
-//! The relay thread's I/O engine: an epoll loop (mio) over every socket of the range that
-//! reads datagrams in batches, runs each through the pure [`SessionTable`], sends what it
-//! answers, and runs the timers (prompt frames, media timeouts, stats publication).
+//! The relay thread's I/O engine: a loop over every socket of the range that reads
+//! datagrams, runs each through the pure [`SessionTable`], sends what it answers, and runs
+//! the timers (prompt frames, media timeouts, stats publication).
 //!
-//! Each wake-up, in order: commands from the daemon and loaded playlists (so a packet sent
+//! Two back ends move the datagrams. io_uring (`uring`), where the kernel has it: every
+//! socket's receive stays armed in one ring and each wait submits the forwards queued since
+//! the last one, so a wake-up costs one system call however many sockets it serves. Each
+//! wake-up, in order: commands; completions in the order the kernel posted them (a datagram
+//! is forwarded through a queued send, a finished send is counted); then the timers as
+//! below. Otherwise epoll (mio) with `recvmmsg`/`sendmmsg`, described next.
+//!
+//! Each epoll wake-up, in order: commands from the daemon and loaded playlists (so a packet sent
 //! after an `Open` finds its session); sockets left over from the last wake-up, then those
 //! epoll reports readable, each read at most [`BATCHES_PER_WAKE`] batches so a flood on one
 //! port cannot starve the others or the timers; prompt frames that are due; recordings that
@@ -12,7 +19,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,6 +32,8 @@ use super::output::Output;
 use super::ports::Layout;
 use super::table::{Datagram, SessionTable};
 use super::udp::{Io, Outgoing, BATCH};
+use super::uring::{Completion, SentMeta, Uring};
+use super::RelayIo;
 use crate::media::files::{FileWorker, Loaded};
 
 /// Batches read from one socket per wake-up before the loop serves the others.
@@ -43,11 +52,13 @@ pub(super) const WAKER: Token = Token(usize::MAX);
 pub struct RelayCounters {
     /// Datagrams that arrived on a port no session owns.
     pub unassigned: u64,
-    /// `recvmmsg` calls that returned data.
+    /// System calls that returned datagrams (`recvmmsg`; with io_uring, waits that
+    /// collected at least one).
     pub recv_calls: u64,
     /// Datagrams read.
     pub packets_received: u64,
-    /// `sendmmsg` / `sendto` calls.
+    /// System calls that sent (`sendmmsg` / `sendto`; with io_uring, waits that submitted
+    /// sends, plus the `sendto` of prompt frames).
     pub send_calls: u64,
     /// Datagrams sent.
     pub packets_sent: u64,
@@ -63,12 +74,16 @@ pub(super) struct Shared {
     pub(super) snapshot: Mutex<HashMap<SessionId, (LegStats, LegStats)>>,
     pub(super) counters: Mutex<RelayCounters>,
     pub(super) unassigned: AtomicU64,
+    /// The relay thread runs the io_uring back end.
+    pub(super) uring: AtomicBool,
 }
 
 /// A message to the relay thread.
 #[derive(Debug)]
 pub(super) enum Control {
     Media(MediaCommand),
+    /// Commands of one daemon loop iteration, in order (one wake-up for all).
+    Batch(Vec<MediaCommand>),
     /// The file thread resolved a playlist.
     Loaded(Loaded),
     Shutdown,
@@ -105,6 +120,7 @@ pub(super) struct Parts {
     pub(super) events: tokio_mpsc::Sender<MediaEvent>,
     pub(super) shared: Arc<Shared>,
     pub(super) files: FileWorker,
+    pub(super) io: RelayIo,
 }
 
 /// Everything the relay thread owns.
@@ -126,6 +142,9 @@ pub(super) struct Engine {
     pending_work: Vec<usize>,
     counters: RelayCounters,
     files: FileWorker,
+    io_choice: RelayIo,
+    /// Completions of the current io_uring pass (preallocated).
+    completions: Vec<Completion>,
 }
 
 impl Engine {
@@ -149,11 +168,260 @@ impl Engine {
             pending_work: Vec::with_capacity(64),
             counters: RelayCounters::default(),
             files: parts.files,
+            io_choice: parts.io,
+            completions: Vec::with_capacity(super::uring::REAP),
         }
     }
 
-    /// Runs until `Shutdown` or until the control channel closes.
-    pub(super) fn run(mut self) {
+    /// Chooses the back end: io_uring where asked for and the kernel has what it needs
+    /// (`Some`), else epoll (`None`).
+    pub(super) fn back_end(&mut self) -> Option<Uring> {
+        if self.io_choice != RelayIo::Auto {
+            return None;
+        }
+        match self.start_uring() {
+            Ok(ring) => {
+                self.shared.uring.store(true, Ordering::Relaxed);
+                tracing::info!("RTP relay: io_uring back end");
+                Some(ring)
+            }
+            Err(e) => {
+                tracing::info!("RTP relay: io_uring unavailable ({e}); epoll back end");
+                None
+            }
+        }
+    }
+
+    /// Runs until `Shutdown` or until the control channel closes, on the back end chosen
+    /// by [`Engine::back_end`].
+    pub(super) fn run(self, ring: Option<Uring>) {
+        match ring {
+            Some(ring) => self.run_uring(ring),
+            None => self.run_epoll(),
+        }
+    }
+
+    /// Takes the sockets out of epoll (which keeps only the command waker) and sets up
+    /// the ring over them; on failure they are registered again.
+    fn start_uring(&mut self) -> io::Result<Uring> {
+        for socket in &mut self.sockets {
+            self.poll.registry().deregister(socket)?;
+        }
+        let fds = self.sockets.iter().map(AsRawFd::as_raw_fd).collect();
+        match Uring::new(fds, self.poll.as_raw_fd()) {
+            Ok(ring) => Ok(ring),
+            Err(e) => {
+                for (i, socket) in self.sockets.iter_mut().enumerate() {
+                    self.poll
+                        .registry()
+                        .register(socket, Token(i), mio::Interest::READABLE)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Carries out the commands and loaded playlists waiting; false on `Shutdown` (after
+    /// finishing the recordings) or when the daemon is gone.
+    fn take_commands(&mut self) -> bool {
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Media(cmd)) => self.table.command(cmd, Instant::now()),
+                Ok(Control::Batch(cmds)) => {
+                    for cmd in cmds {
+                        self.table.command(cmd, Instant::now());
+                    }
+                }
+                Ok(Control::Loaded(loaded)) => self.table.loaded(loaded, Instant::now()),
+                Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
+                    // Recordings in progress are kept; the file thread writes them
+                    // before the relay is gone (the worker is joined on drop).
+                    self.table.finish_all_recordings();
+                    self.deliver();
+                    return false;
+                }
+                Err(mpsc::TryRecvError::Empty) => return true,
+            }
+            self.deliver();
+        }
+    }
+
+    /// Prompt frames, full recordings, media timeouts and the counters, each when due.
+    fn housekeeping(&mut self, next_tick: &mut Instant, next_publish: &mut Instant) {
+        let now = Instant::now();
+        self.play_due(now);
+        self.table.finish_full_recordings();
+        self.deliver();
+        if now >= *next_tick {
+            self.table.check_timeouts(now);
+            self.deliver();
+            *next_tick = now + TICK;
+        }
+        if now >= *next_publish {
+            self.publish();
+            *next_publish = now + PUBLISH_EVERY;
+        }
+    }
+
+    /// The io_uring loop (see the module doc).
+    fn run_uring(mut self, mut ring: Uring) {
+        let mut events = Events::with_capacity(4);
+        let mut next_tick = Instant::now() + TICK;
+        let mut next_publish = Instant::now() + PUBLISH_EVERY;
+        let mut completions = std::mem::take(&mut self.completions);
+        loop {
+            let wake = self
+                .table
+                .next_play_due()
+                .map_or(next_tick, |due| due.min(next_tick));
+            match ring.wait(wake.saturating_duration_since(Instant::now())) {
+                Ok(sent) => self.counters.send_calls += u64::from(sent),
+                Err(e) => {
+                    tracing::error!("RTP relay: io_uring failed, relay stops: {e}");
+                    return;
+                }
+            }
+            // Commands first, so a packet sent after an Open finds its session.
+            if !self.take_commands() {
+                return;
+            }
+            let mut received = false;
+            loop {
+                ring.reap(&mut completions);
+                if completions.is_empty() {
+                    break;
+                }
+                let now = Instant::now();
+                for &completion in &completions {
+                    match completion {
+                        Completion::Received {
+                            token,
+                            result,
+                            flags,
+                        } => {
+                            ring.receive_ended(token, flags);
+                            received |= self.uring_received(&mut ring, token, result, flags, now);
+                        }
+                        Completion::Sent { slot, result } => {
+                            self.uring_sent(&mut ring, slot, result)
+                        }
+                        Completion::Wake => {
+                            // Clears the waker's edge so the epoll descriptor reads idle.
+                            if let Err(e) = self.poll.poll(&mut events, Some(Duration::ZERO)) {
+                                tracing::warn!("RTP relay: epoll (waker) failed: {e}");
+                            }
+                            if let Err(e) = ring.arm_wake() {
+                                tracing::error!(
+                                    "RTP relay: cannot arm the waker, relay stops: {e}"
+                                );
+                                return;
+                            }
+                        }
+                    }
+                }
+                self.deliver();
+            }
+            self.counters.recv_calls += u64::from(received);
+            self.housekeeping(&mut next_tick, &mut next_publish);
+        }
+    }
+
+    /// One receive completion; returns whether it carried a datagram.
+    fn uring_received(
+        &mut self,
+        ring: &mut Uring,
+        token: usize,
+        result: i32,
+        flags: u32,
+        now: Instant,
+    ) -> bool {
+        // A negative result ends the multishot receive (a pending ICMP error, or no buffer
+        // left); it is armed again before the next wait.
+        let (Ok(filled), Some(bid)) = (usize::try_from(result), Uring::buffer_of(flags)) else {
+            return false;
+        };
+        self.counters.packets_received += 1;
+        let (port, via) = self.layout.split(token);
+        let Some(owner) = self.table.owner(port) else {
+            ring.copy_out(bid, 0, &mut []);
+            self.shared.unassigned.fetch_add(1, Ordering::Relaxed);
+            return true;
+        };
+        let datagram = |copied: super::uring::Copied, epoch: Instant| Datagram {
+            owner,
+            via,
+            src: copied.src,
+            truncated: copied.truncated,
+            now,
+            now_us: u64::try_from(now.saturating_duration_since(epoch).as_micros())
+                .unwrap_or(u64::MAX),
+        };
+        match ring.take_slot() {
+            Some(slot) => {
+                // The datagram moves into the send slot; the buffer returns to the kernel.
+                let copied = ring.copy_into_slot(bid, filled, slot);
+                let d = datagram(copied, self.epoch);
+                match self.table.handle(&d, ring.slot_buf(slot), copied.len) {
+                    Some(forward) => {
+                        let meta = SentMeta {
+                            session: owner.slot,
+                            to: forward.to,
+                            len: forward.len,
+                            rtp: forward.rtp,
+                        };
+                        match ring.send(slot, forward.socket, forward.dest, meta) {
+                            // Counted now: the session may close before the completion.
+                            Ok(()) if meta.rtp => {
+                                self.table.count_sent(owner.slot, forward.to, forward.len);
+                            }
+                            Ok(()) => {}
+                            Err(e) => {
+                                self.counters.send_errors += 1;
+                                tracing::warn!("RTP relay: cannot queue a send: {e}");
+                            }
+                        }
+                    }
+                    None => ring.free_slot(slot),
+                }
+            }
+            None => {
+                // Every slot is in flight: this one goes out at once with sendto.
+                let copied = ring.copy_out(bid, filled, &mut self.io.bufs[0]);
+                let d = datagram(copied, self.epoch);
+                if let Some(forward) = self.table.handle(&d, &mut self.io.bufs[0], copied.len) {
+                    self.io.out[0] = Outgoing {
+                        socket: forward.socket,
+                        dest: forward.dest,
+                        buf: 0,
+                        len: forward.len,
+                        slot: owner.slot,
+                        to: forward.to,
+                        rtp: forward.rtp,
+                    };
+                    self.send_run(forward.socket, 0, 1);
+                }
+            }
+        }
+        true
+    }
+
+    /// A send completion: counts the datagram (or the refusal) and frees its slot.
+    fn uring_sent(&mut self, ring: &mut Uring, slot: usize, result: i32) {
+        let Some(meta) = ring.sent(slot) else {
+            return;
+        };
+        if result < 0 {
+            self.counters.send_errors += 1;
+            if meta.rtp {
+                self.table.uncount_sent(meta.session, meta.to, meta.len);
+            }
+            return;
+        }
+        self.counters.packets_sent += 1;
+    }
+
+    /// The epoll loop (see the module doc).
+    fn run_epoll(mut self) {
         let mut events = Events::with_capacity(POLL_EVENTS);
         let mut next_tick = Instant::now() + TICK;
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
@@ -174,20 +442,8 @@ impl Engine {
                 }
             }
             // Commands first, so a packet sent after an Open finds its session.
-            loop {
-                match self.control.try_recv() {
-                    Ok(Control::Media(cmd)) => self.table.command(cmd, Instant::now()),
-                    Ok(Control::Loaded(loaded)) => self.table.loaded(loaded, Instant::now()),
-                    Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
-                        // Recordings in progress are kept; the file thread writes them
-                        // before the relay is gone (the worker is joined on drop).
-                        self.table.finish_all_recordings();
-                        self.deliver();
-                        return;
-                    }
-                    Err(mpsc::TryRecvError::Empty) => break,
-                }
-                self.deliver();
+            if !self.take_commands() {
+                return;
             }
             std::mem::swap(&mut self.pending, &mut self.pending_work);
             for i in 0..self.pending_work.len() {
@@ -201,19 +457,7 @@ impl Engine {
                     self.drain(token);
                 }
             }
-            let now = Instant::now();
-            self.play_due(now);
-            self.table.finish_full_recordings();
-            self.deliver();
-            if now >= next_tick {
-                self.table.check_timeouts(now);
-                self.deliver();
-                next_tick = now + TICK;
-            }
-            if now >= next_publish {
-                self.publish();
-                next_publish = now + PUBLISH_EVERY;
-            }
+            self.housekeeping(&mut next_tick, &mut next_publish);
         }
     }
 

@@ -169,6 +169,17 @@ impl SessionTable {
         }
     }
 
+    /// Takes back a [`SessionTable::count_sent`] made when the send was queued (the io_uring
+    /// back end counts then, so a `Close` right after the send still reports it) for a send
+    /// the kernel then refused.
+    pub(super) fn uncount_sent(&mut self, slot: u32, to: Leg, len: usize) {
+        if let Some(Some(session)) = self.sessions.get_mut(slot as usize) {
+            let stats = &mut session.legs[leg_index(to)].stats;
+            stats.packets_out = stats.packets_out.saturating_sub(1);
+            stats.bytes_out = stats.bytes_out.saturating_sub(len as u64);
+        }
+    }
+
     /// Carries out a command from the daemon.
     pub(super) fn command(&mut self, cmd: MediaCommand, now: Instant) {
         match cmd {

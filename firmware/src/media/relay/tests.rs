@@ -17,7 +17,7 @@ use pbx_core::media::srtp::{self, SrtpContext};
 use tokio::sync::mpsc as tokio_mpsc;
 
 use super::udp::BUF_LEN;
-use super::{start, start_with_prompts, Relay, RelayConfig, RELATCH_AFTER};
+use super::{start, start_with_io, start_with_prompts, Relay, RelayConfig, RelayIo, RELATCH_AFTER};
 use crate::media::prompts::PromptStore;
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -38,6 +38,37 @@ fn relay_on(addrs: Vec<IpAddr>, first: u16, media_timeout: Duration) -> Relay {
         media_timeout,
     })
     .expect("relay starts")
+}
+
+/// A relay on IPv4 on the back end `io`, ports `first`..`first + 9`.
+fn relay_io(first: u16, io: RelayIo) -> Relay {
+    let cfg = RelayConfig {
+        addrs: vec![V4],
+        port_first: first,
+        port_last: first + 9,
+        media_timeout: WAIT,
+    };
+    start_with_io(cfg, PromptStore::builtin(), io).expect("relay starts")
+}
+
+/// Whether this kernel runs the io_uring back end: Linux 6.1 or later with io_uring
+/// enabled (`kernel.io_uring_disabled` 0).
+fn kernel_has_io_uring() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let version = (
+        parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0),
+        parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0),
+    );
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map_or(false, |v| v.trim() != "0");
+    version >= (6, 1) && !disabled
 }
 
 fn phone(ip: IpAddr) -> StdUdpSocket {
@@ -159,21 +190,30 @@ fn stats_until(
 
 #[test]
 fn same_codec_is_relayed_byte_for_byte_both_ways() {
-    let relay = relay_on(vec![V4], 23000, WAIT);
+    relayed_byte_for_byte(23000, RelayIo::Auto);
+}
+
+#[test]
+fn same_codec_is_relayed_byte_for_byte_on_the_epoll_back_end() {
+    relayed_byte_for_byte(23220, RelayIo::Epoll);
+}
+
+fn relayed_byte_for_byte(first: u16, io: RelayIo) {
+    let relay = relay_io(first, io);
     let (a, b) = (phone(V4), phone(V4));
-    open(&relay, 1, pcmu(23000, &a), pcmu(23002, &b));
+    open(&relay, 1, pcmu(first, &a), pcmu(first + 2, &b));
 
     for seq in 1..=3 {
         let sent = audio(seq);
-        a.send_to(&sent, to(23000)).expect("sent");
+        a.send_to(&sent, to(first)).expect("sent");
         let (got, from) = recv(&b).expect("B receives");
         assert_eq!(got, sent);
-        assert_eq!(from, to(23002), "B hears the relay's B-side port");
+        assert_eq!(from, to(first + 2), "B hears the relay's B-side port");
     }
     let sent = audio(100);
-    b.send_to(&sent, to(23002)).expect("sent");
+    b.send_to(&sent, to(first + 2)).expect("sent");
     let (got, from) = recv(&a).expect("A receives");
-    assert_eq!((got, from), (sent, to(23000)));
+    assert_eq!((got, from), (sent, to(first)));
 
     let (sa, sb) = stats_until(&relay, 1, |sa, sb| {
         sa.packets_in == 3 && sb.packets_in == 1 && sa.packets_out == 1
@@ -215,18 +255,27 @@ fn pcmu_and_pcma_legs_are_transcoded_with_the_g711_tables() {
 
 #[test]
 fn strangers_are_dropped_and_counted() {
-    let relay = relay_on(vec![V4], 23020, WAIT);
+    strangers_dropped(23020, RelayIo::Auto);
+}
+
+#[test]
+fn strangers_are_dropped_and_counted_on_the_epoll_back_end() {
+    strangers_dropped(23230, RelayIo::Epoll);
+}
+
+fn strangers_dropped(first: u16, io: RelayIo) {
+    let relay = relay_io(first, io);
     let (a, b) = (phone(V4), phone(V4));
-    open(&relay, 3, pcmu(23020, &a), pcmu(23022, &b));
-    a.send_to(&audio(1), to(23020)).expect("sent");
+    open(&relay, 3, pcmu(first, &a), pcmu(first + 2, &b));
+    a.send_to(&audio(1), to(first)).expect("sent");
     assert!(recv(&b).is_some(), "the phone's own packet is relayed");
 
     // An address that is not allowed at all, and an allowed IP on another port while
     // the latched source is still talking.
     let outsider = phone(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
-    outsider.send_to(&audio(2), to(23020)).expect("sent");
+    outsider.send_to(&audio(2), to(first)).expect("sent");
     let neighbour = phone(V4);
-    neighbour.send_to(&audio(3), to(23020)).expect("sent");
+    neighbour.send_to(&audio(3), to(first)).expect("sent");
     assert_eq!(recv(&b), None, "nothing from strangers reaches B");
 
     let (sa, sb) = stats_until(&relay, 3, |sa, _| sa.dropped == 2);
@@ -338,18 +387,28 @@ fn telephone_events_are_not_sent_to_a_leg_without_them() {
 
 #[test]
 fn malformed_packets_are_dropped_without_harm() {
-    let relay = relay_on(vec![V4], 23060, WAIT);
+    malformed_dropped(23060, RelayIo::Auto);
+}
+
+#[test]
+fn malformed_packets_are_dropped_without_harm_on_the_epoll_back_end() {
+    malformed_dropped(23240, RelayIo::Epoll);
+}
+
+fn malformed_dropped(first: u16, io: RelayIo) {
+    let relay = relay_io(first, io);
     let (a, b) = (phone(V4), phone(V4));
-    open(&relay, 7, pcmu(23060, &a), pcmu(23062, &b));
+    open(&relay, 7, pcmu(first, &a), pcmu(first + 2, &b));
 
     let mut version_one = audio(1);
     version_one[0] = 0x40;
+    // Longer than a receive buffer: cut by the kernel, so dropped.
     let oversized = vec![0x80u8; BUF_LEN + 100];
     for bad in [&b"\x80\x00\x00"[..], &version_one, &oversized] {
-        a.send_to(bad, to(23060)).expect("sent");
+        a.send_to(bad, to(first)).expect("sent");
     }
-    a.send_to(b"not rtcp at all", to(23061)).expect("sent");
-    a.send_to(&audio(2), to(23060)).expect("sent");
+    a.send_to(b"not rtcp at all", to(first + 1)).expect("sent");
+    a.send_to(&audio(2), to(first)).expect("sent");
     assert_eq!(
         recv(&b).map(|(p, _)| p),
         Some(audio(2)),
@@ -987,5 +1046,70 @@ fn an_srtp_leg_is_decrypted_and_encrypted_and_forgeries_are_dropped() {
     let (mut prompt, _) = recv(&a).expect("prompt packet");
     let n = a_in.unprotect_rtp(&mut prompt).expect("prompt is SRTP");
     assert_eq!(prompt[12..n], [0x42; 160]);
+    relay.shutdown();
+}
+
+#[test]
+fn the_io_uring_back_end_runs_where_the_kernel_has_it_and_epoll_when_asked() {
+    let auto = relay_io(23250, RelayIo::Auto);
+    assert_eq!(
+        auto.uses_io_uring(),
+        kernel_has_io_uring(),
+        "io_uring is used exactly where Linux >= 6.1 has it enabled"
+    );
+    let epoll = relay_io(23260, RelayIo::Epoll);
+    assert!(!epoll.uses_io_uring());
+}
+
+/// Many sockets ready at once, more datagrams than one pass reaps: every one arrives, in
+/// order, and is counted once (both back ends).
+#[test]
+fn a_burst_over_many_sessions_is_relayed_in_order_and_counted_once() {
+    for (first, io) in [(23270, RelayIo::Auto), (23280, RelayIo::Epoll)] {
+        burst_over_sessions(first, io);
+    }
+}
+
+fn burst_over_sessions(first: u16, io: RelayIo) {
+    const PER_LEG: u16 = 120;
+    let relay = relay_io(first, io);
+    let phones: Vec<(StdUdpSocket, StdUdpSocket)> =
+        (0..2).map(|_| (phone(V4), phone(V4))).collect();
+    for (i, (a, b)) in phones.iter().enumerate() {
+        let port = first + 4 * i as u16;
+        open(&relay, 40 + i as u64, pcmu(port, a), pcmu(port + 2, b));
+    }
+    // Both directions of both sessions at once: four sockets of the relay ready together.
+    for seq in 1..=PER_LEG {
+        for (i, (a, b)) in phones.iter().enumerate() {
+            let port = first + 4 * i as u16;
+            a.send_to(&audio(seq), to(port)).expect("sent");
+            b.send_to(&audio(1000 + seq), to(port + 2)).expect("sent");
+        }
+    }
+    for (i, (a, b)) in phones.iter().enumerate() {
+        for seq in 1..=PER_LEG {
+            assert_eq!(
+                recv(b).map(|(p, _)| p),
+                Some(audio(seq)),
+                "{io:?}: B{i} hears A"
+            );
+            assert_eq!(
+                recv(a).map(|(p, _)| p),
+                Some(audio(1000 + seq)),
+                "{io:?}: A{i} hears B"
+            );
+        }
+        let session = 40 + i as u64;
+        let (sa, sb) = stats_until(&relay, session, |sa, sb| {
+            sa.packets_out == u64::from(PER_LEG) && sb.packets_out == u64::from(PER_LEG)
+        });
+        assert_eq!(
+            (sa.packets_in, sa.packets_out, sb.packets_in, sb.packets_out),
+            (120, 120, 120, 120),
+            "{io:?}: session {i}"
+        );
+        assert_eq!((sa.dropped, sb.dropped, sa.lost, sb.lost), (0, 0, 0, 0));
+    }
     relay.shutdown();
 }
