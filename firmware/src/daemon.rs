@@ -673,6 +673,8 @@ impl Daemon {
         let now = self.clock.now();
         let mut batch = Batch::default();
         let mut mailboxes: Vec<String> = Vec::new();
+        // Handed to the relay thread together after the loop: one wake-up per flush.
+        let mut media = Vec::new();
         while let Some(event) = self.endpoint.poll_event() {
             if matches!(
                 event,
@@ -693,8 +695,8 @@ impl Daemon {
                 }
                 Event::Media(cmd) => {
                     self.guard.media(&cmd);
-                    if let Some(relay) = &self.relay {
-                        relay.command(cmd);
+                    if self.relay.is_some() {
+                        media.push(cmd);
                     }
                 }
                 Event::AuthSucceeded { .. } => {}
@@ -744,6 +746,9 @@ impl Daemon {
                     self.guard.feedback(now, &event)
                 }
             }
+        }
+        if let Some(relay) = &self.relay {
+            relay.commands(media);
         }
         self.apply_locks(now);
         while let Some(user) = self.guard.poll_unlock() {
