@@ -54,9 +54,32 @@ echo
 echo "bench: call rate steps of ${STEP_SECS} s, calls held ${HOLD_MS} ms"
 print_header
 TAIL_MS=$HOLD_MS
+# ctx_switches [THREAD-NAME]: voluntary + involuntary context switches of outpostd's threads
+# (all of them, or those whose name starts with THREAD-NAME).
+ctx_switches() {
+    local total=0 task n
+    for task in /proc/"$DAEMON_PID"/task/*; do
+        if [ -n "${1:-}" ] && [[ "$(cat "$task/comm" 2>/dev/null)" != "$1"* ]]; then
+            continue
+        fi
+        n=$(awk '/ctxt_switches/ {s += $2} END {print s + 0}' "$task/status" 2>/dev/null || echo 0)
+        total=$((total + n))
+    done
+    echo "$total"
+}
 for rate in $RATES; do
+    cs0=$(ctx_switches)
+    rs0=$(ctx_switches rtp-relay)
+    ok0=0
     run_step calls "$rate" $((rate * STEP_SECS)) -sf "$BENCH/uac_call.xml" -inf "$callers" \
-        -p "$UAC_PORT" -d "$HOLD_MS" || break
+        -p "$UAC_PORT" -d "$HOLD_MS" && go=1 || go=0
+    cs1=$(ctx_switches)
+    rs1=$(ctx_switches rtp-relay)
+    ok=$(csv_last "$WORK/calls-$rate/stats.csv" "SuccessfulCall(C)")
+    awk -v a="$((cs1 - cs0))" -v r="$((rs1 - rs0))" -v ok="$ok" -v ok0="$ok0" 'BEGIN {
+        n = ok - ok0; if (n <= 0) n = 1
+        printf "           context switches per call: %.1f (relay thread %.1f)\n", a / n, r / n }'
+    [ "$go" = 1 ] || break
 done
 
 echo

@@ -7,7 +7,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-OUTPOSTD=$TARGET_DIR/release/outpostd
+# OUTPOSTD=/path/to/outpostd runs that build instead (e.g. the previous commit's, to
+# compare; nothing is built then).
+GIVEN_OUTPOSTD=${OUTPOSTD:-}
+OUTPOSTD=${OUTPOSTD:-$TARGET_DIR/release/outpostd}
 OUTPOSTCTL=$TARGET_DIR/release/outpostctl
 SIP_PORT=${SIP_PORT:-15060}
 STEP_SECS=${STEP_SECS:-10}
@@ -43,6 +46,10 @@ trap cleanup EXIT
 build_release() {
     need sipp sip-tester
     need taskset util-linux
+    if [ -n "$GIVEN_OUTPOSTD" ]; then
+        echo "bench: running $OUTPOSTD (not built)"
+        return 0
+    fi
     echo "bench: cargo build --release -p firmware --bins"
     (cd "$ROOT" && cargo build --release -p firmware --bins)
 }

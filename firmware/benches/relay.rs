@@ -39,7 +39,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use firmware::media::{self, RelayConfig};
+use firmware::media::relay::RelayIo;
+use firmware::media::{self, PromptStore, RelayConfig};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use nix::unistd::{sysconf, Pid, SysconfVar};
@@ -47,6 +48,9 @@ use pbx_core::media::session::{Codec, LegMedia, MediaCommand};
 use pbx_core::media::srtp::{SrtpContext, Suite, MAX_TRAILER};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// The relay's own loopback address: its ports cannot collide with programs on 127.0.0.1
+/// (SIPp's media ports from 6000, another daemon's relay range).
+const RELAY_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 /// Sockets the generator plays all phones from (legs share them; latching is per leg).
 const GEN_SOCKETS: usize = 8;
 const PACKET_LEN: usize = 172;
@@ -79,7 +83,7 @@ fn main() {
         .parse()
         .unwrap_or(5)
         .clamp(1, 60);
-    let port_first: u16 = env_or("RELAY_BENCH_PORT", "6000").parse().unwrap_or(6000);
+    let port_first: u16 = env_or("RELAY_BENCH_PORT", "10000").parse().unwrap_or(10000);
     let max_calls = steps.iter().copied().max().unwrap_or(0);
     let Some(port_last) = u16::try_from(max_calls * 4)
         .ok()
@@ -89,19 +93,37 @@ fn main() {
         return;
     };
     let step_time = Duration::from_secs(secs);
-
-    let mut relay = media::start(RelayConfig {
-        addrs: vec![LOCALHOST],
+    let mut targets: Vec<Target> = match env_or("RELAY_BENCH_IO", "both").as_str() {
+        "epoll" => vec![Target::Outpost(RelayIo::Epoll)],
+        "uring" => vec![Target::Outpost(RelayIo::Auto)],
+        _ => vec![
+            Target::Outpost(RelayIo::Epoll),
+            Target::Outpost(RelayIo::Auto),
+        ],
+    };
+    let mut rtpengine = Rtpengine::from_env();
+    if rtpengine.is_some() {
+        targets.push(Target::Rtpengine);
+    }
+    let rounds: usize = env_or("RELAY_BENCH_ROUNDS", "2")
+        .parse()
+        .unwrap_or(2)
+        .clamp(1, 10);
+    let cfg = RelayConfig {
+        addrs: vec![RELAY_ADDR],
         port_first,
         port_last,
         media_timeout: Duration::from_secs(60),
-    })
-    .expect("relay starts (is the port range free?)");
-    // Keep the event channel from filling with final stats.
-    let mut events = relay.events().expect("first take");
-    let pinned = pin(relay.thread_id(), 0) && pin(0, 1);
+    };
+    let pinned = pin(0, 1);
     println!(
-        "relay bench: ports {port_first}-{port_last}, {secs} s per step, {}",
+        "relay bench: ports {port_first}-{port_last}, {secs} s per step, {rounds} round(s) of \
+         {} per N, {}",
+        targets
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(" then "),
         if pinned {
             "relay thread on CPU 0, generator on CPU 1"
         } else {
@@ -122,8 +144,9 @@ fn main() {
     );
 
     println!(
-        "{:>6} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9}",
+        "{:>6} {:>6} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9}",
         "N",
+        "io",
         "offered/s",
         "loss %",
         "median µs",
@@ -132,93 +155,404 @@ fn main() {
         "irq 0",
         "other 0",
         "µs/packet",
-        "batch",
+        "sys/pkt",
         "RSS MiB"
     );
-    let mut best: Option<(usize, f64)> = None;
-    for (i, &calls) in steps.iter().enumerate() {
-        let tag = u8::try_from(i % 250 + 1).unwrap_or(1);
-        let session_base = (i as u64 + 1) * 1_000_000;
-        let plan = Plan::relayed(&gen, calls, port_first);
-        for call in 0..calls {
-            relay.command(plan.open_command(session_base + call as u64, call, port_first));
+    let mut best: Vec<Option<(usize, f64)>> = vec![None; targets.len()];
+    let mut run = 0usize;
+    'ramp: for &calls in &steps {
+        let mut saturated = vec![false; targets.len()];
+        for _round in 0..rounds {
+            for (k, &target) in targets.iter().enumerate() {
+                run += 1;
+                let tag = u8::try_from(run % 250 + 1).unwrap_or(1);
+                let session_base = run as u64 * 1_000_000;
+                // The relay under test, its sessions open, and the threads to account.
+                let (plan, label, under_test) = match target {
+                    Target::Outpost(io) => {
+                        let relay =
+                            media::relay::start_with_io(cfg.clone(), PromptStore::builtin(), io)
+                                .expect("relay starts (is the port range free?)");
+                        pin(relay.thread_id(), 0);
+                        let label = io_name(io, relay.uses_io_uring());
+                        let plan = Plan::relayed(&gen, calls, port_first);
+                        let opens = (0..calls)
+                            .map(|call| {
+                                plan.open_command(session_base + call as u64, call, port_first)
+                            })
+                            .collect();
+                        relay.commands(opens);
+                        let last = session_base + calls as u64 - 1;
+                        let opened = Instant::now();
+                        while relay.stats(last).is_none()
+                            && opened.elapsed() < Duration::from_secs(5)
+                        {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        (plan, label, UnderTest::Outpost(relay))
+                    }
+                    Target::Rtpengine => {
+                        let Some(peer) = rtpengine.as_mut() else {
+                            continue;
+                        };
+                        let Some(plan) = peer.open(&gen, calls, run) else {
+                            println!(
+                                "{calls:>6} rtpeng   (offer/answer failed: is rtpengine running?)"
+                            );
+                            saturated[k] = true;
+                            continue;
+                        };
+                        (plan, "rtpeng", UnderTest::Rtpengine(peer.pid))
+                    }
+                };
+                let tids = under_test.threads();
+                let syscalls: Vec<SyscallCounter> = tids
+                    .iter()
+                    .filter_map(|&t| SyscallCounter::new(t))
+                    .collect();
+                let counted = !syscalls.is_empty() && syscalls.len() == tids.len();
+                let before_sys: u64 = syscalls.iter().map(SyscallCounter::read).sum();
+                let before_cpu: u64 = tids.iter().map(|&t| task_cpu_ticks(&under_test, t)).sum();
+                let (before_busy0, before_irq0) = cpu_ticks(0);
+                let r = gen.run(&plan, tag, step_time);
+                let sys = counted.then(|| {
+                    syscalls
+                        .iter()
+                        .map(SyscallCounter::read)
+                        .sum::<u64>()
+                        .saturating_sub(before_sys)
+                });
+                let cpu_s = tids
+                    .iter()
+                    .map(|&t| task_cpu_ticks(&under_test, t))
+                    .sum::<u64>()
+                    .saturating_sub(before_cpu) as f64
+                    / tick;
+                let (busy0, irq0) = cpu_ticks(0);
+                let irq0_s = irq0.saturating_sub(before_irq0) as f64 / tick;
+                // CPU 0 time that was neither the relay nor interrupt work: other programs.
+                let other0_s =
+                    (busy0.saturating_sub(before_busy0) as f64 / tick - cpu_s - irq0_s).max(0.0);
+                let window = r.send_secs + DRAIN.as_secs_f64();
+                let offered = r.sent as f64 / r.send_secs;
+                let relayed = r.received.max(1) as f64;
+                println!(
+                    "{:>6} {:>6} {:>12.0} {:>9.3} {:>10} {:>9} {:>8.1}% {:>8.1}% {:>8.1}% {:>10.2} {:>8} {:>9.1}",
+                    calls,
+                    label,
+                    offered,
+                    r.loss_pct(),
+                    r.percentile(0.5),
+                    r.percentile(0.99),
+                    100.0 * cpu_s / window,
+                    100.0 * irq0_s / window,
+                    100.0 * other0_s / window,
+                    1e6 * (cpu_s + irq0_s) / relayed,
+                    sys.map_or_else(
+                        || "n/a".to_string(),
+                        |n| format!("{:.3}", n as f64 / relayed)
+                    ),
+                    under_test.rss_mib()
+                );
+                match under_test {
+                    UnderTest::Outpost(mut relay) => {
+                        if env_or("RELAY_BENCH_COUNTERS", "0") == "1" {
+                            // The counters are published once a second.
+                            std::thread::sleep(Duration::from_millis(1100));
+                            let c = relay.counters();
+                            println!(
+                                "              relay: {} in ({} receiving calls), {} sent ({} sending calls), {} send errors, {} unassigned; generator: {} sent, {} back",
+                                c.packets_received, c.recv_calls, c.packets_sent, c.send_calls,
+                                c.send_errors, c.unassigned, r.sent, r.received
+                            );
+                        }
+                        if let Some(mut events) = relay.events() {
+                            while events.try_recv().is_ok() {}
+                        }
+                        relay.shutdown();
+                    }
+                    UnderTest::Rtpengine(_) => {
+                        if let Some(peer) = rtpengine.as_mut() {
+                            peer.close(calls, run);
+                        }
+                    }
+                }
+                let nominal = calls as f64 * 2.0 / PTIME.as_secs_f64();
+                let sustained =
+                    offered >= 0.95 * nominal && r.percentile(0.5) < SUSTAINED_MEDIAN_US;
+                if 100.0 * other0_s / window > 5.0 {
+                    println!("              (other programs used CPU 0 during this step: figures disturbed)");
+                }
+                // A size counts for a back end when every round of it was clean.
+                if r.loss_pct() < 0.1 && sustained {
+                    if !saturated[k] && best[k].is_none_or(|(n, _)| n <= calls) {
+                        best[k] = Some((calls, offered));
+                    }
+                } else {
+                    saturated[k] = true;
+                    if best[k].is_some_and(|(n, _)| n == calls) {
+                        best[k] = None;
+                    }
+                }
+                if r.loss_pct() > GIVE_UP_LOSS_PCT && targets.len() == 1 {
+                    println!("(loss above {GIVE_UP_LOSS_PCT} %: ramp stopped)");
+                    break 'ramp;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
-        let last = session_base + calls as u64 - 1;
-        let opened = Instant::now();
-        while relay.stats(last).is_none() && opened.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let before_cpu = task_cpu_ticks(relay.thread_id());
-        let (before_busy0, before_irq0) = cpu_ticks(0);
-        let before = relay.counters();
-        let r = gen.run(&plan, tag, step_time);
-        let after = relay.counters();
-        let cpu_s = task_cpu_ticks(relay.thread_id()).saturating_sub(before_cpu) as f64 / tick;
-        let (busy0, irq0) = cpu_ticks(0);
-        let irq0_s = irq0.saturating_sub(before_irq0) as f64 / tick;
-        // CPU 0 time that was neither the relay thread nor interrupt work: other programs.
-        let other0_s = (busy0.saturating_sub(before_busy0) as f64 / tick - cpu_s - irq0_s).max(0.0);
-        let window = r.send_secs + DRAIN.as_secs_f64();
-        for call in 0..calls {
-            relay.command(MediaCommand::Close {
-                session: session_base + call as u64,
-            });
-        }
-        let offered = r.sent as f64 / r.send_secs;
-        let relayed = r.received.max(1) as f64;
-        let calls_in_window = after.recv_calls.saturating_sub(before.recv_calls).max(1);
-        let packets_in_window = after
-            .packets_received
-            .saturating_sub(before.packets_received);
-        println!(
-            "{:>6} {:>12.0} {:>9.3} {:>10} {:>9} {:>8.1}% {:>8.1}% {:>8.1}% {:>10.2} {:>8.2} {:>9.1}",
-            calls,
-            offered,
-            r.loss_pct(),
-            r.percentile(0.5),
-            r.percentile(0.99),
-            100.0 * cpu_s / window,
-            100.0 * irq0_s / window,
-            100.0 * other0_s / window,
-            1e6 * (cpu_s + irq0_s) / relayed,
-            packets_in_window as f64 / calls_in_window as f64,
-            rss_mib()
-        );
-        while events.try_recv().is_ok() {}
-        let nominal = calls as f64 * 2.0 / PTIME.as_secs_f64();
-        let sustained = offered >= 0.95 * nominal && r.percentile(0.5) < SUSTAINED_MEDIAN_US;
-        if 100.0 * other0_s / window > 5.0 {
-            println!("       (other programs used CPU 0 during this step: figures disturbed)");
-        }
-        if r.loss_pct() < 0.1 && sustained {
-            best = Some((calls, offered));
-        }
-        if r.loss_pct() > GIVE_UP_LOSS_PCT {
-            println!("(loss above {GIVE_UP_LOSS_PCT} %: ramp stopped)");
+        if saturated.iter().all(|&s| s) && calls >= steps.iter().copied().max().unwrap_or(0) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
-    let counters = relay.counters();
     println!(
-        "relay counters: {} packets in {} recvmmsg calls, {} sent in {} send calls, {} send errors",
-        counters.packets_received,
-        counters.recv_calls,
-        counters.packets_sent,
-        counters.send_calls,
-        counters.send_errors
+        "(a step counts when every round offered >= 95 % of 100 packets/s per call with < 0.1 % \
+         loss and a median latency below {SUSTAINED_MEDIAN_US} µs; sys/pkt: system calls entered \
+         by the relay thread per datagram relayed, from the raw_syscalls:sys_enter tracepoint)"
     );
-    println!(
-        "(a step counts when it offered >= 95 % of 100 packets/s per call and its median \
-         latency stayed below {SUSTAINED_MEDIAN_US} µs)"
-    );
-    match best {
-        Some((calls, offered)) => {
-            println!("relay: largest N with < 0.1 % loss: {calls} ({offered:.0} packets/s)")
+    for (k, target) in targets.iter().enumerate() {
+        let name = target.name();
+        match best[k] {
+            Some((calls, offered)) => {
+                println!(
+                    "relay {name}: largest N with < 0.1 % loss: {calls} ({offered:.0} packets/s)"
+                )
+            }
+            None => println!("relay {name}: largest N with < 0.1 % loss: none"),
         }
-        None => println!("relay: largest N with < 0.1 % loss: none"),
     }
-    relay.shutdown();
+}
+
+/// What a row of the table measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Outpost's relay on one I/O back end.
+    Outpost(RelayIo),
+    /// rtpengine in user space (RELAY_BENCH_RTPENGINE), driven over its ng protocol.
+    Rtpengine,
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Outpost(io) => io_name(*io, *io == RelayIo::Auto),
+            Target::Rtpengine => "rtpeng",
+        }
+    }
+}
+
+/// The relay a step runs through.
+enum UnderTest {
+    /// In this process; only its relay thread is accounted.
+    Outpost(media::Relay),
+    /// rtpengine's process (every thread accounted).
+    Rtpengine(i32),
+}
+
+impl UnderTest {
+    /// The Linux thread ids whose CPU time and system calls count.
+    fn threads(&self) -> Vec<i32> {
+        match self {
+            UnderTest::Outpost(relay) => vec![relay.thread_id()],
+            UnderTest::Rtpengine(pid) => std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|dir| {
+                    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Resident memory of the process that relays, in MiB.
+    fn rss_mib(&self) -> f64 {
+        let path = match self {
+            UnderTest::Outpost(_) => "/proc/self/status".to_string(),
+            UnderTest::Rtpengine(pid) => format!("/proc/{pid}/status"),
+        };
+        let status = std::fs::read_to_string(path).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+/// rtpengine's ng control protocol (bencoded dictionaries over UDP): one offer and one
+/// answer per call, a delete after the step.
+struct Rtpengine {
+    ctl: UdpSocket,
+    addr: SocketAddr,
+    pid: i32,
+    cookie: u64,
+    buf: Vec<u8>,
+}
+
+impl Rtpengine {
+    /// From RELAY_BENCH_RTPENGINE (its ng address) and RELAY_BENCH_RTPENGINE_PID.
+    fn from_env() -> Option<Rtpengine> {
+        let addr: SocketAddr = std::env::var("RELAY_BENCH_RTPENGINE").ok()?.parse().ok()?;
+        let pid: i32 = std::env::var("RELAY_BENCH_RTPENGINE_PID")
+            .ok()?
+            .parse()
+            .ok()?;
+        let ctl = UdpSocket::bind((LOCALHOST, 0)).ok()?;
+        ctl.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        Some(Rtpengine {
+            ctl,
+            addr,
+            pid,
+            cookie: 0,
+            buf: vec![0; 65536],
+        })
+    }
+
+    /// Sends one command (`fields` in bencode's key order) and returns the reply.
+    fn request(&mut self, fields: &[(&str, &str)]) -> Option<Vec<u8>> {
+        self.cookie += 1;
+        let cookie = format!("{} ", self.cookie);
+        let mut msg = cookie.clone().into_bytes();
+        msg.push(b'd');
+        for (k, v) in fields {
+            msg.extend_from_slice(format!("{}:{k}{}:{v}", k.len(), v.len()).as_bytes());
+        }
+        msg.push(b'e');
+        self.ctl.send_to(&msg, self.addr).ok()?;
+        // Bounded: replies to earlier (timed-out) cookies are skipped, at most 16.
+        for _ in 0..16 {
+            let (n, _) = self.ctl.recv_from(&mut self.buf).ok()?;
+            if self.buf[..n].starts_with(cookie.as_bytes()) {
+                return Some(self.buf[..n].to_vec());
+            }
+        }
+        None
+    }
+
+    /// The media port in the SDP of an offer or answer reply.
+    fn sdp_port(reply: &[u8]) -> Option<u16> {
+        let key = reply.windows(5).position(|w| w == b"3:sdp")? + 5;
+        let colon = key + reply[key..].iter().position(|&b| b == b':')?;
+        let len: usize = std::str::from_utf8(&reply[key..colon]).ok()?.parse().ok()?;
+        let sdp = std::str::from_utf8(reply.get(colon + 1..colon + 1 + len)?).ok()?;
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("m=audio "))?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Offer and answer for `calls` calls whose phones are the generator's sockets;
+    /// the plan sends each phone's stream to the port rtpengine gave it.
+    fn open(&mut self, gen: &Generator, calls: usize, run: usize) -> Option<Plan> {
+        let sdp = |phone: SocketAddr| {
+            format!(
+                "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                 m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+                phone.port()
+            )
+        };
+        let mut dests = Vec::with_capacity(2 * calls);
+        for call in 0..calls {
+            let call_id = format!("bench-{run}-{call}");
+            let a = gen.addrs[(2 * call) % GEN_SOCKETS];
+            let b = gen.addrs[(2 * call + 1) % GEN_SOCKETS];
+            let offer = self.request(&[
+                ("call-id", &call_id),
+                ("command", "offer"),
+                ("from-tag", "a"),
+                ("sdp", &sdp(a)),
+            ])?;
+            // Where B sends (the offer's SDP goes to B).
+            let to_b = Self::sdp_port(&offer)?;
+            let answer = self.request(&[
+                ("call-id", &call_id),
+                ("command", "answer"),
+                ("from-tag", "a"),
+                ("sdp", &sdp(b)),
+                ("to-tag", "b"),
+            ])?;
+            let to_a = Self::sdp_port(&answer)?;
+            dests.push(SockaddrStorage::from(SocketAddr::new(self.addr.ip(), to_a)));
+            dests.push(SockaddrStorage::from(SocketAddr::new(self.addr.ip(), to_b)));
+        }
+        Some(Plan {
+            calls,
+            dests,
+            phones: gen.addrs.clone(),
+        })
+    }
+
+    /// Deletes the calls of run `run`.
+    fn close(&mut self, calls: usize, run: usize) {
+        for call in 0..calls {
+            let call_id = format!("bench-{run}-{call}");
+            let _ = self.request(&[
+                ("call-id", &call_id),
+                ("command", "delete"),
+                ("from-tag", "a"),
+            ]);
+        }
+    }
+}
+
+/// The short name of a back end in the table.
+fn io_name(io: RelayIo, uring: bool) -> &'static str {
+    match (io, uring) {
+        (RelayIo::Epoll, _) => "epoll",
+        (RelayIo::Auto, true) => "uring",
+        (RelayIo::Auto, false) => "auto->epoll",
+    }
+}
+
+/// Counts the system calls one thread enters (perf tracepoint raw_syscalls:sys_enter).
+struct SyscallCounter {
+    file: std::fs::File,
+}
+
+impl SyscallCounter {
+    /// `None` where tracefs or perf events are unavailable (mount tracefs, run as root).
+    #[allow(unsafe_code)]
+    fn new(tid: i32) -> Option<SyscallCounter> {
+        use std::os::fd::FromRawFd;
+        let id: u64 =
+            std::fs::read_to_string("/sys/kernel/tracing/events/raw_syscalls/sys_enter/id")
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+        // struct perf_event_attr (128 bytes): type PERF_TYPE_TRACEPOINT (2) and size in the
+        // first word, config = the tracepoint id; everything else 0 (enabled, user and
+        // kernel counted, this thread only).
+        let mut attr = [0u64; 16];
+        attr[0] = 2 | (128 << 32);
+        attr[1] = id;
+        // SAFETY: attr is a valid, fully initialised perf_event_attr of the size it states;
+        // the kernel only reads it.
+        let fd = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_perf_event_open,
+                attr.as_ptr(),
+                tid,
+                -1i32,
+                -1i32,
+                0u64,
+            )
+        };
+        let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+        // SAFETY: the kernel just returned this descriptor, owned by nothing else.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        Some(SyscallCounter { file })
+    }
+
+    fn read(&self) -> u64 {
+        use std::io::Read;
+        let mut bytes = [0u8; 8];
+        match (&self.file).read_exact(&mut bytes) {
+            Ok(()) => u64::from_ne_bytes(bytes),
+            Err(_) => 0,
+        }
+    }
 }
 
 /// Prints the cost of protect + unprotect of one PCMU packet for both suites.
@@ -262,9 +596,13 @@ fn pin(tid: i32, cpu: usize) -> bool {
     set.set(cpu).is_ok() && sched_setaffinity(Pid::from_raw(tid), &set).is_ok()
 }
 
-/// utime + stime of one thread of this process, in clock ticks.
-fn task_cpu_ticks(tid: i32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+/// utime + stime of one thread of the relay under test, in clock ticks.
+fn task_cpu_ticks(under_test: &UnderTest, tid: i32) -> u64 {
+    let path = match under_test {
+        UnderTest::Outpost(_) => format!("/proc/self/task/{tid}/stat"),
+        UnderTest::Rtpengine(pid) => format!("/proc/{pid}/task/{tid}/stat"),
+    };
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0;
     };
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
@@ -306,15 +644,6 @@ fn cpu_ticks(cpu: usize) -> (u64, u64) {
     )
 }
 
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// Who sends what where: stream `2 * call + dir` (dir 0: phone A to B, 1: B to A) leaves
 /// from generator socket `stream % GEN_SOCKETS` towards `dests[stream]`.
 struct Plan {
@@ -330,7 +659,7 @@ impl Plan {
         let dests = (0..2 * calls)
             .map(|stream| {
                 let port = relay_port(first, stream / 2, stream % 2);
-                SockaddrStorage::from(SocketAddr::new(LOCALHOST, port))
+                SockaddrStorage::from(SocketAddr::new(RELAY_ADDR, port))
             })
             .collect();
         Plan {
