@@ -11,7 +11,7 @@
 //! also collects the next receives.
 //!
 //! Memory, fixed at start: [`RECV_BUFFERS`] receive buffers of [`RECV_BUF_SIZE`] bytes
-//! (2.1 MiB), [`SEND_SLOTS`] send slots of about 2.2 KiB (1.1 MiB), the submission and
+//! (2.1 MiB), [`SEND_SLOTS`] send slots of about 2.2 KiB (2.2 MiB), the submission and
 //! completion rings ([`SQ_ENTRIES`] × 64 B, [`CQ_ENTRIES`] × 16 B: 0.5 MiB). When every send
 //! slot is in flight, a datagram is sent with a plain `sendto` instead; when the kernel runs
 //! out of receive buffers, the sockets' receives end (`ENOBUFS`, the datagrams stay queued in
@@ -48,7 +48,10 @@ const RECVMSG_OUT_LEN: usize = 16;
 /// arrive truncated and are dropped as malformed, as on the epoll back end).
 pub(super) const RECV_BUF_SIZE: usize = RECVMSG_OUT_LEN + NAME_LEN + BUF_LEN;
 /// Sends in flight at most (each holds its datagram until the kernel reports it sent).
-pub(super) const SEND_SLOTS: usize = 512;
+/// As many as receive buffers: the kernel fills buffers only while the relay waits, so one
+/// pass never receives more than `RECV_BUFFERS` datagrams, and the sends of the previous
+/// pass complete (their completions come first) during that wait.
+pub(super) const SEND_SLOTS: usize = RECV_BUFFERS as usize;
 /// Submission queue entries.
 pub(super) const SQ_ENTRIES: u32 = 4096;
 /// Completion queue entries; beyond them the kernel keeps completions on its overflow list.
