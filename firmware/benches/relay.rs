@@ -95,10 +95,10 @@ fn main() {
     let step_time = Duration::from_secs(secs);
     let mut targets: Vec<Target> = match env_or("RELAY_BENCH_IO", "both").as_str() {
         "epoll" => vec![Target::Outpost(RelayIo::Epoll)],
-        "uring" => vec![Target::Outpost(RelayIo::Auto)],
+        "uring" => vec![Target::Outpost(RelayIo::Uring)],
         _ => vec![
             Target::Outpost(RelayIo::Epoll),
-            Target::Outpost(RelayIo::Auto),
+            Target::Outpost(RelayIo::Uring),
         ],
     };
     let mut rtpengine = Rtpengine::from_env();
@@ -335,7 +335,7 @@ enum Target {
 impl Target {
     fn name(&self) -> &'static str {
         match self {
-            Target::Outpost(io) => io_name(*io, *io == RelayIo::Auto),
+            Target::Outpost(io) => io_name(*io, *io == RelayIo::Uring),
             Target::Rtpengine => "rtpeng",
         }
     }
@@ -500,8 +500,8 @@ impl Rtpengine {
 fn io_name(io: RelayIo, uring: bool) -> &'static str {
     match (io, uring) {
         (RelayIo::Epoll, _) => "epoll",
-        (RelayIo::Auto, true) => "uring",
-        (RelayIo::Auto, false) => "auto->epoll",
+        (RelayIo::Uring, true) => "uring",
+        (RelayIo::Uring, false) => "uring->epoll",
     }
 }
 

@@ -176,7 +176,7 @@ impl Engine {
     /// Chooses the back end: io_uring where asked for and the kernel has what it needs
     /// (`Some`), else epoll (`None`).
     pub(super) fn back_end(&mut self) -> Option<Uring> {
-        if self.io_choice != RelayIo::Auto {
+        if self.io_choice != RelayIo::Uring {
             return None;
         }
         match self.start_uring() {

@@ -190,12 +190,12 @@ fn stats_until(
 
 #[test]
 fn same_codec_is_relayed_byte_for_byte_both_ways() {
-    relayed_byte_for_byte(23000, RelayIo::Auto);
+    relayed_byte_for_byte(23000, RelayIo::Epoll);
 }
 
 #[test]
-fn same_codec_is_relayed_byte_for_byte_on_the_epoll_back_end() {
-    relayed_byte_for_byte(23220, RelayIo::Epoll);
+fn same_codec_is_relayed_byte_for_byte_on_the_io_uring_back_end() {
+    relayed_byte_for_byte(23220, RelayIo::Uring);
 }
 
 fn relayed_byte_for_byte(first: u16, io: RelayIo) {
@@ -255,12 +255,12 @@ fn pcmu_and_pcma_legs_are_transcoded_with_the_g711_tables() {
 
 #[test]
 fn strangers_are_dropped_and_counted() {
-    strangers_dropped(23020, RelayIo::Auto);
+    strangers_dropped(23020, RelayIo::Epoll);
 }
 
 #[test]
-fn strangers_are_dropped_and_counted_on_the_epoll_back_end() {
-    strangers_dropped(23230, RelayIo::Epoll);
+fn strangers_are_dropped_and_counted_on_the_io_uring_back_end() {
+    strangers_dropped(23230, RelayIo::Uring);
 }
 
 fn strangers_dropped(first: u16, io: RelayIo) {
@@ -387,12 +387,12 @@ fn telephone_events_are_not_sent_to_a_leg_without_them() {
 
 #[test]
 fn malformed_packets_are_dropped_without_harm() {
-    malformed_dropped(23060, RelayIo::Auto);
+    malformed_dropped(23060, RelayIo::Epoll);
 }
 
 #[test]
-fn malformed_packets_are_dropped_without_harm_on_the_epoll_back_end() {
-    malformed_dropped(23240, RelayIo::Epoll);
+fn malformed_packets_are_dropped_without_harm_on_the_io_uring_back_end() {
+    malformed_dropped(23240, RelayIo::Uring);
 }
 
 fn malformed_dropped(first: u16, io: RelayIo) {
@@ -1050,14 +1050,14 @@ fn an_srtp_leg_is_decrypted_and_encrypted_and_forgeries_are_dropped() {
 }
 
 #[test]
-fn the_io_uring_back_end_runs_where_the_kernel_has_it_and_epoll_when_asked() {
-    let auto = relay_io(23250, RelayIo::Auto);
+fn the_io_uring_back_end_runs_where_the_kernel_has_it_and_epoll_by_default() {
+    let auto = relay_io(23250, RelayIo::Uring);
     assert_eq!(
         auto.uses_io_uring(),
         kernel_has_io_uring(),
         "io_uring is used exactly where Linux >= 6.1 has it enabled"
     );
-    let epoll = relay_io(23260, RelayIo::Epoll);
+    let epoll = relay_io(23260, RelayIo::default());
     assert!(!epoll.uses_io_uring());
 }
 
@@ -1065,7 +1065,7 @@ fn the_io_uring_back_end_runs_where_the_kernel_has_it_and_epoll_when_asked() {
 /// order, and is counted once (both back ends).
 #[test]
 fn a_burst_over_many_sessions_is_relayed_in_order_and_counted_once() {
-    for (first, io) in [(23270, RelayIo::Auto), (23280, RelayIo::Epoll)] {
+    for (first, io) in [(23270, RelayIo::Uring), (23280, RelayIo::Epoll)] {
         burst_over_sessions(first, io);
     }
 }
