@@ -91,8 +91,8 @@ pub struct RelayConfig {
 /// Which system-call interface the relay thread moves datagrams with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RelayIo {
-    /// epoll with `recvmmsg`/`sendmmsg` (the default: in `bench/relay.sh` it spent less CPU
-    /// per relayed packet than io_uring, although it makes far more system calls).
+    /// epoll with `recvmmsg`/`sendmmsg` (the default: in `bench/relay.sh` io_uring made far
+    /// fewer system calls but lost more and spent more CPU once the relay fell behind).
     #[default]
     Epoll,
     /// io_uring where the kernel has what it needs (Linux 6.1 and io_uring not disabled),
