@@ -67,7 +67,7 @@ fn kernel_has_io_uring() -> bool {
             .unwrap_or(0),
     );
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .map_or(false, |v| v.trim() != "0");
+        .is_ok_and(|v| v.trim() != "0");
     version >= (6, 1) && !disabled
 }
 
@@ -1076,13 +1076,13 @@ fn burst_over_sessions(first: u16, io: RelayIo) {
     let phones: Vec<(StdUdpSocket, StdUdpSocket)> =
         (0..2).map(|_| (phone(V4), phone(V4))).collect();
     for (i, (a, b)) in phones.iter().enumerate() {
-        let port = first + 4 * i as u16;
+        let port = first + 4 * u16::try_from(i).expect("two sessions");
         open(&relay, 40 + i as u64, pcmu(port, a), pcmu(port + 2, b));
     }
     // Both directions of both sessions at once: four sockets of the relay ready together.
     for seq in 1..=PER_LEG {
         for (i, (a, b)) in phones.iter().enumerate() {
-            let port = first + 4 * i as u16;
+            let port = first + 4 * u16::try_from(i).expect("two sessions");
             a.send_to(&audio(seq), to(port)).expect("sent");
             b.send_to(&audio(1000 + seq), to(port + 2)).expect("sent");
         }

@@ -47,6 +47,9 @@ const RECVMSG_OUT_LEN: usize = 16;
 /// One receive buffer: header, name, and a datagram of up to `BUF_LEN` bytes (longer ones
 /// arrive truncated and are dropped as malformed, as on the epoll back end).
 pub(super) const RECV_BUF_SIZE: usize = RECVMSG_OUT_LEN + NAME_LEN + BUF_LEN;
+/// `RECV_BUF_SIZE` as the kernel's buffer length (2,092 bytes: fits).
+#[allow(clippy::cast_possible_truncation)]
+const BUF_SIZE_U32: u32 = RECV_BUF_SIZE as u32;
 /// Sends in flight at most (each holds its datagram until the kernel reports it sent).
 /// As many as receive buffers: the kernel fills buffers only while the relay waits, so one
 /// pass never receives more than `RECV_BUFFERS` datagrams, and the sends of the previous
@@ -216,7 +219,8 @@ impl Uring {
         }
         // SAFETY: msghdr is a plain C struct for which all zeroes is a valid value.
         let mut recv_msg: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
-        recv_msg.msg_namelen = NAME_LEN as libc::socklen_t;
+        // 28 bytes: fits.
+        recv_msg.msg_namelen = libc::socklen_t::try_from(NAME_LEN).unwrap_or(28);
         let slots = (0..SEND_SLOTS)
             .map(|_| SendSlot {
                 buf: [0; BUF_LEN],
@@ -461,7 +465,7 @@ impl Uring {
         unsafe {
             let entry = &mut *base.add(usize::from(self.tail & mask));
             entry.set_addr(addr);
-            entry.set_len(RECV_BUF_SIZE as u32);
+            entry.set_len(BUF_SIZE_U32);
             entry.set_bid(bid);
         }
         self.tail = self.tail.wrapping_add(1);
@@ -557,6 +561,7 @@ fn parse_name(name: &[u8]) -> Option<SocketAddr> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 
