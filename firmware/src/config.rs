@@ -115,6 +115,8 @@ pub struct Config {
     pub management: ManagementConfig,
     /// `[dns]`: the name servers and answer lifetimes for trunk hosts.
     pub dns: crate::dns::DnsConfig,
+    /// `[time]`: the NTP servers that keep the clock right.
+    pub time: crate::timesync::TimeConfig,
 }
 
 /// `[sip]` section.
@@ -817,6 +819,9 @@ impl Config {
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
         self.dns
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        self.time
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
         self.management

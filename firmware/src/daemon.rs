@@ -6,7 +6,7 @@
 //! responses. So a REGISTER that got its 200 OK is on disk, whatever happens next.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use pbx_core::endpoint::{
@@ -30,12 +30,14 @@ use crate::store::{Batch, Store, VoicemailRecord};
 use pbx_core::sip::wire;
 
 mod boot;
+mod clock;
 mod committer;
 mod snapshot;
 mod start;
 
 use boot::{alert_failed_update, select_revision};
 pub use boot::{newest_revision_instead, BOOT_INFO};
+use clock::Clock;
 use committer::Committer;
 use start::{core_trunks, ivr_menus, start_relay, start_transports, trunk_hosts, trunk_tls_names};
 
@@ -48,35 +50,6 @@ const HOST_CHECK_MS: Millis = 2_000;
 /// How long the start waits for the trunk hosts' first DNS answers (so the trunks and the
 /// firewall start with addresses); a slower answer is taken when it comes.
 const DNS_START_WAIT: Duration = Duration::from_secs(5);
-
-/// A clock in [`Millis`] that never steps backwards: wall time at start plus monotonic time.
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    start: Instant,
-    wall_start: Millis,
-}
-
-impl Clock {
-    fn new() -> Self {
-        let wall_start = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        Clock {
-            start: Instant::now(),
-            wall_start,
-        }
-    }
-
-    fn now(&self) -> Millis {
-        self.wall_start + u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
-    }
-
-    fn instant_at(&self, t: Millis) -> tokio::time::Instant {
-        let offset = Duration::from_millis(t.saturating_sub(self.wall_start));
-        tokio::time::Instant::from_std(self.start + offset)
-    }
-}
 
 /// The running daemon's state.
 #[derive(Debug)]
@@ -120,6 +93,10 @@ struct Daemon {
     host: (crate::netif::HostAddrs, Millis),
     /// The trunk hosts' addresses, looked up (RFC 3263) and kept fresh in the background.
     dns: crate::dns::TrunkDns,
+    /// The NTP client.
+    time: crate::timesync::TimeSync,
+    /// When the daemon's clock was last compared with the system's (a step to follow).
+    clock_check: Millis,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `boot` is the configuration the daemon was
@@ -153,6 +130,21 @@ pub async fn run(
              (remove the key; `config apply` refuses it)"
         );
     }
+    // The clock before anything is stamped: when the daemon owns it, a first NTP answer
+    // (a bounded wait; offline it starts without), and the daemon's clock starts after it.
+    let set_clock = crate::fixed::get().set_clock;
+    let mut time =
+        crate::timesync::TimeSync::start(&cfg.time, &cfg.dns, &cfg.store.data_dir, set_clock);
+    if set_clock && !cfg.time.servers.is_empty() && cfg.time.start_wait_secs > 0 {
+        let wait = Duration::from_secs(cfg.time.start_wait_secs);
+        if !time.first_round(wait).await {
+            tracing::warn!(
+                wait_secs = cfg.time.start_wait_secs,
+                "no NTP answer at start: starting with the clock as it is; it is corrected when a server answers"
+            );
+        }
+    }
+    let clock = Clock::new();
     let running_rev = revisions.current().map(|r| r.rev);
     let mut fallbacks = crate::fallback::Fallbacks::new(&cfg, running_rev, &factory);
     let data_dir = cfg.store.data_dir.clone();
@@ -268,6 +260,8 @@ pub async fn run(
         backups: crate::backup::Backups::new(),
         host: (host, 0),
         dns,
+        time,
+        clock_check: 0,
         guard,
         endpoint,
         clock,
@@ -437,6 +431,7 @@ pub async fn run(
         }
     }
     let _ = std::fs::remove_file(&daemon.cfg.admin.socket);
+    daemon.time.save_now();
     tracing::info!("outpostd stopped");
     Ok(())
 }
@@ -470,6 +465,52 @@ impl Daemon {
         if let Err(err) = self.store.fw_apply(&alerts) {
             tracing::error!(%err, "cannot store the configuration alerts");
         }
+    }
+
+    /// Once a second: the NTP client's news (first synchronisation: trunks register again;
+    /// an hour without: an alert), and every few seconds whether the system clock was set,
+    /// which the daemon's clock follows once no call is in progress (registrations and MWI
+    /// subscriptions keep the time they had left; a call's timers would not).
+    fn follow_clock(&mut self, now: Millis) {
+        for event in self.time.poll() {
+            match event {
+                crate::timesync::TimeEvent::Synchronised => {
+                    self.endpoint.clock_synchronised(now);
+                }
+                crate::timesync::TimeEvent::Unsynchronised { secs, reason } => {
+                    let alert = crate::store::FirewallChange::Alert(firewall::detect::Alert {
+                        at: now,
+                        rule: firewall::detect::Rule::Manual,
+                        addr: None,
+                        user: None,
+                        message: format!(
+                            "time: the clock has not been synchronised for {} minutes ({}); \
+                             certificates, call records and alerts may carry wrong times",
+                            secs / 60,
+                            crate::names::printable(&reason, 200)
+                        ),
+                        enforced: true,
+                    });
+                    if let Err(err) = self.store.fw_apply(&[alert]) {
+                        tracing::error!(%err, "cannot store the time alert");
+                    }
+                }
+            }
+        }
+        if now < self.clock_check {
+            return;
+        }
+        self.clock_check = now.saturating_add(clock::CHECK_EVERY_MS);
+        let drift = self.clock.drift_ms();
+        if drift.abs() < clock::FOLLOW_MS || self.endpoint.active_calls() > 0 {
+            return;
+        }
+        tracing::warn!(
+            drift_ms = drift,
+            "the system clock was set: the daemon's clock follows it"
+        );
+        self.clock.follow(drift);
+        self.endpoint.clock_stepped(drift);
     }
 
     /// Every few seconds: when the box's addresses changed (a new DHCP lease, another
@@ -804,6 +845,7 @@ impl Daemon {
         self.conn_report(now);
         self.follow_addresses(now);
         self.follow_dns(now);
+        self.follow_clock(now);
         let (cfg, store) = (&self.cfg, &self.store);
         self.backups.tick(&cfg.backup, now, || {
             crate::admin::backup::context(cfg, store.clone())
@@ -874,6 +916,7 @@ impl Daemon {
             system: &self.cfg.system,
             guard: &self.guard,
             newest_backup: self.newest_backup.0,
+            time: self.time.status(),
         }
         .status(now, m)
     }
@@ -1015,6 +1058,7 @@ impl Daemon {
         // New hosts are looked up now, in the background: their trunks are Down until
         // they resolve. Hosts kept keep their addresses.
         self.dns.set_hosts(&new.dns, &trunk_hosts(new));
+        self.time.set_config(&new.time, &new.dns);
         let (trunks, _) = core_trunks(new, &self.dns, &mut self.transports);
         // The firewall's trunk addresses follow the new trunks (and, as their hosts
         // resolve, `follow_dns`).
@@ -1084,6 +1128,7 @@ impl Daemon {
                 relay: self.relay.as_ref(),
                 guard: &mut self.guard,
                 transports: &self.transports,
+                time: self.time.status(),
             }
             .execute(cmd),
         };

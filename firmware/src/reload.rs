@@ -52,6 +52,8 @@ pub const KEYS: &[(&str, Apply)] = &[
     ("management.networks", Live),
     // Trunk hosts are looked up again with the new servers and TTL bounds.
     ("dns", Live),
+    // The NTP client asks the new servers at once; `start_wait_secs` is read at start.
+    ("time", Live),
     ("system.hostname", Live),
     // Sockets, threads and tables made at start.
     ("admin", Restart),

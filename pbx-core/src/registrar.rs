@@ -699,6 +699,29 @@ fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
 }
 
+impl Registrar {
+    /// The system clock was stepped by `delta_ms` (an NTP client's first answer after a
+    /// start without one): every binding keeps the time it had left, so phones stay
+    /// reachable instead of lapsing (a step forward) or lingering (back). Returns the
+    /// changes to persist.
+    pub fn shift_time(&mut self, delta_ms: i64) -> Vec<BindingChange> {
+        let shift = |t: Millis| t.saturating_add_signed(delta_ms);
+        let mut changes = Vec::new();
+        let mut expiry = BTreeSet::new();
+        for (ext, entries) in &mut self.by_ext {
+            for e in entries.iter_mut() {
+                e.binding.expires_at = shift(e.binding.expires_at);
+                e.binding.registered_at = shift(e.binding.registered_at);
+                e.updated_at = shift(e.updated_at);
+                expiry.insert((e.binding.expires_at, ext.clone(), e.key.clone()));
+                changes.push(BindingChange::Upsert(e.binding.clone()));
+            }
+        }
+        self.expiry = expiry;
+        changes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -1290,10 +1313,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn restore_drops_expired_and_rebuilds_the_index() {
-        let mut reg = registrar();
-        let make = |ext: &str, contact: &str, expires_at: Millis| Binding {
+    /// A stored binding as the store gives it back.
+    fn stored(ext: &str, contact: &str, expires_at: Millis, registered_at: Millis) -> Binding {
+        Binding {
             ext: ext.to_string(),
             contact: contact.to_string(),
             source: peer("198.51.100.1:5060"),
@@ -1302,7 +1324,49 @@ mod tests {
             cseq: 7,
             q: None,
             user_agent: None,
-            registered_at: T0 - 1_000_000,
+            registered_at,
+        }
+    }
+
+    #[test]
+    fn a_clock_step_keeps_each_binding_the_time_it_had_left() {
+        let mut reg = registrar();
+        let make = |ext: &str, contact: &str, expires_at: Millis| {
+            stored(ext, contact, expires_at, T0 - 1_000)
+        };
+        reg.restore(
+            vec![
+                make("100", PHONE, T0 + 50_000),
+                make("101", "sip:101@192.168.1.21", T0 + 20_000),
+            ],
+            T0,
+        );
+        // The clock was a day behind: after the step, the same 20 s and 50 s remain.
+        let day: Millis = 86_400_000;
+        let changes = reg.shift_time(86_400_000);
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().all(|c| matches!(c,
+            BindingChange::Upsert(b) if b.expires_at > T0 + day)));
+        assert_eq!(reg.next_expiry(), Some(T0 + day + 20_000));
+        assert!(reg.expire(T0 + day + 19_999).is_empty());
+        assert_eq!(reg.lookup("100", T0 + day).len(), 1);
+        assert_eq!(
+            reg.lookup("100", T0 + day)[0].registered_at,
+            T0 + day - 1_000
+        );
+        assert_eq!(reg.expire(T0 + day + 20_000).len(), 1);
+        assert_eq!(reg.count(), 1);
+        // And back.
+        reg.shift_time(-86_400_000);
+        assert_eq!(reg.next_expiry(), Some(T0 + 50_000));
+        assert_eq!(reg.lookup("100", T0).len(), 1);
+    }
+
+    #[test]
+    fn restore_drops_expired_and_rebuilds_the_index() {
+        let mut reg = registrar();
+        let make = |ext: &str, contact: &str, expires_at: Millis| {
+            stored(ext, contact, expires_at, T0 - 1_000_000)
         };
         reg.restore(
             vec![
