@@ -814,6 +814,8 @@ impl Daemon {
         // What the locks and mailboxes produced.
         self.collect(now);
         self.commits.dispatch(now, false);
+        // The turn's datagrams leave together (sendmmsg).
+        self.transports.flush();
     }
 
     /// A commit finished: release what waited for it and start the next one.
@@ -830,6 +832,7 @@ impl Daemon {
             crate::admin::control::refresh_mailbox(&self.store, &mut self.endpoint, now, &mailbox);
         }
         self.commits.dispatch(now, false);
+        self.transports.flush();
     }
 
     /// Once a second: the enforcer's heartbeat, the snapshots for the metrics endpoint and
