@@ -272,9 +272,7 @@ impl Transports {
             return;
         }
         let udp = &self.udp;
-        let out = self
-            .udp_out
-            .flush(|i| udp.get(i).map(|s| s.as_raw_fd()));
+        let out = self.udp_out.flush(|i| udp.get(i).map(|s| s.as_raw_fd()));
         self.send_errors += u64::try_from(out.dropped).unwrap_or(u64::MAX);
     }
 
