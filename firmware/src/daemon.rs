@@ -3,7 +3,9 @@
 //!
 //! Each turn of the loop handles a batch of inbound messages (and due timers), commits what
 //! the core asks to persist in one write transaction (group commit), and only then sends the
-//! responses. So a REGISTER that got its 200 OK is on disk, whatever happens next.
+//! responses that depend on it. So a REGISTER that got its 200 OK for a new binding is on
+//! disk, whatever happens next; a refresh that changes nothing but the expiry is answered at
+//! once and its expiry written within a second (see [`committer`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use crate::driver::{Inbound, Transports};
 use crate::guard::Guard;
 use crate::media::relay::Relay;
 use crate::pbx_config;
-use crate::store::{Batch, Store, VoicemailRecord};
+use crate::store::{Store, VoicemailRecord};
 use pbx_core::sip::wire;
 
 mod boot;
@@ -63,6 +65,8 @@ struct Daemon {
     transports: Transports,
     listen: Vec<String>,
     commit_failures: u64,
+    /// Mailboxes whose index changed this turn (their MWI is refreshed in `flush`).
+    mailboxes: Vec<String>,
     /// The RTP relay, when media is anchored.
     relay: Option<Relay>,
     /// The SIP firewall: inspects every message before the call core.
@@ -270,6 +274,7 @@ pub async fn run(
         transports,
         listen,
         commit_failures: 0,
+        mailboxes: Vec::new(),
         relay,
         cfg,
     };
@@ -366,10 +371,14 @@ pub async fn run(
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH);
     loop {
-        let next = [daemon.endpoint.poll_timeout(), daemon.guard.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            daemon.endpoint.poll_timeout(),
+            daemon.guard.poll_timeout(),
+            daemon.commits.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         // At least once a second: the watchdog's heartbeat and the snapshots.
         let tick = tokio::time::Instant::now() + Duration::from_secs(1);
         let deadline = next
@@ -398,6 +407,8 @@ pub async fn run(
                 let now = daemon.clock.now();
                 for msg in batch.drain(..) {
                     daemon.inbound(now, msg);
+                    // Each message's responses are held or sent by what it wrote.
+                    daemon.collect(now);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {}
@@ -422,9 +433,13 @@ pub async fn run(
         daemon.flush();
     }
     daemon.flush();
-    // Finish what is queued for the disk before exiting.
+    // Finish what is queued for the disk, waiting refreshes included, before exiting.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while daemon.commits.in_flight.is_some() {
+    loop {
+        daemon.commits.dispatch(daemon.clock.now(), true);
+        if daemon.commits.in_flight.is_none() {
+            break;
+        }
         match tokio::time::timeout_at(deadline, commit_done.recv()).await {
             Ok(Some((seq, ok))) => daemon.committed(seq, ok),
             _ => break,
@@ -709,11 +724,15 @@ impl Daemon {
         }
     }
 
-    /// Persists what the core produced, then sends.
-    fn flush(&mut self) {
-        let now = self.clock.now();
-        let mut batch = Batch::default();
-        let mut mailboxes: Vec<String> = Vec::new();
+    /// Takes what the core produced since the last call: events (writes join the next
+    /// commit) and messages. Called after each inbound message, so each message's
+    /// responses are judged by what that message wrote: a durable write holds them until
+    /// its commit; refreshes alone send them at once; nothing written holds them behind
+    /// the durable commit gathering or in flight (a retransmitted response must not
+    /// overtake its original).
+    fn collect(&mut self, now: Millis) {
+        let mut durable = false;
+        let mut refreshed = false;
         while let Some(event) = self.endpoint.poll_event() {
             if matches!(
                 event,
@@ -722,15 +741,25 @@ impl Daemon {
                 self.guard.feedback(now, &event);
             }
             match event {
-                Event::Bindings(changes) => batch.bindings.extend(changes),
-                Event::Mwi(changes) => batch.mwi.extend(changes),
+                Event::Bindings(changes) => {
+                    if self.commits.bindings(now, changes) {
+                        durable = true;
+                    } else {
+                        refreshed = true;
+                    }
+                }
+                Event::Mwi(changes) => {
+                    durable |= !changes.is_empty();
+                    self.commits.pending.mwi.extend(changes);
+                }
                 Event::CallEnded(cdr) => {
                     tracing::info!(
                         caller = %cdr.caller, callee = %cdr.callee,
                         disposition = ?cdr.disposition, billsec = cdr.billsec(),
                         "call ended"
                     );
-                    batch.cdrs.push(cdr);
+                    self.commits.pending.cdrs.push(cdr);
+                    durable = true;
                 }
                 Event::Media(cmd) => {
                     self.guard.media(&cmd);
@@ -740,14 +769,14 @@ impl Daemon {
                 }
                 Event::AuthSucceeded { .. } => {}
                 Event::VoicemailHeard { id } => match self.store.vm_mark_heard(id) {
-                    Ok(Some(mailbox)) => mailboxes.push(mailbox),
+                    Ok(Some(mailbox)) => self.mailboxes.push(mailbox),
                     Ok(None) => {}
                     Err(err) => tracing::error!(%err, "cannot update the voicemail index"),
                 },
                 Event::VoicemailDeleted { id } => match self.store.vm_delete(id) {
                     Ok(Some(msg)) => {
                         let _ = std::fs::remove_file(&msg.path);
-                        mailboxes.push(msg.mailbox);
+                        self.mailboxes.push(msg.mailbox);
                     }
                     Ok(None) => {}
                     Err(err) => tracing::error!(%err, "cannot update the voicemail index"),
@@ -760,7 +789,7 @@ impl Daemon {
                     at,
                 } => {
                     tracing::info!(%mailbox, %caller, duration_ms, "voicemail message stored");
-                    batch.voicemail.push(VoicemailRecord {
+                    self.commits.pending.voicemail.push(VoicemailRecord {
                         id: 0,
                         mailbox,
                         caller,
@@ -769,6 +798,7 @@ impl Daemon {
                         path,
                         new: true,
                     });
+                    durable = true;
                 }
                 Event::AuthFailed { src, method, .. } => {
                     tracing::debug!(peer = %src.addr, %method, "authentication failed");
@@ -786,6 +816,27 @@ impl Daemon {
                 }
             }
         }
+        // Group commit: while one commit is being synced the next gathers, so under load
+        // one fsync covers many requests and the loop never waits for disk.
+        let barrier = if durable {
+            Some(self.commits.next_seq())
+        } else if refreshed {
+            None
+        } else {
+            self.commits.barrier()
+        };
+        while let Some(t) = self.endpoint.poll_transmit() {
+            match barrier {
+                Some(seq) => self.commits.hold(seq, t),
+                None => self.transports.send(t.dest, t.bytes),
+            }
+        }
+    }
+
+    /// Persists what the core produced, then sends.
+    fn flush(&mut self) {
+        let now = self.clock.now();
+        self.collect(now);
         self.apply_locks(now);
         while let Some(user) = self.guard.poll_unlock() {
             self.endpoint.unlock_user(&user);
@@ -794,29 +845,18 @@ impl Daemon {
             self.transports.conn_notice(notice);
         }
         self.guard.save_toll_locks(&self.store);
-        self.guard.take_writes(&mut batch);
+        self.guard.take_writes(&mut self.commits.pending);
+        let mut mailboxes = std::mem::take(&mut self.mailboxes);
         mailboxes.sort();
         mailboxes.dedup();
         for mailbox in mailboxes {
             crate::admin::control::refresh_mailbox(&self.store, &mut self.endpoint, now, &mailbox);
         }
-        // Group commit: what the core wants persisted joins the next commit, and every
-        // message produced from now on waits for that commit, so nothing is acknowledged
-        // before it is on disk. While one commit is being synced the next batch gathers,
-        // so under load one fsync covers many requests and the loop never waits for disk.
-        self.commits.pending.append(batch);
-        let barrier = if !self.commits.pending.is_empty() {
-            Some(self.commits.next_seq)
-        } else {
-            self.commits.in_flight
-        };
-        while let Some(t) = self.endpoint.poll_transmit() {
-            match barrier {
-                Some(seq) => self.commits.held.push_back((seq, t)),
-                None => self.transports.send(t.dest, t.bytes),
-            }
-        }
-        self.commits.dispatch();
+        // What the locks and mailboxes produced.
+        self.collect(now);
+        self.commits.dispatch(now, false);
+        // The turn's datagrams leave together (sendmmsg).
+        self.transports.flush();
     }
 
     /// A commit finished: release what waited for it and start the next one.
@@ -826,16 +866,14 @@ impl Daemon {
         }
         let now = self.clock.now();
         let mailboxes = std::mem::take(&mut self.commits.in_flight_mailboxes);
-        self.commits.in_flight = None;
-        while self.commits.held.front().is_some_and(|(s, _)| *s <= seq) {
-            if let Some((_, t)) = self.commits.held.pop_front() {
-                self.transports.send(t.dest, t.bytes);
-            }
+        for t in self.commits.finished(seq) {
+            self.transports.send(t.dest, t.bytes);
         }
         for mailbox in mailboxes {
             crate::admin::control::refresh_mailbox(&self.store, &mut self.endpoint, now, &mailbox);
         }
-        self.commits.dispatch();
+        self.commits.dispatch(now, false);
+        self.transports.flush();
     }
 
     /// Once a second: the enforcer's heartbeat, the snapshots for the metrics endpoint and
