@@ -1204,6 +1204,8 @@ impl Guard {
                 failures: state.failures,
                 queue_drops: e.queue_drops(),
                 last_error: state.last_error,
+                nft_processes: state.nft_processes,
+                enforcer_cpus: state.cpus,
             }
         });
         let now_bans = self
