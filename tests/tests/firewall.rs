@@ -1373,7 +1373,7 @@ fn rtp_pinholes_are_open_only_to_the_calls_phones_refreshed_while_media_flows_an
     );
     // Every batch went through one long-lived nft.
     assert!(kernel("batches") >= 2, "{}", site.fw_status());
-    assert_eq!(kernel("nft_processes"), 1, "{}", site.fw_status());
+    assert_eq!(kernel("nft_batch_processes"), 1, "{}", site.fw_status());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -86,6 +86,8 @@ pub struct KernelState {
     /// The last nft error, if any.
     pub last_error: Option<String>,
     /// nft processes started to apply set updates (one per session; see `runner::Session`).
+    pub nft_batch_processes: u64,
+    /// nft processes started in all (the batches', the table's loads, listings).
     pub nft_processes: u64,
     /// The CPUs the thread may run on, when it was pinned away from the SIP loop's.
     pub cpus: Option<Vec<usize>>,
@@ -405,7 +407,9 @@ impl EnforcerThread {
             for w in round.waiters {
                 let _ = w.send(());
             }
-            self.state().last_round = Some(Instant::now());
+            let mut s = self.state();
+            s.last_round = Some(Instant::now());
+            s.nft_processes = super::runner::processes_started();
         }
     }
 
@@ -445,7 +449,7 @@ impl EnforcerThread {
         if !ops.is_empty() {
             let result = e.apply(ops);
             let processes = e.batch_processes();
-            self.state().nft_processes = processes;
+            self.state().nft_batch_processes = processes;
             match result {
                 Ok(()) => {
                     let mut s = self.state();

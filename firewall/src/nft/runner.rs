@@ -8,6 +8,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -17,6 +18,15 @@ use super::NftError;
 /// At most this much of nft's stderr is kept in an error (a failed 10,000-element batch can
 /// echo a lot).
 const MAX_STDERR: usize = 4 * 1024;
+
+/// nft processes this daemon started (one-shot runs and sessions), for `fw status` and the
+/// benchmarks' processes per second.
+static STARTED: AtomicU64 = AtomicU64::new(0);
+
+/// How many nft processes were started so far (runs and sessions).
+pub(crate) fn processes_started() -> u64 {
+    STARTED.load(Ordering::Relaxed)
+}
 
 /// How to start `nft`: the program, the namespace, and how long one run may take.
 #[derive(Debug, Clone)]
@@ -66,6 +76,7 @@ impl Runner {
             command: shown.clone(),
             source,
         })?;
+        STARTED.fetch_add(1, Ordering::Relaxed);
 
         let writer = match (stdin, child.stdin.take()) {
             (Some(payload), Some(mut pipe)) => Some(thread::spawn(move || {
@@ -216,6 +227,7 @@ impl Session {
             command: shown.clone(),
             source,
         })?;
+        STARTED.fetch_add(1, Ordering::Relaxed);
         let (Some(mut stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
             let _ = child.kill();
             let _ = child.wait();

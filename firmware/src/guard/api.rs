@@ -210,6 +210,10 @@ pub struct FwKernelInfo {
     /// nft processes started to apply the batches (one long-lived process, started again
     /// when it dies or has been fed its share).
     #[serde(default)]
+    pub nft_batch_processes: u64,
+    /// nft processes started in all: the batches', the table's loads and its listings
+    /// (the check every 5 s, counters when asked).
+    #[serde(default)]
     pub nft_processes: u64,
     /// The CPUs the enforcer thread may use, when it was pinned off the SIP loop's.
     #[serde(default)]

@@ -1204,6 +1204,7 @@ impl Guard {
                 failures: state.failures,
                 queue_drops: e.queue_drops(),
                 last_error: state.last_error,
+                nft_batch_processes: state.nft_batch_processes,
                 nft_processes: state.nft_processes,
                 enforcer_cpus: state.cpus,
             }
