@@ -68,6 +68,7 @@ pub const KEYS: &[(&str, Apply)] = &[
     ("firewall.kernel_trunk_per_second", Restart),
     ("firewall.monitor", Restart),
     ("firewall.rtp_closed", Restart),
+    ("firewall.rtp_pinhole_secs", Restart),
     ("firewall.table", Restart),
     ("log", Restart),
     ("media", Restart),

@@ -665,6 +665,9 @@ mod tests {
                     failures: 0,
                     queue_drops: 0,
                     last_error: None,
+                    nft_batch_processes: 1,
+                    nft_processes: 3,
+                    enforcer_cpus: Some(vec![1]),
                 }),
                 rule_hits: vec![FwRuleHits {
                     rule: "scanner".into(),
