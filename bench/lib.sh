@@ -1,16 +1,26 @@
 # Shared helpers for bench/register.sh and bench/calls.sh (sourced, not run).
 # Everything runs on 127.0.0.1; every loop is bounded in count, and every SIPp run by -m
 # and -timeout.
+#
+# TARGET=x86_64-unknown-linux-musl builds and runs that target (the firmware as shipped is a
+# static musl build); unset, the host's default (glibc) build. OUTPOSTD=/path runs that
+# binary instead of building one (an older build kept for an A/B comparison).
 
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+TARGET=${TARGET:-}
+# release_dir TARGET: where cargo puts that target's release binaries ("" = the host's).
+release_dir() {
+    if [ -n "$1" ]; then echo "$TARGET_DIR/$1/release"; else echo "$TARGET_DIR/release"; fi
+}
 # OUTPOSTD=/path/to/outpostd runs that build instead (e.g. the previous commit's, to
 # compare; nothing is built then).
 GIVEN_OUTPOSTD=${OUTPOSTD:-}
-OUTPOSTD=${OUTPOSTD:-$TARGET_DIR/release/outpostd}
+OUTPOSTD=${OUTPOSTD:-$(release_dir "$TARGET")/outpostd}
+# outpostctl only talks to the admin socket: the host build serves every daemon.
 OUTPOSTCTL=$TARGET_DIR/release/outpostctl
 SIP_PORT=${SIP_PORT:-15060}
 STEP_SECS=${STEP_SECS:-10}
@@ -43,6 +53,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# build_release [TARGET...]: the host's release binaries, and outpostd for each TARGET
+# (default: $TARGET). Static musl builds link with rust-lld; C (ring) is built by clang.
 build_release() {
     need sipp sip-tester
     need taskset util-linux
@@ -52,15 +64,37 @@ build_release() {
     fi
     echo "bench: cargo build --release -p firmware --bins"
     (cd "$ROOT" && cargo build --release -p firmware --bins)
+    local t targets=("$@")
+    [ ${#targets[@]} -gt 0 ] || targets=("$TARGET")
+    for t in "${targets[@]}"; do
+        [ -n "$t" ] || continue
+        echo "bench: cargo build --release --target $t -p firmware --bin outpostd"
+        (cd "$ROOT" && cargo build --release --target "$t" -p firmware --bin outpostd)
+    done
 }
 
-# start_daemon: release outpostd pinned to CPU 0 with a bench config in $WORK.
+# stop_daemon: SIGTERM and wait (the next start_daemon may use the same port and data).
+stop_daemon() {
+    if [ -n "$DAEMON_PID" ]; then
+        kill -TERM "$DAEMON_PID" 2>/dev/null || true
+        wait "$DAEMON_PID" 2>/dev/null || true
+        DAEMON_PID=""
+    fi
+}
+
+# start_daemon [BINARY]: release outpostd (default $OUTPOSTD) pinned to CPU 0 with a bench
+# config and an empty data directory in $WORK.
 start_daemon() {
+    local binary=${1:-$OUTPOSTD}
+    rm -rf "$WORK/data"
     mkdir -p "$WORK/data"
     cat >"$WORK/outpost.toml" <<TOML
 [sip]
 listen = ["127.0.0.1:$SIP_PORT"]
 realm = "outpost"
+# A completed REGISTER transaction lives 32 s (Timer J): N/s needs 32 x N of them, far above
+# the appliance's default cap of 2,048 (sized for 500 phones).
+max_server_transactions = ${MAX_SERVER_TX:-700000}
 
 [registrar]
 min_expires = 60
@@ -96,12 +130,12 @@ level = "warn"
 [demo]
 extensions = []
 TOML
-    taskset -c 0 "$OUTPOSTD" --config "$WORK/outpost.toml" 2>"$WORK/outpostd.log" &
+    taskset -c 0 "$binary" --config "$WORK/outpost.toml" 2>"$WORK/outpostd.log" &
     DAEMON_PID=$!
     local i
     for i in $(seq 1 100); do
         if ctl status >/dev/null 2>&1; then
-            echo "bench: outpostd pid $DAEMON_PID on 127.0.0.1:$SIP_PORT (CPU 0)"
+            echo "bench: $binary pid $DAEMON_PID on 127.0.0.1:$SIP_PORT (CPU 0)"
             return 0
         fi
         sleep 0.1
@@ -137,15 +171,17 @@ csv_last() {
 
 BEST_RATE=0
 print_header() {
-    printf '%-10s %-10s %-10s %-10s %-10s %-9s\n' offered achieved calls failed "failed%" "cpu%"
+    printf '%-10s %-10s %-10s %-10s %-10s %-9s %-9s\n' offered achieved calls failed "failed%" "cpu%" "cpu-us/ok"
 }
 
 # run_step NAME RATE COUNT SIPP-ARGS...: one SIPp run on CPU 1; prints a row and updates
-# BEST_RATE. Returns 1 when the step is bad enough to stop escalating.
+# BEST_RATE (and STEP_ROW, the row printed). Returns 1 when the step is bad enough to stop
+# escalating.
 run_step() {
     local name=$1 rate=$2 count=$3
     shift 3
     local dir="$WORK/$name-$rate"
+    rm -rf "$dir"
     mkdir -p "$dir"
     local t0 t1 c0 c1
     c0=$(cpu_ticks)
@@ -173,7 +209,9 @@ run_step() {
             ach = ok / el
             pct = (ok + f > 0) ? 100 * f / (ok + f) : 100
             cpu = 100 * (c1 - c0) / hz / el
-            printf "%-10s %-10.0f %-10s %-10s %-10.3f %-9.1f", r, ach, ok, f, pct, cpu
+            # CPU time per successful registration/call, in microseconds.
+            us = (ok > 0) ? 1e6 * (c1 - c0) / hz / ok : 0
+            printf "%-10s %-10.0f %-10s %-10s %-10.3f %-9.1f %-9.1f", r, ach, ok, f, pct, cpu, us
             # A step counts only when SIPp really delivered the offered rate.
             v = (pct < 0.1 && ok > 0 && ach >= 0.95 * r) ? "best" : "-"
             v = v ((pct >= 5 || ach < 0.7 * r) ? " stop" : " go")
@@ -181,7 +219,8 @@ run_step() {
         }')
     local rest=${row#*|}
     verdict=${rest%%|*}
-    echo "${row%%|*}"
+    STEP_ROW=${row%%|*}
+    echo "$STEP_ROW"
     if [[ "$verdict" == best* ]]; then
         BEST_RATE=${rest##*|}
     fi

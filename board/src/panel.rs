@@ -57,6 +57,9 @@ pub struct PanelStatus {
     pub network: NetworkInfo,
     /// Age of the newest good backup in seconds (`None`: never backed up).
     pub last_backup_age_secs: Option<u64>,
+    /// The clock: `Some(true)` synchronised, `Some(false)` not (a page of its own, as a
+    /// warning), `None` when the box does not synchronise it.
+    pub time_synchronised: Option<bool>,
 }
 
 /// How the uplink address is configured.
@@ -169,6 +172,7 @@ enum Page {
     Phones,
     Trunks,
     Backup,
+    Time,
     Alert,
 }
 
@@ -359,6 +363,9 @@ impl Panel {
             .is_none_or(|a| a > STALE_BACKUP_SECS)
         {
             pages.push(Page::Backup);
+        }
+        if self.status.time_synchronised == Some(false) {
+            pages.push(Page::Time);
         }
         pages
     }
@@ -613,6 +620,7 @@ impl Panel {
             ],
             Page::Trunks if s.trunks == 0 => lines(&["No trunks", "Local calls only"]),
             Page::Trunks => vec![format!("Trunks: {}/{} up", s.trunks_up, s.trunks)],
+            Page::Time => lines(&["Clock NOT SYNCED", "NTP: no answer"]),
             Page::Backup => match s.last_backup_age_secs {
                 None => lines(&["Backup: NEVER", "outpostctl backup"]),
                 Some(age) => vec!["Backup: OLD".to_string(), backup_age(age)],
@@ -848,6 +856,7 @@ mod tests {
                 dns: vec!["192.168.1.1".into()],
             },
             last_backup_age_secs: Some(3_600),
+            time_synchronised: Some(true),
         }
     }
 
@@ -1220,6 +1229,36 @@ mod tests {
         assert_eq!(wrap("one two three four", 4, 2), ["one", "two"]);
         assert!(wrap("", 4, 2).is_empty());
         assert!(wrap("abc", 4, 0).is_empty());
+    }
+
+    #[test]
+    fn an_unsynchronised_clock_gets_a_warning_page() {
+        let mut p = Panel::new(16, 2);
+        let mut st = PanelStatus {
+            hostname: "box".into(),
+            last_backup_age_secs: Some(60),
+            time_synchronised: Some(false),
+            ..PanelStatus::default()
+        };
+        let mut seen = Vec::new();
+        for t in 0..8 {
+            p.update(t * 4_000, &st);
+            seen.push(p.lines());
+        }
+        assert!(
+            seen.iter()
+                .any(|l| l[0] == "Clock NOT SYNCED" && l[1] == "NTP: no answer"),
+            "{seen:?}"
+        );
+        for time in [Some(true), None] {
+            st.time_synchronised = time;
+            let mut seen = Vec::new();
+            for t in 8..16 {
+                p.update(t * 4_000, &st);
+                seen.push(p.lines());
+            }
+            assert!(!seen.iter().any(|l| l[0].starts_with("Clock")), "{seen:?}");
+        }
     }
 
     #[test]

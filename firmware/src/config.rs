@@ -115,6 +115,8 @@ pub struct Config {
     pub management: ManagementConfig,
     /// `[dns]`: the name servers and answer lifetimes for trunk hosts.
     pub dns: crate::dns::DnsConfig,
+    /// `[time]`: the NTP servers that keep the clock right.
+    pub time: crate::timesync::TimeConfig,
 }
 
 /// `[sip]` section.
@@ -650,6 +652,13 @@ impl Config {
                 "use 1-32 letters, digits or '_', starting with a letter",
             ));
         }
+        let pinhole = firewall::nft::MIN_RTP_PINHOLE_SECS..=firewall::nft::MAX_RTP_PINHOLE_SECS;
+        if !pinhole.contains(&fw.rtp_pinhole_secs) {
+            return Err(invalid(
+                "firewall.rtp_pinhole_secs",
+                format!("must be between {} and {}", pinhole.start(), pinhole.end()),
+            ));
+        }
         if fw.kernel_flood_per_second > 0 && fw.kernel_flood_burst == 0 {
             return Err(invalid(
                 "firewall.kernel_flood_burst",
@@ -817,6 +826,9 @@ impl Config {
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
         self.dns
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        self.time
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
         self.management

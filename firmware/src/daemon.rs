@@ -3,10 +3,12 @@
 //!
 //! Each turn of the loop handles a batch of inbound messages (and due timers), commits what
 //! the core asks to persist in one write transaction (group commit), and only then sends the
-//! responses. So a REGISTER that got its 200 OK is on disk, whatever happens next.
+//! responses that depend on it. So a REGISTER that got its 200 OK for a new binding is on
+//! disk, whatever happens next; a refresh that changes nothing but the expiry is answered at
+//! once and its expiry written within a second (see [`committer`]).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use pbx_core::endpoint::{
@@ -26,16 +28,18 @@ use crate::driver::{Inbound, Transports};
 use crate::guard::Guard;
 use crate::media::relay::Relay;
 use crate::pbx_config;
-use crate::store::{Batch, Store, VoicemailRecord};
+use crate::store::{Store, VoicemailRecord};
 use pbx_core::sip::wire;
 
 mod boot;
+mod clock;
 mod committer;
 mod snapshot;
 mod start;
 
 use boot::{alert_failed_update, select_revision};
 pub use boot::{newest_revision_instead, BOOT_INFO};
+use clock::Clock;
 use committer::Committer;
 use start::{core_trunks, ivr_menus, start_relay, start_transports, trunk_hosts, trunk_tls_names};
 
@@ -49,35 +53,6 @@ const HOST_CHECK_MS: Millis = 2_000;
 /// firewall start with addresses); a slower answer is taken when it comes.
 const DNS_START_WAIT: Duration = Duration::from_secs(5);
 
-/// A clock in [`Millis`] that never steps backwards: wall time at start plus monotonic time.
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    start: Instant,
-    wall_start: Millis,
-}
-
-impl Clock {
-    fn new() -> Self {
-        let wall_start = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        Clock {
-            start: Instant::now(),
-            wall_start,
-        }
-    }
-
-    fn now(&self) -> Millis {
-        self.wall_start + u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
-    }
-
-    fn instant_at(&self, t: Millis) -> tokio::time::Instant {
-        let offset = Duration::from_millis(t.saturating_sub(self.wall_start));
-        tokio::time::Instant::from_std(self.start + offset)
-    }
-}
-
 /// The running daemon's state.
 #[derive(Debug)]
 struct Daemon {
@@ -90,6 +65,8 @@ struct Daemon {
     transports: Transports,
     listen: Vec<String>,
     commit_failures: u64,
+    /// Mailboxes whose index changed this turn (their MWI is refreshed in `flush`).
+    mailboxes: Vec<String>,
     /// The RTP relay, when media is anchored.
     relay: Option<Relay>,
     /// The SIP firewall: inspects every message before the call core.
@@ -120,6 +97,10 @@ struct Daemon {
     host: (crate::netif::HostAddrs, Millis),
     /// The trunk hosts' addresses, looked up (RFC 3263) and kept fresh in the background.
     dns: crate::dns::TrunkDns,
+    /// The NTP client.
+    time: crate::timesync::TimeSync,
+    /// When the daemon's clock was last compared with the system's (a step to follow).
+    clock_check: Millis,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `boot` is the configuration the daemon was
@@ -153,6 +134,21 @@ pub async fn run(
              (remove the key; `config apply` refuses it)"
         );
     }
+    // The clock before anything is stamped: when the daemon owns it, a first NTP answer
+    // (a bounded wait; offline it starts without), and the daemon's clock starts after it.
+    let set_clock = crate::fixed::get().set_clock;
+    let mut time =
+        crate::timesync::TimeSync::start(&cfg.time, &cfg.dns, &cfg.store.data_dir, set_clock);
+    if set_clock && !cfg.time.servers.is_empty() && cfg.time.start_wait_secs > 0 {
+        let wait = Duration::from_secs(cfg.time.start_wait_secs);
+        if !time.first_round(wait).await {
+            tracing::warn!(
+                wait_secs = cfg.time.start_wait_secs,
+                "no NTP answer at start: starting with the clock as it is; it is corrected when a server answers"
+            );
+        }
+    }
+    let clock = Clock::new();
     let running_rev = revisions.current().map(|r| r.rev);
     let mut fallbacks = crate::fallback::Fallbacks::new(&cfg, running_rev, &factory);
     let data_dir = cfg.store.data_dir.clone();
@@ -268,6 +264,8 @@ pub async fn run(
         backups: crate::backup::Backups::new(),
         host: (host, 0),
         dns,
+        time,
+        clock_check: 0,
         guard,
         endpoint,
         clock,
@@ -276,6 +274,7 @@ pub async fn run(
         transports,
         listen,
         commit_failures: 0,
+        mailboxes: Vec::new(),
         relay,
         cfg,
     };
@@ -372,10 +371,14 @@ pub async fn run(
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH);
     loop {
-        let next = [daemon.endpoint.poll_timeout(), daemon.guard.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            daemon.endpoint.poll_timeout(),
+            daemon.guard.poll_timeout(),
+            daemon.commits.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         // At least once a second: the watchdog's heartbeat and the snapshots.
         let tick = tokio::time::Instant::now() + Duration::from_secs(1);
         let deadline = next
@@ -404,6 +407,8 @@ pub async fn run(
                 let now = daemon.clock.now();
                 for msg in batch.drain(..) {
                     daemon.inbound(now, msg);
+                    // Each message's responses are held or sent by what it wrote.
+                    daemon.collect(now);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {}
@@ -428,15 +433,20 @@ pub async fn run(
         daemon.flush();
     }
     daemon.flush();
-    // Finish what is queued for the disk before exiting.
+    // Finish what is queued for the disk, waiting refreshes included, before exiting.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while daemon.commits.in_flight.is_some() {
+    loop {
+        daemon.commits.dispatch(daemon.clock.now(), true);
+        if daemon.commits.in_flight.is_none() {
+            break;
+        }
         match tokio::time::timeout_at(deadline, commit_done.recv()).await {
             Ok(Some((seq, ok))) => daemon.committed(seq, ok),
             _ => break,
         }
     }
     let _ = std::fs::remove_file(&daemon.cfg.admin.socket);
+    daemon.time.save_now();
     tracing::info!("outpostd stopped");
     Ok(())
 }
@@ -470,6 +480,52 @@ impl Daemon {
         if let Err(err) = self.store.fw_apply(&alerts) {
             tracing::error!(%err, "cannot store the configuration alerts");
         }
+    }
+
+    /// Once a second: the NTP client's news (first synchronisation: trunks register again;
+    /// an hour without: an alert), and every few seconds whether the system clock was set,
+    /// which the daemon's clock follows once no call is in progress (registrations and MWI
+    /// subscriptions keep the time they had left; a call's timers would not).
+    fn follow_clock(&mut self, now: Millis) {
+        for event in self.time.poll() {
+            match event {
+                crate::timesync::TimeEvent::Synchronised => {
+                    self.endpoint.clock_synchronised(now);
+                }
+                crate::timesync::TimeEvent::Unsynchronised { secs, reason } => {
+                    let alert = crate::store::FirewallChange::Alert(firewall::detect::Alert {
+                        at: now,
+                        rule: firewall::detect::Rule::Manual,
+                        addr: None,
+                        user: None,
+                        message: format!(
+                            "time: the clock has not been synchronised for {} minutes ({}); \
+                             certificates, call records and alerts may carry wrong times",
+                            secs / 60,
+                            crate::names::printable(&reason, 200)
+                        ),
+                        enforced: true,
+                    });
+                    if let Err(err) = self.store.fw_apply(&[alert]) {
+                        tracing::error!(%err, "cannot store the time alert");
+                    }
+                }
+            }
+        }
+        if now < self.clock_check {
+            return;
+        }
+        self.clock_check = now.saturating_add(clock::CHECK_EVERY_MS);
+        let drift = self.clock.drift_ms();
+        if drift.abs() < clock::FOLLOW_MS || self.endpoint.active_calls() > 0 {
+            return;
+        }
+        tracing::warn!(
+            drift_ms = drift,
+            "the system clock was set: the daemon's clock follows it"
+        );
+        self.clock.follow(drift);
+        self.endpoint.clock_stepped(drift);
     }
 
     /// Every few seconds: when the box's addresses changed (a new DHCP lease, another
@@ -668,12 +724,17 @@ impl Daemon {
         }
     }
 
-    /// Persists what the core produced, then sends.
-    fn flush(&mut self) {
-        let now = self.clock.now();
-        let mut batch = Batch::default();
-        let mut mailboxes: Vec<String> = Vec::new();
-        // Handed to the relay thread together after the loop: one wake-up per flush.
+    /// Takes what the core produced since the last call: events (writes join the next
+    /// commit) and messages. Called after each inbound message, so each message's
+    /// responses are judged by what that message wrote: a durable write holds them until
+    /// its commit; refreshes alone send them at once; nothing written holds them behind
+    /// the durable commit gathering or in flight (a retransmitted response must not
+    /// overtake its original).
+    fn collect(&mut self, now: Millis) {
+        let mut durable = false;
+        let mut refreshed = false;
+        // Handed to the relay thread together, before this message's responses leave: one
+        // wake-up per message, not per command.
         let mut media = Vec::new();
         while let Some(event) = self.endpoint.poll_event() {
             if matches!(
@@ -683,15 +744,25 @@ impl Daemon {
                 self.guard.feedback(now, &event);
             }
             match event {
-                Event::Bindings(changes) => batch.bindings.extend(changes),
-                Event::Mwi(changes) => batch.mwi.extend(changes),
+                Event::Bindings(changes) => {
+                    if self.commits.bindings(now, changes) {
+                        durable = true;
+                    } else {
+                        refreshed = true;
+                    }
+                }
+                Event::Mwi(changes) => {
+                    durable |= !changes.is_empty();
+                    self.commits.pending.mwi.extend(changes);
+                }
                 Event::CallEnded(cdr) => {
                     tracing::info!(
                         caller = %cdr.caller, callee = %cdr.callee,
                         disposition = ?cdr.disposition, billsec = cdr.billsec(),
                         "call ended"
                     );
-                    batch.cdrs.push(cdr);
+                    self.commits.pending.cdrs.push(cdr);
+                    durable = true;
                 }
                 Event::Media(cmd) => {
                     self.guard.media(&cmd);
@@ -701,14 +772,14 @@ impl Daemon {
                 }
                 Event::AuthSucceeded { .. } => {}
                 Event::VoicemailHeard { id } => match self.store.vm_mark_heard(id) {
-                    Ok(Some(mailbox)) => mailboxes.push(mailbox),
+                    Ok(Some(mailbox)) => self.mailboxes.push(mailbox),
                     Ok(None) => {}
                     Err(err) => tracing::error!(%err, "cannot update the voicemail index"),
                 },
                 Event::VoicemailDeleted { id } => match self.store.vm_delete(id) {
                     Ok(Some(msg)) => {
                         let _ = std::fs::remove_file(&msg.path);
-                        mailboxes.push(msg.mailbox);
+                        self.mailboxes.push(msg.mailbox);
                     }
                     Ok(None) => {}
                     Err(err) => tracing::error!(%err, "cannot update the voicemail index"),
@@ -721,7 +792,7 @@ impl Daemon {
                     at,
                 } => {
                     tracing::info!(%mailbox, %caller, duration_ms, "voicemail message stored");
-                    batch.voicemail.push(VoicemailRecord {
+                    self.commits.pending.voicemail.push(VoicemailRecord {
                         id: 0,
                         mailbox,
                         caller,
@@ -730,6 +801,7 @@ impl Daemon {
                         path,
                         new: true,
                     });
+                    durable = true;
                 }
                 Event::AuthFailed { src, method, .. } => {
                     tracing::debug!(peer = %src.addr, %method, "authentication failed");
@@ -750,6 +822,27 @@ impl Daemon {
         if let Some(relay) = &self.relay {
             relay.commands(media);
         }
+        // Group commit: while one commit is being synced the next gathers, so under load
+        // one fsync covers many requests and the loop never waits for disk.
+        let barrier = if durable {
+            Some(self.commits.next_seq())
+        } else if refreshed {
+            None
+        } else {
+            self.commits.barrier()
+        };
+        while let Some(t) = self.endpoint.poll_transmit() {
+            match barrier {
+                Some(seq) => self.commits.hold(seq, t),
+                None => self.transports.send(t.dest, t.bytes),
+            }
+        }
+    }
+
+    /// Persists what the core produced, then sends.
+    fn flush(&mut self) {
+        let now = self.clock.now();
+        self.collect(now);
         self.apply_locks(now);
         while let Some(user) = self.guard.poll_unlock() {
             self.endpoint.unlock_user(&user);
@@ -758,29 +851,18 @@ impl Daemon {
             self.transports.conn_notice(notice);
         }
         self.guard.save_toll_locks(&self.store);
-        self.guard.take_writes(&mut batch);
+        self.guard.take_writes(&mut self.commits.pending);
+        let mut mailboxes = std::mem::take(&mut self.mailboxes);
         mailboxes.sort();
         mailboxes.dedup();
         for mailbox in mailboxes {
             crate::admin::control::refresh_mailbox(&self.store, &mut self.endpoint, now, &mailbox);
         }
-        // Group commit: what the core wants persisted joins the next commit, and every
-        // message produced from now on waits for that commit, so nothing is acknowledged
-        // before it is on disk. While one commit is being synced the next batch gathers,
-        // so under load one fsync covers many requests and the loop never waits for disk.
-        self.commits.pending.append(batch);
-        let barrier = if !self.commits.pending.is_empty() {
-            Some(self.commits.next_seq)
-        } else {
-            self.commits.in_flight
-        };
-        while let Some(t) = self.endpoint.poll_transmit() {
-            match barrier {
-                Some(seq) => self.commits.held.push_back((seq, t)),
-                None => self.transports.send(t.dest, t.bytes),
-            }
-        }
-        self.commits.dispatch();
+        // What the locks and mailboxes produced.
+        self.collect(now);
+        self.commits.dispatch(now, false);
+        // The turn's datagrams leave together (sendmmsg).
+        self.transports.flush();
     }
 
     /// A commit finished: release what waited for it and start the next one.
@@ -790,16 +872,14 @@ impl Daemon {
         }
         let now = self.clock.now();
         let mailboxes = std::mem::take(&mut self.commits.in_flight_mailboxes);
-        self.commits.in_flight = None;
-        while self.commits.held.front().is_some_and(|(s, _)| *s <= seq) {
-            if let Some((_, t)) = self.commits.held.pop_front() {
-                self.transports.send(t.dest, t.bytes);
-            }
+        for t in self.commits.finished(seq) {
+            self.transports.send(t.dest, t.bytes);
         }
         for mailbox in mailboxes {
             crate::admin::control::refresh_mailbox(&self.store, &mut self.endpoint, now, &mailbox);
         }
-        self.commits.dispatch();
+        self.commits.dispatch(now, false);
+        self.transports.flush();
     }
 
     /// Once a second: the enforcer's heartbeat, the snapshots for the metrics endpoint and
@@ -809,6 +889,7 @@ impl Daemon {
         self.conn_report(now);
         self.follow_addresses(now);
         self.follow_dns(now);
+        self.follow_clock(now);
         let (cfg, store) = (&self.cfg, &self.store);
         self.backups.tick(&cfg.backup, now, || {
             crate::admin::backup::context(cfg, store.clone())
@@ -879,6 +960,7 @@ impl Daemon {
             system: &self.cfg.system,
             guard: &self.guard,
             newest_backup: self.newest_backup.0,
+            time: self.time.status(),
         }
         .status(now, m)
     }
@@ -1020,6 +1102,7 @@ impl Daemon {
         // New hosts are looked up now, in the background: their trunks are Down until
         // they resolve. Hosts kept keep their addresses.
         self.dns.set_hosts(&new.dns, &trunk_hosts(new));
+        self.time.set_config(&new.time, &new.dns);
         let (trunks, _) = core_trunks(new, &self.dns, &mut self.transports);
         // The firewall's trunk addresses follow the new trunks (and, as their hosts
         // resolve, `follow_dns`).
@@ -1089,6 +1172,7 @@ impl Daemon {
                 relay: self.relay.as_ref(),
                 guard: &mut self.guard,
                 transports: &self.transports,
+                time: self.time.status(),
             }
             .execute(cmd),
         };

@@ -147,6 +147,17 @@ pub enum DnsError {
     },
 }
 
+/// The addresses of `name` (A and AAAA) from the name servers of `cfg`, at most
+/// [`MAX_TARGETS`]; for hosts that are not SIP trunks (the NTP servers of `[time]`).
+pub async fn lookup_ips(cfg: &DnsConfig, name: &str) -> Result<Vec<IpAddr>, DnsError> {
+    let resolver = Resolver::new(cfg)?;
+    let (ips, _ttl) = resolver.addresses(name).await?;
+    if ips.is_empty() {
+        return Err(DnsError::NoAddress(name.to_owned()));
+    }
+    Ok(ips)
+}
+
 /// What RFC 3263 §4 says to look up for a trunk's `host`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {

@@ -34,6 +34,10 @@ pub struct FixedSettings {
     pub admin_group: Option<String>,
     /// How dropbear runs.
     pub ssh: SshRunner,
+    /// The daemon owns the system clock: its NTP client steps and slews it (the image,
+    /// where it holds CAP_SYS_TIME). Otherwise it only watches and reports the offset (a
+    /// workstation running the demo or the tests keeps its own time service).
+    pub set_clock: bool,
 }
 
 /// Who starts dropbear.
@@ -64,6 +68,7 @@ impl Default for FixedSettings {
             outpostctl: None,
             admin_group: None,
             ssh: SshRunner::Daemon,
+            set_clock: false,
         }
     }
 }

@@ -35,6 +35,8 @@
 //! - [`pbx_config`]: trunks, routes, inbound, dial plan, ring groups and features.
 //! - [`dns`]: `[dns]`, trunk hosts resolved by RFC 3263 (NAPTR, SRV, A/AAAA) and kept
 //!   fresh in the background.
+//! - [`timesync`]: `[time]`, the SNTP client that sets the clock, the time saved on `/data`
+//!   and whether the clock can be trusted.
 //! - [`config`]: the whole TOML file, aggregating every section; [`fallback`]: starting
 //!   with what works when a section cannot be started.
 //! - [`reload`]: which configuration keys apply live and which at the next restart.
@@ -79,5 +81,6 @@ pub mod ssh;
 pub mod store;
 pub mod syslog;
 pub mod system;
+pub mod timesync;
 pub mod update;
 pub mod watchdog;

@@ -52,6 +52,8 @@ pub const KEYS: &[(&str, Apply)] = &[
     ("management.networks", Live),
     // Trunk hosts are looked up again with the new servers and TTL bounds.
     ("dns", Live),
+    // The NTP client asks the new servers at once; `start_wait_secs` is read at start.
+    ("time", Live),
     ("system.hostname", Live),
     // Sockets, threads and tables made at start.
     ("admin", Restart),
@@ -66,6 +68,7 @@ pub const KEYS: &[(&str, Apply)] = &[
     ("firewall.kernel_trunk_per_second", Restart),
     ("firewall.monitor", Restart),
     ("firewall.rtp_closed", Restart),
+    ("firewall.rtp_pinhole_secs", Restart),
     ("firewall.table", Restart),
     ("log", Restart),
     ("media", Restart),

@@ -449,7 +449,7 @@ impl Store {
             let mut regs = txn.open_table(REGISTRATIONS)?;
             for change in &batch.bindings {
                 match change {
-                    BindingChange::Upsert(b) => {
+                    BindingChange::Upsert(b) | BindingChange::Refresh(b) => {
                         let bytes = encode("binding", b)?;
                         regs.insert(binding_key(&b.ext, &b.contact).as_str(), bytes.as_slice())?;
                     }

@@ -80,6 +80,11 @@ pub struct Binding {
 pub enum BindingChange {
     /// Insert or replace the binding keyed by (`ext`, `contact`).
     Upsert(Binding),
+    /// A refresh: the stored binding keyed by (`ext`, `contact`) again, with nothing
+    /// changed but its expiry and the Call-ID/CSeq of the REGISTER that refreshed it. The
+    /// driver may write it lazily (its 200 need not wait for the disk): a crash loses at
+    /// most the extension of the expiry, never the binding.
+    Refresh(Binding),
     /// Delete the binding keyed by (`ext`, `contact`).
     Remove {
         /// The extension.
@@ -570,7 +575,7 @@ fn check_order(entry: &Entry, call_id: &str, cseq: u32) -> Result<(), RegisterEr
     Ok(())
 }
 
-/// The Remove and Upsert changes that turn `old` into `new`.
+/// The Remove, Upsert and Refresh changes that turn `old` into `new`.
 fn diff(ext: &str, old: &[Entry], new: &[Entry]) -> Vec<BindingChange> {
     let mut changes = Vec::new();
     for o in old {
@@ -585,11 +590,38 @@ fn diff(ext: &str, old: &[Entry], new: &[Entry]) -> Vec<BindingChange> {
         }
     }
     for n in new {
-        if !old.iter().any(|o| o.key == n.key && o.binding == n.binding) {
-            changes.push(BindingChange::Upsert(n.binding.clone()));
+        match old.iter().find(|o| o.key == n.key) {
+            Some(o) if o.binding == n.binding => {}
+            Some(o) if is_refresh(&o.binding, &n.binding) => {
+                changes.push(BindingChange::Refresh(n.binding.clone()));
+            }
+            _ => changes.push(BindingChange::Upsert(n.binding.clone())),
         }
     }
     changes
+}
+
+/// Whether `new` differs from `old` only in what a plain refresh changes: the expiry and the
+/// Call-ID/CSeq that wrote it. Losing such a write loses no binding, only its extension
+/// (the out-of-order check of a lost CSeq falls back to the stored, lower one).
+fn is_refresh(old: &Binding, new: &Binding) -> bool {
+    let Binding {
+        ext,
+        contact,
+        source,
+        expires_at: _,
+        call_id: _,
+        cseq: _,
+        q,
+        user_agent,
+        registered_at,
+    } = new;
+    *ext == old.ext
+        && *contact == old.contact
+        && *source == old.source
+        && *q == old.q
+        && *user_agent == old.user_agent
+        && *registered_at == old.registered_at
 }
 
 /// The Contact value listed in a 200 for a binding, with its remaining seconds.
@@ -697,6 +729,29 @@ fn contact_key(uri: &Uri) -> String {
 /// `text` cut to at most `max` characters.
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
+}
+
+impl Registrar {
+    /// The system clock was stepped by `delta_ms` (an NTP client's first answer after a
+    /// start without one): every binding keeps the time it had left, so phones stay
+    /// reachable instead of lapsing (a step forward) or lingering (back). Returns the
+    /// changes to persist.
+    pub fn shift_time(&mut self, delta_ms: i64) -> Vec<BindingChange> {
+        let shift = |t: Millis| t.saturating_add_signed(delta_ms);
+        let mut changes = Vec::new();
+        let mut expiry = BTreeSet::new();
+        for (ext, entries) in &mut self.by_ext {
+            for e in entries.iter_mut() {
+                e.binding.expires_at = shift(e.binding.expires_at);
+                e.binding.registered_at = shift(e.binding.registered_at);
+                e.updated_at = shift(e.updated_at);
+                expiry.insert((e.binding.expires_at, ext.clone(), e.key.clone()));
+                changes.push(BindingChange::Upsert(e.binding.clone()));
+            }
+        }
+        self.expiry = expiry;
+        changes
+    }
 }
 
 #[cfg(test)]
@@ -895,14 +950,76 @@ mod tests {
             "t",
         );
         assert_eq!(out.response.status, 200);
-        let [BindingChange::Upsert(b)] = out.changes.as_slice() else {
-            panic!("expected one upsert, got {:?}", out.changes);
+        // Nothing but the expiry (and Call-ID/CSeq) changed: a Refresh the driver may
+        // write lazily.
+        let [BindingChange::Refresh(b)] = out.changes.as_slice() else {
+            panic!("expected one refresh, got {:?}", out.changes);
         };
         assert_eq!(b.expires_at, later + 300_000);
         assert_eq!(b.cseq, 2);
         assert_eq!(b.registered_at, T0);
         assert_eq!(reg.count(), 1);
         assert_eq!(reg.next_expiry(), Some(later + 300_000));
+    }
+
+    #[test]
+    fn a_refresh_that_changes_more_than_the_expiry_is_an_upsert() {
+        let first = |reg: &mut Registrar| {
+            reg.register(
+                T0,
+                "100",
+                &register_req("c1", 1, vec![addr(PHONE, &[])], Some(300)),
+                peer("203.0.113.9:40000"),
+                "t",
+            );
+        };
+        let later = T0 + 200_000;
+        // A new source (the NAT rebound the phone): requests must go to the new one, so the
+        // change is durable.
+        let mut reg = registrar();
+        first(&mut reg);
+        let out = reg.register(
+            later,
+            "100",
+            &register_req("c1", 2, vec![addr(PHONE, &[])], Some(300)),
+            peer("203.0.113.9:40001"),
+            "t",
+        );
+        assert!(
+            matches!(out.changes.as_slice(), [BindingChange::Upsert(b)] if b.source == peer("203.0.113.9:40001")),
+            "{:?}",
+            out.changes
+        );
+        // A new q-value.
+        let mut reg = registrar();
+        first(&mut reg);
+        let out = reg.register(
+            later,
+            "100",
+            &register_req("c1", 2, vec![addr(PHONE, &[("q", "0.5")])], Some(300)),
+            peer("203.0.113.9:40000"),
+            "t",
+        );
+        assert!(
+            matches!(out.changes.as_slice(), [BindingChange::Upsert(_)]),
+            "{:?}",
+            out.changes
+        );
+        // A new Call-ID alone (a phone that does not keep it) is still a refresh.
+        let mut reg = registrar();
+        first(&mut reg);
+        let out = reg.register(
+            later,
+            "100",
+            &register_req("c2", 1, vec![addr(PHONE, &[])], Some(300)),
+            peer("203.0.113.9:40000"),
+            "t",
+        );
+        assert!(
+            matches!(out.changes.as_slice(), [BindingChange::Refresh(b)] if b.call_id == "c2"),
+            "{:?}",
+            out.changes
+        );
     }
 
     #[test]
@@ -1290,10 +1407,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn restore_drops_expired_and_rebuilds_the_index() {
-        let mut reg = registrar();
-        let make = |ext: &str, contact: &str, expires_at: Millis| Binding {
+    /// A stored binding as the store gives it back.
+    fn stored(ext: &str, contact: &str, expires_at: Millis, registered_at: Millis) -> Binding {
+        Binding {
             ext: ext.to_string(),
             contact: contact.to_string(),
             source: peer("198.51.100.1:5060"),
@@ -1302,7 +1418,49 @@ mod tests {
             cseq: 7,
             q: None,
             user_agent: None,
-            registered_at: T0 - 1_000_000,
+            registered_at,
+        }
+    }
+
+    #[test]
+    fn a_clock_step_keeps_each_binding_the_time_it_had_left() {
+        let mut reg = registrar();
+        let make = |ext: &str, contact: &str, expires_at: Millis| {
+            stored(ext, contact, expires_at, T0 - 1_000)
+        };
+        reg.restore(
+            vec![
+                make("100", PHONE, T0 + 50_000),
+                make("101", "sip:101@192.168.1.21", T0 + 20_000),
+            ],
+            T0,
+        );
+        // The clock was a day behind: after the step, the same 20 s and 50 s remain.
+        let day: Millis = 86_400_000;
+        let changes = reg.shift_time(86_400_000);
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().all(|c| matches!(c,
+            BindingChange::Upsert(b) if b.expires_at > T0 + day)));
+        assert_eq!(reg.next_expiry(), Some(T0 + day + 20_000));
+        assert!(reg.expire(T0 + day + 19_999).is_empty());
+        assert_eq!(reg.lookup("100", T0 + day).len(), 1);
+        assert_eq!(
+            reg.lookup("100", T0 + day)[0].registered_at,
+            T0 + day - 1_000
+        );
+        assert_eq!(reg.expire(T0 + day + 20_000).len(), 1);
+        assert_eq!(reg.count(), 1);
+        // And back.
+        reg.shift_time(-86_400_000);
+        assert_eq!(reg.next_expiry(), Some(T0 + 50_000));
+        assert_eq!(reg.lookup("100", T0).len(), 1);
+    }
+
+    #[test]
+    fn restore_drops_expired_and_rebuilds_the_index() {
+        let mut reg = registrar();
+        let make = |ext: &str, contact: &str, expires_at: Millis| {
+            stored(ext, contact, expires_at, T0 - 1_000_000)
         };
         reg.restore(
             vec![

@@ -266,6 +266,8 @@ pub struct DaemonConfig {
     pub media_extra: String,
     /// More `key = value` lines inside the generated `[sip]` table.
     pub sip_extra: String,
+    /// More `key = value` lines inside the generated `[firewall]` table.
+    pub firewall_extra: String,
     /// A program (with its arguments) that runs outpostd, e.g. `unshare --uts --` so that
     /// a configured host name stays inside the test; empty: outpostd runs directly.
     pub wrapper: Vec<String>,
@@ -306,6 +308,7 @@ impl DaemonConfig {
             voicemail_max_secs: None,
             prompts_dir: None,
             media_extra: String::new(),
+            firewall_extra: String::new(),
             sip_extra: String::new(),
             wrapper: Vec::new(),
             args: Vec::new(),
@@ -374,8 +377,9 @@ impl DaemonConfig {
             None => "\n[voicemail]\nenabled = false\n".to_string(),
         };
         let media = format!(
-            "\n[media]\nport_first = {}\nport_last = {}\ntimeout_secs = {}\n{prompts}{}\n[firewall]\n# Daemons of parallel tests share the host: none may own its nftables table.\nenforce = \"off\"\n{voicemail}",
-            self.media_ports.0, self.media_ports.1, self.media_timeout_secs, self.media_extra
+            "\n[media]\nport_first = {}\nport_last = {}\ntimeout_secs = {}\n{prompts}{}\n[firewall]\n# Daemons of parallel tests share the host: none may own its nftables table.\nenforce = \"off\"\n{}\n{voicemail}",
+            self.media_ports.0, self.media_ports.1, self.media_timeout_secs, self.media_extra,
+            self.firewall_extra
         );
         format!(
             "[sip]\nlisten = [{}]\n{}{}\n[registrar]\nmin_expires = {}\nmax_expires = {}\ndefault_expires = {}\n\n[calls]\nring_timeout_secs = {}\n\n[store]\ndata_dir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n[demo]\nextensions = []\n{}{}",

@@ -28,6 +28,10 @@ pub const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// SOURCE_DATE_EPOCH of the test images (updates use later ones).
 pub const TEST_EPOCH: u64 = 1_700_000_000;
+/// The host port of the test NTP server (`servers::Chrony`) the shared image's `[time]`
+/// names as `10.0.2.2:GUEST_NTP_PORT` (qemu's user network reaches the host's loopback
+/// there). A boot without the server gets "port unreachable" at once.
+pub const GUEST_NTP_PORT: u16 = 11_123;
 /// The user-mode network of the optional second NIC ([`Boot::second_nic`]).
 pub const NIC2_NET: &str = "10.0.3.0/24";
 /// The host as the guest sees it through the second NIC: every packet the host sends
@@ -131,6 +135,8 @@ pub struct Boot {
     pub net: Ipv4Addr,
     /// The first NIC's MAC address; `None`: qemu's default (52:54:00:12:34:56).
     pub mac: Option<String>,
+    /// The battery clock's time at power-on (`-rtc base=`); `None`: the host's.
+    pub rtc: Option<String>,
 }
 
 impl Boot {
@@ -146,7 +152,15 @@ impl Boot {
             second_nic: None,
             net: NIC1_NET,
             mac: None,
+            rtc: None,
         }
+    }
+
+    /// The same boot with the board's clock starting at `base` (`1970-01-01T00:00:00`: a
+    /// board without a battery clock).
+    pub fn with_rtc(mut self, base: &str) -> Boot {
+        self.rtc = Some(base.to_owned());
+        self
     }
 
     /// The same boot with the disk itself, not a snapshot: what the guest writes stays.
@@ -276,6 +290,10 @@ impl Guest {
                 None => "virtio-net-device,netdev=n0".to_owned(),
             })
             .args(["-device", "i6300esb"])
+            .args(match &boot.rtc {
+                Some(base) => vec!["-rtc".to_owned(), format!("base={base}")],
+                None => Vec::new(),
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -559,6 +577,75 @@ pub fn copy_disk(src: &Path, dst: &Path) {
     assert_eq!(out.code, Some(0), "cp {}: {}", src.display(), out.stderr);
 }
 
+/// Writes `contents` to `path` (relative, e.g. `outpost/network.toml`) on the data
+/// partition (`outpost-data`) of `disk`, offline: what the box would find on `/data` at its
+/// next boot. Makes the parent directory when missing (the data partition is empty until
+/// a first boot).
+pub fn write_data_file(disk: &Path, path: &str, contents: &str) {
+    let table = run_with_timeout(
+        Command::new("sgdisk").arg("--print").arg(disk),
+        Duration::from_secs(30),
+    );
+    let (start, end) = table
+        .stdout
+        .lines()
+        .find(|l| l.trim_end().ends_with("outpost-data"))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.get(1)?.parse::<u64>().ok()?,
+                f.get(2)?.parse::<u64>().ok()?,
+            ))
+        })
+        .unwrap_or_else(|| panic!("no outpost-data partition:\n{}", table.stdout));
+    let work = tempfile::tempdir().expect("tempdir");
+    let part = work.path().join("data.ext4");
+    let local = work.path().join("contents");
+    fs::write(&local, contents).expect("write the file");
+    let count = (end - start + 1).to_string();
+    let dd = |args: Vec<String>| {
+        let out = run_with_timeout(Command::new("dd").args(&args), Duration::from_secs(120));
+        assert_eq!(out.code, Some(0), "dd {args:?}: {}", out.stderr);
+    };
+    dd(vec![
+        format!("if={}", disk.display()),
+        format!("of={}", part.display()),
+        "bs=512".into(),
+        format!("skip={start}"),
+        format!("count={count}"),
+        "conv=sparse".into(),
+    ]);
+    let mut requests = String::new();
+    let mut dir = String::new();
+    let parts: Vec<&str> = path.split('/').collect();
+    for component in &parts[..parts.len() - 1] {
+        dir = if dir.is_empty() {
+            (*component).to_owned()
+        } else {
+            format!("{dir}/{component}")
+        };
+        requests.push_str(&format!("mkdir {dir}\n"));
+    }
+    requests.push_str(&format!("rm {path}\nwrite {} {path}\n", local.display()));
+    let script = work.path().join("debugfs.cmd");
+    fs::write(&script, requests).expect("debugfs script");
+    let out = run_with_timeout(
+        Command::new("debugfs")
+            .args(["-w", "-f"])
+            .arg(&script)
+            .arg(&part),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "debugfs: {}\n{}", out.stdout, out.stderr);
+    dd(vec![
+        format!("if={}", part.display()),
+        format!("of={}", disk.display()),
+        "bs=512".into(),
+        format!("seek={start}"),
+        "conv=notrunc,sparse".into(),
+    ]);
+}
+
 /// Name of the shared test image's directory under target/.
 const TEST_IMAGE: &str = "image-test";
 /// Files of the workspace that go into an image besides the binaries (include_str!'d
@@ -617,7 +704,8 @@ impl TestImage {
             &format!(
                 "[demo]\nextensions = [\"100\", \"101\"]\n\n\
                  [auth]\nalgorithms = [\"MD5\", \"SHA-256\"]\n\n\
-                 [media]\nport_first = {RELAY_FIRST}\nport_last = {RELAY_LAST}\n"
+                 [media]\nport_first = {RELAY_FIRST}\nport_last = {RELAY_LAST}\n\n\
+                 [time]\nservers = [\"10.0.2.2:{GUEST_NTP_PORT}\"]\n"
             ),
         );
         // The binaries are brought up to date here, before the digest is taken.

@@ -405,3 +405,96 @@ impl Drop for Sshd {
         self.stop();
     }
 }
+
+/// Debian's chronyd as an NTP server on a loopback port, serving this machine's time
+/// (`local stratum 3`) and never steering it (`-x`). `tests/run-all` unpacks the binary
+/// into `target/tools/chrony` (the package itself would replace the machine's time service).
+#[derive(Debug)]
+pub struct Chrony {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Chrony {
+    /// The unpacked chronyd.
+    pub fn binary() -> PathBuf {
+        crate::workspace_root().join("target/tools/chrony/usr/sbin/chronyd")
+    }
+
+    /// Serves on 127.0.0.1:`port` (a free one when `None`); panics when it does not answer.
+    pub fn start(port: Option<u16>) -> Chrony {
+        let binary = Chrony::binary();
+        assert!(
+            binary.is_file(),
+            "{} missing: tests/run-all unpacks Debian's chrony there",
+            binary.display()
+        );
+        let dir = tempfile::tempdir().expect("chrony dir");
+        let port = port.unwrap_or_else(free_port);
+        let conf = dir.path().join("chrony.conf");
+        fs::write(
+            &conf,
+            format!(
+                "port {port}\nbindaddress 127.0.0.1\nlocal stratum 3\nallow 127.0.0.1\n\
+                 cmdport 0\nbindcmdaddress /\npidfile {d}/chronyd.pid\ndriftfile {d}/drift\n",
+                d = dir.path().display()
+            ),
+        )
+        .expect("write chrony.conf");
+        let log = fs::File::create(dir.path().join("chronyd.log")).expect("chrony log");
+        let child = Command::new(&binary)
+            .args(["-x", "-d", "-u", "root", "-f"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start chronyd");
+        let mut server = Chrony { child, dir, port };
+        let answered = eventually(START_LIMIT, || server.answers().then_some(()));
+        if answered.is_none() {
+            let log = server.log();
+            server.stop();
+            panic!("chronyd does not answer on 127.0.0.1:{port}:\n{log}");
+        }
+        server
+    }
+
+    /// Whether a client-mode NTP packet gets a server answer with a stratum.
+    pub fn answers(&self) -> bool {
+        let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            return false;
+        };
+        let _ = sock.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut request = [0u8; 48];
+        request[0] = 0x23; // LI 0, version 4, mode 3 (client)
+        if sock.send_to(&request, ("127.0.0.1", self.port)).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 128];
+        matches!(sock.recv(&mut buf), Ok(n) if n >= 48 && buf[0] & 7 == 4 && buf[1] > 0)
+    }
+
+    /// The port it serves on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// chronyd's log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("chronyd.log")).unwrap_or_default()
+    }
+
+    /// Stops it (also on drop).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Chrony {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

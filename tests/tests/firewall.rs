@@ -44,10 +44,17 @@ struct Site {
 /// configuration (`{attacker}` is replaced by the attacker's first IPv4 address), adds the
 /// two phone extensions and waits until the kernel table is installed.
 fn site(fw_toml: &str) -> Site {
+    site_with(fw_toml, |_| {})
+}
+
+/// [`site`] with changes to the lab's daemon configuration.
+fn site_with(fw_toml: &str, change: impl FnOnce(&mut outpost_tests::DaemonConfig)) -> Site {
     require_root("the firewall tests");
     let lab = FwLab::new();
     let toml = fw_toml.replace("{attacker}", &lab.attacker_ip().to_string());
-    let daemon = Daemon::start_in(&lab.appliance, lab.daemon_config().with_toml(&toml));
+    let mut config = lab.daemon_config();
+    change(&mut config);
+    let daemon = Daemon::start_in(&lab.appliance, config.with_toml(&toml));
     daemon.add_extension(PHONE_A.0, PHONE_A.1);
     daemon.add_extension(PHONE_B.0, PHONE_B.1);
     let installed = eventually(Duration::from_secs(5), || {
@@ -1169,13 +1176,50 @@ fn toll_fraud_with_stolen_credentials_is_refused_locked_banned_and_emergency_sti
     drop(provider);
 }
 
+/// Whether the kernel's `rtp_open4` set holds the pinhole (`ip`, `port`), and the
+/// seconds it has left (`None`: the set is not there).
+fn pinhole(site: &Site, ip: IpAddr, port: u16) -> Option<Option<u64>> {
+    let out = site
+        .lab
+        .appliance
+        .nft(&["-j", "list", "set", "inet", "outpost", "rtp_open4"]);
+    let v: Value = serde_json::from_str(&out.stdout).ok()?;
+    let set = v["nftables"]
+        .as_array()?
+        .iter()
+        .find_map(|o| o.get("set"))?;
+    let want = serde_json::json!([ip.to_string(), port]);
+    let found = set
+        .get("elem")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find_map(|e| {
+            let (val, expires) = match e.get("elem") {
+                Some(t) => (&t["val"], t.get("expires").and_then(Value::as_u64)),
+                None => (e, None),
+            };
+            (val["concat"] == want).then_some(expires.unwrap_or(0))
+        });
+    Some(found)
+}
+
+/// How long a pinhole lives without a refresh in [`rtp_pinholes_are_open_only_to_the_calls_phones_refreshed_while_media_flows_and_expire_after`].
+const PINHOLE_SECS: u64 = 4;
+
 /// The kernel opens the relay's ports of a live call only to that call's phones: RTP from
 /// the phone passes, the same packets from the attacker to the same port are dropped and
-/// counted (`rtp_closed`), and after the call the phone's packets are dropped too.
+/// counted (`rtp_closed`). A call whose media flows longer than a pinhole's lifetime never
+/// loses a packet to the kernel (its pinholes are refreshed). The call's end sends no set
+/// update: its pinholes stay until they expire on their own, then the phone's packets are
+/// dropped too. All of it through one nft process.
 #[test]
-fn rtp_ports_open_only_to_the_calls_phones_and_only_while_the_call_lives() {
+fn rtp_pinholes_are_open_only_to_the_calls_phones_refreshed_while_media_flows_and_expire_after() {
     use outpost_tests::{rtp_packet, sdp_audio, sdp_body};
-    let site = site(NO_GATE);
+    let site = site_with(NO_GATE, |c| {
+        c.firewall_extra = format!("rtp_pinhole_secs = {PINHOLE_SECS}");
+        c.media_timeout_secs = 5;
+    });
     let phone_ip: IpAddr = site.lab.phone_ip().into();
     let mut a = site.phone(PHONE_A.0, PHONE_A.1);
     let mut b = site.phone(PHONE_B.0, PHONE_B.1);
@@ -1199,6 +1243,12 @@ fn rtp_ports_open_only_to_the_calls_phones_and_only_while_the_call_lives() {
     let relay_a = sdp_audio(&dialog.remote_sdp)
         .expect("SDP in the 200")
         .rtp_addr();
+    let closed = || {
+        site.lab
+            .appliance
+            .outpost_counter("rtp_closed")
+            .expect("counter rtp_closed")
+    };
 
     // The phone's packets reach the other phone through the relay.
     b_rtp
@@ -1223,11 +1273,7 @@ fn rtp_ports_open_only_to_the_calls_phones_and_only_while_the_call_lives() {
     );
 
     // The attacker aims at the same open port: the kernel drops and counts it.
-    let closed_before = site
-        .lab
-        .appliance
-        .outpost_counter("rtp_closed")
-        .expect("counter rtp_closed");
+    let closed_before = closed();
     let attacker = site.lab.attacker_socket(site.lab.attacker_ip().into());
     for seq in 0..10u16 {
         attacker
@@ -1244,28 +1290,90 @@ fn rtp_ports_open_only_to_the_calls_phones_and_only_while_the_call_lives() {
     );
     let _ = relay_b;
 
-    // After the call its ports close for the phone too.
+    // Media flows for longer than a pinhole lives: not one packet is dropped by the
+    // kernel, and the pinhole is still there at the end (refreshed, not expired).
+    let before = closed();
+    let flow = Duration::from_secs(PINHOLE_SECS + 3);
+    let start = Instant::now();
+    let (mut sent, mut received) = (0u32, 0u32);
+    b_rtp
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut seq = 100u16;
+    while start.elapsed() < flow {
+        seq = seq.wrapping_add(1);
+        a_rtp
+            .send_to(
+                &rtp_packet(0, seq, u32::from(seq) * 160, 7, &[0xff; 160]),
+                relay_a,
+            )
+            .expect("send");
+        sent += 1;
+        let mut buf = [0u8; 512];
+        if b_rtp.recv_from(&mut buf).is_ok() {
+            received += 1;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        closed(),
+        before,
+        "the kernel dropped RTP of a live call ({received}/{sent} packets reached B)"
+    );
+    assert!(
+        received + 2 >= sent,
+        "the office's side lost audio: {received}/{sent} packets reached B"
+    );
+    assert!(
+        pinhole(&site, phone_ip, relay_a.port()).flatten().is_some(),
+        "the live call's pinhole is gone after {flow:?}"
+    );
+
+    // The call ends: no set update; its pinhole stays until it expires on its own.
+    let kernel = |key: &str| {
+        find_key(&site.fw_status(), key)
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("fw status has no {key}: {}", site.fw_status()))
+    };
+    let batches = kernel("batches");
     a.send_bye(&mut dialog);
     let _ = b.answer_bye(Duration::from_secs(3));
-    thread::sleep(Duration::from_millis(500));
-    let before = site
-        .lab
-        .appliance
-        .outpost_counter("rtp_closed")
-        .expect("counter");
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        pinhole(&site, phone_ip, relay_a.port()).flatten().is_some(),
+        "the ended call's pinhole was removed by an update; it should expire on its own"
+    );
+    let expired = eventually(Duration::from_secs(PINHOLE_SECS + 3), || {
+        (pinhole(&site, phone_ip, relay_a.port()).flatten().is_none()).then_some(())
+    });
+    assert!(
+        expired.is_some(),
+        "the ended call's pinhole did not expire within {PINHOLE_SECS} s + 3 s"
+    );
+    assert_eq!(
+        kernel("batches"),
+        batches,
+        "the call's end sent set updates to the kernel"
+    );
+
+    // Expired: the phone's packets to the ended call's port are dropped and counted.
+    let before = closed();
     for seq in 0..5u16 {
         a_rtp
             .send_to(&rtp_packet(0, seq, 0, 7, &[0xff; 160]), relay_a)
             .expect("send");
     }
-    let closed = eventually(Duration::from_secs(2), || {
+    let dropped = eventually(Duration::from_secs(2), || {
         let now = site.lab.appliance.outpost_counter("rtp_closed")?;
         (now >= before + 5).then_some(())
     });
     assert!(
-        closed.is_some(),
+        dropped.is_some(),
         "the ended call's port still accepts the phone's RTP"
     );
+    // Every batch went through one long-lived nft.
+    assert!(kernel("batches") >= 2, "{}", site.fw_status());
+    assert_eq!(kernel("nft_batch_processes"), 1, "{}", site.fw_status());
 }
 
 // ---------------------------------------------------------------------------------------

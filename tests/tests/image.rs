@@ -27,8 +27,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use outpost_tests::qemu::{
-    call_through, demo_password, Boot, Guest, TestImage, BOOT_TIMEOUT, NIC2_HOST,
+    call_through, copy_disk, demo_password, write_data_file, Boot, Guest, TestImage, BOOT_TIMEOUT,
+    GUEST_NTP_PORT, NIC2_HOST,
 };
+use outpost_tests::servers::Chrony;
 use outpost_tests::{
     digest_authorization, eventually, free_port, header_value, options_status, register_request,
     run_with_timeout, scenario, status_of, udp_recv, Transport,
@@ -300,10 +302,13 @@ fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
     }
     assert!(!table.stdout.contains("Problem"), "{}", table.stdout);
 
-    // One boot: SIP, SSH and the relay range through the first NIC, SIP through the second.
+    // One boot: SIP, SSH and the relay range through the first NIC, SIP through the second;
+    // a board without a battery clock (it starts in 1970) and an NTP server on the host.
+    let ntp = Chrony::start(Some(GUEST_NTP_PORT));
     let boot = Boot::snapshot(image)
         .with_second_nic(vec![("udp", 5060)])
-        .with_relay_forwards();
+        .with_relay_forwards()
+        .with_rtc("1970-01-01T00:00:00");
     let mut guest = Guest::boot(&boot);
     let console = guest.wait_for(" ready listen=", BOOT_TIMEOUT);
     assert!(
@@ -396,6 +401,44 @@ fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
     };
     assert_eq!(row("version"), Some(version.clone()), "{status}");
     assert_eq!(row("extensions").as_deref(), Some("2"), "{status}");
+
+    // The clock: rc.sysinit moved it from 1970 to the image's build time before anything
+    // started, then outpostd's NTP client stepped it to the server's (this machine's) time
+    // before the call core opened.
+    assert!(
+        console.contains("rc.sysinit: the clock read 1970-01-01T00:00")
+            && console.contains("set forward to 2023-11-14T22:13:20Z (build time or last saved)"),
+        "no clock floor on the console:\n{console}"
+    );
+    let clock = row("clock").unwrap_or_default();
+    assert!(
+        clock.starts_with(&format!(
+            "synchronised (10.0.2.2:{GUEST_NTP_PORT}, stratum 3"
+        )),
+        "{status}\nchronyd:\n{}",
+        ntp.log()
+    );
+    let time = guest.ssh_json(key, "status")["time"].clone();
+    assert_eq!(time["sets_clock"], true, "{time}");
+    assert_eq!(time["correction"], "step", "{time}");
+    let host_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("ms");
+    let synced_at = time["last_sync_ms"].as_u64().expect("last_sync_ms");
+    // Stamped by the guest's own clock after the step: the host's time, give or take the
+    // minutes the boot took.
+    assert!(
+        host_ms.abs_diff(synced_at) < 10 * 60 * 1000,
+        "the guest's clock says {synced_at}, the host's {host_ms}: {time}"
+    );
+    assert!(
+        console.contains("time synchronised") && console.contains("clock stepped"),
+        "{console}"
+    );
     // Least privilege as the kernel sees it (files/privileges prints /proc/<pid>/status of
     // each on the console): outpostd is user outpost with exactly CAP_NET_ADMIN,
     // CAP_NET_BIND_SERVICE, CAP_SYS_BOOT and CAP_SYS_TIME (0x2401400); dropbear is the admin
@@ -500,5 +543,46 @@ fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
         attack.rule,
         attack.banned_after.as_secs_f64(),
         attack.kernel_drops
+    );
+}
+
+/// The front panel's "keep this address" choice, saved by the daemon's own code
+/// (`netconf::NetworkFile`, the format the panel writes), is what the real boot script
+/// (`network-up`) brings the box up with: one format, end to end.
+#[test]
+fn a_static_address_saved_from_the_panel_is_what_the_box_boots_with() {
+    let shared = TestImage::shared();
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("disk.img");
+    copy_disk(&shared.dir.join("disk.img"), &disk);
+    // The address qemu's user network forwards to, kept as a static one with two DNS
+    // servers (the list form).
+    let setting = board::panel::NetworkSetting::Static {
+        address: "10.0.2.15/24".to_owned(),
+        gateway: "10.0.2.2".to_owned(),
+        dns: vec!["10.0.2.3".to_owned(), "192.0.2.53".to_owned()],
+    };
+    let text = firmware::netconf::NetworkFile::from_setting(&setting).to_text();
+    assert!(text.contains("dns = ["), "the list form: {text}");
+    write_data_file(&disk, "outpost/network.toml", &text);
+
+    let boot = Boot::snapshot(&shared.dir).persistent(&disk);
+    let mut guest = Guest::boot(&boot);
+    let console = guest.wait_for(" ready listen=", BOOT_TIMEOUT);
+    assert!(
+        console.contains("network-up: eth0 10.0.2.15/24 (static)")
+            && !console.contains("network-up: eth0 10.0.2.15/24 (DHCP)")
+            && console.contains("address 10.0.2.15"),
+        "the saved static address was not used:\n{console}"
+    );
+    // The static address is up: SIP answers through the forward to it.
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let answer = (1..=30).find_map(|n| options(&sock, guest.sip_port(), n, Duration::from_secs(1)));
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("SIP/2.0 200")),
+        "no SIP answer on the static address: {answer:?}\n{}",
+        guest.console()
     );
 }

@@ -15,6 +15,15 @@
 //! [`EnforcerHandle::snapshot`], [`EnforcerHandle::counters`] and
 //! [`EnforcerHandle::last_round`]) and the log.
 //!
+//! Batches go to one long-lived `nft -j -i` (see `runner::Session`), not a process each.
+//!
+//! CPU: on a machine with more than one CPU the thread (and the nft it starts, which
+//! inherits its affinity) never runs where the SIP loop does. [`EnforcerHandle::spawn`] is
+//! called from the SIP loop's thread; when that thread is pinned to some but not all online
+//! CPUs (`taskset -c 0 outpostd`, as the benchmarks run it) the enforcer gets the others;
+//! when it is not pinned, the enforcer avoids the CPU the loop is on at start (the kernel
+//! may move an unpinned loop later: pin the daemon for a hard guarantee).
+//!
 //! Bounds: [`QUEUE`] requests waiting (a full queue drops the update and counts it; user
 //! space still drops the source) and [`MAX_DESIRED`] remembered bans for a restore.
 
@@ -76,6 +85,12 @@ pub struct KernelState {
     pub failures: u64,
     /// The last nft error, if any.
     pub last_error: Option<String>,
+    /// nft processes started to apply set updates (one per session; see `runner::Session`).
+    pub nft_batch_processes: u64,
+    /// nft processes started in all (the batches', the table's loads, listings).
+    pub nft_processes: u64,
+    /// The CPUs the thread may run on, when it was pinned away from the SIP loop's.
+    pub cpus: Option<Vec<usize>>,
 }
 
 /// The caller's side of the enforcer thread. Dropping it ends the thread after its current
@@ -97,9 +112,17 @@ impl EnforcerHandle {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let shared = Arc::new(Mutex::new(KernelState::default()));
         let thread_state = Arc::clone(&shared);
+        let avoid = sip_loop_cpus();
         std::thread::Builder::new()
             .name("nft-enforcer".into())
-            .spawn(move || EnforcerThread::new(cfg, bans, thread_state).run(&rx))?;
+            .spawn(move || {
+                let cpus = avoid.and_then(|a| keep_off(&a));
+                thread_state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .cpus = cpus;
+                EnforcerThread::new(cfg, bans, thread_state).run(&rx)
+            })?;
         Ok(EnforcerHandle {
             tx,
             shared,
@@ -384,7 +407,9 @@ impl EnforcerThread {
             for w in round.waiters {
                 let _ = w.send(());
             }
-            self.state().last_round = Some(Instant::now());
+            let mut s = self.state();
+            s.last_round = Some(Instant::now());
+            s.nft_processes = super::runner::processes_started();
         }
     }
 
@@ -422,7 +447,10 @@ impl EnforcerThread {
         };
         let mut failed = false;
         if !ops.is_empty() {
-            match e.apply(ops) {
+            let result = e.apply(ops);
+            let processes = e.batch_processes();
+            self.state().nft_batch_processes = processes;
+            match result {
                 Ok(()) => {
                     let mut s = self.state();
                     s.batches += 1;
@@ -580,6 +608,60 @@ impl EnforcerThread {
     }
 }
 
+/// The CPUs the calling thread (the SIP loop) runs on, as the enforcer must avoid them:
+/// its whole affinity when that is some but not all online CPUs, else the CPU it is on now.
+/// `None` on a single-CPU machine, or when the kernel does not say.
+fn sip_loop_cpus() -> Option<Vec<usize>> {
+    use nix::sched::{sched_getaffinity, sched_getcpu};
+    use nix::unistd::{sysconf, Pid, SysconfVar};
+    let online = sysconf(SysconfVar::_NPROCESSORS_ONLN).ok().flatten()?;
+    let online = usize::try_from(online).ok()?;
+    let mask = sched_getaffinity(Pid::from_raw(0)).ok()?;
+    let pinned: Vec<usize> = (0..online)
+        .filter(|&c| mask.is_set(c).unwrap_or(false))
+        .collect();
+    let current = sched_getcpu().ok();
+    cpus_to_avoid(online, &pinned, current)
+}
+
+/// Which CPUs to keep the enforcer off (see [`sip_loop_cpus`]): pure, for the tests.
+fn cpus_to_avoid(online: usize, pinned: &[usize], current: Option<usize>) -> Option<Vec<usize>> {
+    if online < 2 {
+        return None;
+    }
+    if !pinned.is_empty() && pinned.len() < online {
+        return Some(pinned.to_vec());
+    }
+    current.filter(|&c| c < online).map(|c| vec![c])
+}
+
+/// Pins the calling thread to every online CPU but `avoid`; returns the CPUs it may use,
+/// or `None` (logged) when none is left or the kernel refuses (a cpuset, say).
+fn keep_off(avoid: &[usize]) -> Option<Vec<usize>> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::{sysconf, Pid, SysconfVar};
+    let online = sysconf(SysconfVar::_NPROCESSORS_ONLN).ok().flatten()?;
+    let online = usize::try_from(online).ok()?.min(CpuSet::count());
+    let allowed: Vec<usize> = (0..online).filter(|c| !avoid.contains(c)).collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    let mut set = CpuSet::new();
+    for &c in &allowed {
+        set.set(c).ok()?;
+    }
+    match sched_setaffinity(Pid::from_raw(0), &set) {
+        Ok(()) => {
+            tracing::info!(cpus = ?allowed, sip_loop = ?avoid, "firewall: enforcer pinned off the SIP loop's CPU");
+            Some(allowed)
+        }
+        Err(e) => {
+            tracing::warn!("firewall: the enforcer cannot be pinned off CPUs {avoid:?}: {e}");
+            None
+        }
+    }
+}
+
 /// The live bans with their remaining seconds (at least 1).
 fn remaining(desired: &HashMap<IpAddr, Instant>, now: Instant) -> Vec<(IpAddr, u64)> {
     desired
@@ -697,6 +779,47 @@ mod tests {
         assert!(s.last_error.unwrap().starts_with("installing the table"));
         assert_eq!((s.batches, s.ops), (0, 0));
         assert_eq!(h.queue_drops(), 0);
+    }
+
+    #[test]
+    fn the_enforcer_avoids_the_sip_loops_cpus() {
+        // A loop pinned to CPU 0 of 2: the enforcer gets CPU 1; unpinned: the loop's CPU.
+        assert_eq!(cpus_to_avoid(2, &[0], Some(0)), Some(vec![0]));
+        assert_eq!(cpus_to_avoid(4, &[0, 1, 2, 3], Some(2)), Some(vec![2]));
+        assert_eq!(
+            cpus_to_avoid(1, &[0], Some(0)),
+            None,
+            "one CPU: nothing to do"
+        );
+        assert_eq!(cpus_to_avoid(4, &[0, 1, 2, 3], None), None);
+
+        // For real, on a machine with two CPUs or more: spawned from a thread pinned to
+        // CPU 0, the enforcer thread may run anywhere but there.
+        let online = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+            .unwrap()
+            .unwrap();
+        if online < 2 {
+            return;
+        }
+        let h = std::thread::spawn(|| {
+            let mut zero = nix::sched::CpuSet::new();
+            zero.set(0).unwrap();
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &zero).unwrap();
+            let cfg = NftConfig {
+                nft: "/nonexistent/outpost-test-nft".into(),
+                ..NftConfig::default()
+            };
+            EnforcerHandle::spawn(cfg, Vec::new()).unwrap()
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.last_round().is_none() && h.state().cpus.is_none() {
+            assert!(Instant::now() < deadline, "the thread did not start");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let cpus = h.state().cpus.clone().expect("pinned");
+        assert!(!cpus.is_empty() && !cpus.contains(&0), "{cpus:?}");
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub mod enforcer;
 mod ruleset;
 mod runner;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,7 @@ use thiserror::Error;
 
 use crate::net::{canonical, Cidr};
 pub use enforcer::{EnforcerHandle, KernelState, SentOps};
-use runner::Runner;
+use runner::{Runner, Session};
 
 /// Most trunk peer entries in the kernel's trunk sets (trunks × (1 + `inbound_from`)).
 pub const MAX_TRUNK_PEERS: usize = 4_096;
@@ -90,8 +90,19 @@ pub const MAX_MGMT_NETWORKS: usize = 64;
 /// Most management ports (TCP) the zone guards.
 pub const MAX_MGMT_PORTS: usize = 32;
 
+/// Sessions dying on their first batch in a row before batches go to one-shot runs.
+const SESSION_GIVE_UP: u32 = 3;
+
 /// Longest ban the kernel is given: one year (longer bans are re-applied from the store).
 pub const MAX_BAN_SECS: u64 = 365 * 24 * 3600;
+
+/// Default lifetime of an RTP pinhole without a refresh: the relay's default media timeout
+/// (60 s) plus a margin, so a pinhole outlives the call the relay would still keep.
+pub const DEFAULT_RTP_PINHOLE_SECS: u32 = 90;
+/// Shortest pinhole lifetime (tests use a few seconds).
+pub const MIN_RTP_PINHOLE_SECS: u32 = 3;
+/// Longest pinhole lifetime: what a crashed daemon can leave open at most.
+pub const MAX_RTP_PINHOLE_SECS: u32 = 3_600;
 
 /// A ban we gave the kernel counts as possibly present until this long after its expiry,
 /// so a re-ban close to the expiry takes the safe (reset) path.
@@ -304,6 +315,9 @@ pub struct NftConfig {
     pub nft: String,
     /// Deadline for one nft run, ms; a run that takes longer is killed.
     pub nft_timeout_ms: u64,
+    /// Lifetime of an RTP pinhole (a `rtp_open4`/`rtp_open6` element) after it was opened
+    /// or last refreshed ([`SetOp::RtpOpen`] again); the kernel removes it then on its own.
+    pub rtp_pinhole_secs: u32,
 }
 
 impl Default for NftConfig {
@@ -322,6 +336,7 @@ impl Default for NftConfig {
             netns: None,
             nft: "nft".to_string(),
             nft_timeout_ms: 10_000,
+            rtp_pinhole_secs: DEFAULT_RTP_PINHOLE_SECS,
         }
     }
 }
@@ -366,6 +381,12 @@ impl NftConfig {
                 ));
             }
         }
+        if !(MIN_RTP_PINHOLE_SECS..=MAX_RTP_PINHOLE_SECS).contains(&self.rtp_pinhole_secs) {
+            return Err(NftError::Config(format!(
+                "rtp_pinhole_secs must be between {MIN_RTP_PINHOLE_SECS} and \
+                 {MAX_RTP_PINHOLE_SECS}"
+            )));
+        }
         if self.nft_timeout_ms == 0 {
             return Err(NftError::Config("nft_timeout_ms must be above 0".into()));
         }
@@ -390,15 +411,17 @@ pub enum SetOp {
     Allow(Cidr),
     /// Remove a network from the allow list (exact match); fine if absent.
     Disallow(Cidr),
-    /// Accept UDP from `addr` to this local RTP (or RTCP) port: a call's media started.
+    /// Accept UDP from `addr` to this local RTP (or RTCP) port for
+    /// [`NftConfig::rtp_pinhole_secs`]: a call's media started, or (sent again) its pinhole
+    /// is refreshed for another lifetime. Nothing needs to close it: it expires.
     RtpOpen {
         /// The phone's address (IPv4-mapped IPv6 counts as IPv4).
         addr: IpAddr,
         /// Local UDP port.
         port: u16,
     },
-    /// Drop UDP from `addr` to this local port again (the call ended or moved); fine if
-    /// the pair is not open.
+    /// Drop UDP from `addr` to this local port now instead of at its expiry; fine if the
+    /// pair is not open (any more).
     RtpClose {
         /// The phone's address (IPv4-mapped IPv6 counts as IPv4).
         addr: IpAddr,
@@ -444,11 +467,20 @@ pub struct Counters {
 pub struct Enforcer {
     cfg: NftConfig,
     runner: Runner,
+    /// The long-lived nft that applies batches; started on the first batch, again after
+    /// it died or was fed [`runner::MAX_SESSION_INPUT`].
+    session: Option<Session>,
+    /// nft processes started for batches (sessions, and one-shot runs when sessions fail).
+    batch_processes: u64,
+    /// Sessions that died on their first batch in a row; at [`SESSION_GIVE_UP`] batches
+    /// go to one `nft -f` each (an nft built without its interactive mode).
+    failed_starts: u32,
     /// Our copy of the allow list (config allow + `Allow` ops); the kernel's allow sets
     /// are rewritten from it.
     allow: Vec<Cidr>,
-    /// RTP (remote address, local port) pairs currently open, so a restore reopens them.
-    rtp_open: BTreeSet<(IpAddr, u16)>,
+    /// RTP (remote address, local port) pairs we gave the kernel and when they expire, so a
+    /// restore reopens the live ones and a refresh resets the element's timeout.
+    rtp_open: BTreeMap<(IpAddr, u16), Instant>,
     /// Bans we gave the kernel and when they run out. A ban of an address not in here is a
     /// plain `add`; one in here must first reset the element (a transaction that deletes
     /// elements costs the kernel ~10 ms more, so new bans, the common case, avoid it).
@@ -473,7 +505,10 @@ impl Enforcer {
             allow: ruleset::normalize(&cfg.allow),
             cfg,
             runner,
-            rtp_open: BTreeSet::new(),
+            session: None,
+            batch_processes: 0,
+            failed_starts: 0,
+            rtp_open: BTreeMap::new(),
             bans: HashMap::new(),
             authed: HashMap::new(),
             fingerprint: Vec::new(),
@@ -527,6 +562,20 @@ impl Enforcer {
         let now = Instant::now();
         self.bans.retain(|_, until| *until + EXPIRY_SLACK > now);
         self.authed.retain(|_, until| *until + EXPIRY_SLACK > now);
+        self.rtp_open.retain(|_, until| *until + EXPIRY_SLACK > now);
+        // A pinhole the kernel may still hold is reset first (refresh or close); a new one is
+        // a plain add, the common case at call setup.
+        let pinhole = self.cfg.rtp_pinhole_secs;
+        let rtp_reset: Vec<(IpAddr, u16)> = pairs
+            .iter()
+            .filter(|(p, open)| !**open || self.rtp_open.contains_key(*p))
+            .map(|(p, _)| *p)
+            .collect();
+        let rtp_add: Vec<((IpAddr, u16), u32)> = pairs
+            .iter()
+            .filter(|(_, open)| **open)
+            .map(|(p, _)| (*p, pinhole))
+            .collect();
         // An element the kernel may still hold keeps its old timeout on `add`: reset it.
         let authed_reset: Vec<IpAddr> = authed
             .iter()
@@ -554,7 +603,7 @@ impl Enforcer {
             objects.extend(ruleset::allow_replace(table, &allow));
         }
         objects.extend(ruleset::ban_commands(table, &reset, &add));
-        objects.extend(ruleset::rtp_commands(table, &pairs));
+        objects.extend(ruleset::rtp_commands(table, &rtp_reset, &rtp_add));
         objects.extend(ruleset::authed_commands(table, &authed_reset, &authed_add));
         if objects.is_empty() {
             return Ok(());
@@ -577,7 +626,8 @@ impl Enforcer {
         }
         for (pair, open) in pairs {
             if open {
-                self.rtp_open.insert(pair);
+                self.rtp_open
+                    .insert(pair, now + Duration::from_secs(u64::from(pinhole)));
             } else {
                 self.rtp_open.remove(&pair);
             }
@@ -699,8 +749,15 @@ impl Enforcer {
     }
 
     /// Deletes our table (on shutdown, if configured). Fine if it is already gone.
-    pub fn remove(self) -> Result<(), NftError> {
-        self.run_batch(&ruleset::delete_table_batch(&self.cfg.table))
+    pub fn remove(mut self) -> Result<(), NftError> {
+        self.session = None;
+        self.run_file(&ruleset::delete_table_batch(&self.cfg.table))
+    }
+
+    /// nft processes started to apply batches so far (a session each, or a one-shot run each
+    /// when sessions cannot run); the table's load and listings are not counted.
+    pub fn batch_processes(&self) -> u64 {
+        self.batch_processes
     }
 
     /// The configuration this enforcer was installed with.
@@ -709,9 +766,18 @@ impl Enforcer {
     }
 
     fn load(&mut self, bans: &[(IpAddr, u32)]) -> Result<(), NftError> {
-        let mut batch = ruleset::table_batch(&self.cfg, &self.allow, &self.rtp_open, bans);
-        // The authenticated sources come back with their remaining time.
         let now = Instant::now();
+        self.rtp_open.retain(|_, until| *until > now);
+        let pinholes: Vec<((IpAddr, u16), u32)> = self
+            .rtp_open
+            .iter()
+            .map(|(p, until)| {
+                let secs = until.saturating_duration_since(now).as_secs().max(1);
+                (*p, u32::try_from(secs).unwrap_or(u32::MAX))
+            })
+            .collect();
+        let mut batch = ruleset::table_batch(&self.cfg, &self.allow, &pinholes, bans);
+        // The authenticated sources come back with their remaining time.
         self.authed.retain(|_, until| *until > now);
         if self.cfg.conn_limit.is_some() && !self.authed.is_empty() {
             let authed: Vec<(IpAddr, u32)> = self
@@ -727,7 +793,7 @@ impl Enforcer {
                 .to_mut()
                 .extend(ruleset::authed_commands(&self.cfg.table, &[], &authed));
         }
-        self.run_batch(&batch)?;
+        self.run_file(&batch)?;
         let listing = self.list()?;
         self.fingerprint = ruleset::fingerprint(&listing).ok_or_else(|| NftError::Output {
             command: "nft -j -t list table".into(),
@@ -736,11 +802,59 @@ impl Enforcer {
         Ok(())
     }
 
-    fn run_batch(&self, batch: &nftables::schema::Nftables<'_>) -> Result<(), NftError> {
+    /// One `nft -j -f -` run: the table's load (large, rare) and its removal.
+    fn run_file(&self, batch: &nftables::schema::Nftables<'_>) -> Result<(), NftError> {
         let payload = serde_json::to_string(batch)
             .map_err(|e| NftError::Config(format!("cannot serialize the batch: {e}")))?;
         self.runner.run(&["-j", "-f", "-"], Some(payload))?;
         Ok(())
+    }
+
+    /// Applies a batch through the long-lived session (started or replaced as needed).
+    /// A session that dies on its very first batch is tried [`SESSION_GIVE_UP`] times; that
+    /// batch goes to a one-shot run, so no update is lost to a missing interactive mode.
+    fn run_batch(&mut self, batch: &nftables::schema::Nftables<'_>) -> Result<(), NftError> {
+        if self.failed_starts >= SESSION_GIVE_UP {
+            self.batch_processes += 1;
+            return self.run_file(batch);
+        }
+        let payload = serde_json::to_string(batch)
+            .map_err(|e| NftError::Config(format!("cannot serialize the batch: {e}")))?;
+        if self.session.as_ref().is_some_and(Session::worn_out) {
+            self.session = None;
+        }
+        let fresh = self.session.is_none();
+        if fresh {
+            self.session = Some(Session::start(&self.runner)?);
+            self.batch_processes += 1;
+        }
+        let deadline = Duration::from_millis(self.cfg.nft_timeout_ms);
+        let Some(session) = self.session.as_mut() else {
+            return Err(NftError::Config("no nft session".into()));
+        };
+        match session.apply(&payload, deadline) {
+            Ok(()) => {
+                self.failed_starts = 0;
+                Ok(())
+            }
+            // nft refused the batch: the session is fine, the batch is not.
+            Err(e @ NftError::Failed { .. }) if session.alive() => Err(e),
+            Err(e) => {
+                self.session = None;
+                if !fresh || matches!(e, NftError::Timeout { .. }) {
+                    return Err(e);
+                }
+                self.failed_starts += 1;
+                if self.failed_starts >= SESSION_GIVE_UP {
+                    tracing::error!(
+                        "firewall: `nft -j -i` does not run here ({e}); every batch is one \
+                         `nft -j -f -` run from now on"
+                    );
+                }
+                self.batch_processes += 1;
+                self.run_file(batch)
+            }
+        }
     }
 
     /// `nft -j -t list table inet <table>`: terse, so set elements are not listed (a table
@@ -853,8 +967,11 @@ mod tests {
             &prog,
             format!(
                 "#!/bin/sh\nif [ \"$3\" = list ]; then echo '{{\"nftables\":[]}}'; \
-                 else {{ cat; echo; }} >> '{}'; fi\n",
-                log.display()
+                 elif [ \"$2\" = -i ]; then while IFS= read -r l; do case \"$l\" in \
+                 outpost-batch-done*) printf 'Error: syntax error, x\\n%s\\n  ^\\n' \"$l\" >&2;; \
+                 *) printf '%s\\n' \"$l\" >> '{log}';; esac; done; \
+                 else {{ cat; echo; }} >> '{log}'; fi\n",
+                log = log.display()
             ),
         )
         .unwrap();
@@ -874,8 +991,9 @@ mod tests {
             .collect()
     }
 
-    /// The RTP element commands of a batch, as (verb, set, elements).
-    fn rtp_cmds(batch: &Value) -> Vec<(String, String, Value)> {
+    /// The RTP element commands of a batch, as (verb, set, elements as `ADDR . PORT`
+    /// with ` TIMEOUT` when there is one).
+    fn rtp_cmds(batch: &Value) -> Vec<(String, String, Vec<String>)> {
         batch["nftables"]
             .as_array()
             .unwrap()
@@ -884,36 +1002,47 @@ mod tests {
                 let (verb, inner) = c.as_object()?.iter().next()?;
                 let e = inner.get("element")?;
                 let name = e["name"].as_str()?;
+                let elems = e["elem"]
+                    .as_array()?
+                    .iter()
+                    .map(|el| {
+                        let (pair, timeout) = match el.get("elem") {
+                            Some(t) => (&t["val"]["concat"], format!(" {}", t["timeout"])),
+                            None => (&el["concat"], String::new()),
+                        };
+                        format!("{} . {}{timeout}", pair[0].as_str().unwrap(), pair[1])
+                    })
+                    .collect();
                 name.starts_with("rtp_open")
-                    .then(|| (verb.clone(), name.to_string(), e["elem"].clone()))
+                    .then(|| (verb.clone(), name.to_string(), elems))
             })
             .collect()
     }
 
-    #[test]
-    fn rtp_pairs_are_canonical_batched_and_kept_across_a_restore() {
-        use serde_json::json;
+    fn cmd(verb: &str, set: &str, elems: &[&str]) -> (String, String, Vec<String>) {
+        (
+            verb.to_string(),
+            set.to_string(),
+            elems.iter().map(|e| e.to_string()).collect(),
+        )
+    }
 
-        let (cfg, log) = fake_nft("rtp-pairs");
+    #[test]
+    fn rtp_pinholes_are_canonical_batched_refreshed_and_kept_across_a_restore() {
+        let (mut cfg, log) = fake_nft("rtp-pairs");
+        cfg.rtp_pinhole_secs = 90;
         let mut e = Enforcer::install(cfg).unwrap();
         assert_eq!(batches(&log).len(), 1, "install is one run");
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
         let v6: IpAddr = "2001:db8::7".parse().unwrap();
         let gone: IpAddr = "192.0.2.8".parse().unwrap();
+        let open = |addr, port| SetOp::RtpOpen { addr, port };
         e.apply(&[
-            SetOp::RtpOpen {
-                addr: mapped,
-                port: 10000,
-            },
-            SetOp::RtpOpen {
-                addr: v6,
-                port: 10002,
-            },
-            SetOp::RtpOpen {
-                addr: gone,
-                port: 10000,
-            },
-            // The last op on a pair wins.
+            open(mapped, 10000),
+            open(v6, 10002),
+            open(gone, 10000),
+            // The last op on a pair wins; a close is safe whether or not the pair is there.
             SetOp::RtpClose {
                 addr: gone,
                 port: 10000,
@@ -921,50 +1050,58 @@ mod tests {
         ])
         .unwrap();
         let b = batches(&log);
-        assert_eq!(b.len(), 2, "one run per batch");
+        assert_eq!(b.len(), 2, "one batch per apply");
         assert_eq!(
             rtp_cmds(&b[1]),
             [
-                (
-                    "add".to_string(),
-                    "rtp_open4".to_string(),
-                    json!([{"concat": ["192.0.2.7", 10000]}, {"concat": ["192.0.2.8", 10000]}])
-                ),
-                (
-                    "add".to_string(),
-                    "rtp_open6".to_string(),
-                    json!([{"concat": ["2001:db8::7", 10002]}])
-                ),
-                (
-                    "delete".to_string(),
-                    "rtp_open4".to_string(),
-                    json!([{"concat": ["192.0.2.8", 10000]}])
-                ),
+                cmd("add", "rtp_open4", &["192.0.2.8 . 10000 1"]),
+                cmd("delete", "rtp_open4", &["192.0.2.8 . 10000"]),
+                cmd("add", "rtp_open4", &["192.0.2.7 . 10000 90"]),
+                cmd("add", "rtp_open6", &["2001:db8::7 . 10002 90"]),
             ]
         );
         assert_eq!(
-            e.rtp_open,
-            BTreeSet::from([("192.0.2.7".parse().unwrap(), 10000), (v6, 10002)])
+            e.rtp_open.keys().copied().collect::<Vec<_>>(),
+            [(v4, 10000), (v6, 10002)]
+        );
+        // Opening an open pair again refreshes it: its old timeout is reset.
+        e.apply(&[open(v4, 10000)]).unwrap();
+        assert_eq!(
+            rtp_cmds(&batches(&log)[2]),
+            [
+                cmd("add", "rtp_open4", &["192.0.2.7 . 10000 1"]),
+                cmd("delete", "rtp_open4", &["192.0.2.7 . 10000"]),
+                cmd("add", "rtp_open4", &["192.0.2.7 . 10000 90"]),
+            ]
         );
         // An empty batch runs nothing.
         e.apply(&[]).unwrap();
-        assert_eq!(batches(&log).len(), 2);
-        // A restore reinstalls the open pairs, and only them.
+        assert_eq!(batches(&log).len(), 3);
+        // A restore reinstalls the open pairs with their remaining time, and only them.
         e.restore(&[]).unwrap();
         let b = batches(&log);
-        assert_eq!(b.len(), 3);
+        assert_eq!(b.len(), 4);
+        let restored = rtp_cmds(&b[3]);
+        let whole = |r: &(String, String, Vec<String>)| {
+            let (pair, secs) = r.2[0].rsplit_once(' ').unwrap();
+            let secs: u32 = secs.parse().unwrap();
+            assert!((88..=90).contains(&secs), "{restored:?}");
+            (r.0.clone(), r.1.clone(), pair.to_string(), r.2.len())
+        };
         assert_eq!(
-            rtp_cmds(&b[2]),
+            restored.iter().map(whole).collect::<Vec<_>>(),
             [
                 (
-                    "add".to_string(),
-                    "rtp_open4".to_string(),
-                    json!([{"concat": ["192.0.2.7", 10000]}])
+                    "add".into(),
+                    "rtp_open4".into(),
+                    "192.0.2.7 . 10000".into(),
+                    1
                 ),
                 (
-                    "add".to_string(),
-                    "rtp_open6".to_string(),
-                    json!([{"concat": ["2001:db8::7", 10002]}])
+                    "add".into(),
+                    "rtp_open6".into(),
+                    "2001:db8::7 . 10002".into(),
+                    1
                 ),
             ]
         );
@@ -974,7 +1111,44 @@ mod tests {
             port: 10000,
         }])
         .unwrap();
-        assert_eq!(e.rtp_open, BTreeSet::from([(v6, 10002)]));
+        assert_eq!(
+            e.rtp_open.keys().copied().collect::<Vec<_>>(),
+            [(v6, 10002)]
+        );
+        // One nft process applied every batch.
+        assert_eq!(e.batch_processes(), 1);
+        let _ = std::fs::remove_dir_all(log.parent().unwrap());
+    }
+
+    #[test]
+    fn an_nft_without_interactive_mode_still_gets_every_batch_one_run_each() {
+        let (mut cfg, log) = fake_nft("no-cli");
+        // This stand-in exits at once in `-i` mode, like an nft built without its CLI.
+        let prog = std::path::Path::new(&cfg.nft).with_file_name("nft-no-cli");
+        std::fs::write(
+            &prog,
+            format!(
+                "#!/bin/sh\nif [ \"$2\" = -i ]; then echo 'Error: no CLI' >&2; exit 1; fi\nexec '{}' \"$@\"\n",
+                cfg.nft
+            ),
+        )
+        .unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        cfg.nft = prog.display().to_string();
+        let mut e = Enforcer::install(cfg).unwrap();
+        for port in 0..5u16 {
+            e.apply(&[SetOp::RtpOpen {
+                addr: "192.0.2.7".parse().unwrap(),
+                port: 10_000 + 2 * port,
+            }])
+            .unwrap();
+        }
+        assert_eq!(batches(&log).len(), 6, "install and five batches");
+        // Three sessions tried (each batch then ran once), then one run per batch.
+        assert_eq!(e.batch_processes(), 3 * 2 + 2);
         let _ = std::fs::remove_dir_all(log.parent().unwrap());
     }
 

@@ -2,7 +2,7 @@
 //! `nftables` crate's JSON schema types; and the fingerprint of a listed table.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use nftables::expr::{self, Elem, Expression, NamedExpression, Payload, PayloadField, SetItem};
@@ -68,7 +68,7 @@ const V6_METER_MASK: &str = "ffff:ffff:ffff:ffff::";
 pub(crate) fn table_batch(
     cfg: &NftConfig,
     allow: &[Cidr],
-    rtp_open: &BTreeSet<(IpAddr, u16)>,
+    rtp_open: &[((IpAddr, u16), u32)],
     bans: &[(IpAddr, u32)],
 ) -> Nftables<'static> {
     let t = cfg.table.as_str();
@@ -168,8 +168,7 @@ pub(crate) fn table_batch(
     o.extend(allow_elements(t, allow));
     o.extend(mgmt_elements(t, &cfg.management));
     o.extend(trunk_elements(t, &cfg.trunk_peers));
-    let pairs: BTreeMap<(IpAddr, u16), bool> = rtp_open.iter().map(|p| (*p, true)).collect();
-    o.extend(rtp_commands(t, &pairs));
+    o.extend(rtp_commands(t, &[], rtp_open));
     o.extend(ban_commands(t, &[], bans));
     Nftables {
         objects: Cow::Owned(o),
@@ -453,33 +452,41 @@ pub(crate) fn ban_commands(
 /// [`ban_commands`] for why).
 fn timed_set_commands(
     table: &str,
-    (set4, set6): (&'static str, &'static str),
+    sets: (&'static str, &'static str),
     reset: &[IpAddr],
     add_: &[(IpAddr, u32)],
 ) -> Vec<NfObject<'static>> {
+    timed_commands(table, sets, reset, add_, |a| a.is_ipv4(), |a| addr(*a))
+}
+
+/// [`timed_set_commands`] for any key: `v4` picks the set, `key` builds the element.
+fn timed_commands<K>(
+    table: &str,
+    (set4, set6): (&'static str, &'static str),
+    reset: &[K],
+    add_: &[(K, u32)],
+    v4: impl Fn(&K) -> bool,
+    key: impl Fn(&K) -> Expression<'static>,
+) -> Vec<NfObject<'static>> {
     let mut o = Vec::new();
-    for (name, v4) in [(set4, true), (set6, false)] {
-        let reset: Vec<IpAddr> = reset
-            .iter()
-            .copied()
-            .filter(|a| a.is_ipv4() == v4)
-            .collect();
+    for (name, want_v4) in [(set4, true), (set6, false)] {
+        let reset: Vec<&K> = reset.iter().filter(|k| v4(k) == want_v4).collect();
         if !reset.is_empty() {
             o.push(add(element(
                 table,
                 name,
-                reset.iter().map(|a| timed(*a, 1)).collect(),
+                reset.iter().map(|k| timed_expr(key(k), 1)).collect(),
             )));
             o.push(NfObject::CmdObject(NfCmd::Delete(element(
                 table,
                 name,
-                reset.iter().map(|a| addr(*a)).collect(),
+                reset.iter().map(|k| key(k)).collect(),
             ))));
         }
         let added: Vec<Expression<'static>> = add_
             .iter()
-            .filter(|(a, _)| a.is_ipv4() == v4)
-            .map(|(a, secs)| timed(*a, *secs))
+            .filter(|(k, _)| v4(k) == want_v4)
+            .map(|(k, secs)| timed_expr(key(k), *secs))
             .collect();
         if !added.is_empty() {
             o.push(add(element(table, name, added)));
@@ -488,35 +495,25 @@ fn timed_set_commands(
     o
 }
 
-/// RTP-pair commands for a batch's final states (`true` = open), split by family: add
-/// every touched (remote address, local port) pair (a no-op where present, and it makes
-/// the delete safe where absent), then delete the closed ones. Addresses must already be
-/// canonical (an IPv4-mapped IPv6 address would land in the IPv6 set).
+/// RTP-pair commands, split by family, with the same shape as bans: each of `reset` (a
+/// pinhole the kernel may still hold: refreshed or closed) added with a 1 s timeout and
+/// deleted, so the delete is safe whether or not the element is still there and its old
+/// timeout is gone; then each of `open` added with its timeout (a new pinhole, or the
+/// refreshed one again). Addresses must already be canonical (an IPv4-mapped IPv6 address
+/// would land in the IPv6 set).
 pub(crate) fn rtp_commands(
     table: &str,
-    pairs: &BTreeMap<(IpAddr, u16), bool>,
+    reset: &[(IpAddr, u16)],
+    open: &[((IpAddr, u16), u32)],
 ) -> Vec<NfObject<'static>> {
-    let mut adds = Vec::new();
-    let mut deletes = Vec::new();
-    for (name, v4) in [(RTP_OPEN4, true), (RTP_OPEN6, false)] {
-        let family = || pairs.iter().filter(move |((a, _), _)| a.is_ipv4() == v4);
-        let touched: Vec<Expression<'static>> = family().map(|((a, p), _)| pair(*a, *p)).collect();
-        if touched.is_empty() {
-            continue;
-        }
-        adds.push(add(element(table, name, touched)));
-        let closed: Vec<Expression<'static>> = family()
-            .filter(|(_, open)| !**open)
-            .map(|((a, p), _)| pair(*a, *p))
-            .collect();
-        if !closed.is_empty() {
-            deletes.push(NfObject::CmdObject(NfCmd::Delete(element(
-                table, name, closed,
-            ))));
-        }
-    }
-    adds.extend(deletes);
-    adds
+    timed_commands(
+        table,
+        (RTP_OPEN4, RTP_OPEN6),
+        reset,
+        open,
+        |(a, _)| a.is_ipv4(),
+        |(a, p)| pair(*a, *p),
+    )
 }
 
 /// Replaces the allow sets' contents with `allow` (flush + add, one transaction).
@@ -738,13 +735,15 @@ fn trunk_set(table: &str, name: &str, addr_type: SetType) -> NfListObject<'stati
     }))
 }
 
-/// A set of (address, `inet_service`) pairs, e.g. `ipv4_addr . inet_service`.
+/// A set of (address, `inet_service`) pairs, e.g. `ipv4_addr . inet_service`, whose
+/// elements each carry a timeout (a pinhole closes on its own unless refreshed).
 fn pair_set(table: &str, name: &str, addr_type: SetType) -> NfListObject<'static> {
     NfListObject::Set(Box::new(schema::Set {
         family: NfFamily::INet,
         table: own(table),
         name: own(name),
         set_type: SetTypeValue::Concatenated(Cow::Owned(vec![addr_type, SetType::InetService])),
+        flags: Some(HashSet::from([SetFlag::Timeout])),
         ..schema::Set::default()
     }))
 }
@@ -770,9 +769,10 @@ fn pair(a: IpAddr, port: u16) -> Expression<'static> {
     ]))
 }
 
-fn timed(a: IpAddr, secs: u32) -> Expression<'static> {
+/// An element with its own timeout.
+fn timed_expr(val: Expression<'static>, secs: u32) -> Expression<'static> {
     Expression::Named(NamedExpression::Elem(Elem {
-        val: Box::new(addr(a)),
+        val: Box::new(val),
         timeout: Some(secs),
         expires: None,
         comment: None,
@@ -896,12 +896,7 @@ mod tests {
     #[test]
     fn the_table_replaces_only_itself_and_orders_allow_before_ban() {
         let cfg = NftConfig::default();
-        let v = json(&table_batch(
-            &cfg,
-            &[c("10.0.0.0/8")],
-            &BTreeSet::new(),
-            &[],
-        ));
+        let v = json(&table_batch(&cfg, &[c("10.0.0.0/8")], &[], &[]));
         let cmds = v["nftables"].as_array().unwrap();
         // add, delete, add of our table and nothing else at table level.
         assert_eq!(cmds[0]["add"]["table"]["name"], "outpost");
@@ -949,7 +944,7 @@ mod tests {
             },
             ..NftConfig::default()
         };
-        let v = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[]));
+        let v = json(&table_batch(&cfg, &[], &[], &[]));
         let cmds = v["nftables"].as_array().unwrap();
         let rules: Vec<&Value> = cmds
             .iter()
@@ -1044,7 +1039,7 @@ mod tests {
             ],
             ..NftConfig::default()
         };
-        let v = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[]));
+        let v = json(&table_batch(&cfg, &[], &[], &[]));
         let cmds = v["nftables"].as_array().unwrap();
         let rules: Vec<&Value> = cmds
             .iter()
@@ -1108,7 +1103,7 @@ mod tests {
             trunk_flood_rate: None,
             ..cfg
         };
-        let s = json(&table_batch(&plain, &[], &BTreeSet::new(), &[])).to_string();
+        let s = json(&table_batch(&plain, &[], &[], &[])).to_string();
         assert!(!s.contains("trunk_flood4"));
         assert!(!s.contains("\"!=\",\"left\":{\"concat\":[{\"payload\":{\"protocol\":\"ip\""));
     }
@@ -1121,7 +1116,7 @@ mod tests {
             trunk_flood_rate: None,
             ..NftConfig::default()
         };
-        let s = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[])).to_string();
+        let s = json(&table_batch(&cfg, &[], &[], &[])).to_string();
         assert!(!s.contains("rtp_closed\"},{\"drop"));
         assert!(!s.contains("meter"));
         cfg.rtp_closed = true;
@@ -1130,7 +1125,7 @@ mod tests {
             per_second: 50,
             burst: 70,
         });
-        let s = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[])).to_string();
+        let s = json(&table_batch(&cfg, &[], &[], &[])).to_string();
         assert!(s.contains("{\"range\":[12000,12999]}"), "{s}");
         assert!(s.contains("\"rate\":50"));
         assert!(s.contains("\"burst\":70"));
@@ -1173,12 +1168,7 @@ mod tests {
     #[test]
     fn connection_caps_count_new_tcp_connections_per_source_before_the_meter() {
         use crate::nft::ConnLimit;
-        let off = json(&table_batch(
-            &NftConfig::default(),
-            &[],
-            &BTreeSet::new(),
-            &[],
-        ));
+        let off = json(&table_batch(&NftConfig::default(), &[], &[], &[]));
         let s = off.to_string();
         assert!(!s.contains("ct count") && !s.contains("authed4"), "{s}");
         // The counter exists either way, so counters() reads it.
@@ -1192,7 +1182,7 @@ mod tests {
             }),
             ..NftConfig::default()
         };
-        let v = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[]));
+        let v = json(&table_batch(&cfg, &[], &[], &[]));
         let cmds = v["nftables"].as_array().unwrap();
         let sets: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("set")).collect();
         for (name, ty) in [("authed4", "ipv4_addr"), ("authed6", "ipv6_addr")] {
@@ -1244,7 +1234,7 @@ mod tests {
         if let Some(c) = cfg.conn_limit.as_mut() {
             c.by = ConnLimitBy::SynRate;
         }
-        let v = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[]));
+        let v = json(&table_batch(&cfg, &[], &[], &[]));
         assert!(!v.to_string().contains("\"ct\""), "{v}");
         let rule = v["nftables"]
             .as_array()
@@ -1295,7 +1285,7 @@ mod tests {
             rtp_range: (12000, 12999),
             ..NftConfig::default()
         };
-        let v = json(&table_batch(&cfg, &[], &BTreeSet::new(), &[]));
+        let v = json(&table_batch(&cfg, &[], &[], &[]));
         let cmds = v["nftables"].as_array().unwrap();
         let rtp_rules: Vec<&Value> = cmds
             .iter()
@@ -1342,36 +1332,55 @@ mod tests {
     }
 
     #[test]
-    fn rtp_pairs_are_added_then_closed_ones_deleted_per_family() {
-        let pairs = BTreeMap::from([
-            ((ip("192.0.2.7"), 10002), true),
-            ((ip("192.0.2.7"), 10003), false),
-            ((ip("2001:db8::7"), 10004), false),
-        ]);
-        let v = serde_json::to_value(rtp_commands("outpost", &pairs)).unwrap();
+    fn rtp_pinholes_carry_their_timeout_and_a_refresh_resets_the_old_one() {
+        let v = serde_json::to_value(rtp_commands(
+            "outpost",
+            &[(ip("192.0.2.7"), 10003), (ip("2001:db8::7"), 10004)],
+            &[
+                ((ip("192.0.2.7"), 10002), 90),
+                ((ip("192.0.2.7"), 10003), 90),
+            ],
+        ))
+        .unwrap();
+        let el = |a: &str, p: u16, t: u32| {
+            serde_json::json!({"elem": {"val": {"concat": [a, p]}, "timeout": t,
+                "comment": null, "counter": null, "expires": null}})
+        };
         assert_eq!(
             v,
             serde_json::json!([
+                // The refreshed pair loses its old timeout (added with 1 s so the delete
+                // cannot fail), then comes back with a full one.
                 {"add": {"element": {"family": "inet", "table": "outpost", "name": "rtp_open4",
-                    "elem": [{"concat": ["192.0.2.7", 10002]}, {"concat": ["192.0.2.7", 10003]}]}}},
-                {"add": {"element": {"family": "inet", "table": "outpost", "name": "rtp_open6",
-                    "elem": [{"concat": ["2001:db8::7", 10004]}]}}},
+                    "elem": [el("192.0.2.7", 10003, 1)]}}},
                 {"delete": {"element": {"family": "inet", "table": "outpost", "name": "rtp_open4",
                     "elem": [{"concat": ["192.0.2.7", 10003]}]}}},
+                {"add": {"element": {"family": "inet", "table": "outpost", "name": "rtp_open4",
+                    "elem": [el("192.0.2.7", 10002, 90), el("192.0.2.7", 10003, 90)]}}},
+                // A closed pair: reset only.
+                {"add": {"element": {"family": "inet", "table": "outpost", "name": "rtp_open6",
+                    "elem": [el("2001:db8::7", 10004, 1)]}}},
                 {"delete": {"element": {"family": "inet", "table": "outpost", "name": "rtp_open6",
                     "elem": [{"concat": ["2001:db8::7", 10004]}]}}}
             ])
         );
-        // Only opens: no delete; nothing touched: no command.
-        let only_open = BTreeMap::from([((ip("192.0.2.7"), 10002), true)]);
-        let v = serde_json::to_value(rtp_commands("outpost", &only_open)).unwrap();
+        // New pinholes only: one plain add (no delete, the cheap transaction).
+        let v = serde_json::to_value(rtp_commands(
+            "outpost",
+            &[],
+            &[((ip("192.0.2.7"), 10002), 90)],
+        ))
+        .unwrap();
         assert_eq!(v.as_array().unwrap().len(), 1);
-        assert!(rtp_commands("outpost", &BTreeMap::new()).is_empty());
+        assert!(rtp_commands("outpost", &[], &[]).is_empty());
     }
 
     #[test]
-    fn a_reinstalled_table_keeps_the_open_pairs() {
-        let open = BTreeSet::from([(ip("192.0.2.7"), 10002), (ip("2001:db8::7"), 10004)]);
+    fn a_reinstalled_table_keeps_the_open_pairs_with_their_remaining_time() {
+        let open = [
+            ((ip("192.0.2.7"), 10002), 40),
+            ((ip("2001:db8::7"), 10004), 7),
+        ];
         let v = json(&table_batch(&NftConfig::default(), &[], &open, &[]));
         let cmds = v["nftables"].as_array().unwrap();
         let elems: Vec<(String, String)> = cmds
@@ -1384,16 +1393,22 @@ mod tests {
             [
                 (
                     "\"rtp_open4\"".to_string(),
-                    "[{\"concat\":[\"192.0.2.7\",10002]}]".to_string()
+                    "[{\"elem\":{\"comment\":null,\"counter\":null,\"expires\":null,\"timeout\":40,\"val\":{\"concat\":[\"192.0.2.7\",10002]}}}]".to_string()
                 ),
                 (
                     "\"rtp_open6\"".to_string(),
-                    "[{\"concat\":[\"2001:db8::7\",10004]}]".to_string()
+                    "[{\"elem\":{\"comment\":null,\"counter\":null,\"expires\":null,\"timeout\":7,\"val\":{\"concat\":[\"2001:db8::7\",10004]}}}]".to_string()
                 )
             ]
         );
         // Nothing is deleted on a reinstall but the old table itself.
         assert_eq!(cmds.iter().filter(|c| c.get("delete").is_some()).count(), 1);
+        // The pinhole sets expire their elements.
+        let set = cmds
+            .iter()
+            .find_map(|c| c["add"].get("set").filter(|s| s["name"] == "rtp_open4"))
+            .unwrap();
+        assert_eq!(set["flags"], serde_json::json!(["timeout"]));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Control<'a> {
     pub guard: &'a mut Guard,
     /// The transports (for their connection counts).
     pub transports: &'a Transports,
+    /// The clock's synchronisation.
+    pub time: crate::timesync::TimeStatus,
 }
 
 impl std::fmt::Debug for Control<'_> {
@@ -95,6 +97,7 @@ impl Control<'_> {
                 last_restore: crate::backup::last_restore(&self.cfg.store.data_dir),
                 protocol_version: PROTOCOL_VERSION,
                 log: crate::log::installed().map(|p| p.status()),
+                time: Some(Box::new(self.time.clone())),
             }),
             Command::ExtList => {
                 let exts = self.store.ext_list()?;

@@ -336,6 +336,10 @@ pub struct StatusInfo {
     /// predates them.
     #[serde(default)]
     pub log: Option<LogStatus>,
+    /// The clock: synchronised or not, the last offset and server; `None` from a daemon
+    /// that predates time synchronisation.
+    #[serde(default)]
+    pub time: Option<Box<crate::timesync::TimeStatus>>,
 }
 
 impl StatusInfo {
@@ -575,6 +579,18 @@ mod tests {
                         last_error: None,
                     }],
                 }),
+                time: Some(Box::new(crate::timesync::TimeStatus {
+                    sets_clock: true,
+                    servers: 3,
+                    synchronised: true,
+                    last_sync_ms: Some(1_780_000_000_000),
+                    offset_ms: Some(-12),
+                    correction: Some("slew".into()),
+                    server: Some("192.0.2.123:123".into()),
+                    stratum: Some(2),
+                    unsynchronised_secs: None,
+                    last_error: None,
+                })),
             }),
             Reply::Log(LogPage {
                 lines: vec!["2026-12-06T19:19:12.345Z INFO firmware::daemon: started".into()],
@@ -649,6 +665,9 @@ mod tests {
                     failures: 0,
                     queue_drops: 0,
                     last_error: None,
+                    nft_batch_processes: 1,
+                    nft_processes: 3,
+                    enforcer_cpus: Some(vec![1]),
                 }),
                 rule_hits: vec![FwRuleHits {
                     rule: "scanner".into(),

@@ -84,6 +84,10 @@ struct FixedArgs {
     /// The descriptor init opened read-write on the admin's authorized_keys.
     #[arg(long, value_name = "FD", requires = "ssh_run_dir")]
     authorized_keys_fd: Option<i32>,
+    /// Own the system clock: step and slew it from `[time] servers` (needs
+    /// CAP_SYS_TIME); without it the NTP client only watches.
+    #[arg(long)]
+    set_clock: bool,
 }
 
 impl FixedArgs {
@@ -103,6 +107,7 @@ impl FixedArgs {
             outpostctl: self.outpostctl,
             admin_group: self.admin_group,
             ssh,
+            set_clock: self.set_clock,
         };
         settings.check()?;
         Ok(settings)
@@ -167,6 +172,7 @@ fn main() -> std::process::ExitCode {
             admin_group: None,
             ssh_run_dir: None,
             authorized_keys_fd: None,
+            set_clock: false,
         },
     );
     match fixed.settings() {

@@ -87,6 +87,8 @@ pub(super) struct Panel<'a> {
     pub(super) guard: &'a Guard,
     /// When the newest good backup was made.
     pub(super) newest_backup: Option<Millis>,
+    /// The NTP client's status.
+    pub(super) time: crate::timesync::TimeStatus,
 }
 
 impl Panel<'_> {
@@ -124,6 +126,9 @@ impl Panel<'_> {
             last_backup_age_secs: self
                 .newest_backup
                 .map(|created| now.saturating_sub(created) / 1000),
+            // Only a clock the box keeps (the image) is worth a warning page.
+            time_synchronised: (self.time.sets_clock && self.time.servers > 0)
+                .then_some(self.time.synchronised),
         }
     }
 }

@@ -15,25 +15,28 @@
 
 pub mod conn;
 pub mod tls;
+mod udp;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pbx_core::sip::wire::{self, Frame};
 use pbx_core::sip::{Peer, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use self::conn::{CloseReason, ConnCtl, ConnLimits, ConnSlot, OutgoingSlot, SharedConns};
 use self::tls::TlsContext;
+use self::udp::{UdpIn, UdpOut};
 
-/// Largest datagram we read; anything longer is cut and then rejected by the parser.
-const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams read per `recvmmsg` on a SIP socket (16 × 64 KiB of buffers per socket).
+const RECV_BATCH: usize = 16;
 /// Kernel receive buffer asked for on SIP sockets (Kamailio's losses come from 256 KiB).
 const RCVBUF: usize = 8 << 20;
 const SNDBUF: usize = 2 << 20;
@@ -68,6 +71,10 @@ pub enum Inbound {
 #[derive(Debug)]
 pub struct Transports {
     udp: Vec<Arc<UdpSocket>>,
+    /// Whether each of `udp` is IPv4 (read once at bind, not per datagram).
+    udp_v4: Vec<bool>,
+    /// UDP datagrams of this turn, sent together by [`Transports::flush`].
+    udp_out: UdpOut,
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     inbound: mpsc::Sender<Inbound>,
     /// Connection accounting shared with the accept loops and connection tasks.
@@ -89,6 +96,7 @@ impl Transports {
         inbound: mpsc::Sender<Inbound>,
     ) -> io::Result<Transports> {
         let mut udp = Vec::new();
+        let mut udp_v4 = Vec::new();
         let conns: SharedConns = Arc::new(std::sync::Mutex::new(conn::ConnTable::new(
             ConnLimits::default(),
         )));
@@ -96,6 +104,7 @@ impl Transports {
         for addr in listen {
             let sock = Arc::new(bind_udp(*addr)?);
             udp.push(sock.clone());
+            udp_v4.push(addr.is_ipv4());
             tokio::spawn(read_udp(sock, inbound.clone()));
             let listener = bind_tcp(*addr)?;
             tokio::spawn(accept(
@@ -107,6 +116,8 @@ impl Transports {
         }
         Ok(Transports {
             udp,
+            udp_v4,
+            udp_out: UdpOut::new(),
             tcp: HashMap::new(),
             inbound,
             conns,
@@ -223,20 +234,17 @@ impl Transports {
         self.tcp.remove(&addr);
     }
 
-    /// Sends one message; UDP errors and full TCP queues are counted, never fatal.
+    /// Sends one message; UDP errors and full TCP queues are counted, never fatal. A UDP
+    /// datagram is queued until [`Transports::flush`] (the end of the daemon's turn).
     pub fn send(&mut self, dest: Peer, bytes: Vec<u8>) {
         match dest.transport {
             Transport::Udp => {
-                let sock = self.udp.iter().find(|s| {
-                    s.local_addr()
-                        .is_ok_and(|a| a.is_ipv4() == dest.addr.is_ipv4())
-                });
-                let Some(sock) = sock else {
+                let v4 = dest.addr.is_ipv4();
+                let Some(socket) = self.udp_v4.iter().position(|&s| s == v4) else {
                     self.send_errors += 1;
                     return;
                 };
-                if sock.try_send_to(&bytes, dest.addr).is_err() {
-                    // A full send buffer drops the datagram; SIP retransmits.
+                if !self.udp_out.push(socket, dest.addr, bytes) {
                     self.send_errors += 1;
                 }
             }
@@ -255,6 +263,17 @@ impl Transports {
                 }
             }
         }
+    }
+
+    /// Sends the queued UDP datagrams: one `sendmmsg` per socket and batch. A full send
+    /// buffer drops a datagram (counted); SIP retransmits.
+    pub fn flush(&mut self) {
+        if self.udp_out.len() == 0 {
+            return;
+        }
+        let udp = &self.udp;
+        let out = self.udp_out.flush(|i| udp.get(i).map(|s| s.as_raw_fd()));
+        self.send_errors += u64::try_from(out.dropped).unwrap_or(u64::MAX);
     }
 
     /// Opens a connection (TCP, or TLS with certificate verification) to a peer that has
@@ -369,24 +388,38 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
+/// Reads datagrams in `recvmmsg` batches while the socket has them and queues each for the
+/// core; when the queue is full it waits (the kernel's receive buffer takes the burst).
 async fn read_udp(sock: Arc<UdpSocket>, inbound: mpsc::Sender<Inbound>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut io = UdpIn::new(RECV_BATCH);
+    let mut got: Vec<Inbound> = Vec::with_capacity(RECV_BATCH);
     loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, addr)) => {
-                let msg = Inbound::Message {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        let read = sock.try_io(Interest::READABLE, || {
+            io.receive(sock.as_raw_fd(), |addr, bytes| {
+                got.push(Inbound::Message {
                     peer: Peer {
                         transport: Transport::Udp,
                         addr,
                     },
-                    bytes: buf[..n].to_vec(),
-                };
-                if inbound.send(msg).await.is_err() {
-                    return;
-                }
+                    bytes: bytes.to_vec(),
+                });
+            })
+            .map_err(io::Error::from)
+        });
+        if let Err(err) = read {
+            // WouldBlock: readiness is cleared and the next `readable` waits. ICMP errors
+            // surface as recv errors on Linux; they say nothing about us.
+            if err.kind() != io::ErrorKind::WouldBlock {
+                tracing::trace!(%err, "udp recv");
             }
-            // ICMP errors surface as recv errors on Linux; they say nothing about us.
-            Err(err) => tracing::trace!(%err, "udp recv"),
+        }
+        for msg in got.drain(..) {
+            if inbound.send(msg).await.is_err() {
+                return;
+            }
         }
     }
 }

@@ -272,7 +272,22 @@ pub fn handshake_failure(err: &io::Error) -> String {
     };
     match tls {
         rustls::Error::InvalidCertificate(cert) => {
-            format!("certificate verify failed: {}", certificate_reason(cert))
+            let dates = matches!(
+                cert,
+                CertificateError::Expired
+                    | CertificateError::ExpiredContext { .. }
+                    | CertificateError::NotValidYet
+                    | CertificateError::NotValidYetContext { .. }
+            );
+            let hint = if dates && !crate::timesync::clock_plausible() {
+                "; the box's clock is not synchronised yet (NTP): tried again as soon as it is"
+            } else {
+                ""
+            };
+            format!(
+                "certificate verify failed: {}{hint}",
+                certificate_reason(cert)
+            )
         }
         other => format!("TLS handshake failed: {other}"),
     }

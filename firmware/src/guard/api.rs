@@ -195,7 +195,7 @@ pub struct FwKernelInfo {
     pub installed: bool,
     /// The kernel's counters (None until first read).
     pub counters: Option<firewall::nft::Counters>,
-    /// Batches of set updates applied (one nft run each).
+    /// Batches of set updates applied (one kernel transaction each).
     pub batches: u64,
     /// Set updates applied.
     pub ops: u64,
@@ -207,6 +207,17 @@ pub struct FwKernelInfo {
     pub queue_drops: u64,
     /// The last nft error, if any.
     pub last_error: Option<String>,
+    /// nft processes started to apply the batches (one long-lived process, started again
+    /// when it dies or has been fed its share).
+    #[serde(default)]
+    pub nft_batch_processes: u64,
+    /// nft processes started in all: the batches', the table's loads and its listings
+    /// (the check every 5 s, counters when asked).
+    #[serde(default)]
+    pub nft_processes: u64,
+    /// The CPUs the enforcer thread may use, when it was pinned off the SIP loop's.
+    #[serde(default)]
+    pub enforcer_cpus: Option<Vec<usize>>,
 }
 
 /// One rule's hit counter.

@@ -107,6 +107,10 @@ pub struct FirewallConfig {
     pub nft: Option<crate::fixed::RetiredKey>,
     /// Drop packets to relay ports that no live call opened (only with `media.enabled`).
     pub rtp_closed: bool,
+    /// Seconds an RTP pinhole lives in the kernel after it was opened or last refreshed;
+    /// live calls are refreshed every third of it, an ended call's pinholes expire (keep
+    /// it above `media.timeout_secs`).
+    pub rtp_pinhole_secs: u32,
     /// Per-source packets per second on the SIP ports above which the kernel drops (a
     /// safety net far above what the detector bans for); 0 turns the meter off.
     pub kernel_flood_per_second: u32,
@@ -220,6 +224,7 @@ impl Default for FirewallConfig {
             table: nft.table,
             nft: None,
             rtp_closed: true,
+            rtp_pinhole_secs: nft.rtp_pinhole_secs,
             kernel_flood_per_second: flood.per_second,
             kernel_flood_burst: flood.burst,
             kernel_trunk_per_second: FloodLimit::TRUNK_DEFAULT.per_second,
@@ -447,6 +452,7 @@ impl FirewallConfig {
             netns: None,
             nft: crate::fixed::get().nft.clone(),
             nft_timeout_ms: defaults.nft_timeout_ms,
+            rtp_pinhole_secs: self.rtp_pinhole_secs,
         }
     }
 

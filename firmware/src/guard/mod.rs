@@ -160,6 +160,11 @@ pub struct Guard {
     rtp_closed: bool,
     /// The RTP pairs opened in the kernel per media session.
     rtp: RtpPairs,
+    /// Every this long the live sessions' pinholes are refreshed (a third of their
+    /// lifetime, `rtp_pinhole_secs`).
+    rtp_refresh_ms: u64,
+    /// The next refresh round.
+    next_rtp_refresh: Millis,
     /// Networks added with `fw allow` (not persisted).
     allow: RuntimeAllow,
     /// Store writes for the daemon's next batch.
@@ -215,6 +220,8 @@ impl Guard {
             table: format!("inet {}", fw.table),
             rtp_closed: fw.rtp_closed(site),
             rtp: RtpPairs::default(),
+            rtp_refresh_ms: u64::from(fw.rtp_pinhole_secs) * 1000 / 3,
+            next_rtp_refresh: now.saturating_add(u64::from(fw.rtp_pinhole_secs) * 1000 / 3),
             allow: RuntimeAllow::default(),
             pending: Vec::new(),
             writes_dropped: 0,
@@ -536,11 +543,12 @@ impl Guard {
         self.observe(now, Observation::SshFailure { src: ip });
     }
 
-    /// Opens and closes, in the kernel, the (remote address, local port) pairs the relay
-    /// accepts media on, as calls start, change and end (call it with every `Event::Media`
-    /// before the relay gets it). Per leg: each address the relay accepts (its
-    /// `allowed_ips`, or its SDP address if there are none) on the leg's RTP port and the
-    /// RTCP port above it. No-op unless enforcing with `rtp_closed`.
+    /// Opens, in the kernel, the (remote address, local port) pairs the relay accepts media
+    /// on, as calls start and change (call it with every `Event::Media` before the relay
+    /// gets it); a call's end only stops their refresh ([`rtp`]: pinholes expire on their
+    /// own). Per leg: each address the relay accepts (its `allowed_ips`, or its SDP address
+    /// if there are none) on the leg's RTP port and the RTCP port above it. No-op unless
+    /// enforcing with `rtp_closed`.
     pub fn media(&mut self, cmd: &MediaCommand) {
         if !self.rtp_closed || self.enforcer.is_none() {
             return;
@@ -675,20 +683,31 @@ impl Guard {
 
     /// When `handle_timeout` next has work.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        [self.detector.poll_timeout(), self.feeds.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .chain([self.next_maintenance])
-            .min()
+        let refresh = (!self.rtp.is_empty()).then_some(self.next_rtp_refresh);
+        [
+            self.detector.poll_timeout(),
+            self.feeds.poll_timeout(),
+            refresh,
+        ]
+        .into_iter()
+        .flatten()
+        .chain([self.next_maintenance])
+        .min()
     }
 
-    /// Expires detector state; starts due feed reads and applies finished ones; every 5 s
+    /// Expires detector state; starts due feed reads and applies finished ones; refreshes
+    /// the live calls' RTP pinholes every third of their lifetime; every 5 s
     /// asks the enforcer thread to verify the kernel table (it restores it with the live
     /// bans if it was flushed or altered); hourly deletes ended bans and locks from the
     /// store.
     pub fn handle_timeout(&mut self, now: Millis) {
         let ops = self.feeds.tick(now, &mut self.detector, &self.allow);
         self.enforce_all(ops);
+        if now >= self.next_rtp_refresh {
+            self.next_rtp_refresh = now.saturating_add(self.rtp_refresh_ms.max(1));
+            let refresh = self.rtp.refresh();
+            self.enforce_all(refresh);
+        }
         if self.detector.poll_timeout().is_some_and(|t| t <= now) {
             self.detector.handle_timeout(now);
         }
@@ -1185,6 +1204,9 @@ impl Guard {
                 failures: state.failures,
                 queue_drops: e.queue_drops(),
                 last_error: state.last_error,
+                nft_batch_processes: state.nft_batch_processes,
+                nft_processes: state.nft_processes,
+                enforcer_cpus: state.cpus,
             }
         });
         let now_bans = self
@@ -1970,7 +1992,6 @@ mod tests {
             srtp: None,
         };
         let open = |a: &str, port| SetOp::RtpOpen { addr: ip(a), port };
-        let close = |a: &str, port| SetOp::RtpClose { addr: ip(a), port };
 
         assert!(!inspect(
             &mut g,
@@ -2018,8 +2039,8 @@ mod tests {
                 open("203.0.113.5", 10001),
             ]
         );
-        // A re-INVITE from a new public address: its pairs open, the old address's close,
-        // the unchanged ones are not touched.
+        // A re-INVITE from a new public address: its pairs open, the old address's expire
+        // (no update), the unchanged ones are not touched.
         g.media(&MediaCommand::Update {
             session: 7,
             a: leg(
@@ -2031,30 +2052,16 @@ mod tests {
         });
         assert_eq!(
             ops(),
-            [
-                open("198.51.100.9", 10000),
-                open("198.51.100.9", 10001),
-                close("203.0.113.5", 10000),
-                close("203.0.113.5", 10001),
-            ]
+            [open("198.51.100.9", 10000), open("198.51.100.9", 10001)]
         );
-        // An absent leg opens nothing (its pairs close); a leg without allowed addresses
+        // An absent leg opens nothing (its pairs expire); a leg without allowed addresses
         // is open to its SDP address only, as in the relay.
         g.media(&MediaCommand::Update {
             session: 7,
             a: leg(10000, &[], Some("198.51.100.9")),
             b: LegMedia::absent(),
         });
-        assert_eq!(
-            ops(),
-            [
-                close("10.0.0.7", 10002),
-                close("10.0.0.7", 10003),
-                close("192.168.1.20", 10000),
-                close("192.168.1.20", 10001),
-            ],
-            "an absent leg has no pairs"
-        );
+        assert!(ops().is_empty(), "an absent leg has no pairs");
         // A second call is tracked on its own; prompts change nothing.
         g.media(&MediaCommand::Open {
             session: 8,
@@ -2073,20 +2080,39 @@ mod tests {
             repeat: false,
         });
         assert!(ops().is_empty());
-        g.media(&MediaCommand::Close { session: 7 });
-        assert_eq!(
-            ops(),
-            [close("198.51.100.9", 10000), close("198.51.100.9", 10001)]
+        // Live calls' pinholes are refreshed every third of their lifetime, from the
+        // second round after they were opened or changed.
+        let round = g.rtp_refresh_ms;
+        assert_eq!(round, 30_000, "a third of the default 90 s");
+        assert!(g.poll_timeout().is_some_and(|t| t <= T0 + round));
+        g.handle_timeout(T0 + round);
+        assert!(
+            ops().is_empty(),
+            "both sessions were opened or changed in this round"
         );
+        g.handle_timeout(T0 + round + 1);
+        assert!(ops().is_empty(), "one round per third of the lifetime");
+        g.handle_timeout(T0 + 2 * round);
+        let mut refreshed = ops();
+        refreshed.sort_by_key(|op| format!("{op:?}"));
+        assert_eq!(
+            refreshed,
+            [
+                open("198.51.100.9", 10000),
+                open("198.51.100.9", 10001),
+                open("2001:db8::5", 10004),
+                open("2001:db8::5", 10005),
+            ]
+        );
+        // A call's end sends nothing: its pinholes expire; it is no longer refreshed.
+        g.media(&MediaCommand::Close { session: 7 });
+        assert!(ops().is_empty());
         assert_eq!(g.rtp.len(), 1);
-        g.media(&MediaCommand::Close { session: 7 });
-        assert!(ops().is_empty(), "closing twice sends nothing");
         g.media(&MediaCommand::Close { session: 8 });
-        assert_eq!(
-            ops(),
-            [close("2001:db8::5", 10004), close("2001:db8::5", 10005)]
-        );
+        assert!(ops().is_empty());
         assert!(g.rtp.is_empty());
+        g.handle_timeout(T0 + 3 * round);
+        assert!(ops().is_empty(), "nothing left to refresh");
     }
 
     /// A stand-in for the enforcer thread: the test reads what it would be sent.

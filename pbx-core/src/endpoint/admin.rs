@@ -132,6 +132,27 @@ impl Endpoint {
         out
     }
 
+    /// The system clock was stepped by `delta_ms` and the caller's clock follows it:
+    /// registrations and MWI subscriptions keep the time they had left (the changes to
+    /// persist follow as events). Call this with no call in progress: a call's timers are
+    /// not shifted.
+    pub fn clock_stepped(&mut self, delta_ms: i64) {
+        let changes = self.registrar.shift_time(delta_ms);
+        if !changes.is_empty() {
+            self.events.push_back(Event::Bindings(changes));
+        }
+        self.mwi.shift_time(delta_ms);
+        self.flush_mwi();
+    }
+
+    /// The clock became trustworthy (NTP answered for the first time): trunks register
+    /// again at once, so one that failed a TLS handshake on a certificate's dates does not
+    /// wait for its retry timer.
+    pub fn clock_synchronised(&mut self, now: Millis) {
+        self.trunks.address_changed(now);
+        self.pump_trunks(now);
+    }
+
     /// Number of calls in progress (cheap, for metrics).
     pub fn active_calls(&self) -> usize {
         self.calls.len().saturating_sub(self.ended_calls)

@@ -150,6 +150,15 @@ impl MwiSubscriptions {
             .collect()
     }
 
+    /// The system clock was stepped by `delta_ms`: every subscription keeps the time it
+    /// had left (persisted through [`MwiSubscriptions::take_changes`]).
+    pub(super) fn shift_time(&mut self, delta_ms: i64) {
+        for (call_id, s) in &mut self.subs {
+            s.expires_at = s.expires_at.saturating_add_signed(delta_ms);
+            self.changes.push(MwiChange::Upsert(s.record(call_id)));
+        }
+    }
+
     /// Drops the subscriptions that expired by `now`.
     pub(super) fn expire(&mut self, now: Millis) {
         let changes = &mut self.changes;

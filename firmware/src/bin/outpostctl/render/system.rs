@@ -60,6 +60,9 @@ pub fn status(s: &StatusInfo) -> String {
             );
         }
     }
+    if let Some(time) = &s.time {
+        t.pair("clock", clock(time));
+    }
     if s.survival {
         t.pair(
             "mode",
@@ -67,6 +70,45 @@ pub fn status(s: &StatusInfo) -> String {
         );
     }
     t.render()
+}
+
+/// The `clock` line of `status`.
+fn clock(t: &firmware::timesync::TimeStatus) -> String {
+    if t.servers == 0 {
+        return "not synchronised by Outpost (no `[time] servers`)".to_owned();
+    }
+    let source = match (&t.server, t.stratum) {
+        (Some(server), Some(stratum)) => format!("{server}, stratum {stratum}"),
+        (Some(server), None) => server.clone(),
+        _ => "-".to_owned(),
+    };
+    let watching = if t.sets_clock {
+        ""
+    } else {
+        "; watching only, another program sets the clock"
+    };
+    if t.synchronised {
+        let offset = t
+            .offset_ms
+            .map(|o| format!(", offset {o} ms"))
+            .unwrap_or_default();
+        let age = t
+            .last_sync_ms
+            .map(|at| format!(", {} ago", fmt_duration(now_ms().saturating_sub(at) / 1000)))
+            .unwrap_or_default();
+        format!("synchronised ({source}{offset}{age}{watching})")
+    } else {
+        let since = t
+            .unsynchronised_secs
+            .map(|s| format!(" for {}", fmt_duration(s)))
+            .unwrap_or_default();
+        let why = t
+            .last_error
+            .as_deref()
+            .map(|e| format!(": {}", sanitize(e)))
+            .unwrap_or_default();
+        format!("NOT SYNCHRONISED{since}{why}{watching}")
+    }
 }
 
 /// `ssh keys list`.
