@@ -24,6 +24,10 @@ start_daemon
 csv=$WORK/extensions.csv
 callees=$WORK/callees.csv
 callers=$WORK/callers.csv
+# SIPp 3.6 computes the digest uri as sip:REMOTE_IP:REMOTE_PORT whatever the Request-URI,
+# which outpostd refuses for an INVITE (400 Digest URI Does Not Match Request-URI, RFC 7616
+# 3.4.6); -auth_uri fixes it for one target only, so every caller calls the first callee (the
+# SIPp UAS registered for all of them answers every INVITE it gets).
 echo "SEQUENTIAL" >"$callees"
 echo "SEQUENTIAL" >"$callers"
 awk -v n="$PAIRS" -v a="$FIRST_CALLER" -v b="$FIRST_CALLEE" -v csv="$csv" \
@@ -33,7 +37,7 @@ awk -v n="$PAIRS" -v a="$FIRST_CALLER" -v b="$FIRST_CALLEE" -v csv="$csv" \
         print caller ",bench-pw-" caller > csv
         print callee ",bench-pw-" callee > csv
         print callee ";[authentication username=" callee " password=bench-pw-" callee "]" >> callees
-        print caller ";[authentication username=" caller " password=bench-pw-" caller "];" callee >> callers
+        print caller ";[authentication username=" caller " password=bench-pw-" caller "];" b >> callers
     }
 }'
 echo "bench: importing $((PAIRS * 2)) extensions"
@@ -72,7 +76,7 @@ for rate in $RATES; do
     rs0=$(ctx_switches rtp-relay)
     ok0=0
     run_step calls "$rate" $((rate * STEP_SECS)) -sf "$BENCH/uac_call.xml" -inf "$callers" \
-        -p "$UAC_PORT" -d "$HOLD_MS" && go=1 || go=0
+        -p "$UAC_PORT" -d "$HOLD_MS" -auth_uri "$FIRST_CALLEE@127.0.0.1:$SIP_PORT" && go=1 || go=0
     cs1=$(ctx_switches)
     rs1=$(ctx_switches rtp-relay)
     ok=$(csv_last "$WORK/calls-$rate/stats.csv" "SuccessfulCall(C)")
