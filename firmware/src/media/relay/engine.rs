@@ -81,8 +81,7 @@ pub(super) struct Shared {
 /// A message to the relay thread.
 #[derive(Debug)]
 pub(super) enum Control {
-    Media(MediaCommand),
-    /// Commands of one daemon loop iteration, in order (one wake-up for all).
+    /// Media commands, in order (those of one inbound message: one wake-up for all).
     Batch(Vec<MediaCommand>),
     /// The file thread resolved a playlist.
     Loaded(Loaded),
@@ -226,7 +225,6 @@ impl Engine {
     fn take_commands(&mut self) -> bool {
         loop {
             match self.control.try_recv() {
-                Ok(Control::Media(cmd)) => self.table.command(cmd, Instant::now()),
                 Ok(Control::Batch(cmds)) => {
                     for cmd in cmds {
                         self.table.command(cmd, Instant::now());

@@ -210,11 +210,11 @@ pub fn start_with_io(cfg: RelayConfig, prompts: PromptStore, io: RelayIo) -> io:
 impl Relay {
     /// Hands a command to the relay thread; never blocks.
     pub fn command(&self, cmd: MediaCommand) {
-        self.send(Control::Media(cmd));
+        self.commands(vec![cmd]);
     }
 
     /// Hands several commands to the relay thread at once, in order, with one wake-up
-    /// (the daemon sends what one loop iteration produced); never blocks. Nothing is sent
+    /// (the daemon sends what one inbound message produced); never blocks. Nothing is sent
     /// for an empty batch.
     pub fn commands(&self, cmds: Vec<MediaCommand>) {
         if !cmds.is_empty() {
