@@ -21,25 +21,7 @@ FIRST_CALLEE=300000
 build_release
 start_daemon
 
-csv=$WORK/extensions.csv
-callees=$WORK/callees.csv
-callers=$WORK/callers.csv
-# SIPp 3.6 computes the digest uri as sip:REMOTE_IP:REMOTE_PORT whatever the Request-URI,
-# which outpostd refuses for an INVITE (400 Digest URI Does Not Match Request-URI, RFC 7616
-# 3.4.6); -auth_uri fixes it for one target only, so every caller calls the first callee (the
-# SIPp UAS registered for all of them answers every INVITE it gets).
-echo "SEQUENTIAL" >"$callees"
-echo "SEQUENTIAL" >"$callers"
-awk -v n="$PAIRS" -v a="$FIRST_CALLER" -v b="$FIRST_CALLEE" -v csv="$csv" \
-    -v callees="$callees" -v callers="$callers" 'BEGIN {
-    for (i = 0; i < n; i++) {
-        caller = a + i; callee = b + i
-        print caller ",bench-pw-" caller > csv
-        print callee ",bench-pw-" callee > csv
-        print callee ";[authentication username=" callee " password=bench-pw-" callee "]" >> callees
-        print caller ";[authentication username=" caller " password=bench-pw-" caller "];" b >> callers
-    }
-}'
+write_pairs
 echo "bench: importing $((PAIRS * 2)) extensions"
 ctl ext import "$csv" >/dev/null
 

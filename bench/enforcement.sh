@@ -36,25 +36,7 @@ MEDIA_LAST=${MEDIA_LAST:-31999}
 # transaction lives 32 s and the default cap of 2,048 answers 503 from ~60 calls/s).
 eval "$(declare -f start_daemon | sed "s/port_first = 16000/port_first = $MEDIA_FIRST/; s/port_last = 27999/port_last = $MEDIA_LAST/")"
 
-csv=$WORK/extensions.csv
-callees=$WORK/callees.csv
-callers=$WORK/callers.csv
-# SIPp 3.6 computes the digest uri as sip:REMOTE_IP:REMOTE_PORT whatever the Request-URI
-# (measured), which outpostd refuses for an INVITE (400 Digest URI Does Not Match
-# Request-URI, RFC 7616 3.4.6); -auth_uri (without "sip:") fixes it for one target only, so every caller
-# calls the first callee (the SIPp UAS answers every INVITE it gets).
-echo "SEQUENTIAL" >"$callees"
-echo "SEQUENTIAL" >"$callers"
-awk -v n="$PAIRS" -v a="$FIRST_CALLER" -v b="$FIRST_CALLEE" -v csv="$csv" \
-    -v callees="$callees" -v callers="$callers" 'BEGIN {
-    for (i = 0; i < n; i++) {
-        caller = a + i; callee = b + i
-        print caller ",bench-pw-" caller > csv
-        print callee ",bench-pw-" callee > csv
-        print callee ";[authentication username=" callee " password=bench-pw-" callee "]" >> callees
-        print caller ";[authentication username=" caller " password=bench-pw-" caller "];" b >> callers
-    }
-}'
+write_pairs
 
 # all_ticks: utime + stime + cutime + cstime of outpostd (its reaped children included).
 all_ticks() {

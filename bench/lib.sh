@@ -73,6 +73,32 @@ build_release() {
     done
 }
 
+# write_pairs: PAIRS caller extensions from FIRST_CALLER and callee extensions from
+# FIRST_CALLEE, with their SIPp injection files: $WORK/extensions.csv (for `ext import`),
+# $WORK/callees.csv (the callees' registrations) and $WORK/callers.csv (caller, credentials,
+# whom to call). SIPp 3.6 computes the digest uri as sip:REMOTE_IP:REMOTE_PORT whatever the
+# Request-URI, which outpostd refuses for an INVITE (400 Digest URI Does Not Match
+# Request-URI, RFC 7616 3.4.6); -auth_uri fixes it for one target only, so every caller calls
+# the first callee (the SIPp UAS registered for all of them answers every INVITE it gets):
+# pass `-auth_uri "$FIRST_CALLEE@127.0.0.1:$SIP_PORT"` to the callers' SIPp.
+write_pairs() {
+    csv=$WORK/extensions.csv
+    callees=$WORK/callees.csv
+    callers=$WORK/callers.csv
+    echo "SEQUENTIAL" >"$callees"
+    echo "SEQUENTIAL" >"$callers"
+    awk -v n="$PAIRS" -v a="$FIRST_CALLER" -v b="$FIRST_CALLEE" -v csv="$csv" \
+        -v callees="$callees" -v callers="$callers" 'BEGIN {
+        for (i = 0; i < n; i++) {
+            caller = a + i; callee = b + i
+            print caller ",bench-pw-" caller > csv
+            print callee ",bench-pw-" callee > csv
+            print callee ";[authentication username=" callee " password=bench-pw-" callee "]" >> callees
+            print caller ";[authentication username=" caller " password=bench-pw-" caller "];" b >> callers
+        }
+    }'
+}
+
 # stop_daemon: SIGTERM and wait (the next start_daemon may use the same port and data).
 stop_daemon() {
     if [ -n "$DAEMON_PID" ]; then
