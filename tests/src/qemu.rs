@@ -167,6 +167,9 @@ impl Boot {
     pub fn persistent(mut self, disk: &Path) -> Boot {
         self.disk = disk.to_owned();
         self.snapshot = false;
+        // Its own console log beside the disk: two guests of one image booting at once (the
+        // tests of one binary run in parallel) must never write the same file.
+        self.log = disk.with_extension("serial.log");
         self
     }
 

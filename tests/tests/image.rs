@@ -533,6 +533,14 @@ fn the_image_boots_under_qemu_loads_the_firewall_and_answers_sip() {
             rtp.sent
         );
     }
+    // Nothing failed along the way (the firewall's set updates included).
+    let console = guest.console();
+    let errors: Vec<&str> = console.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "errors on the console:\n{}",
+        errors.join("\n")
+    );
     eprintln!(
         "image: call 100 -> 101 set up in {} ms",
         call.setup.as_millis()

@@ -824,11 +824,14 @@ impl Enforcer {
             self.session = None;
         }
         let fresh = self.session.is_none();
-        if fresh {
-            self.session = Some(Session::start(&self.runner)?);
-            self.batch_processes += 1;
-        }
         let deadline = Duration::from_millis(self.cfg.nft_timeout_ms);
+        if fresh {
+            self.batch_processes += 1;
+            match Session::start(&self.runner, deadline) {
+                Ok(s) => self.session = Some(s),
+                Err(e) => return self.session_failed(e, batch),
+            }
+        }
         let Some(session) = self.session.as_mut() else {
             return Err(NftError::Config("no nft session".into()));
         };
@@ -844,17 +847,30 @@ impl Enforcer {
                 if !fresh || matches!(e, NftError::Timeout { .. }) {
                     return Err(e);
                 }
-                self.failed_starts += 1;
-                if self.failed_starts >= SESSION_GIVE_UP {
-                    tracing::error!(
-                        "firewall: `nft -j -i` does not run here ({e}); every batch is one \
-                         `nft -j -f -` run from now on"
-                    );
-                }
-                self.batch_processes += 1;
-                self.run_file(batch)
+                self.session_failed(e, batch)
             }
         }
+    }
+
+    /// A new session would not start or died on its first batch: that batch goes to a
+    /// one-shot run; at [`SESSION_GIVE_UP`] in a row, sessions are not tried again.
+    fn session_failed(
+        &mut self,
+        e: NftError,
+        batch: &nftables::schema::Nftables<'_>,
+    ) -> Result<(), NftError> {
+        self.session = None;
+        self.failed_starts += 1;
+        if self.failed_starts >= SESSION_GIVE_UP {
+            tracing::error!(
+                "firewall: `nft -j -i` does not run here ({e}); every batch is one \
+                 `nft -j -f -` run from now on"
+            );
+        } else {
+            tracing::warn!("firewall: `nft -j -i` did not start ({e}); this batch runs alone");
+        }
+        self.batch_processes += 1;
+        self.run_file(batch)
     }
 
     /// `nft -j -t list table inet <table>`: terse, so set elements are not listed (a table

@@ -214,12 +214,38 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Starts `nft -j -i` (inside the runner's namespace).
-    pub(crate) fn start(runner: &Runner) -> Result<Session, NftError> {
+    /// Starts `nft -j -i` (inside the runner's namespace) and waits, at most `deadline`, until
+    /// it reads its input: a first marker, answered like any batch's. Whatever nft prints
+    /// before that answer is start-up chatter, not a batch's error, and is dropped: on the
+    /// box, whose image has no terminal database, its line editor says "Cannot read termcap
+    /// database; using dumb terminal settings." even with `TERM=dumb`.
+    pub(crate) fn start(runner: &Runner, deadline: Duration) -> Result<Session, NftError> {
+        let mut session = Session::spawn(runner)?;
+        match session.apply_marked(None, deadline) {
+            Ok(chatter) => {
+                if !chatter.is_empty() {
+                    tracing::debug!(
+                        "firewall: {} said at start: {}",
+                        session.shown,
+                        chatter.join(" ")
+                    );
+                }
+                // Batches count from 1 in what the log shows; the stream is in step (the
+                // marker's answer is read to its end).
+                session.seq = 0;
+                session.written = 0;
+                Ok(session)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn spawn(runner: &Runner) -> Result<Session, NftError> {
         let args = ["-j", "-i"];
         let shown = runner.describe(&args);
         let mut cmd = runner.command(&args);
         cmd.env("HOME", "/dev/null")
+            .env("TERM", "dumb")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -288,11 +314,35 @@ impl Session {
     /// to finish it, at most `deadline`. Any error leaves the session unusable: drop it.
     pub(crate) fn apply(&mut self, payload: &str, deadline: Duration) -> Result<(), NftError> {
         debug_assert!(!payload.contains('\n'), "one batch is one line");
+        let said = self.apply_marked(Some(payload), deadline)?;
+        // Anything else nft printed is this batch's error.
+        let text = said.join("\n");
+        if text.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(NftError::Failed {
+                command: format!("{} (batch {})", self.shown, self.seq),
+                status: "batch refused".into(),
+                stderr: clip(&text),
+            })
+        }
+    }
+
+    /// Sends `payload` (when any) and the next marker; returns what nft printed before the
+    /// marker's answer.
+    fn apply_marked(
+        &mut self,
+        payload: Option<&str>,
+        deadline: Duration,
+    ) -> Result<Vec<String>, NftError> {
         self.seq += 1;
         let mark = marker(self.seq);
+        let payload = payload.unwrap_or_default();
         let mut line = Vec::with_capacity(payload.len() + mark.len() + 2);
-        line.extend_from_slice(payload.as_bytes());
-        line.push(b'\n');
+        if !payload.is_empty() {
+            line.extend_from_slice(payload.as_bytes());
+            line.push(b'\n');
+        }
         line.extend_from_slice(mark.as_bytes());
         line.push(b'\n');
         self.written += line.len();
@@ -336,17 +386,7 @@ impl Session {
             Ok(other) => said.push(other),
             Err(_) => return Err(self.exited(command, &said)),
         }
-        // Anything else nft printed is this batch's error.
-        let text = said.join("\n");
-        if text.trim().is_empty() {
-            Ok(())
-        } else {
-            Err(NftError::Failed {
-                command,
-                status: "batch refused".into(),
-                stderr: clip(&text),
-            })
-        }
+        Ok(said)
     }
 
     /// The error for a session whose process is gone, with its exit status when known.
@@ -461,9 +501,12 @@ mod tests {
     }
 
     /// A stand-in for `nft -j -i` that speaks its protocol: a line with `bad` is refused,
-    /// `die` ends it, `slow` wedges it; the marker gets nft's three-line syntax error.
+    /// `die` ends it, `slow` wedges it; the marker gets nft's three-line syntax error. It
+    /// starts with the line editor's complaint nft makes on the box (no terminal database).
     fn fake_session(deadline_ms: u64) -> (Runner, Duration) {
-        let script = "while IFS= read -r l; do case \"$l\" in \
+        let script =
+            "printf 'Cannot read termcap database;\\nusing dumb terminal settings.\\n' >&2; \
+            while IFS= read -r l; do case \"$l\" in \
             outpost-batch-done*) printf 'Error: syntax error, x\\n%s\\n     ^^^\\n' \"$l\" >&2;; \
             *bad*) echo 'Error: Could not process rule: No such file or directory' >&2;; \
             die) exit 7;; slow) sleep 5;; esac; done";
@@ -480,7 +523,7 @@ mod tests {
     #[test]
     fn a_session_applies_batches_in_one_process_and_reports_each_refusal() {
         let (r, deadline) = fake_session(2_000);
-        let mut s = Session::start(&r).unwrap();
+        let mut s = Session::start(&r, deadline).unwrap();
         s.apply("{\"nftables\":[]}", deadline).unwrap();
         let e = s.apply("{\"bad\":1}", deadline).unwrap_err();
         match e {
@@ -505,7 +548,7 @@ mod tests {
         assert!(!s.alive());
         // A wedged nft is killed at the deadline.
         let (r, short) = fake_session(300);
-        let mut s = Session::start(&r).unwrap();
+        let mut s = Session::start(&r, short).unwrap();
         let start = Instant::now();
         let e = s.apply("slow", short).unwrap_err();
         assert!(matches!(e, NftError::Timeout { ms: 300, .. }), "{e}");
