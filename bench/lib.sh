@@ -68,6 +68,11 @@ build_release() {
     [ ${#targets[@]} -gt 0 ] || targets=("$TARGET")
     for t in "${targets[@]}"; do
         [ -n "$t" ] || continue
+        # mimalloc's C needs musl's headers for a musl target (.cargo/config.toml [env]).
+        if [[ "$t" == x86_64-*-musl ]] && [ ! -f /usr/include/x86_64-linux-musl/stdlib.h ]; then
+            echo "bench: apt-get install -y musl-dev (musl's headers, for mimalloc)"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q musl-dev >/dev/null
+        fi
         echo "bench: cargo build --release --target $t -p firmware --bin outpostd"
         (cd "$ROOT" && cargo build --release --target "$t" -p firmware --bin outpostd)
     done
@@ -161,6 +166,13 @@ TOML
     local i
     for i in $(seq 1 100); do
         if ctl status >/dev/null 2>&1; then
+            # A part of the bench config it could not use (a relay port taken by another
+            # program) would make it run on built-in defaults: figures of another setup.
+            if grep -q "running with the built-in default" "$WORK/outpostd.log"; then
+                echo "bench: outpostd could not use the bench configuration:" >&2
+                grep "built-in default" "$WORK/outpostd.log" >&2
+                exit 1
+            fi
             echo "bench: $binary pid $DAEMON_PID on 127.0.0.1:$SIP_PORT (CPU 0)"
             return 0
         fi

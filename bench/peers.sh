@@ -299,7 +299,7 @@ register_seq() {
     local rate
     for rate in $REG_RATES; do
         local go=yes
-        run_step register "$rate" $((rate * STEP_SECS)) -sf "$BENCH/register.xml" \
+        run_step "register-$server" "$rate" $((rate * STEP_SECS)) -sf "$BENCH/register.xml" \
             -inf "$WORK/users.csv" || go=no
         row register "$server" "$round"
         [ "$go" = yes ] || break
@@ -339,7 +339,7 @@ calls_seq() {
     local rate
     for rate in $CALL_RATES; do
         local go=yes
-        run_step calls "$rate" $((rate * STEP_SECS)) -sf "$BENCH/uac_call.xml" \
+        run_step "calls-$server" "$rate" $((rate * STEP_SECS)) -sf "$BENCH/uac_call.xml" \
             -inf "$callers" -p "$UAC_PORT" -d "$HOLD_MS" \
             -auth_uri "$FIRST_CALLEE@127.0.0.1:$SIP_PORT" || go=no
         row calls "$server" "$round"
