@@ -75,13 +75,15 @@
 //! and at 12,000 REGISTER/s leaves 170 ms for each one's store commit. There is no
 //! per-source cap on purpose: behind NAT a whole office is one source.
 //!
-//! The completed cache adds at most [`MAX_COMPLETED_BYTES`] (32 MiB) of responses plus
-//! about 400 B per entry (key, sent-by, destination, its place in the arrival queue and the
-//! hash table's slack) for [`MAX_COMPLETED_ENTRIES`] (65,536) entries: ≤ 58 MiB, typically
-//! ~ 35 MiB when full of REGISTER 200s (~ 450 B each); the stateless cache at most
-//! [`MAX_STATELESS_BYTES`] plus ~200 B per entry (≈ 1.2 MiB). Worst case of the three
-//! together ≈ 150 MiB, typical at full load ≈ 45 MiB; the completed cache's tables shrink
-//! back once a burst has expired.
+//! The completed cache holds at most [`MAX_COMPLETED_ENTRIES`] (65,536) entries and
+//! [`MAX_COMPLETED_BYTES`] (32 MiB) of response bytes. An entry costs about 0.6 KiB besides
+//! its response (its slot in a hash table kept under 7/8 full, ~350 B; its place in the
+//! arrival queue, ~100 B; the branch twice and the sent-by host) plus the response buffer
+//! (at most 512 B beyond its length): ≈ 75 MiB when full of REGISTER 200s (~450 B each),
+//! never more than ≈ 90 MiB. The stateless cache adds at most [`MAX_STATELESS_BYTES`] plus
+//! ~200 B per entry (≈ 1.2 MiB). Worst case of the three together ≈ 180 MiB; at 12,000
+//! REGISTER/s ≈ 80 MiB (see bench/README.md for the measured peak). The completed cache's
+//! tables shrink back once a burst has expired.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -521,8 +523,9 @@ struct CompletedEntry {
     dest: Peer,
     /// The final response, re-sent to a retransmitted request; `None` absorbs it silently.
     response: Option<Vec<u8>>,
-    /// INVITE after its 2xx was ACKed: its entry in the cache's 2xx-ACK index.
-    ack_key: Option<AckKey>,
+    /// INVITE after its 2xx was ACKed: its entry in the cache's 2xx-ACK index (boxed: most
+    /// entries have none, and the table's slots stay small).
+    ack_key: Option<Box<AckKey>>,
     /// Timer J, I or L: when the entry stops answering.
     deadline: Millis,
 }
@@ -570,7 +573,7 @@ impl CompletedCache {
         self.bytes += size;
         if let Some(ack_key) = &entry.ack_key {
             self.acks
-                .insert(ack_key.clone(), (entry.seq, entry.deadline));
+                .insert(AckKey::clone(ack_key), (entry.seq, entry.deadline));
         }
         self.order
             .push_back((entry.deadline, key.clone(), entry.seq));
@@ -583,7 +586,7 @@ impl CompletedCache {
             return;
         };
         self.bytes -= e.response.as_ref().map_or(0, Vec::len);
-        if let Some(ack_key) = &e.ack_key {
+        if let Some(ack_key) = e.ack_key.as_deref() {
             if self.acks.get(ack_key).is_some_and(|(seq, _)| *seq == e.seq) {
                 self.acks.remove(ack_key);
             }
@@ -664,7 +667,7 @@ fn completed_entry(
         sent_by: tx.sent_by.take()?,
         dest: tx.dest,
         response,
-        ack_key: tx.ack_key.clone(),
+        ack_key: tx.ack_key.clone().map(Box::new),
         deadline,
     })
 }
