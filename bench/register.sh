@@ -91,9 +91,9 @@ one_build() {
     echo
     echo "register: $label: highest rate with < 0.1 % failures: $BEST_RATE/s"
     echo "register: $label: outpostd VmRSS with $registered registered extensions (idle, before the rate steps): $rss_filled KiB"
-    echo "register: $label: outpostd VmRSS after the rate steps: $(rss_kib) KiB"
-    printf '%-28s %-6s best %s/s, VmRSS filled %s KiB, after %s KiB\n' "$label" "$round" \
-        "$BEST_RATE" "$rss_filled" "$(rss_kib)" >>"$SUMMARY"
+    echo "register: $label: outpostd VmRSS after the rate steps: $(rss_kib) KiB, peak (VmHWM): $(hwm_kib) KiB"
+    printf '%-28s %-6s best %s/s, VmRSS filled %s KiB, after %s KiB, peak %s KiB\n' "$label" "$round" \
+        "$BEST_RATE" "$rss_filled" "$(rss_kib)" "$(hwm_kib)" >>"$SUMMARY"
     stop_daemon
 }
 

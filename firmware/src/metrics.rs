@@ -58,6 +58,19 @@ pub struct Metrics {
     pub sip_malformed: u64,
     /// Requests refused for bad credentials.
     pub auth_failures: u64,
+    /// Requests answered 503 because the live server transaction table was full
+    /// (`[sip] max_server_transactions`).
+    #[serde(default)]
+    pub sip_overloaded: u64,
+    /// Live (pending) SIP server transactions.
+    #[serde(default)]
+    pub sip_transactions_live: u64,
+    /// Completed SIP server transactions kept to answer retransmissions.
+    #[serde(default)]
+    pub sip_transactions_completed: u64,
+    /// Completed transactions dropped before their deadline because that cache was full.
+    #[serde(default)]
+    pub sip_transactions_completed_dropped: u64,
     /// Trunks configured and up.
     pub trunks: u64,
     pub trunks_up: u64,
@@ -187,6 +200,30 @@ impl Metrics {
             "counter",
             "Requests refused for bad credentials.",
             self.auth_failures,
+        );
+        metric(
+            "sip_overloaded_total",
+            "counter",
+            "Requests answered 503 because the live server transaction table was full.",
+            self.sip_overloaded,
+        );
+        metric(
+            "sip_transactions_live",
+            "gauge",
+            "Live (pending) SIP server transactions.",
+            self.sip_transactions_live,
+        );
+        metric(
+            "sip_transactions_completed",
+            "gauge",
+            "Completed SIP server transactions kept to answer retransmissions.",
+            self.sip_transactions_completed,
+        );
+        metric(
+            "sip_transactions_completed_dropped_total",
+            "counter",
+            "Completed SIP server transactions dropped early because their cache was full.",
+            self.sip_transactions_completed_dropped,
         );
         metric("trunks", "gauge", "Trunks configured.", self.trunks);
         metric("trunks_up", "gauge", "Trunks up.", self.trunks_up);

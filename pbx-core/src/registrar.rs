@@ -11,6 +11,14 @@
 //! From RFC 5626 only the useful part is kept: a contact carrying the same `+sip.instance`
 //! (and `reg-id`) as an existing binding replaces it, so a rebooted phone whose port changed
 //! does not leave a stale twin behind.
+//!
+//! An *exact repeat* of the REGISTER that last wrote an extension's bindings (same Call-ID,
+//! same CSeq, same contacts with the same granted intervals and q-values, within
+//! [`REPEAT_WINDOW_MS`] of that write) is answered 200 with the current bindings and changes
+//! nothing, as Kamailio does: it is a UDP retransmission that arrived after the transaction
+//! layer dropped the completed transaction early (its cache was full). RFC 3261 §10.3 step 7
+//! would fail it ("not higher"); a lower CSeq, or an equal one that asks for anything else,
+//! still fails with 500.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -26,6 +34,9 @@ pub const MAX_CONTACT_URI: usize = 512;
 pub const MAX_USER_AGENT: usize = 128;
 /// Longest `+sip.instance` / `reg-id` value kept, in bytes; longer ones are ignored.
 const MAX_INSTANCE: usize = 256;
+/// How long after a write an exact repeat of its REGISTER is answered (64*T1 with the
+/// default T1: a client retransmits no longer than its Timer F).
+pub const REPEAT_WINDOW_MS: u64 = 32_000;
 
 /// Registrar limits (RFC 3261 §10.3 steps 7 and 8).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,6 +339,52 @@ impl Registrar {
         self.count
     }
 
+    /// True when `req` is an exact repeat (see the module docs) of the REGISTER that last
+    /// wrote `ext`'s bindings: answering it needs no change.
+    pub fn is_exact_repeat(&self, now: Millis, ext: &str, req: &Request) -> bool {
+        let headers = &req.headers;
+        let call_id = headers.call_id.as_str();
+        let cseq = headers.cseq.seq;
+        let live: Vec<&Entry> = self
+            .by_ext
+            .get(ext)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.binding.expires_at > now)
+            .collect();
+        let mut written = 0usize;
+        for contact in &headers.contact {
+            let Contact::Addr(addr) = contact else {
+                return false;
+            };
+            let Ok(update) = self.validate(addr, headers.expires) else {
+                return false;
+            };
+            let entry = live.iter().find(|e| e.key == update.key);
+            if update.expires == 0 {
+                // The repeat of a removal: the binding must still be gone.
+                if entry.is_some() {
+                    return false;
+                }
+                continue;
+            }
+            let Some(e) = entry else {
+                return false;
+            };
+            let granted = e.binding.expires_at.saturating_sub(e.updated_at);
+            if e.binding.call_id != call_id
+                || e.binding.cseq != cseq
+                || granted != u64::from(update.expires).saturating_mul(1000)
+                || e.binding.q != update.q
+                || now >= e.updated_at.saturating_add(REPEAT_WINDOW_MS)
+            {
+                return false;
+            }
+            written += 1;
+        }
+        written > 0
+    }
+
     /// RFC 3261 §10.3 steps 6-8: computes the extension's new bindings, all or nothing,
     /// stores them and returns the changes.
     fn apply(
@@ -344,6 +401,9 @@ impl Registrar {
         let max_contacts = self.cfg.max_contacts.max(1);
         if headers.contact.len() > max_contacts {
             return Err(RegisterError::TooManyContacts);
+        }
+        if self.is_exact_repeat(now, ext, req) {
+            return Ok(Vec::new());
         }
         let call_id = headers.call_id.as_str();
         let cseq = headers.cseq.seq;
@@ -1337,6 +1397,60 @@ mod tests {
         assert_eq!((b.call_id.as_str(), b.cseq), ("reboot", 1));
         assert_eq!(b.source, peer("203.0.113.9:40111"));
         assert_eq!(reg.count(), 1);
+    }
+
+    #[test]
+    fn an_exact_repeat_gets_the_current_bindings_and_changes_nothing() {
+        let mut reg = registrar();
+        let src = peer("203.0.113.9:40000");
+        let first = register_req("c1", 5, vec![addr(PHONE, &[])], Some(3600));
+        let out = reg.register(T0, "100", &first, src, "t");
+        assert_eq!(out.response.status, 200);
+        let before = reg.lookup("100", T0)[0].clone();
+        // Another phone of the extension registers meanwhile; the repeat lists it too.
+        let soft = register_req("s1", 1, vec![addr(SOFTPHONE, &[])], Some(600));
+        reg.register(T0 + 1_000, "100", &soft, peer("198.51.100.4:5062"), "t");
+        // The same request again: a retransmission whose transaction was dropped early.
+        assert!(reg.is_exact_repeat(T0 + 20_000, "100", &first));
+        let out = reg.register(T0 + 20_000, "100", &first, src, "t");
+        assert_eq!(out.response.status, 200);
+        assert!(out.changes.is_empty(), "{:?}", out.changes);
+        let mut got = listed(&out.response);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (SOFTPHONE.to_string(), "581".to_string()),
+                (PHONE.to_string(), "3580".to_string()),
+            ]
+        );
+        assert_eq!(reg.lookup("100", T0 + 20_000)[1], &before);
+        // An equal CSeq asking for anything else, and a lower one, still fail (§10.3 step 7).
+        for other in [
+            register_req("c1", 5, vec![addr(PHONE, &[])], Some(1800)),
+            register_req("c1", 5, vec![addr(PHONE, &[("q", "0.5")])], Some(3600)),
+            register_req(
+                "c1",
+                5,
+                vec![addr(PHONE, &[]), addr("sip:100@192.168.1.21", &[])],
+                Some(3600),
+            ),
+            register_req("c1", 4, vec![addr(PHONE, &[])], Some(3600)),
+        ] {
+            assert!(!reg.is_exact_repeat(T0 + 20_000, "100", &other));
+            let out = reg.register(T0 + 20_000, "100", &other, src, "t");
+            assert_eq!(out.response.status, 500, "{other:?}");
+            assert!(out.changes.is_empty());
+        }
+        // Not for another extension, and not once a retransmission can no longer come.
+        assert!(!reg.is_exact_repeat(T0 + 20_000, "101", &first));
+        let late = T0 + REPEAT_WINDOW_MS;
+        assert!(!reg.is_exact_repeat(late, "100", &first));
+        assert_eq!(
+            reg.register(late, "100", &first, src, "t").response.status,
+            500
+        );
+        assert_eq!(reg.lookup("100", late)[1], &before);
     }
 
     #[test]

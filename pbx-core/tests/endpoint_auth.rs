@@ -379,3 +379,69 @@ fn restored_bindings_keep_their_phones_trusted() {
     let (_, r) = reg(&mut restarted, &mut thief);
     assert_eq!(r.status, 403);
 }
+
+#[test]
+fn a_register_retransmitted_after_its_transaction_is_gone_gets_200_and_changes_nothing() {
+    // A short T1 makes Timer J (64*T1) end long before the registrar's repeat window, as
+    // when the completed cache drops an entry early.
+    let mut cfg = config();
+    cfg.timers.t1 = 100;
+    let mut sim = Sim::with_config(cfg);
+    let mut p = Phone::new("100", PHONE_ADDR);
+    let ruri = format!("sip:{REALM}");
+    let call_id = p.token();
+    let from = format!("<{}>;tag={}", p.aor(), p.token());
+    let to = format!("<{}>", p.aor());
+    let contact = vec![format!("Contact: {};expires=600", p.contact())];
+    let via = p.via();
+    let first = request(
+        "REGISTER", &ruri, &via, &from, &to, &call_id, 1, &contact, "",
+    );
+    sim.send(p.addr, &first);
+    let challenge = sim.responses(p.addr).remove(0);
+    assert_eq!(challenge.status, 401);
+    let mut headers = contact.clone();
+    headers.push(format!(
+        "Authorization: {}",
+        p.authorize(&challenge, "REGISTER", &ruri, "MD5")
+    ));
+    let via = p.via();
+    let second = request(
+        "REGISTER", &ruri, &via, &from, &to, &call_id, 2, &headers, "",
+    );
+    sim.send(p.addr, &second);
+    let ok = sim.responses(p.addr).remove(0);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let writes = |sim: &Sim| {
+        sim.events
+            .iter()
+            .filter(|e| matches!(e, Event::Bindings(_)))
+            .count()
+    };
+    let written = writes(&sim);
+    assert_eq!(written, 1);
+    // Within Timer J the completed transaction answers with the same bytes.
+    sim.advance(1_000);
+    sim.send(p.addr, &second);
+    assert_eq!(sim.responses(p.addr), vec![ok.clone()]);
+    // After it (6.4 s), the same request reaches the endpoint again: its nonce count was
+    // used, yet as an exact repeat it gets 200 with the current bindings, writing nothing.
+    sim.advance(9_000);
+    assert_eq!(sim.ep.server_transactions().completed, 0);
+    sim.send(p.addr, &second);
+    let again = sim.responses(p.addr);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].status, 200, "{again:?}");
+    assert_eq!(again[0].headers.contact.len(), 1, "lists the binding");
+    assert_eq!(writes(&sim), written, "nothing changed");
+    assert_eq!(failures(&sim), 0);
+    // The same Call-ID and CSeq asking for something else is challenged afresh.
+    let mut other = headers.clone();
+    other[0] = format!("Contact: {};expires=1200", p.contact());
+    let via = p.via();
+    let changed = request("REGISTER", &ruri, &via, &from, &to, &call_id, 2, &other, "");
+    sim.send(p.addr, &changed);
+    let statuses: Vec<u16> = sim.responses(p.addr).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![401]);
+    assert_eq!(writes(&sim), written);
+}

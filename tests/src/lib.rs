@@ -772,6 +772,14 @@ pub struct Sipp {
     timeout_secs: u32,
     /// Network namespace and local address to run in (`None`: loopback of the test's own).
     netns: Option<(String, IpAddr)>,
+    /// Calls started per second (`-r`); `None`: SIPp's default (10).
+    rate: Option<u32>,
+    /// Most calls in progress at once (`-l`).
+    limit: u32,
+    /// Injection file (`-inf`), its fields `[field0]`, `[field1]`, ...
+    injection: Option<PathBuf>,
+    /// Keeps SIPp's message trace (`-trace_msg`); off for load runs.
+    trace_messages: bool,
 }
 
 impl Sipp {
@@ -796,6 +804,10 @@ impl Sipp {
             calls: 1,
             timeout_secs: SIPP_TIMEOUT_SECS,
             netns: None,
+            rate: None,
+            limit: 100,
+            injection: None,
+            trace_messages: true,
         }
     }
 
@@ -859,6 +871,30 @@ impl Sipp {
         self
     }
 
+    /// Starts `per_sec` calls per second (`-r`).
+    pub fn rate(mut self, per_sec: u32) -> Self {
+        self.rate = Some(per_sec);
+        self
+    }
+
+    /// At most `calls` calls in progress at once (`-l`, default 100).
+    pub fn limit(mut self, calls: u32) -> Self {
+        self.limit = calls;
+        self
+    }
+
+    /// Reads `[field0]`, `[field1]`, ... of each call from `path` (`-inf`).
+    pub fn injection_file(mut self, path: &Path) -> Self {
+        self.injection = Some(path.to_path_buf());
+        self
+    }
+
+    /// No message trace (a load run's would be tens of megabytes): `messages` stays empty.
+    pub fn without_message_trace(mut self) -> Self {
+        self.trace_messages = false;
+        self
+    }
+
     /// Runs SIPp inside network namespace `ns`, bound to `local_ip` (an address there).
     pub fn in_netns(mut self, ns: &Netns, local_ip: IpAddr) -> Self {
         self.netns = Some((ns.name().to_owned(), local_ip));
@@ -900,13 +936,23 @@ impl Sipp {
             .arg(self.local_port.to_string())
             .arg("-m")
             .arg(self.calls.to_string())
-            .args(["-l", "100", "-nostdin", "-timeout_error"])
+            .arg("-l")
+            .arg(self.limit.to_string())
+            .args(["-nostdin", "-timeout_error"])
             .arg("-timeout")
             .arg(format!("{}s", self.timeout_secs))
-            .args(["-max_recv_loops", "1000"])
-            .args(["-trace_msg", "-message_file"])
-            .arg(dir.path().join("messages.log"))
-            .args(["-trace_err", "-error_file"])
+            .args(["-max_recv_loops", "1000"]);
+        if self.trace_messages {
+            cmd.args(["-trace_msg", "-message_file"])
+                .arg(dir.path().join("messages.log"));
+        }
+        if let Some(rate) = self.rate {
+            cmd.arg("-r").arg(rate.to_string());
+        }
+        if let Some(path) = &self.injection {
+            cmd.arg("-inf").arg(path);
+        }
+        cmd.args(["-trace_err", "-error_file"])
             .arg(dir.path().join("errors.log"))
             .args(["-trace_stat", "-stf"])
             .arg(dir.path().join("stats.csv"))

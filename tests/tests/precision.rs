@@ -294,67 +294,118 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+/// REGISTER with digest credentials for `ext` from `sock` (challenge, then credentials);
+/// returns the final answer to the authenticated request.
+fn register_with_auth(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    (ext, password): (&str, &str),
+    call_id: &str,
+) -> String {
+    let local = sock.local_addr().expect("local");
+    let first = register_request(server, Transport::Udp, local, ext, call_id);
+    sock.send_to(first.as_bytes(), server).expect("send");
+    let resp = final_answer(sock, ANSWER).expect("answered");
+    assert_eq!(status_of(resp.as_bytes()), Some(401), "{resp}");
+    let challenge = header_value(&resp, "WWW-Authenticate").expect("challenge");
+    let auth = outpost_tests::digest_authorization(
+        &challenge,
+        "REGISTER",
+        &format!("sip:{}", server.ip()),
+        ext,
+        password,
+    );
+    let second = first
+        .replace("CSeq: 1 REGISTER", "CSeq: 2 REGISTER")
+        .replace(";branch=z9hG4bK", ";branch=z9hG4bK2nd")
+        .replace(
+            "Content-Length: 0\r\n",
+            &format!("Authorization: {auth}\r\nContent-Length: 0\r\n"),
+        );
+    sock.send_to(second.as_bytes(), server).expect("send");
+    final_answer(sock, ANSWER).expect("answered")
+}
+
 #[test]
 fn transaction_cap_answers_503_with_retry_after_and_memory_stays_bounded() {
-    const CAP: usize = 40;
+    // Below the calls the test's relay port block can anchor (each ringing call holds ports).
+    const CAP: usize = 4;
     let daemon = Daemon::start_with(
         DaemonConfig::loopback().with_sip(&format!("max_server_transactions = {CAP}")),
     );
     daemon.add_extension(PHONE_A.0, PHONE_A.1);
+    daemon.add_extension(PHONE_B.0, PHONE_B.1);
     let server = daemon.sip_addr();
+    let ip = server.ip();
+    // The callee is registered at a socket nobody reads: its calls ring, unanswered.
+    let callee = udp_client(server);
+    let answer = register_with_auth(&callee, server, PHONE_B, "callee@test");
+    assert_eq!(status_of(answer.as_bytes()), Some(200), "{answer}");
     let sock = udp_client(server);
     let local = sock.local_addr().expect("local");
+    // Completed transactions do not count against the cap (they only keep their final
+    // response to answer retransmissions): many more REGISTERs than the cap all succeed.
+    for i in 0..100 {
+        let answer = register_with_auth(&sock, server, PHONE_A, &format!("done{i}@test"));
+        assert_eq!(
+            status_of(answer.as_bytes()),
+            Some(200),
+            "REGISTER {i}: {answer}"
+        );
+    }
     let pid = daemon.pid().expect("pid");
     let rss_before = rss_kib(pid);
-    // Each accepted REGISTER leaves a server transaction for 64*T1 (its 200 is absorbed
-    // for retransmissions); the challenges before them leave none (stateless).
+    // Live (pending) ones do: each authenticated INVITE to the callee rings and keeps its
+    // server transaction; the challenges before them leave none (stateless).
+    let uri = format!("sip:{}@{ip}:{}", PHONE_B.0, server.port());
+    let invite = |i: usize, cseq: u32, extra: &str| {
+        format!(
+            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKcap{i}x{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{}@{ip}>;tag=cap{i}\r\nTo: <{uri}>\r\n\
+             Call-ID: cap{i}@test\r\nCSeq: {cseq} INVITE\r\nContact: <sip:{}@{local}>\r\n\
+             {extra}Content-Length: 0\r\n\r\n",
+            PHONE_A.0, PHONE_A.0
+        )
+    };
     let mut accepted = 0usize;
     let mut overload = None;
     for i in 0..(CAP + 10) {
-        let call_id = format!("cap{i}@test");
-        let first = register_request(server, Transport::Udp, local, PHONE_A.0, &call_id);
-        sock.send_to(first.as_bytes(), server).expect("send");
+        sock.send_to(invite(i, 1, "").as_bytes(), server)
+            .expect("send");
         let resp = final_answer(&sock, ANSWER).expect("answered");
         match status_of(resp.as_bytes()) {
-            Some(401) => {}
+            Some(407) => {}
             Some(503) => {
                 overload = Some(resp);
                 break;
             }
-            other => panic!("REGISTER {i}: {other:?}\n{resp}"),
+            other => panic!("INVITE {i}: {other:?}\n{resp}"),
         }
-        let challenge = header_value(&resp, "WWW-Authenticate").expect("challenge");
-        let auth = outpost_tests::digest_authorization(
-            &challenge,
-            "REGISTER",
-            &format!("sip:{}", server.ip()),
-            PHONE_A.0,
-            PHONE_A.1,
-        );
-        let second = first
-            .replace("CSeq: 1 REGISTER", "CSeq: 2 REGISTER")
-            .replace(";branch=z9hG4bK", ";branch=z9hG4bK2nd")
-            .replace(
-                "Content-Length: 0\r\n",
-                &format!("Authorization: {auth}\r\nContent-Length: 0\r\n"),
-            );
-        sock.send_to(second.as_bytes(), server).expect("send");
-        let resp = final_answer(&sock, ANSWER).expect("answered");
-        match status_of(resp.as_bytes()) {
-            Some(200) => accepted += 1,
+        let challenge = header_value(&resp, "Proxy-Authenticate").expect("challenge");
+        let auth =
+            outpost_tests::digest_authorization(&challenge, "INVITE", &uri, PHONE_A.0, PHONE_A.1);
+        let authed = invite(i, 2, &format!("Proxy-Authorization: {auth}\r\n"));
+        sock.send_to(authed.as_bytes(), server).expect("send");
+        let resp = udp_recv(&sock, ANSWER).expect("answered");
+        match status_of(&resp) {
+            Some(100..=199) => accepted += 1,
             Some(503) => {
-                overload = Some(resp);
+                overload = Some(String::from_utf8_lossy(&resp).into_owned());
                 break;
             }
-            other => panic!("REGISTER {i} with credentials: {other:?}\n{resp}"),
+            other => panic!(
+                "INVITE {i} with credentials: {other:?}\n{}",
+                String::from_utf8_lossy(&resp)
+            ),
         }
     }
-    let overload = overload
-        .unwrap_or_else(|| panic!("no 503 after {accepted} accepted REGISTERs (cap {CAP})"));
+    let overload =
+        overload.unwrap_or_else(|| panic!("no 503 after {accepted} ringing INVITEs (cap {CAP})"));
     assert!(
         (CAP - 2..=CAP).contains(&accepted),
-        "{accepted} accepted before the cap of {CAP}"
+        "{accepted} accepted before the cap of {CAP}: {overload}"
     );
+    assert!(overload.contains("too many transactions"), "{overload}");
     let retry = header_value(&overload, "Retry-After").expect("503 carries Retry-After");
     assert!(retry.trim().parse::<u32>().is_ok_and(|s| s > 0), "{retry}");
     // A flood of new requests while full: every one answered 503, nothing kept.
@@ -373,7 +424,7 @@ fn transaction_cap_answers_503_with_retry_after_and_memory_stays_bounded() {
     assert_eq!(status_of(resp.as_bytes()), Some(503), "{resp}");
     let rss_after = rss_kib(pid);
     println!(
-        "transaction cap {CAP}: {accepted} REGISTERs accepted, then 503 (Retry-After: {}); \
+        "transaction cap {CAP}: {accepted} INVITEs ringing, then 503 (Retry-After: {}); \
          2,000 more requests in {:?}; outpostd VmRSS {rss_before} KiB -> {rss_after} KiB",
         retry.trim(),
         start.elapsed()

@@ -22,6 +22,7 @@ pub(super) fn metrics(
 ) -> Metrics {
     let c = endpoint.counters().clone();
     let trunks = endpoint.trunk_status();
+    let tx = endpoint.server_transactions();
     // Cheap: no store write, no waiting for the enforcer thread (this runs every second
     // on the SIP loop).
     let fw = guard.counters();
@@ -38,6 +39,10 @@ pub(super) fn metrics(
         sip_received: c.received,
         sip_malformed: c.malformed,
         auth_failures: c.auth_failures,
+        sip_overloaded: c.overloaded,
+        sip_transactions_live: tx.live as u64,
+        sip_transactions_completed: tx.completed as u64,
+        sip_transactions_completed_dropped: tx.completed_dropped,
         trunks: trunks.len() as u64,
         trunks_up: trunks
             .iter()

@@ -201,6 +201,19 @@ impl Accounts {
                 self.challenge(io, now, key, req, src, status, true, offered);
                 None
             }
+            // The right password with a nonce count already used: a UDP retransmission
+            // whose completed transaction was dropped early (cache full) looks exactly
+            // like this. An exact repeat of the REGISTER that wrote the bindings goes on
+            // to the registrar, which answers it with the current bindings and changes
+            // nothing; anything else is challenged afresh.
+            Err(AuthError::Replay)
+                if known
+                    && req.method == Method::Register
+                    && req.headers.to.uri.user() == Some(creds.username.as_str())
+                    && io.registrar.is_exact_repeat(now, &creds.username, req) =>
+            {
+                Some(creds.username)
+            }
             Err(AuthError::InvalidNonce) | Err(AuthError::Replay) => {
                 let offered = self.offered(now, Some(&creds.username), src);
                 self.challenge(io, now, key, req, src, status, false, offered);

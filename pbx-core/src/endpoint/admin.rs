@@ -168,6 +168,12 @@ impl Endpoint {
         self.sig.tx.len()
     }
 
+    /// The server transaction tables: live, completed, stateless, and the completed
+    /// transactions dropped early because their cache was full.
+    pub fn server_transactions(&self) -> crate::sip::transaction::ServerTableStats {
+        self.sig.tx.server_stats()
+    }
+
     /// Sizes of the internal tables, to check in tests and metrics that nothing leaks.
     pub fn debug_counts(&self) -> DebugCounts {
         DebugCounts {

@@ -11,9 +11,43 @@
 //! the earliest deadline are O(log n) and the set never holds stale entries. Transactions are
 //! found by [`TxKey`] in a hash map; a terminated transaction is removed at once.
 //!
-//! Zero-length timers (Timer D, I, J, K on reliable transports) are armed at `now` rather
+//! Zero-length client timers (Timer D, K on reliable transports) are armed at `now` rather
 //! than terminating on the spot, so the TU can still read the request of a transaction that
 //! has just delivered its final response; it disappears on the next `handle_timeout`.
+//!
+//! # Completed server transactions keep only their final response
+//! Once a server transaction has sent its final response and the TU has nothing more to do
+//! with it, it leaves the live table (a `Terminated` event follows at once) and becomes a
+//! compact entry in the *completed cache*: its key and sent-by, where responses go, the
+//! final response bytes (moved, not copied) and its deadline. A retransmitted request is
+//! answered from it with the same bytes, an ACK is absorbed, exactly as the full
+//! transaction did. What moves, and when:
+//! - non-INVITE in Completed (a final response sent statefully), for Timer J (64*T1 on
+//!   UDP; on reliable transports Timer J is zero, so nothing is kept at all);
+//! - INVITE in Confirmed (the ACK of our stateful non-2xx arrived), for Timer I (T4 on UDP;
+//!   zero, so nothing kept, on reliable transports): RFC 3261 §17.2.1 only absorbs ACKs and
+//!   INVITE retransmissions there, without re-sending, so the entry holds no bytes;
+//! - INVITE in Accepted once the ACK of our 2xx arrived (RFC 6026 §8.7), until Timer L: the
+//!   TU has had its ACK, no 2xx is retransmitted any more and an INVITE retransmission
+//!   "MUST NOT be passed to the TU", so the entry holds no bytes and absorbs both INVITE
+//!   and ACK retransmissions (the latter through the Call-ID/CSeq/To-tag index). Before its
+//!   ACK an Accepted INVITE stays live: it retransmits the 2xx (Timer G) and tells the TU
+//!   when Timer L fires without an ACK.
+//!
+//! An INVITE in Completed (non-2xx after a dialog-creating provisional) stays live until
+//! its ACK, because it retransmits and may time out (Timer H). After the move the
+//! transaction is gone for the TU: [`Transactions::state`] is `None`, a CANCEL finds no
+//! INVITE (481), and `send_response` answers [`TransactionError::FinalResponseAlreadySent`].
+//!
+//! Completed entries do not count against `max_server`. The cache holds at most
+//! [`MAX_COMPLETED_ENTRIES`] entries and [`MAX_COMPLETED_BYTES`] of response bytes; its
+//! entries are kept in arrival order and expire from the front (all lifetimes are at most
+//! 64*T1, so an entry whose shorter deadline passed while an older one is still at the front
+//! is already ignored by lookups and freed when it reaches the front). When it is full the
+//! oldest entry is dropped early and counted ([`Transactions::completed_dropped`]): a
+//! request retransmitted after that is processed again as a new request, which is harmless
+//! for OPTIONS, BYE (481) and REGISTER (the registrar answers an exact repeat with the
+//! current bindings, see `registrar`).
 //!
 //! # Stateless until a dialog
 //! A final non-2xx response of a server transaction that never sent a dialog-creating
@@ -26,17 +60,30 @@
 //! that are rejected (401/403/404/480/486/503/...) leaves no transaction state at all.
 //!
 //! # Memory bound
-//! At most `max_server` server transactions live at once ([`DEFAULT_MAX_SERVER`], sized
-//! for 500 phones: ~4 each); a new request beyond it is answered [`ServerInput::Overloaded`]
-//! (the TU sends 503 with Retry-After, statelessly). CANCELs of live INVITEs and in-dialog
-//! requests (To tag) may use a reserve of `max_server / 8` more, so calls can still be
-//! cancelled and hung up when new requests fill the table. A server transaction costs
-//! about 0.5 KiB plus its last response (typically 0.4–1 KiB, at most [`MAX_MESSAGE`])
-//! plus, for an INVITE until its final response, the parsed request (typically 2–4 KiB,
-//! bounded by [`MAX_MESSAGE`] on the wire): at the default cap typically 8–16 MiB, and
-//! never more than about 2,304 × 40 KiB ≈ 90 MiB. There is no per-source cap on purpose:
-//! behind NAT a whole office is one source. The stateless cache adds at most
-//! [`MAX_STATELESS_BYTES`] plus ~200 B per entry (≈ 1.2 MiB).
+//! At most `max_server` server transactions are *live* (pending: no final response yet, a
+//! stateful non-2xx INVITE awaiting its ACK, a 2xx INVITE awaiting its ACK) at once
+//! ([`DEFAULT_MAX_SERVER`]); a new request beyond it is answered
+//! [`ServerInput::Overloaded`] (the TU sends 503 with Retry-After, statelessly). CANCELs of
+//! live INVITEs and in-dialog requests (To tag) may use a reserve of `max_server / 8` more,
+//! so calls can still be cancelled and hung up when new requests fill the table. A live
+//! server transaction costs about 0.5 KiB plus its last response (typically 0.4–1 KiB, at
+//! most [`MAX_MESSAGE`]) plus, for an INVITE until its final response, the parsed request
+//! (typically 2–4 KiB, bounded by [`MAX_MESSAGE`] on the wire): at the default cap
+//! (2,048 + 256) typically 5–12 MiB, never more than about 2,304 × 40 KiB ≈ 90 MiB (every
+//! request a maximal INVITE). The default is unchanged since completed transactions left
+//! the table: 2,048 requests *in progress at one instant* is ~4 per phone for 500 phones,
+//! and at 12,000 REGISTER/s leaves 170 ms for each one's store commit. There is no
+//! per-source cap on purpose: behind NAT a whole office is one source.
+//!
+//! The completed cache holds at most [`MAX_COMPLETED_ENTRIES`] (65,536) entries and
+//! [`MAX_COMPLETED_BYTES`] (32 MiB) of response bytes. An entry costs about 0.6 KiB besides
+//! its response (its slot in a hash table kept under 7/8 full, ~350 B; its place in the
+//! arrival queue, ~100 B; the branch twice and the sent-by host) plus the response buffer
+//! (at most 512 B beyond its length): ≈ 75 MiB when full of REGISTER 200s (~450 B each),
+//! never more than ≈ 90 MiB. The stateless cache adds at most [`MAX_STATELESS_BYTES`] plus
+//! ~200 B per entry (≈ 1.2 MiB). Worst case of the three together ≈ 180 MiB; at 12,000
+//! REGISTER/s ≈ 80 MiB (see bench/README.md for the measured peak). The completed cache's
+//! tables shrink back once a burst has expired.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -48,8 +95,14 @@ use crate::sip::wire::MAX_MESSAGE;
 use crate::sip::wire::{emit_request, emit_response};
 use crate::Millis;
 
-/// Default cap on live server transactions (see the module docs' memory bound).
+/// Default cap on live (pending) server transactions (see the module docs' memory bound):
+/// completed ones no longer count, so this is what is answered or awaited at one instant
+/// (a REGISTER waiting for its store commit, a ringing INVITE), not 32 s of history.
 pub const DEFAULT_MAX_SERVER: usize = 2_048;
+/// Most completed server transactions kept to answer retransmissions (module docs).
+pub const MAX_COMPLETED_ENTRIES: usize = 65_536;
+/// Most final-response bytes kept in the completed cache.
+pub const MAX_COMPLETED_BYTES: usize = 32 * 1024 * 1024;
 /// Most responses kept to answer retransmissions of statelessly rejected requests.
 pub const MAX_STATELESS_ENTRIES: usize = 1_024;
 /// Most response bytes kept in the stateless cache.
@@ -110,10 +163,12 @@ pub enum Timer {
     G,
     /// INVITE server: wait for the ACK of a non-2xx final response (64*T1).
     H,
-    /// INVITE server: absorb ACK retransmissions in Confirmed.
+    /// INVITE server: absorb ACK retransmissions after the ACK of a non-2xx (the lifetime
+    /// of its completed-cache entry, not a table timer).
     I,
-    /// Non-INVITE server: absorb request retransmissions in Completed; before the final
-    /// response it bounds a request the TU never answers (64*T1 after arrival).
+    /// Non-INVITE server: absorb request retransmissions in Completed (the lifetime of its
+    /// completed-cache entry); before the final response it bounds a request the TU never
+    /// answers (64*T1 after arrival).
     J,
     /// Non-INVITE client: absorb response retransmissions in Completed.
     K,
@@ -171,10 +226,10 @@ pub enum TxState {
     Trying,
     /// A provisional response was received (client) or sent (server).
     Proceeding,
-    /// A final response (non-2xx for INVITE) was received or sent.
+    /// A final response (non-2xx for INVITE) was received or sent. A non-INVITE server
+    /// transaction leaves the live table for the completed cache as it enters this state;
+    /// so does an INVITE server transaction when the ACK arrives (RFC 3261's Confirmed).
     Completed,
-    /// INVITE server: the ACK for the non-2xx final response arrived.
-    Confirmed,
     /// INVITE (RFC 6026): a 2xx was received (client) or sent (server).
     Accepted,
 }
@@ -215,10 +270,13 @@ pub enum ServerInput {
     New(TxKey),
     /// A retransmission, absorbed; the last response (if any) was re-sent.
     Retransmission,
-    /// ACK for a non-2xx final response we sent (Completed → Confirmed), or a repeat of it.
+    /// ACK for a non-2xx final response we sent (the transaction moves to the completed
+    /// cache), a repeat of it, or a repeat of the ACK of a 2xx already passed to the TU.
     AckAbsorbed,
-    /// ACK for the 2xx of an INVITE server transaction in Accepted: 2xx retransmission has
-    /// stopped; the TU gets the ACK (it may carry the SDP answer).
+    /// The first ACK for the 2xx of an INVITE server transaction in Accepted: 2xx
+    /// retransmission has stopped; the TU gets the ACK (it may carry the SDP answer). The
+    /// transaction moves to the completed cache (a `Terminated` event follows); repeats
+    /// of this ACK are [`ServerInput::AckAbsorbed`].
     Ack2xx(TxKey),
     /// ACK matching nothing: the TU decides (usually drop).
     AckUnmatched,
@@ -357,8 +415,6 @@ struct Tx {
     sent_by: Option<SentBy>,
     /// INVITE server in Accepted: its entry in the 2xx-ACK index.
     ack_key: Option<AckKey>,
-    /// INVITE server in Accepted: an ACK for the 2xx arrived.
-    ack_seen: bool,
     /// Server: a dialog-creating provisional (101–199 with a To tag) was sent, so a later
     /// non-2xx final response is sent statefully (retransmitted until its ACK).
     early_dialog: bool,
@@ -457,6 +513,178 @@ impl StatelessCache {
     }
 }
 
+/// A server transaction after its final response, reduced to what answers retransmissions
+/// (see "Completed server transactions keep only their final response").
+#[derive(Debug)]
+struct CompletedEntry {
+    /// Insertion number, to tell this entry from a newer one under the same key.
+    seq: u64,
+    sent_by: SentBy,
+    dest: Peer,
+    /// The final response, re-sent to a retransmitted request; `None` absorbs it silently.
+    response: Option<Vec<u8>>,
+    /// INVITE after its 2xx was ACKed: its entry in the cache's 2xx-ACK index (boxed: most
+    /// entries have none, and the table's slots stay small).
+    ack_key: Option<Box<AckKey>>,
+    /// Timer J, I or L: when the entry stops answering.
+    deadline: Millis,
+}
+
+/// The bounded cache of completed server transactions, in arrival order.
+#[derive(Debug, Default)]
+struct CompletedCache {
+    entries: HashMap<TxKey, CompletedEntry>,
+    /// 2xx-ACK index: the insertion number of the entry that absorbs the ACK, its deadline.
+    acks: HashMap<AckKey, (u64, Millis)>,
+    /// `(deadline, key, seq)` in arrival order; pairs whose entry was replaced are skipped.
+    order: VecDeque<(Millis, TxKey, u64)>,
+    /// Response bytes held.
+    bytes: usize,
+    next_seq: u64,
+    /// Entries dropped before their deadline because the cache was full.
+    dropped: u64,
+}
+
+impl CompletedCache {
+    /// Stores the completed transaction `key`, first dropping expired entries and, while
+    /// full, the oldest live ones (counted in `dropped`).
+    fn insert(&mut self, now: Millis, key: TxKey, mut entry: CompletedEntry) {
+        self.expire(now);
+        let size = entry.response.as_ref().map_or(0, Vec::len);
+        if size > MAX_COMPLETED_BYTES {
+            return;
+        }
+        self.remove(&key);
+        while self.entries.len() >= MAX_COMPLETED_ENTRIES
+            || self.bytes.saturating_add(size) > MAX_COMPLETED_BYTES
+        {
+            let Some((deadline, old, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&old).is_some_and(|e| e.seq == seq) {
+                if deadline > now {
+                    self.dropped += 1;
+                }
+                self.remove(&old);
+            }
+        }
+        entry.seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += size;
+        if let Some(ack_key) = &entry.ack_key {
+            self.acks
+                .insert(AckKey::clone(ack_key), (entry.seq, entry.deadline));
+        }
+        self.order
+            .push_back((entry.deadline, key.clone(), entry.seq));
+        self.entries.insert(key, entry);
+    }
+
+    /// Drops the entry under `key`, if any, with its ACK index entry.
+    fn remove(&mut self, key: &TxKey) {
+        let Some(e) = self.entries.remove(key) else {
+            return;
+        };
+        self.bytes -= e.response.as_ref().map_or(0, Vec::len);
+        if let Some(ack_key) = e.ack_key.as_deref() {
+            if self.acks.get(ack_key).is_some_and(|(seq, _)| *seq == e.seq) {
+                self.acks.remove(ack_key);
+            }
+        }
+        // `order` keeps a stale (key, seq) pair; it is skipped when it reaches the front.
+        if self.order.len() > 2 * MAX_COMPLETED_ENTRIES {
+            let entries = &self.entries;
+            self.order
+                .retain(|(_, k, seq)| entries.get(k).is_some_and(|e| e.seq == *seq));
+        }
+    }
+
+    /// Frees the entries at the front whose deadline is at or before `now`, and gives the
+    /// tables' memory back once a burst has drained.
+    fn expire(&mut self, now: Millis) {
+        let mut freed = false;
+        while let Some((deadline, _, _)) = self.order.front() {
+            if *deadline > now {
+                break;
+            }
+            let Some((_, key, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&key).is_some_and(|e| e.seq == seq) {
+                self.remove(&key);
+            }
+            freed = true;
+        }
+        if freed {
+            shrink_map(&mut self.entries);
+            shrink_map(&mut self.acks);
+            if self.order.capacity() >= 4 * self.order.len().max(256) {
+                self.order.shrink_to(2 * self.order.len());
+            }
+        }
+    }
+
+    /// The live entry for `ident` (its own sent-by; see [`ServerIdent::alt_key`]).
+    fn get(&self, ident: &ServerIdent, now: Millis) -> Option<&CompletedEntry> {
+        let e = self.entries.get(&ident.key)?;
+        let e = if e.sent_by == ident.sent_by {
+            e
+        } else {
+            self.entries.get(&ident.alt_key())?
+        };
+        (e.sent_by == ident.sent_by && now < e.deadline).then_some(e)
+    }
+
+    /// True when an ACK with `ack_key` repeats one already passed to the TU.
+    fn absorbs_ack(&self, ack_key: &AckKey, now: Millis) -> bool {
+        self.acks
+            .get(ack_key)
+            .is_some_and(|(_, deadline)| now < *deadline)
+    }
+
+    /// The deadline at the front, when `expire` has something to free.
+    fn next_deadline(&self) -> Option<Millis> {
+        self.order.front().map(|(at, _, _)| *at)
+    }
+}
+
+/// Gives a hash map's memory back when it holds less than a quarter of its capacity (a
+/// burst has drained); small maps are left alone.
+fn shrink_map<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() >= 4 * map.len().max(256) {
+        map.shrink_to(2 * map.len());
+    }
+}
+
+/// The completed-cache entry of server transaction `tx` (`None` for a client one).
+fn completed_entry(
+    tx: &mut Tx,
+    response: Option<Vec<u8>>,
+    deadline: Millis,
+) -> Option<CompletedEntry> {
+    Some(CompletedEntry {
+        seq: 0,
+        sent_by: tx.sent_by.take()?,
+        dest: tx.dest,
+        response,
+        ack_key: tx.ack_key.clone().map(Box::new),
+        deadline,
+    })
+}
+
+/// Counters of the server side, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerTableStats {
+    /// Live (pending) server transactions, the ones `max_server` caps.
+    pub live: usize,
+    /// Completed transactions kept to answer retransmissions.
+    pub completed: usize,
+    /// Completed transactions dropped before their deadline because the cache was full.
+    pub completed_dropped: u64,
+    /// Statelessly sent rejections kept to answer retransmissions.
+    pub stateless: usize,
+}
+
 /// All client and server transactions of one endpoint.
 #[derive(Debug)]
 pub struct Transactions {
@@ -466,6 +694,7 @@ pub struct Transactions {
     /// Live server transactions.
     servers: usize,
     stateless: StatelessCache,
+    completed: CompletedCache,
     next_id: TxId,
     ids: HashMap<TxKey, TxId>,
     txs: HashMap<TxId, Tx>,
@@ -489,6 +718,7 @@ impl Transactions {
             max_server: max_server.max(1),
             servers: 0,
             stateless: StatelessCache::default(),
+            completed: CompletedCache::default(),
             next_id: 0,
             ids: HashMap::new(),
             txs: HashMap::new(),
@@ -507,13 +737,22 @@ impl Transactions {
         let ident = ServerIdent::of(req, req.method.clone());
         if let Some(id) = self.find_server(&ident) {
             let tx = self.txs.get(&id).expect("found ids are live");
-            if tx.state != TxState::Confirmed {
-                if let Some(bytes) = &tx.last {
-                    self.transmits.push_back(Transmit {
-                        dest: tx.dest,
-                        bytes: bytes.clone(),
-                    });
-                }
+            if let Some(bytes) = &tx.last {
+                self.transmits.push_back(Transmit {
+                    dest: tx.dest,
+                    bytes: bytes.clone(),
+                });
+            }
+            return ServerInput::Retransmission;
+        }
+        if let Some(e) = self.completed.get(&ident, now) {
+            // A retransmission after the final response: the same answer again (none after
+            // an INVITE's ACK).
+            if let Some(bytes) = &e.response {
+                self.transmits.push_back(Transmit {
+                    dest: e.dest,
+                    bytes: bytes.clone(),
+                });
             }
             return ServerInput::Retransmission;
         }
@@ -536,7 +775,9 @@ impl Transactions {
                 return ServerInput::Overloaded;
             }
         }
-        let key = if self.ids.contains_key(&ident.key) {
+        let key = if self.ids.contains_key(&ident.key)
+            || self.completed.entries.contains_key(&ident.key)
+        {
             ident.alt_key()
         } else {
             ident.key.clone()
@@ -558,7 +799,6 @@ impl Transactions {
             timers: [None; Timer::COUNT],
             sent_by: Some(ident.sent_by),
             ack_key: None,
-            ack_seen: false,
             early_dialog: false,
         };
         let id = self.alloc_id();
@@ -587,15 +827,23 @@ impl Transactions {
         if !(100..=699).contains(&resp.status) {
             return Err(TransactionError::InvalidStatus(resp.status));
         }
-        let id = *self
-            .ids
-            .get(key)
-            .ok_or(TransactionError::NoSuchTransaction)?;
+        let Some(&id) = self.ids.get(key) else {
+            if self.completed.entries.contains_key(key) {
+                return Err(TransactionError::FinalResponseAlreadySent);
+            }
+            return Err(TransactionError::NoSuchTransaction);
+        };
         let tx = self.txs.get_mut(&id).expect("indexed ids are live");
         if !matches!(tx.state, TxState::Trying | TxState::Proceeding) {
             return Err(TransactionError::FinalResponseAlreadySent);
         }
         let bytes = emit_response(&resp);
+        if !tx.invite && !resp.is_provisional() && tx.reliable() {
+            // Timer J is zero on reliable transports: nothing to keep, so no copy either.
+            self.transmits.push_back(Transmit { dest, bytes });
+            self.terminate(id, false);
+            return Ok(());
+        }
         self.transmits.push_back(Transmit {
             dest,
             bytes: bytes.clone(),
@@ -620,9 +868,12 @@ impl Transactions {
         if resp.is_provisional() {
             tx.state = TxState::Proceeding;
         } else if !tx.invite {
-            tx.state = TxState::Completed;
-            let wait = if reliable { 0 } else { t64 };
-            arm(set, id, tx, Timer::J, now.saturating_add(wait));
+            // Completed: only the response matters now; it leaves the live table.
+            let response = tx.last.take();
+            if let Some(entry) = completed_entry(tx, response, now.saturating_add(t64)) {
+                self.completed.insert(now, key.clone(), entry);
+            }
+            self.terminate(id, false);
         } else {
             // After the final response only its bytes matter (retransmission, ACK matching).
             tx.request = None;
@@ -715,7 +966,6 @@ impl Transactions {
             timers: [None; Timer::COUNT],
             sent_by: None,
             ack_key: None,
-            ack_seen: false,
             early_dialog: false,
         };
         let id = self.alloc_id();
@@ -846,6 +1096,7 @@ impl Transactions {
 
     /// Fires every timer whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
+        self.completed.expire(now);
         while let Some(&(at, id, timer)) = self.timers.first() {
             if at > now {
                 break;
@@ -861,7 +1112,11 @@ impl Transactions {
 
     /// The earliest armed timer deadline; call `handle_timeout` when it is reached.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        self.timers.first().map(|&(at, _, _)| at)
+        let timer = self.timers.first().map(|&(at, _, _)| at);
+        match (timer, self.completed.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next message to put on the wire.
@@ -984,6 +1239,27 @@ impl Transactions {
         self.stateless.entries.len()
     }
 
+    /// Completed server transactions held to answer retransmissions.
+    pub fn completed_len(&self) -> usize {
+        self.completed.entries.len()
+    }
+
+    /// Completed server transactions dropped before their deadline because the completed
+    /// cache was full.
+    pub fn completed_dropped(&self) -> u64 {
+        self.completed.dropped
+    }
+
+    /// The server-side table sizes and the early-drop counter, for metrics.
+    pub fn server_stats(&self) -> ServerTableStats {
+        ServerTableStats {
+            live: self.servers,
+            completed: self.completed.entries.len(),
+            completed_dropped: self.completed.dropped,
+            stateless: self.stateless.entries.len(),
+        }
+    }
+
     /// True when no transaction is live.
     pub fn is_empty(&self) -> bool {
         self.txs.is_empty()
@@ -1018,9 +1294,11 @@ impl Transactions {
             if tx.sent_by.as_ref() == Some(&ident.sent_by) {
                 return Some(id);
             }
-            return self.ids.get(&ident.alt_key()).copied();
+        } else if !self.completed.entries.contains_key(&ident.key) {
+            return None;
         }
-        None
+        // The plain key belongs to a transaction from another sent-by (live or completed).
+        self.ids.get(&ident.alt_key()).copied()
     }
 
     /// True when a CANCEL client transaction for INVITE `key` is live.
@@ -1040,18 +1318,23 @@ impl Transactions {
             let tx = self.txs.get_mut(&id).expect("found ids are live");
             match tx.state {
                 TxState::Completed => {
-                    tx.state = TxState::Confirmed;
-                    let set = &mut self.timers;
-                    disarm(set, id, tx, Timer::G);
-                    disarm(set, id, tx, Timer::H);
-                    let wait = if tx.reliable() { 0 } else { self.cfg.t4 };
-                    arm(set, id, tx, Timer::I, now.saturating_add(wait));
+                    // Confirmed: only absorbing is left (Timer I, T4; zero when reliable).
+                    if !tx.reliable() {
+                        let deadline = now.saturating_add(self.cfg.t4);
+                        if let Some(entry) = completed_entry(tx, None, deadline) {
+                            self.completed.insert(now, tx.key.clone(), entry);
+                        }
+                    }
+                    self.terminate(id, false);
                     return ServerInput::AckAbsorbed;
                 }
-                TxState::Confirmed => return ServerInput::AckAbsorbed,
-                TxState::Accepted => return self.ack_2xx(id),
+                TxState::Accepted => return self.ack_2xx(now, id),
                 _ => {}
             }
+        }
+        if self.completed.get(&ident, now).is_some() {
+            // A repeat of the ACK of our non-2xx.
+            return ServerInput::AckAbsorbed;
         }
         if self.stateless.get(&ident, now, self.cfg.t64()).is_some() {
             // The ACK of an INVITE we rejected statelessly.
@@ -1064,23 +1347,33 @@ impl Transactions {
                 to_tag: tag.to_string(),
             };
             if let Some(&id) = self.ack_index.get(&ack_key) {
-                return self.ack_2xx(id);
+                return self.ack_2xx(now, id);
+            }
+            if self.completed.absorbs_ack(&ack_key, now) {
+                return ServerInput::AckAbsorbed;
             }
         }
         ServerInput::AckUnmatched
     }
 
-    /// An ACK for our 2xx: stop retransmitting it; stay Accepted until Timer L.
-    fn ack_2xx(&mut self, id: TxId) -> ServerInput {
+    /// The first ACK for our 2xx: the TU gets it; 2xx retransmission stops and the
+    /// transaction moves to the completed cache until Timer L, to absorb repeats.
+    fn ack_2xx(&mut self, now: Millis, id: TxId) -> ServerInput {
         let Some(tx) = self.txs.get_mut(&id) else {
             return ServerInput::AckUnmatched;
         };
         if tx.state != TxState::Accepted {
             return ServerInput::AckUnmatched;
         }
-        tx.ack_seen = true;
-        disarm(&mut self.timers, id, tx, Timer::G);
-        ServerInput::Ack2xx(tx.key.clone())
+        let key = tx.key.clone();
+        let deadline = tx.timers[Timer::L.index()].unwrap_or(now);
+        if deadline > now {
+            if let Some(entry) = completed_entry(tx, None, deadline) {
+                self.completed.insert(now, key.clone(), entry);
+            }
+        }
+        self.terminate(id, false);
+        ServerInput::Ack2xx(key)
     }
 
     /// Runs the expiry of `timer` on transaction `id`.
@@ -1096,8 +1389,7 @@ impl Transactions {
                     Timer::A => tx.state == TxState::Calling,
                     Timer::E => matches!(tx.state, TxState::Trying | TxState::Proceeding),
                     _ => {
-                        tx.state == TxState::Completed
-                            || (tx.state == TxState::Accepted && !tx.ack_seen)
+                        matches!(tx.state, TxState::Completed | TxState::Accepted)
                     }
                 };
                 if !live {
@@ -1133,10 +1425,8 @@ impl Transactions {
                     self.terminate(id, true);
                 }
             }
-            Timer::L => {
-                let timeout = !tx.ack_seen;
-                self.terminate(id, timeout);
-            }
+            // An ACKed 2xx leaves the live table at once, so Timer L here means no ACK.
+            Timer::L => self.terminate(id, true),
             Timer::D | Timer::I | Timer::J | Timer::K | Timer::M => self.terminate(id, false),
         }
     }
@@ -1521,7 +1811,11 @@ mod tests {
             txs.receive_request(4_000, &ack, src),
             ServerInput::AckAbsorbed
         );
-        assert_eq!(txs.state(&key), Some(TxState::Confirmed));
+        // Confirmed: the transaction leaves the live table for the completed cache.
+        assert_eq!(drain(&mut txs).1, vec![TxEvent::Terminated(key.clone())]);
+        assert_eq!(txs.state(&key), None);
+        assert!(txs.is_empty());
+        assert_eq!(txs.completed_len(), 1);
         assert_eq!(
             txs.receive_request(4_100, &ack, src),
             ServerInput::AckAbsorbed
@@ -1530,11 +1824,16 @@ mod tests {
             txs.receive_request(4_200, &invite, src),
             ServerInput::Retransmission
         );
-        assert_eq!(txs.timer_deadline(&key, Timer::G), None);
+        assert!(drain(&mut txs).0.is_empty(), "absorbed without re-sending");
         assert_eq!(txs.poll_timeout(), Some(9_000), "Timer I = T4");
         let (sent, events) = run(&mut txs, u64::MAX);
         assert!(sent.is_empty());
-        assert_eq!(events, vec![(9_000, TxEvent::Terminated(key))]);
+        assert!(events.is_empty());
+        assert_eq!(txs.completed_len(), 0);
+        assert!(matches!(
+            txs.receive_request(9_000, &invite, src),
+            ServerInput::New(_)
+        ));
     }
 
     #[test]
@@ -1592,20 +1891,25 @@ mod tests {
             txs.receive_request(2_000, &ack, src),
             ServerInput::Ack2xx(key.clone())
         );
-        // A retransmitted ACK still reaches the TU; no more 2xx retransmissions.
+        // The ACKed transaction leaves the live table (no timeout for the TU) ...
+        assert_eq!(drain(&mut txs).1, vec![TxEvent::Terminated(key.clone())]);
+        assert_eq!(txs.state(&key), None);
+        assert_eq!(txs.completed_len(), 1);
+        // ... and its completed entry absorbs a retransmitted ACK and INVITE until Timer L.
         assert_eq!(
             txs.receive_request(2_100, &ack, src),
-            ServerInput::Ack2xx(key.clone())
+            ServerInput::AckAbsorbed
         );
+        assert_eq!(
+            txs.receive_request(2_200, &invite, src),
+            ServerInput::Retransmission
+        );
+        assert_eq!(txs.poll_timeout(), Some(T64), "Timer L");
         let (sent, events) = run(&mut txs, u64::MAX);
-        assert!(sent.is_empty());
+        assert!(sent.is_empty(), "no more 2xx retransmissions");
+        assert!(events.is_empty());
         assert_eq!(
-            events,
-            vec![(T64, TxEvent::Terminated(key))],
-            "Timer L, no timeout"
-        );
-        assert_eq!(
-            txs.receive_request(40_000, &ack, src),
+            txs.receive_request(T64, &ack, src),
             ServerInput::AckUnmatched
         );
     }
@@ -1717,8 +2021,10 @@ mod tests {
         );
         assert_eq!(drain(&mut txs).0[0].bytes, emit_response(&ok));
         assert_eq!(txs.poll_timeout(), Some(20 + T64));
-        let (_, events) = run(&mut txs, u64::MAX);
-        assert_eq!(events, vec![(20 + T64, TxEvent::Terminated(key))]);
+        let (sent, events) = run(&mut txs, u64::MAX);
+        assert!(sent.is_empty() && events.is_empty());
+        assert_eq!(txs.completed_len(), 0, "Timer J freed the entry");
+        assert_eq!(txs.state(&key), None);
         assert!(matches!(
             txs.receive_request(40_000, &reg, src),
             ServerInput::New(_)
@@ -2210,5 +2516,190 @@ mod tests {
             txs.receive_request(4, &extra, src),
             ServerInput::New(_)
         ));
+    }
+
+    /// Completes a REGISTER server transaction from `src` with a 200 sent to `reply_to`;
+    /// returns the request and the response bytes.
+    fn complete_register(
+        txs: &mut Transactions,
+        now: Millis,
+        i: usize,
+        src: Peer,
+        reply_to: Peer,
+    ) -> (Request, Vec<u8>) {
+        let reg = request(
+            Method::Register,
+            &format!("z9hG4bKdone{i}"),
+            &format!("d{i}"),
+        );
+        let ServerInput::New(key) = txs.receive_request(now, &reg, src) else {
+            panic!("new transaction");
+        };
+        let ok = Response::to_request(&reg, 200, Some("t"));
+        txs.send_response(now, &key, ok.clone(), reply_to)
+            .expect("live transaction");
+        let (sent, events) = drain(txs);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            events,
+            vec![TxEvent::Terminated(key)],
+            "leaves the live table"
+        );
+        (reg, emit_response(&ok))
+    }
+
+    #[test]
+    fn completed_non_invite_is_answered_from_the_compact_entry_with_the_same_bytes() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let reply_to = peer(Transport::Udp, 5080);
+        let (reg, bytes) = complete_register(&mut txs, 0, 1, src, reply_to);
+        assert!(txs.is_empty());
+        assert_eq!(txs.server_len(), 0);
+        assert_eq!(txs.completed_len(), 1);
+        for at in [500, 1_500, 3_500, 7_500, T64 - 1] {
+            assert_eq!(
+                txs.receive_request(at, &reg, src),
+                ServerInput::Retransmission
+            );
+            assert_eq!(
+                drain(&mut txs).0,
+                vec![Transmit {
+                    dest: reply_to,
+                    bytes: bytes.clone()
+                }]
+            );
+        }
+        let key = ServerIdent::of(&reg, Method::Register).key;
+        assert_eq!(
+            txs.send_response(1, &key, Response::to_request(&reg, 200, Some("t")), src),
+            Err(TransactionError::FinalResponseAlreadySent)
+        );
+        // The same branch from another sent-by is another request, and completes on its own.
+        let mut other = reg.clone();
+        other.headers.via[0].host = "other.example.net".to_string();
+        let ServerInput::New(alt) = txs.receive_request(10, &other, src) else {
+            panic!("another sent-by is a new transaction");
+        };
+        assert_ne!(alt, key);
+        assert_eq!(
+            txs.receive_request(11, &other, src),
+            ServerInput::Retransmission
+        );
+        assert!(drain(&mut txs).0.is_empty(), "live, nothing sent yet");
+        txs.send_response(12, &alt, Response::to_request(&other, 404, Some("t")), src)
+            .expect("live transaction");
+        drain(&mut txs);
+        assert_eq!(
+            txs.receive_request(13, &reg, src),
+            ServerInput::Retransmission
+        );
+        assert_eq!(
+            drain(&mut txs).0[0].bytes,
+            bytes,
+            "the first one's own answer"
+        );
+    }
+
+    #[test]
+    fn completed_entries_expire_at_their_deadline_and_free_their_memory() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        for i in 0..3_000 {
+            complete_register(&mut txs, 0, i, src, src);
+        }
+        assert_eq!(txs.completed_len(), 3_000);
+        assert!(txs.completed.bytes > 0);
+        assert_eq!(txs.poll_timeout(), Some(T64), "Timer J");
+        txs.handle_timeout(T64 - 1);
+        assert_eq!(txs.completed_len(), 3_000);
+        txs.handle_timeout(T64);
+        assert_eq!(txs.completed_len(), 0);
+        assert_eq!(txs.completed.bytes, 0);
+        assert_eq!(txs.poll_timeout(), None);
+        assert!(
+            txs.completed.entries.capacity() < 1_024,
+            "the table shrank back: {}",
+            txs.completed.entries.capacity()
+        );
+        assert_eq!(txs.completed_dropped(), 0, "expiry is not an early drop");
+        // Over a reliable transport Timer J is zero: nothing is kept.
+        complete_register(&mut txs, T64, 9, peer(Transport::Tcp, 5070), src);
+        assert_eq!(txs.completed_len(), 0);
+    }
+
+    #[test]
+    fn completed_cache_full_drops_the_oldest_and_counts_it() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let extra = 10;
+        let mut first = None;
+        let mut last = None;
+        for i in 0..(MAX_COMPLETED_ENTRIES + extra) {
+            let (reg, _) = complete_register(&mut txs, 1, i, src, src);
+            if i == 0 {
+                first = Some(reg);
+            } else if i == extra {
+                last = Some(reg);
+            }
+        }
+        assert_eq!(txs.completed_len(), MAX_COMPLETED_ENTRIES);
+        assert_eq!(txs.completed_dropped(), extra as u64);
+        assert_eq!(txs.server_stats().completed_dropped, extra as u64);
+        assert!(txs.completed.bytes <= MAX_COMPLETED_BYTES);
+        assert!(txs.completed.order.len() <= 2 * MAX_COMPLETED_ENTRIES + 1);
+        let first = first.expect("set");
+        assert!(
+            matches!(txs.receive_request(2, &first, src), ServerInput::New(_)),
+            "the oldest was dropped: its retransmission is a new request"
+        );
+        let kept = last.expect("set");
+        assert_eq!(
+            txs.receive_request(2, &kept, src),
+            ServerInput::Retransmission
+        );
+    }
+
+    #[test]
+    fn completed_cache_byte_cap_drops_the_oldest() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let body = vec![b'x'; 12 * 1024];
+        let n = MAX_COMPLETED_BYTES / (12 * 1024) + 5;
+        for i in 0..n {
+            let req = request(Method::Message, &format!("z9hG4bKbig{i}"), &format!("b{i}"));
+            let ServerInput::New(key) = txs.receive_request(0, &req, src) else {
+                panic!("new transaction");
+            };
+            let mut ok = Response::to_request(&req, 200, Some("t"));
+            ok.body = body.clone();
+            txs.send_response(0, &key, ok, src).expect("live");
+            drain(&mut txs);
+        }
+        assert!(txs.completed.bytes <= MAX_COMPLETED_BYTES);
+        assert!(txs.completed_len() < n);
+        assert!(txs.completed_dropped() >= 5);
+    }
+
+    #[test]
+    fn live_cap_counts_only_pending_transactions() {
+        let mut txs = Transactions::with_max_server(TimerConfig::default(), 16);
+        let src = peer(Transport::Udp, 5070);
+        // Far more completed transactions than the cap: none is refused.
+        for i in 0..200 {
+            complete_register(&mut txs, 0, i, src, src);
+        }
+        assert_eq!(txs.server_len(), 0);
+        assert_eq!(txs.completed_len(), 200);
+        // The cap still holds pending ones.
+        for i in 0..16 {
+            let opt = request(Method::Options, &format!("z9hG4bKpend{i}"), "p");
+            assert!(matches!(
+                txs.receive_request(1, &opt, src),
+                ServerInput::New(_)
+            ));
+        }
+        let more = request(Method::Options, "z9hG4bKpendx", "p");
+        assert_eq!(txs.receive_request(1, &more, src), ServerInput::Overloaded);
     }
 }

@@ -1346,7 +1346,8 @@ fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
 
 /// Serializes a request; Content-Length is computed from the body.
 pub fn emit_request(req: &Request) -> Vec<u8> {
-    let mut out = String::with_capacity(640);
+    // Room for the body too, so appending it does not grow (copy) the buffer again.
+    let mut out = String::with_capacity(640 + req.body.len());
     let start = out.len();
     out.push_str(req.method.as_str());
     out.push(' ');
@@ -1361,7 +1362,9 @@ pub fn emit_request(req: &Request) -> Vec<u8> {
 
 /// Serializes a response; Content-Length is computed from the body.
 pub fn emit_response(resp: &Response) -> Vec<u8> {
-    let mut out = String::with_capacity(512);
+    // Room for the body too (a 200 with SDP): one allocation, no regrowth. The completed
+    // transaction cache keeps this buffer as it is.
+    let mut out = String::with_capacity(512 + resp.body.len());
     let start = out.len();
     let _ = write!(out, "SIP/2.0 {} {}", resp.status, resp.reason);
     end_line(&mut out, start);
