@@ -1,6 +1,8 @@
 //! The kernel fast path on a real kernel: three network namespaces (phone A, the box, phone
 //! B) joined by veth pairs, the relay started inside the box's namespace and driven with
-//! the commands the daemon sends. Needs root (as every test run does) and nft.
+//! the commands the daemon sends: latching, forwarding by the kernel, strangers, routing
+//! closed, counters, media timeout, take-back for music on hold, a NAT rebinding, call end.
+//! Needs root (as every test run does) and nft.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -416,6 +418,26 @@ fn a_latched_plain_call_is_forwarded_by_the_kernel_and_taken_back_for_a_prompt()
     let _ = receive(&phone_b);
     wait_for("the call back in the kernel", || lab.keys() == 2);
 
+    // A NAT rebinding: phone A's source port changes after a second of silence. Its packets
+    // no longer match, reach the relay, which re-latches and replaces the call's elements.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let moved = SocketAddr::from((PHONE_A, 4002));
+    let phone_a2 = Lab::socket(&lab.a, moved);
+    send(&phone_a2, box_a, 5);
+    heard(&phone_b, box_b, 5);
+    wait_for("the new source in the kernel", || {
+        lab.keys() == 2
+            && lab
+                .nft(&["list", "map", "ip", "outpost_rtp", "slot"])
+                .1
+                .contains("10.77.1.2 . 4002 . 21000")
+    });
+    send(&phone_a2, box_a, 50);
+    heard(&phone_b, box_b, 50);
+    send(&phone_b, box_b, 5);
+    heard(&phone_a2, box_a, 5);
+    a_sent += 55;
+
     // Call end: every element goes, and the final stats carry the kernel's counts (read
     // just before the elements went).
     send(&phone_b, box_b, 10);
@@ -434,10 +456,10 @@ fn a_latched_plain_call_is_forwarded_by_the_kernel_and_taken_back_for_a_prompt()
     let (a, b) = fin.expect("stats");
     assert_eq!(
         (a.packets_in, a.packets_out),
-        (a_sent, 235),
+        (a_sent, 240),
         "A's final counters"
     );
-    assert_eq!(b.packets_in, 235, "B's final counters");
+    assert_eq!(b.packets_in, 240, "B's final counters");
     // B's output also counts the music frames the relay played to it.
     assert!(b.packets_out >= a_sent + music.len() as u64, "{b:?}");
     for map in ["daddr", "dport", "saddr", "sport"] {
