@@ -93,6 +93,19 @@ pub(super) enum Control {
     Shutdown,
 }
 
+/// The session a command is about.
+fn command_session(cmd: &MediaCommand) -> SessionId {
+    match cmd {
+        MediaCommand::Open { session, .. }
+        | MediaCommand::Update { session, .. }
+        | MediaCommand::Close { session }
+        | MediaCommand::Play { session, .. }
+        | MediaCommand::StopPlay { session, .. }
+        | MediaCommand::Record { session, .. }
+        | MediaCommand::StopRecord { session, .. } => *session,
+    }
+}
+
 /// The bounded event channel to the daemon; full means the event is dropped and counted.
 #[derive(Debug)]
 struct EventSink {
@@ -152,6 +165,8 @@ pub(super) struct Engine {
     /// Completions of the current io_uring pass (preallocated).
     completions: Vec<Completion>,
     fast: Option<FastWorker>,
+    /// Sessions the current command batches touched (fast path only).
+    touched: Vec<SessionId>,
 }
 
 impl Engine {
@@ -178,6 +193,7 @@ impl Engine {
             io_choice: parts.io,
             completions: Vec::with_capacity(super::uring::REAP),
             fast: parts.fast,
+            touched: Vec::new(),
         }
     }
 
@@ -235,7 +251,11 @@ impl Engine {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Batch(cmds)) => {
+                    let fast = self.fast.is_some();
                     for cmd in cmds {
+                        if fast {
+                            self.touched.push(command_session(&cmd));
+                        }
                         self.table.command(cmd, Instant::now());
                     }
                 }
@@ -256,7 +276,13 @@ impl Engine {
                 }
                 Err(mpsc::TryRecvError::Empty) => {
                     // A Play, Record or Close takes its call back from the kernel now.
-                    self.sync_fast();
+                    if let Some(worker) = &self.fast {
+                        self.table.sync_fast_sessions(&self.touched);
+                        if let Some(job) = self.table.take_fast_job() {
+                            worker.submit(job);
+                        }
+                    }
+                    self.touched.clear();
                     return true;
                 }
             }

@@ -108,38 +108,56 @@ impl SessionTable {
     }
 
     /// Compares what qualifies for the fast path with what the kernel has and queues the
-    /// difference (see `fast`); the engine then sends [`SessionTable::take_fast_job`].
+    /// difference (see `fast`), for every session (each tick); the engine then sends
+    /// [`SessionTable::take_fast_job`].
     pub(super) fn sync_fast(&mut self) {
+        for slot in 0..self.sessions.len() {
+            self.sync_fast_slot(slot);
+        }
+    }
+
+    /// [`SessionTable::sync_fast`] for the sessions `ids` only (those a command batch
+    /// touched: a prompt or recording takes its call back at once, without a walk over
+    /// every session per batch).
+    pub(super) fn sync_fast_sessions(&mut self, ids: &[SessionId]) {
+        for id in ids {
+            if let Some(&slot) = self.index.get(id) {
+                self.sync_fast_slot(slot as usize);
+            }
+        }
+    }
+
+    fn sync_fast_slot(&mut self, slot: usize) {
         let Some(fast) = self.fast.as_mut() else {
             return;
         };
-        for (slot, session) in self.sessions.iter_mut().enumerate() {
-            let Some(session) = session else { continue };
-            let wanted = fast.wanted(&session.legs);
-            match (&session.fast, wanted) {
-                (Some(have), Some(want)) if fast::same_paths(have, &want) => {}
-                (None, None) => {}
-                (have, want) => {
-                    if let Some(have) = have {
-                        fast.job.delete.extend_from_slice(have);
-                    }
-                    session.fast = None;
-                    let Some(mut want) = want else { continue };
-                    let Ok(slot) = u32::try_from(slot) else {
-                        continue;
-                    };
-                    // At the cap the call stays in user space.
-                    let Some(ids) = fast.take_ids() else { continue };
-                    for ((dir, id), from) in want.iter_mut().zip(ids).zip([Leg::A, Leg::B]) {
-                        dir.id = id;
-                        fast.owners.insert(
-                            id,
-                            (FastOwner::Live { slot, from }, DirectionCount::default()),
-                        );
-                    }
-                    fast.job.add.extend_from_slice(&want);
-                    session.fast = Some(want);
+        let Some(Some(session)) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let wanted = fast.wanted(&session.legs);
+        match (&session.fast, wanted) {
+            (Some(have), Some(want)) if fast::same_paths(have, &want) => {}
+            (None, None) => {}
+            (have, want) => {
+                if let Some(have) = have {
+                    fast.job.delete.extend_from_slice(have);
                 }
+                session.fast = None;
+                let Some(mut want) = want else { return };
+                let Ok(slot) = u32::try_from(slot) else {
+                    return;
+                };
+                // At the cap the call stays in user space.
+                let Some(ids) = fast.take_ids() else { return };
+                for ((dir, id), from) in want.iter_mut().zip(ids).zip([Leg::A, Leg::B]) {
+                    dir.id = id;
+                    fast.owners.insert(
+                        id,
+                        (FastOwner::Live { slot, from }, DirectionCount::default()),
+                    );
+                }
+                fast.job.add.extend_from_slice(&want);
+                session.fast = Some(want);
             }
         }
     }
@@ -202,31 +220,37 @@ impl SessionTable {
             }
         }
         for id in report.released {
-            if let Some((FastOwner::Closing { session, .. }, _)) = fast.owners.get(&id).copied() {
-                if let Some(closing) = fast.closing.get_mut(&session) {
-                    closing.waiting = closing.waiting.saturating_sub(1);
-                    if closing.waiting == 0 {
-                        if let Some(c) = fast.closing.remove(&session) {
-                            let [a, b] = c.stats;
-                            self.out.event(MediaEvent::Stats { session, a, b });
+            match fast.owners.get(&id).map(|(owner, _)| *owner) {
+                Some(FastOwner::Closing { session, .. }) => {
+                    if let Some(closing) = fast.closing.get_mut(&session) {
+                        closing.waiting = closing.waiting.saturating_sub(1);
+                        if closing.waiting == 0 {
+                            if let Some(c) = fast.closing.remove(&session) {
+                                let [a, b] = c.stats;
+                                self.out.event(MediaEvent::Stats { session, a, b });
+                            }
                         }
                     }
                 }
+                Some(FastOwner::Live { slot, .. }) => {
+                    // A live call whose direction expired in the kernel (not one we
+                    // deleted) is taken back whole and installed again by the next sync.
+                    if let Some(Some(session)) = self.sessions.get_mut(slot as usize) {
+                        if session
+                            .fast
+                            .is_some_and(|dirs| dirs.iter().any(|d| d.id == id))
+                        {
+                            if let Some(dirs) = session.fast.take() {
+                                for d in dirs.iter().filter(|d| d.id != id) {
+                                    fast.job.delete.push(*d);
+                                }
+                            }
+                        }
+                    }
+                }
+                None => {}
             }
             fast.free_id(id);
-            // A live call whose direction expired in the kernel is installed again.
-            for session in self.sessions.iter_mut().flatten() {
-                if session
-                    .fast
-                    .is_some_and(|dirs| dirs.iter().any(|d| d.id == id))
-                {
-                    if let Some(dirs) = session.fast.take() {
-                        for d in dirs.iter().filter(|d| d.id != id) {
-                            fast.job.delete.push(*d);
-                        }
-                    }
-                }
-            }
         }
         if let Some(why) = report.disabled {
             fast.disabled = Some(why);
