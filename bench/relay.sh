@@ -10,6 +10,15 @@
 #   IO=uring STEPS=4000 bench/relay.sh              # one back end only (epoll | uring)
 #   PEER=rtpengine bench/relay.sh                   # adds Debian's rtpengine (user space) to
 #                                                   # every round, pinned the same: on demand
+#   IO=kernel PEER=rtpengine bench/relay.sh         # epoll vs the kernel fast path
+#                                                   # ([media] kernel_fast_path) vs rtpengine
+#
+# IO=kernel runs Outpost's relay (both the epoll row and the kernel row) in a network
+# namespace (relaybench-box, 10.78.0.1) reached from the phones here (10.78.0.2) over a veth
+# pair, since the fast path forwards between interfaces; rtpengine stays on loopback (a
+# cheaper path than the veth: the comparison does not flatter Outpost). Its "box µs/p"
+# column is every CPU's busy time less the generator thread's, per relayed packet: softirq
+# forwarding counts wherever it ran.
 #
 # The relay binds 127.0.0.2 (ports from PORT, 4 per call), rtpengine 127.0.0.3, the phones
 # 127.0.0.1. Every step is bounded: SECS (default 5, at most 60) of sending plus 0.3 s of draining.
@@ -37,13 +46,34 @@ cd "$ROOT"
 cargo bench -p firmware --bench relay --no-run
 
 RTPENGINE_PID=""
+NETNS=""
 cleanup() {
+    if [ -n "$NETNS" ]; then
+        ip link del rbveth0 2>/dev/null || true
+        ip netns del "$NETNS" 2>/dev/null || true
+    fi
     if [ -n "$RTPENGINE_PID" ]; then
         kill "$RTPENGINE_PID" 2>/dev/null || true
         wait "$RTPENGINE_PID" 2>/dev/null || true
     fi
 }
 trap cleanup EXIT
+if [ "$IO" = kernel ]; then
+    NETNS=relaybench-box
+    ip netns del "$NETNS" 2>/dev/null || true
+    ip link del rbveth0 2>/dev/null || true
+    ip netns add "$NETNS"
+    ip link add rbveth0 type veth peer name rbveth1 netns "$NETNS"
+    ip addr add 10.78.0.2/24 dev rbveth0
+    ip link set rbveth0 up
+    ip -n "$NETNS" link set lo up
+    ip -n "$NETNS" addr add 10.78.0.1/24 dev rbveth1
+    ip -n "$NETNS" link set rbveth1 up
+    # Hairpin forwarding (phones on one link): no ICMP redirects for it.
+    ip netns exec "$NETNS" sysctl -qw net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.rbveth1.send_redirects=0
+    export RELAY_BENCH_NETNS=$NETNS
+    echo "bench: relay in namespace $NETNS (10.78.0.1), phones on 10.78.0.2 over veth"
+fi
 if [ "${PEER:-}" = rtpengine ]; then
     command -v rtpengine >/dev/null 2>&1 || {
         echo "bench: rtpengine is missing (apt-get install -y rtpengine-daemon)" >&2

@@ -39,7 +39,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use firmware::media::relay::RelayIo;
+use firmware::media::relay::{FastPathState, RelayIo, RelayOptions};
 use firmware::media::{self, PromptStore, RelayConfig};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
@@ -51,6 +51,9 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// The relay's own loopback address: its ports cannot collide with programs on 127.0.0.1
 /// (SIPp's media ports from 6000, another daemon's relay range).
 const RELAY_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// With RELAY_BENCH_NETNS: the relay's address inside the namespace, and the phones' here.
+const NS_RELAY_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 78, 0, 1));
+const NS_PHONE_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 78, 0, 2));
 /// Sockets the generator plays all phones from (legs share them; latching is per leg).
 const GEN_SOCKETS: usize = 8;
 const PACKET_LEN: usize = 172;
@@ -93,8 +96,13 @@ fn main() {
         return;
     };
     let step_time = Duration::from_secs(secs);
+    // With RELAY_BENCH_NETNS (bench/relay.sh sets it for IO=kernel) Outpost's relay runs in
+    // that namespace on NS_RELAY_ADDR and the phones here on NS_PHONE_ADDR, over a veth pair:
+    // the kernel fast path forwards only between interfaces.
+    let netns = std::env::var("RELAY_BENCH_NETNS").ok();
     let mut targets: Vec<Target> = match env_or("RELAY_BENCH_IO", "both").as_str() {
         "epoll" => vec![Target::Outpost(RelayIo::Epoll)],
+        "kernel" => vec![Target::Outpost(RelayIo::Epoll), Target::Kernel],
         "uring" => vec![Target::Outpost(RelayIo::Uring)],
         _ => vec![
             Target::Outpost(RelayIo::Epoll),
@@ -109,8 +117,13 @@ fn main() {
         .parse()
         .unwrap_or(2)
         .clamp(1, 10);
+    let relay_addr = if netns.is_some() {
+        NS_RELAY_ADDR
+    } else {
+        RELAY_ADDR
+    };
     let cfg = RelayConfig {
-        addrs: vec![RELAY_ADDR],
+        addrs: vec![relay_addr],
         port_first,
         port_last,
         media_timeout: Duration::from_secs(60),
@@ -132,7 +145,8 @@ fn main() {
     );
     let tick = sysconf(SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
 
-    let mut gen = Generator::new();
+    let mut gen = Generator::new(LOCALHOST);
+    let mut gen_ns = netns.as_ref().map(|_| Generator::new(NS_PHONE_ADDR));
     let direct = Plan::direct(&gen, steps.first().copied().unwrap_or(250));
     let r = gen.run(&direct, 0, Duration::from_secs(2));
     println!(
@@ -144,7 +158,7 @@ fn main() {
     );
 
     println!(
-        "{:>6} {:>6} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9}",
+        "{:>6} {:>6} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9} {:>9}",
         "N",
         "io",
         "offered/s",
@@ -156,7 +170,8 @@ fn main() {
         "other 0",
         "µs/packet",
         "sys/pkt",
-        "RSS MiB"
+        "RSS MiB",
+        "box µs/p"
     );
     let mut best: Vec<Option<(usize, f64)>> = vec![None; targets.len()];
     let mut run = 0usize;
@@ -169,13 +184,34 @@ fn main() {
                 let session_base = run as u64 * 1_000_000;
                 // The relay under test, its sessions open, and the threads to account.
                 let (plan, label, under_test) = match target {
-                    Target::Outpost(io) => {
-                        let relay =
-                            media::relay::start_with_io(cfg.clone(), PromptStore::builtin(), io)
-                                .expect("relay starts (is the port range free?)");
+                    Target::Outpost(_) | Target::Kernel => {
+                        let (io, fast) = match target {
+                            Target::Outpost(io) => (io, false),
+                            _ => (RelayIo::Epoll, true),
+                        };
+                        let opts = RelayOptions {
+                            io,
+                            kernel_fast_path: fast,
+                        };
+                        let start = {
+                            let cfg = cfg.clone();
+                            move || {
+                                media::relay::start_with_options(cfg, PromptStore::builtin(), opts)
+                                    .expect("relay starts (is the port range free?)")
+                            }
+                        };
+                        let relay = match &netns {
+                            Some(ns) => in_netns(ns, start),
+                            None => start(),
+                        };
                         pin(relay.thread_id(), 0);
-                        let label = io_name(io, relay.uses_io_uring());
-                        let plan = Plan::relayed(&gen, calls, port_first);
+                        let label = if fast {
+                            "kernel"
+                        } else {
+                            io_name(io, relay.uses_io_uring())
+                        };
+                        let g = gen_ns.as_ref().unwrap_or(&gen);
+                        let plan = Plan::relayed(g, calls, port_first, relay_addr);
                         let opens = (0..calls)
                             .map(|call| {
                                 plan.open_command(session_base + call as u64, call, port_first)
@@ -188,6 +224,28 @@ fn main() {
                             && opened.elapsed() < Duration::from_secs(5)
                         {
                             std::thread::sleep(Duration::from_millis(5));
+                        }
+                        if let Some(g) = gen_ns.as_mut() {
+                            // Latch every leg (and, on the fast path, let the relay hand the
+                            // calls to the kernel) before measuring: a tag nobody counts.
+                            let warm = tag.wrapping_add(100);
+                            g.run(&plan, warm, Duration::from_secs(1));
+                            let want = 2 * calls;
+                            while fast
+                                && !matches!(relay.fast_path(), FastPathState::On { directions } if directions >= want)
+                                && opened.elapsed() < Duration::from_secs(20)
+                            {
+                                g.run(&plan, warm, Duration::from_millis(200));
+                            }
+                            if fast {
+                                if let FastPathState::On { directions } = relay.fast_path() {
+                                    if directions < want {
+                                        println!("              (only {directions} of {want} directions in the kernel)");
+                                    }
+                                } else {
+                                    println!("              (fast path {:?})", relay.fast_path());
+                                }
+                            }
                         }
                         (plan, label, UnderTest::Outpost(relay))
                     }
@@ -214,7 +272,33 @@ fn main() {
                 let before_sys: u64 = syscalls.iter().map(SyscallCounter::read).sum();
                 let before_cpu: u64 = tids.iter().map(|&t| task_cpu_ticks(&under_test, t)).sum();
                 let (before_busy0, before_irq0) = cpu_ticks(0);
-                let r = gen.run(&plan, tag, step_time);
+                let before_all = all_busy_ticks();
+                let gen_tid = nix::unistd::gettid().as_raw();
+                let before_gen = thread_ticks(gen_tid);
+                let ksoftirqd1 = ksoftirqd_pid(1);
+                let before_ksoft = ksoftirqd1.map_or(0, proc_ticks);
+                let before_soft1 = softirq_ticks(1);
+                let g = match (target, gen_ns.as_mut()) {
+                    (Target::Rtpengine, _) | (_, None) => &mut gen,
+                    (_, Some(g)) => g,
+                };
+                let r = g.run(&plan, tag, step_time);
+                // Every CPU's busy time less this generator thread's own: the box's work,
+                // softirq forwarding on whichever CPU included. Tick accounting charges a
+                // softirq tick to the task it interrupted too, so the softirq ticks of the
+                // generator's CPU not spent in ksoftirqd (the forwarding that ran in the
+                // generator's send calls) are given back to the box.
+                let soft1 = softirq_ticks(1);
+                let soft_in_gen = soft1.saturating_sub(before_soft1).saturating_sub(
+                    ksoftirqd1
+                        .map_or(0, proc_ticks)
+                        .saturating_sub(before_ksoft),
+                );
+                let box_s = (all_busy_ticks().saturating_sub(before_all) as f64
+                    - thread_ticks(gen_tid).saturating_sub(before_gen) as f64
+                    + soft_in_gen as f64)
+                    .max(0.0)
+                    / tick;
                 let sys = counted.then(|| {
                     syscalls
                         .iter()
@@ -237,7 +321,7 @@ fn main() {
                 let offered = r.sent as f64 / r.send_secs;
                 let relayed = r.received.max(1) as f64;
                 println!(
-                    "{:>6} {:>6} {:>12.0} {:>9.3} {:>10} {:>9} {:>8.1}% {:>8.1}% {:>8.1}% {:>10.2} {:>8} {:>9.1}",
+                    "{:>6} {:>6} {:>12.0} {:>9.3} {:>10} {:>9} {:>8.1}% {:>8.1}% {:>8.1}% {:>10.2} {:>8} {:>9.1} {:>9.2}",
                     calls,
                     label,
                     offered,
@@ -252,7 +336,8 @@ fn main() {
                         || "n/a".to_string(),
                         |n| format!("{:.3}", n as f64 / relayed)
                     ),
-                    under_test.rss_mib()
+                    under_test.rss_mib(),
+                    1e6 * box_s / relayed
                 );
                 match under_test {
                     UnderTest::Outpost(mut relay) => {
@@ -330,6 +415,8 @@ enum Target {
     Outpost(RelayIo),
     /// rtpengine in user space (RELAY_BENCH_RTPENGINE), driven over its ng protocol.
     Rtpengine,
+    /// Outpost's relay (epoll) with the kernel fast path.
+    Kernel,
 }
 
 impl Target {
@@ -337,6 +424,7 @@ impl Target {
         match self {
             Target::Outpost(io) => io_name(*io, *io == RelayIo::Uring),
             Target::Rtpengine => "rtpeng",
+            Target::Kernel => "kernel",
         }
     }
 }
@@ -591,6 +679,95 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 /// Pins thread `tid` (0: the calling thread) to `cpu`; false if that is impossible.
+/// Runs `f` on a thread inside network namespace `ns` (threads and sockets it makes stay
+/// there).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("the bench namespace exists");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Busy ticks of every CPU together (the `cpu` line of /proc/stat, idle and iowait aside).
+fn all_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    total.saturating_sub(ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0))
+}
+
+/// Softirq ticks of CPU `cpu`.
+fn softirq_ticks(cpu: usize) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{cpu}");
+    let Some(line) = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+    else {
+        return 0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    ticks.get(6).copied().unwrap_or(0)
+}
+
+/// The pid of `ksoftirqd/CPU`.
+fn ksoftirqd_pid(cpu: usize) -> Option<i32> {
+    let want = format!("ksoftirqd/{cpu}");
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == want).then_some(pid)
+    })
+}
+
+/// utime + stime of process `pid`, in clock ticks.
+fn proc_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// utime + stime of one thread of this process, in clock ticks.
+fn thread_ticks(tid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
 fn pin(tid: i32, cpu: usize) -> bool {
     let mut set = CpuSet::new();
     set.set(cpu).is_ok() && sched_setaffinity(Pid::from_raw(tid), &set).is_ok()
@@ -654,12 +831,13 @@ struct Plan {
 }
 
 impl Plan {
-    /// Through the relay: leg A of call i on port first + 4i, leg B on first + 4i + 2.
-    fn relayed(gen: &Generator, calls: usize, first: u16) -> Plan {
+    /// Through the relay on `relay`: leg A of call i on port first + 4i, leg B on
+    /// first + 4i + 2.
+    fn relayed(gen: &Generator, calls: usize, first: u16, relay: IpAddr) -> Plan {
         let dests = (0..2 * calls)
             .map(|stream| {
                 let port = relay_port(first, stream / 2, stream % 2);
-                SockaddrStorage::from(SocketAddr::new(RELAY_ADDR, port))
+                SockaddrStorage::from(SocketAddr::new(relay, port))
             })
             .collect();
         Plan {
@@ -757,7 +935,7 @@ struct Generator {
 }
 
 impl Generator {
-    fn new() -> Generator {
+    fn new(ip: IpAddr) -> Generator {
         let sockets: Vec<UdpSocket> = (0..GEN_SOCKETS)
             .map(|_| {
                 let socket = socket2::Socket::new(
@@ -768,9 +946,7 @@ impl Generator {
                 .expect("socket");
                 let _ = socket.set_recv_buffer_size(4 << 20);
                 let _ = socket.set_send_buffer_size(4 << 20);
-                socket
-                    .bind(&SocketAddr::new(LOCALHOST, 0).into())
-                    .expect("bind");
+                socket.bind(&SocketAddr::new(ip, 0).into()).expect("bind");
                 socket.set_nonblocking(true).expect("non-blocking");
                 socket.into()
             })

@@ -301,6 +301,12 @@ pub struct MediaConfig {
     /// Off by default (RFC 4568 §8.3): over UDP/TCP an `RTP/SAVP` offer gets 488 and a
     /// best-effort one (`RTP/AVP` with keys) is answered plain RTP.
     pub srtp_over_insecure: bool,
+    /// Hand latched, plain calls (no SRTP, transcoding, prompts or recording) to the kernel:
+    /// nftables forwards their RTP without waking the relay (`docs/media.md`). Needs
+    /// CAP_NET_ADMIN, nft and concrete IPv4 relay addresses; falls back to user space,
+    /// reported in `outpostctl status`. Turns on IPv4 forwarding, closed to everything
+    /// but these calls (`docs/threat-model.md`).
+    pub kernel_fast_path: bool,
 }
 
 impl Default for MediaConfig {
@@ -313,6 +319,7 @@ impl Default for MediaConfig {
             timeout_secs: 60,
             prompts_dir: PathBuf::from("/usr/share/outpost/prompts"),
             srtp_over_insecure: false,
+            kernel_fast_path: false,
         }
     }
 }

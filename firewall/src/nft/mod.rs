@@ -67,6 +67,7 @@
 //! that thread: [`EnforcerHandle`] queues set updates to it and reads back its state.
 
 pub mod enforcer;
+pub mod fastpath;
 mod ruleset;
 mod runner;
 

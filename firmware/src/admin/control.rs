@@ -17,7 +17,7 @@ use crate::admin::proto::{
 use crate::config::Config;
 use crate::driver::Transports;
 use crate::guard::Guard;
-use crate::media::relay::Relay;
+use crate::media::relay::{FastPathState, Relay};
 use crate::pbx_config;
 use crate::store::{ExtensionRecord, Store};
 
@@ -98,6 +98,13 @@ impl Control<'_> {
                 protocol_version: PROTOCOL_VERSION,
                 log: crate::log::installed().map(|p| p.status()),
                 time: Some(Box::new(self.time.clone())),
+                media_fast_path: self.relay.and_then(|r| match r.fast_path() {
+                    FastPathState::Off => None,
+                    FastPathState::On { directions } => {
+                        Some(format!("on: {directions} call directions in the kernel"))
+                    }
+                    FastPathState::Unavailable(why) => Some(format!("unavailable: {why}")),
+                }),
             }),
             Command::ExtList => {
                 let exts = self.store.ext_list()?;

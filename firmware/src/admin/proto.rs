@@ -340,6 +340,10 @@ pub struct StatusInfo {
     /// that predates time synchronisation.
     #[serde(default)]
     pub time: Option<Box<crate::timesync::TimeStatus>>,
+    /// The relay's kernel fast path (`[media] kernel_fast_path`): `None` when not asked
+    /// for; `on: N call directions in the kernel` or `unavailable: why` (user space only).
+    #[serde(default)]
+    pub media_fast_path: Option<String>,
 }
 
 impl StatusInfo {
@@ -566,6 +570,7 @@ mod tests {
                 hostname: "berlin-1".into(),
                 last_restore: None,
                 protocol_version: PROTOCOL_VERSION,
+                media_fast_path: Some("on: 2 call directions in the kernel".into()),
                 log: Some(LogStatus {
                     file: Some("/data/log/outpostd.log".into()),
                     file_dropped: 0,

@@ -147,7 +147,7 @@ pub(super) fn start_relay(
     let prompts = crate::media::PromptStore::load(&cfg.media.prompts_dir);
     for (label, media) in candidates.into_iter().filter(|(_, m)| m.enabled) {
         let addrs = media.effective_addrs(&cfg.sip.listen);
-        let started = relay::start_with_prompts(
+        let started = relay::start_with_options(
             RelayConfig {
                 addrs: addrs.clone(),
                 port_first: media.port_first,
@@ -155,6 +155,10 @@ pub(super) fn start_relay(
                 media_timeout: Duration::from_secs(media.timeout_secs),
             },
             prompts.clone(),
+            relay::RelayOptions {
+                io: relay::RelayIo::default(),
+                kernel_fast_path: media.kernel_fast_path,
+            },
         );
         match started {
             Ok(r) => {

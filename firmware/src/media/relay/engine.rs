@@ -28,6 +28,7 @@ use mio::{Events, Poll, Token};
 use pbx_core::media::session::{LegStats, MediaCommand, MediaEvent, SessionId};
 use tokio::sync::mpsc as tokio_mpsc;
 
+use super::fast::FastWorker;
 use super::output::Output;
 use super::ports::Layout;
 use super::table::{Datagram, SessionTable};
@@ -76,6 +77,8 @@ pub(super) struct Shared {
     pub(super) unassigned: AtomicU64,
     /// The relay thread runs the io_uring back end.
     pub(super) uring: AtomicBool,
+    /// The kernel fast path: `None` off, `Ok(directions in the kernel)`, `Err(why it stopped)`.
+    pub(super) fast: Mutex<Option<Result<usize, String>>>,
 }
 
 /// A message to the relay thread.
@@ -85,7 +88,22 @@ pub(super) enum Control {
     Batch(Vec<MediaCommand>),
     /// The file thread resolved a playlist.
     Loaded(Loaded),
+    /// The kernel fast-path thread's counts and releases.
+    Fast(super::fast::FastReport),
     Shutdown,
+}
+
+/// The session a command is about.
+fn command_session(cmd: &MediaCommand) -> SessionId {
+    match cmd {
+        MediaCommand::Open { session, .. }
+        | MediaCommand::Update { session, .. }
+        | MediaCommand::Close { session }
+        | MediaCommand::Play { session, .. }
+        | MediaCommand::StopPlay { session, .. }
+        | MediaCommand::Record { session, .. }
+        | MediaCommand::StopRecord { session, .. } => *session,
+    }
 }
 
 /// The bounded event channel to the daemon; full means the event is dropped and counted.
@@ -120,6 +138,8 @@ pub(super) struct Parts {
     pub(super) shared: Arc<Shared>,
     pub(super) files: FileWorker,
     pub(super) io: RelayIo,
+    /// The kernel fast-path thread, when it runs.
+    pub(super) fast: Option<FastWorker>,
 }
 
 /// Everything the relay thread owns.
@@ -144,6 +164,9 @@ pub(super) struct Engine {
     io_choice: RelayIo,
     /// Completions of the current io_uring pass (preallocated).
     completions: Vec<Completion>,
+    fast: Option<FastWorker>,
+    /// Sessions the current command batches touched (fast path only).
+    touched: Vec<SessionId>,
 }
 
 impl Engine {
@@ -169,6 +192,8 @@ impl Engine {
             files: parts.files,
             io_choice: parts.io,
             completions: Vec::with_capacity(super::uring::REAP),
+            fast: parts.fast,
+            touched: Vec::new(),
         }
     }
 
@@ -226,11 +251,22 @@ impl Engine {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Batch(cmds)) => {
+                    let fast = self.fast.is_some();
                     for cmd in cmds {
+                        if fast {
+                            self.touched.push(command_session(&cmd));
+                        }
                         self.table.command(cmd, Instant::now());
                     }
                 }
                 Ok(Control::Loaded(loaded)) => self.table.loaded(loaded, Instant::now()),
+                Ok(Control::Fast(report)) => {
+                    let stopped = report.disabled.is_some();
+                    self.table.kernel_report(report, Instant::now());
+                    if stopped {
+                        self.fast = None;
+                    }
+                }
                 Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
                     // Recordings in progress are kept; the file thread writes them
                     // before the relay is gone (the worker is joined on drop).
@@ -238,9 +274,30 @@ impl Engine {
                     self.deliver();
                     return false;
                 }
-                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Empty) => {
+                    // A Play, Record or Close takes its call back from the kernel now.
+                    if let Some(worker) = &self.fast {
+                        self.table.sync_fast_sessions(&self.touched);
+                        if let Some(job) = self.table.take_fast_job() {
+                            worker.submit(job);
+                        }
+                    }
+                    self.touched.clear();
+                    return true;
+                }
             }
             self.deliver();
+        }
+    }
+
+    /// Hands the kernel fast path what changed (see `fast`).
+    fn sync_fast(&mut self) {
+        let Some(worker) = &self.fast else {
+            return;
+        };
+        self.table.sync_fast();
+        if let Some(job) = self.table.take_fast_job() {
+            worker.submit(job);
         }
     }
 
@@ -253,6 +310,7 @@ impl Engine {
         if now >= *next_tick {
             self.table.check_timeouts(now);
             self.deliver();
+            self.sync_fast();
             *next_tick = now + TICK;
         }
         if now >= *next_publish {
@@ -634,6 +692,11 @@ impl Engine {
             snapshot.extend(self.table.stats());
         }
         self.counters.events_lost = self.sink.lost;
+        *self
+            .shared
+            .fast
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.table.fast_state();
         *self
             .shared
             .counters

@@ -46,6 +46,14 @@ impl Latch {
         self.via
     }
 
+    /// The latched source was heard at `now` through the kernel fast path (its packets do
+    /// not reach [`Latch::accept`] meanwhile), so no other source may take over.
+    pub(super) fn heard(&mut self, now: Instant) {
+        if self.addr.is_some() && now > self.last {
+            self.last = now;
+        }
+    }
+
     /// Whether a packet from `src` (arrived on local address `via` at `now`) is accepted;
     /// latches (or re-latches) as a side effect.
     pub(super) fn accept(

@@ -40,6 +40,7 @@
 //! [`LegMedia::absent`]: pbx_core::media::session::LegMedia::absent
 
 mod engine;
+mod fast;
 mod latch;
 mod leg;
 mod output;
@@ -64,6 +65,7 @@ use pbx_core::media::session::{LegStats, MediaCommand, MediaEvent, SessionId};
 use tokio::sync::mpsc as tokio_mpsc;
 
 use self::engine::{Control, Engine, Parts, Shared, WAKER};
+use self::fast::FastWorker;
 use self::ports::Layout;
 use self::table::SessionTable;
 use super::files::FileWorker;
@@ -100,6 +102,31 @@ pub enum RelayIo {
     Uring,
 }
 
+/// Choices beyond [`RelayConfig`] (`[media]` keys the benchmarks and tests also set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayOptions {
+    /// The system-call interface.
+    pub io: RelayIo,
+    /// Hand latched, plain calls to the kernel (`[media] kernel_fast_path`): needs
+    /// CAP_NET_ADMIN and nft; without them the relay runs in user space alone and
+    /// [`Relay::fast_path`] says why.
+    pub kernel_fast_path: bool,
+}
+
+/// The kernel fast path as the relay reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FastPathState {
+    /// Not asked for.
+    Off,
+    /// Running; this many call directions are in the kernel now (two per call).
+    On {
+        /// Directions in the kernel.
+        directions: usize,
+    },
+    /// Asked for but not available (or stopped after the kernel refused an update): why.
+    Unavailable(String),
+}
+
 /// A running relay; dropping it stops the relay thread.
 #[derive(Debug)]
 pub struct Relay {
@@ -127,6 +154,23 @@ pub fn start_with_prompts(cfg: RelayConfig, prompts: PromptStore) -> io::Result<
 
 /// Like [`start_with_prompts`], on the I/O back end `io`.
 pub fn start_with_io(cfg: RelayConfig, prompts: PromptStore, io: RelayIo) -> io::Result<Relay> {
+    start_with_options(
+        cfg,
+        prompts,
+        RelayOptions {
+            io,
+            kernel_fast_path: false,
+        },
+    )
+}
+
+/// Like [`start_with_prompts`], with `opts`.
+pub fn start_with_options(
+    cfg: RelayConfig,
+    prompts: PromptStore,
+    opts: RelayOptions,
+) -> io::Result<Relay> {
+    let io = opts.io;
     if cfg.addrs.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -172,6 +216,48 @@ pub fn start_with_io(cfg: RelayConfig, prompts: PromptStore, io: RelayIo) -> io:
         })?
     };
     let shared = Arc::new(Shared::default());
+    let mut table = SessionTable::new(layout, cfg.media_timeout, prompts);
+    let fast = if opts.kernel_fast_path {
+        // The kernel rewrites the source to the box's address on the far side, so it must
+        // know it: a relay bound on 0.0.0.0 learns no address per packet.
+        let concrete = cfg
+            .addrs
+            .iter()
+            .any(|a| matches!(a, IpAddr::V4(v4) if !v4.is_unspecified()));
+        let installed = if concrete {
+            Ok(())
+        } else {
+            Err("it needs concrete IPv4 relay addresses (`media.addrs`), not 0.0.0.0".to_string())
+        }
+        .and_then(|()| {
+            firewall::nft::fastpath::FastPath::install(cfg.port_first, cfg.port_last)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|fp| {
+            let (control, waker) = (control_tx.clone(), Arc::clone(&waker));
+            FastWorker::start(fp, move |report| {
+                if control.send(Control::Fast(report)).is_ok() {
+                    let _ = waker.wake();
+                }
+            })
+            .map_err(|e| e.to_string())
+        });
+        match installed {
+            Ok(worker) => {
+                table.enable_fast(cfg.addrs.clone());
+                *shared.fast.lock().unwrap_or_else(PoisonError::into_inner) = Some(Ok(0));
+                tracing::info!("RTP relay: kernel fast path on");
+                Some(worker)
+            }
+            Err(why) => {
+                tracing::warn!("RTP relay: kernel fast path unavailable, user space only: {why}");
+                *shared.fast.lock().unwrap_or_else(PoisonError::into_inner) = Some(Err(why));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let thread_shared = Arc::clone(&shared);
     let (tid_tx, tid_rx) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
@@ -182,12 +268,13 @@ pub fn start_with_io(cfg: RelayConfig, prompts: PromptStore, io: RelayIo) -> io:
                 poll,
                 sockets,
                 addr_is_v6,
-                table: SessionTable::new(layout, cfg.media_timeout, prompts),
+                table,
                 control: control_rx,
                 events: event_tx,
                 shared: thread_shared,
                 files,
                 io,
+                fast,
             });
             let ring = engine.back_end();
             // The receiver waits for this; if it is gone, start() already failed.
@@ -258,6 +345,22 @@ impl Relay {
         self.shared.uring.load(Ordering::Relaxed)
     }
 
+    /// Whether the kernel fast path runs (as of the last snapshot), and if not, why.
+    pub fn fast_path(&self) -> FastPathState {
+        match &*self
+            .shared
+            .fast
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            None => FastPathState::Off,
+            Some(Ok(directions)) => FastPathState::On {
+                directions: *directions,
+            },
+            Some(Err(why)) => FastPathState::Unavailable(why.clone()),
+        }
+    }
+
     /// The relay thread's Linux thread id (for CPU accounting and pinning).
     pub fn thread_id(&self) -> i32 {
         self.thread_id
@@ -296,3 +399,6 @@ impl Drop for Relay {
 // The end-to-end tests of the engine on real loopback sockets.
 #[cfg(test)]
 mod tests;
+// The kernel fast path in three network namespaces (root).
+#[cfg(test)]
+mod kernel_tests;

@@ -32,6 +32,8 @@ pub(super) struct Session {
     pub(super) last_rtp: Instant,
     /// The timeout was reported (once per session).
     pub(super) timed_out: bool,
+    /// The directions the kernel forwards for it (fast path), A→B then B→A.
+    pub(super) fast: Option<[firewall::nft::fastpath::Direction; 2]>,
 }
 
 /// Index of a leg in [`Session::legs`].
@@ -70,6 +72,7 @@ impl Session {
             ports,
             last_rtp: now,
             timed_out: false,
+            fast: None,
         }
     }
 

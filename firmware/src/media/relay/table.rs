@@ -22,6 +22,7 @@ use pbx_core::media::session::{
 };
 use pbx_core::media::{g711, srtp};
 
+use super::fast::{self, Closing, Fast, FastJob, FastOwner, FastReport};
 use super::leg::{is_g711, LegState};
 use super::output::{Outbox, Output};
 use super::ports::{Layout, Owner, PortTable};
@@ -29,6 +30,7 @@ use super::session::{leg_index, Arrival, Session};
 use crate::media::files::{self, FileJob, Loaded, Playlist};
 use crate::media::player::{Player, Recorder, FRAME};
 use crate::media::prompts::PromptStore;
+use firewall::nft::fastpath::DirectionCount;
 
 /// A datagram read from one of the range's sockets.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +78,8 @@ pub(super) struct SessionTable {
     /// Recordings that reached their length during the last batch, as (slot, leg).
     full_recordings: Vec<(u32, Leg)>,
     out: Outbox,
+    /// The kernel fast path, when the relay runs one.
+    fast: Option<Fast>,
 }
 
 impl SessionTable {
@@ -94,6 +98,171 @@ impl SessionTable {
             play_buf: [0; rtp::HEADER_LEN + FRAME + srtp::MAX_TRAILER],
             full_recordings: Vec::new(),
             out: Outbox::default(),
+            fast: None,
+        }
+    }
+
+    /// Hands qualifying calls to the kernel from now on (relay addresses `addrs` by `via`).
+    pub(super) fn enable_fast(&mut self, addrs: Vec<std::net::IpAddr>) {
+        self.fast = Some(Fast::new(addrs));
+    }
+
+    /// Compares what qualifies for the fast path with what the kernel has and queues the
+    /// difference (see `fast`), for every session (each tick); the engine then sends
+    /// [`SessionTable::take_fast_job`].
+    pub(super) fn sync_fast(&mut self) {
+        for slot in 0..self.sessions.len() {
+            self.sync_fast_slot(slot);
+        }
+    }
+
+    /// [`SessionTable::sync_fast`] for the sessions `ids` only (those a command batch
+    /// touched: a prompt or recording takes its call back at once, without a walk over
+    /// every session per batch).
+    pub(super) fn sync_fast_sessions(&mut self, ids: &[SessionId]) {
+        for id in ids {
+            if let Some(&slot) = self.index.get(id) {
+                self.sync_fast_slot(slot as usize);
+            }
+        }
+    }
+
+    fn sync_fast_slot(&mut self, slot: usize) {
+        let Some(fast) = self.fast.as_mut() else {
+            return;
+        };
+        let Some(Some(session)) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let wanted = fast.wanted(&session.legs);
+        match (&session.fast, wanted) {
+            (Some(have), Some(want)) if fast::same_paths(have, &want) => {}
+            (None, None) => {}
+            (have, want) => {
+                if let Some(have) = have {
+                    fast.job.delete.extend_from_slice(have);
+                }
+                session.fast = None;
+                let Some(mut want) = want else { return };
+                let Ok(slot) = u32::try_from(slot) else {
+                    return;
+                };
+                // At the cap the call stays in user space.
+                let Some(ids) = fast.take_ids() else { return };
+                for ((dir, id), from) in want.iter_mut().zip(ids).zip([Leg::A, Leg::B]) {
+                    dir.id = id;
+                    fast.owners.insert(
+                        id,
+                        (FastOwner::Live { slot, from }, DirectionCount::default()),
+                    );
+                }
+                fast.job.add.extend_from_slice(&want);
+                session.fast = Some(want);
+            }
+        }
+    }
+
+    /// The changes queued for the kernel, if any.
+    pub(super) fn take_fast_job(&mut self) -> Option<FastJob> {
+        self.fast.as_mut()?.take_job()
+    }
+
+    /// Whether the fast path runs, and if it stopped, why.
+    pub(super) fn fast_state(&self) -> Option<Result<usize, String>> {
+        let fast = self.fast.as_ref()?;
+        Some(match &fast.disabled {
+            Some(why) => Err(why.clone()),
+            None => Ok(fast.owners.len()),
+        })
+    }
+
+    /// The kernel thread's counts: credited to the legs (and, when they grew, counted as
+    /// media and as the latched source speaking); released ids are freed, and a closed
+    /// call's stats go out once both its directions are final.
+    pub(super) fn kernel_report(&mut self, report: FastReport, now: Instant) {
+        let Some(fast) = self.fast.as_mut() else {
+            return;
+        };
+        for (id, count) in report.counts {
+            let Some((owner, seen)) = fast.owners.get_mut(&id) else {
+                continue;
+            };
+            match *owner {
+                FastOwner::Live { slot, from } => {
+                    let Some(Some(session)) = self.sessions.get_mut(slot as usize) else {
+                        continue;
+                    };
+                    let [a, b] = &mut session.legs;
+                    let (tx, rx) = match from {
+                        Leg::A => (a, b),
+                        Leg::B => (b, a),
+                    };
+                    if fast::credit(seen, count, &mut tx.stats, &mut rx.stats) > 0 {
+                        session.last_rtp = session.last_rtp.max(now);
+                        let current = session
+                            .fast
+                            .is_some_and(|dirs| dirs.iter().any(|d| d.id == id));
+                        if current {
+                            tx.rtp.heard(now);
+                        }
+                    }
+                }
+                FastOwner::Closing { session, from } => {
+                    if let Some(closing) = fast.closing.get_mut(&session) {
+                        let [a, b] = &mut closing.stats;
+                        let (tx, rx) = match from {
+                            Leg::A => (a, b),
+                            Leg::B => (b, a),
+                        };
+                        fast::credit(seen, count, tx, rx);
+                    }
+                }
+            }
+        }
+        for id in report.released {
+            match fast.owners.get(&id).map(|(owner, _)| *owner) {
+                Some(FastOwner::Closing { session, .. }) => {
+                    if let Some(closing) = fast.closing.get_mut(&session) {
+                        closing.waiting = closing.waiting.saturating_sub(1);
+                        if closing.waiting == 0 {
+                            if let Some(c) = fast.closing.remove(&session) {
+                                let [a, b] = c.stats;
+                                self.out.event(MediaEvent::Stats { session, a, b });
+                            }
+                        }
+                    }
+                }
+                Some(FastOwner::Live { slot, .. }) => {
+                    // A live call whose direction expired in the kernel (not one we
+                    // deleted) is taken back whole and installed again by the next sync.
+                    if let Some(Some(session)) = self.sessions.get_mut(slot as usize) {
+                        if session
+                            .fast
+                            .is_some_and(|dirs| dirs.iter().any(|d| d.id == id))
+                        {
+                            if let Some(dirs) = session.fast.take() {
+                                for d in dirs.iter().filter(|d| d.id != id) {
+                                    fast.job.delete.push(*d);
+                                }
+                            }
+                        }
+                    }
+                }
+                None => {}
+            }
+            fast.free_id(id);
+        }
+        if let Some(why) = report.disabled {
+            fast.disabled = Some(why);
+            for session in self.sessions.iter_mut().flatten() {
+                session.fast = None;
+            }
+            fast.owners.clear();
+            fast.job = FastJob::default();
+            for (session, c) in fast.closing.drain() {
+                let [a, b] = c.stats;
+                self.out.event(MediaEvent::Stats { session, a, b });
+            }
         }
     }
 
@@ -190,7 +359,7 @@ impl SessionTable {
                     self.open(session, a, b, now);
                 }
             }
-            MediaCommand::Close { session } => self.close(session),
+            MediaCommand::Close { session } => self.close(session, now),
             MediaCommand::Play {
                 session,
                 leg,
@@ -273,7 +442,7 @@ impl SessionTable {
         }
     }
 
-    fn close(&mut self, id: SessionId) {
+    fn close(&mut self, id: SessionId, now: Instant) {
         let Some(&slot) = self.index.get(&id) else {
             return;
         };
@@ -285,7 +454,26 @@ impl SessionTable {
         if let Some(session) = self.sessions.get_mut(slot as usize).and_then(Option::take) {
             self.ports.release(session.ports, slot);
             let (a, b) = session.stats();
-            self.out.event(MediaEvent::Stats { session: id, a, b });
+            match (session.fast, self.fast.as_mut()) {
+                (Some(dirs), Some(fast)) => {
+                    // The final stats wait for the kernel's last counts of both directions.
+                    for (dir, from) in dirs.iter().zip([Leg::A, Leg::B]) {
+                        if let Some((owner, _)) = fast.owners.get_mut(&dir.id) {
+                            *owner = FastOwner::Closing { session: id, from };
+                        }
+                    }
+                    fast.job.delete.extend_from_slice(&dirs);
+                    fast.closing.insert(
+                        id,
+                        Closing {
+                            stats: [a, b],
+                            waiting: 2,
+                            since: now,
+                        },
+                    );
+                }
+                _ => self.out.event(MediaEvent::Stats { session: id, a, b }),
+            }
         }
         self.free_slots.push(slot);
         self.out.push(Output::Closed(id));
@@ -306,6 +494,21 @@ impl SessionTable {
             }
         }
         self.finish_full_recordings();
+        if let Some(fast) = self.fast.as_mut() {
+            // The kernel thread did not answer in time: the stats go out as they are.
+            let late: Vec<SessionId> = fast
+                .closing
+                .iter()
+                .filter(|(_, c)| now.saturating_duration_since(c.since) >= fast::CLOSE_WAIT)
+                .map(|(id, _)| *id)
+                .collect();
+            for session in late {
+                if let Some(c) = fast.closing.remove(&session) {
+                    let [a, b] = c.stats;
+                    self.out.event(MediaEvent::Stats { session, a, b });
+                }
+            }
+        }
         for session in self.sessions.iter_mut().flatten() {
             if !session.timed_out
                 && now.saturating_duration_since(session.last_rtp) >= self.media_timeout

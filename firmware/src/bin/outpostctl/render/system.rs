@@ -63,6 +63,9 @@ pub fn status(s: &StatusInfo) -> String {
     if let Some(time) = &s.time {
         t.pair("clock", clock(time));
     }
+    if let Some(fast) = &s.media_fast_path {
+        t.pair("media fast path", fast.clone());
+    }
     if s.survival {
         t.pair(
             "mode",
