@@ -158,6 +158,10 @@ port_last = 27999
 # auto = the appliance's setting (nftables when root); FW_ENFORCE=off to compare.
 enforce = "${FW_ENFORCE:-auto}"
 
+[time]
+# No NTP (nothing outside 127.0.0.1 is asked during a bench).
+servers = []
+
 [log]
 level = "warn"
 

@@ -137,6 +137,13 @@ pub async fn run(
     // The clock before anything is stamped: when the daemon owns it, a first NTP answer
     // (a bounded wait; offline it starts without), and the daemon's clock starts after it.
     let set_clock = crate::fixed::get().set_clock;
+    // No lookup may hold a port the relay is about to bind (its range, and the built-in
+    // range it falls back to).
+    let fallback_media = crate::config::MediaConfig::default();
+    crate::dns::avoid_udp_ports(&[
+        cfg.media.port_first..=cfg.media.port_last,
+        fallback_media.port_first..=fallback_media.port_last,
+    ]);
     let mut time =
         crate::timesync::TimeSync::start(&cfg.time, &cfg.dns, &cfg.store.data_dir, set_clock);
     if set_clock && !cfg.time.servers.is_empty() && cfg.time.start_wait_secs > 0 {

@@ -19,8 +19,10 @@
 //! The name servers are `[dns] servers`, else those of `/etc/resolv.conf` (written by the
 //! image's DHCP client), read again for every lookup so a new lease's servers are used.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
@@ -50,6 +52,30 @@ const QUERY_ATTEMPTS: usize = 2;
 /// Answers waiting for the loop; a task waits when it is full (there is one per trunk
 /// host, so this is never reached in practice).
 const ANSWER_QUEUE: usize = 64;
+
+/// UDP ports no query takes as its source port. hickory picks each query's source port at
+/// random from 1024-65535 (spoofing resistance); one inside the relay's range, open while
+/// the relay binds every port of it at start, made the relay fail to start (and the daemon
+/// fall back to the built-in range) about one start in five on a machine with a 12,000-port
+/// range. Set by the daemon from `[media]` before its first lookup.
+static AVOID_UDP_PORTS: RwLock<Option<Arc<HashSet<u16>>>> = RwLock::new(None);
+
+/// Keeps every lookup's UDP source port out of `ranges` (the relay's port ranges).
+pub fn avoid_udp_ports(ranges: &[RangeInclusive<u16>]) {
+    let ports: HashSet<u16> = ranges.iter().flat_map(|r| r.clone()).collect();
+    if let Ok(mut avoid) = AVOID_UDP_PORTS.write() {
+        *avoid = Some(Arc::new(ports));
+    }
+}
+
+/// The ports of [`avoid_udp_ports`], for a resolver's options.
+fn avoided_udp_ports() -> Arc<HashSet<u16>> {
+    AVOID_UDP_PORTS
+        .read()
+        .ok()
+        .and_then(|a| a.clone())
+        .unwrap_or_default()
+}
 
 /// `[dns]` section: how trunk hosts are resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +385,7 @@ impl Resolver {
         // Answers are kept by TrunkDns for their TTL; the resolver's own cache would only
         // hide a change from the next round.
         opts.cache_size = 0;
+        opts.avoid_local_udp_ports = avoided_udp_ports();
         let inner = builder
             .build()
             .map_err(|e| DnsError::NoServers(e.to_string()))?;
@@ -939,5 +966,23 @@ mod tests {
         }
         assert_eq!(fqdn("a.example"), "a.example.");
         assert_eq!(fqdn("pbx"), "pbx");
+    }
+
+    #[tokio::test]
+    async fn lookups_never_take_a_source_port_of_the_relay() {
+        avoid_udp_ports(&[16_000..=16_003, 10_000..=10_001]);
+        let cfg = DnsConfig {
+            servers: vec!["127.0.0.1:5353".to_owned()],
+            ..DnsConfig::default()
+        };
+        let resolver = Resolver::new(&cfg).expect("resolver");
+        let avoided = &resolver.inner.options().avoid_local_udp_ports;
+        for port in [16_000, 16_001, 16_002, 16_003, 10_000, 10_001] {
+            assert!(
+                avoided.contains(&port),
+                "{port} may be a query's source port"
+            );
+        }
+        assert_eq!(avoided.len(), 6);
     }
 }
