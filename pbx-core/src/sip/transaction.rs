@@ -81,8 +81,8 @@
 //! arrival queue, ~100 B; the branch twice and the sent-by host) plus the response buffer
 //! (at most 512 B beyond its length): ≈ 75 MiB when full of REGISTER 200s (~450 B each),
 //! never more than ≈ 90 MiB. The stateless cache adds at most [`MAX_STATELESS_BYTES`] plus
-//! ~200 B per entry (≈ 1.2 MiB). Worst case of the three together ≈ 180 MiB; at 12,000
-//! REGISTER/s ≈ 80 MiB (see bench/README.md for the measured peak). The completed cache's
+//! ~200 B per entry (≈ 5.6 MiB). Worst case of the three together ≈ 185 MiB; at 12,000
+//! REGISTER/s ≈ 85 MiB (see bench/README.md for the measured peak). The completed cache's
 //! tables shrink back once a burst has expired.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -103,10 +103,13 @@ pub const DEFAULT_MAX_SERVER: usize = 2_048;
 pub const MAX_COMPLETED_ENTRIES: usize = 65_536;
 /// Most final-response bytes kept in the completed cache.
 pub const MAX_COMPLETED_BYTES: usize = 32 * 1024 * 1024;
-/// Most responses kept to answer retransmissions of statelessly rejected requests.
-pub const MAX_STATELESS_ENTRIES: usize = 1_024;
-/// Most response bytes kept in the stateless cache.
-pub const MAX_STATELESS_BYTES: usize = 1024 * 1024;
+/// Most responses kept to answer retransmissions of statelessly rejected requests: every
+/// first REGISTER gets a 401 from here, so at 12,000 REGISTER/s this is ~0.7 s of them,
+/// longer than a phone's first retransmission (T1, 500 ms); 1,024 covered 85 ms, and a late
+/// retransmission drew a second challenge with a new nonce.
+pub const MAX_STATELESS_ENTRIES: usize = 8_192;
+/// Most response bytes kept in the stateless cache (a 401 is ~400 B).
+pub const MAX_STATELESS_BYTES: usize = 4 * 1024 * 1024;
 
 /// The RFC 3261 magic cookie that marks a branch as globally unique (§8.1.1.7).
 const MAGIC_COOKIE: &str = "z9hG4bK";
