@@ -692,37 +692,34 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
     .expect("namespace thread")
 }
 
+/// The tick counters of one line of /proc/stat (`cpu` for all CPUs together, `cpuN`):
+/// user nice system idle iowait irq softirq steal ...; empty when absent.
+fn proc_stat_ticks(name: &str) -> Vec<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .map(|line| {
+            line.split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Busy ticks of every CPU together (the `cpu` line of /proc/stat, idle and iowait aside).
 fn all_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let ticks = proc_stat_ticks("cpu");
     let total: u64 = ticks.iter().take(8).sum();
     total.saturating_sub(ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0))
 }
 
 /// Softirq ticks of CPU `cpu`.
 fn softirq_ticks(cpu: usize) -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let name = format!("cpu{cpu}");
-    let Some(line) = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
-    else {
-        return 0;
-    };
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    ticks.get(6).copied().unwrap_or(0)
+    proc_stat_ticks(&format!("cpu{cpu}"))
+        .get(6)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// The pid of `ksoftirqd/CPU`.
@@ -738,23 +735,18 @@ fn ksoftirqd_pid(cpu: usize) -> Option<i32> {
 
 /// utime + stime of process `pid`, in clock ticks.
 fn proc_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
+    stat_ticks(&format!("/proc/{pid}/stat"))
 }
 
 /// utime + stime of one thread of this process, in clock ticks.
 fn thread_ticks(tid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    stat_ticks(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// utime + stime from a `stat` file (fields 14 and 15; the command name may hold spaces, so
+/// counted after its closing parenthesis); 0 when unreadable.
+fn stat_ticks(path: &str) -> u64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
         return 0;
     };
@@ -775,43 +767,16 @@ fn pin(tid: i32, cpu: usize) -> bool {
 
 /// utime + stime of one thread of the relay under test, in clock ticks.
 fn task_cpu_ticks(under_test: &UnderTest, tid: i32) -> u64 {
-    let path = match under_test {
-        UnderTest::Outpost(_) => format!("/proc/self/task/{tid}/stat"),
-        UnderTest::Rtpengine(pid) => format!("/proc/{pid}/task/{tid}/stat"),
-    };
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return 0;
-    };
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
+    match under_test {
+        UnderTest::Outpost(_) => thread_ticks(tid),
+        UnderTest::Rtpengine(pid) => stat_ticks(&format!("/proc/{pid}/task/{tid}/stat")),
+    }
 }
 
 /// Ticks CPU `cpu` spent busy in all (user, system, irq, softirq, steal) and in interrupts
 /// (irq + softirq), from /proc/stat.
 fn cpu_ticks(cpu: usize) -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let name = format!("cpu{cpu}");
-    let Some(line) = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
-    else {
-        return (0, 0);
-    };
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let ticks = proc_stat_ticks(&format!("cpu{cpu}"));
     // user nice system idle iowait irq softirq steal (guest time is inside user).
     let total: u64 = ticks.iter().take(8).sum();
     let field = |i: usize| ticks.get(i).copied().unwrap_or(0);
