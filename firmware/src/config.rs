@@ -117,6 +117,8 @@ pub struct Config {
     pub dns: crate::dns::DnsConfig,
     /// `[time]`: the NTP servers that keep the clock right.
     pub time: crate::timesync::TimeConfig,
+    /// `[web]`: the web admin page.
+    pub web: crate::webconf::WebConfig,
 }
 
 /// `[sip]` section.
@@ -410,6 +412,7 @@ impl Config {
             ports.extend(self.ssh.listen.iter().map(SocketAddr::port));
         }
         ports.extend(self.metrics.listen.iter().map(SocketAddr::port));
+        ports.extend(self.web.ports());
         ports.sort_unstable();
         ports.dedup();
         firewall::nft::ManagementZone {
@@ -841,6 +844,9 @@ impl Config {
         self.management
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
+        self.web
+            .validate()
+            .map_err(|(key, reason)| invalid(key, reason))?;
         // The management zone drops TCP to its ports from outside the management networks:
         // a port shared with SIP would take SIP over TCP with it.
         let sip_ports: HashSet<u16> = self
@@ -854,6 +860,7 @@ impl Config {
         for (key, addr) in ssh_ports
             .map(|a| ("ssh.listen", a))
             .chain(self.metrics.listen.iter().map(|a| ("metrics.listen", a)))
+            .chain(self.web.listen.iter().map(|a| ("web.listen", a)))
         {
             if sip_ports.contains(&addr.port()) {
                 return Err(invalid(
@@ -1167,6 +1174,10 @@ mod tests {
         assert_eq!(c.firewall_surroundings().management, zone);
         c.ssh.enabled = false;
         assert_eq!(c.management_zone().ports, [9100]);
+        c.web.listen = vec!["0.0.0.0:443".parse().unwrap(), "[::]:443".parse().unwrap()];
+        assert_eq!(c.management_zone().ports, [443, 9100]);
+        c.web.listen = vec!["0.0.0.0:5060".parse().unwrap()];
+        assert_eq!(invalid_key(&c), "web.listen");
     }
 
     #[test]

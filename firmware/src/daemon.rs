@@ -320,6 +320,7 @@ pub async fn run(
         }
         None => None,
     };
+    let web_networks = management_rx.clone();
     if let Some(addr) = daemon.cfg.metrics.listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
@@ -344,11 +345,28 @@ pub async fn run(
             daemon.cfg.admin.socket.display()
         )
     })?;
+    let web_admin = admin_tx.clone();
     tokio::spawn(async move {
         if let Err(err) = server::run(listener, admin_tx, access).await {
             tracing::error!(%err, "admin socket failed");
         }
     });
+    // The web page: a client of the same queue as the admin socket.
+    if let Err(err) = crate::web::start(
+        &daemon.cfg.web,
+        &daemon.cfg.tls,
+        &daemon.cfg.store.data_dir,
+        web_admin,
+        web_networks,
+    )
+    .await
+    {
+        fallbacks.fell_back(
+            "web",
+            err.to_string(),
+            "no web page (outpostctl, SSH and the console still work)",
+        );
+    }
 
     // SSH: dropbear under supervision; its failed logins feed the firewall.
     let mut ssh_failures = match crate::ssh::start(

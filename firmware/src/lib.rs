@@ -20,6 +20,7 @@
 //! - [`syslog`]: log lines to `/dev/log`.
 //! - [`watchdog`]: the hardware watchdog, petted while the daemon is healthy.
 //! - [`system`]: `[system]`, the box's host name.
+//! - [`webconf`]: `[web]`, the web admin page's listeners, certificate and timeouts.
 //!
 //! Subsystems (each owns its config section and typed operations, errors and results):
 //! - [`driver`]: SIP transports (UDP, TCP, TLS) and `[tls]`.
@@ -48,6 +49,8 @@
 //!   `admin::backup`, `admin::ssh`, `admin::console`). `docs/admin-api.md` documents the protocol.
 //!
 //! Clients of the admin socket:
+//! - [`web`]: the web admin page (HTTPS, in outpostd), every action an admin command sent
+//!   down the admin socket's queue.
 //! - [`update`]: A/B firmware updates, trial boots and their health check (which asks the
 //!   daemon over the admin socket, like `outpostctl`).
 //!
@@ -84,3 +87,5 @@ pub mod system;
 pub mod timesync;
 pub mod update;
 pub mod watchdog;
+pub mod web;
+pub mod webconf;

@@ -83,6 +83,7 @@ pub const KEYS: &[(&str, Apply)] = &[
     ("tls", Restart),
     ("voicemail.enabled", Restart),
     ("watchdog", Restart),
+    ("web", Restart),
 ];
 
 /// The rule for `key`: the longest entry of [`KEYS`] that is `key` or a section above it.

@@ -337,7 +337,8 @@ async fn handle_connection(
     }
 }
 
-async fn dispatch(cmd: Command, tx: &mpsc::Sender<AdminRequest>) -> Reply {
+/// Hands `cmd` to the daemon's loop and waits for its reply (the socket's and the web page's path).
+pub async fn dispatch(cmd: Command, tx: &mpsc::Sender<AdminRequest>) -> Reply {
     tracing::debug!(cmd = cmd.name(), "admin command");
     let (reply_tx, reply_rx) = oneshot::channel();
     if tx.send((cmd, reply_tx)).await.is_err() {

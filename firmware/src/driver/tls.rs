@@ -153,6 +153,15 @@ impl ServerIdentity {
     }
 }
 
+/// The box's server identity: `[tls] cert`/`key` when set, else the self-signed one under
+/// `<data_dir>/tls/` (made on first use). SIP over TLS and the web page present it.
+pub fn box_identity(cfg: &TlsConfig, data_dir: &Path) -> Result<ServerIdentity, TlsError> {
+    match (&cfg.cert, &cfg.key) {
+        (Some(cert), Some(key)) => ServerIdentity::load(cert, key),
+        _ => ServerIdentity::load_or_generate(&data_dir.join(GENERATED_DIR)),
+    }
+}
+
 /// The TLS side of the transports: always a client (for trunks), a server when listening.
 #[derive(Clone)]
 pub struct TlsContext {
@@ -181,10 +190,7 @@ impl TlsContext {
             fingerprint: None,
         };
         if !cfg.listen.is_empty() {
-            let identity = match (&cfg.cert, &cfg.key) {
-                (Some(cert), Some(key)) => ServerIdentity::load(cert, key)?,
-                _ => ServerIdentity::load_or_generate(&data_dir.join(GENERATED_DIR))?,
-            };
+            let identity = box_identity(cfg, data_dir)?;
             ctx.fingerprint = Some(identity.fingerprint.clone());
             ctx.acceptor = Some(TlsAcceptor::from(Arc::new(server_config(identity)?)));
         }

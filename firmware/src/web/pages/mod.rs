@@ -1,0 +1,15 @@
+//! One module per page; each reads and acts through [`super::api::Api`] only.
+
+pub mod dashboard;
+pub mod extensions;
+
+use axum::Router;
+
+use super::app::AppState;
+
+/// Every page's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .merge(dashboard::routes())
+        .merge(extensions::routes())
+}
