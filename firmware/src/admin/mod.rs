@@ -5,6 +5,7 @@ pub mod backup;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod export;
 pub mod firewall;
 pub mod log;
 pub mod proto;

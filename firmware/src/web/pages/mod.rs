@@ -1,7 +1,10 @@
 //! One module per page; each reads and acts through [`super::api::Api`] only.
 
+pub mod calls;
+pub mod config;
 pub mod dashboard;
 pub mod extensions;
+pub mod firewall;
 
 use axum::Router;
 
@@ -12,4 +15,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(dashboard::routes())
         .merge(extensions::routes())
+        .merge(calls::routes())
+        .merge(firewall::routes())
+        .merge(config::routes())
 }
