@@ -401,7 +401,7 @@ pub async fn run(
             Some((seq, ok)) = commit_done.recv() => daemon.committed(seq, ok),
             Some(ip) = crate::ssh::next_failure(&mut ssh_failures) => {
                 let now = daemon.clock.now();
-                daemon.guard.ssh_failure(now, ip);
+                daemon.guard.login_failure(now, ip, firewall::detect::LoginService::Ssh);
             }
             Some(ev) = next_media_event(&mut media_rx) => {
                 let now = daemon.clock.now();

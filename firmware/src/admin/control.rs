@@ -352,9 +352,9 @@ impl Control<'_> {
             Command::Ssh(ssh) => tokio::task::block_in_place(|| {
                 crate::admin::ssh::execute(self.cfg, self.store, now, ssh)
             })?,
-            Command::Admin(admin) => {
-                tokio::task::block_in_place(|| crate::admin::console::execute(self.store, admin))?
-            }
+            Command::Admin(admin) => tokio::task::block_in_place(|| {
+                crate::admin::console::execute(self.store, self.guard, now, admin)
+            })?,
         })
     }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use pbx_core::cdr::Cdr;
 
 pub use crate::backup::api::{BackupCommand, BackupKey, SecretText};
-pub use crate::console::api::{AdminCommand, AdminInfo, LoginOutcome};
+pub use crate::console::api::{AdminCommand, AdminInfo, LoginOutcome, LoginService};
 pub use crate::log::api::{LogCursor, LogPage, LogQuery, LogStatus};
 pub use crate::log::remote::CollectorStatus;
 pub use crate::names::{
@@ -803,6 +803,8 @@ mod tests {
         );
         let c = Command::Admin(AdminCommand::Login {
             password: "secret-password".into(),
+            source: None,
+            service: None,
         });
         let s = serde_json::to_string(&c).unwrap();
         assert_eq!(
@@ -814,6 +816,24 @@ mod tests {
             "admin_login",
             "the name never carries the password"
         );
+        let c: Command = serde_json::from_str(
+            r#"{"cmd":"admin","admin":"login","password":"x","source":"192.0.2.7","service":"web"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Command::Admin(AdminCommand::Login {
+                password: "x".into(),
+                source: Some("192.0.2.7".parse().unwrap()),
+                service: Some(LoginService::Web),
+            })
+        );
+        for bad in [
+            r#"{"cmd":"admin","admin":"login","password":"x","source":"192.0.2.300"}"#,
+            r#"{"cmd":"admin","admin":"login","password":"x","service":"telnet"}"#,
+        ] {
+            assert!(serde_json::from_str::<Command>(bad).is_err(), "{bad}");
+        }
         assert!(serde_json::from_str::<Command>(r#"{"cmd":"admin","admin":"su"}"#).is_err());
         for r in [
             Reply::SshKeys(vec![SshKeyInfo {
