@@ -78,15 +78,25 @@ pub fn execute(store: &Store, cmd: AdminCommand) -> Result<ConsoleOutcome, Conso
             tracing::info!("console: admin password changed");
             Ok(ConsoleOutcome::Done("admin password set".to_owned()))
         }
-        AdminCommand::Login { password } => {
+        AdminCommand::Login {
+            password,
+            source,
+            service,
+        } => {
             let Some(hash) = stored_hash(store)? else {
                 return Ok(ConsoleOutcome::Login(LoginOutcome::NoPassword));
             };
+            // `via` says which door, so the log tells a web guesser from a console typo.
+            let via = match (source, service) {
+                (None, None) => "console".to_string(),
+                (None, Some(s)) => s.to_string(),
+                (Some(ip), s) => format!("{} from {ip}", s.unwrap_or(api::LoginService::Web)),
+            };
             if verify_password(&hash, &password) {
-                tracing::info!("console: admin logged in");
+                tracing::info!("admin logged in ({via})");
                 Ok(ConsoleOutcome::Login(LoginOutcome::Accepted))
             } else {
-                tracing::warn!("console: wrong admin password");
+                tracing::warn!("wrong admin password ({via})");
                 Ok(ConsoleOutcome::Login(LoginOutcome::Refused))
             }
         }
@@ -722,6 +732,8 @@ mod tests {
                 &store,
                 AdminCommand::Login {
                     password: pw.into(),
+                    source: None,
+                    service: None,
                 },
             )
             .unwrap()

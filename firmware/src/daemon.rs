@@ -34,6 +34,7 @@ use pbx_core::sip::wire;
 mod boot;
 mod clock;
 mod committer;
+mod facts;
 mod snapshot;
 mod start;
 
@@ -419,7 +420,7 @@ pub async fn run(
             Some((seq, ok)) = commit_done.recv() => daemon.committed(seq, ok),
             Some(ip) = crate::ssh::next_failure(&mut ssh_failures) => {
                 let now = daemon.clock.now();
-                daemon.guard.ssh_failure(now, ip);
+                daemon.guard.login_failure(now, ip, firewall::detect::LoginService::Ssh);
             }
             Some(ev) = next_media_event(&mut media_rx) => {
                 let now = daemon.clock.now();
@@ -1177,6 +1178,17 @@ impl Daemon {
         if let Command::Log(query) = cmd {
             // Reading megabytes of log files runs off the loop too.
             crate::admin::log::execute(&self.cfg, query, reply);
+            return;
+        }
+        if matches!(cmd, Command::System | Command::SbomRead { .. }) {
+            // Reads files (an SBOM of megabytes) off the loop.
+            let known = facts::Known {
+                hostname: crate::system::hostname(&self.cfg.system),
+                uptime_secs: self.clock.start.elapsed().as_secs(),
+                time: self.time.status(),
+                data_dir: self.cfg.store.data_dir.clone(),
+            };
+            facts::execute(cmd, known, reply);
             return;
         }
         let now = self.clock.now();

@@ -38,6 +38,10 @@ pub struct FixedSettings {
     /// where it holds CAP_SYS_TIME). Otherwise it only watches and reports the offset (a
     /// workstation running the demo or the tests keeps its own time service).
     pub set_clock: bool,
+    /// Where the image's own files are read from for `system` and `sbom_read`
+    /// (`etc/outpost/release`, `run/outpost-boot`, `usr/share/outpost/sbom.json` under it):
+    /// `/` on the box; a directory of fakes in the tests.
+    pub system_root: PathBuf,
 }
 
 /// Who starts dropbear.
@@ -69,6 +73,7 @@ impl Default for FixedSettings {
             admin_group: None,
             ssh: SshRunner::Daemon,
             set_clock: false,
+            system_root: PathBuf::from("/"),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`names`]: extension, password, display-name and host-name rules and limits, and
 //!   `printable` for echoing outside text.
 //! - [`civil`]: the UTC calendar (dates from milliseconds and back).
+//! - [`chunk`]: files read out in bounded base64 pieces (backups, voicemail, the SBOM).
 //! - [`fixed`]: what the image fixes at start and the configuration cannot change (the
 //!   programs the daemon runs, the admin socket's group, who runs dropbear).
 //! - [`metrics`]: the counters snapshot and the optional Prometheus endpoint.
@@ -60,6 +61,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod chunk;
 pub mod civil;
 pub mod config;
 pub mod console;

@@ -721,7 +721,7 @@ impl LogBudget {
     }
 }
 
-/// Failed SSH logins from the supervisor, for `Guard::ssh_failure`.
+/// Failed SSH logins from the supervisor, for `Guard::login_failure`.
 pub type FailureReceiver = mpsc::Receiver<IpAddr>;
 
 /// Starts SSH when `[ssh] enabled`: writes authorized_keys from the store, then either

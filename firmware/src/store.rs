@@ -608,6 +608,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Voicemail message `id`'s index entry, if it exists.
+    pub fn vm_get(&self, id: u64) -> Result<Option<VoicemailRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(VOICEMAIL)?;
+        let row = table.get(id)?;
+        Ok(row.and_then(|v| self.decode::<VoicemailRecord>("voicemail", id, v.value())))
+    }
+
     /// Marks message `id` as heard; returns its mailbox when it existed.
     pub fn vm_mark_heard(&self, id: u64) -> Result<Option<String>, StoreError> {
         let txn = self.begin_write()?;

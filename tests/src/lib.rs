@@ -595,6 +595,29 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("outpostctl {full:?} printed invalid JSON ({e}):\n{stdout}"))
     }
 
+    /// Sends one raw command (a JSON object, docs/admin-api.md) over the admin socket and
+    /// returns the daemon's reply object (`{"reply":...,"data":...}`); for commands
+    /// `outpostctl` has no subcommand for (the web page's). Waits at most 30 s.
+    pub fn admin(&self, command: &Value) -> Value {
+        use std::io::BufRead as _;
+        let stream = std::os::unix::net::UnixStream::connect(self.socket())
+            .unwrap_or_else(|e| panic!("admin socket {}: {e}", self.socket().display()));
+        let wait = Some(Duration::from_secs(30));
+        stream.set_read_timeout(wait).expect("read timeout");
+        stream.set_write_timeout(wait).expect("write timeout");
+        let mut line = command.to_string();
+        line.push('\n');
+        (&stream)
+            .write_all(line.as_bytes())
+            .expect("send the command");
+        let mut reply = String::new();
+        std::io::BufReader::new(&stream)
+            .read_line(&mut reply)
+            .expect("read the reply");
+        serde_json::from_str(&reply)
+            .unwrap_or_else(|e| panic!("reply to {command} is not JSON ({e}): {reply:?}"))
+    }
+
     /// Adds an extension through outpostctl.
     pub fn add_extension(&self, ext: &str, password: &str) {
         self.ctl_ok(&["ext", "add", ext, "--password", password]);

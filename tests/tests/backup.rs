@@ -853,6 +853,65 @@ fn forged_stripped_and_swapped_backups_are_refused_unless_trusted_unsigned_and_t
 }
 
 #[test]
+fn backups_are_read_out_in_pieces_and_nothing_outside_the_backup_directory_is() {
+    use base64::Engine as _;
+    let keys = Keys::new();
+    let daemon = Daemon::start_with(config(&keys));
+    let file = backup_now(&daemon);
+    let name = file.file_name().and_then(|n| n.to_str()).expect("name");
+    let read = |file: &str, offset: u64, len: u64| {
+        daemon.admin(&json!({
+            "cmd": "backup", "backup": "read", "file": file, "offset": offset, "len": len,
+        }))
+    };
+    let mut got = Vec::new();
+    loop {
+        let r = read(name, got.len() as u64, 4096);
+        assert_eq!(r["reply"], "file_chunk", "{r}");
+        assert_eq!(
+            r["data"]["size"].as_u64(),
+            Some(fs::metadata(&file).expect("size").len())
+        );
+        let piece = base64::engine::general_purpose::STANDARD
+            .decode(r["data"]["data"].as_str().unwrap_or_default())
+            .expect("base64");
+        if piece.is_empty() {
+            break;
+        }
+        got.extend(piece);
+    }
+    assert_eq!(
+        got,
+        fs::read(&file).expect("read"),
+        "the pieces are the backup"
+    );
+    // A symlink in the backup directory to the store, paths, partial files, bad lengths.
+    let dir = file.parent().expect("backup dir");
+    std::os::unix::fs::symlink(daemon.data_dir().join("outpost.redb"), dir.join("x.backup"))
+        .expect("symlink");
+    fs::write(dir.join("y.backup.partial"), b"half").expect("write");
+    for (file, offset, len, why) in [
+        ("x.backup", 0, 10, "not a regular file"),
+        ("../outpost.redb", 0, 10, "not a backup name"),
+        ("..", 0, 10, "not a backup name"),
+        (".hidden.backup", 0, 10, "not a file name"),
+        ("/etc/passwd", 0, 10, "not a backup name"),
+        ("../../etc/x.backup", 0, 10, "not a file name"),
+        ("y.backup.partial", 0, 10, "not a backup name"),
+        (name, 0, 0, "len must be"),
+        (name, 0, 1024 * 1024 + 1, "len must be"),
+        (name, 1 << 40, 10, "past the end"),
+    ] {
+        let r = read(file, offset, len);
+        let message = r["data"]["message"].as_str().unwrap_or_default();
+        assert!(
+            r["reply"] == "error" && message.contains(why),
+            "read {file:?} {offset} {len}: expected an error saying {why:?}, got {r}"
+        );
+    }
+}
+
+#[test]
 fn kill_9_during_a_backup_leaves_no_good_backup_and_the_next_one_works() {
     let keys = Keys::new();
     let mut daemon = Daemon::start_with(config(&keys));

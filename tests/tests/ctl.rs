@@ -387,3 +387,82 @@ fn a_hostname_the_kernel_refuses_is_still_used_and_reported_once() {
         "said once:\n{log}"
     );
 }
+
+#[test]
+fn system_facts_and_the_sbom_download() {
+    use base64::Engine as _;
+    let root = tempfile::tempdir().expect("tempdir");
+    let put = |rel: &str, text: &str| {
+        let path = root.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    };
+    put(
+        "etc/outpost/release",
+        "version=9.8.7\nbuild=1780000000\nprofile=qemu\n",
+    );
+    put("run/outpost-boot", "slot=a\nbooted=a\n");
+    let sbom: String = format!(
+        r#"{{"bomFormat":"CycloneDX","components":[{}]}}"#,
+        (0..3000)
+            .map(|i| format!(
+                r#"{{"purl":"pkg:cargo/crate{i}@1","licenses":[{{"expression":"MIT"}}]}}"#
+            ))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    put("usr/share/outpost/sbom.json", &sbom);
+    let root_arg = root.path().to_str().expect("utf-8").to_owned();
+    let daemon =
+        Daemon::start_with(DaemonConfig::loopback().with_args(&["--system-root", &root_arg]));
+    let r = daemon.admin(&serde_json::json!({"cmd": "system"}));
+    assert_eq!(r["reply"], "system", "{r}");
+    let s = &r["data"];
+    assert!(
+        !json_str(s, "hostname").unwrap_or_default().is_empty(),
+        "{s}"
+    );
+    let lo = s["interfaces"]
+        .as_array()
+        .and_then(|l| l.iter().find(|i| i["name"] == "lo"))
+        .unwrap_or_else(|| panic!("no lo interface: {s}"));
+    assert!(
+        lo["addrs"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "127.0.0.1/8")),
+        "{lo}"
+    );
+    assert!(s["host_uptime_secs"].as_u64().is_some(), "{s}");
+    assert!(s["time"]["synchronised"].is_boolean(), "{s}");
+    assert_eq!(s["firmware"]["version"], "9.8.7", "{s}");
+    assert_eq!(s["firmware"]["booted_slot"], "a", "{s}");
+    assert_eq!(s["firmware"]["trial"], false, "{s}");
+    assert_eq!(s["sbom"]["components"], 3000, "{s}");
+    assert_eq!(s["sbom"]["crates"], 3000, "{s}");
+    assert_eq!(s["sbom"]["size"].as_u64(), Some(sbom.len() as u64), "{s}");
+    // The SBOM comes out in pieces, byte for byte.
+    let mut got = Vec::new();
+    loop {
+        let r = daemon.admin(&serde_json::json!(
+            {"cmd": "sbom_read", "offset": got.len(), "len": 65536}
+        ));
+        assert_eq!(r["reply"], "file_chunk", "{r}");
+        let piece = base64::engine::general_purpose::STANDARD
+            .decode(r["data"]["data"].as_str().unwrap_or_default())
+            .expect("base64");
+        if piece.is_empty() {
+            break;
+        }
+        got.extend(piece);
+    }
+    assert_eq!(got, sbom.as_bytes());
+    // Off an image: no release file, no SBOM; said, not failed.
+    std::fs::remove_file(root.path().join("etc/outpost/release")).expect("rm");
+    std::fs::remove_file(root.path().join("usr/share/outpost/sbom.json")).expect("rm");
+    let s = daemon.admin(&serde_json::json!({"cmd": "system"}))["data"].clone();
+    assert!(
+        s["firmware"].is_null() && s["firmware_error"].is_string(),
+        "{s}"
+    );
+    assert!(s["sbom"].is_null() && s["sbom_error"].is_string(), "{s}");
+}

@@ -430,6 +430,44 @@ fn password_guessing_bans_the_source_at_the_tenth_failure() {
 }
 
 #[test]
+fn ten_wrong_web_logins_ban_the_source_in_the_kernel() {
+    let site = site("");
+    let attacker: IpAddr = site.lab.attacker_ip().into();
+    let daemon = &site.daemon;
+    let set = daemon.admin(&serde_json::json!(
+        {"cmd": "admin", "admin": "passwd", "password": "web-admin-password"}
+    ));
+    assert_eq!(set["reply"], "done", "{set}");
+    let login = |password: &str| {
+        let reply = daemon.admin(&serde_json::json!({
+            "cmd": "admin", "admin": "login", "password": password,
+            "source": attacker.to_string(), "service": "web",
+        }));
+        assert_eq!(reply["reply"], "login", "{reply}");
+        reply["data"].as_str().unwrap_or_default().to_owned()
+    };
+    for _ in 0..9 {
+        assert_eq!(login("not-the-password"), "refused");
+    }
+    // The right password neither counts nor forgives.
+    assert_eq!(login("web-admin-password"), "accepted");
+    assert_eq!(site.ban_of(attacker), None, "banned after 9 failures");
+    assert_eq!(login("not-the-password"), "refused");
+    let ban = site.wait_banned(attacker, Duration::from_secs(2));
+    assert_eq!(json_str(&ban, "rule"), Some("auth_failures"), "{ban}");
+    let reason = json_str(&ban, "reason").unwrap_or_default();
+    assert!(reason.contains("failed web login"), "{ban}");
+    site.wait_in_kernel(attacker, Duration::from_secs(2));
+    // Banned: the right password from there is refused too.
+    assert_eq!(login("web-admin-password"), "refused");
+    assert!(
+        daemon.log_text().contains("web login"),
+        "the alert names the service:\n{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
 fn guessing_one_account_from_three_sources_locks_it_until_unlocked_or_expired() {
     const LOCK_MS: u64 = 3_000;
     let site = site(&format!(

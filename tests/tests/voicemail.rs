@@ -355,6 +355,46 @@ fn assert_message(daemon: &Daemon, msg: &Value, ms: std::ops::RangeInclusive<u64
     path
 }
 
+/// `vm_audio` (the web page's player) returns the stored file byte for byte, whole and in
+/// pieces, and leaves the message new.
+fn assert_audio_api(daemon: &Daemon, msg: &Value, path: &Path) {
+    use base64::Engine as _;
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v["data"].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("data is not base64 ({e}): {v}"))
+    };
+    let on_disk = std::fs::read(path).expect("read the message file");
+    let id = msg["id"].as_u64().expect("id");
+    let whole = daemon.admin(&serde_json::json!({"cmd": "vm_audio", "id": id}));
+    assert_eq!(whole["reply"], "vm_audio", "{whole}");
+    let data = &whole["data"];
+    assert_eq!(json_str(data, "content_type"), Some("audio/wav"), "{data}");
+    assert_eq!(json_str(data, "mailbox"), Some(PHONE_B.0), "{data}");
+    assert_eq!(data["duration_ms"], msg["duration_ms"], "{data}");
+    assert_eq!(data["size"].as_u64(), Some(on_disk.len() as u64), "{data}");
+    assert_eq!(b64(data), on_disk, "vm_audio returns the file as stored");
+    let mut pieces = Vec::new();
+    loop {
+        let r = daemon.admin(&serde_json::json!(
+            {"cmd": "vm_audio", "id": id, "offset": pieces.len(), "len": 10_000}
+        ));
+        let piece = b64(&r["data"]);
+        if piece.is_empty() {
+            break;
+        }
+        pieces.extend(piece);
+    }
+    assert_eq!(pieces, on_disk, "the pieces reassemble the file");
+    let missing = daemon.admin(&serde_json::json!({"cmd": "vm_audio", "id": id + 1000}));
+    assert_eq!(missing["reply"], "error", "{missing}");
+    assert_eq!(
+        vm_list(daemon, &[PHONE_B.0])[0]["new"].as_bool(),
+        Some(true),
+        "reading the audio does not mark the message heard"
+    );
+}
+
 /// The fields of a WAV file the tests check.
 #[derive(Debug)]
 struct Wav {
@@ -600,6 +640,7 @@ fn a_call_to_an_offline_extension_leaves_a_message_ended_with_pound() {
     assert_eq!(list.len(), 1, "{list:?}");
     let path = assert_message(&daemon, &list[0], 2_500..=3_800);
     assert_recording(&path, &said);
+    assert_audio_api(&daemon, &list[0], &path);
     assert_eq!(vm_list(&daemon, &[PHONE_B.0]).len(), 1, "vm list 200");
     assert!(
         vm_list(&daemon, &[PHONE_A.0]).is_empty(),

@@ -31,7 +31,7 @@ pub struct DetectConfig {
     pub flood: FloodRule,
     /// Sources that have not yet authenticated successfully.
     pub unknown_host: UnknownHostRule,
-    /// Failures per source: auth failures, SSH failures, malformed and oversized messages.
+    /// Failures per source: auth failures, failed SSH and web logins, malformed and oversized messages.
     pub auth_source: AuthSourceRule,
     /// Sources banned again and again within a day.
     pub repeat: RepeatRule,

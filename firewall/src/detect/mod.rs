@@ -3,7 +3,7 @@
 //! Pure and deterministic: no I/O, no clock, time is the `now` argument. The driver calls
 //! [`Detector::observe`] for every SIP message before `Endpoint::handle` (a
 //! [`Observation::Message`], or [`Observation::Malformed`] when the wire parser refused it),
-//! and again for the core's outcomes (auth failure/success, unknown user) and SSH failures.
+//! and again for the core's outcomes (auth failure/success, unknown user) and failed SSH and web logins.
 //!
 //! # Verdicts
 //! `observe` returns one [`Verdict`], about the observation's *source* (or, for
@@ -162,10 +162,13 @@ pub enum Observation<'a> {
         /// The user asked for.
         user: &'a str,
     },
-    /// A failed SSH login: counts like an auth failure of the source.
-    SshFailure {
+    /// A failed login to one of the box's own services (SSH, the web admin page): counts
+    /// like an auth failure of the source; a ban it tips names the service.
+    LoginFailure {
         /// Client address.
         src: IpAddr,
+        /// Which service refused the login.
+        service: LoginService,
     },
     /// TCP/TLS connections of one source since its last report (the transports aggregate
     /// them, so a flood of connections costs one observation per report, not one each).
@@ -188,9 +191,35 @@ impl Observation<'_> {
             | Observation::AuthFailure { src, .. }
             | Observation::AuthSuccess { src, .. }
             | Observation::UnknownUser { src, .. }
-            | Observation::SshFailure { src }
+            | Observation::LoginFailure { src, .. }
             | Observation::Connections { src, .. } => src,
         }
+    }
+}
+
+/// A service of the box's own that reports failed logins ([`Observation::LoginFailure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginService {
+    /// The SSH server (dropbear).
+    Ssh,
+    /// The web admin page.
+    Web,
+}
+
+impl LoginService {
+    /// The name in alerts, logs and ban reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginService::Ssh => "ssh",
+            LoginService::Web => "web",
+        }
+    }
+}
+
+impl fmt::Display for LoginService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -432,6 +461,8 @@ struct BanRecord {
     rule: Rule,
     /// The rule whose threshold caused the latest ban (differs from `rule` when escalated).
     trigger: Rule,
+    /// The service whose failed login tipped an `auth_failures` ban, if one did.
+    login: Option<LoginService>,
     count_today: u32,
     day_start: Millis,
     forget_at: Millis,
@@ -582,7 +613,7 @@ impl Detector {
                 self.fault(now, src, rule, key, true)
             }
             Observation::AuthFailure { user, .. } => {
-                let source = self.failure(now, src, Rule::AuthFailures);
+                let source = self.failure(now, src, Rule::AuthFailures, None);
                 match (source, self.account_failure(now, user)) {
                     (Verdict::Pass, Some(lock)) => lock,
                     (source, Some(lock)) => {
@@ -610,7 +641,9 @@ impl Detector {
                 Verdict::Pass
             }
             Observation::UnknownUser { user, .. } => self.unknown_user(now, src, user),
-            Observation::SshFailure { .. } => self.failure(now, src, Rule::AuthFailures),
+            Observation::LoginFailure { service, .. } => {
+                self.failure(now, src, Rule::AuthFailures, Some(service))
+            }
             Observation::Connections {
                 opened, refused, ..
             } => self.connections(now, src, opened, refused),
@@ -746,6 +779,7 @@ impl Detector {
                 until,
                 rule,
                 trigger: rule,
+                login: None,
                 count_today: count_today.max(1),
                 day_start: now,
                 forget_at,
@@ -977,8 +1011,15 @@ impl Detector {
         }
     }
 
-    /// Counts an auth or SSH failure of `src` (feedback: nothing to drop).
-    fn failure(&mut self, now: Millis, src: IpAddr, rule: Rule) -> Verdict {
+    /// Counts an auth, malformed or login failure of `src` (feedback: nothing to drop);
+    /// `login` names the service when it was a failed login, for the ban's reason.
+    fn failure(
+        &mut self,
+        now: Millis,
+        src: IpAddr,
+        rule: Rule,
+        login: Option<LoginService>,
+    ) -> Verdict {
         let r = self.cfg.auth_source.clone();
         if r.limit > 0 {
             let n = self.source(now, src).failures.add(now, r.window_ms, 1);
@@ -986,11 +1027,22 @@ impl Detector {
                 if rule != Rule::AuthFailures {
                     self.hit(rule);
                 }
-                let reason = format!(
-                    "{n} failures (auth, malformed, oversized) within {}",
+                let mut reason = format!(
+                    "{n} failures (auth, malformed, oversized, logins) within {}",
                     fmt_ms(r.window_ms)
                 );
-                return self.ban(now, src, Rule::AuthFailures, r.ban_ms, reason);
+                if let Some(service) = login {
+                    reason.push_str(&format!(", the last a failed {service} login"));
+                }
+                let verdict = self.ban(now, src, Rule::AuthFailures, r.ban_ms, reason);
+                // The record remembers the service so that `bans` can say it; a trunk peer
+                // has no record (ban() only rejects it).
+                if let Some(mut b) = self.bans.remove(&src) {
+                    b.login = login;
+                    // Re-inserting the record just removed cannot evict another.
+                    self.bans.insert(src, b);
+                }
+                return verdict;
             }
         }
         match rule {
@@ -1145,6 +1197,7 @@ impl Detector {
                     until: prev.until.max(now.saturating_add(ban_ms)),
                     rule: prev.rule,
                     trigger: prev.trigger,
+                    login: prev.login,
                     count_today: prev.count_today,
                     day_start: prev.day_start,
                     forget_at: prev.forget_at.max(now.saturating_add(ban_ms)),
@@ -1181,6 +1234,7 @@ impl Detector {
                 until,
                 rule: effective,
                 trigger: rule,
+                login: None,
                 count_today: count,
                 day_start,
                 forget_at: until.max(day_start.saturating_add(repeat.window_ms)),
@@ -1300,13 +1354,19 @@ fn ban_reason(b: &BanRecord) -> String {
         Rule::Feed => "listed by a blocklist feed",
         Rule::ConnectionFlood => "TCP/TLS connection flood",
     };
+    let what = match b.login {
+        Some(service) if b.trigger == Rule::AuthFailures => {
+            format!("{what}, the last a failed {service} login")
+        }
+        _ => what.to_string(),
+    };
     if b.rule == Rule::RepeatOffender && b.trigger != Rule::RepeatOffender {
         format!(
             "repeat offender ({} bans today), last: {what}",
             b.count_today
         )
     } else {
-        what.to_string()
+        what
     }
 }
 
@@ -1534,10 +1594,49 @@ mod tests {
         let mut d = Detector::new(quiet_gate());
         let src = ip("192.0.2.12");
         for i in 0..5 {
-            d.observe(T0 + i, Observation::SshFailure { src });
+            d.observe(
+                T0 + i,
+                Observation::LoginFailure {
+                    src,
+                    service: LoginService::Ssh,
+                },
+            );
             d.observe(T0 + i, auth_fail(src, &format!("x{i}")));
         }
         assert!(d.is_banned(T0 + 10, src));
+        // The last failure was SIP: the reason does not blame SSH.
+        assert!(!d.bans(T0 + 10)[0].reason.contains("ssh"));
+    }
+
+    #[test]
+    fn web_login_failures_ban_and_the_reason_names_the_service() {
+        let mut d = Detector::new(quiet_gate());
+        let src = ip("192.0.2.7");
+        let web = Observation::LoginFailure {
+            src,
+            service: LoginService::Web,
+        };
+        for i in 0..9 {
+            assert_eq!(d.observe(T0 + i, web), Verdict::Pass);
+        }
+        assert!(!d.is_banned(T0 + 9, src));
+        let Verdict::Ban { rule, reason, .. } = d.observe(T0 + 9, web) else {
+            panic!("the tenth failed login bans");
+        };
+        assert_eq!(rule, Rule::AuthFailures);
+        assert!(reason.contains("the last a failed web login"), "{reason}");
+        let bans = d.bans(T0 + 10);
+        assert_eq!(bans[0].addr, src);
+        assert_eq!(
+            bans[0].reason,
+            "too many failures (auth, malformed, oversized), the last a failed web login"
+        );
+        let alert = d.poll_alert().expect("a ban raises an alert");
+        assert!(
+            alert.message.contains("failed web login"),
+            "{}",
+            alert.message
+        );
     }
 
     fn malformed(src: IpAddr, key: u64) -> Observation<'static> {

@@ -55,6 +55,7 @@ pub fn to_reply(result: Result<BackupOutcome, BackupError>) -> Reply {
         Ok(BackupOutcome::Remote(listings)) => Reply::RemoteBackups(listings),
         Ok(BackupOutcome::Info(info)) => Reply::BackupInfo(info),
         Ok(BackupOutcome::Done(message)) => Reply::done(message),
+        Ok(BackupOutcome::Chunk(chunk)) => Reply::FileChunk(chunk),
         Err(err) => Reply::error(err.to_string()),
     }
 }

@@ -1,14 +1,43 @@
 //! The admin side of the console password: runs an [`AdminCommand`] and turns the typed
-//! outcome into the wire [`Reply`].
+//! outcome into the wire [`Reply`]. A login that names its source (the web page's) meets
+//! the firewall here: a banned source is refused unchecked, a refused one is reported.
+
+use pbx_core::Millis;
 
 use crate::admin::proto::Reply;
-use crate::console::api::{AdminCommand, ConsoleOutcome};
+use crate::console::api::{AdminCommand, ConsoleOutcome, LoginOutcome, LoginService};
 use crate::console::ConsoleError;
+use crate::guard::Guard;
 use crate::store::Store;
 
-/// Runs `cmd` against the password hash in `store` (blocking: one Argon2id run).
-pub fn execute(store: &Store, cmd: AdminCommand) -> Result<Reply, ConsoleError> {
-    crate::console::execute(store, cmd).map(to_reply)
+/// Runs `cmd` against the password hash in `store` (blocking: one Argon2id run). A
+/// `login` with a `source` first asks `guard` whether the source is banned (then it is
+/// refused without a check: a ban must not leave the password open to guessing from a
+/// path the kernel does not drop), and reports a refusal to it as a failed login.
+pub fn execute(
+    store: &Store,
+    guard: &mut Guard,
+    now: Millis,
+    cmd: AdminCommand,
+) -> Result<Reply, ConsoleError> {
+    let AdminCommand::Login {
+        source: Some(src),
+        service,
+        ..
+    } = &cmd
+    else {
+        return crate::console::execute(store, cmd).map(to_reply);
+    };
+    let (src, service) = (*src, service.unwrap_or(LoginService::Web));
+    if guard.is_banned(now, src) {
+        tracing::warn!("admin login ({service}) from {src} refused: the source is banned");
+        return Ok(Reply::Login(LoginOutcome::Refused));
+    }
+    let outcome = crate::console::execute(store, cmd)?;
+    if outcome == ConsoleOutcome::Login(LoginOutcome::Refused) {
+        guard.login_failure(now, src, service);
+    }
+    Ok(to_reply(outcome))
 }
 
 /// The wire reply for a console-password outcome.
@@ -17,5 +46,103 @@ pub fn to_reply(outcome: ConsoleOutcome) -> Reply {
         ConsoleOutcome::Info(info) => Reply::Admin(info),
         ConsoleOutcome::Login(login) => Reply::Login(login),
         ConsoleOutcome::Done(message) => Reply::done(message),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use std::net::IpAddr;
+
+    use crate::guard::config::{EnforceMode, FirewallConfig};
+
+    use super::*;
+
+    const T0: Millis = 1_700_000_000_000;
+    const PASSWORD: &str = "branch-office-42";
+
+    fn setup(allow: &[&str]) -> (tempfile::TempDir, Store, Guard) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut fw = FirewallConfig {
+            enforce: EnforceMode::Off,
+            ..FirewallConfig::default()
+        };
+        fw.detect.allow = allow.iter().map(|n| n.parse().unwrap()).collect();
+        let site = crate::config::Config::default().firewall_surroundings();
+        let guard = Guard::start(&fw, &site, &store, T0);
+        crate::console::execute(
+            &store,
+            AdminCommand::Passwd {
+                password: PASSWORD.into(),
+            },
+        )
+        .unwrap();
+        (dir, store, guard)
+    }
+
+    fn web_login(store: &Store, guard: &mut Guard, now: Millis, pw: &str, src: &str) -> Reply {
+        let cmd = AdminCommand::Login {
+            password: pw.into(),
+            source: Some(src.parse().unwrap()),
+            service: Some(LoginService::Web),
+        };
+        execute(store, guard, now, cmd).unwrap()
+    }
+
+    #[test]
+    fn ten_refused_web_logins_ban_the_source_and_a_ban_refuses_the_right_password() {
+        let (_dir, store, mut guard) = setup(&[]);
+        let src: IpAddr = "192.0.2.7".parse().unwrap();
+        let refused = Reply::Login(LoginOutcome::Refused);
+        for i in 0..9 {
+            assert_eq!(
+                web_login(&store, &mut guard, T0 + i, "wrong", "192.0.2.7"),
+                refused
+            );
+        }
+        // The right password does not count and does not forgive.
+        assert_eq!(
+            web_login(&store, &mut guard, T0 + 9, PASSWORD, "192.0.2.7"),
+            Reply::Login(LoginOutcome::Accepted)
+        );
+        assert!(!guard.is_banned(T0 + 10, src));
+        assert_eq!(
+            web_login(&store, &mut guard, T0 + 10, "wrong", "192.0.2.7"),
+            refused
+        );
+        assert!(guard.is_banned(T0 + 11, src));
+        // Banned: even the right password is refused.
+        assert_eq!(
+            web_login(&store, &mut guard, T0 + 12, PASSWORD, "192.0.2.7"),
+            refused
+        );
+        // Another source is unaffected.
+        assert_eq!(
+            web_login(&store, &mut guard, T0 + 13, PASSWORD, "192.0.2.8"),
+            Reply::Login(LoginOutcome::Accepted)
+        );
+    }
+
+    #[test]
+    fn allowed_and_local_logins_feed_nothing() {
+        let (_dir, store, mut guard) = setup(&["10.0.0.0/8"]);
+        for i in 0..11 {
+            web_login(&store, &mut guard, T0 + i, "wrong", "10.1.2.3");
+            let local = AdminCommand::Login {
+                password: "wrong".into(),
+                source: None,
+                service: None,
+            };
+            assert_eq!(
+                execute(&store, &mut guard, T0 + i, local).unwrap(),
+                Reply::Login(LoginOutcome::Refused)
+            );
+        }
+        assert!(!guard.is_banned(T0 + 30, "10.1.2.3".parse().unwrap()));
+        assert_eq!(
+            web_login(&store, &mut guard, T0 + 31, PASSWORD, "10.1.2.3"),
+            Reply::Login(LoginOutcome::Accepted)
+        );
     }
 }

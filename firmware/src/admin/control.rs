@@ -4,6 +4,7 @@
 //! that re-plumb it (`config`), that read its own counters (`metrics`) and that run off its
 //! loop (`backup`).
 
+use base64::Engine as _;
 use firewall::detect::Rule;
 use pbx_core::endpoint::{pin_hash, Endpoint, Forwarding, MailboxMessage};
 use pbx_core::lockout::TrustedSource;
@@ -12,8 +13,10 @@ use pbx_core::Millis;
 
 use crate::admin::proto::{
     validate_ext, validate_name, validate_password, CallInfo, CallMediaInfo, Command,
-    ExtensionDetail, ExtensionInfo, RegistrationInfo, Reply, StatusInfo, PROTOCOL_VERSION,
+    ExtensionDetail, ExtensionInfo, RegistrationInfo, Reply, StatusInfo, VoicemailAudio,
+    MAX_VM_AUDIO, PROTOCOL_VERSION,
 };
+use crate::chunk::MAX_CHUNK;
 use crate::config::Config;
 use crate::driver::Transports;
 use crate::guard::Guard;
@@ -318,6 +321,12 @@ impl Control<'_> {
                 refresh_mailbox(self.store, self.endpoint, now, &msg.mailbox);
                 Reply::done(format!("message {id} of mailbox {} deleted", msg.mailbox))
             }
+            Command::VmAudio { id, offset, len } => {
+                let Some(msg) = self.store.vm_get(id)? else {
+                    anyhow::bail!("no voicemail message {id}");
+                };
+                tokio::task::block_in_place(|| voicemail_audio(msg, offset, len))?
+            }
             Command::Fw(fw) => {
                 let mut reply = super::firewall::reply(tokio::task::block_in_place(|| {
                     self.guard.admin(now, fw, self.store)
@@ -327,7 +336,12 @@ impl Control<'_> {
                 }
                 self.describe_locks(now, reply)
             }
-            Command::Backup(_) | Command::Config(_) | Command::Metrics | Command::Log(_) => {
+            Command::Backup(_)
+            | Command::Config(_)
+            | Command::Metrics
+            | Command::Log(_)
+            | Command::System
+            | Command::SbomRead { .. } => {
                 anyhow::bail!("{} is handled by the daemon itself", cmd.name())
             }
             Command::CdrExport {
@@ -352,9 +366,9 @@ impl Control<'_> {
             Command::Ssh(ssh) => tokio::task::block_in_place(|| {
                 crate::admin::ssh::execute(self.cfg, self.store, now, ssh)
             })?,
-            Command::Admin(admin) => {
-                tokio::task::block_in_place(|| crate::admin::console::execute(self.store, admin))?
-            }
+            Command::Admin(admin) => tokio::task::block_in_place(|| {
+                crate::admin::console::execute(self.store, self.guard, now, admin)
+            })?,
         })
     }
 
@@ -408,6 +422,49 @@ impl Control<'_> {
         }
         Reply::FwBans(info)
     }
+}
+
+/// The answer to `vm_audio`: the message's WAV file whole (up to [`MAX_VM_AUDIO`]) or the
+/// piece `len` at `offset`.
+fn voicemail_audio(
+    msg: crate::store::VoicemailRecord,
+    offset: u64,
+    len: Option<u64>,
+) -> anyhow::Result<Reply> {
+    let name = format!("message {}", msg.id);
+    let (size, offset, data) = match len {
+        Some(len) => {
+            let piece = crate::chunk::read_file(&msg.path, &name, offset, len)?;
+            (piece.size, piece.offset, piece.data)
+        }
+        None => {
+            if offset != 0 {
+                anyhow::bail!("offset needs len (a piece of at most {MAX_CHUNK} bytes)");
+            }
+            let bytes = crate::chunk::read_whole(&msg.path, &name, MAX_VM_AUDIO).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; a message above {MAX_VM_AUDIO} bytes is read in pieces (len, at most {MAX_CHUNK})"
+                )
+            })?;
+            let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+            (
+                size,
+                0,
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            )
+        }
+    };
+    Ok(Reply::VmAudio(VoicemailAudio {
+        id: msg.id,
+        mailbox: msg.mailbox,
+        caller: msg.caller,
+        at: msg.at,
+        duration_ms: msg.duration_ms,
+        content_type: "audio/wav".to_owned(),
+        size,
+        offset,
+        data,
+    }))
 }
 
 /// Tells the call core a mailbox's counts (it notifies subscribed phones).

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use pbx_core::cdr::Cdr;
 
 pub use crate::backup::api::{BackupCommand, BackupKey, SecretText};
-pub use crate::console::api::{AdminCommand, AdminInfo, LoginOutcome};
+pub use crate::console::api::{AdminCommand, AdminInfo, LoginOutcome, LoginService};
 pub use crate::log::api::{LogCursor, LogPage, LogQuery, LogStatus};
 pub use crate::log::remote::CollectorStatus;
 pub use crate::names::{
@@ -75,6 +75,19 @@ pub enum Command {
     VmList { mailbox: Option<String> },
     /// Delete a voicemail message (index entry and audio file).
     VmDel { id: u64 },
+    /// A voicemail message's audio, the stored WAV file in base64: the whole file (at most
+    /// [`MAX_VM_AUDIO`]), or with `len` the piece at `offset` (at most
+    /// [`crate::chunk::MAX_CHUNK`]). Read-only: the message stays new.
+    VmAudio {
+        /// Message number.
+        id: u64,
+        /// Where the piece starts (with `len`).
+        #[serde(default)]
+        offset: u64,
+        /// Piece length; none: the whole file.
+        #[serde(default)]
+        len: Option<u64>,
+    },
     /// Set an extension's voicemail PIN (stored hashed).
     VmPin { ext: String, pin: String },
     /// Most recent call detail records, newest first.
@@ -129,6 +142,16 @@ pub enum Command {
         /// How many records at most.
         limit: usize,
     },
+    /// Facts about the box, read-only: host name, addresses per interface, uplink (gateway,
+    /// DNS), time sync, uptimes, firmware slot and version, SBOM summary.
+    System,
+    /// A piece of the image's SBOM file (CycloneDX JSON), to download it.
+    SbomRead {
+        /// Where the piece starts.
+        offset: u64,
+        /// How many bytes (1 to [`crate::chunk::MAX_CHUNK`]).
+        len: u64,
+    },
     /// Lines of the persistent log (`{"cmd":"log","lines":50,"level":"warn"}`); with
     /// `after`, the lines written since that cursor (how `outpostctl log --follow` polls).
     Log(LogQuery),
@@ -151,6 +174,7 @@ impl Command {
             Command::CdrList { .. } => "cdr_list",
             Command::VmList { .. } => "vm_list",
             Command::VmDel { .. } => "vm_del",
+            Command::VmAudio { .. } => "vm_audio",
             Command::VmPin { .. } => "vm_pin",
             Command::Fw(fw) => fw.name(),
             Command::Trunks => "trunks",
@@ -164,6 +188,8 @@ impl Command {
             Command::Backup(b) => b.name(),
             Command::CdrExport { .. } => "cdr_export",
             Command::Log(_) => "log",
+            Command::System => "system",
+            Command::SbomRead { .. } => "sbom_read",
         }
     }
 }
@@ -199,6 +225,12 @@ pub enum Reply {
     Cdrs(Vec<Cdr>),
     /// Voicemail messages, oldest first.
     Voicemail(Vec<crate::store::VoicemailRecord>),
+    /// Answer to [`Command::VmAudio`].
+    VmAudio(VoicemailAudio),
+    /// A piece of a file: answer to `backup read` and `sbom_read`.
+    FileChunk(crate::chunk::FileChunk),
+    /// Answer to [`Command::System`].
+    System(Box<SystemInfo>),
     /// Answer to [`FwCommand::Status`].
     FwStatus(FwStatusInfo),
     /// Answer to [`FwCommand::Bans`].
@@ -285,6 +317,130 @@ impl Reply {
             message: message.into(),
         }
     }
+}
+
+/// Largest voicemail file [`Command::VmAudio`] returns whole (2 MiB: 262 s of 8 kHz
+/// µ-law, more than the default `voicemail.max_secs` of 180; its base64 fits a reply
+/// line). A longer message is read in pieces.
+pub const MAX_VM_AUDIO: u64 = 2 * 1024 * 1024;
+
+/// A voicemail message's audio, or a piece of it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct VoicemailAudio {
+    /// Message number.
+    pub id: u64,
+    /// The mailbox (extension) holding it.
+    pub mailbox: String,
+    /// Who called.
+    pub caller: String,
+    /// When the call came in (ms since the epoch).
+    pub at: u64,
+    /// Length of the recording.
+    pub duration_ms: u32,
+    /// `audio/wav` (G.711 µ-law, 8 kHz mono: format tag 7).
+    pub content_type: String,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// Where `data` starts in the file.
+    pub offset: u64,
+    /// The bytes, standard base64.
+    pub data: String,
+}
+
+/// Facts about the box (answer to [`Command::System`]); a fact the daemon cannot read
+/// (off the box, or without the right) is `None` with the reason beside it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SystemInfo {
+    /// The box's name (`[system] hostname`, else the system's).
+    pub hostname: String,
+    /// The daemon's version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// Seconds since the system booted (`/proc/uptime`).
+    pub host_uptime_secs: Option<u64>,
+    /// Every interface with its addresses, in the kernel's order (at most
+    /// [`MAX_INTERFACES`]).
+    pub interfaces: Vec<InterfaceInfo>,
+    /// The uplink: DHCP or static, its address, the default gateway, the DNS servers.
+    pub uplink: UplinkInfo,
+    /// The clock's synchronisation.
+    pub time: crate::timesync::TimeStatus,
+    /// The running firmware and its A/B slots; `None` off an Outpost image.
+    pub firmware: Option<FirmwareInfo>,
+    /// Why `firmware` is `None`.
+    pub firmware_error: Option<String>,
+    /// The image's SBOM; `None` when it cannot be read.
+    pub sbom: Option<SbomInfo>,
+    /// Why `sbom` is `None`.
+    pub sbom_error: Option<String>,
+}
+
+/// Most interfaces listed by [`Command::System`].
+pub const MAX_INTERFACES: usize = 64;
+/// Most addresses listed per interface.
+pub const MAX_INTERFACE_ADDRS: usize = 32;
+
+/// One network interface.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    /// Its name (`eth0`).
+    pub name: String,
+    /// It is up.
+    pub up: bool,
+    /// Its addresses with prefix (`192.168.1.20/24`).
+    pub addrs: Vec<String>,
+}
+
+/// The uplink as the system has it now.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UplinkInfo {
+    /// `dhcp` or `static` (as `network.toml` says).
+    pub mode: String,
+    /// The uplink's IPv4 address with prefix; empty: none.
+    pub address: String,
+    /// The default gateway; empty: none.
+    pub gateway: String,
+    /// The resolver's servers.
+    pub dns: Vec<String>,
+}
+
+/// The running firmware and the A/B slots, as the initramfs booted them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareInfo {
+    /// Version of the running release (`/etc/outpost/release`).
+    pub version: String,
+    /// Its build time, seconds since the epoch.
+    pub build: u64,
+    /// The board profile.
+    pub profile: Option<String>,
+    /// The slot running now (`a` or `b`).
+    pub booted_slot: String,
+    /// The committed slot (what boots without a trial), as at boot.
+    pub committed_slot: Option<String>,
+    /// This boot is an update's trial, not yet committed by its health check.
+    pub trial: bool,
+    /// The slot armed for the next boot's trial, as at boot.
+    pub armed_slot: Option<String>,
+    /// The latest update's outcome (`rolled-back b 0.2.0 ... reason`), as at boot.
+    pub last_update: Option<String>,
+}
+
+/// The image's software bill of materials.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SbomInfo {
+    /// Where it is on the box.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Components listed.
+    pub components: usize,
+    /// Of which Rust crates.
+    pub crates: usize,
+    /// Of which Debian packages.
+    pub debian_packages: usize,
+    /// Components per licence expression, most used first (at most 20).
+    pub licences: Vec<(String, usize)>,
 }
 
 /// Daemon overview.
@@ -803,6 +959,8 @@ mod tests {
         );
         let c = Command::Admin(AdminCommand::Login {
             password: "secret-password".into(),
+            source: None,
+            service: None,
         });
         let s = serde_json::to_string(&c).unwrap();
         assert_eq!(
@@ -814,6 +972,47 @@ mod tests {
             "admin_login",
             "the name never carries the password"
         );
+        let c: Command = serde_json::from_str(
+            r#"{"cmd":"admin","admin":"login","password":"x","source":"192.0.2.7","service":"web"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Command::Admin(AdminCommand::Login {
+                password: "x".into(),
+                source: Some("192.0.2.7".parse().unwrap()),
+                service: Some(LoginService::Web),
+            })
+        );
+        // The web page's read commands.
+        for (line, name) in [
+            (r#"{"cmd":"vm_audio","id":7}"#, "vm_audio"),
+            (
+                r#"{"cmd":"vm_audio","id":7,"offset":5,"len":10}"#,
+                "vm_audio",
+            ),
+            (r#"{"cmd":"system"}"#, "system"),
+            (r#"{"cmd":"sbom_read","offset":0,"len":65536}"#, "sbom_read"),
+            (
+                r#"{"cmd":"backup","backup":"read","file":"a.backup","offset":0,"len":9}"#,
+                "backup_read",
+            ),
+        ] {
+            let c: Command = serde_json::from_str(line).unwrap();
+            assert_eq!(c.name(), name);
+            assert_eq!(
+                serde_json::from_str::<Command>(&serde_json::to_string(&c).unwrap()).unwrap(),
+                c
+            );
+        }
+        for bad in [
+            r#"{"cmd":"backup","backup":"read","file":"a.backup","offset":0}"#,
+            r#"{"cmd":"sbom_read","offset":0,"len":1,"path":"/etc/shadow"}"#,
+            r#"{"cmd":"admin","admin":"login","password":"x","source":"192.0.2.300"}"#,
+            r#"{"cmd":"admin","admin":"login","password":"x","service":"telnet"}"#,
+        ] {
+            assert!(serde_json::from_str::<Command>(bad).is_err(), "{bad}");
+        }
         assert!(serde_json::from_str::<Command>(r#"{"cmd":"admin","admin":"su"}"#).is_err());
         for r in [
             Reply::SshKeys(vec![SshKeyInfo {

@@ -109,6 +109,15 @@ pub enum BackupCommand {
     /// The box's backup-signing public key, made when missing (answer:
     /// [`BackupOutcome::Done`] with `outpost-backup-ed25519 <base64> SHA256:<fingerprint>`).
     SigningKey,
+    /// A piece of a backup file, to download it (answer: [`BackupOutcome::Chunk`]).
+    Read {
+        /// A backup's name in the backup directory (`*.backup`; no paths).
+        file: String,
+        /// Where the piece starts.
+        offset: u64,
+        /// How many bytes (1 to [`crate::chunk::MAX_CHUNK`]).
+        len: u64,
+    },
 }
 
 /// A secret in a command; hidden from `Debug`.
@@ -161,6 +170,7 @@ impl BackupCommand {
             BackupCommand::Info => "backup_info",
             BackupCommand::Key => "backup_key",
             BackupCommand::SigningKey => "backup_signing_key",
+            BackupCommand::Read { .. } => "backup_read",
         }
     }
 }
@@ -193,4 +203,6 @@ pub enum BackupOutcome {
     Info(BackupInfo),
     /// A one-line confirmation (passphrase set or cleared, upload abandoned, the SFTP key).
     Done(String),
+    /// `read`: a piece of a backup file.
+    Chunk(crate::chunk::FileChunk),
 }

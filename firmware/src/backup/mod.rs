@@ -64,6 +64,10 @@ pub const PARTIAL_SUFFIX: &str = ".partial";
 /// Why a backup operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
+    /// `read`: the file cannot be read out (not a backup name, a path, missing, a
+    /// symlink, a bad offset or length).
+    #[error("{0}")]
+    Read(String),
     /// A key could not be read or parsed.
     #[error("{0}")]
     Key(#[from] KeyError),
@@ -430,6 +434,7 @@ impl Backups {
             | BackupCommand::UploadAbort { .. }
             | BackupCommand::PassphraseSet { .. }
             | BackupCommand::PassphraseClear
+            | BackupCommand::Read { .. }
             | BackupCommand::Info => {
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
@@ -808,6 +813,17 @@ fn small_command(
             ))
         }
         BackupCommand::Info => Ok(BackupOutcome::Info(info(ctx))),
+        BackupCommand::Read { file, offset, len } => {
+            // Only what `list` shows: a partial upload or download is not a backup yet.
+            if !file.ends_with(SUFFIX) {
+                return Err(BackupError::Read(format!(
+                    "{file:?} is not a backup name (*{SUFFIX} in the backup directory)"
+                )));
+            }
+            crate::chunk::read_in_dir(&ctx.dir(), &file, offset, len)
+                .map(BackupOutcome::Chunk)
+                .map_err(|e| BackupError::Read(e.to_string()))
+        }
         other => Err(BackupError::Misrouted {
             command: other.name(),
             kind: "quick command",

@@ -96,6 +96,10 @@ struct FixedArgs {
     /// CAP_SYS_TIME); without it the NTP client only watches.
     #[arg(long)]
     set_clock: bool,
+    /// Read the image's own files (release, boot state, SBOM) under DIR instead of / (for
+    /// tests; they are only read, for `system` and `sbom_read`).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    system_root: PathBuf,
 }
 
 impl FixedArgs {
@@ -116,6 +120,7 @@ impl FixedArgs {
             admin_group: self.admin_group,
             ssh,
             set_clock: self.set_clock,
+            system_root: self.system_root,
         };
         settings.check()?;
         Ok(settings)
@@ -181,6 +186,7 @@ fn main() -> std::process::ExitCode {
             ssh_run_dir: None,
             authorized_keys_fd: None,
             set_clock: false,
+            system_root: PathBuf::new(),
         },
     );
     match fixed.settings() {

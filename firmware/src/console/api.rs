@@ -1,7 +1,11 @@
 //! The typed operations on the console password and their results. Only the admin layer
 //! turns a [`ConsoleOutcome`] or a [`super::ConsoleError`] into a wire reply.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
+
+pub use firewall::detect::LoginService;
 
 /// An admin-password command; travels inside the admin protocol's `Command::Admin`. The password is never
 /// logged; the daemon keeps only an Argon2id hash.
@@ -15,10 +19,20 @@ pub enum AdminCommand {
         /// The new plain password (at least [`crate::names::MIN_ADMIN_PASSWORD_LEN`] characters).
         password: String,
     },
-    /// Check a console password.
+    /// Check the admin password (at the console, or for a client such as the web page).
     Login {
-        /// The password typed at the console.
+        /// The password typed.
         password: String,
+        /// The address the login came from, for a network client: a refused login is
+        /// reported to the firewall as a failed login of that source (rule
+        /// `auth_failures`), and a source banned now is refused without a check. Absent:
+        /// a local login (console, `outpostctl`), which feeds nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<IpAddr>,
+        /// Which service the login is for, named in the firewall's alerts and ban reasons
+        /// (`web` or `ssh`); absent with a `source`: `web`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<LoginService>,
     },
 }
 

@@ -35,7 +35,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use firewall::detect::{
-    header_names, Alert, Detector, Observation, Rule, Verdict, MAX_HEADER_NAMES,
+    header_names, Alert, Detector, LoginService, Observation, Rule, Verdict, MAX_HEADER_NAMES,
 };
 use firewall::net::{canonical, Cidr};
 use firewall::nft::{self, EnforcerHandle, SetOp};
@@ -533,14 +533,16 @@ impl Guard {
             .collect()
     }
 
-    /// A failed SSH login from `ip` (reported by the dropbear supervisor): counts like a
-    /// SIP authentication failure of that source (rule `auth_failures`).
-    pub fn ssh_failure(&mut self, now: Millis, ip: IpAddr) {
+    /// A failed login from `ip` to one of the box's services (SSH, reported by the dropbear
+    /// supervisor; the web page, through `admin login` with a source): counts like a SIP
+    /// authentication failure of that source (rule `auth_failures`); an allowed source
+    /// counts nothing.
+    pub fn login_failure(&mut self, now: Millis, ip: IpAddr, service: LoginService) {
         let ip = canonical(ip);
         if self.allow.contains(ip) {
             return;
         }
-        self.observe(now, Observation::SshFailure { src: ip });
+        self.observe(now, Observation::LoginFailure { src: ip, service });
     }
 
     /// Opens, in the kernel, the (remote address, local port) pairs the relay accepts media

@@ -161,7 +161,11 @@ impl Session {
         }
         let end = console::login_loop(
             || console::read_secret("Password: "),
-            |password| match link.request(&Command::Admin(AdminCommand::Login { password })) {
+            |password| match link.request(&Command::Admin(AdminCommand::Login {
+                password,
+                source: None,
+                service: None,
+            })) {
                 Ok(Reply::Login(outcome)) => Ok(outcome),
                 Ok(Reply::Error { message }) => Err(sanitize(&message)),
                 Ok(other) => Err(format!("unexpected reply {other:?}")),

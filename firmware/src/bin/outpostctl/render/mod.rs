@@ -91,6 +91,9 @@ fn payload_json(reply: &Reply) -> String {
             to_json(&serde_json::json!({ "cdrs": cdrs, "next": next }))
         }
         Reply::Log(page) => to_json(page),
+        Reply::VmAudio(a) => to_json(a),
+        Reply::FileChunk(c) => to_json(c),
+        Reply::System(s) => to_json(s),
         Reply::Done { message } | Reply::Error { message } => {
             to_json(&serde_json::json!({ "message": message }))
         }
@@ -149,6 +152,27 @@ pub fn render(reply: &Reply, generated: Option<&Generated>) -> String {
             .iter()
             .map(|l| format!("{}\n", sanitize(l)))
             .collect(),
+        // No subcommand asks for these (the web page's); a raw client reads them as JSON.
+        Reply::VmAudio(a) => format!(
+            "message {} of mailbox {}: {} bytes of {} from offset {}\n",
+            a.id,
+            sanitize(&a.mailbox),
+            a.size,
+            sanitize(&a.content_type),
+            a.offset
+        ),
+        Reply::FileChunk(c) => format!(
+            "{}: {} bytes, piece at offset {}\n",
+            sanitize(&c.name),
+            c.size,
+            c.offset
+        ),
+        Reply::System(s) => format!(
+            "{} (outpostd {}), up {} s\n",
+            sanitize(&s.hostname),
+            sanitize(&s.version),
+            s.uptime_secs
+        ),
         Reply::Done { message } => match generated {
             Some(g) => format!("{}\n", g.human),
             None => format!("{}\n", sanitize(message)),
