@@ -13,6 +13,7 @@ use maud::html;
 use serde::Deserialize;
 
 use crate::admin::proto::{AdminCommand, Command, LoginOutcome, Reply};
+use crate::console::api::LoginService;
 
 use super::api::unexpected;
 use super::app::{AppState, CsrfOnly, Peer, Posted, COOKIE, MAX_FORM};
@@ -129,9 +130,14 @@ struct LoginForm {
     password: String,
 }
 
+/// A login through the API: a refusal counts as a failed login of `source` for the
+/// firewall (rule `auth_failures`, as SSH guessing), and a banned source is refused unchecked.
 fn login_command(password: String, source: IpAddr) -> Command {
-    let _ = source;
-    Command::Admin(AdminCommand::Login { password })
+    Command::Admin(AdminCommand::Login {
+        password,
+        source: Some(source),
+        service: Some(LoginService::Web),
+    })
 }
 
 async fn login(
