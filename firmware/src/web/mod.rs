@@ -7,7 +7,7 @@
 //!
 //! Its section is [`crate::webconf`]. Pieces, bottom to top: [`session`] (logins, CSRF tokens and
 //! their timeouts; pure, time passed in), [`assets`] (the stylesheet and script, embedded),
-//! [`api`] (the admin queue), [`layout`] (the page shell and shared bits), [`app`] (the
+//! [`api`] (the admin queue), [`download`] (files streamed piece by piece), [`layout`] (the page shell and shared bits), [`app`] (the
 //! shared state, the session and CSRF checks), [`pages`] (one module per page), [`routes`]
 //! (the router, the login and the security headers), [`server`]
 //! (listeners, TLS, the management-zone check, connection caps).
@@ -15,6 +15,7 @@
 pub mod api;
 pub mod app;
 pub mod assets;
+pub mod download;
 pub mod layout;
 pub mod pages;
 pub mod routes;
