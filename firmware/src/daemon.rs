@@ -102,6 +102,8 @@ struct Daemon {
     time: crate::timesync::TimeSync,
     /// When the daemon's clock was last compared with the system's (a step to follow).
     clock_check: Millis,
+    /// Refused network logins (the web page's), checked off the loop, back for the guard.
+    login_failures: mpsc::Sender<crate::admin::console::LoginFailure>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. `boot` is the configuration the daemon was
@@ -258,6 +260,8 @@ pub async fn run(
         Some((r.rev, by, back))
     });
     let _ = &mut revisions;
+    let (login_failures_tx, mut login_failures) =
+        mpsc::channel::<crate::admin::console::LoginFailure>(256);
     let mut daemon = Daemon {
         endpoint_cfg: kept_endpoint_cfg,
         revisions,
@@ -274,6 +278,7 @@ pub async fn run(
         dns,
         time,
         clock_check: 0,
+        login_failures: login_failures_tx,
         guard,
         endpoint,
         clock,
@@ -418,6 +423,10 @@ pub async fn run(
             Some((cmd, reply)) = admin_rx.recv() => daemon.admin(cmd, reply),
             Some(action) = panel_actions.recv() => daemon.panel_action(action),
             Some((seq, ok)) = commit_done.recv() => daemon.committed(seq, ok),
+            Some((ip, service)) = login_failures.recv() => {
+                let now = daemon.clock.now();
+                daemon.guard.login_failure(now, ip, service);
+            }
             Some(ip) = crate::ssh::next_failure(&mut ssh_failures) => {
                 let now = daemon.clock.now();
                 daemon.guard.login_failure(now, ip, firewall::detect::LoginService::Ssh);
@@ -1178,6 +1187,18 @@ impl Daemon {
         if let Command::Log(query) = cmd {
             // Reading megabytes of log files runs off the loop too.
             crate::admin::log::execute(&self.cfg, query, reply);
+            return;
+        }
+        if let Command::Admin(admin) = cmd {
+            // Argon2id runs off the loop; a refused web login comes back for the guard.
+            let banned = match &admin {
+                crate::console::api::AdminCommand::Login {
+                    source: Some(src), ..
+                } => self.guard.is_banned(self.clock.now(), *src),
+                _ => false,
+            };
+            let failures = self.login_failures.clone();
+            crate::admin::console::spawn(self.store.clone(), banned, admin, failures, reply);
             return;
         }
         if matches!(cmd, Command::System | Command::SbomRead { .. }) {

@@ -2,7 +2,11 @@
 //! outcome into the wire [`Reply`]. A login that names its source (the web page's) meets
 //! the firewall here: a banned source is refused unchecked, a refused one is reported.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use pbx_core::Millis;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::proto::Reply;
 use crate::console::api::{AdminCommand, ConsoleOutcome, LoginOutcome, LoginService};
@@ -10,34 +14,80 @@ use crate::console::ConsoleError;
 use crate::guard::Guard;
 use crate::store::Store;
 
+/// A refused login of a network source, for the firewall (`Guard::login_failure`).
+pub type LoginFailure = (IpAddr, LoginService);
+
 /// Runs `cmd` against the password hash in `store` (blocking: one Argon2id run). A
-/// `login` with a `source` first asks `guard` whether the source is banned (then it is
-/// refused without a check: a ban must not leave the password open to guessing from a
-/// path the kernel does not drop), and reports a refusal to it as a failed login.
-pub fn execute(
+/// `login` with a `source` the firewall bans now (`banned`) is refused without a check: a
+/// ban must not leave the password open to guessing from a path the kernel does not drop.
+/// Returns the reply and, for a refused login that named its source, the failure to report.
+pub fn run(
     store: &Store,
-    guard: &mut Guard,
-    now: Millis,
+    banned: bool,
     cmd: AdminCommand,
-) -> Result<Reply, ConsoleError> {
+) -> Result<(Reply, Option<LoginFailure>), ConsoleError> {
     let AdminCommand::Login {
         source: Some(src),
         service,
         ..
     } = &cmd
     else {
-        return crate::console::execute(store, cmd).map(to_reply);
+        return crate::console::execute(store, cmd).map(|o| (to_reply(o), None));
     };
     let (src, service) = (*src, service.unwrap_or(LoginService::Web));
-    if guard.is_banned(now, src) {
+    if banned {
         tracing::warn!("admin login ({service}) from {src} refused: the source is banned");
-        return Ok(Reply::Login(LoginOutcome::Refused));
+        return Ok((Reply::Login(LoginOutcome::Refused), None));
     }
     let outcome = crate::console::execute(store, cmd)?;
-    if outcome == ConsoleOutcome::Login(LoginOutcome::Refused) {
+    let failure =
+        (outcome == ConsoleOutcome::Login(LoginOutcome::Refused)).then_some((src, service));
+    Ok((to_reply(outcome), failure))
+}
+
+/// [`run`] with the firewall at hand (on the caller's thread).
+pub fn execute(
+    store: &Store,
+    guard: &mut Guard,
+    now: Millis,
+    cmd: AdminCommand,
+) -> Result<Reply, ConsoleError> {
+    let banned = match &cmd {
+        AdminCommand::Login {
+            source: Some(src), ..
+        } => guard.is_banned(now, *src),
+        _ => false,
+    };
+    let (reply, failure) = run(store, banned, cmd)?;
+    if let Some((src, service)) = failure {
         guard.login_failure(now, src, service);
     }
-    Ok(to_reply(outcome))
+    Ok(reply)
+}
+
+/// [`run`] on a blocking thread, off the daemon's loop (an Argon2id run takes tens to
+/// hundreds of milliseconds, during which SIP would wait): the reply goes to `reply`, a
+/// refused network login to `failures` (the loop hands it to the firewall).
+pub fn spawn(
+    store: Arc<Store>,
+    banned: bool,
+    cmd: AdminCommand,
+    failures: mpsc::Sender<LoginFailure>,
+    reply: oneshot::Sender<Reply>,
+) {
+    tokio::task::spawn_blocking(move || {
+        let answer = match run(&store, banned, cmd) {
+            Ok((answer, failure)) => {
+                if let Some(f) = failure {
+                    // Sent before the reply, so the next attempt meets the count.
+                    let _ = failures.blocking_send(f);
+                }
+                answer
+            }
+            Err(e) => Reply::error(e.to_string()),
+        };
+        let _ = reply.send(answer);
+    });
 }
 
 /// The wire reply for a console-password outcome.
@@ -52,8 +102,6 @@ pub fn to_reply(outcome: ConsoleOutcome) -> Reply {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
-    use std::net::IpAddr;
-
     use crate::guard::config::{EnforceMode, FirewallConfig};
 
     use super::*;
