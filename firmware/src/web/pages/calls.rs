@@ -214,7 +214,13 @@ fn filter_form(f: &Filter) -> Markup {
 
 fn table(cdrs: &[Cdr]) -> Markup {
     html! {
-        p { (cdrs.len()) @if cdrs.len() == SHOWN { " newest" } " records." }
+        p {
+            @match cdrs.len() {
+                1 => "1 record.",
+                SHOWN => { "The newest " (SHOWN) " records." },
+                n => { (n) " records." },
+            }
+        }
         div.table-wrap { table #cdrs {
             thead { tr {
                 th scope="col" { "Start" } th scope="col" { "From" } th scope="col" { "To" }
