@@ -3,10 +3,13 @@
 //! takes non-blank screenshots at desktop and phone width; the raw HTTP client and `curl`
 //! in a namespace get their answers. The web admin page's own tests build on this.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use outpost_tests::browser::{curl_in, https, Browser, PHONE};
 use outpost_tests::{require_root, Netns};
@@ -26,16 +29,52 @@ fn serve() -> u16 {
     let port = listener.local_addr().expect("addr").port();
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             answer(stream);
         }
     });
     port
 }
 
-fn answer(mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+/// The same over HTTPS with a self-signed certificate for 127.0.0.1, as the box has.
+fn serve_tls() -> u16 {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed certificate");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+    .expect("server config");
+    let config = Arc::new(config);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+            let Ok(tls) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut stream = rustls::StreamOwned::new(tls, tcp);
+            answer(&mut stream);
+            stream.conn.send_close_notify();
+            let _ = stream.flush();
+        }
+    });
+    port
+}
+
+fn answer(mut stream: impl Read + Write) {
     let mut line = String::new();
-    let mut reader = BufReader::new(&stream);
+    let mut reader = BufReader::new(&mut stream);
     if reader.read_line(&mut line).is_err() {
         return;
     }
@@ -46,6 +85,7 @@ fn answer(mut stream: TcpStream) {
             break;
         }
     }
+    drop(reader);
     let target = line.split_whitespace().nth(1).unwrap_or("/");
     let (status, body) = if let Some(q) = target.strip_prefix("/greet?who=") {
         let who: String = q
@@ -102,6 +142,22 @@ fn the_harness_fills_clicks_reads_and_screenshots_a_page() {
     let r = https("GET", &format!("{base}/"), &[], None).expect("a response");
     assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
     assert!(r.body.contains("Greet me"));
+}
+
+#[test]
+fn a_self_signed_https_page_is_accepted_by_the_browser_and_the_raw_client() {
+    let port = serve_tls();
+    let url = format!("https://127.0.0.1:{port}/");
+    let r = https("GET", &url, &[], None).expect("a response despite the self-signed cert");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Greet me"));
+    let browser = Browser::start("harness-tls");
+    browser.goto(&url);
+    browser.wait_for_text("Outpost harness", Duration::from_secs(5));
+    browser.fill("Your name", "Eve");
+    browser.click_text("Greet me");
+    browser.wait_for_text("Hello, Eve!", Duration::from_secs(5));
+    browser.screenshot("greeting-tls");
 }
 
 #[test]
