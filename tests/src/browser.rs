@@ -301,6 +301,19 @@ impl Browser {
         .unwrap_or(0)
     }
 
+    /// The page's full width (`document.documentElement.scrollWidth`): wider than the
+    /// window means sideways scrolling.
+    pub fn scroll_width(&self) -> u64 {
+        self.run(
+            "scroll width",
+            self.client()
+                .execute("return document.documentElement.scrollWidth;", vec![]),
+        )
+        .ok()
+        .and_then(|v| v.as_u64())
+        .unwrap_or(u64::MAX)
+    }
+
     fn png(&self) -> Vec<u8> {
         self.run("screenshot", self.client().screenshot())
             .unwrap_or_else(|e| panic!("{e}"))

@@ -804,6 +804,9 @@ pub struct Sipp {
     injection: Option<PathBuf>,
     /// Keeps SIPp's message trace (`-trace_msg`); off for load runs.
     trace_messages: bool,
+    /// Length of the scenarios' `<pause/>` without a duration (`-d`): how long a call of
+    /// `uac_call.xml` stays up.
+    hold_ms: u32,
 }
 
 impl Sipp {
@@ -832,6 +835,7 @@ impl Sipp {
             limit: 100,
             injection: None,
             trace_messages: true,
+            hold_ms: 500,
         }
     }
 
@@ -925,6 +929,13 @@ impl Sipp {
         self
     }
 
+    /// How long a call stays up in a scenario that holds it with `<pause/>` (`uac_call.xml`;
+    /// default 500 ms).
+    pub fn hold_ms(mut self, ms: u32) -> Self {
+        self.hold_ms = ms;
+        self
+    }
+
     /// Starts SIPp in the background.
     pub fn spawn(self) -> SippProcess {
         let dir = tempfile::Builder::new()
@@ -958,6 +969,8 @@ impl Sipp {
             .arg(local_ip.to_string())
             .arg("-p")
             .arg(self.local_port.to_string())
+            .arg("-d")
+            .arg(self.hold_ms.to_string())
             .arg("-m")
             .arg(self.calls.to_string())
             .arg("-l")

@@ -69,6 +69,7 @@ pub fn bare(title: &str, body: Markup) -> Markup {
         html lang="en" {
             (head(title, false))
             body {
+                header { span.brand { "Outpost" } }
                 main #main { (body) }
             }
         }

@@ -118,7 +118,7 @@ fn login_page(message: Option<&str>) -> Html<String> {
             "Log in",
             html! {
                 div.login {
-                    h1 { "Outpost" }
+                    h1 { "Log in" }
                     @if let Some(m) = message {
                         div.flash.error role="alert" { (m) }
                     }

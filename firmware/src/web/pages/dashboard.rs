@@ -59,8 +59,7 @@ async fn fragment(state: &AppState) -> Markup {
                             dt { "Time" } dd {
                                 @match &s.time {
                                     Some(t) if t.synchronised => span.ok { "synchronised" }
-                                    Some(t) => span.warn { "not synchronised"
-                                        @if let Some(e) = &t.last_error { " (" (e) ")" } }
+                                    Some(t) => span.warn title=[t.last_error.as_deref()] { "not synchronised" }
                                     None => span.muted { "unknown" }
                                 }
                             }

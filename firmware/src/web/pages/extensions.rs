@@ -40,8 +40,8 @@ async fn list(State(state): State<AppState>, authed: Authed) -> Response {
 /// The list and the add form (public for the rendering benchmark).
 pub fn list_body(ctx: &Ctx, list: &[ExtensionInfo]) -> Markup {
     html! {
-        details open[list.is_empty()] {
-            summary { "Add an extension" }
+        section.card aria-labelledby="h-add" {
+            h2 #h-add { "Add an extension" }
             form method="post" action="/extensions" {
                 (csrf_field(&ctx.csrf))
                 label for="new-ext" { "Number" }
