@@ -65,13 +65,15 @@ stats() { # stats FILE: median and p95 of one number per line
 printf "%-12s %10s %9s %9s %9s %9s\n" page bytes "box med" "box p95" "curl med" "curl p95"
 for page in /extensions / /calls /firewall; do
     : >"$WORK/box" ; : >"$WORK/total"
-    urls=()
-    for _ in $(seq 1 "$REQS"); do urls+=("https://127.0.0.1:$PORT$page"); done
+    args=()
+    for _ in $(seq 1 "$REQS"); do args+=(-o /dev/null "https://127.0.0.1:$PORT$page"); done
     # One curl, one connection: REQS requests in sequence; headers to a file, timing per request.
-    curl -sk -b "$JAR" -D "$WORK/headers" -o "$WORK/body" -w '%{time_total} %{size_download}\n' "${urls[@]}" >"$WORK/curl"
+    curl -sk -b "$JAR" -D "$WORK/headers" -w '%{http_code} %{time_total} %{size_download}\n' "${args[@]}" >"$WORK/curl"
+    bad=$(awk '$1 != 200' "$WORK/curl" | head -1)
+    [ -z "$bad" ] || { echo "bench: $page answered $bad" >&2; exit 1; }
     grep -i '^server-timing:' "$WORK/headers" | sed 's/.*dur=//' | tr -d '\r' >"$WORK/box"
-    awk '{ print $1 * 1000 }' "$WORK/curl" >"$WORK/total"
-    bytes=$(tail -1 "$WORK/curl" | awk '{ print $2 }')
+    awk '{ print $2 * 1000 }' "$WORK/curl" >"$WORK/total"
+    bytes=$(tail -1 "$WORK/curl" | awk '{ print $3 }')
     printf "%-12s %10s %s %s\n" "$page" "$bytes" "$(stats "$WORK/box")" "$(stats "$WORK/total")"
 done
 echo "(ms; box = Server-Timing, the daemon's time; curl = request sent to last byte)"
