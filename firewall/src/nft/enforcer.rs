@@ -265,6 +265,11 @@ impl EnforcerHandle {
         self.state().clone()
     }
 
+    /// The thread's state as it is, counters as last read (no waiting).
+    pub fn cached(&self) -> KernelState {
+        self.state().clone()
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, KernelState> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }

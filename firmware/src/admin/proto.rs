@@ -649,7 +649,7 @@ mod tests {
         );
         assert_eq!(c.name(), "fw_unban");
         for fw in [
-            FwCommand::Status,
+            FwCommand::Status { cached: false },
             FwCommand::Bans,
             FwCommand::Allow {
                 cidr: "10.0.0.0/8".into(),

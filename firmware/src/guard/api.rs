@@ -25,7 +25,13 @@ pub const MAX_LISTED: usize = 10_000;
 #[serde(tag = "fw", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FwCommand {
     /// Mode, counters, kernel counters and rule hits.
-    Status,
+    Status {
+        /// The kernel's counters as last read, without waiting for a fresh read (which
+        /// holds the daemon's loop for one `nft` run, ~7 ms): for pages that refresh by
+        /// themselves. A fresh read is asked for in the background.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cached: bool,
+    },
     /// Active bans and account locks.
     Bans,
     /// Lift a ban everywhere (detector and its counters, kernel set, store).
@@ -67,7 +73,7 @@ impl FwCommand {
     /// The wire name of the command, for logs.
     pub fn name(&self) -> &'static str {
         match self {
-            FwCommand::Status => "fw_status",
+            FwCommand::Status { .. } => "fw_status",
             FwCommand::Bans => "fw_bans",
             FwCommand::Unban { .. } => "fw_unban",
             FwCommand::Allow { .. } => "fw_allow",

@@ -749,8 +749,8 @@ impl Guard {
             tracing::error!(%err, "firewall: store write failed");
         }
         match cmd {
-            FwCommand::Status => self
-                .status(now, store)
+            FwCommand::Status { cached } => self
+                .status(now, store, cached)
                 .map(|st| FwReply::Status(Box::new(st))),
             FwCommand::Bans => Ok(FwReply::Bans(api::ban_list(
                 now,
@@ -1191,11 +1191,21 @@ impl Guard {
         }))
     }
 
-    fn status(&mut self, now: Millis, store: &Store) -> Result<FwStatusInfo, FwError> {
+    fn status(
+        &mut self,
+        now: Millis,
+        store: &Store,
+        cached: bool,
+    ) -> Result<FwStatusInfo, FwError> {
         let stats = self.detector.stats();
         let alerts_stored = store.fw_alert_count().map_err(FwError::ReadAlerts)?;
         let kernel = self.enforcer.as_ref().map(|e| {
-            let state = e.snapshot();
+            let state = if cached {
+                e.refresh_counters();
+                e.cached()
+            } else {
+                e.snapshot()
+            };
             FwKernelInfo {
                 table: self.table.clone(),
                 installed: state.installed,
@@ -1727,7 +1737,8 @@ mod tests {
                 &store
             )
             .is_err());
-        let Ok(FwReply::Status(st)) = g.admin(T0, FwCommand::Status, &store) else {
+        let Ok(FwReply::Status(st)) = g.admin(T0, FwCommand::Status { cached: false }, &store)
+        else {
             panic!("not a status")
         };
         assert_eq!(st.runtime_allow, ["198.51.100.0/24"]);
@@ -1759,7 +1770,8 @@ mod tests {
         assert_eq!(alerts.len(), 1, "one alert per offender");
         assert!(!alerts[0].enforced);
         // Every would-be ban counts, also after the first: status and rules show them.
-        let Ok(FwReply::Status(st)) = g.admin(T0 + 2, FwCommand::Status, &store) else {
+        let Ok(FwReply::Status(st)) = g.admin(T0 + 2, FwCommand::Status { cached: false }, &store)
+        else {
             panic!("not a status")
         };
         assert_eq!(st.would_be_bans, 2);
@@ -1845,7 +1857,8 @@ mod tests {
             "203.0.113.9",
             &options("203.0.113.9", "friendly-scanner", 2),
         );
-        let Ok(FwReply::Status(st)) = g.admin(T0 + 2, FwCommand::Status, &store) else {
+        let Ok(FwReply::Status(st)) = g.admin(T0 + 2, FwCommand::Status { cached: false }, &store)
+        else {
             panic!("not a status")
         };
         assert_eq!(st.mode, "user-space");
@@ -2345,7 +2358,8 @@ mod tests {
     }
 
     fn feed_health(g: &mut Guard, store: &Store, now: Millis) -> FwFeedInfo {
-        let Ok(FwReply::Status(st)) = g.admin(now, FwCommand::Status, store) else {
+        let Ok(FwReply::Status(st)) = g.admin(now, FwCommand::Status { cached: false }, store)
+        else {
             panic!("not a status")
         };
         st.feeds[0].clone()
@@ -2682,8 +2696,11 @@ mod tests {
         assert!(!ban4().contains("203.0.113.9"));
         g.handle_timeout(T0 + MAINTENANCE_MS);
         wait_for("the restore", &|| ban4().contains("203.0.113.9"));
-        let Ok(FwReply::Status(st)) = g.admin(T0 + MAINTENANCE_MS, FwCommand::Status, &store)
-        else {
+        let Ok(FwReply::Status(st)) = g.admin(
+            T0 + MAINTENANCE_MS,
+            FwCommand::Status { cached: false },
+            &store,
+        ) else {
             panic!("not a status")
         };
         let k = st.kernel.unwrap();

@@ -144,7 +144,7 @@ pub fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Vm(VmCmd::Del { id }) => one(Command::VmDel { id }),
         Cmd::Vm(VmCmd::Pin { ext, pin }) => one(Command::VmPin { ext, pin }),
         Cmd::Fw(fw) => one(Command::Fw(match fw {
-            FwCmd::Status => FwCommand::Status,
+            FwCmd::Status => FwCommand::Status { cached: false },
             FwCmd::Bans => FwCommand::Bans,
             FwCmd::Unban { addr } => FwCommand::Unban {
                 addr: addr.to_string(),

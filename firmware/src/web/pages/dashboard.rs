@@ -41,7 +41,9 @@ async fn fragment(state: &AppState) -> Markup {
     let regs = api.call(Command::RegList).await;
     let calls = api.call(Command::Calls).await;
     let trunks = api.call(Command::Trunks).await;
-    let fw = api.call(Command::Fw(FwCommand::Status)).await;
+    let fw = api
+        .call(Command::Fw(FwCommand::Status { cached: true }))
+        .await;
     let alerts = api.call(Command::Fw(FwCommand::Alerts { limit: 5 })).await;
     html! {
         div.grid {

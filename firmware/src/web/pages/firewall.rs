@@ -32,7 +32,9 @@ pub fn routes() -> Router<AppState> {
 
 async fn show(State(state): State<AppState>, authed: Authed) -> Response {
     let api = state.api();
-    let status = api.call(Command::Fw(FwCommand::Status)).await;
+    let status = api
+        .call(Command::Fw(FwCommand::Status { cached: true }))
+        .await;
     let bans = api.call(Command::Fw(FwCommand::Bans)).await;
     let rules = api.call(Command::Fw(FwCommand::Rules)).await;
     let alerts = api
