@@ -140,10 +140,16 @@ limit_daemon_cpu() {
     echo "bench: outpostd limited to $DAEMON_CPU_PCT % of a core ($CPU_CGROUP)"
 }
 
-# unlimit_daemon_cpu: removes the quota's cgroup (empty once outpostd has exited).
+# unlimit_daemon_cpu: removes the quota's cgroup, once empty (outpostd's nft children may
+# exit a moment after it; up to 5 s).
 unlimit_daemon_cpu() {
     if [ -n "$CPU_CGROUP" ]; then
-        rmdir "$CPU_CGROUP" 2>/dev/null || true
+        local i
+        for i in $(seq 1 50); do
+            rmdir "$CPU_CGROUP" 2>/dev/null && break
+            sleep 0.1
+        done
+        [ ! -d "$CPU_CGROUP" ] || echo "bench: could not remove $CPU_CGROUP" >&2
         CPU_CGROUP=""
     fi
 }
