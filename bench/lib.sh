@@ -45,6 +45,7 @@ cleanup() {
         kill -TERM "$DAEMON_PID" 2>/dev/null || true
         wait "$DAEMON_PID" 2>/dev/null || true
     fi
+    unlimit_daemon_cpu
     if [ -z "${KEEP_BENCH_DIR:-}" ]; then
         rm -rf "$WORK"
     else
@@ -111,6 +112,46 @@ stop_daemon() {
         wait "$DAEMON_PID" 2>/dev/null || true
         DAEMON_PID=""
     fi
+    unlimit_daemon_cpu
+}
+
+# DAEMON_CPU_PCT=N: outpostd gets at most N % of one core (a CPU quota in a cgroup of its
+# own, 10 ms period): a slower box, for overload steps on a machine where SIPp cannot offer
+# twice what a whole core of outpostd takes.
+DAEMON_CPU_PCT=${DAEMON_CPU_PCT:-}
+CPU_CGROUP=""
+limit_daemon_cpu() {
+    [ -n "$DAEMON_CPU_PCT" ] || return 0
+    if [ -w /sys/fs/cgroup/cpu ]; then
+        # cgroup v1
+        CPU_CGROUP=/sys/fs/cgroup/cpu/outpost-bench-$$
+        mkdir -p "$CPU_CGROUP"
+        echo 10000 >"$CPU_CGROUP/cpu.cfs_period_us"
+        echo $((DAEMON_CPU_PCT * 100)) >"$CPU_CGROUP/cpu.cfs_quota_us"
+    elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+        CPU_CGROUP=/sys/fs/cgroup/outpost-bench-$$
+        mkdir -p "$CPU_CGROUP"
+        echo "$((DAEMON_CPU_PCT * 100)) 10000" >"$CPU_CGROUP/cpu.max"
+    else
+        echo "bench: DAEMON_CPU_PCT needs a cgroup cpu controller (/sys/fs/cgroup)" >&2
+        exit 1
+    fi
+    echo "$DAEMON_PID" >"$CPU_CGROUP/cgroup.procs"
+    echo "bench: outpostd limited to $DAEMON_CPU_PCT % of a core ($CPU_CGROUP)"
+}
+
+# unlimit_daemon_cpu: removes the quota's cgroup, once empty (outpostd's nft children may
+# exit a moment after it; up to 5 s).
+unlimit_daemon_cpu() {
+    if [ -n "$CPU_CGROUP" ]; then
+        local i
+        for i in $(seq 1 50); do
+            rmdir "$CPU_CGROUP" 2>/dev/null && break
+            sleep 0.1
+        done
+        [ ! -d "$CPU_CGROUP" ] || echo "bench: could not remove $CPU_CGROUP" >&2
+        CPU_CGROUP=""
+    fi
 }
 
 # start_daemon [BINARY]: release outpostd (default $OUTPOSTD) pinned to CPU 0 with a bench
@@ -150,9 +191,10 @@ socket = "$WORK/admin.sock"
 
 [media]
 # Room for ~3,000 concurrent anchored calls (two port pairs each), below the
-# ephemeral range and above the bench SIP ports.
-port_first = 16000
-port_last = 27999
+# ephemeral range and above the bench SIP ports (RELAY_FIRST, RELAY_LAST: another range
+# when another program holds ports there).
+port_first = ${RELAY_FIRST:-16000}
+port_last = ${RELAY_LAST:-27999}
 
 [firewall]
 # auto = the appliance's setting (nftables when root); FW_ENFORCE=off to compare.
@@ -170,6 +212,7 @@ extensions = []
 TOML
     taskset -c 0 "$binary" --config "$WORK/outpost.toml" 2>"$WORK/outpostd.log" &
     DAEMON_PID=$!
+    limit_daemon_cpu
     local i
     for i in $(seq 1 100); do
         if ctl status >/dev/null 2>&1; then
@@ -221,7 +264,7 @@ csv_last() {
 
 BEST_RATE=0
 print_header() {
-    printf '%-10s %-10s %-10s %-10s %-10s %-9s %-9s\n' offered achieved calls failed "failed%" "cpu%" "cpu-us/ok"
+    printf '%-10s %-10s %-10s %-10s %-10s %-9s %-9s %-9s\n' offered achieved calls failed "failed%" "cpu%" "cpu-us/ok" retrans
 }
 
 # run_step NAME RATE COUNT SIPP-ARGS...: one SIPp run on CPU 1; prints a row and updates
@@ -244,13 +287,15 @@ run_step() {
         "$@" >"$dir/screen.log" 2>&1) || true
     t1=$(date +%s.%N)
     c1=$(cpu_ticks)
-    local ok failed row verdict
+    local ok failed retrans row verdict
     ok=$(csv_last "$dir/stats.csv" "SuccessfulCall(C)")
     failed=$(csv_last "$dir/stats.csv" "FailedCall(C)")
+    # Messages SIPp sent again for want of an answer (Timer A/E): the overload's symptom.
+    retrans=$(csv_last "$dir/stats.csv" "Retransmissions(C)")
     # awk does the floating point: offered, achieved, calls, failed, failed%, cpu%; then
     # "best" when failures < 0.1 %, "stop" when saturated (>= 5 % failed or < 70 % achieved).
     row=$(awk -v r="$rate" -v ok="$ok" -v f="$failed" -v t0="$t0" -v t1="$t1" \
-        -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v tail="${TAIL_MS:-0}" 'BEGIN {
+        -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v tail="${TAIL_MS:-0}" -v rt="$retrans" 'BEGIN {
             el = t1 - t0
             # Achieved rate over the sending window: the last call still takes its own
             # duration (TAIL_MS, e.g. the hold time) after it was offered.
@@ -261,7 +306,7 @@ run_step() {
             cpu = 100 * (c1 - c0) / hz / el
             # CPU time per successful registration/call, in microseconds.
             us = (ok > 0) ? 1e6 * (c1 - c0) / hz / ok : 0
-            printf "%-10s %-10.0f %-10s %-10s %-10.3f %-9.1f %-9.1f", r, ach, ok, f, pct, cpu, us
+            printf "%-10s %-10.0f %-10s %-10s %-10.3f %-9.1f %-9.1f %-9s", r, ach, ok, f, pct, cpu, us, rt
             # A step counts only when SIPp really delivered the offered rate.
             v = (pct < 0.1 && ok > 0 && ach >= 0.95 * r) ? "best" : "-"
             v = v ((pct >= 5 || ach < 0.7 * r) ? " stop" : " go")

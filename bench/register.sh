@@ -60,6 +60,11 @@ awk -v n="$EXTENSIONS" -v first="$FIRST_EXT" -v csv="$csv" -v users="$users" 'BE
 SUMMARY=$WORK/summary.txt
 : >"$SUMMARY"
 
+# shed_count: requests outpostd shed as stale so far (0 for builds without the counter).
+shed_count() {
+    ctl --json metrics 2>/dev/null | grep -o '"sip_shed_stale": *[0-9]*' | grep -o '[0-9]*$' || echo 0
+}
+
 # one_build LABEL BINARY ROUND: the whole sequence against one daemon.
 one_build() {
     local label=$1 binary=$2 round=$3
@@ -83,9 +88,11 @@ one_build() {
     BEST_RATE=0
     local rate
     for rate in $RATES; do
-        local go=yes
+        local go=yes shed0 shed1
+        shed0=$(shed_count)
         run_step register "$rate" $((rate * STEP_SECS)) -sf "$BENCH/register.xml" -inf "$users" || go=no
-        printf '%-28s %-6s %s\n' "$label" "$round" "$STEP_ROW" >>"$SUMMARY"
+        shed1=$(shed_count)
+        printf '%-28s %-6s %s %s\n' "$label" "$round" "$STEP_ROW" $((shed1 - shed0)) >>"$SUMMARY"
         [ "$go" = yes ] || break
     done
     echo
@@ -104,5 +111,5 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "=== summary (rows: build, round, then offered achieved calls failed failed% cpu% cpu-us/ok)"
+echo "=== summary (rows: build, round, then offered achieved calls failed failed% cpu% cpu-us/ok retrans shed)"
 cat "$SUMMARY"

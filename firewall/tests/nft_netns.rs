@@ -1070,3 +1070,50 @@ fn the_management_zone_drops_tcp_to_management_ports_from_outside_its_networks()
     assert!(enf.set_management(&huge).is_err());
     assert_eq!(enf.config().management, zone);
 }
+
+/// The relay's fast path applies its element changes through one long-lived `nft -j -i`
+/// (no process per change), each change one transaction the kernel takes as written.
+#[test]
+fn fast_path_changes_go_through_one_nft_session() {
+    use firewall::nft::fastpath::{Direction, FastPath, FAST_TABLE};
+    require_root();
+    let ns = Netns::new();
+    let dir = |id: u16| Direction {
+        id,
+        from: format!("192.0.2.10:{}", 4000 + id).parse().unwrap(),
+        box_port: 21_000 + 2 * id,
+        to: "198.51.100.20:5000".parse().unwrap(),
+        via: "198.51.100.1:21001".parse().unwrap(),
+    };
+    let processes = ns.in_ns(move || {
+        let mut fp = FastPath::install(21_000, 21_199).expect("fast path installs");
+        let timeout = Duration::from_secs(60);
+        // 30 calls handed to the kernel one by one, every other one taken back again.
+        for id in 1..=30u16 {
+            fp.apply(&[dir(id)], &[], timeout).expect("add");
+            if id % 2 == 0 {
+                fp.apply(&[], &[dir(id)], timeout).expect("delete");
+            }
+        }
+        // A refresh of every live one, and a change the kernel refuses (deleting what is
+        // not there): an error, the session survives it.
+        let live: Vec<Direction> = (1..=30u16).filter(|i| i % 2 == 1).map(dir).collect();
+        fp.apply(&live, &[], timeout).expect("refresh");
+        assert!(fp.apply(&[], &[dir(2)], timeout).is_err());
+        fp.apply(&[dir(40)], &[], timeout)
+            .expect("add after a refused batch");
+        let ids: Vec<u16> = fp.counts().expect("counters").keys().copied().collect();
+        let listed = run("nft", &["list", "map", "ip", FAST_TABLE, "daddr"]);
+        let processes = fp.batch_processes();
+        // Removed here: it restores this namespace's forwarding switch.
+        fp.remove().expect("removed");
+        (processes, ids, listed)
+    });
+    let (processes, mut ids, listed) = processes;
+    ids.sort_unstable();
+    let mut want: Vec<u16> = (1..=30u16).filter(|i| i % 2 == 1).collect();
+    want.push(40);
+    assert_eq!(ids, want, "the kernel holds exactly the live directions");
+    assert!(listed.contains("0x4f500028"), "{listed}");
+    assert_eq!(processes, 1, "one nft for 47 changes");
+}

@@ -35,6 +35,7 @@ mod boot;
 mod clock;
 mod committer;
 mod facts;
+mod shed;
 mod snapshot;
 mod start;
 
@@ -88,6 +89,8 @@ struct Daemon {
     management_tx: tokio::sync::watch::Sender<Vec<firewall::net::Cidr>>,
     /// The latest status, for the front panel.
     panel_tx: tokio::sync::watch::Sender<board::panel::PanelStatus>,
+    /// Stale requests dropped at the inbound queue ([`shed`]).
+    shed: shed::ShedCounters,
     /// When the snapshots are refreshed next.
     next_snapshot: Millis,
     /// The newest good backup's creation time, and when the backup directory is read next.
@@ -271,6 +274,7 @@ pub async fn run(
         metrics_tx,
         management_tx,
         panel_tx,
+        shed: shed::ShedCounters::default(),
         next_snapshot: 0,
         newest_backup: (None, 0),
         backups: crate::backup::Backups::new(),
@@ -728,19 +732,37 @@ impl Daemon {
 
     fn inbound(&mut self, now: Millis, msg: Inbound) {
         match msg {
-            Inbound::Message { peer, bytes } => {
+            Inbound::Message {
+                peer,
+                bytes,
+                received,
+            } => {
                 if wire::is_keepalive(&bytes) {
                     if !self.guard.is_banned(now, peer.addr.ip()) {
                         self.endpoint.handle(now, peer, &bytes);
                     }
                     return;
                 }
-                // One parse serves the firewall and the call core.
+                // One parse serves the firewall, the shedding and the call core.
                 let parsed = wire::parse(&bytes);
                 let from_trunk = self.endpoint.is_trunk_source(peer);
-                if self.guard.inspect(now, peer, &bytes, &parsed, from_trunk) {
-                    self.endpoint.handle_parsed(now, peer, &bytes, parsed);
+                // The firewall sees every message, stale or not: a flood that overloads
+                // the box must still be counted and banned.
+                if !self.guard.inspect(now, peer, &bytes, &parsed, from_trunk) {
+                    return;
                 }
+                let endpoint = &self.endpoint;
+                let waited = received.elapsed();
+                if let Some(kind) =
+                    shed::verdict(waited, peer.transport, &parsed, from_trunk, |req| {
+                        endpoint.absorbs_request(now, req)
+                    })
+                {
+                    self.shed.count(kind);
+                    tracing::trace!(peer = %peer.addr, ?kind, ?waited, "stale request shed");
+                    return;
+                }
+                self.endpoint.handle_parsed(now, peer, &bytes, parsed);
             }
             Inbound::Connected { addr, writer } => self.transports.connected(addr, writer),
             Inbound::Closed { addr } => self.transports.closed(addr),
@@ -982,6 +1004,7 @@ impl Daemon {
             &self.endpoint,
             &mut self.guard,
             self.relay.as_ref(),
+            &self.shed,
             self.clock.start.elapsed().as_secs(),
         )
     }

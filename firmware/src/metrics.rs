@@ -62,6 +62,16 @@ pub struct Metrics {
     /// (`[sip] max_server_transactions`).
     #[serde(default)]
     pub sip_overloaded: u64,
+    /// New requests over UDP dropped unanswered because they waited in the inbound queue
+    /// past the shedding bound (250 ms): the client's retransmission is served instead.
+    #[serde(default)]
+    pub sip_shed_stale: u64,
+    /// Of those, REGISTERs.
+    #[serde(default)]
+    pub sip_shed_stale_register: u64,
+    /// Of those, INVITEs (new calls; never in-dialog requests).
+    #[serde(default)]
+    pub sip_shed_stale_invite: u64,
     /// Live (pending) SIP server transactions.
     #[serde(default)]
     pub sip_transactions_live: u64,
@@ -206,6 +216,24 @@ impl Metrics {
             "counter",
             "Requests answered 503 because the live server transaction table was full.",
             self.sip_overloaded,
+        );
+        metric(
+            "sip_shed_stale_total",
+            "counter",
+            "New UDP requests dropped unanswered because they waited past the shedding bound.",
+            self.sip_shed_stale,
+        );
+        metric(
+            "sip_shed_stale_register_total",
+            "counter",
+            "REGISTERs dropped unanswered because they waited past the shedding bound.",
+            self.sip_shed_stale_register,
+        );
+        metric(
+            "sip_shed_stale_invite_total",
+            "counter",
+            "New INVITEs dropped unanswered because they waited past the shedding bound.",
+            self.sip_shed_stale_invite,
         );
         metric(
             "sip_transactions_live",

@@ -29,9 +29,9 @@ use std::fmt::Write as _;
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::runner::Runner;
+use super::runner::{Batches, Runner};
 use super::NftError;
 
 /// The table the fast path owns.
@@ -121,69 +121,60 @@ pub fn table_script(first: u16, last: u16) -> String {
     s
 }
 
-/// The `nft -f` text that adds (or refreshes the expiry of) `dirs` with `timeout`.
-pub fn add_script(dirs: &[Direction], timeout: Duration) -> String {
+/// The JSON batch (one line, one kernel transaction) that deletes `delete` (each must be
+/// present: the caller tracks them) and adds `add`, or refreshes their expiry, with
+/// `timeout`; `None` when there is nothing to do. JSON because it goes to the long-lived
+/// `nft -j -i` session (the `nft -f` text equivalent: `add element ip outpost_rtp slot
+/// { 192.0.2.10 . 4000 . 20000 timeout 90s expires 90s : 0x4f500007 }`, ...).
+pub fn element_batch(add: &[Direction], delete: &[Direction], timeout: Duration) -> Option<String> {
+    if add.is_empty() && delete.is_empty() {
+        return None;
+    }
     let t = timeout.as_secs().max(1);
-    let mut s = String::new();
-    let each = |s: &mut String, map: &str, f: &dyn Fn(&Direction) -> String| {
-        if dirs.is_empty() {
-            return;
+    let slot_key =
+        |d: &Direction| json!({"concat": [d.from.ip().to_string(), d.from.port(), d.box_port]});
+    let element = |op: &str, map: &str, elem: Vec<Value>| json!({op: {"element": {"family": "ip", "table": FAST_TABLE, "name": map, "elem": elem}}});
+    let mut cmds = Vec::new();
+    if !delete.is_empty() {
+        cmds.push(element(
+            "delete",
+            "slot",
+            delete.iter().map(slot_key).collect(),
+        ));
+        for map in ["daddr", "dport", "saddr", "sport"] {
+            cmds.push(element(
+                "delete",
+                map,
+                delete.iter().map(|d| json!(d.mark())).collect(),
+            ));
         }
-        let _ = write!(s, "add element ip {FAST_TABLE} {map} {{ ");
-        for (i, d) in dirs.iter().enumerate() {
-            if i > 0 {
-                s.push_str(", ");
-            }
-            s.push_str(&f(d));
-        }
-        s.push_str(" }\n");
-    };
-    let timed = |key: String, value: String| format!("{key} timeout {t}s expires {t}s : {value}");
-    each(&mut s, "slot", &|d| {
-        timed(
-            format!("{} . {} . {}", d.from.ip(), d.from.port(), d.box_port),
-            format!("{:#x}", d.mark()),
-        )
-    });
-    each(&mut s, "daddr", &|d| {
-        timed(format!("{:#x}", d.mark()), d.to.ip().to_string())
-    });
-    each(&mut s, "dport", &|d| {
-        timed(format!("{:#x}", d.mark()), d.to.port().to_string())
-    });
-    each(&mut s, "saddr", &|d| {
-        timed(format!("{:#x}", d.mark()), d.via.ip().to_string())
-    });
-    each(&mut s, "sport", &|d| {
-        timed(format!("{:#x}", d.mark()), d.via.port().to_string())
-    });
-    s
-}
-
-/// The `nft -f` text that deletes `dirs` (each must be present: the caller tracks them).
-pub fn delete_script(dirs: &[Direction]) -> String {
-    let mut s = String::new();
-    if dirs.is_empty() {
-        return s;
     }
-    let keys: Vec<String> = dirs
-        .iter()
-        .map(|d| format!("{} . {} . {}", d.from.ip(), d.from.port(), d.box_port))
-        .collect();
-    let _ = writeln!(
-        s,
-        "delete element ip {FAST_TABLE} slot {{ {} }}",
-        keys.join(", ")
-    );
-    let marks: Vec<String> = dirs.iter().map(|d| format!("{:#x}", d.mark())).collect();
-    for map in ["daddr", "dport", "saddr", "sport"] {
-        let _ = writeln!(
-            s,
-            "delete element ip {FAST_TABLE} {map} {{ {} }}",
-            marks.join(", ")
-        );
+    if !add.is_empty() {
+        let timed = |key: Value, value: Value| json!([{"elem": {"val": key, "timeout": t, "expires": t}}, value]);
+        let each = |f: &dyn Fn(&Direction) -> Value| -> Vec<Value> {
+            add.iter().map(|d| timed(json!(d.mark()), f(d))).collect()
+        };
+        cmds.push(element(
+            "add",
+            "slot",
+            add.iter()
+                .map(|d| timed(slot_key(d), json!(d.mark())))
+                .collect(),
+        ));
+        cmds.push(element(
+            "add",
+            "daddr",
+            each(&|d| json!(d.to.ip().to_string())),
+        ));
+        cmds.push(element("add", "dport", each(&|d| json!(d.to.port()))));
+        cmds.push(element(
+            "add",
+            "saddr",
+            each(&|d| json!(d.via.ip().to_string())),
+        ));
+        cmds.push(element("add", "sport", each(&|d| json!(d.via.port()))));
     }
-    s
+    Some(json!({"nftables": cmds}).to_string())
 }
 
 /// The counters of every direction in `nft -j list map ip outpost_rtp slot`'s output, by id.
@@ -226,11 +217,16 @@ pub fn parse_counts(json: &str) -> Result<HashMap<u16, DirectionCount>, String> 
 #[derive(Debug)]
 pub struct FastPath {
     runner: Runner,
+    /// The long-lived `nft -j -i` that applies element batches (one-shot runs when it
+    /// cannot run), as the enforcer's.
+    batches: Batches,
     /// `ip_forward` as it was before we set it.
     forward_before: Option<String>,
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// How long one nft run or one batch may take.
+const NFT_DEADLINE: Duration = Duration::from_secs(5);
 
 impl FastPath {
     /// Creates the table for the relay range `first..=last` (replacing a stale one a crashed
@@ -238,7 +234,7 @@ impl FastPath {
     /// first, drops every forwarded packet that is not a fast-path packet.
     pub fn install(first: u16, last: u16) -> Result<FastPath, NftError> {
         super::available().map_err(NftError::Config)?;
-        let runner = Runner::new("nft", None, Duration::from_secs(5));
+        let runner = Runner::new("nft", None, NFT_DEADLINE);
         // A table left by a daemon that crashed means that daemon turned forwarding on: the
         // value to restore is off, not what we read now.
         let stale = runner
@@ -258,23 +254,29 @@ impl FastPath {
         })?;
         Ok(FastPath {
             runner,
+            batches: Batches::default(),
             forward_before: Some(before.trim().to_string()),
         })
     }
 
-    /// Adds `add` (or refreshes them) and deletes `delete`, in one transaction.
+    /// Adds `add` (or refreshes them) and deletes `delete`, in one transaction, through the
+    /// long-lived nft session (no process per change).
     pub fn apply(
-        &self,
+        &mut self,
         add: &[Direction],
         delete: &[Direction],
         timeout: Duration,
     ) -> Result<(), NftError> {
-        let mut script = delete_script(delete);
-        script.push_str(&add_script(add, timeout));
-        if script.is_empty() {
+        let Some(batch) = element_batch(add, delete, timeout) else {
             return Ok(());
-        }
-        self.runner.run(&["-f", "-"], Some(script)).map(|_| ())
+        };
+        self.batches.apply(&self.runner, &batch, NFT_DEADLINE)
+    }
+
+    /// nft processes started for element batches so far (one per session, or per batch
+    /// when sessions cannot run).
+    pub fn batch_processes(&self) -> u64 {
+        self.batches.processes()
     }
 
     /// The counters of every direction in the kernel, by id.
@@ -289,6 +291,7 @@ impl FastPath {
 
     /// Restores IPv4 forwarding as it was, then deletes the table.
     pub fn remove(mut self) -> Result<(), NftError> {
+        self.batches.close();
         self.restore_forwarding();
         self.runner
             .run(&["delete", "table", "ip", FAST_TABLE], None)
@@ -327,16 +330,43 @@ mod tests {
 
     #[test]
     fn elements_are_keyed_by_the_latched_source_and_carry_a_timeout() {
-        let s = add_script(&[dir()], Duration::from_secs(90));
-        assert!(s.contains(
-            "add element ip outpost_rtp slot { 192.0.2.10 . 4000 . 20000 timeout 90s expires 90s : 0x4f500007 }"
-        ), "{s}");
-        assert!(s.contains("daddr { 0x4f500007 timeout 90s expires 90s : 198.51.100.20 }"));
-        assert!(s.contains("sport { 0x4f500007 timeout 90s expires 90s : 20002 }"));
-        let d = delete_script(&[dir()]);
-        assert!(d.contains("slot { 192.0.2.10 . 4000 . 20000 }"), "{d}");
-        assert_eq!(d.lines().count(), 5);
-        assert_eq!(add_script(&[], Duration::from_secs(1)), "");
+        let batch = element_batch(&[dir()], &[], Duration::from_secs(90)).expect("a batch");
+        assert!(!batch.contains('\n'), "one line for the session");
+        let v: Value = serde_json::from_str(&batch).expect("JSON");
+        let cmds = v["nftables"].as_array().expect("commands");
+        assert_eq!(cmds.len(), 5, "{batch}");
+        let slot = &cmds[0]["add"]["element"];
+        assert_eq!(slot["table"], "outpost_rtp");
+        assert_eq!(slot["name"], "slot");
+        assert_eq!(
+            slot["elem"][0],
+            json!([{"elem": {"val": {"concat": ["192.0.2.10", 4000, 20000]},
+                "timeout": 90, "expires": 90}}, 0x4f50_0007u32])
+        );
+        assert_eq!(
+            cmds[1]["add"]["element"]["elem"][0],
+            json!([{"elem": {"val": 0x4f50_0007u32, "timeout": 90, "expires": 90}}, "198.51.100.20"])
+        );
+        assert_eq!(cmds[4]["add"]["element"]["name"], "sport");
+        assert_eq!(cmds[4]["add"]["element"]["elem"][0][1], 20002);
+
+        // A take-back and a new call in one transaction: deletes first.
+        let mut other = dir();
+        other.id = 8;
+        let batch = element_batch(&[other], &[dir()], Duration::from_secs(1)).expect("a batch");
+        let v: Value = serde_json::from_str(&batch).expect("JSON");
+        let cmds = v["nftables"].as_array().expect("commands");
+        assert_eq!(cmds.len(), 10);
+        assert_eq!(
+            cmds[0]["delete"]["element"]["elem"],
+            json!([{"concat": ["192.0.2.10", 4000, 20000]}])
+        );
+        assert_eq!(
+            cmds[1]["delete"]["element"]["elem"],
+            json!([0x4f50_0007u32])
+        );
+        assert!(cmds[5].get("add").is_some());
+        assert_eq!(element_batch(&[], &[], Duration::from_secs(1)), None);
     }
 
     #[test]

@@ -81,7 +81,7 @@ use thiserror::Error;
 
 use crate::net::{canonical, Cidr};
 pub use enforcer::{EnforcerHandle, KernelState, SentOps};
-use runner::{Runner, Session};
+use runner::{Batches, Runner};
 
 /// Most trunk peer entries in the kernel's trunk sets (trunks × (1 + `inbound_from`)).
 pub const MAX_TRUNK_PEERS: usize = 4_096;
@@ -90,9 +90,6 @@ pub const MAX_TRUNK_PEERS: usize = 4_096;
 pub const MAX_MGMT_NETWORKS: usize = 64;
 /// Most management ports (TCP) the zone guards.
 pub const MAX_MGMT_PORTS: usize = 32;
-
-/// Sessions dying on their first batch in a row before batches go to one-shot runs.
-const SESSION_GIVE_UP: u32 = 3;
 
 /// Longest ban the kernel is given: one year (longer bans are re-applied from the store).
 pub const MAX_BAN_SECS: u64 = 365 * 24 * 3600;
@@ -468,14 +465,9 @@ pub struct Counters {
 pub struct Enforcer {
     cfg: NftConfig,
     runner: Runner,
-    /// The long-lived nft that applies batches; started on the first batch, again after
-    /// it died or was fed [`runner::MAX_SESSION_INPUT`].
-    session: Option<Session>,
-    /// nft processes started for batches (sessions, and one-shot runs when sessions fail).
-    batch_processes: u64,
-    /// Sessions that died on their first batch in a row; at [`SESSION_GIVE_UP`] batches
-    /// go to one `nft -f` each (an nft built without its interactive mode).
-    failed_starts: u32,
+    /// The long-lived nft that applies batches (started on the first batch, again after
+    /// it died or was fed [`runner::MAX_SESSION_INPUT`]), with its fallback to one-shot runs.
+    batches: Batches,
     /// Our copy of the allow list (config allow + `Allow` ops); the kernel's allow sets
     /// are rewritten from it.
     allow: Vec<Cidr>,
@@ -506,9 +498,7 @@ impl Enforcer {
             allow: ruleset::normalize(&cfg.allow),
             cfg,
             runner,
-            session: None,
-            batch_processes: 0,
-            failed_starts: 0,
+            batches: Batches::default(),
             rtp_open: BTreeMap::new(),
             bans: HashMap::new(),
             authed: HashMap::new(),
@@ -751,14 +741,14 @@ impl Enforcer {
 
     /// Deletes our table (on shutdown, if configured). Fine if it is already gone.
     pub fn remove(mut self) -> Result<(), NftError> {
-        self.session = None;
+        self.batches.close();
         self.run_file(&ruleset::delete_table_batch(&self.cfg.table))
     }
 
     /// nft processes started to apply batches so far (a session each, or a one-shot run each
     /// when sessions cannot run); the table's load and listings are not counted.
     pub fn batch_processes(&self) -> u64 {
-        self.batch_processes
+        self.batches.processes()
     }
 
     /// The configuration this enforcer was installed with.
@@ -811,67 +801,13 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Applies a batch through the long-lived session (started or replaced as needed).
-    /// A session that dies on its very first batch is tried [`SESSION_GIVE_UP`] times; that
-    /// batch goes to a one-shot run, so no update is lost to a missing interactive mode.
+    /// Applies a batch through the long-lived session ([`Batches`]: started or replaced as
+    /// needed, one-shot runs when sessions cannot run).
     fn run_batch(&mut self, batch: &nftables::schema::Nftables<'_>) -> Result<(), NftError> {
-        if self.failed_starts >= SESSION_GIVE_UP {
-            self.batch_processes += 1;
-            return self.run_file(batch);
-        }
         let payload = serde_json::to_string(batch)
             .map_err(|e| NftError::Config(format!("cannot serialize the batch: {e}")))?;
-        if self.session.as_ref().is_some_and(Session::worn_out) {
-            self.session = None;
-        }
-        let fresh = self.session.is_none();
         let deadline = Duration::from_millis(self.cfg.nft_timeout_ms);
-        if fresh {
-            self.batch_processes += 1;
-            match Session::start(&self.runner, deadline) {
-                Ok(s) => self.session = Some(s),
-                Err(e) => return self.session_failed(e, batch),
-            }
-        }
-        let Some(session) = self.session.as_mut() else {
-            return Err(NftError::Config("no nft session".into()));
-        };
-        match session.apply(&payload, deadline) {
-            Ok(()) => {
-                self.failed_starts = 0;
-                Ok(())
-            }
-            // nft refused the batch: the session is fine, the batch is not.
-            Err(e @ NftError::Failed { .. }) if session.alive() => Err(e),
-            Err(e) => {
-                self.session = None;
-                if !fresh || matches!(e, NftError::Timeout { .. }) {
-                    return Err(e);
-                }
-                self.session_failed(e, batch)
-            }
-        }
-    }
-
-    /// A new session would not start or died on its first batch: that batch goes to a
-    /// one-shot run; at [`SESSION_GIVE_UP`] in a row, sessions are not tried again.
-    fn session_failed(
-        &mut self,
-        e: NftError,
-        batch: &nftables::schema::Nftables<'_>,
-    ) -> Result<(), NftError> {
-        self.session = None;
-        self.failed_starts += 1;
-        if self.failed_starts >= SESSION_GIVE_UP {
-            tracing::error!(
-                "firewall: `nft -j -i` does not run here ({e}); every batch is one \
-                 `nft -j -f -` run from now on"
-            );
-        } else {
-            tracing::warn!("firewall: `nft -j -i` did not start ({e}); this batch runs alone");
-        }
-        self.batch_processes += 1;
-        self.run_file(batch)
+        self.batches.apply(&self.runner, &payload, deadline)
     }
 
     /// `nft -j -t list table inet <table>`: terse, so set elements are not listed (a table

@@ -427,6 +427,106 @@ impl Drop for Session {
     }
 }
 
+/// Sessions dying on their first batch in a row before batches go to one-shot runs.
+pub(crate) const SESSION_GIVE_UP: u32 = 3;
+
+/// JSON batches applied through one long-lived [`Session`], started on the first batch and
+/// again after it died or was fed [`MAX_SESSION_INPUT`]. A session that dies on its very
+/// first batch is tried [`SESSION_GIVE_UP`] times in a row; that batch goes to a one-shot
+/// `nft -j -f -` run, so no update is lost to an nft without its interactive mode, and from
+/// then on every batch is one run. Shared by the enforcer and the relay's fast path.
+#[derive(Debug, Default)]
+pub(crate) struct Batches {
+    session: Option<Session>,
+    /// nft processes started for batches (sessions, and one-shot runs when sessions fail).
+    processes: u64,
+    /// Sessions that died on their first batch in a row.
+    failed_starts: u32,
+}
+
+impl Batches {
+    /// Applies `payload` (one JSON document, no newline) as one kernel transaction through
+    /// `runner`'s nft, waiting at most `deadline`.
+    pub(crate) fn apply(
+        &mut self,
+        runner: &Runner,
+        payload: &str,
+        deadline: Duration,
+    ) -> Result<(), NftError> {
+        if self.failed_starts >= SESSION_GIVE_UP {
+            return self.run_once(runner, payload);
+        }
+        if self.session.as_ref().is_some_and(Session::worn_out) {
+            self.session = None;
+        }
+        let fresh = self.session.is_none();
+        if fresh {
+            self.processes += 1;
+            match Session::start(runner, deadline) {
+                Ok(s) => self.session = Some(s),
+                Err(e) => return self.session_failed(e, runner, payload),
+            }
+        }
+        let Some(session) = self.session.as_mut() else {
+            return Err(NftError::Config("no nft session".into()));
+        };
+        match session.apply(payload, deadline) {
+            Ok(()) => {
+                self.failed_starts = 0;
+                Ok(())
+            }
+            // nft refused the batch: the session is fine, the batch is not.
+            Err(e @ NftError::Failed { .. }) if session.alive() => Err(e),
+            Err(e) => {
+                self.session = None;
+                if !fresh || matches!(e, NftError::Timeout { .. }) {
+                    return Err(e);
+                }
+                self.session_failed(e, runner, payload)
+            }
+        }
+    }
+
+    /// nft processes started for batches so far (a session each, or a one-shot run each when
+    /// sessions cannot run).
+    pub(crate) fn processes(&self) -> u64 {
+        self.processes
+    }
+
+    /// Ends the session (its nft exits); the next batch starts another.
+    pub(crate) fn close(&mut self) {
+        self.session = None;
+    }
+
+    /// A new session would not start or died on its first batch: that batch goes to a
+    /// one-shot run; at [`SESSION_GIVE_UP`] in a row, sessions are not tried again.
+    fn session_failed(
+        &mut self,
+        e: NftError,
+        runner: &Runner,
+        payload: &str,
+    ) -> Result<(), NftError> {
+        self.session = None;
+        self.failed_starts += 1;
+        if self.failed_starts >= SESSION_GIVE_UP {
+            tracing::error!(
+                "firewall: `nft -j -i` does not run here ({e}); every batch is one \
+                 `nft -j -f -` run from now on"
+            );
+        } else {
+            tracing::warn!("firewall: `nft -j -i` did not start ({e}); this batch runs alone");
+        }
+        self.run_once(runner, payload)
+    }
+
+    fn run_once(&mut self, runner: &Runner, payload: &str) -> Result<(), NftError> {
+        self.processes += 1;
+        runner
+            .run(&["-j", "-f", "-"], Some(payload.to_string()))
+            .map(|_| ())
+    }
+}
+
 enum WaitError {
     Io(std::io::Error),
     Deadline,

@@ -7,6 +7,7 @@ use board::panel::PanelStatus;
 use pbx_core::endpoint::Endpoint;
 use pbx_core::Millis;
 
+use super::shed::ShedCounters;
 use crate::guard::Guard;
 use crate::media::relay::Relay;
 use crate::metrics::Metrics;
@@ -18,6 +19,7 @@ pub(super) fn metrics(
     endpoint: &Endpoint,
     guard: &mut Guard,
     relay: Option<&Relay>,
+    shed: &ShedCounters,
     uptime_secs: u64,
 ) -> Metrics {
     let c = endpoint.counters().clone();
@@ -40,6 +42,9 @@ pub(super) fn metrics(
         sip_malformed: c.malformed,
         auth_failures: c.auth_failures,
         sip_overloaded: c.overloaded,
+        sip_shed_stale: shed.total(),
+        sip_shed_stale_register: shed.register,
+        sip_shed_stale_invite: shed.invite,
         sip_transactions_live: tx.live as u64,
         sip_transactions_completed: tx.completed as u64,
         sip_transactions_completed_dropped: tx.completed_dropped,

@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pbx_core::sip::wire::{self, Frame};
 use pbx_core::sip::{Peer, Transport};
@@ -50,8 +50,13 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A message (or datagram) that arrived.
 #[derive(Debug)]
 pub enum Inbound {
-    /// Bytes from a peer.
-    Message { peer: Peer, bytes: Vec<u8> },
+    /// Bytes from a peer, `received` when they arrived: for UDP the kernel's receive time
+    /// (time in the socket buffer counts), for TCP and TLS when the frame was complete.
+    Message {
+        peer: Peer,
+        bytes: Vec<u8>,
+        received: Instant,
+    },
     /// A TCP connection is ready to carry messages to `addr`.
     Connected {
         addr: SocketAddr,
@@ -371,6 +376,13 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     // Best effort: without CAP_NET_ADMIN the kernel caps these at rmem_max/wmem_max.
     let _ = sock.set_recv_buffer_size(RCVBUF);
     let _ = sock.set_send_buffer_size(SNDBUF);
+    // The kernel's receive time on each datagram, so the wait in this buffer counts when
+    // the daemon sheds stale requests; without it a datagram is timed from its read.
+    if let Err(err) =
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+    {
+        tracing::warn!(%addr, %err, "SO_TIMESTAMPNS refused: a request's wait counts from its read");
+    }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     UdpSocket::from_std(sock.into())
@@ -398,13 +410,14 @@ async fn read_udp(sock: Arc<UdpSocket>, inbound: mpsc::Sender<Inbound>) {
             return;
         }
         let read = sock.try_io(Interest::READABLE, || {
-            io.receive(sock.as_raw_fd(), |addr, bytes| {
+            io.receive(sock.as_raw_fd(), |addr, bytes, received| {
                 got.push(Inbound::Message {
                     peer: Peer {
                         transport: Transport::Udp,
                         addr,
                     },
                     bytes: bytes.to_vec(),
+                    received,
                 });
             })
             .map_err(io::Error::from)
@@ -640,7 +653,11 @@ where
                     completed = true;
                     alive = now;
                     if inbound
-                        .send(Inbound::Message { peer, bytes })
+                        .send(Inbound::Message {
+                            peer,
+                            bytes,
+                            received: now.into_std(),
+                        })
                         .await
                         .is_err()
                     {
@@ -971,7 +988,7 @@ mod tests {
         };
         transports.send(dest, OPTIONS.to_vec());
         let (peer, bytes) = next(&mut server_rx, |item| match item {
-            Inbound::Message { peer, bytes } => Some((peer, bytes)),
+            Inbound::Message { peer, bytes, .. } => Some((peer, bytes)),
             _ => None,
         })
         .await;

@@ -1,6 +1,10 @@
 //! Batched UDP for the SIP sockets: datagrams read with `recvmmsg` and sent with `sendmmsg`,
 //! one system call per batch instead of one per message.
 //!
+//! Each datagram read carries the kernel's receive time (`SO_TIMESTAMPNS`), turned into an
+//! [`Instant`] once per batch: the time a request spent in the socket's receive buffer counts
+//! towards its wait, which is what the daemon's load shedding judges (`daemon::shed`).
+//!
 //! The daemon's loop queues every datagram of a turn ([`UdpOut::push`]) and sends them in one
 //! go at the end of the turn ([`UdpOut::flush`]): under load one `sendmmsg` carries dozens of
 //! responses. The queue is bounded ([`MAX_QUEUED`]); a datagram beyond it is dropped and
@@ -9,9 +13,13 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage,
+};
+use nix::sys::time::TimeSpec;
 
 /// Datagrams per `sendmmsg` / `recvmmsg` call.
 pub(super) const BATCH: usize = 64;
@@ -143,8 +151,8 @@ fn send_many(
 #[derive(Debug)]
 pub(super) struct UdpIn {
     bufs: Vec<Vec<u8>>,
-    /// (source, length) of each datagram of the last batch.
-    got: Vec<(SocketAddr, usize)>,
+    /// (source, length, kernel receive time) of each datagram of the last batch.
+    got: Vec<(SocketAddr, usize, Option<Duration>)>,
 }
 
 impl UdpIn {
@@ -157,18 +165,23 @@ impl UdpIn {
         }
     }
 
-    /// Reads what is waiting (without blocking) and calls `each(source, bytes)` per
-    /// datagram; returns how many were read (`EAGAIN` when none).
+    /// Reads what is waiting (without blocking) and calls `each(source, bytes, received)`
+    /// per datagram, `received` being when the kernel took it (the socket has
+    /// `SO_TIMESTAMPNS`; without a stamp, the time of this read); returns how many were
+    /// read (`EAGAIN` when none).
     pub(super) fn receive(
         &mut self,
         fd: RawFd,
-        mut each: impl FnMut(SocketAddr, &[u8]),
+        mut each: impl FnMut(SocketAddr, &[u8], Instant),
     ) -> nix::Result<usize> {
         self.got.clear();
         {
             // The headers hold raw pointers (not Send): made per call, never kept across
             // the reader task's awaits.
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(self.bufs.len(), None);
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
+                self.bufs.len(),
+                Some(nix::cmsg_space!(TimeSpec)),
+            );
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
                 .bufs
                 .iter_mut()
@@ -183,19 +196,53 @@ impl UdpIn {
             )?;
             for msg in results {
                 let src = msg.address.as_ref().and_then(socket_addr);
+                let stamp = msg.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|m| match m {
+                        ControlMessageOwned::ScmTimestampns(ts) => Some(Duration::from(ts)),
+                        _ => None,
+                    })
+                });
                 self.got.push((
                     src.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
                     msg.bytes,
+                    stamp,
                 ));
             }
         }
-        for (i, &(src, len)) in self.got.iter().enumerate() {
+        // One reading of each clock per batch: the kernel stamps wall time, the daemon
+        // compares monotonic instants.
+        let (mono, wall) = (Instant::now(), wall_since_epoch());
+        for (i, &(src, len, stamp)) in self.got.iter().enumerate() {
             if len > 0 && src.port() != 0 {
-                each(src, &self.bufs[i][..len.min(RECV_BUF)]);
+                let received = received_at(mono, wall, stamp);
+                each(src, &self.bufs[i][..len.min(RECV_BUF)], received);
             }
         }
         Ok(self.got.len())
     }
+}
+
+/// The wall clock as time since the Unix epoch (zero before it: a box without time).
+fn wall_since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Longest wait believed from a kernel stamp: an older one means the wall clock was set
+/// back or forward while the datagram waited, so its age says nothing; it counts as just
+/// received. Far above any wait the bounded queues allow.
+const MAX_BELIEVED_WAIT: Duration = Duration::from_secs(60);
+
+/// The monotonic instant at which a datagram stamped `stamp` (wall time) was received,
+/// given both clocks read together (`mono`, `wall`). A stamp in the future (the wall clock
+/// was set back) or implausibly old counts as received at `mono`.
+fn received_at(mono: Instant, wall: Duration, stamp: Option<Duration>) -> Instant {
+    stamp
+        .and_then(|s| wall.checked_sub(s))
+        .filter(|waited| *waited <= MAX_BELIEVED_WAIT)
+        .and_then(|waited| mono.checked_sub(waited))
+        .unwrap_or(mono)
 }
 
 /// A kernel socket address as a std one (IPv4 and IPv6 only).
@@ -205,4 +252,53 @@ fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
     }
     addr.as_sockaddr_in6()
         .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[test]
+    fn a_kernel_stamp_becomes_the_instant_it_was_received() {
+        let mono = Instant::now();
+        let wall = Duration::from_secs(1_800_000_000);
+        let waited = Duration::from_millis(1_500);
+        assert_eq!(received_at(mono, wall, Some(wall - waited)), mono - waited);
+        assert_eq!(received_at(mono, wall, None), mono, "no stamp: now");
+        // The wall clock moved while the datagram waited: its age is not believed.
+        assert_eq!(received_at(mono, wall, Some(wall + waited)), mono);
+        assert_eq!(
+            received_at(mono, wall, Some(wall - Duration::from_secs(3_600))),
+            mono
+        );
+    }
+
+    #[test]
+    fn a_datagram_that_waited_in_the_socket_buffer_is_stamped_when_it_arrived() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+            .unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"OPTIONS", rx.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut io = UdpIn::new(4);
+        let mut got = Vec::new();
+        let n = io
+            .receive(rx.as_raw_fd(), |src, bytes, at| {
+                got.push((src, bytes.to_vec(), at))
+            })
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(got[0].0, tx.local_addr().unwrap());
+        assert_eq!(got[0].1, b"OPTIONS");
+        let waited = got[0].2.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(10),
+            "the wait in the socket buffer counts: {waited:?}"
+        );
+    }
 }

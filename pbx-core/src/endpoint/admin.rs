@@ -174,6 +174,14 @@ impl Endpoint {
         self.sig.tx.server_stats()
     }
 
+    /// True when `req` is a retransmission the transaction layer absorbs (it re-sends a
+    /// stored response; see [`Transactions::absorbs_request`]). Read-only.
+    ///
+    /// [`Transactions::absorbs_request`]: crate::sip::transaction::Transactions::absorbs_request
+    pub fn absorbs_request(&self, now: Millis, req: &crate::sip::message::Request) -> bool {
+        self.sig.tx.absorbs_request(now, req)
+    }
+
     /// Sizes of the internal tables, to check in tests and metrics that nothing leaks.
     pub fn debug_counts(&self) -> DebugCounts {
         DebugCounts {

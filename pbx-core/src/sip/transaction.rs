@@ -1015,6 +1015,20 @@ impl Transactions {
         });
     }
 
+    /// True when `req` (not an ACK) is a retransmission that [`Transactions::receive_request`]
+    /// would absorb: it matches a live or completed server transaction or a request answered
+    /// statelessly, so receiving it costs a table lookup and re-sends a stored response.
+    /// Nothing changes; the driver asks this to decide whether a late copy is worth handling.
+    pub fn absorbs_request(&self, now: Millis, req: &Request) -> bool {
+        if req.method == Method::Ack {
+            return false;
+        }
+        let ident = ServerIdent::of(req, req.method.clone());
+        self.find_server(&ident).is_some()
+            || self.completed.get(&ident, now).is_some()
+            || self.stateless.get(&ident, now, self.cfg.t64()).is_some()
+    }
+
     /// Number of live transactions.
     pub fn len(&self) -> usize {
         self.txs.len()
@@ -2160,6 +2174,56 @@ mod tests {
         assert_eq!(terminated, 2 * N);
         assert!(txs.is_empty());
         assert!(wakeups > 0);
+    }
+
+    #[test]
+    fn absorbs_request_names_exactly_the_retransmissions_and_changes_nothing() {
+        let mut txs = Transactions::new(TimerConfig::default());
+        let src = peer(Transport::Udp, 5070);
+        let live = request(Method::Register, "z9hG4bKlive", "live");
+        let done = request(Method::Register, "z9hG4bKdone", "done");
+        let rejected = request(Method::Invite, "z9hG4bKrejd", "rejd");
+        let fresh = request(Method::Register, "z9hG4bKfresh", "fresh");
+        assert!(!txs.absorbs_request(0, &live), "nothing known yet");
+        assert!(matches!(
+            txs.receive_request(0, &live, src),
+            ServerInput::New(_)
+        ));
+        let ServerInput::New(key) = txs.receive_request(0, &done, src) else {
+            panic!("new transaction");
+        };
+        txs.send_response(0, &key, Response::to_request(&done, 200, Some("t")), src)
+            .expect("final");
+        let ServerInput::New(key) = txs.receive_request(0, &rejected, src) else {
+            panic!("new transaction");
+        };
+        txs.send_response(
+            0,
+            &key,
+            Response::to_request(&rejected, 401, Some("t")),
+            src,
+        )
+        .expect("final");
+        let _ = drain(&mut txs);
+        let (servers, stateless) = (txs.server_len(), txs.stateless_len());
+        // Live, completed and statelessly answered: all absorbed.
+        assert!(txs.absorbs_request(1, &live));
+        assert!(txs.absorbs_request(1, &done));
+        assert!(txs.absorbs_request(1, &rejected));
+        // A new request and an ACK are not.
+        assert!(!txs.absorbs_request(1, &fresh));
+        let mut ack = rejected.clone();
+        ack.method = Method::Ack;
+        ack.headers.cseq.method = Method::Ack;
+        assert!(!txs.absorbs_request(1, &ack));
+        // Asking changed nothing: no transaction, no transmit.
+        assert_eq!(
+            (txs.server_len(), txs.stateless_len()),
+            (servers, stateless)
+        );
+        assert!(txs.poll_transmit().is_none());
+        // Once the stateless answer has aged out (64*T1), a copy would be new again.
+        assert!(!txs.absorbs_request(TimerConfig::default().t64() + 1, &rejected));
     }
 
     #[test]

@@ -244,7 +244,7 @@ impl Drop for FastWorker {
     }
 }
 
-fn run(fp: FastPath, rx: &mpsc::Receiver<FastJob>, report: &dyn Fn(FastReport)) {
+fn run(mut fp: FastPath, rx: &mpsc::Receiver<FastJob>, report: &dyn Fn(FastReport)) {
     let mut installed: HashMap<u16, Direction> = HashMap::new();
     let mut last: HashMap<u16, DirectionCount> = HashMap::new();
     let mut next_count = Instant::now() + COUNT_EVERY;
