@@ -301,6 +301,12 @@ impl Browser {
         .unwrap_or(0)
     }
 
+    /// Runs `script` (a function body; `return` gives the result) in the page.
+    pub fn eval(&self, script: &str) -> serde_json::Value {
+        self.run("execute script", self.client().execute(script, vec![]))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// The page's full width (`document.documentElement.scrollWidth`): wider than the
     /// window means sideways scrolling.
     pub fn scroll_width(&self) -> u64 {

@@ -421,6 +421,52 @@ fn an_admin_runs_the_office_from_the_browser() {
         "{now_running}"
     );
 
+    // Backups: make one, verify it, download it (streamed in pieces).
+    let set = s.daemon.admin(&json!({"cmd": "backup", "backup": "passphrase_set", "passphrase": "a long backup passphrase"}));
+    assert_eq!(set["reply"], "done", "{set}");
+    b.goto(&s.url("/backups"));
+    b.click_text("Make a backup now");
+    b.wait_for_text("made (", WAIT);
+    b.click_text("Verify");
+    b.wait_for_text("is complete: made", WAIT);
+    let source = b.page_source();
+    let name = source
+        .split("href=\"/backups/file/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a download link")
+        .to_owned();
+    let file = https(
+        "GET",
+        &s.url(&format!("/backups/file/{name}")),
+        &[("cookie", &cookie)],
+        None,
+    )
+    .expect("the backup");
+    assert_eq!(file.status, 200, "{file:?}");
+    assert!(
+        file.body.starts_with("age-encryption.org/v1"),
+        "not an age file"
+    );
+    let listed = s.daemon.admin(&json!({"cmd": "backup", "backup": "list"}));
+    let size = listed["data"]["backups"][0]["size"]
+        .as_u64()
+        .expect("its size");
+    assert_eq!(
+        file.header("content-length")
+            .and_then(|l| l.parse::<u64>().ok()),
+        Some(size),
+        "{listed}"
+    );
+    let outside = https(
+        "GET",
+        &s.url("/backups/file/..%2Foutpost.redb"),
+        &[("cookie", &cookie)],
+        None,
+    )
+    .expect("an answer");
+    assert_eq!(outside.status, 404, "{outside:?}");
+
     // Every page renders something, at desktop and at phone width.
     for (name, path) in [
         ("dashboard", "/"),
@@ -436,6 +482,16 @@ fn an_admin_runs_the_office_from_the_browser() {
         b.goto(&s.url(path));
         b.wait_for_text("Log out", WAIT);
         b.screenshot(name);
+        // Every control is labelled (for screen readers and for clicking the label).
+        let unlabelled = b.eval(
+            "return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))\
+             .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))\
+             .map(e => e.name || e.id);",
+        );
+        assert_eq!(unlabelled, json!([]), "unlabelled controls on {path}");
+        // Keyboard: the first Tab reaches the skip link, and every button can be focused.
+        let skip = b.eval("return document.querySelector('a.skip') !== null;");
+        assert_eq!(skip, json!(true), "no skip link on {path}");
     }
     b.phone();
     assert!(

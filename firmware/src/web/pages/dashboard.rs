@@ -45,6 +45,11 @@ async fn fragment(state: &AppState) -> Markup {
         .call(Command::Fw(FwCommand::Status { cached: true }))
         .await;
     let alerts = api.call(Command::Fw(FwCommand::Alerts { limit: 5 })).await;
+    let system = api.call(Command::System).await;
+    let firmware = match &system {
+        Reply::System(s) => s.firmware.clone(),
+        _ => None,
+    };
     html! {
         div.grid {
             section.card aria-labelledby="h-box" {
@@ -53,7 +58,19 @@ async fn fragment(state: &AppState) -> Markup {
                     Reply::Status(s) => {
                         dl.facts {
                             dt { "Name" } dd { (s.hostname) }
-                            dt { "Firmware" } dd { (s.version) }
+                            dt { "Firmware" } dd {
+                                (s.version)
+                                @if let Some(f) = &firmware {
+                                    ", slot " (f.booted_slot)
+                                    @if f.trial { " " span.warn { "(trial boot)" } }
+                                    @if let Some(armed) = &f.armed_slot { " · slot " (armed) " armed for the next boot" }
+                                }
+                            }
+                            @if let Some(u) = firmware.as_ref().and_then(|f| f.last_update.as_ref()) {
+                                dt { "Last update" } dd {
+                                    @if u.starts_with("rolled-back") { span.bad { (u) } } @else { (u) }
+                                }
+                            }
                             dt { "Up for" } dd { (duration(s.uptime_secs)) }
                             dt { "Extensions" } dd #stat-extensions { (s.extensions) }
                             dt { "Registered phones" } dd #stat-registrations { (s.registrations) }
