@@ -248,6 +248,17 @@ fn an_admin_runs_the_office_from_the_browser() {
         b.wait_for_text(&format!("extension {ext} created"), WAIT);
     }
     b.wait_for_text("Call forwarding", WAIT);
+    b.fill("Display name (empty: none)", "Front desk");
+    b.click_text("Save name");
+    b.wait_for_text("is now called \"Front desk\"", WAIT);
+    b.fill("When busy to", PHONE_A.0);
+    b.click_text("Save forwarding");
+    b.wait_for_text(&format!("extension {}:", PHONE_B.0), WAIT);
+    let detail = s
+        .daemon
+        .admin(&json!({"cmd": "ext_show", "ext": PHONE_B.0}));
+    assert_eq!(detail["data"]["name"], "Front desk", "{detail}");
+    assert_eq!(detail["data"]["forwarding"]["busy"], PHONE_A.0, "{detail}");
     b.screenshot("extension");
     let listed = s.daemon.admin(&json!({"cmd": "ext_list"}));
     assert_eq!(listed["data"].as_array().map(Vec::len), Some(2), "{listed}");

@@ -220,6 +220,21 @@ impl Control<'_> {
                 self.endpoint.set_caller_id(&ext, number);
                 Reply::done(text)
             }
+            Command::ExtName { ext, name } => {
+                let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+                if let Some(n) = &name {
+                    check(validate_name(n))?;
+                }
+                let Some(mut rec) = self.store.ext_get(&ext)? else {
+                    anyhow::bail!("extension {ext} does not exist");
+                };
+                rec.name = name;
+                self.store.ext_put(&rec)?;
+                Reply::done(match &rec.name {
+                    Some(n) => format!("extension {ext} is now called {n:?}"),
+                    None => format!("extension {ext} has no name now"),
+                })
+            }
             Command::ExtPasswd { ext, password } => {
                 check(validate_password(&ext, &password))?;
                 let Some(rec) = self.store.ext_get(&ext)? else {

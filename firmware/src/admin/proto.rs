@@ -111,6 +111,13 @@ pub enum Command {
         /// The choice, as named above.
         digest: String,
     },
+    /// Set (or with `None` clear) an extension's display name.
+    ExtName {
+        /// Extension number.
+        ext: String,
+        /// The name (the display-name rules); `None` clears it.
+        name: Option<String>,
+    },
     /// Set (or with `None` clear) the caller-ID an extension presents on outside calls.
     ExtCallerId {
         /// Extension number.
@@ -181,6 +188,7 @@ impl Command {
             Command::Metrics => "metrics",
             Command::Config(c) => c.name(),
             Command::ExtCallerId { .. } => "ext_callerid",
+            Command::ExtName { .. } => "ext_name",
             Command::ExtForward { .. } => "ext_forward",
             Command::ExtDigest { .. } => "ext_digest",
             Command::Ssh(ssh) => ssh.name(),

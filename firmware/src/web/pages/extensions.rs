@@ -19,6 +19,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/extensions", get(list).post(add))
         .route("/extensions/{ext}", get(show))
+        .route("/extensions/{ext}/name", post(rename))
         .route("/extensions/{ext}/password", post(password))
         .route("/extensions/{ext}/forwarding", post(forwarding))
         .route("/extensions/{ext}/caller-id", post(caller_id))
@@ -136,6 +137,13 @@ fn detail(ctx: &Ctx, d: &ExtensionDetail) -> Markup {
             } }
         }
         div.grid {
+            form.card method="post" action={ (base) "/name" } {
+                h2 { "Name" }
+                (csrf_field(&ctx.csrf))
+                label for="name" { "Display name (empty: none)" }
+                input #name type="text" name="name" maxlength="64" value=(d.name.as_deref().unwrap_or("")) autocomplete="off";
+                div.actions { button type="submit" { "Save name" } }
+            }
             form.card method="post" action={ (base) "/password" } {
                 h2 { "SIP password" }
                 (csrf_field(&ctx.csrf))
@@ -153,7 +161,7 @@ fn detail(ctx: &Ctx, d: &ExtensionDetail) -> Markup {
                 label for="fw-no-answer" { "On no answer to" }
                 input #fw-no-answer type="text" name="no_answer" value=(fw.no_answer.as_deref().unwrap_or("")) inputmode="tel";
                 label for="fw-after" { "No answer after (seconds)" }
-                input #fw-after type="number" name="no_answer_secs" min="1" max="600" value=(fw.no_answer_ms / 1000);
+                input #fw-after type="number" name="no_answer_secs" min="1" max="600" value=(if fw.no_answer_ms == 0 { 20 } else { fw.no_answer_ms.div_ceil(1000) });
                 div.actions { button type="submit" { "Save forwarding" } }
             }
             form.card method="post" action={ (base) "/caller-id" } {
@@ -192,6 +200,24 @@ fn detail(ctx: &Ctx, d: &ExtensionDetail) -> Markup {
 async fn ext_change(state: &AppState, sid: &str, ext: &str, cmd: Command) -> Response {
     let outcome = state.api().change(cmd).await;
     state.after(sid, outcome, &format!("/extensions/{ext}"))
+}
+
+#[derive(Deserialize)]
+struct NameForm {
+    name: Option<String>,
+}
+
+async fn rename(
+    State(state): State<AppState>,
+    Path(ext): Path<String>,
+    posted: Posted<NameForm>,
+) -> Response {
+    let name = blank_none(posted.form.name);
+    let cmd = Command::ExtName {
+        ext: ext.clone(),
+        name,
+    };
+    ext_change(&state, &posted.authed.sid, &ext, cmd).await
 }
 
 #[derive(Deserialize)]
