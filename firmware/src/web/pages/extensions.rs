@@ -89,7 +89,7 @@ async fn add(State(state): State<AppState>, posted: Posted<AddForm>) -> Response
         })
         .await;
     let to = if outcome.is_ok() {
-        format!("/extensions/{ext}")
+        ext_page(&ext)
     } else {
         "/extensions".to_owned()
     };
@@ -196,10 +196,19 @@ fn detail(ctx: &Ctx, d: &ExtensionDetail) -> Markup {
     }
 }
 
+/// The page of extension `ext`; a number that is not an extension number (it came from
+/// the URL) leads to the list.
+fn ext_page(ext: &str) -> String {
+    match crate::names::validate_ext(ext) {
+        Ok(()) => format!("/extensions/{ext}"),
+        Err(_) => "/extensions".to_owned(),
+    }
+}
+
 /// Runs a change of extension `ext` and goes back to its page with the outcome.
 async fn ext_change(state: &AppState, sid: &str, ext: &str, cmd: Command) -> Response {
     let outcome = state.api().change(cmd).await;
-    state.after(sid, outcome, &format!("/extensions/{ext}"))
+    state.after(sid, outcome, &ext_page(ext))
 }
 
 #[derive(Deserialize)]
@@ -261,7 +270,7 @@ async fn forwarding(
         Some(Ok(s)) => s,
         Some(Err(_)) => {
             let why = "the no-answer time is not a number of seconds".to_owned();
-            return state.after(&posted.authed.sid, Err(why), &format!("/extensions/{ext}"));
+            return state.after(&posted.authed.sid, Err(why), &ext_page(&ext));
         }
     };
     let forwarding = pbx_core::endpoint::Forwarding {
@@ -343,7 +352,7 @@ async fn delete(
     let to = if outcome.is_ok() {
         "/extensions".to_owned()
     } else {
-        format!("/extensions/{ext}")
+        ext_page(&ext)
     };
     state.after(&posted.authed.sid, outcome, &to)
 }
