@@ -530,6 +530,32 @@ fn signed_updates_commit_refuse_survive_power_cuts_and_roll_back() {
     // hands it to the installer agent, which writes slot a and arms it; the page's reboot
     // button boots it and the trial commits. The good bundle is the running release, so
     // it goes in with force; the rogue one is refused by the daemon with the reason.
+    // The agent as the kernel sees it (files/privileges): the admin, no capability in any
+    // set, no way to gain one.
+    let console = guest.wait_for("privileges: dropbear", Duration::from_secs(60));
+    let agent = console
+        .lines()
+        .find_map(|l| {
+            l.split_once("privileges: update agent pid ")
+                .map(|(_, r)| r)
+        })
+        .unwrap_or_else(|| panic!("no privileges line for the update agent:\n{console}"))
+        .to_owned();
+    for want in [
+        "Uid: 1000 1000 1000 1000",
+        "Gid: 1000 1000 1000 1000",
+        "CapInh: 0000000000000000",
+        "CapPrm: 0000000000000000",
+        "CapEff: 0000000000000000",
+        "CapBnd: 0000000000000000",
+        "CapAmb: 0000000000000000",
+        "NoNewPrivs: 1",
+    ] {
+        assert!(
+            agent.contains(want),
+            "the update agent: {want} not in {agent}"
+        );
+    }
     let pw = work.join("web-password");
     fs::write(&pw, format!("{WEB_PASSWORD}\n")).expect("password file");
     let out = guest.ssh(&ssh_key, "admin passwd", Some(&pw), SSH_TIMEOUT);
