@@ -38,6 +38,7 @@ mod facts;
 mod shed;
 mod snapshot;
 mod start;
+mod updates;
 
 use boot::{alert_failed_update, select_revision};
 pub use boot::{newest_revision_instead, BOOT_INFO};
@@ -97,6 +98,8 @@ struct Daemon {
     newest_backup: (Option<Millis>, Millis),
     /// Backups: admin commands, the schedule, uploads.
     backups: crate::backup::Backups,
+    /// The update upload in progress (the web page's).
+    updates: updates::Updates,
     /// The box's primary addresses as last read, and when they are read next.
     host: (crate::netif::HostAddrs, Millis),
     /// The trunk hosts' addresses, looked up (RFC 3263) and kept fresh in the background.
@@ -278,6 +281,7 @@ pub async fn run(
         next_snapshot: 0,
         newest_backup: (None, 0),
         backups: crate::backup::Backups::new(),
+        updates: updates::Updates::new(),
         host: (host, 0),
         dns,
         time,
@@ -1205,6 +1209,12 @@ impl Daemon {
             // Runs off the loop; the reply is sent when it is done.
             let ctx = crate::admin::backup::context(&self.cfg, self.store.clone());
             crate::admin::backup::execute(&self.backups, ctx, self.clock.now(), b, reply);
+            return;
+        }
+        if let Command::Update(u) = cmd {
+            // Writes and checks bundles of hundreds of MiB: off the loop.
+            let paths = updates::Paths::new(&self.cfg.store.data_dir);
+            self.updates.execute(paths, u, reply);
             return;
         }
         if let Command::Log(query) = cmd {

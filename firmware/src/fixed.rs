@@ -42,6 +42,9 @@ pub struct FixedSettings {
     /// (`etc/outpost/release`, `run/outpost-boot`, `usr/share/outpost/sbom.json` under it):
     /// `/` on the box; a directory of fakes in the tests.
     pub system_root: PathBuf,
+    /// Where bundles uploaded through the web page wait for the installer agent
+    /// (`/data/spool/update` on the image); none: `<data_dir>/update-spool`.
+    pub update_spool: Option<PathBuf>,
 }
 
 /// Who starts dropbear.
@@ -74,6 +77,7 @@ impl Default for FixedSettings {
             ssh: SshRunner::Daemon,
             set_clock: false,
             system_root: PathBuf::from("/"),
+            update_spool: None,
         }
     }
 }

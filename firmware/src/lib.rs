@@ -47,7 +47,8 @@
 //! - [`admin`]: the `Command`/`Reply` protocol ([`admin::proto`]), the socket server, the
 //!   blocking client, [`admin::control::Control`] that executes a command against the
 //!   daemon's parts, and the per-subsystem reply mappers (`admin::firewall`,
-//!   `admin::backup`, `admin::ssh`, `admin::console`). `docs/admin-api.md` documents the protocol.
+//!   `admin::backup`, `admin::ssh`, `admin::console`; `admin::update` holds the wire types of
+//!   the web page's update uploads). `docs/admin-api.md` documents the protocol.
 //!
 //! Clients of the admin socket:
 //! - [`web`]: the web admin page (HTTPS, in outpostd), every action an admin command sent

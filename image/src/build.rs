@@ -899,6 +899,11 @@ const FILES: &[(&str, &str, u32)] = &[
         0o755,
     ),
     (
+        "etc/outpost/run-update-agent",
+        include_str!("../files/run-update-agent"),
+        0o755,
+    ),
+    (
         "etc/outpost/privileges",
         include_str!("../files/privileges"),
         0o755,
@@ -1206,6 +1211,7 @@ mod tests {
             include_str!("../files/run-dropbear"),
             include_str!("../files/privileges"),
             include_str!("../files/run-reboot"),
+            include_str!("../files/run-update-agent"),
             include_str!("../files/rc.sysinit"),
         ] {
             for program in [
@@ -1222,6 +1228,7 @@ mod tests {
         for script in [
             include_str!("../files/run-outpostd"),
             include_str!("../files/run-dropbear"),
+            include_str!("../files/run-update-agent"),
         ] {
             assert!(script.contains("/usr/bin/setpriv --reuid="));
             assert!(
@@ -1254,6 +1261,20 @@ mod tests {
             "--bounding-set=\"$caps\"",
         ] {
             assert!(run.contains(set), "{set}");
+        }
+        // The update agent: the admin account, no capability at all, no_new_privs, and
+        // options outpostctl knows.
+        let agent = include_str!("../files/run-update-agent");
+        for part in [
+            "--reuid=admin --regid=outpost-admin",
+            "--inh-caps=-all --ambient-caps=-all --bounding-set=-all --no-new-privs",
+            "outpostctl update agent --spool /data/spool/update",
+        ] {
+            assert!(agent.contains(part), "{part}");
+        }
+        let cli = include_str!("../../firmware/src/bin/outpostctl/cli.rs");
+        for option in ["spool", "reboot_fifo"] {
+            assert!(cli.contains(&format!("        {option}: ")), "{option}");
         }
     }
 

@@ -20,6 +20,7 @@ pub mod browser;
 pub mod modgraph;
 pub mod qemu;
 pub mod servers;
+pub mod webform;
 
 use serde_json::Value;
 use tempfile::TempDir;

@@ -2,8 +2,10 @@
 //! installed over SSH into the other root slot, the trial boot that commits itself after its
 //! health check, refusals (untrusted signature, another board, a downgrade, a changed
 //! payload), a power cut in the middle of an install, and a bundle whose daemon never starts
-//! returning the box to the old slot with the reason recorded. Also: two builds from the
-//! same sources give the same bytes.
+//! returning the box to the old slot with the reason recorded; a bundle uploaded through the
+//! web page (HTTPS to the guest's port 443), checked by outpostd, installed by the installer
+//! agent (the admin account, no capabilities) and booted through the page's reboot button.
+//! Also: two builds from the same sources give the same bytes.
 //!
 //! The bundles are made with `outpost-image bundle` from the built image's root filesystem;
 //! the "newer" releases differ in `/etc/outpost/release` (and the broken one has an
@@ -19,13 +21,16 @@ use std::time::{Duration, Instant};
 use outpost_tests::qemu::{
     copy_disk, ssh_keypair, Boot, Guest, ImageSpec, BOOT_TIMEOUT, TEST_EPOCH,
 };
-use outpost_tests::{bin, run_with_timeout, workspace_root, CmdOutput};
+use outpost_tests::webform::{flash, WebSession};
+use outpost_tests::{bin, eventually, run_with_timeout, workspace_root, CmdOutput};
 use serde_json::Value;
 
 /// How long an SSH command may take (a bundle upload included).
 const SSH_TIMEOUT: Duration = Duration::from_secs(240);
 /// Health-check limit baked into the test image (seconds).
 const HEALTH_TIMEOUT: u64 = 40;
+/// The admin password the web page's login takes (set over SSH).
+const WEB_PASSWORD: &str = "branch-office-web-42";
 
 fn sha256(path: &Path) -> String {
     let out = run_with_timeout(
@@ -197,6 +202,7 @@ fn wait_ssh(guest: &mut Guest, key: &Path) {
 /// Boots the persistent test disk (boot number `n` names the console log).
 fn start(image: &Path, disk: &Path, n: u32) -> Guest {
     let mut b = Boot::snapshot(image);
+    b.forwards.push(("tcp", 443));
     b.disk = disk.to_owned();
     b.snapshot = false;
     b.log = image.join(format!("update-boot-{n}.log"));
@@ -519,12 +525,119 @@ fn signed_updates_commit_refuse_survive_power_cuts_and_roll_back() {
         "no alert about the failed update: {}",
         alerts.stdout
     );
+
+    // From the web page: the daemon (which cannot write a slot) checks the upload and
+    // hands it to the installer agent, which writes slot a and arms it; the page's reboot
+    // button boots it and the trial commits. The good bundle is the running release, so
+    // it goes in with force; the rogue one is refused by the daemon with the reason.
+    // The agent as the kernel sees it (files/privileges): the admin, no capability in any
+    // set, no way to gain one.
+    let console = guest.wait_for("privileges: dropbear", Duration::from_secs(60));
+    let agent = console
+        .lines()
+        .find_map(|l| {
+            l.split_once("privileges: update agent pid ")
+                .map(|(_, r)| r)
+        })
+        .unwrap_or_else(|| panic!("no privileges line for the update agent:\n{console}"))
+        .to_owned();
+    for want in [
+        "Uid: 1000 1000 1000 1000",
+        "Gid: 1000 1000 1000 1000",
+        "CapInh: 0000000000000000",
+        "CapPrm: 0000000000000000",
+        "CapEff: 0000000000000000",
+        "CapBnd: 0000000000000000",
+        "CapAmb: 0000000000000000",
+        "NoNewPrivs: 1",
+    ] {
+        assert!(
+            agent.contains(want),
+            "the update agent: {want} not in {agent}"
+        );
+    }
+    let pw = work.join("web-password");
+    fs::write(&pw, format!("{WEB_PASSWORD}\n")).expect("password file");
+    let out = guest.ssh(&ssh_key, "admin passwd", Some(&pw), SSH_TIMEOUT);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "admin passwd: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let web = WebSession::log_in(
+        &format!("https://127.0.0.1:{}", guest.port("tcp", 443)),
+        WEB_PASSWORD,
+    );
+    let csrf = web.csrf("/updates");
+    let web_upload = Instant::now();
+    let (status, _) = web.post_file(
+        "/updates/upload",
+        &[("csrf", &csrf), ("force", "1")],
+        "bundle",
+        &fs::read(&rogue).expect("rogue bundle"),
+        SSH_TIMEOUT,
+    );
+    assert_eq!(status, 303);
+    let shown = flash(&web.get("/updates"));
+    assert!(shown.contains("bad signature"), "the rogue bundle: {shown}");
+    let (status, _) = web.post_file(
+        "/updates/upload",
+        &[("csrf", &csrf), ("force", "1")],
+        "bundle",
+        &fs::read(&good).expect("good bundle"),
+        SSH_TIMEOUT,
+    );
+    assert_eq!(status, 303);
+    let shown = flash(&web.get("/updates"));
+    assert!(
+        shown.contains("handed to the installer"),
+        "the good bundle: {shown}\n--- console ---\n{}",
+        guest.console()
+    );
+    let live = eventually(SSH_TIMEOUT, || {
+        let live = web.get("/live/updates");
+        (live.contains("data-state=\"installed\"") || live.contains("data-state=\"failed\""))
+            .then_some(live)
+    })
+    .unwrap_or_else(|| panic!("the agent never finished:\n{}", guest.console()));
+    assert!(
+        live.contains("installed in slot a"),
+        "the agent's report: {live}\n--- console ---\n{}",
+        guest.console()
+    );
+    let web_install_time = web_upload.elapsed();
+    let status = update_status(&guest, &ssh_key);
+    assert_eq!(status["armed"], "a", "slot a is armed: {status}");
+    assert_eq!(
+        web.post_form("/updates/reboot", &format!("csrf={csrf}")),
+        303
+    );
+    guest.wait_exit(Duration::from_secs(90));
+    drop(guest);
+    let mut guest = boot(&image, &disk, 6);
+    let console = guest.wait_for("committed", Duration::from_secs(HEALTH_TIMEOUT + 60));
+    assert!(
+        console.contains("booting slot a") && console.contains("on trial"),
+        "the web page's update boots slot a on trial: {console}"
+    );
+    wait_ssh(&mut guest, &ssh_key);
+    let status = update_status(&guest, &ssh_key);
+    let committed = status["slots"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["slot"] == "a"))
+        .map(|s| s["committed"] == true);
+    assert_eq!(committed, Some(true), "slot a committed: {status}");
+    drop(guest);
+
     eprintln!(
-        "image update: build {:.1} s, identical rebuild {:.1} s, good bundle {} KiB, install + reboot + commit {:.1} s",
+        "image update: build {:.1} s, identical rebuild {:.1} s, good bundle {} KiB, install + reboot + commit {:.1} s, web upload + check + install {:.1} s",
         build_time.as_secs_f64(),
         rebuild_time.as_secs_f64(),
         fs::metadata(&good).map(|m| m.len() >> 10).unwrap_or(0),
-        update_time.as_secs_f64()
+        update_time.as_secs_f64(),
+        web_install_time.as_secs_f64()
     );
     let _ = fs::remove_file(&disk);
     let _ = fs::remove_dir_all(&work);

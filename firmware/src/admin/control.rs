@@ -356,6 +356,7 @@ impl Control<'_> {
             | Command::Metrics
             | Command::Log(_)
             | Command::System
+            | Command::Update(_)
             | Command::SbomRead { .. } => {
                 anyhow::bail!("{} is handled by the daemon itself", cmd.name())
             }

@@ -11,6 +11,7 @@ pub mod log;
 pub mod proto;
 pub mod server;
 pub mod ssh;
+pub mod update;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

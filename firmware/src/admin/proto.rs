@@ -159,6 +159,8 @@ pub enum Command {
         /// How many bytes (1 to [`crate::chunk::MAX_CHUNK`]).
         len: u64,
     },
+    /// Firmware updates from the web page (`{"cmd":"update","update":"state"}`).
+    Update(crate::admin::update::UpdateCommand),
     /// Lines of the persistent log (`{"cmd":"log","lines":50,"level":"warn"}`); with
     /// `after`, the lines written since that cursor (how `outpostctl log --follow` polls).
     Log(LogQuery),
@@ -198,6 +200,7 @@ impl Command {
             Command::Log(_) => "log",
             Command::System => "system",
             Command::SbomRead { .. } => "sbom_read",
+            Command::Update(u) => u.name(),
         }
     }
 }
@@ -277,6 +280,10 @@ pub enum Reply {
     RestoreStaged(crate::backup::RestoreStaged),
     /// Answer to the upload commands.
     BackupUpload(crate::backup::upload::UploadState),
+    /// Answer to the update upload commands.
+    UpdateUpload(crate::admin::update::UploadState),
+    /// Answer to `update state`.
+    UpdateState(crate::admin::update::SpoolStatus),
     /// Answer to [`BackupCommand::Fetch`] and a confirmed [`BackupCommand::FetchUrl`].
     BackupFetched(crate::backup::FetchedBackup),
     /// Answer to [`BackupCommand::ListRemote`].
@@ -1053,6 +1060,24 @@ mod tests {
                 r#"{"cmd":"backup","backup":"read","file":"a.backup","offset":0,"len":9}"#,
                 "backup_read",
             ),
+            (
+                r#"{"cmd":"update","update":"upload_begin","size":1000}"#,
+                "update_upload_begin",
+            ),
+            (
+                r#"{"cmd":"update","update":"upload_chunk","id":"ab","offset":0,"data":"AA=="}"#,
+                "update_upload_chunk",
+            ),
+            (
+                r#"{"cmd":"update","update":"upload_finish","id":"ab","sha256":"00","force":true}"#,
+                "update_upload_finish",
+            ),
+            (
+                r#"{"cmd":"update","update":"upload_abort","id":"ab"}"#,
+                "update_upload_abort",
+            ),
+            (r#"{"cmd":"update","update":"state"}"#, "update_state"),
+            (r#"{"cmd":"update","update":"reboot"}"#, "update_reboot"),
         ] {
             let c: Command = serde_json::from_str(line).unwrap();
             assert_eq!(c.name(), name);
@@ -1064,6 +1089,8 @@ mod tests {
         for bad in [
             r#"{"cmd":"backup","backup":"read","file":"a.backup","offset":0}"#,
             r#"{"cmd":"sbom_read","offset":0,"len":1,"path":"/etc/shadow"}"#,
+            r#"{"cmd":"update","update":"install","path":"/tmp/x"}"#,
+            r#"{"cmd":"update","update":"upload_begin","size":1,"path":"/tmp/x"}"#,
             r#"{"cmd":"admin","admin":"login","password":"x","source":"192.0.2.300"}"#,
             r#"{"cmd":"admin","admin":"login","password":"x","service":"telnet"}"#,
         ] {

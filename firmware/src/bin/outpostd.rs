@@ -100,6 +100,10 @@ struct FixedArgs {
     /// tests; they are only read, for `system` and `sbom_read`).
     #[arg(long, value_name = "DIR", default_value = "/")]
     system_root: PathBuf,
+    /// Where bundles uploaded through the web page wait for the installer agent
+    /// [default: <data_dir>/update-spool].
+    #[arg(long, value_name = "DIR")]
+    update_spool: Option<PathBuf>,
 }
 
 impl FixedArgs {
@@ -121,6 +125,7 @@ impl FixedArgs {
             ssh,
             set_clock: self.set_clock,
             system_root: self.system_root,
+            update_spool: self.update_spool,
         };
         settings.check()?;
         Ok(settings)
@@ -187,6 +192,7 @@ fn main() -> std::process::ExitCode {
             authorized_keys_fd: None,
             set_clock: false,
             system_root: PathBuf::new(),
+            update_spool: None,
         },
     );
     match fixed.settings() {

@@ -16,6 +16,7 @@
 pub mod bootenv;
 pub mod fetch;
 pub mod health;
+pub mod staging;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -29,6 +30,7 @@ use outpost_bundle::{BundleError, Release, Verified};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use crate::admin::update::Checked;
 pub use bootenv::{BootEnv, BootState, LastOutcome, Outcome, Slot};
 
 /// Seconds a trial boot has to pass its health check unless the release file says.
@@ -609,6 +611,48 @@ fn check_manifest(
     }
 }
 
+/// Reads a bundle's header from `bundle` and checks it as [`install`] does before writing
+/// anything: signed by a trusted key, for this board and kernel, newer than the running
+/// release unless forced. Afterwards `bundle` stands at the payload. The one check both the
+/// installer and the daemon's staging ([`staging`]) run.
+fn verify_header(
+    layout: &Layout,
+    bundle: &mut dyn Read,
+    opts: InstallOptions,
+) -> Result<(Verified, Running, bool), UpdateError> {
+    let running = running(layout)?;
+    let kernel = running_kernel(layout)?;
+    let (keys, _) = trusted_keys(layout);
+    let keys: Vec<VerifyingKey> = keys.into_iter().map(|k| k.key).collect();
+    let verified = outpost_bundle::read_header(&mut &mut *bundle, &keys)?;
+    let forced = check_manifest(&verified, &running, &kernel, opts)?;
+    Ok((verified, running, forced))
+}
+
+/// Checks a whole bundle without installing it: the header as [`install`] checks it, then
+/// the payload against the signed length and SHA-256 (read to the end, nothing written).
+/// What the daemon runs on an uploaded bundle before it asks the installer for it; the
+/// installer checks again itself.
+pub fn check_bundle(
+    layout: &Layout,
+    bundle: &mut dyn Read,
+    opts: InstallOptions,
+) -> Result<Checked, UpdateError> {
+    let (verified, _, forced) = verify_header(layout, bundle, opts)?;
+    outpost_bundle::copy_payload(
+        &mut &mut *bundle,
+        &verified.manifest,
+        &mut io::sink(),
+        |_| {},
+    )?;
+    Ok(Checked {
+        release: verified.manifest.release.clone(),
+        key_id: verified.key_id,
+        bytes: verified.manifest.rootfs.bytes,
+        forced,
+    })
+}
+
 /// Drops the page cache of `file` so that a read-back comes from the device.
 fn drop_cache(file: &File) {
     // Best effort: a read-back from the cache still proves the written data is intact.
@@ -656,12 +700,7 @@ pub fn install(
     let _lock = lock(layout, false)?;
     let state = boot_state(layout)?;
     let slot = state.booted.other();
-    let running = running(layout)?;
-    let kernel = running_kernel(layout)?;
-    let (keys, _) = trusted_keys(layout);
-    let keys: Vec<VerifyingKey> = keys.into_iter().map(|k| k.key).collect();
-    let verified = outpost_bundle::read_header(&mut &mut *bundle, &keys)?;
-    let forced = check_manifest(&verified, &running, &kernel, opts)?;
+    let (verified, running, forced) = verify_header(layout, bundle, opts)?;
     let manifest = &verified.manifest;
 
     let device = find_partition(layout, slot.partition())?;
@@ -1001,7 +1040,7 @@ pub fn sbom_summary(doc: &serde_json::Value) -> SbomSummary {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
     use outpost_bundle::{Manifest, FORMAT};
@@ -1010,14 +1049,14 @@ mod tests {
     const KERNEL: &str = "6.1.0-28-arm64";
 
     /// A fake box under a temporary directory: slots are files, boot data a directory.
-    struct FakeBox {
+    pub(crate) struct FakeBox {
         _dir: tempfile::TempDir,
-        layout: Layout,
-        key: SigningKey,
+        pub(crate) layout: Layout,
+        pub(crate) key: SigningKey,
     }
 
     impl FakeBox {
-        fn new(booted: Slot, trial: bool, env: &str) -> FakeBox {
+        pub(crate) fn new(booted: Slot, trial: bool, env: &str) -> FakeBox {
             let dir = tempfile::tempdir().unwrap();
             let layout = Layout::under(dir.path());
             for (dev, part) in [
@@ -1080,11 +1119,11 @@ mod tests {
             }
         }
 
-        fn env(&self) -> String {
+        pub(crate) fn env(&self) -> String {
             std::fs::read_to_string(self.layout.bootdata.join(BOOT_ENV)).unwrap()
         }
 
-        fn slot(&self, dev: &str) -> Vec<u8> {
+        pub(crate) fn slot(&self, dev: &str) -> Vec<u8> {
             std::fs::read(self.layout.dev.join(dev)).unwrap()
         }
 
@@ -1099,11 +1138,15 @@ mod tests {
         }
     }
 
-    fn payload() -> Vec<u8> {
+    pub(crate) fn payload() -> Vec<u8> {
         (0..100_000u32).map(|i| (i % 251) as u8).collect()
     }
 
-    fn bundle_with(key: &SigningKey, payload: &[u8], edit: impl FnOnce(&mut Manifest)) -> Vec<u8> {
+    pub(crate) fn bundle_with(
+        key: &SigningKey,
+        payload: &[u8],
+        edit: impl FnOnce(&mut Manifest),
+    ) -> Vec<u8> {
         let mut m = Manifest {
             format: FORMAT,
             name: "outpost".to_owned(),

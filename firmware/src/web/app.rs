@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::multipart::Multipart;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{self, HeaderMap};
 use axum::http::request::Parts;
@@ -216,5 +217,70 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for Posted<T> {
                 .into_response()
         })?;
         Ok(Posted { authed, form })
+    }
+}
+
+/// Longest CSRF field read from a multipart form (the token is 43 characters).
+const MAX_CSRF_FIELD: usize = 256;
+
+/// A multipart form (a file upload) from a logged-in session. Its first field must be the
+/// session's CSRF token, checked before anything else of the body is read; the rest is
+/// left to the handler to stream.
+#[derive(Debug)]
+pub struct PostedMultipart {
+    /// The session.
+    pub authed: Authed,
+    /// The fields after the token.
+    pub multipart: Multipart,
+    /// The request's `Content-Length`, when it sent one (an upper bound of the file).
+    pub content_length: Option<u64>,
+}
+
+impl FromRequest<AppState> for PostedMultipart {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let authed = Authed::from_request_parts(&mut parts, state).await?;
+        let content_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let req = Request::from_parts(parts, body);
+        let mut multipart = Multipart::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let token = {
+            let field = multipart
+                .next_field()
+                .await
+                .map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()).into_response())?;
+            match field {
+                Some(mut f) if f.name() == Some("csrf") => {
+                    let mut token = Vec::new();
+                    while let Some(piece) = f
+                        .chunk()
+                        .await
+                        .map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()).into_response())?
+                    {
+                        token.extend_from_slice(&piece);
+                        if token.len() > MAX_CSRF_FIELD {
+                            return Err(csrf_refused());
+                        }
+                    }
+                    String::from_utf8(token).ok()
+                }
+                _ => None,
+            }
+        };
+        if !token.is_some_and(|t| same_token(&t, &authed.csrf)) {
+            return Err(csrf_refused());
+        }
+        Ok(PostedMultipart {
+            authed,
+            multipart,
+            content_length,
+        })
     }
 }

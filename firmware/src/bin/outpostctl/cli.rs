@@ -109,6 +109,25 @@ pub enum UpdateCmd {
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout: Option<u64>,
     },
+    /// The installer agent (run by init as the admin account): installs the bundles the
+    /// web page staged in the spool directory, one at a time, and reboots on request.
+    #[command(hide = true)]
+    Agent {
+        /// The spool directory shared with outpostd.
+        #[arg(long, value_name = "DIR", default_value = "/data/spool/update")]
+        spool: std::path::PathBuf,
+        /// The image's paths under DIR instead of / (tests: slots as files, boot data as a
+        /// directory).
+        #[arg(long, value_name = "DIR")]
+        root: Option<std::path::PathBuf>,
+        /// The FIFO init's run-reboot reads.
+        #[arg(
+            long,
+            value_name = "FIFO",
+            default_value = "/run/outpost/reboot-request"
+        )]
+        reboot_fifo: std::path::PathBuf,
+    },
 }
 
 /// `backup`: make, list, fetch, verify and restore backups.

@@ -287,6 +287,9 @@ fn escapes_the_session(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Update(UpdateCmd::Health { .. }) => {
             Some("`update health` runs once at boot: not available in this session")
         }
+        Cmd::Update(UpdateCmd::Agent { .. }) => {
+            Some("`update agent` is run by init: not available in this session")
+        }
         _ => None,
     }
 }

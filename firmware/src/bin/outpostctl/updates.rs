@@ -43,6 +43,47 @@ pub fn update_cmd(cmd: &UpdateCmd, socket: &Path, json: bool) -> Result<(), Fail
             Ok(())
         }
         UpdateCmd::Health { timeout } => update_health(&layout, socket, *timeout),
+        UpdateCmd::Agent {
+            spool,
+            root,
+            reboot_fifo,
+        } => {
+            let layout = root.as_deref().map_or(layout, update::Layout::under);
+            update_agent(&layout, spool, reboot_fifo)
+        }
+    }
+}
+
+/// How often the agent looks for a request.
+const AGENT_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `update agent`: installs what the web page staged, forever (init restarts it).
+fn update_agent(layout: &update::Layout, spool: &Path, fifo: &Path) -> Result<(), Failure> {
+    use update::staging;
+    eprintln!("update agent: watching {}", spool.display());
+    if let Err(e) = staging::agent_start(layout, spool) {
+        eprintln!("update agent: {}", sanitize(&e.to_string()));
+    }
+    loop {
+        let mut reboot = || {
+            nix::unistd::sync();
+            request_reboot(fifo).map_err(|f| match f {
+                Failure::Refused(m) | Failure::Usage(m) | Failure::Unreachable(m) => m,
+                Failure::Shown(code) => format!("exit {code}"),
+            })
+        };
+        match staging::agent_step(layout, spool, now_secs(), &mut reboot) {
+            Ok(true) => {
+                let state = staging::read_state(spool).map(|s| to_json(&s));
+                eprintln!(
+                    "update agent: {}",
+                    sanitize(&state.unwrap_or_else(|e| e.to_string()))
+                );
+            }
+            Ok(false) => {}
+            Err(e) => eprintln!("update agent: {}", sanitize(&e.to_string())),
+        }
+        std::thread::sleep(AGENT_POLL);
     }
 }
 

@@ -81,6 +81,8 @@ fn payload_json(reply: &Reply) -> String {
         Reply::BackupVerified(c) => to_json(c),
         Reply::RestoreStaged(r) => to_json(r),
         Reply::BackupUpload(u) => to_json(u),
+        Reply::UpdateUpload(u) => to_json(u),
+        Reply::UpdateState(s) => to_json(s),
         Reply::BackupFetched(f) => to_json(f),
         Reply::RemoteBackups(r) => to_json(r),
         Reply::BackupInfo(i) => to_json(i),
@@ -140,6 +142,9 @@ pub fn render(reply: &Reply, generated: Option<&Generated>) -> String {
         Reply::BackupVerified(c) => backup::verified(c),
         Reply::RestoreStaged(r) => backup::restore_staged(r),
         Reply::BackupUpload(u) => backup::upload(u),
+        // The web page's commands: outpostctl has none of them, so their JSON.
+        Reply::UpdateUpload(u) => format!("{}\n", to_json(u)),
+        Reply::UpdateState(s) => format!("{}\n", to_json(s)),
         Reply::BackupFetched(f) => format!("{}\n", sanitize(&f.name)),
         Reply::RemoteBackups(r) => backup::remote(r),
         Reply::BackupInfo(i) => backup::info(i),
