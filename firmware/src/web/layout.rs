@@ -145,9 +145,10 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
-/// Milliseconds as seconds with one decimal: `2.9 s`.
+/// Milliseconds as seconds with one decimal, rounded: `3.0 s` for 2,960 ms.
 pub fn seconds_1(ms: u64) -> String {
-    format!("{}.{} s", ms / 1000, ms % 1000 / 100)
+    let tenths = ms.saturating_add(50) / 100;
+    format!("{}.{} s", tenths / 10, tenths % 10)
 }
 
 #[cfg(test)]
@@ -181,6 +182,7 @@ mod tests {
         assert_eq!(duration(600), "10 min 0 s");
         assert_eq!(duration(3 * 3600 + 20 * 60), "3 h 20 min");
         assert_eq!(duration(3 * 86_400), "3 d 0 h");
-        assert_eq!(seconds_1(2_960), "2.9 s");
+        assert_eq!(seconds_1(2_960), "3.0 s");
+        assert_eq!(seconds_1(2_940), "2.9 s");
     }
 }

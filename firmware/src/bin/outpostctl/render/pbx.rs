@@ -8,7 +8,7 @@ use pbx_core::media::session::LegStats;
 use pbx_core::trunk::{Health, TrunkStatus};
 
 use super::table::Table;
-use super::text::{fmt_duration, fmt_time, now_ms, sanitize};
+use super::text::{fmt_duration, fmt_length_ms, fmt_time, now_ms, sanitize};
 
 /// A trunk's addresses, the one in use marked `*`; beyond four, a count.
 fn trunk_addresses(t: &TrunkStatus) -> String {
@@ -241,7 +241,7 @@ pub fn voicemail(v: &[VoicemailRecord]) -> String {
             m.mailbox.clone(),
             m.caller.clone(),
             fmt_time(m.at),
-            fmt_duration(u64::from(m.duration_ms) / 1000),
+            fmt_length_ms(u64::from(m.duration_ms)),
             if m.new { "new" } else { "old" }.to_owned(),
             m.path.display().to_string(),
         ]

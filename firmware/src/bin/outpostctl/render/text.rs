@@ -17,6 +17,17 @@ pub fn fmt_time(ms: u64) -> String {
     )
 }
 
+/// A recording's length from milliseconds: tenths of a second under a minute (`2.9s` was
+/// `2s`: whole seconds cut 2,960 ms short), rounded to the second above.
+pub fn fmt_length_ms(ms: u64) -> String {
+    let tenths = (ms + 50) / 100;
+    if tenths < 600 {
+        format!("{}.{}s", tenths / 10, tenths % 10)
+    } else {
+        fmt_duration((ms + 500) / 1000)
+    }
+}
+
 /// `45s`, `1m05s`, `2h03m04s`, `3d04h05m`.
 pub fn fmt_duration(secs: u64) -> String {
     let (d, h, m, s) = (
@@ -73,6 +84,12 @@ mod tests {
         assert_eq!(fmt_duration(65), "1m05s");
         assert_eq!(fmt_duration(3_600 + 3 * 60 + 4), "1h03m04s");
         assert_eq!(fmt_duration(2 * 86_400 + 4 * 3_600 + 5 * 60), "2d04h05m");
+        // A voicemail of 2,960 ms was listed as `2s`.
+        assert_eq!(fmt_length_ms(2_960), "3.0s");
+        assert_eq!(fmt_length_ms(2_940), "2.9s");
+        assert_eq!(fmt_length_ms(0), "0.0s");
+        assert_eq!(fmt_length_ms(59_960), "1m00s");
+        assert_eq!(fmt_length_ms(125_400), "2m05s");
     }
 
     #[test]
