@@ -470,13 +470,15 @@ impl Sdp {
 
         let connection = Connection::new(addr);
         self.connection = Some(connection.clone());
-        self.attributes.retain(|a| !is_transport_extra(a));
+        self.attributes
+            .retain(|a| !is_transport_extra(a) && !is_endpoint_identity(a));
         for (i, m) in self.media.iter_mut().enumerate() {
             if m.connection.is_some() {
                 m.connection = Some(connection.clone());
             }
             m.port_count = None;
-            m.attributes.retain(|a| !is_transport_extra(a));
+            m.attributes
+                .retain(|a| !is_transport_extra(a) && !is_endpoint_identity(a));
             let rtcp = if Some(i) == audio {
                 m.port = port;
                 port.checked_add(1)
@@ -1423,6 +1425,16 @@ fn direction_in(attributes: &[Attribute]) -> Option<Direction> {
 }
 
 /// Attributes about transports the relay does not provide (ICE, RTCP mux, BUNDLE).
+/// What one phone says about itself and its own streams, untrue on the other leg: its
+/// sources (`ssrc`, `ssrc-group`, `msid`: the relay's prompts and music play under the
+/// relay's own source, and the other phone would drop or mix up packets it does not
+/// expect) and its software (`tool`: nothing of one phone's make goes to the other).
+fn is_endpoint_identity(a: &Attribute) -> bool {
+    ["ssrc", "ssrc-group", "msid", "msid-semantic", "tool"]
+        .iter()
+        .any(|n| a.is(n))
+}
+
 fn is_transport_extra(a: &Attribute) -> bool {
     const DROPPED: [&str; 10] = [
         "ice-ufrag",
@@ -1709,6 +1721,36 @@ mod tests {
             &mut OriginState::new(1),
         );
         assert_eq!(sdp.media[0].direction(), None);
+    }
+
+    #[test]
+    fn anchor_drops_the_phones_own_sources_and_software() {
+        let mut sdp = pcmu_offer();
+        sdp.attributes
+            .push(Attribute::new("tool", "Zoiper rv2.10.20.4"));
+        sdp.attributes
+            .push(Attribute::new("msid-semantic", "WMS *"));
+        for (name, value) in [
+            ("ssrc", "2231627014 cname:Pf7nBEYwQH3lVg0h"),
+            ("ssrc", "2231627014 msid:- a1"),
+            ("ssrc-group", "FID 2231627014 2231627015"),
+            ("msid", "- a1"),
+        ] {
+            sdp.media[0].attributes.push(Attribute::new(name, value));
+        }
+        sdp.anchor(
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
+            30000,
+            &mut OriginState::new(1),
+        );
+        let text = String::from_utf8(sdp.emit()).expect("utf-8");
+        for gone in ["a=tool", "a=ssrc", "cname", "msid", "Zoiper"] {
+            assert!(
+                !text.contains(gone),
+                "{gone} copied to the other leg:\n{text}"
+            );
+        }
+        assert!(text.contains("a=rtpmap:0 PCMU/8000"), "{text}");
     }
 
     #[test]
