@@ -946,6 +946,9 @@ fn the_held_party_hears_music_until_the_call_is_resumed() {
         ("sendonly", "recvonly", 2),
     );
     let music = recv_datagrams(&b_rtp, 1_000, Duration::from_secs(1));
+    // `outpostctl calls` says so (it said `answered`).
+    let calls = daemon.ctl_json(&["calls"]);
+    assert_eq!(calls[0]["state"], "on hold", "{calls}");
     assert!(
         music.len() >= 25,
         "B received {} packets in 1 s of hold, music expected\nlog:\n{}",
@@ -985,6 +988,8 @@ fn the_held_party_hears_music_until_the_call_is_resumed() {
         "music still playing to B {WAIT:?} after the resume\nlog:\n{}",
         daemon.log_text()
     );
+    let calls = daemon.ctl_json(&["calls"]);
+    assert_eq!(calls[0]["state"], "answered", "{calls}");
     let said = talk(&a_rtp, relay_a, 10, 0xA5A5);
     let got = recv_datagrams(&b_rtp, 10, WAIT);
     let payloads: Vec<Vec<u8>> = got

@@ -303,7 +303,12 @@ impl Control<'_> {
                             })
                         }),
                         duration_secs: now.saturating_sub(c.answer.unwrap_or(c.start)) / 1000,
-                        state: if c.answered { "answered" } else { "ringing" }.to_string(),
+                        state: match (c.answered, c.on_hold) {
+                            (true, true) => "on hold",
+                            (true, false) => "answered",
+                            (false, _) => "ringing",
+                        }
+                        .to_string(),
                         call_id: c.call_id,
                         caller: c.caller,
                         callee: c.callee,

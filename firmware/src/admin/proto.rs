@@ -597,7 +597,7 @@ pub struct CallInfo {
     pub caller: String,
     /// Dialled number.
     pub callee: String,
-    /// `ringing` or `answered`.
+    /// `ringing`, `answered` or `on hold` (a phone holds it: known with media anchored).
     pub state: String,
     /// When the INVITE arrived (ms since the epoch).
     pub started_ms: u64,

@@ -122,6 +122,8 @@ impl Endpoint {
                 caller: c.caller.clone(),
                 callee: c.callee.clone(),
                 answered: c.state == CallState::Answered,
+                on_hold: c.state == CallState::Answered
+                    && c.media.as_ref().is_some_and(CallMedia::on_hold),
                 start: c.start,
                 answer: c.answer,
                 media_session: c.media.as_ref().map(CallMedia::session),

@@ -94,6 +94,9 @@ pub struct CallSummary {
     pub callee: String,
     /// True once a callee answered.
     pub answered: bool,
+    /// True while either phone holds the answered call (its last SDP was sendonly or
+    /// inactive); known only when the media is anchored.
+    pub on_hold: bool,
     /// When the INVITE arrived.
     pub start: Millis,
     /// When the call was answered.
