@@ -21,6 +21,22 @@ use super::{archive, parse_name, schedule, PARTIAL_SUFFIX, SUFFIX};
 
 /// Largest piece of one chunk request (decoded); base64 makes it 1.4 MiB of the 4 MiB line.
 pub const CHUNK: usize = 1024 * 1024;
+
+/// One base64 piece of an upload (backups, update bundles), at most [`CHUNK`] bytes once
+/// decoded; the error says why not.
+pub fn decode_piece(data: &str) -> Result<Vec<u8>, String> {
+    if data.len() > CHUNK.div_ceil(3) * 4 {
+        return Err(format!("a piece may hold at most {CHUNK} bytes"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| format!("the piece is not base64: {e}"))?;
+    // The base64 length bound lets up to two more bytes through.
+    if bytes.len() > CHUNK {
+        return Err(format!("a piece may hold at most {CHUNK} bytes"));
+    }
+    Ok(bytes)
+}
 /// Largest file accepted (a backup with years of voicemail fits).
 pub const MAX_UPLOAD: u64 = 8 * 1024 * 1024 * 1024;
 /// Free space the upload always leaves on the file system (the restore needs room too).
@@ -176,14 +192,7 @@ impl Upload {
                 expected: self.received,
             });
         }
-        if data.len() > CHUNK.div_ceil(3) * 4 {
-            return Err(UploadError::Chunk(format!(
-                "a piece may hold at most {CHUNK} bytes"
-            )));
-        }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .map_err(|e| UploadError::Chunk(format!("the piece is not base64: {e}")))?;
+        let bytes = decode_piece(data).map_err(UploadError::Chunk)?;
         let len = bytes.len() as u64;
         if self.received + len > MAX_UPLOAD {
             return Err(UploadError::TooLarge);

@@ -24,7 +24,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 pub use crate::admin::update::{AgentState, SpoolStatus, UploadState, CHUNK, MAX_BUNDLE};
@@ -203,20 +202,7 @@ impl Upload {
                 expected: self.received,
             });
         }
-        if data.len() > CHUNK.div_ceil(3) * 4 {
-            return Err(StagingError::Chunk(format!(
-                "a piece may hold at most {CHUNK} bytes"
-            )));
-        }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .map_err(|e| StagingError::Chunk(format!("the piece is not base64: {e}")))?;
-        // The base64 length bound above lets up to two more bytes through.
-        if bytes.len() > CHUNK {
-            return Err(StagingError::Chunk(format!(
-                "a piece may hold at most {CHUNK} bytes"
-            )));
-        }
+        let bytes = crate::backup::upload::decode_piece(data).map_err(StagingError::Chunk)?;
         let len = bytes.len() as u64;
         if self.received.saturating_add(len) > self.size {
             return Err(StagingError::TooLarge {
@@ -650,6 +636,8 @@ fn free_space(dir: &Path) -> io::Result<u64> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
     use crate::update::tests::{bundle_with, payload, FakeBox};
     use crate::update::Slot;
