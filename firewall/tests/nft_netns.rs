@@ -931,11 +931,16 @@ fn connection_caps_drop_new_tcp_connections_per_source_before_accept() {
     assert_eq!(open_conns(&lab.atk, lab.atk6.into(), to6, 7).len(), 6);
 }
 
-#[test]
-fn syn_rate_limits_new_tcp_connections_per_source_without_conntrack() {
-    require_root();
-    let lab = Lab::new();
-    let cfg = NftConfig {
+/// `n` connections at once from `src` in the attacker's namespace to the SIP port (IPv4):
+/// how many completed within 500 ms.
+fn burst_to_sip(lab: &Lab, src: IpAddr, n: usize) -> usize {
+    let to4 = SocketAddr::new(lab.app4.into(), SIP);
+    burst(&lab.atk, src, to4, n, Duration::from_millis(500))
+}
+
+/// SYNs to the SIP port metered per source: a burst of 5 a second, 50 once authenticated.
+fn syn_rate_cfg(lab: &Lab) -> NftConfig {
+    NftConfig {
         conn_limit: Some(ConnLimit {
             ports: vec![SIP],
             unauthenticated: 5,
@@ -944,19 +949,20 @@ fn syn_rate_limits_new_tcp_connections_per_source_without_conntrack() {
         }),
         flood_rate: None,
         ..lab.cfg()
-    };
+    }
+}
+
+#[test]
+fn syn_rate_limits_new_tcp_connections_per_source_without_conntrack() {
+    require_root();
+    let lab = Lab::new();
+    let cfg = syn_rate_cfg(&lab);
     let mut enf = Enforcer::install(cfg).unwrap();
     let to4 = SocketAddr::new(lab.app4.into(), SIP);
     let listener = lab.app.tcp_listener(to4);
     listener.set_nonblocking(true).unwrap();
     // A burst of 5 (and 5 a second after): 20 at once, 5 complete.
-    let got = burst(
-        &lab.atk,
-        lab.atk4.into(),
-        to4,
-        20,
-        Duration::from_millis(500),
-    );
+    let got = burst_to_sip(&lab, lab.atk4.into(), 20);
     let c = enf.counters().unwrap();
     println!("SYN rate 5/s burst 5: {got} of 20 connections completed, {c:?}");
     assert!((5..=7).contains(&got), "{got}");
@@ -971,16 +977,41 @@ fn syn_rate_limits_new_tcp_connections_per_source_without_conntrack() {
         timeout_secs: 60,
     }])
     .unwrap();
-    assert_eq!(
-        burst(
-            &lab.atk,
-            lab.atk4.into(),
-            to4,
-            20,
-            Duration::from_millis(500)
-        ),
-        20
-    );
+    assert_eq!(burst_to_sip(&lab, lab.atk4.into(), 20), 20);
+    assert!(enf.verify().unwrap());
+    while listener.accept().is_ok() {}
+}
+
+#[test]
+fn a_reinstall_holds_the_offices_authenticated_sources_and_the_bans_from_its_first_packet() {
+    require_root();
+    let lab = Lab::new();
+    let cfg = syn_rate_cfg(&lab);
+    // The daemon before the restart: its table, with the office (atk4 here) authenticated.
+    let mut before = Enforcer::install(cfg.clone()).unwrap();
+    before
+        .apply(&[SetOp::Authenticated {
+            addr: lab.atk4.into(),
+            timeout_secs: 600,
+        }])
+        .unwrap();
+    drop(before);
+    // The restarted daemon replaces it in one run that already holds the office and a ban.
+    let enf = Enforcer::install_with(cfg, &[(lab.other4.into(), 600)], &[(lab.atk4.into(), 600)])
+        .unwrap();
+    assert_eq!(set_len(&lab.app, "authed4"), 1);
+    assert_eq!(set_len(&lab.app, "ban4"), 1);
+    let to4 = SocketAddr::new(lab.app4.into(), SIP);
+    let listener = lab.app.tcp_listener(to4);
+    listener.set_nonblocking(true).unwrap();
+    // 20 phones of the office reconnect at once: all complete (a stranger's burst is 5).
+    let got = burst_to_sip(&lab, lab.atk4.into(), 20);
+    let c = enf.counters().unwrap();
+    println!("office after a reinstall: {got} of 20 connections completed, {c:?}");
+    assert_eq!(got, 20, "{c:?}");
+    assert_eq!(c.conn_drops, 0, "{c:?}");
+    // The banned source gets nothing.
+    assert_eq!(burst_to_sip(&lab, lab.other4.into(), 3), 0);
     assert!(enf.verify().unwrap());
     while listener.accept().is_ok() {}
 }

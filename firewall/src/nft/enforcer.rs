@@ -107,8 +107,13 @@ pub struct EnforcerHandle {
 }
 
 impl EnforcerHandle {
-    /// Starts the thread, which installs the table with `bans` (address, remaining secs).
-    pub fn spawn(cfg: NftConfig, bans: Vec<(IpAddr, u64)>) -> std::io::Result<EnforcerHandle> {
+    /// Starts the thread, which installs the table with `bans` and the authenticated
+    /// sources `authed` (address, remaining secs each) in one nft run.
+    pub fn spawn(
+        cfg: NftConfig,
+        bans: Vec<(IpAddr, u64)>,
+        authed: Vec<(IpAddr, u64)>,
+    ) -> std::io::Result<EnforcerHandle> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let shared = Arc::new(Mutex::new(KernelState::default()));
         let thread_state = Arc::clone(&shared);
@@ -121,7 +126,7 @@ impl EnforcerHandle {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .cpus = cpus;
-                EnforcerThread::new(cfg, bans, thread_state).run(&rx)
+                EnforcerThread::new(cfg, bans, authed, thread_state).run(&rx)
             })?;
         Ok(EnforcerHandle {
             tx,
@@ -354,11 +359,22 @@ struct EnforcerThread {
     pending_management: Option<ManagementZone>,
     /// Trunk peers not yet in the kernel (their replacement failed or is due).
     pending_trunks: Option<Vec<TrunkPeer>>,
+    /// The authenticated sources the first install carries, and when each runs out.
+    first_authed: Vec<(IpAddr, Instant)>,
 }
 
 impl EnforcerThread {
-    fn new(cfg: NftConfig, bans: Vec<(IpAddr, u64)>, shared: Arc<Mutex<KernelState>>) -> Self {
+    fn new(
+        cfg: NftConfig,
+        bans: Vec<(IpAddr, u64)>,
+        authed: Vec<(IpAddr, u64)>,
+        shared: Arc<Mutex<KernelState>>,
+    ) -> Self {
         let now = Instant::now();
+        let first_authed = authed
+            .into_iter()
+            .map(|(a, secs)| (a, now + Duration::from_secs(secs.min(MAX_BAN_SECS))))
+            .collect();
         let desired = bans
             .into_iter()
             .map(|(a, secs)| {
@@ -376,6 +392,7 @@ impl EnforcerThread {
             last_logged_error: None,
             pending_management: None,
             pending_trunks: None,
+            first_authed,
         }
     }
 
@@ -571,13 +588,15 @@ impl EnforcerThread {
     fn install(&mut self) {
         let now = Instant::now();
         self.desired.retain(|_, until| *until > now);
-        let result = Enforcer::install(self.cfg.clone()).and_then(|mut e| {
-            let bans = remaining(&self.desired, now);
-            if !bans.is_empty() {
-                e.restore(&bans)?;
-            }
-            Ok(e)
-        });
+        let bans = remaining(&self.desired, now);
+        // Until the first install succeeds; later ones follow the set updates.
+        let authed: Vec<(IpAddr, u64)> = self
+            .first_authed
+            .iter()
+            .map(|(a, until)| (*a, until.saturating_duration_since(now).as_secs()))
+            .filter(|(_, secs)| *secs > 0)
+            .collect();
+        let result = Enforcer::install_with(self.cfg.clone(), &bans, &authed);
         match result {
             Ok(e) => {
                 tracing::info!(
@@ -586,6 +605,7 @@ impl EnforcerThread {
                 );
                 // Installed with the newest zone (`self.cfg.management`).
                 self.pending_management = None;
+                self.first_authed.clear();
                 self.enforcer = Some(e);
                 self.last_logged_error = None;
                 let mut s = self.state();
@@ -734,6 +754,7 @@ mod tests {
         let mut t = EnforcerThread::new(
             NftConfig::default(),
             vec![(ip("::ffff:198.51.100.1"), 600)],
+            Vec::new(),
             shared,
         );
         assert!(t.desired.contains_key(&ip("198.51.100.1")), "canonical");
@@ -767,7 +788,7 @@ mod tests {
             nft: "/nonexistent/outpost-test-nft".into(),
             ..NftConfig::default()
         };
-        let mut h = EnforcerHandle::spawn(cfg, Vec::new()).unwrap();
+        let mut h = EnforcerHandle::spawn(cfg, Vec::new(), Vec::new()).unwrap();
         h.send(ban("203.0.113.9", 60));
         h.verify();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -814,7 +835,7 @@ mod tests {
                 nft: "/nonexistent/outpost-test-nft".into(),
                 ..NftConfig::default()
             };
-            EnforcerHandle::spawn(cfg, Vec::new()).unwrap()
+            EnforcerHandle::spawn(cfg, Vec::new(), Vec::new()).unwrap()
         })
         .join()
         .unwrap();

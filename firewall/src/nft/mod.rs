@@ -488,6 +488,19 @@ pub struct Enforcer {
 impl Enforcer {
     /// Creates or replaces our table (only ours) atomically in one nft run; no bans yet.
     pub fn install(cfg: NftConfig) -> Result<Enforcer, NftError> {
+        Enforcer::install_with(cfg, &[], &[])
+    }
+
+    /// Creates or replaces our table atomically in one nft run that already holds `bans`
+    /// and the authenticated sources `authed` (address, remaining seconds each; 0 =
+    /// expired, skipped). A daemon restarting replaces the table it left: the bans and the
+    /// office's authenticated sources are in the new table from its first packet, with no
+    /// moment where the office meets the stranger's connection cap.
+    pub fn install_with(
+        cfg: NftConfig,
+        bans: &[(IpAddr, u64)],
+        authed: &[(IpAddr, u64)],
+    ) -> Result<Enforcer, NftError> {
         cfg.validate()?;
         let runner = Runner::new(
             &cfg.nft,
@@ -504,7 +517,18 @@ impl Enforcer {
             authed: HashMap::new(),
             fingerprint: Vec::new(),
         };
-        e.load(&[])?;
+        if e.cfg.conn_limit.is_some() {
+            let now = Instant::now();
+            for (addr, secs) in authed {
+                if let Some(secs) = ban_secs(*secs) {
+                    e.authed.insert(
+                        ruleset::conn_key(canonical(*addr)),
+                        now + Duration::from_secs(u64::from(secs)),
+                    );
+                }
+            }
+        }
+        e.restore(bans)?;
         Ok(e)
     }
 

@@ -263,7 +263,8 @@ impl Guard {
         if guard.mode == Mode::Enforcing {
             let nft = fw.nft_config(site);
             guard.conn_kernel = nft.conn_limit.is_some();
-            match EnforcerHandle::spawn(nft, kernel_bans) {
+            let authed = guard.restored_sources(store, now);
+            match EnforcerHandle::spawn(nft, kernel_bans, authed) {
                 Ok(handle) => guard.enforcer = Some(handle),
                 Err(err) => {
                     guard.mode = Mode::UserSpace {
@@ -974,30 +975,60 @@ impl Guard {
     /// there, or its entry has run half its time; so a phone re-registering costs one
     /// set update per half pass, not one per REGISTER.
     fn kernel_authenticated(&mut self, now: Millis, ip: IpAddr, pass_ms: u64) {
-        if !self.conn_kernel || self.enforcer.is_none() || self.trusted(ip) {
+        if self.enforcer.is_none() || !self.kernel_authed_due(now, ip, pass_ms) {
             return;
         }
-        if self.detector.is_banned(now, ip) {
-            return;
+        self.enforce(SetOp::Authenticated {
+            addr: ip,
+            timeout_secs: pass_ms.div_ceil(1_000),
+        });
+    }
+
+    /// Whether the kernel must be told that `ip` authenticated now (see
+    /// [`Guard::kernel_authenticated`]); if so, it is noted as told.
+    fn kernel_authed_due(&mut self, now: Millis, ip: IpAddr, pass_ms: u64) -> bool {
+        if !self.conn_kernel || self.trusted(ip) || self.detector.is_banned(now, ip) {
+            return false;
         }
         let fresh = self
             .kernel_authed
             .get(&ip)
             .is_some_and(|&until| until.saturating_sub(now) > pass_ms / 2);
         if fresh {
-            return;
+            return false;
         }
         if self.kernel_authed.len() >= MAX_KERNEL_AUTHED && !self.kernel_authed.contains_key(&ip) {
             self.kernel_authed.retain(|_, until| *until > now);
             if self.kernel_authed.len() >= MAX_KERNEL_AUTHED {
-                return;
+                return false;
             }
         }
         self.kernel_authed.insert(ip, now.saturating_add(pass_ms));
-        self.enforce(SetOp::Authenticated {
-            addr: ip,
-            timeout_secs: pass_ms.div_ceil(1_000),
-        });
+        true
+    }
+
+    /// The sources of the stored registrations that are still live (address, seconds of
+    /// pass), for the table's first load: the kernel gives an office of TCP phones
+    /// reconnecting after a restart the authenticated cap from the first SYN, not only
+    /// once the set update after the load has run. Noted as told, so
+    /// [`Guard::restored_registration`] does not send them again.
+    fn restored_sources(&mut self, store: &Store, now: Millis) -> Vec<(IpAddr, u64)> {
+        let bindings = match store.bindings_all() {
+            Ok(b) => b,
+            Err(err) => {
+                tracing::warn!("firewall: cannot read the stored registrations: {err}");
+                return Vec::new();
+            }
+        };
+        let pass_ms = self.detector.config().unknown_host.pass_ms;
+        let mut out = Vec::new();
+        for b in bindings.iter().filter(|b| b.expires_at > now) {
+            let ip = canonical(b.source.addr.ip());
+            if self.kernel_authed_due(now, ip, pass_ms) {
+                out.push((ip, pass_ms.div_ceil(1_000)));
+            }
+        }
+        out
     }
 
     fn write(&mut self, change: FirewallChange) {
