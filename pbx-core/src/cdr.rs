@@ -32,6 +32,18 @@ pub enum Disposition {
     Transferred,
 }
 
+impl Disposition {
+    /// The disposition of a leg nobody answered, from the final status it got.
+    pub fn of_failure(status: u16) -> Disposition {
+        match status {
+            486 | 600 => Disposition::Busy,
+            480 | 408 => Disposition::NoAnswer,
+            487 => Disposition::Cancelled,
+            _ => Disposition::Failed,
+        }
+    }
+}
+
 /// One call detail record, written when a leg of a call ends: a call that is never
 /// transferred has one; a transferred call has one per leg (100 → 101, then 100 → 103 once
 /// 101 transferred it), sharing `linked_id`.

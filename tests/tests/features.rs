@@ -153,6 +153,46 @@ fn hang_up(from: &mut SipPhone, dialog: &mut Dialog, to: &mut SipPhone, to_call_
     assert_eq!(status_of(ok.as_bytes()), Some(200), "{ok}");
 }
 
+/// The next NOTIFY of the REFER subscription in dialog `call_id` that `p` gets, answered
+/// 200.
+fn refer_notify(daemon: &Daemon, p: &mut SipPhone, call_id: &str) -> String {
+    let notify = p
+        .recv_matching(WAIT, |m| {
+            request_method(m) == Some("NOTIFY")
+                && header_value(m, "Call-ID").as_deref() == Some(call_id)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no NOTIFY:\n{}\nlog:\n{}",
+                p.transcript(),
+                daemon.log_text()
+            )
+        });
+    p.reply(&notify, 200, None, "");
+    notify
+}
+
+/// `notify` is a REFER NOTIFY carrying `sipfrag`; the subscription ends with it when
+/// `last`.
+fn assert_refer_notify(notify: &str, sipfrag: &str, last: bool) {
+    assert_eq!(
+        header_value(notify, "Event").as_deref(),
+        Some("refer"),
+        "{notify}"
+    );
+    let state = header_value(notify, "Subscription-State").unwrap_or_default();
+    assert_eq!(state.starts_with("terminated"), last, "{notify}");
+    assert!(last || state.starts_with("active"), "{notify}");
+    assert!(body_of(notify).starts_with(sipfrag), "{notify}");
+}
+
+/// Asserts that `p` gets no BYE within [`QUIET`].
+fn assert_no_bye(p: &mut SipPhone, who: &str) {
+    if let Some(bye) = p.recv_matching(QUIET, |m| request_method(m) == Some("BYE")) {
+        panic!("{who} must not be hung up:\n{bye}");
+    }
+}
+
 fn relay_of(daemon: &Daemon, body: &str, what: &str) -> SdpAudio {
     let sdp = sdp_audio(body).unwrap_or_else(|| panic!("{what} has no audio SDP:\n{body}"));
     let (first, last) = daemon.media_ports();
@@ -431,24 +471,21 @@ fn blind_transfer_by_the_callee_moves_the_caller_to_the_target_with_audio() {
         .unwrap_or_else(|| panic!("no answer to the REFER:\n{}", p[1].sip.transcript()));
     assert_eq!(status_of(accepted.as_bytes()), Some(202), "{accepted}");
     let b_call_id = b_dialog.call_id.clone();
-    let notify = p[1]
-        .sip
-        .recv_matching(WAIT, |m| {
-            request_method(m) == Some("NOTIFY")
-                && header_value(m, "Call-ID").as_deref() == Some(b_call_id.as_str())
-        })
-        .unwrap_or_else(|| panic!("no NOTIFY:\n{}", p[1].sip.transcript()));
-    p[1].sip.reply(&notify, 200, None, "");
-    assert_eq!(
-        header_value(&notify, "Event").as_deref(),
-        Some("refer"),
-        "{notify}"
-    );
-    assert!(
-        header_value(&notify, "Subscription-State").is_some_and(|s| s.starts_with("terminated")),
-        "{notify}"
-    );
-    assert!(body_of(&notify).starts_with("SIP/2.0 200"), "{notify}");
+    // B hears the target's real progress (RFC 3515): Trying, Ringing, then OK, and stays
+    // in its dialog until C has answered.
+    let trying = refer_notify(&daemon, &mut p[1].sip, &b_call_id);
+    assert_refer_notify(&trying, "SIP/2.0 100 Trying", false);
+
+    // C rings with an offer at the relay (B's side of the same session) and answers.
+    let c_inv = await_invite(&daemon, &mut p[2].sip, "102 (transfer target)");
+    let relay_c = relay_of(&daemon, body_of(&c_inv), "C's INVITE");
+    ring(&p[2].sip, &c_inv);
+    let ringing = refer_notify(&daemon, &mut p[1].sip, &b_call_id);
+    assert_refer_notify(&ringing, "SIP/2.0 180 Ringing", false);
+    assert_no_bye(&mut p[1].sip, "B, while the target rings");
+    let mut c_dialog = callee_answers(&daemon, &mut p[2], &c_inv, "102");
+    let ok = refer_notify(&daemon, &mut p[1].sip, &b_call_id);
+    assert_refer_notify(&ok, "SIP/2.0 200 OK", true);
     let bye = p[1]
         .sip
         .answer_bye(WAIT)
@@ -457,12 +494,6 @@ fn blind_transfer_by_the_callee_moves_the_caller_to_the_target_with_audio() {
         header_value(&bye, "Call-ID").as_deref(),
         Some(b_call_id.as_str())
     );
-
-    // C rings with an offer at the relay (B's side of the same session) and answers.
-    let c_inv = await_invite(&daemon, &mut p[2].sip, "102 (transfer target)");
-    let relay_c = relay_of(&daemon, body_of(&c_inv), "C's INVITE");
-    ring(&p[2].sip, &c_inv);
-    let mut c_dialog = callee_answers(&daemon, &mut p[2], &c_inv, "102");
 
     // A's SDP is never touched: same relay address; A hears C and C hears A.
     assert!(
@@ -546,6 +577,149 @@ fn blind_transfer_by_the_callee_moves_the_caller_to_the_target_with_audio() {
             && num(second, "end") >= num(second, "answer"),
         "C's talk time starts at C's answer: {second}"
     );
+}
+
+/// A talks to B through the relay (100 calls 101, 101 answers, audio checked): the
+/// dialogs and each side's relay address.
+fn a_talks_to_b(daemon: &Daemon, p: &mut [Station]) -> (Dialog, Dialog, SdpAudio, SdpAudio) {
+    let offer = p[0].sdp();
+    let inv = p[0].sip.invite("101", &offer);
+    let b_inv = await_invite(daemon, &mut p[1].sip, "101");
+    ring(&p[1].sip, &b_inv);
+    let b_dialog = callee_answers(daemon, &mut p[1], &b_inv, "101");
+    let a_dialog = caller_answered(daemon, &mut p[0].sip, &inv);
+    let relay_a = relay_of(daemon, &a_dialog.remote_sdp, "A's 200 OK");
+    let relay_b = relay_of(daemon, body_of(&b_inv), "B's INVITE");
+    let sent = send_stream(&p[0].rtp, relay_a.rtp_addr(), 0xa1, 10);
+    assert_receives(&p[1].rtp, relay_b.rtp_addr(), &sent, "A to B");
+    (a_dialog, b_dialog, relay_a, relay_b)
+}
+
+/// `p` (extension `ext`) blind-transfers `dialog` to `target`: the REFER is accepted (202)
+/// and `100 Trying` follows.
+fn blind_refer(daemon: &Daemon, p: &mut SipPhone, ext: &str, dialog: &mut Dialog, target: &str) {
+    let refer = in_dialog(
+        p,
+        ext,
+        dialog,
+        "REFER",
+        &format!("Refer-To: <sip:{target}@127.0.0.1>\r\nReferred-By: <sip:{ext}@127.0.0.1>\r\n"),
+    );
+    p.send(&refer);
+    let accepted = p
+        .await_final(&dialog.call_id, dialog.cseq, "REFER", WAIT)
+        .unwrap_or_else(|| panic!("no answer to the REFER:\n{}", p.transcript()));
+    assert_eq!(status_of(accepted.as_bytes()), Some(202), "{accepted}");
+    let trying = refer_notify(daemon, p, &dialog.call_id.clone());
+    assert_refer_notify(&trying, "SIP/2.0 100 Trying", false);
+}
+
+#[test]
+fn a_blind_transfer_the_target_refuses_comes_back_to_the_referrer_with_the_reason() {
+    let (daemon, mut p) = start("");
+    let (mut a_dialog, mut b_dialog, relay_a, relay_b) = a_talks_to_b(&daemon, &mut p);
+    blind_refer(&daemon, &mut p[1].sip, "101", &mut b_dialog, "102");
+    // C is busy: B learns why, and is not hung up.
+    let c_inv = await_invite(&daemon, &mut p[2].sip, "102 (transfer target)");
+    p[2].sip.reply(&c_inv, 486, Some("busy-tag"), "");
+    let busy = refer_notify(&daemon, &mut p[1].sip, &b_dialog.call_id.clone());
+    assert_refer_notify(&busy, "SIP/2.0 486 Busy Here", true);
+    assert_no_bye(&mut p[1].sip, "B, whose transfer failed");
+    // The call is back with B: audio both ways on the same relay addresses.
+    let sent = send_stream(&p[0].rtp, relay_a.rtp_addr(), 0xa2, 20);
+    assert_receives(
+        &p[1].rtp,
+        relay_b.rtp_addr(),
+        &sent,
+        "A to B after the failed transfer",
+    );
+    let sent = send_stream(&p[1].rtp, relay_b.rtp_addr(), 0xb2, 20);
+    assert_receives(
+        &p[0].rtp,
+        relay_a.rtp_addr(),
+        &sent,
+        "B to A after the failed transfer",
+    );
+    assert!(
+        daemon
+            .calls()
+            .iter()
+            .any(|c| json_str(c, "state") == Some("answered")),
+        "{:?}",
+        daemon.calls()
+    );
+    // B hangs up: A gets the BYE.
+    let a_call_id = a_dialog.call_id.clone();
+    let (a_part, b_part) = p.split_at_mut(1);
+    hang_up(
+        &mut b_part[0].sip,
+        &mut b_dialog,
+        &mut a_part[0].sip,
+        &a_call_id,
+    );
+    let _ = &mut a_dialog;
+    // The records: A with B until the REFER, the attempt on 102 (busy, by 101), A with B
+    // again.
+    let cdrs = daemon.wait_cdrs(3, WAIT);
+    let summary: Vec<(Option<&str>, Option<&str>, Option<&str>)> = cdrs
+        .iter()
+        .rev()
+        .map(|c| {
+            (
+                json_str(c, "callee"),
+                json_str(c, "disposition"),
+                json_str(c, "transferred_by"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("101"), Some("transferred"), None),
+            (Some("102"), Some("busy"), Some("101")),
+            (Some("101"), Some("answered"), None),
+        ],
+        "{cdrs:#?}"
+    );
+}
+
+#[test]
+fn a_caller_who_transfers_and_hangs_up_at_once_still_puts_the_callee_through() {
+    let (daemon, mut p) = start("");
+    let (mut a_dialog, _b_dialog, _relay_a, relay_b) = a_talks_to_b(&daemon, &mut p);
+    // A (the caller) transfers B to 102 and hangs up without waiting.
+    blind_refer(&daemon, &mut p[0].sip, "100", &mut a_dialog, "102");
+    let cseq = p[0].sip.send_bye(&mut a_dialog);
+    let ok = p[0]
+        .sip
+        .await_final(&a_dialog.call_id, cseq, "BYE", WAIT)
+        .unwrap_or_else(|| panic!("no answer to A's BYE:\n{}", p[0].sip.transcript()));
+    assert_eq!(status_of(ok.as_bytes()), Some(200), "{ok}");
+    // C rings and answers: B and C talk.
+    let c_inv = await_invite(&daemon, &mut p[2].sip, "102 (transfer target)");
+    let relay_c = relay_of(&daemon, body_of(&c_inv), "C's INVITE");
+    ring(&p[2].sip, &c_inv);
+    let _c_dialog = callee_answers(&daemon, &mut p[2], &c_inv, "102");
+    let sent = send_stream(&p[2].rtp, relay_c.rtp_addr(), 0xc5, 20);
+    assert_receives(
+        &p[1].rtp,
+        relay_b.rtp_addr(),
+        &sent,
+        "C to B after the transfer",
+    );
+    let sent = send_stream(&p[1].rtp, relay_b.rtp_addr(), 0xb5, 20);
+    assert_receives(
+        &p[2].rtp,
+        relay_c.rtp_addr(),
+        &sent,
+        "B to C after the transfer",
+    );
+    // A, gone, is told nothing more.
+    let more = p[0].sip.recv_matching(QUIET, |m| {
+        request_method(m).is_some()
+            && header_value(m, "Call-ID").as_deref() == Some(a_dialog.call_id.as_str())
+    });
+    assert!(more.is_none(), "A left the call: {more:?}");
 }
 
 // ---------------------------------------------------------------------------------------

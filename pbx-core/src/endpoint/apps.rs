@@ -56,6 +56,8 @@ impl Endpoint {
             let deadline = call.ring_deadline;
             self.ring_timers.remove(deadline, id);
             self.play(id, Leg::A, clips, false);
+            // A blind transfer ends in the target's voicemail: through, for the referrer.
+            self.referral_done(now, id);
             return true;
         }
         self.answer_with_app(now, id, app, clips)
@@ -145,12 +147,21 @@ impl Endpoint {
 
     /// Nobody answered the transfer: the auto attendant's caller goes back to the menu
     /// with "unavailable"; a transferred caller hears "unavailable" and goodbye.
-    pub(super) fn transfer_failed(&mut self, _now: Millis, id: u64) {
+    pub(super) fn transfer_failed(&mut self, now: Millis, id: u64) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
         let deadline = call.ring_deadline;
         self.ring_timers.remove(deadline, id);
+        if matches!(call.app, Some(App::Transfer)) {
+            let status = call.best_failure.unwrap_or(480);
+            if self.referral_failed(now, id, status) {
+                return;
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         let clips = match &mut call.app {
             Some(App::Menu(session)) => session.transfer_failed(self.cfg.ivr.get(session.menu())),
             Some(App::Transfer) => {

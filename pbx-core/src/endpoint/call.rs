@@ -20,6 +20,7 @@ use super::ALLOW;
 
 use super::ivr::MenuSession;
 use super::plan::{GateTicket, RingPlan};
+use super::referral::Referrer;
 use super::voicemail::{AccessSession, Deposit, DepositStage};
 
 /// State of the caller's leg.
@@ -257,6 +258,9 @@ pub(super) struct Call {
     pub(super) menu_choice: Option<(String, char)>,
     /// An inbound trunk call's DID.
     pub(super) did: Option<String>,
+    /// The phone that asked for the blind transfer in progress, told the target's
+    /// progress until it answers or fails.
+    pub(super) referrer: Option<Referrer>,
 }
 
 /// Who talks to whom in the current leg of a call's record, and since when.
@@ -398,7 +402,7 @@ pub(super) enum Origin {
 }
 
 /// Where and as what a request goes out on one leg of a dialog.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct OutLeg {
     /// True when the request goes to leg B (it came from the caller).
     pub(super) to_b: bool,

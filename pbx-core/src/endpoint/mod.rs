@@ -38,6 +38,7 @@ mod legs;
 mod mwi;
 mod plan;
 mod records;
+mod referral;
 mod routing;
 mod sdes;
 mod signalling;
@@ -604,6 +605,7 @@ impl Endpoint {
             talk_before_ms: 0,
             menu_choice: None,
             did: matches!(origin, Origin::Trunk(_)).then(|| callee.clone()),
+            referrer: None,
             caller,
             callee,
             state: CallState::Ringing,
@@ -839,6 +841,23 @@ impl Endpoint {
             self.on_mwi_subscribe(now, key, req, src);
             return;
         }
+        // The referrer of a blind transfer in progress, still in its own dialog.
+        let referred = self
+            .by_a_call_id
+            .get(call_id)
+            .copied()
+            .or_else(|| self.by_b_call_id.get(call_id).map(|&(id, _)| id));
+        if let Some(id) = referred {
+            let own = self
+                .calls
+                .get(&id)
+                .and_then(|c| c.referrer.as_ref())
+                .is_some_and(|r| r.owns(&req));
+            if own {
+                self.referrer_request(now, id, key, req, src);
+                return;
+            }
+        }
         if let Some(&id) = self.by_a_call_id.get(call_id) {
             let matches = self.calls.get(&id).is_some_and(|c| c.a.local_tag == to_tag);
             if matches {
@@ -1068,6 +1087,11 @@ impl Endpoint {
             if f.state == ForkState::Calling {
                 f.state = ForkState::Ringing;
             }
+            if transferring {
+                if let Some(r) = call.referrer.as_mut() {
+                    r.progress(&mut self.sig, now, resp.status);
+                }
+            }
             if call.state == CallState::Ringing {
                 // Relay 180/183 (with early media SDP) to the caller.
                 let mut out =
@@ -1130,6 +1154,7 @@ impl Endpoint {
                 }));
                 let _ = self.media_body(id, Leg::B, false, &resp.body, Some(fork_peer));
                 self.cancel_forks(now, id, Some(fork));
+                self.referral_done(now, id);
                 return;
             }
             if call.state != CallState::Ringing {
@@ -1286,6 +1311,14 @@ impl Endpoint {
         call.state = CallState::Ended;
         self.ended_calls += 1;
         call.pending_reinvite_ack = None;
+        if let Some(mut r) = call.referrer.take() {
+            // A referrer of leg B is still in its dialog: the transfer is over. (A
+            // referrer of leg A is the caller, hung up with the call.)
+            if matches!(r.side, referral::Side::Fork(_)) {
+                r.finish(&mut self.sig, now, 487);
+                r.hang_up(&mut self.sig, now);
+            }
+        }
         if let Some(m) = call.media.take() {
             if let Some(cmd) = m.close() {
                 self.events.push_back(Event::Media(cmd));

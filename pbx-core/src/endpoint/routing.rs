@@ -439,13 +439,7 @@ impl Endpoint {
             call.a.local_tag.clone(),
             call.a.peer,
         );
-        let disposition = match status {
-            486 | 600 => Disposition::Busy,
-            480 | 408 => Disposition::NoAnswer,
-            487 => Disposition::Cancelled,
-            _ => Disposition::Failed,
-        };
         self.sig.reply(now, &key, &invite, peer, status, Some(&tag));
-        self.end_call(now, id, disposition, status);
+        self.end_call(now, id, Disposition::of_failure(status), status);
     }
 }

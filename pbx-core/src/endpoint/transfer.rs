@@ -1,11 +1,12 @@
 //! Transfer (REFER, RFC 3515, with Replaces for attended transfer, RFC 3891) and call
 //! pickup.
 //!
-//! Outpost is a B2BUA, so a REFER never travels end to end: the phone that transfers
-//! (the referrer) is told the transfer is accepted (202 and a NOTIFY with `200 OK`) and is
-//! hung up, and Outpost itself rings the transfer target for the party that stays (the
-//! transferee), who hears ringback meanwhile. The media stays anchored in the relay: only
-//! the relay's far side moves to the new phone.
+//! Outpost is a B2BUA, so a REFER never travels end to end: Outpost itself rings the
+//! transfer target for the party that stays (the transferee), who hears ringback
+//! meanwhile, and the phone that transfers (the referrer) is told the target's progress
+//! ([`super::referral`]) and hung up once the target answers; if the target fails, the
+//! call goes back to the referrer. An attended transfer is complete when accepted. The
+//! media stays anchored in the relay: only the relay's far side moves to the new phone.
 
 use crate::cdr::Disposition;
 use crate::media::session::{Leg, MediaCommand};
@@ -13,12 +14,13 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{wire, Contact, Method, NameAddr, Params, Peer, Request, Response};
 use crate::Millis;
 
-use super::call::{App, Call, CallState, Fork, ForkState, Origin, OutLeg, PendingLegA};
+use super::call::{App, Call, CallState, Fork, ForkState, Origin, PendingLegA, RecordLeg};
 use super::event::Event;
 use super::plan::RingPlan;
+use super::referral::{self, Referrer, Side};
 use super::routing::{Dest, Routed};
+use super::signalling::first_contact_uri;
 use super::signalling::ClientRole;
-use super::signalling::{first_contact_uri, Signalling};
 use super::{Endpoint, ALLOW};
 
 /// A Refer-To header: the target's user part, and for attended transfer the Call-ID of the
@@ -108,21 +110,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Tells the referrer on `leg` that its REFER succeeded: a NOTIFY with `200 OK` that
-/// also ends the implicit subscription (RFC 3515 §2.4.5).
-fn notify_refer_done(sig: &mut Signalling, now: Millis, leg: OutLeg) {
-    let peer = leg.peer;
-    let mut notify = leg.request(sig, Method::Notify);
-    notify.headers.push("Event", "refer");
-    notify
-        .headers
-        .push("Subscription-State", "terminated;reason=noresource");
-    notify.headers.contact = vec![Contact::Addr(sig.our_contact(peer, None))];
-    notify.headers.content_type = Some("message/sipfrag;version=2.0".to_string());
-    notify.body = b"SIP/2.0 200 OK\r\n".to_vec();
-    sig.send_request(now, notify, peer, ClientRole::Notify);
-}
-
 impl Endpoint {
     /// A REFER inside call `id`'s dialog with the caller (`from_a`) or the callee.
     pub(super) fn on_refer(
@@ -147,6 +134,11 @@ impl Endpoint {
             self.sig.reply(now, &key, &req, src, 481, None);
             return;
         };
+        if call.pending_a.is_some() || call.referrer.is_some() {
+            // A transfer of this call is in progress already.
+            self.sig.reply(now, &key, &req, src, 491, None);
+            return;
+        }
         let bridged = call.state == CallState::Answered
             && call.winner.is_some()
             && call.app.is_none()
@@ -201,7 +193,8 @@ impl Endpoint {
             }
         };
         tracing::info!(%referrer, target = %refer_to.user, "blind transfer");
-        self.accept_refer(now, id, from_a, &key, &req, src);
+        self.reply_202(now, &key, &req, src);
+        self.accept_blind_refer(now, id, from_a);
         let parties = self.calls.get_mut(&id).map(|call| {
             call.hops += 1;
             call.callee = refer_to.user.clone();
@@ -224,34 +217,182 @@ impl Endpoint {
         }
     }
 
-    /// 202 to the REFER, a final NOTIFY (`200 OK`), and a BYE: the referrer is done.
-    fn accept_refer(
-        &mut self,
-        now: Millis,
-        id: u64,
-        from_a: bool,
-        key: &TxKey,
-        req: &Request,
-        src: Peer,
-    ) {
+    /// 202 Accepted to a REFER.
+    fn reply_202(&mut self, now: Millis, key: &TxKey, req: &Request, src: Peer) {
         let tag = req.headers.to.tag().map(str::to_string);
         self.sig.reply(now, key, req, src, 202, tag.as_deref());
-        let leg = self.calls.get_mut(&id).and_then(|c| {
-            if from_a {
-                Some(c.a.next_out_leg())
+    }
+
+    /// A blind transfer (the REFER was answered 202): `100 Trying` in its subscription; the
+    /// referrer stays in its dialog, told the target's progress, until the target answers
+    /// or fails.
+    fn accept_blind_refer(&mut self, now: Millis, id: u64, from_a: bool) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let dialog = if from_a {
+            Some((
+                call.a.out_leg(call.a.local_cseq),
+                Side::A,
+                call.a.local_tag.clone(),
+            ))
+        } else {
+            call.winner.and_then(|w| {
+                let f = call.forks.get(w)?;
+                Some((f.out_leg(f.local_cseq), Side::Fork(w), f.local_tag.clone()))
+            })
+        };
+        if let Some((leg, side, local_tag)) = dialog {
+            let sdp = if from_a {
+                call.a_sdp.clone()
             } else {
-                let w = c.winner?;
-                c.forks.get_mut(w).map(|f| f.next_out_leg())
-            }
+                call.b_sdp.clone()
+            };
+            call.referrer = Some(Referrer::accepted(
+                &mut self.sig,
+                now,
+                leg,
+                side,
+                local_tag,
+                sdp,
+            ));
+        }
+    }
+
+    /// An attended transfer, complete when accepted (the REFER was answered 202): a final
+    /// NOTIFY (`200 OK`), and a BYE: the referrer (the callee of call `id`) is done.
+    fn accept_attended_refer(&mut self, now: Millis, id: u64) {
+        let leg = self.calls.get_mut(&id).and_then(|c| {
+            let w = c.winner?;
+            c.forks.get_mut(w).map(|f| f.next_out_leg())
         });
         let Some(leg) = leg else {
             return;
         };
-        notify_refer_done(&mut self.sig, now, leg);
-        if from_a {
-            self.send_bye_a(now, id);
-        } else if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
+        referral::notify_done(&mut self.sig, now, leg);
+        if let Some(w) = self.calls.get(&id).and_then(|c| c.winner) {
             self.send_bye_b(now, id, w);
+        }
+    }
+
+    /// The transfer target of call `id` answers with provisional `status`: its referrer
+    /// hears of it.
+    pub(super) fn referral_progress(&mut self, now: Millis, id: u64, status: u16) {
+        if let Some(r) = self.calls.get_mut(&id).and_then(|c| c.referrer.as_mut()) {
+            r.progress(&mut self.sig, now, status);
+        }
+    }
+
+    /// The transfer of call `id` is through (the target answered, or its voicemail did):
+    /// the referrer is told `200 OK` and hung up.
+    pub(super) fn referral_done(&mut self, now: Millis, id: u64) {
+        if let Some(mut r) = self.calls.get_mut(&id).and_then(|c| c.referrer.take()) {
+            r.finish(&mut self.sig, now, 200);
+            r.hang_up(&mut self.sig, now);
+        }
+    }
+
+    /// The target of the blind transfer of call `id` failed with `status`. With its
+    /// referrer still in the call, the referrer is told why and the call goes back to it
+    /// (true); the referrer's phone then takes the held party back. False when the
+    /// referrer is gone (hung up first): the caller's fate is the caller's.
+    pub(super) fn referral_failed(&mut self, now: Millis, id: u64, status: u16) -> bool {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        let Some(mut r) = call.referrer.take() else {
+            return false;
+        };
+        r.finish(&mut self.sig, now, status);
+        tracing::info!(
+            status,
+            "transfer target failed: the call goes back to the referrer"
+        );
+        let cseq = r.last_cseq();
+        // The attempt's record ends as failed; the referrer and the party that stayed talk
+        // again from now (the attempt's leg names the referrer as `transferred_by`).
+        let referrer_ext = call.rec.transferred_by.clone().unwrap_or_default();
+        let (caller, callee) = match r.side {
+            Side::A => (referrer_ext, call.rec.callee.clone()),
+            Side::Fork(_) => (call.rec.caller.clone(), referrer_ext),
+        };
+        call.callee.clone_from(&callee);
+        let again = RecordLeg {
+            caller,
+            callee,
+            start: now,
+            answer: Some(now),
+            transferred_by: None,
+        };
+        let ended = std::mem::replace(&mut call.rec, again);
+        match r.side {
+            Side::A => {
+                call.a.local_cseq = call.a.local_cseq.max(cseq);
+                if let Some(pending) = call.pending_a.take() {
+                    self.by_a_call_id.remove(&pending.call_id);
+                }
+                self.events.push_back(Event::Media(MediaCommand::StopPlay {
+                    session: id,
+                    leg: Leg::B,
+                }));
+            }
+            Side::Fork(w) => {
+                self.retire_forks(now, id);
+                let deadline = self.calls.get(&id).map(|c| c.ring_deadline);
+                if let Some(deadline) = deadline {
+                    self.ring_timers.remove(deadline, id);
+                }
+                self.set_step_deadline(id, None);
+                let Some(call) = self.calls.get_mut(&id) else {
+                    return true;
+                };
+                call.app = None;
+                call.winner = Some(w);
+                let peer = call.forks.get_mut(w).map(|f| {
+                    f.retired = false;
+                    f.local_cseq = f.local_cseq.max(cseq);
+                    f.peer
+                });
+                self.events.push_back(Event::Media(MediaCommand::StopPlay {
+                    session: id,
+                    leg: Leg::A,
+                }));
+                // The relay's far side back to the referrer's phone (a target's early
+                // media may have moved it).
+                let _ = self.media_body(id, Leg::B, false, r.sdp(), peer);
+            }
+        }
+        let Some(call) = self.calls.get(&id) else {
+            return true;
+        };
+        let cdr = self.leg_record(call, &ended, now, Disposition::of_failure(status), status);
+        self.events.push_back(Event::CallEnded(cdr));
+        true
+    }
+
+    /// The referrer of call `id`'s transfer sent `req` in its dialog: a BYE takes it out
+    /// of the call (the transfer goes on without it); a new offer waits for the target's
+    /// answer (491); anything else is acknowledged.
+    pub(super) fn referrer_request(
+        &mut self,
+        now: Millis,
+        id: u64,
+        key: TxKey,
+        req: Request,
+        src: Peer,
+    ) {
+        match req.method {
+            Method::Ack => {}
+            Method::Bye => {
+                self.sig.reply(now, &key, &req, src, 200, None);
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.referrer = None;
+                }
+            }
+            Method::Invite | Method::Update | Method::Refer | Method::Prack => {
+                self.sig.reply(now, &key, &req, src, 491, None);
+            }
+            _ => self.sig.reply(now, &key, &req, src, 200, None),
         }
     }
 
@@ -343,6 +484,19 @@ impl Endpoint {
     /// A response to the INVITE that brings a new party onto leg A.
     pub(super) fn on_new_leg_a_response(&mut self, now: Millis, id: u64, resp: &Response) {
         if resp.is_provisional() {
+            self.referral_progress(now, id, resp.status);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.pending_a.is_none() {
+            return;
+        }
+        if !resp.is_success()
+            && call.state == CallState::Answered
+            && self.referral_failed(now, id, resp.status)
+        {
             return;
         }
         let Some(call) = self.calls.get_mut(&id) else {
@@ -378,6 +532,7 @@ impl Endpoint {
             leg: Leg::B,
         }));
         self.send_in_dialog_ack_a(id, cseq, Vec::new(), None);
+        self.referral_done(now, id);
     }
 
     /// Attended transfer: the callee of call `id` asks that the caller replace it in
@@ -403,7 +558,8 @@ impl Endpoint {
             return false;
         }
         tracing::info!("attended transfer");
-        self.accept_refer(now, id, false, key, req, src);
+        self.reply_202(now, key, req, src);
+        self.accept_attended_refer(now, id);
         // Leg A of the other call (the referrer's consultation call) is hung up; its
         // callee (the target) moves into this call in place of the referrer.
         self.send_bye_a(now, other);
@@ -665,6 +821,8 @@ impl Endpoint {
 mod tests {
     use crate::sip::transaction::TxKey;
 
+    use super::super::signalling::Signalling;
+
     use super::super::call::tests::{leg_a, name, peer, sent, signalling};
     use super::*;
 
@@ -747,7 +905,7 @@ mod tests {
     fn the_referrer_is_notified_once_and_its_subscription_ends() {
         let mut sig = signalling();
         let mut a = leg_a();
-        notify_refer_done(&mut sig, 0, a.next_out_leg());
+        referral::notify_done(&mut sig, 0, a.next_out_leg());
         let out = sent(&mut sig);
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(
