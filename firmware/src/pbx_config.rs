@@ -197,6 +197,14 @@ pub struct FeaturesSection {
     pub pickup: String,
     /// Followed by an extension: picks up the call ringing it.
     pub directed_pickup: String,
+    /// Call park: transfer a call here and it waits in the first free orbit ("" = off).
+    pub park: String,
+    /// The first orbit's number; the orbits are `park_first` .. `park_first + park_slots - 1`.
+    pub park_first: u32,
+    /// Orbits (calls parked at once), 1-100.
+    pub park_slots: u32,
+    /// A parked call rings back the phone that parked it after this long, 10-3600 s.
+    pub park_timeout_secs: u64,
 }
 
 impl Default for FeaturesSection {
@@ -205,6 +213,10 @@ impl Default for FeaturesSection {
         FeaturesSection {
             pickup: d.pickup,
             directed_pickup: d.directed_pickup,
+            park: d.park,
+            park_first: d.park_first,
+            park_slots: d.park_slots,
+            park_timeout_secs: d.park_timeout_ms / 1000,
         }
     }
 }
@@ -480,10 +492,38 @@ pub fn validate(
     for (key, code) in [
         ("features.pickup", &features.pickup),
         ("features.directed_pickup", &features.directed_pickup),
+        ("features.park", &features.park),
     ] {
         if !code.is_empty() && !is_dial_string(code) {
             return Err(bad(key, "must be digits, * or #"));
         }
+    }
+    if !(1..=100).contains(&features.park_slots) {
+        return Err(bad("features.park_slots", "must be 1-100"));
+    }
+    if features.park_first == 0
+        || features
+            .park_first
+            .checked_add(features.park_slots)
+            .is_none_or(|end| end > 99_999_999)
+    {
+        return Err(bad(
+            "features.park_first",
+            "must be a number from 1, with room for park_slots orbits",
+        ));
+    }
+    if !(10..=3600).contains(&features.park_timeout_secs) {
+        return Err(bad("features.park_timeout_secs", "must be 10-3600"));
+    }
+    let orbits = features.park_first..features.park_first + features.park_slots;
+    if let Some(g) = groups
+        .iter()
+        .find(|g| g.number.parse::<u32>().is_ok_and(|n| orbits.contains(&n)))
+    {
+        return Err(bad(
+            "features.park_first",
+            format!("orbit {} is ring group {}'s number", g.number, g.number),
+        ));
     }
     Ok(())
 }
@@ -545,5 +585,9 @@ pub fn features(f: &FeaturesSection) -> FeatureCodes {
     FeatureCodes {
         pickup: f.pickup.clone(),
         directed_pickup: f.directed_pickup.clone(),
+        park: f.park.clone(),
+        park_first: f.park_first,
+        park_slots: f.park_slots,
+        park_timeout_ms: f.park_timeout_secs.saturating_mul(1000),
     }
 }

@@ -1354,14 +1354,23 @@ pub fn udp_exchange(sock: &UdpSocket, payload: &[u8], wait: Duration) -> Option<
 
 /// The next datagram within `wait`.
 pub fn udp_recv(sock: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
-    sock.set_read_timeout(Some(wait)).expect("set timeout");
+    let deadline = Instant::now() + wait;
     let mut buf = vec![0u8; 65_536];
-    match sock.recv(&mut buf) {
-        Ok(n) => {
-            buf.truncate(n);
-            Some(buf)
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
         }
-        Err(_) => None,
+        sock.set_read_timeout(Some(left)).expect("set timeout");
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Some(buf);
+            }
+            // A signal to the test process (a child exiting) is not the end of the wait.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
     }
 }
 
@@ -1445,6 +1454,7 @@ impl SipTcp {
             self.stream.set_read_timeout(Some(left)).ok()?;
             let mut chunk = [0u8; 8192];
             match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Ok(0) | Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
@@ -1745,6 +1755,7 @@ pub fn recv_datagrams(sock: &UdpSocket, max: usize, wait: Duration) -> Vec<(Sock
         }
         match sock.recv_from(&mut buf) {
             Ok((n, src)) => got.push((src, buf[..n].to_vec())),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
     }

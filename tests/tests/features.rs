@@ -723,6 +723,237 @@ fn a_caller_who_transfers_and_hangs_up_at_once_still_puts_the_callee_through() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Park
+// ---------------------------------------------------------------------------------------
+
+/// `p` (extension `ext`) parks `dialog`'s other party by a transfer to `target` (the park
+/// code or an orbit): 202, `100 Trying`, `200 OK`, then its BYE.
+fn park(daemon: &Daemon, p: &mut SipPhone, ext: &str, dialog: &mut Dialog, target: &str) {
+    blind_refer(daemon, p, ext, dialog, target);
+    let ok = refer_notify(daemon, p, &dialog.call_id.clone());
+    assert_refer_notify(&ok, "SIP/2.0 200 OK", true);
+    let bye = p
+        .answer_bye(WAIT)
+        .unwrap_or_else(|| panic!("{ext} is not hung up after parking:\n{}", p.transcript()));
+    assert_eq!(
+        header_value(&bye, "Call-ID").as_deref(),
+        Some(dialog.call_id.as_str())
+    );
+}
+
+/// The state `outpostctl calls` shows for the only live call.
+fn only_call_state(daemon: &Daemon) -> String {
+    let calls = daemon.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    json_str(&calls[0], "state").unwrap_or_default().to_string()
+}
+
+/// `p` dials `orbit` and is answered: its dialog and relay address.
+fn take_parked(daemon: &Daemon, p: &mut Station, orbit: &str) -> (Dialog, SdpAudio) {
+    let offer = p.sdp();
+    let inv = p.sip.invite(orbit, &offer);
+    let dialog = caller_answered(daemon, &mut p.sip, &inv);
+    let relay = relay_of(daemon, &dialog.remote_sdp, "the orbit's 200 OK");
+    (dialog, relay)
+}
+
+#[test]
+fn a_parked_call_waits_with_music_and_any_extension_takes_it_by_its_orbit() {
+    let (daemon, mut p) = start("");
+    let (mut a_dialog, mut b_dialog, relay_a, _relay_b) = a_talks_to_b(&daemon, &mut p);
+    // B holds A first, as a phone's park key does.
+    let held = format!("{}a=sendonly\r\n", p[1].sdp());
+    let cseq = p[1].sip.reinvite(&mut b_dialog, &held);
+    let a_call_id = a_dialog.call_id.clone();
+    let hold = p[0]
+        .sip
+        .recv_matching(WAIT, |m| {
+            request_method(m) == Some("INVITE")
+                && header_value(m, "Call-ID").as_deref() == Some(a_call_id.as_str())
+        })
+        .unwrap_or_else(|| panic!("A is not held:\n{}", p[0].sip.transcript()));
+    p[0].sip
+        .reply(&hold, 200, None, &format!("{}a=recvonly\r\n", p[0].sdp()));
+    let ok = p[1]
+        .sip
+        .await_final(&b_dialog.call_id, cseq, "INVITE", WAIT);
+    assert!(
+        ok.is_some(),
+        "no answer to B's hold:\n{}",
+        p[1].sip.transcript()
+    );
+    p[1].sip.ack_2xx(&b_dialog, cseq);
+    // B parks A with the park code: A waits in the first orbit, hearing music.
+    park(&daemon, &mut p[1].sip, "101", &mut b_dialog, "*70");
+    assert_eq!(only_call_state(&daemon), "parked on 701");
+    let music = recv_datagrams(&p[0].rtp, 25, WAIT);
+    assert!(
+        music.len() >= 25 && music.iter().all(|(from, _)| *from == relay_a.rtp_addr()),
+        "A hears music from the relay while parked: {} packets",
+        music.len()
+    );
+    // An empty orbit has nothing to take.
+    let offer = p[3].sdp();
+    let inv = p[3].sip.invite("702", &offer);
+    let resp = p[3].sip.await_answer(&inv, WAIT).err().flatten();
+    assert!(
+        resp.as_deref()
+            .is_some_and(|r| status_of(r.as_bytes()) == Some(404)),
+        "702 is empty: {resp:?}"
+    );
+    // C dials 701: A and C talk through the same relay session (A's address unchanged).
+    let (mut c_dialog, relay_c) = take_parked(&daemon, &mut p[2], "701");
+    // A, held by B, is taken off hold towards C.
+    let resume = p[0]
+        .sip
+        .recv_matching(WAIT, |m| {
+            request_method(m) == Some("INVITE")
+                && header_value(m, "Call-ID").as_deref() == Some(a_call_id.as_str())
+        })
+        .unwrap_or_else(|| panic!("A is not resumed:\n{}", p[0].sip.transcript()));
+    assert!(
+        !["a=sendonly", "a=recvonly", "a=inactive"]
+            .iter()
+            .any(|d| body_of(&resume).contains(d)),
+        "{resume}"
+    );
+    p[0].sip.reply(&resume, 200, None, &p[0].sdp());
+    assert_eq!(only_call_state(&daemon), "answered");
+    let sent = send_stream(&p[0].rtp, relay_a.rtp_addr(), 0xa6, 20);
+    assert_receives(
+        &p[2].rtp,
+        relay_c.rtp_addr(),
+        &sent,
+        "A to C after the retrieval",
+    );
+    let sent = send_stream(&p[2].rtp, relay_c.rtp_addr(), 0xc6, 20);
+    assert_receives(
+        &p[0].rtp,
+        relay_a.rtp_addr(),
+        &sent,
+        "C to A after the retrieval",
+    );
+    // C hangs up: A gets the BYE. The records follow the call through the orbit.
+    let (a_part, c_part) = p.split_at_mut(2);
+    hang_up(
+        &mut c_part[0].sip,
+        &mut c_dialog,
+        &mut a_part[0].sip,
+        &a_call_id,
+    );
+    let _ = &mut a_dialog;
+    let cdrs = daemon.wait_cdrs(3, WAIT);
+    type Leg<'a> = (
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+    let legs: Vec<Leg> = cdrs
+        .iter()
+        .rev()
+        .filter(|c| json_str(c, "caller") == Some("100"))
+        .map(|c| {
+            (
+                json_str(c, "callee"),
+                json_str(c, "disposition"),
+                json_str(c, "transferred_by"),
+                json_str(c, "linked_id"),
+            )
+        })
+        .collect();
+    let linked = legs.first().and_then(|l| l.3);
+    assert_eq!(
+        legs,
+        [
+            (Some("101"), Some("transferred"), None, linked),
+            (Some("701"), Some("transferred"), Some("101"), linked),
+            (Some("102"), Some("answered"), Some("park:701"), linked),
+        ],
+        "{cdrs:#?}"
+    );
+}
+
+#[test]
+fn a_callee_parked_by_its_caller_is_taken_and_a_full_lot_refuses_the_next() {
+    let (daemon, mut p) = start("[features]\npark_slots = 1\n");
+    let (mut a_dialog, _b_dialog, _relay_a, relay_b) = a_talks_to_b(&daemon, &mut p);
+    // A (the caller) parks B straight into orbit 701.
+    park(&daemon, &mut p[0].sip, "100", &mut a_dialog, "701");
+    assert_eq!(only_call_state(&daemon), "parked on 701");
+    // The only orbit is taken: 102 cannot park its own call with 103 there.
+    let offer = p[2].sdp();
+    let inv = p[2].sip.invite("103", &offer);
+    let d_inv = await_invite(&daemon, &mut p[3].sip, "103");
+    let mut d_dialog_c = {
+        let st = &mut p[3];
+        callee_answers(&daemon, st, &d_inv, "103")
+    };
+    let mut c_dialog = caller_answered(&daemon, &mut p[2].sip, &inv);
+    let refer = in_dialog(
+        &p[2].sip,
+        "102",
+        &mut c_dialog,
+        "REFER",
+        "Refer-To: <sip:*70@127.0.0.1>\r\n",
+    );
+    p[2].sip.send(&refer);
+    let full = p[2]
+        .sip
+        .await_final(&c_dialog.call_id, c_dialog.cseq, "REFER", WAIT)
+        .unwrap_or_else(|| panic!("no answer to the REFER:\n{}", p[2].sip.transcript()));
+    assert_eq!(status_of(full.as_bytes()), Some(486), "{full}");
+    let d_call_id = d_dialog_c.call_id.clone();
+    let (c_part, d_part) = p.split_at_mut(3);
+    hang_up(
+        &mut c_part[2].sip,
+        &mut c_dialog,
+        &mut d_part[0].sip,
+        &d_call_id,
+    );
+    let _ = &mut d_dialog_c;
+    // 102 takes B from 701: it becomes B's other side; B and 102 talk.
+    let (_c2, relay_c) = take_parked(&daemon, &mut p[2], "701");
+    let sent = send_stream(&p[1].rtp, relay_b.rtp_addr(), 0xb7, 20);
+    assert_receives(
+        &p[2].rtp,
+        relay_c.rtp_addr(),
+        &sent,
+        "B to C after the retrieval",
+    );
+    let sent = send_stream(&p[2].rtp, relay_c.rtp_addr(), 0xc7, 20);
+    assert_receives(
+        &p[1].rtp,
+        relay_b.rtp_addr(),
+        &sent,
+        "C to B after the retrieval",
+    );
+}
+
+#[test]
+fn a_parked_call_nobody_takes_rings_the_parker_back() {
+    let (daemon, mut p) = start("[features]\npark_timeout_secs = 10\n");
+    let (_a_dialog, mut b_dialog, relay_a, _relay_b) = a_talks_to_b(&daemon, &mut p);
+    park(&daemon, &mut p[1].sip, "101", &mut b_dialog, "*70");
+    // Nobody takes it: after 10 s B's phone rings again, and answering brings A back.
+    let again = p[1]
+        .sip
+        .await_request("INVITE", Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the parker was not rung back:\n{}", daemon.log_text()));
+    let relay_b2 = relay_of(&daemon, body_of(&again), "the ring-back INVITE");
+    ring(&p[1].sip, &again);
+    let _b2 = callee_answers(&daemon, &mut p[1], &again, "101 (ring-back)");
+    let sent = send_stream(&p[0].rtp, relay_a.rtp_addr(), 0xa8, 20);
+    assert_receives(
+        &p[1].rtp,
+        relay_b2.rtp_addr(),
+        &sent,
+        "A to B after the ring-back",
+    );
+    assert_eq!(only_call_state(&daemon), "answered");
+}
+
+// ---------------------------------------------------------------------------------------
 // Pickup
 // ---------------------------------------------------------------------------------------
 

@@ -156,6 +156,7 @@ impl TlsPhone {
             self.tls.sock.set_read_timeout(Some(left)).ok()?;
             let mut chunk = [0u8; 8192];
             match self.tls.read(&mut chunk) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Ok(0) | Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }

@@ -303,12 +303,12 @@ impl Control<'_> {
                             })
                         }),
                         duration_secs: now.saturating_sub(c.answer.unwrap_or(c.start)) / 1000,
-                        state: match (c.answered, c.on_hold) {
-                            (true, true) => "on hold",
-                            (true, false) => "answered",
-                            (false, _) => "ringing",
-                        }
-                        .to_string(),
+                        state: match (c.parked, c.answered, c.on_hold) {
+                            (Some(orbit), ..) => format!("parked on {orbit}"),
+                            (None, true, true) => "on hold".to_string(),
+                            (None, true, false) => "answered".to_string(),
+                            (None, false, _) => "ringing".to_string(),
+                        },
                         call_id: c.call_id,
                         caller: c.caller,
                         callee: c.callee,

@@ -9,7 +9,7 @@ use crate::registrar::{Binding, Registrar};
 use crate::sip::auth::{DigestChoice, StoredSecret};
 use crate::Millis;
 
-use super::call::CallState;
+use super::call::{App, CallState};
 use super::{CallSummary, Counters, DebugCounts, Endpoint, EndpointError, Event};
 
 impl Endpoint {
@@ -124,6 +124,10 @@ impl Endpoint {
                 answered: c.state == CallState::Answered,
                 on_hold: c.state == CallState::Answered
                     && c.media.as_ref().is_some_and(CallMedia::on_hold),
+                parked: match c.app {
+                    Some(App::Parked { orbit, .. }) => Some(orbit),
+                    _ => None,
+                },
                 start: c.start,
                 answer: c.answer,
                 media_session: c.media.as_ref().map(CallMedia::session),

@@ -10,14 +10,14 @@ use crate::cdr::Disposition;
 use crate::media::anchor::CallMedia;
 use crate::media::session::{Leg, MediaCommand, MediaEvent};
 use crate::sip::transaction::TxKey;
-use crate::sip::{Contact, Peer, Request, Response};
+use crate::sip::{Peer, Request};
 use crate::Millis;
 
 use super::call::{App, Call, CallState};
 use super::ivr::{self, MenuSession, PlayDone};
 use super::plan::RingPlan;
 use super::voicemail::{AccessSession, Deposit, DepositStage, MailboxMessage};
-use super::{Endpoint, Event, ALLOW};
+use super::{Endpoint, Event};
 
 impl Endpoint {
     /// Outpost answers the caller itself and takes a message for the callee. False when
@@ -210,17 +210,14 @@ impl Endpoint {
         call.answered(now);
         call.app = Some(app);
         let deadline = call.ring_deadline;
-        let mut ok = Response::to_request(&call.a.invite, 200, Some(&call.a.local_tag));
-        ok.body = body;
-        ok.headers.content_type = Some("application/sdp".to_string());
-        ok.headers.push("Allow", ALLOW);
+        let (invite, tag) = (call.a.invite.clone(), call.a.local_tag.clone());
         let (peer, key) = (call.a.peer, call.a.invite_key.clone());
-        ok.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
         self.ring_timers.remove(deadline, id);
         self.counters.calls_answered += 1;
         self.events.push_back(Event::Media(open));
         self.play(id, Leg::A, clips, false);
-        self.sig.send(now, &key, ok, peer);
+        self.sig
+            .answer_200_sdp(now, &key, &invite, peer, &tag, body);
         true
     }
 
@@ -302,7 +299,8 @@ impl Endpoint {
                     return;
                 };
                 let held = call.media.as_ref().is_some_and(CallMedia::on_hold);
-                if call.state != CallState::Answered || held {
+                let parked = matches!(call.app, Some(App::Parked { .. }));
+                if call.state != CallState::Answered || held || parked {
                     return;
                 }
                 tracing::info!(caller = %call.caller, callee = %call.callee, "media timeout: hanging up");

@@ -15,6 +15,7 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{Contact, Method, NameAddr, Peer, Request, Response, Transport, Uri};
 use crate::Millis;
 
+use super::outleg::OutLeg;
 use super::signalling::{first_contact_uri, ClientRole, Signalling};
 use super::ALLOW;
 
@@ -377,6 +378,9 @@ pub(super) enum App {
     Transfer,
     /// Saying goodbye: hang up when the prompt ends.
     Goodbye,
+    /// Waiting in a park orbit, hearing music; the parked party is on leg B (`on_b`: the
+    /// caller parked it) or on leg A.
+    Parked { orbit: u32, on_b: bool },
     /// The mailbox owner listens to messages.
     Access(AccessSession),
 }
@@ -399,89 +403,6 @@ pub(super) enum Origin {
     Extension,
     /// A provider, on this trunk.
     Trunk(usize),
-}
-
-/// Where and as what a request goes out on one leg of a dialog.
-#[derive(Debug, Clone)]
-pub(super) struct OutLeg {
-    /// True when the request goes to leg B (it came from the caller).
-    pub(super) to_b: bool,
-    pub(super) peer: Peer,
-    pub(super) target: Uri,
-    pub(super) from: NameAddr,
-    pub(super) to: NameAddr,
-    pub(super) call_id: String,
-    pub(super) cseq: u32,
-}
-
-impl OutLeg {
-    /// A request of one side of a dialog: From is our URI with our tag, To theirs with
-    /// their tag once they have one.
-    fn in_dialog(
-        to_b: bool,
-        peer: Peer,
-        target: &Uri,
-        (local_uri, local_tag): (&NameAddr, &String),
-        (remote_uri, remote_tag): (&NameAddr, Option<&String>),
-        call_id: &str,
-        cseq: u32,
-    ) -> OutLeg {
-        let mut from = local_uri.clone();
-        from.params.set("tag", Some(local_tag.clone()));
-        let mut to = remote_uri.clone();
-        if let Some(tag) = remote_tag {
-            to.params.set("tag", Some(tag.clone()));
-        }
-        OutLeg {
-            to_b,
-            peer,
-            target: target.clone(),
-            from,
-            to,
-            call_id: call_id.to_owned(),
-            cseq,
-        }
-    }
-
-    /// A request of `method` on this leg, without a body (takes a branch from `sig`).
-    pub(super) fn request(self, sig: &mut Signalling, method: Method) -> Request {
-        let headers = sig.request_headers(
-            self.peer,
-            self.from,
-            self.to,
-            self.call_id,
-            self.cseq,
-            method.clone(),
-        );
-        Request {
-            method,
-            uri: self.target,
-            headers,
-            body: Vec::new(),
-        }
-    }
-
-    /// Sends an ACK on this leg (outside any transaction, RFC 3261 §13.2.2.4) and returns it.
-    pub(super) fn send_ack(
-        self,
-        sig: &mut Signalling,
-        body: Vec<u8>,
-        content_type: Option<String>,
-    ) -> Request {
-        let peer = self.peer;
-        let mut ack = self.request(sig, Method::Ack);
-        ack.headers.content_type = content_type;
-        ack.body = body;
-        sig.tx.send_stateless_request(&ack, peer);
-        ack
-    }
-
-    /// Hangs up this leg.
-    pub(super) fn send_bye(self, sig: &mut Signalling, now: Millis) {
-        let peer = self.peer;
-        let bye = self.request(sig, Method::Bye);
-        sig.send_request(now, bye, peer, ClientRole::Bye);
-    }
 }
 
 /// Response aggregation across forks (RFC 3261 §16.7 step 6, simplified): busy beats other

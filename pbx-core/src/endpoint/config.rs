@@ -112,6 +112,14 @@ pub struct FeatureCodes {
     pub pickup: String,
     /// Followed by an extension: picks up the call ringing that extension.
     pub directed_pickup: String,
+    /// Call park: a call transferred here waits in the first free orbit (empty: no park).
+    pub park: String,
+    /// The number of the first orbit; orbits are numbered from it, one per slot.
+    pub park_first: u32,
+    /// How many calls may be parked at once (orbits `park_first` ..).
+    pub park_slots: u32,
+    /// A call parked this long rings back the phone that parked it.
+    pub park_timeout_ms: u64,
 }
 
 impl Default for FeatureCodes {
@@ -119,6 +127,10 @@ impl Default for FeatureCodes {
         FeatureCodes {
             pickup: "*8".to_string(),
             directed_pickup: "**".to_string(),
+            park: "*70".to_string(),
+            park_first: 701,
+            park_slots: 8,
+            park_timeout_ms: 120_000,
         }
     }
 }

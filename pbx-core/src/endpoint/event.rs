@@ -97,6 +97,8 @@ pub struct CallSummary {
     /// True while either phone holds the answered call (its last SDP was sendonly or
     /// inactive); known only when the media is anchored.
     pub on_hold: bool,
+    /// The park orbit the call waits in, while parked.
+    pub parked: Option<u32>,
     /// When the INVITE arrived.
     pub start: Millis,
     /// When the call was answered.

@@ -7,7 +7,8 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{Contact, Method, Peer, Request, Response};
 use crate::Millis;
 
-use super::call::{OutLeg, Relay};
+use super::call::Relay;
+use super::outleg::OutLeg;
 use super::signalling::ClientRole;
 use super::{Endpoint, Event};
 

@@ -36,6 +36,8 @@ mod event;
 mod ivr;
 mod legs;
 mod mwi;
+mod outleg;
+mod park;
 mod plan;
 mod records;
 mod referral;
@@ -122,6 +124,8 @@ pub struct Endpoint {
     relays: HashMap<u64, Relay>,
     next_relay: u64,
     ring_timers: Deadlines,
+    /// The park orbits in use.
+    park: park::ParkLot,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     counters: Counters,
@@ -162,6 +166,7 @@ impl Endpoint {
             relays: HashMap::new(),
             next_relay: 1,
             ring_timers: Deadlines::default(),
+            park: park::ParkLot::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             sig: Signalling::new(
@@ -498,6 +503,10 @@ impl Endpoint {
         }
         if let Dest::Pickup(target) = dest {
             self.pickup(now, key, req, src, &caller, target.as_deref());
+            return;
+        }
+        if let Dest::Orbit(orbit) = dest {
+            self.retrieve(now, key, req, src, &caller, orbit);
             return;
         }
         self.place_call(now, key, req, src, caller, callee, Origin::Extension, dest);
@@ -1287,6 +1296,10 @@ impl Endpoint {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
+        if matches!(call.app, Some(App::Parked { .. })) {
+            self.park_timeout(now, id);
+            return;
+        }
         if call.state != CallState::Ringing && !call.transferring() {
             return;
         }
@@ -1311,6 +1324,9 @@ impl Endpoint {
         call.state = CallState::Ended;
         self.ended_calls += 1;
         call.pending_reinvite_ack = None;
+        if let Some(App::Parked { orbit, .. }) = call.app {
+            self.park.release(orbit, id);
+        }
         if let Some(mut r) = call.referrer.take() {
             // A referrer of leg B is still in its dialog: the transfer is over. (A
             // referrer of leg A is the caller, hung up with the call.)

@@ -10,7 +10,7 @@
 use crate::sip::{message, Contact, Method, Request};
 use crate::Millis;
 
-use super::call::OutLeg;
+use super::outleg::OutLeg;
 use super::signalling::{ClientRole, Signalling};
 
 /// How long the referrer's subscription is said to last (`Subscription-State: active`):

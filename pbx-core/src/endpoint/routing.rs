@@ -27,6 +27,8 @@ pub(super) enum Dest {
     Access,
     /// Pick up a call ringing any extension, or this one.
     Pickup(Option<String>),
+    /// Take the call parked in this orbit.
+    Orbit(u32),
     /// Out through a trunk.
     External(ExternalPlan),
 }
@@ -73,6 +75,9 @@ impl Endpoint {
             .filter(|e| !f.directed_pickup.is_empty() && self.accounts.has_user(e))
         {
             return Ok(Dest::Pickup(Some(ext.to_string())));
+        }
+        if let Some(orbit) = self.orbit_of(number) {
+            return Ok(Dest::Orbit(orbit));
         }
         if !caller.is_empty()
             && self
@@ -125,7 +130,7 @@ impl Endpoint {
                     Routed::Failed(480, Disposition::Unavailable)
                 }
             }
-            Dest::Pickup(_) => Routed::Failed(404, Disposition::NotFound),
+            Dest::Pickup(_) | Dest::Orbit(_) => Routed::Failed(404, Disposition::NotFound),
             Dest::Extension(ext) => self.route_extension(now, id, ext),
             Dest::Group(group) => self.route_group(now, id, group),
             Dest::External(plan) => {

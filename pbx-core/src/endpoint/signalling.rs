@@ -102,6 +102,26 @@ impl Signalling {
         self.send(now, key, resp, dest);
     }
 
+    /// Answers the INVITE `req` (server transaction `key`, from `dest`) with 200 OK, our
+    /// To tag `tag`, our Contact, Allow, and the SDP `body`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn answer_200_sdp(
+        &mut self,
+        now: Millis,
+        key: &TxKey,
+        req: &Request,
+        dest: Peer,
+        tag: &str,
+        body: Vec<u8>,
+    ) {
+        let mut ok = Response::to_request(req, 200, Some(tag));
+        ok.body = body;
+        ok.headers.content_type = Some("application/sdp".to_string());
+        ok.headers.push("Allow", super::ALLOW);
+        ok.headers.contact = vec![Contact::Addr(self.our_contact(dest, None))];
+        self.send(now, key, ok, dest);
+    }
+
     /// Adds what every response of ours carries: received/rport and Server.
     pub(super) fn stamp(&self, resp: &mut Response, dest: Peer) {
         if let Some(via) = resp.headers.via.first_mut() {

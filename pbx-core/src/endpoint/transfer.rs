@@ -11,7 +11,7 @@
 use crate::cdr::Disposition;
 use crate::media::session::{Leg, MediaCommand};
 use crate::sip::transaction::TxKey;
-use crate::sip::{wire, Contact, Method, NameAddr, Params, Peer, Request, Response};
+use crate::sip::{wire, Method, NameAddr, Params, Peer, Request, Response};
 use crate::Millis;
 
 use super::call::{App, Call, CallState, Fork, ForkState, Origin, PendingLegA, RecordLeg};
@@ -21,7 +21,7 @@ use super::referral::{self, Referrer, Side};
 use super::routing::{Dest, Routed};
 use super::signalling::first_contact_uri;
 use super::signalling::ClientRole;
-use super::{Endpoint, ALLOW};
+use super::Endpoint;
 
 /// A Refer-To header: the target's user part, and for attended transfer the Call-ID of the
 /// dialog to replace.
@@ -60,14 +60,14 @@ pub(super) fn parse_refer_to(value: &str) -> Option<ReferTo> {
 }
 
 /// True when an SDP's media direction is one-way or off (the phone holds or is held).
-fn is_one_way(sdp: &[u8]) -> bool {
+pub(super) fn is_one_way(sdp: &[u8]) -> bool {
     String::from_utf8_lossy(sdp)
         .lines()
         .any(|l| matches!(l.trim(), "a=sendonly" | "a=recvonly" | "a=inactive"))
 }
 
 /// The SDP with every direction attribute made `sendrecv`.
-fn two_way(sdp: &[u8]) -> Vec<u8> {
+pub(super) fn two_way(sdp: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(sdp);
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
@@ -169,6 +169,19 @@ impl Endpoint {
                 return;
             }
         }
+        if let Some(orbit) = self.park_orbit(&refer_to.user) {
+            match orbit {
+                Ok(orbit) => {
+                    self.reply_202(now, &key, &req, src);
+                    if let Some(call) = self.calls.get_mut(&id) {
+                        call.hops += 1;
+                    }
+                    self.park_call(now, id, from_a, &referrer, orbit);
+                }
+                Err(status) => self.sig.reply(now, &key, &req, src, status, None),
+            }
+            return;
+        }
         let dest = self
             .resolve_target(&refer_to.user)
             .or_else(|_| self.resolve_external(&referrer, &refer_to.user));
@@ -226,7 +239,7 @@ impl Endpoint {
     /// A blind transfer (the REFER was answered 202): `100 Trying` in its subscription; the
     /// referrer stays in its dialog, told the target's progress, until the target answers
     /// or fails.
-    fn accept_blind_refer(&mut self, now: Millis, id: u64, from_a: bool) {
+    pub(super) fn accept_blind_refer(&mut self, now: Millis, id: u64, from_a: bool) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -397,7 +410,7 @@ impl Endpoint {
     }
 
     /// The callee transferred the caller: the caller hears ringback while `dest` rings.
-    fn transfer_leg_b(&mut self, now: Millis, id: u64, dest: Dest, target: &str) {
+    pub(super) fn transfer_leg_b(&mut self, now: Millis, id: u64, dest: Dest, target: &str) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -425,7 +438,7 @@ impl Endpoint {
     /// The caller transferred the callee: Outpost calls the target itself and, when it
     /// answers, the target takes the caller's place on leg A. Only extensions and
     /// external numbers can be targets here (not menus or groups).
-    fn transfer_leg_a(&mut self, now: Millis, id: u64, dest: Dest, target: &str) {
+    pub(super) fn transfer_leg_a(&mut self, now: Millis, id: u64, dest: Dest, target: &str) {
         let contacts = match &dest {
             Dest::Extension(ext) => self.contacts_of(now, ext),
             _ => Vec::new(),
@@ -619,14 +632,10 @@ impl Endpoint {
         call.winner = Some(idx);
         self.by_b_call_id.insert(b_call_id, (id, idx));
         // Re-INVITE the target towards this call's relay session.
-        let mut reinvite = leg.request(&mut self.sig, Method::Invite);
-        reinvite.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
-        reinvite.headers.content_type = (!offer.is_empty()).then(|| "application/sdp".to_string());
-        reinvite.body = offer;
-        self.sig.send_request(
+        leg.send_reinvite(
+            &mut self.sig,
             now,
-            reinvite,
-            peer,
+            offer,
             ClientRole::Reoffer {
                 call: id,
                 fork: idx,
@@ -676,14 +685,12 @@ impl Endpoint {
         else {
             return;
         };
-        let leg = call.a.next_out_leg();
-        let peer = leg.peer;
-        let mut reinvite = leg.request(&mut self.sig, Method::Invite);
-        reinvite.headers.contact = vec![Contact::Addr(self.sig.our_contact(peer, None))];
-        reinvite.headers.content_type = Some("application/sdp".to_string());
-        reinvite.body = offer;
-        self.sig
-            .send_request(now, reinvite, peer, ClientRole::ResumeA { call: id });
+        call.a.next_out_leg().send_reinvite(
+            &mut self.sig,
+            now,
+            offer,
+            ClientRole::ResumeA { call: id },
+        );
     }
 
     /// The caller's answer to the re-INVITE that takes it off hold after a transfer.
@@ -733,32 +740,62 @@ impl Endpoint {
             self.sig.send(now, &key, resp, src);
             return;
         };
-        if req.body.is_empty() {
-            self.sig.reply(now, &key, &req, src, 488, None);
+        let Some(a_sdp) = self.calls.get(&id).map(|c| c.a_sdp.clone()) else {
             return;
-        }
+        };
+        let Some(for_a) = self.join_as_leg_b(now, id, &key, &req, src, &a_sdp) else {
+            return;
+        };
+        tracing::info!(picker, "call picked up");
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        let Some(m) = call.media.as_mut() else {
-            return;
-        };
+        call.state = CallState::Answered;
+        call.answer = Some(now);
+        call.answered(now);
+        self.counters.calls_answered += 1;
+        let (a_key, a_invite, a_tag, a_peer) = (
+            call.a.invite_key.clone(),
+            call.a.invite.clone(),
+            call.a.local_tag.clone(),
+            call.a.peer,
+        );
+        self.sig
+            .answer_200_sdp(now, &a_key, &a_invite, a_peer, &a_tag, for_a);
+    }
+
+    /// The INVITE `req` (key `key`, from `src`, with an offer) becomes leg B of call `id`,
+    /// answered at once (200) with the caller's media `a_sdp` as the answer; forks still
+    /// ringing are retired and the ring timers stopped. Returns the new phone's offer,
+    /// anchored, for the caller; `None` (488 sent) when the SDP does not fit.
+    pub(super) fn join_as_leg_b(
+        &mut self,
+        now: Millis,
+        id: u64,
+        key: &TxKey,
+        req: &Request,
+        src: Peer,
+        a_sdp: &[u8],
+    ) -> Option<Vec<u8>> {
+        if req.body.is_empty() {
+            self.sig.reply(now, key, req, src, 488, None);
+            return None;
+        }
+        let call = self.calls.get_mut(&id)?;
+        let m = call.media.as_mut()?;
         m.set_signal_b(src.addr.ip());
         m.set_sdes(Leg::B, self.cfg.sdes_allowed(src.transport));
-        // The picker's offer meets the caller's: the caller's offer serves as the answer
-        // to the picker, and the picker's (anchored) as the answer to the caller.
+        // The new phone's offer meets the caller's: the caller's SDP serves as the answer
+        // to the new phone, and the new phone's (anchored) as the offer to the caller.
         let for_a = m.offer(Leg::B, &req.body);
-        let for_p = m.answer(Leg::A, &call.a_sdp);
+        let for_p = m.answer(Leg::A, a_sdp);
         let (Ok(for_a), Ok((for_p, cmds))) = (for_a, for_p) else {
-            self.sig.reply(now, &key, &req, src, 488, None);
-            return;
+            self.sig.reply(now, key, req, src, 488, None);
+            return None;
         };
-        tracing::info!(picker, caller = %call.caller, "call picked up");
         self.retire_forks(now, id);
         let local_tag = self.sig.new_tag();
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
+        let call = self.calls.get_mut(&id)?;
         let mut local_uri = req.headers.to.clone();
         local_uri.params = Params::default();
         let mut remote_uri = req.headers.from.clone();
@@ -784,36 +821,17 @@ impl Endpoint {
             trunk_invite: None,
         });
         call.winner = Some(idx);
-        call.state = CallState::Answered;
-        call.answer = Some(now);
-        call.answered(now);
         let deadline = call.ring_deadline;
-        let (a_key, a_invite, a_tag, a_peer) = (
-            call.a.invite_key.clone(),
-            call.a.invite.clone(),
-            call.a.local_tag.clone(),
-            call.a.peer,
-        );
         self.ring_timers.remove(deadline, id);
         self.set_step_deadline(id, None);
-        self.counters.calls_answered += 1;
         self.by_b_call_id
             .insert(req.headers.call_id.clone(), (id, idx));
         for cmd in cmds {
             self.events.push_back(Event::Media(cmd));
         }
-        let mut ok_p = Response::to_request(&req, 200, Some(&local_tag));
-        ok_p.body = for_p;
-        ok_p.headers.content_type = Some("application/sdp".to_string());
-        ok_p.headers.push("Allow", ALLOW);
-        ok_p.headers.contact = vec![Contact::Addr(self.sig.our_contact(src, None))];
-        self.sig.send(now, &key, ok_p, src);
-        let mut ok_a = Response::to_request(&a_invite, 200, Some(&a_tag));
-        ok_a.body = for_a;
-        ok_a.headers.content_type = Some("application/sdp".to_string());
-        ok_a.headers.push("Allow", ALLOW);
-        ok_a.headers.contact = vec![Contact::Addr(self.sig.our_contact(a_peer, None))];
-        self.sig.send(now, &a_key, ok_a, a_peer);
+        self.sig
+            .answer_200_sdp(now, key, req, src, &local_tag, for_p);
+        Some(for_a)
     }
 }
 
@@ -822,6 +840,8 @@ mod tests {
     use crate::sip::transaction::TxKey;
 
     use super::super::signalling::Signalling;
+    use super::super::ALLOW;
+    use crate::sip::Contact;
 
     use super::super::call::tests::{leg_a, name, peer, sent, signalling};
     use super::*;

@@ -151,6 +151,11 @@ impl CallMedia {
         self.on_hold
     }
 
+    /// Updates the signalling address of leg A (a new phone took the caller's place).
+    pub fn set_signal_a(&mut self, ip: IpAddr) {
+        self.signal_a = ip;
+    }
+
     /// Updates the signalling address of leg B once the answering fork is known.
     pub fn set_signal_b(&mut self, ip: IpAddr) {
         self.signal_b = ip;
