@@ -1527,6 +1527,35 @@ mod telephony_tests {
     const TRUNK: &str = "[[trunk]]\nname = \"p1\"\nhost = \"192.0.2.10\"\nusername = \"4930100\"\npassword = \"pw\"\n";
 
     #[test]
+    fn park_settings_are_held_to_their_ranges_and_orbits_to_their_own_numbers() {
+        assert_eq!(
+            invalid_key("[features]\npark_slots = 0\n"),
+            "features.park_slots"
+        );
+        assert_eq!(
+            invalid_key("[features]\npark_slots = 101\n"),
+            "features.park_slots"
+        );
+        assert_eq!(
+            invalid_key("[features]\npark_first = 0\n"),
+            "features.park_first"
+        );
+        assert_eq!(
+            invalid_key("[features]\npark_timeout_secs = 5\n"),
+            "features.park_timeout_secs"
+        );
+        assert_eq!(invalid_key("[features]\npark = \"*7x\"\n"), "features.park");
+        assert_eq!(
+            invalid_key("[[ring_group]]\nnumber = \"703\"\nmembers = [\"100\"]\n"),
+            "features.park_first"
+        );
+        let cfg = parse("[features]\npark = \"\"\npark_first = 800\npark_slots = 2\n").unwrap();
+        let f = crate::pbx_config::features(&cfg.features);
+        assert_eq!((f.park.as_str(), f.park_first, f.park_slots), ("", 800, 2));
+        assert_eq!(f.park_timeout_ms, 120_000);
+    }
+
+    #[test]
     fn a_full_telephony_config_parses_and_converts() {
         let cfg = parse(&format!(
             "{TRUNK}[[trunk]]\nname = \"p2\"\nhost = \"192.0.2.11:5070\"\ntransport = \"tls\"\nregister = false\n\
