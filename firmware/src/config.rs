@@ -81,6 +81,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// `[voicemail]`: messages for unanswered calls.
     pub voicemail: VoicemailConfig,
+    /// `[recording]`: call recording on demand, for the extensions that opted in.
+    pub recording: RecordingConfig,
     /// `[[ivr]]`: auto-attendant menus.
     pub ivr: Vec<IvrConfig>,
     /// `[firewall]`: inspection before the call core and kernel enforcement.
@@ -446,6 +448,33 @@ impl Default for VoicemailConfig {
     }
 }
 
+/// `[recording]` section: call recording on demand, off unless extensions opt in. A
+/// recording is stored under `<store.data_dir>/recordings/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// The extensions that may record their calls (both parties hear it announced).
+    /// Empty: nobody (the default).
+    pub extensions: Vec<String>,
+    /// Dialled during a call, starts or stops the recording.
+    pub code: String,
+    /// Longest recording, 10-600 s (the relay holds it in memory until the end).
+    pub max_secs: u32,
+    /// Recordings kept at most, 1-10000; beyond, a new one is discarded (and logged).
+    pub max_stored: u32,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            extensions: Vec::new(),
+            code: "*1".to_string(),
+            max_secs: 600,
+            max_stored: 1000,
+        }
+    }
+}
+
 /// One `[[ivr]]` auto-attendant menu.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -776,6 +805,22 @@ impl Config {
         }
         if self.voicemail.enabled && !(5..=600).contains(&self.voicemail.max_secs) {
             return Err(invalid("voicemail.max_secs", "must be between 5 and 600"));
+        }
+        let rec = &self.recording;
+        if !(10..=600).contains(&rec.max_secs) {
+            return Err(invalid("recording.max_secs", "must be between 10 and 600"));
+        }
+        if !(1..=10_000).contains(&rec.max_stored) {
+            return Err(invalid(
+                "recording.max_stored",
+                "must be between 1 and 10000",
+            ));
+        }
+        if rec.code.is_empty() || !crate::pbx_config::is_dial_string(&rec.code) {
+            return Err(invalid("recording.code", "must be digits, * or #"));
+        }
+        if rec.extensions.len() > 1000 {
+            return Err(invalid("recording.extensions", "at most 1000 extensions"));
         }
         if !(1..=600).contains(&self.calls.ring_timeout_secs) {
             return Err(invalid(

@@ -28,6 +28,7 @@ use crate::driver::{Inbound, Transports};
 use crate::guard::Guard;
 use crate::media::relay::Relay;
 use crate::pbx_config;
+use crate::recordings;
 use crate::store::{Store, VoicemailRecord};
 use pbx_core::sip::wire;
 
@@ -44,7 +45,10 @@ use boot::{alert_failed_update, select_revision};
 pub use boot::{newest_revision_instead, BOOT_INFO};
 use clock::Clock;
 use committer::Committer;
-use start::{core_trunks, ivr_menus, start_relay, start_transports, trunk_hosts, trunk_tls_names};
+use start::{
+    core_trunks, ivr_menus, recording_settings, recordings_dir, start_relay, start_transports,
+    trunk_hosts, trunk_tls_names,
+};
 
 /// Inbound messages handled per turn before timers, admin commands and the commit get a go.
 const BATCH: usize = 512;
@@ -63,6 +67,8 @@ struct Daemon {
     clock: Clock,
     endpoint: Endpoint,
     store: std::sync::Arc<Store>,
+    /// Finished call recordings on their way to the mixing thread.
+    recorder: recordings::Mixer,
     /// Pipelined group commit (see [`Committer`]).
     commits: Committer,
     transports: Transports,
@@ -212,6 +218,7 @@ pub async fn run(
         seed: rand::thread_rng().gen(),
         media: None,
         voicemail: None,
+        recording: None,
         ivr: ivr_menus(&cfg),
         groups: pbx_config::ring_groups(&cfg.ring_group),
         features: pbx_config::features(&cfg.features),
@@ -225,6 +232,7 @@ pub async fn run(
     if let Some(mut r) = start_relay(&mut cfg, &mut fallbacks) {
         let addrs = cfg.media.effective_addrs(&cfg.sip.listen);
         media_rx = r.events();
+        endpoint_cfg.recording = recording_settings(&cfg);
         if cfg.voicemail.enabled {
             endpoint_cfg.voicemail = Some(VoicemailSettings {
                 dir: cfg.store.data_dir.join("voicemail"),
@@ -269,6 +277,10 @@ pub async fn run(
     let (login_failures_tx, mut login_failures) =
         mpsc::channel::<crate::admin::console::LoginFailure>(256);
     let mut daemon = Daemon {
+        recorder: recordings::Mixer::start(recordings::Recordings::new(
+            recordings_dir(&cfg),
+            cfg.recording.max_stored as usize,
+        ))?,
         endpoint_cfg: kept_endpoint_cfg,
         revisions,
         config_text,
@@ -864,6 +876,21 @@ impl Daemon {
                     });
                     durable = true;
                 }
+                Event::CallRecorded {
+                    call_id,
+                    caller,
+                    callee,
+                    by,
+                    started,
+                    parts,
+                } => self.recorder.submit(recordings::Finished {
+                    call_id,
+                    caller,
+                    callee,
+                    by,
+                    started,
+                    parts: parts.map(|p| p.map(|(path, _)| path)),
+                }),
                 Event::AuthFailed { src, method, .. } => {
                     tracing::debug!(peer = %src.addr, %method, "authentication failed");
                 }
@@ -1184,6 +1211,9 @@ impl Daemon {
         if let Some(vm) = e.voicemail.as_mut() {
             vm.max_ms = new.voicemail.max_secs.saturating_mul(1000);
             vm.access_number = new.voicemail.access_number.clone();
+        }
+        if e.media.is_some() {
+            e.recording = recording_settings(new);
         }
         self.endpoint.reconfigure(now, &e);
         self.endpoint_cfg = e;

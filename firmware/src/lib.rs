@@ -81,6 +81,7 @@ pub mod netconf;
 pub mod netif;
 pub mod panel;
 pub mod pbx_config;
+pub mod recordings;
 pub mod reload;
 pub mod revisions;
 pub mod ssh;

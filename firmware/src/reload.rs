@@ -39,6 +39,7 @@ pub const KEYS: &[(&str, Apply)] = &[
     ("trunk", Live),
     ("sip.user_agent", Live),
     ("voicemail.max_secs", Live),
+    ("recording", Live),
     ("voicemail.access_number", Live),
     // Read where they are used, from the running configuration.
     ("backup", Live),

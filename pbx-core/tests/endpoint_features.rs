@@ -475,8 +475,9 @@ fn bridge(sim: &mut Sim, a: &mut Phone, b: &Phone) -> Bridged {
     }
 }
 
-/// What the referrer gets for an accepted REFER: the 202, a final NOTIFY and a BYE, all in
-/// dialog `call_id`. The NOTIFY and BYE are answered.
+/// What the referrer gets for an accepted blind REFER: the 202 and a NOTIFY `100 Trying`
+/// that keeps the subscription active, in dialog `call_id`; it is not hung up yet. The
+/// NOTIFY is answered.
 fn assert_refer_accepted(sim: &mut Sim, referrer: &Phone, call_id: &str) {
     let (reqs, resps) = split(sim.take(referrer.addr));
     let accepted: Vec<&Response> = resps
@@ -485,10 +486,41 @@ fn assert_refer_accepted(sim: &mut Sim, referrer: &Phone, call_id: &str) {
         .collect();
     assert_eq!(accepted.len(), 1, "{resps:?}");
     assert_eq!(accepted[0].status, 202, "{:?}", accepted[0]);
-    let notify = reqs
-        .iter()
-        .find(|r| r.method == Method::Notify)
-        .unwrap_or_else(|| panic!("no NOTIFY to the referrer: {reqs:?}"));
+    assert_referrer_told(sim, referrer, call_id, &reqs, "SIP/2.0 100 Trying", false);
+}
+
+/// What the referrer of an attended transfer gets: the 202, then at once `200 OK` in a
+/// NOTIFY that ends the subscription, and a BYE.
+fn assert_attended_refer_done(sim: &mut Sim, referrer: &Phone, call_id: &str) {
+    let (reqs, resps) = split(sim.take(referrer.addr));
+    assert!(
+        resps
+            .iter()
+            .any(|r| r.headers.cseq.method == Method::Refer && r.status == 202),
+        "{resps:?}"
+    );
+    assert_referrer_told(sim, referrer, call_id, &reqs, "SIP/2.0 200 OK", true);
+}
+
+/// The next thing the referrer is told of its transfer, in dialog `call_id`: a NOTIFY
+/// carrying `sipfrag`; with `last`, the subscription ends and a BYE follows. Everything
+/// is answered 200.
+fn referrer_hears(sim: &mut Sim, referrer: &Phone, call_id: &str, sipfrag: &str, last: bool) {
+    let (reqs, _) = split(sim.take(referrer.addr));
+    assert_referrer_told(sim, referrer, call_id, &reqs, sipfrag, last);
+}
+
+fn assert_referrer_told(
+    sim: &mut Sim,
+    referrer: &Phone,
+    call_id: &str,
+    reqs: &[Request],
+    sipfrag: &str,
+    last: bool,
+) {
+    let notifies: Vec<&Request> = reqs.iter().filter(|r| r.method == Method::Notify).collect();
+    assert_eq!(notifies.len(), 1, "one NOTIFY to the referrer: {reqs:?}");
+    let notify = notifies[0];
     assert_eq!(
         notify.headers.call_id, call_id,
         "NOTIFY in the REFER's dialog"
@@ -498,13 +530,8 @@ fn assert_refer_accepted(sim: &mut Sim, referrer: &Phone, call_id: &str) {
         Some("refer"),
         "{notify:?}"
     );
-    assert!(
-        notify
-            .headers
-            .get("Subscription-State")
-            .is_some_and(|s| s.trim().starts_with("terminated")),
-        "{notify:?}"
-    );
+    let state = notify.headers.get("Subscription-State").unwrap_or_default();
+    assert_eq!(state.trim().starts_with("terminated"), last, "{notify:?}");
     assert!(
         notify
             .headers
@@ -513,16 +540,13 @@ fn assert_refer_accepted(sim: &mut Sim, referrer: &Phone, call_id: &str) {
             .is_some_and(|c| c.starts_with("message/sipfrag")),
         "{notify:?}"
     );
-    assert_eq!(
-        String::from_utf8_lossy(&notify.body).trim_end(),
-        "SIP/2.0 200 OK"
-    );
-    let bye = reqs
-        .iter()
-        .find(|r| r.method == Method::Bye)
-        .unwrap_or_else(|| panic!("no BYE to the referrer: {reqs:?}"));
-    assert_eq!(bye.headers.call_id, call_id);
-    for r in &reqs {
+    assert_eq!(String::from_utf8_lossy(&notify.body).trim_end(), sipfrag);
+    let bye = reqs.iter().find(|r| r.method == Method::Bye);
+    assert_eq!(bye.is_some(), last, "a BYE only once it is over: {reqs:?}");
+    if let Some(bye) = bye {
+        assert_eq!(bye.headers.call_id, call_id);
+    }
+    for r in reqs {
         sim.send(referrer.addr, &response(r, 200, None, &[], ""));
     }
 }
@@ -1032,7 +1056,9 @@ fn blind_transfer_by_the_callee_connects_the_caller_to_the_target() {
         sim.take(a.addr).is_empty(),
         "A already talks: no second 180"
     );
+    referrer_hears(&mut sim, &b, &x.b.call_id, "SIP/2.0 180 Ringing", false);
     let mut dc = answer_acked(&mut sim, &c, &ic);
+    referrer_hears(&mut sim, &b, &x.b.call_id, "SIP/2.0 200 OK", true);
 
     let cmds = media_commands(&mut sim);
     let (la, lb) = relay_legs(&cmds, x.session);
@@ -1081,7 +1107,7 @@ fn blind_transfer_by_the_callee_connects_the_caller_to_the_target() {
 }
 
 #[test]
-fn blind_transfer_to_a_busy_target_says_unavailable_then_hangs_up_the_caller() {
+fn blind_transfer_to_a_busy_target_after_the_referrer_left_says_unavailable_then_hangs_up() {
     let mut sim = pbx(Vec::new(), true, false);
     let mut a = phone(&mut sim, "100");
     let mut b = phone(&mut sim, "101");
@@ -1090,6 +1116,10 @@ fn blind_transfer_to_a_busy_target_says_unavailable_then_hangs_up_the_caller() {
     let refer = x.b.next(&mut b, "REFER", &refer_to("102"), "");
     sim.send(b.addr, &refer);
     assert_refer_accepted(&mut sim, &b, &x.b.call_id);
+    // B hangs up at once, as many phones do after the 202: the transfer goes on.
+    let bye = x.b.next(&mut b, "BYE", &[], "");
+    sim.send(b.addr, &bye);
+    assert_eq!(sim.statuses(b.addr), vec![200]);
     media_commands(&mut sim);
     let ic = invite_to(&mut sim, &c);
     decline(&mut sim, &c, &ic, 486);
@@ -1201,7 +1231,9 @@ fn blind_transfer_by_the_caller_connects_the_callee_to_the_target() {
     );
     assert_eq!(ic.headers.from.uri.user(), Some("101"), "C sees B calling");
     ringing(&mut sim, &c, &ic);
+    referrer_hears(&mut sim, &a, &x.leg.call_id, "SIP/2.0 180 Ringing", false);
     let mut dc = answer_acked(&mut sim, &c, &ic);
+    referrer_hears(&mut sim, &a, &x.leg.call_id, "SIP/2.0 200 OK", true);
     let cmds = media_commands(&mut sim);
     let (la, lb) = relay_legs(&cmds, x.session);
     assert_eq!(
@@ -1334,7 +1366,7 @@ fn attended_transfer_replaces_the_consultation_call() {
             .or_default()
             .push_back(Message::Response(r));
     }
-    assert_refer_accepted(&mut sim, &b, &x.b.call_id);
+    assert_attended_refer_done(&mut sim, &b, &x.b.call_id);
     assert!(
         sim.take(a.addr).is_empty(),
         "A stays in its dialog untouched"

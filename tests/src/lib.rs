@@ -1352,6 +1352,23 @@ pub fn udp_exchange(sock: &UdpSocket, payload: &[u8], wait: Duration) -> Option<
     udp_recv(sock, wait)
 }
 
+/// Amplitude (0..1 of full scale) of the `hz` component of the samples `x` (-1..1,
+/// taken at `rate` per second): the Goertzel filter's output.
+pub fn tone_amplitude(x: &[f64], hz: f64, rate: f64) -> f64 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    let k = 2.0 * (2.0 * std::f64::consts::PI * hz / rate).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &v in x {
+        let s0 = v + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = (s1 * s1 + s2 * s2 - k * s1 * s2).max(0.0);
+    2.0 * power.sqrt() / x.len() as f64
+}
+
 /// The next datagram within `wait`.
 pub fn udp_recv(sock: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
     let deadline = Instant::now() + wait;
@@ -2678,6 +2695,21 @@ impl SipPhone {
             contact = self.contact(),
             len = body.len(),
         )
+    }
+
+    /// Sends a bodiless `method` request in `dialog` with `headers` (each line ending in
+    /// CRLF) added; returns its CSeq number, for [`SipPhone::await_final`].
+    pub fn send_in_dialog(&mut self, dialog: &mut Dialog, method: &str, headers: &str) -> u32 {
+        dialog.cseq += 1;
+        let request = self.in_dialog_with_body(dialog, method, dialog.cseq, "", "");
+        let request = request.replacen("Content-Length:", &format!("{headers}Content-Length:"), 1);
+        self.send(&request);
+        dialog.cseq
+    }
+
+    /// The extension this phone registers as.
+    pub fn ext(&self) -> &str {
+        &self.ext
     }
 
     /// Sends a re-INVITE in `dialog` offering `sdp` (e.g. `a=sendonly` to hold, `a=sendrecv`

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use outpost_tests::{eventually, free_port, json_str, Daemon, Transport};
+use outpost_tests::{eventually, free_port, json_str, tone_amplitude, Daemon, Transport};
 
 const PHONE_100: (&str, &str) = ("100", "baresip-secret-100");
 const PHONE_101: (&str, &str) = ("101", "baresip-secret-101");
@@ -600,20 +600,9 @@ impl std::fmt::Display for ToneCheck {
     }
 }
 
-/// Amplitude (0..1 of full scale) of the `hz` component of `x` (Goertzel).
+/// Amplitude of the `hz` component of `x`, sampled at [`RATE`].
 fn amplitude(x: &[f64], hz: f64) -> f64 {
-    if x.is_empty() {
-        return 0.0;
-    }
-    let k = 2.0 * (2.0 * std::f64::consts::PI * hz / f64::from(RATE)).cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for &v in x {
-        let s0 = v + k * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = (s1 * s1 + s2 * s2 - k * s1 * s2).max(0.0);
-    2.0 * power.sqrt() / x.len() as f64
+    tone_amplitude(x, hz, f64::from(RATE))
 }
 
 fn dbfs(amplitude: f64) -> f64 {

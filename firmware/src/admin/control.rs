@@ -53,6 +53,16 @@ pub struct Control<'a> {
     pub time: crate::timesync::TimeStatus,
 }
 
+impl Control<'_> {
+    /// The call recordings on the box.
+    fn recordings(&self) -> crate::recordings::Recordings {
+        crate::recordings::Recordings::new(
+            self.cfg.store.data_dir.join("recordings"),
+            self.cfg.recording.max_stored as usize,
+        )
+    }
+}
+
 impl std::fmt::Debug for Control<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")
@@ -319,6 +329,30 @@ impl Control<'_> {
             ),
             Command::VmList { mailbox } => {
                 Reply::Voicemail(self.store.vm_list(mailbox.as_deref())?)
+            }
+            Command::RecList { ext } => {
+                let recs = self.recordings();
+                Reply::Recordings(tokio::task::block_in_place(|| recs.list(ext.as_deref())))
+            }
+            Command::RecDel { id } => {
+                let recs = self.recordings();
+                match tokio::task::block_in_place(|| recs.delete(id))? {
+                    Some(r) => Reply::done(format!(
+                        "deleted recording {id} ({} to {})",
+                        r.caller, r.callee
+                    )),
+                    None => anyhow::bail!("no recording {id}"),
+                }
+            }
+            Command::RecAudio { id, offset, len } => {
+                let recs = self.recordings();
+                let Some((recording, path)) = recs.get(id) else {
+                    anyhow::bail!("no recording {id}");
+                };
+                let piece = tokio::task::block_in_place(|| {
+                    crate::chunk::read_file(&path, &format!("recording {id}"), offset, len)
+                })?;
+                Reply::RecAudio { recording, piece }
             }
             Command::VmPin { ext, pin } => {
                 if !self.endpoint.has_user(&ext) {

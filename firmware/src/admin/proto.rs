@@ -75,6 +75,13 @@ pub enum Command {
     VmList { mailbox: Option<String> },
     /// Delete a voicemail message (index entry and audio file).
     VmDel { id: u64 },
+    /// Call recordings, newest first (of calls this extension was in, when given).
+    RecList { ext: Option<String> },
+    /// Delete a call recording (audio and description).
+    RecDel { id: u64 },
+    /// A piece of a call recording's WAV file, in base64: `len` bytes (at most
+    /// [`crate::chunk::MAX_CHUNK`]) at `offset`.
+    RecAudio { id: u64, offset: u64, len: u64 },
     /// A voicemail message's audio, the stored WAV file in base64: the whole file (at most
     /// [`MAX_VM_AUDIO`]), or with `len` the piece at `offset` (at most
     /// [`crate::chunk::MAX_CHUNK`]). Read-only: the message stays new.
@@ -185,6 +192,9 @@ impl Command {
             Command::VmDel { .. } => "vm_del",
             Command::VmAudio { .. } => "vm_audio",
             Command::VmPin { .. } => "vm_pin",
+            Command::RecList { .. } => "rec_list",
+            Command::RecDel { .. } => "rec_del",
+            Command::RecAudio { .. } => "rec_audio",
             Command::Fw(fw) => fw.name(),
             Command::Trunks => "trunks",
             Command::Metrics => "metrics",
@@ -238,6 +248,13 @@ pub enum Reply {
     Voicemail(Vec<crate::store::VoicemailRecord>),
     /// Answer to [`Command::VmAudio`].
     VmAudio(VoicemailAudio),
+    /// Answer to [`Command::RecList`].
+    Recordings(Vec<crate::recordings::RecordingEntry>),
+    /// Answer to [`Command::RecAudio`]: the recording and a piece of its file.
+    RecAudio {
+        recording: crate::recordings::RecordingEntry,
+        piece: crate::chunk::FileChunk,
+    },
     /// A piece of a file: answer to `backup read` and `sbom_read`.
     FileChunk(crate::chunk::FileChunk),
     /// Answer to [`Command::System`].

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pbx_core::endpoint::IvrMenu;
+use pbx_core::endpoint::{IvrMenu, RecordingSettings};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -199,6 +199,22 @@ fn addr_list(addrs: &[std::net::SocketAddr]) -> String {
 fn ip_list(addrs: &[std::net::IpAddr]) -> String {
     let v: Vec<String> = addrs.iter().map(ToString::to_string).collect();
     v.join(", ")
+}
+
+/// Call recording on demand as the call core runs it: `None` when no extension opted in.
+pub(super) fn recording_settings(cfg: &Config) -> Option<RecordingSettings> {
+    let r = &cfg.recording;
+    (!r.extensions.is_empty()).then(|| RecordingSettings {
+        extensions: r.extensions.clone(),
+        code: r.code.clone(),
+        dir: recordings_dir(cfg),
+        max_ms: r.max_secs.saturating_mul(1000),
+    })
+}
+
+/// Where call recordings (and their parts while a call records) are kept.
+pub(super) fn recordings_dir(cfg: &Config) -> std::path::PathBuf {
+    cfg.store.data_dir.join("recordings")
 }
 
 /// The auto-attendant menus of a configuration.

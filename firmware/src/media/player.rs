@@ -191,6 +191,8 @@ pub struct Recorder {
     base: Option<(u32, u32)>,
     started: Instant,
     max_ms: u32,
+    /// The recording starts at `started`: silence until the first packet.
+    pad_start: bool,
 }
 
 impl Recorder {
@@ -204,7 +206,16 @@ impl Recorder {
             base: None,
             started: now,
             max_ms,
+            pad_start: false,
         }
+    }
+
+    /// The same recording, starting when it was made rather than at the phone's first
+    /// packet (silence until then): recordings of two legs made together line up.
+    #[must_use]
+    pub fn from_start(mut self) -> Self {
+        self.pad_start = true;
+        self
     }
 
     /// Adds one packet's G.711 payload (A-law when `alaw`) at RTP timestamp `ts`; gaps
@@ -212,6 +223,11 @@ impl Recorder {
     pub fn push(&mut self, ssrc: u32, ts: u32, payload: &[u8], alaw: bool, now: Instant) -> bool {
         if self.is_full() {
             return true;
+        }
+        if self.base.is_none() && self.pad_start {
+            let lead = self.wall_samples(now).min(self.max_samples);
+            self.samples.resize(lead, ULAW_SILENCE);
+            self.rebase(ssrc, ts);
         }
         let (base_ssrc, base_ts) = *self.base.get_or_insert((ssrc, ts));
         let offset = if base_ssrc == ssrc {
@@ -410,6 +426,20 @@ mod tests {
         assert_eq!(samples.len(), 480);
         assert_eq!(&samples[160..320], &[2u8; 160][..]);
         assert_eq!(samples[479], 3);
+    }
+
+    #[test]
+    fn a_recording_from_its_start_has_silence_until_the_first_packet() {
+        let t0 = Instant::now();
+        let mut rec = Recorder::new(PathBuf::from("/a.wav"), 60_000, t0).from_start();
+        // The phone's first packet comes 100 ms after the recording started.
+        let t = t0 + Duration::from_millis(100);
+        rec.push(9, 70_000, &[5; 160], false, t);
+        rec.push(9, 70_160, &[6; 160], false, t + FRAME_INTERVAL);
+        let (_, samples) = rec.finish();
+        assert_eq!(samples.len(), 800 + 320);
+        assert!(samples[..800].iter().all(|&s| s == ULAW_SILENCE));
+        assert_eq!((samples[800], samples[1119]), (5, 6));
     }
 
     #[test]

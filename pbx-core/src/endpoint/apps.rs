@@ -317,6 +317,7 @@ impl Endpoint {
                 ..
             } => {
                 tracing::debug!(session, ?leg, %digit, "DTMF");
+                self.recording_digit(now, session, leg, digit);
                 let recording = self
                     .calls
                     .get(&session)
@@ -338,6 +339,15 @@ impl Endpoint {
                 session,
                 leg: Leg::A,
             } => self.play_done(now, session),
+            MediaEvent::RecordingDone {
+                session,
+                leg,
+                path,
+                duration_ms,
+            } if self.recording_part_done(session, leg, &path, Some(duration_ms)) => {}
+            MediaEvent::RecordingFailed {
+                session, leg, path, ..
+            } if self.recording_part_done(session, leg, &path, None) => {}
             MediaEvent::RecordingDone {
                 session,
                 path,
@@ -409,6 +419,7 @@ impl Endpoint {
                     leg: Leg::A,
                     path,
                     max_ms,
+                    from_start: false,
                 }));
             }
             DepositStage::Goodbye => {

@@ -42,6 +42,8 @@ pub struct EndpointConfig {
     pub media: Option<MediaSettings>,
     /// Voicemail (needs media anchoring); `None` answers unreachable callees with 480/486.
     pub voicemail: Option<VoicemailSettings>,
+    /// Call recording on demand (needs media anchoring); `None`: nobody may record.
+    pub recording: Option<RecordingSettings>,
     /// Auto-attendant menus (need media anchoring).
     pub ivr: Vec<IvrMenu>,
     /// Ring groups.
@@ -168,6 +170,20 @@ pub struct VoicemailSettings {
     pub max_ms: u32,
     /// The number extensions dial to hear their messages (e.g. `*97`).
     pub access_number: String,
+}
+
+/// Who may record their calls on demand, how, and where the recordings go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingSettings {
+    /// The extensions that opted in: only they start (and stop) a recording.
+    pub extensions: Vec<String>,
+    /// Dialled during a call (DTMF), starts or stops the recording (e.g. `*1`).
+    pub code: String,
+    /// Each leg is recorded to `<dir>/<time>-<call>-a.wav` / `-b.wav` (the driver mixes
+    /// them into one file).
+    pub dir: std::path::PathBuf,
+    /// Longest recording.
+    pub max_ms: u32,
 }
 
 /// An auto-attendant menu: a dialable number that answers, plays a greeting and sends the

@@ -42,6 +42,19 @@ pub enum Event {
         /// When the call came in.
         at: Millis,
     },
+    /// A call recording is complete: each leg's file (`None` when it could not be
+    /// written), both starting at `started`; the driver mixes them into one recording.
+    CallRecorded {
+        /// The Call-ID of the call's first leg (the records' `linked_id`).
+        call_id: String,
+        caller: String,
+        callee: String,
+        /// The extension that asked for the recording.
+        by: String,
+        started: Millis,
+        /// Legs A and B: the file and its length.
+        parts: [Option<(std::path::PathBuf, u32)>; 2],
+    },
     /// The mailbox owner listened to a message (it is no longer new).
     VoicemailHeard { id: u64 },
     /// The mailbox owner deleted a message.

@@ -39,6 +39,7 @@ mod mwi;
 mod outleg;
 mod park;
 mod plan;
+mod recording;
 mod records;
 mod referral;
 mod routing;
@@ -55,7 +56,7 @@ use call::{
 };
 pub use config::{
     CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
-    RingGroup, RingStrategy, VoicemailSettings,
+    RecordingSettings, RingGroup, RingStrategy, VoicemailSettings,
 };
 pub use event::{CallSummary, Counters, DebugCounts, Event, MwiChange, MwiRecord};
 use mwi::MwiSubscriptions;
@@ -126,6 +127,10 @@ pub struct Endpoint {
     ring_timers: Deadlines,
     /// The park orbits in use.
     park: park::ParkLot,
+    /// Call recordings in progress (or waiting for their files), by relay session.
+    recordings: HashMap<u64, recording::CallRecording>,
+    /// The digits each leg of a call dialled lately (the recording code).
+    recent_digits: HashMap<u64, recording::RecentDigits>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     counters: Counters,
@@ -167,6 +172,8 @@ impl Endpoint {
             next_relay: 1,
             ring_timers: Deadlines::default(),
             park: park::ParkLot::default(),
+            recordings: HashMap::new(),
+            recent_digits: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             sig: Signalling::new(
@@ -899,7 +906,10 @@ impl Endpoint {
                 call.a.target = uri;
             }
         }
-        let winner = call.winner;
+        let (winner, has_app) = (call.winner, call.app.is_some());
+        if self.recording_info(now, id, Leg::A, &key, &req, src) {
+            return;
+        }
         match (req.method.clone(), winner) {
             (Method::Refer, Some(_)) => self.on_refer(now, id, true, key, req, src),
             (Method::Bye, Some(fork)) => {
@@ -908,8 +918,11 @@ impl Endpoint {
                 self.end_call(now, id, Disposition::Answered, 200);
             }
             (_, Some(fork)) => self.relay_to_b(now, id, fork, key, req, src),
-            (Method::Bye, None) if call.app.is_some() => {
-                let deposit = matches!(call.app, Some(App::Deposit(_)));
+            (Method::Bye, None) if has_app => {
+                let deposit = self
+                    .calls
+                    .get(&id)
+                    .is_some_and(|c| matches!(c.app, Some(App::Deposit(_))));
                 self.sig.reply(now, &key, &req, src, 200, None);
                 self.cancel_forks(now, id, None);
                 let disposition = if deposit {
@@ -962,6 +975,9 @@ impl Endpoint {
         }
         if req.method == Method::Refer {
             self.on_refer(now, id, false, key, req, src);
+            return;
+        }
+        if self.recording_info(now, id, Leg::B, &key, &req, src) {
             return;
         }
         self.relay_to_a(now, id, key, req, src);
@@ -1327,6 +1343,12 @@ impl Endpoint {
         if let Some(App::Parked { orbit, .. }) = call.app {
             self.park.release(orbit, id);
         }
+        // Closing the relay session finishes a recording's files (reported later).
+        self.stop_recording(id);
+        self.recent_digits.remove(&id);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         if let Some(mut r) = call.referrer.take() {
             // A referrer of leg B is still in its dialog: the transfer is over. (A
             // referrer of leg A is the caller, hung up with the call.)

@@ -167,12 +167,15 @@ pub enum MediaCommand {
     /// Stop playing to `leg` (no `PlayDone`); the other leg is heard again.
     StopPlay { session: SessionId, leg: Leg },
     /// Record what `leg`'s phone sends (at most `max_ms`, itself at most 10 minutes) into a
-    /// µ-law WAV file at `path`; it ends at `StopRecord`, `max_ms` or `Close`.
+    /// µ-law WAV file at `path`; it ends at `StopRecord`, `max_ms` or `Close`. With
+    /// `from_start`, the file starts now (silence until the phone's first packet), so the
+    /// recordings of both legs started together line up; otherwise at the first packet.
     Record {
         session: SessionId,
         leg: Leg,
         path: PathBuf,
         max_ms: u32,
+        from_start: bool,
     },
     /// Finish the recording of `leg`; `RecordingDone` follows once the file is written.
     StopRecord { session: SessionId, leg: Leg },

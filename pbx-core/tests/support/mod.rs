@@ -47,6 +47,7 @@ pub fn config() -> EndpointConfig {
         seed: 42,
         media: None,
         voicemail: None,
+        recording: None,
         ivr: Vec::new(),
         groups: Vec::new(),
         features: pbx_core::endpoint::FeatureCodes::default(),

@@ -44,6 +44,9 @@ pub enum Cmd {
     /// Voicemail messages.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Call recordings (made on demand by the extensions that opted in).
+    #[command(subcommand)]
+    Rec(RecCmd),
     /// Show the SIP trunks: health, registration, reason, since when.
     Trunks,
     /// Counters for monitoring (also served as Prometheus text with `[metrics] listen`).
@@ -281,6 +284,28 @@ pub enum VmCmd {
         ext: String,
         /// 4 to 12 digits.
         pin: String,
+    },
+}
+
+/// `rec`: call recordings.
+#[derive(Debug, Subcommand)]
+pub enum RecCmd {
+    /// List recordings, newest first.
+    List {
+        /// Only calls this extension was in.
+        ext: Option<String>,
+    },
+    /// Delete a recording (its audio and description).
+    Del {
+        /// The recording number from `rec list`.
+        id: u64,
+    },
+    /// Download a recording's WAV file (G.711 µ-law, 8 kHz mono) to FILE (made 0600).
+    Get {
+        /// The recording number from `rec list`.
+        id: u64,
+        /// Where to write it (an existing file is not overwritten).
+        file: std::path::PathBuf,
     },
 }
 

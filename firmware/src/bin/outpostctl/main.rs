@@ -21,6 +21,7 @@ mod input;
 mod link;
 mod logs;
 mod plan;
+mod recordings;
 mod render;
 mod run;
 mod session;

@@ -10,8 +10,8 @@ use pbx_core::endpoint::Forwarding;
 
 use crate::backup::backup_target;
 use crate::cli::{
-    AdminCmd, BackupCmd, CdrCmd, Cmd, ConfigCmd, ExtCmd, FwCmd, KeysCmd, PassphraseCmd, RegCmd,
-    SshCmd, VmCmd,
+    AdminCmd, BackupCmd, CdrCmd, Cmd, ConfigCmd, ExtCmd, FwCmd, KeysCmd, PassphraseCmd, RecCmd,
+    RegCmd, SshCmd, VmCmd,
 };
 use crate::failure::Failure;
 use crate::import;
@@ -143,6 +143,9 @@ pub fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Vm(VmCmd::List { mailbox }) => one(Command::VmList { mailbox }),
         Cmd::Vm(VmCmd::Del { id }) => one(Command::VmDel { id }),
         Cmd::Vm(VmCmd::Pin { ext, pin }) => one(Command::VmPin { ext, pin }),
+        Cmd::Rec(RecCmd::List { ext }) => one(Command::RecList { ext }),
+        Cmd::Rec(RecCmd::Del { id }) => one(Command::RecDel { id }),
+        Cmd::Rec(RecCmd::Get { .. }) => Err(Failure::Usage("rec get runs on its own".to_owned())),
         Cmd::Fw(fw) => one(Command::Fw(match fw {
             FwCmd::Status => FwCommand::Status { cached: false },
             FwCmd::Bans => FwCommand::Bans,

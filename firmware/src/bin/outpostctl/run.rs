@@ -8,13 +8,14 @@ use firmware::config::default_socket_path;
 use firmware::update::Layout;
 
 use crate::backup::{backup_fetch, backup_restore};
-use crate::cli::{BackupCmd, CdrCmd, Cli, Cmd, ConfigCmd, FwCmd};
+use crate::cli::{BackupCmd, CdrCmd, Cli, Cmd, ConfigCmd, FwCmd, RecCmd};
 use crate::editor::config_edit;
 use crate::export::{cdr_export, write_export};
 use crate::failure::Failure;
 use crate::link::Link;
 use crate::logs::log_cmd;
 use crate::plan::plan;
+use crate::recordings::rec_get;
 use crate::render::show;
 use crate::updates::{sbom, update_cmd};
 
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         return backup_fetch(&socket, name.clone(), target.clone(), cli.json);
     }
     match &cli.command {
+        Cmd::Rec(RecCmd::Get { id, file }) => return rec_get(&socket, *id, file),
         Cmd::Log(args) => return log_cmd(&socket, args, cli.json),
         Cmd::Update(u) => return update_cmd(u, &socket, cli.json),
         Cmd::Sbom { summary } => return sbom(&Layout::system(), *summary, cli.json),

@@ -201,8 +201,8 @@ impl Session {
 /// The command families an SSH or console-login session may run; anything else (a
 /// family added later included) is refused until it is added here.
 pub const SESSION_COMMANDS: &[&str] = &[
-    "status", "ext", "reg", "calls", "cdr", "fw", "vm", "trunks", "metrics", "config", "ssh",
-    "admin", "backup", "update", "sbom", "log", "shell",
+    "status", "ext", "reg", "calls", "cdr", "fw", "vm", "rec", "trunks", "metrics", "config",
+    "ssh", "admin", "backup", "update", "sbom", "log", "shell",
 ];
 
 /// The family name of `cmd` as typed (the first word).
@@ -215,6 +215,7 @@ fn family(cmd: &Cmd) -> &'static str {
         Cmd::Cdr(_) => "cdr",
         Cmd::Fw(_) => "fw",
         Cmd::Vm(_) => "vm",
+        Cmd::Rec(_) => "rec",
         Cmd::Trunks => "trunks",
         Cmd::Metrics => "metrics",
         Cmd::Config(_) => "config",

@@ -376,7 +376,8 @@ impl SessionTable {
                 leg,
                 path,
                 max_ms,
-            } => self.record(session, leg, path, max_ms, now),
+                from_start,
+            } => self.record(session, leg, path, max_ms, from_start, now),
             MediaCommand::StopRecord { session, leg } => {
                 if let Some(&slot) = self.index.get(&session) {
                     self.finish_recording(slot, leg);
@@ -705,7 +706,15 @@ impl SessionTable {
 
     /// `Record`: starts collecting what `leg`'s phone sends (a recording already running
     /// on that leg is finished first).
-    fn record(&mut self, id: SessionId, leg: Leg, path: PathBuf, max_ms: u32, now: Instant) {
+    fn record(
+        &mut self,
+        id: SessionId,
+        leg: Leg,
+        path: PathBuf,
+        max_ms: u32,
+        from_start: bool,
+        now: Instant,
+    ) {
         let Some(&slot) = self.index.get(&id) else {
             self.out.event(MediaEvent::RecordingFailed {
                 session: id,
@@ -717,7 +726,12 @@ impl SessionTable {
         };
         self.finish_recording(slot, leg);
         if let Some(state) = self.leg_state(slot, leg) {
-            state.recorder = Some(Recorder::new(path, max_ms, now));
+            let recorder = Recorder::new(path, max_ms, now);
+            state.recorder = Some(if from_start {
+                recorder.from_start()
+            } else {
+                recorder
+            });
         }
     }
 
@@ -1176,6 +1190,7 @@ mod tests {
             leg: Leg::B,
             path: PathBuf::from("/tmp/never-written.wav"),
             max_ms: 60_000,
+            from_start: false,
         };
         relay.command(ms(0), record);
         assert!(relay.datagram(B_PORT, B_PHONE, ms(20), &audio(1)).is_some());

@@ -756,6 +756,7 @@ fn a_recording_fills_lost_packets_with_silence_and_is_written_as_wav() {
         leg: Leg::A,
         path: path.clone(),
         max_ms: 60_000,
+        from_start: false,
     });
     let missing = [10u16, 20, 30, 31, 77];
     for seq in (1..=100u16).filter(|s| !missing.contains(s)) {
@@ -807,12 +808,14 @@ fn a_recording_ends_at_max_ms_and_at_close() {
         leg: Leg::A,
         path: short.clone(),
         max_ms: 300,
+        from_start: false,
     });
     relay.command(MediaCommand::Record {
         session: 25,
         leg: Leg::B,
         path: long.clone(),
         max_ms: 60_000,
+        from_start: false,
     });
     for seq in 1..=30 {
         a.send_to(&audio(seq), to(23180)).expect("sent");

@@ -62,6 +62,8 @@ fn payload_json(reply: &Reply) -> String {
         Reply::Calls(v) => to_json(v),
         Reply::Cdrs(v) => to_json(v),
         Reply::Voicemail(v) => to_json(v),
+        Reply::Recordings(v) => to_json(v),
+        Reply::RecAudio { recording, piece } => to_json(&(recording, piece)),
         Reply::FwStatus(s) => to_json(s),
         Reply::FwBans(b) => to_json(b),
         Reply::FwAlerts(v) => to_json(v),
@@ -112,6 +114,11 @@ pub fn render(reply: &Reply, generated: Option<&Generated>) -> String {
         Reply::Calls(v) => pbx::calls(v),
         Reply::Cdrs(v) => pbx::cdrs(v),
         Reply::Voicemail(v) => pbx::voicemail(v),
+        Reply::Recordings(v) => pbx::recordings(v),
+        Reply::RecAudio { recording, piece } => format!(
+            "recording {}: a piece at byte {} of {}\n",
+            recording.id, piece.offset, piece.size
+        ),
         Reply::FwStatus(s) => fw::status(s),
         Reply::FwBans(b) => fw::bans(b),
         Reply::FwAlerts(v) => fw::alerts(v),

@@ -249,6 +249,22 @@ pub fn voicemail(v: &[VoicemailRecord]) -> String {
     .render_or("no voicemail messages\n")
 }
 
+/// `rec list`: call recordings, newest first.
+pub fn recordings(v: &[firmware::recordings::RecordingEntry]) -> String {
+    Table::new(&["ID", "STARTED (UTC)", "CALLER", "CALLEE", "BY", "LENGTH"])
+        .rows(v.iter().map(|r| {
+            vec![
+                r.id.to_string(),
+                fmt_time(r.started),
+                r.caller.clone(),
+                r.callee.clone(),
+                r.by.clone(),
+                fmt_length_ms(u64::from(r.duration_ms)),
+            ]
+        }))
+        .render_or("no call recordings\n")
+}
+
 /// `cdr list`: call records, newest first.
 pub fn cdrs(v: &[Cdr]) -> String {
     Table::new(&[
