@@ -29,6 +29,7 @@ use crate::Millis;
 mod accounts;
 mod admin;
 mod apps;
+mod blf;
 mod call;
 mod config;
 mod deadlines;
@@ -54,7 +55,7 @@ pub use config::{
     CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
     RingGroup, RingStrategy, VoicemailSettings,
 };
-pub use event::{CallSummary, Counters, DebugCounts, Event, MwiChange, MwiRecord};
+pub use event::{CallSummary, Counters, DebugCounts, Event, EventPackage, MwiChange, MwiRecord};
 use mwi::MwiSubscriptions;
 use voicemail::Voicemail;
 pub use voicemail::{pin_hash, MailboxMessage};
@@ -72,7 +73,7 @@ const MAX_CALLS: usize = 20_000;
 /// Retry-After of the 503 sent when the server transaction table is full: long enough for
 /// completed transactions to end (Timer J is 32 s), short enough for a phone to retry soon.
 const OVERLOAD_RETRY_AFTER_SECS: u32 = 5;
-/// Upper bound on MWI subscriptions.
+/// Upper bound on subscriptions (message-summary, dialog and presence together).
 const MAX_MWI: usize = 50_000;
 
 /// Why an admin operation on the endpoint was refused.
@@ -106,8 +107,10 @@ pub struct Endpoint {
     gate: Option<Box<dyn CallGate>>,
     /// The trunks' registrations and health.
     trunks: crate::trunk::Trunks,
-    /// MWI subscriptions by Call-ID.
+    /// Event subscriptions (message-summary, dialog, presence) by Call-ID.
     mwi: MwiSubscriptions,
+    /// What the dialog and presence watchers of each watched extension last heard.
+    lamps: HashMap<String, blf::LineState>,
     /// Relay ports free for new calls (when media is anchored).
     ports: Option<PortPool>,
     /// Calls in `calls` that ended and wait for their forks' transactions.
@@ -148,6 +151,7 @@ impl Endpoint {
             gate: None,
             trunks: crate::trunk::Trunks::new(cfg.trunks.clone(), rng.gen(), 0),
             mwi: MwiSubscriptions::new(MAX_MWI),
+            lamps: HashMap::new(),
             ports: cfg
                 .media
                 .as_ref()
@@ -272,6 +276,12 @@ impl Endpoint {
         parsed: Result<Message, wire::WireError>,
     ) {
         self.counters.received += 1;
+        // Only messages of calls change what busy lamps show.
+        let of_calls = match &parsed {
+            Ok(Message::Request(r)) => calls_method(&r.method),
+            Ok(Message::Response(r)) => calls_method(&r.headers.cseq.method),
+            Err(_) => false,
+        };
         match parsed {
             Ok(Message::Request(req)) => self.on_request(now, src, req),
             Ok(Message::Response(resp)) => self.on_response(now, src, resp),
@@ -287,6 +297,9 @@ impl Endpoint {
             }
         }
         self.drain_tx_events(now);
+        if of_calls {
+            self.update_lamps(now);
+        }
     }
 
     /// Fires every timer due at `now`.
@@ -311,6 +324,7 @@ impl Endpoint {
             self.step_timeout(now, call, deadline);
         }
         self.drain_tx_events(now);
+        self.update_lamps(now);
     }
 
     /// The next instant `handle_timeout` must be called.
@@ -389,21 +403,18 @@ impl Endpoint {
             Method::Bye | Method::Prack | Method::Update | Method::Info => {
                 self.sig.reply(now, &key, &req, src, 481, None)
             }
-            Method::Subscribe
-                if self.cfg.voicemail.is_some()
-                    && req
-                        .headers
-                        .get("Event")
-                        .is_some_and(|e| e.trim().starts_with("message-summary")) =>
+            Method::Subscribe => match req
+                .headers
+                .get("Event")
+                .and_then(EventPackage::of_event_header)
             {
-                self.on_mwi_subscribe(now, key, req, src)
-            }
-            Method::Subscribe | Method::Publish => {
-                // No event packages yet: RFC 6665 §3.2.2 asks for 489 for unknown events.
-                let mut resp = Response::to_request(&req, 489, Some(&self.sig.new_tag()));
-                resp.reason = "Bad Event".to_string();
-                self.sig.send(now, &key, resp, src);
-            }
+                Some(EventPackage::MessageSummary) if self.cfg.voicemail.is_none() => {
+                    self.bad_event(now, key, &req, src)
+                }
+                Some(package) => self.on_subscribe(now, key, req, src, package),
+                None => self.bad_event(now, key, &req, src),
+            },
+            Method::Publish => self.bad_event(now, key, &req, src),
             Method::Other(_) => {
                 let mut resp = Response::to_request(&req, 501, Some(&self.sig.new_tag()));
                 resp.headers.push("Allow", ALLOW);
@@ -415,6 +426,15 @@ impl Endpoint {
                 self.sig.send(now, &key, resp, src);
             }
         }
+    }
+
+    /// 489: an event package we do not serve (RFC 6665 §3.2.2), and PUBLISH.
+    fn bad_event(&mut self, now: Millis, key: TxKey, req: &Request, src: Peer) {
+        let mut resp = Response::to_request(req, 489, Some(&self.sig.new_tag()));
+        resp.reason = "Bad Event".to_string();
+        resp.headers
+            .push("Allow-Events", "message-summary, dialog, presence");
+        self.sig.send(now, &key, resp, src);
     }
 
     /// Challenges or checks the credentials of `req` (see [`Accounts::authenticate`]).
@@ -835,9 +855,11 @@ impl Endpoint {
     fn in_dialog(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
         let call_id = &req.headers.call_id;
         let to_tag = req.headers.to.tag().unwrap_or_default();
-        if req.method == Method::Subscribe && self.mwi.is_dialog(call_id, to_tag) {
-            self.on_mwi_subscribe(now, key, req, src);
-            return;
+        if req.method == Method::Subscribe {
+            if let Some(package) = self.mwi.dialog_package(call_id, to_tag) {
+                self.on_subscribe(now, key, req, src, package);
+                return;
+            }
         }
         if let Some(&id) = self.by_a_call_id.get(call_id) {
             let matches = self.calls.get(&id).is_some_and(|c| c.a.local_tag == to_tag);
@@ -1486,4 +1508,18 @@ fn same_but_targets(a: &[crate::trunk::TrunkConfig], b: &[crate::trunk::TrunkCon
             y.targets.clone_from(&x.targets);
             *x == y
         })
+}
+
+/// Requests of this method (or answers to them) may change a call's state.
+fn calls_method(m: &Method) -> bool {
+    matches!(
+        m,
+        Method::Invite
+            | Method::Ack
+            | Method::Bye
+            | Method::Cancel
+            | Method::Refer
+            | Method::Update
+            | Method::Prack
+    )
 }
