@@ -1089,6 +1089,12 @@ impl SippProcess {
         }
     }
 
+    /// Every message SIPp received so far, in order (read from its live message trace).
+    pub fn received_so_far(&self) -> Vec<String> {
+        let messages = fs::read_to_string(self.dir.path().join("messages.log")).unwrap_or_default();
+        traced(&messages, "message received", " bytes :\n\n")
+    }
+
     /// True while SIPp runs.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -1104,6 +1110,18 @@ impl Drop for SippProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// The messages of a SIPp message trace going one way (`message received` or `message
+/// sent`), in order.
+fn traced(messages: &str, direction: &str, separator: &str) -> Vec<String> {
+    messages
+        .split("----------------------------------------------- ")
+        .filter_map(|chunk| {
+            let (head, body) = chunk.split_once(separator)?;
+            head.contains(direction).then(|| body.trim().to_owned())
+        })
+        .collect()
 }
 
 /// What a finished SIPp run left behind.
@@ -1157,13 +1175,7 @@ impl SippOutcome {
     }
 
     fn traced(&self, direction: &str, separator: &str) -> Vec<String> {
-        self.messages
-            .split("----------------------------------------------- ")
-            .filter_map(|chunk| {
-                let (head, body) = chunk.split_once(separator)?;
-                head.contains(direction).then(|| body.trim().to_owned())
-            })
-            .collect()
+        traced(&self.messages, direction, separator)
     }
 
     /// Status codes of every response SIPp received, in order.
@@ -2690,16 +2702,37 @@ impl SipPhone {
     /// accepted with a 2xx within `wait` per step. Returns the subscription's dialog; the
     /// NOTIFYs come through [`SipPhone::await_notify`].
     pub fn subscribe_mwi(&mut self, wait: Duration) -> Dialog {
+        let ext = self.ext.clone();
+        self.subscribe(
+            &ext,
+            "message-summary",
+            "application/simple-message-summary",
+            wait,
+        )
+        .unwrap_or_else(|resp| panic!("SUBSCRIBE refused:\n{resp}"))
+    }
+
+    /// Subscribes to `event` (`message-summary`, `dialog`, `presence`) of extension
+    /// `watched` for an hour, answering the digest challenge (407 or 401); panics unless
+    /// the SUBSCRIBE is challenged and then answered within `wait` per step. Returns the
+    /// subscription's dialog, or the final answer when it is not a 2xx; the NOTIFYs come
+    /// through [`SipPhone::await_notify`].
+    pub fn subscribe(
+        &mut self,
+        watched: &str,
+        event: &str,
+        accept: &str,
+        wait: Duration,
+    ) -> Result<Dialog, String> {
         let host = self.host();
-        let uri = format!("sip:{}@{host}:{}", self.ext, self.server.port());
-        let call_id = unique("mwi");
+        let uri = format!("sip:{watched}@{host}:{}", self.server.port());
+        let call_id = unique("sub");
         let local_party = format!("<sip:{}@{host}>;tag={}", self.ext, unique("s"));
         let subscribe = |phone: &Self, cseq: u32, auth: &str| {
             format!(
-                "SUBSCRIBE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {local_party}\r\nTo: <sip:{ext}@{host}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: {contact}\r\nEvent: message-summary\r\nAccept: application/simple-message-summary\r\nExpires: 3600\r\nUser-Agent: outpost-tests\r\n{auth}Content-Length: 0\r\n\r\n",
+                "SUBSCRIBE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {local_party}\r\nTo: <sip:{watched}@{host}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: {contact}\r\nEvent: {event}\r\nAccept: {accept}\r\nExpires: 3600\r\nUser-Agent: outpost-tests\r\n{auth}Content-Length: 0\r\n\r\n",
                 local = phone.local,
                 branch = unique("s"),
-                ext = phone.ext,
                 contact = phone.contact(),
             )
         };
@@ -2716,7 +2749,7 @@ impl SipPhone {
         let (challenge, answer) = match status_of(resp.as_bytes()) {
             Some(407) => ("Proxy-Authenticate", "Proxy-Authorization"),
             Some(401) => ("WWW-Authenticate", "Authorization"),
-            _ => panic!("the first SUBSCRIBE must be challenged:\n{resp}"),
+            _ => return Err(resp),
         };
         let challenge = header_value(&resp, challenge)
             .unwrap_or_else(|| panic!("the challenge has no {challenge}:\n{resp}"));
@@ -2736,11 +2769,10 @@ impl SipPhone {
                     self.transcript()
                 )
             });
-        assert!(
-            status_of(resp.as_bytes()).is_some_and(|s| (200..300).contains(&s)),
-            "SUBSCRIBE refused:\n{resp}"
-        );
-        Dialog {
+        if !status_of(resp.as_bytes()).is_some_and(|s| (200..300).contains(&s)) {
+            return Err(resp);
+        }
+        Ok(Dialog {
             call_id,
             local_party,
             remote_party: header_value(&resp, "To").unwrap_or_default(),
@@ -2750,7 +2782,7 @@ impl SipPhone {
             cseq: 2,
             remote_sdp: String::new(),
             answer_sent: None,
-        }
+        })
     }
 
     /// The next NOTIFY of the subscription `call_id` whose CSeq is above `after_cseq`,
