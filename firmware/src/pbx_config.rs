@@ -197,6 +197,10 @@ pub struct FeaturesSection {
     pub pickup: String,
     /// Followed by an extension: picks up the call ringing it.
     pub directed_pickup: String,
+    /// Turns do-not-disturb on for the extension dialling it.
+    pub dnd_on: String,
+    /// Turns do-not-disturb off.
+    pub dnd_off: String,
 }
 
 impl Default for FeaturesSection {
@@ -205,6 +209,8 @@ impl Default for FeaturesSection {
         FeaturesSection {
             pickup: d.pickup,
             directed_pickup: d.directed_pickup,
+            dnd_on: d.dnd_on,
+            dnd_off: d.dnd_off,
         }
     }
 }
@@ -480,6 +486,8 @@ pub fn validate(
     for (key, code) in [
         ("features.pickup", &features.pickup),
         ("features.directed_pickup", &features.directed_pickup),
+        ("features.dnd_on", &features.dnd_on),
+        ("features.dnd_off", &features.dnd_off),
     ] {
         if !code.is_empty() && !is_dial_string(code) {
             return Err(bad(key, "must be digits, * or #"));
@@ -545,5 +553,7 @@ pub fn features(f: &FeaturesSection) -> FeatureCodes {
     FeatureCodes {
         pickup: f.pickup.clone(),
         directed_pickup: f.directed_pickup.clone(),
+        dnd_on: f.dnd_on.clone(),
+        dnd_off: f.dnd_off.clone(),
     }
 }

@@ -271,3 +271,88 @@ fn only_extensions_of_the_box_are_watched_and_only_by_its_extensions() {
         .unwrap_or_else(|| panic!("an unknown package was accepted"));
     assert_eq!(status_of(unknown.as_bytes()), Some(489), "{unknown}");
 }
+
+/// The final status (and reason phrase) of a call from `from` to `number` that no phone
+/// answers.
+fn refused(from: &mut Line, number: &str) -> (u16, String) {
+    let inv = from.sip.invite(number, &from.offer());
+    match from.sip.await_answer(&inv, WAIT) {
+        Ok(_) => panic!("the call to {number} was answered"),
+        Err(None) => panic!("no answer to the call to {number}"),
+        Err(Some(resp)) => {
+            let status = status_of(resp.as_bytes()).unwrap_or(0);
+            let reason = resp
+                .lines()
+                .next()
+                .and_then(|l| l.splitn(3, ' ').nth(2))
+                .unwrap_or_default()
+                .to_owned();
+            (status, reason)
+        }
+    }
+}
+
+/// `ext show EXT`'s do-not-disturb flag, and `ext list`'s.
+fn dnd_shown(daemon: &Daemon, ext: &str) -> (bool, bool) {
+    let show = daemon.ctl_json(&["ext", "show", ext]);
+    let list = daemon.ctl_json(&["ext", "list"]);
+    let listed = list
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["ext"] == ext))
+        .map(|e| e["dnd"] == true);
+    (show["dnd"] == true, listed.unwrap_or(false))
+}
+
+#[test]
+fn do_not_disturb_from_the_admin_or_the_phone_is_busy_shown_and_kept() {
+    let (mut daemon, mut a, mut b) = start();
+    let mut watcher = SipPhone::new(&daemon, WATCHER.0, WATCHER.1);
+    let sub = watcher
+        .subscribe(WATCHED.0, "presence", "application/pidf+xml", WAIT)
+        .unwrap_or_else(|resp| panic!("presence SUBSCRIBE refused:\n{resp}"));
+    let first = watcher
+        .await_notify(&sub.call_id, 0, WAIT)
+        .expect("first NOTIFY");
+    assert!(body_of(&first).contains("<basic>open</basic>"));
+    let mut last = cseq_of(&first).map_or(0, |c| c.0);
+    let mut next_presence = |watcher: &mut SipPhone, what: &str| {
+        let n = watcher
+            .await_notify(&sub.call_id, last, WAIT)
+            .unwrap_or_else(|| panic!("no NOTIFY ({what}):\n{}", watcher.transcript()));
+        last = cseq_of(&n).map_or(0, |c| c.0);
+        body_of(&n).to_owned()
+    };
+
+    // The admin turns it on: presence says closed, the listings say on, callers get busy.
+    daemon.ctl_ok(&["ext", "dnd", WATCHED.0, "on"]);
+    let closed = next_presence(&mut watcher, "dnd on");
+    assert!(closed.contains("<basic>closed</basic>"), "{closed}");
+    assert_eq!(dnd_shown(&daemon, WATCHED.0), (true, true));
+    assert_eq!(refused(&mut a, WATCHED.0).0, 486);
+    assert!(
+        b.sip
+            .await_request("INVITE", Duration::from_millis(500))
+            .is_none(),
+        "201's phone rang in do-not-disturb"
+    );
+
+    // The phone turns it off with *79: its calls ring again.
+    assert_eq!(
+        refused(&mut b, "*79"),
+        (480, "Do Not Disturb Off".to_owned())
+    );
+    let open = next_presence(&mut watcher, "dnd off");
+    assert!(open.contains("<basic>open</basic>"), "{open}");
+    assert_eq!(dnd_shown(&daemon, WATCHED.0), (false, false));
+    call(&daemon, &mut a, &mut b, || {}, || {});
+
+    // *78 turns it on, and it stays on across a restart.
+    assert_eq!(
+        refused(&mut b, "*78"),
+        (480, "Do Not Disturb On".to_owned())
+    );
+    daemon.stop();
+    daemon.restart();
+    assert_eq!(dnd_shown(&daemon, WATCHED.0), (true, true));
+    assert_eq!(refused(&mut a, WATCHED.0).0, 486);
+}

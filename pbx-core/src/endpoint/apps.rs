@@ -309,7 +309,7 @@ impl Endpoint {
         }
         let one: HashSet<String> = [watched.clone()].into_iter().collect();
         let state = self.lamps.get(&watched).cloned().unwrap_or_else(|| {
-            blf::line_states(&self.calls, &self.cfg.groups, &one)
+            blf::line_states(&self.calls, &self.cfg.groups, &self.dnd, &one)
                 .remove(&watched)
                 .unwrap_or_default()
         });
@@ -334,7 +334,7 @@ impl Endpoint {
             return;
         }
         self.lamps.retain(|ext, _| watched.contains(ext));
-        let states = blf::line_states(&self.calls, &self.cfg.groups, &watched);
+        let states = blf::line_states(&self.calls, &self.cfg.groups, &self.dnd, &watched);
         for (ext, state) in states {
             // Unknown after a restart: idle, as the restored subscribers last heard of it
             // unless a call was up across the restart (calls do not survive one).

@@ -52,6 +52,8 @@ pub(super) struct LineDialog {
 /// What one extension is doing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct LineState {
+    /// In do-not-disturb.
+    pub(super) dnd: bool,
     /// Its calls, by call number.
     pub(super) dialogs: Vec<LineDialog>,
 }
@@ -62,21 +64,29 @@ impl LineState {
         !self.dialogs.is_empty()
     }
 
-    /// What a presence watcher sees changes only between idle and busy.
+    /// What a presence watcher sees changes only between idle, busy and do-not-disturb.
     pub(super) fn same_presence(&self, other: &LineState) -> bool {
-        self.busy() == other.busy()
+        self.busy() == other.busy() && self.dnd == other.dnd
     }
 }
 
-/// The state of every extension in `watched`, from the call table (one pass).
+/// The state of every extension in `watched`, from the call table (one pass) and the
+/// extensions in do-not-disturb.
 pub(super) fn line_states(
     calls: &HashMap<u64, Call>,
     groups: &[RingGroup],
+    dnd: &HashSet<String>,
     watched: &HashSet<String>,
 ) -> HashMap<String, LineState> {
     let mut out: HashMap<String, LineState> = watched
         .iter()
-        .map(|e| (e.clone(), LineState::default()))
+        .map(|e| {
+            let state = LineState {
+                dnd: dnd.contains(e),
+                dialogs: Vec::new(),
+            };
+            (e.clone(), state)
+        })
         .collect();
     let mut add = |ext: &str, dialog: LineDialog| {
         if let Some(s) = out.get_mut(ext) {
@@ -167,6 +177,12 @@ pub(super) fn dialog_info(ext: &str, realm: &str, version: u32, state: &LineStat
          <dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"{version}\" \
          state=\"full\" entity=\"{me}\">\r\n"
     );
+    if state.dnd && state.dialogs.is_empty() {
+        // Do-not-disturb lights the lamp as busy: a dialog without a party to pick up.
+        xml.push_str(
+            "<dialog id=\"dnd\" direction=\"recipient\">\r\n<state>confirmed</state>\r\n</dialog>\r\n",
+        );
+    }
     for d in &state.dialogs {
         let other = sip_uri(&d.remote, realm);
         xml.push_str(&format!(
@@ -191,17 +207,19 @@ pub(super) fn dialog_info(ext: &str, realm: &str, version: u32, state: &LineStat
 /// has a call or rings.
 pub(super) fn pidf(ext: &str, realm: &str, state: &LineState) -> String {
     let me = sip_uri(ext, realm);
-    let (note, activity) = if state.busy() {
-        ("On the phone", "<rpid:on-the-phone/>")
+    let (basic, note, activity) = if state.busy() {
+        ("open", "On the phone", "<rpid:on-the-phone/>")
+    } else if state.dnd {
+        ("closed", "Do not disturb", "<rpid:busy/>")
     } else {
-        ("Available", "<rpid:unknown/>")
+        ("open", "Available", "<rpid:unknown/>")
     };
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n\
          <presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
          xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" \
          xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"{me}\">\r\n\
-         <tuple id=\"line\"><status><basic>open</basic></status><contact>{me}</contact>\
+         <tuple id=\"line\"><status><basic>{basic}</basic></status><contact>{me}</contact>\
          <note>{note}</note></tuple>\r\n\
          <dm:person id=\"person\"><rpid:activities>{activity}</rpid:activities></dm:person>\r\n\
          </presence>\r\n"
@@ -214,6 +232,7 @@ mod tests {
 
     fn ringing(call: u64, remote: &str) -> LineState {
         LineState {
+            dnd: false,
             dialogs: vec![LineDialog {
                 call,
                 initiator: false,
@@ -259,5 +278,25 @@ mod tests {
         assert!(busy.contains("<rpid:on-the-phone/>"), "{busy}");
         assert!(!LineState::default().same_presence(&ringing(1, "200")));
         assert!(ringing(1, "200").same_presence(&ringing(2, "300")));
+    }
+
+    #[test]
+    fn do_not_disturb_is_closed_and_a_busy_lamp() {
+        let dnd = LineState {
+            dnd: true,
+            dialogs: Vec::new(),
+        };
+        let p = pidf("201", "pbx", &dnd);
+        assert!(
+            p.contains("<basic>closed</basic>") && p.contains("<rpid:busy/>"),
+            "{p}"
+        );
+        let xml = dialog_info("201", "pbx", 0, &dnd);
+        assert!(xml.contains("<dialog id=\"dnd\""), "{xml}");
+        assert!(
+            xml.contains("<state>confirmed</state>") && !xml.contains("<remote>"),
+            "{xml}"
+        );
+        assert!(!dnd.same_presence(&LineState::default()));
     }
 }

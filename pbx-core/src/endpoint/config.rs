@@ -112,6 +112,10 @@ pub struct FeatureCodes {
     pub pickup: String,
     /// Followed by an extension: picks up the call ringing that extension.
     pub directed_pickup: String,
+    /// Turns do-not-disturb on for the extension that dials it.
+    pub dnd_on: String,
+    /// Turns do-not-disturb off.
+    pub dnd_off: String,
 }
 
 impl Default for FeatureCodes {
@@ -119,6 +123,8 @@ impl Default for FeatureCodes {
         FeatureCodes {
             pickup: "*8".to_string(),
             directed_pickup: "**".to_string(),
+            dnd_on: "*78".to_string(),
+            dnd_off: "*79".to_string(),
         }
     }
 }

@@ -15,6 +15,13 @@ pub enum Event {
     Bindings(Vec<BindingChange>),
     /// Message-waiting subscriptions changed: persist them (they survive a restart).
     Mwi(Vec<MwiChange>),
+    /// An extension turned do-not-disturb on or off with a feature code: persist it.
+    DndChanged {
+        /// The extension.
+        ext: String,
+        /// Do-not-disturb is on.
+        on: bool,
+    },
     /// A call ended: persist its record.
     CallEnded(Cdr),
     /// Tell the relay (open, update or close a call's media).

@@ -101,6 +101,8 @@ pub struct Endpoint {
     step_timers: Deadlines,
     /// Call forwarding per extension.
     forwards: HashMap<String, Forwarding>,
+    /// Extensions in do-not-disturb.
+    dnd: std::collections::HashSet<String>,
     /// Caller-ID per extension on outside calls.
     caller_ids: HashMap<String, String>,
     /// The toll-fraud check for outbound calls.
@@ -147,6 +149,7 @@ impl Endpoint {
             menu_timers: Deadlines::default(),
             step_timers: Deadlines::default(),
             forwards: HashMap::new(),
+            dnd: std::collections::HashSet::new(),
             caller_ids: HashMap::new(),
             gate: None,
             trunks: crate::trunk::Trunks::new(cfg.trunks.clone(), rng.gen(), 0),
@@ -517,6 +520,10 @@ impl Endpoint {
         }
         if let Dest::Pickup(target) = dest {
             self.pickup(now, key, req, src, &caller, target.as_deref());
+            return;
+        }
+        if let Dest::Dnd(on) = dest {
+            self.dnd_code(now, key, &req, src, &caller, on);
             return;
         }
         self.place_call(now, key, req, src, caller, callee, Origin::Extension, dest);
