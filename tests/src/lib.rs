@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod baresip;
 pub mod browser;
 pub mod modgraph;
 pub mod qemu;

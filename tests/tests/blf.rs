@@ -1,15 +1,18 @@
-//! Busy lamps (RFC 4235 dialog package) and presence, against the real daemon: a SIPp
-//! BLF key watches an extension ring, answer and hang up (with and without a daemon
-//! restart between its SUBSCRIBE and the call), a phone watches its presence, and only
-//! extensions of the box may watch or be watched.
+//! Busy lamps (RFC 4235 dialog package), presence and do-not-disturb, against the real
+//! daemon: a SIPp BLF key watches an extension ring, answer and hang up (with and without
+//! a daemon restart between its SUBSCRIBE and the call), a phone and baresip's buddy list
+//! (its `presence` module) watch its presence, only extensions of the box may watch or be
+//! watched, and do-not-disturb (admin and feature codes) makes it busy and survives a
+//! restart.
 
 use std::net::UdpSocket;
 use std::thread;
 use std::time::Duration;
 
+use outpost_tests::baresip::{Baresip, Extras};
 use outpost_tests::{
-    body_of, cseq_of, eventually, header_value, request_method, rtp_pair, sdp_body, status_of,
-    Daemon, DaemonConfig, SipPhone, Sipp, SippProcess,
+    body_of, cseq_of, eventually, header_value, json_str, request_method, rtp_pair, sdp_body,
+    status_of, Daemon, DaemonConfig, SipPhone, Sipp, SippProcess, Transport,
 };
 
 /// The phone that calls.
@@ -355,4 +358,56 @@ fn do_not_disturb_from_the_admin_or_the_phone_is_busy_shown_and_kept() {
     daemon.restart();
     assert_eq!(dnd_shown(&daemon, WATCHED.0), (true, true));
     assert_eq!(refused(&mut a, WATCHED.0).0, 486);
+}
+
+/// baresip's address book line for 201 with its presence status, from `contacts`.
+fn baresip_sees(phone: &mut Baresip) -> String {
+    let listing = phone.command("contacts", "");
+    json_str(&listing, "data")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("sip:201@"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_baresip_buddy_list_sees_a_colleague_busy_on_a_call() {
+    let (daemon, mut a, mut b) = start();
+    let extras = Extras {
+        modules: vec!["contact.so".into(), "presence.so".into()],
+        contacts: vec![format!(
+            "\"Colleague\" <sip:{}@{}>;presence=p2p",
+            WATCHED.0,
+            daemon.sip_addr()
+        )],
+    };
+    let mut watcher = Baresip::start_with(&daemon, WATCHER, Transport::Udp, 440.0, &extras);
+    let status = |phone: &mut Baresip, want: &str, what: &str| {
+        eventually(Duration::from_secs(10), || {
+            let line = baresip_sees(phone);
+            line.to_lowercase().contains(want).then_some(line)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: baresip does not see 201 {want}: {:?}\nbaresip log:\n{}\ndaemon log:\n{}",
+                baresip_sees(phone),
+                phone.log(),
+                daemon.log_text()
+            )
+        })
+    };
+    // Before the first NOTIFY baresip shows "Unknown".
+    status(&mut watcher, "online", "idle");
+    call(
+        &daemon,
+        &mut a,
+        &mut b,
+        || {
+            status(&mut watcher, "busy", "ringing");
+        },
+        || {},
+    );
+    status(&mut watcher, "online", "hung up");
+    watcher.quit();
 }
