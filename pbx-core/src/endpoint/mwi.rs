@@ -127,6 +127,24 @@ pub(super) struct MwiSubscriptions {
     /// Changes not yet taken by [`MwiSubscriptions::take_changes`] (bounded by the calls
     /// between two takes: the endpoint takes them after every input).
     changes: Vec<MwiChange>,
+    /// Dialog and presence subscriptions per watched extension (kept with `subs`, so the
+    /// busy-lamp check after each message does not walk every subscription).
+    watch_counts: HashMap<String, usize>,
+}
+
+/// Counts `sub` in `counts` (`add`) or takes it out, when it watches an extension.
+fn count_watch(counts: &mut HashMap<String, usize>, sub: &MwiSubscription, add: bool) {
+    if sub.package == EventPackage::MessageSummary {
+        return;
+    }
+    if add {
+        *counts.entry(sub.watched.clone()).or_default() += 1;
+    } else if let Some(n) = counts.get_mut(&sub.watched) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&sub.watched);
+        }
+    }
 }
 
 impl MwiSubscriptions {
@@ -136,6 +154,7 @@ impl MwiSubscriptions {
             subs: HashMap::new(),
             max,
             changes: Vec::new(),
+            watch_counts: HashMap::new(),
         }
     }
 
@@ -155,7 +174,10 @@ impl MwiSubscriptions {
                 .flatten();
             match sub {
                 Some(sub) => {
-                    self.subs.insert(r.call_id, sub);
+                    count_watch(&mut self.watch_counts, &sub, true);
+                    if let Some(old) = self.subs.insert(r.call_id, sub) {
+                        count_watch(&mut self.watch_counts, &old, false);
+                    }
                 }
                 None => self.changes.push(MwiChange::Remove(r.call_id)),
             }
@@ -197,11 +219,7 @@ impl MwiSubscriptions {
 
     /// The extensions that dialog or presence subscriptions watch.
     pub(super) fn watched(&self) -> std::collections::HashSet<String> {
-        self.subs
-            .values()
-            .filter(|s| s.package != EventPackage::MessageSummary)
-            .map(|s| s.watched.clone())
-            .collect()
+        self.watch_counts.keys().cloned().collect()
     }
 
     /// The system clock was stepped by `delta_ms`: every subscription keeps the time it
@@ -216,10 +234,12 @@ impl MwiSubscriptions {
     /// Drops the subscriptions that expired by `now`.
     pub(super) fn expire(&mut self, now: Millis) {
         let changes = &mut self.changes;
+        let counts = &mut self.watch_counts;
         self.subs.retain(|call_id, s| {
             let live = s.expires_at > now;
             if !live {
                 changes.push(MwiChange::Remove(call_id.clone()));
+                count_watch(counts, s, false);
             }
             live
         });
@@ -296,24 +316,28 @@ impl MwiSubscriptions {
             first_contact_uri(&req.headers).unwrap_or_else(|| req.headers.from.uri.clone());
         // A refresh continues the dialog's CSeq.
         let cseq = self.subs.get(&call_id).map_or(0, |s| s.cseq);
-        self.subs.insert(
-            call_id.clone(),
-            MwiSubscription {
-                mailbox: user,
-                package: watch.package,
-                watched: watch.watched,
-                local_tag,
-                local_uri,
-                remote_uri: req.headers.from.clone(),
-                target,
-                peer: src,
-                expires_at: now.saturating_add(u64::from(expires) * 1000),
-                cseq,
-            },
-        );
+        let sub = MwiSubscription {
+            mailbox: user,
+            package: watch.package,
+            watched: watch.watched,
+            local_tag,
+            local_uri,
+            remote_uri: req.headers.from.clone(),
+            target,
+            peer: src,
+            expires_at: now.saturating_add(u64::from(expires) * 1000),
+            cseq,
+        };
+        count_watch(&mut self.watch_counts, &sub, true);
+        if let Some(old) = self.subs.insert(call_id.clone(), sub) {
+            count_watch(&mut self.watch_counts, &old, false);
+        }
         self.notify(now, sig, &call_id, expires == 0, content, realm);
-        if expires == 0 && self.subs.remove(&call_id).is_some() {
-            self.changes.push(MwiChange::Remove(call_id));
+        if expires == 0 {
+            if let Some(old) = self.subs.remove(&call_id) {
+                count_watch(&mut self.watch_counts, &old, false);
+                self.changes.push(MwiChange::Remove(call_id));
+            }
         }
     }
 
@@ -720,6 +744,115 @@ mod tests {
         assert!(out[0].starts_with("SIP/2.0 200"));
         assert_eq!(mwi.len(), 2);
         assert!(mwi.subscribers_of("100").iter().all(|c| c != "c4"));
+    }
+
+    #[test]
+    fn dialog_watches_are_counted_capped_and_notified_with_versions() {
+        let mut sig = signalling();
+        let mut table = MwiSubscriptions::new(1_000);
+        let watch = || Watch {
+            subscriber: "100".into(),
+            package: EventPackage::Dialog,
+            watched: "201".into(),
+        };
+        let idle = LineState::default();
+        let (key, req) = subscribe(&mut sig, 0, "c1", "201", 60, None);
+        table.on_subscribe(
+            0,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            watch(),
+            Content::Line(&idle),
+            "pbx",
+        );
+        let out = sent(&mut sig);
+        assert!(out[0].starts_with("SIP/2.0 200"), "{}", out[0]);
+        assert!(out[1].contains("Event: dialog\r\n"), "{}", out[1]);
+        assert!(out[1].contains("Content-Type: application/dialog-info+xml"));
+        assert!(out[1].contains("version=\"0\""), "{}", out[1]);
+        assert_eq!(table.watched().into_iter().collect::<Vec<_>>(), vec!["201"]);
+        assert_eq!(
+            table.watchers_of("201"),
+            vec![("c1".to_string(), EventPackage::Dialog)]
+        );
+        assert!(
+            table.subscribers_of("100").is_empty(),
+            "not a mailbox subscription"
+        );
+        table.notify(1_000, &mut sig, "c1", false, Content::Line(&idle), "pbx");
+        let out = sent(&mut sig);
+        assert!(out[0].contains("version=\"1\""), "{}", out[0]);
+        // A message-summary body is never sent in a dialog subscription.
+        table.notify(
+            1_000,
+            &mut sig,
+            "c1",
+            false,
+            Content::Summary((1, 0)),
+            "pbx",
+        );
+        assert!(sent(&mut sig).is_empty());
+
+        // Another extension's SUBSCRIBE cannot take over the Call-ID.
+        let (key, req) = subscribe(&mut sig, 2_000, "c1", "201", 60, None);
+        let other = Watch {
+            subscriber: "300".into(),
+            ..watch()
+        };
+        table.on_subscribe(
+            2_000,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            other,
+            Content::Line(&idle),
+            "pbx",
+        );
+        assert!(sent(&mut sig)[0].starts_with("SIP/2.0 403"));
+
+        // 200 watches per subscriber; the 201st is refused.
+        for i in 1..MAX_WATCHES_PER_SUBSCRIBER {
+            let id = format!("w{i}");
+            let (key, req) = subscribe(&mut sig, 3_000, &id, "201", 60, None);
+            table.on_subscribe(
+                3_000,
+                &mut sig,
+                key,
+                &req,
+                peer(),
+                watch(),
+                Content::Line(&idle),
+                "pbx",
+            );
+        }
+        assert_eq!(table.len(), MAX_WATCHES_PER_SUBSCRIBER);
+        sent(&mut sig);
+        let (key, req) = subscribe(&mut sig, 3_000, "one-more", "201", 60, None);
+        table.on_subscribe(
+            3_000,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            watch(),
+            Content::Line(&idle),
+            "pbx",
+        );
+        let out = sent(&mut sig);
+        assert!(
+            out[0].starts_with("SIP/2.0 403 Too Many Subscriptions"),
+            "{}",
+            out[0]
+        );
+        assert_eq!(table.len(), MAX_WATCHES_PER_SUBSCRIBER);
+
+        // They end: nothing is watched any more.
+        table.expire(63_001);
+        assert_eq!(table.len(), 0);
+        assert!(table.watched().is_empty());
     }
 
     #[test]
