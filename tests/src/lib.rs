@@ -2727,19 +2727,64 @@ impl SipPhone {
     ) -> Result<Dialog, String> {
         let host = self.host();
         let uri = format!("sip:{watched}@{host}:{}", self.server.port());
-        let call_id = unique("sub");
-        let local_party = format!("<sip:{}@{host}>;tag={}", self.ext, unique("s"));
-        let subscribe = |phone: &Self, cseq: u32, auth: &str| {
+        let mut dialog = Dialog {
+            call_id: unique("sub"),
+            local_party: format!("<sip:{}@{host}>;tag={}", self.ext, unique("s")),
+            remote_party: format!("<sip:{watched}@{host}>"),
+            remote_target: uri,
+            cseq: 0,
+            remote_sdp: String::new(),
+            answer_sent: None,
+        };
+        let resp = self.subscribe_exchange(&mut dialog, event, accept, 3600, wait)?;
+        dialog.remote_party = header_value(&resp, "To").unwrap_or_default();
+        if let Some(contact) = header_value(&resp, "Contact") {
+            dialog.remote_target = uri_in(&contact);
+        }
+        Ok(dialog)
+    }
+
+    /// Refreshes (or with `expires` 0 ends) the subscription `dialog` to `event`: an
+    /// in-dialog SUBSCRIBE, challenged and sent again with credentials. Returns the 2xx,
+    /// or the final answer when it is not one.
+    pub fn resubscribe(
+        &mut self,
+        dialog: &mut Dialog,
+        event: &str,
+        accept: &str,
+        expires: u32,
+        wait: Duration,
+    ) -> Result<String, String> {
+        self.subscribe_exchange(dialog, event, accept, expires, wait)
+    }
+
+    /// SUBSCRIBE in `dialog` (a new one while its remote party has no tag), answering the
+    /// digest challenge (407 or 401); panics when an answer does not come within `wait`.
+    fn subscribe_exchange(
+        &mut self,
+        dialog: &mut Dialog,
+        event: &str,
+        accept: &str,
+        expires: u32,
+        wait: Duration,
+    ) -> Result<String, String> {
+        let subscribe = |phone: &Self, dialog: &Dialog, auth: &str| {
             format!(
-                "SUBSCRIBE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {local_party}\r\nTo: <sip:{watched}@{host}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: {contact}\r\nEvent: {event}\r\nAccept: {accept}\r\nExpires: 3600\r\nUser-Agent: outpost-tests\r\n{auth}Content-Length: 0\r\n\r\n",
+                "SUBSCRIBE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: {contact}\r\nEvent: {event}\r\nAccept: {accept}\r\nExpires: {expires}\r\nUser-Agent: outpost-tests\r\n{auth}Content-Length: 0\r\n\r\n",
+                uri = dialog.remote_target,
                 local = phone.local,
                 branch = unique("s"),
+                from = dialog.local_party,
+                to = dialog.remote_party,
+                call_id = dialog.call_id,
+                cseq = dialog.cseq,
                 contact = phone.contact(),
             )
         };
-        self.send(&subscribe(self, 1, ""));
+        dialog.cseq += 1;
+        self.send(&subscribe(self, dialog, ""));
         let resp = self
-            .await_final(&call_id, 1, "SUBSCRIBE", wait)
+            .await_final(&dialog.call_id, dialog.cseq, "SUBSCRIBE", wait)
             .unwrap_or_else(|| {
                 panic!(
                     "no answer to the SUBSCRIBE of {}; received:\n{}",
@@ -2754,15 +2799,21 @@ impl SipPhone {
         };
         let challenge = header_value(&resp, challenge)
             .unwrap_or_else(|| panic!("the challenge has no {challenge}:\n{resp}"));
-        let authorization =
-            digest_authorization(&challenge, "SUBSCRIBE", &uri, &self.ext, &self.password);
+        let authorization = digest_authorization(
+            &challenge,
+            "SUBSCRIBE",
+            &dialog.remote_target,
+            &self.ext,
+            &self.password,
+        );
+        dialog.cseq += 1;
         self.send(&subscribe(
             self,
-            2,
+            dialog,
             &format!("{answer}: {authorization}\r\n"),
         ));
         let resp = self
-            .await_final(&call_id, 2, "SUBSCRIBE", wait)
+            .await_final(&dialog.call_id, dialog.cseq, "SUBSCRIBE", wait)
             .unwrap_or_else(|| {
                 panic!(
                     "no answer to the authenticated SUBSCRIBE of {}; received:\n{}",
@@ -2770,20 +2821,11 @@ impl SipPhone {
                     self.transcript()
                 )
             });
-        if !status_of(resp.as_bytes()).is_some_and(|s| (200..300).contains(&s)) {
-            return Err(resp);
+        if status_of(resp.as_bytes()).is_some_and(|s| (200..300).contains(&s)) {
+            Ok(resp)
+        } else {
+            Err(resp)
         }
-        Ok(Dialog {
-            call_id,
-            local_party,
-            remote_party: header_value(&resp, "To").unwrap_or_default(),
-            remote_target: header_value(&resp, "Contact")
-                .map(|c| uri_in(&c))
-                .unwrap_or(uri),
-            cseq: 2,
-            remote_sdp: String::new(),
-            answer_sent: None,
-        })
     }
 
     /// The next NOTIFY of the subscription `call_id` whose CSeq is above `after_cseq`,

@@ -214,8 +214,9 @@ fn presence_of_an_extension_is_on_the_phone_while_it_rings_or_talks() {
     let sub = watcher
         .subscribe(WATCHED.0, "presence", "application/pidf+xml", WAIT)
         .unwrap_or_else(|resp| panic!("presence SUBSCRIBE refused:\n{resp}"));
+    let call_id = sub.call_id.clone();
     let first = watcher
-        .await_notify(&sub.call_id, 0, WAIT)
+        .await_notify(&call_id, 0, WAIT)
         .unwrap_or_else(|| panic!("no first NOTIFY:\n{}", watcher.transcript()));
     assert_eq!(
         header_value(&first, "Content-Type").as_deref(),
@@ -247,6 +248,33 @@ fn presence_of_an_extension_is_on_the_phone_while_it_rings_or_talks() {
     assert!(busy.contains("<rpid:on-the-phone/>"), "{busy}");
     let idle = next("hung up");
     assert!(!idle.contains("on-the-phone"), "{idle}");
+    drop(next);
+
+    // A refresh (in the dialog, whose Request-URI is the box's Contact) keeps it, with a
+    // NOTIFY of the current state; Expires: 0 ends it with a last NOTIFY.
+    let mut sub = sub;
+    let ok = watcher
+        .resubscribe(&mut sub, "presence", "application/pidf+xml", 600, WAIT)
+        .unwrap_or_else(|resp| panic!("the refresh was refused:\n{resp}"));
+    assert_eq!(header_value(&ok, "Expires").as_deref(), Some("600"), "{ok}");
+    let refreshed = watcher
+        .await_notify(&sub.call_id, last, WAIT)
+        .unwrap_or_else(|| panic!("no NOTIFY after the refresh:\n{}", watcher.transcript()));
+    assert!(
+        header_value(&refreshed, "Subscription-State").is_some_and(|s| s.starts_with("active")),
+        "{refreshed}"
+    );
+    let last = cseq_of(&refreshed).map_or(0, |c| c.0);
+    watcher
+        .resubscribe(&mut sub, "presence", "application/pidf+xml", 0, WAIT)
+        .unwrap_or_else(|resp| panic!("the unsubscribe was refused:\n{resp}"));
+    let ended = watcher
+        .await_notify(&sub.call_id, last, WAIT)
+        .unwrap_or_else(|| panic!("no last NOTIFY:\n{}", watcher.transcript()));
+    assert!(
+        header_value(&ended, "Subscription-State").is_some_and(|s| s.starts_with("terminated")),
+        "{ended}"
+    );
 }
 
 #[test]

@@ -302,7 +302,11 @@ impl Endpoint {
             self.flush_mwi();
             return;
         }
-        let watched = req.uri.user().unwrap_or_default().to_string();
+        let in_dialog = req.headers.to.tag().is_some();
+        let watched = match self.mwi.watched_by(&req.headers.call_id) {
+            Some(ext) if in_dialog => ext,
+            _ => req.uri.user().unwrap_or_default().to_string(),
+        };
         if !self.accounts.has_user(&watched) {
             self.sig.reply(now, &key, &req, src, 404, None);
             return;

@@ -199,6 +199,12 @@ impl MwiSubscriptions {
             .map(|s| s.package)
     }
 
+    /// The extension the subscription `call_id` watches (a refresh's Request-URI is our
+    /// Contact, which names no extension).
+    pub(super) fn watched_by(&self, call_id: &str) -> Option<String> {
+        self.subs.get(call_id).map(|s| s.watched.clone())
+    }
+
     /// The Call-IDs of the message-summary subscriptions to `mailbox`.
     pub(super) fn subscribers_of(&self, mailbox: &str) -> Vec<String> {
         self.subs
