@@ -2736,7 +2736,7 @@ impl SipPhone {
             remote_sdp: String::new(),
             answer_sent: None,
         };
-        let resp = self.subscribe_exchange(&mut dialog, event, accept, 3600, wait)?;
+        let resp = self.resubscribe(&mut dialog, event, accept, 3600, wait)?;
         dialog.remote_party = header_value(&resp, "To").unwrap_or_default();
         if let Some(contact) = header_value(&resp, "Contact") {
             dialog.remote_target = uri_in(&contact);
@@ -2744,23 +2744,11 @@ impl SipPhone {
         Ok(dialog)
     }
 
-    /// Refreshes (or with `expires` 0 ends) the subscription `dialog` to `event`: an
-    /// in-dialog SUBSCRIBE, challenged and sent again with credentials. Returns the 2xx,
-    /// or the final answer when it is not one.
+    /// SUBSCRIBE in `dialog` for `expires` seconds, answering the digest challenge (407 or
+    /// 401): a new subscription while the remote party has no tag, else a refresh (or with
+    /// `expires` 0 its end). Returns the 2xx, or the final answer when it is not one;
+    /// panics when an answer does not come within `wait`.
     pub fn resubscribe(
-        &mut self,
-        dialog: &mut Dialog,
-        event: &str,
-        accept: &str,
-        expires: u32,
-        wait: Duration,
-    ) -> Result<String, String> {
-        self.subscribe_exchange(dialog, event, accept, expires, wait)
-    }
-
-    /// SUBSCRIBE in `dialog` (a new one while its remote party has no tag), answering the
-    /// digest challenge (407 or 401); panics when an answer does not come within `wait`.
-    fn subscribe_exchange(
         &mut self,
         dialog: &mut Dialog,
         event: &str,

@@ -248,33 +248,26 @@ fn presence_of_an_extension_is_on_the_phone_while_it_rings_or_talks() {
     assert!(busy.contains("<rpid:on-the-phone/>"), "{busy}");
     let idle = next("hung up");
     assert!(!idle.contains("on-the-phone"), "{idle}");
-    drop(next);
 
     // A refresh (in the dialog, whose Request-URI is the box's Contact) keeps it, with a
     // NOTIFY of the current state; Expires: 0 ends it with a last NOTIFY.
     let mut sub = sub;
-    let ok = watcher
-        .resubscribe(&mut sub, "presence", "application/pidf+xml", 600, WAIT)
-        .unwrap_or_else(|resp| panic!("the refresh was refused:\n{resp}"));
-    assert_eq!(header_value(&ok, "Expires").as_deref(), Some("600"), "{ok}");
-    let refreshed = watcher
-        .await_notify(&sub.call_id, last, WAIT)
-        .unwrap_or_else(|| panic!("no NOTIFY after the refresh:\n{}", watcher.transcript()));
-    assert!(
-        header_value(&refreshed, "Subscription-State").is_some_and(|s| s.starts_with("active")),
-        "{refreshed}"
-    );
-    let last = cseq_of(&refreshed).map_or(0, |c| c.0);
-    watcher
-        .resubscribe(&mut sub, "presence", "application/pidf+xml", 0, WAIT)
-        .unwrap_or_else(|resp| panic!("the unsubscribe was refused:\n{resp}"));
-    let ended = watcher
-        .await_notify(&sub.call_id, last, WAIT)
-        .unwrap_or_else(|| panic!("no last NOTIFY:\n{}", watcher.transcript()));
-    assert!(
-        header_value(&ended, "Subscription-State").is_some_and(|s| s.starts_with("terminated")),
-        "{ended}"
-    );
+    let mut after = last;
+    for (expires, state) in [(600, "active"), (0, "terminated")] {
+        let ok = watcher
+            .resubscribe(&mut sub, "presence", "application/pidf+xml", expires, WAIT)
+            .unwrap_or_else(|resp| panic!("Expires: {expires} was refused:\n{resp}"));
+        let granted = expires.to_string();
+        assert_eq!(header_value(&ok, "Expires"), Some(granted), "{ok}");
+        let notify = watcher
+            .await_notify(&sub.call_id, after, WAIT)
+            .unwrap_or_else(|| panic!("no NOTIFY after Expires: {expires}"));
+        assert!(
+            header_value(&notify, "Subscription-State").is_some_and(|s| s.starts_with(state)),
+            "{notify}"
+        );
+        after = cseq_of(&notify).map_or(0, |c| c.0);
+    }
 }
 
 #[test]
