@@ -67,7 +67,7 @@ use sdes::{requires_srtp, without_sdes, InsecureSrtpLog};
 use signalling::{first_contact_uri, host_text, ClientRole, Signalling};
 
 /// Methods we answer, for Allow headers.
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, SUBSCRIBE";
 /// Upper bound on simultaneous calls; beyond it new calls get 503 (bounded memory).
 const MAX_CALLS: usize = 20_000;
 /// Retry-After of the 503 sent when the server transaction table is full: long enough for
@@ -435,8 +435,12 @@ impl Endpoint {
     fn bad_event(&mut self, now: Millis, key: TxKey, req: &Request, src: Peer) {
         let mut resp = Response::to_request(req, 489, Some(&self.sig.new_tag()));
         resp.reason = "Bad Event".to_string();
-        resp.headers
-            .push("Allow-Events", "message-summary, dialog, presence");
+        let packages = if self.cfg.voicemail.is_some() {
+            "message-summary, dialog, presence"
+        } else {
+            "dialog, presence"
+        };
+        resp.headers.push("Allow-Events", packages);
         self.sig.send(now, &key, resp, src);
     }
 
