@@ -674,6 +674,12 @@ impl Daemon {
                     }
                 }
             }
+            let dnd = self
+                .store
+                .meta_get(&crate::admin::control::dnd_key(&rec.ext))?;
+            if dnd.is_some_and(|v| v == b"on") {
+                self.endpoint.set_dnd(now, &rec.ext, true);
+            }
             if let Some(json) = self.store.meta_get(&format!("fwd:{}", rec.ext))? {
                 match serde_json::from_slice::<Forwarding>(&json) {
                     Ok(fwd) => self.endpoint.set_forwarding(&rec.ext, fwd),
@@ -844,6 +850,12 @@ impl Daemon {
                     }
                 }
                 Event::AuthSucceeded { .. } => {}
+                Event::DndChanged { ext, on } => {
+                    let key = crate::admin::control::dnd_key(&ext);
+                    if let Err(err) = self.store.meta_put(&key, if on { b"on" } else { b"" }) {
+                        tracing::error!(%ext, %err, "cannot store do-not-disturb");
+                    }
+                }
                 Event::VoicemailHeard { id } => match self.store.vm_mark_heard(id) {
                     Ok(Some(mailbox)) => self.mailboxes.push(mailbox),
                     Ok(None) => {}

@@ -205,6 +205,10 @@ pub struct FeaturesSection {
     pub park_slots: u32,
     /// A parked call rings back the phone that parked it after this long, 10-3600 s.
     pub park_timeout_secs: u64,
+    /// Turns do-not-disturb on for the extension dialling it.
+    pub dnd_on: String,
+    /// Turns do-not-disturb off.
+    pub dnd_off: String,
 }
 
 impl Default for FeaturesSection {
@@ -217,6 +221,8 @@ impl Default for FeaturesSection {
             park_first: d.park_first,
             park_slots: d.park_slots,
             park_timeout_secs: d.park_timeout_ms / 1000,
+            dnd_on: d.dnd_on,
+            dnd_off: d.dnd_off,
         }
     }
 }
@@ -493,6 +499,8 @@ pub fn validate(
         ("features.pickup", &features.pickup),
         ("features.directed_pickup", &features.directed_pickup),
         ("features.park", &features.park),
+        ("features.dnd_on", &features.dnd_on),
+        ("features.dnd_off", &features.dnd_off),
     ] {
         if !code.is_empty() && !is_dial_string(code) {
             return Err(bad(key, "must be digits, * or #"));
@@ -589,5 +597,7 @@ pub fn features(f: &FeaturesSection) -> FeatureCodes {
         park_first: f.park_first,
         park_slots: f.park_slots,
         park_timeout_ms: f.park_timeout_secs.saturating_mul(1000),
+        dnd_on: f.dnd_on.clone(),
+        dnd_off: f.dnd_off.clone(),
     }
 }

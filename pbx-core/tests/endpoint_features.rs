@@ -1732,3 +1732,74 @@ fn held_caller_hears_music_while_the_callee_makes_another_call_then_is_resumed()
     hang_up(&mut sim, &mut a, &mut x.a, &b, &b_call_id);
     assert_drained(&mut sim, &[&a, &b, &c]);
 }
+
+#[test]
+fn do_not_disturb_is_busy_skips_group_rings_and_is_set_by_feature_codes() {
+    let mut sim = pbx(
+        vec![group(
+            "600",
+            &["101", "102"],
+            RingStrategy::Simultaneous,
+            10_000,
+            60_000,
+            None,
+        )],
+        false,
+        false,
+    );
+    let mut a = phone(&mut sim, "100");
+    let mut b = phone(&mut sim, "101");
+    let c = phone(&mut sim, "102");
+
+    // 101 dials *78: 480 "Do Not Disturb On", the change is reported for the store.
+    let _leg = offer(&mut sim, &mut b, "*78");
+    let f = finals(&mut sim, &b);
+    assert_eq!(f.len(), 1);
+    assert_eq!(
+        (f[0].status, f[0].reason.as_str()),
+        (480, "Do Not Disturb On")
+    );
+    assert!(sim.ep.dnd("101"));
+    assert!(sim
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::DndChanged { ext, on: true } if ext == "101")));
+
+    // A direct call: no ring, busy forwarding applies.
+    sim.ep
+        .set_forwarding("101", forwarding(None, Some("102"), None, 0));
+    let _leg = dial(&mut sim, &mut a, "101");
+    assert!(
+        sim.take(b.addr)
+            .iter()
+            .all(|m| !matches!(m, Message::Request(r) if r.method == Method::Invite)),
+        "101's phone does not ring"
+    );
+    let ic = invite_to(&mut sim, &c);
+    decline(&mut sim, &c, &ic, 486);
+    failed_with(&mut sim, &mut a, &_leg, 486);
+
+    // Without busy forwarding and voicemail: 486 at once.
+    sim.ep.set_forwarding("101", Forwarding::default());
+    let leg = offer(&mut sim, &mut a, "101");
+    failed_with(&mut sim, &mut a, &leg, 486);
+
+    // The group rings only 102.
+    let _leg = dial(&mut sim, &mut a, "600");
+    let _ic = invite_to(&mut sim, &c);
+    assert!(
+        sim.take(b.addr)
+            .iter()
+            .all(|m| !matches!(m, Message::Request(r) if r.method == Method::Invite)),
+        "the group skips 101"
+    );
+
+    // *79 turns it off.
+    let _leg = offer(&mut sim, &mut b, "*79");
+    let f = finals(&mut sim, &b);
+    assert_eq!(
+        (f[0].status, f[0].reason.as_str()),
+        (480, "Do Not Disturb Off")
+    );
+    assert!(!sim.ep.dnd("101"));
+}

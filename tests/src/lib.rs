@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod baresip;
 pub mod browser;
 pub mod modgraph;
 pub mod qemu;
@@ -1089,6 +1090,12 @@ impl SippProcess {
         }
     }
 
+    /// Every message SIPp received so far, in order (read from its live message trace).
+    pub fn received_so_far(&self) -> Vec<String> {
+        let messages = fs::read_to_string(self.dir.path().join("messages.log")).unwrap_or_default();
+        traced(&messages, "message received", " bytes :\n\n")
+    }
+
     /// True while SIPp runs.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -1104,6 +1111,18 @@ impl Drop for SippProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// The messages of a SIPp message trace going one way (`message received` or `message
+/// sent`), in order.
+fn traced(messages: &str, direction: &str, separator: &str) -> Vec<String> {
+    messages
+        .split("----------------------------------------------- ")
+        .filter_map(|chunk| {
+            let (head, body) = chunk.split_once(separator)?;
+            head.contains(direction).then(|| body.trim().to_owned())
+        })
+        .collect()
 }
 
 /// What a finished SIPp run left behind.
@@ -1157,13 +1176,7 @@ impl SippOutcome {
     }
 
     fn traced(&self, direction: &str, separator: &str) -> Vec<String> {
-        self.messages
-            .split("----------------------------------------------- ")
-            .filter_map(|chunk| {
-                let (head, body) = chunk.split_once(separator)?;
-                head.contains(direction).then(|| body.trim().to_owned())
-            })
-            .collect()
+        traced(&self.messages, direction, separator)
     }
 
     /// Status codes of every response SIPp received, in order.
@@ -2733,22 +2746,76 @@ impl SipPhone {
     /// accepted with a 2xx within `wait` per step. Returns the subscription's dialog; the
     /// NOTIFYs come through [`SipPhone::await_notify`].
     pub fn subscribe_mwi(&mut self, wait: Duration) -> Dialog {
+        let ext = self.ext.clone();
+        self.subscribe(
+            &ext,
+            "message-summary",
+            "application/simple-message-summary",
+            wait,
+        )
+        .unwrap_or_else(|resp| panic!("SUBSCRIBE refused:\n{resp}"))
+    }
+
+    /// Subscribes to `event` (`message-summary`, `dialog`, `presence`) of extension
+    /// `watched` for an hour, answering the digest challenge (407 or 401); panics unless
+    /// the SUBSCRIBE is challenged and then answered within `wait` per step. Returns the
+    /// subscription's dialog, or the final answer when it is not a 2xx; the NOTIFYs come
+    /// through [`SipPhone::await_notify`].
+    pub fn subscribe(
+        &mut self,
+        watched: &str,
+        event: &str,
+        accept: &str,
+        wait: Duration,
+    ) -> Result<Dialog, String> {
         let host = self.host();
-        let uri = format!("sip:{}@{host}:{}", self.ext, self.server.port());
-        let call_id = unique("mwi");
-        let local_party = format!("<sip:{}@{host}>;tag={}", self.ext, unique("s"));
-        let subscribe = |phone: &Self, cseq: u32, auth: &str| {
+        let uri = format!("sip:{watched}@{host}:{}", self.server.port());
+        let mut dialog = Dialog {
+            call_id: unique("sub"),
+            local_party: format!("<sip:{}@{host}>;tag={}", self.ext, unique("s")),
+            remote_party: format!("<sip:{watched}@{host}>"),
+            remote_target: uri,
+            cseq: 0,
+            remote_sdp: String::new(),
+            answer_sent: None,
+        };
+        let resp = self.resubscribe(&mut dialog, event, accept, 3600, wait)?;
+        dialog.remote_party = header_value(&resp, "To").unwrap_or_default();
+        if let Some(contact) = header_value(&resp, "Contact") {
+            dialog.remote_target = uri_in(&contact);
+        }
+        Ok(dialog)
+    }
+
+    /// SUBSCRIBE in `dialog` for `expires` seconds, answering the digest challenge (407 or
+    /// 401): a new subscription while the remote party has no tag, else a refresh (or with
+    /// `expires` 0 its end). Returns the 2xx, or the final answer when it is not one;
+    /// panics when an answer does not come within `wait`.
+    pub fn resubscribe(
+        &mut self,
+        dialog: &mut Dialog,
+        event: &str,
+        accept: &str,
+        expires: u32,
+        wait: Duration,
+    ) -> Result<String, String> {
+        let subscribe = |phone: &Self, dialog: &Dialog, auth: &str| {
             format!(
-                "SUBSCRIBE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {local_party}\r\nTo: <sip:{ext}@{host}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: {contact}\r\nEvent: message-summary\r\nAccept: application/simple-message-summary\r\nExpires: 3600\r\nUser-Agent: outpost-tests\r\n{auth}Content-Length: 0\r\n\r\n",
+                "SUBSCRIBE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: {contact}\r\nEvent: {event}\r\nAccept: {accept}\r\nExpires: {expires}\r\nUser-Agent: outpost-tests\r\n{auth}Content-Length: 0\r\n\r\n",
+                uri = dialog.remote_target,
                 local = phone.local,
                 branch = unique("s"),
-                ext = phone.ext,
+                from = dialog.local_party,
+                to = dialog.remote_party,
+                call_id = dialog.call_id,
+                cseq = dialog.cseq,
                 contact = phone.contact(),
             )
         };
-        self.send(&subscribe(self, 1, ""));
+        dialog.cseq += 1;
+        self.send(&subscribe(self, dialog, ""));
         let resp = self
-            .await_final(&call_id, 1, "SUBSCRIBE", wait)
+            .await_final(&dialog.call_id, dialog.cseq, "SUBSCRIBE", wait)
             .unwrap_or_else(|| {
                 panic!(
                     "no answer to the SUBSCRIBE of {}; received:\n{}",
@@ -2759,19 +2826,25 @@ impl SipPhone {
         let (challenge, answer) = match status_of(resp.as_bytes()) {
             Some(407) => ("Proxy-Authenticate", "Proxy-Authorization"),
             Some(401) => ("WWW-Authenticate", "Authorization"),
-            _ => panic!("the first SUBSCRIBE must be challenged:\n{resp}"),
+            _ => return Err(resp),
         };
         let challenge = header_value(&resp, challenge)
             .unwrap_or_else(|| panic!("the challenge has no {challenge}:\n{resp}"));
-        let authorization =
-            digest_authorization(&challenge, "SUBSCRIBE", &uri, &self.ext, &self.password);
+        let authorization = digest_authorization(
+            &challenge,
+            "SUBSCRIBE",
+            &dialog.remote_target,
+            &self.ext,
+            &self.password,
+        );
+        dialog.cseq += 1;
         self.send(&subscribe(
             self,
-            2,
+            dialog,
             &format!("{answer}: {authorization}\r\n"),
         ));
         let resp = self
-            .await_final(&call_id, 2, "SUBSCRIBE", wait)
+            .await_final(&dialog.call_id, dialog.cseq, "SUBSCRIBE", wait)
             .unwrap_or_else(|| {
                 panic!(
                     "no answer to the authenticated SUBSCRIBE of {}; received:\n{}",
@@ -2779,20 +2852,10 @@ impl SipPhone {
                     self.transcript()
                 )
             });
-        assert!(
-            status_of(resp.as_bytes()).is_some_and(|s| (200..300).contains(&s)),
-            "SUBSCRIBE refused:\n{resp}"
-        );
-        Dialog {
-            call_id,
-            local_party,
-            remote_party: header_value(&resp, "To").unwrap_or_default(),
-            remote_target: header_value(&resp, "Contact")
-                .map(|c| uri_in(&c))
-                .unwrap_or(uri),
-            cseq: 2,
-            remote_sdp: String::new(),
-            answer_sent: None,
+        if status_of(resp.as_bytes()).is_some_and(|s| (200..300).contains(&s)) {
+            Ok(resp)
+        } else {
+            Err(resp)
         }
     }
 

@@ -3,33 +3,25 @@
 //! default configuration, 100 calls 101, 101 answers, and each side's microphone (a WAV
 //! file: 440 Hz at 100, 1 kHz at 101) must reach the other through Outpost's RTP relay.
 //!
-//! baresip is driven over its `ctrl_tcp` module: netstring-framed JSON, commands
-//! `{"command":"dial","params":"101","token":"…"}` answered by `{"response":true,"ok":…,
-//! "token":"…"}`, and events (`{"event":true,"type":"CALL_ESTABLISHED",…}`) on the same
-//! connection. Audio: the `aufile` module plays the tone as the microphone, `sndfile` dumps
-//! what each phone decoded to `dump-*-dec.wav`, and `aubridge` stands in for the sound card
-//! (the test machine has none).
+//! baresip is driven over its `ctrl_tcp` module ([`outpost_tests::baresip`]). Audio: the
+//! `aufile` module plays the tone as the microphone, `sndfile` dumps what each phone decoded
+//! to `dump-*-dec.wav`, and `aubridge` stands in for the sound card (the test machine has
+//! none).
 
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{json, Value};
-use tempfile::TempDir;
+use serde_json::Value;
 
-use outpost_tests::{eventually, free_port, json_str, tone_amplitude, Daemon, Transport};
+use outpost_tests::baresip::{Baresip, RATE};
+use outpost_tests::{eventually, json_str, tone_amplitude, Daemon, Transport};
 
 const PHONE_100: (&str, &str) = ("100", "baresip-secret-100");
 const PHONE_101: (&str, &str) = ("101", "baresip-secret-101");
 /// The tone each phone plays as its microphone.
 const TONE_100_HZ: f64 = 440.0;
 const TONE_101_HZ: f64 = 1000.0;
-/// G.711 (what the relay anchors and the phones offer here) is 8 kHz mono.
-const RATE: u32 = 8000;
 /// Upper bound of every wait that is expected to succeed.
 const WAIT: Duration = Duration::from_secs(5);
 /// Audio exchanged before hanging up, as counted by the relay (50 packets a second).
@@ -131,8 +123,8 @@ fn call_and_check_audio(transport_100: Transport) {
         daemon.registrations()
     );
 
-    let heard_by_100 = p100.received_audio();
-    let heard_by_101 = p101.received_audio();
+    let heard_by_100 = received_audio(&p100);
+    let heard_by_101 = received_audio(&p101);
     let at_100 = ToneCheck::of(&heard_by_100, TONE_101_HZ, TONE_100_HZ);
     let at_101 = ToneCheck::of(&heard_by_101, TONE_100_HZ, TONE_101_HZ);
     eprintln!("baresip 100 ({transport_100:?}) heard: {at_100}");
@@ -149,312 +141,40 @@ fn counter(media: &Value, leg: &str, name: &str) -> u64 {
 // One baresip process with its own configuration directory
 // ---------------------------------------------------------------------------------------
 
-/// A headless baresip registered as one extension, with its ctrl_tcp connection.
-#[derive(Debug)]
-struct Baresip {
-    ext: String,
-    child: Child,
-    dir: TempDir,
-    ctrl: TcpStream,
-    /// Bytes read from ctrl_tcp that do not form a whole netstring yet.
-    pending: Vec<u8>,
-    /// Every event received so far, in order.
-    events: Vec<Value>,
-    next_token: u32,
-}
-
-impl Baresip {
-    /// Writes the config, accounts and tone files and starts baresip; waits until its
-    /// ctrl_tcp socket accepts.
-    fn start(
-        daemon: &Daemon,
-        (ext, password): (&str, &str),
-        transport: Transport,
-        hz: f64,
-    ) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("outpost-baresip-{ext}-"))
-            .tempdir()
-            .expect("create baresip dir");
-        let tone = dir.path().join("microphone.wav");
-        fs::write(&tone, tone_wav(hz, 10)).expect("write the tone");
-        let ctrl_port = free_port();
-        // RTP ports among Linux's ephemeral ones: below 32768 lie the test harness's
-        // relay blocks (10000-20000) and SIP ports (20000-32000) of parallel tests.
-        let config = format!(
-            "poll_method epoll\n\
-             sip_listen 127.0.0.1:0\n\
-             call_max_calls 2\n\
-             rtp_ports 40000-60000\n\
-             audio_source aufile,{tone}\n\
-             audio_player aubridge,speaker{ext}\n\
-             audio_alert aubridge,speaker{ext}\n\
-             module_path /usr/lib/baresip/modules\n\
-             module g711.so\n\
-             module aufile.so\n\
-             module aubridge.so\n\
-             module sndfile.so\n\
-             snd_path {dir}\n\
-             module_tmp account.so\n\
-             module_app menu.so\n\
-             module_app ctrl_tcp.so\n\
-             ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
-            tone = tone.display(),
-            dir = dir.path().display(),
-        );
-        fs::write(dir.path().join("config"), config).expect("write baresip config");
-        let server = daemon.sip_addr();
-        let transport = match transport {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        };
-        let account = format!(
-            "<sip:{ext}@{server};transport={transport}>;auth_pass={password};answermode=auto;audio_codecs=PCMU;regint=600\n"
-        );
-        fs::write(dir.path().join("accounts"), account).expect("write baresip accounts");
-
-        let log = fs::File::create(dir.path().join("baresip.log")).expect("create baresip log");
-        let child = Command::new("baresip")
-            .arg("-f")
-            .arg(dir.path())
-            .arg("-v")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run baresip ({e}): install Debian's baresip-core (tests/run-all does)"
-                )
-            });
-        let ctrl_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ctrl_port));
-        let ctrl = match wait_for_ctrl(ctrl_addr) {
-            Ok(ctrl) => ctrl,
-            Err(e) => {
-                let mut child = child;
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = fs::read_to_string(dir.path().join("baresip.log")).unwrap_or_default();
-                panic!("baresip {ext}: no ctrl_tcp on {ctrl_addr} ({e}):\n{log}");
-            }
-        };
-        ctrl.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("set read timeout");
-        Self {
-            ext: ext.to_owned(),
-            child,
-            dir,
-            ctrl,
-            pending: Vec::new(),
-            events: Vec::new(),
-            next_token: 0,
-        }
-    }
-
-    /// Sends a ctrl_tcp command and waits for its response; panics unless it is ok.
-    fn command(&mut self, command: &str, params: &str) -> Value {
-        self.next_token += 1;
-        let token = format!("t{}", self.next_token);
-        let body = json!({"command": command, "params": params, "token": token}).to_string();
-        let frame = format!("{}:{body},", body.len());
-        self.ctrl
-            .write_all(frame.as_bytes())
-            .unwrap_or_else(|e| panic!("baresip {}: ctrl_tcp write: {e}", self.ext));
-        let deadline = Instant::now() + WAIT;
-        loop {
-            for msg in self.read_messages(deadline) {
-                if msg["response"] == json!(true) && json_str(&msg, "token") == Some(&token) {
-                    assert_eq!(
-                        msg["ok"],
-                        json!(true),
-                        "baresip {}: {command} {params:?} failed: {msg}\n{}",
-                        self.ext,
-                        self.log()
-                    );
-                    return msg;
-                }
-                if msg["event"] == json!(true) {
-                    self.events.push(msg);
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "baresip {}: no response to {command} within {WAIT:?}\n{}",
-                self.ext,
-                self.log()
-            );
-        }
-    }
-
-    /// Waits for an event of `kind` (received now or before); returns it.
-    fn wait_event(&mut self, kind: &str, daemon: &Daemon) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(pos) = self
-                .events
-                .iter()
-                .position(|e| json_str(e, "type") == Some(kind))
-            {
-                return self.events.remove(pos);
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "baresip {}: no {kind} within {WAIT:?}; events: {:?}\nbaresip log:\n{}\ndaemon log:\n{}",
-                    self.ext,
-                    self.events,
-                    self.log(),
-                    daemon.log_text()
-                );
-            }
-            let messages = self.read_messages(deadline);
-            self.events
-                .extend(messages.into_iter().filter(|m| m["event"] == json!(true)));
-        }
-    }
-
-    /// The whole netstrings that arrive within one read timeout (100 ms), parsed.
-    fn read_messages(&mut self, deadline: Instant) -> Vec<Value> {
-        let mut buf = [0u8; 16 * 1024];
-        if Instant::now() < deadline {
-            match self.ctrl.read(&mut buf) {
-                Ok(0) => panic!("baresip {}: ctrl_tcp closed\n{}", self.ext, self.log()),
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) => panic!("baresip {}: ctrl_tcp read: {e}", self.ext),
-            }
-        }
-        let mut messages = Vec::new();
-        while let Some((body, used)) = netstring(&self.pending) {
-            let msg: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
-                panic!(
-                    "baresip {}: ctrl_tcp sent invalid JSON ({e}): {}",
-                    self.ext,
-                    String::from_utf8_lossy(body)
-                )
-            });
-            messages.push(msg);
-            self.pending.drain(..used);
-        }
-        messages
-    }
-
-    /// `quit` over ctrl_tcp (baresip un-REGISTERs and closes its recordings), then waits
-    /// for the process to end; kills it if it has not within `WAIT`.
-    fn quit(&mut self) {
-        self.command("quit", "");
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!(
-            "baresip {} still running {WAIT:?} after quit\n{}",
-            self.ext,
-            self.log()
-        );
-    }
-
-    /// What the phone decoded from the call (its `sndfile` dump), as 16-bit samples.
-    fn received_audio(&self) -> Vec<i16> {
-        let path = self.dump("-dec.wav");
-        let bytes =
-            fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let (rate, channels, samples) =
-            parse_pcm16_wav(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!((rate, channels), (RATE, 1), "{}", path.display());
-        samples
-    }
-
-    /// The one sndfile dump whose name ends with `suffix`.
-    fn dump(&self, suffix: &str) -> PathBuf {
-        let found: Vec<PathBuf> = fs::read_dir(self.dir.path())
-            .expect("read baresip dir")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("dump-") && n.ends_with(suffix))
-            })
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "baresip {}: expected one *{suffix} dump in {}, found {found:?}\n{}",
-            self.ext,
-            self.dir.path().display(),
-            self.log()
-        );
-        found.into_iter().next().expect("one dump")
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Connects to baresip's ctrl_tcp once it listens (bounded by `WAIT`).
-fn wait_for_ctrl(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-/// The first whole netstring (`LEN:BODY,`) in `buf`: its body and the bytes it used.
-fn netstring(buf: &[u8]) -> Option<(&[u8], usize)> {
-    let colon = buf.iter().position(|&b| b == b':')?;
-    let len: usize = std::str::from_utf8(&buf[..colon]).ok()?.parse().ok()?;
-    let end = colon + 1 + len;
-    (buf.get(end) == Some(&b',')).then(|| (&buf[colon + 1..end], end + 1))
-}
-
 // ---------------------------------------------------------------------------------------
 // Audio: the microphone file and the analysis of what was heard
 // ---------------------------------------------------------------------------------------
 
-/// A mono 16-bit 8 kHz WAV file of a `hz` sine at half of full scale, `secs` long.
-fn tone_wav(hz: f64, secs: u32) -> Vec<u8> {
-    let n = usize::try_from(RATE * secs).expect("a short file");
-    let mut data = Vec::with_capacity(n * 2);
-    for i in 0..n {
-        let t = i as f64 / f64::from(RATE);
-        // |value| <= 16384: the cast cannot truncate.
-        #[allow(clippy::cast_possible_truncation)]
-        let v = (16384.0 * (2.0 * std::f64::consts::PI * hz * t).sin()).round() as i16;
-        data.extend_from_slice(&v.to_le_bytes());
-    }
-    let data_len = u32::try_from(data.len()).expect("a short file");
-    let mut wav = Vec::with_capacity(44 + data.len());
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
-    wav.extend_from_slice(b"WAVEfmt ");
-    wav.extend_from_slice(&16u32.to_le_bytes());
-    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
-    wav.extend_from_slice(&RATE.to_le_bytes());
-    wav.extend_from_slice(&(RATE * 2).to_le_bytes());
-    wav.extend_from_slice(&2u16.to_le_bytes());
-    wav.extend_from_slice(&16u16.to_le_bytes());
-    wav.extend_from_slice(b"data");
-    wav.extend_from_slice(&data_len.to_le_bytes());
-    wav.extend_from_slice(&data);
-    wav
+/// What the phone decoded from the call (its `sndfile` dump), as 16-bit samples.
+fn received_audio(phone: &Baresip) -> Vec<i16> {
+    let path = dump(phone, "-dec.wav");
+    let bytes = fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let (rate, channels, samples) =
+        parse_pcm16_wav(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!((rate, channels), (RATE, 1), "{}", path.display());
+    samples
+}
+
+/// The one sndfile dump whose name ends with `suffix`.
+fn dump(phone: &Baresip, suffix: &str) -> PathBuf {
+    let found: Vec<PathBuf> = fs::read_dir(phone.dir())
+        .expect("read baresip dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("dump-") && n.ends_with(suffix))
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "baresip {}: expected one *{suffix} dump in {}, found {found:?}\n{}",
+        phone.ext,
+        phone.dir().display(),
+        phone.log()
+    );
+    found.into_iter().next().expect("one dump")
 }
 
 /// Rate, channels and samples of a 16-bit PCM WAV file.

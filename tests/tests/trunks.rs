@@ -17,8 +17,8 @@ use serde_json::Value;
 use outpost_tests::{
     body_of, eventually, free_port, generated_prompts, header_value, header_values, json_str,
     options_ok, parse_rtp, provider_invite, recv_datagrams, request_method, rtp_packet, rtp_pair,
-    sdp_audio, sdp_body, send_signal, status_of, tag_param, Daemon, DaemonConfig, Dialog, SipPhone,
-    Transport,
+    sdp_audio, sdp_body, send_signal, status_of, tag_param, Daemon, DaemonConfig, Dialog,
+    OutgoingInvite, SipPhone, Transport,
 };
 
 /// The box's account at each provider (AOR user, caller-ID and DID).
@@ -306,6 +306,25 @@ fn hang_up(phone: &mut SipPhone, dialog: &mut Dialog, far: &mut SipPhone) {
         .await_final(&dialog.call_id, cseq, "BYE", WAIT)
         .unwrap_or_else(|| panic!("no answer to the BYE:\n{}", phone.transcript()));
     assert_eq!(status_of(ok.as_bytes()), Some(200), "{ok}");
+}
+
+/// `callee` answers `incoming` (the INVITE of `caller`'s `call`) with `sdp`; the caller
+/// gets the 200, the callee the ACK, then the caller hangs up.
+fn answer_then_caller_hangs_up(
+    caller: &mut SipPhone,
+    call: &OutgoingInvite,
+    callee: &mut SipPhone,
+    incoming: &str,
+    sdp: &str,
+) {
+    let callee_dialog = callee.answer(incoming, sdp);
+    let mut caller_dialog = caller
+        .await_answer(call, WAIT)
+        .unwrap_or_else(|r| panic!("the call was not answered: {r:?}"));
+    callee
+        .await_ack(&callee_dialog, WAIT)
+        .expect("the callee got the ACK");
+    hang_up(caller, &mut caller_dialog, callee);
 }
 
 /// Answers every INVITE that reaches `phone` within `wait` with 486 (stale calls from a
@@ -1359,12 +1378,8 @@ fn spoofed_udp_invite_from_a_tls_trunks_address_rings_nothing() {
             provider.log_text()
         )
     });
-    let a_dialog = a.answer(&incoming, &sdp_body(local(&a_rtp), &[PCMU]));
-    let mut far_dialog = far
-        .await_answer(&call, WAIT)
-        .unwrap_or_else(|r| panic!("the provider's caller was not answered: {r:?}"));
-    a.await_ack(&a_dialog, WAIT).expect("ext 100 got the ACK");
-    hang_up(&mut far, &mut far_dialog, &mut a);
+    let sdp = sdp_body(local(&a_rtp), &[PCMU]);
+    answer_then_caller_hangs_up(&mut far, &call, &mut a, &incoming, &sdp);
     let cdrs = boxd.wait_cdrs(1, WAIT);
     assert_eq!(json_str(&cdrs[0], "disposition"), Some("answered"));
 }
@@ -1449,6 +1464,107 @@ fn a_trunks_inbound_calls_ring_only_its_dids_and_are_capped_per_second() {
         a.await_request("INVITE", WAIT).is_some(),
         "the trunk's call for its DID did not ring ext {}:\n{}",
         EXT_A.0,
+        boxd.log_text()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Follow-me: the extension's phones, then a mobile through the trunk (issue 20)
+// ---------------------------------------------------------------------------------------
+
+/// 100 calls 101; 101's phone rings until the box cancels it (its follow-me time), and
+/// answers the CANCEL. Returns 100's INVITE and how long 101's phone rang.
+fn ring_101_until_cancelled(
+    boxd: &Daemon,
+    a: &mut SipPhone,
+    b: &mut SipPhone,
+) -> (Duration, OutgoingInvite) {
+    let (a_rtp, _a_rtcp) = rtp_pair();
+    let inv = a.invite(EXT_B.0, &sdp_body(local(&a_rtp), &[PCMU]));
+    let b_inv = b
+        .await_request("INVITE", WAIT)
+        .unwrap_or_else(|| panic!("101 did not ring:\n{}", boxd.log_text()));
+    b.reply(&b_inv, 180, Some("follow-me"), "");
+    let started = Instant::now();
+    let cancel = b
+        .await_request("CANCEL", Duration::from_secs(8))
+        .unwrap_or_else(|| panic!("101's phone was never cancelled:\n{}", boxd.log_text()));
+    let rang = started.elapsed();
+    b.reply(&cancel, 200, None, "");
+    b.reply(&b_inv, 487, Some("follow-me"), "");
+    (rang, inv)
+}
+
+#[test]
+fn follow_me_rings_the_phones_then_the_mobile_through_the_trunk_under_the_policy() {
+    let provider = start_provider(PRIMARY_IP, "");
+    let mut far = phone_at(&provider, FAR.0, FAR.1);
+    let international =
+        "[[route]]\nname = \"international\"\npatterns = [\"00X.\"]\ntrunks = [\"primary\"]\n";
+    let boxd = start_box(&[("primary", provider.sip_addr())], international);
+    wait_up(&boxd, "primary");
+    let mut a = SipPhone::new(&boxd, EXT_A.0, EXT_A.1);
+    a.register();
+    let mut b = SipPhone::new(&boxd, EXT_B.0, EXT_B.1);
+    b.register();
+
+    // 101's phones for 2 s, then its mobile (the far party at the provider).
+    boxd.ctl_ok(&[
+        "ext",
+        "forward",
+        EXT_B.0,
+        "--no-answer",
+        FAR.0,
+        "--no-answer-secs",
+        "2",
+    ]);
+    let (rang, inv) = ring_101_until_cancelled(&boxd, &mut a, &mut b);
+    assert!(
+        (Duration::from_millis(1_500)..Duration::from_secs(4)).contains(&rang),
+        "101's phone rang {rang:?}, expected about 2 s"
+    );
+    let incoming = far.await_request("INVITE", WAIT).unwrap_or_else(|| {
+        panic!(
+            "the mobile got no INVITE through the trunk:\n{}",
+            boxd.log_text()
+        )
+    });
+    let (f_rtp, _f_rtcp) = rtp_pair_on(PRIMARY_IP);
+    let sdp = sdp_body(local(&f_rtp), &[PCMU]);
+    answer_then_caller_hangs_up(&mut a, &inv, &mut far, &incoming, &sdp);
+    let cdrs = boxd.wait_cdrs(1, WAIT);
+    assert_eq!(
+        json_str(&cdrs[0], "trunk"),
+        Some("primary"),
+        "{:?}",
+        cdrs[0]
+    );
+
+    // An international mobile: the toll-fraud policy (international off by default) stops
+    // the outside leg as it would stop 101 dialling it; the caller gets 480, nothing leaves.
+    boxd.ctl_ok(&[
+        "ext",
+        "forward",
+        EXT_B.0,
+        "--no-answer",
+        "00447700900123",
+        "--no-answer-secs",
+        "1",
+    ]);
+    let (_, inv) = ring_101_until_cancelled(&boxd, &mut a, &mut b);
+    match a.await_answer(&inv, WAIT) {
+        Err(Some(resp)) => assert_eq!(status_of(resp.as_bytes()), Some(480), "{resp}"),
+        other => panic!("the refused follow-me call ended with {other:?}"),
+    }
+    assert!(
+        far.await_request("INVITE", Duration::from_millis(500))
+            .is_none(),
+        "nothing reaches the provider"
+    );
+    assert!(
+        boxd.log_text()
+            .contains("forwarding refused by the toll-fraud policy"),
+        "{}",
         boxd.log_text()
     );
 }

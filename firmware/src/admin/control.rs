@@ -125,6 +125,7 @@ impl Control<'_> {
                     exts.into_iter()
                         .map(|r| ExtensionInfo {
                             registered: self.endpoint.registrar().lookup(&r.ext, now).len(),
+                            dnd: self.endpoint.dnd(&r.ext),
                             ext: r.ext,
                             name: r.name,
                         })
@@ -165,6 +166,8 @@ impl Control<'_> {
                 let _ = self.endpoint.remove_user(&ext);
                 self.endpoint.set_forwarding(&ext, Forwarding::default());
                 self.store.meta_put(&format!("fwd:{ext}"), b"{}")?;
+                self.store.meta_put(&dnd_key(&ext), b"")?;
+                self.endpoint.set_dnd(now, &ext, false);
                 self.store.meta_put(&format!("cid:{ext}"), b"")?;
                 self.store.meta_put(&format!("digest:{ext}"), b"default")?;
                 self.endpoint.set_caller_id(&ext, None);
@@ -207,6 +210,19 @@ impl Control<'_> {
                 let text = describe_forwarding(&forwarding);
                 self.endpoint.set_forwarding(&ext, forwarding);
                 Reply::done(format!("extension {ext}: {text}"))
+            }
+            // Busy lamps, do-not-disturb (issue 20): kept together.
+            Command::ExtDnd { ext, on } => {
+                if !self.endpoint.has_user(&ext) {
+                    anyhow::bail!("extension {ext} does not exist");
+                }
+                self.store
+                    .meta_put(&dnd_key(&ext), if on { b"on" } else { b"" })?;
+                self.endpoint.set_dnd(now, &ext, on);
+                Reply::done(format!(
+                    "extension {ext}: do-not-disturb {}",
+                    if on { "on" } else { "off" }
+                ))
             }
             Command::Trunks => Reply::Trunks(self.endpoint.trunk_status()),
             Command::ExtCallerId { ext, number } => {
@@ -447,6 +463,7 @@ impl Control<'_> {
             .unwrap_or_default();
         Ok(ExtensionDetail {
             digest: digest.as_str().to_string(),
+            dnd: self.endpoint.dnd(ext),
             forwarding: self.endpoint.forwarding(ext).cloned().unwrap_or_default(),
             caller_id,
             vm_pin_set,
@@ -592,6 +609,11 @@ fn describe_digest(ext: &str, choice: DigestChoice) -> String {
                 .join(" then ")
         ),
     }
+}
+
+/// The store's meta key of an extension's do-not-disturb flag (`on`, or empty: off).
+pub fn dnd_key(ext: &str) -> String {
+    format!("dnd:{ext}")
 }
 
 /// Call forwarding in words, for the admin.

@@ -139,6 +139,14 @@ pub enum Command {
         /// Targets and the no-answer ring time.
         forwarding: pbx_core::endpoint::Forwarding,
     },
+    // Busy lamps, do-not-disturb (issue 20): kept together.
+    /// Turn an extension's do-not-disturb on or off (its phones ring for no call).
+    ExtDnd {
+        /// Extension number.
+        ext: String,
+        /// Do-not-disturb on.
+        on: bool,
+    },
     /// SSH access (`{"cmd":"ssh","ssh":"keys_list"}`).
     Ssh(SshCommand),
     /// The console's admin password (`{"cmd":"admin","admin":"status"}`).
@@ -203,6 +211,7 @@ impl Command {
             Command::ExtName { .. } => "ext_name",
             Command::ExtForward { .. } => "ext_forward",
             Command::ExtDigest { .. } => "ext_digest",
+            Command::ExtDnd { .. } => "ext_dnd",
             Command::Ssh(ssh) => ssh.name(),
             Command::Admin(admin) => admin.name(),
             Command::Backup(b) => b.name(),
@@ -551,6 +560,9 @@ pub struct ExtensionInfo {
     pub name: Option<String>,
     /// Live registered contacts.
     pub registered: usize,
+    /// In do-not-disturb.
+    #[serde(default)]
+    pub dnd: bool,
 }
 
 /// One extension's settings and phones (never its password or PIN, not even hashed).
@@ -570,6 +582,9 @@ pub struct ExtensionDetail {
     /// `[auth] algorithms`), `md5`, `sha256` or `both`.
     #[serde(default)]
     pub digest: String,
+    /// In do-not-disturb (its phones ring for no call).
+    #[serde(default)]
+    pub dnd: bool,
     /// The phones registered now.
     pub registrations: Vec<RegistrationInfo>,
 }
@@ -799,6 +814,7 @@ mod tests {
                 ext: "100".into(),
                 name: Some("Front desk".into()),
                 registered: 2,
+                dnd: true,
             }]),
             Reply::Extension(ExtensionDetail {
                 ext: "100".into(),
@@ -812,6 +828,7 @@ mod tests {
                 caller_id: Some("0309876543".into()),
                 vm_pin_set: true,
                 digest: "sha256".into(),
+                dnd: false,
                 registrations: vec![RegistrationInfo {
                     ext: "100".into(),
                     contact: "sip:100@192.0.2.7:5060".into(),

@@ -6,6 +6,8 @@
 //! [`super::voicemail::Voicemail`], [`super::mwi::MwiSubscriptions`]), which decides; the
 //! methods here carry out its decision on the call (answer, play, hang up, ring).
 
+use std::collections::HashSet;
+
 use crate::cdr::Disposition;
 use crate::media::anchor::CallMedia;
 use crate::media::session::{Leg, MediaCommand, MediaEvent};
@@ -13,8 +15,11 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{Peer, Request};
 use crate::Millis;
 
+use super::blf;
 use super::call::{App, Call, CallState};
+use super::event::EventPackage;
 use super::ivr::{self, MenuSession, PlayDone};
+use super::mwi::{Content, Watch};
 use super::plan::RingPlan;
 use super::voicemail::{AccessSession, Deposit, DepositStage, MailboxMessage};
 use super::{Endpoint, Event};
@@ -263,7 +268,7 @@ impl Endpoint {
         if !self.voicemail.set_mailbox(mailbox, messages) {
             return;
         }
-        let counts = self.voicemail.counts(mailbox);
+        let counts = Content::Summary(self.voicemail.counts(mailbox));
         for id in self.mwi.subscribers_of(mailbox) {
             self.mwi
                 .notify(now, &mut self.sig, &id, false, counts, &self.cfg.realm);
@@ -279,15 +284,86 @@ impl Endpoint {
         }
     }
 
-    /// SUBSCRIBE for `message-summary` (RFC 3842), once authenticated.
-    pub(super) fn on_mwi_subscribe(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
+    /// SUBSCRIBE for `message-summary` (RFC 3842: one's own mailbox), `dialog` (RFC 4235)
+    /// or `presence` (an extension of this box), once authenticated.
+    pub(super) fn on_subscribe(
+        &mut self,
+        now: Millis,
+        key: TxKey,
+        req: Request,
+        src: Peer,
+        package: EventPackage,
+    ) {
         let Some(user) = self.authenticate(now, &key, &req, src) else {
             return;
         };
-        let counts = self.voicemail.counts(&user);
         let realm = &self.cfg.realm;
+        if package == EventPackage::MessageSummary {
+            let counts = Content::Summary(self.voicemail.counts(&user));
+            let watch = Watch {
+                subscriber: user.clone(),
+                package,
+                watched: user,
+            };
+            self.mwi
+                .on_subscribe(now, &mut self.sig, key, &req, src, watch, counts, realm);
+            self.flush_mwi();
+            return;
+        }
+        let in_dialog = req.headers.to.tag().is_some();
+        let watched = match self.mwi.watched_by(&req.headers.call_id) {
+            Some(ext) if in_dialog => ext,
+            _ => req.uri.user().unwrap_or_default().to_string(),
+        };
+        if !self.accounts.has_user(&watched) {
+            self.sig.reply(now, &key, &req, src, 404, None);
+            return;
+        }
+        let one: HashSet<String> = [watched.clone()].into_iter().collect();
+        let state = self.lamps.get(&watched).cloned().unwrap_or_else(|| {
+            blf::line_states(&self.calls, &self.cfg.groups, &self.dnd, &one)
+                .remove(&watched)
+                .unwrap_or_default()
+        });
+        let watch = Watch {
+            subscriber: user,
+            package,
+            watched: watched.clone(),
+        };
+        let content = Content::Line(&state);
         self.mwi
-            .on_subscribe(now, &mut self.sig, key, &req, src, user, counts, realm);
+            .on_subscribe(now, &mut self.sig, key, &req, src, watch, content, realm);
+        self.lamps.entry(watched).or_insert(state);
+        self.flush_mwi();
+    }
+
+    /// NOTIFYs the dialog and presence watchers of every extension whose calls changed
+    /// since the last NOTIFY. One pass over the call table; nothing when nobody watches.
+    pub(super) fn update_lamps(&mut self, now: Millis) {
+        let watched = self.mwi.watched();
+        if watched.is_empty() {
+            self.lamps.clear();
+            return;
+        }
+        self.lamps.retain(|ext, _| watched.contains(ext));
+        let states = blf::line_states(&self.calls, &self.cfg.groups, &self.dnd, &watched);
+        for (ext, state) in states {
+            // Unknown after a restart: idle, as the restored subscribers last heard of it
+            // unless a call was up across the restart (calls do not survive one).
+            let before = self.lamps.get(&ext).cloned().unwrap_or_default();
+            if before == state {
+                continue;
+            }
+            for (id, package) in self.mwi.watchers_of(&ext) {
+                if package == EventPackage::Presence && before.same_presence(&state) {
+                    continue;
+                }
+                let content = Content::Line(&state);
+                self.mwi
+                    .notify(now, &mut self.sig, &id, false, content, &self.cfg.realm);
+            }
+            self.lamps.insert(ext, state);
+        }
         self.flush_mwi();
     }
 
@@ -371,9 +447,10 @@ impl Endpoint {
                 tracing::warn!(session, %reason, "voicemail message could not be stored");
                 self.voicemail.recording_failed(session);
             }
-            MediaEvent::Stats { .. } | MediaEvent::PlayDone { .. } => {}
+            MediaEvent::Stats { .. } | MediaEvent::PlayDone { .. } => return,
         }
         self.drain_tx_events(now);
+        self.update_lamps(now);
     }
 
     /// A prompt to the caller of call `session` ended: what Outpost does with the caller

@@ -122,6 +122,10 @@ pub struct FeatureCodes {
     pub park_slots: u32,
     /// A call parked this long rings back the phone that parked it.
     pub park_timeout_ms: u64,
+    /// Turns do-not-disturb on for the extension that dials it.
+    pub dnd_on: String,
+    /// Turns do-not-disturb off.
+    pub dnd_off: String,
 }
 
 impl Default for FeatureCodes {
@@ -133,6 +137,8 @@ impl Default for FeatureCodes {
             park_first: 701,
             park_slots: 8,
             park_timeout_ms: 120_000,
+            dnd_on: "*78".to_string(),
+            dnd_off: "*79".to_string(),
         }
     }
 }

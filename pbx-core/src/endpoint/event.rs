@@ -15,6 +15,13 @@ pub enum Event {
     Bindings(Vec<BindingChange>),
     /// Message-waiting subscriptions changed: persist them (they survive a restart).
     Mwi(Vec<MwiChange>),
+    /// An extension turned do-not-disturb on or off with a feature code: persist it.
+    DndChanged {
+        /// The extension.
+        ext: String,
+        /// Do-not-disturb is on.
+        on: bool,
+    },
     /// A call ended: persist its record.
     CallEnded(Cdr),
     /// Tell the relay (open, update or close a call's media).
@@ -160,13 +167,58 @@ pub struct DebugCounts {
     pub transactions: usize,
 }
 
-/// An MWI subscription as stored, so that it survives a restart.
+/// The event package of a subscription (RFC 6665 §7.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventPackage {
+    /// Message-waiting counts (RFC 3842).
+    #[default]
+    MessageSummary,
+    /// An extension's calls, for busy lamp keys (RFC 4235).
+    Dialog,
+    /// An extension's presence (RFC 3856, PIDF body).
+    Presence,
+}
+
+impl EventPackage {
+    /// The package of an `Event` header's value, when it is one we serve.
+    pub fn of_event_header(value: &str) -> Option<EventPackage> {
+        let token = value.split(';').next().unwrap_or_default().trim();
+        [
+            ("message-summary", EventPackage::MessageSummary),
+            ("dialog", EventPackage::Dialog),
+            ("presence", EventPackage::Presence),
+        ]
+        .into_iter()
+        .find(|(name, _)| token.eq_ignore_ascii_case(name))
+        .map(|(_, p)| p)
+    }
+
+    /// The package's name as the `Event` header carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventPackage::MessageSummary => "message-summary",
+            EventPackage::Dialog => "dialog",
+            EventPackage::Presence => "presence",
+        }
+    }
+}
+
+/// A subscription (message-waiting, dialog or presence) as stored, so that it survives a
+/// restart. The type keeps its first name: records written before the dialog and presence
+/// packages read back as message-summary subscriptions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MwiRecord {
     /// The subscription dialog's Call-ID.
     pub call_id: String,
-    /// The subscriber's own mailbox (extension).
+    /// The subscriber's own extension (for message-summary, the mailbox watched).
     pub mailbox: String,
+    /// The event package.
+    #[serde(default)]
+    pub package: EventPackage,
+    /// The extension watched (dialog, presence); empty for message-summary.
+    #[serde(default)]
+    pub watched: String,
     /// Our tag in the dialog.
     pub local_tag: String,
     /// Our side of the dialog (the SUBSCRIBE's To, without parameters), as on the wire.

@@ -29,6 +29,7 @@ use crate::Millis;
 mod accounts;
 mod admin;
 mod apps;
+mod blf;
 mod call;
 mod config;
 mod deadlines;
@@ -58,7 +59,7 @@ pub use config::{
     CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
     RecordingSettings, RingGroup, RingStrategy, VoicemailSettings,
 };
-pub use event::{CallSummary, Counters, DebugCounts, Event, MwiChange, MwiRecord};
+pub use event::{CallSummary, Counters, DebugCounts, Event, EventPackage, MwiChange, MwiRecord};
 use mwi::MwiSubscriptions;
 use voicemail::Voicemail;
 pub use voicemail::{pin_hash, MailboxMessage};
@@ -70,13 +71,13 @@ use sdes::{requires_srtp, without_sdes, InsecureSrtpLog};
 use signalling::{first_contact_uri, host_text, ClientRole, Signalling};
 
 /// Methods we answer, for Allow headers.
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, SUBSCRIBE";
 /// Upper bound on simultaneous calls; beyond it new calls get 503 (bounded memory).
 const MAX_CALLS: usize = 20_000;
 /// Retry-After of the 503 sent when the server transaction table is full: long enough for
 /// completed transactions to end (Timer J is 32 s), short enough for a phone to retry soon.
 const OVERLOAD_RETRY_AFTER_SECS: u32 = 5;
-/// Upper bound on MWI subscriptions.
+/// Upper bound on subscriptions (message-summary, dialog and presence together).
 const MAX_MWI: usize = 50_000;
 
 /// Why an admin operation on the endpoint was refused.
@@ -104,14 +105,18 @@ pub struct Endpoint {
     step_timers: Deadlines,
     /// Call forwarding per extension.
     forwards: HashMap<String, Forwarding>,
+    /// Extensions in do-not-disturb.
+    dnd: std::collections::HashSet<String>,
     /// Caller-ID per extension on outside calls.
     caller_ids: HashMap<String, String>,
     /// The toll-fraud check for outbound calls.
     gate: Option<Box<dyn CallGate>>,
     /// The trunks' registrations and health.
     trunks: crate::trunk::Trunks,
-    /// MWI subscriptions by Call-ID.
+    /// Event subscriptions (message-summary, dialog, presence) by Call-ID.
     mwi: MwiSubscriptions,
+    /// What the dialog and presence watchers of each watched extension last heard.
+    lamps: HashMap<String, blf::LineState>,
     /// Relay ports free for new calls (when media is anchored).
     ports: Option<PortPool>,
     /// Calls in `calls` that ended and wait for their forks' transactions.
@@ -154,10 +159,12 @@ impl Endpoint {
             menu_timers: Deadlines::default(),
             step_timers: Deadlines::default(),
             forwards: HashMap::new(),
+            dnd: std::collections::HashSet::new(),
             caller_ids: HashMap::new(),
             gate: None,
             trunks: crate::trunk::Trunks::new(cfg.trunks.clone(), rng.gen(), 0),
             mwi: MwiSubscriptions::new(MAX_MWI),
+            lamps: HashMap::new(),
             ports: cfg
                 .media
                 .as_ref()
@@ -285,6 +292,12 @@ impl Endpoint {
         parsed: Result<Message, wire::WireError>,
     ) {
         self.counters.received += 1;
+        // Only messages of calls change what busy lamps show.
+        let of_calls = match &parsed {
+            Ok(Message::Request(r)) => calls_method(&r.method),
+            Ok(Message::Response(r)) => calls_method(&r.headers.cseq.method),
+            Err(_) => false,
+        };
         match parsed {
             Ok(Message::Request(req)) => self.on_request(now, src, req),
             Ok(Message::Response(resp)) => self.on_response(now, src, resp),
@@ -300,6 +313,9 @@ impl Endpoint {
             }
         }
         self.drain_tx_events(now);
+        if of_calls {
+            self.update_lamps(now);
+        }
     }
 
     /// Fires every timer due at `now`.
@@ -324,6 +340,7 @@ impl Endpoint {
             self.step_timeout(now, call, deadline);
         }
         self.drain_tx_events(now);
+        self.update_lamps(now);
     }
 
     /// The next instant `handle_timeout` must be called.
@@ -402,21 +419,18 @@ impl Endpoint {
             Method::Bye | Method::Prack | Method::Update | Method::Info => {
                 self.sig.reply(now, &key, &req, src, 481, None)
             }
-            Method::Subscribe
-                if self.cfg.voicemail.is_some()
-                    && req
-                        .headers
-                        .get("Event")
-                        .is_some_and(|e| e.trim().starts_with("message-summary")) =>
+            Method::Subscribe => match req
+                .headers
+                .get("Event")
+                .and_then(EventPackage::of_event_header)
             {
-                self.on_mwi_subscribe(now, key, req, src)
-            }
-            Method::Subscribe | Method::Publish => {
-                // No event packages yet: RFC 6665 §3.2.2 asks for 489 for unknown events.
-                let mut resp = Response::to_request(&req, 489, Some(&self.sig.new_tag()));
-                resp.reason = "Bad Event".to_string();
-                self.sig.send(now, &key, resp, src);
-            }
+                Some(EventPackage::MessageSummary) if self.cfg.voicemail.is_none() => {
+                    self.bad_event(now, key, &req, src)
+                }
+                Some(package) => self.on_subscribe(now, key, req, src, package),
+                None => self.bad_event(now, key, &req, src),
+            },
+            Method::Publish => self.bad_event(now, key, &req, src),
             Method::Other(_) => {
                 let mut resp = Response::to_request(&req, 501, Some(&self.sig.new_tag()));
                 resp.headers.push("Allow", ALLOW);
@@ -428,6 +442,19 @@ impl Endpoint {
                 self.sig.send(now, &key, resp, src);
             }
         }
+    }
+
+    /// 489: an event package we do not serve (RFC 6665 §3.2.2), and PUBLISH.
+    fn bad_event(&mut self, now: Millis, key: TxKey, req: &Request, src: Peer) {
+        let mut resp = Response::to_request(req, 489, Some(&self.sig.new_tag()));
+        resp.reason = "Bad Event".to_string();
+        let packages = if self.cfg.voicemail.is_some() {
+            "message-summary, dialog, presence"
+        } else {
+            "dialog, presence"
+        };
+        resp.headers.push("Allow-Events", packages);
+        self.sig.send(now, &key, resp, src);
     }
 
     /// Challenges or checks the credentials of `req` (see [`Accounts::authenticate`]).
@@ -514,6 +541,10 @@ impl Endpoint {
         }
         if let Dest::Orbit(orbit) = dest {
             self.retrieve(now, key, req, src, &caller, orbit);
+            return;
+        }
+        if let Dest::Dnd(on) = dest {
+            self.dnd_code(now, key, &req, src, &caller, on);
             return;
         }
         self.place_call(now, key, req, src, caller, callee, Origin::Extension, dest);
@@ -853,9 +884,11 @@ impl Endpoint {
     fn in_dialog(&mut self, now: Millis, key: TxKey, req: Request, src: Peer) {
         let call_id = &req.headers.call_id;
         let to_tag = req.headers.to.tag().unwrap_or_default();
-        if req.method == Method::Subscribe && self.mwi.is_dialog(call_id, to_tag) {
-            self.on_mwi_subscribe(now, key, req, src);
-            return;
+        if req.method == Method::Subscribe {
+            if let Some(package) = self.mwi.dialog_package(call_id, to_tag) {
+                self.on_subscribe(now, key, req, src, package);
+                return;
+            }
         }
         // The referrer of a blind transfer in progress, still in its own dialog.
         let referred = self
@@ -1557,4 +1590,18 @@ fn same_but_targets(a: &[crate::trunk::TrunkConfig], b: &[crate::trunk::TrunkCon
             y.targets.clone_from(&x.targets);
             *x == y
         })
+}
+
+/// Requests of this method (or answers to them) may change a call's state.
+fn calls_method(m: &Method) -> bool {
+    matches!(
+        m,
+        Method::Invite
+            | Method::Ack
+            | Method::Bye
+            | Method::Cancel
+            | Method::Refer
+            | Method::Update
+            | Method::Prack
+    )
 }

@@ -1,13 +1,17 @@
-//! Message-waiting indication (RFC 3842): the table of `message-summary` subscriptions and
-//! the NOTIFYs that tell phones how many messages wait.
+//! The table of event subscriptions (RFC 6665) and their NOTIFYs: message-waiting
+//! indication (RFC 3842, `message-summary`: how many messages wait), and the busy lamps
+//! (RFC 4235 `dialog`) and `presence` of the extensions (bodies from [`super::blf`]).
 //!
 //! Inputs: an authenticated SUBSCRIBE ([`MwiSubscriptions::on_subscribe`]), a mailbox whose
 //! counts changed ([`MwiSubscriptions::subscribers_of`], then [`MwiSubscriptions::notify`]
-//! for each), and the clock ([`MwiSubscriptions::expire`]). Outputs go through the
-//! [`Signalling`] handed in: the 200 or 403 to the SUBSCRIBE, and NOTIFYs.
+//! for each), an extension whose calls changed ([`MwiSubscriptions::watchers_of`]), and the
+//! clock ([`MwiSubscriptions::expire`]). Outputs go through the [`Signalling`] handed in:
+//! the 200 or 403 to the SUBSCRIBE, and NOTIFYs.
 //!
-//! Memory bound: at most `max` subscriptions; when full, expired ones are dropped first and
-//! a new subscription beyond the bound is answered but not kept.
+//! Memory bound: at most `max` subscriptions of every package together; when full, expired
+//! ones are dropped first and a new subscription beyond the bound is answered but not
+//! kept. One subscriber holds at most [`MAX_WATCHES_PER_SUBSCRIBER`] dialog and presence
+//! subscriptions (a phone with a full BLF sidecar); one more is refused with 403.
 //!
 //! Persistence: every change to the table (a subscription made, refreshed or ended, a
 //! NOTIFY's CSeq) is reported as an [`MwiChange`] (drained by the endpoint into
@@ -21,19 +25,41 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{wire, Contact, Method, NameAddr, Params, Peer, Request, Response, Uri};
 use crate::Millis;
 
-use super::event::{MwiChange, MwiRecord};
+use super::blf::{self, LineState};
+use super::event::{EventPackage, MwiChange, MwiRecord};
 use super::signalling::ClientRole;
 use super::signalling::{first_contact_uri, Signalling};
 use super::voicemail::Counts;
 
 /// Longest subscription we grant (and the default when the phone asks for none), seconds.
 const MAX_EXPIRES_SECS: u32 = 3600;
+/// Dialog and presence subscriptions one extension may hold.
+pub(super) const MAX_WATCHES_PER_SUBSCRIBER: usize = 200;
+
+/// What a NOTIFY reports: a mailbox's counts, or a watched extension's calls.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Content<'a> {
+    Summary(Counts),
+    Line(&'a LineState),
+}
+
+/// Who subscribes to what: the authenticated extension, the package, and the extension it
+/// watches (for message-summary, its own mailbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Watch {
+    pub(super) subscriber: String,
+    pub(super) package: EventPackage,
+    pub(super) watched: String,
+}
 
 /// An MWI subscription (RFC 3842): a dialog in which we NOTIFY message counts.
 #[derive(Debug, Clone)]
 struct MwiSubscription {
     /// The subscriber's own mailbox (extension).
     mailbox: String,
+    package: EventPackage,
+    /// The extension watched (dialog, presence), or the mailbox.
+    watched: String,
     /// Our tag in the subscription dialog.
     local_tag: String,
     local_uri: NameAddr,
@@ -61,6 +87,8 @@ impl MwiSubscription {
         MwiRecord {
             call_id: call_id.to_owned(),
             mailbox: self.mailbox.clone(),
+            package: self.package,
+            watched: self.watched.clone(),
             local_tag: self.local_tag.clone(),
             local_uri: name_addr_text(&self.local_uri),
             remote_uri: name_addr_text(&self.remote_uri),
@@ -74,6 +102,12 @@ impl MwiSubscription {
     fn from_record(r: &MwiRecord) -> Option<MwiSubscription> {
         Some(MwiSubscription {
             mailbox: r.mailbox.clone(),
+            package: r.package,
+            watched: if r.watched.is_empty() {
+                r.mailbox.clone()
+            } else {
+                r.watched.clone()
+            },
             local_tag: r.local_tag.clone(),
             local_uri: wire::parse_name_addr(&r.local_uri).ok()?,
             remote_uri: wire::parse_name_addr(&r.remote_uri).ok()?,
@@ -93,6 +127,24 @@ pub(super) struct MwiSubscriptions {
     /// Changes not yet taken by [`MwiSubscriptions::take_changes`] (bounded by the calls
     /// between two takes: the endpoint takes them after every input).
     changes: Vec<MwiChange>,
+    /// Dialog and presence subscriptions per watched extension (kept with `subs`, so the
+    /// busy-lamp check after each message does not walk every subscription).
+    watch_counts: HashMap<String, usize>,
+}
+
+/// Counts `sub` in `counts` (`add`) or takes it out, when it watches an extension.
+fn count_watch(counts: &mut HashMap<String, usize>, sub: &MwiSubscription, add: bool) {
+    if sub.package == EventPackage::MessageSummary {
+        return;
+    }
+    if add {
+        *counts.entry(sub.watched.clone()).or_default() += 1;
+    } else if let Some(n) = counts.get_mut(&sub.watched) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&sub.watched);
+        }
+    }
 }
 
 impl MwiSubscriptions {
@@ -102,6 +154,7 @@ impl MwiSubscriptions {
             subs: HashMap::new(),
             max,
             changes: Vec::new(),
+            watch_counts: HashMap::new(),
         }
     }
 
@@ -121,7 +174,10 @@ impl MwiSubscriptions {
                 .flatten();
             match sub {
                 Some(sub) => {
-                    self.subs.insert(r.call_id, sub);
+                    count_watch(&mut self.watch_counts, &sub, true);
+                    if let Some(old) = self.subs.insert(r.call_id, sub) {
+                        count_watch(&mut self.watch_counts, &old, false);
+                    }
                 }
                 None => self.changes.push(MwiChange::Remove(r.call_id)),
             }
@@ -134,20 +190,42 @@ impl MwiSubscriptions {
         self.subs.len()
     }
 
-    /// True when `call_id` and our tag `to_tag` name a subscription dialog (a refresh).
-    pub(super) fn is_dialog(&self, call_id: &str, to_tag: &str) -> bool {
+    /// The package of the subscription dialog named by `call_id` and our tag `to_tag` (a
+    /// refresh), if there is one.
+    pub(super) fn dialog_package(&self, call_id: &str, to_tag: &str) -> Option<EventPackage> {
         self.subs
             .get(call_id)
-            .is_some_and(|s| s.local_tag == to_tag)
+            .filter(|s| s.local_tag == to_tag)
+            .map(|s| s.package)
     }
 
-    /// The Call-IDs of the subscriptions to `mailbox`.
+    /// The extension the subscription `call_id` watches (a refresh's Request-URI is our
+    /// Contact, which names no extension).
+    pub(super) fn watched_by(&self, call_id: &str) -> Option<String> {
+        self.subs.get(call_id).map(|s| s.watched.clone())
+    }
+
+    /// The Call-IDs of the message-summary subscriptions to `mailbox`.
     pub(super) fn subscribers_of(&self, mailbox: &str) -> Vec<String> {
         self.subs
             .iter()
-            .filter(|(_, s)| s.mailbox == mailbox)
+            .filter(|(_, s)| s.package == EventPackage::MessageSummary && s.mailbox == mailbox)
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// The dialog and presence subscriptions to `ext`: Call-ID and package.
+    pub(super) fn watchers_of(&self, ext: &str) -> Vec<(String, EventPackage)> {
+        self.subs
+            .iter()
+            .filter(|(_, s)| s.package != EventPackage::MessageSummary && s.watched == ext)
+            .map(|(k, s)| (k.clone(), s.package))
+            .collect()
+    }
+
+    /// The extensions that dialog or presence subscriptions watch.
+    pub(super) fn watched(&self) -> std::collections::HashSet<String> {
+        self.watch_counts.keys().cloned().collect()
     }
 
     /// The system clock was stepped by `delta_ms`: every subscription keeps the time it
@@ -162,18 +240,21 @@ impl MwiSubscriptions {
     /// Drops the subscriptions that expired by `now`.
     pub(super) fn expire(&mut self, now: Millis) {
         let changes = &mut self.changes;
+        let counts = &mut self.watch_counts;
         self.subs.retain(|call_id, s| {
             let live = s.expires_at > now;
             if !live {
                 changes.push(MwiChange::Remove(call_id.clone()));
+                count_watch(counts, s, false);
             }
             live
         });
     }
 
-    /// A SUBSCRIBE for `message-summary` from `user` (already authenticated): only to one's
-    /// own mailbox. Answers it, keeps (or refreshes, or with `Expires: 0` ends) the
-    /// subscription and sends the NOTIFY with `counts`, the counts of `user`'s mailbox.
+    /// A SUBSCRIBE (already authenticated, its watched extension checked to exist) from
+    /// `watch.subscriber`: for `message-summary` only to one's own mailbox. Answers it,
+    /// keeps (or refreshes, or with `Expires: 0` ends) the subscription and sends the
+    /// NOTIFY with `content`, what the subscription reports now.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_subscribe(
         &mut self,
@@ -182,13 +263,39 @@ impl MwiSubscriptions {
         key: TxKey,
         req: &Request,
         src: Peer,
-        user: String,
-        counts: Counts,
+        watch: Watch,
+        content: Content<'_>,
         realm: &str,
     ) {
+        let user = watch.subscriber;
         let mailbox = req.uri.user().unwrap_or_default();
-        if mailbox != user && req.headers.to.uri.user() != Some(user.as_str()) {
+        if watch.package == EventPackage::MessageSummary
+            && mailbox != user
+            && req.headers.to.uri.user() != Some(user.as_str())
+        {
             sig.reply(now, &key, req, src, 403, None);
+            return;
+        }
+        let refresh = self.subs.get(&req.headers.call_id).is_some_and(|s| {
+            s.mailbox == user && s.package == watch.package && s.watched == watch.watched
+        });
+        if self.subs.contains_key(&req.headers.call_id) && !refresh {
+            // A Call-ID already in use for another subscription (another phone's guess).
+            sig.reply(now, &key, req, src, 403, None);
+            return;
+        }
+        if watch.package != EventPackage::MessageSummary
+            && !refresh
+            && self
+                .subs
+                .values()
+                .filter(|s| s.mailbox == user && s.package != EventPackage::MessageSummary)
+                .count()
+                >= MAX_WATCHES_PER_SUBSCRIBER
+        {
+            let mut resp = Response::to_request(req, 403, Some(&sig.new_tag()));
+            resp.reason = "Too Many Subscriptions".to_string();
+            sig.send(now, &key, resp, src);
             return;
         }
         let expires = req
@@ -215,37 +322,61 @@ impl MwiSubscriptions {
             first_contact_uri(&req.headers).unwrap_or_else(|| req.headers.from.uri.clone());
         // A refresh continues the dialog's CSeq.
         let cseq = self.subs.get(&call_id).map_or(0, |s| s.cseq);
-        self.subs.insert(
-            call_id.clone(),
-            MwiSubscription {
-                mailbox: user,
-                local_tag,
-                local_uri,
-                remote_uri: req.headers.from.clone(),
-                target,
-                peer: src,
-                expires_at: now.saturating_add(u64::from(expires) * 1000),
-                cseq,
-            },
-        );
-        self.notify(now, sig, &call_id, expires == 0, counts, realm);
-        if expires == 0 && self.subs.remove(&call_id).is_some() {
-            self.changes.push(MwiChange::Remove(call_id));
+        let sub = MwiSubscription {
+            mailbox: user,
+            package: watch.package,
+            watched: watch.watched,
+            local_tag,
+            local_uri,
+            remote_uri: req.headers.from.clone(),
+            target,
+            peer: src,
+            expires_at: now.saturating_add(u64::from(expires) * 1000),
+            cseq,
+        };
+        count_watch(&mut self.watch_counts, &sub, true);
+        if let Some(old) = self.subs.insert(call_id.clone(), sub) {
+            count_watch(&mut self.watch_counts, &old, false);
+        }
+        self.notify(now, sig, &call_id, expires == 0, content, realm);
+        if expires == 0 {
+            if let Some(old) = self.subs.remove(&call_id) {
+                count_watch(&mut self.watch_counts, &old, false);
+                self.changes.push(MwiChange::Remove(call_id));
+            }
         }
     }
 
-    /// Sends the NOTIFY of subscription `call_id` with the mailbox's `counts`.
+    /// Sends the NOTIFY of subscription `call_id` with `content` (a mailbox's counts for
+    /// message-summary, the watched extension's state for dialog and presence).
     pub(super) fn notify(
         &mut self,
         now: Millis,
         sig: &mut Signalling,
         call_id: &str,
         terminated: bool,
-        (new, old): Counts,
+        content: Content<'_>,
         realm: &str,
     ) {
         let Some(sub) = self.subs.get_mut(call_id) else {
             return;
+        };
+        let (content_type, body) = match (sub.package, content) {
+            (EventPackage::MessageSummary, Content::Summary(counts)) => (
+                "application/simple-message-summary",
+                summary(&sub.mailbox, realm, counts),
+            ),
+            // The document's version counts the NOTIFYs before it (RFC 4235 §4.1.2): the
+            // CSeq does too, and survives a restart with the subscription.
+            (EventPackage::Dialog, Content::Line(state)) => (
+                "application/dialog-info+xml",
+                blf::dialog_info(&sub.watched, realm, sub.cseq, state),
+            ),
+            (EventPackage::Presence, Content::Line(state)) => (
+                "application/pidf+xml",
+                blf::pidf(&sub.watched, realm, state),
+            ),
+            _ => return,
         };
         sub.cseq = sub.cseq.saturating_add(1);
         let sub = sub.clone();
@@ -262,7 +393,7 @@ impl MwiSubscriptions {
             sub.cseq,
             Method::Notify,
         );
-        headers.push("Event", "message-summary");
+        headers.push("Event", sub.package.as_str());
         let remaining = sub.expires_at.saturating_sub(now) / 1000;
         headers.push(
             "Subscription-State",
@@ -273,12 +404,12 @@ impl MwiSubscriptions {
             },
         );
         headers.contact = vec![Contact::Addr(sig.our_contact(sub.peer, None))];
-        headers.content_type = Some("application/simple-message-summary".to_string());
+        headers.content_type = Some(content_type.to_string());
         let notify = Request {
             method: Method::Notify,
             uri: sub.target.clone(),
             headers,
-            body: summary(&sub.mailbox, realm, (new, old)).into_bytes(),
+            body: body.into_bytes(),
         };
         // The answer to a NOTIFY changes nothing: its role is the one that ignores it.
         sig.send_request(now, notify, sub.peer, ClientRole::Bye);
@@ -355,6 +486,15 @@ mod tests {
         (key, req)
     }
 
+    /// A message-summary subscription of `user` to its own mailbox.
+    fn mine(user: &str) -> Watch {
+        Watch {
+            subscriber: user.to_string(),
+            package: EventPackage::MessageSummary,
+            watched: user.to_string(),
+        }
+    }
+
     /// Every message `sig` sends, as text.
     fn sent(sig: &mut Signalling) -> Vec<String> {
         std::iter::from_fn(|| sig.tx.poll_transmit())
@@ -368,14 +508,30 @@ mod tests {
         let mut mwi = MwiSubscriptions::new(10);
         let (key, req) = subscribe(&mut sig, 1_000, "c1", "100", expires, None);
         let user = "100".to_string();
-        mwi.on_subscribe(1_000, &mut sig, key, &req, peer(), user, counts, "pbx");
+        mwi.on_subscribe(
+            1_000,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            mine(&user),
+            Content::Summary(counts),
+            "pbx",
+        );
         (sig, mwi)
     }
 
     #[test]
     fn a_subscription_restored_from_its_record_notifies_in_the_same_dialog() {
         let (mut sig, mut mwi) = subscribed_c1(600, (0, 0));
-        mwi.notify(2_000, &mut sig, "c1", false, (1, 0), "pbx");
+        mwi.notify(
+            2_000,
+            &mut sig,
+            "c1",
+            false,
+            Content::Summary((1, 0)),
+            "pbx",
+        );
         let before = sent(&mut sig);
         let changes = mwi.take_changes();
         let Some(MwiChange::Upsert(record)) = changes.last() else {
@@ -393,7 +549,14 @@ mod tests {
         );
         assert!(after.take_changes().is_empty());
         assert_eq!(after.subscribers_of("100"), vec!["c1".to_string()]);
-        after.notify(3_000, &mut sig, "c1", false, (0, 0), "pbx");
+        after.notify(
+            3_000,
+            &mut sig,
+            "c1",
+            false,
+            Content::Summary((0, 0)),
+            "pbx",
+        );
         let out = sent(&mut sig);
         assert_eq!(out.len(), 1, "{out:?}");
         let header = |m: &str, name: &str| {
@@ -469,7 +632,16 @@ mod tests {
         let mut sig = signalling();
         let mut mwi = MwiSubscriptions::new(10);
         let (key, req) = subscribe(&mut sig, 0, "c1", "200", 60, None);
-        mwi.on_subscribe(0, &mut sig, key, &req, peer(), "100".into(), (0, 0), "pbx");
+        mwi.on_subscribe(
+            0,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            mine("100"),
+            Content::Summary((0, 0)),
+            "pbx",
+        );
         let out = sent(&mut sig);
         assert_eq!(out.len(), 1);
         assert!(out[0].starts_with("SIP/2.0 403"), "{}", out[0]);
@@ -481,14 +653,26 @@ mod tests {
         let mut sig = signalling();
         let mut mwi = MwiSubscriptions::new(10);
         let (key, req) = subscribe(&mut sig, 0, "c1", "100", 60, None);
-        mwi.on_subscribe(0, &mut sig, key, &req, peer(), "100".into(), (0, 0), "pbx");
+        mwi.on_subscribe(
+            0,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            mine("100"),
+            Content::Summary((0, 0)),
+            "pbx",
+        );
         let ok = sent(&mut sig).remove(0);
         let Ok(Message::Response(ok)) = wire::parse(ok.as_bytes()) else {
             panic!("200 does not parse");
         };
         let tag = ok.headers.to.tag().expect("our tag").to_string();
-        assert!(mwi.is_dialog("c1", &tag));
-        assert!(!mwi.is_dialog("c1", "other"));
+        assert_eq!(
+            mwi.dialog_package("c1", &tag),
+            Some(EventPackage::MessageSummary)
+        );
+        assert_eq!(mwi.dialog_package("c1", "other"), None);
         let (key, req) = subscribe(&mut sig, 10_000, "c1", "100", 0, Some(&tag));
         mwi.on_subscribe(
             10_000,
@@ -496,8 +680,8 @@ mod tests {
             key,
             &req,
             peer(),
-            "100".into(),
-            (0, 0),
+            mine("100"),
+            Content::Summary((0, 0)),
             "pbx",
         );
         let out = sent(&mut sig);
@@ -528,8 +712,8 @@ mod tests {
                 key,
                 &req,
                 peer(),
-                "100".into(),
-                (0, 0),
+                mine("100"),
+                Content::Summary((0, 0)),
                 "pbx",
             );
         }
@@ -541,8 +725,8 @@ mod tests {
             key,
             &req,
             peer(),
-            "100".into(),
-            (0, 0),
+            mine("100"),
+            Content::Summary((0, 0)),
             "pbx",
         );
         let mut ids = mwi.subscribers_of("100");
@@ -557,8 +741,8 @@ mod tests {
             key,
             &req,
             peer(),
-            "100".into(),
-            (0, 0),
+            mine("100"),
+            Content::Summary((0, 0)),
             "pbx",
         );
         let out = sent(&mut sig);
@@ -566,6 +750,115 @@ mod tests {
         assert!(out[0].starts_with("SIP/2.0 200"));
         assert_eq!(mwi.len(), 2);
         assert!(mwi.subscribers_of("100").iter().all(|c| c != "c4"));
+    }
+
+    #[test]
+    fn dialog_watches_are_counted_capped_and_notified_with_versions() {
+        let mut sig = signalling();
+        let mut table = MwiSubscriptions::new(1_000);
+        let watch = || Watch {
+            subscriber: "100".into(),
+            package: EventPackage::Dialog,
+            watched: "201".into(),
+        };
+        let idle = LineState::default();
+        let (key, req) = subscribe(&mut sig, 0, "c1", "201", 60, None);
+        table.on_subscribe(
+            0,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            watch(),
+            Content::Line(&idle),
+            "pbx",
+        );
+        let out = sent(&mut sig);
+        assert!(out[0].starts_with("SIP/2.0 200"), "{}", out[0]);
+        assert!(out[1].contains("Event: dialog\r\n"), "{}", out[1]);
+        assert!(out[1].contains("Content-Type: application/dialog-info+xml"));
+        assert!(out[1].contains("version=\"0\""), "{}", out[1]);
+        assert_eq!(table.watched().into_iter().collect::<Vec<_>>(), vec!["201"]);
+        assert_eq!(
+            table.watchers_of("201"),
+            vec![("c1".to_string(), EventPackage::Dialog)]
+        );
+        assert!(
+            table.subscribers_of("100").is_empty(),
+            "not a mailbox subscription"
+        );
+        table.notify(1_000, &mut sig, "c1", false, Content::Line(&idle), "pbx");
+        let out = sent(&mut sig);
+        assert!(out[0].contains("version=\"1\""), "{}", out[0]);
+        // A message-summary body is never sent in a dialog subscription.
+        table.notify(
+            1_000,
+            &mut sig,
+            "c1",
+            false,
+            Content::Summary((1, 0)),
+            "pbx",
+        );
+        assert!(sent(&mut sig).is_empty());
+
+        // Another extension's SUBSCRIBE cannot take over the Call-ID.
+        let (key, req) = subscribe(&mut sig, 2_000, "c1", "201", 60, None);
+        let other = Watch {
+            subscriber: "300".into(),
+            ..watch()
+        };
+        table.on_subscribe(
+            2_000,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            other,
+            Content::Line(&idle),
+            "pbx",
+        );
+        assert!(sent(&mut sig)[0].starts_with("SIP/2.0 403"));
+
+        // 200 watches per subscriber; the 201st is refused.
+        for i in 1..MAX_WATCHES_PER_SUBSCRIBER {
+            let id = format!("w{i}");
+            let (key, req) = subscribe(&mut sig, 3_000, &id, "201", 60, None);
+            table.on_subscribe(
+                3_000,
+                &mut sig,
+                key,
+                &req,
+                peer(),
+                watch(),
+                Content::Line(&idle),
+                "pbx",
+            );
+        }
+        assert_eq!(table.len(), MAX_WATCHES_PER_SUBSCRIBER);
+        sent(&mut sig);
+        let (key, req) = subscribe(&mut sig, 3_000, "one-more", "201", 60, None);
+        table.on_subscribe(
+            3_000,
+            &mut sig,
+            key,
+            &req,
+            peer(),
+            watch(),
+            Content::Line(&idle),
+            "pbx",
+        );
+        let out = sent(&mut sig);
+        assert!(
+            out[0].starts_with("SIP/2.0 403 Too Many Subscriptions"),
+            "{}",
+            out[0]
+        );
+        assert_eq!(table.len(), MAX_WATCHES_PER_SUBSCRIBER);
+
+        // They end: nothing is watched any more.
+        table.expire(63_001);
+        assert_eq!(table.len(), 0);
+        assert!(table.watched().is_empty());
     }
 
     #[test]

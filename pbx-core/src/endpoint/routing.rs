@@ -4,13 +4,14 @@
 use crate::cdr::Disposition;
 use crate::media::session::Leg;
 use crate::registrar::Binding;
-use crate::sip::{wire, NameAddr};
+use crate::sip::transaction::TxKey;
+use crate::sip::{wire, NameAddr, Peer, Request, Response};
 use crate::Millis;
 
 use super::call::{App, CallState, ForkState};
 use super::config::{CallGate, Forwarding, RingStrategy};
 use super::plan::{ExternalPlan, RingPlan};
-use super::Endpoint;
+use super::{Endpoint, Event};
 
 /// Forwarding and transfer hops a call may take (stops forwarding loops).
 const MAX_HOPS: u8 = 4;
@@ -29,6 +30,8 @@ pub(super) enum Dest {
     Pickup(Option<String>),
     /// Take the call parked in this orbit.
     Orbit(u32),
+    /// The caller turns its do-not-disturb on (true) or off.
+    Dnd(bool),
     /// Out through a trunk.
     External(ExternalPlan),
 }
@@ -59,6 +62,24 @@ impl Endpoint {
         self.forwards.get(ext)
     }
 
+    /// Turns do-not-disturb of `ext` on or off (the admin, or the stored flag at start):
+    /// its phones ring for no call, and its busy lamp and presence say so.
+    pub fn set_dnd(&mut self, now: Millis, ext: &str, on: bool) {
+        let changed = if on {
+            self.dnd.insert(ext.to_string())
+        } else {
+            self.dnd.remove(ext)
+        };
+        if changed {
+            self.update_lamps(now);
+        }
+    }
+
+    /// Whether `ext` is in do-not-disturb.
+    pub fn dnd(&self, ext: &str) -> bool {
+        self.dnd.contains(ext)
+    }
+
     /// Installs the toll-fraud check asked before every outbound call.
     pub fn set_gate(&mut self, gate: Box<dyn CallGate>) {
         self.gate = Some(gate);
@@ -69,6 +90,12 @@ impl Endpoint {
         let f = &self.cfg.features;
         if !f.pickup.is_empty() && number == f.pickup {
             return Ok(Dest::Pickup(None));
+        }
+        if !caller.is_empty() && !f.dnd_on.is_empty() && number == f.dnd_on {
+            return Ok(Dest::Dnd(true));
+        }
+        if !caller.is_empty() && !f.dnd_off.is_empty() && number == f.dnd_off {
+            return Ok(Dest::Dnd(false));
         }
         if let Some(ext) = number
             .strip_prefix(f.directed_pickup.as_str())
@@ -130,7 +157,9 @@ impl Endpoint {
                     Routed::Failed(480, Disposition::Unavailable)
                 }
             }
-            Dest::Pickup(_) | Dest::Orbit(_) => Routed::Failed(404, Disposition::NotFound),
+            Dest::Pickup(_) | Dest::Orbit(_) | Dest::Dnd(_) => {
+                Routed::Failed(404, Disposition::NotFound)
+            }
             Dest::Extension(ext) => self.route_extension(now, id, ext),
             Dest::Group(group) => self.route_group(now, id, group),
             Dest::External(plan) => {
@@ -156,6 +185,18 @@ impl Endpoint {
         let contacts = self.contacts_of(now, &ext);
         if let Some(call) = self.calls.get_mut(&id) {
             call.plan = RingPlan::Extension { ext: ext.clone() };
+        }
+        if self.dnd.contains(&ext) {
+            // Do-not-disturb is busy: busy forwarding, else voicemail's busy greeting.
+            if let Some(target) = fwd.busy.as_deref() {
+                if let Some(routed) = self.forward(now, id, &ext, target) {
+                    return routed;
+                }
+            }
+            if self.start_voicemail_for(now, id, &ext, "busy") {
+                return Routed::Answered;
+            }
+            return Routed::Failed(486, Disposition::Busy);
         }
         if contacts.is_empty() {
             // Offline counts as not answering.
@@ -270,8 +311,39 @@ impl Endpoint {
         }
     }
 
-    /// The registered contacts of `ext`.
+    /// A feature code of extension `caller`: do-not-disturb `on` or off. Answered 480 with
+    /// the new state as the reason phrase (the phone shows it); nothing rings.
+    pub(super) fn dnd_code(
+        &mut self,
+        now: Millis,
+        key: TxKey,
+        req: &Request,
+        src: Peer,
+        caller: &str,
+        on: bool,
+    ) {
+        self.set_dnd(now, caller, on);
+        self.events.push_back(Event::DndChanged {
+            ext: caller.to_string(),
+            on,
+        });
+        tracing::info!(ext = caller, on, "do-not-disturb set by feature code");
+        let mut resp = Response::to_request(req, 480, Some(&self.sig.new_tag()));
+        resp.reason = if on {
+            "Do Not Disturb On"
+        } else {
+            "Do Not Disturb Off"
+        }
+        .to_string();
+        self.sig.send(now, &key, resp, src);
+    }
+
+    /// The registered contacts of `ext` (none while it is in do-not-disturb: a group or a
+    /// transfer does not ring it).
     pub(super) fn contacts_of(&self, now: Millis, ext: &str) -> Vec<Binding> {
+        if self.dnd.contains(ext) {
+            return Vec::new();
+        }
         self.registrar
             .lookup(ext, now)
             .into_iter()

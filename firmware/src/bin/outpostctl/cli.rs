@@ -445,6 +445,15 @@ pub enum ExtCmd {
         #[arg(long, conflicts_with_all = ["always", "busy", "no_answer", "no_answer_secs"])]
         off: bool,
     },
+    /// Turn do-not-disturb on or off: the extension's phones ring for no call; callers get
+    /// its busy forwarding, its voicemail or busy (the phone itself: *78 / *79).
+    Dnd {
+        /// Extension number.
+        ext: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Create or replace extensions from a CSV file: `ext,password[,name]` per line, `#`
     /// comments; `-` reads standard input. Every row is checked before anything is sent.
     Import {

@@ -62,6 +62,13 @@ pub fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
                 digest: algorithms,
             })
         }
+        Cmd::Ext(ExtCmd::Dnd { ext, state }) => {
+            validate_ext(&ext).map_err(Failure::Usage)?;
+            one(Command::ExtDnd {
+                ext,
+                on: state == "on",
+            })
+        }
         Cmd::Ext(ExtCmd::Callerid { ext, number }) => {
             validate_ext(&ext).map_err(Failure::Usage)?;
             one(Command::ExtCallerId { ext, number })

@@ -83,12 +83,13 @@ pub fn trunks(v: &[TrunkStatus]) -> String {
 
 /// `ext list`.
 pub fn extensions(v: &[ExtensionInfo]) -> String {
-    Table::new(&["EXT", "NAME", "REGISTERED"])
+    Table::new(&["EXT", "NAME", "REGISTERED", "DND"])
         .rows(v.iter().map(|e| {
             vec![
                 e.ext.clone(),
                 e.name.clone().unwrap_or_else(|| "-".to_owned()),
                 e.registered.to_string(),
+                if e.dnd { "on" } else { "-" }.to_owned(),
             ]
         }))
         .render_or("no extensions\n")
@@ -100,6 +101,7 @@ pub fn extension(e: &ExtensionDetail) -> String {
     let mut t = Table::plain();
     t.pair("extension", e.ext.clone());
     t.pair("name", e.name.clone().unwrap_or_else(|| "-".to_owned()));
+    t.pair("do-not-disturb", if e.dnd { "on" } else { "off" });
     if f.always.is_none() && f.busy.is_none() && f.no_answer.is_none() {
         t.pair("forwarding", "off");
     }
@@ -328,6 +330,7 @@ mod tests {
             caller_id: None,
             vm_pin_set: true,
             digest: "default".into(),
+            dnd: true,
             registrations: vec![],
         };
         let text = extension(&e);
@@ -338,6 +341,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("voicemail PIN         set\n"), "{text}");
+        assert!(text.contains("do-not-disturb        on\n"), "{text}");
         e.forwarding = pbx_core::endpoint::Forwarding::default();
         e.vm_pin_set = false;
         let text = extension(&e);
