@@ -360,12 +360,14 @@ pub async fn run(
         )
     })?;
     let web_admin = admin_tx.clone();
+    let provision_admin = admin_tx.clone();
     tokio::spawn(async move {
         if let Err(err) = server::run(listener, admin_tx, access).await {
             tracing::error!(%err, "admin socket failed");
         }
     });
     // The web page: a client of the same queue as the admin socket.
+    let provision_networks = web_networks.clone();
     if let Err(err) = crate::web::start(
         &daemon.cfg.web,
         &daemon.cfg.tls,
@@ -379,6 +381,18 @@ pub async fn run(
             "web",
             err.to_string(),
             "no web page (outpostctl, SSH and the console still work)",
+        );
+    }
+
+    // Desk phones' files over plain HTTP, when `[provision] listen` asks for it.
+    if let Err(err) =
+        crate::web::start_provision(&daemon.cfg.provision, provision_admin, provision_networks)
+            .await
+    {
+        fallbacks.fell_back(
+            "provision",
+            err.to_string(),
+            "no plain-HTTP provisioning (the web page's HTTPS /provision/ still works)",
         );
     }
 
