@@ -1202,6 +1202,13 @@ mod tests {
         assert_eq!(c.management_zone().ports, [9100]);
         c.web.listen = vec!["0.0.0.0:443".parse().unwrap(), "[::]:443".parse().unwrap()];
         assert_eq!(c.management_zone().ports, [443, 9100]);
+        c.provision.listen = vec!["0.0.0.0:8080".parse().unwrap()];
+        assert_eq!(c.management_zone().ports, [443, 8080, 9100]);
+        c.provision.listen = vec!["[::]:443".parse().unwrap()];
+        assert_eq!(invalid_key(&c), "provision.listen");
+        c.provision.listen = vec!["0.0.0.0:5060".parse().unwrap()];
+        assert_eq!(invalid_key(&c), "provision.listen");
+        c.provision.listen.clear();
         c.web.listen = vec!["0.0.0.0:5060".parse().unwrap()];
         assert_eq!(invalid_key(&c), "web.listen");
     }

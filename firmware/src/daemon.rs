@@ -1266,6 +1266,20 @@ impl Daemon {
             Command::Config(c) => {
                 tokio::task::block_in_place(|| crate::admin::config::execute(self, now, c))
             }
+            // Phones (and every provisioning fetch): the store, the call core, the firewall.
+            Command::Phone(p) => tokio::task::block_in_place(|| {
+                crate::admin::phone::execute(
+                    crate::admin::phone::PhoneCtx {
+                        now,
+                        cfg: &self.cfg,
+                        realm: &self.endpoint_cfg.realm,
+                        store: &self.store,
+                        endpoint: &mut self.endpoint,
+                        guard: &mut self.guard,
+                    },
+                    p,
+                )
+            }),
             cmd => crate::admin::control::Control {
                 now,
                 uptime_secs: self.clock.start.elapsed().as_secs(),

@@ -191,3 +191,35 @@ pub enum ProvisionAnswer {
     /// 401 with a Basic challenge: no credentials, or wrong ones (counted by the firewall).
     Unauthorized,
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_off_and_bad_values_name_their_key() {
+        let c = ProvisionConfig::default();
+        assert!(c.listen.is_empty());
+        c.validate().unwrap();
+        assert_eq!(c.sip_transport().unwrap(), Transport::Udp);
+        let c: ProvisionConfig =
+            toml::from_str("listen = [\"0.0.0.0:8080\"]\ntransport = \"tls\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.ports().collect::<Vec<_>>(), vec![8080]);
+        assert_eq!(c.sip_transport().unwrap(), Transport::Tls);
+        for (text, key) in [
+            ("transport = \"sctp\"\n", "provision.transport"),
+            ("utc_offset_minutes = 900\n", "provision.utc_offset_minutes"),
+            ("listen = [\"0.0.0.0:0\"]\n", "provision.listen"),
+            (
+                "listen = [\"0.0.0.0:80\", \"0.0.0.0:80\"]\n",
+                "provision.listen",
+            ),
+        ] {
+            let c: ProvisionConfig = toml::from_str(text).unwrap();
+            assert_eq!(c.validate().unwrap_err().0, key, "{text}");
+        }
+        assert!(toml::from_str::<ProvisionConfig>("port = 1\n").is_err());
+    }
+}

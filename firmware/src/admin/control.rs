@@ -362,6 +362,7 @@ impl Control<'_> {
             | Command::Log(_)
             | Command::System
             | Command::Update(_)
+            | Command::Phone(_)
             | Command::SbomRead { .. } => {
                 anyhow::bail!("{} is handled by the daemon itself", cmd.name())
             }
@@ -386,19 +387,6 @@ impl Control<'_> {
             }
             Command::Ssh(ssh) => tokio::task::block_in_place(|| {
                 crate::admin::ssh::execute(self.cfg, self.store, now, ssh)
-            })?,
-            Command::Phone(phone) => tokio::task::block_in_place(|| {
-                crate::admin::phone::execute(
-                    crate::admin::phone::PhoneCtx {
-                        now,
-                        cfg: self.cfg,
-                        realm: self.realm,
-                        store: self.store,
-                        endpoint: self.endpoint,
-                        guard: self.guard,
-                    },
-                    phone,
-                )
             })?,
             Command::Admin(admin) => tokio::task::block_in_place(|| {
                 crate::admin::console::execute(self.store, self.guard, now, admin)

@@ -136,11 +136,6 @@ pub fn xml(s: &str) -> String {
     out
 }
 
-/// Outside text made safe to echo in a message (control characters dropped, at most 40).
-pub fn printable(s: &str) -> String {
-    text(s).chars().take(40).collect()
-}
-
 /// `+1`, `+5:30`, `-3:30`, `0`: hours east of UTC (Yealink, Fanvil).
 fn offset_hours(minutes: i32) -> String {
     if minutes == 0 {
@@ -148,7 +143,7 @@ fn offset_hours(minutes: i32) -> String {
     }
     let sign = if minutes < 0 { '-' } else { '+' };
     let m = minutes.unsigned_abs();
-    if m % 60 == 0 {
+    if m.is_multiple_of(60) {
         format!("{sign}{}", m / 60)
     } else {
         format!("{sign}{}:{:02}", m / 60, m % 60)

@@ -39,7 +39,11 @@ impl Vendor {
                 "unknown phone model {:?}: Yealink T4x/T5x (T46U, T54W), Grandstream GXP/GRP \
                  (GXP2170, GRP2614), Snom D-series (D785), Poly VVX/Edge (VVX450, EDGEE350) or \
                  Fanvil X-series (X4U)",
-                crate::provision::files::printable(model)
+                model
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(40)
+                    .collect::<String>()
             )
         };
         if model.is_empty()
