@@ -45,24 +45,8 @@ impl Default for ProvisionConfig {
 impl ProvisionConfig {
     /// Checks the section; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.listen.len() > MAX_LISTEN {
-            return Err((
-                "provision.listen",
-                format!("at most {MAX_LISTEN} addresses"),
-            ));
-        }
-        let mut seen = self.listen.clone();
-        seen.sort_unstable();
-        seen.dedup();
-        if seen.len() != self.listen.len() {
-            return Err(("provision.listen", "an address is listed twice".to_owned()));
-        }
-        if self.listen.iter().any(|a| a.port() == 0) {
-            return Err((
-                "provision.listen",
-                "port 0 is not a port to listen on".to_owned(),
-            ));
-        }
+        crate::webconf::check_listen(&self.listen, MAX_LISTEN)
+            .map_err(|e| ("provision.listen", e))?;
         self.sip_transport()?;
         if !(-720..=840).contains(&self.utc_offset_minutes) {
             return Err((
@@ -199,10 +183,9 @@ mod tests {
 
     #[test]
     fn defaults_are_off_and_bad_values_name_their_key() {
-        let c = ProvisionConfig::default();
-        assert!(c.listen.is_empty());
-        c.validate().unwrap();
-        assert_eq!(c.sip_transport().unwrap(), Transport::Udp);
+        let off = ProvisionConfig::default();
+        assert_eq!((off.listen.len(), off.validate()), (0, Ok(())));
+        assert_eq!(off.sip_transport().unwrap(), Transport::Udp);
         let c: ProvisionConfig =
             toml::from_str("listen = [\"0.0.0.0:8080\"]\ntransport = \"tls\"\n").unwrap();
         c.validate().unwrap();
