@@ -222,7 +222,9 @@ fn fetch(
         Wanted::Common(vendor) => provision::common_file(vendor),
         Wanted::Phone { file, .. } => {
             let vendor = Vendor::of_model(&phone.model).map_err(anyhow::Error::msg)?;
-            let profile = profile(ctx.cfg, ctx.store, &phone, server)?;
+            let Some(profile) = profile(ctx.cfg, ctx.store, &phone, server)? else {
+                return Ok(ProvisionAnswer::NotFound);
+            };
             let Some(f) = provision::phone_file(vendor, file, &profile) else {
                 return Ok(ProvisionAnswer::NotFound);
             };
@@ -244,13 +246,14 @@ fn fetch(
     })
 }
 
-/// What the phone's file says, from its record, its extension and the running config.
+/// What the phone's file says, from its record, its extension and the running config;
+/// `None` when its extension was deleted since (the phone then gets nothing).
 fn profile(
     cfg: &Config,
     store: &Store,
     phone: &PhoneRecord,
     server: IpAddr,
-) -> anyhow::Result<Profile> {
+) -> anyhow::Result<Option<Profile>> {
     let transport = cfg
         .provision
         .sip_transport()
@@ -264,8 +267,11 @@ fn profile(
         .find(|a| a.is_ipv4() == server.is_ipv4() && (a.ip().is_unspecified() || a.ip() == server))
         .or_else(|| listen.first())
         .map_or(default_port, std::net::SocketAddr::port);
-    let name = store.ext_get(&phone.ext)?.and_then(|r| r.name);
-    Ok(Profile {
+    let Some(ext) = store.ext_get(&phone.ext)? else {
+        return Ok(None);
+    };
+    let name = ext.name;
+    Ok(Some(Profile {
         mac: phone.mac.parse()?,
         model: phone.model.clone(),
         ext: phone.ext.clone(),
@@ -280,7 +286,7 @@ fn profile(
         voicemail: cfg.voicemail.access_number.clone(),
         utc_offset_minutes: cfg.provision.utc_offset_minutes,
         blf: phone.keys.clone(),
-    })
+    }))
 }
 
 #[cfg(test)]
