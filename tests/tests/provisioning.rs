@@ -129,6 +129,23 @@ fn add_phone(s: &Site, mac: &str, model: &str, ext: &str) -> Added {
     }
 }
 
+impl Site {
+    /// A GET of `/provision/<file>` on the plain-HTTP listener from the office phone's
+    /// namespace, with `phone`'s credentials when given.
+    fn office(&self, file: &str, user_agent: &str, phone: Option<&Added>) -> HttpsReply {
+        let url = format!(
+            "http://{}:{PROV_PORT}/provision/{file}",
+            self.lab.appliance_ip()
+        );
+        get_in(
+            &self.lab.phone,
+            &url,
+            user_agent,
+            phone.map(|p| (p.user.as_str(), p.password.as_str())),
+        )
+    }
+}
+
 fn bans(s: &Site) -> Vec<Value> {
     let reply = s.daemon.admin(&json!({"cmd": "fw", "fw": "bans"}));
     reply["data"]["bans"]
@@ -174,12 +191,7 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
 
     // Yealink: <mac>.cfg, key = value.
     let ua = "Yealink SIP-T46U 108.86.0.20 80:5e:c0:00:00:01";
-    let r = get_in(
-        &s.lab.phone,
-        &format!("{base}/805ec0000001.cfg"),
-        ua,
-        Some((&yealink.user, &yealink.password)),
-    );
+    let r = s.office("805ec0000001.cfg", ua, Some(&yealink));
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.starts_with("#!version:1.0.0.1\n"), "{}", r.body);
     let kv = pairs(&r.body, '=');
@@ -213,11 +225,10 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
     assert_eq!(phone.register_status(Duration::from_secs(5)), Some(200));
 
     // Grandstream: cfg<mac>.xml, P-values.
-    let r = get_in(
-        &s.lab.phone,
-        &format!("{base}/cfg000b82000002.xml"),
+    let r = s.office(
+        "cfg000b82000002.xml",
         "Grandstream Model HW GXP2170 SW 1.0.11.3 DevId 000b82000002",
-        Some((&grandstream.user, &grandstream.password)),
+        Some(&grandstream),
     );
     assert_eq!(r.status, 200, "{r:?}");
     let doc = roxmltree::Document::parse(&r.body).expect("Grandstream XML");
@@ -243,11 +254,10 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
     assert_eq!(text_of(&doc, "P34").len(), 24);
 
     // Snom: snom<model>-<MAC>.htm, settings XML.
-    let r = get_in(
-        &s.lab.phone,
-        &format!("{base}/snomD785-000413000003.htm"),
+    let r = s.office(
+        "snomD785-000413000003.htm",
         "Mozilla/4.0 (compatible; snomD785-SIP 10.1.73.16)",
-        Some((&snom.user, &snom.password)),
+        Some(&snom),
     );
     assert_eq!(r.status, 200, "{r:?}");
     let doc = roxmltree::Document::parse(&r.body).expect("Snom XML");
@@ -277,33 +287,22 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
         ]
     );
     // Its other path gives the same file.
-    let again = get_in(
-        &s.lab.phone,
-        &format!("{base}/000413000003.xml"),
+    let again = s.office(
+        "000413000003.xml",
         "Mozilla/4.0 (compatible; snomD785-SIP 10.1.73.16)",
-        Some((&snom.user, &snom.password)),
+        Some(&snom),
     );
     assert_eq!(again.body, r.body);
 
     // Poly: the master file <mac>.cfg names the phone's file.
     let ua = "FileTransport PolycomVVX-VVX_450-UA/6.4.3.5039";
-    let r = get_in(
-        &s.lab.phone,
-        &format!("{base}/0004f2000004.cfg"),
-        ua,
-        Some((&poly.user, &poly.password)),
-    );
+    let r = s.office("0004f2000004.cfg", ua, Some(&poly));
     assert_eq!(r.status, 200, "{r:?}");
     let doc = roxmltree::Document::parse(&r.body).expect("Poly master XML");
     assert_eq!(doc.root_element().tag_name().name(), "APPLICATION");
     let named = attr_of(&doc, "CONFIG_FILES").to_owned();
     assert_eq!(named, "0004f2000004-outpost.cfg");
-    let r = get_in(
-        &s.lab.phone,
-        &format!("{base}/{named}"),
-        ua,
-        Some((&poly.user, &poly.password)),
-    );
+    let r = s.office(&named, ua, Some(&poly));
     assert_eq!(r.status, 200, "{r:?}");
     let doc = roxmltree::Document::parse(&r.body).expect("Poly XML");
     assert_eq!(doc.root_element().tag_name().name(), "polycomConfig");
@@ -324,11 +323,10 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
     assert_eq!(attr_of(&doc, "reg.1.auth.password").len(), 24);
 
     // Fanvil: <mac>.cfg, Key :Value in modules.
-    let r = get_in(
-        &s.lab.phone,
-        &format!("{base}/0c383e000005.cfg"),
+    let r = s.office(
+        "0c383e000005.cfg",
         "Fanvil X4U 2.12.1 0c383e000005",
-        Some((&fanvil.user, &fanvil.password)),
+        Some(&fanvil),
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.starts_with("<<VOIP CONFIG FILE>>"), "{}", r.body);
@@ -361,19 +359,14 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
     assert_eq!(pairs(&r.body, '=')["account.1.password"], sip_password);
 
     // A common file: served to a known phone's credentials, with no secret in it.
-    let r = get_in(
-        &s.lab.phone,
-        &format!("{base}/000000000000.cfg"),
-        ua,
-        Some((&poly.user, &poly.password)),
-    );
+    let r = s.office("000000000000.cfg", ua, Some(&poly));
     assert_eq!(r.status, 200, "{r:?}");
     assert!(!r.body.contains("password"), "{}", r.body);
 
     // Refusals: no credentials (a challenge, not counted), a wrong password, an unknown
     // MAC, the directory itself.
     let ua = "Yealink SIP-T46U 108.86.0.20 80:5e:c0:00:00:01";
-    let r = get_in(&s.lab.phone, &format!("{base}/805ec0000001.cfg"), ua, None);
+    let r = s.office("805ec0000001.cfg", ua, None);
     assert_eq!(r.status, 401, "{r:?}");
     assert!(
         r.header("www-authenticate")
@@ -390,24 +383,14 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
     assert_eq!(r.status, 401, "{r:?}");
     assert!(!r.body.contains(&sip_password));
     for path in ["805ec00000ff.cfg", "", "../outpost.redb", "index.html"] {
-        let r = get_in(
-            &s.lab.phone,
-            &format!("{base}/{path}"),
-            ua,
-            Some((&yealink.user, &yealink.password)),
-        );
+        let r = s.office(path, ua, Some(&yealink));
         assert_eq!(r.status, 404, "{path}: {r:?}");
         assert!(r.body.is_empty(), "{path}: {r:?}");
     }
     // The office phone fetching correctly is never banned.
     let started = std::time::Instant::now();
     for _ in 0..20 {
-        let r = get_in(
-            &s.lab.phone,
-            &format!("{base}/805ec0000001.cfg"),
-            ua,
-            Some((&yealink.user, &yealink.password)),
-        );
+        let r = s.office("805ec0000001.cfg", ua, Some(&yealink));
         assert_eq!(r.status, 200, "{r:?}");
     }
     println!(
@@ -458,21 +441,15 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
 
     // A phone whose extension was deleted gets nothing.
     s.daemon.ctl_ok(&["ext", "del", "105"]);
-    let r = get_in(
-        &s.lab.phone,
-        &format!("{base}/0c383e000005.cfg"),
+    let r = s.office(
+        "0c383e000005.cfg",
         "Fanvil X4U 2.12.1 0c383e000005",
-        Some((&fanvil.user, &fanvil.password)),
+        Some(&fanvil),
     );
     assert_eq!(r.status, 404, "{r:?}");
 
     // phone del: the phone gets nothing any more.
     s.daemon.ctl_ok(&["phone", "del", "80:5e:c0:00:00:01"]);
-    let r = get_in(
-        &s.lab.phone,
-        &format!("{base}/805ec0000001.cfg"),
-        ua,
-        Some((&yealink.user, &yealink.password)),
-    );
+    let r = s.office("805ec0000001.cfg", ua, Some(&yealink));
     assert_eq!(r.status, 404, "{r:?}");
 }
