@@ -439,6 +439,17 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
         bans(&s)
     );
 
+    // `ext passwd` changes what the phone is served.
+    let out = s
+        .daemon
+        .ctl_ok(&["ext", "passwd", "101", "--password", "changed-by-admin-1"]);
+    assert!(out.contains("provisioned phone"), "{out}");
+    let r = s.office("805ec0000001.cfg", ua, Some(&yealink));
+    assert_eq!(
+        pairs(&r.body, '=')["account.1.password"],
+        "changed-by-admin-1"
+    );
+
     // A phone whose extension was deleted gets nothing.
     s.daemon.ctl_ok(&["ext", "del", "105"]);
     let r = s.office(
