@@ -121,6 +121,8 @@ pub struct Config {
     pub time: crate::timesync::TimeConfig,
     /// `[web]`: the web admin page.
     pub web: crate::webconf::WebConfig,
+    /// `[provision]`: desk-phone auto-provisioning.
+    pub provision: crate::provision::ProvisionConfig,
 }
 
 /// `[sip]` section.
@@ -415,6 +417,7 @@ impl Config {
         }
         ports.extend(self.metrics.listen.iter().map(SocketAddr::port));
         ports.extend(self.web.ports());
+        ports.extend(self.provision.ports());
         ports.sort_unstable();
         ports.dedup();
         firewall::nft::ManagementZone {
@@ -892,6 +895,23 @@ impl Config {
         self.web
             .validate()
             .map_err(|(key, reason)| invalid(key, reason))?;
+        self.provision
+            .validate()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        if let Some(a) = self
+            .provision
+            .listen
+            .iter()
+            .find(|a| self.web.ports().any(|p| p == a.port()))
+        {
+            return Err(invalid(
+                "provision.listen",
+                format!(
+                    "port {} is web.listen's: the web page already serves /provision/ over HTTPS",
+                    a.port()
+                ),
+            ));
+        }
         // The management zone drops TCP to its ports from outside the management networks:
         // a port shared with SIP would take SIP over TCP with it.
         let sip_ports: HashSet<u16> = self
@@ -906,6 +926,12 @@ impl Config {
             .map(|a| ("ssh.listen", a))
             .chain(self.metrics.listen.iter().map(|a| ("metrics.listen", a)))
             .chain(self.web.listen.iter().map(|a| ("web.listen", a)))
+            .chain(
+                self.provision
+                    .listen
+                    .iter()
+                    .map(|a| ("provision.listen", a)),
+            )
         {
             if sip_ports.contains(&addr.port()) {
                 return Err(invalid(
@@ -1221,6 +1247,13 @@ mod tests {
         assert_eq!(c.management_zone().ports, [9100]);
         c.web.listen = vec!["0.0.0.0:443".parse().unwrap(), "[::]:443".parse().unwrap()];
         assert_eq!(c.management_zone().ports, [443, 9100]);
+        c.provision.listen = vec!["0.0.0.0:8080".parse().unwrap()];
+        assert_eq!(c.management_zone().ports, [443, 8080, 9100]);
+        c.provision.listen = vec!["[::]:443".parse().unwrap()];
+        assert_eq!(invalid_key(&c), "provision.listen");
+        c.provision.listen = vec!["0.0.0.0:5060".parse().unwrap()];
+        assert_eq!(invalid_key(&c), "provision.listen");
+        c.provision.listen.clear();
         c.web.listen = vec!["0.0.0.0:5060".parse().unwrap()];
         assert_eq!(invalid_key(&c), "web.listen");
     }

@@ -372,12 +372,14 @@ pub async fn run(
         )
     })?;
     let web_admin = admin_tx.clone();
+    let provision_admin = admin_tx.clone();
     tokio::spawn(async move {
         if let Err(err) = server::run(listener, admin_tx, access).await {
             tracing::error!(%err, "admin socket failed");
         }
     });
     // The web page: a client of the same queue as the admin socket.
+    let provision_networks = web_networks.clone();
     if let Err(err) = crate::web::start(
         &daemon.cfg.web,
         &daemon.cfg.tls,
@@ -391,6 +393,18 @@ pub async fn run(
             "web",
             err.to_string(),
             "no web page (outpostctl, SSH and the console still work)",
+        );
+    }
+
+    // Desk phones' files over plain HTTP, when `[provision] listen` asks for it.
+    if let Err(err) =
+        crate::web::start_provision(&daemon.cfg.provision, provision_admin, provision_networks)
+            .await
+    {
+        fallbacks.fell_back(
+            "provision",
+            err.to_string(),
+            "no plain-HTTP provisioning (the web page's HTTPS /provision/ still works)",
         );
     }
 
@@ -1294,6 +1308,20 @@ impl Daemon {
             Command::Config(c) => {
                 tokio::task::block_in_place(|| crate::admin::config::execute(self, now, c))
             }
+            // Phones (and every provisioning fetch): the store, the call core, the firewall.
+            Command::Phone(p) => tokio::task::block_in_place(|| {
+                crate::admin::phone::execute(
+                    crate::admin::phone::PhoneCtx {
+                        now,
+                        cfg: &self.cfg,
+                        realm: &self.endpoint_cfg.realm,
+                        store: &self.store,
+                        endpoint: &mut self.endpoint,
+                        guard: &mut self.guard,
+                    },
+                    p,
+                )
+            }),
             cmd => crate::admin::control::Control {
                 now,
                 uptime_secs: self.clock.start.elapsed().as_secs(),

@@ -22,6 +22,8 @@
 //! - [`watchdog`]: the hardware watchdog, petted while the daemon is healthy.
 //! - [`system`]: `[system]`, the box's host name.
 //! - [`webconf`]: `[web]`, the web admin page's listeners, certificate and timeouts.
+//! - [`provision`]: `[provision]` and the phone commands' wire types (desk-phone
+//!   auto-provisioning; the files are `pbx_core::provision`).
 //!
 //! Subsystems (each owns its config section and typed operations, errors and results):
 //! - [`driver`]: SIP transports (UDP, TCP, TLS) and `[tls]`.
@@ -81,6 +83,7 @@ pub mod netconf;
 pub mod netif;
 pub mod panel;
 pub mod pbx_config;
+pub mod provision;
 pub mod recordings;
 pub mod reload;
 pub mod revisions;

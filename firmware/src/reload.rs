@@ -56,6 +56,9 @@ pub const KEYS: &[(&str, Apply)] = &[
     // The NTP client asks the new servers at once; `start_wait_secs` is read at start.
     ("time", Live),
     ("system.hostname", Live),
+    // Read by each provisioning fetch from the running configuration.
+    ("provision.transport", Live),
+    ("provision.utc_offset_minutes", Live),
     // Sockets, threads and tables made at start.
     ("admin", Restart),
     ("auth.nonce_lifetime_secs", Restart),
@@ -75,6 +78,7 @@ pub const KEYS: &[(&str, Apply)] = &[
     ("media", Restart),
     ("metrics", Restart),
     ("panel", Restart),
+    ("provision.listen", Restart),
     ("registrar", Restart),
     ("sip.listen", Restart),
     ("sip.max_server_transactions", Restart),

@@ -40,21 +40,27 @@ impl Default for WebConfig {
     }
 }
 
+/// Checks a list of TCP listen addresses: at most `max`, none twice, no port 0.
+pub fn check_listen(listen: &[SocketAddr], max: usize) -> Result<(), String> {
+    if listen.len() > max {
+        return Err(format!("at most {max} addresses"));
+    }
+    let mut seen = listen.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != listen.len() {
+        return Err("an address is listed twice".to_owned());
+    }
+    if listen.iter().any(|a| a.port() == 0) {
+        return Err("port 0 is not a port to listen on".to_owned());
+    }
+    Ok(())
+}
+
 impl WebConfig {
     /// Checks the section; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.listen.len() > MAX_LISTEN {
-            return Err(("web.listen", format!("at most {MAX_LISTEN} addresses")));
-        }
-        let mut seen = self.listen.clone();
-        seen.sort_unstable();
-        seen.dedup();
-        if seen.len() != self.listen.len() {
-            return Err(("web.listen", "an address is listed twice".to_owned()));
-        }
-        if self.listen.iter().any(|a| a.port() == 0) {
-            return Err(("web.listen", "port 0 is not a port to listen on".to_owned()));
-        }
+        check_listen(&self.listen, MAX_LISTEN).map_err(|e| ("web.listen", e))?;
         match (&self.cert, &self.key) {
             (Some(_), None) => return Err(("web.key", "web.cert is set: set web.key too".into())),
             (None, Some(_)) => return Err(("web.cert", "web.key is set: set web.cert too".into())),

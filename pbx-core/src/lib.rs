@@ -9,6 +9,7 @@ pub mod dialplan;
 pub mod endpoint;
 pub mod lockout;
 pub mod media;
+pub mod provision;
 pub mod registrar;
 pub mod sip;
 pub mod trunk;

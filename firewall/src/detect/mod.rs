@@ -205,6 +205,8 @@ pub enum LoginService {
     Ssh,
     /// The web admin page.
     Web,
+    /// Desk-phone provisioning (a wrong phone password on `/provision/`).
+    Provision,
 }
 
 impl LoginService {
@@ -213,6 +215,7 @@ impl LoginService {
         match self {
             LoginService::Ssh => "ssh",
             LoginService::Web => "web",
+            LoginService::Provision => "provision",
         }
     }
 }

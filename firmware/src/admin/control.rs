@@ -275,7 +275,22 @@ impl Control<'_> {
                     rec.name,
                     &password,
                 )?;
-                Reply::done(format!("password of extension {ext} changed"))
+                // A provisioned phone of the extension gets the new password at its next
+                // fetch (the box keeps the one it serves).
+                let mut phones = 0;
+                for mut phone in self.store.phone_list()? {
+                    if phone.ext == ext {
+                        phone.sip_password.clone_from(&password);
+                        self.store.phone_put(&phone)?;
+                        phones += 1;
+                    }
+                }
+                Reply::done(match phones {
+                    0 => format!("password of extension {ext} changed"),
+                    n => format!(
+                        "password of extension {ext} changed; its {n} provisioned phone(s) get it at their next fetch"
+                    ),
+                })
             }
             Command::ExtImport { rows } => {
                 for (i, row) in rows.iter().enumerate() {
@@ -412,6 +427,7 @@ impl Control<'_> {
             | Command::Log(_)
             | Command::System
             | Command::Update(_)
+            | Command::Phone(_)
             | Command::SbomRead { .. } => {
                 anyhow::bail!("{} is handled by the daemon itself", cmd.name())
             }

@@ -8,6 +8,7 @@ pub mod control;
 pub mod export;
 pub mod firewall;
 pub mod log;
+pub mod phone;
 pub mod proto;
 pub mod server;
 pub mod ssh;

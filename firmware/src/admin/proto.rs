@@ -17,6 +17,7 @@ pub use crate::names::{
     validate_admin_password, validate_ext, validate_name, validate_password, MAX_EXT_LEN,
     MAX_NAME_LEN, MAX_PASSWORD_LEN, MAX_SSH_KEY_LINE, MIN_ADMIN_PASSWORD_LEN, MIN_PASSWORD_LEN,
 };
+pub use crate::provision::{PhoneAdded, PhoneCommand, PhoneInfo, ProvisionAnswer};
 pub use crate::ssh::api::{SshCommand, SshKeyInfo};
 
 /// Version of this protocol, reported in the `status` reply. It grows when a command or
@@ -179,6 +180,8 @@ pub enum Command {
     /// Lines of the persistent log (`{"cmd":"log","lines":50,"level":"warn"}`); with
     /// `after`, the lines written since that cursor (how `outpostctl log --follow` polls).
     Log(LogQuery),
+    /// Desk-phone provisioning (`{"cmd":"phone","phone":"list"}`).
+    Phone(PhoneCommand),
 }
 
 impl Command {
@@ -220,6 +223,7 @@ impl Command {
             Command::System => "system",
             Command::SbomRead { .. } => "sbom_read",
             Command::Update(u) => u.name(),
+            Command::Phone(p) => p.name(),
         }
     }
 }
@@ -332,6 +336,12 @@ pub enum Reply {
     },
     /// Answer to [`Command::Log`].
     Log(LogPage),
+    /// Answer to [`PhoneCommand::List`].
+    Phones(Vec<PhoneInfo>),
+    /// Answer to [`PhoneCommand::Add`]: the phone's provisioning credentials, shown once.
+    PhoneAdded(PhoneAdded),
+    /// Answer to [`PhoneCommand::Fetch`].
+    Provision(ProvisionAnswer),
     /// A change was made.
     Done {
         /// What was done, for a human.

@@ -35,6 +35,10 @@ const CONCURRENT_LOGINS: usize = 2;
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+/// The box's address a request's connection came to.
+#[derive(Debug, Clone, Copy)]
+pub struct Local(pub SocketAddr);
+
 /// What every handler shares.
 #[derive(Debug, Clone)]
 pub struct AppState(pub Arc<Shared>);

@@ -8,7 +8,8 @@
 //! Its section is [`crate::webconf`]. Pieces, bottom to top: [`session`] (logins, CSRF tokens and
 //! their timeouts; pure, time passed in), [`assets`] (the stylesheet and script, embedded),
 //! [`api`] (the admin queue), [`download`] (files streamed piece by piece), [`layout`] (the page shell and shared bits), [`app`] (the
-//! shared state, the session and CSRF checks), [`pages`] (one module per page), [`routes`]
+//! shared state, the session and CSRF checks), [`pages`] (one module per page), [`provision`]
+//! (desk phones' configuration files, outside the login), [`routes`]
 //! (the router, the login and the security headers), [`server`]
 //! (listeners, TLS, the management-zone check, connection caps).
 
@@ -18,8 +19,9 @@ pub mod assets;
 pub mod download;
 pub mod layout;
 pub mod pages;
+pub mod provision;
 pub mod routes;
 pub mod server;
 pub mod session;
 
-pub use server::start;
+pub use server::{start, start_provision};

@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(logout))
         .route("/static/{name}", get(asset))
         .merge(pages::routes())
+        .merge(super::provision::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
         .layer(axum::middleware::map_response(security_headers))

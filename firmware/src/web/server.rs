@@ -21,10 +21,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::server::AdminRequest;
 use crate::driver::tls::{self, ServerIdentity, TlsConfig};
+use crate::provision::ProvisionConfig;
 use crate::webconf::WebConfig;
 
 use super::api::Api;
-use super::app::{AppState, Peer};
+use super::app::{AppState, Local, Peer};
 use super::routes::router;
 
 /// Connections served at once; one more is closed at once.
@@ -93,7 +94,43 @@ pub async fn start(
         tracing::info!(addr = %local, %fingerprint, "web admin page: https://{local}/");
         tokio::spawn(serve(
             listener,
-            acceptor.clone(),
+            Some(acceptor.clone()),
+            app.clone(),
+            networks.clone(),
+            slots.clone(),
+        ));
+    }
+    Ok(bound)
+}
+
+/// Opens the plain-HTTP provisioning listeners of `cfg` (`/provision/…` only; see
+/// [`super::provision`]), with the same zone check, caps and deadlines as the web page's.
+/// Returns the addresses bound.
+pub async fn start_provision(
+    cfg: &ProvisionConfig,
+    admin: mpsc::Sender<AdminRequest>,
+    networks: watch::Receiver<Vec<Cidr>>,
+) -> Result<Vec<SocketAddr>, WebError> {
+    if cfg.listen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let defaults = WebConfig::default();
+    let state = AppState::new(
+        Api::new(admin),
+        Duration::from_secs(defaults.idle_timeout_secs),
+        Duration::from_secs(defaults.session_max_secs),
+    );
+    let app = super::provision::router(state);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut bound = Vec::new();
+    for &addr in &cfg.listen {
+        let listener = bind(addr).map_err(|source| WebError::Listen { addr, source })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        bound.push(local);
+        tracing::info!(addr = %local, "provisioning (plain HTTP): http://{local}/provision/");
+        tokio::spawn(serve(
+            listener,
+            None,
             app.clone(),
             networks.clone(),
             slots.clone(),
@@ -116,9 +153,10 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(128)
 }
 
+/// Serves `listener`: over TLS with `acceptor`, else plain HTTP.
 async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Option<TlsAcceptor>,
     app: axum::Router,
     networks: watch::Receiver<Vec<Cidr>>,
     slots: Arc<Semaphore>,
@@ -141,19 +179,36 @@ async fn serve(
         // holds the last one back ~40 ms.
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone().layer(Extension(Peer(peer))));
+        let local = stream.local_addr().unwrap_or(peer);
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(Extension(Peer(peer)))
+                .layer(Extension(Local(local))),
+        );
         tokio::spawn(async move {
             let _permit = permit;
-            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await else {
-                tracing::debug!(%peer, "web: TLS handshake failed or timed out");
-                return;
-            };
-            let conn = hyper::server::conn::http1::Builder::new()
+            let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD)
                 .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(tls), service);
-            if let Ok(Err(err)) = tokio::time::timeout(LIFETIME, conn).await {
+                .clone();
+            let result = match acceptor {
+                Some(acceptor) => {
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await
+                    else {
+                        tracing::debug!(%peer, "web: TLS handshake failed or timed out");
+                        return;
+                    };
+                    let conn = http.serve_connection(TokioIo::new(tls), service);
+                    tokio::time::timeout(LIFETIME, conn).await
+                }
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    tokio::time::timeout(LIFETIME, conn).await
+                }
+            };
+            if let Ok(Err(err)) = result {
                 tracing::debug!(%peer, %err, "web: connection ended");
             }
         });

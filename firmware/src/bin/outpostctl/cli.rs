@@ -30,6 +30,9 @@ pub enum Cmd {
     /// Manage extensions.
     #[command(subcommand)]
     Ext(ExtCmd),
+    /// Desk-phone auto-provisioning: the phones the box writes configuration files for.
+    #[command(subcommand)]
+    Phone(PhoneCmd),
     /// Show registrations.
     #[command(subcommand)]
     Reg(RegCmd),
@@ -370,6 +373,33 @@ pub enum ExportFormat {
     Json,
     /// One address per line after a `#` comment.
     Lines,
+}
+
+/// `phone`: desk-phone auto-provisioning.
+#[derive(Debug, Subcommand)]
+pub enum PhoneCmd {
+    /// Provision a desk phone for an extension. The extension's SIP password is replaced by
+    /// a generated one that the phone receives in its file; the phone's provisioning user
+    /// name and password are shown once (adding the MAC again makes new ones).
+    Add {
+        /// The phone's MAC address (80:5e:c0:12:34:56, 805EC0123456, ...).
+        mac: String,
+        /// Its model: Yealink T4x/T5x, Grandstream GXP/GRP, Snom D-series, Poly VVX/Edge,
+        /// Fanvil X-series (T46U, GXP2170, D785, VVX450, X4U, ...).
+        model: String,
+        /// The extension it registers as (it must exist).
+        ext: String,
+        /// BLF keys: the extensions they watch, comma-separated (e.g. 101,102).
+        #[arg(long, value_delimiter = ',', value_name = "EXT,...")]
+        keys: Vec<String>,
+    },
+    /// List the provisioned phones and when each last fetched its file.
+    List,
+    /// Stop provisioning a phone (its extension stays).
+    Del {
+        /// The phone's MAC address.
+        mac: String,
+    },
 }
 
 /// `ext`: extensions.

@@ -4,14 +4,14 @@
 
 use firmware::admin::proto::{
     validate_ext, validate_name, AdminCommand, BackupCommand, Command, ConfigCommand, FwCommand,
-    SecretText, SshCommand,
+    PhoneCommand, SecretText, SshCommand,
 };
 use pbx_core::endpoint::Forwarding;
 
 use crate::backup::backup_target;
 use crate::cli::{
-    AdminCmd, BackupCmd, CdrCmd, Cmd, ConfigCmd, ExtCmd, FwCmd, KeysCmd, PassphraseCmd, RecCmd,
-    RegCmd, SshCmd, VmCmd,
+    AdminCmd, BackupCmd, CdrCmd, Cmd, ConfigCmd, ExtCmd, FwCmd, KeysCmd, PassphraseCmd, PhoneCmd,
+    RecCmd, RegCmd, SshCmd, VmCmd,
 };
 use crate::failure::Failure;
 use crate::import;
@@ -29,6 +29,39 @@ pub fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
         Cmd::Ext(ExtCmd::Show { ext }) => {
             validate_ext(&ext).map_err(Failure::Usage)?;
             one(Command::ExtShow { ext })
+        }
+        Cmd::Phone(p) => {
+            let mac_ok = |mac: &str| {
+                mac.parse::<pbx_core::provision::Mac>()
+                    .map(|_| ())
+                    .map_err(|e| Failure::Usage(format!("{mac:?}: {e}")))
+            };
+            one(Command::Phone(match p {
+                PhoneCmd::Add {
+                    mac,
+                    model,
+                    ext,
+                    keys,
+                } => {
+                    mac_ok(&mac)?;
+                    pbx_core::provision::Vendor::of_model(&model).map_err(Failure::Usage)?;
+                    validate_ext(&ext).map_err(Failure::Usage)?;
+                    for k in &keys {
+                        validate_ext(k).map_err(|e| Failure::Usage(format!("--keys: {e}")))?;
+                    }
+                    PhoneCommand::Add {
+                        mac,
+                        model,
+                        ext,
+                        keys,
+                    }
+                }
+                PhoneCmd::List => PhoneCommand::List,
+                PhoneCmd::Del { mac } => {
+                    mac_ok(&mac)?;
+                    PhoneCommand::Del { mac }
+                }
+            }))
         }
         Cmd::Reg(RegCmd::List) => one(Command::RegList),
         Cmd::Calls => one(Command::Calls),

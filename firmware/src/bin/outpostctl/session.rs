@@ -201,8 +201,8 @@ impl Session {
 /// The command families an SSH or console-login session may run; anything else (a
 /// family added later included) is refused until it is added here.
 pub const SESSION_COMMANDS: &[&str] = &[
-    "status", "ext", "reg", "calls", "cdr", "fw", "vm", "rec", "trunks", "metrics", "config",
-    "ssh", "admin", "backup", "update", "sbom", "log", "shell",
+    "status", "ext", "phone", "reg", "calls", "cdr", "fw", "vm", "rec", "trunks", "metrics",
+    "config", "ssh", "admin", "backup", "update", "sbom", "log", "shell",
 ];
 
 /// The family name of `cmd` as typed (the first word).
@@ -210,6 +210,7 @@ fn family(cmd: &Cmd) -> &'static str {
     match cmd {
         Cmd::Status => "status",
         Cmd::Ext(_) => "ext",
+        Cmd::Phone(_) => "phone",
         Cmd::Reg(_) => "reg",
         Cmd::Calls => "calls",
         Cmd::Cdr(_) => "cdr",

@@ -98,6 +98,9 @@ fn payload_json(reply: &Reply) -> String {
         Reply::VmAudio(a) => to_json(a),
         Reply::FileChunk(c) => to_json(c),
         Reply::System(s) => to_json(s),
+        Reply::Phones(v) => to_json(v),
+        Reply::PhoneAdded(a) => to_json(a),
+        Reply::Provision(a) => to_json(a),
         Reply::Done { message } | Reply::Error { message } => {
             to_json(&serde_json::json!({ "message": message }))
         }
@@ -135,6 +138,10 @@ pub fn render(reply: &Reply, generated: Option<&Generated>) -> String {
         }
         Reply::ConfigRevisions(v) => system::revisions(v),
         Reply::SshKeys(v) => system::ssh_keys(v),
+        Reply::Phones(v) => pbx::phones(v),
+        Reply::PhoneAdded(a) => pbx::phone_added(a),
+        // The provisioning listeners' command: outpostctl has none, so its JSON.
+        Reply::Provision(a) => format!("{}\n", to_json(a)),
         Reply::Admin(a) => format!(
             "admin password: {}\n",
             if a.password_set { "set" } else { "not set" }

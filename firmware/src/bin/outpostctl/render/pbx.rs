@@ -1,7 +1,9 @@
 //! The call core's replies: extensions, registrations, calls with their media, voicemail,
 //! call records and trunks.
 
-use firmware::admin::proto::{CallInfo, ExtensionDetail, ExtensionInfo, RegistrationInfo};
+use firmware::admin::proto::{
+    CallInfo, ExtensionDetail, ExtensionInfo, PhoneAdded, PhoneInfo, RegistrationInfo,
+};
 use firmware::store::VoicemailRecord;
 use pbx_core::cdr::{Cdr, Disposition};
 use pbx_core::media::session::LegStats;
@@ -93,6 +95,53 @@ pub fn extensions(v: &[ExtensionInfo]) -> String {
             ]
         }))
         .render_or("no extensions\n")
+}
+
+/// `phone list`: the provisioned phones.
+pub fn phones(v: &[PhoneInfo]) -> String {
+    Table::new(&[
+        "MAC",
+        "VENDOR",
+        "MODEL",
+        "EXT",
+        "BLF KEYS",
+        "ADDED (UTC)",
+        "FETCHED (UTC)",
+    ])
+    .rows(v.iter().map(|p| {
+        vec![
+            p.mac.clone(),
+            p.vendor.clone(),
+            p.model.clone(),
+            p.ext.clone(),
+            if p.keys.is_empty() {
+                "-".to_owned()
+            } else {
+                p.keys.join(",")
+            },
+            fmt_time(p.created_ms),
+            p.fetched_ms.map_or_else(|| "never".to_owned(), fmt_time),
+        ]
+    }))
+    .render_or("no phones (add one with `outpostctl phone add MAC MODEL EXT`)\n")
+}
+
+/// `phone add`: what to set in the phone, shown once.
+pub fn phone_added(a: &PhoneAdded) -> String {
+    let mut t = Table::plain();
+    t.pair(
+        "phone",
+        format!("{} ({} {})", a.phone.mac, a.phone.vendor, a.phone.model),
+    );
+    t.pair("extension", a.phone.ext.clone());
+    t.pair("file", format!("/provision/{}", sanitize(&a.file)));
+    t.pair("provisioning user", a.username.clone());
+    t.pair("provisioning password", sanitize(&a.password));
+    format!(
+        "{}the extension's SIP password was replaced by one only this phone receives; \
+         the provisioning password is shown this once (see docs/provisioning.md)\n",
+        t.render()
+    )
 }
 
 /// `ext show`: the extension's settings, then its registered phones.
