@@ -148,19 +148,7 @@ pub(super) fn line_states(
 
 /// XML text or attribute value with the five special characters escaped.
 fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
+    crate::sip::xml_escape(s)
 }
 
 /// A SIP URI for `user` in `realm`, escaped for XML.

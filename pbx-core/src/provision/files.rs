@@ -12,27 +12,8 @@ use std::fmt::Write as _;
 use super::mac::{Mac, PhoneFile};
 use super::vendor::Vendor;
 
-/// SIP transport the phone registers over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// UDP.
-    Udp,
-    /// TCP.
-    Tcp,
-    /// TLS.
-    Tls,
-}
-
-impl Transport {
-    /// `udp`, `tcp`, `tls`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-}
+/// SIP transport the phone registers over (lower case in the files: `udp`, `tcp`, `tls`).
+pub use crate::sip::Transport;
 
 /// What a phone's file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,18 +103,7 @@ pub fn text(s: &str) -> String {
 
 /// `s` with control characters dropped and XML's five special characters escaped.
 pub fn xml(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars().filter(|c| !c.is_control()) {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::sip::xml_escape(s)
 }
 
 /// `+1`, `+5:30`, `-3:30`, `0`: hours east of UTC (Yealink, Fanvil).
@@ -289,7 +259,12 @@ fn snom(p: &Profile) -> String {
     set(
         "user_host",
         true,
-        &format!("{}:{};transport={}", p.server, p.port, p.transport.as_str()),
+        &format!(
+            "{}:{};transport={}",
+            p.server,
+            p.port,
+            p.transport.as_str().to_ascii_lowercase()
+        ),
     );
     set("user_mailbox", true, &p.voicemail);
     set(
