@@ -7,6 +7,8 @@
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -245,12 +247,23 @@ fn voice(seq: u16) -> Vec<u8> {
 /// A talks for `frames` × 20 ms in real time (PCMU, seq 1.., timestamps 160 apart from 0);
 /// returns the payloads in order.
 fn talk(sock: &UdpSocket, to: SocketAddr, frames: u16, ssrc: u32) -> Vec<Vec<u8>> {
+    talk_numbered(sock, to, frames, (ssrc, 1, 0))
+}
+
+/// [`talk`] with the stream's first sequence number and timestamp.
+fn talk_numbered(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    frames: u16,
+    (ssrc, seq0, ts0): (u32, u16, u32),
+) -> Vec<Vec<u8>> {
     let start = Instant::now();
     (0..frames)
         .map(|i| {
-            let seq = i + 1;
+            let seq = seq0.wrapping_add(i);
             let body = voice(seq);
-            let packet = rtp_packet(PCMU, seq, u32::from(i) * 160, ssrc, &body);
+            let ts = ts0.wrapping_add(u32::from(i) * 160);
+            let packet = rtp_packet(PCMU, seq, ts, ssrc, &body);
             sock.send_to(&packet, to).expect("send RTP");
             let next = start + FRAME * (u32::from(i) + 1);
             thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -891,14 +904,47 @@ fn reinvite(
     );
 }
 
-#[test]
-fn the_held_party_hears_music_until_the_call_is_resumed() {
-    let moh = prompt("moh");
-    let (daemon, mut a, mut b) = start(vm_config());
-    a.register();
-    b.register();
-    let (a_rtp, _a_rtcp) = rtp_pair();
-    let (b_rtp, _b_rtcp) = rtp_pair();
+/// A call from A to B, answered by B: each phone's RTP socket, its dialog and the relay
+/// address it sends to.
+struct Bridged {
+    a_rtp: UdpSocket,
+    b_rtp: UdpSocket,
+    a_media: SocketAddr,
+    b_media: SocketAddr,
+    a_dialog: Dialog,
+    b_dialog: Dialog,
+    relay_a: SocketAddr,
+    relay_b: SocketAddr,
+    /// The RTCP sockets, held so that their ports stay taken.
+    _rtcp: (UdpSocket, UdpSocket),
+}
+
+impl Bridged {
+    /// A re-INVITEs B with `(direction, answer_direction, version)`, see [`reinvite`].
+    fn redirect(
+        &mut self,
+        daemon: &Daemon,
+        a: &mut SipPhone,
+        b: &mut SipPhone,
+        directions: (&str, &str, u32),
+    ) {
+        reinvite(
+            daemon,
+            a,
+            &mut self.a_dialog,
+            self.a_media,
+            b,
+            &self.b_dialog,
+            self.b_media,
+            directions,
+        );
+    }
+}
+
+/// A (registered) calls B (registered), who answers; both offer PCMU and telephone-event.
+fn bridged_call(daemon: &Daemon, a: &mut SipPhone, b: &mut SipPhone) -> Bridged {
+    let (a_rtp, a_rtcp) = rtp_pair();
+    let (b_rtp, b_rtcp) = rtp_pair();
     let (a_media, b_media) = (local(&a_rtp), local(&b_rtp));
 
     let invite = a.invite(PHONE_B.0, &sdp_body(a_media, &[PCMU, TELEPHONE_EVENT]));
@@ -913,7 +959,7 @@ fn the_held_party_hears_music_until_the_call_is_resumed() {
         .unwrap_or_else(|| panic!("B's INVITE has no audio SDP:\n{incoming}"))
         .rtp_addr();
     let b_dialog = b.answer(&incoming, &sdp_body(b_media, &[PCMU, TELEPHONE_EVENT]));
-    let mut a_dialog = a.await_answer(&invite, WAIT).unwrap_or_else(|resp| {
+    let a_dialog = a.await_answer(&invite, WAIT).unwrap_or_else(|resp| {
         panic!(
             "A's call was not answered: {resp:?}\nlog:\n{}",
             daemon.log_text()
@@ -924,6 +970,37 @@ fn the_held_party_hears_music_until_the_call_is_resumed() {
     let relay_a = sdp_audio(&a_dialog.remote_sdp)
         .unwrap_or_else(|| panic!("A's 200 OK has no audio SDP:\n{}", a_dialog.remote_sdp))
         .rtp_addr();
+
+    Bridged {
+        a_rtp,
+        b_rtp,
+        a_media,
+        b_media,
+        a_dialog,
+        b_dialog,
+        relay_a,
+        relay_b,
+        _rtcp: (a_rtcp, b_rtcp),
+    }
+}
+
+#[test]
+fn the_held_party_hears_music_until_the_call_is_resumed() {
+    let moh = prompt("moh");
+    let (daemon, mut a, mut b) = start(vm_config());
+    a.register();
+    b.register();
+    let Bridged {
+        a_rtp,
+        b_rtp,
+        a_media,
+        b_media,
+        mut a_dialog,
+        b_dialog,
+        relay_a,
+        relay_b,
+        _rtcp,
+    } = bridged_call(&daemon, &mut a, &mut b);
 
     // The call works: A's audio reaches B.
     let said = talk(&a_rtp, relay_a, 5, 0xA5A5);
@@ -1017,4 +1094,129 @@ fn the_held_party_hears_music_until_the_call_is_resumed() {
         Some("answered"),
         "{cdrs:?}"
     );
+}
+
+/// Every RTP packet arriving on `sock` until `stop` is set (at most 30 s), with its arrival
+/// time: a background "phone" that listens while the test drives the signalling.
+fn listen(
+    sock: &UdpSocket,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Vec<(Instant, SocketAddr, RtpView)>> {
+    let sock = sock.try_clone().expect("clone the RTP socket");
+    thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut got = Vec::new();
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            for (src, bytes) in recv_datagrams(&sock, 1, Duration::from_millis(50)) {
+                if let Some(packet) = parse_rtp(&bytes) {
+                    got.push((Instant::now(), src, packet));
+                }
+            }
+        }
+        got
+    })
+}
+
+/// Found with real phones (issue 20): music on hold came as a new SSRC whose timestamp
+/// jumped back, and phones dropped it. What B hears across A's audio, the music while A
+/// holds, and A's audio again (A's phone restarting its stream on resume, as many do) must be
+/// one RTP stream: one SSRC, the sequence number +1 per packet, the timestamp advancing with
+/// the wall clock and never back.
+#[test]
+fn the_held_party_hears_one_continuous_stream_across_the_music() {
+    let moh = prompt("moh");
+    let (daemon, mut a, mut b) = start(vm_config());
+    a.register();
+    b.register();
+    let mut call = bridged_call(&daemon, &mut a, &mut b);
+    let (relay_a, relay_b) = (call.relay_a, call.relay_b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = listen(&call.b_rtp, Arc::clone(&stop));
+
+    let before = talk_numbered(&call.a_rtp, relay_a, 25, (0xA5A5, 1000, 50_000));
+    call.redirect(&daemon, &mut a, &mut b, ("sendonly", "recvonly", 2));
+    thread::sleep(Duration::from_millis(1200));
+    call.redirect(&daemon, &mut a, &mut b, ("sendrecv", "sendrecv", 3));
+    thread::sleep(Duration::from_millis(300));
+    // A new SSRC whose numbering would run backwards from the music's.
+    let after = talk_numbered(&call.a_rtp, relay_a, 25, (0x5A5A, 7, 4_000_000_000));
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let heard = listener.join().expect("listener thread");
+
+    // What B heard: A's 25 packets, music, A's 25 packets, in that order.
+    let payloads: Vec<&[u8]> = heard.iter().map(|(_, _, p)| &p.payload[..]).collect();
+    assert!(
+        payloads.len() >= 25 + 40 + 25,
+        "B heard {} packets, expected A, about 1.2 s of music, A\nlog:\n{}",
+        payloads.len(),
+        daemon.log_text()
+    );
+    let (first, rest) = payloads.split_at(25);
+    let (music, last) = rest.split_at(rest.len() - 25);
+    let owned = |p: &[&[u8]]| p.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
+    assert_eq!(owned(first), before, "A's audio before the hold");
+    assert_eq!(owned(last), after, "A's audio after the resume");
+    let music: Vec<u8> = music.concat();
+    assert!(
+        moh.starts_with(&music),
+        "B must hear the moh prompt between ({} bytes)",
+        music.len()
+    );
+
+    let describe = || {
+        heard
+            .iter()
+            .map(|(_, _, p)| format!("{:08x}/{}/{}", p.ssrc, p.seq, p.ts))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for (i, pair) in heard.windows(2).enumerate() {
+        let [(t1, src1, p1), (t2, src2, p2)] = pair else {
+            unreachable!("windows of two")
+        };
+        assert_eq!((*src1, *src2), (relay_b, relay_b), "from B's relay port");
+        assert_eq!(p1.ssrc, p2.ssrc, "packet {i}: one SSRC\n{}", describe());
+        assert_eq!(
+            p2.seq,
+            p1.seq.wrapping_add(1),
+            "packet {i}: sequence +1\n{}",
+            describe()
+        );
+        #[allow(clippy::cast_possible_wrap)]
+        let step = p2.ts.wrapping_sub(p1.ts) as i32;
+        assert!(
+            step >= 160,
+            "packet {i}: the timestamp must advance at least a frame, not {step}\n{}",
+            describe()
+        );
+        // Across a switch (the music starting or stopping, with a pause), the timestamp
+        // covers the pause as the wall clock does.
+        let wall_ms = i64::try_from(t2.duration_since(*t1).as_millis()).expect("short");
+        if wall_ms > 100 {
+            let ts_ms = i64::from(step / 8);
+            assert!(
+                (ts_ms - wall_ms).abs() <= 60,
+                "packet {i}: {wall_ms} ms of pause but the timestamp advanced {ts_ms} ms\n{}",
+                describe()
+            );
+        }
+    }
+    // Over the whole call, the timestamp ran with the wall clock.
+    let (t_first, _, p_first) = &heard[0];
+    let (t_last, _, p_last) = &heard[heard.len() - 1];
+    let wall_ms = i64::try_from(t_last.duration_since(*t_first).as_millis()).expect("short");
+    let ts_ms = i64::from(p_last.ts.wrapping_sub(p_first.ts) / 8);
+    assert!(
+        (ts_ms - wall_ms).abs() <= 100,
+        "{wall_ms} ms of call, {ts_ms} ms of timestamps\n{}",
+        describe()
+    );
+
+    let cseq = a.send_bye(&mut call.a_dialog);
+    b.answer_bye(WAIT)
+        .unwrap_or_else(|| panic!("B got no BYE; B received:\n{}", b.transcript()));
+    assert!(a
+        .await_final(&call.a_dialog.call_id, cseq, "BYE", WAIT)
+        .is_some_and(|ok| status_of(ok.as_bytes()) == Some(200)));
 }

@@ -6,9 +6,11 @@
 //! the sockets.
 
 mod files;
+pub mod mixer;
 pub mod player;
 pub mod prompts;
 pub mod relay;
+pub mod stream;
 pub mod wav;
 
 pub use prompts::PromptStore;

@@ -2,10 +2,7 @@
 //!
 //! A [`Player`] cuts a sequence of µ-law clips into 20 ms frames on a fixed schedule
 //! (frame *n* is due at start + *n* × 20 ms, so a late wake-up sends every frame it owes and
-//! the stream never drifts). An [`OutStream`] numbers the packets the relay itself sends to a
-//! phone: its own SSRC, a sequence number that always advances by one, and a timestamp that
-//! advances by 160 per frame inside a talkspurt and by the elapsed time between talkspurts,
-//! whose first packet carries the marker bit (RFC 3550 §5.1, RFC 3551 §4.1). A [`Recorder`]
+//! the stream never drifts); [`super::stream::OutStream`] numbers the packets. A [`Recorder`]
 //! places what a phone sends by RTP timestamp, so lost packets become silence.
 
 use std::path::PathBuf;
@@ -13,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pbx_core::media::g711;
-use pbx_core::media::rtp::RtpRepr;
 
 /// Samples (and µ-law bytes) in one 20 ms frame at 8 kHz.
 pub const FRAME: usize = 160;
@@ -27,8 +23,6 @@ pub const MAX_CATCH_UP: u32 = 10;
 pub const MAX_RECORD_MS: u32 = 10 * 60 * 1000;
 /// Samples per millisecond.
 const PER_MS: u32 = 8;
-/// RTP timestamp units in one frame.
-const FRAME_TS: u32 = 160;
 /// A packet up to this many samples (1 s) before the start is late; earlier is a restart.
 const LATE_LIMIT: i32 = 8000;
 /// How far (in samples, 10 s) a packet may lie ahead of the wall clock and still count as
@@ -131,53 +125,6 @@ impl Player {
         }
         self.sent = self.sent.saturating_add(1);
         Some(std::mem::take(&mut self.resynced))
-    }
-}
-
-/// The RTP stream the relay sends to one phone from its own prompts.
-#[derive(Debug, Clone, Copy)]
-pub struct OutStream {
-    ssrc: u32,
-    seq: u16,
-    ts: u32,
-    /// When the last packet was due; `None` before the first one.
-    last: Option<Instant>,
-}
-
-impl OutStream {
-    /// A stream with the given SSRC and random-looking initial sequence and timestamp.
-    pub fn new(ssrc: u32, seq: u16, ts: u32) -> Self {
-        OutStream {
-            ssrc,
-            seq,
-            ts,
-            last: None,
-        }
-    }
-
-    /// The header of the next packet, due at `due`. A talkspurt's first packet has the
-    /// marker bit, and its timestamp covers the time since the last packet.
-    pub fn next(&mut self, due: Instant, talkspurt: bool, payload_type: u8) -> RtpRepr {
-        if let Some(last) = self.last {
-            self.seq = self.seq.wrapping_add(1);
-            let step = if talkspurt {
-                let gap = due.saturating_duration_since(last);
-                let samples =
-                    u32::try_from(gap.as_micros() * u128::from(PER_MS) / 1000).unwrap_or(u32::MAX);
-                samples.max(FRAME_TS)
-            } else {
-                FRAME_TS
-            };
-            self.ts = self.ts.wrapping_add(step);
-        }
-        self.last = Some(due);
-        RtpRepr {
-            marker: talkspurt,
-            payload_type,
-            sequence_number: self.seq,
-            timestamp: self.ts,
-            ssrc: self.ssrc,
-        }
     }
 }
 
@@ -375,36 +322,6 @@ mod tests {
             assert_eq!(player.next_frame(&mut frame), Some(false));
         }
         assert_eq!(player.frames_due(late), 0, "caught up");
-    }
-
-    #[test]
-    fn the_stream_continues_sequence_and_timestamp_across_talkspurts() {
-        let t0 = Instant::now();
-        let mut out = OutStream::new(0xabcd, 65534, 1000);
-        let first = out.next(t0, true, 0);
-        assert_eq!(
-            (first.sequence_number, first.timestamp, first.marker),
-            (65534, 1000, true)
-        );
-        let second = out.next(t0 + FRAME_INTERVAL, false, 0);
-        assert_eq!(
-            (second.sequence_number, second.timestamp, second.marker),
-            (65535, 1160, false)
-        );
-        let third = out.next(t0 + FRAME_INTERVAL * 2, false, 0);
-        assert_eq!(third.sequence_number, 0, "wraps");
-        // Two seconds later a new Play: the timestamp covers the pause.
-        let again = out.next(t0 + FRAME_INTERVAL * 2 + Duration::from_secs(2), true, 8);
-        assert_eq!(
-            (
-                again.sequence_number,
-                again.timestamp,
-                again.marker,
-                again.payload_type
-            ),
-            (1, 1320 + 16_000, true, 8)
-        );
-        assert_eq!(again.ssrc, 0xabcd);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The kernel fast path on a real kernel: three network namespaces (phone A, the box, phone
 //! B) joined by veth pairs, the relay started inside the box's namespace and driven with
 //! the commands the daemon sends: latching, forwarding by the kernel, strangers, routing
-//! closed, counters, media timeout, take-back for music on hold, a NAT rebinding, call end.
+//! closed, counters, media timeout, take-back for music on hold, a NAT rebinding, call end;
+//! music after the kernel carried a call continuing the stream the phone heard.
 //! Needs root (as every test run does) and nft.
 
 use std::fs::File;
@@ -10,12 +11,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
-use pbx_core::media::rtp::RtpRepr;
+use pbx_core::media::rtp::{RtpPacket, RtpRepr};
 use pbx_core::media::session::{Codec, Leg, LegMedia, MediaCommand, MediaEvent, SessionId};
 use tokio::sync::mpsc as tokio_mpsc;
 
 use super::{start_with_options, FastPathState, Relay, RelayConfig, RelayOptions};
 use crate::media::prompts::PromptStore;
+use crate::media::stream::KERNEL_SEQ_SLACK;
 
 const BOX_A: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
 const PHONE_A: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
@@ -277,11 +279,9 @@ fn open(relay: &Relay, session: SessionId, a_port: u16, a: SocketAddr, b: Socket
     });
 }
 
-#[test]
-fn a_latched_plain_call_is_forwarded_by_the_kernel_and_taken_back_for_a_prompt() {
-    let lab = Lab::new("k");
-    let bx = lab.bx.clone();
-    let mut relay = Lab::inside(&bx, || {
+/// A relay with the fast path on, inside the lab's box.
+fn fast_relay(lab: &Lab) -> Relay {
+    Lab::inside(&lab.bx, || {
         start_with_options(
             RelayConfig {
                 addrs: vec![IpAddr::V4(BOX_A), IpAddr::V4(BOX_B)],
@@ -296,7 +296,104 @@ fn a_latched_plain_call_is_forwarded_by_the_kernel_and_taken_back_for_a_prompt()
             },
         )
         .expect("relay starts")
+    })
+}
+
+/// The RTP headers `s` receives until it is quiet (two seconds at most).
+fn receive_headers(s: &UdpSocket) -> Vec<RtpRepr> {
+    let mut buf = [0u8; 2048];
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        let Ok((n, _)) = s.recv_from(&mut buf) else {
+            break;
+        };
+        if let Ok(view) = RtpPacket::new_checked(&buf[..n]) {
+            got.push(RtpRepr::parse(&view));
+        }
+    }
+    got
+}
+
+#[test]
+fn music_after_the_kernel_carried_the_call_continues_the_stream_past_what_it_forwarded() {
+    let lab = Lab::new("m");
+    let relay = fast_relay(&lab);
+    let (a_addr, b_addr) = (
+        SocketAddr::from((PHONE_A, 4000)),
+        SocketAddr::from((PHONE_B, 5000)),
+    );
+    let phone_a = Lab::socket(&lab.a, a_addr);
+    let phone_b = Lab::socket(&lab.b, b_addr);
+    let (box_a, box_b) = (
+        SocketAddr::from((BOX_A, FIRST)),
+        SocketAddr::from((BOX_B, FIRST + 2)),
+    );
+    open(&relay, 1, FIRST, a_addr, b_addr);
+    std::thread::sleep(Duration::from_millis(50));
+    // A's phone: 20 ms packets, its timestamp on the wall clock, as a phone sends.
+    let t0 = Instant::now();
+    let mut seq: u16 = 60_000;
+    let mut a_says = |n: u16| {
+        for _ in 0..n {
+            let ms = u32::try_from(t0.elapsed().as_millis()).expect("short test");
+            let mut buf = rtp(seq);
+            let ts = 7_000_000 + ms * 8;
+            buf[4..8].copy_from_slice(&ts.to_be_bytes());
+            phone_a.send_to(&buf, box_a).expect("send");
+            seq = seq.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    send(&phone_b, box_b, 5);
+    a_says(5);
+    wait_for("both directions in the kernel", || lab.keys() == 2);
+    a_says(100);
+    let forwarded = receive_headers(&phone_b);
+    let last = *forwarded.last().expect("B heard A");
+    assert_eq!(forwarded.len(), 105, "B heard A's 105 packets");
+    let stopped = Instant::now();
+    // At once (the kernel's last counts are not read yet): music on hold to B.
+    relay.command(MediaCommand::Play {
+        session: 1,
+        leg: Leg::B,
+        clips: vec!["moh".into()],
+        repeat: true,
     });
+    let music = receive_headers(&phone_b);
+    assert!(music.len() > 20, "music: {}", music.len());
+    let first = music[0];
+    assert_eq!(first.ssrc, last.ssrc, "the SSRC B was hearing");
+    let ahead = first.sequence_number.wrapping_sub(last.sequence_number);
+    assert!(
+        (1..=1 + KERNEL_SEQ_SLACK).contains(&ahead),
+        "sequence {} after {}: ahead by {ahead}",
+        first.sequence_number,
+        last.sequence_number
+    );
+    #[allow(clippy::cast_possible_wrap)]
+    let ts_ahead = first.timestamp.wrapping_sub(last.timestamp) as i32;
+    let wall = i32::try_from(stopped.elapsed().as_millis() * 8).expect("short");
+    assert!(
+        ts_ahead > 0 && ts_ahead < wall + 8 * 500,
+        "timestamp {} after {}: ahead by {ts_ahead}",
+        first.timestamp,
+        last.timestamp
+    );
+    for pair in music.windows(2) {
+        assert_eq!(pair[1].ssrc, first.ssrc);
+        assert_eq!(
+            pair[1].sequence_number,
+            pair[0].sequence_number.wrapping_add(1)
+        );
+    }
+    assert_eq!(lab.keys(), 0, "the call stays in user space");
+}
+
+#[test]
+fn a_latched_plain_call_is_forwarded_by_the_kernel_and_taken_back_for_a_prompt() {
+    let lab = Lab::new("k");
+    let mut relay = fast_relay(&lab);
     let mut rx = relay.events().expect("events");
     assert_eq!(
         lab.ip_forward(),
@@ -388,39 +485,11 @@ fn a_latched_plain_call_is_forwarded_by_the_kernel_and_taken_back_for_a_prompt()
         "media through the kernel keeps the call alive"
     );
 
-    // Music on hold to B: the call goes back to user space; B hears the prompt, A still
-    // hears B.
-    relay.command(MediaCommand::Play {
-        session: 1,
-        leg: Leg::B,
-        clips: vec!["moh".into()],
-        repeat: true,
-    });
-    wait_for("the call taken back", || lab.keys() == 0);
-    let before = relay.counters().packets_received;
-    send(&phone_b, box_b, 20);
-    heard(&phone_a, box_a, 20);
-    let music = receive(&phone_b);
-    assert!(
-        music.len() > 20 && music.iter().all(|&a| a == box_b),
-        "B hears the music from the box: {}",
-        music.len()
-    );
-    std::thread::sleep(Duration::from_millis(1_200));
-    assert!(
-        relay.counters().packets_received >= before + 20,
-        "through the relay"
-    );
-    relay.command(MediaCommand::StopPlay {
-        session: 1,
-        leg: Leg::B,
-    });
-    let _ = receive(&phone_b);
-    wait_for("the call back in the kernel", || lab.keys() == 2);
-
     // A NAT rebinding: phone A's source port changes after a second of silence. Its packets
     // no longer match, reach the relay, which re-latches and replaces the call's elements.
-    std::thread::sleep(Duration::from_millis(1_200));
+    // (The kernel's counts, read every second, make the old source heard until the read
+    // after its last packet: the silence starts there.)
+    std::thread::sleep(Duration::from_millis(2_400));
     let moved = SocketAddr::from((PHONE_A, 4002));
     let phone_a2 = Lab::socket(&lab.a, moved);
     send(&phone_a2, box_a, 5);
@@ -437,6 +506,42 @@ fn a_latched_plain_call_is_forwarded_by_the_kernel_and_taken_back_for_a_prompt()
     send(&phone_b, box_b, 5);
     heard(&phone_a2, box_a, 5);
     a_sent += 55;
+
+    // Music on hold to B: the call goes back to user space; B hears the prompt, A still
+    // hears B.
+    relay.command(MediaCommand::Play {
+        session: 1,
+        leg: Leg::B,
+        clips: vec!["moh".into()],
+        repeat: true,
+    });
+    wait_for("the call taken back", || lab.keys() == 0);
+    let before = relay.counters().packets_received;
+    send(&phone_b, box_b, 20);
+    heard(&phone_a2, box_a, 20);
+    let music = receive(&phone_b);
+    assert!(
+        music.len() > 20 && music.iter().all(|&a| a == box_b),
+        "B hears the music from the box: {}",
+        music.len()
+    );
+    std::thread::sleep(Duration::from_millis(1_200));
+    assert!(
+        relay.counters().packets_received >= before + 20,
+        "through the relay"
+    );
+    relay.command(MediaCommand::StopPlay {
+        session: 1,
+        leg: Leg::B,
+    });
+    let _ = receive(&phone_b);
+    // B's stream was renumbered to continue the music (one SSRC, see `media::stream`): the
+    // kernel cannot add offsets, so the call stays in user space, A's audio reaching B.
+    send(&phone_a2, box_a, 5);
+    heard(&phone_b, box_b, 5);
+    a_sent += 5;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lab.keys(), 0, "a renumbered call stays in user space");
 
     // Call end: every element goes, and the final stats carry the kernel's counts (read
     // just before the elements went).

@@ -13,7 +13,8 @@ use pbx_core::media::srtp::SrtpContext;
 
 use super::latch::Latch;
 use super::ports::Layout;
-use crate::media::player::{OutStream, Player, Recorder};
+use crate::media::player::{Player, Recorder};
+use crate::media::stream::OutStream;
 
 /// Where a packet goes: out of `port` on address `via` to `dest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +51,7 @@ pub(super) struct LegState {
     pub(super) talkspurt: bool,
     /// Identifies the latest `Play`/`StopPlay`, so a late file load cannot revive old ones.
     pub(super) play_generation: u64,
-    /// Numbering of the packets the relay itself sends to this leg's phone.
+    /// Numbering of every RTP packet this leg's phone receives, played or forwarded.
     pub(super) out: OutStream,
     /// What this leg's phone sends, being recorded.
     pub(super) recorder: Option<Recorder>,

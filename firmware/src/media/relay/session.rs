@@ -6,8 +6,10 @@
 //! on an SRTP leg needs the key); RTCP (on the RTCP port, or muxed on the RTP port) is
 //! summarised and forwarded to the other leg's RTCP destination; RTP is checked as a view,
 //! source-checked by the leg's [`Latch`](super::latch::Latch), counted, fed to the DTMF
-//! detector and the recorder, rewritten in place (payload type, G.711 transcoding) unless the
-//! other leg hears a prompt, and finally protected for the other leg if that one is SRTP.
+//! detector and the recorder, rewritten in place (payload type, G.711 transcoding, and the
+//! SSRC, sequence number and timestamp of the other leg's one stream, see
+//! [`OutStream`](crate::media::stream::OutStream)) unless the other leg hears a prompt, and
+//! finally protected for the other leg if that one is SRTP.
 //! The answer is a [`Route`] and a length; events (DTMF) go to the [`Outbox`].
 
 use std::net::SocketAddr;
@@ -127,8 +129,8 @@ impl Session {
         let to = arrival.from.other();
         let [a, b] = &mut self.legs;
         let (this, other) = match arrival.from {
-            Leg::A => (a, &*b),
-            Leg::B => (b, &*a),
+            Leg::A => (a, b),
+            Leg::B => (b, a),
         };
         if arrival.on_rtcp_port || rtp::looks_like_rtcp(data) {
             let Ok(summary) = rtcp::summarize(data) else {
@@ -151,7 +153,9 @@ impl Session {
             if let Some(jitter) = summary.jitter_us {
                 this.stats.rtcp_jitter_us = Some(jitter);
             }
-            return other.rtcp_route(to, layout);
+            let route = other.rtcp_route(to, layout)?;
+            other.out.forward_sender_report(data);
+            return Some(route);
         }
 
         let len = data.len() as u64;
@@ -194,6 +198,7 @@ impl Session {
             let out_pt = other.media.dtmf_pt?;
             let route = other.rtp_route(to, layout)?;
             packet.set_payload_type(out_pt);
+            other.out.forward(&mut packet, arrival.now);
             return Some(route);
         }
         if pt == this.media.pt {
@@ -222,13 +227,17 @@ impl Session {
             if other.media.pt != pt {
                 packet.set_payload_type(other.media.pt);
             }
+            other.out.forward(&mut packet, arrival.now);
             return Some(route);
         }
-        // Comfort noise and anything else negotiated end to end: passed through untouched.
+        // Comfort noise and anything else negotiated end to end: passed through (numbered
+        // as the rest of the stream).
         if other.player.is_some() {
             return None;
         }
-        other.rtp_route(to, layout)
+        let route = other.rtp_route(to, layout)?;
+        other.out.forward(&mut packet, arrival.now);
+        Some(route)
     }
 
     /// The counters of legs A and B.

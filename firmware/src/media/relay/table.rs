@@ -158,6 +158,9 @@ impl SessionTable {
                 }
                 fast.job.add.extend_from_slice(&want);
                 session.fast = Some(want);
+                for leg in &mut session.legs {
+                    leg.out.kernel_took();
+                }
             }
         }
     }
@@ -197,13 +200,15 @@ impl SessionTable {
                         Leg::A => (a, b),
                         Leg::B => (b, a),
                     };
-                    if fast::credit(seen, count, &mut tx.stats, &mut rx.stats) > 0 {
+                    let packets = fast::credit(seen, count, &mut tx.stats, &mut rx.stats);
+                    if packets > 0 {
                         session.last_rtp = session.last_rtp.max(now);
                         let current = session
                             .fast
                             .is_some_and(|dirs| dirs.iter().any(|d| d.id == id));
                         if current {
                             tx.rtp.heard(now);
+                            rx.out.kernel_forwarded(packets);
                         }
                     }
                 }
@@ -1179,6 +1184,77 @@ mod tests {
                 .is_some(),
             "heard again"
         );
+    }
+
+    #[test]
+    fn a_phone_hears_one_stream_across_the_other_phone_music_and_the_other_phone_again() {
+        let mut relay = Relay::new();
+        relay.open(8, leg(A_PORT, A_PHONE), leg(B_PORT, B_PHONE));
+        let header = |bytes: &[u8]| {
+            let view = RtpPacket::new_checked(bytes).expect("RTP");
+            (
+                view.ssrc(),
+                view.sequence_number(),
+                view.timestamp(),
+                view.marker(),
+            )
+        };
+        // B talks (ssrc 0x1234_5678, seq 1..=3, ts 160 per packet): A hears it unchanged.
+        let mut heard = Vec::new();
+        for seq in 1..=3u16 {
+            let (_, bytes) = relay
+                .datagram(B_PORT, B_PHONE, ms(20 * u64::from(seq)), &audio(seq))
+                .expect("relayed");
+            assert_eq!(bytes, audio(seq), "passed through");
+            heard.push((ms(20 * u64::from(seq)), header(&bytes)));
+        }
+        // B holds A at 200 ms: music (the 5-frame prompt, repeating) to A.
+        let play = MediaCommand::Play {
+            session: 8,
+            leg: Leg::A,
+            clips: vec!["short".into()],
+            repeat: true,
+        };
+        relay.command(ms(200), play);
+        for at in (200..400).step_by(20) {
+            for (_, _, bytes) in relay.play(ms(at)) {
+                heard.push((ms(at), header(&bytes)));
+            }
+        }
+        relay.command(
+            ms(410),
+            MediaCommand::StopPlay {
+                session: 8,
+                leg: Leg::A,
+            },
+        );
+        // B resumes 600 ms later with a restarted stream: new SSRC and numbering.
+        for i in 0..3u16 {
+            let at = ms(1000 + 20 * u64::from(i));
+            let mut packet = audio(9000 + i);
+            let mut view = RtpPacket::new_checked(&mut packet[..]).expect("RTP");
+            view.set_ssrc(0xDEAD_BEEF);
+            let (_, bytes) = relay.datagram(B_PORT, B_PHONE, at, &packet).expect("heard");
+            heard.push((at, header(&bytes)));
+        }
+        assert_eq!(heard.len(), 3 + 10 + 3, "{heard:?}");
+        for pair in heard.windows(2) {
+            let [(t1, (ssrc1, seq1, ts1, _)), (t2, (ssrc2, seq2, ts2, marker2))] = pair else {
+                unreachable!("windows of two")
+            };
+            assert_eq!(ssrc1, ssrc2, "one SSRC: {heard:?}");
+            assert_eq!(seq2.wrapping_sub(*seq1), 1, "seq +1: {heard:?}");
+            let wall = u32::try_from((*t2 - *t1).as_millis() * 8).expect("short");
+            assert_eq!(
+                ts2.wrapping_sub(*ts1),
+                wall.max(160),
+                "ts follows time: {heard:?}"
+            );
+            if wall > 160 {
+                assert!(marker2, "a switch is marked: {heard:?}");
+            }
+        }
+        assert_eq!(heard[0].1 .0, 0x1234_5678, "the first source's SSRC");
     }
 
     #[test]

@@ -704,7 +704,10 @@ fn the_other_leg_is_muted_while_playing_and_heard_again_after_stop() {
     });
     drain_phone(&b);
     a.send_to(&audio(20), to(23150)).expect("sent");
-    assert_eq!(recv(&b).map(|(p, _)| p), Some(audio(20)), "relayed again");
+    let (h, payload, _) = recv_rtp(&b).expect("relayed again");
+    assert_eq!(payload, audio(20)[rtp::HEADER_LEN..], "A's audio");
+    assert_eq!(h.ssrc, ours.ssrc, "in B's one stream");
+    assert!(h.marker, "after the prompt: a new talkspurt");
     assert_eq!(recv(&b), None);
 }
 
@@ -923,7 +926,10 @@ fn a_single_leg_session_plays_and_can_gain_its_second_leg() {
     a.send_to(&audio(2), to(23200)).expect("sent");
     assert_eq!(recv(&b).map(|(p, _)| p), Some(audio(2)));
     b.send_to(&audio(3), to(23202)).expect("sent");
-    assert_eq!(recv(&a).map(|(p, _)| p), Some(audio(3)));
+    // A heard the beep first: B's audio continues A's stream.
+    let (h, payload, _) = recv_rtp(&a).expect("B heard by A");
+    assert_eq!(payload, audio(3)[rtp::HEADER_LEN..]);
+    assert!(h.marker);
 
     // Two absent legs are refused.
     relay.command(MediaCommand::Open {
