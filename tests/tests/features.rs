@@ -741,6 +741,21 @@ fn park(daemon: &Daemon, p: &mut SipPhone, ext: &str, dialog: &mut Dialog, targe
     );
 }
 
+/// The next NOTIFY of the subscription `lamp` whose body satisfies `want` (earlier ones
+/// skipped), within [`WAIT`].
+fn lamp_notify(p: &mut SipPhone, lamp: &mut Dialog, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let notify = p
+            .await_notify(&lamp.call_id, 0, left)
+            .unwrap_or_else(|| panic!("the lamp did not change:\n{}", p.transcript()));
+        if want(body_of(&notify)) {
+            return notify;
+        }
+    }
+}
+
 /// The state `outpostctl calls` shows for the only live call.
 fn only_call_state(daemon: &Daemon) -> String {
     let calls = daemon.calls();
@@ -760,6 +775,16 @@ fn take_parked(daemon: &Daemon, p: &mut Station, orbit: &str) -> (Dialog, SdpAud
 #[test]
 fn a_parked_call_waits_with_music_and_any_extension_takes_it_by_its_orbit() {
     let (daemon, mut p) = start("");
+    // 103's park key watches orbit 701 (the dialog event package): dark for now.
+    let mut lamp = p[3]
+        .sip
+        .subscribe("701", "dialog", "application/dialog-info+xml", WAIT)
+        .unwrap_or_else(|r| panic!("the orbit cannot be watched: {r}"));
+    let dark = p[3]
+        .sip
+        .await_notify(&lamp.call_id, 0, WAIT)
+        .expect("the orbit's first NOTIFY");
+    assert!(!body_of(&dark).contains("<dialog "), "{dark}");
     let (mut a_dialog, mut b_dialog, relay_a, _relay_b) = a_talks_to_b(&daemon, &mut p);
     // B holds A first, as a phone's park key does.
     let held = format!("{}a=sendonly\r\n", p[1].sdp());
@@ -786,6 +811,12 @@ fn a_parked_call_waits_with_music_and_any_extension_takes_it_by_its_orbit() {
     // B parks A with the park code: A waits in the first orbit, hearing music.
     park(&daemon, &mut p[1].sip, "101", &mut b_dialog, "*70");
     assert_eq!(only_call_state(&daemon), "parked on 701");
+    // The orbit's lamp lights, showing who waits there.
+    let lit = lamp_notify(&mut p[3].sip, &mut lamp, |b| b.contains("<dialog "));
+    assert!(
+        lit.contains("<state>confirmed</state>") && lit.contains("sip:100@"),
+        "{lit}"
+    );
     let music = recv_datagrams(&p[0].rtp, 25, WAIT);
     assert!(
         music.len() >= 25 && music.iter().all(|(from, _)| *from == relay_a.rtp_addr()),
@@ -819,6 +850,8 @@ fn a_parked_call_waits_with_music_and_any_extension_takes_it_by_its_orbit() {
     );
     p[0].sip.reply(&resume, 200, None, &p[0].sdp());
     assert_eq!(only_call_state(&daemon), "answered");
+    // The orbit is empty again: its lamp goes dark.
+    lamp_notify(&mut p[3].sip, &mut lamp, |b| !b.contains("<dialog "));
     let sent = send_stream(&p[0].rtp, relay_a.rtp_addr(), 0xa6, 20);
     assert_receives(
         &p[2].rtp,

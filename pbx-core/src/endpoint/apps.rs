@@ -315,7 +315,7 @@ impl Endpoint {
             Some(ext) if in_dialog => ext,
             _ => req.uri.user().unwrap_or_default().to_string(),
         };
-        if !self.accounts.has_user(&watched) {
+        if !self.accounts.has_user(&watched) && self.orbit_of(&watched).is_none() {
             self.sig.reply(now, &key, &req, src, 404, None);
             return;
         }

@@ -9,10 +9,12 @@
 //! What a watcher learns: for each call of the extension, its direction, where it stands
 //! (trying, early, confirmed) and the other party's number (so a BLF key shows who calls and
 //! offers the pickup). Dialog ids are the call's number on this box, never a Call-ID.
+//! A park orbit (`701`) can be watched like an extension: its lamp is lit while a call is
+//! parked there, showing the parked party.
 
 use std::collections::{HashMap, HashSet};
 
-use super::call::{Call, CallState, ForkState};
+use super::call::{App, Call, CallState, ForkState};
 use super::config::RingGroup;
 use super::plan::RingPlan;
 
@@ -137,6 +139,14 @@ pub(super) fn line_states(
                 _ => {}
             },
             _ => {}
+        }
+        // A park orbit's lamp: lit while a call waits there (a park key shows it and
+        // dialling the orbit takes the call).
+        if let Some(App::Parked { orbit, .. }) = &c.app {
+            let orbit = orbit.to_string();
+            if watched.contains(&orbit) {
+                add(&orbit, recipient(Phase::Confirmed));
+            }
         }
     }
     for s in out.values_mut() {
