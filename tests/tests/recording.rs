@@ -11,14 +11,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pbx_core::media::g711;
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use outpost_tests::browser::https;
+use outpost_tests::webform::WebSession;
 use outpost_tests::{
-    body_of, eventually, json_str, rtp_packet, rtp_pair, sdp_audio, sdp_body, status_of,
+    body_of, eventually, free_port, json_str, rtp_packet, rtp_pair, sdp_audio, sdp_body, status_of,
     tone_amplitude, Daemon, DaemonConfig, Dialog, SipPhone,
 };
 
 const A: (&str, &str) = ("100", "rec-secret-100");
+const ADMIN_PASSWORD: &str = "office-manager-42";
 const B: (&str, &str) = ("101", "rec-secret-101");
 const WAIT: Duration = Duration::from_secs(5);
 const FRAME: Duration = Duration::from_millis(20);
@@ -200,9 +203,12 @@ fn record_key(p: &mut Phone, dialog: &mut Dialog, on: bool) -> Option<u16> {
 
 #[test]
 fn an_opted_in_extension_records_a_call_on_demand_and_both_parties_are_in_it() {
-    let daemon = Daemon::start_with(
-        DaemonConfig::loopback().with_toml("[recording]\nextensions = [\"100\"]\n"),
-    );
+    let web_port = free_port();
+    let daemon = Daemon::start_with(DaemonConfig::loopback().with_toml(&format!(
+        "[recording]\nextensions = [\"100\"]\n[web]\nlisten = [\"127.0.0.1:{web_port}\"]\n"
+    )));
+    let set = daemon.admin(&json!({"cmd": "admin", "admin": "passwd", "password": ADMIN_PASSWORD}));
+    assert_eq!(set["reply"], "done", "{set}");
     daemon.add_extension(A.0, A.1);
     daemon.add_extension(B.0, B.1);
     let mut a = Phone::new(&daemon, A, 0x0a0a_0001);
@@ -278,18 +284,50 @@ fn an_opted_in_extension_records_a_call_on_demand_and_both_parties_are_in_it() {
         (Some("101"), Some("100")),
         "{list:?}"
     );
-    // Deleted: gone from the list and from the disk.
+    // The web page lists both, plays one (the same file), and deletes one.
+    let web = WebSession::log_in(&format!("https://127.0.0.1:{web_port}"), ADMIN_PASSWORD);
+    let page = web.get("/voicemail");
+    assert!(
+        page.contains(&format!("/recordings/{id}/audio")) && page.matches("<audio").count() == 2,
+        "{page}"
+    );
+    let served = https(
+        "GET",
+        &format!("{}/recordings/{id}/audio", web.base),
+        &[("cookie", &web.cookie)],
+        None,
+    )
+    .expect("the recording over HTTPS");
+    assert_eq!(served.status, 200);
+    assert_eq!(served.header("content-type"), Some("audio/wav"));
+    let size = std::fs::metadata(&file)
+        .expect("downloaded")
+        .len()
+        .to_string();
+    assert_eq!(
+        served.header("content-length"),
+        Some(size.as_str()),
+        "{:?}",
+        served.header("content-length")
+    );
+    let other = list[0]["id"].as_u64().expect("an id");
+    let csrf = web.csrf("/voicemail");
+    assert_eq!(
+        web.post_form(
+            &format!("/recordings/{other}/delete"),
+            &format!("csrf={csrf}")
+        ),
+        303
+    );
+    assert_eq!(recordings(&daemon).len(), 1);
+    // Deleted with outpostctl: gone from the list and from the disk.
     let out = daemon.ctl(&["rec", "del", &id]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(recordings(&daemon).len(), 1);
+    assert!(recordings(&daemon).is_empty());
     let left: Vec<_> = std::fs::read_dir(daemon.data_dir().join("recordings"))
         .expect("the recordings directory")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(
-        left.len(),
-        2,
-        "one recording's audio and description: {left:?}"
-    );
+    assert!(left.is_empty(), "nothing left: {left:?}");
 }

@@ -16,6 +16,7 @@ fn piece(reply: Reply) -> Result<(Vec<u8>, u64), String> {
     let (data, size) = match reply {
         Reply::FileChunk(c) => (c.data, c.size),
         Reply::VmAudio(a) => (a.data, a.size),
+        Reply::RecAudio { piece, .. } => (piece.data, piece.size),
         other => return Err(unexpected(other)),
     };
     let bytes = base64::engine::general_purpose::STANDARD

@@ -1,4 +1,5 @@
-//! Voicemail: the messages of every mailbox (or one), played in the browser, deleted.
+//! Voicemail: the messages of every mailbox (or one), and the call recordings, played in
+//! the browser, downloaded, deleted.
 
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Response};
@@ -20,6 +21,8 @@ pub fn routes() -> Router<AppState> {
         .route("/voicemail", get(list))
         .route("/voicemail/{id}/audio", get(audio))
         .route("/voicemail/{id}/delete", post(delete))
+        .route("/recordings/{id}/audio", get(recording_audio))
+        .route("/recordings/{id}/delete", post(recording_delete))
 }
 
 #[derive(Deserialize)]
@@ -40,6 +43,12 @@ async fn list(
         .api()
         .call(Command::VmList {
             mailbox: mailbox.clone(),
+        })
+        .await;
+    let recordings = state
+        .api()
+        .call(Command::RecList {
+            ext: mailbox.clone(),
         })
         .await;
     let ctx = authed.ctx(&state, "/voicemail");
@@ -76,8 +85,60 @@ async fn list(
             }
             other => p.bad { (unexpected(other)) }
         }
+        h2 #recordings-title { "Call recordings" }
+        @match recordings {
+            Reply::Recordings(list) if list.is_empty() => p.muted { "No call recordings." },
+            Reply::Recordings(list) => {
+                div.table-wrap { table #recordings aria-labelledby="recordings-title" {
+                    thead { tr {
+                        th scope="col" { "Caller" } th scope="col" { "Callee" } th scope="col" { "Recorded by" }
+                        th scope="col" { "Started" } th.num scope="col" { "Length" } th scope="col" { "Listen" } th scope="col" { "" }
+                    } }
+                    tbody { @for r in &list {
+                        tr {
+                            td { (r.caller) }
+                            td { (r.callee) }
+                            td { (r.by) }
+                            td { (time_utc(r.started)) }
+                            td.num { (seconds_1(u64::from(r.duration_ms))) }
+                            td {
+                                audio controls preload="none" src={ "/recordings/" (r.id) "/audio" } aria-label={ "Recording of " (r.caller) " with " (r.callee) } {
+                                    a href={ "/recordings/" (r.id) "/audio" } { "Download" }
+                                }
+                            }
+                            td { (button_form(&ctx.csrf, &format!("/recordings/{}/delete", r.id), &[], "Delete", "danger", Some("Delete this recording?"))) }
+                        }
+                    } }
+                } }
+            }
+            other => p.bad { (unexpected(other)) }
+        }
     };
     Html(page(&ctx, "Voicemail", body).into_string()).into_response()
+}
+
+async fn recording_audio(
+    State(state): State<AppState>,
+    _authed: Authed,
+    Path(id): Path<u64>,
+) -> Response {
+    download::stream(
+        state.api(),
+        move |offset, len| Command::RecAudio { id, offset, len },
+        &format!("recording-{id}.wav"),
+        "audio/wav",
+        true,
+    )
+    .await
+}
+
+async fn recording_delete(
+    State(state): State<AppState>,
+    Path(id): Path<u64>,
+    posted: Posted<CsrfOnly>,
+) -> Response {
+    let outcome = state.api().change(Command::RecDel { id }).await;
+    state.after(&posted.authed.sid, outcome, "/voicemail")
 }
 
 async fn audio(State(state): State<AppState>, _authed: Authed, Path(id): Path<u64>) -> Response {
