@@ -7,6 +7,9 @@
 //! `aufile` module plays the tone as the microphone, `sndfile` dumps what each phone decoded
 //! to `dump-*-dec.wav`, and `aubridge` stands in for the sound card (the test machine has
 //! none).
+//!
+//! Three phones: 101 blind-transfers 100 to 102 with its transfer key, and parks 100 with
+//! a transfer to `*70` for 102 to take from orbit 701; 100 and 102 must hear each other.
 
 use std::fs;
 use std::path::PathBuf;
@@ -146,6 +149,113 @@ fn counter(media: &Value, leg: &str, name: &str) -> u64 {
 // ---------------------------------------------------------------------------------------
 
 /// What the phone decoded from the call (its `sndfile` dump), as 16-bit samples.
+const PHONE_102: (&str, &str) = ("102", "baresip-secret-102");
+const TONE_102_HZ: f64 = 700.0;
+
+/// A daemon and three baresip phones registered (100, 101, 102); 100 has called 101 and
+/// both see the call established.
+fn three_phones_100_calling_101() -> (Daemon, [Baresip; 3]) {
+    let daemon = Daemon::start();
+    for (ext, pw) in [PHONE_100, PHONE_101, PHONE_102] {
+        daemon.add_extension(ext, pw);
+    }
+    let mut phones = [
+        Baresip::start(&daemon, PHONE_100, Transport::Udp, TONE_100_HZ),
+        Baresip::start(&daemon, PHONE_101, Transport::Udp, TONE_101_HZ),
+        Baresip::start(&daemon, PHONE_102, Transport::Udp, TONE_102_HZ),
+    ];
+    for phone in &phones {
+        let ext = phone.ext.clone();
+        eventually(WAIT, || daemon.registrations_of(&ext).into_iter().next())
+            .unwrap_or_else(|| panic!("baresip {ext} did not register:\n{}", phone.log()));
+    }
+    phones[0].command("dial", PHONE_101.0);
+    phones[0].wait_event("CALL_ESTABLISHED", &daemon);
+    phones[1].wait_event("CALL_ESTABLISHED", &daemon);
+    (daemon, phones)
+}
+
+/// 102 heard 100's tone; 100 heard 102's in its last two seconds (after 101's).
+fn assert_100_and_102_heard_each_other(p100: &Baresip, p102: &Baresip) {
+    let at_102 = ToneCheck::of(&received_audio(p102), TONE_100_HZ, TONE_102_HZ);
+    eprintln!("baresip 102 heard: {at_102}");
+    at_102.assert_heard("102");
+    let heard_by_100 = received_audio(p100);
+    let tail = &heard_by_100[heard_by_100.len().saturating_sub(2 * RATE as usize)..];
+    let at_100 = ToneCheck::of(tail, TONE_102_HZ, TONE_100_HZ);
+    eprintln!("baresip 100 heard at the end: {at_100}");
+    at_100.assert_heard("100");
+}
+
+/// A real phone's transfer key (baresip's `transfer`, a blind REFER) against the box:
+/// 101 answers 100 and transfers it to 102; baresip follows the REFER's NOTIFYs (Trying,
+/// Ringing, OK) and leaves; 100 and 102 then hear each other's tones through the relay.
+#[test]
+fn a_baresip_phone_blind_transfers_its_caller_and_the_two_others_hear_each_other() {
+    let (daemon, [mut p100, mut p101, mut p102]) = three_phones_100_calling_101();
+    std::thread::sleep(Duration::from_secs(1));
+    // 101 presses its transfer key: blind transfer to 102.
+    p101.command("transfer", PHONE_102.0);
+    p102.wait_event("CALL_ESTABLISHED", &daemon);
+    p101.wait_event("CALL_CLOSED", &daemon);
+    let answered = eventually(WAIT, || {
+        let calls = daemon.calls();
+        let c = calls.first()?;
+        (json_str(c, "callee") == Some(PHONE_102.0) && json_str(c, "state") == Some("answered"))
+            .then(|| c.clone())
+    });
+    assert!(answered.is_some(), "{:?}", daemon.calls());
+    std::thread::sleep(Duration::from_secs(3));
+    p100.command("hangup", "");
+    p100.wait_event("CALL_CLOSED", &daemon);
+    p102.wait_event("CALL_CLOSED", &daemon);
+    // The records: 100 with 101 until the transfer, then 100 with 102 (by 101).
+    let cdrs = daemon.wait_cdrs(2, WAIT);
+    let legs: Vec<(Option<&str>, Option<&str>)> = cdrs
+        .iter()
+        .rev()
+        .map(|c| (json_str(c, "callee"), json_str(c, "disposition")))
+        .collect();
+    assert_eq!(
+        legs,
+        [
+            (Some("101"), Some("transferred")),
+            (Some("102"), Some("answered"))
+        ],
+        "{cdrs:#?}"
+    );
+    for p in [&mut p100, &mut p101, &mut p102] {
+        p.quit();
+    }
+    // 102 heard 100; 100 heard 101, then 102 for seconds.
+    assert_100_and_102_heard_each_other(&p100, &p102);
+}
+
+/// Park with a real phone: 101 transfers its caller to the park code `*70`; 100 waits in
+/// orbit 701 hearing music; 102 dials 701 and the two hear each other.
+#[test]
+fn a_baresip_phone_parks_its_caller_and_another_takes_it_from_the_orbit() {
+    let (daemon, [mut p100, mut p101, mut p102]) = three_phones_100_calling_101();
+    p101.command("transfer", "*70");
+    p101.wait_event("CALL_CLOSED", &daemon);
+    let parked = eventually(WAIT, || {
+        let calls = daemon.calls();
+        (calls.len() == 1 && json_str(&calls[0], "state") == Some("parked on 701")).then_some(())
+    });
+    assert!(parked.is_some(), "{:?}", daemon.calls());
+    std::thread::sleep(Duration::from_secs(1));
+    p102.command("dial", "701");
+    p102.wait_event("CALL_ESTABLISHED", &daemon);
+    std::thread::sleep(Duration::from_secs(3));
+    p102.command("hangup", "");
+    p102.wait_event("CALL_CLOSED", &daemon);
+    p100.wait_event("CALL_CLOSED", &daemon);
+    for p in [&mut p100, &mut p101, &mut p102] {
+        p.quit();
+    }
+    assert_100_and_102_heard_each_other(&p100, &p102);
+}
+
 fn received_audio(phone: &Baresip) -> Vec<i16> {
     let path = dump(phone, "-dec.wav");
     let bytes = fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
