@@ -14,7 +14,7 @@ use pbx_core::media::g711;
 use serde_json::Value;
 
 use outpost_tests::{
-    body_of, eventually, json_str, rtp_packet, rtp_pair, sdp_audio, sdp_body, status_of,
+    body_of, eventually, json_str, registered_with_rtp, rtp_packet, sdp_audio, sdp_body, status_of,
     tone_amplitude, Daemon, DaemonConfig, Dialog, SipPhone,
 };
 
@@ -40,9 +40,7 @@ struct Phone {
 
 impl Phone {
     fn new(daemon: &Daemon, (ext, password): (&str, &str), ssrc: u32) -> Phone {
-        let mut sip = SipPhone::new(daemon, ext, password);
-        sip.register();
-        let (rtp, rtcp) = rtp_pair();
+        let (sip, rtp, rtcp) = registered_with_rtp(daemon, ext, password);
         Phone {
             sip,
             rtp,
