@@ -71,15 +71,15 @@ fn middle(x: &[f64]) -> &[f64] {
 
 #[test]
 fn a_page_is_auto_answered_by_free_members_who_hear_the_caller_and_nobody_hears_them() {
-    let daemon = Daemon::start_with(
-        DaemonConfig::loopback()
-            .with_toml("[[paging]]\nnumber = \"*80\"\nmembers = [\"101\", \"102\", \"103\"]\n"),
-    );
+    let daemon = Daemon::start_with(DaemonConfig::loopback().with_toml(
+        "[[paging]]\nnumber = \"*80\"\nmembers = [\"101\", \"102\", \"103\", \"105\"]\n",
+    ));
     let mut caller = Phone::new(&daemon, "100");
     let mut m1 = Phone::new(&daemon, "101");
     let mut m2 = Phone::new(&daemon, "102");
     let mut busy = Phone::new(&daemon, "103");
     let mut other = Phone::new(&daemon, "104");
+    let mut ringer = Phone::new(&daemon, "105");
 
     // 103 is on a call with 104.
     let inv = busy.sip.invite("104", &busy.sdp());
@@ -103,6 +103,12 @@ fn a_page_is_auto_answered_by_free_members_who_hear_the_caller_and_nobody_hears_
         assert!(!body_of(&invite).contains("a=sendrecv"), "{invite}");
         paged.push((dialog, relay));
     }
+    // 105 does not auto-answer: it rings.
+    let ringing = ringer
+        .sip
+        .await_request("INVITE", WAIT)
+        .expect("105 is paged");
+    ringer.sip.reply(&ringing, 180, Some("ring-105"), "");
     // 103 is busy: not paged.
     assert!(
         busy.sip
@@ -142,7 +148,7 @@ fn a_page_is_auto_answered_by_free_members_who_hear_the_caller_and_nobody_hears_
     assert!(*n0 <= 25, "the caller gets a stream: {n0} packets");
     assert!(back < 0.02, "the caller hears 101: {back}");
 
-    // 100 hangs up: both paged phones get a BYE.
+    // 100 hangs up: both paged phones get a BYE, the ringing one a CANCEL.
     let cseq = caller.sip.send_bye(&mut page);
     for m in [&mut m1, &mut m2] {
         assert!(
@@ -156,4 +162,46 @@ fn a_page_is_auto_answered_by_free_members_who_hear_the_caller_and_nobody_hears_
         .sip
         .await_final(&page.call_id, cseq, "BYE", WAIT)
         .is_some());
+    assert!(
+        ringer.sip.await_request("CANCEL", WAIT).is_some(),
+        "the ringing phone is not cancelled:\n{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn a_paged_phone_leaves_alone_and_the_page_ends_when_no_phone_is_left() {
+    let daemon = Daemon::start_with(
+        DaemonConfig::loopback()
+            .with_toml("[[paging]]\nnumber = \"*81\"\nmembers = [\"201\", \"202\"]\n"),
+    );
+    let mut caller = Phone::new(&daemon, "200");
+    let mut listener = Phone::new(&daemon, "201");
+    let mut ringer = Phone::new(&daemon, "202");
+    let (_page, _) = caller.call(&daemon, "*81");
+    let sdp = listener.sdp().replace("a=sendrecv", "a=recvonly");
+    let (_, mut dialog, _) = listener.answer(&daemon, &sdp);
+    let ringing = ringer
+        .sip
+        .await_request("INVITE", WAIT)
+        .expect("202 is paged");
+    ringer.sip.reply(&ringing, 180, Some("ring-202"), "");
+
+    // 201 hangs up: the page goes on while 202 still rings.
+    let cseq = listener.sip.send_bye(&mut dialog);
+    assert!(listener
+        .sip
+        .await_final(&dialog.call_id, cseq, "BYE", WAIT)
+        .is_some());
+    assert!(
+        caller.sip.answer_bye(Duration::from_millis(500)).is_none(),
+        "the caller was hung up while a phone was still paged"
+    );
+    // 202 refuses: no phone is left, so the caller is hung up.
+    ringer.sip.reply(&ringing, 486, Some("ring-202"), "");
+    assert!(
+        caller.sip.answer_bye(WAIT).is_some(),
+        "the page did not end:\n{}",
+        daemon.log_text()
+    );
 }
