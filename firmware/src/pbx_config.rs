@@ -179,9 +179,9 @@ pub struct RingGroupSection {
     pub voicemail: Option<String>,
 }
 
-/// Most members of one `[[paging]]` group: the relay's mix holds 8 legs, the caller's and
-/// one per paged phone (a member with several phones still pages at most 7 in all).
-pub const MAX_PAGING_MEMBERS: usize = 7;
+/// Most members of one `[[paging]]` group: as many as phones one page reaches (the relay's
+/// mix holds 8 legs, the caller's and 7; a member with several phones counts each).
+pub const MAX_PAGING_MEMBERS: usize = pbx_core::endpoint::MAX_PAGED;
 
 /// One `[[paging]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -62,6 +62,7 @@ pub use config::{
 };
 pub use event::{CallSummary, Counters, DebugCounts, Event, EventPackage, MwiChange, MwiRecord};
 use mwi::MwiSubscriptions;
+pub use paging::MAX_PAGED;
 use voicemail::Voicemail;
 pub use voicemail::{pin_hash, MailboxMessage};
 
