@@ -32,10 +32,10 @@ use crate::sip::transaction::TxKey;
 /// Most phones one page reaches: the relay's mix holds 8 legs, the caller's and these.
 pub const MAX_PAGED: usize = 7;
 
-/// Auto-answer at once (RFC 3261 Call-Info with `answer-after`, as Polycom/Poly, Yealink,
-/// Grandstream, Snom and Fanvil read it). `{host}` is the box.
+/// Auto-answer at once, as the `answer-after` parameter of a `Call-Info` naming the box
+/// (read by phones whose intercom setting allows it; docs/call-features.md#paging).
 const CALL_INFO: &str = "answer-after=0";
-/// Auto-answer in the `Alert-Info` form (Yealink, Snom, Grandstream, Cisco SPA).
+/// Auto-answer in the `Alert-Info` form (the other form phones read).
 const ALERT_INFO: &str = "<http://127.0.0.1>;info=alert-autoanswer";
 
 impl Endpoint {
