@@ -97,6 +97,8 @@ pub struct Config {
     pub dialplan: crate::pbx_config::DialplanSection,
     /// `[[ring_group]]`: numbers that ring several extensions.
     pub ring_group: Vec<crate::pbx_config::RingGroupSection>,
+    /// `[[paging]]`: numbers that page several extensions (one-way, auto-answered).
+    pub paging: Vec<crate::pbx_config::PagingSection>,
     /// `[features]`: feature codes.
     pub features: crate::pbx_config::FeaturesSection,
     /// `[metrics]`: the Prometheus endpoint.
@@ -950,6 +952,7 @@ impl Config {
             &self.inbound,
             &self.dialplan,
             &self.ring_group,
+            &self.paging,
             &self.features,
         )
         .map_err(|(key, reason)| invalid(&key, reason))?;
@@ -1631,6 +1634,38 @@ mod telephony_tests {
         let f = crate::pbx_config::features(&cfg.features);
         assert_eq!((f.park.as_str(), f.park_first, f.park_slots), ("", 800, 2));
         assert_eq!(f.park_timeout_ms, 120_000);
+    }
+
+    #[test]
+    fn paging_groups_parse_and_their_numbers_and_members_are_checked() {
+        let cfg = parse("[[paging]]\nnumber = \"*80\"\nmembers = [\"101\", \"102\"]\n").unwrap();
+        let groups = crate::pbx_config::paging_groups(&cfg.paging);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            (groups[0].number.as_str(), groups[0].members.len()),
+            ("*80", 2)
+        );
+        for (extra, key) in [
+            ("[[paging]]\nnumber = \"8x\"\nmembers = [\"101\"]\n", "paging[0].number"),
+            ("[[paging]]\nnumber = \"*80\"\nmembers = []\n", "paging[0].members"),
+            (
+                "[[paging]]\nnumber = \"*80\"\nmembers = [\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\"]\n",
+                "paging[0].members",
+            ),
+            ("[[paging]]\nnumber = \"*80\"\nmembers = [\"101\", \"101\"]\n", "paging[0].members"),
+            (
+                "[[ring_group]]\nnumber = \"600\"\nmembers = [\"100\"]\n[[paging]]\nnumber = \"600\"\nmembers = [\"101\"]\n",
+                "paging[0].number",
+            ),
+            ("[[paging]]\nnumber = \"*70\"\nmembers = [\"101\"]\n", "paging[0].number"),
+            ("[[paging]]\nnumber = \"701\"\nmembers = [\"101\"]\n", "paging[0].number"),
+            (
+                "[[paging]]\nnumber = \"*80\"\nmembers = [\"101\"]\n[[paging]]\nnumber = \"*80\"\nmembers = [\"102\"]\n",
+                "paging[1].number",
+            ),
+        ] {
+            assert_eq!(invalid_key(extra), key, "{extra}");
+        }
     }
 
     #[test]

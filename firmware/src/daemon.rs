@@ -221,6 +221,7 @@ pub async fn run(
         recording: None,
         ivr: ivr_menus(&cfg),
         groups: pbx_config::ring_groups(&cfg.ring_group),
+        paging: pbx_config::paging_groups(&cfg.paging),
         features: pbx_config::features(&cfg.features),
         dialplan: pbx_config::dialplan(&cfg.route, &cfg.inbound, &cfg.dialplan),
         trunks: trunks.clone(),
@@ -1228,6 +1229,7 @@ impl Daemon {
         let mut e = self.endpoint_cfg.clone();
         e.ivr = ivr_menus(new);
         e.groups = pbx_config::ring_groups(&new.ring_group);
+        e.paging = pbx_config::paging_groups(&new.paging);
         e.features = pbx_config::features(&new.features);
         e.dialplan = pbx_config::dialplan(&new.route, &new.inbound, &new.dialplan);
         e.trunks = trunks;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use pbx_core::dialplan::{Dialplan, Pattern, Route, Target};
-use pbx_core::endpoint::{FeatureCodes, RingGroup, RingStrategy};
+use pbx_core::endpoint::{FeatureCodes, PagingGroup, RingGroup, RingStrategy};
 use pbx_core::sip::Transport;
 use pbx_core::trunk::{IpNet, TrunkConfig, MAX_INBOUND_FROM};
 
@@ -177,6 +177,20 @@ pub struct RingGroupSection {
     /// Mailbox taking a message when nobody answers.
     #[serde(default)]
     pub voicemail: Option<String>,
+}
+
+/// Most members of one `[[paging]]` group: as many as phones one page reaches (the relay's
+/// mix holds 8 legs, the caller's and 7; a member with several phones counts each).
+pub const MAX_PAGING_MEMBERS: usize = pbx_core::endpoint::MAX_PAGED;
+
+/// One `[[paging]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagingSection {
+    /// The number extensions dial to page (`*80`).
+    pub number: String,
+    /// Member extensions (1 to [`MAX_PAGING_MEMBERS`]).
+    pub members: Vec<String>,
 }
 
 fn default_strategy() -> String {
@@ -412,12 +426,14 @@ pub fn validate(
     inbound: &InboundSection,
     dialplan: &DialplanSection,
     groups: &[RingGroupSection],
+    paging: &[PagingSection],
     features: &FeaturesSection,
 ) -> Result<(), Invalid> {
     for (list, name) in [
         (trunks.len(), "trunk"),
         (routes.len(), "route"),
         (groups.len(), "ring_group"),
+        (paging.len(), "paging"),
     ] {
         if list > MAX_ENTRIES {
             return Err(bad(name, format!("at most {MAX_ENTRIES} entries")));
@@ -524,6 +540,7 @@ pub fn validate(
         return Err(bad("features.park_timeout_secs", "must be 10-3600"));
     }
     let orbits = features.park_first..features.park_first + features.park_slots;
+    validate_paging(paging, groups, features, &orbits)?;
     if let Some(g) = groups
         .iter()
         .find(|g| g.number.parse::<u32>().is_ok_and(|n| orbits.contains(&n)))
@@ -534,6 +551,68 @@ pub fn validate(
         ));
     }
     Ok(())
+}
+
+/// `[[paging]]`: numbers are dial strings used by nothing else (another paging group, a
+/// ring group, a feature code, a park orbit); members are 1-7 distinct extensions.
+fn validate_paging(
+    paging: &[PagingSection],
+    groups: &[RingGroupSection],
+    features: &FeaturesSection,
+    orbits: &std::ops::Range<u32>,
+) -> Result<(), Invalid> {
+    let codes = [
+        &features.pickup,
+        &features.park,
+        &features.dnd_on,
+        &features.dnd_off,
+    ];
+    for (i, p) in paging.iter().enumerate() {
+        let key = format!("paging[{i}]");
+        if !is_dial_string(&p.number) {
+            return Err(bad(format!("{key}.number"), "must be digits, * or #"));
+        }
+        let taken = paging[..i].iter().any(|o| o.number == p.number)
+            || groups.iter().any(|g| g.number == p.number)
+            || codes.iter().any(|c| **c == p.number)
+            || (!features.directed_pickup.is_empty()
+                && p.number.starts_with(features.directed_pickup.as_str()))
+            || p.number.parse::<u32>().is_ok_and(|n| orbits.contains(&n));
+        if taken {
+            return Err(bad(
+                format!("{key}.number"),
+                format!(
+                    "{:?} is already a paging or ring group number, a feature code or an orbit",
+                    p.number
+                ),
+            ));
+        }
+        if p.members.is_empty() || p.members.len() > MAX_PAGING_MEMBERS {
+            return Err(bad(
+                format!("{key}.members"),
+                format!("needs 1-{MAX_PAGING_MEMBERS} extensions"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        if let Some(m) = p.members.iter().find(|m| !seen.insert(m.as_str())) {
+            return Err(bad(
+                format!("{key}.members"),
+                format!("{m} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The call core's paging groups.
+pub fn paging_groups(paging: &[PagingSection]) -> Vec<PagingGroup> {
+    paging
+        .iter()
+        .map(|p| PagingGroup {
+            number: p.number.clone(),
+            members: p.members.clone(),
+        })
+        .collect()
 }
 
 /// The call core's dial plan.

@@ -33,6 +33,7 @@ pub const KEYS: &[(&str, Apply)] = &[
     ("inbound", Live),
     ("ivr", Live),
     ("ring_group", Live),
+    ("paging", Live),
     ("route", Live),
     // Trunks apply live; a change of a trunk's address also needs a restart for the
     // firewall's trunk allow list (the daemon says so).

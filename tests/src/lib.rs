@@ -1792,6 +1792,53 @@ pub fn recv_datagrams(sock: &UdpSocket, max: usize, wait: Duration) -> Vec<(Sock
     got
 }
 
+/// A phone for `ext`, registered, with its RTP and RTCP sockets (see [`rtp_pair`]).
+pub fn registered_with_rtp(
+    daemon: &Daemon,
+    ext: &str,
+    password: &str,
+) -> (SipPhone, UdpSocket, UdpSocket) {
+    let mut sip = SipPhone::new(daemon, ext, password);
+    sip.register();
+    let (rtp, rtcp) = rtp_pair();
+    (sip, rtp, rtcp)
+}
+
+/// Sends `frames` × 20 ms of a `hz` tone (-6 dBFS, G.711 µ-law, payload type 0) from `sock`
+/// to `to` in real time, as stream `ssrc` starting at sequence number 1.
+pub fn send_ulaw_tone(sock: &UdpSocket, to: SocketAddr, hz: f64, frames: u16, ssrc: u32) {
+    let start = Instant::now();
+    for i in 0..frames {
+        let ts = u32::from(i) * 160;
+        let payload: Vec<u8> = (ts..ts + 160)
+            .map(|n| {
+                let v = 0.5 * (std::f64::consts::TAU * hz * f64::from(n) / 8000.0).sin();
+                #[allow(clippy::cast_possible_truncation)]
+                pbx_core::media::g711::linear_to_ulaw((v * 32767.0) as i16)
+            })
+            .collect();
+        let packet = rtp_packet(0, i.wrapping_add(1), ts, ssrc, &payload);
+        sock.send_to(&packet, to).expect("send RTP");
+        let next = start + Duration::from_millis(20) * (u32::from(i) + 1);
+        thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// The µ-law audio (-1..1) of the RTP packets of payload type 0 arriving on `sock` within
+/// `wait`, in arrival order, and how many packets came.
+pub fn recv_ulaw(sock: &UdpSocket, wait: Duration) -> (Vec<f64>, usize) {
+    let packets = recv_datagrams(sock, 10_000, wait);
+    let count = packets.len();
+    let audio = packets
+        .iter()
+        .filter_map(|(_, p)| parse_rtp(p))
+        .filter(|r| r.pt == 0)
+        .flat_map(|r| r.payload)
+        .map(|u| f64::from(pbx_core::media::g711::ulaw_to_linear(u)) / 32768.0)
+        .collect();
+    (audio, count)
+}
+
 /// A dialog as one phone sees it: enough to send in-dialog requests and answer them.
 #[derive(Debug, Clone)]
 pub struct Dialog {

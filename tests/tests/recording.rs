@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use outpost_tests::browser::https;
 use outpost_tests::webform::WebSession;
 use outpost_tests::{
-    body_of, eventually, free_port, json_str, rtp_packet, rtp_pair, sdp_audio, sdp_body, status_of,
-    tone_amplitude, Daemon, DaemonConfig, Dialog, SipPhone,
+    body_of, eventually, free_port, json_str, registered_with_rtp, rtp_packet, sdp_audio, sdp_body,
+    status_of, tone_amplitude, Daemon, DaemonConfig, Dialog, SipPhone,
 };
 
 const A: (&str, &str) = ("100", "rec-secret-100");
@@ -43,9 +43,7 @@ struct Phone {
 
 impl Phone {
     fn new(daemon: &Daemon, (ext, password): (&str, &str), ssrc: u32) -> Phone {
-        let mut sip = SipPhone::new(daemon, ext, password);
-        sip.register();
-        let (rtp, rtcp) = rtp_pair();
+        let (sip, rtp, rtcp) = registered_with_rtp(daemon, ext, password);
         Phone {
             sip,
             rtp,

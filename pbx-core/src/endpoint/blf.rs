@@ -62,7 +62,7 @@ pub(super) struct LineState {
 
 impl LineState {
     /// On a call or ringing.
-    fn busy(&self) -> bool {
+    pub(super) fn busy(&self) -> bool {
         !self.dialogs.is_empty()
     }
 

@@ -367,7 +367,7 @@ impl Call {
 }
 
 /// A call answered by Outpost itself.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) enum App {
     /// Taking a message.
     Deposit(Deposit),
@@ -383,6 +383,21 @@ pub(super) enum App {
     Parked { orbit: u32, on_b: bool },
     /// The mailbox owner listens to messages.
     Access(AccessSession),
+    /// Paging: the caller talks into a mix that the paged phones (the forks) hear. Entry
+    /// `i` is fork `i`'s media, `None` once that phone left or failed.
+    Paging(Vec<Option<PageMember>>),
+}
+
+/// One paged phone's own relay session: leg B its phone, leg A absent; joined to the
+/// caller's mix as a listener once it answers.
+#[derive(Debug)]
+pub(super) struct PageMember {
+    /// Its relay session (an id from the call numbers, so it never clashes with a call's).
+    pub(super) session: u64,
+    /// Its relay port (RTCP the next one).
+    pub(super) port: u16,
+    /// Its leg B's SDP state: our sendonly offer, the phone's answer.
+    pub(super) media: CallMedia,
 }
 
 /// Who leg B's INVITE says it is from and to.
@@ -394,6 +409,8 @@ pub(super) struct ForkIdentity {
     pub(super) contact_user: String,
     /// Caller-ID asserted to a trunk (P-Asserted-Identity).
     pub(super) asserted: Option<String>,
+    /// Further headers of the INVITE (paging's auto-answer headers).
+    pub(super) extra: Vec<(&'static str, String)>,
 }
 
 /// Where a call came from.

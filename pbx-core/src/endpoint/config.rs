@@ -48,6 +48,8 @@ pub struct EndpointConfig {
     pub ivr: Vec<IvrMenu>,
     /// Ring groups.
     pub groups: Vec<RingGroup>,
+    /// Paging groups (need media anchoring).
+    pub paging: Vec<PagingGroup>,
     /// Feature codes dialled by extensions.
     pub features: FeatureCodes,
     /// Outbound routes, emergency numbers and inbound DIDs.
@@ -82,6 +84,16 @@ pub struct RingGroup {
     pub timeout_ms: u64,
     /// Mailbox that takes a message when nobody answers (`None`: the caller gets 480).
     pub voicemail: Option<String>,
+}
+
+/// A number that pages several extensions: every phone of every member that is not in a
+/// call answers by itself and hears the caller, one way (see `endpoint::paging`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagingGroup {
+    /// The number extensions dial to page (not reachable from trunks).
+    pub number: String,
+    /// Member extensions.
+    pub members: Vec<String>,
 }
 
 /// How a ring group rings its members.

@@ -38,6 +38,7 @@ mod ivr;
 mod legs;
 mod mwi;
 mod outleg;
+mod paging;
 mod park;
 mod plan;
 mod recording;
@@ -57,10 +58,11 @@ use call::{
 };
 pub use config::{
     CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
-    RecordingSettings, RingGroup, RingStrategy, VoicemailSettings,
+    PagingGroup, RecordingSettings, RingGroup, RingStrategy, VoicemailSettings,
 };
 pub use event::{CallSummary, Counters, DebugCounts, Event, EventPackage, MwiChange, MwiRecord};
 use mwi::MwiSubscriptions;
+pub use paging::MAX_PAGED;
 use voicemail::Voicemail;
 pub use voicemail::{pin_hash, MailboxMessage};
 
@@ -208,6 +210,7 @@ impl Endpoint {
     pub fn reconfigure(&mut self, now: Millis, new: &EndpointConfig) {
         self.cfg.ivr = new.ivr.clone();
         self.cfg.groups = new.groups.clone();
+        self.cfg.paging = new.paging.clone();
         self.cfg.features = new.features.clone();
         self.cfg.dialplan = new.dialplan.clone();
         self.cfg.ring_timeout_ms = new.ring_timeout_ms;
@@ -753,6 +756,7 @@ impl Endpoint {
                 remote_uri,
                 contact_user: call.caller.clone(),
                 asserted: None,
+                extra: Vec::new(),
             },
         )
     }
@@ -783,6 +787,7 @@ impl Endpoint {
             remote_uri,
             contact_user,
             asserted,
+            extra,
         } = identity;
         let mut from = local_uri.clone();
         from.params.set("tag", Some(local_tag.clone()));
@@ -822,6 +827,9 @@ impl Endpoint {
             if let Some(v) = a_invite.headers.get(name) {
                 headers.push(name, v);
             }
+        }
+        for (name, value) in extra {
+            headers.push(name, value);
         }
         let req = Request {
             method: Method::Invite,
@@ -914,6 +922,16 @@ impl Endpoint {
                 return;
             }
         } else if let Some(&(id, fork)) = self.by_b_call_id.get(call_id) {
+            let paged = self.calls.get(&id).is_some_and(|c| {
+                matches!(c.app, Some(App::Paging(_)))
+                    && c.forks
+                        .get(fork)
+                        .is_some_and(|f| f.local_tag == to_tag && f.state == ForkState::Answered)
+            });
+            if paged {
+                self.page_request(now, id, fork, key, req, src);
+                return;
+            }
             let matches = self.calls.get(&id).is_some_and(|c| {
                 c.state == CallState::Answered
                     && c.winner == Some(fork)
@@ -1101,6 +1119,10 @@ impl Endpoint {
     }
 
     fn on_fork_response(&mut self, now: Millis, id: u64, fork: usize, resp: &Response) {
+        if self.is_page(id) {
+            self.page_response(now, id, fork, resp);
+            return;
+        }
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -1373,6 +1395,12 @@ impl Endpoint {
         call.state = CallState::Ended;
         self.ended_calls += 1;
         call.pending_reinvite_ack = None;
+        if matches!(call.app, Some(App::Paging(_))) {
+            self.end_page(now, id);
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         if let Some(App::Parked { orbit, .. }) = call.app {
             self.park.release(orbit, id);
         }

@@ -21,6 +21,8 @@ const MAX_HOPS: u8 = 4;
 pub(super) enum Dest {
     Extension(String),
     Group(usize),
+    /// Page the members of this paging group (extension callers only).
+    Paging(usize),
     Menu(usize),
     /// Straight to this mailbox.
     Voicemail(String),
@@ -106,6 +108,11 @@ impl Endpoint {
         if let Some(orbit) = self.orbit_of(number) {
             return Ok(Dest::Orbit(orbit));
         }
+        if let Some(i) = self.cfg.paging.iter().position(|p| p.number == number) {
+            if !caller.is_empty() {
+                return Ok(Dest::Paging(i));
+            }
+        }
         if !caller.is_empty()
             && self
                 .cfg
@@ -162,6 +169,13 @@ impl Endpoint {
             }
             Dest::Extension(ext) => self.route_extension(now, id, ext),
             Dest::Group(group) => self.route_group(now, id, group),
+            Dest::Paging(group) => {
+                if self.start_paging(now, id, group) {
+                    Routed::Answered
+                } else {
+                    Routed::Failed(480, Disposition::Unavailable)
+                }
+            }
             Dest::External(plan) => {
                 if let Some(call) = self.calls.get_mut(&id) {
                     call.plan = RingPlan::External(plan);

@@ -337,6 +337,7 @@ impl Endpoint {
                     cfg.username.clone()
                 },
                 asserted: Some(caller_id),
+                extra: Vec::new(),
             },
         );
         fork.trunk = Some(trunk);

@@ -400,6 +400,12 @@ impl CallMedia {
         self.offer(Leg::A, &agreed.emit())
     }
 
+    /// The caller's offer cut down to what Outpost answered locally (after
+    /// [`Self::answer_local`]): what the caller sends, to offer to further phones.
+    pub fn agreed_offer(&self) -> Option<Vec<u8>> {
+        self.local_offer_a.as_ref().map(Sdp::emit)
+    }
+
     /// The command that ends relaying (only if the relay was told about the call).
     pub fn close(&self) -> Option<MediaCommand> {
         self.opened.then_some(MediaCommand::Close {

@@ -67,6 +67,17 @@ impl Leg {
     }
 }
 
+/// What a leg does in a mix (see [`MediaCommand::Join`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MixRole {
+    /// Talks and hears the others (conference).
+    Both,
+    /// Talks only, hears nothing back (a paging caller).
+    Talker,
+    /// Hears only; what its phone sends is dropped (a paged phone).
+    Listener,
+}
+
 /// What the relay needs to know about one leg.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LegMedia {
@@ -179,6 +190,19 @@ pub enum MediaCommand {
     },
     /// Finish the recording of `leg`; `RecordingDone` follows once the file is written.
     StopRecord { session: SessionId, leg: Leg },
+    /// Put `leg` of `session` (open, G.711) into the mix `mix` (an id the core chooses, e.g.
+    /// the paging caller's session; the mix exists while it has parties) with `role`: from
+    /// then on what its phone sends goes into the mix instead of to the other leg, and it
+    /// hears the mix of the others every 20 ms. At most 8 legs per mix; a leg already in a
+    /// mix moves. Ignored (with a warning) when the leg is absent, not G.711 or the mix full.
+    Join {
+        mix: SessionId,
+        session: SessionId,
+        leg: Leg,
+        role: MixRole,
+    },
+    /// Take `leg` of `session` out of its mix (also done by `Close`); its stream continues.
+    Leave { session: SessionId, leg: Leg },
 }
 
 /// Counters of one leg as the relay saw them, plus what the phone reported in RTCP.

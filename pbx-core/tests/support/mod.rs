@@ -50,6 +50,7 @@ pub fn config() -> EndpointConfig {
         recording: None,
         ivr: Vec::new(),
         groups: Vec::new(),
+        paging: Vec::new(),
         features: pbx_core::endpoint::FeatureCodes::default(),
         dialplan: pbx_core::dialplan::Dialplan::default(),
         trunks: Vec::new(),

@@ -102,7 +102,9 @@ fn command_session(cmd: &MediaCommand) -> SessionId {
         | MediaCommand::Play { session, .. }
         | MediaCommand::StopPlay { session, .. }
         | MediaCommand::Record { session, .. }
-        | MediaCommand::StopRecord { session, .. } => *session,
+        | MediaCommand::StopRecord { session, .. }
+        | MediaCommand::Join { session, .. }
+        | MediaCommand::Leave { session, .. } => *session,
     }
 }
 

@@ -107,6 +107,7 @@ impl Fast {
                 || leg.srtp.is_some()
                 || leg.player.is_some()
                 || leg.recorder.is_some()
+                || leg.mix.is_some()
                 || !leg.out.is_passthrough()
             {
                 return None;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use pbx_core::media::dtmf::DtmfDetector;
 use pbx_core::media::rtp::{JitterEstimator, SeqTracker};
-use pbx_core::media::session::{Codec, Leg, LegMedia, LegStats, SrtpKeys};
+use pbx_core::media::session::{Codec, Leg, LegMedia, LegStats, SessionId, SrtpKeys};
 use pbx_core::media::srtp::SrtpContext;
 
 use super::latch::Latch;
@@ -57,6 +57,9 @@ pub(super) struct LegState {
     pub(super) recorder: Option<Recorder>,
     /// SRTP contexts when the leg is SRTP.
     pub(super) srtp: Option<LegSrtp>,
+    /// The mix this leg is in (`MediaCommand::Join`): what it sends goes to the mixer, what
+    /// it hears comes from there.
+    pub(super) mix: Option<SessionId>,
 }
 
 /// SRTP of one leg: what the phone sends is unprotected with its key, what goes to it is
@@ -115,6 +118,7 @@ impl LegState {
             out: OutStream::new(rand::random(), rand::random(), rand::random()),
             recorder: None,
             srtp: LegSrtp::rekey(None, media.srtp.as_ref()),
+            mix: None,
             media,
         }
     }

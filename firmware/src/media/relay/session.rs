@@ -36,6 +36,9 @@ pub(super) struct Session {
     pub(super) timed_out: bool,
     /// The directions the kernel forwards for it (fast path), A→B then B→A.
     pub(super) fast: Option<[firewall::nft::fastpath::Direction; 2]>,
+    /// Set by [`Self::handle`] when the datagram was audio of a leg in a mix: its plain
+    /// length (the packet is in the buffer), for the table to hand to the mixer.
+    pub(super) to_mix: Option<usize>,
 }
 
 /// Index of a leg in [`Session::legs`].
@@ -75,6 +78,7 @@ impl Session {
             last_rtp: now,
             timed_out: false,
             fast: None,
+            to_mix: None,
         }
     }
 
@@ -108,7 +112,12 @@ impl Session {
                 }
             }
         }
-        let route = self.handle_plain(arrival, &mut buf[..len], layout, out)?;
+        self.to_mix = None;
+        let route = self.handle_plain(arrival, &mut buf[..len], layout, out);
+        if self.to_mix.is_some() {
+            self.to_mix = Some(len);
+        }
+        let route = route?;
         match self.legs[leg_index(route.to)].protect(buf, len, route.rtp) {
             Some(len) => Some((route, len)),
             None => {
@@ -153,6 +162,10 @@ impl Session {
             if let Some(jitter) = summary.jitter_us {
                 this.stats.rtcp_jitter_us = Some(jitter);
             }
+            // A mixed leg's reports describe the mix, not the other leg: kept here.
+            if this.mix.is_some() || other.mix.is_some() {
+                return None;
+            }
             let route = other.rtcp_route(to, layout)?;
             other.out.forward_sender_report(data);
             return Some(route);
@@ -190,8 +203,8 @@ impl Session {
                     duration_ms,
                 });
             }
-            // A prompt replaces what the other phone hears.
-            if other.player.is_some() {
+            // A prompt replaces what the other phone hears; a mixed leg hears only the mix.
+            if other.player.is_some() || this.mix.is_some() || other.mix.is_some() {
                 return None;
             }
             // The other phone cannot decode telephone-events it did not negotiate.
@@ -216,7 +229,12 @@ impl Session {
                     );
                 }
             }
-            if other.player.is_some() {
+            if this.mix.is_some() {
+                // The mixer takes it (the table reads it from the buffer).
+                self.to_mix = Some(0);
+                return None;
+            }
+            if other.player.is_some() || other.mix.is_some() {
                 return None;
             }
             let route = other.rtp_route(to, layout)?;
@@ -232,7 +250,7 @@ impl Session {
         }
         // Comfort noise and anything else negotiated end to end: passed through (numbered
         // as the rest of the stream).
-        if other.player.is_some() {
+        if other.player.is_some() || this.mix.is_some() || other.mix.is_some() {
             return None;
         }
         let route = other.rtp_route(to, layout)?;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use pbx_core::media::rtp;
 use pbx_core::media::session::{
-    Codec, Leg, LegMedia, LegStats, MediaCommand, MediaEvent, SessionId,
+    Codec, Leg, LegMedia, LegStats, MediaCommand, MediaEvent, MixRole, SessionId,
 };
 use pbx_core::media::{g711, srtp};
 
@@ -28,6 +28,7 @@ use super::output::{Outbox, Output};
 use super::ports::{Layout, Owner, PortTable};
 use super::session::{leg_index, Arrival, Session};
 use crate::media::files::{self, FileJob, Loaded, Playlist};
+use crate::media::mixer::{Mixer, Role};
 use crate::media::player::{Player, Recorder, FRAME};
 use crate::media::prompts::PromptStore;
 use firewall::nft::fastpath::DirectionCount;
@@ -60,6 +61,40 @@ pub(super) struct Forward {
     pub(super) rtp: bool,
 }
 
+/// One mix ([`MediaCommand::Join`]): the mixer of its legs and its 20 ms clock.
+#[derive(Debug)]
+struct Mix {
+    mixer: Mixer,
+    /// When the next mixed frame is due.
+    next_due: Instant,
+    /// When a party last sent audio into it (keeps its sessions from timing out: a paged
+    /// phone that only listens may send nothing).
+    last_rtp: Instant,
+}
+
+/// The period of a mix's ticks.
+const MIX_TICK: Duration = Duration::from_millis(20);
+/// Ticks a late mix catches up at once; beyond that it skips ahead (no burst after a stall).
+const MIX_CATCH_UP: u32 = 5;
+
+/// The mixer's id of leg `leg` of the session in `slot`.
+fn party_id(slot: u32, leg: Leg) -> u32 {
+    (slot << 1) | u32::from(leg == Leg::B)
+}
+
+/// The slot and leg of a mixer party id.
+fn party_leg(party: u32) -> (u32, Leg) {
+    (party >> 1, if party & 1 == 0 { Leg::A } else { Leg::B })
+}
+
+fn mixer_role(role: MixRole) -> Role {
+    match role {
+        MixRole::Both => Role::Both,
+        MixRole::Talker => Role::Talker,
+        MixRole::Listener => Role::Listener,
+    }
+}
+
 /// Every relayed session and the state around them.
 #[derive(Debug)]
 pub(super) struct SessionTable {
@@ -80,6 +115,8 @@ pub(super) struct SessionTable {
     out: Outbox,
     /// The kernel fast path, when the relay runs one.
     fast: Option<Fast>,
+    /// The mixes by the core's id.
+    mixes: HashMap<SessionId, Mix>,
 }
 
 impl SessionTable {
@@ -99,6 +136,7 @@ impl SessionTable {
             full_recordings: Vec::new(),
             out: Outbox::default(),
             fast: None,
+            mixes: HashMap::new(),
         }
     }
 
@@ -317,6 +355,15 @@ impl SessionTable {
         let layout = self.ports.layout();
         let routed = session.handle(&arrival, buf, len, layout, &mut self.out);
         let from = &session.legs[leg_index(owner.leg)];
+        if let (Some(plain), Some(mix)) = (session.to_mix.take(), from.mix) {
+            if let (Some(mix), Ok(packet)) = (
+                self.mixes.get_mut(&mix),
+                rtp::RtpPacket::new_checked(&buf[..plain]),
+            ) {
+                mix.mixer.push(party_id(owner.slot, owner.leg), &packet);
+                mix.last_rtp = datagram.now;
+            }
+        }
         if from.recorder.as_ref().is_some_and(Recorder::is_full)
             && !self.full_recordings.contains(&(owner.slot, owner.leg))
         {
@@ -388,7 +435,82 @@ impl SessionTable {
                     self.finish_recording(slot, leg);
                 }
             }
+            MediaCommand::Join {
+                mix,
+                session,
+                leg,
+                role,
+            } => self.join(mix, session, leg, role, now),
+            MediaCommand::Leave { session, leg } => {
+                if let Some(&slot) = self.index.get(&session) {
+                    self.leave(slot, leg);
+                }
+            }
         }
+    }
+
+    /// `Join`: puts a leg into a mix (created on its first party), out of any other first.
+    fn join(&mut self, mix: SessionId, id: SessionId, leg: Leg, role: MixRole, now: Instant) {
+        let Some(&slot) = self.index.get(&id) else {
+            tracing::warn!("RTP relay: join of unknown session {id} to mix {mix}");
+            return;
+        };
+        self.leave(slot, leg);
+        let Some(Some(session)) = self.sessions.get_mut(slot as usize) else {
+            return;
+        };
+        let state = &mut session.legs[leg_index(leg)];
+        if state.media.is_absent() {
+            tracing::warn!("RTP relay: session {id} leg {leg:?} is absent; not mixed");
+            return;
+        }
+        let mixing = self.mixes.entry(mix).or_insert_with(|| Mix {
+            mixer: Mixer::new(),
+            next_due: now + MIX_TICK,
+            last_rtp: now,
+        });
+        let joined = mixing.mixer.join(
+            party_id(slot, leg),
+            state.media.codec,
+            state.media.pt,
+            mixer_role(role),
+            state.out,
+        );
+        match joined {
+            Ok(()) => state.mix = Some(mix),
+            Err(e) => {
+                tracing::warn!("RTP relay: session {id} leg {leg:?} not mixed into {mix}: {e}");
+                if mixing.mixer.is_empty() {
+                    self.mixes.remove(&mix);
+                }
+            }
+        }
+    }
+
+    /// Takes a leg out of its mix, if it is in one; its stream continues where the mix left
+    /// it. The last party's leaving drops the mix.
+    fn leave(&mut self, slot: u32, leg: Leg) {
+        let Some(Some(session)) = self.sessions.get_mut(slot as usize) else {
+            return;
+        };
+        let state = &mut session.legs[leg_index(leg)];
+        let Some(mix) = state.mix.take() else {
+            return;
+        };
+        if let Some(mixing) = self.mixes.get_mut(&mix) {
+            if let Some(out) = mixing.mixer.leave(party_id(slot, leg)) {
+                state.out = out;
+            }
+            if mixing.mixer.is_empty() {
+                self.mixes.remove(&mix);
+            }
+        }
+    }
+
+    /// Parties in mix `mix` (0: no such mix).
+    #[cfg(test)]
+    fn mix_len(&self, mix: SessionId) -> usize {
+        self.mixes.get(&mix).map_or(0, |m| m.mixer.len())
     }
 
     fn open(&mut self, id: SessionId, a: LegMedia, b: LegMedia, now: Instant) {
@@ -454,6 +576,8 @@ impl SessionTable {
         };
         self.finish_recording(slot, Leg::A);
         self.finish_recording(slot, Leg::B);
+        self.leave(slot, Leg::A);
+        self.leave(slot, Leg::B);
         self.playing.retain(|&(s, _)| s != slot);
         self.full_recordings.retain(|&(s, _)| s != slot);
         self.index.remove(&id);
@@ -515,10 +639,16 @@ impl SessionTable {
                 }
             }
         }
+        let mixes = &self.mixes;
         for session in self.sessions.iter_mut().flatten() {
-            if !session.timed_out
-                && now.saturating_duration_since(session.last_rtp) >= self.media_timeout
-            {
+            let mixed = session
+                .legs
+                .iter()
+                .filter_map(|l| mixes.get(&l.mix?))
+                .map(|m| m.last_rtp)
+                .max();
+            let last_rtp = mixed.map_or(session.last_rtp, |m| m.max(session.last_rtp));
+            if !session.timed_out && now.saturating_duration_since(last_rtp) >= self.media_timeout {
                 session.timed_out = true;
                 self.out.event(MediaEvent::Timeout {
                     session: session.id,
@@ -620,8 +750,9 @@ impl SessionTable {
         self.playing.retain(|&e| e != (slot, leg));
     }
 
-    /// When the next played frame is due, if anything plays.
+    /// When the next played or mixed frame is due, if anything plays or mixes.
     pub(super) fn next_play_due(&self) -> Option<Instant> {
+        let mixes = self.mixes.values().map(|m| m.next_due);
         self.playing
             .iter()
             .filter_map(|&(slot, leg)| {
@@ -631,6 +762,7 @@ impl SessionTable {
                     .as_ref()
                     .map(Player::next_due)
             })
+            .chain(mixes)
             .min()
     }
 
@@ -648,6 +780,56 @@ impl SessionTable {
                 i += 1;
             } else {
                 self.playing.swap_remove(i);
+            }
+        }
+        self.mix_due(now, send);
+    }
+
+    /// Runs every mix's ticks due by `now`: each listening party gets its mixed frame (a
+    /// leg that hears a prompt gets the prompt instead).
+    fn mix_due(&mut self, now: Instant, send: &mut impl FnMut(usize, SocketAddr, &[u8]) -> bool) {
+        let layout = *self.ports.layout();
+        let sessions = &mut self.sessions;
+        let buf = &mut self.play_buf;
+        for mix in self.mixes.values_mut() {
+            let mut ticks = 0;
+            while mix.next_due <= now {
+                if ticks == MIX_CATCH_UP {
+                    mix.next_due = now + MIX_TICK;
+                    break;
+                }
+                let due = mix.next_due;
+                mix.mixer.tick(due, &mut |party, packet| {
+                    let (slot, leg) = party_leg(party);
+                    let Some(Some(session)) = sessions.get_mut(slot as usize) else {
+                        return;
+                    };
+                    let state = &mut session.legs[leg_index(leg)];
+                    if state.player.is_some() {
+                        return;
+                    }
+                    let Some(route) = state.rtp_route(leg, &layout) else {
+                        return;
+                    };
+                    let Some(socket) = layout.socket(route.port, route.via) else {
+                        return;
+                    };
+                    let n = packet.len().min(buf.len());
+                    buf[..n].copy_from_slice(&packet[..n]);
+                    let len = match state.srtp.as_mut() {
+                        Some(srtp) => match srtp.outbound.protect_rtp(buf, n) {
+                            Ok(len) => len,
+                            Err(_) => return,
+                        },
+                        None => n,
+                    };
+                    if send(socket, route.dest, &buf[..len]) {
+                        state.stats.packets_out += 1;
+                        state.stats.bytes_out += len as u64;
+                    }
+                });
+                mix.next_due += MIX_TICK;
+                ticks += 1;
             }
         }
     }
@@ -931,6 +1113,116 @@ mod tests {
                 });
             sent
         }
+    }
+
+    /// A paging mix: caller (session 10, leg A, talker) and two paged phones (sessions 11
+    /// and 12, leg B, listeners).
+    fn paging(relay: &mut Relay) -> [SocketAddr; 2] {
+        let m1 = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 31)), 6000);
+        let m2 = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 32)), 6002);
+        relay.open(10, leg(A_PORT, A_PHONE), LegMedia::absent());
+        relay.open(11, LegMedia::absent(), leg(B_PORT, m1));
+        let mut alaw = leg(20_004, m2);
+        alaw.codec = Codec::Pcma;
+        alaw.pt = 8;
+        relay.open(12, LegMedia::absent(), alaw);
+        for (session, leg, role) in [
+            (10, Leg::A, MixRole::Talker),
+            (11, Leg::B, MixRole::Listener),
+            (12, Leg::B, MixRole::Listener),
+        ] {
+            let join = MediaCommand::Join {
+                mix: 10,
+                session,
+                leg,
+                role,
+            };
+            relay.command(Duration::ZERO, join);
+        }
+        assert_eq!(relay.table.mix_len(10), 3);
+        [m1, m2]
+    }
+
+    /// The decoded payloads sent to each destination at `at`.
+    fn mixed(relay: &mut Relay, at: Duration) -> Vec<(SocketAddr, Vec<i16>)> {
+        relay
+            .play(at)
+            .into_iter()
+            .map(|(_, dest, bytes)| {
+                let view = RtpPacket::new_checked(&bytes[..]).expect("RTP");
+                let alaw = view.payload_type() == 8;
+                let pcm = view
+                    .payload()
+                    .iter()
+                    .map(|&c| {
+                        if alaw {
+                            g711::alaw_to_linear(c)
+                        } else {
+                            g711::ulaw_to_linear(c)
+                        }
+                    })
+                    .collect();
+                (dest, pcm)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_paging_caller_is_heard_by_every_listener_in_its_law_and_hears_nothing() {
+        let mut relay = Relay::new();
+        let [m1, m2] = paging(&mut relay);
+        let mut heard = Vec::new();
+        for seq in 1..=20u16 {
+            let at = ms(20 * u64::from(seq));
+            // The caller's audio is mixed, not forwarded to its absent other leg.
+            assert!(relay.datagram(A_PORT, A_PHONE, at, &audio(seq)).is_none());
+            heard.extend(mixed(&mut relay, at));
+        }
+        assert!(heard.iter().all(|(dest, _)| *dest == m1 || *dest == m2));
+        let loud = |to: SocketAddr| {
+            heard
+                .iter()
+                .filter(|(d, pcm)| *d == to && pcm.iter().any(|&s| s.abs() > 8))
+                .count()
+        };
+        // 20 ticks less the jitter buffer's fill: both listeners hear the caller.
+        assert!(loud(m1) >= 15, "{}", loud(m1));
+        assert!(loud(m2) >= 15, "{}", loud(m2));
+        assert_eq!(relay.stats(10).0.packets_out, 0, "the talker hears nothing");
+        assert_eq!(relay.stats(11).1.packets_out, 20);
+    }
+
+    #[test]
+    fn a_listener_is_heard_by_nobody_and_leaves_the_mix_when_closed() {
+        let mut relay = Relay::new();
+        let [m1, m2] = paging(&mut relay);
+        for seq in 1..=10u16 {
+            let at = ms(20 * u64::from(seq));
+            assert!(relay.datagram(B_PORT, m1, at, &audio(seq)).is_none());
+            for (dest, pcm) in mixed(&mut relay, at) {
+                assert_ne!(dest, A_PHONE);
+                // Silence: A-law has no zero, its quietest step is 8.
+                assert!(pcm.iter().all(|&s| s.abs() <= 8), "silence to {dest}");
+            }
+        }
+        // A listener that only listens keeps its session alive while the caller talks.
+        for seq in 11..=1600u16 {
+            let at = ms(20 * u64::from(seq));
+            let _ = relay.datagram(A_PORT, A_PHONE, at, &audio(seq));
+        }
+        relay.table.check_timeouts(relay.at(ms(20 * 1600)));
+        assert!(relay.events().is_empty(), "no timeout");
+        relay.command(ms(40_000), MediaCommand::Close { session: 12 });
+        assert_eq!(relay.table.mix_len(10), 2);
+        for session in [10, 11] {
+            relay.command(ms(40_000), MediaCommand::Close { session });
+        }
+        assert_eq!(relay.table.mix_len(10), 0);
+        assert_eq!(relay.table.next_play_due(), None, "no mix ticks left");
+        assert!(
+            relay.play(ms(40_020)).is_empty(),
+            "nothing to {m2} or anybody"
+        );
     }
 
     #[test]
