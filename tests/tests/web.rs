@@ -412,8 +412,12 @@ fn an_admin_runs_the_office_from_the_browser() {
     b.wait_for_text("s left to confirm", WAIT);
     b.screenshot("config-trial");
     b.click_text("Confirm");
-    b.wait_for_text("Running: revision", WAIT);
-    assert!(!b.page_text().contains("is on trial"), "{}", b.page_text());
+    // The trial page also says "Running: revision": wait for the page after the confirm.
+    let confirmed = eventually(WAIT, || {
+        let text = b.page_text();
+        (text.contains("Running: revision") && !text.contains("is on trial")).then_some(())
+    });
+    assert!(confirmed.is_some(), "{}", b.page_text());
     let revs = s.daemon.admin(&json!({"cmd": "config", "config": "list"}));
     let newest = revs["data"]
         .as_array()
