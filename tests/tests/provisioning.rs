@@ -415,15 +415,18 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
     );
     // A guesser inside them: ten wrong passwords ban it.
     let attacker = IpAddr::V4(s.lab.attacker_ip());
-    for i in 0..10 {
-        let r = get_in(
-            &s.lab.attacker,
-            &format!("{base}/805ec0000001.cfg"),
-            ua,
-            Some(("805ec0000001", &format!("guess-{i}"))),
-        );
-        assert_eq!(r.status, 401, "{r:?}");
-    }
+    let wrong_passwords = |ns: &Netns, n: usize| {
+        for i in 0..n {
+            let r = get_in(
+                ns,
+                &format!("{base}/805ec0000001.cfg"),
+                ua,
+                Some(("805ec0000001", &format!("wrong-{i}"))),
+            );
+            assert_eq!(r.status, 401, "{r:?}");
+        }
+    };
+    wrong_passwords(&s.lab.attacker, 10);
     let ban = eventually(WAIT, || banned(&s, attacker));
     assert!(ban.is_some(), "the guesser was not banned: {:?}", bans(&s));
     let ban = ban.unwrap_or_default();
@@ -438,6 +441,28 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
         "the office phone was banned: {:?}",
         bans(&s)
     );
+
+    // The office phone (it registered above) polling with stale credentials, as a phone
+    // would after its entry was added again: refused every time, never banned (a ban would
+    // take its SIP with it), one alert says so.
+    wrong_passwords(&s.lab.phone, 15);
+    let r = s.office("805ec0000001.cfg", ua, Some(&yealink));
+    assert_eq!(
+        r.status, 200,
+        "the phone was shut out after stale fetches: {r:?}"
+    );
+    assert!(
+        banned(&s, IpAddr::V4(s.lab.phone_ip())).is_none(),
+        "a phone fetching with stale credentials was banned: {:?}",
+        bans(&s)
+    );
+    let alerts = s.daemon.ctl_json(&["fw", "alerts"]).to_string();
+    assert_eq!(
+        alerts.matches("wrong phone password").count(),
+        1,
+        "one alert for the stale fetches: {alerts}"
+    );
+    assert_eq!(phone.register_status(Duration::from_secs(5)), Some(200));
 
     // `ext passwd` changes what the phone is served.
     let out = s

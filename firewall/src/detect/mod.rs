@@ -440,6 +440,9 @@ struct SourceState {
     malformed: Window,
     /// No new malformed alert for this source before then.
     malformed_alert_until: Millis,
+    /// No new alert for a wrong provisioning password of this (authenticated) source
+    /// before then.
+    provision_alert_until: Millis,
 }
 
 impl SourceState {
@@ -644,6 +647,12 @@ impl Detector {
                 Verdict::Pass
             }
             Observation::UnknownUser { user, .. } => self.unknown_user(now, src, user),
+            Observation::LoginFailure {
+                service: LoginService::Provision,
+                ..
+            } if self.passes.peek(&src).is_some_and(|&until| until > now) => {
+                self.stale_provisioning(now, src)
+            }
             Observation::LoginFailure { service, .. } => {
                 self.failure(now, src, Rule::AuthFailures, Some(service))
             }
@@ -1012,6 +1021,26 @@ impl Detector {
         } else {
             self.drop_message(rule)
         }
+    }
+
+    /// A wrong provisioning password from a source that authenticated over SIP recently: a
+    /// desk phone polling with the credentials of an earlier `phone add` (or the office's
+    /// NAT address it shares). The password is generated (24 random characters), so
+    /// counting it towards a ban protects nothing and would ban the phone's own SIP:
+    /// refused (by the caller), alerted once per `auth_source` window, never counted.
+    fn stale_provisioning(&mut self, now: Millis, src: IpAddr) -> Verdict {
+        let window = self.cfg.auth_source.window_ms;
+        let st = self.source(now, src);
+        if st.provision_alert_until > now {
+            return Verdict::Pass;
+        }
+        st.provision_alert_until = now.saturating_add(window);
+        let message = format!(
+            "provisioning fetch with a wrong phone password from {src}, which authenticated \
+             recently: refused, not counted (a phone with stale credentials? `phone list`)"
+        );
+        self.alert(now, Rule::AuthFailures, Some(src), None, message);
+        Verdict::Pass
     }
 
     /// Counts an auth, malformed or login failure of `src` (feedback: nothing to drop);
@@ -1640,6 +1669,56 @@ mod tests {
             "{}",
             alert.message
         );
+    }
+
+    #[test]
+    fn a_phone_fetching_with_stale_provisioning_credentials_is_not_banned_a_stranger_is() {
+        let mut d = Detector::new(quiet_gate());
+        let phone = ip("192.0.2.21");
+        let stranger = ip("192.0.2.22");
+        let fetch = |src| Observation::LoginFailure {
+            src,
+            service: LoginService::Provision,
+        };
+        d.observe(
+            T0,
+            Observation::AuthSuccess {
+                src: phone,
+                user: "100",
+            },
+        );
+        // A phone polling every few seconds for ten minutes with an old password.
+        for i in 0..60 {
+            assert_eq!(d.observe(T0 + 1 + i * 10_000, fetch(phone)), Verdict::Pass);
+        }
+        assert!(!d.is_banned(T0 + 600_001, phone));
+        // One alert says so (rate-limited), none per fetch.
+        let alerts: Vec<_> = std::iter::from_fn(|| d.poll_alert()).collect();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert!(
+            alerts[0].message.contains("not counted"),
+            "{}",
+            alerts[0].message
+        );
+        // Its SIP and web failures still count: only the provisioning password is exempt.
+        for i in 0..10 {
+            d.observe(
+                T0 + 700_000 + i,
+                Observation::LoginFailure {
+                    src: phone,
+                    service: LoginService::Web,
+                },
+            );
+        }
+        assert!(d.is_banned(T0 + 700_010, phone));
+        // A source that never authenticated is banned at the tenth wrong password.
+        for i in 0..9 {
+            assert_eq!(d.observe(T0 + i, fetch(stranger)), Verdict::Pass);
+        }
+        assert!(matches!(
+            d.observe(T0 + 9, fetch(stranger)),
+            Verdict::Ban { .. }
+        ));
     }
 
     fn malformed(src: IpAddr, key: u64) -> Observation<'static> {
