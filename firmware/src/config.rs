@@ -1637,6 +1637,22 @@ mod telephony_tests {
     }
 
     #[test]
+    fn the_conference_number_is_a_dial_string_of_its_own_and_empty_turns_it_off() {
+        assert_eq!(
+            invalid_key("[features]\nconference = \"*3a\"\n"),
+            "features.conference"
+        );
+        assert_eq!(
+            invalid_key("[[paging]]\nnumber = \"*3\"\nmembers = [\"101\"]\n"),
+            "paging[0].number"
+        );
+        let f = crate::pbx_config::features(&parse("").unwrap().features);
+        assert_eq!(f.conference, "*3");
+        let cfg = parse("[features]\nconference = \"\"\n").unwrap();
+        assert_eq!(crate::pbx_config::features(&cfg.features).conference, "");
+    }
+
+    #[test]
     fn paging_groups_parse_and_their_numbers_and_members_are_checked() {
         let cfg = parse("[[paging]]\nnumber = \"*80\"\nmembers = [\"101\", \"102\"]\n").unwrap();
         let groups = crate::pbx_config::paging_groups(&cfg.paging);

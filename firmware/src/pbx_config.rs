@@ -223,6 +223,9 @@ pub struct FeaturesSection {
     pub dnd_on: String,
     /// Turns do-not-disturb off.
     pub dnd_off: String,
+    /// The conference number: an extension's phone dials it (or names it as its network
+    /// conference URI) to join its calls into one conference ("" = off).
+    pub conference: String,
 }
 
 impl Default for FeaturesSection {
@@ -237,6 +240,7 @@ impl Default for FeaturesSection {
             park_timeout_secs: d.park_timeout_ms / 1000,
             dnd_on: d.dnd_on,
             dnd_off: d.dnd_off,
+            conference: d.conference,
         }
     }
 }
@@ -517,6 +521,7 @@ pub fn validate(
         ("features.park", &features.park),
         ("features.dnd_on", &features.dnd_on),
         ("features.dnd_off", &features.dnd_off),
+        ("features.conference", &features.conference),
     ] {
         if !code.is_empty() && !is_dial_string(code) {
             return Err(bad(key, "must be digits, * or #"));
@@ -566,6 +571,7 @@ fn validate_paging(
         &features.park,
         &features.dnd_on,
         &features.dnd_off,
+        &features.conference,
     ];
     for (i, p) in paging.iter().enumerate() {
         let key = format!("paging[{i}]");
@@ -678,5 +684,6 @@ pub fn features(f: &FeaturesSection) -> FeatureCodes {
         park_timeout_ms: f.park_timeout_secs.saturating_mul(1000),
         dnd_on: f.dnd_on.clone(),
         dnd_off: f.dnd_off.clone(),
+        conference: f.conference.clone(),
     }
 }

@@ -1804,6 +1804,58 @@ pub fn registered_with_rtp(
     (sip, rtp, rtcp)
 }
 
+/// A registered phone with its RTP socket (and its RTCP socket, kept bound), for tests
+/// that send and measure audio: it offers PCMU from its RTP socket.
+#[derive(Debug)]
+pub struct AudioPhone {
+    /// Its SIP side.
+    pub sip: SipPhone,
+    /// Where it sends and receives RTP.
+    pub rtp: UdpSocket,
+    _rtcp: UdpSocket,
+}
+
+impl AudioPhone {
+    /// Adds extension `ext` to `daemon` and registers a phone for it.
+    pub fn new(daemon: &Daemon, ext: &str) -> AudioPhone {
+        let password = format!("audio-secret-{ext}");
+        daemon.add_extension(ext, &password);
+        let (sip, rtp, _rtcp) = registered_with_rtp(daemon, ext, &password);
+        AudioPhone { sip, rtp, _rtcp }
+    }
+
+    /// Its offer: PCMU on its RTP socket, sendrecv.
+    pub fn sdp(&self) -> String {
+        sdp_body(self.rtp.local_addr().expect("local"), &[0])
+    }
+
+    /// Calls `number` and waits for the answer: the dialog and the relay's address.
+    pub fn call(&mut self, daemon: &Daemon, number: &str) -> (Dialog, SocketAddr) {
+        let inv = self.sip.invite(number, &self.sdp());
+        let dialog = self
+            .sip
+            .await_answer(&inv, Duration::from_secs(5))
+            .unwrap_or_else(|r| panic!("{number} not answered: {r:?}\n{}", daemon.log_text()));
+        let relay = sdp_audio(&dialog.remote_sdp).expect("SDP").rtp_addr();
+        (dialog, relay)
+    }
+
+    /// Waits for an INVITE and answers it with `sdp`: the INVITE, the dialog and the
+    /// relay's address.
+    pub fn answer(&mut self, daemon: &Daemon, sdp: &str) -> (String, Dialog, SocketAddr) {
+        let invite = self
+            .sip
+            .await_request("INVITE", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{} got no INVITE:\n{}", self.sip.ext(), daemon.log_text()));
+        let dialog = self.sip.answer(&invite, sdp);
+        self.sip
+            .await_ack(&dialog, Duration::from_secs(5))
+            .expect("the ACK");
+        let relay = sdp_audio(body_of(&invite)).expect("SDP").rtp_addr();
+        (invite, dialog, relay)
+    }
+}
+
 /// Sends `frames` × 20 ms of a `hz` tone (-6 dBFS, G.711 µ-law, payload type 0) from `sock`
 /// to `to` in real time, as stream `ssrc` starting at sequence number 1.
 pub fn send_ulaw_tone(sock: &UdpSocket, to: SocketAddr, hz: f64, frames: u16, ssrc: u32) {

@@ -4,13 +4,12 @@
 //! 100's 440 Hz tone; what 101 sends (1300 Hz) is heard by nobody; 103, on a call with 104,
 //! is not paged; 100's BYE ends both paged phones' calls. Every wait is bounded.
 
-use std::net::{SocketAddr, UdpSocket};
 use std::thread;
 use std::time::Duration;
 
 use outpost_tests::{
-    body_of, header_values, recv_ulaw, registered_with_rtp, sdp_audio, sdp_body, send_ulaw_tone,
-    tone_amplitude, Daemon, DaemonConfig, Dialog, SipPhone,
+    body_of, header_values, recv_ulaw, send_ulaw_tone, tone_amplitude, AudioPhone as Phone, Daemon,
+    DaemonConfig,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -19,50 +18,6 @@ const CALLER_TONE: f64 = 440.0;
 const MEMBER_TONE: f64 = 1300.0;
 /// 2 s of tone.
 const FRAMES: u16 = 100;
-
-/// A registered phone, its RTP socket and its RTCP socket (kept bound).
-struct Phone {
-    sip: SipPhone,
-    rtp: UdpSocket,
-    _rtcp: UdpSocket,
-}
-
-impl Phone {
-    fn new(daemon: &Daemon, ext: &str) -> Phone {
-        let password = format!("page-secret-{ext}");
-        daemon.add_extension(ext, &password);
-        let (sip, rtp, _rtcp) = registered_with_rtp(daemon, ext, &password);
-        Phone { sip, rtp, _rtcp }
-    }
-
-    fn sdp(&self) -> String {
-        sdp_body(self.rtp.local_addr().expect("local"), &[0])
-    }
-
-    /// Calls `number` and waits for the answer: the dialog and the relay's address.
-    fn call(&mut self, daemon: &Daemon, number: &str) -> (Dialog, SocketAddr) {
-        let inv = self.sip.invite(number, &self.sdp());
-        let dialog = self
-            .sip
-            .await_answer(&inv, WAIT)
-            .unwrap_or_else(|r| panic!("{number} not answered: {r:?}\n{}", daemon.log_text()));
-        let relay = sdp_audio(&dialog.remote_sdp).expect("SDP").rtp_addr();
-        (dialog, relay)
-    }
-
-    /// Waits for an INVITE and answers it with `sdp`: the INVITE, the dialog and the
-    /// relay's address.
-    fn answer(&mut self, daemon: &Daemon, sdp: &str) -> (String, Dialog, SocketAddr) {
-        let invite = self
-            .sip
-            .await_request("INVITE", WAIT)
-            .unwrap_or_else(|| panic!("{} got no INVITE:\n{}", self.sip.ext(), daemon.log_text()));
-        let dialog = self.sip.answer(&invite, sdp);
-        self.sip.await_ack(&dialog, WAIT).expect("the ACK");
-        let relay = sdp_audio(body_of(&invite)).expect("SDP").rtp_addr();
-        (invite, dialog, relay)
-    }
-}
 
 /// The middle half of `x` (the tone's steady part inside the receive window).
 fn middle(x: &[f64]) -> &[f64] {

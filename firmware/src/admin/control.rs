@@ -346,6 +346,10 @@ impl Control<'_> {
                         duration_secs: now.saturating_sub(c.answer.unwrap_or(c.start)) / 1000,
                         state: match (c.parked, c.answered, c.on_hold) {
                             (Some(orbit), ..) => format!("parked on {orbit}"),
+                            _ if c.conference.is_some() => format!(
+                                "in conference ({} parties)",
+                                c.conference.unwrap_or_default()
+                            ),
                             (None, true, true) => "on hold".to_string(),
                             (None, true, false) => "answered".to_string(),
                             (None, false, _) => "ringing".to_string(),

@@ -128,6 +128,10 @@ impl Endpoint {
                     Some(App::Parked { orbit, .. }) => Some(orbit),
                     _ => None,
                 },
+                conference: match c.app {
+                    Some(App::Conference { room, .. }) => Some(self.conferences.parties(room)),
+                    _ => None,
+                },
                 start: c.start,
                 answer: c.answer,
                 media_session: c.media.as_ref().map(CallMedia::session),

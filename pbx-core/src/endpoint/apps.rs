@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use crate::cdr::Disposition;
 use crate::media::anchor::CallMedia;
-use crate::media::session::{Leg, MediaCommand, MediaEvent};
+use crate::media::session::{Leg, MediaCommand, MediaEvent, MixRole};
 use crate::sip::transaction::TxKey;
 use crate::sip::{Peer, Request};
 use crate::Millis;
@@ -213,6 +213,7 @@ impl Endpoint {
         call.state = CallState::Answered;
         call.answer = Some(now);
         call.answered(now);
+        let focus = matches!(app, App::Conference { .. }).then_some("isfocus");
         call.app = Some(app);
         let deadline = call.ring_deadline;
         let (invite, tag) = (call.a.invite.clone(), call.a.local_tag.clone());
@@ -222,7 +223,7 @@ impl Endpoint {
         self.events.push_back(Event::Media(open));
         self.play(id, Leg::A, clips, false);
         self.sig
-            .answer_200_sdp(now, &key, &invite, peer, &tag, body);
+            .answer_200_sdp(now, &key, &invite, peer, &tag, body, focus);
         true
     }
 
@@ -253,6 +254,16 @@ impl Endpoint {
     }
 
     /// Tells the relay to play `clips` to `leg` of call `session`.
+    /// Puts `leg` of relay session `session` into mix `mix` as `role` (paging, conference).
+    pub(super) fn join_mix(&mut self, mix: u64, session: u64, leg: Leg, role: MixRole) {
+        self.events.push_back(Event::Media(MediaCommand::Join {
+            mix,
+            session,
+            leg,
+            role,
+        }));
+    }
+
     pub(super) fn play(&mut self, session: u64, leg: Leg, clips: Vec<String>, repeat: bool) {
         self.events.push_back(Event::Media(MediaCommand::Play {
             session,

@@ -386,6 +386,9 @@ pub(super) enum App {
     /// Paging: the caller talks into a mix that the paged phones (the forks) hear. Entry
     /// `i` is fork `i`'s media, `None` once that phone left or failed.
     Paging(Vec<Option<PageMember>>),
+    /// In a conference (`super::conference`): this call's party on `leg` is in the mix of
+    /// room `room`; its other side left (or is the conference number itself).
+    Conference { room: u64, leg: Leg },
 }
 
 /// One paged phone's own relay session: leg B its phone, leg A absent; joined to the

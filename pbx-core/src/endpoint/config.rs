@@ -138,6 +138,9 @@ pub struct FeatureCodes {
     pub dnd_on: String,
     /// Turns do-not-disturb off.
     pub dnd_off: String,
+    /// The conference number (factory URI): the phone's calls join one conference
+    /// (empty: off).
+    pub conference: String,
 }
 
 impl Default for FeatureCodes {
@@ -151,6 +154,7 @@ impl Default for FeatureCodes {
             park_timeout_ms: 120_000,
             dnd_on: "*78".to_string(),
             dnd_off: "*79".to_string(),
+            conference: "*3".to_string(),
         }
     }
 }

@@ -83,6 +83,10 @@ impl Endpoint {
             }
         }
         let (winner, has_app) = (call.winner, call.app.is_some());
+        if let Some(App::Conference { room, .. }) = call.app {
+            self.conference_request(now, room, id, key, req, src);
+            return;
+        }
         if self.recording_info(now, id, Leg::A, &key, &req, src) {
             return;
         }
@@ -142,6 +146,12 @@ impl Endpoint {
                     f.target = uri;
                 }
             }
+        }
+        if let Some(App::Conference { room, .. }) = self.calls.get(&id).and_then(|c| c.app.as_ref())
+        {
+            let room = *room;
+            self.conference_request(now, room, id, key, req, src);
+            return;
         }
         if req.method == Method::Bye {
             self.sig.reply(now, &key, &req, src, 200, None);

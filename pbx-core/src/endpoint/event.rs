@@ -119,6 +119,8 @@ pub struct CallSummary {
     pub on_hold: bool,
     /// The park orbit the call waits in, while parked.
     pub parked: Option<u32>,
+    /// Parties in the conference this call is in, while in one.
+    pub conference: Option<usize>,
     /// When the INVITE arrived.
     pub start: Millis,
     /// When the call was answered.

@@ -31,6 +31,7 @@ mod admin;
 mod apps;
 mod blf;
 mod call;
+mod conference;
 mod config;
 mod deadlines;
 mod dialogs;
@@ -135,6 +136,8 @@ pub struct Endpoint {
     ring_timers: Deadlines,
     /// The park orbits in use.
     park: park::ParkLot,
+    /// The conferences in progress.
+    conferences: conference::Conferences,
     /// Call recordings in progress (or waiting for their files), by relay session.
     recordings: HashMap<u64, recording::CallRecording>,
     /// The digits each leg of a call dialled lately (the recording code).
@@ -182,6 +185,7 @@ impl Endpoint {
             next_relay: 1,
             ring_timers: Deadlines::default(),
             park: park::ParkLot::default(),
+            conferences: conference::Conferences::default(),
             recordings: HashMap::new(),
             recent_digits: HashMap::new(),
             transmits: VecDeque::new(),
@@ -1208,6 +1212,9 @@ impl Endpoint {
         };
         if let Some(App::Parked { orbit, .. }) = call.app {
             self.park.release(orbit, id);
+        }
+        if let Some(App::Conference { room, .. }) = call.app {
+            self.left_conference(now, room, id);
         }
         // Closing the relay session finishes a recording's files (reported later).
         self.stop_recording(id);

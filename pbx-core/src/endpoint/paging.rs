@@ -68,12 +68,7 @@ impl Endpoint {
         if !self.answer_with_app(now, id, app, vec!["beep".to_string()]) {
             return false;
         }
-        self.events.push_back(Event::Media(MediaCommand::Join {
-            mix: id,
-            session: id,
-            leg: Leg::A,
-            role: MixRole::Talker,
-        }));
+        self.join_mix(id, id, Leg::A, MixRole::Talker);
         for (ext, binding) in targets {
             self.page_phone(now, id, &ext, &binding);
         }
@@ -240,12 +235,7 @@ impl Endpoint {
                 _ => {}
             }
         }
-        self.events.push_back(Event::Media(MediaCommand::Join {
-            mix: id,
-            session,
-            leg: Leg::B,
-            role: MixRole::Listener,
-        }));
+        self.join_mix(id, session, Leg::B, MixRole::Listener);
     }
 
     /// A request inside a paged phone's dialog: BYE (it left), anything else is answered

@@ -303,7 +303,7 @@ impl Endpoint {
             self.events.push_back(Event::Media(cmd));
         }
         self.sig
-            .answer_200_sdp(now, key, req, src, &local_tag, for_r);
+            .answer_200_sdp(now, key, req, src, &local_tag, for_r, None);
         self.events.push_back(Event::Media(MediaCommand::StopPlay {
             session: id,
             leg: Leg::B,

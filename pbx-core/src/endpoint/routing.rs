@@ -23,6 +23,8 @@ pub(super) enum Dest {
     Group(usize),
     /// Page the members of this paging group (extension callers only).
     Paging(usize),
+    /// A conference of the caller's calls (extension callers only).
+    Conference,
     Menu(usize),
     /// Straight to this mailbox.
     Voicemail(String),
@@ -108,6 +110,9 @@ impl Endpoint {
         if let Some(orbit) = self.orbit_of(number) {
             return Ok(Dest::Orbit(orbit));
         }
+        if !caller.is_empty() && !f.conference.is_empty() && number == f.conference {
+            return Ok(Dest::Conference);
+        }
         if let Some(i) = self.cfg.paging.iter().position(|p| p.number == number) {
             if !caller.is_empty() {
                 return Ok(Dest::Paging(i));
@@ -169,6 +174,13 @@ impl Endpoint {
             }
             Dest::Extension(ext) => self.route_extension(now, id, ext),
             Dest::Group(group) => self.route_group(now, id, group),
+            Dest::Conference => {
+                if self.start_conference(now, id) {
+                    Routed::Answered
+                } else {
+                    Routed::Failed(480, Disposition::Unavailable)
+                }
+            }
             Dest::Paging(group) => {
                 if self.start_paging(now, id, group) {
                     Routed::Answered

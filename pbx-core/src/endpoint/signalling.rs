@@ -103,8 +103,9 @@ impl Signalling {
     }
 
     /// Answers the INVITE `req` (server transaction `key`, from `dest`) with 200 OK, our
-    /// To tag `tag`, our Contact, Allow, and the SDP `body`.
-    #[allow(clippy::too_many_arguments)]
+    /// To tag `tag`, our Contact, Allow, and the SDP `body`; with `feature`, a feature
+    /// parameter on our Contact (`isfocus`: a conference focus, RFC 4579 §3).
+    #[allow(clippy::too_many_arguments)] // the request, its dialog and the answer
     pub(super) fn answer_200_sdp(
         &mut self,
         now: Millis,
@@ -113,12 +114,17 @@ impl Signalling {
         dest: Peer,
         tag: &str,
         body: Vec<u8>,
+        feature: Option<&str>,
     ) {
         let mut ok = Response::to_request(req, 200, Some(tag));
         ok.body = body;
         ok.headers.content_type = Some("application/sdp".to_string());
         ok.headers.push("Allow", super::ALLOW);
-        ok.headers.contact = vec![Contact::Addr(self.our_contact(dest, None))];
+        let mut contact = self.our_contact(dest, None);
+        if let Some(f) = feature {
+            contact.params.set(f, None);
+        }
+        ok.headers.contact = vec![Contact::Addr(contact)];
         self.send(now, key, ok, dest);
     }
 

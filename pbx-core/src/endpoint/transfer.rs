@@ -674,6 +674,12 @@ impl Endpoint {
             session: id,
             leg: Leg::A,
         }));
+        self.resume_a(now, id);
+    }
+
+    /// Takes the caller of call `id` off hold: a re-INVITE offering it leg B's last media,
+    /// two-way.
+    pub(super) fn resume_a(&mut self, now: Millis, id: u64) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -761,7 +767,7 @@ impl Endpoint {
             call.a.peer,
         );
         self.sig
-            .answer_200_sdp(now, &a_key, &a_invite, a_peer, &a_tag, for_a);
+            .answer_200_sdp(now, &a_key, &a_invite, a_peer, &a_tag, for_a, None);
     }
 
     /// The INVITE `req` (key `key`, from `src`, with an offer) becomes leg B of call `id`,
@@ -830,7 +836,7 @@ impl Endpoint {
             self.events.push_back(Event::Media(cmd));
         }
         self.sig
-            .answer_200_sdp(now, key, req, src, &local_tag, for_p);
+            .answer_200_sdp(now, key, req, src, &local_tag, for_p, None);
         Some(for_a)
     }
 }

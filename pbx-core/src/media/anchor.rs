@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
-use crate::media::sdp::{self, Crypto, OriginState, Sdp, SdpError};
+use crate::media::sdp::{self, Crypto, Direction, OriginState, Sdp, SdpError};
 use crate::media::session::{Codec, Leg, LegMedia, MediaCommand, SessionId, SrtpKeys};
 use crate::media::srtp::{Suite, KEY_MATERIAL_LEN};
 
@@ -275,21 +275,7 @@ impl CallMedia {
         };
         self.leg_a = Some(a.clone());
         self.leg_b = Some(b.clone());
-        let cmd = if self.opened {
-            MediaCommand::Update {
-                session: self.session,
-                a,
-                b,
-            }
-        } else {
-            self.opened = true;
-            MediaCommand::Open {
-                session: self.session,
-                a,
-                b,
-            }
-        };
-        let mut cmds = vec![cmd];
+        let mut cmds = vec![self.open_or_update(a, b)];
         // Music on hold: the held party hears music while the other phone holds.
         let moh_to = self.held_by.map(Leg::other);
         if moh_to != self.moh_playing_to {
@@ -320,6 +306,55 @@ impl CallMedia {
         let Some((Leg::A, offer)) = self.offer.clone() else {
             return Err(SdpError::Malformed("no offer from the caller"));
         };
+        let (answer, agreed, a) = self.answer_as_end(Leg::A, &offer, Direction::SendRecv)?;
+        self.local_offer_a = Some(agreed);
+        self.leg_a = Some(a.clone());
+        Ok((answer, self.open_or_update(a, LegMedia::absent())))
+    }
+
+    /// A re-INVITE's offer from `leg` answered by Outpost itself, the other end of that
+    /// leg (a party of a conference, whose audio goes into a mix): its G.711 codec as
+    /// before, the direction mirrored (a phone that holds gets `recvonly`). Returns the SDP
+    /// for that phone and the relay's `Update`; the other leg is left as it is.
+    pub fn reanswer_local(
+        &mut self,
+        leg: Leg,
+        body: &[u8],
+    ) -> Result<(Vec<u8>, MediaCommand), SdpError> {
+        let mut offer = Sdp::parse(body)?;
+        if !self.sdes_allowed(leg) {
+            sdp::strip_sdes(&mut offer);
+        }
+        let (idx, _) = offer
+            .audio()
+            .ok_or(SdpError::Malformed("no audio stream"))?;
+        let direction = match offer.media_direction(idx) {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            Direction::Inactive => Direction::Inactive,
+            Direction::SendRecv => Direction::SendRecv,
+        };
+        self.on_hold = sdp::is_hold(&offer);
+        let (answer, _, media) = self.answer_as_end(leg, &offer, direction)?;
+        let (a, b) = match leg {
+            Leg::A => (media, self.leg_b.clone().unwrap_or_else(LegMedia::absent)),
+            Leg::B => (self.leg_a.clone().unwrap_or_else(LegMedia::absent), media),
+        };
+        self.leg_a = Some(a.clone());
+        self.leg_b = Some(b.clone());
+        Ok((answer, self.open_or_update(a, b)))
+    }
+
+    /// Outpost's own answer to `offer` from `leg`: the offer's first G.711 codec (plus
+    /// telephone-event if offered) with `direction`, anchored on that leg's port. Returns
+    /// the answer, what the phone agreed to (its offer cut to the answered formats, with
+    /// its own key) and the leg's media for the relay.
+    fn answer_as_end(
+        &mut self,
+        leg: Leg,
+        offer: &Sdp,
+        direction: Direction,
+    ) -> Result<(Vec<u8>, Sdp, LegMedia), SdpError> {
         let (idx, audio) = offer
             .audio()
             .ok_or(SdpError::Malformed("no audio stream"))?;
@@ -353,10 +388,8 @@ impl CallMedia {
                     "sendonly" | "recvonly" | "inactive" | "sendrecv"
                 )
             });
-            m.set_direction(sdp::Direction::SendRecv);
+            m.set_direction(direction);
         }
-        // What the caller agreed to is its offer cut to the answered formats (with its
-        // own key: a transfer re-offers it, and the caller keeps sending with that key).
         let mut agreed = offer.clone();
         if let (Some(m), Some(ans)) = (agreed.media.get_mut(idx), answer.media.get(idx)) {
             m.formats = ans.formats.clone();
@@ -364,16 +397,18 @@ impl CallMedia {
             m.attributes = ans.attributes.clone();
             m.set_cryptos(crypto.as_slice());
         }
-        self.local_offer_a = Some(agreed);
-        let crypto = offered_crypto(&offer);
-        let srtp = crypto.as_ref().map(|c| self.keys_for(Leg::A, c));
-        secure_like_offer(&mut answer, &offer, srtp.as_ref(), crypto.as_ref());
-        let (addr, port, origin) = self.towards(Leg::A);
+        let crypto = offered_crypto(offer);
+        let srtp = crypto.as_ref().map(|c| self.keys_for(leg, c));
+        secure_like_offer(&mut answer, offer, srtp.as_ref(), crypto.as_ref());
+        let (addr, port, origin) = self.towards(leg);
         answer.anchor(addr, port, origin);
-        let a = self.leg_media(Leg::A, &offer, codec, pt, dtmf, srtp);
-        self.leg_a = Some(a.clone());
-        let b = LegMedia::absent();
-        let cmd = if self.opened {
+        let media = self.leg_media(leg, offer, codec, pt, dtmf, srtp);
+        Ok((answer.emit(), agreed, media))
+    }
+
+    /// `Open` the first time the relay hears of this session, `Update` afterwards.
+    fn open_or_update(&mut self, a: LegMedia, b: LegMedia) -> MediaCommand {
+        if self.opened {
             MediaCommand::Update {
                 session: self.session,
                 a,
@@ -386,8 +421,7 @@ impl CallMedia {
                 a,
                 b,
             }
-        };
-        Ok((answer.emit(), cmd))
+        }
     }
 
     /// For a transfer out of a locally answered call: the offer for leg B, built from
