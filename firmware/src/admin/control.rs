@@ -6,7 +6,7 @@
 
 use base64::Engine as _;
 use firewall::detect::Rule;
-use pbx_core::endpoint::{pin_hash, Endpoint, Forwarding, MailboxMessage};
+use pbx_core::endpoint::{pin_hash, Endpoint, Forwarding, MailboxMessage, MAX_FOLLOW_ME};
 use pbx_core::lockout::TrustedSource;
 use pbx_core::sip::auth::{DigestChoice, StoredSecret};
 use pbx_core::Millis;
@@ -188,19 +188,38 @@ impl Control<'_> {
                 if !self.endpoint.has_user(&ext) {
                     anyhow::bail!("extension {ext} does not exist");
                 }
-                for (what, target) in [
-                    ("always", &forwarding.always),
-                    ("busy", &forwarding.busy),
-                    ("no-answer", &forwarding.no_answer),
-                ] {
-                    if let Some(t) = target {
-                        if !pbx_config::is_dial_string(t) && validate_ext(t).is_err() {
-                            anyhow::bail!("forward {what}: {t:?} is not a number");
-                        }
-                        if t == &ext {
-                            anyhow::bail!("forward {what}: an extension cannot forward to itself");
-                        }
+                let no_answer = forwarding.no_answer_list();
+                if no_answer.len() > MAX_FOLLOW_ME {
+                    anyhow::bail!(
+                        "forward no-answer: {} numbers, at most {MAX_FOLLOW_ME} are tried",
+                        no_answer.len()
+                    );
+                }
+                if forwarding.no_answer.is_none() && !forwarding.no_answer_then.is_empty() {
+                    anyhow::bail!("forward no-answer: the list has no first number");
+                }
+                let others = [("always", &forwarding.always), ("busy", &forwarding.busy)];
+                let targets = others
+                    .iter()
+                    .filter_map(|(what, t)| Some((*what, t.as_deref()?)))
+                    .chain(no_answer.iter().map(|t| ("no-answer", *t)));
+                for (what, t) in targets {
+                    if !pbx_config::is_dial_string(t) && validate_ext(t).is_err() {
+                        anyhow::bail!("forward {what}: {t:?} is not a number");
                     }
+                    if t == ext {
+                        anyhow::bail!("forward {what}: an extension cannot forward to itself");
+                    }
+                }
+                if let Some((i, t)) = no_answer
+                    .iter()
+                    .enumerate()
+                    .find(|(i, t)| no_answer[..*i].contains(t))
+                {
+                    anyhow::bail!(
+                        "forward no-answer: {t} is in the list twice (number {})",
+                        i + 1
+                    );
                 }
                 if forwarding.no_answer_ms > 600_000 {
                     anyhow::bail!("no-answer time must be at most 600 s");
@@ -641,7 +660,9 @@ fn describe_forwarding(f: &Forwarding) -> String {
     if let Some(t) = &f.busy {
         parts.push(format!("when busy to {t}"));
     }
-    if let Some(t) = &f.no_answer {
+    if f.no_answer.is_some() {
+        // A follow-me list: each number rings the same time, one after the other.
+        let t = f.no_answer_list().join(", then ");
         let secs = f.no_answer_ms / 1000;
         if secs > 0 {
             parts.push(format!("after {secs} s without answer to {t}"));
