@@ -776,6 +776,12 @@ fn unanswered_group_goes_to_the_group_mailbox() {
     assert_eq!(rtp_of(&ok.body).ip().to_string(), RELAY_IP);
     let cmds = media_commands(&mut sim);
     assert!(plays(&cmds, Leg::A, "please-leave-message"), "{cmds:?}");
+    let path = record_after_greeting(&mut sim);
+    assert!(path.starts_with("/data/voicemail/103"), "{path:?}");
+}
+
+/// The only call's greeting has played: the file voicemail records the caller into.
+fn record_after_greeting(sim: &mut Sim) -> std::path::PathBuf {
     let session = sim.ep.calls()[0].media_session.unwrap();
     sim.ep.handle_media_event(
         sim.now,
@@ -785,15 +791,13 @@ fn unanswered_group_goes_to_the_group_mailbox() {
         },
     );
     sim.pump();
-    let cmds = media_commands(&mut sim);
-    let path = cmds
-        .iter()
+    let cmds = media_commands(sim);
+    cmds.iter()
         .find_map(|c| match c {
             MediaCommand::Record { path, .. } => Some(path.clone()),
             _ => None,
         })
-        .unwrap_or_else(|| panic!("recording starts: {cmds:?}"));
-    assert!(path.starts_with("/data/voicemail/103"), "{path:?}");
+        .unwrap_or_else(|| panic!("recording starts: {cmds:?}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -811,6 +815,7 @@ fn forwarding(
         busy: busy.map(str::to_string),
         no_answer: no_answer.map(str::to_string),
         no_answer_ms: ms,
+        no_answer_then: Vec::new(),
     }
 }
 
@@ -929,6 +934,59 @@ fn forward_on_no_answer_without_its_own_time_uses_the_ring_timeout() {
     sim.advance(1);
     expect_cancel(&mut sim, &b, &ib);
     invite_to(&mut sim, &c);
+}
+
+#[test]
+fn follow_me_rings_the_phones_then_each_number_of_the_list_for_its_own_time() {
+    let mut sim = pbx(Vec::new(), false, false);
+    let mut a = phone(&mut sim, "100");
+    let b = phone(&mut sim, "101");
+    let c = phone(&mut sim, "102");
+    let d = phone(&mut sim, "103");
+    let mut fwd = forwarding(None, None, Some("102"), 8_000);
+    fwd.no_answer_then = vec!["103".to_string()];
+    sim.ep.set_forwarding("101", fwd);
+    let leg = dial(&mut sim, &mut a, "101");
+    let ib = invite_to(&mut sim, &b);
+    ringing(&mut sim, &b, &ib);
+    sim.advance(8_000);
+    expect_cancel(&mut sim, &b, &ib);
+    let ic = invite_to(&mut sim, &c);
+    ringing(&mut sim, &c, &ic);
+    // 102 rings its own 8 s, not what was left of 101's.
+    sim.advance(7_999);
+    assert!(sim.take(c.addr).is_empty(), "102 still rings");
+    assert!(sim.take(d.addr).is_empty(), "103 waits its turn");
+    sim.advance(1);
+    expect_cancel(&mut sim, &c, &ic);
+    let id = invite_to(&mut sim, &d);
+    assert!(finals(&mut sim, &a).is_empty(), "the caller keeps waiting");
+    ringing(&mut sim, &d, &id);
+    answer_acked(&mut sim, &d, &id);
+    answered(&mut sim, &mut a, &leg);
+}
+
+#[test]
+fn a_follow_me_list_that_nobody_answers_ends_in_the_extensions_voicemail() {
+    let mut sim = pbx(Vec::new(), true, true);
+    let mut a = phone(&mut sim, "100");
+    let b = phone(&mut sim, "101");
+    let c = phone(&mut sim, "102");
+    let mut fwd = forwarding(None, None, Some("102"), 5_000);
+    // 199 is no number of this box and no outside number (no route): skipped.
+    fwd.no_answer_then = vec!["199".to_string()];
+    sim.ep.set_forwarding("101", fwd);
+    let leg = dial(&mut sim, &mut a, "101");
+    let ib = invite_to(&mut sim, &b);
+    ringing(&mut sim, &b, &ib);
+    sim.advance(5_000);
+    expect_cancel(&mut sim, &b, &ib);
+    let ic = invite_to(&mut sim, &c);
+    // 102 is busy: the list is over, 101's voicemail answers.
+    decline(&mut sim, &c, &ic, 486);
+    answered(&mut sim, &mut a, &leg);
+    let path = record_after_greeting(&mut sim);
+    assert!(path.starts_with("/data/voicemail/101"), "{path:?}");
 }
 
 #[test]

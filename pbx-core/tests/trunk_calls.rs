@@ -7,11 +7,12 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use pbx_core::dialplan::{Dialplan, Pattern, Route, Target};
-use pbx_core::endpoint::{CallGate, EndpointConfig, Event, GateDecision};
+use pbx_core::endpoint::{CallGate, EndpointConfig, Event, Forwarding, GateDecision};
 use pbx_core::sip::auth::{parse_credentials, Authenticator, NonceConfig, StoredSecret};
-use pbx_core::sip::{Peer, Request, Transport};
+use pbx_core::sip::{Method, Peer, Request, Transport};
 use pbx_core::trunk::{Health, TrunkConfig};
 use pbx_core::Millis;
 use support::*;
@@ -519,4 +520,146 @@ fn an_extensions_own_caller_id_beats_the_trunks() {
     invite(&mut sim, &mut b, "0301234568", SDP_OFFER);
     let inv = invites_to(&mut sim, T1);
     assert_eq!(inv[0].headers.from.uri.user(), Some("4930100"));
+}
+
+/// A gate that allows every call and writes down what it is asked and told.
+#[derive(Debug, Clone, Default)]
+struct Ledger(Arc<Mutex<Vec<String>>>);
+
+impl Ledger {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl CallGate for Ledger {
+    fn check(&mut self, _: Millis, ext: &str, dialled: &str, _: Option<&str>) -> GateDecision {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("check {ext} {dialled}"));
+        GateDecision::Allow
+    }
+    fn ended(&mut self, _: Millis, ext: &str, dialled: &str, _: Option<&str>, talk: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("ended {ext} {dialled} {talk}"));
+    }
+}
+
+/// The requests the box sent to trunk `T1`, split into INVITEs and CANCELs.
+fn to_t1(sim: &mut Sim) -> (Vec<Request>, Vec<Request>) {
+    let (invites, cancels): (Vec<Request>, Vec<Request>) = sim
+        .requests(T1.parse().unwrap())
+        .into_iter()
+        .filter(|r| matches!(r.method, Method::Invite | Method::Cancel))
+        .partition(|r| r.method == Method::Invite);
+    (invites, cancels)
+}
+
+/// The provider gives up on `inv` after the box's CANCEL: 200 to the CANCEL, 487.
+fn cancelled(sim: &mut Sim, inv: &Request, cancel: &Request) {
+    let t1: SocketAddr = T1.parse().unwrap();
+    sim.send(t1, &response(cancel, 200, None, &[], ""));
+    sim.send(t1, &response(inv, 487, Some("pv"), &[], ""));
+}
+
+/// A box with trunk t1 and the gate `Ledger`, where 101 (no phone registered) forwards on
+/// no answer to `list`, 5 s each.
+fn follow_me_box(list: &[&str]) -> (Sim, Ledger) {
+    let mut sim = Sim::with_config(config_with(vec![trunk("t1", T1, false, 0)]));
+    let ledger = Ledger::default();
+    sim.ep.set_gate(Box::new(ledger.clone()));
+    let mut forwarding = Forwarding {
+        no_answer_ms: 5_000,
+        ..Forwarding::default()
+    };
+    forwarding.set_no_answer_list(Some(&list.join(",")));
+    sim.ep.set_forwarding("101", forwarding);
+    (sim, ledger)
+}
+
+#[test]
+fn follow_me_tries_each_outside_number_in_turn_each_judged_by_the_gate() {
+    let (mut sim, ledger) = follow_me_box(&["0301234567", "0301234568", "0301234569"]);
+    let t1: SocketAddr = T1.parse().unwrap();
+    let mut a = Phone::new("100", "192.168.1.10:5060");
+    // 101 has no phone registered: its list starts at once.
+    let leg = invite(&mut sim, &mut a, "101", SDP_OFFER);
+    let (invites, _) = to_t1(&mut sim);
+    assert_eq!(invites.len(), 1, "{invites:?}");
+    assert_eq!(invites[0].uri.user(), Some("0301234567"));
+    assert_eq!(ledger.lines(), vec!["check 101 0301234567"]);
+    sim.send(t1, &response(&invites[0], 180, Some("pv"), &[], ""));
+    sim.advance(4_999);
+    assert_eq!(to_t1(&mut sim), (Vec::new(), Vec::new()), "still ringing");
+
+    // Its time is up: cancelled, and the second number rings, counted as the only one.
+    sim.advance(1);
+    let (second, cancels) = to_t1(&mut sim);
+    assert_eq!(cancels.len(), 1, "the first number is cancelled");
+    assert_eq!(cancels[0].headers.call_id, invites[0].headers.call_id);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(second[0].uri.user(), Some("0301234568"));
+    cancelled(&mut sim, &invites[0], &cancels[0]);
+    assert_eq!(
+        ledger.lines(),
+        vec![
+            "check 101 0301234567",
+            "ended 101 0301234567 0",
+            "check 101 0301234568"
+        ]
+    );
+    assert!(
+        !sim.statuses(a.addr).iter().any(|s| *s >= 200),
+        "the caller keeps waiting"
+    );
+
+    // The second answers: the caller is put through to it.
+    sim.send(t1, &response(&second[0], 180, Some("pv2"), &[], ""));
+    sim.advance(2_000);
+    let contact = format!("Contact: <sip:0301234568@{T1}>");
+    sim.send(
+        t1,
+        &response(&second[0], 200, Some("pv2"), &[contact], SDP_ANSWER),
+    );
+    let ok = sim
+        .responses(a.addr)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("the caller is answered");
+    assert_eq!(ok.headers.call_id, leg.call_id);
+    assert!(
+        to_t1(&mut sim).0.is_empty(),
+        "the third number is never called"
+    );
+}
+
+#[test]
+fn a_follow_me_list_that_nobody_answers_ends_with_480() {
+    let (mut sim, ledger) = follow_me_box(&["0301234567", "0301234568"]);
+    let t1: SocketAddr = T1.parse().unwrap();
+    let mut a = Phone::new("100", "192.168.1.10:5060");
+    let _leg = invite(&mut sim, &mut a, "101", SDP_OFFER);
+    let (first, _) = to_t1(&mut sim);
+    // The first is busy: the second rings at once.
+    sim.send(t1, &response(&first[0], 486, Some("pv"), &[], ""));
+    let (second, _) = to_t1(&mut sim);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(second[0].uri.user(), Some("0301234568"));
+    sim.send(t1, &response(&second[0], 180, Some("pv2"), &[], ""));
+    assert!(!sim.statuses(a.addr).iter().any(|s| *s >= 200));
+    // It does not answer within its time: no voicemail here, so 480.
+    sim.advance(5_000);
+    let (_, cancels) = to_t1(&mut sim);
+    assert_eq!(cancels.len(), 1);
+    cancelled(&mut sim, &second[0], &cancels[0]);
+    assert!(sim.statuses(a.addr).contains(&480));
+    let lines = ledger.lines();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("check")).count(),
+        lines.iter().filter(|l| l.starts_with("ended")).count(),
+        "every allowed number is reported ended: {lines:?}"
+    );
 }

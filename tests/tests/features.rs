@@ -418,8 +418,19 @@ fn forwarding_on_no_answer_cancels_the_phone_and_rings_the_target() {
 fn forwarding_survives_a_restart() {
     let (mut daemon, mut p) = start("");
     daemon.ctl_ok(&["ext", "forward", "101", "--always", "102"]);
+    // A follow-me list is kept whole, in its order.
+    let list = ["0301234567", "01701234567", "0401234567"];
+    daemon.ctl_ok(&["ext", "forward", "102", "--no-answer", &list.join(",")]);
     daemon.stop();
     daemon.restart();
+    let shown = daemon.ctl_json(&["ext", "show", "102"]);
+    let fwd = &shown["forwarding"];
+    assert_eq!(fwd["no_answer"], list[0], "{shown}");
+    assert_eq!(
+        fwd["no_answer_then"],
+        serde_json::json!(list[1..]),
+        "{shown}"
+    );
     // The phones re-register after the reboot (bindings may or may not have survived).
     for s in p.iter_mut() {
         s.sip.register();

@@ -26,6 +26,8 @@ const TRUNK_USER: &str = "4930100";
 const TRUNK_PASS: &str = "trunk-secret-4930100";
 /// The far party, an extension at each provider.
 const FAR: (&str, &str) = ("0301234567", "far-secret-0301");
+/// A second mobile at the provider: the second number of a follow-me list.
+const FAR2: (&str, &str) = ("01701234567", "far-secret-0170");
 /// Extensions on the box.
 const EXT_A: (&str, &str) = ("100", "phone-secret-100");
 const EXT_B: (&str, &str) = ("101", "phone-secret-101");
@@ -263,6 +265,44 @@ fn exchange_rtp(
     (a_to_b, b_to_a)
 }
 
+/// Sends RTP both ways between A (RTP socket `a_rtp`; `a_sdp`, the SDP of its 200) and the
+/// far party at the provider (`f_rtp`; `incoming`, the INVITE it got): the box anchors A's
+/// media, the provider the far party's, and at least 40 of 60 packets arrive each way.
+/// Returns how many did (A to far, far to A).
+fn assert_audio_end_to_end(
+    boxd: &Daemon,
+    a_rtp: &UdpSocket,
+    a_sdp: &str,
+    f_rtp: &UdpSocket,
+    incoming: &str,
+) -> (usize, usize) {
+    let relay_box = sdp_audio(a_sdp).unwrap_or_else(|| panic!("no SDP in the 200 to A:\n{a_sdp}"));
+    let relay_provider = sdp_audio(body_of(incoming))
+        .unwrap_or_else(|| panic!("no SDP in the far INVITE:\n{incoming}"));
+    assert_eq!(
+        relay_box.addr,
+        Ipv4Addr::LOCALHOST,
+        "the box anchors A's media"
+    );
+    assert_eq!(
+        relay_provider.addr,
+        IpAddr::V4(PRIMARY_IP),
+        "the provider anchors the far party's media"
+    );
+    let (a_to_f, f_to_a) = exchange_rtp(
+        a_rtp,
+        relay_box.rtp_addr(),
+        f_rtp,
+        relay_provider.rtp_addr(),
+    );
+    assert!(
+        a_to_f >= 40 && f_to_a >= 40,
+        "audio must flow end to end (A->far {a_to_f}, far->A {f_to_a} of 60)\nbox log:\n{}",
+        boxd.log_text()
+    );
+    (a_to_f, f_to_a)
+}
+
 /// An outbound call from `phone` (on the box) to the far party answered by `far` (at a
 /// provider): returns both dialogs and the time from the authenticated INVITE to the 200.
 fn call_out(
@@ -317,14 +357,27 @@ fn answer_then_caller_hangs_up(
     incoming: &str,
     sdp: &str,
 ) {
+    let mut caller_dialog = answer_call(caller, call, callee, incoming, sdp);
+    hang_up(caller, &mut caller_dialog, callee);
+}
+
+/// `callee` answers `incoming` with `sdp`; the caller's call is answered and the callee
+/// gets the ACK. Returns the caller's dialog.
+fn answer_call(
+    caller: &mut SipPhone,
+    call: &OutgoingInvite,
+    callee: &mut SipPhone,
+    incoming: &str,
+    sdp: &str,
+) -> Dialog {
     let callee_dialog = callee.answer(incoming, sdp);
-    let mut caller_dialog = caller
+    let caller_dialog = caller
         .await_answer(call, WAIT)
         .unwrap_or_else(|r| panic!("the call was not answered: {r:?}"));
     callee
         .await_ack(&callee_dialog, WAIT)
         .expect("the callee got the ACK");
-    hang_up(caller, &mut caller_dialog, callee);
+    caller_dialog
 }
 
 /// Answers every INVITE that reaches `phone` within `wait` with 486 (stale calls from a
@@ -451,32 +504,9 @@ fn outbound_call_through_the_primary_carries_audio_both_ways() {
     let from = header_value(&incoming, "From").unwrap_or_default();
     assert_eq!(user_of(&from), TRUNK_USER, "{incoming}");
 
-    let relay_box = sdp_audio(&a_dialog.remote_sdp)
-        .unwrap_or_else(|| panic!("no SDP in the 200 to A:\n{}", a_dialog.remote_sdp));
-    let relay_provider = sdp_audio(body_of(&incoming))
-        .unwrap_or_else(|| panic!("no SDP in the far INVITE:\n{incoming}"));
-    assert_eq!(
-        relay_box.addr,
-        Ipv4Addr::LOCALHOST,
-        "the box anchors A's media"
-    );
-    assert_eq!(
-        relay_provider.addr,
-        IpAddr::V4(PRIMARY_IP),
-        "the provider anchors the far party's media"
-    );
-    let (a_to_f, f_to_a) = exchange_rtp(
-        &a_rtp,
-        relay_box.rtp_addr(),
-        &f_rtp,
-        relay_provider.rtp_addr(),
-    );
+    let (a_to_f, f_to_a) =
+        assert_audio_end_to_end(&boxd, &a_rtp, &a_dialog.remote_sdp, &f_rtp, &incoming);
     eprintln!("RTP through box and provider relays: A->far {a_to_f}/60, far->A {f_to_a}/60");
-    assert!(
-        a_to_f >= 40 && f_to_a >= 40,
-        "audio must flow end to end (A->far {a_to_f}, far->A {f_to_a} of 60)\nbox log:\n{}",
-        boxd.log_text()
-    );
 
     hang_up(&mut a, &mut a_dialog, &mut far);
     let cdrs = boxd.wait_cdrs(1, WAIT);
@@ -1484,15 +1514,52 @@ fn ring_101_until_cancelled(
     let b_inv = b
         .await_request("INVITE", WAIT)
         .unwrap_or_else(|| panic!("101 did not ring:\n{}", boxd.log_text()));
-    b.reply(&b_inv, 180, Some("follow-me"), "");
-    let started = Instant::now();
-    let cancel = b
-        .await_request("CANCEL", Duration::from_secs(8))
-        .unwrap_or_else(|| panic!("101's phone was never cancelled:\n{}", boxd.log_text()));
-    let rang = started.elapsed();
-    b.reply(&cancel, 200, None, "");
-    b.reply(&b_inv, 487, Some("follow-me"), "");
+    let rang = ring_until_cancelled(boxd, b, &b_inv, "101's phone");
     (rang, inv)
+}
+
+/// `phone` rings for `invite` (180) until the box cancels it, and answers the CANCEL (200,
+/// then 487). Returns how long it rang.
+fn ring_until_cancelled(boxd: &Daemon, phone: &mut SipPhone, invite: &str, what: &str) -> Duration {
+    phone.reply(invite, 180, Some("follow-me"), "");
+    let started = Instant::now();
+    let cancel = phone
+        .await_request("CANCEL", Duration::from_secs(8))
+        .unwrap_or_else(|| panic!("{what} was never cancelled:\n{}", boxd.log_text()));
+    let rang = started.elapsed();
+    phone.reply(&cancel, 200, None, "");
+    phone.reply(invite, 487, Some("follow-me"), "");
+    rang
+}
+
+/// A box (with `extra` configuration) whose trunk goes to a provider, and its phones 100
+/// and 101 registered.
+fn box_with_phones(provider: &Daemon, extra: &str) -> (Daemon, SipPhone, SipPhone) {
+    let boxd = start_box(&[("primary", provider.sip_addr())], extra);
+    wait_up(&boxd, "primary");
+    let mut a = SipPhone::new(&boxd, EXT_A.0, EXT_A.1);
+    a.register();
+    let mut b = SipPhone::new(&boxd, EXT_B.0, EXT_B.1);
+    b.register();
+    (boxd, a, b)
+}
+
+/// Asserts that `what` rang about the 2 s of a follow-me step.
+fn assert_rang_two_seconds(took: Duration, what: &str) {
+    assert!(
+        (Duration::from_millis(1_500)..Duration::from_secs(4)).contains(&took),
+        "{what} rang {took:?}, expected about 2 s"
+    );
+}
+
+/// The INVITE that reaches `mobile`, a phone at the provider, through the trunk.
+fn await_mobile_invite(boxd: &Daemon, mobile: &mut SipPhone, what: &str) -> String {
+    mobile.await_request("INVITE", WAIT).unwrap_or_else(|| {
+        panic!(
+            "{what} got no INVITE through the trunk:\n{}",
+            boxd.log_text()
+        )
+    })
 }
 
 #[test]
@@ -1501,12 +1568,7 @@ fn follow_me_rings_the_phones_then_the_mobile_through_the_trunk_under_the_policy
     let mut far = phone_at(&provider, FAR.0, FAR.1);
     let international =
         "[[route]]\nname = \"international\"\npatterns = [\"00X.\"]\ntrunks = [\"primary\"]\n";
-    let boxd = start_box(&[("primary", provider.sip_addr())], international);
-    wait_up(&boxd, "primary");
-    let mut a = SipPhone::new(&boxd, EXT_A.0, EXT_A.1);
-    a.register();
-    let mut b = SipPhone::new(&boxd, EXT_B.0, EXT_B.1);
-    b.register();
+    let (boxd, mut a, mut b) = box_with_phones(&provider, international);
 
     // 101's phones for 2 s, then its mobile (the far party at the provider).
     boxd.ctl_ok(&[
@@ -1519,16 +1581,8 @@ fn follow_me_rings_the_phones_then_the_mobile_through_the_trunk_under_the_policy
         "2",
     ]);
     let (rang, inv) = ring_101_until_cancelled(&boxd, &mut a, &mut b);
-    assert!(
-        (Duration::from_millis(1_500)..Duration::from_secs(4)).contains(&rang),
-        "101's phone rang {rang:?}, expected about 2 s"
-    );
-    let incoming = far.await_request("INVITE", WAIT).unwrap_or_else(|| {
-        panic!(
-            "the mobile got no INVITE through the trunk:\n{}",
-            boxd.log_text()
-        )
-    });
+    assert_rang_two_seconds(rang, "101's phone");
+    let incoming = await_mobile_invite(&boxd, &mut far, "the mobile");
     let (f_rtp, _f_rtcp) = rtp_pair_on(PRIMARY_IP);
     let sdp = sdp_body(local(&f_rtp), &[PCMU]);
     answer_then_caller_hangs_up(&mut a, &inv, &mut far, &incoming, &sdp);
@@ -1566,5 +1620,80 @@ fn follow_me_rings_the_phones_then_the_mobile_through_the_trunk_under_the_policy
             .contains("forwarding refused by the toll-fraud policy"),
         "{}",
         boxd.log_text()
+    );
+}
+
+#[test]
+fn follow_me_tries_its_list_in_turn_the_silent_first_number_then_the_second_answers() {
+    let provider = start_provider(PRIMARY_IP, "");
+    provider.add_extension(FAR2.0, FAR2.1);
+    let mut far = phone_at(&provider, FAR.0, FAR.1);
+    let mut far2 = phone_at(&provider, FAR2.0, FAR2.1);
+    let (boxd, mut a, mut b) = box_with_phones(&provider, "");
+
+    // A list is checked when set: at most 4 numbers, none twice.
+    let list = format!("{},{}", FAR.0, FAR2.0);
+    for bad in ["0301,0302,0303,0304,0305", "0301,0302,0301"] {
+        let out = boxd.ctl(&["ext", "forward", EXT_B.0, "--no-answer", bad]);
+        assert_ne!(out.code, Some(0), "{bad} was accepted: {}", out.stdout);
+        assert!(out.stderr.contains("no-answer"), "{}", out.stderr);
+    }
+    boxd.ctl_ok(&[
+        "ext",
+        "forward",
+        EXT_B.0,
+        "--no-answer",
+        &list,
+        "--no-answer-secs",
+        "2",
+    ]);
+    let shown = boxd.ctl_json(&["ext", "show", EXT_B.0]);
+    let fwd = &shown["forwarding"];
+    assert_eq!(json_str(fwd, "no_answer"), Some(FAR.0), "{shown}");
+    assert_eq!(
+        fwd["no_answer_then"],
+        serde_json::json!([FAR2.0]),
+        "{shown}"
+    );
+    let text = boxd.ctl_ok(&["ext", "show", EXT_B.0]);
+    assert!(
+        text.contains(&format!("{}, then {} (after 2 s, each)", FAR.0, FAR2.0)),
+        "{text}"
+    );
+
+    // 101's phones for 2 s, then the first number for its own 2 s: it rings and stays
+    // silent, so the box cancels it.
+    let (rang, inv) = ring_101_until_cancelled(&boxd, &mut a, &mut b);
+    assert_rang_two_seconds(rang, "101's phone");
+    let first = await_mobile_invite(&boxd, &mut far, "the first number");
+    let first_at = Instant::now();
+    let silent = ring_until_cancelled(&boxd, &mut far, &first, "the first number");
+    assert_rang_two_seconds(silent, "the first number (its own time)");
+
+    // The second number rings next and answers: the caller is bridged through the box's
+    // relay and hears it.
+    let second = await_mobile_invite(&boxd, &mut far2, "the second number");
+    let after_first = first_at.elapsed();
+    assert!(
+        after_first >= Duration::from_millis(1_500),
+        "the second number rang {after_first:?} after the first: not after the first's turn"
+    );
+    let (a_rtp, _a_rtcp) = rtp_pair();
+    let (f_rtp, _f_rtcp) = rtp_pair_on(PRIMARY_IP);
+    let sdp = sdp_body(local(&f_rtp), &[PCMU]);
+    let mut a_dialog = answer_call(&mut a, &inv, &mut far2, &second, &sdp);
+    let (a_to_f, f_to_a) =
+        assert_audio_end_to_end(&boxd, &a_rtp, &a_dialog.remote_sdp, &f_rtp, &second);
+    eprintln!(
+        "follow-me: phones {rang:?}, first number {silent:?}; RTP A->mobile {a_to_f}/60, mobile->A {f_to_a}/60"
+    );
+    hang_up(&mut a, &mut a_dialog, &mut far2);
+    let cdrs = boxd.wait_cdrs(1, WAIT);
+    let cdr = &cdrs[0];
+    let fields = ["caller", "disposition", "trunk"].map(|k| json_str(cdr, k));
+    assert_eq!(
+        fields,
+        [Some(EXT_A.0), Some("answered"), Some("primary")],
+        "{cdr}"
     );
 }

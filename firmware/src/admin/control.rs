@@ -6,7 +6,7 @@
 
 use base64::Engine as _;
 use firewall::detect::Rule;
-use pbx_core::endpoint::{pin_hash, Endpoint, Forwarding, MailboxMessage};
+use pbx_core::endpoint::{pin_hash, Endpoint, Forwarding, MailboxMessage, MAX_FOLLOW_ME};
 use pbx_core::lockout::TrustedSource;
 use pbx_core::sip::auth::{DigestChoice, StoredSecret};
 use pbx_core::Millis;
@@ -188,23 +188,7 @@ impl Control<'_> {
                 if !self.endpoint.has_user(&ext) {
                     anyhow::bail!("extension {ext} does not exist");
                 }
-                for (what, target) in [
-                    ("always", &forwarding.always),
-                    ("busy", &forwarding.busy),
-                    ("no-answer", &forwarding.no_answer),
-                ] {
-                    if let Some(t) = target {
-                        if !pbx_config::is_dial_string(t) && validate_ext(t).is_err() {
-                            anyhow::bail!("forward {what}: {t:?} is not a number");
-                        }
-                        if t == &ext {
-                            anyhow::bail!("forward {what}: an extension cannot forward to itself");
-                        }
-                    }
-                }
-                if forwarding.no_answer_ms > 600_000 {
-                    anyhow::bail!("no-answer time must be at most 600 s");
-                }
+                check(check_forwarding(&ext, &forwarding))?;
                 let json = serde_json::to_vec(&forwarding)?;
                 self.store.meta_put(&format!("fwd:{ext}"), &json)?;
                 let text = describe_forwarding(&forwarding);
@@ -636,6 +620,51 @@ pub fn dnd_key(ext: &str) -> String {
     format!("dnd:{ext}")
 }
 
+/// What `ext` may forward to: numbers (an extension, a group, an outside number), never
+/// itself; a follow-me list of at most [`MAX_FOLLOW_ME`] numbers with a first one and none
+/// twice; a no-answer time of at most 600 s.
+fn check_forwarding(ext: &str, f: &Forwarding) -> Result<(), String> {
+    let no_answer = f.no_answer_list();
+    if no_answer.len() > MAX_FOLLOW_ME {
+        return Err(format!(
+            "forward no-answer: {} numbers, at most {MAX_FOLLOW_ME} are tried",
+            no_answer.len()
+        ));
+    }
+    if f.no_answer.is_none() && !f.no_answer_then.is_empty() {
+        return Err("forward no-answer: the list has no first number".to_string());
+    }
+    let others = [("always", &f.always), ("busy", &f.busy)];
+    let targets = others
+        .iter()
+        .filter_map(|(what, t)| Some((*what, t.as_deref()?)))
+        .chain(no_answer.iter().map(|t| ("no-answer", *t)));
+    for (what, t) in targets {
+        if !pbx_config::is_dial_string(t) && validate_ext(t).is_err() {
+            return Err(format!("forward {what}: {t:?} is not a number"));
+        }
+        if t == ext {
+            return Err(format!(
+                "forward {what}: an extension cannot forward to itself"
+            ));
+        }
+    }
+    let twice = no_answer
+        .iter()
+        .enumerate()
+        .find(|(i, t)| no_answer[..*i].contains(t));
+    if let Some((i, t)) = twice {
+        return Err(format!(
+            "forward no-answer: {t} is in the list twice (number {})",
+            i + 1
+        ));
+    }
+    if f.no_answer_ms > 600_000 {
+        return Err("no-answer time must be at most 600 s".to_string());
+    }
+    Ok(())
+}
+
 /// Call forwarding in words, for the admin.
 fn describe_forwarding(f: &Forwarding) -> String {
     let mut parts = Vec::new();
@@ -645,7 +674,9 @@ fn describe_forwarding(f: &Forwarding) -> String {
     if let Some(t) = &f.busy {
         parts.push(format!("when busy to {t}"));
     }
-    if let Some(t) = &f.no_answer {
+    if f.no_answer.is_some() {
+        // A follow-me list: each number rings the same time, one after the other.
+        let t = f.no_answer_list().join(", then ");
         let secs = f.no_answer_ms / 1000;
         if secs > 0 {
             parts.push(format!("after {secs} s without answer to {t}"));
@@ -657,5 +688,55 @@ fn describe_forwarding(f: &Forwarding) -> String {
         "call forwarding off".to_string()
     } else {
         format!("calls forwarded {}", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follow_me(list: &str) -> Forwarding {
+        let mut f = Forwarding {
+            no_answer_ms: 20_000,
+            ..Forwarding::default()
+        };
+        f.set_no_answer_list(Some(list));
+        f
+    }
+
+    #[test]
+    fn a_follow_me_list_is_checked_and_described_in_order() {
+        let ok = follow_me("0301234567, 01701234567,102");
+        assert_eq!(ok.no_answer.as_deref(), Some("0301234567"));
+        assert_eq!(ok.no_answer_then, vec!["01701234567", "102"]);
+        assert_eq!(check_forwarding("101", &ok), Ok(()));
+        assert_eq!(
+            describe_forwarding(&ok),
+            "calls forwarded after 20 s without answer to 0301234567, then 01701234567, then 102"
+        );
+        for (list, why) in [
+            ("1,2,3,4,5", "5 numbers, at most 4"),
+            ("0301,,0302", "\"\" is not a number"),
+            ("0301,0302,0301", "0301 is in the list twice (number 3)"),
+            ("0301,101", "cannot forward to itself"),
+            ("0301,x;y", "\"x;y\" is not a number"),
+        ] {
+            let err = check_forwarding("101", &follow_me(list)).expect_err(list);
+            assert!(err.contains(why), "{list}: {err}");
+        }
+        let headless = Forwarding {
+            no_answer_then: vec!["0301".into()],
+            ..Forwarding::default()
+        };
+        assert!(check_forwarding("101", &headless).is_err());
+        // A record stored before lists reads as a list of one.
+        let old: Forwarding = serde_json::from_str(
+            r#"{"always":null,"busy":null,"no_answer":"0301","no_answer_ms":0}"#,
+        )
+        .expect("an old record reads");
+        assert_eq!(old.no_answer_list(), vec!["0301"]);
+        assert!(!serde_json::to_string(&old)
+            .expect("serialises")
+            .contains("no_answer_then"));
     }
 }

@@ -834,6 +834,7 @@ mod tests {
                     busy: Some("101".into()),
                     no_answer: Some("0301234567".into()),
                     no_answer_ms: 20_000,
+                    no_answer_then: vec!["01701234567".into()],
                 },
                 caller_id: Some("0309876543".into()),
                 vm_pin_set: true,

@@ -6,7 +6,7 @@
 //! [`super::voicemail::Voicemail`], [`super::mwi::MwiSubscriptions`]), which decides; the
 //! methods here carry out its decision on the call (answer, play, hang up, ring).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::cdr::Disposition;
 use crate::media::anchor::CallMedia;
@@ -332,7 +332,7 @@ impl Endpoint {
         }
         let one: HashSet<String> = [watched.clone()].into_iter().collect();
         let state = self.lamps.get(&watched).cloned().unwrap_or_else(|| {
-            blf::line_states(&self.calls, &self.cfg.groups, &self.dnd, &one)
+            self.line_states(now, &one)
                 .remove(&watched)
                 .unwrap_or_default()
         });
@@ -348,8 +348,21 @@ impl Endpoint {
         self.flush_mwi();
     }
 
-    /// NOTIFYs the dialog and presence watchers of every extension whose calls changed
-    /// since the last NOTIFY. One pass over the call table; nothing when nobody watches.
+    /// What each extension in `watched` is doing now ([`blf::line_states`]): online while a
+    /// phone of it is registered; a park orbit always is.
+    pub(super) fn line_states(
+        &self,
+        now: Millis,
+        watched: &HashSet<String>,
+    ) -> HashMap<String, blf::LineState> {
+        let online =
+            |ext: &str| self.orbit_of(ext).is_some() || !self.registrar.lookup(ext, now).is_empty();
+        blf::line_states(&self.calls, &self.dnd, online, watched)
+    }
+
+    /// NOTIFYs the dialog and presence watchers of every extension whose calls, presence
+    /// (a phone registered, the last binding gone) or do-not-disturb changed since the last
+    /// NOTIFY. One pass over the call table; nothing when nobody watches.
     pub(super) fn update_lamps(&mut self, now: Millis) {
         let watched = self.mwi.watched();
         if watched.is_empty() {
@@ -357,7 +370,7 @@ impl Endpoint {
             return;
         }
         self.lamps.retain(|ext, _| watched.contains(ext));
-        let states = blf::line_states(&self.calls, &self.cfg.groups, &self.dnd, &watched);
+        let states = self.line_states(now, &watched);
         for (ext, state) in states {
             // Unknown after a restart: idle, as the restored subscribers last heard of it
             // unless a call was up across the restart (calls do not survive one).
@@ -366,7 +379,11 @@ impl Endpoint {
                 continue;
             }
             for (id, package) in self.mwi.watchers_of(&ext) {
-                if package == EventPackage::Presence && before.same_presence(&state) {
+                let same = match package {
+                    EventPackage::Presence => before.same_presence(&state),
+                    _ => before.same_lamp(&state),
+                };
+                if same {
                     continue;
                 }
                 let content = Content::Line(&state);

@@ -11,12 +11,18 @@
 //! offers the pickup). Dialog ids are the call's number on this box, never a Call-ID.
 //! A park orbit (`701`) can be watched like an extension: its lamp is lit while a call is
 //! parked there, showing the parked party.
+//!
+//! Presence also says whether the extension can be reached at all: with no phone
+//! registered it is `closed` (offline). The dialog package has no such state (RFC 4235
+//! §3.7.1 knows only dialogs), so an offline extension's lamp is simply dark.
+//!
+//! A ringing call lights the lamps of the extensions whose phones it rings now (its live
+//! forks name them), not of every member of its ring group: an in-order group rings one
+//! member at a time.
 
 use std::collections::{HashMap, HashSet};
 
 use super::call::{App, Call, CallState, ForkState};
-use super::config::RingGroup;
-use super::plan::RingPlan;
 
 /// Where one call of a watched extension stands (RFC 4235 §3.7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,6 +60,9 @@ pub(super) struct LineDialog {
 /// What one extension is doing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct LineState {
+    /// A phone of it is registered (a park orbit is always reachable). The default,
+    /// `false`, is what a restart assumes until the first pass over the bindings.
+    pub(super) online: bool,
     /// In do-not-disturb.
     pub(super) dnd: bool,
     /// Its calls, by call number.
@@ -66,24 +75,32 @@ impl LineState {
         !self.dialogs.is_empty()
     }
 
-    /// What a presence watcher sees changes only between idle, busy and do-not-disturb.
+    /// What a presence watcher sees changes only between offline, idle, busy and
+    /// do-not-disturb.
     pub(super) fn same_presence(&self, other: &LineState) -> bool {
-        self.busy() == other.busy() && self.dnd == other.dnd
+        self.busy() == other.busy() && self.dnd == other.dnd && self.online == other.online
+    }
+
+    /// What a busy lamp (dialog package) shows is the same: the calls and do-not-disturb
+    /// (being offline has no dialog state; the lamp is dark either way).
+    pub(super) fn same_lamp(&self, other: &LineState) -> bool {
+        self.dnd == other.dnd && self.dialogs == other.dialogs
     }
 }
 
-/// The state of every extension in `watched`, from the call table (one pass) and the
-/// extensions in do-not-disturb.
+/// The state of every extension in `watched`, from the call table (one pass), the
+/// extensions in do-not-disturb and `online` (whether an extension has a phone registered).
 pub(super) fn line_states(
     calls: &HashMap<u64, Call>,
-    groups: &[RingGroup],
     dnd: &HashSet<String>,
+    online: impl Fn(&str) -> bool,
     watched: &HashSet<String>,
 ) -> HashMap<String, LineState> {
     let mut out: HashMap<String, LineState> = watched
         .iter()
         .map(|e| {
             let state = LineState {
+                online: online(e),
                 dnd: dnd.contains(e),
                 dialogs: Vec::new(),
             };
@@ -126,18 +143,31 @@ pub(super) fn line_states(
             remote: c.rec.caller.clone(),
         };
         match c.state {
-            CallState::Answered if c.winner.is_some() && watched.contains(&c.rec.callee) => {
-                add(&c.rec.callee, recipient(Phase::Confirmed));
+            // Answered: by the extension whose phone answered (a group's member, a
+            // forwarding's target), else the one called (its call went out on a trunk).
+            // A parked call shows on its orbit's lamp only (below).
+            CallState::Answered => {
+                let parked = matches!(c.app, Some(App::Parked { .. }));
+                let answered_by = c
+                    .winner
+                    .and_then(|w| c.forks.get(w))
+                    .map(|f| match &f.rings {
+                        Some(ext) if !parked => ext,
+                        _ => &c.rec.callee,
+                    });
+                if let Some(ext) = answered_by {
+                    add(ext, recipient(Phase::Confirmed));
+                }
             }
-            CallState::Ringing if c.pending_forks() => match &c.plan {
-                RingPlan::Extension { ext } => add(ext, recipient(Phase::Early)),
-                RingPlan::Group { group, .. } => {
-                    for m in groups.get(*group).map(|g| &g.members[..]).unwrap_or(&[]) {
-                        add(m, recipient(Phase::Early));
+            // Ringing: the extensions whose phones ring now. An in-order group's earlier
+            // members' forks are retired, its later ones not started yet.
+            CallState::Ringing => {
+                for f in c.forks.iter().filter(|f| f.pending()) {
+                    if let Some(ext) = &f.rings {
+                        add(ext, recipient(Phase::Early));
                     }
                 }
-                _ => {}
-            },
+            }
             _ => {}
         }
         // A park orbit's lamp: lit while a call waits there (a park key shows it and
@@ -202,11 +232,15 @@ pub(super) fn dialog_info(ext: &str, realm: &str, version: u32, state: &LineStat
 }
 
 /// The `application/pidf+xml` body of extension `ext`: open, and `on-the-phone` while it
-/// has a call or rings.
+/// has a call or rings; closed while no phone of it is registered (offline) or in
+/// do-not-disturb.
 pub(super) fn pidf(ext: &str, realm: &str, state: &LineState) -> String {
     let me = sip_uri(ext, realm);
     let (basic, note, activity) = if state.busy() {
         ("open", "On the phone", "<rpid:on-the-phone/>")
+    } else if !state.online {
+        // RPID has no "offline" activity: `closed` says it (RFC 3863 §4.1.4).
+        ("closed", "Offline", "<rpid:unknown/>")
     } else if state.dnd {
         ("closed", "Do not disturb", "<rpid:busy/>")
     } else {
@@ -228,8 +262,17 @@ pub(super) fn pidf(ext: &str, realm: &str, state: &LineState) -> String {
 mod tests {
     use super::*;
 
+    /// A registered extension with no call.
+    fn idle() -> LineState {
+        LineState {
+            online: true,
+            ..LineState::default()
+        }
+    }
+
     fn ringing(call: u64, remote: &str) -> LineState {
         LineState {
+            online: true,
             dnd: false,
             dialogs: vec![LineDialog {
                 call,
@@ -242,9 +285,9 @@ mod tests {
 
     #[test]
     fn dialog_info_shows_each_call_with_identities_for_pickup() {
-        let idle = dialog_info("201", "pbx", 0, &LineState::default());
-        assert!(idle.contains("version=\"0\" state=\"full\" entity=\"sip:201@pbx\""));
-        assert!(!idle.contains("<dialog "), "{idle}");
+        let dark = dialog_info("201", "pbx", 0, &idle());
+        assert!(dark.contains("version=\"0\" state=\"full\" entity=\"sip:201@pbx\""));
+        assert!(!dark.contains("<dialog "), "{dark}");
         let xml = dialog_info("201", "pbx", 3, &ringing(7, "200"));
         assert!(xml.contains("version=\"3\""), "{xml}");
         assert!(
@@ -270,19 +313,47 @@ mod tests {
 
     #[test]
     fn presence_is_on_the_phone_while_busy() {
-        let idle = pidf("201", "pbx", &LineState::default());
-        assert!(idle.contains("<basic>open</basic>") && !idle.contains("on-the-phone"));
+        let available = pidf("201", "pbx", &idle());
+        assert!(available.contains("<basic>open</basic>") && !available.contains("on-the-phone"));
         let busy = pidf("201", "pbx", &ringing(1, "200"));
         assert!(busy.contains("<rpid:on-the-phone/>"), "{busy}");
-        assert!(!LineState::default().same_presence(&ringing(1, "200")));
+        assert!(!idle().same_presence(&ringing(1, "200")));
         assert!(ringing(1, "200").same_presence(&ringing(2, "300")));
+    }
+
+    #[test]
+    fn no_phone_registered_is_closed_presence_and_a_dark_lamp() {
+        let offline = LineState::default();
+        let p = pidf("201", "pbx", &offline);
+        assert!(
+            p.contains("<basic>closed</basic>") && p.contains("<note>Offline</note>"),
+            "{p}"
+        );
+        assert!(
+            !p.contains("on-the-phone") && !p.contains("<rpid:busy/>"),
+            "{p}"
+        );
+        let xml = dialog_info("201", "pbx", 0, &offline);
+        assert!(!xml.contains("<dialog "), "{xml}");
+        // A phone registering changes presence, not the lamp: presence watchers are
+        // NOTIFYed, dialog watchers not.
+        assert!(!offline.same_presence(&idle()));
+        assert!(offline.same_lamp(&idle()));
+        assert!(!idle().same_lamp(&ringing(1, "200")));
+        // Do-not-disturb while offline is closed too, and still lights the lamp.
+        let dnd_offline = LineState {
+            dnd: true,
+            ..LineState::default()
+        };
+        assert!(pidf("201", "pbx", &dnd_offline).contains("<basic>closed</basic>"));
+        assert!(dialog_info("201", "pbx", 0, &dnd_offline).contains("<dialog id=\"dnd\""));
     }
 
     #[test]
     fn do_not_disturb_is_closed_and_a_busy_lamp() {
         let dnd = LineState {
             dnd: true,
-            dialogs: Vec::new(),
+            ..idle()
         };
         let p = pidf("201", "pbx", &dnd);
         assert!(
@@ -295,6 +366,6 @@ mod tests {
             xml.contains("<state>confirmed</state>") && !xml.contains("<remote>"),
             "{xml}"
         );
-        assert!(!dnd.same_presence(&LineState::default()));
+        assert!(!dnd.same_presence(&idle()));
     }
 }

@@ -20,7 +20,7 @@ use super::signalling::{first_contact_uri, ClientRole, Signalling};
 use super::ALLOW;
 
 use super::ivr::MenuSession;
-use super::plan::{GateTicket, RingPlan};
+use super::plan::{FollowMe, GateTicket, RingPlan};
 use super::referral::Referrer;
 use super::voicemail::{AccessSession, Deposit, DepositStage};
 
@@ -100,6 +100,8 @@ pub(super) struct Fork {
     pub(super) retired: bool,
     /// The trunk this fork goes out on.
     pub(super) trunk: Option<usize>,
+    /// The extension whose phone this fork rings (its busy lamp shows the call ringing).
+    pub(super) rings: Option<String>,
     /// Digest challenges answered on this fork.
     pub(super) auth_tries: u8,
     /// The INVITE as sent to a trunk, to send again with credentials (the transaction
@@ -133,6 +135,7 @@ impl Fork {
             tx_live: false,
             retired: true,
             trunk: None,
+            rings: None,
             auth_tries: 0,
             trunk_invite: None,
         }
@@ -248,6 +251,8 @@ pub(super) struct Call {
     pub(super) gate: Option<GateTicket>,
     /// Forwarding and transfer hops so far (loop guard).
     pub(super) hops: u8,
+    /// The follow-me list being tried, once the extension's phones did not answer.
+    pub(super) follow_me: Option<FollowMe>,
     /// The call record's current leg (a transfer ends one and starts the next).
     pub(super) rec: RecordLeg,
     /// Shared by every record of this call: the first leg's Call-ID.

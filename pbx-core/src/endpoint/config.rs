@@ -105,8 +105,16 @@ pub enum RingStrategy {
     InOrder,
 }
 
+/// Numbers a no-answer forwarding (follow-me) may try in turn: `no_answer` and those in
+/// `no_answer_then` together.
+pub const MAX_FOLLOW_ME: usize = 4;
+
 /// Call forwarding of one extension: each target is a dialled number (an extension, a
 /// group, or an external number the extension may call).
+///
+/// The no-answer numbers form a follow-me list: `no_answer` first, then each of
+/// `no_answer_then`, each ringing `no_answer_ms` (the ring timeout when 0) until one
+/// answers; after the last, the extension's voicemail (else 480).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Forwarding {
     /// Every call goes there without ringing the extension.
@@ -115,8 +123,36 @@ pub struct Forwarding {
     pub busy: Option<String>,
     /// When nobody answers within `no_answer_ms` (or no phone is registered).
     pub no_answer: Option<String>,
-    /// Ring time before `no_answer` applies; 0 = the global ring timeout.
+    /// Ring time of the extension's phones before `no_answer` applies, and of each number
+    /// of the list; 0 = the global ring timeout.
     pub no_answer_ms: u64,
+    /// Tried in turn after `no_answer` when it does not answer (follow-me); empty without
+    /// `no_answer`, at most [`MAX_FOLLOW_ME`] − 1. Absent from records stored before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_answer_then: Vec<String>,
+}
+
+impl Forwarding {
+    /// The no-answer numbers in the order they are tried.
+    pub fn no_answer_list(&self) -> Vec<&str> {
+        self.no_answer
+            .iter()
+            .chain(&self.no_answer_then)
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Sets the no-answer numbers from a comma-separated list (`0301234567,01701234567`;
+    /// blanks around each are dropped): the first is `no_answer`, the rest
+    /// `no_answer_then`. Checking them is the caller's (an empty part stays, to be refused).
+    pub fn set_no_answer_list(&mut self, list: Option<&str>) {
+        let mut numbers = list
+            .into_iter()
+            .flat_map(|l| l.split(','))
+            .map(|n| n.trim().to_string());
+        self.no_answer = numbers.next();
+        self.no_answer_then = numbers.collect();
+    }
 }
 
 /// Numbers with a special meaning when an extension dials them.

@@ -60,7 +60,7 @@ use call::{
 };
 pub use config::{
     CallGate, EndpointConfig, FeatureCodes, Forwarding, GateDecision, IvrMenu, MediaSettings,
-    PagingGroup, RecordingSettings, RingGroup, RingStrategy, VoicemailSettings,
+    PagingGroup, RecordingSettings, RingGroup, RingStrategy, VoicemailSettings, MAX_FOLLOW_ME,
 };
 pub use event::{CallSummary, Counters, DebugCounts, Event, EventPackage, MwiChange, MwiRecord};
 use mwi::MwiSubscriptions;
@@ -300,9 +300,10 @@ impl Endpoint {
         parsed: Result<Message, wire::WireError>,
     ) {
         self.counters.received += 1;
-        // Only messages of calls change what busy lamps show.
+        // Only messages of calls change what busy lamps show, and registrations what
+        // presence shows (a phone registered, or its binding removed).
         let of_calls = match &parsed {
-            Ok(Message::Request(r)) => calls_method(&r.method),
+            Ok(Message::Request(r)) => calls_method(&r.method) || r.method == Method::Register,
             Ok(Message::Response(r)) => calls_method(&r.headers.cseq.method),
             Err(_) => false,
         };
@@ -556,14 +557,19 @@ impl Endpoint {
             return;
         }
         self.place_call(now, key, req, src, caller, callee, Origin::Extension, dest);
+        // An internal call has no ticket of its own, and keeps the one its routing may have
+        // taken (forwarded out at once: the callee has no phone registered).
+        let Some(t) = ticket else {
+            return;
+        };
         if let Some(call) = self
             .by_a_call_id
             .get(&call_id)
             .copied()
             .and_then(|id| self.calls.get_mut(&id))
         {
-            call.gate = ticket;
-        } else if let (Some(t), Some(gate)) = (ticket, self.gate.as_mut()) {
+            call.gate = Some(t);
+        } else if let Some(gate) = self.gate.as_mut() {
             gate.ended(now, &t.ext, &t.dialled, t.trunk.as_deref(), 0);
         }
     }
@@ -691,6 +697,7 @@ impl Endpoint {
             step_deadline: None,
             gate: None,
             hops: 0,
+            follow_me: None,
             a_sdp: req.body.clone(),
             b_sdp: Vec::new(),
             pending_a: None,
@@ -864,6 +871,7 @@ impl Endpoint {
             tx_live: true,
             retired: false,
             trunk: None,
+            rings: None,
             auth_tries: 0,
             trunk_invite: None,
         }

@@ -22,7 +22,6 @@ use crate::registrar::Binding;
 use crate::sip::{wire, Method, NameAddr, Params, Peer, Request, Response};
 use crate::Millis;
 
-use super::blf;
 use super::call::{App, CallState, ForkIdentity, ForkState, PageMember};
 use super::signalling::first_contact_uri;
 use super::{media_addr, Endpoint, Event};
@@ -48,7 +47,7 @@ impl Endpoint {
         };
         let caller = self.calls.get(&id).map(|c| c.caller.clone());
         let watched = g.members.iter().cloned().collect();
-        let lines = blf::line_states(&self.calls, &self.cfg.groups, &self.dnd, &watched);
+        let lines = self.line_states(now, &watched);
         let mut targets: Vec<(String, Binding)> = Vec::new();
         for ext in &g.members {
             // The caller itself, a member on a call or ringing, or in do-not-disturb.

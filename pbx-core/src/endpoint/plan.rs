@@ -1,5 +1,6 @@
 //! What a call is ringing, as data the call records hold: the ring plan, the trunks still
-//! to try for an outbound call, and the toll-fraud gate's ticket. A leaf of the endpoint:
+//! to try for an outbound call, the toll-fraud gate's ticket, and where a follow-me list
+//! stands. A leaf of the endpoint:
 //! routing and trunking fill these in, `call` keeps them.
 
 use std::collections::VecDeque;
@@ -43,4 +44,23 @@ pub(super) struct ExternalPlan {
     pub emergency: bool,
     /// The route's name.
     pub route: String,
+}
+
+/// A follow-me in progress: the no-answer numbers of `ext` (its [`Forwarding`] list, at
+/// most [`MAX_FOLLOW_ME`]) tried one after the other, each for the no-answer ring time.
+///
+/// [`Forwarding`]: super::config::Forwarding
+/// [`MAX_FOLLOW_ME`]: super::config::MAX_FOLLOW_ME
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FollowMe {
+    /// The extension whose phones did not answer (its voicemail ends the list).
+    pub ext: String,
+    /// Index of the next number to try.
+    pub next: usize,
+    /// The call's forwarding hops when the list started: each number is one hop from there
+    /// (the numbers are alternatives, not a chain).
+    pub hops: u8,
+    /// The call had no toll-fraud ticket of its own when the list started: a ticket it holds
+    /// is a number's of the list, released when the list moves on.
+    pub gate_ours: bool,
 }

@@ -10,7 +10,7 @@ use crate::Millis;
 
 use super::call::{App, CallState, ForkState};
 use super::config::{CallGate, Forwarding, RingStrategy};
-use super::plan::{ExternalPlan, RingPlan};
+use super::plan::{ExternalPlan, FollowMe, RingPlan};
 use super::{Endpoint, Event};
 
 /// Forwarding and transfer hops a call may take (stops forwarding loops).
@@ -225,11 +225,9 @@ impl Endpoint {
             return Routed::Failed(486, Disposition::Busy);
         }
         if contacts.is_empty() {
-            // Offline counts as not answering.
-            if let Some(target) = fwd.no_answer.as_deref() {
-                if let Some(routed) = self.forward(now, id, &ext, target) {
-                    return routed;
-                }
+            // Offline counts as not answering: the follow-me list, else voicemail.
+            if let Some(routed) = self.start_follow_me(now, id, &ext) {
+                return routed;
             }
             if self.start_voicemail_for(now, id, &ext, "unavailable") {
                 return Routed::Answered;
@@ -303,6 +301,108 @@ impl Endpoint {
             self.ring_contacts(now, id, &member, &contacts);
             return true;
         }
+    }
+
+    /// The phones of `ext` did not answer call `id` (or none is registered): starts its
+    /// follow-me list (the no-answer numbers, tried in turn). `None` when it has none or
+    /// none of them can be reached now.
+    fn start_follow_me(&mut self, now: Millis, id: u64, ext: &str) -> Option<Routed> {
+        self.forwards.get(ext)?.no_answer.as_ref()?;
+        let call = self.calls.get_mut(&id)?;
+        call.follow_me = Some(FollowMe {
+            ext: ext.to_string(),
+            next: 0,
+            hops: call.hops,
+            gate_ours: call.gate.is_none(),
+        });
+        self.next_follow_me(now, id)
+    }
+
+    /// Rings the next number of call `id`'s follow-me list that can be reached, for the
+    /// no-answer ring time. `None` (and the list is over) when none is left.
+    fn next_follow_me(&mut self, now: Millis, id: u64) -> Option<Routed> {
+        loop {
+            self.release_follow_me_ticket(now, id);
+            let call = self.calls.get_mut(&id)?;
+            let fm = call.follow_me.as_mut()?;
+            let (ext, i) = (fm.ext.clone(), fm.next);
+            fm.next += 1;
+            // Each number is one forwarding hop from the extension, not one more than the
+            // number before it.
+            call.hops = fm.hops;
+            let fwd = self.forwards.get(&ext).cloned().unwrap_or_default();
+            let Some(target) = fwd.no_answer_list().get(i).map(|t| t.to_string()) else {
+                call.follow_me = None;
+                return None;
+            };
+            let ring_ms = if fwd.no_answer_ms > 0 {
+                fwd.no_answer_ms
+            } else {
+                self.cfg.ring_timeout_ms
+            };
+            match self.forward(now, id, &ext, &target) {
+                Some(Routed::Ringing) => {
+                    tracing::info!(ext, target, step = i + 1, "follow-me: ringing");
+                    self.set_ring_deadline(id, now.saturating_add(ring_ms));
+                    return Some(Routed::Ringing);
+                }
+                Some(routed) => return Some(routed),
+                None => {
+                    tracing::info!(ext, target, step = i + 1, "follow-me: cannot be reached");
+                }
+            }
+        }
+    }
+
+    /// The toll-fraud ticket of the follow-me number that was rung is released (a call
+    /// that never connected) before the list moves on, so the policy counts only the
+    /// number ringing now.
+    fn release_follow_me_ticket(&mut self, now: Millis, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if !call.follow_me.as_ref().is_some_and(|f| f.gate_ours) {
+            return;
+        }
+        if let (Some(t), Some(gate)) = (call.gate.take(), self.gate.as_mut()) {
+            gate.ended(now, &t.ext, &t.dialled, t.trunk.as_deref(), 0);
+        }
+    }
+
+    /// A number of call `id`'s follow-me list did not answer (or failed; `no_answer`: it
+    /// rang out): the group's next member when it was a group; an extension with its own
+    /// no-answer forwarding forwards on (a chain, bounded by the hops); else the list's
+    /// next number, else the extension's voicemail. False when none is left (480).
+    fn follow_me_unanswered(&mut self, now: Millis, id: u64, no_answer: bool) -> bool {
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let ext = call
+            .follow_me
+            .as_ref()
+            .map(|f| f.ext.clone())
+            .unwrap_or_default();
+        match call.plan.clone() {
+            RingPlan::Group { .. } if self.ring_next_member(now, id) => return true,
+            RingPlan::Extension { ext: step }
+                if no_answer
+                    && step != ext
+                    && self
+                        .forwards
+                        .get(&step)
+                        .is_some_and(|f| f.no_answer.is_some()) =>
+            {
+                self.retire_forks(now, id);
+                return self.start_follow_me(now, id, &step).is_some()
+                    || self.start_voicemail_for(now, id, &step, "unavailable");
+            }
+            _ => {}
+        }
+        self.retire_forks(now, id);
+        if self.next_follow_me(now, id).is_some() {
+            return true;
+        }
+        self.start_voicemail_for(now, id, &ext, "unavailable")
     }
 
     /// Sends call `id` on to `target` on behalf of `ext` (forwarding). `None` when the
@@ -400,7 +500,7 @@ impl Endpoint {
                 continue;
             };
             let idx = call.forks.len();
-            let fork = self.start_fork(
+            let mut fork = self.start_fork(
                 now,
                 id,
                 idx,
@@ -410,6 +510,7 @@ impl Endpoint {
                 target,
                 binding.source,
             );
+            fork.rings = Some(ext.to_string());
             call.forks.push(fork);
         }
         self.calls.insert(id, call);
@@ -491,19 +592,29 @@ impl Endpoint {
             return;
         }
         let plan = call.plan.clone();
+        let following = !transferring && call.follow_me.is_some();
         self.set_step_deadline(id, None);
         let busy = matches!(status, 486 | 600);
         let no_answer = matches!(status, 480 | 408);
+        let mut status = status;
         match plan {
+            // A number of the follow-me list did not answer, whatever it said.
+            _ if following => {
+                if self.follow_me_unanswered(now, id, no_answer) {
+                    return;
+                }
+                status = 480;
+            }
             RingPlan::Extension { ext } => {
                 let fwd = self.forwards.get(&ext).cloned().unwrap_or_default();
-                let target = if busy { fwd.busy } else { fwd.no_answer };
-                if let Some(target) = target.filter(|_| busy || no_answer) {
-                    if let Some(Routed::Ringing | Routed::Answered) =
-                        self.forward(now, id, &ext, &target)
-                    {
-                        return;
+                if busy {
+                    if let Some(target) = fwd.busy {
+                        if self.forward(now, id, &ext, &target).is_some() {
+                            return;
+                        }
                     }
+                } else if no_answer && self.start_follow_me(now, id, &ext).is_some() {
+                    return;
                 }
                 if (busy || no_answer)
                     && self.start_voicemail_for(

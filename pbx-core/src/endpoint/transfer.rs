@@ -823,6 +823,7 @@ impl Endpoint {
             tx_live: false,
             retired: false,
             trunk: None,
+            rings: None,
             auth_tries: 0,
             trunk_invite: None,
         });

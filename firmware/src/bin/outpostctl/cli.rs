@@ -465,10 +465,12 @@ pub enum ExtCmd {
         /// Forward when the extension is busy.
         #[arg(long, value_name = "NUMBER")]
         busy: Option<String>,
-        /// Forward when nobody answers (or no phone is registered).
-        #[arg(long, value_name = "NUMBER")]
+        /// Forward when nobody answers (or no phone is registered); a comma-separated list
+        /// (at most 4) is a follow-me: each number tried in turn.
+        #[arg(long, value_name = "NUMBER[,NUMBER...]")]
         no_answer: Option<String>,
-        /// Seconds to ring before --no-answer applies [default: the ring timeout].
+        /// Seconds to ring the phones before --no-answer applies, and each number of its
+        /// list [default: the ring timeout].
         #[arg(long, value_name = "SECS", requires = "no_answer")]
         no_answer_secs: Option<u64>,
         /// Switch call forwarding off.

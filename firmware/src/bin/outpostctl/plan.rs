@@ -119,15 +119,15 @@ pub fn plan(cmd: Cmd) -> Result<(Vec<Command>, Option<Generated>), Failure> {
                 // Clearing takes `--off`: a bare `ext forward EXT` (to look) never clears.
                 return one(Command::ExtShow { ext });
             }
-            one(Command::ExtForward {
-                ext,
-                forwarding: Forwarding {
-                    always,
-                    busy,
-                    no_answer,
-                    no_answer_ms: no_answer_secs.unwrap_or(0).saturating_mul(1000),
-                },
-            })
+            let mut forwarding = Forwarding {
+                always,
+                busy,
+                no_answer_ms: no_answer_secs.unwrap_or(0).saturating_mul(1000),
+                ..Forwarding::default()
+            };
+            // `--no-answer A,B`: a follow-me list, checked by the daemon.
+            forwarding.set_no_answer_list(no_answer.as_deref());
+            one(Command::ExtForward { ext, forwarding })
         }
         Cmd::Cdr(CdrCmd::List { limit }) => one(Command::CdrList {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),

@@ -158,8 +158,8 @@ fn detail(ctx: &Ctx, d: &ExtensionDetail) -> Markup {
                 input #fw-always type="text" name="always" value=(fw.always.as_deref().unwrap_or("")) inputmode="tel";
                 label for="fw-busy" { "When busy to" }
                 input #fw-busy type="text" name="busy" value=(fw.busy.as_deref().unwrap_or("")) inputmode="tel";
-                label for="fw-no-answer" { "On no answer to" }
-                input #fw-no-answer type="text" name="no_answer" value=(fw.no_answer.as_deref().unwrap_or("")) inputmode="tel";
+                label for="fw-no-answer" { "On no answer to (up to 4, comma-separated, tried in turn)" }
+                input #fw-no-answer type="text" name="no_answer" value=(fw.no_answer_list().join(",")) inputmode="tel";
                 label for="fw-after" { "No answer after (seconds)" }
                 input #fw-after type="number" name="no_answer_secs" min="1" max="600" value=(if fw.no_answer_ms == 0 { 20 } else { fw.no_answer_ms.div_ceil(1000) });
                 div.actions { button type="submit" { "Save forwarding" } }
@@ -273,12 +273,14 @@ async fn forwarding(
             return state.after(&posted.authed.sid, Err(why), &ext_page(&ext));
         }
     };
-    let forwarding = pbx_core::endpoint::Forwarding {
+    let mut forwarding = pbx_core::endpoint::Forwarding {
         always: blank_none(f.always),
         busy: blank_none(f.busy),
-        no_answer: blank_none(f.no_answer),
         no_answer_ms: secs.saturating_mul(1000),
+        ..pbx_core::endpoint::Forwarding::default()
     };
+    // A comma-separated follow-me list, as `outpostctl ext forward --no-answer A,B`.
+    forwarding.set_no_answer_list(blank_none(f.no_answer).as_deref());
     let cmd = Command::ExtForward {
         ext: ext.clone(),
         forwarding,

@@ -160,12 +160,22 @@ pub fn extension(e: &ExtensionDetail) -> String {
     if let Some(to) = &f.busy {
         t.pair("forward when busy", to.clone());
     }
-    if let Some(to) = &f.no_answer {
+    if f.no_answer.is_some() {
         let after = match f.no_answer_ms / 1000 {
             0 => "the ring timeout".to_owned(),
             secs => format!("{secs} s"),
         };
-        t.pair("forward on no answer", format!("{to} (after {after})"));
+        // A follow-me list: in the order tried, each for the same time.
+        let to = f.no_answer_list().join(", then ");
+        let each = if f.no_answer_then.is_empty() {
+            ""
+        } else {
+            ", each"
+        };
+        t.pair(
+            "forward on no answer",
+            format!("{to} (after {after}{each})"),
+        );
     }
     t.pair(
         "caller-ID",
@@ -375,6 +385,7 @@ mod tests {
                 busy: Some("101".into()),
                 no_answer: Some("0301234567".into()),
                 no_answer_ms: 20_000,
+                no_answer_then: Vec::new(),
             },
             caller_id: None,
             vm_pin_set: true,
@@ -391,6 +402,12 @@ mod tests {
         );
         assert!(text.contains("voicemail PIN         set\n"), "{text}");
         assert!(text.contains("do-not-disturb        on\n"), "{text}");
+        e.forwarding.no_answer_then = vec!["01701234567".into()];
+        let text = extension(&e);
+        assert!(
+            text.contains("0301234567, then 01701234567 (after 20 s, each)"),
+            "{text}"
+        );
         e.forwarding = pbx_core::endpoint::Forwarding::default();
         e.vm_pin_set = false;
         let text = extension(&e);
