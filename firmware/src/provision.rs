@@ -4,7 +4,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use pbx_core::provision::Transport;
+use pbx_core::provision::files::Daylight;
+use pbx_core::provision::{TimeZone, Transport};
 use serde::{Deserialize, Serialize};
 
 /// Most plain-HTTP listen addresses.
@@ -28,8 +29,12 @@ pub struct ProvisionConfig {
     /// The SIP transport phones are told to register over: `udp` (default), `tcp` or `tls`.
     pub transport: String,
     /// The time zone phones show, as minutes east of UTC (-720 to 840; daylight saving time
-    /// is left to the phone).
+    /// is left to the phone). Not with `time_zone`.
     pub utc_offset_minutes: i32,
+    /// The time zone phones show, with its daylight-saving rule: a name from
+    /// `pbx_core::provision::tz::ZONES` (`Europe/Berlin`) or a POSIX TZ rule
+    /// (`CET-1CEST,M3.5.0,M10.5.0/3`). Empty (the default): `utc_offset_minutes`.
+    pub time_zone: String,
 }
 
 impl Default for ProvisionConfig {
@@ -38,6 +43,7 @@ impl Default for ProvisionConfig {
             listen: Vec::new(),
             transport: "udp".to_owned(),
             utc_offset_minutes: 0,
+            time_zone: String::new(),
         }
     }
 }
@@ -54,7 +60,30 @@ impl ProvisionConfig {
                 "must be between -720 and 840".to_owned(),
             ));
         }
+        if !self.time_zone.is_empty() {
+            TimeZone::parse(&self.time_zone).map_err(|e| ("provision.time_zone", e))?;
+            if self.utc_offset_minutes != 0 {
+                return Err((
+                    "provision.time_zone",
+                    "set either time_zone or utc_offset_minutes, not both (the zone has its offset)"
+                        .to_owned(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The standard offset (minutes east of UTC) and daylight saving time phones are
+    /// given: `time_zone`'s, else `utc_offset_minutes` with daylight saving time left to
+    /// the phone (also for a zone that no longer parses: validated on apply).
+    pub fn zone(&self) -> (i32, Daylight) {
+        match TimeZone::parse(&self.time_zone) {
+            Ok(z) if !self.time_zone.is_empty() => (
+                z.offset_minutes,
+                z.dst.map_or(Daylight::Never, Daylight::Rule),
+            ),
+            _ => (self.utc_offset_minutes, Daylight::LeftToPhone),
+        }
     }
 
     /// The transport named by `transport`.
@@ -194,6 +223,15 @@ mod tests {
         for (text, key) in [
             ("transport = \"sctp\"\n", "provision.transport"),
             ("utc_offset_minutes = 900\n", "provision.utc_offset_minutes"),
+            ("time_zone = \"Mars/Olympus\"\n", "provision.time_zone"),
+            (
+                "time_zone = \"CET-1CEST,M3.5.0/2:30,M10.5.0\"\n",
+                "provision.time_zone",
+            ),
+            (
+                "time_zone = \"Europe/Berlin\"\nutc_offset_minutes = 60\n",
+                "provision.time_zone",
+            ),
             ("listen = [\"0.0.0.0:0\"]\n", "provision.listen"),
             (
                 "listen = [\"0.0.0.0:80\", \"0.0.0.0:80\"]\n",
@@ -204,5 +242,13 @@ mod tests {
             assert_eq!(c.validate().unwrap_err().0, key, "{text}");
         }
         assert!(toml::from_str::<ProvisionConfig>("port = 1\n").is_err());
+        let c: ProvisionConfig = toml::from_str("time_zone = \"Asia/Tokyo\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.zone(), (540, Daylight::Never));
+        let c: ProvisionConfig = toml::from_str("utc_offset_minutes = -300\n").unwrap();
+        assert_eq!(c.zone(), (-300, Daylight::LeftToPhone));
+        let c: ProvisionConfig =
+            toml::from_str("time_zone = \"CET-1CEST,M3.5.0,M10.5.0/3\"\n").unwrap();
+        assert!(matches!(c.zone(), (60, Daylight::Rule(d)) if d.save_minutes == 60));
     }
 }

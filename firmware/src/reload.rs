@@ -60,6 +60,7 @@ pub const KEYS: &[(&str, Apply)] = &[
     // Read by each provisioning fetch from the running configuration.
     ("provision.transport", Live),
     ("provision.utc_offset_minutes", Live),
+    ("provision.time_zone", Live),
     // Sockets, threads and tables made at start.
     ("admin", Restart),
     ("auth.nonce_lifetime_secs", Restart),

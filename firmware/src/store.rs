@@ -864,8 +864,12 @@ impl Store {
 
     /// Replaces the whole content of the store with a backup's, in one durable transaction:
     /// extensions, call records (`cdrs`, oldest first, renumbered from 1), bans, locks,
-    /// alerts, meta values and the voicemail index (message numbers kept). Registrations are
-    /// deleted (phones register again). When `cdrs` yields an error nothing is changed.
+    /// alerts, meta values, the voicemail index (message numbers kept) and the provisioned
+    /// phones. Registrations are deleted (phones register again). A backup made before
+    /// phones were backed up (`phones: None`) keeps the box's own phones whose SIP password
+    /// the restored extension accepts (same digest), and deletes the others: their file
+    /// would carry a password that no longer registers. When `cdrs` yields an error nothing
+    /// is changed.
     pub fn import<E: From<StoreError>>(
         &self,
         data: &StoreImport,
@@ -940,10 +944,53 @@ impl Store {
                 vm.insert(msg.id, bytes.as_slice())
                     .map_err(StoreError::from)?;
             }
+            let mut phones = txn.open_table(PHONES).map_err(StoreError::from)?;
+            match &data.phones {
+                Some(list) => {
+                    phones.retain(|_, _| false).map_err(StoreError::from)?;
+                    for rec in list {
+                        let bytes = encode("phone", rec)?;
+                        phones
+                            .insert(rec.mac.as_str(), bytes.as_slice())
+                            .map_err(StoreError::from)?;
+                    }
+                }
+                None => {
+                    let (mut kept, mut dropped) = (0u64, 0u64);
+                    phones
+                        .retain(|_, bytes| {
+                            let keep = serde_json::from_slice::<PhoneRecord>(bytes)
+                                .is_ok_and(|p| still_registers(&p, &data.extensions));
+                            if keep {
+                                kept += 1;
+                            } else {
+                                dropped += 1;
+                            }
+                            keep
+                        })
+                        .map_err(StoreError::from)?;
+                    if kept + dropped > 0 {
+                        tracing::warn!(
+                            kept,
+                            dropped,
+                            "the backup holds no phones (made before phones were backed up): \
+                             kept the box's phones whose password the restored extension accepts"
+                        );
+                    }
+                }
+            }
         }
         txn.commit().map_err(StoreError::from)?;
         Ok(count)
     }
+}
+
+/// Whether `phone`'s SIP password is the one the extension it registers as (among `exts`)
+/// accepts: the same digests in the extension's realm.
+fn still_registers(phone: &PhoneRecord, exts: &[ExtensionRecord]) -> bool {
+    exts.iter()
+        .find(|e| e.ext == phone.ext)
+        .is_some_and(|e| StoredSecret::new(&e.ext, &e.realm, &phone.sip_password) == e.secret)
 }
 
 /// What [`Store::import`] writes besides the call records.
@@ -961,6 +1008,10 @@ pub struct StoreImport {
     pub meta: Vec<(String, Vec<u8>)>,
     /// The voicemail index.
     pub voicemail: Vec<VoicemailRecord>,
+    /// The provisioned phones (at most `pbx_core::provision::MAX_PHONES`, checked by the
+    /// archive reader); `None` for a backup made before phones were backed up, see
+    /// [`Store::import`].
+    pub phones: Option<Vec<PhoneRecord>>,
 }
 
 /// A read-only snapshot of the store (see [`Store::snapshot`]); rows that do not decode are
@@ -982,6 +1033,12 @@ impl StoreSnapshot<'_> {
     /// Every extension, by number.
     pub fn extensions(&self) -> Result<Vec<ExtensionRecord>, StoreError> {
         self.rows_str(EXTENSIONS, "extensions")
+            .map(|v| v.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Every provisioned phone, by MAC (with the passwords it is served).
+    pub fn phones(&self) -> Result<Vec<PhoneRecord>, StoreError> {
+        self.rows_str(PHONES, "phones")
             .map(|v| v.into_iter().map(|(_, r)| r).collect())
     }
 
@@ -1303,6 +1360,19 @@ mod tests {
             secret: StoredSecret::new(n, "outpost", "correct horse"),
             realm: "outpost".to_owned(),
             created_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn phone(mac: &str, ext: &str, sip_password: &str) -> PhoneRecord {
+        PhoneRecord {
+            mac: mac.to_owned(),
+            model: "T46U".to_owned(),
+            ext: ext.to_owned(),
+            keys: Vec::new(),
+            sip_password: sip_password.to_owned(),
+            prov_password: format!("prov-{mac}"),
+            created_ms: 1_700_000_000_000,
+            fetched_ms: None,
         }
     }
 
@@ -2005,6 +2075,9 @@ mod tests {
             })
             .unwrap();
         store.meta_put("cid:old", b"123").unwrap();
+        store
+            .phone_put(&phone("805ec0000009", "old", "correct horse"))
+            .unwrap();
         let data = StoreImport {
             extensions: vec![ext("100")],
             bans: vec![("203.0.113.9".parse().unwrap(), stored_ban(9_000))],
@@ -2027,6 +2100,7 @@ mod tests {
                 path: "/data/voicemail/100/a.wav".into(),
                 new: false,
             }],
+            phones: Some(vec![phone("805ec0000001", "100", "correct horse")]),
         };
         // A failing call-record stream changes nothing.
         let failing = vec![
@@ -2070,6 +2144,7 @@ mod tests {
             "the imported rows are in this firmware's layout"
         );
         assert_eq!(store.vm_list(None).unwrap(), data.voicemail);
+        assert_eq!(Some(store.phone_list().unwrap()), data.phones);
 
         let snap = store.snapshot().unwrap();
         store.ext_put(&ext("later")).unwrap();
@@ -2088,6 +2163,43 @@ mod tests {
         assert_eq!(snap.alerts().unwrap(), vec![alert(7), alert(8)]);
         assert_eq!(snap.voicemail().unwrap(), data.voicemail);
         assert_eq!(snap.meta().unwrap(), data.meta);
+        assert_eq!(Some(snap.phones().unwrap()), data.phones);
+    }
+
+    #[test]
+    fn a_backup_without_phones_keeps_only_the_phones_whose_password_still_registers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // 100's phone was added before the backup (its digest in the backup is its
+        // password's); 101's after (the backup has 101's older password); 102's extension
+        // is not in the backup at all.
+        let kept = phone("805ec0000001", "100", "correct horse");
+        for p in [
+            kept.clone(),
+            phone("805ec0000002", "101", "made after the backup"),
+            phone("805ec0000003", "102", "correct horse"),
+        ] {
+            store.phone_put(&p).unwrap();
+        }
+        {
+            let txn = store.db.begin_write().unwrap();
+            let mut phones = txn.open_table(PHONES).unwrap();
+            phones
+                .insert("805ec0000004", b"{broken".as_slice())
+                .unwrap();
+            drop(phones);
+            txn.commit().unwrap();
+        }
+        let data = StoreImport {
+            extensions: vec![ext("100"), ext("101")],
+            phones: None,
+            ..StoreImport::default()
+        };
+        store
+            .import(&data, std::iter::empty::<Result<Cdr, StoreError>>())
+            .unwrap();
+        assert_eq!(store.phone_list().unwrap(), vec![kept]);
+        assert_eq!(store.phone_count().unwrap(), 1, "the broken row went too");
     }
 
     fn crash_batch(n: u64) -> Batch {

@@ -1,8 +1,9 @@
 //! Fuzzes the provisioning parsers: MAC addresses (`phone add`, request user names) and
 //! the request path of a desk phone's fetch. No input may panic; a MAC that parses prints
 //! in a form that parses to itself; a path that names a phone's file names it by a MAC
-//! that parses; and any text as a display name or model stays one value in every vendor's
-//! file (no line or XML element of its own).
+//! that parses; any text as a display name or model stays one value in every vendor's
+//! file (no line or XML element of its own); and a `[provision] time_zone` that parses has
+//! an offset and daylight-saving rule within their bounds.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,6 +27,16 @@ fuzz_target!(|data: &[u8]| {
         Some(Wanted::Common(_)) | None => {}
     }
     let _ = Vendor::of_model(text);
+    if let Ok(zone) = provision::TimeZone::parse(text) {
+        assert!((-24 * 60..=24 * 60).contains(&zone.offset_minutes));
+        if let Some(dst) = zone.dst {
+            assert!((1..=180).contains(&dst.save_minutes));
+            for c in [dst.start, dst.end] {
+                assert!((1..=12).contains(&c.month) && (1..=5).contains(&c.week));
+                assert!(c.weekday <= 6 && c.hour <= 23);
+            }
+        }
+    }
     let profile = Profile {
         mac: Mac([0x80, 0x5e, 0xc0, 0x12, 0x34, 0x56]),
         model: text.to_owned(),
@@ -37,6 +48,7 @@ fuzz_target!(|data: &[u8]| {
         transport: Transport::Udp,
         voicemail: "*97".to_owned(),
         utc_offset_minutes: 0,
+        daylight: provision::files::Daylight::LeftToPhone,
         blf: Vec::new(),
     };
     // The same files with a plain name: the fuzzed one may add characters, never lines,

@@ -1,7 +1,8 @@
 //! Backups end to end with the real daemon: a populated box is backed up, wiped and restored
 //! and every record and audio byte compared; damaged, truncated, wrongly keyed and
 //! future-version backups are refused with the reason while the box stays as it was; a
-//! format-0 backup is migrated; `kill -9` in the middle of a backup leaves nothing that
+//! format-0 backup is migrated; a format-3 backup (before desk phones were backed up)
+//! restores and keeps only the phones whose password still registers; `kill -9` in the middle of a backup leaves nothing that
 //! `backup list` calls good; CDR export as CSV and JSON over a date range.
 //!
 //! The daemon encrypts to an X25519 recipient here (fast in unoptimised test builds); the
@@ -27,6 +28,8 @@ const PHONE_A: (&str, &str) = ("100", "backup-secret-100");
 const PHONE_B: (&str, &str) = ("200", "backup-secret-200");
 const WAIT: Duration = Duration::from_secs(10);
 const PCMU: u8 = 0;
+/// The desk phones' member of a backup (format 4 and later).
+const PHONES_MEMBER: &str = "store/phones.json";
 
 /// An age identity for the box's backups, kept in its own temp dir.
 struct Keys {
@@ -218,12 +221,29 @@ fn restart_after_restore(daemon: &mut Daemon) {
     daemon.restart();
 }
 
+/// A box backing up to `keys` with the extensions of [`PHONE_A`] and [`PHONE_B`].
+fn two_extensions(keys: &Keys) -> Daemon {
+    let daemon = Daemon::start_with(config(keys));
+    daemon.add_extension(PHONE_A.0, PHONE_A.1);
+    daemon.add_extension(PHONE_B.0, PHONE_B.1);
+    daemon
+}
+
+/// `backup verify FILE --identity ID` as JSON (signed by this box: no other option).
+fn verified(daemon: &Daemon, file: &Path, id: &str) -> Value {
+    daemon.ctl_json(&[
+        "backup",
+        "verify",
+        file.to_str().expect("utf-8"),
+        "--identity",
+        id,
+    ])
+}
+
 #[test]
 fn round_trip_backup_wipe_restore_brings_back_every_record_and_audio_byte() {
     let keys = Keys::new();
-    let mut daemon = Daemon::start_with(config(&keys));
-    daemon.add_extension(PHONE_A.0, PHONE_A.1);
-    daemon.add_extension(PHONE_B.0, PHONE_B.1);
+    let mut daemon = two_extensions(&keys);
     daemon.ctl_ok(&["ext", "forward", PHONE_A.0, "--busy", PHONE_B.0]);
     daemon.ctl_ok(&["ext", "callerid", PHONE_A.0, "4930123456"]);
     daemon.ctl_ok(&["vm", "pin", PHONE_B.0, "2468"]);
@@ -419,7 +439,8 @@ fn unpack(file: &Path, keys: &Keys) -> Vec<(String, Vec<u8>)> {
 
 /// Builds a backup from `members` (manifest and signature dropped, the manifest rebuilt with
 /// `format`; unsigned, as anyone with the recipient key can make one), encrypted to the
-/// keys' recipient or, with `passphrase`, to a passphrase (small work factor).
+/// keys' recipient or, with `passphrase`, to a passphrase (small work factor). A format
+/// before 4 leaves out `store/phones.json`, which it did not have.
 fn pack(
     members: &[(String, Vec<u8>)],
     format: u32,
@@ -439,10 +460,9 @@ fn pack_with(
 ) -> Vec<u8> {
     let mut files = Vec::new();
     let mut builder = tar::Builder::new(Vec::new());
-    for (path, data) in members
-        .iter()
-        .filter(|(p, _)| p != "manifest.json" && p != "manifest.sig")
-    {
+    for (path, data) in members.iter().filter(|(p, _)| {
+        p != "manifest.json" && p != "manifest.sig" && (format >= 4 || p != PHONES_MEMBER)
+    }) {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o600);
@@ -581,13 +601,13 @@ fn damaged_wrongly_keyed_and_future_backups_are_refused_and_format_0_is_migrated
 
     let members = unpack(&good, &keys);
     let p = keys.path("future.backup");
-    fs::write(&p, pack(&members, 4, &keys, None)).expect("write");
+    fs::write(&p, pack(&members, 5, &keys, None)).expect("write");
     assert_refused(
         &daemon,
         &keys,
         &p,
         &id_args,
-        "made by a newer Outpost (format 4); update first",
+        "made by a newer Outpost (format 5); update first",
     );
 
     // Re-encrypted after a change without a matching manifest: the checksum catches it.
@@ -711,6 +731,105 @@ fn damaged_wrongly_keyed_and_future_backups_are_refused_and_format_0_is_migrated
     assert_eq!(daemon.ctl_json(&["ext", "list"])[0]["ext"], PHONE_A.0);
 }
 
+/// `phone add` for `ext` (a Yealink); returns its provisioning password.
+fn add_phone(daemon: &Daemon, mac: &str, ext: &str) -> String {
+    let added = daemon.ctl_json(&["phone", "add", mac, "T46U", ext]);
+    added["password"]
+        .as_str()
+        .expect("a provisioning password")
+        .to_owned()
+}
+
+/// The MACs `phone list` shows.
+fn phone_macs(daemon: &Daemon) -> Vec<String> {
+    let listed = daemon.ctl_json(&["phone", "list"]);
+    listed
+        .as_array()
+        .expect("phone list")
+        .iter()
+        .filter_map(|p| p["mac"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_backup_made_before_phones_were_backed_up_restores_and_keeps_the_phones_that_still_register() {
+    let keys = Keys::new();
+    let mut daemon = two_extensions(&keys);
+    add_phone(&daemon, "805ec0000001", PHONE_A.0);
+    let good = backup_now(&daemon);
+    let id = keys.id_arg();
+    let verified = verified(&daemon, &good, &id);
+    assert_eq!(
+        (verified["format"].as_u64(), verified["phones"].as_u64()),
+        (Some(4), Some(1)),
+        "{verified}"
+    );
+    let members = unpack(&good, &keys);
+    let phones: Value = serde_json::from_slice(
+        &members
+            .iter()
+            .find(|(p, _)| p == PHONES_MEMBER)
+            .expect("the phones member")
+            .1,
+    )
+    .expect("phones JSON");
+    assert_eq!(phones[0]["mac"], "805ec0000001", "{phones}");
+    assert_eq!(phones[0]["sip_password"].as_str().map(str::len), Some(24));
+
+    // The same backup as Outpost made it before phones were backed up (format 3: no
+    // phones member; unsigned, as packed here).
+    let old = keys.path("format3.backup");
+    fs::write(&old, pack(&members, 3, &keys, None)).expect("write");
+    let old = old.to_str().expect("utf-8");
+    let text = daemon.ctl_ok(&[
+        "backup",
+        "verify",
+        old,
+        "--identity",
+        &id,
+        "--trust-unsigned",
+    ]);
+    assert!(
+        text.contains("not included (format 3: made before desk phones were backed up)"),
+        "{text}"
+    );
+    // After the backup, 200 gets a phone (and with it a new password the backup lacks).
+    add_phone(&daemon, "805ec0000002", PHONE_B.0);
+    assert_eq!(phone_macs(&daemon), ["805ec0000001", "805ec0000002"]);
+    let out = daemon.ctl(&[
+        "backup",
+        "restore",
+        "--no-wait",
+        old,
+        "--identity",
+        &id,
+        "--trust-unsigned",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("0 desk phones") && out.stdout.contains("`phone add` the others again"),
+        "{out:?}"
+    );
+    restart_after_restore(&mut daemon);
+    let exts: Vec<Value> = daemon
+        .ctl_json(&["ext", "list"])
+        .as_array()
+        .expect("ext list")
+        .iter()
+        .map(|e| e["ext"].clone())
+        .collect();
+    assert_eq!(exts, [PHONE_A.0, PHONE_B.0], "the old backup restored");
+    // 100's phone was in place when the backup was made: its password still registers,
+    // so the box keeps serving it. 200's phone was added after: the restored extension
+    // has the old password, and the phone is gone.
+    assert_eq!(phone_macs(&daemon), ["805ec0000001"]);
+    let log = daemon.log_text();
+    assert!(
+        log.contains("kept=1") && log.contains("dropped=1"),
+        "the restore logs what it kept:\n{log}"
+    );
+}
+
 #[test]
 fn forged_stripped_and_swapped_backups_are_refused_unless_trusted_unsigned_and_the_total_is_capped()
 {
@@ -725,14 +844,8 @@ fn forged_stripped_and_swapped_backups_are_refused_unless_trusted_unsigned_and_t
     let good = backup_now(&daemon);
     let id = keys.id_arg();
     let id_args = ["--identity", id.as_str()];
-    let verified = daemon.ctl_json(&[
-        "backup",
-        "verify",
-        good.to_str().expect("utf-8"),
-        "--identity",
-        &id,
-    ]);
-    assert_eq!(verified["format"], 3, "{verified}");
+    let verified = verified(&daemon, &good, &id);
+    assert_eq!(verified["format"], 4, "{verified}");
     assert_eq!(
         verified["signature"]["trusted_as"], "this box's key",
         "{verified}"

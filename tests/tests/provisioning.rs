@@ -11,6 +11,9 @@
 //! networks) is dropped by the kernel; ten wrong passwords from the attacker's IPv4 address
 //! (inside them) ban it, while the office phone fetching correctly twenty times is never
 //! banned; a phone whose extension was deleted, or that was deleted, gets nothing.
+//! A box that provisioned a phone is backed up and a new box (its data directory wiped)
+//! restored from the backup: the phone fetches its file there with the same provisioning
+//! credentials, gets the same SIP password and registers with it.
 //! REQUIRES root, `ip`, `nft`; never skipped.
 
 use std::collections::HashMap;
@@ -23,6 +26,10 @@ use outpost_tests::{eventually, in_netns, require_root, Daemon, FwLab, Netns, Si
 use serde_json::{json, Value};
 
 const PROV_PORT: u16 = 8088;
+/// What each vendor's phone says it is.
+const YEALINK_UA: &str = "Yealink SIP-T46U 108.86.0.20 80:5e:c0:00:00:01";
+const SNOM_UA: &str = "Mozilla/4.0 (compatible; snomD785-SIP 10.1.73.16)";
+const POLY_UA: &str = "FileTransport PolycomVVX-VVX_450-UA/6.4.3.5039";
 const WEB_PORT: u16 = 8443;
 /// Upper bound of a wait that is expected to succeed.
 const WAIT: Duration = Duration::from_secs(15);
@@ -33,14 +40,19 @@ struct Site {
 }
 
 fn site() -> Site {
+    site_with("utc_offset_minutes = 60", "")
+}
+
+/// [`site`] with `time` as the time zone line of `[provision]` and `extra` TOML sections.
+fn site_with(time: &str, extra: &str) -> Site {
     require_root("the provisioning test");
     let lab = FwLab::new();
     // The office phone and the attacker's first IPv4 address are inside the management
     // networks (the guesser must reach the listener to be counted); IPv6 is outside.
     let toml = format!(
         "[web]\nlisten = [\"0.0.0.0:{WEB_PORT}\"]\n\n\
-         [provision]\nlisten = [\"0.0.0.0:{PROV_PORT}\", \"[::]:{PROV_PORT}\"]\nutc_offset_minutes = 60\n\n\
-         [management]\nnetworks = [\"{}/32\", \"{}/32\", \"127.0.0.0/8\", \"::1/128\"]\n",
+         [provision]\nlisten = [\"0.0.0.0:{PROV_PORT}\", \"[::]:{PROV_PORT}\"]\n{time}\n\n\
+         [management]\nnetworks = [\"{}/32\", \"{}/32\", \"127.0.0.0/8\", \"::1/128\"]\n{extra}",
         lab.phone_ip(),
         lab.attacker_ip(),
     );
@@ -119,6 +131,15 @@ struct Added {
     password: String,
 }
 
+/// Extensions named "Desk <ext>".
+fn add_desks(s: &Site, exts: &[&str]) {
+    for ext in exts {
+        let r = s.daemon.admin(&json!({"cmd": "ext_add", "ext": ext,
+            "name": format!("Desk {ext}"), "password": format!("initial-{ext}-pw")}));
+        assert_eq!(r["reply"], "done", "{r}");
+    }
+}
+
 fn add_phone(s: &Site, mac: &str, model: &str, ext: &str) -> Added {
     let reply = s
         .daemon
@@ -130,6 +151,24 @@ fn add_phone(s: &Site, mac: &str, model: &str, ext: &str) -> Added {
 }
 
 impl Site {
+    /// [`Site::office`] with `phone`'s credentials, which must be answered `200`: the body.
+    fn fetched(&self, file: &str, user_agent: &str, phone: &Added) -> String {
+        let r = self.office(file, user_agent, Some(phone));
+        assert_eq!(r.status, 200, "{file}: {r:?}");
+        r.body
+    }
+
+    /// The status of a REGISTER (digest) of `ext` with `password` from the office phone.
+    fn register(&self, ext: &str, password: &str) -> Option<u16> {
+        let mut phone = SipPhone::on_socket(
+            self.lab.phone_socket(self.lab.phone_ip().into()),
+            self.lab.sip_addr(),
+            ext,
+            password,
+        );
+        phone.register_status(Duration::from_secs(5))
+    }
+
     /// A GET of `/provision/<file>` on the plain-HTTP listener from the office phone's
     /// namespace, with `phone`'s credentials when given.
     fn office(&self, file: &str, user_agent: &str, phone: Option<&Added>) -> HttpsReply {
@@ -167,11 +206,7 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
     let box_ip = s.lab.appliance_ip();
     let sip_port = s.lab.sip_addr().port().to_string();
     let base = format!("http://{box_ip}:{PROV_PORT}/provision");
-    for ext in ["101", "102", "103", "104", "105", "106"] {
-        let r = s.daemon.admin(&json!({"cmd": "ext_add", "ext": ext,
-            "name": format!("Desk {ext}"), "password": format!("initial-{ext}-pw")}));
-        assert_eq!(r["reply"], "done", "{r}");
-    }
+    add_desks(&s, &["101", "102", "103", "104", "105", "106"]);
     let yealink = add_phone(&s, "80:5E:C0:00:00:01", "T46U", "101");
     let grandstream = add_phone(&s, "000b82000002", "GXP2170", "102");
     let snom = add_phone(&s, "00-04-13-00-00-03", "D785", "103");
@@ -216,13 +251,7 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
         assert_eq!(kv.get(k).map(String::as_str), Some(v), "yealink {k}");
     }
     // The served password is the extension's now: a phone registers with it.
-    let mut phone = SipPhone::on_socket(
-        s.lab.phone_socket(s.lab.phone_ip().into()),
-        s.lab.sip_addr(),
-        "101",
-        &sip_password,
-    );
-    assert_eq!(phone.register_status(Duration::from_secs(5)), Some(200));
+    assert_eq!(s.register("101", &sip_password), Some(200));
 
     // Grandstream: cfg<mac>.xml, P-values.
     let r = s.office(
@@ -488,4 +517,169 @@ fn each_vendor_fetches_its_file_strangers_and_guessers_get_nothing() {
     s.daemon.ctl_ok(&["phone", "del", "80:5e:c0:00:00:01"]);
     let r = s.office("805ec0000001.cfg", ua, Some(&yealink));
     assert_eq!(r.status, 404, "{r:?}");
+}
+
+#[test]
+fn a_box_restored_from_a_backup_serves_its_phones_with_the_same_credentials() {
+    // The backups of box A are encrypted to an X25519 key the office keeps.
+    let office = tempfile::tempdir().expect("temp dir");
+    let identity = age::x25519::Identity::generate();
+    let identity_file = office.path().join("identity.txt");
+    {
+        use age::secrecy::ExposeSecret as _;
+        std::fs::write(
+            &identity_file,
+            format!("{}\n", identity.to_string().expose_secret()),
+        )
+        .expect("write the identity");
+    }
+    let mut s = site_with(
+        "utc_offset_minutes = 60",
+        &format!("\n[backup]\nrecipient = \"{}\"\n", identity.to_public()),
+    );
+    let r = s.daemon.admin(&json!({"cmd": "ext_add", "ext": "101",
+        "name": "Reception", "password": "initial-101-pw"}));
+    assert_eq!(r["reply"], "done", "{r}");
+    let yealink = add_phone(&s, "80:5E:C0:00:00:01", "T46U", "101");
+    let ua = YEALINK_UA;
+    let file = "805ec0000001.cfg";
+    let on_a = pairs(&s.fetched(file, ua, &yealink), '=');
+    let sip_password = on_a["account.1.password"].clone();
+    let listed_a = s.daemon.ctl_json(&["phone", "list"]);
+
+    // Box A's backup, kept off the box, and the line of A's signing key.
+    let made = s.daemon.ctl_json(&["backup", "now"]);
+    let name = made["name"].as_str().expect("backup name");
+    let backup = office.path().join(name);
+    std::fs::copy(s.daemon.data_dir().join("backups").join(name), &backup)
+        .expect("copy the backup");
+    let signer = s.daemon.ctl_ok(&["backup", "key", "--signing"]);
+    let signer: Vec<&str> = signer.split_whitespace().take(2).collect();
+    let signer = signer.join(" ");
+
+    // Box B: the same image and boot configuration, nothing else. The phone gets nothing.
+    s.daemon.stop();
+    std::fs::remove_dir_all(s.daemon.data_dir()).expect("wipe the data directory");
+    s.daemon.restart();
+    assert_eq!(s.daemon.ctl_json(&["phone", "list"]), json!([]));
+    let r = eventually(WAIT, || {
+        let r = s.office(file, ua, Some(&yealink));
+        (r.status == 404).then_some(r)
+    });
+    assert!(r.is_some(), "a new box knows no phone");
+
+    let backup = backup.to_str().expect("utf-8");
+    let id = identity_file.to_str().expect("utf-8");
+    let verified = s.daemon.ctl_json(&[
+        "backup",
+        "verify",
+        backup,
+        "--identity",
+        id,
+        "--signer",
+        &signer,
+    ]);
+    assert_eq!(verified["phones"], 1, "{verified}");
+    let staged = s.daemon.ctl_ok(&[
+        "backup",
+        "restore",
+        "--no-wait",
+        backup,
+        "--identity",
+        id,
+        "--signer",
+        &signer,
+    ]);
+    assert!(staged.contains("1 desk phones"), "{staged}");
+    // outpostd exits to apply the restore; init starts it again.
+    let stopped = eventually(WAIT, || {
+        (s.daemon.ctl(&["status"]).code != Some(0)).then_some(())
+    });
+    assert!(stopped.is_some(), "outpostd did not stop to restore");
+    s.daemon.stop();
+    s.daemon.restart();
+
+    // On B: the same phone, fetching with the same credentials, gets the same account.
+    assert_eq!(s.daemon.ctl_json(&["phone", "list"]), listed_a);
+    let r = eventually(WAIT, || {
+        let r = s.office(file, ua, Some(&yealink));
+        (r.status == 200).then_some(r)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the restored box does not serve the phone:\n{}",
+            s.daemon.log_text()
+        )
+    });
+    let on_b = pairs(&r.body, '=');
+    for k in [
+        "account.1.user_name",
+        "account.1.auth_name",
+        "account.1.password",
+        "account.1.display_name",
+        "linekey.2.value",
+        "linekey.3.value",
+    ] {
+        assert_eq!(on_b.get(k), on_a.get(k), "{k}");
+    }
+    let wrong = get_in(
+        &s.lab.phone,
+        &format!(
+            "http://{}:{PROV_PORT}/provision/{file}",
+            s.lab.appliance_ip()
+        ),
+        ua,
+        Some((&yealink.user, "not-the-password")),
+    );
+    assert_eq!(wrong.status, 401, "{wrong:?}");
+    // And the phone registers on B with the password in its file.
+    assert_eq!(s.register("101", &sip_password), Some(200));
+}
+
+#[test]
+fn a_named_time_zone_gives_yealink_and_poly_its_daylight_saving_rule() {
+    let s = site_with("time_zone = \"Europe/Berlin\"", "");
+    add_desks(&s, &["101", "103", "104"]);
+    let yealink = add_phone(&s, "80:5E:C0:00:00:01", "T46U", "101");
+    let snom = add_phone(&s, "00-04-13-00-00-03", "D785", "103");
+    let poly = add_phone(&s, "0004.f200.0004", "VVX450", "104");
+
+    // Yealink: DST by week, month/week (5 = last)/day (7 = Sunday)/hour, 60 minutes.
+    let kv = pairs(&s.fetched("805ec0000001.cfg", YEALINK_UA, &yealink), '=');
+    for (k, v) in [
+        ("local_time.time_zone", "+1"),
+        ("local_time.summer_time", "1"),
+        ("local_time.dst_time_type", "1"),
+        ("local_time.start_time", "3/5/7/2"),
+        ("local_time.end_time", "10/5/7/3"),
+        ("local_time.offset_time", "60"),
+    ] {
+        assert_eq!(kv.get(k).map(String::as_str), Some(v), "yealink {k}");
+    }
+
+    // Poly: the last Sunday of March at 2, of October at 3 (dayOfWeek 1 = Sunday).
+    let body = s.fetched("0004f2000004-outpost.cfg", POLY_UA, &poly);
+    let doc = roxmltree::Document::parse(&body).expect("Poly XML");
+    assert_eq!(attr_of(&doc, "tcpIpApp.sntp.gmtOffset"), "3600");
+    for (k, v) in [
+        ("enable", "1"),
+        ("fixedDayEnable", "0"),
+        ("start.month", "3"),
+        ("start.dayOfWeek", "1"),
+        ("start.dayOfWeek.lastInMonth", "1"),
+        ("start.time", "2"),
+        ("stop.month", "10"),
+        ("stop.dayOfWeek", "1"),
+        ("stop.dayOfWeek.lastInMonth", "1"),
+        ("stop.time", "3"),
+    ] {
+        let key = format!("tcpIpApp.sntp.daylightSavings.{k}");
+        assert_eq!(attr_of(&doc, &key), v, "poly {k}");
+    }
+
+    // Snom: no daylight-saving key confirmed from its documentation: the standard offset.
+    let body = s.fetched("snomD785-000413000003.htm", SNOM_UA, &snom);
+    let doc = roxmltree::Document::parse(&body).expect("Snom XML");
+    assert_eq!(text_of(&doc, "utc_offset"), "3600");
+    assert!(!body.contains("dst"), "{body}");
 }

@@ -271,6 +271,7 @@ fn profile(
         return Ok(None);
     };
     let name = ext.name;
+    let (utc_offset_minutes, daylight) = cfg.provision.zone();
     Ok(Some(Profile {
         mac: phone.mac.parse()?,
         model: phone.model.clone(),
@@ -284,7 +285,8 @@ fn profile(
         port,
         transport,
         voicemail: cfg.voicemail.access_number.clone(),
-        utc_offset_minutes: cfg.provision.utc_offset_minutes,
+        utc_offset_minutes,
+        daylight,
         blf: phone.keys.clone(),
     }))
 }

@@ -1,8 +1,9 @@
 //! The plaintext inside a backup: a tar archive with a manifest of checksums. The format is
 //! documented for the customer in `docs/backup-format.md`; this module writes format
-//! [`FORMAT`] and reads formats 0 to 3. Format 3 ends with `manifest.sig`, the box's
+//! [`FORMAT`] and reads formats 0 to 4. Format 3 and later end with `manifest.sig`, the box's
 //! signature of the manifest's exact bytes ([`super::signing`]); whether its signer is
 //! trusted is the caller's decision, this module only says what the signature proves.
+//! Format 4 adds the provisioned desk phones (`store/phones.json`).
 //!
 //! Reading treats the archive as hostile: only regular files with plain relative paths
 //! under the known directories are accepted, every size is bounded (each member by its kind,
@@ -20,13 +21,15 @@ use firewall::detect::Alert;
 use pbx_core::cdr::Cdr;
 use pbx_core::Millis;
 
-use crate::store::{ExtensionRecord, StoredBan, StoredLock, VoicemailRecord};
+use crate::store::{ExtensionRecord, PhoneRecord, StoredBan, StoredLock, VoicemailRecord};
 
 use super::signing::{self, BoxKey, Seal, SignatureCheck};
 
-/// The archive format written by this version (3: signed; 2: the SFTP client key is
-/// included).
-pub const FORMAT: u32 = 3;
+/// The archive format written by this version (4: the desk phones are included; 3: signed;
+/// 2: the SFTP client key is included).
+pub const FORMAT: u32 = 4;
+/// The first format that carries the desk phones ([`PHONES`]).
+pub const PHONES_FORMAT: u32 = 4;
 /// The first format that carries a signature.
 pub const SIGNED_FORMAT: u32 = 3;
 /// The name of the manifest (the last member but the signature).
@@ -49,6 +52,9 @@ pub const ALERTS: &str = "store/alerts.json";
 pub const META: &str = "store/meta.json";
 /// The voicemail index.
 pub const VOICEMAIL: &str = "store/voicemail.json";
+/// Provisioned desk phones, with the SIP and provisioning passwords they are served
+/// (format 4).
+pub const PHONES: &str = "store/phones.json";
 /// The SFTP client key of the off-site targets (format 2).
 pub const SFTP_KEY: &str = "backup/sftp_ed25519";
 /// Its public half (format 2).
@@ -184,6 +190,8 @@ pub struct StoreDocs {
     pub meta: Vec<MetaRow>,
     /// The voicemail index; `path` is relative to the archive (`voicemail/<box>/<file>`).
     pub voicemail: Vec<VoicemailRecord>,
+    /// Provisioned desk phones (none before format 4).
+    pub phones: Vec<PhoneRecord>,
 }
 
 /// Writes the tar stream of a backup, collecting the manifest as it goes.
@@ -402,9 +410,22 @@ pub struct Contents {
     /// Sum of all members' sizes, the manifest and signature included.
     #[serde(default)]
     pub total_bytes: u64,
+    /// Provisioned desk phones (format 4; an older backup has none, see
+    /// [`Contents::carries_phones`]).
+    #[serde(default)]
+    pub phones: usize,
     /// Who signed it and why that is trusted (filled in by the restore's trust check).
     #[serde(default)]
     pub signature: SignatureCheck,
+}
+
+impl Contents {
+    /// Whether the backup's format has the desk phones: an older one restores none (the
+    /// box keeps only those of its own phones whose extension password the restored
+    /// extension still accepts, see [`crate::store::Store::import`]).
+    pub fn carries_phones(&self) -> bool {
+        self.format >= PHONES_FORMAT
+    }
 }
 
 /// A checked archive: what it holds, its store documents and what its signature proves.
@@ -652,6 +673,11 @@ pub fn check<R: Read>(
             "unexpected member {MANIFEST_SIG:?} for format {format}"
         )));
     }
+    if format < PHONES_FORMAT && seen.contains_key(PHONES) {
+        return Err(ArchiveError::Invalid(format!(
+            "unexpected member {PHONES:?} for format {format}"
+        )));
+    }
     let seal = signing::check_seal(&manifest_bytes, signature_bytes.as_deref(), format);
     let mut listed = std::collections::BTreeSet::new();
     for f in &manifest.files {
@@ -684,7 +710,11 @@ pub fn check<R: Read>(
     } else {
         CDRS_JSONL
     };
-    for required in [EXTENSIONS, BANS, LOCKS, ALERTS, META, VOICEMAIL, cdrs_name] {
+    let phones_name = (format >= PHONES_FORMAT).then_some(PHONES);
+    for required in [EXTENSIONS, BANS, LOCKS, ALERTS, META, VOICEMAIL, cdrs_name]
+        .into_iter()
+        .chain(phones_name)
+    {
         if !seen.contains_key(required) {
             return Err(ArchiveError::Invalid(format!("{required} is missing")));
         }
@@ -712,6 +742,10 @@ pub fn check<R: Read>(
         alerts: parse_json(ALERTS, parse(ALERTS)?)?,
         meta: parse_json(META, parse(META)?)?,
         voicemail: parse_json(VOICEMAIL, parse(VOICEMAIL)?)?,
+        phones: match phones_name {
+            Some(name) => parse_json(name, parse(name)?)?,
+            None => Vec::new(),
+        },
     };
     validate_docs(&docs_parsed, &seen)?;
     let cdrs = if format == 0 {
@@ -760,6 +794,7 @@ pub fn check<R: Read>(
         admin_password: docs_parsed.meta.iter().any(|m| m.key == "admin_password"),
         sftp_key: seen.contains_key(SFTP_KEY),
         total_bytes,
+        phones: docs_parsed.phones.len(),
         signature: SignatureCheck::default(),
     };
     Ok(Checked {
@@ -787,6 +822,28 @@ fn validate_docs(
         crate::names::validate_ext(&e.ext)
             .map_err(|why| ArchiveError::Invalid(format!("{EXTENSIONS}: {why}")))?;
     }
+    if docs.phones.len() > pbx_core::provision::MAX_PHONES {
+        return Err(ArchiveError::Invalid(format!(
+            "{PHONES}: {} phones, more than the {} a box keeps",
+            docs.phones.len(),
+            pbx_core::provision::MAX_PHONES
+        )));
+    }
+    let mut macs = std::collections::BTreeSet::new();
+    for p in &docs.phones {
+        validate_phone(p).map_err(|why| {
+            ArchiveError::Invalid(format!(
+                "{PHONES}: phone {:?}: {why}",
+                crate::names::printable(&p.mac, 32)
+            ))
+        })?;
+        if !macs.insert(p.mac.as_str()) {
+            return Err(ArchiveError::Invalid(format!(
+                "{PHONES}: phone {:?} is listed twice",
+                p.mac
+            )));
+        }
+    }
     for msg in &docs.voicemail {
         let p = msg.path.to_str().unwrap_or("");
         let expected_prefix = format!("voicemail/{}/", msg.mailbox);
@@ -798,6 +855,46 @@ fn validate_docs(
                 "{VOICEMAIL}: message {} points to {p:?}, which is not in the archive",
                 msg.id
             )));
+        }
+    }
+    Ok(())
+}
+
+/// Longest password of a phone accepted from a backup (`phone add` makes 24 characters,
+/// `ext passwd` allows 128).
+const MAX_PHONE_PASSWORD: usize = 128;
+
+/// A restored phone must be one `phone add` could have stored: its MAC as the store keys
+/// it, a model of a known vendor, valid extensions within the vendor's BLF keys, and
+/// passwords a phone can be sent (the files escape every value; this refuses only what no
+/// command could have stored, so an older backup is not refused by a newer password rule).
+fn validate_phone(p: &PhoneRecord) -> Result<(), String> {
+    use pbx_core::provision::{Mac, Vendor};
+    let mac: Mac = p.mac.parse().map_err(|e| format!("{e}"))?;
+    if mac.to_string() != p.mac {
+        return Err("the MAC is not written as 12 lowercase hex digits".to_owned());
+    }
+    let vendor = Vendor::of_model(&p.model)?;
+    crate::names::validate_ext(&p.ext)?;
+    if p.keys.len() > vendor.max_blf_keys() {
+        return Err(format!(
+            "{} BLF keys, more than a {vendor} phone is given ({})",
+            p.keys.len(),
+            vendor.max_blf_keys()
+        ));
+    }
+    for k in &p.keys {
+        crate::names::validate_ext(k).map_err(|e| format!("BLF key: {e}"))?;
+    }
+    for (what, password) in [
+        ("SIP password", &p.sip_password),
+        ("provisioning password", &p.prov_password),
+    ] {
+        let len = password.chars().count();
+        if len == 0 || len > MAX_PHONE_PASSWORD || password.chars().any(char::is_control) {
+            return Err(format!(
+                "the {what} is not 1 to {MAX_PHONE_PASSWORD} characters without control characters"
+            ));
         }
     }
     Ok(())
@@ -863,7 +960,7 @@ fn member_kind(path: &str) -> Kind {
         MANIFEST => Kind::Manifest,
         MANIFEST_SIG => Kind::Signature,
         CDRS_JSONL => Kind::CdrLines,
-        EXTENSIONS | BANS | LOCKS | ALERTS | META | VOICEMAIL | CDRS_JSON_V0 => Kind::Doc,
+        EXTENSIONS | BANS | LOCKS | ALERTS | META | VOICEMAIL | PHONES | CDRS_JSON_V0 => Kind::Doc,
         "config/revisions.json" | "tls/cert.pem" | "tls/key.pem" => Kind::Small,
         "ssh/dropbear_ed25519_host_key" | SFTP_KEY | SFTP_KEY_PUB => Kind::Small,
         p if is_revision_file(p) => Kind::Small,
@@ -956,9 +1053,17 @@ mod tests {
     }
 
     fn tiny(format: u32, cdrs_name: &str, cdrs: &[u8]) -> Vec<u8> {
+        tiny_with(format, cdrs_name, cdrs, b"[]")
+    }
+
+    /// [`tiny`] with `phones` as `store/phones.json` (left out before format 4).
+    fn tiny_with(format: u32, cdrs_name: &str, cdrs: &[u8], phones: &[u8]) -> Vec<u8> {
         let mut w = ArchiveWriter::new(Vec::new(), 1_000);
         for name in [EXTENSIONS, BANS, LOCKS, ALERTS, META, VOICEMAIL] {
             w.add(name, b"[]", false).unwrap();
+        }
+        if format >= PHONES_FORMAT {
+            w.add(PHONES, phones, true).unwrap();
         }
         w.add(cdrs_name, cdrs, false).unwrap();
         w.add("config/rev-000001.toml", b"[sip]\n", false).unwrap();
@@ -1021,6 +1126,34 @@ mod tests {
         assert!(!dir.path().join(MANIFEST_SIG).exists());
     }
 
+    /// The members of the tar `archive`, in order: path and content.
+    fn members(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut ar = tar::Archive::new(archive);
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().to_string_lossy().to_string();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                (path, data)
+            })
+            .collect()
+    }
+
+    /// The tar `archive` with one more member at its end (the manifest unchanged).
+    fn with_member(archive: &[u8], path: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let added = (path.to_owned(), data.to_vec());
+        for (path, data) in members(archive).into_iter().chain([added]) {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, &path, data.as_slice()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
     /// The sum of the member sizes of a tar.
     fn bytes_of_members(tar_bytes: &[u8]) -> u64 {
         let mut ar = tar::Archive::new(tar_bytes);
@@ -1057,15 +1190,10 @@ mod tests {
     fn a_signature_is_checked_against_the_manifest_and_only_from_format_3() {
         // The manifest changed after signing (a member swapped and re-listed): unsigned.
         let bytes = tiny(FORMAT, CDRS_JSONL, b"");
-        let mut ar = tar::Archive::new(bytes.as_slice());
         let mut out = tar::Builder::new(Vec::new());
         let mut sig = Vec::new();
         let mut stripped = tar::Builder::new(Vec::new());
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let path = e.path().unwrap().to_string_lossy().to_string();
-            let mut data = Vec::new();
-            e.read_to_end(&mut data).unwrap();
+        for (path, mut data) in members(&bytes) {
             let mut h = tar::Header::new_gnu();
             h.set_mode(0o644);
             if path == MANIFEST_SIG {
@@ -1105,23 +1233,8 @@ mod tests {
         );
         // A signature in a format that has none is not a member of it.
         let old = tiny(2, CDRS_JSONL, b"");
-        let mut b = tar::Builder::new(Vec::new());
-        let mut ar = tar::Archive::new(old.as_slice());
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let path = e.path().unwrap().to_string_lossy().to_string();
-            let mut data = Vec::new();
-            e.read_to_end(&mut data).unwrap();
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            b.append_data(&mut h, &path, data.as_slice()).unwrap();
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_size(sig.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, MANIFEST_SIG, sig.as_slice()).unwrap();
-        let err = check(b.into_inner().unwrap().as_slice(), None, MAX_TOTAL).unwrap_err();
+        let signed_old = with_member(&old, MANIFEST_SIG, &sig);
+        let err = check(signed_old.as_slice(), None, MAX_TOTAL).unwrap_err();
         assert!(err.to_string().contains("manifest.sig"), "{err}");
         let checked = check(old.as_slice(), None, MAX_TOTAL).unwrap();
         assert!(matches!(&checked.seal, Seal::Unsigned(why) if why.contains("format 2")));
@@ -1197,6 +1310,122 @@ mod tests {
         let empty = tar::Builder::new(Vec::new()).into_inner().unwrap();
         let err = check(empty.as_slice(), None, MAX_TOTAL).unwrap_err();
         assert!(err.to_string().contains("no manifest.json"), "{err}");
+    }
+
+    /// One phone as `store/phones.json` holds it, with `change` applied.
+    fn phones_doc(change: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut phone = serde_json::json!({
+            "mac": "805ec0123456", "model": "T46U", "ext": "101", "keys": ["102"],
+            "sip_password": "Gx7Rk2pQ9vLm3TzW8cNb4YhD", "prov_password": "p4Ss9w0rDp4Ss9w0rDp4Ss9w",
+            "created_ms": 5, "fetched_ms": null
+        });
+        change(&mut phone);
+        serde_json::to_vec(&[phone]).unwrap()
+    }
+
+    #[test]
+    fn phones_are_a_member_of_format_4_checked_and_staged_and_absent_before() {
+        let bytes = tiny_with(FORMAT, CDRS_JSONL, b"", &phones_doc(|_| {}));
+        let dir = tempfile::tempdir().unwrap();
+        let checked = check(bytes.as_slice(), Some(dir.path()), MAX_TOTAL).unwrap();
+        assert_eq!(checked.contents.phones, 1);
+        assert!(checked.contents.carries_phones());
+        assert_eq!(
+            checked.docs.phones[0].sip_password,
+            "Gx7Rk2pQ9vLm3TzW8cNb4YhD"
+        );
+        let staged = dir.path().join(PHONES);
+        assert_eq!(std::fs::read(&staged).unwrap(), phones_doc(|_| {}));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&staged).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "the staged passwords are private"
+        );
+        // The tar header marks the member secret too.
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        let mode = ar
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|e| e.path().unwrap().to_str() == Some(PHONES))
+            .map(|e| e.header().mode().unwrap());
+        assert_eq!(mode, Some(0o600));
+
+        // Format 3 has none, and restores without it; format 4 without it is incomplete.
+        let old = tiny(3, CDRS_JSONL, b"");
+        let checked = check(old.as_slice(), None, MAX_TOTAL).unwrap();
+        assert_eq!(
+            (checked.contents.phones, checked.contents.carries_phones()),
+            (0, false)
+        );
+        assert!(checked.docs.phones.is_empty());
+        let mut w = ArchiveWriter::new(Vec::new(), 1_000);
+        for name in [EXTENSIONS, BANS, LOCKS, ALERTS, META, VOICEMAIL] {
+            w.add(name, b"[]", false).unwrap();
+        }
+        w.add(CDRS_JSONL, b"", false).unwrap();
+        let (missing, _) = w.finish(1_000, "box", &key()).unwrap();
+        let err = check(missing.as_slice(), None, MAX_TOTAL).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not a valid Outpost backup: store/phones.json is missing"
+        );
+    }
+
+    #[test]
+    fn hostile_phones_are_refused_with_the_reason() {
+        // (what the error names, the field, its hostile value)
+        let cases = [
+            ("MAC", "mac", serde_json::json!("80:5e:c0:12:34:56")),
+            ("group", "mac", serde_json::json!("010000000001")),
+            ("unknown phone model", "model", serde_json::json!("CP8841")),
+            ("extension", "ext", serde_json::json!("../101")),
+            ("BLF key", "keys", serde_json::json!(["1 2"])),
+            (
+                "SIP password",
+                "sip_password",
+                serde_json::json!("x\nkey = evil"),
+            ),
+            (
+                "provisioning password",
+                "prov_password",
+                serde_json::json!(""),
+            ),
+        ];
+        for (why, field, value) in cases {
+            let bytes = tiny_with(FORMAT, CDRS_JSONL, b"", &phones_doc(|p| p[field] = value));
+            let err = check(bytes.as_slice(), None, MAX_TOTAL).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.starts_with("not a valid Outpost backup: store/phones.json: phone ")
+                    && text.contains(why),
+                "{why}: {text}"
+            );
+        }
+        let mut one: Vec<serde_json::Value> = serde_json::from_slice(&phones_doc(|_| {})).unwrap();
+        one.push(one[0].clone());
+        let twice = tiny_with(FORMAT, CDRS_JSONL, b"", &serde_json::to_vec(&one).unwrap());
+        let err = check(twice.as_slice(), None, MAX_TOTAL).unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+        let many: Vec<serde_json::Value> = (0..=pbx_core::provision::MAX_PHONES)
+            .map(|n| {
+                let mut p = one[0].clone();
+                p["mac"] = format!("805ec0{n:06x}").into();
+                p
+            })
+            .collect();
+        let many = tiny_with(FORMAT, CDRS_JSONL, b"", &serde_json::to_vec(&many).unwrap());
+        let err = check(many.as_slice(), None, MAX_TOTAL).unwrap_err();
+        assert!(err.to_string().contains("more than the 1000"), "{err}");
+        // A phone in a format that has none is not a member of it.
+        let with_phones = with_member(&tiny(3, CDRS_JSONL, b""), PHONES, b"[]");
+        let err = check(with_phones.as_slice(), None, MAX_TOTAL).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unexpected member \"store/phones.json\" for format 3"),
+            "{err}"
+        );
     }
 
     #[test]

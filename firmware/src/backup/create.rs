@@ -156,6 +156,10 @@ fn write_backup(
         .map(|(k, v)| archive::MetaRow::new(k, v))
         .collect();
     ar.add(archive::META, &json(&meta)?, true).map_err(wr)?;
+    // The phones with the SIP passwords they are served, in clear (the box cannot derive
+    // them from the extensions' digests): a secret member, like the digests.
+    ar.add(archive::PHONES, &json(&snap.phones()?)?, true)
+        .map_err(wr)?;
 
     // Voicemail: the index with archive-relative paths, then each message's audio.
     let mut index = Vec::new();

@@ -252,6 +252,13 @@ pub fn apply_staged(
                 m
             })
             .collect(),
+        // A backup made before phones were backed up has none: the store keeps those of
+        // the box's own that still register.
+        phones: if contents.carries_phones() {
+            Some(staged_doc(&staging, archive::PHONES)?)
+        } else {
+            None
+        },
     };
     let cdr_path = staging.join(archive::CDRS_JSONL);
     let cdr_file = std::fs::File::open(&cdr_path).map_err(io_err("read", &cdr_path))?;
@@ -368,6 +375,7 @@ pub fn apply_staged(
         extensions = contents.extensions,
         cdrs = contents.cdrs,
         voicemail = contents.voicemail,
+        phones = contents.phones,
         "backup restored"
     );
     Ok(Some(contents))

@@ -291,14 +291,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         )
         .with_context(|| format!("cannot restore {}", file.display()))?;
         println!(
-            "restored the backup of {} made {} (format {}): {} extensions, {} call records, {} voicemail messages, {} configuration revisions",
+            "restored the backup of {} made {} (format {}): {} extensions, {} call records, {} voicemail messages, {} configuration revisions, {} desk phones",
             c.hostname,
             firmware::backup::schedule::rfc3339(c.created_ms),
             c.format,
             c.extensions,
             c.cdrs,
             c.voicemail,
-            c.config_revisions
+            c.config_revisions,
+            c.phones
         );
         return Ok(());
     }

@@ -1,6 +1,7 @@
 //! The per-phone configuration files, each in its vendor's own format: one SIP account
 //! (server, port, transport, credentials, display name), the voicemail number, the time
-//! zone as an offset from UTC, a line key and BLF keys. Nothing firmware-specific (no
+//! zone as an offset from UTC (with its daylight-saving rule where the vendor's file has
+//! keys for one: Yealink and Poly), a line key and BLF keys. Nothing firmware-specific (no
 //! firmware URL, no codec or tone tables): the phone keeps its own defaults for the rest.
 //!
 //! Every value comes from validated input (extension numbers, display names, generated
@@ -10,6 +11,7 @@
 use std::fmt::Write as _;
 
 use super::mac::{Mac, PhoneFile};
+use super::tz::{Change, Dst};
 use super::vendor::Vendor;
 
 /// SIP transport the phone registers over (lower case in the files: `udp`, `tcp`, `tls`).
@@ -36,10 +38,23 @@ pub struct Profile {
     pub transport: Transport,
     /// The number that reaches voicemail.
     pub voicemail: String,
-    /// Minutes east of UTC.
+    /// Minutes east of UTC (standard time).
     pub utc_offset_minutes: i32,
+    /// Daylight saving time.
+    pub daylight: Daylight,
     /// Extensions a BLF key watches, in key order after the line key.
     pub blf: Vec<String>,
+}
+
+/// What a phone is told about daylight saving time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daylight {
+    /// Nothing: the phone keeps its own setting (a fixed `utc_offset_minutes`).
+    LeftToPhone,
+    /// The zone has none: off.
+    Never,
+    /// The zone's rule.
+    Rule(Dst),
 }
 
 /// A generated file.
@@ -163,6 +178,23 @@ fn yealink(p: &Profile) -> String {
     kv("account.1.subscribe_mwi", "1");
     kv("voice_mail.number.1", &p.voicemail);
     kv("local_time.time_zone", &offset_hours(p.utc_offset_minutes));
+    match p.daylight {
+        Daylight::LeftToPhone => {}
+        Daylight::Never => kv("local_time.summer_time", "0"),
+        Daylight::Rule(dst) => {
+            // By week: month/week of month (5 = last)/day of week (1 = Monday ... 7 =
+            // Sunday)/hour.
+            let when = |c: Change| {
+                let day = if c.weekday == 0 { 7 } else { c.weekday };
+                format!("{}/{}/{day}/{}", c.month, c.week, c.hour)
+            };
+            kv("local_time.summer_time", "1");
+            kv("local_time.dst_time_type", "1");
+            kv("local_time.start_time", &when(dst.start));
+            kv("local_time.end_time", &when(dst.end));
+            kv("local_time.offset_time", &dst.save_minutes.to_string());
+        }
+    }
     kv("linekey.1.type", "15");
     kv("linekey.1.line", "1");
     kv("linekey.1.label", &p.ext);
@@ -321,10 +353,36 @@ fn poly(p: &Profile) -> String {
         s("msg.mwi.1.callBackMode", "contact"),
         s("msg.mwi.1.callBack", &p.voicemail),
     ];
-    let time = [s(
+    let mut time = vec![s(
         "tcpIpApp.sntp.gmtOffset",
         &(i64::from(p.utc_offset_minutes) * 60).to_string(),
     )];
+    let dst = "tcpIpApp.sntp.daylightSavings";
+    match p.daylight {
+        Daylight::LeftToPhone => {}
+        // Poly's rule has no amount: it moves the clock by one hour.
+        Daylight::Rule(rule) if rule.save_minutes != 60 => {}
+        Daylight::Never => time.push(s(&format!("{dst}.enable"), "0")),
+        Daylight::Rule(rule) => {
+            time.push(s(&format!("{dst}.enable"), "1"));
+            time.push(s(&format!("{dst}.fixedDayEnable"), "0"));
+            for (which, c) in [("start", rule.start), ("stop", rule.end)] {
+                // `date` 1, 8, 15, 22: the first to fourth such weekday; the last is
+                // `lastInMonth` (then `date` is ignored). `dayOfWeek` 1 = Sunday.
+                let date = 1 + 7 * (c.week.min(4) - 1);
+                let last = if c.week == 5 { "1" } else { "0" };
+                for (k, v) in [
+                    ("month", c.month.to_string()),
+                    ("date", date.to_string()),
+                    ("time", c.hour.to_string()),
+                    ("dayOfWeek", (c.weekday + 1).to_string()),
+                    ("dayOfWeek.lastInMonth", last.to_owned()),
+                ] {
+                    time.push(s(&format!("{dst}.{which}.{k}"), &v));
+                }
+            }
+        }
+    }
     let mut blf = Vec::new();
     for (i, ext) in p.blf.iter().enumerate() {
         let n = i + 1;
@@ -358,8 +416,56 @@ mod tests {
             transport: Transport::Tcp,
             voicemail: "*97".into(),
             utc_offset_minutes: 330,
+            daylight: Daylight::LeftToPhone,
             blf: vec!["102".into(), "103".into()],
         }
+    }
+
+    #[test]
+    fn a_zone_s_daylight_rule_goes_where_the_vendor_has_keys_for_it() {
+        // New York: the second Sunday of March to the first of November, at 2.
+        let zone = super::super::TimeZone::parse("America/New_York").unwrap();
+        let mut p = profile();
+        p.utc_offset_minutes = zone.offset_minutes;
+        p.daylight = Daylight::Rule(zone.dst.unwrap());
+        let f = phone_file(Vendor::Yealink, PhoneFile::MacCfg, &p).unwrap();
+        let kv = pairs(&f.body, '=');
+        assert_eq!(get(&kv, "local_time.time_zone"), "-5");
+        assert_eq!(get(&kv, "local_time.start_time"), "3/2/7/2");
+        assert_eq!(get(&kv, "local_time.end_time"), "11/1/7/2");
+        assert_eq!(get(&kv, "local_time.offset_time"), "60");
+        let f = phone_file(Vendor::Poly, PhoneFile::PolyPhone, &p).unwrap();
+        let attr = |k: &str| {
+            let needle = format!(" {k}=\"");
+            let at = f.body.find(&needle).unwrap_or_else(|| panic!("{k}")) + needle.len();
+            f.body[at..].split('"').next().unwrap().to_owned()
+        };
+        let dst = "tcpIpApp.sntp.daylightSavings";
+        for (k, v) in [
+            ("enable", "1"),
+            ("start.month", "3"),
+            ("start.date", "8"),
+            ("start.dayOfWeek.lastInMonth", "0"),
+            ("stop.month", "11"),
+            ("stop.date", "1"),
+            ("stop.time", "2"),
+        ] {
+            assert_eq!(attr(&format!("{dst}.{k}")), v, "{k}");
+        }
+        // A saving Poly's rule cannot say (30 minutes): left to the phone.
+        let half = super::super::TimeZone::parse("AAA-10:30BBB-11,M10.1.0,M4.1.0/2").unwrap();
+        p.daylight = Daylight::Rule(half.dst.unwrap());
+        let f = phone_file(Vendor::Poly, PhoneFile::PolyPhone, &p).unwrap();
+        assert!(!f.body.contains(dst), "{}", f.body);
+        // A zone without: off. Left to the phone: nothing said.
+        p.daylight = Daylight::Never;
+        let f = phone_file(Vendor::Yealink, PhoneFile::MacCfg, &p).unwrap();
+        assert_eq!(get(&pairs(&f.body, '='), "local_time.summer_time"), "0");
+        p.daylight = Daylight::LeftToPhone;
+        let f = phone_file(Vendor::Yealink, PhoneFile::MacCfg, &p).unwrap();
+        assert!(!f.body.contains("summer_time"));
+        let f = phone_file(Vendor::Poly, PhoneFile::PolyPhone, &p).unwrap();
+        assert!(!f.body.contains("daylightSavings"));
     }
 
     /// `key = value` lines (and `Key :Value` for Fanvil): every line is a comment, a

@@ -119,14 +119,15 @@ async fn verify(State(state): State<AppState>, posted: Posted<FileForm>) -> Resp
     });
     let outcome = match state.api().call(cmd).await {
         Reply::BackupVerified(c) => Ok(format!(
-            "{file} is complete: made {} on {} (Outpost {}), {} extensions, {} call records, {} voicemail messages, {} configuration revisions",
+            "{file} is complete: made {} on {} (Outpost {}), {} extensions, {} call records, {} voicemail messages, {} configuration revisions, {} desk phones",
             time_utc(c.created_ms),
             c.hostname,
             c.outpost_version,
             c.extensions,
             c.cdrs,
             c.voicemail,
-            c.config_revisions
+            c.config_revisions,
+            c.phones
         )),
         other => Err(unexpected(other)),
     };

@@ -102,6 +102,7 @@ pub fn verified(c: &Contents) -> String {
     t.pair("alerts", c.alerts.to_string());
     t.pair("voicemail", c.voicemail.to_string());
     t.pair("config revisions", c.config_revisions.to_string());
+    t.pair("desk phones", phones(c));
     t.pair("TLS identity", yes_no(c.tls));
     t.pair("SSH host key", yes_no(c.ssh_host_key));
     t.pair("SSH keys", c.ssh_keys.to_string());
@@ -109,6 +110,18 @@ pub fn verified(c: &Contents) -> String {
     t.pair("signature", signature(c));
     t.pair("total size", fmt_size(c.total_bytes));
     t.render()
+}
+
+/// The desk phones of a backup: how many, or that its format has none.
+fn phones(c: &Contents) -> String {
+    if c.carries_phones() {
+        c.phones.to_string()
+    } else {
+        format!(
+            "not included (format {}: made before desk phones were backed up)",
+            c.format
+        )
+    }
 }
 
 /// Who signed a checked backup, and why it was accepted.
@@ -133,7 +146,7 @@ pub fn restore_staged(r: &RestoreStaged) -> String {
     let c = &r.contents;
     let host = sanitize(&c.hostname);
     let mut out = format!(
-        "restoring {} (backup of {host} made {} UTC, Outpost {}):\n  {} extensions, {} configuration revisions, {} voicemail messages, {} call records, {} SSH keys, {} bans, {} locks, {} alerts{}{}{}\n",
+        "restoring {} (backup of {host} made {} UTC, Outpost {}):\n  {} extensions, {} configuration revisions, {} voicemail messages, {} call records, {} desk phones, {} SSH keys, {} bans, {} locks, {} alerts{}{}{}\n",
         sanitize(&r.file),
         fmt_time(c.created_ms),
         sanitize(&c.outpost_version),
@@ -141,6 +154,7 @@ pub fn restore_staged(r: &RestoreStaged) -> String {
         c.config_revisions,
         c.voicemail,
         c.cdrs,
+        c.phones,
         c.ssh_keys,
         c.bans,
         c.locks,
@@ -150,6 +164,13 @@ pub fn restore_staged(r: &RestoreStaged) -> String {
         if c.sftp_key { ", the SFTP client key" } else { "" },
     );
     out.push_str(&format!("signature: {}\n", signature(c)));
+    if !c.carries_phones() {
+        out.push_str(
+            "the backup holds no desk phones (made before they were backed up): the box keeps \
+             those of its own phones whose extension password the backup did not change; \
+             `phone add` the others again\n",
+        );
+    }
     if c.admin_password {
         out.push_str(&format!(
             "the console admin password is now the one of {host} (this box's own no longer works)\n"
