@@ -10,6 +10,8 @@
 //!
 //! Three phones: 101 blind-transfers 100 to 102 with its transfer key, and parks 100 with
 //! a transfer to `*70` for 102 to take from orbit 701; 100 and 102 must hear each other.
+//! And two baresip phones in a conference made by a third phone (`*3`): each hears the
+//! two others.
 
 use std::fs;
 use std::path::PathBuf;
@@ -18,7 +20,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use outpost_tests::baresip::{Baresip, RATE};
-use outpost_tests::{eventually, json_str, tone_amplitude, Daemon, Transport};
+use outpost_tests::{
+    eventually, json_str, recv_ulaw, send_ulaw_tone, tone_amplitude, AudioPhone, Daemon, Transport,
+};
 
 const PHONE_100: (&str, &str) = ("100", "baresip-secret-100");
 const PHONE_101: (&str, &str) = ("101", "baresip-secret-101");
@@ -254,6 +258,87 @@ fn a_baresip_phone_parks_its_caller_and_another_takes_it_from_the_orbit() {
         p.quit();
     }
     assert_100_and_102_heard_each_other(&p100, &p102);
+}
+
+/// Real phones in a conference: a raw phone (100) calls baresip 101, then baresip 102 (two
+/// calls at once, as a phone's second line), and dials `*3`. Outpost mixes the three: 100
+/// hears both baresip tones and not its own; each baresip phone's recording ends with
+/// 100's tone and the other phone's, not its own. (Holding a party first is checked with
+/// raw phones in `conference.rs`: this harness's baresip stops decoding into its dump at
+/// any re-INVITE that restarts its audio player, a held and resumed plain call included.)
+#[test]
+fn two_baresip_phones_in_a_conference_hear_each_other_and_the_phone_that_made_it() {
+    const TONE_HOST_HZ: f64 = 440.0;
+    let daemon = Daemon::start();
+    for (ext, pw) in [PHONE_101, PHONE_102] {
+        daemon.add_extension(ext, pw);
+    }
+    let mut p101 = Baresip::start(&daemon, PHONE_101, Transport::Udp, TONE_101_HZ);
+    let mut p102 = Baresip::start(&daemon, PHONE_102, Transport::Udp, TONE_102_HZ);
+    for phone in [&p101, &p102] {
+        let ext = phone.ext.clone();
+        eventually(WAIT, || daemon.registrations_of(&ext).into_iter().next())
+            .unwrap_or_else(|| panic!("baresip {ext} did not register:\n{}", phone.log()));
+    }
+    let mut host = AudioPhone::new(&daemon, "100");
+    let inv = host.sip.invite(PHONE_101.0, &host.sdp());
+    host.sip.await_answer(&inv, WAIT).expect("101 answers");
+    p101.wait_event("CALL_ESTABLISHED", &daemon);
+    let inv = host.sip.invite(PHONE_102.0, &host.sdp());
+    host.sip.await_answer(&inv, WAIT).expect("102 answers");
+    p102.wait_event("CALL_ESTABLISHED", &daemon);
+    let (_conf, relay) = host.call(&daemon, "*3");
+    let joined = eventually(WAIT, || {
+        let calls = daemon.calls();
+        (calls.len() == 3
+            && calls
+                .iter()
+                .all(|c| json_str(c, "state") == Some("in conference (3 parties)")))
+        .then_some(())
+    });
+    assert!(joined.is_some(), "{:?}", daemon.calls());
+    // 100 talks for 3 s and listens meanwhile.
+    let heard = std::thread::scope(|s| {
+        let listener = s.spawn(|| recv_ulaw(&host.rtp, Duration::from_millis(3_000)));
+        send_ulaw_tone(&host.rtp, relay, TONE_HOST_HZ, 150, 0x0100);
+        listener.join().expect("listener").0
+    });
+    let steady = &heard[heard.len() / 3..];
+    let at_host = [TONE_101_HZ, TONE_102_HZ, TONE_HOST_HZ].map(|hz| amplitude(steady, hz));
+    eprintln!("100 heard 1000 Hz, 700 Hz, its own 440 Hz: {at_host:.3?}");
+    assert!(at_host[0] > 0.15 && at_host[1] > 0.15, "{at_host:?}");
+    assert!(at_host[2] < 0.02, "100 hears itself: {at_host:?}");
+    for p in [&mut p101, &mut p102] {
+        p.command("hangup", "");
+        p.wait_event("CALL_CLOSED", &daemon);
+    }
+    for p in [&mut p101, &mut p102] {
+        p.quit();
+    }
+    // Each baresip phone's last 1.5 s before its hang-up (100 stopped talking then, so
+    // the window ends 0.3 s earlier): 100's tone and the other's, not its own.
+    for (p, own, other) in [
+        (&p101, TONE_101_HZ, TONE_102_HZ),
+        (&p102, TONE_102_HZ, TONE_101_HZ),
+    ] {
+        let x: Vec<f64> = received_audio(p)
+            .iter()
+            .map(|&v| f64::from(v) / 32768.0)
+            .collect();
+        let end = x.len().saturating_sub(3 * RATE as usize / 10);
+        let tail = &x[end.saturating_sub(3 * RATE as usize / 2)..end];
+        let amps = [TONE_HOST_HZ, other, own].map(|hz| amplitude(tail, hz));
+        eprintln!(
+            "baresip {} heard 440 Hz, {other} Hz, its own {own} Hz: {amps:.3?}",
+            p.ext
+        );
+        assert!(
+            amps[1] > 0.15,
+            "{} does not hear the other phone: {amps:?}",
+            p.ext
+        );
+        assert!(amps[2] < 0.02, "{} hears itself: {amps:?}", p.ext);
+    }
 }
 
 fn received_audio(phone: &Baresip) -> Vec<i16> {
