@@ -191,6 +191,13 @@ pub struct PagingSection {
     pub number: String,
     /// Member extensions (1 to [`MAX_PAGING_MEMBERS`]).
     pub members: Vec<String>,
+    /// A paged phone that has not answered by then (no auto-answer) is cancelled, 1-60 s.
+    #[serde(default = "default_page_ring_secs")]
+    pub ring_secs: u64,
+}
+
+fn default_page_ring_secs() -> u64 {
+    pbx_core::endpoint::PAGE_RING_MS / 1000
 }
 
 fn default_strategy() -> String {
@@ -593,6 +600,9 @@ fn validate_paging(
                 ),
             ));
         }
+        if !(1..=60).contains(&p.ring_secs) {
+            return Err(bad(format!("{key}.ring_secs"), "must be 1-60"));
+        }
         if p.members.is_empty() || p.members.len() > MAX_PAGING_MEMBERS {
             return Err(bad(
                 format!("{key}.members"),
@@ -617,6 +627,7 @@ pub fn paging_groups(paging: &[PagingSection]) -> Vec<PagingGroup> {
         .map(|p| PagingGroup {
             number: p.number.clone(),
             members: p.members.clone(),
+            ring_ms: p.ring_secs.saturating_mul(1000),
         })
         .collect()
 }

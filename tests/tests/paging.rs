@@ -160,3 +160,67 @@ fn a_paged_phone_leaves_alone_and_the_page_ends_when_no_phone_is_left() {
         daemon.log_text()
     );
 }
+
+/// A phone that does not auto-answer rings `ring_secs` (here 2 s) and is cancelled; the
+/// page goes on with the phone that answered. A page nobody answers ends after it.
+#[test]
+fn a_paged_phone_that_does_not_answer_by_itself_is_cancelled_after_the_ring_time() {
+    let daemon = Daemon::start_with(DaemonConfig::loopback().with_toml(
+        "[[paging]]\nnumber = \"*82\"\nmembers = [\"301\", \"302\"]\nring_secs = 2\n\
+         [[paging]]\nnumber = \"*83\"\nmembers = [\"302\"]\nring_secs = 2\n",
+    ));
+    let mut caller = Phone::new(&daemon, "300");
+    let mut listener = Phone::new(&daemon, "301");
+    let mut ringer = Phone::new(&daemon, "302");
+    let (_page, _) = caller.call(&daemon, "*82");
+    let sdp = listener.sdp().replace("a=sendrecv", "a=recvonly");
+    let (_, _dialog, _) = listener.answer(&daemon, &sdp);
+    let ringing = ringer
+        .sip
+        .await_request("INVITE", WAIT)
+        .expect("302 is paged");
+    let rang = std::time::Instant::now();
+    ringer.sip.reply(&ringing, 180, Some("ring-302"), "");
+    let cancel = ringer
+        .sip
+        .await_request("CANCEL", WAIT)
+        .unwrap_or_else(|| panic!("302 rings on:\n{}", daemon.log_text()));
+    let after = rang.elapsed();
+    assert!(
+        after >= Duration::from_millis(1_700) && after <= Duration::from_millis(3_500),
+        "cancelled after {after:?}, not the 2 s ring time"
+    );
+    ringer.sip.reply(&cancel, 200, None, "");
+    ringer.sip.reply(&ringing, 487, Some("ring-302"), "");
+    // The page goes on with 301.
+    assert!(
+        caller.sip.answer_bye(Duration::from_millis(800)).is_none(),
+        "the page ended with a phone still listening"
+    );
+    assert!(
+        listener
+            .sip
+            .await_request("BYE", Duration::from_millis(200))
+            .is_none(),
+        "the listening phone was hung up"
+    );
+
+    // *83: its only member does not answer; the caller is hung up after the ring time.
+    let (_page, _) = caller.call(&daemon, "*83");
+    let ringing = ringer
+        .sip
+        .await_request("INVITE", WAIT)
+        .expect("302 is paged again");
+    ringer.sip.reply(&ringing, 180, Some("ring-302b"), "");
+    let cancel = ringer
+        .sip
+        .await_request("CANCEL", WAIT)
+        .expect("302 cancelled");
+    ringer.sip.reply(&cancel, 200, None, "");
+    ringer.sip.reply(&ringing, 487, Some("ring-302b"), "");
+    assert!(
+        caller.sip.answer_bye(WAIT).is_some(),
+        "a page nobody answered did not end:\n{}",
+        daemon.log_text()
+    );
+}

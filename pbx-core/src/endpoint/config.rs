@@ -94,6 +94,8 @@ pub struct PagingGroup {
     pub number: String,
     /// Member extensions.
     pub members: Vec<String>,
+    /// A paged phone still ringing after this long (it did not auto-answer) is cancelled.
+    pub ring_ms: u64,
 }
 
 /// How a ring group rings its members.

@@ -64,7 +64,7 @@ pub use config::{
 };
 pub use event::{CallSummary, Counters, DebugCounts, Event, EventPackage, MwiChange, MwiRecord};
 use mwi::MwiSubscriptions;
-pub use paging::MAX_PAGED;
+pub use paging::{MAX_PAGED, PAGE_RING_MS};
 use voicemail::Voicemail;
 pub use voicemail::{pin_hash, MailboxMessage};
 

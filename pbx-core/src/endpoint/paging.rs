@@ -7,7 +7,8 @@
 //! from a relay port of its own; a phone that answers gets its own relay session (its leg
 //! B, leg A absent) joined to the mix as a listener. A phone that hangs up leaves; the page
 //! ends when the caller hangs up (BYE to every paged phone, CANCEL to those still ringing)
-//! or when no paged phone is left.
+//! or when no paged phone is left. A phone still ringing after the group's ring time (it
+//! does not auto-answer) is cancelled; if none answered by then, the page ends.
 //!
 //! Bounded: at most [`MAX_PAGED`] phones per page (the relay's mix holds 8 legs); further
 //! contacts are not paged. Not reachable from trunks (only `resolve` for extensions knows
@@ -30,6 +31,9 @@ use crate::sip::transaction::TxKey;
 
 /// Most phones one page reaches: the relay's mix holds 8 legs, the caller's and these.
 pub const MAX_PAGED: usize = 7;
+
+/// How long a paged phone may ring before it is cancelled, by default (`ring_secs`).
+pub const PAGE_RING_MS: u64 = 10_000;
 
 /// Auto-answer at once, as the `answer-after` parameter of a `Call-Info` naming the box
 /// (read by phones whose intercom setting allows it; docs/call-features.md#paging).
@@ -75,8 +79,31 @@ impl Endpoint {
             // Not one INVITE could go out (no relay port): the page is over at once.
             self.send_bye_a(now, id);
             self.end_call(now, id, Disposition::Unavailable, 480);
+        } else {
+            self.set_step_deadline(id, Some(now.saturating_add(g.ring_ms)));
         }
         true
+    }
+
+    /// The ring time of page `id` is over: every paged phone still ringing (it did not
+    /// answer by itself) is cancelled; the page goes on with those that answered, and
+    /// ends when none did.
+    pub(super) fn page_ring_over(&mut self, now: Millis, id: u64) {
+        self.cancel_forks(now, id, None);
+        if self.paged_phones_answered(id) == 0 {
+            self.send_bye_a(now, id);
+            self.end_call(now, id, Disposition::Answered, 200);
+        }
+    }
+
+    /// Paged phones that answered and still listen.
+    fn paged_phones_answered(&self, id: u64) -> usize {
+        self.calls.get(&id).map_or(0, |c| {
+            c.forks
+                .iter()
+                .filter(|f| f.state == ForkState::Answered)
+                .count()
+        })
     }
 
     /// INVITEs one phone of member `ext` for page `id`, from a relay port of its own.

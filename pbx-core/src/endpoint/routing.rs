@@ -561,6 +561,10 @@ impl Endpoint {
             return;
         }
         call.step_deadline = None;
+        if matches!(call.app, Some(App::Paging(_))) {
+            self.page_ring_over(now, id);
+            return;
+        }
         if call.winner.is_some() || (call.state != CallState::Ringing && !call.transferring()) {
             return;
         }
