@@ -122,6 +122,30 @@ fn a_page_is_auto_answered_by_free_members_who_hear_the_caller_and_nobody_hears_
         "the ringing phone is not cancelled:\n{}",
         daemon.log_text()
     );
+    // The records: the page itself, and one per paged phone (put there by the page).
+    let cdrs = daemon.wait_cdrs(4, WAIT);
+    let mut legs: Vec<(String, String, String)> = cdrs
+        .iter()
+        .filter(|c| c["caller"] == "100")
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or("-").to_owned();
+            (text("callee"), text("disposition"), text("transferred_by"))
+        })
+        .collect();
+    legs.sort();
+    let want = |callee: &str, disposition: &str, by: &str| {
+        (callee.to_owned(), disposition.to_owned(), by.to_owned())
+    };
+    assert_eq!(
+        legs,
+        vec![
+            want("*80", "answered", "-"),
+            want("101", "answered", "page:*80"),
+            want("102", "answered", "page:*80"),
+            want("105", "cancelled", "page:*80"),
+        ],
+        "{cdrs:?}"
+    );
 }
 
 #[test]
@@ -223,4 +247,11 @@ fn a_paged_phone_that_does_not_answer_by_itself_is_cancelled_after_the_ring_time
         "a page nobody answered did not end:\n{}",
         daemon.log_text()
     );
+    let cdrs = daemon.wait_cdrs(3, WAIT);
+    let unanswered = cdrs
+        .iter()
+        .filter(|c| c["callee"] == "302" && c["transferred_by"] == "page:*83")
+        .map(|c| c["disposition"].clone())
+        .collect::<Vec<_>>();
+    assert_eq!(unanswered, vec!["no_answer"], "{cdrs:?}");
 }

@@ -406,6 +406,8 @@ pub(super) struct PageMember {
     pub(super) port: u16,
     /// Its leg B's SDP state: our sendonly offer, the phone's answer.
     pub(super) media: CallMedia,
+    /// Its call record: the caller to the member, `transferred_by` `page:<number>`.
+    pub(super) rec: RecordLeg,
 }
 
 /// Who leg B's INVITE says it is from and to.

@@ -23,7 +23,7 @@ use crate::registrar::Binding;
 use crate::sip::{wire, Method, NameAddr, Params, Peer, Request, Response};
 use crate::Millis;
 
-use super::call::{App, CallState, ForkIdentity, ForkState, PageMember};
+use super::call::{App, CallState, ForkIdentity, ForkState, PageMember, RecordLeg};
 use super::signalling::first_contact_uri;
 use super::{media_addr, Endpoint, Event};
 use crate::cdr::Disposition;
@@ -90,6 +90,18 @@ impl Endpoint {
     /// ends when none did.
     pub(super) fn page_ring_over(&mut self, now: Millis, id: u64) {
         self.cancel_forks(now, id, None);
+        // Their records say so now (their 487s, later, find no member left).
+        let ringing: Vec<PageMember> = match self.calls.get_mut(&id).and_then(|c| c.app.as_mut()) {
+            Some(App::Paging(members)) => members
+                .iter_mut()
+                .filter(|m| m.as_ref().is_some_and(|m| m.rec.answer.is_none()))
+                .filter_map(Option::take)
+                .collect(),
+            _ => Vec::new(),
+        };
+        for m in ringing {
+            self.free_member(now, id, m, 480);
+        }
         if self.paged_phones_answered(id) == 0 {
             self.send_bye_a(now, id);
             self.end_call(now, id, Disposition::Answered, 200);
@@ -169,6 +181,8 @@ impl Endpoint {
         };
         let invite = call.a.invite.clone();
         let idx = call.forks.len();
+        let mut rec = RecordLeg::first(&call.caller, ext, now);
+        rec.transferred_by = Some(format!("page:{}", call.callee));
         let fork = self.start_fork_to(now, id, idx, &invite, offer, target, peer, identity);
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -180,6 +194,7 @@ impl Endpoint {
                 session,
                 port,
                 media,
+                rec,
             }));
         }
     }
@@ -221,7 +236,9 @@ impl Endpoint {
         }
         if !resp.is_success() {
             f.state = ForkState::Failed;
-            self.page_member_left(now, id, fork);
+            // Outpost cancels a paged phone only when its ring time is over.
+            let status = if resp.status == 487 { 480 } else { resp.status };
+            self.page_member_left(now, id, fork, status);
             return;
         }
         f.remote_tag = resp.headers.to.tag().map(str::to_string);
@@ -235,17 +252,17 @@ impl Endpoint {
         }
         f.state = ForkState::Answered;
         let answered = match call.app.as_mut() {
-            Some(App::Paging(members)) => members
-                .get_mut(fork)
-                .and_then(Option::as_mut)
-                .map(|m| (m.session, m.media.answer(Leg::B, &resp.body))),
+            Some(App::Paging(members)) => members.get_mut(fork).and_then(Option::as_mut).map(|m| {
+                m.rec.answer = Some(now);
+                (m.session, m.media.answer(Leg::B, &resp.body))
+            }),
             _ => None,
         };
         self.send_ack_b(id, fork, Vec::new(), None);
         let Some((session, Ok((_, cmds)))) = answered else {
             tracing::debug!("paged phone answered without usable SDP: hung up");
             self.send_bye_b(now, id, fork);
-            self.page_member_left(now, id, fork);
+            self.page_member_left(now, id, fork, 488);
             return;
         };
         for cmd in cmds {
@@ -282,7 +299,7 @@ impl Endpoint {
                 if let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) {
                     f.state = ForkState::Failed;
                 }
-                self.page_member_left(now, id, fork);
+                self.page_member_left(now, id, fork, 200);
             }
             Method::Ack => {}
             Method::Invite | Method::Update => self.sig.reply(now, &key, &req, src, 488, None),
@@ -290,9 +307,10 @@ impl Endpoint {
         }
     }
 
-    /// Paged phone `fork` is gone (failed, hung up): its relay session and port are freed;
-    /// with no phone left the caller is hung up.
-    fn page_member_left(&mut self, now: Millis, id: u64, fork: usize) {
+    /// Paged phone `fork` is gone (hung up: `status` 200; failed with `status`): its record
+    /// is written, its relay session and port are freed; with no phone left the caller is
+    /// hung up.
+    fn page_member_left(&mut self, now: Millis, id: u64, fork: usize, status: u16) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -302,7 +320,7 @@ impl Endpoint {
             _ => None,
         };
         if let Some(m) = member {
-            self.free_member(m);
+            self.free_member(now, id, m, status);
         }
         if !over && self.paged_phones(id) == 0 {
             self.send_bye_a(now, id);
@@ -310,9 +328,19 @@ impl Endpoint {
         }
     }
 
-    /// Closes a paged phone's relay session (which takes it out of the mix) and returns
-    /// its port.
-    fn free_member(&mut self, m: PageMember) {
+    /// Writes the record of a paged phone of page `id` that is gone (`status` 200: it had
+    /// answered; else why not), closes its relay session (which takes it out of the mix)
+    /// and returns its port.
+    fn free_member(&mut self, now: Millis, id: u64, m: PageMember, status: u16) {
+        if let Some(call) = self.calls.get(&id) {
+            let disposition = if status < 300 {
+                Disposition::Answered
+            } else {
+                Disposition::of_failure(status)
+            };
+            let cdr = self.leg_record(call, &m.rec, now, disposition, status);
+            self.events.push_back(Event::CallEnded(cdr));
+        }
         if let Some(cmd) = m.media.close() {
             self.events.push_back(Event::Media(cmd));
         }
@@ -343,7 +371,9 @@ impl Endpoint {
         }
         self.cancel_forks(now, id, None);
         for m in members.into_iter().flatten() {
-            self.free_member(m);
+            // The caller hung up: a phone still ringing is cancelled.
+            let status = if m.rec.answer.is_some() { 200 } else { 487 };
+            self.free_member(now, id, m, status);
         }
     }
 }
