@@ -308,8 +308,21 @@ fn a_refer_with_replaces_brings_an_answered_call_into_the_focus_and_nothing_else
             .expect("the REFER answered");
         status_of(resp.as_bytes()).unwrap_or(0)
     };
-    // Calling a number in, or another phone's call: refused.
+    // Calling a number in, or another phone's call: refused; nonsense: 400.
     assert_eq!(refer(&mut host, "<sip:104@127.0.0.1>"), 403);
+    for junk in [
+        "",
+        "<>",
+        "garbage",
+        "<sip:@?Replaces=>",
+        "<sip:1@x?Replaces=%ZZ%00>",
+    ] {
+        let status = refer(&mut host, junk);
+        assert!(
+            (400..500).contains(&status) && status != 481,
+            "Refer-To {junk:?}: {status}"
+        );
+    }
     let other = c_dialog.call_id.replace('@', "%40");
     assert_eq!(
         refer(&mut host, &format!("<sip:103@127.0.0.1?Replaces={other}>")),
@@ -335,6 +348,16 @@ fn a_refer_with_replaces_brings_an_answered_call_into_the_focus_and_nothing_else
     assert!(body_of(&notify).starts_with("SIP/2.0 200"), "{notify}");
     let heard = measure(&[(&host, conf_relay, 440.0), (&b, b_relay, 700.0)]);
     assert_each_hears_the_others(&["100", "101"], &heard);
+    // A party's own REFER (its transfer key) inside the conference: refused.
+    let mut b_dialog = b_dialog;
+    let cseq = b
+        .sip
+        .send_in_dialog(&mut b_dialog, "REFER", "Refer-To: <sip:103@127.0.0.1>\r\n");
+    let resp = b
+        .sip
+        .await_final(&b_dialog.call_id, cseq, "REFER", WAIT)
+        .expect("101's REFER answered");
+    assert_eq!(status_of(resp.as_bytes()), Some(403), "{resp}");
     // 100 leaves its own conference: 101, alone, is hung up.
     let cseq = host.sip.send_in_dialog(&mut conf, "BYE", "");
     host.sip

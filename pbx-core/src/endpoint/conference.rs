@@ -318,13 +318,16 @@ impl Endpoint {
     /// The host's REFER to the focus (RFC 4579 §5.5): `Refer-To` with `Replaces` naming one
     /// of the phone's calls joins it (or is told done when it joined already).
     fn conference_refer(&mut self, now: Millis, room: u64, key: TxKey, req: Request, src: Peer) {
-        let replaces = req
+        let refer_to = req
             .headers
             .get("Refer-To")
             .or_else(|| req.headers.get("r"))
-            .and_then(parse_refer_to)
-            .and_then(|r| r.replaces);
-        let Some(dialog) = replaces else {
+            .and_then(parse_refer_to);
+        let Some(refer_to) = refer_to else {
+            self.sig.reply(now, &key, &req, src, 400, None);
+            return;
+        };
+        let Some(dialog) = refer_to.replaces else {
             self.refuse(now, &key, &req, src, "Only Calls Of This Phone Join");
             return;
         };
