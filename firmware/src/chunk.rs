@@ -5,16 +5,25 @@
 //! A piece is at most [`MAX_CHUNK`] bytes. [`read_in_dir`] reads only a plain file named
 //! directly in a directory: no path, no `..`, no hidden name, and the last component is
 //! opened with `O_NOFOLLOW`, so a symlink planted in the directory cannot point out of it.
+//!
+//! The other way, files sent to the daemon in pieces (a backup to restore, an update
+//! bundle) are written by a [`PieceWriter`]: each piece must continue where the last one
+//! ended, and the bytes are hashed as they come.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Largest piece one request returns (1 MiB; 1.33 MiB of base64 in the reply line).
-pub const MAX_CHUNK: u64 = 1024 * 1024;
+pub const MAX_CHUNK: u64 = MAX_PIECE as u64;
+/// [`MAX_CHUNK`] as a length: the most one piece sent to the daemon holds, decoded.
+pub const MAX_PIECE: usize = 1024 * 1024;
 
 /// One piece of a file.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -160,10 +169,167 @@ fn check_name(name: &str) -> Result<(), ChunkError> {
     }
 }
 
+/// One base64 piece of an upload (backups, update bundles), at most [`MAX_CHUNK`] bytes
+/// once decoded; the error says why not.
+pub fn decode_piece(data: &str) -> Result<Vec<u8>, String> {
+    let max = MAX_PIECE;
+    if data.len() > max.div_ceil(3) * 4 {
+        return Err(format!("a piece may hold at most {max} bytes"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| format!("the piece is not base64: {e}"))?;
+    // The base64 length bound lets up to two more bytes through.
+    if bytes.len() > max {
+        return Err(format!("a piece may hold at most {max} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// Bytes available to an unprivileged writer on the file system of `dir`.
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    #[allow(clippy::useless_conversion)] // the field types differ between targets
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+}
+
+/// Why a piece was refused (nothing of it was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PieceError {
+    /// It does not start where the last piece ended.
+    Offset {
+        /// The offset sent.
+        got: u64,
+        /// The bytes received so far.
+        expected: u64,
+    },
+    /// Not base64, or larger than [`MAX_CHUNK`].
+    Data(String),
+}
+
+/// A file received in pieces: made new (mode 0600, never over an existing file), written
+/// piece by piece in order, its SHA-256 computed on the way. The caller names the file,
+/// checks its own limits on each decoded piece, and decides what a finished file becomes.
+#[derive(Debug)]
+pub struct PieceWriter {
+    id: String,
+    path: PathBuf,
+    file: File,
+    received: u64,
+    hasher: Sha256,
+    last: Instant,
+}
+
+impl PieceWriter {
+    /// Creates `path` (which must not exist) and gives the upload a random id.
+    pub fn create(path: &Path) -> std::io::Result<PieceWriter> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(PieceWriter {
+            id: hex::encode(rand::random::<[u8; 8]>()),
+            path: path.to_path_buf(),
+            file,
+            received: 0,
+            hasher: Sha256::new(),
+            last: Instant::now(),
+        })
+    }
+
+    /// The upload's id (16 lowercase hex digits).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes written so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// No piece (or creation) for `idle` or longer.
+    pub fn idle_for(&self, idle: Duration) -> bool {
+        self.last.elapsed() >= idle
+    }
+
+    /// The piece `data` (base64) sent for `offset`, decoded; refused unless it continues
+    /// the file. Nothing is written yet: the caller checks its limits, then [`Self::write`].
+    pub fn piece(&self, offset: u64, data: &str) -> Result<Vec<u8>, PieceError> {
+        if offset != self.received {
+            return Err(PieceError::Offset {
+                got: offset,
+                expected: self.received,
+            });
+        }
+        decode_piece(data).map_err(PieceError::Data)
+    }
+
+    /// Appends `bytes` (a piece [`Self::piece`] accepted).
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.received += bytes.len() as u64;
+        self.last = Instant::now();
+        Ok(())
+    }
+
+    /// The SHA-256 of what was written, lowercase hex.
+    pub fn sha256(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+
+    /// Flushes the file to the disk.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_piece_writer_makes_a_new_private_file_and_takes_pieces_in_order_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upload.partial");
+        let mut w = PieceWriter::create(&path).unwrap();
+        assert_eq!(w.id().len(), 16);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Never over an existing file.
+        assert!(PieceWriter::create(&path).is_err());
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let piece = w.piece(0, &b64(b"hello ")).unwrap();
+        w.write(&piece).unwrap();
+        assert_eq!(
+            w.piece(3, &b64(b"x")),
+            Err(PieceError::Offset {
+                got: 3,
+                expected: 6
+            })
+        );
+        assert!(matches!(
+            w.piece(6, "not base64!"),
+            Err(PieceError::Data(_))
+        ));
+        let too_big = b64(&vec![0u8; MAX_PIECE + 1]);
+        assert!(matches!(w.piece(6, &too_big), Err(PieceError::Data(_))));
+        let piece = w.piece(6, &b64(b"world")).unwrap();
+        w.write(&piece).unwrap();
+        w.sync().unwrap();
+        assert_eq!(w.received(), 11);
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        assert_eq!(w.sha256(), hex::encode(Sha256::digest(b"hello world")));
+        assert!(!w.idle_for(Duration::from_secs(60)));
+    }
 
     fn decode(c: &FileChunk) -> Vec<u8> {
         base64::engine::general_purpose::STANDARD

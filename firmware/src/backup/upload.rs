@@ -8,35 +8,20 @@
 //! next upload, or the daemon's once-a-second tick). Bounds: [`MAX_UPLOAD`] bytes in all,
 //! and the file system keeps at least [`RESERVE`] free.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+pub use crate::chunk::free_space;
+use crate::chunk::{PieceError, PieceWriter};
 
 use super::{archive, parse_name, schedule, PARTIAL_SUFFIX, SUFFIX};
 
 /// Largest piece of one chunk request (decoded); base64 makes it 1.4 MiB of the 4 MiB line.
-pub const CHUNK: usize = 1024 * 1024;
+pub const CHUNK: usize = crate::chunk::MAX_PIECE;
 
-/// One base64 piece of an upload (backups, update bundles), at most [`CHUNK`] bytes once
-/// decoded; the error says why not.
-pub fn decode_piece(data: &str) -> Result<Vec<u8>, String> {
-    if data.len() > CHUNK.div_ceil(3) * 4 {
-        return Err(format!("a piece may hold at most {CHUNK} bytes"));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .map_err(|e| format!("the piece is not base64: {e}"))?;
-    // The base64 length bound lets up to two more bytes through.
-    if bytes.len() > CHUNK {
-        return Err(format!("a piece may hold at most {CHUNK} bytes"));
-    }
-    Ok(bytes)
-}
 /// Largest file accepted (a backup with years of voicemail fits).
 pub const MAX_UPLOAD: u64 = 8 * 1024 * 1024 * 1024;
 /// Free space the upload always leaves on the file system (the restore needs room too).
@@ -95,6 +80,15 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Upl
     move |source| UploadError::Io { what, path, source }
 }
 
+impl From<PieceError> for UploadError {
+    fn from(e: PieceError) -> Self {
+        match e {
+            PieceError::Offset { got, expected } => UploadError::Offset { got, expected },
+            PieceError::Data(why) => UploadError::Chunk(why),
+        }
+    }
+}
+
 /// Where an upload stands (the answer to every upload command).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadState {
@@ -109,15 +103,11 @@ pub struct UploadState {
 /// The upload in progress.
 #[derive(Debug)]
 pub struct Upload {
-    id: String,
     dir: PathBuf,
     /// The final name.
     name: String,
-    partial: PathBuf,
-    file: std::fs::File,
-    received: u64,
-    hasher: Sha256,
-    last: Instant,
+    /// The partial file, written piece by piece.
+    file: PieceWriter,
 }
 
 impl Upload {
@@ -147,88 +137,65 @@ impl Upload {
         };
         let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
         let _ = std::fs::remove_file(&partial);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&partial)
-            .map_err(io_err("create", &partial))?;
+        let file = PieceWriter::create(&partial).map_err(io_err("create", &partial))?;
         Ok(Upload {
-            id: hex::encode(rand::random::<[u8; 8]>()),
             dir: dir.to_path_buf(),
             name,
-            partial,
             file,
-            received: 0,
-            hasher: Sha256::new(),
-            last: Instant::now(),
         })
     }
 
     /// The upload's id.
     pub fn id(&self) -> &str {
-        &self.id
+        self.file.id()
     }
 
     /// No request for [`IDLE`].
     pub fn is_abandoned(&self) -> bool {
-        self.last.elapsed() >= IDLE
+        self.file.idle_for(IDLE)
     }
 
     /// Where it stands.
     pub fn state(&self) -> UploadState {
         UploadState {
-            id: self.id.clone(),
-            received: self.received,
+            id: self.file.id().to_owned(),
+            received: self.file.received(),
             name: None,
         }
     }
 
     /// Appends one piece (`data` in base64) that must start at `offset`.
     pub fn chunk(&mut self, offset: u64, data: &str) -> Result<UploadState, UploadError> {
-        if offset != self.received {
-            return Err(UploadError::Offset {
-                got: offset,
-                expected: self.received,
-            });
-        }
-        let bytes = decode_piece(data).map_err(UploadError::Chunk)?;
+        let bytes = self.file.piece(offset, data)?;
         let len = bytes.len() as u64;
-        if self.received + len > MAX_UPLOAD {
+        if self.file.received() + len > MAX_UPLOAD {
             return Err(UploadError::TooLarge);
         }
         let free = free_space(&self.dir).map_err(io_err("measure the free space of", &self.dir))?;
         if free < len.saturating_add(RESERVE) {
             return Err(UploadError::NoSpace { free });
         }
-        self.file
-            .write_all(&bytes)
-            .map_err(io_err("write", &self.partial))?;
-        self.hasher.update(&bytes);
-        self.received += len;
-        self.last = Instant::now();
+        let partial = self.file.path().to_path_buf();
+        self.file.write(&bytes).map_err(io_err("write", &partial))?;
         Ok(self.state())
     }
 
     /// Checks size and checksum, syncs and renames into place; returns the final path.
     pub fn finish(self, size: u64, sha256: &str) -> Result<(PathBuf, UploadState), UploadError> {
-        let partial = self.partial.clone();
+        let partial = self.file.path().to_path_buf();
+        let received = self.file.received();
         let result = (|| {
-            if size != self.received {
+            if size != received {
                 return Err(UploadError::Mismatch(format!(
-                    "{} bytes received, {size} sent",
-                    self.received
+                    "{received} bytes received, {size} sent"
                 )));
             }
-            let got = hex::encode(self.hasher.clone().finalize());
-            if !got.eq_ignore_ascii_case(sha256.trim()) {
+            if !self.file.sha256().eq_ignore_ascii_case(sha256.trim()) {
                 return Err(UploadError::Mismatch(
                     "its SHA-256 differs from the one sent".to_owned(),
                 ));
             }
-            self.file
-                .sync_all()
-                .map_err(io_err("sync", &self.partial))?;
+            self.file.sync().map_err(io_err("sync", &partial))?;
             let path = self.dir.join(&self.name);
             if path.exists() {
                 return Err(UploadError::Io {
@@ -237,14 +204,14 @@ impl Upload {
                     source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
                 });
             }
-            std::fs::rename(&self.partial, &path).map_err(io_err("rename", &self.partial))?;
+            std::fs::rename(&partial, &path).map_err(io_err("rename", &partial))?;
             archive::sync_dir(&self.dir).map_err(io_err("sync", &self.dir))?;
-            tracing::info!(file = %self.name, bytes = self.received, "backup upload received");
+            tracing::info!(file = %self.name, bytes = received, "backup upload received");
             Ok((
                 path,
                 UploadState {
-                    id: self.id.clone(),
-                    received: self.received,
+                    id: self.file.id().to_owned(),
+                    received,
                     name: Some(self.name.clone()),
                 },
             ))
@@ -257,24 +224,21 @@ impl Upload {
 
     /// Gives up: deletes the partial file.
     pub fn abort(self) {
-        if let Err(err) = std::fs::remove_file(&self.partial) {
-            tracing::warn!(file = %self.partial.display(), %err, "cannot remove an abandoned upload");
+        let partial = self.file.path();
+        if let Err(err) = std::fs::remove_file(partial) {
+            tracing::warn!(file = %partial.display(), %err, "cannot remove an abandoned upload");
         } else {
-            tracing::info!(file = %self.name, bytes = self.received, "backup upload abandoned");
+            tracing::info!(file = %self.name, bytes = self.file.received(), "backup upload abandoned");
         }
     }
-}
-
-/// Bytes available to an unprivileged writer on the file system of `dir`.
-pub fn free_space(dir: &Path) -> std::io::Result<u64> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
-    #[allow(clippy::useless_conversion)] // the field types differ between targets
-    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     fn b64(b: &[u8]) -> String {
@@ -334,9 +298,10 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         // A name that is not a backup name is not used.
         let up = Upload::begin(dir.path(), Some("../../etc/passwd"), now + 1000).unwrap();
-        assert!(up.partial.starts_with(dir.path()));
+        assert!(up.file.path().starts_with(dir.path()));
         assert!(up
-            .partial
+            .file
+            .path()
             .file_name()
             .unwrap()
             .to_string_lossy()

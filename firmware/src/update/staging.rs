@@ -22,9 +22,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use crate::chunk::{free_space, PieceError, PieceWriter};
 
 pub use crate::admin::update::{AgentState, SpoolStatus, UploadState, CHUNK, MAX_BUNDLE};
 
@@ -115,16 +115,22 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StagingE
     move |source| StagingError::Io { what, path, source }
 }
 
+impl From<PieceError> for StagingError {
+    fn from(e: PieceError) -> Self {
+        match e {
+            PieceError::Offset { got, expected } => StagingError::Offset { got, expected },
+            PieceError::Data(why) => StagingError::Chunk(why),
+        }
+    }
+}
+
 /// The upload in progress.
 #[derive(Debug)]
 pub struct Upload {
-    id: String,
     spool: PathBuf,
-    file: File,
+    /// `bundle.partial`, written piece by piece.
+    file: PieceWriter,
     size: u64,
-    received: u64,
-    hasher: Sha256,
-    last: Instant,
 }
 
 impl Upload {
@@ -157,38 +163,29 @@ impl Upload {
             }
         }
         let partial = spool.join(PARTIAL);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&partial)
-            .map_err(io_err("create", &partial))?;
+        let file = PieceWriter::create(&partial).map_err(io_err("create", &partial))?;
         Ok(Upload {
-            id: hex::encode(rand::random::<[u8; 8]>()),
             spool: spool.to_path_buf(),
             file,
             size,
-            received: 0,
-            hasher: Sha256::new(),
-            last: Instant::now(),
         })
     }
 
     /// The upload's id.
     pub fn id(&self) -> &str {
-        &self.id
+        self.file.id()
     }
 
     /// No request for [`IDLE`].
     pub fn is_abandoned(&self) -> bool {
-        self.last.elapsed() >= IDLE
+        self.file.idle_for(IDLE)
     }
 
     /// Where it stands.
     pub fn state(&self) -> UploadState {
         UploadState {
-            id: self.id.clone(),
-            received: self.received,
+            id: self.file.id().to_owned(),
+            received: self.file.received(),
             size: self.size,
             checked: None,
         }
@@ -196,27 +193,16 @@ impl Upload {
 
     /// Appends one piece (`data` in base64) that must start at `offset`.
     pub fn chunk(&mut self, offset: u64, data: &str) -> Result<UploadState, StagingError> {
-        if offset != self.received {
-            return Err(StagingError::Offset {
-                got: offset,
-                expected: self.received,
-            });
-        }
-        let bytes = crate::backup::upload::decode_piece(data).map_err(StagingError::Chunk)?;
+        let bytes = self.file.piece(offset, data)?;
         let len = bytes.len() as u64;
-        if self.received.saturating_add(len) > self.size {
+        if self.file.received().saturating_add(len) > self.size {
             return Err(StagingError::TooLarge {
                 limit: self.size,
                 what: "the size announced at the start",
             });
         }
         let partial = self.spool.join(PARTIAL);
-        self.file
-            .write_all(&bytes)
-            .map_err(io_err("write", &partial))?;
-        self.hasher.update(&bytes);
-        self.received += len;
-        self.last = Instant::now();
+        self.file.write(&bytes).map_err(io_err("write", &partial))?;
         Ok(self.state())
     }
 
@@ -244,14 +230,14 @@ impl Upload {
         opts: InstallOptions,
     ) -> Result<UploadState, StagingError> {
         let partial = self.spool.join(PARTIAL);
-        let got = hex::encode(self.hasher.clone().finalize());
+        let got = self.file.sha256();
         if !got.eq_ignore_ascii_case(sha256.trim()) {
             return Err(StagingError::Mismatch(format!(
                 "its SHA-256 is {got}, the one sent is {}",
                 sha256.trim()
             )));
         }
-        self.file.sync_all().map_err(io_err("sync", &partial))?;
+        self.file.sync().map_err(io_err("sync", &partial))?;
         let mut reader = io::BufReader::with_capacity(
             256 * 1024,
             File::open(&partial).map_err(io_err("open", &partial))?,
@@ -265,19 +251,19 @@ impl Upload {
         write_request(
             &self.spool,
             &Request::Install {
-                id: self.id.clone(),
+                id: self.file.id().to_owned(),
                 force: opts.force,
             },
         )?;
         tracing::info!(
-            id = %self.id,
+            id = %self.file.id(),
             release = %checked.release,
-            bytes = self.received,
+            bytes = self.file.received(),
             "update bundle received and checked; handed to the installer"
         );
         Ok(UploadState {
-            id: self.id.clone(),
-            received: self.received,
+            id: self.file.id().to_owned(),
+            received: self.file.received(),
             size: self.size,
             checked: Some(checked),
         })
@@ -288,7 +274,7 @@ impl Upload {
         let partial = self.spool.join(PARTIAL);
         match std::fs::remove_file(&partial) {
             Ok(()) => {
-                tracing::info!(id = %self.id, bytes = self.received, "update upload abandoned")
+                tracing::info!(id = %self.file.id(), bytes = self.file.received(), "update upload abandoned")
             }
             Err(err) => {
                 tracing::warn!(file = %partial.display(), %err, "cannot remove an abandoned update upload")
@@ -626,17 +612,12 @@ fn install_staged(
     .map_err(|e| e.to_string())
 }
 
-/// Bytes available to an unprivileged writer on the file system of `dir`.
-fn free_space(dir: &Path) -> io::Result<u64> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
-    #[allow(clippy::useless_conversion)] // the field types differ between targets
-    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE.md: unwrap is fine in tests
 mod tests {
     use base64::Engine as _;
+
+    use sha2::{Digest, Sha256};
 
     use super::*;
     use crate::update::tests::{bundle_with, payload, FakeBox};
