@@ -372,3 +372,41 @@ fn a_refer_with_replaces_brings_an_answered_call_into_the_focus_and_nothing_else
     // 102 and 103 were never touched.
     assert_eq!(call_states(&daemon), vec!["answered"]);
 }
+
+/// A call the mixer cannot take (G.722 both ways, relayed untouched) stays as it is when its
+/// phone makes a conference: only the G.711 call joins.
+#[test]
+fn a_call_that_is_not_g711_stays_out_of_the_conference() {
+    let daemon = Daemon::start_with(DaemonConfig::loopback());
+    let mut host = Phone::new(&daemon, "100");
+    let mut b = Phone::new(&daemon, "101");
+    let mut c = Phone::new(&daemon, "102");
+    let g722 = |p: &Phone| outpost_tests::sdp_body(p.rtp.local_addr().expect("local"), &[9]);
+    let inv = host.sip.invite("101", &g722(&host));
+    let sdp = g722(&b);
+    let (_, _b_dialog, _) = b.answer(&daemon, &sdp);
+    let to_b = host.sip.await_answer(&inv, WAIT).expect("101 answers");
+    let inv = host.sip.invite("102", &host.sdp());
+    let sdp = c.sdp();
+    let _ = c.answer(&daemon, &sdp);
+    let to_c = host.sip.await_answer(&inv, WAIT).expect("102 answers");
+    let (_conf, _) = host.call(&daemon, "*3");
+    hung_up(&mut host, &daemon, &to_c.call_id, "its G.711 call joined");
+    let to_b_id = to_b.call_id.clone();
+    let bye = host.sip.recv_matching(Duration::from_millis(500), |m| {
+        request_method(m) == Some("BYE") && header_value(m, "Call-ID").as_deref() == Some(&to_b_id)
+    });
+    assert!(bye.is_none(), "the G.722 call was hung up: {bye:?}");
+    let mut states = call_states(&daemon);
+    states.sort();
+    assert_eq!(
+        states,
+        vec![
+            "answered",
+            "in conference (2 parties)",
+            "in conference (2 parties)"
+        ],
+        "{:?}",
+        daemon.calls()
+    );
+}

@@ -19,7 +19,9 @@
 //!
 //! A party that hangs up leaves; the room lives while two are in it, and the last one is
 //! hung up. A party's re-INVITE (hold, resume, a session-timer refresh) is answered by
-//! Outpost as the other end of its leg; its audio stays in the mix. Calls on a phone with media that is not anchored, or not G.711, cannot join.
+//! Outpost as the other end of its leg; its audio stays in the mix. A call whose media is
+//! not anchored, or whose other party does not speak G.711, does not join (it stays as it
+//! is, with the phone).
 //!
 //! Bounded: a room has at most [`MAX_PARTIES`] parties (the relay's mix holds 8 legs);
 //! rooms are at most one per call, and cost a few hundred bytes each plus the relay's
@@ -28,7 +30,8 @@
 use std::collections::HashMap;
 
 use crate::cdr::Disposition;
-use crate::media::session::{Leg, MediaCommand, MixRole};
+use crate::media::anchor::CallMedia;
+use crate::media::session::{Codec, Leg, MediaCommand, MixRole};
 use crate::sip::transaction::TxKey;
 use crate::sip::{Method, Peer, Request, Response};
 use crate::Millis;
@@ -126,7 +129,8 @@ impl Endpoint {
     }
 
     /// The side `phone` is on in call `id`, when that call can join its room: answered,
-    /// two parties bridged through the relay, no transfer in progress, no app.
+    /// two parties bridged through the relay, no transfer in progress, no app, and the
+    /// other party speaking G.711 (the mixer's codecs).
     fn joinable(&self, id: u64, phone: Peer) -> Option<Leg> {
         let c = self.calls.get(&id)?;
         let w = c.winner?;
@@ -138,13 +142,16 @@ impl Endpoint {
         {
             return None;
         }
-        if c.a.peer == phone {
-            Some(Leg::A)
+        let side = if c.a.peer == phone {
+            Leg::A
         } else if c.forks.get(w).is_some_and(|f| f.peer == phone) {
-            Some(Leg::B)
+            Leg::B
         } else {
-            None
-        }
+            return None;
+        };
+        let (a, b) = c.media.as_ref().and_then(CallMedia::codecs)?;
+        let party = if side == Leg::A { b } else { a };
+        (party != Codec::Other).then_some(side)
     }
 
     /// Call `id` joins room `room`: the host's phone (on `phone_side`) is hung up in it,
