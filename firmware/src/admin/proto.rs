@@ -639,7 +639,8 @@ pub struct CallInfo {
     pub caller: String,
     /// Dialled number.
     pub callee: String,
-    /// `ringing`, `answered` or `on hold` (a phone holds it: known with media anchored).
+    /// `ringing`, `answered`, `on hold` (a phone holds it: known with media anchored),
+    /// `parked on 701`, or `in conference (3 parties)`.
     pub state: String,
     /// When the INVITE arrived (ms since the epoch).
     pub started_ms: u64,

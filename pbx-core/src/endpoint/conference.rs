@@ -40,7 +40,7 @@ use super::call::{App, CallState};
 use super::event::Event;
 use super::referral;
 use super::signalling::ClientRole;
-use super::transfer::{is_one_way, parse_refer_to, two_way};
+use super::transfer::{is_one_way, refer_to_of, two_way};
 use super::Endpoint;
 
 /// Most parties in one conference: the relay's mix holds 8 legs.
@@ -325,12 +325,7 @@ impl Endpoint {
     /// The host's REFER to the focus (RFC 4579 §5.5): `Refer-To` with `Replaces` naming one
     /// of the phone's calls joins it (or is told done when it joined already).
     fn conference_refer(&mut self, now: Millis, room: u64, key: TxKey, req: Request, src: Peer) {
-        let refer_to = req
-            .headers
-            .get("Refer-To")
-            .or_else(|| req.headers.get("r"))
-            .and_then(parse_refer_to);
-        let Some(refer_to) = refer_to else {
+        let Some(refer_to) = refer_to_of(&req) else {
             self.sig.reply(now, &key, &req, src, 400, None);
             return;
         };

@@ -102,20 +102,11 @@ impl Endpoint {
         for m in ringing {
             self.free_member(now, id, m, 480);
         }
-        if self.paged_phones_answered(id) == 0 {
+        // Only the phones that answered and still listen are members now.
+        if self.paged_phones(id) == 0 {
             self.send_bye_a(now, id);
             self.end_call(now, id, Disposition::Answered, 200);
         }
-    }
-
-    /// Paged phones that answered and still listen.
-    fn paged_phones_answered(&self, id: u64) -> usize {
-        self.calls.get(&id).map_or(0, |c| {
-            c.forks
-                .iter()
-                .filter(|f| f.state == ForkState::Answered)
-                .count()
-        })
     }
 
     /// INVITEs one phone of member `ext` for page `id`, from a relay port of its own.

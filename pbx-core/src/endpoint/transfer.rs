@@ -31,6 +31,15 @@ pub(super) struct ReferTo {
     pub replaces: Option<String>,
 }
 
+/// The Refer-To header of `req` (long or compact form), parsed; `None` when it is missing
+/// or unusable (answered 400).
+pub(super) fn refer_to_of(req: &Request) -> Option<ReferTo> {
+    req.headers
+        .get("Refer-To")
+        .or_else(|| req.headers.get("r"))
+        .and_then(parse_refer_to)
+}
+
 /// Parses a Refer-To value such as `<sip:200@pbx?Replaces=abc%40host%3Bto-tag%3D1>`.
 pub(super) fn parse_refer_to(value: &str) -> Option<ReferTo> {
     let value = value.trim();
@@ -121,12 +130,7 @@ impl Endpoint {
         req: Request,
         src: Peer,
     ) {
-        let refer_to = req
-            .headers
-            .get("Refer-To")
-            .or_else(|| req.headers.get("r"))
-            .and_then(parse_refer_to);
-        let Some(refer_to) = refer_to else {
+        let Some(refer_to) = refer_to_of(&req) else {
             self.sig.reply(now, &key, &req, src, 400, None);
             return;
         };
