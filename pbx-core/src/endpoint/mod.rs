@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use crate::cdr::Disposition;
 use crate::media::anchor::CallMedia;
 use crate::media::session::{Leg, MediaCommand, PortPool};
-use crate::registrar::Registrar;
+use crate::registrar::{BindingChange, Registrar};
 use crate::sip::auth::{Authenticator, StoredSecret};
 use crate::sip::transaction::{ClientInput, ServerInput, Transactions, Transmit, TxEvent, TxKey};
 use crate::sip::wire;
@@ -300,13 +300,15 @@ impl Endpoint {
         parsed: Result<Message, wire::WireError>,
     ) {
         self.counters.received += 1;
-        // Only messages of calls change what busy lamps show, and registrations what
-        // presence shows (a phone registered, or its binding removed).
+        // Only messages of calls change what busy lamps show, and registrations that add or
+        // remove a binding what presence shows (a refresh, the usual REGISTER, changes
+        // nothing: no pass over the lamps for it).
         let of_calls = match &parsed {
-            Ok(Message::Request(r)) => calls_method(&r.method) || r.method == Method::Register,
+            Ok(Message::Request(r)) => calls_method(&r.method),
             Ok(Message::Response(r)) => calls_method(&r.headers.cseq.method),
             Err(_) => false,
         };
+        let events_before = self.events.len();
         match parsed {
             Ok(Message::Request(req)) => self.on_request(now, src, req),
             Ok(Message::Response(resp)) => self.on_response(now, src, resp),
@@ -322,7 +324,11 @@ impl Endpoint {
             }
         }
         self.drain_tx_events(now);
-        if of_calls {
+        let bindings_changed = self.events.iter().skip(events_before).any(|e| {
+            matches!(e, Event::Bindings(changes)
+                if changes.iter().any(|c| !matches!(c, BindingChange::Refresh(_))))
+        });
+        if of_calls || bindings_changed {
             self.update_lamps(now);
         }
     }
